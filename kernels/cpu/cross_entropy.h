@@ -1,0 +1,16 @@
+// CPU softmax cross-entropy over rows of logits, its gradient computed in the same pass.
+#pragma once
+
+#include <cstdint>
+
+namespace qarac::cpu {
+
+// losses[r] = -log softmax(logits[r,:])[targets[r]], 0 where targets[r] == ignore_index. When
+// dlogits is not null it receives dloss * (softmax - onehot(target)) per row, 0 rows where
+// ignored. A target outside [0, vocab) other than ignore_index raises qarac::Error naming the
+// row, before any write.
+template <class T>
+void softmax_cross_entropy(const T* logits, const int32_t* targets, int64_t rows, int64_t vocab,
+                           int32_t ignore_index, T* losses, T* dlogits, T dloss);
+
+}  // namespace qarac::cpu

@@ -1,0 +1,66 @@
+// CPU GEMMs: row-major cblas_sgemm/cblas_dgemm (OpenBLAS threads them itself), with the
+// empty products (BLAS rejects a zero leading dimension) handled here.
+#include "kernels/cpu/gemm.h"
+
+#include <cblas.h>
+
+#include <limits>
+
+#include "core/error.h"
+
+namespace qarac::cpu {
+namespace {
+
+void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, blasint m, blasint n, blasint k, float alpha,
+               const float* a, blasint lda, const float* b, blasint ldb, float beta, float* c,
+               blasint ldc) {
+  cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, blasint m, blasint n, blasint k,
+               double alpha, const double* a, blasint lda, const double* b, blasint ldb,
+               double beta, double* c, blasint ldc) {
+  cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+blasint to_blasint(int64_t v) {
+  QARAC_CHECK(v >= 0 && v <= std::numeric_limits<blasint>::max(), "gemm: size ", v,
+              " does not fit the BLAS integer type");
+  return static_cast<blasint>(v);
+}
+
+}  // namespace
+
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // an empty sum: c = beta * c, where beta = 0 overwrites (NaNs included)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  blas_gemm(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, to_blasint(m),
+            to_blasint(n), to_blasint(k), alpha, a, to_blasint(lda), b, to_blasint(ldb), beta, c,
+            to_blasint(ldc));
+}
+
+template <class T>
+void gemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n, int64_t k,
+                  T alpha, const T* a, const T* b, T beta, T* c) {
+  const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
+  for (int64_t z = 0; z < batch; ++z)
+    gemm(trans_a, trans_b, m, n, k, alpha, a + z * m * k, lda, b + z * k * n, ldb, beta,
+         c + z * m * n, n);
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t);
+template void gemm_batched<float>(bool, bool, int64_t, int64_t, int64_t, int64_t, float,
+                                  const float*, const float*, float, float*);
+template void gemm_batched<double>(bool, bool, int64_t, int64_t, int64_t, int64_t, double,
+                                   const double*, const double*, double, double*);
+
+}  // namespace qarac::cpu

@@ -1,0 +1,53 @@
+// Errors of QARAC-MT: one exception type that carries what failed and where (statement, file,
+// line, host), raised through one checker. Library-specific checks (CUDA, NCCL, MPI, HDF5) are
+// thin macros over it in their own headers so that this one needs no third-party include.
+// Errors travel up as exceptions; only a program's main decides how to report and exit.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace qarac {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Bad user input (files, configs, options): reported as one line without source location.
+class InputError : public Error {
+ public:
+  using Error::Error;
+};
+
+const std::string& hostname();
+
+namespace detail {
+// Builds "<library> error in `<stmt>`: <reason> (file:line on host)" and throws qarac::Error.
+[[noreturn]] void raise(const char* library, const char* stmt, const std::string& reason,
+                        const char* file, int line);
+
+template <class... Args>
+std::string concat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+}  // namespace detail
+
+}  // namespace qarac
+
+// Internal invariant or argument check: QARAC_CHECK(n > 0, "n must be positive, got ", n).
+#define QARAC_CHECK(cond, ...)                                                          \
+  do {                                                                                  \
+    if (!(cond))                                                                        \
+      ::qarac::detail::raise("check", #cond, ::qarac::detail::concat(__VA_ARGS__),      \
+                             __FILE__, __LINE__);                                       \
+  } while (0)
+
+// Bad input from a user: a one-line message meant to be read as is.
+#define QARAC_INPUT_CHECK(cond, ...)                                                    \
+  do {                                                                                  \
+    if (!(cond)) throw ::qarac::InputError(::qarac::detail::concat(__VA_ARGS__));       \
+  } while (0)

@@ -1,0 +1,51 @@
+// Owning blocks of memory on a device, freed when the last tensor referring to them goes away.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace qarac {
+
+struct Device {
+  enum class Kind : uint8_t { cpu, cuda };
+  Kind kind = Kind::cpu;
+  int index = 0;  // CUDA device ordinal; 0 for the CPU
+
+  static Device cpu() { return {}; }
+  static Device cuda(int ordinal = 0) { return {Kind::cuda, ordinal}; }
+  bool is_cpu() const { return kind == Kind::cpu; }
+  bool is_cuda() const { return kind == Kind::cuda; }
+  bool operator==(const Device& o) const { return kind == o.kind && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string str() const;
+};
+
+// True when this build has the CUDA backend compiled in (a GPU may still be absent).
+bool cuda_compiled();
+// Number of usable CUDA devices; 0 when the backend is not compiled or no GPU/driver is present.
+int cuda_device_count();
+
+class Buffer {
+ public:
+  // Allocates `bytes` on `device` (64-byte aligned on the CPU). Zero bytes gives a valid empty buffer.
+  Buffer(size_t bytes, Device device);
+  ~Buffer();
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  Device device_;
+};
+
+// Copies between any two devices (host<->device, device<->device) and synchronises.
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+void zero_bytes(void* dst, Device device, size_t bytes);
+
+}  // namespace qarac

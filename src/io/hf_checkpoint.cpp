@@ -1,0 +1,125 @@
+// Loading a Hugging Face RoBERTa directory and copying its tensors into the model's parameters:
+// the names are mapped once here, and every mismatch with the model is refused before any
+// parameter is written.
+#include "io/hf_checkpoint.h"
+
+#include <filesystem>
+#include <set>
+#include <vector>
+
+#include "core/log.h"
+#include "io/file_util.h"
+#include "io/hf_config.h"
+
+namespace qarac::io {
+namespace {
+
+namespace fs = std::filesystem;
+
+// "a, b, c, d, e, ...": enough to recognise a set of names in one log or error line.
+std::string name_list(const std::vector<std::string>& names) {
+  constexpr size_t kShown = 5;
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < kShown; ++i)
+    out += (i ? ", " : "") + printable(names[i]);
+  return names.size() > kShown ? out + ", ..." : out;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// Refuses a directory without `file`, saying what is there instead when that is a known
+// alternative this reader does not take.
+void require_file(const fs::path& dir, const char* file) {
+  std::error_code ec;
+  if (fs::is_regular_file(dir / file, ec)) return;
+  std::string hint;
+  if (std::string(file) == "model.safetensors") {
+    if (fs::exists(dir / "model.safetensors.index.json", ec))
+      hint = "; found a sharded model.safetensors.index.json, which is not supported";
+    else if (fs::exists(dir / "pytorch_model.bin", ec))
+      hint = "; found pytorch_model.bin: convert it to safetensors first";
+  }
+  QARAC_INPUT_CHECK(false, dir.string(), ": ", file, " is missing (a Hugging Face model directory",
+                    " needs config.json and model.safetensors)", hint);
+}
+
+}  // namespace
+
+HfRoberta read_hf_roberta(const std::string& dir) {
+  const fs::path root(dir);
+  std::error_code ec;
+  QARAC_INPUT_CHECK(fs::is_directory(root, ec), dir, ": is not a directory (expected a Hugging",
+                    " Face model directory with config.json and model.safetensors)");
+  require_file(root, "config.json");
+  require_file(root, "model.safetensors");
+
+  HfRoberta model;
+  model.dir = dir;
+  model.config = read_hf_config((root / "config.json").string());
+  const std::string weights = (root / "model.safetensors").string();
+  std::vector<std::string> skipped;
+  for (auto& [stored_name, tensor] : read_safetensors(weights)) {
+    std::string name = stored_name;
+    if (starts_with(name, "roberta.")) name.erase(0, 8);
+    if (starts_with(name, "lm_head.")) {
+      model.lm_head.emplace(name.substr(8), std::move(tensor));
+    } else if ((starts_with(name, "embeddings.") || starts_with(name, "encoder.")) &&
+               // Index buffers that older transformers versions saved beside the weights.
+               name != "embeddings.position_ids" && name != "embeddings.token_type_ids") {
+      model.encoder.emplace(std::move(name), std::move(tensor));
+    } else {
+      skipped.push_back(stored_name);
+    }
+  }
+  QARAC_INPUT_CHECK(
+      !model.encoder.empty(), weights, ": no RoBERTa encoder tensors (expected",
+      " names like 'roberta.embeddings.word_embeddings.weight'); found only: ", name_list(skipped));
+  if (!skipped.empty())
+    log::info(weights, ": skipped ", skipped.size(),
+              " tensors that are neither encoder nor lm_head: ", name_list(skipped));
+  return model;
+}
+
+void assign_parameters(const ParameterList& params, const TensorMap& tensors,
+                       const std::string& source) {
+  // Every parameter is checked before any is written, so a refused checkpoint leaves the model as
+  // it was.
+  std::vector<std::string> missing;
+  const Parameter* first_missing = nullptr;
+  for (const Parameter* p : params) {
+    const auto it = tensors.find(p->name);
+    if (it == tensors.end()) {
+      if (!first_missing) first_missing = p;
+      missing.push_back(p->name);
+      continue;
+    }
+    const Tensor& t = it->second;
+    QARAC_INPUT_CHECK(t.shape() == p->value.shape(), source, ": tensor '", printable(p->name),
+                      "' has shape ", shape_str(t.shape()), ", expected ",
+                      shape_str(p->value.shape()));
+    QARAC_INPUT_CHECK(is_floating(t.dtype()), source, ": tensor '", printable(p->name),
+                      "' has dtype ", dtype_name(t.dtype()), ", expected a floating type");
+  }
+  QARAC_INPUT_CHECK(!first_missing, source, ": tensor '", printable(first_missing->name),
+                    "' is missing (expected shape ", shape_str(first_missing->value.shape()), ")",
+                    missing.size() > 1 ? detail::concat("; ", missing.size(),
+                                                        " missing in all: ", name_list(missing))
+                                       : std::string());
+
+  std::set<std::string> used;
+  for (Parameter* p : params) {
+    const Tensor& t = tensors.at(p->name);
+    p->value.copy_(t.to(Device::cpu()).to(p->value.dtype()));
+    used.insert(p->name);
+  }
+  std::vector<std::string> unused;
+  for (const auto& [name, t] : tensors)
+    if (!used.count(name)) unused.push_back(name);
+  if (!unused.empty())
+    log::warn(source, ": ", unused.size(),
+              " tensors match no parameter and were not loaded: ", name_list(unused));
+}
+
+}  // namespace qarac::io

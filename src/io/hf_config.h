@@ -1,0 +1,17 @@
+// Hugging Face config.json <-> RobertaConfig.
+#pragma once
+
+#include <string>
+
+#include "model/roberta_config.h"
+
+namespace qarac::io {
+
+// Reads a RoBERTa config.json. Refuses (qarac::InputError naming the file and the key) a missing
+// or mistyped required key, non-positive sizes, hidden_size not divisible by the heads, and any
+// hidden_act other than "gelu" (the erf GELU, the only activation implemented).
+RobertaConfig read_hf_config(const std::string& path);
+// Writes a config.json that transformers loads as RobertaForMaskedLM / RobertaModel.
+void write_hf_config(const std::string& path, const RobertaConfig& config);
+
+}  // namespace qarac::io

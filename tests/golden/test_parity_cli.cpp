@@ -1,0 +1,77 @@
+// qarac-parity as a user meets it: a reference dump that lacks a tensor makes it exit 1 and name
+// the tensor; a directory that is not a dump makes it exit 2 with one line naming the file.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "io/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CliResult {
+  int code = -1;
+  std::string output;
+};
+
+CliResult run_parity(const std::string& args) {
+  CliResult r;
+  const std::string cmd = std::string(QARAC_PARITY_BIN) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+fs::path scratch_dir(const char* name) {
+  const fs::path dir = fs::temp_directory_path() / (std::string("qarac-parity-") + name + "-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+const fs::path kTinyDev = fs::path(QARAC_GOLDEN_DIR) / "tiny_dev";
+
+}  // namespace
+
+TEST(ParityCli, MissingReferenceTensorFails) {
+  const fs::path dir = scratch_dir("missing");
+  fs::copy_file(kTinyDev / "config.json", dir / "config.json");
+  fs::copy_file(kTinyDev / "model.safetensors", dir / "model.safetensors");
+  qarac::io::TensorMap expected = qarac::io::read_safetensors((kTinyDev / "expected.safetensors").string());
+  ASSERT_EQ(expected.erase("grad.encoder.layer.1.output.LayerNorm.bias"), 1u);
+  qarac::io::write_safetensors((dir / "expected.safetensors").string(), expected);
+
+  const CliResult r = run_parity(dir.string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("grad.encoder.layer.1.output.LayerNorm.bias"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("MISSING"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("FAIL: 1 failed"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(ParityCli, NotADumpIsAOneLineInputError) {
+  const fs::path dir = scratch_dir("empty");
+  const CliResult r = run_parity(dir.string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("qarac-parity: error:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("config.json"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // exactly one line
+  fs::remove_all(dir);
+}
+
+TEST(ParityCli, UnknownOptionIsAUsageError) {
+  const CliResult r = run_parity("--no-such-option");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("see --help"), std::string::npos) << r.output;
+}
