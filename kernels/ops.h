@@ -1,93 +1,172 @@
 // The op interface the model code calls. Every op takes tensors on one device and dispatches to
 // that device's backend (kernels/cpu: the reference; kernels/cuda: the GPU), so model code never
-// names a backend. The CPU reference computes in the tensors' dtype: f32 for training and parity,
-// f64 for gradient checks.
+// names a backend.
 //
 // Conventions:
-// - Tensors are row-major and contiguous; "[N, C]" means N rows of C elements. A token-major
-//   activation of a padded batch is [B*S, d] (token t of sequence b is row b*S + t).
-// - Gradients of parameters (dW, dbias, dgamma, dbeta, dtable) are ACCUMULATED (+=), so a
+// - Tensors are row-major and contiguous; "[N, C]" means N rows of C elements. Activations are
+//   token-major: [T, d] for the T tokens of a batch.
+// - Batches are padding-free: the B sequences of a batch lie back to back in the rows of the
+//   activations (see Sequences); no op ever computes a padded position.
+// - dtypes. X, the compute dtype of activations and parameter values: f32 or f64 on the CPU (f64
+//   for gradient checks), f32 or bf16 on CUDA. A, the accumulation dtype, f64 when X is f64 and
+//   f32 otherwise: parameter gradients, LayerNorm statistics, attention log-sum-exp, losses and
+//   similarities are in A. ids, targets and sequence offsets are i32.
+// - Gradients of parameters (dw, dbias, dgamma, dbeta, dtable) are ACCUMULATED (+=), so a
 //   parameter used twice sums its gradients; the caller zeroes them once per step.
 // - Gradients of inputs (dx, dq, ...) are OVERWRITTEN unless the op says otherwise.
-// - Masks are i32 with 1 for a real token and 0 for padding; token ids and targets are i32.
+// - Elementwise ops allow their output to alias their input.
 // - Shapes, dtypes and devices are checked on entry; a mismatch raises qarac::Error naming the op
 //   and the offending argument.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/rng.h"
 #include "core/tensor.h"
 
 namespace qarac::ops {
 
+// The accumulation dtype A that goes with compute dtype X.
+inline DType accumulation_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
+
+// The sequences of a padding-free batch: sequence b is rows [offsets[b], offsets[b+1]) of the
+// token-major activations. Kept on the device (for kernels) and on the host (for launch sizes
+// and the CPU backend).
+struct Sequences {
+  Tensor offsets;             // i32 [B+1] on the device of the activations
+  std::vector<int32_t> host;  // the same offsets on the host
+  int64_t max_len = 0;        // the longest sequence
+
+  static Sequences from_lengths(const std::vector<int32_t>& lengths, Device device);
+  int64_t count() const { return static_cast<int64_t>(host.size()) - 1; }
+  int64_t tokens() const { return host.empty() ? 0 : host.back(); }
+};
+
 // ---- GEMM ------------------------------------------------------------------------------------
 // c = alpha * op(a) · op(b) + beta * c, op(x) = x or xᵀ. 2-D: a [M,K] (or [K,M] if trans_a),
-// b [K,N] (or [N,K] if trans_b), c [M,N].
+// b [K,N] (or [N,K] if trans_b), c [M,N]. a, b in X; c in X or A (bf16 inputs, f32 output).
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b,
           double alpha = 1.0, double beta = 0.0);
 // The same for every index of a leading batch dimension: a [Z,M,K], b [Z,K,N], c [Z,M,N].
 void gemm_batched(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b,
                   double alpha = 1.0, double beta = 0.0);
 
+// ---- Dense layers: GEMM with bias and GELU epilogues -------------------------------------------
+enum class Activation { none, gelu };
+// y [N,out] = act(x [N,in] · wᵀ + bias), w [out,in], bias [out]. With Activation::gelu, `pre`
+// [N,out] receives x · wᵀ + bias (what the backward pass needs).
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                    Activation act = Activation::none, Tensor* pre = nullptr);
+// dw [out,in] += dyᵀ · x and dbias [out] += Σ_rows dy (both in A). If dx: dx = dy · w, or
+// dx += dy · w with accumulate_dx. If `input_gelu_pre` is given, x was GELU(input_gelu_pre) and
+// dx receives d loss / d input_gelu_pre = (dy · w) ⊙ GELU'(input_gelu_pre) instead (not with
+// accumulate_dx).
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
+                     Tensor& dbias, const Tensor* input_gelu_pre = nullptr,
+                     bool accumulate_dx = false);
+
 // ---- Elementwise and bias --------------------------------------------------------------------
 void bias_add(Tensor& y, const Tensor& bias);             // y [N,C] += bias [C] on every row
-void bias_backward(const Tensor& dy, Tensor& dbias);      // dbias [C] += Σ_rows dy [N,C]
-void add(const Tensor& a, const Tensor& b, Tensor& out);  // out = a + b (out may alias a or b)
-void accumulate(Tensor& dst, const Tensor& src);          // dst += src
+void bias_backward(const Tensor& dy, Tensor& dbias);      // dbias [C] (A) += Σ_rows dy [N,C]
+void add(const Tensor& a, const Tensor& b, Tensor& out);  // out = a + b
+void accumulate(Tensor& dst, const Tensor& src);          // dst += src (same dtype)
 void scale(Tensor& x, double factor);                     // x *= factor
 
 // ---- Embeddings --------------------------------------------------------------------------------
 // out [N,d] = table[ids[i]] (accumulate: out += table[ids[i]]). ids i32 [N], table [V,d].
-// An id outside [0, V) raises an error naming the row and the id.
+// An id outside [0, V) raises an error naming the row and the id for CPU tensors; CUDA kernels
+// trust their ids, which the model checks on the host when it uploads a batch.
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out, bool accumulate = false);
-// dtable [V,d] += scatter of dout [N,d] by ids.
+// dtable [V,d] (A) += scatter of dout [N,d] by ids; deterministic (same bits every run).
 void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
 
 // ---- LayerNorm over the last dimension ---------------------------------------------------------
 // y = (x - mean) * rstd * gamma + beta, rstd = 1/sqrt(var + eps) with the biased variance.
-// x, y [N,C]; gamma, beta [C]; mean, rstd [N] saved for the backward pass (same dtype as x).
+// x, y [N,C]; gamma, beta [C]; mean, rstd [N] in A, saved for the backward pass.
 void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps,
                        Tensor& y, Tensor& mean, Tensor& rstd);
-// dx [N,C] overwritten; dgamma, dbeta [C] accumulated.
+// The post-LN residual block in one pass: sum = a + b (saved: the backward pass's x), y = LN(sum).
+void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma,
+                           const Tensor& beta, double eps, Tensor& sum, Tensor& y, Tensor& mean,
+                           Tensor& rstd);
+// dx [N,C] overwritten; dgamma, dbeta [C] (A) accumulated.
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                         const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta);
 
 // ---- GELU, erf form: gelu(x) = x * Φ(x) = 0.5 x (1 + erf(x/√2)) --------------------------------
-void gelu_forward(const Tensor& x, Tensor& y);                        // y may alias x
-void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx);    // dx = dy * gelu'(x)
+void gelu_forward(const Tensor& x, Tensor& y);
+void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx);  // dx = dy * gelu'(x)
 
 // ---- Dropout from the counter-based RNG ---------------------------------------------------------
 // Element i is kept when uniform01(key, i) >= float(p) (compared in float, as on the GPU) and
 // then scaled by 1/(1-p); p = 0 copies. p must lie in [0, 1).
 // The backward pass regenerates the same mask from the same key: nothing is stored.
-void dropout_forward(const Tensor& x, double p, const RngKey& key, Tensor& y);     // y may alias x
-void dropout_backward(const Tensor& dy, double p, const RngKey& key, Tensor& dx);  // dx may alias dy
+void dropout_forward(const Tensor& x, double p, const RngKey& key, Tensor& y);
+void dropout_backward(const Tensor& dy, double p, const RngKey& key, Tensor& dx);
 
-// ---- Multi-head scaled dot-product attention over a padded batch -------------------------------
-// q, k, v, out: [B*S, H*Dh] token-major with the heads side by side (the layout a fused QKV
-// projection produces, so no transposes are needed). key_mask: i32 [B,S]. Query i of sequence b
-// attends to key j when key_mask[b,j] = 1 and, if causal, j <= i; scores are q·k / sqrt(Dh).
-// probs [B,H,S,S] receives the softmax (before dropout), saved for the backward pass. A query
-// with no visible key gets a zero output row. Dropout on the probabilities uses `dropout_key`
-// with element index ((b*H + h)*S + i)*S + j.
-struct AttentionDims {
-  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
-};
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
-                       const AttentionDims& dims, bool causal, double dropout_p,
-                       const RngKey& dropout_key, Tensor& out, Tensor& probs);
-// dq, dk, dv [B*S, H*Dh] overwritten. Uses the saved probs; regenerates the dropout mask.
+// ---- Multi-head scaled dot-product attention over a padding-free batch --------------------------
+// q, k, v, out: [T, H*Dh] token-major with the heads side by side (the layout the Q, K, V
+// projections produce, so no transposes are needed). A query of sequence b attends to the keys
+// of sequence b only, and with `causal` to those at or before its own position; scores are
+// q·k / sqrt(Dh). lse [H, T] (A) receives each query row's log-sum-exp of its scores: the
+// backward pass recomputes the probabilities from it instead of keeping T×T of them.
+// Dropout on the probabilities uses `dropout_key` with element index
+// (h * T + query_row) * max_len + key_position_in_its_sequence.
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Sequences& seqs,
+                       int64_t heads, bool causal, double dropout_p, const RngKey& dropout_key,
+                       Tensor& out, Tensor& lse);
+// dq, dk, dv [T, H*Dh] overwritten. Needs the forward's out and lse; regenerates dropout masks.
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& probs, const AttentionDims& dims, double dropout_p,
-                        const RngKey& dropout_key, Tensor& dq, Tensor& dk, Tensor& dv);
+                        const Tensor& out, const Tensor& lse, const Sequences& seqs, int64_t heads,
+                        bool causal, double dropout_p, const RngKey& dropout_key, Tensor& dq,
+                        Tensor& dk, Tensor& dv);
 
 // ---- Softmax cross-entropy ------------------------------------------------------------------------
-// logits [N,V], targets i32 [N]. losses [N] = -log softmax(logits)[target], 0 where
-// target == ignore_index. When dlogits [N,V] is given it receives
-// dloss * (softmax - onehot(target)) per row (0 rows where ignored): forward and backward in one
-// pass, so the probabilities are never kept.
+// logits [N,V] (X), targets i32 [N]. Only the first `valid_cols` columns are classes (-1: all V);
+// the rest (a vocabulary padded to a GEMM-friendly size) take no part. losses [N] (A) =
+// -log softmax(logits)[target], 0 where target == ignore_index. When dlogits [N,V] is given it
+// receives dloss * (softmax - onehot(target)) per row, 0 in ignored rows and padded columns;
+// dlogits may alias logits, so the LM head's logits are turned into their gradient in place and
+// no probabilities are ever kept.
 void softmax_cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index,
-                           Tensor& losses, Tensor* dlogits = nullptr, double dloss = 1.0);
+                           Tensor& losses, Tensor* dlogits = nullptr, double dloss = 1.0,
+                           int64_t valid_cols = -1);
+
+// ---- Sequence sums and the global attention pooling head (DESIGN.md §2) --------------------------
+// out [B,d] = Σ_{t in b} x_t for every sequence b of x [T,d].
+void segment_sum(const Tensor& x, const Sequences& seqs, Tensor& out);
+// dx [T,d]: dx_t = dout_b for t in b (accumulate: +=).
+void segment_sum_backward(const Tensor& dout, const Sequences& seqs, Tensor& dx, bool accumulate = false);
+// a_t = cos(l_t, g_b) for t in b, v_b = Σ_t a_t x_t. x, l [T,d]; g, v [B,d]; a [T] (A) saved.
+void pooling_forward(const Tensor& x, const Tensor& l, const Tensor& g, const Sequences& seqs,
+                     double eps, Tensor& v, Tensor& a);
+// Given dv [B,d]: dx [T,d] += a_t dv_b (accumulated: x also feeds the pooling matrices), dl [T,d]
+// and dg [B,d] overwritten.
+void pooling_backward(const Tensor& dv, const Tensor& x, const Tensor& l, const Tensor& g,
+                      const Tensor& a, const Sequences& seqs, double eps, Tensor& dx, Tensor& dl,
+                      Tensor& dg);
+
+// ---- Cosine similarity of rows: out_i = a_i·b_i / max(‖a_i‖ ‖b_i‖, eps) -----------------------------
+void cosine_forward(const Tensor& a, const Tensor& b, double eps, Tensor& out);  // a, b [N,d]; out [N] (A)
+// da, db [N,d] overwritten, given dout [N] (A).
+void cosine_backward(const Tensor& dout, const Tensor& a, const Tensor& b, double eps, Tensor& da,
+                     Tensor& db);
+
+// ---- Optimiser and gradient norm ----------------------------------------------------------------
+// AdamW (Loshchilov & Hutter), as torch.optim.AdamW: with g = grad_scale * grad,
+//   p -= lr * weight_decay * p;  m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;
+//   p -= lr * (m / (1-β1^step)) / (sqrt(v / (1-β2^step)) + eps).
+struct AdamW {
+  double lr = 1e-5, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  int64_t step = 1;         // 1-based, for the bias corrections
+  double grad_scale = 1.0;  // e.g. the clipping factor
+};
+// param, m, v: master weights and moments in A; grad in A. When `param_copy` is given (the
+// model's compute copy, X) it receives the updated param in its dtype.
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& config,
+                  Tensor* param_copy = nullptr);
+// out [1] (A) = Σ over every tensor of Σ x²: the squared global gradient norm. Deterministic.
+void sum_of_squares(const std::vector<const Tensor*>& tensors, Tensor& out);
 
 }  // namespace qarac::ops

@@ -1,0 +1,27 @@
+// Flash-style multi-head attention over padding-free (packed) batches, head dim 64, with causal
+// and per-sequence masks and dropout (CUDA). Semantics of ops::attention_*; device pointers.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+
+namespace qarac::cuda {
+
+struct AttentionShape {
+  const int32_t* offsets = nullptr;  // device, [batch+1]: sequence b is rows [offsets[b], offsets[b+1])
+  int64_t batch = 0, tokens = 0, max_len = 0, heads = 0, head_dim = 0;
+};
+
+// out [tokens, heads*head_dim]; lse [heads, tokens] f32.
+void attention_forward(DType dtype, const AttentionShape& shape, const void* q, const void* k,
+                       const void* v, bool causal, double dropout_p, const RngKey& key, void* out,
+                       float* lse);
+// dq, dk, dv overwritten.
+void attention_backward(DType dtype, const AttentionShape& shape, const void* dout, const void* q,
+                        const void* k, const void* v, const void* out, const float* lse,
+                        bool causal, double dropout_p, const RngKey& key, void* dq, void* dk,
+                        void* dv);
+
+}  // namespace qarac::cuda
