@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 build_dir=${1:-build}
 
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-dev
-          libboost-program-options-dev libopenblas-dev nlohmann-json3-dev libgtest-dev)
+          libboost-program-options-dev libopenblas-dev nlohmann-json3-dev libgtest-dev
+          libcsv-dev libicu-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

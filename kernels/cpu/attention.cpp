@@ -1,22 +1,29 @@
-// CPU attention, one (sequence b, head h) at a time. Head h of token t is the Dh columns starting
-// at h*Dh of row b*S + t, so Q, K, V of one (b, h) are [S, Dh] matrices with leading dimension
-// H*Dh and the GEMMs read them where they lie, with no transposes or copies. With P the softmax,
-// M the dropout mask and s = 1/sqrt(Dh):
-//   forward:  S = s Q Kᵀ (masked), P = softmax_rows(S), P̃ = P ⊙ M / (1-p), O = P̃ V
-//   backward: dP̃ = dO Vᵀ, dP = dP̃ ⊙ M / (1-p), dS = P ⊙ (dP - rowsum(dP ⊙ P)) (softmax Jacobian),
-//             dQ = s dS K, dK = s dSᵀ Q, dV = P̃ᵀ dO.
-// Since P ⊙ dP = P ⊙ M / (1-p) ⊙ dP̃ = P̃ ⊙ dP̃, the backward pass computes
-//   dS = P̃ ⊙ dP̃ - P ⊙ rowsum(P̃ ⊙ dP̃)
+// CPU attention over a padding-free batch, one (sequence b, head h) block at a time. Sequence b
+// is rows [o_b, o_b + L_b) of the activations and head h of a token is the Dh columns starting at
+// h*Dh, so Q, K, V of one block are [L_b, Dh] matrices with leading dimension H*Dh and the GEMMs
+// read them where they lie, with no copies; queries never meet keys of another sequence, so
+// nothing is masked but the causal upper triangle. With P the softmax, M the dropout mask,
+// s = 1/sqrt(Dh) and, per query row i, ℓ_i = log Σ_j exp(S_ij) (the log-sum-exp over the keys
+// row i sees):
+//   forward:  S = s Q Kᵀ (causal: j <= i), P = exp(S - ℓ), P̃ = P ⊙ M / (1-p), O = P̃ V;
+//             ℓ is saved instead of P, so the memory kept is H×T rather than H×L².
+//   backward: P is recomputed from S and ℓ; dP̃ = dO Vᵀ, dP = dP̃ ⊙ M / (1-p),
+//             dS = P ⊙ (dP - rowsum(dP ⊙ P)) (softmax Jacobian), dQ = s dS K, dK = s dSᵀ Q,
+//             dV = P̃ᵀ dO.
+// Since P ⊙ dP = P ⊙ M / (1-p) ⊙ dP̃ = P̃ ⊙ dP̃, and rowsum(P̃ ⊙ dP̃)_i = Σ_j P̃_ij (dO_i · V_j)
+// = dO_i · O_i, the backward pass computes
+//   dS = P̃ ⊙ dP̃ - P ⊙ D,   D = rowsum(dO ⊙ O)   (O, the forward's output, is an input),
 // from the P̃ it needs for dV anyway, drawing the dropout mask once instead of twice. The Philox
-// draws cost more than the GEMMs here: B=8, S=128, H=4, Dh=64, f32, p=0.1 on 2 shared cores,
-// backward 13 ms with two draws per score, 8.7 ms with one, 3.4 ms without dropout.
-// Masked scores get probability exactly 0, so the backward pass needs no mask: their dS is 0. A
-// query row with no visible key has P = 0 and so a zero output and zero gradients.
+// draws cost more than the GEMMs here: B=8 sequences of 128, H=4, Dh=64, f32, bidirectional, on 2
+// shared cores, the backward pass takes 7.0 ms with p=0.1 (one draw per score) and 3.0 ms with
+// p=0; in the padded predecessor of this file a second draw took it from 8.7 ms to 13 ms.
+// The dropout element of (head h, query row t, key j of the same sequence) has index
+// (h*T + t)*max_len + j, as ops.h specifies, so the CUDA kernels draw the same masks. Every query
+// sees at least its own key, so every ℓ is finite; empty sequences are skipped.
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "kernels/cpu/dropout.h"
@@ -25,92 +32,114 @@
 namespace qarac::cpu {
 namespace {
 
-// Softmax of each row of the scores p [S,S] in place over the keys query i may see:
-// key_mask[j] = 1 and, if causal, j <= i. The maximum is subtracted before exp (stable for any
-// score range); invisible keys, and rows with none visible, get 0.
-template <class T>
-void masked_softmax_rows(T* p, const int32_t* key_mask, int64_t seq, bool causal) {
-  for (int64_t i = 0; i < seq; ++i) {
-    T* row = p + i * seq;
-    const int64_t end = causal ? i + 1 : seq;
-    T max = -std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j < end; ++j)
-      if (key_mask[j]) max = std::max(max, row[j]);
-    T sum = 0;
-    for (int64_t j = 0; j < end; ++j) {
-      row[j] = key_mask[j] ? std::exp(row[j] - max) : T(0);
-      sum += row[j];
-    }
-    const T inv = sum > 0 ? T(1) / sum : T(0);
-    for (int64_t j = 0; j < end; ++j) row[j] *= inv;
-    std::fill(row + end, row + seq, T(0));
-  }
+// Where one (sequence, head) block lies: rows [begin, begin + len); element (begin, h*Dh).
+struct Block {
+  int64_t begin, len, offset;
+};
+
+// The blocks of sequence b for head h; len = 0 for an empty sequence.
+Block block(const int32_t* offsets, int64_t b, int64_t h, int64_t ld, int64_t head_dim) {
+  const int64_t begin = offsets[b];
+  return {begin, offsets[b + 1] - begin, begin * ld + h * head_dim};
+}
+
+// The dropout index of key 0 for query row t (a row of the whole batch) of head h.
+uint64_t dropout_row_index(int64_t h, int64_t tokens, int64_t t, int64_t max_len) {
+  return static_cast<uint64_t>((h * tokens + t) * max_len);
 }
 
 }  // namespace
 
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, const int32_t* key_mask, int64_t batch,
-                       int64_t seq, int64_t heads, int64_t head_dim, bool causal, double dropout_p,
-                       const RngKey& dropout_key, T* out, T* probs) {
-  const int64_t ld = heads * head_dim, ss = seq * seq;
+void attention_forward(const T* q, const T* k, const T* v, const int32_t* offsets, int64_t batch,
+                       int64_t max_len, int64_t heads, int64_t head_dim, bool causal,
+                       double dropout_p, const RngKey& dropout_key, T* out, T* lse) {
+  const int64_t ld = heads * head_dim, tokens = offsets[batch];
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
-  std::vector<T> dropped(dropout_p > 0 ? static_cast<size_t>(ss) : 0);
+  std::vector<T> p(static_cast<size_t>(max_len * max_len));
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < heads; ++h) {
-      const int64_t offset = b * seq * ld + h * head_dim;  // element (b*S, h*Dh)
-      const uint64_t first = static_cast<uint64_t>((b * heads + h) * ss);
-      T* p = probs + first;
-      gemm(false, true, seq, seq, head_dim, scale, q + offset, ld, k + offset, ld, T(0), p, seq);
-      masked_softmax_rows(p, key_mask + b * seq, seq, causal);
-      const T* p_used = p;
-      if (dropout_p > 0) {
-        dropout(p, dropped.data(), ss, dropout_p, dropout_key, first);
-        p_used = dropped.data();
+      const Block blk = block(offsets, b, h, ld, head_dim);
+      const int64_t len = blk.len;
+      if (len == 0) continue;
+      gemm(false, true, len, len, head_dim, scale, q + blk.offset, ld, k + blk.offset, ld, T(0),
+           p.data(), len);
+      // Row softmax over the visible keys with the maximum taken out (stable for any score
+      // range); ℓ = max + log Σ exp(S - max). P̃ replaces P in place: the forward keeps neither.
+      for (int64_t i = 0; i < len; ++i) {
+        T* row = p.data() + i * len;
+        const int64_t end = causal ? i + 1 : len;
+        const T max = *std::max_element(row, row + end);
+        T sum = 0;
+        for (int64_t j = 0; j < end; ++j) sum += (row[j] = std::exp(row[j] - max));
+        lse[h * tokens + blk.begin + i] = max + std::log(sum);
+        const T inv = T(1) / sum;
+        for (int64_t j = 0; j < end; ++j) row[j] *= inv;
+        std::fill(row + end, row + len, T(0));
+        if (dropout_p > 0)
+          dropout(row, row, end, dropout_p, dropout_key,
+                  dropout_row_index(h, tokens, blk.begin + i, max_len));
       }
-      gemm(false, false, seq, head_dim, seq, T(1), p_used, seq, v + offset, ld, T(0), out + offset,
-           ld);
+      gemm(false, false, len, head_dim, len, T(1), p.data(), len, v + blk.offset, ld, T(0),
+           out + blk.offset, ld);
     }
   }
 }
 
 template <class T>
-void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* probs,
-                        int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
-                        double dropout_p, const RngKey& dropout_key, T* dq, T* dk, T* dv) {
-  const int64_t ld = heads * head_dim, ss = seq * seq;
+void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out,
+                        const T* lse, const int32_t* offsets, int64_t batch, int64_t max_len,
+                        int64_t heads, int64_t head_dim, bool causal, double dropout_p,
+                        const RngKey& dropout_key, T* dq, T* dk, T* dv) {
+  const int64_t ld = heads * head_dim, tokens = offsets[batch];
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
-  std::vector<T> ds(static_cast<size_t>(ss));
-  std::vector<T> dropped(dropout_p > 0 ? static_cast<size_t>(ss) : 0);
+  const size_t square = static_cast<size_t>(max_len * max_len);
+  std::vector<T> p(square), ds(square), dropped(dropout_p > 0 ? square : 0);
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < heads; ++h) {
-      const int64_t offset = b * seq * ld + h * head_dim;
-      const uint64_t first = static_cast<uint64_t>((b * heads + h) * ss);
-      const T* p = probs + first;
-      const T* p_used = p;
-      if (dropout_p > 0) {
-        dropout(p, dropped.data(), ss, dropout_p, dropout_key, first);
-        p_used = dropped.data();
+      const Block blk = block(offsets, b, h, ld, head_dim);
+      const int64_t len = blk.len;
+      if (len == 0) continue;
+      // P = exp(s Q Kᵀ - ℓ) on the visible keys, 0 elsewhere; P̃ with the forward's mask.
+      gemm(false, true, len, len, head_dim, scale, q + blk.offset, ld, k + blk.offset, ld, T(0),
+           p.data(), len);
+      for (int64_t i = 0; i < len; ++i) {
+        T* row = p.data() + i * len;
+        const int64_t end = causal ? i + 1 : len;
+        const T l = lse[h * tokens + blk.begin + i];
+        for (int64_t j = 0; j < end; ++j) row[j] = std::exp(row[j] - l);
+        std::fill(row + end, row + len, T(0));
+        if (dropout_p > 0) {
+          T* drow = dropped.data() + i * len;
+          dropout(row, drow, end, dropout_p, dropout_key,
+                  dropout_row_index(h, tokens, blk.begin + i, max_len));
+          std::fill(drow + end, drow + len, T(0));
+        }
       }
+      const T* p_used = dropout_p > 0 ? dropped.data() : p.data();
       // dV = P̃ᵀ dO
-      gemm(true, false, seq, head_dim, seq, T(1), p_used, seq, dout + offset, ld, T(0), dv + offset,
-           ld);
-      // dP̃ = dO Vᵀ, then dS = P̃ ⊙ dP̃ - P ⊙ rowsum(P̃ ⊙ dP̃) in place
-      gemm(false, true, seq, seq, head_dim, T(1), dout + offset, ld, v + offset, ld, T(0),
-           ds.data(), seq);
-      for (int64_t i = 0; i < seq; ++i) {
-        T* row = ds.data() + i * seq;
-        const T* prow = p + i * seq;
-        const T* drow = p_used + i * seq;
-        T dot = 0;
-        for (int64_t j = 0; j < seq; ++j) dot += drow[j] * row[j];
-        for (int64_t j = 0; j < seq; ++j) row[j] = drow[j] * row[j] - prow[j] * dot;
+      gemm(true, false, len, head_dim, len, T(1), p_used, len, dout + blk.offset, ld, T(0),
+           dv + blk.offset, ld);
+      // dP̃ = dO Vᵀ, then dS = P̃ ⊙ dP̃ - P ⊙ D in place, D_i = dO_i · O_i
+      gemm(false, true, len, len, head_dim, T(1), dout + blk.offset, ld, v + blk.offset, ld, T(0),
+           ds.data(), len);
+      for (int64_t i = 0; i < len; ++i) {
+        const T* do_row = dout + blk.offset + i * ld;
+        const T* o_row = out + blk.offset + i * ld;
+        T d = 0;
+        for (int64_t e = 0; e < head_dim; ++e) d += do_row[e] * o_row[e];
+        T* row = ds.data() + i * len;
+        const T* prow = p.data() + i * len;
+        const T* drow = p_used + i * len;
+        const int64_t end = causal ? i + 1 : len;
+        for (int64_t j = 0; j < end; ++j) row[j] = drow[j] * row[j] - prow[j] * d;
+        std::fill(row + end, row + len, T(0));
       }
       // dQ = s dS K, dK = s dSᵀ Q
-      gemm(false, false, seq, head_dim, seq, scale, ds.data(), seq, k + offset, ld, T(0),
-           dq + offset, ld);
-      gemm(true, false, seq, head_dim, seq, scale, ds.data(), seq, q + offset, ld, T(0),
-           dk + offset, ld);
+      gemm(false, false, len, head_dim, len, scale, ds.data(), len, k + blk.offset, ld, T(0),
+           dq + blk.offset, ld);
+      gemm(true, false, len, head_dim, len, scale, ds.data(), len, q + blk.offset, ld, T(0),
+           dk + blk.offset, ld);
     }
   }
 }
@@ -122,10 +151,12 @@ template void attention_forward<double>(const double*, const double*, const doub
                                         int64_t, int64_t, int64_t, int64_t, bool, double,
                                         const RngKey&, double*, double*);
 template void attention_backward<float>(const float*, const float*, const float*, const float*,
-                                        const float*, int64_t, int64_t, int64_t, int64_t, double,
-                                        const RngKey&, float*, float*, float*);
+                                        const float*, const float*, const int32_t*, int64_t,
+                                        int64_t, int64_t, int64_t, bool, double, const RngKey&,
+                                        float*, float*, float*);
 template void attention_backward<double>(const double*, const double*, const double*, const double*,
-                                         const double*, int64_t, int64_t, int64_t, int64_t, double,
-                                         const RngKey&, double*, double*, double*);
+                                         const double*, const double*, const int32_t*, int64_t,
+                                         int64_t, int64_t, int64_t, bool, double, const RngKey&,
+                                         double*, double*, double*);
 
 }  // namespace qarac::cpu

@@ -1,5 +1,6 @@
-// CPU multi-head scaled dot-product attention over a padded batch, token-major [B*S, H*Dh] with
-// the heads side by side; the semantics are those of ops::attention_forward/backward.
+// CPU multi-head scaled dot-product attention over a padding-free batch: the sequences lie back
+// to back in token-major [T, H*Dh] activations with the heads side by side; the semantics are
+// those of ops::attention_forward/backward.
 #pragma once
 
 #include <cstdint>
@@ -8,15 +9,18 @@
 
 namespace qarac::cpu {
 
-// probs [B,H,S,S] receives the softmax before dropout; out is overwritten.
+// Sequence b is rows [offsets[b], offsets[b+1]) (offsets [batch+1], offsets[0] = 0, T =
+// offsets[batch]); max_len is the longest sequence, the stride of the dropout element index.
+// out [T, H*Dh] is overwritten; lse [H, T] receives each query row's log-sum-exp of its scores.
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, const int32_t* key_mask, int64_t batch,
-                       int64_t seq, int64_t heads, int64_t head_dim, bool causal, double dropout_p,
-                       const RngKey& dropout_key, T* out, T* probs);
-// dq, dk, dv overwritten; the mask is read from the zeros of the saved probs.
+void attention_forward(const T* q, const T* k, const T* v, const int32_t* offsets, int64_t batch,
+                       int64_t max_len, int64_t heads, int64_t head_dim, bool causal,
+                       double dropout_p, const RngKey& dropout_key, T* out, T* lse);
+// dq, dk, dv overwritten; the probabilities are recomputed from q, k and the saved lse.
 template <class T>
-void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* probs,
-                        int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
-                        double dropout_p, const RngKey& dropout_key, T* dq, T* dk, T* dv);
+void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out,
+                        const T* lse, const int32_t* offsets, int64_t batch, int64_t max_len,
+                        int64_t heads, int64_t head_dim, bool causal, double dropout_p,
+                        const RngKey& dropout_key, T* dq, T* dk, T* dv);
 
 }  // namespace qarac::cpu

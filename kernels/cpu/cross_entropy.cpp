@@ -1,9 +1,13 @@
-// CPU softmax cross-entropy. Per row x with target t, through the log-sum-exp with the row
-// maximum m taken out (so exp never overflows and the largest term is exactly 1):
+// CPU softmax cross-entropy. Per row x with target t, over the valid columns j < V', through the
+// log-sum-exp with the row maximum m taken out (so exp never overflows and the largest term is
+// exactly 1):
 //   s = log Σ_j exp(x_j - m),   loss = (m - x_t) + s,
 //   ∂loss/∂x_j = exp(x_j - m - s) - [j = t]   (softmax minus the one-hot target).
 // Working with x - m throughout, never with m + s, keeps f32 accurate when the logits are large:
 // at |x| ≈ 1000 one f32 ulp is 6e-5, larger than the loss's own rounding.
+// In place (dlogits == logits): the loss is taken before the row is overwritten, and each
+// gradient element is written after the one read of its logit, so the LM head's logits become
+// their gradient without a second [N, V] buffer.
 #include "kernels/cpu/cross_entropy.h"
 
 #include <algorithm>
@@ -14,36 +18,38 @@
 namespace qarac::cpu {
 
 template <class T>
-void softmax_cross_entropy(const T* logits, const int32_t* targets, int64_t rows, int64_t vocab,
-                           int32_t ignore_index, T* losses, T* dlogits, T dloss) {
+void softmax_cross_entropy(const T* logits, const int32_t* targets, int64_t rows, int64_t cols,
+                           int64_t valid_cols, int32_t ignore_index, T* losses, T* dlogits,
+                           T dloss) {
   for (int64_t r = 0; r < rows; ++r)
-    QARAC_CHECK(targets[r] == ignore_index || (targets[r] >= 0 && targets[r] < vocab),
+    QARAC_CHECK(targets[r] == ignore_index || (targets[r] >= 0 && targets[r] < valid_cols),
                 "softmax_cross_entropy: row ", r, " has target ", targets[r], " outside [0, ",
-                vocab, ") and it is not the ignore index ", ignore_index);
+                valid_cols, ") and it is not the ignore index ", ignore_index);
   for (int64_t r = 0; r < rows; ++r) {
-    const T* x = logits + r * vocab;
-    T* dx = dlogits ? dlogits + r * vocab : nullptr;
+    const T* x = logits + r * cols;
+    T* dx = dlogits ? dlogits + r * cols : nullptr;
     const int32_t t = targets[r];
     if (t == ignore_index) {
       losses[r] = 0;
-      if (dx) std::fill(dx, dx + vocab, T(0));
+      if (dx) std::fill(dx, dx + cols, T(0));
       continue;
     }
-    const T m = *std::max_element(x, x + vocab);
+    const T m = *std::max_element(x, x + valid_cols);
     T sum = 0;
-    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(x[j] - m);
+    for (int64_t j = 0; j < valid_cols; ++j) sum += std::exp(x[j] - m);
     const T s = std::log(sum);
     losses[r] = (m - x[t]) + s;
     if (dx) {
-      for (int64_t j = 0; j < vocab; ++j) dx[j] = dloss * std::exp((x[j] - m) - s);
+      for (int64_t j = 0; j < valid_cols; ++j) dx[j] = dloss * std::exp((x[j] - m) - s);
+      std::fill(dx + valid_cols, dx + cols, T(0));
       dx[t] -= dloss;
     }
   }
 }
 
-template void softmax_cross_entropy<float>(const float*, const int32_t*, int64_t, int64_t, int32_t,
-                                           float*, float*, float);
+template void softmax_cross_entropy<float>(const float*, const int32_t*, int64_t, int64_t, int64_t,
+                                           int32_t, float*, float*, float);
 template void softmax_cross_entropy<double>(const double*, const int32_t*, int64_t, int64_t,
-                                            int32_t, double*, double*, double);
+                                            int64_t, int32_t, double*, double*, double);
 
 }  // namespace qarac::cpu

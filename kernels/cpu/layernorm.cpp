@@ -1,6 +1,7 @@
 // CPU LayerNorm. Per row of C elements, with x̂ = (x - μ) r and r = 1/sqrt(σ² + eps):
 //   forward:  y = x̂ γ + β; μ and σ² in two passes (the mean first, then Σ (x - μ)²), which avoids
-//             the cancellation of E[x²] - μ² when |μ| is large against σ.
+//             the cancellation of E[x²] - μ² when |μ| is large against σ. A post-LN block's
+//             residual sum x = a + b is formed in the same pass over the row, while it is in cache.
 //   backward: with g = dy γ (the gradient reaching x̂),
 //             dx = r (g - mean(g) - x̂ mean(g x̂)),   dγ += Σ_rows dy x̂,   dβ += Σ_rows dy.
 //             The two means are the projections that μ and r, functions of the whole row, remove:
@@ -12,15 +13,21 @@
 namespace qarac::cpu {
 
 template <class T>
-void layernorm_forward(const T* x, const T* gamma, const T* beta, T eps, int64_t rows, int64_t cols,
-                       T* y, T* mean, T* rstd) {
+void layernorm_forward(const T* a, const T* b, const T* gamma, const T* beta, T eps, int64_t rows,
+                       int64_t cols, T* sum, T* y, T* mean, T* rstd) {
   const T inv_cols = T(1) / static_cast<T>(cols);
   for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * cols;
+    const T* xr = a + r * cols;
+    if (b) {
+      const T* br = b + r * cols;
+      T* sr = sum + r * cols;
+      for (int64_t c = 0; c < cols; ++c) sr[c] = xr[c] + br[c];
+      xr = sr;
+    }
     T* yr = y + r * cols;
-    T sum = 0;
-    for (int64_t c = 0; c < cols; ++c) sum += xr[c];
-    const T mu = sum * inv_cols;
+    T total = 0;
+    for (int64_t c = 0; c < cols; ++c) total += xr[c];
+    const T mu = total * inv_cols;
     T sq = 0;
     for (int64_t c = 0; c < cols; ++c) sq += (xr[c] - mu) * (xr[c] - mu);
     const T rs = T(1) / std::sqrt(sq * inv_cols + eps);
@@ -56,10 +63,11 @@ void layernorm_backward(const T* dy, const T* x, const T* gamma, const T* mean, 
   }
 }
 
-template void layernorm_forward<float>(const float*, const float*, const float*, float, int64_t,
-                                       int64_t, float*, float*, float*);
-template void layernorm_forward<double>(const double*, const double*, const double*, double,
-                                        int64_t, int64_t, double*, double*, double*);
+template void layernorm_forward<float>(const float*, const float*, const float*, const float*,
+                                       float, int64_t, int64_t, float*, float*, float*, float*);
+template void layernorm_forward<double>(const double*, const double*, const double*, const double*,
+                                        double, int64_t, int64_t, double*, double*, double*,
+                                        double*);
 template void layernorm_backward<float>(const float*, const float*, const float*, const float*,
                                         const float*, int64_t, int64_t, float*, float*, float*);
 template void layernorm_backward<double>(const double*, const double*, const double*, const double*,

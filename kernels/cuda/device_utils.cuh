@@ -72,3 +72,107 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
 }
 
 }  // namespace qarac::cuda
+
+// ---- Added for the dense kernels (gemm, elementwise, layernorm, ...) --------------------------
+namespace qarac::cuda {
+
+// N consecutive elements of T moved as one access: Packed<T, 16 / sizeof(T)> is one 16-byte
+// load or store (as Vec16), Packed<T, 1> a scalar one. Kernels templated on N run the same body
+// vectorised when the sizes and addresses allow it and scalar otherwise.
+template <class T, int N>
+struct alignas(sizeof(T) * N) Packed {
+  T v[N];
+};
+template <int N, class T>
+__device__ __forceinline__ Packed<T, N> load_packed(const T* p) {
+  return *reinterpret_cast<const Packed<T, N>*>(p);
+}
+template <int N, class T>
+__device__ __forceinline__ void store_packed(T* p, const Packed<T, N>& x) {
+  *reinterpret_cast<Packed<T, N>*>(p) = x;
+}
+// The widest access for T: 16 bytes.
+template <class T>
+constexpr int kPack16 = 16 / static_cast<int>(sizeof(T));
+
+// Whether p can be accessed 16 bytes at a time (null counts as aligned: absent operands).
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Blocks for a grid-stride loop over `items` work items of `threads` threads each: enough to
+// fill every multiprocessor several times over, no more (the loop covers the rest), so the
+// launch never exceeds the grid limit and each thread amortises its index arithmetic.
+inline unsigned grid_for(int64_t items, int threads) {
+  int device = 0, sms = 0;
+  QARAC_CHECK_CUDA(cudaGetDevice(&device));
+  QARAC_CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t wanted = ceil_div(items, threads), cap = static_cast<int64_t>(sms) * 16;
+  return static_cast<unsigned>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
+}
+
+// Calls f(T{}) with T the CUDA element type of a compute dtype (f32 -> float, bf16 ->
+// __nv_bfloat16); any other dtype raises an error naming the op.
+template <class F>
+void dispatch_compute(DType dtype, const char* op, F&& f) {
+  if (dtype == DType::f32)
+    f(float{});
+  else if (dtype == DType::bf16)
+    f(__nv_bfloat16{});
+  else
+    QARAC_CHECK(false, op, ": dtype ", dtype_name(dtype), " has no CUDA kernel (f32 or bf16)");
+}
+
+}  // namespace qarac::cuda
+
+namespace qarac::cuda {
+
+// A grid-stride loop over n elements in packs of N: op.apply<N>(i) handles elements [i, i+N),
+// then op.apply<1>(i) the n % N elements of the tail. Every element is read and written by the
+// thread that owns it, so an op's output may alias its inputs.
+template <int N, class Op>
+__global__ void elementwise_kernel(int64_t n, Op op) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t packs = n / N;
+  for (int64_t p = first; p < packs; p += stride) op.template apply<N>(p * N);
+  for (int64_t i = packs * N + first; i < n; i += stride) op.template apply<1>(i);
+}
+
+// Launches elementwise_kernel on the context's stream with 16-byte packs when every pointer the
+// op touches is 16-byte aligned (`aligned`), else element by element. Memory-bound: 256 threads
+// and one 16-byte access per operand per iteration keep enough bytes in flight per SM.
+template <class T, class Op>
+void launch_elementwise(int64_t n, bool aligned, cudaStream_t stream, const Op& op) {
+  if (n <= 0) return;
+  constexpr int kThreads = 256;
+  if (aligned) {
+    elementwise_kernel<kPack16<T>><<<grid_for(ceil_div(n, kPack16<T>), kThreads), kThreads, 0,
+                                     stream>>>(n, op);
+  } else {
+    elementwise_kernel<1><<<grid_for(n, kThreads), kThreads, 0, stream>>>(n, op);
+  }
+  QARAC_CHECK_LAUNCH();
+}
+
+}  // namespace qarac::cuda
+
+// ---- Added for the pooling head and the row cosine (pooling.cu, cosine.cu) --------------------
+namespace qarac::cuda {
+
+// cos(x, y) = x·y / max(‖x‖ ‖y‖, eps) from x·y, ‖x‖² and ‖y‖², with its gradient in the form
+//   ∂cos/∂x = alpha y − beta_x x,   ∂cos/∂y = alpha x − beta_y y.
+// Where ‖x‖ ‖y‖ > eps: alpha = 1/(‖x‖ ‖y‖), beta_x = cos/‖x‖², beta_y = cos/‖y‖² (from
+// ∂‖x‖/∂x = x/‖x‖); where the denominator is clamped it is the constant eps: alpha = 1/eps,
+// beta = 0. Both norms are positive on the first branch. Same form as kernels/cpu/cosine.h.
+struct CosineTerms {
+  float value, alpha, beta_x, beta_y;
+};
+__device__ __forceinline__ CosineTerms cosine_terms(float dot, float sq_x, float sq_y, float eps) {
+  const float norms = sqrtf(sq_x) * sqrtf(sq_y);
+  if (norms > eps) {
+    const float value = dot / norms;
+    return {value, 1.f / norms, value / sq_x, value / sq_y};
+  }
+  return {dot / eps, 1.f / eps, 0.f, 0.f};
+}
+
+}  // namespace qarac::cuda

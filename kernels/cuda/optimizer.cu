@@ -1,0 +1,218 @@
+// The optimiser step on CUDA: AdamW on the f32 master weights and moments (writing the model's
+// compute copy in the same pass), and the squared global gradient norm that clipping needs.
+//
+// adamw_update is one elementwise pass: per element it reads param, grad, m, v (16 B) and writes
+// param, m, v and the copy (12 B + 2 or 4 B), so it is bound by memory bandwidth; it moves 4
+// elements per access (16 B of f32) when every pointer allows it, scalars otherwise.
+//
+// sum_of_squares covers every gradient tensor (about 125M elements for roberta-base) in two
+// passes whose summation order depends on the span sizes alone, so the norm has the same bits on
+// every run and on every rank holding the same gradients:
+//   1. each span gets a fixed number of blocks ("parts"), from its size; block p of a span sums
+//      the squares of a fixed strided subset of the span (per thread in f32, then block_sum's
+//      fixed tree) into partials[first_part + p];
+//   2. one block sums the partials in index order (per thread, then block_sum) into out[0].
+// The spans travel in the kernel's parameters, 64 per launch, so no descriptor is uploaded.
+#include "kernels/cuda/optimizer.cuh"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/memory.h"
+#include "kernels/cuda/context.cuh"
+#include "kernels/cuda/device_utils.cuh"
+
+namespace qarac::cuda {
+namespace {
+
+// ---- AdamW --------------------------------------------------------------------------------------
+
+// The per-call constants of the update, formed on the host in double and rounded once to f32.
+struct AdamWConstants {
+  float decay;      // 1 - lr wd
+  float step_size;  // lr / bc1, bc = 1 - β^step
+  float sqrt_bc2;   // sqrt(bc2)
+  float beta1, rest1, beta2, rest2;  // β and 1 - β
+  float eps, grad_scale;
+
+  explicit AdamWConstants(const AdamWArgs& a)
+      : decay(static_cast<float>(1.0 - a.lr * a.weight_decay)),
+        step_size(static_cast<float>(a.lr / a.bias_correction1)),
+        sqrt_bc2(static_cast<float>(std::sqrt(a.bias_correction2))),
+        beta1(static_cast<float>(a.beta1)),
+        rest1(static_cast<float>(1.0 - a.beta1)),
+        beta2(static_cast<float>(a.beta2)),
+        rest2(static_cast<float>(1.0 - a.beta2)),
+        eps(static_cast<float>(a.eps)),
+        grad_scale(static_cast<float>(a.grad_scale)) {}
+};
+
+// torch.optim.AdamW for one element, in f32 and in torch's order and form (the CPU reference,
+// kernels/cpu/optimizer.cpp, is the same), with g = grad_scale * grad:
+//   p ← p (1 - lr wd)                         (decoupled weight decay, from the old p)
+//   m ← β1 m + (1 - β1) g,   v ← β2 v + (1 - β2) g²
+//   p ← p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+__device__ __forceinline__ void adamw_element(float& p, float grad, float& m, float& v,
+                                              const AdamWConstants& k) {
+  const float g = k.grad_scale * grad;
+  m = k.beta1 * m + k.rest1 * g;
+  v = k.beta2 * v + k.rest2 * g * g;
+  p = p * k.decay - k.step_size * m / (sqrtf(v) / k.sqrt_bc2 + k.eps);
+}
+
+// The elementwise op for launch_elementwise: elements [i, i + N), N = 4 (one 16-byte access per
+// f32 operand) or 1. `copy` (C = float or __nv_bfloat16) may be null.
+template <class C>
+struct AdamWOp {
+  float* param;
+  const float* grad;
+  float* m;
+  float* v;
+  C* copy;
+  AdamWConstants k;
+
+  template <int N>
+  __device__ __forceinline__ void apply(int64_t i) const {
+    Packed<float, N> p = load_packed<N>(param + i), mm = load_packed<N>(m + i),
+                     vv = load_packed<N>(v + i);
+    const Packed<float, N> g = load_packed<N>(grad + i);
+    Packed<C, N> c;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      adamw_element(p.v[e], g.v[e], mm.v[e], vv.v[e], k);
+      c.v[e] = from_float<C>(p.v[e]);
+    }
+    store_packed<N>(param + i, p);
+    store_packed<N>(m + i, mm);
+    store_packed<N>(v + i, vv);
+    if (copy) store_packed<N>(copy + i, c);
+  }
+};
+
+template <class C>
+void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+                  const AdamWArgs& args, C* copy) {
+  // Packs of 4 need every f32 operand 16-byte aligned and the copy aligned to 4 of its elements
+  // (8 bytes for bf16).
+  const bool aligned = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
+                       reinterpret_cast<uintptr_t>(copy) % (kPack16<float> * sizeof(C)) == 0;
+  launch_elementwise<float>(n, aligned, stream(),
+                            AdamWOp<C>{param, grad, m, v, copy, AdamWConstants(args)});
+}
+
+// ---- Sum of squares -------------------------------------------------------------------------------
+
+constexpr int kSumThreads = 256;
+// A span gets one block per kSumThreads * kSumPerThread elements, at most kSumMaxParts blocks:
+// enough blocks for the large spans (embeddings, FFN weights) to fill the GPU, few enough that
+// the partials stay a small buffer that one block sums quickly.
+constexpr int64_t kSumPerThread = 16;
+constexpr int64_t kSumMaxParts = 1024;
+constexpr int kSumFinalThreads = 1024;
+// Spans per launch: the chunk is 64 * 24 + 8 bytes, well inside the 4 KB of kernel parameters.
+constexpr int kChunkSpans = 64;
+
+struct SpanChunk {
+  const void* data[kChunkSpans];
+  int64_t n[kChunkSpans];
+  // Blocks [first_part[s], first_part[s + 1]) of the launch cover span s.
+  int64_t first_part[kChunkSpans + 1];
+};
+
+// partials[block] = the block's part of Σ x² of its span.
+template <class T>
+__global__ void sum_of_squares_parts_kernel(const SpanChunk chunk, float* __restrict__ partials) {
+  __shared__ float scratch[kWarpSize];
+  const int64_t block = blockIdx.x;
+  int s = 0;
+  while (chunk.first_part[s + 1] <= block) ++s;  // the same s for the whole block
+  const T* x = static_cast<const T*>(chunk.data[s]);
+  const int64_t n = chunk.n[s];
+  const int64_t parts = chunk.first_part[s + 1] - chunk.first_part[s];
+  const int64_t first = (block - chunk.first_part[s]) * blockDim.x + threadIdx.x;
+  const int64_t stride = parts * blockDim.x;
+  float sum = 0.f;
+  int64_t scalar_from = 0;  // elements before it were read in 16-byte packs
+  constexpr int N = kPack16<T>;
+  if (reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    const int64_t packs = n / N;
+    for (int64_t p = first; p < packs; p += stride) {
+      const Packed<T, N> xv = load_packed<N>(x + p * N);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        const float f = to_float(xv.v[k]);
+        sum += f * f;
+      }
+    }
+    scalar_from = packs * N;
+  }
+  for (int64_t i = scalar_from + first; i < n; i += stride) {
+    const float f = to_float(x[i]);
+    sum += f * f;
+  }
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) partials[block] = sum;
+}
+
+// out[0] = Σ partials, thread i summing partials i, i + 1024, ... in order, then block_sum.
+__global__ void sum_partials_kernel(const float* __restrict__ partials, int64_t count,
+                                    float* __restrict__ out) {
+  __shared__ float scratch[kWarpSize];
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) sum += partials[i];
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) out[0] = sum;
+}
+
+}  // namespace
+
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                  const AdamWArgs& args, DType copy_dtype, void* copy) {
+  QARAC_CHECK(n >= 0, "adamw_update: negative size ", n);
+  if (copy == nullptr) {
+    launch_adamw<float>(param, grad, m, v, n, args, nullptr);
+    return;
+  }
+  dispatch_compute(copy_dtype, "adamw_update (the parameter copy)", [&](auto tag) {
+    using C = decltype(tag);
+    launch_adamw(param, grad, m, v, n, args, static_cast<C*>(copy));
+  });
+}
+
+void sum_of_squares(DType dtype, const std::vector<Span>& spans, float* out) {
+  std::vector<int64_t> parts(spans.size());
+  int64_t total_parts = 0;
+  for (size_t s = 0; s < spans.size(); ++s) {
+    QARAC_CHECK(spans[s].n >= 0, "sum_of_squares: span ", s, " has negative size ", spans[s].n);
+    parts[s] = std::min(ceil_div(spans[s].n, kSumThreads * kSumPerThread), kSumMaxParts);
+    total_parts += parts[s];
+  }
+  // Released when this function returns, with the kernels still queued: safe, the caching
+  // allocator hands the block only to work queued after them.
+  Buffer partials(static_cast<size_t>(total_parts) * sizeof(float),
+                  Device::cuda(context().device));
+  float* partial = static_cast<float*>(partials.data());
+  dispatch_compute(dtype, "sum_of_squares", [&](auto tag) {
+    using T = decltype(tag);
+    for (size_t first = 0; first < spans.size(); first += kChunkSpans) {
+      const size_t count = std::min(spans.size() - first, static_cast<size_t>(kChunkSpans));
+      SpanChunk chunk{};
+      for (size_t s = 0; s < count; ++s) {
+        chunk.data[s] = spans[first + s].data;
+        chunk.n[s] = spans[first + s].n;
+        chunk.first_part[s + 1] = chunk.first_part[s] + parts[first + s];
+      }
+      const int64_t blocks = chunk.first_part[count];
+      if (blocks == 0) continue;  // only empty spans
+      sum_of_squares_parts_kernel<T>
+          <<<static_cast<unsigned>(blocks), kSumThreads, 0, stream()>>>(chunk, partial);
+      QARAC_CHECK_LAUNCH();
+      partial += blocks;
+    }
+  });
+  sum_partials_kernel<<<1, kSumFinalThreads, 0, stream()>>>(
+      static_cast<const float*>(partials.data()), total_parts, out);
+  QARAC_CHECK_LAUNCH();
+}
+
+}  // namespace qarac::cuda

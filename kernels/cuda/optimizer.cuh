@@ -9,9 +9,12 @@
 
 namespace qarac::cuda {
 
+// One step's hyper-parameters, in double: the launcher forms the kernel's f32 constants
+// (1 - lr wd, lr / bc1, sqrt(bc2), 1 - β) from them in double, as the CPU reference does; formed
+// from a float β2 = 0.999, 1 - β2 would already be 1.3e-5 off (relative).
 struct AdamWArgs {
-  float lr, beta1, beta2, eps, weight_decay, grad_scale;
-  float bias_correction1, bias_correction2;  // 1 - β^step, computed on the host in double
+  double lr, beta1, beta2, eps, weight_decay, grad_scale;
+  double bias_correction1, bias_correction2;  // 1 - β^step
 };
 
 // param, grad, m, v f32 [n]; copy (copy_dtype, may be null) receives the updated param.

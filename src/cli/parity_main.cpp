@@ -1,6 +1,7 @@
-// qarac-parity DIR: checks the CPU backend against a Hugging Face reference dump (see
-// shared/golden/README.md for the format): the bidirectional and causal last hidden states at
-// real tokens, and the gradient of every encoder parameter for loss = Σ h · R · mask.
+// qarac-parity DIR: checks a backend (the CPU reference in f32/f64, CUDA in f32/bf16) against a
+// Hugging Face reference dump (see shared/golden/README.md for the format): the bidirectional
+// and causal last hidden states at real tokens, and the gradient of every encoder parameter for
+// loss = Σ h · R · mask.
 // Prints one line per tensor; exits 1 when one is out of tolerance or missing, 2 on bad input.
 #include <algorithm>
 #include <cmath>
@@ -26,17 +27,13 @@ struct Comparison {
   double rel() const { return max_ref > 0 ? max_abs / max_ref : max_abs; }
 };
 
-// ‖x − ref‖∞ and ‖ref‖∞ over the rows of [rows, cols] tensors whose row_mask is set
-// (all rows when row_mask is empty).
-Comparison compare(const Tensor& x, const Tensor& ref, const std::vector<int32_t>& row_mask = {}) {
+// ‖x − ref‖∞ and ‖ref‖∞ of two tensors with the same number of elements.
+Comparison compare(const Tensor& x, const Tensor& ref) {
   const std::vector<double> a = x.to(Device::cpu()).to(DType::f64).to_vector<double>();
   const std::vector<double> b = ref.to(DType::f64).to_vector<double>();
   QARAC_CHECK(a.size() == b.size(), "compare: ", x.str(), " vs ", ref.str());
-  const size_t rows = row_mask.empty() ? 1 : row_mask.size();
-  const size_t cols = a.size() / rows;
   Comparison c;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (!row_mask.empty() && row_mask[i / cols] == 0) continue;
     c.max_abs = std::max(c.max_abs, std::fabs(a[i] - b[i]));
     c.max_ref = std::max(c.max_ref, std::fabs(b[i]));
   }
@@ -86,17 +83,26 @@ const Tensor& require(const io::TensorMap& m, const std::string& name, const std
   return *t;
 }
 
+DType parse_dtype(const std::string& name) {
+  if (name == "f32") return DType::f32;
+  if (name == "f64") return DType::f64;
+  if (name == "bf16") return DType::bf16;
+  throw InputError("--dtype must be f32, f64 or bf16, got '" + name + "'");
+}
+
 int run(int argc, char** argv) {
-  std::string dir, dtype_name;
+  std::string dir, dtype_name, device_name;
   double tolerance = 1e-4;
   po::options_description options("qarac-parity DIR [options]\n\n"
-                                  "Checks the CPU backend against a Hugging Face reference dump in DIR\n"
+                                  "Checks a backend against a Hugging Face reference dump in DIR\n"
                                   "(config.json, model.safetensors, expected.safetensors).\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
       ("tolerance", po::value(&tolerance)->default_value(1e-4),
        "largest accepted relative error ||x - ref||_inf / ||ref||_inf")
-      ("dtype", po::value(&dtype_name)->default_value("f32"), "compute dtype of the CPU backend: f32 or f64");
+      ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda")
+      ("dtype", po::value(&dtype_name)->default_value("f32"),
+       "compute dtype: f32 or f64 (cpu), f32 or bf16 (cuda)");
   po::options_description hidden;
   hidden.add_options()("dir", po::value(&dir));
   po::options_description all;
@@ -111,32 +117,45 @@ int run(int argc, char** argv) {
   }
   po::notify(vm);
   QARAC_INPUT_CHECK(!dir.empty(), "missing the reference directory DIR (see --help)");
-  QARAC_INPUT_CHECK(dtype_name == "f32" || dtype_name == "f64", "--dtype must be f32 or f64, got '",
-                    dtype_name, "'");
-  const DType dtype = dtype_name == "f32" ? DType::f32 : DType::f64;
+  QARAC_INPUT_CHECK(device_name == "cpu" || device_name == "cuda", "--device must be cpu or cuda, got '",
+                    device_name, "'");
+  const Device device = device_name == "cpu" ? Device::cpu() : Device::cuda(0);
+  if (device.is_cuda())
+    QARAC_INPUT_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is available",
+                      cuda_compiled() ? "" : " (this build has no CUDA backend)");
+  const DType dtype = parse_dtype(dtype_name);
 
   const io::HfRoberta hf = io::read_hf_roberta(dir);
   const std::string expected_file = dir + "/expected.safetensors";
   const io::TensorMap expected = io::read_safetensors(expected_file);
 
-  TokenBatch batch;
-  batch.ids = require(expected, "input_ids", expected_file).to(DType::i32);
-  batch.mask = require(expected, "attention_mask", expected_file).to(DType::i32);
-  QARAC_INPUT_CHECK(batch.ids.dim() == 2 && batch.mask.shape() == batch.ids.shape(), expected_file,
-                    ": input_ids ", batch.ids.str(), " and attention_mask ", batch.mask.str(),
-                    " must both be [B, S]");
-  const int64_t tokens = batch.ids.numel(), d = hf.config.hidden_size;
-  const std::vector<int32_t> mask = batch.mask.to_vector<int32_t>();
+  const Tensor ids = require(expected, "input_ids", expected_file).to(DType::i32);
+  const Tensor mask = require(expected, "attention_mask", expected_file).to(DType::i32);
+  QARAC_INPUT_CHECK(ids.dim() == 2 && mask.shape() == ids.shape(), expected_file, ": input_ids ",
+                    ids.str(), " and attention_mask ", mask.str(), " must both be [B, S]");
+  const int64_t padded_tokens = ids.numel(), d = hf.config.hidden_size;
+  // The encoder runs padding-free: it computes the real tokens only, in order. Reference rows
+  // are compared at those tokens (a padded row carries no meaning).
+  const std::vector<int32_t> mask_host = mask.to_vector<int32_t>();
+  const TokenBatch batch = TokenBatch::from_padded(ids, mask, hf.config.pad_token_id, device);
+  auto real_rows = [&](const Tensor& padded) {
+    const std::vector<double> values = padded.to(DType::f64).to_vector<double>();
+    std::vector<double> rows;
+    for (int64_t i = 0; i < padded_tokens; ++i)
+      if (mask_host[static_cast<size_t>(i)])
+        rows.insert(rows.end(), values.begin() + i * d, values.begin() + (i + 1) * d);
+    return Tensor::from_vector(rows, {batch.tokens(), d});
+  };
 
-  RobertaEncoder encoder(hf.config, dtype, Device::cpu());
+  RobertaEncoder encoder(hf.config, dtype, device);
   io::assign_parameters(encoder.parameters(), hf.encoder, dir + "/model.safetensors");
 
-  std::printf("qarac-parity: %s, B=%lld S=%lld d=%lld layers=%lld, compute %s\n", dir.c_str(),
-              static_cast<long long>(batch.batch()), static_cast<long long>(batch.seq()),
-              static_cast<long long>(d), static_cast<long long>(hf.config.num_layers), dtype_name.c_str());
+  std::printf("qarac-parity: %s, B=%lld S=%lld (%lld real tokens) d=%lld layers=%lld, %s %s\n",
+              dir.c_str(), static_cast<long long>(ids.size(0)), static_cast<long long>(ids.size(1)),
+              static_cast<long long>(batch.tokens()), static_cast<long long>(d),
+              static_cast<long long>(hf.config.num_layers), device_name.c_str(), dtype_name.c_str());
   Report report(tolerance);
 
-  // Hidden states, compared at real tokens only: a padded row carries no meaning.
   RobertaEncoder::Activations acts;
   for (const bool causal : {false, true}) {
     const std::string name = causal ? "last_hidden_state_causal" : "last_hidden_state";
@@ -144,21 +163,20 @@ int run(int argc, char** argv) {
     opts.causal = causal;
     const Tensor& h = encoder.forward(batch, opts, acts);
     if (const Tensor* ref = find(expected, name))
-      report.add(name, compare(h, ref->reshape({tokens, d}), mask));
+      report.add(name, compare(h, real_rows(*ref)));
     else
       report.missing(name, "not in expected.safetensors");
   }
 
-  // Gradients of loss = Σ h · R · mask: d loss / d h = R · mask.
+  // Gradients of loss = Σ h · R · mask: d loss / d h = R at the real tokens.
   const Tensor& h = encoder.forward(batch, ForwardOptions{}, acts);
-  std::vector<double> r = require(expected, "R", expected_file).to(DType::f64).to_vector<double>();
-  QARAC_INPUT_CHECK(static_cast<int64_t>(r.size()) == tokens * d, expected_file, ": R must be [B, S, d]");
-  const std::vector<double> hv = h.to(DType::f64).to_vector<double>();
+  const Tensor& r_ref = require(expected, "R", expected_file);
+  QARAC_INPUT_CHECK(r_ref.numel() == padded_tokens * d, expected_file, ": R must be [B, S, d]");
+  const Tensor r = real_rows(r_ref);
+  const std::vector<double> rv = r.to_vector<double>();
+  const std::vector<double> hv = h.to(Device::cpu()).to(DType::f64).to_vector<double>();
   double loss = 0;
-  for (size_t i = 0; i < r.size(); ++i) {
-    r[i] *= mask[i / static_cast<size_t>(d)];
-    loss += hv[i] * r[i];
-  }
+  for (size_t i = 0; i < rv.size(); ++i) loss += hv[i] * rv[i];
   if (const Tensor* ref = find(expected, "loss"))
     report.add("loss", compare(Tensor::from_vector(std::vector<double>{loss}, {1}), *ref));
   else
@@ -166,7 +184,7 @@ int run(int argc, char** argv) {
 
   ParameterList params = encoder.parameters();
   zero_grads(params);
-  encoder.backward(acts, Tensor::from_vector(r, {tokens, d}).to(dtype));
+  encoder.backward(acts, r.to(dtype).to(device));
   // Compare every gradient first: the largest reference gradient is the scale for those whose
   // reference is zero. The key bias is one: it shifts all scores of a query row by q·b_k, which
   // the softmax cancels, so its exact gradient is 0 and the float64 reference holds only rounding.

@@ -22,7 +22,7 @@
   do {                                                                                            \
     const cublasStatus_t qarac_cublas_rc_ = (stmt);                                               \
     if (qarac_cublas_rc_ != CUBLAS_STATUS_SUCCESS)                                                \
-      ::qarac::detail::raise("cuBLAS", #stmt, cublasGetStatusString(qarac_cublas_rc_), __FILE__,  \
+      ::qarac::detail::raise("cuBLAS", #stmt, cublasLtGetStatusString(qarac_cublas_rc_), __FILE__,  \
                              __LINE__);                                                           \
   } while (0)
 

@@ -1,7 +1,13 @@
+// Buffers on the host (aligned_alloc) and on CUDA devices (a caching allocator over cudaMalloc),
+// and the copies and fills between them.
 #include "core/memory.h"
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <new>
 
 #include "core/error.h"
 #ifdef QARAC_HAVE_CUDA
@@ -40,12 +46,178 @@ int cuda_device_count() {
 namespace {
 constexpr size_t kHostAlignment = 64;  // a cache line; also what AVX-512 loads like
 
-#ifndef QARAC_HAVE_CUDA
+#ifdef QARAC_HAVE_CUDA
+// ---- The CUDA caching allocator --------------------------------------------------------------
+// cudaFree synchronises the device, cudaMalloc and cudaFree cost tens of microseconds to
+// milliseconds each, and a training step creates and drops hundreds of tensors. So blocks
+// freed by Buffers are kept in a per-device cache and handed to later allocations of about the
+// same size; cudaMalloc runs only on a miss (in practice: during the first steps, and when a
+// batch is longer than every earlier one).
+//
+// Why a freed block can be reused at once, without waiting for the GPU: every QARAC-MT kernel of
+// a device runs in order on one stream (kernels/cuda/context.cuh), and the blocking copies and
+// fills below run on the legacy default stream, which is ordered with that (blocking) stream. A
+// Buffer destroyed on the host while a kernel that reads it is still queued can only be
+// overwritten by work queued after that kernel, on the same stream, which starts after it ends:
+// no race. Work on another stream (e.g. NCCL's) must keep its tensors alive until it is waited for.
+//
+// Sizes are rounded up so that tensors whose sizes differ a little (ragged batches) share blocks:
+// to 512 B below 1 MiB, to whole 2 MiB above. A request takes the smallest cached block of at
+// least its rounded size and at most 25% more (more would waste memory that a larger request
+// could use); rounding keeps the number of distinct sizes small.
+constexpr size_t kSmallQuantum = 512;
+constexpr size_t kLargeThreshold = size_t{1} << 20;
+constexpr size_t kLargeQuantum = size_t{2} << 20;
+
+size_t rounded_block_size(size_t bytes, int device) {
+  const size_t quantum = bytes < kLargeThreshold ? kSmallQuantum : kLargeQuantum;
+  QARAC_CHECK(bytes <= std::numeric_limits<size_t>::max() - quantum, "a CUDA allocation of ",
+              bytes, " bytes on cuda:", device, " is larger than any device");
+  return (bytes + quantum - 1) / quantum * quantum;
+}
+
+// Makes `device` the current device (cudaMalloc and cudaFree act on the current one) for the
+// guard's lifetime and then restores the caller's, so allocating never moves the caller.
+class CurrentDevice {
+ public:
+  explicit CurrentDevice(int device) noexcept : device_(device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = device;
+    if (previous_ != device) static_cast<void>(cudaSetDevice(device));
+  }
+  ~CurrentDevice() {
+    if (previous_ != device_) static_cast<void>(cudaSetDevice(previous_));
+  }
+  CurrentDevice(const CurrentDevice&) = delete;
+  CurrentDevice& operator=(const CurrentDevice&) = delete;
+
+ private:
+  int device_;
+  int previous_ = 0;
+};
+
+class CachingAllocator {
+ public:
+  // Never destroyed: Buffers held by static objects may be released after every static
+  // destructor has run. The driver reclaims the device memory at process exit.
+  static CachingAllocator& instance() {
+    static CachingAllocator* allocator = new CachingAllocator;
+    return *allocator;
+  }
+
+  // A block of at least `bytes` on `device`; its actual size goes to `block_bytes`.
+  void* allocate(size_t bytes, int device, size_t& block_bytes) {
+    const size_t size = rounded_block_size(bytes, device);
+    std::lock_guard<std::mutex> lock(mutex_);
+    Pool& pool = pools_[device];
+    const auto cached = pool.free.lower_bound(size);
+    if (cached != pool.free.end() && cached->first <= size + size / 4) {
+      void* ptr = cached->second;
+      block_bytes = cached->first;
+      pool.free.erase(cached);
+      ++pool.stats.cache_hits;
+      pool.stats.bytes_in_use += block_bytes;
+      return ptr;
+    }
+
+    const int devices = cuda_device_count();
+    QARAC_CHECK(device >= 0 && device < devices, "a CUDA allocation on cuda:", device, ", but ",
+                devices, " CUDA devices are visible");
+    const CurrentDevice current(device);
+    void* ptr = nullptr;
+    cudaError_t rc = cudaMalloc(&ptr, size);
+    size_t released = 0;
+    if (rc == cudaErrorMemoryAllocation) {
+      // Cached blocks of other sizes may be what is missing: give them back and try once more.
+      static_cast<void>(cudaGetLastError());  // the failure is handled here, not by a later check
+      released = release_cached(pool, device);
+      rc = cudaMalloc(&ptr, size);
+    }
+    if (rc != cudaSuccess) {
+      static_cast<void>(cudaGetLastError());
+      detail::raise("CUDA", "cudaMalloc",
+                    detail::concat(cudaGetErrorName(rc), ": ", cudaGetErrorString(rc), "; ", bytes,
+                                   " bytes requested (", size, " rounded) on cuda:", device,
+                                   "; the caching allocator held ", pool.stats.bytes_reserved,
+                                   " bytes (", pool.stats.bytes_in_use, " in use) after releasing ",
+                                   released, " cached bytes"),
+                    __FILE__, __LINE__);
+    }
+    block_bytes = size;
+    ++pool.stats.cuda_mallocs;
+    pool.stats.bytes_reserved += size;
+    pool.stats.bytes_in_use += size;
+    return ptr;
+  }
+
+  // Returns a block to the cache. Called by Buffer's destructor: must not throw.
+  void release(void* ptr, size_t block_bytes, int device) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);  // std::mutex::lock fails only when misused
+    Pool& pool = pools_.find(device)->second;   // exists: the block was allocated from it
+    pool.stats.bytes_in_use -= block_bytes;
+    try {
+      pool.free.emplace(block_bytes, ptr);
+    } catch (const std::bad_alloc&) {
+      // No host memory for the cache's list node: return the block to the driver instead.
+      const CurrentDevice current(device);
+      static_cast<void>(cudaFree(ptr));
+      pool.stats.bytes_reserved -= block_bytes;
+    }
+  }
+
+  CudaAllocatorStats stats(int device) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto pool = pools_.find(device);
+    return pool == pools_.end() ? CudaAllocatorStats{} : pool->second.stats;
+  }
+
+  void empty_cache() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [device, pool] : pools_) release_cached(pool, device);
+  }
+
+ private:
+  struct Pool {
+    std::multimap<size_t, void*> free;  // cached blocks by size
+    CudaAllocatorStats stats;
+  };
+
+  // cudaFree of every cached block of `pool` (the caller holds the mutex); returns the bytes.
+  size_t release_cached(Pool& pool, int device) noexcept {
+    const CurrentDevice current(device);
+    size_t released = 0;
+    for (const auto& [size, ptr] : pool.free) {
+      static_cast<void>(cudaFree(ptr));  // a failing free leaves nothing to recover
+      released += size;
+    }
+    pool.free.clear();
+    pool.stats.bytes_reserved -= released;
+    return released;
+  }
+
+  std::mutex mutex_;
+  std::map<int, Pool> pools_;  // by device ordinal
+};
+#else
 [[noreturn]] void no_cuda(const char* what) {
   QARAC_CHECK(false, what, " needs the CUDA backend, which this build does not have (QARAC_CUDA=OFF)");
 }
 #endif
 }  // namespace
+
+CudaAllocatorStats cuda_allocator_stats(int device) {
+#ifdef QARAC_HAVE_CUDA
+  return CachingAllocator::instance().stats(device);
+#else
+  static_cast<void>(device);
+  return {};
+#endif
+}
+
+void cuda_empty_cache() {
+#ifdef QARAC_HAVE_CUDA
+  CachingAllocator::instance().empty_cache();
+#endif
+}
 
 Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
@@ -56,8 +228,7 @@ Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     return;
   }
 #ifdef QARAC_HAVE_CUDA
-  QARAC_CHECK_CUDA(cudaSetDevice(device.index));
-  QARAC_CHECK_CUDA(cudaMalloc(&data_, bytes));
+  data_ = CachingAllocator::instance().allocate(bytes, device.index, block_bytes_);
 #else
   no_cuda("a CUDA allocation");
 #endif
@@ -69,7 +240,7 @@ Buffer::~Buffer() {
     std::free(data_);
   } else {
 #ifdef QARAC_HAVE_CUDA
-    cudaFree(data_);  // a destructor must not throw; a failing free leaves nothing to recover
+    CachingAllocator::instance().release(data_, block_bytes_, device_.index);
 #endif
   }
 }

@@ -1,7 +1,10 @@
 // Owning blocks of memory on a device, freed when the last tensor referring to them goes away.
+// CUDA blocks come from a per-device caching allocator, so a training step that allocates the
+// same tensors every step calls cudaMalloc only in its first steps.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -41,8 +44,20 @@ class Buffer {
  private:
   void* data_ = nullptr;
   size_t bytes_ = 0;
+  size_t block_bytes_ = 0;  // CUDA: the size of the cached block behind data_ (>= bytes_)
   Device device_;
 };
+
+// The CUDA caching allocator's counters for one device (all zero for a device it never served).
+struct CudaAllocatorStats {
+  uint64_t cuda_mallocs = 0;    // cudaMalloc calls that succeeded: cache misses
+  uint64_t bytes_reserved = 0;  // device memory held: blocks in use plus blocks cached
+  uint64_t bytes_in_use = 0;    // blocks held by live Buffers (rounded sizes)
+  uint64_t cache_hits = 0;      // allocations served from the cache
+};
+CudaAllocatorStats cuda_allocator_stats(int device);
+// Returns every cached (unused) block of every device to the driver; blocks in use stay.
+void cuda_empty_cache();
 
 // Copies between any two devices (host<->device, device<->device) and synchronises.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);

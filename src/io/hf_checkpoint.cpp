@@ -111,7 +111,7 @@ void assign_parameters(const ParameterList& params, const TensorMap& tensors,
   std::set<std::string> used;
   for (Parameter* p : params) {
     const Tensor& t = tensors.at(p->name);
-    p->value.copy_(t.to(Device::cpu()).to(p->value.dtype()));
+    p->assign(t);
     used.insert(p->name);
   }
   std::vector<std::string> unused;

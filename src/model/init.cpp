@@ -11,7 +11,7 @@ void init_normal(const ParameterList& params, double std, uint64_t seed) {
     if (p->value.dim() != 2) continue;
     std::vector<double> values(static_cast<size_t>(p->value.numel()));
     for (double& v : values) v = normal(gen);
-    p->value.copy_(Tensor::from_vector(values, p->value.shape()).to(p->value.dtype()).to(p->value.device()));
+    p->assign(Tensor::from_vector(values, p->value.shape()));
   }
 }
 

@@ -1,7 +1,5 @@
 #include "model/layers.h"
 
-#include "kernels/ops.h"
-
 namespace qarac {
 
 void ensure_tensor(Tensor& t, const Shape& shape, DType dtype, Device device) {
@@ -19,15 +17,13 @@ void Linear::collect(ParameterList& out) {
   out.push_back(&bias);
 }
 
-void Linear::forward(const Tensor& x, Tensor& y) const {
-  ops::gemm(x, weight.value, y, /*trans_a=*/false, /*trans_b=*/true);
-  ops::bias_add(y, bias.value);
+void Linear::forward(const Tensor& x, Tensor& y, ops::Activation act, Tensor* pre) const {
+  ops::linear_forward(x, weight.value, bias.value, y, act, pre);
 }
 
-void Linear::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx) {
-  ops::gemm(dy, x, weight.grad, /*trans_a=*/true, /*trans_b=*/false, 1.0, /*beta=*/1.0);
-  ops::bias_backward(dy, bias.grad);
-  if (dx) ops::gemm(dy, weight.value, *dx, false, false, 1.0, accumulate_dx ? 1.0 : 0.0);
+void Linear::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx,
+                      const Tensor* input_gelu_pre) {
+  ops::linear_backward(x, weight.value, dy, dx, weight.grad, bias.grad, input_gelu_pre, accumulate_dx);
 }
 
 void LayerNorm::allocate(const std::string& prefix, int64_t features, double epsilon, DType dtype,
@@ -36,8 +32,7 @@ void LayerNorm::allocate(const std::string& prefix, int64_t features, double eps
   bias.allocate(prefix + ".bias", {features}, dtype, device);
   eps = epsilon;
   // γ = 1, β = 0: the identity affine map, what a fresh LayerNorm starts from.
-  const Tensor ones = Tensor::from_vector(std::vector<double>(static_cast<size_t>(features), 1.0), {features});
-  weight.value.copy_(ones.to(dtype).to(device));
+  weight.assign(Tensor::from_vector(std::vector<double>(static_cast<size_t>(features), 1.0), {features}));
 }
 
 void LayerNorm::collect(ParameterList& out) {
@@ -45,11 +40,23 @@ void LayerNorm::collect(ParameterList& out) {
   out.push_back(&bias);
 }
 
+namespace {
+void ensure_stats(LayerNorm::Saved& saved, const Tensor& x) {
+  const DType a = ops::accumulation_dtype(x.dtype());
+  ensure_tensor(saved.mean, {x.size(0)}, a, x.device());
+  ensure_tensor(saved.rstd, {x.size(0)}, a, x.device());
+}
+}  // namespace
+
 void LayerNorm::forward(const Tensor& x, Tensor& y, Saved& saved) const {
-  const int64_t rows = x.size(0);
-  ensure_tensor(saved.mean, {rows}, x.dtype(), x.device());
-  ensure_tensor(saved.rstd, {rows}, x.dtype(), x.device());
+  ensure_stats(saved, x);
   ops::layernorm_forward(x, weight.value, bias.value, eps, y, saved.mean, saved.rstd);
+}
+
+void LayerNorm::forward_residual(const Tensor& a, const Tensor& b, Tensor& sum, Tensor& y,
+                                 Saved& saved) const {
+  ensure_stats(saved, a);
+  ops::add_layernorm_forward(a, b, weight.value, bias.value, eps, sum, y, saved.mean, saved.rstd);
 }
 
 void LayerNorm::backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx) {

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "kernels/ops.h"
 #include "model/parameter.h"
 
 namespace qarac {
@@ -21,10 +22,13 @@ struct Linear {
   int64_t in_features() const { return weight.value.size(1); }
   int64_t out_features() const { return weight.value.size(0); }
 
-  // y [N,out] = x [N,in] · Wᵀ + b
-  void forward(const Tensor& x, Tensor& y) const;
-  // dW += dyᵀ·x, db += Σ_rows dy; if dx: dx = dy·W (accumulate_dx: dx += dy·W).
-  void backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx = false);
+  // y [N,out] = act(x [N,in] · Wᵀ + b); with GELU, `pre` keeps x · Wᵀ + b for the backward pass.
+  void forward(const Tensor& x, Tensor& y, ops::Activation act = ops::Activation::none,
+               Tensor* pre = nullptr) const;
+  // dW += dyᵀ·x, db += Σ_rows dy; if dx: dx = dy·W (accumulate_dx: dx += dy·W). When x was
+  // GELU(input_gelu_pre), dx receives the gradient with respect to input_gelu_pre instead.
+  void backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx = false,
+                const Tensor* input_gelu_pre = nullptr);
 };
 
 struct LayerNorm {
@@ -35,12 +39,14 @@ struct LayerNorm {
   void allocate(const std::string& prefix, int64_t features, double epsilon, DType dtype, Device device);
   void collect(ParameterList& out);
 
-  // Saved statistics of one forward call, needed by its backward.
+  // Statistics of one forward call (in the accumulation dtype), needed by its backward.
   struct Saved {
     Tensor mean, rstd;  // [N]
   };
   void forward(const Tensor& x, Tensor& y, Saved& saved) const;
-  // dx overwritten; dγ, dβ accumulated.
+  // The post-LN residual: sum = a + b (kept for the backward pass), y = LN(sum).
+  void forward_residual(const Tensor& a, const Tensor& b, Tensor& sum, Tensor& y, Saved& saved) const;
+  // dx overwritten; dγ, dβ accumulated. x is the normalised input (`sum` for forward_residual).
   void backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx);
 };
 

@@ -1,5 +1,9 @@
-// A trainable tensor with its gradient, named as in a Hugging Face checkpoint (without the
-// model prefix, e.g. "encoder.layer.0.attention.self.query.weight").
+// A trainable tensor, named as in a Hugging Face checkpoint (without the model prefix, e.g.
+// "encoder.layer.0.attention.self.query.weight"), with its gradient and master copy.
+//
+// Mixed precision (DESIGN.md §5): the model computes with `value` in the compute dtype X; the
+// optimizer updates `master` in the accumulation dtype A (f32, or f64 for gradient checks) and
+// writes the result back into `value`. When X == A the two are one tensor.
 #pragma once
 
 #include <string>
@@ -11,20 +15,19 @@ namespace qarac {
 
 struct Parameter {
   std::string name;
-  Tensor value;
-  Tensor grad;  // same shape, dtype and device as value; accumulated by the backward pass
+  Tensor value;   // X: what the forward and backward passes read
+  Tensor grad;    // A: accumulated by the backward pass
+  Tensor master;  // A: the weights the optimizer updates (shares value's buffer when X == A)
 
-  void allocate(std::string param_name, const Shape& shape, DType dtype, Device device) {
-    name = std::move(param_name);
-    value = Tensor::zeros(shape, dtype, device);
-    grad = Tensor::zeros(shape, dtype, device);
-  }
+  // Zero-initialised parameter computing in `compute` (f32, f64 or bf16) on `device`.
+  void allocate(std::string param_name, const Shape& shape, DType compute, Device device);
+  // Sets the weights from `source` (any floating dtype, any device, the same shape): master at
+  // full precision, value rounded to the compute dtype.
+  void assign(const Tensor& source);
 };
 
 using ParameterList = std::vector<Parameter*>;
 
-inline void zero_grads(const ParameterList& params) {
-  for (Parameter* p : params) p->grad.zero_();
-}
+void zero_grads(const ParameterList& params);
 
 }  // namespace qarac

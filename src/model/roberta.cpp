@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <string>
 
-#include "kernels/ops.h"
-
 namespace qarac {
 
 namespace {
@@ -12,27 +10,46 @@ namespace {
 // RNG key's tensor id.
 enum DropoutSite : uint32_t { kEmbeddings = 0, kAttentionProbs = 1, kAttentionOut = 2, kFfnOut = 3 };
 constexpr uint32_t kSitesPerLayer = 4;
-constexpr uint32_t kSitesPerModel = 1u << 16;  // room for 16384 layers
+constexpr uint32_t kSitesPerModel = 1u << 16;  // room for 16383 layers
 
 std::string layer_prefix(int i) { return "encoder.layer." + std::to_string(i) + "."; }
 }  // namespace
 
-Tensor roberta_position_ids(const Tensor& mask, int32_t padding_idx) {
-  QARAC_CHECK(mask.dim() == 2 && mask.dtype() == DType::i32, "position ids need an i32 [B,S] mask, got ",
-              mask.str());
-  const std::vector<int32_t> m = mask.to(Device::cpu()).to_vector<int32_t>();
-  const int64_t batch = mask.size(0), seq = mask.size(1);
-  std::vector<int32_t> pos(m.size());
-  for (int64_t b = 0; b < batch; ++b) {
-    int32_t seen = 0;
-    for (int64_t t = 0; t < seq; ++t) {
-      const size_t i = static_cast<size_t>(b * seq + t);
-      seen += m[i] != 0;
-      pos[i] = m[i] != 0 ? padding_idx + seen : padding_idx;
-    }
+// ---- batches ----------------------------------------------------------------------------------
+
+TokenBatch TokenBatch::from_sequences(const std::vector<std::vector<int32_t>>& sequences,
+                                      int32_t padding_idx, Device device) {
+  TokenBatch b;
+  std::vector<int32_t> lengths, positions;
+  for (const std::vector<int32_t>& s : sequences) {
+    lengths.push_back(static_cast<int32_t>(s.size()));
+    for (size_t i = 0; i < s.size(); ++i) positions.push_back(padding_idx + 1 + static_cast<int32_t>(i));
+    b.host_ids.insert(b.host_ids.end(), s.begin(), s.end());
   }
-  return Tensor::from_vector(pos, {batch * seq});
+  const int64_t tokens = static_cast<int64_t>(b.host_ids.size());
+  b.ids = Tensor::from_vector(b.host_ids, {tokens}, device);
+  b.positions = Tensor::from_vector(positions, {tokens}, device);
+  b.seqs = ops::Sequences::from_lengths(lengths, device);
+  return b;
 }
+
+TokenBatch TokenBatch::from_padded(const Tensor& ids, const Tensor& mask, int32_t padding_idx,
+                                   Device device) {
+  QARAC_CHECK(ids.dim() == 2 && ids.dtype() == DType::i32 && mask.shape() == ids.shape() &&
+                  mask.dtype() == DType::i32,
+              "TokenBatch::from_padded needs i32 ids and mask of one shape [B,S], got ", ids.str(),
+              " and ", mask.str());
+  const std::vector<int32_t> id = ids.to(Device::cpu()).to_vector<int32_t>();
+  const std::vector<int32_t> m = mask.to(Device::cpu()).to_vector<int32_t>();
+  const int64_t batch = ids.size(0), seq = ids.size(1);
+  std::vector<std::vector<int32_t>> sequences(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < seq; ++t)
+      if (m[static_cast<size_t>(b * seq + t)]) sequences[static_cast<size_t>(b)].push_back(id[static_cast<size_t>(b * seq + t)]);
+  return from_sequences(sequences, padding_idx, device);
+}
+
+// ---- construction -----------------------------------------------------------------------------
 
 RobertaEncoder::RobertaEncoder(const RobertaConfig& config, DType dtype, Device device,
                                uint32_t dropout_stream)
@@ -84,10 +101,23 @@ RngKey RobertaEncoder::dropout_key(const Activations& acts, uint32_t site) const
 
 // ---- forward ----------------------------------------------------------------------------------
 
+void RobertaEncoder::check_batch(const TokenBatch& batch) const {
+  check_dtype(batch.ids, DType::i32, "RobertaEncoder::forward ids");
+  QARAC_CHECK(batch.ids.device() == device_, "RobertaEncoder::forward: batch on ", batch.ids.device().str(),
+              ", model on ", device_.str());
+  for (size_t i = 0; i < batch.host_ids.size(); ++i)
+    QARAC_INPUT_CHECK(batch.host_ids[i] >= 0 && batch.host_ids[i] < config_.vocab_size, "token ", i,
+                      " of the batch has id ", batch.host_ids[i], ", outside the vocabulary of ",
+                      config_.vocab_size);
+  const int64_t last_position = config_.pad_token_id + batch.seqs.max_len;
+  QARAC_INPUT_CHECK(last_position < config_.max_position_embeddings, "a sequence of ", batch.seqs.max_len,
+                    " tokens needs position id ", last_position, " but the model has max_position_embeddings ",
+                    config_.max_position_embeddings);
+}
+
 const Tensor& RobertaEncoder::forward(const TokenBatch& batch, const ForwardOptions& options,
                                       Activations& acts) {
-  check_dtype(batch.ids, DType::i32, "RobertaEncoder::forward ids");
-  check_shape(batch.mask, batch.ids.shape(), "RobertaEncoder::forward mask");
+  check_batch(batch);
   acts.options = options;
   acts.batch = batch;
   acts.layers.resize(layers_.size());
@@ -101,67 +131,53 @@ const Tensor& RobertaEncoder::forward(const TokenBatch& batch, const ForwardOpti
 }
 
 void RobertaEncoder::embeddings_forward(Activations& acts) {
-  const int64_t batch = acts.batch.batch(), seq = acts.batch.seq(), tokens = batch * seq;
-  const int64_t d = config_.hidden_size;
+  const int64_t tokens = acts.batch.tokens(), d = config_.hidden_size;
   RobertaEmbeddings::Saved& s = acts.embeddings;
-
-  const Tensor pos_cpu = roberta_position_ids(acts.batch.mask, config_.pad_token_id);
-  const std::vector<int32_t> pos = pos_cpu.to_vector<int32_t>();
-  const int32_t max_pos = pos.empty() ? 0 : *std::max_element(pos.begin(), pos.end());
-  QARAC_INPUT_CHECK(max_pos < config_.max_position_embeddings, "a sequence of ",
-                    max_pos - config_.pad_token_id, " tokens needs position id ", max_pos,
-                    " but the model has max_position_embeddings ", config_.max_position_embeddings);
-  s.position_ids = pos_cpu.to(device_);
-  ensure_tensor(s.type_ids, {tokens}, DType::i32, device_);
-  s.type_ids.zero_();  // single-segment inputs: every token has type 0
-
-  const Tensor ids = acts.batch.ids.reshape({tokens});
   ensure_tensor(s.sum, {tokens, d}, dtype_, device_);
-  ops::embedding_forward(ids, embeddings_.word.value, s.sum);
-  ops::embedding_forward(s.position_ids, embeddings_.position.value, s.sum, /*accumulate=*/true);
-  ops::embedding_forward(s.type_ids, embeddings_.token_type.value, s.sum, /*accumulate=*/true);
+  ops::embedding_forward(acts.batch.ids, embeddings_.word.value, s.sum);
+  ops::embedding_forward(acts.batch.positions, embeddings_.position.value, s.sum, /*accumulate=*/true);
+  // Single-segment inputs: every token has type 0, so the type embedding is a bias (row 0).
+  Tensor type0 = embeddings_.token_type.value.select(0);
+  ops::bias_add(s.sum, type0);
 
   ensure_tensor(acts.embedded, {tokens, d}, dtype_, device_);
   embeddings_.norm.forward(s.sum, acts.embedded, s.norm);
-  if (acts.options.training)
+  if (dropout_active(acts, config_.hidden_dropout))
     ops::dropout_forward(acts.embedded, config_.hidden_dropout, dropout_key(acts, kEmbeddings), acts.embedded);
 }
 
 void RobertaEncoder::layer_forward(int index, const Tensor& input, Activations& acts) {
   RobertaLayer& l = layers_[static_cast<size_t>(index)];
   RobertaLayer::Saved& s = acts.layers[static_cast<size_t>(index)];
-  const bool training = acts.options.training;
   const uint32_t site0 = kSitesPerLayer * static_cast<uint32_t>(index + 1);
   const int64_t tokens = input.size(0), d = config_.hidden_size, ffn = config_.intermediate_size;
-  const ops::AttentionDims dims{acts.batch.batch(), acts.batch.seq(), config_.num_heads, config_.head_dim()};
+  const DType stats = ops::accumulation_dtype(dtype_);
 
-  for (Tensor* t : {&s.q, &s.k, &s.v, &s.context, &s.attn_sum, &s.hidden, &s.ffn_sum, &s.out})
+  for (Tensor* t : {&s.q, &s.k, &s.v, &s.context, &s.attn_sum, &s.hidden, &s.ffn_sum, &s.out, &acts.branch})
     ensure_tensor(*t, {tokens, d}, dtype_, device_);
-  ensure_tensor(s.probs, {dims.batch, dims.heads, dims.seq, dims.seq}, dtype_, device_);
+  ensure_tensor(s.lse, {config_.num_heads, tokens}, stats, device_);
   ensure_tensor(s.ffn_pre, {tokens, ffn}, dtype_, device_);
   ensure_tensor(s.ffn_act, {tokens, ffn}, dtype_, device_);
 
-  // Self-attention block: LN(input + dropout(W_o · attention(q, k, v))).
+  // Self-attention block: hidden = LN(input + dropout(W_o · attention(q, k, v))).
   l.query.forward(input, s.q);
   l.key.forward(input, s.k);
   l.value.forward(input, s.v);
-  ops::attention_forward(s.q, s.k, s.v, acts.batch.mask, dims, acts.options.causal,
-                         training ? config_.attention_dropout : 0.0,
-                         dropout_key(acts, site0 + kAttentionProbs), s.context, s.probs);
-  l.attn_out.forward(s.context, s.attn_sum);
-  if (training)
-    ops::dropout_forward(s.attn_sum, config_.hidden_dropout, dropout_key(acts, site0 + kAttentionOut), s.attn_sum);
-  ops::add(s.attn_sum, input, s.attn_sum);
-  l.attn_norm.forward(s.attn_sum, s.hidden, s.attn_norm);
+  const double attn_p = acts.options.training ? config_.attention_dropout : 0.0;
+  ops::attention_forward(s.q, s.k, s.v, acts.batch.seqs, config_.num_heads, acts.options.causal, attn_p,
+                         dropout_key(acts, site0 + kAttentionProbs), s.context, s.lse);
+  l.attn_out.forward(s.context, acts.branch);
+  if (dropout_active(acts, config_.hidden_dropout))
+    ops::dropout_forward(acts.branch, config_.hidden_dropout, dropout_key(acts, site0 + kAttentionOut), acts.branch);
+  l.attn_norm.forward_residual(acts.branch, input, s.attn_sum, s.hidden, s.attn_norm);
 
-  // Feed-forward block: LN(hidden + dropout(W_2 · GELU(W_1 · hidden))).
-  l.ffn_in.forward(s.hidden, s.ffn_pre);
-  ops::gelu_forward(s.ffn_pre, s.ffn_act);
-  l.ffn_out.forward(s.ffn_act, s.ffn_sum);
-  if (training)
-    ops::dropout_forward(s.ffn_sum, config_.hidden_dropout, dropout_key(acts, site0 + kFfnOut), s.ffn_sum);
-  ops::add(s.ffn_sum, s.hidden, s.ffn_sum);
-  l.ffn_norm.forward(s.ffn_sum, s.out, s.ffn_norm);
+  // Feed-forward block: out = LN(hidden + dropout(W_2 · GELU(W_1 · hidden))), the GELU fused
+  // into the first GEMM's epilogue.
+  l.ffn_in.forward(s.hidden, s.ffn_act, ops::Activation::gelu, &s.ffn_pre);
+  l.ffn_out.forward(s.ffn_act, acts.branch);
+  if (dropout_active(acts, config_.hidden_dropout))
+    ops::dropout_forward(acts.branch, config_.hidden_dropout, dropout_key(acts, site0 + kFfnOut), acts.branch);
+  l.ffn_norm.forward_residual(acts.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -170,8 +186,8 @@ void RobertaEncoder::backward(Activations& acts, const Tensor& grad_output) {
   QARAC_CHECK(acts.layers.size() == layers_.size(), "RobertaEncoder::backward without a forward pass");
   const int64_t tokens = acts.embedded.size(0), d = config_.hidden_size;
   check_shape(grad_output, {tokens, d}, "RobertaEncoder::backward grad_output");
-  for (Tensor* t : {&acts.grad_a, &acts.grad_b, &acts.grad_hidden, &acts.grad_q, &acts.grad_k,
-                    &acts.grad_v, &acts.grad_context})
+  for (Tensor* t : {&acts.grad_a, &acts.grad_b, &acts.grad_hidden, &acts.grad_branch, &acts.grad_q,
+                    &acts.grad_k, &acts.grad_v, &acts.grad_context})
     ensure_tensor(*t, {tokens, d}, dtype_, device_);
   ensure_tensor(acts.grad_ffn, {tokens, config_.intermediate_size}, dtype_, device_);
 
@@ -187,34 +203,37 @@ void RobertaEncoder::backward(Activations& acts, const Tensor& grad_output) {
   embeddings_backward(acts, *grad);
 }
 
+// Each residual block y = LN(x + dropout(f(x))) sends d(sum) = LN'ᵀ dy both straight to x and
+// through the branch; the branch's input gradient is accumulated on top, so nothing is copied.
 void RobertaEncoder::layer_backward(int index, const Tensor& input, const Tensor& grad_out,
                                     Tensor& grad_input, Activations& acts) {
   RobertaLayer& l = layers_[static_cast<size_t>(index)];
   RobertaLayer::Saved& s = acts.layers[static_cast<size_t>(index)];
-  const bool training = acts.options.training;
   const uint32_t site0 = kSitesPerLayer * static_cast<uint32_t>(index + 1);
-  const ops::AttentionDims dims{acts.batch.batch(), acts.batch.seq(), config_.num_heads, config_.head_dim()};
+  const double p = config_.hidden_dropout;
 
-  // Feed-forward block. d(ffn_sum) reaches both the residual (hidden) and the FFN branch.
-  Tensor& grad_sum = grad_input;  // grad_input is free until the very end: use it as scratch
-  l.ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, grad_sum);
-  acts.grad_hidden.copy_(grad_sum);
-  if (training)
-    ops::dropout_backward(grad_sum, config_.hidden_dropout, dropout_key(acts, site0 + kFfnOut), grad_sum);
-  l.ffn_out.backward(s.ffn_act, grad_sum, &acts.grad_ffn);
-  ops::gelu_backward(s.ffn_pre, acts.grad_ffn, acts.grad_ffn);
+  // Feed-forward block: grad_hidden = d(ffn_sum), then += the branch's gradient.
+  l.ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, acts.grad_hidden);
+  const Tensor* grad_branch = &acts.grad_hidden;
+  if (dropout_active(acts, p)) {
+    ops::dropout_backward(acts.grad_hidden, p, dropout_key(acts, site0 + kFfnOut), acts.grad_branch);
+    grad_branch = &acts.grad_branch;
+  }
+  l.ffn_out.backward(s.ffn_act, *grad_branch, &acts.grad_ffn, false, /*input_gelu_pre=*/&s.ffn_pre);
   l.ffn_in.backward(s.hidden, acts.grad_ffn, &acts.grad_hidden, /*accumulate_dx=*/true);
 
-  // Self-attention block, same pattern: the residual carries d(attn_sum) straight to the input.
-  l.attn_norm.backward(s.attn_sum, acts.grad_hidden, s.attn_norm, grad_sum);
-  acts.grad_hidden.copy_(grad_sum);  // the residual part of d(input)
-  if (training)
-    ops::dropout_backward(grad_sum, config_.hidden_dropout, dropout_key(acts, site0 + kAttentionOut), grad_sum);
-  l.attn_out.backward(s.context, grad_sum, &acts.grad_context);
-  ops::attention_backward(acts.grad_context, s.q, s.k, s.v, s.probs, dims,
-                          training ? config_.attention_dropout : 0.0,
+  // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projections' gradients.
+  l.attn_norm.backward(s.attn_sum, acts.grad_hidden, s.attn_norm, grad_input);
+  grad_branch = &grad_input;
+  if (dropout_active(acts, p)) {
+    ops::dropout_backward(grad_input, p, dropout_key(acts, site0 + kAttentionOut), acts.grad_branch);
+    grad_branch = &acts.grad_branch;
+  }
+  l.attn_out.backward(s.context, *grad_branch, &acts.grad_context);
+  const double attn_p = acts.options.training ? config_.attention_dropout : 0.0;
+  ops::attention_backward(acts.grad_context, s.q, s.k, s.v, s.context, s.lse, acts.batch.seqs,
+                          config_.num_heads, acts.options.causal, attn_p,
                           dropout_key(acts, site0 + kAttentionProbs), acts.grad_q, acts.grad_k, acts.grad_v);
-  grad_input.copy_(acts.grad_hidden);
   l.query.backward(input, acts.grad_q, &grad_input, /*accumulate_dx=*/true);
   l.key.backward(input, acts.grad_k, &grad_input, true);
   l.value.backward(input, acts.grad_v, &grad_input, true);
@@ -223,16 +242,15 @@ void RobertaEncoder::layer_backward(int index, const Tensor& input, const Tensor
 void RobertaEncoder::embeddings_backward(Activations& acts, const Tensor& grad) {
   RobertaEmbeddings::Saved& s = acts.embeddings;
   const Tensor* grad_norm_out = &grad;
-  if (acts.options.training) {
-    ops::dropout_backward(grad, config_.hidden_dropout, dropout_key(acts, kEmbeddings), acts.grad_context);
-    grad_norm_out = &acts.grad_context;
+  if (dropout_active(acts, config_.hidden_dropout)) {
+    ops::dropout_backward(grad, config_.hidden_dropout, dropout_key(acts, kEmbeddings), acts.grad_branch);
+    grad_norm_out = &acts.grad_branch;
   }
-  Tensor& grad_sum = acts.grad_hidden;
-  embeddings_.norm.backward(s.sum, *grad_norm_out, s.norm, grad_sum);
-  const Tensor ids = acts.batch.ids.reshape({s.sum.size(0)});
-  ops::embedding_backward(ids, grad_sum, embeddings_.word.grad);
-  ops::embedding_backward(s.position_ids, grad_sum, embeddings_.position.grad);
-  ops::embedding_backward(s.type_ids, grad_sum, embeddings_.token_type.grad);
+  embeddings_.norm.backward(s.sum, *grad_norm_out, s.norm, acts.grad_hidden);
+  ops::embedding_backward(acts.batch.ids, acts.grad_hidden, embeddings_.word.grad);
+  ops::embedding_backward(acts.batch.positions, acts.grad_hidden, embeddings_.position.grad);
+  Tensor type0_grad = embeddings_.token_type.grad.select(0);
+  ops::bias_backward(acts.grad_hidden, type0_grad);
 }
 
 }  // namespace qarac

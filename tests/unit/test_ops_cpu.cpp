@@ -1,6 +1,7 @@
 // The CPU reference backend of the op interface (kernels/ops.h): every op with a backward pass
-// against central finite differences in f64, forwards against naive loops where the op is not
-// self-evident, f32 against f64, the dropout mask's properties, and the argument checks.
+// against central finite differences in f64 (packed batches with ragged lengths, 0 and 1
+// included), forwards against naive loops where the op is not self-evident, f32 against f64, the
+// dropout mask's properties, and the argument checks.
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
@@ -152,86 +153,121 @@ std::vector<double> naive_gemm(const std::vector<double>& a, const std::vector<d
   return c;
 }
 
-struct AttentionCase {
-  std::string name;
-  ops::AttentionDims dims;
-  std::vector<int32_t> mask;  // [B, S]
-  bool causal;
-  double dropout_p;
-};
+// GELU (erf form) and dense layers by their definitions: y = act(x wᵀ + b), x [n,in], w [out,in].
+double naive_gelu(double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }
 
-// Attention by its definition, one query at a time: the scores, the masked softmax, the dropout
-// mask drawn directly from uniform01, the weighted sum of values.
-void naive_attention(const AttentionCase& c, const std::vector<double>& q,
-                     const std::vector<double>& k, const std::vector<double>& v, const RngKey& key,
-                     std::vector<double>& out, std::vector<double>& probs) {
-  const int64_t B = c.dims.batch, S = c.dims.seq, H = c.dims.heads, D = c.dims.head_dim;
-  const int64_t ld = H * D;
-  out.assign(static_cast<size_t>(B * S * ld), 0.0);
-  probs.assign(static_cast<size_t>(B * H * S * S), 0.0);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < S; ++i) {
-        std::vector<double> p(static_cast<size_t>(S), 0.0);
-        std::vector<bool> visible(static_cast<size_t>(S));
-        double max = -1e300;
-        for (int64_t j = 0; j < S; ++j) {
-          visible[j] = c.mask[b * S + j] == 1 && (!c.causal || j <= i);
-          if (!visible[j]) continue;
-          double s = 0;
-          for (int64_t d = 0; d < D; ++d)
-            s += q[(b * S + i) * ld + h * D + d] * k[(b * S + j) * ld + h * D + d];
-          p[j] = s / std::sqrt(static_cast<double>(D));
-          max = std::max(max, p[j]);
-        }
-        double sum = 0;
-        for (int64_t j = 0; j < S; ++j)
-          if (visible[j]) sum += (p[j] = std::exp(p[j] - max));
-        for (int64_t j = 0; j < S; ++j) {
-          const double pj = visible[j] ? p[j] / sum : 0.0;
-          const uint64_t index = static_cast<uint64_t>(((b * H + h) * S + i) * S + j);
-          probs[index] = pj;
-          const bool keep = uniform01(key, index) >= static_cast<float>(c.dropout_p);
-          const double dropped = keep ? pj / (1 - c.dropout_p) : 0.0;
-          for (int64_t d = 0; d < D; ++d)
-            out[(b * S + i) * ld + h * D + d] += dropped * v[(b * S + j) * ld + h * D + d];
-        }
-      }
+std::vector<double> naive_linear(const std::vector<double>& x, const std::vector<double>& w,
+                                 const std::vector<double>& b, int64_t n, int64_t in, int64_t out,
+                                 bool gelu) {
+  std::vector<double> y(static_cast<size_t>(n * out));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = b[o];
+      for (int64_t j = 0; j < in; ++j) s += x[i * in + j] * w[o * in + j];
+      y[i * out + o] = gelu ? naive_gelu(s) : s;
+    }
+  return y;
 }
 
-// Ragged key masks: sequence 0 full, sequence 1 of length 1, sequence 2 of random length; the
-// "left-padded" case hides key 0 of a sequence so that, with the causal mask, query 0 sees nothing.
+// cos(x, y) = x·y / max(‖x‖ ‖y‖, eps) by the definition, for d-vectors at x and y.
+double naive_cosine(const double* x, const double* y, int64_t d, double eps) {
+  double dot = 0, xx = 0, yy = 0;
+  for (int64_t e = 0; e < d; ++e) {
+    dot += x[e] * y[e];
+    xx += x[e] * x[e];
+    yy += y[e] * y[e];
+  }
+  return dot / std::max(std::sqrt(xx) * std::sqrt(yy), eps);
+}
+
+ops::Sequences sequences(const std::vector<int32_t>& lengths) {
+  return ops::Sequences::from_lengths(lengths, Device::cpu());
+}
+
+// `batch` >= 2 sequence lengths drawn from [2, longest], except that one sequence is empty and
+// one has a single token, at random places: the ragged edge cases every packed op must handle.
+std::vector<int32_t> ragged_lengths(std::mt19937& rng, int64_t batch, int64_t longest) {
+  std::vector<int32_t> lengths(static_cast<size_t>(batch));
+  for (int32_t& len : lengths) len = static_cast<int32_t>(draw(rng, 2, longest));
+  std::vector<size_t> order(lengths.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  lengths[order[0]] = 0;
+  lengths[order[1]] = 1;
+  return lengths;
+}
+
+int64_t total(const std::vector<int32_t>& lengths) {
+  return std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
+}
+
+struct AttentionCase {
+  std::string name;
+  std::vector<int32_t> lengths;
+  int64_t heads, head_dim;
+  bool causal;
+  double dropout_p;
+
+  Shape tokens() const { return {total(lengths), heads * head_dim}; }
+  Shape lse() const { return {heads, total(lengths)}; }
+};
+
+// Attention by its definition, one query at a time over the keys of its own sequence: the
+// scores, their log-sum-exp, the softmax, the dropout mask drawn directly from uniform01 at the
+// index ops.h specifies, (h*T + t)*max_len + j, and the weighted sum of values.
+void naive_attention(const AttentionCase& c, const std::vector<double>& q,
+                     const std::vector<double>& k, const std::vector<double>& v, const RngKey& key,
+                     std::vector<double>& out, std::vector<double>& lse) {
+  const int64_t T = total(c.lengths), H = c.heads, D = c.head_dim, ld = H * D;
+  const int64_t max_len = *std::max_element(c.lengths.begin(), c.lengths.end());
+  out.assign(static_cast<size_t>(T * ld), 0.0);
+  lse.assign(static_cast<size_t>(H * T), 0.0);
+  int64_t begin = 0;
+  for (const int32_t len : c.lengths) {
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t t = begin + i, visible = c.causal ? i + 1 : len;
+        std::vector<double> s(static_cast<size_t>(visible));
+        for (int64_t j = 0; j < visible; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += q[t * ld + h * D + d] * k[(begin + j) * ld + h * D + d];
+          s[j] = dot / std::sqrt(static_cast<double>(D));
+        }
+        const double max = *std::max_element(s.begin(), s.end());
+        double sum = 0;
+        for (double x : s) sum += std::exp(x - max);
+        lse[h * T + t] = max + std::log(sum);
+        for (int64_t j = 0; j < visible; ++j) {
+          const double p = std::exp(s[j] - max) / sum;
+          const uint64_t index = static_cast<uint64_t>((h * T + t) * max_len + j);
+          const bool keep = uniform01(key, index) >= static_cast<float>(c.dropout_p);
+          const double dropped = keep ? p / (1 - c.dropout_p) : 0.0;
+          for (int64_t d = 0; d < D; ++d)
+            out[t * ld + h * D + d] += dropped * v[(begin + j) * ld + h * D + d];
+        }
+      }
+    begin += len;
+  }
+}
+
+// Bidirectional and causal, with and without dropout, over ragged batches with an empty and a
+// one-token sequence.
 std::vector<AttentionCase> attention_cases(std::mt19937& rng) {
   std::vector<AttentionCase> cases;
   for (bool causal : {false, true})
     for (double p : {0.0, 0.2}) {
       AttentionCase c;
-      c.dims = {3, draw(rng, 4, 6), draw(rng, 1, 3), draw(rng, 2, 5)};
-      const int64_t S = c.dims.seq, len2 = draw(rng, 2, S - 1);
-      c.mask.assign(static_cast<size_t>(3 * S), 0);
-      for (int64_t j = 0; j < S; ++j) c.mask[j] = 1;
-      c.mask[S] = 1;
-      for (int64_t j = 0; j < len2; ++j) c.mask[2 * S + j] = 1;
+      c.lengths = ragged_lengths(rng, draw(rng, 3, 5), 6);
+      c.heads = draw(rng, 1, 3);
+      c.head_dim = draw(rng, 2, 5);
       c.causal = causal;
       c.dropout_p = p;
       c.name = std::string(causal ? "causal" : "bidirectional") + (p > 0 ? " with dropout" : "");
       cases.push_back(c);
     }
-  AttentionCase left;
-  left.dims = {2, 5, 2, 3};
-  left.mask = {0, 1, 1, 0, 1, /**/ 1, 1, 1, 1, 1};
-  left.causal = true;
-  left.dropout_p = 0.0;
-  left.name = "causal with key 0 padded";
-  cases.push_back(left);
   return cases;
 }
-
-Tensor attention_mask_tensor(const AttentionCase& c) {
-  return ints(c.mask, {c.dims.batch, c.dims.seq});
-}
-
-Shape token_shape(const ops::AttentionDims& d) { return {d.batch * d.seq, d.heads * d.head_dim}; }
 
 const RngKey kKey{1234, 7, 3};
 
@@ -488,6 +524,47 @@ TEST(LayerNorm, F32MatchesF64) {
   for (size_t i = 0; i < 6; ++i) expect_f32_matches_f64(names[i], results[0][i], results[1][i]);
 }
 
+// The fused post-LN residual block: sum is a + b exactly and y is layernorm_forward of that sum,
+// bit for bit; both inputs get the gradient layernorm_backward gives for the sum.
+TEST(LayerNorm, AddLayerNormForwardAndGradients) {
+  std::mt19937 rng(44);
+  const int64_t n = draw(rng, 2, 6), c = draw(rng, 3, 12);
+  const double eps = 1e-5;
+  const Tensor a = uniform({n, c}, rng, -2, 3), b = uniform({n, c}, rng),
+               gamma = uniform({c}, rng, 0.5, 1.5), beta = uniform({c}, rng),
+               r = uniform({n, c}, rng);
+  Tensor sum = Tensor::empty({n, c}, DType::f64), mean = Tensor::empty({n}, DType::f64),
+         rstd = Tensor::empty({n}, DType::f64);
+  auto forward = [&] {
+    Tensor y = Tensor::empty({n, c}, DType::f64);
+    ops::add_layernorm_forward(a, b, gamma, beta, eps, sum, y, mean, rstd);
+    return y;
+  };
+  const Tensor y = forward();
+  Tensor want_sum = Tensor::empty({n, c}, DType::f64), want_y = Tensor::empty({n, c}, DType::f64),
+         want_mean = Tensor::empty({n}, DType::f64), want_rstd = Tensor::empty({n}, DType::f64);
+  ops::add(a, b, want_sum);
+  ops::layernorm_forward(want_sum, gamma, beta, eps, want_y, want_mean, want_rstd);
+  EXPECT_EQ(values(sum), values(want_sum));
+  EXPECT_EQ(values(y), values(want_y));
+  EXPECT_EQ(values(mean), values(want_mean));
+  EXPECT_EQ(values(rstd), values(want_rstd));
+
+  Tensor dx = Tensor::empty({n, c}, DType::f64), dgamma = Tensor::zeros({c}, DType::f64),
+         dbeta = Tensor::zeros({c}, DType::f64);
+  ops::layernorm_backward(r, sum, gamma, mean, rstd, dx, dgamma, dbeta);
+  expect_gradient("add_layernorm da", a, dx, forward, r, rng);
+  expect_gradient("add_layernorm db", b, dx, forward, r, rng);
+
+  Tensor sum32 = Tensor::empty({n, c}, DType::f32), y32 = Tensor::empty({n, c}, DType::f32),
+         mean32 = Tensor::empty({n}, DType::f32), rstd32 = Tensor::empty({n}, DType::f32);
+  ops::add_layernorm_forward(a.to(DType::f32), b.to(DType::f32), gamma.to(DType::f32),
+                             beta.to(DType::f32), eps, sum32, y32, mean32, rstd32);
+  expect_f32_matches_f64("sum f32", sum32, want_sum);
+  expect_f32_matches_f64("y f32", y32, want_y);
+  expect_f32_matches_f64("rstd f32", rstd32, want_rstd);
+}
+
 // ---- GELU -------------------------------------------------------------------------------------
 
 TEST(Gelu, ForwardValuesAndGradient) {
@@ -599,140 +676,255 @@ TEST(Dropout, ZeroCopiesInPlaceMatchesAndGradient) {
   expect_f32_matches_f64("dropout f32", y32, forward());
 }
 
+// ---- Dense layers -----------------------------------------------------------------------------
+
+TEST(Linear, ForwardMatchesDefinition) {
+  std::mt19937 rng(91);
+  for (bool gelu : {false, true}) {
+    SCOPED_TRACE(gelu ? "gelu" : "none");
+    const int64_t n = draw(rng, 1, 7), in = draw(rng, 1, 9), out = draw(rng, 1, 9);
+    const Tensor x = uniform({n, in}, rng), w = uniform({out, in}, rng), b = uniform({out}, rng);
+    const ops::Activation act = gelu ? ops::Activation::gelu : ops::Activation::none;
+    Tensor y = Tensor::empty({n, out}, DType::f64), pre = Tensor::empty({n, out}, DType::f64);
+    ops::linear_forward(x, w, b, y, act, gelu ? &pre : nullptr);
+    expect_near_all(values(y), naive_linear(values(x), values(w), values(b), n, in, out, gelu),
+                    1e-14, "y");
+    if (gelu) {
+      expect_near_all(values(pre), naive_linear(values(x), values(w), values(b), n, in, out, false),
+                      1e-14, "pre");
+      Tensor y_alone = Tensor::empty({n, out}, DType::f64);  // no pre kept: the same y
+      ops::linear_forward(x, w, b, y_alone, act);
+      EXPECT_EQ(values(y_alone), values(y));
+    }
+    Tensor y32 = Tensor::empty({n, out}, DType::f32), pre32 = Tensor::empty({n, out}, DType::f32);
+    ops::linear_forward(x.to(DType::f32), w.to(DType::f32), b.to(DType::f32), y32, act,
+                        gelu ? &pre32 : nullptr);
+    expect_f32_matches_f64("y f32", y32, y);
+    if (gelu) expect_f32_matches_f64("pre f32", pre32, pre);
+  }
+}
+
+// dw and dbias accumulate onto what is there; dx is overwritten, or accumulated on request.
+TEST(Linear, Gradients) {
+  std::mt19937 rng(92);
+  const int64_t n = draw(rng, 2, 7), in = draw(rng, 1, 8), out = draw(rng, 1, 8);
+  const Tensor x = uniform({n, in}, rng), w = uniform({out, in}, rng), b = uniform({out}, rng),
+               r = uniform({n, out}, rng);
+  auto forward = [&] {
+    Tensor y = Tensor::empty({n, out}, DType::f64);
+    ops::linear_forward(x, w, b, y);
+    return y;
+  };
+  const Tensor dw0 = uniform({out, in}, rng), db0 = uniform({out}, rng);
+  Tensor dx = uniform({n, in}, rng), dw = dw0.clone(), db = db0.clone();
+  ops::linear_backward(x, w, r, &dx, dw, db);
+  expect_gradient("linear dx", x, dx, forward, r, rng);
+  expect_gradient("linear dw", w, difference(dw, dw0), forward, r, rng);
+  expect_gradient("linear dbias", b, difference(db, db0), forward, r, rng);
+
+  const Tensor base = uniform({n, in}, rng);
+  Tensor sum = base.clone(), dw2 = dw0.clone(), db2 = db0.clone();
+  ops::linear_backward(x, w, r, &sum, dw2, db2, nullptr, true);
+  expect_near_all(values(difference(sum, base)), values(dx), 1e-15, "accumulate_dx");
+  Tensor dw3 = dw0.clone(), db3 = db0.clone();
+  ops::linear_backward(x, w, r, nullptr, dw3, db3);  // no dx wanted: the same dw, dbias
+  EXPECT_EQ(values(dw3), values(dw));
+  EXPECT_EQ(values(db3), values(db));
+
+  Tensor dx32 = Tensor::empty({n, in}, DType::f32), dw32 = dw0.to(DType::f32),
+         db32 = db0.to(DType::f32);
+  ops::linear_backward(x.to(DType::f32), w.to(DType::f32), r.to(DType::f32), &dx32, dw32, db32);
+  expect_f32_matches_f64("dx f32", dx32, dx);
+  expect_f32_matches_f64("dw f32", dw32, dw);
+  expect_f32_matches_f64("dbias f32", db32, db);
+}
+
+// The FFN of a RoBERTa layer, y = (gelu(x w1ᵀ + b1)) w2ᵀ + b2: the first layer's GELU epilogue
+// keeps `pre`, the second layer's backward turns dy into d loss/d pre through input_gelu_pre,
+// and the first layer's backward takes that as its dy. Every parameter and x is checked.
+TEST(Linear, GeluEpilogueAndInputGeluPreGradients) {
+  std::mt19937 rng(93);
+  const int64_t n = draw(rng, 2, 6), d = draw(rng, 2, 6), hidden = draw(rng, 3, 9);
+  const Tensor x = uniform({n, d}, rng, -2, 2), w1 = uniform({hidden, d}, rng),
+               b1 = uniform({hidden}, rng), w2 = uniform({d, hidden}, rng), b2 = uniform({d}, rng),
+               r = uniform({n, d}, rng);
+  Tensor pre = Tensor::empty({n, hidden}, DType::f64), h = Tensor::empty({n, hidden}, DType::f64);
+  auto forward = [&] {
+    Tensor y = Tensor::empty({n, d}, DType::f64);
+    ops::linear_forward(x, w1, b1, h, ops::Activation::gelu, &pre);
+    ops::linear_forward(h, w2, b2, y);
+    return y;
+  };
+  forward();
+  Tensor dpre = Tensor::empty({n, hidden}, DType::f64), dx = Tensor::empty({n, d}, DType::f64);
+  Tensor dw1 = Tensor::zeros({hidden, d}, DType::f64), db1 = Tensor::zeros({hidden}, DType::f64),
+         dw2 = Tensor::zeros({d, hidden}, DType::f64), db2 = Tensor::zeros({d}, DType::f64);
+  ops::linear_backward(h, w2, r, &dpre, dw2, db2, &pre);
+  ops::linear_backward(x, w1, dpre, &dx, dw1, db1);
+  expect_gradient("ffn dx", x, dx, forward, r, rng);
+  expect_gradient("ffn dw1", w1, dw1, forward, r, rng);
+  expect_gradient("ffn db1", b1, db1, forward, r, rng);
+  expect_gradient("ffn dw2", w2, dw2, forward, r, rng);
+  expect_gradient("ffn db2", b2, db2, forward, r, rng);
+}
+
 // ---- Attention --------------------------------------------------------------------------------
 
 TEST(Attention, ForwardMatchesDefinition) {
   std::mt19937 rng(71);
   for (const AttentionCase& c : attention_cases(rng)) {
     SCOPED_TRACE(c.name);
-    const Shape tokens = token_shape(c.dims);
-    const Tensor q = uniform(tokens, rng, -2, 2), k = uniform(tokens, rng, -2, 2),
-                 v = uniform(tokens, rng);
-    Tensor out = Tensor::empty(tokens, DType::f64);
-    Tensor probs = Tensor::empty({c.dims.batch, c.dims.heads, c.dims.seq, c.dims.seq}, DType::f64);
-    ops::attention_forward(q, k, v, attention_mask_tensor(c), c.dims, c.causal, c.dropout_p, kKey,
-                           out, probs);
-    std::vector<double> want_out, want_probs;
-    naive_attention(c, values(q), values(k), values(v), kKey, want_out, want_probs);
-    expect_near_all(values(probs), want_probs, 1e-14, "probs");
+    const ops::Sequences seqs = sequences(c.lengths);
+    const Tensor q = uniform(c.tokens(), rng, -2, 2), k = uniform(c.tokens(), rng, -2, 2),
+                 v = uniform(c.tokens(), rng);
+    Tensor out = Tensor::empty(c.tokens(), DType::f64), lse = Tensor::empty(c.lse(), DType::f64);
+    ops::attention_forward(q, k, v, seqs, c.heads, c.causal, c.dropout_p, kKey, out, lse);
+    std::vector<double> want_out, want_lse;
+    naive_attention(c, values(q), values(k), values(v), kKey, want_out, want_lse);
+    expect_near_all(values(lse), want_lse, 1e-13, "lse");
     expect_near_all(values(out), want_out, 1e-13, "out");
 
-    Tensor out32 = Tensor::empty(tokens, DType::f32);
-    Tensor probs32 = Tensor::empty(probs.shape(), DType::f32);
-    ops::attention_forward(q.to(DType::f32), k.to(DType::f32), v.to(DType::f32),
-                           attention_mask_tensor(c), c.dims, c.causal, c.dropout_p, kKey, out32,
-                           probs32);
+    Tensor out32 = Tensor::empty(c.tokens(), DType::f32),
+           lse32 = Tensor::empty(c.lse(), DType::f32);
+    ops::attention_forward(q.to(DType::f32), k.to(DType::f32), v.to(DType::f32), seqs, c.heads,
+                           c.causal, c.dropout_p, kKey, out32, lse32);
     expect_f32_matches_f64("out f32", out32, out);
-    expect_f32_matches_f64("probs f32", probs32, probs);
+    expect_f32_matches_f64("lse f32", lse32, lse);
   }
 }
 
-// Every output row enters L, padded queries included: they attend to the real keys of their
-// sequence, so their outputs are real functions of q, k, v like any other.
+// The backward pass takes the forward's out and lse at the unperturbed point; the finite
+// differences rerun the whole forward pass, dropout masks included.
 TEST(Attention, Gradients) {
   std::mt19937 rng(72);
   for (const AttentionCase& c : attention_cases(rng)) {
     SCOPED_TRACE(c.name);
-    const Shape tokens = token_shape(c.dims);
-    const Tensor q = uniform(tokens, rng, -2, 2), k = uniform(tokens, rng, -2, 2),
-                 v = uniform(tokens, rng), r = uniform(tokens, rng);
-    const Tensor mask = attention_mask_tensor(c);
-    Tensor probs = Tensor::empty({c.dims.batch, c.dims.heads, c.dims.seq, c.dims.seq}, DType::f64);
+    const ops::Sequences seqs = sequences(c.lengths);
+    const Tensor q = uniform(c.tokens(), rng, -2, 2), k = uniform(c.tokens(), rng, -2, 2),
+                 v = uniform(c.tokens(), rng), r = uniform(c.tokens(), rng);
+    auto run = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, Tensor& out, Tensor& lse) {
+      ops::attention_forward(qq, kk, vv, seqs, c.heads, c.causal, c.dropout_p, kKey, out, lse);
+    };
     auto forward = [&] {
-      Tensor out = Tensor::empty(tokens, DType::f64);
-      ops::attention_forward(q, k, v, mask, c.dims, c.causal, c.dropout_p, kKey, out, probs);
+      Tensor out = Tensor::empty(c.tokens(), DType::f64), lse = Tensor::empty(c.lse(), DType::f64);
+      run(q, k, v, out, lse);
       return out;
     };
-    forward();
-    Tensor dq = Tensor::empty(tokens, DType::f64), dk = Tensor::empty(tokens, DType::f64),
-           dv = Tensor::empty(tokens, DType::f64);
-    ops::attention_backward(r, q, k, v, probs, c.dims, c.dropout_p, kKey, dq, dk, dv);
+    Tensor out = Tensor::empty(c.tokens(), DType::f64), lse = Tensor::empty(c.lse(), DType::f64);
+    run(q, k, v, out, lse);
+    Tensor dq = Tensor::empty(c.tokens(), DType::f64), dk = Tensor::empty(c.tokens(), DType::f64),
+           dv = Tensor::empty(c.tokens(), DType::f64);
+    ops::attention_backward(r, q, k, v, out, lse, seqs, c.heads, c.causal, c.dropout_p, kKey, dq,
+                            dk, dv);
     expect_gradient("dq", q, dq, forward, r, rng);
     expect_gradient("dk", k, dk, forward, r, rng);
     expect_gradient("dv", v, dv, forward, r, rng);
 
     // f32 backward against f64 on the same data.
-    Tensor out32 = Tensor::empty(tokens, DType::f32),
-           probs32 = Tensor::empty(probs.shape(), DType::f32);
-    ops::attention_forward(q.to(DType::f32), k.to(DType::f32), v.to(DType::f32), mask, c.dims,
-                           c.causal, c.dropout_p, kKey, out32, probs32);
-    Tensor dq32 = Tensor::empty(tokens, DType::f32), dk32 = Tensor::empty(tokens, DType::f32),
-           dv32 = Tensor::empty(tokens, DType::f32);
-    ops::attention_backward(r.to(DType::f32), q.to(DType::f32), k.to(DType::f32), v.to(DType::f32),
-                            probs32, c.dims, c.dropout_p, kKey, dq32, dk32, dv32);
+    const Tensor q32 = q.to(DType::f32), k32 = k.to(DType::f32), v32 = v.to(DType::f32);
+    Tensor out32 = Tensor::empty(c.tokens(), DType::f32),
+           lse32 = Tensor::empty(c.lse(), DType::f32);
+    run(q32, k32, v32, out32, lse32);
+    Tensor dq32 = Tensor::empty(c.tokens(), DType::f32),
+           dk32 = Tensor::empty(c.tokens(), DType::f32),
+           dv32 = Tensor::empty(c.tokens(), DType::f32);
+    ops::attention_backward(r.to(DType::f32), q32, k32, v32, out32, lse32, seqs, c.heads, c.causal,
+                            c.dropout_p, kKey, dq32, dk32, dv32);
     expect_f32_matches_f64("dq f32", dq32, dq);
     expect_f32_matches_f64("dk f32", dk32, dk);
     expect_f32_matches_f64("dv f32", dv32, dv);
   }
 }
 
-// Sequence 0 has key 0 padded and causal masking: its query 0 sees no key at all.
-TEST(Attention, QueriesWithNoVisibleKeyGiveZeroOutputAndGradients) {
+// A one-token sequence attends to itself only: out = v, lse = its one score, dv = dout and no
+// gradient reaches q or k (the softmax of a single score is constant). Empty sequences around it
+// and a batch with no tokens at all have nothing to compute.
+TEST(Attention, SingleTokenAndEmptySequences) {
   std::mt19937 rng(73);
-  const AttentionCase c = attention_cases(rng).back();
-  const int64_t ld = c.dims.heads * c.dims.head_dim, S = c.dims.seq;
-  const Shape tokens = token_shape(c.dims);
-  const Tensor q = uniform(tokens, rng), k = uniform(tokens, rng), v = uniform(tokens, rng),
-               dout = uniform(tokens, rng);
-  Tensor out = Tensor::empty(tokens, DType::f64);
-  Tensor probs = Tensor::empty({c.dims.batch, c.dims.heads, S, S}, DType::f64);
-  ops::attention_forward(q, k, v, attention_mask_tensor(c), c.dims, true, 0.0, kKey, out, probs);
-  Tensor dq = Tensor::empty(tokens, DType::f64), dk = Tensor::empty(tokens, DType::f64),
-         dv = Tensor::empty(tokens, DType::f64);
-  ops::attention_backward(dout, q, k, v, probs, c.dims, 0.0, kKey, dq, dk, dv);
-  const std::vector<double> o = values(out), gq = values(dq), gk = values(dk), gv = values(dv);
-  for (int64_t e = 0; e < ld; ++e) {
-    EXPECT_EQ(o[e], 0.0);  // token 0 of sequence 0: no visible key
-    EXPECT_EQ(gq[e], 0.0);
-    EXPECT_EQ(gk[e], 0.0);  // key 0 and key 3 are padding: no query uses them
-    EXPECT_EQ(gv[e], 0.0);
-    EXPECT_EQ(gk[3 * ld + e], 0.0);
-    EXPECT_EQ(gv[3 * ld + e], 0.0);
+  const int64_t heads = 2, head_dim = 3, ld = heads * head_dim;
+  const ops::Sequences one = sequences({0, 1, 0});
+  const Tensor q = uniform({1, ld}, rng), k = uniform({1, ld}, rng), v = uniform({1, ld}, rng),
+               dout = uniform({1, ld}, rng);
+  Tensor out = Tensor::empty({1, ld}, DType::f64), lse = Tensor::empty({heads, 1}, DType::f64);
+  ops::attention_forward(q, k, v, one, heads, true, 0.0, kKey, out, lse);
+  EXPECT_EQ(values(out), values(v));
+  const std::vector<double> qv = values(q), kv = values(k), lv = values(lse);
+  for (int64_t h = 0; h < heads; ++h) {
+    double s = 0;
+    for (int64_t e = 0; e < head_dim; ++e) s += qv[h * head_dim + e] * kv[h * head_dim + e];
+    EXPECT_NEAR(lv[h], s / std::sqrt(3.0), 1e-15);
   }
-  EXPECT_NE(o[ld], 0.0);  // token 1 sees key 1
+  Tensor dq = Tensor::empty({1, ld}, DType::f64), dk = Tensor::empty({1, ld}, DType::f64),
+         dv = Tensor::empty({1, ld}, DType::f64);
+  ops::attention_backward(dout, q, k, v, out, lse, one, heads, true, 0.0, kKey, dq, dk, dv);
+  EXPECT_EQ(values(dv), values(dout));
+  expect_near_all(values(dq), std::vector<double>(ld, 0.0), 1e-15, "dq");
+  expect_near_all(values(dk), std::vector<double>(ld, 0.0), 1e-15, "dk");
+
+  const ops::Sequences none = sequences({0, 0});
+  const Tensor empty = Tensor::empty({0, ld}, DType::f64);
+  Tensor e_out = Tensor::empty({0, ld}, DType::f64), e_lse = Tensor::empty({heads, 0}, DType::f64);
+  Tensor e_dq = Tensor::empty({0, ld}, DType::f64), e_dk = Tensor::empty({0, ld}, DType::f64),
+         e_dv = Tensor::empty({0, ld}, DType::f64);
+  ops::attention_forward(empty, empty, empty, none, heads, false, 0.1, kKey, e_out, e_lse);
+  ops::attention_backward(empty, empty, empty, empty, e_out, e_lse, none, heads, false, 0.1, kKey,
+                          e_dq, e_dk, e_dv);
 }
 
 // ---- Softmax cross-entropy ----------------------------------------------------------------------
 
-TEST(CrossEntropy, ForwardIgnoredRowsAndGradient) {
+// A vocabulary padded from `valid` to `cols` columns, the padding filled with logits large enough
+// to dominate the softmax if it took part; two rows ignored.
+TEST(CrossEntropy, ValidColumnsIgnoredRowsAndGradient) {
   std::mt19937 rng(81);
-  const int64_t n = draw(rng, 4, 8), vocab = draw(rng, 3, 11);
+  const int64_t n = draw(rng, 4, 8), valid = draw(rng, 3, 11), cols = valid + draw(rng, 1, 5);
   const int32_t ignore = -100;
   std::vector<int32_t> tv(static_cast<size_t>(n));
-  for (int32_t& t : tv) t = static_cast<int32_t>(draw(rng, 0, vocab - 1));
+  for (int32_t& t : tv) t = static_cast<int32_t>(draw(rng, 0, valid - 1));
   tv[1] = ignore;
   tv[n - 1] = ignore;
   const Tensor targets = ints(tv, {n});
-  const Tensor logits = uniform({n, vocab}, rng, -3, 3);
+  std::vector<double> lv = values(uniform({n, cols}, rng, -3, 3));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = valid; j < cols; ++j) lv[i * cols + j] = 40;
+  const Tensor logits = Tensor::from_vector(lv, {n, cols});
   auto forward = [&] {
     Tensor losses = Tensor::empty({n}, DType::f64);
-    ops::softmax_cross_entropy(logits, targets, ignore, losses);
+    ops::softmax_cross_entropy(logits, targets, ignore, losses, nullptr, 1.0, valid);
     return losses;
   };
-  const std::vector<double> losses = values(forward()), lv = values(logits);
+  const std::vector<double> losses = values(forward());
   for (int64_t i = 0; i < n; ++i) {
     if (tv[i] == ignore) {
       EXPECT_EQ(losses[i], 0.0);
       continue;
     }
     double z = 0;
-    for (int64_t j = 0; j < vocab; ++j) z += std::exp(lv[i * vocab + j]);
-    EXPECT_NEAR(losses[i], -std::log(std::exp(lv[i * vocab + tv[i]]) / z), 1e-13);
+    for (int64_t j = 0; j < valid; ++j) z += std::exp(lv[i * cols + j]);
+    EXPECT_NEAR(losses[i], -std::log(std::exp(lv[i * cols + tv[i]]) / z), 1e-13);
   }
 
   // The op takes a scalar upstream gradient: L = dloss Σ losses, i.e. R filled with dloss.
   const double dloss = 0.7;
   const Tensor r = Tensor::from_vector(std::vector<double>(n, dloss), {n});
-  Tensor dlogits = uniform({n, vocab}, rng);  // overwritten, ignored rows included
+  Tensor dlogits = uniform({n, cols}, rng);  // overwritten, ignored rows and padding included
   Tensor again = Tensor::empty({n}, DType::f64);
-  ops::softmax_cross_entropy(logits, targets, ignore, again, &dlogits, dloss);
+  ops::softmax_cross_entropy(logits, targets, ignore, again, &dlogits, dloss, valid);
   EXPECT_EQ(values(again), losses);
   const std::vector<double> dv = values(dlogits);
-  for (int64_t j = 0; j < vocab; ++j) EXPECT_EQ(dv[vocab + j], 0.0);
+  for (int64_t j = 0; j < cols; ++j) EXPECT_EQ(dv[cols + j], 0.0);  // ignored row 1
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = valid; j < cols; ++j) EXPECT_EQ(dv[i * cols + j], 0.0);  // padding
   expect_gradient("dlogits", logits, dlogits, forward, r, rng);
 
-  Tensor l32 = Tensor::empty({n}, DType::f32), d32 = Tensor::empty({n, vocab}, DType::f32);
-  ops::softmax_cross_entropy(logits.to(DType::f32), targets, ignore, l32, &d32, dloss);
+  // In place: the logits become their gradient, with the same losses, bit for bit.
+  Tensor inplace = logits.clone(), losses_inplace = Tensor::empty({n}, DType::f64);
+  ops::softmax_cross_entropy(inplace, targets, ignore, losses_inplace, &inplace, dloss, valid);
+  EXPECT_EQ(values(losses_inplace), losses);
+  EXPECT_EQ(values(inplace), dv);
+
+  Tensor l32 = Tensor::empty({n}, DType::f32), d32 = Tensor::empty({n, cols}, DType::f32);
+  ops::softmax_cross_entropy(logits.to(DType::f32), targets, ignore, l32, &d32, dloss, valid);
   expect_f32_matches_f64("losses f32", l32, again);
   expect_f32_matches_f64("dlogits f32", d32, dlogits);
 }
@@ -751,6 +943,279 @@ TEST(CrossEntropy, StableForLargeLogits) {
   }
 }
 
+// ---- Sequences ----------------------------------------------------------------------------------
+
+TEST(Sequences, FromLengths) {
+  const ops::Sequences s = sequences({3, 0, 1, 5});
+  EXPECT_EQ(s.host, (std::vector<int32_t>{0, 3, 3, 4, 9}));
+  EXPECT_EQ(s.count(), 4);
+  EXPECT_EQ(s.tokens(), 9);
+  EXPECT_EQ(s.max_len, 5);
+  EXPECT_EQ(s.offsets.dtype(), DType::i32);
+  EXPECT_EQ(s.offsets.shape(), (Shape{5}));
+  EXPECT_EQ(s.offsets.to_vector<int32_t>(), s.host);
+
+  const ops::Sequences none = sequences({});
+  EXPECT_EQ(none.host, (std::vector<int32_t>{0}));
+  EXPECT_EQ(none.count(), 0);
+  EXPECT_EQ(none.tokens(), 0);
+  EXPECT_EQ(none.max_len, 0);
+
+  expect_error([] { sequences({2, -1, 3}); }, {"Sequences::from_lengths", "sequence 1", "-1"});
+}
+
+// ---- Sequence sums and the pooling head ---------------------------------------------------------
+
+TEST(Pooling, SegmentSumAndGradient) {
+  std::mt19937 rng(101);
+  const std::vector<int32_t> lengths = ragged_lengths(rng, 5, 6);
+  const ops::Sequences seqs = sequences(lengths);
+  const int64_t tokens = total(lengths), batch = 5, d = draw(rng, 1, 6);
+  const Tensor x = uniform({tokens, d}, rng), r = uniform({batch, d}, rng);
+  auto forward = [&] {
+    Tensor out = uniform({batch, d}, rng);  // overwritten, empty sequences included
+    ops::segment_sum(x, seqs, out);
+    return out;
+  };
+  const std::vector<double> out = values(forward()), xv = values(x);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t e = 0; e < d; ++e) {
+      double s = 0;
+      for (int64_t t = seqs.host[b]; t < seqs.host[b + 1]; ++t) s += xv[t * d + e];
+      EXPECT_NEAR(out[b * d + e], s, 1e-15);
+    }
+
+  Tensor dx = uniform({tokens, d}, rng);
+  ops::segment_sum_backward(r, seqs, dx);
+  expect_gradient("segment_sum", x, dx, forward, r, rng);
+  const Tensor base = uniform({tokens, d}, rng);
+  Tensor sum = base.clone();
+  ops::segment_sum_backward(r, seqs, sum, true);
+  expect_near_all(values(difference(sum, base)), values(dx), 1e-15, "accumulate");
+
+  Tensor out32 = Tensor::empty({batch, d}, DType::f32);
+  ops::segment_sum(x.to(DType::f32), seqs, out32);
+  expect_f32_matches_f64("segment_sum f32", out32, Tensor::from_vector(out, {batch, d}));
+}
+
+TEST(Pooling, ForwardMatchesDefinition) {
+  std::mt19937 rng(102);
+  const std::vector<int32_t> lengths = ragged_lengths(rng, 4, 6);
+  const ops::Sequences seqs = sequences(lengths);
+  const int64_t tokens = total(lengths), batch = 4, d = draw(rng, 2, 6);
+  const double eps = 1e-12;
+  const Tensor x = uniform({tokens, d}, rng), l = uniform({tokens, d}, rng),
+               g = uniform({batch, d}, rng);
+  Tensor v = uniform({batch, d}, rng), a = Tensor::empty({tokens}, DType::f64);
+  ops::pooling_forward(x, l, g, seqs, eps, v, a);
+  const std::vector<double> xv = values(x), lv = values(l), gv = values(g);
+  std::vector<double> want_v(static_cast<size_t>(batch * d), 0.0), want_a(tokens);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = seqs.host[b]; t < seqs.host[b + 1]; ++t) {
+      want_a[t] = naive_cosine(&lv[t * d], &gv[b * d], d, eps);
+      for (int64_t e = 0; e < d; ++e) want_v[b * d + e] += want_a[t] * xv[t * d + e];
+    }
+  expect_near_all(values(a), want_a, 1e-15, "a");
+  expect_near_all(values(v), want_v, 1e-14, "v");
+
+  Tensor v32 = Tensor::empty({batch, d}, DType::f32), a32 = Tensor::empty({tokens}, DType::f32);
+  ops::pooling_forward(x.to(DType::f32), l.to(DType::f32), g.to(DType::f32), seqs, eps, v32, a32);
+  expect_f32_matches_f64("v f32", v32, v);
+  expect_f32_matches_f64("a f32", a32, a);
+}
+
+// Both branches of the cosine: with eps = 0.5 and a third of the l rows shrunk, some tokens have
+// ‖l‖ ‖g‖ below eps (a constant denominator) and the rest above. No product lies within 1e-3 of
+// eps, so the finite differences never straddle the switch.
+TEST(Pooling, Gradients) {
+  std::mt19937 rng(103);
+  for (double eps : {1e-12, 0.5}) {
+    SCOPED_TRACE(eps > 0.1 ? "eps 0.5, both branches" : "eps 1e-12");
+    const std::vector<int32_t> lengths = ragged_lengths(rng, 4, 6);
+    const ops::Sequences seqs = sequences(lengths);
+    const int64_t tokens = total(lengths), batch = 4, d = draw(rng, 3, 6);
+    const Tensor x = uniform({tokens, d}, rng), g = uniform({batch, d}, rng),
+                 r = uniform({batch, d}, rng);
+    std::vector<double> lv = values(uniform({tokens, d}, rng));
+    for (int64_t t = 0; t < tokens; t += 3)
+      for (int64_t e = 0; e < d; ++e) lv[t * d + e] *= 0.05;
+    const Tensor l = Tensor::from_vector(lv, {tokens, d});
+    const std::vector<double> gv = values(g);
+    int clamped = 0;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t t = seqs.host[b]; t < seqs.host[b + 1]; ++t) {
+        double ll = 0, gg = 0;
+        for (int64_t e = 0; e < d; ++e) {
+          ll += lv[t * d + e] * lv[t * d + e];
+          gg += gv[b * d + e] * gv[b * d + e];
+        }
+        const double norms = std::sqrt(ll) * std::sqrt(gg);
+        ASSERT_GT(std::abs(norms - eps), 1e-3) << "token " << t << ": pick another seed";
+        clamped += norms < eps;
+      }
+    if (eps > 0.1) {
+      EXPECT_GT(clamped, 0);
+      EXPECT_LT(clamped, tokens);
+    }
+
+    auto forward_with = [&](const Tensor& xx, const Tensor& ll, const Tensor& gg, DType dt,
+                            Tensor& a) {
+      Tensor v = Tensor::empty({batch, d}, dt);
+      ops::pooling_forward(xx, ll, gg, seqs, eps, v, a);
+      return v;
+    };
+    auto forward = [&] {
+      Tensor a = Tensor::empty({tokens}, DType::f64);
+      return forward_with(x, l, g, DType::f64, a);
+    };
+    Tensor a = Tensor::empty({tokens}, DType::f64);
+    forward_with(x, l, g, DType::f64, a);
+    const Tensor dx0 = uniform({tokens, d}, rng);
+    Tensor dx = dx0.clone(), dl = uniform({tokens, d}, rng), dg = uniform({batch, d}, rng);
+    ops::pooling_backward(r, x, l, g, a, seqs, eps, dx, dl, dg);
+    expect_gradient("pooling dx", x, difference(dx, dx0), forward, r, rng);
+    expect_gradient("pooling dl", l, dl, forward, r, rng);
+    expect_gradient("pooling dg", g, dg, forward, r, rng);
+
+    const Tensor x32 = x.to(DType::f32), l32 = l.to(DType::f32), g32 = g.to(DType::f32);
+    Tensor a32 = Tensor::empty({tokens}, DType::f32);
+    forward_with(x32, l32, g32, DType::f32, a32);
+    Tensor dx32 = dx0.to(DType::f32), dl32 = Tensor::empty({tokens, d}, DType::f32),
+           dg32 = Tensor::empty({batch, d}, DType::f32);
+    ops::pooling_backward(r.to(DType::f32), x32, l32, g32, a32, seqs, eps, dx32, dl32, dg32);
+    expect_f32_matches_f64("dx f32", dx32, dx);
+    expect_f32_matches_f64("dl f32", dl32, dl);
+    expect_f32_matches_f64("dg f32", dg32, dg);
+  }
+}
+
+// ---- Cosine similarity
+// ----------------------------------------------------------------------------
+
+TEST(Cosine, ForwardValues) {
+  const Tensor a =
+      Tensor::from_vector(std::vector<double>{1, 2, 3, 1, 0, 0, 1, 1, 0, 0, 0, 0}, {4, 3});
+  const Tensor b =
+      Tensor::from_vector(std::vector<double>{2, 4, 6, 0, 5, 0, -3, -3, 0, 1, 2, 3}, {4, 3});
+  for (DType dt : {DType::f32, DType::f64}) {
+    Tensor out = Tensor::empty({4}, dt);
+    ops::cosine_forward(a.to(dt), b.to(dt), 1e-12, out);
+    // parallel, orthogonal, opposite, and a zero vector (0 / eps = 0, not NaN)
+    expect_near_all(values(out.to(DType::f64)), {1, 0, -1, 0}, dt == DType::f32 ? 1e-6 : 1e-15,
+                    "cosine values");
+  }
+}
+
+TEST(Cosine, ForwardMatchesDefinitionAndGradients) {
+  std::mt19937 rng(111);
+  for (double eps : {1e-12, 0.5}) {
+    SCOPED_TRACE(eps > 0.1 ? "eps 0.5, both branches" : "eps 1e-12");
+    const int64_t n = draw(rng, 4, 8), d = draw(rng, 3, 6);
+    std::vector<double> av = values(uniform({n, d}, rng));
+    for (int64_t i = 0; i < n; i += 2)  // every other row short: clamped when eps = 0.5
+      for (int64_t e = 0; e < d; ++e) av[i * d + e] *= 0.05;
+    const Tensor a = Tensor::from_vector(av, {n, d}), b = uniform({n, d}, rng),
+                 r = uniform({n}, rng);
+    const std::vector<double> bv = values(b);
+    std::vector<double> want(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      double aa = 0, bb = 0;
+      for (int64_t e = 0; e < d; ++e) {
+        aa += av[i * d + e] * av[i * d + e];
+        bb += bv[i * d + e] * bv[i * d + e];
+      }
+      ASSERT_GT(std::abs(std::sqrt(aa) * std::sqrt(bb) - eps), 1e-3) << "row " << i;
+      want[i] = naive_cosine(&av[i * d], &bv[i * d], d, eps);
+    }
+    auto forward = [&] {
+      Tensor out = Tensor::empty({n}, DType::f64);
+      ops::cosine_forward(a, b, eps, out);
+      return out;
+    };
+    const Tensor out = forward();
+    expect_near_all(values(out), want, 1e-15, "cosine");
+
+    Tensor da = uniform({n, d}, rng), db = uniform({n, d}, rng);  // overwritten
+    ops::cosine_backward(r, a, b, eps, da, db);
+    expect_gradient("cosine da", a, da, forward, r, rng);
+    expect_gradient("cosine db", b, db, forward, r, rng);
+
+    Tensor out32 = Tensor::empty({n}, DType::f32), da32 = Tensor::empty({n, d}, DType::f32),
+           db32 = Tensor::empty({n, d}, DType::f32);
+    ops::cosine_forward(a.to(DType::f32), b.to(DType::f32), eps, out32);
+    ops::cosine_backward(r.to(DType::f32), a.to(DType::f32), b.to(DType::f32), eps, da32, db32);
+    expect_f32_matches_f64("out f32", out32, out);
+    expect_f32_matches_f64("da f32", da32, da);
+    expect_f32_matches_f64("db f32", db32, db);
+  }
+}
+
+// ---- Optimiser and gradient norm ----------------------------------------------------------------
+
+// Three steps against torch.optim.AdamW's update written out for one scalar at a time, with
+// weight decay and a gradient scale; m and v start at 0 as in torch.
+TEST(AdamW, MatchesTheTorchFormulaForThreeSteps) {
+  std::mt19937 rng(121);
+  const int64_t n = draw(rng, 5, 12);
+  ops::AdamW config;
+  config.lr = 1e-2;
+  config.weight_decay = 0.1;
+  config.grad_scale = 0.5;
+  const Tensor param0 = uniform({n}, rng);
+  std::vector<double> p = values(param0), m(n, 0.0), v(n, 0.0);
+  Tensor param = param0.clone(), tm = Tensor::zeros({n}, DType::f64),
+         tv = Tensor::zeros({n}, DType::f64), copy = Tensor::zeros({n}, DType::f64);
+  Tensor param32 = param0.to(DType::f32), m32 = Tensor::zeros({n}, DType::f32),
+         v32 = Tensor::zeros({n}, DType::f32);
+  for (int64_t step = 1; step <= 3; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    const Tensor grad = uniform({n}, rng);
+    const std::vector<double> gv = values(grad);
+    const double c1 = 1 - std::pow(config.beta1, step), c2 = 1 - std::pow(config.beta2, step);
+    for (int64_t i = 0; i < n; ++i) {
+      const double g = config.grad_scale * gv[i];
+      p[i] -= config.lr * config.weight_decay * p[i];
+      m[i] = config.beta1 * m[i] + (1 - config.beta1) * g;
+      v[i] = config.beta2 * v[i] + (1 - config.beta2) * g * g;
+      p[i] -= config.lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + config.eps);
+    }
+    config.step = step;
+    ops::adamw_update(param, grad, tm, tv, config, &copy);
+    expect_near_all(values(param), p, 1e-14, "param");
+    expect_near_all(values(tm), m, 1e-15, "m");
+    expect_near_all(values(tv), v, 1e-16, "v");
+    EXPECT_EQ(values(copy), values(param));
+
+    ops::adamw_update(param32, grad.to(DType::f32), m32, v32, config);
+    expect_f32_matches_f64("param f32", param32, param);
+    expect_f32_matches_f64("m f32", m32, tm);
+    expect_f32_matches_f64("v f32", v32, tv);
+  }
+}
+
+// Accumulated in double whatever the dtype: in f32, 1e8 + 1 rounds back to 1e8 (the spacing of
+// f32 there is 8), so a float accumulator would return 1e8 for 1e4² followed by a thousand 1².
+TEST(SumOfSquares, SumsEveryTensorInDouble) {
+  std::mt19937 rng(131);
+  const Tensor a = uniform({3, 4}, rng), b = uniform({5}, rng),
+               none = Tensor::empty({0}, DType::f64);
+  Tensor out = Tensor::empty({1}, DType::f64);
+  ops::sum_of_squares({&a, &b, &none}, out);
+  long double want = 0;
+  for (const Tensor* t : {&a, &b})
+    for (double x : values(*t)) want += static_cast<long double>(x) * x;
+  EXPECT_NEAR(values(out)[0], static_cast<double>(want), 1e-15);
+  ops::sum_of_squares({}, out);
+  EXPECT_EQ(values(out)[0], 0.0);
+
+  std::vector<float> big(1001, 1.0f);
+  big[0] = 1e4f;
+  const Tensor t32 = Tensor::from_vector(big, {1001});
+  Tensor out32 = Tensor::empty({1}, DType::f32);
+  ops::sum_of_squares({&t32}, out32);
+  EXPECT_EQ(out32.to_vector<float>()[0], 100001000.0f);
+}
+
 // ---- Argument checks ----------------------------------------------------------------------------
 
 TEST(OpErrors, ShapeDtypeAndLayoutMismatchesNameTheOpAndArgument) {
@@ -758,16 +1223,21 @@ TEST(OpErrors, ShapeDtypeAndLayoutMismatchesNameTheOpAndArgument) {
   Tensor y = Tensor::zeros({4, 6}, DType::f64);
   Tensor c = Tensor::zeros({4, 4}, DType::f64);
   Tensor rows = Tensor::zeros({4}, DType::f64), rows2 = Tensor::zeros({4}, DType::f64);
+  Tensor cols = Tensor::zeros({6}, DType::f64);
 
   expect_error([&] { ops::gemm(x, x, c, false, false); }, {"gemm", "b"});  // 6 != 4 inner
   expect_error([&] { ops::gemm(x, x, y, false, true); }, {"gemm", "c", "[4, 4]"});
   expect_error([&] { ops::gemm_batched(x, x, c, false, true); }, {"gemm_batched", "a"});
   expect_error(
       [&] {
-        ops::layernorm_forward(x, Tensor::zeros({5}, DType::f64), Tensor::zeros({6}, DType::f64),
-                               1e-5, y, rows, rows2);
+        ops::layernorm_forward(x, Tensor::zeros({5}, DType::f64), cols, 1e-5, y, rows, rows2);
       },
       {"layernorm_forward", "gamma", "[6]"});
+  Tensor rows32 = Tensor::zeros({4}, DType::f32);
+  expect_error([&] { ops::layernorm_forward(x, cols, cols, 1e-5, y, rows32, rows2); },
+               {"layernorm_forward", "mean", "accumulation dtype", "f64"});
+  expect_error([&] { ops::add_layernorm_forward(x, x, cols, cols, 1e-5, c, y, rows, rows2); },
+               {"add_layernorm_forward", "sum", "[4, 6]"});
   expect_error([&] { ops::gelu_forward(x, c); }, {"gelu_forward", "y"});
   Tensor y32 = Tensor::zeros({4, 6}, DType::f32);
   expect_error([&] { ops::gelu_forward(x, y32); }, {"gelu_forward", "y", "f32"});
@@ -788,21 +1258,40 @@ TEST(OpErrors, ShapeDtypeAndLayoutMismatchesNameTheOpAndArgument) {
       },
       {"embedding_backward", "dout"});
 
-  const ops::AttentionDims dims{2, 2, 2, 3};
-  Tensor probs = Tensor::zeros({2, 2, 2, 2}, DType::f64);
+  // Dense layers: x [4,6], w [3,6].
+  const Tensor w = Tensor::zeros({3, 6}, DType::f64), bias3 = Tensor::zeros({3}, DType::f64);
+  Tensor y3 = Tensor::zeros({4, 3}, DType::f64), dw = Tensor::zeros({3, 6}, DType::f64);
+  Tensor db3 = Tensor::zeros({3}, DType::f64);
+  expect_error([&] { ops::linear_forward(x, c, bias3, y3); }, {"linear_forward", "w", "[4, 6]"});
+  expect_error([&] { ops::linear_forward(x, w, rows, y3); }, {"linear_forward", "bias", "[3]"});
+  expect_error([&] { ops::linear_forward(x, w, bias3, y); }, {"linear_forward", "y", "[4, 3]"});
+  expect_error([&] { ops::linear_forward(x, w, bias3, y3, ops::Activation::none, &y3); },
+               {"linear_forward", "pre", "gelu"});
+  expect_error([&] { ops::linear_backward(x, w, y3, &y, c, db3); }, {"linear_backward", "dw"});
+  expect_error([&] { ops::linear_backward(x, w, y, &y, dw, db3); }, {"linear_backward", "dy"});
+  expect_error([&] { ops::linear_backward(x, w, y3, &y, dw, db3, &x, true); },
+               {"linear_backward", "input_gelu_pre", "accumulate_dx"});
+  expect_error([&] { ops::linear_backward(x, w, y3, nullptr, dw, db3, &x); },
+               {"linear_backward", "input_gelu_pre", "dx"});
+
+  // Attention: 4 tokens in sequences {1, 3}, 2 heads of 3.
+  const ops::Sequences seqs = sequences({1, 3});
+  Tensor lse = Tensor::zeros({2, 4}, DType::f64);
+  expect_error([&] { ops::attention_forward(x, x, x, seqs, 2, false, 0, kKey, y, c); },
+               {"attention_forward", "lse", "[2, 4]"});
+  expect_error([&] { ops::attention_forward(x, x, x, seqs, 4, false, 0, kKey, y, lse); },
+               {"attention_forward", "q", "4 heads"});
+  expect_error([&] { ops::attention_forward(x, x, c, seqs, 2, false, 0, kKey, y, lse); },
+               {"attention_forward", "v"});
+  Tensor lse32 = Tensor::zeros({2, 4}, DType::f32);
+  expect_error([&] { ops::attention_forward(x, x, x, seqs, 2, false, 0, kKey, y, lse32); },
+               {"attention_forward", "lse", "accumulation dtype"});
   expect_error(
-      [&] {
-        ops::attention_forward(x, x, x, ints({1, 1, 1}, {3}), dims, false, 0, kKey, y, probs);
-      },
-      {"attention_forward", "key_mask"});
+      [&] { ops::attention_backward(x, x, x, x, c, lse, seqs, 2, false, 0, kKey, y, y, y); },
+      {"attention_backward", "out"});
   expect_error(
-      [&] {
-        ops::attention_forward(x, x, x, ints({1, 1, 1, 1}, {2, 2}), {2, 2, 1, 3}, false, 0, kKey, y,
-                               probs);
-      },
-      {"attention_forward", "q"});
-  expect_error([&] { ops::attention_backward(x, x, x, x, probs, dims, 0, kKey, y, y, c); },
-               {"attention_backward", "dv"});
+      [&] { ops::attention_backward(x, x, x, x, x, lse, seqs, 2, false, 0, kKey, y, y, c); },
+      {"attention_backward", "dv"});
 
   const Tensor logits = Tensor::zeros({4, 6}, DType::f64);
   expect_error(
@@ -815,6 +1304,80 @@ TEST(OpErrors, ShapeDtypeAndLayoutMismatchesNameTheOpAndArgument) {
         ops::softmax_cross_entropy(logits, ints({0, 1, 2, 3}, {4}), -100, rows, &c);
       },
       {"softmax_cross_entropy", "dlogits"});
+  expect_error(
+      [&] {
+        ops::softmax_cross_entropy(logits, ints({0, 1, 2, 3}, {4}), -100, cols);
+      },
+      {"softmax_cross_entropy", "losses"});
+  for (int64_t bad : {0, 7, -2})
+    expect_error(
+        [&] {
+          ops::softmax_cross_entropy(logits, ints({0, 1, 2, 3}, {4}), -100, rows, nullptr, 1, bad);
+        },
+        {"softmax_cross_entropy", "valid_cols"});
+
+  // Pooling over sequences {1, 3} of x [4, 6]: g, v [2, 6], a [4].
+  Tensor g2 = Tensor::zeros({2, 6}, DType::f64), v2 = Tensor::zeros({2, 6}, DType::f64);
+  expect_error([&] { ops::segment_sum(x, seqs, y); }, {"segment_sum", "out", "[2, 6]"});
+  expect_error([&] { ops::segment_sum_backward(g2, seqs, c); }, {"segment_sum_backward", "dx"});
+  expect_error([&] { ops::pooling_forward(x, x, x, seqs, 1e-12, v2, rows); },
+               {"pooling_forward", "g", "[2, 6]"});
+  expect_error([&] { ops::pooling_forward(x, x, g2, seqs, 1e-12, v2, cols); },
+               {"pooling_forward", "a", "[4]"});
+  expect_error([&] { ops::pooling_forward(x, x, g2, seqs, 0, v2, rows); },
+               {"pooling_forward", "eps"});
+  expect_error([&] { ops::pooling_backward(g2, x, x, g2, rows, seqs, 1e-12, y, y, y); },
+               {"pooling_backward", "dg", "[2, 6]"});
+
+  expect_error([&] { ops::cosine_forward(x, x, 1e-12, cols); }, {"cosine_forward", "out", "[4]"});
+  expect_error([&] { ops::cosine_forward(x, c, 1e-12, rows); }, {"cosine_forward", "b"});
+  expect_error([&] { ops::cosine_backward(cols, x, x, 1e-12, y, y); },
+               {"cosine_backward", "dout", "[4]"});
+
+  Tensor p = Tensor::zeros({6}, DType::f64), m = Tensor::zeros({6}, DType::f64),
+         v = Tensor::zeros({5}, DType::f64);
+  expect_error([&] { ops::adamw_update(p, cols, m, v, ops::AdamW{}); },
+               {"adamw_update", "v", "[6]"});
+  ops::AdamW step0;
+  step0.step = 0;
+  expect_error([&] { ops::adamw_update(p, cols, m, m, step0); }, {"adamw_update", "step"});
+  ops::AdamW beta_one;
+  beta_one.beta2 = 1;
+  expect_error([&] { ops::adamw_update(p, cols, m, m, beta_one); }, {"adamw_update", "betas"});
+  Tensor copy32 = Tensor::zeros({6}, DType::f32);
+  expect_error([&] { ops::adamw_update(p, cols, m, m, ops::AdamW{}, &copy32); },
+               {"adamw_update", "param_copy"});
+
+  expect_error([&] { ops::sum_of_squares({&x}, rows); }, {"sum_of_squares", "out", "[1]"});
+  Tensor norm = Tensor::zeros({1}, DType::f64);
+  expect_error([&] { ops::sum_of_squares({&x, &y32}, norm); }, {"sum_of_squares", "tensors[1]"});
+}
+
+// Sequences that do not describe the activations are refused before anything runs.
+TEST(OpErrors, InconsistentSequencesAreNamed) {
+  const Tensor x = Tensor::zeros({4, 6}, DType::f64);
+  Tensor out = Tensor::zeros({2, 6}, DType::f64);
+  expect_error(
+      [&] {
+        ops::segment_sum(x, sequences({1, 2}), out);
+      },
+      {"segment_sum", "seqs covers 3 tokens", "x has 4 rows"});
+  ops::Sequences wrong_max = sequences({1, 3});
+  wrong_max.max_len = 2;
+  expect_error([&] { ops::segment_sum(x, wrong_max, out); }, {"segment_sum", "max_len"});
+  ops::Sequences stale = sequences({1, 3});
+  stale.host = {0, 2, 4};  // the offsets tensor still says {0, 1, 4}
+  stale.max_len = 2;
+  expect_error([&] { ops::segment_sum(x, stale, out); }, {"segment_sum", "seqs.offsets[1]"});
+  ops::Sequences decreasing = sequences({1, 3});
+  decreasing.host = {0, 3, 2, 4};
+  expect_error([&] { ops::segment_sum(x, decreasing, out); },
+               {"segment_sum", "sequence 1", "negative length"});
+  Tensor lse = Tensor::zeros({2, 4}, DType::f64);
+  Tensor y = Tensor::zeros({4, 6}, DType::f64);
+  expect_error(
+      [&] { ops::attention_forward(x, x, x, ops::Sequences{}, 2, false, 0, kKey, y, lse); },
+      {"attention_forward", "seqs"});
 }
 
 TEST(OpErrors, OutOfRangeIdsAndTargetsAreNamed) {
@@ -847,4 +1410,12 @@ TEST(OpErrors, OutOfRangeIdsAndTargetsAreNamed) {
                                    losses);
       },
       {"softmax_cross_entropy", "row 1", "target -100"});
+  // A target in the padded columns is out of range too, and nothing is written.
+  Tensor logits = Tensor::zeros({3, 6}, DType::f64);
+  expect_error(
+      [&] {
+        ops::softmax_cross_entropy(logits, ints({0, 4, 1}, {3}), -1, losses, &logits, 1.0, 4);
+      },
+      {"softmax_cross_entropy", "row 1", "target 4", "[0, 4)"});
+  EXPECT_EQ(values(logits), std::vector<double>(18, 0.0));
 }

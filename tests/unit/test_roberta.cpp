@@ -1,6 +1,7 @@
 // The RoBERTa encoder as a whole: analytic gradients of every parameter against central finite
-// differences in float64 (bidirectional and causal, with dropout, ragged batches), padding
-// invariance, position ids, and clear refusal of sequences longer than the position table.
+// differences in float64 (bidirectional and causal, with dropout, ragged batches), independence
+// of the sequences of a packed batch, position ids, and clear refusal of token ids outside the
+// vocabulary and of sequences longer than the position table.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -27,21 +28,19 @@ RobertaConfig tiny_config() {
   return c;
 }
 
-// Three sequences of lengths 6, 3 and 1 padded to S = 6.
-TokenBatch ragged_batch() {
-  const std::vector<int32_t> lengths = {6, 3, 1};
-  const int64_t seq = 6;
-  std::vector<int32_t> ids, mask;
+// Three sequences of lengths 6, 3 and 1.
+std::vector<std::vector<int32_t>> ragged_sequences() {
   std::mt19937 gen(5);
   std::uniform_int_distribution<int32_t> token(3, 12);
-  for (int32_t len : lengths)
-    for (int64_t t = 0; t < seq; ++t) {
-      ids.push_back(t < len ? token(gen) : 1);
-      mask.push_back(t < len);
-    }
-  const int64_t b = static_cast<int64_t>(lengths.size());
-  return {Tensor::from_vector(ids, {b, seq}), Tensor::from_vector(mask, {b, seq})};
+  std::vector<std::vector<int32_t>> seqs;
+  for (int len : {6, 3, 1}) {
+    seqs.emplace_back();
+    for (int t = 0; t < len; ++t) seqs.back().push_back(token(gen));
+  }
+  return seqs;
 }
+
+TokenBatch ragged_batch() { return TokenBatch::from_sequences(ragged_sequences(), 1, Device::cpu()); }
 
 // Perturbs LayerNorm parameters away from (1, 0) so that their gradients are not special cases.
 void randomise_all(const ParameterList& params, uint64_t seed) {
@@ -55,7 +54,7 @@ void randomise_all(const ParameterList& params, uint64_t seed) {
   }
 }
 
-// loss = Σ h ⊙ R over real tokens.
+// loss = Σ h ⊙ R.
 double loss_of(RobertaEncoder& enc, const TokenBatch& batch, const ForwardOptions& opts, const Tensor& r) {
   RobertaEncoder::Activations acts;
   const Tensor& h = enc.forward(batch, opts, acts);
@@ -71,14 +70,12 @@ void check_gradients(bool causal, bool training) {
   ParameterList params = enc.parameters();
   randomise_all(params, 11);
   const TokenBatch batch = ragged_batch();
-  const int64_t tokens = batch.ids.numel(), d = 8;
+  const int64_t tokens = batch.tokens(), d = 8;
 
-  // R masked at padded rows, as the golden loss does.
   std::mt19937_64 gen(3);
   std::normal_distribution<double> normal(0.0, 1.0);
-  const std::vector<int32_t> mask = batch.mask.to_vector<int32_t>();
   std::vector<double> r(static_cast<size_t>(tokens * d));
-  for (size_t i = 0; i < r.size(); ++i) r[i] = normal(gen) * mask[i / d];
+  for (double& x : r) x = normal(gen);
   const Tensor rt = Tensor::from_vector(r, {tokens, d});
 
   ForwardOptions opts;
@@ -139,39 +136,56 @@ TEST(RobertaEncoder, ParametersCarryHuggingFaceNames) {
   EXPECT_EQ(params.back()->name, "encoder.layer.1.output.LayerNorm.bias");
 }
 
-TEST(RobertaEncoder, PositionIdsFollowRoberta) {
-  const Tensor mask = Tensor::from_vector(std::vector<int32_t>{1, 1, 1, 0, 1, 0, 0, 0}, {2, 4});
-  EXPECT_EQ(roberta_position_ids(mask, 1).to_vector<int32_t>(), (std::vector<int32_t>{2, 3, 4, 1, 2, 1, 1, 1}));
+TEST(TokenBatch, PackingKeepsRealTokensWithRobertaPositions) {
+  // A hole in the mask (a pad in the middle) is dropped like trailing padding: RoBERTa's position
+  // ids count real tokens only.
+  const Tensor ids = Tensor::from_vector(std::vector<int32_t>{5, 6, 7, 1, 8, 1, 9, 1}, {2, 4});
+  const Tensor mask = Tensor::from_vector(std::vector<int32_t>{1, 1, 1, 0, 1, 0, 1, 0}, {2, 4});
+  const TokenBatch b = TokenBatch::from_padded(ids, mask, 1, Device::cpu());
+  EXPECT_EQ(b.host_ids, (std::vector<int32_t>{5, 6, 7, 8, 9}));
+  EXPECT_EQ(b.positions.to_vector<int32_t>(), (std::vector<int32_t>{2, 3, 4, 2, 3}));
+  EXPECT_EQ(b.seqs.host, (std::vector<int32_t>{0, 3, 5}));
+  EXPECT_EQ(b.seqs.max_len, 3);
 }
 
-// A sequence padded into a longer batch gets the same hidden states at its real tokens as alone.
-TEST(RobertaEncoder, PaddingDoesNotChangeRealTokens) {
+// A sequence computed inside a batch gets the same hidden states as computed alone: sequences
+// of a padding-free batch do not see each other.
+TEST(RobertaEncoder, SequencesOfABatchAreIndependent) {
   for (const bool causal : {false, true}) {
     RobertaEncoder enc(tiny_config(), DType::f64, Device::cpu());
     randomise_all(enc.parameters(), 21);
-    const TokenBatch batch = ragged_batch();  // sequence 1 has 3 real tokens of 6
+    const std::vector<std::vector<int32_t>> seqs = ragged_sequences();
     ForwardOptions opts;
     opts.causal = causal;
     RobertaEncoder::Activations acts;
-    const std::vector<double> padded = enc.forward(batch, opts, acts).to_vector<double>();
-
-    const Tensor ids = batch.ids.select(1).slice(0, 0, 3).clone().reshape({1, 3});
-    const Tensor mask = Tensor::from_vector(std::vector<int32_t>{1, 1, 1}, {1, 3});
-    const std::vector<double> alone = enc.forward({ids, mask}, opts, acts).to_vector<double>();
+    const std::vector<double> together =
+        enc.forward(TokenBatch::from_sequences(seqs, 1, Device::cpu()), opts, acts).to_vector<double>();
+    const std::vector<double> alone =
+        enc.forward(TokenBatch::from_sequences({seqs[1]}, 1, Device::cpu()), opts, acts).to_vector<double>();
+    ASSERT_EQ(alone.size(), 3u * 8);
     for (size_t i = 0; i < alone.size(); ++i)
-      EXPECT_NEAR(alone[i], padded[6 * 8 + i], 1e-12) << "element " << i << (causal ? " causal" : "");
+      EXPECT_NEAR(alone[i], together[6 * 8 + i], 1e-12) << "element " << i << (causal ? " causal" : "");
   }
 }
 
 TEST(RobertaEncoder, RefusesSequencesLongerThanThePositionTable) {
   RobertaEncoder enc(tiny_config(), DType::f32, Device::cpu());  // 9 positions: at most 7 tokens
-  const Tensor ids = Tensor::from_vector(std::vector<int32_t>(8, 5), {1, 8});
-  const Tensor mask = Tensor::from_vector(std::vector<int32_t>(8, 1), {1, 8});
   RobertaEncoder::Activations acts;
   try {
-    enc.forward({ids, mask}, ForwardOptions{}, acts);
+    enc.forward(TokenBatch::from_sequences({std::vector<int32_t>(8, 5)}, 1, Device::cpu()), ForwardOptions{}, acts);
     FAIL() << "no exception";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("max_position_embeddings 9"), std::string::npos) << e.what();
+  }
+}
+
+TEST(RobertaEncoder, RefusesIdsOutsideTheVocabulary) {
+  RobertaEncoder enc(tiny_config(), DType::f32, Device::cpu());  // 13 tokens
+  RobertaEncoder::Activations acts;
+  try {
+    enc.forward(TokenBatch::from_sequences({{3, 4}, {5, 13}}, 1, Device::cpu()), ForwardOptions{}, acts);
+    FAIL() << "no exception";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("token 3 of the batch has id 13"), std::string::npos) << e.what();
   }
 }

@@ -1,0 +1,333 @@
+// qarac-prep: raw datasets + a tokenizer -> one HDF5 task-stream file per task (layout in
+// docs/data-format.md), and `qarac-prep tokenize`, a JSON-lines filter over the tokenizer.
+//
+//   qarac-prep --tokenizer DIR --out DIR [--text F]... [--wikiqa F]... [--avicenna F]...
+//              [--snli F]... [--on-error fail|skip] [--max-length N] [--too-long truncate|skip]
+//   qarac-prep tokenize --tokenizer DIR [--special] [--decode]
+//
+// Every output is written under a temporary name; the files are renamed into place only after
+// every task has been written, so a failed run leaves no output file, whole or half-written.
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli/run_main.h"
+#include "core/log.h"
+#include "data/readers.h"
+#include "data/shards.h"
+#include "data/tokenizer.h"
+
+namespace po = boost::program_options;
+using namespace qarac;
+using namespace qarac::data;
+using json = nlohmann::json;
+
+namespace {
+
+// Examples tokenised together: large enough to keep every thread busy, small enough that the
+// block's tokens stay a few MB.
+constexpr size_t kBlock = 4096;
+
+struct Settings {
+  OnError on_error = OnError::fail;
+  bool special = true;
+  int64_t max_length = 512;
+  bool truncate = true;
+  int threads = 1;
+  WriterOptions writer;
+};
+
+// Cuts an over-long field to max_length tokens, keeping the closing </s> when there is one so
+// that the decoder still learns to stop.
+void truncate_field(std::vector<int32_t>& ids, int64_t max_length, int32_t eos) {
+  const bool keep_eos = !ids.empty() && ids.back() == eos;
+  ids.resize(static_cast<size_t>(max_length));
+  if (keep_eos) ids.back() = eos;
+}
+
+// Tokenises examples a block at a time on several threads and appends them, in input order, to
+// the task's writer; the output does not depend on the thread count.
+class StreamBuilder {
+ public:
+  StreamBuilder(const Tokenizer& tok, const Settings& settings, TaskStreamWriter& writer)
+      : tok_(tok), settings_(settings), writer_(writer) {}
+
+  void add(Example&& ex) {
+    block_.push_back(std::move(ex));
+    if (block_.size() == kBlock) flush();
+  }
+
+  // Tokenises and writes the pending examples, counting them (and those cut or dropped for
+  // --max-length) in the current source.
+  void flush() {
+    tokenise_block();
+    for (size_t i = 0; i < block_.size(); ++i) {
+      std::vector<std::vector<int32_t>>& fields = ids_[i];
+      bool too_long = false;
+      for (const auto& f : fields) too_long |= static_cast<int64_t>(f.size()) > settings_.max_length;
+      if (too_long && !settings_.truncate) {
+        ++source_->skipped["longer than --max-length"];
+        continue;
+      }
+      if (too_long) {
+        for (auto& f : fields)
+          if (static_cast<int64_t>(f.size()) > settings_.max_length)
+            truncate_field(f, settings_.max_length, tok_.eos_id());
+        ++source_->truncated;
+      }
+      writer_.append(fields, block_[i].label);
+      ++source_->examples;
+    }
+    block_.clear();
+  }
+
+  // The file the next examples come from; flush() before changing it.
+  void set_source(SourceInfo* source) { source_ = source; }
+
+ private:
+  void tokenise_block() {
+    ids_.assign(block_.size(), {});
+    const size_t n = block_.size();
+    const size_t threads = std::min<size_t>(static_cast<size_t>(settings_.threads), (n + 63) / 64);
+    auto work = [&](size_t t) {
+      for (size_t i = t; i < n; i += threads) {
+        auto& fields = ids_[i];
+        for (const std::string& text : block_[i].fields)
+          fields.push_back(tok_.encode(text, settings_.special));
+      }
+    };
+    if (threads <= 1) {
+      if (n > 0) work(0);
+      return;
+    }
+    // Exceptions cannot cross a thread: each worker keeps its own and the first is rethrown.
+    std::vector<std::exception_ptr> errors(threads);
+    std::vector<std::thread> pool;
+    for (size_t t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        try {
+          work(t);
+        } catch (...) {
+          errors[t] = std::current_exception();
+        }
+      });
+    for (std::thread& th : pool) th.join();
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+
+  const Tokenizer& tok_;
+  const Settings& settings_;
+  TaskStreamWriter& writer_;
+  SourceInfo* source_ = nullptr;
+  std::vector<Example> block_;
+  std::vector<std::vector<std::vector<int32_t>>> ids_;
+};
+
+struct Input {
+  Format format;
+  std::string path;
+};
+
+std::string skipped_summary(const std::map<std::string, int64_t>& skipped) {
+  std::string out;
+  for (const auto& [reason, count] : skipped)
+    out += (out.empty() ? "" : ", ") + reason + " " + std::to_string(count);
+  return out.empty() ? "none" : out;
+}
+
+int build(int argc, char** argv) {
+  std::string tokenizer_dir, out_dir, on_error, too_long;
+  std::vector<std::string> text, wikiqa, avicenna, snli;
+  Settings settings;
+  bool no_special = false;
+  po::options_description options(
+      "qarac-prep --tokenizer DIR --out DIR [inputs] [options]\n"
+      "qarac-prep tokenize --tokenizer DIR [--special] [--decode]   (see tokenize --help)\n\n"
+      "Tokenises raw datasets into one HDF5 task-stream file per task in --out:\n"
+      "encode_decode.h5 (--text), question_answering.h5 (--wikiqa), reasoning.h5\n"
+      "(--avicenna), consistency.h5 (--snli). Each input option may be repeated; a task's\n"
+      "files are concatenated in the order given. Layout: docs/data-format.md.\n\nOptions");
+  options.add_options()
+      ("help,h", "print this help")
+      ("tokenizer", po::value(&tokenizer_dir)->required(),
+       "tokenizer directory: tokenizer.json, or vocab.json + merges.txt")
+      ("out", po::value(&out_dir)->required(), "output directory (created if missing)")
+      ("text", po::value(&text)->composing(), "plain text, one document per line (UTF-8)")
+      ("wikiqa", po::value(&wikiqa)->composing(), "WikiQA TSV; pairs with Label 1 are kept")
+      ("avicenna", po::value(&avicenna)->composing(),
+       "Avicenna CSV (Latin-1); rows with Syllogistic relation = yes are kept")
+      ("snli", po::value(&snli)->composing(),
+       "SNLI 1.0: .jsonl, the .txt tab export or the .csv export; gold label '-' is skipped")
+      ("on-error", po::value(&on_error)->default_value("fail"),
+       "malformed records: fail (error naming file:line) or skip (count them in the metadata)")
+      ("max-length", po::value(&settings.max_length)->default_value(512),
+       "longest field in tokens, <s> and </s> included (RoBERTa: 512)")
+      ("too-long", po::value(&too_long)->default_value("truncate"),
+       "longer fields: truncate (keeping </s>) or skip the example")
+      ("no-special", po::bool_switch(&no_special), "do not wrap fields in <s> ... </s>")
+      ("threads", po::value(&settings.threads)->default_value(static_cast<int>(
+                      std::max(1u, std::thread::hardware_concurrency()))),
+       "tokeniser threads")
+      ("compression", po::value(&settings.writer.compression)->default_value(4),
+       "deflate level 0..9 (0: none)")
+      ("chunk-tokens", po::value(&settings.writer.chunk_tokens)->default_value(1 << 16),
+       "HDF5 chunk length of the token arrays");
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, options), vm);
+  if (vm.count("help")) {
+    std::cout << options << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  settings.on_error = on_error_from_name(on_error);
+  settings.special = !no_special;
+  QARAC_INPUT_CHECK(too_long == "truncate" || too_long == "skip",
+                    "--too-long must be truncate or skip, got '", too_long, "'");
+  settings.truncate = too_long == "truncate";
+  QARAC_INPUT_CHECK(settings.max_length >= (settings.special ? 3 : 1),
+                    "--max-length is too small: ", settings.max_length);
+  QARAC_INPUT_CHECK(settings.threads >= 1, "--threads must be at least 1");
+
+  std::map<Task, std::vector<Input>> inputs;
+  for (const std::string& p : text) inputs[Task::encode_decode].push_back({Format::text, p});
+  for (const std::string& p : wikiqa) inputs[Task::question_answering].push_back({Format::wikiqa, p});
+  for (const std::string& p : avicenna) inputs[Task::reasoning].push_back({Format::avicenna, p});
+  for (const std::string& p : snli) inputs[Task::consistency].push_back({snli_format_of(p), p});
+  QARAC_INPUT_CHECK(!inputs.empty(), "no input: give --text, --wikiqa, --avicenna or --snli");
+
+  const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());
+
+  const auto start = std::chrono::steady_clock::now();
+  int64_t total_examples = 0;
+  std::vector<std::unique_ptr<TaskStreamWriter>> writers;
+  std::vector<Task> written;
+  for (const auto& [task, files] : inputs) {
+    const std::string path = out_dir + "/" + task_name(task) + ".h5";
+    writers.push_back(std::make_unique<TaskStreamWriter>(path, task, settings.writer));
+    TaskStreamWriter& writer = *writers.back();
+    StreamInfo info;
+    info.tokenizer_hash = tok.hash();
+    info.special_tokens = settings.special;
+    info.max_length = settings.max_length;
+    info.created_by = "qarac-prep";
+    StreamBuilder builder(tok, settings, writer);
+    for (const Input& in : files) {
+      info.sources.emplace_back();
+      SourceInfo& src = info.sources.back();
+      builder.set_source(&src);
+      const ReadStats stats = read_examples(in.path, in.format, settings.on_error,
+                                            [&](Example&& ex) { builder.add(std::move(ex)); });
+      builder.flush();
+      src.path = in.path;
+      src.format = format_name(in.format);
+      src.lines = stats.lines;
+      for (const auto& [reason, count] : stats.skipped) src.skipped[reason] += count;
+      log::info(in.path, ": ", src.lines, " lines, ", src.examples, " examples",
+                src.truncated ? qarac::detail::concat(" (", src.truncated, " truncated)") : std::string(),
+                ", skipped: ", skipped_summary(src.skipped));
+    }
+    QARAC_INPUT_CHECK(writer.examples() > 0, task_name(task), ": no examples in its inputs");
+    writer.finish(info);
+    total_examples += writer.examples();
+    written.push_back(task);
+  }
+  for (auto& w : writers) w->publish();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  // Read back what was written: the summary comes from the files, and a file that does not open
+  // is reported now rather than by the training job.
+  for (const Task task : written) {
+    const TaskStreamFile check(out_dir + "/" + task_name(task) + ".h5");
+    std::string tokens;
+    for (size_t f = 0; f < check.info().field_tokens.size(); ++f)
+      tokens += qarac::detail::concat(f ? ", " : "", task_fields(check.task())[f], " ",
+                               check.info().field_tokens[f]);
+    std::printf("%s: %lld examples (tokens: %s) -> %s\n", task_name(check.task()),
+                static_cast<long long>(check.examples()), tokens.c_str(), check.path().c_str());
+  }
+  std::printf("%lld examples in %.2f s (%.0f examples/s), tokenizer %s\n",
+              static_cast<long long>(total_examples), seconds, total_examples / seconds,
+              tok.hash().c_str());
+  return 0;
+}
+
+// One JSON value per input line -> one per output line, flushed line by line so that another
+// program can drive it as a co-process.
+int tokenize(int argc, char** argv) {
+  std::string tokenizer_dir;
+  bool special = false, decode = false;
+  po::options_description options(
+      "qarac-prep tokenize --tokenizer DIR [--special] [--decode]\n\n"
+      "Reads one JSON string per line on stdin and writes the JSON array of its token ids per\n"
+      "line on stdout; with --decode, reads arrays of ids and writes strings (bytes that are\n"
+      "not valid UTF-8 become U+FFFD, as in Hugging Face).\n\nOptions");
+  options.add_options()
+      ("help,h", "print this help")
+      ("tokenizer", po::value(&tokenizer_dir)->required(),
+       "tokenizer directory: tokenizer.json, or vocab.json + merges.txt")
+      ("special", po::bool_switch(&special),
+       "encode: wrap in <s> ... </s>; decode: keep special tokens in the text")
+      ("decode", po::bool_switch(&decode), "ids -> text");
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, options), vm);
+  if (vm.count("help")) {
+    std::cout << options << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
+
+  std::string line;
+  for (int64_t n = 1; std::getline(std::cin, line); ++n) {
+    json in;
+    try {
+      in = json::parse(line);
+    } catch (const json::exception& e) {
+      throw InputError(qarac::detail::concat("stdin:", n, ": invalid JSON: ", e.what()));
+    }
+    json out;
+    if (!decode) {
+      QARAC_INPUT_CHECK(in.is_string(), "stdin:", n, ": expected a JSON string, got ",
+                        in.type_name());
+      out = tok.encode(in.get_ref<const std::string&>(), special);
+    } else {
+      QARAC_INPUT_CHECK(in.is_array(), "stdin:", n, ": expected a JSON array of ids, got ",
+                        in.type_name());
+      std::vector<int32_t> ids;
+      for (const json& v : in) {
+        QARAC_INPUT_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 &&
+                              v.get<int64_t>() < static_cast<int64_t>(tok.vocab_size()),
+                          "stdin:", n, ": ", v.dump(), " is not an id below ", tok.vocab_size());
+        ids.push_back(v.get<int32_t>());
+      }
+      out = tok.decode(ids, /*skip_special=*/!special);
+    }
+    std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool is_tokenize = argc > 1 && std::string(argv[1]) == "tokenize";
+  return cli::run_main(is_tokenize ? "qarac-prep tokenize" : "qarac-prep", [&] {
+    return is_tokenize ? tokenize(argc - 1, argv + 1) : build(argc, argv);
+  });
+}

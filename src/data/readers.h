@@ -1,0 +1,81 @@
+// Readers of the raw dataset formats (DESIGN §6) and the four task streams they feed (§3):
+// plain text -> encode_decode, WikiQA -> question_answering, Avicenna -> reasoning,
+// SNLI -> consistency. A reader turns one file into Examples (UTF-8 text fields in the task's
+// order, plus the consistency label) and counts every record it does not deliver by reason:
+// records the format itself marks as unusable (SNLI's '-', WikiQA's Label 0, Avicenna rows that
+// are no syllogism, blank lines) are always skipped and counted; malformed records (bad JSON, a
+// missing column, invalid UTF-8, an unterminated quote...) raise an InputError
+// "file:line: reason: detail" under OnError::fail, or are counted and logged under OnError::skip.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qarac::data {
+
+// ---- Task streams --------------------------------------------------------------------------
+enum class Task : int { encode_decode = 0, question_answering = 1, reasoning = 2, consistency = 3 };
+constexpr int kTaskCount = 4;
+
+const char* task_name(Task task);        // "encode_decode", ...
+const char* task_short_name(Task task);  // "ed", "qa", "rs", "cs" (as in --parallel.tasks)
+// Either name; InputError listing the valid names otherwise.
+Task task_from_name(const std::string& name);
+// The text fields of one example, in order; they name the field groups of a task-stream file.
+const std::vector<std::string>& task_fields(Task task);
+// Only consistency carries a label: +1 entailment, 0 neutral, -1 contradiction.
+bool task_has_label(Task task);
+
+// ---- Raw formats ---------------------------------------------------------------------------
+enum class Format {
+  text,        // UTF-8, one document per line
+  wikiqa,      // TSV with header: QuestionID Question DocumentID DocumentTitle SentenceID Sentence Label
+  avicenna,    // Latin-1 CSV with header: Premise 1, Premise 2, Syllogistic relation, Conclusion
+  snli_jsonl,  // one JSON object per line: sentence1, sentence2, gold_label
+  snli_tsv,    // the .txt tab export with header (gold_label ... sentence1 sentence2 ...)
+  snli_csv,    // the CSV export with the same header
+};
+
+const char* format_name(Format format);  // "text", "wikiqa", "avicenna", "snli-jsonl", ...
+Task task_of(Format format);
+// The SNLI export a file is, from its extension: .jsonl, .txt/.tsv, .csv; InputError otherwise.
+Format snli_format_of(const std::string& path);
+
+enum class OnError { fail, skip };
+OnError on_error_from_name(const std::string& name);  // "fail" | "skip"
+
+struct Example {
+  std::vector<std::string> fields;  // task_fields(task) order, UTF-8, trimmed
+  int8_t label = 0;                 // consistency only
+  int64_t line = 0;                 // first line of the record in its file (1-based)
+};
+
+struct ReadStats {
+  std::string path;
+  int64_t lines = 0;     // physical lines read, header included
+  int64_t examples = 0;  // examples delivered to the sink
+  // Records not delivered, by reason ("no gold label", "malformed: missing column", ...).
+  std::map<std::string, int64_t> skipped;
+
+  int64_t skipped_total() const;
+};
+
+using ExampleSink = std::function<void(Example&&)>;
+
+// Reads `path` as `format` and calls `sink` once per example, in file order. Exceptions from the
+// sink propagate unchanged.
+ReadStats read_examples(const std::string& path, Format format, OnError on_error,
+                        const ExampleSink& sink);
+
+// ---- Text helpers (exposed for the tests) --------------------------------------------------
+// Every byte of ISO-8859-1 is the code point of the same value.
+std::string latin1_to_utf8(std::string_view latin1);
+// Byte offset of the first invalid UTF-8 sequence (overlong forms, surrogates and code points
+// above U+10FFFF included), or npos when the text is valid.
+size_t find_invalid_utf8(std::string_view text);
+
+}  // namespace qarac::data

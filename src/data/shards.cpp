@@ -1,0 +1,481 @@
+// Task-stream files in HDF5 (C API). Datasets are one-dimensional, chunked and extendible, with
+// the shuffle filter ahead of deflate: token ids and offsets are small integers whose high bytes
+// are mostly zero, which byte-shuffling turns into long runs that deflate compresses well.
+// Strings are fixed-length UTF-8 (NUL-padded) so that reading them needs no variable-length
+// memory reclaiming, which differs between HDF5 1.10 and 1.12+.
+#include "data/shards.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "core/check_hdf5.h"
+#include "core/error.h"
+
+namespace qarac::data {
+namespace {
+
+// An identifier from an HDF5 call that creates or opens an object, owned; raises like
+// QARAC_CHECK_HDF5 when the call failed.
+#define QARAC_H5_ID(stmt, close) make_id((stmt), (close), #stmt, __FILE__, __LINE__)
+H5Id make_id(hid_t id, herr_t (*close)(hid_t), const char* stmt, const char* file, int line) {
+  if (id < 0) detail::raise("HDF5", stmt, detail::hdf5_error_string(), file, line);
+  return H5Id(id, close);
+}
+
+// HDF5 prints its whole error stack to stderr by default; errors here travel up as exceptions
+// carrying the innermost message instead (core/check_hdf5.h).
+void silence_hdf5_stack_printing() {
+  static const bool done = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    return true;
+  }();
+  (void)done;
+}
+
+// ---- Writing ---------------------------------------------------------------------------------
+H5Id create_extendible(hid_t loc, const char* name, hid_t type, int64_t chunk, int compression) {
+  const hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk_dim = static_cast<hsize_t>(chunk);
+  H5Id space = QARAC_H5_ID(H5Screate_simple(1, &zero, &unlimited), H5Sclose);
+  H5Id dcpl = QARAC_H5_ID(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  QARAC_CHECK_HDF5(H5Pset_chunk(dcpl.get(), 1, &chunk_dim));
+  if (compression > 0) {
+    QARAC_CHECK_HDF5(H5Pset_shuffle(dcpl.get()));
+    QARAC_CHECK_HDF5(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(compression)));
+  }
+  return QARAC_H5_ID(
+      H5Dcreate2(loc, name, type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
+}
+
+// Appends `count` elements at position `written` of an extendible dataset.
+void append_1d(const H5Id& dset, hid_t mem_type, const void* data, int64_t count, int64_t& written) {
+  if (count == 0) return;
+  const hsize_t start = static_cast<hsize_t>(written), n = static_cast<hsize_t>(count);
+  const hsize_t size = start + n;
+  QARAC_CHECK_HDF5(H5Dset_extent(dset.get(), &size));
+  H5Id file_space = QARAC_H5_ID(H5Dget_space(dset.get()), H5Sclose);
+  QARAC_CHECK_HDF5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr));
+  H5Id mem_space = QARAC_H5_ID(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  QARAC_CHECK_HDF5(H5Dwrite(dset.get(), mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, data));
+  written += count;
+}
+
+H5Id string_type(size_t length) {
+  H5Id type = QARAC_H5_ID(H5Tcopy(H5T_C_S1), H5Tclose);
+  QARAC_CHECK_HDF5(H5Tset_size(type.get(), std::max<size_t>(length, 1)));
+  QARAC_CHECK_HDF5(H5Tset_strpad(type.get(), H5T_STR_NULLPAD));
+  QARAC_CHECK_HDF5(H5Tset_cset(type.get(), H5T_CSET_UTF8));
+  return type;
+}
+
+void write_attr(hid_t loc, const char* name, const std::string& value) {
+  H5Id type = string_type(value.size());
+  H5Id space = QARAC_H5_ID(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id attr = QARAC_H5_ID(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                          H5Aclose);
+  std::string padded = value;
+  padded.resize(std::max<size_t>(value.size(), 1), '\0');
+  QARAC_CHECK_HDF5(H5Awrite(attr.get(), type.get(), padded.data()));
+}
+
+void write_attr(hid_t loc, const char* name, int64_t value) {
+  H5Id space = QARAC_H5_ID(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id attr = QARAC_H5_ID(
+      H5Acreate2(loc, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  QARAC_CHECK_HDF5(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value));
+}
+
+// A small contiguous dataset of `count` elements written at once (metadata tables).
+void write_table(hid_t loc, const char* name, hid_t file_type, hid_t mem_type, size_t count,
+                 const void* values) {
+  const hsize_t n = count;
+  H5Id space = QARAC_H5_ID(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  H5Id dset = QARAC_H5_ID(
+      H5Dcreate2(loc, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (n > 0) QARAC_CHECK_HDF5(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values));
+}
+
+template <class T>
+void write_table(hid_t loc, const char* name, hid_t file_type, hid_t mem_type,
+                 const std::vector<T>& values) {
+  write_table(loc, name, file_type, mem_type, values.size(), values.data());
+}
+
+void write_strings(hid_t loc, const char* name, const std::vector<std::string>& values) {
+  size_t width = 1;
+  for (const std::string& v : values) width = std::max(width, v.size());
+  std::vector<char> packed(values.size() * width, '\0');
+  for (size_t i = 0; i < values.size(); ++i)
+    std::memcpy(packed.data() + i * width, values[i].data(), values[i].size());
+  H5Id type = string_type(width);
+  write_table(loc, name, type.get(), type.get(), values.size(), packed.data());
+}
+
+H5Id create_group(hid_t loc, const char* name) {
+  return QARAC_H5_ID(H5Gcreate2(loc, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+}
+
+// ---- Reading ---------------------------------------------------------------------------------
+[[noreturn]] void bad_file(const std::string& path, const std::string& what) {
+  throw InputError(path + ": not a valid task stream: " + what);
+}
+
+bool has_attr(hid_t loc, const char* name) { return H5Aexists(loc, name) > 0; }
+bool has_link(hid_t loc, const char* name) { return H5Lexists(loc, name, H5P_DEFAULT) > 0; }
+
+std::string read_string_attr(const std::string& path, hid_t loc, const char* name) {
+  if (!has_attr(loc, name)) bad_file(path, detail::concat("no attribute '", name, "'"));
+  H5Id attr = QARAC_H5_ID(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+  H5Id type = QARAC_H5_ID(H5Aget_type(attr.get()), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0)
+    bad_file(path, detail::concat("attribute '", name, "' is not a fixed-length string"));
+  std::string value(H5Tget_size(type.get()), '\0');
+  QARAC_CHECK_HDF5(H5Aread(attr.get(), type.get(), value.data()));
+  value.resize(std::strlen(value.c_str()));
+  return value;
+}
+
+int64_t read_int_attr(const std::string& path, hid_t loc, const char* name) {
+  if (!has_attr(loc, name)) bad_file(path, detail::concat("no attribute '", name, "'"));
+  H5Id attr = QARAC_H5_ID(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+  H5Id type = QARAC_H5_ID(H5Aget_type(attr.get()), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_INTEGER)
+    bad_file(path, detail::concat("attribute '", name, "' is not an integer"));
+  int64_t value = 0;
+  QARAC_CHECK_HDF5(H5Aread(attr.get(), H5T_NATIVE_INT64, &value));
+  return value;
+}
+
+H5Id open_dataset(const std::string& path, hid_t loc, const std::string& name) {
+  if (!has_link(loc, name.c_str())) bad_file(path, "no dataset '" + name + "'");
+  return QARAC_H5_ID(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose);
+}
+
+int64_t dataset_length(const std::string& path, const H5Id& dset, const std::string& name) {
+  H5Id space = QARAC_H5_ID(H5Dget_space(dset.get()), H5Sclose);
+  if (H5Sget_simple_extent_ndims(space.get()) != 1) bad_file(path, "'" + name + "' is not 1-D");
+  hsize_t n = 0;
+  QARAC_CHECK_HDF5(H5Sget_simple_extent_dims(space.get(), &n, nullptr));
+  return static_cast<int64_t>(n);
+}
+
+// Elements [begin, begin+count) of a 1-D dataset, converted to T.
+template <class T>
+std::vector<T> read_range(const H5Id& dset, hid_t mem_type, int64_t begin, int64_t count) {
+  std::vector<T> out(static_cast<size_t>(count));
+  if (count == 0) return out;
+  const hsize_t start = static_cast<hsize_t>(begin), n = static_cast<hsize_t>(count);
+  H5Id file_space = QARAC_H5_ID(H5Dget_space(dset.get()), H5Sclose);
+  QARAC_CHECK_HDF5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr));
+  H5Id mem_space = QARAC_H5_ID(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  QARAC_CHECK_HDF5(H5Dread(dset.get(), mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, out.data()));
+  return out;
+}
+
+template <class T>
+std::vector<T> read_table(const std::string& path, hid_t loc, const char* name, hid_t mem_type) {
+  H5Id dset = open_dataset(path, loc, name);
+  return read_range<T>(dset, mem_type, 0, dataset_length(path, dset, name));
+}
+
+std::vector<std::string> read_strings(const std::string& path, hid_t loc, const char* name) {
+  H5Id dset = open_dataset(path, loc, name);
+  const int64_t n = dataset_length(path, dset, name);
+  H5Id type = QARAC_H5_ID(H5Dget_type(dset.get()), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0)
+    bad_file(path, detail::concat("'", name, "' is not a fixed-length string dataset"));
+  const size_t width = H5Tget_size(type.get());
+  std::vector<char> packed(static_cast<size_t>(n) * width);
+  if (n > 0) QARAC_CHECK_HDF5(H5Dread(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, packed.data()));
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < n; ++i) {
+    const char* s = packed.data() + i * width;
+    out.emplace_back(s, strnlen(s, width));
+  }
+  return out;
+}
+
+std::string field_path(Task task, int field, const char* what) {
+  return detail::concat("fields/", task_fields(task)[field], "/", what);
+}
+
+}  // namespace
+
+// ---- TaskStreamWriter ----------------------------------------------------------------------
+struct TaskStreamWriter::Field {
+  H5Id group, tokens, offsets;
+  std::vector<int32_t> token_buf;
+  std::vector<int64_t> offset_buf;
+  int64_t tokens_written = 0, offsets_written = 0;
+  int64_t total_tokens = 0;
+};
+
+TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOptions& options)
+    : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())), task_(task),
+      options_(options) {
+  QARAC_INPUT_CHECK(options.chunk_tokens > 0 && options.chunk_examples > 0,
+                    "chunk sizes must be positive");
+  QARAC_INPUT_CHECK(options.compression >= 0 && options.compression <= 9,
+                    "compression level must be 0..9, got ", options.compression);
+  silence_hdf5_stack_printing();
+  const hid_t file = H5Fcreate(tmp_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (file < 0)
+    throw InputError(detail::concat(path_, ": cannot create ", tmp_, ": ", detail::hdf5_error_string()));
+  file_ = H5Id(file, H5Fclose);
+  H5Id fields_group = create_group(file_.get(), "fields");
+  for (const std::string& name : task_fields(task)) {
+    Field f;
+    f.group = create_group(fields_group.get(), name.c_str());
+    f.tokens = create_extendible(f.group.get(), "tokens", H5T_STD_I32LE, options.chunk_tokens,
+                                 options.compression);
+    f.offsets = create_extendible(f.group.get(), "offsets", H5T_STD_I64LE,
+                                  options.chunk_examples, options.compression);
+    f.offset_buf.push_back(0);
+    fields_.push_back(std::move(f));
+  }
+  if (task_has_label(task))
+    labels_ = create_extendible(file_.get(), "labels", H5T_STD_I8LE, options.chunk_examples,
+                                options.compression);
+}
+
+TaskStreamWriter::~TaskStreamWriter() {
+  // Close every object before the file, then drop the temporary file of an unpublished stream.
+  fields_.clear();
+  labels_.reset();
+  file_.reset();
+  if (!published_) std::remove(tmp_.c_str());
+}
+
+void TaskStreamWriter::append(const std::vector<std::vector<int32_t>>& fields, int8_t label) {
+  QARAC_CHECK(!finished_, "append after finish");
+  QARAC_CHECK(fields.size() == fields_.size(), task_name(task_), " takes ", fields_.size(),
+              " fields, got ", fields.size());
+  for (size_t i = 0; i < fields.size(); ++i) {
+    Field& f = fields_[i];
+    f.token_buf.insert(f.token_buf.end(), fields[i].begin(), fields[i].end());
+    f.total_tokens += static_cast<int64_t>(fields[i].size());
+    f.offset_buf.push_back(f.total_tokens);
+  }
+  if (labels_.valid()) label_buf_.push_back(label);
+  ++examples_;
+  flush(false);
+}
+
+// Writes whole chunks (or, with `all`, everything): appending chunk-aligned blocks lets HDF5
+// compress each chunk once instead of re-reading and re-compressing a partial one.
+void TaskStreamWriter::flush(bool all) {
+  auto write = [&](const H5Id& dset, hid_t type, auto& buf, int64_t chunk, int64_t& written) {
+    const int64_t n = all ? static_cast<int64_t>(buf.size())
+                          : static_cast<int64_t>(buf.size()) / chunk * chunk;
+    if (n == 0) return;
+    append_1d(dset, type, buf.data(), n, written);
+    buf.erase(buf.begin(), buf.begin() + n);
+  };
+  for (Field& f : fields_) {
+    write(f.tokens, H5T_NATIVE_INT32, f.token_buf, options_.chunk_tokens, f.tokens_written);
+    write(f.offsets, H5T_NATIVE_INT64, f.offset_buf, options_.chunk_examples, f.offsets_written);
+  }
+  if (labels_.valid())
+    write(labels_, H5T_NATIVE_INT8, label_buf_, options_.chunk_examples, labels_written_);
+}
+
+void TaskStreamWriter::finish(StreamInfo info) {
+  QARAC_CHECK(!finished_, "finish called twice");
+  flush(true);
+  info.task = task_;
+  info.examples = examples_;
+  info.field_tokens.clear();
+  for (const Field& f : fields_) info.field_tokens.push_back(f.total_tokens);
+
+  const hid_t root = file_.get();
+  write_attr(root, "format", kStreamFormat);
+  write_attr(root, "version", int64_t{kStreamVersion});
+  write_attr(root, "task", task_name(task_));
+  write_attr(root, "examples", examples_);
+  write_attr(root, "tokenizer_hash", info.tokenizer_hash);
+  write_attr(root, "special_tokens", int64_t{info.special_tokens ? 1 : 0});
+  write_attr(root, "max_length", info.max_length);
+  write_attr(root, "created_by", info.created_by);
+  write_attr(root, "qarac_version", QARAC_VERSION);
+
+  std::vector<std::string> paths, formats, reasons;
+  std::vector<int64_t> lines, examples, truncated, counts;
+  std::vector<int32_t> reason_source;
+  for (size_t s = 0; s < info.sources.size(); ++s) {
+    const SourceInfo& src = info.sources[s];
+    paths.push_back(src.path);
+    formats.push_back(src.format);
+    lines.push_back(src.lines);
+    examples.push_back(src.examples);
+    truncated.push_back(src.truncated);
+    for (const auto& [reason, count] : src.skipped) {
+      reason_source.push_back(static_cast<int32_t>(s));
+      reasons.push_back(reason);
+      counts.push_back(count);
+    }
+  }
+  H5Id sources = create_group(root, "sources");
+  write_strings(sources.get(), "path", paths);
+  write_strings(sources.get(), "format", formats);
+  write_table(sources.get(), "lines", H5T_STD_I64LE, H5T_NATIVE_INT64, lines);
+  write_table(sources.get(), "examples", H5T_STD_I64LE, H5T_NATIVE_INT64, examples);
+  write_table(sources.get(), "truncated", H5T_STD_I64LE, H5T_NATIVE_INT64, truncated);
+  H5Id skipped = create_group(root, "skipped");
+  write_table(skipped.get(), "source", H5T_STD_I32LE, H5T_NATIVE_INT32, reason_source);
+  write_strings(skipped.get(), "reason", reasons);
+  write_table(skipped.get(), "count", H5T_STD_I64LE, H5T_NATIVE_INT64, counts);
+  sources.reset();
+  skipped.reset();
+
+  fields_.clear();
+  labels_.reset();
+  if (H5Fclose(file_.get()) < 0) {
+    file_ = H5Id();
+    throw InputError(detail::concat(path_, ": closing ", tmp_, " failed: ", detail::hdf5_error_string()));
+  }
+  file_ = H5Id();  // closed above; nothing left to release
+  // The data must be on disk before the rename makes it visible under the final name.
+  const int fd = ::open(tmp_.c_str(), O_RDONLY);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    throw InputError(detail::concat(path_, ": fsync of ", tmp_, " failed: ", std::strerror(err)));
+  }
+  ::close(fd);
+  finished_ = true;
+}
+
+void TaskStreamWriter::publish() {
+  QARAC_CHECK(finished_ && !published_, "publish needs a finished, unpublished stream");
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
+    throw InputError(detail::concat(path_, ": cannot rename ", tmp_, " over it: ", std::strerror(errno)));
+  published_ = true;
+}
+
+// ---- TaskStreamFile ------------------------------------------------------------------------
+TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
+  silence_hdf5_stack_printing();
+  if (::access(path.c_str(), R_OK) != 0)
+    throw InputError(detail::concat(path, ": cannot open: ", std::strerror(errno)));
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    throw InputError(path + ": not an HDF5 file");
+  }
+  H5Id fapl = QARAC_H5_ID(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+#if (H5_VERSION_GE(1, 10, 7) && !H5_VERSION_GE(1, 12, 0)) || H5_VERSION_GE(1, 12, 1)
+  // Every rank opens the same files, often on a parallel file system without flock (Lustre,
+  // some NFS), where HDF5's lock makes the open fail. A published stream is never written
+  // again, so readers need no lock.
+  QARAC_CHECK_HDF5(H5Pset_file_locking(fapl.get(), false, true));
+#endif
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get());
+  if (file < 0)
+    throw InputError(detail::concat(path, ": cannot open: ", detail::hdf5_error_string()));
+  file_ = H5Id(file, H5Fclose);
+  const hid_t root = file_.get();
+
+  const std::string format = read_string_attr(path, root, "format");
+  if (format != kStreamFormat) bad_file(path, "format is '" + format + "'");
+  const int64_t version = read_int_attr(path, root, "version");
+  if (version != kStreamVersion)
+    throw InputError(detail::concat(path, ": task stream version ", version, ", this build reads ",
+                                    kStreamVersion, " (rerun qarac-prep)"));
+  info_.task = task_from_name(read_string_attr(path, root, "task"));
+  info_.examples = read_int_attr(path, root, "examples");
+  if (info_.examples < 0) bad_file(path, "negative example count");
+  info_.tokenizer_hash = read_string_attr(path, root, "tokenizer_hash");
+  info_.special_tokens = read_int_attr(path, root, "special_tokens") != 0;
+  info_.max_length = read_int_attr(path, root, "max_length");
+  info_.created_by = read_string_attr(path, root, "created_by");
+
+  // Every field must hold examples+1 offsets that start at 0 and end at its token count; the
+  // ends are checked here, the offsets in between on every read.
+  for (size_t f = 0; f < task_fields(info_.task).size(); ++f) {
+    const std::string tokens_name = field_path(info_.task, static_cast<int>(f), "tokens");
+    const std::string offsets_name = field_path(info_.task, static_cast<int>(f), "offsets");
+    if (!has_link(root, "fields") || !has_link(root, ("fields/" + task_fields(info_.task)[f]).c_str()))
+      bad_file(path, "no field group 'fields/" + task_fields(info_.task)[f] + "'");
+    H5Id tokens = open_dataset(path, root, tokens_name);
+    H5Id offsets = open_dataset(path, root, offsets_name);
+    const int64_t n_tokens = dataset_length(path, tokens, tokens_name);
+    if (dataset_length(path, offsets, offsets_name) != info_.examples + 1)
+      bad_file(path, detail::concat("'", offsets_name, "' does not hold examples+1 = ",
+                                    info_.examples + 1, " offsets"));
+    const int64_t first = read_range<int64_t>(offsets, H5T_NATIVE_INT64, 0, 1)[0];
+    const int64_t last = read_range<int64_t>(offsets, H5T_NATIVE_INT64, info_.examples, 1)[0];
+    if (first != 0 || last != n_tokens)
+      bad_file(path, detail::concat("'", offsets_name, "' spans [", first, ", ", last, "], the tokens [0, ",
+                                    n_tokens, "]"));
+    info_.field_tokens.push_back(n_tokens);
+    tokens_.push_back(std::move(tokens));
+    offsets_.push_back(std::move(offsets));
+  }
+  if (task_has_label(info_.task)) {
+    labels_ = open_dataset(path, root, "labels");
+    if (dataset_length(path, labels_, "labels") != info_.examples)
+      bad_file(path, "'labels' does not hold one label per example");
+  }
+
+  const auto src_paths = read_strings(path, root, "sources/path");
+  const auto src_formats = read_strings(path, root, "sources/format");
+  const auto src_lines = read_table<int64_t>(path, root, "sources/lines", H5T_NATIVE_INT64);
+  const auto src_examples = read_table<int64_t>(path, root, "sources/examples", H5T_NATIVE_INT64);
+  const auto src_truncated = read_table<int64_t>(path, root, "sources/truncated", H5T_NATIVE_INT64);
+  const auto skip_source = read_table<int32_t>(path, root, "skipped/source", H5T_NATIVE_INT32);
+  const auto skip_reason = read_strings(path, root, "skipped/reason");
+  const auto skip_count = read_table<int64_t>(path, root, "skipped/count", H5T_NATIVE_INT64);
+  const size_t n_src = src_paths.size(), n_skip = skip_source.size();
+  if (src_formats.size() != n_src || src_lines.size() != n_src || src_examples.size() != n_src ||
+      src_truncated.size() != n_src ||
+      skip_reason.size() != n_skip || skip_count.size() != n_skip)
+    bad_file(path, "the sources/skipped tables have columns of different lengths");
+  for (size_t s = 0; s < n_src; ++s) {
+    SourceInfo src;
+    src.path = src_paths[s];
+    src.format = src_formats[s];
+    src.lines = src_lines[s];
+    src.examples = src_examples[s];
+    src.truncated = src_truncated[s];
+    info_.sources.push_back(std::move(src));
+  }
+  for (size_t k = 0; k < n_skip; ++k) {
+    if (skip_source[k] < 0 || static_cast<size_t>(skip_source[k]) >= n_src)
+      bad_file(path, "'skipped/source' names a source that does not exist");
+    info_.sources[skip_source[k]].skipped[skip_reason[k]] += skip_count[k];
+  }
+}
+
+Ragged TaskStreamFile::read_field(int field, int64_t begin, int64_t end) const {
+  QARAC_CHECK(field >= 0 && static_cast<size_t>(field) < tokens_.size(), "field ", field,
+              " out of range for ", task_name(info_.task));
+  QARAC_CHECK(0 <= begin && begin <= end && end <= info_.examples, "example range [", begin, ", ",
+              end, ") out of [0, ", info_.examples, ")");
+  Ragged r;
+  r.offsets = read_range<int64_t>(offsets_[field], H5T_NATIVE_INT64, begin, end - begin + 1);
+  const int64_t base = r.offsets.front(), total = info_.field_tokens[field];
+  for (size_t i = 0; i < r.offsets.size(); ++i)
+    if (r.offsets[i] < (i == 0 ? 0 : r.offsets[i - 1]) || r.offsets[i] > total)
+      bad_file(path_, detail::concat("'", field_path(info_.task, field, "offsets"), "' decreases or overruns the tokens at example ",
+                                     begin + static_cast<int64_t>(i)));
+  r.tokens = read_range<int32_t>(tokens_[field], H5T_NATIVE_INT32, base, r.offsets.back() - base);
+  for (int64_t& o : r.offsets) o -= base;
+  return r;
+}
+
+std::vector<int8_t> TaskStreamFile::read_labels(int64_t begin, int64_t end) const {
+  QARAC_CHECK(labels_.valid(), task_name(info_.task), " has no labels");
+  QARAC_CHECK(0 <= begin && begin <= end && end <= info_.examples, "example range [", begin, ", ",
+              end, ") out of [0, ", info_.examples, ")");
+  std::vector<int8_t> labels = read_range<int8_t>(labels_, H5T_NATIVE_INT8, begin, end - begin);
+  for (size_t i = 0; i < labels.size(); ++i)
+    if (labels[i] < -1 || labels[i] > 1)
+      bad_file(path_, detail::concat("label ", static_cast<int>(labels[i]), " of example ",
+                                     begin + static_cast<int64_t>(i), " is not -1, 0 or +1"));
+  return labels;
+}
+
+}  // namespace qarac::data

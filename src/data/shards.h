@@ -1,0 +1,153 @@
+// Task-stream files: the HDF5 files qarac-prep writes, one per task, and the loader reads
+// (layout in docs/data-format.md). Each text field of a task is stored as a ragged array, flat
+// tokens plus example offsets, so that any contiguous range of examples is two hyperslab reads
+// per field; a rank reads its share and nothing else. Files are written under a temporary name
+// and renamed only when complete: a reader never sees a half-written stream.
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "data/readers.h"
+
+namespace qarac::data {
+
+// Written in the root attribute `format`; `version` changes with any incompatible layout change.
+constexpr const char* kStreamFormat = "qarac-task-stream";
+constexpr int kStreamVersion = 1;
+
+// Where the examples of a stream came from, and what was dropped on the way.
+struct SourceInfo {
+  std::string path;
+  std::string format;  // format_name()
+  int64_t lines = 0;
+  int64_t examples = 0;
+  int64_t truncated = 0;                   // examples with a field cut to max_length
+  std::map<std::string, int64_t> skipped;  // reason -> records
+};
+
+struct StreamInfo {
+  Task task = Task::encode_decode;
+  int64_t examples = 0;
+  std::vector<int64_t> field_tokens;  // total tokens per field, task_fields() order
+  std::string tokenizer_hash;
+  bool special_tokens = true;  // every field is <s> ... </s>
+  int64_t max_length = 0;      // the longest a field may be (tokens, specials included)
+  std::string created_by;      // the program that made it; the writer adds QARAC-MT's version
+  std::vector<SourceInfo> sources;
+};
+
+struct WriterOptions {
+  int64_t chunk_tokens = 1 << 16;    // elements per chunk of a field's tokens (256 KiB)
+  int64_t chunk_examples = 1 << 14;  // elements per chunk of offsets and labels
+  int compression = 4;               // deflate level 0..9; 0 stores uncompressed
+};
+
+// An owned HDF5 identifier, closed with the function that goes with its kind.
+class H5Id {
+ public:
+  H5Id() = default;
+  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~H5Id() { reset(); }
+  H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
+  H5Id& operator=(H5Id&& o) noexcept {
+    if (this != &o) {
+      reset();
+      id_ = o.id_;
+      close_ = o.close_;
+      o.id_ = -1;
+    }
+    return *this;
+  }
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  void reset() {
+    if (id_ >= 0) close_(id_);
+    id_ = -1;
+  }
+
+ private:
+  hid_t id_ = -1;
+  herr_t (*close_)(hid_t) = nullptr;
+};
+
+// Appends examples to a new task-stream file. Tokens are buffered per field and written a
+// chunk at a time into extendible datasets, so memory stays at a few chunks whatever the size.
+class TaskStreamWriter {
+ public:
+  // Creates "<path>.tmp.<pid>"; InputError when it cannot.
+  TaskStreamWriter(std::string path, Task task, const WriterOptions& options = {});
+  // Removes the temporary file unless publish() succeeded.
+  ~TaskStreamWriter();
+  TaskStreamWriter(const TaskStreamWriter&) = delete;
+  TaskStreamWriter& operator=(const TaskStreamWriter&) = delete;
+
+  // One example: the token ids of each field of the task, and its label (consistency).
+  void append(const std::vector<std::vector<int32_t>>& fields, int8_t label = 0);
+  int64_t examples() const { return examples_; }
+
+  // Writes the remaining buffers and the metadata (info.task, examples and field_tokens are
+  // taken from the writer), then closes the temporary file.
+  void finish(StreamInfo info);
+  // Renames the finished temporary file over `path`.
+  void publish();
+
+ private:
+  struct Field;
+  void flush(bool all);
+
+  std::string path_, tmp_;
+  Task task_;
+  WriterOptions options_;
+  H5Id file_;
+  std::vector<Field> fields_;
+  H5Id labels_;
+  std::vector<int8_t> label_buf_;
+  int64_t labels_written_ = 0;
+  int64_t examples_ = 0;
+  bool finished_ = false, published_ = false;
+};
+
+// A contiguous range of examples of one field: example i is tokens[offsets[i], offsets[i+1]).
+struct Ragged {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> offsets;  // size count()+1, offsets[0] == 0
+
+  int64_t count() const { return offsets.empty() ? 0 : static_cast<int64_t>(offsets.size()) - 1; }
+  int64_t length(int64_t i) const { return offsets[i + 1] - offsets[i]; }
+  const int32_t* begin(int64_t i) const { return tokens.data() + offsets[i]; }
+};
+
+// A task-stream file opened for reading. Opening reads the metadata only.
+class TaskStreamFile {
+ public:
+  // InputError when the file is missing, not HDF5, not a task stream, of another version, or
+  // inconsistent (offsets that do not match the tokens).
+  explicit TaskStreamFile(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  const StreamInfo& info() const { return info_; }
+  Task task() const { return info_.task; }
+  int64_t examples() const { return info_.examples; }
+
+  // Examples [begin, end) of field `field`: one hyperslab read of end-begin+1 offsets, one of
+  // the tokens they span. Offsets are checked (monotone, within the tokens) before use.
+  Ragged read_field(int field, int64_t begin, int64_t end) const;
+  std::vector<int8_t> read_labels(int64_t begin, int64_t end) const;
+
+ private:
+  std::string path_;
+  H5Id file_;
+  StreamInfo info_;
+  std::vector<H5Id> tokens_, offsets_;  // per field
+  H5Id labels_;
+};
+
+}  // namespace qarac::data

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU check in one call: every GPU test, qarac-parity on CUDA, qarac-bench on the issue's
+# workloads and the PyTorch baseline of the same workloads, then a summary table. Runs a bundle
+# made by tests/device/bundle.sh (carried to the GPU machine) or, without one, builds here.
+#   tests/device/run.sh [BUNDLE_DIR]        (default: .device, holding bundle.tgz)
+# Environment: QARAC_BENCH_ITERS (default 10), QARAC_SKIP_TORCH=1 to leave out the baseline.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bundle=${1:-.device}
+iters=${QARAC_BENCH_ITERS:-10}
+log=$(mktemp -d)
+summary=()
+
+qlib=${LD_LIBRARY_PATH:-}
+if [ -f "$bundle/bundle.tgz" ]; then
+  tar xzf "$bundle/bundle.tgz" -C "$log"
+  bin=$log/bundle/bin
+  golden=$log/bundle/golden
+  qlib=$log/bundle/lib:$qlib
+else
+  echo "== no bundle in $bundle: building with cmake"
+  cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA=ON >"$log/cmake" 2>&1 &&
+    cmake --build build-device -j"$(nproc)" >>"$log/cmake" 2>&1 || { tail -30 "$log/cmake"; exit 1; }
+  bin=build-device/bin-links
+  mkdir -p "$bin"
+  ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* "$bin/"
+  golden=${QARAC_GOLDEN_DIR:-../shared/golden}
+fi
+# CUDA's libraries: the toolkit's folder and the Python wheels' (cuDNN, NCCL live there). Only
+# our programs get this path: the bundled Debian libraries must not shadow PyTorch's.
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
+for d in /usr/local/cuda/lib64 "$site"/nvidia/*/lib; do
+  [ -d "$d" ] && qlib="$qlib:$d"
+done
+q() { LD_LIBRARY_PATH="$qlib" "$@"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+status=0
+
+# ---- GPU tests (GoogleTest binaries; each prints its own failures)
+for t in "$bin"/test_cuda_*; do
+  name=$(basename "$t")
+  if q timeout 150 "$t" --gtest_brief=1 >"$log/$name" 2>&1; then result=passed; else result=FAILED; status=1; fi
+  counts=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/$name" | tr '\n' ' ')
+  echo "== $name: $result $counts"
+  [ "$result" = passed ] || grep -E 'Failure|error|Expected|Which is|actual' "$log/$name" | head -40
+  summary+=("$name|$result|$counts")
+done
+
+# ---- parity with Hugging Face on the GPU
+for dt in f32 bf16; do
+  tol=1e-4; [ "$dt" = bf16 ] && tol=${QARAC_BF16_PARITY_TOL:-5e-2}
+  if q timeout 120 "$bin/qarac-parity" "$golden/tiny_dev" --device cuda --dtype "$dt" --tolerance "$tol" >"$log/parity_$dt" 2>&1; then
+    result=passed; else result=FAILED; status=1; fi
+  echo "== qarac-parity cuda $dt: $result"
+  cat "$log/parity_$dt"
+  summary+=("parity cuda $dt|$result|$(tail -1 "$log/parity_$dt")")
+done
+
+# ---- benchmarks: ours, then PyTorch on the same workloads
+workloads=("128 64" "512 16")
+for w in "${workloads[@]}"; do
+  set -- $w
+  for ragged in "" "--ragged"; do
+    out=$(q timeout 180 "$bin/qarac-bench" --workload classifier --device cuda --dtype bf16 --preset base \
+          --seq "$1" --batch "$2" $ragged --warmup 3 --iters "$iters" 2>&1) || status=1
+    echo "$out"
+    summary+=("qarac S=$1 B=$2 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
+  done
+done
+if [ "${QARAC_SKIP_TORCH:-0}" != 1 ]; then
+  for w in "${workloads[@]}"; do
+    set -- $w
+    for ragged in "" "--ragged"; do
+      out=$(timeout 240 python3 tests/device/torch_baseline.py --seq "$1" --batch "$2" $ragged --iters "$iters" 2>&1) || status=1
+      echo "$out"
+      summary+=("torch S=$1 B=$2 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
+    done
+  done
+fi
+
+echo
+echo "==================== summary ===================="
+for s in "${summary[@]}"; do
+  IFS='|' read -r what result detail <<<"$s"
+  printf '%-28s %-7s %s\n' "$what" "$result" "$detail"
+done
+# Logs come back from the device tool when it sets OUT.
+[ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C "$log" --exclude bundle . 2>/dev/null
+exit $status

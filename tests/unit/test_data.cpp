@@ -1,0 +1,803 @@
+// Data pipeline: the readers on the quirks of each raw format (tests/data/readers/, described in
+// its README), task-stream files (round trip, hyperslab reads, no half-written output), the
+// loader (disjoint covering shares for W = 1..5, every task every step, token budget, exact
+// resume from a cursor), and qarac-prep end to end on data/sample.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "data/loader.h"
+#include "data/readers.h"
+#include "data/shards.h"
+#include "data/tokenizer.h"
+
+using namespace qarac;
+using namespace qarac::data;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kFixtures = QARAC_TEST_DATA_DIR "/readers/";
+const std::string kSample = QARAC_SAMPLE_DIR "/";
+
+struct Read {
+  std::vector<Example> examples;
+  ReadStats stats;
+};
+
+Read read_all(const std::string& file, Format format, OnError on_error = OnError::skip) {
+  Read r;
+  r.stats = read_examples(file, format, on_error, [&](Example&& e) { r.examples.push_back(std::move(e)); });
+  return r;
+}
+
+// The InputError message of reading `file` under OnError::fail ("" when it reads cleanly).
+std::string fail_message(const std::string& file, Format format) {
+  try {
+    read_all(file, format, OnError::fail);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::vector<int64_t> lines_of(const Read& r) {
+  std::vector<int64_t> lines;
+  for (const Example& e : r.examples) lines.push_back(e.line);
+  return lines;
+}
+
+int64_t skipped(const Read& r, const std::string& reason) {
+  const auto it = r.stats.skipped.find(reason);
+  return it == r.stats.skipped.end() ? 0 : it->second;
+}
+
+// A fresh directory under the system's temporary directory, removed with the object.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& name)
+      : path_(fs::temp_directory_path() / ("qarac_test_data_" + std::to_string(::getpid()) + "_" + name)) {
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string str() const { return path_.string(); }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+  std::vector<std::string> entries() const {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(path_)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+ private:
+  fs::path path_;
+};
+
+}  // namespace
+
+// ---- Readers -------------------------------------------------------------------------------
+
+TEST(Readers, SnliJsonlQuirks) {
+  const std::string file = kFixtures + "snli_quirks.jsonl";
+  const Read r = read_all(file, Format::snli_jsonl);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{1, 5, 6}));
+  ASSERT_EQ(r.examples.size(), 3u);
+  EXPECT_EQ(r.examples[0].fields, (std::vector<std::string>{"A man plays a guitar.", "A person plays music."}));
+  EXPECT_EQ(r.examples[0].label, 1);
+  EXPECT_EQ(r.examples[1].label, 0);
+  EXPECT_EQ(r.examples[2].label, -1);  // Hugging Face's export: label 2 = contradiction
+  EXPECT_EQ(r.examples[2].fields[0], "A cat sleeps.");
+  EXPECT_EQ(skipped(r, "no gold label"), 1);
+  EXPECT_EQ(skipped(r, "blank line"), 1);
+  EXPECT_EQ(skipped(r, "malformed: missing key"), 1);
+  EXPECT_EQ(skipped(r, "malformed: bad label"), 1);
+  EXPECT_EQ(skipped(r, "malformed: invalid JSON"), 1);  // the truncated last line
+  EXPECT_EQ(r.stats.lines, 8);
+  EXPECT_EQ(r.stats.examples, 3);
+  EXPECT_EQ(r.stats.skipped_total(), 5);
+  EXPECT_EQ(fail_message(file, Format::snli_jsonl).rfind(file + ":4: missing key: no 'sentence2'", 0), 0u)
+      << fail_message(file, Format::snli_jsonl);
+}
+
+TEST(Readers, SnliTabExportQuirks) {
+  const std::string file = kFixtures + "snli_quirks.txt";
+  const Read r = read_all(file, Format::snli_tsv);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{2, 5}));
+  ASSERT_EQ(r.examples.size(), 2u);
+  EXPECT_EQ(r.examples[0].fields[0], "A woman sings \"loudly\".");  // no quoting in the tab export
+  EXPECT_EQ(r.examples[0].fields[1], "A woman is silent.");         // CRLF removed
+  EXPECT_EQ(r.examples[0].label, -1);
+  EXPECT_EQ(r.examples[1].label, 1);  // trailing label columns dropped: still readable
+  EXPECT_EQ(skipped(r, "no gold label"), 1);
+  EXPECT_EQ(skipped(r, "malformed: missing column"), 1);
+  EXPECT_EQ(fail_message(file, Format::snli_tsv).rfind(file + ":4: missing column: 6 fields, the header has 14", 0), 0u)
+      << fail_message(file, Format::snli_tsv);
+}
+
+TEST(Readers, SnliCsvExportQuirks) {
+  const std::string file = kFixtures + "snli_quirks.csv";
+  const Read r = read_all(file, Format::snli_csv, OnError::fail);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{2, 3, 5}));
+  ASSERT_EQ(r.examples.size(), 3u);
+  EXPECT_EQ(r.examples[0].fields[0], "A man, a woman and a dog walk.");
+  EXPECT_EQ(r.examples[1].fields[0], "He says \"hello\".");
+  EXPECT_EQ(r.examples[2].fields[0], "A long\nsentence.");  // a quoted field over two lines
+  EXPECT_EQ(r.examples[2].label, -1);
+  EXPECT_EQ(skipped(r, "no gold label"), 1);
+  EXPECT_EQ(r.stats.lines, 6);
+}
+
+TEST(Readers, AvicennaQuirks) {
+  const std::string file = kFixtures + "avicenna_quirks.csv";
+  const Read r = read_all(file, Format::avicenna);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{2, 7}));
+  ASSERT_EQ(r.examples.size(), 2u);
+  // Latin-1 é, ï, ë arrive as UTF-8; quoted commas stay inside their field.
+  EXPECT_EQ(r.examples[0].fields,
+            (std::vector<std::string>{"All caf\xC3\xA9 owners, bakers and cooks are workers.",
+                                      "All workers are people.",
+                                      "All caf\xC3\xA9 owners, bakers and cooks are people."}));
+  EXPECT_EQ(r.examples[1].fields[0], "All Zo\xC3\xAB's friends are kind.");  // relation " Yes "
+  EXPECT_EQ(skipped(r, "no syllogistic relation"), 1);
+  EXPECT_EQ(skipped(r, "blank line"), 1);
+  EXPECT_EQ(skipped(r, "malformed: missing column"), 1);
+  EXPECT_EQ(skipped(r, "malformed: CSV syntax"), 1);          // a quote inside an unquoted field
+  EXPECT_EQ(skipped(r, "malformed: bad label"), 1);
+  EXPECT_EQ(skipped(r, "malformed: unterminated quote"), 1);  // the truncated last line
+  EXPECT_EQ(r.stats.lines, 9);
+  EXPECT_EQ(fail_message(file, Format::avicenna).rfind(file + ":5: missing column: 3 fields, the header has 4", 0), 0u)
+      << fail_message(file, Format::avicenna);
+}
+
+TEST(Readers, WikiqaQuirks) {
+  const std::string file = kFixtures + "wikiqa_quirks.tsv";
+  const Read r = read_all(file, Format::wikiqa);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{3, 8}));
+  ASSERT_EQ(r.examples.size(), 2u);
+  EXPECT_EQ(r.examples[0].fields, (std::vector<std::string>{"how tall is the tower", "The tower is 300 metres tall."}));
+  EXPECT_EQ(skipped(r, "not an answer (Label 0)"), 1);
+  EXPECT_EQ(skipped(r, "blank line"), 2);
+  EXPECT_EQ(skipped(r, "malformed: missing column"), 2);  // line 5, and the truncated line 9
+  EXPECT_EQ(skipped(r, "malformed: bad label"), 1);
+  EXPECT_EQ(fail_message(file, Format::wikiqa).rfind(file + ":5: missing column", 0), 0u)
+      << fail_message(file, Format::wikiqa);
+}
+
+TEST(Readers, TextQuirks) {
+  const std::string file = kFixtures + "text_quirks.txt";
+  const Read r = read_all(file, Format::text);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{1, 4, 6}));
+  ASSERT_EQ(r.examples.size(), 3u);
+  EXPECT_EQ(r.examples[1].fields[0], "Second document, CRLF.");
+  EXPECT_EQ(r.examples[2].fields[0], "Last document, no newline.");
+  EXPECT_EQ(skipped(r, "blank line"), 2);
+  EXPECT_EQ(skipped(r, "malformed: invalid UTF-8"), 1);
+  EXPECT_EQ(fail_message(file, Format::text).rfind(file + ":5: invalid UTF-8: byte 4 (0xff) after 'Bad '", 0), 0u)
+      << fail_message(file, Format::text);
+}
+
+TEST(Readers, FileLevelErrorsFailUnderEitherPolicy) {
+  for (OnError policy : {OnError::fail, OnError::skip}) {
+    try {
+      read_all(kFixtures + "wikiqa_no_label.tsv", Format::wikiqa, policy);
+      ADD_FAILURE() << "a header without Label was accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("wikiqa_no_label.tsv:1: the header has no column 'Label'"),
+                std::string::npos) << e.what();
+    }
+    EXPECT_THROW(read_all(kFixtures + "empty.tsv", Format::wikiqa, policy), InputError);
+    try {
+      read_all(kFixtures + "no_such_file.jsonl", Format::snli_jsonl, policy);
+      ADD_FAILURE() << "a missing file was accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("no_such_file.jsonl: cannot open"), std::string::npos);
+    }
+  }
+  EXPECT_THROW(snli_format_of("snli.parquet"), InputError);
+  EXPECT_EQ(snli_format_of("a/SNLI_1.0_TRAIN.TXT"), Format::snli_tsv);
+}
+
+// Cut, spliced and byte-flipped versions of every fixture: under either policy a reader either
+// reads or raises InputError; nothing else escapes, and skip never raises for a bad record.
+TEST(Readers, MutatedInputOnlyEverGivesInputErrors) {
+  TempDir dir("readers_mutated");
+  const std::pair<const char*, Format> fixtures[] = {
+      {"snli_quirks.jsonl", Format::snli_jsonl}, {"snli_quirks.txt", Format::snli_tsv},
+      {"snli_quirks.csv", Format::snli_csv},     {"avicenna_quirks.csv", Format::avicenna},
+      {"wikiqa_quirks.tsv", Format::wikiqa},     {"text_quirks.txt", Format::text}};
+  const std::string specials = "\"\t\n\r,{}[]:\\\xff\xc3\x80 -";
+  std::mt19937 rng(11);
+  const log::Level level = log::level();
+  log::set_level(log::Level::error);  // thousands of skipped records would each warn
+  for (const auto& [name, format] : fixtures) {
+    std::ifstream in(kFixtures + name, std::ios::binary);
+    const std::string original((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (int trial = 0; trial < 150; ++trial) {
+      std::string bytes = original;
+      for (int k = 1 + rng() % 4; k > 0; --k) {
+        const size_t at = bytes.empty() ? 0 : rng() % bytes.size();
+        switch (rng() % 4) {
+          case 0: bytes.resize(at); break;  // truncated
+          case 1: bytes.insert(at, 1, specials[rng() % specials.size()]); break;
+          case 2: if (!bytes.empty()) bytes[at] = specials[rng() % specials.size()]; break;
+          case 3: if (!bytes.empty()) bytes.erase(at, 1 + rng() % 8); break;
+        }
+      }
+      const std::string path = dir / name;
+      std::ofstream(path, std::ios::binary) << bytes;
+      for (OnError policy : {OnError::fail, OnError::skip}) {
+        try {
+          read_all(path, format, policy);
+        } catch (const InputError& e) {
+          // Header problems end the file under both policies; any other error only under fail.
+          const std::string what = e.what();
+          if (policy == OnError::skip) {
+            EXPECT_TRUE(what.find("header") != std::string::npos || what.find("empty file") != std::string::npos)
+                << name << " trial " << trial << ": " << what;
+          }
+        }
+      }
+    }
+  }
+  log::set_level(level);
+}
+
+TEST(Readers, Utf8ValidationAndLatin1) {
+  EXPECT_EQ(latin1_to_utf8("caf\xE9 \xFF"), "caf\xC3\xA9 \xC3\xBF");
+  EXPECT_EQ(find_invalid_utf8("plain"), std::string::npos);
+  EXPECT_EQ(find_invalid_utf8("\xE2\x82\xAC \xF0\x9D\x84\x9E"), std::string::npos);  // € 𝄞
+  EXPECT_EQ(find_invalid_utf8("a\xC0\xAF"), 1u);            // overlong '/'
+  EXPECT_EQ(find_invalid_utf8("ab\xED\xA0\x80"), 2u);       // UTF-16 surrogate
+  EXPECT_EQ(find_invalid_utf8("\xF4\x90\x80\x80"), 0u);     // above U+10FFFF
+  EXPECT_EQ(find_invalid_utf8("x\xE2\x82"), 1u);            // cut inside a character
+  EXPECT_EQ(find_invalid_utf8("\x80"), 0u);                 // lone continuation byte
+}
+
+TEST(Readers, TaskNames) {
+  for (int t = 0; t < kTaskCount; ++t) {
+    const Task task = static_cast<Task>(t);
+    EXPECT_EQ(task_from_name(task_name(task)), task);
+    EXPECT_EQ(task_from_name(task_short_name(task)), task);
+  }
+  EXPECT_THROW(task_from_name("translation"), InputError);
+  EXPECT_EQ(task_fields(Task::reasoning).size(), 3u);
+}
+
+// The committed sample data reads cleanly in every format, with each format's own skips present.
+TEST(Readers, SampleDataIsWellFormed) {
+  struct Case {
+    const char* file;
+    Format format;
+    const char* expected_skip;
+    int header_lines;
+  };
+  const Case cases[] = {
+      {"corpus_train.txt", Format::text, nullptr, 0},
+      {"WikiQA-train.tsv", Format::wikiqa, "not an answer (Label 0)", 1},
+      {"Avicenna_Train.csv", Format::avicenna, "no syllogistic relation", 1},
+      {"snli_1.0_train.jsonl", Format::snli_jsonl, "no gold label", 0},
+      {"snli_1.0_dev.txt", Format::snli_tsv, "no gold label", 1},
+      {"snli_1.0_test.csv", Format::snli_csv, "no gold label", 1},
+  };
+  for (const Case& c : cases) {
+    const Read r = read_all(kSample + c.file, c.format, OnError::fail);
+    EXPECT_GT(r.stats.examples, 100) << c.file;
+    if (c.expected_skip) {
+      EXPECT_GT(skipped(r, c.expected_skip), 0) << c.file;
+    }
+    EXPECT_EQ(r.stats.examples + r.stats.skipped_total() + c.header_lines, r.stats.lines) << c.file;
+  }
+}
+
+// ---- Task-stream files ---------------------------------------------------------------------
+
+namespace {
+
+// Random ragged examples of a task: field lengths 1..max_len, ids below 1000.
+struct Synthetic {
+  std::vector<std::vector<std::vector<int32_t>>> examples;  // example -> field -> ids
+  std::vector<int8_t> labels;
+};
+
+Synthetic synthetic(Task task, int64_t n, int max_len, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Synthetic s;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<std::vector<int32_t>> fields;
+    for (size_t f = 0; f < task_fields(task).size(); ++f) {
+      std::vector<int32_t> ids(1 + rng() % max_len);
+      for (int32_t& id : ids) id = static_cast<int32_t>(rng() % 1000);
+      fields.push_back(std::move(ids));
+    }
+    s.examples.push_back(std::move(fields));
+    s.labels.push_back(static_cast<int8_t>(static_cast<int>(rng() % 3) - 1));
+  }
+  return s;
+}
+
+void write_stream(const std::string& path, Task task, const Synthetic& s,
+                  const std::string& hash = "test-hash", WriterOptions options = {}) {
+  TaskStreamWriter w(path, task, options);
+  for (size_t i = 0; i < s.examples.size(); ++i) w.append(s.examples[i], s.labels[i]);
+  StreamInfo info;
+  info.tokenizer_hash = hash;
+  info.max_length = 512;
+  info.created_by = "test_data";
+  SourceInfo src;
+  src.path = "synthetic";
+  src.format = "text";
+  src.lines = static_cast<int64_t>(s.examples.size()) + 3;
+  src.examples = static_cast<int64_t>(s.examples.size());
+  src.skipped = {{"blank line", 2}, {"malformed: missing column", 1}};
+  info.sources = {src};
+  w.finish(info);
+  w.publish();
+}
+
+}  // namespace
+
+TEST(Shards, RoundTripWithHyperslabReads) {
+  TempDir dir("shards_round_trip");
+  const Task task = Task::consistency;
+  const Synthetic s = synthetic(task, 1000, 40, 1);
+  WriterOptions small_chunks;  // many chunks and partial ones: exercises the buffering
+  small_chunks.chunk_tokens = 97;
+  small_chunks.chunk_examples = 13;
+  write_stream(dir / "cs.h5", task, s, "test-hash", small_chunks);
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"cs.h5"}));
+
+  const TaskStreamFile file(dir / "cs.h5");
+  EXPECT_EQ(file.task(), task);
+  EXPECT_EQ(file.examples(), 1000);
+  EXPECT_EQ(file.info().tokenizer_hash, "test-hash");
+  EXPECT_EQ(file.info().created_by, "test_data");
+  ASSERT_EQ(file.info().sources.size(), 1u);
+  EXPECT_EQ(file.info().sources[0].lines, 1003);
+  EXPECT_EQ(file.info().sources[0].skipped.at("malformed: missing column"), 1);
+  for (const auto& [begin, end] : std::vector<std::pair<int64_t, int64_t>>{{0, 1000}, {0, 1}, {517, 518}, {123, 789}, {999, 1000}, {400, 400}}) {
+    for (int f = 0; f < 2; ++f) {
+      const Ragged r = file.read_field(f, begin, end);
+      ASSERT_EQ(r.count(), end - begin);
+      for (int64_t i = begin; i < end; ++i) {
+        const std::vector<int32_t> got(r.begin(i - begin), r.begin(i - begin) + r.length(i - begin));
+        ASSERT_EQ(got, s.examples[i][f]) << "example " << i << " field " << f;
+      }
+    }
+    const std::vector<int8_t> labels = file.read_labels(begin, end);
+    EXPECT_TRUE(std::equal(labels.begin(), labels.end(), s.labels.begin() + begin));
+  }
+  EXPECT_THROW(file.read_field(0, 10, 1001), Error);
+}
+
+TEST(Shards, UnpublishedStreamsLeaveNothing) {
+  TempDir dir("shards_unpublished");
+  const Synthetic s = synthetic(Task::encode_decode, 50, 10, 2);
+  {
+    TaskStreamWriter w(dir / "ed.h5", Task::encode_decode);
+    for (const auto& ex : s.examples) w.append(ex);
+    EXPECT_EQ(dir.entries().size(), 1u);  // the temporary file, under another name
+    EXPECT_FALSE(fs::exists(dir / "ed.h5"));
+  }  // as when reading or tokenising throws midway
+  EXPECT_TRUE(dir.entries().empty());
+  {
+    TaskStreamWriter w(dir / "ed.h5", Task::encode_decode);
+    for (const auto& ex : s.examples) w.append(ex);
+    w.finish(StreamInfo{});
+  }  // finished but never published: another task of the same run failed
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+TEST(Shards, RejectsFilesThatAreNotTaskStreams) {
+  TempDir dir("shards_reject");
+  auto message = [](const std::string& path) -> std::string {
+    try {
+      TaskStreamFile f(path);
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message(dir / "missing.h5").find("missing.h5: cannot open"), std::string::npos);
+  std::ofstream(dir / "text.h5") << "not hdf5\n";
+  EXPECT_NE(message(dir / "text.h5").find("text.h5: not an HDF5 file"), std::string::npos);
+  const hid_t f = H5Fcreate((dir / "bare.h5").c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  H5Fclose(f);
+  EXPECT_NE(message(dir / "bare.h5").find("bare.h5: not a valid task stream: no attribute 'format'"),
+            std::string::npos) << message(dir / "bare.h5");
+}
+
+// ---- Loader --------------------------------------------------------------------------------
+
+namespace {
+
+RankPlan plan_for(std::vector<TaskSlot> slots, int world = 1, int rank = 0) {
+  RankPlan p;
+  p.world_size = world;
+  p.rank = rank;
+  p.tasks = std::move(slots);
+  return p;
+}
+
+std::vector<int32_t> field_ids(const PackedField& f, int64_t b) {
+  return std::vector<int32_t>(f.tokens.begin() + f.starts[b], f.tokens.begin() + f.starts[b + 1]);
+}
+
+// The batches of `steps` steps, as comparable values.
+std::vector<std::vector<std::vector<int64_t>>> run_steps(Loader& loader, int steps) {
+  std::vector<std::vector<std::vector<int64_t>>> out;
+  for (int i = 0; i < steps; ++i) {
+    std::vector<std::vector<int64_t>> step;
+    for (const TaskBatch& b : loader.next().tasks) {
+      std::vector<int64_t> v = b.examples;
+      v.push_back(-1 - b.epoch);  // the epoch is part of what must repeat exactly
+      step.push_back(std::move(v));
+    }
+    out.push_back(std::move(step));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Loader, SharesAreDisjointAndCoverForOneToFiveRanks) {
+  TempDir dir("loader_shares");
+  const int64_t n = 103;  // not a multiple of any W in 2..5
+  const Synthetic s = synthetic(Task::reasoning, n, 12, 3);
+  write_stream(dir / "reasoning.h5", Task::reasoning, s);
+  LoaderOptions opt;
+  opt.data_dir = dir.str();
+  opt.token_budget = 200;
+  for (int world = 1; world <= 5; ++world) {
+    std::vector<int> seen(n, 0);
+    int64_t min_share = n, max_share = 0;
+    for (int rank = 0; rank < world; ++rank) {
+      Loader loader(plan_for({{Task::reasoning, rank, world}}, world, rank), opt);
+      const int64_t share = loader.share_size(0);
+      min_share = std::min(min_share, share);
+      max_share = std::max(max_share, share);
+      // One epoch of this share: every example once, with the tokens the file holds.
+      int64_t drawn = 0;
+      while (drawn < share) {
+        const TaskBatch b = loader.next().tasks.at(0);
+        ASSERT_EQ(b.epoch, 0);
+        for (int64_t k = 0; k < b.count(); ++k) {
+          const int64_t id = b.examples[k];
+          ++seen.at(id);
+          for (int f = 0; f < 3; ++f) ASSERT_EQ(field_ids(b.fields[f], k), s.examples[id][f]);
+        }
+        drawn += b.count();
+      }
+      EXPECT_EQ(drawn, share);
+      EXPECT_EQ(loader.next().tasks[0].epoch, 1);  // then the share repeats
+    }
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(seen[i], 1) << "W=" << world << " example " << i;
+    EXPECT_LE(max_share - min_share, 1) << "W=" << world;
+  }
+  // The bounds alone, for sizes where some ranks get one example.
+  for (int64_t size : {1, 4, 5, 6, 1000}) {
+    for (int world = 1; world <= 5; ++world) {
+      if (size < world) continue;
+      int64_t expect_begin = 0;
+      for (int r = 0; r < world; ++r) {
+        const auto [b, e] = share_of(size, r, world);
+        EXPECT_EQ(b, expect_begin);
+        EXPECT_GT(e, b);
+        expect_begin = e;
+      }
+      EXPECT_EQ(expect_begin, size);
+    }
+  }
+}
+
+TEST(Loader, EveryStepHasEveryTaskAndShortStreamsRepeat) {
+  TempDir dir("loader_tasks");
+  const Synthetic text = synthetic(Task::encode_decode, 300, 20, 4);
+  const Synthetic pairs = synthetic(Task::consistency, 17, 20, 5);
+  write_stream(dir / "encode_decode.h5", Task::encode_decode, text);
+  write_stream(dir / "consistency.h5", Task::consistency, pairs);
+  LoaderOptions opt;
+  opt.data_dir = dir.str();
+  opt.token_budget = 100;
+  opt.seed = 7;
+  Loader loader(plan_for({{Task::encode_decode, 0, 1}, {Task::consistency, 0, 1}}), opt);
+  std::map<int64_t, std::multiset<int64_t>> consistency_epochs;
+  for (int i = 0; i < 60; ++i) {
+    const StepBatch step = loader.next();
+    EXPECT_EQ(step.step, i);
+    ASSERT_EQ(step.tasks.size(), 2u);
+    EXPECT_EQ(step.tasks[0].task, Task::encode_decode);
+    EXPECT_EQ(step.tasks[1].task, Task::consistency);
+    for (const TaskBatch& b : step.tasks) {
+      EXPECT_GT(b.count(), 0);
+      EXPECT_TRUE(b.tokens() <= opt.token_budget || b.count() == 1);
+    }
+    const TaskBatch& cs = step.tasks[1];
+    ASSERT_EQ(cs.labels.size(), static_cast<size_t>(cs.count()));
+    for (int64_t k = 0; k < cs.count(); ++k) {
+      EXPECT_EQ(cs.labels[k], static_cast<float>(pairs.labels[cs.examples[k]]));
+      consistency_epochs[cs.epoch].insert(cs.examples[k]);
+    }
+  }
+  // The short stream went round several times, each epoch a permutation of the stream, each in
+  // another order.
+  ASSERT_GE(consistency_epochs.size(), 3u);
+  for (const auto& [epoch, ids] : consistency_epochs) {
+    if (epoch + 1 == static_cast<int64_t>(consistency_epochs.size())) break;  // the last may be partial
+    std::multiset<int64_t> all;
+    for (int64_t i = 0; i < 17; ++i) all.insert(i);
+    EXPECT_EQ(ids, all) << "epoch " << epoch;
+  }
+  EXPECT_NE(shuffled_order(17, 7, 0, Task::consistency), shuffled_order(17, 7, 1, Task::consistency));
+}
+
+TEST(Loader, TokenBudgetAndExampleCap) {
+  TempDir dir("loader_budget");
+  write_stream(dir / "question_answering.h5", Task::question_answering,
+               synthetic(Task::question_answering, 200, 60, 6));
+  LoaderOptions opt;
+  opt.data_dir = dir.str();
+  opt.token_budget = 50;  // below some single examples (up to 120 tokens): those come alone
+  Loader loader(plan_for({{Task::question_answering, 0, 1}}), opt);
+  bool saw_alone = false;
+  for (int i = 0; i < 100; ++i) {
+    const TaskBatch b = loader.next().tasks[0];
+    if (b.tokens() > opt.token_budget) {
+      EXPECT_EQ(b.count(), 1);
+      saw_alone = true;
+    }
+  }
+  EXPECT_TRUE(saw_alone);
+  opt.token_budget = 1 << 20;
+  opt.max_examples = 8;
+  Loader capped(plan_for({{Task::question_answering, 0, 1}}), opt);
+  for (int i = 0; i < 30; ++i) {
+    const TaskBatch b = capped.next().tasks[0];
+    EXPECT_LE(b.count(), 8);
+    EXPECT_GT(b.count(), 0);
+  }
+}
+
+TEST(Loader, RestoringACursorResumesTheExactBatchSequence) {
+  TempDir dir("loader_cursor");
+  write_stream(dir / "encode_decode.h5", Task::encode_decode, synthetic(Task::encode_decode, 211, 30, 7));
+  write_stream(dir / "reasoning.h5", Task::reasoning, synthetic(Task::reasoning, 41, 10, 8));
+  LoaderOptions opt;
+  opt.data_dir = dir.str();
+  opt.token_budget = 150;
+  opt.seed = 1234;
+  const RankPlan plan = plan_for({{Task::reasoning, 1, 2}, {Task::encode_decode, 0, 3}}, 3, 0);
+  for (int saved_at : {0, 1, 7, 40}) {  // 40 steps: both shares are past an epoch boundary
+    Loader a(plan, opt);
+    run_steps(a, saved_at);
+    const LoaderCursor cursor = a.cursor();
+    EXPECT_EQ(cursor.step, saved_at);
+    const auto expected = run_steps(a, 25);
+
+    Loader b(plan, opt);  // a fresh process: restore, then continue
+    b.restore(cursor);
+    EXPECT_EQ(run_steps(b, 25), expected) << "saved at step " << saved_at;
+    EXPECT_EQ(b.cursor().step, saved_at + 25);
+  }
+  // A cursor from another plan is refused, not silently misapplied.
+  Loader a(plan, opt);
+  LoaderCursor other = a.cursor();
+  other.tasks[0].share_begin += 1;
+  EXPECT_THROW(a.restore(other), InputError);
+  other = a.cursor();
+  other.tasks.pop_back();
+  EXPECT_THROW(a.restore(other), InputError);
+  other = a.cursor();
+  other.tasks[1].position = 1 << 30;
+  EXPECT_THROW(a.restore(other), InputError);
+}
+
+// The order must not depend on the compiler or library: pinned to values computed once.
+TEST(Loader, ShuffleIsAPinnedPermutation) {
+  const std::vector<int64_t> order = shuffled_order(10, 42, 3, Task::question_answering);
+  EXPECT_EQ(order, (std::vector<int64_t>{7, 4, 2, 6, 5, 9, 0, 3, 1, 8}));
+  for (int64_t n : {0, 1, 2, 1000}) {
+    std::vector<int64_t> sorted = shuffled_order(n, 5, 0, Task::reasoning);
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> iota(static_cast<size_t>(n));
+    std::iota(iota.begin(), iota.end(), 0);
+    EXPECT_EQ(sorted, iota);
+  }
+  EXPECT_EQ(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 9, 2, Task::reasoning));
+  EXPECT_NE(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 9, 2, Task::consistency));
+  EXPECT_NE(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 10, 2, Task::reasoning));
+}
+
+TEST(Loader, PaddedBatchesMatchPackedOnes) {
+  PackedField f;
+  f.tokens = {0, 5, 6, 2, 0, 2, 0, 7, 8, 9, 2};
+  f.starts = {0, 4, 6, 11};
+  const PaddedField p = pad(f, 1);
+  EXPECT_EQ(p.ids.shape(), (Shape{3, 5}));
+  EXPECT_EQ(p.ids.to_vector<int32_t>(),
+            (std::vector<int32_t>{0, 5, 6, 2, 1, 0, 2, 1, 1, 1, 0, 7, 8, 9, 2}));
+  EXPECT_EQ(p.mask.to_vector<int32_t>(),
+            (std::vector<int32_t>{1, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1}));
+}
+
+TEST(Loader, RefusesMismatchedTokenizersAndEmptyShares) {
+  TempDir dir("loader_refuse");
+  write_stream(dir / "encode_decode.h5", Task::encode_decode, synthetic(Task::encode_decode, 3, 5, 9), "hash-a");
+  write_stream(dir / "reasoning.h5", Task::reasoning, synthetic(Task::reasoning, 3, 5, 10), "hash-b");
+  LoaderOptions opt;
+  opt.data_dir = dir.str();
+  EXPECT_THROW(Loader(plan_for({{Task::encode_decode, 0, 1}, {Task::reasoning, 0, 1}}), opt), InputError);
+  opt.tokenizer_hash = "hash-b";
+  EXPECT_THROW(Loader(plan_for({{Task::encode_decode, 0, 1}}), opt), InputError);
+  EXPECT_NO_THROW(Loader(plan_for({{Task::reasoning, 0, 1}}), opt));
+  EXPECT_THROW(Loader(plan_for({{Task::reasoning, 0, 4}}), opt), InputError);  // 3 examples, 4 ranks
+  EXPECT_THROW(Loader(plan_for({{Task::consistency, 0, 1}}), opt), InputError);  // no file
+}
+
+// ---- qarac-prep end to end ----------------------------------------------------------------
+
+namespace {
+
+struct Process {
+  int status;
+  std::string output;  // stdout and stderr
+};
+
+Process run_command(const std::string& command) {
+  Process r;
+  std::FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  const int status = ::pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+const std::string kPrep = QARAC_PREP_EXE;
+
+}  // namespace
+
+TEST(Prep, SampleDataEndToEnd) {
+  TempDir out("prep_sample");
+  const Process r = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() +
+                    " --text " + kSample + "corpus_train.txt --wikiqa " + kSample + "WikiQA-train.tsv" +
+                    " --avicenna " + kSample + "Avicenna_Train.csv --snli " + kSample + "snli_1.0_train.jsonl" +
+                    " --snli " + kSample + "snli_1.0_dev.txt --snli " + kSample + "snli_1.0_test.csv --threads 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(out.entries(), (std::vector<std::string>{"consistency.h5", "encode_decode.h5",
+                                                     "question_answering.h5", "reasoning.h5"}));
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+
+  // Each stream's first example is the tokenised first record of its first file.
+  struct Case {
+    const char* file;
+    Format format;
+  };
+  const Case cases[] = {{"corpus_train.txt", Format::text},
+                        {"WikiQA-train.tsv", Format::wikiqa},
+                        {"Avicenna_Train.csv", Format::avicenna},
+                        {"snli_1.0_train.jsonl", Format::snli_jsonl}};
+  for (const Case& c : cases) {
+    const Task task = task_of(c.format);
+    const TaskStreamFile file(out / (std::string(task_name(task)) + ".h5"));
+    EXPECT_EQ(file.info().tokenizer_hash, tok.hash());
+    EXPECT_TRUE(file.info().special_tokens);
+    const Read raw = read_all(kSample + c.file, c.format, OnError::fail);
+    ASSERT_FALSE(raw.examples.empty());
+    const SourceInfo& src = file.info().sources.at(0);
+    EXPECT_EQ(src.path, kSample + c.file);
+    EXPECT_EQ(src.lines, raw.stats.lines);
+    EXPECT_EQ(src.examples, raw.stats.examples);
+    EXPECT_EQ(src.skipped, raw.stats.skipped);
+    for (size_t f = 0; f < task_fields(task).size(); ++f) {
+      const Ragged r0 = file.read_field(static_cast<int>(f), 0, 1);
+      EXPECT_EQ(std::vector<int32_t>(r0.tokens.begin(), r0.tokens.end()), tok.encode(raw.examples[0].fields[f]))
+          << c.file << " field " << f;
+    }
+    if (task == Task::consistency) {
+      EXPECT_EQ(file.info().sources.size(), 3u);
+      EXPECT_EQ(file.read_labels(0, 1)[0], raw.examples[0].label);
+    }
+  }
+  // The loader takes what prep wrote, with the tokenizer's hash checked.
+  LoaderOptions opt;
+  opt.data_dir = out.str();
+  opt.tokenizer_hash = tok.hash();
+  Loader loader(RankPlan::single(), opt);
+  EXPECT_EQ(loader.next().tasks.size(), 4u);
+  EXPECT_EQ(loader.info(3).task, Task::consistency);
+  EXPECT_EQ(loader.share_size(3), loader.info(3).examples);
+}
+
+TEST(Prep, MalformedInputFailsWithFileAndLineAndWritesNothing) {
+  TempDir out("prep_malformed");
+  const std::string base = kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() +
+                           " --text " + kSample + "corpus_heldout.txt --avicenna " + kFixtures +
+                           "avicenna_quirks.csv";
+  const Process fail = run_command(base);
+  EXPECT_EQ(fail.status, 2) << fail.output;
+  EXPECT_NE(fail.output.find("avicenna_quirks.csv:5: missing column"), std::string::npos) << fail.output;
+  EXPECT_TRUE(out.entries().empty());  // not even the text stream, which was complete
+
+  const Process skip = run_command(base + " --on-error=skip");
+  ASSERT_EQ(skip.status, 0) << skip.output;
+  const TaskStreamFile file(out / "reasoning.h5");
+  EXPECT_EQ(file.examples(), 2);
+  const auto& skipped_by = file.info().sources.at(0).skipped;
+  EXPECT_EQ(skipped_by.at("malformed: unterminated quote"), 1);
+  EXPECT_EQ(skipped_by.at("no syllogistic relation"), 1);
+  EXPECT_EQ(out.entries(), (std::vector<std::string>{"encode_decode.h5", "reasoning.h5"}));
+
+  const Process bad_option = run_command(kPrep + " --tokenizer x --out y --text z --on-error=ignore");
+  EXPECT_EQ(bad_option.status, 2);
+  EXPECT_NE(bad_option.output.find("--on-error must be fail or skip"), std::string::npos) << bad_option.output;
+}
+
+TEST(Prep, MaxLengthTruncatesKeepingEosOrSkips) {
+  TempDir out("prep_max_length");
+  const std::string base = kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() +
+                           " --text " + kSample + "corpus_heldout.txt --max-length 12";
+  const Process cut = run_command(base);
+  ASSERT_EQ(cut.status, 0) << cut.output;
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+  {
+    const TaskStreamFile file(out / "encode_decode.h5");
+    EXPECT_EQ(file.examples(), 300);
+    EXPECT_EQ(file.info().max_length, 12);
+    EXPECT_GT(file.info().sources[0].truncated, 0);
+    const Ragged r = file.read_field(0, 0, file.examples());
+    for (int64_t i = 0; i < r.count(); ++i) {
+      ASSERT_LE(r.length(i), 12);
+      EXPECT_EQ(r.begin(i)[0], tok.bos_id());
+      EXPECT_EQ(r.begin(i)[r.length(i) - 1], tok.eos_id());
+    }
+  }
+  const Process skip = run_command(base + " --too-long skip");
+  ASSERT_EQ(skip.status, 0) << skip.output;
+  const TaskStreamFile file(out / "encode_decode.h5");
+  const SourceInfo& src = file.info().sources[0];
+  EXPECT_EQ(src.truncated, 0);
+  EXPECT_GT(src.skipped.at("longer than --max-length"), 0);
+  EXPECT_EQ(file.examples() + src.skipped.at("longer than --max-length"), 300);
+}
+
+TEST(Prep, TokenizeSubcommandRoundTrips) {
+  TempDir dir("prep_tokenize");
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+  const std::string text = "A girl is reading a book in the caf\xC3\xA9.";
+  std::ofstream(dir / "in.jsonl") << "\"A girl is reading a book in the caf\\u00e9.\"\n\"\"\n";
+  const Process enc = run_command(kPrep + " tokenize --tokenizer " + kSample + "tokenizer --special < " + (dir / "in.jsonl"));
+  ASSERT_EQ(enc.status, 0) << enc.output;
+  std::ostringstream expected;
+  auto json_ids = [](const std::vector<int32_t>& ids) {
+    std::string s = "[";
+    for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+    return s + "]";
+  };
+  expected << json_ids(tok.encode(text)) << "\n" << json_ids(tok.encode("")) << "\n";
+  EXPECT_EQ(enc.output, expected.str());
+
+  std::ofstream(dir / "ids.jsonl") << enc.output;
+  const Process dec = run_command(kPrep + " tokenize --decode --tokenizer " + kSample + "tokenizer < " + (dir / "ids.jsonl"));
+  ASSERT_EQ(dec.status, 0) << dec.output;
+  EXPECT_EQ(dec.output, "\"" + text + "\"\n\"\"\n");
+
+  std::ofstream(dir / "bad.jsonl") << "\"fine\"\n[1, 2]\n";
+  const Process bad = run_command(kPrep + " tokenize --tokenizer " + kSample + "tokenizer < " + (dir / "bad.jsonl"));
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.output.find("stdin:2: expected a JSON string"), std::string::npos) << bad.output;
+}

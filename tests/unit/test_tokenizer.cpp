@@ -1,0 +1,391 @@
+// Unit tests of the byte-level BPE tokenizer (src/data/tokenizer.h): parity with Hugging Face
+// `tokenizers` on the committed text set (tests/data/tokenizer, made by make_expected.py) for
+// both ways of loading, the pre-tokeniser's pieces, unknown bytes, byte-exact round trips of any
+// input, special tokens, the hash, concurrent encoding, and one-line errors for bad files.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "data/tokenizer.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using qarac::data::Tokenizer;
+using qarac::data::TokenizerOptions;
+using Ids = std::vector<int32_t>;
+
+namespace {
+
+const fs::path kDir = QARAC_TOKENIZER_TEST_DIR;
+
+std::vector<json> read_rows(const fs::path& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << "cannot open " << path;
+  std::vector<json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(json::parse(line));
+  return rows;
+}
+
+const std::vector<json>& rows() {
+  static const std::vector<json> all = read_rows(kDir / "texts.jsonl");
+  return all;
+}
+
+Ids ids_of(const json& row, const char* key) { return row.at(key).get<Ids>(); }
+
+// Checks every text of texts.jsonl against Hugging Face's ids and decodings; returns the number
+// of ids compared.
+size_t check_parity(const Tokenizer& tok) {
+  size_t compared = 0;
+  for (const json& row : rows()) {
+    const std::string text = row.at("text").get<std::string>();
+    const Ids ids = ids_of(row, "ids"), plain = ids_of(row, "ids_no_special");
+    EXPECT_EQ(tok.encode(text), ids) << "text: " << row.at("text").dump();
+    EXPECT_EQ(tok.encode(text, false), plain) << "text: " << row.at("text").dump();
+    EXPECT_EQ(tok.decode(plain), row.at("decoded").get<std::string>()) << row.at("text").dump();
+    EXPECT_EQ(tok.decode(ids, true), row.at("decoded_skip").get<std::string>())
+        << row.at("text").dump();
+    compared += ids.size() + plain.size();
+  }
+  return compared;
+}
+
+// A private scratch folder, removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() /
+            ("qarac_tokenizer_" + std::to_string(getpid()) + "_" + std::to_string(counter_++));
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  fs::path file(const std::string& name, const std::string& bytes) const {
+    std::ofstream out(path_ / name, std::ios::binary);
+    out << bytes;
+    return path_ / name;
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path path_;
+};
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Runs `fn` and checks that it throws a qarac::InputError whose message is one line holding
+// every string of `parts`.
+void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+  } catch (const qarac::InputError& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "message spans lines: " << message;
+    for (const std::string& part : parts)
+      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected qarac::InputError, got another exception: " << e.what();
+    return;
+  }
+  ADD_FAILURE() << "expected qarac::InputError, nothing was thrown";
+}
+
+Tokenizer from_test_files(const TokenizerOptions& options = {}) {
+  return Tokenizer::from_files((kDir / "vocab.json").string(), (kDir / "merges.txt").string(),
+                               options);
+}
+
+}  // namespace
+
+TEST(Tokenizer, ParityWithHuggingFaceFromVocabAndMerges) {
+  ASSERT_GE(rows().size(), 100u);
+  const size_t compared = check_parity(from_test_files());
+  std::printf("parity: %zu texts, %zu token ids compared (vocab.json + merges.txt)\n",
+              rows().size(), compared);
+}
+
+TEST(Tokenizer, ParityWithHuggingFaceFromTokenizerJson) {
+  const size_t compared = check_parity(Tokenizer::from_json((kDir / "tokenizer.json").string()));
+  std::printf("parity: %zu texts, %zu token ids compared (tokenizer.json)\n", rows().size(),
+              compared);
+}
+
+TEST(Tokenizer, ParityWithPrefixSpace) {
+  const Tokenizer tok = from_test_files(TokenizerOptions{true});
+  for (const json& row : rows())
+    EXPECT_EQ(tok.encode(row.at("text").get<std::string>()), ids_of(row, "ids_prefix_space"))
+        << "text: " << row.at("text").dump();
+}
+
+TEST(Tokenizer, PiecesMatchTheByteLevelPreTokenizer) {
+  for (const json& row : rows()) {
+    const std::string text = row.at("text").get<std::string>();
+    std::vector<std::string> pieces;
+    for (const std::string_view piece : qarac::data::byte_level_pieces(text))
+      pieces.emplace_back(piece);
+    EXPECT_EQ(pieces, row.at("pieces").get<std::vector<std::string>>()) << row.at("text").dump();
+  }
+  using V = std::vector<std::string_view>;
+  EXPECT_EQ(qarac::data::byte_level_pieces("Hello   there\n\nx"),
+            (V{"Hello", "  ", " there", "\n", "\n", "x"}));
+  EXPECT_EQ(qarac::data::byte_level_pieces("I'm 'S"), (V{"I", "'m", " '", "S"}));
+}
+
+TEST(Tokenizer, UnknownBytes) {
+  // unk/tokenizer.json names <unk>: each missing byte becomes one <unk>. The same vocabulary
+  // from vocab.json + merges.txt has no unknown token: missing bytes vanish before merging.
+  const Tokenizer with_unk = Tokenizer::from_json((kDir / "unk" / "tokenizer.json").string());
+  const Tokenizer files = Tokenizer::from_dir((kDir / "unk").string());
+  const Tokenizer dropping = Tokenizer::from_files((kDir / "unk" / "vocab.json").string(),
+                                                   (kDir / "unk" / "merges.txt").string());
+  for (const json& row : read_rows(kDir / "unk" / "texts.jsonl")) {
+    const std::string text = row.at("text").get<std::string>();
+    EXPECT_EQ(with_unk.encode(text), ids_of(row, "ids")) << row.at("text").dump();
+    EXPECT_EQ(with_unk.encode(text, false), ids_of(row, "ids_no_special")) << row.at("text").dump();
+    EXPECT_EQ(dropping.encode(text), ids_of(row, "ids_files")) << row.at("text").dump();
+    EXPECT_EQ(files.encode(text), ids_of(row, "ids")) << "from_dir prefers tokenizer.json";
+  }
+}
+
+TEST(Tokenizer, RoundTripsAnyBytes) {
+  const Tokenizer tok = from_test_files();
+  for (const json& row : rows()) {
+    const std::string text = row.at("text").get<std::string>();
+    if (row.at("decoded").get<std::string>() == text) {
+      EXPECT_EQ(tok.decode(tok.encode(text, false)), text);
+    }
+  }
+  // Random bytes, mostly not UTF-8, and random mixes of multi-byte characters cut anywhere.
+  // '<' is left out: special-token text does not round-trip (<mask> takes the space before it).
+  std::mt19937 rng(7);
+  const std::string alphabet = "ab 's\t\n1\xC3\xA9\xE4\xBD\xA0\xF0\x9F\x98\x80\xE2\x80\x8D";
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::string text(rng() % 40, '\0');
+    for (char& c : text) {
+      c = trial % 2 ? alphabet[rng() % alphabet.size()] : static_cast<char>(rng() % 256);
+      if (c == '<') c = '>';
+    }
+    EXPECT_EQ(tok.decode(tok.encode(text, false)), text) << "trial " << trial;
+    EXPECT_EQ(tok.decode(tok.encode(text), true), text) << "trial " << trial;
+  }
+}
+
+TEST(Tokenizer, SpecialTokens) {
+  const Tokenizer tok = Tokenizer::from_dir(kDir.string());
+  EXPECT_EQ(tok.bos_id(), 0);
+  EXPECT_EQ(tok.pad_id(), 1);
+  EXPECT_EQ(tok.eos_id(), 2);
+  EXPECT_EQ(tok.unk_id(), 3);
+  EXPECT_EQ(tok.mask_id(), 4);
+  EXPECT_EQ(tok.vocab_size(), 1245u);
+  EXPECT_EQ(tok.token_id("<mask>"), 4);
+  EXPECT_EQ(tok.token_id("not a token"), -1);
+  EXPECT_EQ(tok.token(tok.token_id("Ġthe")), "Ġthe");
+  for (int32_t id = 0; id < 5; ++id) EXPECT_TRUE(tok.is_special(id));
+  EXPECT_FALSE(tok.is_special(tok.token_id("Ġthe")));
+
+  // Whole-token matches only, never normalised; <mask> takes the whitespace on its left only.
+  EXPECT_EQ(tok.encode("<s>", false), (Ids{0}));
+  EXPECT_EQ(tok.encode(" \t<mask> ", false), (Ids{4, tok.token_id("Ġ")}));
+  EXPECT_EQ(tok.encode("<mask><mask>", false), (Ids{4, 4}));
+  EXPECT_NE(tok.encode("<MASK>", false), (Ids{4}));
+  EXPECT_EQ(tok.encode(""), (Ids{0, 2}));
+  EXPECT_EQ(tok.encode("", false), Ids{});
+
+  const Ids ids = tok.encode("a <mask> b");
+  EXPECT_EQ(tok.decode(ids), "<s>a<mask> b</s>");
+  EXPECT_EQ(tok.decode(ids, true), "a b");
+
+  // encode_append appends to what is there.
+  Ids flat = {7};
+  tok.encode_append("Hello", flat);
+  tok.encode_append("world", flat, false);
+  Ids expected = {7};
+  for (const Ids& part : {tok.encode("Hello"), tok.encode("world", false)})
+    expected.insert(expected.end(), part.begin(), part.end());
+  EXPECT_EQ(flat, expected);
+
+  // An id outside the vocabulary is a programming error, not bad input.
+  EXPECT_THROW(tok.decode(Ids{static_cast<int32_t>(tok.vocab_size())}), qarac::Error);
+  EXPECT_THROW(tok.decode(Ids{-1}), qarac::Error);
+  try {
+    tok.decode(Ids{-1});
+  } catch (const qarac::InputError&) {
+    ADD_FAILURE() << "decode of a bad id must not look like bad input";
+  } catch (const qarac::Error&) {
+  }
+}
+
+TEST(Tokenizer, HashNamesWhatDecidesTheIds) {
+  const std::string files = from_test_files().hash();
+  EXPECT_EQ(files.rfind("fnv1a64:", 0), 0u);
+  EXPECT_EQ(files.size(), 8u + 16u);
+  EXPECT_EQ(Tokenizer::from_json((kDir / "tokenizer.json").string()).hash(), files);
+  EXPECT_EQ(from_test_files().hash(), files);
+  EXPECT_NE(from_test_files(TokenizerOptions{true}).hash(), files);
+
+  // Two merges swapped: same vocabulary, other ids for some words, another hash.
+  TempDir dir;
+  std::string merges = read_bytes(kDir / "merges.txt");
+  const size_t second = merges.find('\n') + 1, third = merges.find('\n', second) + 1,
+               fourth = merges.find('\n', third) + 1;
+  merges = merges.substr(0, second) + merges.substr(third, fourth - third) +
+           merges.substr(second, third - second) + merges.substr(fourth);
+  const Tokenizer swapped = Tokenizer::from_files(
+      (kDir / "vocab.json").string(), dir.file("merges.txt", merges).string());
+  EXPECT_NE(swapped.hash(), files);
+}
+
+TEST(Tokenizer, ConcurrentEncodingSharesOneCache) {
+  const Tokenizer tok = Tokenizer::from_json((kDir / "tokenizer.json").string());
+  EXPECT_EQ(tok.cache_size(), 0u);
+  std::vector<std::thread> threads;
+  std::vector<int> failures(8, 0);
+  for (size_t t = 0; t < failures.size(); ++t) {
+    threads.emplace_back([&, t] {
+      const Tokenizer copy = tok;  // copies share the tables and the cache
+      for (int round = 0; round < 5; ++round)
+        for (size_t i = 0; i < rows().size(); ++i) {
+          const json& row = rows()[(i + t * 61) % rows().size()];
+          failures[t] += copy.encode(row.at("text").get<std::string>()) != ids_of(row, "ids");
+        }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (size_t t = 0; t < failures.size(); ++t) EXPECT_EQ(failures[t], 0) << "thread " << t;
+  EXPECT_GT(tok.cache_size(), 0u);
+}
+
+TEST(Tokenizer, ErrorsNameTheFileAndTheLine) {
+  TempDir dir;
+  const std::string good_vocab =
+      R"({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "a": 5, "b": 6, "ab": 7})";
+  const std::string vocab = dir.file("vocab.json", good_vocab).string();
+  const std::string merges = dir.file("merges.txt", "#version: 0.2\na b\n").string();
+  EXPECT_EQ(Tokenizer::from_files(vocab, merges).encode("ab", false), (Ids{7}));
+
+  const std::string missing = (dir.path() / "missing.json").string();
+  expect_input_error([&] { Tokenizer::from_files(missing, merges); }, {missing, "cannot open"});
+  expect_input_error([&] { Tokenizer::from_files(vocab, missing); }, {missing, "cannot open"});
+  expect_input_error([&] { Tokenizer::from_json(missing); }, {missing, "cannot open"});
+  expect_input_error([&] { Tokenizer::from_dir((dir.path() / "nowhere").string()); },
+                     {"nowhere", "tokenizer.json"});
+
+  // vocab.json: syntax errors name the line; bad ids name the token.
+  const std::string broken = dir.file("broken.json", "{\"a\": 0,\n\"b\": }\n").string();
+  expect_input_error([&] { Tokenizer::from_files(broken, merges); },
+                     {broken, "malformed JSON", "line 2"});
+  const std::string bad_id = dir.file("bad_id.json", R"({"a": "zero"})").string();
+  expect_input_error([&] { Tokenizer::from_files(bad_id, merges); }, {bad_id, "\"a\"", "id"});
+  const std::string negative = dir.file("negative.json", R"({"a": -3})").string();
+  expect_input_error([&] { Tokenizer::from_files(negative, merges); }, {negative, "-3"});
+  const std::string list = dir.file("list.json", R"(["a", "b"])").string();
+  expect_input_error([&] { Tokenizer::from_files(list, merges); }, {list, "object"});
+  const std::string no_merges = dir.file("no_merges.txt", "#version: 0.2\n").string();
+  const std::string same_id = dir.file(
+      "same_id.json", R"({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "a": 5, "b": 5})")
+      .string();
+  expect_input_error([&] { Tokenizer::from_files(same_id, no_merges); }, {same_id, "same id 5"});
+  const std::string no_mask =
+      dir.file("no_mask.json", R"({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 5, "b": 6, "ab": 7})")
+          .string();
+  expect_input_error([&] { Tokenizer::from_files(no_mask, merges); }, {no_mask, "<mask>"});
+
+  // merges.txt: the line of the bad merge.
+  const std::string three = dir.file("three.txt", "#version: 0.2\na b\na b ab\n").string();
+  expect_input_error([&] { Tokenizer::from_files(vocab, three); },
+                     {three + ":3", "two tokens", "\"a b ab\""});
+  const std::string one = dir.file("one.txt", "a b\n\nb a\n").string();
+  expect_input_error([&] { Tokenizer::from_files(vocab, one); }, {one + ":2", "two tokens"});
+  const std::string unknown = dir.file("unknown.txt", "#version: 0.2\na b\nab c\n").string();
+  expect_input_error([&] { Tokenizer::from_files(vocab, unknown); },
+                     {unknown + ":3", "\"c\"", "not in the vocabulary"});
+  const std::string merged = dir.file("merged.txt", "b a\n").string();
+  expect_input_error([&] { Tokenizer::from_files(vocab, merged); }, {merged + ":1", "\"ba\""});
+
+  // tokenizer.json: syntax errors name the line, the rest names the key.
+  json good = json::parse(read_bytes(kDir / "unk" / "tokenizer.json"));
+  const auto write = [&](const std::string& name, const json& j) {
+    return dir.file(name, j.dump(2)).string();
+  };
+  EXPECT_EQ(Tokenizer::from_json(write("good.json", good)).encode("ab"), (Ids{0, 9, 2}));
+  std::string text = good.dump(2);
+  const std::string truncated = dir.file("truncated.json", text.substr(0, text.size() / 2)).string();
+  expect_input_error([&] { Tokenizer::from_json(truncated); },
+                     {truncated, "malformed JSON", "line "});
+  json no_model = good;
+  no_model.erase("model");
+  const std::string p1 = write("no_model.json", no_model);
+  expect_input_error([&] { Tokenizer::from_json(p1); }, {p1, "\"model\""});
+  json normalizer = good;
+  normalizer["normalizer"] = {{"type", "Lowercase"}};
+  const std::string p2 = write("normalizer.json", normalizer);
+  expect_input_error([&] { Tokenizer::from_json(p2); }, {p2, "normalizer", "Lowercase"});
+  json bad_merge = good;
+  bad_merge["model"]["merges"][1] = 42;
+  const std::string p3 = write("bad_merge.json", bad_merge);
+  expect_input_error([&] { Tokenizer::from_json(p3); }, {p3, "model.merges[1]"});
+  json bad_vocab = good;
+  bad_vocab["model"]["vocab"]["ab"] = 1.5;
+  const std::string p4 = write("bad_vocab.json", bad_vocab);
+  expect_input_error([&] { Tokenizer::from_json(p4); }, {p4, "model.vocab", "\"ab\"", "1.5"});
+  json dropout = good;
+  dropout["model"]["dropout"] = 0.1;
+  const std::string p5 = write("dropout.json", dropout);
+  expect_input_error([&] { Tokenizer::from_json(p5); }, {p5, "dropout"});
+  json pre = good;
+  pre["pre_tokenizer"] = {{"type", "Whitespace"}};
+  const std::string p6 = write("pre.json", pre);
+  expect_input_error([&] { Tokenizer::from_json(p6); }, {p6, "pre_tokenizer", "ByteLevel"});
+  json added = good;
+  added["added_tokens"][0]["lstrip"] = "yes";
+  const std::string p7 = write("added.json", added);
+  expect_input_error([&] { Tokenizer::from_json(p7); }, {p7, "added_tokens[0]", "lstrip"});
+  json post = good;
+  post["post_processor"] = {{"type", "Unknown"}};
+  const std::string p8 = write("post.json", post);
+  expect_input_error([&] { Tokenizer::from_json(p8); }, {p8, "post_processor", "Unknown"});
+}
+
+TEST(Tokenizer, ReadsOtherTokenizerJsonForms) {
+  // Merges as "a b" strings (tokenizers < 0.20), a TemplateProcessing post-processor, and
+  // ignore_merges; the ids must follow each.
+  TempDir dir;
+  json j = json::parse(read_bytes(kDir / "unk" / "tokenizer.json"));
+  json merges = json::array();
+  for (const json& m : j["model"]["merges"])
+    merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+  j["model"]["merges"] = merges;
+  j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                 {"SpecialToken": {"id": "<pad>", "type_id": 0}},
+                 {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+      "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]},
+                                     "<pad>": {"id": "<pad>", "ids": [1], "tokens": ["<pad>"]},
+                                     "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}})");
+  const std::string path = dir.file("tokenizer.json", j.dump()).string();
+  const Tokenizer tok = Tokenizer::from_json(path);
+  EXPECT_EQ(tok.encode("ab ab"), (Ids{0, 1, 9, 8, 9, 2}));  // "ab" 9, "Ġ" 8: a b merges first
+
+  // ignore_merges takes a word that is in the vocabulary as it is, merges or not.
+  j["model"]["merges"] = json::array();
+  j["model"]["ignore_merges"] = true;
+  const Tokenizer whole = Tokenizer::from_json(dir.file("ignore.json", j.dump()).string());
+  EXPECT_EQ(whole.encode("ab ab abc", false), (Ids{9, 11, 8, 5, 6, 7}));
+}
