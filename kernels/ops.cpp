@@ -20,8 +20,10 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/mse.h"
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cpu/pooling.h"
+#include "kernels/cpu/rows.h"
 
 #ifdef QARAC_HAVE_CUDA
 #include "kernels/cuda/attention.cuh"
@@ -33,8 +35,10 @@
 #include "kernels/cuda/gelu.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/mse.cuh"
 #include "kernels/cuda/optimizer.cuh"
 #include "kernels/cuda/pooling.cuh"
+#include "kernels/cuda/rows.cuh"
 #endif
 
 namespace qarac::ops {
@@ -611,7 +615,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 
 // ---- Softmax cross-entropy ----------------------------------------------------------------------
 void softmax_cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index,
-                           Tensor& losses, Tensor* dlogits, double dloss, int64_t valid_cols) {
+                           Tensor& losses, Tensor* dlogits, double dloss, int64_t valid_cols,
+                           const Tensor* row_weights) {
   const char* op = "softmax_cross_entropy";
   const Args args(op, "logits", logits);
   args.rank("logits", logits, 2);
@@ -622,17 +627,79 @@ void softmax_cross_entropy(const Tensor& logits, const Tensor& targets, int32_t 
   args.index("targets", targets, {rows});
   args.accumulation("losses", losses, {rows});
   if (dlogits) args.compute("dlogits", *dlogits, logits.shape());
+  if (row_weights) args.accumulation("row_weights", *row_weights, {rows});
 #ifdef QARAC_HAVE_CUDA
   if (args.cuda())
     return cuda::softmax_cross_entropy(logits.dtype(), logits.raw(), targets.data<int32_t>(), rows,
                                        cols, valid, ignore_index, losses.data<float>(),
-                                       dlogits ? dlogits->raw() : nullptr, dloss);
+                                       dlogits ? dlogits->raw() : nullptr, dloss,
+                                       row_weights ? row_weights->data<float>() : nullptr);
 #endif
   args.run_cpu([&](auto tag) {
     using T = decltype(tag);
     cpu::softmax_cross_entropy(logits.data<T>(), targets.data<int32_t>(), rows, cols, valid,
                                ignore_index, losses.data<T>(),
-                               dlogits ? dlogits->data<T>() : nullptr, static_cast<T>(dloss));
+                               dlogits ? dlogits->data<T>() : nullptr, static_cast<T>(dloss),
+                               row_weights ? row_weights->data<T>() : nullptr);
+  });
+}
+
+// ---- Mean squared error of rows -----------------------------------------------------------------
+void mse_loss(const Tensor& a, const Tensor& b, Tensor& losses, Tensor* da, Tensor* db,
+              double dloss) {
+  const char* op = "mse_loss";
+  const Args args(op, "a", a);
+  args.rank("a", a, 2);
+  const int64_t rows = a.size(0), k = a.size(1);
+  QARAC_CHECK(k >= 1, op, ": a ", a.str(), " has no columns to average over");
+  args.compute("b", b, a.shape());
+  args.accumulation("losses", losses, {rows});
+  if (da) args.compute("da", *da, a.shape());
+  if (db) args.compute("db", *db, a.shape());
+#ifdef QARAC_HAVE_CUDA
+  if (args.cuda())
+    return cuda::mse_loss(a.dtype(), a.raw(), b.raw(), rows, k, losses.data<float>(),
+                          da ? da->raw() : nullptr, db ? db->raw() : nullptr, dloss);
+#endif
+  args.run_cpu([&](auto tag) {
+    using T = decltype(tag);
+    cpu::mse_loss(a.data<T>(), b.data<T>(), rows, k, losses.data<T>(), da ? da->data<T>() : nullptr,
+                  db ? db->data<T>() : nullptr, static_cast<T>(dloss));
+  });
+}
+
+// ---- Row gather and scatter ---------------------------------------------------------------------
+void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
+  const Args args("gather_rows", "src", src);
+  args.rank("src", src, 2);
+  args.index("index", index);
+  args.rank("index", index, 1);
+  const int64_t n = src.size(0), m = index.size(0), d = src.size(1);
+  args.compute("out", out, {m, d});
+#ifdef QARAC_HAVE_CUDA
+  if (args.cuda())
+    return cuda::gather_rows(src.dtype(), src.raw(), index.data<int32_t>(), m, d, out.raw());
+#endif
+  args.run_cpu([&](auto tag) {
+    using T = decltype(tag);
+    cpu::gather_rows(src.data<T>(), n, index.data<int32_t>(), m, d, out.data<T>());
+  });
+}
+
+void scatter_rows(const Tensor& src, const Tensor& index, Tensor& out) {
+  const Args args("scatter_rows", "src", src);
+  args.rank("src", src, 2);
+  args.rank("out", out, 2);
+  const int64_t m = src.size(0), n = out.size(0), d = src.size(1);
+  args.index("index", index, {m});
+  args.compute("out", out, {n, d});
+#ifdef QARAC_HAVE_CUDA
+  if (args.cuda())
+    return cuda::scatter_rows(src.dtype(), src.raw(), index.data<int32_t>(), m, d, out.raw());
+#endif
+  args.run_cpu([&](auto tag) {
+    using T = decltype(tag);
+    cpu::scatter_rows(src.data<T>(), m, index.data<int32_t>(), n, d, out.data<T>());
   });
 }
 
@@ -766,10 +833,14 @@ void cosine_backward(const Tensor& dout, const Tensor& a, const Tensor& b, doubl
 }
 
 // ---- Optimiser and gradient norm ----------------------------------------------------------------
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& config,
-                  Tensor* param_copy) {
-  const char* op = "adamw_update";
-  const Args args(op, "param", param, Role::accumulation);
+namespace {
+
+// The checks adamw_update and nadam_update share: param, grad, m, v and the compute copy, the
+// 1-based step, betas and the non-negative rates. Returns the checked arguments.
+template <class Config>
+Args check_optimizer_args(const char* op, const Tensor& param, const Tensor& grad, const Tensor& m,
+                          const Tensor& v, const Config& config, const Tensor* param_copy) {
+  Args args(op, "param", param, Role::accumulation);
   args.accumulation("grad", grad, param.shape());
   args.accumulation("m", m, param.shape());
   args.accumulation("v", v, param.shape());
@@ -789,6 +860,14 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
               ": betas (", config.beta1, ", ", config.beta2, ") must lie in [0, 1)");
   QARAC_CHECK(config.lr >= 0 && config.eps >= 0 && config.weight_decay >= 0, op, ": lr ", config.lr,
               ", eps ", config.eps, " and weight_decay ", config.weight_decay, " must be >= 0");
+  return args;
+}
+
+}  // namespace
+
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& config,
+                  Tensor* param_copy) {
+  const Args args = check_optimizer_args("adamw_update", param, grad, m, v, config, param_copy);
   const double steps = static_cast<double>(config.step);
   const cpu::AdamWStep step{config.lr,
                             config.beta1,
@@ -817,6 +896,64 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
   args.run_cpu([&](auto tag) {
     using T = decltype(tag);
     cpu::adamw_update(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), param.numel(),
+                      step, param_copy ? param_copy->data<T>() : nullptr);
+  });
+}
+
+double nadam_mu(const NAdam& config, int64_t t) {
+  return config.beta1 * (1.0 - 0.5 * std::pow(0.96, static_cast<double>(t) * config.momentum_decay));
+}
+
+double nadam_mu_product(const NAdam& config) {
+  double product = 1.0;
+  for (int64_t t = 1; t <= config.step; ++t) product *= nadam_mu(config, t);
+  return product;
+}
+
+void nadam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const NAdam& config,
+                  Tensor* param_copy) {
+  const char* op = "nadam_update";
+  const Args args = check_optimizer_args(op, param, grad, m, v, config, param_copy);
+  QARAC_CHECK(config.momentum_decay >= 0, op, ": momentum_decay ", config.momentum_decay,
+              " must be >= 0");
+  // Π_t < 1 since β1 < 1, so 1 - Π_t is a valid denominator; Π_t > 0 unless β1 = 0 (μ_t >= β1 / 2),
+  // so an unset product (0) is an error rather than a silently different optimiser.
+  QARAC_CHECK(config.mu_product >= 0 && config.mu_product < 1 &&
+                  (config.mu_product > 0 || config.beta1 == 0),
+              op, ": mu_product ", config.mu_product,
+              " is not a product of the momentum schedule (set it with nadam_mu_product)");
+  const double mu = nadam_mu(config, config.step), mu_next = nadam_mu(config, config.step + 1);
+  const cpu::NAdamStep step{config.lr,
+                            config.beta1,
+                            config.beta2,
+                            config.eps,
+                            config.weight_decay,
+                            config.grad_scale,
+                            config.decoupled_weight_decay,
+                            1.0 - std::pow(config.beta2, static_cast<double>(config.step)),
+                            config.lr * (1.0 - mu) / (1.0 - config.mu_product),
+                            config.lr * mu_next / (1.0 - config.mu_product * mu_next)};
+#ifdef QARAC_HAVE_CUDA
+  if (args.cuda()) {
+    const cuda::NAdamArgs cuda_step{step.lr,
+                                    step.beta1,
+                                    step.beta2,
+                                    step.eps,
+                                    step.weight_decay,
+                                    step.grad_scale,
+                                    step.decoupled_weight_decay,
+                                    step.bias_correction2,
+                                    step.grad_coef,
+                                    step.momentum_coef};
+    return cuda::nadam_update(param.data<float>(), grad.data<float>(), m.data<float>(),
+                              v.data<float>(), param.numel(), cuda_step,
+                              param_copy ? param_copy->dtype() : DType::f32,
+                              param_copy ? param_copy->raw() : nullptr);
+  }
+#endif
+  args.run_cpu([&](auto tag) {
+    using T = decltype(tag);
+    cpu::nadam_update(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), param.numel(),
                       step, param_copy ? param_copy->data<T>() : nullptr);
   });
 }

@@ -126,12 +126,29 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 // logits [N,V] (X), targets i32 [N]. Only the first `valid_cols` columns are classes (-1: all V);
 // the rest (a vocabulary padded to a GEMM-friendly size) take no part. losses [N] (A) =
 // -log softmax(logits)[target], 0 where target == ignore_index. When dlogits [N,V] is given it
-// receives dloss * (softmax - onehot(target)) per row, 0 in ignored rows and padded columns;
-// dlogits may alias logits, so the LM head's logits are turned into their gradient in place and
-// no probabilities are ever kept.
+// receives dloss * w_r * (softmax - onehot(target)) per row r, 0 in ignored rows and padded
+// columns, with w_r = row_weights[r] (A [N]; e.g. the decoder's 1/(B·len_b) per target token) or
+// 1 without row_weights; the losses are not weighted. dlogits may alias logits, so the LM head's
+// logits are turned into their gradient in place and no probabilities are ever kept.
 void softmax_cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index,
                            Tensor& losses, Tensor* dlogits = nullptr, double dloss = 1.0,
-                           int64_t valid_cols = -1);
+                           int64_t valid_cols = -1, const Tensor* row_weights = nullptr);
+
+// ---- Mean squared error of rows -------------------------------------------------------------
+// losses [N] (A) = (1/k) Σ_j (a_ij - b_ij)² for a, b [N,k], k >= 1. When given,
+// da = dloss·2/k·(a - b) and db = -da, [N,k] overwritten (neither may alias a or b). For one
+// scalar per row (k = 1) held in A, such as a cosine against its label, pass A tensors as a and
+// b: A is a compute dtype too.
+void mse_loss(const Tensor& a, const Tensor& b, Tensor& losses, Tensor* da = nullptr,
+              Tensor* db = nullptr, double dloss = 1.0);
+
+// ---- Row gather and scatter: the decoder prepends a slot-0 row to each sequence and drops it --
+// out [M,d] = src[index[i]] for i < M; src [N,d], index i32 [M] with entries in [0, N).
+void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
+// out[index[i]] = src[i] for i < M; src [M,d], out [N,d]; the other rows of out are left as they
+// are. The entries of index lie in [0, N) and are distinct: scatter_rows is the adjoint of
+// gather_rows with the same index (into a zeroed out). CPU tensors are checked; CUDA trusts them.
+void scatter_rows(const Tensor& src, const Tensor& index, Tensor& out);
 
 // ---- Sequence sums and the global attention pooling head (DESIGN.md §2) --------------------------
 // out [B,d] = Σ_{t in b} x_t for every sequence b of x [T,d].
@@ -165,6 +182,27 @@ struct AdamW {
 // param, m, v: master weights and moments in A; grad in A. When `param_copy` is given (the
 // model's compute copy, X) it receives the updated param in its dtype.
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& config,
+                  Tensor* param_copy = nullptr);
+// NAdam (Dozat, 2016), as torch.optim.NAdam (the optimiser of the original QARAC reference):
+// with g = grad_scale * grad at 1-based step t, momentum schedule μ_t = β1 (1 - ½ 0.96^(t ψ)),
+// ψ = momentum_decay, and Π_t = μ_1 μ_2 ⋯ μ_t,
+//   decoupled_weight_decay: p -= lr * weight_decay * p;  otherwise: g += weight_decay * p
+//   m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;  d = sqrt(v / (1-β2^t)) + eps
+//   p -= lr (1-μ_t) / (1-Π_t) · g / d + lr μ_{t+1} / (1-Π_{t+1}) · m / d.
+// Π_t is a running product over the whole run, which the caller carries (as torch keeps
+// `mu_product` in the optimizer state): nadam_mu_product forms it from scratch.
+struct NAdam {
+  double lr = 2e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  double momentum_decay = 4e-3;
+  bool decoupled_weight_decay = false;
+  int64_t step = 1;         // 1-based
+  double mu_product = 0;    // Π_step; must be set (nadam_mu_product, or a running product)
+  double grad_scale = 1.0;  // e.g. the clipping factor
+};
+double nadam_mu(const NAdam& config, int64_t t);  // μ_t
+double nadam_mu_product(const NAdam& config);     // Π_step, multiplied up in step order
+// Same arguments and dtype rules as adamw_update.
+void nadam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const NAdam& config,
                   Tensor* param_copy = nullptr);
 // out [1] (A) = Σ over every tensor of Σ x²: the squared global gradient norm. Deterministic.
 void sum_of_squares(const std::vector<const Tensor*>& tensors, Tensor& out);

@@ -2,7 +2,8 @@
 // log-sum-exp with the row maximum m taken out (so exp never overflows and the largest term is
 // exactly 1):
 //   s = log Σ_j exp(x_j - m),   loss = (m - x_t) + s,
-//   ∂loss/∂x_j = exp(x_j - m - s) - [j = t]   (softmax minus the one-hot target).
+//   ∂loss/∂x_j = exp(x_j - m - s) - [j = t]   (softmax minus the one-hot target),
+// scaled by the upstream dloss and the row's weight (the decoder's 1/(B·len_b) per token).
 // Working with x - m throughout, never with m + s, keeps f32 accurate when the logits are large:
 // at |x| ≈ 1000 one f32 ulp is 6e-5, larger than the loss's own rounding.
 // In place (dlogits == logits): the loss is taken before the row is overwritten, and each
@@ -20,7 +21,7 @@ namespace qarac::cpu {
 template <class T>
 void softmax_cross_entropy(const T* logits, const int32_t* targets, int64_t rows, int64_t cols,
                            int64_t valid_cols, int32_t ignore_index, T* losses, T* dlogits,
-                           T dloss) {
+                           T dloss, const T* row_weights) {
   for (int64_t r = 0; r < rows; ++r)
     QARAC_CHECK(targets[r] == ignore_index || (targets[r] >= 0 && targets[r] < valid_cols),
                 "softmax_cross_entropy: row ", r, " has target ", targets[r], " outside [0, ",
@@ -40,16 +41,18 @@ void softmax_cross_entropy(const T* logits, const int32_t* targets, int64_t rows
     const T s = std::log(sum);
     losses[r] = (m - x[t]) + s;
     if (dx) {
-      for (int64_t j = 0; j < valid_cols; ++j) dx[j] = dloss * std::exp((x[j] - m) - s);
+      const T g = row_weights ? dloss * row_weights[r] : dloss;
+      for (int64_t j = 0; j < valid_cols; ++j) dx[j] = g * std::exp((x[j] - m) - s);
       std::fill(dx + valid_cols, dx + cols, T(0));
-      dx[t] -= dloss;
+      dx[t] -= g;
     }
   }
 }
 
 template void softmax_cross_entropy<float>(const float*, const int32_t*, int64_t, int64_t, int64_t,
-                                           int32_t, float*, float*, float);
+                                           int32_t, float*, float*, float, const float*);
 template void softmax_cross_entropy<double>(const double*, const int32_t*, int64_t, int64_t,
-                                            int64_t, int32_t, double*, double*, double);
+                                            int64_t, int32_t, double*, double*, double,
+                                            const double*);
 
 }  // namespace qarac::cpu

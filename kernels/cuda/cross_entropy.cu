@@ -2,9 +2,10 @@
 // possibly in place over the logits (the LM head's [tokens, vocab] logits become their gradient,
 // and no probabilities are ever stored). Per row x with target t, over the valid columns only:
 //   m = max_j x_j,  S = Σ_j exp(x_j - m),  loss = (m - x_t) + log S,
-//   dloss/dx_j = dloss · (exp(x_j - m - log S) - [j = t]),
-// the same expressions as the CPU reference; columns at or past valid_cols (a vocabulary padded
-// to a GEMM-friendly width) get gradient 0, as do the rows whose target is ignore_index.
+//   dloss/dx_j = dloss · w_row · (exp(x_j - m - log S) - [j = t]),
+// with w_row the row's weight (1 without weights), the same expressions as the CPU reference;
+// columns at or past valid_cols (a vocabulary padded to a GEMM-friendly width) get gradient 0,
+// as do the rows whose target is ignore_index.
 //
 // One block of 256 threads per row. Pass 1 reads the row once, each thread keeping an online
 // (running max, sum of exp relative to it) pair over its 16-byte packs, rescaling the sum when
@@ -55,7 +56,8 @@ __device__ MaxSum block_merge(MaxSum x, MaxSum* scratch) {
 template <class T, int N>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_kernel(const T* logits, const int32_t* targets, int64_t cols, int64_t valid,
-                         int32_t ignore_index, float* losses, T* dlogits, float dloss) {
+                         int32_t ignore_index, float* losses, T* dlogits, float dloss,
+                         const float* row_weights) {
   __shared__ MaxSum scratch[kThreads / kWarpSize];
   const int64_t row = blockIdx.x;
   const T* x = logits + row * cols;
@@ -98,7 +100,8 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) losses[row] = (total.max - x_target) + log_sum;
   if (!dlogits) return;
 
-  // Pass 2: dloss · (softmax - onehot), 0 past the valid columns.
+  // Pass 2: dloss · w_row · (softmax - onehot), 0 past the valid columns.
+  const float scale = row_weights ? dloss * row_weights[row] : dloss;
   T* dx = dlogits + row * cols;
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < cols; c += kThreads * N) {
     const Packed<T, N> v = load_packed<N>(x + c);
@@ -108,8 +111,8 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t j = c + k;
       float g = 0.f;
       if (j < valid) {
-        g = dloss * expf((to_float(v.v[k]) - total.max) - log_sum);
-        if (j == target) g -= dloss;
+        g = scale * expf((to_float(v.v[k]) - total.max) - log_sum);
+        if (j == target) g -= scale;
       }
       out.v[k] = from_float<T>(g);
     }
@@ -121,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
 
 void softmax_cross_entropy(DType dtype, const void* logits, const int32_t* targets, int64_t rows,
                            int64_t cols, int64_t valid_cols, int32_t ignore_index, float* losses,
-                           void* dlogits, double dloss) {
+                           void* dlogits, double dloss, const float* row_weights) {
   const int64_t valid = valid_cols < 0 ? cols : valid_cols;
   QARAC_CHECK(valid > 0 && valid <= cols, "softmax_cross_entropy: valid_cols ", valid_cols,
               " outside [1, ", cols, "]");
@@ -136,10 +139,10 @@ void softmax_cross_entropy(DType dtype, const void* logits, const int32_t* targe
     const unsigned blocks = static_cast<unsigned>(rows);
     if (cols % kN == 0 && aligned16(logits) && aligned16(dlogits))
       cross_entropy_kernel<T, kN><<<blocks, kThreads, 0, stream()>>>(
-          in, targets, cols, valid, ignore_index, losses, grad, scale);
+          in, targets, cols, valid, ignore_index, losses, grad, scale, row_weights);
     else
       cross_entropy_kernel<T, 1><<<blocks, kThreads, 0, stream()>>>(
-          in, targets, cols, valid, ignore_index, losses, grad, scale);
+          in, targets, cols, valid, ignore_index, losses, grad, scale, row_weights);
     QARAC_CHECK_LAUNCH();
   });
 }

@@ -1,7 +1,8 @@
-// The optimiser step on CUDA: AdamW on the f32 master weights and moments (writing the model's
-// compute copy in the same pass), and the squared global gradient norm that clipping needs.
+// The optimiser step on CUDA: AdamW and NAdam on the f32 master weights and moments (writing the
+// model's compute copy in the same pass), and the squared global gradient norm that clipping
+// needs.
 //
-// adamw_update is one elementwise pass: per element it reads param, grad, m, v (16 B) and writes
+// adamw_update (and nadam_update, with the same traffic) is one elementwise pass: per element it reads param, grad, m, v (16 B) and writes
 // param, m, v and the copy (12 B + 2 or 4 B), so it is bound by memory bandwidth; it moves 4
 // elements per access (16 B of f32) when every pointer allows it, scalars otherwise.
 //
@@ -213,6 +214,101 @@ void sum_of_squares(DType dtype, const std::vector<Span>& spans, float* out) {
   sum_partials_kernel<<<1, kSumFinalThreads, 0, stream()>>>(
       static_cast<const float*>(partials.data()), total_parts, out);
   QARAC_CHECK_LAUNCH();
+}
+
+}  // namespace qarac::cuda
+
+// ---- NAdam --------------------------------------------------------------------------------------
+namespace qarac::cuda {
+namespace {
+
+// The per-call constants of the NAdam update, formed on the host in double and rounded once to
+// f32. Coupled weight decay is decay = 1, l2 = wd; decoupled is decay = 1 - lr wd, l2 = 0.
+struct NAdamConstants {
+  float decay, l2;
+  float sqrt_bc2;  // sqrt(1 - β2^step)
+  float beta1, rest1, beta2, rest2;
+  float eps, grad_scale;
+  float grad_coef, momentum_coef;  // lr (1 - μ_t) / (1 - Π_t),  lr μ_{t+1} / (1 - Π_{t+1})
+
+  explicit NAdamConstants(const NAdamArgs& a)
+      : decay(static_cast<float>(a.decoupled_weight_decay ? 1.0 - a.lr * a.weight_decay : 1.0)),
+        l2(static_cast<float>(a.decoupled_weight_decay ? 0.0 : a.weight_decay)),
+        sqrt_bc2(static_cast<float>(std::sqrt(a.bias_correction2))),
+        beta1(static_cast<float>(a.beta1)),
+        rest1(static_cast<float>(1.0 - a.beta1)),
+        beta2(static_cast<float>(a.beta2)),
+        rest2(static_cast<float>(1.0 - a.beta2)),
+        eps(static_cast<float>(a.eps)),
+        grad_scale(static_cast<float>(a.grad_scale)),
+        grad_coef(static_cast<float>(a.grad_coef)),
+        momentum_coef(static_cast<float>(a.momentum_coef)) {}
+};
+
+// torch.optim.NAdam for one element in f32, the formula of the CPU reference
+// (kernels/cpu/optimizer.cpp), with g = grad_scale * grad:
+//   g ← g + l2 p,   p ← p decay
+//   m ← β1 m + (1 - β1) g,   v ← β2 v + (1 - β2) g²,   d = sqrt(v) / sqrt(bc2) + eps
+//   p ← p - grad_coef g / d - momentum_coef m / d
+__device__ __forceinline__ void nadam_element(float& p, float grad, float& m, float& v,
+                                              const NAdamConstants& k) {
+  const float g = k.grad_scale * grad + k.l2 * p;
+  m = k.beta1 * m + k.rest1 * g;
+  v = k.beta2 * v + k.rest2 * g * g;
+  const float d = sqrtf(v) / k.sqrt_bc2 + k.eps;
+  p = p * k.decay - k.grad_coef * g / d - k.momentum_coef * m / d;
+}
+
+// AdamWOp's access pattern with the NAdam element.
+template <class C>
+struct NAdamOp {
+  float* param;
+  const float* grad;
+  float* m;
+  float* v;
+  C* copy;
+  NAdamConstants k;
+
+  template <int N>
+  __device__ __forceinline__ void apply(int64_t i) const {
+    Packed<float, N> p = load_packed<N>(param + i), mm = load_packed<N>(m + i),
+                     vv = load_packed<N>(v + i);
+    const Packed<float, N> g = load_packed<N>(grad + i);
+    Packed<C, N> c;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      nadam_element(p.v[e], g.v[e], mm.v[e], vv.v[e], k);
+      c.v[e] = from_float<C>(p.v[e]);
+    }
+    store_packed<N>(param + i, p);
+    store_packed<N>(m + i, mm);
+    store_packed<N>(v + i, vv);
+    if (copy) store_packed<N>(copy + i, c);
+  }
+};
+
+template <class C>
+void launch_nadam(float* param, const float* grad, float* m, float* v, int64_t n,
+                  const NAdamArgs& args, C* copy) {
+  const bool aligned = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
+                       reinterpret_cast<uintptr_t>(copy) % (kPack16<float> * sizeof(C)) == 0;
+  launch_elementwise<float>(n, aligned, stream(),
+                            NAdamOp<C>{param, grad, m, v, copy, NAdamConstants(args)});
+}
+
+}  // namespace
+
+void nadam_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                  const NAdamArgs& args, DType copy_dtype, void* copy) {
+  QARAC_CHECK(n >= 0, "nadam_update: negative size ", n);
+  if (copy == nullptr) {
+    launch_nadam<float>(param, grad, m, v, n, args, nullptr);
+    return;
+  }
+  dispatch_compute(copy_dtype, "nadam_update (the parameter copy)", [&](auto tag) {
+    using C = decltype(tag);
+    launch_nadam(param, grad, m, v, n, args, static_cast<C*>(copy));
+  });
 }
 
 }  // namespace qarac::cuda

@@ -1,5 +1,6 @@
-// AdamW on f32 master weights (writing the compute copy) and the squared global gradient norm
-// (CUDA). Semantics of ops::adamw_update and ops::sum_of_squares; device pointers.
+// AdamW and NAdam on f32 master weights (writing the compute copy) and the squared global
+// gradient norm (CUDA). Semantics of ops::adamw_update, ops::nadam_update and
+// ops::sum_of_squares; device pointers.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,18 @@ struct AdamWArgs {
 // param, grad, m, v f32 [n]; copy (copy_dtype, may be null) receives the updated param.
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
                   const AdamWArgs& args, DType copy_dtype, void* copy);
+
+// One NAdam step's hyper-parameters and step coefficients, in double (cpu::NAdamStep's meaning);
+// the launcher rounds the kernel's constants to f32 once, as for AdamW.
+struct NAdamArgs {
+  double lr, beta1, beta2, eps, weight_decay, grad_scale;
+  bool decoupled_weight_decay;
+  double bias_correction2, grad_coef, momentum_coef;
+};
+
+// As adamw_update, for NAdam.
+void nadam_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                  const NAdamArgs& args, DType copy_dtype, void* copy);
 
 struct Span {
   const void* data;

@@ -1,3 +1,5 @@
+// The RoBERTa encoder and its layers: forward and explicit backward passes over packed batches,
+// dropout keys, batch packing, and loading named tensors into parameters.
 #include "model/roberta.h"
 
 #include <algorithm>
@@ -6,31 +8,58 @@
 namespace qarac {
 
 namespace {
-// Dropout sites of the encoder, combined with the layer index and the model's stream into the
-// RNG key's tensor id.
+// Dropout sites of the encoder: site 0 is the embeddings' output, layer i owns sites
+// 4(i+1) + {attention probabilities, attention output, FFN output}.
 enum DropoutSite : uint32_t { kEmbeddings = 0, kAttentionProbs = 1, kAttentionOut = 2, kFfnOut = 3 };
 constexpr uint32_t kSitesPerLayer = 4;
 constexpr uint32_t kSitesPerModel = 1u << 16;  // room for 16383 layers
+constexpr uint32_t kStreams = 1u << 8;         // models per run
 
 std::string layer_prefix(int i) { return "encoder.layer." + std::to_string(i) + "."; }
 }  // namespace
 
+RngKey dropout_key(const ForwardOptions& options, uint32_t stream, uint32_t site) {
+  QARAC_CHECK(stream < kStreams && site < kSitesPerModel &&
+                  options.application < ForwardOptions::kApplications,
+              "dropout_key: stream ", stream, ", site ", site, " or application ",
+              options.application, " out of range");
+  return RngKey{options.seed, options.step,
+                (options.application * kStreams + stream) * kSitesPerModel + site};
+}
+
 // ---- batches ----------------------------------------------------------------------------------
+
+TokenBatch TokenBatch::from_packed(const std::vector<int32_t>& tokens,
+                                   const std::vector<int32_t>& starts, int32_t padding_idx,
+                                   Device device) {
+  QARAC_CHECK(!starts.empty() && starts.front() == 0 &&
+                  starts.back() == static_cast<int64_t>(tokens.size()),
+              "TokenBatch::from_packed: starts must run from 0 to the ", tokens.size(), " tokens");
+  TokenBatch b;
+  std::vector<int32_t> lengths, positions;
+  lengths.reserve(starts.size() - 1);
+  positions.reserve(tokens.size());
+  for (size_t s = 0; s + 1 < starts.size(); ++s) {
+    QARAC_CHECK(starts[s + 1] >= starts[s], "TokenBatch::from_packed: starts decrease at ", s);
+    lengths.push_back(starts[s + 1] - starts[s]);
+    for (int32_t i = 0; i < lengths.back(); ++i) positions.push_back(padding_idx + 1 + i);
+  }
+  b.host_ids = tokens;
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  b.ids = Tensor::from_vector(b.host_ids, {count}, device);
+  b.positions = Tensor::from_vector(positions, {count}, device);
+  b.seqs = ops::Sequences::from_lengths(lengths, device);
+  return b;
+}
 
 TokenBatch TokenBatch::from_sequences(const std::vector<std::vector<int32_t>>& sequences,
                                       int32_t padding_idx, Device device) {
-  TokenBatch b;
-  std::vector<int32_t> lengths, positions;
+  std::vector<int32_t> tokens, starts{0};
   for (const std::vector<int32_t>& s : sequences) {
-    lengths.push_back(static_cast<int32_t>(s.size()));
-    for (size_t i = 0; i < s.size(); ++i) positions.push_back(padding_idx + 1 + static_cast<int32_t>(i));
-    b.host_ids.insert(b.host_ids.end(), s.begin(), s.end());
+    tokens.insert(tokens.end(), s.begin(), s.end());
+    starts.push_back(static_cast<int32_t>(tokens.size()));
   }
-  const int64_t tokens = static_cast<int64_t>(b.host_ids.size());
-  b.ids = Tensor::from_vector(b.host_ids, {tokens}, device);
-  b.positions = Tensor::from_vector(positions, {tokens}, device);
-  b.seqs = ops::Sequences::from_lengths(lengths, device);
-  return b;
+  return from_packed(tokens, starts, padding_idx, device);
 }
 
 TokenBatch TokenBatch::from_padded(const Tensor& ids, const Tensor& mask, int32_t padding_idx,
@@ -49,6 +78,123 @@ TokenBatch TokenBatch::from_padded(const Tensor& ids, const Tensor& mask, int32_
   return from_sequences(sequences, padding_idx, device);
 }
 
+// ---- one layer --------------------------------------------------------------------------------
+
+void RobertaLayer::allocate(const std::string& prefix, const RobertaConfig& config, DType dtype,
+                            Device device) {
+  const int64_t d = config.hidden_size;
+  query.allocate(prefix + "attention.self.query", d, d, dtype, device);
+  key.allocate(prefix + "attention.self.key", d, d, dtype, device);
+  value.allocate(prefix + "attention.self.value", d, d, dtype, device);
+  attn_out.allocate(prefix + "attention.output.dense", d, d, dtype, device);
+  attn_norm.allocate(prefix + "attention.output.LayerNorm", d, config.layer_norm_eps, dtype, device);
+  ffn_in.allocate(prefix + "intermediate.dense", d, config.intermediate_size, dtype, device);
+  ffn_out.allocate(prefix + "output.dense", config.intermediate_size, d, dtype, device);
+  ffn_norm.allocate(prefix + "output.LayerNorm", d, config.layer_norm_eps, dtype, device);
+}
+
+void RobertaLayer::collect(ParameterList& out) {
+  query.collect(out);
+  key.collect(out);
+  value.collect(out);
+  attn_out.collect(out);
+  attn_norm.collect(out);
+  ffn_in.collect(out);
+  ffn_out.collect(out);
+  ffn_norm.collect(out);
+}
+
+RobertaLayer::Settings RobertaLayer::settings(const RobertaConfig& config,
+                                              const ForwardOptions& options, uint32_t stream,
+                                              int index) {
+  const uint32_t site0 = kSitesPerLayer * static_cast<uint32_t>(index + 1);
+  Settings s;
+  s.heads = config.num_heads;
+  s.causal = options.causal;
+  s.hidden_dropout = options.training ? config.hidden_dropout : 0.0;
+  s.attention_dropout = options.training ? config.attention_dropout : 0.0;
+  s.attention_probs_key = dropout_key(options, stream, site0 + kAttentionProbs);
+  s.attention_out_key = dropout_key(options, stream, site0 + kAttentionOut);
+  s.ffn_out_key = dropout_key(options, stream, site0 + kFfnOut);
+  return s;
+}
+
+void RobertaLayer::forward(const Tensor& input, const ops::Sequences& seqs,
+                           const Settings& settings, Saved& s, Scratch& scratch) const {
+  const int64_t tokens = input.size(0), d = input.size(1), ffn = ffn_in.out_features();
+  const DType dtype = input.dtype();
+  const Device device = input.device();
+  for (Tensor* t : {&s.q, &s.k, &s.v, &s.context, &s.attn_sum, &s.hidden, &s.ffn_sum, &s.out,
+                    &scratch.branch})
+    ensure_tensor(*t, {tokens, d}, dtype, device);
+  ensure_tensor(s.lse, {settings.heads, tokens}, ops::accumulation_dtype(dtype), device);
+  ensure_tensor(s.ffn_pre, {tokens, ffn}, dtype, device);
+  ensure_tensor(s.ffn_act, {tokens, ffn}, dtype, device);
+  const double p = settings.hidden_dropout;
+
+  // Self-attention block: hidden = LN(input + dropout(W_o · attention(q, k, v))).
+  query.forward(input, s.q);
+  key.forward(input, s.k);
+  value.forward(input, s.v);
+  ops::attention_forward(s.q, s.k, s.v, seqs, settings.heads, settings.causal,
+                         settings.attention_dropout, settings.attention_probs_key, s.context,
+                         s.lse);
+  attn_out.forward(s.context, scratch.branch);
+  if (p > 0) ops::dropout_forward(scratch.branch, p, settings.attention_out_key, scratch.branch);
+  attn_norm.forward_residual(scratch.branch, input, s.attn_sum, s.hidden, s.attn_norm);
+
+  // Feed-forward block: out = LN(hidden + dropout(W_2 · GELU(W_1 · hidden))), the GELU fused
+  // into the first GEMM's epilogue.
+  ffn_in.forward(s.hidden, s.ffn_act, ops::Activation::gelu, &s.ffn_pre);
+  ffn_out.forward(s.ffn_act, scratch.branch);
+  if (p > 0) ops::dropout_forward(scratch.branch, p, settings.ffn_out_key, scratch.branch);
+  ffn_norm.forward_residual(scratch.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm);
+}
+
+// Each residual block y = LN(x + dropout(f(x))) sends d(sum) = LN'ᵀ dy both straight to x and
+// through the branch; the branch's input gradient is accumulated on top, so nothing is copied.
+void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
+                            const Settings& settings, Saved& s, const Tensor& grad_out,
+                            Tensor& grad_input, Scratch& scratch) {
+  const int64_t tokens = input.size(0), d = input.size(1);
+  const DType dtype = input.dtype();
+  const Device device = input.device();
+  check_shape(grad_out, {tokens, d}, "RobertaLayer::backward grad_out");
+  check_shape(grad_input, {tokens, d}, "RobertaLayer::backward grad_input");
+  for (Tensor* t : {&scratch.grad_hidden, &scratch.grad_branch, &scratch.grad_q, &scratch.grad_k,
+                    &scratch.grad_v, &scratch.grad_context})
+    ensure_tensor(*t, {tokens, d}, dtype, device);
+  ensure_tensor(scratch.grad_ffn, {tokens, ffn_in.out_features()}, dtype, device);
+  const double p = settings.hidden_dropout;
+
+  // Feed-forward block: grad_hidden = d(ffn_sum), then += the branch's gradient.
+  ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, scratch.grad_hidden);
+  const Tensor* grad_branch = &scratch.grad_hidden;
+  if (p > 0) {
+    ops::dropout_backward(scratch.grad_hidden, p, settings.ffn_out_key, scratch.grad_branch);
+    grad_branch = &scratch.grad_branch;
+  }
+  ffn_out.backward(s.ffn_act, *grad_branch, &scratch.grad_ffn, false,
+                   /*input_gelu_pre=*/&s.ffn_pre);
+  ffn_in.backward(s.hidden, scratch.grad_ffn, &scratch.grad_hidden, /*accumulate_dx=*/true);
+
+  // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projections' gradients.
+  attn_norm.backward(s.attn_sum, scratch.grad_hidden, s.attn_norm, grad_input);
+  grad_branch = &grad_input;
+  if (p > 0) {
+    ops::dropout_backward(grad_input, p, settings.attention_out_key, scratch.grad_branch);
+    grad_branch = &scratch.grad_branch;
+  }
+  attn_out.backward(s.context, *grad_branch, &scratch.grad_context);
+  ops::attention_backward(scratch.grad_context, s.q, s.k, s.v, s.context, s.lse, seqs,
+                          settings.heads, settings.causal, settings.attention_dropout,
+                          settings.attention_probs_key, scratch.grad_q, scratch.grad_k,
+                          scratch.grad_v);
+  query.backward(input, scratch.grad_q, &grad_input, /*accumulate_dx=*/true);
+  key.backward(input, scratch.grad_k, &grad_input, true);
+  value.backward(input, scratch.grad_v, &grad_input, true);
+}
+
 // ---- construction -----------------------------------------------------------------------------
 
 RobertaEncoder::RobertaEncoder(const RobertaConfig& config, DType dtype, Device device,
@@ -56,6 +202,8 @@ RobertaEncoder::RobertaEncoder(const RobertaConfig& config, DType dtype, Device 
     : config_(config), dtype_(dtype), device_(device), dropout_stream_(dropout_stream) {
   QARAC_CHECK(config.hidden_size % config.num_heads == 0, "hidden_size ", config.hidden_size,
               " is not divisible by num_heads ", config.num_heads);
+  QARAC_CHECK(dropout_stream < kStreams, "RobertaEncoder: dropout stream ", dropout_stream,
+              " is not below ", kStreams);
   const int64_t d = config.hidden_size;
   embeddings_.word.allocate("embeddings.word_embeddings.weight", {config.vocab_size, d}, dtype, device);
   embeddings_.position.allocate("embeddings.position_embeddings.weight",
@@ -65,38 +213,15 @@ RobertaEncoder::RobertaEncoder(const RobertaConfig& config, DType dtype, Device 
   embeddings_.norm.allocate("embeddings.LayerNorm", d, config.layer_norm_eps, dtype, device);
 
   layers_.resize(static_cast<size_t>(config.num_layers));
-  for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
-    RobertaLayer& l = layers_[static_cast<size_t>(i)];
-    const std::string p = layer_prefix(i);
-    l.query.allocate(p + "attention.self.query", d, d, dtype, device);
-    l.key.allocate(p + "attention.self.key", d, d, dtype, device);
-    l.value.allocate(p + "attention.self.value", d, d, dtype, device);
-    l.attn_out.allocate(p + "attention.output.dense", d, d, dtype, device);
-    l.attn_norm.allocate(p + "attention.output.LayerNorm", d, config.layer_norm_eps, dtype, device);
-    l.ffn_in.allocate(p + "intermediate.dense", d, config.intermediate_size, dtype, device);
-    l.ffn_out.allocate(p + "output.dense", config.intermediate_size, d, dtype, device);
-    l.ffn_norm.allocate(p + "output.LayerNorm", d, config.layer_norm_eps, dtype, device);
-  }
+  for (int i = 0; i < static_cast<int>(layers_.size()); ++i)
+    layers_[static_cast<size_t>(i)].allocate(layer_prefix(i), config, dtype, device);
 }
 
 ParameterList RobertaEncoder::parameters() {
   ParameterList out{&embeddings_.word, &embeddings_.position, &embeddings_.token_type};
   embeddings_.norm.collect(out);
-  for (RobertaLayer& l : layers_) {
-    l.query.collect(out);
-    l.key.collect(out);
-    l.value.collect(out);
-    l.attn_out.collect(out);
-    l.attn_norm.collect(out);
-    l.ffn_in.collect(out);
-    l.ffn_out.collect(out);
-    l.ffn_norm.collect(out);
-  }
+  for (RobertaLayer& l : layers_) l.collect(out);
   return out;
-}
-
-RngKey RobertaEncoder::dropout_key(const Activations& acts, uint32_t site) const {
-  return RngKey{acts.options.seed, acts.options.step, dropout_stream_ * kSitesPerModel + site};
 }
 
 // ---- forward ----------------------------------------------------------------------------------
@@ -124,8 +249,11 @@ const Tensor& RobertaEncoder::forward(const TokenBatch& batch, const ForwardOpti
   embeddings_forward(acts);
   const Tensor* input = &acts.embedded;
   for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
-    layer_forward(i, *input, acts);
-    input = &acts.layers[static_cast<size_t>(i)].out;
+    const size_t l = static_cast<size_t>(i);
+    layers_[l].forward(*input, acts.batch.seqs,
+                       RobertaLayer::settings(config_, options, dropout_stream_, i), acts.layers[l],
+                       acts.scratch);
+    input = &acts.layers[l].out;
   }
   return *input;
 }
@@ -143,41 +271,8 @@ void RobertaEncoder::embeddings_forward(Activations& acts) {
   ensure_tensor(acts.embedded, {tokens, d}, dtype_, device_);
   embeddings_.norm.forward(s.sum, acts.embedded, s.norm);
   if (dropout_active(acts, config_.hidden_dropout))
-    ops::dropout_forward(acts.embedded, config_.hidden_dropout, dropout_key(acts, kEmbeddings), acts.embedded);
-}
-
-void RobertaEncoder::layer_forward(int index, const Tensor& input, Activations& acts) {
-  RobertaLayer& l = layers_[static_cast<size_t>(index)];
-  RobertaLayer::Saved& s = acts.layers[static_cast<size_t>(index)];
-  const uint32_t site0 = kSitesPerLayer * static_cast<uint32_t>(index + 1);
-  const int64_t tokens = input.size(0), d = config_.hidden_size, ffn = config_.intermediate_size;
-  const DType stats = ops::accumulation_dtype(dtype_);
-
-  for (Tensor* t : {&s.q, &s.k, &s.v, &s.context, &s.attn_sum, &s.hidden, &s.ffn_sum, &s.out, &acts.branch})
-    ensure_tensor(*t, {tokens, d}, dtype_, device_);
-  ensure_tensor(s.lse, {config_.num_heads, tokens}, stats, device_);
-  ensure_tensor(s.ffn_pre, {tokens, ffn}, dtype_, device_);
-  ensure_tensor(s.ffn_act, {tokens, ffn}, dtype_, device_);
-
-  // Self-attention block: hidden = LN(input + dropout(W_o · attention(q, k, v))).
-  l.query.forward(input, s.q);
-  l.key.forward(input, s.k);
-  l.value.forward(input, s.v);
-  const double attn_p = acts.options.training ? config_.attention_dropout : 0.0;
-  ops::attention_forward(s.q, s.k, s.v, acts.batch.seqs, config_.num_heads, acts.options.causal, attn_p,
-                         dropout_key(acts, site0 + kAttentionProbs), s.context, s.lse);
-  l.attn_out.forward(s.context, acts.branch);
-  if (dropout_active(acts, config_.hidden_dropout))
-    ops::dropout_forward(acts.branch, config_.hidden_dropout, dropout_key(acts, site0 + kAttentionOut), acts.branch);
-  l.attn_norm.forward_residual(acts.branch, input, s.attn_sum, s.hidden, s.attn_norm);
-
-  // Feed-forward block: out = LN(hidden + dropout(W_2 · GELU(W_1 · hidden))), the GELU fused
-  // into the first GEMM's epilogue.
-  l.ffn_in.forward(s.hidden, s.ffn_act, ops::Activation::gelu, &s.ffn_pre);
-  l.ffn_out.forward(s.ffn_act, acts.branch);
-  if (dropout_active(acts, config_.hidden_dropout))
-    ops::dropout_forward(acts.branch, config_.hidden_dropout, dropout_key(acts, site0 + kFfnOut), acts.branch);
-  l.ffn_norm.forward_residual(acts.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm);
+    ops::dropout_forward(acts.embedded, config_.hidden_dropout,
+                         dropout_key(acts.options, dropout_stream_, kEmbeddings), acts.embedded);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -186,71 +281,64 @@ void RobertaEncoder::backward(Activations& acts, const Tensor& grad_output) {
   QARAC_CHECK(acts.layers.size() == layers_.size(), "RobertaEncoder::backward without a forward pass");
   const int64_t tokens = acts.embedded.size(0), d = config_.hidden_size;
   check_shape(grad_output, {tokens, d}, "RobertaEncoder::backward grad_output");
-  for (Tensor* t : {&acts.grad_a, &acts.grad_b, &acts.grad_hidden, &acts.grad_branch, &acts.grad_q,
-                    &acts.grad_k, &acts.grad_v, &acts.grad_context})
-    ensure_tensor(*t, {tokens, d}, dtype_, device_);
-  ensure_tensor(acts.grad_ffn, {tokens, config_.intermediate_size}, dtype_, device_);
+  ensure_tensor(acts.grad_a, {tokens, d}, dtype_, device_);
+  ensure_tensor(acts.grad_b, {tokens, d}, dtype_, device_);
 
   // Ping-pong between two gradient buffers: layer i reads d/d(its output), writes d/d(its input).
   const Tensor* grad = &grad_output;
   Tensor* next = &acts.grad_a;
   for (int i = static_cast<int>(layers_.size()) - 1; i >= 0; --i) {
-    const Tensor& input = i == 0 ? acts.embedded : acts.layers[static_cast<size_t>(i - 1)].out;
-    layer_backward(i, input, *grad, *next, acts);
+    const size_t l = static_cast<size_t>(i);
+    const Tensor& input = i == 0 ? acts.embedded : acts.layers[l - 1].out;
+    layers_[l].backward(input, acts.batch.seqs,
+                        RobertaLayer::settings(config_, acts.options, dropout_stream_, i),
+                        acts.layers[l], *grad, *next, acts.scratch);
     grad = next;
     next = next == &acts.grad_a ? &acts.grad_b : &acts.grad_a;
   }
   embeddings_backward(acts, *grad);
 }
 
-// Each residual block y = LN(x + dropout(f(x))) sends d(sum) = LN'ᵀ dy both straight to x and
-// through the branch; the branch's input gradient is accumulated on top, so nothing is copied.
-void RobertaEncoder::layer_backward(int index, const Tensor& input, const Tensor& grad_out,
-                                    Tensor& grad_input, Activations& acts) {
-  RobertaLayer& l = layers_[static_cast<size_t>(index)];
-  RobertaLayer::Saved& s = acts.layers[static_cast<size_t>(index)];
-  const uint32_t site0 = kSitesPerLayer * static_cast<uint32_t>(index + 1);
-  const double p = config_.hidden_dropout;
-
-  // Feed-forward block: grad_hidden = d(ffn_sum), then += the branch's gradient.
-  l.ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, acts.grad_hidden);
-  const Tensor* grad_branch = &acts.grad_hidden;
-  if (dropout_active(acts, p)) {
-    ops::dropout_backward(acts.grad_hidden, p, dropout_key(acts, site0 + kFfnOut), acts.grad_branch);
-    grad_branch = &acts.grad_branch;
-  }
-  l.ffn_out.backward(s.ffn_act, *grad_branch, &acts.grad_ffn, false, /*input_gelu_pre=*/&s.ffn_pre);
-  l.ffn_in.backward(s.hidden, acts.grad_ffn, &acts.grad_hidden, /*accumulate_dx=*/true);
-
-  // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projections' gradients.
-  l.attn_norm.backward(s.attn_sum, acts.grad_hidden, s.attn_norm, grad_input);
-  grad_branch = &grad_input;
-  if (dropout_active(acts, p)) {
-    ops::dropout_backward(grad_input, p, dropout_key(acts, site0 + kAttentionOut), acts.grad_branch);
-    grad_branch = &acts.grad_branch;
-  }
-  l.attn_out.backward(s.context, *grad_branch, &acts.grad_context);
-  const double attn_p = acts.options.training ? config_.attention_dropout : 0.0;
-  ops::attention_backward(acts.grad_context, s.q, s.k, s.v, s.context, s.lse, acts.batch.seqs,
-                          config_.num_heads, acts.options.causal, attn_p,
-                          dropout_key(acts, site0 + kAttentionProbs), acts.grad_q, acts.grad_k, acts.grad_v);
-  l.query.backward(input, acts.grad_q, &grad_input, /*accumulate_dx=*/true);
-  l.key.backward(input, acts.grad_k, &grad_input, true);
-  l.value.backward(input, acts.grad_v, &grad_input, true);
-}
-
 void RobertaEncoder::embeddings_backward(Activations& acts, const Tensor& grad) {
   RobertaEmbeddings::Saved& s = acts.embeddings;
+  RobertaLayer::Scratch& scratch = acts.scratch;
+  const int64_t tokens = acts.embedded.size(0), d = config_.hidden_size;
+  ensure_tensor(scratch.grad_hidden, {tokens, d}, dtype_, device_);
   const Tensor* grad_norm_out = &grad;
   if (dropout_active(acts, config_.hidden_dropout)) {
-    ops::dropout_backward(grad, config_.hidden_dropout, dropout_key(acts, kEmbeddings), acts.grad_branch);
-    grad_norm_out = &acts.grad_branch;
+    ensure_tensor(scratch.grad_branch, {tokens, d}, dtype_, device_);
+    ops::dropout_backward(grad, config_.hidden_dropout,
+                          dropout_key(acts.options, dropout_stream_, kEmbeddings),
+                          scratch.grad_branch);
+    grad_norm_out = &scratch.grad_branch;
   }
-  embeddings_.norm.backward(s.sum, *grad_norm_out, s.norm, acts.grad_hidden);
-  ops::embedding_backward(acts.batch.ids, acts.grad_hidden, embeddings_.word.grad);
-  ops::embedding_backward(acts.batch.positions, acts.grad_hidden, embeddings_.position.grad);
+  embeddings_.norm.backward(s.sum, *grad_norm_out, s.norm, scratch.grad_hidden);
+  ops::embedding_backward(acts.batch.ids, scratch.grad_hidden, embeddings_.word.grad);
+  ops::embedding_backward(acts.batch.positions, scratch.grad_hidden, embeddings_.position.grad);
   Tensor type0_grad = embeddings_.token_type.grad.select(0);
-  ops::bias_backward(acts.grad_hidden, type0_grad);
+  ops::bias_backward(scratch.grad_hidden, type0_grad);
+}
+
+// ---- loading ----------------------------------------------------------------------------------
+
+void load_parameters(const ParameterList& params, const std::map<std::string, Tensor>& tensors,
+                     const std::string& source, const std::string& strip_prefix) {
+  auto stored_name = [&](const Parameter& p) {
+    const bool prefixed = p.name.compare(0, strip_prefix.size(), strip_prefix) == 0;
+    return prefixed ? p.name.substr(strip_prefix.size()) : p.name;
+  };
+  for (const Parameter* p : params) {
+    const std::string name = stored_name(*p);
+    const auto it = tensors.find(name);
+    QARAC_INPUT_CHECK(it != tensors.end(), source, ": tensor '", name,
+                      "' is missing (expected shape ", shape_str(p->value.shape()), ")");
+    QARAC_INPUT_CHECK(it->second.shape() == p->value.shape(), source, ": tensor '", name,
+                      "' has shape ", shape_str(it->second.shape()), ", expected ",
+                      shape_str(p->value.shape()));
+    QARAC_INPUT_CHECK(is_floating(it->second.dtype()), source, ": tensor '", name, "' has dtype ",
+                      dtype_name(it->second.dtype()), ", expected a floating type");
+  }
+  for (Parameter* p : params) p->assign(tensors.at(stored_name(*p)));
 }
 
 }  // namespace qarac

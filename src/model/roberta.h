@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
@@ -28,6 +30,11 @@ struct TokenBatch {
 
   static TokenBatch from_sequences(const std::vector<std::vector<int32_t>>& sequences,
                                    int32_t padding_idx, Device device);
+  // The sequences already packed: sequence b is tokens[starts[b], starts[b+1]) (the layout of the
+  // loader's fields); starts has B+1 entries from 0 to tokens.size(), non-decreasing.
+  static TokenBatch from_packed(const std::vector<int32_t>& tokens,
+                                const std::vector<int32_t>& starts, int32_t padding_idx,
+                                Device device);
   // Keeps the tokens whose mask is 1 (ids, mask: i32 [B,S] on the host), as Hugging Face's
   // attention mask and position ids treat the others.
   static TokenBatch from_padded(const Tensor& ids, const Tensor& mask, int32_t padding_idx,
@@ -35,13 +42,22 @@ struct TokenBatch {
 };
 
 // Per-call settings of a forward pass. Dropout is active when `training` is set; its masks are
-// a function of (seed, step, site), so the backward pass regenerates them.
+// a function of (seed, step, model stream, application, site), so the backward pass regenerates
+// them.
 struct ForwardOptions {
   bool causal = false;
   bool training = false;
   uint64_t seed = 0;
   uint64_t step = 0;
+  // Tells apart the applications of one model within one step (the QARAC step runs the answer
+  // encoder up to six times), so that each draws its own dropout masks. Below kApplications.
+  uint32_t application = 0;
+  static constexpr uint32_t kApplications = 256;
 };
+
+// The dropout RNG key of `site` of the model whose dropout stream is `stream` (< 256): tensor id
+// application · 2^24 + stream · 2^16 + site, distinct for every (application, stream, site).
+RngKey dropout_key(const ForwardOptions& options, uint32_t stream, uint32_t site);
 
 struct RobertaEmbeddings {
   Parameter word;        // word_embeddings.weight [V, d]
@@ -55,6 +71,9 @@ struct RobertaEmbeddings {
   };
 };
 
+// One post-LN transformer layer (self-attention block, then GELU feed-forward block, each
+// closed by a residual add and a LayerNorm) with its backward pass. Usable on its own: the
+// encoder stacks them, the decoder adds two head layers over its own inputs.
 struct RobertaLayer {
   Linear query, key, value;  // attention.self.*
   Linear attn_out;           // attention.output.dense
@@ -63,8 +82,26 @@ struct RobertaLayer {
   Linear ffn_out;            // output.dense
   LayerNorm ffn_norm;        // output.LayerNorm
 
-  // Activations of one forward call, kept for the backward pass. The layer's input is the
-  // previous layer's `out` (or the embeddings' output) and is not copied.
+  // Parameters named "<prefix>attention.self.query.weight", ... as in Hugging Face.
+  void allocate(const std::string& prefix, const RobertaConfig& config, DType dtype, Device device);
+  void collect(ParameterList& out);
+
+  // How one call runs: the attention heads and mask, and the dropout of the layer's three sites
+  // (probability 0: off). The same settings must be given to forward and backward.
+  struct Settings {
+    int64_t heads = 1;
+    bool causal = false;
+    double hidden_dropout = 0;     // after the attention output and the FFN output
+    double attention_dropout = 0;  // on the attention probabilities
+    RngKey attention_probs_key, attention_out_key, ffn_out_key;
+  };
+  // Layer `index` of the model whose dropout stream is `stream`, under `options` (dropout only
+  // when training; causal as options.causal).
+  static Settings settings(const RobertaConfig& config, const ForwardOptions& options,
+                           uint32_t stream, int index);
+
+  // Activations of one forward call, kept for the backward pass. The layer's input is not
+  // copied: the caller keeps it alive until the backward pass.
   struct Saved {
     Tensor q, k, v, context, lse;
     Tensor attn_sum;  // input + dropout(attn_out(context)), before attn_norm
@@ -76,19 +113,35 @@ struct RobertaLayer {
     LayerNorm::Saved ffn_norm;
     Tensor out;       // the layer's output [T, d]
   };
+  // Buffers that live only within one forward or backward call; layers of one shape share them.
+  struct Scratch {
+    Tensor branch;  // a residual branch's output before the add
+    Tensor grad_hidden, grad_branch, grad_ffn, grad_q, grad_k, grad_v, grad_context;
+  };
+
+  // saved.out [T, d] = layer(input [T, d]) over the sequences `seqs`.
+  void forward(const Tensor& input, const ops::Sequences& seqs, const Settings& settings,
+               Saved& saved, Scratch& scratch) const;
+  // grad_input [T, d] is overwritten with d loss / d input, given grad_out = d loss / d saved.out
+  // (which it may not alias); the parameters' gradients are accumulated.
+  void backward(const Tensor& input, const ops::Sequences& seqs, const Settings& settings,
+                Saved& saved, const Tensor& grad_out, Tensor& grad_input, Scratch& scratch);
 };
 
 class RobertaEncoder {
  public:
   // Allocates the parameters (zeros; LayerNorm γ = 1) computing in `dtype` on `device`.
-  // `dropout_stream` separates the dropout masks of different models in one run.
+  // `dropout_stream` (< 256) separates the dropout masks of different models in one run.
   RobertaEncoder(const RobertaConfig& config, DType dtype, Device device, uint32_t dropout_stream = 0);
 
   const RobertaConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
+  uint32_t dropout_stream() const { return dropout_stream_; }
   // Every parameter, named as in a Hugging Face checkpoint without the "roberta." prefix.
   ParameterList parameters();
+  // The word embeddings [V, d]: a tied LM head's output matrix.
+  Parameter& word_embeddings() { return embeddings_.word; }
 
   // Everything the backward pass needs from one forward call. Reused across calls of the same
   // shape, so a training loop allocates its activations once.
@@ -98,9 +151,11 @@ class RobertaEncoder {
     RobertaEmbeddings::Saved embeddings;
     Tensor embedded;  // embeddings output [T, d]
     std::vector<RobertaLayer::Saved> layers;
-    Tensor branch;    // scratch: a residual branch's output before the add
-    // Scratch for the backward pass, also reused.
-    Tensor grad_a, grad_b, grad_hidden, grad_branch, grad_ffn, grad_q, grad_k, grad_v, grad_context;
+    RobertaLayer::Scratch scratch;  // shared by the layers, [T, ...]
+    Tensor grad_a, grad_b;          // backward: the gradient between layers, ping-ponged
+
+    // The last hidden state of the forward call.
+    const Tensor& output() const { return layers.empty() ? embedded : layers.back().out; }
   };
 
   // Runs the encoder; returns the last hidden state [T, d] (a reference into `acts`). Refuses
@@ -113,12 +168,7 @@ class RobertaEncoder {
   void check_batch(const TokenBatch& batch) const;
   void embeddings_forward(Activations& acts);
   void embeddings_backward(Activations& acts, const Tensor& grad);
-  void layer_forward(int index, const Tensor& input, Activations& acts);
-  // Overwrites grad_input with d loss / d input of layer `index`, given d loss / d its output.
-  void layer_backward(int index, const Tensor& input, const Tensor& grad_out, Tensor& grad_input,
-                      Activations& acts);
   bool dropout_active(const Activations& acts, double p) const { return acts.options.training && p > 0; }
-  RngKey dropout_key(const Activations& acts, uint32_t site) const;
 
   RobertaConfig config_;
   DType dtype_;
@@ -127,5 +177,13 @@ class RobertaEncoder {
   RobertaEmbeddings embeddings_;
   std::vector<RobertaLayer> layers_;
 };
+
+// Copies named tensors into parameters: parameter p takes tensors[name], where name is p's name
+// with `strip_prefix` removed from its front (e.g. "lm_head." for the LM head's parameters and a
+// Hugging Face lm_head map without the prefix), converted to p's dtypes. Every parameter is
+// checked first (present, same shape, floating dtype): a mismatch raises qarac::InputError naming
+// the tensor and `source`, and leaves every parameter as it was. Extra tensors are ignored.
+void load_parameters(const ParameterList& params, const std::map<std::string, Tensor>& tensors,
+                     const std::string& source, const std::string& strip_prefix = "");
 
 }  // namespace qarac

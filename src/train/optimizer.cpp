@@ -1,19 +1,66 @@
+// The optimizer class: AdamW or NAdam updates of every parameter, with global-norm clipping.
 #include "train/optimizer.h"
 
 #include <cmath>
 
+#include "core/error.h"
+
 namespace qarac {
 
-AdamWOptimizer::AdamWOptimizer(ParameterList params, const ops::AdamW& hyper)
-    : params_(std::move(params)), hyper_(hyper) {
-  hyper_.step = 1;
+const char* optimizer_name(OptimizerKind kind) {
+  return kind == OptimizerKind::nadam ? "nadam" : "adamw";
+}
+
+OptimizerKind optimizer_from_name(const std::string& name) {
+  if (name == "adamw") return OptimizerKind::adamw;
+  if (name == "nadam") return OptimizerKind::nadam;
+  throw InputError("unknown optimizer '" + name + "' (expected adamw or nadam)");
+}
+
+Optimizer::Optimizer(ParameterList params, const OptimizerConfig& config)
+    : params_(std::move(params)), config_(config) {
   for (const Parameter* p : params_) {
     m_.push_back(Tensor::zeros(p->master.shape(), p->master.dtype(), p->master.device()));
     v_.push_back(Tensor::zeros(p->master.shape(), p->master.dtype(), p->master.device()));
   }
 }
 
-double AdamWOptimizer::grad_norm() const {
+namespace {
+OptimizerConfig adamw_config(const ops::AdamW& hyper) {
+  OptimizerConfig c;
+  c.lr = hyper.lr;
+  c.beta1 = hyper.beta1;
+  c.beta2 = hyper.beta2;
+  c.eps = hyper.eps;
+  c.weight_decay = hyper.weight_decay;
+  return c;
+}
+}  // namespace
+
+Optimizer::Optimizer(ParameterList params, const ops::AdamW& hyper)
+    : Optimizer(std::move(params), adamw_config(hyper)) {}
+
+void Optimizer::set_steps(int64_t steps) {
+  QARAC_CHECK(steps >= 0, "Optimizer::set_steps: negative step count ", steps);
+  steps_ = steps;
+  ops::NAdam h = nadam_hyper();
+  h.step = steps;
+  mu_product_ = steps == 0 ? 1.0 : ops::nadam_mu_product(h);
+}
+
+ops::NAdam Optimizer::nadam_hyper() const {
+  ops::NAdam h;
+  h.beta1 = config_.beta1;
+  h.beta2 = config_.beta2;
+  h.eps = config_.eps;
+  h.weight_decay = config_.weight_decay;
+  h.momentum_decay = config_.momentum_decay;
+  h.decoupled_weight_decay = config_.decoupled_weight_decay;
+  h.step = steps_ + 1;
+  return h;
+}
+
+double Optimizer::grad_norm() const {
   if (params_.empty()) return 0;
   std::vector<const Tensor*> grads;
   for (const Parameter* p : params_) grads.push_back(&p->grad);
@@ -23,21 +70,41 @@ double AdamWOptimizer::grad_norm() const {
   return std::sqrt(host.data<double>()[0]);
 }
 
-double AdamWOptimizer::step(double lr, double clip_norm) {
-  double norm = 0;
-  ops::AdamW h = hyper_;
-  h.lr = lr;
+double Optimizer::step(double lr, double clip_norm) {
+  double norm = 0, grad_scale = 1.0;
   if (clip_norm > 0) {
     norm = grad_norm();
     // The 1e-6 keeps the factor finite for a zero gradient, as torch's clip_grad_norm_ does.
-    if (norm > clip_norm) h.grad_scale = clip_norm / (norm + 1e-6);
+    if (norm > clip_norm) grad_scale = clip_norm / (norm + 1e-6);
   }
-  for (size_t i = 0; i < params_.size(); ++i) {
-    Parameter& p = *params_[i];
-    Tensor* copy = p.master.raw() == p.value.raw() ? nullptr : &p.value;
-    ops::adamw_update(p.master, p.grad, m_[i], v_[i], h, copy);
+  if (config_.kind == OptimizerKind::adamw) {
+    ops::AdamW h;
+    h.lr = lr;
+    h.beta1 = config_.beta1;
+    h.beta2 = config_.beta2;
+    h.eps = config_.eps;
+    h.weight_decay = config_.weight_decay;
+    h.step = steps_ + 1;
+    h.grad_scale = grad_scale;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      Parameter& p = *params_[i];
+      Tensor* copy = p.master.raw() == p.value.raw() ? nullptr : &p.value;
+      ops::adamw_update(p.master, p.grad, m_[i], v_[i], h, copy);
+    }
+  } else {
+    ops::NAdam h = nadam_hyper();
+    h.lr = lr;
+    h.grad_scale = grad_scale;
+    // The running product in step order: the bits nadam_mu_product gives after a restore.
+    h.mu_product = mu_product_ * ops::nadam_mu(h, h.step);
+    for (size_t i = 0; i < params_.size(); ++i) {
+      Parameter& p = *params_[i];
+      Tensor* copy = p.master.raw() == p.value.raw() ? nullptr : &p.value;
+      ops::nadam_update(p.master, p.grad, m_[i], v_[i], h, copy);
+    }
+    mu_product_ = h.mu_product;
   }
-  ++hyper_.step;
+  ++steps_;
   return norm;
 }
 

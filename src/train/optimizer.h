@@ -1,7 +1,9 @@
-// AdamW over a model's parameters (DESIGN.md §5): master weights and moments in the accumulation
+// The optimiser over a model's parameters (DESIGN.md §5, §6): AdamW, or NAdam for parity with the
+// original QARAC reference (torch.optim.NAdam). Master weights and moments in the accumulation
 // dtype (f32), the compute copy (bf16 or f32) rewritten by the same kernel, global-norm clipping.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -9,22 +11,53 @@
 
 namespace qarac {
 
-class AdamWOptimizer {
+enum class OptimizerKind { adamw, nadam };
+const char* optimizer_name(OptimizerKind kind);               // "adamw", "nadam"
+OptimizerKind optimizer_from_name(const std::string& name);  // InputError naming the valid ones
+
+struct OptimizerConfig {
+  OptimizerKind kind = OptimizerKind::adamw;
+  double lr = 2e-5;  // the peak rate; step() takes the scheduled one
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  double momentum_decay = 4e-3;        // NAdam's ψ (torch's default)
+  bool decoupled_weight_decay = true;  // NAdam only: AdamW always decouples its weight decay
+};
+
+class Optimizer {
  public:
-  // `hyper.lr` is the peak rate; step() takes the scheduled one.
-  AdamWOptimizer(ParameterList params, const ops::AdamW& hyper);
+  Optimizer(ParameterList params, const OptimizerConfig& config);
+  // AdamW with these hyper-parameters (qarac-bench and the tests build it this way).
+  Optimizer(ParameterList params, const ops::AdamW& hyper);
 
   // The global L2 norm of the gradients (one host synchronisation).
   double grad_norm() const;
   // One update at learning rate `lr`. With clip_norm > 0, gradients whose global norm exceeds it
   // are scaled down to it. Returns the gradient norm before clipping (0 when not measured).
   double step(double lr, double clip_norm = 0);
-  int64_t steps() const { return hyper_.step - 1; }
+  int64_t steps() const { return steps_; }
+  const OptimizerConfig& config() const { return config_; }
+
+  // The state a checkpoint saves and restores (train/checkpoint.h): the parameters in update
+  // order, their first and second moment estimates in the same order, and the step count.
+  const ParameterList& parameters() const { return params_; }
+  std::vector<Tensor>& first_moments() { return m_; }
+  const std::vector<Tensor>& first_moments() const { return m_; }
+  std::vector<Tensor>& second_moments() { return v_; }
+  const std::vector<Tensor>& second_moments() const { return v_; }
+  // Also rebuilds NAdam's running product of the momentum schedule, a pure function of the steps.
+  void set_steps(int64_t steps);
 
  private:
+  ops::NAdam nadam_hyper() const;  // the NAdam fields of config_ at step steps_ + 1
+
   ParameterList params_;
   std::vector<Tensor> m_, v_;
-  ops::AdamW hyper_;
+  OptimizerConfig config_;
+  int64_t steps_ = 0;        // updates done
+  double mu_product_ = 1.0;  // NAdam: Π_{steps_} of the momentum schedule (1 before any step)
 };
+
+// The name the checkpoint code and qarac-bench were written against.
+using AdamWOptimizer = Optimizer;
 
 }  // namespace qarac

@@ -568,6 +568,18 @@ TEST_F(CudaDense, CrossEntropyValidColumnsIgnoredRowsInPlace) {
       ops::softmax_cross_entropy(inplace, gt, ignore, losses_inplace, &inplace, dloss, valid);
       expect_same_bits(losses_inplace, losses, "losses in place");
       expect_same_bits(inplace, grad, "dlogits in place");
+
+      // Row weights (the decoder's 1/(B n_b) per target token) scale each row's gradient and
+      // leave the losses as they were.
+      const Tensor weights = uniform({rows}, rng, 0.1f, 2.f), gweights = weights.to(Device::cuda());
+      Tensor weighted_want = Tensor::empty({rows, cols}, DType::f32);
+      ops::softmax_cross_entropy(logits, targets, ignore, loss_want, &weighted_want, dloss, valid,
+                                 &weights);
+      Tensor weighted_losses = gpu_empty({rows}, acc), weighted = on_gpu(logits, dtype);
+      ops::softmax_cross_entropy(weighted, gt, ignore, weighted_losses, &weighted, dloss, valid,
+                                 &gweights);
+      expect_same_bits(weighted_losses, losses, "losses with row weights");
+      expect_close(weighted, weighted_want, tol_for(dtype), "dlogits with row weights, in place");
     }
   }
 }

@@ -1,4 +1,4 @@
-// The CUDA pooling head, segment sums, row cosine, AdamW, gradient norm and caching allocator,
+// The CUDA pooling head, segment sums, row cosine, AdamW, NAdam, gradient norm and caching allocator,
 // checked against the CPU reference backend through qarac::ops on random data with ragged
 // sequences (one of length 1, one empty). Each op runs with f32 storage (both sides compute in
 // f32 from the same values: tight tolerance) and with bf16 storage (the inputs are rounded to bf16
@@ -443,5 +443,60 @@ TEST_F(CudaTest, AllocationFailureNamesSizeAndDevice) {
   ops::cosine_forward(a.to(kGpu), b.to(kGpu), kEps, out);
   expect_close(out, expected, kF32Tol, kF32Tol, "cosine_forward after a failed allocation");
 }
+
+}  // namespace
+
+// ---- NAdam ------------------------------------------------------------------------------------------
+
+namespace {
+
+// AdamW's test for NAdam: three steps on 1003 elements (packs and a scalar tail) and on views one
+// element into their buffers, with coupled and decoupled weight decay, against the CPU reference
+// with the same carried momentum product; the same FMA-level tolerance, and the compute copy the
+// exact rounding of the GPU's master weights.
+class CudaNAdamTest : public CudaTest, public ::testing::WithParamInterface<DType> {};
+
+TEST_P(CudaNAdamTest, MatchesTheCpuReference) {
+  const DType copy_dtype = GetParam();
+  constexpr double kTol = 1e-6;
+  const int64_t n = 1003;
+  for (const bool decoupled : {false, true}) {
+    for (const bool offset_views : {false, true}) {
+      SCOPED_TRACE(std::string(decoupled ? "decoupled" : "L2") + " weight decay, " +
+                   (offset_views ? "views at an offset of one element" : "whole tensors"));
+      std::mt19937 rng(61);
+      const int64_t first = offset_views ? 1 : 0;
+      auto view = [&](const Tensor& t) { return t.slice(0, first, first + n); };
+      const Tensor p0 = random({n + first}, rng);
+      const Tensor m0 = Tensor::zeros({n + first}, DType::f32), v0 = m0.clone();
+      Tensor p_cpu = view(p0.clone()), m_cpu = view(m0.clone()), v_cpu = view(v0.clone());
+      Tensor p_gpu = view(p0.to(kGpu)), m_gpu = view(m0.to(kGpu)), v_gpu = view(v0.to(kGpu));
+      Tensor copy = Tensor::zeros({n}, copy_dtype, kGpu);
+      ops::NAdam config;
+      config.lr = 1e-2;
+      config.weight_decay = 0.1;
+      config.grad_scale = 0.5;
+      config.decoupled_weight_decay = decoupled;
+      for (int64_t step = 1; step <= 3; ++step) {
+        config.step = step;
+        config.mu_product = ops::nadam_mu_product(config);
+        const Tensor grad = random({n + first}, rng);
+        ops::nadam_update(p_cpu, view(grad), m_cpu, v_cpu, config);
+        ops::nadam_update(p_gpu, view(grad.to(kGpu)), m_gpu, v_gpu, config,
+                          offset_views ? nullptr : &copy);
+      }
+      expect_close(p_gpu, p_cpu, kTol, kTol, "nadam param");
+      expect_close(m_gpu, m_cpu, kTol, kTol, "nadam m");
+      expect_close(v_gpu, v_cpu, kTol, kTol, "nadam v");
+      if (!offset_views)
+        expect_equal(copy, representable(to_host(p_gpu), copy_dtype), "nadam param copy");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Storage, CudaNAdamTest, ::testing::Values(DType::f32, DType::bf16),
+                         [](const ::testing::TestParamInfo<DType>& storage) {
+                           return std::string(dtype_name(storage.param));
+                         });
 
 }  // namespace

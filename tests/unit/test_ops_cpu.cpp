@@ -1419,3 +1419,279 @@ TEST(OpErrors, OutOfRangeIdsAndTargetsAreNamed) {
       {"softmax_cross_entropy", "row 1", "target 4", "[0, 4)"});
   EXPECT_EQ(values(logits), std::vector<double>(18, 0.0));
 }
+
+// ---- NAdam ----------------------------------------------------------------------------------------
+
+// Five steps (the momentum schedule μ_t moves every step) against torch.optim.NAdam's
+// _single_tensor_nadam written out for one scalar at a time: the running mu_product, bias
+// correction 1 - β2^t, the two addcdiv terms, with coupled (L2 added to the gradient) and
+// decoupled weight decay and a gradient scale; f64 to a few ulp, f32 as every op's f32 check.
+TEST(NAdam, MatchesTheTorchFormulaForFiveSteps) {
+  for (const bool decoupled : {false, true}) {
+    SCOPED_TRACE(decoupled ? "decoupled weight decay" : "L2 weight decay");
+    std::mt19937 rng(decoupled ? 141 : 142);
+    const int64_t n = draw(rng, 5, 12);
+    ops::NAdam config;
+    config.lr = 1e-2;
+    config.weight_decay = 0.1;
+    config.grad_scale = 0.5;
+    config.decoupled_weight_decay = decoupled;
+    const Tensor param0 = uniform({n}, rng);
+    std::vector<double> p = values(param0), m(n, 0.0), v(n, 0.0);
+    Tensor param = param0.clone(), tm = Tensor::zeros({n}, DType::f64),
+           tv = Tensor::zeros({n}, DType::f64), copy = Tensor::zeros({n}, DType::f64);
+    Tensor param32 = param0.to(DType::f32), m32 = Tensor::zeros({n}, DType::f32),
+           v32 = Tensor::zeros({n}, DType::f32);
+    double mu_product = 1.0;
+    for (int64_t step = 1; step <= 5; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const Tensor grad = uniform({n}, rng);
+      const std::vector<double> gv = values(grad);
+      const double psi = config.momentum_decay, b1 = config.beta1, b2 = config.beta2;
+      const double mu = b1 * (1 - 0.5 * std::pow(0.96, step * psi));
+      const double mu_next = b1 * (1 - 0.5 * std::pow(0.96, (step + 1) * psi));
+      mu_product *= mu;
+      const double c2 = 1 - std::pow(b2, step);
+      for (int64_t i = 0; i < n; ++i) {
+        double g = config.grad_scale * gv[i];
+        if (decoupled)
+          p[i] *= 1 - config.lr * config.weight_decay;
+        else
+          g += config.weight_decay * p[i];
+        m[i] = b1 * m[i] + (1 - b1) * g;
+        v[i] = b2 * v[i] + (1 - b2) * g * g;
+        const double denom = std::sqrt(v[i] / c2) + config.eps;
+        p[i] -= config.lr * (1 - mu) / (1 - mu_product) * g / denom;
+        p[i] -= config.lr * mu_next / (1 - mu_product * mu_next) * m[i] / denom;
+      }
+      config.step = step;
+      config.mu_product = ops::nadam_mu_product(config);
+      EXPECT_NEAR(config.mu_product, mu_product, 1e-16);
+      ops::nadam_update(param, grad, tm, tv, config, &copy);
+      expect_near_all(values(param), p, 1e-13, "param");
+      expect_near_all(values(tm), m, 1e-15, "m");
+      expect_near_all(values(tv), v, 1e-16, "v");
+      EXPECT_EQ(values(copy), values(param));
+
+      ops::nadam_update(param32, grad.to(DType::f32), m32, v32, config);
+      expect_f32_matches_f64("param f32", param32, param);
+      expect_f32_matches_f64("m f32", m32, tm);
+      expect_f32_matches_f64("v f32", v32, tv);
+    }
+  }
+}
+
+// The running product of the momentum schedule is the caller's to carry; a call without it
+// (the default 0) would be a different optimiser, so it is refused, as are bad rates.
+TEST(NAdam, RefusesAnUnsetMomentumProductAndBadHyperParameters) {
+  Tensor p = Tensor::zeros({4}, DType::f64), g = p.clone(), m = p.clone(), v = p.clone();
+  expect_error([&] { ops::nadam_update(p, g, m, v, ops::NAdam{}); },
+               {"nadam_update", "mu_product"});
+  ops::NAdam config;
+  config.mu_product = ops::nadam_mu_product(config);
+  config.momentum_decay = -1;
+  expect_error([&] { ops::nadam_update(p, g, m, v, config); }, {"nadam_update", "momentum_decay"});
+  config.momentum_decay = 4e-3;
+  config.lr = -1;
+  expect_error([&] { ops::nadam_update(p, g, m, v, config); }, {"nadam_update", "lr"});
+}
+
+// ---- Cross-entropy with row weights -------------------------------------------------------------
+
+// Row weights scale each row's gradient and leave the losses alone: with weights w_r and the
+// scalar dloss, dlogits is the gradient of L = dloss Σ_r w_r loss_r (R = dloss w), padded columns
+// and ignored rows still zero; in place gives the same bits; f32 agrees with f64.
+TEST(CrossEntropy, RowWeightsScaleTheGradientOnly) {
+  std::mt19937 rng(83);
+  const int64_t n = draw(rng, 4, 8), valid = draw(rng, 3, 9), cols = valid + draw(rng, 0, 4);
+  const int32_t ignore = -100;
+  std::vector<int32_t> tv(static_cast<size_t>(n));
+  for (int32_t& t : tv) t = static_cast<int32_t>(draw(rng, 0, valid - 1));
+  tv[2] = ignore;
+  const Tensor targets = ints(tv, {n}), logits = uniform({n, cols}, rng, -3, 3);
+  const Tensor weights = uniform({n}, rng, 0.1, 2);
+  auto forward = [&] {
+    Tensor losses = Tensor::empty({n}, DType::f64);
+    ops::softmax_cross_entropy(logits, targets, ignore, losses, nullptr, 1.0, valid);
+    return losses;
+  };
+  const double dloss = 0.6;
+  std::vector<double> rv = values(weights);
+  for (double& x : rv) x *= dloss;
+  const Tensor r = f64(rv);
+
+  Tensor losses = Tensor::empty({n}, DType::f64), dlogits = uniform({n, cols}, rng);
+  ops::softmax_cross_entropy(logits, targets, ignore, losses, &dlogits, dloss, valid, &weights);
+  EXPECT_EQ(values(losses), values(forward()));  // the losses are not weighted
+  const std::vector<double> dv = values(dlogits);
+  for (int64_t j = 0; j < cols; ++j) EXPECT_EQ(dv[2 * cols + j], 0.0);  // ignored row
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = valid; j < cols; ++j) EXPECT_EQ(dv[i * cols + j], 0.0);  // padding
+  expect_gradient("weighted dlogits", logits, dlogits, forward, r, rng);
+
+  Tensor inplace = logits.clone(), losses_inplace = Tensor::empty({n}, DType::f64);
+  ops::softmax_cross_entropy(inplace, targets, ignore, losses_inplace, &inplace, dloss, valid,
+                             &weights);
+  EXPECT_EQ(values(losses_inplace), values(losses));
+  EXPECT_EQ(values(inplace), dv);
+
+  Tensor l32 = Tensor::empty({n}, DType::f32), d32 = Tensor::empty({n, cols}, DType::f32);
+  const Tensor w32 = weights.to(DType::f32);
+  ops::softmax_cross_entropy(logits.to(DType::f32), targets, ignore, l32, &d32, dloss, valid, &w32);
+  expect_f32_matches_f64("losses f32", l32, losses);
+  expect_f32_matches_f64("dlogits f32", d32, dlogits);
+
+  // The weights are per row, in the accumulation dtype.
+  expect_error(
+      [&] {
+        const Tensor short_weights = f64({1.0});
+        ops::softmax_cross_entropy(logits, targets, ignore, losses, &dlogits, dloss, valid,
+                                   &short_weights);
+      },
+      {"softmax_cross_entropy", "row_weights"});
+}
+
+// ---- Mean squared error of rows -----------------------------------------------------------------
+
+// losses_i = mean_j (a_ij - b_ij)² by the definition; da and db are the gradients of
+// L = dloss Σ losses (R filled with dloss), together or alone; k = 1 included; f32 against f64.
+TEST(Mse, ForwardMatchesDefinitionAndGradients) {
+  std::mt19937 rng(151);
+  for (const int64_t k : {int64_t{1}, draw(rng, 2, 9)}) {
+    SCOPED_TRACE("k " + std::to_string(k));
+    const int64_t n = draw(rng, 1, 6);
+    const Tensor a = uniform({n, k}, rng, -2, 2), b = uniform({n, k}, rng, -2, 2);
+    auto forward = [&] {
+      Tensor losses = Tensor::empty({n}, DType::f64);
+      ops::mse_loss(a, b, losses);
+      return losses;
+    };
+    const std::vector<double> losses = values(forward()), av = values(a), bv = values(b);
+    for (int64_t i = 0; i < n; ++i) {
+      double sum = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        const double e = av[i * k + j] - bv[i * k + j];
+        sum += e * e;
+      }
+      EXPECT_NEAR(losses[i], sum / static_cast<double>(k), 1e-14) << "row " << i;
+    }
+    const double dloss = 0.35;
+    const Tensor r = f64(std::vector<double>(static_cast<size_t>(n), dloss));
+    Tensor again = Tensor::empty({n}, DType::f64), da = uniform({n, k}, rng),
+           db = uniform({n, k}, rng);
+    ops::mse_loss(a, b, again, &da, &db, dloss);
+    EXPECT_EQ(values(again), losses);
+    expect_gradient("mse da", a, da, forward, r, rng);
+    expect_gradient("mse db", b, db, forward, r, rng);
+
+    Tensor only_da = Tensor::empty({n, k}, DType::f64);  // db not wanted: the same da
+    ops::mse_loss(a, b, again, &only_da, nullptr, dloss);
+    EXPECT_EQ(values(only_da), values(da));
+
+    Tensor l32 = Tensor::empty({n}, DType::f32), da32 = Tensor::empty({n, k}, DType::f32),
+           db32 = Tensor::empty({n, k}, DType::f32);
+    ops::mse_loss(a.to(DType::f32), b.to(DType::f32), l32, &da32, &db32, dloss);
+    expect_f32_matches_f64("losses f32", l32, again);
+    expect_f32_matches_f64("da f32", da32, da);
+    expect_f32_matches_f64("db f32", db32, db);
+  }
+  Tensor losses = Tensor::empty({2}, DType::f64);
+  const Tensor a3 = Tensor::zeros({2, 3}, DType::f64), b4 = Tensor::zeros({2, 4}, DType::f64),
+               empty = Tensor::zeros({2, 0}, DType::f64);
+  expect_error([&] { ops::mse_loss(a3, b4, losses); }, {"mse_loss", "b"});
+  expect_error([&] { ops::mse_loss(empty, empty, losses); }, {"mse_loss", "no columns"});
+}
+
+// ---- Row gather and scatter ---------------------------------------------------------------------
+
+// gather_rows picks rows by index (repeats allowed); scatter_rows writes rows by distinct index
+// and leaves the others; with one index they are adjoint, so the gather's gradient is the scatter
+// of R into zeros (checked by finite differences) and vice versa.
+TEST(Rows, GatherAndScatterAreAdjointRowMoves) {
+  std::mt19937 rng(161);
+  const int64_t n = draw(rng, 5, 9), d = draw(rng, 1, 5);
+  const Tensor src = uniform({n, d}, rng);
+  std::vector<int32_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  perm.resize(static_cast<size_t>(n - 2));  // distinct, two rows of the large side untouched
+  const int64_t m = static_cast<int64_t>(perm.size());
+  const Tensor index = ints(perm, {m});
+
+  auto gather = [&] {
+    Tensor out = Tensor::empty({m, d}, DType::f64);
+    ops::gather_rows(src, index, out);
+    return out;
+  };
+  const std::vector<double> g = values(gather()), sv = values(src);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < d; ++c) EXPECT_EQ(g[i * d + c], sv[perm[i] * d + c]);
+
+  const Tensor r = uniform({m, d}, rng);
+  Tensor scattered = Tensor::zeros({n, d}, DType::f64);
+  ops::scatter_rows(r, index, scattered);
+  expect_gradient("gather_rows", src, scattered, gather, r, rng);
+
+  const Tensor small = uniform({m, d}, rng), base = uniform({n, d}, rng),
+               r_big = uniform({n, d}, rng);
+  auto scatter = [&] {
+    Tensor out = base.clone();
+    ops::scatter_rows(small, index, out);
+    return out;
+  };
+  const std::vector<double> s = values(scatter()), bv = values(base);
+  std::vector<bool> hit(static_cast<size_t>(n), false);
+  for (int32_t i : perm) hit[static_cast<size_t>(i)] = true;
+  for (int64_t i = 0; i < n; ++i) {
+    if (hit[static_cast<size_t>(i)]) continue;
+    for (int64_t c = 0; c < d; ++c) EXPECT_EQ(s[i * d + c], bv[i * d + c]) << "row " << i;
+  }
+  Tensor gathered = Tensor::empty({m, d}, DType::f64);
+  ops::gather_rows(r_big, index, gathered);
+  expect_gradient("scatter_rows", small, gathered, scatter, r_big, rng);
+
+  // A repeated gather index copies the row twice.
+  Tensor twice = Tensor::empty({2, d}, DType::f64);
+  ops::gather_rows(src, ints({3, 3}, {2}), twice);
+  EXPECT_EQ(values(twice.select(0).clone()), values(twice.select(1).clone()));
+
+  Tensor out32 = Tensor::empty({m, d}, DType::f32);
+  ops::gather_rows(src.to(DType::f32), index, out32);
+  expect_f32_matches_f64("gather f32", out32, gather());
+}
+
+// The decoder's use: prepending one row per packed sequence with two scatters, then dropping it
+// with a gather, gives back the sequences untouched.
+TEST(Rows, PrependAndDropASlotPerSequence) {
+  std::mt19937 rng(162);
+  const int64_t batch = 3, tokens = 8, d = 2;  // sequences of 3, 1 and 4 tokens
+  const Tensor h = uniform({tokens, d}, rng), v = uniform({batch, d}, rng);
+  // Sequence b starts at row o_b + b of the extended batch (offsets 0, 3, 4).
+  const Tensor slot_rows = ints({0, 4, 6}, {batch}),
+               token_rows = ints({1, 2, 3, 5, 7, 8, 9, 10}, {tokens});
+  Tensor e = Tensor::empty({tokens + batch, d}, DType::f64);
+  ops::scatter_rows(v, slot_rows, e);
+  ops::scatter_rows(h, token_rows, e);
+  const std::vector<double> ev = values(e), vv = values(v), hv = values(h);
+  for (int64_t c = 0; c < d; ++c) {
+    EXPECT_EQ(ev[4 * d + c], vv[1 * d + c]);  // sequence 1 starts with v_1
+    EXPECT_EQ(ev[5 * d + c], hv[3 * d + c]);  // then its one token
+  }
+  Tensor back = Tensor::empty({tokens, d}, DType::f64);
+  ops::gather_rows(e, token_rows, back);
+  EXPECT_EQ(values(back), hv);
+}
+
+TEST(OpErrors, RowIndicesOutOfRangeOrRepeatedAreNamed) {
+  const Tensor src = Tensor::zeros({4, 2}, DType::f64);
+  Tensor out = Tensor::zeros({2, 2}, DType::f64);
+  expect_error([&] { ops::gather_rows(src, ints({1, 4}, {2}), out); },
+               {"gather_rows", "index[1] = 4", "[0, 4)"});
+  Tensor big = Tensor::from_vector(std::vector<double>(8, 1.0), {4, 2});
+  expect_error([&] { ops::scatter_rows(out, ints({2, 2}, {2}), big); },
+               {"scatter_rows", "index[1] = 2", "repeats"});
+  expect_error([&] { ops::scatter_rows(out, ints({0, -1}, {2}), big); },
+               {"scatter_rows", "index[1] = -1"});
+  EXPECT_EQ(values(big), std::vector<double>(8, 1.0));  // nothing written
+  expect_error([&] { ops::gather_rows(src, ints({0, 1}, {2}), big); }, {"gather_rows", "out"});
+}

@@ -1,0 +1,83 @@
+// The task plan (DESIGN.md §4): which of the W ranks runs which of the four QARAC tasks. Every
+// rank runs one or more tasks and every task runs on one or more ranks, for any W >= 1: W = 1 is
+// the QARAC step (all four tasks in one process), W < 4 packs several tasks on a rank, W >= 4
+// gives each task its own ranks. A rank of task t scales its gradient by w_t / n_t (n_t ranks run
+// t), so that summing every model's gradients over the ranks holding it gives the gradient of
+// Σ_t w_t loss_t over the global batch, whatever the layout.
+//
+// Specs (--parallel.tasks):
+//   "ed:2,qa:1,rs:2,cs:1"  n_t ranks per task (short or full task names, every task once,
+//                          1 <= n_t <= W, Σ n_t >= W); the Σ n_t task slots, in task order,
+//                          are dealt to ranks 0, 1, ..., W-1, 0, 1, ... so a task's ranks are
+//                          distinct and no rank idles.
+//   "auto"                 from an estimated cost per step of each task (tokens per batch ×
+//                          models used): with W >= 4 every task gets a rank and each further
+//                          rank goes to the task with the highest cost per rank; with W < 4 each
+//                          task gets one rank, the costliest first onto the least loaded rank.
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "data/readers.h"
+
+namespace qarac::dist {
+
+// The three QARAC models (DESIGN.md §2) and which tasks use them (§4).
+enum class Model : int { question_encoder = 0, answer_encoder = 1, decoder = 2 };
+constexpr int kModelCount = 3;
+const char* model_name(Model model);        // "question_encoder", "answer_encoder", "decoder"
+const char* model_short_name(Model model);  // "QE", "AE", "D"
+// ED: AE + D, QA: QE + AE, RS: AE + D, CS: AE.
+const std::vector<Model>& models_of(data::Task task);
+
+using TaskValues = std::array<double, data::kTaskCount>;  // one value per task, Task order
+
+// The cost estimate "auto" balances: tokens per batch × the number of models the task uses.
+TaskValues estimated_costs(const std::array<int64_t, data::kTaskCount>& tokens_per_batch);
+
+class TaskPlan {
+ public:
+  // Parses `spec` ("auto" or "ed:2,qa:1,..."); `weights` are the w_t, `costs` what auto
+  // balances. InputError (one line, naming --parallel.tasks) for a bad spec or world size.
+  static TaskPlan parse(const std::string& spec, int world_size, const TaskValues& weights,
+                        const TaskValues& costs);
+  // n_t ranks per task, dealt round-robin (the explicit form).
+  static TaskPlan from_counts(const std::array<int, data::kTaskCount>& ranks_per_task,
+                              int world_size, const TaskValues& weights);
+  static TaskPlan automatic(int world_size, const TaskValues& weights, const TaskValues& costs);
+
+  int world_size() const { return world_size_; }
+  // The tasks of `rank`, in task order (the loader's plan order).
+  const std::vector<data::Task>& tasks_of(int rank) const;
+  // The ranks of `task`, ascending: a rank's index here is its group rank.
+  const std::vector<int>& ranks_of(data::Task task) const;
+  int group_size(data::Task task) const { return static_cast<int>(ranks_of(task).size()); }
+  // The ranks that hold `model` (run a task that uses it), ascending: its communicator.
+  std::vector<int> ranks_holding(Model model) const;
+  bool holds(int rank, Model model) const;
+
+  double weight(data::Task task) const { return weights_[static_cast<int>(task)]; }
+  // w_t / n_t: what a rank of `task` scales its gradient by.
+  double gradient_scale(data::Task task) const { return weight(task) / group_size(task); }
+
+  // What the loader of `rank` needs: its tasks and its place in each task's group.
+  data::RankPlan rank_plan(int rank) const;
+  // A table for the start of a run: per task its ranks, weight, gradient scale and models; per
+  // rank its tasks and models.
+  std::string table() const;
+
+ private:
+  TaskPlan(int world_size, const TaskValues& weights);
+  void assign(int rank, data::Task task);
+  void finish();  // sorts, and checks that every rank and every task has work
+
+  int world_size_ = 1;
+  TaskValues weights_{};
+  std::vector<std::vector<data::Task>> tasks_of_;          // [rank]
+  std::array<std::vector<int>, data::kTaskCount> ranks_of_;  // [task]
+};
+
+}  // namespace qarac::dist

@@ -1,0 +1,136 @@
+// Hugging Face export: the mapping of the model's names to transformers' RoBERTa layout, the
+// check of every vocabulary-sized tensor against the config, and the atomic replacement of the
+// export folder.
+#include "io/hf_export.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/log.h"
+#include "io/file_util.h"
+#include "io/hf_config.h"
+
+namespace qarac::io {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The tensors whose first dimension is the vocabulary, by exported name. transformers names the
+// LM head's output bias both "lm_head.bias" and "lm_head.decoder.bias" (they are tied).
+constexpr const char* kWordEmbeddings = "roberta.embeddings.word_embeddings.weight";
+constexpr const char* kVocabTensors[] = {kWordEmbeddings, "lm_head.decoder.weight",
+                                         "lm_head.decoder.bias", "lm_head.bias"};
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+bool indexed_by_vocabulary(const std::string& name) {
+  for (const char* v : kVocabTensors)
+    if (name == v) return true;
+  return false;
+}
+
+[[noreturn]] void fail(const fs::path& path, const std::string& what, int err) {
+  throw InputError(detail::concat(path.string(), ": ", what, " (", std::strerror(err), ")"));
+}
+
+// The folder's entries (its files, a rename into it) on disk before the step that relies on them.
+void sync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    fail(dir, "fsync of the folder failed", err);
+  }
+  ::close(fd);
+}
+
+// Puts the folder `from` where `to` is. With an existing `to`, Linux's renameat2(RENAME_EXCHANGE)
+// swaps the two in one step, so a reader sees the old export or the new one, never neither;
+// where that is missing (glibc < 2.28, some network file systems) the old folder is moved aside
+// first and, if anything fails, is still there under "<to>.old".
+void replace_dir(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  if (!fs::exists(to, ec)) {
+    if (std::rename(from.c_str(), to.c_str()) != 0)
+      fail(to, "cannot rename " + from.string() + " to it", errno);
+    return;
+  }
+#ifdef RENAME_EXCHANGE
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(from, ec);  // now the previous export
+    return;
+  }
+  if (errno != EINVAL && errno != ENOSYS)
+    fail(to, "cannot swap " + from.string() + " with it", errno);
+#endif
+  const fs::path old = to.string() + ".old";
+  fs::remove_all(old, ec);
+  if (std::rename(to.c_str(), old.c_str()) != 0)
+    fail(to, "cannot move it aside to " + old.string(), errno);
+  if (std::rename(from.c_str(), to.c_str()) != 0)
+    fail(to, "cannot rename " + from.string() + " to it", errno);
+  fs::remove_all(old, ec);
+}
+
+}  // namespace
+
+TensorMap master_tensors(const ParameterList& params) {
+  TensorMap out;
+  for (const Parameter* p : params) {
+    Tensor t = p->master.to(Device::cpu()).to(DType::f32);
+    if (t.raw() == p->master.raw()) t = t.clone();  // a copy, never a view of the live weights
+    QARAC_CHECK(out.emplace(p->name, std::move(t)).second, "parameter '", p->name,
+                "' is listed twice");
+  }
+  return out;
+}
+
+std::string export_hf_model(const std::string& dir, const std::string& model,
+                            const RobertaConfig& config, const TensorMap& tensors) {
+  QARAC_CHECK(!model.empty() && model.find('/') == std::string::npos, "export name '", model,
+              "' is not a folder name");
+  TensorMap out;
+  for (const auto& [name, tensor] : tensors) {
+    QARAC_CHECK(is_floating(tensor.dtype()), "export of ", model, ": tensor '", name, "' is ",
+                tensor.str(), ", not floating-point");
+    const bool bare_base = starts_with(name, "embeddings.") || starts_with(name, "encoder.");
+    const std::string stored = bare_base ? "roberta." + name : name;
+    const Tensor t = tensor.to(Device::cpu()).to(DType::f32);
+    QARAC_CHECK(!indexed_by_vocabulary(stored) || (t.dim() >= 1 && t.size(0) == config.vocab_size),
+                "export of ", model, ": '", stored, "' is ", t.str(), ", not ", config.vocab_size,
+                " rows (the config's vocabulary)");
+    QARAC_CHECK(out.emplace(stored, t).second, "export of ", model, ": '", stored,
+                "' appears twice");
+  }
+  QARAC_CHECK(out.count(kWordEmbeddings), "export of ", model, ": no ", kWordEmbeddings,
+              " (not a RoBERTa model's parameters)");
+
+  const fs::path root = fs::path(dir) / "export";
+  const fs::path final_dir = root / model, tmp = root / (model + ".tmp");
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec)
+    throw InputError(
+        detail::concat(root.string(), ": cannot create the export folder: ", ec.message()));
+  fs::remove_all(tmp, ec);  // a previous export that died midway
+  fs::create_directory(tmp, ec);
+  if (ec) throw InputError(detail::concat(tmp.string(), ": cannot create: ", ec.message()));
+
+  // transformers refuses safetensors files whose metadata lacks a known "format".
+  write_safetensors((tmp / "model.safetensors").string(), out, {{"format", "pt"}});
+  write_hf_config((tmp / "config.json").string(), config);
+  sync_dir(tmp);
+  replace_dir(tmp, final_dir);
+  sync_dir(root);
+  log::info("exported ", model, " (", out.size(), " tensors) to ", final_dir.string());
+  return final_dir.string();
+}
+
+}  // namespace qarac::io

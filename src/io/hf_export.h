@@ -1,0 +1,37 @@
+// Exporting a trained model as a Hugging Face directory (DESIGN.md §6): config.json and
+// model.safetensors, loadable by transformers' RobertaModel (and by io::read_hf_roberta).
+//
+// The RoBERTa base is stored as "roberta.embeddings.*" / "roberta.encoder.*", the names
+// transformers expects; every other tensor (pooling head, decoder layers, LM head) keeps its own
+// name, an extra key transformers ignores with a warning. A QARAC model is exported with
+//   io::export_hf_model(run_dir, "decoder", models.config().base,
+//                       io::master_tensors(models.model_parameters("decoder")));
+// Taking plain tensors keeps qarac_io from linking the model library, which sits above it
+// (master_tensors reads Parameter's fields only, from its header).
+#pragma once
+
+#include <string>
+
+#include "io/safetensors.h"
+#include "model/parameter.h"
+#include "model/roberta_config.h"
+
+namespace qarac::io {
+
+// The master weights of `params` by name, as f32 CPU copies: what an export stores.
+TensorMap master_tensors(const ParameterList& params);
+
+// Writes DIR/export/<model>/{config.json, model.safetensors} and returns that folder. `tensors`
+// are named as the model's parameters: the base "roberta.embeddings.*", "roberta.encoder.*" (or
+// bare "embeddings.*", "encoder.*", which get the prefix), the heads by any other name; all are
+// stored as f32. The tensors indexed by the vocabulary (word embeddings,
+// the LM head's output matrix and bias) must have config.vocab_size rows, the checkpoint's own
+// vocabulary: the LM head pads its rows for its GEMMs but lists views of the first V only
+// (model/lm_head.h), and a mismatch means the wrong config, which would otherwise export a model
+// that transformers refuses or misreads.
+// Atomic: the folder is written as DIR/export/<model>.tmp and renamed into place (an existing
+// export of the model is replaced in one step where the file system allows, see the .cpp).
+std::string export_hf_model(const std::string& dir, const std::string& model,
+                            const RobertaConfig& config, const TensorMap& tensors);
+
+}  // namespace qarac::io

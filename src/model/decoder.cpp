@@ -1,0 +1,102 @@
+// The QARAC decoder's forward and backward passes over packed batches; the data flow and the
+// slot-0 bookkeeping are described in decoder.h.
+#include "model/decoder.h"
+
+#include <string>
+#include <vector>
+
+namespace qarac {
+
+Decoder::Decoder(const RobertaConfig& config, bool tie_lm_head, int64_t vocab_multiple, DType dtype,
+                 Device device, uint32_t dropout_stream)
+    : config_(config),
+      base_(config, dtype, device, dropout_stream),
+      lm_head_(tie_lm_head ? LMHead(config, base_.word_embeddings(), dtype, device)
+                           : LMHead(config, vocab_multiple, dtype, device)) {
+  for (int i = 0; i < 2; ++i)
+    head_layers_[i].allocate("decoder_layers." + std::to_string(i) + ".", config, dtype, device);
+}
+
+ParameterList Decoder::parameters() {
+  ParameterList out = base_.parameters();
+  for (Parameter* p : head_parameters()) out.push_back(p);
+  return out;
+}
+
+ParameterList Decoder::head_parameters() {
+  ParameterList out;
+  for (RobertaLayer& l : head_layers_) l.collect(out);
+  for (Parameter* p : lm_head_.parameters()) out.push_back(p);
+  return out;
+}
+
+RobertaLayer::Settings Decoder::head_settings(const ForwardOptions& options, int i) const {
+  return RobertaLayer::settings(config_, options, base_.dropout_stream(),
+                                static_cast<int>(config_.num_layers) + i);
+}
+
+Tensor& Decoder::forward(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
+                         Activations& acts) {
+  const int64_t batch = y_in.count(), tokens = y_in.tokens(), d = config_.hidden_size;
+  const DType dtype = base_.dtype();
+  const Device device = base_.device();
+  check_shape(v, {batch, d}, "Decoder::forward v");
+  check_dtype(v, dtype, "Decoder::forward v");
+  acts.options = options;
+  acts.options.causal = true;
+
+  // Where each row of E comes from (see decoder.h).
+  const std::vector<int32_t>& offsets = y_in.seqs.host;
+  std::vector<int32_t> slot_rows(static_cast<size_t>(batch)),
+      token_rows(static_cast<size_t>(tokens));
+  std::vector<int32_t> lengths(static_cast<size_t>(batch));
+  for (int32_t b = 0; b < static_cast<int32_t>(batch); ++b) {
+    slot_rows[static_cast<size_t>(b)] = offsets[static_cast<size_t>(b)] + b;
+    lengths[static_cast<size_t>(b)] =
+        offsets[static_cast<size_t>(b) + 1] - offsets[static_cast<size_t>(b)] + 1;
+    for (int32_t t = offsets[static_cast<size_t>(b)]; t < offsets[static_cast<size_t>(b) + 1]; ++t)
+      token_rows[static_cast<size_t>(t)] = t + b + 1;
+  }
+  acts.slot_rows = Tensor::from_vector(slot_rows, {batch}, device);
+  acts.token_rows = Tensor::from_vector(token_rows, {tokens}, device);
+  acts.extended = ops::Sequences::from_lengths(lengths, device);
+
+  const Tensor& hidden = base_.forward(y_in, acts.options, acts.base);
+  ensure_tensor(acts.extended_input, {tokens + batch, d}, dtype, device);
+  ops::scatter_rows(v, acts.slot_rows, acts.extended_input);
+  ops::scatter_rows(hidden, acts.token_rows, acts.extended_input);
+
+  head_layers_[0].forward(acts.extended_input, acts.extended, head_settings(acts.options, 0),
+                          acts.head0, acts.extended_scratch);
+  ensure_tensor(acts.head1_input, {tokens, d}, dtype, device);
+  ops::gather_rows(acts.head0.out, acts.token_rows, acts.head1_input);
+  head_layers_[1].forward(acts.head1_input, y_in.seqs, head_settings(acts.options, 1), acts.head1,
+                          acts.base.scratch);
+  return lm_head_.forward(acts.head1.out, acts.lm);
+}
+
+const Tensor& Decoder::backward(Activations& acts, const Tensor& grad_logits) {
+  const int64_t tokens = acts.head1_input.size(0), batch = acts.slot_rows.size(0);
+  const int64_t d = config_.hidden_size;
+  const DType dtype = base_.dtype();
+  const Device device = base_.device();
+  for (Tensor* t : {&acts.grad_a, &acts.grad_b}) ensure_tensor(*t, {tokens, d}, dtype, device);
+  for (Tensor* t : {&acts.grad_ext_a, &acts.grad_ext_b})
+    ensure_tensor(*t, {tokens + batch, d}, dtype, device);
+  ensure_tensor(acts.grad_v, {batch, d}, dtype, device);
+  const ops::Sequences& seqs = acts.base.batch.seqs;
+
+  lm_head_.backward(acts.head1.out, acts.lm, grad_logits, acts.grad_a);  // d H2
+  head_layers_[1].backward(acts.head1_input, seqs, head_settings(acts.options, 1), acts.head1,
+                           acts.grad_a, acts.grad_b, acts.base.scratch);  // d H1
+  acts.grad_ext_a.zero_();                                                // slot rows: 0
+  ops::scatter_rows(acts.grad_b, acts.token_rows, acts.grad_ext_a);       // d E'
+  head_layers_[0].backward(acts.extended_input, acts.extended, head_settings(acts.options, 0),
+                           acts.head0, acts.grad_ext_a, acts.grad_ext_b, acts.extended_scratch);
+  ops::gather_rows(acts.grad_ext_b, acts.slot_rows, acts.grad_v);   // d v
+  ops::gather_rows(acts.grad_ext_b, acts.token_rows, acts.grad_a);  // d H
+  base_.backward(acts.base, acts.grad_a);
+  return acts.grad_v;
+}
+
+}  // namespace qarac

@@ -1,0 +1,329 @@
+// Declares every option of qarac-train once (key, field, default, help), which gives the parser,
+// --help and the INI writer the same list.
+#include "train/config.h"
+
+#include <boost/program_options.hpp>
+
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <sstream>
+#include <type_traits>
+#include <vector>
+
+#include "core/error.h"
+
+namespace qarac {
+namespace {
+
+namespace po = boost::program_options;
+
+// The shortest text that reads back as the same double, so the INI round-trips and --help shows
+// 2e-05 rather than 2.0000000000000002e-05.
+std::string format_value(double v) {
+  std::string text;
+  for (int precision = 6; precision <= 17; ++precision) {
+    std::ostringstream os;
+    os << std::setprecision(precision) << v;
+    text = os.str();
+    if (std::stod(text) == v) break;
+  }
+  return text;
+}
+std::string format_value(int64_t v) { return std::to_string(v); }
+std::string format_value(bool v) { return v ? "true" : "false"; }
+std::string format_value(const std::string& v) { return v; }
+
+constexpr unsigned kHelpWidth = 100;  // --help's line length
+
+struct Key {
+  std::string name;
+  std::function<std::string()> value;
+};
+
+// The options bound to the fields of one TrainConfig.
+struct Declarations {
+  po::options_description command_line{"Command line", kHelpWidth, kHelpWidth / 2};
+  // Top level of the INI file, [model], ...: a deque, so the references section() hands out
+  // stay valid while later sections are added.
+  std::deque<po::options_description> sections;
+  std::vector<Key> keys;                          // every INI key, in declaration order
+
+  po::options_description& section(const std::string& caption) {
+    sections.emplace_back(caption, kHelpWidth, kHelpWidth / 2);
+    return sections.back();
+  }
+  template <class T>
+  void add(po::options_description& group, const std::string& name, T* field, const char* help) {
+    auto* semantic = po::value<T>(field)->default_value(*field, format_value(*field));
+    if constexpr (std::is_same_v<T, bool>) semantic->implicit_value(true, "true");
+    group.add_options()(name.c_str(), semantic, help);
+    keys.push_back({name, [field] { return format_value(*field); }});
+  }
+  // A key without a default: check_values requires it.
+  void add_required(po::options_description& group, const std::string& name, std::string* field,
+                    const char* help) {
+    group.add_options()(name.c_str(), po::value<std::string>(field), help);
+    keys.push_back({name, [field] { return *field; }});
+  }
+  po::options_description file_options() const {
+    po::options_description all;
+    for (const auto& s : sections) all.add(s);
+    return all;
+  }
+};
+
+std::unique_ptr<Declarations> declare(TrainConfig& c) {
+  auto d = std::make_unique<Declarations>();
+  d->command_line.add_options()
+      ("help", "print the options with their defaults and exit")
+      ("config", po::value<std::string>(&c.config_file), "INI file of options; the command line overrides it")
+      ("resume", po::bool_switch(&c.resume), "continue from the newest valid checkpoint in the output directory");
+
+  auto& top = d->section("Run (top of the INI file)");
+  d->add_required(top, "output", &c.output, "(required) run directory: metrics.jsonl, checkpoints/, export/; must not exist or be empty unless --resume");
+
+  auto& model = d->section("[model]");
+  d->add_required(model, "model.base", &c.base, "(required) pre-trained Hugging Face RoBERTa directory (config.json, model.safetensors)");
+  d->add(model, "model.share_encoder_base", &c.share_encoder_base, "question and answer encoders share one base");
+  d->add(model, "model.tie_lm_head", &c.tie_lm_head, "the LM head's output matrix is the decoder's word embeddings");
+  d->add(model, "model.dropout", &c.dropout, "hidden and attention dropout; < 0: the base config's");
+  d->add(model, "model.init_std", &c.init_std, "standard deviation of the new heads' initial weights");
+
+  auto& data = d->section("[data]");
+  d->add_required(data, "data.dir", &c.data_dir, "(required) task-stream files from qarac-prep (<dir>/<task>.h5)");
+
+  auto& train = d->section("[train]");
+  d->add(train, "train.steps", &c.steps, "optimizer steps of the run");
+  d->add(train, "train.seed", &c.seed, "seed of the heads' initialisation, the data order and dropout");
+  d->add(train, "train.device", &c.device, "cpu or cuda");
+  d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, or bf16 on cuda (master weights stay f32)");
+  d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal");
+
+  auto& opt = d->section("[optimizer]");
+  d->add(opt, "optimizer.name", &c.optimizer, "adamw, or nadam (torch.optim.NAdam, the QARAC reference's)");
+  d->add(opt, "optimizer.lr", &c.lr, "peak learning rate");
+  d->add(opt, "optimizer.beta1", &c.beta1, "first-moment decay");
+  d->add(opt, "optimizer.beta2", &c.beta2, "second-moment decay");
+  d->add(opt, "optimizer.eps", &c.eps, "denominator epsilon");
+  d->add(opt, "optimizer.weight_decay", &c.weight_decay, "weight decay");
+  d->add(opt, "optimizer.momentum_decay", &c.momentum_decay, "nadam: momentum decay psi");
+  d->add(opt, "optimizer.decoupled_weight_decay", &c.decoupled_weight_decay, "nadam: decoupled (AdamW-style) weight decay instead of L2");
+  d->add(opt, "optimizer.warmup", &c.warmup, "steps of linear warmup from 0");
+  d->add(opt, "optimizer.decay", &c.decay, "after warmup: constant, linear, cosine or exponential");
+  d->add(opt, "optimizer.final", &c.final_lr, "final learning rate as a fraction of lr (exponential: > 0)");
+  d->add(opt, "optimizer.clip", &c.clip, "clip the global gradient norm to this; 0: no clipping");
+
+  auto& ckpt = d->section("[checkpoint]");
+  d->add(ckpt, "checkpoint.every", &c.checkpoint_every, "checkpoint every N steps (and at the end); 0: only at the end");
+  d->add(ckpt, "checkpoint.keep", &c.checkpoint_keep, "keep the newest N checkpoints; 0: all");
+
+  auto& eval = d->section("[eval]");
+  d->add(eval, "eval.every", &c.eval_every, "evaluate every N steps (and at the end); 0: only at the end");
+  d->add(eval, "eval.dir", &c.eval_dir, "held-out task streams from qarac-prep; empty: no evaluation");
+  d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file)");
+  d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy)");
+  d->add(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory; turns on the forgetting monitor (MLM loss with the base's head)");
+
+  auto& parallel = d->section("[parallel]");
+  d->add(parallel, "parallel.tasks", &c.tasks, "task plan: auto, or ranks per task, e.g. ed:2,qa:1,rs:2,cs:1");
+
+  auto& task = d->section("[task] (per task: ed, qa, rs, cs)");
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
+    d->add(task, prefix + "weight", &c.task[t].weight, "loss weight w_t");
+    d->add(task, prefix + "tokens", &c.task[t].tokens, "token budget of a batch, per rank and step");
+    d->add(task, prefix + "examples", &c.task[t].examples, "at most this many examples per batch; 0: no limit");
+  }
+  return d;
+}
+
+// Command-line style without short options, so a negative value ("--optimizer.final -1") is a
+// value and not an unknown option "-1".
+constexpr int kStyle = po::command_line_style::unix_style ^ po::command_line_style::allow_short;
+
+}  // namespace
+
+std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[], std::ostream& help) {
+  TrainConfig c;
+  const std::unique_ptr<Declarations> d = declare(c);
+  po::options_description all;
+  all.add(d->command_line);
+  all.add(d->file_options());
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(all).style(kStyle).run(), vm);
+  if (vm.count("help")) {
+    help << "qarac-train [--config FILE] [--KEY VALUE ...] [--resume]\n\n"
+            "Fine-tunes the three QARAC models from a pre-trained RoBERTa on the four objectives\n"
+            "at once. Every key below can be set in the INI file (the part before the first dot is\n"
+            "the section: [optimizer] lr = 3e-5) or on the command line (--optimizer.lr 3e-5);\n"
+            "the command line wins.\n\n";
+    help << d->command_line << "\n";
+    for (const auto& s : d->sections) help << s << "\n";
+    return std::nullopt;
+  }
+  if (vm.count("config")) {
+    const std::string path = vm["config"].as<std::string>();
+    std::ifstream in(path);
+    QARAC_INPUT_CHECK(in.good(), "--config ", path, ": cannot open the file");
+    try {
+      po::store(po::parse_config_file(in, d->file_options()), vm);
+    } catch (const po::error& e) {
+      throw InputError(path + ": " + e.what());
+    }
+  }
+  po::notify(vm);
+  return c;
+}
+
+void check_values(const TrainConfig& c) {
+  QARAC_INPUT_CHECK(!c.output.empty(), "output: required (the run directory; --output DIR)");
+  QARAC_INPUT_CHECK(!c.base.empty(), "model.base: required (a Hugging Face RoBERTa directory)");
+  QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
+  QARAC_INPUT_CHECK(c.dropout < 1, "model.dropout: ", c.dropout, " must be < 1 (negative: the base config's)");
+  QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
+  QARAC_INPUT_CHECK(c.steps >= 1, "train.steps: ", c.steps, " must be >= 1");
+  QARAC_INPUT_CHECK(c.seed >= 0, "train.seed: ", c.seed, " must be >= 0");
+  QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "train.device: '", c.device,
+                    "' must be cpu or cuda");
+  QARAC_INPUT_CHECK(c.dtype == "f32" || c.dtype == "bf16", "train.dtype: '", c.dtype,
+                    "' must be f32 or bf16");
+  QARAC_INPUT_CHECK(c.dtype != "bf16" || c.device == "cuda",
+                    "train.dtype: bf16 needs train.device cuda (the CPU computes in f32)");
+  QARAC_INPUT_CHECK(c.log_every >= 1, "train.log_every: ", c.log_every, " must be >= 1");
+  try {
+    optimizer_from_name(c.optimizer);
+  } catch (const InputError& e) {
+    throw InputError(std::string("optimizer.name: ") + e.what());
+  }
+  QARAC_INPUT_CHECK(c.lr >= 0, "optimizer.lr: ", c.lr, " must be >= 0");
+  QARAC_INPUT_CHECK(c.beta1 >= 0 && c.beta1 < 1, "optimizer.beta1: ", c.beta1, " must lie in [0, 1)");
+  QARAC_INPUT_CHECK(c.beta2 >= 0 && c.beta2 < 1, "optimizer.beta2: ", c.beta2, " must lie in [0, 1)");
+  QARAC_INPUT_CHECK(c.eps > 0, "optimizer.eps: ", c.eps, " must be > 0");
+  QARAC_INPUT_CHECK(c.weight_decay >= 0, "optimizer.weight_decay: ", c.weight_decay, " must be >= 0");
+  QARAC_INPUT_CHECK(c.momentum_decay >= 0, "optimizer.momentum_decay: ", c.momentum_decay,
+                    " must be >= 0");
+  QARAC_INPUT_CHECK(c.warmup >= 0, "optimizer.warmup: ", c.warmup, " must be >= 0");
+  Decay decay = Decay::linear;
+  try {
+    decay = decay_from_name(c.decay);
+  } catch (const InputError& e) {
+    throw InputError(std::string("optimizer.decay: ") + e.what());
+  }
+  QARAC_INPUT_CHECK(c.final_lr >= 0 && c.final_lr <= 1, "optimizer.final: ", c.final_lr,
+                    " must lie in [0, 1]");
+  QARAC_INPUT_CHECK(decay != Decay::exponential || c.final_lr > 0,
+                    "optimizer.final: exponential decay needs a final fraction > 0");
+  QARAC_INPUT_CHECK(c.clip >= 0, "optimizer.clip: ", c.clip, " must be >= 0 (0: no clipping)");
+  QARAC_INPUT_CHECK(c.checkpoint_every >= 0, "checkpoint.every: ", c.checkpoint_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.checkpoint_keep >= 0, "checkpoint.keep: ", c.checkpoint_keep, " must be >= 0");
+  QARAC_INPUT_CHECK(c.eval_every >= 0, "eval.every: ", c.eval_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.eval_examples >= 1, "eval.examples: ", c.eval_examples, " must be >= 1");
+  QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t));
+    QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ".weight: ", c.task[t].weight, " must be >= 0");
+    QARAC_INPUT_CHECK(c.task[t].tokens >= 1, key, ".tokens: ", c.task[t].tokens,
+                      " must be >= 1 (the token budget of a batch)");
+    QARAC_INPUT_CHECK(c.task[t].examples >= 0, key, ".examples: ", c.task[t].examples,
+                      " must be >= 0 (0: no limit)");
+  }
+}
+
+OptimizerConfig TrainConfig::optimizer_config() const {
+  OptimizerConfig o;
+  o.kind = optimizer_from_name(optimizer);
+  o.lr = lr;
+  o.beta1 = beta1;
+  o.beta2 = beta2;
+  o.eps = eps;
+  o.weight_decay = weight_decay;
+  o.momentum_decay = momentum_decay;
+  o.decoupled_weight_decay = decoupled_weight_decay;
+  return o;
+}
+
+ScheduleConfig TrainConfig::schedule_config() const {
+  ScheduleConfig s;
+  s.peak_lr = lr;
+  s.warmup_steps = warmup;
+  s.total_steps = steps;
+  s.decay = decay_from_name(decay);
+  s.final_fraction = final_lr;
+  return s;
+}
+
+Device TrainConfig::device_value() const { return device == "cuda" ? Device::cuda(0) : Device::cpu(); }
+DType TrainConfig::dtype_value() const { return dtype == "bf16" ? DType::bf16 : DType::f32; }
+
+std::string to_ini(const TrainConfig& config) {
+  TrainConfig copy = config;
+  const std::unique_ptr<Declarations> d = declare(copy);
+  std::ostringstream os;
+  os << "# qarac-train configuration (qarac-train --config FILE reads it back)\n";
+  std::string section;
+  for (const Key& key : d->keys) {
+    const size_t dot = key.name.find('.');
+    const std::string key_section = dot == std::string::npos ? "" : key.name.substr(0, dot);
+    if (key_section != section) {
+      section = key_section;
+      os << "\n[" << section << "]\n";
+    }
+    os << (dot == std::string::npos ? key.name : key.name.substr(dot + 1)) << " = " << key.value() << "\n";
+  }
+  return os.str();
+}
+
+namespace {
+
+// key -> value of INI text as to_ini writes it (sections prefixed, '#' comments skipped).
+std::map<std::string, std::string> read_ini(const std::string& text) {
+  std::map<std::string, std::string> values;
+  std::istringstream in(text);
+  std::string line, section;
+  const auto trim = [](const std::string& s) {
+    const size_t b = s.find_first_not_of(" \t\r");
+    return b == std::string::npos ? std::string() : s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
+  };
+  while (std::getline(in, line)) {
+    line = trim(line);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line.front() == '[' && line.back() == ']') {
+      section = trim(line.substr(1, line.size() - 2));
+      continue;
+    }
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string key = trim(line.substr(0, eq));
+    values[section.empty() ? key : section + "." + key] = trim(line.substr(eq + 1));
+  }
+  return values;
+}
+
+}  // namespace
+
+std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini) {
+  // What fixes the parameter list, the data order and batches, the random streams and the
+  // plan; the rest (steps, rates, intervals, paths) may change between a run and its resumption.
+  std::vector<std::string> fixed = {"model.share_encoder_base", "model.tie_lm_head", "train.seed",
+                                    "train.dtype", "optimizer.name", "parallel.tasks"};
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
+    fixed.push_back(prefix + "tokens");
+    fixed.push_back(prefix + "examples");
+  }
+  const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
+  for (const std::string& key : fixed) {
+    const auto it = saved.find(key);
+    const std::string was = it == saved.end() ? "(unset)" : it->second;
+    if (was != now.at(key))
+      return key + " was " + was + " in the checkpoint's run and is " + now.at(key) + " now";
+  }
+  return "";
+}
+
+}  // namespace qarac

@@ -1,0 +1,101 @@
+// The configuration of a training run (qarac-train): every option with a default, read from an
+// INI file (--config) whose sections prefix the keys ([optimizer] lr = 3e-5 is optimizer.lr),
+// with any key overridden on the command line (--optimizer.lr 3e-5). Parsing and the value
+// checks touch no file; the trainer checks the files before it creates the output directory.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <string>
+
+#include "core/memory.h"
+#include "data/readers.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace qarac {
+
+// The per-task settings of [task]: <short name>.weight, .tokens, .examples.
+struct TaskSettings {
+  double weight = 1.0;    // w_t in Σ w_t loss_t
+  int64_t tokens = 4096;  // token budget of one batch (all fields), per rank and step
+  int64_t examples = 0;   // at most this many examples per batch; 0: the budget alone
+};
+
+struct TrainConfig {
+  // Command line, and top level of the INI file.
+  std::string config_file;  // --config (command line only)
+  bool resume = false;      // --resume (command line only)
+  std::string output;       // output: the run directory (metrics, checkpoints, export)
+
+  // [model]
+  std::string base;                 // a Hugging Face RoBERTa directory
+  bool share_encoder_base = false;  // QE and AE share one base (separate pooling heads)
+  bool tie_lm_head = false;         // the LM head's output matrix is D's word embeddings
+  double dropout = -1;              // hidden and attention dropout; < 0: the base config's
+  double init_std = 0.02;           // N(0, std²) of the new heads
+
+  // [data]
+  std::string data_dir;  // qarac-prep's output: <dir>/<task>.h5
+
+  // [train]
+  int64_t steps = 1000;
+  int64_t seed = 0;           // heads' initialisation, data order, dropout
+  std::string device = "cpu";  // cpu | cuda
+  std::string dtype = "f32";   // compute dtype: f32 | bf16 (cuda)
+  int64_t log_every = 10;     // progress line every N steps when stdout is not a terminal
+
+  // [optimizer]
+  std::string optimizer = "adamw";  // adamw | nadam
+  double lr = 2e-5, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  double momentum_decay = 4e-3;        // nadam
+  bool decoupled_weight_decay = true;  // nadam (adamw always decouples)
+  int64_t warmup = 100;
+  std::string decay = "linear";  // constant | linear | cosine | exponential
+  double final_lr = 0;           // the decay's final fraction of lr
+  double clip = 1.0;             // global gradient-norm clipping; 0: off
+
+  // [checkpoint]
+  int64_t checkpoint_every = 1000;  // 0: only at the end
+  int64_t checkpoint_keep = 3;      // the newest N are kept; 0 keeps all
+
+  // [eval] (without a directory no evaluation runs)
+  int64_t eval_every = 0;      // 0: only at the end
+  std::string eval_dir;        // held-out task streams (qarac-prep's output)
+  int64_t eval_examples = 256;  // per task, the first of each file
+  int64_t eval_decoded = 64;    // examples decoded greedily per decoder task
+  std::string eval_tokenizer;  // its <mask> id turns on the forgetting monitor
+
+  // [parallel]
+  std::string tasks = "auto";  // the task plan: auto | ed:2,qa:1,rs:2,cs:1
+
+  // [task]
+  std::array<TaskSettings, data::kTaskCount> task;
+
+  // Derived settings, valid after check_values.
+  OptimizerConfig optimizer_config() const;
+  ScheduleConfig schedule_config() const;
+  Device device_value() const;
+  DType dtype_value() const;
+  double task_weight(data::Task t) const { return task[static_cast<int>(t)].weight; }
+};
+
+// Parses the command line and the --config file (command line first: its values win). Returns
+// nullopt when --help was given, after writing the options with their defaults to `help`.
+// boost::program_options errors (an unknown or mistyped key on the command line) propagate; the
+// same errors in the file become an InputError naming the file.
+std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[], std::ostream& help);
+
+// The checks that need no file: required keys, ranges, names. One-line InputError naming the key.
+void check_values(const TrainConfig& config);
+
+// Every key with its value as INI text (sections, one key per line), which --config reads back.
+std::string to_ini(const TrainConfig& config);
+
+// "" when a checkpoint written under `saved_ini` (to_ini of its run) may be resumed by `config`,
+// otherwise which key differs: those that fix the models, the data order and the task plan.
+std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini);
+
+}  // namespace qarac

@@ -1,0 +1,201 @@
+#include "train/evaluation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <map>
+
+#include "core/log.h"
+#include "data/shards.h"
+#include "model/decoder.h"
+#include "train/objectives.h"
+
+namespace qarac {
+
+namespace {
+
+using data::PackedField;
+using data::Task;
+using data::TaskBatch;
+
+PackedField packed(const data::Ragged& ragged) {
+  PackedField f;
+  f.tokens = ragged.tokens;
+  f.starts.assign(ragged.offsets.begin(), ragged.offsets.end());
+  return f;
+}
+
+std::vector<std::vector<int32_t>> sequences_of(const PackedField& field, int64_t count) {
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t b = 0; b < count; ++b)
+    out.emplace_back(field.tokens.begin() + field.starts[b], field.tokens.begin() + field.starts[b + 1]);
+  return out;
+}
+
+// The first `count` sequences of a field, as a batch on `device`.
+TokenBatch first_sequences(const PackedField& field, int64_t count, const RobertaConfig& config, Device device) {
+  return TokenBatch::from_sequences(sequences_of(field, count), config.pad_token_id, device);
+}
+
+std::vector<float> host_rows(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32).to_vector<float>(); }
+
+// cos(AE(s0), AE(s1)) as the consistency objective reads it: > 1/3 entailment (+1), < -1/3
+// contradiction (-1), neutral (0) between.
+int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
+
+const char* class_name(int c) { return c > 0 ? "entailment" : c < 0 ? "contradiction" : "neutral"; }
+
+// Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
+// starts as "<s>" and grows by its argmax token, over the valid vocabulary, for as many steps as
+// the longest target. Returns the fraction of target positions predicted right.
+double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count,
+                      const RobertaConfig& config) {
+  const Device device = v.device();
+  const std::vector<std::vector<int32_t>> full = sequences_of(field, count);
+  std::vector<std::vector<int32_t>> prefixes;
+  size_t longest = 0;
+  for (const auto& s : full) {
+    prefixes.push_back({s.front()});  // <s>
+    longest = std::max(longest, s.size() - 1);
+  }
+  const int64_t vocab = decoder.vocab_size();
+  Decoder::Activations acts;
+  Tensor last;
+  for (size_t step = 0; step < longest; ++step) {
+    const TokenBatch y_in = TokenBatch::from_sequences(prefixes, config.pad_token_id, device);
+    Tensor& logits = decoder.forward(v, y_in, ForwardOptions{}, acts);
+    std::vector<int32_t> rows;
+    for (int64_t b = 0; b < count; ++b) rows.push_back(y_in.seqs.host[b + 1] - 1);
+    const Tensor index = Tensor::from_vector(rows, {count}, device);
+    if (!last.defined()) last = Tensor::empty({count, logits.size(1)}, logits.dtype(), device);
+    ops::gather_rows(logits, index, last);
+    const std::vector<float> scores = host_rows(last);
+    for (int64_t b = 0; b < count; ++b) {
+      const float* row = scores.data() + b * logits.size(1);
+      prefixes[static_cast<size_t>(b)].push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
+    }
+  }
+  int64_t right = 0, total = 0;
+  for (size_t b = 0; b < full.size(); ++b) {
+    for (size_t t = 1; t < full[b].size(); ++t, ++total) right += prefixes[b][t] == full[b][t];
+  }
+  return total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
+}
+
+}  // namespace
+
+QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const Task task = static_cast<Task>(t);
+    const std::filesystem::path path = std::filesystem::path(options.data_dir) / (std::string(data::task_name(task)) + ".h5");
+    if (!std::filesystem::exists(path)) continue;
+    const data::TaskStreamFile file(path.string());
+    const int64_t n = std::min(options.max_examples, file.examples());
+    TaskBatch batch;
+    batch.task = task;
+    for (int64_t i = 0; i < n; ++i) batch.examples.push_back(i);
+    for (size_t f = 0; f < data::task_fields(task).size(); ++f)
+      batch.fields.push_back(packed(file.read_field(static_cast<int>(f), 0, n)));
+    if (data::task_has_label(task))
+      for (int8_t label : file.read_labels(0, n)) batch.labels.push_back(label);
+    batches_.push_back(std::move(batch));
+  }
+  QARAC_INPUT_CHECK(!batches_.empty(), options.data_dir, ": no held-out task stream (",
+                    "encode_decode.h5, question_answering.h5, reasoning.h5, consistency.h5)");
+  if (!options.masking) log::info("evaluation: no tokenizer given, so no forgetting monitor (it needs <mask>)");
+}
+
+EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
+  QaracModels& models = context.models;
+  const RobertaConfig& config = models.config().base;
+  const Device device = models.device();
+  const ForwardOptions eval;  // no dropout; the encoders bidirectional
+  EvalResult result;
+  Objectives objectives(models);
+  SentenceEncoder::Activations acts_a, acts_b;
+
+  for (const TaskBatch& batch : batches_) {
+    const std::string task = data::task_short_name(batch.task);
+    result.metrics[task + ".loss"] = objectives.evaluate(batch);
+    const int64_t n = batch.count();
+
+    if (batch.task == Task::question_answering) {
+      const std::vector<float> q = host_rows(models.question_encoder().forward(
+          first_sequences(batch.fields[0], n, config, device), eval, acts_a));
+      const std::vector<float> a = host_rows(models.answer_encoder().forward(
+          first_sequences(batch.fields[1], n, config, device), eval, acts_b));
+      const size_t d = q.size() / static_cast<size_t>(n);
+      int64_t right = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t nearest = -1;
+        double best = std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; j < n; ++j) {
+          double dist = 0;
+          for (size_t k = 0; k < d; ++k) {
+            const double diff = double(q[i * d + k]) - double(a[j * d + k]);
+            dist += diff * diff;
+          }
+          if (dist < best) {
+            best = dist;
+            nearest = j;
+          }
+        }
+        right += nearest == i;
+      }
+      result.metrics["qa.retrieval_accuracy"] = static_cast<double>(right) / static_cast<double>(n);
+    } else if (batch.task == Task::consistency) {
+      const std::vector<float> s0 = host_rows(models.answer_encoder().forward(
+          first_sequences(batch.fields[0], n, config, device), eval, acts_a));
+      const std::vector<float> s1 = host_rows(models.answer_encoder().forward(
+          first_sequences(batch.fields[1], n, config, device), eval, acts_b));
+      const size_t d = s0.size() / static_cast<size_t>(n);
+      int64_t right = 0;
+      std::map<std::string, double> confusion;
+      for (int gold : {1, 0, -1})
+        for (int predicted : {1, 0, -1})
+          confusion[std::string("cs.confusion.") + class_name(gold) + "." + class_name(predicted)] = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        double dot = 0, n0 = 0, n1 = 0;
+        for (size_t k = 0; k < d; ++k) {
+          dot += double(s0[i * d + k]) * s1[i * d + k];
+          n0 += double(s0[i * d + k]) * s0[i * d + k];
+          n1 += double(s1[i * d + k]) * s1[i * d + k];
+        }
+        const int predicted = consistency_class(dot / std::max(std::sqrt(n0 * n1), 1e-12));
+        const int gold = static_cast<int>(batch.labels[static_cast<size_t>(i)]);
+        right += predicted == gold;
+        confusion[std::string("cs.confusion.") + class_name(gold) + "." + class_name(predicted)] += 1;
+      }
+      result.metrics["cs.accuracy"] = static_cast<double>(right) / static_cast<double>(n);
+      result.metrics.insert(confusion.begin(), confusion.end());
+    } else {
+      // The decoder tasks: the vector of x (encode_decode) or of p0 + p1 (reasoning).
+      const int64_t k = std::min(n, options_.max_decoded);
+      const bool reasoning = batch.task == Task::reasoning;
+      const Tensor& v0 = models.answer_encoder().forward(first_sequences(batch.fields[0], k, config, device), eval, acts_a);
+      Tensor v = v0.clone();
+      if (reasoning) {
+        const Tensor& v1 =
+            models.answer_encoder().forward(first_sequences(batch.fields[1], k, config, device), eval, acts_b);
+        ops::add(v, v1, v);
+      }
+      const PackedField& target = batch.fields[reasoning ? 2 : 0];
+      result.metrics[task + ".token_accuracy"] = token_accuracy(models.decoder(), v, target, k, config);
+    }
+  }
+
+  // The forgetting monitor on the held-out text: fixed masks (step 0), so evaluations compare.
+  const auto text = std::find_if(batches_.begin(), batches_.end(),
+                                 [](const TaskBatch& b) { return b.task == Task::encode_decode; });
+  if (options_.masking && !context.base_lm_head.empty() && text != batches_.end()) {
+    MaskedLM monitor(models.answer_encoder().base());
+    monitor.head().load(context.base_lm_head, "the base model's lm_head");
+    const MaskedTokens masked = mask_tokens(sequences_of(text->fields[0], text->count()), config.vocab_size,
+                                            *options_.masking, /*step=*/0);
+    result.metrics["forgetting.mlm_loss"] = monitor.loss(masked, eval, /*backward=*/false);
+  }
+  return result;
+}
+
+}  // namespace qarac

@@ -1,0 +1,44 @@
+// Held-out evaluation of the QARAC models (DESIGN.md §6), run by the trainer every eval.every
+// steps and at the end:
+//   <task>.loss              each objective's loss on held-out examples
+//   qa.retrieval_accuracy    QE(q)'s nearest answer vector (Euclidean, as the MSE objective
+//                            measures) among all held-out AE(a) is its own answer's
+//   cs.accuracy, cs.confusion.<gold>.<predicted>
+//                            cos(AE(s0), AE(s1)) read as entailment above 1/3, contradiction
+//                            below -1/3, neutral between
+//   ed.token_accuracy, rs.token_accuracy
+//                            greedy decoding from the vector, position by position against
+//                            the target "y </s>"
+//   forgetting.mlm_loss      the answer encoder's base scored with the base checkpoint's own MLM
+//                            head on held-out text, masks fixed across evaluations
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "model/masked_lm.h"
+#include "train/trainer.h"
+
+namespace qarac {
+
+struct EvalOptions {
+  std::string data_dir;         // held-out task streams (<task>.h5, as qarac-prep writes them)
+  int64_t max_examples = 256;   // per task, the first ones of each file
+  int64_t max_decoded = 64;     // examples decoded greedily per decoder task
+  std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
+};
+
+class QaracEvaluator : public Evaluator {
+ public:
+  // Reads the held-out examples once: InputError when data_dir has none of the task files.
+  explicit QaracEvaluator(const EvalOptions& options);
+  EvalResult evaluate(const EvalContext& context) override;
+
+ private:
+  EvalOptions options_;
+  std::vector<data::TaskBatch> batches_;  // one per task found, all its examples
+};
+
+}  // namespace qarac

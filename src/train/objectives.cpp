@@ -1,0 +1,242 @@
+// The four QARAC objectives: forward, per-sample losses averaged over the batch, and backward.
+//
+// Gradients, with B samples, weight w = options.weight and L the task's batch mean:
+// - Cross-entropy tasks. Sample b has n_b target tokens and loss (1/n_b) Σ_t CE_bt, so
+//   L = Σ_b Σ_t CE_bt / (B n_b): every target token is a row of the LM head's logits with weight
+//   r_t = 1/(B n_b), and softmax_cross_entropy writes w r_t (softmax − onehot) over the logits in
+//   place. The decoder returns dv = w ∂L/∂v, which flows into AE (encode_decode), or into both
+//   applications of AE unchanged (reasoning: v = AE(p0) + AE(p1), ∂v/∂AE(p_i) = I).
+// - question_answering. L = (1/B) Σ_b (1/d) Σ_j (q_bj − a_bj)², q = QE(q), a = AE(a):
+//   ∂/∂q = (w/B)(2/d)(q − a) = −∂/∂a, mse_loss with dloss = w/B.
+// - consistency. c_b = cos(u_b, u'_b) of the two statements' AE vectors,
+//   L = (1/B) Σ_b (c_b − y_b)²:
+//   ∂/∂c_b = (w/B) 2 (c_b − y_b) (mse_loss of [B, 1] columns), then cosine_backward to u and u'.
+// The batch mean itself is a [1, N] · [N, 1] GEMM of the per-row losses with the row weights
+// (1/(B n_b) per token, or 1/B per sample), so the loss never leaves the device.
+#include "train/objectives.h"
+
+#include <string>
+#include <vector>
+
+#include "model/decoder.h"
+
+namespace qarac {
+namespace {
+
+constexpr int32_t kNoIgnoredTarget = -100;  // every target is a real token
+constexpr double kCosineEps = 1e-12;        // as the pooling head's cosine (DESIGN.md §2)
+
+// A field's token sequences as the models take them.
+TokenBatch tokens_of(const data::PackedField& field, const RobertaConfig& config, Device device) {
+  return TokenBatch::from_packed(field.tokens, field.starts, config.pad_token_id, device);
+}
+
+// Values as an accumulation-dtype tensor on `device`.
+Tensor accumulation_tensor(const std::vector<double>& values, DType acc, Device device) {
+  return Tensor::from_vector(values, {static_cast<int64_t>(values.size())}).to(acc).to(device);
+}
+
+// The decoder's view of a field "<s> y </s>": input "<s> y", targets "y </s>", and every target
+// token's row weight 1/(B n_b) (n_b = |y| + 1 targets of sample b).
+struct DecoderBatch {
+  TokenBatch input;
+  Tensor targets;  // i32 [T]
+  Tensor weights;  // A [T]
+};
+
+DecoderBatch decoder_batch(const data::PackedField& field, const RobertaConfig& config, DType acc,
+                           Device device, data::Task task, const std::string& field_name) {
+  const int64_t count = field.count();
+  std::vector<int32_t> input, targets, starts{0};
+  std::vector<double> weights;
+  for (int64_t b = 0; b < count; ++b) {
+    const int32_t begin = field.starts[static_cast<size_t>(b)];
+    const int32_t end = field.starts[static_cast<size_t>(b) + 1];
+    QARAC_INPUT_CHECK(end - begin >= 2 &&
+                          field.tokens[static_cast<size_t>(begin)] == config.bos_token_id &&
+                          field.tokens[static_cast<size_t>(end) - 1] == config.eos_token_id,
+                      data::task_name(task), ": field '", field_name, "' of sample ", b,
+                      " does not read <s> ... </s> (", end - begin,
+                      " tokens); the decoder needs task streams prepared with the special tokens");
+    input.insert(input.end(), field.tokens.begin() + begin, field.tokens.begin() + end - 1);
+    targets.insert(targets.end(), field.tokens.begin() + begin + 1, field.tokens.begin() + end);
+    weights.insert(weights.end(), static_cast<size_t>(end - begin - 1),
+                   1.0 / (static_cast<double>(count) * (end - begin - 1)));
+    starts.push_back(static_cast<int32_t>(input.size()));
+  }
+  DecoderBatch out;
+  out.input = TokenBatch::from_packed(input, starts, config.pad_token_id, device);
+  out.targets = Tensor::from_vector(targets, {static_cast<int64_t>(targets.size())}, device);
+  out.weights = accumulation_tensor(weights, acc, device);
+  return out;
+}
+
+// out [1] = Σ_i values_i weights_i, on the device.
+void weighted_sum(const Tensor& values, const Tensor& weights, Tensor& out) {
+  const int64_t n = values.size(0);
+  Tensor out_view = out.reshape({1, 1});
+  ops::gemm(values.reshape({1, n}), weights.reshape({n, 1}), out_view, false, false);
+}
+
+}  // namespace
+
+struct Objectives::Impl {
+  QaracModels& models;
+  DType dtype, acc;
+  Device device;
+  SentenceEncoder::Activations encoded[2];  // a task's (up to) two encoder applications
+  Decoder::Activations decoded;
+  Tensor pair_sum;                       // reasoning: v = AE(p0) + AE(p1) [B, d]
+  Tensor grad_first, grad_second;        // d loss / d the two encoder outputs [B, d]
+  Tensor losses;                         // per row (A)
+  Tensor cosines, grad_cosines, labels;  // consistency [B] (A)
+  Tensor mean_weights;                   // 1/B [B] (A)
+  Tensor task_loss[data::kTaskCount];    // each task's scalar [1] (A)
+
+  explicit Impl(QaracModels& m)
+      : models(m), dtype(m.dtype()), acc(ops::accumulation_dtype(m.dtype())), device(m.device()) {}
+
+  const RobertaConfig& config() const { return models.config().base; }
+  void check(const data::TaskBatch& batch) const;
+  const Tensor& run(const data::TaskBatch& batch, const ForwardOptions& forward, double weight,
+                    bool backward);
+  // The cross-entropy tasks' common part: D(v, y) against "y </s>"; loss = the batch mean.
+  // Returns d loss / d v (times weight) when backward, else null.
+  const Tensor* decode(const Tensor& v, const data::TaskBatch& batch, int field,
+                       const ForwardOptions& options, double weight, bool backward, Tensor& loss);
+  // loss = the mean of `losses` [B].
+  void batch_mean(int64_t count, Tensor& loss);
+};
+
+void Objectives::Impl::check(const data::TaskBatch& batch) const {
+  const std::vector<std::string>& names = data::task_fields(batch.task);
+  const int64_t count = batch.count();
+  QARAC_INPUT_CHECK(count > 0, data::task_name(batch.task), ": empty batch");
+  QARAC_INPUT_CHECK(batch.fields.size() == names.size(), data::task_name(batch.task), ": ",
+                    batch.fields.size(), " fields, expected ", names.size());
+  for (size_t f = 0; f < names.size(); ++f)
+    QARAC_INPUT_CHECK(batch.fields[f].count() == count, data::task_name(batch.task), ": field '",
+                      names[f], "' holds ", batch.fields[f].count(), " sequences for ", count,
+                      " samples");
+  if (batch.task == data::Task::consistency)
+    QARAC_INPUT_CHECK(static_cast<int64_t>(batch.labels.size()) == count,
+                      "consistency: ", batch.labels.size(), " labels for ", count, " samples");
+}
+
+void Objectives::Impl::batch_mean(int64_t count, Tensor& loss) {
+  if (!mean_weights.defined() || mean_weights.size(0) != count)
+    mean_weights = accumulation_tensor(
+        std::vector<double>(static_cast<size_t>(count), 1.0 / static_cast<double>(count)), acc,
+        device);
+  weighted_sum(losses, mean_weights, loss);
+}
+
+const Tensor* Objectives::Impl::decode(const Tensor& v, const data::TaskBatch& batch, int field,
+                                       const ForwardOptions& options, double weight, bool backward,
+                                       Tensor& loss) {
+  Decoder& decoder = models.decoder();
+  const DecoderBatch y =
+      decoder_batch(batch.fields[static_cast<size_t>(field)], config(), acc, device, batch.task,
+                    data::task_fields(batch.task)[static_cast<size_t>(field)]);
+  Tensor& logits = decoder.forward(v, y.input, options, decoded);
+  ensure_tensor(losses, {y.input.tokens()}, acc, device);
+  // In place: the logits become w r_t (softmax − onehot), the LM head's incoming gradient.
+  ops::softmax_cross_entropy(logits, y.targets, kNoIgnoredTarget, losses,
+                             backward ? &logits : nullptr, weight, decoder.vocab_size(),
+                             &y.weights);
+  weighted_sum(losses, y.weights, loss);
+  return backward ? &decoder.backward(decoded, logits) : nullptr;
+}
+
+const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardOptions& forward,
+                                    double weight, bool backward) {
+  check(batch);
+  const int task = static_cast<int>(batch.task);
+  const int64_t count = batch.count(), d = config().hidden_size;
+  Tensor& loss = task_loss[task];
+  ensure_tensor(loss, {1}, acc, device);
+  auto application = [&](uint32_t k) {
+    ForwardOptions o = forward;
+    o.application = 4 * static_cast<uint32_t>(task) + k;
+    return o;
+  };
+  auto field = [&](int f) {
+    return tokens_of(batch.fields[static_cast<size_t>(f)], config(), device);
+  };
+  SentenceEncoder& answer = models.answer_encoder();
+
+  switch (batch.task) {
+    case data::Task::encode_decode: {
+      const Tensor& v = answer.forward(field(0), application(0), encoded[0]);
+      const Tensor* dv = decode(v, batch, 0, application(1), weight, backward, loss);
+      if (backward) answer.backward(encoded[0], *dv);
+      break;
+    }
+    case data::Task::question_answering: {
+      SentenceEncoder& question = models.question_encoder();
+      const Tensor& q = question.forward(field(0), application(0), encoded[0]);
+      const Tensor& a = answer.forward(field(1), application(1), encoded[1]);
+      ensure_tensor(losses, {count}, acc, device);
+      ensure_tensor(grad_first, {count, d}, dtype, device);
+      ensure_tensor(grad_second, {count, d}, dtype, device);
+      ops::mse_loss(q, a, losses, backward ? &grad_first : nullptr,
+                    backward ? &grad_second : nullptr, weight / static_cast<double>(count));
+      batch_mean(count, loss);
+      if (backward) {
+        question.backward(encoded[0], grad_first);
+        answer.backward(encoded[1], grad_second);
+      }
+      break;
+    }
+    case data::Task::reasoning: {
+      const Tensor& v0 = answer.forward(field(0), application(0), encoded[0]);
+      const Tensor& v1 = answer.forward(field(1), application(1), encoded[1]);
+      ensure_tensor(pair_sum, {count, d}, dtype, device);
+      ops::add(v0, v1, pair_sum);
+      const Tensor* dv = decode(pair_sum, batch, 2, application(2), weight, backward, loss);
+      if (backward) {
+        answer.backward(encoded[1], *dv);
+        answer.backward(encoded[0], *dv);
+      }
+      break;
+    }
+    case data::Task::consistency: {
+      const Tensor& u0 = answer.forward(field(0), application(0), encoded[0]);
+      const Tensor& u1 = answer.forward(field(1), application(1), encoded[1]);
+      ensure_tensor(cosines, {count}, acc, device);
+      ensure_tensor(grad_cosines, {count}, acc, device);
+      ensure_tensor(losses, {count}, acc, device);
+      ensure_tensor(grad_first, {count, d}, dtype, device);
+      ensure_tensor(grad_second, {count, d}, dtype, device);
+      ops::cosine_forward(u0, u1, kCosineEps, cosines);
+      labels = accumulation_tensor(std::vector<double>(batch.labels.begin(), batch.labels.end()),
+                                   acc, device);
+      Tensor grad_column = grad_cosines.reshape({count, 1});
+      ops::mse_loss(cosines.reshape({count, 1}), labels.reshape({count, 1}), losses,
+                    backward ? &grad_column : nullptr, nullptr,
+                    weight / static_cast<double>(count));
+      batch_mean(count, loss);
+      if (backward) {
+        ops::cosine_backward(grad_cosines, u0, u1, kCosineEps, grad_first, grad_second);
+        answer.backward(encoded[0], grad_first);
+        answer.backward(encoded[1], grad_second);
+      }
+      break;
+    }
+  }
+  return loss;
+}
+
+Objectives::Objectives(QaracModels& models) : impl_(std::make_unique<Impl>(models)) {}
+Objectives::~Objectives() = default;
+
+const Tensor& Objectives::run(const data::TaskBatch& batch, const ObjectiveOptions& options) {
+  return impl_->run(batch, options.forward, options.weight, /*backward=*/true);
+}
+
+double Objectives::evaluate(const data::TaskBatch& batch) {
+  const Tensor& loss = impl_->run(batch, ForwardOptions{}, 1.0, /*backward=*/false);
+  return loss.to(Device::cpu()).to(DType::f64).data<double>()[0];
+}
+
+}  // namespace qarac

@@ -1,0 +1,429 @@
+// The training loop of qarac-train. Layout of a run directory (config.output):
+//   config.ini              the effective configuration (a fresh run writes it)
+//   metrics.jsonl           one JSON object per step, and per evaluation ("eval": true)
+//   checkpoints/            checkpoint-<step>.h5, the newest checkpoint.keep of them
+//   export/<model>/         config.json + model.safetensors per model, at the end
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/log.h"
+#include "data/loader.h"
+#include "io/hf_checkpoint.h"
+#include "io/hf_export.h"
+#include "train/checkpoint.h"
+#include "train/objectives.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace qarac {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// "1h02m03s", "4m05s", "6s".
+std::string duration_text(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char text[32];
+  if (s >= 3600)
+    std::snprintf(text, sizeof text, "%lldh%02lldm%02llds", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  else if (s >= 60)
+    std::snprintf(text, sizeof text, "%lldm%02llds", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
+  else
+    std::snprintf(text, sizeof text, "%llds", static_cast<long long>(s));
+  return text;
+}
+
+// One loader per task of the rank, so that every task has its own batch size; together they act
+// as the loader of the rank's plan: a step takes one batch of each task, in plan order, and the
+// cursor is the tasks' cursors in that order (what a checkpoint stores).
+class TaskLoaders {
+ public:
+  TaskLoaders(const data::RankPlan& plan, const TrainConfig& config) {
+    std::string first_hash, first_path;
+    for (const data::TaskSlot& slot : plan.tasks) {
+      data::RankPlan one = plan;
+      one.tasks = {slot};
+      const TaskSettings& settings = config.task[static_cast<int>(slot.task)];
+      data::LoaderOptions options;
+      options.data_dir = config.data_dir;
+      options.seed = static_cast<uint64_t>(config.seed);
+      options.token_budget = settings.tokens;
+      options.max_examples = settings.examples;
+      loaders_.emplace_back(one, options);
+      const std::string path = config.data_dir + "/" + data::task_name(slot.task) + ".h5";
+      const std::string& hash = loaders_.back().info(0).tokenizer_hash;
+      if (first_path.empty()) {
+        first_hash = hash;
+        first_path = path;
+      }
+      QARAC_INPUT_CHECK(hash == first_hash, path, ": made with tokenizer ", hash, ", but ",
+                        first_path, " with ", first_hash, " (rerun qarac-prep with one tokenizer)");
+    }
+  }
+
+  data::StepBatch next() {
+    data::StepBatch step;
+    for (data::Loader& loader : loaders_) {
+      data::StepBatch one = loader.next();
+      step.step = one.step;
+      step.tasks.push_back(std::move(one.tasks.front()));
+    }
+    return step;
+  }
+
+  data::LoaderCursor cursor() const {
+    data::LoaderCursor c;
+    for (const data::Loader& loader : loaders_) {
+      const data::LoaderCursor one = loader.cursor();
+      c.step = one.step;
+      c.tasks.push_back(one.tasks.front());
+    }
+    return c;
+  }
+
+  void restore(const data::LoaderCursor& c) {
+    QARAC_INPUT_CHECK(c.tasks.size() == loaders_.size(), "data cursor: ", c.tasks.size(),
+                      " tasks, this rank runs ", loaders_.size());
+    for (size_t i = 0; i < loaders_.size(); ++i) loaders_[i].restore({c.step, {c.tasks[i]}});
+  }
+
+ private:
+  std::vector<data::Loader> loaders_;
+};
+
+// What one step measured.
+struct StepStats {
+  double lr = 0, grad_norm = 0;
+  std::vector<double> losses;  // this rank's tasks, plan order
+  int64_t tokens = 0;
+  double seconds = 0, comm_seconds = 0;
+};
+
+constexpr const char* kModels[] = {"question_encoder", "answer_encoder", "decoder"};
+
+}  // namespace
+
+struct Trainer::Impl {
+  TrainConfig config;
+  int rank = 0;
+  dist::TaskPlan plan;
+  std::vector<data::Task> tasks;  // this rank's, plan order
+  io::HfRoberta base;             // its encoder tensors are dropped once the models hold them
+  std::unique_ptr<TaskLoaders> loaders;
+  std::unique_ptr<QaracModels> models;
+  std::unique_ptr<Objectives> objectives;
+  ParameterList params;
+  std::unique_ptr<Optimizer> optimizer;
+  LearningRateSchedule schedule;
+  std::unique_ptr<Evaluator> evaluator;
+  std::string resume_from;  // the checkpoint to resume from, when resuming
+  int64_t step = 0;         // training steps completed
+  Tensor step_losses;       // [tasks] on the device: the losses of one step, read back at once
+
+  fs::path output, checkpoint_dir;
+  std::ofstream metrics;
+  bool terminal = false;       // stdout is a terminal: the progress line is rewritten in place
+  bool progress_open = false;  // a progress line without its newline is on the terminal
+  Clock::time_point started;
+  int64_t first_step = 0;  // the step this process started at (ETA)
+  int64_t last_checkpoint = -1, last_eval = -1;
+
+  Impl(const TrainConfig& c, int rank_, int world_size);
+  bool is_root() const { return rank == 0; }
+  void check_output_dir();
+  StepStats train_step();
+  void reduce_gradients();
+  void write_metrics(const StepStats& s);
+  void print_progress(const StepStats& s);
+  void end_progress_line();  // before a log line, so that it does not land inside the progress
+  void save();
+  void evaluate();
+  void export_models();
+};
+
+namespace {
+
+dist::TaskPlan make_plan(const TrainConfig& c, int world_size) {
+  dist::TaskValues weights{};
+  std::array<int64_t, data::kTaskCount> tokens{};
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    weights[t] = c.task[t].weight;
+    tokens[t] = c.task[t].tokens;
+  }
+  return dist::TaskPlan::parse(c.tasks, world_size, weights, dist::estimated_costs(tokens));
+}
+
+// check_values first: the schedule's and the plan's own checks would name no key.
+const TrainConfig& checked(const TrainConfig& c) {
+  check_values(c);
+  return c;
+}
+
+}  // namespace
+
+Trainer::Impl::Impl(const TrainConfig& c, int rank_, int world_size)
+    : config(checked(c)),
+      rank(rank_),
+      plan(make_plan(config, world_size)),
+      tasks(plan.tasks_of(rank)),
+      schedule(config.schedule_config()),
+      output(config.output),
+      checkpoint_dir(output / "checkpoints") {
+  const Device device = config.device_value();
+  if (device.is_cuda())
+    QARAC_INPUT_CHECK(cuda_device_count() > 0, "train.device: cuda, but no CUDA device is available",
+                      " (or this build has no CUDA backend)");
+  check_output_dir();
+
+  base = io::read_hf_roberta(config.base);
+  if (config.dropout >= 0) base.config.hidden_dropout = base.config.attention_dropout = config.dropout;
+  loaders = std::make_unique<TaskLoaders>(plan.rank_plan(rank), config);
+
+  QaracConfig qc;
+  qc.base = base.config;
+  qc.share_encoder_base = config.share_encoder_base;
+  qc.tie_lm_head = config.tie_lm_head;
+  qc.init_seed = static_cast<uint64_t>(config.seed);
+  qc.init_std = config.init_std;
+  models = std::make_unique<QaracModels>(qc, base.encoder, config.dtype_value(), device);
+  base.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
+  objectives = std::make_unique<Objectives>(*models);
+  params = models->parameters();
+  optimizer = std::make_unique<Optimizer>(params, config.optimizer_config());
+  step_losses = Tensor::zeros({static_cast<int64_t>(tasks.size())},
+                              ops::accumulation_dtype(config.dtype_value()), device);
+}
+
+// A fresh run needs a new or empty directory, so that it never mixes its files with another
+// run's; --resume needs the directory of the run and a checkpoint in it.
+void Trainer::Impl::check_output_dir() {
+  std::error_code ec;
+  const bool exists = fs::exists(output, ec);
+  if (config.resume) {
+    QARAC_INPUT_CHECK(exists, "--resume: output ", output.string(), " does not exist");
+    const std::optional<std::string> latest = find_latest_checkpoint(checkpoint_dir.string());
+    QARAC_INPUT_CHECK(latest, "--resume: no valid checkpoint in ", checkpoint_dir.string());
+    resume_from = *latest;
+    return;
+  }
+  if (!exists) return;
+  QARAC_INPUT_CHECK(fs::is_directory(output, ec), "output: ", output.string(), " is not a directory");
+  QARAC_INPUT_CHECK(fs::is_empty(output, ec), "output: ", output.string(),
+                    " is not empty (--resume continues its run; or choose another directory)");
+}
+
+StepStats Trainer::Impl::train_step() {
+  const Clock::time_point t0 = Clock::now();
+  StepStats s;
+  const data::StepBatch batch = loaders->next();
+  zero_grads(params);
+  for (size_t i = 0; i < batch.tasks.size(); ++i) {
+    const data::TaskBatch& task_batch = batch.tasks[i];
+    ObjectiveOptions options;
+    options.weight = plan.gradient_scale(task_batch.task);  // w_t / n_t
+    options.forward.training = true;
+    options.forward.seed = static_cast<uint64_t>(config.seed);
+    options.forward.step = static_cast<uint64_t>(step);
+    const Tensor& loss = objectives->run(task_batch, options);
+    // Kept on the device: the losses are read back together after the update.
+    step_losses.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1).copy_(loss);
+    s.tokens += task_batch.tokens();
+  }
+  const Clock::time_point comm0 = Clock::now();
+  reduce_gradients();
+  s.comm_seconds = seconds_between(comm0, Clock::now());
+  s.lr = schedule.at(step);
+  // Clipping measures the norm anyway; without clipping it is measured for the metrics.
+  if (config.clip > 0)
+    s.grad_norm = optimizer->step(s.lr, config.clip);
+  else {
+    s.grad_norm = optimizer->grad_norm();
+    optimizer->step(s.lr);
+  }
+  s.losses = step_losses.to(Device::cpu()).to(DType::f64).to_vector<double>();
+  ++step;
+  s.seconds = seconds_between(t0, Clock::now());
+  return s;
+}
+
+// The gradient reduction of DESIGN.md §4: with several ranks, every model's gradients (already
+// scaled by w_t / n_t per task) are SUM-all-reduced over the ranks that hold the model, so every
+// holder applies the same update. One rank holds every model alone: nothing to reduce.
+void Trainer::Impl::reduce_gradients() {}
+
+void Trainer::Impl::write_metrics(const StepStats& s) {
+  nlohmann::json line;
+  line["step"] = step;
+  line["lr"] = s.lr;
+  line["grad_norm"] = s.grad_norm;
+  nlohmann::json losses = nlohmann::json::object();
+  double weighted = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    losses[data::task_name(tasks[i])] = s.losses[i];
+    weighted += plan.weight(tasks[i]) * s.losses[i];
+  }
+  line["loss"] = losses;
+  line["loss_weighted"] = weighted;  // Σ w_t loss_t over this rank's tasks
+  line["tokens"] = s.tokens;
+  line["tokens_per_s"] = s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0;
+  line["step_time_s"] = s.seconds;
+  line["comm_time_s"] = s.comm_seconds;
+  line["elapsed_s"] = seconds_between(started, Clock::now());
+  metrics << line.dump() << "\n";
+  metrics.flush();
+}
+
+void Trainer::Impl::print_progress(const StepStats& s) {
+  const bool last = step == config.steps;
+  if (!terminal && step % config.log_every != 0 && !last) return;
+  const double per_step = seconds_between(started, Clock::now()) / static_cast<double>(step - first_step);
+  std::string losses;
+  char item[64];
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    std::snprintf(item, sizeof item, "%s%s %.4f", i ? " " : "", data::task_short_name(tasks[i]), s.losses[i]);
+    losses += item;
+  }
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "step %lld/%lld | loss %s | lr %.3g | grad norm %.3g | %.0f tokens/s | %.3f s/step | ETA %s",
+                static_cast<long long>(step), static_cast<long long>(config.steps), losses.c_str(),
+                s.lr, s.grad_norm, s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0,
+                s.seconds, duration_text(per_step * static_cast<double>(config.steps - step)).c_str());
+  // On a terminal the line is rewritten in place ("\r", then erase to the end of the line).
+  if (terminal) {
+    std::printf("\r%s\033[K", line);
+    progress_open = true;
+    if (last) end_progress_line();
+  } else {
+    std::printf("%s\n", line);
+  }
+  std::fflush(stdout);
+}
+
+void Trainer::Impl::end_progress_line() {
+  if (!progress_open) return;
+  std::printf("\n");
+  std::fflush(stdout);
+  progress_open = false;
+}
+
+void Trainer::Impl::save() {
+  last_checkpoint = step;
+  if (!is_root()) return;  // one process writes the folder (rank 0's cursor: the distributed issue)
+  TrainingState state;
+  state.step = step;
+  state.seed = static_cast<uint64_t>(config.seed);
+  state.cursor = loaders->cursor();
+  state.config = to_ini(config);
+  const std::string path = save_checkpoint(checkpoint_dir.string(), *optimizer, state,
+                                           static_cast<int>(config.checkpoint_keep));
+  end_progress_line();
+  log::info("checkpoint ", path);
+}
+
+void Trainer::Impl::evaluate() {
+  last_eval = step;
+  if (!evaluator || !is_root()) return;
+  const EvalResult result = evaluator->evaluate({*models, base.lm_head, base.config, step});
+  nlohmann::json line;
+  line["step"] = step;
+  line["eval"] = true;
+  for (const auto& [name, value] : result.metrics) line[name] = value;
+  metrics << line.dump() << "\n";
+  metrics.flush();
+  // The log line leaves out the confusion matrix's cells (metrics.jsonl has them all).
+  std::string text;
+  for (const auto& [name, value] : result.metrics)
+    if (name.find(".confusion.") == std::string::npos) text += " " + name + "=" + std::to_string(value);
+  end_progress_line();
+  log::info("eval at step ", step, ":", text);
+}
+
+void Trainer::Impl::export_models() {
+  end_progress_line();
+  for (const char* model : kModels)
+    io::export_hf_model(output.string(), model, models->config().base,
+                        io::master_tensors(models->model_parameters(model)));
+}
+
+Trainer::Trainer(const TrainConfig& config, int rank, int world_size)
+    : impl_(std::make_unique<Impl>(config, rank, world_size)) {}
+
+Trainer::~Trainer() = default;
+
+void Trainer::set_evaluator(std::unique_ptr<Evaluator> evaluator) { impl_->evaluator = std::move(evaluator); }
+const dist::TaskPlan& Trainer::plan() const { return impl_->plan; }
+QaracModels& Trainer::models() { return *impl_->models; }
+int64_t Trainer::step() const { return impl_->step; }
+
+void Trainer::run() {
+  Impl& t = *impl_;
+  const TrainConfig& c = t.config;
+  if (!t.resume_from.empty()) {
+    // Restores parameters, moments and the optimizer's step; refuses a checkpoint whose run
+    // fixed the models, the data order or the plan differently.
+    const TrainingState state = load_checkpoint(
+        t.resume_from, *t.optimizer, [&](const std::string& saved) { return resume_mismatch(c, saved); });
+    t.step = state.step;
+    t.loaders->restore(state.cursor);
+    t.last_checkpoint = t.step;
+    log::info("resuming from ", t.resume_from, " at step ", t.step);
+  }
+  if (t.is_root()) {
+    std::error_code ec;
+    fs::create_directories(t.output, ec);
+    QARAC_INPUT_CHECK(!ec, "output: cannot create ", t.output.string(), ": ", ec.message());
+    if (t.resume_from.empty()) {
+      std::ofstream ini(t.output / "config.ini");
+      ini << to_ini(c);
+      QARAC_INPUT_CHECK(ini.good(), (t.output / "config.ini").string(), ": cannot write");
+    }
+    const fs::path metrics_path = t.output / "metrics.jsonl";
+    t.metrics.open(metrics_path, std::ios::app);  // a resumed run goes on in the same file
+    QARAC_INPUT_CHECK(t.metrics.good(), metrics_path.string(), ": cannot open for writing");
+    t.terminal = isatty(fileno(stdout)) != 0;
+    int64_t count = 0;
+    for (const Parameter* p : t.params) count += p->master.numel();
+    std::printf("%sqarac-train: %lld parameters, %s, steps %lld..%lld, output %s\n",
+                t.plan.table().c_str(), static_cast<long long>(count), optimizer_name(t.optimizer->config().kind),
+                static_cast<long long>(t.step), static_cast<long long>(c.steps), t.output.c_str());
+    std::fflush(stdout);
+  }
+  // The first evaluation of a fresh run measures the models before fine-tuning: the baseline of
+  // the forgetting monitor.
+  if (t.resume_from.empty()) t.evaluate();
+  t.started = Clock::now();
+  t.first_step = t.step;
+  while (t.step < c.steps) {
+    const StepStats s = t.train_step();
+    if (t.is_root()) {
+      t.write_metrics(s);
+      t.print_progress(s);
+    }
+    if (c.checkpoint_every > 0 && t.step % c.checkpoint_every == 0) t.save();
+    if (c.eval_every > 0 && t.step % c.eval_every == 0) t.evaluate();
+  }
+  if (t.last_checkpoint != t.step) t.save();
+  if (t.last_eval != t.step) t.evaluate();
+  if (t.is_root()) t.export_models();
+}
+
+}  // namespace qarac

@@ -1,0 +1,68 @@
+// The training run of qarac-train (DESIGN.md §1, §4, §6): from a pre-trained RoBERTa to the three
+// fine-tuned QARAC models. The trainer loads the base (setting its MLM head aside for the
+// forgetting monitor), builds the models, this rank's loaders from the task plan and the
+// optimizer, then runs the steps: every task of the rank forward and backward with its gradient
+// scale w_t / n_t, the gradient reduction, clipping, the optimizer update at the scheduled rate;
+// metrics every step, checkpoints and evaluations every N steps and at the end, and the Hugging
+// Face export of every model at the end.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "dist/task_plan.h"
+#include "model/qarac.h"
+#include "train/config.h"
+
+namespace qarac {
+
+// ---- Evaluation hook ------------------------------------------------------------------------
+// Evaluations (QA retrieval accuracy, consistency accuracy and confusion, token accuracy, the
+// forgetting monitor) implement Evaluator; the trainer calls it every eval.every steps and at the
+// end, and logs its metrics to metrics.jsonl as one line with "eval": true.
+struct EvalResult {
+  std::map<std::string, double> metrics;  // e.g. "qa.retrieval_accuracy", "forgetting.mlm_loss"
+};
+
+struct EvalContext {
+  QaracModels& models;
+  const io::TensorMap& base_lm_head;  // the base checkpoint's MLM head ("dense.weight", ...)
+  const RobertaConfig& base_config;
+  int64_t step;  // training steps completed
+};
+
+class Evaluator {
+ public:
+  virtual ~Evaluator() = default;
+  // Runs without gradients; must leave the models' parameters as they were.
+  virtual EvalResult evaluate(const EvalContext& context) = 0;
+};
+
+// ---- Trainer ----------------------------------------------------------------------------------
+class Trainer {
+ public:
+  // Checks the values, reads the base model and this rank's data, builds the models, loaders and
+  // optimizer, and (with config.resume) finds the checkpoint to resume from. Writes nothing: every
+  // input error (one-line InputError naming the key or file) comes before the output directory
+  // exists.
+  explicit Trainer(const TrainConfig& config, int rank = 0, int world_size = 1);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  void set_evaluator(std::unique_ptr<Evaluator> evaluator);
+  const dist::TaskPlan& plan() const;
+  QaracModels& models();
+  int64_t step() const;  // training steps completed
+
+  // Creates the output directory, restores the checkpoint when resuming, and trains to
+  // config.steps: metrics, checkpoints, evaluations, then the export.
+  void run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qarac

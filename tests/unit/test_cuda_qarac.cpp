@@ -1,0 +1,281 @@
+// The CUDA kernels added for the QARAC objectives against the CPU reference: the decoder's row
+// gather and scatter (pure data movement: the same bits), the row mean squared error, and a
+// whole QARAC step (all four tasks, dropout on) on CUDA against the CPU: losses and every
+// parameter's gradient in f32, the losses in bf16. Every test skips when there is no CUDA device.
+//
+// Tolerances, as |got - want| <= tol (|want| + rms(want)) per element:
+// - mse_loss in f32, 1e-5: both sides sum at most a few hundred O(1) squares in f32 in another
+//   order (a warp tree against a loop), ~1e-6; bf16 outputs, 1e-2: one rounding to 8 significant
+//   bits (2^-9 relative) on top.
+// - The QARAC step in f32, 1e-4 on the losses and 1e-3 on the gradients: the same arithmetic
+//   through two RoBERTa layers, the head layers, the LM head and cross-entropy, each op agreeing
+//   to ~1e-6 relative (cuBLASLt in true f32, not TF32); the gradients pass through ~20 ops and
+//   are judged against the rms of their tensor, so near-zero entries do not dominate. A wrong
+//   kernel is off by O(1).
+// - The losses in bf16, 5e-2: activations and weight copies rounded to 2^-9 relative, about ten
+//   roundings per layer; the sequence classifier's bf16 loss tracks the CPU to 3e-2
+//   (test_cuda_training), and the QARAC step adds the head layers and the LM head.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/memory.h"
+#include "core/tensor.h"
+#include "kernels/ops.h"
+#include "model/init.h"
+#include "model/qarac.h"
+#include "train/objectives.h"
+
+using namespace qarac;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+class CudaQarac : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+Tensor uniform(const Shape& shape, std::mt19937& rng, float lo = -1, float hi = 1) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : v) x = dist(rng);
+  return Tensor::from_vector(v, shape);
+}
+
+// The f32 values the GPU computes with in `dtype`.
+Tensor as_seen(const Tensor& t, DType dtype) {
+  return dtype == DType::bf16 ? t.to(DType::bf16).to(DType::f32) : t;
+}
+Tensor on_gpu(const Tensor& t, DType dtype) { return t.to(dtype).to(kGpu); }
+Tensor on_cpu(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32); }
+
+// `floor` is an absolute allowance for tensors whose exact values are all zero (the attention key
+// bias's gradient: the softmax cancels it) and which both sides hold as rounding noise.
+void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
+                  double floor = 0) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  const std::vector<float> g = on_cpu(got).to_vector<float>(), w = on_cpu(want).to_vector<float>();
+  double squares = 0;
+  for (float x : w) squares += static_cast<double>(x) * x;
+  const double rms = w.empty() ? 0 : std::sqrt(squares / static_cast<double>(w.size()));
+  size_t bad = 0, worst = 0;
+  double worst_err = -1;
+  for (size_t i = 0; i < w.size(); ++i) {
+    const double err = std::abs(static_cast<double>(g[i]) - w[i]);
+    if (!(err <= tol * (std::abs(w[i]) + rms) + floor)) {  // NaN fails too
+      ++bad;
+      if (!(err <= worst_err)) {
+        worst_err = err;
+        worst = i;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << w.size() << " elements off; worst element "
+                     << worst << ": got " << g[worst] << ", want " << w[worst] << " (tolerance "
+                     << tol << " x (|want| + rms " << rms << "))";
+}
+
+void expect_same_bits(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  const Tensor g = got.to(Device::cpu()), w = want.to(Device::cpu());
+  EXPECT_EQ(std::memcmp(g.raw(), w.raw(), g.nbytes()), 0) << what << ": bits differ";
+}
+
+// A random injective map of m rows into n.
+std::vector<int32_t> distinct_rows(std::mt19937& rng, int64_t m, int64_t n) {
+  std::vector<int32_t> rows(static_cast<size_t>(n));
+  for (int32_t i = 0; i < static_cast<int32_t>(n); ++i) rows[static_cast<size_t>(i)] = i;
+  std::shuffle(rows.begin(), rows.end(), rng);
+  rows.resize(static_cast<size_t>(m));
+  return rows;
+}
+
+}  // namespace
+
+// Rows of 768 (the 16-byte packed path), 50 and 7 (scalar), both dtypes: gather and scatter move
+// exactly the bits the CPU moves, and the scatter leaves the rows it does not name.
+TEST_F(CudaQarac, GatherAndScatterRowsMatchTheCpuBitForBit) {
+  std::mt19937 rng(1);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t d : {768, 50, 7}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " d " + std::to_string(d));
+      const int64_t n = 301, m = 259;
+      const std::vector<int32_t> rows = distinct_rows(rng, m, n);
+      const Tensor index = Tensor::from_vector(rows, {m}), gpu_index = index.to(kGpu);
+      const Tensor src = as_seen(uniform({n, d}, rng), dtype).to(dtype);
+
+      Tensor want = Tensor::empty({m, d}, dtype == DType::bf16 ? DType::f32 : dtype);
+      ops::gather_rows(src.to(DType::f32), index, want);
+      Tensor got = Tensor::empty({m, d}, dtype, kGpu);
+      ops::gather_rows(src.to(kGpu), gpu_index, got);
+      expect_same_bits(got, want.to(dtype), "gather_rows");
+
+      const Tensor small = as_seen(uniform({m, d}, rng), dtype).to(dtype);
+      const Tensor base = as_seen(uniform({n, d}, rng), dtype).to(dtype);
+      Tensor scattered_want = base.to(DType::f32).clone();
+      ops::scatter_rows(small.to(DType::f32), index, scattered_want);
+      Tensor scattered = base.to(kGpu);
+      ops::scatter_rows(small.to(kGpu), gpu_index, scattered);
+      expect_same_bits(scattered, scattered_want.to(dtype), "scatter_rows");
+    }
+  }
+}
+
+// Rows of 768 components (question answering), 1 (consistency: a cosine against its label) and
+// 7; the gradients together and da alone.
+TEST_F(CudaQarac, MseLossMatchesTheCpu) {
+  std::mt19937 rng(2);
+  const double dloss = 0.3;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t k : {768, 1, 7}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " k " + std::to_string(k));
+      const int64_t rows = 37;
+      const Tensor a = as_seen(uniform({rows, k}, rng, -2, 2), dtype);
+      const Tensor b = as_seen(uniform({rows, k}, rng, -2, 2), dtype);
+      Tensor losses_want = Tensor::empty({rows}, DType::f32);
+      Tensor da_want = Tensor::empty({rows, k}, DType::f32),
+             db_want = Tensor::empty({rows, k}, DType::f32);
+      ops::mse_loss(a, b, losses_want, &da_want, &db_want, dloss);
+
+      const Tensor ga = on_gpu(a, dtype), gb = on_gpu(b, dtype);
+      Tensor losses = Tensor::empty({rows}, DType::f32, kGpu);
+      Tensor da = Tensor::empty({rows, k}, dtype, kGpu), db = Tensor::empty({rows, k}, dtype, kGpu);
+      ops::mse_loss(ga, gb, losses, &da, &db, dloss);
+      const double grad_tol = dtype == DType::bf16 ? 1e-2 : 1e-5;
+      expect_close(losses, losses_want, 1e-5, "losses");
+      expect_close(da, da_want, grad_tol, "da");
+      expect_close(db, db_want, grad_tol, "db");
+
+      Tensor only = Tensor::empty({rows}, DType::f32, kGpu),
+             da_only = Tensor::empty({rows, k}, dtype, kGpu);
+      ops::mse_loss(ga, gb, only, &da_only, nullptr, dloss);
+      expect_same_bits(only, losses, "losses with da alone");
+      expect_same_bits(da_only, da, "da alone");
+    }
+  }
+}
+
+namespace {
+
+QaracConfig step_config() {
+  QaracConfig c;
+  c.base.vocab_size = 101;  // the untied LM head pads it to 128
+  c.base.hidden_size = 64;
+  c.base.num_layers = 2;
+  c.base.num_heads = 2;
+  c.base.intermediate_size = 128;
+  c.base.max_position_embeddings = 40;
+  c.base.hidden_dropout = 0.1;
+  c.base.attention_dropout = 0.1;
+  c.init_std = 0.05;
+  return c;
+}
+
+data::PackedField text_field(std::mt19937& gen, int samples) {
+  std::uniform_int_distribution<int32_t> token(3, 100);
+  std::uniform_int_distribution<int> length(0, 30);
+  data::PackedField f;
+  f.starts = {0};
+  for (int b = 0; b < samples; ++b) {
+    f.tokens.push_back(0);
+    for (int i = length(gen); i > 0; --i) f.tokens.push_back(token(gen));
+    f.tokens.push_back(2);
+    f.starts.push_back(static_cast<int32_t>(f.tokens.size()));
+  }
+  return f;
+}
+
+std::vector<data::TaskBatch> step_batches() {
+  std::mt19937 gen(7);
+  std::vector<data::TaskBatch> out;
+  for (data::Task task : {data::Task::encode_decode, data::Task::question_answering,
+                          data::Task::reasoning, data::Task::consistency}) {
+    data::TaskBatch batch;
+    batch.task = task;
+    batch.examples = {0, 1, 2, 3, 4};
+    for (size_t f = 0; f < data::task_fields(task).size(); ++f)
+      batch.fields.push_back(text_field(gen, 5));
+    if (task == data::Task::consistency) batch.labels = {1.f, 0.f, -1.f, 1.f, -1.f};
+    out.push_back(batch);
+  }
+  return out;
+}
+
+// The base checkpoint: a random RoBERTa with vectors moved off 0 and 1.
+io::TensorMap base_checkpoint(const RobertaConfig& config) {
+  RobertaEncoder encoder(config, DType::f32, Device::cpu());
+  init_normal(encoder.parameters(), 0.05, 3);
+  std::mt19937 gen(4);
+  std::normal_distribution<float> normal(0.f, 0.1f);
+  for (Parameter* p : encoder.parameters()) {
+    if (p->value.dim() != 1) continue;
+    float* v = p->value.data<float>();
+    for (int64_t i = 0; i < p->value.numel(); ++i) v[i] += normal(gen);
+  }
+  io::TensorMap out;
+  for (const Parameter* p : encoder.parameters()) out[p->name] = p->value.clone();
+  return out;
+}
+
+// One QARAC step with dropout: each task's loss, gradients accumulated into the models.
+std::vector<double> run_step(QaracModels& models, const std::vector<data::TaskBatch>& batches) {
+  Objectives objectives(models);
+  zero_grads(models.parameters());
+  std::vector<double> losses;
+  for (const data::TaskBatch& batch : batches) {
+    ObjectiveOptions options;
+    options.weight = 0.5 + 0.25 * static_cast<int>(batch.task);
+    options.forward.training = true;
+    options.forward.seed = 11;
+    options.forward.step = 2;
+    losses.push_back(
+        objectives.run(batch, options).to(Device::cpu()).to(DType::f64).data<double>()[0]);
+  }
+  return losses;
+}
+
+}  // namespace
+
+TEST_F(CudaQarac, QaracStepMatchesTheCpu) {
+  const QaracConfig config = step_config();
+  const io::TensorMap base = base_checkpoint(config.base);
+  const std::vector<data::TaskBatch> batches = step_batches();
+  QaracModels cpu(config, base, DType::f32, Device::cpu());
+  const std::vector<double> want = run_step(cpu, batches);
+  const ParameterList cpu_params = cpu.parameters();
+
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    QaracModels gpu(config, base, dtype, kGpu);
+    const std::vector<double> got = run_step(gpu, batches);
+    for (size_t t = 0; t < want.size(); ++t) {
+      std::printf("%s %s: loss cpu %.6f, cuda %.6f\n", dtype_name(dtype),
+                  data::task_name(batches[t].task), want[t], got[t]);
+      EXPECT_NEAR(got[t], want[t], (dtype == DType::f32 ? 1e-4 : 5e-2) * std::fabs(want[t]))
+          << data::task_name(batches[t].task);
+    }
+    if (dtype != DType::f32) continue;
+    // The floor: 1e-6 of the largest gradient entry of the step.
+    double largest = 0;
+    for (const Parameter* p : cpu_params)
+      for (float g : p->grad.to_vector<float>())
+        largest = std::max(largest, std::fabs(static_cast<double>(g)));
+    const ParameterList gpu_params = gpu.parameters();
+    ASSERT_EQ(gpu_params.size(), cpu_params.size());
+    for (size_t i = 0; i < cpu_params.size(); ++i) {
+      ASSERT_EQ(gpu_params[i]->name, cpu_params[i]->name);
+      expect_close(gpu_params[i]->grad, cpu_params[i]->grad, 1e-3, gpu_params[i]->name,
+                   1e-6 * largest);
+    }
+  }
+}

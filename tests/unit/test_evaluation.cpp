@@ -1,0 +1,191 @@
+// Held-out evaluation and the forgetting monitor: BERT masking rates and determinism, the MLM
+// loss's gradient against finite differences, and the evaluator's metrics on cases whose answer
+// is known (identical encoders retrieve every answer; identical statements are entailments).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "data/shards.h"
+#include "model/init.h"
+#include "model/masked_lm.h"
+#include "train/evaluation.h"
+
+using namespace qarac;
+namespace fs = std::filesystem;
+
+namespace {
+
+RobertaConfig tiny_config() {
+  RobertaConfig c;
+  c.vocab_size = 23;
+  c.hidden_size = 8;
+  c.num_layers = 1;
+  c.num_heads = 2;
+  c.intermediate_size = 12;
+  c.max_position_embeddings = 20;
+  c.hidden_dropout = 0;
+  c.attention_dropout = 0;
+  return c;
+}
+
+std::vector<std::vector<int32_t>> random_sequences(int count, std::mt19937& gen, bool specials) {
+  std::uniform_int_distribution<int32_t> token(5, 22);
+  std::uniform_int_distribution<int> length(2, 9);
+  std::vector<std::vector<int32_t>> out;
+  for (int i = 0; i < count; ++i) {
+    std::vector<int32_t> s;
+    if (specials) s.push_back(0);
+    for (int t = length(gen); t > 0; --t) s.push_back(token(gen));
+    if (specials) s.push_back(2);
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(MlmMasking, RatesSpecialsAndDeterminism) {
+  std::mt19937 gen(1);
+  const auto seqs = random_sequences(2000, gen, /*specials=*/true);
+  MlmMasking masking;
+  const MaskedTokens a = mask_tokens(seqs, 23, masking, 7);
+  const MaskedTokens b = mask_tokens(seqs, 23, masking, 7);
+  EXPECT_EQ(a.inputs, b.inputs);
+  EXPECT_EQ(a.targets, b.targets);
+  EXPECT_NE(mask_tokens(seqs, 23, masking, 8).targets, a.targets);  // another step, other masks
+
+  int64_t ordinary = 0, to_mask = 0, kept = 0, index = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (size_t t = 0; t < seqs[s].size(); ++t, ++index) {
+      const int32_t target = a.targets[static_cast<size_t>(index)];
+      if (seqs[s][t] < masking.first_ordinary_id) {
+        EXPECT_EQ(target, MaskedLM::kIgnore) << "a special token was chosen";
+        continue;
+      }
+      ++ordinary;
+      if (target == MaskedLM::kIgnore) continue;
+      EXPECT_EQ(target, seqs[s][t]);
+      to_mask += a.inputs[s][t] == masking.mask_id;
+      kept += a.inputs[s][t] == seqs[s][t];
+    }
+  }
+  // Binomial counts: 5 standard deviations around 15% chosen, 80% of them masked, ~10% kept
+  // (plus the random replacements that happen to draw the same token, 1 in 18).
+  const double p = static_cast<double>(a.masked) / static_cast<double>(ordinary);
+  EXPECT_NEAR(p, 0.15, 5 * std::sqrt(0.15 * 0.85 / static_cast<double>(ordinary)));
+  const double n = static_cast<double>(a.masked);
+  EXPECT_NEAR(to_mask / n, 0.8, 5 * std::sqrt(0.16 / n));
+  EXPECT_NEAR(kept / n, 0.1 + 0.1 / 18, 5 * std::sqrt(0.1 / n));
+}
+
+TEST(MaskedLM, GradientMatchesFiniteDifferences) {
+  RobertaEncoder encoder(tiny_config(), DType::f64, Device::cpu());
+  MaskedLM mlm(encoder);
+  ParameterList params = mlm.parameters();
+  init_normal(params, 0.3, 5);
+  std::mt19937 gen(2);
+  MlmMasking masking;
+  masking.probability = 0.4;
+  const MaskedTokens batch = mask_tokens(random_sequences(5, gen, true), 23, masking, 0);
+  ASSERT_GT(batch.masked, 0);
+  zero_grads(params);
+  mlm.loss(batch, ForwardOptions{}, /*backward=*/true);
+  // Central differences in float64 (h = 1e-5): agreement to 1e-6 relative, 1e-9 absolute.
+  for (Parameter* p : params) {
+    double* v = p->value.data<double>();
+    const double* g = p->grad.data<double>();
+    for (int64_t i = 0; i < std::min<int64_t>(p->value.numel(), 4); ++i) {
+      const double saved = v[i];
+      v[i] = saved + 1e-5;
+      const double up = mlm.loss(batch, ForwardOptions{}, false);
+      v[i] = saved - 1e-5;
+      const double down = mlm.loss(batch, ForwardOptions{}, false);
+      v[i] = saved;
+      const double numeric = (up - down) / 2e-5;
+      EXPECT_NEAR(g[i], numeric, 1e-6 * std::fabs(numeric) + 1e-9) << p->name << "[" << i << "]";
+    }
+  }
+}
+
+class EvaluatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qarac-eval-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A task file whose examples are produced by `fields_of(i)`.
+  template <class F>
+  void write(data::Task task, int count, F fields_of, int8_t label = 0) {
+    data::TaskStreamWriter writer((dir_ / (std::string(data::task_name(task)) + ".h5")).string(), task);
+    for (int i = 0; i < count; ++i) writer.append(fields_of(i), label);
+    data::StreamInfo info;
+    info.max_length = 16;
+    writer.finish(info);
+    writer.publish();
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
+  std::mt19937 gen(3);
+  const auto texts = random_sequences(12, gen, true);
+  // Distinct texts (they are the retrieval candidates); questions equal to their answers.
+  write(data::Task::question_answering, 12, [&](int i) { return std::vector<std::vector<int32_t>>{texts[i], texts[i]}; });
+  write(data::Task::consistency, 6, [&](int i) { return std::vector<std::vector<int32_t>>{texts[i], texts[i]}; }, 1);
+  write(data::Task::encode_decode, 5, [&](int i) { return std::vector<std::vector<int32_t>>{texts[i]}; });
+  write(data::Task::reasoning, 4, [&](int i) {
+    return std::vector<std::vector<int32_t>>{texts[i], texts[i + 1], texts[i + 2]};
+  });
+
+  QaracConfig config;
+  config.base = tiny_config();
+  RobertaEncoder base(config.base, DType::f32, Device::cpu());
+  init_normal(base.parameters(), 0.2, 9);
+  io::TensorMap weights;
+  for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
+  QaracModels models(config, weights, DType::f32, Device::cpu());
+  // The question encoder made identical to the answer encoder: every question retrieves itself.
+  const ParameterList qe = models.question_encoder().head_parameters(), ae = models.answer_encoder().head_parameters();
+  ASSERT_EQ(qe.size(), ae.size());
+  for (size_t i = 0; i < qe.size(); ++i) qe[i]->assign(ae[i]->value);
+
+  // An MLM head for the monitor, as a base checkpoint would carry it.
+  MaskedLM donor(base);
+  init_normal(donor.head().parameters(), 0.2, 4);
+  io::TensorMap lm_head;
+  for (const Parameter* p : donor.head().parameters()) lm_head[p->name.substr(std::string("lm_head.").size())] = p->value;
+
+  EvalOptions options;
+  options.data_dir = dir_.string();
+  options.masking = MlmMasking{};
+  QaracEvaluator evaluator(options);
+  const EvalResult r = evaluator.evaluate({models, lm_head, config.base, 0});
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_accuracy"), 1.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("cs.accuracy"), 1.0);  // cos = 1: entailment, the gold label
+  EXPECT_DOUBLE_EQ(r.metrics.at("cs.confusion.entailment.entailment"), 6.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("cs.confusion.neutral.neutral"), 0.0);
+  for (const char* key : {"ed.loss", "qa.loss", "rs.loss", "cs.loss", "ed.token_accuracy", "rs.token_accuracy",
+                          "forgetting.mlm_loss"})
+    ASSERT_TRUE(r.metrics.count(key)) << key;
+  for (const char* key : {"ed.token_accuracy", "rs.token_accuracy"}) {
+    EXPECT_GE(r.metrics.at(key), 0.0);
+    EXPECT_LE(r.metrics.at(key), 1.0);
+  }
+  EXPECT_NEAR(r.metrics.at("qa.loss"), 0.0, 1e-12);  // QE(q) = AE(a): zero distance
+  EXPECT_GT(r.metrics.at("forgetting.mlm_loss"), 0.0);
+  // Evaluation leaves the parameters as they were: a second run gives the same figures.
+  EXPECT_EQ(evaluator.evaluate({models, lm_head, config.base, 0}).metrics, r.metrics);
+}
+
+TEST_F(EvaluatorTest, NoHeldOutDataIsAnInputError) {
+  EvalOptions options;
+  options.data_dir = dir_.string();
+  EXPECT_THROW(QaracEvaluator{options}, InputError);
+}

@@ -1,0 +1,562 @@
+// The QARAC models and objectives on a tiny model in float64: the gradient of a whole QARAC step
+// (the weighted sum of the four tasks' losses) against central finite differences for sampled
+// entries of every module (QE and AE bases and pooling heads, D's base, both head layers, the LM
+// head), with dropout off and on, with a shared encoder base and a tied LM head; the decoder's
+// slot-0 semantics; the LM head's padded vocabulary; each task's loss against a direct
+// computation; parameter names, base loading and the refusal of fields without <s> ... </s>.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "model/decoder.h"
+#include "model/init.h"
+#include "model/lm_head.h"
+#include "model/qarac.h"
+#include "train/objectives.h"
+
+using namespace qarac;
+using data::Task;
+
+namespace {
+
+constexpr int64_t kVocab = 20, kHidden = 8;
+
+QaracConfig tiny_config(bool dropout, bool shared, bool tied) {
+  QaracConfig c;
+  c.base.vocab_size = kVocab;
+  c.base.hidden_size = kHidden;
+  c.base.num_layers = 1;
+  c.base.num_heads = 2;
+  c.base.intermediate_size = 12;
+  c.base.max_position_embeddings = 16;
+  c.base.type_vocab_size = 1;
+  c.base.hidden_dropout = dropout ? 0.2 : 0.0;
+  c.base.attention_dropout = dropout ? 0.2 : 0.0;
+  c.share_encoder_base = shared;
+  c.tie_lm_head = tied;
+  c.vocab_multiple = 8;  // 20 -> 24 rows: four padded
+  c.init_seed = 7;
+  c.init_std = 0.5;  // gradients of order 1, well above the finite differences' noise
+  return c;
+}
+
+// Moves vectors (biases, LayerNorm γ and β) away from their initial 0 and 1, so that none of
+// their gradients is a special case.
+void perturb_vectors(const ParameterList& params, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal(0.0, 0.3);
+  for (Parameter* p : params) {
+    if (p->value.dim() != 1) continue;
+    double* v = p->value.data<double>();
+    for (int64_t i = 0; i < p->value.numel(); ++i) v[i] += normal(gen);
+  }
+}
+
+// A random "pre-trained" base: encoder tensors named as io::HfRoberta::encoder.
+io::TensorMap base_checkpoint(const RobertaConfig& config, uint64_t seed) {
+  RobertaEncoder encoder(config, DType::f64, Device::cpu());
+  init_normal(encoder.parameters(), 0.5, seed);
+  perturb_vectors(encoder.parameters(), seed + 1);
+  io::TensorMap out;
+  for (const Parameter* p : encoder.parameters()) out[p->name] = p->value.clone();
+  return out;
+}
+
+// "<s> t_1 ... t_n </s>" for each of the given n, tokens drawn from [3, V).
+data::PackedField text_field(std::mt19937& gen, const std::vector<int>& inner_lengths) {
+  std::uniform_int_distribution<int32_t> token(3, kVocab - 1);
+  data::PackedField f;
+  f.starts = {0};
+  for (int n : inner_lengths) {
+    f.tokens.push_back(0);
+    for (int i = 0; i < n; ++i) f.tokens.push_back(token(gen));
+    f.tokens.push_back(2);
+    f.starts.push_back(static_cast<int32_t>(f.tokens.size()));
+  }
+  return f;
+}
+
+// A batch of three samples of `task` with ragged fields (an empty text included).
+data::TaskBatch task_batch(Task task, std::mt19937& gen) {
+  std::uniform_int_distribution<int> length(0, 5);
+  data::TaskBatch batch;
+  batch.task = task;
+  batch.examples = {0, 1, 2};
+  for (size_t f = 0; f < data::task_fields(task).size(); ++f) {
+    std::vector<int> lengths = {length(gen), length(gen), length(gen)};
+    if (f == 0) lengths[1] = 0;
+    batch.fields.push_back(text_field(gen, lengths));
+  }
+  if (task == Task::consistency) batch.labels = {1.f, 0.f, -1.f};
+  return batch;
+}
+
+std::vector<data::TaskBatch> all_tasks(uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::vector<data::TaskBatch> out;
+  for (Task t : {Task::encode_decode, Task::question_answering, Task::reasoning, Task::consistency})
+    out.push_back(task_batch(t, gen));
+  return out;
+}
+
+double scalar(const Tensor& t) { return t.to(Device::cpu()).to(DType::f64).data<double>()[0]; }
+
+// The task weights of the QARAC step in these tests: not all 1, so that folding the weight into
+// the gradient is checked too.
+constexpr double kTaskWeights[data::kTaskCount] = {1.0, 0.7, 1.3, 0.9};
+
+// One QARAC step: runs every task, accumulating gradients; returns Σ_t w_t loss_t.
+double step_loss(Objectives& objectives, const std::vector<data::TaskBatch>& batches,
+                 const ForwardOptions& forward) {
+  double total = 0;
+  for (const data::TaskBatch& batch : batches) {
+    ObjectiveOptions options;
+    options.weight = kTaskWeights[static_cast<int>(batch.task)];
+    options.forward = forward;
+    total += options.weight * scalar(objectives.run(batch, options));
+  }
+  return total;
+}
+
+// The module a parameter belongs to: "answer_encoder.pooling", "decoder.decoder_layers.1", ...
+std::string module_of(const std::string& name) {
+  const size_t first = name.find('.');
+  const size_t second = name.find('.', first + 1);
+  std::string module = name.substr(0, second);
+  if (module == "decoder.decoder_layers") module = name.substr(0, name.find('.', second + 1));
+  return module;
+}
+
+std::vector<double> row_values(const Tensor& t, int64_t row) {
+  return t.select(row).clone().to_vector<double>();
+}
+
+void check_step_gradients(bool dropout, bool shared, bool tied) {
+  SCOPED_TRACE(std::string(dropout ? "dropout" : "no dropout") + (shared ? ", shared base" : "") +
+               (tied ? ", tied LM head" : ""));
+  const QaracConfig config = tiny_config(dropout, shared, tied);
+  QaracModels models(config, base_checkpoint(config.base, 3), DType::f64, Device::cpu());
+  const ParameterList params = models.parameters();
+  perturb_vectors(params, 5);
+  Objectives objectives(models);
+  const std::vector<data::TaskBatch> batches = all_tasks(11);
+  ForwardOptions forward;
+  forward.training = dropout;
+  forward.seed = 42;
+  forward.step = 3;
+
+  zero_grads(params);
+  const double loss = step_loss(objectives, batches, forward);
+  std::vector<std::vector<double>> grads;
+  for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
+
+  // Central differences, h = 1e-5: truncation O(h²|L'''|) ≈ 1e-10, rounding ≈ ε|L|/h ≈ 1e-10.
+  // Analytic and numeric must agree to 1e-6 relative to the largest numeric entry sampled in the
+  // tensor, with an absolute floor of 1e-8 max(1, |L|) for gradients that vanish (the attention
+  // key bias's is exactly 0: the softmax cancels it).
+  const double h = 1e-5, floor = 1e-8 * std::max(1.0, std::fabs(loss));
+  std::mt19937_64 gen(9);
+  std::set<std::string> modules;
+  for (size_t k = 0; k < params.size(); ++k) {
+    Parameter& p = *params[k];
+    double* v = p.value.data<double>();
+    const int64_t n = p.value.numel();
+    const int samples = static_cast<int>(std::min<int64_t>(n, 3));
+    double worst = 0, largest = 0;
+    for (int s = 0; s < samples; ++s) {
+      const int64_t i = n <= 3 ? s : static_cast<int64_t>(gen() % static_cast<uint64_t>(n));
+      const double saved = v[i];
+      v[i] = saved + h;
+      const double up = step_loss(objectives, batches, forward);
+      v[i] = saved - h;
+      const double down = step_loss(objectives, batches, forward);
+      v[i] = saved;
+      const double numeric = (up - down) / (2 * h);
+      worst = std::max(worst, std::fabs(numeric - grads[k][static_cast<size_t>(i)]));
+      largest = std::max(largest, std::fabs(numeric));
+    }
+    EXPECT_LE(worst, 1e-6 * largest + floor) << p.name;
+    modules.insert(module_of(p.name));
+  }
+  const std::string encoder_base = shared ? "shared_encoder.roberta" : "question_encoder.roberta";
+  std::set<std::string> expected = {
+      encoder_base,      "question_encoder.pooling", "answer_encoder.pooling",
+      "decoder.roberta", "decoder.decoder_layers.0", "decoder.decoder_layers.1",
+      "decoder.lm_head"};
+  if (!shared) expected.insert("answer_encoder.roberta");
+  EXPECT_EQ(modules, expected);
+}
+
+// Models whose every vector is perturbed, no dropout.
+struct Fixture {
+  QaracConfig config;
+  QaracModels models;
+  explicit Fixture(const QaracConfig& c)
+      : config(c), models(c, base_checkpoint(c.base, 3), DType::f64, Device::cpu()) {
+    perturb_vectors(models.parameters(), 5);
+  }
+};
+
+// -log softmax(logits[row, :V])[target].
+double cross_entropy(const std::vector<double>& logits, int64_t cols, int64_t row, int32_t target) {
+  double max = -INFINITY, sum = 0;
+  for (int64_t j = 0; j < kVocab; ++j) max = std::max(max, logits[row * cols + j]);
+  for (int64_t j = 0; j < kVocab; ++j) sum += std::exp(logits[row * cols + j] - max);
+  return max + std::log(sum) - logits[row * cols + target];
+}
+
+// The decoder's loss by the definition: sample b's "<s> y </s>" gives input "<s> y" and targets
+// "y </s>"; the per-sample mean of the cross-entropies, averaged over the samples.
+double direct_decoder_loss(Decoder& decoder, const Tensor& v, const data::PackedField& y) {
+  std::vector<std::vector<int32_t>> inputs;
+  std::vector<int32_t> targets;
+  for (int64_t b = 0; b < y.count(); ++b) {
+    const auto begin = y.tokens.begin() + y.starts[static_cast<size_t>(b)];
+    const auto end = y.tokens.begin() + y.starts[static_cast<size_t>(b) + 1];
+    inputs.emplace_back(begin, end - 1);
+    targets.insert(targets.end(), begin + 1, end);
+  }
+  const TokenBatch batch = TokenBatch::from_sequences(inputs, 1, Device::cpu());
+  Decoder::Activations acts;
+  const Tensor& logits = decoder.forward(v, batch, ForwardOptions{}, acts);
+  const std::vector<double> l = logits.to_vector<double>();
+  const int64_t cols = logits.size(1);
+  double total = 0;
+  int64_t row = 0;
+  for (const std::vector<int32_t>& input : inputs) {
+    double sample = 0;
+    for (size_t t = 0; t < input.size(); ++t, ++row)
+      sample += cross_entropy(l, cols, row, targets[static_cast<size_t>(row)]);
+    total += sample / static_cast<double>(input.size());
+  }
+  return total / static_cast<double>(inputs.size());
+}
+
+TokenBatch field_batch(const data::PackedField& f) {
+  return TokenBatch::from_packed(f.tokens, f.starts, 1, Device::cpu());
+}
+
+}  // namespace
+
+TEST(QaracStep, GradientsMatchFiniteDifferences) { check_step_gradients(false, false, false); }
+TEST(QaracStep, GradientsMatchFiniteDifferencesWithDropout) {
+  check_step_gradients(true, false, false);
+}
+TEST(QaracStep, GradientsMatchFiniteDifferencesSharedBaseTiedHead) {
+  check_step_gradients(false, true, true);
+}
+TEST(QaracStep, GradientsMatchFiniteDifferencesSharedBaseTiedHeadWithDropout) {
+  check_step_gradients(true, true, true);
+}
+
+// Each task's loss against its definition, computed from the models' forward passes: the
+// objectives pick the right fields, shift the decoder's input and targets, weight the tokens per
+// sample and take the right means. run() without dropout returns the same loss as evaluate(),
+// and evaluate() leaves the gradients alone.
+TEST(Objectives, TaskLossesMatchTheirDefinitions) {
+  Fixture fx(tiny_config(false, false, false));
+  QaracModels& models = fx.models;
+  Objectives objectives(models);
+  SentenceEncoder& qe = models.question_encoder();
+  SentenceEncoder& ae = models.answer_encoder();
+  for (const data::TaskBatch& batch : all_tasks(21)) {
+    SCOPED_TRACE(data::task_name(batch.task));
+    SentenceEncoder::Activations a0, a1;
+    double want = 0;
+    switch (batch.task) {
+      case Task::encode_decode: {
+        const Tensor v = ae.forward(field_batch(batch.fields[0]), {}, a0).clone();
+        want = direct_decoder_loss(models.decoder(), v, batch.fields[0]);
+        break;
+      }
+      case Task::question_answering: {
+        const std::vector<double> q =
+            qe.forward(field_batch(batch.fields[0]), {}, a0).to_vector<double>();
+        const std::vector<double> a =
+            ae.forward(field_batch(batch.fields[1]), {}, a1).to_vector<double>();
+        for (size_t i = 0; i < q.size(); ++i) want += (q[i] - a[i]) * (q[i] - a[i]);
+        want /= 3.0 * kHidden;
+        break;
+      }
+      case Task::reasoning: {
+        std::vector<double> v =
+            ae.forward(field_batch(batch.fields[0]), {}, a0).to_vector<double>();
+        const std::vector<double> v1 =
+            ae.forward(field_batch(batch.fields[1]), {}, a1).to_vector<double>();
+        for (size_t i = 0; i < v.size(); ++i) v[i] += v1[i];
+        want = direct_decoder_loss(models.decoder(), Tensor::from_vector(v, {3, kHidden}),
+                                   batch.fields[2]);
+        break;
+      }
+      case Task::consistency: {
+        const std::vector<double> u =
+            ae.forward(field_batch(batch.fields[0]), {}, a0).to_vector<double>();
+        const std::vector<double> w =
+            ae.forward(field_batch(batch.fields[1]), {}, a1).to_vector<double>();
+        for (int b = 0; b < 3; ++b) {
+          double dot = 0, uu = 0, ww = 0;
+          for (int j = 0; j < kHidden; ++j) {
+            dot += u[b * kHidden + j] * w[b * kHidden + j];
+            uu += u[b * kHidden + j] * u[b * kHidden + j];
+            ww += w[b * kHidden + j] * w[b * kHidden + j];
+          }
+          const double c = dot / (std::sqrt(uu) * std::sqrt(ww)),
+                       y = batch.labels[static_cast<size_t>(b)];
+          want += (c - y) * (c - y) / 3.0;
+        }
+        break;
+      }
+    }
+    zero_grads(models.parameters());
+    const double evaluated = objectives.evaluate(batch);
+    EXPECT_NEAR(evaluated, want, 1e-12 * std::max(1.0, std::fabs(want)));
+    for (const Parameter* p : models.parameters())
+      for (double g : p->grad.to_vector<double>())
+        ASSERT_EQ(g, 0.0) << p->name << " after evaluate()";
+    ObjectiveOptions options;
+    options.weight = 0.5;  // scales the gradients, not the returned loss
+    EXPECT_NEAR(scalar(objectives.run(batch, options)), want,
+                1e-12 * std::max(1.0, std::fabs(want)));
+  }
+}
+
+// D(v, y): the logits at position t depend on v and on y_in[0..t] only. Changing a token leaves
+// the earlier positions (and the other sequences) exactly as they were and changes the later
+// ones; changing v_b changes every position of sequence b, the first included (head layer 0
+// lets every position see the slot), and nothing else.
+TEST(Decoder, PositionTSeesTheSlotAndTheTokensUpToT) {
+  Fixture fx(tiny_config(false, false, false));
+  Decoder& decoder = fx.models.decoder();
+  std::vector<std::vector<int32_t>> y = {{0, 5, 6, 7, 8}, {0, 9, 10}, {0, 4}};
+  std::mt19937 gen(4);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> v(3 * kHidden);
+  for (double& x : v) x = normal(gen);
+  auto logits = [&](const std::vector<std::vector<int32_t>>& tokens,
+                    const std::vector<double>& slot) {
+    Decoder::Activations acts;
+    return decoder
+        .forward(Tensor::from_vector(slot, {3, kHidden}),
+                 TokenBatch::from_sequences(tokens, 1, Device::cpu()), {}, acts)
+        .clone();
+  };
+  // max |a - b| over the valid columns of each row.
+  auto row_changes = [](const Tensor& a, const Tensor& b) {
+    std::vector<double> out;
+    for (int64_t r = 0; r < a.size(0); ++r) {
+      const std::vector<double> x = row_values(a, r), z = row_values(b, r);
+      double m = 0;
+      for (int64_t j = 0; j < kVocab; ++j) m = std::max(m, std::fabs(x[j] - z[j]));
+      out.push_back(m);
+    }
+    return out;
+  };
+  const Tensor reference = logits(y, v);
+
+  std::vector<std::vector<int32_t>> changed_token = y;
+  changed_token[0][3] = 12;
+  const std::vector<double> by_token = row_changes(reference, logits(changed_token, v));
+  for (int r = 0; r < 10; ++r) {
+    if (r == 3 || r == 4)
+      EXPECT_GT(by_token[r], 1e-6) << "row " << r << " sees token 3";
+    else
+      EXPECT_LE(by_token[r], 1e-13) << "row " << r << " must not see token 3 of sequence 0";
+  }
+
+  std::vector<double> changed_v = v;
+  for (int j = 0; j < kHidden; ++j) changed_v[kHidden + j] += 0.5;  // v_1
+  const std::vector<double> by_slot = row_changes(reference, logits(y, changed_v));
+  for (int r = 0; r < 10; ++r) {
+    if (r >= 5 && r < 8)
+      EXPECT_GT(by_slot[r], 1e-6) << "row " << r << " sees v_1";
+    else
+      EXPECT_LE(by_slot[r], 1e-13) << "row " << r << " must not see v_1";
+  }
+}
+
+// The untied LM head's vocabulary is padded 20 -> 24 rows inside the head only: the parameter
+// lists show [20, d] and [20]; the padded rows' gradients stay exactly 0, and their values,
+// however large, change neither the loss nor any gradient.
+TEST(LMHead, PaddedVocabularyTakesNoPart) {
+  Fixture fx(tiny_config(false, false, false));
+  QaracModels& models = fx.models;
+  LMHead& head = models.decoder().lm_head();
+  ASSERT_EQ(head.padded_vocab(), 24);
+  ASSERT_EQ(head.vocab_size(), kVocab);
+  EXPECT_EQ(head.output_weight().value.shape(), Shape({24, kHidden}));
+  bool saw_weight = false, saw_bias = false;
+  for (const Parameter* p : models.model_parameters("decoder")) {
+    if (p->name == "lm_head.decoder.weight") {
+      saw_weight = true;
+      EXPECT_EQ(p->value.shape(), Shape({kVocab, kHidden}));
+    }
+    if (p->name == "lm_head.bias") {
+      saw_bias = true;
+      EXPECT_EQ(p->value.shape(), Shape({kVocab}));
+    }
+  }
+  EXPECT_TRUE(saw_weight && saw_bias);
+
+  Objectives objectives(models);
+  std::mt19937 gen(31);
+  const data::TaskBatch batch = task_batch(Task::encode_decode, gen);
+  const ParameterList params = models.parameters();
+  auto run = [&](std::vector<std::vector<double>>& grads) {
+    zero_grads(params);
+    const double loss = scalar(objectives.run(batch, ObjectiveOptions{}));
+    grads.clear();
+    for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
+    return loss;
+  };
+  auto expect_padding_gradient_zero = [&] {
+    for (int64_t r = kVocab; r < 24; ++r) {
+      for (double g : row_values(head.output_weight().grad, r)) EXPECT_EQ(g, 0.0) << "row " << r;
+      EXPECT_EQ(head.output_bias().grad.to_vector<double>()[static_cast<size_t>(r)], 0.0)
+          << "bias " << r;
+    }
+  };
+  std::vector<std::vector<double>> before, after;
+  const double loss_before = run(before);
+  expect_padding_gradient_zero();
+
+  double* w = head.output_weight().value.data<double>();
+  double* b = head.output_bias().value.data<double>();
+  for (int64_t r = kVocab; r < 24; ++r) {
+    b[r] = 50.0 + static_cast<double>(r);
+    for (int64_t j = 0; j < kHidden; ++j)
+      w[r * kHidden + j] = 30.0 * std::sin(static_cast<double>(r * kHidden + j));
+  }
+  const double loss_after = run(after);
+  EXPECT_NEAR(loss_after, loss_before, 1e-13 * loss_before);
+  expect_padding_gradient_zero();
+  for (size_t k = 0; k < params.size(); ++k)
+    for (size_t i = 0; i < before[k].size(); ++i)
+      ASSERT_NEAR(after[k][i], before[k][i], 1e-12 * (1 + std::fabs(before[k][i])))
+          << params[k]->name;
+}
+
+// The MLM head of the forgetting monitor: a head tied to an encoder's word embeddings, loaded
+// from a Hugging Face lm_head given without its prefix; a missing tensor is refused by name.
+TEST(LMHead, TiedHeadLoadsAHuggingFaceLmHead) {
+  const RobertaConfig config = tiny_config(false, false, true).base;
+  RobertaEncoder encoder(config, DType::f64, Device::cpu());
+  LMHead head(config, encoder.word_embeddings(), DType::f64, Device::cpu());
+  EXPECT_TRUE(head.tied());
+  EXPECT_EQ(head.padded_vocab(), kVocab);
+  EXPECT_EQ(&head.output_weight(), &encoder.word_embeddings());
+  io::TensorMap tensors;
+  std::mt19937 gen(2);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  auto random = [&](const Shape& shape) {
+    std::vector<double> v(static_cast<size_t>(shape_numel(shape)));
+    for (double& x : v) x = normal(gen);
+    return Tensor::from_vector(v, shape);
+  };
+  tensors["dense.weight"] = random({kHidden, kHidden});
+  tensors["dense.bias"] = random({kHidden});
+  tensors["layer_norm.weight"] = random({kHidden});
+  tensors["layer_norm.bias"] = random({kHidden});
+  tensors["decoder.bias"] = random({kVocab});  // transformers may store it: ignored
+  io::TensorMap incomplete = tensors;
+  try {
+    head.load(incomplete, "ckpt/model.safetensors");
+    FAIL() << "no exception";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("ckpt/model.safetensors: tensor 'bias' is missing"),
+              std::string::npos)
+        << e.what();
+  }
+  tensors["bias"] = random({kVocab}).to(DType::f32);  // converted to the model's dtype
+  head.load(tensors, "ckpt/model.safetensors");
+  std::vector<std::string> names;
+  for (const Parameter* p : head.parameters()) {
+    names.push_back(p->name);
+    const std::string stored = p->name.substr(8);
+    EXPECT_EQ(p->value.to_vector<double>(), tensors.at(stored).to(DType::f64).to_vector<double>())
+        << p->name;
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"lm_head.dense.weight", "lm_head.dense.bias",
+                                             "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
+                                             "lm_head.bias"}));
+
+  // Untied, the head needs decoder.weight [V, d] and keeps its padded rows zero.
+  LMHead untied(config, 8, DType::f64, Device::cpu());
+  tensors["decoder.weight"] = random({kVocab, kHidden});
+  untied.load(tensors, "ckpt");
+  for (int64_t r = kVocab; r < 24; ++r)
+    for (double x : row_values(untied.output_weight().value, r)) EXPECT_EQ(x, 0.0);
+  EXPECT_EQ(row_values(untied.output_weight().value, 3),
+            row_values(tensors.at("decoder.weight"), 3));
+}
+
+// Names: the optimizer's list holds every parameter once under a model prefix, each model's
+// export list the Hugging Face names; the bases are copies of the checkpoint, a shared base is
+// listed once, a tied head has no output matrix of its own.
+TEST(QaracModels, ParameterNamesAndBaseWeights) {
+  for (const bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "shared" : "separate");
+    const QaracConfig config = tiny_config(false, shared, shared);
+    const io::TensorMap base = base_checkpoint(config.base, 3);
+    QaracModels models(config, base, DType::f64, Device::cpu());
+    const size_t base_count = base.size(), pooling = 2, head_layer = 16;
+    const size_t lm_head = shared ? 5 : 6;
+    const size_t encoders = shared ? base_count + 2 * pooling : 2 * (base_count + pooling);
+    ParameterList all = models.parameters();
+    EXPECT_EQ(all.size(), encoders + base_count + 2 * head_layer + lm_head);
+    std::set<std::string> names;
+    std::set<const void*> storage;
+    for (const Parameter* p : all) {
+      names.insert(p->name);
+      storage.insert(p->value.raw());
+    }
+    EXPECT_EQ(names.size(), all.size());
+    EXPECT_EQ(storage.size(), all.size()) << "a parameter listed twice";
+    const std::string encoder_base =
+        shared ? "shared_encoder.roberta." : "question_encoder.roberta.";
+    EXPECT_TRUE(names.count(encoder_base + "embeddings.word_embeddings.weight"));
+    EXPECT_EQ(names.count("answer_encoder.roberta.embeddings.word_embeddings.weight"),
+              shared ? 0u : 1u);
+    EXPECT_TRUE(names.count("answer_encoder.pooling.local_projection.weight"));
+    EXPECT_TRUE(names.count("decoder.decoder_layers.1.output.LayerNorm.bias"));
+    EXPECT_EQ(names.count("decoder.lm_head.decoder.weight"), shared ? 0u : 1u);
+
+    for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+      SCOPED_TRACE(model);
+      const ParameterList exported = models.model_parameters(model);
+      EXPECT_EQ(exported.front()->name, "roberta.embeddings.word_embeddings.weight");
+      for (const Parameter* p : exported) {
+        if (p->name.compare(0, 8, "roberta.") != 0) continue;
+        EXPECT_EQ(p->value.to_vector<double>(), base.at(p->name.substr(8)).to_vector<double>())
+            << p->name;
+      }
+    }
+    const ParameterList qe = models.model_parameters("question_encoder");
+    EXPECT_EQ(qe.back()->name, "pooling.local_projection.weight");
+    const ParameterList d = models.model_parameters("decoder");
+    EXPECT_EQ(d.back()->name, "lm_head.bias");
+    EXPECT_THROW(models.model_parameters("encoder"), Error);
+  }
+}
+
+// The decoder reads "<s> y" and predicts "y </s>": a field without the special tokens (qarac-prep
+// --no-special) cannot train it and is refused, naming the task, field and sample.
+TEST(Objectives, RefusesFieldsWithoutSpecialTokens) {
+  Fixture fx(tiny_config(false, false, false));
+  Objectives objectives(fx.models);
+  std::mt19937 gen(41);
+  data::TaskBatch batch = task_batch(Task::reasoning, gen);
+  data::PackedField& conclusion = batch.fields[2];
+  conclusion.tokens[static_cast<size_t>(conclusion.starts[2] - 1)] = 7;  // sample 1 loses its </s>
+  try {
+    objectives.evaluate(batch);
+    FAIL() << "no exception";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("reasoning: field 'conclusion' of sample 1"),
+              std::string::npos)
+        << e.what();
+  }
+}

@@ -1,0 +1,619 @@
+// The trainer and its parts: the task plan (parsing, layouts for any world size, the one-line
+// errors of bad specs), the learning-rate schedules, the optimizer class (NAdam's carried
+// momentum product across a restore), the configuration (INI + command line, round trip), and
+// qarac-train as a user meets it: bad options exit 2 with one line naming the key or file and
+// leave no output directory; a short CPU run on the sample data (a random tiny RoBERTa as the
+// base) writes the expected metrics and exports; a resumed run ends bit-identical to a straight
+// one.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "data/tokenizer.h"
+#include "dist/task_plan.h"
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+#include "model/init.h"
+#include "model/roberta.h"
+#include "train/config.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace fs = std::filesystem;
+using namespace qarac;
+using data::Task;
+
+namespace {
+
+const dist::TaskValues kUnitWeights = {1, 1, 1, 1};
+const dist::TaskValues kEqualCosts = {1, 1, 1, 1};
+
+std::vector<Task> tasks(std::initializer_list<Task> list) { return list; }
+
+// Expects an InputError of one line that contains every one of `parts`.
+template <class F>
+void expect_input_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no InputError; expected one mentioning " << *parts.begin();
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    for (const std::string& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' missing from: " << msg;
+  }
+}
+
+}  // namespace
+
+// ---- Task plan ---------------------------------------------------------------------------------
+
+TEST(TaskPlan, OneRankRunsEveryTask) {
+  for (const char* spec : {"auto", "ed:1,qa:1,rs:1,cs:1", " cs:1, rs:1 ,qa:1,encode_decode:1 "}) {
+    SCOPED_TRACE(spec);
+    const dist::TaskPlan plan = dist::TaskPlan::parse(spec, 1, {2, 1, 1, 0.5}, kEqualCosts);
+    EXPECT_EQ(plan.tasks_of(0), tasks({Task::encode_decode, Task::question_answering,
+                                       Task::reasoning, Task::consistency}));
+    for (int t = 0; t < data::kTaskCount; ++t)
+      EXPECT_EQ(plan.ranks_of(static_cast<Task>(t)), std::vector<int>{0});
+    EXPECT_EQ(plan.gradient_scale(Task::encode_decode), 2.0);
+    EXPECT_EQ(plan.gradient_scale(Task::consistency), 0.5);
+    const data::RankPlan rp = plan.rank_plan(0);
+    EXPECT_EQ(rp.world_size, 1);
+    ASSERT_EQ(rp.tasks.size(), 4u);
+    for (const data::TaskSlot& slot : rp.tasks) {
+      EXPECT_EQ(slot.group_rank, 0);
+      EXPECT_EQ(slot.group_size, 1);
+    }
+  }
+}
+
+TEST(TaskPlan, ExplicitCountsAreDealtRoundRobin) {
+  // W = 6 = Σ n_t: one task per rank, in task order.
+  const dist::TaskPlan six = dist::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 6, kUnitWeights, kEqualCosts);
+  EXPECT_EQ(six.ranks_of(Task::encode_decode), (std::vector<int>{0, 1}));
+  EXPECT_EQ(six.ranks_of(Task::question_answering), (std::vector<int>{2}));
+  EXPECT_EQ(six.ranks_of(Task::reasoning), (std::vector<int>{3, 4}));
+  EXPECT_EQ(six.ranks_of(Task::consistency), (std::vector<int>{5}));
+  EXPECT_EQ(six.gradient_scale(Task::reasoning), 0.5);
+  const data::RankPlan r4 = six.rank_plan(4);
+  ASSERT_EQ(r4.tasks.size(), 1u);
+  EXPECT_EQ(r4.tasks[0].task, Task::reasoning);
+  EXPECT_EQ(r4.tasks[0].group_rank, 1);
+  EXPECT_EQ(r4.tasks[0].group_size, 2);
+  EXPECT_EQ(six.ranks_holding(dist::Model::decoder), (std::vector<int>{0, 1, 3, 4}));
+  EXPECT_EQ(six.ranks_holding(dist::Model::question_encoder), (std::vector<int>{2}));
+  EXPECT_EQ(six.ranks_holding(dist::Model::answer_encoder), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+
+  // W = 3 < Σ n_t = 6: slots ed ed qa rs rs cs go to ranks 0 1 2 0 1 2.
+  const dist::TaskPlan three = dist::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 3, kUnitWeights, kEqualCosts);
+  EXPECT_EQ(three.tasks_of(0), tasks({Task::encode_decode, Task::reasoning}));
+  EXPECT_EQ(three.tasks_of(1), tasks({Task::encode_decode, Task::reasoning}));
+  EXPECT_EQ(three.tasks_of(2), tasks({Task::question_answering, Task::consistency}));
+  EXPECT_EQ(three.rank_plan(1).tasks[1].group_rank, 1);
+
+  // W = 5, not a multiple of 4.
+  const dist::TaskPlan five = dist::TaskPlan::parse("ed:2,qa:1,rs:1,cs:1", 5, kUnitWeights, kEqualCosts);
+  EXPECT_EQ(five.ranks_of(Task::encode_decode), (std::vector<int>{0, 1}));
+  EXPECT_EQ(five.tasks_of(4), tasks({Task::consistency}));
+}
+
+TEST(TaskPlan, AutoBalancesTheEstimatedCost) {
+  // Costs: tokens per batch × models used (ED, QA, RS use two models, CS one).
+  const dist::TaskValues costs = dist::estimated_costs({4096, 2048, 4096, 2048});
+  EXPECT_EQ(costs, (dist::TaskValues{8192, 4096, 8192, 2048}));
+
+  // W >= 4: one rank each, then the extra ranks to the highest cost per rank: ed (8192), rs
+  // (8192), then ed/rs again at 4096 tie with qa, earliest first: ed.
+  const dist::TaskPlan seven = dist::TaskPlan::parse("auto", 7, kUnitWeights, costs);
+  EXPECT_EQ(seven.group_size(Task::encode_decode), 3);
+  EXPECT_EQ(seven.group_size(Task::question_answering), 1);
+  EXPECT_EQ(seven.group_size(Task::reasoning), 2);
+  EXPECT_EQ(seven.group_size(Task::consistency), 1);
+  EXPECT_DOUBLE_EQ(seven.gradient_scale(Task::encode_decode), 1.0 / 3);
+  for (int r = 0; r < 7; ++r) EXPECT_EQ(seven.tasks_of(r).size(), 1u) << "rank " << r;
+
+  // W < 4: each task on one rank, the costliest first onto the least loaded (ties: the lower
+  // rank). W = 2: ed -> 0, rs -> 1, qa -> 0, cs -> 1; W = 3: ed -> 0, rs -> 1, qa -> 2, cs -> 2.
+  const dist::TaskPlan two = dist::TaskPlan::parse("auto", 2, kUnitWeights, costs);
+  EXPECT_EQ(two.tasks_of(0), tasks({Task::encode_decode, Task::question_answering}));
+  EXPECT_EQ(two.tasks_of(1), tasks({Task::reasoning, Task::consistency}));
+  const dist::TaskPlan three = dist::TaskPlan::parse("auto", 3, kUnitWeights, costs);
+  EXPECT_EQ(three.tasks_of(0), tasks({Task::encode_decode}));
+  EXPECT_EQ(three.tasks_of(1), tasks({Task::reasoning}));
+  EXPECT_EQ(three.tasks_of(2), tasks({Task::question_answering, Task::consistency}));
+}
+
+TEST(TaskPlan, TableListsTasksAndRanks) {
+  const dist::TaskPlan plan = dist::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 6, {1, 2, 1, 1}, kEqualCosts);
+  const std::string table = plan.table();
+  EXPECT_NE(table.find("task plan: 6 ranks"), std::string::npos) << table;
+  EXPECT_NE(table.find("encode_decode (ed)"), std::string::npos) << table;
+  EXPECT_NE(table.find("0-1"), std::string::npos) << table;
+  EXPECT_NE(table.find("AE D"), std::string::npos) << table;
+}
+
+TEST(TaskPlan, BadSpecsAreOneLineInputErrors) {
+  const auto parse = [](const std::string& spec, int world) {
+    return [spec, world] { dist::TaskPlan::parse(spec, world, kUnitWeights, kEqualCosts); };
+  };
+  expect_input_error(parse("ed:2,qa:1", 4), {"--parallel.tasks", "task rs is missing"});
+  expect_input_error(parse("xx:1,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "unknown task 'xx'"});
+  expect_input_error(parse("ed:0,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "ed:0"});
+  expect_input_error(parse("ed:two,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "'two'"});
+  expect_input_error(parse("ed:-1,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "'-1'"});
+  expect_input_error(parse("ed,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "'ed'"});
+  expect_input_error(parse("ed:1,ed:1,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "ed is given twice"});
+  expect_input_error(parse("ed:5,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "ed:5", "[1, 4]"});
+  expect_input_error(parse("ed:1,qa:1,rs:1,cs:1", 8), {"--parallel.tasks", "ranks 4..7"});
+  expect_input_error(parse("", 1), {"--parallel.tasks", "empty"});
+  expect_input_error(parse("auto", 0), {"world size"});
+  expect_input_error([] { dist::TaskPlan::parse("auto", 1, {1, -1, 1, 1}, kEqualCosts); },
+                     {"question_answering", "weight"});
+}
+
+// ---- Learning-rate schedule ---------------------------------------------------------------------
+
+TEST(Schedule, WarmupThenEachDecay) {
+  ScheduleConfig c;
+  c.peak_lr = 1e-3;
+  c.warmup_steps = 10;
+  c.total_steps = 110;
+  c.final_fraction = 0.1;
+  for (Decay decay : {Decay::constant, Decay::linear, Decay::cosine, Decay::exponential}) {
+    SCOPED_TRACE(decay_name(decay));
+    c.decay = decay;
+    const LearningRateSchedule s(c);
+    EXPECT_EQ(s.at(0), 0.0);  // linear warmup from 0, as transformers' schedules
+    EXPECT_DOUBLE_EQ(s.at(5), 0.5e-3);
+    EXPECT_DOUBLE_EQ(s.at(10), 1e-3);  // the peak, where the decay starts
+    const double half = s.at(60), end = s.at(110);  // p = 1/2, p = 1
+    switch (decay) {
+      case Decay::constant:
+        EXPECT_DOUBLE_EQ(half, 1e-3);
+        EXPECT_DOUBLE_EQ(end, 1e-3);
+        break;
+      case Decay::linear:
+        EXPECT_DOUBLE_EQ(half, 1e-3 * 0.55);
+        EXPECT_DOUBLE_EQ(s.at(35), 1e-3 * (1 - 0.9 * 0.25));
+        EXPECT_DOUBLE_EQ(end, 1e-4);
+        break;
+      case Decay::cosine:
+        EXPECT_DOUBLE_EQ(half, 1e-3 * 0.55);
+        EXPECT_DOUBLE_EQ(s.at(35), 1e-3 * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI / 4))));
+        EXPECT_DOUBLE_EQ(end, 1e-4);
+        break;
+      case Decay::exponential:
+        EXPECT_DOUBLE_EQ(half, 1e-3 * std::sqrt(0.1));
+        EXPECT_DOUBLE_EQ(end, 1e-4);
+        break;
+    }
+    EXPECT_DOUBLE_EQ(s.at(500), end);  // past the end: the final rate
+  }
+  ScheduleConfig no_warmup;
+  no_warmup.peak_lr = 2e-5;
+  no_warmup.total_steps = 4;
+  const LearningRateSchedule s(no_warmup);
+  EXPECT_DOUBLE_EQ(s.at(0), 2e-5);
+  EXPECT_DOUBLE_EQ(s.at(3), 2e-5 * 0.25);
+}
+
+TEST(Schedule, BadSettingsAreInputErrors) {
+  ScheduleConfig c;
+  c.decay = Decay::exponential;
+  expect_input_error([&] { LearningRateSchedule{c}; }, {"exponential", "final"});
+  c = {};
+  c.peak_lr = -1;
+  expect_input_error([&] { LearningRateSchedule{c}; }, {"learning rate"});
+  c = {};
+  c.final_fraction = 1.5;
+  expect_input_error([&] { LearningRateSchedule{c}; }, {"[0, 1]"});
+  expect_input_error([] { decay_from_name("step"); }, {"'step'", "cosine"});
+}
+
+// ---- Optimizer ------------------------------------------------------------------------------------
+
+namespace {
+
+// One f64 parameter of n elements with a fixed gradient per step.
+struct OneParameter {
+  Parameter p;
+  explicit OneParameter(int64_t n) {
+    p.allocate("w", {n}, DType::f64, Device::cpu());
+    std::vector<double> w(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) w[i] = std::sin(1.0 + i);
+    p.assign(Tensor::from_vector(w, {n}));
+  }
+  void set_grad(int64_t step) {
+    std::vector<double> g(static_cast<size_t>(p.grad.numel()));
+    for (size_t i = 0; i < g.size(); ++i) g[i] = std::cos(0.7 * step + i);
+    p.grad.copy_(Tensor::from_vector(g, p.grad.shape()));
+  }
+};
+
+}  // namespace
+
+// NAdam's momentum product is carried across steps; set_steps (what a checkpoint restore calls)
+// rebuilds it, so a run restored after two steps continues with the same bits as one that never
+// stopped; and every step equals the op with the product formed from scratch.
+TEST(OptimizerClass, NAdamContinuesBitExactlyAfterARestore) {
+  OptimizerConfig config;
+  config.kind = OptimizerKind::nadam;
+  config.lr = 1e-2;
+  OneParameter straight(7), restored(7);
+  Optimizer a({&straight.p}, config);
+  for (int64_t s = 0; s < 5; ++s) {
+    straight.set_grad(s);
+    a.step(1e-2);
+  }
+  {
+    Optimizer first({&restored.p}, config);
+    for (int64_t s = 0; s < 2; ++s) {
+      restored.set_grad(s);
+      first.step(1e-2);
+    }
+    Optimizer second({&restored.p}, config);  // a new process: moments copied, steps restored
+    second.first_moments()[0].copy_(first.first_moments()[0]);
+    second.second_moments()[0].copy_(first.second_moments()[0]);
+    second.set_steps(first.steps());
+    for (int64_t s = 2; s < 5; ++s) {
+      restored.set_grad(s);
+      second.step(1e-2);
+    }
+    EXPECT_EQ(second.steps(), 5);
+  }
+  EXPECT_EQ(straight.p.master.to_vector<double>(), restored.p.master.to_vector<double>());
+  EXPECT_EQ(optimizer_from_name("nadam"), OptimizerKind::nadam);
+  expect_input_error([] { optimizer_from_name("sgd"); }, {"'sgd'", "adamw", "nadam"});
+}
+
+// ---- Configuration ----------------------------------------------------------------------------------
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name)
+      : path(fs::temp_directory_path() / ("qarac-trainer-" + name + "-" + std::to_string(getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string str() const { return path.string(); }
+};
+
+std::optional<TrainConfig> parse(const std::vector<std::string>& args) {
+  std::vector<const char*> argv = {"qarac-train"};
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  std::ostringstream help;
+  return parse_train_config(static_cast<int>(argv.size()), argv.data(), help);
+}
+
+}  // namespace
+
+TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
+  TempDir dir("config");
+  const std::string ini = (dir.path / "run.ini").string();
+  std::ofstream(ini) << "output = /tmp/run\n[model]\nbase = /models/roberta\ntie_lm_head = true\n"
+                        "[optimizer]\nname = nadam\nlr = 3e-5\n[task]\ned.tokens = 512\n";
+  const std::optional<TrainConfig> c =
+      parse({"--config", ini, "--optimizer.lr", "5e-5", "--data.dir", "/data", "--optimizer.final=-0"});
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->output, "/tmp/run");
+  EXPECT_EQ(c->base, "/models/roberta");
+  EXPECT_TRUE(c->tie_lm_head);
+  EXPECT_EQ(c->optimizer, "nadam");
+  EXPECT_EQ(c->lr, 5e-5);  // the command line wins
+  EXPECT_EQ(c->task[0].tokens, 512);
+  EXPECT_EQ(c->task[1].tokens, 4096);  // default
+  EXPECT_EQ(c->data_dir, "/data");
+  check_values(*c);
+
+  // to_ini writes every key; reading it back gives the same configuration.
+  const std::string text = to_ini(*c);
+  EXPECT_NE(text.find("[optimizer]\nname = nadam\nlr = 5e-05\n"), std::string::npos) << text;
+  const std::string again_path = (dir.path / "again.ini").string();
+  std::ofstream(again_path) << text;
+  const std::optional<TrainConfig> again = parse({"--config", again_path});
+  ASSERT_TRUE(again);
+  EXPECT_EQ(to_ini(*again), text);
+  EXPECT_EQ(resume_mismatch(*again, text), "");
+  TrainConfig other = *again;
+  other.task[2].examples = 8;
+  EXPECT_NE(resume_mismatch(other, text).find("task.rs.examples"), std::string::npos);
+  other = *again;
+  other.steps = 10 * again->steps;  // a longer run may resume a shorter one
+  EXPECT_EQ(resume_mismatch(other, text), "");
+
+  std::ostringstream help;
+  const char* argv[] = {"qarac-train", "--help"};
+  EXPECT_FALSE(parse_train_config(2, argv, help));
+  for (const char* key : {"--optimizer.lr", "(=2e-05)", "--task.cs.examples", "--parallel.tasks",
+                          "--checkpoint.keep", "--model.share_encoder_base", "--resume"})
+    EXPECT_NE(help.str().find(key), std::string::npos) << key;
+}
+
+// The documented example configurations stay valid: every key known, every value in range.
+TEST(TrainConfig, ExampleConfigsParse) {
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator(QARAC_CONFIGS_DIR)) {
+    if (entry.path().extension() != ".ini") continue;
+    SCOPED_TRACE(entry.path().string());
+    const std::optional<TrainConfig> c = parse({"--config", entry.path().string()});
+    ASSERT_TRUE(c);
+    check_values(*c);
+    ++count;
+  }
+  EXPECT_GE(count, 1);
+}
+
+TEST(TrainConfig, ValueErrorsNameTheKey) {
+  TrainConfig c;
+  c.output = "/tmp/x";
+  c.base = "/b";
+  c.data_dir = "/d";
+  check_values(c);
+  const auto expect_key = [&](const std::function<void(TrainConfig&)>& change, const std::string& key) {
+    TrainConfig bad = c;
+    change(bad);
+    expect_input_error([&] { check_values(bad); }, {key});
+  };
+  expect_key([](TrainConfig& b) { b.lr = -1; }, "optimizer.lr");
+  expect_key([](TrainConfig& b) { b.task[1].tokens = 0; }, "task.qa.tokens");
+  expect_key([](TrainConfig& b) { b.task[3].examples = -2; }, "task.cs.examples");
+  expect_key([](TrainConfig& b) { b.steps = 0; }, "train.steps");
+  expect_key([](TrainConfig& b) { b.optimizer = "sgd"; }, "optimizer.name");
+  expect_key([](TrainConfig& b) { b.decay = "step"; }, "optimizer.decay");
+  expect_key([](TrainConfig& b) { b.dtype = "bf16"; }, "train.dtype");
+  expect_key([](TrainConfig& b) { b.device = "tpu"; }, "train.device");
+  expect_key([](TrainConfig& b) { b.beta2 = 1; }, "optimizer.beta2");
+  expect_key([](TrainConfig& b) { b.base.clear(); }, "model.base");
+  expect_key([](TrainConfig& b) { b.output.clear(); }, "output");
+}
+
+// ---- qarac-train ---------------------------------------------------------------------------------
+
+namespace {
+
+struct CliResult {
+  int code = -1;
+  std::string output;
+};
+
+CliResult run_command(const std::string& command) {
+  CliResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+const std::string kSample = std::string(QARAC_SAMPLE_DIR) + "/";
+
+// A random tiny RoBERTa written as a Hugging Face directory (names "roberta.*" and an MLM head
+// "lm_head.*", as transformers saves RobertaForMaskedLM), with the sample tokenizer's vocabulary.
+void write_tiny_base(const fs::path& dir) {
+  RobertaConfig config;
+  config.vocab_size = static_cast<int64_t>(data::Tokenizer::from_dir(kSample + "tokenizer").vocab_size());
+  config.hidden_size = 16;
+  config.num_layers = 1;
+  config.num_heads = 2;
+  config.intermediate_size = 32;
+  config.max_position_embeddings = 514;
+  RobertaEncoder encoder(config, DType::f32, Device::cpu());
+  init_normal(encoder.parameters(), 0.02, 5);
+  io::TensorMap tensors;
+  for (const Parameter* p : encoder.parameters()) tensors["roberta." + p->name] = p->master;
+  const int64_t d = config.hidden_size, v = config.vocab_size;
+  tensors["lm_head.dense.weight"] = Tensor::zeros({d, d}, DType::f32);
+  tensors["lm_head.dense.bias"] = Tensor::zeros({d}, DType::f32);
+  tensors["lm_head.layer_norm.weight"] = Tensor::zeros({d}, DType::f32);
+  tensors["lm_head.layer_norm.bias"] = Tensor::zeros({d}, DType::f32);
+  tensors["lm_head.decoder.weight"] = tensors["roberta.embeddings.word_embeddings.weight"];
+  tensors["lm_head.bias"] = Tensor::zeros({v}, DType::f32);
+  fs::create_directories(dir);
+  io::write_safetensors((dir / "model.safetensors").string(), tensors);
+  io::write_hf_config((dir / "config.json").string(), config);
+}
+
+// The base model and the prepared sample data, made once for every test of the suite.
+class TrainCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new TempDir("cli");
+    write_tiny_base(root_->path / "base");
+    const CliResult prep = run_command(
+        std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample + "tokenizer --out " +
+        (root_->path / "data").string() + " --text " + kSample + "corpus_train.txt --wikiqa " +
+        kSample + "WikiQA-train.tsv --avicenna " + kSample + "Avicenna_Train.csv --snli " + kSample +
+        "snli_1.0_train.jsonl --threads 2");
+    ASSERT_EQ(prep.code, 0) << prep.output;
+  }
+  static void TearDownTestSuite() {
+    delete root_;
+    root_ = nullptr;
+  }
+
+  static fs::path root() { return root_->path; }
+  // qarac-train with `args` and a small valid configuration for every key `args` leaves out (a
+  // key may appear once), writing to `output`.
+  static CliResult train(const fs::path& output, const std::string& args) {
+    const std::vector<std::pair<std::string, std::string>> defaults = {
+        {"output", output.string()}, {"model.base", (root() / "base").string()},
+        {"data.dir", (root() / "data").string()}, {"task.ed.tokens", "160"},
+        {"task.qa.tokens", "160"}, {"task.rs.tokens", "160"}, {"task.cs.tokens", "160"},
+        {"optimizer.warmup", "2"}, {"optimizer.lr", "1e-3"}, {"train.log_every", "1"}};
+    std::string command = std::string(QARAC_TRAIN_EXE) + " " + args;
+    for (const auto& [key, value] : defaults)
+      if (args.find("--" + key + " ") == std::string::npos && args.find("--" + key + "=") == std::string::npos)
+        command += " --" + key + " " + value;
+    return run_command(command);
+  }
+  // Exit 2, exactly one line naming every one of `parts`, and no output directory.
+  static void expect_usage_error(const std::string& args, std::initializer_list<std::string> parts) {
+    SCOPED_TRACE(args);
+    const fs::path out = root() / "never";
+    const CliResult r = train(out, args);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_EQ(r.output.find("qarac-train: error: "), 0u) << r.output;
+    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // exactly one line
+    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+    EXPECT_FALSE(fs::exists(out)) << "the output directory was created";
+  }
+
+  static TempDir* root_;
+};
+
+TempDir* TrainCli::root_ = nullptr;
+
+}  // namespace
+
+TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
+  expect_usage_error("--optimizer.no_such_key 1", {"optimizer.no_such_key"});
+  expect_usage_error("--optimizer.lr fast", {"optimizer.lr", "fast"});
+  expect_usage_error("--optimizer.lr=-1e-5", {"optimizer.lr", "-1e-05"});
+  expect_usage_error("--task.qa.tokens 0", {"task.qa.tokens"});
+  expect_usage_error("--train.steps 0", {"train.steps"});
+  expect_usage_error("--parallel.tasks ed:1,qa:1", {"--parallel.tasks", "rs"});
+  expect_usage_error("--model.base " + (root() / "nothing").string(), {(root() / "nothing").string()});
+  expect_usage_error("--eval.dir " + (root() / "no-eval").string(), {(root() / "no-eval").string()});
+
+  // A data directory that lacks one task's file: the error names that file.
+  const fs::path partial = root() / "partial";
+  fs::create_directories(partial);
+  for (const char* f : {"encode_decode.h5", "question_answering.h5", "consistency.h5"})
+    fs::copy_file(root() / "data" / f, partial / f, fs::copy_options::overwrite_existing);
+  expect_usage_error("--data.dir " + partial.string(), {"reasoning.h5"});
+
+  // Errors in the INI file name the file and the key.
+  const fs::path ini = root() / "bad.ini";
+  std::ofstream(ini) << "[optimizer]\nlr = 1e-5\nwarmpu = 10\n";
+  expect_usage_error("--config " + ini.string(), {ini.string(), "optimizer.warmpu"});
+  std::ofstream(ini) << "[checkpoint]\nevery = often\n";
+  expect_usage_error("--config " + ini.string(), {ini.string(), "checkpoint.every"});
+  expect_usage_error("--config " + (root() / "missing.ini").string(), {"missing.ini"});
+
+  // A fresh run refuses a directory that is not empty; --resume needs a checkpoint.
+  const fs::path used = root() / "used";
+  fs::create_directories(used);
+  std::ofstream(used / "notes.txt") << "another run\n";
+  const CliResult r = train(used, "");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("not empty"), std::string::npos) << r.output;
+  const CliResult resume = train(used, "--resume");
+  EXPECT_EQ(resume.code, 2) << resume.output;
+  EXPECT_NE(resume.output.find("no valid checkpoint"), std::string::npos) << resume.output;
+  EXPECT_EQ(fs::directory_iterator(used)->path().filename(), "notes.txt");
+}
+
+namespace {
+
+std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+}  // namespace
+
+// A few steps on CPU write config.ini, one metrics line per step with the documented keys,
+// checkpoints and an export per model; the NAdam optimizer runs the same loop.
+TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
+  const fs::path out = root() / "short";
+  const CliResult r = train(out, "--train.steps 3 --checkpoint.every 2 --checkpoint.keep 5 --eval.every 2"
+                                 " --eval.examples 16 --eval.decoded 2 --eval.dir " + (root() / "data").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("task plan: 1 rank"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 3/3"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::is_regular_file(out / "config.ini"));
+
+  // Evaluations (before training, at step 2 and at the end) carry "eval": true.
+  std::vector<nlohmann::json> lines, evals;
+  for (nlohmann::json& line : read_jsonl(out / "metrics.jsonl"))
+    (line.value("eval", false) ? evals : lines).push_back(std::move(line));
+  ASSERT_EQ(evals.size(), 3u);
+  const int64_t eval_steps[] = {0, 2, 3};
+  for (size_t i = 0; i < evals.size(); ++i) {
+    EXPECT_EQ(evals[i].at("step").get<int64_t>(), eval_steps[i]);
+    EXPECT_TRUE(evals[i].contains("qa.retrieval_accuracy")) << evals[i].dump();
+  }
+  ASSERT_EQ(lines.size(), 3u);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const nlohmann::json& line = lines[i];
+    EXPECT_EQ(line.at("step").get<int64_t>(), static_cast<int64_t>(i + 1));
+    for (const char* key : {"lr", "grad_norm", "loss_weighted", "tokens", "tokens_per_s",
+                            "step_time_s", "comm_time_s", "elapsed_s"})
+      EXPECT_TRUE(line.contains(key)) << key << " missing from " << line.dump();
+    for (const char* task : {"encode_decode", "question_answering", "reasoning", "consistency"}) {
+      const double loss = line.at("loss").at(task).get<double>();
+      EXPECT_TRUE(std::isfinite(loss) && loss >= 0) << task << ": " << loss;
+    }
+    EXPECT_GT(line.at("grad_norm").get<double>(), 0);
+  }
+  EXPECT_EQ(lines[0].at("lr").get<double>(), 0.0);  // warmup from 0
+  EXPECT_DOUBLE_EQ(lines[1].at("lr").get<double>(), 0.5e-3);
+
+  std::set<std::string> checkpoints;
+  for (const auto& e : fs::directory_iterator(out / "checkpoints")) checkpoints.insert(e.path().filename());
+  EXPECT_EQ(checkpoints, (std::set<std::string>{"checkpoint-0000000002.h5", "checkpoint-0000000003.h5"}));
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+    EXPECT_TRUE(fs::is_regular_file(out / "export" / model / "config.json")) << model;
+    EXPECT_TRUE(fs::is_regular_file(out / "export" / model / "model.safetensors")) << model;
+  }
+
+  const fs::path nadam = root() / "nadam";
+  const CliResult n = train(nadam, "--train.steps 2 --optimizer.name nadam --parallel.tasks ed:1,qa:1,rs:1,cs:1");
+  ASSERT_EQ(n.code, 0) << n.output;
+  EXPECT_EQ(read_jsonl(nadam / "metrics.jsonl").size(), 2u);
+}
+
+// The invariant of checkpoints: N steps straight, or N/2, then --resume for the rest, end with
+// the same parameters, bit for bit (CPU), with dropout on so that the random streams must resume
+// too.
+TEST_F(TrainCli, ResumedRunIsBitIdenticalToAStraightOne) {
+  const std::string common = "--model.dropout 0.1 --optimizer.name nadam --checkpoint.every 0 ";
+  const fs::path straight = root() / "straight", split = root() / "split";
+  const CliResult a = train(straight, common + "--train.steps 4");
+  ASSERT_EQ(a.code, 0) << a.output;
+  const CliResult b1 = train(split, common + "--train.steps 2");
+  ASSERT_EQ(b1.code, 0) << b1.output;
+  const CliResult b2 = train(split, common + "--train.steps 4 --resume");
+  ASSERT_EQ(b2.code, 0) << b2.output;
+  EXPECT_NE(b2.output.find("resuming from"), std::string::npos) << b2.output;
+
+  const std::vector<nlohmann::json> la = read_jsonl(straight / "metrics.jsonl"),
+                                    lb = read_jsonl(split / "metrics.jsonl");
+  ASSERT_EQ(la.size(), 4u);
+  ASSERT_EQ(lb.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(la[i].at("loss"), lb[i].at("loss")) << "step " << i + 1;
+
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+    SCOPED_TRACE(model);
+    const io::TensorMap ta = io::read_safetensors((straight / "export" / model / "model.safetensors").string());
+    const io::TensorMap tb = io::read_safetensors((split / "export" / model / "model.safetensors").string());
+    ASSERT_EQ(ta.size(), tb.size());
+    for (const auto& [name, tensor] : ta) {
+      ASSERT_TRUE(tb.count(name)) << name;
+      EXPECT_EQ(tensor.to_vector<float>(), tb.at(name).to_vector<float>()) << name;
+    }
+  }
+}
