@@ -80,14 +80,24 @@ void TaskPlan::assign(int rank, Task task) {
   ranks_of_[static_cast<int>(task)].push_back(rank);
 }
 
-void TaskPlan::finish() {
+void TaskPlan::finish(bool only_some_tasks) {
   for (auto& tasks : tasks_of_) std::sort(tasks.begin(), tasks.end());
   for (auto& ranks : ranks_of_) std::sort(ranks.begin(), ranks.end());
   for (int r = 0; r < world_size_; ++r)
     QARAC_CHECK(!tasks_of_[r].empty(), "task plan: rank ", r, " has no task");
-  for (int t = 0; t < kTaskCount; ++t)
+  for (int t = 0; t < kTaskCount && !only_some_tasks; ++t)
     QARAC_CHECK(!ranks_of_[t].empty(), "task plan: task ", data::task_name(task_at(t)),
                 " has no rank");
+}
+
+TaskPlan TaskPlan::single_task(data::Task task, int world_size) {
+  check_world(world_size);
+  TaskValues weights{};
+  weights[static_cast<int>(task)] = 1.0;
+  TaskPlan plan(world_size, weights);
+  for (int r = 0; r < world_size; ++r) plan.assign(r, task);
+  plan.finish(/*only_some_tasks=*/true);
+  return plan;
 }
 
 TaskPlan TaskPlan::from_counts(const std::array<int, kTaskCount>& ranks_per_task, int world_size,
@@ -256,6 +266,7 @@ std::string TaskPlan::table() const {
   os << line;
   for (int t = 0; t < kTaskCount; ++t) {
     const Task task = task_at(t);
+    if (ranks_of(task).empty()) continue;  // a single-task plan
     const std::string name = std::string(data::task_name(task)) + " (" + data::task_short_name(task) + ")";
     std::snprintf(line, sizeof line, "  %-24s %-12s %8.4g %12.4g  %s\n", name.c_str(),
                   rank_list(ranks_of(task)).c_str(), weight(task), gradient_scale(task),

@@ -48,6 +48,9 @@ class TaskPlan {
   static TaskPlan from_counts(const std::array<int, data::kTaskCount>& ranks_per_task,
                               int world_size, const TaskValues& weights);
   static TaskPlan automatic(int world_size, const TaskValues& weights, const TaskValues& costs);
+  // Every rank runs `task` alone and the other tasks run nowhere: pre-training a base on the
+  // text stream (qarac-train's model.mode mlm), data-parallel over all ranks.
+  static TaskPlan single_task(data::Task task, int world_size);
 
   int world_size() const { return world_size_; }
   // The tasks of `rank`, in task order (the loader's plan order).
@@ -72,7 +75,8 @@ class TaskPlan {
  private:
   TaskPlan(int world_size, const TaskValues& weights);
   void assign(int rank, data::Task task);
-  void finish();  // sorts, and checks that every rank and every task has work
+  // Sorts, and checks that every rank and (unless only_some_tasks) every task has work.
+  void finish(bool only_some_tasks = false);
 
   int world_size_ = 1;
   TaskValues weights_{};

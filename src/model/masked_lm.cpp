@@ -1,5 +1,6 @@
 #include "model/masked_lm.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "core/rng.h"
@@ -13,19 +14,18 @@ constexpr uint32_t kMaskingStream = 0x4d4c4d00u;  // "MLM"
 
 MaskedTokens mask_tokens(const std::vector<std::vector<int32_t>>& sequences, int64_t vocab_size,
                          const MlmMasking& masking, uint64_t step) {
-  QARAC_CHECK(masking.first_ordinary_id < vocab_size, "mask_tokens: no ordinary token below vocabulary size ",
-              vocab_size);
   const RngKey choose{masking.seed, step, kMaskingStream}, how{masking.seed, step, kMaskingStream + 1},
       which{masking.seed, step, kMaskingStream + 2};
-  const double ordinary = static_cast<double>(vocab_size - masking.first_ordinary_id);
+  auto is_special = [&](int32_t id) {
+    return std::find(masking.special_ids.begin(), masking.special_ids.end(), id) != masking.special_ids.end();
+  };
   MaskedTokens out;
   out.inputs = sequences;
   uint64_t index = 0;
   for (std::vector<int32_t>& seq : out.inputs) {
     for (int32_t& token : seq) {
       const uint64_t i = index++;
-      const bool special = token < masking.first_ordinary_id;
-      if (special || uniform01(choose, i) >= masking.probability) {
+      if (is_special(token) || uniform01(choose, i) >= masking.probability) {
         out.targets.push_back(MaskedLM::kIgnore);
         continue;
       }
@@ -35,7 +35,8 @@ MaskedTokens mask_tokens(const std::vector<std::vector<int32_t>>& sequences, int
       if (u < 0.8f)
         token = masking.mask_id;
       else if (u < 0.9f)
-        token = masking.first_ordinary_id + static_cast<int32_t>(uniform01(which, i) * ordinary);
+        token = std::min(static_cast<int32_t>(uniform01(which, i) * static_cast<float>(vocab_size)),
+                         static_cast<int32_t>(vocab_size - 1));
     }
   }
   return out;

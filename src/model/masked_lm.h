@@ -13,14 +13,15 @@
 
 namespace qarac {
 
-// BERT's masking of a packed batch: each token that is not special is chosen with probability
-// `probability`; a chosen token becomes <mask> 80% of the time, a random ordinary token 10%, and
-// stays itself 10%; the chosen positions are the targets. The draws are Philox counters of
-// (seed, step, token index), so a batch is masked the same way on every run and machine.
+// BERT's masking of a packed batch, as Hugging Face's DataCollatorForLanguageModeling does it:
+// each token that is not special is chosen with probability `probability`; a chosen token
+// becomes <mask> 80% of the time, a random token of the vocabulary 10%, and stays itself 10%;
+// the chosen positions are the targets. The draws are Philox counters of (seed, step, token
+// index), so a batch is masked the same way on every run and machine.
 struct MlmMasking {
   double probability = 0.15;
   int32_t mask_id = 4;
-  int32_t first_ordinary_id = 5;  // ids below are special (<s> <pad> </s> <unk> <mask>)
+  std::vector<int32_t> special_ids = {0, 1, 2, 3, 4};  // never chosen: <s> <pad> </s> <unk> <mask>
   uint64_t seed = 0;
 };
 struct MaskedTokens {

@@ -88,11 +88,19 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add_required(top, "output", &c.output, "(required) run directory: metrics.jsonl, checkpoints/, export/; must not exist or be empty unless --resume");
 
   auto& model = d->section("[model]");
-  d->add_required(model, "model.base", &c.base, "(required) pre-trained Hugging Face RoBERTa directory (config.json, model.safetensors)");
+  d->add(model, "model.mode", &c.mode, "qarac: fine-tune QE, AE and D on the four tasks; mlm: pre-train a RoBERTa base by masked language modelling on the text stream");
+  d->add_required(model, "model.base", &c.base, "(required for qarac) pre-trained Hugging Face RoBERTa directory (config.json, model.safetensors); mlm: optional starting point");
   d->add(model, "model.share_encoder_base", &c.share_encoder_base, "question and answer encoders share one base");
   d->add(model, "model.tie_lm_head", &c.tie_lm_head, "the LM head's output matrix is the decoder's word embeddings");
   d->add(model, "model.dropout", &c.dropout, "hidden and attention dropout; < 0: the base config's");
   d->add(model, "model.init_std", &c.init_std, "standard deviation of the new heads' initial weights");
+  d->add(model, "model.tokenizer", &c.tokenizer, "mlm: the tokenizer directory (vocabulary size, <mask>)");
+  d->add(model, "model.hidden", &c.hidden, "mlm without a base: hidden size of the new model");
+  d->add(model, "model.layers", &c.layers, "mlm without a base: transformer layers");
+  d->add(model, "model.heads", &c.heads, "mlm without a base: attention heads");
+  d->add(model, "model.ffn", &c.ffn, "mlm without a base: feed-forward size (0: 4 hidden)");
+  d->add(model, "model.max_positions", &c.max_positions, "mlm without a base: longest sequence + 2 (RoBERTa's position table)");
+  d->add(model, "model.mask_probability", &c.mask_probability, "mlm: share of the tokens masked");
 
   auto& data = d->section("[data]");
   d->add_required(data, "data.dir", &c.data_dir, "(required) task-stream files from qarac-prep (<dir>/<task>.h5)");
@@ -182,7 +190,17 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
 
 void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(!c.output.empty(), "output: required (the run directory; --output DIR)");
-  QARAC_INPUT_CHECK(!c.base.empty(), "model.base: required (a Hugging Face RoBERTa directory)");
+  QARAC_INPUT_CHECK(c.mode == "qarac" || c.mode == "mlm", "model.mode: '", c.mode, "' must be qarac or mlm");
+  QARAC_INPUT_CHECK(c.pretraining() || !c.base.empty(), "model.base: required (a Hugging Face RoBERTa directory)");
+  if (c.pretraining()) {
+    QARAC_INPUT_CHECK(!c.tokenizer.empty(), "model.tokenizer: required with model.mode mlm (a tokenizer directory)");
+    QARAC_INPUT_CHECK(c.hidden > 0 && c.layers > 0 && c.heads > 0 && c.hidden % c.heads == 0,
+                      "model.hidden, model.layers, model.heads: positive, hidden divisible by heads (got ",
+                      c.hidden, ", ", c.layers, ", ", c.heads, ")");
+    QARAC_INPUT_CHECK(c.ffn >= 0 && c.max_positions > 2, "model.ffn must be >= 0 and model.max_positions > 2");
+    QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
+                      c.mask_probability, " must lie in (0, 1)");
+  }
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
   QARAC_INPUT_CHECK(c.dropout < 1, "model.dropout: ", c.dropout, " must be < 1 (negative: the base config's)");
   QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
@@ -309,7 +327,7 @@ std::map<std::string, std::string> read_ini(const std::string& text) {
 std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini) {
   // What fixes the parameter list, the data order and batches, the random streams and the
   // plan; the rest (steps, rates, intervals, paths) may change between a run and its resumption.
-  std::vector<std::string> fixed = {"model.share_encoder_base", "model.tie_lm_head", "train.seed",
+  std::vector<std::string> fixed = {"model.mode", "model.share_encoder_base", "model.tie_lm_head", "train.seed",
                                     "train.dtype", "optimizer.name", "parallel.tasks"};
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";

@@ -31,11 +31,16 @@ struct TrainConfig {
   std::string output;       // output: the run directory (metrics, checkpoints, export)
 
   // [model]
-  std::string base;                 // a Hugging Face RoBERTa directory
+  std::string mode = "qarac";       // qarac: fine-tune the three models; mlm: pre-train a base
+  std::string base;                 // a Hugging Face RoBERTa directory (mlm: optional)
   bool share_encoder_base = false;  // QE and AE share one base (separate pooling heads)
   bool tie_lm_head = false;         // the LM head's output matrix is D's word embeddings
   double dropout = -1;              // hidden and attention dropout; < 0: the base config's
   double init_std = 0.02;           // N(0, std²) of the new heads
+  // mlm mode: the tokenizer (vocabulary size, <mask>) and, without a base, the new model's sizes.
+  std::string tokenizer;
+  int64_t hidden = 64, layers = 2, heads = 2, ffn = 0, max_positions = 130;
+  double mask_probability = 0.15;
 
   // [data]
   std::string data_dir;  // qarac-prep's output: <dir>/<task>.h5
@@ -80,6 +85,7 @@ struct TrainConfig {
   Device device_value() const;
   DType dtype_value() const;
   double task_weight(data::Task t) const { return task[static_cast<int>(t)].weight; }
+  bool pretraining() const { return mode == "mlm"; }
 };
 
 // Parses the command line and the --config file (command line first: its values win). Returns

@@ -85,6 +85,16 @@ double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& fiel
 
 }  // namespace
 
+MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability) {
+  MlmMasking m;
+  m.probability = probability;
+  m.mask_id = tokenizer.mask_id();
+  m.special_ids = {tokenizer.bos_id(), tokenizer.pad_id(), tokenizer.eos_id(), tokenizer.unk_id(),
+                   tokenizer.mask_id()};
+  m.seed = seed;
+  return m;
+}
+
 QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   for (int t = 0; t < data::kTaskCount; ++t) {
     const Task task = static_cast<Task>(t);

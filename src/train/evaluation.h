@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "data/loader.h"
+#include "data/tokenizer.h"
 #include "model/masked_lm.h"
 #include "train/trainer.h"
 
@@ -29,6 +30,9 @@ struct EvalOptions {
   int64_t max_decoded = 64;     // examples decoded greedily per decoder task
   std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
 };
+
+// BERT masking with the tokenizer's <mask> and special tokens.
+MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability = 0.15);
 
 class QaracEvaluator : public Evaluator {
  public:

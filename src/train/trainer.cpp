@@ -20,7 +20,12 @@
 #include "data/loader.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_export.h"
+#include "data/shards.h"
+#include "data/tokenizer.h"
+#include "model/init.h"
+#include "model/masked_lm.h"
 #include "train/checkpoint.h"
+#include "train/evaluation.h"
 #include "train/objectives.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -117,7 +122,127 @@ struct StepStats {
   double seconds = 0, comm_seconds = 0;
 };
 
-constexpr const char* kModels[] = {"question_encoder", "answer_encoder", "decoder"};
+// What a run trains. The step loop, optimizer, schedule, checkpoints and metrics are the same
+// for both workloads; only the models, the loss of a task batch, the evaluation and the export
+// differ.
+class Workload {
+ public:
+  virtual ~Workload() = default;
+  virtual ParameterList parameters() = 0;
+  // Forward and backward of one task batch, gradients scaled by options.weight; the loss as a
+  // device scalar [1].
+  virtual const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) = 0;
+  // Held-out metrics (no gradients); `evaluator` is qarac-train's [eval] hook, may be null.
+  virtual EvalResult evaluate(Evaluator* evaluator, int64_t step) = 0;
+  // The trained models as Hugging Face directories under output/export/.
+  virtual void export_models(const fs::path& output) = 0;
+};
+
+// model.mode qarac: QE, AE and D from a pre-trained base, on the four objectives.
+class QaracWorkload : public Workload {
+ public:
+  QaracWorkload(const TrainConfig& c, Device device) : base_(io::read_hf_roberta(c.base)) {
+    if (c.dropout >= 0) base_.config.hidden_dropout = base_.config.attention_dropout = c.dropout;
+    QaracConfig qc;
+    qc.base = base_.config;
+    qc.share_encoder_base = c.share_encoder_base;
+    qc.tie_lm_head = c.tie_lm_head;
+    qc.init_seed = static_cast<uint64_t>(c.seed);
+    qc.init_std = c.init_std;
+    models_ = std::make_unique<QaracModels>(qc, base_.encoder, c.dtype_value(), device);
+    base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
+    objectives_ = std::make_unique<Objectives>(*models_);
+  }
+  ParameterList parameters() override { return models_->parameters(); }
+  const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) override {
+    return objectives_->run(batch, options);
+  }
+  EvalResult evaluate(Evaluator* evaluator, int64_t step) override {
+    return evaluator ? evaluator->evaluate({*models_, base_.lm_head, base_.config, step}) : EvalResult{};
+  }
+  void export_models(const fs::path& output) override {
+    for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
+      io::export_hf_model(output.string(), model, models_->config().base,
+                          io::master_tensors(models_->model_parameters(model)));
+  }
+
+ private:
+  io::HfRoberta base_;
+  std::unique_ptr<QaracModels> models_;
+  std::unique_ptr<Objectives> objectives_;
+};
+
+// model.mode mlm: a RoBERTa base with its tied MLM head, masked language modelling on the text
+// stream (encode_decode), from scratch or from model.base; exported as export/base, a Hugging
+// Face RobertaForMaskedLM directory that model.base of a qarac run can name.
+class MlmWorkload : public Workload {
+ public:
+  MlmWorkload(const TrainConfig& c, Device device) {
+    const data::Tokenizer tokenizer = data::Tokenizer::from_dir(c.tokenizer);
+    masking_ = mlm_masking(tokenizer, static_cast<uint64_t>(c.seed), c.mask_probability);
+    io::HfRoberta base;
+    if (!c.base.empty()) {
+      base = io::read_hf_roberta(c.base);
+      config_ = base.config;
+    } else {
+      config_.vocab_size = static_cast<int64_t>(tokenizer.vocab_size());
+      config_.hidden_size = c.hidden;
+      config_.num_layers = c.layers;
+      config_.num_heads = c.heads;
+      config_.intermediate_size = c.ffn > 0 ? c.ffn : 4 * c.hidden;
+      config_.max_position_embeddings = c.max_positions;
+      config_.pad_token_id = tokenizer.pad_id();
+      config_.bos_token_id = tokenizer.bos_id();
+      config_.eos_token_id = tokenizer.eos_id();
+    }
+    QARAC_INPUT_CHECK(static_cast<int64_t>(tokenizer.vocab_size()) == config_.vocab_size, "model.tokenizer: ",
+                      tokenizer.vocab_size(), " tokens, but the model has ", config_.vocab_size);
+    if (c.dropout >= 0) config_.hidden_dropout = config_.attention_dropout = c.dropout;
+    encoder_ = std::make_unique<RobertaEncoder>(config_, c.dtype_value(), device);
+    mlm_ = std::make_unique<MaskedLM>(*encoder_);
+    if (c.base.empty()) {
+      init_normal(mlm_->parameters(), c.init_std, static_cast<uint64_t>(c.seed));
+    } else {
+      io::assign_parameters(encoder_->parameters(), base.encoder, c.base + "/model.safetensors");
+      if (!base.lm_head.empty()) mlm_->head().load(base.lm_head, c.base + "/model.safetensors");
+    }
+    loss_ = Tensor::zeros({1}, ops::accumulation_dtype(c.dtype_value()), device);
+    if (!c.eval_dir.empty()) {
+      const data::TaskStreamFile text(c.eval_dir + "/" + data::task_name(data::Task::encode_decode) + ".h5");
+      const data::Ragged field = text.read_field(0, 0, std::min(c.eval_examples, text.examples()));
+      for (int64_t i = 0; i < field.count(); ++i) held_out_.emplace_back(field.begin(i), field.begin(i) + field.length(i));
+    }
+  }
+  ParameterList parameters() override { return mlm_->parameters(); }
+  const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) override {
+    const data::PackedField& text = batch.fields[0];
+    std::vector<std::vector<int32_t>> seqs;
+    for (int64_t b = 0; b < text.count(); ++b)
+      seqs.emplace_back(text.tokens.begin() + text.starts[b], text.tokens.begin() + text.starts[b + 1]);
+    const MaskedTokens masked = mask_tokens(seqs, config_.vocab_size, masking_, options.forward.step);
+    const double loss = mlm_->loss(masked, options.forward, /*backward=*/true, options.weight);
+    loss_.copy_(Tensor::from_vector(std::vector<double>{loss}, {1}).to(loss_.dtype()));
+    return loss_;
+  }
+  EvalResult evaluate(Evaluator*, int64_t) override {
+    EvalResult r;
+    if (held_out_.empty()) return r;
+    // The same masks at every evaluation (step 0), so the figures compare.
+    r.metrics["mlm.loss"] = mlm_->loss(mask_tokens(held_out_, config_.vocab_size, masking_, 0), ForwardOptions{}, false);
+    return r;
+  }
+  void export_models(const fs::path& output) override {
+    io::export_hf_model(output.string(), "base", config_, io::master_tensors(mlm_->parameters()));
+  }
+
+ private:
+  RobertaConfig config_;
+  MlmMasking masking_;
+  std::unique_ptr<RobertaEncoder> encoder_;
+  std::unique_ptr<MaskedLM> mlm_;
+  Tensor loss_;
+  std::vector<std::vector<int32_t>> held_out_;
+};
 
 }  // namespace
 
@@ -126,10 +251,8 @@ struct Trainer::Impl {
   int rank = 0;
   dist::TaskPlan plan;
   std::vector<data::Task> tasks;  // this rank's, plan order
-  io::HfRoberta base;             // its encoder tensors are dropped once the models hold them
   std::unique_ptr<TaskLoaders> loaders;
-  std::unique_ptr<QaracModels> models;
-  std::unique_ptr<Objectives> objectives;
+  std::unique_ptr<Workload> workload;
   ParameterList params;
   std::unique_ptr<Optimizer> optimizer;
   LearningRateSchedule schedule;
@@ -168,6 +291,8 @@ dist::TaskPlan make_plan(const TrainConfig& c, int world_size) {
     weights[t] = c.task[t].weight;
     tokens[t] = c.task[t].tokens;
   }
+  // Pre-training reads the text stream alone, on every rank.
+  if (c.pretraining()) return dist::TaskPlan::single_task(data::Task::encode_decode, world_size);
   return dist::TaskPlan::parse(c.tasks, world_size, weights, dist::estimated_costs(tokens));
 }
 
@@ -193,20 +318,12 @@ Trainer::Impl::Impl(const TrainConfig& c, int rank_, int world_size)
                       " (or this build has no CUDA backend)");
   check_output_dir();
 
-  base = io::read_hf_roberta(config.base);
-  if (config.dropout >= 0) base.config.hidden_dropout = base.config.attention_dropout = config.dropout;
   loaders = std::make_unique<TaskLoaders>(plan.rank_plan(rank), config);
-
-  QaracConfig qc;
-  qc.base = base.config;
-  qc.share_encoder_base = config.share_encoder_base;
-  qc.tie_lm_head = config.tie_lm_head;
-  qc.init_seed = static_cast<uint64_t>(config.seed);
-  qc.init_std = config.init_std;
-  models = std::make_unique<QaracModels>(qc, base.encoder, config.dtype_value(), device);
-  base.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
-  objectives = std::make_unique<Objectives>(*models);
-  params = models->parameters();
+  if (config.pretraining())
+    workload = std::make_unique<MlmWorkload>(config, device);
+  else
+    workload = std::make_unique<QaracWorkload>(config, device);
+  params = workload->parameters();
   optimizer = std::make_unique<Optimizer>(params, config.optimizer_config());
   step_losses = Tensor::zeros({static_cast<int64_t>(tasks.size())},
                               ops::accumulation_dtype(config.dtype_value()), device);
@@ -242,7 +359,7 @@ StepStats Trainer::Impl::train_step() {
     options.forward.training = true;
     options.forward.seed = static_cast<uint64_t>(config.seed);
     options.forward.step = static_cast<uint64_t>(step);
-    const Tensor& loss = objectives->run(task_batch, options);
+    const Tensor& loss = workload->run(task_batch, options);
     // Kept on the device: the losses are read back together after the update.
     step_losses.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1).copy_(loss);
     s.tokens += task_batch.tokens();
@@ -341,8 +458,9 @@ void Trainer::Impl::save() {
 
 void Trainer::Impl::evaluate() {
   last_eval = step;
-  if (!evaluator || !is_root()) return;
-  const EvalResult result = evaluator->evaluate({*models, base.lm_head, base.config, step});
+  if (!is_root()) return;
+  const EvalResult result = workload->evaluate(evaluator.get(), step);
+  if (result.metrics.empty()) return;
   nlohmann::json line;
   line["step"] = step;
   line["eval"] = true;
@@ -359,9 +477,7 @@ void Trainer::Impl::evaluate() {
 
 void Trainer::Impl::export_models() {
   end_progress_line();
-  for (const char* model : kModels)
-    io::export_hf_model(output.string(), model, models->config().base,
-                        io::master_tensors(models->model_parameters(model)));
+  workload->export_models(output);
 }
 
 Trainer::Trainer(const TrainConfig& config, int rank, int world_size)
@@ -371,7 +487,6 @@ Trainer::~Trainer() = default;
 
 void Trainer::set_evaluator(std::unique_ptr<Evaluator> evaluator) { impl_->evaluator = std::move(evaluator); }
 const dist::TaskPlan& Trainer::plan() const { return impl_->plan; }
-QaracModels& Trainer::models() { return *impl_->models; }
 int64_t Trainer::step() const { return impl_->step; }
 
 void Trainer::run() {

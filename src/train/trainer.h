@@ -53,7 +53,6 @@ class Trainer {
 
   void set_evaluator(std::unique_ptr<Evaluator> evaluator);
   const dist::TaskPlan& plan() const;
-  QaracModels& models();
   int64_t step() const;  // training steps completed
 
   // Creates the output directory, restores the checkpoint when resuming, and trains to
