@@ -3,6 +3,9 @@
 //   encoder     forward + backward of the encoder alone (random gradient at its output)
 //   classifier  a full fine-tuning step: encoder, pooling head, classifier, cross-entropy,
 //               backward, AdamW (the workload PyTorch's RobertaForSequenceClassification runs)
+//   qarac       the QARAC step: three models, the four objectives on B examples each, AdamW;
+//               a sample is one example of every task (B samples per step), as the CUDA
+//               issue's PyTorch figure counts them
 // Batches are random token ids, padding-free; --ragged draws lengths uniformly from [S/3, S].
 // On CUDA the bf16 GEMM peak is measured in the same run (8192³ through cuBLASLt) as the
 // denominator of "fraction of peak".
@@ -18,6 +21,8 @@
 
 #include "cli/run_main.h"
 #include "model/init.h"
+#include "model/qarac.h"
+#include "train/objectives.h"
 #include "train/optimizer.h"
 #include "train/sequence_classifier.h"
 #ifdef QARAC_HAVE_CUDA
@@ -107,13 +112,237 @@ double measure_gemm_peak(Device device) {
   return 2.0 * n * n * n * reps / seconds_since(t0) / 1e12;
 }
 
+// What one timed step processed.
+struct StepCount {
+  int64_t real_tokens = 0, padded_tokens = 0, samples = 0;
+  double flops = 0;
+  StepCount& operator+=(const StepCount& o) {
+    real_tokens += o.real_tokens;
+    padded_tokens += o.padded_tokens;
+    samples += o.samples;
+    flops += o.flops;
+    return *this;
+  }
+};
+
+// A benchmark workload: prepare() builds the next batch (untimed), step() runs it.
+class BenchWorkload {
+ public:
+  virtual ~BenchWorkload() = default;
+  virtual StepCount prepare(std::mt19937_64& gen) = 0;
+  virtual void step(uint64_t it) = 0;
+  virtual std::string lengths() const = 0;
+};
+
+ForwardOptions training_options(uint64_t it) {
+  ForwardOptions opts;
+  opts.training = true;
+  opts.step = it;
+  return opts;
+}
+
+// The encoder alone, forward and backward with a fixed random gradient at its output.
+class EncoderBench : public BenchWorkload {
+ public:
+  EncoderBench(const BenchConfig& c, const RobertaConfig& config, DType dtype, Device device)
+      : c_(c), device_(device), encoder_(config, dtype, device) {
+    init_normal(encoder_.parameters(), 0.02, c.seed);
+  }
+  StepCount prepare(std::mt19937_64& gen) override {
+    const auto seqs = random_sequences(c_, gen);
+    batch_ = TokenBatch::from_sequences(seqs, encoder_.config().pad_token_id, device_);
+    return {batch_.tokens(), c_.batch * c_.seq, c_.batch, 3 * forward_flops(c_, seqs)};
+  }
+  void step(uint64_t it) override {
+    zero_grads(encoder_.parameters());
+    const Tensor& h = encoder_.forward(batch_, training_options(it), acts_);
+    if (!grad_.defined() || grad_.shape() != h.shape()) grad_ = random_like(h, 1e-3, c_.seed);
+    encoder_.backward(acts_, grad_);
+  }
+  std::string lengths() const override { return "S=" + std::to_string(c_.seq); }
+
+ private:
+  const BenchConfig& c_;
+  Device device_;
+  RobertaEncoder encoder_;
+  RobertaEncoder::Activations acts_;
+  TokenBatch batch_;
+  Tensor grad_;
+};
+
+// A fine-tuning step: encoder, pooling head, classifier, cross-entropy, backward, AdamW.
+class ClassifierBench : public BenchWorkload {
+ public:
+  ClassifierBench(const BenchConfig& c, const RobertaConfig& config, DType dtype, Device device)
+      : c_(c), device_(device), model_(config, c.labels, dtype, device), params_(model_.parameters()),
+        optimizer_(params_, adamw()) {
+    init_normal(params_, 0.02, c.seed);
+  }
+  StepCount prepare(std::mt19937_64& gen) override {
+    const auto seqs = random_sequences(c_, gen);
+    batch_ = TokenBatch::from_sequences(seqs, model_.encoder().config().pad_token_id, device_);
+    std::uniform_int_distribution<int32_t> label(0, static_cast<int32_t>(c_.labels - 1));
+    std::vector<int32_t> labels(static_cast<size_t>(c_.batch));
+    for (int32_t& l : labels) l = label(gen);
+    labels_ = Tensor::from_vector(labels, {c_.batch}, device_);
+    return {batch_.tokens(), c_.batch * c_.seq, c_.batch, 3 * forward_flops(c_, seqs)};
+  }
+  void step(uint64_t it) override {
+    zero_grads(params_);
+    model_.forward_backward(batch_, labels_, training_options(it));
+    optimizer_.step(2e-5, /*clip_norm=*/1.0);
+  }
+  std::string lengths() const override { return "S=" + std::to_string(c_.seq); }
+
+ private:
+  static ops::AdamW adamw() {
+    ops::AdamW hyper;
+    hyper.lr = 2e-5;
+    return hyper;
+  }
+  const BenchConfig& c_;
+  Device device_;
+  SequenceClassifier model_;
+  ParameterList params_;
+  AdamWOptimizer optimizer_;
+  TokenBatch batch_;
+  Tensor labels_;
+};
+
+// The QARAC step (DESIGN.md §3): the three models, the four tasks of B examples each, backward,
+// AdamW. Field lengths (tokens, <s> and </s> included) as the CUDA issue specifies them; with
+// --ragged each is drawn uniformly from [L/3, L].
+struct QaracLengths {
+  int64_t text = 64, question = 32, answer = 64, premise = 32, conclusion = 32, statement = 48;
+};
+constexpr QaracLengths kQaracLengths;
+
+class QaracBench : public BenchWorkload {
+ public:
+  QaracBench(const BenchConfig& c, const RobertaConfig& config, DType dtype, Device device) : c_(c) {
+    RobertaEncoder base(config, DType::f32, Device::cpu());  // random "pre-trained" weights
+    init_normal(base.parameters(), 0.02, c.seed);
+    io::TensorMap weights;
+    for (const Parameter* p : base.parameters()) weights[p->name] = p->master;
+    QaracConfig qc;
+    qc.base = config;
+    qc.init_seed = c.seed;
+    models_ = std::make_unique<QaracModels>(qc, weights, dtype, device);
+    objectives_ = std::make_unique<Objectives>(*models_);
+    params_ = models_->parameters();
+    optimizer_ = std::make_unique<AdamWOptimizer>(params_, ops::AdamW{});
+  }
+  StepCount prepare(std::mt19937_64& gen) override {
+    const QaracLengths& L = kQaracLengths;
+    batches_.clear();
+    StepCount count;
+    using data::Task;
+    const std::pair<Task, std::vector<int64_t>> tasks[] = {
+        {Task::encode_decode, {L.text}},
+        {Task::question_answering, {L.question, L.answer}},
+        {Task::reasoning, {L.premise, L.premise, L.conclusion}},
+        {Task::consistency, {L.statement, L.statement}}};
+    const RobertaConfig& config = models_->config().base;
+    for (const auto& [task, lengths] : tasks) {
+      data::TaskBatch b;
+      b.task = task;
+      for (int64_t i = 0; i < c_.batch; ++i) b.examples.push_back(i);
+      std::vector<std::vector<std::vector<int32_t>>> fields;
+      for (int64_t longest : lengths) {
+        fields.push_back(random_fields(longest, gen, config.vocab_size));
+        data::PackedField f;
+        f.starts.push_back(0);
+        for (const auto& s : fields.back()) {
+          f.tokens.insert(f.tokens.end(), s.begin(), s.end());
+          f.starts.push_back(static_cast<int32_t>(f.tokens.size()));
+        }
+        count.real_tokens += static_cast<int64_t>(f.tokens.size());
+        count.padded_tokens += c_.batch * longest;
+        b.fields.push_back(std::move(f));
+      }
+      if (task == Task::consistency)
+        for (int64_t i = 0; i < c_.batch; ++i) b.labels.push_back(static_cast<float>(i % 3) - 1.f);
+      count.flops += 3 * task_flops(task, fields);
+      batches_.push_back(std::move(b));
+    }
+    count.samples = c_.batch;
+    return count;
+  }
+  void step(uint64_t it) override {
+    zero_grads(params_);
+    for (const data::TaskBatch& b : batches_) {
+      ObjectiveOptions options;
+      options.forward = training_options(it);
+      objectives_->run(b, options);
+    }
+    optimizer_->step(2e-5, /*clip_norm=*/1.0);
+  }
+  std::string lengths() const override {
+    return "lengths text 64, question 32, answer 64, premises 32, conclusion 32, statements 48";
+  }
+
+ private:
+  // "<s> tokens </s>" of a length drawn as --ragged says.
+  std::vector<std::vector<int32_t>> random_fields(int64_t longest, std::mt19937_64& gen, int64_t vocab) const {
+    std::uniform_int_distribution<int32_t> token(3, static_cast<int32_t>(vocab - 1));
+    std::uniform_int_distribution<int64_t> length(c_.ragged ? std::max<int64_t>(3, longest / 3) : longest, longest);
+    std::vector<std::vector<int32_t>> out(static_cast<size_t>(c_.batch));
+    for (auto& s : out) {
+      s.resize(static_cast<size_t>(length(gen)));
+      for (int32_t& t : s) t = token(gen);
+      s.front() = 0;
+      s.back() = 2;
+    }
+    return out;
+  }
+  // Forward matrix FLOPs of one RoBERTa pass over sequences of these lengths.
+  double pass_flops(const std::vector<int64_t>& lens, int64_t layers) const {
+    const double d = static_cast<double>(c_.hidden), f = static_cast<double>(c_.ffn);
+    double tokens = 0, attention = 0;
+    for (int64_t l : lens) {
+      tokens += static_cast<double>(l);
+      attention += 4.0 * static_cast<double>(l * l) * d;
+    }
+    return static_cast<double>(layers) * (2 * tokens * d * (4 * d + 2 * f) + attention);
+  }
+  // Each field read by an encoder is one pass; a decoded field y is a causal pass over "<s> y"
+  // (its length − 1), the two head layers (one over length, one over length − 1) and the LM head.
+  double task_flops(data::Task task, const std::vector<std::vector<std::vector<int32_t>>>& fields) const {
+    auto lens = [](const std::vector<std::vector<int32_t>>& seqs, int64_t delta) {
+      std::vector<int64_t> out;
+      for (const auto& s : seqs) out.push_back(static_cast<int64_t>(s.size()) + delta);
+      return out;
+    };
+    const double d = static_cast<double>(c_.hidden), v = static_cast<double>(c_.vocab);
+    auto decoder = [&](const std::vector<std::vector<int32_t>>& y) {
+      double t = 0;
+      for (const auto& s : y) t += static_cast<double>(s.size() - 1);
+      return pass_flops(lens(y, -1), c_.layers) + pass_flops(lens(y, 0), 1) + pass_flops(lens(y, -1), 1) +
+             2 * t * d * (d + v);
+    };
+    double flops = 0;
+    const bool decodes = task == data::Task::encode_decode || task == data::Task::reasoning;
+    const size_t encoded = task == data::Task::encode_decode ? 1 : task == data::Task::reasoning ? 2 : fields.size();
+    for (size_t i = 0; i < encoded; ++i) flops += pass_flops(lens(fields[i], 0), c_.layers);
+    if (decodes) flops += decoder(fields.back());
+    return flops;
+  }
+
+  const BenchConfig& c_;
+  std::unique_ptr<QaracModels> models_;
+  std::unique_ptr<Objectives> objectives_;
+  ParameterList params_;
+  std::unique_ptr<AdamWOptimizer> optimizer_;
+  std::vector<data::TaskBatch> batches_;
+};
+
 int run(int argc, char** argv) {
   BenchConfig c;
   po::options_description options(
       "qarac-bench [options]\n\nTraining-step throughput of RoBERTa workloads (random weights and tokens).\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
-      ("workload", po::value(&c.workload)->default_value(c.workload), "encoder or classifier")
+      ("workload", po::value(&c.workload)->default_value(c.workload), "encoder, classifier or qarac")
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda")
       ("dtype", po::value(&c.dtype)->default_value(c.dtype), "compute dtype: f32 (cpu, cuda) or bf16 (cuda)")
       ("preset", po::value(&c.preset), "'base': RoBERTa-base sizes (d 768, 12 layers, 12 heads, ffn 3072)")
@@ -123,8 +352,8 @@ int run(int argc, char** argv) {
       ("ffn", po::value(&c.ffn)->default_value(0), "feed-forward size (0: 4 d)")
       ("vocab", po::value(&c.vocab)->default_value(c.vocab), "vocabulary size")
       ("labels", po::value(&c.labels)->default_value(c.labels), "classes of the classifier workload")
-      ("seq", po::value(&c.seq)->default_value(c.seq), "sequence length S (the longest, with --ragged)")
-      ("batch", po::value(&c.batch)->default_value(c.batch), "sequences per batch B")
+      ("seq", po::value(&c.seq)->default_value(c.seq), "sequence length S (the longest, with --ragged); qarac: fixed lengths")
+      ("batch", po::value(&c.batch)->default_value(c.batch), "sequences per batch B (qarac: per task)")
       ("ragged", po::bool_switch(&c.ragged), "lengths uniform in [S/3, S] instead of all S")
       ("dropout", po::bool_switch(&c.dropout), "train with dropout 0.1 (default: off)")
       ("warmup", po::value(&c.warmup)->default_value(c.warmup), "untimed steps first")
@@ -145,8 +374,8 @@ int run(int argc, char** argv) {
     QARAC_INPUT_CHECK(c.preset.empty(), "--preset must be 'base', got '", c.preset, "'");
   }
   if (c.ffn == 0) c.ffn = 4 * c.hidden;
-  QARAC_INPUT_CHECK(c.workload == "encoder" || c.workload == "classifier",
-                    "--workload must be encoder or classifier, got '", c.workload, "'");
+  QARAC_INPUT_CHECK(c.workload == "encoder" || c.workload == "classifier" || c.workload == "qarac",
+                    "--workload must be encoder, classifier or qarac, got '", c.workload, "'");
   QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda, got '", c.device, "'");
   QARAC_INPUT_CHECK(c.dtype == "f32" || c.dtype == "bf16", "--dtype must be f32 or bf16, got '", c.dtype, "'");
   QARAC_INPUT_CHECK(c.hidden > 0 && c.layers > 0 && c.heads > 0 && c.seq > 0 && c.batch > 0 && c.iters > 0,
@@ -163,73 +392,44 @@ int run(int argc, char** argv) {
   config.num_layers = c.layers;
   config.num_heads = c.heads;
   config.intermediate_size = c.ffn;
-  config.max_position_embeddings = c.seq + 2;
+  config.max_position_embeddings = (c.workload == "qarac" ? kQaracLengths.text : c.seq) + 2;
   config.hidden_dropout = config.attention_dropout = c.dropout ? 0.1 : 0.0;
 
-  // Either workload: `step` runs one timed training step on a batch.
-  std::mt19937_64 gen(c.seed);
-  std::unique_ptr<SequenceClassifier> classifier;
-  std::unique_ptr<RobertaEncoder> encoder;
-  std::unique_ptr<AdamWOptimizer> optimizer;
-  ParameterList params;
-  if (c.workload == "classifier") {
-    classifier = std::make_unique<SequenceClassifier>(config, c.labels, dtype, device);
-    params = classifier->parameters();
-    ops::AdamW hyper;
-    hyper.lr = 2e-5;
-    optimizer = std::make_unique<AdamWOptimizer>(params, hyper);
-  } else {
-    encoder = std::make_unique<RobertaEncoder>(config, dtype, device);
-    params = encoder->parameters();
-  }
-  init_normal(params, 0.02, c.seed);
-  RobertaEncoder::Activations acts;
-  Tensor grad_output;
-  std::uniform_int_distribution<int32_t> label(0, static_cast<int32_t>(c.labels - 1));
+  std::unique_ptr<BenchWorkload> workload;
+  if (c.workload == "encoder")
+    workload = std::make_unique<EncoderBench>(c, config, dtype, device);
+  else if (c.workload == "classifier")
+    workload = std::make_unique<ClassifierBench>(c, config, dtype, device);
+  else
+    workload = std::make_unique<QaracBench>(c, config, dtype, device);
 
-  double seconds = 0, flops = 0;
-  int64_t real_tokens = 0;
+  std::mt19937_64 gen(c.seed);
+  double seconds = 0;
+  StepCount total;
   for (int it = 0; it < c.warmup + c.iters; ++it) {
-    const std::vector<std::vector<int32_t>> seqs = random_sequences(c, gen);
-    const TokenBatch batch = TokenBatch::from_sequences(seqs, config.pad_token_id, device);
-    std::vector<int32_t> labels(static_cast<size_t>(c.batch));
-    for (int32_t& l : labels) l = label(gen);
-    const Tensor label_tensor = Tensor::from_vector(labels, {c.batch}, device);
-    ForwardOptions opts;
-    opts.training = true;
-    opts.step = static_cast<uint64_t>(it);
+    const StepCount count = workload->prepare(gen);  // batches built and uploaded, untimed
     synchronize(device);
     const auto t0 = std::chrono::steady_clock::now();
-    zero_grads(params);
-    if (classifier) {
-      classifier->forward_backward(batch, label_tensor, opts);
-      optimizer->step(2e-5, /*clip_norm=*/1.0);
-    } else {
-      const Tensor& h = encoder->forward(batch, opts, acts);
-      if (!grad_output.defined() || grad_output.shape() != h.shape())
-        grad_output = random_like(h, 1e-3, c.seed);
-      encoder->backward(acts, grad_output);
-    }
+    workload->step(static_cast<uint64_t>(it));
     synchronize(device);
     if (it >= c.warmup) {
       seconds += seconds_since(t0);
-      real_tokens += batch.tokens();
-      flops += 3 * forward_flops(c, seqs);
+      total += count;
     }
   }
 
-  const double padded_tokens = static_cast<double>(c.batch * c.seq * c.iters);
-  std::printf("qarac-bench %s %s %s: d=%lld layers=%lld heads=%lld ffn=%lld S=%lld B=%lld%s%s\n",
+  std::printf("qarac-bench %s %s %s: d=%lld layers=%lld heads=%lld ffn=%lld B=%lld %s%s%s\n",
               c.workload.c_str(), c.device.c_str(), c.dtype.c_str(), static_cast<long long>(c.hidden),
               static_cast<long long>(c.layers), static_cast<long long>(c.heads), static_cast<long long>(c.ffn),
-              static_cast<long long>(c.seq), static_cast<long long>(c.batch), c.ragged ? " ragged" : "",
+              static_cast<long long>(c.batch), workload->lengths().c_str(), c.ragged ? " ragged" : "",
               device.is_cpu() ? (" (" + std::to_string(openblas_get_num_threads()) + " OpenBLAS threads)").c_str() : "");
   std::printf("  %.2f ms/step, %.0f tokens/s real, %.0f tokens/s padded-equivalent, %.1f samples/s, %.2f TFLOP/s",
-              1e3 * seconds / c.iters, static_cast<double>(real_tokens) / seconds, padded_tokens / seconds,
-              static_cast<double>(c.batch * c.iters) / seconds, flops / seconds / 1e12);
+              1e3 * seconds / c.iters, static_cast<double>(total.real_tokens) / seconds,
+              static_cast<double>(total.padded_tokens) / seconds, static_cast<double>(total.samples) / seconds,
+              total.flops / seconds / 1e12);
   if (device.is_cuda()) {
     const double peak = measure_gemm_peak(device);
-    std::printf(", %.1f%% of the measured bf16 GEMM peak %.0f TFLOP/s", 100 * flops / seconds / 1e12 / peak, peak);
+    std::printf(", %.1f%% of the measured bf16 GEMM peak %.0f TFLOP/s", 100 * total.flops / seconds / 1e12 / peak, peak);
   }
   std::printf("\n");
   return 0;

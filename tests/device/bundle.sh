@@ -13,7 +13,7 @@ golden=${QARAC_GOLDEN_DIR:-../shared/golden}
 
 programs=(src/cli/qarac-parity src/cli/qarac-bench)
 tests=(tests/unit/test_cuda_dense tests/unit/test_cuda_attention tests/unit/test_cuda_misc
-       tests/unit/test_cuda_training)
+       tests/unit/test_cuda_training tests/unit/test_cuda_qarac)
 rm -rf "$out"
 stage=$(mktemp -d)/bundle
 mkdir -p "$stage/bin" "$stage/lib" "$stage/golden" "$out"

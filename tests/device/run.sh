@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one call: every GPU test, qarac-parity on CUDA, qarac-bench on the issue's
-# workloads and the PyTorch baseline of the same workloads, then a summary table. Runs a bundle
+# workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch baseline of the
+# same workloads, then a summary table. Runs a bundle
 # made by tests/device/bundle.sh (carried to the GPU machine) or, without one, builds here.
 #   tests/device/run.sh [BUNDLE_DIR]        (default: .device, holding bundle.tgz)
 # Environment: QARAC_BENCH_ITERS (default 10), QARAC_SKIP_TORCH=1 to leave out the baseline.
@@ -68,7 +69,18 @@ for w in "${workloads[@]}"; do
     summary+=("qarac S=$1 B=$2 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
   done
 done
+for ragged in "" "--ragged"; do
+  out=$(q timeout 240 "$bin/qarac-bench" --workload qarac --device cuda --dtype bf16 --preset base \
+        --batch 64 $ragged --warmup 3 --iters "$iters" 2>&1) || status=1
+  echo "$out"
+  summary+=("qarac QARAC step B=64 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
+done
 if [ "${QARAC_SKIP_TORCH:-0}" != 1 ]; then
+  for ragged in "" "--ragged"; do
+    out=$(timeout 300 python3 tests/device/torch_qarac_baseline.py --batch 64 $ragged --iters "$iters" 2>&1) || status=1
+    echo "$out"
+    summary+=("torch QARAC step B=64 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
+  done
   for w in "${workloads[@]}"; do
     set -- $w
     for ragged in "" "--ragged"; do

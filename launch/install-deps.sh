@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs the Debian packages QARAC-MT needs, quietly and only those missing (a second call
+# does nothing). Used by tests/run.sh (the build) and launch/quickstart.sh (the build and the job).
+#   launch/install-deps.sh          the build: compiler, CMake, Open MPI (mpirun too), HDF5,
+#                                   Boost.Program_options, OpenBLAS, nlohmann-json, libcsv, ICU,
+#                                   GoogleTest
+#   launch/install-deps.sh --job    the build and the tools of launch/: jq (metrics tables) and
+#                                   gnuplot-nox (launch/plot-metrics.sh)
+# Runs apt-get as root, or through sudo otherwise. The CUDA toolkit is not installed here: the
+# build compiles the CUDA backend only when it finds nvcc (README.md, QARAC_CUDA).
+set -euo pipefail
+me=launch/install-deps.sh
+
+packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-dev
+          libboost-program-options-dev libopenblas-dev nlohmann-json3-dev libgtest-dev
+          libcsv-dev libicu-dev)
+case "${1:-}" in
+  "") ;;
+  --job) packages+=(jq gnuplot-nox) ;;
+  -h|--help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  *) echo "$me: unknown argument '$1' (usage: $me [--job])" >&2; exit 2 ;;
+esac
+
+if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
+  echo "$me: not a Debian system (no dpkg-query/apt-get); install the equivalents of:" >&2
+  echo "  ${packages[*]}" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+((${#missing[@]})) || exit 0
+
+echo "$me: installing ${missing[*]}"
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "$me: not root and no sudo; install as root: ${missing[*]}" >&2; exit 1; }
+  sudo_cmd=(sudo)
+fi
+log=$(mktemp)
+trap 'rm -f -- "$log"' EXIT
+if ! { "${sudo_cmd[@]}" apt-get update -qq &&
+       DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
+         "${missing[@]}"; } >"$log" 2>&1; then
+  tail -n 20 "$log" >&2
+  echo "$me: apt-get failed installing: ${missing[*]}" >&2
+  exit 1
+fi

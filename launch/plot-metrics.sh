@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Plots a qarac-train run's metrics.jsonl as one SVG: the training loss of each task per step
+# (thin: every step; bold: moving average), the held-out evaluation (accuracies, losses) and the
+# forgetting monitor (MLM loss of the answer encoder with the base model's own head on held-out
+# text; the dashed line is its value before fine-tuning). Panels without data are left out, so an
+# MLM pre-training run gets its loss panels only. Safe to run while the job is still writing.
+#   launch/plot-metrics.sh RUN_DIR [OUT.svg]      (default: RUN_DIR/metrics.svg)
+# Needs jq and gnuplot (bash launch/install-deps.sh --job).
+set -euo pipefail
+me=launch/plot-metrics.sh
+die() { echo "$me: $*" >&2; exit 1; }
+
+case "${1:-}" in
+  -h|--help) sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  "") die "usage: $me RUN_DIR [OUT.svg]" ;;
+esac
+(($# <= 2)) || die "usage: $me RUN_DIR [OUT.svg]"
+run_dir=$1
+out=${2:-$run_dir/metrics.svg}
+metrics=$run_dir/metrics.jsonl
+[ -s "$metrics" ] || die "no metrics to plot: '$metrics' is missing or empty"
+for tool in jq gnuplot; do
+  command -v "$tool" >/dev/null || die "$tool not found; install it with: bash launch/install-deps.sh --job"
+done
+
+tmp=$(mktemp -d)
+trap 'rm -rf -- "$tmp"' EXIT
+
+# table PART [REGEX] > TSV: a header line (step, then one series name per column), then one row
+# per step. PART train: the per-task training losses of the step lines; PART eval: the numeric
+# keys of the evaluation lines that match REGEX. Lines that do not parse (the line
+# being written) are skipped; a step recorded twice (a resumed run) keeps its last record.
+# Series are ordered ed, qa, rs, cs, then the rest; a missing value is NaN (a gap in the line).
+table() {
+  jq -Rrn --arg part "$1" --arg regex "${2:-}" '
+    def rank: {"ed": 0, "encode_decode": 0, "qa": 1, "question_answering": 1, "rs": 2,
+               "reasoning": 2, "cs": 3, "consistency": 3}[split(".")[0]] // 9;
+    [inputs | fromjson? | objects | select(.step | type == "number")] as $all
+    | if $part == "train" then
+        $all | map(select(.eval != true and (.loss | type) == "object"))
+             | group_by(.step) | map(.[-1] + .[-1].loss)
+      else
+        $all | map(select(.eval == true)) | group_by(.step) | map(.[-1])
+      end
+    | . as $rows
+    | if $part == "train" then map(.loss | keys) | add // []
+      else map(to_entries[] | select((.value | type) == "number") | .key | select(test($regex)))
+      end
+    | unique | sort_by([rank, .]) as $keys
+    | if ($keys | length) == 0 then empty else
+        (["step"] + $keys | @tsv),
+        ($rows[] | [.step] + [$keys[] as $k | .[$k] // "NaN"] | @tsv)
+      end' "$metrics"
+}
+
+table train >"$tmp/train.tsv"
+table eval 'accuracy$' >"$tmp/accuracy.tsv"
+table eval '\.loss$' >"$tmp/loss.tsv"
+table eval '^forgetting\.' >"$tmp/forgetting.tsv"
+rows() { if [ -s "$1" ]; then echo $(($(wc -l <"$1") - 1)); else echo 0; fi; }
+
+# Moving average of each training series (an exponential one with the span of a 1/40 of the
+# run), so that the trend reads through the per-step noise of small batches.
+span=$(( $(rows "$tmp/train.tsv") / 40 ))
+((span >= 1)) || span=1
+awk -F'\t' -v OFS='\t' -v alpha="$(awk -v s="$span" 'BEGIN { print 2 / (s + 1) }')" '
+  NR == 1 { print; next }
+  { for (i = 2; i <= NF; i++)
+      if ($i != "NaN") { m[i] = (i in m) ? m[i] + alpha * ($i - m[i]) : $i; $i = m[i] }
+    print }' "$tmp/train.tsv" >"$tmp/train-smooth.tsv"
+
+# One colour per task in every panel.
+colour() {
+  case "$1" in
+    ed.*|encode_decode) echo "1f77b4" ;;
+    qa.*|question_answering) echo "ff7f0e" ;;
+    rs.*|reasoning) echo "2ca02c" ;;
+    cs.*|consistency) echo "d62728" ;;
+    *) echo "9467bd" ;;
+  esac
+}
+# series FILE STYLE: the plot clauses of every column of FILE, titled by its header.
+series() {
+  local file=$1 style=$2 i=2 name names clauses=()
+  IFS=$'\t' read -r -a names <"$file"
+  for name in "${names[@]:1}"; do
+    clauses+=("'$file' skip 1 using 1:$i $style lc rgb '#$(colour "$name")' title '$name'")
+    i=$((i + 1))
+  done
+  local IFS=,
+  echo "${clauses[*]}"
+}
+
+panels=()
+if (($(rows "$tmp/train.tsv"))); then
+  raw=$(series "$tmp/train.tsv" "with lines lw 0.6")
+  # The same colours, 75% transparent and without a legend entry, under the moving average.
+  raw=$(sed -e "s/lc rgb '#/lc rgb '#C0/g" -e "s/title '[^']*'/notitle/g" <<<"$raw")
+  panels+=("set title 'training loss per task (thin: each step; bold: moving average over $span steps)'
+set xlabel 'step'; set ylabel 'loss'; set logscale y; set key top right
+plot $raw, $(series "$tmp/train-smooth.tsv" "with lines lw 2")
+unset logscale y")
+fi
+if (($(rows "$tmp/accuracy.tsv"))); then
+  panels+=("set title 'held-out accuracies'
+set xlabel 'step'; set ylabel 'accuracy'; set yrange [0:1.05]; set key top left
+plot $(series "$tmp/accuracy.tsv" "with linespoints lw 2 pt 7 ps 0.6")
+set yrange [*:*]")
+fi
+if (($(rows "$tmp/loss.tsv"))); then
+  panels+=("set title 'held-out loss per task'
+set xlabel 'step'; set ylabel 'loss'; set logscale y; set key top right
+plot $(series "$tmp/loss.tsv" "with linespoints lw 2 pt 7 ps 0.6")
+unset logscale y")
+fi
+if (($(rows "$tmp/forgetting.tsv"))); then
+  before=$(awk -F'\t' 'NR == 2 { print $2 }' "$tmp/forgetting.tsv")
+  panels+=("set title 'forgetting monitor: MLM loss of the answer encoder with the base model''s head'
+set xlabel 'step'; set ylabel 'held-out MLM loss (lower is better)'; set key bottom right
+plot $(series "$tmp/forgetting.tsv" "with linespoints lw 2 pt 7 ps 0.6"), \
+  $before with lines dt 2 lw 1.5 lc rgb '#555555' title 'before fine-tuning'")
+fi
+((${#panels[@]})) || die "'$metrics' holds no step or evaluation lines to plot"
+
+case ${#panels[@]} in
+  1) layout="1,1"; size="900,560" ;;
+  2) layout="1,2"; size="1500,560" ;;
+  *) layout="2,2"; size="1500,1040" ;;
+esac
+name=$(basename -- "$(cd -- "$run_dir" && pwd)")
+name=${name//\'/\'\'}   # a quote inside a gnuplot string is doubled
+steps=$(awk -F'\t' 'END { print $1 }' "$tmp/train.tsv")
+{
+  echo "set terminal svg size $size dynamic background rgb 'white' font 'sans,13' noenhanced"
+  echo "set output '$tmp/out.svg'"
+  echo "set datafile separator '\t'"
+  echo "set grid lc rgb '#dddddd'; set border lc rgb '#444444'; set key opaque box lc rgb '#cccccc'"
+  echo "set multiplot layout $layout title 'QARAC-MT run $name${steps:+ (step $steps)}' font 'sans,16'"
+  printf '%s\n' "${panels[@]}"
+  echo "unset multiplot"
+} >"$tmp/plot.gp"
+gnuplot "$tmp/plot.gp" 2>"$tmp/gnuplot.log" || { cat "$tmp/gnuplot.log" >&2; die "gnuplot failed"; }
+mkdir -p -- "$(dirname -- "$out")"
+mv -f -- "$tmp/out.svg" "$out"
+echo "$out"
