@@ -17,7 +17,7 @@ packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-de
 case "${1:-}" in
   "") ;;
   --job) packages+=(jq gnuplot-nox) ;;
-  -h|--help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
   *) echo "$me: unknown argument '$1' (usage: $me [--job])" >&2; exit 2 ;;
 esac
 

@@ -11,7 +11,7 @@ me=launch/plot-metrics.sh
 die() { echo "$me: $*" >&2; exit 1; }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
   "") die "usage: $me RUN_DIR [OUT.svg]" ;;
 esac
 (($# <= 2)) || die "usage: $me RUN_DIR [OUT.svg]"
@@ -66,7 +66,7 @@ span=$(( $(rows "$tmp/train.tsv") / 40 ))
 awk -F'\t' -v OFS='\t' -v alpha="$(awk -v s="$span" 'BEGIN { print 2 / (s + 1) }')" '
   NR == 1 { print; next }
   { for (i = 2; i <= NF; i++)
-      if ($i != "NaN") { m[i] = (i in m) ? m[i] + alpha * ($i - m[i]) : $i; $i = m[i] }
+      if ($i != "NaN") { m[i] = seen[i]++ ? m[i] + alpha * ($i - m[i]) : $i; $i = m[i] }
     print }' "$tmp/train.tsv" >"$tmp/train-smooth.tsv"
 
 # One colour per task in every panel.
@@ -96,27 +96,27 @@ if (($(rows "$tmp/train.tsv"))); then
   raw=$(series "$tmp/train.tsv" "with lines lw 0.6")
   # The same colours, 75% transparent and without a legend entry, under the moving average.
   raw=$(sed -e "s/lc rgb '#/lc rgb '#C0/g" -e "s/title '[^']*'/notitle/g" <<<"$raw")
-  panels+=("set title 'training loss per task (thin: each step; bold: moving average over $span steps)'
-set xlabel 'step'; set ylabel 'loss'; set logscale y; set key top right
+  panels+=("set title 'training loss per task (thin: each step, bold: moving average of $span)'
+set xlabel 'step'; set ylabel 'loss'; set logscale y; set key outside right top vertical
 plot $raw, $(series "$tmp/train-smooth.tsv" "with lines lw 2")
 unset logscale y")
 fi
 if (($(rows "$tmp/accuracy.tsv"))); then
   panels+=("set title 'held-out accuracies'
-set xlabel 'step'; set ylabel 'accuracy'; set yrange [0:1.05]; set key top left
+set xlabel 'step'; set ylabel 'accuracy'; set yrange [0:1.05]; set key outside right top vertical
 plot $(series "$tmp/accuracy.tsv" "with linespoints lw 2 pt 7 ps 0.6")
 set yrange [*:*]")
 fi
 if (($(rows "$tmp/loss.tsv"))); then
   panels+=("set title 'held-out loss per task'
-set xlabel 'step'; set ylabel 'loss'; set logscale y; set key top right
+set xlabel 'step'; set ylabel 'loss'; set logscale y; set key outside right top vertical
 plot $(series "$tmp/loss.tsv" "with linespoints lw 2 pt 7 ps 0.6")
 unset logscale y")
 fi
 if (($(rows "$tmp/forgetting.tsv"))); then
   before=$(awk -F'\t' 'NR == 2 { print $2 }' "$tmp/forgetting.tsv")
   panels+=("set title 'forgetting monitor: MLM loss of the answer encoder with the base model''s head'
-set xlabel 'step'; set ylabel 'held-out MLM loss (lower is better)'; set key bottom right
+set xlabel 'step'; set ylabel 'held-out MLM loss (lower is better)'; set key outside right top vertical
 plot $(series "$tmp/forgetting.tsv" "with linespoints lw 2 pt 7 ps 0.6"), \
   $before with lines dt 2 lw 1.5 lc rgb '#555555' title 'before fine-tuning'")
 fi
@@ -127,15 +127,15 @@ case ${#panels[@]} in
   2) layout="1,2"; size="1500,560" ;;
   *) layout="2,2"; size="1500,1040" ;;
 esac
-name=$(basename -- "$(cd -- "$run_dir" && pwd)")
+name=${run_dir%/}
 name=${name//\'/\'\'}   # a quote inside a gnuplot string is doubled
 steps=$(awk -F'\t' 'END { print $1 }' "$tmp/train.tsv")
 {
   echo "set terminal svg size $size dynamic background rgb 'white' font 'sans,13' noenhanced"
   echo "set output '$tmp/out.svg'"
-  echo "set datafile separator '\t'"
+  echo "set datafile separator tab"
   echo "set grid lc rgb '#dddddd'; set border lc rgb '#444444'; set key opaque box lc rgb '#cccccc'"
-  echo "set multiplot layout $layout title 'QARAC-MT run $name${steps:+ (step $steps)}' font 'sans,16'"
+  echo "set multiplot layout $layout title 'QARAC-MT: $name${steps:+ (step $steps)}' font 'sans,16'"
   printf '%s\n' "${panels[@]}"
   echo "unset multiplot"
 } >"$tmp/plot.gp"

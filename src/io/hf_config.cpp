@@ -162,12 +162,10 @@ RobertaConfig read_hf_config(const std::string& path) {
   return c;
 }
 
-void write_hf_config(const std::string& path, const RobertaConfig& c) {
-  // Every key read_hf_config reads, plus what transformers needs to pick the classes. The MLM
-  // decoder is tied to the word embeddings in the base checkpoints this project starts from, and
-  // an export keeps that head.
+void write_hf_config(const std::string& path, const RobertaConfig& c, const HfConfigOptions& options) {
+  // Every key read_hf_config reads, plus what transformers needs to pick the classes.
   nlohmann::ordered_json j;
-  j["architectures"] = nlohmann::ordered_json::array({"RobertaForMaskedLM"});
+  j["architectures"] = nlohmann::ordered_json::array({options.architecture});
   j["model_type"] = "roberta";
   j["vocab_size"] = c.vocab_size;
   j["hidden_size"] = c.hidden_size;
@@ -184,7 +182,8 @@ void write_hf_config(const std::string& path, const RobertaConfig& c) {
   j["bos_token_id"] = c.bos_token_id;
   j["eos_token_id"] = c.eos_token_id;
   j["position_embedding_type"] = "absolute";
-  j["tie_word_embeddings"] = true;
+  j["is_decoder"] = options.is_decoder;
+  j["tie_word_embeddings"] = options.tie_word_embeddings;
   const std::string text = j.dump(2) + "\n";
 
   AtomicFile file(path);

@@ -11,7 +11,14 @@ namespace qarac::io {
 // or mistyped required key, non-positive sizes, hidden_size not divisible by the heads, and any
 // hidden_act other than "gelu" (the erf GELU, the only activation implemented).
 RobertaConfig read_hf_config(const std::string& path);
-// Writes a config.json that transformers loads as RobertaForMaskedLM / RobertaModel.
-void write_hf_config(const std::string& path, const RobertaConfig& config);
+// What transformers should make of an exported directory.
+struct HfConfigOptions {
+  std::string architecture = "RobertaForMaskedLM";  // or "RobertaModel" (no MLM head applies)
+  bool is_decoder = false;                           // a causal base (the QARAC decoder's)
+  bool tie_word_embeddings = true;                   // the MLM head's matrix is the embeddings
+};
+// Writes a config.json that transformers loads as the options' architecture.
+void write_hf_config(const std::string& path, const RobertaConfig& config,
+                     const HfConfigOptions& options = {});
 
 }  // namespace qarac::io

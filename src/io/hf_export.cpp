@@ -125,7 +125,17 @@ std::string export_hf_model(const std::string& dir, const std::string& model,
 
   // transformers refuses safetensors files whose metadata lacks a known "format".
   write_safetensors((tmp / "model.safetensors").string(), out, {{"format", "pt"}});
-  write_hf_config((tmp / "config.json").string(), config);
+  // A pre-trained base ("base") is a RobertaForMaskedLM with its tied head. The QARAC models are
+  // read by transformers as RobertaModel (their heads are extra tensors it ignores: applying an
+  // MLM head straight to the decoder's base would not be the QARAC decoder), the decoder's base
+  // causal.
+  HfConfigOptions options;
+  if (model != "base") {
+    options.architecture = "RobertaModel";
+    options.is_decoder = model == "decoder";
+    options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
+  }
+  write_hf_config((tmp / "config.json").string(), config, options);
   sync_dir(tmp);
   replace_dir(tmp, final_dir);
   sync_dir(root);

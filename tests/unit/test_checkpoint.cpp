@@ -602,7 +602,10 @@ void expect_hf_config(const fs::path& dir, const RobertaConfig& config) {
   std::ifstream in(dir / "config.json");
   const nlohmann::json j = nlohmann::json::parse(in);
   EXPECT_EQ(j.at("model_type"), "roberta");
-  EXPECT_TRUE(j.at("architectures").is_array());
+  // The QARAC models load as RobertaModel (their heads are extra tensors); the decoder's base is
+  // causal.
+  EXPECT_EQ(j.at("architectures"), nlohmann::json::array({"RobertaModel"}));
+  EXPECT_EQ(j.at("is_decoder"), dir.filename() == "decoder");
   EXPECT_EQ(j.at("vocab_size"), config.vocab_size);
   EXPECT_EQ(j.at("hidden_size"), config.hidden_size);
   EXPECT_EQ(j.at("num_hidden_layers"), config.num_layers);
