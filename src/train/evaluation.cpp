@@ -137,6 +137,22 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
           first_sequences(batch.fields[1], n, config, device), eval, acts_b));
       const size_t d = q.size() / static_cast<size_t>(n);
       int64_t right = 0;
+      // The scale retrieval works at: how long the answer vectors are, and how far apart two
+      // different answers lie. The MSE objective can shrink both; retrieval needs the second to
+      // stay well above the question-answer distance.
+      double norm = 0, spread = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        double n2 = 0, gap = 0;
+        for (size_t k = 0; k < d; ++k) {
+          n2 += double(a[i * d + k]) * a[i * d + k];
+          const double diff = double(a[i * d + k]) - double(a[((i + 1) % n) * d + k]);
+          gap += diff * diff;
+        }
+        norm += std::sqrt(n2);
+        spread += std::sqrt(gap);
+      }
+      result.metrics["qa.answer_norm"] = norm / static_cast<double>(n);
+      result.metrics["qa.answer_spread"] = spread / static_cast<double>(n);
       for (int64_t i = 0; i < n; ++i) {
         int64_t nearest = -1;
         double best = std::numeric_limits<double>::infinity();

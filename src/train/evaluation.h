@@ -3,6 +3,8 @@
 //   <task>.loss              each objective's loss on held-out examples
 //   qa.retrieval_accuracy    QE(q)'s nearest answer vector (Euclidean, as the MSE objective
 //                            measures) among all held-out AE(a) is its own answer's
+//   qa.answer_norm, qa.answer_spread
+//                            mean ‖AE(a)‖ and mean distance between two different answers' vectors
 //   cs.accuracy, cs.confusion.<gold>.<predicted>
 //                            cos(AE(s0), AE(s1)) read as entailment above 1/3, contradiction
 //                            below -1/3, neutral between
