@@ -9,28 +9,15 @@
 #include <filesystem>
 #include <string>
 
+#include "support/test_support.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct CliResult {
-  int code = -1;
-  std::string output;
-};
-
-CliResult run_parity(const std::string& args) {
-  CliResult r;
-  const std::string cmd = std::string(QARAC_PARITY_BIN) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+qarac::test_support::CliResult run_parity(const std::string& args) {
+  return qarac::test_support::run_command(std::string(QARAC_PARITY_BIN) + " " + args);
 }
 
 fs::path scratch_dir(const char* name) {
@@ -52,7 +39,7 @@ TEST(ParityCli, MissingReferenceTensorFails) {
   ASSERT_EQ(expected.erase("grad.encoder.layer.1.output.LayerNorm.bias"), 1u);
   qarac::io::write_safetensors((dir / "expected.safetensors").string(), expected);
 
-  const CliResult r = run_parity(dir.string());
+  const qarac::test_support::CliResult r = run_parity(dir.string());
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("grad.encoder.layer.1.output.LayerNorm.bias"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("MISSING"), std::string::npos) << r.output;
@@ -62,7 +49,7 @@ TEST(ParityCli, MissingReferenceTensorFails) {
 
 TEST(ParityCli, NotADumpIsAOneLineInputError) {
   const fs::path dir = scratch_dir("empty");
-  const CliResult r = run_parity(dir.string());
+  const qarac::test_support::CliResult r = run_parity(dir.string());
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("qarac-parity: error:"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("config.json"), std::string::npos) << r.output;
@@ -71,7 +58,7 @@ TEST(ParityCli, NotADumpIsAOneLineInputError) {
 }
 
 TEST(ParityCli, UnknownOptionIsAUsageError) {
-  const CliResult r = run_parity("--no-such-option");
+  const qarac::test_support::CliResult r = run_parity("--no-such-option");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("see --help"), std::string::npos) << r.output;
 }

@@ -22,6 +22,7 @@
 #include <set>
 #include <thread>
 
+#include "support/test_support.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_config.h"
 #include "io/hf_export.h"
@@ -31,27 +32,10 @@
 #include "train/sequence_classifier.h"
 
 using namespace qarac;
+using qarac::test_support::expect_input_error;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Runs `fn` and checks that it throws a qarac::InputError whose message is one line holding
-// every string of `parts` (the file name and the words that name the problem).
-void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const InputError& e) {
-    const std::string message = e.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message spans lines: " << message;
-    for (const std::string& part : parts)
-      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected qarac::InputError, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected qarac::InputError, nothing was thrown";
-}
 
 // Same shape, dtype and bytes.
 ::testing::AssertionResult same_bits(const Tensor& a, const Tensor& b) {

@@ -16,8 +16,11 @@
 #include <thread>
 #include <vector>
 
+#include "support/test_support.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
+
+using qarac::test_support::expect_input_error;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -89,22 +92,6 @@ std::string read_bytes(const fs::path& path) {
 
 // Runs `fn` and checks that it throws a qarac::InputError whose message is one line holding
 // every string of `parts`.
-void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const qarac::InputError& e) {
-    const std::string message = e.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message spans lines: " << message;
-    for (const std::string& part : parts)
-      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected qarac::InputError, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected qarac::InputError, nothing was thrown";
-}
-
 Tokenizer from_test_files(const TokenizerOptions& options = {}) {
   return Tokenizer::from_files((kDir / "vocab.json").string(), (kDir / "merges.txt").string(),
                                options);
