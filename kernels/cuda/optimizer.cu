@@ -53,24 +53,25 @@ struct AdamWConstants {
 //   p ← p (1 - lr wd)                         (decoupled weight decay, from the old p)
 //   m ← β1 m + (1 - β1) g,   v ← β2 v + (1 - β2) g²
 //   p ← p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
-__device__ __forceinline__ void adamw_element(float& p, float grad, float& m, float& v,
-                                              const AdamWConstants& k) {
+__device__ __forceinline__ void update_element(float& p, float grad, float& m, float& v,
+                                               const AdamWConstants& k) {
   const float g = k.grad_scale * grad;
   m = k.beta1 * m + k.rest1 * g;
   v = k.beta2 * v + k.rest2 * g * g;
   p = p * k.decay - k.step_size * m / (sqrtf(v) / k.sqrt_bc2 + k.eps);
 }
 
-// The elementwise op for launch_elementwise: elements [i, i + N), N = 4 (one 16-byte access per
-// f32 operand) or 1. `copy` (C = float or __nv_bfloat16) may be null.
-template <class C>
-struct AdamWOp {
+// The elementwise op of both optimizers for launch_elementwise: elements [i, i + N), N = 4 (one
+// 16-byte access per f32 operand) or 1; `Constants` (AdamWConstants, NAdamConstants) picks the
+// update_element rule. `copy` (C = float or __nv_bfloat16) may be null.
+template <class C, class Constants>
+struct MomentUpdateOp {
   float* param;
   const float* grad;
   float* m;
   float* v;
   C* copy;
-  AdamWConstants k;
+  Constants k;
 
   template <int N>
   __device__ __forceinline__ void apply(int64_t i) const {
@@ -80,7 +81,7 @@ struct AdamWOp {
     Packed<C, N> c;
 #pragma unroll
     for (int e = 0; e < N; ++e) {
-      adamw_element(p.v[e], g.v[e], mm.v[e], vv.v[e], k);
+      update_element(p.v[e], g.v[e], mm.v[e], vv.v[e], k);
       c.v[e] = from_float<C>(p.v[e]);
     }
     store_packed<N>(param + i, p);
@@ -90,15 +91,30 @@ struct AdamWOp {
   }
 };
 
-template <class C>
-void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const AdamWArgs& args, C* copy) {
+template <class C, class Constants>
+void launch_moment_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                          const Constants& k, C* copy) {
   // Packs of 4 need every f32 operand 16-byte aligned and the copy aligned to 4 of its elements
   // (8 bytes for bf16).
   const bool aligned = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
                        reinterpret_cast<uintptr_t>(copy) % (kPack16<float> * sizeof(C)) == 0;
   launch_elementwise<float>(n, aligned, stream(),
-                            AdamWOp<C>{param, grad, m, v, copy, AdamWConstants(args)});
+                            MomentUpdateOp<C, Constants>{param, grad, m, v, copy, k});
+}
+
+// The update with the compute copy written in copy_dtype (no copy when it is null).
+template <class Constants>
+void moment_update(const char* what, float* param, const float* grad, float* m, float* v,
+                   int64_t n, const Constants& k, DType copy_dtype, void* copy) {
+  QARAC_CHECK(n >= 0, what, ": negative size ", n);
+  if (copy == nullptr) {
+    launch_moment_update<float>(param, grad, m, v, n, k, nullptr);
+    return;
+  }
+  dispatch_compute(copy_dtype, what, [&](auto tag) {
+    using C = decltype(tag);
+    launch_moment_update(param, grad, m, v, n, k, static_cast<C*>(copy));
+  });
 }
 
 // ---- Sum of squares -------------------------------------------------------------------------------
@@ -169,15 +185,7 @@ __global__ void sum_partials_kernel(const float* __restrict__ partials, int64_t 
 
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
                   const AdamWArgs& args, DType copy_dtype, void* copy) {
-  QARAC_CHECK(n >= 0, "adamw_update: negative size ", n);
-  if (copy == nullptr) {
-    launch_adamw<float>(param, grad, m, v, n, args, nullptr);
-    return;
-  }
-  dispatch_compute(copy_dtype, "adamw_update (the parameter copy)", [&](auto tag) {
-    using C = decltype(tag);
-    launch_adamw(param, grad, m, v, n, args, static_cast<C*>(copy));
-  });
+  moment_update("adamw_update", param, grad, m, v, n, AdamWConstants(args), copy_dtype, copy);
 }
 
 void sum_of_squares(DType dtype, const std::vector<Span>& spans, float* out) {
@@ -250,8 +258,8 @@ struct NAdamConstants {
 //   g ← g + l2 p,   p ← p decay
 //   m ← β1 m + (1 - β1) g,   v ← β2 v + (1 - β2) g²,   d = sqrt(v) / sqrt(bc2) + eps
 //   p ← p - grad_coef g / d - momentum_coef m / d
-__device__ __forceinline__ void nadam_element(float& p, float grad, float& m, float& v,
-                                              const NAdamConstants& k) {
+__device__ __forceinline__ void update_element(float& p, float grad, float& m, float& v,
+                                               const NAdamConstants& k) {
   const float g = k.grad_scale * grad + k.l2 * p;
   m = k.beta1 * m + k.rest1 * g;
   v = k.beta2 * v + k.rest2 * g * g;
@@ -259,56 +267,11 @@ __device__ __forceinline__ void nadam_element(float& p, float grad, float& m, fl
   p = p * k.decay - k.grad_coef * g / d - k.momentum_coef * m / d;
 }
 
-// AdamWOp's access pattern with the NAdam element.
-template <class C>
-struct NAdamOp {
-  float* param;
-  const float* grad;
-  float* m;
-  float* v;
-  C* copy;
-  NAdamConstants k;
-
-  template <int N>
-  __device__ __forceinline__ void apply(int64_t i) const {
-    Packed<float, N> p = load_packed<N>(param + i), mm = load_packed<N>(m + i),
-                     vv = load_packed<N>(v + i);
-    const Packed<float, N> g = load_packed<N>(grad + i);
-    Packed<C, N> c;
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      nadam_element(p.v[e], g.v[e], mm.v[e], vv.v[e], k);
-      c.v[e] = from_float<C>(p.v[e]);
-    }
-    store_packed<N>(param + i, p);
-    store_packed<N>(m + i, mm);
-    store_packed<N>(v + i, vv);
-    if (copy) store_packed<N>(copy + i, c);
-  }
-};
-
-template <class C>
-void launch_nadam(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const NAdamArgs& args, C* copy) {
-  const bool aligned = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
-                       reinterpret_cast<uintptr_t>(copy) % (kPack16<float> * sizeof(C)) == 0;
-  launch_elementwise<float>(n, aligned, stream(),
-                            NAdamOp<C>{param, grad, m, v, copy, NAdamConstants(args)});
-}
-
 }  // namespace
 
 void nadam_update(float* param, const float* grad, float* m, float* v, int64_t n,
                   const NAdamArgs& args, DType copy_dtype, void* copy) {
-  QARAC_CHECK(n >= 0, "nadam_update: negative size ", n);
-  if (copy == nullptr) {
-    launch_nadam<float>(param, grad, m, v, n, args, nullptr);
-    return;
-  }
-  dispatch_compute(copy_dtype, "nadam_update (the parameter copy)", [&](auto tag) {
-    using C = decltype(tag);
-    launch_nadam(param, grad, m, v, n, args, static_cast<C*>(copy));
-  });
+  moment_update("nadam_update", param, grad, m, v, n, NAdamConstants(args), copy_dtype, copy);
 }
 
 }  // namespace qarac::cuda
