@@ -4,7 +4,8 @@
 // optimizer, then runs the steps: every task of the rank forward and backward with its gradient
 // scale w_t / n_t, the gradient reduction, clipping, the optimizer update at the scheduled rate;
 // metrics every step, checkpoints and evaluations every N steps and at the end, and the Hugging
-// Face export of every model at the end.
+// Face export of every model at the end. With model.mode mlm the same loop pre-trains a RoBERTa
+// base by masked language modelling on the text stream instead (the quickstart's tiny base).
 #pragma once
 
 #include <map>
