@@ -19,24 +19,6 @@
 namespace qarac::data {
 namespace {
 
-// An identifier from an HDF5 call that creates or opens an object, owned; raises like
-// QARAC_CHECK_HDF5 when the call failed.
-#define QARAC_H5_ID(stmt, close) make_id((stmt), (close), #stmt, __FILE__, __LINE__)
-H5Id make_id(hid_t id, herr_t (*close)(hid_t), const char* stmt, const char* file, int line) {
-  if (id < 0) detail::raise("HDF5", stmt, detail::hdf5_error_string(), file, line);
-  return H5Id(id, close);
-}
-
-// HDF5 prints its whole error stack to stderr by default; errors here travel up as exceptions
-// carrying the innermost message instead (core/check_hdf5.h).
-void silence_hdf5_stack_printing() {
-  static const bool done = [] {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    return true;
-  }();
-  (void)done;
-}
-
 // ---- Writing ---------------------------------------------------------------------------------
 H5Id create_extendible(hid_t loc, const char* name, hid_t type, int64_t chunk, int compression) {
   const hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk_dim = static_cast<hsize_t>(chunk);
@@ -64,16 +46,8 @@ void append_1d(const H5Id& dset, hid_t mem_type, const void* data, int64_t count
   written += count;
 }
 
-H5Id string_type(size_t length) {
-  H5Id type = QARAC_H5_ID(H5Tcopy(H5T_C_S1), H5Tclose);
-  QARAC_CHECK_HDF5(H5Tset_size(type.get(), std::max<size_t>(length, 1)));
-  QARAC_CHECK_HDF5(H5Tset_strpad(type.get(), H5T_STR_NULLPAD));
-  QARAC_CHECK_HDF5(H5Tset_cset(type.get(), H5T_CSET_UTF8));
-  return type;
-}
-
 void write_attr(hid_t loc, const char* name, const std::string& value) {
-  H5Id type = string_type(value.size());
+  H5Id type = hdf5_string_type(value.size());
   H5Id space = QARAC_H5_ID(H5Screate(H5S_SCALAR), H5Sclose);
   H5Id attr = QARAC_H5_ID(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
                           H5Aclose);
@@ -111,7 +85,7 @@ void write_strings(hid_t loc, const char* name, const std::vector<std::string>& 
   std::vector<char> packed(values.size() * width, '\0');
   for (size_t i = 0; i < values.size(); ++i)
     std::memcpy(packed.data() + i * width, values[i].data(), values[i].size());
-  H5Id type = string_type(width);
+  H5Id type = hdf5_string_type(width);
   write_table(loc, name, type.get(), type.get(), values.size(), packed.data());
 }
 

@@ -5,13 +5,13 @@
 // and renamed only when complete: a reader never sees a half-written stream.
 #pragma once
 
-#include <hdf5.h>
 
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "core/hdf5.h"
 #include "data/readers.h"
 
 namespace qarac::data {
@@ -47,36 +47,6 @@ struct WriterOptions {
   int compression = 4;               // deflate level 0..9; 0 stores uncompressed
 };
 
-// An owned HDF5 identifier, closed with the function that goes with its kind.
-class H5Id {
- public:
-  H5Id() = default;
-  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-  ~H5Id() { reset(); }
-  H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
-  H5Id& operator=(H5Id&& o) noexcept {
-    if (this != &o) {
-      reset();
-      id_ = o.id_;
-      close_ = o.close_;
-      o.id_ = -1;
-    }
-    return *this;
-  }
-  H5Id(const H5Id&) = delete;
-  H5Id& operator=(const H5Id&) = delete;
-
-  hid_t get() const { return id_; }
-  bool valid() const { return id_ >= 0; }
-  void reset() {
-    if (id_ >= 0) close_(id_);
-    id_ = -1;
-  }
-
- private:
-  hid_t id_ = -1;
-  herr_t (*close_)(hid_t) = nullptr;
-};
 
 // Appends examples to a new task-stream file. Tokens are buffered per field and written a
 // chunk at a time into extendible datasets, so memory stays at a few chunks whatever the size.

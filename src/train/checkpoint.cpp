@@ -19,14 +19,13 @@
 #include <set>
 #include <vector>
 
-#include "core/check_hdf5.h"
+#include "core/hdf5.h"
 #include "core/log.h"
 
 namespace qarac {
 namespace {
 
 namespace fs = std::filesystem;
-using data::H5Id;  // the owned HDF5 identifier of data/shards.h, shared with the task streams
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "checkpoint data is stored little-endian and hashed as it lies in memory");
@@ -92,24 +91,6 @@ uint64_t checksum(const Digests& digests) {
 }
 
 // ---- HDF5 plumbing ---------------------------------------------------------------------------
-// HDF5 prints its whole error stack to stderr by default; errors here travel up as exceptions
-// carrying the innermost message instead (core/check_hdf5.h).
-void silence_hdf5_stack_printing() {
-  static const bool done = [] {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    return true;
-  }();
-  (void)done;
-}
-
-// An identifier from an HDF5 call that creates or opens an object, owned; raises like
-// QARAC_CHECK_HDF5 when the call failed (writing: a failure there is the machine's, not input).
-#define QARAC_H5_ID(stmt, close) make_id((stmt), (close), #stmt, __FILE__, __LINE__)
-H5Id make_id(hid_t id, herr_t (*close)(hid_t), const char* stmt, const char* file, int line) {
-  if (id < 0) detail::raise("HDF5", stmt, detail::hdf5_error_string(), file, line);
-  return H5Id(id, close);
-}
-
 // File access for both writing and reading: the 1.8 format for its metadata checksums, and no
 // file locking, which fails on parallel file systems without flock (Lustre, some NFS); a
 // checkpoint has one writer, under a name private to it until the rename.
@@ -139,14 +120,6 @@ H5Id dataspace(const Shape& dims) {
   if (dims.empty()) return QARAC_H5_ID(H5Screate(H5S_SCALAR), H5Sclose);
   const std::vector<hsize_t> h(dims.begin(), dims.end());
   return QARAC_H5_ID(H5Screate_simple(static_cast<int>(h.size()), h.data(), nullptr), H5Sclose);
-}
-
-H5Id string_type(size_t length) {
-  H5Id type = QARAC_H5_ID(H5Tcopy(H5T_C_S1), H5Tclose);
-  QARAC_CHECK_HDF5(H5Tset_size(type.get(), std::max<size_t>(length, 1)));
-  QARAC_CHECK_HDF5(H5Tset_strpad(type.get(), H5T_STR_NULLPAD));
-  QARAC_CHECK_HDF5(H5Tset_cset(type.get(), H5T_CSET_UTF8));
-  return type;
 }
 
 // Fsyncs a file or a folder by path: HDF5 has written everything once the file is closed, and
@@ -241,7 +214,7 @@ class Writer {
   }
 
   void write_text(const std::string& name, const std::string& text) {
-    H5Id type = string_type(text.size());
+    H5Id type = hdf5_string_type(text.size());
     std::string padded = text;
     padded.resize(std::max<size_t>(text.size(), 1), '\0');
     write_raw(name, type.get(), {}, padded.data(), padded.size());
@@ -289,7 +262,7 @@ class Writer {
   }
 
   void write_attr(const char* name, const std::string& value) {
-    H5Id type = string_type(value.size());
+    H5Id type = hdf5_string_type(value.size());
     H5Id space = dataspace({});
     H5Id attr = QARAC_H5_ID(
         H5Acreate2(file_, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);

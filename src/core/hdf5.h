@@ -1,0 +1,59 @@
+// Owned HDF5 identifiers and the helpers every HDF5 file of the project (task streams,
+// checkpoints) shares: open-or-raise, quiet error stacks, UTF-8 string types.
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstddef>
+
+#include "core/check_hdf5.h"
+
+namespace qarac {
+
+// An owned HDF5 identifier, closed with the function that goes with its kind.
+class H5Id {
+ public:
+  H5Id() = default;
+  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~H5Id() { reset(); }
+  H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
+  H5Id& operator=(H5Id&& o) noexcept {
+    if (this != &o) {
+      reset();
+      id_ = o.id_;
+      close_ = o.close_;
+      o.id_ = -1;
+    }
+    return *this;
+  }
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  void reset() {
+    if (id_ >= 0) close_(id_);
+    id_ = -1;
+  }
+
+ private:
+  hid_t id_ = -1;
+  herr_t (*close_)(hid_t) = nullptr;
+};
+
+namespace detail {
+H5Id make_h5_id(hid_t id, herr_t (*close)(hid_t), const char* stmt, const char* file, int line);
+}  // namespace detail
+
+// HDF5 prints its whole error stack to stderr by default; errors here travel up as exceptions
+// carrying the innermost message instead (core/check_hdf5.h). Idempotent.
+void silence_hdf5_stack_printing();
+
+// A fixed-length, NUL-padded UTF-8 string type of `length` bytes (at least 1).
+H5Id hdf5_string_type(size_t length);
+
+}  // namespace qarac
+
+// The identifier an HDF5 call creates or opens, owned; raises like QARAC_CHECK_HDF5 when the call
+// failed: QARAC_H5_ID(H5Fopen(...), H5Fclose).
+#define QARAC_H5_ID(stmt, close) ::qarac::detail::make_h5_id((stmt), (close), #stmt, __FILE__, __LINE__)
