@@ -1,5 +1,6 @@
-// Helpers shared by the test programs: the one-line input-error check and running a program of
-// the project as a user would (its exit status and everything it printed).
+// Helpers shared by the test programs: the one-line input-error check, running a program of the
+// project as a user would (its exit status and everything it printed), and the tensors of the
+// CUDA-against-CPU tests.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -7,12 +8,14 @@
 
 #include <array>
 #include <cstdio>
+#include <random>
 #include <exception>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "core/tensor.h"
 
 namespace qarac::test_support {
 
@@ -51,5 +54,23 @@ inline CliResult run_command(const std::string& command) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+// ---- Tensors for the CUDA-against-CPU tests ---------------------------------------------------
+
+// f32 values uniform in [lo, hi), on the CPU.
+inline Tensor uniform(const Shape& shape, std::mt19937& rng, float lo = -1, float hi = 1) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : v) x = dist(rng);
+  return Tensor::from_vector(v, shape);
+}
+// The f32 values the GPU computes with when t is stored in `dtype`: t, or t rounded to bf16.
+inline Tensor as_seen(const Tensor& t, DType dtype) {
+  return dtype == DType::bf16 ? t.to(DType::bf16).to(DType::f32) : t;
+}
+// t (CPU f32) stored in `dtype` on the first GPU.
+inline Tensor on_gpu(const Tensor& t, DType dtype) { return t.to(dtype).to(Device::cuda(0)); }
+// Any tensor's values as f32 on the CPU.
+inline Tensor on_cpu(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32); }
 
 }  // namespace qarac::test_support

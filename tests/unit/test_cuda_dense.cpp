@@ -34,6 +34,7 @@
 #include <tuple>
 #include <vector>
 
+#include "support/test_support.h"
 #include "core/memory.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -59,23 +60,10 @@ class CudaDense : public ::testing::Test {
 
 // ---- Helpers ----------------------------------------------------------------------------------
 
-Tensor uniform(const Shape& shape, std::mt19937& rng, float lo = -1, float hi = 1) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
-  for (float& x : v) x = dist(rng);
-  return Tensor::from_vector(v, shape);
-}
-
-// The f32 values the GPU computes with in `dtype`: t itself, or t rounded to bf16.
-Tensor as_seen(const Tensor& t, DType dtype) {
-  return dtype == DType::bf16 ? t.to(DType::bf16).to(DType::f32) : t;
-}
-
-// t (CPU f32) stored in `dtype` on the GPU.
-Tensor on_gpu(const Tensor& t, DType dtype) { return t.to(dtype).to(Device::cuda()); }
-
-// A GPU tensor back on the CPU in f32.
-Tensor on_cpu(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32); }
+using test_support::as_seen;
+using test_support::on_cpu;
+using test_support::on_gpu;
+using test_support::uniform;
 
 Tensor gpu_empty(const Shape& shape, DType dtype) {
   return Tensor::empty(shape, dtype, Device::cuda());

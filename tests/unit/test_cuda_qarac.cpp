@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "support/test_support.h"
 #include "core/memory.h"
 #include "core/tensor.h"
 #include "kernels/ops.h"
@@ -44,19 +45,10 @@ class CudaQarac : public ::testing::Test {
   }
 };
 
-Tensor uniform(const Shape& shape, std::mt19937& rng, float lo = -1, float hi = 1) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
-  for (float& x : v) x = dist(rng);
-  return Tensor::from_vector(v, shape);
-}
-
-// The f32 values the GPU computes with in `dtype`.
-Tensor as_seen(const Tensor& t, DType dtype) {
-  return dtype == DType::bf16 ? t.to(DType::bf16).to(DType::f32) : t;
-}
-Tensor on_gpu(const Tensor& t, DType dtype) { return t.to(dtype).to(kGpu); }
-Tensor on_cpu(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32); }
+using test_support::as_seen;
+using test_support::on_cpu;
+using test_support::on_gpu;
+using test_support::uniform;
 
 // `floor` is an absolute allowance for tensors whose exact values are all zero (the attention key
 // bias's gradient: the softmax cancels it) and which both sides hold as rounding noise.
