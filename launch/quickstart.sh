@@ -13,6 +13,8 @@
 #     --tokenizer DIR  tokenizer of the data and the forgetting monitor (default: --base's when it
 #                      holds one, else data/sample/tokenizer)
 #     --steps N        fine-tuning steps (default: launch/configs/quickstart.ini's, 600)
+#     --ranks N        MPI ranks of the fine-tuning (default 4: one per task; 1 runs the four
+#                      tasks in one process, the QARAC step; any N >= 1 works)
 #     --skip-build     use the programs already in build/
 # e.g. -- --train.device cuda --train.dtype bf16 fine-tunes on a GPU (build with CUDA).
 # Environment: QARAC_CUDA=AUTO|ON|OFF for a first configure of build/ (as tests/run.sh).
@@ -30,18 +32,20 @@ out=runs/quickstart   # relative to the repository; the options' paths are relat
 base=""
 tokenizer=""
 steps=""
+ranks=4
 skip_build=0
 force=0
 finetune_args=()
 while (($#)); do
   case "$1" in
-    --out|--base|--tokenizer|--steps)
+    --out|--base|--tokenizer|--steps|--ranks)
       (($# >= 2)) || die "$1 needs a value (see --help)"
       case "$1" in
         --out) out=$(realpath -m -- "$2") ;;
         --base) base=$(realpath -m -- "$2") ;;
         --tokenizer) tokenizer=$(realpath -m -- "$2") ;;
         --steps) steps=$2 ;;
+        --ranks) ranks=$2 ;;
       esac
       shift 2 ;;
     --force) force=1; shift ;;
@@ -54,6 +58,7 @@ done
 cd "$repo"
 out=$(realpath -m -- "$out")
 build=$repo/build
+[[ "$ranks" =~ ^[1-9][0-9]*$ ]] || die "--ranks must be a positive integer, not '$ranks'"
 if [ -n "$steps" ]; then
   [[ "$steps" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$steps'"
   finetune_args=(--train.steps "$steps" "${finetune_args[@]}")
@@ -189,14 +194,10 @@ grep -E '^[a-z_]+: [0-9]+ examples' "$logs/prep-train.log" | sed 's/^/   train  
 grep -E '^[a-z_]+: [0-9]+ examples' "$logs/prep-heldout.log" | sed 's/^/   heldout /'
 phase_done
 
-# The fine-tuning runs under mpirun: one rank per process. One rank runs the four tasks in turn
-# (the QARAC step); the distributed issue raises this to 4, one rank per task. --bind-to none:
-# Open MPI pins a lone rank to one core by default, which would cap its BLAS threads on a larger
-# machine (on 2 cores it makes no measurable difference here: 0.10 s a step either way).
-ranks=1
-mpi=(mpirun -np "$ranks" --oversubscribe --bind-to none)
-[ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
-progress='^(step |qarac-train: |\[qarac [0-9:]+ (warn|error)|\[qarac [0-9:]+ info\] (eval|exported))'
+# The fine-tuning runs under mpirun (launch/train-local.sh: binding, one BLAS thread per rank
+# when there are more ranks than cores): by default 4 ranks, one per task, each holding the
+# models its task uses; the gradients of every model meet in an all-reduce over its holders.
+progress='^(step |qarac-train: |\[qarac [0-9:]+ (warn|error)|\[qarac [0-9:]+ info( r0)?\] (eval|exported|replica))'
 
 if [ -n "$base" ]; then
   phase "base model: given, $base"
@@ -212,7 +213,8 @@ else
 fi
 
 phase "fine-tuning on the four tasks (launch/configs/quickstart.ini, $ranks MPI rank(s))"
-logged finetune "$progress" "${mpi[@]}" "$train" --config launch/configs/quickstart.ini \
+logged finetune "$progress" env QARAC_BUILD="$build" bash launch/train-local.sh -n "$ranks" -- \
+  --config launch/configs/quickstart.ini \
   --output "$out/finetune" --model.base "$base" --data.dir "$data/train" \
   --eval.dir "$data/heldout" --eval.tokenizer "$tokenizer" "${finetune_args[@]}"
 phase_done

@@ -1,17 +1,26 @@
 // qarac-train: fine-tunes the three QARAC models from a pre-trained RoBERTa on the four
-// objectives at once (DESIGN.md §1, §4, §6), or (model.mode mlm) pre-trains a RoBERTa base. Options come from an INI file (--config) and the
-// command line; every input error is one line and exit status 2, reported before the output
-// directory is created.
+// objectives at once (DESIGN.md §1, §4, §6), or (model.mode mlm) pre-trains a RoBERTa base.
+// Options come from an INI file (--config) and the command line; every input error is one line
+// and exit status 2, reported before the output directory is created. Under mpirun or srun every
+// process is one rank of the task plan; a rank that fails (an error, a communication timeout, a
+// replica divergence) ends the whole job with MPI_Abort, so that no rank is left waiting.
+#include <cstdio>
 #include <iostream>
 #include <memory>
 
 #include "cli/run_main.h"
 #include "data/tokenizer.h"
+#include "dist/gradient_sync.h"
+#include "dist/runtime.h"
 #include "train/config.h"
 #include "train/evaluation.h"
 #include "train/trainer.h"
 
 namespace {
+
+// Exit statuses besides run_main's 0, 1 (internal error) and 2 (input error).
+constexpr int kCommunicationFailed = 3;
+constexpr int kReplicasDiverged = 4;
 
 // The held-out evaluation of [eval]; built before the run starts, so its input errors too come
 // before the output directory exists.
@@ -29,13 +38,29 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
 }  // namespace
 
 int main(int argc, char** argv) {
-  return qarac::cli::run_main("qarac-train", [&] {
+  std::unique_ptr<qarac::dist::Runtime> runtime;
+  std::unique_ptr<qarac::Trainer> trainer;
+  const int code = qarac::cli::run_main("qarac-train", [&] {
+    runtime = std::make_unique<qarac::dist::Runtime>(&argc, &argv);
     const std::optional<qarac::TrainConfig> config = qarac::parse_train_config(argc, argv, std::cout);
     if (!config) return 0;  // --help
-    qarac::Trainer trainer(*config);
+    trainer = std::make_unique<qarac::Trainer>(*config, runtime.get());
     // Pre-training evaluates itself (the held-out MLM loss); the QARAC models need the evaluator.
-    if (!config->eval_dir.empty() && !config->pretraining()) trainer.set_evaluator(make_evaluator(*config));
-    trainer.run();
+    if (!config->eval_dir.empty() && !config->pretraining()) trainer->set_evaluator(make_evaluator(*config));
+    try {
+      trainer->run();
+    } catch (const qarac::dist::CommError& e) {
+      std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
+      return kCommunicationFailed;
+    } catch (const qarac::dist::ReplicaError& e) {
+      std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
+      return kReplicasDiverged;
+    }
     return 0;
   });
+  if (code != 0 && runtime && runtime->size() > 1) {
+    if (trainer) trainer->abort();
+    runtime->abort_job(code);
+  }
+  return code;
 }

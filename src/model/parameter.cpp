@@ -24,4 +24,13 @@ void zero_grads(const ParameterList& params) {
   for (Parameter* p : params) p->grad.zero_();
 }
 
+double grad_sum_of_squares(const ParameterList& params) {
+  if (params.empty()) return 0;
+  std::vector<const Tensor*> grads;
+  for (const Parameter* p : params) grads.push_back(&p->grad);
+  Tensor sum = Tensor::empty({1}, params.front()->grad.dtype(), params.front()->grad.device());
+  ops::sum_of_squares(grads, sum);
+  return sum.to(Device::cpu()).to(DType::f64).data<double>()[0];
+}
+
 }  // namespace qarac

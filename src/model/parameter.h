@@ -29,5 +29,7 @@ struct Parameter {
 using ParameterList = std::vector<Parameter*>;
 
 void zero_grads(const ParameterList& params);
+// Σ ‖g‖² over the gradients of `params` (one host synchronisation); 0 for none.
+double grad_sum_of_squares(const ParameterList& params);
 
 }  // namespace qarac

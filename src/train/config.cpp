@@ -109,7 +109,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(train, "train.steps", &c.steps, "optimizer steps of the run");
   d->add(train, "train.seed", &c.seed, "seed of the heads' initialisation, the data order and dropout");
   d->add(train, "train.device", &c.device, "cpu or cuda");
-  d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, or bf16 on cuda (master weights stay f32)");
+  d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, bf16 on cuda (master weights stay f32), or f64 on cpu (reference numerics: master weights and moments in f64)");
   d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal");
 
   auto& opt = d->section("[optimizer]");
@@ -139,6 +139,11 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
 
   auto& parallel = d->section("[parallel]");
   d->add(parallel, "parallel.tasks", &c.tasks, "task plan: auto, or ranks per task, e.g. ed:2,qa:1,rs:2,cs:1");
+  d->add(parallel, "parallel.backend", &c.backend, "gradient all-reduce: auto (nccl on cuda, mpi on cpu), mpi or nccl");
+  d->add(parallel, "parallel.timeout", &c.timeout, "seconds a wait on other ranks may take before the job is aborted with a message");
+  d->add(parallel, "parallel.bucket_mb", &c.bucket_mb, "gradient all-reduce bucket size, MiB");
+  d->add(parallel, "parallel.check_every", &c.check_every, "compare a checksum of every model's replicas every N steps (and at the end); 0: only at the end");
+  d->add(parallel, "parallel.simulate_world", &c.simulate_world, "> 0: run the task plan of that many ranks in this one process, summing their gradients (the reference the distributed run must match)");
 
   auto& task = d->section("[task] (per task: ed, qa, rs, cs)");
   for (int t = 0; t < data::kTaskCount; ++t) {
@@ -208,10 +213,12 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.seed >= 0, "train.seed: ", c.seed, " must be >= 0");
   QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "train.device: '", c.device,
                     "' must be cpu or cuda");
-  QARAC_INPUT_CHECK(c.dtype == "f32" || c.dtype == "bf16", "train.dtype: '", c.dtype,
-                    "' must be f32 or bf16");
+  QARAC_INPUT_CHECK(c.dtype == "f32" || c.dtype == "bf16" || c.dtype == "f64", "train.dtype: '", c.dtype,
+                    "' must be f32, bf16 or f64");
   QARAC_INPUT_CHECK(c.dtype != "bf16" || c.device == "cuda",
                     "train.dtype: bf16 needs train.device cuda (the CPU computes in f32)");
+  QARAC_INPUT_CHECK(c.dtype != "f64" || c.device == "cpu",
+                    "train.dtype: f64 is the CPU's reference precision; train.device cuda computes in f32 or bf16");
   QARAC_INPUT_CHECK(c.log_every >= 1, "train.log_every: ", c.log_every, " must be >= 1");
   try {
     optimizer_from_name(c.optimizer);
@@ -242,6 +249,12 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.eval_every >= 0, "eval.every: ", c.eval_every, " must be >= 0");
   QARAC_INPUT_CHECK(c.eval_examples >= 1, "eval.examples: ", c.eval_examples, " must be >= 1");
   QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
+  QARAC_INPUT_CHECK(c.backend == "auto" || c.backend == "mpi" || c.backend == "nccl", "parallel.backend: '",
+                    c.backend, "' is not one of auto, mpi, nccl");
+  QARAC_INPUT_CHECK(c.timeout > 0, "parallel.timeout: ", c.timeout, " must be > 0 seconds");
+  QARAC_INPUT_CHECK(c.bucket_mb > 0, "parallel.bucket_mb: ", c.bucket_mb, " must be > 0");
+  QARAC_INPUT_CHECK(c.check_every >= 0, "parallel.check_every: ", c.check_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.simulate_world >= 0, "parallel.simulate_world: ", c.simulate_world, " must be >= 0");
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t));
     QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ".weight: ", c.task[t].weight, " must be >= 0");
@@ -276,7 +289,9 @@ ScheduleConfig TrainConfig::schedule_config() const {
 }
 
 Device TrainConfig::device_value() const { return device == "cuda" ? Device::cuda(0) : Device::cpu(); }
-DType TrainConfig::dtype_value() const { return dtype == "bf16" ? DType::bf16 : DType::f32; }
+DType TrainConfig::dtype_value() const {
+  return dtype == "bf16" ? DType::bf16 : dtype == "f64" ? DType::f64 : DType::f32;
+}
 
 std::string to_ini(const TrainConfig& config) {
   TrainConfig copy = config;
@@ -328,7 +343,8 @@ std::string resume_mismatch(const TrainConfig& config, const std::string& saved_
   // What fixes the parameter list, the data order and batches, the random streams and the
   // plan; the rest (steps, rates, intervals, paths) may change between a run and its resumption.
   std::vector<std::string> fixed = {"model.mode", "model.share_encoder_base", "model.tie_lm_head", "train.seed",
-                                    "train.dtype", "optimizer.name", "parallel.tasks"};
+                                    "train.dtype", "optimizer.name", "parallel.tasks",
+                                    "parallel.simulate_world"};
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
     fixed.push_back(prefix + "tokens");

@@ -75,6 +75,11 @@ struct TrainConfig {
 
   // [parallel]
   std::string tasks = "auto";  // the task plan: auto | ed:2,qa:1,rs:2,cs:1
+  std::string backend = "auto";  // gradient all-reduce: auto (nccl on cuda, mpi on cpu) | mpi | nccl
+  double timeout = 600;          // seconds any wait on other ranks may take before the job aborts
+  double bucket_mb = 25;         // gradient bucket size of the all-reduce
+  int64_t check_every = 0;       // replica checksum every N steps; 0: only at the end
+  int64_t simulate_world = 0;    // > 0: run the plan of that many ranks in this one process
 
   // [task]
   std::array<TaskSettings, data::kTaskCount> task;

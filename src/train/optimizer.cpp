@@ -60,23 +60,20 @@ ops::NAdam Optimizer::nadam_hyper() const {
   return h;
 }
 
-double Optimizer::grad_norm() const {
-  if (params_.empty()) return 0;
-  std::vector<const Tensor*> grads;
-  for (const Parameter* p : params_) grads.push_back(&p->grad);
-  Tensor sum = Tensor::empty({1}, params_.front()->grad.dtype(), params_.front()->grad.device());
-  ops::sum_of_squares(grads, sum);
-  const Tensor host = sum.to(Device::cpu()).to(DType::f64);
-  return std::sqrt(host.data<double>()[0]);
+double Optimizer::grad_norm() const { return std::sqrt(grad_sum_of_squares(params_)); }
+
+double Optimizer::clip_factor(double norm, double clip_norm) {
+  // The 1e-6 keeps the factor finite for a zero gradient, as torch's clip_grad_norm_ does.
+  return clip_norm > 0 && norm > clip_norm ? clip_norm / (norm + 1e-6) : 1.0;
 }
 
 double Optimizer::step(double lr, double clip_norm) {
-  double norm = 0, grad_scale = 1.0;
-  if (clip_norm > 0) {
-    norm = grad_norm();
-    // The 1e-6 keeps the factor finite for a zero gradient, as torch's clip_grad_norm_ does.
-    if (norm > clip_norm) grad_scale = clip_norm / (norm + 1e-6);
-  }
+  const double norm = clip_norm > 0 ? grad_norm() : 0;
+  update(lr, clip_factor(norm, clip_norm));
+  return norm;
+}
+
+void Optimizer::update(double lr, double grad_scale) {
   if (config_.kind == OptimizerKind::adamw) {
     ops::AdamW h;
     h.lr = lr;
@@ -105,7 +102,6 @@ double Optimizer::step(double lr, double clip_norm) {
     mu_product_ = h.mu_product;
   }
   ++steps_;
-  return norm;
 }
 
 }  // namespace qarac

@@ -34,6 +34,11 @@ class Optimizer {
   // One update at learning rate `lr`. With clip_norm > 0, gradients whose global norm exceeds it
   // are scaled down to it. Returns the gradient norm before clipping (0 when not measured).
   double step(double lr, double clip_norm = 0);
+  // One update with every gradient multiplied by `grad_scale`: for a caller that measured the
+  // global norm itself (the distributed trainer, whose models span several optimizers).
+  void update(double lr, double grad_scale);
+  // The factor global-norm clipping scales gradients of norm `norm` by: 1 up to clip_norm.
+  static double clip_factor(double norm, double clip_norm);
   int64_t steps() const { return steps_; }
   const OptimizerConfig& config() const { return config_; }
 

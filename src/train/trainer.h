@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "dist/runtime.h"
 #include "dist/task_plan.h"
 #include "model/qarac.h"
 #include "train/config.h"
@@ -47,7 +48,9 @@ class Trainer {
   // optimizer, and (with config.resume) finds the checkpoint to resume from. Writes nothing: every
   // input error (one-line InputError naming the key or file) comes before the output directory
   // exists.
-  explicit Trainer(const TrainConfig& config, int rank = 0, int world_size = 1);
+  // `runtime` null: one process without MPI. Otherwise this rank of runtime's world, which every
+  // rank constructs collectively (the communicators are created here).
+  explicit Trainer(const TrainConfig& config, const dist::Runtime* runtime = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -59,6 +62,8 @@ class Trainer {
   // Creates the output directory, restores the checkpoint when resuming, and trains to
   // config.steps: metrics, checkpoints, evaluations, then the export.
   void run();
+  // Abandons the gradient reductions in flight: before the job is aborted after an error.
+  void abort() noexcept;
 
  private:
   struct Impl;

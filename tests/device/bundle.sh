@@ -11,9 +11,9 @@ build=${1:-build}
 out=${2:-.device}
 golden=${QARAC_GOLDEN_DIR:-../shared/golden}
 
-programs=(src/cli/qarac-parity src/cli/qarac-bench)
+programs=(src/cli/qarac-parity src/cli/qarac-bench src/cli/qarac-prep src/cli/qarac-train)
 tests=(tests/unit/test_cuda_dense tests/unit/test_cuda_attention tests/unit/test_cuda_misc
-       tests/unit/test_cuda_training tests/unit/test_cuda_qarac)
+       tests/unit/test_cuda_training tests/unit/test_cuda_qarac tests/mpi/test_nccl)
 rm -rf "$out"
 stage=$(mktemp -d)/bundle
 mkdir -p "$stage/bin" "$stage/lib" "$stage/golden" "$out"

@@ -24,7 +24,8 @@ else
     cmake --build build-device -j"$(nproc)" >>"$log/cmake" 2>&1 || { tail -30 "$log/cmake"; exit 1; }
   bin=build-device/bin-links
   mkdir -p "$bin"
-  ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* "$bin/"
+  ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* \
+    "$PWD"/build-device/tests/mpi/test_nccl "$bin/"
   golden=${QARAC_GOLDEN_DIR:-../shared/golden}
 fi
 # CUDA's libraries: the toolkit's folder and the Python wheels' (cuDNN, NCCL live there). Only
@@ -57,6 +58,31 @@ for dt in f32 bf16; do
   cat "$log/parity_$dt"
   summary+=("parity cuda $dt|$result|$(tail -1 "$log/parity_$dt")")
 done
+
+# ---- distributed: the NCCL backend on one rank, then qarac-train on the GPU under mpirun with
+# the NCCL backend (one rank per GPU: with several GPUs, several ranks share the models)
+mpi=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH)
+[ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
+if LD_LIBRARY_PATH="$qlib" timeout 120 "${mpi[@]}" -np 1 "$bin/test_nccl" --gtest_brief=1 >"$log/test_nccl" 2>&1; then
+  result=passed; else result=FAILED; status=1; fi
+echo "== test_nccl: $result $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/test_nccl" | tr '\n' ' ')"
+[ "$result" = passed ] || tail -30 "$log/test_nccl"
+summary+=("test_nccl|$result|")
+gpus=$(nvidia-smi -L | wc -l)
+ranks=$((gpus >= 4 ? 4 : gpus))
+dist=$log/dist
+sample=data/sample
+q "$bin/qarac-prep" --tokenizer $sample/tokenizer --out "$dist/data" --text $sample/corpus_train.txt \
+  --wikiqa $sample/WikiQA-train.tsv --avicenna $sample/Avicenna_Train.csv --snli $sample/snli_1.0_train.jsonl >"$log/dist_prep" 2>&1
+q "$bin/qarac-train" --config launch/configs/quickstart-pretrain.ini --output "$dist/pretrain" --model.tokenizer $sample/tokenizer \
+  --data.dir "$dist/data" --train.steps 1 --model.max_positions 130 >"$log/dist_base" 2>&1
+if LD_LIBRARY_PATH="$qlib" timeout 180 "${mpi[@]}" -np "$ranks" "$bin/qarac-train" --config launch/configs/quickstart.ini \
+     --output "$dist/finetune" --model.base "$dist/pretrain/export/base" --data.dir "$dist/data" --train.device cuda \
+     --train.dtype bf16 --parallel.backend nccl --parallel.check_every 10 --train.steps 40 >"$log/dist_train" 2>&1; then
+  result=passed; else result=FAILED; status=1; fi
+echo "== qarac-train cuda nccl, $ranks rank(s): $result"
+grep -E '^step 40|replica check|error' "$log/dist_train" | tail -5
+summary+=("qarac-train nccl np=$ranks|$result|$(grep -oE 'step 40/40[^|]*\|[^|]*' "$log/dist_train" | tail -1)")
 
 # ---- benchmarks: ours, then PyTorch on the same workloads
 workloads=("128 64" "512 16")

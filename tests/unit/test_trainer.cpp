@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/test_support.h"
+#include "support/training_fixtures.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
 #include "dist/task_plan.h"
@@ -35,6 +36,7 @@
 
 namespace fs = std::filesystem;
 using namespace qarac;
+using qarac::test_support::TempDir;
 using data::Task;
 
 namespace {
@@ -285,17 +287,6 @@ TEST(OptimizerClass, NAdamContinuesBitExactlyAfterARestore) {
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("qarac-trainer-" + name + "-" + std::to_string(getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string str() const { return path.string(); }
-};
-
 std::optional<TrainConfig> parse(const std::vector<std::string>& args) {
   std::vector<const char*> argv = {"qarac-train"};
   for (const std::string& a : args) argv.push_back(a.c_str());
@@ -395,47 +386,19 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
 namespace {
 
 using qarac::test_support::CliResult;
+using qarac::test_support::prepare_sample_data;
 using qarac::test_support::run_command;
+using qarac::test_support::write_tiny_base;
 
 const std::string kSample = std::string(QARAC_SAMPLE_DIR) + "/";
-
-// A random tiny RoBERTa written as a Hugging Face directory (names "roberta.*" and an MLM head
-// "lm_head.*", as transformers saves RobertaForMaskedLM), with the sample tokenizer's vocabulary.
-void write_tiny_base(const fs::path& dir) {
-  RobertaConfig config;
-  config.vocab_size = static_cast<int64_t>(data::Tokenizer::from_dir(kSample + "tokenizer").vocab_size());
-  config.hidden_size = 16;
-  config.num_layers = 1;
-  config.num_heads = 2;
-  config.intermediate_size = 32;
-  config.max_position_embeddings = 514;
-  RobertaEncoder encoder(config, DType::f32, Device::cpu());
-  init_normal(encoder.parameters(), 0.02, 5);
-  io::TensorMap tensors;
-  for (const Parameter* p : encoder.parameters()) tensors["roberta." + p->name] = p->master;
-  const int64_t d = config.hidden_size, v = config.vocab_size;
-  tensors["lm_head.dense.weight"] = Tensor::zeros({d, d}, DType::f32);
-  tensors["lm_head.dense.bias"] = Tensor::zeros({d}, DType::f32);
-  tensors["lm_head.layer_norm.weight"] = Tensor::zeros({d}, DType::f32);
-  tensors["lm_head.layer_norm.bias"] = Tensor::zeros({d}, DType::f32);
-  tensors["lm_head.decoder.weight"] = tensors["roberta.embeddings.word_embeddings.weight"];
-  tensors["lm_head.bias"] = Tensor::zeros({v}, DType::f32);
-  fs::create_directories(dir);
-  io::write_safetensors((dir / "model.safetensors").string(), tensors);
-  io::write_hf_config((dir / "config.json").string(), config);
-}
 
 // The base model and the prepared sample data, made once for every test of the suite.
 class TrainCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = new TempDir("cli");
-    write_tiny_base(root_->path / "base");
-    const CliResult prep = run_command(
-        std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample + "tokenizer --out " +
-        (root_->path / "data").string() + " --text " + kSample + "corpus_train.txt --wikiqa " +
-        kSample + "WikiQA-train.tsv --avicenna " + kSample + "Avicenna_Train.csv --snli " + kSample +
-        "snli_1.0_train.jsonl --threads 2");
+    write_tiny_base(root_->path / "base", kSample + "tokenizer");
+    const CliResult prep = prepare_sample_data(QARAC_PREP_EXE, kSample, root_->path / "data");
     ASSERT_EQ(prep.code, 0) << prep.output;
   }
   static void TearDownTestSuite() {
@@ -552,8 +515,9 @@ TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
   for (size_t i = 0; i < lines.size(); ++i) {
     const nlohmann::json& line = lines[i];
     EXPECT_EQ(line.at("step").get<int64_t>(), static_cast<int64_t>(i + 1));
-    for (const char* key : {"lr", "grad_norm", "loss_weighted", "tokens", "tokens_per_s",
-                            "step_time_s", "comm_time_s", "elapsed_s"})
+    for (const char* key : {"world_size", "lr", "grad_norm", "loss_weighted", "global_tokens", "global_examples",
+                            "global_tokens_per_s", "global_examples_per_s", "step_time_s", "data_time_s",
+                            "compute_time_s", "comm_wait_s", "comm_wait_max_s", "elapsed_s"})
       EXPECT_TRUE(line.contains(key)) << key << " missing from " << line.dump();
     for (const char* task : {"encode_decode", "question_answering", "reasoning", "consistency"}) {
       const double loss = line.at("loss").at(task).get<double>();

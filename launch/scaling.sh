@@ -1,0 +1,409 @@
+#!/usr/bin/env bash
+# Scaling test: runs the same short four-task training job at several world sizes W and writes
+# a CSV of throughput, speedup and efficiency per W, with an SVG plot of both.
+#
+#   bash launch/scaling.sh [options] [-- qarac-train options]
+#     --ranks LIST         world sizes, comma-separated (default 1,2,4)
+#     --mode M             weak, strong or both (default both)
+#     --steps N            steps of each run (default 30)
+#     --warmup-steps K     first steps left out of the averages (default 5; K < N)
+#     --tokens G           token budget per task (default 1024): weak scaling gives each rank of a
+#                          task G tokens per step; strong scaling keeps each task's global batch at
+#                          G, so a rank of task t gets G / n_t (n_t: ranks running t)
+#     --launcher L         local (launch/train-local.sh, default) or srun (srun --mpi=pmix -n W,
+#                          inside a Slurm allocation; extra srun options in QARAC_SRUN_OPTS)
+#     --device D           cpu (default) or cuda
+#     --config FILE        qarac-train settings of the runs (default launch/configs/quickstart.ini);
+#                          the model comes from --base
+#     --base DIR           Hugging Face RoBERTa directory to fine-tune (default: a tiny random
+#                          one, made by one masked-LM step of launch/configs/quickstart-pretrain.ini)
+#     --data DIR           qarac-prep task streams (default: data/sample prepared into OUT/data)
+#     --tokenizer DIR      tokenizer of the prepared sample data and of the tiny base (default:
+#                          --base's when it holds one, else data/sample/tokenizer)
+#     --out DIR            output directory (default runs/scaling); must be empty or absent
+#     --force              replace a previous scaling run in --out
+#     --summarise-only     run nothing: read the runs already in --out (same --ranks, --mode,
+#                          --warmup-steps) and write the CSV and the plot again
+# e.g. on a GPU node, roberta-base in bf16:
+#   bash launch/scaling.sh --ranks 1,2,4,8 --device cuda --config launch/configs/qarac-roberta-base.ini \
+#       --base models/roberta-base --data prepared --tokens 8192 -- --train.dtype bf16
+#
+# Task plans: W a multiple of 4 runs ed:W/4,qa:W/4,rs:W/4,cs:W/4; W < 4 runs auto (a rank runs
+# several tasks, each task on one rank); any other W > 4 runs floor(W/4) ranks per task plus one
+# more for each of the first W mod 4 of ed, rs, qa, cs (the costliest first), written out
+# explicitly so that the strong-scaling budgets G / n_t are exact. For W <= 4 every task runs on
+# one rank, so its global batch is one rank's batch and weak and strong scaling are the same
+# run: it runs once and gives both rows.
+# Every run evaluates nothing (--eval.dir '' --eval.every 0) and checkpoints only at its end
+# (--checkpoint.every 0: qarac-train always writes a final checkpoint and export, after the
+# timed steps). Steps 1..K are the warm-up; the averages are over steps K+1..N.
+#
+# OUT gets: scaling.csv, scaling.svg, runs/<w|weak-w|strong-w><W>/ (the qarac-train run
+# directories), logs/ (each run's full output), data/ and base/ when made here. CSV columns:
+#   mode, world_size, plan, steps_timed, step_time_s (mean wall time of a step on rank 0),
+#   global_tokens_per_s, global_examples_per_s (tokens, examples of all ranks over the summed
+#   step times), speedup (throughput over that of the smallest W of the same mode),
+#   efficiency (throughput(W) · W0 / (W · throughput(W0)), W0 the smallest W, usually 1),
+#   compute_time_s, comm_wait_s, data_time_s (per step, means over ranks and timed steps).
+# The averages come from rank 0's metrics.jsonl; they need the step fields of the distributed
+# qarac-train (world_size, global_tokens, global_examples, compute_time_s, comm_wait_s,
+# data_time_s). Needs jq and gnuplot (bash launch/install-deps.sh --job).
+set -euo pipefail
+me=launch/scaling.sh
+die() { echo "$me: error: $*" >&2; exit 1; }
+usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+ranks_list=1,2,4
+mode=both
+steps=30
+warmup=5
+tokens=1024
+launcher=local
+device=cpu
+config=$repo/launch/configs/quickstart.ini
+base=""
+data=""
+tokenizer=""
+out=runs/scaling
+force=0
+summarise_only=0
+train_args=()
+while (($#)); do
+  case "$1" in
+    --ranks|--mode|--steps|--warmup-steps|--tokens|--launcher|--device|--config|--base|--data|--tokenizer|--out)
+      (($# >= 2)) || die "$1 needs a value (see --help)"
+      case "$1" in
+        --ranks) ranks_list=$2 ;;
+        --mode) mode=$2 ;;
+        --steps) steps=$2 ;;
+        --warmup-steps) warmup=$2 ;;
+        --tokens) tokens=$2 ;;
+        --launcher) launcher=$2 ;;
+        --device) device=$2 ;;
+        --config) config=$(realpath -m -- "$2") ;;
+        --base) base=$(realpath -m -- "$2") ;;
+        --data) data=$(realpath -m -- "$2") ;;
+        --tokenizer) tokenizer=$(realpath -m -- "$2") ;;
+        --out) out=$2 ;;
+      esac
+      shift 2 ;;
+    --force) force=1; shift ;;
+    --summarise-only) summarise_only=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; train_args=("$@"); break ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+# --out is relative to the repository unless given (as launch/quickstart.sh's).
+if [ "$out" = runs/scaling ]; then out=$repo/runs/scaling; else out=$(realpath -m -- "$out"); fi
+cd "$repo"
+
+# --- The options.
+positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, not '$2'"; }
+positive --steps "$steps"
+positive --tokens "$tokens"
+[[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup-steps must be a non-negative integer, not '$warmup'"
+((warmup < steps)) || die "--warmup-steps $warmup leaves no step of --steps $steps to time"
+case "$mode" in
+  weak|strong) modes=("$mode") ;;
+  both) modes=(weak strong) ;;
+  *) die "--mode must be weak, strong or both, not '$mode'" ;;
+esac
+case "$launcher" in local|srun) ;; *) die "--launcher must be local or srun, not '$launcher'" ;; esac
+case "$device" in cpu|cuda) ;; *) die "--device must be cpu or cuda, not '$device'" ;; esac
+IFS=, read -r -a world_sizes <<<"$ranks_list"
+((${#world_sizes[@]})) || die "--ranks is empty"
+for w in "${world_sizes[@]}"; do positive "--ranks (each world size)" "$w"; done
+mapfile -t world_sizes < <(printf '%s\n' "${world_sizes[@]}" | sort -n -u)
+max_w=${world_sizes[-1]}
+# What this script sets for every run may not come through the passthrough as well (qarac-train
+# refuses an option given twice): name the option of this script instead.
+for arg in "${train_args[@]}"; do
+  key=${arg%%=*}
+  case "$key" in
+    --output|--resume|--config|--model.base|--data.dir|--train.steps|--train.device|--parallel.tasks|\
+    --task.*.tokens|--eval.every|--eval.dir|--checkpoint.every)
+      die "$key after -- is set by $me for every run (see --help: --out, --config, --base, --data, --steps, --device, --tokens)" ;;
+  esac
+done
+
+build=${QARAC_BUILD:-$repo/build}
+prep=$build/src/cli/qarac-prep
+train=$build/src/cli/qarac-train
+for tool in jq gnuplot; do
+  command -v "$tool" >/dev/null || die "$tool not found; install it with: bash launch/install-deps.sh --job"
+done
+
+# --- Task plans and budgets. Tasks in qarac-train's order; "first extra" order for other W.
+tasks=(ed qa rs cs)
+# ranks_per_task W: n_t of ed, qa, rs, cs, one per line (auto for W < 4: one rank each).
+ranks_per_task() {
+  local w=$1 q r t
+  if ((w < 4)); then printf '1\n1\n1\n1\n'; return; fi
+  q=$((w / 4)) r=$((w % 4))
+  declare -A n=([ed]=$q [qa]=$q [rs]=$q [cs]=$q)
+  for t in ed rs qa cs; do ((r > 0)) || break; n[$t]=$((n[$t] + 1)); r=$((r - 1)); done
+  for t in "${tasks[@]}"; do echo "${n[$t]}"; done
+}
+plan_of() {
+  local w=$1 n spec="" i=0
+  if ((w < 4)); then echo auto; return; fi
+  while read -r n; do spec+="${spec:+,}${tasks[i]}:$n"; i=$((i + 1)); done < <(ranks_per_task "$w")
+  echo "$spec"
+}
+# run_name MODE W: the run directory's name; W <= 4 is one run for both modes.
+run_name() { if (($2 <= 4)); then echo "w$2"; else echo "$1-w$2"; fi; }
+
+# --- The output directory.
+marker=$out/.qarac-scaling   # tells --force that the directory is a scaling run
+if ((summarise_only)); then
+  [ -d "$out/runs" ] || die "--summarise-only: no runs in $out (no $out/runs/)"
+else
+  if ((max_w > 1)) && [ -x "$train" ] && ! "$train" --help 2>/dev/null | grep -q -- '--parallel.timeout'; then
+    die "$train predates distributed training (no --parallel.timeout in its --help): only --ranks 1 can be measured with it; rebuild it"
+  fi
+  [ -x "$train" ] || die "no qarac-train at $train: build it (bash launch/quickstart.sh builds it into build/) or set QARAC_BUILD"
+  [ -f "$config" ] || die "--config $config: no such file"
+  if [ "$launcher" = srun ]; then
+    [ -n "${SLURM_JOB_ID:-}" ] || die "--launcher srun runs inside a Slurm allocation (sbatch or salloc); none here (no SLURM_JOB_ID)"
+    command -v srun >/dev/null || die "--launcher srun: srun not found"
+    if [ -n "${SLURM_NTASKS:-}" ] && ((max_w > SLURM_NTASKS)); then
+      die "--ranks asks for $max_w ranks, the allocation has $SLURM_NTASKS tasks (SLURM_NTASKS)"
+    fi
+  fi
+  if [ -n "$base" ]; then
+    for f in config.json model.safetensors; do
+      [ -f "$base/$f" ] || die "--base $base: no $f there (a Hugging Face RoBERTa directory is needed)"
+    done
+  fi
+  if [ -n "$data" ]; then
+    for t in encode_decode question_answering reasoning consistency; do
+      [ -f "$data/$t.h5" ] || die "--data $data: no $t.h5 there (qarac-prep's output is needed)"
+    done
+  fi
+  has_tokenizer() { [ -f "$1/tokenizer.json" ] || { [ -f "$1/vocab.json" ] && [ -f "$1/merges.txt" ]; }; }
+  if [ -z "$tokenizer" ]; then
+    tokenizer=$repo/data/sample/tokenizer
+    [ -z "$base" ] || ! has_tokenizer "$base" || tokenizer=$base
+  fi
+  if [ -z "$data" ] || [ -z "$base" ]; then
+    has_tokenizer "$tokenizer" || die "tokenizer $tokenizer: neither tokenizer.json nor vocab.json + merges.txt"
+    [ -x "$prep" ] || [ -n "$data" ] || die "no qarac-prep at $prep: build it or set QARAC_BUILD"
+  fi
+  if [ -e "$out" ] && [ ! -d "$out" ]; then
+    die "--out $out exists and is not a directory"
+  elif [ -d "$out" ] && [ -n "$(ls -A -- "$out")" ]; then
+    ((force)) || die "$out is not empty: --force replaces a previous scaling run, or choose --out DIR"
+    for kept in "$base" "$data" "$tokenizer" "$config"; do
+      [ -z "$kept" ] || [[ "$kept/" != "$out/"* ]] ||
+        die "--force would delete $kept inside $out: copy it elsewhere first"
+    done
+    [ -f "$marker" ] || die "$out is not empty and holds no scaling run (no $(basename "$marker")); not removing it"
+    rm -rf -- "$out"
+  fi
+  mkdir -p -- "$out/logs" "$out/runs"
+  touch -- "$marker"
+fi
+logs=$out/logs
+
+# logged NAME COMMAND...: runs COMMAND with its output in logs/NAME.log; on failure the log's end.
+logged() {
+  local name=$1 rc=0
+  shift
+  "$@" >"$logs/$name.log" 2>&1 || rc=$?
+  if ((rc)); then
+    echo "--- last lines of $logs/$name.log:" >&2
+    tail -n 25 "$logs/$name.log" >&2
+    die "$name failed (exit $rc); its full output: $logs/$name.log"
+  fi
+}
+
+if ! ((summarise_only)); then
+  # --- Inputs: the sample data and a tiny random base when none is given.
+  if [ -z "$data" ]; then
+    # The longest field the base's position table holds (RoBERTa counts 2 positions beyond).
+    max_positions=514   # the tiny base below
+    if [ -n "$base" ]; then
+      max_positions=$(jq -e '.max_position_embeddings' "$base/config.json") ||
+        die "$base/config.json: no max_position_embeddings"
+      # A tokenizer of another vocabulary would run and mean nothing: compare the sizes.
+      vocab=$(jq -e '.vocab_size' "$base/config.json") || die "$base/config.json: no vocab_size"
+      tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq '.model.vocab | length' "$tokenizer/tokenizer.json"
+                  else jq 'length' "$tokenizer/vocab.json"; fi)
+      ((tok_vocab == vocab)) ||
+        die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
+    fi
+    data=$out/data
+    sample=$repo/data/sample
+    echo "$me: preparing the sample data ($sample, tokenizer $tokenizer) into $data"
+    logged prep "$prep" --tokenizer "$tokenizer" --out "$data" --max-length "$((max_positions - 2))" \
+      --text "$sample/corpus_train.txt" --wikiqa "$sample/WikiQA-train.tsv" \
+      --avicenna "$sample/Avicenna_Train.csv" --snli "$sample/snli_1.0_train.jsonl"
+  fi
+  if [ -z "$base" ]; then
+    # One masked-LM step of the quickstart's 2-layer, 64-wide RoBERTa: random weights, which is
+    # all a timing needs. 514 positions hold any field qarac-prep's default length allows.
+    echo "$me: making a tiny random base (one step of launch/configs/quickstart-pretrain.ini) in $out/base"
+    logged base "$train" --config launch/configs/quickstart-pretrain.ini --output "$out/base" \
+      --model.max_positions 514 --model.tokenizer "$tokenizer" --data.dir "$data" \
+      --train.steps 1 --train.device cpu --optimizer.warmup 0 --checkpoint.every 0
+    base=$out/base/export/base
+  fi
+
+  # --- The timing runs.
+  declare -A done_runs=()
+  total=0
+  for w in "${world_sizes[@]}"; do
+    for m in "${modes[@]}"; do
+      name=$(run_name "$m" "$w")
+      [ -n "${done_runs[$name]:-}" ] || { done_runs[$name]=planned; total=$((total + 1)); }
+    done
+  done
+  done_runs=()
+  echo "$me: $total run(s) of $steps steps ($warmup warm-up), $device, $launcher launcher, into $out/runs"
+  index=0
+  for w in "${world_sizes[@]}"; do
+    plan=$(plan_of "$w")
+    mapfile -t n_t < <(ranks_per_task "$w")
+    for m in "${modes[@]}"; do
+      name=$(run_name "$m" "$w")
+      [ -z "${done_runs[$name]:-}" ] || continue
+      done_runs[$name]=1
+      index=$((index + 1))
+      budgets=()
+      budget_text=""
+      for i in "${!tasks[@]}"; do
+        b=$tokens
+        [ "$m" = weak ] || b=$((tokens / n_t[i]))
+        ((b >= 1)) || die "strong scaling: --tokens $tokens over ${n_t[i]} ranks of ${tasks[i]} leaves no token per rank"
+        budgets+=("--task.${tasks[i]}.tokens" "$b")
+        budget_text+="${budget_text:+ }${tasks[i]} $b"
+      done
+      run_args=(--config "$config" --output "$out/runs/$name" --model.base "$base" --data.dir "$data"
+                --train.steps "$steps" --train.device "$device" --parallel.tasks "$plan"
+                "${budgets[@]}" --eval.every 0 --eval.dir "" --checkpoint.every 0
+                "${train_args[@]}")
+      if [ "$launcher" = local ]; then
+        cmd=(bash "$repo/launch/train-local.sh" -n "$w" -- "${run_args[@]}")
+      else
+        # Whole nodes first: ceil(W / tasks per node) nodes when the allocation says how many.
+        srun_cmd=(srun --mpi=pmix --kill-on-bad-exit=1 -n "$w")
+        tpn=${SLURM_NTASKS_PER_NODE:-}
+        if [[ "$tpn" =~ ^[1-9][0-9]*$ ]]; then srun_cmd+=(-N "$(((w + tpn - 1) / tpn))"); fi
+        read -r -a srun_extra <<<"${QARAC_SRUN_OPTS:-}"
+        cmd=("${srun_cmd[@]}" "${srun_extra[@]}" "$train" "${run_args[@]}")
+      fi
+      what=$m
+      if ((w <= 4 && ${#modes[@]} == 2)); then what="weak = strong"; fi
+      echo "   [$index/$total] W=$w ($what), plan $plan, tokens per rank: $budget_text"
+      t0=$SECONDS
+      { printf '%q ' "${cmd[@]}"; printf '\n'; } >"$logs/$name.cmd"
+      logged "$name" "${cmd[@]}"
+      echo "         done in $((SECONDS - t0)) s"
+    done
+  done
+fi
+
+# --- Summary: the timed steps' averages of each run, from rank 0's metrics.jsonl.
+tmp=$(mktemp -d)
+trap 'rm -rf -- "$tmp"' EXIT
+# averages RUN_DIR W > one tab-separated line: steps_timed, step_time_s, global_tokens_per_s,
+# global_examples_per_s, compute_time_s, comm_wait_s, data_time_s. Step lines only (no "eval"),
+# a step written twice keeps its last record, a half-written line is skipped.
+averages() {
+  local metrics=$1/metrics.jsonl
+  [ -s "$metrics" ] || die "no metrics: '$metrics' is missing or empty (did the run start? see $logs/)"
+  jq -Rrn --argjson warmup "$warmup" --argjson w "$2" '
+    def mean(f): (map(f) | add) / length;
+    ["world_size", "step_time_s", "global_tokens", "global_examples", "compute_time_s",
+     "comm_wait_s", "data_time_s"] as $needed
+    | [inputs | fromjson? | objects | select(.eval != true and (.step | type) == "number")]
+    | group_by(.step) | map(.[-1]) | map(select(.step > $warmup)) as $timed
+    | ($needed - ($needed | map(. as $k | select(all($timed[]; (.[$k] | type) == "number"))))) as $missing
+    | if ($timed | length) == 0 then error("no step after the \($warmup) warm-up steps")
+      elif ($missing | length) > 0 then
+        error("the step lines lack \($missing | join(", ")): a qarac-train from before the distributed metrics (rebuild it)")
+      elif any($timed[]; .world_size != $w) then
+        error("world_size \([$timed[].world_size] | unique | map(tostring) | join(",")) in the step lines, not \($w): the ranks did not form one job")
+      else
+        [($timed | length), ($timed | mean(.step_time_s)),
+         ($timed | (map(.global_tokens) | add) / (map(.step_time_s) | add)),
+         ($timed | (map(.global_examples) | add) / (map(.step_time_s) | add)),
+         ($timed | mean(.compute_time_s)), ($timed | mean(.comm_wait_s)), ($timed | mean(.data_time_s))]
+        | @tsv
+      end' "$metrics" 2>"$tmp/jq.err" || die "$metrics: $(sed 's/^jq: error ([^)]*): //' "$tmp/jq.err")"
+}
+
+# rows.tsv: mode, world_size, plan, then the averages; in mode order, then W.
+for m in "${modes[@]}"; do
+  for w in "${world_sizes[@]}"; do
+    averages "$out/runs/$(run_name "$m" "$w")" "$w" >"$tmp/averages.tsv"   # not in $(): die must end the script
+    printf '%s\t%s\t%s\t%s\n' "$m" "$w" "$(plan_of "$w")" "$(cat "$tmp/averages.tsv")"
+  done
+done >"$tmp/rows.tsv"
+
+# Speedup and efficiency against the smallest W of the same mode; the CSV (plan quoted: it holds
+# commas) and one TSV per mode for the plot (W, throughput, efficiency, ideal throughput).
+csv=$out/scaling.csv
+awk -F'\t' -v OFS=, -v dir="$tmp" '
+  BEGIN { print "mode,world_size,plan,steps_timed,step_time_s,global_tokens_per_s,global_examples_per_s,speedup,efficiency,compute_time_s,comm_wait_s,data_time_s" }
+  {
+    if (!($1 in w0)) { w0[$1] = $2; t0[$1] = $6 }
+    speedup = $6 / t0[$1]
+    efficiency = speedup * w0[$1] / $2
+    printf "%s,%d,\"%s\",%d,%.6g,%.6g,%.6g,%.4f,%.4f,%.6g,%.6g,%.6g\n", $1, $2, $3, $4, $5, $6, $7,
+           speedup, efficiency, $8, $9, $10
+    printf "%d\t%.6g\t%.6g\t%.6g\n", $2, $6, efficiency, t0[$1] * $2 / w0[$1] >> (dir "/" $1 ".tsv")
+    if (NR == 1)
+      printf "%-6s %5s  %-19s %9s %12s %10s %7s %10s %9s %9s %9s\n", "mode", "W", "plan", "step (s)",
+             "tokens/s", "examples/s", "speedup", "efficiency", "compute", "comm wait", "data" > (dir "/table.txt")
+    printf "%-6s %5d  %-19s %9.4f %12.0f %10.1f %7.2f %10.3f %9.4f %9.4f %9.4f\n", $1, $2, $3, $5, $6, $7,
+           speedup, efficiency, $8, $9, $10 > (dir "/table.txt")
+  }' "$tmp/rows.tsv" >"$tmp/scaling.csv"
+mv -f -- "$tmp/scaling.csv" "$csv"
+
+# The plot: throughput against W (log-log, dashed: ideal linear scaling from the smallest W) and
+# efficiency against W, one line per mode.
+# Weak is drawn wide under strong, so that both show where they coincide (W <= 4).
+style() {
+  case "$1" in
+    weak) echo "lw 4 pt 7 ps 1.1 lc rgb '#1f77b4'" ;;
+    strong) echo "lw 1.5 pt 5 ps 0.6 lc rgb '#ff7f0e'" ;;
+  esac
+}
+through=() effic=()
+for m in "${modes[@]}"; do
+  f=$tmp/$m.tsv
+  through+=("'$f' using 1:2 with linespoints $(style "$m") title '$m'"
+            "'$f' using 1:4 with lines dt 2 $(style "$m" | sed 's/lw [0-9.]*/lw 1/') title '$m, ideal'")
+  effic+=("'$f' using 1:3 with linespoints $(style "$m") title '$m'")
+done
+xtics=$(printf '%s,' "${world_sizes[@]}")
+title="QARAC-MT scaling: $device, $launcher, $tokens tokens per task, $steps steps ($warmup warm-up)"
+title=${title//\'/\'\'}
+{
+  echo "set terminal svg size 1500,560 dynamic background rgb 'white' font 'sans,13' noenhanced"
+  echo "set output '$tmp/scaling.svg'"
+  echo "set datafile separator tab"
+  echo "set grid lc rgb '#dddddd'; set border lc rgb '#444444'; set key opaque box lc rgb '#cccccc'"
+  echo "set multiplot layout 1,2 title '$title' font 'sans,16'"
+  echo "set xlabel 'world size W (ranks)'; set xtics (${xtics%,}); set key outside right top vertical"
+  echo "set logscale x 2; set xrange [${world_sizes[0]} / 1.3 : $max_w * 1.3]"
+  echo "set title 'throughput'; set ylabel 'global tokens/s'; set logscale y"
+  echo "plot $(IFS=,; echo "${through[*]}")"
+  echo "unset logscale y"
+  echo "set title 'efficiency: throughput(W) · W0 / (W · throughput(W0)), W0 = ${world_sizes[0]}'; set ylabel 'efficiency'"
+  echo "set yrange [0:*]; set ytics auto"
+  echo "plot $(IFS=,; echo "${effic[*]}"), 1 with lines dt 2 lw 1 lc rgb '#555555' title 'ideal'"
+  echo "unset multiplot"
+} >"$tmp/plot.gp"
+gnuplot "$tmp/plot.gp" 2>"$tmp/gnuplot.log" || { cat "$tmp/gnuplot.log" >&2; die "gnuplot failed"; }
+svg=$out/scaling.svg
+mv -f -- "$tmp/scaling.svg" "$svg"
+
+echo
+cat "$tmp/table.txt"
+echo
+echo "csv:  $csv"
+echo "plot: $svg"

@@ -1,0 +1,95 @@
+// Communication of the parallel multi-task trainer (DESIGN.md §4), in two layers:
+//   MpiGroup      the control plane: an MPI communicator over some ranks with small host-side
+//                 collectives (barrier, all-reduce of a few numbers, broadcast, point-to-point)
+//                 that all wait with a timeout. Bootstrap, NCCL ids, metrics, the replica check
+//                 and the checkpoint agreement go through it.
+//   Communicator  the data plane: SUM all-reduce of gradient buckets, started asynchronously and
+//                 waited for with a timeout; an MPI backend for CPU tensors and an NCCL backend
+//                 for CUDA tensors (a separate stream, so it overlaps the compute stream).
+// Never hang: no wait here blocks for longer than its timeout. On timeout or an asynchronous
+// error a CommError names the rank, host, group and operation; the program's main aborts the
+// job (MPI_Abort) after the communicators have been aborted.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace qarac::dist {
+
+// A collective that timed out, or failed asynchronously: the job cannot go on.
+class CommError : public Error {
+ public:
+  using Error::Error;
+};
+
+class MpiGroup {
+ public:
+  // A duplicate of `comm` with MPI_ERRORS_RETURN, so that failures come back as CommErrors.
+  // `name` says in messages which ranks these are ("world", "answer_encoder ranks 0,1,2").
+  MpiGroup(MPI_Comm comm, std::string name, double timeout_s);
+  ~MpiGroup();
+  MpiGroup(const MpiGroup&) = delete;
+  MpiGroup& operator=(const MpiGroup&) = delete;
+
+  // The group of the world ranks in `members` (ascending). Collective over this group: every
+  // rank calls it with the same members; a rank not in them gets nullptr.
+  std::unique_ptr<MpiGroup> subgroup(const std::vector<int>& members, std::string name) const;
+
+  MPI_Comm comm() const { return comm_; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const std::string& name() const { return name_; }
+  double timeout() const { return timeout_s_; }
+
+  void barrier(const std::string& what) const;
+  void all_reduce(double* values, int count, MPI_Op op, const std::string& what) const;
+  void all_reduce(uint64_t* values, int count, MPI_Op op, const std::string& what) const;
+  void broadcast(void* bytes, int count, int root, const std::string& what) const;
+  void send(const void* bytes, int64_t count, int to, int tag, const std::string& what) const;
+  void receive(void* bytes, int64_t count, int from, int tag, const std::string& what) const;
+
+  // Waits for every request, polling (MPI_Testall) until the timeout: CommError otherwise.
+  void wait(std::vector<MPI_Request>& requests, const std::string& what) const;
+  // The CommError text: "<what> on <group> (rank r of W, world rank w on host): <reason>".
+  std::string describe(const std::string& what, const std::string& reason) const;
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  std::string name_;
+  double timeout_s_;
+};
+
+// The data plane of one model group (the ranks holding a model).
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual const char* backend() const = 0;  // "mpi" or "nccl"
+  virtual int size() const = 0;
+
+  // Starts a SUM all-reduce of `buffer` (contiguous, on this backend's device) in place. The
+  // buffer must stay alive and unwritten until wait() returns. On CUDA, the reduction waits for
+  // the work queued so far on the compute stream (the backward pass that produced the buffer).
+  virtual void start_all_reduce(Tensor& buffer) = 0;
+  // Waits for every started reduction, at most the group's timeout; CommError on timeout or an
+  // asynchronous error. Afterwards the results are visible to the compute stream.
+  virtual void wait(const std::string& what) = 0;
+  // Abandons whatever is in flight (before the job is aborted). Never throws.
+  virtual void abort() noexcept = 0;
+};
+
+// Gradients of CPU tensors over `group` (which must outlive the communicator).
+std::unique_ptr<Communicator> make_mpi_communicator(const MpiGroup& group);
+// Gradients of CUDA tensors: an NCCL communicator over the ranks of `group` (the unique id is
+// broadcast over it), on its own stream. InputError when the build has no CUDA/NCCL backend.
+std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup& group);
+bool nccl_available();
+
+}  // namespace qarac::dist

@@ -1,0 +1,251 @@
+#include "dist/gradient_sync.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "core/log.h"
+
+namespace qarac::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string rank_list(const std::vector<int>& ranks) {
+  std::string text;
+  for (size_t i = 0; i < ranks.size(); ++i) text += (i ? "," : "") + std::to_string(ranks[i]);
+  return text;
+}
+
+// FNV-1a over the bytes of every master weight: replicas updated identically agree bit for bit.
+uint64_t checksum(const ParameterList& params) {
+  uint64_t h = 1469598103934665603ull;
+  for (const Parameter* p : params) {
+    const Tensor host = p->master.to(Device::cpu());
+    const auto* bytes = static_cast<const unsigned char*>(host.raw());
+    for (size_t i = 0; i < host.nbytes(); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all) {
+  struct Prefix {
+    const char* name;
+    std::vector<Model> writers;
+  };
+  const Prefix prefixes[] = {{"question_encoder", {Model::question_encoder}},
+                             {"answer_encoder", {Model::answer_encoder}},
+                             {"decoder", {Model::decoder}},
+                             {"shared_encoder", {Model::question_encoder, Model::answer_encoder}}};
+  std::vector<ParameterGroup> groups;
+  for (const Prefix& prefix : prefixes) {
+    ParameterGroup g;
+    g.name = prefix.name;
+    g.writers = prefix.writers;
+    const std::string dot = g.name + ".";
+    for (Parameter* p : all)
+      if (p->name.compare(0, dot.size(), dot) == 0) g.params.push_back(p);
+    if (g.params.empty()) continue;
+    for (Model m : g.writers)
+      for (int r : plan.ranks_holding(m)) g.ranks.push_back(r);
+    std::sort(g.ranks.begin(), g.ranks.end());
+    g.ranks.erase(std::unique(g.ranks.begin(), g.ranks.end()), g.ranks.end());
+    groups.push_back(std::move(g));
+  }
+  size_t grouped = 0;
+  for (const ParameterGroup& g : groups) grouped += g.params.size();
+  QARAC_CHECK(grouped == all.size(), "qarac_parameter_groups: ", all.size() - grouped,
+              " parameters have no model prefix");
+  return groups;
+}
+
+Backend backend_from_name(const std::string& name, bool cuda) {
+  if (name == "auto") return cuda ? Backend::nccl : Backend::mpi;
+  if (name == "mpi") {
+    QARAC_INPUT_CHECK(!cuda, "parallel.backend: mpi reduces CPU tensors; train.device cuda needs nccl (or auto)");
+    return Backend::mpi;
+  }
+  if (name == "nccl") {
+    QARAC_INPUT_CHECK(cuda, "parallel.backend: nccl reduces CUDA tensors; train.device cpu needs mpi (or auto)");
+    return Backend::nccl;
+  }
+  throw InputError("parallel.backend: '" + name + "' is not one of auto, mpi, nccl");
+}
+
+const char* backend_name(Backend backend) { return backend == Backend::nccl ? "nccl" : "mpi"; }
+
+// A bucket is a flat buffer the gradients of consecutive parameters are packed into, or one
+// parameter's own gradient when it fills a bucket alone (no copy then).
+struct GradientSync::Bucket {
+  ParameterList params;
+  Tensor flat;
+  bool packed() const { return params.size() > 1; }
+};
+
+struct GradientSync::Group {
+  std::unique_ptr<MpiGroup> mpi;  // null when this rank does not hold the group
+  std::unique_ptr<Communicator> comm;
+  std::vector<Bucket> buckets;
+  bool started = false;
+};
+
+GradientSync::GradientSync(const MpiGroup* world, std::vector<ParameterGroup> groups, Backend backend,
+                           int64_t bucket_bytes)
+    : world_(world), groups_(std::move(groups)), models_done_(kModelCount, false) {
+  QARAC_CHECK(bucket_bytes > 0, "bucket size must be positive, got ", bucket_bytes);
+  rank_ = world ? world->rank() : 0;
+  for (const ParameterGroup& g : groups_) {
+    auto state = std::make_unique<Group>();
+    if (!world) QARAC_CHECK(g.ranks == std::vector<int>{0}, "group ", g.name, ": ranks ", rank_list(g.ranks),
+                            " without MPI");
+    if (world && g.ranks.size() > 1) {
+      state->mpi = world->subgroup(g.ranks, g.name + " ranks " + rank_list(g.ranks));
+      if (state->mpi) {
+        state->comm = backend == Backend::nccl ? make_nccl_communicator(*state->mpi)
+                                               : make_mpi_communicator(*state->mpi);
+        // Buckets from the last parameter back: the order the backward pass finishes them.
+        Bucket current;
+        int64_t bytes = 0;
+        for (auto it = g.params.rbegin(); it != g.params.rend(); ++it) {
+          Parameter* p = *it;
+          const int64_t size = static_cast<int64_t>(p->grad.nbytes());
+          if (!current.params.empty() && bytes + size > bucket_bytes) {
+            state->buckets.push_back(std::move(current));
+            current = Bucket{};
+            bytes = 0;
+          }
+          current.params.push_back(p);
+          bytes += size;
+        }
+        if (!current.params.empty()) state->buckets.push_back(std::move(current));
+        for (Bucket& b : state->buckets) {
+          if (!b.packed()) continue;
+          int64_t n = 0;
+          for (const Parameter* p : b.params) n += p->grad.numel();
+          b.flat = Tensor::empty({n}, b.params.front()->grad.dtype(), b.params.front()->grad.device());
+        }
+      }
+    }
+    state_.push_back(std::move(state));
+  }
+}
+
+GradientSync::~GradientSync() = default;
+
+ParameterList GradientSync::held_parameters() const {
+  ParameterList held;
+  for (const ParameterGroup& g : groups_)
+    if (std::find(g.ranks.begin(), g.ranks.end(), rank_) != g.ranks.end())
+      held.insert(held.end(), g.params.begin(), g.params.end());
+  return held;
+}
+
+void GradientSync::start(Group& group) {
+  group.started = true;
+  if (!group.comm) return;
+  for (Bucket& b : group.buckets) {
+    if (!b.packed()) {
+      group.comm->start_all_reduce(b.params.front()->grad);
+      continue;
+    }
+    int64_t offset = 0;
+    for (const Parameter* p : b.params) {
+      const int64_t n = p->grad.numel();
+      b.flat.slice(0, offset, offset + n).reshape(p->grad.shape()).copy_(p->grad);
+      offset += n;
+    }
+    group.comm->start_all_reduce(b.flat);
+  }
+}
+
+void GradientSync::model_done(Model model) {
+  models_done_[static_cast<int>(model)] = true;
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    Group& state = *state_[i];
+    if (state.started) continue;
+    const std::vector<Model>& writers = groups_[i].writers;
+    if (std::all_of(writers.begin(), writers.end(), [&](Model m) { return models_done_[static_cast<int>(m)]; }))
+      start(state);
+  }
+}
+
+double GradientSync::finish(const std::string& step_text) {
+  for (auto& state : state_)
+    if (!state->started) start(*state);
+  const Clock::time_point t0 = Clock::now();
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    Group& state = *state_[i];
+    if (state.comm) state.comm->wait("gradient all-reduce of " + groups_[i].name + " at " + step_text);
+  }
+  const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+  for (auto& state : state_) {
+    for (Bucket& b : state->buckets) {
+      if (!b.packed()) continue;
+      int64_t offset = 0;
+      for (Parameter* p : b.params) {
+        const int64_t n = p->grad.numel();
+        p->grad.copy_(b.flat.slice(0, offset, offset + n).reshape(p->grad.shape()));
+        offset += n;
+      }
+    }
+    state->started = false;
+  }
+  std::fill(models_done_.begin(), models_done_.end(), false);
+  return waited;
+}
+
+double GradientSync::global_grad_sum_of_squares(const std::string& step_text) {
+  // After the reduction every holder has the same sums: the first holder counts them.
+  ParameterList owned;
+  for (const ParameterGroup& g : groups_)
+    if (g.ranks.front() == rank_) owned.insert(owned.end(), g.params.begin(), g.params.end());
+  double sum = grad_sum_of_squares(owned);
+  if (world_) world_->all_reduce(&sum, 1, MPI_SUM, "gradient norm at " + step_text);
+  return sum;
+}
+
+void GradientSync::check_replicas(int64_t step) {
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    const Group& state = *state_[i];
+    if (!state.mpi) continue;
+    uint64_t low = checksum(groups_[i].params), high = low;
+    const std::string what = "replica check of " + groups_[i].name + " at step " + std::to_string(step);
+    state.mpi->all_reduce(&low, 1, MPI_MIN, what);
+    state.mpi->all_reduce(&high, 1, MPI_MAX, what);
+    if (low != high)
+      throw ReplicaError(detail::concat("replicas of ", groups_[i].name, " diverged by step ", step,
+                                        ": the checksums of its master weights differ across ranks ",
+                                        rank_list(groups_[i].ranks), " (this is rank ", rank_, " on ",
+                                        hostname(), "); the run stops rather than train on"));
+  }
+}
+
+void GradientSync::gather_to_root(const std::string& what) {
+  if (!world_) return;
+  for (const ParameterGroup& g : groups_) {
+    const int owner = g.ranks.front();
+    if (std::find(g.ranks.begin(), g.ranks.end(), 0) != g.ranks.end()) continue;
+    if (rank_ != owner && rank_ != 0) continue;
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      Parameter& p = *g.params[i];
+      const std::string text = what + ": " + g.name + " weights from rank " + std::to_string(owner);
+      if (rank_ == owner) {
+        const Tensor host = p.master.to(Device::cpu());
+        world_->send(host.raw(), static_cast<int64_t>(host.nbytes()), 0, static_cast<int>(i), text);
+      } else {
+        Tensor host = Tensor::empty(p.master.shape(), p.master.dtype(), Device::cpu());
+        world_->receive(host.raw(), static_cast<int64_t>(host.nbytes()), owner, static_cast<int>(i), text);
+        p.assign(host);
+      }
+    }
+  }
+}
+
+void GradientSync::abort() noexcept {
+  for (auto& state : state_)
+    if (state->comm) state->comm->abort();
+}
+
+}  // namespace qarac::dist

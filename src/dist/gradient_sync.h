@@ -1,0 +1,84 @@
+// Gradient reduction of the parallel multi-task trainer (DESIGN.md §4). The parameters fall into
+// groups, one per model (a shared encoder base is a group of its own, written by QE and AE), and
+// each group is held by the ranks whose tasks use its models. After a rank's last task that uses
+// a model has run its backward pass, that model's groups are reduced (SUM over the holders, the
+// gradients already scaled by w_t / n_t) in buckets of about --parallel.bucket_mb, asynchronously
+// — on CUDA on a stream of its own while the other models' backward passes go on — and waited
+// for, with the timeout, before the update. Every holder then applies the same update to the
+// same sums, so replicas stay identical; check_replicas() verifies it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "dist/task_plan.h"
+#include "model/parameter.h"
+
+namespace qarac::dist {
+
+// Replicas of a model hold different parameters: the run cannot be trusted any more.
+class ReplicaError : public Error {
+ public:
+  using Error::Error;
+};
+
+struct ParameterGroup {
+  std::string name;            // "question_encoder", "shared_encoder", "base", ...
+  std::vector<Model> writers;  // the models whose backward passes write these gradients
+  std::vector<int> ranks;      // the world ranks that hold the group, ascending
+  ParameterList params;
+};
+
+// The QARAC models' groups, from the prefixes of QaracModels::parameters() ("question_encoder.",
+// "answer_encoder.", "decoder.", "shared_encoder."), held as the plan says.
+std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all);
+
+enum class Backend { mpi, nccl };
+Backend backend_from_name(const std::string& name, bool cuda);  // "auto" | "mpi" | "nccl"
+const char* backend_name(Backend backend);
+
+class GradientSync {
+ public:
+  // `world` null: a single process without MPI (every group has one holder, nothing to reduce).
+  // Otherwise collective over the world: creates the groups' communicators.
+  GradientSync(const MpiGroup* world, std::vector<ParameterGroup> groups, Backend backend,
+               int64_t bucket_bytes);
+  ~GradientSync();
+
+  // This rank's parameters (the groups it holds, in group order): what its optimizer updates.
+  ParameterList held_parameters() const;
+  const std::vector<ParameterGroup>& groups() const { return groups_; }
+
+  // `model`'s backward passes on this rank are done for the step: starts the reduction of every
+  // group whose writers are all done.
+  void model_done(Model model);
+  // Starts what is left, waits for every reduction and writes the sums back into the gradients.
+  // Returns the seconds spent waiting.
+  double finish(const std::string& step_text);
+  // Σ ‖g‖² over every group's (reduced) gradients, each group counted once in the world.
+  double global_grad_sum_of_squares(const std::string& step_text);
+  // Compares a checksum of every group's master weights across its holders; ReplicaError
+  // naming the group and step when they differ.
+  void check_replicas(int64_t step);
+  // Rank 0 receives the master weights of the groups it does not hold from their first holder
+  // (before rank 0 evaluates, checkpoints the whole model or exports). Collective.
+  void gather_to_root(const std::string& what);
+  // Abandons reductions in flight before the job is aborted.
+  void abort() noexcept;
+
+ private:
+  struct Bucket;
+  struct Group;
+  void start(Group& group);
+
+  const MpiGroup* world_;
+  std::vector<ParameterGroup> groups_;
+  std::vector<std::unique_ptr<Group>> state_;  // per group
+  std::vector<bool> models_done_;
+  int rank_ = 0;
+};
+
+}  // namespace qarac::dist

@@ -1,0 +1,178 @@
+// MpiGroup (the control plane) and the MPI backend of Communicator (CPU gradients). Every
+// operation is non-blocking underneath and waited for by polling MPI_Testall against a deadline,
+// so a dead or stalled peer becomes a CommError instead of a hang. Polling also drives MPI's
+// progress of non-blocking collectives, which Open MPI makes only inside MPI calls.
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <thread>
+
+#include "core/check_mpi.h"
+#include "core/log.h"
+#include "dist/communicator.h"
+
+namespace qarac::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int world_rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+// MPI counts are ints: large messages travel in pieces of at most 1 GiB.
+constexpr int64_t kMaxMessage = int64_t{1} << 30;
+
+MPI_Datatype mpi_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    default: break;
+  }
+  QARAC_CHECK(false, "MPI all-reduce of ", dtype_name(dtype), " tensors is not supported (f32, f64)");
+  return MPI_DATATYPE_NULL;
+}
+
+}  // namespace
+
+MpiGroup::MpiGroup(MPI_Comm comm, std::string name, double timeout_s)
+    : name_(std::move(name)), timeout_s_(timeout_s) {
+  QARAC_CHECK(timeout_s > 0, "the communication timeout must be positive, got ", timeout_s);
+  QARAC_CHECK_MPI(MPI_Comm_dup(comm, &comm_));
+  QARAC_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  QARAC_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
+  QARAC_CHECK_MPI(MPI_Comm_size(comm_, &size_));
+}
+
+MpiGroup::~MpiGroup() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+std::unique_ptr<MpiGroup> MpiGroup::subgroup(const std::vector<int>& members, std::string name) const {
+  int me = 0;
+  QARAC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &me));
+  const bool member = std::find(members.begin(), members.end(), me) != members.end();
+  // MPI_Comm_split is collective and blocking: bracket it with a timed barrier so that a peer
+  // that never arrives is reported here rather than hanging the split.
+  barrier("creating the group " + name);
+  MPI_Comm split = MPI_COMM_NULL;
+  QARAC_CHECK_MPI(MPI_Comm_split(comm_, member ? 0 : MPI_UNDEFINED, rank_, &split));
+  if (!member) return nullptr;
+  auto group = std::make_unique<MpiGroup>(split, std::move(name), timeout_s_);
+  MPI_Comm_free(&split);
+  return group;
+}
+
+std::string MpiGroup::describe(const std::string& what, const std::string& reason) const {
+  return detail::concat(what, " on ", name_, " (rank ", rank_, " of ", size_, ", world rank ",
+                        world_rank(), " on ", hostname(), "): ", reason);
+}
+
+void MpiGroup::wait(std::vector<MPI_Request>& requests, const std::string& what) const {
+  const Clock::time_point deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s_));
+  auto pause = std::chrono::microseconds(1);
+  while (true) {
+    int done = 0;
+    const int rc = MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
+                               MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) throw CommError(describe(what, detail::mpi_error_string(rc)));
+    if (done) return;
+    if (Clock::now() > deadline)
+      throw CommError(describe(what, detail::concat("no completion within the timeout of ", timeout_s_,
+                                                    " s (--parallel.timeout): a peer died or stalls")));
+    // Back off to at most 1 ms between polls: prompt for short waits, cheap for long ones.
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
+  }
+}
+
+void MpiGroup::barrier(const std::string& what) const {
+  std::vector<MPI_Request> request(1);
+  QARAC_CHECK_MPI(MPI_Ibarrier(comm_, &request[0]));
+  wait(request, what);
+}
+
+void MpiGroup::all_reduce(double* values, int count, MPI_Op op, const std::string& what) const {
+  std::vector<MPI_Request> request(1);
+  QARAC_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, op, comm_, &request[0]));
+  wait(request, what);
+}
+
+void MpiGroup::all_reduce(uint64_t* values, int count, MPI_Op op, const std::string& what) const {
+  std::vector<MPI_Request> request(1);
+  QARAC_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_UINT64_T, op, comm_, &request[0]));
+  wait(request, what);
+}
+
+void MpiGroup::broadcast(void* bytes, int count, int root, const std::string& what) const {
+  std::vector<MPI_Request> request(1);
+  QARAC_CHECK_MPI(MPI_Ibcast(bytes, count, MPI_BYTE, root, comm_, &request[0]));
+  wait(request, what);
+}
+
+void MpiGroup::send(const void* bytes, int64_t count, int to, int tag, const std::string& what) const {
+  std::vector<MPI_Request> requests;
+  const char* p = static_cast<const char*>(bytes);
+  for (int64_t done = 0; done < count; done += kMaxMessage) {
+    requests.emplace_back();
+    QARAC_CHECK_MPI(MPI_Isend(p + done, static_cast<int>(std::min(kMaxMessage, count - done)), MPI_BYTE,
+                              to, tag, comm_, &requests.back()));
+  }
+  wait(requests, what);
+}
+
+void MpiGroup::receive(void* bytes, int64_t count, int from, int tag, const std::string& what) const {
+  std::vector<MPI_Request> requests;
+  char* p = static_cast<char*>(bytes);
+  for (int64_t done = 0; done < count; done += kMaxMessage) {
+    requests.emplace_back();
+    QARAC_CHECK_MPI(MPI_Irecv(p + done, static_cast<int>(std::min(kMaxMessage, count - done)), MPI_BYTE,
+                              from, tag, comm_, &requests.back()));
+  }
+  wait(requests, what);
+}
+
+namespace {
+
+// In-place MPI_Iallreduce per bucket; wait() completes them all.
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(const MpiGroup& group) : group_(group) {}
+  const char* backend() const override { return "mpi"; }
+  int size() const override { return group_.size(); }
+
+  void start_all_reduce(Tensor& buffer) override {
+    QARAC_CHECK(buffer.device().is_cpu() && buffer.is_contiguous(),
+                "the MPI backend reduces contiguous CPU tensors (use the NCCL backend for CUDA)");
+    QARAC_CHECK(buffer.numel() <= INT_MAX, "gradient bucket of ", buffer.numel(),
+                " elements is too large for one MPI call; lower --parallel.bucket_mb");
+    requests_.emplace_back();
+    QARAC_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, buffer.raw(), static_cast<int>(buffer.numel()),
+                                   mpi_type(buffer.dtype()), MPI_SUM, group_.comm(), &requests_.back()));
+  }
+
+  void wait(const std::string& what) override {
+    group_.wait(requests_, what);
+    requests_.clear();
+  }
+
+  // MPI has no way to cancel a collective: the job abort that follows ends it.
+  void abort() noexcept override { requests_.clear(); }
+
+ private:
+  const MpiGroup& group_;
+  std::vector<MPI_Request> requests_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(const MpiGroup& group) {
+  return std::make_unique<MpiCommunicator>(group);
+}
+
+}  // namespace qarac::dist

@@ -1,0 +1,152 @@
+// The NCCL backend of Communicator (CUDA gradients). The communicator is created non-blocking
+// (ncclConfig_t.blocking = 0), so neither its creation nor an enqueue can block the host: every
+// wait polls ncclCommGetAsyncError (and the completion event) against the group's deadline, and
+// on timeout or error aborts the communicator (ncclCommAbort) before raising a CommError.
+// Reductions run on a stream of their own that first waits for the compute stream, so a bucket
+// reduces while the backward pass goes on; wait() makes the compute stream wait for them.
+#include "dist/communicator.h"
+
+#ifdef QARAC_HAVE_CUDA
+
+#include <chrono>
+#include <thread>
+
+#include "core/check_cuda.h"
+#include "kernels/cuda/context.cuh"
+
+namespace qarac::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return ncclFloat32;
+    case DType::f64: return ncclFloat64;
+    case DType::bf16: return ncclBfloat16;
+    default: break;
+  }
+  QARAC_CHECK(false, "NCCL all-reduce of ", dtype_name(dtype), " tensors is not supported");
+  return ncclFloat32;
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  explicit NcclCommunicator(const MpiGroup& group) : group_(group) {
+    ncclUniqueId id{};
+    if (group.rank() == 0) QARAC_CHECK_NCCL(ncclGetUniqueId(&id));
+    group.broadcast(&id, sizeof id, 0, "broadcasting the NCCL unique id");
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    const ncclResult_t rc = ncclCommInitRankConfig(&comm_, group.size(), id, group.rank(), &config);
+    if (rc != ncclSuccess && rc != ncclInProgress) QARAC_CHECK_NCCL(rc);
+    settle("creating the NCCL communicator");
+    QARAC_CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  }
+
+  ~NcclCommunicator() override {
+    if (comm_) {
+      if (aborted_)
+        ncclCommAbort(comm_);
+      else
+        ncclCommDestroy(comm_);
+    }
+    if (ready_) cudaEventDestroy(ready_);
+    if (done_) cudaEventDestroy(done_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  const char* backend() const override { return "nccl"; }
+  int size() const override { return group_.size(); }
+
+  void start_all_reduce(Tensor& buffer) override {
+    QARAC_CHECK(buffer.device().is_cuda() && buffer.is_contiguous(),
+                "the NCCL backend reduces contiguous CUDA tensors");
+    // The bucket was written on the compute stream: the reduction starts after that work.
+    QARAC_CHECK_CUDA(cudaEventRecord(ready_, cuda::stream()));
+    QARAC_CHECK_CUDA(cudaStreamWaitEvent(stream_, ready_, 0));
+    const ncclResult_t rc = ncclAllReduce(buffer.raw(), buffer.raw(), static_cast<size_t>(buffer.numel()),
+                                          nccl_type(buffer.dtype()), ncclSum, comm_, stream_);
+    if (rc != ncclSuccess && rc != ncclInProgress) QARAC_CHECK_NCCL(rc);
+    settle("enqueueing an NCCL all-reduce");
+    pending_ = true;
+  }
+
+  void wait(const std::string& what) override {
+    if (!pending_) return;
+    QARAC_CHECK_CUDA(cudaEventRecord(done_, stream_));
+    poll(what, [&] {
+      const cudaError_t e = cudaEventQuery(done_);
+      if (e == cudaErrorNotReady) return false;
+      QARAC_CHECK_CUDA(e);
+      return true;
+    });
+    QARAC_CHECK_CUDA(cudaStreamWaitEvent(cuda::stream(), done_, 0));
+    pending_ = false;
+  }
+
+  void abort() noexcept override {
+    aborted_ = true;
+    pending_ = false;
+  }
+
+ private:
+  // Until `finished` holds, polls it and NCCL's asynchronous error against the deadline.
+  template <class Finished>
+  void poll(const std::string& what, Finished finished) {
+    const Clock::time_point deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                          std::chrono::duration<double>(group_.timeout()));
+    while (true) {
+      ncclResult_t state = ncclSuccess;
+      QARAC_CHECK_NCCL(ncclCommGetAsyncError(comm_, &state));
+      if (state != ncclSuccess && state != ncclInProgress) {
+        aborted_ = true;
+        throw CommError(group_.describe(what, detail::concat("NCCL asynchronous error: ",
+                                                             ncclGetErrorString(state))));
+      }
+      if (state == ncclSuccess && finished()) return;
+      if (Clock::now() > deadline) {
+        aborted_ = true;
+        throw CommError(group_.describe(what, detail::concat("no completion within the timeout of ",
+                                                             group_.timeout(), " s (--parallel.timeout)")));
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  // A non-blocking call may return before it is done: wait until NCCL reports it settled.
+  void settle(const std::string& what) {
+    poll(what, [] { return true; });
+  }
+
+  const MpiGroup& group_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;
+  bool pending_ = false, aborted_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup& group) {
+  return std::make_unique<NcclCommunicator>(group);
+}
+
+bool nccl_available() { return true; }
+
+}  // namespace qarac::dist
+
+#else  // no CUDA backend in this build
+
+namespace qarac::dist {
+
+std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup&) {
+  throw InputError("parallel.backend: nccl, but this build has no CUDA/NCCL backend (configure with -DQARAC_CUDA=ON)");
+}
+
+bool nccl_available() { return false; }
+
+}  // namespace qarac::dist
+
+#endif
