@@ -69,24 +69,27 @@ class StreamBuilder {
   }
 
   // Tokenises and writes the pending examples, counting them (and those cut or dropped for
-  // --max-length) in the current source.
+  // --max-length) in the current source. Candidates are held to --max-length like fields: they
+  // are the answer encoder's input at evaluation as the answers are.
   void flush() {
     tokenise_block();
     for (size_t i = 0; i < block_.size(); ++i) {
-      std::vector<std::vector<int32_t>>& fields = ids_[i];
+      Tokenised& ids = ids_[i];
       bool too_long = false;
-      for (const auto& f : fields) too_long |= static_cast<int64_t>(f.size()) > settings_.max_length;
+      for (const auto* texts : {&ids.fields, &ids.candidates})
+        for (const auto& t : *texts) too_long |= static_cast<int64_t>(t.size()) > settings_.max_length;
       if (too_long && !settings_.truncate) {
         ++source_->skipped["longer than --max-length"];
         continue;
       }
       if (too_long) {
-        for (auto& f : fields)
-          if (static_cast<int64_t>(f.size()) > settings_.max_length)
-            truncate_field(f, settings_.max_length, tok_.eos_id());
+        for (auto* texts : {&ids.fields, &ids.candidates})
+          for (auto& t : *texts)
+            if (static_cast<int64_t>(t.size()) > settings_.max_length)
+              truncate_field(t, settings_.max_length, tok_.eos_id());
         ++source_->truncated;
       }
-      writer_.append(fields, block_[i].label);
+      writer_.append(ids.fields, block_[i].label, ids.candidates);
       ++source_->examples;
     }
     block_.clear();
@@ -102,9 +105,10 @@ class StreamBuilder {
     const size_t threads = std::min<size_t>(static_cast<size_t>(settings_.threads), (n + 63) / 64);
     auto work = [&](size_t t) {
       for (size_t i = t; i < n; i += threads) {
-        auto& fields = ids_[i];
         for (const std::string& text : block_[i].fields)
-          fields.push_back(tok_.encode(text, settings_.special));
+          ids_[i].fields.push_back(tok_.encode(text, settings_.special));
+        for (const std::string& text : block_[i].candidates)
+          ids_[i].candidates.push_back(tok_.encode(text, settings_.special));
       }
     };
     if (threads <= 1) {
@@ -127,12 +131,17 @@ class StreamBuilder {
       if (e) std::rethrow_exception(e);
   }
 
+  // The token ids of one example's fields and candidates.
+  struct Tokenised {
+    std::vector<std::vector<int32_t>> fields, candidates;
+  };
+
   const Tokenizer& tok_;
   const Settings& settings_;
   TaskStreamWriter& writer_;
   SourceInfo* source_ = nullptr;
   std::vector<Example> block_;
-  std::vector<std::vector<std::vector<int32_t>>> ids_;
+  std::vector<Tokenised> ids_;
 };
 
 struct Input {
@@ -165,7 +174,9 @@ int build(int argc, char** argv) {
        "tokenizer directory: tokenizer.json, or vocab.json + merges.txt")
       ("out", po::value(&out_dir)->required(), "output directory (created if missing)")
       ("text", po::value(&text)->composing(), "plain text, one document per line (UTF-8)")
-      ("wikiqa", po::value(&wikiqa)->composing(), "WikiQA TSV; pairs with Label 1 are kept")
+      ("wikiqa", po::value(&wikiqa)->composing(),
+       "WikiQA TSV; pairs with Label 1 are kept, with their question's Label 0 sentences as "
+       "candidates")
       ("avicenna", po::value(&avicenna)->composing(),
        "Avicenna CSV (Latin-1); rows with Syllogistic relation = yes are kept")
       ("snli", po::value(&snli)->composing(),
@@ -236,9 +247,12 @@ int build(int argc, char** argv) {
       src.path = in.path;
       src.format = format_name(in.format);
       src.lines = stats.lines;
+      src.candidates = stats.candidates;
       for (const auto& [reason, count] : stats.skipped) src.skipped[reason] += count;
       log::info(in.path, ": ", src.lines, " lines, ", src.examples, " examples",
                 src.truncated ? qarac::detail::concat(" (", src.truncated, " truncated)") : std::string(),
+                src.candidates ? qarac::detail::concat(", ", src.candidates, " candidate sentences")
+                               : std::string(),
                 ", skipped: ", skipped_summary(src.skipped));
     }
     QARAC_INPUT_CHECK(writer.examples() > 0, task_name(task), ": no examples in its inputs");
@@ -258,6 +272,9 @@ int build(int argc, char** argv) {
     for (size_t f = 0; f < check.info().field_tokens.size(); ++f)
       tokens += qarac::detail::concat(f ? ", " : "", task_fields(check.task())[f], " ",
                                check.info().field_tokens[f]);
+    if (check.has_candidates())
+      tokens += qarac::detail::concat("; candidates: ", check.info().candidates, " sentences, ",
+                                      check.info().candidate_tokens, " tokens");
     std::printf("%s: %lld examples (tokens: %s) -> %s\n", task_name(check.task()),
                 static_cast<long long>(check.examples()), tokens.c_str(), check.path().c_str());
   }

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -40,7 +41,7 @@ constexpr TaskInfo kTasks[kTaskCount] = {
 constexpr const char* kBlank = "blank line";
 constexpr const char* kEmptyField = "empty text field";
 constexpr const char* kNoGold = "no gold label";
-constexpr const char* kNotAnswer = "not an answer (Label 0)";
+constexpr const char* kUnanswered = "question without an answer (Label 0)";
 constexpr const char* kNoSyllogism = "no syllogistic relation";
 
 // Malformed records logged per file under OnError::skip before the rest are only counted.
@@ -148,7 +149,9 @@ class Reader {
   const std::string& path() const { return stats_.path; }
   ReadStats& stats() { return stats_; }
 
-  void skip(const char* reason) { ++stats_.skipped[reason]; }
+  void skip(const char* reason, int64_t count = 1) {
+    if (count > 0) stats_.skipped[reason] += count;
+  }
 
   // A malformed record: an error, or a counted skip with the first few logged.
   void malformed(int64_t line, const std::string& kind, const std::string& why) {
@@ -164,27 +167,37 @@ class Reader {
     throw InputError(detail::concat(path(), ":", line, ": ", message));
   }
 
+  // Checks a text field and trims it; false when its record was counted as malformed or skipped.
+  bool clean(int64_t line, std::string& f) {
+    const size_t bad = find_invalid_utf8(f);
+    if (bad != std::string::npos) {
+      char byte[8];
+      std::snprintf(byte, sizeof byte, "0x%02x", static_cast<unsigned char>(f[bad]));
+      malformed(line, "invalid UTF-8",
+                detail::concat("byte ", bad, " (", byte, ") after ", quote(f.substr(0, bad))));
+      return false;
+    }
+    f = trim(f);
+    if (f.empty()) {
+      skip(kEmptyField);
+      return false;
+    }
+    return true;
+  }
+
   // Trims the fields, checks them and hands the example on.
   void deliver(int64_t line, std::vector<std::string> fields, int8_t label = 0) {
-    for (std::string& f : fields) {
-      const size_t bad = find_invalid_utf8(f);
-      if (bad != std::string::npos) {
-        char byte[8];
-        std::snprintf(byte, sizeof byte, "0x%02x", static_cast<unsigned char>(f[bad]));
-        malformed(line, "invalid UTF-8",
-                  detail::concat("byte ", bad, " (", byte, ") after ", quote(f.substr(0, bad))));
-        return;
-      }
-      f = trim(f);
-      if (f.empty()) {
-        skip(kEmptyField);
-        return;
-      }
-    }
+    for (std::string& f : fields)
+      if (!clean(line, f)) return;
     Example ex;
     ex.fields = std::move(fields);
     ex.label = label;
     ex.line = line;
+    emit(std::move(ex));
+  }
+
+  // Hands on an example whose fields (and candidates) were cleaned already.
+  void emit(Example&& ex) {
     sink_(std::move(ex));
     ++stats_.examples;
   }
@@ -255,11 +268,13 @@ bool check_row(Reader& r, const Table& t, size_t fields, int64_t line) {
   return true;
 }
 
-// What a format does with its table: the columns it wants, and one call per data row with the
-// wanted fields in `wanted` order.
+// What a format does with its table: the columns it wants, one call per data row with the
+// wanted fields in `wanted` order, and (optionally) one call at the end of the file for the
+// records a format assembles from several rows.
 struct TableFormat {
   std::vector<Aliases> wanted;
   std::function<void(Reader&, const Table&, std::vector<std::string>&, int64_t)> row;
+  std::function<void(Reader&)> end;
 };
 
 bool all_blank(const std::vector<std::string>& fields) {
@@ -294,6 +309,7 @@ void read_tsv(Reader& r, LineFile& in, const TableFormat& fmt) {
     dispatch_row(r, fmt, *table, split_tabs(line), in.line_no());
   }
   if (!table) r.fatal(1, "empty file, expected a header line");
+  if (fmt.end) fmt.end(r);
 }
 
 // libcsv's callbacks collect the fields of the current record.
@@ -393,6 +409,7 @@ void read_csv(Reader& r, LineFile& in, const TableFormat& fmt, bool latin1) {
     take_record(record_start);
   }
   if (!table) r.fatal(1, "empty file, expected a header line");
+  if (fmt.end) fmt.end(r);
 }
 
 // ---- Formats ---------------------------------------------------------------------------------
@@ -408,15 +425,76 @@ void read_text(Reader& r, LineFile& in) {
   }
 }
 
+// WikiQA pairs each question with the sentences of one article: Label 1 rows answer it, Label 0
+// rows do not. A question's rows are read together, because an answer may come after the
+// sentences that do not answer it, and each answer becomes one example whose candidates are the
+// question's Label 0 sentences. The files list a question's rows contiguously; rows of a
+// question that resume after another question's are malformed (grouping them would need the
+// whole file in memory, and their candidates would be split between two examples otherwise).
+class WikiqaQuestions {
+ public:
+  void row(Reader& r, std::vector<std::string>& v, int64_t line) {
+    const std::string id = trim(v[0]), label = trim(v[3]);
+    if (label != "0" && label != "1")
+      return r.malformed(line, "bad label", "Label " + quote(label) + ", expected 0 or 1");
+    if (id.empty()) return r.malformed(line, "bad QuestionID", "the QuestionID is empty");
+    if (id != id_) {
+      const auto done = ended_.find(id);
+      if (done != ended_.end())
+        return r.malformed(line, "question not contiguous",
+                           detail::concat("QuestionID ", quote(id), " ended at line ", done->second,
+                                          "; a question's rows must be contiguous"));
+      end(r);
+      id_ = id;
+    }
+    last_line_ = line;
+    if (label == "0") {
+      if (r.clean(line, v[2])) candidates_.push_back(std::move(v[2]));
+      return;
+    }
+    Example ex;
+    ex.fields = {std::move(v[1]), std::move(v[2])};
+    for (std::string& f : ex.fields)
+      if (!r.clean(line, f)) return;
+    ex.line = line;
+    answers_.push_back(std::move(ex));
+  }
+
+  // Delivers the current question's examples; called at each new question and at the end.
+  void end(Reader& r) {
+    if (id_.empty()) return;
+    const int64_t candidates = static_cast<int64_t>(candidates_.size());
+    if (answers_.empty()) {
+      r.skip(kUnanswered, candidates);
+    } else {
+      r.stats().candidates += candidates;
+      for (Example& ex : answers_) {
+        ex.candidates = candidates_;
+        r.emit(std::move(ex));
+      }
+    }
+    ended_[id_] = last_line_;
+    id_.clear();
+    answers_.clear();
+    candidates_.clear();
+  }
+
+ private:
+  std::string id_;  // the question being read, "" before the first
+  int64_t last_line_ = 0;
+  std::vector<Example> answers_;
+  std::vector<std::string> candidates_;
+  std::map<std::string, int64_t> ended_;  // QuestionID -> its last line
+};
+
 TableFormat wikiqa_format() {
   TableFormat f;
-  f.wanted = {{"Question"}, {"Sentence"}, {"Label"}};
-  f.row = [](Reader& r, const Table&, std::vector<std::string>& v, int64_t line) {
-    const std::string label = trim(v[2]);
-    if (label == "0") return r.skip(kNotAnswer);
-    if (label != "1") return r.malformed(line, "bad label", "Label " + quote(label) + ", expected 0 or 1");
-    r.deliver(line, {std::move(v[0]), std::move(v[1])});
+  f.wanted = {{"QuestionID"}, {"Question"}, {"Sentence"}, {"Label"}};
+  auto questions = std::make_shared<WikiqaQuestions>();
+  f.row = [questions](Reader& r, const Table&, std::vector<std::string>& v, int64_t line) {
+    questions->row(r, v, line);
   };
+  f.end = [questions](Reader& r) { questions->end(r); };
   return f;
 }
 

@@ -2,10 +2,13 @@
 // plain text -> encode_decode, WikiQA -> question_answering, Avicenna -> reasoning,
 // SNLI -> consistency. A reader turns one file into Examples (UTF-8 text fields in the task's
 // order, plus the consistency label) and counts every record it does not deliver by reason:
-// records the format itself marks as unusable (SNLI's '-', WikiQA's Label 0, Avicenna rows that
-// are no syllogism, blank lines) are always skipped and counted; malformed records (bad JSON, a
-// missing column, invalid UTF-8, an unterminated quote...) raise an InputError
-// "file:line: reason: detail" under OnError::fail, or are counted and logged under OnError::skip.
+// records the format itself marks as unusable (SNLI's '-', Avicenna rows that are no syllogism,
+// WikiQA's Label 0 rows of a question without an answer, blank lines) are always skipped and
+// counted; malformed records (bad JSON, a missing column, invalid UTF-8, an unterminated
+// quote...) raise an InputError "file:line: reason: detail" under OnError::fail, or are counted
+// and logged under OnError::skip. WikiQA's Label 0 rows of an answered question are no example
+// of their own: they become the candidates of that question's examples (WikiQA's answer-sentence
+// selection), counted apart from examples and skips.
 #pragma once
 
 #include <cstdint>
@@ -52,12 +55,16 @@ struct Example {
   std::vector<std::string> fields;  // task_fields(task) order, UTF-8, trimmed
   int8_t label = 0;                 // consistency only
   int64_t line = 0;                 // first line of the record in its file (1-based)
+  // question_answering: the sentences offered for the question that do not answer it (WikiQA's
+  // Label 0 rows of the same QuestionID, in file order, UTF-8, trimmed).
+  std::vector<std::string> candidates;
 };
 
 struct ReadStats {
   std::string path;
-  int64_t lines = 0;     // physical lines read, header included
-  int64_t examples = 0;  // examples delivered to the sink
+  int64_t lines = 0;       // physical lines read, header included
+  int64_t examples = 0;    // examples delivered to the sink
+  int64_t candidates = 0;  // records delivered as candidates of examples (WikiQA's Label 0 rows)
   // Records not delivered, by reason ("no gold label", "malformed: missing column", ...).
   std::map<std::string, int64_t> skipped;
 

@@ -177,6 +177,38 @@ std::string field_path(Task task, int field, const char* what) {
   return detail::concat("fields/", task_fields(task)[field], "/", what);
 }
 
+// The ends of a ragged array's offsets: `count`+1 of them (one per `counted` element and one
+// more), from 0 to `total`, the length of the `indexed` dataset. Checked when a file is opened;
+// the offsets in between are checked on every read (read_offsets).
+void check_offset_ends(const std::string& path, const H5Id& offsets, const std::string& name,
+                       int64_t count, const char* counted, int64_t total, const char* indexed) {
+  if (dataset_length(path, offsets, name) != count + 1)
+    bad_file(path, detail::concat("'", name, "' does not hold ", counted, "+1 = ", count + 1,
+                                  " offsets"));
+  const int64_t first = read_range<int64_t>(offsets, H5T_NATIVE_INT64, 0, 1)[0];
+  const int64_t last = read_range<int64_t>(offsets, H5T_NATIVE_INT64, count, 1)[0];
+  if (first != 0 || last != total)
+    bad_file(path, detail::concat("'", name, "' spans [", first, ", ", last, "], ", indexed,
+                                  " [0, ", total, "]"));
+}
+
+// Offsets [begin, end] of a ragged array, checked to never decrease and to stay within
+// [0, total] before they are trusted to index `indexed`; `unit` names what they delimit.
+std::vector<int64_t> read_offsets(const std::string& path, const H5Id& dset, const std::string& name,
+                                  int64_t begin, int64_t end, int64_t total, const char* indexed,
+                                  const char* unit) {
+  std::vector<int64_t> offsets = read_range<int64_t>(dset, H5T_NATIVE_INT64, begin, end - begin + 1);
+  for (size_t i = 0; i < offsets.size(); ++i)
+    if (offsets[i] < (i == 0 ? 0 : offsets[i - 1]) || offsets[i] > total)
+      bad_file(path, detail::concat("'", name, "' decreases or overruns ", indexed, " at ", unit,
+                                    " ", begin + static_cast<int64_t>(i)));
+  return offsets;
+}
+
+constexpr const char* kCandidateTokens = "candidates/tokens";
+constexpr const char* kCandidateOffsets = "candidates/offsets";
+constexpr const char* kCandidateExamples = "candidates/example_offsets";
+
 }  // namespace
 
 // ---- TaskStreamWriter ----------------------------------------------------------------------
@@ -186,6 +218,34 @@ struct TaskStreamWriter::Field {
   std::vector<int64_t> offset_buf;
   int64_t tokens_written = 0, offsets_written = 0;
   int64_t total_tokens = 0;
+  int64_t count = 0;  // sequences appended
+
+  Field(H5Id field_group, const WriterOptions& options) : group(std::move(field_group)) {
+    tokens = create_extendible(group.get(), "tokens", H5T_STD_I32LE, options.chunk_tokens,
+                               options.compression);
+    offsets = create_extendible(group.get(), "offsets", H5T_STD_I64LE, options.chunk_examples,
+                                options.compression);
+    offset_buf.push_back(0);
+  }
+  void append(const std::vector<int32_t>& ids) {
+    token_buf.insert(token_buf.end(), ids.begin(), ids.end());
+    total_tokens += static_cast<int64_t>(ids.size());
+    offset_buf.push_back(total_tokens);
+    ++count;
+  }
+};
+
+// Candidate sentences are a ragged array like a field; `examples` delimits each example's.
+struct TaskStreamWriter::CandidateDatasets {
+  Field sentences;
+  H5Id examples;
+  std::vector<int64_t> example_buf;
+  int64_t examples_written = 0;
+
+  CandidateDatasets(H5Id group, const WriterOptions& options) : sentences(std::move(group), options) {
+    examples = create_extendible(sentences.group.get(), "example_offsets", H5T_STD_I64LE,
+                                 options.chunk_examples, options.compression);
+  }
 };
 
 TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOptions& options)
@@ -201,16 +261,8 @@ TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOpti
     throw InputError(detail::concat(path_, ": cannot create ", tmp_, ": ", detail::hdf5_error_string()));
   file_ = H5Id(file, H5Fclose);
   H5Id fields_group = create_group(file_.get(), "fields");
-  for (const std::string& name : task_fields(task)) {
-    Field f;
-    f.group = create_group(fields_group.get(), name.c_str());
-    f.tokens = create_extendible(f.group.get(), "tokens", H5T_STD_I32LE, options.chunk_tokens,
-                                 options.compression);
-    f.offsets = create_extendible(f.group.get(), "offsets", H5T_STD_I64LE,
-                                  options.chunk_examples, options.compression);
-    f.offset_buf.push_back(0);
-    fields_.push_back(std::move(f));
-  }
+  for (const std::string& name : task_fields(task))
+    fields_.emplace_back(create_group(fields_group.get(), name.c_str()), options);
   if (task_has_label(task))
     labels_ = create_extendible(file_.get(), "labels", H5T_STD_I8LE, options.chunk_examples,
                                 options.compression);
@@ -220,23 +272,40 @@ TaskStreamWriter::~TaskStreamWriter() {
   // Close every object before the file, then drop the temporary file of an unpublished stream.
   fields_.clear();
   labels_.reset();
+  candidates_.reset();
   file_.reset();
   if (!published_) std::remove(tmp_.c_str());
 }
 
-void TaskStreamWriter::append(const std::vector<std::vector<int32_t>>& fields, int8_t label) {
+void TaskStreamWriter::append(const std::vector<std::vector<int32_t>>& fields, int8_t label,
+                              const std::vector<std::vector<int32_t>>& candidates) {
   QARAC_CHECK(!finished_, "append after finish");
   QARAC_CHECK(fields.size() == fields_.size(), task_name(task_), " takes ", fields_.size(),
               " fields, got ", fields.size());
-  for (size_t i = 0; i < fields.size(); ++i) {
-    Field& f = fields_[i];
-    f.token_buf.insert(f.token_buf.end(), fields[i].begin(), fields[i].end());
-    f.total_tokens += static_cast<int64_t>(fields[i].size());
-    f.offset_buf.push_back(f.total_tokens);
-  }
+  QARAC_CHECK(candidates.empty() || task_ == Task::question_answering,
+              "only question_answering examples have candidates, not ", task_name(task_), "'s");
+  for (size_t i = 0; i < fields.size(); ++i) fields_[i].append(fields[i]);
   if (labels_.valid()) label_buf_.push_back(label);
+  if (!candidates.empty() && !candidates_) start_candidates();
+  if (candidates_) {
+    for (const std::vector<int32_t>& sentence : candidates) candidates_->sentences.append(sentence);
+    candidates_->example_buf.push_back(candidates_->sentences.count);
+  }
   ++examples_;
   flush(false);
+}
+
+// The examples before the first with candidates have none: their offsets are all 0. Whole chunks
+// of them are written at once and the rest buffered, so that later writes stay chunk-aligned
+// and memory stays at a chunk however many examples came before.
+void TaskStreamWriter::start_candidates() {
+  candidates_ = std::make_unique<CandidateDatasets>(create_group(file_.get(), "candidates"), options_);
+  const int64_t zeros = examples_ + 1, chunk = options_.chunk_examples;
+  const std::vector<int64_t> block(static_cast<size_t>(std::min(zeros, chunk)), 0);
+  while (candidates_->examples_written + chunk <= zeros)
+    append_1d(candidates_->examples, H5T_NATIVE_INT64, block.data(), chunk,
+              candidates_->examples_written);
+  candidates_->example_buf.assign(static_cast<size_t>(zeros - candidates_->examples_written), 0);
 }
 
 // Writes whole chunks (or, with `all`, everything): appending chunk-aligned blocks lets HDF5
@@ -249,12 +318,18 @@ void TaskStreamWriter::flush(bool all) {
     append_1d(dset, type, buf.data(), n, written);
     buf.erase(buf.begin(), buf.begin() + n);
   };
-  for (Field& f : fields_) {
+  auto write_field = [&](Field& f) {
     write(f.tokens, H5T_NATIVE_INT32, f.token_buf, options_.chunk_tokens, f.tokens_written);
     write(f.offsets, H5T_NATIVE_INT64, f.offset_buf, options_.chunk_examples, f.offsets_written);
-  }
+  };
+  for (Field& f : fields_) write_field(f);
   if (labels_.valid())
     write(labels_, H5T_NATIVE_INT8, label_buf_, options_.chunk_examples, labels_written_);
+  if (candidates_) {
+    write_field(candidates_->sentences);
+    write(candidates_->examples, H5T_NATIVE_INT64, candidates_->example_buf,
+          options_.chunk_examples, candidates_->examples_written);
+  }
 }
 
 void TaskStreamWriter::finish(StreamInfo info) {
@@ -264,6 +339,8 @@ void TaskStreamWriter::finish(StreamInfo info) {
   info.examples = examples_;
   info.field_tokens.clear();
   for (const Field& f : fields_) info.field_tokens.push_back(f.total_tokens);
+  info.candidates = candidates_ ? candidates_->sentences.count : 0;
+  info.candidate_tokens = candidates_ ? candidates_->sentences.total_tokens : 0;
 
   const hid_t root = file_.get();
   write_attr(root, "format", kStreamFormat);
@@ -277,7 +354,7 @@ void TaskStreamWriter::finish(StreamInfo info) {
   write_attr(root, "qarac_version", QARAC_VERSION);
 
   std::vector<std::string> paths, formats, reasons;
-  std::vector<int64_t> lines, examples, truncated, counts;
+  std::vector<int64_t> lines, examples, candidates, truncated, counts;
   std::vector<int32_t> reason_source;
   for (size_t s = 0; s < info.sources.size(); ++s) {
     const SourceInfo& src = info.sources[s];
@@ -285,6 +362,7 @@ void TaskStreamWriter::finish(StreamInfo info) {
     formats.push_back(src.format);
     lines.push_back(src.lines);
     examples.push_back(src.examples);
+    candidates.push_back(src.candidates);
     truncated.push_back(src.truncated);
     for (const auto& [reason, count] : src.skipped) {
       reason_source.push_back(static_cast<int32_t>(s));
@@ -297,6 +375,7 @@ void TaskStreamWriter::finish(StreamInfo info) {
   write_strings(sources.get(), "format", formats);
   write_table(sources.get(), "lines", H5T_STD_I64LE, H5T_NATIVE_INT64, lines);
   write_table(sources.get(), "examples", H5T_STD_I64LE, H5T_NATIVE_INT64, examples);
+  write_table(sources.get(), "candidates", H5T_STD_I64LE, H5T_NATIVE_INT64, candidates);
   write_table(sources.get(), "truncated", H5T_STD_I64LE, H5T_NATIVE_INT64, truncated);
   H5Id skipped = create_group(root, "skipped");
   write_table(skipped.get(), "source", H5T_STD_I32LE, H5T_NATIVE_INT32, reason_source);
@@ -307,6 +386,7 @@ void TaskStreamWriter::finish(StreamInfo info) {
 
   fields_.clear();
   labels_.reset();
+  candidates_.reset();
   if (H5Fclose(file_.get()) < 0) {
     file_ = H5Id();
     throw InputError(detail::concat(path_, ": closing ", tmp_, " failed: ", detail::hdf5_error_string()));
@@ -366,8 +446,7 @@ TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
   info_.max_length = read_int_attr(path, root, "max_length");
   info_.created_by = read_string_attr(path, root, "created_by");
 
-  // Every field must hold examples+1 offsets that start at 0 and end at its token count; the
-  // ends are checked here, the offsets in between on every read.
+  // Every field must hold examples+1 offsets that start at 0 and end at its token count.
   for (size_t f = 0; f < task_fields(info_.task).size(); ++f) {
     const std::string tokens_name = field_path(info_.task, static_cast<int>(f), "tokens");
     const std::string offsets_name = field_path(info_.task, static_cast<int>(f), "offsets");
@@ -376,14 +455,7 @@ TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
     H5Id tokens = open_dataset(path, root, tokens_name);
     H5Id offsets = open_dataset(path, root, offsets_name);
     const int64_t n_tokens = dataset_length(path, tokens, tokens_name);
-    if (dataset_length(path, offsets, offsets_name) != info_.examples + 1)
-      bad_file(path, detail::concat("'", offsets_name, "' does not hold examples+1 = ",
-                                    info_.examples + 1, " offsets"));
-    const int64_t first = read_range<int64_t>(offsets, H5T_NATIVE_INT64, 0, 1)[0];
-    const int64_t last = read_range<int64_t>(offsets, H5T_NATIVE_INT64, info_.examples, 1)[0];
-    if (first != 0 || last != n_tokens)
-      bad_file(path, detail::concat("'", offsets_name, "' spans [", first, ", ", last, "], the tokens [0, ",
-                                    n_tokens, "]"));
+    check_offset_ends(path, offsets, offsets_name, info_.examples, "examples", n_tokens, "the tokens");
     info_.field_tokens.push_back(n_tokens);
     tokens_.push_back(std::move(tokens));
     offsets_.push_back(std::move(offsets));
@@ -393,18 +465,38 @@ TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
     if (dataset_length(path, labels_, "labels") != info_.examples)
       bad_file(path, "'labels' does not hold one label per example");
   }
+  // Optional: streams without candidates, those of older qarac-preps included, have no group.
+  // The sentences are a ragged array like a field; the example offsets index the sentences.
+  if (has_link(root, "candidates")) {
+    if (info_.task != Task::question_answering)
+      bad_file(path, detail::concat("a ", task_name(info_.task), " stream with candidates"));
+    candidate_tokens_ = open_dataset(path, root, kCandidateTokens);
+    candidate_offsets_ = open_dataset(path, root, kCandidateOffsets);
+    candidate_examples_ = open_dataset(path, root, kCandidateExamples);
+    info_.candidate_tokens = dataset_length(path, candidate_tokens_, kCandidateTokens);
+    info_.candidates = dataset_length(path, candidate_offsets_, kCandidateOffsets) - 1;
+    if (info_.candidates < 0) bad_file(path, detail::concat("'", kCandidateOffsets, "' is empty"));
+    check_offset_ends(path, candidate_offsets_, kCandidateOffsets, info_.candidates, "sentences",
+                      info_.candidate_tokens, "the tokens");
+    check_offset_ends(path, candidate_examples_, kCandidateExamples, info_.examples, "examples",
+                      info_.candidates, "the sentences");
+  }
 
   const auto src_paths = read_strings(path, root, "sources/path");
   const auto src_formats = read_strings(path, root, "sources/format");
   const auto src_lines = read_table<int64_t>(path, root, "sources/lines", H5T_NATIVE_INT64);
   const auto src_examples = read_table<int64_t>(path, root, "sources/examples", H5T_NATIVE_INT64);
+  // Files of older qarac-preps have no candidate counts: they kept no candidates.
+  const auto src_candidates = has_link(root, "sources/candidates")
+      ? read_table<int64_t>(path, root, "sources/candidates", H5T_NATIVE_INT64)
+      : std::vector<int64_t>(src_paths.size(), 0);
   const auto src_truncated = read_table<int64_t>(path, root, "sources/truncated", H5T_NATIVE_INT64);
   const auto skip_source = read_table<int32_t>(path, root, "skipped/source", H5T_NATIVE_INT32);
   const auto skip_reason = read_strings(path, root, "skipped/reason");
   const auto skip_count = read_table<int64_t>(path, root, "skipped/count", H5T_NATIVE_INT64);
   const size_t n_src = src_paths.size(), n_skip = skip_source.size();
   if (src_formats.size() != n_src || src_lines.size() != n_src || src_examples.size() != n_src ||
-      src_truncated.size() != n_src ||
+      src_candidates.size() != n_src || src_truncated.size() != n_src ||
       skip_reason.size() != n_skip || skip_count.size() != n_skip)
     bad_file(path, "the sources/skipped tables have columns of different lengths");
   for (size_t s = 0; s < n_src; ++s) {
@@ -413,6 +505,7 @@ TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
     src.format = src_formats[s];
     src.lines = src_lines[s];
     src.examples = src_examples[s];
+    src.candidates = src_candidates[s];
     src.truncated = src_truncated[s];
     info_.sources.push_back(std::move(src));
   }
@@ -429,15 +522,30 @@ Ragged TaskStreamFile::read_field(int field, int64_t begin, int64_t end) const {
   QARAC_CHECK(0 <= begin && begin <= end && end <= info_.examples, "example range [", begin, ", ",
               end, ") out of [0, ", info_.examples, ")");
   Ragged r;
-  r.offsets = read_range<int64_t>(offsets_[field], H5T_NATIVE_INT64, begin, end - begin + 1);
-  const int64_t base = r.offsets.front(), total = info_.field_tokens[field];
-  for (size_t i = 0; i < r.offsets.size(); ++i)
-    if (r.offsets[i] < (i == 0 ? 0 : r.offsets[i - 1]) || r.offsets[i] > total)
-      bad_file(path_, detail::concat("'", field_path(info_.task, field, "offsets"), "' decreases or overruns the tokens at example ",
-                                     begin + static_cast<int64_t>(i)));
+  r.offsets = read_offsets(path_, offsets_[field], field_path(info_.task, field, "offsets"), begin,
+                           end, info_.field_tokens[field], "the tokens", "example");
+  const int64_t base = r.offsets.front();
   r.tokens = read_range<int32_t>(tokens_[field], H5T_NATIVE_INT32, base, r.offsets.back() - base);
   for (int64_t& o : r.offsets) o -= base;
   return r;
+}
+
+Candidates TaskStreamFile::read_candidates(int64_t begin, int64_t end) const {
+  QARAC_CHECK(has_candidates(), path_, " holds no candidates");
+  QARAC_CHECK(0 <= begin && begin <= end && end <= info_.examples, "example range [", begin, ", ",
+              end, ") out of [0, ", info_.examples, ")");
+  Candidates c;
+  c.offsets = read_offsets(path_, candidate_examples_, kCandidateExamples, begin, end,
+                           info_.candidates, "the sentences", "example");
+  const int64_t first = c.offsets.front();
+  Ragged& s = c.sentences;
+  s.offsets = read_offsets(path_, candidate_offsets_, kCandidateOffsets, first, c.offsets.back(),
+                           info_.candidate_tokens, "the tokens", "sentence");
+  const int64_t base = s.offsets.front();
+  s.tokens = read_range<int32_t>(candidate_tokens_, H5T_NATIVE_INT32, base, s.offsets.back() - base);
+  for (int64_t& o : s.offsets) o -= base;
+  for (int64_t& o : c.offsets) o -= first;
+  return c;
 }
 
 std::vector<int8_t> TaskStreamFile::read_labels(int64_t begin, int64_t end) const {

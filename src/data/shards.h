@@ -1,13 +1,15 @@
 // Task-stream files: the HDF5 files qarac-prep writes, one per task, and the loader reads
 // (layout in docs/data-format.md). Each text field of a task is stored as a ragged array, flat
 // tokens plus example offsets, so that any contiguous range of examples is two hyperslab reads
-// per field; a rank reads its share and nothing else. Files are written under a temporary name
-// and renamed only when complete: a reader never sees a half-written stream.
+// per field; a rank reads its share and nothing else. A question_answering stream may also hold
+// each example's candidate sentences (the held-out evaluation's answer selection), a ragged array
+// of sentences plus example offsets into it; the loader never reads them. Files are written under
+// a temporary name and renamed only when complete: a reader never sees a half-written stream.
 #pragma once
-
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,8 @@
 namespace qarac::data {
 
 // Written in the root attribute `format`; `version` changes with any incompatible layout change.
+// Optional datasets that a reader may ignore (the candidates, sources/candidates) are no such
+// change: files with and without them are version 1 and every build reads both.
 constexpr const char* kStreamFormat = "qarac-task-stream";
 constexpr int kStreamVersion = 1;
 
@@ -26,7 +30,8 @@ struct SourceInfo {
   std::string format;  // format_name()
   int64_t lines = 0;
   int64_t examples = 0;
-  int64_t truncated = 0;                   // examples with a field cut to max_length
+  int64_t candidates = 0;                  // records kept as candidates of examples, not examples
+  int64_t truncated = 0;                   // examples with a field or candidate cut to max_length
   std::map<std::string, int64_t> skipped;  // reason -> records
 };
 
@@ -34,6 +39,8 @@ struct StreamInfo {
   Task task = Task::encode_decode;
   int64_t examples = 0;
   std::vector<int64_t> field_tokens;  // total tokens per field, task_fields() order
+  int64_t candidates = 0;             // candidate sentences of all examples together
+  int64_t candidate_tokens = 0;       // their tokens
   std::string tokenizer_hash;
   bool special_tokens = true;  // every field is <s> ... </s>
   int64_t max_length = 0;      // the longest a field may be (tokens, specials included)
@@ -59,18 +66,23 @@ class TaskStreamWriter {
   TaskStreamWriter(const TaskStreamWriter&) = delete;
   TaskStreamWriter& operator=(const TaskStreamWriter&) = delete;
 
-  // One example: the token ids of each field of the task, and its label (consistency).
-  void append(const std::vector<std::vector<int32_t>>& fields, int8_t label = 0);
+  // One example: the token ids of each field of the task, its label (consistency) and its
+  // candidate sentences (question_answering). The candidate datasets are created at the first
+  // example that has any: a stream whose examples have none holds none.
+  void append(const std::vector<std::vector<int32_t>>& fields, int8_t label = 0,
+              const std::vector<std::vector<int32_t>>& candidates = {});
   int64_t examples() const { return examples_; }
 
-  // Writes the remaining buffers and the metadata (info.task, examples and field_tokens are
-  // taken from the writer), then closes the temporary file.
+  // Writes the remaining buffers and the metadata (info.task, examples, field_tokens and the
+  // candidate counts are taken from the writer), then closes the temporary file.
   void finish(StreamInfo info);
   // Renames the finished temporary file over `path`.
   void publish();
 
  private:
   struct Field;
+  struct CandidateDatasets;
+  void start_candidates();
   void flush(bool all);
 
   std::string path_, tmp_;
@@ -81,6 +93,7 @@ class TaskStreamWriter {
   H5Id labels_;
   std::vector<int8_t> label_buf_;
   int64_t labels_written_ = 0;
+  std::unique_ptr<CandidateDatasets> candidates_;  // null until an example has candidates
   int64_t examples_ = 0;
   bool finished_ = false, published_ = false;
 };
@@ -95,11 +108,21 @@ struct Ragged {
   const int32_t* begin(int64_t i) const { return tokens.data() + offsets[i]; }
 };
 
+// The candidates of a contiguous range of examples: example i's are the sentences
+// [offsets[i], offsets[i+1]) of `sentences`.
+struct Candidates {
+  Ragged sentences;
+  std::vector<int64_t> offsets;  // size count()+1, offsets[0] == 0
+
+  int64_t count() const { return offsets.empty() ? 0 : static_cast<int64_t>(offsets.size()) - 1; }
+  int64_t size(int64_t i) const { return offsets[i + 1] - offsets[i]; }
+};
+
 // A task-stream file opened for reading. Opening reads the metadata only.
 class TaskStreamFile {
  public:
   // InputError when the file is missing, not HDF5, not a task stream, of another version, or
-  // inconsistent (offsets that do not match the tokens).
+  // inconsistent (offsets that do not match the tokens or sentences they index).
   explicit TaskStreamFile(const std::string& path);
 
   const std::string& path() const { return path_; }
@@ -111,6 +134,11 @@ class TaskStreamFile {
   // the tokens they span. Offsets are checked (monotone, within the tokens) before use.
   Ragged read_field(int field, int64_t begin, int64_t end) const;
   std::vector<int8_t> read_labels(int64_t begin, int64_t end) const;
+  // Whether the file holds candidate sentences (only question_answering streams may).
+  bool has_candidates() const { return candidate_tokens_.valid(); }
+  // The candidates of examples [begin, end): three hyperslab reads (example offsets, sentence
+  // offsets, tokens), each set of offsets checked before use, as in read_field.
+  Candidates read_candidates(int64_t begin, int64_t end) const;
 
  private:
   std::string path_;
@@ -118,6 +146,7 @@ class TaskStreamFile {
   StreamInfo info_;
   std::vector<H5Id> tokens_, offsets_;  // per field
   H5Id labels_;
+  H5Id candidate_tokens_, candidate_offsets_, candidate_examples_;
 };
 
 }  // namespace qarac::data

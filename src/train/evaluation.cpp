@@ -40,6 +40,15 @@ TokenBatch first_sequences(const PackedField& field, int64_t count, const Robert
 
 std::vector<float> host_rows(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32).to_vector<float>(); }
 
+double squared_distance(const float* x, const float* y, size_t d) {
+  double sum = 0;
+  for (size_t k = 0; k < d; ++k) {
+    const double diff = double(x[k]) - double(y[k]);
+    sum += diff * diff;
+  }
+  return sum;
+}
+
 // cos(AE(s0), AE(s1)) as the consistency objective reads it: > 1/3 entailment (+1), < -1/3
 // contradiction (-1), neutral (0) between.
 int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
@@ -83,6 +92,45 @@ double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& fiel
   return total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
 }
 
+// WikiQA's answer-sentence selection (evaluation.h) for the QE(q) `q` and AE(a) `a` of n examples
+// [n, d], at least one of which has candidates: each answer ranked among its own question's
+// sentences by distance to QE(q). The candidates are encoded n at a time, the batch the answers
+// were encoded in, so that memory stays what the evaluation already needs however many there are.
+void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
+                           const std::vector<float>& q, const std::vector<float>& a, int64_t n,
+                           size_t d, const RobertaConfig& config, Device device, EvalResult& result) {
+  const data::Ragged& sentences = candidates.sentences;
+  std::vector<float> c;  // AE of every candidate sentence [sentences, d]
+  SentenceEncoder::Activations acts;
+  for (int64_t begin = 0; begin < sentences.count(); begin += n) {
+    std::vector<std::vector<int32_t>> seqs;
+    for (int64_t s = begin; s < std::min(sentences.count(), begin + n); ++s)
+      seqs.emplace_back(sentences.begin(s), sentences.begin(s) + sentences.length(s));
+    const std::vector<float> v = host_rows(answer_encoder.forward(  // no dropout, as the answers
+        TokenBatch::from_sequences(seqs, config.pad_token_id, device), ForwardOptions{}, acts));
+    c.insert(c.end(), v.begin(), v.end());
+  }
+  // The rank is 1 + the candidates at most as far from QE(q) as the answer: a tie counts against
+  // the answer, so a model that maps every sentence to one point ranks each answer last, not first.
+  int64_t ranked = 0, first = 0;
+  double reciprocal = 0, chance = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (candidates.size(i) == 0) continue;  // the answer alone is first whatever the model
+    const double to_answer = squared_distance(&q[i * d], &a[i * d], d);
+    int64_t rank = 1;
+    for (int64_t j = candidates.offsets[i]; j < candidates.offsets[i + 1]; ++j)
+      rank += squared_distance(&q[i * d], &c[j * d], d) <= to_answer;
+    ++ranked;
+    first += rank == 1;
+    reciprocal += 1.0 / static_cast<double>(rank);
+    chance += 1.0 / static_cast<double>(candidates.size(i) + 1);
+  }
+  result.metrics["qa.selection_accuracy"] = static_cast<double>(first) / static_cast<double>(ranked);
+  result.metrics["qa.selection_mrr"] = reciprocal / static_cast<double>(ranked);
+  result.metrics["qa.selection_chance"] = chance / static_cast<double>(ranked);
+  result.metrics["qa.selection_examples"] = static_cast<double>(ranked);
+}
+
 }  // namespace
 
 MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability) {
@@ -109,6 +157,12 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
       batch.fields.push_back(packed(file.read_field(static_cast<int>(f), 0, n)));
     if (data::task_has_label(task))
       for (int8_t label : file.read_labels(0, n)) batch.labels.push_back(label);
+    if (task == Task::question_answering) {
+      if (file.has_candidates()) candidates_ = file.read_candidates(0, n);
+      if (candidates_.sentences.count() == 0)
+        log::info("evaluation: ", path.string(), ": no candidate sentences in its first ", n,
+                  " examples (WikiQA's Label 0 rows; files of older qarac-preps have none), so no qa.selection_*");
+    }
     batches_.push_back(std::move(batch));
   }
   QARAC_INPUT_CHECK(!batches_.empty(), options.data_dir, ": no held-out task stream (",
@@ -157,11 +211,7 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
         int64_t nearest = -1;
         double best = std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < n; ++j) {
-          double dist = 0;
-          for (size_t k = 0; k < d; ++k) {
-            const double diff = double(q[i * d + k]) - double(a[j * d + k]);
-            dist += diff * diff;
-          }
+          const double dist = squared_distance(&q[i * d], &a[j * d], d);
           if (dist < best) {
             best = dist;
             nearest = j;
@@ -170,6 +220,8 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
         right += nearest == i;
       }
       result.metrics["qa.retrieval_accuracy"] = static_cast<double>(right) / static_cast<double>(n);
+      if (candidates_.sentences.count() > 0)
+        add_selection_metrics(models.answer_encoder(), candidates_, q, a, n, d, config, device, result);
     } else if (batch.task == Task::consistency) {
       const std::vector<float> s0 = host_rows(models.answer_encoder().forward(
           first_sequences(batch.fields[0], n, config, device), eval, acts_a));

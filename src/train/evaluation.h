@@ -3,6 +3,15 @@
 //   <task>.loss              each objective's loss on held-out examples
 //   qa.retrieval_accuracy    QE(q)'s nearest answer vector (Euclidean, as the MSE objective
 //                            measures) among all held-out AE(a) is its own answer's
+//   qa.selection_accuracy, qa.selection_mrr
+//                            WikiQA's answer-sentence selection: the answer ranked among its own
+//                            question's sentences (the answer and its candidates, WikiQA's Label
+//                            0 rows) by the same distance; the share ranked first, and the mean
+//                            reciprocal rank. A candidate as near as the answer ranks before it.
+//   qa.selection_chance      the accuracy of a random pick, mean 1/(1 + candidates)
+//   qa.selection_examples    the examples ranked: those with at least one candidate (an answer
+//                            alone is trivially first). No qa.selection_* when there are none,
+//                            e.g. streams of a qarac-prep that kept no candidates
 //   qa.answer_norm, qa.answer_spread
 //                            mean ‖AE(a)‖ and mean distance between two different answers' vectors
 //   cs.accuracy, cs.confusion.<gold>.<predicted>
@@ -45,6 +54,7 @@ class QaracEvaluator : public Evaluator {
  private:
   EvalOptions options_;
   std::vector<data::TaskBatch> batches_;  // one per task found, all its examples
+  data::Candidates candidates_;           // question_answering's examples', when its file has them
 };
 
 }  // namespace qarac

@@ -167,12 +167,37 @@ TEST(Readers, WikiqaQuirks) {
   EXPECT_EQ(lines_of(r), (std::vector<int64_t>{3, 8}));
   ASSERT_EQ(r.examples.size(), 2u);
   EXPECT_EQ(r.examples[0].fields, (std::vector<std::string>{"how tall is the tower", "The tower is 300 metres tall."}));
-  EXPECT_EQ(skipped(r, "not an answer (Label 0)"), 1);
+  EXPECT_EQ(r.examples[0].candidates, (std::vector<std::string>{"The tower is old."}));  // line 2
+  EXPECT_TRUE(r.examples[1].candidates.empty());
+  EXPECT_EQ(r.stats.candidates, 1);
   EXPECT_EQ(skipped(r, "blank line"), 2);
   EXPECT_EQ(skipped(r, "malformed: missing column"), 2);  // line 5, and the truncated line 9
   EXPECT_EQ(skipped(r, "malformed: bad label"), 1);
   EXPECT_EQ(fail_message(file, Format::wikiqa).rfind(file + ":5: missing column", 0), 0u)
       << fail_message(file, Format::wikiqa);
+}
+
+// A question's rows are read together: every answer gets the question's Label 0 sentences,
+// wherever they stand among its rows; Label 0 rows of an unanswered question are skipped.
+TEST(Readers, WikiqaCandidatesGroupAQuestionsRows) {
+  const std::string file = kFixtures + "wikiqa_candidates.tsv";
+  const Read r = read_all(file, Format::wikiqa);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{3, 5, 8, 11}));
+  ASSERT_EQ(r.examples.size(), 4u);
+  const std::vector<std::string> q1 = {"It has a red cover.", "It is long."};  // lines 2 and 4, trimmed
+  EXPECT_EQ(r.examples[0].fields, (std::vector<std::string>{"who wrote it", "It was written by Ann."}));
+  EXPECT_EQ(r.examples[0].candidates, q1);
+  EXPECT_EQ(r.examples[1].fields[1], "Ann wrote it in 1900.");
+  EXPECT_EQ(r.examples[1].candidates, q1);  // the other answer is not a candidate
+  EXPECT_TRUE(r.examples[2].candidates.empty());
+  EXPECT_TRUE(r.examples[3].candidates.empty());  // its Label 0 sentence is blank
+  EXPECT_EQ(r.stats.candidates, 2);               // rows, each counted once
+  EXPECT_EQ(skipped(r, "question without an answer (Label 0)"), 2);  // lines 6-7
+  EXPECT_EQ(skipped(r, "malformed: question not contiguous"), 1);    // line 9
+  EXPECT_EQ(skipped(r, "empty text field"), 1);                      // line 10
+  EXPECT_EQ(r.stats.examples + r.stats.candidates + r.stats.skipped_total() + 1, r.stats.lines);
+  EXPECT_EQ(fail_message(file, Format::wikiqa),
+            file + ":9: question not contiguous: QuestionID 'Q1' ended at line 5; a question's rows must be contiguous");
 }
 
 TEST(Readers, TextQuirks) {
@@ -216,7 +241,8 @@ TEST(Readers, MutatedInputOnlyEverGivesInputErrors) {
   const std::pair<const char*, Format> fixtures[] = {
       {"snli_quirks.jsonl", Format::snli_jsonl}, {"snli_quirks.txt", Format::snli_tsv},
       {"snli_quirks.csv", Format::snli_csv},     {"avicenna_quirks.csv", Format::avicenna},
-      {"wikiqa_quirks.tsv", Format::wikiqa},     {"text_quirks.txt", Format::text}};
+      {"wikiqa_quirks.tsv", Format::wikiqa},     {"wikiqa_candidates.tsv", Format::wikiqa},
+      {"text_quirks.txt", Format::text}};
   const std::string specials = "\"\t\n\r,{}[]:\\\xff\xc3\x80 -";
   std::mt19937 rng(11);
   const log::Level level = log::level();
@@ -285,7 +311,7 @@ TEST(Readers, SampleDataIsWellFormed) {
   };
   const Case cases[] = {
       {"corpus_train.txt", Format::text, nullptr, 0},
-      {"WikiQA-train.tsv", Format::wikiqa, "not an answer (Label 0)", 1},
+      {"WikiQA-train.tsv", Format::wikiqa, nullptr, 1},  // every question answered
       {"Avicenna_Train.csv", Format::avicenna, "no syllogistic relation", 1},
       {"snli_1.0_train.jsonl", Format::snli_jsonl, "no gold label", 0},
       {"snli_1.0_dev.txt", Format::snli_tsv, "no gold label", 1},
@@ -297,7 +323,16 @@ TEST(Readers, SampleDataIsWellFormed) {
     if (c.expected_skip) {
       EXPECT_GT(skipped(r, c.expected_skip), 0) << c.file;
     }
-    EXPECT_EQ(r.stats.examples + r.stats.skipped_total() + c.header_lines, r.stats.lines) << c.file;
+    EXPECT_EQ(r.stats.examples + r.stats.candidates + r.stats.skipped_total() + c.header_lines, r.stats.lines)
+        << c.file;
+  }
+  // data/make_sample.py gives every question one answer and 1-3 sentences that do not answer it.
+  for (const char* file : {"WikiQA-train.tsv", "WikiQA-dev.tsv"}) {
+    const Read r = read_all(kSample + file, Format::wikiqa, OnError::fail);
+    for (const Example& e : r.examples) {
+      EXPECT_GE(e.candidates.size(), 1u) << file << ":" << e.line;
+      EXPECT_LE(e.candidates.size(), 3u) << file << ":" << e.line;
+    }
   }
 }
 
@@ -417,6 +452,171 @@ TEST(Shards, RejectsFilesThatAreNotTaskStreams) {
   H5Fclose(f);
   EXPECT_NE(message(dir / "bare.h5").find("bare.h5: not a valid task stream: no attribute 'format'"),
             std::string::npos) << message(dir / "bare.h5");
+}
+
+namespace {
+
+// Random candidate sentences per example: none for the first `without`, then 0..3 each.
+std::vector<std::vector<std::vector<int32_t>>> synthetic_candidates(int64_t n, int64_t without, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<std::vector<int32_t>>> out(static_cast<size_t>(n));
+  for (int64_t i = without; i < n; ++i)
+    for (int k = static_cast<int>(rng() % 4); k > 0; --k) {
+      std::vector<int32_t> ids(1 + rng() % 12);
+      for (int32_t& id : ids) id = static_cast<int32_t>(rng() % 1000);
+      out[i].push_back(std::move(ids));
+    }
+  return out;
+}
+
+void write_qa_stream(const std::string& path, const Synthetic& s,
+                     const std::vector<std::vector<std::vector<int32_t>>>& candidates, WriterOptions options = {}) {
+  TaskStreamWriter w(path, Task::question_answering, options);
+  for (size_t i = 0; i < s.examples.size(); ++i) w.append(s.examples[i], 0, candidates[i]);
+  StreamInfo info;
+  SourceInfo src;
+  src.path = "synthetic";
+  src.format = "wikiqa";
+  src.candidates = 7;
+  info.sources = {src};
+  w.finish(info);
+  w.publish();
+}
+
+// Overwrites one element of an int64 dataset of a published stream, as a damaged file would hold.
+void poke(const std::string& path, const char* dataset, int64_t index, int64_t value) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  const hid_t dset = H5Dopen2(file, dataset, H5P_DEFAULT);
+  ASSERT_GE(dset, 0);
+  const hid_t space = H5Dget_space(dset);
+  const hsize_t start = static_cast<hsize_t>(index), one = 1;
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &one, nullptr);
+  const hid_t mem = H5Screate_simple(1, &one, nullptr);
+  EXPECT_GE(H5Dwrite(dset, H5T_NATIVE_INT64, mem, space, H5P_DEFAULT, &value), 0);
+  H5Sclose(mem);
+  H5Sclose(space);
+  H5Dclose(dset);
+  H5Fclose(file);
+}
+
+std::string open_message(const std::string& path) {
+  try {
+    TaskStreamFile f(path);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+// Candidates round trip through small chunks; the examples before the first with candidates
+// (more than two chunks of them) read back with none.
+TEST(Shards, CandidatesRoundTrip) {
+  TempDir dir("shards_candidates");
+  const int64_t n = 300;
+  const Synthetic s = synthetic(Task::question_answering, n, 20, 5);
+  const auto candidates = synthetic_candidates(n, 30, 6);
+  WriterOptions small_chunks;
+  small_chunks.chunk_tokens = 97;
+  small_chunks.chunk_examples = 13;
+  write_qa_stream(dir / "qa.h5", s, candidates, small_chunks);
+
+  const TaskStreamFile file(dir / "qa.h5");
+  ASSERT_TRUE(file.has_candidates());
+  int64_t sentences = 0, tokens = 0;
+  for (const auto& c : candidates)
+    for (const auto& sentence : c) ++sentences, tokens += static_cast<int64_t>(sentence.size());
+  EXPECT_EQ(file.info().candidates, sentences);
+  EXPECT_EQ(file.info().candidate_tokens, tokens);
+  EXPECT_EQ(file.info().sources.at(0).candidates, 7);
+  for (const auto& [begin, end] : std::vector<std::pair<int64_t, int64_t>>{{0, n}, {0, 31}, {29, 31}, {150, 151}, {n, n}}) {
+    const Candidates c = file.read_candidates(begin, end);
+    ASSERT_EQ(c.count(), end - begin);
+    for (int64_t i = begin; i < end; ++i) {
+      std::vector<std::vector<int32_t>> got;
+      for (int64_t j = c.offsets[i - begin]; j < c.offsets[i - begin + 1]; ++j)
+        got.emplace_back(c.sentences.begin(j), c.sentences.begin(j) + c.sentences.length(j));
+      ASSERT_EQ(got, candidates[i]) << "example " << i;
+    }
+  }
+  EXPECT_THROW(file.read_candidates(0, n + 1), Error);
+  // The fields are as they would be without candidates.
+  const Ragged answers = file.read_field(1, 0, n);
+  EXPECT_EQ(std::vector<int32_t>(answers.begin(n - 1), answers.begin(n - 1) + answers.length(n - 1)), s.examples[n - 1][1]);
+}
+
+// Streams without candidates hold no candidate group; files from before the candidates (no
+// sources/candidates either) still open; only question_answering examples take candidates.
+TEST(Shards, CandidatesAreOptional) {
+  TempDir dir("shards_no_candidates");
+  const Synthetic s = synthetic(Task::question_answering, 20, 10, 7);
+  write_qa_stream(dir / "qa.h5", s, synthetic_candidates(20, 20, 8));
+  {
+    const TaskStreamFile file(dir / "qa.h5");
+    EXPECT_FALSE(file.has_candidates());
+    EXPECT_EQ(file.info().candidates, 0);
+    EXPECT_THROW(file.read_candidates(0, 1), Error);
+  }
+  const hid_t f = H5Fopen((dir / "qa.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  EXPECT_GE(H5Ldelete(f, "sources/candidates", H5P_DEFAULT), 0);
+  H5Fclose(f);
+  const TaskStreamFile old(dir / "qa.h5");
+  EXPECT_EQ(old.info().sources.at(0).candidates, 0);
+  EXPECT_EQ(old.read_field(0, 0, 20).count(), 20);
+
+  TaskStreamWriter cs(dir / "cs.h5", Task::consistency);
+  EXPECT_THROW(cs.append({{1}, {2}}, 1, {{3}}), Error);
+}
+
+// Candidate offsets that do not match what they index: the ends are refused on opening, an
+// offset in between on the read that meets it, naming the dataset.
+TEST(Shards, RejectsMalformedCandidateOffsets) {
+  TempDir dir("shards_bad_candidates");
+  const int64_t n = 40;
+  const Synthetic s = synthetic(Task::question_answering, n, 10, 9);
+  auto candidates = synthetic_candidates(n, 0, 10);
+  candidates[20] = {{5, 6}, {7}};  // example 20 has two sentences, so its offsets can decrease
+  auto fresh = [&](const std::string& name) {
+    write_qa_stream(dir / name, s, candidates);
+    return dir / name;
+  };
+  const std::string example_decreases = fresh("a.h5");
+  const int64_t at = TaskStreamFile(example_decreases).read_candidates(0, 21).offsets[20];
+  poke(example_decreases, "candidates/example_offsets", 21, at - 1);
+  const TaskStreamFile a(example_decreases);  // the ends are right
+  EXPECT_NO_THROW(a.read_candidates(0, 19));
+  try {
+    a.read_candidates(10, 30);
+    ADD_FAILURE() << "decreasing example offsets were read";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'candidates/example_offsets' decreases or overruns the sentences at example 21"),
+              std::string::npos) << e.what();
+  }
+
+  const std::string sentence_overruns = fresh("b.h5");
+  int64_t first = 0, tokens = 0;
+  {
+    const TaskStreamFile before(sentence_overruns);  // closed before the file is written
+    first = before.read_candidates(0, 21).offsets[20];
+    tokens = before.info().candidate_tokens;
+  }
+  poke(sentence_overruns, "candidates/offsets", first + 1, tokens + 5);
+  try {
+    TaskStreamFile(sentence_overruns).read_candidates(20, 21);
+    ADD_FAILURE() << "overrunning sentence offsets were read";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'candidates/offsets' decreases or overruns the tokens at sentence " +
+                                         std::to_string(first + 1)),
+              std::string::npos) << e.what();
+  }
+
+  const std::string wrong_end = fresh("c.h5");
+  poke(wrong_end, "candidates/example_offsets", n, 3);
+  EXPECT_NE(open_message(wrong_end).find("'candidates/example_offsets' spans [0, 3], the sentences [0, "),
+            std::string::npos) << open_message(wrong_end);
 }
 
 // ---- Loader --------------------------------------------------------------------------------
@@ -702,18 +902,35 @@ TEST(Prep, SampleDataEndToEnd) {
     EXPECT_EQ(src.path, kSample + c.file);
     EXPECT_EQ(src.lines, raw.stats.lines);
     EXPECT_EQ(src.examples, raw.stats.examples);
+    EXPECT_EQ(src.candidates, raw.stats.candidates);
     EXPECT_EQ(src.skipped, raw.stats.skipped);
     for (size_t f = 0; f < task_fields(task).size(); ++f) {
       const Ragged r0 = file.read_field(static_cast<int>(f), 0, 1);
       EXPECT_EQ(std::vector<int32_t>(r0.tokens.begin(), r0.tokens.end()), tok.encode(raw.examples[0].fields[f]))
           << c.file << " field " << f;
     }
+    // WikiQA's Label 0 sentences are the candidates of their question's examples.
+    EXPECT_EQ(file.has_candidates(), task == Task::question_answering) << c.file;
+    if (file.has_candidates()) {
+      const Candidates all = file.read_candidates(0, file.examples());
+      ASSERT_EQ(all.count(), raw.stats.examples);
+      int64_t sentences = 0;
+      for (int64_t i = 0; i < all.count(); ++i) {
+        ASSERT_EQ(all.size(i), static_cast<int64_t>(raw.examples[i].candidates.size())) << "example " << i;
+        for (int64_t j = 0; j < all.size(i); ++j, ++sentences) {
+          const int64_t k = all.offsets[i] + j;
+          EXPECT_EQ(std::vector<int32_t>(all.sentences.begin(k), all.sentences.begin(k) + all.sentences.length(k)),
+                    tok.encode(raw.examples[i].candidates[j])) << "example " << i << " candidate " << j;
+        }
+      }
+      EXPECT_EQ(file.info().candidates, sentences);
+    }
     if (task == Task::consistency) {
       EXPECT_EQ(file.info().sources.size(), 3u);
       EXPECT_EQ(file.read_labels(0, 1)[0], raw.examples[0].label);
     }
   }
-  // The loader takes what prep wrote, with the tokenizer's hash checked.
+  // The loader takes what prep wrote, with the tokenizer's hash checked (and the candidates left).
   LoaderOptions opt;
   opt.data_dir = out.str();
   opt.tokenizer_hash = tok.hash();
@@ -773,6 +990,38 @@ TEST(Prep, MaxLengthTruncatesKeepingEosOrSkips) {
   EXPECT_EQ(src.truncated, 0);
   EXPECT_GT(src.skipped.at("longer than --max-length"), 0);
   EXPECT_EQ(file.examples() + src.skipped.at("longer than --max-length"), 300);
+}
+
+// Candidates are held to --max-length as the fields are: cut keeping </s>, or their example
+// skipped. On WikiQA-dev.tsv, 14 tokens fit every question and answer but not every candidate.
+TEST(Prep, MaxLengthAppliesToCandidates) {
+  TempDir out("prep_candidates_max_length");
+  const std::string base = kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() +
+                           " --wikiqa " + kSample + "WikiQA-dev.tsv --max-length 14";
+  const Process cut = run_command(base);
+  ASSERT_EQ(cut.status, 0) << cut.output;
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+  int64_t written = 0;
+  {
+    const TaskStreamFile file(out / "question_answering.h5");
+    written = file.examples();
+    EXPECT_EQ(file.info().sources[0].candidates, file.info().candidates);  // one answer per question
+    const Ragged s = file.read_candidates(0, file.examples()).sentences;
+    ASSERT_GT(s.count(), 0);
+    bool any_cut = false;
+    for (int64_t i = 0; i < s.count(); ++i) {
+      ASSERT_LE(s.length(i), 14);
+      EXPECT_EQ(s.begin(i)[s.length(i) - 1], tok.eos_id());
+      any_cut |= s.length(i) == 14;
+    }
+    EXPECT_TRUE(any_cut);
+  }
+  const Process skip = run_command(base + " --too-long skip");
+  ASSERT_EQ(skip.status, 0) << skip.output;
+  const TaskStreamFile file(out / "question_answering.h5");
+  const Ragged s = file.read_candidates(0, file.examples()).sentences;
+  for (int64_t i = 0; i < s.count(); ++i) ASSERT_LE(s.length(i), 14);
+  EXPECT_EQ(file.examples() + file.info().sources[0].skipped.at("longer than --max-length"), written);
 }
 
 TEST(Prep, TokenizeSubcommandRoundTrips) {

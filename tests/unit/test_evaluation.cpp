@@ -1,12 +1,16 @@
 // Held-out evaluation and the forgetting monitor: BERT masking rates and determinism, the MLM
 // loss's gradient against finite differences, and the evaluator's metrics on cases whose answer
-// is known (identical encoders retrieve every answer; identical statements are entailments).
+// is known (identical encoders retrieve every answer; identical statements are entailments; a
+// candidate equal to the question outranks the answer, a collapsed model ranks every answer last).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <random>
+#include <set>
 
 #include "data/shards.h"
 #include "model/init.h"
@@ -44,6 +48,8 @@ std::vector<std::vector<int32_t>> random_sequences(int count, std::mt19937& gen,
   }
   return out;
 }
+
+using Sequences = std::vector<std::vector<int32_t>>;
 
 }  // namespace
 
@@ -119,18 +125,43 @@ class EvaluatorTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  // A task file whose examples are produced by `fields_of(i)`.
+  // A task file whose examples are produced by `fields_of(i)` (and their candidates by
+  // `candidates_of(i)`).
   template <class F>
-  void write(data::Task task, int count, F fields_of, int8_t label = 0) {
+  void write(data::Task task, int count, F fields_of, int8_t label = 0,
+             const std::function<Sequences(int)>& candidates_of = nullptr) {
     data::TaskStreamWriter writer((dir_ / (std::string(data::task_name(task)) + ".h5")).string(), task);
-    for (int i = 0; i < count; ++i) writer.append(fields_of(i), label);
+    for (int i = 0; i < count; ++i) writer.append(fields_of(i), label, candidates_of ? candidates_of(i) : Sequences{});
     data::StreamInfo info;
     info.max_length = 16;
     writer.finish(info);
     writer.publish();
   }
 
+  // Models on a random tiny base whose question encoder is made identical to the answer encoder,
+  // so that QE(x) = AE(x) for every x.
+  std::unique_ptr<QaracModels> identical_encoders() {
+    config_.base = tiny_config();
+    RobertaEncoder base(config_.base, DType::f32, Device::cpu());
+    init_normal(base.parameters(), 0.2, 9);
+    io::TensorMap weights;
+    for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
+    auto models = std::make_unique<QaracModels>(config_, weights, DType::f32, Device::cpu());
+    const ParameterList qe = models->question_encoder().head_parameters();
+    const ParameterList ae = models->answer_encoder().head_parameters();
+    EXPECT_EQ(qe.size(), ae.size());
+    for (size_t i = 0; i < qe.size(); ++i) qe[i]->assign(ae[i]->value);
+    return models;
+  }
+
+  EvalResult evaluate(QaracModels& models) {
+    EvalOptions options;
+    options.data_dir = dir_.string();
+    return QaracEvaluator(options).evaluate({models, {}, config_.base, 0});
+  }
+
   fs::path dir_;
+  QaracConfig config_;
 };
 
 TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
@@ -168,6 +199,7 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   QaracEvaluator evaluator(options);
   const EvalResult r = evaluator.evaluate({models, lm_head, config.base, 0});
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_accuracy"), 1.0);
+  EXPECT_EQ(r.metrics.count("qa.selection_accuracy"), 0u);  // a stream without candidates
   EXPECT_DOUBLE_EQ(r.metrics.at("cs.accuracy"), 1.0);  // cos = 1: entailment, the gold label
   EXPECT_DOUBLE_EQ(r.metrics.at("cs.confusion.entailment.entailment"), 6.0);
   EXPECT_DOUBLE_EQ(r.metrics.at("cs.confusion.neutral.neutral"), 0.0);
@@ -182,6 +214,46 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   EXPECT_GT(r.metrics.at("forgetting.mlm_loss"), 0.0);
   // Evaluation leaves the parameters as they were: a second run gives the same figures.
   EXPECT_EQ(evaluator.evaluate({models, lm_head, config.base, 0}).metrics, r.metrics);
+}
+
+// Four questions with identical encoders (QE = AE): 0 and 3 are answered by their own text, so
+// the answer is nearest (distance 0) among their candidates; 1's only candidate is the question's
+// own text, which outranks its answer; 2 has no candidate and is not ranked.
+class SelectionTest : public EvaluatorTest {
+ protected:
+  void SetUp() override {
+    EvaluatorTest::SetUp();
+    std::mt19937 gen(5);
+    t_ = random_sequences(10, gen, true);
+    ASSERT_EQ(std::set<std::vector<int32_t>>(t_.begin(), t_.end()).size(), t_.size()) << "texts must differ";
+    const Sequences questions = {t_[0], t_[3], t_[5], t_[6]}, answers = {t_[0], t_[4], t_[5], t_[6]};
+    const std::vector<Sequences> candidates = {{t_[1], t_[2]}, {t_[3]}, {}, {t_[7], t_[8], t_[9]}};
+    write(data::Task::question_answering, 4, [&](int i) { return Sequences{questions[i], answers[i]}; }, 0,
+          [&](int i) { return candidates[i]; });
+  }
+
+  static constexpr double kChance = (1.0 / 3 + 1.0 / 2 + 1.0 / 4) / 3;  // 2, 1 and 3 candidates
+  Sequences t_;
+};
+
+TEST_F(SelectionTest, RanksEachAnswerAmongItsOwnQuestionsSentences) {
+  const std::unique_ptr<QaracModels> models = identical_encoders();
+  const EvalResult r = evaluate(*models);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_examples"), 3.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 2.0 / 3);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), (1 + 1.0 / 2 + 1) / 3);  // ranks 1, 2, 1
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
+}
+
+// Every vector zero: each candidate is as near as the answer, and ties count against it.
+TEST_F(SelectionTest, ACollapsedModelRanksEveryAnswerLast) {
+  const std::unique_ptr<QaracModels> models = identical_encoders();
+  for (SentenceEncoder* encoder : {&models->question_encoder(), &models->answer_encoder()})
+    for (Parameter* p : encoder->head_parameters()) p->assign(Tensor::zeros(p->value.shape(), DType::f32));
+  const EvalResult r = evaluate(*models);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 0.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), kChance);  // rank 1 + candidates: the last
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
 }
 
 TEST_F(EvaluatorTest, NoHeldOutDataIsAnInputError) {
