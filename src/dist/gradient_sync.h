@@ -53,7 +53,7 @@ class GradientSync {
   const std::vector<ParameterGroup>& groups() const { return groups_; }
 
   // `model`'s backward passes on this rank are done for the step: starts the reduction of every
-  // group whose writers are all done.
+  // group whose writers are all done. Calling it again for the same model changes nothing.
   void model_done(Model model);
   // Starts what is left, waits for every reduction and writes the sums back into the gradients.
   // Returns the seconds spent waiting.

@@ -99,7 +99,7 @@ struct Objectives::Impl {
   const RobertaConfig& config() const { return models.config().base; }
   void check(const data::TaskBatch& batch) const;
   const Tensor& run(const data::TaskBatch& batch, const ForwardOptions& forward, double weight,
-                    bool backward);
+                    bool backward, const std::function<void(dist::Model)>& backward_done);
   // The cross-entropy tasks' common part: D(v, y) against "y </s>"; loss = the batch mean.
   // Returns d loss / d v (times weight) when backward, else null.
   const Tensor* decode(const Tensor& v, const data::TaskBatch& batch, int field,
@@ -149,7 +149,8 @@ const Tensor* Objectives::Impl::decode(const Tensor& v, const data::TaskBatch& b
 }
 
 const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardOptions& forward,
-                                    double weight, bool backward) {
+                                    double weight, bool backward,
+                                    const std::function<void(dist::Model)>& backward_done) {
   check(batch);
   const int task = static_cast<int>(batch.task);
   const int64_t count = batch.count(), d = config().hidden_size;
@@ -164,12 +165,17 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
     return tokens_of(batch.fields[static_cast<size_t>(f)], config(), device);
   };
   SentenceEncoder& answer = models.answer_encoder();
+  auto done = [&](dist::Model model) {
+    if (backward && backward_done) backward_done(model);
+  };
 
   switch (batch.task) {
     case data::Task::encode_decode: {
       const Tensor& v = answer.forward(field(0), application(0), encoded[0]);
       const Tensor* dv = decode(v, batch, 0, application(1), weight, backward, loss);
+      done(dist::Model::decoder);
       if (backward) answer.backward(encoded[0], *dv);
+      done(dist::Model::answer_encoder);
       break;
     }
     case data::Task::question_answering: {
@@ -182,10 +188,10 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
       ops::mse_loss(q, a, losses, backward ? &grad_first : nullptr,
                     backward ? &grad_second : nullptr, weight / static_cast<double>(count));
       batch_mean(count, loss);
-      if (backward) {
-        question.backward(encoded[0], grad_first);
-        answer.backward(encoded[1], grad_second);
-      }
+      if (backward) question.backward(encoded[0], grad_first);
+      done(dist::Model::question_encoder);
+      if (backward) answer.backward(encoded[1], grad_second);
+      done(dist::Model::answer_encoder);
       break;
     }
     case data::Task::reasoning: {
@@ -194,10 +200,12 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
       ensure_tensor(pair_sum, {count, d}, dtype, device);
       ops::add(v0, v1, pair_sum);
       const Tensor* dv = decode(pair_sum, batch, 2, application(2), weight, backward, loss);
+      done(dist::Model::decoder);
       if (backward) {
         answer.backward(encoded[1], *dv);
         answer.backward(encoded[0], *dv);
       }
+      done(dist::Model::answer_encoder);
       break;
     }
     case data::Task::consistency: {
@@ -221,6 +229,7 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
         answer.backward(encoded[0], grad_first);
         answer.backward(encoded[1], grad_second);
       }
+      done(dist::Model::answer_encoder);
       break;
     }
   }
@@ -231,11 +240,11 @@ Objectives::Objectives(QaracModels& models) : impl_(std::make_unique<Impl>(model
 Objectives::~Objectives() = default;
 
 const Tensor& Objectives::run(const data::TaskBatch& batch, const ObjectiveOptions& options) {
-  return impl_->run(batch, options.forward, options.weight, /*backward=*/true);
+  return impl_->run(batch, options.forward, options.weight, /*backward=*/true, options.backward_done);
 }
 
 double Objectives::evaluate(const data::TaskBatch& batch) {
-  const Tensor& loss = impl_->run(batch, ForwardOptions{}, 1.0, /*backward=*/false);
+  const Tensor& loss = impl_->run(batch, ForwardOptions{}, 1.0, /*backward=*/false, {});
   return loss.to(Device::cpu()).to(DType::f64).data<double>()[0];
 }
 

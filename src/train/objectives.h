@@ -15,9 +15,11 @@
 // options.forward.causal says.
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "data/loader.h"
+#include "dist/task_plan.h"
 #include "model/qarac.h"
 
 namespace qarac {
@@ -25,6 +27,10 @@ namespace qarac {
 struct ObjectiveOptions {
   double weight = 1.0;  // w_t / n_t: the task's weight over the ranks that run it
   ForwardOptions forward;
+  // Called once per model the task uses, as soon as that model's last backward pass of the
+  // task has been queued (the decoder before the answer encoder): the distributed trainer starts
+  // the model's gradient reduction there, overlapping the rest of the backward pass.
+  std::function<void(dist::Model)> backward_done;
 };
 
 class Objectives {

@@ -492,12 +492,17 @@ StepStats Trainer::Impl::train_step() {
     options.forward.training = true;
     options.forward.seed = static_cast<uint64_t>(config.seed);
     options.forward.step = static_cast<uint64_t>(step);
+    // A model's reduction starts once its last backward pass in this step has been queued.
+    const std::vector<dist::Model>& released = released_after[i];
+    options.backward_done = [&](dist::Model m) {
+      if (std::find(released.begin(), released.end(), m) != released.end()) sync->model_done(m);
+    };
     const Tensor& loss = workload->run(task_batch, options);
     // Kept on the device: the losses are read back together after the update.
     step_losses.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1).copy_(loss);
     s.tokens += task_batch.tokens();
     examples += task_batch.count();
-    for (dist::Model m : released_after[i]) sync->model_done(m);
+    for (dist::Model m : released) sync->model_done(m);  // workloads that do not report it
   }
   const Clock::time_point t_backward = Clock::now();
   const double waited = sync->finish(step_text());
