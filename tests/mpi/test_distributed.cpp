@@ -190,12 +190,17 @@ TEST_P(Invariant, RanksMatchOneProcessOnTheGlobalBatch) {
 INSTANTIATE_TEST_SUITE_P(WorldSizes, Invariant, ::testing::Values(1, 2, 3, 4, 5, 8),
                          [](const ::testing::TestParamInfo<int>& world) { return "W" + std::to_string(world.param); });
 
+// The job failed by itself: a non-zero status that is not `timeout`'s (124: it hung).
+void expect_job_failed(const CliResult& r) {
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.code, 124) << "the job hung until `timeout` ended it:\n" << r.output;
+}
+
 // A rank killed mid-run ends the whole job, non-zero, with the launcher or a peer naming it.
 TEST_F(Distributed, KilledRankEndsTheJob) {
   const CliResult r = train(with_fault("kill:1:1", 3), "killed",
                             "--parallel.timeout 20", 20);
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.code, 124) << "the job hung until `timeout` ended it:\n" << r.output;
+  expect_job_failed(r);
   EXPECT_NE(r.output.find("killing rank 1 at step 1"), std::string::npos) << r.output;
   const bool named = r.output.find("signal 9") != std::string::npos ||
                      r.output.find("no completion within the timeout") != std::string::npos;
@@ -207,8 +212,7 @@ TEST_F(Distributed, KilledRankEndsTheJob) {
 TEST_F(Distributed, StalledRankIsDetectedByTheTimeout) {
   const CliResult r = train(with_fault("stall:2:1", 3), "stalled",
                             "--parallel.timeout 5", 20);
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.code, 124) << "the job hung until `timeout` ended it:\n" << r.output;
+  expect_job_failed(r);
   EXPECT_NE(r.output.find("no completion within the timeout of 5 s"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("at step 2"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(hostname()), std::string::npos) << r.output;
@@ -218,8 +222,7 @@ TEST_F(Distributed, StalledRankIsDetectedByTheTimeout) {
 TEST_F(Distributed, DivergedReplicasStopTheRun) {
   const CliResult r = train(with_fault("diverge:1:2", 2), "diverged",
                             "--parallel.check_every 1 --parallel.timeout 20", 6);
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.code, 124) << r.output;
+  expect_job_failed(r);
   EXPECT_NE(r.output.find("diverged by step 3"), std::string::npos) << r.output;
 }
 
