@@ -81,14 +81,21 @@ const char* backend_name(Backend backend) { return backend == Backend::nccl ? "n
 struct GradientSync::Bucket {
   ParameterList params;
   Tensor flat;
+  std::vector<bool> ready;  // per parameter, this step
+  size_t pending = 0;       // parameters not ready yet
   bool packed() const { return params.size() > 1; }
+  void reset() {
+    std::fill(ready.begin(), ready.end(), false);
+    pending = params.size();
+  }
 };
 
 struct GradientSync::Group {
   std::unique_ptr<MpiGroup> mpi;  // null when this rank does not hold the group
   std::unique_ptr<Communicator> comm;
   std::vector<Bucket> buckets;
-  bool started = false;
+  size_t next = 0;  // the first bucket not started this step
+  bool layerwise = true;  // false for a group of several writers: model_done starts it
 };
 
 GradientSync::GradientSync(const MpiGroup* world, std::vector<ParameterGroup> groups, Backend backend,
@@ -120,7 +127,13 @@ GradientSync::GradientSync(const MpiGroup* world, std::vector<ParameterGroup> gr
           bytes += size;
         }
         if (!current.params.empty()) state->buckets.push_back(std::move(current));
+        state->layerwise = g.writers.size() == 1;
+        for (size_t b = 0; b < state->buckets.size(); ++b)
+          for (size_t i = 0; i < state->buckets[b].params.size(); ++i)
+            places_[state->buckets[b].params[i]->grad.raw()] = {state_.size(), b, i};
         for (Bucket& b : state->buckets) {
+          b.ready.resize(b.params.size());
+          b.reset();
           if (!b.packed()) continue;
           int64_t n = 0;
           for (const Parameter* p : b.params) n += p->grad.numel();
@@ -142,10 +155,10 @@ ParameterList GradientSync::held_parameters() const {
   return held;
 }
 
-void GradientSync::start(Group& group) {
-  group.started = true;
-  if (!group.comm) return;
-  for (Bucket& b : group.buckets) {
+void GradientSync::start_ready(Group& group, bool all) {
+  for (; group.next < group.buckets.size(); ++group.next) {
+    Bucket& b = group.buckets[group.next];
+    if (!all && b.pending > 0) return;
     if (!b.packed()) {
       group.comm->start_all_reduce(b.params.front()->grad);
       continue;
@@ -160,20 +173,33 @@ void GradientSync::start(Group& group) {
   }
 }
 
+void GradientSync::parameters_ready(const ParameterList& params) {
+  for (const Parameter* p : params) {
+    const auto it = places_.find(p->grad.raw());
+    if (it == places_.end()) continue;  // a group this rank reduces with nobody
+    Group& group = *state_[it->second.group];
+    if (!group.layerwise) continue;
+    Bucket& b = group.buckets[it->second.bucket];
+    if (b.ready[it->second.index]) continue;
+    b.ready[it->second.index] = true;
+    if (--b.pending == 0) start_ready(group, false);
+  }
+}
+
 void GradientSync::model_done(Model model) {
   models_done_[static_cast<int>(model)] = true;
   for (size_t i = 0; i < groups_.size(); ++i) {
     Group& state = *state_[i];
-    if (state.started) continue;
     const std::vector<Model>& writers = groups_[i].writers;
-    if (std::all_of(writers.begin(), writers.end(), [&](Model m) { return models_done_[static_cast<int>(m)]; }))
-      start(state);
+    if (state.comm &&
+        std::all_of(writers.begin(), writers.end(), [&](Model m) { return models_done_[static_cast<int>(m)]; }))
+      start_ready(state, true);
   }
 }
 
 double GradientSync::finish(const std::string& step_text) {
   for (auto& state : state_)
-    if (!state->started) start(*state);
+    if (state->comm) start_ready(*state, true);
   const Clock::time_point t0 = Clock::now();
   for (size_t i = 0; i < groups_.size(); ++i) {
     Group& state = *state_[i];
@@ -182,6 +208,7 @@ double GradientSync::finish(const std::string& step_text) {
   const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
   for (auto& state : state_) {
     for (Bucket& b : state->buckets) {
+      b.reset();
       if (!b.packed()) continue;
       int64_t offset = 0;
       for (Parameter* p : b.params) {
@@ -190,7 +217,7 @@ double GradientSync::finish(const std::string& step_text) {
         offset += n;
       }
     }
-    state->started = false;
+    state->next = 0;
   }
   std::fill(models_done_.begin(), models_done_.end(), false);
   return waited;

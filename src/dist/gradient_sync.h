@@ -1,16 +1,19 @@
 // Gradient reduction of the parallel multi-task trainer (DESIGN.md §4). The parameters fall into
 // groups, one per model (a shared encoder base is a group of its own, written by QE and AE), and
-// each group is held by the ranks whose tasks use its models. After a rank's last task that uses
-// a model has run its backward pass, that model's groups are reduced (SUM over the holders, the
-// gradients already scaled by w_t / n_t) in buckets of about --parallel.bucket_mb, asynchronously
-// — on CUDA on a stream of its own while the other models' backward passes go on — and waited
-// for, with the timeout, before the update. Every holder then applies the same update to the
-// same sums, so replicas stay identical; check_replicas() verifies it.
+// each group is held by the ranks whose tasks use its models. A group is reduced (SUM over its
+// holders, the gradients already scaled by w_t / n_t) in buckets of about --parallel.bucket_mb,
+// formed from the last parameter back, the order the backward pass finishes them. During a
+// model's last backward pass of the step on this rank, each bucket starts as soon as it and the
+// buckets before it are complete (the same order on every holder, as collectives require),
+// asynchronously — on CUDA on a stream of its own, overlapping the rest of the backward pass —
+// and everything is waited for, with the timeout, before the update. Every holder then applies
+// the same update to the same sums, so replicas stay identical; check_replicas() verifies it.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -52,8 +55,12 @@ class GradientSync {
   ParameterList held_parameters() const;
   const std::vector<ParameterGroup>& groups() const { return groups_; }
 
-  // `model`'s backward passes on this rank are done for the step: starts the reduction of every
-  // group whose writers are all done. Calling it again for the same model changes nothing.
+  // These parameters' gradients are final for the step (a layer's, during its model's last
+  // backward pass): starts the buckets this completes. Groups written by several models (a
+  // shared base) wait for model_done instead.
+  void parameters_ready(const ParameterList& params);
+  // `model`'s backward passes on this rank are done for the step: starts every bucket left of
+  // the groups whose writers are all done. Calling it again for the same model changes nothing.
   void model_done(Model model);
   // Starts what is left, waits for every reduction and writes the sums back into the gradients.
   // Returns the seconds spent waiting.
@@ -72,11 +79,18 @@ class GradientSync {
  private:
   struct Bucket;
   struct Group;
-  void start(Group& group);
+  // Starts the buckets of `group` from the next one on, while they are complete (or all: `all`).
+  void start_ready(Group& group, bool all);
 
   const MpiGroup* world_;
   std::vector<ParameterGroup> groups_;
   std::vector<std::unique_ptr<Group>> state_;  // per group
+  // Where each reduced gradient lies: its group and bucket, keyed by the gradient's storage
+  // (the models' own parameters and the groups' views share it).
+  struct Place {
+    size_t group, bucket, index;
+  };
+  std::unordered_map<const void*, Place> places_;
   std::vector<bool> models_done_;
   int rank_ = 0;
 };

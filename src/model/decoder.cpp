@@ -86,17 +86,34 @@ const Tensor& Decoder::backward(Activations& acts, const Tensor& grad_logits) {
   ensure_tensor(acts.grad_v, {batch, d}, dtype, device);
   const ops::Sequences& seqs = acts.base.batch.seqs;
 
+  // A tied output matrix is the base's word embeddings, which the base's backward pass adds to
+  // last: LMHead::parameters() leaves it out, so it is reported with the embeddings.
+  auto report = [&](ParameterList done) {
+    if (gradients_ready_) gradients_ready_(done);
+  };
   lm_head_.backward(acts.head1.out, acts.lm, grad_logits, acts.grad_a);  // d H2
+  report(lm_head_.parameters());
   head_layers_[1].backward(acts.head1_input, seqs, head_settings(acts.options, 1), acts.head1,
                            acts.grad_a, acts.grad_b, acts.base.scratch);  // d H1
+  ParameterList layer;
+  head_layers_[1].collect(layer);
+  report(layer);
   acts.grad_ext_a.zero_();                                                // slot rows: 0
   ops::scatter_rows(acts.grad_b, acts.token_rows, acts.grad_ext_a);       // d E'
   head_layers_[0].backward(acts.extended_input, acts.extended, head_settings(acts.options, 0),
                            acts.head0, acts.grad_ext_a, acts.grad_ext_b, acts.extended_scratch);
+  layer.clear();
+  head_layers_[0].collect(layer);
+  report(layer);
   ops::gather_rows(acts.grad_ext_b, acts.slot_rows, acts.grad_v);   // d v
   ops::gather_rows(acts.grad_ext_b, acts.token_rows, acts.grad_a);  // d H
   base_.backward(acts.base, acts.grad_a);
   return acts.grad_v;
+}
+
+void Decoder::set_gradients_ready(GradientsReady ready) {
+  base_.set_gradients_ready(ready);
+  gradients_ready_ = std::move(ready);
 }
 
 }  // namespace qarac

@@ -68,6 +68,9 @@ class Decoder {
   // Given d loss / d logits (it may be acts' logits, overwritten by the cross-entropy),
   // accumulates every parameter's gradient and returns d loss / d v [B, d] (into acts).
   const Tensor& backward(Activations& acts, const Tensor& grad_logits);
+  // While set, backward() reports the LM head's, each head layer's and then the base's
+  // parameters as it finishes their gradients (RobertaEncoder::set_gradients_ready).
+  void set_gradients_ready(GradientsReady ready);
 
  private:
   RobertaLayer::Settings head_settings(const ForwardOptions& options, int i) const;
@@ -76,6 +79,7 @@ class Decoder {
   RobertaEncoder base_;
   RobertaLayer head_layers_[2];
   LMHead lm_head_;
+  GradientsReady gradients_ready_;
 };
 
 }  // namespace qarac

@@ -6,6 +6,7 @@
 // writes the result back into `value`. When X == A the two are one tensor.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,10 @@ struct Parameter {
 };
 
 using ParameterList = std::vector<Parameter*>;
+
+// Told, during a backward pass, which parameters' gradients that pass has just finished (a
+// layer at a time, the last layer first): the distributed trainer starts their all-reduce then.
+using GradientsReady = std::function<void(const ParameterList&)>;
 
 void zero_grads(const ParameterList& params);
 // Σ ‖g‖² over the gradients of `params` (one host synchronisation); 0 for none.

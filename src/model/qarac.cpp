@@ -29,7 +29,13 @@ void SentenceEncoder::backward(Activations& acts, const Tensor& grad_pooled) {
   const Tensor& hidden = acts.base.output();
   ensure_tensor(acts.grad_hidden, hidden.shape(), hidden.dtype(), hidden.device());
   pooling_.backward(hidden, acts.base.batch.seqs, grad_pooled, acts.pooling, acts.grad_hidden);
+  if (gradients_ready_) gradients_ready_(pooling_.parameters());
   base_->backward(acts.base, acts.grad_hidden);
+}
+
+void SentenceEncoder::set_gradients_ready(GradientsReady ready) {
+  base_->set_gradients_ready(ready);
+  gradients_ready_ = std::move(ready);
 }
 
 ParameterList SentenceEncoder::parameters() {

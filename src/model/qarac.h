@@ -51,6 +51,9 @@ class SentenceEncoder {
   const Tensor& forward(const TokenBatch& batch, const ForwardOptions& options, Activations& acts);
   // Accumulates parameter gradients given d loss / d v.
   void backward(Activations& acts, const Tensor& grad_pooled);
+  // While set, backward() reports the pooling head's and then the base's parameters as it
+  // finishes their gradients (RobertaEncoder::set_gradients_ready; a shared base reports too).
+  void set_gradients_ready(GradientsReady ready);
   ParameterList parameters();  // the base's (RobertaEncoder names) and the head's
   ParameterList head_parameters();
   RobertaEncoder& base() { return *base_; }
@@ -60,6 +63,7 @@ class SentenceEncoder {
   std::shared_ptr<RobertaEncoder> base_;
   std::string name_;
   PoolingHead pooling_;
+  GradientsReady gradients_ready_;
 };
 
 // The decoder D(v, y): defined in model/decoder.h.

@@ -293,10 +293,20 @@ void RobertaEncoder::backward(Activations& acts, const Tensor& grad_output) {
     layers_[l].backward(input, acts.batch.seqs,
                         RobertaLayer::settings(config_, acts.options, dropout_stream_, i),
                         acts.layers[l], *grad, *next, acts.scratch);
+    if (gradients_ready_) {
+      ParameterList done;
+      layers_[l].collect(done);
+      gradients_ready_(done);
+    }
     grad = next;
     next = next == &acts.grad_a ? &acts.grad_b : &acts.grad_a;
   }
   embeddings_backward(acts, *grad);
+  if (gradients_ready_) {
+    ParameterList done{&embeddings_.word, &embeddings_.position, &embeddings_.token_type};
+    embeddings_.norm.collect(done);
+    gradients_ready_(done);
+  }
 }
 
 void RobertaEncoder::embeddings_backward(Activations& acts, const Tensor& grad) {

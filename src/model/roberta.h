@@ -163,6 +163,9 @@ class RobertaEncoder {
   const Tensor& forward(const TokenBatch& batch, const ForwardOptions& options, Activations& acts);
   // Accumulates into every parameter's gradient, given d loss / d last hidden state [T, d].
   void backward(Activations& acts, const Tensor& grad_output);
+  // While set (non-empty), backward() reports each layer's parameters when it has finished their
+  // gradients, the last layer first and the embeddings last.
+  void set_gradients_ready(GradientsReady ready) { gradients_ready_ = std::move(ready); }
 
  private:
   void check_batch(const TokenBatch& batch) const;
@@ -176,6 +179,7 @@ class RobertaEncoder {
   uint32_t dropout_stream_;
   RobertaEmbeddings embeddings_;
   std::vector<RobertaLayer> layers_;
+  GradientsReady gradients_ready_;
 };
 
 // Copies named tensors into parameters: parameter p takes tensors[name], where name is p's name

@@ -98,8 +98,7 @@ struct Objectives::Impl {
 
   const RobertaConfig& config() const { return models.config().base; }
   void check(const data::TaskBatch& batch) const;
-  const Tensor& run(const data::TaskBatch& batch, const ForwardOptions& forward, double weight,
-                    bool backward, const std::function<void(dist::Model)>& backward_done);
+  const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options, bool backward);
   // The cross-entropy tasks' common part: D(v, y) against "y </s>"; loss = the batch mean.
   // Returns d loss / d v (times weight) when backward, else null.
   const Tensor* decode(const Tensor& v, const data::TaskBatch& batch, int field,
@@ -148,9 +147,10 @@ const Tensor* Objectives::Impl::decode(const Tensor& v, const data::TaskBatch& b
   return backward ? &decoder.backward(decoded, logits) : nullptr;
 }
 
-const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardOptions& forward,
-                                    double weight, bool backward,
-                                    const std::function<void(dist::Model)>& backward_done) {
+const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ObjectiveOptions& options,
+                                    bool backward) {
+  const ForwardOptions& forward = options.forward;
+  const double weight = options.weight;
   check(batch);
   const int task = static_cast<int>(batch.task);
   const int64_t count = batch.count(), d = config().hidden_size;
@@ -165,21 +165,34 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
     return tokens_of(batch.fields[static_cast<size_t>(f)], config(), device);
   };
   SentenceEncoder& answer = models.answer_encoder();
+  SentenceEncoder& question = models.question_encoder();
+  Decoder& decoder = models.decoder();
+  // Around a model's last backward pass of the step: report its layers as they finish (arm),
+  // then the model as a whole (done).
+  auto arm = [&](dist::Model model, bool on) {
+    if (!backward || !options.gradients_ready || !options.last_use[static_cast<int>(model)]) return;
+    GradientsReady ready = on ? options.gradients_ready : GradientsReady{};
+    if (model == dist::Model::question_encoder) question.set_gradients_ready(std::move(ready));
+    if (model == dist::Model::answer_encoder) answer.set_gradients_ready(std::move(ready));
+    if (model == dist::Model::decoder) decoder.set_gradients_ready(std::move(ready));
+  };
   auto done = [&](dist::Model model) {
-    if (backward && backward_done) backward_done(model);
+    arm(model, false);
+    if (backward && options.backward_done) options.backward_done(model);
   };
 
   switch (batch.task) {
     case data::Task::encode_decode: {
       const Tensor& v = answer.forward(field(0), application(0), encoded[0]);
+      arm(dist::Model::decoder, true);
       const Tensor* dv = decode(v, batch, 0, application(1), weight, backward, loss);
       done(dist::Model::decoder);
+      arm(dist::Model::answer_encoder, true);
       if (backward) answer.backward(encoded[0], *dv);
       done(dist::Model::answer_encoder);
       break;
     }
     case data::Task::question_answering: {
-      SentenceEncoder& question = models.question_encoder();
       const Tensor& q = question.forward(field(0), application(0), encoded[0]);
       const Tensor& a = answer.forward(field(1), application(1), encoded[1]);
       ensure_tensor(losses, {count}, acc, device);
@@ -188,8 +201,10 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
       ops::mse_loss(q, a, losses, backward ? &grad_first : nullptr,
                     backward ? &grad_second : nullptr, weight / static_cast<double>(count));
       batch_mean(count, loss);
+      arm(dist::Model::question_encoder, true);
       if (backward) question.backward(encoded[0], grad_first);
       done(dist::Model::question_encoder);
+      arm(dist::Model::answer_encoder, true);
       if (backward) answer.backward(encoded[1], grad_second);
       done(dist::Model::answer_encoder);
       break;
@@ -199,10 +214,12 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
       const Tensor& v1 = answer.forward(field(1), application(1), encoded[1]);
       ensure_tensor(pair_sum, {count, d}, dtype, device);
       ops::add(v0, v1, pair_sum);
+      arm(dist::Model::decoder, true);
       const Tensor* dv = decode(pair_sum, batch, 2, application(2), weight, backward, loss);
       done(dist::Model::decoder);
       if (backward) {
         answer.backward(encoded[1], *dv);
+        arm(dist::Model::answer_encoder, true);  // the second pass finishes AE's gradients
         answer.backward(encoded[0], *dv);
       }
       done(dist::Model::answer_encoder);
@@ -227,6 +244,7 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ForwardO
       if (backward) {
         ops::cosine_backward(grad_cosines, u0, u1, kCosineEps, grad_first, grad_second);
         answer.backward(encoded[0], grad_first);
+        arm(dist::Model::answer_encoder, true);  // the second pass finishes AE's gradients
         answer.backward(encoded[1], grad_second);
       }
       done(dist::Model::answer_encoder);
@@ -240,11 +258,11 @@ Objectives::Objectives(QaracModels& models) : impl_(std::make_unique<Impl>(model
 Objectives::~Objectives() = default;
 
 const Tensor& Objectives::run(const data::TaskBatch& batch, const ObjectiveOptions& options) {
-  return impl_->run(batch, options.forward, options.weight, /*backward=*/true, options.backward_done);
+  return impl_->run(batch, options, /*backward=*/true);
 }
 
 double Objectives::evaluate(const data::TaskBatch& batch) {
-  const Tensor& loss = impl_->run(batch, ForwardOptions{}, 1.0, /*backward=*/false, {});
+  const Tensor& loss = impl_->run(batch, ObjectiveOptions{}, /*backward=*/false);
   return loss.to(Device::cpu()).to(DType::f64).data<double>()[0];
 }
 

@@ -15,6 +15,7 @@
 // options.forward.causal says.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 
@@ -31,6 +32,11 @@ struct ObjectiveOptions {
   // task has been queued (the decoder before the answer encoder): the distributed trainer starts
   // the model's gradient reduction there, overlapping the rest of the backward pass.
   std::function<void(dist::Model)> backward_done;
+  // For the models whose last backward pass of the step this task runs (last_use), that pass
+  // reports each layer's parameters to gradients_ready as it finishes their gradients, so
+  // their reduction can start a layer at a time.
+  GradientsReady gradients_ready;
+  std::array<bool, dist::kModelCount> last_use{};
 };
 
 class Objectives {

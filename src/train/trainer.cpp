@@ -492,11 +492,13 @@ StepStats Trainer::Impl::train_step() {
     options.forward.training = true;
     options.forward.seed = static_cast<uint64_t>(config.seed);
     options.forward.step = static_cast<uint64_t>(step);
-    // A model's reduction starts once its last backward pass in this step has been queued.
+    // A model's reduction starts a bucket at a time during its last backward pass of the step.
     const std::vector<dist::Model>& released = released_after[i];
     options.backward_done = [&](dist::Model m) {
       if (std::find(released.begin(), released.end(), m) != released.end()) sync->model_done(m);
     };
+    for (dist::Model m : released) options.last_use[static_cast<int>(m)] = true;
+    options.gradients_ready = [&](const ParameterList& ready) { sync->parameters_ready(ready); };
     const Tensor& loss = workload->run(task_batch, options);
     // Kept on the device: the losses are read back together after the update.
     step_losses.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1).copy_(loss);
