@@ -30,7 +30,8 @@ uint64_t checksum(const ParameterList& params) {
 
 }  // namespace
 
-std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all) {
+std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all,
+                                                   bool shared_encoder_base) {
   struct Prefix {
     const char* name;
     std::vector<Model> writers;
@@ -41,13 +42,13 @@ std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const P
                              {"shared_encoder", {Model::question_encoder, Model::answer_encoder}}};
   std::vector<ParameterGroup> groups;
   for (const Prefix& prefix : prefixes) {
+    if (prefix.writers.size() > 1 && !shared_encoder_base) continue;
     ParameterGroup g;
     g.name = prefix.name;
     g.writers = prefix.writers;
     const std::string dot = g.name + ".";
     for (Parameter* p : all)
       if (p->name.compare(0, dot.size(), dot) == 0) g.params.push_back(p);
-    if (g.params.empty()) continue;
     for (Model m : g.writers)
       for (int r : plan.ranks_holding(m)) g.ranks.push_back(r);
     std::sort(g.ranks.begin(), g.ranks.end());

@@ -36,8 +36,10 @@ struct ParameterGroup {
 };
 
 // The QARAC models' groups, from the prefixes of QaracModels::parameters() ("question_encoder.",
-// "answer_encoder.", "decoder.", "shared_encoder."), held as the plan says.
-std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all);
+// "answer_encoder.", "decoder.", and "shared_encoder." with a shared encoder base), held as the
+// plan says. Every process gets the same groups; those of models it did not build are empty.
+std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all,
+                                                   bool shared_encoder_base);
 
 enum class Backend { mpi, nccl };
 Backend backend_from_name(const std::string& name, bool cuda);  // "auto" | "mpi" | "nccl"

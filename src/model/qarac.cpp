@@ -89,52 +89,81 @@ QaracModels::QaracModels(const QaracConfig& config, const io::TensorMap& base_we
   m.device = device;
   const std::string source = "the base checkpoint";
 
-  auto question_base =
-      std::make_shared<RobertaEncoder>(config.base, dtype, device, kQuestionStream);
-  load_parameters(question_base->parameters(), base_weights, source);
-  std::shared_ptr<RobertaEncoder> answer_base = question_base;
-  if (!config.share_encoder_base) {
-    answer_base = std::make_shared<RobertaEncoder>(config.base, dtype, device, kAnswerStream);
-    load_parameters(answer_base->parameters(), base_weights, source);
+  // The new heads from one stream, QE's, AE's, then D's: a model this process does not build
+  // skips its draws (an encoder's pooling head: two d×d matrices), so the others are the same
+  // on every rank.
+  NormalInit heads(config.init_std, config.init_seed);
+  const int64_t pooling_draws = 2 * config.base.hidden_size * config.base.hidden_size;
+  auto new_base = [&](uint32_t stream) {
+    auto base = std::make_shared<RobertaEncoder>(config.base, dtype, device, stream);
+    load_parameters(base->parameters(), base_weights, source);
+    return base;
+  };
+  std::shared_ptr<RobertaEncoder> question_base, answer_base;
+  if (config.share_encoder_base) {
+    if (config.build_question_encoder || config.build_answer_encoder)
+      question_base = answer_base = new_base(kQuestionStream);
+  } else {
+    if (config.build_question_encoder) question_base = new_base(kQuestionStream);
+    if (config.build_answer_encoder) answer_base = new_base(kAnswerStream);
   }
-  m.question = std::make_unique<SentenceEncoder>(question_base, kModels[0]);
-  m.answer = std::make_unique<SentenceEncoder>(answer_base, kModels[1]);
-  m.decoder = std::make_unique<Decoder>(config.base, config.tie_lm_head, config.vocab_multiple,
-                                        dtype, device, kDecoderStream);
-  load_parameters(m.decoder->base().parameters(), base_weights, source);
-
-  // The new heads, in one fixed order from one seed.
-  ParameterList heads = m.question->head_parameters();
-  for (Parameter* p : m.answer->head_parameters()) heads.push_back(p);
-  for (Parameter* p : m.decoder->head_parameters()) heads.push_back(p);
-  init_normal(heads, config.init_std, config.init_seed);
+  if (config.build_question_encoder) {
+    m.question = std::make_unique<SentenceEncoder>(question_base, kModels[0]);
+    heads.init(m.question->head_parameters());
+  } else {
+    heads.skip(pooling_draws);
+  }
+  if (config.build_answer_encoder) {
+    m.answer = std::make_unique<SentenceEncoder>(answer_base, kModels[1]);
+    heads.init(m.answer->head_parameters());
+  } else {
+    heads.skip(pooling_draws);
+  }
+  if (config.build_decoder) {
+    m.decoder = std::make_unique<Decoder>(config.base, config.tie_lm_head, config.vocab_multiple,
+                                          dtype, device, kDecoderStream);
+    load_parameters(m.decoder->base().parameters(), base_weights, source);
+    heads.init(m.decoder->head_parameters());
+  }
 
   // Export names, then the prefixed list.
   for (SentenceEncoder* e : {m.question.get(), m.answer.get()}) {
+    if (!e) continue;
     std::vector<Parameter>& list = m.exports[e->name()];
     append_views(list, e->base().parameters(), "roberta.");
     append_views(list, e->head_parameters(), "");
   }
-  std::vector<Parameter>& decoder_list = m.exports[kModels[2]];
-  append_views(decoder_list, m.decoder->base().parameters(), "roberta.");
-  append_views(decoder_list, m.decoder->head_parameters(), "");
+  if (m.decoder) {
+    std::vector<Parameter>& list = m.exports[kModels[2]];
+    append_views(list, m.decoder->base().parameters(), "roberta.");
+    append_views(list, m.decoder->head_parameters(), "");
+  }
 
   if (config.share_encoder_base) {
-    append_views(m.all, question_base->parameters(), "shared_encoder.roberta.");
-    append_views(m.all, m.question->head_parameters(), "question_encoder.");
-    append_views(m.all, m.answer->head_parameters(), "answer_encoder.");
+    if (question_base) append_views(m.all, question_base->parameters(), "shared_encoder.roberta.");
+    if (m.question) append_views(m.all, m.question->head_parameters(), "question_encoder.");
+    if (m.answer) append_views(m.all, m.answer->head_parameters(), "answer_encoder.");
   } else {
     for (const char* model : {kModels[0], kModels[1]})
-      append_views(m.all, pointers(m.exports[model]), std::string(model) + ".");
+      if (m.exports.count(model)) append_views(m.all, pointers(m.exports[model]), std::string(model) + ".");
   }
-  append_views(m.all, pointers(decoder_list), "decoder.");
+  if (m.decoder) append_views(m.all, pointers(m.exports[kModels[2]]), "decoder.");
 }
 
 QaracModels::~QaracModels() = default;
 
-SentenceEncoder& QaracModels::question_encoder() { return *impl_->question; }
-SentenceEncoder& QaracModels::answer_encoder() { return *impl_->answer; }
-Decoder& QaracModels::decoder() { return *impl_->decoder; }
+SentenceEncoder& QaracModels::question_encoder() {
+  QARAC_CHECK(impl_->question, "QaracModels: the question encoder was not built in this process");
+  return *impl_->question;
+}
+SentenceEncoder& QaracModels::answer_encoder() {
+  QARAC_CHECK(impl_->answer, "QaracModels: the answer encoder was not built in this process");
+  return *impl_->answer;
+}
+Decoder& QaracModels::decoder() {
+  QARAC_CHECK(impl_->decoder, "QaracModels: the decoder was not built in this process");
+  return *impl_->decoder;
+}
 ParameterList QaracModels::parameters() { return pointers(impl_->all); }
 
 ParameterList QaracModels::model_parameters(const std::string& model) {

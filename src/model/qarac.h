@@ -34,6 +34,10 @@ struct QaracConfig {
   int64_t vocab_multiple = 64;      // untied LM head: rows padded to a multiple (GEMM-friendly)
   uint64_t init_seed = 1;           // the new heads' initialisation
   double init_std = 0.02;
+  // Which models to build: a rank of a distributed run builds those its tasks use (and rank 0,
+  // which evaluates and exports, all three). A model's heads are initialised the same whichever
+  // others are built.
+  bool build_question_encoder = true, build_answer_encoder = true, build_decoder = true;
 };
 
 // An encoder: RoBERTa base + pooling head, v [B, d] per batch of sequences.
@@ -73,19 +77,20 @@ class QaracModels {
  public:
   // New models from a base checkpoint's encoder tensors (names without "roberta.", as
   // io::HfRoberta::encoder): the bases are copies of it, the heads are initialised from
-  // config.init_seed (matrices ~ N(0, init_std²), biases 0, LayerNorms γ 1, β 0). Dropout
-  // streams: QE's base 1, AE's base 2 (1 when shared), D 3.
+  // config.init_seed (matrices ~ N(0, init_std²), biases 0, LayerNorms γ 1, β 0), the same
+  // whichever models are built. Dropout streams: QE's base 1, AE's base 2 (1 when shared), D 3.
   QaracModels(const QaracConfig& config, const io::TensorMap& base_weights, DType dtype,
               Device device);
   ~QaracModels();
 
+  // The models; asking for one the config did not build is an internal error.
   SentenceEncoder& question_encoder();
   SentenceEncoder& answer_encoder();
   Decoder& decoder();
 
-  // Every parameter once (a shared base appears once), in a fixed order: the optimizer's and
-  // the checkpoint's list. Names are prefixed "question_encoder.", "answer_encoder.",
-  // "decoder." (a shared base: "shared_encoder."), then the export name.
+  // Every parameter of the built models once (a shared base appears once), in a fixed order:
+  // the optimizer's and the checkpoint's list. Names are prefixed "question_encoder.",
+  // "answer_encoder.", "decoder." (a shared base: "shared_encoder."), then the export name.
   ParameterList parameters();
   // The parameters of one model, with the names of its Hugging Face export (no prefix).
   // model: "question_encoder", "answer_encoder" or "decoder".

@@ -165,16 +165,14 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const Objectiv
     return tokens_of(batch.fields[static_cast<size_t>(f)], config(), device);
   };
   SentenceEncoder& answer = models.answer_encoder();
-  SentenceEncoder& question = models.question_encoder();
-  Decoder& decoder = models.decoder();
   // Around a model's last backward pass of the step: report its layers as they finish (arm),
   // then the model as a whole (done).
   auto arm = [&](dist::Model model, bool on) {
     if (!backward || !options.gradients_ready || !options.last_use[static_cast<int>(model)]) return;
     GradientsReady ready = on ? options.gradients_ready : GradientsReady{};
-    if (model == dist::Model::question_encoder) question.set_gradients_ready(std::move(ready));
+    if (model == dist::Model::question_encoder) models.question_encoder().set_gradients_ready(std::move(ready));
     if (model == dist::Model::answer_encoder) answer.set_gradients_ready(std::move(ready));
-    if (model == dist::Model::decoder) decoder.set_gradients_ready(std::move(ready));
+    if (model == dist::Model::decoder) models.decoder().set_gradients_ready(std::move(ready));
   };
   auto done = [&](dist::Model model) {
     arm(model, false);
@@ -193,6 +191,7 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const Objectiv
       break;
     }
     case data::Task::question_answering: {
+      SentenceEncoder& question = models.question_encoder();
       const Tensor& q = question.forward(field(0), application(0), encoded[0]);
       const Tensor& a = answer.forward(field(1), application(1), encoded[1]);
       ensure_tensor(losses, {count}, acc, device);

@@ -152,7 +152,9 @@ class Workload {
 // model.mode qarac: QE, AE and D from a pre-trained base, on the four objectives.
 class QaracWorkload : public Workload {
  public:
-  QaracWorkload(const TrainConfig& c, Device device) : base_(io::read_hf_roberta(c.base)) {
+  // Builds the models `build` marks (dist::Model order).
+  QaracWorkload(const TrainConfig& c, Device device, const std::array<bool, dist::kModelCount>& build)
+      : base_(io::read_hf_roberta(c.base)) {
     if (c.dropout >= 0) base_.config.hidden_dropout = base_.config.attention_dropout = c.dropout;
     QaracConfig qc;
     qc.base = base_.config;
@@ -160,13 +162,16 @@ class QaracWorkload : public Workload {
     qc.tie_lm_head = c.tie_lm_head;
     qc.init_seed = static_cast<uint64_t>(c.seed);
     qc.init_std = c.init_std;
+    qc.build_question_encoder = build[static_cast<int>(dist::Model::question_encoder)];
+    qc.build_answer_encoder = build[static_cast<int>(dist::Model::answer_encoder)];
+    qc.build_decoder = build[static_cast<int>(dist::Model::decoder)];
     models_ = std::make_unique<QaracModels>(qc, base_.encoder, c.dtype_value(), device);
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
     objectives_ = std::make_unique<Objectives>(*models_);
   }
   ParameterList parameters() override { return models_->parameters(); }
   std::vector<dist::ParameterGroup> parameter_groups(const dist::TaskPlan& plan) override {
-    return dist::qarac_parameter_groups(plan, models_->parameters());
+    return dist::qarac_parameter_groups(plan, models_->parameters(), models_->config().share_encoder_base);
   }
   const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) override {
     return objectives_->run(batch, options);
@@ -408,8 +413,14 @@ Trainer::Impl::Impl(const TrainConfig& c, const dist::Runtime* runtime_)
   loaders = std::make_unique<TaskLoaders>(rank_plan, config);
   if (config.pretraining())
     workload = std::make_unique<MlmWorkload>(config, device);
-  else
-    workload = std::make_unique<QaracWorkload>(config, device);
+  else {
+    // A rank builds the models its tasks use; rank 0 (and a simulated world) all three, for the
+    // evaluation and the export.
+    std::array<bool, dist::kModelCount> build{};
+    for (int m = 0; m < dist::kModelCount; ++m)
+      build[m] = is_root() || config.simulate_world > 0 || plan.holds(rank, static_cast<dist::Model>(m));
+    workload = std::make_unique<QaracWorkload>(config, device, build);
+  }
   // A simulated world holds every model in this one process.
   const dist::TaskPlan holders = config.simulate_world > 0 ? make_plan(config, 1) : plan;
   sync = std::make_unique<dist::GradientSync>(world.get(), workload->parameter_groups(holders), backend,

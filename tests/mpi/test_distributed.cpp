@@ -140,18 +140,26 @@ std::pair<double, std::string> export_difference(const fs::path& a, const fs::pa
   return {scale > 0 ? worst / scale : worst, where};
 }
 
-class Invariant : public Distributed, public ::testing::WithParamInterface<int> {};
+// A world size, and model options (a shared encoder base and a tied LM head change the groups).
+struct Layout {
+  int world;
+  const char* options;
+  const char* label;
+};
+
+class Invariant : public Distributed, public ::testing::WithParamInterface<Layout> {};
 
 // W ranks and one process simulating them end at the same parameters; the replicas of every
 // model agree at every step (the replica check runs each step and stops the job otherwise) and
 // their checkpoints hold bit-identical master weights.
 TEST_P(Invariant, RanksMatchOneProcessOnTheGlobalBatch) {
-  const int world = GetParam();
-  const std::string w = std::to_string(world);
-  const CliResult reference = train("", "reference-" + w, "--parallel.simulate_world " + w);
+  const int world = GetParam().world;
+  const std::string w = std::string(GetParam().label), options = GetParam().options;
+  const CliResult reference = train("", "reference-" + w, "--parallel.simulate_world " + std::to_string(world) + " " + options);
   ASSERT_EQ(reference.code, 0) << reference.output;
   // 10 KiB buckets: the large tensors reduce in place, the small ones packed several a bucket.
-  const CliResult ranks = train(mpirun(world), "ranks-" + w, "--parallel.check_every 1 --parallel.bucket_mb 0.01");
+  const CliResult ranks = train(mpirun(world), "ranks-" + w,
+                                "--parallel.check_every 1 --parallel.bucket_mb 0.01 " + options);
   ASSERT_EQ(ranks.code, 0) << ranks.output;
   if (world > 1) {
     EXPECT_NE(ranks.output.find("every model's replicas are identical"), std::string::npos) << ranks.output;
@@ -187,8 +195,13 @@ TEST_P(Invariant, RanksMatchOneProcessOnTheGlobalBatch) {
   EXPECT_EQ(holders["answer_encoder.pooling.global_projection.weight"], world);
 }
 
-INSTANTIATE_TEST_SUITE_P(WorldSizes, Invariant, ::testing::Values(1, 2, 3, 4, 5, 8),
-                         [](const ::testing::TestParamInfo<int>& world) { return "W" + std::to_string(world.param); });
+constexpr const char* kSharedTied = "--model.share_encoder_base true --model.tie_lm_head true";
+INSTANTIATE_TEST_SUITE_P(WorldSizes, Invariant,
+                         ::testing::Values(Layout{1, "", "W1"}, Layout{2, "", "W2"}, Layout{3, "", "W3"},
+                                           Layout{4, "", "W4"}, Layout{5, "", "W5"}, Layout{8, "", "W8"},
+                                           Layout{3, kSharedTied, "W3_shared_base_tied_head"},
+                                           Layout{4, kSharedTied, "W4_shared_base_tied_head"}),
+                         [](const ::testing::TestParamInfo<Layout>& layout) { return std::string(layout.param.label); });
 
 // The job failed by itself: a non-zero status that is not `timeout`'s (124: it hung).
 void expect_job_failed(const CliResult& r) {

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <random>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -539,6 +540,33 @@ TEST(QaracModels, ParameterNamesAndBaseWeights) {
     const ParameterList d = models.model_parameters("decoder");
     EXPECT_EQ(d.back()->name, "lm_head.bias");
     EXPECT_THROW(models.model_parameters("encoder"), Error);
+  }
+}
+
+// A rank of a distributed run builds only the models its tasks use; every model it builds must
+// start exactly as on the ranks that build all three, or the replicas differ from step 0.
+TEST(QaracModels, ModelsBuiltAloneStartAsWhenBuiltTogether) {
+  for (const bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "shared" : "separate");
+    const QaracConfig all_config = tiny_config(false, shared, false);
+    const io::TensorMap base = base_checkpoint(all_config.base, 3);
+    QaracModels all(all_config, base, DType::f64, Device::cpu());
+    std::map<std::string, std::vector<double>> expected;
+    for (const Parameter* p : all.parameters()) expected[p->name] = p->master.to_vector<double>();
+    for (int missing = 0; missing < 3; ++missing) {
+      QaracConfig config = all_config;
+      config.build_question_encoder = missing != 0;
+      config.build_answer_encoder = missing != 1;
+      config.build_decoder = missing != 2;
+      QaracModels some(config, base, DType::f64, Device::cpu());
+      const ParameterList params = some.parameters();
+      EXPECT_LT(params.size(), expected.size()) << "model " << missing << " was built anyway";
+      for (const Parameter* p : params) EXPECT_EQ(p->master.to_vector<double>(), expected.at(p->name)) << p->name;
+    }
+    QaracConfig none = all_config;
+    none.build_question_encoder = false;
+    QaracModels without(none, base, DType::f64, Device::cpu());
+    EXPECT_THROW(without.question_encoder(), Error);
   }
 }
 
