@@ -450,6 +450,16 @@ void Trainer::Impl::check_output_dir() {
 // The newest checkpoint of this rank's folder; with several ranks, the newest step every rank
 // has (a job killed while some ranks were writing leaves the others one checkpoint ahead).
 void Trainer::Impl::find_resume_checkpoint() {
+  // A run resumes with the world size it was trained with: its checkpoints lie in one folder
+  // per rank (several ranks) or in checkpoints/ itself (one).
+  int rank_folders = 0;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(output / "checkpoints", ec))
+    rank_folders += e.is_directory() && e.path().filename().string().rfind("rank-", 0) == 0;
+  const int trained_with = rank_folders > 0 ? rank_folders : 1;
+  QARAC_INPUT_CHECK(trained_with == world_size, "--resume: ", output.string(), " was trained with ", trained_with,
+                    " rank(s) and this job has ", world_size, "; resume it with as many (mpirun -np ",
+                    trained_with, ")");
   const std::optional<std::string> latest = find_latest_checkpoint(checkpoint_dir.string());
   if (!world) {
     QARAC_INPUT_CHECK(latest, "--resume: no valid checkpoint in ", checkpoint_dir.string());

@@ -203,6 +203,26 @@ INSTANTIATE_TEST_SUITE_P(WorldSizes, Invariant,
                                            Layout{4, kSharedTied, "W4_shared_base_tied_head"}),
                          [](const ::testing::TestParamInfo<Layout>& layout) { return std::string(layout.param.label); });
 
+// A job stopped after its checkpoint and resumed (every rank from its own folder) ends where a
+// straight job ends, bit for bit; resuming with another world size is refused in one line.
+TEST_F(Distributed, ResumedJobMatchesAStraightOne) {
+  const CliResult straight = train(mpirun(3), "straight", "", 4);
+  ASSERT_EQ(straight.code, 0) << straight.output;
+  const CliResult first = train(mpirun(3), "resumed", "", 2);
+  ASSERT_EQ(first.code, 0) << first.output;
+  const CliResult second = train(mpirun(3), "resumed", "--resume", 4);
+  ASSERT_EQ(second.code, 0) << second.output;
+  EXPECT_NE(second.output.find("at step 2"), std::string::npos) << second.output;
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+    const auto [diff, where] = export_difference(root() / "resumed" / "export" / model,
+                                                 root() / "straight" / "export" / model);
+    EXPECT_EQ(diff, 0.0) << model << ", largest in " << where;
+  }
+  const CliResult other = train(mpirun(2), "resumed", "--resume", 6);
+  EXPECT_EQ(other.code, 2) << other.output;
+  EXPECT_NE(other.output.find("was trained with 3 rank(s) and this job has 2"), std::string::npos) << other.output;
+}
+
 // The job failed by itself: a non-zero status that is not `timeout`'s (124: it hung).
 void expect_job_failed(const CliResult& r) {
   EXPECT_NE(r.code, 0) << r.output;
