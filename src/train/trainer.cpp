@@ -137,7 +137,6 @@ struct StepStats {
 class Workload {
  public:
   virtual ~Workload() = default;
-  virtual ParameterList parameters() = 0;
   // Its parameters by model, each held by the ranks of `plan` whose tasks use the model.
   virtual std::vector<dist::ParameterGroup> parameter_groups(const dist::TaskPlan& plan) = 0;
   // Forward and backward of one task batch, gradients scaled by options.weight; the loss as a
@@ -169,7 +168,6 @@ class QaracWorkload : public Workload {
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
     objectives_ = std::make_unique<Objectives>(*models_);
   }
-  ParameterList parameters() override { return models_->parameters(); }
   std::vector<dist::ParameterGroup> parameter_groups(const dist::TaskPlan& plan) override {
     return dist::qarac_parameter_groups(plan, models_->parameters(), models_->config().share_encoder_base);
   }
@@ -232,7 +230,6 @@ class MlmWorkload : public Workload {
       for (int64_t i = 0; i < field.count(); ++i) held_out_.emplace_back(field.begin(i), field.begin(i) + field.length(i));
     }
   }
-  ParameterList parameters() override { return mlm_->parameters(); }
   // One model, written by the text task's backward pass, on every rank.
   std::vector<dist::ParameterGroup> parameter_groups(const dist::TaskPlan& plan) override {
     return {{"base", {}, plan.ranks_of(data::Task::encode_decode), mlm_->parameters()}};
