@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -171,7 +172,9 @@ TEST_P(Invariant, RanksMatchOneProcessOnTheGlobalBatch) {
     // f64 compute: the ranks sum the same per-rank gradients in another order (the all-reduce),
     // which changes the last bits only; 1e-5 is the bound, far above that.
     EXPECT_LT(diff, 1e-5) << model << " with " << world << " ranks, largest in " << where;
-    RecordProperty(std::string("max_rel_diff_") + model, std::to_string(diff));
+    char text[32];
+    std::snprintf(text, sizeof text, "%.3e", diff);
+    RecordProperty(std::string("max_rel_diff_") + model, text);
   }
   if (world == 1) return;
   // The same parameter in every rank's checkpoint that holds it: bit for bit.
