@@ -1,7 +1,8 @@
 // The training loop of qarac-train. Layout of a run directory (config.output):
 //   config.ini              the effective configuration (a fresh run writes it)
 //   metrics.jsonl           one JSON object per step, and per evaluation ("eval": true)
-//   checkpoints/            checkpoint-<step>.h5, the newest checkpoint.keep of them
+//   checkpoints/            checkpoint-<step>.h5, the newest checkpoint.keep of them; with several
+//                           ranks, rank-<r>/checkpoint-<step>.h5, what rank r holds
 //   export/<model>/         config.json + model.safetensors per model, at the end
 #include "train/trainer.h"
 
