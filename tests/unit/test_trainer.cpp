@@ -447,6 +447,11 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   expect_usage_error("--task.qa.tokens 0", {"task.qa.tokens"});
   expect_usage_error("--train.steps 0", {"train.steps"});
   expect_usage_error("--parallel.tasks ed:1,qa:1", {"--parallel.tasks", "rs"});
+  expect_usage_error("--parallel.backend gloo", {"parallel.backend", "gloo"});
+  expect_usage_error("--parallel.backend nccl", {"parallel.backend", "train.device cpu"});
+  expect_usage_error("--parallel.timeout 0", {"parallel.timeout"});
+  expect_usage_error("--parallel.bucket_mb -1", {"parallel.bucket_mb"});
+  expect_usage_error("--train.dtype f64 --train.device cuda", {"train.dtype", "f64"});
   expect_usage_error("--model.base " + (root() / "nothing").string(), {(root() / "nothing").string()});
   expect_usage_error("--eval.dir " + (root() / "no-eval").string(), {(root() / "no-eval").string()});
 
@@ -476,6 +481,13 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   EXPECT_EQ(resume.code, 2) << resume.output;
   EXPECT_NE(resume.output.find("no valid checkpoint"), std::string::npos) << resume.output;
   EXPECT_EQ(fs::directory_iterator(used)->path().filename(), "notes.txt");
+
+  // The distributed tests' fault hook refuses what it cannot read.
+  const CliResult fault = run_command("QARAC_FAULT=explode:1:2 " + std::string(QARAC_TRAIN_EXE) + " --output " +
+                                      (root() / "never").string() + " --model.base " + (root() / "base").string() +
+                                      " --data.dir " + (root() / "data").string());
+  EXPECT_EQ(fault.code, 2) << fault.output;
+  EXPECT_NE(fault.output.find("QARAC_FAULT: unknown kind 'explode'"), std::string::npos) << fault.output;
 }
 
 namespace {
