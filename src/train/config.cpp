@@ -140,7 +140,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   auto& parallel = d->section("[parallel]");
   d->add(parallel, "parallel.tasks", &c.tasks, "task plan: auto, or ranks per task, e.g. ed:2,qa:1,rs:2,cs:1");
   d->add(parallel, "parallel.backend", &c.backend, "gradient all-reduce: auto (nccl on cuda, mpi on cpu), mpi or nccl");
-  d->add(parallel, "parallel.timeout", &c.timeout, "seconds a wait on other ranks may take before the job is aborted with a message");
+  d->add(parallel, "parallel.timeout", &c.timeout, "seconds a wait on other ranks may take before the job is aborted with a message (longer than rank 0's evaluations, which the other ranks wait for)");
   d->add(parallel, "parallel.bucket_mb", &c.bucket_mb, "gradient all-reduce bucket size, MiB");
   d->add(parallel, "parallel.check_every", &c.check_every, "compare a checksum of every model's replicas every N steps (and at the end); 0: only at the end");
   d->add(parallel, "parallel.simulate_world", &c.simulate_world, "> 0: run the task plan of that many ranks in this one process, summing their gradients (the reference the distributed run must match)");
