@@ -3,7 +3,7 @@
 # does nothing). Used by tests/run.sh (the build) and launch/quickstart.sh (the build and the job).
 #   launch/install-deps.sh          the build: compiler, CMake, Open MPI (mpirun too), HDF5,
 #                                   Boost.Program_options, OpenBLAS, nlohmann-json, libcsv, ICU,
-#                                   GoogleTest
+#                                   GoogleTest, Python 3 (the source-layout test)
 #   launch/install-deps.sh --job    the build and the tools of launch/: jq (metrics tables) and
 #                                   gnuplot-nox (launch/plot-metrics.sh)
 # Runs apt-get as root, or through sudo otherwise. The CUDA toolkit is not installed here: the
@@ -13,7 +13,7 @@ me=launch/install-deps.sh
 
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-dev
           libboost-program-options-dev libopenblas-dev nlohmann-json3-dev libgtest-dev
-          libcsv-dev libicu-dev)
+          libcsv-dev libicu-dev python3)
 case "${1:-}" in
   "") ;;
   --job) packages+=(jq gnuplot-nox) ;;

@@ -222,7 +222,7 @@ class QaracBench : public BenchWorkload {
   QaracBench(const BenchConfig& c, const RobertaConfig& config, DType dtype, Device device) : c_(c) {
     RobertaEncoder base(config, DType::f32, Device::cpu());  // random "pre-trained" weights
     init_normal(base.parameters(), 0.02, c.seed);
-    io::TensorMap weights;
+    TensorMap weights;
     for (const Parameter* p : base.parameters()) weights[p->name] = p->master;
     QaracConfig qc;
     qc.base = config;

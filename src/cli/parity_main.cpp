@@ -1,5 +1,5 @@
 // qarac-parity DIR: checks a backend (the CPU reference in f32/f64, CUDA in f32/bf16) against a
-// Hugging Face reference dump (see shared/golden/README.md for the format): the bidirectional
+// Hugging Face reference dump (format: tests/golden/data/tiny_dev/README.md): the bidirectional
 // and causal last hidden states at real tokens, and the gradient of every encoder parameter for
 // loss = Σ h · R · mask.
 // Prints one line per tensor; exits 1 when one is out of tolerance or missing, 2 on bad input.
@@ -72,12 +72,12 @@ class Report {
   int failures_ = 0;
 };
 
-const Tensor* find(const io::TensorMap& m, const std::string& name) {
+const Tensor* find(const TensorMap& m, const std::string& name) {
   const auto it = m.find(name);
   return it == m.end() ? nullptr : &it->second;
 }
 
-const Tensor& require(const io::TensorMap& m, const std::string& name, const std::string& file) {
+const Tensor& require(const TensorMap& m, const std::string& name, const std::string& file) {
   const Tensor* t = find(m, name);
   QARAC_INPUT_CHECK(t, file, ": tensor '", name, "' is missing");
   return *t;
@@ -127,7 +127,7 @@ int run(int argc, char** argv) {
 
   const io::HfRoberta hf = io::read_hf_roberta(dir);
   const std::string expected_file = dir + "/expected.safetensors";
-  const io::TensorMap expected = io::read_safetensors(expected_file);
+  const TensorMap expected = io::read_safetensors(expected_file);
 
   const Tensor ids = require(expected, "input_ids", expected_file).to(DType::i32);
   const Tensor mask = require(expected, "attention_mask", expected_file).to(DType::i32);

@@ -10,8 +10,8 @@
 
 #include "cli/run_main.h"
 #include "data/tokenizer.h"
-#include "dist/gradient_sync.h"
-#include "dist/runtime.h"
+#include "parallel/gradient_sync.h"
+#include "parallel/runtime.h"
 #include "train/config.h"
 #include "train/evaluation.h"
 #include "train/trainer.h"
@@ -38,10 +38,10 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::unique_ptr<qarac::dist::Runtime> runtime;
+  std::unique_ptr<qarac::parallel::Runtime> runtime;
   std::unique_ptr<qarac::Trainer> trainer;
   const int code = qarac::cli::run_main("qarac-train", [&] {
-    runtime = std::make_unique<qarac::dist::Runtime>(&argc, &argv);
+    runtime = std::make_unique<qarac::parallel::Runtime>(&argc, &argv);
     const std::optional<qarac::TrainConfig> config = qarac::parse_train_config(argc, argv, std::cout);
     if (!config) return 0;  // --help
     trainer = std::make_unique<qarac::Trainer>(*config, runtime.get());
@@ -49,10 +49,10 @@ int main(int argc, char** argv) {
     if (!config->eval_dir.empty() && !config->pretraining()) trainer->set_evaluator(make_evaluator(*config));
     try {
       trainer->run();
-    } catch (const qarac::dist::CommError& e) {
+    } catch (const qarac::parallel::CommError& e) {
       std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
       return kCommunicationFailed;
-    } catch (const qarac::dist::ReplicaError& e) {
+    } catch (const qarac::parallel::ReplicaError& e) {
       std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
       return kReplicasDiverged;
     }

@@ -1,10 +1,9 @@
-// QARAC_CHECK_CUDA / QARAC_CHECK_CUBLAS / QARAC_CHECK_NCCL: raise a qarac::Error naming the call,
+// QARAC_CHECK_CUDA / QARAC_CHECK_CUBLAS: raise a qarac::Error naming the call,
 // the library's own message, file, line and host. Only for translation units of the CUDA build.
 #pragma once
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
-#include <nccl.h>
 
 #include "core/error.h"
 
@@ -24,14 +23,4 @@
     if (qarac_cublas_rc_ != CUBLAS_STATUS_SUCCESS)                                                \
       ::qarac::detail::raise("cuBLAS", #stmt, cublasLtGetStatusString(qarac_cublas_rc_), __FILE__,  \
                              __LINE__);                                                           \
-  } while (0)
-
-#define QARAC_CHECK_NCCL(stmt)                                                                  \
-  do {                                                                                          \
-    const ncclResult_t qarac_nccl_rc_ = (stmt);                                                 \
-    if (qarac_nccl_rc_ != ncclSuccess)                                                          \
-      ::qarac::detail::raise("NCCL", #stmt,                                                     \
-                             ::qarac::detail::concat(ncclGetErrorString(qarac_nccl_rc_), "; ",  \
-                                                     ncclGetLastError(nullptr)),                \
-                             __FILE__, __LINE__);                                               \
   } while (0)

@@ -1,5 +1,6 @@
 // Owned HDF5 identifiers and the helpers every HDF5 file of the project (task streams,
-// checkpoints) shares: open-or-raise, quiet error stacks, UTF-8 string types.
+// checkpoints) shares: open-or-raise, quiet error stacks, UTF-8 string types. Checksummed files
+// (checkpoints) build on them: core/hdf5_checksummed.h.
 #pragma once
 
 #include <hdf5.h>

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,5 +96,8 @@ std::vector<T> Tensor::to_vector() const {
   copy_bytes(out.data(), Device::cpu(), c.raw(), c.device(), c.nbytes());
   return out;
 }
+
+// Named tensors: a checkpoint's or a model's weights by name (safetensors, HF imports and exports).
+using TensorMap = std::map<std::string, Tensor>;
 
 }  // namespace qarac

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "data/readers.h"
+#include "data/task.h"
 #include "data/shards.h"
 
 namespace qarac::data {

@@ -5,7 +5,6 @@
 // memory reclaiming, which differs between HDF5 1.10 and 1.12+.
 #include "data/shards.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -249,16 +248,17 @@ struct TaskStreamWriter::CandidateDatasets {
 };
 
 TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOptions& options)
-    : path_(std::move(path)), tmp_(path_ + ".tmp." + std::to_string(::getpid())), task_(task),
+    : out_(std::move(path), AtomicFile::by_path), task_(task),
       options_(options) {
   QARAC_INPUT_CHECK(options.chunk_tokens > 0 && options.chunk_examples > 0,
                     "chunk sizes must be positive");
   QARAC_INPUT_CHECK(options.compression >= 0 && options.compression <= 9,
                     "compression level must be 0..9, got ", options.compression);
   silence_hdf5_stack_printing();
-  const hid_t file = H5Fcreate(tmp_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  const hid_t file = H5Fcreate(out_.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (file < 0)
-    throw InputError(detail::concat(path_, ": cannot create ", tmp_, ": ", detail::hdf5_error_string()));
+    throw InputError(
+        detail::concat(out_.path(), ": cannot create ", out_.temp_path(), ": ", detail::hdf5_error_string()));
   file_ = H5Id(file, H5Fclose);
   H5Id fields_group = create_group(file_.get(), "fields");
   for (const std::string& name : task_fields(task))
@@ -269,12 +269,12 @@ TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOpti
 }
 
 TaskStreamWriter::~TaskStreamWriter() {
-  // Close every object before the file, then drop the temporary file of an unpublished stream.
+  // Close every object before the file; out_, destroyed last, then removes the temporary file of
+  // an unpublished stream.
   fields_.clear();
   labels_.reset();
   candidates_.reset();
   file_.reset();
-  if (!published_) std::remove(tmp_.c_str());
 }
 
 void TaskStreamWriter::append(const std::vector<std::vector<int32_t>>& fields, int8_t label,
@@ -389,24 +389,17 @@ void TaskStreamWriter::finish(StreamInfo info) {
   candidates_.reset();
   if (H5Fclose(file_.get()) < 0) {
     file_ = H5Id();
-    throw InputError(detail::concat(path_, ": closing ", tmp_, " failed: ", detail::hdf5_error_string()));
+    throw InputError(
+        detail::concat(out_.path(), ": closing ", out_.temp_path(), " failed: ", detail::hdf5_error_string()));
   }
   file_ = H5Id();  // closed above; nothing left to release
-  // The data must be on disk before the rename makes it visible under the final name.
-  const int fd = ::open(tmp_.c_str(), O_RDONLY);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    const int err = errno;
-    if (fd >= 0) ::close(fd);
-    throw InputError(detail::concat(path_, ": fsync of ", tmp_, " failed: ", std::strerror(err)));
-  }
-  ::close(fd);
+  out_.sync();
   finished_ = true;
 }
 
 void TaskStreamWriter::publish() {
   QARAC_CHECK(finished_ && !published_, "publish needs a finished, unpublished stream");
-  if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
-    throw InputError(detail::concat(path_, ": cannot rename ", tmp_, " over it: ", std::strerror(errno)));
+  out_.commit();
   published_ = true;
 }
 

@@ -13,8 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "core/hdf5.h"
-#include "data/readers.h"
+#include "data/task.h"
 
 namespace qarac::data {
 
@@ -59,7 +60,7 @@ struct WriterOptions {
 // chunk at a time into extendible datasets, so memory stays at a few chunks whatever the size.
 class TaskStreamWriter {
  public:
-  // Creates "<path>.tmp.<pid>"; InputError when it cannot.
+  // Creates the temporary file of `path` (core/atomic_file.h); InputError when it cannot.
   TaskStreamWriter(std::string path, Task task, const WriterOptions& options = {});
   // Removes the temporary file unless publish() succeeded.
   ~TaskStreamWriter();
@@ -74,9 +75,10 @@ class TaskStreamWriter {
   int64_t examples() const { return examples_; }
 
   // Writes the remaining buffers and the metadata (info.task, examples, field_tokens and the
-  // candidate counts are taken from the writer), then closes the temporary file.
+  // candidate counts are taken from the writer), then closes the temporary file and puts it on
+  // disk (fsync).
   void finish(StreamInfo info);
-  // Renames the finished temporary file over `path`.
+  // Renames the finished temporary file over `path` (and fsyncs the folder).
   void publish();
 
  private:
@@ -85,7 +87,7 @@ class TaskStreamWriter {
   void start_candidates();
   void flush(bool all);
 
-  std::string path_, tmp_;
+  AtomicFile out_;  // first: destroyed after the HDF5 objects, then removes an unpublished file
   Task task_;
   WriterOptions options_;
   H5Id file_;

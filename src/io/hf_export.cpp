@@ -11,8 +11,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/atomic_file.h"
 #include "core/log.h"
-#include "io/file_util.h"
 #include "io/hf_config.h"
 
 namespace qarac::io {
@@ -38,17 +38,6 @@ bool indexed_by_vocabulary(const std::string& name) {
 
 [[noreturn]] void fail(const fs::path& path, const std::string& what, int err) {
   throw InputError(detail::concat(path.string(), ": ", what, " (", std::strerror(err), ")"));
-}
-
-// The folder's entries (its files, a rename into it) on disk before the step that relies on them.
-void sync_dir(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    const int err = errno;
-    if (fd >= 0) ::close(fd);
-    fail(dir, "fsync of the folder failed", err);
-  }
-  ::close(fd);
 }
 
 // Puts the folder `from` where `to` is. With an existing `to`, Linux's renameat2(RENAME_EXCHANGE)
@@ -136,9 +125,11 @@ std::string export_hf_model(const std::string& dir, const std::string& model,
     options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
   }
   write_hf_config((tmp / "config.json").string(), config, options);
-  sync_dir(tmp);
+  // The folder's entries on disk before the step that relies on them: its files before it
+  // replaces the old export, the rename before the export is reported done.
+  sync_folder(tmp.string());
   replace_dir(tmp, final_dir);
-  sync_dir(root);
+  sync_folder(root.string());
   log::info("exported ", model, " (", out.size(), " tensors) to ", final_dir.string());
   return final_dir.string();
 }

@@ -14,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "io/file_util.h"
 
 namespace qarac::io {

@@ -9,7 +9,6 @@
 
 namespace qarac::io {
 
-using TensorMap = std::map<std::string, Tensor>;
 using Metadata = std::map<std::string, std::string>;
 
 // Reads every tensor of `path` into CPU tensors. Stored dtypes F32, F64, BF16, I32 and I64 keep
@@ -18,8 +17,9 @@ using Metadata = std::map<std::string, std::string>;
 // shape × dtype size, overlapping tensors) raises qarac::InputError naming the file and the tensor.
 TensorMap read_safetensors(const std::string& path, Metadata* metadata = nullptr);
 
-// Writes `tensors` (any device; f32, f64, bf16, i32, i64) to `path` atomically: the data goes to
-// a temporary file in the same folder, is flushed, and is renamed over `path`.
+// Writes `tensors` (any device; f32, f64, bf16, i32, i64) to `path` atomically
+// (core/atomic_file.h): the data goes to a temporary file in the same folder, is fsynced, and is
+// renamed over `path`.
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const Metadata& metadata = {});
 

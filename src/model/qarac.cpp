@@ -80,7 +80,7 @@ struct QaracModels::Impl {
   std::map<std::string, std::vector<Parameter>> exports;  // model_parameters()
 };
 
-QaracModels::QaracModels(const QaracConfig& config, const io::TensorMap& base_weights, DType dtype,
+QaracModels::QaracModels(const QaracConfig& config, const TensorMap& base_weights, DType dtype,
                          Device device)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;

@@ -21,7 +21,6 @@
 #include <memory>
 #include <string>
 
-#include "io/safetensors.h"
 #include "model/pooling.h"
 #include "model/roberta.h"
 
@@ -79,7 +78,7 @@ class QaracModels {
   // io::HfRoberta::encoder): the bases are copies of it, the heads are initialised from
   // config.init_seed (matrices ~ N(0, init_std²), biases 0, LayerNorms γ 1, β 0), the same
   // whichever models are built. Dropout streams: QE's base 1, AE's base 2 (1 when shared), D 3.
-  QaracModels(const QaracConfig& config, const io::TensorMap& base_weights, DType dtype,
+  QaracModels(const QaracConfig& config, const TensorMap& base_weights, DType dtype,
               Device device);
   ~QaracModels();
 

@@ -1,13 +1,15 @@
-// Training checkpoints (DESIGN.md §6): one HDF5 file with the whole state a run needs to go on
-// exactly where it stopped — master weights, optimizer moments and step, the training step and
-// seed (the RNG is counter-based, so these two are its whole state), the data loader's cursor and
-// the run's configuration text. Resuming from one is bit-exact on the CPU.
+// Training checkpoints (DESIGN.md §6): what goes in a checkpoint and where, and a run's
+// checkpoint folder (keep the newest N, find the newest valid one). A checkpoint holds the whole
+// state a run needs to go on exactly where it stopped — master weights, optimizer moments and
+// step, the training step and seed (the RNG is counter-based, so these two are its whole state),
+// the data loader's cursor and the run's configuration text. Resuming from one is bit-exact on
+// the CPU.
 //
-// Files are "checkpoint-<step, 10 digits>.h5" in a run's checkpoint folder. A file is written
-// under a temporary name, fsynced and renamed, so a final name only ever holds a finished file;
-// it also carries a checksum over every dataset and a `complete` attribute written last, so a
-// file damaged afterwards (truncated by a full disk, a flipped byte, a partial copy) is detected
-// and never resumed from.
+// Files are "checkpoint-<step, 10 digits>.h5" in a run's checkpoint folder, written atomically
+// (core/atomic_file.h: a final name only ever holds a finished file) as checksummed HDF5 files
+// (core/hdf5_checksummed.h: a checksum over every dataset and a `complete` attribute written
+// last), so a file damaged afterwards (truncated by a full disk, a flipped byte, a partial copy)
+// is detected and never resumed from.
 //
 // Layout (every value is a dataset, so the checksum covers all of them; h5dump shows them):
 //   /                     attributes: format, version, checksum (u64), complete = 1 (written last)
@@ -22,9 +24,8 @@
 //   /loader/step          i64 scalar
 //   /loader/task          i32 [n]: data::Task per task of the cursor, plan order
 //   /loader/{epoch, position, share_begin, share_end}   i64 [n]
-// The checksum is a 64-bit hash over every dataset in name order: its path, type, shape and
-// bytes. Datasets are contiguous and uncompressed (the state is floating-point noise that deflate
-// does not shrink).
+// Datasets are contiguous and uncompressed (the state is floating-point noise that deflate does
+// not shrink).
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,8 @@ struct TrainingState {
 
 // "<dir>/checkpoint-0000000042.h5".
 std::string checkpoint_path(const std::string& dir, int64_t step);
+// The step in the name of checkpoint_path(dir, step); -1 for a path not named so.
+int64_t checkpoint_step(const std::string& path);
 
 // Writes the optimizer's parameters (master weights), moments and step with `state` to
 // checkpoint_path(dir, state.step), creating `dir` if needed, and returns that path. Then deletes

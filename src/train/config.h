@@ -11,7 +11,7 @@
 #include <string>
 
 #include "core/memory.h"
-#include "data/readers.h"
+#include "data/task.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 

@@ -24,6 +24,7 @@
 //                            head on held-out text, masks fixed across evaluations
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,9 +32,31 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "model/masked_lm.h"
-#include "train/trainer.h"
+#include "model/qarac.h"
 
 namespace qarac {
+
+// ---- The trainer's evaluation hook -----------------------------------------------------------
+// Evaluations (QA retrieval accuracy, consistency accuracy and confusion, token accuracy, the
+// forgetting monitor) implement Evaluator; the trainer calls it every eval.every steps and at the
+// end, and logs its metrics to metrics.jsonl as one line with "eval": true.
+struct EvalResult {
+  std::map<std::string, double> metrics;  // e.g. "qa.retrieval_accuracy", "forgetting.mlm_loss"
+};
+
+struct EvalContext {
+  QaracModels& models;
+  const TensorMap& base_lm_head;  // the base checkpoint's MLM head ("dense.weight", ...)
+  const RobertaConfig& base_config;
+  int64_t step;  // training steps completed
+};
+
+class Evaluator {
+ public:
+  virtual ~Evaluator() = default;
+  // Runs without gradients; must leave the models' parameters as they were.
+  virtual EvalResult evaluate(const EvalContext& context) = 0;
+};
 
 struct EvalOptions {
   std::string data_dir;         // held-out task streams (<task>.h5, as qarac-prep writes them)

@@ -81,6 +81,23 @@ void weighted_sum(const Tensor& values, const Tensor& weights, Tensor& out) {
 }  // namespace
 
 struct Objectives::Impl {
+  // One task batch in flight: what every task's function reads besides the models.
+  struct Pass {
+    const data::TaskBatch& batch;
+    const ObjectiveOptions& options;
+    bool backward;
+    int64_t count, d;  // samples, hidden size
+    Tensor& loss;      // the task's scalar [1]
+
+    // Model application k of the task: its own dropout masks (see objectives.h).
+    ForwardOptions application(uint32_t k) const {
+      ForwardOptions o = options.forward;
+      o.application = 4 * static_cast<uint32_t>(batch.task) + k;
+      return o;
+    }
+  };
+  using TaskFunction = void (Impl::*)(const Pass&);
+
   QaracModels& models;
   DType dtype, acc;
   Device device;
@@ -99,10 +116,23 @@ struct Objectives::Impl {
   const RobertaConfig& config() const { return models.config().base; }
   void check(const data::TaskBatch& batch) const;
   const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options, bool backward);
+
+  // One function per task, data::Task order (run's table).
+  void encode_decode(const Pass& p);
+  void question_answering(const Pass& p);
+  void reasoning(const Pass& p);
+  void consistency(const Pass& p);
+
+  TokenBatch field(const Pass& p, int f) const {
+    return tokens_of(p.batch.fields[static_cast<size_t>(f)], config(), device);
+  }
+  // Around a model's last backward pass of the step: report its layers as they finish (arm),
+  // then the model as a whole (done).
+  void arm(const Pass& p, parallel::Model model, bool on);
+  void done(const Pass& p, parallel::Model model);
   // The cross-entropy tasks' common part: D(v, y) against "y </s>"; loss = the batch mean.
   // Returns d loss / d v (times weight) when backward, else null.
-  const Tensor* decode(const Tensor& v, const data::TaskBatch& batch, int field,
-                       const ForwardOptions& options, double weight, bool backward, Tensor& loss);
+  const Tensor* decode(const Tensor& v, const Pass& p, int field, const ForwardOptions& options);
   // loss = the mean of `losses` [B].
   void batch_mean(int64_t count, Tensor& loss);
 };
@@ -130,127 +160,120 @@ void Objectives::Impl::batch_mean(int64_t count, Tensor& loss) {
   weighted_sum(losses, mean_weights, loss);
 }
 
-const Tensor* Objectives::Impl::decode(const Tensor& v, const data::TaskBatch& batch, int field,
-                                       const ForwardOptions& options, double weight, bool backward,
-                                       Tensor& loss) {
+const Tensor* Objectives::Impl::decode(const Tensor& v, const Pass& p, int field,
+                                       const ForwardOptions& options) {
   Decoder& decoder = models.decoder();
   const DecoderBatch y =
-      decoder_batch(batch.fields[static_cast<size_t>(field)], config(), acc, device, batch.task,
-                    data::task_fields(batch.task)[static_cast<size_t>(field)]);
+      decoder_batch(p.batch.fields[static_cast<size_t>(field)], config(), acc, device, p.batch.task,
+                    data::task_fields(p.batch.task)[static_cast<size_t>(field)]);
   Tensor& logits = decoder.forward(v, y.input, options, decoded);
   ensure_tensor(losses, {y.input.tokens()}, acc, device);
   // In place: the logits become w r_t (softmax − onehot), the LM head's incoming gradient.
   ops::softmax_cross_entropy(logits, y.targets, kNoIgnoredTarget, losses,
-                             backward ? &logits : nullptr, weight, decoder.vocab_size(),
+                             p.backward ? &logits : nullptr, p.options.weight, decoder.vocab_size(),
                              &y.weights);
-  weighted_sum(losses, y.weights, loss);
-  return backward ? &decoder.backward(decoded, logits) : nullptr;
+  weighted_sum(losses, y.weights, p.loss);
+  return p.backward ? &decoder.backward(decoded, logits) : nullptr;
+}
+
+void Objectives::Impl::arm(const Pass& p, parallel::Model model, bool on) {
+  if (!p.backward || !p.options.gradients_ready || !p.options.last_use[static_cast<int>(model)]) return;
+  GradientsReady ready = on ? p.options.gradients_ready : GradientsReady{};
+  if (model == parallel::Model::question_encoder) models.question_encoder().set_gradients_ready(std::move(ready));
+  if (model == parallel::Model::answer_encoder) models.answer_encoder().set_gradients_ready(std::move(ready));
+  if (model == parallel::Model::decoder) models.decoder().set_gradients_ready(std::move(ready));
+}
+
+void Objectives::Impl::done(const Pass& p, parallel::Model model) {
+  arm(p, model, false);
+  if (p.backward && p.options.backward_done) p.options.backward_done(model);
 }
 
 const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ObjectiveOptions& options,
                                     bool backward) {
-  const ForwardOptions& forward = options.forward;
-  const double weight = options.weight;
+  static constexpr TaskFunction kTasks[data::kTaskCount] = {
+      &Impl::encode_decode, &Impl::question_answering, &Impl::reasoning, &Impl::consistency};
   check(batch);
   const int task = static_cast<int>(batch.task);
-  const int64_t count = batch.count(), d = config().hidden_size;
   Tensor& loss = task_loss[task];
   ensure_tensor(loss, {1}, acc, device);
-  auto application = [&](uint32_t k) {
-    ForwardOptions o = forward;
-    o.application = 4 * static_cast<uint32_t>(task) + k;
-    return o;
-  };
-  auto field = [&](int f) {
-    return tokens_of(batch.fields[static_cast<size_t>(f)], config(), device);
-  };
-  SentenceEncoder& answer = models.answer_encoder();
-  // Around a model's last backward pass of the step: report its layers as they finish (arm),
-  // then the model as a whole (done).
-  auto arm = [&](dist::Model model, bool on) {
-    if (!backward || !options.gradients_ready || !options.last_use[static_cast<int>(model)]) return;
-    GradientsReady ready = on ? options.gradients_ready : GradientsReady{};
-    if (model == dist::Model::question_encoder) models.question_encoder().set_gradients_ready(std::move(ready));
-    if (model == dist::Model::answer_encoder) answer.set_gradients_ready(std::move(ready));
-    if (model == dist::Model::decoder) models.decoder().set_gradients_ready(std::move(ready));
-  };
-  auto done = [&](dist::Model model) {
-    arm(model, false);
-    if (backward && options.backward_done) options.backward_done(model);
-  };
-
-  switch (batch.task) {
-    case data::Task::encode_decode: {
-      const Tensor& v = answer.forward(field(0), application(0), encoded[0]);
-      arm(dist::Model::decoder, true);
-      const Tensor* dv = decode(v, batch, 0, application(1), weight, backward, loss);
-      done(dist::Model::decoder);
-      arm(dist::Model::answer_encoder, true);
-      if (backward) answer.backward(encoded[0], *dv);
-      done(dist::Model::answer_encoder);
-      break;
-    }
-    case data::Task::question_answering: {
-      SentenceEncoder& question = models.question_encoder();
-      const Tensor& q = question.forward(field(0), application(0), encoded[0]);
-      const Tensor& a = answer.forward(field(1), application(1), encoded[1]);
-      ensure_tensor(losses, {count}, acc, device);
-      ensure_tensor(grad_first, {count, d}, dtype, device);
-      ensure_tensor(grad_second, {count, d}, dtype, device);
-      ops::mse_loss(q, a, losses, backward ? &grad_first : nullptr,
-                    backward ? &grad_second : nullptr, weight / static_cast<double>(count));
-      batch_mean(count, loss);
-      arm(dist::Model::question_encoder, true);
-      if (backward) question.backward(encoded[0], grad_first);
-      done(dist::Model::question_encoder);
-      arm(dist::Model::answer_encoder, true);
-      if (backward) answer.backward(encoded[1], grad_second);
-      done(dist::Model::answer_encoder);
-      break;
-    }
-    case data::Task::reasoning: {
-      const Tensor& v0 = answer.forward(field(0), application(0), encoded[0]);
-      const Tensor& v1 = answer.forward(field(1), application(1), encoded[1]);
-      ensure_tensor(pair_sum, {count, d}, dtype, device);
-      ops::add(v0, v1, pair_sum);
-      arm(dist::Model::decoder, true);
-      const Tensor* dv = decode(pair_sum, batch, 2, application(2), weight, backward, loss);
-      done(dist::Model::decoder);
-      if (backward) {
-        answer.backward(encoded[1], *dv);
-        arm(dist::Model::answer_encoder, true);  // the second pass finishes AE's gradients
-        answer.backward(encoded[0], *dv);
-      }
-      done(dist::Model::answer_encoder);
-      break;
-    }
-    case data::Task::consistency: {
-      const Tensor& u0 = answer.forward(field(0), application(0), encoded[0]);
-      const Tensor& u1 = answer.forward(field(1), application(1), encoded[1]);
-      ensure_tensor(cosines, {count}, acc, device);
-      ensure_tensor(grad_cosines, {count}, acc, device);
-      ensure_tensor(losses, {count}, acc, device);
-      ensure_tensor(grad_first, {count, d}, dtype, device);
-      ensure_tensor(grad_second, {count, d}, dtype, device);
-      ops::cosine_forward(u0, u1, kCosineEps, cosines);
-      labels = accumulation_tensor(std::vector<double>(batch.labels.begin(), batch.labels.end()),
-                                   acc, device);
-      Tensor grad_column = grad_cosines.reshape({count, 1});
-      ops::mse_loss(cosines.reshape({count, 1}), labels.reshape({count, 1}), losses,
-                    backward ? &grad_column : nullptr, nullptr,
-                    weight / static_cast<double>(count));
-      batch_mean(count, loss);
-      if (backward) {
-        ops::cosine_backward(grad_cosines, u0, u1, kCosineEps, grad_first, grad_second);
-        answer.backward(encoded[0], grad_first);
-        arm(dist::Model::answer_encoder, true);  // the second pass finishes AE's gradients
-        answer.backward(encoded[1], grad_second);
-      }
-      done(dist::Model::answer_encoder);
-      break;
-    }
-  }
+  (this->*kTasks[task])({batch, options, backward, batch.count(), config().hidden_size, loss});
   return loss;
+}
+
+// CE(D(AE(x), x), x </s>).
+void Objectives::Impl::encode_decode(const Pass& p) {
+  SentenceEncoder& answer = models.answer_encoder();
+  const Tensor& v = answer.forward(field(p, 0), p.application(0), encoded[0]);
+  arm(p, parallel::Model::decoder, true);
+  const Tensor* dv = decode(v, p, 0, p.application(1));
+  done(p, parallel::Model::decoder);
+  arm(p, parallel::Model::answer_encoder, true);
+  if (p.backward) answer.backward(encoded[0], *dv);
+  done(p, parallel::Model::answer_encoder);
+}
+
+// MSE(QE(q) − AE(a), 0).
+void Objectives::Impl::question_answering(const Pass& p) {
+  SentenceEncoder& question = models.question_encoder();
+  SentenceEncoder& answer = models.answer_encoder();
+  const Tensor& q = question.forward(field(p, 0), p.application(0), encoded[0]);
+  const Tensor& a = answer.forward(field(p, 1), p.application(1), encoded[1]);
+  ensure_tensor(losses, {p.count}, acc, device);
+  ensure_tensor(grad_first, {p.count, p.d}, dtype, device);
+  ensure_tensor(grad_second, {p.count, p.d}, dtype, device);
+  ops::mse_loss(q, a, losses, p.backward ? &grad_first : nullptr, p.backward ? &grad_second : nullptr,
+                p.options.weight / static_cast<double>(p.count));
+  batch_mean(p.count, p.loss);
+  arm(p, parallel::Model::question_encoder, true);
+  if (p.backward) question.backward(encoded[0], grad_first);
+  done(p, parallel::Model::question_encoder);
+  arm(p, parallel::Model::answer_encoder, true);
+  if (p.backward) answer.backward(encoded[1], grad_second);
+  done(p, parallel::Model::answer_encoder);
+}
+
+// CE(D(AE(p0) + AE(p1), c), c </s>).
+void Objectives::Impl::reasoning(const Pass& p) {
+  SentenceEncoder& answer = models.answer_encoder();
+  const Tensor& v0 = answer.forward(field(p, 0), p.application(0), encoded[0]);
+  const Tensor& v1 = answer.forward(field(p, 1), p.application(1), encoded[1]);
+  ensure_tensor(pair_sum, {p.count, p.d}, dtype, device);
+  ops::add(v0, v1, pair_sum);
+  arm(p, parallel::Model::decoder, true);
+  const Tensor* dv = decode(pair_sum, p, 2, p.application(2));
+  done(p, parallel::Model::decoder);
+  if (p.backward) {
+    answer.backward(encoded[1], *dv);
+    arm(p, parallel::Model::answer_encoder, true);  // the second pass finishes AE's gradients
+    answer.backward(encoded[0], *dv);
+  }
+  done(p, parallel::Model::answer_encoder);
+}
+
+// MSE(cos(AE(s0), AE(s1)), y).
+void Objectives::Impl::consistency(const Pass& p) {
+  SentenceEncoder& answer = models.answer_encoder();
+  const Tensor& u0 = answer.forward(field(p, 0), p.application(0), encoded[0]);
+  const Tensor& u1 = answer.forward(field(p, 1), p.application(1), encoded[1]);
+  ensure_tensor(cosines, {p.count}, acc, device);
+  ensure_tensor(grad_cosines, {p.count}, acc, device);
+  ensure_tensor(losses, {p.count}, acc, device);
+  ensure_tensor(grad_first, {p.count, p.d}, dtype, device);
+  ensure_tensor(grad_second, {p.count, p.d}, dtype, device);
+  ops::cosine_forward(u0, u1, kCosineEps, cosines);
+  labels = accumulation_tensor(std::vector<double>(p.batch.labels.begin(), p.batch.labels.end()), acc, device);
+  Tensor grad_column = grad_cosines.reshape({p.count, 1});
+  ops::mse_loss(cosines.reshape({p.count, 1}), labels.reshape({p.count, 1}), losses,
+                p.backward ? &grad_column : nullptr, nullptr, p.options.weight / static_cast<double>(p.count));
+  batch_mean(p.count, p.loss);
+  if (p.backward) {
+    ops::cosine_backward(grad_cosines, u0, u1, kCosineEps, grad_first, grad_second);
+    answer.backward(encoded[0], grad_first);
+    arm(p, parallel::Model::answer_encoder, true);  // the second pass finishes AE's gradients
+    answer.backward(encoded[1], grad_second);
+  }
+  done(p, parallel::Model::answer_encoder);
 }
 
 Objectives::Objectives(QaracModels& models) : impl_(std::make_unique<Impl>(models)) {}

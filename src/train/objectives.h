@@ -20,7 +20,7 @@
 #include <memory>
 
 #include "data/loader.h"
-#include "dist/task_plan.h"
+#include "parallel/task_plan.h"
 #include "model/qarac.h"
 
 namespace qarac {
@@ -31,12 +31,12 @@ struct ObjectiveOptions {
   // Called once per model the task uses, as soon as that model's last backward pass of the
   // task has been queued (the decoder before the answer encoder): the distributed trainer starts
   // the model's gradient reduction there, overlapping the rest of the backward pass.
-  std::function<void(dist::Model)> backward_done;
+  std::function<void(parallel::Model)> backward_done;
   // For the models whose last backward pass of the step this task runs (last_use), that pass
   // reports each layer's parameters to gradients_ready as it finishes their gradients, so
   // their reduction can start a layer at a time.
   GradientsReady gradients_ready;
-  std::array<bool, dist::kModelCount> last_use{};
+  std::array<bool, parallel::kModelCount> last_use{};
 };
 
 class Objectives {

@@ -8,38 +8,17 @@
 // base by masked language modelling on the text stream instead (the quickstart's tiny base).
 #pragma once
 
-#include <map>
 #include <memory>
 #include <string>
 
-#include "dist/runtime.h"
-#include "dist/task_plan.h"
+#include "parallel/runtime.h"
+#include "parallel/task_plan.h"
 #include "model/qarac.h"
 #include "train/config.h"
 
 namespace qarac {
 
-// ---- Evaluation hook ------------------------------------------------------------------------
-// Evaluations (QA retrieval accuracy, consistency accuracy and confusion, token accuracy, the
-// forgetting monitor) implement Evaluator; the trainer calls it every eval.every steps and at the
-// end, and logs its metrics to metrics.jsonl as one line with "eval": true.
-struct EvalResult {
-  std::map<std::string, double> metrics;  // e.g. "qa.retrieval_accuracy", "forgetting.mlm_loss"
-};
-
-struct EvalContext {
-  QaracModels& models;
-  const io::TensorMap& base_lm_head;  // the base checkpoint's MLM head ("dense.weight", ...)
-  const RobertaConfig& base_config;
-  int64_t step;  // training steps completed
-};
-
-class Evaluator {
- public:
-  virtual ~Evaluator() = default;
-  // Runs without gradients; must leave the models' parameters as they were.
-  virtual EvalResult evaluate(const EvalContext& context) = 0;
-};
+class Evaluator;  // train/evaluation.h
 
 // ---- Trainer ----------------------------------------------------------------------------------
 class Trainer {
@@ -50,13 +29,13 @@ class Trainer {
   // exists.
   // `runtime` null: one process without MPI. Otherwise this rank of runtime's world, which every
   // rank constructs collectively (the communicators are created here).
-  explicit Trainer(const TrainConfig& config, const dist::Runtime* runtime = nullptr);
+  explicit Trainer(const TrainConfig& config, const parallel::Runtime* runtime = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
   void set_evaluator(std::unique_ptr<Evaluator> evaluator);
-  const dist::TaskPlan& plan() const;
+  const parallel::TaskPlan& plan() const;
   int64_t step() const;  // training steps completed
 
   // Creates the output directory, restores the checkpoint when resuming, and trains to

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=${2:-.device}
-golden=${QARAC_GOLDEN_DIR:-../shared/golden}
+golden=tests/golden/data
 
 programs=(src/cli/qarac-parity src/cli/qarac-bench src/cli/qarac-prep src/cli/qarac-train)
 tests=(tests/unit/test_cuda_dense tests/unit/test_cuda_attention tests/unit/test_cuda_misc

@@ -26,7 +26,7 @@ else
   mkdir -p "$bin"
   ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* \
     "$PWD"/build-device/tests/mpi/test_nccl "$bin/"
-  golden=${QARAC_GOLDEN_DIR:-../shared/golden}
+  golden=tests/golden/data
 fi
 # CUDA's libraries: the toolkit's folder and the Python wheels' (cuDNN, NCCL live there). Only
 # our programs get this path: the bundled Debian libraries must not shadow PyTorch's.

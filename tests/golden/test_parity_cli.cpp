@@ -35,7 +35,7 @@ TEST(ParityCli, MissingReferenceTensorFails) {
   const fs::path dir = scratch_dir("missing");
   fs::copy_file(kTinyDev / "config.json", dir / "config.json");
   fs::copy_file(kTinyDev / "model.safetensors", dir / "model.safetensors");
-  qarac::io::TensorMap expected = qarac::io::read_safetensors((kTinyDev / "expected.safetensors").string());
+  qarac::TensorMap expected = qarac::io::read_safetensors((kTinyDev / "expected.safetensors").string());
   ASSERT_EQ(expected.erase("grad.encoder.layer.1.output.LayerNorm.bias"), 1u);
   qarac::io::write_safetensors((dir / "expected.safetensors").string(), expected);
 

@@ -117,8 +117,8 @@ TempDir* Distributed::root_ = nullptr;
 // to each tensor: a tensor whose exact value stays zero (the attention key bias, whose gradient
 // cancels in the softmax) holds only rounding noise, and noise relative to noise means nothing.
 std::pair<double, std::string> export_difference(const fs::path& a, const fs::path& b) {
-  const io::TensorMap ta = io::read_safetensors((a / "model.safetensors").string());
-  const io::TensorMap tb = io::read_safetensors((b / "model.safetensors").string());
+  const TensorMap ta = io::read_safetensors((a / "model.safetensors").string());
+  const TensorMap tb = io::read_safetensors((b / "model.safetensors").string());
   EXPECT_EQ(ta.size(), tb.size());
   double worst = 0, scale = 0;
   std::string where;

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/memory.h"
-#include "dist/communicator.h"
+#include "parallel/communicator.h"
 
 using namespace qarac;
 
@@ -17,9 +17,9 @@ namespace {
 
 TEST(Nccl, SingleRankAllReduceKeepsTheBucket) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
-  ASSERT_TRUE(dist::nccl_available());
-  const dist::MpiGroup world(MPI_COMM_WORLD, "the world", 60);
-  const std::unique_ptr<dist::Communicator> comm = dist::make_nccl_communicator(world);
+  ASSERT_TRUE(parallel::nccl_available());
+  const parallel::MpiGroup world(MPI_COMM_WORLD, "the world", 60);
+  const std::unique_ptr<parallel::Communicator> comm = parallel::make_nccl_communicator(world);
   EXPECT_STREQ(comm->backend(), "nccl");
   std::vector<float> values(3000);
   for (size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * static_cast<float>(i % 97) - 3.0f;
@@ -39,8 +39,8 @@ TEST(Nccl, SingleRankAllReduceKeepsTheBucket) {
 
 TEST(Nccl, BackendNeedsCudaTensors) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
-  const dist::MpiGroup world(MPI_COMM_WORLD, "the world", 60);
-  const std::unique_ptr<dist::Communicator> comm = dist::make_nccl_communicator(world);
+  const parallel::MpiGroup world(MPI_COMM_WORLD, "the world", 60);
+  const std::unique_ptr<parallel::Communicator> comm = parallel::make_nccl_communicator(world);
   Tensor cpu = Tensor::zeros({4}, DType::f32);
   EXPECT_THROW(comm->start_all_reduce(cpu), Error);
 }

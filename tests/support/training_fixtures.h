@@ -40,7 +40,7 @@ inline void write_tiny_base(const std::filesystem::path& dir, const std::string&
   config.max_position_embeddings = 514;
   RobertaEncoder encoder(config, DType::f32, Device::cpu());
   init_normal(encoder.parameters(), 0.02, 5);
-  io::TensorMap tensors;
+  TensorMap tensors;
   for (const Parameter* p : encoder.parameters()) tensors["roberta." + p->name] = p->master;
   const int64_t d = config.hidden_size, v = config.vocab_size;
   tensors["lm_head.dense.weight"] = Tensor::zeros({d, d}, DType::f32);

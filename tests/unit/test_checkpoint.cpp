@@ -627,7 +627,7 @@ TEST_F(CheckpointTest, QaracModelsExportInTheHfLayoutAndReadBack) {
     expect_hf_config(out, config);
 
     io::Metadata metadata;
-    const io::TensorMap stored =
+    const TensorMap stored =
         io::read_safetensors((fs::path(out) / "model.safetensors").string(), &metadata);
     EXPECT_EQ(metadata["format"], "pt");  // transformers refuses safetensors without it
     std::set<std::string> expected, names;
@@ -676,7 +676,7 @@ TEST_F(CheckpointTest, QaracModelsRoundTrip) {
   const RobertaConfig config = tiny_config();
   RobertaEncoder pretrained(config, DType::f32, Device::cpu());
   init_normal(pretrained.parameters(), 0.5, 8);
-  const io::TensorMap base = io::master_tensors(pretrained.parameters());
+  const TensorMap base = io::master_tensors(pretrained.parameters());
   QaracConfig qc;
   qc.base = config;
   qc.share_encoder_base = true;
@@ -707,11 +707,11 @@ TEST_F(CheckpointTest, ExportPrefixesABareBaseAndReplacesTheFolder) {
   const RobertaConfig config = tiny_config();
   RobertaEncoder encoder(config, DType::f32, Device::cpu());
   init_normal(encoder.parameters(), 0.5, 8);
-  io::TensorMap tensors = io::master_tensors(encoder.parameters());
+  TensorMap tensors = io::master_tensors(encoder.parameters());
   tensors["pooling.global_projection.weight"] =
       Tensor::zeros({config.hidden_size, config.hidden_size}, DType::f64);
   const std::string out = io::export_hf_model(dir(), "answer_encoder", config, tensors);
-  const io::TensorMap stored = io::read_safetensors((fs::path(out) / "model.safetensors").string());
+  const TensorMap stored = io::read_safetensors((fs::path(out) / "model.safetensors").string());
   EXPECT_EQ(stored.size(), tensors.size());
   for (const Parameter* p : encoder.parameters())
     EXPECT_TRUE(same_bits(stored.at("roberta." + p->name), p->master)) << p->name;
@@ -721,7 +721,7 @@ TEST_F(CheckpointTest, ExportPrefixesABareBaseAndReplacesTheFolder) {
   word->assign(Tensor::zeros(word->value.shape(), DType::f32));
   io::export_hf_model(dir(), "answer_encoder", config, io::master_tensors(encoder.parameters()));
   EXPECT_EQ(folder_entries(dir_ / "export"), std::set<std::string>{"answer_encoder"});
-  const io::TensorMap again = io::read_safetensors((fs::path(out) / "model.safetensors").string());
+  const TensorMap again = io::read_safetensors((fs::path(out) / "model.safetensors").string());
   EXPECT_FALSE(again.count("pooling.global_projection.weight"));
   EXPECT_TRUE(
       same_bits(again.at("roberta." + word->name), Tensor::zeros(word->value.shape(), DType::f32)));
@@ -742,7 +742,7 @@ TEST_F(CheckpointTest, ExportPrefixesABareBaseAndReplacesTheFolder) {
 TEST_F(CheckpointTest, MasterTensorsAreCopies) {
   Parameter p;
   p.allocate("w", {2, 3}, DType::f32, Device::cpu());
-  const io::TensorMap map = io::master_tensors({&p});
+  const TensorMap map = io::master_tensors({&p});
   p.master.data<float>()[0] = 5.0f;
   EXPECT_EQ(map.at("w").data<float>()[0], 0.0f);
 }

@@ -1,21 +1,36 @@
 // Core: tensors (views, copies, conversions), bf16 rounding, the Philox generator against its
-// published known-answer vectors, and the error checkers' messages.
+// published known-answer vectors, the error checkers' messages, the hashes against fixed values,
+// atomic file writes (success, and failures that leave the old file and no temporary file), and
+// checksummed HDF5 files (round trip; a flipped byte, a truncation, a missing `complete`, another
+// format or version refused with one line naming the file).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
+#include <set>
+#include <string>
 
+#include "core/atomic_file.h"
 #include "core/check_hdf5.h"
 #include "core/check_mpi.h"
 #include "core/error.h"
+#include "core/hash.h"
+#include "core/hdf5_checksummed.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #ifdef QARAC_HAVE_CUDA
 #include "core/check_cuda.h"
 #endif
+#include "support/test_support.h"
 
 using namespace qarac;
+using test_support::expect_input_error;
+namespace fs = std::filesystem;
 
 TEST(Tensor, ShapeViewsAndCopies) {
   std::vector<float> v(24);
@@ -174,3 +189,244 @@ TEST(Memory, CudaAllocationFailsClearlyWithoutGpu) {
   }
 }
 #endif
+
+// ---- Hashes ----------------------------------------------------------------------------------
+
+// Stored in files (checkpoint checksums, tokenizer hashes in task streams): the values are frozen.
+TEST(Hash, ValuesAreFrozen) {
+  std::string bytes;
+  for (int i = 0; i < 100; ++i) bytes += static_cast<char>(i * 7 + 3);
+  EXPECT_EQ(hash64(bytes.data(), 0), 0x7b8a1f9e82fc1d69ull);
+  EXPECT_EQ(hash64(bytes.data(), 8), 0xcc409c1bc1bc07dfull);
+  EXPECT_EQ(hash64(bytes.data(), 33), 0x26f995f4f9109272ull);  // lanes, a word and a tail byte
+  EXPECT_EQ(hash64(bytes.data(), 100), 0x652ce3dc2152f5f9ull);
+  // FNV-1a's published test vectors.
+  Fnv1a64 empty, a, foobar;
+  a.bytes("a", 1);
+  foobar.bytes("foobar", 6);
+  EXPECT_EQ(empty.hex(), "fnv1a64:cbf29ce484222325");
+  EXPECT_EQ(a.value(), 0xaf63dc4c8601ec8cull);
+  EXPECT_EQ(foobar.hex(), "fnv1a64:85944171f73967e8");
+  // Integers go in little-endian, strings with their length first.
+  Fnv1a64 word, word_bytes, text, text_bytes;
+  word.u64(0x0102030405060708ull);
+  word_bytes.bytes("\x08\x07\x06\x05\x04\x03\x02\x01", 8);
+  EXPECT_EQ(word.value(), word_bytes.value());
+  text.str("ab");
+  text_bytes.u64(2);
+  text_bytes.bytes("ab", 2);
+  EXPECT_EQ(text.value(), text_bytes.value());
+}
+
+TEST(Hash, EveryFlippedBitChangesHash64) {
+  std::vector<unsigned char> bytes(75);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i * 31 + 1);
+  const uint64_t clean = hash64(bytes.data(), bytes.size());
+  std::set<uint64_t> seen = {clean};
+  for (size_t i = 0; i < bytes.size(); ++i)
+    for (int bit = 0; bit < 8; ++bit) {
+      bytes[i] ^= static_cast<unsigned char>(1 << bit);
+      EXPECT_TRUE(seen.insert(hash64(bytes.data(), bytes.size())).second) << "byte " << i << " bit " << bit;
+      bytes[i] ^= static_cast<unsigned char>(1 << bit);
+    }
+  EXPECT_NE(hash64(bytes.data(), 74), clean);  // the length counts too
+}
+
+// ---- Files -----------------------------------------------------------------------------------
+
+class FileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("qarac_test_core_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::set<std::string> entries() const {
+    std::set<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir_)) names.insert(e.path().filename().string());
+    return names;
+  }
+  static std::string read(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  static void write(const std::string& path, const std::string& bytes) {
+    std::ofstream(path, std::ios::binary) << bytes;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(FileTest, AtomicWriteReplacesTheFileWhole) {
+  const std::string p = path("a.bin");
+  write(p, "old");
+  {
+    AtomicFile file(p);
+    EXPECT_EQ(file.temp_path(), p + kTempFileMarker + std::to_string(::getpid()));
+    file.write("new ", 4);
+    EXPECT_EQ(read(p), "old") << "the target changes only at commit";
+    file.write("bytes", 5);
+    file.commit();
+  }
+  EXPECT_EQ(read(p), "new bytes");
+  EXPECT_EQ(entries(), std::set<std::string>{"a.bin"}) << "a temporary file was left";
+
+  // A library that writes to a path (HDF5): the bytes are its, the commit is the helper's.
+  const std::string q = path("b.bin");
+  {
+    AtomicFile file(q, AtomicFile::by_path);
+    EXPECT_FALSE(fs::exists(file.temp_path())) << "by_path creates nothing";
+    write(file.temp_path(), "written by a library");
+    file.sync();  // as qarac-prep does for every stream before it commits any
+    EXPECT_FALSE(fs::exists(q));
+    file.commit();
+  }
+  EXPECT_EQ(read(q), "written by a library");
+  EXPECT_EQ(entries(), (std::set<std::string>{"a.bin", "b.bin"}));
+}
+
+TEST_F(FileTest, FailedAtomicWritesLeaveTheOldFileAndNoTemporaryFile) {
+  const std::string p = path("a.bin");
+  write(p, "old");
+  {
+    AtomicFile file(p);
+    file.write("half of the new", 15);
+  }  // a throw before commit
+  EXPECT_EQ(read(p), "old");
+  EXPECT_EQ(entries(), std::set<std::string>{"a.bin"});
+
+  // No folder for the temporary file.
+  const std::string missing = path("no/such/dir/x.bin");
+  expect_input_error([&] { AtomicFile file(missing); },
+                     {missing, "cannot create the temporary file", missing + ".tmp.", "No such file"});
+
+  // The rename fails (the target is a folder): the temporary file is removed, the folder stays.
+  fs::create_directory(dir_ / "target");
+  const std::string folder = path("target");
+  expect_input_error(
+      [&] {
+        AtomicFile file(folder);
+        file.write("x", 1);
+        file.commit();
+      },
+      {folder, "cannot rename the temporary file", "Is a directory"});
+  EXPECT_EQ(entries(), (std::set<std::string>{"a.bin", "target"}));
+  EXPECT_TRUE(fs::is_directory(folder));
+
+  // by_path, but the library never created the file.
+  const std::string never = path("never.bin");
+  expect_input_error(
+      [&] {
+        AtomicFile file(never, AtomicFile::by_path);
+        file.commit();
+      },
+      {never, "fsync of", "No such file"});
+  EXPECT_EQ(entries(), (std::set<std::string>{"a.bin", "target"}));
+}
+
+// ---- Checksummed HDF5 files ------------------------------------------------------------------
+
+constexpr H5FileKind kTestKind = {"qarac-test-file", 3, "test file"};
+
+class ChecksummedH5Test : public FileTest {
+ protected:
+  // A file with text, scalars, a vector and a matrix, written as checkpoints are.
+  std::string make(const std::string& name, const H5FileKind& kind = kTestKind) {
+    const std::string p = path(name);
+    AtomicFile file(p, AtomicFile::by_path);
+    {
+      ChecksummedH5Writer w(file.temp_path(), kind);
+      w.write_text("notes", "résumé");
+      w.write_i64("counters/step", 42);
+      w.write_u64("counters/seed", 0xF00DCAFEDEADBEEFull);
+      w.write_vector("cursor", std::vector<int32_t>{3, -1, 7});
+      w.write("weights/w", Tensor::from_vector(std::vector<float>{1.5f, -2.f, 0.25f, 8.f, 0.f, -0.5f}, {2, 3}));
+      w.finish();
+    }
+    file.commit();
+    return p;
+  }
+  static H5Contents read_all(const std::string& p, const H5FileKind& kind = kTestKind) {
+    ChecksummedH5Reader reader(p, kind);
+    return reader.read([](const std::string&, const Shape&) { return true; });
+  }
+  static uint64_t data_offset(const std::string& p, const char* dataset) {
+    const hid_t file = H5Fopen(p.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    const hid_t dset = H5Dopen2(file, dataset, H5P_DEFAULT);
+    const haddr_t offset = H5Dget_offset(dset);
+    H5Dclose(dset);
+    H5Fclose(file);
+    EXPECT_NE(offset, HADDR_UNDEF) << dataset;
+    return offset;
+  }
+  void flip_byte(const std::string& p, uint64_t offset) {
+    std::string bytes = read(p);
+    bytes[offset] = static_cast<char>(bytes[offset] ^ 0x10);
+    write(p, bytes);
+  }
+};
+
+TEST_F(ChecksummedH5Test, RoundTrip) {
+  const std::string p = make("a.h5");
+  EXPECT_EQ(entries(), std::set<std::string>{"a.h5"});
+  const H5Contents c = read_all(p);
+  ASSERT_EQ(c.size(), 5u);
+  EXPECT_TRUE(c.at("notes").is_text);
+  EXPECT_EQ(c.at("notes").text, "résumé");
+  EXPECT_EQ(c.at("counters/step").values.data<int64_t>()[0], 42);
+  EXPECT_EQ(static_cast<uint64_t>(c.at("counters/seed").values.data<int64_t>()[0]), 0xF00DCAFEDEADBEEFull);
+  EXPECT_EQ(c.at("cursor").values.to_vector<int32_t>(), (std::vector<int32_t>{3, -1, 7}));
+  const H5Dataset& w = c.at("weights/w");
+  EXPECT_EQ(w.dtype, DType::f32);
+  EXPECT_EQ(w.shape, (Shape{2, 3}));
+  EXPECT_EQ(w.values.to_vector<float>(), (std::vector<float>{1.5f, -2.f, 0.25f, 8.f, 0.f, -0.5f}));
+
+  // keep() declines the big datasets: read and checked all the same, their values not returned.
+  ChecksummedH5Reader reader(p, kTestKind);
+  const H5Contents shapes = reader.read([](const std::string&, const Shape& shape) { return shape_numel(shape) <= 1; });
+  EXPECT_FALSE(shapes.at("weights/w").values.defined());
+  EXPECT_EQ(shapes.at("weights/w").shape, (Shape{2, 3}));
+  EXPECT_TRUE(shapes.at("counters/step").values.defined());
+}
+
+TEST_F(ChecksummedH5Test, DamageIsRefusedWithOneLineNamingTheFile) {
+  silence_hdf5_stack_printing();
+  const std::string flipped_data = make("flipped_data.h5");
+  flip_byte(flipped_data, data_offset(flipped_data, "weights/w") + 5);
+  expect_input_error([&] { read_all(flipped_data); }, {flipped_data, "checksum mismatch", "corrupt"});
+
+  const std::string flipped_text = make("flipped_text.h5");
+  flip_byte(flipped_text, data_offset(flipped_text, "notes") + 1);
+  expect_input_error([&] { read_all(flipped_text); }, {flipped_text, "checksum mismatch"});
+
+  const std::string truncated = make("truncated.h5");
+  fs::resize_file(truncated, fs::file_size(truncated) - 100);
+  expect_input_error([&] { read_all(truncated); }, {truncated, "truncated"});
+  const std::string empty = make("empty.h5");
+  fs::resize_file(empty, 0);
+  expect_input_error([&] { read_all(empty); }, {empty, "not an HDF5 file"});
+
+  // A write that died before finish() left no `complete`.
+  const std::string unfinished = make("unfinished.h5");
+  const hid_t file = H5Fopen(unfinished.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  EXPECT_GE(H5Adelete(file, "complete"), 0);
+  H5Fclose(file);
+  expect_input_error([&] { read_all(unfinished); }, {unfinished, "incomplete test file", "'complete'"});
+
+  const std::string missing = path("missing.h5");
+  expect_input_error([&] { read_all(missing); }, {missing, "cannot open", "No such file"});
+}
+
+TEST_F(ChecksummedH5Test, AnotherFormatOrVersionIsRefused) {
+  const std::string p = make("a.h5");
+  expect_input_error([&] { read_all(p, {"qarac-other", 3, "sample file"}); },
+                     {p, "not a sample file (format 'qarac-test-file')"});
+  expect_input_error([&] { read_all(p, {"qarac-test-file", 4, "test file"}); },
+                     {p, "test file version 3, this build reads 4"});
+}

@@ -204,7 +204,7 @@ std::vector<data::TaskBatch> step_batches() {
 }
 
 // The base checkpoint: a random RoBERTa with vectors moved off 0 and 1.
-io::TensorMap base_checkpoint(const RobertaConfig& config) {
+TensorMap base_checkpoint(const RobertaConfig& config) {
   RobertaEncoder encoder(config, DType::f32, Device::cpu());
   init_normal(encoder.parameters(), 0.05, 3);
   std::mt19937 gen(4);
@@ -214,7 +214,7 @@ io::TensorMap base_checkpoint(const RobertaConfig& config) {
     float* v = p->value.data<float>();
     for (int64_t i = 0; i < p->value.numel(); ++i) v[i] += normal(gen);
   }
-  io::TensorMap out;
+  TensorMap out;
   for (const Parameter* p : encoder.parameters()) out[p->name] = p->value.clone();
   return out;
 }
@@ -240,7 +240,7 @@ std::vector<double> run_step(QaracModels& models, const std::vector<data::TaskBa
 
 TEST_F(CudaQarac, QaracStepMatchesTheCpu) {
   const QaracConfig config = step_config();
-  const io::TensorMap base = base_checkpoint(config.base);
+  const TensorMap base = base_checkpoint(config.base);
   const std::vector<data::TaskBatch> batches = step_batches();
   QaracModels cpu(config, base, DType::f32, Device::cpu());
   const std::vector<double> want = run_step(cpu, batches);

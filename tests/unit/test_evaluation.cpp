@@ -144,7 +144,7 @@ class EvaluatorTest : public ::testing::Test {
     config_.base = tiny_config();
     RobertaEncoder base(config_.base, DType::f32, Device::cpu());
     init_normal(base.parameters(), 0.2, 9);
-    io::TensorMap weights;
+    TensorMap weights;
     for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
     auto models = std::make_unique<QaracModels>(config_, weights, DType::f32, Device::cpu());
     const ParameterList qe = models->question_encoder().head_parameters();
@@ -179,7 +179,7 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   config.base = tiny_config();
   RobertaEncoder base(config.base, DType::f32, Device::cpu());
   init_normal(base.parameters(), 0.2, 9);
-  io::TensorMap weights;
+  TensorMap weights;
   for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
   QaracModels models(config, weights, DType::f32, Device::cpu());
   // The question encoder made identical to the answer encoder: every question retrieves itself.
@@ -190,7 +190,7 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   // An MLM head for the monitor, as a base checkpoint would carry it.
   MaskedLM donor(base);
   init_normal(donor.head().parameters(), 0.2, 4);
-  io::TensorMap lm_head;
+  TensorMap lm_head;
   for (const Parameter* p : donor.head().parameters()) lm_head[p->name.substr(std::string("lm_head.").size())] = p->value;
 
   EvalOptions options;

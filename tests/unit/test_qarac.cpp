@@ -58,11 +58,11 @@ void perturb_vectors(const ParameterList& params, uint64_t seed) {
 }
 
 // A random "pre-trained" base: encoder tensors named as io::HfRoberta::encoder.
-io::TensorMap base_checkpoint(const RobertaConfig& config, uint64_t seed) {
+TensorMap base_checkpoint(const RobertaConfig& config, uint64_t seed) {
   RobertaEncoder encoder(config, DType::f64, Device::cpu());
   init_normal(encoder.parameters(), 0.5, seed);
   perturb_vectors(encoder.parameters(), seed + 1);
-  io::TensorMap out;
+  TensorMap out;
   for (const Parameter* p : encoder.parameters()) out[p->name] = p->value.clone();
   return out;
 }
@@ -449,7 +449,7 @@ TEST(LMHead, TiedHeadLoadsAHuggingFaceLmHead) {
   EXPECT_TRUE(head.tied());
   EXPECT_EQ(head.padded_vocab(), kVocab);
   EXPECT_EQ(&head.output_weight(), &encoder.word_embeddings());
-  io::TensorMap tensors;
+  TensorMap tensors;
   std::mt19937 gen(2);
   std::normal_distribution<double> normal(0.0, 1.0);
   auto random = [&](const Shape& shape) {
@@ -462,7 +462,7 @@ TEST(LMHead, TiedHeadLoadsAHuggingFaceLmHead) {
   tensors["layer_norm.weight"] = random({kHidden});
   tensors["layer_norm.bias"] = random({kHidden});
   tensors["decoder.bias"] = random({kVocab});  // transformers may store it: ignored
-  io::TensorMap incomplete = tensors;
+  TensorMap incomplete = tensors;
   try {
     head.load(incomplete, "ckpt/model.safetensors");
     FAIL() << "no exception";
@@ -501,7 +501,7 @@ TEST(QaracModels, ParameterNamesAndBaseWeights) {
   for (const bool shared : {false, true}) {
     SCOPED_TRACE(shared ? "shared" : "separate");
     const QaracConfig config = tiny_config(false, shared, shared);
-    const io::TensorMap base = base_checkpoint(config.base, 3);
+    const TensorMap base = base_checkpoint(config.base, 3);
     QaracModels models(config, base, DType::f64, Device::cpu());
     const size_t base_count = base.size(), pooling = 2, head_layer = 16;
     const size_t lm_head = shared ? 5 : 6;
@@ -549,7 +549,7 @@ TEST(QaracModels, ModelsBuiltAloneStartAsWhenBuiltTogether) {
   for (const bool shared : {false, true}) {
     SCOPED_TRACE(shared ? "shared" : "separate");
     const QaracConfig all_config = tiny_config(false, shared, false);
-    const io::TensorMap base = base_checkpoint(all_config.base, 3);
+    const TensorMap base = base_checkpoint(all_config.base, 3);
     QaracModels all(all_config, base, DType::f64, Device::cpu());
     std::map<std::string, std::vector<double>> expected;
     for (const Parameter* p : all.parameters()) expected[p->name] = p->master.to_vector<double>();

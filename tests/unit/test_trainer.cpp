@@ -25,7 +25,7 @@
 #include "support/training_fixtures.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
-#include "dist/task_plan.h"
+#include "parallel/task_plan.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "model/init.h"
@@ -41,8 +41,8 @@ using data::Task;
 
 namespace {
 
-const dist::TaskValues kUnitWeights = {1, 1, 1, 1};
-const dist::TaskValues kEqualCosts = {1, 1, 1, 1};
+const parallel::TaskValues kUnitWeights = {1, 1, 1, 1};
+const parallel::TaskValues kEqualCosts = {1, 1, 1, 1};
 
 std::vector<Task> tasks(std::initializer_list<Task> list) { return list; }
 
@@ -67,7 +67,7 @@ void expect_input_error(F&& f, std::initializer_list<std::string> parts) {
 TEST(TaskPlan, OneRankRunsEveryTask) {
   for (const char* spec : {"auto", "ed:1,qa:1,rs:1,cs:1", " cs:1, rs:1 ,qa:1,encode_decode:1 "}) {
     SCOPED_TRACE(spec);
-    const dist::TaskPlan plan = dist::TaskPlan::parse(spec, 1, {2, 1, 1, 0.5}, kEqualCosts);
+    const parallel::TaskPlan plan = parallel::TaskPlan::parse(spec, 1, {2, 1, 1, 0.5}, kEqualCosts);
     EXPECT_EQ(plan.tasks_of(0), tasks({Task::encode_decode, Task::question_answering,
                                        Task::reasoning, Task::consistency}));
     for (int t = 0; t < data::kTaskCount; ++t)
@@ -86,7 +86,7 @@ TEST(TaskPlan, OneRankRunsEveryTask) {
 
 TEST(TaskPlan, ExplicitCountsAreDealtRoundRobin) {
   // W = 6 = Σ n_t: one task per rank, in task order.
-  const dist::TaskPlan six = dist::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 6, kUnitWeights, kEqualCosts);
+  const parallel::TaskPlan six = parallel::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 6, kUnitWeights, kEqualCosts);
   EXPECT_EQ(six.ranks_of(Task::encode_decode), (std::vector<int>{0, 1}));
   EXPECT_EQ(six.ranks_of(Task::question_answering), (std::vector<int>{2}));
   EXPECT_EQ(six.ranks_of(Task::reasoning), (std::vector<int>{3, 4}));
@@ -97,31 +97,31 @@ TEST(TaskPlan, ExplicitCountsAreDealtRoundRobin) {
   EXPECT_EQ(r4.tasks[0].task, Task::reasoning);
   EXPECT_EQ(r4.tasks[0].group_rank, 1);
   EXPECT_EQ(r4.tasks[0].group_size, 2);
-  EXPECT_EQ(six.ranks_holding(dist::Model::decoder), (std::vector<int>{0, 1, 3, 4}));
-  EXPECT_EQ(six.ranks_holding(dist::Model::question_encoder), (std::vector<int>{2}));
-  EXPECT_EQ(six.ranks_holding(dist::Model::answer_encoder), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(six.ranks_holding(parallel::Model::decoder), (std::vector<int>{0, 1, 3, 4}));
+  EXPECT_EQ(six.ranks_holding(parallel::Model::question_encoder), (std::vector<int>{2}));
+  EXPECT_EQ(six.ranks_holding(parallel::Model::answer_encoder), (std::vector<int>{0, 1, 2, 3, 4, 5}));
 
   // W = 3 < Σ n_t = 6: slots ed ed qa rs rs cs go to ranks 0 1 2 0 1 2.
-  const dist::TaskPlan three = dist::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 3, kUnitWeights, kEqualCosts);
+  const parallel::TaskPlan three = parallel::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 3, kUnitWeights, kEqualCosts);
   EXPECT_EQ(three.tasks_of(0), tasks({Task::encode_decode, Task::reasoning}));
   EXPECT_EQ(three.tasks_of(1), tasks({Task::encode_decode, Task::reasoning}));
   EXPECT_EQ(three.tasks_of(2), tasks({Task::question_answering, Task::consistency}));
   EXPECT_EQ(three.rank_plan(1).tasks[1].group_rank, 1);
 
   // W = 5, not a multiple of 4.
-  const dist::TaskPlan five = dist::TaskPlan::parse("ed:2,qa:1,rs:1,cs:1", 5, kUnitWeights, kEqualCosts);
+  const parallel::TaskPlan five = parallel::TaskPlan::parse("ed:2,qa:1,rs:1,cs:1", 5, kUnitWeights, kEqualCosts);
   EXPECT_EQ(five.ranks_of(Task::encode_decode), (std::vector<int>{0, 1}));
   EXPECT_EQ(five.tasks_of(4), tasks({Task::consistency}));
 }
 
 TEST(TaskPlan, AutoBalancesTheEstimatedCost) {
   // Costs: tokens per batch × models used (ED, QA, RS use two models, CS one).
-  const dist::TaskValues costs = dist::estimated_costs({4096, 2048, 4096, 2048});
-  EXPECT_EQ(costs, (dist::TaskValues{8192, 4096, 8192, 2048}));
+  const parallel::TaskValues costs = parallel::estimated_costs({4096, 2048, 4096, 2048});
+  EXPECT_EQ(costs, (parallel::TaskValues{8192, 4096, 8192, 2048}));
 
   // W >= 4: one rank each, then the extra ranks to the highest cost per rank: ed (8192), rs
   // (8192), then ed/rs again at 4096 tie with qa, earliest first: ed.
-  const dist::TaskPlan seven = dist::TaskPlan::parse("auto", 7, kUnitWeights, costs);
+  const parallel::TaskPlan seven = parallel::TaskPlan::parse("auto", 7, kUnitWeights, costs);
   EXPECT_EQ(seven.group_size(Task::encode_decode), 3);
   EXPECT_EQ(seven.group_size(Task::question_answering), 1);
   EXPECT_EQ(seven.group_size(Task::reasoning), 2);
@@ -131,17 +131,17 @@ TEST(TaskPlan, AutoBalancesTheEstimatedCost) {
 
   // W < 4: each task on one rank, the costliest first onto the least loaded (ties: the lower
   // rank). W = 2: ed -> 0, rs -> 1, qa -> 0, cs -> 1; W = 3: ed -> 0, rs -> 1, qa -> 2, cs -> 2.
-  const dist::TaskPlan two = dist::TaskPlan::parse("auto", 2, kUnitWeights, costs);
+  const parallel::TaskPlan two = parallel::TaskPlan::parse("auto", 2, kUnitWeights, costs);
   EXPECT_EQ(two.tasks_of(0), tasks({Task::encode_decode, Task::question_answering}));
   EXPECT_EQ(two.tasks_of(1), tasks({Task::reasoning, Task::consistency}));
-  const dist::TaskPlan three = dist::TaskPlan::parse("auto", 3, kUnitWeights, costs);
+  const parallel::TaskPlan three = parallel::TaskPlan::parse("auto", 3, kUnitWeights, costs);
   EXPECT_EQ(three.tasks_of(0), tasks({Task::encode_decode}));
   EXPECT_EQ(three.tasks_of(1), tasks({Task::reasoning}));
   EXPECT_EQ(three.tasks_of(2), tasks({Task::question_answering, Task::consistency}));
 }
 
 TEST(TaskPlan, TableListsTasksAndRanks) {
-  const dist::TaskPlan plan = dist::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 6, {1, 2, 1, 1}, kEqualCosts);
+  const parallel::TaskPlan plan = parallel::TaskPlan::parse("ed:2,qa:1,rs:2,cs:1", 6, {1, 2, 1, 1}, kEqualCosts);
   const std::string table = plan.table();
   EXPECT_NE(table.find("task plan: 6 ranks"), std::string::npos) << table;
   EXPECT_NE(table.find("encode_decode (ed)"), std::string::npos) << table;
@@ -151,7 +151,7 @@ TEST(TaskPlan, TableListsTasksAndRanks) {
 
 TEST(TaskPlan, BadSpecsAreOneLineInputErrors) {
   const auto parse = [](const std::string& spec, int world) {
-    return [spec, world] { dist::TaskPlan::parse(spec, world, kUnitWeights, kEqualCosts); };
+    return [spec, world] { parallel::TaskPlan::parse(spec, world, kUnitWeights, kEqualCosts); };
   };
   expect_input_error(parse("ed:2,qa:1", 4), {"--parallel.tasks", "task rs is missing"});
   expect_input_error(parse("xx:1,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "unknown task 'xx'"});
@@ -164,7 +164,7 @@ TEST(TaskPlan, BadSpecsAreOneLineInputErrors) {
   expect_input_error(parse("ed:1,qa:1,rs:1,cs:1", 8), {"--parallel.tasks", "ranks 4..7"});
   expect_input_error(parse("", 1), {"--parallel.tasks", "empty"});
   expect_input_error(parse("auto", 0), {"world size"});
-  expect_input_error([] { dist::TaskPlan::parse("auto", 1, {1, -1, 1, 1}, kEqualCosts); },
+  expect_input_error([] { parallel::TaskPlan::parse("auto", 1, {1, -1, 1, 1}, kEqualCosts); },
                      {"question_answering", "weight"});
 }
 
@@ -576,8 +576,8 @@ TEST_F(TrainCli, ResumedRunIsBitIdenticalToAStraightOne) {
 
   for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
     SCOPED_TRACE(model);
-    const io::TensorMap ta = io::read_safetensors((straight / "export" / model / "model.safetensors").string());
-    const io::TensorMap tb = io::read_safetensors((split / "export" / model / "model.safetensors").string());
+    const TensorMap ta = io::read_safetensors((straight / "export" / model / "model.safetensors").string());
+    const TensorMap tb = io::read_safetensors((split / "export" / model / "model.safetensors").string());
     ASSERT_EQ(ta.size(), tb.size());
     for (const auto& [name, tensor] : ta) {
       ASSERT_TRUE(tb.count(name)) << name;

@@ -16,11 +16,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "dist/communicator.h"
-#include "dist/task_plan.h"
+#include "parallel/communicator.h"
+#include "parallel/task_plan.h"
 #include "model/parameter.h"
 
-namespace qarac::dist {
+namespace qarac::parallel {
 
 // Replicas of a model hold different parameters: the run cannot be trusted any more.
 class ReplicaError : public Error {
@@ -97,4 +97,4 @@ class GradientSync {
   int rank_ = 0;
 };
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

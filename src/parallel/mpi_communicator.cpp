@@ -9,9 +9,9 @@
 
 #include "core/check_mpi.h"
 #include "core/log.h"
-#include "dist/communicator.h"
+#include "parallel/communicator.h"
 
-namespace qarac::dist {
+namespace qarac::parallel {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -175,4 +175,4 @@ std::unique_ptr<Communicator> make_mpi_communicator(const MpiGroup& group) {
   return std::make_unique<MpiCommunicator>(group);
 }
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

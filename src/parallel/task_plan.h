@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "data/loader.h"
-#include "data/readers.h"
+#include "data/task.h"
 
-namespace qarac::dist {
+namespace qarac::parallel {
 
 // The three QARAC models (DESIGN.md §2) and which tasks use them (§4).
 enum class Model : int { question_encoder = 0, answer_encoder = 1, decoder = 2 };
@@ -84,4 +84,4 @@ class TaskPlan {
   std::array<std::vector<int>, data::kTaskCount> ranks_of_;  // [task]
 };
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

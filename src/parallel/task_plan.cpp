@@ -1,5 +1,5 @@
 // The task plan: parsing, the round-robin and automatic layouts, and the table printed at start.
-#include "dist/task_plan.h"
+#include "parallel/task_plan.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -7,7 +7,7 @@
 
 #include "core/error.h"
 
-namespace qarac::dist {
+namespace qarac::parallel {
 
 using data::Task;
 using data::kTaskCount;
@@ -287,4 +287,4 @@ std::string TaskPlan::table() const {
   return os.str();
 }
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

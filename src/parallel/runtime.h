@@ -9,7 +9,7 @@
 
 #include <string>
 
-namespace qarac::dist {
+namespace qarac::parallel {
 
 class Runtime {
  public:
@@ -40,4 +40,4 @@ class Runtime {
   std::string local_source_;
 };
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

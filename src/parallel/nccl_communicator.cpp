@@ -4,7 +4,7 @@
 // on timeout or error aborts the communicator (ncclCommAbort) before raising a CommError.
 // Reductions run on a stream of their own that first waits for the compute stream, so a bucket
 // reduces while the backward pass goes on; wait() makes the compute stream wait for them.
-#include "dist/communicator.h"
+#include "parallel/communicator.h"
 
 #ifdef QARAC_HAVE_CUDA
 
@@ -13,8 +13,9 @@
 
 #include "core/check_cuda.h"
 #include "kernels/cuda/context.cuh"
+#include "parallel/check_nccl.h"
 
-namespace qarac::dist {
+namespace qarac::parallel {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -135,11 +136,11 @@ std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup& group) {
 
 bool nccl_available() { return true; }
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel
 
 #else  // no CUDA backend in this build
 
-namespace qarac::dist {
+namespace qarac::parallel {
 
 std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup&) {
   throw InputError("parallel.backend: nccl, but this build has no CUDA/NCCL backend (configure with -DQARAC_CUDA=ON)");
@@ -147,6 +148,6 @@ std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup&) {
 
 bool nccl_available() { return false; }
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel
 
 #endif

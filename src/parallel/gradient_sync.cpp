@@ -1,12 +1,13 @@
-#include "dist/gradient_sync.h"
+#include "parallel/gradient_sync.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 
+#include "core/hash.h"
 #include "core/log.h"
 
-namespace qarac::dist {
+namespace qarac::parallel {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -17,15 +18,15 @@ std::string rank_list(const std::vector<int>& ranks) {
   return text;
 }
 
-// FNV-1a over the bytes of every master weight: replicas updated identically agree bit for bit.
+// hash64 (core/hash.h) of every master weight's bytes, then of those hashes in order: replicas
+// updated identically agree bit for bit. Compared across ranks within a run, never stored.
 uint64_t checksum(const ParameterList& params) {
-  uint64_t h = 1469598103934665603ull;
+  std::vector<uint64_t> hashes;
   for (const Parameter* p : params) {
     const Tensor host = p->master.to(Device::cpu());
-    const auto* bytes = static_cast<const unsigned char*>(host.raw());
-    for (size_t i = 0; i < host.nbytes(); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+    hashes.push_back(hash64(host.raw(), host.nbytes()));
   }
-  return h;
+  return hash64(hashes.data(), hashes.size() * sizeof(uint64_t));
 }
 
 }  // namespace
@@ -276,4 +277,4 @@ void GradientSync::abort() noexcept {
     if (state->comm) state->comm->abort();
 }
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

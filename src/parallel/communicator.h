@@ -21,7 +21,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 
-namespace qarac::dist {
+namespace qarac::parallel {
 
 // A collective that timed out, or failed asynchronously: the job cannot go on.
 class CommError : public Error {
@@ -92,4 +92,4 @@ std::unique_ptr<Communicator> make_mpi_communicator(const MpiGroup& group);
 std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup& group);
 bool nccl_available();
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

@@ -1,4 +1,4 @@
-#include "dist/runtime.h"
+#include "parallel/runtime.h"
 
 #include <mpi.h>
 
@@ -11,7 +11,7 @@
 #include "core/check_cuda.h"
 #endif
 
-namespace qarac::dist {
+namespace qarac::parallel {
 namespace {
 
 // The first of `names` that is set to a non-negative integer, with the name it came from.
@@ -34,7 +34,7 @@ bool local_rank_from_env(int& value, std::string& source) {
 Runtime::Runtime(int* argc, char*** argv) {
   int initialized = 0;
   QARAC_CHECK_MPI(MPI_Initialized(&initialized));
-  QARAC_CHECK(!initialized, "MPI is already initialised: create one dist::Runtime per process");
+  QARAC_CHECK(!initialized, "MPI is already initialised: create one parallel::Runtime per process");
   int provided = 0;
   QARAC_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
   QARAC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
@@ -76,4 +76,4 @@ void Runtime::abort_job(int code) const {
   std::abort();  // MPI_Abort does not return; this satisfies [[noreturn]] if it ever did
 }
 
-}  // namespace qarac::dist
+}  // namespace qarac::parallel

@@ -1,0 +1,102 @@
+// AtomicFile and sync_folder (core/atomic_file.h).
+#include "core/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace qarac {
+namespace {
+
+// Fsyncs a file or a folder by path; 0 or the errno. One descriptor's fsync flushes every dirty
+// page of the file, whoever wrote them (HDF5 through its own descriptor, since closed).
+int fsync_path(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return errno;
+  const int err = ::fsync(fd) == 0 ? 0 : errno;
+  ::close(fd);
+  return err;
+}
+
+std::string folder_of(const std::string& path) {
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
+
+}  // namespace
+
+// errno is read before a message is built: building it allocates, which may change errno.
+AtomicFile::AtomicFile(std::string path, Mode mode)
+    : path_(std::move(path)), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
+  if (mode != stream) return;
+  file_ = std::fopen(tmp_.c_str(), "wb");
+  if (file_) return;
+  const int err = errno;
+  fail("cannot create the temporary file " + tmp_, err);
+}
+
+AtomicFile::~AtomicFile() {
+  if (file_) std::fclose(file_);
+  if (!committed_) std::remove(tmp_.c_str());
+}
+
+void AtomicFile::write(const void* data, size_t bytes) {
+  QARAC_CHECK(file_, "AtomicFile::write to ", path_, ": not a stream, or already synced");
+  if (bytes == 0 || std::fwrite(data, 1, bytes, file_) == bytes) return;
+  const int err = errno;
+  fail("write to " + tmp_ + " failed", err);
+}
+
+void AtomicFile::sync() {
+  if (synced_) return;
+  if (file_) {
+    std::FILE* f = file_;
+    file_ = nullptr;  // closed below, whatever fails
+    const char* failed = nullptr;
+    if (std::fflush(f) != 0)
+      failed = "write to ";
+    else if (::fsync(::fileno(f)) != 0)
+      failed = "fsync of ";
+    int err = failed ? errno : 0;
+    if (std::fclose(f) != 0 && !failed) {
+      err = errno;
+      failed = "closing ";
+    }
+    if (failed) fail(failed + tmp_ + " failed", err);
+  } else if (const int err = fsync_path(tmp_, O_RDONLY)) {
+    fail("fsync of " + tmp_ + " failed", err);
+  }
+  synced_ = true;
+}
+
+void AtomicFile::commit() {
+  QARAC_CHECK(!committed_, "AtomicFile::commit of ", path_, " twice");
+  // The bytes must be on disk before the rename makes them visible under the final name.
+  sync();
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    fail("cannot rename the temporary file " + tmp_ + " over it", err);
+  }
+  committed_ = true;
+  const std::string dir = folder_of(path_);
+  if (const int err = fsync_path(dir, O_RDONLY | O_DIRECTORY))
+    log::warn(dir, ": fsync of the folder failed (", std::strerror(err), "); ", path_,
+              " may not survive a power loss");
+}
+
+void AtomicFile::fail(const std::string& what, int err) const {
+  throw InputError(detail::concat(path_, ": ", what, ": ", std::strerror(err)));
+}
+
+void sync_folder(const std::string& dir) {
+  if (const int err = fsync_path(dir, O_RDONLY | O_DIRECTORY))
+    throw InputError(detail::concat(dir, ": fsync of the folder failed: ", std::strerror(err)));
+}
+
+}  // namespace qarac

@@ -1,0 +1,62 @@
+// Files that appear under their final name only whole: every file the project writes for later
+// runs to read (safetensors and config.json of an export, task streams, checkpoints) goes to a
+// temporary file beside the target, is fsynced, renamed over the target, and the folder is
+// fsynced so that the rename survives a crash too. A reader sees the old file or the new one,
+// never half of one; a write that fails or dies leaves the old file (or nothing) in place, and
+// removes its temporary file when it can (a killed process cannot: see kTempFileMarker).
+//
+// Two ways in: this object writes the bytes (write()), or a library that only writes to a path it
+// opens itself (HDF5) is handed temp_path() and the file is committed once the library closed it.
+#pragma once
+
+#include <cstddef>
+#include <cstdio>
+#include <string>
+
+namespace qarac {
+
+// The temporary file of "<path>" is "<path>.tmp.<pid>": the pid keeps two processes writing the
+// same target apart, and a folder that holds such files (checkpoints) recognises the leftovers of
+// killed writers by this marker.
+constexpr const char* kTempFileMarker = ".tmp.";
+
+class AtomicFile {
+ public:
+  enum Mode {
+    stream,   // the constructor creates the temporary file; bytes go in through write()
+    by_path,  // the caller's library creates, writes and closes temp_path() before sync()
+  };
+
+  // Errors are one-line InputErrors naming `path`, the temporary file and errno's text.
+  explicit AtomicFile(std::string path, Mode mode = stream);
+  // Removes the temporary file unless commit() succeeded (a write or its caller threw midway).
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return tmp_; }
+
+  void write(const void* data, size_t bytes);  // stream mode
+  // Puts the temporary file's bytes on disk: flush, fsync and close (stream), fsync (by_path).
+  // commit() does it when it was not done; a writer of several files (qarac-prep) calls it on
+  // every file before committing any, so that one failure publishes none.
+  void sync();
+  // Renames the temporary file over path(), then fsyncs the folder. A folder that cannot be
+  // fsynced is a log::warn, not an error: the file is in place whole, only its survival of a
+  // power loss is in doubt.
+  void commit();
+
+ private:
+  [[noreturn]] void fail(const std::string& what, int err) const;
+
+  std::string path_, tmp_;
+  std::FILE* file_ = nullptr;  // stream mode, until sync()
+  bool synced_ = false, committed_ = false;
+};
+
+// Fsyncs a folder, so that its entries (files created in it, renames into it) are on disk.
+// InputError naming `dir` and errno's text.
+void sync_folder(const std::string& dir);
+
+}  // namespace qarac

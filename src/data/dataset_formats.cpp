@@ -1,0 +1,234 @@
+// What each raw format's records mean (see readers.h for the formats): plain text lines, WikiQA
+// questions with their answers and candidates, Avicenna syllogisms, SNLI sentence pairs with
+// their gold labels (JSON lines here; the TSV and CSV exports through the table drivers).
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "data/reader_util.h"
+
+namespace qarac::data::raw {
+namespace {
+
+using json = nlohmann::json;
+
+// Skip reasons of single formats, keys of ReadStats::skipped beside those of reader_util.h.
+constexpr const char* kNoGold = "no gold label";
+constexpr const char* kUnanswered = "question without an answer (Label 0)";
+constexpr const char* kNoSyllogism = "no syllogistic relation";
+
+}  // namespace
+
+// ---- Text ------------------------------------------------------------------------------------
+void read_text(Reader& r, LineFile& in) {
+  std::string line;
+  while (in.next(line)) {
+    if (in.line_no() == 1 && starts_with_bom(line)) line.erase(0, 3);
+    if (trim(line).empty()) {
+      r.skip(kBlank);
+      continue;
+    }
+    r.deliver(in.line_no(), {line});
+  }
+}
+
+// ---- WikiQA ----------------------------------------------------------------------------------
+namespace {
+
+// WikiQA pairs each question with the sentences of one article: Label 1 rows answer it, Label 0
+// rows do not. A question's rows are read together, because an answer may come after the
+// sentences that do not answer it, and each answer becomes one example whose candidates are the
+// question's Label 0 sentences. The files list a question's rows contiguously; rows of a
+// question that resume after another question's are malformed (grouping them would need the
+// whole file in memory, and their candidates would be split between two examples otherwise).
+class WikiqaQuestions {
+ public:
+  void row(Reader& r, std::vector<std::string>& v, int64_t line) {
+    const std::string id = trim(v[0]), label = trim(v[3]);
+    if (label != "0" && label != "1")
+      return r.malformed(line, "bad label", "Label " + quote(label) + ", expected 0 or 1");
+    if (id.empty()) return r.malformed(line, "bad QuestionID", "the QuestionID is empty");
+    if (id != id_) {
+      const auto done = ended_.find(id);
+      if (done != ended_.end())
+        return r.malformed(line, "question not contiguous",
+                           detail::concat("QuestionID ", quote(id), " ended at line ", done->second,
+                                          "; a question's rows must be contiguous"));
+      end(r);
+      id_ = id;
+    }
+    last_line_ = line;
+    if (label == "0") {
+      if (r.clean(line, v[2])) candidates_.push_back(std::move(v[2]));
+      return;
+    }
+    Example ex;
+    ex.fields = {std::move(v[1]), std::move(v[2])};
+    for (std::string& f : ex.fields)
+      if (!r.clean(line, f)) return;
+    ex.line = line;
+    answers_.push_back(std::move(ex));
+  }
+
+  // Delivers the current question's examples; called at each new question and at the end.
+  void end(Reader& r) {
+    if (id_.empty()) return;
+    const int64_t candidates = static_cast<int64_t>(candidates_.size());
+    if (answers_.empty()) {
+      r.skip(kUnanswered, candidates);
+    } else {
+      r.stats().candidates += candidates;
+      for (Example& ex : answers_) {
+        ex.candidates = candidates_;
+        r.emit(std::move(ex));
+      }
+    }
+    ended_[id_] = last_line_;
+    id_.clear();
+    answers_.clear();
+    candidates_.clear();
+  }
+
+ private:
+  std::string id_;  // the question being read, "" before the first
+  int64_t last_line_ = 0;
+  std::vector<Example> answers_;
+  std::vector<std::string> candidates_;
+  std::map<std::string, int64_t> ended_;  // QuestionID -> its last line
+};
+
+}  // namespace
+
+TableFormat wikiqa_format() {
+  TableFormat f;
+  f.wanted = {{"QuestionID"}, {"Question"}, {"Sentence"}, {"Label"}};
+  auto questions = std::make_shared<WikiqaQuestions>();
+  f.row = [questions](Reader& r, const Table&, std::vector<std::string>& v, int64_t line) {
+    questions->row(r, v, line);
+  };
+  f.end = [questions](Reader& r) { questions->end(r); };
+  return f;
+}
+
+// ---- Avicenna --------------------------------------------------------------------------------
+TableFormat avicenna_format() {
+  TableFormat f;
+  f.wanted = {{"Premise 1"}, {"Premise 2"}, {"Syllogistic relation"}, {"Conclusion"}};
+  f.row = [](Reader& r, const Table&, std::vector<std::string>& v, int64_t line) {
+    const std::string relation = lower(trim(v[2]));
+    if (relation == "no") return r.skip(kNoSyllogism);
+    if (relation != "yes")
+      return r.malformed(line, "bad label",
+                         "Syllogistic relation " + quote(v[2]) + ", expected yes or no");
+    r.deliver(line, {std::move(v[0]), std::move(v[1]), std::move(v[3])});
+  };
+  return f;
+}
+
+// ---- SNLI ------------------------------------------------------------------------------------
+namespace {
+
+// SNLI's labels. Hugging Face's exports use premise/hypothesis/label with integer labels
+// (0 entailment, 1 neutral, 2 contradiction, -1 none); the original files use words and '-'.
+enum class SnliLabel { ok, no_gold, bad };
+SnliLabel snli_label(const std::string& raw, bool numeric, int8_t& out) {
+  const std::string s = trim(raw);
+  if (s == "entailment" || (numeric && s == "0")) out = 1;
+  else if (s == "neutral" || (numeric && s == "1")) out = 0;
+  else if (s == "contradiction" || (numeric && s == "2")) out = -1;
+  else if (s == "-" || (numeric && s == "-1")) return SnliLabel::no_gold;
+  else return SnliLabel::bad;
+  return SnliLabel::ok;
+}
+
+const Aliases kSentence1 = {"sentence1", "premise"};
+const Aliases kSentence2 = {"sentence2", "hypothesis"};
+const Aliases kGoldLabel = {"gold_label", "label"};
+
+void deliver_snli(Reader& r, int64_t line, std::string s1, std::string s2,
+                  const std::string& label, bool numeric) {
+  int8_t y = 0;
+  switch (snli_label(label, numeric, y)) {
+    case SnliLabel::no_gold: return r.skip(kNoGold);
+    case SnliLabel::bad:
+      return r.malformed(line, "bad label",
+                         "gold label " + quote(label) +
+                             ", expected entailment, neutral, contradiction or -");
+    case SnliLabel::ok: break;
+  }
+  r.deliver(line, {std::move(s1), std::move(s2)}, y);
+}
+
+// The message of a nlohmann parse error without its "[json.exception.parse_error.101] " tag.
+std::string json_reason(const json::exception& e) {
+  const std::string what = e.what();
+  const size_t close = what.find("] ");
+  return close == std::string::npos ? what : what.substr(close + 2);
+}
+
+}  // namespace
+
+TableFormat snli_table_format() {
+  TableFormat f;
+  f.wanted = {kSentence1, kSentence2, kGoldLabel};
+  f.row = [](Reader& r, const Table& t, std::vector<std::string>& v, int64_t line) {
+    deliver_snli(r, line, std::move(v[0]), std::move(v[1]), v[2], t.alias[2] == 1);
+  };
+  return f;
+}
+
+void read_snli_jsonl(Reader& r, LineFile& in) {
+  std::string line;
+  while (in.next(line)) {
+    const int64_t n = in.line_no();
+    if (n == 1 && starts_with_bom(line)) line.erase(0, 3);
+    if (trim(line).empty()) {
+      r.skip(kBlank);
+      continue;
+    }
+    json obj;
+    try {
+      obj = json::parse(line);
+    } catch (const json::exception& e) {
+      r.malformed(n, "invalid JSON", json_reason(e));
+      continue;
+    }
+    if (!obj.is_object()) {
+      r.malformed(n, "invalid JSON", detail::concat("a ", obj.type_name(), ", expected an object"));
+      continue;
+    }
+    // The first alias present names the value; a present key of the wrong type is an error.
+    auto find = [&](const Aliases& aliases, size_t& which) -> const json* {
+      for (which = 0; which < aliases.size(); ++which) {
+        const auto it = obj.find(aliases[which]);
+        if (it != obj.end()) return &*it;
+      }
+      r.malformed(n, "missing key", detail::concat("no '", aliases[0], "'"));
+      return nullptr;
+    };
+    size_t a1 = 0, a2 = 0, al = 0;
+    const json* s1 = find(kSentence1, a1);
+    if (!s1) continue;
+    const json* s2 = find(kSentence2, a2);
+    if (!s2) continue;
+    const json* label = find(kGoldLabel, al);
+    if (!label) continue;
+    if (!s1->is_string() || !s2->is_string()) {
+      r.malformed(n, "bad value", detail::concat("'", kSentence1[a1], "' and '", kSentence2[a2],
+                                                 "' must be strings"));
+      continue;
+    }
+    const bool numeric = al == 1;
+    std::string label_text;
+    if (label->is_string()) label_text = label->get<std::string>();
+    else if (numeric && label->is_number_integer()) label_text = std::to_string(label->get<int64_t>());
+    else label_text = label->dump();
+    deliver_snli(r, n, s1->get<std::string>(), s2->get<std::string>(), label_text, numeric);
+  }
+}
+
+}  // namespace qarac::data::raw

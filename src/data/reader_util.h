@@ -1,0 +1,122 @@
+// The machinery the raw-format readers share (internal to readers.cpp and its pieces): files
+// read line by line, the per-file accounting of examples, skips and malformed records, the
+// table drivers every tabular format goes through (table_reader.cpp), and the entry point of
+// each format (dataset_formats.cpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "data/readers.h"
+
+namespace qarac::data::raw {
+
+// Skip reasons that every format shares, keys of ReadStats::skipped. Malformed records are
+// "malformed: <kind>".
+inline constexpr const char* kBlank = "blank line";
+inline constexpr const char* kEmptyField = "empty text field";
+
+// ---- Text helpers ----------------------------------------------------------------------------
+std::string trim(std::string_view s);
+std::string lower(std::string s);
+// File content quoted in a message: control bytes escaped so that the message stays one line,
+// long values cut (at a character boundary) so that it stays readable.
+std::string quote(std::string_view s);
+bool starts_with_bom(const std::string& s);
+
+// ---- Line input ------------------------------------------------------------------------------
+// A text file read one line at a time; lines come without "\n" or "\r\n".
+class LineFile {
+ public:
+  explicit LineFile(const std::string& path);
+  ~LineFile();
+  LineFile(const LineFile&) = delete;
+  LineFile& operator=(const LineFile&) = delete;
+
+  bool next(std::string& line);
+  int64_t line_no() const { return line_no_; }
+
+ private:
+  std::string path_;
+  std::FILE* file_ = nullptr;
+  char* buf_ = nullptr;
+  size_t cap_ = 0;
+  int64_t line_no_ = 0;
+};
+
+// ---- Per-file reading state ------------------------------------------------------------------
+class Reader {
+ public:
+  Reader(const std::string& path, OnError on_error, const ExampleSink& sink);
+
+  const std::string& path() const { return stats_.path; }
+  ReadStats& stats() { return stats_; }
+
+  void skip(const char* reason, int64_t count = 1) {
+    if (count > 0) stats_.skipped[reason] += count;
+  }
+
+  // A malformed record: an error, or a counted skip with the first few logged.
+  void malformed(int64_t line, const std::string& kind, const std::string& why);
+
+  // Fails for any problem of the file as a whole (a header without a needed column): no
+  // record of such a file can be read, so skipping it record by record would only hide it.
+  [[noreturn]] void fatal(int64_t line, const std::string& message) const;
+
+  // Checks a text field and trims it; false when its record was counted as malformed or skipped.
+  bool clean(int64_t line, std::string& f);
+
+  // Trims the fields, checks them and hands the example on.
+  void deliver(int64_t line, std::vector<std::string> fields, int8_t label = 0);
+
+  // Hands on an example whose fields (and candidates) were cleaned already.
+  void emit(Example&& ex);
+
+  // Logs how many malformed records went unlogged.
+  void finish();
+
+ private:
+  OnError on_error_;
+  const ExampleSink& sink_;
+  ReadStats stats_;
+  int logged_ = 0;
+};
+
+// ---- Tables (table_reader.cpp) ---------------------------------------------------------------
+// One wanted column: its accepted header names (matched case-insensitively, trimmed).
+using Aliases = std::vector<const char*>;
+
+struct Table {
+  std::vector<size_t> index;    // per wanted column: its position in a row
+  std::vector<size_t> alias;    // per wanted column: which alias the header used
+  size_t header_fields = 0;
+  size_t needed_fields = 0;     // 1 + the largest wanted position
+};
+
+// What a format does with its table: the columns it wants, one call per data row with the
+// wanted fields in `wanted` order, and (optionally) one call at the end of the file for the
+// records a format assembles from several rows.
+struct TableFormat {
+  std::vector<Aliases> wanted;
+  std::function<void(Reader&, const Table&, std::vector<std::string>&, int64_t)> row;
+  std::function<void(Reader&)> end;
+};
+
+// A header line, then rows of fields split on tabs (no quoting).
+void read_tsv(Reader& r, LineFile& in, const TableFormat& fmt);
+// A header record, then records in RFC 4180 CSV; `latin1` converts each line to UTF-8 first.
+void read_csv(Reader& r, LineFile& in, const TableFormat& fmt, bool latin1);
+
+// ---- Formats (dataset_formats.cpp) -----------------------------------------------------------
+void read_text(Reader& r, LineFile& in);
+void read_snli_jsonl(Reader& r, LineFile& in);
+TableFormat wikiqa_format();
+TableFormat avicenna_format();
+TableFormat snli_table_format();
+
+}  // namespace qarac::data::raw

@@ -1,0 +1,306 @@
+// Loading a tokenizer: vocab.json + merges.txt (what RobertaTokenizer reads) or one Hugging Face
+// tokenizer.json, read into the tables of tokenizer_tables.h with every problem reported as an
+// InputError naming the file and the line or JSON key. The settings checked follow what Hugging
+// Face's serialisation writes (model BPE, pre-tokenizer and decoder ByteLevel, post-processors).
+#include "data/tokenizer.h"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/tokenizer_tables.h"
+
+namespace qarac::data {
+namespace {
+
+using nlohmann::json;
+using detail::AddedToken;
+using detail::fail;
+using detail::quote;
+using detail::TokenizerTables;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "cannot open (", std::strerror(errno), ")");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail(path, "cannot read (", std::strerror(errno), ")");
+  return text;
+}
+
+json parse_json(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.what() is "[json.exception.parse_error.101] parse error at line L, column C: ...".
+    const std::string what = e.what();
+    const size_t bracket = what.find("] ");
+    fail(path, "malformed JSON: ", bracket == std::string::npos ? what : what.substr(bracket + 2));
+  }
+}
+
+// JSON access that reports what is wrong as "<file>: <key path>: <problem>".
+const json* find_member(const json& object, const char* key) {
+  const auto it = object.find(key);
+  return it == object.end() || it->is_null() ? nullptr : &*it;
+}
+
+const json& member(const json& object, const char* key, const std::string& where) {
+  const json* value = find_member(object, key);
+  if (value == nullptr) fail(where, "missing \"", key, "\"");
+  return *value;
+}
+
+bool bool_member(const json& object, const char* key, bool otherwise, const std::string& where) {
+  const json* value = find_member(object, key);
+  if (value == nullptr) return otherwise;
+  if (!value->is_boolean()) fail(where, key, ": expected true or false, got ", value->dump());
+  return value->get<bool>();
+}
+
+std::string string_member(const json& object, const char* key, const std::string& where) {
+  const json& value = member(object, key, where);
+  if (!value.is_string()) fail(where, key, ": expected a string, got ", value.dump());
+  return value.get<std::string>();
+}
+
+int32_t id_value(const json& value, const std::string& where) {
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
+      value.get<int64_t>() >= TokenizerTables::kMaxId)
+    fail(where, "expected an id, an integer in [0, ", TokenizerTables::kMaxId, "), got ",
+         value.dump());
+  return static_cast<int32_t>(value.get<int64_t>());
+}
+
+const std::string& type_of(const json& object, const std::string& where) {
+  if (!object.is_object()) fail(where, "expected an object, got ", object.dump());
+  const json& type = member(object, "type", where);
+  if (!type.is_string()) fail(where, "type: expected a string, got ", type.dump());
+  return type.get_ref<const std::string&>();
+}
+
+void read_vocab(const json& object, const std::string& where, TokenizerTables& t) {
+  if (!object.is_object())
+    fail(where, "expected an object of token: id, got a JSON ", object.type_name());
+  t.vocab.reserve(object.size());
+  for (const auto& [token, id] : object.items())
+    t.vocab.emplace(token, id_value(id, where + ": token " + quote(token)));
+}
+
+// Appends merge (left, right) at the next rank; Hugging Face refuses merges of tokens, or into a
+// token, that the vocabulary lacks.
+void add_merge(const std::string& left, const std::string& right, const std::string& where,
+               TokenizerTables& t) {
+  const auto id = [&](const std::string& token) {
+    const auto it = t.vocab.find(token);
+    if (it == t.vocab.end()) fail(where, "merge token ", quote(token), " is not in the vocabulary");
+    return it->second;
+  };
+  t.merge_list.push_back({id(left), id(right), id(left + right)});
+}
+
+// "a b": exactly two tokens around one space (byte-level tokens never hold a space).
+void add_merge_line(std::string_view line, const std::string& where, TokenizerTables& t) {
+  const size_t space = line.find(' ');
+  if (space == std::string_view::npos || space == 0 || space + 1 == line.size() ||
+      line.find(' ', space + 1) != std::string_view::npos)
+    fail(where, "expected two tokens separated by one space, got ", quote(line));
+  add_merge(std::string(line.substr(0, space)), std::string(line.substr(space + 1)), where, t);
+}
+
+void read_merges_txt(const std::string& path, TokenizerTables& t) {
+  const std::string text = read_file(path);
+  size_t line_number = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + pos, end - pos);
+    pos = end + 1;
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.substr(0, 8) == "#version") continue;
+    add_merge_line(line, ::qarac::detail::concat(path, ":", line_number), t);
+  }
+}
+
+// tokenizer.json's post_processor: what it puts around a single text.
+void read_post_processor(const json& p, const std::string& where, TokenizerTables& t) {
+  const std::string& type = type_of(p, where);
+  std::vector<int32_t> prefix, suffix;
+  if (type == "RobertaProcessing" || type == "BertProcessing") {
+    const auto token_id = [&](const char* key) {
+      const json& pair = member(p, key, where);
+      if (!pair.is_array() || pair.size() != 2)
+        fail(where, key, ": expected [token, id], got ", pair.dump());
+      return id_value(pair[1], where + ": " + key);
+    };
+    prefix = {token_id("cls")};
+    suffix = {token_id("sep")};
+  } else if (type == "TemplateProcessing") {
+    const json& single = member(p, "single", where);
+    const json& special_tokens = member(p, "special_tokens", where);
+    if (!single.is_array()) fail(where, "single: expected an array, got ", single.dump());
+    bool seen_sequence = false;
+    for (const json& piece : single) {
+      if (find_member(piece, "Sequence") != nullptr) {
+        seen_sequence = true;
+        continue;
+      }
+      const json* special = find_member(piece, "SpecialToken");
+      if (special == nullptr) fail(where, "single: unknown piece ", piece.dump());
+      const std::string name = string_member(*special, "id", where + ": single");
+      const json* entry = find_member(special_tokens, name.c_str());
+      if (entry == nullptr) fail(where, "special_tokens: no entry for ", quote(name));
+      const json& ids = member(*entry, "ids", where + ": special_tokens");
+      if (!ids.is_array()) fail(where, "special_tokens: ids: expected an array, got ", ids.dump());
+      for (const json& id : ids)
+        (seen_sequence ? suffix : prefix).push_back(id_value(id, where + ": special_tokens"));
+    }
+  } else if (type == "Sequence") {
+    const json& processors = member(p, "processors", where);
+    if (!processors.is_array())
+      fail(where, "processors: expected an array, got ", processors.dump());
+    for (const json& inner : processors) read_post_processor(inner, where, t);
+    return;
+  } else if (type != "ByteLevel") {
+    fail(where, "unsupported post_processor type ", quote(type));
+  }
+  // Each processor of a Sequence wraps what the ones before it made.
+  t.prefix.insert(t.prefix.begin(), prefix.begin(), prefix.end());
+  t.suffix.insert(t.suffix.end(), suffix.begin(), suffix.end());
+}
+
+void read_model(const json& model, const std::string& path, TokenizerTables& t) {
+  const std::string where = path + ": model";
+  if (!model.is_object()) fail(where, "expected an object, got ", model.dump());
+  if (const json* type = find_member(model, "type"); type != nullptr && *type != "BPE")
+    fail(where, "type: only BPE models are supported, got ", type->dump());
+  if (const json* dropout = find_member(model, "dropout");
+      dropout != nullptr && !(dropout->is_number() && dropout->get<double>() == 0.0))
+    fail(where, "dropout: BPE dropout is not supported, got ", dropout->dump());
+  if (bool_member(model, "byte_fallback", false, where))
+    fail(where, "byte_fallback: not supported by a byte-level tokenizer");
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    const json* affix = find_member(model, key);
+    if (affix != nullptr && *affix != "") fail(where, key, ": not supported, got ", affix->dump());
+  }
+  t.fuse_unk = bool_member(model, "fuse_unk", false, where);
+  t.ignore_merges = bool_member(model, "ignore_merges", false, where);
+
+  read_vocab(member(model, "vocab", where), where + ".vocab", t);
+  if (find_member(model, "unk_token") != nullptr) {
+    const std::string unk = string_member(model, "unk_token", where);
+    const auto it = t.vocab.find(unk);
+    if (it == t.vocab.end()) fail(where, "unk_token ", quote(unk), " is not in the vocabulary");
+    t.model_unk = it->second;
+  }
+
+  const json& merges = member(model, "merges", where);
+  if (!merges.is_array()) fail(where, "merges: expected an array, got ", merges.dump());
+  t.merge_list.reserve(merges.size());
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const std::string at = ::qarac::detail::concat(where, ".merges[", i, "]");
+    const json& m = merges[i];
+    // Written as "a b" before tokenizers 0.20, as ["a", "b"] since.
+    if (m.is_string()) {
+      add_merge_line(m.get_ref<const std::string&>(), at, t);
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      add_merge(m[0].get<std::string>(), m[1].get<std::string>(), at, t);
+    } else {
+      fail(at, "expected \"a b\" or [\"a\", \"b\"], got ", m.dump());
+    }
+  }
+}
+
+void read_added_tokens(const json& list, const std::string& path, TokenizerTables& t) {
+  if (!list.is_array()) fail(path, "added_tokens: expected an array, got ", list.dump());
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string where = ::qarac::detail::concat(path, ": added_tokens[", i, "]");
+    const json& entry = list[i];
+    if (!entry.is_object()) fail(where, "expected an object, got ", entry.dump());
+    AddedToken token;
+    token.content = string_member(entry, "content", where);
+    token.id = id_value(member(entry, "id", where), where + ": id");
+    token.single_word = bool_member(entry, "single_word", false, where);
+    token.lstrip = bool_member(entry, "lstrip", false, where);
+    token.rstrip = bool_member(entry, "rstrip", false, where);
+    token.normalized = bool_member(entry, "normalized", true, where);
+    token.special = bool_member(entry, "special", false, where);
+    // Hugging Face ignores empty added tokens.
+    if (!token.content.empty()) t.added.push_back(std::move(token));
+  }
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt,
+                                const TokenizerOptions& options) {
+  auto t = std::make_shared<TokenizerTables>();
+  const json vocab = parse_json(vocab_json);
+  read_vocab(vocab, vocab_json, *t);
+  read_merges_txt(merges_txt, *t);
+  // RobertaTokenizerFast's special tokens: ids from the vocabulary, <mask> taking the
+  // whitespace before it ("a <mask>" is "a", "<mask>").
+  for (const char* name : {"<s>", "<pad>", "</s>", "<unk>", "<mask>"}) {
+    const auto it = t->vocab.find(name);
+    if (it == t->vocab.end())
+      fail(vocab_json, "no token ", name, ": QARAC needs RoBERTa's <s> <pad> </s> <unk> <mask>");
+    AddedToken token;
+    token.content = name;
+    token.id = it->second;
+    token.lstrip = token.content == "<mask>";
+    token.normalized = false;
+    token.special = true;
+    t->added.push_back(std::move(token));
+  }
+  t->add_prefix_space = options.add_prefix_space;
+  t->prefix = {t->vocab.at("<s>")};
+  t->suffix = {t->vocab.at("</s>")};
+  t->finish(vocab_json);
+  return Tokenizer(std::move(t));
+}
+
+Tokenizer Tokenizer::from_json(const std::string& tokenizer_json) {
+  const std::string& path = tokenizer_json;
+  const json root = parse_json(path);
+  if (!root.is_object()) fail(path, "expected a JSON object, got a JSON ", root.type_name());
+  auto t = std::make_shared<TokenizerTables>();
+  read_model(member(root, "model", path), path, *t);
+
+  if (const json* normalizer = find_member(root, "normalizer"))
+    fail(path, "normalizer: not supported (RoBERTa has none), got ", normalizer->dump());
+  const json& pre = member(root, "pre_tokenizer", path);
+  if (type_of(pre, path + ": pre_tokenizer") != "ByteLevel")
+    fail(path, "pre_tokenizer: only ByteLevel is supported, got ", pre.dump());
+  // Serde defaults of Hugging Face's ByteLevel: add_prefix_space true, use_regex true.
+  t->add_prefix_space = bool_member(pre, "add_prefix_space", true, path + ": pre_tokenizer");
+  t->use_regex = bool_member(pre, "use_regex", true, path + ": pre_tokenizer");
+  const json& decoder = member(root, "decoder", path);
+  if (type_of(decoder, path + ": decoder") != "ByteLevel")
+    fail(path, "decoder: only ByteLevel is supported, got ", decoder.dump());
+  if (const json* post = find_member(root, "post_processor"))
+    read_post_processor(*post, path + ": post_processor", *t);
+  if (const json* added = find_member(root, "added_tokens")) read_added_tokens(*added, path, *t);
+  t->finish(path);
+  return Tokenizer(std::move(t));
+}
+
+Tokenizer Tokenizer::from_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path json_path = fs::path(dir) / "tokenizer.json";
+  if (fs::exists(json_path)) return from_json(json_path.string());
+  const fs::path vocab = fs::path(dir) / "vocab.json";
+  const fs::path merges = fs::path(dir) / "merges.txt";
+  if (!fs::exists(vocab) && !fs::exists(merges))
+    fail(dir, "no tokenizer.json, nor vocab.json and merges.txt");
+  return from_files(vocab.string(), merges.string());
+}
+
+}  // namespace qarac::data

@@ -1,0 +1,171 @@
+// Step statistics over the world, metrics.jsonl and the progress line (train/metrics.h).
+#include "train/metrics.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "core/log.h"
+
+namespace qarac {
+namespace {
+
+double seconds_since(MetricsLog::Clock::time_point start) {
+  return std::chrono::duration<double>(MetricsLog::Clock::now() - start).count();
+}
+
+// "1h02m03s", "4m05s", "6s".
+std::string duration_text(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char text[32];
+  if (s >= 3600)
+    std::snprintf(text, sizeof text, "%lldh%02lldm%02llds", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  else if (s >= 60)
+    std::snprintf(text, sizeof text, "%lldm%02llds", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
+  else
+    std::snprintf(text, sizeof text, "%llds", static_cast<long long>(s));
+  return text;
+}
+
+}  // namespace
+
+void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
+                       const std::vector<double>& slot_losses, const parallel::MpiGroup* world,
+                       int world_size, int64_t step) {
+  enum { kTokens, kExamples, kData, kCompute, kComm, kLoss, kCount = kLoss + data::kTaskCount };
+  std::vector<double> sums(kCount + data::kTaskCount, 0.0);
+  sums[kTokens] = static_cast<double>(s.tokens);
+  sums[kExamples] = static_cast<double>(s.examples);
+  sums[kData] = s.data_seconds;
+  sums[kCompute] = s.compute_seconds;
+  sums[kComm] = s.comm_seconds;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int t = static_cast<int>(slots[i].task);
+    sums[kLoss + t] += slot_losses[i];
+    sums[kCount + t] += 1;
+  }
+  double comm_max = s.comm_seconds;
+  if (world) {
+    const std::string what = "step statistics at step " + std::to_string(step);
+    world->all_reduce(sums.data(), static_cast<int>(sums.size()), MPI_SUM, what);
+    world->all_reduce(&comm_max, 1, MPI_MAX, what);
+  }
+  const double ranks = static_cast<double>(world_size);
+  s.tokens = static_cast<int64_t>(sums[kTokens]);
+  s.examples = static_cast<int64_t>(sums[kExamples]);
+  s.data_seconds = sums[kData] / ranks;
+  s.compute_seconds = sums[kCompute] / ranks;
+  s.comm_seconds = sums[kComm] / ranks;
+  s.comm_max_seconds = comm_max;
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    s.ran[t] = sums[kCount + t] > 0;
+    s.losses[t] = s.ran[t] ? sums[kLoss + t] / sums[kCount + t] : 0.0;
+  }
+}
+
+void MetricsLog::open(const std::string& path) {
+  file_.open(path, std::ios::app);
+  QARAC_INPUT_CHECK(file_.good(), path, ": cannot open for writing");
+  terminal_ = isatty(fileno(stdout)) != 0;
+}
+
+void MetricsLog::start(int64_t first_step) {
+  started_ = Clock::now();
+  first_step_ = first_step;
+}
+
+void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPlan& plan, const StepStats& s) {
+  nlohmann::json line;
+  line["step"] = step;
+  line["world_size"] = world_size;
+  line["lr"] = s.lr;
+  line["grad_norm"] = s.grad_norm;
+  nlohmann::json losses = nlohmann::json::object();
+  double weighted = 0;
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    if (!s.ran[t]) continue;
+    const data::Task task = static_cast<data::Task>(t);
+    losses[data::task_name(task)] = s.losses[t];
+    weighted += plan.weight(task) * s.losses[t];
+  }
+  line["loss"] = losses;
+  line["loss_weighted"] = weighted;  // Σ w_t loss_t
+  const double per_s = s.seconds > 0 ? 1.0 / s.seconds : 0.0;
+  line["global_tokens"] = s.tokens;
+  line["global_examples"] = s.examples;
+  line["global_tokens_per_s"] = static_cast<double>(s.tokens) * per_s;
+  line["global_examples_per_s"] = static_cast<double>(s.examples) * per_s;
+  line["step_time_s"] = s.seconds;
+  line["data_time_s"] = s.data_seconds;
+  line["compute_time_s"] = s.compute_seconds;
+  line["comm_wait_s"] = s.comm_seconds;
+  line["comm_wait_max_s"] = s.comm_max_seconds;
+  line["elapsed_s"] = seconds_since(started_);
+  append(line.dump());
+}
+
+void MetricsLog::write_eval(int64_t step, const std::map<std::string, double>& metrics) {
+  if (metrics.empty()) return;
+  nlohmann::json line;
+  line["step"] = step;
+  line["eval"] = true;
+  for (const auto& [name, value] : metrics) line[name] = value;
+  append(line.dump());
+  std::string text;
+  for (const auto& [name, value] : metrics)
+    if (name.find(".confusion.") == std::string::npos) text += " " + name + "=" + std::to_string(value);
+  end_progress_line();
+  log::info("eval at step ", step, ":", text);
+}
+
+void MetricsLog::print_progress(int64_t step, int64_t steps, int64_t log_every, int world_size,
+                                const StepStats& s) {
+  const bool last = step == steps;
+  if (!terminal_ && step % log_every != 0 && !last) return;
+  const double per_step = seconds_since(started_) / static_cast<double>(step - first_step_);
+  std::string losses;
+  char item[64];
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    if (!s.ran[t]) continue;
+    std::snprintf(item, sizeof item, "%s%s %.4f", losses.empty() ? "" : " ",
+                  data::task_short_name(static_cast<data::Task>(t)), s.losses[t]);
+    losses += item;
+  }
+  char comm[64] = "";
+  if (world_size > 1) std::snprintf(comm, sizeof comm, " (comm wait %.3f)", s.comm_seconds);
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "step %lld/%lld | loss %s | lr %.3g | grad norm %.3g | %.0f tokens/s | %.3f s/step%s | ETA %s",
+                static_cast<long long>(step), static_cast<long long>(steps), losses.c_str(), s.lr, s.grad_norm,
+                s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0, s.seconds, comm,
+                duration_text(per_step * static_cast<double>(steps - step)).c_str());
+  // On a terminal the line is rewritten in place ("\r", then erase to the end of the line).
+  if (terminal_) {
+    std::printf("\r%s\033[K", line);
+    progress_open_ = true;
+    if (last) end_progress_line();
+  } else {
+    std::printf("%s\n", line);
+  }
+  std::fflush(stdout);
+}
+
+void MetricsLog::end_progress_line() {
+  if (!progress_open_) return;
+  std::printf("\n");
+  std::fflush(stdout);
+  progress_open_ = false;
+}
+
+void MetricsLog::append(const std::string& line) {
+  file_ << line << "\n";
+  file_.flush();
+}
+
+}  // namespace qarac

@@ -1,0 +1,72 @@
+// What a run reports (DESIGN.md §6): the measurements of a step, summed over the world, and rank
+// 0's two outputs: metrics.jsonl, one JSON object per step and per evaluation ("eval": true),
+// and the progress line, rewritten in place on a terminal, one line every train.log_every steps
+// otherwise.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "parallel/task_plan.h"
+
+namespace qarac {
+
+// What one step measured. After gather_step_stats, the losses, counts and times are the world's.
+struct StepStats {
+  double lr = 0, grad_norm = 0;
+  std::array<double, data::kTaskCount> losses{};  // per task: mean over the ranks that ran it
+  std::array<bool, data::kTaskCount> ran{};       // tasks that ran anywhere
+  int64_t tokens = 0, examples = 0;               // summed over the ranks
+  double seconds = 0;                              // this rank's wall time of the step
+  // Means over the ranks: reading the batch, forward/backward/update, waiting for the gradient
+  // reduction; and the longest wait of any rank.
+  double data_seconds = 0, compute_seconds = 0, comm_seconds = 0, comm_max_seconds = 0;
+};
+
+// Per task the mean loss over the slots (ranks) that ran it, `slot_losses` being this process's
+// in the order of `slots`; with a `world`, everything summed (or maximised) over it: one small
+// all-reduce per step. `step` names the step in errors.
+void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
+                       const std::vector<double>& slot_losses, const parallel::MpiGroup* world,
+                       int world_size, int64_t step);
+
+// Rank 0's metrics.jsonl and progress line.
+class MetricsLog {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Opens `path` for appending (a resumed run goes on in the same file); the progress line is
+  // rewritten in place when stdout is a terminal. InputError naming the file when it cannot.
+  void open(const std::string& path);
+  // The clock of elapsed_s and the ETA starts here, at step `first_step` of this process.
+  void start(int64_t first_step);
+
+  // The line of a step: losses by task, Σ w_t loss_t, throughput and the times of `s`.
+  void write_step(int64_t step, int world_size, const parallel::TaskPlan& plan, const StepStats& s);
+  // The line of an evaluation, and a log line of the metrics (the confusion matrix's cells left
+  // out: metrics.jsonl has them all). Nothing for no metrics.
+  void write_eval(int64_t step, const std::map<std::string, double>& metrics);
+  // The progress line after step `step` of `steps`: on a terminal every step, otherwise every
+  // `log_every` steps and the last.
+  void print_progress(int64_t step, int64_t steps, int64_t log_every, int world_size, const StepStats& s);
+  // Ends a progress line left open on the terminal: before a log line, so that it does not land
+  // inside the progress line.
+  void end_progress_line();
+
+ private:
+  void append(const std::string& line);
+
+  std::ofstream file_;
+  bool terminal_ = false;       // stdout is a terminal: the progress line is rewritten in place
+  bool progress_open_ = false;  // a progress line without its newline is on the terminal
+  Clock::time_point started_;
+  int64_t first_step_ = 0;
+};
+
+}  // namespace qarac

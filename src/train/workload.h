@@ -1,0 +1,46 @@
+// What a run trains. The step loop, optimizer, schedule, checkpoints and metrics
+// (train/trainer.cpp) are the same for every workload; only the models, the loss of a task
+// batch, the evaluation and the export differ:
+//   model.mode qarac  QE, AE and D from a pre-trained base, on the four objectives
+//                     (train/qarac_workload.cpp)
+//   model.mode mlm    a RoBERTa base with its tied MLM head, masked language modelling on the
+//                     text stream, from scratch or from model.base (train/mlm_workload.cpp)
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/memory.h"
+#include "data/loader.h"
+#include "parallel/gradient_sync.h"
+#include "train/config.h"
+#include "train/evaluation.h"
+#include "train/objectives.h"
+
+namespace qarac {
+
+class Workload {
+ public:
+  virtual ~Workload() = default;
+  // Its parameters by model, each held by the ranks of `plan` whose tasks use the model.
+  virtual std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) = 0;
+  // Forward and backward of one task batch, gradients scaled by options.weight; the loss as a
+  // device scalar [1].
+  virtual const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) = 0;
+  // Held-out metrics (no gradients); `evaluator` is qarac-train's [eval] hook, may be null.
+  virtual EvalResult evaluate(Evaluator* evaluator, int64_t step) = 0;
+  // The trained models as Hugging Face directories under <output>/export/.
+  virtual void export_models(const std::string& output) = 0;
+};
+
+// Builds the models `build` marks (parallel::Model order).
+std::unique_ptr<Workload> make_qarac_workload(const TrainConfig& config, Device device,
+                                              const std::array<bool, parallel::kModelCount>& build);
+// One model, exported as export/base: a Hugging Face RobertaForMaskedLM directory that
+// model.base of a qarac run can name.
+std::unique_ptr<Workload> make_mlm_workload(const TrainConfig& config, Device device);
+
+}  // namespace qarac
