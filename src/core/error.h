@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace qarac {
 
@@ -22,6 +23,10 @@ class InputError : public Error {
 };
 
 const std::string& hostname();
+
+// Text from a file or a user (names, values) with control characters escaped as \xNN, so that an
+// error message quoting it stays on one line.
+std::string printable(std::string_view text);
 
 namespace detail {
 // Builds "<library> error in `<stmt>`: <reason> (file:line on host)" and throws qarac::Error.

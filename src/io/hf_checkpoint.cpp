@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "core/log.h"
-#include "io/file_util.h"
 #include "io/hf_config.h"
 
 namespace qarac::io {

@@ -11,7 +11,6 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
-#include "io/file_util.h"
 
 namespace qarac::io {
 namespace {

@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "core/atomic_file.h"
-#include "io/file_util.h"
 
 namespace qarac::io {
 namespace {
