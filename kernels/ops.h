@@ -1,6 +1,6 @@
 // The op interface the model code calls. Every op takes tensors on one device and dispatches to
-// that device's backend (kernels/cpu: the reference; kernels/cuda: the GPU), so model code never
-// names a backend.
+// that device's backend (kernels/backend.h; kernels/cpu: the reference; kernels/cuda: the GPU),
+// so model code never names a backend.
 //
 // Conventions:
 // - Tensors are row-major and contiguous; "[N, C]" means N rows of C elements. Activations are

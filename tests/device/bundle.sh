@@ -12,8 +12,7 @@ out=${2:-.device}
 golden=tests/golden/data
 
 programs=(src/cli/qarac-parity src/cli/qarac-bench src/cli/qarac-prep src/cli/qarac-train)
-tests=(tests/unit/test_cuda_dense tests/unit/test_cuda_attention tests/unit/test_cuda_misc
-       tests/unit/test_cuda_training tests/unit/test_cuda_qarac tests/mpi/test_nccl)
+tests=(tests/unit/test_backend_ops tests/unit/test_cuda_runtime tests/unit/test_cuda_training tests/unit/test_cuda_qarac tests/mpi/test_nccl)
 rm -rf "$out"
 stage=$(mktemp -d)/bundle
 mkdir -p "$stage/bin" "$stage/lib" "$stage/golden" "$out"

@@ -24,7 +24,7 @@ else
     cmake --build build-device -j"$(nproc)" >>"$log/cmake" 2>&1 || { tail -30 "$log/cmake"; exit 1; }
   bin=build-device/bin-links
   mkdir -p "$bin"
-  ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* \
+  ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* "$PWD"/build-device/tests/unit/test_backend_ops \
     "$PWD"/build-device/tests/mpi/test_nccl "$bin/"
   golden=tests/golden/data
 fi
@@ -39,8 +39,11 @@ q() { LD_LIBRARY_PATH="$qlib" "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
 
-# ---- GPU tests (GoogleTest binaries; each prints its own failures)
-for t in "$bin"/test_cuda_*; do
+# ---- GPU tests (GoogleTest binaries; each prints its own failures). test_backend_ops runs every
+# op on CUDA f32/bf16 against the CPU in f64 and, with QARAC_BACKEND_OPS_MARGINS=1, prints each
+# output's error as a fraction of its bound (the margins to record next to the bounds).
+export QARAC_BACKEND_OPS_MARGINS=1
+for t in "$bin"/test_backend_ops "$bin"/test_cuda_*; do
   name=$(basename "$t")
   if q timeout 150 "$t" --gtest_brief=1 >"$log/$name" 2>&1; then result=passed; else result=FAILED; status=1; fi
   counts=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/$name" | tr '\n' ' ')

@@ -1,0 +1,143 @@
+// The argument checker of the op dispatcher (ops.cpp): the vocabulary in which every op states
+// its contract (a compute tensor of a shape, an accumulation tensor, an index tensor, sequences
+// over the rows of an activation), each check failing with a qarac::Error that names the op, the
+// argument, its dtype and shape, and what was expected. The dtype rules are those of the backend
+// registered for the tensors' device (kernels/backend.h).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "kernels/backend.h"
+#include "kernels/ops.h"
+
+namespace qarac::ops::checks {
+
+// What the reference tensor of a call holds: values in the compute dtype X (activations,
+// weights), or values in the accumulation dtype A (master weights, moments, a norm).
+enum class Role { compute, accumulation };
+
+// The arguments of one call, checked against a reference tensor that fixes the device, hence the
+// backend, and X and A: the reference's dtype must be one the backend computes in (Role::compute;
+// A is then the backend's A for it) or accumulates in (Role::accumulation; X = A). Every tensor
+// must be defined and contiguous and live on the reference's device.
+class Args {
+ public:
+  Args(const char* op, const char* name, const Tensor& ref, Role role = Role::compute)
+      : op_(op), name_(name), ref_(ref), backend_(find_backend(ref.device())) {
+    layout(name, ref);
+    // Only the CUDA kind can lack a backend: the CPU reference is always built.
+    QARAC_CHECK(backend_, op, ": this build has no CUDA backend (", name, " is ", ref.str(), ")");
+    const DType d = ref.dtype();
+    if (role == Role::compute) {
+      QARAC_CHECK(backend_->computes_in(d), op, ": ", name, " ", ref.str(), " has dtype ",
+                  dtype_name(d), "; ", backend_->name(), " ops compute in ",
+                  backend_->compute_names());
+      x_ = d;
+      a_ = backend_->accumulation_of(d);
+    } else {
+      QARAC_CHECK(backend_->accumulates_in(d), op, ": ", name, " ", ref.str(), " has dtype ",
+                  dtype_name(d), "; ", backend_->name(), " ops accumulate in ",
+                  backend_->accumulation_names());
+      x_ = a_ = d;
+    }
+  }
+
+  const Backend& backend() const { return *backend_; }
+  DType a_dtype() const { return a_; }
+
+  // A tensor of X, optionally of a given shape.
+  void compute(const char* name, const Tensor& t) const { expect_dtype(name, t, x_, "compute"); }
+  void compute(const char* name, const Tensor& t, const Shape& shape) const {
+    compute(name, t);
+    expect_shape(name, t, shape);
+  }
+  // A tensor of A: parameter gradients, statistics, losses, similarities.
+  void accumulation(const char* name, const Tensor& t) const {
+    expect_dtype(name, t, a_, "accumulation");
+  }
+  void accumulation(const char* name, const Tensor& t, const Shape& shape) const {
+    accumulation(name, t);
+    expect_shape(name, t, shape);
+  }
+  // An i32 tensor (ids, targets, offsets).
+  void index(const char* name, const Tensor& t) const {
+    layout(name, t);
+    same_device(name, t);
+    QARAC_CHECK(t.dtype() == DType::i32, op_, ": ", name, " ", t.str(), " must be i32");
+  }
+  void index(const char* name, const Tensor& t, const Shape& shape) const {
+    index(name, t);
+    expect_shape(name, t, shape);
+  }
+  void rank(const char* name, const Tensor& t, int dims) const {
+    layout(name, t);
+    QARAC_CHECK(t.dim() == dims, op_, ": ", name, " ", t.str(), " must have ", dims, " dimensions");
+  }
+  void positive_eps(double eps) const {
+    QARAC_CHECK(eps > 0, op_, ": eps ", eps, " must be positive");
+  }
+
+  // The sequences of a packed batch whose activations `name` have `rows` rows: offsets from 0,
+  // non-decreasing, ending at rows; max_len the longest length; the offsets tensor i32 [B+1] on
+  // the reference's device (on the CPU also equal to the host copy, which the CPU backend reads).
+  void sequences(const Sequences& s, const char* name, int64_t rows) const {
+    QARAC_CHECK(!s.host.empty(), op_, ": seqs has no offsets (seqs.host is empty)");
+    QARAC_CHECK(s.host[0] == 0, op_, ": seqs.host starts at ", s.host[0], ", not 0");
+    int64_t longest = 0;
+    for (size_t b = 0; b + 1 < s.host.size(); ++b) {
+      const int64_t len = int64_t{s.host[b + 1]} - s.host[b];
+      QARAC_CHECK(len >= 0, op_, ": seqs: sequence ", b, " has negative length ", len);
+      longest = std::max(longest, len);
+    }
+    QARAC_CHECK(s.max_len == longest, op_, ": seqs.max_len is ", s.max_len,
+                " but the longest sequence has ", longest, " tokens");
+    QARAC_CHECK(s.tokens() == rows, op_, ": seqs covers ", s.tokens(), " tokens but ", name,
+                " has ", rows, " rows");
+    index("seqs.offsets", s.offsets, {s.count() + 1});
+    if (ref_.device().is_cpu()) {
+      const int32_t* o = s.offsets.data<int32_t>();
+      for (int64_t b = 0; b <= s.count(); ++b)
+        QARAC_CHECK(o[b] == s.host[b], op_, ": seqs.offsets[", b, "] = ", o[b],
+                    " differs from seqs.host[", b, "] = ", s.host[b]);
+    }
+  }
+
+ private:
+  void layout(const char* name, const Tensor& t) const {
+    QARAC_CHECK(t.defined(), op_, ": ", name, " is undefined");
+    QARAC_CHECK(t.is_contiguous(), op_, ": ", name, " ", t.str(), " is not contiguous");
+  }
+  void same_device(const char* name, const Tensor& t) const {
+    QARAC_CHECK(t.device() == ref_.device(), op_, ": ", name, " ", t.str(),
+                " is not on the device of ", name_, " ", ref_.str());
+  }
+  void expect_dtype(const char* name, const Tensor& t, DType want, const char* which) const {
+    layout(name, t);
+    same_device(name, t);
+    QARAC_CHECK(t.dtype() == want, op_, ": ", name, " ", t.str(), " must be ", dtype_name(want),
+                ", the ", which, " dtype that goes with ", name_, " ", ref_.str());
+  }
+  void expect_shape(const char* name, const Tensor& t, const Shape& shape) const {
+    if (&t == &ref_)
+      QARAC_CHECK(t.shape() == shape, op_, ": ", name, " ", t.str(), ": expected shape ",
+                  shape_str(shape));
+    else
+      QARAC_CHECK(t.shape() == shape, op_, ": ", name, " ", t.str(), " does not match ", name_, " ",
+                  ref_.str(), ": expected shape ", shape_str(shape));
+  }
+
+  const char* op_;
+  const char* name_;
+  const Tensor& ref_;
+  const Backend* backend_;
+  DType x_, a_;
+};
+
+inline void check_probability(const char* op, double p) {
+  QARAC_CHECK(p >= 0 && p < 1, op, ": dropout probability ", p, " is outside [0, 1)");
+}
+
+}  // namespace qarac::ops::checks

@@ -1,0 +1,420 @@
+// What the op table (test_backend_ops.cpp) does not express about the CUDA backend: properties of
+// bits rather than bounds (dropout masks identical to the CPU's, reductions that give the same
+// bits on every run, exact zeros, the optimiser's compute copy the exact rounding of its master
+// weights), attention beyond the table's shapes (head dims of tiny models and the largest one,
+// RoBERTa-sized sequences, empty sequences in every position, a head dim it must refuse), and the
+// caching allocator. Every test skips when there is no CUDA device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "core/memory.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "kernels/ops.h"
+#include "support/test_support.h"
+
+using namespace qarac;
+using test_support::as_seen;
+using test_support::on_cpu;
+using test_support::on_gpu;
+using test_support::uniform;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+const RngKey kKey{20240611, 17, 5};
+
+class CudaRuntime : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+// Expects the same bits (same dtype, any devices).
+void expect_same_bits(const Tensor& actual, const Tensor& expected, const std::string& what) {
+  ASSERT_EQ(actual.shape(), expected.shape()) << what;
+  ASSERT_EQ(actual.dtype(), expected.dtype()) << what;
+  const Tensor a = actual.to(Device::cpu()), e = expected.to(Device::cpu());
+  EXPECT_EQ(std::memcmp(a.raw(), e.raw(), a.nbytes()), 0) << what << ": bits differ";
+}
+
+// ---- Bits ---------------------------------------------------------------------------------------
+
+// The mask is the CPU's, bit for bit: in f32 the outputs are identical; in bf16 the GPU's output
+// is the CPU's f32 result on the same inputs rounded once (x · scale is one f32 multiply).
+TEST_F(CudaRuntime, DropoutMatchesCpuBitForBit) {
+  std::mt19937 rng(9);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (double p : {0.0, 0.1, 0.5}) {
+      for (int64_t n : {37 * 768, 301}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " p " + std::to_string(p) + " n " +
+                     std::to_string(n));
+        const Tensor x = uniform({n}, rng), sx = as_seen(x, dtype);
+        Tensor y_want = Tensor::empty({n}, DType::f32), dx_want = Tensor::empty({n}, DType::f32);
+        ops::dropout_forward(sx, p, kKey, y_want);
+        ops::dropout_backward(sx, p, kKey, dx_want);
+        const Tensor gx = on_gpu(x, dtype);
+        Tensor y = Tensor::empty({n}, dtype, kGpu), dx = Tensor::empty({n}, dtype, kGpu);
+        ops::dropout_forward(gx, p, kKey, y);
+        ops::dropout_backward(gx, p, kKey, dx);
+        expect_same_bits(y, y_want.to(dtype), "forward");
+        expect_same_bits(dx, dx_want.to(dtype), "backward");
+        Tensor inplace = on_gpu(x, dtype);
+        ops::dropout_forward(inplace, p, kKey, inplace);
+        expect_same_bits(inplace, y_want.to(dtype), "in place");
+      }
+    }
+  }
+}
+
+// The reductions behind parameter gradients and the gradient norm sum in a fixed order (no
+// atomics), so a second run gives the same bits: what keeps data-parallel replicas identical.
+// Row counts past 256 take several chunks of the column reductions; few ids over many rows give
+// the embedding gradient long runs of equal ids.
+TEST_F(CudaRuntime, ReductionsGiveTheSameBitsOnEveryRun) {
+  std::mt19937 rng(11);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const int64_t rows = 1000, cols = 203, vocab = 11;
+    const Tensor dy = on_gpu(uniform({rows, cols}, rng), dtype),
+                 x = on_gpu(uniform({rows, cols}, rng), dtype);
+    const Tensor gamma = on_gpu(uniform({cols}, rng, 0.5f, 1.5f), dtype);
+    const Tensor start = uniform({cols}, rng).to(kGpu);
+    std::vector<int32_t> idv(static_cast<size_t>(rows));
+    for (size_t i = 0; i < idv.size(); ++i)
+      idv[i] = i % 3 == 0 ? 4 : std::uniform_int_distribution<int32_t>(0, vocab - 1)(rng);
+    const Tensor ids = Tensor::from_vector(idv, {rows}, kGpu);
+    const Tensor table_start = uniform({vocab, cols}, rng).to(kGpu);
+    Tensor y = Tensor::empty({rows, cols}, dtype, kGpu),
+           mean = Tensor::empty({rows}, DType::f32, kGpu),
+           rstd = Tensor::empty({rows}, DType::f32, kGpu);
+    ops::layernorm_forward(x, gamma, gamma, 1e-5, y, mean, rstd);
+
+    // More than the 64 spans one launch of the norm takes.
+    std::vector<const Tensor*> spans;
+    for (int i = 0; i < 35; ++i) spans.insert(spans.end(), {&dy, &x});
+
+    struct Gradients {
+      Tensor dbias, dtable, dx, dgamma, dbeta, norm;
+    };
+    auto run = [&] {
+      Gradients g{start.clone(), table_start.clone(), Tensor::empty({rows, cols}, dtype, kGpu),
+                  start.clone(), start.clone(),       Tensor::empty({1}, DType::f32, kGpu)};
+      ops::bias_backward(dy, g.dbias);
+      ops::embedding_backward(ids, dy, g.dtable);
+      ops::layernorm_backward(dy, x, gamma, mean, rstd, g.dx, g.dgamma, g.dbeta);
+      ops::sum_of_squares(spans, g.norm);
+      return g;
+    };
+    const Gradients first = run(), second = run();
+    expect_same_bits(second.dbias, first.dbias, "bias_backward");
+    expect_same_bits(second.dtable, first.dtable, "embedding_backward");
+    expect_same_bits(second.dx, first.dx, "layernorm_backward dx");
+    expect_same_bits(second.dgamma, first.dgamma, "layernorm_backward dgamma");
+    expect_same_bits(second.dbeta, first.dbeta, "layernorm_backward dbeta");
+    expect_same_bits(second.norm, first.norm, "sum_of_squares");
+  }
+}
+
+// The gradient is exactly 0 in ignored rows and padded columns (not merely small), and the
+// losses have the same bits whether the gradient is written, written in place or weighted.
+TEST_F(CudaRuntime, CrossEntropyExactZerosAndIdenticalLosses) {
+  std::mt19937 rng(14);
+  const int32_t ignore = -100;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const int64_t rows = 37, valid = 700, cols = 768;
+    std::vector<int32_t> tv(static_cast<size_t>(rows));
+    for (int32_t& t : tv) t = std::uniform_int_distribution<int32_t>(0, valid - 1)(rng);
+    tv[1] = tv[rows - 1] = ignore;
+    const Tensor targets = Tensor::from_vector(tv, {rows}, kGpu);
+    const Tensor logits = on_gpu(uniform({rows, cols}, rng, -4, 4), dtype);
+    const Tensor weights = uniform({rows}, rng, 0.1f, 2.f).to(kGpu);
+
+    Tensor losses = Tensor::empty({rows}, DType::f32, kGpu),
+           grad = Tensor::empty({rows, cols}, dtype, kGpu);
+    ops::softmax_cross_entropy(logits, targets, ignore, losses, &grad, 0.7, valid);
+    const std::vector<float> g = on_cpu(grad).to_vector<float>();
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        if (j >= valid || tv[i] == ignore) {
+          ASSERT_EQ(g[i * cols + j], 0.f) << "row " << i << ", column " << j;
+        }
+
+    Tensor alone = Tensor::empty({rows}, DType::f32, kGpu);
+    ops::softmax_cross_entropy(logits, targets, ignore, alone, nullptr, 0.7, valid);
+    expect_same_bits(alone, losses, "losses without the gradient");
+    Tensor inplace = logits.clone(), inplace_losses = Tensor::empty({rows}, DType::f32, kGpu);
+    ops::softmax_cross_entropy(inplace, targets, ignore, inplace_losses, &inplace, 0.7, valid);
+    expect_same_bits(inplace_losses, losses, "losses in place");
+    expect_same_bits(inplace, grad, "dlogits in place");
+    Tensor weighted = logits.clone(), weighted_losses = Tensor::empty({rows}, DType::f32, kGpu);
+    ops::softmax_cross_entropy(weighted, targets, ignore, weighted_losses, &weighted, 0.7, valid,
+                               &weights);
+    expect_same_bits(weighted_losses, losses, "losses with row weights");
+  }
+}
+
+// After AdamW and NAdam steps the compute copy holds exactly the GPU's own master weights rounded
+// to its dtype.
+TEST_F(CudaRuntime, OptimizerComputeCopyIsTheRoundedMasterWeights) {
+  std::mt19937 rng(41);
+  const int64_t n = 1003;
+  for (DType copy_dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(copy_dtype));
+    Tensor adam_p = uniform({n}, rng).to(kGpu), adam_m = Tensor::zeros({n}, DType::f32, kGpu),
+           adam_v = Tensor::zeros({n}, DType::f32, kGpu);
+    Tensor nadam_p = adam_p.clone(), nadam_m = adam_m.clone(), nadam_v = adam_v.clone();
+    Tensor adam_copy = Tensor::zeros({n}, copy_dtype, kGpu), nadam_copy = adam_copy.clone();
+    ops::AdamW adamw;
+    ops::NAdam nadam;
+    for (int64_t step = 1; step <= 3; ++step) {
+      const Tensor grad = uniform({n}, rng).to(kGpu);
+      adamw.step = nadam.step = step;
+      nadam.mu_product = ops::nadam_mu_product(nadam);
+      ops::adamw_update(adam_p, grad, adam_m, adam_v, adamw, &adam_copy);
+      ops::nadam_update(nadam_p, grad, nadam_m, nadam_v, nadam, &nadam_copy);
+    }
+    expect_same_bits(adam_copy, adam_p.to(Device::cpu()).to(copy_dtype), "adamw param copy");
+    expect_same_bits(nadam_copy, nadam_p.to(Device::cpu()).to(copy_dtype), "nadam param copy");
+  }
+}
+
+// ---- Attention beyond the table -----------------------------------------------------------------
+// Against the CPU reference in f32 on the same (rounded) inputs, as tol · (largest |value| of
+// the tensor): the table's attention bounds (test_backend_ops.cpp), measured on an H100: f32 1e-5
+// (sums of <= 512 terms in another order); bf16 2e-2 (P, P̃ and dS rounded to bf16 before their
+// products; measured <= 7.1e-3); lse 1e-4 in bf16 (measured <= 1.5e-7).
+
+struct Problem {
+  std::vector<int32_t> lengths;
+  int64_t heads = 2, head_dim = 64;
+  bool causal = false;
+  double dropout = 0.0;
+  DType dtype = DType::f32;
+};
+
+struct Attention {
+  Tensor out, lse, dq, dk, dv;
+};
+
+// Forward and backward on `device` with q, k, v, dout of standard deviations 1.5, 1.5, 1, 1
+// (scores of standard deviation ~2.2 whatever Dh: softmax rows from flat to peaked), stored in
+// the problem's dtype on the GPU and as their f32 values on the CPU. Outputs start as NaN, so a
+// row a kernel forgets to write fails.
+Attention run_attention(const Problem& pb, Device device, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t tokens = [&] {
+    int64_t t = 0;
+    for (int32_t n : pb.lengths) t += n;
+    return t;
+  }();
+  const Shape shape = {tokens, pb.heads * pb.head_dim};
+  auto input = [&](float stddev) {
+    std::normal_distribution<float> dist(0.f, stddev);
+    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+    for (float& x : v) x = dist(rng);
+    const Tensor t = Tensor::from_vector(v, shape);
+    return device.is_cuda() ? on_gpu(t, pb.dtype) : as_seen(t, pb.dtype);
+  };
+  const DType x = device.is_cuda() ? pb.dtype : DType::f32;
+  auto output = [&](const Shape& s, DType d) {
+    const Tensor nan =
+        Tensor::from_vector(std::vector<float>(static_cast<size_t>(shape_numel(s)),
+                                               std::numeric_limits<float>::quiet_NaN()),
+                            s);
+    return nan.to(d).to(device);
+  };
+  const Tensor q = input(1.5f), k = input(1.5f), v = input(1.f), dout = input(1.f);
+  const ops::Sequences seqs = ops::Sequences::from_lengths(pb.lengths, device);
+  Attention a{output(shape, x), output({pb.heads, tokens}, DType::f32), output(shape, x),
+              output(shape, x), output(shape, x)};
+  ops::attention_forward(q, k, v, seqs, pb.heads, pb.causal, pb.dropout, kKey, a.out, a.lse);
+  ops::attention_backward(dout, q, k, v, a.out, a.lse, seqs, pb.heads, pb.causal, pb.dropout, kKey,
+                          a.dq, a.dk, a.dv);
+  return a;
+}
+
+void expect_close(const Tensor& actual, const Tensor& expected, double tol,
+                  const std::string& what) {
+  ASSERT_EQ(actual.shape(), expected.shape()) << what;
+  const std::vector<float> a = on_cpu(actual).to_vector<float>(),
+                           e = on_cpu(expected).to_vector<float>();
+  double scale = 0;
+  for (float x : e) scale = std::max(scale, std::fabs(double(x)));
+  size_t bad = 0, worst = 0;
+  double worst_err = 0;
+  for (size_t i = 0; i < e.size(); ++i) {
+    const double err = std::fabs(double(a[i]) - double(e[i]));
+    if (!(err <= tol * scale)) {
+      ++bad;
+      if (!(err <= worst_err)) {
+        worst_err = err;
+        worst = i;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << e.size()
+                     << " elements out of tolerance; worst at " << worst << ": " << a[worst]
+                     << " vs " << e[worst] << " (error " << worst_err / scale
+                     << " of the largest |value| " << scale << ", tolerance " << tol << ")";
+}
+
+void check_attention(const Problem& pb, uint32_t seed) {
+  const Attention want = run_attention(pb, Device::cpu(), seed),
+                  got = run_attention(pb, kGpu, seed);
+  const bool bf16 = pb.dtype == DType::bf16;
+  const double tol = bf16 ? 2e-2 : 1e-5;
+  expect_close(got.out, want.out, tol, "out");
+  expect_close(got.lse, want.lse, bf16 ? 1e-4 : 1e-5, "lse");
+  expect_close(got.dq, want.dq, tol, "dq");
+  expect_close(got.dk, want.dk, tol, "dk");
+  expect_close(got.dv, want.dv, tol, "dv");
+}
+
+// Empty sequences first, between others and last: their blocks exit at once and every other
+// sequence's offsets, rows and dropout indices stay right.
+TEST_F(CudaRuntime, AttentionEmptySequences) {
+  for (const DType dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    check_attention({{0, 5, 0, 33, 70, 0}, 4, 64, true, 0.1, dtype}, 7);
+  }
+}
+
+// Head dims of tiny models (8, 16, 24: fewer columns than a warp's lanes) and the largest one
+// (128: the generic backward kernels then need more than 48 KiB of shared memory).
+TEST_F(CudaRuntime, AttentionOtherHeadDims) {
+  for (const DType dtype : {DType::f32, DType::bf16})
+    for (const int64_t head_dim : {8, 16, 24, 128}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " head_dim " + std::to_string(head_dim));
+      check_attention({{1, 7, 64, 130}, 3, head_dim, true, 0.1, dtype}, 11);
+    }
+}
+
+// RoBERTa-base's attention (12 heads of 64) on sequences up to 512 tokens.
+TEST_F(CudaRuntime, AttentionRobertaSized) {
+  {
+    SCOPED_TRACE("bf16 bidirectional with dropout");
+    check_attention({{512, 300, 77, 511}, 12, 64, false, 0.1, DType::bf16}, 21);
+  }
+  {
+    SCOPED_TRACE("f32 causal");
+    check_attention({{512, 300, 77, 511}, 12, 64, true, 0.0, DType::f32}, 22);
+  }
+}
+
+// No atomics: every gradient element is summed by one thread in a fixed order, so two backward
+// passes give the same bits (tensor-core path: bf16 d64; generic path: f32).
+TEST_F(CudaRuntime, AttentionBackwardIsDeterministic) {
+  for (const DType dtype : {DType::bf16, DType::f32}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Problem pb{{100, 200, 37}, 4, 64, false, 0.1, dtype};
+    const Attention first = run_attention(pb, kGpu, 31), second = run_attention(pb, kGpu, 31);
+    expect_same_bits(second.out, first.out, "out");
+    expect_same_bits(second.lse, first.lse, "lse");
+    expect_same_bits(second.dq, first.dq, "dq");
+    expect_same_bits(second.dk, first.dk, "dk");
+    expect_same_bits(second.dv, first.dv, "dv");
+  }
+}
+
+TEST_F(CudaRuntime, AttentionRejectsHeadDimAbove128) {
+  const ops::Sequences seqs = ops::Sequences::from_lengths({3}, kGpu);
+  const Tensor q = Tensor::zeros({3, 256}, DType::f32, kGpu);
+  Tensor out = Tensor::zeros({3, 256}, DType::f32, kGpu),
+         lse = Tensor::zeros({1, 3}, DType::f32, kGpu);
+  try {
+    ops::attention_forward(q, q, q, seqs, 1, false, 0.0, kKey, out, lse);
+    ADD_FAILURE() << "no error for head_dim 256";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("head_dim"), std::string::npos) << e.what();
+  }
+}
+
+// ---- Caching allocator --------------------------------------------------------------------------
+
+// Allocating and freeing the same sizes again and again reaches cudaMalloc only in the first
+// round; every later allocation is a cache hit. cuda_empty_cache returns the cached blocks and
+// keeps the live ones.
+TEST_F(CudaRuntime, AllocatorReusesFreedBlocks) {
+  const CudaAllocatorStats start = cuda_allocator_stats(0);
+  uint64_t mallocs_after_first_round = 0;
+  constexpr int kRounds = 10;
+  for (int round = 0; round < kRounds; ++round) {
+    {
+      const Tensor small = Tensor::empty({1000}, DType::f32, kGpu);    // 4000 B -> 4 KiB
+      const Tensor large = Tensor::empty({786432}, DType::f32, kGpu);  // 3 MiB -> 4 MiB
+      const Tensor odd = Tensor::empty({37, 3}, DType::bf16, kGpu);    // 222 B -> 512 B
+      const Tensor none = Tensor::empty({0, 203}, DType::f32, kGpu);   // no block
+    }
+    if (round == 0) mallocs_after_first_round = cuda_allocator_stats(0).cuda_mallocs;
+  }
+  const CudaAllocatorStats end = cuda_allocator_stats(0);
+  EXPECT_EQ(end.cuda_mallocs, mallocs_after_first_round);
+  EXPECT_GE(end.cache_hits - start.cache_hits, uint64_t{3 * (kRounds - 1)});
+  EXPECT_EQ(end.bytes_in_use, start.bytes_in_use);
+  EXPECT_GE(end.bytes_reserved, end.bytes_in_use + (4u << 20) + 4096 + 512);
+
+  std::mt19937 rng(61);
+  const Tensor kept_host = uniform({5000}, rng);
+  const Tensor kept = kept_host.to(kGpu);
+  cuda_empty_cache();
+  const CudaAllocatorStats emptied = cuda_allocator_stats(0);
+  EXPECT_EQ(emptied.bytes_reserved, emptied.bytes_in_use);
+  EXPECT_GE(emptied.bytes_in_use, uint64_t{5000 * sizeof(float)});
+  expect_same_bits(kept, kept_host, "a live tensor across cuda_empty_cache");
+}
+
+// Host threads allocating and freeing at once leave the counters consistent.
+TEST_F(CudaRuntime, AllocatorIsThreadSafe) {
+  const CudaAllocatorStats start = cuda_allocator_stats(0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([t] {
+      for (int i = 0; i < 200; ++i) {
+        const Tensor x = Tensor::empty({int64_t{1} << (8 + (i + t) % 12)}, DType::f32, kGpu);
+      }
+    });
+  for (std::thread& thread : threads) thread.join();
+  const CudaAllocatorStats end = cuda_allocator_stats(0);
+  EXPECT_EQ(end.bytes_in_use, start.bytes_in_use);
+  EXPECT_EQ((end.cuda_mallocs - start.cuda_mallocs) + (end.cache_hits - start.cache_hits),
+            uint64_t{4 * 200});
+}
+
+// A request no device can serve: the cache is released, cudaMalloc is retried once, and the
+// error names the size and the device. The failure must not linger in the CUDA runtime's error
+// state, where the next kernel's launch check would report it.
+TEST_F(CudaRuntime, AllocationFailureNamesSizeAndDevice) {
+  { const Tensor cached = Tensor::empty({1000}, DType::f32, kGpu); }
+  try {
+    const Tensor huge = Tensor::empty({int64_t{1} << 48}, DType::f32, kGpu);  // 4 PiB
+    ADD_FAILURE() << "a 4 PiB allocation succeeded";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("1125899906842624 bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("cuda:0"), std::string::npos) << msg;
+  }
+  const CudaAllocatorStats after = cuda_allocator_stats(0);
+  EXPECT_EQ(after.bytes_reserved, after.bytes_in_use);  // the retry released the cache
+
+  std::mt19937 rng(71);
+  const Tensor a = uniform({3, 203}, rng), b = uniform({3, 203}, rng);
+  Tensor expected = Tensor::empty({3}, DType::f32), out = Tensor::empty({3}, DType::f32, kGpu);
+  ops::cosine_forward(a, b, 1e-12, expected);
+  ops::cosine_forward(a.to(kGpu), b.to(kGpu), 1e-12, out);
+  expect_close(out, expected, 1e-5, "cosine_forward after a failed allocation");
+}
+
+}  // namespace
