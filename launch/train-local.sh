@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts qarac-train on this machine under Open MPI's mpirun with RANKS processes (the world size
-# W of DESIGN.md §4), bound to cores and threaded to fit, and prints the mpirun command first.
+# W of docs/design.md §4), bound to cores and threaded to fit, and prints the mpirun command first.
 #
 #   bash launch/train-local.sh -n RANKS [--threads T] [--dry-run] [--] qarac-train options...
 #     -n, --ranks RANKS  MPI ranks (world size W)

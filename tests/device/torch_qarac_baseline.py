@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch baseline of qarac-bench's qarac workload: the QARAC step (DESIGN.md §2-§3) as a PyTorch
-user would write it. Three RoBERTa-base models from transformers (question encoder, answer
+"""PyTorch baseline of qarac-bench's qarac workload: the QARAC step (docs/design.md §2-§3) as a
+PyTorch user would write it. Three RoBERTa-base models from transformers (question encoder, answer
 encoder, a causal decoder base), the global attention pooling head, the decoder's two head
 layers over [v; H] with a causal mask (torch.nn.TransformerEncoderLayer: post-LN, GELU, SDPA),
 an untied LM head; the four objectives on B examples each, padded batches with attention masks,
