@@ -76,9 +76,10 @@ class Backend {
 
   virtual void gelu_forward(const Tensor& x, Tensor& y) const = 0;
   virtual void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) const = 0;
-  virtual void dropout_forward(const Tensor& x, double p, const RngKey& key, Tensor& y) const = 0;
+  virtual void dropout_forward(const Tensor& x, double p, const RngKey& key,
+                               const Sequences& seqs, Tensor& y) const = 0;
   virtual void dropout_backward(const Tensor& dy, double p, const RngKey& key,
-                                Tensor& dx) const = 0;
+                                const Sequences& seqs, Tensor& dx) const = 0;
 
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Sequences& seqs, int64_t heads, bool causal,

@@ -81,8 +81,9 @@ class Args {
   }
 
   // The sequences of a packed batch whose activations `name` have `rows` rows: offsets from 0,
-  // non-decreasing, ending at rows; max_len the longest length; the offsets tensor i32 [B+1] on
-  // the reference's device (on the CPU also equal to the host copy, which the CPU backend reads).
+  // non-decreasing, ending at rows; max_len the longest length; the offsets tensor i32 [B+1] and
+  // the ids tensor i64 [B] on the reference's device (on the CPU also equal to their host
+  // copies, which the CPU backend reads).
   void sequences(const Sequences& s, const char* name, int64_t rows) const {
     QARAC_CHECK(!s.host.empty(), op_, ": seqs has no offsets (seqs.host is empty)");
     QARAC_CHECK(s.host[0] == 0, op_, ": seqs.host starts at ", s.host[0], ", not 0");
@@ -102,6 +103,19 @@ class Args {
       for (int64_t b = 0; b <= s.count(); ++b)
         QARAC_CHECK(o[b] == s.host[b], op_, ": seqs.offsets[", b, "] = ", o[b],
                     " differs from seqs.host[", b, "] = ", s.host[b]);
+    }
+    QARAC_CHECK(static_cast<int64_t>(s.host_ids.size()) == s.count(), op_, ": seqs has ",
+                s.host_ids.size(), " ids (seqs.host_ids) for ", s.count(), " sequences");
+    layout("seqs.ids", s.ids);
+    same_device("seqs.ids", s.ids);
+    QARAC_CHECK(s.ids.dtype() == DType::i64, op_, ": seqs.ids ", s.ids.str(), " must be i64");
+    expect_shape("seqs.ids", s.ids, {s.count()});
+    if (ref_.device().is_cpu()) {
+      const int64_t* ids = s.ids.data<int64_t>();
+      for (int64_t b = 0; b < s.count(); ++b)
+        QARAC_CHECK(static_cast<uint64_t>(ids[b]) == s.host_ids[b], op_, ": seqs.ids[", b, "] = ",
+                    static_cast<uint64_t>(ids[b]), " differs from seqs.host_ids[", b,
+                    "] = ", s.host_ids[b]);
     }
   }
 
@@ -138,6 +152,13 @@ class Args {
 
 inline void check_probability(const char* op, double p) {
   QARAC_CHECK(p >= 0 && p < 1, op, ": dropout probability ", p, " is outside [0, 1)");
+}
+
+// A size that a dropout element index (core/rng.h) holds in `bits` bits: at most 2^bits.
+inline void draw_limit(const char* op, const char* what, int64_t value, int bits) {
+  QARAC_CHECK(value <= (int64_t{1} << bits), op, ": ", what, " is ", value,
+              "; dropout draws address at most 2^", bits, " = ", int64_t{1} << bits,
+              " (core/rng.h, sequence_uniform01)");
 }
 
 }  // namespace qarac::ops::checks

@@ -20,7 +20,10 @@ using checks::Args;
 using checks::check_probability;
 using checks::Role;
 
-Sequences Sequences::from_lengths(const std::vector<int32_t>& lengths, Device device) {
+Sequences Sequences::from_lengths(const std::vector<int32_t>& lengths, Device device,
+                                  const std::vector<uint64_t>& ids) {
+  QARAC_CHECK(ids.empty() || ids.size() == lengths.size(), "Sequences::from_lengths: ", ids.size(),
+              " ids for ", lengths.size(), " sequences");
   Sequences s;
   s.host.reserve(lengths.size() + 1);
   s.host.push_back(0);
@@ -35,6 +38,13 @@ Sequences Sequences::from_lengths(const std::vector<int32_t>& lengths, Device de
     s.max_len = std::max<int64_t>(s.max_len, lengths[b]);
   }
   s.offsets = Tensor::from_vector(s.host, {static_cast<int64_t>(s.host.size())}, device);
+  s.host_ids = ids;
+  if (ids.empty())
+    for (size_t b = 0; b < lengths.size(); ++b) s.host_ids.push_back(b);
+  // The device copy as i64 (the tensor dtype of 64-bit integers) with the same bits; the kernels
+  // read it back as uint64_t.
+  const std::vector<int64_t> bits(s.host_ids.begin(), s.host_ids.end());
+  s.ids = Tensor::from_vector(bits, {static_cast<int64_t>(bits.size())}, device);
   return s;
 }
 
@@ -241,25 +251,35 @@ void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
 // ---- Dropout ------------------------------------------------------------------------------------
 namespace {
 
-// Forward (x -> y) and backward (dy -> dx) take the same arguments.
+// Forward (x -> y) and backward (dy -> dx) take the same arguments: [T, C] over seqs.
 Args check_dropout(const char* op, const char* in_name, const Tensor& in, const char* out_name,
-                   double p, const Tensor& out) {
+                   double p, const Sequences& seqs, const Tensor& out) {
   const Args args(op, in_name, in);
+  args.rank(in_name, in, 2);
   args.compute(out_name, out, in.shape());
+  args.sequences(seqs, in_name, in.size(0));
   check_probability(op, p);
+  if (p > 0) {
+    checks::draw_limit(op, "row width (columns of x)", in.size(1), kRowWidthBits);
+    checks::draw_limit(op, "longest sequence (seqs.max_len)", seqs.max_len, kSequencePositionBits);
+  }
   return args;
 }
 
 }  // namespace
 
-void dropout_forward(const Tensor& x, double p, const RngKey& key, Tensor& y) {
-  check_dropout("dropout_forward", "x", x, "y", p, y).backend().dropout_forward(x, p, key, y);
+void dropout_forward(const Tensor& x, double p, const RngKey& key, const Sequences& seqs,
+                     Tensor& y) {
+  check_dropout("dropout_forward", "x", x, "y", p, seqs, y)
+      .backend()
+      .dropout_forward(x, p, key, seqs, y);
 }
 
-void dropout_backward(const Tensor& dy, double p, const RngKey& key, Tensor& dx) {
-  check_dropout("dropout_backward", "dy", dy, "dx", p, dx)
+void dropout_backward(const Tensor& dy, double p, const RngKey& key, const Sequences& seqs,
+                      Tensor& dx) {
+  check_dropout("dropout_backward", "dy", dy, "dx", p, seqs, dx)
       .backend()
-      .dropout_backward(dy, p, key, dx);
+      .dropout_backward(dy, p, key, seqs, dx);
 }
 
 // ---- Attention ----------------------------------------------------------------------------------
@@ -274,6 +294,10 @@ void check_attention_layout(const char* op, const Args& args, const Tensor& q,
               " does not split into ", heads, " heads");
   args.sequences(seqs, "q", q.size(0));
   check_probability(op, dropout_p);
+  if (dropout_p > 0) {
+    checks::draw_limit(op, "heads", heads, kHeadBits);
+    checks::draw_limit(op, "longest sequence (seqs.max_len)", seqs.max_len, kSequencePositionBits);
+  }
 }
 
 }  // namespace

@@ -31,14 +31,25 @@ namespace qarac::ops {
 inline DType accumulation_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
 
 // The sequences of a padding-free batch: sequence b is rows [offsets[b], offsets[b+1]) of the
-// token-major activations. Kept on the device (for kernels) and on the host (for launch sizes
-// and the CPU backend).
+// token-major activations, and has the 64-bit identity ids[b]. Kept on the device (for kernels)
+// and on the host (for launch sizes and the CPU backend).
+// The identity is what dropout draws from (core/rng.h, sequence_uniform01): an element's mask is
+// a function of (key, ids[b], its position inside sequence b, its column or head and key
+// position) only, so a sequence gets the same masks in any batch, at any row, next to any other
+// sequences, as long as it keeps its id. Whoever builds a batch sets the ids (e.g. each
+// example's index in its task stream); two sequences of one batch with the same id draw the same
+// masks. Without ids, ids[b] = b: masks then follow the place in the batch, which is enough for
+// evaluation (no dropout), tests and benchmarks.
 struct Sequences {
   Tensor offsets;             // i32 [B+1] on the device of the activations
   std::vector<int32_t> host;  // the same offsets on the host
   int64_t max_len = 0;        // the longest sequence
+  Tensor ids;                 // i64 [B] on the device: host_ids, bit for bit
+  std::vector<uint64_t> host_ids;
 
-  static Sequences from_lengths(const std::vector<int32_t>& lengths, Device device);
+  // `ids` empty: ids[b] = b; otherwise one per sequence.
+  static Sequences from_lengths(const std::vector<int32_t>& lengths, Device device,
+                                const std::vector<uint64_t>& ids = {});
   int64_t count() const { return static_cast<int64_t>(host.size()) - 1; }
   int64_t tokens() const { return host.empty() ? 0 : host.back(); }
 };
@@ -99,11 +110,15 @@ void gelu_forward(const Tensor& x, Tensor& y);
 void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx);  // dx = dy * gelu'(x)
 
 // ---- Dropout from the counter-based RNG ---------------------------------------------------------
-// Element i is kept when uniform01(key, i) >= float(p) (compared in float, as on the GPU) and
-// then scaled by 1/(1-p); p = 0 copies. p must lie in [0, 1).
-// The backward pass regenerates the same mask from the same key: nothing is stored.
-void dropout_forward(const Tensor& x, double p, const RngKey& key, Tensor& y);
-void dropout_backward(const Tensor& dy, double p, const RngKey& key, Tensor& dx);
+// x, y [T, C] over the sequences `seqs`. Element (t, c), with t at position i of sequence b, is
+// kept when sequence_uniform01(key, seqs.host_ids[b], hidden_element(i, c)) >= float(p)
+// (compared in float, as on the GPU) and then scaled by 1/(1-p); p = 0 copies. p must lie in
+// [0, 1); with p > 0, C <= 2^24 and sequences of at most 2^16 tokens (core/rng.h).
+// The backward pass regenerates the same mask from the same key and seqs: nothing is stored.
+void dropout_forward(const Tensor& x, double p, const RngKey& key, const Sequences& seqs,
+                     Tensor& y);
+void dropout_backward(const Tensor& dy, double p, const RngKey& key, const Sequences& seqs,
+                      Tensor& dx);
 
 // ---- Multi-head scaled dot-product attention over a padding-free batch --------------------------
 // q, k, v, out: [T, H*Dh] token-major with the heads side by side (the layout the Q, K, V
@@ -111,8 +126,9 @@ void dropout_backward(const Tensor& dy, double p, const RngKey& key, Tensor& dx)
 // of sequence b only, and with `causal` to those at or before its own position; scores are
 // q·k / sqrt(Dh). lse [H, T] (A) receives each query row's log-sum-exp of its scores: the
 // backward pass recomputes the probabilities from it instead of keeping T×T of them.
-// Dropout on the probabilities uses `dropout_key` with element index
-// (h * T + query_row) * max_len + key_position_in_its_sequence.
+// Dropout on the probabilities of sequence b draws sequence_uniform01(dropout_key,
+// seqs.host_ids[b], attention_element(h, query position, key position)), positions inside the
+// sequence (core/rng.h); with dropout_p > 0, at most 2^8 heads and 2^16 tokens per sequence.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Sequences& seqs,
                        int64_t heads, bool causal, double dropout_p, const RngKey& dropout_key,
                        Tensor& out, Tensor& lse);
@@ -150,8 +166,8 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
 // gather_rows with the same index (into a zeroed out). CPU tensors are checked; CUDA trusts them.
 void scatter_rows(const Tensor& src, const Tensor& index, Tensor& out);
 
-// ---- Sequence sums and the global attention pooling head (DESIGN.md §2) --------------------------
-// out [B,d] = Σ_{t in b} x_t for every sequence b of x [T,d].
+// ---- Sequence sums and the global attention pooling head (docs/design.md §2)
+// -------------------------- out [B,d] = Σ_{t in b} x_t for every sequence b of x [T,d].
 void segment_sum(const Tensor& x, const Sequences& seqs, Tensor& out);
 // dx [T,d]: dx_t = dout_b for t in b (accumulate: +=).
 void segment_sum_backward(const Tensor& dout, const Sequences& seqs, Tensor& dx, bool accumulate = false);

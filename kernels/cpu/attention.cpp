@@ -17,9 +17,10 @@
 // draws cost more than the GEMMs here: B=8 sequences of 128, H=4, Dh=64, f32, bidirectional, on 2
 // shared cores, the backward pass takes 7.0 ms with p=0.1 (one draw per score) and 3.0 ms with
 // p=0; in the padded predecessor of this file a second draw took it from 8.7 ms to 13 ms.
-// The dropout element of (head h, query row t, key j of the same sequence) has index
-// (h*T + t)*max_len + j, as ops.h specifies, so the CUDA kernels draw the same masks. Every query
-// sees at least its own key, so every ℓ is finite; empty sequences are skipped.
+// The dropout element of (head h, query position i, key position j) of sequence b is
+// attention_element(h, i, j) of sequence ids[b] (core/rng.h), as ops.h specifies, so the CUDA
+// kernels draw the same masks and a sequence draws them wherever it lies in the batch. Every
+// query sees at least its own key, so every ℓ is finite; empty sequences are skipped.
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
@@ -43,17 +44,18 @@ Block block(const int32_t* offsets, int64_t b, int64_t h, int64_t ld, int64_t he
   return {begin, offsets[b + 1] - begin, begin * ld + h * head_dim};
 }
 
-// The dropout index of key 0 for query row t (a row of the whole batch) of head h.
-uint64_t dropout_row_index(int64_t h, int64_t tokens, int64_t t, int64_t max_len) {
-  return static_cast<uint64_t>((h * tokens + t) * max_len);
+// The dropout element of key 0 for query position i of head h: the row's keys follow it.
+uint64_t dropout_row_element(int64_t h, int64_t i) {
+  return attention_element(static_cast<uint64_t>(h), static_cast<uint64_t>(i), 0);
 }
 
 }  // namespace
 
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, const int32_t* offsets, int64_t batch,
-                       int64_t max_len, int64_t heads, int64_t head_dim, bool causal,
-                       double dropout_p, const RngKey& dropout_key, T* out, T* lse) {
+void attention_forward(const T* q, const T* k, const T* v, const int32_t* offsets,
+                       const uint64_t* ids, int64_t batch, int64_t max_len, int64_t heads,
+                       int64_t head_dim, bool causal, double dropout_p, const RngKey& dropout_key,
+                       T* out, T* lse) {
   const int64_t ld = heads * head_dim, tokens = offsets[batch];
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
   std::vector<T> p(static_cast<size_t>(max_len * max_len));
@@ -77,8 +79,7 @@ void attention_forward(const T* q, const T* k, const T* v, const int32_t* offset
         for (int64_t j = 0; j < end; ++j) row[j] *= inv;
         std::fill(row + end, row + len, T(0));
         if (dropout_p > 0)
-          dropout(row, row, end, dropout_p, dropout_key,
-                  dropout_row_index(h, tokens, blk.begin + i, max_len));
+          dropout(row, row, end, dropout_p, dropout_key, ids[b], dropout_row_element(h, i));
       }
       gemm(false, false, len, head_dim, len, T(1), p.data(), len, v + blk.offset, ld, T(0),
            out + blk.offset, ld);
@@ -88,9 +89,9 @@ void attention_forward(const T* q, const T* k, const T* v, const int32_t* offset
 
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out,
-                        const T* lse, const int32_t* offsets, int64_t batch, int64_t max_len,
-                        int64_t heads, int64_t head_dim, bool causal, double dropout_p,
-                        const RngKey& dropout_key, T* dq, T* dk, T* dv) {
+                        const T* lse, const int32_t* offsets, const uint64_t* ids, int64_t batch,
+                        int64_t max_len, int64_t heads, int64_t head_dim, bool causal,
+                        double dropout_p, const RngKey& dropout_key, T* dq, T* dk, T* dv) {
   const int64_t ld = heads * head_dim, tokens = offsets[batch];
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
   const size_t square = static_cast<size_t>(max_len * max_len);
@@ -111,8 +112,7 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
         std::fill(row + end, row + len, T(0));
         if (dropout_p > 0) {
           T* drow = dropped.data() + i * len;
-          dropout(row, drow, end, dropout_p, dropout_key,
-                  dropout_row_index(h, tokens, blk.begin + i, max_len));
+          dropout(row, drow, end, dropout_p, dropout_key, ids[b], dropout_row_element(h, i));
           std::fill(drow + end, drow + len, T(0));
         }
       }
@@ -145,18 +145,19 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 }
 
 template void attention_forward<float>(const float*, const float*, const float*, const int32_t*,
-                                       int64_t, int64_t, int64_t, int64_t, bool, double,
-                                       const RngKey&, float*, float*);
-template void attention_forward<double>(const double*, const double*, const double*, const int32_t*,
-                                        int64_t, int64_t, int64_t, int64_t, bool, double,
-                                        const RngKey&, double*, double*);
+                                       const uint64_t*, int64_t, int64_t, int64_t, int64_t, bool,
+                                       double, const RngKey&, float*, float*);
+template void attention_forward<double>(const double*, const double*, const double*,
+                                        const int32_t*, const uint64_t*, int64_t, int64_t, int64_t,
+                                        int64_t, bool, double, const RngKey&, double*, double*);
 template void attention_backward<float>(const float*, const float*, const float*, const float*,
-                                        const float*, const float*, const int32_t*, int64_t,
-                                        int64_t, int64_t, int64_t, bool, double, const RngKey&,
-                                        float*, float*, float*);
-template void attention_backward<double>(const double*, const double*, const double*, const double*,
-                                         const double*, const double*, const int32_t*, int64_t,
-                                         int64_t, int64_t, int64_t, bool, double, const RngKey&,
-                                         double*, double*, double*);
+                                        const float*, const float*, const int32_t*,
+                                        const uint64_t*, int64_t, int64_t, int64_t, int64_t, bool,
+                                        double, const RngKey&, float*, float*, float*);
+template void attention_backward<double>(const double*, const double*, const double*,
+                                         const double*, const double*, const double*,
+                                         const int32_t*, const uint64_t*, int64_t, int64_t,
+                                         int64_t, int64_t, bool, double, const RngKey&, double*,
+                                         double*, double*);
 
 }  // namespace qarac::cpu

@@ -1,7 +1,7 @@
 // The CPU reference backend: each entry of the Backend table runs the reference functions of
 // kernels/cpu on the tensors' host pointers, in float (X = A = f32, what training on the CPU
 // uses) or in double (X = A = f64, for gradient checks and as the reference the other backends
-// are tested against). Sequences are read from their host copy.
+// are tested against). Sequences (offsets and ids) are read from their host copies.
 #include "kernels/backend.h"
 
 #include "kernels/cpu/attention.h"
@@ -64,10 +64,12 @@ void layernorm_any(const Tensor& a, const Tensor* b, const Tensor& gamma, const 
 }
 
 // The forward (x -> y) and backward (dy -> dx) pass of dropout are the same masked scaling.
-void dropout_any(const Tensor& in, double p, const RngKey& key, Tensor& out) {
+void dropout_any(const Tensor& in, double p, const RngKey& key, const Sequences& seqs,
+                 Tensor& out) {
   with_type(in.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::dropout(in.data<T>(), out.data<T>(), in.numel(), p, key, 0);
+    cpu::dropout_rows(in.data<T>(), out.data<T>(), seqs.host.data(), seqs.host_ids.data(),
+                      seqs.count(), in.size(1), p, key);
   });
 }
 
@@ -187,11 +189,13 @@ class CpuBackend final : public ops::Backend {
       cpu::gelu_backward(x.data<T>(), dy.data<T>(), dx.data<T>(), x.numel());
     });
   }
-  void dropout_forward(const Tensor& x, double p, const RngKey& key, Tensor& y) const override {
-    dropout_any(x, p, key, y);
+  void dropout_forward(const Tensor& x, double p, const RngKey& key, const Sequences& seqs,
+                       Tensor& y) const override {
+    dropout_any(x, p, key, seqs, y);
   }
-  void dropout_backward(const Tensor& dy, double p, const RngKey& key, Tensor& dx) const override {
-    dropout_any(dy, p, key, dx);
+  void dropout_backward(const Tensor& dy, double p, const RngKey& key, const Sequences& seqs,
+                        Tensor& dx) const override {
+    dropout_any(dy, p, key, seqs, dx);
   }
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Sequences& seqs,
@@ -199,9 +203,10 @@ class CpuBackend final : public ops::Backend {
                          Tensor& out, Tensor& lse) const override {
     with_type(q.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      cpu::attention_forward(q.data<T>(), k.data<T>(), v.data<T>(), seqs.host.data(), seqs.count(),
-                             seqs.max_len, heads, q.size(1) / heads, causal, dropout_p, dropout_key,
-                             out.data<T>(), lse.data<T>());
+      cpu::attention_forward(q.data<T>(), k.data<T>(), v.data<T>(), seqs.host.data(),
+                             seqs.host_ids.data(), seqs.count(), seqs.max_len, heads,
+                             q.size(1) / heads, causal, dropout_p, dropout_key, out.data<T>(),
+                             lse.data<T>());
     });
   }
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -211,9 +216,9 @@ class CpuBackend final : public ops::Backend {
     with_type(q.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cpu::attention_backward(dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(),
-                              lse.data<T>(), seqs.host.data(), seqs.count(), seqs.max_len, heads,
-                              q.size(1) / heads, causal, dropout_p, dropout_key, dq.data<T>(),
-                              dk.data<T>(), dv.data<T>());
+                              lse.data<T>(), seqs.host.data(), seqs.host_ids.data(), seqs.count(),
+                              seqs.max_len, heads, q.size(1) / heads, causal, dropout_p,
+                              dropout_key, dq.data<T>(), dk.data<T>(), dv.data<T>());
     });
   }
 

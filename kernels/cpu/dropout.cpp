@@ -4,7 +4,8 @@
 namespace qarac::cpu {
 
 template <class T>
-void dropout(const T* x, T* y, int64_t n, double p, const RngKey& key, uint64_t first_index) {
+void dropout(const T* x, T* y, int64_t n, double p, const RngKey& key, uint64_t id,
+             uint64_t first_element) {
   if (p == 0) {
     if (y != x)
       for (int64_t i = 0; i < n; ++i) y[i] = x[i];
@@ -13,11 +14,27 @@ void dropout(const T* x, T* y, int64_t n, double p, const RngKey& key, uint64_t 
   const float threshold = static_cast<float>(p);
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p));
   for (int64_t i = 0; i < n; ++i)
-    y[i] = dropout_keep(key, first_index + static_cast<uint64_t>(i), threshold) ? x[i] * keep_scale
-                                                                                : T(0);
+    y[i] = dropout_keep(key, id, first_element + static_cast<uint64_t>(i), threshold)
+               ? x[i] * keep_scale
+               : T(0);
 }
 
-template void dropout<float>(const float*, float*, int64_t, double, const RngKey&, uint64_t);
-template void dropout<double>(const double*, double*, int64_t, double, const RngKey&, uint64_t);
+template <class T>
+void dropout_rows(const T* x, T* y, const int32_t* offsets, const uint64_t* ids, int64_t batch,
+                  int64_t cols, double p, const RngKey& key) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = offsets[b]; t < offsets[b + 1]; ++t)
+      dropout(x + t * cols, y + t * cols, cols, p, key, ids[b],
+              hidden_element(static_cast<uint64_t>(t - offsets[b]), 0));
+}
+
+template void dropout<float>(const float*, float*, int64_t, double, const RngKey&, uint64_t,
+                             uint64_t);
+template void dropout<double>(const double*, double*, int64_t, double, const RngKey&, uint64_t,
+                              uint64_t);
+template void dropout_rows<float>(const float*, float*, const int32_t*, const uint64_t*, int64_t,
+                                  int64_t, double, const RngKey&);
+template void dropout_rows<double>(const double*, double*, const int32_t*, const uint64_t*,
+                                   int64_t, int64_t, double, const RngKey&);
 
 }  // namespace qarac::cpu

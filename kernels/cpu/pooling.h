@@ -1,4 +1,4 @@
-// CPU per-sequence sums and the global attention pooling head of the QARAC encoders (DESIGN.md
+// CPU per-sequence sums and the global attention pooling head of the QARAC encoders (docs/design.md
 // §2) over a padding-free batch: sequence b is rows [offsets[b], offsets[b+1]) of x [T, d].
 #pragma once
 

@@ -25,9 +25,10 @@
 // instead of exchanging partial sums. With P̃ = P ⊙ M/(1−p) the dropped-out probabilities:
 //   dV = P̃ᵀ dO,  dP̃ = dO Vᵀ,  dS = P ⊙ (M/(1−p) ⊙ dP̃ − D),  dQ = s dS K,  dK = s dSᵀ Q.
 //
-// Dropout: element (query row r, key position j in its sequence) of head h draws
-// uniform01(key, (h·T + r)·max_len + j) (64-bit), is kept when the draw >= float(p) and then
-// scaled by 1/(1−p), exactly as the CPU reference; the backward kernels draw the same bits again.
+// Dropout: element (query position i, key position j, both inside sequence b) of head h draws
+// sequence_uniform01(key, ids[b], attention_element(h, i, j)) (core/rng.h), is kept when the draw
+// >= float(p) and then scaled by 1/(1−p), exactly as the CPU reference; the backward kernels
+// draw the same bits again. Nothing in the draw depends on where sequence b lies in the batch.
 //
 // Memory traffic. Forward: Q read once, K and V once per query tile of the same sequence and
 // head (64 rows at a time on the tensor-core path: 8 times for a 512-token sequence, from L2,
@@ -67,35 +68,37 @@ constexpr float kNegInf = -INFINITY;
 // What every attention kernel needs besides its tensors.
 struct AttentionParams {
   const int32_t* offsets;  // device [batch+1]
+  const uint64_t* ids;     // device [batch]: each sequence's dropout identity
   int64_t tokens;          // T
-  int64_t max_len;         // the dropout index's row stride
   int64_t ld;              // heads * head_dim: the row length of q, k, v, out and their gradients
   int head_dim;
   bool causal;
   float scale;           // 1/sqrt(Dh), rounded as the CPU reference rounds it
-  float drop_threshold;  // float(p): kept when uniform01 >= this; 0 means no dropout draws
+  float drop_threshold;  // float(p): kept when the draw >= this; 0 means no dropout draws
   float drop_scale;      // float(1/(1-p)), 1 without dropout
   RngKey key;
 };
 
-// The rows of the block's sequence: blockIdx.z is the sequence.
+// The rows of the block's sequence (blockIdx.z is the sequence) and its dropout identity (read
+// only when there is dropout).
 struct Span {
   int64_t start;
   int len;
+  uint64_t id;
 };
-__device__ __forceinline__ Span block_sequence(const int32_t* offsets) {
-  const int32_t begin = offsets[blockIdx.z], end = offsets[blockIdx.z + 1];
-  return {begin, end - begin};
+__device__ __forceinline__ Span block_sequence(const AttentionParams& p) {
+  const int32_t begin = p.offsets[blockIdx.z], end = p.offsets[blockIdx.z + 1];
+  return {begin, end - begin, p.drop_threshold > 0.f ? p.ids[blockIdx.z] : 0};
 }
 
-// First dropout index of query row `row` (global token row) of head h: the row's draws are
-// this + key position. 64-bit throughout: h·T·max_len passes 2^32 for ordinary batches.
-__device__ __forceinline__ uint64_t dropout_row_base(const AttentionParams& p, int h, int64_t row) {
-  return (static_cast<uint64_t>(h) * static_cast<uint64_t>(p.tokens) + static_cast<uint64_t>(row)) *
-         static_cast<uint64_t>(p.max_len);
+// The dropout element of key position 0 for query position i of head h: the row's draws are
+// this + key position (core/rng.h, attention_element).
+__device__ __forceinline__ uint64_t dropout_row_element(int h, int i) {
+  return attention_element(static_cast<uint64_t>(h), static_cast<uint64_t>(i), 0);
 }
-__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, uint64_t index) {
-  return p.drop_threshold <= 0.f || uniform01(p.key, index) >= p.drop_threshold;
+__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, const Span& seq,
+                                             uint64_t element) {
+  return p.drop_threshold <= 0.f || sequence_uniform01(p.key, seq.id, element) >= p.drop_threshold;
 }
 
 // =================================================================================================
@@ -172,7 +175,7 @@ attention_forward_generic(AttentionParams p, const T* __restrict__ q, const T* _
   float* sK = sQ + kGenBr * dh;        // [Bc][Dh+1]  lane j reads row j: padded against conflicts
   float* sV = sK + kGenBc * (dh + 1);  // [Bc][Dh]    lane c reads column c of one row
   const int h = blockIdx.y;
-  const Span seq = block_sequence(p.offsets);
+  const Span seq = block_sequence(p);
   const int q0 = blockIdx.x * kGenBr;
   if (q0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -218,7 +221,7 @@ attention_forward_generic(AttentionParams p, const T* __restrict__ q, const T* _
       l[t] = l[t] * alpha + warp_sum(e);
       m[t] = m_new;
       const bool keep = visible && i < seq.len &&
-                        dropout_keep(p, dropout_row_base(p, h, seq.start + i) + static_cast<uint64_t>(j));
+                        dropout_keep(p, seq, dropout_row_element(h, i) + static_cast<uint64_t>(j));
       pu[t] = keep ? e : 0.f;
 #pragma unroll
       for (int c = 0; c < NC; ++c) o[t][c] *= alpha;
@@ -268,7 +271,7 @@ attention_backward_dq_generic(AttentionParams p, const T* __restrict__ dout, con
   float* sL = sV + kGenBc * (dh + 1);   // [Br] lse
   float* sD = sL + kGenBr;              // [Br] D
   const int h = blockIdx.y;
-  const Span seq = block_sequence(p.offsets);
+  const Span seq = block_sequence(p);
   const int q0 = blockIdx.x * kGenBr;
   if (q0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -309,7 +312,7 @@ attention_backward_dq_generic(AttentionParams p, const T* __restrict__ dout, con
       const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
       const float prob = visible ? expf(s[t] * p.scale - sL[r]) : 0.f;
       const bool keep =
-          visible && dropout_keep(p, dropout_row_base(p, h, seq.start + i) + static_cast<uint64_t>(j));
+          visible && dropout_keep(p, seq, dropout_row_element(h, i) + static_cast<uint64_t>(j));
       ds[t] = prob * ((keep ? p.drop_scale * dp[t] : 0.f) - sD[r]);
     }
     for (int jj = 0; jj < kGenBc; ++jj) {
@@ -355,7 +358,7 @@ attention_backward_dkdv_generic(AttentionParams p, const T* __restrict__ dout,
   float* sL = sdO + kGenQt * (dh + 1);  // [Qt]
   float* sD = sL + kGenQt;              // [Qt]
   const int h = blockIdx.y;
-  const Span seq = block_sequence(p.offsets);
+  const Span seq = block_sequence(p);
   const int k0 = blockIdx.x * kGenBk;
   if (k0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -390,13 +393,13 @@ attention_backward_dkdv_generic(AttentionParams p, const T* __restrict__ dout,
       }
     }
     float pt[kGenKeysPerWarp], ds[kGenKeysPerWarp];
-    const uint64_t row_base = dropout_row_base(p, h, seq.start + i);
+    const uint64_t row_base = dropout_row_element(h, i);
 #pragma unroll
     for (int u = 0; u < kGenKeysPerWarp; ++u) {
       const int j = k0 + warp * kGenKeysPerWarp + u;
       const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
       const float prob = visible ? expf(s[u] * p.scale - sL[lane]) : 0.f;
-      const bool keep = visible && dropout_keep(p, row_base + static_cast<uint64_t>(j));
+      const bool keep = visible && dropout_keep(p, seq, row_base + static_cast<uint64_t>(j));
       pt[u] = keep ? prob * p.drop_scale : 0.f;
       ds[u] = prob * ((keep ? p.drop_scale * dp[u] : 0.f) - sD[lane]);
     }
@@ -601,7 +604,7 @@ __device__ __forceinline__ uint32_t keep_bits(const AttentionParams& p, int h, c
     const int rpos = (e >> 1) ? row1 : row0, cpos = col0 + (idx >> 2) * 8 + (e & 1);
     const int i = rows_are_queries ? rpos : cpos, j = rows_are_queries ? cpos : rpos;
     const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
-    if (visible && uniform01(p.key, dropout_row_base(p, h, seq.start + i) + static_cast<uint64_t>(j)) >=
+    if (visible && sequence_uniform01(p.key, seq.id, dropout_row_element(h, i) + static_cast<uint64_t>(j)) >=
                        p.drop_threshold)
       bits |= 1u << idx;
   }
@@ -615,7 +618,7 @@ attention_forward_tc(AttentionParams p, const bf16_t* __restrict__ q, const bf16
   __shared__ __align__(128) bf16_t sK[2][kTileH];
   __shared__ __align__(128) bf16_t sV[2][kTileH];
   const int h = blockIdx.y;
-  const Span seq = block_sequence(p.offsets);
+  const Span seq = block_sequence(p);
   const int q0 = blockIdx.x * kTcTile;
   if (q0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -756,7 +759,7 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   __shared__ float sL[kTcTile];  // lse·log2(e) of the query tile
   __shared__ float sD[kTcTile];  // D of the query tile
   const int h = blockIdx.y;
-  const Span seq = block_sequence(p.offsets);
+  const Span seq = block_sequence(p);
   const int k0 = blockIdx.x * kTcTile;
   if (k0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -864,7 +867,7 @@ attention_backward_dq_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   __shared__ __align__(128) bf16_t sK[kTileH];
   __shared__ __align__(128) bf16_t sV[kTileH];
   const int h = blockIdx.y;
-  const Span seq = block_sequence(p.offsets);
+  const Span seq = block_sequence(p);
   const int q0 = blockIdx.x * kTcTile;
   if (q0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -985,6 +988,7 @@ void check_call(const char* op, DType dtype, const AttentionShape& s) {
   QARAC_CHECK(problem == nullptr, op, ": ", problem ? problem : "", " (batch ", s.batch, ", tokens ",
               s.tokens, ", max_len ", s.max_len, ", heads ", s.heads, ", head_dim ", s.head_dim, ")");
   QARAC_CHECK(s.batch == 0 || s.offsets != nullptr, op, ": offsets missing");
+  QARAC_CHECK(s.batch == 0 || s.ids != nullptr, op, ": sequence ids missing");
 }
 
 AttentionParams make_params(const AttentionShape& s, bool causal, double dropout_p, const RngKey& key) {
@@ -992,7 +996,7 @@ AttentionParams make_params(const AttentionShape& s, bool causal, double dropout
   AttentionParams p{};
   p.offsets = s.offsets;
   p.tokens = s.tokens;
-  p.max_len = s.max_len;
+  p.ids = s.ids;
   p.ld = s.heads * s.head_dim;
   p.head_dim = static_cast<int>(s.head_dim);
   p.causal = causal;

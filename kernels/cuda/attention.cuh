@@ -11,6 +11,7 @@ namespace qarac::cuda {
 
 struct AttentionShape {
   const int32_t* offsets = nullptr;  // device, [batch+1]: sequence b is rows [offsets[b], offsets[b+1])
+  const uint64_t* ids = nullptr;     // device, [batch]: sequence b draws its dropout masks as ids[b]
   int64_t batch = 0, tokens = 0, max_len = 0, heads = 0, head_dim = 0;
 };
 

@@ -2,7 +2,7 @@
 // (kernels/cuda/*.cuh) with raw device pointers, sizes read off the checked shapes and the
 // storage dtypes: X is f32 or bf16, and A is f32 for both, so the accumulation tensors are passed
 // as float pointers. Plain C++: the kernels and their launches live in the .cu files. Sequences
-// are read from their device offsets; the host copy only sizes the launches.
+// are read from their device offsets and ids; the host copy only sizes the launches.
 #include "kernels/backend.h"
 
 #include "kernels/cuda/attention.cuh"
@@ -36,8 +36,14 @@ void gemm_any(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool tr
              c.raw());
 }
 
+// The ids of a sequence set as the kernels read them: the i64 tensor's bits as uint64_t.
+const uint64_t* sequence_ids(const Sequences& seqs) {
+  return reinterpret_cast<const uint64_t*>(seqs.ids.data<int64_t>());
+}
+
 AttentionShape attention_shape(const Tensor& q, const Sequences& seqs, int64_t heads) {
   return {seqs.offsets.data<int32_t>(),
+          sequence_ids(seqs),
           seqs.count(),
           q.size(0),
           seqs.max_len,
@@ -131,11 +137,15 @@ class CudaBackend final : public ops::Backend {
     cuda::gelu_backward(x.dtype(), x.raw(), dy.raw(), dx.raw(), x.numel());
   }
   // Forward and backward are the same masked scaling of their input.
-  void dropout_forward(const Tensor& x, double p, const RngKey& key, Tensor& y) const override {
-    cuda::dropout(x.dtype(), x.raw(), y.raw(), x.numel(), p, key);
+  void dropout_forward(const Tensor& x, double p, const RngKey& key, const Sequences& seqs,
+                       Tensor& y) const override {
+    cuda::dropout(x.dtype(), x.raw(), y.raw(), x.size(0), x.size(1), seqs.offsets.data<int32_t>(),
+                  sequence_ids(seqs), seqs.count(), p, key);
   }
-  void dropout_backward(const Tensor& dy, double p, const RngKey& key, Tensor& dx) const override {
-    cuda::dropout(dy.dtype(), dy.raw(), dx.raw(), dy.numel(), p, key);
+  void dropout_backward(const Tensor& dy, double p, const RngKey& key, const Sequences& seqs,
+                        Tensor& dx) const override {
+    cuda::dropout(dy.dtype(), dy.raw(), dx.raw(), dy.size(0), dy.size(1),
+                  seqs.offsets.data<int32_t>(), sequence_ids(seqs), seqs.count(), p, key);
   }
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Sequences& seqs,

@@ -1,12 +1,18 @@
 // Dropout on CUDA with the mask drawn from Philox (core/rng.h) exactly as the CPU reference draws
-// it: element i is kept when uniform01(key, i) >= float(p), then scaled by 1/(1-p) (computed in
-// double and rounded to float, as the CPU's f32 path does), so both backends keep the same
-// elements and, in f32, produce the same bits. The mask is a pure function of (key, i): nothing is
-// stored, and the backward pass (the same op applied to dy) regenerates it.
-// Each element costs one Philox-4x32-10 evaluation (10 rounds of two 32x32->64 multiplies), a
-// few tens of integer instructions against 2-4 bytes of traffic, so the kernel is close to
-// balanced between ALU and memory on an H100; it keeps the 16-byte packs for the memory side.
+// it: column c of the row at position i of sequence b is kept when
+// sequence_uniform01(key, ids[b], hidden_element(i, c)) >= float(p), then scaled by 1/(1-p)
+// (computed in double and rounded to float, as the CPU's f32 path does), so both backends keep the
+// same elements and, in f32, produce the same bits. The mask is a pure function of (key, sequence
+// id, position, column): nothing is stored, the backward pass (the same op applied to dy)
+// regenerates it, and a sequence draws the same mask at any row of any batch.
+// A block takes one row at a time (grid-stride over rows): it finds the row's sequence by a
+// binary search of the offsets (log2 B cached loads, shared by the row's cols elements), then its
+// threads walk the columns in 16-byte packs. Each element costs one Philox-4x32-10 evaluation (10
+// rounds of two 32x32->64 multiplies), a few tens of integer instructions against 2-4 bytes of
+// traffic, so the kernel is close to balanced between ALU and memory on an H100.
 #include "kernels/cuda/dropout.cuh"
+
+#include <algorithm>
 
 #include "kernels/cuda/context.cuh"
 #include "kernels/cuda/device_utils.cuh"
@@ -14,42 +20,84 @@
 namespace qarac::cuda {
 namespace {
 
-template <class T>
-struct DropoutOp {
-  const T* x;
-  T* y;
-  RngKey key;
-  float threshold;   // float(p)
-  float keep_scale;  // float(1 / (1 - p))
-  template <int N>
-  __device__ void apply(int64_t i) const {
-    const Packed<T, N> in = load_packed<N>(x + i);
-    Packed<T, N> out;
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-      const bool keep = uniform01(key, static_cast<uint64_t>(i + k)) >= threshold;
-      out.v[k] = from_float<T>(keep ? to_float(in.v[k]) * keep_scale : 0.f);
-    }
-    store_packed<N>(y + i, out);
+// The sequence of token row `row` (< offsets[batch]): the last b with offsets[b] <= row, so that
+// empty sequences, which share their offset with the next one, are passed over.
+__device__ __forceinline__ int64_t sequence_of_row(const int32_t* offsets, int64_t batch,
+                                                   int64_t row) {
+  int64_t lo = 0, hi = batch - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= row)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
-};
+  return lo;
+}
+
+// N columns per access: N = 16 / sizeof(T) when cols is a multiple of N and x, y are 16-byte
+// aligned (every row start then is), else 1. x and y may alias: each element is read and written
+// by one thread.
+template <class T, int N>
+__global__ void dropout_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols,
+                                    const int32_t* __restrict__ offsets,
+                                    const uint64_t* __restrict__ ids, int64_t batch, RngKey key,
+                                    float threshold, float keep_scale) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t b = sequence_of_row(offsets, batch, row);
+    const uint64_t id = ids[b];
+    const uint64_t first = hidden_element(static_cast<uint64_t>(row - offsets[b]), 0);
+    const T* in_row = x + row * cols;
+    T* out_row = y + row * cols;
+    for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < cols;
+         c += static_cast<int64_t>(blockDim.x) * N) {
+      const Packed<T, N> in = load_packed<N>(in_row + c);
+      Packed<T, N> out;
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        const bool keep =
+            sequence_uniform01(key, id, first + static_cast<uint64_t>(c + k)) >= threshold;
+        out.v[k] = from_float<T>(keep ? to_float(in.v[k]) * keep_scale : 0.f);
+      }
+      store_packed<N>(out_row + c, out);
+    }
+  }
+}
 
 }  // namespace
 
-void dropout(DType dtype, const void* x, void* y, int64_t n, double p, const RngKey& key) {
+void dropout(DType dtype, const void* x, void* y, int64_t rows, int64_t cols,
+             const int32_t* offsets, const uint64_t* ids, int64_t batch, double p,
+             const RngKey& key) {
   QARAC_CHECK(p >= 0 && p < 1, "dropout: probability ", p, " is outside [0, 1)");
-  if (n <= 0) return;
+  QARAC_CHECK(rows >= 0 && cols >= 0, "dropout: negative shape [", rows, ", ", cols, "]");
+  if (rows == 0 || cols == 0) return;
   dispatch_compute(dtype, "dropout", [&](auto tag) {
     using T = decltype(tag);
     if (p == 0) {  // identity: a copy, or nothing in place
       if (x != y)
-        QARAC_CHECK_CUDA(cudaMemcpyAsync(y, x, static_cast<size_t>(n) * sizeof(T),
+        QARAC_CHECK_CUDA(cudaMemcpyAsync(y, x, static_cast<size_t>(rows * cols) * sizeof(T),
                                          cudaMemcpyDeviceToDevice, stream()));
       return;
     }
-    const DropoutOp<T> op{static_cast<const T*>(x), static_cast<T*>(y), key,
-                          static_cast<float>(p), static_cast<float>(1.0 / (1.0 - p))};
-    launch_elementwise<T>(n, aligned16(x) && aligned16(y), stream(), op);
+    QARAC_CHECK(batch > 0 && offsets != nullptr && ids != nullptr, "dropout: ", rows,
+                " rows but no sequences (batch ", batch, ")");
+    const float threshold = static_cast<float>(p), keep_scale = static_cast<float>(1.0 / (1.0 - p));
+    const T* xt = static_cast<const T*>(x);
+    T* yt = static_cast<T*>(y);
+    // One warp per 32 packs of a row, up to 256 threads: a 768-wide bf16 row is 96 packs.
+    constexpr int N = kPack16<T>;
+    const bool packed = cols % N == 0 && aligned16(x) && aligned16(y);
+    const int64_t per_row = packed ? cols / N : cols;
+    const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(per_row, kWarpSize) * kWarpSize));
+    const unsigned blocks = grid_for(rows * threads, threads);
+    if (packed)
+      dropout_rows_kernel<T, N><<<blocks, threads, 0, stream()>>>(xt, yt, rows, cols, offsets, ids,
+                                                                  batch, key, threshold, keep_scale);
+    else
+      dropout_rows_kernel<T, 1><<<blocks, threads, 0, stream()>>>(xt, yt, rows, cols, offsets, ids,
+                                                                  batch, key, threshold, keep_scale);
+    QARAC_CHECK_LAUNCH();
   });
 }
 

@@ -1,4 +1,4 @@
-// Per-sequence sums and the global attention pooling head of the QARAC encoders (DESIGN.md §2)
+// Per-sequence sums and the global attention pooling head of the QARAC encoders (docs/design.md §2)
 // on CUDA, over a padding-free batch (sequence b is rows [offsets[b], offsets[b+1]) of [T, d]):
 //   segment_sum       out_b = Σ_{t in b} x_t          segment_sum_backward  dx_t = dout_b
 //   pooling_forward   a_t = cos(l_t, g_b), v_b = Σ_{t in b} a_t x_t

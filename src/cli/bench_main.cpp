@@ -209,9 +209,9 @@ class ClassifierBench : public BenchWorkload {
   Tensor labels_;
 };
 
-// The QARAC step (DESIGN.md §3): the three models, the four tasks of B examples each, backward,
-// AdamW. Field lengths (tokens, <s> and </s> included) as the CUDA issue specifies them; with
-// --ragged each is drawn uniformly from [L/3, L].
+// The QARAC step (docs/design.md §3): the three models, the four tasks of B examples each,
+// backward, AdamW. Field lengths (tokens, <s> and </s> included) as the CUDA issue specifies them;
+// with --ragged each is drawn uniformly from [L/3, L].
 struct QaracLengths {
   int64_t text = 64, question = 32, answer = 64, premise = 32, conclusion = 32, statement = 48;
 };

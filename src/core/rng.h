@@ -1,6 +1,6 @@
 // Counter-based random numbers (Philox-4x32-10, Salmon et al., SC'11). A draw is a pure function
 // of (key, counter), so the CPU reference and the CUDA kernels produce the same dropout masks for
-// the same (seed, step, tensor id, element index) with no generator state to carry or sync.
+// the same (seed, step, tensor id, sequence id, element) with no generator state to carry or sync.
 #pragma once
 
 #include <cstdint>
@@ -38,7 +38,8 @@ struct RngKey {
 };
 
 // Uniform float in [0, 1) for element `index` of the stream `key`. Key = (seed, tensor),
-// counter = (index, step): each element of each step draws from its own counter.
+// counter = (index, step): each element of each step draws from its own counter. For draws that
+// belong to no sequence (the MLM masking); dropout uses sequence_uniform01 below.
 QARAC_HD inline float uniform01(const RngKey& key, uint64_t index) {
   const Philox4x32 ctr = {{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
                            static_cast<uint32_t>(key.step), static_cast<uint32_t>(key.step >> 32)}};
@@ -46,6 +47,62 @@ QARAC_HD inline float uniform01(const RngKey& key, uint64_t index) {
   const uint32_t k1 = static_cast<uint32_t>(key.seed >> 32);
   const Philox4x32 r = philox4x32_10(ctr, k0, k1);
   return static_cast<float>(r.c[0] >> 8) * (1.0f / 16777216.0f);  // 24 random bits
+}
+
+// ---- Draws of one sequence: dropout masks that follow the example, not its place in a batch ----
+// Data-parallel training splits a global batch among ranks and micro-batches; W ranks compute
+// what one rank computes only if an example's dropout masks do not depend on the packing: not on
+// the row where the example lands, the number of tokens T, or the longest sequence. So a dropout
+// draw is addressed by the example's 64-bit sequence id (set by whoever builds the batch) and by
+// an element index inside the sequence, never by a row of the packed tensor:
+//   hidden activations [T, C]:  element = position · 2^24 + column
+//   attention probabilities:    element = (head · 2^16 + query position) · 2^16 + key position
+// with positions inside the sequence. Both are below 2^40 under the limits
+//   positions < 2^16 (sequences of at most 65536 tokens), row widths C <= 2^24, heads <= 2^8,
+// which the dropout ops check before they draw (kernels/ops.cpp).
+// Philox-4x32-10 takes a 128-bit counter and a 64-bit key; the draw (key, id, element) uses
+//   counter = (element bits 0..31,
+//              element bits 32..39 | step bits 0..23 << 8,
+//              id bits 0..31,
+//              id bits 32..63)
+//   key     = (seed bits 0..31 ^ tensor · 0x85EBCA6B,
+//              seed bits 32..63 ^ step bits 24..55).
+// For one seed the map (tensor, step, id, element) -> (key, counter) is injective for elements
+// below 2^40 and steps below 2^56: tensor -> k0 is a bijection (the multiplier is odd), the
+// step's low 24 bits sit in the counter and the next 32 in k1, the id fills two counter words.
+// So two draws of one run share a Philox input only when they are the same element of sequences
+// with the same id at the same step and tensor: ids need to be distinct only among the sequences
+// of one batch (one step and tensor), e.g. each example's index in its stream.
+constexpr int kSequencePositionBits = 16;  // positions inside a sequence < 2^16
+constexpr int kRowWidthBits = 24;          // hidden rows of at most 2^24 columns
+constexpr int kHeadBits = 8;               // at most 2^8 attention heads
+constexpr int kSequenceElementBits = 40;   // every element index < 2^40
+constexpr int kCounterStepBits = 64 - kSequenceElementBits;  // the step's bits in the counter
+static_assert(kSequencePositionBits + kRowWidthBits == kSequenceElementBits &&
+                  kHeadBits + 2 * kSequencePositionBits == kSequenceElementBits,
+              "both element layouts fill the element bits exactly");
+
+// The element index of column `column` at position `position` of a sequence's hidden rows.
+QARAC_HD inline uint64_t hidden_element(uint64_t position, uint64_t column) {
+  return position << kRowWidthBits | column;
+}
+// The element index of (head, query position, key position) of a sequence's attention.
+QARAC_HD inline uint64_t attention_element(uint64_t head, uint64_t query, uint64_t key) {
+  return (head << kSequencePositionBits | query) << kSequencePositionBits | key;
+}
+
+// Uniform float in [0, 1) for element `element` (< 2^40) of sequence `id` in the stream `key`,
+// laid out as above; 24 random bits, as uniform01.
+QARAC_HD inline float sequence_uniform01(const RngKey& key, uint64_t id, uint64_t element) {
+  const Philox4x32 ctr = {{static_cast<uint32_t>(element),
+                           static_cast<uint32_t>(element >> 32) |
+                               (static_cast<uint32_t>(key.step) << (kSequenceElementBits - 32)),
+                           static_cast<uint32_t>(id), static_cast<uint32_t>(id >> 32)}};
+  const uint32_t k0 = static_cast<uint32_t>(key.seed) ^ (key.tensor * 0x85EBCA6Bu);
+  const uint32_t k1 =
+      static_cast<uint32_t>(key.seed >> 32) ^ static_cast<uint32_t>(key.step >> kCounterStepBits);
+  const Philox4x32 r = philox4x32_10(ctr, k0, k1);
+  return static_cast<float>(r.c[0] >> 8) * (1.0f / 16777216.0f);
 }
 
 }  // namespace qarac

@@ -1,4 +1,4 @@
-// Readers of the raw dataset formats (DESIGN §6) and the four task streams they feed (§3):
+// Readers of the raw dataset formats (docs/design.md §6) and the four task streams they feed (§3):
 // plain text -> encode_decode, WikiQA -> question_answering, Avicenna -> reasoning,
 // SNLI -> consistency. A reader turns one file into Examples (UTF-8 text fields in the task's
 // order, plus the consistency label) and counts every record it does not deliver by reason:

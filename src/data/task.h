@@ -1,5 +1,5 @@
-// The four QARAC task streams (DESIGN §3) and their names: the vocabulary shared by the readers,
-// the task-stream files, the loader, the task plan and the configuration.
+// The four QARAC task streams (docs/design.md §3) and their names: the vocabulary shared by the
+// readers, the task-stream files, the loader, the task plan and the configuration.
 #pragma once
 
 #include <string>

@@ -1,4 +1,4 @@
-// Exporting a trained model as a Hugging Face directory (DESIGN.md §6): config.json and
+// Exporting a trained model as a Hugging Face directory (docs/design.md §6): config.json and
 // model.safetensors, loadable by transformers' RobertaModel (and by io::read_hf_roberta).
 //
 // The RoBERTa base is stored as "roberta.embeddings.*" / "roberta.encoder.*", the names

@@ -59,7 +59,8 @@ Tensor& Decoder::forward(const Tensor& v, const TokenBatch& y_in, const ForwardO
   }
   acts.slot_rows = Tensor::from_vector(slot_rows, {batch}, device);
   acts.token_rows = Tensor::from_vector(token_rows, {tokens}, device);
-  acts.extended = ops::Sequences::from_lengths(lengths, device);
+  // The same identities as y_in's: an example's head-layer masks follow the example.
+  acts.extended = ops::Sequences::from_lengths(lengths, device, y_in.seqs.host_ids);
 
   const Tensor& hidden = base_.forward(y_in, acts.options, acts.base);
   ensure_tensor(acts.extended_input, {tokens + batch, d}, dtype, device);

@@ -1,4 +1,4 @@
-// The QARAC decoder D(v, y) (DESIGN.md §2): a causal RoBERTa base over y_in = "<s> y", two
+// The QARAC decoder D(v, y) (docs/design.md §2): a causal RoBERTa base over y_in = "<s> y", two
 // RoBERTa head layers that condition on the vector v through a slot prepended to every
 // sequence, and the LM head. Packed (padding-free) batches throughout.
 //
@@ -16,6 +16,8 @@
 // slot_rows[b] = o_b + b (o_b: the offset of sequence b in y_in) and token_rows[t] = t + b + 1
 // for t in sequence b. Backward: dH1 scattered back into a zeroed d E' (the slot rows received
 // no gradient), through head layer 0, then dv = d E[slot_rows] and dH = d E[token_rows].
+// The sequences of E carry y_in's sequence ids, so every dropout mask of sequence b (base, head
+// layers) is drawn from its id and positions: a function of the example, not of the batch.
 #pragma once
 
 #include <cstdint>
@@ -49,7 +51,7 @@ class Decoder {
   struct Activations {
     ForwardOptions options;  // as run: causal
     RobertaEncoder::Activations base;
-    ops::Sequences extended;       // the sequences of E: lengths n_b + 1
+    ops::Sequences extended;       // the sequences of E: lengths n_b + 1, the ids of y_in's
     Tensor slot_rows, token_rows;  // i32 [B], [T]: where v_b and H_t sit in E
     Tensor extended_input;         // E [T+B, d]
     RobertaLayer::Saved head0, head1;

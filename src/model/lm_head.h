@@ -5,8 +5,8 @@
 // The output matrix W is either the head's own (untied, the QARAC default) or a given parameter
 // [V, d] such as a base's word embeddings (tied). An own matrix is stored with its vocabulary
 // padded to a multiple of `vocab_multiple` rows (50265 -> 50304 with 64: the logits GEMM runs
-// at full speed only when N is a multiple of 8/64, DESIGN.md §5): padded rows of W and entries of
-// b are zero, the logits' padded columns are excluded from the softmax (valid_cols = V), so
+// at full speed only when N is a multiple of 8/64, docs/design.md §5): padded rows of W and entries
+// of b are zero, the logits' padded columns are excluded from the softmax (valid_cols = V), so
 // their gradients are exactly zero and the rows stay zero under AdamW (zero gradient, zero
 // decay). The padding never leaves the head: parameters() lists W and b as views of their first
 // V rows, so the optimizer, checkpoints and Hugging Face export/import all see [V, d] and [V].

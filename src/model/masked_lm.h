@@ -1,8 +1,8 @@
 // RoBERTa with its masked-language-model head (Hugging Face's RobertaForMaskedLM: the LM head's
 // output matrix tied to the word embeddings). Two uses: pre-training a small base model from
 // scratch (the quickstart), and the forgetting monitor, which scores a fine-tuned encoder base
-// with the base checkpoint's own MLM head on held-out text (DESIGN.md §6): a rising MLM loss is
-// the base model's knowledge being overwritten.
+// with the base checkpoint's own MLM head on held-out text (docs/design.md §6): a rising MLM loss
+// is the base model's knowledge being overwritten.
 #pragma once
 
 #include <memory>

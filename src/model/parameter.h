@@ -1,7 +1,7 @@
 // A trainable tensor, named as in a Hugging Face checkpoint (without the model prefix, e.g.
 // "encoder.layer.0.attention.self.query.weight"), with its gradient and master copy.
 //
-// Mixed precision (DESIGN.md §5): the model computes with `value` in the compute dtype X; the
+// Mixed precision (docs/design.md §5): the model computes with `value` in the compute dtype X; the
 // optimizer updates `master` in the accumulation dtype A (f32, or f64 for gradient checks) and
 // writes the result back into `value`. When X == A the two are one tensor.
 #pragma once

@@ -1,7 +1,7 @@
-// The QARAC global attention pooling head (DESIGN.md §2): turns the hidden states of a sequence
-// into one vector. With X_t the sequence's hidden states, g = Wg · Σ_t X_t is a global summary,
-// l_t = Wl · X_t a local view of each token, a_t = cos(l_t, g) its weight (no softmax), and the
-// pooled vector is v = Σ_t a_t X_t. Wg and Wl are d×d without bias.
+// The QARAC global attention pooling head (docs/design.md §2): turns the hidden states of a
+// sequence into one vector. With X_t the sequence's hidden states, g = Wg · Σ_t X_t is a global
+// summary, l_t = Wl · X_t a local view of each token, a_t = cos(l_t, g) its weight (no softmax),
+// and the pooled vector is v = Σ_t a_t X_t. Wg and Wl are d×d without bias.
 #pragma once
 
 #include <string>

@@ -1,4 +1,4 @@
-// The three QARAC models built from one pre-trained RoBERTa base (DESIGN.md §2): the question
+// The three QARAC models built from one pre-trained RoBERTa base (docs/design.md §2): the question
 // encoder QE and answer encoder AE (base + global attention pooling head each, optionally
 // sharing one base), and the decoder D (causal base, two head layers that see the slot-0
 // vector, LM head; model/decoder.h). Each model's forward pass keeps its activations in a

@@ -31,7 +31,7 @@ RngKey dropout_key(const ForwardOptions& options, uint32_t stream, uint32_t site
 
 TokenBatch TokenBatch::from_packed(const std::vector<int32_t>& tokens,
                                    const std::vector<int32_t>& starts, int32_t padding_idx,
-                                   Device device) {
+                                   Device device, const std::vector<uint64_t>& sequence_ids) {
   QARAC_CHECK(!starts.empty() && starts.front() == 0 &&
                   starts.back() == static_cast<int64_t>(tokens.size()),
               "TokenBatch::from_packed: starts must run from 0 to the ", tokens.size(), " tokens");
@@ -48,18 +48,22 @@ TokenBatch TokenBatch::from_packed(const std::vector<int32_t>& tokens,
   const int64_t count = static_cast<int64_t>(tokens.size());
   b.ids = Tensor::from_vector(b.host_ids, {count}, device);
   b.positions = Tensor::from_vector(positions, {count}, device);
-  b.seqs = ops::Sequences::from_lengths(lengths, device);
+  QARAC_CHECK(sequence_ids.empty() || sequence_ids.size() == lengths.size(),
+              "TokenBatch::from_packed: ", sequence_ids.size(), " sequence ids for ",
+              lengths.size(), " sequences");
+  b.seqs = ops::Sequences::from_lengths(lengths, device, sequence_ids);
   return b;
 }
 
 TokenBatch TokenBatch::from_sequences(const std::vector<std::vector<int32_t>>& sequences,
-                                      int32_t padding_idx, Device device) {
+                                      int32_t padding_idx, Device device,
+                                      const std::vector<uint64_t>& sequence_ids) {
   std::vector<int32_t> tokens, starts{0};
   for (const std::vector<int32_t>& s : sequences) {
     tokens.insert(tokens.end(), s.begin(), s.end());
     starts.push_back(static_cast<int32_t>(tokens.size()));
   }
-  return from_packed(tokens, starts, padding_idx, device);
+  return from_packed(tokens, starts, padding_idx, device, sequence_ids);
 }
 
 TokenBatch TokenBatch::from_padded(const Tensor& ids, const Tensor& mask, int32_t padding_idx,
@@ -140,14 +144,15 @@ void RobertaLayer::forward(const Tensor& input, const ops::Sequences& seqs,
                          settings.attention_dropout, settings.attention_probs_key, s.context,
                          s.lse);
   attn_out.forward(s.context, scratch.branch);
-  if (p > 0) ops::dropout_forward(scratch.branch, p, settings.attention_out_key, scratch.branch);
+  if (p > 0)
+    ops::dropout_forward(scratch.branch, p, settings.attention_out_key, seqs, scratch.branch);
   attn_norm.forward_residual(scratch.branch, input, s.attn_sum, s.hidden, s.attn_norm);
 
   // Feed-forward block: out = LN(hidden + dropout(W_2 · GELU(W_1 · hidden))), the GELU fused
   // into the first GEMM's epilogue.
   ffn_in.forward(s.hidden, s.ffn_act, ops::Activation::gelu, &s.ffn_pre);
   ffn_out.forward(s.ffn_act, scratch.branch);
-  if (p > 0) ops::dropout_forward(scratch.branch, p, settings.ffn_out_key, scratch.branch);
+  if (p > 0) ops::dropout_forward(scratch.branch, p, settings.ffn_out_key, seqs, scratch.branch);
   ffn_norm.forward_residual(scratch.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm);
 }
 
@@ -171,7 +176,7 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
   ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, scratch.grad_hidden);
   const Tensor* grad_branch = &scratch.grad_hidden;
   if (p > 0) {
-    ops::dropout_backward(scratch.grad_hidden, p, settings.ffn_out_key, scratch.grad_branch);
+    ops::dropout_backward(scratch.grad_hidden, p, settings.ffn_out_key, seqs, scratch.grad_branch);
     grad_branch = &scratch.grad_branch;
   }
   ffn_out.backward(s.ffn_act, *grad_branch, &scratch.grad_ffn, false,
@@ -182,7 +187,7 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
   attn_norm.backward(s.attn_sum, scratch.grad_hidden, s.attn_norm, grad_input);
   grad_branch = &grad_input;
   if (p > 0) {
-    ops::dropout_backward(grad_input, p, settings.attention_out_key, scratch.grad_branch);
+    ops::dropout_backward(grad_input, p, settings.attention_out_key, seqs, scratch.grad_branch);
     grad_branch = &scratch.grad_branch;
   }
   attn_out.backward(s.context, *grad_branch, &scratch.grad_context);
@@ -272,7 +277,8 @@ void RobertaEncoder::embeddings_forward(Activations& acts) {
   embeddings_.norm.forward(s.sum, acts.embedded, s.norm);
   if (dropout_active(acts, config_.hidden_dropout))
     ops::dropout_forward(acts.embedded, config_.hidden_dropout,
-                         dropout_key(acts.options, dropout_stream_, kEmbeddings), acts.embedded);
+                         dropout_key(acts.options, dropout_stream_, kEmbeddings), acts.batch.seqs,
+                         acts.embedded);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -318,7 +324,7 @@ void RobertaEncoder::embeddings_backward(Activations& acts, const Tensor& grad) 
   if (dropout_active(acts, config_.hidden_dropout)) {
     ensure_tensor(scratch.grad_branch, {tokens, d}, dtype_, device_);
     ops::dropout_backward(grad, config_.hidden_dropout,
-                          dropout_key(acts.options, dropout_stream_, kEmbeddings),
+                          dropout_key(acts.options, dropout_stream_, kEmbeddings), acts.batch.seqs,
                           scratch.grad_branch);
     grad_norm_out = &scratch.grad_branch;
   }

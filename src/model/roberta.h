@@ -19,22 +19,28 @@ namespace qarac {
 // A padding-free batch: the tokens of B sequences back to back, with RoBERTa position ids
 // (padding_idx + 1 + index in the sequence). The host copy of the ids lets the model check them
 // before any kernel trusts them.
+// Each sequence has a 64-bit identity (seqs.host_ids, ops::Sequences): every dropout mask of a
+// model applied to the batch, in every layer and in the decoder's head layers, is drawn from the
+// sequence's identity and positions inside it, so an example keeps its masks in any batch, at any
+// place, on any rank, as long as it keeps its id. `sequence_ids` (one per sequence, e.g. each
+// example's index in its task stream) sets them; left empty, sequence b has id b.
 struct TokenBatch {
-  Tensor ids;        // i32 [T] on the model's device
+  Tensor ids;        // i32 [T] on the model's device: the token ids
   Tensor positions;  // i32 [T]
   ops::Sequences seqs;
-  std::vector<int32_t> host_ids;
+  std::vector<int32_t> host_ids;  // the token ids on the host
 
   int64_t tokens() const { return seqs.tokens(); }
   int64_t count() const { return seqs.count(); }
 
   static TokenBatch from_sequences(const std::vector<std::vector<int32_t>>& sequences,
-                                   int32_t padding_idx, Device device);
+                                   int32_t padding_idx, Device device,
+                                   const std::vector<uint64_t>& sequence_ids = {});
   // The sequences already packed: sequence b is tokens[starts[b], starts[b+1]) (the layout of the
   // loader's fields); starts has B+1 entries from 0 to tokens.size(), non-decreasing.
   static TokenBatch from_packed(const std::vector<int32_t>& tokens,
                                 const std::vector<int32_t>& starts, int32_t padding_idx,
-                                Device device);
+                                Device device, const std::vector<uint64_t>& sequence_ids = {});
   // Keeps the tokens whose mask is 1 (ids, mask: i32 [B,S] on the host), as Hugging Face's
   // attention mask and position ids treat the others.
   static TokenBatch from_padded(const Tensor& ids, const Tensor& mask, int32_t padding_idx,
@@ -42,8 +48,8 @@ struct TokenBatch {
 };
 
 // Per-call settings of a forward pass. Dropout is active when `training` is set; its masks are
-// a function of (seed, step, model stream, application, site), so the backward pass regenerates
-// them.
+// a function of (seed, step, model stream, application, site) and, within that, of each
+// sequence's id and the positions inside it (TokenBatch), so the backward pass regenerates them.
 struct ForwardOptions {
   bool causal = false;
   bool training = false;

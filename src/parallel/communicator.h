@@ -1,4 +1,4 @@
-// Communication of the parallel multi-task trainer (DESIGN.md §4), in two layers:
+// Communication of the parallel multi-task trainer (docs/design.md §4), in two layers:
 //   MpiGroup      the control plane: an MPI communicator over some ranks with small host-side
 //                 collectives (barrier, all-reduce of a few numbers, broadcast, point-to-point)
 //                 that all wait with a timeout. Bootstrap, NCCL ids, metrics, the replica check

@@ -1,6 +1,6 @@
-// Gradient reduction of the parallel multi-task trainer (DESIGN.md §4). The parameters fall into
-// groups, one per model (a shared encoder base is a group of its own, written by QE and AE), and
-// each group is held by the ranks whose tasks use its models. A group is reduced (SUM over its
+// Gradient reduction of the parallel multi-task trainer (docs/design.md §4). The parameters fall
+// into groups, one per model (a shared encoder base is a group of its own, written by QE and AE),
+// and each group is held by the ranks whose tasks use its models. A group is reduced (SUM over its
 // holders, the gradients already scaled by w_t / n_t) in buckets of about --parallel.bucket_mb,
 // formed from the last parameter back, the order the backward pass finishes them. During a
 // model's last backward pass of the step on this rank, each bucket starts as soon as it and the

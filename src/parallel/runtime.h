@@ -1,4 +1,4 @@
-// Bootstrap of a distributed run (DESIGN.md §4): MPI for the process's lifetime, this rank's
+// Bootstrap of a distributed run (docs/design.md §4): MPI for the process's lifetime, this rank's
 // place in the world and on its node, the GPU it uses, and the one way out of a failed job.
 //   local rank  OMPI_COMM_WORLD_LOCAL_RANK (Open MPI's mpirun), MPI_LOCALRANKID (MPICH/Hydra),
 //               SLURM_LOCALID (srun), else the rank among the processes that share memory with

@@ -1,7 +1,7 @@
 // What one optimizer step of each QARAC task costs, in floating-point operations: the estimate
 // the `auto` task plan balances and the start banner reports as each rank's expected share.
 //
-// A task's cost is the sum over the model applications it runs (DESIGN.md §3) of forward plus
+// A task's cost is the sum over the model applications it runs (docs/design.md §3) of forward plus
 // backward FLOPs at its global batch and its streams' mean field lengths:
 //   ED  AE(x), D(x)          QA  QE(q), AE(a)
 //   RS  AE(p0), AE(p1), D(c) CS  AE(s0), AE(s1)

@@ -271,12 +271,21 @@ class CaseRun {
   Tensor ids(const std::vector<int32_t>& values) {
     return Tensor::from_vector(values, {static_cast<int64_t>(values.size())}, placement_.device);
   }
-  ops::Sequences seqs(const std::vector<int32_t>& lengths) {
+  // Sequences of the given lengths; with `random_ids`, each gets an id drawn from the whole
+  // 64-bit range (the dropout masks then depend on ids, not on places), else ids[b] = b.
+  ops::Sequences seqs(const std::vector<int32_t>& lengths, bool random_ids = false) {
     std::ostringstream os;
     os << "lengths {";
     for (size_t i = 0; i < lengths.size(); ++i) os << (i ? ", " : "") << lengths[i];
+    std::vector<uint64_t> ids;
+    if (random_ids) {
+      std::uniform_int_distribution<uint64_t> dist;
+      for (size_t i = 0; i < lengths.size(); ++i) ids.push_back(dist(rng_));
+      os << "} ids {";
+      for (size_t i = 0; i < ids.size(); ++i) os << (i ? ", " : "") << ids[i];
+    }
     description_ += os.str() + "}; ";
-    return ops::Sequences::from_lengths(lengths, placement_.device);
+    return ops::Sequences::from_lengths(lengths, placement_.device, ids);
   }
   // An output the op must overwrite: it starts as garbage (values in [1000, 2000)).
   Tensor out(const std::string& name, const Shape& shape, const Bound& bound, Role role = X) {
@@ -459,7 +468,7 @@ void nadam_definition(std::vector<double>& p, std::vector<double>& m, std::vecto
 const RngKey kKey{20240611, 17, 5};
 constexpr int32_t kIgnore = -100;
 constexpr double kLnEps = 1e-5;
-constexpr double kPoolingEps = 1e-12;  // the pooling head's (DESIGN.md §2)
+constexpr double kPoolingEps = 1e-12;  // the pooling head's (docs/design.md §2)
 
 // Ragged lengths with a one-token and empty sequences (first, between, last) and sequences
 // shorter and longer than a warp or a 64-row tile; `longest` bounds the longest.
@@ -480,11 +489,12 @@ int64_t total(const std::vector<int32_t>& lengths) {
 
 // Attention with the given masks: the forward's out and lse, and the backward's dq, dk, dv for
 // the loss ⟨dout, out⟩. Head dim 64 (bf16: the tensor-core path) in round 0, 32 in round 1.
+// With dropout the sequences have random ids, which every backend must read from the sequences.
 void attention_case(CaseRun& r, bool causal, double dropout) {
   const std::vector<int32_t> lengths = ragged_lengths(r, 140);
   const int64_t heads = r.pick<int64_t>({1, 2, 3, 5}), head_dim = r.per_round<int64_t>({64, 32});
   const int64_t tokens = total(lengths);
-  const ops::Sequences seqs = r.seqs(lengths);
+  const ops::Sequences seqs = r.seqs(lengths, dropout > 0);
   const Shape shape = {tokens, heads * head_dim};
   // Scores of standard deviation ~2: softmax rows from nearly flat to peaked.
   const Tensor q = r.in("q", shape, X, {-2.6, 2.6}), k = r.in("k", shape, X, {-2.6, 2.6});
@@ -785,19 +795,23 @@ const Case kCases[] = {
      }},
     {"dropout_forward_backward",
      [](CaseRun& r) {
-       // p = 0 copies; the backward pass regenerates the forward's mask; y may alias x.
-       const int64_t n = r.width(30000);
-       const Tensor x = r.in("x", {n});
+       // Rows of ragged sequences with random ids (the kernels find each row's sequence and id,
+       // empty sequences included); p = 0 copies; the backward pass regenerates the forward's
+       // mask; y may alias x.
+       const std::vector<int32_t> lengths = ragged_lengths(r, 60);
+       const ops::Sequences seqs = r.seqs(lengths, true);
+       const Shape shape = {total(lengths), r.width(300)};
+       const Tensor x = r.in("x", shape);
        for (const double p : {0.0, 0.1, 0.5}) {
          const std::string tag = " p=" + std::to_string(p).substr(0, 3);
-         Tensor y = r.out("y" + tag, {n}, kDenseX);
-         ops::dropout_forward(x, p, kKey, y);
-         const Tensor dy = r.in("dy" + tag, {n});
+         Tensor y = r.out("y" + tag, shape, kDenseX);
+         ops::dropout_forward(x, p, kKey, seqs, y);
+         const Tensor dy = r.in("dy" + tag, shape);
          r.loss(y, dy);
          Tensor dx = r.grad("dx" + tag, x, kDenseX);
-         ops::dropout_backward(dy, p, kKey, dx);
-         Tensor in_place = r.in("x (y in place)" + tag, {n}, r.values(x));
-         ops::dropout_forward(in_place, p, kKey, in_place);
+         ops::dropout_backward(dy, p, kKey, seqs, dx);
+         Tensor in_place = r.in("x (y in place)" + tag, shape, r.values(x));
+         ops::dropout_forward(in_place, p, kKey, seqs, in_place);
          r.result("y in place over x" + tag, in_place, kDenseX);
        }
      }},

@@ -1,7 +1,8 @@
 // What the op table (test_backend_ops.cpp) does not express about the CUDA backend: properties of
-// bits rather than bounds (dropout masks identical to the CPU's, reductions that give the same
-// bits on every run, exact zeros, the optimiser's compute copy the exact rounding of its master
-// weights), attention beyond the table's shapes (head dims of tiny models and the largest one,
+// bits rather than bounds (dropout masks identical to the CPU's and to those of the same sequence
+// at another place in a batch, reductions that give the same bits on every run, exact zeros, the
+// optimiser's compute copy the exact rounding of its master weights), attention beyond the
+// table's shapes (head dims of tiny models and the largest one,
 // RoBERTa-sized sequences, empty sequences in every position, a head dim it must refuse), and the
 // caching allocator. Every test skips when there is no CUDA device.
 #include <gtest/gtest.h>
@@ -51,30 +52,83 @@ void expect_same_bits(const Tensor& actual, const Tensor& expected, const std::s
 
 // ---- Bits ---------------------------------------------------------------------------------------
 
+// n sequence ids spread over the whole 64-bit range.
+std::vector<uint64_t> random_ids(std::mt19937& rng, size_t n) {
+  std::vector<uint64_t> ids(n);
+  for (uint64_t& id : ids) id = (uint64_t{rng()} << 32) | rng();
+  return ids;
+}
+
 // The mask is the CPU's, bit for bit: in f32 the outputs are identical; in bf16 the GPU's output
-// is the CPU's f32 result on the same inputs rounded once (x · scale is one f32 multiply).
+// is the CPU's f32 result on the same inputs rounded once (x · scale is one f32 multiply). Ragged
+// sequences (empty ones first, between and last) with random ids: the GPU finds each row's
+// sequence, position and id as the CPU does; 768 columns take the 16-byte path, 301 the scalar
+// one. A step past 2^24 and a tensor id past 2^16 exercise every word of the Philox key.
 TEST_F(CudaRuntime, DropoutMatchesCpuBitForBit) {
   std::mt19937 rng(9);
+  const std::vector<int32_t> lengths = {0, 37, 1, 0, 120, 9, 0};
+  const std::vector<uint64_t> ids = random_ids(rng, lengths.size());
+  const ops::Sequences cpu_seqs = ops::Sequences::from_lengths(lengths, Device::cpu(), ids),
+                       gpu_seqs = ops::Sequences::from_lengths(lengths, kGpu, ids);
+  const RngKey key{kKey.seed, (uint64_t{1} << 24) + 17, (1u << 16) + 5};
   for (DType dtype : {DType::f32, DType::bf16}) {
     for (double p : {0.0, 0.1, 0.5}) {
-      for (int64_t n : {37 * 768, 301}) {
-        SCOPED_TRACE(std::string(dtype_name(dtype)) + " p " + std::to_string(p) + " n " +
-                     std::to_string(n));
-        const Tensor x = uniform({n}, rng), sx = as_seen(x, dtype);
-        Tensor y_want = Tensor::empty({n}, DType::f32), dx_want = Tensor::empty({n}, DType::f32);
-        ops::dropout_forward(sx, p, kKey, y_want);
-        ops::dropout_backward(sx, p, kKey, dx_want);
+      for (int64_t cols : {768, 301}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " p " + std::to_string(p) + " cols " +
+                     std::to_string(cols));
+        const Shape shape = {cpu_seqs.tokens(), cols};
+        const Tensor x = uniform(shape, rng), sx = as_seen(x, dtype);
+        Tensor y_want = Tensor::empty(shape, DType::f32), dx_want = Tensor::empty(shape, DType::f32);
+        ops::dropout_forward(sx, p, key, cpu_seqs, y_want);
+        ops::dropout_backward(sx, p, key, cpu_seqs, dx_want);
         const Tensor gx = on_gpu(x, dtype);
-        Tensor y = Tensor::empty({n}, dtype, kGpu), dx = Tensor::empty({n}, dtype, kGpu);
-        ops::dropout_forward(gx, p, kKey, y);
-        ops::dropout_backward(gx, p, kKey, dx);
+        Tensor y = Tensor::empty(shape, dtype, kGpu), dx = Tensor::empty(shape, dtype, kGpu);
+        ops::dropout_forward(gx, p, key, gpu_seqs, y);
+        ops::dropout_backward(gx, p, key, gpu_seqs, dx);
         expect_same_bits(y, y_want.to(dtype), "forward");
         expect_same_bits(dx, dx_want.to(dtype), "backward");
         Tensor inplace = on_gpu(x, dtype);
-        ops::dropout_forward(inplace, p, kKey, inplace);
+        ops::dropout_forward(inplace, p, key, gpu_seqs, inplace);
         expect_same_bits(inplace, y_want.to(dtype), "in place");
       }
     }
+  }
+}
+
+// A sequence's hidden and attention dropout on the GPU is the same, bit for bit, at another row
+// of another batch (here: alone) as long as it keeps its id: nothing the kernels draw depends on
+// T, the row or max_len.
+TEST_F(CudaRuntime, DropoutMasksFollowTheSequence) {
+  std::mt19937 rng(10);
+  const std::vector<int32_t> lengths = {70, 0, 45, 130};
+  const std::vector<uint64_t> ids = random_ids(rng, lengths.size());
+  const ops::Sequences batch = ops::Sequences::from_lengths(lengths, kGpu, ids),
+                       alone = ops::Sequences::from_lengths({lengths[2]}, kGpu, {ids[2]});
+  const int64_t first = batch.host[2], len = lengths[2], heads = 2, ld = heads * 64;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Tensor x = on_gpu(uniform({batch.tokens(), ld}, rng), dtype);
+    const Tensor mine = x.slice(0, first, first + len).clone();
+    Tensor y = Tensor::empty(x.shape(), dtype, kGpu), y_alone = Tensor::empty(mine.shape(), dtype, kGpu);
+    ops::dropout_forward(x, 0.1, kKey, batch, y);
+    ops::dropout_forward(mine, 0.1, kKey, alone, y_alone);
+    expect_same_bits(y_alone, y.slice(0, first, first + len).clone(), "hidden dropout");
+
+    Tensor out = Tensor::empty(x.shape(), dtype, kGpu),
+           lse = Tensor::empty({heads, batch.tokens()}, DType::f32, kGpu);
+    Tensor out_alone = Tensor::empty(mine.shape(), dtype, kGpu),
+           lse_alone = Tensor::empty({heads, len}, DType::f32, kGpu);
+    Tensor dq = out.clone(), dk = out.clone(), dv = out.clone();
+    Tensor dq_alone = out_alone.clone(), dk_alone = out_alone.clone(), dv_alone = out_alone.clone();
+    ops::attention_forward(x, x, x, batch, heads, false, 0.1, kKey, out, lse);
+    ops::attention_backward(x, x, x, x, out, lse, batch, heads, false, 0.1, kKey, dq, dk, dv);
+    ops::attention_forward(mine, mine, mine, alone, heads, false, 0.1, kKey, out_alone, lse_alone);
+    ops::attention_backward(mine, mine, mine, mine, out_alone, lse_alone, alone, heads, false, 0.1,
+                            kKey, dq_alone, dk_alone, dv_alone);
+    expect_same_bits(out_alone, out.slice(0, first, first + len).clone(), "attention out");
+    expect_same_bits(dq_alone, dq.slice(0, first, first + len).clone(), "attention dq");
+    expect_same_bits(dk_alone, dk.slice(0, first, first + len).clone(), "attention dk");
+    expect_same_bits(dv_alone, dv.slice(0, first, first + len).clone(), "attention dv");
   }
 }
 
@@ -237,7 +291,10 @@ Attention run_attention(const Problem& pb, Device device, uint32_t seed) {
     return nan.to(d).to(device);
   };
   const Tensor q = input(1.5f), k = input(1.5f), v = input(1.f), dout = input(1.f);
-  const ops::Sequences seqs = ops::Sequences::from_lengths(pb.lengths, device);
+  // Random ids, the same on both devices: the masks must come from them.
+  std::mt19937 id_rng(seed + 1);
+  const ops::Sequences seqs =
+      ops::Sequences::from_lengths(pb.lengths, device, random_ids(id_rng, pb.lengths.size()));
   Attention a{output(shape, x), output({pb.heads, tokens}, DType::f32), output(shape, x),
               output(shape, x), output(shape, x)};
   ops::attention_forward(q, k, v, seqs, pb.heads, pb.causal, pb.dropout, kKey, a.out, a.lse);

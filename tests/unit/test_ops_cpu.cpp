@@ -9,6 +9,7 @@
 #include <cmath>
 #include <functional>
 #include <initializer_list>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -180,8 +181,17 @@ double naive_cosine(const double* x, const double* y, int64_t d, double eps) {
   return dot / std::max(std::sqrt(xx) * std::sqrt(yy), eps);
 }
 
-ops::Sequences sequences(const std::vector<int32_t>& lengths) {
-  return ops::Sequences::from_lengths(lengths, Device::cpu());
+ops::Sequences sequences(const std::vector<int32_t>& lengths,
+                         const std::vector<uint64_t>& ids = {}) {
+  return ops::Sequences::from_lengths(lengths, Device::cpu(), ids);
+}
+
+// n sequence ids spread over the whole 64-bit range (both counter words of the id take part).
+std::vector<uint64_t> random_ids(std::mt19937& rng, size_t n) {
+  std::uniform_int_distribution<uint64_t> dist;
+  std::vector<uint64_t> ids(n);
+  for (uint64_t& id : ids) id = dist(rng);
+  return ids;
 }
 
 // `batch` >= 2 sequence lengths drawn from [2, longest], except that one sequence is empty and
@@ -204,6 +214,7 @@ int64_t total(const std::vector<int32_t>& lengths) {
 struct AttentionCase {
   std::string name;
   std::vector<int32_t> lengths;
+  std::vector<uint64_t> ids;
   int64_t heads, head_dim;
   bool causal;
   double dropout_p;
@@ -213,17 +224,18 @@ struct AttentionCase {
 };
 
 // Attention by its definition, one query at a time over the keys of its own sequence: the
-// scores, their log-sum-exp, the softmax, the dropout mask drawn directly from uniform01 at the
-// index ops.h specifies, (h*T + t)*max_len + j, and the weighted sum of values.
+// scores, their log-sum-exp, the softmax, the dropout mask drawn directly from
+// sequence_uniform01 at the element ops.h specifies, (sequence id, attention_element(h, i, j)),
+// and the weighted sum of values.
 void naive_attention(const AttentionCase& c, const std::vector<double>& q,
                      const std::vector<double>& k, const std::vector<double>& v, const RngKey& key,
                      std::vector<double>& out, std::vector<double>& lse) {
   const int64_t T = total(c.lengths), H = c.heads, D = c.head_dim, ld = H * D;
-  const int64_t max_len = *std::max_element(c.lengths.begin(), c.lengths.end());
   out.assign(static_cast<size_t>(T * ld), 0.0);
   lse.assign(static_cast<size_t>(H * T), 0.0);
   int64_t begin = 0;
-  for (const int32_t len : c.lengths) {
+  for (size_t b = 0; b < c.lengths.size(); ++b) {
+    const int64_t len = c.lengths[b];
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < len; ++i) {
         const int64_t t = begin + i, visible = c.causal ? i + 1 : len;
@@ -240,8 +252,11 @@ void naive_attention(const AttentionCase& c, const std::vector<double>& q,
         lse[h * T + t] = max + std::log(sum);
         for (int64_t j = 0; j < visible; ++j) {
           const double p = std::exp(s[j] - max) / sum;
-          const uint64_t index = static_cast<uint64_t>((h * T + t) * max_len + j);
-          const bool keep = uniform01(key, index) >= static_cast<float>(c.dropout_p);
+          const uint64_t element = attention_element(static_cast<uint64_t>(h),
+                                                     static_cast<uint64_t>(i),
+                                                     static_cast<uint64_t>(j));
+          const bool keep =
+              sequence_uniform01(key, c.ids[b], element) >= static_cast<float>(c.dropout_p);
           const double dropped = keep ? p / (1 - c.dropout_p) : 0.0;
           for (int64_t d = 0; d < D; ++d)
             out[t * ld + h * D + d] += dropped * v[(begin + j) * ld + h * D + d];
@@ -259,6 +274,7 @@ std::vector<AttentionCase> attention_cases(std::mt19937& rng) {
     for (double p : {0.0, 0.2}) {
       AttentionCase c;
       c.lengths = ragged_lengths(rng, draw(rng, 3, 5), 6);
+      c.ids = random_ids(rng, c.lengths.size());
       c.heads = draw(rng, 1, 3);
       c.head_dim = draw(rng, 2, 5);
       c.causal = causal;
@@ -605,11 +621,12 @@ TEST(Gelu, ForwardValuesAndGradient) {
 // ---- Dropout ----------------------------------------------------------------------------------
 
 TEST(Dropout, KeepsAboutOneMinusPAndScalesTheKept) {
-  const int64_t n = 200000;
+  const ops::Sequences seqs = sequences({100, 0, 150, 250});
+  const int64_t rows = seqs.tokens(), cols = 400, n = rows * cols;
   const double p = 0.3;
-  const Tensor x = Tensor::from_vector(std::vector<double>(n, 2.0), {n});
-  Tensor y = Tensor::empty({n}, DType::f64);
-  ops::dropout_forward(x, p, kKey, y);
+  const Tensor x = Tensor::from_vector(std::vector<double>(n, 2.0), {rows, cols});
+  Tensor y = Tensor::empty({rows, cols}, DType::f64);
+  ops::dropout_forward(x, p, kKey, seqs, y);
   int64_t kept = 0;
   for (double v : values(y)) {
     ASSERT_TRUE(v == 0 || v == 2.0 * (1.0 / (1 - p))) << v;
@@ -619,61 +636,182 @@ TEST(Dropout, KeepsAboutOneMinusPAndScalesTheKept) {
   EXPECT_NEAR(static_cast<double>(kept) / n, 1 - p, 0.005);
 }
 
-TEST(Dropout, MaskIsAFunctionOfKeyAndIndexOnly) {
+// Element (t, c) of row t at position i of sequence b is kept exactly when
+// sequence_uniform01(key, ids[b], hidden_element(i, c)) >= float(p), as ops.h says.
+TEST(Dropout, MaskMatchesItsDefinition) {
+  std::mt19937 rng(60);
+  const std::vector<int32_t> lengths = ragged_lengths(rng, 5, 9);
+  const std::vector<uint64_t> ids = random_ids(rng, lengths.size());
+  const ops::Sequences seqs = sequences(lengths, ids);
+  const int64_t rows = seqs.tokens(), cols = draw(rng, 3, 40);
+  const double p = 0.4, scale = 1.0 / (1.0 - p);
+  const Tensor x = uniform({rows, cols}, rng, 1, 2);
+  Tensor y = Tensor::empty({rows, cols}, DType::f64);
+  ops::dropout_forward(x, p, kKey, seqs, y);
+  const std::vector<double> xv = values(x), yv = values(y);
+  for (size_t b = 0; b < lengths.size(); ++b)
+    for (int64_t i = 0; i < lengths[b]; ++i)
+      for (int64_t c = 0; c < cols; ++c) {
+        const size_t e = static_cast<size_t>((seqs.host[b] + i) * cols + c);
+        const bool keep = sequence_uniform01(kKey, ids[b], hidden_element(i, c)) >=
+                          static_cast<float>(p);
+        ASSERT_EQ(yv[e], keep ? xv[e] * scale : 0.0) << "sequence " << b << ", position " << i
+                                                     << ", column " << c;
+      }
+}
+
+// A sequence's mask depends on the key, its id and the positions inside it only: the same
+// sequences packed in another order, between other sequences, get the same rows, bit for bit;
+// the step, the tensor, the seed and the id each give an independent mask; the dtype takes no
+// part; without ids, sequence b has id b.
+TEST(Dropout, MaskFollowsTheSequenceNotItsPlaceInTheBatch) {
   std::mt19937 rng(61);
-  const int64_t n = 4096;
+  const int64_t cols = 37;
   const double p = 0.4;
-  const Tensor x = uniform({n}, rng, 1, 2);  // never 0, so y == 0 exactly where dropped
-  auto mask = [&](const RngKey& key, DType dt) {
-    Tensor y = Tensor::empty({n}, dt);
-    ops::dropout_forward(x.to(dt), p, key, y);
-    const std::vector<double> v = values(y.to(DType::f64));
-    std::vector<bool> m(v.size());
-    for (size_t i = 0; i < v.size(); ++i) m[i] = v[i] != 0;
+  const std::vector<int32_t> lengths = {7, 0, 12, 3};
+  const std::vector<uint64_t> ids = random_ids(rng, lengths.size());
+  std::vector<Tensor> rows_of;  // each sequence's input rows, never 0
+  for (int32_t len : lengths) rows_of.push_back(uniform({len, cols}, rng, 1, 2));
+
+  // Packs sequences `order` (indices into the above) with their ids; returns each one's output
+  // rows as a flat vector, in `order`.
+  auto run = [&](const std::vector<size_t>& order, const RngKey& key, DType dt,
+                 const std::vector<uint64_t>& with_ids) {
+    std::vector<int32_t> lens;
+    std::vector<uint64_t> pack_ids;
+    std::vector<double> xv;
+    for (size_t s : order) {
+      lens.push_back(lengths[s]);
+      pack_ids.push_back(with_ids[s]);
+      const std::vector<double> r = values(rows_of[s]);
+      xv.insert(xv.end(), r.begin(), r.end());
+    }
+    const ops::Sequences seqs = sequences(lens, pack_ids);
+    const Tensor x = Tensor::from_vector(xv, {seqs.tokens(), cols}).to(dt);
+    Tensor y = Tensor::empty({seqs.tokens(), cols}, dt);
+    ops::dropout_forward(x, p, key, seqs, y);
+    return values(y.to(DType::f64));
+  };
+  auto masks = [](const std::vector<double>& y) {
+    std::vector<bool> m(y.size());
+    for (size_t i = 0; i < y.size(); ++i) m[i] = y[i] != 0;
     return m;
   };
   auto fraction_differing = [](const std::vector<bool>& a, const std::vector<bool>& b) {
     int64_t d = 0;
     for (size_t i = 0; i < a.size(); ++i) d += a[i] != b[i];
-    return static_cast<double>(d) / a.size();
+    return static_cast<double>(d) / static_cast<double>(a.size());
   };
-  const std::vector<bool> base = mask(kKey, DType::f64);
-  EXPECT_EQ(mask(kKey, DType::f64), base);  // same key: same mask
-  EXPECT_EQ(mask(kKey, DType::f32), base);  // the dtype does not enter the draw
-  RngKey next_step = kKey, other_tensor = kKey, other_seed = kKey;
+  const std::vector<size_t> in_order = {0, 1, 2, 3};
+  const std::vector<double> base = run(in_order, kKey, DType::f64, ids);
+
+  // Reversed, and one at a time: the same values per sequence.
+  const std::vector<double> reversed = run({3, 2, 1, 0}, kKey, DType::f64, ids);
+  size_t at = 0;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    const size_t n = static_cast<size_t>(lengths[s] * cols);
+    size_t at_reversed = 0;
+    for (size_t r = lengths.size() - 1; r > s; --r) at_reversed += static_cast<size_t>(lengths[r] * cols);
+    const std::vector<double> alone = run({s}, kKey, DType::f64, ids);
+    for (size_t e = 0; e < n; ++e) {
+      ASSERT_EQ(reversed[at_reversed + e], base[at + e]) << "sequence " << s << " reversed";
+      ASSERT_EQ(alone[e], base[at + e]) << "sequence " << s << " alone";
+    }
+    at += n;
+  }
+
+  EXPECT_EQ(masks(run(in_order, kKey, DType::f32, ids)), masks(base));  // not the dtype
+  std::vector<uint64_t> positional(lengths.size());
+  std::iota(positional.begin(), positional.end(), uint64_t{0});
+  const Tensor x_all = uniform({22, cols}, rng);
+  Tensor by_default = Tensor::empty({22, cols}, DType::f64), by_index = by_default.clone();
+  ops::dropout_forward(x_all, p, kKey, sequences(lengths), by_default);
+  ops::dropout_forward(x_all, p, kKey, sequences(lengths, positional), by_index);
+  EXPECT_EQ(values(by_default), values(by_index));  // no ids: ids[b] = b
+
+  // Independent masks differ at a fraction 2 p (1 - p) = 0.48 of the 814 elements (σ ≈ 0.018).
+  RngKey next_step = kKey, other_tensor = kKey, other_seed = kKey, far_step = kKey;
   ++next_step.step;
   ++other_tensor.tensor;
   ++other_seed.seed;
-  // Independent masks differ at a fraction 2 p (1 - p) = 0.48 of the elements.
-  for (const RngKey& k : {next_step, other_tensor, other_seed})
-    EXPECT_NEAR(fraction_differing(mask(k, DType::f64), base), 2 * p * (1 - p), 0.05);
+  far_step.step += uint64_t{1} << 24;  // the step's bits beyond the counter's 24, in the key
+  std::vector<uint64_t> other_ids = ids;
+  for (uint64_t& id : other_ids) id ^= uint64_t{1} << 40;  // a bit of the id's high word
+  for (const RngKey& k : {next_step, other_tensor, other_seed, far_step})
+    EXPECT_NEAR(fraction_differing(masks(run(in_order, k, DType::f64, ids)), masks(base)),
+                2 * p * (1 - p), 0.1);
+  EXPECT_NEAR(fraction_differing(masks(run(in_order, kKey, DType::f64, other_ids)), masks(base)),
+              2 * p * (1 - p), 0.1);
 }
 
 TEST(Dropout, ZeroCopiesInPlaceMatchesAndGradient) {
   std::mt19937 rng(62);
-  const int64_t n = draw(rng, 30, 80);
-  const Tensor x = uniform({n}, rng), r = uniform({n}, rng);
-  Tensor y = Tensor::empty({n}, DType::f64);
-  ops::dropout_forward(x, 0.0, kKey, y);
+  const std::vector<int32_t> lengths = ragged_lengths(rng, 4, 6);
+  const ops::Sequences seqs = sequences(lengths, random_ids(rng, lengths.size()));
+  const Shape shape = {seqs.tokens(), draw(rng, 3, 9)};
+  const Tensor x = uniform(shape, rng), r = uniform(shape, rng);
+  Tensor y = Tensor::empty(shape, DType::f64);
+  ops::dropout_forward(x, 0.0, kKey, seqs, y);
   EXPECT_EQ(values(y), values(x));
 
   const double p = 0.35;
   auto forward = [&] {
-    Tensor out = Tensor::empty({n}, DType::f64);
-    ops::dropout_forward(x, p, kKey, out);
+    Tensor out = Tensor::empty(shape, DType::f64);
+    ops::dropout_forward(x, p, kKey, seqs, out);
     return out;
   };
   Tensor inplace = x.clone();
-  ops::dropout_forward(inplace, p, kKey, inplace);
+  ops::dropout_forward(inplace, p, kKey, seqs, inplace);
   EXPECT_EQ(values(inplace), values(forward()));
 
   Tensor dx = r.clone();
-  ops::dropout_backward(dx, p, kKey, dx);  // dx aliasing dy
+  ops::dropout_backward(dx, p, kKey, seqs, dx);  // dx aliasing dy
   expect_gradient("dropout", x, dx, forward, r, rng);
 
-  Tensor y32 = Tensor::empty({n}, DType::f32);
-  ops::dropout_forward(x.to(DType::f32), p, kKey, y32);
+  Tensor y32 = Tensor::empty(shape, DType::f32);
+  ops::dropout_forward(x.to(DType::f32), p, kKey, seqs, y32);
   expect_f32_matches_f64("dropout f32", y32, forward());
+}
+
+// The sizes a dropout element index holds (core/rng.h): rows of at most 2^24 columns, sequences
+// of at most 2^16 tokens, at most 2^8 heads. Beyond them the ops refuse to draw, naming the
+// limit; without dropout the same shapes run.
+TEST(Dropout, RefusesSizesBeyondTheDrawLimits) {
+  const ops::Sequences none = sequences({});
+  const Tensor wide = Tensor::empty({0, (int64_t{1} << 24) + 1}, DType::f32);  // no storage
+  Tensor wide_out = Tensor::empty(wide.shape(), DType::f32);
+  expect_error([&] { ops::dropout_forward(wide, 0.1, kKey, none, wide_out); },
+               {"dropout_forward", "row width", "16777217", "2^24"});
+  ops::dropout_forward(wide, 0.0, kKey, none, wide_out);
+
+  const int64_t longest = (int64_t{1} << 16) + 1;
+  const ops::Sequences one_long = sequences({2, static_cast<int32_t>(longest)});
+  const Tensor tall = Tensor::zeros({longest + 2, 1}, DType::f32);
+  Tensor tall_out = Tensor::empty(tall.shape(), DType::f32);
+  expect_error([&] { ops::dropout_backward(tall, 0.1, kKey, one_long, tall_out); },
+               {"dropout_backward", "longest sequence", "65537", "2^16"});
+  ops::dropout_backward(tall, 0.0, kKey, one_long, tall_out);
+  Tensor lse = Tensor::empty({1, longest + 2}, DType::f32);
+  expect_error(
+      [&] { ops::attention_forward(tall, tall, tall, one_long, 1, true, 0.1, kKey, tall_out, lse); },
+      {"attention_forward", "longest sequence", "2^16"});
+
+  const int64_t heads = 257;
+  const ops::Sequences two = sequences({2});
+  const Tensor q = Tensor::zeros({2, heads}, DType::f64);
+  Tensor out = Tensor::empty(q.shape(), DType::f64), dq = out.clone(), dk = out.clone(),
+         dv = out.clone();
+  Tensor heads_lse = Tensor::empty({heads, 2}, DType::f64);
+  expect_error(
+      [&] { ops::attention_forward(q, q, q, two, heads, false, 0.1, kKey, out, heads_lse); },
+      {"attention_forward", "heads", "257", "2^8"});
+  ops::attention_forward(q, q, q, two, heads, false, 0.0, kKey, out, heads_lse);
+  expect_error(
+      [&] {
+        ops::attention_backward(q, q, q, q, out, heads_lse, two, heads, false, 0.1, kKey, dq, dk,
+                                dv);
+      },
+      {"attention_backward", "heads", "2^8"});
 }
 
 // ---- Dense layers -----------------------------------------------------------------------------
@@ -774,7 +912,7 @@ TEST(Attention, ForwardMatchesDefinition) {
   std::mt19937 rng(71);
   for (const AttentionCase& c : attention_cases(rng)) {
     SCOPED_TRACE(c.name);
-    const ops::Sequences seqs = sequences(c.lengths);
+    const ops::Sequences seqs = sequences(c.lengths, c.ids);
     const Tensor q = uniform(c.tokens(), rng, -2, 2), k = uniform(c.tokens(), rng, -2, 2),
                  v = uniform(c.tokens(), rng);
     Tensor out = Tensor::empty(c.tokens(), DType::f64), lse = Tensor::empty(c.lse(), DType::f64);
@@ -799,7 +937,7 @@ TEST(Attention, Gradients) {
   std::mt19937 rng(72);
   for (const AttentionCase& c : attention_cases(rng)) {
     SCOPED_TRACE(c.name);
-    const ops::Sequences seqs = sequences(c.lengths);
+    const ops::Sequences seqs = sequences(c.lengths, c.ids);
     const Tensor q = uniform(c.tokens(), rng, -2, 2), k = uniform(c.tokens(), rng, -2, 2),
                  v = uniform(c.tokens(), rng), r = uniform(c.tokens(), rng);
     auto run = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, Tensor& out, Tensor& lse) {
@@ -834,6 +972,56 @@ TEST(Attention, Gradients) {
     expect_f32_matches_f64("dk f32", dk32, dk);
     expect_f32_matches_f64("dv f32", dv32, dv);
   }
+}
+
+// With dropout, a sequence's attention (out, lse and the three gradients) is the same, bit for
+// bit, in a batch with others and alone with its id: the masks follow the sequence. With another
+// id it changes.
+TEST(Attention, DropoutFollowsTheSequenceNotItsPlaceInTheBatch) {
+  std::mt19937 rng(74);
+  const int64_t heads = 2, head_dim = 3, ld = heads * head_dim;
+  const std::vector<int32_t> lengths = {4, 6, 0, 5};
+  const std::vector<uint64_t> ids = random_ids(rng, lengths.size());
+  const ops::Sequences seqs = sequences(lengths, ids);
+  const int64_t tokens = seqs.tokens();
+  const Tensor q = uniform({tokens, ld}, rng, -2, 2), k = uniform({tokens, ld}, rng, -2, 2),
+               v = uniform({tokens, ld}, rng), dout = uniform({tokens, ld}, rng);
+  struct Result {
+    std::vector<double> out, lse, dq, dk, dv;
+  };
+  auto run = [&](const ops::Sequences& s, const Tensor& qq, const Tensor& kk, const Tensor& vv,
+                 const Tensor& dd) {
+    const int64_t t = s.tokens();
+    Tensor out = Tensor::empty({t, ld}, DType::f64), lse = Tensor::empty({heads, t}, DType::f64);
+    Tensor dq = out.clone(), dk = out.clone(), dv = out.clone();
+    ops::attention_forward(qq, kk, vv, s, heads, true, 0.3, kKey, out, lse);
+    ops::attention_backward(dd, qq, kk, vv, out, lse, s, heads, true, 0.3, kKey, dq, dk, dv);
+    return Result{values(out), values(lse), values(dq), values(dk), values(dv)};
+  };
+  const Result together = run(seqs, q, k, v, dout);
+  const int64_t first = seqs.host[1];  // sequence 1, rows [4, 10)
+  const int32_t len = lengths[1];
+  auto rows = [&](const Tensor& t) { return t.slice(0, first, first + len).clone(); };
+  const Result alone =
+      run(sequences({len}, {ids[1]}), rows(q), rows(k), rows(v), rows(dout));
+  for (int64_t e = 0; e < len * ld; ++e) {
+    const size_t at = static_cast<size_t>(first * ld + e), i = static_cast<size_t>(e);
+    ASSERT_EQ(alone.out[i], together.out[at]) << "out element " << e;
+    ASSERT_EQ(alone.dq[i], together.dq[at]) << "dq element " << e;
+    ASSERT_EQ(alone.dk[i], together.dk[at]) << "dk element " << e;
+    ASSERT_EQ(alone.dv[i], together.dv[at]) << "dv element " << e;
+  }
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < len; ++i)
+      ASSERT_EQ(alone.lse[static_cast<size_t>(h * len + i)],
+                together.lse[static_cast<size_t>(h * tokens + first + i)]);
+  const Result renamed =
+      run(sequences({len}, {ids[1] + 1}), rows(q), rows(k), rows(v), rows(dout));
+  double changed = 0;
+  for (int64_t e = 0; e < len * ld; ++e)
+    changed = std::max(changed, std::abs(renamed.out[static_cast<size_t>(e)] -
+                                         alone.out[static_cast<size_t>(e)]));
+  EXPECT_GT(changed, 1e-3) << "another id, the same masks";
 }
 
 // A one-token sequence attends to itself only: out = v, lse = its one score, dv = dout and no
@@ -955,13 +1143,25 @@ TEST(Sequences, FromLengths) {
   EXPECT_EQ(s.offsets.shape(), (Shape{5}));
   EXPECT_EQ(s.offsets.to_vector<int32_t>(), s.host);
 
+  // Without ids, sequence b has id b; the device copy holds the same bits as i64.
+  EXPECT_EQ(s.host_ids, (std::vector<uint64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(s.ids.dtype(), DType::i64);
+  EXPECT_EQ(s.ids.to_vector<int64_t>(), (std::vector<int64_t>{0, 1, 2, 3}));
+  const std::vector<uint64_t> ids = {7, ~uint64_t{0}, uint64_t{1} << 63, 0};
+  const ops::Sequences with_ids = sequences({3, 0, 1, 5}, ids);
+  EXPECT_EQ(with_ids.host_ids, ids);
+  EXPECT_EQ(with_ids.ids.to_vector<int64_t>(),
+            (std::vector<int64_t>{7, -1, std::numeric_limits<int64_t>::min(), 0}));
+
   const ops::Sequences none = sequences({});
   EXPECT_EQ(none.host, (std::vector<int32_t>{0}));
   EXPECT_EQ(none.count(), 0);
   EXPECT_EQ(none.tokens(), 0);
   EXPECT_EQ(none.max_len, 0);
+  EXPECT_TRUE(none.host_ids.empty());
 
   expect_error([] { sequences({2, -1, 3}); }, {"Sequences::from_lengths", "sequence 1", "-1"});
+  expect_error([] { sequences({2, 3}, {5}); }, {"Sequences::from_lengths", "1 ids for 2 sequences"});
 }
 
 // ---- Sequence sums and the pooling head ---------------------------------------------------------
@@ -1247,7 +1447,13 @@ TEST(OpErrors, ShapeDtypeAndLayoutMismatchesNameTheOpAndArgument) {
   expect_error([&] { ops::scale(half, 2); }, {"scale", "x", "bf16"});
   expect_error([&] { ops::bias_add(y, Tensor::zeros({4}, DType::f64)); }, {"bias_add", "bias"});
   expect_error([&] { ops::bias_backward(x, rows); }, {"bias_backward", "dbias"});
-  expect_error([&] { ops::dropout_forward(x, 1.0, kKey, y); }, {"dropout_forward", "probability"});
+  const ops::Sequences four = sequences({4});
+  expect_error([&] { ops::dropout_forward(x, 1.0, kKey, four, y); },
+               {"dropout_forward", "probability"});
+  expect_error([&] { ops::dropout_forward(x, 0.1, kKey, sequences({3}), y); },
+               {"dropout_forward", "seqs covers 3 tokens", "x has 4 rows"});
+  expect_error([&] { ops::dropout_backward(rows, 0.1, kKey, four, rows); },
+               {"dropout_backward", "dy", "2 dimensions"});
 
   const Tensor table = Tensor::zeros({5, 6}, DType::f64);
   expect_error([&] { ops::embedding_forward(Tensor::zeros({4}, DType::i64), table, y); },
@@ -1378,6 +1584,18 @@ TEST(OpErrors, InconsistentSequencesAreNamed) {
   expect_error(
       [&] { ops::attention_forward(x, x, x, ops::Sequences{}, 2, false, 0, kKey, y, lse); },
       {"attention_forward", "seqs"});
+  ops::Sequences few_ids = sequences({1, 3});
+  few_ids.host_ids.pop_back();
+  expect_error([&] { ops::dropout_forward(x, 0.1, kKey, few_ids, y); },
+               {"dropout_forward", "1 ids", "2 sequences"});
+  ops::Sequences stale_ids = sequences({1, 3}, {5, 6});
+  stale_ids.host_ids[1] = 9;  // the ids tensor still says {5, 6}
+  expect_error([&] { ops::attention_forward(x, x, x, stale_ids, 2, false, 0.1, kKey, y, lse); },
+               {"attention_forward", "seqs.ids[1] = 6", "seqs.host_ids[1] = 9"});
+  ops::Sequences i32_ids = sequences({1, 3});
+  i32_ids.ids = ints({0, 1}, {2});
+  expect_error([&] { ops::dropout_forward(x, 0.1, kKey, i32_ids, y); },
+               {"dropout_forward", "seqs.ids", "i64"});
 }
 
 TEST(OpErrors, OutOfRangeIdsAndTargetsAreNamed) {

@@ -2,11 +2,14 @@
 // (the weighted sum of the four tasks' losses) against central finite differences for sampled
 // entries of every module (QE and AE bases and pooling heads, D's base, both head layers, the LM
 // head), with dropout off and on, with a shared encoder base and a tied LM head; the decoder's
-// slot-0 semantics; the LM head's padded vocabulary; each task's loss against a direct
-// computation; parameter names, base loading and the refusal of fields without <s> ... </s>.
+// slot-0 semantics; the decoder's dropout masks following each sequence's id through its [v; H]
+// sequences; the LM head's padded vocabulary; each task's loss against a direct computation;
+// parameter names, base loading and the refusal of fields without <s> ... </s>.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <random>
 #include <map>
 #include <set>
@@ -376,6 +379,122 @@ TEST(Decoder, PositionTSeesTheSlotAndTheTokensUpToT) {
       EXPECT_GT(by_slot[r], 1e-6) << "row " << r << " sees v_1";
     else
       EXPECT_LE(by_slot[r], 1e-13) << "row " << r << " must not see v_1";
+  }
+}
+
+// With dropout (0.1, training, f64) the decoder's masks (base, head layer 0 over the [v_b; H_b]
+// sequences, head layer 1) follow each sequence's id: one batch of four against the same
+// sequences in two batches of two in another order, with the same ids, gives the same logits and
+// dv per sequence and the same summed parameter gradients, to rounding; another id for one
+// sequence changes that sequence's logits only.
+TEST(Decoder, DropoutFollowsSequenceIdsAcrossBatchSplits) {
+  QaracConfig config = tiny_config(true, false, false);
+  config.base.hidden_dropout = config.base.attention_dropout = 0.1;
+  Fixture fx(config);
+  Decoder& decoder = fx.models.decoder();
+  const ParameterList params = decoder.parameters();
+  const std::vector<std::vector<int32_t>> y = {{0, 5, 6, 7, 8}, {0}, {0, 9, 10}, {0, 4, 11, 3}};
+  const std::vector<uint64_t> ids = {901, 3, 0xFEEDFACECAFEBEEFu, 64};
+  std::mt19937 gen(8);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<std::vector<double>> v(y.size()), r(y.size());  // v_b; R_b over the valid columns
+  for (size_t b = 0; b < y.size(); ++b) {
+    v[b].resize(kHidden);
+    for (double& x : v[b]) x = normal(gen);
+    r[b].resize(y[b].size() * kVocab);
+    for (double& x : r[b]) x = normal(gen);
+  }
+  ForwardOptions opts;
+  opts.training = true;
+  opts.seed = 5;
+  opts.step = 9;
+
+  struct Result {
+    std::vector<std::vector<double>> logits, dv;  // per sequence: valid columns; dv_b
+    std::vector<std::vector<double>> grads;       // per parameter, summed over the passes
+  };
+  // L = Σ_b Σ_t logits_bt[:V] · R_bt over the groups, each a packed batch with its ids.
+  auto run = [&](const std::vector<std::vector<size_t>>& groups, const std::vector<uint64_t>& with) {
+    zero_grads(params);
+    Result out;
+    out.logits.resize(y.size());
+    out.dv.resize(y.size());
+    for (const std::vector<size_t>& group : groups) {
+      std::vector<std::vector<int32_t>> tokens;
+      std::vector<uint64_t> group_ids;
+      std::vector<double> vv;
+      for (size_t b : group) {
+        tokens.push_back(y[b]);
+        group_ids.push_back(with[b]);
+        vv.insert(vv.end(), v[b].begin(), v[b].end());
+      }
+      const TokenBatch batch = TokenBatch::from_sequences(tokens, 1, Device::cpu(), group_ids);
+      const int64_t count = static_cast<int64_t>(group.size());
+      Decoder::Activations acts;
+      const Tensor& logits =
+          decoder.forward(Tensor::from_vector(vv, {count, kHidden}), batch, opts, acts);
+      const int64_t cols = logits.size(1);
+      const std::vector<double> l = logits.to_vector<double>();
+      std::vector<double> grad(l.size(), 0.0);
+      for (size_t i = 0; i < group.size(); ++i) {
+        const size_t b = group[i];
+        for (int64_t t = batch.seqs.host[i]; t < batch.seqs.host[i + 1]; ++t)
+          for (int64_t j = 0; j < kVocab; ++j) {
+            const int64_t local = t - batch.seqs.host[i];
+            out.logits[b].push_back(l[static_cast<size_t>(t * cols + j)]);
+            grad[static_cast<size_t>(t * cols + j)] = r[b][static_cast<size_t>(local * kVocab + j)];
+          }
+      }
+      const std::vector<double> dv =
+          decoder.backward(acts, Tensor::from_vector(grad, logits.shape())).to_vector<double>();
+      for (size_t i = 0; i < group.size(); ++i)
+        out.dv[group[i]].assign(dv.begin() + static_cast<int64_t>(i) * kHidden,
+                                dv.begin() + static_cast<int64_t>(i + 1) * kHidden);
+    }
+    for (const Parameter* p : params) out.grads.push_back(p->grad.to_vector<double>());
+    return out;
+  };
+  // max |a - b| over max |b|: the difference relative to the tensor's scale.
+  auto relative = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double diff = 0, scale = 1e-300;
+    for (size_t i = 0; i < b.size(); ++i) {
+      diff = std::max(diff, std::fabs(a[i] - b[i]));
+      scale = std::max(scale, std::fabs(b[i]));
+    }
+    return diff / scale;
+  };
+
+  const Result whole = run({{0, 1, 2, 3}}, ids), split = run({{2, 0}, {3, 1}}, ids);
+  double worst_out = 0, worst_grad = 0;
+  for (size_t b = 0; b < y.size(); ++b) {
+    ASSERT_EQ(split.logits[b].size(), whole.logits[b].size());
+    worst_out = std::max({worst_out, relative(split.logits[b], whole.logits[b]),
+                          relative(split.dv[b], whole.dv[b])});
+    EXPECT_LE(relative(split.logits[b], whole.logits[b]), 1e-13) << "logits of sequence " << b;
+    EXPECT_LE(relative(split.dv[b], whole.dv[b]), 1e-13) << "dv of sequence " << b;
+  }
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (params[k]->name.find("attention.self.key.bias") != std::string::npos) {
+      // Exactly 0 (the softmax cancels it): rounding noise on both sides, nothing to scale by.
+      for (size_t i = 0; i < whole.grads[k].size(); ++i)
+        EXPECT_NEAR(split.grads[k][i], whole.grads[k][i], 1e-14) << params[k]->name;
+      continue;
+    }
+    const double diff = relative(split.grads[k], whole.grads[k]);
+    EXPECT_LE(diff, 1e-13) << params[k]->name;
+    worst_grad = std::max(worst_grad, diff);
+  }
+  std::cout << "  decoder split vs whole batch, largest relative difference: logits and dv "
+            << worst_out << ", parameter gradients " << worst_grad << "\n";
+
+  std::vector<uint64_t> renamed = ids;
+  renamed[2] ^= uint64_t{1} << 50;
+  const Result other = run({{0, 1, 2, 3}}, renamed);
+  for (size_t b = 0; b < y.size(); ++b) {
+    if (b == 2)
+      EXPECT_GT(relative(other.logits[b], whole.logits[b]), 1e-3) << "sequence 2";
+    else
+      EXPECT_EQ(other.logits[b], whole.logits[b]) << "sequence " << b;
   }
 }
 

@@ -1,10 +1,14 @@
 // The RoBERTa encoder as a whole: analytic gradients of every parameter against central finite
 // differences in float64 (bidirectional and causal, with dropout, ragged batches), independence
-// of the sequences of a packed batch, position ids, and clear refusal of token ids outside the
-// vocabulary and of sequences longer than the position table.
+// of the sequences of a packed batch, dropout masks that follow each sequence's id (the same
+// outputs and summed gradients however the sequences are split into batches and ordered), position
+// ids, and clear refusal of token ids outside the vocabulary and of sequences longer than the
+// position table.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <random>
 
 #include "model/init.h"
@@ -165,6 +169,194 @@ TEST(RobertaEncoder, SequencesOfABatchAreIndependent) {
     ASSERT_EQ(alone.size(), 3u * 8);
     for (size_t i = 0; i < alone.size(); ++i)
       EXPECT_NEAR(alone[i], together[6 * 8 + i], 1e-12) << "element " << i << (causal ? " causal" : "");
+  }
+}
+
+// ---- Dropout masks follow the sequence ids ------------------------------------------------------
+
+namespace {
+
+// Five ragged sequences (lengths 7, 1, 4, 6, 3), their ids (any 64-bit values) and, per sequence,
+// the rows R_b of the loss L = Σ_b Σ_t h_bt · R_bt: a sequence's loss terms move with it.
+struct IdBatch {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<uint64_t> ids = {0x9E3779B97F4A7C15u, 17, 42, uint64_t{1} << 40, 5};
+  std::vector<std::vector<double>> weights;  // [len_b · d] per sequence
+
+  IdBatch() {
+    std::mt19937 gen(31);
+    std::uniform_int_distribution<int32_t> token(3, 12);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    for (int len : {7, 1, 4, 6, 3}) {
+      tokens.emplace_back();
+      for (int t = 0; t < len; ++t) tokens.back().push_back(token(gen));
+      weights.emplace_back(static_cast<size_t>(len * 8));
+      for (double& w : weights.back()) w = normal(gen);
+    }
+  }
+};
+
+// What one or more forward+backward passes over subsets of an IdBatch give: each sequence's
+// last hidden states and the parameter gradients summed over the passes.
+struct PassResult {
+  std::vector<std::vector<double>> hidden;  // per sequence of the IdBatch
+  std::vector<std::vector<double>> grads;   // per parameter
+};
+
+// Runs the sequences `groups[g]` (indices into the IdBatch, in that order) as one packed batch
+// each, with the given ids (none: TokenBatch's default), accumulating the gradients of L.
+PassResult run_groups(RobertaEncoder& enc, const IdBatch& data,
+                      const std::vector<std::vector<size_t>>& groups, const ForwardOptions& opts,
+                      const std::vector<uint64_t>& ids) {
+  const int64_t d = enc.config().hidden_size;
+  const ParameterList params = enc.parameters();
+  zero_grads(params);
+  PassResult out;
+  out.hidden.resize(data.tokens.size());
+  for (const std::vector<size_t>& group : groups) {
+    std::vector<std::vector<int32_t>> seqs;
+    std::vector<uint64_t> group_ids;
+    std::vector<double> r;
+    for (size_t s : group) {
+      seqs.push_back(data.tokens[s]);
+      if (!ids.empty()) group_ids.push_back(ids[s]);
+      r.insert(r.end(), data.weights[s].begin(), data.weights[s].end());
+    }
+    const TokenBatch batch = TokenBatch::from_sequences(seqs, 1, Device::cpu(), group_ids);
+    RobertaEncoder::Activations acts;
+    const std::vector<double> h = enc.forward(batch, opts, acts).to_vector<double>();
+    for (size_t i = 0; i < group.size(); ++i)
+      out.hidden[group[i]].assign(h.begin() + batch.seqs.host[i] * d,
+                                  h.begin() + batch.seqs.host[i + 1] * d);
+    enc.backward(acts, Tensor::from_vector(r, {batch.tokens(), d}));
+  }
+  for (const Parameter* p : params) out.grads.push_back(p->grad.to_vector<double>());
+  return out;
+}
+
+// max_i |a_i - b_i| / max(max_i |b_i|, tiny): the difference relative to the tensor's scale.
+double relative_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0, scale = 1e-300;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    diff = std::max(diff, std::fabs(a[i] - b[i]));
+    scale = std::max(scale, std::fabs(b[i]));
+  }
+  return diff / scale;
+}
+
+RobertaConfig dropout_config() {
+  RobertaConfig c = tiny_config();
+  c.hidden_dropout = 0.1;
+  c.attention_dropout = 0.1;
+  return c;
+}
+
+}  // namespace
+
+// The property data-parallel training needs: with dropout (0.1 on the hidden states and the
+// attention probabilities, training on, f64), a sequence's outputs and its contribution to every
+// parameter gradient depend on its id and tokens only, not on the batch it is packed into, its
+// place there or its neighbours. One batch of five against the same sequences in three smaller
+// batches in another order, gradients summed: equal to rounding (the sums run in another order);
+// the largest differences measured are printed.
+TEST(RobertaEncoder, DropoutFollowsSequenceIdsAcrossBatchSplits) {
+  for (const bool causal : {false, true}) {
+    SCOPED_TRACE(causal ? "causal" : "bidirectional");
+    RobertaEncoder enc(dropout_config(), DType::f64, Device::cpu());
+    randomise_all(enc.parameters(), 23);
+    const IdBatch data;
+    ForwardOptions opts;
+    opts.causal = causal;
+    opts.training = true;
+    opts.seed = 77;
+    opts.step = 12;
+    const PassResult whole = run_groups(enc, data, {{0, 1, 2, 3, 4}}, opts, data.ids);
+    const PassResult split = run_groups(enc, data, {{3, 0}, {4}, {2, 1}}, opts, data.ids);
+    double worst_hidden = 0, worst_grad = 0;
+    for (size_t s = 0; s < data.tokens.size(); ++s) {
+      const double diff = relative_difference(split.hidden[s], whole.hidden[s]);
+      EXPECT_LE(diff, 1e-13) << "hidden states of sequence " << s;
+      worst_hidden = std::max(worst_hidden, diff);
+    }
+    const ParameterList params = enc.parameters();
+    for (size_t k = 0; k < params.size(); ++k) {
+      if (params[k]->name.find("attention.self.key.bias") != std::string::npos) {
+        // Exactly 0 (the softmax cancels it): rounding noise on both sides, nothing to scale by.
+        for (size_t i = 0; i < whole.grads[k].size(); ++i)
+          EXPECT_NEAR(split.grads[k][i], whole.grads[k][i], 1e-14) << params[k]->name;
+        continue;
+      }
+      const double diff = relative_difference(split.grads[k], whole.grads[k]);
+      EXPECT_LE(diff, 1e-13) << params[k]->name;
+      worst_grad = std::max(worst_grad, diff);
+    }
+    std::cout << "  " << (causal ? "causal" : "bidirectional")
+              << ": split vs whole batch, largest relative difference: hidden states "
+              << worst_hidden << ", parameter gradients " << worst_grad << "\n";
+
+    // Dropout is on and matters: the same batch with training off differs.
+    ForwardOptions eval = opts;
+    eval.training = false;
+    const PassResult no_dropout = run_groups(enc, data, {{0, 1, 2, 3, 4}}, eval, data.ids);
+    EXPECT_GT(relative_difference(no_dropout.hidden[0], whole.hidden[0]), 1e-3);
+  }
+}
+
+// Another id for one sequence redraws that sequence's masks and no other's: its hidden states
+// change, every other sequence's stay exactly as they were.
+TEST(RobertaEncoder, ChangingASequenceIdChangesOnlyThatSequence) {
+  RobertaEncoder enc(dropout_config(), DType::f64, Device::cpu());
+  randomise_all(enc.parameters(), 24);
+  const IdBatch data;
+  ForwardOptions opts;
+  opts.training = true;
+  opts.seed = 78;
+  opts.step = 3;
+  const std::vector<std::vector<size_t>> all = {{0, 1, 2, 3, 4}};
+  const PassResult base = run_groups(enc, data, all, opts, data.ids);
+  std::vector<uint64_t> renamed = data.ids;
+  renamed[2] += 1;
+  const PassResult other = run_groups(enc, data, all, opts, renamed);
+  for (size_t s = 0; s < data.tokens.size(); ++s) {
+    if (s == 2)
+      EXPECT_GT(relative_difference(other.hidden[s], base.hidden[s]), 1e-3) << "sequence 2";
+    else
+      EXPECT_EQ(other.hidden[s], base.hidden[s]) << "sequence " << s;
+  }
+}
+
+// Without ids a batch's sequence b has id b: the same masks as ids {0, 1, ...}. Without dropout
+// (training off: evaluation) ids take no part at all, so results are those of any ids.
+TEST(RobertaEncoder, WithoutIdsSequenceBHasIdB) {
+  RobertaEncoder enc(dropout_config(), DType::f64, Device::cpu());
+  randomise_all(enc.parameters(), 25);
+  const IdBatch data;
+  ForwardOptions opts;
+  opts.training = true;
+  opts.seed = 79;
+  const std::vector<std::vector<size_t>> all = {{0, 1, 2, 3, 4}};
+  const PassResult by_default = run_groups(enc, data, all, opts, {});
+  const PassResult by_index = run_groups(enc, data, all, opts, {0, 1, 2, 3, 4});
+  EXPECT_EQ(by_default.hidden, by_index.hidden);
+  EXPECT_EQ(by_default.grads, by_index.grads);
+
+  opts.training = false;
+  const PassResult eval_default = run_groups(enc, data, all, opts, {});
+  const PassResult eval_ids = run_groups(enc, data, all, opts, data.ids);
+  EXPECT_EQ(eval_default.hidden, eval_ids.hidden);
+  EXPECT_EQ(eval_default.grads, eval_ids.grads);
+
+  EXPECT_EQ(TokenBatch::from_sequences(data.tokens, 1, Device::cpu()).seqs.host_ids,
+            (std::vector<uint64_t>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(TokenBatch::from_sequences(data.tokens, 1, Device::cpu(), data.ids).seqs.host_ids,
+            data.ids);
+  try {
+    TokenBatch::from_packed({5, 6, 7}, {0, 1, 3}, 1, Device::cpu(), {9});
+    FAIL() << "no exception";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("1 sequence ids for 2 sequences"), std::string::npos)
+        << e.what();
   }
 }
 
