@@ -1,0 +1,61 @@
+// StopSignals (train/stop_signals.h): the first SIGTERM or SIGUSR1 is a stop request the loop
+// reads; a second one ends the process as the default action would; the destructor puts the
+// previous handlers back. Each case runs in a forked child, so that a signal's default action
+// ends the child and not the test program.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <functional>
+
+#include "train/stop_signals.h"
+
+using qarac::StopSignals;
+
+namespace {
+
+// Runs `body` in a child process; returns its wait status.
+int in_child(const std::function<int()>& body) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(body());
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+TEST(StopSignals, FirstSignalIsARequest) {
+  for (const int sig : {SIGTERM, SIGUSR1}) {
+    const int status = in_child([sig] {
+      StopSignals stop;
+      if (stop.received() != 0) return 1;
+      raise(sig);
+      return stop.received() == sig ? 0 : 2;
+    });
+    ASSERT_TRUE(WIFEXITED(status)) << "signal " << sig << " ended the process";
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "signal " << sig;
+  }
+}
+
+TEST(StopSignals, SecondSignalEndsTheProcessAtOnce) {
+  const int status = in_child([] {
+    StopSignals stop;
+    raise(SIGUSR1);
+    raise(SIGTERM);  // the default action: terminated by SIGTERM
+    return 3;
+  });
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the second signal did not end the process";
+  EXPECT_EQ(WTERMSIG(status), SIGTERM);
+}
+
+TEST(StopSignals, DestructorRestoresThePreviousHandlers) {
+  const int status = in_child([] {
+    { StopSignals stop; }
+    raise(SIGTERM);  // no handler any more: the default action
+    return 4;
+  });
+  ASSERT_TRUE(WIFSIGNALED(status));
+  EXPECT_EQ(WTERMSIG(status), SIGTERM);
+}
+
+}  // namespace
