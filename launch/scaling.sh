@@ -7,9 +7,9 @@
 #     --mode M             weak, strong or both (default both)
 #     --steps N            steps of each run (default 30)
 #     --warmup-steps K     first steps left out of the averages (default 5; K < N)
-#     --tokens G           token budget per task (default 1024): weak scaling gives each rank of a
-#                          task G tokens per step; strong scaling keeps each task's global batch at
-#                          G, so a rank of task t gets G / n_t (n_t: ranks running t)
+#     --batch B            examples per task (default 48): strong scaling keeps each task's global
+#                          batch at B (task.<t>.batch B) for every W; weak scaling keeps each rank's
+#                          share at B, so task t's global batch is B · n_t (n_t: ranks running t)
 #     --launcher L         local (launch/train-local.sh, default) or srun (srun --mpi=pmix -n W,
 #                          inside a Slurm allocation; extra srun options in QARAC_SRUN_OPTS)
 #     --device D           cpu (default) or cuda
@@ -26,13 +26,13 @@
 #                          --warmup-steps) and write the CSV and the plot again
 # e.g. on a GPU node, roberta-base in bf16:
 #   bash launch/scaling.sh --ranks 1,2,4,8 --device cuda --config launch/configs/qarac-roberta-base.ini \
-#       --base models/roberta-base --data prepared --tokens 8192 -- --train.dtype bf16
+#       --base models/roberta-base --data prepared --batch 256 -- --train.dtype bf16
 #
 # Task plans: W a multiple of 4 runs ed:W/4,qa:W/4,rs:W/4,cs:W/4; W < 4 runs auto (a rank runs
 # several tasks, each task on one rank); any other W > 4 runs floor(W/4) ranks per task plus one
 # more for each of the first W mod 4 of ed, rs, qa, cs (the costliest first), written out
-# explicitly so that the strong-scaling budgets G / n_t are exact. For W <= 4 every task runs on
-# one rank, so its global batch is one rank's batch and weak and strong scaling are the same
+# explicitly so that the weak-scaling global batches B · n_t are known. For W <= 4 every task runs
+# on one rank, so its global batch is one rank's share and weak and strong scaling are the same
 # run: it runs once and gives both rows.
 # Every run evaluates nothing (--eval.dir '' --eval.every 0) and checkpoints only at its end
 # (--checkpoint.every 0: qarac-train always writes a final checkpoint and export, after the
@@ -58,7 +58,7 @@ ranks_list=1,2,4
 mode=both
 steps=30
 warmup=5
-tokens=1024
+batch=48
 launcher=local
 device=cpu
 config=$repo/launch/configs/quickstart.ini
@@ -71,14 +71,14 @@ summarise_only=0
 train_args=()
 while (($#)); do
   case "$1" in
-    --ranks|--mode|--steps|--warmup-steps|--tokens|--launcher|--device|--config|--base|--data|--tokenizer|--out)
+    --ranks|--mode|--steps|--warmup-steps|--batch|--launcher|--device|--config|--base|--data|--tokenizer|--out)
       (($# >= 2)) || die "$1 needs a value (see --help)"
       case "$1" in
         --ranks) ranks_list=$2 ;;
         --mode) mode=$2 ;;
         --steps) steps=$2 ;;
         --warmup-steps) warmup=$2 ;;
-        --tokens) tokens=$2 ;;
+        --batch) batch=$2 ;;
         --launcher) launcher=$2 ;;
         --device) device=$2 ;;
         --config) config=$(realpath -m -- "$2") ;;
@@ -102,7 +102,7 @@ cd "$repo"
 # --- The options.
 positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, not '$2'"; }
 positive --steps "$steps"
-positive --tokens "$tokens"
+positive --batch "$batch"
 [[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup-steps must be a non-negative integer, not '$warmup'"
 ((warmup < steps)) || die "--warmup-steps $warmup leaves no step of --steps $steps to time"
 case "$mode" in
@@ -123,8 +123,8 @@ for arg in "${train_args[@]}"; do
   key=${arg%%=*}
   case "$key" in
     --output|--resume|--config|--model.base|--data.dir|--train.steps|--train.device|--parallel.tasks|\
-    --task.*.tokens|--eval.every|--eval.dir|--checkpoint.every)
-      die "$key after -- is set by $me for every run (see --help: --out, --config, --base, --data, --steps, --device, --tokens)" ;;
+    --task.*.batch|--eval.every|--eval.dir|--checkpoint.every)
+      die "$key after -- is set by $me for every run (see --help: --out, --config, --base, --data, --steps, --device, --batch)" ;;
   esac
 done
 
@@ -274,10 +274,9 @@ if ! ((summarise_only)); then
       budgets=()
       budget_text=""
       for i in "${!tasks[@]}"; do
-        b=$tokens
-        [ "$m" = weak ] || b=$((tokens / n_t[i]))
-        ((b >= 1)) || die "strong scaling: --tokens $tokens over ${n_t[i]} ranks of ${tasks[i]} leaves no token per rank"
-        budgets+=("--task.${tasks[i]}.tokens" "$b")
+        b=$batch
+        [ "$m" = strong ] || b=$((batch * n_t[i]))
+        budgets+=("--task.${tasks[i]}.batch" "$b")
         budget_text+="${budget_text:+ }${tasks[i]} $b"
       done
       run_args=(--config "$config" --output "$out/runs/$name" --model.base "$base" --data.dir "$data"
@@ -296,7 +295,7 @@ if ! ((summarise_only)); then
       fi
       what=$m
       if ((w <= 4 && ${#modes[@]} == 2)); then what="weak = strong"; fi
-      echo "   [$index/$total] W=$w ($what), plan $plan, tokens per rank: $budget_text"
+      echo "   [$index/$total] W=$w ($what), plan $plan, global batches: $budget_text"
       t0=$SECONDS
       { printf '%q ' "${cmd[@]}"; printf '\n'; } >"$logs/$name.cmd"
       logged "$name" "${cmd[@]}"
@@ -380,7 +379,7 @@ for m in "${modes[@]}"; do
   effic+=("'$f' using 1:3 with linespoints $(style "$m") title '$m'")
 done
 xtics=$(printf '%s,' "${world_sizes[@]}")
-title="QARAC-MT scaling: $device, $launcher, $tokens tokens per task, $steps steps ($warmup warm-up)"
+title="QARAC-MT scaling: $device, $launcher, $batch examples per task (strong) or per rank (weak), $steps steps ($warmup warm-up)"
 title=${title//\'/\'\'}
 {
   echo "set terminal svg size 1500,560 dynamic background rgb 'white' font 'sans,13' noenhanced"

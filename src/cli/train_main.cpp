@@ -1,5 +1,5 @@
 // qarac-train: fine-tunes the three QARAC models from a pre-trained RoBERTa on the four
-// objectives at once (DESIGN.md §1, §4, §6), or (model.mode mlm) pre-trains a RoBERTa base.
+// objectives at once (docs/design.md §1, §4, §6), or (model.mode mlm) pre-trains a RoBERTa base.
 // Options come from an INI file (--config) and the command line; every input error is one line
 // and exit status 2, reported before the output directory is created. Under mpirun or srun every
 // process is one rank of the task plan; a rank that fails (an error, a communication timeout, a

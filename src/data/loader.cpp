@@ -1,11 +1,11 @@
-// The per-rank loader: share reading, the deterministic shuffle, token-budget batching and the
-// cursor. A share is read whole at construction (two hyperslab reads per field) and kept in
-// memory: shuffling needs random access, and a rank's share is 1/n of one task stream.
+// The loader: the whole-stream reading, the deterministic shuffle, global batches and their
+// division among a task's ranks, micro-batches, and the cursor. A stream is read whole at
+// construction (one read per field) and kept in memory: the global order needs random access to
+// every example, on every rank of the task (docs/data-format.md states the limit).
 #include "data/loader.h"
 
 #include <algorithm>
 #include <cstring>
-#include <tuple>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -33,11 +33,36 @@ RankPlan RankPlan::single() {
   return plan;
 }
 
-std::pair<int64_t, int64_t> share_of(int64_t n, int group_rank, int group_size) {
-  QARAC_CHECK(group_size > 0 && group_rank >= 0 && group_rank < group_size, "rank ", group_rank,
-              " of ", group_size);
-  const auto bound = [&](int r) { return n * r / group_size; };
-  return {bound(group_rank), bound(group_rank + 1)};
+std::vector<int> divide_batch(const std::vector<int64_t>& tokens, int ranks) {
+  QARAC_CHECK(ranks > 0, "dividing a batch among ", ranks, " ranks");
+  std::vector<size_t> by_size(tokens.size());
+  for (size_t i = 0; i < by_size.size(); ++i) by_size[i] = i;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) { return tokens[a] > tokens[b]; });
+  std::vector<int64_t> load(static_cast<size_t>(ranks), 0);
+  std::vector<int> owner(tokens.size(), 0);
+  for (size_t i : by_size) {
+    const size_t r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = static_cast<int>(r);
+    load[r] += tokens[i];
+  }
+  return owner;
+}
+
+constexpr int kEpochBits = 22, kPositionBits = 40;
+
+uint64_t example_id(Task task, int64_t epoch, int64_t position) {
+  QARAC_CHECK(epoch >= 0 && epoch < (int64_t{1} << kEpochBits) && position >= 0 &&
+                  position < (int64_t{1} << kPositionBits),
+              "example identity: epoch ", epoch, ", position ", position, " out of range");
+  return (static_cast<uint64_t>(task) << (kEpochBits + kPositionBits)) |
+         (static_cast<uint64_t>(epoch) << kPositionBits) | static_cast<uint64_t>(position);
+}
+
+ExampleIdentity decode_example_id(uint64_t id) {
+  const uint64_t position_mask = (uint64_t{1} << kPositionBits) - 1;
+  const uint64_t epoch_mask = (uint64_t{1} << kEpochBits) - 1;
+  return {static_cast<Task>(id >> (kEpochBits + kPositionBits)),
+          static_cast<int64_t>((id >> kPositionBits) & epoch_mask), static_cast<int64_t>(id & position_mask)};
 }
 
 std::vector<int64_t> shuffled_order(int64_t n, uint64_t seed, int64_t epoch, Task task) {
@@ -83,17 +108,48 @@ int64_t TaskBatch::tokens() const {
   return n;
 }
 
+std::vector<TaskBatch> TaskBatch::split(int64_t max_tokens) const {
+  QARAC_CHECK(max_tokens >= 0, "micro-batch size ", max_tokens);
+  std::vector<TaskBatch> out;
+  int64_t used = 0;
+  for (int64_t b = 0; b < count(); ++b) {
+    int64_t cost = 0;
+    for (const PackedField& f : fields) cost += f.length(b);
+    if (out.empty() || (max_tokens > 0 && out.back().count() > 0 && used + cost > max_tokens)) {
+      out.emplace_back();
+      TaskBatch& m = out.back();
+      m.task = task;
+      m.global_count = global_count;
+      m.global_tokens = global_tokens;
+      m.fields.resize(fields.size());
+      for (PackedField& f : m.fields) f.starts.push_back(0);
+      used = 0;
+    }
+    TaskBatch& m = out.back();
+    used += cost;
+    m.examples.push_back(examples[static_cast<size_t>(b)]);
+    if (!ids.empty()) m.ids.push_back(ids[static_cast<size_t>(b)]);
+    if (!labels.empty()) m.labels.push_back(labels[static_cast<size_t>(b)]);
+    for (size_t f = 0; f < fields.size(); ++f) {
+      const PackedField& src = fields[f];
+      PackedField& dst = m.fields[f];
+      dst.tokens.insert(dst.tokens.end(), src.tokens.begin() + src.starts[static_cast<size_t>(b)],
+                        src.tokens.begin() + src.starts[static_cast<size_t>(b) + 1]);
+      dst.starts.push_back(static_cast<int32_t>(dst.tokens.size()));
+    }
+  }
+  return out;
+}
+
 Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(options) {
   QARAC_INPUT_CHECK(plan.world_size > 0 && plan.rank >= 0 && plan.rank < plan.world_size,
                     "task plan: rank ", plan.rank, " of a world of ", plan.world_size);
   QARAC_INPUT_CHECK(!plan.tasks.empty(), "the task plan gives rank ", plan.rank, " no task");
-  QARAC_INPUT_CHECK(options.token_budget > 0, "the token budget must be positive, got ",
-                    options.token_budget);
-  QARAC_INPUT_CHECK(options.max_examples >= 0, "max examples must be >= 0, got ",
-                    options.max_examples);
+  QARAC_INPUT_CHECK(options.global_batch > 0, "the global batch must be positive, got ",
+                    options.global_batch);
   std::string hash = options.tokenizer_hash, hash_source = "the configured tokenizer";
   for (const TaskSlot& slot : plan.tasks) {
-    for (const Share& other : shares_)
+    for (const Stream& other : streams_)
       QARAC_INPUT_CHECK(other.slot.task != slot.task, "the task plan gives rank ", plan.rank,
                         " task ", task_name(slot.task), " twice");
     QARAC_INPUT_CHECK(slot.group_size > 0 && slot.group_rank >= 0 && slot.group_rank < slot.group_size,
@@ -111,57 +167,64 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
                       file.info().tokenizer_hash, ", but ", hash_source, " has ", hash,
                       " (rerun qarac-prep with one tokenizer)");
 
-    Share s;
+    Stream s;
     s.slot = slot;
     s.info = file.info();
-    std::tie(s.begin, s.end) = share_of(file.examples(), slot.group_rank, slot.group_size);
-    QARAC_INPUT_CHECK(s.end > s.begin, path, ": ", file.examples(), " examples cannot be shared by ",
-                      slot.group_size, " ranks (rank ", slot.group_rank, " would get none)");
-    const int64_t n = s.end - s.begin;
-    s.cost.assign(static_cast<size_t>(n), 0);
+    s.size = file.examples();
+    QARAC_INPUT_CHECK(s.size > 0, path, ": holds no example");
+    s.cost.assign(static_cast<size_t>(s.size), 0);
     for (size_t f = 0; f < task_fields(slot.task).size(); ++f) {
-      s.fields.push_back(file.read_field(static_cast<int>(f), s.begin, s.end));
-      for (int64_t i = 0; i < n; ++i) s.cost[i] += s.fields.back().length(i);
+      s.fields.push_back(file.read_field(static_cast<int>(f), 0, s.size));
+      for (int64_t i = 0; i < s.size; ++i) s.cost[i] += s.fields.back().length(i);
     }
-    if (task_has_label(slot.task)) s.labels = file.read_labels(s.begin, s.end);
-    s.order = shuffled_order(n, options.seed, 0, slot.task);
-    log::debug(task_name(slot.task), ": rank ", slot.group_rank, "/", slot.group_size,
-               " reads examples [", s.begin, ", ", s.end, ") of ", path);
-    shares_.push_back(std::move(s));
+    if (task_has_label(slot.task)) s.labels = file.read_labels(0, s.size);
+    s.order = shuffled_order(s.size, options.seed, 0, slot.task);
+    log::debug(task_name(slot.task), ": rank ", slot.group_rank, "/", slot.group_size, " holds the ",
+               s.size, " examples of ", path);
+    streams_.push_back(std::move(s));
   }
 }
 
-// Takes examples in shuffled order while they fit the budget (always at least one, so that an
-// example longer than the budget is still seen) and never past the end of the epoch, so that no
-// batch holds an example twice.
-TaskBatch Loader::draw(Share& s) {
-  const int64_t n = s.end - s.begin;
-  if (s.position == n) {
-    ++s.epoch;
-    s.position = 0;
-    s.order = shuffled_order(n, options_.seed, s.epoch, s.slot.task);
-  }
+// The next N examples of the global order (going on into the next epoch's order at the end of
+// an epoch), divided among the task's ranks; this rank keeps its part, in batch order.
+TaskBatch Loader::draw(Stream& s) {
+  struct Entry {
+    int64_t index;  // in the file
+    uint64_t id;
+  };
+  std::vector<Entry> global;
+  std::vector<int64_t> tokens;
+  const int64_t n = options_.global_batch;
   TaskBatch batch;
   batch.task = s.slot.task;
-  batch.epoch = s.epoch;
+  batch.global_count = n;
+  while (static_cast<int64_t>(global.size()) < n) {
+    if (s.position == s.size) {
+      ++s.epoch;
+      s.position = 0;
+      s.order = shuffled_order(s.size, options_.seed, s.epoch, s.slot.task);
+    }
+    const int64_t index = s.order[static_cast<size_t>(s.position)];
+    global.push_back({index, example_id(s.slot.task, s.epoch, s.position)});
+    tokens.push_back(s.cost[static_cast<size_t>(index)]);
+    batch.global_tokens += s.cost[static_cast<size_t>(index)];
+    ++s.position;
+  }
+  const std::vector<int> owner = divide_batch(tokens, s.slot.group_size);
   batch.fields.resize(s.fields.size());
   for (PackedField& f : batch.fields) f.starts.push_back(0);
-  int64_t used = 0;
-  while (s.position < n) {
-    const int64_t local = s.order[s.position];
-    if (batch.count() > 0 && (used + s.cost[local] > options_.token_budget ||
-                              (options_.max_examples > 0 && batch.count() >= options_.max_examples)))
-      break;
-    used += s.cost[local];
-    batch.examples.push_back(s.begin + local);
+  for (size_t i = 0; i < global.size(); ++i) {
+    if (owner[i] != s.slot.group_rank) continue;
+    const int64_t index = global[i].index;
+    batch.examples.push_back(index);
+    batch.ids.push_back(global[i].id);
     for (size_t f = 0; f < s.fields.size(); ++f) {
       const Ragged& src = s.fields[f];
       PackedField& dst = batch.fields[f];
-      dst.tokens.insert(dst.tokens.end(), src.begin(local), src.begin(local) + src.length(local));
+      dst.tokens.insert(dst.tokens.end(), src.begin(index), src.begin(index) + src.length(index));
       dst.starts.push_back(static_cast<int32_t>(dst.tokens.size()));
     }
-    if (!s.labels.empty()) batch.labels.push_back(static_cast<float>(s.labels[local]));
-    ++s.position;
+    if (!s.labels.empty()) batch.labels.push_back(static_cast<float>(s.labels[static_cast<size_t>(index)]));
   }
   return batch;
 }
@@ -169,38 +232,34 @@ TaskBatch Loader::draw(Share& s) {
 StepBatch Loader::next() {
   StepBatch step;
   step.step = step_++;
-  for (Share& s : shares_) step.tasks.push_back(draw(s));
+  for (Stream& s : streams_) step.tasks.push_back(draw(s));
   return step;
 }
 
 LoaderCursor Loader::cursor() const {
   LoaderCursor c;
   c.step = step_;
-  for (const Share& s : shares_) c.tasks.push_back({s.slot.task, s.epoch, s.position, s.begin, s.end});
+  for (const Stream& s : streams_) c.tasks.push_back({s.slot.task, s.epoch, s.position});
   return c;
 }
 
 void Loader::restore(const LoaderCursor& c) {
-  QARAC_INPUT_CHECK(c.tasks.size() == shares_.size(), "data cursor: ", c.tasks.size(),
-                    " tasks, this rank runs ", shares_.size());
+  QARAC_INPUT_CHECK(c.tasks.size() == streams_.size(), "data cursor: ", c.tasks.size(),
+                    " tasks, this rank runs ", streams_.size());
   QARAC_INPUT_CHECK(c.step >= 0, "data cursor: negative step ", c.step);
-  for (size_t i = 0; i < shares_.size(); ++i) {
+  for (size_t i = 0; i < streams_.size(); ++i) {
     const TaskCursor& t = c.tasks[i];
-    const Share& s = shares_[i];
+    const Stream& s = streams_[i];
     QARAC_INPUT_CHECK(t.task == s.slot.task, "data cursor: task ", i, " is ", task_name(t.task),
                       ", this rank runs ", task_name(s.slot.task));
-    QARAC_INPUT_CHECK(t.share_begin == s.begin && t.share_end == s.end, "data cursor: ",
-                      task_name(t.task), " share [", t.share_begin, ", ", t.share_end,
-                      ") differs from this rank's [", s.begin, ", ", s.end,
-                      ") (another task plan or other data)");
-    QARAC_INPUT_CHECK(t.epoch >= 0 && t.position >= 0 && t.position <= s.end - s.begin,
-                      "data cursor: ", task_name(t.task), " position ", t.position, " of epoch ",
-                      t.epoch, " is outside the share of ", s.end - s.begin);
+    QARAC_INPUT_CHECK(t.epoch >= 0 && t.position >= 0 && t.position <= s.size, "data cursor: ",
+                      task_name(t.task), " position ", t.position, " of epoch ", t.epoch,
+                      " is outside the stream of ", s.size, " examples (other data?)");
   }
   step_ = c.step;
-  for (size_t i = 0; i < shares_.size(); ++i) {
-    Share& s = shares_[i];
-    if (s.epoch != c.tasks[i].epoch) s.order = shuffled_order(s.end - s.begin, options_.seed, c.tasks[i].epoch, s.slot.task);
+  for (size_t i = 0; i < streams_.size(); ++i) {
+    Stream& s = streams_[i];
+    if (s.epoch != c.tasks[i].epoch) s.order = shuffled_order(s.size, options_.seed, c.tasks[i].epoch, s.slot.task);
     s.epoch = c.tasks[i].epoch;
     s.position = c.tasks[i].position;
   }

@@ -1,15 +1,16 @@
-// The per-rank data loader (DESIGN §4, §6). A rank reads, from each task-stream file of the tasks
-// it runs, only its own share: a contiguous block of examples, disjoint from the other ranks of
-// that task and together covering the stream. Each step it hands out one batch of every task:
-// examples in an order shuffled from (seed, epoch, task), as many as fit a token budget; a
-// share that runs out starts its next epoch, so shorter streams repeat and no step lacks a task.
-// Its position is a small cursor that a checkpoint saves; restoring it continues the exact same
-// sequence of batches.
+// The data loader (docs/design.md §4, §6): one global data order per task, the same on every rank
+// and for every world size. Each rank that runs a task keeps the task's whole stream in memory; the
+// order of epoch e is a permutation of the whole stream, a pure function of (seed, epoch, task),
+// cut into consecutive global batches of the task's N examples (a batch crossing the end of an
+// epoch goes on in the next epoch's order, so every step has N examples of every task). Each
+// global batch is divided among the task's n ranks by a deterministic rule that balances tokens
+// (divide_batch); a rank hands out its part, in the batch's order, with each example's global
+// identity (task, epoch, position in the epoch's order). The cursor (epoch, position) is global:
+// the same on every rank, which is what lets a checkpoint resume at another world size.
 #pragma once
 
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -35,20 +36,30 @@ struct RankPlan {
   static RankPlan single();
 };
 
-// The examples [begin, end) of a stream of n that rank `group_rank` of `group_size` reads:
-// contiguous blocks in rank order whose sizes differ by at most one.
-std::pair<int64_t, int64_t> share_of(int64_t n, int group_rank, int group_size);
+// Which of `ranks` ranks runs each example of a global batch whose examples have `tokens` tokens
+// (all fields), in batch order: examples by decreasing token count (ties: earlier in the batch
+// first), each to the rank with the fewest tokens so far (ties: the lowest rank). A pure function,
+// so every rank computes the same division; with fewer examples than ranks some get none.
+std::vector<int> divide_batch(const std::vector<int64_t>& tokens, int ranks);
+
+// An example's global identity packed into 64 bits: task (2 bits), epoch (22 bits), position in
+// the epoch's order (40 bits). Dropout masks keyed by it are the same whatever the layout.
+uint64_t example_id(Task task, int64_t epoch, int64_t position);
+struct ExampleIdentity {
+  Task task;
+  int64_t epoch, position;
+};
+ExampleIdentity decode_example_id(uint64_t id);
 
 // A permutation of 0..n-1, a pure function of (seed, epoch, task): the same on every machine and
 // compiler (Philox draws, Fisher-Yates), so a restored cursor finds the same order again.
 std::vector<int64_t> shuffled_order(int64_t n, uint64_t seed, int64_t epoch, Task task);
 
 struct LoaderOptions {
-  std::string data_dir;         // holds <task_name>.h5 as qarac-prep writes them
+  std::string data_dir;        // holds <task_name>.h5 as qarac-prep writes them
   uint64_t seed = 0;
-  int64_t token_budget = 8192;  // per task and step: the tokens of all fields of a batch
-  int64_t max_examples = 0;     // per task and step; 0: no limit besides the budget
-  std::string tokenizer_hash;   // non-empty: every file must come from this tokenizer
+  int64_t global_batch = 64;   // examples of a task per optimizer step, over all its ranks
+  std::string tokenizer_hash;  // non-empty: every file must come from this tokenizer
 };
 
 // One field of a batch without padding: sequence b is tokens[starts[b], starts[b+1]).
@@ -69,31 +80,37 @@ struct PaddedField {
 };
 PaddedField pad(const PackedField& field, int32_t pad_id);
 
+// This rank's part of a task's global batch (or a whole batch, or a micro-batch of a part).
 struct TaskBatch {
   Task task = Task::encode_decode;
-  int64_t epoch = 0;                // the epoch of this rank's share the batch belongs to
   std::vector<int64_t> examples;    // indices of the examples in the task file
+  std::vector<uint64_t> ids;        // example_id of each example (empty: none given)
   std::vector<PackedField> fields;  // task_fields(task) order
   std::vector<float> labels;        // consistency: +1, 0, -1 per example; empty otherwise
+  int64_t global_count = 0;         // examples of the global batch this is part of (N)
+  int64_t global_tokens = 0;        // tokens of that global batch (all fields, all ranks)
 
   int64_t count() const { return static_cast<int64_t>(examples.size()); }
   int64_t tokens() const;  // over all fields
   PaddedField padded(int field, int32_t pad_id) const { return pad(fields[field], pad_id); }
+  // Consecutive micro-batches of at most `max_tokens` tokens each, in order, every one holding at
+  // least one example (an example longer than that runs alone); max_tokens 0: the batch whole.
+  // No micro-batch for an empty batch.
+  std::vector<TaskBatch> split(int64_t max_tokens) const;
 };
 
-// One step's data: a batch of every task of the rank, in plan order.
+// One step's data: this rank's part of every task's global batch, in plan order.
 struct StepBatch {
   int64_t step = 0;
   std::vector<TaskBatch> tasks;
 };
 
-// Where a task's share stands: the next batch starts at `position` of the order of `epoch`.
-// The share bounds let restore() refuse a cursor saved under another plan or other data.
+// Where a task's stream stands: the next global batch starts at `position` of the order of
+// `epoch`. The same on every rank of the task.
 struct TaskCursor {
   Task task = Task::encode_decode;
   int64_t epoch = 0;
   int64_t position = 0;
-  int64_t share_begin = 0, share_end = 0;
 };
 
 struct LoaderCursor {
@@ -103,33 +120,34 @@ struct LoaderCursor {
 
 class Loader {
  public:
-  // Opens <data_dir>/<task>.h5 for every task of the plan and reads this rank's share of it.
-  // InputError when a file is missing or invalid, the files disagree on the tokenizer, or a
-  // share would be empty (fewer examples than ranks).
+  // Opens <data_dir>/<task>.h5 for every task of the plan and reads the whole stream. InputError
+  // when a file is missing, invalid or empty, or the files disagree on the tokenizer.
   Loader(const RankPlan& plan, const LoaderOptions& options);
 
+  // This rank's part of every task's next global batch, in plan order.
   StepBatch next();
   LoaderCursor cursor() const;  // the position of the next call to next()
+  // InputError when the cursor names other tasks or lies outside a stream (other data).
   void restore(const LoaderCursor& cursor);
 
-  const StreamInfo& info(size_t slot) const { return shares_[slot].info; }
-  int64_t share_size(size_t slot) const { return shares_[slot].end - shares_[slot].begin; }
+  const StreamInfo& info(size_t slot) const { return streams_[slot].info; }
+  int64_t stream_size(size_t slot) const { return streams_[slot].size; }
 
  private:
-  struct Share {
+  struct Stream {
     TaskSlot slot;
     StreamInfo info;
-    int64_t begin = 0, end = 0;        // the share in the file
-    std::vector<Ragged> fields;        // the share's tokens, field by field
+    int64_t size = 0;              // examples in the file
+    std::vector<Ragged> fields;    // the whole stream's tokens, field by field
     std::vector<int8_t> labels;
-    std::vector<int64_t> cost;         // tokens of all fields, per example of the share
-    std::vector<int64_t> order;        // shuffled_order of the current epoch
+    std::vector<int64_t> cost;     // tokens of all fields, per example
+    std::vector<int64_t> order;    // shuffled_order of the current epoch
     int64_t epoch = 0, position = 0;
   };
-  TaskBatch draw(Share& share);
+  TaskBatch draw(Stream& stream);
 
   LoaderOptions options_;
-  std::vector<Share> shares_;
+  std::vector<Stream> streams_;
   int64_t step_ = 0;
 };
 

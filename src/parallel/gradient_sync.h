@@ -1,13 +1,14 @@
 // Gradient reduction of the parallel multi-task trainer (docs/design.md §4). The parameters fall
 // into groups, one per model (a shared encoder base is a group of its own, written by QE and AE),
 // and each group is held by the ranks whose tasks use its models. A group is reduced (SUM over its
-// holders, the gradients already scaled by w_t / n_t) in buckets of about --parallel.bucket_mb,
-// formed from the last parameter back, the order the backward pass finishes them. During a
-// model's last backward pass of the step on this rank, each bucket starts as soon as it and the
-// buckets before it are complete (the same order on every holder, as collectives require),
-// asynchronously — on CUDA on a stream of its own, overlapping the rest of the backward pass —
-// and everything is waited for, with the timeout, before the update. Every holder then applies
-// the same update to the same sums, so replicas stay identical; check_replicas() verifies it.
+// holders, each rank's gradients already scaled by its share of the global batches) in buckets
+// of about --parallel.bucket_mb, formed from the last parameter back, the order the backward pass
+// finishes them. During a model's last backward pass of the step on this rank, each bucket
+// starts as soon as it and the buckets before it are complete (the same order on every holder,
+// as collectives require), asynchronously — on CUDA on a stream of its own, overlapping the rest
+// of the backward pass — and everything is waited for, with the timeout, before the update.
+// Every holder then applies the same update to the same sums, so replicas stay identical;
+// check_replicas() verifies it.
 #pragma once
 
 #include <cstdint>

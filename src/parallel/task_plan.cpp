@@ -261,16 +261,14 @@ std::string TaskPlan::table() const {
   std::ostringstream os;
   char line[160];
   os << "task plan: " << world_size_ << (world_size_ == 1 ? " rank" : " ranks") << "\n";
-  std::snprintf(line, sizeof line, "  %-24s %-12s %8s %12s  %s\n", "task", "ranks", "weight",
-                "grad scale", "models");
+  std::snprintf(line, sizeof line, "  %-24s %-12s %8s  %s\n", "task", "ranks", "weight", "models");
   os << line;
   for (int t = 0; t < kTaskCount; ++t) {
     const Task task = task_at(t);
     if (ranks_of(task).empty()) continue;  // a single-task plan
     const std::string name = std::string(data::task_name(task)) + " (" + data::task_short_name(task) + ")";
-    std::snprintf(line, sizeof line, "  %-24s %-12s %8.4g %12.4g  %s\n", name.c_str(),
-                  rank_list(ranks_of(task)).c_str(), weight(task), gradient_scale(task),
-                  model_list(models_of(task)).c_str());
+    std::snprintf(line, sizeof line, "  %-24s %-12s %8.4g  %s\n", name.c_str(),
+                  rank_list(ranks_of(task)).c_str(), weight(task), model_list(models_of(task)).c_str());
     os << line;
   }
   std::snprintf(line, sizeof line, "  %-6s %-20s %s\n", "rank", "tasks", "models");

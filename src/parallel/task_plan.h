@@ -1,9 +1,10 @@
-// The task plan (DESIGN.md §4): which of the W ranks runs which of the four QARAC tasks. Every
+// The task plan (docs/design.md §4): which of the W ranks runs which of the four QARAC tasks. Every
 // rank runs one or more tasks and every task runs on one or more ranks, for any W >= 1: W = 1 is
 // the QARAC step (all four tasks in one process), W < 4 packs several tasks on a rank, W >= 4
-// gives each task its own ranks. A rank of task t scales its gradient by w_t / n_t (n_t ranks run
-// t), so that summing every model's gradients over the ranks holding it gives the gradient of
-// Σ_t w_t loss_t over the global batch, whatever the layout.
+// gives each task its own ranks. A task's global batch is divided among its ranks
+// (data::divide_batch); a rank scales its gradient by (its examples of the batch) / N_t · w_t, so
+// that summing every model's gradients over the ranks holding it gives the gradient of
+// Σ_t w_t loss_t over the global batches, whatever the layout.
 //
 // Specs (--parallel.tasks):
 //   "ed:2,qa:1,rs:2,cs:1"  n_t ranks per task (short or full task names, every task once,
@@ -25,7 +26,7 @@
 
 namespace qarac::parallel {
 
-// The three QARAC models (DESIGN.md §2) and which tasks use them (§4).
+// The three QARAC models (docs/design.md §2) and which tasks use them (§4).
 enum class Model : int { question_encoder = 0, answer_encoder = 1, decoder = 2 };
 constexpr int kModelCount = 3;
 const char* model_name(Model model);        // "question_encoder", "answer_encoder", "decoder"
@@ -63,13 +64,11 @@ class TaskPlan {
   bool holds(int rank, Model model) const;
 
   double weight(data::Task task) const { return weights_[static_cast<int>(task)]; }
-  // w_t / n_t: what a rank of `task` scales its gradient by.
-  double gradient_scale(data::Task task) const { return weight(task) / group_size(task); }
 
   // What the loader of `rank` needs: its tasks and its place in each task's group.
   data::RankPlan rank_plan(int rank) const;
-  // A table for the start of a run: per task its ranks, weight, gradient scale and models; per
-  // rank its tasks and models.
+  // A table for the start of a run: per task its ranks, weight and models; per rank its tasks
+  // and models.
   std::string table() const;
 
  private:

@@ -1,14 +1,17 @@
-// Checkpoints: the schema (what save writes, what parse accepts) on the checksummed HDF5 files of
-// core, and the folder (names, keep-last-N, the newest valid one). The loader reads and checks
-// the whole file (checksum, structure, every shape against the model, the caller's config check)
-// before it writes anything into the optimizer, so a refused checkpoint changes nothing.
+// Checkpoints: the schema of a part file (what save writes, what parse accepts) on the
+// checksummed HDF5 files of core, and the folders (names, the temporary folder and its rename,
+// keep-last-N, the newest valid one). The loader reads and checks every part file it needs
+// (checksum, structure, every shape against the model, the caller's config check) before it
+// writes anything into the optimizer, so a refused checkpoint changes nothing.
 #include "train/checkpoint.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -24,20 +27,20 @@ namespace fs = std::filesystem;
 constexpr H5FileKind kCheckpointKind = {kCheckpointFormat, kCheckpointVersion, "checkpoint"};
 
 // ---- Names in a checkpoint folder ------------------------------------------------------------
-constexpr const char* kFilePrefix = "checkpoint-";
-constexpr const char* kFileSuffix = ".h5";
+constexpr const char* kFolderPrefix = "step-";
+constexpr const char* kTempSuffix = ".tmp";    // a checkpoint being written
+constexpr const char* kDeleteSuffix = ".del";  // a checkpoint being deleted
+constexpr const char* kPartSuffix = ".h5";
 
-// The step of "checkpoint-<digits>.h5" (or, with `temporary`, of its AtomicFile's temporary
-// file "checkpoint-<digits>.h5.tmp.<pid>"); -1 for any other name.
+// The step of "step-<digits>" (or, with `temporary`, of "step-<digits>.tmp" or ".del"); -1 for any
+// other name.
 int64_t step_of(const std::string& name, bool temporary) {
-  const size_t prefix = std::strlen(kFilePrefix), suffix = std::strlen(kFileSuffix);
-  if (name.compare(0, prefix, kFilePrefix) != 0) return -1;
+  const size_t prefix = std::strlen(kFolderPrefix);
+  if (name.compare(0, prefix, kFolderPrefix) != 0) return -1;
   size_t end = prefix;
   while (end < name.size() && end - prefix < 18 && name[end] >= '0' && name[end] <= '9') ++end;
-  if (end == prefix || name.compare(end, suffix, kFileSuffix) != 0) return -1;
-  const std::string rest = name.substr(end + suffix);
-  if (temporary ? rest.compare(0, std::strlen(kTempFileMarker), kTempFileMarker) != 0 : !rest.empty())
-    return -1;
+  const std::string rest = name.substr(end);
+  if (end == prefix || (temporary ? rest != kTempSuffix && rest != kDeleteSuffix : !rest.empty())) return -1;
   return std::stoll(name.substr(prefix, end - prefix));
 }
 
@@ -46,34 +49,49 @@ struct Listed {
   fs::path path;
 };
 
-// The checkpoints (or the temporary files) of `dir`, newest step first.
+// The checkpoint folders (or the temporary ones) of `dir`, newest step first.
 std::vector<Listed> list(const std::string& dir, bool temporary) {
   std::vector<Listed> out;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const int64_t step = step_of(it->path().filename().string(), temporary);
-    if (step >= 0) out.push_back({step, it->path()});
+    if (step >= 0 && it->is_directory()) out.push_back({step, it->path()});
   }
   std::sort(out.begin(), out.end(), [](const Listed& a, const Listed& b) { return a.step > b.step; });
   return out;
 }
 
-void remove_file(const fs::path& path, const char* why) {
+void remove_folder(const fs::path& path, const char* why) {
   std::error_code ec;
-  fs::remove(path, ec);
+  fs::remove_all(path, ec);
   if (ec)
     log::warn("cannot remove ", why, " ", path.string(), ": ", ec.message());
   else
     log::debug("removed ", why, " ", path.string());
 }
 
-// Deletes the temporary files of writes that died and the checkpoints beyond the newest
-// `keep_last` (0 keeps all), the new one at `step` counted; files of later steps are kept.
+// Deletes checkpoint `step` of `dir`: renamed to "step-<step>.del" first, so that a process
+// killed midway leaves a folder the next prune removes, never a final name over a partly deleted
+// checkpoint.
+void delete_checkpoint(const std::string& dir, int64_t step, const char* why) {
+  const std::string temp = checkpoint_path(dir, step) + kDeleteSuffix;
+  std::error_code ec;
+  fs::remove_all(temp, ec);
+  fs::rename(checkpoint_path(dir, step), temp, ec);
+  if (ec && fs::exists(checkpoint_path(dir, step))) {
+    log::warn("cannot remove ", why, " ", checkpoint_path(dir, step), ": ", ec.message());
+    return;
+  }
+  remove_folder(temp, why);
+}
+
+// Deletes the temporary folders of writes that died and the checkpoints beyond the newest
+// `keep_last` (0 keeps all), the new one at `step` counted; checkpoints of later steps are kept.
 void prune(const std::string& dir, int64_t step, int keep_last) {
-  // A temporary file of this step or an earlier one belongs to a write that died: the writes
-  // of a folder come from one process, in step order.
+  // A temporary folder of this step or an earlier one belongs to a write or a deletion that
+  // died: a run writes its checkpoints in step order.
   for (const Listed& t : list(dir, true))
-    if (t.step <= step) remove_file(t.path, "unfinished checkpoint");
+    if (t.step <= step) remove_folder(t.path, "unfinished checkpoint");
   if (keep_last == 0) return;
   int kept = 1;  // the new one
   for (const Listed& c : list(dir, false)) {
@@ -81,46 +99,62 @@ void prune(const std::string& dir, int64_t step, int keep_last) {
     if (kept < keep_last)
       ++kept;
     else
-      remove_file(c.path, "old checkpoint");
+      delete_checkpoint(dir, c.step, "old checkpoint");
   }
 }
 
+std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> out;
+  size_t begin = 0;
+  while (begin < text.size()) {
+    const size_t end = std::min(text.find('\n', begin), text.size());
+    out.push_back(text.substr(begin, end - begin));
+    begin = end + 1;
+  }
+  return out;
+}
+
 // ---- The schema ------------------------------------------------------------------------------
-void write_state(ChecksummedH5Writer& w, const Optimizer& optimizer, const TrainingState& state) {
-  const ParameterList& params = optimizer.parameters();
+void write_state(ChecksummedH5Writer& w, const CheckpointPart& part, const std::vector<std::string>& parts,
+                 const Optimizer& optimizer, const TrainingState& state) {
+  std::map<const Parameter*, size_t> index;
+  for (size_t i = 0; i < optimizer.parameters().size(); ++i) index[optimizer.parameters()[i]] = i;
   const std::vector<Tensor>& m = optimizer.first_moments();
   const std::vector<Tensor>& v = optimizer.second_moments();
+  std::string names;
+  for (const std::string& name : parts) names += name + "\n";
   w.write_text("config", state.config);
+  w.write_text("checkpoint/parts", names);
   w.write_i64("state/step", state.step);
   w.write_u64("state/seed", state.seed);
   w.write_text("optimizer/kind", optimizer_name(optimizer.config().kind));
   w.write_i64("optimizer/steps", optimizer.steps());
-  for (size_t i = 0; i < params.size(); ++i) {
-    w.write("parameters/" + params[i]->name, params[i]->master);
-    w.write("optimizer/m/" + params[i]->name, m[i]);
-    w.write("optimizer/v/" + params[i]->name, v[i]);
+  for (const Parameter* p : part.params) {
+    const auto it = index.find(p);
+    QARAC_CHECK(it != index.end(), "checkpoint part ", part.name, ": parameter '", p->name,
+                "' is not the optimizer's");
+    w.write("parameters/" + p->name, p->master);
+    w.write("optimizer/m/" + p->name, m[it->second]);
+    w.write("optimizer/v/" + p->name, v[it->second]);
   }
   const data::LoaderCursor& cursor = state.cursor;
   std::vector<int32_t> tasks;
-  std::vector<int64_t> epoch, position, share_begin, share_end;
+  std::vector<int64_t> epoch, position;
   for (const data::TaskCursor& t : cursor.tasks) {
     tasks.push_back(static_cast<int32_t>(t.task));
     epoch.push_back(t.epoch);
     position.push_back(t.position);
-    share_begin.push_back(t.share_begin);
-    share_end.push_back(t.share_end);
   }
   w.write_i64("loader/step", cursor.step);
   w.write_vector("loader/task", tasks);
   w.write_vector("loader/epoch", epoch);
   w.write_vector("loader/position", position);
-  w.write_vector("loader/share_begin", share_begin);
-  w.write_vector("loader/share_end", share_end);
 }
 
 // The state of a checkpoint, its structure checked.
 struct Parsed {
   TrainingState state;
+  std::vector<std::string> parts;
   std::string optimizer_kind;
   int64_t optimizer_steps = 0;
   std::map<std::string, const H5Dataset*> params, m, v;  // by parameter name
@@ -151,6 +185,7 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
     return it->second.text;
   };
   out.state.config = text("config");
+  out.parts = split_lines(text("checkpoint/parts"));
   out.optimizer_kind = text("optimizer/kind");
   out.state.step = scalar("state/step");
   out.state.seed = static_cast<uint64_t>(scalar("state/seed"));
@@ -161,8 +196,7 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
 
   const std::vector<int32_t> tasks =
       get("loader/task", DType::i32, false).values.to_vector<int32_t>();
-  const char* columns[] = {"loader/epoch", "loader/position", "loader/share_begin",
-                           "loader/share_end"};
+  const char* columns[] = {"loader/epoch", "loader/position"};
   std::vector<std::vector<int64_t>> cols;
   for (const char* c : columns) {
     cols.push_back(get(c, DType::i64, false).values.to_vector<int64_t>());
@@ -175,7 +209,7 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
       reader.fail(
           detail::concat("not a valid checkpoint: 'loader/task' holds ", tasks[i], ", not a task"));
     out.state.cursor.tasks.push_back(
-        {static_cast<data::Task>(tasks[i]), cols[0][i], cols[1][i], cols[2][i], cols[3][i]});
+        {static_cast<data::Task>(tasks[i]), cols[0][i], cols[1][i]});
   }
 
   const std::pair<const char*, std::map<std::string, const H5Dataset*>*> groups[] = {
@@ -224,7 +258,7 @@ H5Contents read_contents(ChecksummedH5Reader& reader, bool all_values) {
 
 std::string checkpoint_path(const std::string& dir, int64_t step) {
   char name[48];
-  std::snprintf(name, sizeof name, "%s%010lld%s", kFilePrefix, static_cast<long long>(step), kFileSuffix);
+  std::snprintf(name, sizeof name, "%s%010lld", kFolderPrefix, static_cast<long long>(step));
   return (fs::path(dir) / name).string();
 }
 
@@ -232,43 +266,132 @@ int64_t checkpoint_step(const std::string& path) {
   return step_of(fs::path(path).filename().string(), false);
 }
 
-std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, const TrainingState& state,
-                            int keep_last) {
-  QARAC_CHECK(state.step >= 0, "checkpoint step must be non-negative, got ", state.step);
-  QARAC_CHECK(keep_last >= 0, "keep_last must be non-negative, got ", keep_last);
+std::string checkpoint_temp_path(const std::string& dir, int64_t step) {
+  return checkpoint_path(dir, step) + kTempSuffix;
+}
+
+std::string begin_checkpoint(const std::string& dir, int64_t step) {
+  QARAC_CHECK(step >= 0, "checkpoint step must be non-negative, got ", step);
+  const std::string folder = checkpoint_temp_path(dir, step);
+  std::error_code ec;
+  fs::remove_all(folder, ec);
+  fs::create_directories(folder, ec);
+  QARAC_INPUT_CHECK(!ec, folder, ": cannot create the checkpoint folder: ", ec.message());
+  return folder;
+}
+
+void write_checkpoint_part(const std::string& folder, const CheckpointPart& part,
+                           const std::vector<std::string>& parts, const Optimizer& optimizer,
+                           const TrainingState& state) {
   const ParameterList& params = optimizer.parameters();
   const size_t m = optimizer.first_moments().size(), v = optimizer.second_moments().size();
   QARAC_CHECK(m == params.size() && v == params.size(), "optimizer holds ", m, " and ", v, " moments for ",
               params.size(), " parameters");
+  QARAC_CHECK(std::find(parts.begin(), parts.end(), part.name) != parts.end(), "checkpoint part '", part.name,
+              "' is not among the parts listed");
   std::set<std::string> names;
-  for (const Parameter* p : params) {
+  for (const Parameter* p : part.params) {
     QARAC_CHECK(!p->name.empty() && p->name.find('/') == std::string::npos, "parameter name '", p->name,
                 "' cannot name an HDF5 dataset");
     QARAC_CHECK(names.insert(p->name).second, "parameter '", p->name, "' is listed twice");
   }
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  QARAC_INPUT_CHECK(!ec, dir, ": cannot create the checkpoint folder: ", ec.message());
-
-  const std::string path = checkpoint_path(dir, state.step);
-  AtomicFile file(path, AtomicFile::by_path);
+  AtomicFile file((fs::path(folder) / (part.name + kPartSuffix)).string(), AtomicFile::by_path);
   {
     ChecksummedH5Writer w(file.temp_path(), kCheckpointKind);
-    write_state(w, optimizer, state);
+    write_state(w, part, parts, optimizer, state);
     w.finish();
   }
-  // The new checkpoint is on disk under its name before any older one is deleted.
   file.commit();
-  prune(dir, state.step, keep_last);
-  return path;
 }
 
+std::string commit_checkpoint(const std::string& dir, int64_t step, int keep_last) {
+  QARAC_CHECK(keep_last >= 0, "keep_last must be non-negative, got ", keep_last);
+  const std::string folder = checkpoint_path(dir, step);
+  std::error_code ec;
+  // A checkpoint of this step from a run that went on past it gives way.
+  if (fs::exists(folder, ec)) delete_checkpoint(dir, step, "replaced checkpoint");
+  fs::rename(checkpoint_temp_path(dir, step), folder, ec);
+  QARAC_INPUT_CHECK(!ec, folder, ": cannot rename the finished checkpoint into place: ", ec.message());
+  sync_folder(dir);
+  // The new checkpoint is on disk under its name before any older one is deleted.
+  prune(dir, step, keep_last);
+  return folder;
+}
+
+std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, const TrainingState& state,
+                            int keep_last, const std::vector<CheckpointPart>& parts) {
+  const std::vector<CheckpointPart> all =
+      parts.empty() ? std::vector<CheckpointPart>{{"model", optimizer.parameters()}} : parts;
+  std::vector<std::string> names;
+  for (const CheckpointPart& p : all) names.push_back(p.name);
+  const std::string folder = begin_checkpoint(dir, state.step);
+  for (const CheckpointPart& p : all) write_checkpoint_part(folder, p, names, optimizer, state);
+  return commit_checkpoint(dir, state.step, keep_last);
+}
+
+namespace {
+
+// Every part of checkpoint folder `path`, parsed (`all_values`: with every tensor's numbers);
+// the parts must all be there and agree on the step and the list of parts.
+struct Folder {
+  // Deques: a Parsed points into its contents, and callers hold references while more are read.
+  std::deque<std::unique_ptr<ChecksummedH5Reader>> readers;
+  std::deque<H5Contents> contents;
+  std::deque<Parsed> parts;
+};
+
+void read_part(Folder& f, const std::string& path, bool all_values) {
+  f.readers.push_back(std::make_unique<ChecksummedH5Reader>(path, kCheckpointKind));
+  f.contents.push_back(read_contents(*f.readers.back(), all_values));
+  f.parts.push_back(parse(*f.readers.back(), f.contents.back()));
+}
+
+const Parsed& first_part(Folder& f, const std::string& path, bool all_values) {
+  std::error_code ec;
+  QARAC_INPUT_CHECK(fs::is_directory(path, ec), path, ": not a checkpoint folder");
+  std::string first;
+  for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() > 3 && name.compare(name.size() - 3, 3, kPartSuffix) == 0 && (first.empty() || name < first))
+      first = name;
+  }
+  QARAC_INPUT_CHECK(!first.empty(), path, ": not a valid checkpoint: no part file");
+  read_part(f, (fs::path(path) / first).string(), all_values);
+  const Parsed& head = f.parts.front();
+  const int64_t named = checkpoint_step(path);
+  if (named >= 0 && head.state.step != named)
+    f.readers.front()->fail(detail::concat("not a valid checkpoint: holds step ", head.state.step, ", its folder ",
+                                           named));
+  return head;
+}
+
+}  // namespace
+
 void verify_checkpoint(const std::string& path) {
-  ChecksummedH5Reader reader(path, kCheckpointKind);
-  parse(reader, read_contents(reader, false));
+  Folder f;
+  const Parsed head = first_part(f, path, false);
+  for (const std::string& name : head.parts) {
+    const std::string file = (fs::path(path) / (name + kPartSuffix)).string();
+    QARAC_INPUT_CHECK(fs::exists(file), file, ": not a valid checkpoint: part '", name, "' is missing");
+    read_part(f, file, false);
+    const Parsed& p = f.parts.back();
+    if (p.state.step != head.state.step || p.parts != head.parts || p.optimizer_steps != head.optimizer_steps)
+      f.readers.back()->fail("not a valid checkpoint: its step or list of parts differs from the other parts'");
+  }
+}
+
+void refuse_old_checkpoints(const std::string& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    QARAC_INPUT_CHECK(name.rfind("rank-", 0) != 0 && name.rfind("checkpoint-", 0) != 0, dir, " holds ", name,
+                      ", a checkpoint of the per-rank layout of earlier versions, whose data order depended on the "
+                      "world size: it cannot be resumed (start a new run)");
+  }
 }
 
 std::optional<std::string> find_latest_checkpoint(const std::string& dir) {
+  refuse_old_checkpoints(dir);
   for (const Listed& c : list(dir, false)) {
     try {
       verify_checkpoint(c.path.string());
@@ -280,50 +403,66 @@ std::optional<std::string> find_latest_checkpoint(const std::string& dir) {
   return std::nullopt;
 }
 
-TrainingState load_checkpoint(const std::string& path, Optimizer& optimizer,
-                              const ConfigCheck& check_config) {
-  ChecksummedH5Reader reader(path, kCheckpointKind);
-  const H5Contents contents = read_contents(reader, true);
-  const Parsed parsed = parse(reader, contents);
+TrainingState load_checkpoint(const std::string& path, Optimizer& optimizer, const ConfigCheck& check_config,
+                              const std::vector<CheckpointPart>& parts) {
+  const std::vector<CheckpointPart> wanted =
+      parts.empty() ? std::vector<CheckpointPart>{{"model", optimizer.parameters()}} : parts;
+  Folder f;
+  const Parsed head = first_part(f, path, true);
+  const char* kind = optimizer_name(optimizer.config().kind);
+  if (head.optimizer_kind != kind)
+    f.readers.front()->fail("the checkpoint's optimizer is " + head.optimizer_kind + ", this run's " + kind);
+  if (check_config) {
+    const std::string why = check_config(head.state.config);
+    if (!why.empty()) f.readers.front()->fail("the checkpoint does not fit this run's configuration: " + why);
+  }
+  std::map<const Parameter*, size_t> index;
+  for (size_t i = 0; i < optimizer.parameters().size(); ++i) index[optimizer.parameters()[i]] = i;
 
   // Everything is checked against the model before anything is written.
-  const ParameterList& params = optimizer.parameters();
-  std::set<std::string> model_names;
-  for (const Parameter* p : params) {
-    model_names.insert(p->name);
-    const auto it = parsed.params.find(p->name);
-    if (it == parsed.params.end())
-      reader.fail(detail::concat("the checkpoint lacks parameter '", p->name, "' ",
-                                 shape_str(p->master.shape()), " of the model"));
-    const H5Dataset& d = *it->second;
-    if (d.shape != p->master.shape() || d.dtype != p->master.dtype())
-      reader.fail(detail::concat("parameter '", p->name, "' is ", dtype_name(d.dtype),
-                                 shape_str(d.shape), " in the checkpoint, the model's is ",
-                                 dtype_name(p->master.dtype()), shape_str(p->master.shape())));
-  }
-  for (const auto& [name, d] : parsed.params)
-    if (!model_names.count(name))
-      reader.fail("the checkpoint holds parameter '" + name + "', which the model does not have");
-  const char* kind = optimizer_name(optimizer.config().kind);
-  if (parsed.optimizer_kind != kind)
-    reader.fail("the checkpoint's optimizer is " + parsed.optimizer_kind + ", this run's " + kind);
-  if (check_config) {
-    const std::string why = check_config(parsed.state.config);
-    if (!why.empty()) reader.fail("the checkpoint does not fit this run's configuration: " + why);
+  std::vector<const Parsed*> of_part;
+  for (const CheckpointPart& part : wanted) {
+    const std::string file = (fs::path(path) / (part.name + kPartSuffix)).string();
+    QARAC_INPUT_CHECK(fs::exists(file), file, ": the checkpoint has no part '", part.name, "'");
+    read_part(f, file, true);
+    const ChecksummedH5Reader& reader = *f.readers.back();
+    const Parsed& parsed = f.parts.back();
+    if (parsed.state.step != head.state.step || parsed.optimizer_steps != head.optimizer_steps)
+      reader.fail("not a valid checkpoint: its step differs from the other parts'");
+    std::set<std::string> names;
+    for (const Parameter* p : part.params) {
+      QARAC_CHECK(index.count(p), "checkpoint part ", part.name, ": parameter '", p->name, "' is not the optimizer's");
+      names.insert(p->name);
+      const auto it = parsed.params.find(p->name);
+      if (it == parsed.params.end())
+        reader.fail(detail::concat("the checkpoint lacks parameter '", p->name, "' ",
+                                   shape_str(p->master.shape()), " of the model"));
+      const H5Dataset& d = *it->second;
+      if (d.shape != p->master.shape() || d.dtype != p->master.dtype())
+        reader.fail(detail::concat("parameter '", p->name, "' is ", dtype_name(d.dtype), shape_str(d.shape),
+                                   " in the checkpoint, the model's is ", dtype_name(p->master.dtype()),
+                                   shape_str(p->master.shape())));
+    }
+    for (const auto& [name, d] : parsed.params)
+      if (!names.count(name))
+        reader.fail("the checkpoint holds parameter '" + name + "', which the model does not have");
+    of_part.push_back(&parsed);
   }
 
   std::vector<Tensor>& m = optimizer.first_moments();
   std::vector<Tensor>& v = optimizer.second_moments();
-  for (size_t i = 0; i < params.size(); ++i) {
-    const std::string& name = params[i]->name;
-    // The compute copy is the master rounded to its dtype, as the optimizer's update writes it.
-    params[i]->assign(parsed.params.at(name)->values);
-    m[i].copy_(parsed.m.at(name)->values);
-    v[i].copy_(parsed.v.at(name)->values);
+  for (size_t k = 0; k < wanted.size(); ++k) {
+    for (Parameter* p : wanted[k].params) {
+      const size_t i = index.at(p);
+      // The compute copy is the master rounded to its dtype, as the optimizer's update writes it.
+      p->assign(of_part[k]->params.at(p->name)->values);
+      m[i].copy_(of_part[k]->m.at(p->name)->values);
+      v[i].copy_(of_part[k]->v.at(p->name)->values);
+    }
   }
-  optimizer.set_steps(parsed.optimizer_steps);
-  zero_grads(params);
-  return parsed.state;
+  optimizer.set_steps(head.optimizer_steps);
+  zero_grads(optimizer.parameters());
+  return head.state;
 }
 
 }  // namespace qarac

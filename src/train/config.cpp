@@ -13,6 +13,7 @@
 #include <ostream>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -111,6 +112,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(train, "train.device", &c.device, "cpu or cuda");
   d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, bf16 on cuda (master weights stay f32), or f64 on cpu (reference numerics: master weights and moments in f64)");
   d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal");
+  d->add(train, "train.micro_tokens", &c.micro_tokens, "most tokens (all fields) a rank runs in one forward/backward: a larger share of a global batch is split into micro-batches whose gradients accumulate; 0: no limit");
 
   auto& opt = d->section("[optimizer]");
   d->add(opt, "optimizer.name", &c.optimizer, "adamw, or nadam (torch.optim.NAdam, the QARAC reference's)");
@@ -143,16 +145,44 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(parallel, "parallel.timeout", &c.timeout, "seconds a wait on other ranks may take before the job is aborted with a message (longer than rank 0's evaluations, which the other ranks wait for)");
   d->add(parallel, "parallel.bucket_mb", &c.bucket_mb, "gradient all-reduce bucket size, MiB");
   d->add(parallel, "parallel.check_every", &c.check_every, "compare a checksum of every model's replicas every N steps (and at the end); 0: only at the end");
-  d->add(parallel, "parallel.simulate_world", &c.simulate_world, "> 0: run the task plan of that many ranks in this one process, summing their gradients (the reference the distributed run must match)");
 
   auto& task = d->section("[task] (per task: ed, qa, rs, cs)");
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
     d->add(task, prefix + "weight", &c.task[t].weight, "loss weight w_t");
-    d->add(task, prefix + "tokens", &c.task[t].tokens, "token budget of a batch, per rank and step");
-    d->add(task, prefix + "examples", &c.task[t].examples, "at most this many examples per batch; 0: no limit");
+    d->add(task, prefix + "batch", &c.task[t].batch, "global batch: examples of the task per optimizer step, over all its ranks, whatever the world size");
   }
   return d;
+}
+
+// Keys of earlier versions and what replaced them: accepted by the parser only to be refused
+// with that line.
+std::vector<std::pair<std::string, std::string>> removed_keys() {
+  std::vector<std::pair<std::string, std::string>> keys;
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
+    const std::string why = ": removed (a per-rank budget made the result depend on the world size); " + prefix +
+                            "batch sets the task's global batch in examples, train.micro_tokens the most tokens "
+                            "of one forward pass";
+    keys.emplace_back(prefix + "tokens", prefix + "tokens" + why);
+    keys.emplace_back(prefix + "examples", prefix + "examples" + why);
+  }
+  keys.emplace_back("parallel.simulate_world",
+                    "parallel.simulate_world: removed; a run computes the same for every world size and task "
+                    "plan, so one process (W = 1) is the reference");
+  return keys;
+}
+
+po::options_description removed_options() {
+  po::options_description removed;
+  for (const auto& key : removed_keys())
+    removed.add_options()(key.first.c_str(), po::value<std::string>());
+  return removed;
+}
+
+void refuse_removed(const po::variables_map& vm) {
+  for (const auto& [key, why] : removed_keys())
+    if (vm.count(key)) throw InputError(why);
 }
 
 // Command-line style without short options, so a negative value ("--optimizer.final -1") is a
@@ -167,8 +197,10 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   po::options_description all;
   all.add(d->command_line);
   all.add(d->file_options());
+  all.add(removed_options());
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(all).style(kStyle).run(), vm);
+  refuse_removed(vm);
   if (vm.count("help")) {
     help << "qarac-train [--config FILE] [--KEY VALUE ...] [--resume]\n\n"
             "Fine-tunes the three QARAC models from a pre-trained RoBERTa on the four objectives\n"
@@ -183,9 +215,16 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     const std::string path = vm["config"].as<std::string>();
     std::ifstream in(path);
     QARAC_INPUT_CHECK(in.good(), "--config ", path, ": cannot open the file");
+    po::options_description file = d->file_options();
+    file.add(removed_options());
     try {
-      po::store(po::parse_config_file(in, d->file_options()), vm);
+      po::store(po::parse_config_file(in, file), vm);
     } catch (const po::error& e) {
+      throw InputError(path + ": " + e.what());
+    }
+    try {
+      refuse_removed(vm);
+    } catch (const InputError& e) {
       throw InputError(path + ": " + e.what());
     }
   }
@@ -220,6 +259,7 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.dtype != "f64" || c.device == "cpu",
                     "train.dtype: f64 is the CPU's reference precision; train.device cuda computes in f32 or bf16");
   QARAC_INPUT_CHECK(c.log_every >= 1, "train.log_every: ", c.log_every, " must be >= 1");
+  QARAC_INPUT_CHECK(c.micro_tokens >= 0, "train.micro_tokens: ", c.micro_tokens, " must be >= 0 (0: no limit)");
   try {
     optimizer_from_name(c.optimizer);
   } catch (const InputError& e) {
@@ -254,14 +294,11 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.timeout > 0, "parallel.timeout: ", c.timeout, " must be > 0 seconds");
   QARAC_INPUT_CHECK(c.bucket_mb > 0, "parallel.bucket_mb: ", c.bucket_mb, " must be > 0");
   QARAC_INPUT_CHECK(c.check_every >= 0, "parallel.check_every: ", c.check_every, " must be >= 0");
-  QARAC_INPUT_CHECK(c.simulate_world >= 0, "parallel.simulate_world: ", c.simulate_world, " must be >= 0");
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t));
     QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ".weight: ", c.task[t].weight, " must be >= 0");
-    QARAC_INPUT_CHECK(c.task[t].tokens >= 1, key, ".tokens: ", c.task[t].tokens,
-                      " must be >= 1 (the token budget of a batch)");
-    QARAC_INPUT_CHECK(c.task[t].examples >= 0, key, ".examples: ", c.task[t].examples,
-                      " must be >= 0 (0: no limit)");
+    QARAC_INPUT_CHECK(c.task[t].batch >= 1, key, ".batch: ", c.task[t].batch,
+                      " must be >= 1 (examples of the task per step, over all ranks)");
   }
 }
 
@@ -340,22 +377,19 @@ std::map<std::string, std::string> read_ini(const std::string& text) {
 }  // namespace
 
 std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini) {
-  // What fixes the parameter list, the data order and batches, the random streams and the
-  // plan; the rest (steps, rates, intervals, paths) may change between a run and its resumption.
-  std::vector<std::string> fixed = {"model.mode", "model.share_encoder_base", "model.tie_lm_head", "train.seed",
-                                    "train.dtype", "optimizer.name", "parallel.tasks",
-                                    "parallel.simulate_world"};
-  for (int t = 0; t < data::kTaskCount; ++t) {
-    const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
-    fixed.push_back(prefix + "tokens");
-    fixed.push_back(prefix + "examples");
-  }
+  // What fixes the parameter list, the data order and batches and the random streams; the rest
+  // (steps, rates, intervals, paths, the world size, the task plan, micro-batching) may change
+  // between a run and its resumption.
+  std::vector<std::string> fixed = {"model.mode", "model.share_encoder_base", "model.tie_lm_head",
+                                    "model.dropout", "train.seed", "train.dtype", "optimizer.name"};
+  for (int t = 0; t < data::kTaskCount; ++t)
+    fixed.push_back(std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".batch");
   const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
   for (const std::string& key : fixed) {
     const auto it = saved.find(key);
     const std::string was = it == saved.end() ? "(unset)" : it->second;
     if (was != now.at(key))
-      return key + " was " + was + " in the checkpoint's run and is " + now.at(key) + " now";
+      return key + " was " + was + " in the checkpoint's run and is " + now.at(key) + " now (it must match)";
   }
   return "";
 }

@@ -17,11 +17,10 @@
 
 namespace qarac {
 
-// The per-task settings of [task]: <short name>.weight, .tokens, .examples.
+// The per-task settings of [task]: <short name>.weight, .batch.
 struct TaskSettings {
-  double weight = 1.0;    // w_t in Σ w_t loss_t
-  int64_t tokens = 4096;  // token budget of one batch (all fields), per rank and step
-  int64_t examples = 0;   // at most this many examples per batch; 0: the budget alone
+  double weight = 1.0;  // w_t in Σ w_t loss_t
+  int64_t batch = 128;  // N_t: the task's global batch, examples per optimizer step over all ranks
 };
 
 struct TrainConfig {
@@ -51,6 +50,7 @@ struct TrainConfig {
   std::string device = "cpu";  // cpu | cuda
   std::string dtype = "f32";   // compute dtype: f32 | bf16 (cuda)
   int64_t log_every = 10;     // progress line every N steps when stdout is not a terminal
+  int64_t micro_tokens = 0;   // most tokens a rank runs in one forward/backward; 0: no limit
 
   // [optimizer]
   std::string optimizer = "adamw";  // adamw | nadam
@@ -79,7 +79,6 @@ struct TrainConfig {
   double timeout = 600;          // seconds any wait on other ranks may take before the job aborts
   double bucket_mb = 25;         // gradient bucket size of the all-reduce
   int64_t check_every = 0;       // replica checksum every N steps; 0: only at the end
-  int64_t simulate_world = 0;    // > 0: run the plan of that many ranks in this one process
 
   // [task]
   std::array<TaskSettings, data::kTaskCount> task;
@@ -96,7 +95,8 @@ struct TrainConfig {
 // Parses the command line and the --config file (command line first: its values win). Returns
 // nullopt when --help was given, after writing the options with their defaults to `help`.
 // boost::program_options errors (an unknown or mistyped key on the command line) propagate; the
-// same errors in the file become an InputError naming the file.
+// same errors in the file become an InputError naming the file. A removed key (task.<t>.tokens,
+// task.<t>.examples, parallel.simulate_world) is an InputError saying what replaced it.
 std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[], std::ostream& help);
 
 // The checks that need no file: required keys, ranges, names. One-line InputError naming the key.
@@ -106,7 +106,8 @@ void check_values(const TrainConfig& config);
 std::string to_ini(const TrainConfig& config);
 
 // "" when a checkpoint written under `saved_ini` (to_ini of its run) may be resumed by `config`,
-// otherwise which key differs: those that fix the models, the data order and the task plan.
+// otherwise which key differs, with both values: those that fix the models, the data order and
+// the global batches. The world size, the task plan and micro-batching may change.
 std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini);
 
 }  // namespace qarac

@@ -1,4 +1,4 @@
-// Held-out evaluation of the QARAC models (DESIGN.md §6), run by the trainer every eval.every
+// Held-out evaluation of the QARAC models (docs/design.md §6), run by the trainer every eval.every
 // steps and at the end:
 //   <task>.loss              each objective's loss on held-out examples
 //   qa.retrieval_accuracy    QE(q)'s nearest answer vector (Euclidean, as the MSE objective

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -36,8 +37,8 @@ std::string duration_text(double seconds) {
 }  // namespace
 
 void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
-                       const std::vector<double>& slot_losses, const parallel::MpiGroup* world,
-                       int world_size, int64_t step) {
+                       const std::vector<double>& slot_losses, const std::vector<double>& slot_seconds,
+                       const parallel::MpiGroup* world, int rank, int world_size, int64_t step) {
   enum { kTokens, kExamples, kData, kCompute, kComm, kLoss, kCount = kLoss + data::kTaskCount };
   std::vector<double> sums(kCount + data::kTaskCount, 0.0);
   sums[kTokens] = static_cast<double>(s.tokens);
@@ -45,16 +46,21 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   sums[kData] = s.data_seconds;
   sums[kCompute] = s.compute_seconds;
   sums[kComm] = s.comm_seconds;
+  // Maxima: per task its slowest rank's compute time, then every rank's own (zero elsewhere),
+  // and the longest wait.
+  std::vector<double> maxima(data::kTaskCount + static_cast<size_t>(world_size) + 1, 0.0);
   for (size_t i = 0; i < slots.size(); ++i) {
     const int t = static_cast<int>(slots[i].task);
     sums[kLoss + t] += slot_losses[i];
     sums[kCount + t] += 1;
+    maxima[static_cast<size_t>(t)] = std::max(maxima[static_cast<size_t>(t)], slot_seconds[i]);
   }
-  double comm_max = s.comm_seconds;
+  maxima[data::kTaskCount + static_cast<size_t>(rank)] = s.compute_seconds;
+  maxima.back() = s.comm_seconds;
   if (world) {
     const std::string what = "step statistics at step " + std::to_string(step);
     world->all_reduce(sums.data(), static_cast<int>(sums.size()), MPI_SUM, what);
-    world->all_reduce(&comm_max, 1, MPI_MAX, what);
+    world->all_reduce(maxima.data(), static_cast<int>(maxima.size()), MPI_MAX, what);
   }
   const double ranks = static_cast<double>(world_size);
   s.tokens = static_cast<int64_t>(sums[kTokens]);
@@ -62,11 +68,17 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   s.data_seconds = sums[kData] / ranks;
   s.compute_seconds = sums[kCompute] / ranks;
   s.comm_seconds = sums[kComm] / ranks;
-  s.comm_max_seconds = comm_max;
+  s.comm_max_seconds = maxima.back();
   for (int t = 0; t < data::kTaskCount; ++t) {
     s.ran[t] = sums[kCount + t] > 0;
-    s.losses[t] = s.ran[t] ? sums[kLoss + t] / sums[kCount + t] : 0.0;
+    // Each rank's part is already weighted by its share of the global batch: the sum is the mean.
+    s.losses[t] = sums[kLoss + t];
+    s.task_compute_seconds[t] = maxima[static_cast<size_t>(t)];
   }
+  const auto per_rank = maxima.begin() + data::kTaskCount;
+  const auto slowest = std::max_element(per_rank, per_rank + world_size);
+  s.slowest_rank = static_cast<int>(slowest - per_rank);
+  s.slowest_compute_seconds = *slowest;
 }
 
 void MetricsLog::open(const std::string& path) {
@@ -106,6 +118,12 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
   line["compute_time_s"] = s.compute_seconds;
   line["comm_wait_s"] = s.comm_seconds;
   line["comm_wait_max_s"] = s.comm_max_seconds;
+  nlohmann::json task_compute = nlohmann::json::object();
+  for (int t = 0; t < data::kTaskCount; ++t)
+    if (s.ran[t]) task_compute[data::task_name(static_cast<data::Task>(t))] = s.task_compute_seconds[t];
+  line["task_compute_max_s"] = task_compute;  // per task, its slowest rank
+  line["slowest_rank"] = s.slowest_rank;
+  line["slowest_rank_compute_s"] = s.slowest_compute_seconds;
   line["elapsed_s"] = seconds_since(started_);
   append(line.dump());
 }

@@ -1,5 +1,5 @@
-// What a run reports (DESIGN.md §6): the measurements of a step, summed over the world, and rank
-// 0's two outputs: metrics.jsonl, one JSON object per step and per evaluation ("eval": true),
+// What a run reports (docs/design.md §6): the measurements of a step, summed over the world, and
+// rank 0's two outputs: metrics.jsonl, one JSON object per step and per evaluation ("eval": true),
 // and the progress line, rewritten in place on a terminal, one line every train.log_every steps
 // otherwise.
 #pragma once
@@ -20,21 +20,28 @@ namespace qarac {
 // What one step measured. After gather_step_stats, the losses, counts and times are the world's.
 struct StepStats {
   double lr = 0, grad_norm = 0;
-  std::array<double, data::kTaskCount> losses{};  // per task: mean over the ranks that ran it
+  std::array<double, data::kTaskCount> losses{};  // per task: the mean over its global batch
   std::array<bool, data::kTaskCount> ran{};       // tasks that ran anywhere
   int64_t tokens = 0, examples = 0;               // summed over the ranks
   double seconds = 0;                              // this rank's wall time of the step
   // Means over the ranks: reading the batch, forward/backward/update, waiting for the gradient
-  // reduction; and the longest wait of any rank.
+  // reduction and the gradient norm; and the longest wait of any rank.
   double data_seconds = 0, compute_seconds = 0, comm_seconds = 0, comm_max_seconds = 0;
+  // Per task, the longest time any of its ranks spent in its forward and backward passes (host
+  // time: on CUDA, the time to queue them); the rank that computed longest and for how long.
+  std::array<double, data::kTaskCount> task_compute_seconds{};
+  int slowest_rank = 0;
+  double slowest_compute_seconds = 0;
 };
 
-// Per task the mean loss over the slots (ranks) that ran it, `slot_losses` being this process's
-// in the order of `slots`; with a `world`, everything summed (or maximised) over it: one small
-// all-reduce per step. `step` names the step in errors.
+// `slot_losses` are this process's parts of its tasks' global-batch means (each micro-batch's
+// mean times its examples / N) and `slot_seconds` the time of each task's passes, in the order of
+// `slots`; with a `world`, summed (the losses, counts and times) or maximised (the per-task and
+// per-rank compute times) over it: two small all-reduces per step. `step` names the step in
+// errors.
 void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
-                       const std::vector<double>& slot_losses, const parallel::MpiGroup* world,
-                       int world_size, int64_t step);
+                       const std::vector<double>& slot_losses, const std::vector<double>& slot_seconds,
+                       const parallel::MpiGroup* world, int rank, int world_size, int64_t step);
 
 // Rank 0's metrics.jsonl and progress line.
 class MetricsLog {

@@ -24,11 +24,14 @@ namespace qarac {
 namespace {
 
 constexpr int32_t kNoIgnoredTarget = -100;  // every target is a real token
-constexpr double kCosineEps = 1e-12;        // as the pooling head's cosine (DESIGN.md §2)
+constexpr double kCosineEps = 1e-12;        // as the pooling head's cosine (docs/design.md §2)
 
-// A field's token sequences as the models take them.
-TokenBatch tokens_of(const data::PackedField& field, const RobertaConfig& config, Device device) {
-  return TokenBatch::from_packed(field.tokens, field.starts, config.pad_token_id, device);
+// A field's token sequences as the models take them, each with its example's global identity
+// (data::example_id; none: the place in the batch), which keys its dropout masks: an example
+// gets the same masks on whichever rank, in whichever micro-batch, it runs.
+TokenBatch tokens_of(const data::PackedField& field, const std::vector<uint64_t>& ids, const RobertaConfig& config,
+                     Device device) {
+  return TokenBatch::from_packed(field.tokens, field.starts, config.pad_token_id, device, ids);
 }
 
 // Values as an accumulation-dtype tensor on `device`.
@@ -44,8 +47,9 @@ struct DecoderBatch {
   Tensor weights;  // A [T]
 };
 
-DecoderBatch decoder_batch(const data::PackedField& field, const RobertaConfig& config, DType acc,
-                           Device device, data::Task task, const std::string& field_name) {
+DecoderBatch decoder_batch(const data::PackedField& field, const std::vector<uint64_t>& ids,
+                           const RobertaConfig& config, DType acc, Device device, data::Task task,
+                           const std::string& field_name) {
   const int64_t count = field.count();
   std::vector<int32_t> input, targets, starts{0};
   std::vector<double> weights;
@@ -65,7 +69,7 @@ DecoderBatch decoder_batch(const data::PackedField& field, const RobertaConfig& 
     starts.push_back(static_cast<int32_t>(input.size()));
   }
   DecoderBatch out;
-  out.input = TokenBatch::from_packed(input, starts, config.pad_token_id, device);
+  out.input = TokenBatch::from_packed(input, starts, config.pad_token_id, device, ids);
   out.targets = Tensor::from_vector(targets, {static_cast<int64_t>(targets.size())}, device);
   out.weights = accumulation_tensor(weights, acc, device);
   return out;
@@ -124,7 +128,7 @@ struct Objectives::Impl {
   void consistency(const Pass& p);
 
   TokenBatch field(const Pass& p, int f) const {
-    return tokens_of(p.batch.fields[static_cast<size_t>(f)], config(), device);
+    return tokens_of(p.batch.fields[static_cast<size_t>(f)], p.batch.ids, config(), device);
   }
   // Around a model's last backward pass of the step: report its layers as they finish (arm),
   // then the model as a whole (done).
@@ -141,6 +145,8 @@ void Objectives::Impl::check(const data::TaskBatch& batch) const {
   const std::vector<std::string>& names = data::task_fields(batch.task);
   const int64_t count = batch.count();
   QARAC_INPUT_CHECK(count > 0, data::task_name(batch.task), ": empty batch");
+  QARAC_INPUT_CHECK(batch.ids.empty() || static_cast<int64_t>(batch.ids.size()) == count,
+                    data::task_name(batch.task), ": ", batch.ids.size(), " example ids for ", count, " samples");
   QARAC_INPUT_CHECK(batch.fields.size() == names.size(), data::task_name(batch.task), ": ",
                     batch.fields.size(), " fields, expected ", names.size());
   for (size_t f = 0; f < names.size(); ++f)
@@ -164,7 +170,7 @@ const Tensor* Objectives::Impl::decode(const Tensor& v, const Pass& p, int field
                                        const ForwardOptions& options) {
   Decoder& decoder = models.decoder();
   const DecoderBatch y =
-      decoder_batch(p.batch.fields[static_cast<size_t>(field)], config(), acc, device, p.batch.task,
+      decoder_batch(p.batch.fields[static_cast<size_t>(field)], p.batch.ids, config(), acc, device, p.batch.task,
                     data::task_fields(p.batch.task)[static_cast<size_t>(field)]);
   Tensor& logits = decoder.forward(v, y.input, options, decoded);
   ensure_tensor(losses, {y.input.tokens()}, acc, device);

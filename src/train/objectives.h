@@ -1,4 +1,4 @@
-// The four QARAC objectives (DESIGN.md §3) on one task batch each: forward, loss and backward
+// The four QARAC objectives (docs/design.md §3) on one task batch each: forward, loss and backward
 // through the models the task uses, gradients accumulated with the task's weight. Per-sample
 // losses, averaged over the batch of B samples:
 //   encode_decode       CE(D(AE(x), x), x </s>): per sample the mean over its target tokens
@@ -11,8 +11,9 @@
 //
 // Dropout: model application k (0, 1, 2 in the order the task runs them) of task t draws its
 // masks with ForwardOptions::application = 4t + k, so the up to six applications of AE in a
-// QARAC step never share a mask. The encoders run bidirectional and the decoder causal whatever
-// options.forward.causal says.
+// QARAC step never share a mask; within an application, each sequence's masks are keyed by its
+// example's global identity (TaskBatch::ids), so they do not depend on the layout. The encoders
+// run bidirectional and the decoder causal whatever options.forward.causal says.
 #pragma once
 
 #include <array>
@@ -26,7 +27,7 @@
 namespace qarac {
 
 struct ObjectiveOptions {
-  double weight = 1.0;  // w_t / n_t: the task's weight over the ranks that run it
+  double weight = 1.0;  // w_t · (examples of the batch) / N_t: this batch's share of the task's loss
   ForwardOptions forward;
   // Called once per model the task uses, as soon as that model's last backward pass of the
   // task has been queued (the decoder before the answer encoder): the distributed trainer starts

@@ -1,5 +1,5 @@
-// The optimiser over a model's parameters (DESIGN.md §5, §6): AdamW, or NAdam for parity with the
-// original QARAC reference (torch.optim.NAdam). Master weights and moments in the accumulation
+// The optimiser over a model's parameters (docs/design.md §5, §6): AdamW, or NAdam for parity with
+// the original QARAC reference (torch.optim.NAdam). Master weights and moments in the accumulation
 // dtype (f32), the compute copy (bf16 or f32) rewritten by the same kernel, global-norm clipping.
 #pragma once
 

@@ -24,40 +24,21 @@ void check_output_dir(const std::string& output, bool resume) {
                     " is not empty (--resume continues its run; or choose another directory)");
 }
 
-std::string checkpoint_dir(const std::string& output, int rank, int world_size) {
-  const fs::path dir = fs::path(output) / "checkpoints";
-  return (world_size > 1 ? dir / ("rank-" + std::to_string(rank)) : dir).string();
-}
+std::string checkpoint_dir(const std::string& output) { return (fs::path(output) / "checkpoints").string(); }
 
-std::string find_resume_checkpoint(const std::string& output, int rank, int world_size,
-                                   const parallel::MpiGroup* world) {
-  // A run resumes with the world size it was trained with: its checkpoints lie in one folder
-  // per rank (several ranks) or in checkpoints/ itself (one).
-  int rank_folders = 0;
-  std::error_code ec;
-  for (const fs::directory_entry& e : fs::directory_iterator(fs::path(output) / "checkpoints", ec))
-    rank_folders += e.is_directory() && e.path().filename().string().rfind("rank-", 0) == 0;
-  const int trained_with = rank_folders > 0 ? rank_folders : 1;
-  QARAC_INPUT_CHECK(trained_with == world_size, "--resume: ", output, " was trained with ", trained_with,
-                    " rank(s) and this job has ", world_size, "; resume it with as many (mpirun -np ",
-                    trained_with, ")");
-  const std::string dir = checkpoint_dir(output, rank, world_size);
-  const std::optional<std::string> latest = find_latest_checkpoint(dir);
-  if (!world) {
-    QARAC_INPUT_CHECK(latest, "--resume: no valid checkpoint in ", dir);
-    return *latest;
+std::string find_resume_checkpoint(const std::string& output, int rank, const parallel::MpiGroup* world) {
+  const std::string dir = checkpoint_dir(output);
+  // Every rank refuses an old layout itself, so that the job ends with one line from each.
+  refuse_old_checkpoints(dir);
+  // Rank 0 alone verifies (reading every file): the others take its choice, -1 for none.
+  double step = -1;
+  if (rank == 0) {
+    const std::optional<std::string> latest = find_latest_checkpoint(dir);
+    if (latest) step = static_cast<double>(checkpoint_step(*latest));
   }
-  // Every rank's newest step (-1 for none); the run resumes from the oldest of them.
-  double newest = latest ? static_cast<double>(checkpoint_step(*latest)) : -1;
-  double oldest = newest;
-  world->all_reduce(&newest, 1, MPI_MAX, "agreeing on the checkpoint to resume from");
-  world->all_reduce(&oldest, 1, MPI_MIN, "agreeing on the checkpoint to resume from");
-  QARAC_INPUT_CHECK(oldest >= 0, "--resume: some rank has no valid checkpoint (this is rank ", rank,
-                    "; its folder ", dir, latest ? " has one)" : " has none)");
-  if (oldest != newest && rank == 0)
-    log::warn("--resume: the ranks' newest checkpoints differ (steps ", oldest, " and ", newest,
-              "); resuming all from step ", oldest);
-  return checkpoint_path(dir, static_cast<int64_t>(oldest));
+  if (world) world->all_reduce(&step, 1, MPI_MAX, "agreeing on the checkpoint to resume from");
+  QARAC_INPUT_CHECK(step >= 0, "--resume: no valid checkpoint in ", dir);
+  return checkpoint_path(dir, static_cast<int64_t>(step));
 }
 
 }  // namespace qarac

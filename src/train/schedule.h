@@ -1,4 +1,4 @@
-// The learning-rate schedule of fine-tuning (DESIGN.md §1, §6): a linear warmup from 0 to the
+// The learning-rate schedule of fine-tuning (docs/design.md §1, §6): a linear warmup from 0 to the
 // peak rate, then a decay to a final fraction of it: constant, linear, cosine or exponential.
 // Steps count updates from 0, as transformers' get_*_schedule_with_warmup do, so runs keep the
 // reference's rates step for step:

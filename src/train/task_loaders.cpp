@@ -1,6 +1,7 @@
 // TaskLoaders (train/task_loaders.h).
 #include "train/task_loaders.h"
 
+#include <algorithm>
 #include <string>
 
 namespace qarac {
@@ -14,8 +15,7 @@ TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config) 
     data::LoaderOptions options;
     options.data_dir = config.data_dir;
     options.seed = static_cast<uint64_t>(config.seed);
-    options.token_budget = settings.tokens;
-    options.max_examples = settings.examples;
+    options.global_batch = settings.batch;
     loaders_.emplace_back(one, options);
     const std::string path = config.data_dir + "/" + data::task_name(slot.task) + ".h5";
     const std::string& hash = loaders_.back().info(0).tokenizer_hash;
@@ -49,9 +49,13 @@ data::LoaderCursor TaskLoaders::cursor() const {
 }
 
 void TaskLoaders::restore(const data::LoaderCursor& c) {
-  QARAC_INPUT_CHECK(c.tasks.size() == loaders_.size(), "data cursor: ", c.tasks.size(), " tasks, this rank runs ",
-                    loaders_.size());
-  for (size_t i = 0; i < loaders_.size(); ++i) loaders_[i].restore({c.step, {c.tasks[i]}});
+  for (data::Loader& loader : loaders_) {
+    const data::Task task = loader.cursor().tasks.front().task;
+    const auto it =
+        std::find_if(c.tasks.begin(), c.tasks.end(), [&](const data::TaskCursor& t) { return t.task == task; });
+    QARAC_INPUT_CHECK(it != c.tasks.end(), "data cursor: holds no position for task ", data::task_name(task));
+    loader.restore({c.step, {*it}});
+  }
 }
 
 }  // namespace qarac

@@ -1,7 +1,7 @@
-// This rank's data: one data::Loader per task of its plan, so that every task has its own batch
-// size (train.<task>.tokens and .examples); together they act as the loader of the rank's plan:
-// a step takes one batch of each task, in plan order, and the cursor is the tasks' cursors in
-// that order (what a checkpoint stores).
+// This rank's data: one data::Loader per task of its plan, so that every task has its own global
+// batch (task.<task>.batch); together they act as the loader of the rank's plan: a step takes
+// this rank's part of each task's global batch, in plan order, and the cursor is the tasks'
+// global cursors in that order.
 #pragma once
 
 #include <vector>
@@ -19,7 +19,8 @@ class TaskLoaders {
 
   data::StepBatch next();
   data::LoaderCursor cursor() const;
-  // InputError when `c` holds another number of tasks than this rank runs.
+  // Restores this rank's tasks from a cursor of any tasks (a checkpoint's holds every task of the
+  // run); InputError when one of this rank's tasks is missing from it.
   void restore(const data::LoaderCursor& c);
 
  private:

@@ -36,14 +36,14 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 
 parallel::TaskPlan make_plan(const TrainConfig& c, int world_size) {
   parallel::TaskValues weights{};
-  std::array<int64_t, data::kTaskCount> tokens{};
+  std::array<int64_t, data::kTaskCount> batch{};
   for (int t = 0; t < data::kTaskCount; ++t) {
     weights[t] = c.task[t].weight;
-    tokens[t] = c.task[t].tokens;
+    batch[t] = c.task[t].batch;  // examples, standing in for tokens per batch in the cost estimate
   }
   // Pre-training reads the text stream alone, on every rank.
   if (c.pretraining()) return parallel::TaskPlan::single_task(data::Task::encode_decode, world_size);
-  return parallel::TaskPlan::parse(c.tasks, world_size, weights, parallel::estimated_costs(tokens));
+  return parallel::TaskPlan::parse(c.tasks, world_size, weights, parallel::estimated_costs(batch));
 }
 
 // check_values first: the schedule's and the plan's own checks would name no key.
@@ -52,11 +52,21 @@ const TrainConfig& checked(const TrainConfig& c) {
   return c;
 }
 
-int world_size_of(const TrainConfig& c, const parallel::Runtime* runtime) {
-  const int processes = runtime ? runtime->size() : 1;
-  QARAC_INPUT_CHECK(c.simulate_world == 0 || processes == 1, "parallel.simulate_world: ", c.simulate_world,
-                    " runs the plan of that many ranks in one process, but this job has ", processes);
-  return c.simulate_world > 0 ? static_cast<int>(c.simulate_world) : processes;
+// The banner's second table: each task's global batch, its ranks, and about how many examples
+// each of them runs per step (the division balances tokens, so the counts vary a little).
+std::string batch_table(const TrainConfig& c, const parallel::TaskPlan& plan) {
+  std::string text = "global batches (examples per step, whatever the world size):\n";
+  char line[160];
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const data::Task task = static_cast<data::Task>(t);
+    const int ranks = plan.group_size(task);
+    if (ranks == 0) continue;
+    std::snprintf(line, sizeof line, "  %-4s %6lld over %d rank(s), about %.1f each", data::task_short_name(task),
+                  static_cast<long long>(c.task[t].batch), ranks, static_cast<double>(c.task[t].batch) / ranks);
+    text += line;
+    text += c.micro_tokens > 0 ? ", in micro-batches of at most " + std::to_string(c.micro_tokens) + " tokens\n" : "\n";
+  }
+  return text;
 }
 
 }  // namespace
@@ -72,9 +82,9 @@ struct Trainer::Impl {
     parallel::Backend backend = parallel::Backend::mpi;
     bool root() const { return rank == 0; }
   };
-  // What a step of this process runs, in order: this rank's task slots, or with
-  // parallel.simulate_world every simulated rank's, one rank after another; and per slot the
-  // models whose last use in the step it is: after its backward pass their reduction can start.
+  // What a step of this process runs, in order: this rank's task slots, and per slot the models
+  // whose last use in the step it is: after its last micro-batch's backward pass their reduction
+  // can start.
   struct StepLayout {
     std::vector<data::TaskSlot> slots;
     std::vector<std::vector<parallel::Model>> released_after;
@@ -87,7 +97,7 @@ struct Trainer::Impl {
     ParameterList params;  // the held ones: what the optimizer updates
     std::unique_ptr<Optimizer> optimizer;
     std::unique_ptr<Evaluator> evaluator;
-    Tensor step_losses;  // [slots] on the device: the losses of one step, read back at once
+    Tensor run_losses;  // [micro-batches] on the device: the losses of one step, read back at once
   };
   // The steps at which each was last done.
   struct Last {
@@ -106,12 +116,15 @@ struct Trainer::Impl {
   Fault fault;
   int64_t step = 0;  // training steps completed
   Last last;
+  bool warned_long_example = false;  // train.micro_tokens below one example: said once
 
   Impl(const TrainConfig& c, const parallel::Runtime* runtime);
   void build(Device device);
   std::string step_text() const { return "step " + std::to_string(step + 1); }
   void start();
   StepStats train_step();
+  data::LoaderCursor global_cursor() const;
+  std::vector<CheckpointPart> held_parts() const;
   void save();
   void evaluate();
   void check_replicas();
@@ -121,10 +134,10 @@ struct Trainer::Impl {
 Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
     : config(checked(c)),
       place(runtime),
-      plan(make_plan(config, world_size_of(config, runtime))),
+      plan(make_plan(config, runtime ? runtime->size() : 1)),
       schedule(config.schedule_config()),
       output(config.output),
-      checkpoint_dir(qarac::checkpoint_dir(output, place.rank, place.world_size)) {
+      checkpoint_dir(qarac::checkpoint_dir(output)) {
   const Device device = config.device_value();
   if (place.world_size > 1) {
     log::set_rank(place.rank);
@@ -139,16 +152,12 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
   fault = Fault::from_env();
   check_output_dir(output, config.resume);
   build(device);
-  if (config.resume)
-    resume_from = find_resume_checkpoint(output, place.rank, place.world_size, place.world.get());
+  if (config.resume) resume_from = find_resume_checkpoint(output, place.rank, place.world.get());
 }
 
 // The step layout, loaders, workload, gradient reduction and optimizer of this process.
 void Trainer::Impl::build(Device device) {
-  data::RankPlan rank_plan = plan.rank_plan(place.rank);
-  if (config.simulate_world > 0)
-    for (int r = 1; r < plan.world_size(); ++r)
-      for (const data::TaskSlot& slot : plan.rank_plan(r).tasks) rank_plan.tasks.push_back(slot);
+  const data::RankPlan rank_plan = plan.rank_plan(place.rank);
   std::vector<data::TaskSlot>& slots = layout.slots;
   slots = rank_plan.tasks;
   layout.released_after.resize(slots.size());
@@ -165,32 +174,29 @@ void Trainer::Impl::build(Device device) {
   if (config.pretraining()) {
     t.workload = make_mlm_workload(config, device);
   } else {
-    // A rank builds the models its tasks use; rank 0 (and a simulated world) all three, for the
-    // evaluation and the export.
+    // A rank builds the models its tasks use; rank 0 all three, for the evaluation and the export.
     std::array<bool, parallel::kModelCount> build{};
     for (int m = 0; m < parallel::kModelCount; ++m)
-      build[m] = place.root() || config.simulate_world > 0 || plan.holds(place.rank, static_cast<parallel::Model>(m));
+      build[m] = place.root() || plan.holds(place.rank, static_cast<parallel::Model>(m));
     t.workload = make_qarac_workload(config, device, build);
   }
-  // A simulated world holds every model in this one process.
-  const parallel::TaskPlan holders = config.simulate_world > 0 ? make_plan(config, 1) : plan;
   const int64_t bucket_bytes = static_cast<int64_t>(config.bucket_mb * (1 << 20));
-  t.sync = std::make_unique<parallel::GradientSync>(place.world.get(), t.workload->parameter_groups(holders),
+  t.sync = std::make_unique<parallel::GradientSync>(place.world.get(), t.workload->parameter_groups(plan),
                                                     place.backend, bucket_bytes);
   t.params = t.sync->held_parameters();
   t.optimizer = std::make_unique<Optimizer>(t.params, config.optimizer_config());
-  t.step_losses =
-      Tensor::zeros({static_cast<int64_t>(slots.size())}, ops::accumulation_dtype(config.dtype_value()), device);
 }
 
 // Restores the checkpoint when resuming; rank 0 creates the output directory, writes config.ini
 // (a fresh run), opens metrics.jsonl and prints the run's table.
 void Trainer::Impl::start() {
   if (!resume_from.empty()) {
-    // Restores parameters, moments and the optimizer's step; refuses a checkpoint whose run
-    // fixed the models, the data order or the plan differently.
+    // Restores the parameters and moments of the groups this rank holds, and the optimizer's
+    // step; refuses a checkpoint whose run fixed the models, the data order or the global
+    // batches differently. The world size and the plan may differ from the checkpoint's.
     const TrainingState state = load_checkpoint(
-        resume_from, *training.optimizer, [&](const std::string& saved) { return resume_mismatch(config, saved); });
+        resume_from, *training.optimizer, [&](const std::string& saved) { return resume_mismatch(config, saved); },
+        held_parts());
     step = state.step;
     training.loaders->restore(state.cursor);
     last.checkpoint = step;
@@ -213,15 +219,13 @@ void Trainer::Impl::start() {
     for (const parallel::ParameterGroup& g : training.sync->groups())
       for (const Parameter* p : g.params) count += p->master.numel();
     std::string layout_text;
-    if (config.simulate_world > 0)
-      layout_text = ", simulating " + std::to_string(config.simulate_world) + " ranks in one process";
     if (place.world)
       layout_text = ", " + std::to_string(place.world_size) + " ranks, gradient all-reduce over " +
                     parallel::backend_name(place.backend);
-    std::printf("%sqarac-train: %lld parameters, %s%s, steps %lld..%lld, output %s\n", plan.table().c_str(),
-                static_cast<long long>(count), optimizer_name(training.optimizer->config().kind),
-                layout_text.c_str(), static_cast<long long>(step), static_cast<long long>(config.steps),
-                output.c_str());
+    std::printf("%s%sqarac-train: %lld parameters, %s%s, steps %lld..%lld, output %s\n", plan.table().c_str(),
+                batch_table(config, plan).c_str(), static_cast<long long>(count),
+                optimizer_name(training.optimizer->config().kind), layout_text.c_str(), static_cast<long long>(step),
+                static_cast<long long>(config.steps), output.c_str());
     std::fflush(stdout);
   }
   if (place.world) place.world->barrier("creating the output directory");
@@ -233,65 +237,141 @@ StepStats Trainer::Impl::train_step() {
   StepStats s;
   fault.inject(place.rank, step, t.sync->groups());
   const data::StepBatch batch = t.loaders->next();
+  // This rank's part of each task's global batch, in micro-batches of at most train.micro_tokens.
+  std::vector<std::vector<data::TaskBatch>> micro(batch.tasks.size());
+  int64_t runs = 0;
+  for (size_t i = 0; i < batch.tasks.size(); ++i) {
+    micro[i] = batch.tasks[i].split(config.micro_tokens);
+    runs += static_cast<int64_t>(micro[i].size());
+    for (const data::TaskBatch& m : micro[i])
+      if (config.micro_tokens > 0 && m.tokens() > config.micro_tokens && !warned_long_example) {
+        warned_long_example = true;
+        log::warn("train.micro_tokens ", config.micro_tokens, ": an example of ", data::task_name(m.task), " has ",
+                  m.tokens(), " tokens and runs alone (said once)");
+      }
+  }
+  if (!t.run_losses.defined() || t.run_losses.size(0) < runs)
+    t.run_losses = Tensor::zeros({std::max<int64_t>(runs, 1)}, ops::accumulation_dtype(config.dtype_value()),
+                                 config.device_value());
   const Clock::time_point t_data = Clock::now();
   zero_grads(t.params);
-  int64_t examples = 0;
+  int64_t examples = 0, run = 0;
+  std::vector<double> run_share;      // per micro-batch: its examples / N
+  std::vector<size_t> run_slot;       // per micro-batch: its slot
+  std::vector<double> slot_seconds(batch.tasks.size(), 0.0);
   for (size_t i = 0; i < batch.tasks.size(); ++i) {
-    const data::TaskBatch& task_batch = batch.tasks[i];
-    ObjectiveOptions options;
-    options.weight = plan.gradient_scale(task_batch.task);  // w_t / n_t
-    options.forward.training = true;
-    options.forward.seed = static_cast<uint64_t>(config.seed);
-    options.forward.step = static_cast<uint64_t>(step);
-    // A model's reduction starts a bucket at a time during its last backward pass of the step.
+    const Clock::time_point t_slot = Clock::now();
+    const data::TaskBatch& part = batch.tasks[i];
+    // A model's reduction starts a bucket at a time during its last backward pass of the step:
+    // the last micro-batch of its last task on this rank.
     const std::vector<parallel::Model>& released = layout.released_after[i];
-    options.backward_done = [&](parallel::Model m) {
-      if (std::find(released.begin(), released.end(), m) != released.end()) t.sync->model_done(m);
-    };
-    for (parallel::Model m : released) options.last_use[static_cast<int>(m)] = true;
-    options.gradients_ready = [&](const ParameterList& ready) { t.sync->parameters_ready(ready); };
-    const Tensor& loss = t.workload->run(task_batch, options);
-    // Kept on the device: the losses are read back together after the update.
-    t.step_losses.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1).copy_(loss);
-    s.tokens += task_batch.tokens();
-    examples += task_batch.count();
-    for (parallel::Model m : released) t.sync->model_done(m);  // workloads that do not report it
+    for (size_t k = 0; k < micro[i].size(); ++k) {
+      const data::TaskBatch& m = micro[i][k];
+      const double share = static_cast<double>(m.count()) / static_cast<double>(m.global_count);
+      ObjectiveOptions options;
+      // The task's loss is the mean over its global batch: this micro-batch's mean counts
+      // (its examples) / N of it.
+      options.weight = config.task_weight(m.task) * share;
+      options.forward.training = true;
+      options.forward.seed = static_cast<uint64_t>(config.seed);
+      options.forward.step = static_cast<uint64_t>(step);
+      if (k + 1 == micro[i].size()) {
+        options.backward_done = [&](parallel::Model model) {
+          if (std::find(released.begin(), released.end(), model) != released.end()) t.sync->model_done(model);
+        };
+        for (parallel::Model model : released) options.last_use[static_cast<int>(model)] = true;
+        options.gradients_ready = [&](const ParameterList& ready) { t.sync->parameters_ready(ready); };
+      }
+      const Tensor& loss = t.workload->run(m, options);
+      // Kept on the device: the losses are read back together after the update.
+      t.run_losses.slice(0, run, run + 1).copy_(loss);
+      run_share.push_back(share);
+      run_slot.push_back(i);
+      ++run;
+    }
+    s.tokens += part.tokens();
+    examples += part.count();
+    // Workloads that do not report it, and a rank with no example of the batch: its zero
+    // gradients still take part in the reductions.
+    for (parallel::Model model : released) t.sync->model_done(model);
+    slot_seconds[i] = seconds_between(t_slot, Clock::now());
   }
-  const Clock::time_point t_backward = Clock::now();
   const double waited = t.sync->finish(step_text());
   s.lr = schedule.at(step);
   // The norm of the whole gradient, every model's counted once: clipping needs it, the metrics
-  // report it.
+  // report it. Its all-reduce waits for the slowest rank: communication, not compute.
+  const Clock::time_point t_norm = Clock::now();
   s.grad_norm = std::sqrt(t.sync->global_grad_sum_of_squares(step_text()));
+  const double norm_wait = seconds_between(t_norm, Clock::now());
   t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
-  std::vector<double> slot_losses = t.step_losses.to(Device::cpu()).to(DType::f64).to_vector<double>();
+  std::vector<double> slot_losses(batch.tasks.size(), 0.0);
+  if (run > 0) {
+    const std::vector<double> losses = t.run_losses.to(Device::cpu()).to(DType::f64).to_vector<double>();
+    for (size_t j = 0; j < run_slot.size(); ++j) slot_losses[run_slot[j]] += losses[j] * run_share[j];
+  }
   ++step;
   const Clock::time_point t_end = Clock::now();
   s.seconds = seconds_between(t0, t_end);
   s.examples = examples;
   s.data_seconds = seconds_between(t0, t_data);
-  s.comm_seconds = s.comm_max_seconds = waited;
-  s.compute_seconds = seconds_between(t_data, t_backward) + seconds_between(t_backward, t_end) - waited;
-  gather_step_stats(s, layout.slots, slot_losses, place.world.get(), place.world_size, step);
+  s.comm_seconds = s.comm_max_seconds = waited + norm_wait;
+  s.compute_seconds = seconds_between(t_data, t_end) - s.comm_seconds;
+  gather_step_stats(s, layout.slots, slot_losses, slot_seconds, place.world.get(), place.rank, place.world_size,
+                    step);
   return s;
 }
 
-// Every rank saves what it holds (its models' weights and moments, its data cursors) into its
-// own folder (train/run_dir.h).
+// Every task's global cursor: each rank knows those of its own tasks, the same on all of its
+// ranks; one all-reduce gives every rank all of them.
+data::LoaderCursor Trainer::Impl::global_cursor() const {
+  const data::LoaderCursor mine = training.loaders->cursor();
+  std::vector<double> known(2 * data::kTaskCount, -1.0);  // epoch, position per task
+  for (const data::TaskCursor& t : mine.tasks) {
+    known[2 * static_cast<size_t>(t.task)] = static_cast<double>(t.epoch);
+    known[2 * static_cast<size_t>(t.task) + 1] = static_cast<double>(t.position);
+  }
+  if (place.world) place.world->all_reduce(known.data(), static_cast<int>(known.size()), MPI_MAX, "data cursors");
+  data::LoaderCursor all;
+  all.step = mine.step;
+  for (int t = 0; t < data::kTaskCount; ++t)
+    if (known[2 * static_cast<size_t>(t)] >= 0)
+      all.tasks.push_back({static_cast<data::Task>(t), static_cast<int64_t>(known[2 * static_cast<size_t>(t)]),
+                           static_cast<int64_t>(known[2 * static_cast<size_t>(t) + 1])});
+  return all;
+}
+
+// The checkpoint parts this rank holds: its model groups.
+std::vector<CheckpointPart> Trainer::Impl::held_parts() const {
+  std::vector<CheckpointPart> parts;
+  for (const parallel::ParameterGroup& g : training.sync->groups())
+    if (std::find(g.ranks.begin(), g.ranks.end(), place.rank) != g.ranks.end()) parts.push_back({g.name, g.params});
+  return parts;
+}
+
+// A global checkpoint: each model group written once, by its lowest rank, into a temporary
+// folder that rank 0 renames once every part is complete (train/checkpoint.h).
 void Trainer::Impl::save() {
   last.checkpoint = step;
   TrainingState state;
   state.step = step;
   state.seed = static_cast<uint64_t>(config.seed);
-  state.cursor = training.loaders->cursor();
+  state.cursor = global_cursor();
   state.config = to_ini(config);
-  const std::string path =
-      save_checkpoint(checkpoint_dir, *training.optimizer, state, static_cast<int>(config.checkpoint_keep));
-  if (place.world) place.world->barrier("checkpoint at step " + std::to_string(step));
+  const std::string what = "checkpoint at step " + std::to_string(step);
+  if (place.root()) begin_checkpoint(checkpoint_dir, step);
+  if (place.world) place.world->barrier(what);
+  std::vector<std::string> names;
+  for (const parallel::ParameterGroup& g : training.sync->groups()) names.push_back(g.name);
+  const std::string folder = checkpoint_temp_path(checkpoint_dir, step);
+  for (const parallel::ParameterGroup& g : training.sync->groups())
+    if (g.ranks.front() == place.rank)
+      write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
+  if (place.world) place.world->barrier(what);
+  std::string path;
+  if (place.root()) path = commit_checkpoint(checkpoint_dir, step, static_cast<int>(config.checkpoint_keep));
+  if (place.world) place.world->barrier(what);
   metrics.end_progress_line();
-  if (place.root())
-    log::info("checkpoint ", place.world ? (fs::path(checkpoint_dir).parent_path() / "rank-*").string() : path,
-              place.world ? " at step " + std::to_string(step) : "");
+  if (place.root()) log::info("checkpoint ", path);
 }
 
 void Trainer::Impl::evaluate() {

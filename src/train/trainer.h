@@ -1,8 +1,9 @@
-// The training run of qarac-train (DESIGN.md §1, §4, §6): from a pre-trained RoBERTa to the three
-// fine-tuned QARAC models. The trainer loads the base (setting its MLM head aside for the
+// The training run of qarac-train (docs/design.md §1, §4, §6): from a pre-trained RoBERTa to the
+// three fine-tuned QARAC models. The trainer loads the base (setting its MLM head aside for the
 // forgetting monitor), builds the models, this rank's loaders from the task plan and the
-// optimizer, then runs the steps: every task of the rank forward and backward with its gradient
-// scale w_t / n_t, the gradient reduction, clipping, the optimizer update at the scheduled rate;
+// optimizer, then runs the steps: this rank's part of every task's global batch forward and
+// backward (in micro-batches of at most train.micro_tokens tokens) with the gradient scale
+// (its examples) / N_t · w_t, the gradient reduction, clipping, the optimizer update at the scheduled rate;
 // metrics every step, checkpoints and evaluations every N steps and at the end, and the Hugging
 // Face export of every model at the end. With model.mode mlm the same loop pre-trains a RoBERTa
 // base by masked language modelling on the text stream instead (the quickstart's tiny base).

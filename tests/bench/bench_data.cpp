@@ -1,7 +1,7 @@
 // Throughput of the data pipeline: qarac-prep examples/s (raw files -> HDF5 task streams, the
 // real program run as a child process) and the loader's batches/s (packed, then padded).
 // A benchmark to run by hand, not a test:
-//   bench_data [copies, default 20] [steps, default 2000] [token budget, default 8192]
+//   bench_data [copies, default 20] [steps, default 2000] [global batch, default 128 examples]
 // The input is data/sample repeated `copies` times per format (20 copies: about 175,000
 // examples). The sample is templated and repetitive, so the tokenizer's word cache is warm
 // after the first copy: prep figures on natural text are lower (see bench_tokenizer).
@@ -66,9 +66,9 @@ double run_prep(const std::string& args) {
 int bench(int argc, char** argv) {
   const int copies = argc > 1 ? std::atoi(argv[1]) : 20;
   const int steps = argc > 2 ? std::atoi(argv[2]) : 2000;
-  const int64_t budget = argc > 3 ? std::atoll(argv[3]) : 8192;
-  if (copies < 1 || steps < 1 || budget < 1) {
-    std::fprintf(stderr, "usage: bench_data [copies] [steps] [token budget]\n");
+  const int64_t batch = argc > 3 ? std::atoll(argv[3]) : 128;
+  if (copies < 1 || steps < 1 || batch < 1) {
+    std::fprintf(stderr, "usage: bench_data [copies] [steps] [global batch]\n");
     return 2;
   }
   const std::string sample = QARAC_SAMPLE_DIR;
@@ -108,11 +108,11 @@ int bench(int argc, char** argv) {
 
   LoaderOptions opt;
   opt.data_dir = (dir / "out1").string();
-  opt.token_budget = budget;
+  opt.global_batch = batch;
   auto start = Clock::now();
   Loader loader(RankPlan::single(), opt);
-  std::printf("loader, 4 tasks, token budget %lld: shares read in %.3f s\n",
-              static_cast<long long>(budget), seconds_since(start));
+  std::printf("loader, 4 tasks, global batch %lld: streams read in %.3f s\n",
+              static_cast<long long>(batch), seconds_since(start));
   start = Clock::now();
   int64_t batches = 0, examples = 0, tokens = 0;
   for (int i = 0; i < steps; ++i)

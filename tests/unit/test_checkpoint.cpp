@@ -121,17 +121,18 @@ TrainingState state_at(int64_t step) {
   s.step = step;
   s.seed = 0xF00DCAFEDEADBEEFull;  // above 2^63: the seed is unsigned
   s.cursor.step = step;
-  s.cursor.tasks = {{data::Task::consistency, 2, 17, 100, 250},
-                    {data::Task::encode_decode, 0, 3, 0, 1000}};
+  s.cursor.tasks = {{data::Task::consistency, 2, 17}, {data::Task::encode_decode, 0, 3}};
   s.config = "[train]\nlr = 2e-3\nname = \"résumé\"\n\n[model]\nshare_encoder_base = false\n";
   return s;
 }
 
-// Whether a file name (without folder) is a checkpoint's, not a temporary file's.
+// Whether a name (without folder) is a checkpoint's, not a temporary folder's.
 bool is_checkpoint_name(const std::string& name) {
-  return name.rfind("checkpoint-", 0) == 0 && name.size() > 14 &&
-         name.compare(name.size() - 3, 3, ".h5") == 0 && name.find(".tmp.") == std::string::npos;
+  return name.rfind("step-", 0) == 0 && name.size() == 15 && name.find('.') == std::string::npos;
 }
+
+// The file of the one part save_checkpoint writes by default.
+std::string part_file(const std::string& checkpoint) { return checkpoint + "/model.h5"; }
 
 class CheckpointTest : public ::testing::Test {
  protected:
@@ -163,9 +164,9 @@ TEST_F(CheckpointTest, RoundTripIsBitExact) {
   const TrainingState saved = state_at(2);
   const std::string path = save_checkpoint(dir(), a.optimizer, saved, 3);
   EXPECT_EQ(path, checkpoint_path(dir(), 2));
-  EXPECT_EQ(fs::path(path).filename().string(), "checkpoint-0000000002.h5");
-  EXPECT_EQ(entries(), std::set<std::string>{"checkpoint-0000000002.h5"})
-      << "a temporary file was left";
+  EXPECT_EQ(fs::path(path).filename().string(), "step-0000000002");
+  EXPECT_EQ(entries(), std::set<std::string>{"step-0000000002"}) << "a temporary folder was left";
+  EXPECT_TRUE(fs::is_regular_file(part_file(path)));
 
   TrainingRun b(2);                          // other weights: the load must overwrite every one
   for (Parameter* p : b.model.parameters())  // gradients left over from before the load
@@ -185,8 +186,6 @@ TEST_F(CheckpointTest, RoundTripIsBitExact) {
     EXPECT_EQ(x.task, y.task);
     EXPECT_EQ(x.epoch, y.epoch);
     EXPECT_EQ(x.position, y.position);
-    EXPECT_EQ(x.share_begin, y.share_begin);
-    EXPECT_EQ(x.share_end, y.share_end);
   }
   for (const Parameter* p : b.model.parameters())
     for (float g : p->grad.to_vector<float>())
@@ -203,6 +202,45 @@ TEST_F(CheckpointTest, EmptyConfigAndCursorRoundTrip) {
   expect_same_state(a.optimizer, b.optimizer);
   EXPECT_EQ(loaded.config, "");
   EXPECT_TRUE(loaded.cursor.tasks.empty());
+}
+
+// A checkpoint in parts (the trainer's model groups, each written by one holder): any process
+// holding some of them loads just those, whatever held them when it was written; a part missing
+// makes the whole checkpoint invalid.
+TEST_F(CheckpointTest, PartsLoadIntoAnyHolderAndAreAllRequired) {
+  TrainingRun a(1);
+  a.train(0, 2, 42);
+  const ParameterList& all = a.optimizer.parameters();
+  const size_t half = all.size() / 2;
+  const auto middle = all.begin() + static_cast<std::ptrdiff_t>(half);
+  const std::vector<CheckpointPart> parts = {{"first", ParameterList(all.begin(), middle)},
+                                             {"second", ParameterList(middle, all.end())}};
+  const std::string path = save_checkpoint(dir(), a.optimizer, state_at(2), 2, parts);
+  std::set<std::string> files;
+  for (const auto& e : fs::directory_iterator(path)) files.insert(e.path().filename().string());
+  EXPECT_EQ(files, (std::set<std::string>{"first.h5", "second.h5"}));
+
+  // A process holding only the second part's parameters.
+  TrainingRun b(2);
+  const ParameterList b_all = b.model.parameters();
+  const ParameterList held(b_all.begin() + static_cast<std::ptrdiff_t>(half), b_all.end());
+  Optimizer second(held, TrainingRun::config(OptimizerKind::adamw));
+  const TrainingState state = load_checkpoint(path, second, {}, {{"second", held}});
+  EXPECT_EQ(state.step, 2);
+  EXPECT_EQ(second.steps(), 2);
+  for (size_t i = 0; i < held.size(); ++i) {
+    EXPECT_TRUE(same_bits(held[i]->master, all[half + i]->master)) << held[i]->name;
+    EXPECT_TRUE(same_bits(second.first_moments()[i], a.optimizer.first_moments()[half + i])) << held[i]->name;
+    EXPECT_TRUE(same_bits(second.second_moments()[i], a.optimizer.second_moments()[half + i])) << held[i]->name;
+  }
+  // The first part's parameters are not the second part's.
+  expect_input_error([&] { load_checkpoint(path, second, {}, {{"first", held}}); }, {"first.h5", "lacks parameter"});
+
+  fs::remove(fs::path(path) / "first.h5");
+  expect_input_error([&] { verify_checkpoint(path); }, {"first.h5", "part 'first' is missing"});
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(find_latest_checkpoint(dir()), std::nullopt);
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("part 'first' is missing"), std::string::npos);
 }
 
 // Mixed precision: the compute copy (bf16) is restored as the master rounded to it, the bits
@@ -277,14 +315,14 @@ TEST_F(CheckpointTest, KeepsTheLastN) {
   TrainingRun a(1);
   for (int64_t step = 1; step <= 5; ++step) save_checkpoint(dir(), a.optimizer, state_at(step), 2);
   EXPECT_EQ(entries(),
-            (std::set<std::string>{"checkpoint-0000000004.h5", "checkpoint-0000000005.h5"}));
+            (std::set<std::string>{"step-0000000004", "step-0000000005"}));
   EXPECT_EQ(find_latest_checkpoint(dir()), checkpoint_path(dir(), 5));
 
   // A later step than the one written (another run's) is not this write's to delete.
   save_checkpoint(dir(), a.optimizer, state_at(9), 0);
   save_checkpoint(dir(), a.optimizer, state_at(6), 1);
   EXPECT_EQ(entries(),
-            (std::set<std::string>{"checkpoint-0000000006.h5", "checkpoint-0000000009.h5"}));
+            (std::set<std::string>{"step-0000000006", "step-0000000009"}));
   EXPECT_EQ(find_latest_checkpoint(dir()), checkpoint_path(dir(), 9));
 
   // 0 keeps everything.
@@ -295,16 +333,20 @@ TEST_F(CheckpointTest, KeepsTheLastN) {
 
 TEST_F(CheckpointTest, UnfinishedWritesAreIgnoredAndCleanedUp) {
   TrainingRun a(1);
-  const std::string stale = checkpoint_path(dir(), 3) + ".tmp.12345";
-  const std::string ahead = checkpoint_path(dir(), 9) + ".tmp.12345";
-  std::ofstream(stale) << "half a checkpoint";
-  std::ofstream(ahead) << "half a checkpoint";
+  const std::string stale = checkpoint_path(dir(), 3) + ".tmp";
+  const std::string deleting = checkpoint_path(dir(), 1) + ".del";
+  const std::string ahead = checkpoint_path(dir(), 9) + ".tmp";
+  for (const std::string& folder : {stale, deleting, ahead}) {
+    fs::create_directories(folder);
+    std::ofstream(folder + "/model.h5") << "half a checkpoint";
+  }
   std::ofstream(dir_ / "notes.txt") << "not a checkpoint";
   EXPECT_EQ(find_latest_checkpoint(dir()), std::nullopt);
   EXPECT_EQ(find_latest_checkpoint((dir_ / "missing").string()), std::nullopt);
 
   save_checkpoint(dir(), a.optimizer, state_at(5), 2);
-  EXPECT_FALSE(fs::exists(stale)) << "the temporary file of a write that died stays";
+  EXPECT_FALSE(fs::exists(stale)) << "the temporary folder of a write that died stays";
+  EXPECT_FALSE(fs::exists(deleting)) << "the folder of a deletion that died stays";
   EXPECT_TRUE(fs::exists(ahead));
   EXPECT_TRUE(fs::exists(dir_ / "notes.txt"));
   EXPECT_EQ(find_latest_checkpoint(dir()), checkpoint_path(dir(), 5));
@@ -356,14 +398,13 @@ TEST_F(CheckpointTest, DamagedFilesAreSkippedAndRefused) {
       {3, {"not an HDF5 file"}},
       {2, {"not an HDF5 file"}},  // empty
   };
-  const std::string p7 = checkpoint_path(dir(), 7);
-  fs::resize_file(p7, fs::file_size(p7) - 100);
-  flip_byte(checkpoint_path(dir(), 6),
-            dataset_offset(checkpoint_path(dir(), 6), weight.c_str()) + 5);
-  flip_byte(checkpoint_path(dir(), 5), dataset_offset(checkpoint_path(dir(), 5), "config") + 3);
-  remove_complete(checkpoint_path(dir(), 4));
-  std::ofstream(checkpoint_path(dir(), 3)) << "[train]\nthis is an INI file, not a checkpoint\n";
-  std::ofstream(checkpoint_path(dir(), 2)).close();
+  const auto file = [&](int64_t step) { return part_file(checkpoint_path(dir(), step)); };
+  fs::resize_file(file(7), fs::file_size(file(7)) - 100);
+  flip_byte(file(6), dataset_offset(file(6), weight.c_str()) + 5);
+  flip_byte(file(5), dataset_offset(file(5), "config") + 3);
+  remove_complete(file(4));
+  std::ofstream(file(3)) << "[train]\nthis is an INI file, not a checkpoint\n";
+  std::ofstream(file(2)).close();
 
   ::testing::internal::CaptureStderr();
   const std::optional<std::string> latest = find_latest_checkpoint(dir());
@@ -389,14 +430,15 @@ TEST_F(CheckpointTest, DamagedFilesAreSkippedAndRefused) {
 // Any truncation, from the superblock to the last byte, is refused.
 TEST_F(CheckpointTest, EveryTruncationIsRefused) {
   TrainingRun a(1);
-  const std::string path = save_checkpoint(dir(), a.optimizer, state_at(1), 1);
-  const std::string copy = (dir_ / "copy.h5").string();
+  const std::string path = part_file(save_checkpoint(dir(), a.optimizer, state_at(1), 1));
+  const std::string copy = part_file((dir_ / "copy").string());
+  fs::create_directories(dir_ / "copy");
   const uint64_t size = fs::file_size(path);
   for (const uint64_t keep :
        {uint64_t{0}, uint64_t{7}, uint64_t{100}, size / 3, size / 2, size - 8, size - 1}) {
     fs::copy_file(path, copy, fs::copy_options::overwrite_existing);
     fs::resize_file(copy, keep);
-    expect_input_error([&] { verify_checkpoint(copy); }, {copy});
+    expect_input_error([&] { verify_checkpoint((dir_ / "copy").string()); }, {copy});
   }
 }
 
@@ -424,10 +466,11 @@ TEST_F(CheckpointTest, AnyFlippedByteIsRefusedOrHarmless) {
   saved.first_moments()[1].copy_(saved_params[2].master);
   saved.set_steps(4);
   const TrainingState state = state_at(4);
-  const std::string path = save_checkpoint(dir(), saved, state, 1);
+  const std::string path = part_file(save_checkpoint(dir(), saved, state, 1));
   std::ifstream in(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), {});
-  const std::string damaged = (dir_ / "damaged.h5").string();
+  const std::string damaged_folder = (dir_ / "damaged").string(), damaged = part_file(damaged_folder);
+  fs::create_directories(damaged_folder);
 
   int refused = 0;
   for (size_t pos = 0; pos < bytes.size(); pos += 3) {
@@ -438,7 +481,7 @@ TEST_F(CheckpointTest, AnyFlippedByteIsRefusedOrHarmless) {
     std::vector<Parameter> params;
     Optimizer loaded(make(params), TrainingRun::config(OptimizerKind::adamw));
     try {
-      const TrainingState got = load_checkpoint(damaged, loaded);
+      const TrainingState got = load_checkpoint(damaged_folder, loaded);
       expect_same_state(saved, loaded);
       EXPECT_EQ(got.config, state.config) << "byte " << pos;
       EXPECT_EQ(got.seed, state.seed) << "byte " << pos;
@@ -541,7 +584,7 @@ TEST_F(CheckpointTest, KilledWritersNeverLeaveABadCheckpoint) {
     ::waitpid(child, &status, 0);
     ASSERT_TRUE(WIFSIGNALED(status)) << "the writer stopped on its own (status " << status << ")";
 
-    bool temporary = false;
+    bool temporary = false;  // a folder of an unfinished write or deletion
     for (const auto& e : fs::directory_iterator(dir_)) {
       const std::string name = e.path().filename().string();
       if (is_checkpoint_name(name))
@@ -558,9 +601,9 @@ TEST_F(CheckpointTest, KilledWritersNeverLeaveABadCheckpoint) {
     EXPECT_EQ(state.config, state_at(state.step).config);
   }
   // Not asserted (timing): how many kills landed inside a write.
-  std::cout << "[          ] " << interrupted << " of 10 kills left a temporary file\n";
+  std::cout << "[          ] " << interrupted << " of 10 kills left a temporary folder\n";
 
-  // The next finished write removes what the dead ones left (their temporary files are of its
+  // The next finished write removes what the dead ones left (their temporary folders are of its
   // step or earlier ones) and the checkpoints beyond keep_last.
   const std::optional<std::string> latest = find_latest_checkpoint(dir());
   const int64_t next = latest ? load_checkpoint(*latest, optimizer).step + 1 : 0;

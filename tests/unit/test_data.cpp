@@ -1,7 +1,8 @@
 // Data pipeline: the readers on the quirks of each raw format (tests/data/readers/, described in
 // its README), task-stream files (round trip, hyperslab reads, no half-written output), the
-// loader (disjoint covering shares for W = 1..5, every task every step, token budget, exact
-// resume from a cursor), and qarac-prep end to end on data/sample.
+// loader (the same global batches for every world size, their token-balanced division, batches
+// across epochs, micro-batches, resume from a cursor under another plan), and qarac-prep end to
+// end on data/sample.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <set>
@@ -635,16 +637,12 @@ std::vector<int32_t> field_ids(const PackedField& f, int64_t b) {
   return std::vector<int32_t>(f.tokens.begin() + f.starts[b], f.tokens.begin() + f.starts[b + 1]);
 }
 
-// The batches of `steps` steps, as comparable values.
-std::vector<std::vector<std::vector<int64_t>>> run_steps(Loader& loader, int steps) {
-  std::vector<std::vector<std::vector<int64_t>>> out;
+// The batches of `steps` steps, as comparable values: per task the example ids of the batch.
+std::vector<std::vector<std::vector<uint64_t>>> run_steps(Loader& loader, int steps) {
+  std::vector<std::vector<std::vector<uint64_t>>> out;
   for (int i = 0; i < steps; ++i) {
-    std::vector<std::vector<int64_t>> step;
-    for (const TaskBatch& b : loader.next().tasks) {
-      std::vector<int64_t> v = b.examples;
-      v.push_back(-1 - b.epoch);  // the epoch is part of what must repeat exactly
-      step.push_back(std::move(v));
-    }
+    std::vector<std::vector<uint64_t>> step;
+    for (const TaskBatch& b : loader.next().tasks) step.push_back(b.ids);
     out.push_back(std::move(step));
   }
   return out;
@@ -652,54 +650,59 @@ std::vector<std::vector<std::vector<int64_t>>> run_steps(Loader& loader, int ste
 
 }  // namespace
 
-TEST(Loader, SharesAreDisjointAndCoverForOneToFiveRanks) {
-  TempDir dir("loader_shares");
-  const int64_t n = 103;  // not a multiple of any W in 2..5
+// Every world size sees the same global batches: the parts of the W ranks are disjoint, together
+// they are W = 1's batch, each in batch order; every example is the one its identity names (the
+// epoch's order at its position), with the tokens the file holds; the token loads of the ranks
+// differ by at most one example's tokens (the greedy division's bound).
+TEST(Loader, GlobalBatchesAreTheSameForEveryWorldSize) {
+  TempDir dir("loader_global");
+  const int64_t n = 103;
   const Synthetic s = synthetic(Task::reasoning, n, 12, 3);
   write_stream(dir / "reasoning.h5", Task::reasoning, s);
   LoaderOptions opt;
   opt.data_dir = dir.str();
-  opt.token_budget = 200;
-  for (int world = 1; world <= 5; ++world) {
-    std::vector<int> seen(n, 0);
-    int64_t min_share = n, max_share = 0;
-    for (int rank = 0; rank < world; ++rank) {
-      Loader loader(plan_for({{Task::reasoning, rank, world}}, world, rank), opt);
-      const int64_t share = loader.share_size(0);
-      min_share = std::min(min_share, share);
-      max_share = std::max(max_share, share);
-      // One epoch of this share: every example once, with the tokens the file holds.
-      int64_t drawn = 0;
-      while (drawn < share) {
-        const TaskBatch b = loader.next().tasks.at(0);
-        ASSERT_EQ(b.epoch, 0);
+  opt.global_batch = 10;
+  opt.seed = 5;
+  const int steps = 25;  // past two epoch boundaries
+  Loader one(plan_for({{Task::reasoning, 0, 1}}), opt);
+  const auto reference = run_steps(one, steps);
+  for (int world = 2; world <= 12; world += world < 5 ? 1 : 7) {  // 2..5 and 12 (more ranks than examples)
+    std::vector<std::unique_ptr<Loader>> ranks;
+    for (int rank = 0; rank < world; ++rank)
+      ranks.push_back(std::make_unique<Loader>(plan_for({{Task::reasoning, rank, world}}, world, rank), opt));
+    for (int step = 0; step < steps; ++step) {
+      std::vector<uint64_t> all;
+      int64_t most = 0, least = INT64_MAX, longest = 0;
+      for (int rank = 0; rank < world; ++rank) {
+        const TaskBatch b = ranks[rank]->next().tasks.at(0);
+        EXPECT_EQ(b.global_count, 10);
+        EXPECT_TRUE(std::is_sorted(b.ids.begin(), b.ids.end())) << "rank " << rank << " step " << step;
         for (int64_t k = 0; k < b.count(); ++k) {
-          const int64_t id = b.examples[k];
-          ++seen.at(id);
-          for (int f = 0; f < 3; ++f) ASSERT_EQ(field_ids(b.fields[f], k), s.examples[id][f]);
+          const ExampleIdentity id = decode_example_id(b.ids[k]);
+          EXPECT_EQ(id.task, Task::reasoning);
+          EXPECT_EQ(b.examples[k], shuffled_order(n, 5, id.epoch, Task::reasoning)[id.position]);
+          for (int f = 0; f < 3; ++f) ASSERT_EQ(field_ids(b.fields[f], k), s.examples[b.examples[k]][f]);
+          int64_t tokens = 0;
+          for (int f = 0; f < 3; ++f) tokens += b.fields[f].length(k);
+          longest = std::max(longest, tokens);
         }
-        drawn += b.count();
+        most = std::max(most, b.tokens());
+        least = std::min(least, b.tokens());
+        all.insert(all.end(), b.ids.begin(), b.ids.end());
       }
-      EXPECT_EQ(drawn, share);
-      EXPECT_EQ(loader.next().tasks[0].epoch, 1);  // then the share repeats
-    }
-    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(seen[i], 1) << "W=" << world << " example " << i;
-    EXPECT_LE(max_share - min_share, 1) << "W=" << world;
-  }
-  // The bounds alone, for sizes where some ranks get one example.
-  for (int64_t size : {1, 4, 5, 6, 1000}) {
-    for (int world = 1; world <= 5; ++world) {
-      if (size < world) continue;
-      int64_t expect_begin = 0;
-      for (int r = 0; r < world; ++r) {
-        const auto [b, e] = share_of(size, r, world);
-        EXPECT_EQ(b, expect_begin);
-        EXPECT_GT(e, b);
-        expect_begin = e;
-      }
-      EXPECT_EQ(expect_begin, size);
+      std::sort(all.begin(), all.end());
+      ASSERT_EQ(all, reference[step][0]) << "W=" << world << " step " << step;
+      EXPECT_LE(most - least, longest) << "W=" << world << " step " << step;
     }
   }
+  // The batches run through the epochs' orders without a gap: 25 steps of 10 examples are the
+  // first 250 positions, 103 a epoch.
+  int64_t next = 0;
+  for (const auto& step : reference)
+    for (uint64_t id : step[0]) {
+      const ExampleIdentity e = decode_example_id(id);
+      EXPECT_EQ(e.epoch * n + e.position, next++);
+    }
 }
 
 TEST(Loader, EveryStepHasEveryTaskAndShortStreamsRepeat) {
@@ -710,30 +713,30 @@ TEST(Loader, EveryStepHasEveryTaskAndShortStreamsRepeat) {
   write_stream(dir / "consistency.h5", Task::consistency, pairs);
   LoaderOptions opt;
   opt.data_dir = dir.str();
-  opt.token_budget = 100;
+  opt.global_batch = 5;
   opt.seed = 7;
   Loader loader(plan_for({{Task::encode_decode, 0, 1}, {Task::consistency, 0, 1}}), opt);
   std::map<int64_t, std::multiset<int64_t>> consistency_epochs;
-  for (int i = 0; i < 60; ++i) {
+  for (int i = 0; i < 20; ++i) {
     const StepBatch step = loader.next();
     EXPECT_EQ(step.step, i);
     ASSERT_EQ(step.tasks.size(), 2u);
     EXPECT_EQ(step.tasks[0].task, Task::encode_decode);
     EXPECT_EQ(step.tasks[1].task, Task::consistency);
     for (const TaskBatch& b : step.tasks) {
-      EXPECT_GT(b.count(), 0);
-      EXPECT_TRUE(b.tokens() <= opt.token_budget || b.count() == 1);
+      EXPECT_EQ(b.count(), 5);
+      EXPECT_EQ(b.tokens(), b.global_tokens);
     }
     const TaskBatch& cs = step.tasks[1];
     ASSERT_EQ(cs.labels.size(), static_cast<size_t>(cs.count()));
     for (int64_t k = 0; k < cs.count(); ++k) {
       EXPECT_EQ(cs.labels[k], static_cast<float>(pairs.labels[cs.examples[k]]));
-      consistency_epochs[cs.epoch].insert(cs.examples[k]);
+      consistency_epochs[decode_example_id(cs.ids[k]).epoch].insert(cs.examples[k]);
     }
   }
-  // The short stream went round several times, each epoch a permutation of the stream, each in
-  // another order.
-  ASSERT_GE(consistency_epochs.size(), 3u);
+  // The short stream went round several times, each epoch a permutation of the stream (a batch
+  // crossing an epoch's end takes the rest of it and the start of the next), each in another order.
+  ASSERT_GE(consistency_epochs.size(), 5u);
   for (const auto& [epoch, ids] : consistency_epochs) {
     if (epoch + 1 == static_cast<int64_t>(consistency_epochs.size())) break;  // the last may be partial
     std::multiset<int64_t> all;
@@ -743,30 +746,59 @@ TEST(Loader, EveryStepHasEveryTaskAndShortStreamsRepeat) {
   EXPECT_NE(shuffled_order(17, 7, 0, Task::consistency), shuffled_order(17, 7, 1, Task::consistency));
 }
 
-TEST(Loader, TokenBudgetAndExampleCap) {
-  TempDir dir("loader_budget");
+// The division: examples by decreasing tokens (ties in batch order) each to the least loaded rank
+// (ties: the lowest); fewer examples than ranks leaves ranks without one.
+TEST(Loader, DivideBatchBalancesTokensDeterministically) {
+  // 9 (#1) -> r0, 9 (#2) -> r1, 5 (#0) -> r0 (tie: lowest), 3 (#4) -> r1, 1 (#3) -> r1.
+  EXPECT_EQ(divide_batch({5, 9, 9, 1, 3}, 2), (std::vector<int>{0, 0, 1, 1, 1}));
+  EXPECT_EQ(divide_batch({4, 2}, 3), (std::vector<int>{0, 1}));
+  EXPECT_EQ(divide_batch({}, 4), std::vector<int>{});
+  EXPECT_EQ(divide_batch({7, 7, 7}, 1), (std::vector<int>{0, 0, 0}));
+  const ExampleIdentity id = decode_example_id(example_id(Task::consistency, 4000000, 1099511627775));
+  EXPECT_EQ(id.task, Task::consistency);
+  EXPECT_EQ(id.epoch, 4000000);
+  EXPECT_EQ(id.position, 1099511627775);
+  EXPECT_NE(example_id(Task::reasoning, 0, 3), example_id(Task::consistency, 0, 3));
+}
+
+// Micro-batches: consecutive, at most the budget each unless one example exceeds it alone, and
+// together the batch.
+TEST(Loader, MicroBatchesSplitInOrder) {
+  TempDir dir("loader_micro");
   write_stream(dir / "question_answering.h5", Task::question_answering,
                synthetic(Task::question_answering, 200, 60, 6));
   LoaderOptions opt;
   opt.data_dir = dir.str();
-  opt.token_budget = 50;  // below some single examples (up to 120 tokens): those come alone
+  opt.global_batch = 40;
   Loader loader(plan_for({{Task::question_answering, 0, 1}}), opt);
+  const TaskBatch batch = loader.next().tasks[0];
+  EXPECT_EQ(batch.split(0).size(), 1u);
+  EXPECT_TRUE(TaskBatch{}.split(50).empty());
   bool saw_alone = false;
-  for (int i = 0; i < 100; ++i) {
-    const TaskBatch b = loader.next().tasks[0];
-    if (b.tokens() > opt.token_budget) {
-      EXPECT_EQ(b.count(), 1);
+  const std::vector<TaskBatch> micro = batch.split(50);  // below some single examples (up to 120 tokens)
+  EXPECT_GT(micro.size(), 5u);
+  std::vector<int64_t> examples;
+  std::vector<uint64_t> ids;
+  for (const TaskBatch& m : micro) {
+    ASSERT_GT(m.count(), 0);
+    EXPECT_EQ(m.global_count, 40);
+    if (m.tokens() > 50) {
+      EXPECT_EQ(m.count(), 1);
       saw_alone = true;
     }
+    for (int64_t k = 0; k < m.count(); ++k)
+      for (int f = 0; f < 2; ++f) EXPECT_EQ(m.fields[f].length(k), m.fields[f].starts[k + 1] - m.fields[f].starts[k]);
+    examples.insert(examples.end(), m.examples.begin(), m.examples.end());
+    ids.insert(ids.end(), m.ids.begin(), m.ids.end());
   }
   EXPECT_TRUE(saw_alone);
-  opt.token_budget = 1 << 20;
-  opt.max_examples = 8;
-  Loader capped(plan_for({{Task::question_answering, 0, 1}}), opt);
-  for (int i = 0; i < 30; ++i) {
-    const TaskBatch b = capped.next().tasks[0];
-    EXPECT_LE(b.count(), 8);
-    EXPECT_GT(b.count(), 0);
+  EXPECT_EQ(examples, batch.examples);
+  EXPECT_EQ(ids, batch.ids);
+  // Consecutive micro-batches could not have taken the next example.
+  for (size_t i = 0; i + 1 < micro.size(); ++i) {
+    int64_t first = 0;
+    for (const PackedField& f : micro[i + 1].fields) first += f.length(0);
+    EXPECT_GT(micro[i].tokens() + first, 50) << i;
   }
 }
 
@@ -776,31 +808,36 @@ TEST(Loader, RestoringACursorResumesTheExactBatchSequence) {
   write_stream(dir / "reasoning.h5", Task::reasoning, synthetic(Task::reasoning, 41, 10, 8));
   LoaderOptions opt;
   opt.data_dir = dir.str();
-  opt.token_budget = 150;
+  opt.global_batch = 6;
   opt.seed = 1234;
   const RankPlan plan = plan_for({{Task::reasoning, 1, 2}, {Task::encode_decode, 0, 3}}, 3, 0);
-  for (int saved_at : {0, 1, 7, 40}) {  // 40 steps: both shares are past an epoch boundary
+  for (int saved_at : {0, 1, 7, 40}) {  // 40 steps: both streams are past an epoch boundary
     Loader a(plan, opt);
     run_steps(a, saved_at);
     const LoaderCursor cursor = a.cursor();
     EXPECT_EQ(cursor.step, saved_at);
     const auto expected = run_steps(a, 25);
 
-    Loader b(plan, opt);  // a fresh process: restore, then continue
+    // A fresh process, with another plan: restore, then continue with the same global batches.
+    Loader b(plan_for({{Task::reasoning, 0, 1}, {Task::encode_decode, 0, 1}}), opt);
     b.restore(cursor);
-    EXPECT_EQ(run_steps(b, 25), expected) << "saved at step " << saved_at;
+    const auto whole = run_steps(b, 25);
+    for (size_t i = 0; i < whole.size(); ++i)
+      for (size_t t = 0; t < 2; ++t)
+        for (uint64_t id : expected[i][t])
+          EXPECT_TRUE(std::binary_search(whole[i][t].begin(), whole[i][t].end(), id)) << "saved at " << saved_at;
     EXPECT_EQ(b.cursor().step, saved_at + 25);
   }
-  // A cursor from another plan is refused, not silently misapplied.
+  // A cursor outside the streams (other data) or of other tasks is refused, not misapplied.
   Loader a(plan, opt);
   LoaderCursor other = a.cursor();
-  other.tasks[0].share_begin += 1;
+  other.tasks[0].position = 42;  // reasoning holds 41
   EXPECT_THROW(a.restore(other), InputError);
   other = a.cursor();
   other.tasks.pop_back();
   EXPECT_THROW(a.restore(other), InputError);
   other = a.cursor();
-  other.tasks[1].position = 1 << 30;
+  other.tasks[1].task = Task::consistency;
   EXPECT_THROW(a.restore(other), InputError);
 }
 
@@ -832,7 +869,7 @@ TEST(Loader, PaddedBatchesMatchPackedOnes) {
             (std::vector<int32_t>{1, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1}));
 }
 
-TEST(Loader, RefusesMismatchedTokenizersAndEmptyShares) {
+TEST(Loader, RefusesMismatchedTokenizersAndMissingFiles) {
   TempDir dir("loader_refuse");
   write_stream(dir / "encode_decode.h5", Task::encode_decode, synthetic(Task::encode_decode, 3, 5, 9), "hash-a");
   write_stream(dir / "reasoning.h5", Task::reasoning, synthetic(Task::reasoning, 3, 5, 10), "hash-b");
@@ -842,7 +879,7 @@ TEST(Loader, RefusesMismatchedTokenizersAndEmptyShares) {
   opt.tokenizer_hash = "hash-b";
   EXPECT_THROW(Loader(plan_for({{Task::encode_decode, 0, 1}}), opt), InputError);
   EXPECT_NO_THROW(Loader(plan_for({{Task::reasoning, 0, 1}}), opt));
-  EXPECT_THROW(Loader(plan_for({{Task::reasoning, 0, 4}}), opt), InputError);  // 3 examples, 4 ranks
+  EXPECT_NO_THROW(Loader(plan_for({{Task::reasoning, 0, 4}}), opt));  // 3 examples, 4 ranks: fine
   EXPECT_THROW(Loader(plan_for({{Task::consistency, 0, 1}}), opt), InputError);  // no file
 }
 
@@ -937,7 +974,7 @@ TEST(Prep, SampleDataEndToEnd) {
   Loader loader(RankPlan::single(), opt);
   EXPECT_EQ(loader.next().tasks.size(), 4u);
   EXPECT_EQ(loader.info(3).task, Task::consistency);
-  EXPECT_EQ(loader.share_size(3), loader.info(3).examples);
+  EXPECT_EQ(loader.stream_size(3), loader.info(3).examples);
 }
 
 TEST(Prep, MalformedInputFailsWithFileAndLineAndWritesNothing) {

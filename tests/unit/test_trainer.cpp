@@ -72,8 +72,8 @@ TEST(TaskPlan, OneRankRunsEveryTask) {
                                        Task::reasoning, Task::consistency}));
     for (int t = 0; t < data::kTaskCount; ++t)
       EXPECT_EQ(plan.ranks_of(static_cast<Task>(t)), std::vector<int>{0});
-    EXPECT_EQ(plan.gradient_scale(Task::encode_decode), 2.0);
-    EXPECT_EQ(plan.gradient_scale(Task::consistency), 0.5);
+    EXPECT_EQ(plan.weight(Task::encode_decode), 2.0);
+    EXPECT_EQ(plan.weight(Task::consistency), 0.5);
     const data::RankPlan rp = plan.rank_plan(0);
     EXPECT_EQ(rp.world_size, 1);
     ASSERT_EQ(rp.tasks.size(), 4u);
@@ -91,7 +91,6 @@ TEST(TaskPlan, ExplicitCountsAreDealtRoundRobin) {
   EXPECT_EQ(six.ranks_of(Task::question_answering), (std::vector<int>{2}));
   EXPECT_EQ(six.ranks_of(Task::reasoning), (std::vector<int>{3, 4}));
   EXPECT_EQ(six.ranks_of(Task::consistency), (std::vector<int>{5}));
-  EXPECT_EQ(six.gradient_scale(Task::reasoning), 0.5);
   const data::RankPlan r4 = six.rank_plan(4);
   ASSERT_EQ(r4.tasks.size(), 1u);
   EXPECT_EQ(r4.tasks[0].task, Task::reasoning);
@@ -126,7 +125,6 @@ TEST(TaskPlan, AutoBalancesTheEstimatedCost) {
   EXPECT_EQ(seven.group_size(Task::question_answering), 1);
   EXPECT_EQ(seven.group_size(Task::reasoning), 2);
   EXPECT_EQ(seven.group_size(Task::consistency), 1);
-  EXPECT_DOUBLE_EQ(seven.gradient_scale(Task::encode_decode), 1.0 / 3);
   for (int r = 0; r < 7; ++r) EXPECT_EQ(seven.tasks_of(r).size(), 1u) << "rank " << r;
 
   // W < 4: each task on one rank, the costliest first onto the least loaded (ties: the lower
@@ -300,7 +298,7 @@ TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
   TempDir dir("config");
   const std::string ini = (dir.path / "run.ini").string();
   std::ofstream(ini) << "output = /tmp/run\n[model]\nbase = /models/roberta\ntie_lm_head = true\n"
-                        "[optimizer]\nname = nadam\nlr = 3e-5\n[task]\ned.tokens = 512\n";
+                        "[optimizer]\nname = nadam\nlr = 3e-5\n[task]\ned.batch = 512\n";
   const std::optional<TrainConfig> c =
       parse({"--config", ini, "--optimizer.lr", "5e-5", "--data.dir", "/data", "--optimizer.final=-0"});
   ASSERT_TRUE(c);
@@ -309,8 +307,8 @@ TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
   EXPECT_TRUE(c->tie_lm_head);
   EXPECT_EQ(c->optimizer, "nadam");
   EXPECT_EQ(c->lr, 5e-5);  // the command line wins
-  EXPECT_EQ(c->task[0].tokens, 512);
-  EXPECT_EQ(c->task[1].tokens, 4096);  // default
+  EXPECT_EQ(c->task[0].batch, 512);
+  EXPECT_EQ(c->task[1].batch, 128);  // default
   EXPECT_EQ(c->data_dir, "/data");
   check_values(*c);
 
@@ -324,16 +322,19 @@ TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
   EXPECT_EQ(to_ini(*again), text);
   EXPECT_EQ(resume_mismatch(*again, text), "");
   TrainConfig other = *again;
-  other.task[2].examples = 8;
-  EXPECT_NE(resume_mismatch(other, text).find("task.rs.examples"), std::string::npos);
+  other.task[2].batch = 8;
+  EXPECT_NE(resume_mismatch(other, text).find("task.rs.batch was 128 in the checkpoint's run and is 8 now"),
+            std::string::npos);
   other = *again;
   other.steps = 10 * again->steps;  // a longer run may resume a shorter one
+  other.tasks = "ed:2,qa:1,rs:1,cs:1";  // on another plan (and world size)
+  other.micro_tokens = 100;             // in micro-batches
   EXPECT_EQ(resume_mismatch(other, text), "");
 
   std::ostringstream help;
   const char* argv[] = {"qarac-train", "--help"};
   EXPECT_FALSE(parse_train_config(2, argv, help));
-  for (const char* key : {"--optimizer.lr", "(=2e-05)", "--task.cs.examples", "--parallel.tasks",
+  for (const char* key : {"--optimizer.lr", "(=2e-05)", "--task.cs.batch", "--train.micro_tokens", "--parallel.tasks",
                           "--checkpoint.keep", "--model.share_encoder_base", "--resume"})
     EXPECT_NE(help.str().find(key), std::string::npos) << key;
 }
@@ -369,8 +370,8 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
     expect_input_error([&] { check_values(bad); }, {key});
   };
   expect_key([](TrainConfig& b) { b.lr = -1; }, "optimizer.lr");
-  expect_key([](TrainConfig& b) { b.task[1].tokens = 0; }, "task.qa.tokens");
-  expect_key([](TrainConfig& b) { b.task[3].examples = -2; }, "task.cs.examples");
+  expect_key([](TrainConfig& b) { b.task[1].batch = 0; }, "task.qa.batch");
+  expect_key([](TrainConfig& b) { b.micro_tokens = -2; }, "train.micro_tokens");
   expect_key([](TrainConfig& b) { b.steps = 0; }, "train.steps");
   expect_key([](TrainConfig& b) { b.optimizer = "sgd"; }, "optimizer.name");
   expect_key([](TrainConfig& b) { b.decay = "step"; }, "optimizer.decay");
@@ -412,8 +413,8 @@ class TrainCli : public ::testing::Test {
   static CliResult train(const fs::path& output, const std::string& args) {
     const std::vector<std::pair<std::string, std::string>> defaults = {
         {"output", output.string()}, {"model.base", (root() / "base").string()},
-        {"data.dir", (root() / "data").string()}, {"task.ed.tokens", "160"},
-        {"task.qa.tokens", "160"}, {"task.rs.tokens", "160"}, {"task.cs.tokens", "160"},
+        {"data.dir", (root() / "data").string()}, {"task.ed.batch", "8"},
+        {"task.qa.batch", "8"}, {"task.rs.batch", "8"}, {"task.cs.batch", "8"},
         {"optimizer.warmup", "2"}, {"optimizer.lr", "1e-3"}, {"train.log_every", "1"}};
     std::string command = std::string(QARAC_TRAIN_EXE) + " " + args;
     for (const auto& [key, value] : defaults)
@@ -444,7 +445,11 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   expect_usage_error("--optimizer.no_such_key 1", {"optimizer.no_such_key"});
   expect_usage_error("--optimizer.lr fast", {"optimizer.lr", "fast"});
   expect_usage_error("--optimizer.lr=-1e-5", {"optimizer.lr", "-1e-05"});
-  expect_usage_error("--task.qa.tokens 0", {"task.qa.tokens"});
+  expect_usage_error("--task.qa.batch 0", {"task.qa.batch"});
+  // Removed keys say what replaced them, on the command line and in a file.
+  expect_usage_error("--task.qa.tokens 160", {"task.qa.tokens: removed", "task.qa.batch", "train.micro_tokens"});
+  expect_usage_error("--task.ed.examples 4", {"task.ed.examples: removed", "task.ed.batch"});
+  expect_usage_error("--parallel.simulate_world 2", {"parallel.simulate_world: removed", "W = 1"});
   expect_usage_error("--train.steps 0", {"train.steps"});
   expect_usage_error("--parallel.tasks ed:1,qa:1", {"--parallel.tasks", "rs"});
   expect_usage_error("--parallel.backend gloo", {"parallel.backend", "gloo"});
@@ -469,6 +474,8 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   std::ofstream(ini) << "[checkpoint]\nevery = often\n";
   expect_usage_error("--config " + ini.string(), {ini.string(), "checkpoint.every"});
   expect_usage_error("--config " + (root() / "missing.ini").string(), {"missing.ini"});
+  std::ofstream(ini) << "[task]\ncs.tokens = 1024\n";
+  expect_usage_error("--config " + ini.string(), {ini.string(), "task.cs.tokens: removed", "task.cs.batch"});
 
   // A fresh run refuses a directory that is not empty; --resume needs a checkpoint.
   const fs::path used = root() / "used";
@@ -481,6 +488,18 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   EXPECT_EQ(resume.code, 2) << resume.output;
   EXPECT_NE(resume.output.find("no valid checkpoint"), std::string::npos) << resume.output;
   EXPECT_EQ(fs::directory_iterator(used)->path().filename(), "notes.txt");
+  // Checkpoints of the per-rank layout of earlier versions are refused in one line.
+  for (const char* old : {"rank-0", "checkpoint-0000000002.h5"}) {
+    const fs::path run = root() / "old-layout";
+    fs::remove_all(run);
+    fs::create_directories(run / "checkpoints" / old);
+    const CliResult refused = train(run, "--resume");
+    EXPECT_EQ(refused.code, 2) << refused.output;
+    EXPECT_NE(refused.output.find(std::string("holds ") + old + ", a checkpoint of the per-rank layout"),
+              std::string::npos)
+        << refused.output;
+    EXPECT_EQ(refused.output.find('\n'), refused.output.size() - 1) << refused.output;
+  }
 
   // The distributed tests' fault hook refuses what it cannot read.
   const CliResult fault = run_command("QARAC_FAULT=explode:1:2 " + std::string(QARAC_TRAIN_EXE) + " --output " +
@@ -529,11 +548,16 @@ TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
     EXPECT_EQ(line.at("step").get<int64_t>(), static_cast<int64_t>(i + 1));
     for (const char* key : {"world_size", "lr", "grad_norm", "loss_weighted", "global_tokens", "global_examples",
                             "global_tokens_per_s", "global_examples_per_s", "step_time_s", "data_time_s",
-                            "compute_time_s", "comm_wait_s", "comm_wait_max_s", "elapsed_s"})
+                            "compute_time_s", "comm_wait_s", "comm_wait_max_s", "elapsed_s", "slowest_rank",
+                            "slowest_rank_compute_s"})
       EXPECT_TRUE(line.contains(key)) << key << " missing from " << line.dump();
+    EXPECT_EQ(line.at("slowest_rank").get<int>(), 0);
+    EXPECT_EQ(line.at("global_examples").get<int64_t>(), 4 * 8);  // every task's global batch
     for (const char* task : {"encode_decode", "question_answering", "reasoning", "consistency"}) {
       const double loss = line.at("loss").at(task).get<double>();
       EXPECT_TRUE(std::isfinite(loss) && loss >= 0) << task << ": " << loss;
+      const double compute = line.at("task_compute_max_s").at(task).get<double>();
+      EXPECT_TRUE(compute > 0 && compute <= line.at("compute_time_s").get<double>()) << task << ": " << compute;
     }
     EXPECT_GT(line.at("grad_norm").get<double>(), 0);
   }
@@ -542,7 +566,12 @@ TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
 
   std::set<std::string> checkpoints;
   for (const auto& e : fs::directory_iterator(out / "checkpoints")) checkpoints.insert(e.path().filename());
-  EXPECT_EQ(checkpoints, (std::set<std::string>{"checkpoint-0000000002.h5", "checkpoint-0000000003.h5"}));
+  EXPECT_EQ(checkpoints, (std::set<std::string>{"step-0000000002", "step-0000000003"}));
+  // One file per model group, each holding that group's weights and the global state.
+  std::set<std::string> parts;
+  for (const auto& e : fs::directory_iterator(out / "checkpoints" / "step-0000000003"))
+    parts.insert(e.path().filename());
+  EXPECT_EQ(parts, (std::set<std::string>{"question_encoder.h5", "answer_encoder.h5", "decoder.h5"}));
   for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
     EXPECT_TRUE(fs::is_regular_file(out / "export" / model / "config.json")) << model;
     EXPECT_TRUE(fs::is_regular_file(out / "export" / model / "model.safetensors")) << model;
