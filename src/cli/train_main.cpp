@@ -4,6 +4,8 @@
 // and exit status 2, reported before the output directory is created. Under mpirun or srun every
 // process is one rank of the task plan; a rank that fails (an error, a communication timeout, a
 // replica divergence) ends the whole job with MPI_Abort, so that no rank is left waiting.
+// Exit statuses: 0 done, 1 internal error, 2 input error, 3 communication failure or timeout,
+// 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a checkpoint (--resume goes on).
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -14,6 +16,8 @@
 #include "parallel/runtime.h"
 #include "train/config.h"
 #include "train/evaluation.h"
+#include "train/plan_report.h"
+#include "train/stop_signals.h"
 #include "train/trainer.h"
 
 namespace {
@@ -44,11 +48,18 @@ int main(int argc, char** argv) {
     runtime = std::make_unique<qarac::parallel::Runtime>(&argc, &argv);
     const std::optional<qarac::TrainConfig> config = qarac::parse_train_config(argc, argv, std::cout);
     if (!config) return 0;  // --help
+    if (config->show_plan > 0) {
+      qarac::check_values(*config);
+      const qarac::TaskCosts costs = qarac::estimate_task_costs(*config);
+      const qarac::parallel::TaskPlan plan = qarac::make_plan(*config, static_cast<int>(config->show_plan), costs);
+      if (runtime->rank() == 0) std::cout << qarac::plan_report(*config, plan, costs);
+      return 0;
+    }
     trainer = std::make_unique<qarac::Trainer>(*config, runtime.get());
     // Pre-training evaluates itself (the held-out MLM loss); the QARAC models need the evaluator.
     if (!config->eval_dir.empty() && !config->pretraining()) trainer->set_evaluator(make_evaluator(*config));
     try {
-      trainer->run();
+      if (trainer->run() == qarac::Trainer::RunEnd::stopped) return qarac::kExitPreempted;
     } catch (const qarac::parallel::CommError& e) {
       std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
       return kCommunicationFailed;
@@ -58,7 +69,8 @@ int main(int argc, char** argv) {
     }
     return 0;
   });
-  if (code != 0 && runtime && runtime->size() > 1) {
+  // A stopped run ends normally on every rank (its checkpoint is complete): no abort.
+  if (code != 0 && code != qarac::kExitPreempted && runtime && runtime->size() > 1) {
     if (trainer) trainer->abort();
     runtime->abort_job(code);
   }

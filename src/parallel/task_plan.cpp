@@ -64,14 +64,6 @@ const std::vector<Model>& models_of(Task task) {
   return kModels[static_cast<int>(task)];
 }
 
-TaskValues estimated_costs(const std::array<int64_t, kTaskCount>& tokens_per_batch) {
-  TaskValues costs{};
-  for (int t = 0; t < kTaskCount; ++t)
-    costs[t] = static_cast<double>(tokens_per_batch[t]) *
-               static_cast<double>(models_of(task_at(t)).size());
-  return costs;
-}
-
 TaskPlan::TaskPlan(int world_size, const TaskValues& weights)
     : world_size_(world_size), weights_(weights), tasks_of_(static_cast<size_t>(world_size)) {}
 

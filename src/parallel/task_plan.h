@@ -11,8 +11,8 @@
 //                          1 <= n_t <= W, Σ n_t >= W); the Σ n_t task slots, in task order,
 //                          are dealt to ranks 0, 1, ..., W-1, 0, 1, ... so a task's ranks are
 //                          distinct and no rank idles.
-//   "auto"                 from an estimated cost per step of each task (tokens per batch ×
-//                          models used): with W >= 4 every task gets a rank and each further
+//   "auto"                 from each task's cost per step (its FLOPs, parallel/task_cost.h,
+//                          at its global batch): with W >= 4 every task gets a rank and each further
 //                          rank goes to the task with the highest cost per rank; with W < 4 each
 //                          task gets one rank, the costliest first onto the least loaded rank.
 #pragma once
@@ -35,9 +35,6 @@ const char* model_short_name(Model model);  // "QE", "AE", "D"
 const std::vector<Model>& models_of(data::Task task);
 
 using TaskValues = std::array<double, data::kTaskCount>;  // one value per task, Task order
-
-// The cost estimate "auto" balances: tokens per batch × the number of models the task uses.
-TaskValues estimated_costs(const std::array<int64_t, data::kTaskCount>& tokens_per_batch);
 
 class TaskPlan {
  public:

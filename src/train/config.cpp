@@ -145,6 +145,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(parallel, "parallel.timeout", &c.timeout, "seconds a wait on other ranks may take before the job is aborted with a message (longer than rank 0's evaluations, which the other ranks wait for)");
   d->add(parallel, "parallel.bucket_mb", &c.bucket_mb, "gradient all-reduce bucket size, MiB");
   d->add(parallel, "parallel.check_every", &c.check_every, "compare a checksum of every model's replicas every N steps (and at the end); 0: only at the end");
+  d->add(parallel, "parallel.show_plan", &c.show_plan, "> 0: print the task plan of that many ranks, each task's global batch and each rank's expected share of the step, and exit without training");
 
   auto& task = d->section("[task] (per task: ed, qa, rs, cs)");
   for (int t = 0; t < data::kTaskCount; ++t) {
@@ -209,6 +210,10 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
             "the command line wins.\n\n";
     help << d->command_line << "\n";
     for (const auto& s : d->sections) help << s << "\n";
+    help << "Exit status: 0 done, 1 internal error, 2 input error (one line, before anything is\n"
+            "written), 3 communication failure or timeout, 4 replicas diverged, 75 stopped by\n"
+            "SIGTERM or SIGUSR1 after writing a checkpoint of the last step (--resume goes on;\n"
+            "a second signal ends the process at once).\n";
     return std::nullopt;
   }
   if (vm.count("config")) {
@@ -233,7 +238,7 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
 }
 
 void check_values(const TrainConfig& c) {
-  QARAC_INPUT_CHECK(!c.output.empty(), "output: required (the run directory; --output DIR)");
+  QARAC_INPUT_CHECK(!c.output.empty() || c.show_plan > 0, "output: required (the run directory; --output DIR)");
   QARAC_INPUT_CHECK(c.mode == "qarac" || c.mode == "mlm", "model.mode: '", c.mode, "' must be qarac or mlm");
   QARAC_INPUT_CHECK(c.pretraining() || !c.base.empty(), "model.base: required (a Hugging Face RoBERTa directory)");
   if (c.pretraining()) {
@@ -294,6 +299,7 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.timeout > 0, "parallel.timeout: ", c.timeout, " must be > 0 seconds");
   QARAC_INPUT_CHECK(c.bucket_mb > 0, "parallel.bucket_mb: ", c.bucket_mb, " must be > 0");
   QARAC_INPUT_CHECK(c.check_every >= 0, "parallel.check_every: ", c.check_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.show_plan >= 0, "parallel.show_plan: ", c.show_plan, " must be >= 0");
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t));
     QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ".weight: ", c.task[t].weight, " must be >= 0");

@@ -1,6 +1,7 @@
 // The fault-injection hook of the distributed tests: QARAC_FAULT="<kind>:<rank>:<step>" makes
-// rank <rank>, at the start of step <step>, kill itself (kill, SIGKILL), sleep for good (stall)
-// or shift one of its weights (diverge, which the replica check must catch). Unset in normal
+// rank <rank>, at the start of step <step>, kill itself (kill, SIGKILL), sleep for good (stall),
+// shift one of its weights (diverge, which the replica check must catch) or send itself SIGTERM
+// (term: a preemption, which must stop the job with a checkpoint). Unset in normal
 // runs, where it costs one comparison per step.
 #pragma once
 
@@ -12,7 +13,7 @@
 namespace qarac {
 
 struct Fault {
-  enum Kind { none, kill, stall, diverge } kind = none;
+  enum Kind { none, kill, stall, diverge, term } kind = none;
   int rank = -1;
   int64_t step = -1;
 

@@ -47,8 +47,9 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   sums[kCompute] = s.compute_seconds;
   sums[kComm] = s.comm_seconds;
   // Maxima: per task its slowest rank's compute time, then every rank's own (zero elsewhere),
-  // and the longest wait.
-  std::vector<double> maxima(data::kTaskCount + static_cast<size_t>(world_size) + 1, 0.0);
+  // the stop request (signal number, rank + 1) and the longest wait.
+  const size_t stop = data::kTaskCount + static_cast<size_t>(world_size);
+  std::vector<double> maxima(stop + 3, 0.0);
   for (size_t i = 0; i < slots.size(); ++i) {
     const int t = static_cast<int>(slots[i].task);
     sums[kLoss + t] += slot_losses[i];
@@ -56,6 +57,8 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
     maxima[static_cast<size_t>(t)] = std::max(maxima[static_cast<size_t>(t)], slot_seconds[i]);
   }
   maxima[data::kTaskCount + static_cast<size_t>(rank)] = s.compute_seconds;
+  maxima[stop] = s.stop_signal;
+  maxima[stop + 1] = s.stop_signal != 0 ? rank + 1 : 0;
   maxima.back() = s.comm_seconds;
   if (world) {
     const std::string what = "step statistics at step " + std::to_string(step);
@@ -69,6 +72,8 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   s.compute_seconds = sums[kCompute] / ranks;
   s.comm_seconds = sums[kComm] / ranks;
   s.comm_max_seconds = maxima.back();
+  s.stop_signal = static_cast<int>(maxima[stop]);
+  s.stop_rank = static_cast<int>(maxima[stop + 1]) - 1;
   for (int t = 0; t < data::kTaskCount; ++t) {
     s.ran[t] = sums[kCount + t] > 0;
     // Each rank's part is already weighted by its share of the global batch: the sum is the mean.

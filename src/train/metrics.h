@@ -32,13 +32,17 @@ struct StepStats {
   std::array<double, data::kTaskCount> task_compute_seconds{};
   int slowest_rank = 0;
   double slowest_compute_seconds = 0;
+  // A stop request (train/stop_signals.h): before gather_step_stats this rank's signal, or 0;
+  // after it the world's (the highest signal number) and the highest rank that received one.
+  int stop_signal = 0;
+  int stop_rank = -1;
 };
 
 // `slot_losses` are this process's parts of its tasks' global-batch means (each micro-batch's
 // mean times its examples / N) and `slot_seconds` the time of each task's passes, in the order of
 // `slots`; with a `world`, summed (the losses, counts and times) or maximised (the per-task and
-// per-rank compute times) over it: two small all-reduces per step. `step` names the step in
-// errors.
+// per-rank compute times, and the stop request) over it: two small all-reduces per step, so
+// that every rank learns of a stop request after the same step. `step` names the step in errors.
 void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
                        const std::vector<double>& slot_losses, const std::vector<double>& slot_seconds,
                        const parallel::MpiGroup* world, int rank, int world_size, int64_t step);

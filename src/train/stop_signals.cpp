@@ -52,4 +52,12 @@ StopSignals::~StopSignals() {
 
 int StopSignals::received() const { return g_received.load(); }
 
+const char* StopSignals::name(int signal) {
+  switch (signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "a signal";
+  }
+}
+
 }  // namespace qarac

@@ -24,6 +24,8 @@ class StopSignals {
 
   // The first signal received, or 0.
   int received() const;
+  // "SIGTERM", "SIGUSR1" (messages).
+  static const char* name(int signal);
 };
 
 }  // namespace qarac

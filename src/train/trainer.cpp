@@ -19,8 +19,10 @@
 #include "train/fault.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
+#include "train/plan_report.h"
 #include "train/run_dir.h"
 #include "train/schedule.h"
+#include "train/stop_signals.h"
 #include "train/task_loaders.h"
 #include "train/workload.h"
 
@@ -34,39 +36,10 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-parallel::TaskPlan make_plan(const TrainConfig& c, int world_size) {
-  parallel::TaskValues weights{};
-  std::array<int64_t, data::kTaskCount> batch{};
-  for (int t = 0; t < data::kTaskCount; ++t) {
-    weights[t] = c.task[t].weight;
-    batch[t] = c.task[t].batch;  // examples, standing in for tokens per batch in the cost estimate
-  }
-  // Pre-training reads the text stream alone, on every rank.
-  if (c.pretraining()) return parallel::TaskPlan::single_task(data::Task::encode_decode, world_size);
-  return parallel::TaskPlan::parse(c.tasks, world_size, weights, parallel::estimated_costs(batch));
-}
-
 // check_values first: the schedule's and the plan's own checks would name no key.
 const TrainConfig& checked(const TrainConfig& c) {
   check_values(c);
   return c;
-}
-
-// The banner's second table: each task's global batch, its ranks, and about how many examples
-// each of them runs per step (the division balances tokens, so the counts vary a little).
-std::string batch_table(const TrainConfig& c, const parallel::TaskPlan& plan) {
-  std::string text = "global batches (examples per step, whatever the world size):\n";
-  char line[160];
-  for (int t = 0; t < data::kTaskCount; ++t) {
-    const data::Task task = static_cast<data::Task>(t);
-    const int ranks = plan.group_size(task);
-    if (ranks == 0) continue;
-    std::snprintf(line, sizeof line, "  %-4s %6lld over %d rank(s), about %.1f each", data::task_short_name(task),
-                  static_cast<long long>(c.task[t].batch), ranks, static_cast<double>(c.task[t].batch) / ranks);
-    text += line;
-    text += c.micro_tokens > 0 ? ", in micro-batches of at most " + std::to_string(c.micro_tokens) + " tokens\n" : "\n";
-  }
-  return text;
 }
 
 }  // namespace
@@ -106,6 +79,7 @@ struct Trainer::Impl {
 
   TrainConfig config;
   Place place;
+  TaskCosts costs;  // what auto balances and the banner reports
   parallel::TaskPlan plan;
   LearningRateSchedule schedule;
   StepLayout layout;
@@ -114,6 +88,7 @@ struct Trainer::Impl {
   std::string resume_from;  // the checkpoint to resume from, when resuming
   MetricsLog metrics;       // rank 0's
   Fault fault;
+  StopSignals stop_signals;
   int64_t step = 0;  // training steps completed
   Last last;
   bool warned_long_example = false;  // train.micro_tokens below one example: said once
@@ -134,7 +109,8 @@ struct Trainer::Impl {
 Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
     : config(checked(c)),
       place(runtime),
-      plan(make_plan(config, runtime ? runtime->size() : 1)),
+      costs(estimate_task_costs(config)),
+      plan(make_plan(config, runtime ? runtime->size() : 1, costs)),
       schedule(config.schedule_config()),
       output(config.output),
       checkpoint_dir(qarac::checkpoint_dir(output)) {
@@ -222,8 +198,8 @@ void Trainer::Impl::start() {
     if (place.world)
       layout_text = ", " + std::to_string(place.world_size) + " ranks, gradient all-reduce over " +
                     parallel::backend_name(place.backend);
-    std::printf("%s%sqarac-train: %lld parameters, %s%s, steps %lld..%lld, output %s\n", plan.table().c_str(),
-                batch_table(config, plan).c_str(), static_cast<long long>(count),
+    std::printf("%sqarac-train: %lld parameters, %s%s, steps %lld..%lld, output %s\n",
+                plan_report(config, plan, costs).c_str(), static_cast<long long>(count),
                 optimizer_name(training.optimizer->config().kind), layout_text.c_str(), static_cast<long long>(step),
                 static_cast<long long>(config.steps), output.c_str());
     std::fflush(stdout);
@@ -316,6 +292,7 @@ StepStats Trainer::Impl::train_step() {
   s.data_seconds = seconds_between(t0, t_data);
   s.comm_seconds = s.comm_max_seconds = waited + norm_wait;
   s.compute_seconds = seconds_between(t_data, t_end) - s.comm_seconds;
+  s.stop_signal = stop_signals.received();
   gather_step_stats(s, layout.slots, slot_losses, slot_seconds, place.world.get(), place.rank, place.world_size,
                     step);
   return s;
@@ -410,7 +387,7 @@ void Trainer::abort() noexcept {
   if (impl_ && impl_->training.sync) impl_->training.sync->abort();
 }
 
-void Trainer::run() {
+Trainer::RunEnd Trainer::run() {
   Impl& t = *impl_;
   const TrainConfig& c = t.config;
   t.start();
@@ -424,6 +401,15 @@ void Trainer::run() {
       t.metrics.write_step(t.step, t.place.world_size, t.plan, s);
       t.metrics.print_progress(t.step, c.steps, c.log_every, t.place.world_size, s);
     }
+    if (s.stop_signal != 0) {
+      // Every rank learnt of the request in the same all-reduce, after the same step.
+      t.metrics.end_progress_line();
+      if (t.place.root())
+        log::warn(StopSignals::name(s.stop_signal), " on rank ", s.stop_rank, ": stopping after step ", t.step,
+                  " with a checkpoint (exit status ", kExitPreempted, "; --resume continues)");
+      if (t.last.checkpoint != t.step) t.save();
+      return RunEnd::stopped;
+    }
     if (c.check_every > 0 && t.step % c.check_every == 0) t.check_replicas();
     if (c.checkpoint_every > 0 && t.step % c.checkpoint_every == 0) t.save();
     if (c.eval_every > 0 && t.step % c.eval_every == 0) t.evaluate();
@@ -432,6 +418,7 @@ void Trainer::run() {
   if (t.last.checkpoint != t.step) t.save();
   if (t.last.eval != t.step) t.evaluate();
   t.export_models();
+  return RunEnd::finished;
 }
 
 }  // namespace qarac

@@ -40,8 +40,11 @@ class Trainer {
   int64_t step() const;  // training steps completed
 
   // Creates the output directory, restores the checkpoint when resuming, and trains to
-  // config.steps: metrics, checkpoints, evaluations, then the export.
-  void run();
+  // config.steps: metrics, checkpoints, evaluations, then the export (finished). A SIGTERM or
+  // SIGUSR1 on any rank (train/stop_signals.h) stops every rank after the same step, with a
+  // checkpoint of it and without evaluation or export (stopped).
+  enum class RunEnd { finished, stopped };
+  RunEnd run();
   // Abandons the gradient reductions in flight: before the job is aborted after an error.
   void abort() noexcept;
 

@@ -97,8 +97,9 @@ class Distributed : public ::testing::Test {
   }
   static fs::path root() { return root_->path; }
 
-  // qarac-train (under `launcher`, which may be empty) for `steps` steps of the tiny model in f64,
-  // with dropout and clipping, global batches of 8 examples per task (unless `args` sets one),
+  // qarac-train (under `launcher`, which may be empty) for `steps` steps of the tiny model in f64
+  // (unless `args` sets train.dtype), with dropout and clipping, global batches of 8 examples per
+  // task (unless `args` sets one),
   // writing to root()/name. A
   // constant rate after one warm-up step, so that a run of 3 steps follows the same schedule as
   // the first 3 of a run of 6.
@@ -106,7 +107,9 @@ class Distributed : public ::testing::Test {
                          int steps = 6) {
     return run_command("timeout " + std::to_string(kRunLimit) + " " + launcher + " " + QARAC_TRAIN_EXE +
                        " --output " + (root() / name).string() + " --model.base " + (root() / "base").string() +
-                       " --data.dir " + (root() / "data").string() + " --train.dtype f64 --model.dropout " +
+                       " --data.dir " + (root() / "data").string() +
+                       (args.find("--train.dtype") == std::string::npos ? " --train.dtype f64" : "") +
+                       " --model.dropout " +
                        kDropout + " --train.log_every 1 --train.steps " + std::to_string(steps) +
                        " --optimizer.lr 1e-3 --optimizer.warmup 1 --optimizer.decay constant --optimizer.clip 1" +
                        batches(args) + " --checkpoint.every 0 --eval.every 0 " + args);
@@ -278,6 +281,32 @@ TEST_F(Distributed, ResumeAtTheSameWorldSizeIsBitExact) {
     EXPECT_EQ(export_difference(root() / "resumed-3" / "export" / model, root() / "straight-3" / "export" / model).first,
               0.0)
         << model;
+}
+
+// Preemption: SIGTERM reaches one rank of four during step 4 (what Slurm does before a
+// preemption or, with --signal, before the time limit). Every rank stops after that step, the
+// job writes a checkpoint of it and exits 75; --resume then finishes the run bit for bit as a
+// straight one, each step logged once.
+TEST_F(Distributed, SigtermStopsEveryRankWithACheckpointAndResumeFinishesTheRun) {
+  const std::string f32 = "--train.dtype f32";
+  const CliResult straight = train(mpirun(4), "straight-4-f32", f32);
+  ASSERT_EQ(straight.code, 0) << straight.output;
+  const CliResult stopped = train(with_fault("term:2:3", 4), "preempted-4", f32);
+  ASSERT_EQ(stopped.code, 75) << stopped.output;
+  EXPECT_NE(stopped.output.find("SIGTERM on rank 2: stopping after step 4 with a checkpoint"), std::string::npos)
+      << stopped.output;
+  EXPECT_TRUE(fs::is_directory(root() / "preempted-4" / "checkpoints" / "step-0000000004")) << stopped.output;
+  EXPECT_FALSE(fs::exists(root() / "preempted-4" / "export")) << "a stopped run exports nothing";
+  const CliResult resumed = train(mpirun(4), "preempted-4", f32 + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
+    EXPECT_EQ(export_difference(root() / "preempted-4" / "export" / model,
+                                root() / "straight-4-f32" / "export" / model).first,
+              0.0)
+        << model;
+  std::vector<int64_t> steps;
+  for (const nlohmann::json& line : step_lines(root() / "preempted-4")) steps.push_back(line["step"].get<int64_t>());
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6})) << "every step logged once";
 }
 
 // The job failed by itself: a non-zero status that is not `timeout`'s (124: it hung).

@@ -114,9 +114,8 @@ TEST(TaskPlan, ExplicitCountsAreDealtRoundRobin) {
 }
 
 TEST(TaskPlan, AutoBalancesTheEstimatedCost) {
-  // Costs: tokens per batch × models used (ED, QA, RS use two models, CS one).
-  const parallel::TaskValues costs = parallel::estimated_costs({4096, 2048, 4096, 2048});
-  EXPECT_EQ(costs, (parallel::TaskValues{8192, 4096, 8192, 2048}));
+  // Costs per step (parallel/task_cost.h gives them in FLOPs).
+  const parallel::TaskValues costs{8192, 4096, 8192, 2048};
 
   // W >= 4: one rank each, then the extra ranks to the highest cost per rank: ed (8192), rs
   // (8192), then ed/rs again at 4096 tie with qa, earliest first: ed.
@@ -523,6 +522,20 @@ std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
 
 // A few steps on CPU write config.ini, one metrics line per step with the documented keys,
 // checkpoints and an export per model; the NAdam optimizer runs the same loop.
+// --parallel.show_plan W: the plan of W ranks with each rank's expected share, and no run: the
+// shares follow the FLOP model (ED runs its text through AE and D with the LM head: the costliest
+// task on these streams, so auto gives it the fifth rank of five).
+TEST_F(TrainCli, ShowPlanPrintsThePlanOfAnyWorldSizeAndTrainsNothing) {
+  const fs::path out = root() / "plan-only";
+  const CliResult r = train(out, "--parallel.show_plan 5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* part : {"task plan: 5 ranks", "encode_decode (ed)       0-1", "expected share of the step",
+                           "rank 4", "GFLOP per step"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << ":\n" << r.output;
+  EXPECT_FALSE(fs::exists(out)) << "show_plan created the output directory";
+  expect_usage_error("--parallel.show_plan -1", {"parallel.show_plan", "-1"});
+}
+
 TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
   const fs::path out = root() / "short";
   const CliResult r = train(out, "--train.steps 3 --checkpoint.every 2 --checkpoint.keep 5 --eval.every 2"

@@ -1,0 +1,35 @@
+// A run's task plan and what the start banner says of it: the plan (`auto` balances each task's
+// FLOPs per step, parallel/task_cost.h, at its global batch and its stream's mean lengths),
+// each task's global batch, ranks, examples and micro-batches per rank, and each rank's expected
+// share of the step. `qarac-train --parallel.show_plan W` prints it for W ranks without training,
+// so a cluster job can be sized before it is submitted.
+#pragma once
+
+#include <array>
+#include <string>
+
+#include "parallel/task_plan.h"
+#include "train/config.h"
+
+namespace qarac {
+
+// What one step of each task costs (data::Task order); zeros where a task does not run or, in
+// model.mode mlm, where nothing is estimated.
+struct TaskCosts {
+  std::array<double, data::kTaskCount> flops{};               // forward and backward
+  std::array<double, data::kTaskCount> tokens_per_example{};  // all fields, the stream's mean
+};
+
+// The costs of config's tasks: reads the base's config.json and the metadata of every task
+// stream (InputError naming a missing or invalid file). mlm mode: none.
+TaskCosts estimate_task_costs(const TrainConfig& config);
+
+// The plan of `world_size` ranks: parallel.tasks, `auto` balancing `costs`; mlm mode: every rank
+// runs the text stream.
+parallel::TaskPlan make_plan(const TrainConfig& config, int world_size, const TaskCosts& costs);
+
+// The banner: the plan's table, then per task its global batch over its ranks and per rank its
+// expected FLOPs, their share of the step's and against the busiest rank's.
+std::string plan_report(const TrainConfig& config, const parallel::TaskPlan& plan, const TaskCosts& costs);
+
+}  // namespace qarac
