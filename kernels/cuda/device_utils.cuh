@@ -71,6 +71,22 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
   return warp_sum(x);
 }
 
+// The sequence of a padding-free batch that holds token row `row` (< offsets[batch]): the last b
+// with offsets[b] <= row. Empty sequences repeat an offset; the last b of a run of equal offsets
+// is the one whose range is not empty. A binary search over the B+1 offsets.
+__device__ __forceinline__ int64_t sequence_of_row(const int32_t* offsets, int64_t batch,
+                                                   int64_t row) {
+  int64_t lo = 0, hi = batch - 1;  // offsets[0] = 0 <= row, so the answer lies in [lo, hi]
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= row)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
 }  // namespace qarac::cuda
 
 // ---- Added for the dense kernels (gemm, elementwise, layernorm, ...) --------------------------

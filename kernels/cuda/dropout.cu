@@ -20,21 +20,6 @@
 namespace qarac::cuda {
 namespace {
 
-// The sequence of token row `row` (< offsets[batch]): the last b with offsets[b] <= row, so that
-// empty sequences, which share their offset with the next one, are passed over.
-__device__ __forceinline__ int64_t sequence_of_row(const int32_t* offsets, int64_t batch,
-                                                   int64_t row) {
-  int64_t lo = 0, hi = batch - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (offsets[mid] <= row)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
-
 // N columns per access: N = 16 / sizeof(T) when cols is a multiple of N and x, y are 16-byte
 // aligned (every row start then is), else 1. x and y may alias: each element is read and written
 // by one thread.

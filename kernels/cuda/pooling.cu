@@ -60,20 +60,6 @@ __global__ void segment_broadcast_kernel(const T* __restrict__ dout,
   }
 }
 
-// The sequence holding token t: the last b with offsets[b] <= t. Empty sequences repeat an
-// offset; the last b of a run of equal offsets is the one whose range is not empty.
-__device__ __forceinline__ int64_t sequence_of(const int32_t* offsets, int64_t batch, int64_t t) {
-  int64_t lo = 0, hi = batch - 1;  // offsets[0] = 0 <= t, so the answer lies in [lo, hi]
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (offsets[mid] <= t)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
-
 // a_t = cos(l_t, g_b), one warp per token.
 template <class T>
 __global__ void pooling_scores_kernel(const T* __restrict__ l, const T* __restrict__ g,
@@ -83,7 +69,7 @@ __global__ void pooling_scores_kernel(const T* __restrict__ l, const T* __restri
   if (t >= tokens) return;  // the whole warp leaves: warp_sum below has all its lanes
   const int lane = threadIdx.x % kWarpSize;
   const T* lt = l + t * d;
-  const T* gb = g + sequence_of(offsets, batch, t) * d;
+  const T* gb = g + sequence_of_row(offsets, batch, t) * d;
   float dot = 0.f, sq_l = 0.f, sq_g = 0.f;
   for (int64_t c = lane; c < d; c += kWarpSize) {
     const float lv = to_float(lt[c]), gv = to_float(gb[c]);
@@ -110,7 +96,7 @@ __global__ void pooling_backward_tokens_kernel(
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarpSize;
   if (t >= tokens) return;  // the whole warp leaves: warp_sum below has all its lanes
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t b = sequence_of(offsets, batch, t);
+  const int64_t b = sequence_of_row(offsets, batch, t);
   const T* xt = x + t * d;
   const T* lt = l + t * d;
   const T* gb = g + b * d;

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <hdf5.h>
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
 #include <random>
 #include <exception>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -72,5 +74,27 @@ inline Tensor as_seen(const Tensor& t, DType dtype) {
 inline Tensor on_gpu(const Tensor& t, DType dtype) { return t.to(dtype).to(Device::cuda(0)); }
 // Any tensor's values as f32 on the CPU.
 inline Tensor on_cpu(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32); }
+
+// ---- Damaging files on purpose ----------------------------------------------------------------
+
+// The file offset of the data of contiguous dataset `dataset` of the HDF5 file `path`.
+inline uint64_t h5_dataset_offset(const std::string& path, const char* dataset) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  const hid_t dset = H5Dopen2(file, dataset, H5P_DEFAULT);
+  const haddr_t offset = H5Dget_offset(dset);
+  H5Dclose(dset);
+  H5Fclose(file);
+  EXPECT_NE(offset, HADDR_UNDEF) << path << ": " << dataset;
+  return offset;
+}
+
+// Flips one bit of byte `offset` of `path` in place.
+inline void flip_byte(const std::string& path, uint64_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  const char c = static_cast<char>(f.get());
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.put(static_cast<char>(c ^ 0x10));
+}
 
 }  // namespace qarac::test_support

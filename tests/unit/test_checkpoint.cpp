@@ -33,6 +33,8 @@
 
 using namespace qarac;
 using qarac::test_support::expect_input_error;
+using qarac::test_support::flip_byte;
+using qarac::test_support::h5_dataset_offset;
 namespace fs = std::filesystem;
 
 namespace {
@@ -355,25 +357,6 @@ TEST_F(CheckpointTest, UnfinishedWritesAreIgnoredAndCleanedUp) {
 // ---- Damaged files
 // -------------------------------------------------------------------------------
 
-// The file offset of a contiguous dataset's data.
-haddr_t dataset_offset(const std::string& path, const char* name) {
-  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  const hid_t dset = H5Dopen2(file, name, H5P_DEFAULT);
-  const haddr_t offset = H5Dget_offset(dset);
-  H5Dclose(dset);
-  H5Fclose(file);
-  EXPECT_NE(offset, HADDR_UNDEF) << name;
-  return offset;
-}
-
-void flip_byte(const std::string& path, uint64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(offset));
-  const char c = static_cast<char>(f.get());
-  f.seekp(static_cast<std::streamoff>(offset));
-  f.put(static_cast<char>(c ^ 0x10));
-}
-
 void remove_complete(const std::string& path) {
   const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
   ASSERT_GE(file, 0);
@@ -400,8 +383,8 @@ TEST_F(CheckpointTest, DamagedFilesAreSkippedAndRefused) {
   };
   const auto file = [&](int64_t step) { return part_file(checkpoint_path(dir(), step)); };
   fs::resize_file(file(7), fs::file_size(file(7)) - 100);
-  flip_byte(file(6), dataset_offset(file(6), weight.c_str()) + 5);
-  flip_byte(file(5), dataset_offset(file(5), "config") + 3);
+  flip_byte(file(6), h5_dataset_offset(file(6), weight.c_str()) + 5);
+  flip_byte(file(5), h5_dataset_offset(file(5), "config") + 3);
   remove_complete(file(4));
   std::ofstream(file(3)) << "[train]\nthis is an INI file, not a checkpoint\n";
   std::ofstream(file(2)).close();

@@ -30,6 +30,8 @@
 
 using namespace qarac;
 using test_support::expect_input_error;
+using test_support::flip_byte;
+using test_support::h5_dataset_offset;
 namespace fs = std::filesystem;
 
 TEST(Tensor, ShapeViewsAndCopies) {
@@ -355,20 +357,6 @@ class ChecksummedH5Test : public FileTest {
     ChecksummedH5Reader reader(p, kind);
     return reader.read([](const std::string&, const Shape&) { return true; });
   }
-  static uint64_t data_offset(const std::string& p, const char* dataset) {
-    const hid_t file = H5Fopen(p.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    const hid_t dset = H5Dopen2(file, dataset, H5P_DEFAULT);
-    const haddr_t offset = H5Dget_offset(dset);
-    H5Dclose(dset);
-    H5Fclose(file);
-    EXPECT_NE(offset, HADDR_UNDEF) << dataset;
-    return offset;
-  }
-  void flip_byte(const std::string& p, uint64_t offset) {
-    std::string bytes = read(p);
-    bytes[offset] = static_cast<char>(bytes[offset] ^ 0x10);
-    write(p, bytes);
-  }
 };
 
 TEST_F(ChecksummedH5Test, RoundTrip) {
@@ -397,11 +385,11 @@ TEST_F(ChecksummedH5Test, RoundTrip) {
 TEST_F(ChecksummedH5Test, DamageIsRefusedWithOneLineNamingTheFile) {
   silence_hdf5_stack_printing();
   const std::string flipped_data = make("flipped_data.h5");
-  flip_byte(flipped_data, data_offset(flipped_data, "weights/w") + 5);
+  flip_byte(flipped_data, h5_dataset_offset(flipped_data, "weights/w") + 5);
   expect_input_error([&] { read_all(flipped_data); }, {flipped_data, "checksum mismatch", "corrupt"});
 
   const std::string flipped_text = make("flipped_text.h5");
-  flip_byte(flipped_text, data_offset(flipped_text, "notes") + 1);
+  flip_byte(flipped_text, h5_dataset_offset(flipped_text, "notes") + 1);
   expect_input_error([&] { read_all(flipped_text); }, {flipped_text, "checksum mismatch"});
 
   const std::string truncated = make("truncated.h5");
