@@ -44,7 +44,11 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
 int main(int argc, char** argv) {
   std::unique_ptr<qarac::parallel::Runtime> runtime;
   std::unique_ptr<qarac::Trainer> trainer;
+  // Before anything else: a SIGTERM or SIGUSR1 during start-up stops the run after its first
+  // step instead of killing it.
+  std::unique_ptr<qarac::StopSignals> stop_signals;
   const int code = qarac::cli::run_main("qarac-train", [&] {
+    stop_signals = std::make_unique<qarac::StopSignals>();
     runtime = std::make_unique<qarac::parallel::Runtime>(&argc, &argv);
     const std::optional<qarac::TrainConfig> config = qarac::parse_train_config(argc, argv, std::cout);
     if (!config) return 0;  // --help

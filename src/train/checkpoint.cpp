@@ -312,8 +312,15 @@ std::string commit_checkpoint(const std::string& dir, int64_t step, int keep_las
   if (fs::exists(folder, ec)) delete_checkpoint(dir, step, "replaced checkpoint");
   fs::rename(checkpoint_temp_path(dir, step), folder, ec);
   QARAC_INPUT_CHECK(!ec, folder, ": cannot rename the finished checkpoint into place: ", ec.message());
-  sync_folder(dir);
-  // The new checkpoint is on disk under its name before any older one is deleted.
+  // The new checkpoint is on disk under its name before any older one is deleted. The rename has
+  // happened, so a failed fsync of the folder does not fail the run: it keeps the older
+  // checkpoints instead, in case the new name does not survive a crash.
+  try {
+    sync_folder(dir);
+  } catch (const InputError& e) {
+    log::warn(e.what(), ": the older checkpoints are kept");
+    return folder;
+  }
   prune(dir, step, keep_last);
   return folder;
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "core/error.h"
 #include "data/shards.h"
 #include "io/hf_config.h"
 #include "parallel/task_cost.h"
@@ -19,7 +20,8 @@ TaskCosts estimate_task_costs(const TrainConfig& c) {
   for (int t = 0; t < data::kTaskCount; ++t) {
     const data::TaskStreamFile stream(c.data_dir + "/" + data::task_name(static_cast<data::Task>(t)) + ".h5");
     const data::StreamInfo& info = stream.info();
-    const double examples = static_cast<double>(std::max<int64_t>(info.examples, 1));
+    QARAC_INPUT_CHECK(info.examples > 0, stream.path(), ": holds no example");
+    const double examples = static_cast<double>(info.examples);
     shapes[t].batch = static_cast<double>(c.task[t].batch);
     for (const int64_t tokens : info.field_tokens) {
       shapes[t].mean_field_tokens.push_back(static_cast<double>(tokens) / examples);

@@ -1,38 +1,57 @@
 #include "train/stop_signals.h"
 
 #include <signal.h>
+#include <time.h>
 
 #include <atomic>
+#include <cstdint>
 
 #include "core/error.h"
 
 namespace qarac {
 namespace {
 
-// Written by the handler, read by the loop. The handler may run on any thread of
-// the process (MPI and NCCL start their own), so the flag is an atomic, and a lock-free one: the
-// only kind a signal handler may touch.
+// Written by the handler, read by the loop. The handler may run on any thread of the process
+// (MPI and NCCL start their own), so the state is atomic, and lock-free: the only kind a signal
+// handler may touch.
 std::atomic<int> g_received{0};
-static_assert(ATOMIC_INT_LOCK_FREE == 2, "the stop flag must be a lock-free atomic");
+std::atomic<int64_t> g_first_ns{0};  // CLOCK_MONOTONIC of the first signal
+static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2, "the stop state must be lock-free");
 bool g_installed = false;
 struct sigaction g_previous_term, g_previous_usr1;
 
+// One request can arrive twice within moments: Slurm signals every process of a job step and
+// srun passes the signal on to the same ranks. Only a signal this long after the first is a
+// second request.
+constexpr int64_t kRepeatWindowNs = 2'000'000'000;
+
+int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
+}
+
 extern "C" void on_stop_signal(int signal) {
+  const int64_t now = monotonic_ns();
   int expected = 0;
-  if (!g_received.compare_exchange_strong(expected, signal)) {
-    // The second request: end now, with the status the default action gives.
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
-    sigaction(signal, &dfl, nullptr);
-    raise(signal);
+  if (g_received.compare_exchange_strong(expected, signal)) {
+    g_first_ns.store(now);
+    return;
   }
+  if (now - g_first_ns.load() < kRepeatWindowNs) return;  // the same request, delivered again
+  // A second request: end now, with the status the default action gives.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(signal, &dfl, nullptr);
+  raise(signal);
 }
 
 }  // namespace
 
 StopSignals::StopSignals() {
   QARAC_CHECK(!g_installed, "StopSignals: one instance per process");
+  g_received.store(0);  // before the handlers: a signal from now on counts
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
@@ -41,7 +60,6 @@ StopSignals::StopSignals() {
                   sigaction(SIGUSR1, &action, &g_previous_usr1) == 0,
               "StopSignals: cannot install the SIGTERM/SIGUSR1 handlers");
   g_installed = true;
-  g_received.store(0);
 }
 
 StopSignals::~StopSignals() {
@@ -50,7 +68,7 @@ StopSignals::~StopSignals() {
   g_installed = false;
 }
 
-int StopSignals::received() const { return g_received.load(); }
+int StopSignals::received() { return g_received.load(); }
 
 const char* StopSignals::name(int signal) {
   switch (signal) {

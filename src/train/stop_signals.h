@@ -3,8 +3,12 @@
 // --signal=B:USR1@600). StopSignals turns SIGTERM and SIGUSR1 into a request the training loop
 // reads at a step boundary: every rank ORs its request into the step's metrics all-reduce, so all
 // ranks stop after the same step, write a checkpoint of it and exit with kExitPreempted, which
-// slurm/train.sbatch requeues on. A second signal ends the process at once, as if no handler
-// were installed (the checkpoint of the step in flight is then lost, the previous one is not).
+// slurm/train.sbatch requeues on. A second signal, more than two seconds after the first, ends the
+// process at once, as if no handler were installed (the checkpoint of the step in flight is then
+// lost, the previous one is not); one within two seconds is the first delivered again (Slurm
+// signals the ranks and srun passes the signal on to them too).
+// qarac-train installs the handlers first thing in main, so that a request during start-up
+// stops the run after its first step rather than killing it.
 #pragma once
 
 namespace qarac {
@@ -22,8 +26,8 @@ class StopSignals {
   StopSignals(const StopSignals&) = delete;
   StopSignals& operator=(const StopSignals&) = delete;
 
-  // The first signal received, or 0.
-  int received() const;
+  // The first signal received since the handlers were installed, or 0.
+  static int received();
   // "SIGTERM", "SIGUSR1" (messages).
   static const char* name(int signal);
 };

@@ -88,7 +88,6 @@ struct Trainer::Impl {
   std::string resume_from;  // the checkpoint to resume from, when resuming
   MetricsLog metrics;       // rank 0's
   Fault fault;
-  StopSignals stop_signals;
   int64_t step = 0;  // training steps completed
   Last last;
   bool warned_long_example = false;  // train.micro_tokens below one example: said once
@@ -292,7 +291,7 @@ StepStats Trainer::Impl::train_step() {
   s.data_seconds = seconds_between(t0, t_data);
   s.comm_seconds = s.comm_max_seconds = waited + norm_wait;
   s.compute_seconds = seconds_between(t_data, t_end) - s.comm_seconds;
-  s.stop_signal = stop_signals.received();
+  s.stop_signal = StopSignals::received();
   gather_step_stats(s, layout.slots, slot_losses, slot_seconds, place.world.get(), place.rank, place.world_size,
                     step);
   return s;
@@ -401,7 +400,7 @@ Trainer::RunEnd Trainer::run() {
       t.metrics.write_step(t.step, t.place.world_size, t.plan, s);
       t.metrics.print_progress(t.step, c.steps, c.log_every, t.place.world_size, s);
     }
-    if (s.stop_signal != 0) {
+    if (s.stop_signal != 0 && t.step < c.steps) {  // after the last step the run just finishes
       // Every rank learnt of the request in the same all-reduce, after the same step.
       t.metrics.end_progress_line();
       if (t.place.root())

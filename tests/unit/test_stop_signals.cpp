@@ -1,13 +1,15 @@
 // StopSignals (train/stop_signals.h): the first SIGTERM or SIGUSR1 is a stop request the loop
-// reads; a second one ends the process as the default action would; the destructor puts the
-// previous handlers back. Each case runs in a forked child, so that a signal's default action
+// reads; the same request delivered again at once is ignored, a second one later ends the process
+// as the default action would; the destructor puts the previous handlers back. Each case runs in a forked child, so that a signal's default action
 // ends the child and not the test program.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <functional>
+#include <thread>
 
 #include "train/stop_signals.h"
 
@@ -37,10 +39,22 @@ TEST(StopSignals, FirstSignalIsARequest) {
   }
 }
 
-TEST(StopSignals, SecondSignalEndsTheProcessAtOnce) {
+TEST(StopSignals, ARequestDeliveredTwiceAtOnceIsOneRequest) {
+  const int status = in_child([] {
+    StopSignals stop;
+    raise(SIGTERM);  // from Slurm
+    raise(SIGTERM);  // the same, passed on by srun
+    return stop.received() == SIGTERM ? 0 : 5;
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << "the repeated delivery ended the process";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+TEST(StopSignals, SecondSignalLaterEndsTheProcessAtOnce) {
   const int status = in_child([] {
     StopSignals stop;
     raise(SIGUSR1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // past the repeat window
     raise(SIGTERM);  // the default action: terminated by SIGTERM
     return 3;
   });
