@@ -37,18 +37,6 @@ struct RngKey {
   uint32_t tensor = 0;
 };
 
-// Uniform float in [0, 1) for element `index` of the stream `key`. Key = (seed, tensor),
-// counter = (index, step): each element of each step draws from its own counter. For draws that
-// belong to no sequence (the MLM masking); dropout uses sequence_uniform01 below.
-QARAC_HD inline float uniform01(const RngKey& key, uint64_t index) {
-  const Philox4x32 ctr = {{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
-                           static_cast<uint32_t>(key.step), static_cast<uint32_t>(key.step >> 32)}};
-  const uint32_t k0 = static_cast<uint32_t>(key.seed) ^ (key.tensor * 0x85EBCA6Bu);
-  const uint32_t k1 = static_cast<uint32_t>(key.seed >> 32);
-  const Philox4x32 r = philox4x32_10(ctr, k0, k1);
-  return static_cast<float>(r.c[0] >> 8) * (1.0f / 16777216.0f);  // 24 random bits
-}
-
 // ---- Draws of one sequence: dropout masks that follow the example, not its place in a batch ----
 // Data-parallel training splits a global batch among ranks and micro-batches; W ranks compute
 // what one rank computes only if an example's dropout masks do not depend on the packing: not on
@@ -92,7 +80,7 @@ QARAC_HD inline uint64_t attention_element(uint64_t head, uint64_t query, uint64
 }
 
 // Uniform float in [0, 1) for element `element` (< 2^40) of sequence `id` in the stream `key`,
-// laid out as above; 24 random bits, as uniform01.
+// laid out as above, from 24 random bits (exact in a float).
 QARAC_HD inline float sequence_uniform01(const RngKey& key, uint64_t id, uint64_t element) {
   const Philox4x32 ctr = {{static_cast<uint32_t>(element),
                            static_cast<uint32_t>(element >> 32) |

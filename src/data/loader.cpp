@@ -14,8 +14,11 @@
 namespace qarac::data {
 namespace {
 
-// Marks the shuffle's Philox counters so that they never coincide with dropout's, which use the
-// same generator with (index, step) counters.
+// Marks the shuffle's Philox counters (the last counter word) apart from those of dropout and
+// the MLM masking (sequence_uniform01, core/rng.h: an element index and the step's low bits in
+// the first words, the sequence id in the last two). Their keys differ from the shuffle's except
+// for tensor 0; a coincidence would then need a sequence id whose high word is this constant,
+// which an example id (task, epoch, position) reaches only after millions of epochs.
 constexpr uint32_t kShuffleDomain = 0x5eed0000u;
 
 // A uniform integer in [0, bound) from 64 random bits: the high half of r·bound (Lemire), whose
@@ -121,6 +124,7 @@ std::vector<TaskBatch> TaskBatch::split(int64_t max_tokens) const {
       m.task = task;
       m.global_count = global_count;
       m.global_tokens = global_tokens;
+      m.global = global;
       m.fields.resize(fields.size());
       for (PackedField& f : m.fields) f.starts.push_back(0);
       used = 0;
@@ -211,21 +215,30 @@ TaskBatch Loader::draw(Stream& s) {
     ++s.position;
   }
   const std::vector<int> owner = divide_batch(tokens, s.slot.group_size);
+  auto whole = std::make_shared<GlobalBatch>();
   batch.fields.resize(s.fields.size());
+  whole->fields.resize(s.fields.size());
   for (PackedField& f : batch.fields) f.starts.push_back(0);
+  for (PackedField& f : whole->fields) f.starts.push_back(0);
+  auto append = [&s](int64_t index, std::vector<PackedField>& fields) {
+    for (size_t f = 0; f < s.fields.size(); ++f) {
+      const Ragged& src = s.fields[f];
+      PackedField& dst = fields[f];
+      dst.tokens.insert(dst.tokens.end(), src.begin(index), src.begin(index) + src.length(index));
+      dst.starts.push_back(static_cast<int32_t>(dst.tokens.size()));
+    }
+  };
   for (size_t i = 0; i < global.size(); ++i) {
+    whole->ids.push_back(global[i].id);
+    append(global[i].index, whole->fields);
     if (owner[i] != s.slot.group_rank) continue;
     const int64_t index = global[i].index;
     batch.examples.push_back(index);
     batch.ids.push_back(global[i].id);
-    for (size_t f = 0; f < s.fields.size(); ++f) {
-      const Ragged& src = s.fields[f];
-      PackedField& dst = batch.fields[f];
-      dst.tokens.insert(dst.tokens.end(), src.begin(index), src.begin(index) + src.length(index));
-      dst.starts.push_back(static_cast<int32_t>(dst.tokens.size()));
-    }
+    append(index, batch.fields);
     if (!s.labels.empty()) batch.labels.push_back(static_cast<float>(s.labels[static_cast<size_t>(index)]));
   }
+  batch.global = std::move(whole);
   return batch;
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,15 @@ struct PaddedField {
 };
 PaddedField pad(const PackedField& field, int32_t pad_id);
 
+// A whole global batch, every rank's part, in batch order: its examples' ids and fields. Every
+// rank of the task gets it, so a loss normalised over the global batch by something other than
+// the example count (the MLM loss: by its masked tokens, a function of (id, position, token))
+// needs no collective to learn the normaliser.
+struct GlobalBatch {
+  std::vector<uint64_t> ids;
+  std::vector<PackedField> fields;
+};
+
 // This rank's part of a task's global batch (or a whole batch, or a micro-batch of a part).
 struct TaskBatch {
   Task task = Task::encode_decode;
@@ -89,6 +99,7 @@ struct TaskBatch {
   std::vector<float> labels;        // consistency: +1, 0, -1 per example; empty otherwise
   int64_t global_count = 0;         // examples of the global batch this is part of (N)
   int64_t global_tokens = 0;        // tokens of that global batch (all fields, all ranks)
+  std::shared_ptr<const GlobalBatch> global;  // that global batch whole (null: not given)
 
   int64_t count() const { return static_cast<int64_t>(examples.size()); }
   int64_t tokens() const;  // over all fields

@@ -6,6 +6,8 @@
 //   batches, within 1e-12 of each model's largest weight in f64, with every model's replicas
 //   bit-identical at every step (the replica check) and the same logged task losses (the means
 //   over the global batches).
+//   The same for masked-LM pre-training (model.mode mlm): W = 3 and micro-batches end at the
+//   base of one process, the loss being the mean over the global batch's masked tokens.
 //   Elastic resume: a run checkpointed at one world size and resumed at another (and another
 //   plan) ends where the run without a stop ends.
 //   Never hang: a rank killed by SIGKILL, a rank that stalls, and replicas that diverge each end
@@ -130,8 +132,10 @@ class Distributed : public ::testing::Test {
   }
   // Every model of run `name` against the same model of run `reference`: within `bound` of the
   // model's largest weight. Records the differences as test properties.
-  static void expect_same_models(const std::string& name, const std::string& reference, double bound) {
-    for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+  static void expect_same_models(const std::string& name, const std::string& reference, double bound,
+                                 const std::vector<const char*>& models = {"question_encoder", "answer_encoder",
+                                                                           "decoder"}) {
+    for (const char* model : models) {
       const auto [diff, where] = export_difference(root() / name / "export" / model,
                                                    root() / reference / "export" / model);
       EXPECT_LT(diff, bound) << model << " of " << name << ", largest in " << where;
@@ -351,6 +355,62 @@ TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
   EXPECT_NE(r.output.find("qarac-train: error: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("parallel.tasks"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(root() / "bad"));
+}
+
+// ---- model.mode mlm: masked-LM pre-training of the base is layout-invariant too ----
+// The masks of a token are keyed by (example id, position, token), dropout by the example id, and
+// the loss is the mean over the masked tokens of the whole global batch (every rank counts them
+// from the global batch the loader gives it): W ranks and micro-batches end where one process
+// ends, with the same logged loss.
+const std::string kMlm = "--model.mode mlm --model.tokenizer " + kSample + "tokenizer";
+
+struct MlmLayout {
+  const char* label;
+  int world;
+  const char* options;
+};
+void PrintTo(const MlmLayout& layout, std::ostream* os) { *os << layout.label; }
+
+class MlmInvariant : public Distributed, public ::testing::WithParamInterface<MlmLayout> {};
+
+TEST_P(MlmInvariant, EveryLayoutPretrainsWhatOneProcessPretrains) {
+  const MlmLayout& layout = GetParam();
+  reference("reference-mlm", kMlm);
+  const std::string name = std::string("mlm-") + layout.label;
+  const CliResult r = train(layout.world > 1 ? mpirun(layout.world) : "", name,
+                            kMlm + " --parallel.check_every 1 --parallel.bucket_mb 0.01 " + layout.options);
+  ASSERT_EQ(r.code, 0) << r.output;
+  if (layout.world > 1) {
+    EXPECT_NE(r.output.find("every model's replicas are identical"), std::string::npos) << r.output;
+  }
+  expect_same_models(name, "reference-mlm", kBound, {"base"});
+  const std::vector<nlohmann::json> lines = step_lines(root() / name), expected = step_lines(root() / "reference-mlm");
+  ASSERT_EQ(lines.size(), 6u);
+  ASSERT_EQ(expected.size(), 6u);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const double got = lines[i].at("loss").at("encode_decode").get<double>();
+    const double want = expected[i].at("loss").at("encode_decode").get<double>();
+    EXPECT_NEAR(got, want, 1e-12 * std::max(1.0, std::fabs(want))) << "MLM loss at step " << i + 1;
+    EXPECT_EQ(lines[i].at("global_tokens"), expected[i].at("global_tokens"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, MlmInvariant,
+    ::testing::Values(MlmLayout{"W1_micro_batches", 1, kMicro}, MlmLayout{"W3", 3, ""},
+                      MlmLayout{"W3_micro_batches", 3, kMicro}),
+    [](const ::testing::TestParamInfo<MlmLayout>& layout) { return std::string(layout.param.label); });
+
+// The bound tells runs apart: another seed (other data order, masks and dropout) ends far from
+// the reference.
+TEST_F(Distributed, MlmRunsOfAnotherSeedDiffer) {
+  reference("reference-mlm", kMlm);
+  const CliResult r = train("", "mlm-seed-3", kMlm + " --train.seed 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const double diff = export_difference(root() / "mlm-seed-3" / "export" / "base",
+                                        root() / "reference-mlm" / "export" / "base").first;
+  EXPECT_GT(diff, 1e-6);
+  std::printf("mlm-seed-3 base against the reference: %.3e\n", diff);
 }
 
 }  // namespace

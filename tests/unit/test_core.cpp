@@ -112,21 +112,26 @@ TEST(Philox, KnownAnswers) {
 
 TEST(Philox, UniformStreamsAreDistinctAndUniform) {
   const RngKey a{7, 3, 1}, b{7, 4, 1}, c{7, 3, 2};
-  int same_step = 0, same_tensor = 0;
+  const uint64_t id = 0x123456789ull;
+  int same_step = 0, same_tensor = 0, same_id = 0;
   double mean = 0;
   const int n = 20000;
   for (int i = 0; i < n; ++i) {
-    const float u = uniform01(a, static_cast<uint64_t>(i));
+    const uint64_t e = static_cast<uint64_t>(i);
+    const float u = sequence_uniform01(a, id, e);
     ASSERT_GE(u, 0.f);
     ASSERT_LT(u, 1.f);
     mean += u;
-    same_step += u == uniform01(b, static_cast<uint64_t>(i));
-    same_tensor += u == uniform01(c, static_cast<uint64_t>(i));
+    same_step += u == sequence_uniform01(b, id, e);
+    same_tensor += u == sequence_uniform01(c, id, e);
+    same_id += u == sequence_uniform01(a, id + 1, e);
   }
+  // 24-bit values: a pair of independent draws is equal with probability 2^-24.
   EXPECT_NEAR(mean / n, 0.5, 0.01);  // 3.5 standard errors of 1/sqrt(12 n)
   EXPECT_LT(same_step, 10);
   EXPECT_LT(same_tensor, 10);
-  EXPECT_EQ(uniform01(a, 123), uniform01(RngKey{7, 3, 1}, 123));
+  EXPECT_LT(same_id, 10);
+  EXPECT_EQ(sequence_uniform01(a, id, 123), sequence_uniform01(RngKey{7, 3, 1}, id, 123));
 }
 
 // The checkers' messages name the library, the statement, the reason, file:line and the host.

@@ -5,12 +5,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <random>
 #include <set>
+#include <utility>
 
 #include "data/shards.h"
 #include "model/init.h"
@@ -113,6 +115,154 @@ TEST(MaskedLM, GradientMatchesFiniteDifferences) {
       const double numeric = (up - down) / 2e-5;
       EXPECT_NEAR(g[i], numeric, 1e-6 * std::fabs(numeric) + 1e-9) << p->name << "[" << i << "]";
     }
+  }
+}
+
+namespace {
+
+// Sequence ids like data::example_id's: large, sparse 64-bit values.
+std::vector<uint64_t> sparse_ids(size_t count) {
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < count; ++i) ids.push_back((uint64_t{2} << 62) | (uint64_t{3} << 40) | (977 * i + 12345));
+  return ids;
+}
+
+// The sequences (and their ids) at `order`.
+std::pair<Sequences, std::vector<uint64_t>> pick(const Sequences& seqs, const std::vector<uint64_t>& ids,
+                                                 const std::vector<size_t>& order) {
+  std::pair<Sequences, std::vector<uint64_t>> out;
+  for (size_t i : order) {
+    out.first.push_back(seqs[i]);
+    out.second.push_back(ids[i]);
+  }
+  return out;
+}
+
+// The targets of each sequence of a masked batch.
+std::vector<std::vector<int32_t>> targets_by_sequence(const MaskedTokens& m) {
+  std::vector<std::vector<int32_t>> out;
+  size_t at = 0;
+  for (const auto& seq : m.inputs) {
+    out.emplace_back(m.targets.begin() + static_cast<std::ptrdiff_t>(at),
+                     m.targets.begin() + static_cast<std::ptrdiff_t>(at + seq.size()));
+    at += seq.size();
+  }
+  return out;
+}
+
+}  // namespace
+
+// Whether and how a token is masked depends on (id, position in its sequence, token) only: a
+// batch split into parts and reordered masks every sequence as the whole batch does, and
+// count_masked counts what mask_tokens chooses. Another id or step draws other masks.
+TEST(MlmMasking, KeyedBySequenceIdAndPositionNotByPlaceInTheBatch) {
+  std::mt19937 gen(3);
+  const Sequences seqs = random_sequences(60, gen, /*specials=*/true);
+  const std::vector<uint64_t> ids = sparse_ids(seqs.size());
+  MlmMasking masking;
+  masking.seed = 11;
+  const MaskedTokens whole = mask_tokens(seqs, ids, 23, masking, 5);
+  ASSERT_GT(whole.masked, 20);
+  EXPECT_EQ(whole.ids, ids);
+  const auto whole_targets = targets_by_sequence(whole);
+
+  // Two parts, each in reverse order of the batch, the second starting with the longest.
+  std::vector<size_t> first, second;
+  for (size_t i = seqs.size(); i-- > 0;) (i % 3 == 0 ? first : second).push_back(i);
+  std::stable_sort(second.begin(), second.end(), [&](size_t a, size_t b) { return seqs[a].size() > seqs[b].size(); });
+  int64_t masked = 0;
+  for (const auto& order : {first, second}) {
+    const auto [part, part_ids] = pick(seqs, ids, order);
+    const MaskedTokens m = mask_tokens(part, part_ids, 23, masking, 5);
+    const auto part_targets = targets_by_sequence(m);
+    for (size_t k = 0; k < order.size(); ++k) {
+      EXPECT_EQ(m.inputs[k], whole.inputs[order[k]]) << "sequence " << order[k];
+      EXPECT_EQ(part_targets[k], whole_targets[order[k]]) << "sequence " << order[k];
+    }
+    masked += m.masked;
+  }
+  EXPECT_EQ(masked, whole.masked);
+
+  // mask_draw of (id, position, token) alone reproduces every token's masking: nothing else of
+  // the batch enters.
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    for (size_t t = 0; t < seqs[b].size(); ++t) {
+      const MaskDraw d = mask_draw(masking, 23, 5, ids[b], t, seqs[b][t]);
+      EXPECT_EQ(d.chosen, whole_targets[b][t] != MaskedLM::kIgnore);
+      EXPECT_EQ(d.input, whole.inputs[b][t]);
+    }
+  }
+
+  // count_masked over the packed batch counts the same positions.
+  std::vector<int32_t> tokens, starts{0};
+  for (const auto& seq : seqs) {
+    tokens.insert(tokens.end(), seq.begin(), seq.end());
+    starts.push_back(static_cast<int32_t>(tokens.size()));
+  }
+  EXPECT_EQ(count_masked(tokens, starts, ids, masking, 5), whole.masked);
+
+  // The key matters: other ids, another step or seed, other masks.
+  std::vector<uint64_t> shifted = ids;
+  for (uint64_t& id : shifted) ++id;
+  EXPECT_NE(mask_tokens(seqs, shifted, 23, masking, 5).targets, whole.targets);
+  EXPECT_NE(mask_tokens(seqs, ids, 23, masking, 6).targets, whole.targets);
+  MlmMasking reseeded = masking;
+  reseeded.seed = 12;
+  EXPECT_NE(mask_tokens(seqs, ids, 23, reseeded, 5).targets, whole.targets);
+  // The index-keyed form is the id-keyed one with ids 0..B-1.
+  std::vector<uint64_t> index_ids(seqs.size());
+  for (size_t i = 0; i < index_ids.size(); ++i) index_ids[i] = i;
+  EXPECT_EQ(mask_tokens(seqs, 23, masking, 5).targets, mask_tokens(seqs, index_ids, 23, masking, 5).targets);
+}
+
+// The loss over a global batch's masked tokens, run as micro-batches in another order with
+// dropout: each micro-batch's summed cross-entropy scaled by 1/M (M: the masked tokens of the
+// whole batch) adds up to the whole batch's mean, loss and gradients, to f64 rounding. Fails if
+// masks or dropout followed a sequence's place in the batch rather than its id.
+TEST(MaskedLM, MicroBatchesAddUpToTheMeanOverTheWholeBatch) {
+  RobertaConfig config = tiny_config();
+  config.hidden_dropout = config.attention_dropout = 0.1;
+  RobertaEncoder encoder(config, DType::f64, Device::cpu());
+  MaskedLM mlm(encoder);
+  ParameterList params = mlm.parameters();
+  init_normal(params, 0.3, 5);
+  std::mt19937 gen(4);
+  const Sequences seqs = random_sequences(12, gen, true);
+  const std::vector<uint64_t> ids = sparse_ids(seqs.size());
+  MlmMasking masking;
+  masking.probability = 0.4;
+  ForwardOptions options;
+  options.training = true;
+  options.seed = 9;
+  options.step = 3;
+  const MaskedTokens whole = mask_tokens(seqs, ids, 23, masking, options.step);
+  ASSERT_GT(whole.masked, 0);
+  const double m = static_cast<double>(whole.masked);
+
+  zero_grads(params);
+  const double mean = mlm.run(whole, options, true, 1.0 / m, 0.5 / m).to_vector<double>()[0];
+  EXPECT_NEAR(mean, mlm.loss(whole, options, false), 1e-14);
+  std::vector<std::vector<double>> expected;
+  for (Parameter* p : params) expected.push_back(p->grad.to_vector<double>());
+
+  zero_grads(params);
+  double sum = 0;
+  for (const std::vector<size_t>& order : {std::vector<size_t>{11, 7, 3, 0}, std::vector<size_t>{10, 9, 8, 6, 5, 4, 2, 1}}) {
+    const auto [part, part_ids] = pick(seqs, ids, order);
+    sum += mlm.run(mask_tokens(part, part_ids, 23, masking, options.step), options, true, 1.0 / m, 0.5 / m)
+               .to_vector<double>()[0];
+  }
+  EXPECT_NEAR(sum, mean, 1e-13 * std::fabs(mean));
+  // Relative to the model's largest gradient (the key bias's is zero up to rounding).
+  double largest = 0;
+  for (const std::vector<double>& g : expected)
+    for (double v : g) largest = std::max(largest, std::fabs(v));
+  ASSERT_GT(largest, 0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::vector<double> got = params[i]->grad.to_vector<double>();
+    double diff = 0;
+    for (size_t k = 0; k < got.size(); ++k) diff = std::max(diff, std::fabs(got[k] - expected[i][k]));
+    EXPECT_LE(diff, 1e-13 * largest) << params[i]->name;
   }
 }
 

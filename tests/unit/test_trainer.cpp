@@ -9,11 +9,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -24,6 +26,7 @@
 #include "support/test_support.h"
 #include "support/training_fixtures.h"
 #include "core/error.h"
+#include "data/loader.h"
 #include "data/tokenizer.h"
 #include "parallel/task_plan.h"
 #include "io/hf_config.h"
@@ -625,5 +628,53 @@ TEST_F(TrainCli, ResumedRunIsBitIdenticalToAStraightOne) {
       ASSERT_TRUE(tb.count(name)) << name;
       EXPECT_EQ(tensor.to_vector<float>(), tb.at(name).to_vector<float>()) << name;
     }
+  }
+}
+
+// Every rank of a task gets the task's whole global batch beside its own part (the MLM loss
+// normalises by the masked tokens of the global batch, which each rank counts from it): the same
+// ids and tokens on every rank and for every world size, each rank's part a piece of it, and the
+// micro-batches of a part share it.
+TEST_F(TrainCli, LoaderGivesEveryRankTheWholeGlobalBatch) {
+  data::LoaderOptions options;
+  options.data_dir = (root() / "data").string();
+  options.seed = 5;
+  options.global_batch = 8;
+  auto plan = [](int world, int rank) {
+    data::RankPlan p;
+    p.world_size = world;
+    p.rank = rank;
+    p.tasks = {{Task::encode_decode, rank, world}};
+    return p;
+  };
+  data::Loader single(plan(1, 0), options);
+  std::vector<std::unique_ptr<data::Loader>> ranks;
+  for (int r = 0; r < 3; ++r) ranks.push_back(std::make_unique<data::Loader>(plan(3, r), options));
+  for (int step = 0; step < 3; ++step) {
+    const data::TaskBatch whole = single.next().tasks.at(0);
+    ASSERT_TRUE(whole.global);
+    EXPECT_EQ(whole.global->ids, whole.ids);
+    EXPECT_EQ(whole.global->fields.at(0).tokens, whole.fields.at(0).tokens);
+    std::multiset<uint64_t> seen;
+    for (auto& loader : ranks) {
+      const data::TaskBatch part = loader->next().tasks.at(0);
+      ASSERT_TRUE(part.global);
+      EXPECT_EQ(part.global->ids, whole.ids) << "step " << step;
+      EXPECT_EQ(part.global->fields.at(0).tokens, whole.fields.at(0).tokens) << "step " << step;
+      EXPECT_EQ(part.global->fields.at(0).starts, whole.fields.at(0).starts) << "step " << step;
+      for (int64_t b = 0; b < part.count(); ++b) {
+        seen.insert(part.ids[static_cast<size_t>(b)]);
+        const auto at = std::find(whole.ids.begin(), whole.ids.end(), part.ids[static_cast<size_t>(b)]);
+        ASSERT_NE(at, whole.ids.end());
+        const size_t g = static_cast<size_t>(at - whole.ids.begin());
+        const data::PackedField& mine = part.fields.at(0);
+        const data::PackedField& all = whole.fields.at(0);
+        EXPECT_TRUE(std::equal(mine.tokens.begin() + mine.starts[static_cast<size_t>(b)],
+                               mine.tokens.begin() + mine.starts[static_cast<size_t>(b) + 1],
+                               all.tokens.begin() + all.starts[g], all.tokens.begin() + all.starts[g + 1]));
+      }
+      for (const data::TaskBatch& micro : part.split(20)) EXPECT_EQ(micro.global, part.global);
+    }
+    EXPECT_EQ(seen, std::multiset<uint64_t>(whole.ids.begin(), whole.ids.end())) << "step " << step;
   }
 }
