@@ -22,6 +22,10 @@ using namespace qarac;
 
 namespace {
 
+// The larger of a and b, NaN when either is: std::max drops a NaN in its second argument,
+// which would let a NaN output pass as error 0.
+double max_or_nan(double a, double b) { return std::isnan(a) || std::isnan(b) ? std::nan("") : std::max(a, b); }
+
 struct Comparison {
   double max_abs = 0, max_ref = 0;
   double rel() const { return max_ref > 0 ? max_abs / max_ref : max_abs; }
@@ -34,8 +38,8 @@ Comparison compare(const Tensor& x, const Tensor& ref) {
   QARAC_CHECK(a.size() == b.size(), "compare: ", x.str(), " vs ", ref.str());
   Comparison c;
   for (size_t i = 0; i < a.size(); ++i) {
-    c.max_abs = std::max(c.max_abs, std::fabs(a[i] - b[i]));
-    c.max_ref = std::max(c.max_ref, std::fabs(b[i]));
+    c.max_abs = max_or_nan(c.max_abs, std::fabs(a[i] - b[i]));
+    c.max_ref = max_or_nan(c.max_ref, std::fabs(b[i]));
   }
   return c;
 }
@@ -50,10 +54,10 @@ class Report {
   void add(const std::string& name, const Comparison& c, double scale = 0) {
     const bool zero_ref = c.max_ref < 1e-12 * scale;
     const double rel = zero_ref ? c.max_abs / scale : c.rel();
-    const bool ok = rel <= tolerance_;
+    const bool ok = rel <= tolerance_;  // false for NaN
     std::printf("%-58s %12.3e %12.3e  %s%s\n", name.c_str(), c.max_abs, rel, ok ? "ok" : "FAIL",
                 zero_ref ? " (reference is zero: error relative to the largest gradient)" : "");
-    worst_ = std::max(worst_, rel);
+    worst_ = max_or_nan(worst_, rel);
     failures_ += !ok;
   }
   void missing(const std::string& name, const char* why) {

@@ -5,6 +5,7 @@
 #include <boost/program_options.hpp>
 
 #include <deque>
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -270,6 +271,17 @@ void check_values(const TrainConfig& c) {
   } catch (const InputError& e) {
     throw InputError(std::string("optimizer.name: ") + e.what());
   }
+  // Every real-valued setting is finite: an inf or a nan passes a range check such as >= 0 (or
+  // fails it with a misleading message) and turns every loss into nan.
+  const std::pair<const char*, double> reals[] = {
+      {"optimizer.lr", c.lr},           {"optimizer.eps", c.eps},   {"optimizer.weight_decay", c.weight_decay},
+      {"optimizer.momentum_decay", c.momentum_decay}, {"optimizer.clip", c.clip}, {"model.dropout", c.dropout},
+      {"model.init_std", c.init_std},   {"parallel.bucket_mb", c.bucket_mb}};
+  for (const auto& [key, value] : reals)
+    QARAC_INPUT_CHECK(std::isfinite(value), key, ": ", value, " is not a finite number");
+  for (int t = 0; t < data::kTaskCount; ++t)
+    QARAC_INPUT_CHECK(std::isfinite(c.task[t].weight), "task.", data::task_short_name(static_cast<data::Task>(t)),
+                      ".weight: ", c.task[t].weight, " is not a finite number");
   QARAC_INPUT_CHECK(c.lr >= 0, "optimizer.lr: ", c.lr, " must be >= 0");
   QARAC_INPUT_CHECK(c.beta1 >= 0 && c.beta1 < 1, "optimizer.beta1: ", c.beta1, " must lie in [0, 1)");
   QARAC_INPUT_CHECK(c.beta2 >= 0 && c.beta2 < 1, "optimizer.beta2: ", c.beta2, " must lie in [0, 1)");
@@ -296,7 +308,10 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
   QARAC_INPUT_CHECK(c.backend == "auto" || c.backend == "mpi" || c.backend == "nccl", "parallel.backend: '",
                     c.backend, "' is not one of auto, mpi, nccl");
-  QARAC_INPUT_CHECK(c.timeout > 0, "parallel.timeout: ", c.timeout, " must be > 0 seconds");
+  // The deadline is a steady_clock time point in nanoseconds: 1e7 s (116 days) is far beyond any
+  // job and far below the 292 years an int64 of nanoseconds holds.
+  QARAC_INPUT_CHECK(c.timeout > 0 && c.timeout <= 1e7, "parallel.timeout: ", c.timeout,
+                    " must be more than 0 and at most 1e7 seconds");
   QARAC_INPUT_CHECK(c.bucket_mb > 0, "parallel.bucket_mb: ", c.bucket_mb, " must be > 0");
   QARAC_INPUT_CHECK(c.check_every >= 0, "parallel.check_every: ", c.check_every, " must be >= 0");
   QARAC_INPUT_CHECK(c.show_plan >= 0, "parallel.show_plan: ", c.show_plan, " must be >= 0");

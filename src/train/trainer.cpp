@@ -278,6 +278,11 @@ StepStats Trainer::Impl::train_step() {
   const Clock::time_point t_norm = Clock::now();
   s.grad_norm = std::sqrt(t.sync->global_grad_sum_of_squares(step_text()));
   const double norm_wait = seconds_between(t_norm, Clock::now());
+  // Every rank sees the same global norm, so all of them stop here together, before the update:
+  // the checkpoints on disk never hold the overflowed state.
+  QARAC_INPUT_CHECK(std::isfinite(s.grad_norm), step_text(), ": the gradient norm is ", s.grad_norm,
+                    ": a loss or a gradient overflowed (check optimizer.lr, the task weights and the base "
+                    "model's weights); the step was not applied");
   t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
   std::vector<double> slot_losses(batch.tasks.size(), 0.0);
   if (run > 0) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -43,6 +44,23 @@ TEST(ParityCli, MissingReferenceTensorFails) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("grad.encoder.layer.1.output.LayerNorm.bias"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("MISSING"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("FAIL: 1 failed"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+// A NaN in a comparison is a failure, not an error of 0 (std::max would drop it): here one entry
+// of the reference hidden states, at a real token, is NaN.
+TEST(ParityCli, NanFailsTheComparison) {
+  const fs::path dir = scratch_dir("nan");
+  fs::copy_file(kTinyDev / "config.json", dir / "config.json");
+  fs::copy_file(kTinyDev / "model.safetensors", dir / "model.safetensors");
+  qarac::TensorMap expected = qarac::io::read_safetensors((kTinyDev / "expected.safetensors").string());
+  expected.at("last_hidden_state").data<double>()[5] = std::nan("");
+  qarac::io::write_safetensors((dir / "expected.safetensors").string(), expected);
+
+  const qarac::test_support::CliResult r = run_parity(dir.string() + " --dtype f64 --tolerance 1e-10");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("nan"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("FAIL: 1 failed"), std::string::npos) << r.output;
   fs::remove_all(dir);
 }

@@ -452,6 +452,8 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   expect_usage_error("--task.qa.tokens 160", {"task.qa.tokens: removed", "task.qa.batch", "train.micro_tokens"});
   expect_usage_error("--task.ed.examples 4", {"task.ed.examples: removed", "task.ed.batch"});
   expect_usage_error("--parallel.simulate_world 2", {"parallel.simulate_world: removed", "W = 1"});
+  for (const char* timeout : {"inf", "1e10", "nan", "0"})
+    expect_usage_error(std::string("--parallel.timeout ") + timeout, {"parallel.timeout", "at most 1e7 seconds"});
   expect_usage_error("--train.steps 0", {"train.steps"});
   expect_usage_error("--parallel.tasks ed:1,qa:1", {"--parallel.tasks", "rs"});
   expect_usage_error("--parallel.backend gloo", {"parallel.backend", "gloo"});
@@ -525,6 +527,18 @@ std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
 
 // A few steps on CPU write config.ini, one metrics line per step with the documented keys,
 // checkpoints and an export per model; the NAdam optimizer runs the same loop.
+// A loss that overflows stops the run at the step it happens, with one line and status 2, before
+// the update: a huge task weight makes the gradients infinite.
+TEST_F(TrainCli, OverflowingGradientsStopTheRunWithOneLine) {
+  const fs::path out = root() / "overflow";
+  const CliResult r = train(out, "--task.ed.weight 1e308 --train.steps 3");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("qarac-train: error: step 1: the gradient norm is "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the step was not applied"), std::string::npos) << r.output;
+  expect_usage_error("--task.ed.weight inf", {"task.ed.weight", "not a finite number"});
+  expect_usage_error("--optimizer.weight_decay inf", {"optimizer.weight_decay", "not a finite number"});
+}
+
 // --parallel.show_plan W: the plan of W ranks with each rank's expected share, and no run: the
 // shares follow the FLOP model (ED runs its text through AE and D with the LM head: the costliest
 // task on these streams, so auto gives it the fifth rank of five).
