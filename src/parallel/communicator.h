@@ -5,7 +5,11 @@
 //                 and the checkpoint agreement go through it.
 //   Communicator  the data plane: SUM all-reduce of gradient buckets, started asynchronously and
 //                 waited for with a timeout; an MPI backend for CPU tensors and an NCCL backend
-//                 for CUDA tensors (a separate stream, so it overlaps the compute stream).
+//                 for CUDA tensors (one stream for every communicator of the process, beside
+//                 the compute stream: the collectives overlap the compute and run in the order
+//                 they were launched, docs/distributed.md §7).
+// Every collective launch goes to the trace of parallel/collective_trace.h when
+// QARAC_TRACE_COLLECTIVES is set.
 // Never hang: no wait here blocks for longer than its timeout. On timeout or an asynchronous
 // error a CommError names the rank, host, group and operation; the program's main aborts the
 // job (MPI_Abort) after the communicators have been aborted.
@@ -88,7 +92,8 @@ class Communicator {
 // Gradients of CPU tensors over `group` (which must outlive the communicator).
 std::unique_ptr<Communicator> make_mpi_communicator(const MpiGroup& group);
 // Gradients of CUDA tensors: an NCCL communicator over the ranks of `group` (the unique id is
-// broadcast over it), on its own stream. InputError when the build has no CUDA/NCCL backend.
+// broadcast over it), on the process's communication stream. InputError when the build has no
+// CUDA/NCCL backend.
 std::unique_ptr<Communicator> make_nccl_communicator(const MpiGroup& group);
 bool nccl_available();
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <iterator>
 
 #include "core/hash.h"
 #include "core/log.h"
@@ -18,9 +19,9 @@ std::string rank_list(const std::vector<int>& ranks) {
   return text;
 }
 
-// hash64 (core/hash.h) of every master weight's bytes, then of those hashes in order: replicas
-// updated identically agree bit for bit. Compared across ranks within a run, never stored.
-uint64_t checksum(const ParameterList& params) {
+}  // namespace
+
+uint64_t replica_checksum(const ParameterList& params) {
   std::vector<uint64_t> hashes;
   for (const Parameter* p : params) {
     const Tensor host = p->master.to(Device::cpu());
@@ -28,8 +29,6 @@ uint64_t checksum(const ParameterList& params) {
   }
   return hash64(hashes.data(), hashes.size() * sizeof(uint64_t));
 }
-
-}  // namespace
 
 std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all,
                                                    bool shared_encoder_base) {
@@ -98,53 +97,87 @@ struct GradientSync::Group {
   std::vector<Bucket> buckets;
   size_t next = 0;  // the first bucket not started this step
   bool layerwise = true;  // false for a group of several writers: model_done starts it
+  bool released = false;  // its writers are done this step: every bucket may start
 };
+
+std::vector<size_t> launch_order(const std::vector<ParameterGroup>& groups) {
+  const Model finished[] = {Model::decoder, Model::question_encoder, Model::answer_encoder};
+  auto place = [&](const ParameterGroup& g) {
+    std::ptrdiff_t last = -1;
+    for (Model m : g.writers)
+      last = std::max(last, std::find(std::begin(finished), std::end(finished), m) - std::begin(finished));
+    return last;
+  };
+  std::vector<size_t> order(groups.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return place(groups[a]) < place(groups[b]); });
+  return order;
+}
 
 GradientSync::GradientSync(const MpiGroup* world, std::vector<ParameterGroup> groups, Backend backend,
                            int64_t bucket_bytes)
-    : world_(world), groups_(std::move(groups)), models_done_(kModelCount, false) {
+    : world_(world), groups_(std::move(groups)), models_done_(kModelCount, false), order_(launch_order(groups_)) {
   QARAC_CHECK(bucket_bytes > 0, "bucket size must be positive, got ", bucket_bytes);
   rank_ = world ? world->rank() : 0;
   for (const ParameterGroup& g : groups_) {
     auto state = std::make_unique<Group>();
     if (!world) QARAC_CHECK(g.ranks == std::vector<int>{0}, "group ", g.name, ": ranks ", rank_list(g.ranks),
                             " without MPI");
+    // Collective over the world, in group order on every rank: MPI_Comm_split and NCCL's
+    // initialisation of one group at a time.
     if (world && g.ranks.size() > 1) {
       state->mpi = world->subgroup(g.ranks, g.name + " ranks " + rank_list(g.ranks));
-      if (state->mpi) {
+      if (state->mpi)
         state->comm = backend == Backend::nccl ? make_nccl_communicator(*state->mpi)
                                                : make_mpi_communicator(*state->mpi);
-        // Buckets from the last parameter back: the order the backward pass finishes them.
-        Bucket current;
-        int64_t bytes = 0;
-        for (auto it = g.params.rbegin(); it != g.params.rend(); ++it) {
-          Parameter* p = *it;
-          const int64_t size = static_cast<int64_t>(p->grad.nbytes());
-          if (!current.params.empty() && bytes + size > bucket_bytes) {
-            state->buckets.push_back(std::move(current));
-            current = Bucket{};
-            bytes = 0;
-          }
-          current.params.push_back(p);
-          bytes += size;
-        }
-        if (!current.params.empty()) state->buckets.push_back(std::move(current));
-        state->layerwise = g.writers.size() == 1;
-        for (size_t b = 0; b < state->buckets.size(); ++b)
-          for (size_t i = 0; i < state->buckets[b].params.size(); ++i)
-            places_[state->buckets[b].params[i]->grad.raw()] = {state_.size(), b, i};
-        for (Bucket& b : state->buckets) {
-          b.ready.resize(b.params.size());
-          b.reset();
-          if (!b.packed()) continue;
-          int64_t n = 0;
-          for (const Parameter* p : b.params) n += p->grad.numel();
-          b.flat = Tensor::empty({n}, b.params.front()->grad.dtype(), b.params.front()->grad.device());
-        }
-      }
     }
-    state_.push_back(std::move(state));
+    add_group(g, std::move(state), bucket_bytes);
   }
+}
+
+GradientSync::GradientSync(int rank, std::vector<ParameterGroup> groups, int64_t bucket_bytes, const Connect& connect)
+    : world_(nullptr), groups_(std::move(groups)), models_done_(kModelCount, false), order_(launch_order(groups_)),
+      rank_(rank) {
+  QARAC_CHECK(bucket_bytes > 0, "bucket size must be positive, got ", bucket_bytes);
+  for (const ParameterGroup& g : groups_) {
+    auto state = std::make_unique<Group>();
+    if (g.ranks.size() > 1 && std::find(g.ranks.begin(), g.ranks.end(), rank) != g.ranks.end())
+      state->comm = connect(g);
+    add_group(g, std::move(state), bucket_bytes);
+  }
+}
+
+void GradientSync::add_group(const ParameterGroup& g, std::unique_ptr<Group> state, int64_t bucket_bytes) {
+  if (state->comm) {
+    // Buckets from the last parameter back: the order the backward pass finishes them.
+    Bucket current;
+    int64_t bytes = 0;
+    for (auto it = g.params.rbegin(); it != g.params.rend(); ++it) {
+      Parameter* p = *it;
+      const int64_t size = static_cast<int64_t>(p->grad.nbytes());
+      if (!current.params.empty() && bytes + size > bucket_bytes) {
+        state->buckets.push_back(std::move(current));
+        current = Bucket{};
+        bytes = 0;
+      }
+      current.params.push_back(p);
+      bytes += size;
+    }
+    if (!current.params.empty()) state->buckets.push_back(std::move(current));
+    state->layerwise = g.writers.size() == 1;
+    for (size_t b = 0; b < state->buckets.size(); ++b)
+      for (size_t i = 0; i < state->buckets[b].params.size(); ++i)
+        places_[state->buckets[b].params[i]->grad.raw()] = {state_.size(), b, i};
+    for (Bucket& b : state->buckets) {
+      b.ready.resize(b.params.size());
+      b.reset();
+      if (!b.packed()) continue;
+      int64_t n = 0;
+      for (const Parameter* p : b.params) n += p->grad.numel();
+      b.flat = Tensor::empty({n}, b.params.front()->grad.dtype(), b.params.front()->grad.device());
+    }
+  }
+  state_.push_back(std::move(state));
 }
 
 GradientSync::~GradientSync() = default;
@@ -157,21 +190,25 @@ ParameterList GradientSync::held_parameters() const {
   return held;
 }
 
-void GradientSync::start_ready(Group& group, bool all) {
-  for (; group.next < group.buckets.size(); ++group.next) {
-    Bucket& b = group.buckets[group.next];
-    if (!all && b.pending > 0) return;
-    if (!b.packed()) {
-      group.comm->start_all_reduce(b.params.front()->grad);
-      continue;
+void GradientSync::start_ready() {
+  for (; cursor_ < order_.size(); ++cursor_) {
+    Group& group = *state_[order_[cursor_]];
+    for (; group.next < group.buckets.size(); ++group.next) {
+      Bucket& b = group.buckets[group.next];
+      // A complete bucket behind this one waits, of whichever group: the order is global.
+      if (!group.released && b.pending > 0) return;
+      if (!b.packed()) {
+        group.comm->start_all_reduce(b.params.front()->grad);
+        continue;
+      }
+      int64_t offset = 0;
+      for (const Parameter* p : b.params) {
+        const int64_t n = p->grad.numel();
+        b.flat.slice(0, offset, offset + n).reshape(p->grad.shape()).copy_(p->grad);
+        offset += n;
+      }
+      group.comm->start_all_reduce(b.flat);
     }
-    int64_t offset = 0;
-    for (const Parameter* p : b.params) {
-      const int64_t n = p->grad.numel();
-      b.flat.slice(0, offset, offset + n).reshape(p->grad.shape()).copy_(p->grad);
-      offset += n;
-    }
-    group.comm->start_all_reduce(b.flat);
   }
 }
 
@@ -184,7 +221,7 @@ void GradientSync::parameters_ready(const ParameterList& params) {
     Bucket& b = group.buckets[it->second.bucket];
     if (b.ready[it->second.index]) continue;
     b.ready[it->second.index] = true;
-    if (--b.pending == 0) start_ready(group, false);
+    if (--b.pending == 0) start_ready();
   }
 }
 
@@ -193,15 +230,15 @@ void GradientSync::model_done(Model model) {
   for (size_t i = 0; i < groups_.size(); ++i) {
     Group& state = *state_[i];
     const std::vector<Model>& writers = groups_[i].writers;
-    if (state.comm &&
-        std::all_of(writers.begin(), writers.end(), [&](Model m) { return models_done_[static_cast<int>(m)]; }))
-      start_ready(state, true);
+    if (std::all_of(writers.begin(), writers.end(), [&](Model m) { return models_done_[static_cast<int>(m)]; }))
+      state.released = true;
   }
+  start_ready();
 }
 
 double GradientSync::finish(const std::string& step_text) {
-  for (auto& state : state_)
-    if (state->comm) start_ready(*state, true);
+  for (auto& state : state_) state->released = true;
+  start_ready();
   const Clock::time_point t0 = Clock::now();
   for (size_t i = 0; i < groups_.size(); ++i) {
     Group& state = *state_[i];
@@ -220,7 +257,9 @@ double GradientSync::finish(const std::string& step_text) {
       }
     }
     state->next = 0;
+    state->released = false;
   }
+  cursor_ = 0;
   std::fill(models_done_.begin(), models_done_.end(), false);
   return waited;
 }
@@ -239,7 +278,7 @@ void GradientSync::check_replicas(int64_t step) {
   for (size_t i = 0; i < groups_.size(); ++i) {
     const Group& state = *state_[i];
     if (!state.mpi) continue;
-    uint64_t low = checksum(groups_[i].params), high = low;
+    uint64_t low = replica_checksum(groups_[i].params), high = low;
     const std::string what = "replica check of " + groups_[i].name + " at step " + std::to_string(step);
     state.mpi->all_reduce(&low, 1, MPI_MIN, what);
     state.mpi->all_reduce(&high, 1, MPI_MAX, what);

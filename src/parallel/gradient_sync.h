@@ -3,15 +3,19 @@
 // and each group is held by the ranks whose tasks use its models. A group is reduced (SUM over its
 // holders, each rank's gradients already scaled by its share of the global batches) in buckets
 // of about --parallel.bucket_mb, formed from the last parameter back, the order the backward pass
-// finishes them. During a model's last backward pass of the step on this rank, each bucket
-// starts as soon as it and the buckets before it are complete (the same order on every holder,
-// as collectives require), asynchronously — on CUDA on a stream of its own, overlapping the rest
-// of the backward pass — and everything is waited for, with the timeout, before the update.
+// finishes them. Every rank launches its buckets in one global order, that of the groups in
+// launch_order() and then of the buckets in a group, whatever order its tasks finish them in:
+// two ranks that share communicators launch their collectives in the same relative order, which
+// keeps them from deadlocking (docs/distributed.md §7). During a model's last backward pass of the
+// step on this rank, each bucket starts as soon as it and every bucket before it in that order
+// are complete, asynchronously — on CUDA on the communication stream, overlapping the rest of the
+// backward pass — and everything is waited for, with the timeout, before the update.
 // Every holder then applies the same update to the same sums, so replicas stay identical;
 // check_replicas() verifies it.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -42,6 +46,17 @@ struct ParameterGroup {
 std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all,
                                                    bool shared_encoder_base);
 
+// hash64 (core/hash.h) of every byte of every master weight, then of those hashes in order:
+// replicas updated identically agree bit for bit, and one element that differs anywhere changes
+// it. What check_replicas compares across ranks; never stored.
+uint64_t replica_checksum(const ParameterList& params);
+
+// The order in which every rank launches the groups' collectives: the groups by the last of
+// their writers in the order a rank running one task finishes the models (D, then QE, then AE:
+// train/objectives.cpp back-propagates the decoder before the encoders, QE before AE, and every
+// task uses AE), groups whose last writer is the same in the order given. Indices into `groups`.
+std::vector<size_t> launch_order(const std::vector<ParameterGroup>& groups);
+
 enum class Backend { mpi, nccl };
 Backend backend_from_name(const std::string& name, bool cuda);  // "auto" | "mpi" | "nccl"
 const char* backend_name(Backend backend);
@@ -52,6 +67,10 @@ class GradientSync {
   // Otherwise collective over the world: creates the groups' communicators.
   GradientSync(const MpiGroup* world, std::vector<ParameterGroup> groups, Backend backend,
                int64_t bucket_bytes);
+  // Without MPI, for tests that play every rank of a plan in one process: this process is `rank`
+  // and `connect` gives the communicator of each group of several holders that it holds.
+  using Connect = std::function<std::unique_ptr<Communicator>(const ParameterGroup&)>;
+  GradientSync(int rank, std::vector<ParameterGroup> groups, int64_t bucket_bytes, const Connect& connect);
   ~GradientSync();
 
   // This rank's parameters (the groups it holds, in group order): what its optimizer updates.
@@ -82,8 +101,11 @@ class GradientSync {
  private:
   struct Bucket;
   struct Group;
-  // Starts the buckets of `group` from the next one on, while they are complete (or all: `all`).
-  void start_ready(Group& group, bool all);
+  // Appends the state of group `g`; with a communicator, its buckets.
+  void add_group(const ParameterGroup& g, std::unique_ptr<Group> state, int64_t bucket_bytes);
+  // Starts the buckets in the launch order from the next one on, while they are complete (or
+  // their group is released).
+  void start_ready();
 
   const MpiGroup* world_;
   std::vector<ParameterGroup> groups_;
@@ -95,6 +117,8 @@ class GradientSync {
   };
   std::unordered_map<const void*, Place> places_;
   std::vector<bool> models_done_;
+  std::vector<size_t> order_;  // launch_order(groups_)
+  size_t cursor_ = 0;          // the place in order_ of the first group not fully started
   int rank_ = 0;
 };
 

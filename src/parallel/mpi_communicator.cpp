@@ -9,6 +9,7 @@
 
 #include "core/check_mpi.h"
 #include "core/log.h"
+#include "parallel/collective_trace.h"
 #include "parallel/communicator.h"
 
 namespace qarac::parallel {
@@ -59,6 +60,7 @@ std::unique_ptr<MpiGroup> MpiGroup::subgroup(const std::vector<int>& members, st
   // MPI_Comm_split is collective and blocking: bracket it with a timed barrier so that a peer
   // that never arrives is reported here rather than hanging the split.
   barrier("creating the group " + name);
+  trace_collective(name_, size_, "split", 0);
   MPI_Comm split = MPI_COMM_NULL;
   QARAC_CHECK_MPI(MPI_Comm_split(comm_, member ? 0 : MPI_UNDEFINED, rank_, &split));
   if (!member) return nullptr;
@@ -93,24 +95,28 @@ void MpiGroup::wait(std::vector<MPI_Request>& requests, const std::string& what)
 
 void MpiGroup::barrier(const std::string& what) const {
   std::vector<MPI_Request> request(1);
+  trace_collective(name_, size_, "barrier", 0);
   QARAC_CHECK_MPI(MPI_Ibarrier(comm_, &request[0]));
   wait(request, what);
 }
 
 void MpiGroup::all_reduce(double* values, int count, MPI_Op op, const std::string& what) const {
   std::vector<MPI_Request> request(1);
+  trace_collective(name_, size_, "all_reduce", int64_t{count} * 8);
   QARAC_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, op, comm_, &request[0]));
   wait(request, what);
 }
 
 void MpiGroup::all_reduce(uint64_t* values, int count, MPI_Op op, const std::string& what) const {
   std::vector<MPI_Request> request(1);
+  trace_collective(name_, size_, "all_reduce", int64_t{count} * 8);
   QARAC_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_UINT64_T, op, comm_, &request[0]));
   wait(request, what);
 }
 
 void MpiGroup::broadcast(void* bytes, int count, int root, const std::string& what) const {
   std::vector<MPI_Request> request(1);
+  trace_collective(name_, size_, "broadcast", count);
   QARAC_CHECK_MPI(MPI_Ibcast(bytes, count, MPI_BYTE, root, comm_, &request[0]));
   wait(request, what);
 }
@@ -151,6 +157,7 @@ class MpiCommunicator final : public Communicator {
                 "the MPI backend reduces contiguous CPU tensors (use the NCCL backend for CUDA)");
     QARAC_CHECK(buffer.numel() <= INT_MAX, "gradient bucket of ", buffer.numel(),
                 " elements is too large for one MPI call; lower --parallel.bucket_mb");
+    trace_collective(group_.name(), group_.size(), "all_reduce", static_cast<int64_t>(buffer.nbytes()));
     requests_.emplace_back();
     QARAC_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, buffer.raw(), static_cast<int>(buffer.numel()),
                                    mpi_type(buffer.dtype()), MPI_SUM, group_.comm(), &requests_.back()));

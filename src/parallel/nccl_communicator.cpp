@@ -2,18 +2,21 @@
 // (ncclConfig_t.blocking = 0), so neither its creation nor an enqueue can block the host: every
 // wait polls ncclCommGetAsyncError (and the completion event) against the group's deadline, and
 // on timeout or error aborts the communicator (ncclCommAbort) before raising a CommError.
-// Reductions run on a stream of their own that first waits for the compute stream, so a bucket
-// reduces while the backward pass goes on; wait() makes the compute stream wait for them.
+// Reductions run on the process's one communication stream, which first waits for the compute
+// stream, so a bucket reduces while the backward pass goes on; wait() makes the compute stream
+// wait for them.
 #include "parallel/communicator.h"
 
 #ifdef QARAC_HAVE_CUDA
 
 #include <chrono>
+#include <memory>
 #include <thread>
 
 #include "core/check_cuda.h"
 #include "kernels/cuda/context.cuh"
 #include "parallel/check_nccl.h"
+#include "parallel/collective_trace.h"
 
 namespace qarac::parallel {
 namespace {
@@ -31,6 +34,23 @@ ncclDataType_t nccl_type(DType dtype) {
   return ncclFloat32;
 }
 
+// The one stream every NCCL communicator of the process launches on, created with the first
+// and destroyed with the last. On it the collectives of all communicators run one after another
+// in launch order, which GradientSync keeps the same on every rank. On a stream per communicator
+// the GPU may run them in another order or at once, and a collective spinning for its peers can
+// keep another from running: two ranks that each run first what the other runs second wait for
+// each other for ever (docs/distributed.md §7).
+std::shared_ptr<CUstream_st> communication_stream() {
+  static std::weak_ptr<CUstream_st> shared;
+  std::shared_ptr<CUstream_st> stream = shared.lock();
+  if (stream) return stream;
+  cudaStream_t created = nullptr;
+  QARAC_CHECK_CUDA(cudaStreamCreateWithFlags(&created, cudaStreamNonBlocking));
+  stream.reset(created, [](cudaStream_t s) { cudaStreamDestroy(s); });
+  shared = stream;
+  return stream;
+}
+
 class NcclCommunicator final : public Communicator {
  public:
   explicit NcclCommunicator(const MpiGroup& group) : group_(group) {
@@ -39,10 +59,11 @@ class NcclCommunicator final : public Communicator {
     group.broadcast(&id, sizeof id, 0, "broadcasting the NCCL unique id");
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
+    trace_collective(group.name(), group.size(), "nccl_init", 0);
     const ncclResult_t rc = ncclCommInitRankConfig(&comm_, group.size(), id, group.rank(), &config);
     if (rc != ncclSuccess && rc != ncclInProgress) QARAC_CHECK_NCCL(rc);
     settle("creating the NCCL communicator");
-    QARAC_CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    stream_ = communication_stream();
     QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
     QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   }
@@ -56,7 +77,6 @@ class NcclCommunicator final : public Communicator {
     }
     if (ready_) cudaEventDestroy(ready_);
     if (done_) cudaEventDestroy(done_);
-    if (stream_) cudaStreamDestroy(stream_);
   }
 
   const char* backend() const override { return "nccl"; }
@@ -67,9 +87,10 @@ class NcclCommunicator final : public Communicator {
                 "the NCCL backend reduces contiguous CUDA tensors");
     // The bucket was written on the compute stream: the reduction starts after that work.
     QARAC_CHECK_CUDA(cudaEventRecord(ready_, cuda::stream()));
-    QARAC_CHECK_CUDA(cudaStreamWaitEvent(stream_, ready_, 0));
+    QARAC_CHECK_CUDA(cudaStreamWaitEvent(stream_.get(), ready_, 0));
+    trace_collective(group_.name(), group_.size(), "all_reduce", static_cast<int64_t>(buffer.nbytes()));
     const ncclResult_t rc = ncclAllReduce(buffer.raw(), buffer.raw(), static_cast<size_t>(buffer.numel()),
-                                          nccl_type(buffer.dtype()), ncclSum, comm_, stream_);
+                                          nccl_type(buffer.dtype()), ncclSum, comm_, stream_.get());
     if (rc != ncclSuccess && rc != ncclInProgress) QARAC_CHECK_NCCL(rc);
     settle("enqueueing an NCCL all-reduce");
     pending_ = true;
@@ -77,7 +98,8 @@ class NcclCommunicator final : public Communicator {
 
   void wait(const std::string& what) override {
     if (!pending_) return;
-    QARAC_CHECK_CUDA(cudaEventRecord(done_, stream_));
+    // On the shared stream this also waits for the later launches of other communicators.
+    QARAC_CHECK_CUDA(cudaEventRecord(done_, stream_.get()));
     poll(what, [&] {
       const cudaError_t e = cudaEventQuery(done_);
       if (e == cudaErrorNotReady) return false;
@@ -123,7 +145,7 @@ class NcclCommunicator final : public Communicator {
 
   const MpiGroup& group_;
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
+  std::shared_ptr<CUstream_st> stream_;  // communication_stream()
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
   bool pending_ = false, aborted_ = false;
 };

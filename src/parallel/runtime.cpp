@@ -4,9 +4,14 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <map>
+#include <set>
 
 #include "core/check_mpi.h"
+#include "core/log.h"
 #include "core/memory.h"
+#include "parallel/communicator.h"
 #ifdef QARAC_HAVE_CUDA
 #include "core/check_cuda.h"
 #endif
@@ -29,7 +34,48 @@ bool local_rank_from_env(int& value, std::string& source) {
   return false;
 }
 
+// The UUID of visible device `d` as two words: what tells the GPUs apart, whichever ordinal each
+// rank's CUDA_VISIBLE_DEVICES gives them.
+void device_uuid(int d, uint64_t* words) {
+#ifdef QARAC_HAVE_CUDA
+  cudaDeviceProp prop{};
+  QARAC_CHECK_CUDA(cudaGetDeviceProperties(&prop, d));
+  static_assert(sizeof prop.uuid.bytes == 2 * sizeof(uint64_t), "a CUDA UUID is 16 bytes");
+  std::memcpy(words, prop.uuid.bytes, sizeof prop.uuid.bytes);
+#else
+  (void)words;
+  QARAC_CHECK(false, "device ", d, ": this build has no CUDA backend");
+#endif
+}
+
 }  // namespace
+
+std::vector<int> assign_gpus(const std::vector<std::vector<std::string>>& visible, bool share,
+                             const std::string& host) {
+  std::set<std::string> gpus;
+  for (const std::vector<std::string>& own : visible) gpus.insert(own.begin(), own.end());
+  std::map<std::string, int> users;
+  std::vector<int> device(visible.size());
+  for (size_t r = 0; r < visible.size(); ++r) {
+    const std::vector<std::string>& own = visible[r];
+    QARAC_INPUT_CHECK(!own.empty(), "local rank ", r, " on ", host, " sees no CUDA device (CUDA_VISIBLE_DEVICES)");
+    size_t pick = own.size();
+    for (size_t d = 0; d < own.size() && pick == own.size(); ++d)
+      if (!users.count(own[d])) pick = d;
+    if (pick == own.size()) {
+      QARAC_INPUT_CHECK(share, visible.size(), " ranks on ", host, " but ", gpus.size(),
+                        gpus.size() == 1 ? " GPU" : " GPUs", " among them: local rank ", r, " sees ", own.size(),
+                        ", all taken by the ranks before it; start at most one rank per GPU, give each rank its own "
+                        "(srun --gpus-per-task=1), or pass --parallel.share_gpus");
+      pick = 0;
+      for (size_t d = 1; d < own.size(); ++d)
+        if (users[own[d]] < users[own[pick]]) pick = d;
+    }
+    ++users[own[pick]];
+    device[r] = static_cast<int>(pick);
+  }
+  return device;
+}
 
 Runtime::Runtime(int* argc, char*** argv) {
   int initialized = 0;
@@ -41,12 +87,10 @@ Runtime::Runtime(int* argc, char*** argv) {
   QARAC_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size_));
   // The node's ranks: the shared-memory split gives their count (and the rank when no
   // launcher variable names it).
-  MPI_Comm node = MPI_COMM_NULL;
-  QARAC_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  QARAC_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_));
   int node_rank = 0;
-  QARAC_CHECK_MPI(MPI_Comm_rank(node, &node_rank));
-  QARAC_CHECK_MPI(MPI_Comm_size(node, &local_size_));
-  MPI_Comm_free(&node);
+  QARAC_CHECK_MPI(MPI_Comm_rank(node_, &node_rank));
+  QARAC_CHECK_MPI(MPI_Comm_size(node_, &local_size_));
   if (!local_rank_from_env(local_rank_, local_source_)) {
     local_rank_ = node_rank;
     local_source_ = "shared-memory split";
@@ -56,13 +100,40 @@ Runtime::Runtime(int* argc, char*** argv) {
 Runtime::~Runtime() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized) MPI_Finalize();
+  if (finalized) return;
+  if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
+  MPI_Finalize();
 }
 
-int Runtime::use_local_gpu() const {
+int Runtime::use_local_gpu(bool share_gpus, double timeout_s) const {
   const int count = cuda_device_count();
   QARAC_CHECK(count > 0, "rank ", rank_, " on ", hostname(), ": no CUDA device is visible");
-  const int device = local_rank_ % count;
+  // Every rank of the node learns which GPUs each sees: a table of one row per local rank (the
+  // count, then two words per UUID), each row written by its rank and summed over the node.
+  const MpiGroup node(node_, "the ranks on " + hostname(), timeout_s);
+  uint64_t most = static_cast<uint64_t>(count);
+  node.all_reduce(&most, 1, MPI_MAX, "counting the GPUs of the node's ranks");
+  const size_t row = 1 + 2 * most;
+  std::vector<uint64_t> table(row * static_cast<size_t>(node.size()), 0);
+  uint64_t* own = &table[row * static_cast<size_t>(node.rank())];
+  own[0] = static_cast<uint64_t>(count);
+  for (int d = 0; d < count; ++d) device_uuid(d, own + 1 + 2 * d);
+  node.all_reduce(table.data(), static_cast<int>(table.size()), MPI_SUM, "gathering the GPUs of the node's ranks");
+  std::vector<std::vector<std::string>> visible(static_cast<size_t>(node.size()));
+  for (size_t r = 0; r < visible.size(); ++r)
+    for (uint64_t d = 0; d < table[r * row]; ++d) {
+      const uint64_t* words = &table[r * row + 1 + 2 * d];
+      visible[r].push_back(std::to_string(words[0]) + ":" + std::to_string(words[1]));
+    }
+  const std::vector<int> devices = assign_gpus(visible, share_gpus, hostname());
+  auto gpu_of = [&](size_t r) { return visible[r][static_cast<size_t>(devices[r])]; };
+  const size_t me = static_cast<size_t>(node.rank());
+  const int device = devices[me];
+  int sharing = 0;
+  for (size_t r = 0; r < visible.size(); ++r) sharing += gpu_of(r) == gpu_of(me);
+  if (sharing > 1)
+    log::warn("rank ", rank_, " shares GPU ", device, " of ", hostname(), " with ", sharing - 1,
+              " other rank(s) (--parallel.share_gpus); NCCL refuses two ranks of one communicator on one GPU");
 #ifdef QARAC_HAVE_CUDA
   QARAC_CHECK_CUDA(cudaSetDevice(device));
 #endif

@@ -3,11 +3,18 @@
 //   local rank  OMPI_COMM_WORLD_LOCAL_RANK (Open MPI's mpirun), MPI_LOCALRANKID (MPICH/Hydra),
 //               SLURM_LOCALID (srun), else the rank among the processes that share memory with
 //               this one (MPI_Comm_split_type), which works under any launcher.
-//   GPU         local rank mod the visible devices: one rank per GPU when a node runs as many
-//               ranks as it has GPUs.
+//   GPU         each rank of a node, in the order of the shared-memory split, takes the first
+//               of the devices it sees (CUDA_VISIBLE_DEVICES, as Slurm's --gpus-per-task and
+//               --gpu-bind set it) that no rank before it took: GPU r for local rank r when
+//               every rank sees the node's GPUs, its own GPU when the launcher gave each rank
+//               one. More ranks than GPUs is an error naming the counts, unless
+//               --parallel.share_gpus; GPUs are told apart by their UUIDs.
 #pragma once
 
+#include <mpi.h>
+
 #include <string>
+#include <vector>
 
 namespace qarac::parallel {
 
@@ -28,8 +35,10 @@ class Runtime {
   // Where the local rank came from: "OMPI_COMM_WORLD_LOCAL_RANK", ..., or "shared-memory split".
   const std::string& local_rank_source() const { return local_source_; }
 
-  // Makes GPU local_rank mod count current (before any CUDA work) and returns its ordinal.
-  int use_local_gpu() const;
+  // Chooses this rank's GPU with the node's other ranks (assign_gpus; collective over the node,
+  // each wait bounded by `timeout_s`), makes it current before any CUDA work and returns its
+  // ordinal among the visible devices.
+  int use_local_gpu(bool share_gpus, double timeout_s) const;
 
   // Ends every process of the job with `code` (MPI_Abort): for a rank that failed while the
   // others may be waiting in a collective. Never returns.
@@ -38,6 +47,14 @@ class Runtime {
  private:
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   std::string local_source_;
+  MPI_Comm node_ = MPI_COMM_NULL;  // the ranks that share memory with this one
 };
+
+// The device each of a node's ranks uses: visible[r] lists the identities of the GPUs local rank
+// r sees, in CUDA's order. Rank by rank, each takes the first of its GPUs that no rank before it
+// took. A rank that finds all of its GPUs taken: InputError naming `host` and the counts, or,
+// with `share`, the one of its GPUs the fewest ranks use.
+std::vector<int> assign_gpus(const std::vector<std::vector<std::string>>& visible, bool share,
+                             const std::string& host);
 
 }  // namespace qarac::parallel

@@ -79,6 +79,7 @@ struct TrainConfig {
   double timeout = 600;          // seconds any wait on other ranks may take before the job aborts
   double bucket_mb = 25;         // gradient bucket size of the all-reduce
   int64_t check_every = 0;       // replica checksum every N steps; 0: only at the end
+  bool share_gpus = false;       // several ranks of a node may use one GPU
   int64_t show_plan = 0;         // > 0: print the plan of that many ranks and exit
 
   // [task]

@@ -121,7 +121,7 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
   if (device.is_cuda()) {
     QARAC_INPUT_CHECK(cuda_device_count() > 0, "train.device: cuda, but no CUDA device is available",
                       " (or this build has no CUDA backend)");
-    if (runtime) runtime->use_local_gpu();
+    if (runtime) runtime->use_local_gpu(config.share_gpus, config.timeout);
   }
   place.backend = parallel::backend_from_name(config.backend, device.is_cuda());
   fault = Fault::from_env();

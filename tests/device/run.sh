@@ -63,7 +63,8 @@ for dt in f32 bf16; do
 done
 
 # ---- distributed: the NCCL backend on one rank, then qarac-train on the GPU under mpirun with
-# the NCCL backend (one rank per GPU: with several GPUs, several ranks share the models)
+# the NCCL backend (one rank per GPU: with several GPUs, several ranks share the models), every
+# rank tracing its collective launches, and the check that they admit one global order
 mpi=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH)
 [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
 if LD_LIBRARY_PATH="$qlib" timeout 120 "${mpi[@]}" -np 1 "$bin/test_nccl" --gtest_brief=1 >"$log/test_nccl" 2>&1; then
@@ -79,13 +80,21 @@ q "$bin/qarac-prep" --tokenizer $sample/tokenizer --out "$dist/data" --text $sam
   --wikiqa $sample/WikiQA-train.tsv --avicenna $sample/Avicenna_Train.csv --snli $sample/snli_1.0_train.jsonl >"$log/dist_prep" 2>&1
 q "$bin/qarac-train" --config launch/configs/quickstart-pretrain.ini --output "$dist/pretrain" --model.tokenizer $sample/tokenizer \
   --data.dir "$dist/data" --train.steps 1 --model.max_positions 130 >"$log/dist_base" 2>&1
-if LD_LIBRARY_PATH="$qlib" timeout 180 "${mpi[@]}" -np "$ranks" "$bin/qarac-train" --config launch/configs/quickstart.ini \
+trace=$log/dist_trace
+if LD_LIBRARY_PATH="$qlib" QARAC_TRACE_COLLECTIVES="$trace" timeout 180 "${mpi[@]}" -x QARAC_TRACE_COLLECTIVES \
+     -np "$ranks" "$bin/qarac-train" --config launch/configs/quickstart.ini \
      --output "$dist/finetune" --model.base "$dist/pretrain/export/base" --data.dir "$dist/data" --train.device cuda \
      --train.dtype bf16 --parallel.backend nccl --parallel.check_every 10 --train.steps 40 >"$log/dist_train" 2>&1; then
   result=passed; else result=FAILED; status=1; fi
 echo "== qarac-train cuda nccl, $ranks rank(s): $result"
 grep -E '^step 40|replica check|error' "$log/dist_train" | tail -5
 summary+=("qarac-train nccl np=$ranks|$result|$(grep -oE 'step 40/40[^|]*\|[^|]*' "$log/dist_train" | tail -1)")
+if LD_LIBRARY_PATH="$qlib" QARAC_CHECK_COLLECTIVE_TRACE="$trace" timeout 60 "${mpi[@]}" -np 1 "$bin/test_nccl" \
+     --gtest_filter='CollectiveTrace.*' >"$log/dist_trace_check" 2>&1 && grep -q 'collective launches' "$log/dist_trace_check"; then
+  result=passed; else result=FAILED; status=1; fi
+echo "== collective order of that run: $result $(grep 'collective launches' "$log/dist_trace_check")"
+[ "$result" = passed ] || tail -20 "$log/dist_trace_check"
+summary+=("collective order np=$ranks|$result|$(grep 'collective launches' "$log/dist_trace_check")")
 
 # ---- benchmarks: ours, then PyTorch on the same workloads
 workloads=("128 64" "512 16")

@@ -2,13 +2,18 @@
 // id broadcast over MPI, non-blocking init), an all-reduce of f32 and bf16 buckets ordered after
 // the compute stream, and the timed wait. One rank, because NCCL refuses two ranks on one GPU;
 // the multi-rank reduction path (buckets, groups, the invariant) is tested over MPI on the CPU.
-// Skipped without a CUDA device.
+// Two communicators launch on the process's one communication stream. Skipped without a CUDA
+// device. With QARAC_CHECK_COLLECTIVE_TRACE=<folder>, CollectiveTrace checks the trace a run
+// wrote there (QARAC_TRACE_COLLECTIVES) for one global order (tests/device/run.sh).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "core/memory.h"
+#include "parallel/collective_trace.h"
 #include "parallel/communicator.h"
 
 using namespace qarac;
@@ -35,6 +40,33 @@ TEST(Nccl, SingleRankAllReduceKeepsTheBucket) {
     EXPECT_EQ(bucket.to(Device::cpu()).to(DType::f32).to_vector<float>(), host.to(DType::f32).to_vector<float>());
     EXPECT_EQ(second.to(Device::cpu()).to(DType::f32).to_vector<float>(), host.to(DType::f32).to_vector<float>());
   }
+}
+
+// Launches of two communicators interleaved on the shared stream all complete, each waited for
+// by its own communicator.
+TEST(Nccl, TwoCommunicatorsInterleaveOnOneStream) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
+  const parallel::MpiGroup first_group(MPI_COMM_WORLD, "first", 60), second_group(MPI_COMM_WORLD, "second", 60);
+  const std::unique_ptr<parallel::Communicator> first = parallel::make_nccl_communicator(first_group);
+  const std::unique_ptr<parallel::Communicator> second = parallel::make_nccl_communicator(second_group);
+  const Tensor host = Tensor::from_vector(std::vector<float>{1.5f, -2.0f, 3.25f, 0.0f}, {4});
+  std::vector<Tensor> buckets;
+  for (int i = 0; i < 4; ++i) buckets.push_back(host.to(Device::cuda(0)));
+  for (int i = 0; i < 4; ++i) (i % 2 ? second : first)->start_all_reduce(buckets[static_cast<size_t>(i)]);
+  first->wait("first");
+  second->wait("second");
+  for (const Tensor& b : buckets) EXPECT_EQ(b.to(Device::cpu()).to_vector<float>(), host.to_vector<float>());
+}
+
+// The trace of a run (QARAC_TRACE_COLLECTIVES) admits one global order of its collectives.
+TEST(CollectiveTrace, RunLaunchesInOneGlobalOrder) {
+  const char* folder = std::getenv("QARAC_CHECK_COLLECTIVE_TRACE");
+  if (!folder || !*folder) GTEST_SKIP() << "QARAC_CHECK_COLLECTIVE_TRACE names no trace folder";
+  const std::vector<parallel::CollectiveLog> logs = parallel::read_collective_traces(folder);
+  size_t launches = 0;
+  for (const parallel::CollectiveLog& log : logs) launches += log.size();
+  std::printf("%zu ranks, %zu collective launches\n", logs.size(), launches);
+  EXPECT_EQ(parallel::collective_order_error(logs), "");
 }
 
 TEST(Nccl, BackendNeedsCudaTensors) {
