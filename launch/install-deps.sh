@@ -6,6 +6,10 @@
 #                                   GoogleTest, Python 3 (the source-layout test)
 #   launch/install-deps.sh --job    the build and the tools of launch/: jq (metrics tables) and
 #                                   gnuplot-nox (launch/plot-metrics.sh)
+#   launch/install-deps.sh --mpich  also MPICH (mpich, libmpich-dev) beside Open MPI, for
+#                                   QARAC_MPI=mpich bash tests/run.sh; Debian's alternatives keep
+#                                   Open MPI the default mpicc/mpirun
+# (--job and --mpich combine.)
 # Runs apt-get as root, or through sudo otherwise. The CUDA toolkit is not installed here: the
 # build compiles the CUDA backend only when it finds nvcc (README.md, QARAC_CUDA).
 set -euo pipefail
@@ -14,12 +18,14 @@ me=launch/install-deps.sh
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-dev
           libboost-program-options-dev libopenblas-dev nlohmann-json3-dev libgtest-dev
           libcsv-dev libicu-dev python3)
-case "${1:-}" in
-  "") ;;
-  --job) packages+=(jq gnuplot-nox) ;;
-  -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
-  *) echo "$me: unknown argument '$1' (usage: $me [--job])" >&2; exit 2 ;;
-esac
+for arg in "$@"; do
+  case "$arg" in
+    --job) packages+=(jq gnuplot-nox) ;;
+    --mpich) packages+=(mpich libmpich-dev) ;;
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "$me: unknown argument '$arg' (usage: $me [--job] [--mpich])" >&2; exit 2 ;;
+  esac
+done
 
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
   echo "$me: not a Debian system (no dpkg-query/apt-get); install the equivalents of:" >&2

@@ -3,15 +3,17 @@
 # a CSV of throughput, speedup and efficiency per W, with an SVG plot of both.
 #
 #   bash launch/scaling.sh [options] [-- qarac-train options]
-#     --ranks LIST         world sizes, comma-separated (default 1,2,4)
+#     --ranks LIST         world sizes, comma-separated (default 1,2,4,8)
 #     --mode M             weak, strong or both (default both)
 #     --steps N            steps of each run (default 30)
 #     --warmup-steps K     first steps left out of the averages (default 5; K < N)
 #     --batch B            examples per task (default 48): strong scaling keeps each task's global
 #                          batch at B (task.<t>.batch B) for every W; weak scaling keeps each rank's
 #                          share at B, so task t's global batch is B · n_t (n_t: ranks running t)
-#     --launcher L         local (launch/train-local.sh, default) or srun (srun --mpi=pmix -n W,
-#                          inside a Slurm allocation; extra srun options in QARAC_SRUN_OPTS)
+#     --launcher L         local (launch/train-local.sh with MPIRUN, any MPI; the default) or
+#                          srun (srun -n W inside a Slurm allocation, with slurm/common.sh's
+#                          options: --label, the plugin of QARAC_SRUN_MPI, one GPU per rank bound
+#                          as QARAC_GPU_BIND says; extra srun options in QARAC_SRUN_OPTS)
 #     --device D           cpu (default) or cuda
 #     --config FILE        qarac-train settings of the runs (default launch/configs/quickstart.ini);
 #                          the model comes from --base
@@ -31,9 +33,12 @@
 # Task plans: W a multiple of 4 runs ed:W/4,qa:W/4,rs:W/4,cs:W/4; W < 4 runs auto (a rank runs
 # several tasks, each task on one rank); any other W > 4 runs floor(W/4) ranks per task plus one
 # more for each of the first W mod 4 of ed, rs, qa, cs (the costliest first), written out
-# explicitly so that the weak-scaling global batches B · n_t are known. For W <= 4 every task runs
-# on one rank, so its global batch is one rank's share and weak and strong scaling are the same
-# run: it runs once and gives both rows.
+# explicitly so that the weak-scaling global batches B · n_t are known.
+# Strong scaling (fixed global batches) runs at every W of --ranks, against the smallest (W0).
+# Weak scaling (fixed per-rank share) starts at W0 = 4, one rank per task: below 4 tasks share a
+# rank, so a rank's work is not one share. It runs at the W >= 4 of --ranks, and at 4 itself when
+# --ranks has a larger W but not 4. At W = 4 both modes are the same run (each task's global
+# batch is one rank's share, B): it runs once and gives both rows.
 # Every run evaluates nothing (--eval.dir '' --eval.every 0) and checkpoints only at its end
 # (--checkpoint.every 0: qarac-train always writes a final checkpoint and export, after the
 # timed steps). Steps 1..K are the warm-up; the averages are over steps K+1..N.
@@ -42,9 +47,13 @@
 # directories), logs/ (each run's full output), data/ and base/ when made here. CSV columns:
 #   mode, world_size, plan, steps_timed, step_time_s (mean wall time of a step on rank 0),
 #   global_tokens_per_s, global_examples_per_s (tokens, examples of all ranks over the summed
-#   step times), speedup (throughput over that of the smallest W of the same mode),
-#   efficiency (throughput(W) · W0 / (W · throughput(W0)), W0 the smallest W, usually 1),
-#   compute_time_s, comm_wait_s, data_time_s (per step, means over ranks and timed steps).
+#   step times), speedup (throughput over that of the mode's W0), efficiency
+#   (throughput(W) · W0 / (W · throughput(W0)): weak W0 = 4, strong W0 the smallest W),
+#   compute_time_s, comm_wait_s, data_time_s (per step, means over ranks and timed steps),
+#   step_time_rel_error (the standard error of the mean step time over that mean).
+# A run too short for its figures is named in a warning: fewer than 20 timed steps, a mean step
+# time uncertain by more than 5 %, or an efficiency above 1.05 (more than linear scaling, which a
+# data-parallel step cannot reach: warm-up or noise in the timed steps).
 # The averages come from rank 0's metrics.jsonl; they need the step fields of the distributed
 # qarac-train (world_size, global_tokens, global_examples, compute_time_s, comm_wait_s,
 # data_time_s). Needs jq and gnuplot (bash launch/install-deps.sh --job).
@@ -54,7 +63,7 @@ die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-ranks_list=1,2,4
+ranks_list=1,2,4,8
 mode=both
 steps=30
 warmup=5
@@ -117,6 +126,26 @@ IFS=, read -r -a world_sizes <<<"$ranks_list"
 for w in "${world_sizes[@]}"; do positive "--ranks (each world size)" "$w"; done
 mapfile -t world_sizes < <(printf '%s\n' "${world_sizes[@]}" | sort -n -u)
 max_w=${world_sizes[-1]}
+# Each mode's world sizes: strong all of them, weak those from W0 = 4 on (4 added when missing).
+strong_ws=("${world_sizes[@]}")
+weak_ws=()
+for w in "${world_sizes[@]}"; do ((w < 4)) || weak_ws+=("$w"); done
+if [[ " ${modes[*]} " == *" weak "* ]]; then
+  if ((max_w < 4)); then
+    [ "$mode" = both ] || die "weak scaling starts at W = 4 (one rank per task); --ranks $ranks_list has no W >= 4"
+    echo "$me: warning: weak scaling starts at W = 4 (one rank per task); --ranks $ranks_list measures strong scaling only" >&2
+    modes=(strong)
+  elif ((weak_ws[0] != 4)); then
+    echo "$me: weak scaling is measured against W0 = 4 (one rank per task): adding W = 4" >&2
+    weak_ws=(4 "${weak_ws[@]}")
+    mapfile -t world_sizes < <(printf '%s\n' "${world_sizes[@]}" 4 | sort -n -u)
+  fi
+  [[ " ${modes[*]} " != *" weak "* ]] || ((${#weak_ws[@]} > 1)) ||
+    echo "$me: warning: weak scaling at W = 4 alone has nothing to compare: add a larger W to --ranks" >&2
+fi
+# mode_ws MODE: that mode's world sizes, one a line; in_mode MODE W: W is one of them.
+mode_ws() { if [ "$1" = weak ]; then printf '%s\n' "${weak_ws[@]}"; else printf '%s\n' "${strong_ws[@]}"; fi; }
+in_mode() { local v; for v in $(mode_ws "$1"); do ((v != $2)) || return 0; done; return 1; }
 # What this script sets for every run may not come through the passthrough as well (qarac-train
 # refuses an option given twice): name the option of this script instead.
 for arg in "${train_args[@]}"; do
@@ -128,9 +157,22 @@ for arg in "${train_args[@]}"; do
   esac
 done
 
-build=${QARAC_BUILD:-$repo/build}
-prep=$build/src/cli/qarac-prep
-train=$build/src/cli/qarac-train
+# The programs: QARAC_BUILD's, the repository's build, an installation's (these scripts in
+# PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or those on PATH.
+installed=$(dirname "$(dirname "$repo")")/bin
+if [ -n "${QARAC_BUILD:-}" ]; then
+  bin=$QARAC_BUILD/src/cli
+elif [ -x "$repo/build/src/cli/qarac-train" ]; then
+  bin=$repo/build/src/cli
+elif [ "$(basename "$(dirname "$repo")")" = share ] && [ -x "$installed/qarac-train" ]; then
+  bin=$installed
+elif command -v qarac-train >/dev/null; then
+  bin=$(dirname "$(command -v qarac-train)")
+else
+  bin=$repo/build/src/cli
+fi
+prep=$bin/qarac-prep
+train=$bin/qarac-train
 for tool in jq gnuplot; do
   command -v "$tool" >/dev/null || die "$tool not found; install it with: bash launch/install-deps.sh --job"
 done
@@ -152,15 +194,21 @@ plan_of() {
   while read -r n; do spec+="${spec:+,}${tasks[i]}:$n"; i=$((i + 1)); done < <(ranks_per_task "$w")
   echo "$spec"
 }
-# run_name MODE W: the run directory's name; W <= 4 is one run for both modes.
+# run_name MODE W: the run directory's name; W <= 4 is one run for both modes (weak has only 4).
 run_name() { if (($2 <= 4)); then echo "w$2"; else echo "$1-w$2"; fi; }
+# Strong scaling divides each task's B examples among its ranks: each needs one at least.
+if [[ " ${modes[*]} " == *" strong "* ]]; then
+  most=$(ranks_per_task "$max_w" | sort -n | tail -n 1)
+  ((batch >= most)) || die "--batch $batch is smaller than the $most ranks of a task at W = $max_w: strong scaling needs one example per rank at least"
+fi
 
 # --- The output directory.
 marker=$out/.qarac-scaling   # tells --force that the directory is a scaling run
 if ((summarise_only)); then
   [ -d "$out/runs" ] || die "--summarise-only: no runs in $out (no $out/runs/)"
 else
-  if ((max_w > 1)) && [ -x "$train" ] && ! "$train" --help 2>/dev/null | grep -q -- '--parallel.timeout'; then
+  # The help captured first: grep -q leaving a pipe early would fail the writer under pipefail.
+  if ((max_w > 1)) && [ -x "$train" ] && ! grep -q -- '--parallel.timeout' <<<"$("$train" --help 2>/dev/null || true)"; then
     die "$train predates distributed training (no --parallel.timeout in its --help): only --ranks 1 can be measured with it; rebuild it"
   fi
   [ -x "$train" ] || die "no qarac-train at $train: build it (bash launch/quickstart.sh builds it into build/) or set QARAC_BUILD"
@@ -168,6 +216,8 @@ else
   if [ "$launcher" = srun ]; then
     [ -n "${SLURM_JOB_ID:-}" ] || die "--launcher srun runs inside a Slurm allocation (sbatch or salloc); none here (no SLURM_JOB_ID)"
     command -v srun >/dev/null || die "--launcher srun: srun not found"
+    # shellcheck source=slurm/common.sh
+    source "$repo/slurm/common.sh"
     if [ -n "${SLURM_NTASKS:-}" ] && ((max_w > SLURM_NTASKS)); then
       die "--ranks asks for $max_w ranks, the allocation has $SLURM_NTASKS tasks (SLURM_NTASKS)"
     fi
@@ -256,6 +306,7 @@ if ! ((summarise_only)); then
   total=0
   for w in "${world_sizes[@]}"; do
     for m in "${modes[@]}"; do
+      in_mode "$m" "$w" || continue
       name=$(run_name "$m" "$w")
       [ -n "${done_runs[$name]:-}" ] || { done_runs[$name]=planned; total=$((total + 1)); }
     done
@@ -267,6 +318,7 @@ if ! ((summarise_only)); then
     plan=$(plan_of "$w")
     mapfile -t n_t < <(ranks_per_task "$w")
     for m in "${modes[@]}"; do
+      in_mode "$m" "$w" || continue
       name=$(run_name "$m" "$w")
       [ -z "${done_runs[$name]:-}" ] || continue
       done_runs[$name]=1
@@ -287,14 +339,15 @@ if ! ((summarise_only)); then
         cmd=(bash "$repo/launch/train-local.sh" -n "$w" -- "${run_args[@]}")
       else
         # Whole nodes first: ceil(W / tasks per node) nodes when the allocation says how many.
-        srun_cmd=(srun --mpi=pmix --kill-on-bad-exit=1 -n "$w")
+        mapfile -t srun_opts < <(srun_options "$device")
+        srun_cmd=(srun "${srun_opts[@]}" -n "$w")
         tpn=${SLURM_NTASKS_PER_NODE:-}
         if [[ "$tpn" =~ ^[1-9][0-9]*$ ]]; then srun_cmd+=(-N "$(((w + tpn - 1) / tpn))"); fi
         read -r -a srun_extra <<<"${QARAC_SRUN_OPTS:-}"
         cmd=("${srun_cmd[@]}" "${srun_extra[@]}" "$train" "${run_args[@]}")
       fi
       what=$m
-      if ((w <= 4 && ${#modes[@]} == 2)); then what="weak = strong"; fi
+      if ((w == 4 && ${#modes[@]} == 2)); then what="weak = strong"; fi
       echo "   [$index/$total] W=$w ($what), plan $plan, global batches: $budget_text"
       t0=$SECONDS
       { printf '%q ' "${cmd[@]}"; printf '\n'; } >"$logs/$name.cmd"
@@ -308,13 +361,18 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
 # averages RUN_DIR W > one tab-separated line: steps_timed, step_time_s, global_tokens_per_s,
-# global_examples_per_s, compute_time_s, comm_wait_s, data_time_s. Step lines only (no "eval"),
-# a step written twice keeps its last record, a half-written line is skipped.
+# global_examples_per_s, compute_time_s, comm_wait_s, data_time_s, step_time_rel_error. Step
+# lines only (no "eval"), a step written twice keeps its last record, a half-written line is
+# skipped.
 averages() {
   local metrics=$1/metrics.jsonl
   [ -s "$metrics" ] || die "no metrics: '$metrics' is missing or empty (did the run start? see $logs/)"
   jq -Rrn --argjson warmup "$warmup" --argjson w "$2" '
     def mean(f): (map(f) | add) / length;
+    # The standard error of the mean step time over that mean (0 for one step).
+    def rel_error: (map(.step_time_s)) as $t | ($t | add / length) as $m
+      | if ($t | length) < 2 or $m <= 0 then 0
+        else (($t | map((. - $m) * (. - $m)) | add) / (($t | length) - 1) / ($t | length) | sqrt) / $m end;
     ["world_size", "step_time_s", "global_tokens", "global_examples", "compute_time_s",
      "comm_wait_s", "data_time_s"] as $needed
     | [inputs | fromjson? | objects | select(.eval != true and (.step | type) == "number")]
@@ -329,55 +387,80 @@ averages() {
         [($timed | length), ($timed | mean(.step_time_s)),
          ($timed | (map(.global_tokens) | add) / (map(.step_time_s) | add)),
          ($timed | (map(.global_examples) | add) / (map(.step_time_s) | add)),
-         ($timed | mean(.compute_time_s)), ($timed | mean(.comm_wait_s)), ($timed | mean(.data_time_s))]
+         ($timed | mean(.compute_time_s)), ($timed | mean(.comm_wait_s)), ($timed | mean(.data_time_s)),
+         ($timed | rel_error)]
         | @tsv
       end' "$metrics" 2>"$tmp/jq.err" || die "$metrics: $(sed 's/^jq: error ([^)]*): //' "$tmp/jq.err")"
 }
 
 # rows.tsv: mode, world_size, plan, then the averages; in mode order, then W.
 for m in "${modes[@]}"; do
-  for w in "${world_sizes[@]}"; do
+  for w in $(mode_ws "$m"); do
     averages "$out/runs/$(run_name "$m" "$w")" "$w" >"$tmp/averages.tsv"   # not in $(): die must end the script
     printf '%s\t%s\t%s\t%s\n' "$m" "$w" "$(plan_of "$w")" "$(cat "$tmp/averages.tsv")"
   done
 done >"$tmp/rows.tsv"
 
-# Speedup and efficiency against the smallest W of the same mode; the CSV (plan quoted: it holds
-# commas) and one TSV per mode for the plot (W, throughput, efficiency, ideal throughput).
+# Speedup and efficiency against each mode's W0 (its first row: weak 4, strong the smallest W);
+# the CSV (plan quoted: it holds commas), one TSV per mode for the plot (W, throughput,
+# efficiency, ideal throughput: linear from W0) and the warnings of runs too short for their figures.
 csv=$out/scaling.csv
-awk -F'\t' -v OFS=, -v dir="$tmp" '
-  BEGIN { print "mode,world_size,plan,steps_timed,step_time_s,global_tokens_per_s,global_examples_per_s,speedup,efficiency,compute_time_s,comm_wait_s,data_time_s" }
+awk -F'\t' -v OFS=, -v dir="$tmp" -v warmup="$warmup" '
+  BEGIN { print "mode,world_size,plan,steps_timed,step_time_s,global_tokens_per_s,global_examples_per_s,speedup,efficiency,compute_time_s,comm_wait_s,data_time_s,step_time_rel_error" }
   {
     if (!($1 in w0)) { w0[$1] = $2; t0[$1] = $6 }
     speedup = $6 / t0[$1]
     efficiency = speedup * w0[$1] / $2
-    printf "%s,%d,\"%s\",%d,%.6g,%.6g,%.6g,%.4f,%.4f,%.6g,%.6g,%.6g\n", $1, $2, $3, $4, $5, $6, $7,
-           speedup, efficiency, $8, $9, $10
+    printf "%s,%d,\"%s\",%d,%.6g,%.6g,%.6g,%.4f,%.4f,%.6g,%.6g,%.6g,%.4f\n", $1, $2, $3, $4, $5, $6, $7,
+           speedup, efficiency, $8, $9, $10, $11
     printf "%d\t%.6g\t%.6g\t%.6g\n", $2, $6, efficiency, t0[$1] * $2 / w0[$1] >> (dir "/" $1 ".tsv")
     if (NR == 1)
       printf "%-6s %5s  %-19s %9s %12s %10s %7s %10s %9s %9s %9s\n", "mode", "W", "plan", "step (s)",
              "tokens/s", "examples/s", "speedup", "efficiency", "compute", "comm wait", "data" > (dir "/table.txt")
     printf "%-6s %5d  %-19s %9.4f %12.0f %10.1f %7.2f %10.3f %9.4f %9.4f %9.4f\n", $1, $2, $3, $5, $6, $7,
            speedup, efficiency, $8, $9, $10 > (dir "/table.txt")
+    run = $1 " W=" $2
+    if ($4 < 20) { short = short (short == "" ? "" : ", ") run; fewest = (fewest == "" || $4 < fewest) ? $4 : fewest }
+    if ($11 > 0.05)
+      printf "%s: the mean step time is uncertain by %.0f %% (its standard error): more steps, or a quieter machine\n", run, 100 * $11 > (dir "/warnings.txt")
+    if (efficiency > 1.05)
+      printf "%s: efficiency %.2f is above 1, more than linear scaling: the timed steps hold warm-up or noise (raise --warmup-steps %d and --steps)\n", run, efficiency, warmup > (dir "/warnings.txt")
+  }
+  END {
+    if (short != "")
+      printf "%s: as few as %d timed steps; the means need 20 at least (raise --steps)\n", short, fewest > (dir "/warnings.txt")
   }' "$tmp/rows.tsv" >"$tmp/scaling.csv"
 mv -f -- "$tmp/scaling.csv" "$csv"
 
-# The plot: throughput against W (log-log, dashed: ideal linear scaling from the smallest W) and
-# efficiency against W, one line per mode.
-# Weak is drawn wide under strong, so that both show where they coincide (W <= 4).
+# The plot: throughput against W (log-log; each mode's ideal, linear scaling from its W0, in its
+# colour) and efficiency against W, one line per mode. Weak is drawn wide under strong, and its
+# ideal wide and dotted under strong's dashed one, so that both show where they coincide.
 style() {
   case "$1" in
     weak) echo "lw 4 pt 7 ps 1.1 lc rgb '#1f77b4'" ;;
     strong) echo "lw 1.5 pt 5 ps 0.6 lc rgb '#ff7f0e'" ;;
   esac
 }
+ideal_style() {
+  case "$1" in
+    weak) echo "dt 3 lw 3 lc rgb '#1f77b4'" ;;
+    strong) echo "dt 2 lw 1.2 lc rgb '#ff7f0e'" ;;
+  esac
+}
+declare -A w0_of=()
 through=() effic=()
 for m in "${modes[@]}"; do
   f=$tmp/$m.tsv
+  w0_of[$m]=$(mode_ws "$m" | head -n 1)
   through+=("'$f' using 1:2 with linespoints $(style "$m") title '$m'"
-            "'$f' using 1:4 with lines dt 2 $(style "$m" | sed 's/lw [0-9.]*/lw 1/') title '$m, ideal'")
+            "'$f' using 1:4 with lines $(ideal_style "$m") title '$m, ideal (from W0 = ${w0_of[$m]})'")
   effic+=("'$f' using 1:3 with linespoints $(style "$m") title '$m'")
 done
+w0_text=""
+for m in "${modes[@]}"; do w0_text+="${w0_text:+, }$m W0 = ${w0_of[$m]}"; done
+# Room above the ideal efficiency 1, and above any efficiency over it.
+eff_top=$(for m in "${modes[@]}"; do cat "$tmp/$m.tsv"; done |
+          awk -F'\t' 'BEGIN { top = 1 } $3 + 0 > top { top = $3 + 0 } END { print top * 1.1 }')
 xtics=$(printf '%s,' "${world_sizes[@]}")
 title="QARAC-MT scaling: $device, $launcher, $batch examples per task (strong) or per rank (weak), $steps steps ($warmup warm-up)"
 title=${title//\'/\'\'}
@@ -392,8 +475,8 @@ title=${title//\'/\'\'}
   echo "set title 'throughput'; set ylabel 'global tokens/s'; set logscale y"
   echo "plot $(IFS=,; echo "${through[*]}")"
   echo "unset logscale y"
-  echo "set title 'efficiency: throughput(W) · W0 / (W · throughput(W0)), W0 = ${world_sizes[0]}'; set ylabel 'efficiency'"
-  echo "set yrange [0:*]; set ytics auto"
+  echo "set title 'efficiency: throughput(W) · W0 / (W · throughput(W0)); $w0_text'; set ylabel 'efficiency'"
+  echo "set yrange [0:$eff_top]; set ytics auto"
   echo "plot $(IFS=,; echo "${effic[*]}"), 1 with lines dt 2 lw 1 lc rgb '#555555' title 'ideal'"
   echo "unset multiplot"
 } >"$tmp/plot.gp"
@@ -404,5 +487,9 @@ mv -f -- "$tmp/scaling.svg" "$svg"
 echo
 cat "$tmp/table.txt"
 echo
+if [ -s "$tmp/warnings.txt" ]; then
+  sed "s|^|$me: warning: |" "$tmp/warnings.txt" >&2
+  echo
+fi
 echo "csv:  $csv"
 echo "plot: $svg"

@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# Starts qarac-train on this machine under Open MPI's mpirun with RANKS processes (the world size
-# W of docs/design.md §4), bound to cores and threaded to fit, and prints the mpirun command first.
+# Starts qarac-train on this machine with RANKS MPI processes (the world size W of
+# docs/design.md §4), under whichever MPI launcher MPIRUN names, bound to cores and threaded to
+# fit, and prints the launch command first.
 #
 #   bash launch/train-local.sh -n RANKS [--threads T] [--dry-run] [--] qarac-train options...
 #     -n, --ranks RANKS  MPI ranks (world size W)
 #     --threads T        OpenMP/OpenBLAS threads per rank (default: max(1, cores / RANKS))
-#     --dry-run          print the mpirun command and stop
+#     --dry-run          print the launch command and stop
 # e.g.
 #   bash launch/train-local.sh -n 4 -- --config launch/configs/quickstart.ini --output runs/w4 \
 #       --model.base runs/quickstart/pretrain/export/base --data.dir runs/quickstart/data/train
+#   MPIRUN=mpiexec.mpich bash launch/train-local.sh -n 2 -- ...   (a qarac-train built with MPICH)
 #
-# Binding: with RANKS <= cores, each rank gets its own T = cores / RANKS cores
-# (--map-by slot:PE=T --bind-to core), so its BLAS threads never share a core with another
-# rank's; with more ranks than cores: --oversubscribe --bind-to none and one thread per rank.
+# The launcher: MPIRUN (default mpirun), told apart by its --version (srun by its name); each
+# gets its own flags for the same layout. With RANKS <= cores every rank is bound to its own
+# T = cores / RANKS cores, so that its BLAS threads never share a core with another rank's; with
+# more ranks than cores nothing is bound and every rank runs one thread.
+#   Open MPI        --map-by slot:PE=T --bind-to core; else --oversubscribe --bind-to none;
+#                   -x for the variables, --allow-run-as-root when run as root
+#   MPICH (Hydra)   -bind-to core:T; else -bind-to none; -genv for the variables
+#   Intel MPI       -genv I_MPI_PIN_DOMAIN T:compact; else -genv I_MPI_PIN 0; -genv
+#   srun            inside a Slurm allocation: --cpus-per-task T --cpu-bind=cores; else
+#                   --overcommit --cpu-bind=none; srun passes the environment on
+# The MPI must be the one qarac-train was built with (qarac-train --version names it).
 # Cores: nproc (the CPUs this process may run on), divided by the hardware threads per core
-# when lscpu reports more than one (Open MPI's slots are cores; BLAS gains nothing from SMT).
-# OMP_NUM_THREADS and OPENBLAS_NUM_THREADS are exported to every rank (-x); --allow-run-as-root
-# is added when run as root.
-# Environment: QARAC_BUILD (default: the repository's build/) holds src/cli/qarac-train;
-# MPIRUN (default mpirun) must be Open MPI's.
+# when lscpu reports more than one (BLAS gains nothing from SMT). OMP_NUM_THREADS and
+# OPENBLAS_NUM_THREADS = T reach every rank.
+# Environment: QARAC_BUILD holds src/cli/qarac-train (default: the repository's build/, else
+# the qarac-train installed beside these scripts or on PATH); MPIRUN, the launcher.
 set -euo pipefail
 me=launch/train-local.sh
 die() { echo "$me: error: $*" >&2; exit 1; }
@@ -48,16 +57,37 @@ done
 [[ "$ranks" =~ ^[1-9][0-9]*$ ]] || die "-n must be a positive integer, not '$ranks'"
 [ -z "$threads" ] || [[ "$threads" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, not '$threads'"
 
-build=${QARAC_BUILD:-$repo/build}
-train=$build/src/cli/qarac-train
+# The program: QARAC_BUILD's, the repository's build, an installation's (these scripts in
+# PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or the one on PATH.
+installed=$(dirname "$(dirname "$repo")")/bin/qarac-train
+if [ -n "${QARAC_BUILD:-}" ]; then
+  train=$QARAC_BUILD/src/cli/qarac-train
+elif [ -x "$repo/build/src/cli/qarac-train" ]; then
+  train=$repo/build/src/cli/qarac-train
+elif [ "$(basename "$(dirname "$repo")")" = share ] && [ -x "$installed" ]; then
+  train=$installed
+else
+  train=$(command -v qarac-train 2>/dev/null || echo "$repo/build/src/cli/qarac-train")
+fi
 [ -x "$train" ] || die "no qarac-train at $train: build it (bash launch/quickstart.sh builds it into build/) or set QARAC_BUILD"
+
 mpirun=${MPIRUN:-mpirun}
-command -v "$mpirun" >/dev/null || die "$mpirun not found; install Open MPI (bash launch/install-deps.sh)"
-"$mpirun" --version 2>/dev/null | grep -q "Open MPI" ||
-  die "$mpirun is not Open MPI's (its options differ); set MPIRUN to Open MPI's mpirun"
+command -v "$mpirun" >/dev/null || die "$mpirun not found; install an MPI (bash launch/install-deps.sh) or set MPIRUN"
+if [ "$(basename "$mpirun")" = srun ]; then
+  flavour=srun
+  [ -n "${SLURM_JOB_ID:-}" ] || die "MPIRUN=srun runs inside a Slurm allocation (salloc, sbatch); none here (no SLURM_JOB_ID)"
+else
+  case "$("$mpirun" --version 2>&1 || true)" in
+    *"Open MPI"*|*OpenRTE*) flavour=openmpi ;;
+    *"Intel(R) MPI"*) flavour=intel ;;
+    *HYDRA*) flavour=mpich ;;
+    *) die "cannot tell which MPI $mpirun belongs to (its --version names neither Open MPI, MPICH/Hydra nor Intel MPI): set MPIRUN to one of those, or to srun" ;;
+  esac
+fi
 # A qarac-train from before the distributed issue does not initialise MPI: every rank would run
 # alone as rank 0 and write the same output directory.
-if ((ranks > 1)) && ! "$train" --help 2>/dev/null | grep -q -- '--parallel.timeout'; then
+# The help captured first: grep -q leaving a pipe early would fail the writer under pipefail.
+if ((ranks > 1)) && ! grep -q -- '--parallel.timeout' <<<"$("$train" --help 2>/dev/null || true)"; then
   old="$train predates distributed training (no --parallel.timeout in its --help): rebuild it; only -n 1 works with it"
   ((dry_run)) || die "$old"
   echo "$me: warning: $old" >&2
@@ -76,18 +106,31 @@ if [ -z "$threads" ]; then
   threads=$((cores / ranks))
   ((threads >= 1)) || threads=1
 fi
-
-cmd=("$mpirun" -np "$ranks")
-if ((ranks <= cores)); then
-  cmd+=(--map-by "slot:PE=$((cores / ranks))" --bind-to core)
-else
-  cmd+=(--oversubscribe --bind-to none)
-fi
-[ "$(id -u)" -ne 0 ] || cmd+=(--allow-run-as-root)
+per_rank=$((cores / ranks))   # cores bound to each rank when they fit
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
-cmd+=(-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS "$train" "${train_args[@]}")
+case "$flavour" in
+  openmpi)
+    cmd=("$mpirun" -np "$ranks")
+    if ((per_rank >= 1)); then cmd+=(--map-by "slot:PE=$per_rank" --bind-to core)
+    else cmd+=(--oversubscribe --bind-to none); fi
+    [ "$(id -u)" -ne 0 ] || cmd+=(--allow-run-as-root)
+    cmd+=(-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS) ;;
+  mpich)
+    cmd=("$mpirun" -n "$ranks")
+    if ((per_rank >= 1)); then cmd+=(-bind-to "core:$per_rank"); else cmd+=(-bind-to none); fi
+    cmd+=(-genv OMP_NUM_THREADS "$threads" -genv OPENBLAS_NUM_THREADS "$threads") ;;
+  intel)
+    cmd=("$mpirun" -n "$ranks")
+    if ((per_rank >= 1)); then cmd+=(-genv I_MPI_PIN_DOMAIN "$per_rank:compact"); else cmd+=(-genv I_MPI_PIN 0); fi
+    cmd+=(-genv OMP_NUM_THREADS "$threads" -genv OPENBLAS_NUM_THREADS "$threads") ;;
+  srun)
+    cmd=("$mpirun" --ntasks="$ranks" --kill-on-bad-exit=1)
+    if ((per_rank >= 1)); then cmd+=(--cpus-per-task="$per_rank" --cpu-bind=cores)
+    else cmd+=(--overcommit --cpu-bind=none); fi ;;
+esac
+cmd+=("$train" "${train_args[@]}")
 
-echo "$me: $ranks rank(s) on $cores core(s), $threads thread(s) per rank"
+echo "$me: $ranks rank(s) on $cores core(s), $threads thread(s) per rank, launcher $mpirun ($flavour)"
 printf '%s:' "$me"
 printf ' %q' "OMP_NUM_THREADS=$threads" "OPENBLAS_NUM_THREADS=$threads" "${cmd[@]}"
 printf '\n'

@@ -1,20 +1,42 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the build needs (idempotent, quiet), configures,
 # builds in Release with -j2 and runs the whole suite with ctest.
-#   tests/run.sh [BUILD_DIR]       (default: build)
-# Environment: QARAC_CUDA=AUTO|ON|OFF (default AUTO: compile CUDA when nvcc is found).
+#   tests/run.sh [BUILD_DIR]       (default: build; build-mpich with QARAC_MPI=mpich)
+# Environment: QARAC_CUDA=AUTO|ON|OFF (default AUTO: compile CUDA when nvcc is found);
+# QARAC_MPI=openmpi|mpich (default openmpi): the MPI to build and test with. mpich installs
+# Debian's MPICH beside Open MPI and names it to CMake (mpicc.mpich, mpiexec.mpich), leaving the
+# system's default MPI (update-alternatives) as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build_dir=${1:-build}
-
-bash launch/install-deps.sh
+mpi_args=()
+case "${QARAC_MPI:-openmpi}" in
+  openmpi) build_dir=${1:-build}; bash launch/install-deps.sh ;;
+  mpich)
+    # Its own build directory: CMake's cached MPI of an Open MPI build would otherwise stay.
+    build_dir=${1:-build-mpich}
+    bash launch/install-deps.sh --mpich
+    mpi_args=(-DMPI_C_COMPILER=mpicc.mpich -DMPIEXEC_EXECUTABLE="$(command -v mpiexec.mpich)") ;;
+  *) echo "tests/run.sh: QARAC_MPI must be openmpi or mpich, not '$QARAC_MPI'" >&2; exit 2 ;;
+esac
 
 # nvcc is usually not on PATH in a non-interactive shell even when the toolkit is installed.
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=/usr/local/cuda/bin:$PATH
 fi
 
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" -DQARAC_TESTS=ON
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" -DQARAC_TESTS=ON "${mpi_args[@]}"
 cmake --build "$build_dir" -j2
 # Tests are small; OpenBLAS threads would only oversubscribe the two cores under ctest -j2.
 OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build_dir" --output-on-failure -j2
+
+# The fuzz targets (tests/fuzz), briefly, under ASan and UBSan: their own clang build beside this
+# one, then QARAC_FUZZ_SECONDS (default 5) seconds each; 0 skips them. They need clang and its
+# runtime libraries (Debian: clang, libclang-rt-14-dev).
+fuzz_seconds=${QARAC_FUZZ_SECONDS:-5}
+if [ "$fuzz_seconds" -gt 0 ]; then
+  if command -v clang++ >/dev/null; then
+    tests/fuzz/run.sh "$fuzz_seconds" "${build_dir}-fuzz"
+  else
+    echo "tests/run.sh: fuzz targets skipped: clang++ is not installed"
+  fi
+fi

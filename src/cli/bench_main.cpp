@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli/run_main.h"
+#include "cli/version.h"
 #include "model/init.h"
 #include "model/qarac.h"
 #include "train/objectives.h"
@@ -342,6 +343,7 @@ int run(int argc, char** argv) {
       "qarac-bench [options]\n\nTraining-step throughput of RoBERTa workloads (random weights and tokens).\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
+      ("version", "print the version, the git commit and the libraries' versions, and exit")
       ("workload", po::value(&c.workload)->default_value(c.workload), "encoder, classifier or qarac")
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda")
       ("dtype", po::value(&c.dtype)->default_value(c.dtype), "compute dtype: f32 (cpu, cuda) or bf16 (cuda)")
@@ -438,5 +440,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (cli::version_requested(argc, argv)) return cli::print_version("qarac-bench");
   return cli::run_main("qarac-bench", [&] { return run(argc, argv); });
 }

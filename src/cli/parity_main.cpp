@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "cli/run_main.h"
+#include "cli/version.h"
 #include "io/hf_checkpoint.h"
 #include "io/safetensors.h"
 #include "kernels/ops.h"
@@ -87,6 +89,44 @@ const Tensor& require(const TensorMap& m, const std::string& name, const std::st
   return *t;
 }
 
+// The dump is input: every tensor is checked before use. The inputs are integer [B, S] ids of the
+// vocabulary and a 0/1 mask whose rows fit the position table; everything else is floating
+// point of the size the comparison reads ([B, S, d] states, one loss).
+void check_expected(const TensorMap& expected, const std::string& file, const RobertaConfig& config) {
+  for (const auto& [name, t] : expected) {
+    const bool input = name == "input_ids" || name == "attention_mask";
+    QARAC_INPUT_CHECK(input != is_floating(t.dtype()), file, ": tensor '", printable(name), "' has dtype ",
+                      dtype_name(t.dtype()), input ? ", expected integers" : ", expected a floating type");
+  }
+  const Tensor& ids = require(expected, "input_ids", file);
+  const Tensor& mask = require(expected, "attention_mask", file);
+  QARAC_INPUT_CHECK(ids.dim() == 2 && mask.shape() == ids.shape(), file, ": input_ids ", ids.str(),
+                    " and attention_mask ", mask.str(), " must both be [B, S]");
+  const std::vector<int64_t> id = ids.to(DType::i64).to_vector<int64_t>();
+  const std::vector<int64_t> m = mask.to(DType::i64).to_vector<int64_t>();
+  // RoBERTa numbers positions from pad_token_id + 1.
+  const int64_t longest = config.max_position_embeddings - config.pad_token_id - 1;
+  for (int64_t b = 0, seq = ids.size(1); b < ids.size(0); ++b) {
+    int64_t length = 0;
+    for (int64_t t = 0; t < seq; ++t) {
+      const size_t i = static_cast<size_t>(b * seq + t);
+      QARAC_INPUT_CHECK(m[i] == 0 || m[i] == 1, file, ": attention_mask holds ", m[i], ", expected 0 or 1");
+      QARAC_INPUT_CHECK(!m[i] || (id[i] >= 0 && id[i] < config.vocab_size), file, ": input_ids holds ", id[i],
+                        ", outside the vocabulary [0, ", config.vocab_size, ")");
+      length += m[i];
+    }
+    QARAC_INPUT_CHECK(length <= longest, file, ": row ", b, " has ", length, " tokens, more than the ", longest,
+                      " positions of the model");
+  }
+  const int64_t states = ids.numel() * config.hidden_size;
+  for (const char* name : {"last_hidden_state", "last_hidden_state_causal", "R"})
+    if (const Tensor* t = find(expected, name))
+      QARAC_INPUT_CHECK(t->numel() == states, file, ": ", name, " has shape ", shape_str(t->shape()),
+                        ", expected [B, S, d] = ", shape_str({ids.size(0), ids.size(1), config.hidden_size}));
+  if (const Tensor* loss = find(expected, "loss"))
+    QARAC_INPUT_CHECK(loss->numel() == 1, file, ": loss has shape ", shape_str(loss->shape()), ", expected one value");
+}
+
 DType parse_dtype(const std::string& name) {
   if (name == "f32") return DType::f32;
   if (name == "f64") return DType::f64;
@@ -102,6 +142,7 @@ int run(int argc, char** argv) {
                                   "(config.json, model.safetensors, expected.safetensors).\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
+      ("version", "print the version, the git commit and the libraries' versions, and exit")
       ("tolerance", po::value(&tolerance)->default_value(1e-4),
        "largest accepted relative error ||x - ref||_inf / ||ref||_inf")
       ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda")
@@ -128,15 +169,18 @@ int run(int argc, char** argv) {
     QARAC_INPUT_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is available",
                       cuda_compiled() ? "" : " (this build has no CUDA backend)");
   const DType dtype = parse_dtype(dtype_name);
+  QARAC_INPUT_CHECK(dtype != DType::bf16 || device.is_cuda(),
+                    "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)");
+  QARAC_INPUT_CHECK(std::isfinite(tolerance) && tolerance >= std::numeric_limits<double>::min(),
+                    "--tolerance must be a positive normal number, got ", tolerance);
 
   const io::HfRoberta hf = io::read_hf_roberta(dir);
   const std::string expected_file = dir + "/expected.safetensors";
   const TensorMap expected = io::read_safetensors(expected_file);
+  check_expected(expected, expected_file, hf.config);
 
   const Tensor ids = require(expected, "input_ids", expected_file).to(DType::i32);
   const Tensor mask = require(expected, "attention_mask", expected_file).to(DType::i32);
-  QARAC_INPUT_CHECK(ids.dim() == 2 && mask.shape() == ids.shape(), expected_file, ": input_ids ",
-                    ids.str(), " and attention_mask ", mask.str(), " must both be [B, S]");
   const int64_t padded_tokens = ids.numel(), d = hf.config.hidden_size;
   // The encoder runs padding-free: it computes the real tokens only, in order. Reference rows
   // are compared at those tokens (a padded row carries no meaning).
@@ -175,7 +219,6 @@ int run(int argc, char** argv) {
   // Gradients of loss = Σ h · R · mask: d loss / d h = R at the real tokens.
   const Tensor& h = encoder.forward(batch, ForwardOptions{}, acts);
   const Tensor& r_ref = require(expected, "R", expected_file);
-  QARAC_INPUT_CHECK(r_ref.numel() == padded_tokens * d, expected_file, ": R must be [B, S, d]");
   const Tensor r = real_rows(r_ref);
   const std::vector<double> rv = r.to_vector<double>();
   const std::vector<double> hv = h.to(Device::cpu()).to(DType::f64).to_vector<double>();
@@ -221,5 +264,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (cli::version_requested(argc, argv)) return cli::print_version("qarac-parity");
   return cli::run_main("qarac-parity", [&] { return run(argc, argv); });
 }

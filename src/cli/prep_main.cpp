@@ -17,21 +17,22 @@
 #include <iostream>
 #include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "cli/run_main.h"
+#include "cli/version.h"
 #include "core/log.h"
+#include "data/line_file.h"
 #include "data/readers.h"
 #include "data/shards.h"
+#include "data/tokenize_lines.h"
 #include "data/tokenizer.h"
 
 namespace po = boost::program_options;
 using namespace qarac;
 using namespace qarac::data;
-using json = nlohmann::json;
 
 namespace {
 
@@ -170,6 +171,7 @@ int build(int argc, char** argv) {
       "files are concatenated in the order given. Layout: docs/data-format.md.\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
+      ("version", "print the version, the git commit and the libraries' versions, and exit")
       ("tokenizer", po::value(&tokenizer_dir)->required(),
        "tokenizer directory: tokenizer.json, or vocab.json + merges.txt")
       ("out", po::value(&out_dir)->required(), "output directory (created if missing)")
@@ -210,6 +212,10 @@ int build(int argc, char** argv) {
   QARAC_INPUT_CHECK(settings.max_length >= (settings.special ? 3 : 1),
                     "--max-length is too small: ", settings.max_length);
   QARAC_INPUT_CHECK(settings.threads >= 1, "--threads must be at least 1");
+  QARAC_INPUT_CHECK(settings.writer.chunk_tokens >= 1 && settings.writer.chunk_tokens <= kMaxChunkElements,
+                    "--chunk-tokens must be in [1, ", kMaxChunkElements, "], got ", settings.writer.chunk_tokens);
+  QARAC_INPUT_CHECK(settings.writer.compression >= 0 && settings.writer.compression <= 9,
+                    "--compression must be in [0, 9], got ", settings.writer.compression);
 
   std::map<Task, std::vector<Input>> inputs;
   for (const std::string& p : text) inputs[Task::encode_decode].push_back({Format::text, p});
@@ -310,32 +316,13 @@ int tokenize(int argc, char** argv) {
   po::notify(vm);
   const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
 
+  // Read with the readers' line input: a read error or an over-long line is an error naming the
+  // line, never an early end of the input.
+  LineFile in(0, "stdin");
   std::string line;
-  for (int64_t n = 1; std::getline(std::cin, line); ++n) {
-    json in;
-    try {
-      in = json::parse(line);
-    } catch (const json::exception& e) {
-      throw InputError(qarac::detail::concat("stdin:", n, ": invalid JSON: ", e.what()));
-    }
-    json out;
-    if (!decode) {
-      QARAC_INPUT_CHECK(in.is_string(), "stdin:", n, ": expected a JSON string, got ",
-                        in.type_name());
-      out = tok.encode(in.get_ref<const std::string&>(), special);
-    } else {
-      QARAC_INPUT_CHECK(in.is_array(), "stdin:", n, ": expected a JSON array of ids, got ",
-                        in.type_name());
-      std::vector<int32_t> ids;
-      for (const json& v : in) {
-        QARAC_INPUT_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 &&
-                              v.get<int64_t>() < static_cast<int64_t>(tok.vocab_size()),
-                          "stdin:", n, ": ", v.dump(), " is not an id below ", tok.vocab_size());
-        ids.push_back(v.get<int32_t>());
-      }
-      out = tok.decode(ids, /*skip_special=*/!special);
-    }
-    std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << std::endl;
+  while (in.next(line)) {
+    std::cout << tokenize_line(tok, line, {special, decode}, "stdin", in.line_no()) << std::endl;
+    QARAC_INPUT_CHECK(std::cout, "stdout: write failed after line ", in.line_no(), " (a closed pipe or a full disk)");
   }
   return 0;
 }
@@ -343,6 +330,7 @@ int tokenize(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (cli::version_requested(argc, argv)) return cli::print_version("qarac-prep");
   const bool is_tokenize = argc > 1 && std::string(argv[1]) == "tokenize";
   return cli::run_main(is_tokenize ? "qarac-prep tokenize" : "qarac-prep", [&] {
     return is_tokenize ? tokenize(argc - 1, argv + 1) : build(argc, argv);

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "cli/run_main.h"
+#include "cli/version.h"
 #include "data/tokenizer.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/runtime.h"
@@ -42,6 +43,8 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Answered before MPI starts: no launcher, GPU or valid configuration is needed.
+  if (qarac::cli::version_requested(argc, argv)) return qarac::cli::print_version("qarac-train");
   std::unique_ptr<qarac::parallel::Runtime> runtime;
   std::unique_ptr<qarac::Trainer> trainer;
   // Before anything else: a SIGTERM or SIGUSR1 during start-up stops the run after its first

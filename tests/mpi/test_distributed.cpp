@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "parallel/collective_trace.h"
 #include "support/test_support.h"
 #include "support/training_fixtures.h"
 
@@ -45,15 +46,23 @@ const std::string kDropout = "0.1";
 // Every run ends within this many seconds or fails the test (`timeout` exits 124).
 constexpr int kRunLimit = 300;
 
+// The MPI the build found decides the flags (tests/mpi/CMakeLists.txt): Hydra (MPICH, Intel MPI)
+// oversubscribes, runs as root and passes the whole environment on by default.
 std::string mpirun(int ranks) {
-  std::string command = std::string(QARAC_MPIEXEC) + " -np " + std::to_string(ranks) + " --oversubscribe";
+  std::string command = std::string(QARAC_MPIEXEC) + " -np " + std::to_string(ranks);
+#if QARAC_MPIEXEC_OPEN_MPI
+  command += " --oversubscribe";
   if (geteuid() == 0) command += " --allow-run-as-root";  // containers and CI run as root
+#endif
   return command;
 }
 
+// The launcher flag that passes the environment variable `name` on to every rank.
+std::string forward_env(const std::string& name) { return QARAC_MPIEXEC_OPEN_MPI ? " -x " + name : ""; }
+
 // mpirun of `ranks` ranks with the test hook QARAC_FAULT=`fault` set in every rank.
 std::string with_fault(const std::string& fault, int ranks) {
-  return "env QARAC_FAULT=" + fault + " " + mpirun(ranks) + " -x QARAC_FAULT";
+  return "env QARAC_FAULT=" + fault + " " + mpirun(ranks) + forward_env("QARAC_FAULT");
 }
 
 // How far two exports of a model lie apart: max |a − b| over every tensor, relative to the
@@ -348,6 +357,23 @@ TEST_F(Distributed, DivergedReplicasStopTheRun) {
   EXPECT_NE(r.output.find("diverged by step 3"), std::string::npos) << r.output;
 }
 
+// The fault shifts a seeded random element of a random shared parameter and names it; the check
+// sees it wherever it lies: seed 1 picks one in the back half of its parameter (f64 masters),
+// where a checksum over a prefix of each weight's bytes would not look.
+TEST_F(Distributed, ReplicasDivergedAnywhereStopTheRun) {
+  const CliResult r = train(with_fault("diverge:1:2:1", 2), "diverged-anywhere",
+                            "--parallel.check_every 1 --parallel.timeout 20", 4);
+  expect_job_failed(r);
+  const size_t at = r.output.find("shifts element ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  long long element = -1, numel = 0;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + at, "shifts element %lld of %lld", &element, &numel), 2) << r.output;
+  const std::string shifted = r.output.substr(at, r.output.find('\n', at) - at);
+  std::printf("%s\n", shifted.c_str());
+  EXPECT_GE(2 * element, numel) << "pick a seed whose element lies in the back half: " << shifted;
+  EXPECT_NE(r.output.find("diverged by step 3"), std::string::npos) << r.output;
+}
+
 // A configuration error under mpirun: every rank reports it in one line and the job exits 2.
 TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
   const CliResult r = train(mpirun(2), "bad", "--parallel.tasks ed:3,qa:1,rs:1,cs:1");
@@ -411,6 +437,35 @@ TEST_F(Distributed, MlmRunsOfAnotherSeedDiffer) {
                                         root() / "reference-mlm" / "export" / "base").first;
   EXPECT_GT(diff, 1e-6);
   std::printf("mlm-seed-3 base against the reference: %.3e\n", diff);
+}
+
+// ---- the collective schedule (docs/distributed.md §7) ----
+// Every rank traces what it launches (QARAC_TRACE_COLLECTIVES): the gradient buckets of every
+// group, the norm, statistics and replica-check all-reduces, the barriers and the creation of the
+// groups; together the launches admit one global order. In this plan rank 0 runs ED and QA (it
+// finishes D before QE) and rank 2 QA and RS (QE before D): they share the groups of QE, AE, D
+// and the shared base, and would cross if each launched its buckets as its tasks finish them.
+TEST_F(Distributed, CollectiveLaunchesOfEveryRankFollowOneGlobalOrder) {
+  const fs::path traces = root() / "traces-5";
+  const CliResult r = train("env QARAC_TRACE_COLLECTIVES=" + traces.string() + " " + mpirun(5) +
+                                forward_env("QARAC_TRACE_COLLECTIVES"),
+                            "traced-5",
+                            std::string("--parallel.tasks ed:2,qa:4,rs:2,cs:1 --parallel.check_every 1 "
+                                        "--parallel.bucket_mb 0.01 ") + kSharedTied,
+                            3);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<parallel::CollectiveLog> logs = parallel::read_collective_traces(traces.string());
+  ASSERT_EQ(logs.size(), 5u);
+  EXPECT_EQ(parallel::collective_order_error(logs), "");
+  size_t buckets = 0, world = 0;
+  for (const parallel::CollectiveLog& log : logs)
+    for (const parallel::Collective& c : log) {
+      buckets += c.op == "all_reduce" && c.comm.find(" ranks ") != std::string::npos;
+      world += c.comm == "the world";
+    }
+  EXPECT_GT(buckets, 100u) << "the traces hold the gradient buckets";
+  EXPECT_GT(world, 20u) << "the traces hold the world's collectives";
+  std::printf("5 ranks: %zu bucket all-reduces, %zu collectives on the world\n", buckets, world);
 }
 
 }  // namespace

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# slurm/train.sbatch and slurm/scaling.sbatch under stand-ins for sbatch, srun, scontrol, the MPI
+# launchers and qarac-train (tests/launch/fake/), in a scratch submission directory.
+#   bash tests/launch/test_slurm.sh CASE     (CASE: see the functions test_* below)
+# Exit 0 when every check of the case holds; else 1, naming each failed check.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+case_name=${1:?usage: test_slurm.sh CASE}
+failures=0
+check() {   # check DESCRIPTION COMMAND...: records a failure unless COMMAND succeeds
+  local what=$1
+  shift
+  if ! "$@"; then echo "FAILED: $what" >&2; failures=$((failures + 1)); fi
+}
+has() { grep -qF -- "$2" "$1"; }      # has FILE TEXT
+lacks() { ! grep -qF -- "$2" "$1"; }  # lacks FILE TEXT
+
+work=$(mktemp -d)
+trap 'rm -rf -- "$work"' EXIT
+ln -s "$repo/launch" "$repo/slurm" "$work/"
+mkdir -p "$work/build/src/cli"
+ln -s "$repo/tests/launch/fake/qarac-train" "$work/build/src/cli/qarac-train"
+export PATH="$repo/tests/launch/fake:$PATH" FAKE_LOG=$work/log QARAC_BUILD=$work/build
+unset LAUNCHER MPIRUN QARAC_CONTAINER QARAC_SRUN_MPI QARAC_GPU_BIND QARAC_GPU_CHECK QARAC_REQUEUE
+touch "$FAKE_LOG"
+cd "$work"
+# submit [VAR=VALUE...] -- SBATCH ARGS...: runs the fake sbatch; output in out.txt, status in rc.
+submit() {
+  local env=()
+  while [ "$1" != -- ]; do env+=("$1"); shift; done
+  shift
+  rc=0
+  env "${env[@]}" sbatch "$@" >out.txt 2>&1 || rc=$?
+}
+run_dir=$work/runs/4242
+
+# A first start: one rank per GPU over srun with labels and GPU binding, the defaults added,
+# the program's --version in the log.
+test_train_fresh() {
+  submit -- -N 2 slurm/train.sbatch -- --train.steps 10
+  check "exit 0 (got $rc)" test "$rc" = 0
+  check "srun with labels, one GPU per rank, 8 ranks" has "$FAKE_LOG" \
+    "srun --label --kill-on-bad-exit=1 --mpi=pmix --gpus-per-task=1 --gpu-bind=none --ntasks=8 $work/build/src/cli/qarac-train"
+  check "the defaults and the run directory" has "$FAKE_LOG" \
+    "--config launch/configs/qarac-roberta-base.ini --train.device cuda --train.dtype bf16 --output $run_dir --train.steps 10"
+  check "no --resume on a first start" lacks "$FAKE_LOG" "--resume"
+  check "no requeue" lacks "$FAKE_LOG" "scontrol"
+  check "4 ranks per node named" has out.txt "8 rank(s) on 2 node(s) (node[1-2]), 4 per node"
+  check "the build's --version in the log" has out.txt "slurm/train.sbatch: qarac-train 0.0.0 (stand-in)"
+}
+
+# Slurm's USR1 before the time limit: passed on to the ranks, which checkpoint and exit 75; the
+# job requeues itself, and the requeued job (same id, restart 1) resumes from the checkpoint.
+test_train_preempt_requeue() {
+  export FAKE_READY=$work/ready
+  FAKE_TRAIN=wait_usr1 sbatch slurm/train.sbatch >out.txt 2>&1 &
+  local job=$!
+  for _ in $(seq 300); do [ -e "$FAKE_READY" ] && break; sleep 0.1; done
+  check "the training started" test -e "$FAKE_READY"
+  kill -USR1 "$job"
+  rc=0
+  wait "$job" || rc=$?
+  check "exit 0 after the stop (got $rc)" test "$rc" = 0
+  check "the signal is reported" has out.txt "SIGUSR1 received: asking the ranks to stop"
+  check "the ranks wrote their checkpoint" test -d "$run_dir/checkpoints/step-0000000007"
+  check "the job requeued itself" has "$FAKE_LOG" "scontrol requeue 4242"
+  : >"$FAKE_LOG"
+  submit FAKE_RESTART=1 -- slurm/train.sbatch
+  check "the requeued job exits 0 (got $rc)" test "$rc" = 0
+  check "it resumes" has "$FAKE_LOG" "--output $run_dir --resume"
+  check "it says so" has out.txt "holds checkpoints: resuming from the newest valid one (restart 1)"
+  check "a finished run does not requeue" lacks "$FAKE_LOG" "scontrol"
+}
+
+# Preemption: Slurm's TERM reaches the ranks, which checkpoint and exit 75: requeue, unless
+# QARAC_REQUEUE=0.
+test_train_preempted() {
+  submit FAKE_TRAIN=stopped -- slurm/train.sbatch
+  check "exit 0 (got $rc)" test "$rc" = 0
+  check "requeued" has "$FAKE_LOG" "scontrol requeue 4242"
+  rm -rf "$run_dir"
+  : >"$FAKE_LOG"
+  submit FAKE_TRAIN=stopped QARAC_REQUEUE=0 -- slurm/train.sbatch
+  check "QARAC_REQUEUE=0: exit 0 (got $rc)" test "$rc" = 0
+  check "QARAC_REQUEUE=0: not requeued" lacks "$FAKE_LOG" "scontrol"
+  check "QARAC_REQUEUE=0: says how to go on" has out.txt "QARAC_REQUEUE=0: not requeueing"
+}
+
+# A failed run keeps its status and is not requeued; a run directory without a checkpoint is
+# moved aside before the next start.
+test_train_failure() {
+  submit FAKE_TRAIN=fail -- slurm/train.sbatch
+  check "the training's status 3 (got $rc)" test "$rc" = 3
+  check "not requeued" lacks "$FAKE_LOG" "scontrol"
+  check "the rank's error shows" has out.txt "qarac-train: error: all-reduce at step 3"
+  submit -- slurm/train.sbatch
+  check "the next start exits 0 (got $rc)" test "$rc" = 0
+  check "the empty run directory was moved aside" compgen -G "$run_dir.failed-*"
+}
+
+# More ranks than GPUs on a node: one line naming both counts, and nothing started. A CPU run
+# and QARAC_GPU_CHECK=0 are not checked.
+test_train_gpu_check() {
+  submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch
+  check "exit 1 (got $rc)" test "$rc" = 1
+  check "one line naming both counts" has out.txt "slurm/train.sbatch: error: 8 ranks per node but 4 GPUs per node"
+  check "one line" test "$(wc -l <out.txt)" = 1
+  check "nothing started" lacks "$FAKE_LOG" "srun"
+  submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch -- --train.device cpu
+  check "a CPU run is not checked (got $rc)" test "$rc" = 0
+  submit QARAC_GPU_CHECK=0 -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch
+  check "QARAC_GPU_CHECK=0 is not checked (got $rc)" test "$rc" = 0
+  submit -- --ntasks-per-node=2 --gres=gpu:4 slurm/train.sbatch
+  check "fewer ranks than GPUs fails too (got $rc)" test "$rc" = 1
+  check "naming both counts" has out.txt "2 ranks per node but 4 GPUs per node"
+}
+
+# LAUNCHER=mpirun: each MPI's flags for ranks per node, no binding and labelled output; the
+# container runs the program through apptainer exec --nv.
+test_train_mpirun_flavours() {
+  local flavour
+  declare -A expected=(
+    [openmpi]="mpirun -np 8 --map-by ppr:4:node --bind-to none --tag-output -x NCCL_DEBUG -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS $work/build"
+    [mpich]="mpirun -n 8 -ppn 4 -prepend-rank -bind-to none $work/build"
+    [intel]="mpirun -n 8 -ppn 4 -prepend-rank -genv I_MPI_PIN 0 $work/build")
+  for flavour in openmpi mpich intel; do
+    : >"$FAKE_LOG"
+    rm -rf "$run_dir"
+    submit LAUNCHER=mpirun FAKE_MPI=$flavour -- -N 2 slurm/train.sbatch
+    check "$flavour: exit 0 (got $rc)" test "$rc" = 0
+    check "$flavour: its flags" has "$FAKE_LOG" "${expected[$flavour]}"
+  done
+  submit LAUNCHER=mpirun FAKE_MPI=other -- slurm/train.sbatch
+  check "an unknown mpirun is refused (got $rc)" test "$rc" = 1
+  check "naming it" has out.txt "cannot tell which MPI mpirun belongs to"
+  # A container: a stand-in apptainer that runs the program from PATH.
+  cat >"$work/apptainer" <<'FAKE'
+#!/usr/bin/env bash
+echo "apptainer $*" >>"$FAKE_LOG"
+shift 3
+exec "$@"
+FAKE
+  chmod +x "$work/apptainer"
+  touch "$work/qarac.sif"
+  rm -rf "$run_dir"
+  : >"$FAKE_LOG"
+  submit PATH="$work:$PATH" QARAC_CONTAINER="$work/qarac.sif" -- slurm/train.sbatch
+  check "container: exit 0 (got $rc)" test "$rc" = 0
+  check "container: srun apptainer exec --nv" has "$FAKE_LOG" "--ntasks=4 $work/apptainer exec --nv $work/qarac.sif qarac-train --config"
+}
+
+# The scaling test over the fake ranks: strong at 1, 2, 4, 8, weak from W0 = 4, the model's
+# efficiencies, the given --base without the note about a tiny random one, and both ideals.
+test_scaling_run() {
+  if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then echo "jq or gnuplot missing: skipped"; exit 77; fi
+  mkdir -p base data
+  touch base/config.json base/model.safetensors data/{encode_decode,question_answering,reasoning,consistency}.h5
+  submit FAKE_TRAIN=scaling -- -N 2 slurm/scaling.sbatch --base base --data data
+  check "exit 0 (got $rc)" test "$rc" = 0
+  local csv=runs/scaling-4242/scaling.csv
+  check "no note about a tiny random base when --base is given" lacks out.txt "no base model"
+  check "no note about the sample data when --data is given" lacks out.txt "no task streams"
+  check "no warning for 40 timed steps" lacks out.txt "warning"
+  check "rows: strong 1 2 4 8, weak 4 8" test "$(cut -d, -f1,2 "$csv" | tail -n +2 | tr '\n' ' ')" = \
+    "weak,4 weak,8 strong,1 strong,2 strong,4 strong,8 "
+  # Efficiency is the fifth field from the end (the plan holds commas). The fake's model
+  # (tests/launch/fake/qarac-train), --batch 256: weak W = 4 and 8 both 256
+  # examples a rank, 1 ms each, plus 2 ms · log2 W; strong W = 1 1024 examples, W = 8 128.
+  check "weak efficiency at W = 8: 0.260 / 0.262" test "$(awk -F, '$1 == "weak" && $2 == 8 { print $(NF - 4) }' "$csv")" = 0.9924
+  check "strong efficiency at W = 8: 1.024 / (8 · 0.134)" test "$(awk -F, '$1 == "strong" && $2 == 8 { print $(NF - 4) }' "$csv")" = 0.9552
+  check "weak at W = 8 doubles each task's global batch" has runs/scaling-4242/logs/weak-w8.cmd "--task.ed.batch 512"
+  check "strong at W = 8 keeps it" has runs/scaling-4242/logs/strong-w8.cmd "--task.ed.batch 256"
+  check "srun with labels and a GPU per rank" has runs/scaling-4242/logs/strong-w8.cmd "srun --label --kill-on-bad-exit=1 --mpi=pmix --gpus-per-task=1 --gpu-bind=none -n 8 -N 2"
+  check "the weak ideal from W0 = 4" has runs/scaling-4242/scaling.svg "weak, ideal (from W0 = 4)"
+  check "the strong ideal from W0 = 1" has runs/scaling-4242/scaling.svg "strong, ideal (from W0 = 1)"
+}
+
+# A run too short for its figures, and one scaling more than linearly, are named in warnings.
+test_scaling_short() {
+  if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then echo "jq or gnuplot missing: skipped"; exit 77; fi
+  mkdir -p base data
+  touch base/config.json base/model.safetensors data/{encode_decode,question_answering,reasoning,consistency}.h5
+  submit FAKE_TRAIN=scaling FAKE_SUPERLINEAR=1 -- -N 2 slurm/scaling.sbatch --base base --data data --steps 12 --warmup-steps 2
+  check "exit 0 (got $rc)" test "$rc" = 0
+  check "too few timed steps" has out.txt "strong W=8: as few as 10 timed steps; the means need 20 at least"
+  check "more than linear" has out.txt "launch/scaling.sh: warning: weak W=8: efficiency 1.94 is above 1"
+}
+
+# The allocation's ranks per node against its GPUs per node, before anything runs.
+test_scaling_gpu_check() {
+  submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/scaling.sbatch
+  check "exit 1 (got $rc)" test "$rc" = 1
+  check "one line naming both counts" has out.txt "slurm/scaling.sbatch: error: 8 ranks per node but 4 GPUs per node"
+  check "nothing started" lacks "$FAKE_LOG" "srun"
+}
+
+declare -F "test_$case_name" >/dev/null || { echo "test_slurm.sh: no case '$case_name'" >&2; exit 2; }
+"test_$case_name"
+if ((failures)); then
+  echo "--- output of the last job:" >&2
+  cat out.txt >&2
+  echo "--- commands run (FAKE_LOG):" >&2
+  cat "$FAKE_LOG" >&2
+  exit 1
+fi
+echo "test_slurm.sh $case_name: every check holds"

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# launch/train-local.sh's launch command for each MPI it knows (stand-ins answering --version as
+# Open MPI's mpirun, MPICH's Hydra, Intel MPI's mpirun, and srun in an allocation), with the
+# ranks fitting the cores and oversubscribed, and an unknown launcher refused; then, with
+# MPIEXEC and BUILD given, a real run of the build's qarac-train --version under the build's own
+# MPI launcher, fitting and oversubscribed.
+#   bash tests/launch/test_train_local.sh [MPIEXEC BUILD_DIR]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+failures=0
+check() {   # check DESCRIPTION COMMAND...
+  local what=$1
+  shift
+  if ! "$@"; then echo "FAILED: $what" >&2; failures=$((failures + 1)); fi
+}
+has() { grep -qF -- "$2" "$1"; }
+
+work=$(mktemp -d)
+trap 'rm -rf -- "$work"' EXIT
+mkdir -p "$work/build/src/cli"
+ln -s "$repo/tests/launch/fake/qarac-train" "$work/build/src/cli/qarac-train"
+fake=$repo/tests/launch/fake
+# dry FLAVOUR RANKS: the printed command of train-local.sh under that launcher, in out.txt.
+dry() {
+  rc=0
+  env FAKE_MPI="$1" FAKE_LOG="$work/log" SLURM_JOB_ID=7 QARAC_BUILD="$work/build" PATH="$fake:$PATH" \
+    MPIRUN="$( [ "$1" = srun ] && echo srun || echo mpirun )" \
+    bash "$repo/launch/train-local.sh" -n "$2" --dry-run -- --x 1 >"$work/out.txt" 2>&1 || rc=$?
+}
+many=$(($(nproc) * 4 + 4))   # more ranks than cores whatever the machine
+declare -A fits=(
+  [openmpi]="mpirun -np 1 --map-by slot:PE="
+  [mpich]="mpirun -n 1 -bind-to core:"
+  [intel]="mpirun -n 1 -genv I_MPI_PIN_DOMAIN "
+  [srun]="srun --ntasks=1 --kill-on-bad-exit=1 --cpus-per-task=")
+declare -A oversubscribed=(
+  [openmpi]="mpirun -np $many --oversubscribe --bind-to none"
+  [mpich]="mpirun -n $many -bind-to none -genv OMP_NUM_THREADS 1 -genv OPENBLAS_NUM_THREADS 1"
+  [intel]="mpirun -n $many -genv I_MPI_PIN 0 -genv OMP_NUM_THREADS 1"
+  [srun]="srun --ntasks=$many --kill-on-bad-exit=1 --overcommit --cpu-bind=none")
+for flavour in openmpi mpich intel srun; do
+  dry "$flavour" 1
+  check "$flavour, 1 rank: exit 0 (got $rc)" test "$rc" = 0
+  check "$flavour, 1 rank: bound to its cores" has "$work/out.txt" "${fits[$flavour]}"
+  check "$flavour, 1 rank: the program last" has "$work/out.txt" "$work/build/src/cli/qarac-train --x 1"
+  dry "$flavour" "$many"
+  check "$flavour, $many ranks: exit 0 (got $rc)" test "$rc" = 0
+  check "$flavour, $many ranks: oversubscribed, unbound" has "$work/out.txt" "${oversubscribed[$flavour]}"
+done
+dry openmpi 1
+check "Open MPI: variables passed with -x" has "$work/out.txt" "-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS"
+dry other 2
+check "an unknown launcher is refused (got $rc)" test "$rc" = 1
+check "naming it" has "$work/out.txt" "cannot tell which MPI mpirun belongs to"
+
+if (($# == 2)); then
+  mpiexec=$1 build=$2
+  for ranks in 2 "$many"; do
+    rc=0
+    MPIRUN=$mpiexec QARAC_BUILD=$build bash "$repo/launch/train-local.sh" -n "$ranks" -- --version >"$work/out.txt" 2>&1 || rc=$?
+    check "$mpiexec, $ranks ranks: qarac-train --version exits 0 (got $rc)" test "$rc" = 0
+    check "$mpiexec, $ranks ranks: every rank answered" test "$(grep -c '^qarac-train ' "$work/out.txt")" = "$ranks"
+  done
+fi
+
+if ((failures)); then
+  echo "--- last output:" >&2
+  cat "$work/out.txt" >&2
+  exit 1
+fi
+echo "test_train_local.sh: every check holds"
