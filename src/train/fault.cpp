@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -19,8 +20,10 @@ Fault Fault::from_env() {
   if (!text || !*text) return f;
   char kind[16] = {};
   long long step = -1;
-  QARAC_INPUT_CHECK(std::sscanf(text, "%15[a-z]:%d:%lld", kind, &f.rank, &step) == 3,
-                    "QARAC_FAULT: '", text, "' is not <kill|stall|diverge|term>:<rank>:<step>");
+  unsigned long long seed = 0;
+  const int fields = std::sscanf(text, "%15[a-z]:%d:%lld:%llu", kind, &f.rank, &step, &seed);
+  QARAC_INPUT_CHECK(fields == 3 || (fields == 4 && std::string(kind) == "diverge"), "QARAC_FAULT: '", text,
+                    "' is not <kill|stall|diverge|term>:<rank>:<step> (diverge:<rank>:<step>:<seed>)");
   const std::string k = kind;
   f.kind = k == "kill"      ? Fault::kill
            : k == "stall"   ? Fault::stall
@@ -29,7 +32,20 @@ Fault Fault::from_env() {
                             : Fault::none;
   QARAC_INPUT_CHECK(f.kind != Fault::none, "QARAC_FAULT: unknown kind '", k, "' (kill, stall, diverge, term)");
   f.step = step;
+  f.seed = seed;
   return f;
+}
+
+std::pair<Parameter*, int64_t> Fault::pick_element(const ParameterList& candidates, uint64_t seed) {
+  ParameterList sized;
+  for (Parameter* p : candidates)
+    if (p->master.numel() > 0) sized.push_back(p);
+  QARAC_CHECK(!sized.empty(), "QARAC_FAULT: no weight to shift");
+  // mt19937_64's outputs are fixed by the standard (its distributions are not): the same draw
+  // on every platform.
+  std::mt19937_64 draw(seed);
+  Parameter* p = sized[draw() % sized.size()];
+  return {p, static_cast<int64_t>(draw() % static_cast<uint64_t>(p->master.numel()))};
 }
 
 void Fault::inject(int this_rank, int64_t this_step, const std::vector<parallel::ParameterGroup>& groups) const {
@@ -44,14 +60,17 @@ void Fault::inject(int this_rank, int64_t this_step, const std::vector<parallel:
   if (kind == stall)
     while (true) std::this_thread::sleep_for(std::chrono::hours(1));
   // A weight of a model other ranks hold too, so that the replicas disagree.
-  Parameter* target = nullptr;
+  ParameterList shared;
   for (const parallel::ParameterGroup& g : groups)
-    if (!target && g.ranks.size() > 1 && std::find(g.ranks.begin(), g.ranks.end(), rank) != g.ranks.end())
-      target = g.params.front();
-  QARAC_INPUT_CHECK(target, "QARAC_FAULT: diverge, but rank ", rank, " shares no model with another rank");
+    if (g.ranks.size() > 1 && std::find(g.ranks.begin(), g.ranks.end(), rank) != g.ranks.end())
+      shared.insert(shared.end(), g.params.begin(), g.params.end());
+  QARAC_INPUT_CHECK(!shared.empty(), "QARAC_FAULT: diverge, but rank ", rank, " shares no model with another rank");
+  const auto [target, element] = pick_element(shared, seed);
   Parameter& p = *target;
+  log::warn("QARAC_FAULT: seed ", seed, " shifts element ", element, " of ", p.master.numel(), " of ", p.name,
+            " by 1e-3");
   Tensor shifted = p.master.to(Device::cpu()).to(DType::f64).clone();
-  shifted.data<double>()[0] += 1e-3;
+  shifted.data<double>()[element] += 1e-3;
   p.assign(shifted);
 }
 
