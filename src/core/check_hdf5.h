@@ -7,7 +7,8 @@
 #include "core/error.h"
 
 namespace qarac::detail {
-// The innermost (most specific) description on the default HDF5 error stack, then clears it.
+// The innermost (most specific) description on the default HDF5 error stack, on one line (a failed
+// system call as "<what failed>: <the system's reason>"), then clears the stack.
 std::string hdf5_error_string();
 }  // namespace qarac::detail
 

@@ -1,6 +1,7 @@
 // hash64 and Fnv1a64 (core/hash.h).
 #include "core/hash.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace qarac {
@@ -27,22 +28,48 @@ uint64_t load_word(const unsigned char* p) {
 
 }  // namespace
 
-uint64_t hash64(const void* data, size_t n) {
+Hash64::Hash64() : lane_{kPrime1 + kPrime2, kPrime2, 0, 0 - kPrime1} {}
+
+// Whole 32-byte blocks go into the lanes as they come; a block cut between two calls waits in
+// pending_ for its end.
+void Hash64::bytes(const void* data, size_t n) {
+  if (n == 0) return;  // `data` may then be null, which memcpy must not see
   const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t lane[4] = {kPrime1 + kPrime2, kPrime2, 0, 0 - kPrime1};
+  total_ += n;
+  if (pending_bytes_ > 0) {
+    const size_t take = std::min(n, sizeof pending_ - pending_bytes_);
+    std::memcpy(pending_ + pending_bytes_, p, take);
+    pending_bytes_ += take;
+    p += take;
+    n -= take;
+    if (pending_bytes_ < sizeof pending_) return;
+    for (int k = 0; k < 4; ++k) lane_[k] = mix(lane_[k], load_word(pending_ + 8 * k));
+    pending_bytes_ = 0;
+  }
+  for (; n >= 32; p += 32, n -= 32)
+    for (int k = 0; k < 4; ++k) lane_[k] = mix(lane_[k], load_word(p + 8 * k));
+  std::memcpy(pending_, p, n);
+  pending_bytes_ = n;
+}
+
+// The length, the lanes, then the words and bytes the lanes did not take.
+uint64_t Hash64::value() const {
+  uint64_t h = total_ * kPrime3;
+  for (const uint64_t l : lane_) h = mix(h, l);
   size_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    for (int k = 0; k < 4; ++k) lane[k] = mix(lane[k], load_word(p + i + 8 * k));
-  // The length, the lanes, then the words and bytes the lanes did not take.
-  uint64_t h = static_cast<uint64_t>(n) * kPrime3;
-  for (const uint64_t l : lane) h = mix(h, l);
-  for (; i + 8 <= n; i += 8) h = mix(h, load_word(p + i));
-  if (i < n) {
+  for (; i + 8 <= pending_bytes_; i += 8) h = mix(h, load_word(pending_ + i));
+  if (i < pending_bytes_) {
     uint64_t w = 0;
-    std::memcpy(&w, p + i, n - i);
+    std::memcpy(&w, pending_ + i, pending_bytes_ - i);
     h = mix(h, w);
   }
   return h;
+}
+
+uint64_t hash64(const void* data, size_t n) {
+  Hash64 h;
+  h.bytes(data, n);
+  return h.value();
 }
 
 void Fnv1a64::bytes(const void* data, size_t n) {

@@ -21,6 +21,21 @@ namespace qarac {
 // (little-endian on every host the project builds for; core/hash.cpp asserts it).
 uint64_t hash64(const void* data, size_t bytes);
 
+// hash64 of bytes that arrive in pieces (a dataset written or read a block at a time): value()
+// is hash64 of all the pieces back to back, whatever their sizes.
+class Hash64 {
+ public:
+  Hash64();
+  void bytes(const void* data, size_t n);
+  uint64_t value() const;
+
+ private:
+  uint64_t lane_[4];
+  unsigned char pending_[32];  // the start of an unfinished 32-byte block
+  size_t pending_bytes_ = 0;
+  uint64_t total_ = 0;
+};
+
 class Fnv1a64 {
  public:
   void bytes(const void* data, size_t n);

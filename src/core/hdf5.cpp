@@ -1,8 +1,23 @@
+// HDF5 handles and helpers (core/hdf5.h).
 #include "core/hdf5.h"
 
 #include <algorithm>
 
 namespace qarac {
+namespace {
+
+// HDF5 closes every identifier still open at exit (an atexit handler). A file whose close failed
+// (its flush hit a full disk) stays registered, and closing it again crashes inside HDF5 (1.10:
+// H5F__close_cb): a program that reported the full disk would then die of SIGSEGV. Every file
+// of the project is closed explicitly, or abandoned after such an error on purpose, so the
+// handler has nothing useful left to do; it is turned off before the library initialises (this
+// runs before main, and H5dont_atexit must come before any other HDF5 call to count).
+const bool kNoHdf5ExitHandler = [] {
+  H5dont_atexit();
+  return true;
+}();
+
+}  // namespace
 
 namespace detail {
 H5Id make_h5_id(hid_t id, herr_t (*close)(hid_t), const char* stmt, const char* file, int line) {
@@ -25,6 +40,15 @@ H5Id hdf5_string_type(size_t length) {
   QARAC_CHECK_HDF5(H5Tset_strpad(type.get(), H5T_STR_NULLPAD));
   QARAC_CHECK_HDF5(H5Tset_cset(type.get(), H5T_CSET_UTF8));
   return type;
+}
+
+void check_hdf5_file(herr_t status, const std::string& context) {
+  if (status < 0) throw InputError(context + ": " + detail::hdf5_error_string());
+}
+
+H5Id hdf5_file_id(hid_t id, herr_t (*close)(hid_t), const std::string& context) {
+  check_hdf5_file(id < 0 ? -1 : 0, context);
+  return H5Id(id, close);
 }
 
 }  // namespace qarac

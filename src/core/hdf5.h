@@ -6,6 +6,7 @@
 #include <hdf5.h>
 
 #include <cstddef>
+#include <string>
 
 #include "core/check_hdf5.h"
 
@@ -15,7 +16,7 @@ namespace qarac {
 class H5Id {
  public:
   H5Id() = default;
-  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  H5Id(hid_t id, herr_t (*closer)(hid_t)) : id_(id), close_(closer) {}
   ~H5Id() { reset(); }
   H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
   H5Id& operator=(H5Id&& o) noexcept {
@@ -32,9 +33,20 @@ class H5Id {
 
   hid_t get() const { return id_; }
   bool valid() const { return id_ >= 0; }
+  // Closes the identifier; a failed close is not retried (HDF5 may already have freed part of
+  // what the identifier held, and a second close of a file can crash), nor reported: writers,
+  // which must know whether a close succeeded, call close().
   void reset() {
     if (id_ >= 0) close_(id_);
     id_ = -1;
+  }
+  // Closes now and returns HDF5's status, for writers to check: closing a dataset writes what HDF5
+  // still buffers of it (a contiguous write of up to 64 KiB sits in its sieve buffer until then),
+  // closing a file writes the rest. Like reset(), never retried.
+  herr_t close() {
+    const hid_t id = id_;
+    id_ = -1;
+    return id >= 0 ? close_(id) : 0;
   }
 
  private:
@@ -52,6 +64,12 @@ void silence_hdf5_stack_printing();
 
 // A fixed-length, NUL-padded UTF-8 string type of `length` bytes (at least 1).
 H5Id hdf5_string_type(size_t length);
+
+// HDF5 failures that are the file's, not the program's (damage, a full disk, an I/O error): a
+// one-line InputError "<context>: <HDF5's reason>", where the context names the file and what was
+// read or written ("run/x.h5: cannot read 'fields/text/tokens'").
+void check_hdf5_file(herr_t status, const std::string& context);
+H5Id hdf5_file_id(hid_t id, herr_t (*close)(hid_t), const std::string& context);
 
 }  // namespace qarac
 

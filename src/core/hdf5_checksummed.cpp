@@ -66,11 +66,14 @@ H5Id dataspace(const Shape& dims) {
 }  // namespace
 
 // ---- Writing ---------------------------------------------------------------------------------
+// Every HDF5 failure while writing is the file's (a full disk, a quota, an I/O error): a one-line
+// InputError naming it, as the reader's are. HDF5 buffers writes (a dataset's until it is closed,
+// metadata until the file is), so every close is checked too.
 ChecksummedH5Writer::ChecksummedH5Writer(std::string path, const H5FileKind& kind) : path_(std::move(path)) {
   silence_hdf5_stack_printing();
   H5Id fapl = file_access();
-  file_ = H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
-  if (file_ < 0) throw InputError(detail::concat(path_, ": cannot create: ", detail::hdf5_error_string()));
+  file_ = hdf5_file_id(H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose,
+                       path_ + ": cannot create");
   // Groups along a dataset's path are created with it.
   lcpl_ = QARAC_H5_ID(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   QARAC_CHECK_HDF5(H5Pset_create_intermediate_group(lcpl_.get(), 1));
@@ -78,9 +81,11 @@ ChecksummedH5Writer::ChecksummedH5Writer(std::string path, const H5FileKind& kin
   write_attr_i64("version", kind.version);
 }
 
+// Objects before the file; the file is closed at most once (finish() closes it, whatever that
+// gives, and gives it up).
 ChecksummedH5Writer::~ChecksummedH5Writer() {
   lcpl_.reset();
-  if (file_ >= 0) H5Fclose(file_);
+  file_.reset();
 }
 
 void ChecksummedH5Writer::write(const std::string& name, const Tensor& tensor) {
@@ -106,41 +111,55 @@ void ChecksummedH5Writer::write_text(const std::string& name, const std::string&
 }
 
 void ChecksummedH5Writer::finish() {
+  QARAC_CHECK(file_.valid(), path_, ": finish() on a closed file");
   const uint64_t sum = checksum(digests_);
-  H5Id space = dataspace({});
-  H5Id attr = QARAC_H5_ID(H5Acreate2(file_, "checksum", H5T_STD_U64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
-                          H5Aclose);
-  QARAC_CHECK_HDF5(H5Awrite(attr.get(), H5T_NATIVE_UINT64, &sum));
-  attr.reset();
+  {
+    H5Id space = dataspace({});
+    H5Id attr = id(H5Acreate2(file_.get(), "checksum", H5T_STD_U64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                   H5Aclose, "attribute 'checksum'");
+    check(H5Awrite(attr.get(), H5T_NATIVE_UINT64, &sum), "attribute 'checksum'");
+    check(attr.close(), "attribute 'checksum'");
+  }
   write_attr_i64("complete", 1);
   lcpl_.reset();
-  const hid_t file = file_;
-  file_ = -1;
-  if (H5Fclose(file) < 0)
-    throw InputError(detail::concat(path_, ": closing failed: ", detail::hdf5_error_string()));
+  check(file_.close(), "the rest (closing the file)");
 }
 
 void ChecksummedH5Writer::write_raw(const std::string& name, hid_t type, const Shape& dims, const void* data,
                                     size_t bytes) {
+  const std::string what = "dataset '" + name + "'";
   H5Id space = dataspace(dims);
-  H5Id dset = QARAC_H5_ID(
-      H5Dcreate2(file_, name.c_str(), type, space.get(), lcpl_.get(), H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-  if (bytes > 0) QARAC_CHECK_HDF5(H5Dwrite(dset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+  H5Id dset = id(H5Dcreate2(file_.get(), name.c_str(), type, space.get(), lcpl_.get(), H5P_DEFAULT, H5P_DEFAULT),
+                 H5Dclose, what);
+  if (bytes > 0) check(H5Dwrite(dset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
+  check(dset.close(), what);
   digests_[name] = digest(name, H5Tget_class(type), H5Tget_size(type), dims, hash64(data, bytes));
 }
 
 void ChecksummedH5Writer::write_attr(const char* name, const std::string& value) {
+  const std::string what = detail::concat("attribute '", name, "'");
   H5Id type = hdf5_string_type(value.size());
   H5Id space = dataspace({});
-  H5Id attr = QARAC_H5_ID(H5Acreate2(file_, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  QARAC_CHECK_HDF5(H5Awrite(attr.get(), type.get(), value.c_str()));
+  H5Id attr = id(H5Acreate2(file_.get(), name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose, what);
+  check(H5Awrite(attr.get(), type.get(), value.c_str()), what);
+  check(attr.close(), what);
 }
 
 void ChecksummedH5Writer::write_attr_i64(const char* name, int64_t value) {
+  const std::string what = detail::concat("attribute '", name, "'");
   H5Id space = dataspace({});
-  H5Id attr =
-      QARAC_H5_ID(H5Acreate2(file_, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  QARAC_CHECK_HDF5(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value));
+  H5Id attr = id(H5Acreate2(file_.get(), name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose, what);
+  check(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value), what);
+  check(attr.close(), what);
+}
+
+void ChecksummedH5Writer::check(herr_t status, const std::string& what) const {
+  if (status < 0) check_hdf5_file(status, path_ + ": writing " + what);
+}
+
+H5Id ChecksummedH5Writer::id(hid_t handle, herr_t (*close)(hid_t), const std::string& what) const {
+  check(handle < 0 ? -1 : 0, what);
+  return H5Id(handle, close);
 }
 
 // ---- Reading ---------------------------------------------------------------------------------
@@ -265,9 +284,13 @@ H5Dataset ChecksummedH5Reader::read_dataset(const std::string& name, const Keep&
   }
   if (!out.is_text && H5Tget_order(type.get()) != H5T_ORDER_LE) fail(what + " is not little-endian");
   // Contiguous storage holds exactly the elements: anything else is damage, and would otherwise
-  // have us allocate what the header claims.
-  const uint64_t bytes = static_cast<uint64_t>(shape_numel(out.shape)) * size;
-  if (bytes > file_size_ || H5Dget_storage_size(dset.get()) != bytes)
+  // have us allocate what the header claims. The product is formed without overflow (dims are
+  // the file's word).
+  uint64_t bytes = size;
+  bool overflow = false;
+  for (const hsize_t d : dims)
+    overflow = overflow || d > static_cast<hsize_t>(INT64_MAX) || __builtin_mul_overflow(bytes, d, &bytes);
+  if (overflow || bytes > file_size_ || H5Dget_storage_size(dset.get()) != bytes)
     fail(what + " does not hold the bytes its shape needs (the file is damaged)");
 
   std::vector<char> text;

@@ -38,12 +38,14 @@ class ChecksummedH5Writer {
   // Creates `path` (an AtomicFile's temp_path(): core/atomic_file.h), replacing any file there,
   // with the attributes format and version. InputError naming `path` when it cannot.
   ChecksummedH5Writer(std::string path, const H5FileKind& kind);
-  // A write that threw midway: the file is closed unchecked, unsealed; its caller removes it.
+  // A write that threw midway: the file is closed unchecked (once), unsealed; its caller removes
+  // it. Never throws.
   ~ChecksummedH5Writer();
   ChecksummedH5Writer(const ChecksummedH5Writer&) = delete;
   ChecksummedH5Writer& operator=(const ChecksummedH5Writer&) = delete;
 
-  // `name` is a path ("optimizer/m/w"): the groups along it are created with the dataset.
+  // `name` is a path ("optimizer/m/w"): the groups along it are created with the dataset. A
+  // failed write (a full disk) is an InputError "<path>: writing <what>: <reason>".
   void write(const std::string& name, const Tensor& tensor);  // f32, f64, i32, i64, any device
   void write_i64(const std::string& name, int64_t value);      // scalars
   void write_u64(const std::string& name, uint64_t value);
@@ -60,9 +62,11 @@ class ChecksummedH5Writer {
   void write_raw(const std::string& name, hid_t type, const Shape& dims, const void* data, size_t bytes);
   void write_attr(const char* name, const std::string& value);
   void write_attr_i64(const char* name, int64_t value);
+  void check(herr_t status, const std::string& what) const;
+  H5Id id(hid_t handle, herr_t (*close)(hid_t), const std::string& what) const;
 
   std::string path_;
-  hid_t file_ = -1;  // not an H5Id: finish() must see whether closing, which flushes, succeeded
+  H5Id file_;
   H5Id lcpl_;
   // Per dataset, by path (the checksum is over name order), the words the checksum covers.
   std::map<std::string, std::vector<uint64_t>> digests_;

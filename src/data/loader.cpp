@@ -173,15 +173,20 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
 
     Stream s;
     s.slot = slot;
+    s.path = path;
     s.info = file.info();
     s.size = file.examples();
     QARAC_INPUT_CHECK(s.size > 0, path, ": holds no example");
+    StreamContents contents = file.read_all();
+    QARAC_INPUT_CHECK(options.vocab_size <= 0 || contents.max_token < options.vocab_size, path, ": token id ",
+                      contents.max_token, " is outside the model's vocabulary of ", options.vocab_size,
+                      " ids (was the stream made with another tokenizer?)");
+    s.checksum = contents.checksum;
+    s.fields = std::move(contents.fields);
+    s.labels = std::move(contents.labels);
     s.cost.assign(static_cast<size_t>(s.size), 0);
-    for (size_t f = 0; f < task_fields(slot.task).size(); ++f) {
-      s.fields.push_back(file.read_field(static_cast<int>(f), 0, s.size));
-      for (int64_t i = 0; i < s.size; ++i) s.cost[i] += s.fields.back().length(i);
-    }
-    if (task_has_label(slot.task)) s.labels = file.read_labels(0, s.size);
+    for (const Ragged& field : s.fields)
+      for (int64_t i = 0; i < s.size; ++i) s.cost[i] += field.length(i);
     s.order = shuffled_order(s.size, options.seed, 0, slot.task);
     log::debug(task_name(slot.task), ": rank ", slot.group_rank, "/", slot.group_size, " holds the ",
                s.size, " examples of ", path);
@@ -252,7 +257,7 @@ StepBatch Loader::next() {
 LoaderCursor Loader::cursor() const {
   LoaderCursor c;
   c.step = step_;
-  for (const Stream& s : streams_) c.tasks.push_back({s.slot.task, s.epoch, s.position});
+  for (const Stream& s : streams_) c.tasks.push_back({s.slot.task, s.epoch, s.position, s.checksum});
   return c;
 }
 
@@ -265,8 +270,13 @@ void Loader::restore(const LoaderCursor& c) {
     const Stream& s = streams_[i];
     QARAC_INPUT_CHECK(t.task == s.slot.task, "data cursor: task ", i, " is ", task_name(t.task),
                       ", this rank runs ", task_name(s.slot.task));
-    QARAC_INPUT_CHECK(t.epoch >= 0 && t.position >= 0 && t.position <= s.size, "data cursor: ",
-                      task_name(t.task), " position ", t.position, " of epoch ", t.epoch,
+    QARAC_INPUT_CHECK(t.stream_checksum == 0 || t.stream_checksum == s.checksum, s.path,
+                      ": the checkpoint was made with another task stream (checksum ", std::hex, std::showbase,
+                      t.stream_checksum, ", this file ", s.checksum, ")");
+    // Epochs past kEpochBits cannot be named in an example's identity (example_id).
+    QARAC_INPUT_CHECK(t.epoch >= 0 && t.epoch < (int64_t{1} << kEpochBits) && t.position >= 0 &&
+                          t.position <= s.size,
+                      "data cursor: ", task_name(t.task), " position ", t.position, " of epoch ", t.epoch,
                       " is outside the stream of ", s.size, " examples (other data?)");
   }
   step_ = c.step;

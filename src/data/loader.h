@@ -61,6 +61,7 @@ struct LoaderOptions {
   uint64_t seed = 0;
   int64_t global_batch = 64;   // examples of a task per optimizer step, over all its ranks
   std::string tokenizer_hash;  // non-empty: every file must come from this tokenizer
+  int64_t vocab_size = 0;      // non-zero: every token id must be below it (the model's vocabulary)
 };
 
 // One field of a batch without padding: sequence b is tokens[starts[b], starts[b+1]).
@@ -117,11 +118,14 @@ struct StepBatch {
 };
 
 // Where a task's stream stands: the next global batch starts at `position` of the order of
-// `epoch`. The same on every rank of the task.
+// `epoch`. The same on every rank of the task. `stream_checksum` is the content checksum of the
+// stream it was taken on (TaskStreamFile::read_all), so that a cursor is never applied to another
+// stream of the same size; 0 stands for "unknown" (a checkpoint from before it) and is accepted.
 struct TaskCursor {
   Task task = Task::encode_decode;
   int64_t epoch = 0;
   int64_t position = 0;
+  uint64_t stream_checksum = 0;
 };
 
 struct LoaderCursor {
@@ -131,14 +135,16 @@ struct LoaderCursor {
 
 class Loader {
  public:
-  // Opens <data_dir>/<task>.h5 for every task of the plan and reads the whole stream. InputError
-  // when a file is missing, invalid or empty, or the files disagree on the tokenizer.
+  // Opens <data_dir>/<task>.h5 for every task of the plan and reads the whole stream, checking its
+  // checksum. InputError when a file is missing, invalid, damaged or empty, the files disagree on
+  // the tokenizer, or a token id is outside options.vocab_size.
   Loader(const RankPlan& plan, const LoaderOptions& options);
 
   // This rank's part of every task's next global batch, in plan order.
   StepBatch next();
   LoaderCursor cursor() const;  // the position of the next call to next()
-  // InputError when the cursor names other tasks or lies outside a stream (other data).
+  // InputError when the cursor names other tasks, lies outside a stream or was taken on a stream
+  // with another checksum (other data).
   void restore(const LoaderCursor& cursor);
 
   const StreamInfo& info(size_t slot) const { return streams_[slot].info; }
@@ -149,6 +155,8 @@ class Loader {
     TaskSlot slot;
     StreamInfo info;
     int64_t size = 0;              // examples in the file
+    std::string path;
+    uint64_t checksum = 0;         // of the stream's content, as read
     std::vector<Ragged> fields;    // the whole stream's tokens, field by field
     std::vector<int8_t> labels;
     std::vector<int64_t> cost;     // tokens of all fields, per example

@@ -1,12 +1,9 @@
-// The machinery the raw-format readers share (see reader_util.h): text helpers, line input
-// (POSIX getline, any line length, so that every message can name the line) and the per-file
+// The machinery the raw-format readers share (see reader_util.h): text helpers and the per-file
 // accounting of what a reader delivers, skips and finds malformed.
 #include "data/reader_util.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -46,33 +43,6 @@ std::string quote(std::string_view s) {
 }
 
 bool starts_with_bom(const std::string& s) { return s.rfind("\xEF\xBB\xBF", 0) == 0; }
-
-// ---- Line input ------------------------------------------------------------------------------
-LineFile::LineFile(const std::string& path) : path_(path) {
-  file_ = std::fopen(path.c_str(), "rb");
-  if (!file_) throw InputError(detail::concat(path, ": cannot open: ", std::strerror(errno)));
-}
-
-LineFile::~LineFile() {
-  std::free(buf_);
-  std::fclose(file_);
-}
-
-bool LineFile::next(std::string& line) {
-  const ssize_t n = ::getline(&buf_, &cap_, file_);
-  if (n < 0) {
-    if (std::ferror(file_))
-      throw InputError(detail::concat(path_, ":", line_no_ + 1, ": read error: ",
-                                      std::strerror(errno)));
-    return false;
-  }
-  ++line_no_;
-  size_t len = static_cast<size_t>(n);
-  if (len > 0 && buf_[len - 1] == '\n') --len;
-  if (len > 0 && buf_[len - 1] == '\r') --len;
-  line.assign(buf_, len);
-  return true;
-}
 
 // ---- Per-file reading state ------------------------------------------------------------------
 Reader::Reader(const std::string& path, OnError on_error, const ExampleSink& sink)

@@ -1,17 +1,17 @@
-// The machinery the raw-format readers share (internal to readers.cpp and its pieces): files
-// read line by line, the per-file accounting of examples, skips and malformed records, the
-// table drivers every tabular format goes through (table_reader.cpp), and the entry point of
-// each format (dataset_formats.cpp).
+// The machinery the raw-format readers share (internal to readers.cpp and its pieces): the
+// per-file accounting of examples, skips and malformed records, the table drivers every tabular
+// format goes through (table_reader.cpp), and the entry point of each format
+// (dataset_formats.cpp). Files are read a line at a time (data/line_file.h).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "data/line_file.h"
 #include "data/readers.h"
 
 namespace qarac::data::raw {
@@ -28,26 +28,6 @@ std::string lower(std::string s);
 // long values cut (at a character boundary) so that it stays readable.
 std::string quote(std::string_view s);
 bool starts_with_bom(const std::string& s);
-
-// ---- Line input ------------------------------------------------------------------------------
-// A text file read one line at a time; lines come without "\n" or "\r\n".
-class LineFile {
- public:
-  explicit LineFile(const std::string& path);
-  ~LineFile();
-  LineFile(const LineFile&) = delete;
-  LineFile& operator=(const LineFile&) = delete;
-
-  bool next(std::string& line);
-  int64_t line_no() const { return line_no_; }
-
- private:
-  std::string path_;
-  std::FILE* file_ = nullptr;
-  char* buf_ = nullptr;
-  size_t cap_ = 0;
-  int64_t line_no_ = 0;
-};
 
 // ---- Per-file reading state ------------------------------------------------------------------
 class Reader {

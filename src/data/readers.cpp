@@ -62,7 +62,7 @@ int64_t ReadStats::skipped_total() const {
 ReadStats read_examples(const std::string& path, Format format, OnError on_error,
                         const ExampleSink& sink) {
   raw::Reader r(path, on_error, sink);
-  raw::LineFile in(path);
+  LineFile in(path);
   switch (format) {
     case Format::text: raw::read_text(r, in); break;
     case Format::wikiqa: raw::read_tsv(r, in, raw::wikiqa_format()); break;

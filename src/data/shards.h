@@ -3,8 +3,10 @@
 // tokens plus example offsets, so that any contiguous range of examples is two hyperslab reads
 // per field; a rank reads its share and nothing else. A question_answering stream may also hold
 // each example's candidate sentences (the held-out evaluation's answer selection), a ragged array
-// of sentences plus example offsets into it; the loader never reads them. Files are written under
-// a temporary name and renamed only when complete: a reader never sees a half-written stream.
+// of sentences plus example offsets into it; the loader reads them only to check the content
+// checksum, which covers every example's datasets and tells two streams apart (a resumed run
+// refuses a stream other than its checkpoint's). Files are written under a temporary name and
+// renamed only when complete: a reader never sees a half-written stream.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +20,20 @@
 #include "data/task.h"
 
 namespace qarac::data {
+namespace stream {
+struct Column;  // stream_layout.h
+}
 
 // Written in the root attribute `format`; `version` changes with any incompatible layout change.
-// Optional datasets that a reader may ignore (the candidates, sources/candidates) are no such
-// change: files with and without them are version 1 and every build reads both.
+// Optional datasets and attributes that a reader may ignore (the candidates, sources/candidates,
+// the checksum) are no such change: files with and without them are version 1 and every build
+// reads both.
 constexpr const char* kStreamFormat = "qarac-task-stream";
 constexpr int kStreamVersion = 1;
+// The longest chunk of a dataset, in elements: the writer buffers a chunk per dataset and HDF5
+// compresses a chunk whole, so a chunk of 2^24 (128 MiB of offsets) is already far past any gain
+// (the default is 2^16 tokens); HDF5's own bound (4 GiB a chunk) is never reached.
+constexpr int64_t kMaxChunkElements = int64_t{1} << 24;
 
 // Where the examples of a stream came from, and what was dropped on the way.
 struct SourceInfo {
@@ -47,6 +57,9 @@ struct StreamInfo {
   int64_t max_length = 0;      // the longest a field may be (tokens, specials included)
   std::string created_by;      // the program that made it; the writer adds QARAC-MT's version
   std::vector<SourceInfo> sources;
+  // The content checksum the file stores (root attribute `checksum`, stream::content_checksum);
+  // 0 for files of qarac-preps before it, which carry none.
+  uint64_t checksum = 0;
 };
 
 struct WriterOptions {
@@ -74,10 +87,12 @@ class TaskStreamWriter {
               const std::vector<std::vector<int32_t>>& candidates = {});
   int64_t examples() const { return examples_; }
 
-  // Writes the remaining buffers and the metadata (info.task, examples, field_tokens and the
-  // candidate counts are taken from the writer), then closes the temporary file and puts it on
-  // disk (fsync).
+  // Writes the remaining buffers and the metadata (info.task, examples, field_tokens, the
+  // candidate counts and the checksum are taken from the writer), then closes the temporary file
+  // and puts it on disk (fsync). Every failure to write (a full disk) is a one-line InputError
+  // naming the temporary file, which the destructor removes.
   void finish(StreamInfo info);
+  uint64_t checksum() const { return checksum_; }  // after finish()
   // Renames the finished temporary file over `path` (and fsyncs the folder).
   void publish();
 
@@ -92,11 +107,11 @@ class TaskStreamWriter {
   WriterOptions options_;
   H5Id file_;
   std::vector<Field> fields_;
-  H5Id labels_;
+  std::unique_ptr<stream::Column> labels_;  // consistency only
   std::vector<int8_t> label_buf_;
-  int64_t labels_written_ = 0;
   std::unique_ptr<CandidateDatasets> candidates_;  // null until an example has candidates
   int64_t examples_ = 0;
+  uint64_t checksum_ = 0;
   bool finished_ = false, published_ = false;
 };
 
@@ -120,11 +135,21 @@ struct Candidates {
   int64_t size(int64_t i) const { return offsets[i + 1] - offsets[i]; }
 };
 
+// Every example of a stream, as the loader keeps it.
+struct StreamContents {
+  std::vector<Ragged> fields;  // task_fields() order, each whole (offsets from 0)
+  std::vector<int8_t> labels;  // consistency only
+  uint64_t checksum = 0;       // stream::content_checksum of the file's examples, as read
+  int32_t max_token = -1;      // the largest token id of the fields
+};
+
 // A task-stream file opened for reading. Opening reads the metadata only.
 class TaskStreamFile {
  public:
   // InputError when the file is missing, not HDF5, not a task stream, of another version, or
-  // inconsistent (offsets that do not match the tokens or sentences they index).
+  // inconsistent (offsets that do not match the tokens or sentences they index, extents beyond
+  // the bytes stored). Every read is checked the same way: any failure, HDF5's included (a
+  // corrupt compressed chunk), is a one-line InputError naming the file and the dataset.
   explicit TaskStreamFile(const std::string& path);
 
   const std::string& path() const { return path_; }
@@ -141,6 +166,11 @@ class TaskStreamFile {
   // The candidates of examples [begin, end): three hyperslab reads (example offsets, sentence
   // offsets, tokens), each set of offsets checked before use, as in read_field.
   Candidates read_candidates(int64_t begin, int64_t end) const;
+  // Every example (the candidates only to hash them, a block at a time), checked against the
+  // checksum the file stores: a mismatch, a negative token id or a stream too large for memory is
+  // an InputError naming the file. Files without a checksum (older qarac-preps) are not checked
+  // but get one computed all the same.
+  StreamContents read_all() const;
 
  private:
   std::string path_;

@@ -106,6 +106,13 @@ void TokenizerTables::finish(const std::string& where) {
   int64_t size = 0;
   for (const auto& [token, id] : vocab) size = std::max<int64_t>(size, int64_t{id} + 1);
   for (const AddedToken& t : added) size = std::max<int64_t>(size, int64_t{t.id} + 1);
+  // Vocabularies number their tokens densely (added tokens may leave a few ids unused); the id
+  // tables are as long as the largest id, so a file of a few tokens with huge ids would cost
+  // gigabytes. More unused ids than kMaxUnusedIds is refused.
+  const int64_t used = static_cast<int64_t>(vocab.size() + added.size());
+  if (size - used > kMaxUnusedIds)
+    fail(where, "ids reach ", size - 1, " but only ", used, " tokens are defined (at most ", kMaxUnusedIds,
+         " unused ids are taken)");
   tokens.assign(static_cast<size_t>(size), std::string());
   present.assign(static_cast<size_t>(size), 0);
   special.assign(static_cast<size_t>(size), 0);
@@ -123,6 +130,12 @@ void TokenizerTables::finish(const std::string& where) {
     present[t.id] = 1;
     special[t.id] = t.special;
   }
+  // The post-processor's ids go into every encoded text and from there into task streams and
+  // embedding lookups: each must be a token of the vocabulary.
+  for (const std::vector<int32_t>* ids : {&prefix, &suffix})
+    for (const int32_t id : *ids)
+      if (static_cast<size_t>(id) >= present.size() || !present[id])
+        fail(where, "post_processor: id ", id, " is not in the vocabulary (", present.size(), " ids)");
   bytes.resize(tokens.size());
   for (size_t id = 0; id < tokens.size(); ++id) bytes[id] = token_bytes(tokens[id]);
 
@@ -189,6 +202,10 @@ const std::string& Tokenizer::token(int32_t id) const {
 bool Tokenizer::is_special(int32_t id) const {
   tables_->check_id(id);
   return tables_->special[id] != 0;
+}
+
+bool Tokenizer::has_id(int32_t id) const {
+  return id >= 0 && static_cast<size_t>(id) < tables_->present.size() && tables_->present[id];
 }
 
 int32_t Tokenizer::bos_id() const { return tables_->bos; }

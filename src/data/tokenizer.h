@@ -68,6 +68,8 @@ class Tokenizer {
   // The vocabulary form of an id; qarac::Error outside the vocabulary.
   const std::string& token(int32_t id) const;
   bool is_special(int32_t id) const;
+  // Whether `id` stands for a token: below vocab_size() and not in a gap between ids.
+  bool has_id(int32_t id) const;
 
   int32_t bos_id() const;   // <s>
   int32_t eos_id() const;   // </s>

@@ -26,9 +26,17 @@ using detail::fail;
 using detail::quote;
 using detail::TokenizerTables;
 
+// The largest tokenizer file taken: public tokenizer.json files are a few MB (XLM-R's 17 MB), and
+// the file is read whole and parsed into a JSON tree several times its size.
+constexpr uintmax_t kMaxFileBytes = uintmax_t{256} << 20;
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open (", std::strerror(errno), ")");
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(path, ec);
+  if (!ec && bytes > kMaxFileBytes)
+    fail(path, bytes, " bytes, more than the ", kMaxFileBytes >> 20, " MiB a tokenizer file is taken with");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) fail(path, "cannot read (", std::strerror(errno), ")");
   return text;

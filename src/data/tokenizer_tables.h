@@ -20,6 +20,8 @@ namespace qarac::data::detail {
 struct TokenizerTables {
   // Ids are at most this: a bound that keeps a corrupt file from allocating gigabytes.
   static constexpr int64_t kMaxId = int64_t{1} << 24;
+  // Ids below the largest that name no token (TokenizerTables::finish).
+  static constexpr int64_t kMaxUnusedIds = int64_t{1} << 16;
 
   // As read from the files.
   std::unordered_map<std::string, int32_t> vocab;      // the model's vocabulary

@@ -3,6 +3,7 @@
 // parameter is written.
 #include "io/hf_checkpoint.h"
 
+#include <cmath>
 #include <filesystem>
 #include <set>
 #include <vector>
@@ -44,6 +45,59 @@ void require_file(const fs::path& dir, const char* file) {
                     " needs config.json and model.safetensors)", hint);
 }
 
+// The index of the first NaN or infinity of a floating tensor (on the CPU), -1 when none.
+int64_t first_non_finite(const Tensor& t) {
+  const int64_t n = t.numel();
+  switch (t.dtype()) {
+    case DType::f32:
+      for (int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(t.data<float>()[i])) return i;
+      return -1;
+    case DType::f64:
+      for (int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(t.data<double>()[i])) return i;
+      return -1;
+    case DType::bf16:  // all exponent bits set: infinity or NaN
+      for (int64_t i = 0; i < n; ++i)
+        if ((t.data<bf16>()[i].bits & 0x7f80u) == 0x7f80u) return i;
+      return -1;
+    case DType::i32:
+    case DType::i64: return -1;
+  }
+  return -1;
+}
+
+// The sizes of config.json that decide how much the model allocates, checked against the tensors
+// the weights file really holds before anyone allocates them: the embedding tables fix the
+// vocabulary, positions, token types and width, and every layer up to num_hidden_layers must be
+// there. A config that lies about its sizes then costs no more memory than the file it came with.
+void check_config_against_weights(const RobertaConfig& c, const TensorMap& encoder, const std::string& config,
+                                  const std::string& weights) {
+  const int64_t h = c.hidden_size;
+  const std::pair<const char*, Shape> tables[] = {
+      {"embeddings.word_embeddings.weight", {c.vocab_size, h}},
+      {"embeddings.position_embeddings.weight", {c.max_position_embeddings, h}},
+      {"embeddings.token_type_embeddings.weight", {c.type_vocab_size, h}},
+      {"embeddings.LayerNorm.weight", {h}},
+  };
+  for (const auto& [name, shape] : tables) {
+    const auto it = encoder.find(name);
+    QARAC_INPUT_CHECK(it != encoder.end(), weights, ": tensor '", name, "' is missing (expected shape ",
+                      shape_str(shape), " from ", config, ")");
+    QARAC_INPUT_CHECK(it->second.shape() == shape, config, ": its sizes make '", name, "' ", shape_str(shape),
+                      ", but ", weights, " holds ", shape_str(it->second.shape()));
+  }
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    const std::string name = "encoder.layer." + std::to_string(layer) + ".intermediate.dense.weight";
+    const auto it = encoder.find(name);
+    QARAC_INPUT_CHECK(it != encoder.end(), config, ": num_hidden_layers is ", c.num_layers, ", but ", weights,
+                      " has no '", name, "'");
+    QARAC_INPUT_CHECK(it->second.shape() == Shape({c.intermediate_size, h}), config, ": its sizes make '", name,
+                      "' ", shape_str({c.intermediate_size, h}), ", but ", weights, " holds ",
+                      shape_str(it->second.shape()));
+  }
+}
+
 }  // namespace
 
 HfRoberta read_hf_roberta(const std::string& dir) {
@@ -59,15 +113,23 @@ HfRoberta read_hf_roberta(const std::string& dir) {
   model.config = read_hf_config((root / "config.json").string());
   const std::string weights = (root / "model.safetensors").string();
   std::vector<std::string> skipped;
+  // A NaN or an infinity in a starting point poisons the first step; it is refused here, naming
+  // the tensor, rather than found by the trainer as a non-finite gradient.
+  auto finite = [&](const std::string& stored_name, Tensor&& tensor) {
+    const int64_t at = first_non_finite(tensor);
+    QARAC_INPUT_CHECK(at < 0, weights, ": tensor '", printable(stored_name),
+                      "' holds a non-finite value (NaN or infinity) at element ", at);
+    return std::move(tensor);
+  };
   for (auto& [stored_name, tensor] : read_safetensors(weights)) {
     std::string name = stored_name;
     if (starts_with(name, "roberta.")) name.erase(0, 8);
     if (starts_with(name, "lm_head.")) {
-      model.lm_head.emplace(name.substr(8), std::move(tensor));
+      model.lm_head.emplace(name.substr(8), finite(stored_name, std::move(tensor)));
     } else if ((starts_with(name, "embeddings.") || starts_with(name, "encoder.")) &&
                // Index buffers that older transformers versions saved beside the weights.
                name != "embeddings.position_ids" && name != "embeddings.token_type_ids") {
-      model.encoder.emplace(std::move(name), std::move(tensor));
+      model.encoder.emplace(std::move(name), finite(stored_name, std::move(tensor)));
     } else {
       skipped.push_back(stored_name);
     }
@@ -75,6 +137,8 @@ HfRoberta read_hf_roberta(const std::string& dir) {
   QARAC_INPUT_CHECK(
       !model.encoder.empty(), weights, ": no RoBERTa encoder tensors (expected",
       " names like 'roberta.embeddings.word_embeddings.weight'); found only: ", name_list(skipped));
+  check_config_against_weights(model.config, model.encoder, (root / "config.json").string(), weights);
+
   if (!skipped.empty())
     log::info(weights, ": skipped ", skipped.size(),
               " tensors that are neither encoder nor lm_head: ", name_list(skipped));

@@ -19,6 +19,9 @@ struct HfRoberta {
 
 // Reads DIR/config.json and DIR/model.safetensors. Accepts names with the "roberta." prefix or
 // bare; "lm_head.*" goes to `lm_head`; other tensors (e.g. a pooler) are skipped with a log line.
+// Before returning (so before anyone allocates a model of the config's sizes) it checks the sizes
+// against the tensors the file holds (embedding tables, one tensor per layer) and refuses a NaN
+// or an infinity in any tensor kept: InputErrors naming the file and the tensor.
 HfRoberta read_hf_roberta(const std::string& dir);
 
 // Copies `tensors` into `params` (converting floating dtypes to each parameter's dtype). Refuses

@@ -4,7 +4,9 @@
 #include "io/hf_config.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -20,6 +22,43 @@ using json = nlohmann::json;
 // Architectures that share RoBERTa's weights and computation (XLM-R and CamemBERT reuse the
 // RoBERTa modules in transformers, with the same "roberta." weight names).
 constexpr const char* kModelTypes[] = {"roberta", "xlm-roberta", "camembert"};
+
+// A config.json is a few hundred bytes; a file past this is not one, and is refused before it is
+// read into memory.
+constexpr uintmax_t kMaxConfigBytes = uintmax_t{16} << 20;
+
+// The largest size of each kind taken. Every size is bounded before anything multiplies or
+// allocates it, so that a corrupt or hostile config is refused at once instead of costing
+// gigabytes (or overflowing a product) first. The bounds sit far above every public RoBERTa-like
+// model (XLM-R XXL: vocabulary 250k, hidden 4096, 48 layers, intermediate 16384).
+struct SizeLimit {
+  const char* key;
+  int64_t RobertaConfig::*field;
+  int64_t max;
+};
+constexpr SizeLimit kSizeLimits[] = {
+    {"vocab_size", &RobertaConfig::vocab_size, int64_t{1} << 24},  // the tokenizer's own bound on ids
+    {"hidden_size", &RobertaConfig::hidden_size, int64_t{1} << 16},
+    {"num_hidden_layers", &RobertaConfig::num_layers, int64_t{1} << 10},
+    {"num_attention_heads", &RobertaConfig::num_heads, int64_t{1} << 16},
+    {"intermediate_size", &RobertaConfig::intermediate_size, int64_t{1} << 18},
+    {"max_position_embeddings", &RobertaConfig::max_position_embeddings, int64_t{1} << 20},
+    {"type_vocab_size", &RobertaConfig::type_vocab_size, int64_t{1} << 10},
+};
+// Parameters of the whole encoder: 2^36 (a quarter of a terabyte in f32) is beyond any node.
+constexpr int64_t kMaxParameters = int64_t{1} << 36;
+
+// The encoder's parameter count, or -1 when it overflows. Each size is bounded already, so only
+// the sums of products can grow large; every step is checked all the same.
+int64_t parameter_count(const RobertaConfig& c) {
+  const int64_t h = c.hidden_size, i = c.intermediate_size;
+  int64_t tables = 0, per_layer = 0, layers = 0, total = 0;
+  const bool overflow =
+      __builtin_mul_overflow(c.vocab_size + c.max_position_embeddings + c.type_vocab_size + 2, h, &tables) ||
+      __builtin_mul_overflow(4 * h + 2 * i + 9, h, &per_layer) || __builtin_add_overflow(per_layer, i, &per_layer) ||
+      __builtin_mul_overflow(per_layer, c.num_layers, &layers) || __builtin_add_overflow(tables, layers, &total);
+  return overflow ? -1 : total;
+}
 
 // "string \"32\"", "float 32.5": what a mistyped value was, for the message.
 std::string describe(const json& v) {
@@ -90,6 +129,10 @@ class ConfigReader {
 RobertaConfig read_hf_config(const std::string& path) {
   std::ifstream in(path);
   QARAC_INPUT_CHECK(in, path, ": cannot open for reading (", std::strerror(errno), ")");
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(path, ec);
+  QARAC_INPUT_CHECK(ec || bytes <= kMaxConfigBytes, path, ": ", bytes, " bytes, more than a config.json ever has (",
+                    kMaxConfigBytes >> 20, " MiB)");
   json root;
   try {
     root = json::parse(in);
@@ -131,21 +174,19 @@ RobertaConfig read_hf_config(const std::string& path) {
   QARAC_INPUT_CHECK(position_type == "absolute", path, ": position_embedding_type '",
                     printable(position_type), "' is not supported (only 'absolute')");
 
-  const std::pair<const char*, int64_t> sizes[] = {
-      {"vocab_size", c.vocab_size},
-      {"hidden_size", c.hidden_size},
-      {"num_hidden_layers", c.num_layers},
-      {"num_attention_heads", c.num_heads},
-      {"intermediate_size", c.intermediate_size},
-      {"max_position_embeddings", c.max_position_embeddings},
-      {"type_vocab_size", c.type_vocab_size},
-  };
-  for (const auto& [key, value] : sizes)
-    QARAC_INPUT_CHECK(value > 0, path, ": key '", key, "' must be positive, found ", value);
+  for (const SizeLimit& limit : kSizeLimits) {
+    const int64_t value = c.*limit.field;
+    QARAC_INPUT_CHECK(value > 0, path, ": key '", limit.key, "' must be positive, found ", value);
+    QARAC_INPUT_CHECK(value <= limit.max, path, ": key '", limit.key, "' is ", value, ", more than the ", limit.max,
+                      " this implementation takes");
+  }
+  const int64_t parameters = parameter_count(c);
+  QARAC_INPUT_CHECK(parameters >= 0 && parameters <= kMaxParameters, path, ": the sizes make an encoder of more than ",
+                    kMaxParameters, " parameters");
   QARAC_INPUT_CHECK(c.hidden_size % c.num_heads == 0, path, ": hidden_size ", c.hidden_size,
                     " is not divisible by num_attention_heads ", c.num_heads);
-  QARAC_INPUT_CHECK(c.layer_norm_eps > 0, path, ": layer_norm_eps must be positive, found ",
-                    c.layer_norm_eps);
+  QARAC_INPUT_CHECK(c.layer_norm_eps > 0 && std::isfinite(c.layer_norm_eps), path,
+                    ": layer_norm_eps must be positive and finite, found ", c.layer_norm_eps);
   const std::pair<const char*, double> dropouts[] = {
       {"hidden_dropout_prob", c.hidden_dropout},
       {"attention_probs_dropout_prob", c.attention_dropout},
@@ -159,6 +200,10 @@ RobertaConfig read_hf_config(const std::string& path) {
   for (const auto& [key, id] : ids)
     QARAC_INPUT_CHECK(id >= 0 && id < c.vocab_size, path, ": key '", key, "' is ", id,
                       ", outside the vocabulary [0, ", c.vocab_size, ")");
+  // RoBERTa numbers positions from pad_token_id + 1.
+  QARAC_INPUT_CHECK(c.pad_token_id < c.max_position_embeddings - 1, path, ": pad_token_id ", c.pad_token_id,
+                    " leaves no position below max_position_embeddings ", c.max_position_embeddings,
+                    " (positions are numbered from pad_token_id + 1)");
   return c;
 }
 

@@ -8,8 +8,9 @@
 namespace qarac::io {
 
 // Reads a RoBERTa config.json. Refuses (qarac::InputError naming the file and the key) a missing
-// or mistyped required key, non-positive sizes, hidden_size not divisible by the heads, and any
-// hidden_act other than "gelu" (the erf GELU, the only activation implemented).
+// or mistyped required key, sizes that are not positive or beyond the bounds of hf_config.cpp
+// (checked before anything multiplies or allocates them), hidden_size not divisible by the heads,
+// and any hidden_act other than "gelu" (the erf GELU, the only activation implemented).
 RobertaConfig read_hf_config(const std::string& path);
 // What transformers should make of an exported directory.
 struct HfConfigOptions {

@@ -27,6 +27,8 @@ using json = nlohmann::json;
 // The reference implementation refuses headers above 100 MB; a larger length means the file is
 // not a safetensors file (or is corrupt), and allocating it would be the first harm done.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+// Model tensors have at most 4 dimensions; a header listing thousands is not a model's.
+constexpr size_t kMaxRank = 8;
 
 struct StoredType {
   const char* name;  // as in the header
@@ -117,6 +119,7 @@ class HeaderParser {
 
     const json& shape = field(name, v, "shape");
     tensor_check(name, shape.is_array(), "shape is ", json_snippet(shape), ", expected an array");
+    tensor_check(name, shape.size() <= kMaxRank, "shape has ", shape.size(), " dimensions, more than ", kMaxRank);
     for (const json& d : shape) {
       const std::optional<int64_t> dim = as_int64(d);
       tensor_check(name, dim.has_value(), "shape ", json_snippet(shape), " holds ", json_snippet(d),
@@ -138,18 +141,19 @@ class HeaderParser {
                  " but the data section has only ", data_bytes_,
                  " bytes (truncated file, or a header that lies about sizes)");
 
-    // numel·size must equal end − begin; the product is formed without overflow.
-    uint64_t needed = 0;
+    // numel·size must equal end − begin; the product is formed without overflow. Dimensions
+    // whose product overflows are refused even beside a 0 (which makes the tensor empty): code
+    // that multiplies a shape's dimensions in order would overflow on them.
+    uint64_t needed = e.type->bytes;
     bool overflow = false;
-    if (std::find(e.shape.begin(), e.shape.end(), 0) == e.shape.end()) {
-      needed = e.type->bytes;
-      for (int64_t d : e.shape)
-        overflow = overflow || __builtin_mul_overflow(needed, static_cast<uint64_t>(d), &needed);
-    }
+    for (int64_t d : e.shape)
+      if (d > 0) overflow = overflow || __builtin_mul_overflow(needed, static_cast<uint64_t>(d), &needed);
+    overflow = overflow || needed > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+    if (std::find(e.shape.begin(), e.shape.end(), 0) != e.shape.end()) needed = 0;
     tensor_check(name, !overflow && needed == e.end - e.begin, "data_offsets [", e.begin, ", ",
                  e.end, "] hold ", e.end - e.begin, " bytes but shape ", shape_str(e.shape), " of ",
                  e.type->name, " needs ",
-                 overflow ? std::string("more than 2^64") : std::to_string(needed));
+                 overflow ? std::string("more than 2^63") : std::to_string(needed));
     return e;
   }
 

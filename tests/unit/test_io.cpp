@@ -263,12 +263,13 @@ TEST_F(IoTest, ReadHfRobertaBareNamesAndSkippedTensors) {
     return r;
   }();
   write_hf_config(path("config.json"), c);
-  write_safetensors(path("model.safetensors"),
-                    {{"embeddings.word_embeddings.weight", Tensor::zeros({10, 4}, DType::f32)},
-                     {"pooler.dense.weight", Tensor::zeros({4, 4}, DType::f32)},
-                     {"embeddings.position_ids", Tensor::zeros({1, 6}, DType::i64)}});
+  RobertaEncoder encoder(c, DType::f32, Device::cpu());
+  TensorMap tensors = {{"pooler.dense.weight", Tensor::zeros({4, 4}, DType::f32)},
+                       {"embeddings.position_ids", Tensor::zeros({1, 6}, DType::i64)}};
+  for (const Parameter* p : encoder.parameters()) tensors.emplace(p->name, Tensor::zeros(p->value.shape(), DType::f32));
+  write_safetensors(path("model.safetensors"), tensors);
   const HfRoberta m = read_hf_roberta(dir_.string());
-  EXPECT_EQ(m.encoder.size(), 1u);
+  EXPECT_EQ(m.encoder.size(), encoder.parameters().size());
   EXPECT_TRUE(m.encoder.count("embeddings.word_embeddings.weight"));
   EXPECT_TRUE(m.lm_head.empty());
   EXPECT_EQ(m.config.hidden_size, 4);
@@ -331,7 +332,15 @@ TEST_F(IoTest, OffsetsInconsistentWithShape) {
   const std::string q =
       write_one("overflow.safetensors",
                 R"({"dtype":"F64","shape":[4294967296,4294967296,2],"data_offsets":[0,8]})", 8);
-  expect_input_error([&] { read_safetensors(q); }, {q, "tensor 'w'", "more than 2^64"});
+  expect_input_error([&] { read_safetensors(q); }, {q, "tensor 'w'", "more than 2^63"});
+  // Empty, but dimensions whose product overflows before the 0 (signed overflow for any code
+  // that multiplies them in order).
+  const std::string z = write_one(
+      "zero.safetensors", R"({"dtype":"F32","shape":[1099511627776,1099511627776,0],"data_offsets":[0,0]})", 0);
+  expect_input_error([&] { read_safetensors(z); }, {z, "tensor 'w'", "more than 2^63"});
+  const std::string r = write_one(
+      "rank.safetensors", R"({"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]})", 4);
+  expect_input_error([&] { read_safetensors(r); }, {r, "tensor 'w'", "shape has 9 dimensions, more than 8"});
 }
 
 TEST_F(IoTest, UnknownDtype) {

@@ -1,0 +1,50 @@
+// Text input one line at a time, from a file or a pipe (qarac-prep's readers, `qarac-prep
+// tokenize` on stdin), with the end of the input told apart from every way reading can fail: a
+// read error, a line longer than kMaxLineBytes, a line that does not fit in memory. Each of those
+// is a one-line InputError "<name>:<line>: <why>"; a reader never mistakes one for the end of
+// the file and goes on with what it had.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qarac::data {
+
+class LineFile {
+ public:
+  // The longest line taken. Every record of the formats read is one line or a few (a document of
+  // a text corpus, an SNLI JSON object, a CSV row), and the longest real ones are well below a
+  // megabyte (a whole Wikipedia article); RoBERTa then sees at most 512 tokens of a field. A
+  // line is held several times on its way to the tokens (the line, its fields, their ids at up to
+  // 4 bytes per byte), so 64 MiB bounds a reader's memory to a few hundred MB whatever the file,
+  // and a file without newlines (a binary file given by mistake) fails at once, with its name.
+  static constexpr size_t kMaxLineBytes = size_t{64} << 20;
+
+  // Opens `path`; InputError naming it when it cannot.
+  explicit LineFile(const std::string& path);
+  // Reads descriptor `fd` (stdin: 0), which stays open; `name` names it in messages. Reads return
+  // what the pipe holds, so a co-process gets its answer line by line.
+  LineFile(int fd, std::string name);
+  ~LineFile();
+  LineFile(const LineFile&) = delete;
+  LineFile& operator=(const LineFile&) = delete;
+
+  // The next line without "\n" or "\r\n"; false at the end of the input.
+  bool next(std::string& line);
+  int64_t line_no() const { return line_no_; }
+
+ private:
+  bool fill();  // reads more input into buf_; false at its end
+  [[noreturn]] void fail(const std::string& why) const;
+
+  std::string name_;
+  int fd_ = -1;
+  bool owned_ = false;
+  std::vector<char> buf_;
+  size_t pos_ = 0, end_ = 0;  // the unread bytes of buf_
+  int64_t line_no_ = 0;
+};
+
+}  // namespace qarac::data

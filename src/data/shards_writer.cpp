@@ -1,0 +1,341 @@
+// Writing task-stream files in HDF5 (C API). Datasets are one-dimensional, chunked and
+// extendible, with the shuffle filter ahead of deflate: token ids and offsets are small integers
+// whose high bytes are mostly zero, which byte-shuffling turns into long runs that deflate
+// compresses well. Strings are fixed-length UTF-8 (NUL-padded) so that reading them needs no
+// variable-length memory reclaiming, which differs between HDF5 1.10 and 1.12+.
+//
+// Every HDF5 failure while writing is the file system's (a full disk, a quota, an I/O error): a
+// one-line InputError naming the temporary file and what was being written. The file is closed
+// once, by finish() or by the destructor, never both.
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "data/shards.h"
+#include "data/stream_layout.h"
+
+namespace qarac::data {
+namespace {
+
+using stream::Column;
+
+// Dataset `name` of group `loc`, whose path in the file is `full_name`.
+Column create_extendible(const std::string& file, hid_t loc, const char* name, const std::string& full_name,
+                         hid_t type, int64_t chunk, int compression) {
+  const std::string what = detail::concat(file, ": creating '", full_name, "'");
+  const hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk_dim = static_cast<hsize_t>(chunk);
+  H5Id space = hdf5_file_id(H5Screate_simple(1, &zero, &unlimited), H5Sclose, what);
+  H5Id dcpl = hdf5_file_id(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, what);
+  check_hdf5_file(H5Pset_chunk(dcpl.get(), 1, &chunk_dim), what);
+  if (compression > 0) {
+    check_hdf5_file(H5Pset_shuffle(dcpl.get()), what);
+    check_hdf5_file(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(compression)), what);
+  }
+  Column c;
+  c.name = full_name;
+  c.dset = hdf5_file_id(H5Dcreate2(loc, name, type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                        H5Dclose, what);
+  return c;
+}
+
+// Appends `count` elements of `elem_bytes` each (native little-endian) at the end of `c`.
+void append_1d(const std::string& file, Column& c, hid_t mem_type, size_t elem_bytes, const void* data,
+               int64_t count) {
+  if (count == 0) return;
+  const std::string what = file + ": writing '" + c.name + "'";
+  const hsize_t start = static_cast<hsize_t>(c.written), n = static_cast<hsize_t>(count);
+  const hsize_t size = start + n;
+  check_hdf5_file(H5Dset_extent(c.dset.get(), &size), what);
+  H5Id file_space = hdf5_file_id(H5Dget_space(c.dset.get()), H5Sclose, what);
+  check_hdf5_file(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr), what);
+  H5Id mem_space = hdf5_file_id(H5Screate_simple(1, &n, nullptr), H5Sclose, what);
+  check_hdf5_file(H5Dwrite(c.dset.get(), mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, data), what);
+  c.hash.bytes(data, static_cast<size_t>(count) * elem_bytes);
+  c.written += count;
+}
+
+void write_attr(const std::string& file, hid_t loc, const char* name, const std::string& value) {
+  const std::string what = detail::concat(file, ": writing attribute '", name, "'");
+  H5Id type = hdf5_string_type(value.size());
+  H5Id space = hdf5_file_id(H5Screate(H5S_SCALAR), H5Sclose, what);
+  H5Id attr = hdf5_file_id(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                           what);
+  std::string padded = value;
+  padded.resize(std::max<size_t>(value.size(), 1), '\0');
+  check_hdf5_file(H5Awrite(attr.get(), type.get(), padded.data()), what);
+  check_hdf5_file(attr.close(), what);
+}
+
+void write_attr(const std::string& file, hid_t loc, const char* name, hid_t file_type, hid_t mem_type,
+                const void* value) {
+  const std::string what = detail::concat(file, ": writing attribute '", name, "'");
+  H5Id space = hdf5_file_id(H5Screate(H5S_SCALAR), H5Sclose, what);
+  H5Id attr = hdf5_file_id(H5Acreate2(loc, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                           what);
+  check_hdf5_file(H5Awrite(attr.get(), mem_type, value), what);
+  check_hdf5_file(attr.close(), what);
+}
+
+void write_attr(const std::string& file, hid_t loc, const char* name, int64_t value) {
+  write_attr(file, loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+// A small contiguous dataset of `count` elements written at once (metadata tables).
+void write_table(const std::string& file, hid_t loc, const char* name, hid_t file_type, hid_t mem_type,
+                 size_t count, const void* values) {
+  const std::string what = detail::concat(file, ": writing '", name, "'");
+  const hsize_t n = count;
+  H5Id space = hdf5_file_id(H5Screate_simple(1, &n, nullptr), H5Sclose, what);
+  H5Id dset = hdf5_file_id(H5Dcreate2(loc, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                           H5Dclose, what);
+  if (n > 0) check_hdf5_file(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values), what);
+  check_hdf5_file(dset.close(), what);
+}
+
+template <class T>
+void write_table(const std::string& file, hid_t loc, const char* name, hid_t file_type, hid_t mem_type,
+                 const std::vector<T>& values) {
+  write_table(file, loc, name, file_type, mem_type, values.size(), values.data());
+}
+
+void write_strings(const std::string& file, hid_t loc, const char* name, const std::vector<std::string>& values) {
+  size_t width = 1;
+  for (const std::string& v : values) width = std::max(width, v.size());
+  std::vector<char> packed(values.size() * width, '\0');
+  for (size_t i = 0; i < values.size(); ++i)
+    std::memcpy(packed.data() + i * width, values[i].data(), values[i].size());
+  H5Id type = hdf5_string_type(width);
+  write_table(file, loc, name, type.get(), type.get(), values.size(), packed.data());
+}
+
+H5Id create_group(const std::string& file, hid_t loc, const char* name) {
+  return hdf5_file_id(H5Gcreate2(loc, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose,
+                      detail::concat(file, ": creating group '", name, "'"));
+}
+
+stream::DatasetDigest digest_of(const Column& c) {
+  return {c.name, static_cast<uint64_t>(c.written), c.hash.value()};
+}
+
+// Closing a dataset writes the chunks HDF5 still caches of it: checked, as a write is.
+void close_column(const std::string& file, Column& c) {
+  check_hdf5_file(c.dset.close(), file + ": writing '" + c.name + "'");
+}
+
+}  // namespace
+
+struct TaskStreamWriter::Field {
+  H5Id group;
+  Column tokens, offsets;
+  std::vector<int32_t> token_buf;
+  std::vector<int64_t> offset_buf;
+  int64_t total_tokens = 0;
+  int64_t count = 0;  // sequences appended
+
+  // `prefix`: the group's path in the file and a slash.
+  Field(const std::string& file, H5Id field_group, const std::string& prefix, const WriterOptions& options)
+      : group(std::move(field_group)) {
+    tokens = create_extendible(file, group.get(), "tokens", prefix + "tokens", H5T_STD_I32LE, options.chunk_tokens,
+                               options.compression);
+    offsets = create_extendible(file, group.get(), "offsets", prefix + "offsets", H5T_STD_I64LE,
+                                options.chunk_examples, options.compression);
+    offset_buf.push_back(0);
+  }
+  void append(const std::vector<int32_t>& ids) {
+    token_buf.insert(token_buf.end(), ids.begin(), ids.end());
+    total_tokens += static_cast<int64_t>(ids.size());
+    offset_buf.push_back(total_tokens);
+    ++count;
+  }
+};
+
+// Candidate sentences are a ragged array like a field; `examples` delimits each example's.
+struct TaskStreamWriter::CandidateDatasets {
+  Field sentences;
+  Column examples;
+  std::vector<int64_t> example_buf;
+
+  CandidateDatasets(const std::string& file, H5Id group, const WriterOptions& options)
+      : sentences(file, std::move(group), "candidates/", options) {
+    examples = create_extendible(file, sentences.group.get(), "example_offsets", stream::kCandidateExamples,
+                                 H5T_STD_I64LE, options.chunk_examples, options.compression);
+  }
+};
+
+TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOptions& options)
+    : out_(std::move(path), AtomicFile::by_path), task_(task), options_(options) {
+  QARAC_INPUT_CHECK(options.chunk_tokens > 0 && options.chunk_tokens <= kMaxChunkElements &&
+                        options.chunk_examples > 0 && options.chunk_examples <= kMaxChunkElements,
+                    "chunk sizes must be in [1, ", kMaxChunkElements, "], got ", options.chunk_tokens, " and ",
+                    options.chunk_examples);
+  QARAC_INPUT_CHECK(options.compression >= 0 && options.compression <= 9,
+                    "compression level must be 0..9, got ", options.compression);
+  silence_hdf5_stack_printing();
+  const std::string& file = out_.temp_path();
+  file_ = hdf5_file_id(H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
+                       out_.path() + ": cannot create " + file);
+  H5Id fields_group = create_group(file, file_.get(), "fields");
+  for (const std::string& name : task_fields(task))
+    fields_.emplace_back(file, create_group(file, fields_group.get(), name.c_str()), "fields/" + name + "/", options);
+  if (task_has_label(task))
+    labels_ = std::make_unique<Column>(create_extendible(file, file_.get(), "labels", "labels", H5T_STD_I8LE,
+                                                         options.chunk_examples, options.compression));
+}
+
+TaskStreamWriter::~TaskStreamWriter() {
+  // Close every object before the file; out_, destroyed last, then removes the temporary file of
+  // an unpublished stream.
+  fields_.clear();
+  labels_.reset();
+  candidates_.reset();
+  file_.reset();
+}
+
+void TaskStreamWriter::append(const std::vector<std::vector<int32_t>>& fields, int8_t label,
+                              const std::vector<std::vector<int32_t>>& candidates) {
+  QARAC_CHECK(!finished_, "append after finish");
+  QARAC_CHECK(fields.size() == fields_.size(), task_name(task_), " takes ", fields_.size(),
+              " fields, got ", fields.size());
+  QARAC_CHECK(candidates.empty() || task_ == Task::question_answering,
+              "only question_answering examples have candidates, not ", task_name(task_), "'s");
+  for (size_t i = 0; i < fields.size(); ++i) fields_[i].append(fields[i]);
+  if (labels_) label_buf_.push_back(label);
+  if (!candidates.empty() && !candidates_) start_candidates();
+  if (candidates_) {
+    for (const std::vector<int32_t>& sentence : candidates) candidates_->sentences.append(sentence);
+    candidates_->example_buf.push_back(candidates_->sentences.count);
+  }
+  ++examples_;
+  flush(false);
+}
+
+// The examples before the first with candidates have none: their offsets are all 0. Whole chunks
+// of them are written at once and the rest buffered, so that later writes stay chunk-aligned
+// and memory stays at a chunk however many examples came before.
+void TaskStreamWriter::start_candidates() {
+  const std::string& file = out_.temp_path();
+  candidates_ = std::make_unique<CandidateDatasets>(file, create_group(file, file_.get(), "candidates"), options_);
+  Column& examples = candidates_->examples;
+  const int64_t zeros = examples_ + 1, chunk = options_.chunk_examples;
+  const std::vector<int64_t> block(static_cast<size_t>(std::min(zeros, chunk)), 0);
+  while (examples.written + chunk <= zeros)
+    append_1d(file, examples, H5T_NATIVE_INT64, sizeof(int64_t), block.data(), chunk);
+  candidates_->example_buf.assign(static_cast<size_t>(zeros - examples.written), 0);
+}
+
+// Writes whole chunks (or, with `all`, everything): appending chunk-aligned blocks lets HDF5
+// compress each chunk once instead of re-reading and re-compressing a partial one.
+void TaskStreamWriter::flush(bool all) {
+  const std::string& file = out_.temp_path();
+  auto write = [&](Column& column, hid_t type, auto& buf, int64_t chunk) {
+    const int64_t n = all ? static_cast<int64_t>(buf.size())
+                          : static_cast<int64_t>(buf.size()) / chunk * chunk;
+    if (n == 0) return;
+    append_1d(file, column, type, sizeof buf[0], buf.data(), n);
+    buf.erase(buf.begin(), buf.begin() + n);
+  };
+  auto write_field = [&](Field& f) {
+    write(f.tokens, H5T_NATIVE_INT32, f.token_buf, options_.chunk_tokens);
+    write(f.offsets, H5T_NATIVE_INT64, f.offset_buf, options_.chunk_examples);
+  };
+  for (Field& f : fields_) write_field(f);
+  if (labels_) write(*labels_, H5T_NATIVE_INT8, label_buf_, options_.chunk_examples);
+  if (candidates_) {
+    write_field(candidates_->sentences);
+    write(candidates_->examples, H5T_NATIVE_INT64, candidates_->example_buf, options_.chunk_examples);
+  }
+}
+
+void TaskStreamWriter::finish(StreamInfo info) {
+  QARAC_CHECK(!finished_, "finish called twice");
+  flush(true);
+  info.task = task_;
+  info.examples = examples_;
+  info.field_tokens.clear();
+  std::vector<stream::DatasetDigest> digests;
+  for (const Field& f : fields_) {
+    info.field_tokens.push_back(f.total_tokens);
+    digests.push_back(digest_of(f.tokens));
+    digests.push_back(digest_of(f.offsets));
+  }
+  if (labels_) digests.push_back(digest_of(*labels_));
+  if (candidates_) {
+    digests.push_back(digest_of(candidates_->sentences.tokens));
+    digests.push_back(digest_of(candidates_->sentences.offsets));
+    digests.push_back(digest_of(candidates_->examples));
+  }
+  info.candidates = candidates_ ? candidates_->sentences.count : 0;
+  info.candidate_tokens = candidates_ ? candidates_->sentences.total_tokens : 0;
+  info.checksum = stream::content_checksum(digests);
+
+  const std::string& file = out_.temp_path();
+  const hid_t root = file_.get();
+  write_attr(file, root, "format", kStreamFormat);
+  write_attr(file, root, "version", int64_t{kStreamVersion});
+  write_attr(file, root, "task", task_name(task_));
+  write_attr(file, root, "examples", examples_);
+  write_attr(file, root, "tokenizer_hash", info.tokenizer_hash);
+  write_attr(file, root, "special_tokens", int64_t{info.special_tokens ? 1 : 0});
+  write_attr(file, root, "max_length", info.max_length);
+  write_attr(file, root, "created_by", info.created_by);
+  write_attr(file, root, "qarac_version", QARAC_VERSION);
+  write_attr(file, root, "checksum", H5T_STD_U64LE, H5T_NATIVE_UINT64, &info.checksum);
+
+  std::vector<std::string> paths, formats, reasons;
+  std::vector<int64_t> lines, examples, candidates, truncated, counts;
+  std::vector<int32_t> reason_source;
+  for (size_t s = 0; s < info.sources.size(); ++s) {
+    const SourceInfo& src = info.sources[s];
+    paths.push_back(src.path);
+    formats.push_back(src.format);
+    lines.push_back(src.lines);
+    examples.push_back(src.examples);
+    candidates.push_back(src.candidates);
+    truncated.push_back(src.truncated);
+    for (const auto& [reason, count] : src.skipped) {
+      reason_source.push_back(static_cast<int32_t>(s));
+      reasons.push_back(reason);
+      counts.push_back(count);
+    }
+  }
+  {
+    H5Id sources = create_group(file, root, "sources");
+    write_strings(file, sources.get(), "path", paths);
+    write_strings(file, sources.get(), "format", formats);
+    write_table(file, sources.get(), "lines", H5T_STD_I64LE, H5T_NATIVE_INT64, lines);
+    write_table(file, sources.get(), "examples", H5T_STD_I64LE, H5T_NATIVE_INT64, examples);
+    write_table(file, sources.get(), "candidates", H5T_STD_I64LE, H5T_NATIVE_INT64, candidates);
+    write_table(file, sources.get(), "truncated", H5T_STD_I64LE, H5T_NATIVE_INT64, truncated);
+    H5Id skipped = create_group(file, root, "skipped");
+    write_table(file, skipped.get(), "source", H5T_STD_I32LE, H5T_NATIVE_INT32, reason_source);
+    write_strings(file, skipped.get(), "reason", reasons);
+    write_table(file, skipped.get(), "count", H5T_STD_I64LE, H5T_NATIVE_INT64, counts);
+  }
+
+  for (Field& f : fields_) {
+    close_column(file, f.tokens);
+    close_column(file, f.offsets);
+  }
+  if (labels_) close_column(file, *labels_);
+  if (candidates_) {
+    close_column(file, candidates_->sentences.tokens);
+    close_column(file, candidates_->sentences.offsets);
+    close_column(file, candidates_->examples);
+  }
+  fields_.clear();
+  labels_.reset();
+  candidates_.reset();
+  // Closing the file writes its metadata, so it can fail (a full disk) too.
+  check_hdf5_file(file_.close(), file + ": closing");
+  out_.sync();
+  checksum_ = info.checksum;
+  finished_ = true;
+}
+
+void TaskStreamWriter::publish() {
+  QARAC_CHECK(finished_ && !published_, "publish needs a finished, unpublished stream");
+  out_.commit();
+  published_ = true;
+}
+
+}  // namespace qarac::data

@@ -1,0 +1,27 @@
+// Fuzz target: the raw-format readers (data/readers.h). The first byte picks the format and the
+// error policy; the rest is the file. Seeds: the reader fixtures and the sample data, each with
+// its format byte (tests/fuzz/run.sh makes them).
+#include "data/readers.h"
+#include "fuzz_support.h"
+
+using namespace qarac;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  constexpr data::Format kFormats[] = {data::Format::text,       data::Format::wikiqa,   data::Format::avicenna,
+                                       data::Format::snli_jsonl, data::Format::snli_tsv, data::Format::snli_csv};
+  const data::Format format = kFormats[data[0] % 6];
+  const data::OnError policy = (data[0] / 6) % 2 ? data::OnError::fail : data::OnError::skip;
+  const std::string file = (fuzz::scratch() / "input").string();
+  fuzz::write_file(file, data + 1, size - 1);
+  fuzz::expect_only_input_errors([&] {
+    int64_t examples = 0;
+    const data::ReadStats stats = data::read_examples(file, format, policy, [&](data::Example&& e) {
+      if (e.fields.size() != data::task_fields(data::task_of(format)).size()) std::abort();
+      ++examples;
+    });
+    // The accounting of data-format.md §1 holds for every file.
+    if (stats.examples != examples || stats.lines < 0) std::abort();
+  });
+  return 0;
+}

@@ -1,0 +1,403 @@
+// Broken and hostile input to the data, io and core layers (issue 12): every case once ended in a
+// silent misread, an internal error, a crash or an allocation of what a few bytes claimed; each
+// must now be a one-line InputError naming the file (and the line, dataset, tensor or option).
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "data/loader.h"
+#include "data/readers.h"
+#include "data/shards.h"
+#include "data/tokenize_lines.h"
+#include "data/tokenizer.h"
+#include "io/hf_checkpoint.h"
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+#include "support/test_support.h"
+
+namespace fs = std::filesystem;
+using namespace qarac;
+using namespace qarac::data;
+using qarac::test_support::expect_input_error;
+using qarac::test_support::run_command;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kSample = QARAC_SAMPLE_DIR "/";
+const std::string kPrep = QARAC_PREP_EXE;
+const std::string kParity = QARAC_PARITY_EXE;
+const fs::path kTinyDev = fs::path(QARAC_GOLDEN_DIR) / "tiny_dev";
+
+// A fresh folder per test, removed after it.
+class Hostile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qarac_hostile_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+};
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+// ---- Hashes ----------------------------------------------------------------------------------
+
+// The task-stream checksum hashes datasets a block at a time: the pieces must hash as the whole.
+TEST(Hash64Pieces, HashLikeTheWholeWhateverTheCuts) {
+  std::vector<unsigned char> bytes(150);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i * 37 + 11);
+  for (size_t n = 0; n <= bytes.size(); n += 7)
+    for (size_t a = 0; a <= n; a += 3)
+      for (size_t b = a; b <= n; b += 5) {
+        Hash64 h;
+        h.bytes(bytes.data(), a);
+        h.bytes(bytes.data() + a, b - a);
+        h.bytes(bytes.data() + b, n - b);
+        ASSERT_EQ(h.value(), hash64(bytes.data(), n)) << n << " cut at " << a << ", " << b;
+      }
+}
+
+// ---- Line input ------------------------------------------------------------------------------
+
+// Before: POSIX getline took any length, and a line of a binary file given by mistake was read
+// whole. Now a line past 64 MiB is refused, naming the file and the line.
+TEST_F(Hostile, AnOverlongLineIsRefusedNamingTheLine) {
+  const std::string file = path("corpus.txt");
+  {
+    std::ofstream out(file, std::ios::binary);
+    out << "a short line\n" << std::string((size_t{64} << 20) + 1, 'x') << "\nmore\n";
+  }
+  expect_input_error([&] { read_examples(file, Format::text, OnError::skip, [](Example&&) {}); },
+                     {file + ":2: the line is longer than 64 MiB"});
+}
+
+// Before: getline failing for memory returned -1, taken as the end of the file: the rest of the
+// file was dropped and the run went on ("2 lines, 2 examples", exit 0). The child process reads
+// a 40 MiB line with 24 MiB of address space to spare.
+TEST_F(Hostile, RunningOutOfMemoryMidLineIsAnErrorNotTheEnd) {
+  const std::string file = path("corpus.txt");
+  {
+    std::ofstream out(file, std::ios::binary);
+    out << "first\n" << std::string(size_t{40} << 20, 'y') << "\nlast\n";
+  }
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string result = "no error";
+    long pages = 0;
+    if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+      std::fclose(statm);
+    }
+    const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + (24 << 20);
+    const rlimit rl{limit, limit};
+    int64_t examples = 0;
+    try {
+      if (pages == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) throw std::runtime_error("cannot limit memory");
+      read_examples(file, Format::text, OnError::skip, [&](Example&&) { ++examples; });
+      result = "no error after " + std::to_string(examples) + " examples";
+    } catch (const InputError& e) {
+      result = e.what();
+    } catch (const std::exception& e) {
+      result = std::string("other: ") + e.what();
+    }
+    (void)!::write(fds[1], result.data(), result.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string result;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << result;
+  EXPECT_EQ(result.rfind(file + ":2: out of memory after ", 0), 0u) << result;
+}
+
+// ---- Task streams ----------------------------------------------------------------------------
+
+// A stream of `n` examples of one field, ids drawn from `seed`, in chunks of 64 tokens.
+void write_stream(const std::string& path, int64_t n, uint32_t seed, int compression = 4) {
+  std::mt19937 rng(seed);
+  WriterOptions options;
+  options.chunk_tokens = 64;
+  options.chunk_examples = 16;
+  options.compression = compression;
+  TaskStreamWriter w(path, Task::encode_decode, options);
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int32_t> ids(1 + rng() % 20);
+    for (int32_t& id : ids) id = static_cast<int32_t>(rng() % 500);
+    w.append({ids});
+  }
+  StreamInfo info;
+  info.tokenizer_hash = "test-hash";
+  w.finish(info);
+  w.publish();
+}
+
+// Runs `fn` on the file `path` opened read-write with HDF5.
+template <class Fn>
+void edit_h5(const std::string& path, Fn fn) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  fn(file);
+  ASSERT_GE(H5Fclose(file), 0);
+}
+
+void write_element(hid_t file, const char* dataset, hid_t type, int64_t index, const void* value) {
+  const hid_t dset = H5Dopen2(file, dataset, H5P_DEFAULT);
+  const hid_t space = H5Dget_space(dset);
+  const hsize_t start = static_cast<hsize_t>(index), one = 1;
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &one, nullptr);
+  const hid_t mem = H5Screate_simple(1, &one, nullptr);
+  EXPECT_GE(H5Dwrite(dset, type, mem, space, H5P_DEFAULT, value), 0);
+  H5Sclose(mem);
+  H5Sclose(space);
+  H5Dclose(dset);
+}
+
+LoaderOptions options_for(const fs::path& dir) {
+  LoaderOptions o;
+  o.data_dir = dir.string();
+  o.global_batch = 4;
+  return o;
+}
+
+const RankPlan kEncodeDecode = [] {
+  RankPlan p;
+  p.tasks = {{Task::encode_decode, 0, 1}};
+  return p;
+}();
+
+// Before: nothing covered a stream's content; a flipped token went into training unnoticed.
+TEST_F(Hostile, AStreamWhoseContentChangedIsRefused) {
+  const std::string file = path("encode_decode.h5");
+  write_stream(file, 100, 1);
+  const StreamContents clean = TaskStreamFile(file).read_all();
+  EXPECT_NE(TaskStreamFile(file).info().checksum, 0u);
+  EXPECT_EQ(clean.checksum, TaskStreamFile(file).info().checksum);
+
+  const int32_t other = clean.fields[0].tokens[70] + 1;
+  edit_h5(file, [&](hid_t f) { write_element(f, "fields/text/tokens", H5T_NATIVE_INT32, 70, &other); });
+  expect_input_error([&] { Loader(kEncodeDecode, options_for(dir_)); }, {file, "checksum mismatch", "damaged"});
+
+  // A stream of a qarac-prep before checksums (no attribute) loads, with its checksum computed.
+  write_stream(file, 100, 1);
+  edit_h5(file, [](hid_t f) { EXPECT_GE(H5Adelete(f, "checksum"), 0); });
+  EXPECT_EQ(TaskStreamFile(file).info().checksum, 0u);
+  EXPECT_EQ(TaskStreamFile(file).read_all().checksum, clean.checksum);
+}
+
+// Before: a chunk that does not inflate was an internal error (exit 1) naming no file.
+TEST_F(Hostile, ACorruptCompressedChunkIsAnInputError) {
+  const std::string file = path("encode_decode.h5");
+  write_stream(file, 100, 2);
+  edit_h5(file, [](hid_t f) {
+    const hid_t dset = H5Dopen2(f, "fields/text/tokens", H5P_DEFAULT);
+    const std::vector<unsigned char> garbage(120, 0xA5);
+    const hsize_t offset = 64;  // the second chunk
+    EXPECT_GE(H5Dwrite_chunk(dset, H5P_DEFAULT, 0, &offset, garbage.size(), garbage.data()), 0);
+    H5Dclose(dset);
+  });
+  expect_input_error([&] { TaskStreamFile(file).read_field(0, 0, 100); }, {file, "cannot read 'fields/text/tokens'"});
+  expect_input_error([&] { Loader(kEncodeDecode, options_for(dir_)); }, {file, "'fields/text/tokens'"});
+}
+
+// Before: a dataset's extent was trusted, and unwritten chunks read as zeros: a header of a few
+// bytes had the loader allocate 4 TiB of tokens.
+TEST_F(Hostile, ExtentsBeyondTheBytesStoredAreRefused) {
+  const std::string file = path("encode_decode.h5");
+  write_stream(file, 100, 3);
+  const int64_t huge = int64_t{1} << 40;
+  edit_h5(file, [&](hid_t f) {
+    const hid_t dset = H5Dopen2(f, "fields/text/tokens", H5P_DEFAULT);
+    const hsize_t size = static_cast<hsize_t>(huge);
+    EXPECT_GE(H5Dset_extent(dset, &size), 0);
+    H5Dclose(dset);
+    write_element(f, "fields/text/offsets", H5T_NATIVE_INT64, 100, &huge);
+  });
+  expect_input_error([&] { TaskStreamFile{file}; }, {file, "'fields/text/tokens' claims 1099511627776 elements"});
+}
+
+// Before: a resumed run took any stream whose size fitted the cursor.
+TEST_F(Hostile, ACursorOfAnotherStreamIsRefused) {
+  fs::create_directories(dir_ / "a");
+  fs::create_directories(dir_ / "b");
+  write_stream((dir_ / "a" / "encode_decode.h5").string(), 100, 4);
+  write_stream((dir_ / "b" / "encode_decode.h5").string(), 100, 5);  // the same size, other examples
+  Loader a(kEncodeDecode, options_for(dir_ / "a"));
+  a.next();
+  const LoaderCursor cursor = a.cursor();
+  ASSERT_EQ(cursor.tasks.size(), 1u);
+  EXPECT_EQ(cursor.tasks[0].stream_checksum, TaskStreamFile((dir_ / "a" / "encode_decode.h5").string()).info().checksum);
+  Loader b(kEncodeDecode, options_for(dir_ / "b"));
+  expect_input_error([&] { b.restore(cursor); },
+                     {(dir_ / "b" / "encode_decode.h5").string(),
+                      "the checkpoint was made with another task stream (checksum 0x"});
+  Loader same(kEncodeDecode, options_for(dir_ / "a"));
+  EXPECT_NO_THROW(same.restore(cursor));
+  LoaderCursor unknown = cursor;  // a checkpoint from before the checksum
+  unknown.tasks[0].stream_checksum = 0;
+  EXPECT_NO_THROW(b.restore(unknown));
+}
+
+TEST_F(Hostile, TokenIdsBeyondTheModelsVocabularyAreRefused) {
+  write_stream(path("encode_decode.h5"), 50, 6);
+  LoaderOptions o = options_for(dir_);
+  o.vocab_size = 100;  // the stream's ids go up to 499
+  expect_input_error([&] { Loader(kEncodeDecode, o); }, {path("encode_decode.h5"), "outside the model's vocabulary of 100"});
+  o.vocab_size = 500;
+  EXPECT_NO_THROW(Loader(kEncodeDecode, o));
+}
+
+// ---- Tokenizer files -------------------------------------------------------------------------
+
+json sample_tokenizer() {
+  std::ifstream in(kSample + "tokenizer/tokenizer.json");
+  return json::parse(in);
+}
+
+// Before: accepted, and id 5000 went into every task stream (item 9).
+TEST_F(Hostile, APostProcessorIdOutsideTheVocabularyIsRefused) {
+  json j = sample_tokenizer();
+  j["post_processor"]["cls"] = {"<s>", 5000};
+  const std::string file = path("tokenizer.json");
+  write_text(file, j.dump());
+  expect_input_error([&] { Tokenizer::from_json(file); }, {file, "post_processor: id 5000 is not in the vocabulary"});
+}
+
+// Before: one token of id 10^7 sized the id tables at 10^7 entries (about 1 GB).
+TEST_F(Hostile, FewTokensWithHugeIdsAreRefused) {
+  json j = sample_tokenizer();
+  j["added_tokens"].push_back({{"id", 10000000}, {"content", "<far>"}, {"special", true}});
+  const std::string file = path("tokenizer.json");
+  write_text(file, j.dump());
+  expect_input_error([&] { Tokenizer::from_json(file); }, {file, "ids reach 10000000"});
+}
+
+// Before: `tokenize --decode` of an id in a gap between ids was an internal error (exit 1).
+TEST_F(Hostile, DecodingAnIdInAVocabularyGapIsAnInputError) {
+  json j = sample_tokenizer();
+  j["added_tokens"].push_back({{"id", 1600}, {"content", "<extra>"}, {"special", true}});  // 1500..1599 unused
+  write_text(path("tokenizer.json"), j.dump());
+  const Tokenizer tok = Tokenizer::from_dir(dir_.string());
+  EXPECT_FALSE(tok.has_id(1550));
+  EXPECT_TRUE(tok.has_id(1600));
+  expect_input_error([&] { tokenize_line(tok, "[5, 1550]", {false, true}, "stdin", 3); },
+                     {"stdin:3: 1550 is not an id of the vocabulary"});
+  write_text(path("ids.jsonl"), "[5]\n[1550]\n");
+  const auto r = run_command(kPrep + " tokenize --decode --tokenizer " + dir_.string() + " < " + path("ids.jsonl"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("qarac-prep tokenize: error: stdin:2: 1550 is not an id"), std::string::npos) << r.output;
+}
+
+// ---- Hugging Face files ----------------------------------------------------------------------
+
+std::string config_with(const std::string& key, const json& value) {
+  std::ifstream in(kTinyDev / "config.json");
+  json j = json::parse(in);
+  j[key] = value;
+  return j.dump();
+}
+
+// Before: 2^63-1 overflowed the products of the sizes; 2·10^7 cost 5 GB and 30 s before the
+// shape error.
+TEST_F(Hostile, ConfigSizesAreBoundedBeforeAnythingUsesThem) {
+  const std::string file = path("config.json");
+  write_text(file, config_with("vocab_size", std::numeric_limits<int64_t>::max()));
+  expect_input_error([&] { io::read_hf_config(file); }, {file, "'vocab_size' is 9223372036854775807, more than"});
+  write_text(file, config_with("vocab_size", 20000000));
+  expect_input_error([&] { io::read_hf_config(file); }, {file, "'vocab_size' is 20000000, more than the 16777216"});
+  json j = json::parse(config_with("hidden_size", 65536));
+  j["intermediate_size"] = 262144;
+  j["num_hidden_layers"] = 1024;
+  j["num_attention_heads"] = 16;
+  write_text(file, j.dump());
+  expect_input_error([&] { io::read_hf_config(file); }, {file, "the sizes make an encoder of more than"});
+}
+
+// The weights a config's sizes describe must be in the file before any model is allocated.
+TEST_F(Hostile, ConfigSizesMustMatchTheWeightsFile) {
+  fs::copy_file(kTinyDev / "model.safetensors", dir_ / "model.safetensors");
+  write_text(path("config.json"), config_with("vocab_size", 200));
+  expect_input_error([&] { io::read_hf_roberta(dir_.string()); },
+                     {path("config.json"), "'embeddings.word_embeddings.weight' [200, 32]", "holds [101, 32]"});
+  write_text(path("config.json"), config_with("num_hidden_layers", 3));
+  expect_input_error([&] { io::read_hf_roberta(dir_.string()); },
+                     {path("config.json"), "num_hidden_layers is 3", "'encoder.layer.2.intermediate.dense.weight'"});
+}
+
+// Before: a NaN weight of --model.base was found only at step 1, as a non-finite gradient.
+TEST_F(Hostile, NonFiniteWeightsAreRefusedAtLoad) {
+  fs::copy_file(kTinyDev / "config.json", dir_ / "config.json");
+  io::Metadata metadata;
+  TensorMap tensors = io::read_safetensors((kTinyDev / "model.safetensors").string(), &metadata);
+  std::string name;
+  for (auto& [n, t] : tensors)
+    if (n.find("layer.1.output.dense.weight") != std::string::npos) {
+      name = n;
+      t = t.to(DType::f32).clone();
+      t.data<float>()[5] = std::nanf("");
+    }
+  ASSERT_FALSE(name.empty());
+  io::write_safetensors(path("model.safetensors"), tensors, metadata);
+  expect_input_error([&] { io::read_hf_roberta(dir_.string()); },
+                     {path("model.safetensors"), "'" + name + "'", "non-finite value", "element 5"});
+}
+
+// ---- The programs' options and inputs --------------------------------------------------------
+
+// Before: an HDF5 error (HDF5 caps a chunk at 2^32 elements), reported as internal.
+TEST_F(Hostile, PrepRefusesChunksBeyondTheLimit) {
+  const auto r = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --out " + path("out") + " --text " +
+                             kSample + "corpus_train.txt --chunk-tokens 4294967296");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("qarac-prep: error: --chunk-tokens must be in [1, 16777216], got 4294967296"),
+            std::string::npos) << r.output;
+}
+
+// Before: internal errors (exit 1) for each.
+TEST_F(Hostile, ParityRefusesBadDumpsAndOptionsWithOneLine) {
+  for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(kTinyDev / f, dir_ / f);
+  TensorMap expected = io::read_safetensors((kTinyDev / "expected.safetensors").string());
+  expected["R"] = Tensor::zeros(expected["R"].shape(), DType::i64);
+  io::write_safetensors(path("expected.safetensors"), expected);
+  auto one_error_line = [](const std::string& command, const std::string& message) {
+    const auto r = run_command(command);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("qarac-parity: error: " + message + "\n"), std::string::npos) << r.output;
+  };
+  one_error_line(kParity + " " + dir_.string(),
+                 path("expected.safetensors") + ": tensor 'R' has dtype i64, expected a floating type");
+  one_error_line(kParity + " " + kTinyDev.string() + " --dtype bf16",
+                 "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)");
+  one_error_line(kParity + " " + kTinyDev.string() + " --tolerance 1e-310",
+                 "--tolerance must be a positive normal number, got 1e-310");
+}
+
+}  // namespace
