@@ -113,6 +113,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(train, "train.device", &c.device, "cpu or cuda");
   d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, bf16 on cuda (master weights stay f32), or f64 on cpu (reference numerics: master weights and moments in f64)");
   d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal");
+  d->add(train, "train.nonfinite", &c.nonfinite, "a step whose loss or gradient norm is not finite: stop (the run ends before the update, naming the step and the task) or skip (its update is not applied; counted in metrics.jsonl as skipped_steps)");
   d->add(train, "train.micro_tokens", &c.micro_tokens, "most tokens (all fields) a rank runs in one forward/backward: a larger share of a global batch is split into micro-batches whose gradients accumulate; 0: no limit");
 
   auto& opt = d->section("[optimizer]");
@@ -201,7 +202,13 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   all.add(d->file_options());
   all.add(removed_options());
   po::variables_map vm;
-  po::store(po::command_line_parser(argc, argv).options(all).style(kStyle).run(), vm);
+  const po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).style(kStyle).run();
+  // Without a positional description Boost keeps stray words aside: a mistyped option ("extra",
+  // "lr=3e-5") would otherwise be dropped without a word.
+  const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
+  QARAC_INPUT_CHECK(stray.empty(), "unexpected argument '", stray.empty() ? "" : stray.front(),
+                    "': settings are --KEY VALUE (see --help)");
+  po::store(parsed, vm);
   refuse_removed(vm);
   if (vm.count("help")) {
     help << "qarac-train [--config FILE] [--KEY VALUE ...] [--resume]\n\n"
@@ -265,6 +272,8 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.dtype != "f64" || c.device == "cpu",
                     "train.dtype: f64 is the CPU's reference precision; train.device cuda computes in f32 or bf16");
   QARAC_INPUT_CHECK(c.log_every >= 1, "train.log_every: ", c.log_every, " must be >= 1");
+  QARAC_INPUT_CHECK(c.nonfinite == "stop" || c.nonfinite == "skip", "train.nonfinite: '", c.nonfinite,
+                    "' must be stop or skip");
   QARAC_INPUT_CHECK(c.micro_tokens >= 0, "train.micro_tokens: ", c.micro_tokens, " must be >= 0 (0: no limit)");
   try {
     optimizer_from_name(c.optimizer);

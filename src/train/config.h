@@ -51,6 +51,7 @@ struct TrainConfig {
   std::string dtype = "f32";   // compute dtype: f32 | bf16 (cuda)
   int64_t log_every = 10;     // progress line every N steps when stdout is not a terminal
   int64_t micro_tokens = 0;   // most tokens a rank runs in one forward/backward; 0: no limit
+  std::string nonfinite = "stop";  // a non-finite loss or gradient norm: stop | skip (the update)
 
   // [optimizer]
   std::string optimizer = "adamw";  // adamw | nadam
