@@ -119,7 +119,7 @@ std::string kept_lines(const std::string& path, int64_t first_step, std::set<int
 
 }  // namespace
 
-void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming) {
+void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, bool rewrite_progress) {
   path_ = path;
   if (resuming) {
     const std::string kept = kept_lines(path, first_step, eval_steps_);
@@ -132,7 +132,7 @@ void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming
   }
   fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open for writing: ", std::strerror(errno));
-  terminal_ = isatty(fileno(stdout)) != 0;
+  terminal_ = rewrite_progress;
 }
 
 MetricsLog::~MetricsLog() {

@@ -4,9 +4,12 @@
 // is train/run_dir.h's, the workloads train/workload.h's, what is reported train/metrics.h's.
 #include "train/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -36,6 +39,16 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+// train.progress: whether the progress line is rewritten in place. Launchers give a rank a
+// terminal of their own (Open MPI's pseudo-terminals) even when their output goes to a file, so
+// auto trusts isatty only outside them.
+bool rewrites_progress(const std::string& progress) {
+  if (progress != "auto") return progress == "tty";
+  for (const char* launcher : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+    if (std::getenv(launcher)) return false;
+  return isatty(fileno(stdout)) != 0;
 }
 
 // check_values first: the schedule's and the plan's own checks would name no key.
@@ -211,7 +224,7 @@ void Trainer::Impl::start() {
       file.write(ini.data(), ini.size());
       file.commit();
     }
-    metrics.open((dir / "metrics.jsonl").string(), step, config.resume);
+    metrics.open((dir / "metrics.jsonl").string(), step, config.resume, rewrites_progress(config.progress));
     if (metrics.has_eval(step)) last.eval = step;
     int64_t count = 0;
     for (const parallel::ParameterGroup& g : training.sync->groups())
