@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prints a qarac-train run's held-out evaluation before and after: every metric of the first
-# evaluation (step 0, before any update) and of the last, per task, then the forgetting monitor,
-# then the consistency confusion matrix (rows: gold label, columns: predicted; counts).
+# evaluation (step 0, before any update) and of the last, per task, with the direction that is
+# better (↑ higher, ↓ lower; none for descriptive figures such as the chance level or a norm),
+# then the forgetting monitor, the example counts behind the figures, and the consistency
+# confusion matrix (rows: gold label, columns: predicted; counts).
 #   launch/metrics-table.sh RUN_DIR
 # Needs jq (bash launch/install-deps.sh --job).
 set -euo pipefail
@@ -48,12 +50,15 @@ jq -Rrn '
 awk -F'\t' '
   function value(x) { return x == "NaN" ? "-" : sprintf("%.4f", x) }
   function count(x) { return x == "NaN" ? "-" : sprintf("%d", x) }
+  function better(m) { return m ~ /loss$/ ? "↓" : m ~ /(accuracy|mrr)$/ ? "↑" : " " }
   $1 == "steps" {
     before = "step " $2; after = "step " $3
-    printf "%-20s %-22s %12s %12s\n", "task", "held-out metric", before, after
+    printf "%-20s %-24s %12s %12s\n", "task", "held-out metric", before, after
   }
+  # Counts (examples behind a figure) are listed apart: they are not results.
+  $1 == "metric" && $3 ~ /examples$/ { counts[++ncounts] = sprintf("%s %s: %s", $2, $3, count($5)); next }
   $1 == "metric" {
-    printf "%-20s %-22s %12s %12s\n", ($2 == task ? "" : $2), $3, value($4), value($5)
+    printf "%-20s %-22s %s %12s %12s\n", ($2 == task ? "" : $2), $3, better($3), value($4), value($5)
     task = $2
     if ($2 == "forgetting_monitor") forgetting = 1
   }
@@ -63,6 +68,12 @@ awk -F'\t' '
     cell[$2, $3] = count($4) " -> " count($5)
   }
   END {
+    print "(↑: higher is better, ↓: lower is better)"
+    if (ncounts) {
+      printf "examples evaluated at %s:", after
+      for (i = 1; i <= ncounts; i++) printf "%s %s", (i > 1 ? "," : ""), counts[i]
+      printf "\n"
+    }
     if (forgetting)
       print "(forgetting monitor: MLM loss of the answer encoder with the base model'"'"'s own head on" \
             "\n held-out text; lower is better, a rise from " before " is forgetting)"

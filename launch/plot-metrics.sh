@@ -2,8 +2,11 @@
 # Plots a qarac-train run's metrics.jsonl as one SVG: the training loss of each task per step
 # (thin: every step; bold: moving average), the held-out evaluation (accuracies, losses) and the
 # forgetting monitor (MLM loss of the answer encoder with the base model's own head on held-out
-# text; the dashed line is its value before fine-tuning). Panels without data are left out, so an
-# MLM pre-training run gets its loss panels only. Safe to run while the job is still writing.
+# text; the dashed line is its value before fine-tuning). Each series has its own colour (by task)
+# and marker and dash (within a task); the answer selection's chance level is a dotted line. The
+# loss and forgetting axes span at least a factor of 2.25 around their data, so that a change of a
+# few hundredths of a percent reads as flat. Panels without data are left out, so an MLM
+# pre-training run gets its loss panels only. Safe to run while the job is still writing.
 #   launch/plot-metrics.sh RUN_DIR [OUT.svg]      (default: RUN_DIR/metrics.svg)
 # Needs jq and gnuplot (bash launch/install-deps.sh --job).
 set -euo pipefail
@@ -55,6 +58,7 @@ table() {
 
 table train >"$tmp/train.tsv"
 table eval 'accuracy$' >"$tmp/accuracy.tsv"
+table eval '_chance$' >"$tmp/chance.tsv"
 table eval '\.loss$' >"$tmp/loss.tsv"
 table eval '^forgetting\.' >"$tmp/forgetting.tsv"
 rows() { if [ -s "$1" ]; then echo $(($(wc -l <"$1") - 1)); else echo 0; fi; }
@@ -69,6 +73,16 @@ awk -F'\t' -v OFS='\t' -v alpha="$(awk -v s="$span" 'BEGIN { print 2 / (s + 1) }
       if ($i != "NaN") { m[i] = seen[i]++ ? m[i] + alpha * ($i - m[i]) : $i; $i = m[i] }
     print }' "$tmp/train.tsv" >"$tmp/train-smooth.tsv"
 
+# yrange FILE: a gnuplot range for a log axis over the data of FILE, at least a factor of 2.25
+# wide around its geometric middle, so that small changes are not blown up by autoscaling.
+yrange() {
+  awk -F'\t' 'NR > 1 { for (i = 2; i <= NF; i++) if ($i != "NaN" && $i > 0) {
+                 lo = (n && lo < $i) ? lo : $i; hi = (n && hi > $i) ? hi : $i; n++ } }
+    END { if (!n) { print "[*:*]"; exit }
+          mid = sqrt(lo * hi); if (lo > mid / 1.5) lo = mid / 1.5; if (hi < mid * 1.5) hi = mid * 1.5
+          printf "[%g:%g]", lo / 1.1, hi * 1.1 }' "$1"
+}
+
 # One colour per task in every panel.
 colour() {
   case "$1" in
@@ -79,12 +93,17 @@ colour() {
     *) echo "9467bd" ;;
   esac
 }
-# series FILE STYLE: the plot clauses of every column of FILE, titled by its header.
+# series FILE STYLE: the plot clauses of every column of FILE, titled by its header; the series
+# of one task share its colour and differ in marker and dash.
 series() {
-  local file=$1 style=$2 i=2 name names clauses=()
+  local file=$1 style=$2 i=2 name names clauses=() task markers=(7 5 9 11 13) dashes=(1 2 4 5 3)
+  local -A seen=()
   IFS=$'\t' read -r -a names <"$file"
   for name in "${names[@]:1}"; do
-    clauses+=("'$file' skip 1 using 1:$i $style lc rgb '#$(colour "$name")' title '$name'")
+    task=${name%%.*}
+    local k=${seen[$task]:-0}
+    seen[$task]=$((k + 1))
+    clauses+=("'$file' skip 1 using 1:$i $style pt ${markers[k % 5]} dt ${dashes[k % 5]} lc rgb '#$(colour "$name")' title '$name'")
     i=$((i + 1))
   done
   local IFS=,
@@ -97,27 +116,34 @@ if (($(rows "$tmp/train.tsv"))); then
   # The same colours, 75% transparent and without a legend entry, under the moving average.
   raw=$(sed -e "s/lc rgb '#/lc rgb '#C0/g" -e "s/title '[^']*'/notitle/g" <<<"$raw")
   panels+=("set title 'training loss per task (thin: each step, bold: moving average of $span)'
-set xlabel 'step'; set ylabel 'loss'; set logscale y; set key outside right top vertical
+set xlabel 'step'; set ylabel 'loss (lower is better)'; set logscale y; set yrange $(yrange "$tmp/train.tsv")
+set key outside right top vertical
 plot $raw, $(series "$tmp/train-smooth.tsv" "with lines lw 2")
-unset logscale y")
+unset logscale y; set yrange [*:*]")
 fi
 if (($(rows "$tmp/accuracy.tsv"))); then
-  panels+=("set title 'held-out accuracies'
+  chance=
+  if (($(rows "$tmp/chance.tsv"))); then
+    chance=", '$tmp/chance.tsv' skip 1 using 1:2 with lines dt 3 lw 1.5 lc rgb '#$(colour qa.)' title 'qa.selection chance'"
+  fi
+  panels+=("set title 'held-out accuracies (higher is better)'
 set xlabel 'step'; set ylabel 'accuracy'; set yrange [0:1.05]; set key outside right top vertical
-plot $(series "$tmp/accuracy.tsv" "with linespoints lw 2 pt 7 ps 0.6")
+plot $(series "$tmp/accuracy.tsv" "with linespoints lw 2 ps 0.6")$chance
 set yrange [*:*]")
 fi
 if (($(rows "$tmp/loss.tsv"))); then
   panels+=("set title 'held-out loss per task'
-set xlabel 'step'; set ylabel 'loss'; set logscale y; set key outside right top vertical
-plot $(series "$tmp/loss.tsv" "with linespoints lw 2 pt 7 ps 0.6")
-unset logscale y")
+set xlabel 'step'; set ylabel 'loss (lower is better)'; set logscale y; set yrange $(yrange "$tmp/loss.tsv")
+set key outside right top vertical
+plot $(series "$tmp/loss.tsv" "with linespoints lw 2 ps 0.6")
+unset logscale y; set yrange [*:*]")
 fi
 if (($(rows "$tmp/forgetting.tsv"))); then
   before=$(awk -F'\t' 'NR == 2 { print $2 }' "$tmp/forgetting.tsv")
   panels+=("set title 'forgetting monitor: MLM loss of the answer encoder with the base model''s head'
-set xlabel 'step'; set ylabel 'held-out MLM loss (lower is better)'; set key outside right top vertical
-plot $(series "$tmp/forgetting.tsv" "with linespoints lw 2 pt 7 ps 0.6"), \
+set xlabel 'step'; set ylabel 'held-out MLM loss (lower is better)'; set logscale y
+set yrange $(yrange "$tmp/forgetting.tsv"); set key outside right top vertical
+plot $(series "$tmp/forgetting.tsv" "with linespoints lw 2 ps 0.6"), \
   $before with lines dt 2 lw 1.5 lc rgb '#555555' title 'before fine-tuning'")
 fi
 ((${#panels[@]})) || die "'$metrics' holds no step or evaluation lines to plot"
@@ -127,7 +153,9 @@ case ${#panels[@]} in
   2) layout="1,2"; size="1500,560" ;;
   *) layout="2,2"; size="1500,1040" ;;
 esac
-name=${run_dir%/}
+# The run's name, not the path of the machine it ran on: its folder and the folder above.
+name=$(cd -- "$run_dir" && pwd)
+name=$(basename -- "$(dirname -- "$name")")/$(basename -- "$name")
 name=${name//\'/\'\'}   # a quote inside a gnuplot string is doubled
 steps=$(awk -F'\t' 'END { print $1 }' "$tmp/train.tsv")
 {
@@ -139,6 +167,7 @@ steps=$(awk -F'\t' 'END { print $1 }' "$tmp/train.tsv")
   printf '%s\n' "${panels[@]}"
   echo "unset multiplot"
 } >"$tmp/plot.gp"
+[ -z "${QARAC_PLOT_SCRIPT:-}" ] || cp -- "$tmp/plot.gp" "$QARAC_PLOT_SCRIPT"  # for the tests
 gnuplot "$tmp/plot.gp" 2>"$tmp/gnuplot.log" || { cat "$tmp/gnuplot.log" >&2; die "gnuplot failed"; }
 mkdir -p -- "$(dirname -- "$out")"
 mv -f -- "$tmp/out.svg" "$out"

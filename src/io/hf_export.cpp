@@ -112,23 +112,28 @@ std::string export_hf_model(const std::string& dir, const std::string& model,
   fs::create_directory(tmp, ec);
   if (ec) throw InputError(detail::concat(tmp.string(), ": cannot create: ", ec.message()));
 
-  // transformers refuses safetensors files whose metadata lacks a known "format".
-  write_safetensors((tmp / "model.safetensors").string(), out, {{"format", "pt"}});
-  // A pre-trained base ("base") is a RobertaForMaskedLM with its tied head. The QARAC models are
-  // read by transformers as RobertaModel (their heads are extra tensors it ignores: applying an
-  // MLM head straight to the decoder's base would not be the QARAC decoder), the decoder's base
-  // causal.
-  HfConfigOptions options;
-  if (model != "base") {
-    options.architecture = "RobertaModel";
-    options.is_decoder = model == "decoder";
-    options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
+  try {
+    // transformers refuses safetensors files whose metadata lacks a known "format".
+    write_safetensors((tmp / "model.safetensors").string(), out, {{"format", "pt"}});
+    // A pre-trained base ("base") is a RobertaForMaskedLM with its tied head. The QARAC models
+    // are read by transformers as RobertaModel (their heads are extra tensors it ignores: applying
+    // an MLM head straight to the decoder's base would not be the QARAC decoder), the decoder's
+    // base causal.
+    HfConfigOptions options;
+    if (model != "base") {
+      options.architecture = "RobertaModel";
+      options.is_decoder = model == "decoder";
+      options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
+    }
+    write_hf_config((tmp / "config.json").string(), config, options);
+    // The folder's entries on disk before the step that relies on them: its files before it
+    // replaces the old export, the rename before the export is reported done.
+    sync_folder(tmp.string());
+    replace_dir(tmp, final_dir);
+  } catch (const InputError&) {
+    fs::remove_all(tmp, ec);  // a failed export (a full disk) leaves the old one, and nothing else
+    throw;
   }
-  write_hf_config((tmp / "config.json").string(), config, options);
-  // The folder's entries on disk before the step that relies on them: its files before it
-  // replaces the old export, the rename before the export is reported done.
-  sync_folder(tmp.string());
-  replace_dir(tmp, final_dir);
   sync_folder(root.string());
   log::info("exported ", model, " (", out.size(), " tensors) to ", final_dir.string());
   return final_dir.string();

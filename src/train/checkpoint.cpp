@@ -6,6 +6,7 @@
 #include "train/checkpoint.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -23,6 +24,8 @@ namespace qarac {
 namespace {
 
 namespace fs = std::filesystem;
+
+constexpr int64_t kMaxCheckpointStep = 1000000000;
 
 constexpr H5FileKind kCheckpointKind = {kCheckpointFormat, kCheckpointVersion, "checkpoint"};
 
@@ -193,6 +196,13 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
   out.state.cursor.step = scalar("loader/step");
   if (out.state.step < 0 || out.optimizer_steps < 0 || out.state.cursor.step < 0)
     reader.fail("not a valid checkpoint: a negative step count");
+  // A run applies at most one update per step (none for a skipped step), so the optimizer cannot
+  // be ahead of the run; the bound on the steps keeps NAdam's product over every past step (an
+  // O(steps) loop on resume) to seconds: 1e9 steps is decades at a step a second.
+  if (out.state.step > kMaxCheckpointStep || out.optimizer_steps > out.state.step)
+    reader.fail(detail::concat("not a valid checkpoint: step ", out.state.step, ", optimizer steps ",
+                               out.optimizer_steps, " (at most ", kMaxCheckpointStep,
+                               " steps, the optimizer's no more than the run's)"));
 
   const std::vector<int32_t> tasks =
       get("loader/task", DType::i32, false).values.to_vector<int32_t>();
@@ -208,6 +218,9 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
     if (tasks[i] < 0 || tasks[i] >= data::kTaskCount)
       reader.fail(
           detail::concat("not a valid checkpoint: 'loader/task' holds ", tasks[i], ", not a task"));
+    if (cols[0][i] < 0 || cols[1][i] < 0)
+      reader.fail(detail::concat("not a valid checkpoint: a negative data cursor (epoch ", cols[0][i], ", position ",
+                                 cols[1][i], ")"));
     out.state.cursor.tasks.push_back(
         {static_cast<data::Task>(tasks[i]), cols[0][i], cols[1][i]});
   }
@@ -244,6 +257,16 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
     }
   }
   return out;
+}
+
+// Fails naming `name` and the first element of `values` that is not finite, or (`nonnegative`:
+// second moments, means of squares) that is negative.
+void check_values(const ChecksummedH5Reader& reader, const std::string& name, const Tensor& values, bool nonnegative) {
+  const std::vector<double> x = values.to(DType::f64).to_vector<double>();
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!std::isfinite(x[i]) || (nonnegative && x[i] < 0))
+      reader.fail(detail::concat("not a valid checkpoint: '", name, "' element ", i, " is ", x[i],
+                                 nonnegative ? " (must be finite and >= 0)" : " (must be finite)"));
 }
 
 // Reads and checks the file; `all_values`: keep every dataset's numbers (loading), or only those
@@ -323,6 +346,10 @@ std::string commit_checkpoint(const std::string& dir, int64_t step, int keep_las
   }
   prune(dir, step, keep_last);
   return folder;
+}
+
+void remove_unfinished_checkpoints(const std::string& dir) {
+  for (const Listed& t : list(dir, true)) remove_folder(t.path, "unfinished checkpoint");
 }
 
 std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, const TrainingState& state,
@@ -449,6 +476,11 @@ TrainingState load_checkpoint(const std::string& path, Optimizer& optimizer, con
         reader.fail(detail::concat("parameter '", p->name, "' is ", dtype_name(d.dtype), shape_str(d.shape),
                                    " in the checkpoint, the model's is ", dtype_name(p->master.dtype()),
                                    shape_str(p->master.shape())));
+      // The checksum proves the bytes are those written, not that they are a state to go on from
+      // (a checkpoint written by another tool, or of a run that had already overflowed).
+      check_values(reader, "parameters/" + p->name, d.values, false);
+      check_values(reader, "optimizer/m/" + p->name, parsed.m.at(p->name)->values, false);
+      check_values(reader, "optimizer/v/" + p->name, parsed.v.at(p->name)->values, true);
     }
     for (const auto& [name, d] : parsed.params)
       if (!names.count(name))

@@ -85,6 +85,10 @@ void write_checkpoint_part(const std::string& folder, const CheckpointPart& part
 // and the temporary folders of writes that never finished. Checkpoints of a later step than
 // `step` (another run's) are kept.
 std::string commit_checkpoint(const std::string& dir, int64_t step, int keep_last);
+// Removes the temporary folders of `dir`: checkpoints being written or deleted when their process
+// died or failed. Only for a process that knows no other writes there (the holder of the run
+// directory's lock, at the start of a run, or after a failed write).
+void remove_unfinished_checkpoints(const std::string& dir);
 // begin, one part per entry of `parts` (empty: one part "model" with every parameter of the
 // optimizer), commit: a single process holding everything.
 std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, const TrainingState& state,

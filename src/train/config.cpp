@@ -4,8 +4,9 @@
 
 #include <boost/program_options.hpp>
 
-#include <deque>
+#include <algorithm>
 #include <cmath>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -113,6 +114,8 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(train, "train.device", &c.device, "cpu or cuda");
   d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, bf16 on cuda (master weights stay f32), or f64 on cpu (reference numerics: master weights and moments in f64)");
   d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal");
+  d->add(train, "train.progress", &c.progress, "the progress line: tty (rewritten in place every step), plain (a line every train.log_every steps), auto (tty when the standard output is a terminal and no MPI launcher or Slurm forwards it)");
+  d->add(train, "train.nonfinite", &c.nonfinite, "a step whose loss or gradient norm is not finite: stop (the run ends before the update, naming the step and the task) or skip (its update is not applied; counted in metrics.jsonl as skipped_steps)");
   d->add(train, "train.micro_tokens", &c.micro_tokens, "most tokens (all fields) a rank runs in one forward/backward: a larger share of a global batch is split into micro-batches whose gradients accumulate; 0: no limit");
 
   auto& opt = d->section("[optimizer]");
@@ -188,6 +191,59 @@ void refuse_removed(const po::variables_map& vm) {
     if (vm.count(key)) throw InputError(why);
 }
 
+// Edit distance (insertions, deletions, substitutions) between two keys.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean KEY?)" for the declared key closest to an unknown `name`: a key it ends (the
+// section left out: "lr" for optimizer.lr), or one a few typos away; "" when none is close.
+std::string suggestion(const Declarations& d, const std::string& name) {
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, name.size() / 4) + 1;
+  for (const Key& key : d.keys) {
+    const std::string& k = key.name;
+    if (k.size() > name.size() && k.compare(k.size() - name.size(), name.size(), name) == 0 &&
+        k[k.size() - name.size() - 1] == '.')
+      return " (did you mean " + k + "?)";
+    const size_t distance = edit_distance(name, k);
+    if (distance < best_distance) {
+      best_distance = distance;
+      best = k;
+    }
+  }
+  return best.empty() ? "" : " (did you mean " + best + "?)";
+}
+
+// "line N" of the INI file where `key` (section.name) is set, or "" when not found.
+std::string ini_line_of(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line, section;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const size_t b = line.find_first_not_of(" \t");
+    if (b == std::string::npos) continue;
+    line = line.substr(b);
+    if (line[0] == '[') {
+      section = line.substr(1, line.find(']') - 1);
+      continue;
+    }
+    const std::string name = line.substr(0, line.find_first_of(" \t="));
+    if ((section.empty() ? name : section + "." + name) == key) return "line " + std::to_string(n);
+  }
+  return "";
+}
+
 // Command-line style without short options, so a negative value ("--optimizer.final -1") is a
 // value and not an unknown option "-1".
 constexpr int kStyle = po::command_line_style::unix_style ^ po::command_line_style::allow_short;
@@ -202,7 +258,20 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   all.add(d->file_options());
   all.add(removed_options());
   po::variables_map vm;
-  po::store(po::command_line_parser(argc, argv).options(all).style(kStyle).run(), vm);
+  po::parsed_options parsed(&all);
+  try {
+    parsed = po::command_line_parser(argc, argv).options(all).style(kStyle).run();
+  } catch (const po::unknown_option& e) {
+    std::string name = e.get_option_name();
+    name.erase(0, name.find_first_not_of('-'));
+    throw InputError(std::string(e.what()) + suggestion(*d, name));
+  }
+  // Without a positional description Boost keeps stray words aside: a mistyped option ("extra",
+  // "lr=3e-5") would otherwise be dropped without a word.
+  const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
+  QARAC_INPUT_CHECK(stray.empty(), "unexpected argument '", stray.empty() ? "" : stray.front(),
+                    "': settings are --KEY VALUE (see --help)");
+  po::store(parsed, vm);
   refuse_removed(vm);
   if (vm.count("help")) {
     help << "qarac-train [--config FILE] [--KEY VALUE ...] [--resume]\n\n"
@@ -226,6 +295,10 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     file.add(removed_options());
     try {
       po::store(po::parse_config_file(in, file), vm);
+    } catch (const po::unknown_option& e) {
+      const std::string where = ini_line_of(path, e.get_option_name());
+      throw InputError(path + (where.empty() ? "" : ", " + where) + ": " + e.what() +
+                       suggestion(*d, e.get_option_name()));
     } catch (const po::error& e) {
       throw InputError(path + ": " + e.what());
     }
@@ -236,6 +309,8 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     }
   }
   po::notify(vm);
+  for (const auto& [key, value] : vm)
+    if (!value.defaulted()) c.given.insert(key);
   return c;
 }
 
@@ -252,6 +327,27 @@ void check_values(const TrainConfig& c) {
     QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
                       c.mask_probability, " must lie in (0, 1)");
   }
+  // A setting that the chosen mode ignores is refused: the user meant something by it.
+  const std::vector<std::string> sizes = {"model.hidden", "model.layers", "model.heads", "model.ffn",
+                                          "model.max_positions"};
+  auto refuse = [&](const std::string& key, const std::string& why) {
+    QARAC_INPUT_CHECK(!c.given.count(key), key, ": has no effect ", why, "; remove it");
+  };
+  if (!c.pretraining()) {
+    for (const std::string& key : sizes) refuse(key, "with model.mode qarac (the sizes are model.base's)");
+    refuse("model.tokenizer", "with model.mode qarac (the vocabulary is model.base's; eval.tokenizer sets the "
+                              "forgetting monitor's)");
+    refuse("model.mask_probability", "with model.mode qarac");
+  } else {
+    if (!c.base.empty())
+      for (const std::string& key : sizes) refuse(key, "when model.base is given (the sizes are the base's)");
+    for (const char* key : {"model.share_encoder_base", "model.tie_lm_head", "eval.tokenizer", "eval.decoded",
+                            "task.ed.weight"})
+      refuse(key, "with model.mode mlm (one model, one objective)");
+    for (const char* t : {"qa", "rs", "cs"})
+      for (const char* field : {".weight", ".batch"})
+        refuse(std::string("task.") + t + field, "with model.mode mlm (it trains on the text stream: task.ed.batch)");
+  }
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
   QARAC_INPUT_CHECK(c.dropout < 1, "model.dropout: ", c.dropout, " must be < 1 (negative: the base config's)");
   QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
@@ -266,6 +362,10 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.dtype != "f64" || c.device == "cpu",
                     "train.dtype: f64 is the CPU's reference precision; train.device cuda computes in f32 or bf16");
   QARAC_INPUT_CHECK(c.log_every >= 1, "train.log_every: ", c.log_every, " must be >= 1");
+  QARAC_INPUT_CHECK(c.progress == "auto" || c.progress == "plain" || c.progress == "tty", "train.progress: '",
+                    c.progress, "' must be auto, plain or tty");
+  QARAC_INPUT_CHECK(c.nonfinite == "stop" || c.nonfinite == "skip", "train.nonfinite: '", c.nonfinite,
+                    "' must be stop or skip");
   QARAC_INPUT_CHECK(c.micro_tokens >= 0, "train.micro_tokens: ", c.micro_tokens, " must be >= 0 (0: no limit)");
   try {
     optimizer_from_name(c.optimizer);
@@ -305,6 +405,8 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.checkpoint_every >= 0, "checkpoint.every: ", c.checkpoint_every, " must be >= 0");
   QARAC_INPUT_CHECK(c.checkpoint_keep >= 0, "checkpoint.keep: ", c.checkpoint_keep, " must be >= 0");
   QARAC_INPUT_CHECK(c.eval_every >= 0, "eval.every: ", c.eval_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.eval_every == 0 || !c.eval_dir.empty(), "eval.every: ", c.eval_every,
+                    " needs eval.dir (the held-out task streams); without it nothing is evaluated");
   QARAC_INPUT_CHECK(c.eval_examples >= 1, "eval.examples: ", c.eval_examples, " must be >= 1");
   QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
   QARAC_INPUT_CHECK(c.backend == "auto" || c.backend == "mpi" || c.backend == "nccl", "parallel.backend: '",

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "core/memory.h"
@@ -26,6 +27,7 @@ struct TaskSettings {
 struct TrainConfig {
   // Command line, and top level of the INI file.
   std::string config_file;  // --config (command line only)
+  std::set<std::string> given;  // the keys set on the command line or in the file (not defaults)
   bool resume = false;      // --resume (command line only)
   std::string output;       // output: the run directory (metrics, checkpoints, export)
 
@@ -51,6 +53,8 @@ struct TrainConfig {
   std::string dtype = "f32";   // compute dtype: f32 | bf16 (cuda)
   int64_t log_every = 10;     // progress line every N steps when stdout is not a terminal
   int64_t micro_tokens = 0;   // most tokens a rank runs in one forward/backward; 0: no limit
+  std::string progress = "auto";   // the progress line: auto | plain (a line each log_every) | tty (rewritten)
+  std::string nonfinite = "stop";  // a non-finite loss or gradient norm: stop | skip (the update)
 
   // [optimizer]
   std::string optimizer = "adamw";  // adamw | nadam

@@ -1,14 +1,22 @@
 // Step statistics over the world, metrics.jsonl and the progress line (train/metrics.h).
 #include "train/metrics.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/log.h"
 
 namespace qarac {
@@ -86,10 +94,53 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   s.slowest_compute_seconds = *slowest;
 }
 
-void MetricsLog::open(const std::string& path) {
-  file_.open(path, std::ios::app);
-  QARAC_INPUT_CHECK(file_.good(), path, ": cannot open for writing");
-  terminal_ = isatty(fileno(stdout)) != 0;
+namespace {
+
+// The lines of an earlier run's metrics.jsonl that a run resuming at `first_step` keeps: whole
+// JSON lines of steps up to it. Also returns the steps of their evaluations.
+std::string kept_lines(const std::string& path, int64_t first_step, std::set<int64_t>& eval_steps) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) return "";
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  QARAC_INPUT_CHECK(!in.bad(), path, ": cannot read");
+  std::string kept;
+  // The last line lacks its newline only when a write was cut short: it is dropped.
+  for (size_t begin = 0, end; (end = text.find('\n', begin)) != std::string::npos; begin = end + 1) {
+    const std::string line = text.substr(begin, end - begin);
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
+    if (record.is_discarded() || !record.is_object() || !record.contains("step") ||
+        !record["step"].is_number_integer() || record["step"].get<int64_t>() > first_step)
+      continue;
+    if (record.value("eval", false)) eval_steps.insert(record["step"].get<int64_t>());
+    kept += line + "\n";
+  }
+  return kept;
+}
+
+}  // namespace
+
+void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, bool rewrite_progress) {
+  path_ = path;
+  if (resuming) {
+    const std::string kept = kept_lines(path, first_step, eval_steps_);
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec)) {
+      AtomicFile file(path);
+      file.write(kept.data(), kept.size());
+      file.commit();
+    }
+  }
+  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open for writing: ", std::strerror(errno));
+  terminal_ = rewrite_progress;
+}
+
+MetricsLog::~MetricsLog() {
+  if (fd_ >= 0) ::close(fd_);  // every line was written whole or refused: nothing to report here
+}
+
+void MetricsLog::sync() {
+  if (fd_ >= 0 && fsync(fd_) != 0) throw InputError(detail::concat(path_, ": cannot write: ", std::strerror(errno)));
 }
 
 void MetricsLog::start(int64_t first_step) {
@@ -129,6 +180,8 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
   line["task_compute_max_s"] = task_compute;  // per task, its slowest rank
   line["slowest_rank"] = s.slowest_rank;
   line["slowest_rank_compute_s"] = s.slowest_compute_seconds;
+  if (s.skipped) line["skipped"] = true;
+  if (s.skipped_steps > 0) line["skipped_steps"] = s.skipped_steps;
   line["elapsed_s"] = seconds_since(started_);
   append(line.dump());
 }
@@ -140,6 +193,7 @@ void MetricsLog::write_eval(int64_t step, const std::map<std::string, double>& m
   line["eval"] = true;
   for (const auto& [name, value] : metrics) line[name] = value;
   append(line.dump());
+  eval_steps_.insert(step);
   std::string text;
   for (const auto& [name, value] : metrics)
     if (name.find(".confusion.") == std::string::npos) text += " " + name + "=" + std::to_string(value);
@@ -187,8 +241,22 @@ void MetricsLog::end_progress_line() {
 }
 
 void MetricsLog::append(const std::string& line) {
-  file_ << line << "\n";
-  file_.flush();
+  const std::string bytes = line + "\n";
+  struct stat before {};
+  QARAC_INPUT_CHECK(fstat(fd_, &before) == 0, path_, ": cannot write: ", std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd_, bytes.data() + done, bytes.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n < 0 && errno != EINTR) {
+      const int err = errno;
+      // Cut back to the last whole line: a reader (and a resumed run) never sees half a record.
+      if (ftruncate(fd_, before.st_size) != 0)
+        log::warn(path_, ": cannot remove the part of a line written before the failure");
+      throw InputError(detail::concat(path_, ": cannot write: ", std::strerror(err)));
+    }
+  }
 }
 
 }  // namespace qarac

@@ -7,8 +7,8 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
-#include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,6 +36,9 @@ struct StepStats {
   // after it the world's (the highest signal number) and the highest rank that received one.
   int stop_signal = 0;
   int stop_rank = -1;
+  // train.nonfinite skip: this step's update was left out; the steps left out so far in the run.
+  bool skipped = false;
+  int64_t skipped_steps = 0;
 };
 
 // `slot_losses` are this process's parts of its tasks' global-batch means (each micro-batch's
@@ -52,9 +55,22 @@ class MetricsLog {
  public:
   using Clock = std::chrono::steady_clock;
 
-  // Opens `path` for appending (a resumed run goes on in the same file); the progress line is
-  // rewritten in place when stdout is a terminal. InputError naming the file when it cannot.
-  void open(const std::string& path);
+  MetricsLog() = default;
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+
+  // Opens `path` for appending; the progress line is rewritten in place when `rewrite_progress`
+  // (a terminal), one line every train.log_every steps otherwise. A run that starts at step `first_step` of an earlier one (resuming) keeps only the
+  // earlier lines of steps up to it: the steps after its checkpoint run again and are written
+  // again, and a line cut short by a crash or a full disk is dropped. InputError naming the file
+  // when it cannot.
+  void open(const std::string& path, int64_t first_step, bool resuming, bool rewrite_progress);
+  // Whether the file holds the line of an evaluation at `step` (one that a resumed run need not
+  // repeat).
+  bool has_eval(int64_t step) const { return eval_steps_.count(step) != 0; }
+  // Puts the lines written so far on disk (at a checkpoint: what it covers survives a crash).
+  void sync();
+  ~MetricsLog();
   // The clock of elapsed_s and the ETA starts here, at step `first_step` of this process.
   void start(int64_t first_step);
 
@@ -71,9 +87,13 @@ class MetricsLog {
   void end_progress_line();
 
  private:
+  // Appends one line whole, or throws (InputError naming the file) with the file cut back to
+  // where it was: a failed write never leaves half a line.
   void append(const std::string& line);
 
-  std::ofstream file_;
+  std::string path_;
+  int fd_ = -1;
+  std::set<int64_t> eval_steps_;
   bool terminal_ = false;       // stdout is a terminal: the progress line is rewritten in place
   bool progress_open_ = false;  // a progress line without its newline is on the terminal
   Clock::time_point started_;

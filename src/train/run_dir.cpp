@@ -1,8 +1,14 @@
-// The run directory's checks and the agreement on the step to resume from (train/run_dir.h).
+// The run directory's checks, its lock, and the agreement on the step to resume from
+// (train/run_dir.h).
 #include "train/run_dir.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
-#include <optional>
 
 #include "core/log.h"
 #include "train/checkpoint.h"
@@ -11,22 +17,96 @@ namespace qarac {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// Empty but for the lock file a finished run leaves behind.
+bool holds_nothing(const std::string& output) {
+  std::error_code ec;
+  for (fs::directory_iterator it(output, ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().filename() != kRunLockName) return false;
+  return !ec;
+}
+
+// What a run writes into its directory: one of them marks a directory as a run's.
+bool is_run_entry(const fs::path& name) {
+  for (const char* entry : {kRunLockName, "config.ini", "metrics.jsonl", "checkpoints", "export"})
+    if (name == entry) return true;
+  return false;
+}
+
+// The "<host> pid <pid>" a lock holder wrote into the lock file, or "" when unreadable.
+std::string holder_of(int fd) {
+  char text[256] = {};
+  const ssize_t n = pread(fd, text, sizeof text - 1, 0);
+  if (n <= 0) return "";
+  std::string s(text, static_cast<size_t>(n));
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+}  // namespace
+
 void check_output_dir(const std::string& output, bool resume) {
   std::error_code ec;
   const bool exists = fs::exists(output, ec);
   if (resume) {
     QARAC_INPUT_CHECK(exists, "--resume: output ", output, " does not exist");
+    QARAC_INPUT_CHECK(fs::is_directory(output, ec), "--resume: output ", output, " is not a directory");
+    // A run that never completed a checkpoint starts again from step 0 in its directory: make
+    // sure it is one (or empty), not some folder named by mistake.
+    bool run = true;
+    for (fs::directory_iterator it(output, ec), end; !ec && it != end; it.increment(ec))
+      if ((run = is_run_entry(it->path().filename()))) break;
+    QARAC_INPUT_CHECK(run, "--resume: ", output, " is not a run directory (no config.ini, metrics.jsonl or checkpoints/)");
     return;
   }
   if (!exists) return;
   QARAC_INPUT_CHECK(fs::is_directory(output, ec), "output: ", output, " is not a directory");
-  QARAC_INPUT_CHECK(fs::is_empty(output, ec), "output: ", output,
-                    " is not empty (--resume continues its run; or choose another directory)");
+  QARAC_INPUT_CHECK(holds_nothing(output), "output: ", output,
+                    " is not empty (--resume continues its run, from step 0 if it never completed a checkpoint;"
+                    " or choose another directory)");
 }
 
 std::string checkpoint_dir(const std::string& output) { return (fs::path(output) / "checkpoints").string(); }
 
-std::string find_resume_checkpoint(const std::string& output, int rank, const parallel::MpiGroup* world) {
+RunLock::RunLock(const std::string& output) {
+  std::error_code ec;
+  created_ = fs::create_directories(output, ec);
+  QARAC_INPUT_CHECK(!ec, "output: cannot create ", output, ": ", ec.message());
+  const std::string path = (fs::path(output) / kRunLockName).string();
+  fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open the run's lock file: ", std::strerror(errno));
+  if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err == EWOULDBLOCK) {
+      const std::string holder = holder_of(fd_);
+      close(fd_);
+      fd_ = -1;
+      throw InputError(detail::concat("output: ", output, " is in use by another run (",
+                                      holder.empty() ? "its lock file " + path : holder,
+                                      "); wait for it to end, or choose another directory"));
+    }
+    // Some cluster file systems are mounted without locks (Lustre without -o flock): the run goes
+    // on, as it would have before locks existed, but says that nothing guards the directory.
+    log::warn(path, ": cannot lock (", std::strerror(err), "): nothing stops a second run from using ", output,
+              " at the same time");
+    return;
+  }
+  // Who holds it, for the message of a run that finds it locked; only informative, so a failed
+  // write (a full disk) is not an error here: the checkpoints and metrics will report it.
+  char host[128] = "?";
+  gethostname(host, sizeof host - 1);
+  const std::string text = std::string(host) + " pid " + std::to_string(getpid()) + "\n";
+  if (ftruncate(fd_, 0) != 0 || pwrite(fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+    log::debug(path, ": cannot record the holder: ", std::strerror(errno));
+}
+
+RunLock::~RunLock() {
+  if (fd_ >= 0) close(fd_);  // releases the lock
+}
+
+std::optional<std::string> find_resume_checkpoint(const std::string& output, int rank,
+                                                  const parallel::MpiGroup* world) {
   const std::string dir = checkpoint_dir(output);
   // Every rank refuses an old layout itself, so that the job ends with one line from each.
   refuse_old_checkpoints(dir);
@@ -37,7 +117,7 @@ std::string find_resume_checkpoint(const std::string& output, int rank, const pa
     if (latest) step = static_cast<double>(checkpoint_step(*latest));
   }
   if (world) world->all_reduce(&step, 1, MPI_MAX, "agreeing on the checkpoint to resume from");
-  QARAC_INPUT_CHECK(step >= 0, "--resume: no valid checkpoint in ", dir);
+  if (step < 0) return std::nullopt;
   return checkpoint_path(dir, static_cast<int64_t>(step));
 }
 

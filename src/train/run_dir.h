@@ -1,29 +1,57 @@
-// A run's directory (config.output) and where a run starts in it. Layout:
-//   config.ini              the effective configuration (a fresh run writes it)
+// A run's directory (config.output): who may use it, and where a run starts in it. Layout:
+//   .qarac.lock             held (flock) by rank 0 of the run using the directory: one run at a time
+//   config.ini              the effective configuration (a run from step 0 writes it)
 //   metrics.jsonl           one JSON object per step, and per evaluation ("eval": true)
 //   checkpoints/            step-<step>/<part>.h5, the newest checkpoint.keep of them: the global
 //                           state, every model group once (train/checkpoint.h), whatever the
 //                           world size (with several machines the folder must be shared)
 //   export/<model>/         config.json + model.safetensors per model, at the end
+// A run can always go on: `--resume` continues from the newest valid checkpoint, or from step 0
+// when the run never completed one (killed before or during its first checkpoint).
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "parallel/communicator.h"
 
 namespace qarac {
 
-// A fresh run needs a new or empty directory, so that it never mixes its files with another
-// run's; --resume needs the directory of the run. InputError naming the directory otherwise.
+constexpr const char* kRunLockName = ".qarac.lock";
+
+// A fresh run needs a new or empty directory (the lock file of a finished run aside), so that it
+// never mixes its files with another run's; --resume needs the directory of a run. InputError
+// naming the directory otherwise. Reads only: the check is repeated under the lock.
 void check_output_dir(const std::string& output, bool resume);
 
 // Where a run keeps its checkpoints: <output>/checkpoints.
 std::string checkpoint_dir(const std::string& output);
 
+// Rank 0's exclusive hold on the run directory for as long as the run lasts: a second run, or a
+// --resume of a live one, in the same directory stops at once with one line naming the holder,
+// before it deletes or writes anything. The lock is an flock(2) on <output>/.qarac.lock, released
+// by the kernel when the process ends however it ends, so a killed run never leaves a stale lock.
+class RunLock {
+ public:
+  // Creates `output` (and its parents) when missing, then locks it; InputError naming the
+  // directory, and the host and pid of the holder, when another process holds it.
+  explicit RunLock(const std::string& output);
+  ~RunLock();
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+  bool created_directory() const { return created_; }
+
+ private:
+  int fd_ = -1;
+  bool created_ = false;
+};
+
 // The checkpoint --resume starts from: the newest valid one, which rank 0 finds and tells the
-// others (`world` set: collective over it). Any world size and task plan may resume it.
-// InputError when there is none, or the folder holds checkpoints of the per-rank layout of
-// earlier versions (on every rank).
-std::string find_resume_checkpoint(const std::string& output, int rank, const parallel::MpiGroup* world);
+// others (`world` set: collective over it); nullopt when the run never completed one, so that it
+// starts again from step 0. Any world size and task plan may resume it. InputError when the
+// folder holds checkpoints of the per-rank layout of earlier versions (on every rank).
+std::optional<std::string> find_resume_checkpoint(const std::string& output, int rank,
+                                                  const parallel::MpiGroup* world);
 
 }  // namespace qarac

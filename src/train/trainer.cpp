@@ -4,16 +4,21 @@
 // is train/run_dir.h's, the workloads train/workload.h's, what is reported train/metrics.h's.
 #include "train/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <optional>
 #include <vector>
 
 #include "core/log.h"
 #include "parallel/gradient_sync.h"
+#include "core/atomic_file.h"
 #include "train/checkpoint.h"
 #include "train/evaluation.h"
 #include "train/fault.h"
@@ -34,6 +39,16 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+// train.progress: whether the progress line is rewritten in place. Launchers give a rank a
+// terminal of their own (Open MPI's pseudo-terminals) even when their output goes to a file, so
+// auto trusts isatty only outside them.
+bool rewrites_progress(const std::string& progress) {
+  if (progress != "auto") return progress == "tty";
+  for (const char* launcher : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+    if (std::getenv(launcher)) return false;
+  return isatty(fileno(stdout)) != 0;
 }
 
 // check_values first: the schedule's and the plan's own checks would name no key.
@@ -85,7 +100,8 @@ struct Trainer::Impl {
   StepLayout layout;
   Training training;
   std::string output, checkpoint_dir;
-  std::string resume_from;  // the checkpoint to resume from, when resuming
+  std::string resume_from;  // the checkpoint to resume from, when resuming from one
+  std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
   Fault fault;
   int64_t step = 0;  // training steps completed
@@ -96,13 +112,16 @@ struct Trainer::Impl {
   void build(Device device);
   std::string step_text() const { return "step " + std::to_string(step + 1); }
   void start();
+  void discard_unstarted() noexcept;
   StepStats train_step();
+  bool step_is_finite(const StepStats& s, const std::vector<double>& slot_losses);
   data::LoaderCursor global_cursor() const;
   std::vector<CheckpointPart> held_parts() const;
   void save();
   void evaluate();
   void check_replicas();
   void export_models();
+  Trainer::RunEnd run();
 };
 
 Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
@@ -127,7 +146,6 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
   fault = Fault::from_env();
   check_output_dir(output, config.resume);
   build(device);
-  if (config.resume) resume_from = find_resume_checkpoint(output, place.rank, place.world.get());
 }
 
 // The step layout, loaders, workload, gradient reduction and optimizer of this process.
@@ -162,9 +180,28 @@ void Trainer::Impl::build(Device device) {
   t.optimizer = std::make_unique<Optimizer>(t.params, config.optimizer_config());
 }
 
-// Restores the checkpoint when resuming; rank 0 creates the output directory, writes config.ini
-// (a fresh run), opens metrics.jsonl and prints the run's table.
+// Rank 0 locks the output directory (creating it); the run restores the checkpoint when
+// resuming from one; rank 0 writes config.ini (a run from step 0), opens metrics.jsonl and
+// prints the run's table.
 void Trainer::Impl::start() {
+  if (place.root()) {
+    lock = std::make_unique<RunLock>(output);
+    // Again under the lock: another run may have started in the directory since the first check.
+    check_output_dir(output, config.resume);
+    // What a killed or failed run left half-written: nobody else writes here now.
+    remove_unfinished_checkpoints(checkpoint_dir);
+  }
+  // Every rank waits for the lock: nothing is read or written before the directory is this run's.
+  if (place.world) place.world->barrier("locking the output directory");
+  if (config.resume) {
+    const std::optional<std::string> latest = find_resume_checkpoint(output, place.rank, place.world.get());
+    if (latest) {
+      resume_from = *latest;
+    } else if (place.root()) {
+      log::warn("--resume: no completed checkpoint in ", qarac::checkpoint_dir(output),
+                ": the run starts again from step 0");
+    }
+  }
   if (!resume_from.empty()) {
     // Restores the parameters and moments of the groups this rank holds, and the optimizer's
     // step; refuses a checkpoint whose run fixed the models, the data order or the global
@@ -173,23 +210,22 @@ void Trainer::Impl::start() {
         resume_from, *training.optimizer, [&](const std::string& saved) { return resume_mismatch(config, saved); },
         held_parts());
     step = state.step;
+    QARAC_INPUT_CHECK(step <= config.steps, "--resume: ", resume_from, " is at step ", step, ", beyond train.steps ",
+                      config.steps, " (raise train.steps to go on)");
     training.loaders->restore(state.cursor);
     last.checkpoint = step;
     if (place.root()) log::info("resuming from ", resume_from, " at step ", step);
   }
-  // Every rank has checked the output directory before rank 0 creates it.
-  if (place.world) place.world->barrier("start of the run");
   if (place.root()) {
     const fs::path dir = output;
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    QARAC_INPUT_CHECK(!ec, "output: cannot create ", output, ": ", ec.message());
     if (resume_from.empty()) {
-      std::ofstream ini(dir / "config.ini");
-      ini << to_ini(config);
-      QARAC_INPUT_CHECK(ini.good(), (dir / "config.ini").string(), ": cannot write");
+      const std::string ini = to_ini(config);
+      AtomicFile file((dir / "config.ini").string());
+      file.write(ini.data(), ini.size());
+      file.commit();
     }
-    metrics.open((dir / "metrics.jsonl").string());
+    metrics.open((dir / "metrics.jsonl").string(), step, config.resume, rewrites_progress(config.progress));
+    if (metrics.has_eval(step)) last.eval = step;
     int64_t count = 0;
     for (const parallel::ParameterGroup& g : training.sync->groups())
       for (const Parameter* p : g.params) count += p->master.numel();
@@ -203,7 +239,25 @@ void Trainer::Impl::start() {
                 static_cast<long long>(config.steps), output.c_str());
     std::fflush(stdout);
   }
-  if (place.world) place.world->barrier("creating the output directory");
+  // Every rank learns whether the evaluation due at the first step is already on record.
+  if (place.world) {
+    double evaluated = static_cast<double>(last.eval);
+    place.world->all_reduce(&evaluated, 1, MPI_MAX, "starting the run");
+    last.eval = static_cast<int64_t>(evaluated);
+  }
+}
+
+// A fresh run that ends in an error before its first step leaves its directory as it found it,
+// so that the same command can run again once the cause is fixed (a run that was killed cannot:
+// --resume starts it from step 0). Later failures keep what they wrote: the metrics of the steps
+// that ran tell what went wrong, and --resume goes on.
+void Trainer::Impl::discard_unstarted() noexcept {
+  if (!place.root() || !lock || config.resume || step > 0 || last.checkpoint >= 0) return;
+  std::error_code ec;
+  for (const char* name : {"config.ini", "metrics.jsonl", "checkpoints", kRunLockName})
+    fs::remove_all(fs::path(output) / name, ec);
+  if (lock->created_directory()) fs::remove(output, ec);  // only when empty: nobody else's files
+  lock.reset();
 }
 
 StepStats Trainer::Impl::train_step() {
@@ -278,17 +332,18 @@ StepStats Trainer::Impl::train_step() {
   const Clock::time_point t_norm = Clock::now();
   s.grad_norm = std::sqrt(t.sync->global_grad_sum_of_squares(step_text()));
   const double norm_wait = seconds_between(t_norm, Clock::now());
-  // Every rank sees the same global norm, so all of them stop here together, before the update:
-  // the checkpoints on disk never hold the overflowed state.
-  QARAC_INPUT_CHECK(std::isfinite(s.grad_norm), step_text(), ": the gradient norm is ", s.grad_norm,
-                    ": a loss or a gradient overflowed (check optimizer.lr, the task weights and the base "
-                    "model's weights); the step was not applied");
-  t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
+  // The norm's all-reduce waited for every gradient, so the losses are ready: reading them back
+  // now costs no overlap.
   std::vector<double> slot_losses(batch.tasks.size(), 0.0);
   if (run > 0) {
     const std::vector<double> losses = t.run_losses.to(Device::cpu()).to(DType::f64).to_vector<double>();
     for (size_t j = 0; j < run_slot.size(); ++j) slot_losses[run_slot[j]] += losses[j] * run_share[j];
   }
+  if (step_is_finite(s, slot_losses))
+    t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
+  else
+    s.skipped = true;
+  s.skipped_steps = step + 1 - t.optimizer->steps();
   ++step;
   const Clock::time_point t_end = Clock::now();
   s.seconds = seconds_between(t0, t_end);
@@ -300,6 +355,33 @@ StepStats Trainer::Impl::train_step() {
   gather_step_stats(s, layout.slots, slot_losses, slot_seconds, place.world.get(), place.rank, place.world_size,
                     step);
   return s;
+}
+
+// Whether the step may be applied: its gradient norm and every task's loss on every rank are
+// finite. Every rank takes the same decision after the same all-reduce, so with train.nonfinite
+// stop all of them stop here together, before the update: the checkpoints on disk never hold the
+// overflowed state. With skip the update is left out and the run goes on.
+bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>& slot_losses) {
+  const std::vector<data::TaskSlot>& slots = layout.slots;
+  std::array<double, data::kTaskCount> bad{};  // per task: a non-finite loss on some rank
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (!std::isfinite(slot_losses[i])) bad[static_cast<size_t>(slots[i].task)] = 1;
+  if (place.world) place.world->all_reduce(bad.data(), data::kTaskCount, MPI_MAX, "finite losses, " + step_text());
+  std::string tasks;
+  for (int t = 0; t < data::kTaskCount; ++t)
+    if (bad[static_cast<size_t>(t)] != 0) tasks += std::string(tasks.empty() ? "" : ", ") + data::task_name(static_cast<data::Task>(t));
+  if (std::isfinite(s.grad_norm) && tasks.empty()) return true;
+  const std::string what = detail::concat(
+      step_text(), ": ",
+      tasks.empty() ? detail::concat("the gradient norm is ", s.grad_norm, " while every loss is finite")
+                    : "the loss of " + tasks + " is not finite",
+      " (a loss or a gradient overflowed: check optimizer.lr, the task weights and the base model's weights)");
+  QARAC_INPUT_CHECK(config.nonfinite == "skip", what, "; the step was not applied (train.nonfinite skip goes on)");
+  if (place.root()) {
+    metrics.end_progress_line();
+    log::warn(what, "; its update is skipped");
+  }
+  return false;
 }
 
 // Every task's global cursor: each rank knows those of its own tasks, the same on all of its
@@ -344,12 +426,24 @@ void Trainer::Impl::save() {
   std::vector<std::string> names;
   for (const parallel::ParameterGroup& g : training.sync->groups()) names.push_back(g.name);
   const std::string folder = checkpoint_temp_path(checkpoint_dir, step);
-  for (const parallel::ParameterGroup& g : training.sync->groups())
-    if (g.ranks.front() == place.rank)
-      write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
-  if (place.world) place.world->barrier(what);
   std::string path;
-  if (place.root()) path = commit_checkpoint(checkpoint_dir, step, static_cast<int>(config.checkpoint_keep));
+  try {
+    for (const parallel::ParameterGroup& g : training.sync->groups())
+      if (g.ranks.front() == place.rank)
+        write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
+    if (place.world) place.world->barrier(what);
+    if (place.root()) {
+      // The metrics up to the checkpoint survive a crash with it: a resumed run keeps them.
+      metrics.sync();
+      path = commit_checkpoint(checkpoint_dir, step, static_cast<int>(config.checkpoint_keep));
+    }
+  } catch (const InputError&) {
+    // A write that failed (a full disk) leaves no half checkpoint behind; the job ends, and the
+    // other ranks' parts go with the folder.
+    std::error_code ec;
+    fs::remove_all(folder, ec);
+    throw;
+  }
   if (place.world) place.world->barrier(what);
   metrics.end_progress_line();
   if (place.root()) log::info("checkpoint ", path);
@@ -392,12 +486,21 @@ void Trainer::abort() noexcept {
 }
 
 Trainer::RunEnd Trainer::run() {
-  Impl& t = *impl_;
+  try {
+    return impl_->run();
+  } catch (...) {
+    impl_->discard_unstarted();
+    throw;
+  }
+}
+
+Trainer::RunEnd Trainer::Impl::run() {
+  Impl& t = *this;
   const TrainConfig& c = t.config;
   t.start();
-  // The first evaluation of a fresh run measures the models before fine-tuning: the baseline of
-  // the forgetting monitor.
-  if (t.resume_from.empty()) t.evaluate();
+  // The evaluation due at the first step, unless a run that stopped there already recorded it:
+  // at step 0 it measures the models before fine-tuning, the baseline of the forgetting monitor.
+  if (t.last.eval != t.step && (t.step == 0 || (c.eval_every > 0 && t.step % c.eval_every == 0))) t.evaluate();
   t.metrics.start(t.step);
   while (t.step < c.steps) {
     const StepStats s = t.train_step();

@@ -29,10 +29,13 @@ struct TempDir {
 };
 
 // A random tiny RoBERTa written as a Hugging Face directory (names "roberta.*" and an MLM head
-// "lm_head.*", as transformers saves RobertaForMaskedLM), with the vocabulary of `tokenizer_dir`.
-inline void write_tiny_base(const std::filesystem::path& dir, const std::string& tokenizer_dir) {
+// "lm_head.*", as transformers saves RobertaForMaskedLM), with the vocabulary of `tokenizer_dir`
+// (or, `vocab_size` > 0, a vocabulary of that size: a base that does not fit the data).
+inline void write_tiny_base(const std::filesystem::path& dir, const std::string& tokenizer_dir,
+                            int64_t vocab_size = 0) {
   RobertaConfig config;
-  config.vocab_size = static_cast<int64_t>(data::Tokenizer::from_dir(tokenizer_dir).vocab_size());
+  config.vocab_size =
+      vocab_size > 0 ? vocab_size : static_cast<int64_t>(data::Tokenizer::from_dir(tokenizer_dir).vocab_size());
   config.hidden_size = 16;
   config.num_layers = 1;
   config.num_heads = 2;

@@ -12,11 +12,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -47,6 +49,14 @@ namespace {
   if (std::memcmp(x.raw(), y.raw(), x.nbytes()) != 0)
     return ::testing::AssertionFailure() << a.str() << ": the bytes differ";
   return ::testing::AssertionSuccess();
+}
+
+// A second moment to save: the squares of `x` (a checkpoint refuses negative second moments,
+// which are means of squares).
+Tensor squares(const Tensor& x) {
+  std::vector<double> v = x.to(DType::f64).to_vector<double>();
+  for (double& e : v) e *= e;
+  return Tensor::from_vector(v, x.shape()).to(x.dtype());
 }
 
 void expect_same_state(const Optimizer& a, const Optimizer& b) {
@@ -268,7 +278,7 @@ TEST_F(CheckpointTest, Bf16ComputeCopyIsRestored) {
   ASSERT_NE(a_list[0]->master.raw(), a_list[0]->value.raw());
   Optimizer a(a_list, TrainingRun::config(OptimizerKind::adamw));
   a.first_moments()[0].copy_(a_list[0]->master);
-  a.second_moments()[1].copy_(a_list[1]->master);
+  a.second_moments()[1].copy_(squares(a_list[1]->master));
   a.set_steps(7);
   const std::string path = save_checkpoint(dir(), a, state_at(7), 1);
 
@@ -525,6 +535,41 @@ TEST_F(CheckpointTest, LoadRefusesAnotherModel) {
       load_checkpoint(path, b.optimizer, [](const std::string&) { return std::string(); }));
 }
 
+// A checkpoint whose checksum holds but whose contents no run can go on from is refused on load,
+// naming the dataset, with the optimizer untouched: non-finite weights or moments, a negative
+// second moment, an optimizer ahead of the run, a step count beyond any run (NAdam's product
+// over every past step would spin), a negative data cursor.
+TEST_F(CheckpointTest, LoadRefusesStatesNoRunCanReach) {
+  auto refused = [&](const std::string& what, const std::function<void(Optimizer&, TrainingState&)>& spoil,
+                     std::initializer_list<std::string> parts) {
+    SCOPED_TRACE(what);
+    const fs::path folder = fs::path(dir()) / what;
+    TrainingRun a(1);
+    TrainingState state = state_at(3);
+    a.optimizer.set_steps(3);
+    spoil(a.optimizer, state);
+    const std::string path = save_checkpoint(folder.string(), a.optimizer, state, 1);
+    TrainingRun b(2);
+    const Tensor before = b.model.parameters()[0]->master.clone();
+    std::vector<std::string> all = parts;
+    all.push_back(path);
+    expect_input_error([&] { load_checkpoint(path, b.optimizer); }, all);
+    EXPECT_TRUE(same_bits(before, b.model.parameters()[0]->master));
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto set = [](Tensor& t, int64_t i, double x) { t.data<float>()[i] = static_cast<float>(x); };
+  refused("nan_weight", [&](Optimizer& o, TrainingState&) { set(o.parameters()[2]->master, 5, nan); },
+          {"'parameters/" + TrainingRun(1).model.parameters()[2]->name + "' element 5 is nan"});
+  refused("inf_moment", [&](Optimizer& o, TrainingState&) { set(o.first_moments()[0], 0, INFINITY); },
+          {"'optimizer/m/", "element 0 is inf"});
+  refused("negative_v", [&](Optimizer& o, TrainingState&) { set(o.second_moments()[1], 3, -1e-3); },
+          {"'optimizer/v/", "element 3 is -0.001", ">= 0"});
+  refused("optimizer_ahead", [](Optimizer& o, TrainingState&) { o.set_steps(4); }, {"optimizer steps 4"});
+  refused("huge_step", [](Optimizer&, TrainingState& s) { s.step = 1000000000000000; }, {"step 1000000000000000"});
+  refused("negative_epoch", [](Optimizer&, TrainingState& s) { s.cursor.tasks[0].epoch = -1; },
+          {"a negative data cursor"});
+}
+
 // ---- Crash safety ------------------------------------------------------------------------------
 
 // A child process writes checkpoints in a loop and is SIGKILLed at a random moment, again and
@@ -710,7 +755,7 @@ TEST_F(CheckpointTest, QaracModelsRoundTrip) {
   Optimizer saved(saved_models.parameters(), TrainingRun::config(OptimizerKind::adamw));
   for (size_t i = 0; i < saved.parameters().size(); ++i) {
     saved.first_moments()[i].copy_(saved.parameters()[i]->master);
-    saved.second_moments()[i].copy_(saved.parameters()[i]->master);
+    saved.second_moments()[i].copy_(squares(saved.parameters()[i]->master));
   }
   saved.set_steps(11);
   const std::string path = save_checkpoint(dir(), saved, state_at(11), 1);

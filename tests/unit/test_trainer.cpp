@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/test_support.h"
+#include "support/train_cli.h"
 #include "support/training_fixtures.h"
 #include "core/error.h"
 #include "data/loader.h"
@@ -386,62 +387,9 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
 
 // ---- qarac-train ---------------------------------------------------------------------------------
 
-namespace {
-
 using qarac::test_support::CliResult;
-using qarac::test_support::prepare_sample_data;
 using qarac::test_support::run_command;
-using qarac::test_support::write_tiny_base;
-
-const std::string kSample = std::string(QARAC_SAMPLE_DIR) + "/";
-
-// The base model and the prepared sample data, made once for every test of the suite.
-class TrainCli : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    root_ = new TempDir("cli");
-    write_tiny_base(root_->path / "base", kSample + "tokenizer");
-    const CliResult prep = prepare_sample_data(QARAC_PREP_EXE, kSample, root_->path / "data");
-    ASSERT_EQ(prep.code, 0) << prep.output;
-  }
-  static void TearDownTestSuite() {
-    delete root_;
-    root_ = nullptr;
-  }
-
-  static fs::path root() { return root_->path; }
-  // qarac-train with `args` and a small valid configuration for every key `args` leaves out (a
-  // key may appear once), writing to `output`.
-  static CliResult train(const fs::path& output, const std::string& args) {
-    const std::vector<std::pair<std::string, std::string>> defaults = {
-        {"output", output.string()}, {"model.base", (root() / "base").string()},
-        {"data.dir", (root() / "data").string()}, {"task.ed.batch", "8"},
-        {"task.qa.batch", "8"}, {"task.rs.batch", "8"}, {"task.cs.batch", "8"},
-        {"optimizer.warmup", "2"}, {"optimizer.lr", "1e-3"}, {"train.log_every", "1"}};
-    std::string command = std::string(QARAC_TRAIN_EXE) + " " + args;
-    for (const auto& [key, value] : defaults)
-      if (args.find("--" + key + " ") == std::string::npos && args.find("--" + key + "=") == std::string::npos)
-        command += " --" + key + " " + value;
-    return run_command(command);
-  }
-  // Exit 2, exactly one line naming every one of `parts`, and no output directory.
-  static void expect_usage_error(const std::string& args, std::initializer_list<std::string> parts) {
-    SCOPED_TRACE(args);
-    const fs::path out = root() / "never";
-    const CliResult r = train(out, args);
-    EXPECT_EQ(r.code, 2) << r.output;
-    EXPECT_EQ(r.output.find("qarac-train: error: "), 0u) << r.output;
-    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // exactly one line
-    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
-    EXPECT_FALSE(fs::exists(out)) << "the output directory was created";
-  }
-
-  static TempDir* root_;
-};
-
-TempDir* TrainCli::root_ = nullptr;
-
-}  // namespace
+using qarac::test_support::TrainCli;
 
 TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   expect_usage_error("--optimizer.no_such_key 1", {"optimizer.no_such_key"});
@@ -481,7 +429,7 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   std::ofstream(ini) << "[task]\ncs.tokens = 1024\n";
   expect_usage_error("--config " + ini.string(), {ini.string(), "task.cs.tokens: removed", "task.cs.batch"});
 
-  // A fresh run refuses a directory that is not empty; --resume needs a checkpoint.
+  // A fresh run refuses a directory that is not empty; --resume needs a run's directory.
   const fs::path used = root() / "used";
   fs::create_directories(used);
   std::ofstream(used / "notes.txt") << "another run\n";
@@ -490,7 +438,7 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   EXPECT_NE(r.output.find("not empty"), std::string::npos) << r.output;
   const CliResult resume = train(used, "--resume");
   EXPECT_EQ(resume.code, 2) << resume.output;
-  EXPECT_NE(resume.output.find("no valid checkpoint"), std::string::npos) << resume.output;
+  EXPECT_NE(resume.output.find("is not a run directory"), std::string::npos) << resume.output;
   EXPECT_EQ(fs::directory_iterator(used)->path().filename(), "notes.txt");
   // Checkpoints of the per-rank layout of earlier versions are refused in one line.
   for (const char* old : {"rank-0", "checkpoint-0000000002.h5"}) {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# launch/metrics-table.sh and launch/plot-metrics.sh on a made-up run: the table marks which
+# direction is better and lists the example counts apart; the plot gives every series its own
+# look (the two QA accuracies share a colour, not a marker), draws the chance level, names the run
+# without the machine's path, and keeps a change of 0.03% flat.
+#   tests/reports/check_reports.sh SOURCE_DIR
+# Exits 77 (skipped) when jq or gnuplot is missing (bash launch/install-deps.sh --job).
+set -euo pipefail
+me=tests/reports/check_reports.sh
+src=$(cd "${1:?usage: $me SOURCE_DIR}" && pwd)
+for tool in jq gnuplot; do
+  command -v "$tool" >/dev/null || { echo "$me: skipped: $tool is not installed (launch/install-deps.sh --job)"; exit 77; }
+done
+work=$(mktemp -d "${TMPDIR:-/tmp}/qarac-reports-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+fail() { echo "$me: FAIL: $*" >&2; exit 1; }
+
+run=$work/experiments/finetune
+mkdir -p "$run"
+cat > "$run/metrics.jsonl" <<'JSON'
+{"step":0,"eval":true,"ed.loss":7.1,"ed.token_accuracy":0.1,"qa.selection_accuracy":0.38,"qa.retrieval_accuracy":0.01,"qa.selection_chance":0.3,"qa.selection_examples":100,"qa.answer_norm":3.0,"forgetting.mlm_loss":1.63,"cs.accuracy":0.3,"cs.confusion.entailment.neutral":3}
+{"step":1,"loss":{"encode_decode":7.0,"question_answering":0.5},"lr":0.001}
+{"step":2,"loss":{"encode_decode":6.0,"question_answering":0.4},"lr":0.001}
+{"step":2,"eval":true,"ed.loss":6.1,"ed.token_accuracy":0.3,"qa.selection_accuracy":0.9,"qa.retrieval_accuracy":0.02,"qa.selection_chance":0.3,"qa.selection_examples":100,"qa.answer_norm":0.3,"forgetting.mlm_loss":1.6305,"cs.accuracy":0.5,"cs.confusion.entailment.neutral":1}
+JSON
+
+table=$(bash "$src/launch/metrics-table.sh" "$run")
+grep -qE '^encode_decode +loss +↓ +7\.1000 +6\.1000$' <<<"$table" || fail "table: no ↓ on ed loss: $table"
+grep -qE '^ +selection_accuracy +↑ ' <<<"$table" || fail "table: no ↑ on selection_accuracy"
+grep -qE '^question_answering +answer_norm +3\.0000' <<<"$table" || fail "table: answer_norm marked with a direction"
+grep -qE '^ +selection_examples' <<<"$table" && fail "table: a count among the metrics"
+grep -q 'examples evaluated at step 2: question_answering selection_examples: 100' <<<"$table" ||
+  fail "table: the counts are not listed apart"
+
+QARAC_PLOT_SCRIPT=$work/plot.gp bash "$src/launch/plot-metrics.sh" "$run" "$work/out.svg" >/dev/null
+gp=$work/plot.gp
+retrieval=$(grep -o "pt [0-9]* dt [0-9]* lc rgb '#[0-9a-f]*' title 'qa.retrieval_accuracy'" "$gp")
+selection=$(grep -o "pt [0-9]* dt [0-9]* lc rgb '#[0-9a-f]*' title 'qa.selection_accuracy'" "$gp")
+[ "${retrieval% title*}" != "${selection% title*}" ] || fail "plot: the QA accuracies look alike ($retrieval)"
+grep -q "title 'qa.selection chance'" "$gp" || fail "plot: no chance line"
+grep -q "title 'QARAC-MT: experiments/finetune (step 2)'" "$gp" || fail "plot: the title is not the run's name"
+grep -q "$work" <(grep multiplot "$gp") && fail "plot: the title holds the machine's path"
+# The forgetting axis around 1.63 -> 1.6305 spans at least a factor of 2.25.
+range=$(grep -A2 "forgetting monitor" "$gp" | grep -o 'set yrange \[[0-9.e+-]*:[0-9.e+-]*\]' | head -1)
+awk -v r="$range" 'BEGIN { sub(/.*\[/, "", r); split(r, a, ":"); exit !(a[2] / a[1] >= 2.25) }' ||
+  fail "plot: the forgetting axis is zoomed in ($range)"
+python3 -c 'import sys, xml.dom.minidom as m; m.parse(sys.argv[1])' "$work/out.svg" || fail "plot: not an SVG"
+echo "$me: the table and the plot read as intended"

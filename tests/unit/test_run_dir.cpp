@@ -1,0 +1,197 @@
+// The run directory as qarac-train uses it (train/run_dir.h): one run at a time (the lock), a
+// run that can always go on (--resume from step 0 when it never completed a checkpoint),
+// metrics.jsonl with every step once and every line whole after a resume, a failed start that
+// leaves nothing behind, and the non-finite step policy.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "support/train_cli.h"
+#include "train/run_dir.h"
+
+using namespace qarac;
+using qarac::test_support::CliResult;
+using qarac::test_support::TempDir;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Each line of a metrics.jsonl, parsed; a line that is not a JSON object fails the test.
+std::vector<nlohmann::json> metrics_lines(const fs::path& run) {
+  std::ifstream in(run / "metrics.jsonl");
+  std::vector<nlohmann::json> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << "not a JSON line: " << line;
+    if (j.is_object()) lines.push_back(j);
+  }
+  return lines;
+}
+
+// How many lines each step has, training steps and evaluations apart.
+struct StepCounts {
+  std::map<int64_t, int> steps, evals;
+};
+StepCounts count_steps(const fs::path& run) {
+  StepCounts c;
+  for (const nlohmann::json& j : metrics_lines(run))
+    ++(j.value("eval", false) ? c.evals : c.steps)[j["step"].get<int64_t>()];
+  return c;
+}
+
+// Every step 1..last once, and the evaluations `evals` once each.
+void expect_each_step_once(const fs::path& run, int64_t last, const std::vector<int64_t>& evals) {
+  const StepCounts c = count_steps(run);
+  std::map<int64_t, int> steps, expected_evals;
+  for (int64_t s = 1; s <= last; ++s) steps[s] = 1;
+  for (int64_t s : evals) expected_evals[s] = 1;
+  EXPECT_EQ(c.steps, steps);
+  EXPECT_EQ(c.evals, expected_evals);
+}
+
+void append(const fs::path& file, const std::string& text) {
+  std::ofstream(file, std::ios::app) << text;
+}
+
+class RunDirCli : public qarac::test_support::TrainCli {
+ protected:
+  // A small held-out evaluation (the training streams stand in for held-out ones).
+  static std::string eval_args() {
+    return " --eval.dir " + (root() / "data").string() + " --eval.examples 4 --eval.decoded 1";
+  }
+};
+
+}  // namespace
+
+// flock is per open file: a second lock on the directory fails in this very process too, naming
+// the holder, and the directory is free again once the holder is gone.
+TEST(RunLockTest, OneHolderAtATime) {
+  TempDir dir("lock");
+  const fs::path run = dir.path / "new" / "run";
+  {
+    RunLock first(run.string());
+    EXPECT_TRUE(first.created_directory());
+    try {
+      RunLock second(run.string());
+      ADD_FAILURE() << "a second lock was granted";
+    } catch (const InputError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(run.string() + " is in use by another run"), std::string::npos) << what;
+      EXPECT_NE(what.find("pid " + std::to_string(getpid())), std::string::npos) << what;
+    }
+  }
+  RunLock again(run.string());
+  EXPECT_FALSE(again.created_directory());
+}
+
+// A live run's directory: a --resume (or any run) started in it stops at once with one line and
+// deletes nothing, not even a temporary checkpoint folder of the live run.
+TEST_F(RunDirCli, ALockedDirectoryIsLeftAlone) {
+  const fs::path run = root() / "locked";
+  ASSERT_EQ(train(run, "--train.steps 2").code, 0);
+  const fs::path in_progress = run / "checkpoints" / "step-0000000004.tmp";
+  fs::create_directories(in_progress);
+  const std::string metrics_before = [&] {
+    std::ifstream in(run / "metrics.jsonl");
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }();
+  RunLock live(run.string());
+  const CliResult r = train(run, "--resume --train.steps 4");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("is in use by another run"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(in_progress));
+  EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-0000000002"));
+  std::ifstream in(run / "metrics.jsonl");
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()), metrics_before);
+}
+
+// A run killed before its first checkpoint completed (its files as a SIGKILL leaves them: the
+// baseline evaluation, a step, half a line, a temporary checkpoint folder) goes on with --resume
+// from step 0, and its metrics hold every step once.
+TEST_F(RunDirCli, RunWithoutACheckpointResumesFromStepZero) {
+  const fs::path run = root() / "killed-early";
+  ASSERT_EQ(train(run, "--train.steps 1" + eval_args()).code, 0);
+  fs::remove_all(run / "checkpoints");
+  fs::remove_all(run / "export");
+  fs::create_directories(run / "checkpoints" / "step-0000000002.tmp");
+  append(run / "metrics.jsonl", "{\"step\": 2, \"loss\": {\"encode_de");
+  const CliResult r = train(run, "--resume --train.steps 3 --checkpoint.every 2" + eval_args());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("the run starts again from step 0"), std::string::npos) << r.output;
+  expect_each_step_once(run, 3, {0, 3});
+  EXPECT_FALSE(fs::exists(run / "checkpoints" / "step-0000000002.tmp"));
+  EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-0000000003"));
+  // --resume names a run's directory, or an empty one: not any folder.
+  const fs::path other = root() / "not-a-run";
+  fs::create_directories(other);
+  std::ofstream(other / "notes.txt") << "mine\n";
+  const CliResult refused = train(other, "--resume");
+  EXPECT_EQ(refused.code, 2) << refused.output;
+  EXPECT_NE(refused.output.find("is not a run directory"), std::string::npos) << refused.output;
+}
+
+// Killed after the lines of steps 3 and 4 (and half of step 5's) but before the checkpoint of
+// step 4: the resumed run repeats steps 3 and 4 from the checkpoint of step 2, and the file
+// holds each step once, the evaluations once, every line whole.
+TEST_F(RunDirCli, ResumedMetricsHoldEveryStepOnce) {
+  const fs::path run = root() / "killed-late";
+  ASSERT_EQ(train(run, "--train.steps 4 --checkpoint.every 2 --checkpoint.keep 0" + eval_args()).code, 0);
+  fs::remove_all(run / "checkpoints" / "step-0000000004");
+  append(run / "metrics.jsonl", "{\"step\": 5, \"lr\": 0.00");
+  const CliResult r = train(run, "--resume --train.steps 4 --checkpoint.every 2" + eval_args());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("at step 2"), std::string::npos) << r.output;
+  expect_each_step_once(run, 4, {0, 4});
+  // Resuming to fewer steps than the checkpoint reached is refused, not a silent no-op.
+  const CliResult back = train(run, "--resume --train.steps 3");
+  EXPECT_EQ(back.code, 2) << back.output;
+  EXPECT_NE(back.output.find("is at step 4, beyond train.steps 3"), std::string::npos) << back.output;
+}
+
+// Words that are not --KEY VALUE settings are refused, not dropped.
+TEST_F(RunDirCli, StrayArgumentsAreRefused) {
+  expect_usage_error("extra", {"unexpected argument 'extra'"});
+  expect_usage_error("--train.steps 2 lr=1e-4", {"unexpected argument 'lr=1e-4'"});
+}
+
+// An error found only when the run has started (here: data tokenised with a larger vocabulary
+// than the base's, found by the first forward pass) leaves no directory behind: the same command
+// runs again once the cause is fixed.
+TEST_F(RunDirCli, AFailedStartLeavesNoDirectory) {
+  const fs::path small_base = root() / "small-base";
+  qarac::test_support::write_tiny_base(small_base, qarac::test_support::kSample + "tokenizer", 50);
+  const fs::path run = root() / "failed-start";
+  const CliResult r = train(run, "--model.base " + small_base.string() + " --train.steps 2");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(run)) << r.output;
+  EXPECT_EQ(train(run, "--train.steps 1").code, 0);
+}
+
+// train.nonfinite skip: the steps whose gradients overflow are not applied, each said on screen
+// and counted in metrics.jsonl; the run finishes.
+TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
+  const fs::path run = root() / "skipping";
+  const CliResult r = train(run, "--task.ed.weight 1e308 --train.nonfinite skip --train.steps 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("step 2: the gradient norm is"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("its update is skipped"), std::string::npos) << r.output;
+  int64_t last = 0;
+  for (const nlohmann::json& j : metrics_lines(run)) {
+    if (j.value("eval", false)) continue;
+    EXPECT_TRUE(j.value("skipped", false)) << j.dump();
+    EXPECT_EQ(j.value("skipped_steps", int64_t{0}), j["step"].get<int64_t>()) << j.dump();
+    last = j["step"].get<int64_t>();
+  }
+  EXPECT_EQ(last, 3);
+  expect_usage_error("--train.nonfinite ignore", {"train.nonfinite", "stop or skip"});
+}

@@ -1,0 +1,56 @@
+// qarac-train's options as a new user meets them: a misspelt key gets a suggestion (and its INI
+// line), a setting the chosen mode ignores is refused, an evaluation interval without held-out
+// data is refused, and the progress line is rewritten in place only where asked or on a terminal.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "support/train_cli.h"
+
+using qarac::test_support::CliResult;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+class TrainOptionsCli : public qarac::test_support::TrainCli {};
+
+}  // namespace
+
+TEST_F(TrainOptionsCli, MisspeltKeysGetASuggestion) {
+  expect_usage_error("--optimizer.warmpu 3", {"'--optimizer.warmpu'", "did you mean optimizer.warmup?"});
+  expect_usage_error("--lr 3e-5", {"'--lr'", "did you mean optimizer.lr?"});
+  expect_usage_error("--train.stpes 3", {"did you mean train.steps?"});
+  const fs::path ini = root() / "typo.ini";
+  std::ofstream(ini) << "# a comment\n[optimizer]\nlr = 1e-5\n\nwarmpu = 10\n";
+  expect_usage_error("--config " + ini.string(), {ini.string() + ", line 5", "did you mean optimizer.warmup?"});
+  // Nothing close: no guess.
+  const CliResult far = train(root() / "never", "--completely.different 1");
+  EXPECT_EQ(far.output.find("did you mean"), std::string::npos) << far.output;
+}
+
+TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
+  expect_usage_error("--model.hidden 32", {"model.hidden: has no effect with model.mode qarac"});
+  expect_usage_error("--model.mask_probability 0.2", {"model.mask_probability: has no effect"});
+  const std::string mlm = "--model.mode mlm --model.tokenizer " + qarac::test_support::kSample + "tokenizer ";
+  expect_usage_error(mlm + "--task.qa.batch 4", {"task.qa.batch: has no effect with model.mode mlm"});
+  expect_usage_error(mlm + "--model.share_encoder_base true", {"model.share_encoder_base: has no effect"});
+  expect_usage_error(mlm + "--model.layers 3", {"model.layers: has no effect when model.base is given"});
+  expect_usage_error("--eval.every 5", {"eval.every: 5 needs eval.dir"});
+  expect_usage_error("--train.progress fancy", {"train.progress", "auto, plain or tty"});
+}
+
+// The tests read the output through a pipe: auto and plain print a line per step, tty rewrites
+// one line with carriage returns.
+TEST_F(TrainOptionsCli, TheProgressLineIsRewrittenOnlyOnATerminal) {
+  for (const char* mode : {"auto", "plain", "tty"}) {
+    SCOPED_TRACE(mode);
+    const fs::path run = root() / (std::string("progress-") + mode);
+    const CliResult r = train(run, std::string("--train.steps 2 --train.progress ") + mode);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(r.output.find('\r') != std::string::npos, std::string(mode) == "tty") << r.output;
+    EXPECT_NE(r.output.find("step 2/2"), std::string::npos) << r.output;
+  }
+}
