@@ -6,10 +6,13 @@
 #                                   GoogleTest, Python 3 (the source-layout test)
 #   launch/install-deps.sh --job    the build and the tools of launch/: jq (metrics tables) and
 #                                   gnuplot-nox (launch/plot-metrics.sh)
+#   launch/install-deps.sh --tests  also what the whole test suite uses: clang and its sanitizer
+#                                   and libFuzzer runtime (tests/fuzz), jq and gnuplot-nox (the
+#                                   report scripts' test)
 #   launch/install-deps.sh --mpich  also MPICH (mpich, libmpich-dev) beside Open MPI, for
 #                                   QARAC_MPI=mpich bash tests/run.sh; Debian's alternatives keep
 #                                   Open MPI the default mpicc/mpirun
-# (--job and --mpich combine.)
+# (The options combine.)
 # Runs apt-get as root, or through sudo otherwise. The CUDA toolkit is not installed here: the
 # build compiles the CUDA backend only when it finds nvcc (README.md, QARAC_CUDA).
 set -euo pipefail
@@ -21,9 +24,10 @@ packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-de
 for arg in "$@"; do
   case "$arg" in
     --job) packages+=(jq gnuplot-nox) ;;
+    --tests) packages+=(clang libclang-rt-14-dev jq gnuplot-nox) ;;
     --mpich) packages+=(mpich libmpich-dev) ;;
     -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
-    *) echo "$me: unknown argument '$arg' (usage: $me [--job] [--mpich])" >&2; exit 2 ;;
+    *) echo "$me: unknown argument '$arg' (usage: $me [--job] [--tests] [--mpich])" >&2; exit 2 ;;
   esac
 done
 

@@ -10,11 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mpi_args=()
 case "${QARAC_MPI:-openmpi}" in
-  openmpi) build_dir=${1:-build}; bash launch/install-deps.sh ;;
+  openmpi) build_dir=${1:-build}; bash launch/install-deps.sh --tests ;;
   mpich)
     # Its own build directory: CMake's cached MPI of an Open MPI build would otherwise stay.
     build_dir=${1:-build-mpich}
-    bash launch/install-deps.sh --mpich
+    bash launch/install-deps.sh --tests --mpich
     mpi_args=(-DMPI_C_COMPILER=mpicc.mpich -DMPIEXEC_EXECUTABLE="$(command -v mpiexec.mpich)") ;;
   *) echo "tests/run.sh: QARAC_MPI must be openmpi or mpich, not '$QARAC_MPI'" >&2; exit 2 ;;
 esac

@@ -11,7 +11,10 @@ inline std::string mpi_error_string(int code) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS) return "MPI error code " + std::to_string(code);
-  return std::string(msg, len);
+  // MPICH's messages span lines (a class, then the call stack): errors are one line.
+  std::string text(msg, static_cast<size_t>(len));
+  for (size_t at; (at = text.find('\n')) != std::string::npos;) text.replace(at, 1, "; ");
+  return text;
 }
 }  // namespace qarac::detail
 

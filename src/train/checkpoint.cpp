@@ -142,16 +142,18 @@ void write_state(ChecksummedH5Writer& w, const CheckpointPart& part, const std::
   }
   const data::LoaderCursor& cursor = state.cursor;
   std::vector<int32_t> tasks;
-  std::vector<int64_t> epoch, position;
+  std::vector<int64_t> epoch, position, checksum;
   for (const data::TaskCursor& t : cursor.tasks) {
     tasks.push_back(static_cast<int32_t>(t.task));
     epoch.push_back(t.epoch);
     position.push_back(t.position);
+    checksum.push_back(static_cast<int64_t>(t.stream_checksum));  // the bits of the u64
   }
   w.write_i64("loader/step", cursor.step);
   w.write_vector("loader/task", tasks);
   w.write_vector("loader/epoch", epoch);
   w.write_vector("loader/position", position);
+  w.write_vector("loader/checksum", checksum);
 }
 
 // The state of a checkpoint, its structure checked.
@@ -214,6 +216,13 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
       reader.fail(
           detail::concat("not a valid checkpoint: '", c, "' and 'loader/task' differ in length"));
   }
+  // Checkpoints written before the streams had checksums lack them: 0 is "unknown".
+  std::vector<int64_t> checksums(tasks.size(), 0);
+  if (contents.count("loader/checksum")) {
+    checksums = get("loader/checksum", DType::i64, false).values.to_vector<int64_t>();
+    if (checksums.size() != tasks.size())
+      reader.fail("not a valid checkpoint: 'loader/checksum' and 'loader/task' differ in length");
+  }
   for (size_t i = 0; i < tasks.size(); ++i) {
     if (tasks[i] < 0 || tasks[i] >= data::kTaskCount)
       reader.fail(
@@ -222,7 +231,7 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
       reader.fail(detail::concat("not a valid checkpoint: a negative data cursor (epoch ", cols[0][i], ", position ",
                                  cols[1][i], ")"));
     out.state.cursor.tasks.push_back(
-        {static_cast<data::Task>(tasks[i]), cols[0][i], cols[1][i]});
+        {static_cast<data::Task>(tasks[i]), cols[0][i], cols[1][i], static_cast<uint64_t>(checksums[i])});
   }
 
   const std::pair<const char*, std::map<std::string, const H5Dataset*>*> groups[] = {

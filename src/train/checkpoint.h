@@ -32,6 +32,9 @@
 //   /loader/step          i64 scalar
 //   /loader/task          i32 [n]: data::Task per task of the run
 //   /loader/{epoch, position}   i64 [n]: the global cursor of each task
+//   /loader/checksum      i64 [n]: the content checksum of each task's stream (its u64 bits), so
+//                         that a resume on other data of the same size is refused (absent in
+//                         checkpoints from before it: not checked)
 // Datasets are contiguous and uncompressed (the state is floating-point noise that deflate does
 // not shrink).
 #pragma once

@@ -29,6 +29,7 @@ class QaracWorkload : public Workload {
     objectives_ = std::make_unique<Objectives>(*models_);
   }
 
+  int64_t vocab_size() const override { return models_->config().base.vocab_size; }
   std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) override {
     return parallel::qarac_parameter_groups(plan, models_->parameters(), models_->config().share_encoder_base);
   }

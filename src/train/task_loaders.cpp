@@ -6,7 +6,7 @@
 
 namespace qarac {
 
-TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config) {
+TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size) {
   std::string first_hash, first_path;
   for (const data::TaskSlot& slot : plan.tasks) {
     data::RankPlan one = plan;
@@ -16,6 +16,7 @@ TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config) 
     options.data_dir = config.data_dir;
     options.seed = static_cast<uint64_t>(config.seed);
     options.global_batch = settings.batch;
+    options.vocab_size = vocab_size;
     loaders_.emplace_back(one, options);
     const std::string path = config.data_dir + "/" + data::task_name(slot.task) + ".h5";
     const std::string& hash = loaders_.back().info(0).tokenizer_hash;

@@ -14,8 +14,8 @@ namespace qarac {
 class TaskLoaders {
  public:
   // Opens data_dir/<task>.h5 of every task of `plan`; InputError when two were made with
-  // different tokenizers.
-  TaskLoaders(const data::RankPlan& plan, const TrainConfig& config);
+  // different tokenizers, or a token id is not below `vocab_size` (the models').
+  TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size);
 
   data::StepBatch next();
   data::LoaderCursor cursor() const;

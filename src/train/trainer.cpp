@@ -163,7 +163,6 @@ void Trainer::Impl::build(Device device) {
     }
   }
   Training& t = training;
-  t.loaders = std::make_unique<TaskLoaders>(rank_plan, config);
   if (config.pretraining()) {
     t.workload = make_mlm_workload(config, device);
   } else {
@@ -173,6 +172,9 @@ void Trainer::Impl::build(Device device) {
       build[m] = place.root() || plan.holds(place.rank, static_cast<parallel::Model>(m));
     t.workload = make_qarac_workload(config, device, build);
   }
+  // Data tokenised with another tokenizer than the base's is refused here, before the output
+  // directory exists: its ids would reach past the models' vocabulary.
+  t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size());
   const int64_t bucket_bytes = static_cast<int64_t>(config.bucket_mb * (1 << 20));
   t.sync = std::make_unique<parallel::GradientSync>(place.world.get(), t.workload->parameter_groups(plan),
                                                     place.backend, bucket_bytes);
@@ -385,21 +387,28 @@ bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>
 }
 
 // Every task's global cursor: each rank knows those of its own tasks, the same on all of its
-// ranks; one all-reduce gives every rank all of them.
+// ranks; one all-reduce gives every rank all of them. Per task: epoch, position and the stream's
+// checksum in two 32-bit halves (each exact in a double).
 data::LoaderCursor Trainer::Impl::global_cursor() const {
+  constexpr size_t kFields = 4;
   const data::LoaderCursor mine = training.loaders->cursor();
-  std::vector<double> known(2 * data::kTaskCount, -1.0);  // epoch, position per task
+  std::vector<double> known(kFields * data::kTaskCount, -1.0);
   for (const data::TaskCursor& t : mine.tasks) {
-    known[2 * static_cast<size_t>(t.task)] = static_cast<double>(t.epoch);
-    known[2 * static_cast<size_t>(t.task) + 1] = static_cast<double>(t.position);
+    double* k = &known[kFields * static_cast<size_t>(t.task)];
+    k[0] = static_cast<double>(t.epoch);
+    k[1] = static_cast<double>(t.position);
+    k[2] = static_cast<double>(t.stream_checksum >> 32);
+    k[3] = static_cast<double>(t.stream_checksum & 0xffffffffu);
   }
   if (place.world) place.world->all_reduce(known.data(), static_cast<int>(known.size()), MPI_MAX, "data cursors");
   data::LoaderCursor all;
   all.step = mine.step;
-  for (int t = 0; t < data::kTaskCount; ++t)
-    if (known[2 * static_cast<size_t>(t)] >= 0)
-      all.tasks.push_back({static_cast<data::Task>(t), static_cast<int64_t>(known[2 * static_cast<size_t>(t)]),
-                           static_cast<int64_t>(known[2 * static_cast<size_t>(t) + 1])});
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const double* k = &known[kFields * static_cast<size_t>(t)];
+    if (k[0] < 0) continue;
+    all.tasks.push_back({static_cast<data::Task>(t), static_cast<int64_t>(k[0]), static_cast<int64_t>(k[1]),
+                         (static_cast<uint64_t>(k[2]) << 32) | static_cast<uint64_t>(k[3])});
+  }
   return all;
 }
 

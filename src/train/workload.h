@@ -27,6 +27,8 @@ class Workload {
   virtual ~Workload() = default;
   // Its parameters by model, each held by the ranks of `plan` whose tasks use the model.
   virtual std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) = 0;
+  // The models' vocabulary: every token id of the data must lie below it.
+  virtual int64_t vocab_size() const = 0;
   // Forward and backward of one task batch, gradients scaled by options.weight; the loss as a
   // device scalar [1].
   virtual const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) = 0;

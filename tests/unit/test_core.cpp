@@ -171,7 +171,12 @@ TEST(Errors, MpiCheckReportsTheLibraryMessage) {
     QARAC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_NULL, &rank));
     ADD_FAILURE() << "no exception";
   } catch (const Error& e) {
-    expect_error_names(e.what(), {"MPI error", "MPI_Comm_rank", "MPI_ERR_COMM", "test_core.cpp:"});
+    expect_error_names(e.what(), {"MPI error", "MPI_Comm_rank", "test_core.cpp:"});
+    // Open MPI names the class, MPICH describes it; either way on one line.
+    const std::string what = e.what();
+    EXPECT_TRUE(what.find("MPI_ERR_COMM") != std::string::npos || what.find("Invalid communicator") != std::string::npos)
+        << what;
+    EXPECT_EQ(what.find('\n'), std::string::npos) << what;
   }
   MPI_Finalize();
 }

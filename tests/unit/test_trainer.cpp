@@ -355,6 +355,7 @@ TEST(TrainConfig, ExampleConfigsParse) {
     if (c->data_dir.empty()) c->data_dir = "/tmp/data";
     if (c->base.empty() && !c->pretraining()) c->base = "/tmp/base";
     if (c->tokenizer.empty() && c->pretraining()) c->tokenizer = "/tmp/tokenizer";
+    if (c->eval_dir.empty() && c->eval_every > 0) c->eval_dir = "/tmp/heldout";
     check_values(*c);
     ++count;
   }
