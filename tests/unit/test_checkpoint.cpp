@@ -133,7 +133,8 @@ TrainingState state_at(int64_t step) {
   s.step = step;
   s.seed = 0xF00DCAFEDEADBEEFull;  // above 2^63: the seed is unsigned
   s.cursor.step = step;
-  s.cursor.tasks = {{data::Task::consistency, 2, 17}, {data::Task::encode_decode, 0, 3}};
+  // Checksums above 2^63: stored as the bits of an i64.
+  s.cursor.tasks = {{data::Task::consistency, 2, 17, 0xFEEDFACECAFEBEEFull}, {data::Task::encode_decode, 0, 3, 42}};
   s.config = "[train]\nlr = 2e-3\nname = \"résumé\"\n\n[model]\nshare_encoder_base = false\n";
   return s;
 }
@@ -198,6 +199,7 @@ TEST_F(CheckpointTest, RoundTripIsBitExact) {
     EXPECT_EQ(x.task, y.task);
     EXPECT_EQ(x.epoch, y.epoch);
     EXPECT_EQ(x.position, y.position);
+    EXPECT_EQ(x.stream_checksum, y.stream_checksum);
   }
   for (const Parameter* p : b.model.parameters())
     for (float g : p->grad.to_vector<float>())

@@ -158,6 +158,28 @@ TEST_F(RunDirCli, ResumedMetricsHoldEveryStepOnce) {
   EXPECT_NE(back.output.find("is at step 4, beyond train.steps 3"), std::string::npos) << back.output;
 }
 
+// A resume on other data whose streams have the same sizes (here: one word of the text corpus
+// changed) is refused, naming the stream: the checkpoint's cursors belong to another order.
+TEST_F(RunDirCli, ResumeOnOtherDataOfTheSameSizeIsRefused) {
+  const fs::path run = root() / "other-data";
+  ASSERT_EQ(train(run, "--train.steps 2").code, 0);
+  const fs::path sample = root() / "sample-changed";
+  fs::copy(QARAC_SAMPLE_DIR, sample, fs::copy_options::recursive);
+  {
+    std::ifstream in(sample / "corpus_train.txt");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    text.replace(text.find("Hugo"), 4, "Tara");
+    std::ofstream(sample / "corpus_train.txt") << text;
+  }
+  const CliResult prep =
+      qarac::test_support::prepare_sample_data(QARAC_PREP_EXE, sample.string() + "/", root() / "data-changed");
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  const CliResult r = train(run, "--resume --train.steps 4 --data.dir " + (root() / "data-changed").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("encode_decode.h5: the checkpoint was made with another task stream"), std::string::npos)
+      << r.output;
+}
+
 // Words that are not --KEY VALUE settings are refused, not dropped.
 TEST_F(RunDirCli, StrayArgumentsAreRefused) {
   expect_usage_error("extra", {"unexpected argument 'extra'"});
