@@ -1,9 +1,9 @@
 // qarac-embed: sentence vectors from a trained QARAC encoder export (issue 14), and WikiQA's
 // answer selection from the command line.
 //   qarac-embed --model EXPORT --input FILE [--field text] [--output FILE.npy|.h5|.jsonl]
-//   qarac-embed --rank STREAM --question-encoder EXPORT --answer-encoder EXPORT
+//   qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT
 // --rank reads a question_answering task stream with candidates (qarac-prep's WikiQA output, as
-// the evaluation reads it) and prints qa.selection_accuracy, _mrr, _chance and _examples computed
+// the evaluation reads it) or a WikiQA TSV, and prints qa.selection_accuracy, _mrr, _chance and _examples computed
 // by the evaluation's own code (train/evaluation.h), so the figures are the evaluator's.
 #include <algorithm>
 #include <cstdio>
@@ -13,6 +13,7 @@
 
 #include "cli/run_main.h"
 #include "cli/vector_files.h"
+#include "data/readers.h"
 #include "data/shards.h"
 #include "io/qarac_export.h"
 #include "train/evaluation.h"
@@ -55,26 +56,65 @@ void check_tokenizer(const Encoder& e, const data::StreamInfo& info, const std::
                     e.tokenizer.hash());
 }
 
-int rank(const std::string& stream, const std::string& question_dir, const std::string& answer_dir,
-         int64_t max_examples, Device device) {
+// What --rank ranks: the first n examples' question and answer ids and their candidates.
+struct Ranked {
+  std::vector<std::vector<int32_t>> questions, answers;
+  data::Candidates candidates;
+};
+
+Ranked from_stream(const std::string& stream, const Encoder& question, const Encoder& answer,
+                   int64_t max_examples) {
   const data::TaskStreamFile file(stream);
   QARAC_INPUT_CHECK(file.task() == data::Task::question_answering, stream, ": a ",
                     data::task_name(file.task()), " stream, not question_answering");
   QARAC_INPUT_CHECK(file.has_candidates(), stream,
                     ": no candidate sentences (WikiQA's Label 0 rows, kept by qarac-prep)");
-  Encoder question = io::load_encoder_export(question_dir, DType::f32, device);
-  Encoder answer = io::load_encoder_export(answer_dir, DType::f32, device);
   check_tokenizer(question, file.info(), stream);
   check_tokenizer(answer, file.info(), stream);
   const int64_t n = max_examples > 0 ? std::min(max_examples, file.examples()) : file.examples();
-  // One batch of all n, as the evaluator encodes them; the candidates n at a time likewise.
-  const cli::Vectors q = encode(question, sequences(file.read_field(0, 0, n)), n, device);
-  const cli::Vectors a = encode(answer, sequences(file.read_field(1, 0, n)), n, device);
-  const data::Candidates candidates = file.read_candidates(0, n);
-  QARAC_INPUT_CHECK(candidates.sentences.count() > 0, stream, ": none of the first ", n,
+  return {sequences(file.read_field(0, 0, n)), sequences(file.read_field(1, 0, n)),
+          file.read_candidates(0, n)};
+}
+
+// A WikiQA TSV read as qarac-prep reads it, tokenised by the question encoder's tokenizer
+// (qarac-prep's --max-length truncation is not applied: a sentence too long for the model is
+// refused).
+Ranked from_wikiqa(const std::string& tsv, const Encoder& question, int64_t max_examples) {
+  Ranked r;
+  r.candidates.offsets = {0};
+  r.candidates.sentences.offsets = {0};
+  const data::Tokenizer& t = question.tokenizer;
+  data::read_examples(tsv, data::Format::wikiqa, data::OnError::skip, [&](data::Example&& e) {
+    if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) return;
+    r.questions.push_back(t.encode(e.fields[0]));
+    r.answers.push_back(t.encode(e.fields[1]));
+    data::Ragged& s = r.candidates.sentences;
+    for (const std::string& c : e.candidates) {
+      t.encode_append(c, s.tokens);
+      s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
+    }
+    r.candidates.offsets.push_back(s.count());
+  });
+  return r;
+}
+
+int rank(const std::string& source, const std::string& question_dir, const std::string& answer_dir,
+         int64_t max_examples, Device device) {
+  Encoder question = io::load_encoder_export(question_dir, DType::f32, device);
+  Encoder answer = io::load_encoder_export(answer_dir, DType::f32, device);
+  QARAC_INPUT_CHECK(question.tokenizer.hash() == answer.tokenizer.hash(), question_dir, " and ", answer_dir,
+                    " carry different tokenizers");
+  const bool tsv = source.size() > 4 && source.compare(source.size() - 4, 4, ".tsv") == 0;
+  const Ranked r = tsv ? from_wikiqa(source, question, max_examples)
+                       : from_stream(source, question, answer, max_examples);
+  const auto n = static_cast<int64_t>(r.questions.size());
+  QARAC_INPUT_CHECK(r.candidates.sentences.count() > 0, source, ": none of the first ", n,
                     " examples has candidate sentences");
+  // One batch of all n, as the evaluator encodes them; the candidates n at a time likewise.
+  const cli::Vectors q = encode(question, r.questions, n, device);
+  const cli::Vectors a = encode(answer, r.answers, n, device);
   EvalResult result;
-  add_selection_metrics(*answer.model, candidates, q.values, a.values, n, static_cast<size_t>(q.cols),
+  add_selection_metrics(*answer.model, r.candidates, q.values, a.values, n, static_cast<size_t>(q.cols),
                         answer.config, device, result);
   for (const auto& [name, value] : result.metrics) std::printf("%s %.6f\n", name.c_str(), value);
   return 0;
@@ -84,11 +124,11 @@ int rank(const std::string& stream, const std::string& question_dir, const std::
 
 int main(int argc, char** argv) {
   return cli::run_main("qarac-embed", [&] {
-    std::string model, input, field, output, rank_stream, question_dir, answer_dir, device_name;
+    std::string model, input, field, output, rank_source, question_dir, answer_dir, device_name;
     int64_t batch = 64, max_examples = 256;
     po::options_description options(
         "qarac-embed --model EXPORT --input FILE [--output FILE]\n"
-        "qarac-embed --rank STREAM --question-encoder EXPORT --answer-encoder EXPORT\n\n"
+        "qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT\n\n"
         "Sentence vectors of a QARAC encoder export (question_encoder or answer_encoder), or\n"
         "WikiQA answer selection as the training's evaluation computes it.\n\nOptions");
     options.add_options()
@@ -98,7 +138,7 @@ int main(int argc, char** argv) {
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or .jsonl; - : JSON lines on standard output")
         ("batch", po::value(&batch)->default_value(64), "sentences per forward pass")
-        ("rank", po::value(&rank_stream), "a question_answering task stream with candidates (qarac-prep's WikiQA output): print the answer-selection metrics")
+        ("rank", po::value(&rank_source), "a question_answering task stream with candidates (qarac-prep's WikiQA output) or a WikiQA .tsv: print the answer-selection metrics")
         ("question-encoder", po::value(&question_dir), "--rank: the question encoder export")
         ("answer-encoder", po::value(&answer_dir), "--rank: the answer encoder export")
         ("max-examples", po::value(&max_examples)->default_value(256), "--rank: the first N examples (the evaluation's eval.max_examples); 0: all")
@@ -113,10 +153,10 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(batch > 0, "--batch must be positive, got ", batch);
     QARAC_INPUT_CHECK(max_examples >= 0, "--max-examples must not be negative, got ", max_examples);
     const Device device = cli::parse_device(device_name);
-    if (!rank_stream.empty()) {
+    if (!rank_source.empty()) {
       QARAC_INPUT_CHECK(!question_dir.empty() && !answer_dir.empty(),
                         "--rank needs --question-encoder and --answer-encoder (see --help)");
-      return rank(rank_stream, question_dir, answer_dir, max_examples, device);
+      return rank(rank_source, question_dir, answer_dir, max_examples, device);
     }
     QARAC_INPUT_CHECK(!model.empty() && !input.empty(), "give --model and --input, or --rank (see --help)");
     Encoder encoder = io::load_encoder_export(model, DType::f32, device);

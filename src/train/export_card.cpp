@@ -7,6 +7,7 @@
 #include <fstream>
 #include <set>
 
+#include "core/log.h"
 #include "data/shards.h"
 
 namespace qarac {
@@ -48,6 +49,9 @@ io::ExportExtras export_extras(const TrainConfig& config, const std::string& pla
     extras.tokenizer_dir = config.tokenizer;
   else
     extras.tokenizer_dir = has_tokenizer(config.base) ? config.base : config.eval_tokenizer;
+  if (extras.tokenizer_dir.empty())
+    log::warn("the exports carry no tokenizer (model.base has none and eval.tokenizer is not set):",
+              " AutoTokenizer and qarac-embed need one");
 
   io::ModelCard card;
   card.base_model = config.base;

@@ -128,7 +128,8 @@ def test_decoder_generation(runs):
     run(BIN / "qarac-embed", "--model", runs["exports"]["answer_encoder"], "--input",
         runs["root"] / "five.txt", "--output", vectors, "--device", DEVICE)
     v = torch.from_numpy(np.load(vectors))
-    for export in (runs["exports"]["decoder"], scrambled_decoder(runs)):
+    scrambled = scrambled_decoder(runs)
+    for export in (runs["exports"]["decoder"], scrambled):
         out = run(BIN / "qarac-generate", "--decoder", export, "--vectors", vectors,
                   "--max-tokens", "16", "--device", DEVICE)
         ours = [json.loads(line)["tokens"] for line in out.splitlines()]
@@ -138,15 +139,28 @@ def test_decoder_generation(runs):
         print(f"{export.name}: qarac-generate {ours}; modeling_qarac {theirs}")
         assert len(ours) == 5 and ours == theirs
 
+    # From text: the answer encoder, then the decoder, in both.
+    out = run(BIN / "qarac-generate", "--decoder", scrambled, "--encoder",
+              runs["exports"]["answer_encoder"], "--input", runs["root"] / "five.txt", "--max-tokens", "16",
+              "--device", DEVICE)
+    tok = hf_tokenizer(runs["exports"]["decoder"])
+    ours = [tok.decode(json.loads(line)["tokens"], skip_special_tokens=True) for line in out.splitlines()]
+    encoder = transformers.AutoModel.from_pretrained(str(runs["exports"]["answer_encoder"]),
+                                                     trust_remote_code=True).eval()
+    decoder = transformers.AutoModel.from_pretrained(str(scrambled), trust_remote_code=True).eval()
+    assert decoder.generate_from_text(runs["texts"][:5], encoder, tok, max_new_tokens=16) == ours
 
-def test_rank_is_the_evaluators(runs):
-    out = run(BIN / "qarac-embed", "--rank", runs["root"] / "heldout" / "question_answering.h5",
+
+@pytest.mark.parametrize("source", ["heldout/question_answering.h5", "WikiQA-dev.tsv"])
+def test_rank_is_the_evaluators(runs, source):
+    path = SAMPLE / source if source.endswith(".tsv") else runs["root"] / source
+    out = run(BIN / "qarac-embed", "--rank", path,
               "--question-encoder", runs["exports"]["question_encoder"],
               "--answer-encoder", runs["exports"]["answer_encoder"], "--device", DEVICE)
     ours = dict(line.split() for line in out.splitlines())
     evals = [json.loads(l) for l in (runs["root"] / "finetune" / "metrics.jsonl").read_text().splitlines()]
     final = [e for e in evals if e.get("eval")][-1]
-    print(f"qarac-embed --rank: {ours}; evaluator: qa.selection_accuracy "
-          f"{final['qa.selection_accuracy']}")
+    print(f"qarac-embed --rank {source}: {ours}; evaluator: qa.selection_accuracy "
+          f"{final['qa.selection_accuracy']}, qa.selection_mrr {final['qa.selection_mrr']}")
     assert float(ours["qa.selection_accuracy"]) == pytest.approx(final["qa.selection_accuracy"], abs=1e-6)
     assert float(ours["qa.selection_mrr"]) == pytest.approx(final["qa.selection_mrr"], abs=1e-6)
