@@ -121,7 +121,9 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
     md << "datasets:\n";
     for (const std::string& d : card.datasets) md << "- " << yaml_string(d) << "\n";
   }
-  md << "---\n\n# QARAC " << model << "\n\nTrained with QARAC-MT (docs/design.md §2).";
+  md << "---\n\n# QARAC " << model << "\n\nTrained with QARAC-MT (docs/design.md §2)";
+  if (!card.base_path.empty()) md << " from `" << card.base_path << "`";
+  md << ".";
   if (encoder) {
     md << " A sentence encoder: RoBERTa and the QARAC global attention pooling head.\n\n"
           "```python\nfrom transformers import AutoModel, AutoTokenizer\n"

@@ -14,7 +14,8 @@ namespace qarac::io {
 
 // The model card's content; each part is left out when empty.
 struct ModelCard {
-  std::string base_model;                 // what the run started from (model.base)
+  std::string base_model;                 // the Hub id of the base, when known ("" otherwise)
+  std::string base_path;                  // what the run started from (model.base)
   std::vector<std::string> datasets;      // the raw files behind the task streams
   std::string config_ini;                 // the run's effective configuration
   std::string plan;                       // the task plan, as the start banner prints it

@@ -23,6 +23,21 @@ bool has_tokenizer(const std::string& dir) {
                            fs::is_regular_file(d / "merges.txt", ec)));
 }
 
+// The Hub id of a base in the Hugging Face cache (".../models--org--name/snapshots/<commit>"
+// gives "org/name"), else "": the Hub's base_model must be an id, and a local folder's name
+// need not be one.
+std::string hub_id(const std::string& base) {
+  for (fs::path p(base); !p.empty() && p != p.root_path(); p = p.parent_path()) {
+    const std::string name = p.filename().string();
+    if (name.rfind("models--", 0) != 0) continue;
+    std::string id = name.substr(8);
+    const size_t sep = id.find("--");
+    if (sep != std::string::npos) id.replace(sep, 2, "/");
+    return id;
+  }
+  return "";
+}
+
 // The evaluations of metrics.jsonl, in order: the last one's metrics and forgetting.mlm_loss
 // first and last. A line that is not JSON (a run killed while appending) is passed over.
 void read_evaluations(const fs::path& path, io::ModelCard& card) {
@@ -54,7 +69,8 @@ io::ExportExtras export_extras(const TrainConfig& config, const std::string& pla
               " AutoTokenizer and qarac-embed need one");
 
   io::ModelCard card;
-  card.base_model = config.base;
+  card.base_model = hub_id(config.base);
+  card.base_path = config.base;
   card.config_ini = to_ini(config);
   card.plan = plan;
   std::set<std::string> datasets;

@@ -11,7 +11,8 @@ namespace qarac {
 
 // The tokenizer: model.tokenizer in mlm mode; in qarac mode model.base's when the base folder
 // holds one, else eval.tokenizer (none when neither is given). Its hash must be the task
-// streams'. The card: model.base, the streams' source files, the configuration, `plan` (the
+// streams'. The card: model.base (and its Hub id when it lies in the Hugging Face cache), the
+// streams' source files, the configuration, `plan` (the
 // start banner's plan), the last evaluation of <output>/metrics.jsonl and forgetting.mlm_loss
 // at its first and last evaluation.
 io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan);

@@ -19,6 +19,7 @@
 #include "support/test_support.h"
 #include "support/training_fixtures.h"
 #include "train/evaluation.h"
+#include "train/export_card.h"
 
 using namespace qarac;
 using namespace qarac::test_support;
@@ -66,7 +67,8 @@ struct Models {
     e.tokenizer_dir = kTokenizer;
     e.tokenizer_hash = tokenizer.hash();
     io::ModelCard card;
-    card.base_model = "tiny-base";
+    card.base_model = "org/tiny-base";
+    card.base_path = "/models/tiny-base";
     card.datasets = {"WikiQA-train.tsv", "snli_1.0_train.jsonl"};
     card.config_ini = "[train]\nsteps = 3\n";
     card.plan = "task plan\n";
@@ -121,10 +123,10 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
     EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"RobertaModel"}));  // as before
 
     const std::string card = read_file(out / "README.md");
-    EXPECT_EQ(card.rfind("---\nlibrary_name: transformers\nbase_model: \"tiny-base\"\nlanguage: en\n"
+    EXPECT_EQ(card.rfind("---\nlibrary_name: transformers\nbase_model: \"org/tiny-base\"\nlanguage: en\n"
                          "tags:\n- qarac\n- roberta\n", 0), 0u) << card;
     for (const char* part : {"datasets:\n- \"WikiQA-train.tsv\"\n- \"snli_1.0_train.jsonl\"\n---\n",
-                             "```ini\n[train]\nsteps = 3\n```", "task plan", "| qa.selection_accuracy | 0.25 |",
+                             "```ini\n[train]\nsteps = 3\n```", "from `/models/tiny-base`.", "task plan", "| qa.selection_accuracy | 0.25 |",
                              "7.5 at the first evaluation, 7.25 at the last"})
       EXPECT_NE(card.find(part), std::string::npos) << part;
     EXPECT_EQ(card.find("confusion"), std::string::npos);
@@ -136,6 +138,33 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
   EXPECT_TRUE(fs::is_regular_file(out / "tokenizer.json"));
   EXPECT_FALSE(fs::exists(out / "modeling_qarac.py"));
   EXPECT_FALSE(read_json(out / "config.json").contains("auto_map"));
+}
+
+// What a run gives its exports: the tokenizer, the card's base (a Hub id from the Hugging Face
+// cache's folder names), the last evaluation and forgetting.mlm_loss first and last.
+TEST_F(ExportsTest, ExportExtrasFromTheRun) {
+  TrainConfig c;
+  c.base = tmp_.str() + "/hub/models--FacebookAI--roberta-base/snapshots/0123abc";
+  c.eval_tokenizer = kTokenizer;
+  c.output = tmp_.str();
+  c.data_dir = tmp_.str();  // no task streams: no datasets, no hash
+  std::ofstream(tmp_.path / "metrics.jsonl")
+      << R"({"step": 0, "eval": true, "forgetting.mlm_loss": 7.5, "qa.loss": 2})" "\n"
+      << R"({"step": 1, "loss": 3.0})" "\n"
+      << R"({"step": 2, "eval": true, "forgetting.mlm_loss": 7.25, "qa.loss": 1})" "\n"
+      << R"({"step": 3, "eval": tr)";  // a line cut short by a killed run
+  const io::ExportExtras e = export_extras(c, "the plan\n");
+  EXPECT_EQ(e.tokenizer_dir, kTokenizer);
+  ASSERT_TRUE(e.card);
+  EXPECT_EQ(e.card->base_model, "FacebookAI/roberta-base");
+  EXPECT_EQ(e.card->base_path, c.base);
+  EXPECT_EQ(e.card->plan, "the plan\n");
+  EXPECT_NE(e.card->config_ini.find("[model]"), std::string::npos);
+  EXPECT_EQ(e.card->metrics, (std::map<std::string, double>{{"forgetting.mlm_loss", 7.25}, {"qa.loss", 1}}));
+  EXPECT_EQ(e.card->forgetting_first, 7.5);
+  EXPECT_EQ(e.card->forgetting_last, 7.25);
+  c.base = tmp_.str();
+  EXPECT_EQ(export_extras(c, "").card->base_model, "");
 }
 
 // A tokenizer other than the data's is refused, and the export is not made.
