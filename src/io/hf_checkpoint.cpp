@@ -1,6 +1,6 @@
-// Loading a Hugging Face RoBERTa directory and copying its tensors into the model's parameters:
-// the names are mapped once here, and every mismatch with the model is refused before any
-// parameter is written.
+// Loading a Hugging Face RoBERTa directory (single or sharded safetensors, io/hf_weights.h) and
+// copying its tensors into the model's parameters: the names are mapped once here, and every
+// mismatch with the model is refused before any parameter is written.
 #include "io/hf_checkpoint.h"
 
 #include <cmath>
@@ -10,6 +10,7 @@
 
 #include "core/log.h"
 #include "io/hf_config.h"
+#include "io/hf_weights.h"
 
 namespace qarac::io {
 namespace {
@@ -29,20 +30,12 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
-// Refuses a directory without `file`, saying what is there instead when that is a known
-// alternative this reader does not take.
-void require_file(const fs::path& dir, const char* file) {
+// Refuses a directory without config.json.
+void require_config(const fs::path& dir) {
   std::error_code ec;
-  if (fs::is_regular_file(dir / file, ec)) return;
-  std::string hint;
-  if (std::string(file) == "model.safetensors") {
-    if (fs::exists(dir / "model.safetensors.index.json", ec))
-      hint = "; found a sharded model.safetensors.index.json, which is not supported";
-    else if (fs::exists(dir / "pytorch_model.bin", ec))
-      hint = "; found pytorch_model.bin: convert it to safetensors first";
-  }
-  QARAC_INPUT_CHECK(false, dir.string(), ": ", file, " is missing (a Hugging Face model directory",
-                    " needs config.json and model.safetensors)", hint);
+  QARAC_INPUT_CHECK(fs::is_regular_file(dir / "config.json", ec), dir.string(),
+                    ": config.json is missing (a Hugging Face model directory needs config.json",
+                    " and model.safetensors)");
 }
 
 // The index of the first NaN or infinity of a floating tensor (on the CPU), -1 when none.
@@ -105,13 +98,12 @@ HfRoberta read_hf_roberta(const std::string& dir) {
   std::error_code ec;
   QARAC_INPUT_CHECK(fs::is_directory(root, ec), dir, ": is not a directory (expected a Hugging",
                     " Face model directory with config.json and model.safetensors)");
-  require_file(root, "config.json");
-  require_file(root, "model.safetensors");
+  require_config(root);
 
   HfRoberta model;
   model.dir = dir;
   model.config = read_hf_config((root / "config.json").string());
-  const std::string weights = (root / "model.safetensors").string();
+  std::string weights;
   std::vector<std::string> skipped;
   // A NaN or an infinity in a starting point poisons the first step; it is refused here, naming
   // the tensor, rather than found by the trainer as a non-finite gradient.
@@ -121,7 +113,7 @@ HfRoberta read_hf_roberta(const std::string& dir) {
                       "' holds a non-finite value (NaN or infinity) at element ", at);
     return std::move(tensor);
   };
-  for (auto& [stored_name, tensor] : read_safetensors(weights)) {
+  for (auto& [stored_name, tensor] : read_hf_weights(dir, &weights)) {
     std::string name = stored_name;
     if (starts_with(name, "roberta.")) name.erase(0, 8);
     if (starts_with(name, "lm_head.")) {

@@ -17,7 +17,7 @@ struct HfRoberta {
   TensorMap lm_head;  // the MLM head, set aside: "dense.weight", "layer_norm.bias", "bias", ...
 };
 
-// Reads DIR/config.json and DIR/model.safetensors. Accepts names with the "roberta." prefix or
+// Reads DIR/config.json and DIR/model.safetensors (or its shards, io/hf_weights.h). Accepts names with the "roberta." prefix or
 // bare; "lm_head.*" goes to `lm_head`; other tensors (e.g. a pooler) are skipped with a log line.
 // Before returning (so before anyone allocates a model of the config's sizes) it checks the sizes
 // against the tensors the file holds (embedding tables, one tensor per layer) and refuses a NaN

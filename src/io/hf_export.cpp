@@ -82,7 +82,8 @@ TensorMap master_tensors(const ParameterList& params) {
 }
 
 std::string export_hf_model(const std::string& dir, const std::string& model,
-                            const RobertaConfig& config, const TensorMap& tensors) {
+                            const RobertaConfig& config, const TensorMap& tensors,
+                            const ExportExtras& extras) {
   QARAC_CHECK(!model.empty() && model.find('/') == std::string::npos, "export name '", model,
               "' is not a folder name");
   TensorMap out;
@@ -126,6 +127,9 @@ std::string export_hf_model(const std::string& dir, const std::string& model,
       options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
     }
     write_hf_config((tmp / "config.json").string(), config, options);
+    write_qarac_code(tmp.string(), model);
+    write_tokenizer_files(tmp.string(), extras, config.max_position_embeddings);
+    if (extras.card) write_model_card(tmp.string(), model, *extras.card);
     // The folder's entries on disk before the step that relies on them: its files before it
     // replaces the old export, the rename before the export is reported done.
     sync_folder(tmp.string());

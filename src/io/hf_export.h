@@ -1,5 +1,6 @@
 // Exporting a trained model as a Hugging Face directory (docs/design.md §6): config.json and
-// model.safetensors, loadable by transformers' RobertaModel (and by io::read_hf_roberta).
+// model.safetensors, loadable by transformers' RobertaModel (and by io::read_hf_roberta), with
+// the tokenizer files, the model card and the QARAC modeling code (io/export_files.h).
 //
 // The RoBERTa base is stored as "roberta.embeddings.*" / "roberta.encoder.*", the names
 // transformers expects; every other tensor (pooling head, decoder layers, LM head) keeps its own
@@ -12,6 +13,7 @@
 
 #include <string>
 
+#include "io/export_files.h"
 #include "io/safetensors.h"
 #include "model/parameter.h"
 #include "model/roberta_config.h"
@@ -29,9 +31,12 @@ TensorMap master_tensors(const ParameterList& params);
 // vocabulary: the LM head pads its rows for its GEMMs but lists views of the first V only
 // (model/lm_head.h), and a mismatch means the wrong config, which would otherwise export a model
 // that transformers refuses or misreads.
+// `extras` adds the tokenizer files, README.md, and for the QARAC models modeling_qarac.py with
+// config.json's auto_map (io/export_files.h).
 // Atomic: the folder is written as DIR/export/<model>.tmp and renamed into place (an existing
 // export of the model is replaced in one step where the file system allows, see the .cpp).
 std::string export_hf_model(const std::string& dir, const std::string& model,
-                            const RobertaConfig& config, const TensorMap& tensors);
+                            const RobertaConfig& config, const TensorMap& tensors,
+                            const ExportExtras& extras = {});
 
 }  // namespace qarac::io

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "data/shards.h"
 #include "model/decoder.h"
+#include "model/generate.h"
 #include "train/objectives.h"
 
 namespace qarac {
@@ -56,11 +57,9 @@ int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1
 const char* class_name(int c) { return c > 0 ? "entailment" : c < 0 ? "contradiction" : "neutral"; }
 
 // Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
-// starts as "<s>" and grows by its argmax token, over the valid vocabulary, for as many steps as
-// the longest target. Returns the fraction of target positions predicted right.
-double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count,
-                      const RobertaConfig& config) {
-  const Device device = v.device();
+// starts as "<s>" and grows by its argmax token for as many steps as the longest target. Returns
+// the fraction of target positions predicted right.
+double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count) {
   const std::vector<std::vector<int32_t>> full = sequences_of(field, count);
   std::vector<std::vector<int32_t>> prefixes;
   size_t longest = 0;
@@ -68,34 +67,19 @@ double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& fiel
     prefixes.push_back({s.front()});  // <s>
     longest = std::max(longest, s.size() - 1);
   }
-  const int64_t vocab = decoder.vocab_size();
-  Decoder::Activations acts;
-  Tensor last;
-  for (size_t step = 0; step < longest; ++step) {
-    const TokenBatch y_in = TokenBatch::from_sequences(prefixes, config.pad_token_id, device);
-    Tensor& logits = decoder.forward(v, y_in, ForwardOptions{}, acts);
-    std::vector<int32_t> rows;
-    for (int64_t b = 0; b < count; ++b) rows.push_back(y_in.seqs.host[b + 1] - 1);
-    const Tensor index = Tensor::from_vector(rows, {count}, device);
-    if (!last.defined()) last = Tensor::empty({count, logits.size(1)}, logits.dtype(), device);
-    ops::gather_rows(logits, index, last);
-    const std::vector<float> scores = host_rows(last);
-    for (int64_t b = 0; b < count; ++b) {
-      const float* row = scores.data() + b * logits.size(1);
-      prefixes[static_cast<size_t>(b)].push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
-    }
-  }
+  const std::vector<std::vector<int32_t>> decoded =
+      greedy_decode(decoder, v, prefixes, static_cast<int64_t>(longest));
   int64_t right = 0, total = 0;
   for (size_t b = 0; b < full.size(); ++b) {
-    for (size_t t = 1; t < full[b].size(); ++t, ++total) right += prefixes[b][t] == full[b][t];
+    for (size_t t = 1; t < full[b].size(); ++t, ++total) right += decoded[b][t - 1] == full[b][t];
   }
   return total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
 }
 
-// WikiQA's answer-sentence selection (evaluation.h) for the QE(q) `q` and AE(a) `a` of n examples
-// [n, d], at least one of which has candidates: each answer ranked among its own question's
-// sentences by distance to QE(q). The candidates are encoded n at a time, the batch the answers
-// were encoded in, so that memory stays what the evaluation already needs however many there are.
+}  // namespace
+
+// The candidates are encoded n at a time, the batch the answers were encoded in, so that memory
+// stays what the evaluation already needs however many there are.
 void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
                            const std::vector<float>& q, const std::vector<float>& a, int64_t n,
                            size_t d, const RobertaConfig& config, Device device, EvalResult& result) {
@@ -130,8 +114,6 @@ void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidat
   result.metrics["qa.selection_chance"] = chance / static_cast<double>(ranked);
   result.metrics["qa.selection_examples"] = static_cast<double>(ranked);
 }
-
-}  // namespace
 
 MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability) {
   MlmMasking m;
@@ -259,7 +241,7 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
         ops::add(v, v1, v);
       }
       const PackedField& target = batch.fields[reasoning ? 2 : 0];
-      result.metrics[task + ".token_accuracy"] = token_accuracy(models.decoder(), v, target, k, config);
+      result.metrics[task + ".token_accuracy"] = token_accuracy(models.decoder(), v, target, k);
     }
   }
 

@@ -68,6 +68,14 @@ struct EvalOptions {
 // BERT masking with the tokenizer's <mask> and special tokens.
 MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability = 0.15);
 
+// WikiQA's answer-sentence selection (qa.selection_* above) for the QE(q) `q` and AE(a) `a` of
+// the first n examples [n, d] (host, f32), at least one of which has candidates: each answer
+// ranked among its own question's sentences by distance to QE(q), the candidates encoded by
+// `answer_encoder`. Shared by the evaluator and qarac-embed --rank.
+void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
+                           const std::vector<float>& q, const std::vector<float>& a, int64_t n,
+                           size_t d, const RobertaConfig& config, Device device, EvalResult& result);
+
 class QaracEvaluator : public Evaluator {
  public:
   // Reads the held-out examples once: InputError when data_dir has none of the task files.

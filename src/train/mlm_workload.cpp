@@ -117,8 +117,8 @@ class MlmWorkload : public Workload {
     return counted_masked_;
   }
 
-  void export_models(const std::string& output) override {
-    io::export_hf_model(output, "base", config_, io::master_tensors(mlm_->parameters()));
+  void export_models(const std::string& output, const io::ExportExtras& extras) override {
+    io::export_hf_model(output, "base", config_, io::master_tensors(mlm_->parameters()), extras);
   }
 
  private:

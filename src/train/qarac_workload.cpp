@@ -42,9 +42,10 @@ class QaracWorkload : public Workload {
     return evaluator ? evaluator->evaluate({*models_, base_.lm_head, base_.config, step}) : EvalResult{};
   }
 
-  void export_models(const std::string& output) override {
+  void export_models(const std::string& output, const io::ExportExtras& extras) override {
     for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
-      io::export_hf_model(output, model, models_->config().base, io::master_tensors(models_->model_parameters(model)));
+      io::export_hf_model(output, model, models_->config().base,
+                          io::master_tensors(models_->model_parameters(model)), extras);
   }
 
  private:

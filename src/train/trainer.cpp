@@ -21,6 +21,7 @@
 #include "core/atomic_file.h"
 #include "train/checkpoint.h"
 #include "train/evaluation.h"
+#include "train/export_card.h"
 #include "train/fault.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
@@ -476,7 +477,7 @@ void Trainer::Impl::export_models() {
   training.sync->gather_to_root("export");
   if (!place.root()) return;
   metrics.end_progress_line();
-  training.workload->export_models(output);
+  training.workload->export_models(output, export_extras(config, plan_report(config, plan, costs)));
 }
 
 Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)

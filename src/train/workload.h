@@ -15,6 +15,7 @@
 
 #include "core/memory.h"
 #include "data/loader.h"
+#include "io/export_files.h"
 #include "parallel/gradient_sync.h"
 #include "train/config.h"
 #include "train/evaluation.h"
@@ -34,8 +35,9 @@ class Workload {
   virtual const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) = 0;
   // Held-out metrics (no gradients); `evaluator` is qarac-train's [eval] hook, may be null.
   virtual EvalResult evaluate(Evaluator* evaluator, int64_t step) = 0;
-  // The trained models as Hugging Face directories under <output>/export/.
-  virtual void export_models(const std::string& output) = 0;
+  // The trained models as Hugging Face directories under <output>/export/, with `extras`
+  // (train/export_card.h).
+  virtual void export_models(const std::string& output, const io::ExportExtras& extras) = 0;
 };
 
 // Builds the models `build` marks (parallel::Model order).

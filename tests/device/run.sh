@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one call: every GPU test, qarac-parity on CUDA, qarac-bench on the issue's
+# The GPU check in one call: every GPU test, qarac-parity on CUDA, the exports under transformers
+# (tests/python), qarac-bench on the issue's
 # workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch baseline of the
 # same workloads, then a summary table. Runs a bundle
 # made by tests/device/bundle.sh (carried to the GPU machine) or, without one, builds here.
@@ -95,6 +96,14 @@ if LD_LIBRARY_PATH="$qlib" QARAC_CHECK_COLLECTIVE_TRACE="$trace" timeout 60 "${m
 echo "== collective order of that run: $result $(grep 'collective launches' "$log/dist_trace_check")"
 [ "$result" = passed ] || tail -20 "$log/dist_trace_check"
 summary+=("collective order np=$ranks|$result|$(grep 'collective launches' "$log/dist_trace_check")")
+
+# ---- the exports as transformers loads them (tests/python), qarac-embed and qarac-generate on
+# the GPU; the programs get their libraries, PyTorch its own
+QARAC_BIN="$bin" QARAC_TEST_DEVICE=cuda QARAC_LD_LIBRARY_PATH="$qlib" timeout 900 bash tests/python/run.sh >"$log/python" 2>&1
+case $? in 0) result=passed ;; 77) result=skipped ;; *) result=FAILED; status=1 ;; esac
+echo "== python exports (pytest, cuda): $result"
+tail -15 "$log/python"
+summary+=("python exports cuda|$result|$(tail -1 "$log/python")")
 
 # ---- benchmarks: ours, then PyTorch on the same workloads
 workloads=("128 64" "512 16")

@@ -696,7 +696,9 @@ TEST_F(CheckpointTest, QaracModelsExportInTheHfLayoutAndReadBack) {
     const std::string out =
         io::export_hf_model(dir(), model, models.config().base, io::master_tensors(params));
     EXPECT_EQ(out, (dir_ / "export" / model).string());
-    EXPECT_EQ(folder_entries(out), (std::set<std::string>{"config.json", "model.safetensors"}));
+    // Without a tokenizer or card, the weights, the config and the QARAC modeling code.
+    EXPECT_EQ(folder_entries(out),
+              (std::set<std::string>{"config.json", "model.safetensors", "modeling_qarac.py"}));
     expect_hf_config(out, config);
 
     io::Metadata metadata;

@@ -1,0 +1,171 @@
+// qarac-embed: sentence vectors from a trained QARAC encoder export (issue 14), and WikiQA's
+// answer selection from the command line.
+//   qarac-embed --model EXPORT --input FILE [--field text] [--output FILE.npy|.h5|.jsonl]
+//   qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT
+// --rank reads a question_answering task stream with candidates (qarac-prep's WikiQA output, as
+// the evaluation reads it) or a WikiQA TSV, and prints qa.selection_accuracy, _mrr, _chance and _examples computed
+// by the evaluation's own code (train/evaluation.h), so the figures are the evaluator's.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli/run_main.h"
+#include "cli/vector_files.h"
+#include "cli/version.h"
+#include "data/readers.h"
+#include "data/shards.h"
+#include "io/qarac_export.h"
+#include "train/evaluation.h"
+
+namespace po = boost::program_options;
+using namespace qarac;
+
+namespace {
+
+using Encoder = io::LoadedModel<SentenceEncoder>;
+
+// The vectors of `sequences` (token ids), `batch` at a time: no dropout, bidirectional.
+cli::Vectors encode(Encoder& encoder, const std::vector<std::vector<int32_t>>& sequences, int64_t batch,
+                    Device device) {
+  cli::Vectors out;
+  out.cols = encoder.config.hidden_size;
+  SentenceEncoder::Activations acts;
+  for (size_t begin = 0; begin < sequences.size(); begin += static_cast<size_t>(batch)) {
+    const size_t end = std::min(sequences.size(), begin + static_cast<size_t>(batch));
+    const std::vector<std::vector<int32_t>> part(sequences.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                 sequences.begin() + static_cast<std::ptrdiff_t>(end));
+    const TokenBatch tokens = TokenBatch::from_sequences(part, encoder.config.pad_token_id, device);
+    const Tensor& v = encoder.model->forward(tokens, ForwardOptions{}, acts);
+    const std::vector<float> host = v.to(Device::cpu()).to(DType::f32).to_vector<float>();
+    out.values.insert(out.values.end(), host.begin(), host.end());
+  }
+  out.rows = static_cast<int64_t>(sequences.size());
+  return out;
+}
+
+std::vector<std::vector<int32_t>> sequences(const data::Ragged& r) {
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t i = 0; i < r.count(); ++i) out.emplace_back(r.begin(i), r.begin(i) + r.length(i));
+  return out;
+}
+
+void check_tokenizer(const Encoder& e, const data::StreamInfo& info, const std::string& stream) {
+  QARAC_INPUT_CHECK(info.tokenizer_hash.empty() || e.tokenizer.hash() == info.tokenizer_hash, stream,
+                    ": made with tokenizer ", info.tokenizer_hash, ", but ", e.dir, " carries ",
+                    e.tokenizer.hash());
+}
+
+// What --rank ranks: the first n examples' question and answer ids and their candidates.
+struct Ranked {
+  std::vector<std::vector<int32_t>> questions, answers;
+  data::Candidates candidates;
+};
+
+Ranked from_stream(const std::string& stream, const Encoder& question, const Encoder& answer,
+                   int64_t max_examples) {
+  const data::TaskStreamFile file(stream);
+  QARAC_INPUT_CHECK(file.task() == data::Task::question_answering, stream, ": a ",
+                    data::task_name(file.task()), " stream, not question_answering");
+  QARAC_INPUT_CHECK(file.has_candidates(), stream,
+                    ": no candidate sentences (WikiQA's Label 0 rows, kept by qarac-prep)");
+  check_tokenizer(question, file.info(), stream);
+  check_tokenizer(answer, file.info(), stream);
+  const int64_t n = max_examples > 0 ? std::min(max_examples, file.examples()) : file.examples();
+  return {sequences(file.read_field(0, 0, n)), sequences(file.read_field(1, 0, n)),
+          file.read_candidates(0, n)};
+}
+
+// A WikiQA TSV read as qarac-prep reads it, tokenised by the question encoder's tokenizer
+// (qarac-prep's --max-length truncation is not applied: a sentence too long for the model is
+// refused).
+Ranked from_wikiqa(const std::string& tsv, const Encoder& question, int64_t max_examples) {
+  Ranked r;
+  r.candidates.offsets = {0};
+  r.candidates.sentences.offsets = {0};
+  const data::Tokenizer& t = question.tokenizer;
+  data::read_examples(tsv, data::Format::wikiqa, data::OnError::skip, [&](data::Example&& e) {
+    if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) return;
+    r.questions.push_back(t.encode(e.fields[0]));
+    r.answers.push_back(t.encode(e.fields[1]));
+    data::Ragged& s = r.candidates.sentences;
+    for (const std::string& c : e.candidates) {
+      t.encode_append(c, s.tokens);
+      s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
+    }
+    r.candidates.offsets.push_back(s.count());
+  });
+  return r;
+}
+
+int rank(const std::string& source, const std::string& question_dir, const std::string& answer_dir,
+         int64_t max_examples, Device device) {
+  Encoder question = io::load_encoder_export(question_dir, DType::f32, device);
+  Encoder answer = io::load_encoder_export(answer_dir, DType::f32, device);
+  QARAC_INPUT_CHECK(question.tokenizer.hash() == answer.tokenizer.hash(), question_dir, " and ", answer_dir,
+                    " carry different tokenizers");
+  const bool tsv = source.size() > 4 && source.compare(source.size() - 4, 4, ".tsv") == 0;
+  const Ranked r = tsv ? from_wikiqa(source, question, max_examples)
+                       : from_stream(source, question, answer, max_examples);
+  const auto n = static_cast<int64_t>(r.questions.size());
+  QARAC_INPUT_CHECK(r.candidates.sentences.count() > 0, source, ": none of the first ", n,
+                    " examples has candidate sentences");
+  // One batch of all n, as the evaluator encodes them; the candidates n at a time likewise.
+  const cli::Vectors q = encode(question, r.questions, n, device);
+  const cli::Vectors a = encode(answer, r.answers, n, device);
+  EvalResult result;
+  add_selection_metrics(*answer.model, r.candidates, q.values, a.values, n, static_cast<size_t>(q.cols),
+                        answer.config, device, result);
+  for (const auto& [name, value] : result.metrics) std::printf("%s %.6f\n", name.c_str(), value);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (cli::version_requested(argc, argv)) return cli::print_version("qarac-embed");
+  return cli::run_main("qarac-embed", [&] {
+    std::string model, input, field, output, rank_source, question_dir, answer_dir, device_name;
+    int64_t batch = 64, max_examples = 256;
+    po::options_description options(
+        "qarac-embed --model EXPORT --input FILE [--output FILE]\n"
+        "qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT\n\n"
+        "Sentence vectors of a QARAC encoder export (question_encoder or answer_encoder), or\n"
+        "WikiQA answer selection as the training's evaluation computes it.\n\nOptions");
+    options.add_options()
+        ("help,h", "print this help")
+        ("version", "print the version, the git commit and the libraries' versions, and exit")
+        ("model", po::value(&model), "an encoder export folder (config.json, model.safetensors, tokenizer)")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input")
+        ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
+        ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or .jsonl; - : JSON lines on standard output")
+        ("batch", po::value(&batch)->default_value(64), "sentences per forward pass")
+        ("rank", po::value(&rank_source), "a question_answering task stream with candidates (qarac-prep's WikiQA output) or a WikiQA .tsv: print the answer-selection metrics")
+        ("question-encoder", po::value(&question_dir), "--rank: the question encoder export")
+        ("answer-encoder", po::value(&answer_dir), "--rank: the answer encoder export")
+        ("max-examples", po::value(&max_examples)->default_value(256), "--rank: the first N examples (the evaluation's eval.max_examples); 0: all")
+        ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda");
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, options), vm);
+    if (vm.count("help")) {
+      std::cout << options << "\n";
+      return 0;
+    }
+    po::notify(vm);
+    QARAC_INPUT_CHECK(batch > 0, "--batch must be positive, got ", batch);
+    QARAC_INPUT_CHECK(max_examples >= 0, "--max-examples must not be negative, got ", max_examples);
+    const Device device = cli::parse_device(device_name);
+    if (!rank_source.empty()) {
+      QARAC_INPUT_CHECK(!question_dir.empty() && !answer_dir.empty(),
+                        "--rank needs --question-encoder and --answer-encoder (see --help)");
+      return rank(rank_source, question_dir, answer_dir, max_examples, device);
+    }
+    QARAC_INPUT_CHECK(!model.empty() && !input.empty(), "give --model and --input, or --rank (see --help)");
+    Encoder encoder = io::load_encoder_export(model, DType::f32, device);
+    std::vector<std::vector<int32_t>> ids;
+    for (const std::string& text : cli::read_texts(input, field)) ids.push_back(encoder.tokenizer.encode(text));
+    cli::write_vectors(output, encode(encoder, ids, batch, device));
+    return 0;
+  });
+}

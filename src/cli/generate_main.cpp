@@ -1,0 +1,111 @@
+// qarac-generate: text from vectors with a trained QARAC decoder export (issue 14), greedy.
+//   qarac-generate --decoder EXPORT --vectors FILE.npy|.jsonl
+//   qarac-generate --decoder EXPORT --encoder EXPORT --input TEXTS   (encode, then decode)
+// Prints one JSON line per vector: {"tokens": [...], "text": "..."}, the new tokens after "<s>"
+// up to (without) "</s>" or --max-tokens, as modeling_qarac.py's generate_from_vectors gives them.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/run_main.h"
+#include "cli/vector_files.h"
+#include "cli/version.h"
+#include "core/atomic_file.h"
+#include "io/qarac_export.h"
+#include "model/generate.h"
+
+namespace po = boost::program_options;
+using namespace qarac;
+
+namespace {
+
+// The answer encoder's (or question encoder's) vectors of `texts`.
+cli::Vectors encode_texts(const std::string& dir, const std::vector<std::string>& texts, int64_t batch,
+                          Device device) {
+  io::LoadedModel<SentenceEncoder> encoder = io::load_encoder_export(dir, DType::f32, device);
+  cli::Vectors out;
+  out.cols = encoder.config.hidden_size;
+  SentenceEncoder::Activations acts;
+  for (size_t begin = 0; begin < texts.size(); begin += static_cast<size_t>(batch)) {
+    std::vector<std::vector<int32_t>> ids;
+    for (size_t i = begin; i < std::min(texts.size(), begin + static_cast<size_t>(batch)); ++i)
+      ids.push_back(encoder.tokenizer.encode(texts[i]));
+    const Tensor& v = encoder.model->forward(
+        TokenBatch::from_sequences(ids, encoder.config.pad_token_id, device), ForwardOptions{}, acts);
+    const std::vector<float> host = v.to(Device::cpu()).to(DType::f32).to_vector<float>();
+    out.values.insert(out.values.end(), host.begin(), host.end());
+  }
+  out.rows = static_cast<int64_t>(texts.size());
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (cli::version_requested(argc, argv)) return cli::print_version("qarac-generate");
+  return cli::run_main("qarac-generate", [&] {
+    std::string decoder_dir, vectors_path, encoder_dir, input, field, output, device_name;
+    int64_t max_tokens = 32, batch = 64;
+    po::options_description options(
+        "qarac-generate --decoder EXPORT --vectors FILE\n"
+        "qarac-generate --decoder EXPORT --encoder EXPORT --input TEXTS\n\n"
+        "Greedy decoding of vectors (or of texts, encoded first) with a QARAC decoder export.\n\nOptions");
+    options.add_options()
+        ("help,h", "print this help")
+        ("version", "print the version, the git commit and the libraries' versions, and exit")
+        ("decoder", po::value(&decoder_dir), "the decoder export folder")
+        ("vectors", po::value(&vectors_path), "vectors: .npy [N, d] (f32 or f64) or JSON lines ({\"vector\": [...]})")
+        ("encoder", po::value(&encoder_dir), "with --input: the encoder export that makes the vectors (usually answer_encoder)")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input")
+        ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
+        ("max-tokens", po::value(&max_tokens)->default_value(32), "new tokens at most per vector")
+        ("batch", po::value(&batch)->default_value(64), "vectors decoded together")
+        ("output", po::value(&output)->default_value("-"), "JSON lines file; - : standard output")
+        ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda");
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, options), vm);
+    if (vm.count("help")) {
+      std::cout << options << "\n";
+      return 0;
+    }
+    po::notify(vm);
+    QARAC_INPUT_CHECK(!decoder_dir.empty(), "--decoder is required (see --help)");
+    QARAC_INPUT_CHECK(vectors_path.empty() != input.empty(), "give --vectors or --input, one of them (see --help)");
+    QARAC_INPUT_CHECK(input.empty() || !encoder_dir.empty(), "--input needs --encoder (see --help)");
+    QARAC_INPUT_CHECK(max_tokens >= 0 && batch > 0, "--max-tokens must not be negative and --batch positive");
+    const Device device = cli::parse_device(device_name);
+
+    const cli::Vectors vectors = vectors_path.empty()
+                                     ? encode_texts(encoder_dir, cli::read_texts(input, field), batch, device)
+                                     : cli::read_vectors(vectors_path);
+    io::LoadedModel<Decoder> decoder = io::load_decoder_export(decoder_dir, DType::f32, device);
+    QARAC_INPUT_CHECK(vectors.rows == 0 || vectors.cols == decoder.config.hidden_size,
+                      vectors_path.empty() ? encoder_dir : vectors_path, ": vectors of size ", vectors.cols,
+                      ", the decoder's hidden size is ", decoder.config.hidden_size);
+    std::string text;
+    for (int64_t begin = 0; begin < vectors.rows; begin += batch) {
+      const int64_t n = std::min(batch, vectors.rows - begin);
+      const std::vector<float> part(vectors.values.begin() + begin * vectors.cols,
+                                    vectors.values.begin() + (begin + n) * vectors.cols);
+      const Tensor v = Tensor::from_vector(part, {n, vectors.cols}, device);
+      const std::vector<std::vector<int32_t>> prefixes(static_cast<size_t>(n), {decoder.tokenizer.bos_id()});
+      for (const std::vector<int32_t>& tokens :
+           greedy_decode(*decoder.model, v, prefixes, max_tokens, decoder.tokenizer.eos_id())) {
+        const nlohmann::json line = {{"tokens", tokens}, {"text", decoder.tokenizer.decode(tokens, true)}};
+        // Decoded bytes may cut a UTF-8 character: replaced, not refused, in the JSON text.
+        text += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+      }
+    }
+    if (output == "-") {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+    } else {
+      AtomicFile file(output);
+      file.write(text.data(), text.size());
+      file.commit();
+    }
+    return 0;
+  });
+}

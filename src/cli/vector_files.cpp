@@ -1,0 +1,204 @@
+// Text and vector files of the two model programs. The .npy format (NumPy's format 1.0): the
+// magic "\x93NUMPY", the version, a little-endian u16 header length, a Python dict literal
+// padded with spaces to a 64-byte boundary and ended by '\n', then the raw data.
+#include "cli/vector_files.h"
+
+#include <hdf5.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <regex>
+
+#include "core/atomic_file.h"
+#include "core/check_hdf5.h"
+#include "core/hdf5.h"
+#include "core/memory.h"
+
+namespace qarac::cli {
+namespace {
+
+constexpr char kNpyMagic[] = "\x93NUMPY";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool json_lines(const std::string& path) {
+  return path == "-" || ends_with(path, ".jsonl") || ends_with(path, ".json");
+}
+
+// Every line of `path` ("-": standard input), with its number; the input is read whole.
+std::vector<std::string> lines_of(const std::string& path) {
+  std::ifstream file;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    QARAC_INPUT_CHECK(file.good(), path, ": cannot read");
+  }
+  std::istream& in = path == "-" ? std::cin : file;
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+void write_npy(const std::string& path, const Vectors& v) {
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" +
+                       std::to_string(v.rows) + ", " + std::to_string(v.cols) + "), }";
+  const size_t fixed = 6 + 2 + 2;  // magic, version, header length
+  header.append(64 - (fixed + header.size() + 1) % 64, ' ');
+  header += '\n';
+  std::string bytes(kNpyMagic, 6);
+  bytes += '\x01';
+  bytes += '\x00';
+  const auto length = static_cast<uint16_t>(header.size());
+  bytes += static_cast<char>(length & 0xff);
+  bytes += static_cast<char>(length >> 8);
+  bytes += header;
+  AtomicFile file(path);
+  file.write(bytes.data(), bytes.size());
+  file.write(v.values.data(), v.values.size() * sizeof(float));  // x86 and ARM are little-endian
+  file.commit();
+}
+
+void write_h5(const std::string& path, const Vectors& v) {
+  silence_hdf5_stack_printing();
+  AtomicFile out(path, AtomicFile::by_path);
+  {
+    H5Id file = QARAC_H5_ID(H5Fcreate(out.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    const hsize_t dims[2] = {static_cast<hsize_t>(v.rows), static_cast<hsize_t>(v.cols)};
+    H5Id space = QARAC_H5_ID(H5Screate_simple(2, dims, nullptr), H5Sclose);
+    H5Id set = QARAC_H5_ID(H5Dcreate2(file.get(), "vectors", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+                                      H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+    QARAC_CHECK_HDF5(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.values.data()));
+  }
+  out.commit();
+}
+
+Vectors read_npy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  QARAC_INPUT_CHECK(in.good(), path, ": cannot read");
+  char start[10];
+  in.read(start, sizeof start);
+  QARAC_INPUT_CHECK(in.gcount() == 10 && std::memcmp(start, kNpyMagic, 6) == 0, path,
+                    ": not a .npy file (no \\x93NUMPY magic)");
+  QARAC_INPUT_CHECK(start[6] == 1, path, ": .npy format version ", int(start[6]), " (1 is read)");
+  const size_t length = static_cast<unsigned char>(start[8]) | (static_cast<unsigned char>(start[9]) << 8);
+  std::string header(length, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(length));
+  std::smatch m;
+  QARAC_INPUT_CHECK(std::regex_search(header, m, std::regex("'descr': *'(<f4|<f8)'")), path,
+                    ": the array's dtype is not little-endian f32 or f64: ", header);
+  const bool f64 = m[1] == "<f8";
+  QARAC_INPUT_CHECK(std::regex_search(header, std::regex("'fortran_order': *False")), path,
+                    ": a Fortran-order array (C order is read)");
+  QARAC_INPUT_CHECK(std::regex_search(header, m, std::regex("'shape': *\\( *([0-9]+) *, *([0-9]+) *,? *\\)")),
+                    path, ": not a 2-D array [vectors, size]: ", header);
+  Vectors v;
+  v.rows = std::stoll(m[1]);
+  v.cols = std::stoll(m[2]);
+  const size_t count = static_cast<size_t>(v.rows * v.cols);
+  std::vector<char> raw(count * (f64 ? 8 : 4));
+  in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
+  QARAC_INPUT_CHECK(static_cast<size_t>(in.gcount()) == raw.size(), path, ": truncated (",
+                    in.gcount(), " of ", raw.size(), " data bytes)");
+  v.values.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (f64) {
+      double x;
+      std::memcpy(&x, raw.data() + 8 * i, 8);
+      v.values[i] = static_cast<float>(x);
+    } else {
+      std::memcpy(&v.values[i], raw.data() + 4 * i, 4);
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+Device parse_device(const std::string& name) {
+  QARAC_INPUT_CHECK(name == "cpu" || name == "cuda", "--device must be cpu or cuda, got '", name, "'");
+  if (name == "cpu") return Device::cpu();
+  QARAC_INPUT_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is available");
+  return Device::cuda(0);
+}
+
+std::vector<std::string> read_texts(const std::string& path, const std::string& field) {
+  const bool json = json_lines(path) && path != "-";
+  std::vector<std::string> texts;
+  const std::vector<std::string> lines = lines_of(path);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i].empty()) continue;
+    if (!json) {
+      texts.push_back(lines[i]);
+      continue;
+    }
+    const nlohmann::json j = nlohmann::json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
+    const std::string where = path + ":" + std::to_string(i + 1);
+    QARAC_INPUT_CHECK(!j.is_discarded(), where, ": not JSON");
+    if (j.is_string()) {
+      texts.push_back(j.get<std::string>());
+      continue;
+    }
+    QARAC_INPUT_CHECK(j.is_object() && j.contains(field) && j[field].is_string(), where,
+                      ": no string field \"", field, "\" (see --field)");
+    texts.push_back(j[field].get<std::string>());
+  }
+  return texts;
+}
+
+void write_vectors(const std::string& path, const Vectors& v) {
+  if (ends_with(path, ".npy")) return write_npy(path, v);
+  if (ends_with(path, ".h5")) return write_h5(path, v);
+  QARAC_INPUT_CHECK(json_lines(path), path, ": unknown output format (.npy, .h5, .jsonl, or - for",
+                    " JSON lines on standard output)");
+  std::string text;
+  char buf[32];
+  for (int64_t r = 0; r < v.rows; ++r) {
+    text += "{\"vector\": [";
+    for (int64_t c = 0; c < v.cols; ++c) {
+      std::snprintf(buf, sizeof buf, "%s%.9g", c ? ", " : "", double(v.values[static_cast<size_t>(r * v.cols + c)]));
+      text += buf;
+    }
+    text += "]}\n";
+  }
+  if (path == "-") {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return;
+  }
+  AtomicFile file(path);
+  file.write(text.data(), text.size());
+  file.commit();
+}
+
+Vectors read_vectors(const std::string& path) {
+  if (ends_with(path, ".npy")) return read_npy(path);
+  QARAC_INPUT_CHECK(json_lines(path), path, ": unknown vector format (.npy or .jsonl)");
+  Vectors v;
+  const std::vector<std::string> lines = lines_of(path);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i].empty()) continue;
+    const std::string where = path + ":" + std::to_string(i + 1);
+    nlohmann::json j = nlohmann::json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
+    QARAC_INPUT_CHECK(!j.is_discarded(), where, ": not JSON");
+    if (j.is_object() && j.contains("vector")) j = j["vector"];
+    QARAC_INPUT_CHECK(j.is_array() && !j.empty(), where, ": not a vector ({\"vector\": [...]} or [...])");
+    if (v.rows == 0) v.cols = static_cast<int64_t>(j.size());
+    QARAC_INPUT_CHECK(static_cast<int64_t>(j.size()) == v.cols, where, ": ", j.size(),
+                      " numbers, the first vector has ", v.cols);
+    for (const auto& x : j) {
+      QARAC_INPUT_CHECK(x.is_number(), where, ": ", x.dump(), " is not a number");
+      v.values.push_back(x.get<float>());
+    }
+    ++v.rows;
+  }
+  return v;
+}
+
+}  // namespace qarac::cli

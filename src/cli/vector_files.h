@@ -1,0 +1,36 @@
+// The files qarac-embed and qarac-generate read and write: texts (lines, or JSON lines with a
+// text field) and vectors (.npy, .h5, JSON lines), and the --device option.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace qarac::cli {
+
+// Row-major f32 vectors.
+struct Vectors {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> values;
+};
+
+// "cpu" or "cuda" (device 0, which must exist); InputError otherwise.
+Device parse_device(const std::string& name);
+
+// The texts of `path` ("-": standard input): JSON lines when it ends in .jsonl or .json (each
+// line an object whose `field` is a string, or a JSON string), else one text per line. Empty
+// lines are skipped. InputError naming file:line for a line that is not what the format says.
+std::vector<std::string> read_texts(const std::string& path, const std::string& field);
+
+// By the extension: .npy (a little-endian f32 [rows, cols] array, C order), .h5 (dataset
+// "vectors" [rows, cols] f32) or .jsonl/"-" (one {"vector": [...]} per line, to standard
+// output for "-"); floats written with 9 significant digits, which read back exactly.
+void write_vectors(const std::string& path, const Vectors& vectors);
+
+// .npy (f32 or f64, C order, 2-D) or JSON lines ({"vector": [...]} or an array per line).
+// InputError naming the file for another dtype, layout or rows of different lengths.
+Vectors read_vectors(const std::string& path);
+
+}  // namespace qarac::cli

@@ -1,0 +1,166 @@
+// The files of an export beyond the weights: tokenizer files (copied, the two small JSON files
+// written when the source lacks them), modeling_qarac.py with config.json's auto_map, and the
+// model card.
+#include "io/export_files.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "data/tokenizer.h"
+
+namespace qarac::io {
+
+extern const char* const kModelingQaracPy;  // modeling_qarac_py.cpp, generated
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+void write_text(const fs::path& path, const std::string& text) {
+  AtomicFile file(path.string());
+  file.write(text.data(), text.size());
+  file.commit();
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  QARAC_INPUT_CHECK(in.good(), path.string(), ": cannot read");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// RobertaTokenizer(Fast)'s special tokens; <mask> absorbs the space before it, as in roberta-base.
+json special_tokens() {
+  return {{"bos_token", "<s>"},   {"eos_token", "</s>"}, {"unk_token", "<unk>"},
+          {"sep_token", "</s>"},  {"pad_token", "<pad>"}, {"cls_token", "<s>"},
+          {"mask_token", {{"content", "<mask>"}, {"lstrip", true}, {"rstrip", false},
+                          {"normalized", false}, {"single_word", false}}}};
+}
+
+bool is_encoder(const std::string& model) {
+  return model == "question_encoder" || model == "answer_encoder";
+}
+
+// A YAML double-quoted scalar: JSON's string escapes are valid there.
+std::string yaml_string(const std::string& s) { return json(s).dump(); }
+
+std::string number(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", x);
+  return buf;
+}
+
+}  // namespace
+
+void write_tokenizer_files(const std::string& dir, const ExportExtras& extras,
+                           int64_t max_positions) {
+  if (extras.tokenizer_dir.empty()) return;
+  const fs::path from(extras.tokenizer_dir), to(dir);
+  std::error_code ec;
+  const bool has_json = fs::is_regular_file(from / "tokenizer.json", ec);
+  const bool has_bpe = fs::is_regular_file(from / "vocab.json", ec) &&
+                       fs::is_regular_file(from / "merges.txt", ec);
+  QARAC_INPUT_CHECK(has_json || has_bpe, extras.tokenizer_dir,
+                    ": no tokenizer.json nor vocab.json + merges.txt to export with the model");
+  for (const char* file : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                           "special_tokens_map.json"})
+    if (fs::is_regular_file(from / file, ec)) write_text(to / file, read_text(from / file));
+  if (!fs::exists(to / "special_tokens_map.json", ec))
+    write_text(to / "special_tokens_map.json", special_tokens().dump(2) + "\n");
+  if (!fs::exists(to / "tokenizer_config.json", ec)) {
+    json config = special_tokens();
+    config["tokenizer_class"] = "RobertaTokenizer";
+    config["add_prefix_space"] = false;
+    config["errors"] = "replace";
+    config["trim_offsets"] = true;
+    // Two positions are taken by the padding index and the one below it (RoBERTa's offset).
+    config["model_max_length"] = max_positions - 2;
+    write_text(to / "tokenizer_config.json", config.dump(2) + "\n");
+  }
+  if (!extras.tokenizer_hash.empty()) {
+    const std::string hash = data::Tokenizer::from_dir(dir).hash();
+    QARAC_INPUT_CHECK(hash == extras.tokenizer_hash, extras.tokenizer_dir, ": its tokenizer (",
+                      hash, ") is not the one the task streams were made with (",
+                      extras.tokenizer_hash, "): give the data's tokenizer");
+  }
+}
+
+void write_qarac_code(const std::string& dir, const std::string& model) {
+  const bool encoder = is_encoder(model);
+  if (!encoder && model != "decoder") return;
+  const fs::path root(dir);
+  write_text(root / "modeling_qarac.py", kModelingQaracPy);
+  const fs::path config_path = root / "config.json";
+  json config = json::parse(read_text(config_path));
+  const std::string cls = encoder ? "modeling_qarac.QaracEncoderModel"
+                                  : "modeling_qarac.QaracDecoderModel";
+  config["auto_map"] = {{"AutoModel", cls}};
+  if (!encoder) config["auto_map"]["AutoModelForCausalLM"] = cls;
+  write_text(config_path, config.dump(2) + "\n");
+}
+
+void write_model_card(const std::string& dir, const std::string& model, const ModelCard& card) {
+  const bool encoder = is_encoder(model), decoder = model == "decoder";
+  std::ostringstream md;
+  md << "---\nlibrary_name: transformers\n";
+  if (!card.base_model.empty()) md << "base_model: " << yaml_string(card.base_model) << "\n";
+  md << "language: en\ntags:\n- qarac\n- roberta\n- qarac-mt\n";
+  if (encoder) md << "- sentence-embeddings\npipeline_tag: feature-extraction\n";
+  if (decoder) md << "- text-generation\npipeline_tag: text-generation\n";
+  if (model == "base") md << "- fill-mask\npipeline_tag: fill-mask\n";
+  if (!card.datasets.empty()) {
+    md << "datasets:\n";
+    for (const std::string& d : card.datasets) md << "- " << yaml_string(d) << "\n";
+  }
+  md << "---\n\n# QARAC " << model << "\n\nTrained with QARAC-MT (docs/design.md §2)";
+  if (!card.base_path.empty()) md << " from `" << card.base_path << "`";
+  md << ".";
+  if (encoder) {
+    md << " A sentence encoder: RoBERTa and the QARAC global attention pooling head.\n\n"
+          "```python\nfrom transformers import AutoModel, AutoTokenizer\n"
+          "tok = AutoTokenizer.from_pretrained(path)\n"
+          "model = AutoModel.from_pretrained(path, trust_remote_code=True)\n"
+          "vectors = model(**tok([\"a sentence\"], padding=True, return_tensors=\"pt\"))"
+          ".pooler_output\n```\n\n"
+          "`RobertaModel.from_pretrained(path)` loads the base alone (without the head).\n"
+          "From the command line: `qarac-embed --model path`.\n";
+  } else if (decoder) {
+    md << " The decoder: a causal RoBERTa, two head layers that see the vector in slot 0, and "
+          "the LM head.\n\n"
+          "```python\nfrom transformers import AutoModel, AutoTokenizer\n"
+          "tok = AutoTokenizer.from_pretrained(path)\n"
+          "decoder = AutoModel.from_pretrained(path, trust_remote_code=True)\n"
+          "ids = decoder.generate_from_vectors(vectors, max_new_tokens=32)\n"
+          "texts = decoder.generate_from_text([\"a sentence\"], encoder, tok)\n```\n\n"
+          "From the command line: `qarac-generate --decoder path`.\n";
+  } else {
+    md << " A pre-trained RoBERTa base with its masked-LM head (RobertaForMaskedLM): the "
+          "starting point of a QARAC fine-tuning.\n";
+  }
+  if (!card.config_ini.empty())
+    md << "\n## Training configuration\n\n```ini\n" << card.config_ini << "```\n";
+  if (!card.plan.empty()) md << "\n## Task plan\n\n```\n" << card.plan << "```\n";
+  if (!card.metrics.empty()) {
+    md << "\n## Final held-out metrics\n\n| metric | value |\n|---|---|\n";
+    for (const auto& [name, value] : card.metrics)
+      if (name.find(".confusion.") == std::string::npos)
+        md << "| " << name << " | " << number(value) << " |\n";
+  }
+  if (card.forgetting_first && card.forgetting_last)
+    md << "\n## Forgetting\n\nforgetting.mlm_loss (the answer encoder's base under the base's "
+          "own MLM head, held-out text): "
+       << number(*card.forgetting_first) << " at the first evaluation, "
+       << number(*card.forgetting_last) << " at the last.\n";
+  write_text(fs::path(dir) / "README.md", md.str());
+}
+
+}  // namespace qarac::io

@@ -1,0 +1,205 @@
+# The QARAC models for transformers (docs/design.md §2), shipped beside every QARAC export and
+# loaded with trust_remote_code=True:
+#   AutoModel.from_pretrained(export, trust_remote_code=True)
+# gives QaracEncoderModel for the question and answer encoders (pooler_output: the QARAC vector)
+# and QaracDecoderModel for the decoder (logits of "<s> y" given a vector in slot 0; greedy
+# generation from vectors or from text). Written by QARAC-MT; it computes what the C++ models
+# compute (src/model/pooling.*, src/model/decoder.*), which tests/python/test_hf_export.py checks.
+# The tensor names are the export's, so RobertaModel.from_pretrained(export) still loads the base.
+import math
+
+import torch
+from torch import nn
+from transformers import RobertaConfig, RobertaModel, RobertaPreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutput
+
+# The cosine's clamp of src/model/pooling.h (PoolingHead::kCosineEps).
+COSINE_EPS = 1e-12
+
+
+def _padding_mask(config, input_ids, attention_mask):
+    if attention_mask is None:
+        return (input_ids != config.pad_token_id).long()
+    return attention_mask
+
+
+class QaracPooling(nn.Module):
+    """g = Wg·Σ_t X_t, l_t = Wl·X_t, a_t = cos(l_t, g), v = Σ_t a_t X_t over the real tokens."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.global_projection = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.local_projection = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, hidden, mask):
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        x = hidden * m
+        g = self.global_projection(x.sum(dim=1))
+        local = self.local_projection(x)
+        dot = (local * g.unsqueeze(1)).sum(-1)
+        norms = local.norm(dim=-1) * g.norm(dim=-1, keepdim=True)
+        # As the C++ cosine: the denominator is clamped to eps, not added to it.
+        a = torch.where(norms > COSINE_EPS, dot / norms.clamp_min(COSINE_EPS), dot / COSINE_EPS)
+        return ((a.unsqueeze(-1) * m) * x).sum(dim=1)
+
+
+class QaracEncoderModel(RobertaPreTrainedModel):
+    """A QARAC sentence encoder: RoBERTa (bidirectional) and the global attention pooling head."""
+
+    config_class = RobertaConfig
+    base_model_prefix = "roberta"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.pooling = QaracPooling(config.hidden_size)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        mask = _padding_mask(self.config, input_ids, attention_mask)
+        hidden = self.roberta(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return BaseModelOutputWithPooling(last_hidden_state=hidden,
+                                          pooler_output=self.pooling(hidden, mask))
+
+
+class _Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+
+class _Output(nn.Module):
+    def __init__(self, config, width):
+        super().__init__()
+        self.dense = nn.Linear(width, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class _AttentionBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        setattr(self, "self", _Attention(config))  # the name RoBERTa's checkpoints use
+        self.output = _Output(config, config.hidden_size)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+
+class QaracHeadLayer(nn.Module):
+    """A post-LN RoBERTa layer over an explicit attention mask (the decoder's head layers)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.act = ACT2FN[config.hidden_act]
+        self.attention = _AttentionBlock(config)
+        self.intermediate = _Intermediate(config)
+        self.output = _Output(config, config.intermediate_size)
+
+    def forward(self, x, allowed):
+        b, s, d = x.shape
+        att = getattr(self.attention, "self")
+        split = lambda t: t.view(b, s, self.heads, d // self.heads).transpose(1, 2)
+        q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
+        scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
+        out = self.attention.output
+        h = out.LayerNorm(x + out.dense(context))
+        return self.output.LayerNorm(h + self.output.dense(self.act(self.intermediate.dense(h))))
+
+
+class QaracLMHead(nn.Module):
+    """dense, GELU, LayerNorm, then the output matrix (own, or the word embeddings when tied)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.act = ACT2FN[config.hidden_act]
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if not config.tie_word_embeddings:
+            self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x, word_embeddings):
+        x = self.layer_norm(self.act(self.dense(x)))
+        weight = self.decoder.weight if hasattr(self, "decoder") else word_embeddings
+        return x @ weight.t() + self.bias
+
+
+def _causal(mask):
+    """[B, S, S]: position t attends to the real positions <= t."""
+    s = mask.shape[1]
+    lower = torch.ones(s, s, dtype=torch.bool, device=mask.device).tril()
+    return lower.unsqueeze(0) & mask.bool().unsqueeze(1)
+
+
+class QaracDecoderModel(RobertaPreTrainedModel):
+    """The QARAC decoder D(v, y): a causal RoBERTa over "<s> y", the vector prepended as a slot-0
+    row for the first head layer, a second head layer without it, and the LM head."""
+
+    config_class = RobertaConfig
+    base_model_prefix = "roberta"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.decoder_layers = nn.ModuleList([QaracHeadLayer(config) for _ in range(2)])
+        self.lm_head = QaracLMHead(config)
+        self.post_init()
+
+    def forward(self, vectors, input_ids, attention_mask=None, **kwargs):
+        mask = _padding_mask(self.config, input_ids, attention_mask)
+        hidden = self.roberta(input_ids=input_ids, attention_mask=mask,
+                              use_cache=False).last_hidden_state
+        slot = torch.ones_like(mask[:, :1])
+        extended = torch.cat([vectors.to(hidden.dtype).unsqueeze(1), hidden], dim=1)
+        h1 = self.decoder_layers[0](extended, _causal(torch.cat([slot, mask], dim=1)))[:, 1:]
+        h2 = self.decoder_layers[1](h1, _causal(mask))
+        word = self.roberta.embeddings.word_embeddings.weight
+        return CausalLMOutput(logits=self.lm_head(h2, word))
+
+    @torch.no_grad()
+    def generate_from_vectors(self, vectors, max_new_tokens=32, prompts=None):
+        """Greedy decoding as qarac-generate does it: every sequence starts as "<s>" (followed by
+        its prompt's ids, if given) and grows by its argmax token until "</s>" or max_new_tokens.
+        Returns the new token ids per vector, without the final "</s>"."""
+        cfg = self.config
+        seqs = [[cfg.bos_token_id] + list(prompts[i] if prompts else []) for i in range(len(vectors))]
+        new = [[] for _ in seqs]
+        done = [False] * len(seqs)
+        for _ in range(max_new_tokens):
+            length = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), length), cfg.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, s in enumerate(seqs):
+                ids[i, :len(s)] = torch.tensor(s)
+                mask[i, :len(s)] = 1
+            device = vectors.device
+            logits = self(vectors, ids.to(device), mask.to(device)).logits
+            for i, s in enumerate(seqs):
+                if done[i]:
+                    continue
+                token = int(logits[i, len(s) - 1].argmax())
+                if token == cfg.eos_token_id:
+                    done[i] = True
+                    continue
+                s.append(token)
+                new[i].append(token)
+            if all(done):
+                break
+        return new
+
+    @torch.no_grad()
+    def generate_from_text(self, texts, encoder, tokenizer, max_new_tokens=32):
+        """Encodes `texts` with a QARAC encoder (usually the answer encoder) and decodes the
+        vectors: the encode_decode round trip. Returns the decoded strings."""
+        batch = tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
+        vectors = encoder(**batch).pooler_output
+        ids = self.generate_from_vectors(vectors, max_new_tokens)
+        return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]

@@ -1,0 +1,59 @@
+// Loading exports into SentenceEncoder and Decoder: the export's names without the "roberta."
+// prefix are the models' own parameter names (model/qarac.h).
+#include "io/qarac_export.h"
+
+#include <filesystem>
+
+#include "io/hf_config.h"
+#include "io/hf_weights.h"
+
+namespace qarac::io {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// The export's tensors by model parameter name, its config and tokenizer.
+template <class Model>
+LoadedModel<Model> read_export(const std::string& dir, TensorMap& tensors, std::string& source) {
+  std::error_code ec;
+  QARAC_INPUT_CHECK(fs::is_directory(dir, ec), dir, ": is not a directory (expected a QARAC export",
+                    " with config.json, model.safetensors and the tokenizer files)");
+  const fs::path config = fs::path(dir) / "config.json";
+  QARAC_INPUT_CHECK(fs::is_regular_file(config, ec), dir, ": config.json is missing");
+  LoadedModel<Model> out{dir, read_hf_config(config.string()), data::Tokenizer::from_dir(dir), {}};
+  for (auto& [name, tensor] : read_hf_weights(dir, &source))
+    tensors.emplace(starts_with(name, "roberta.") ? name.substr(8) : name, std::move(tensor));
+  QARAC_INPUT_CHECK(static_cast<int64_t>(out.tokenizer.vocab_size()) == out.config.vocab_size, dir,
+                    ": the tokenizer has ", out.tokenizer.vocab_size(), " tokens, the model ",
+                    out.config.vocab_size);
+  return out;
+}
+
+}  // namespace
+
+LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType dtype, Device device) {
+  TensorMap tensors;
+  std::string source;
+  LoadedModel<SentenceEncoder> out = read_export<SentenceEncoder>(dir, tensors, source);
+  auto base = std::make_shared<RobertaEncoder>(out.config, dtype, device);
+  out.model = std::make_unique<SentenceEncoder>(base, fs::path(dir).filename().string());
+  load_parameters(out.model->parameters(), tensors, source);
+  return out;
+}
+
+LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, Device device) {
+  TensorMap tensors;
+  std::string source;
+  LoadedModel<Decoder> out = read_export<Decoder>(dir, tensors, source);
+  const bool tied = !tensors.count("lm_head.decoder.weight");
+  out.model = std::make_unique<Decoder>(out.config, tied, /*vocab_multiple=*/64, dtype, device,
+                                        /*dropout_stream=*/0);
+  load_parameters(out.model->parameters(), tensors, source);
+  return out;
+}
+
+}  // namespace qarac::io

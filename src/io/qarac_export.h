@@ -1,0 +1,32 @@
+// Reading a QARAC export (io/hf_export.h) back into the models, for the programs that use trained
+// models: qarac-embed (an encoder) and qarac-generate (the decoder).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "data/tokenizer.h"
+#include "model/decoder.h"
+#include "model/qarac.h"
+
+namespace qarac::io {
+
+// An export folder: its config, its tokenizer (the files the export carries) and the model.
+template <class Model>
+struct LoadedModel {
+  std::string dir;
+  RobertaConfig config;
+  data::Tokenizer tokenizer;
+  std::unique_ptr<Model> model;
+};
+
+// A question or answer encoder export: base "roberta.*" and the pooling head "pooling.*".
+// InputError naming the folder or file when a tensor is missing or misshapen, or the folder has no
+// tokenizer.
+LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType dtype, Device device);
+
+// A decoder export: base, "decoder_layers.*", "lm_head.*"; the LM head tied to the word
+// embeddings when the export has no lm_head.decoder.weight.
+LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, Device device);
+
+}  // namespace qarac::io

@@ -1,0 +1,51 @@
+// Greedy decoding: one forward pass over the unfinished prefixes per step, their last rows'
+// argmax appended.
+#include "model/generate.h"
+
+#include <algorithm>
+
+namespace qarac {
+
+std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
+                                                std::vector<std::vector<int32_t>> prefixes,
+                                                int64_t steps, int32_t stop) {
+  const int64_t count = static_cast<int64_t>(prefixes.size());
+  QARAC_CHECK(v.dim() == 2 && v.size(0) == count, "greedy_decode: ", count, " prefixes, vectors ",
+              v.str());
+  const Device device = v.device();
+  const int32_t pad = decoder.base().config().pad_token_id;
+  const int64_t vocab = decoder.vocab_size();
+  std::vector<std::vector<int32_t>> out(prefixes.size());
+  std::vector<int32_t> active(prefixes.size());  // the unfinished sequences, by index
+  for (int32_t b = 0; b < static_cast<int32_t>(count); ++b) active[static_cast<size_t>(b)] = b;
+  Decoder::Activations acts;
+  for (int64_t step = 0; step < steps && !active.empty(); ++step) {
+    const int64_t n = static_cast<int64_t>(active.size());
+    std::vector<std::vector<int32_t>> batch;
+    for (int32_t b : active) batch.push_back(prefixes[static_cast<size_t>(b)]);
+    const Tensor index = Tensor::from_vector(active, {n}, device);
+    Tensor rows = Tensor::empty({n, v.size(1)}, v.dtype(), device);
+    ops::gather_rows(v, index, rows);
+    const TokenBatch y_in = TokenBatch::from_sequences(batch, pad, device);
+    Tensor& logits = decoder.forward(rows, y_in, ForwardOptions{}, acts);
+    std::vector<int32_t> last_rows;
+    for (int64_t b = 0; b < n; ++b) last_rows.push_back(y_in.seqs.host[static_cast<size_t>(b) + 1] - 1);
+    Tensor last = Tensor::empty({n, logits.size(1)}, logits.dtype(), device);
+    ops::gather_rows(logits, Tensor::from_vector(last_rows, {n}, device), last);
+    const std::vector<float> scores = last.to(Device::cpu()).to(DType::f32).to_vector<float>();
+    std::vector<int32_t> still;
+    for (int64_t b = 0; b < n; ++b) {
+      const float* row = scores.data() + b * logits.size(1);
+      const auto token = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+      const size_t s = static_cast<size_t>(active[static_cast<size_t>(b)]);
+      if (token == stop) continue;
+      prefixes[s].push_back(token);
+      out[s].push_back(token);
+      still.push_back(active[static_cast<size_t>(b)]);
+    }
+    active = std::move(still);
+  }
+  return out;
+}
+
+}  // namespace qarac

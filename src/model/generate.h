@@ -1,0 +1,20 @@
+// Greedy decoding with the QARAC decoder: what the evaluation's token accuracy measures and what
+// qarac-generate (and the exported modeling_qarac.py) produce from a vector.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/decoder.h"
+
+namespace qarac {
+
+// Grows each prefix (usually "<s>", then any prompt) by its argmax token over the true
+// vocabulary (the first of equal scores), given its vector v [B, d] (one row per prefix), for
+// `steps` steps, or until it has produced `stop` (not appended; stop < 0: never stops). Padding-
+// free: a sequence's tokens do not depend on the others of the batch. Returns the new tokens.
+std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
+                                                std::vector<std::vector<int32_t>> prefixes,
+                                                int64_t steps, int32_t stop = -1);
+
+}  // namespace qarac

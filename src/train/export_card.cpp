@@ -1,0 +1,93 @@
+// Gathering an export's tokenizer and model card from the run.
+#include "train/export_card.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "core/log.h"
+#include "data/shards.h"
+
+namespace qarac {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool has_tokenizer(const std::string& dir) {
+  std::error_code ec;
+  const fs::path d(dir);
+  return !dir.empty() && (fs::is_regular_file(d / "tokenizer.json", ec) ||
+                          (fs::is_regular_file(d / "vocab.json", ec) &&
+                           fs::is_regular_file(d / "merges.txt", ec)));
+}
+
+// The Hub id of a base in the Hugging Face cache (".../models--org--name/snapshots/<commit>"
+// gives "org/name"), else "": the Hub's base_model must be an id, and a local folder's name
+// need not be one.
+std::string hub_id(const std::string& base) {
+  for (fs::path p(base); !p.empty() && p != p.root_path(); p = p.parent_path()) {
+    const std::string name = p.filename().string();
+    if (name.rfind("models--", 0) != 0) continue;
+    std::string id = name.substr(8);
+    const size_t sep = id.find("--");
+    if (sep != std::string::npos) id.replace(sep, 2, "/");
+    return id;
+  }
+  return "";
+}
+
+// The evaluations of metrics.jsonl, in order: the last one's metrics and forgetting.mlm_loss
+// first and last. A line that is not JSON (a run killed while appending) is passed over.
+void read_evaluations(const fs::path& path, io::ModelCard& card) {
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.value("eval", false)) continue;
+    card.metrics.clear();
+    for (const auto& [name, value] : j.items())
+      if (value.is_number() && name != "step") card.metrics[name] = value.get<double>();
+    const auto forgetting = card.metrics.find("forgetting.mlm_loss");
+    if (forgetting == card.metrics.end()) continue;
+    if (!card.forgetting_first) card.forgetting_first = forgetting->second;
+    card.forgetting_last = forgetting->second;
+  }
+}
+
+}  // namespace
+
+io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan) {
+  io::ExportExtras extras;
+  if (config.pretraining())
+    extras.tokenizer_dir = config.tokenizer;
+  else
+    extras.tokenizer_dir = has_tokenizer(config.base) ? config.base : config.eval_tokenizer;
+  if (extras.tokenizer_dir.empty())
+    log::warn("the exports carry no tokenizer (model.base has none and eval.tokenizer is not set):",
+              " AutoTokenizer and qarac-embed need one");
+
+  io::ModelCard card;
+  card.base_model = hub_id(config.base);
+  card.base_path = config.base;
+  card.config_ini = to_ini(config);
+  card.plan = plan;
+  std::set<std::string> datasets;
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const fs::path stream =
+        fs::path(config.data_dir) / (std::string(data::task_name(static_cast<data::Task>(t))) + ".h5");
+    std::error_code ec;
+    if (!fs::is_regular_file(stream, ec)) continue;
+    const data::StreamInfo info = data::TaskStreamFile(stream.string()).info();
+    if (extras.tokenizer_hash.empty()) extras.tokenizer_hash = info.tokenizer_hash;
+    for (const data::SourceInfo& source : info.sources)
+      datasets.insert(fs::path(source.path).filename().string());
+  }
+  card.datasets.assign(datasets.begin(), datasets.end());
+  read_evaluations(fs::path(config.output) / "metrics.jsonl", card);
+  extras.card = std::move(card);
+  return extras;
+}
+
+}  // namespace qarac

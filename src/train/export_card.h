@@ -1,0 +1,20 @@
+// What a run's exports carry beside the weights (io/export_files.h): the tokenizer of its data
+// and the model card, gathered from the configuration, the task streams and metrics.jsonl.
+#pragma once
+
+#include <string>
+
+#include "io/export_files.h"
+#include "train/config.h"
+
+namespace qarac {
+
+// The tokenizer: model.tokenizer in mlm mode; in qarac mode model.base's when the base folder
+// holds one, else eval.tokenizer (none when neither is given). Its hash must be the task
+// streams'. The card: model.base (and its Hub id when it lies in the Hugging Face cache), the
+// streams' source files, the configuration, `plan` (the
+// start banner's plan), the last evaluation of <output>/metrics.jsonl and forgetting.mlm_loss
+// at its first and last evaluation.
+io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan);
+
+}  // namespace qarac

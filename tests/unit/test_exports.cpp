@@ -1,0 +1,347 @@
+// Exports people can use (issue 14): the files beside the weights (tokenizer, model card,
+// modeling_qarac.py and auto_map), reading an export back into the models, sharded safetensors
+// bases, the vector files, and qarac-embed / qarac-generate against the models in process
+// (qarac-embed --rank against the evaluator). tests/python/test_hf_export.py checks the same
+// exports with transformers.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cli/vector_files.h"
+#include "io/hf_checkpoint.h"
+#include "io/hf_export.h"
+#include "io/qarac_export.h"
+#include "model/generate.h"
+#include "model/init.h"
+#include "support/test_support.h"
+#include "support/training_fixtures.h"
+#include "train/evaluation.h"
+#include "train/export_card.h"
+
+using namespace qarac;
+using namespace qarac::test_support;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kSample = QARAC_SAMPLE_DIR "/";
+const std::string kTokenizer = kSample + "tokenizer";
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+nlohmann::json read_json(const fs::path& path) { return nlohmann::json::parse(read_file(path)); }
+
+// Three tiny QARAC models over the sample tokenizer's vocabulary, heads and bases random.
+struct Models {
+  data::Tokenizer tokenizer = data::Tokenizer::from_dir(kTokenizer);
+  QaracConfig config;
+  std::unique_ptr<QaracModels> models;
+  Models() {
+    config.base.vocab_size = static_cast<int64_t>(tokenizer.vocab_size());
+    config.base.hidden_size = 16;
+    config.base.num_layers = 1;
+    config.base.num_heads = 2;
+    config.base.intermediate_size = 32;
+    config.base.max_position_embeddings = 130;
+    config.init_std = 0.3;
+    RobertaEncoder base(config.base, DType::f32, Device::cpu());
+    init_normal(base.parameters(), 0.3, 11);
+    models = std::make_unique<QaracModels>(config, io::master_tensors(base.parameters()), DType::f32,
+                                           Device::cpu());
+  }
+  std::string export_model(const std::string& dir, const std::string& model,
+                           const io::ExportExtras& extras) {
+    return io::export_hf_model(dir, model, config.base,
+                               io::master_tensors(models->model_parameters(model)), extras);
+  }
+  io::ExportExtras extras() const {
+    io::ExportExtras e;
+    e.tokenizer_dir = kTokenizer;
+    e.tokenizer_hash = tokenizer.hash();
+    io::ModelCard card;
+    card.base_model = "org/tiny-base";
+    card.base_path = "/models/tiny-base";
+    card.datasets = {"WikiQA-train.tsv", "snli_1.0_train.jsonl"};
+    card.config_ini = "[train]\nsteps = 3\n";
+    card.plan = "task plan\n";
+    card.metrics = {{"qa.selection_accuracy", 0.25}, {"cs.confusion.neutral.neutral", 3}};
+    card.forgetting_first = 7.5;
+    card.forgetting_last = 7.25;
+    e.card = card;
+    return e;
+  }
+};
+
+const std::vector<std::string> kTexts = {"The cat sat on the mat.", "Where is Paris?",
+                                         "A longer sentence, with punctuation; and more words."};
+
+std::vector<std::vector<int32_t>> encode_all(const data::Tokenizer& t, const std::vector<std::string>& texts) {
+  std::vector<std::vector<int32_t>> out;
+  for (const std::string& s : texts) out.push_back(t.encode(s));
+  return out;
+}
+
+std::vector<float> host(const Tensor& t) { return t.to(DType::f32).to_vector<float>(); }
+
+class ExportsTest : public ::testing::Test {
+ protected:
+  TempDir tmp_{"exports"};
+  Models m_;
+};
+
+// Every export carries the tokenizer (the two small JSON files written, as the sample has none),
+// the model card, and for the QARAC models modeling_qarac.py and auto_map.
+TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+    SCOPED_TRACE(model);
+    const fs::path out = m_.export_model(tmp_.str(), model, m_.extras());
+    for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
+                          "special_tokens_map.json", "tokenizer_config.json", "README.md", "modeling_qarac.py"})
+      EXPECT_TRUE(fs::is_regular_file(out / f)) << f;
+    EXPECT_EQ(read_file(out / "tokenizer.json"), read_file(fs::path(kTokenizer) / "tokenizer.json"));
+    EXPECT_EQ(data::Tokenizer::from_dir(out.string()).hash(), m_.tokenizer.hash());
+    const nlohmann::json tc = read_json(out / "tokenizer_config.json");
+    EXPECT_EQ(tc.at("tokenizer_class"), "RobertaTokenizer");
+    EXPECT_EQ(tc.at("model_max_length"), 128);
+    EXPECT_EQ(tc.at("mask_token").at("lstrip"), true);
+    EXPECT_EQ(read_json(out / "special_tokens_map.json").at("pad_token"), "<pad>");
+
+    EXPECT_EQ(read_file(out / "modeling_qarac.py"), read_file(QARAC_SOURCE_DIR "/src/io/modeling_qarac.py"));
+    const nlohmann::json config = read_json(out / "config.json");
+    const bool decoder = std::string(model) == "decoder";
+    EXPECT_EQ(config.at("auto_map").at("AutoModel"),
+              decoder ? "modeling_qarac.QaracDecoderModel" : "modeling_qarac.QaracEncoderModel");
+    EXPECT_EQ(config.at("auto_map").contains("AutoModelForCausalLM"), decoder);
+    EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"RobertaModel"}));  // as before
+
+    const std::string card = read_file(out / "README.md");
+    EXPECT_EQ(card.rfind("---\nlibrary_name: transformers\nbase_model: \"org/tiny-base\"\nlanguage: en\n"
+                         "tags:\n- qarac\n- roberta\n", 0), 0u) << card;
+    for (const char* part : {"datasets:\n- \"WikiQA-train.tsv\"\n- \"snli_1.0_train.jsonl\"\n---\n",
+                             "```ini\n[train]\nsteps = 3\n```", "from `/models/tiny-base`.", "task plan", "| qa.selection_accuracy | 0.25 |",
+                             "7.5 at the first evaluation, 7.25 at the last"})
+      EXPECT_NE(card.find(part), std::string::npos) << part;
+    EXPECT_EQ(card.find("confusion"), std::string::npos);
+  }
+  // A pre-trained base gets the tokenizer and card, not the QARAC code.
+  RobertaEncoder base(m_.config.base, DType::f32, Device::cpu());
+  const fs::path out = io::export_hf_model(tmp_.str(), "base", m_.config.base,
+                                           io::master_tensors(base.parameters()), m_.extras());
+  EXPECT_TRUE(fs::is_regular_file(out / "tokenizer.json"));
+  EXPECT_FALSE(fs::exists(out / "modeling_qarac.py"));
+  EXPECT_FALSE(read_json(out / "config.json").contains("auto_map"));
+}
+
+// What a run gives its exports: the tokenizer, the card's base (a Hub id from the Hugging Face
+// cache's folder names), the last evaluation and forgetting.mlm_loss first and last.
+TEST_F(ExportsTest, ExportExtrasFromTheRun) {
+  TrainConfig c;
+  c.base = tmp_.str() + "/hub/models--FacebookAI--roberta-base/snapshots/0123abc";
+  c.eval_tokenizer = kTokenizer;
+  c.output = tmp_.str();
+  c.data_dir = tmp_.str();  // no task streams: no datasets, no hash
+  std::ofstream(tmp_.path / "metrics.jsonl")
+      << R"({"step": 0, "eval": true, "forgetting.mlm_loss": 7.5, "qa.loss": 2})" "\n"
+      << R"({"step": 1, "loss": 3.0})" "\n"
+      << R"({"step": 2, "eval": true, "forgetting.mlm_loss": 7.25, "qa.loss": 1})" "\n"
+      << R"({"step": 3, "eval": tr)";  // a line cut short by a killed run
+  const io::ExportExtras e = export_extras(c, "the plan\n");
+  EXPECT_EQ(e.tokenizer_dir, kTokenizer);
+  ASSERT_TRUE(e.card);
+  EXPECT_EQ(e.card->base_model, "FacebookAI/roberta-base");
+  EXPECT_EQ(e.card->base_path, c.base);
+  EXPECT_EQ(e.card->plan, "the plan\n");
+  EXPECT_NE(e.card->config_ini.find("[model]"), std::string::npos);
+  EXPECT_EQ(e.card->metrics, (std::map<std::string, double>{{"forgetting.mlm_loss", 7.25}, {"qa.loss", 1}}));
+  EXPECT_EQ(e.card->forgetting_first, 7.5);
+  EXPECT_EQ(e.card->forgetting_last, 7.25);
+  c.base = tmp_.str();
+  EXPECT_EQ(export_extras(c, "").card->base_model, "");
+}
+
+// A tokenizer other than the data's is refused, and the export is not made.
+TEST_F(ExportsTest, TokenizerOfOtherDataIsRefused) {
+  io::ExportExtras e = m_.extras();
+  e.tokenizer_hash = "fnv1a64:0000000000000000";
+  expect_input_error([&] { m_.export_model(tmp_.str(), "answer_encoder", e); },
+                     {kTokenizer, "is not the one the task streams were made with"});
+  EXPECT_FALSE(fs::exists(tmp_.path / "export" / "answer_encoder"));
+  e.tokenizer_dir = tmp_.str();
+  expect_input_error([&] { m_.export_model(tmp_.str(), "answer_encoder", e); },
+                     {tmp_.str(), "no tokenizer.json nor vocab.json + merges.txt"});
+}
+
+// An export read back computes what the models computed: the same vectors, the same tokens.
+TEST_F(ExportsTest, ExportsReadBackIntoTheModels) {
+  const auto ids = encode_all(m_.tokenizer, kTexts);
+  const TokenBatch batch = TokenBatch::from_sequences(ids, m_.config.base.pad_token_id, Device::cpu());
+  SentenceEncoder::Activations a, b;
+  const std::vector<float> expected = host(m_.models->answer_encoder().forward(batch, {}, a));
+  auto loaded = io::load_encoder_export(m_.export_model(tmp_.str(), "answer_encoder", m_.extras()),
+                                        DType::f32, Device::cpu());
+  EXPECT_EQ(host(loaded.model->forward(batch, {}, b)), expected);
+
+  Tensor v = Tensor::from_vector(expected, {3, m_.config.base.hidden_size});
+  const std::vector<std::vector<int32_t>> start(3, {m_.tokenizer.bos_id()});
+  const auto tokens = greedy_decode(m_.models->decoder(), v, start, 6, m_.tokenizer.eos_id());
+  auto decoder = io::load_decoder_export(m_.export_model(tmp_.str(), "decoder", m_.extras()), DType::f32,
+                                         Device::cpu());
+  EXPECT_EQ(greedy_decode(*decoder.model, v, start, 6, m_.tokenizer.eos_id()), tokens);
+  // Without a stop token every sequence takes all the steps.
+  for (const auto& t : greedy_decode(*decoder.model, v, start, 6)) EXPECT_EQ(t.size(), 6u);
+}
+
+// A base saved in shards (model.safetensors.index.json) reads as the single file does.
+TEST_F(ExportsTest, ShardedSafetensorsLoad) {
+  const fs::path single = tmp_.path / "single", sharded = tmp_.path / "sharded";
+  write_tiny_base(single, kTokenizer);
+  fs::create_directories(sharded);
+  fs::copy_file(single / "config.json", sharded / "config.json");
+  const TensorMap all = io::read_safetensors((single / "model.safetensors").string());
+  TensorMap part[2];
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  int i = 0;
+  for (const auto& [name, t] : all) {
+    const int shard = i++ % 2;
+    part[shard].emplace(name, t);
+    index["weight_map"][name] = "model-0000" + std::to_string(shard + 1) + "-of-00002.safetensors";
+  }
+  for (int s = 0; s < 2; ++s)
+    io::write_safetensors((sharded / ("model-0000" + std::to_string(s + 1) + "-of-00002.safetensors")).string(),
+                          part[s]);
+  std::ofstream(sharded / "model.safetensors.index.json") << index.dump();
+  const io::HfRoberta a = io::read_hf_roberta(single.string()), b = io::read_hf_roberta(sharded.string());
+  ASSERT_EQ(a.encoder.size(), b.encoder.size());
+  for (const auto& [name, t] : a.encoder) EXPECT_EQ(host(t), host(b.encoder.at(name))) << name;
+  EXPECT_EQ(a.lm_head.size(), b.lm_head.size());
+
+  const std::string idx = (sharded / "model.safetensors.index.json").string();
+  const std::string moved = index["weight_map"].begin().value();
+  index["weight_map"][index["weight_map"].begin().key()] = moved == "model-00001-of-00002.safetensors"
+                                                               ? "model-00002-of-00002.safetensors"
+                                                               : "model-00001-of-00002.safetensors";
+  std::ofstream(idx) << index.dump();
+  expect_input_error([&] { io::read_hf_roberta(sharded.string()); }, {"is not the index's for this shard"});
+  std::ofstream(idx) << R"({"weight_map": {"x": "../model.safetensors"}})";
+  expect_input_error([&] { io::read_hf_roberta(sharded.string()); }, {idx, "is not a file name in the model's folder"});
+  std::ofstream(idx) << R"({"weight_map": {"x": "gone.safetensors"}})";
+  expect_input_error([&] { io::read_hf_roberta(sharded.string()); }, {idx, "shard gone.safetensors is missing"});
+  std::ofstream(idx) << "not json";
+  expect_input_error([&] { io::read_hf_roberta(sharded.string()); }, {idx, "not a JSON object"});
+  fs::remove(idx);
+  std::ofstream(sharded / "pytorch_model.bin") << "x";
+  expect_input_error([&] { io::read_hf_roberta(sharded.string()); },
+                     {sharded.string(), "pytorch_model.bin", "convert it to safetensors first"});
+}
+
+// .npy and JSON lines read back what was written; .h5 is written.
+TEST_F(ExportsTest, VectorFilesRoundTrip) {
+  cli::Vectors v;
+  v.rows = 2;
+  v.cols = 3;
+  v.values = {1.0f, -2.5f, 3.14159274f, 1e-30f, 0.1f, -0.0f};
+  for (const char* name : {"v.npy", "v.jsonl"}) {
+    const std::string path = (tmp_.path / name).string();
+    cli::write_vectors(path, v);
+    const cli::Vectors r = cli::read_vectors(path);
+    EXPECT_EQ(r.rows, 2);
+    EXPECT_EQ(r.cols, 3);
+    EXPECT_EQ(r.values, v.values) << name;
+  }
+  EXPECT_EQ(fs::file_size(tmp_.path / "v.npy") % 64, 24u);  // header padded to 64, then 6 floats
+  cli::write_vectors((tmp_.path / "v.h5").string(), v);
+  EXPECT_TRUE(fs::is_regular_file(tmp_.path / "v.h5"));
+  std::ofstream(tmp_.path / "bad.jsonl") << "[1, 2]\n[1]\n";
+  expect_input_error([&] { cli::read_vectors((tmp_.path / "bad.jsonl").string()); },
+                     {"bad.jsonl:2", "1 numbers, the first vector has 2"});
+  std::ofstream(tmp_.path / "t.jsonl") << "{\"text\": \"a\"}\n\"b\"\n{\"other\": 1}\n";
+  expect_input_error([&] { cli::read_texts((tmp_.path / "t.jsonl").string(), "text"); },
+                     {"t.jsonl:3", "no string field \"text\""});
+}
+
+// qarac-embed and qarac-generate give what the models give in process; --rank gives the
+// evaluator's figures on a WikiQA stream.
+TEST_F(ExportsTest, ProgramsMatchTheModels) {
+  const std::string qe = m_.export_model(tmp_.str(), "question_encoder", m_.extras());
+  const std::string ae = m_.export_model(tmp_.str(), "answer_encoder", m_.extras());
+  const std::string dec = m_.export_model(tmp_.str(), "decoder", m_.extras());
+  const fs::path texts = tmp_.path / "texts.jsonl";
+  {
+    std::ofstream out(texts);
+    for (const std::string& t : kTexts) out << nlohmann::json{{"sentence", t}}.dump() << "\n";
+  }
+  const std::string npy = (tmp_.path / "v.npy").string();
+  CliResult r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + texts.string() +
+                            " --field sentence --output " + npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  SentenceEncoder::Activations acts;
+  const auto ids = encode_all(m_.tokenizer, kTexts);
+  const std::vector<float> expected = host(m_.models->answer_encoder().forward(
+      TokenBatch::from_sequences(ids, m_.config.base.pad_token_id, Device::cpu()), {}, acts));
+  EXPECT_EQ(cli::read_vectors(npy).values, expected);
+
+  r = run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --vectors " + npy + " --max-tokens 5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor v = Tensor::from_vector(expected, {3, m_.config.base.hidden_size});
+  const auto tokens = greedy_decode(m_.models->decoder(), v, std::vector<std::vector<int32_t>>(3, {0}), 5,
+                                    m_.tokenizer.eos_id());
+  std::istringstream lines(r.output);
+  std::string line;
+  for (const auto& t : tokens) {
+    ASSERT_TRUE(std::getline(lines, line));
+    const nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_EQ(j.at("tokens").get<std::vector<int32_t>>(), t);
+    EXPECT_EQ(j.at("text"), m_.tokenizer.decode(t, true));
+  }
+  // From text: the encoder's vectors, then the same decoding.
+  r = run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --encoder " + ae + " --input " +
+                  texts.string() + " --field sentence --max-tokens 5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(r.output.substr(0, r.output.find('\n'))).at("tokens").get<std::vector<int32_t>>(),
+            tokens[0]);
+
+  // --rank on the sample's WikiQA dev set, against the evaluator on the same stream.
+  const fs::path stream = tmp_.path / "qa";
+  r = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + kTokenizer + " --out " + stream.string() +
+                  " --max-length 128 --wikiqa " + kSample + "WikiQA-dev.tsv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EvalOptions options;
+  options.data_dir = stream.string();
+  QaracEvaluator evaluator(options);
+  const EvalResult eval = evaluator.evaluate({*m_.models, {}, m_.config.base, 0});
+  // The stream, and the TSV itself (read and tokenised as qarac-prep does: no example of the
+  // sample needs truncating).
+  for (const std::string& source : {(stream / "question_answering.h5").string(), kSample + "WikiQA-dev.tsv"}) {
+    r = run_command(std::string(QARAC_EMBED_EXE) + " --rank " + source + " --question-encoder " + qe +
+                    " --answer-encoder " + ae);
+    ASSERT_EQ(r.code, 0) << r.output;
+    for (const char* metric : {"qa.selection_accuracy", "qa.selection_mrr", "qa.selection_examples"}) {
+      char expected_line[96];
+      std::snprintf(expected_line, sizeof expected_line, "%s %.6f\n", metric, eval.metrics.at(metric));
+      EXPECT_NE(r.output.find(expected_line), std::string::npos) << source << ": " << expected_line << " in\n"
+                                                                 << r.output;
+    }
+  }
+
+  // Usage errors: one line, exit 2.
+  for (const std::string& args : {std::string(" --model ") + ae, std::string(" --model ") + ae + " --input x --device tpu",
+                                  std::string(" --rank x --question-encoder ") + qe}) {
+    r = run_command(std::string(QARAC_EMBED_EXE) + args);
+    EXPECT_EQ(r.code, 2) << args << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  }
+  r = run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --vectors " + npy + " --input x");
+  EXPECT_EQ(r.code, 2) << r.output;
+  r = run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + ae + " --vectors " + npy);
+  EXPECT_EQ(r.code, 2) << r.output;  // an encoder is not a decoder: a tensor is missing
+}
+
+}  // namespace
