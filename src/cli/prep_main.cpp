@@ -260,6 +260,12 @@ int build(int argc, char** argv) {
                 src.candidates ? qarac::detail::concat(", ", src.candidates, " candidate sentences")
                                : std::string(),
                 ", skipped: ", skipped_summary(src.skipped));
+      // On screen, not only in the counts: a model trained on cut examples learns from half of
+      // them (a too small --max-length for the data truncates every long example).
+      if (src.truncated > 0)
+        log::warn(in.path, ": ", src.truncated, " of ", src.examples, " examples (",
+                  100 * src.truncated / std::max<int64_t>(src.examples, 1), "%) have a field cut to --max-length ",
+                  settings.max_length, " tokens (raise it, or --too-long skip drops them)");
     }
     QARAC_INPUT_CHECK(writer.examples() > 0, task_name(task), ": no examples in its inputs");
     writer.finish(info);

@@ -104,7 +104,7 @@ main() {
     if nice ctest "${args[@]}" > "$log" 2>&1; then return 0; fi
     local failed
     failed=$(sed -n '/The following tests FAILED:/,$p' "$log" | grep -E '^\s+[0-9]+ - ' |
-      sed -E 's/^\s+[0-9]+ - //; s/ \(.*//' | head -3 | paste -sd, -)
+      sed -E 's/^\s+[0-9]+ - //; s/ \(.*//; s/ +# .*//' | head -3 | paste -sd, -)
     echo "${failed:-ctest failed without naming a test (see $log)}"
     return 1
   }

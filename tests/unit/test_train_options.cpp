@@ -1,6 +1,7 @@
 // qarac-train's options as a new user meets them: a misspelt key gets a suggestion (and its INI
 // line), a setting the chosen mode ignores is refused, an evaluation interval without held-out
-// data is refused, and the progress line is rewritten in place only where asked or on a terminal.
+// data is refused, the progress line is rewritten in place only where asked or on a terminal, and
+// qarac-prep says how many examples it truncated.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -53,4 +54,16 @@ TEST_F(TrainOptionsCli, TheProgressLineIsRewrittenOnlyOnATerminal) {
     EXPECT_EQ(r.output.find('\r') != std::string::npos, std::string(mode) == "tty") << r.output;
     EXPECT_NE(r.output.find("step 2/2"), std::string::npos) << r.output;
   }
+}
+
+// qarac-prep says on screen how many examples it cut, with the share and what to do about it.
+TEST_F(TrainOptionsCli, PrepWarnsAboutTruncatedExamples) {
+  const std::string& s = qarac::test_support::kSample;
+  const CliResult r = qarac::test_support::run_command(
+      std::string(QARAC_PREP_EXE) + " --tokenizer " + s + "tokenizer --out " + (root() / "cut").string() +
+      " --text " + s + "corpus_train.txt --max-length 6");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("corpus_train.txt: 3000 of 3000 examples (100%) have a field cut to --max-length 6"),
+            std::string::npos)
+      << r.output;
 }
