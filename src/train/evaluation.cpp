@@ -50,10 +50,6 @@ double squared_distance(const float* x, const float* y, size_t d) {
   return sum;
 }
 
-// cos(AE(s0), AE(s1)) as the consistency objective reads it: > 1/3 entailment (+1), < -1/3
-// contradiction (-1), neutral (0) between.
-int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
-
 const char* class_name(int c) { return c > 0 ? "entailment" : c < 0 ? "contradiction" : "neutral"; }
 
 // Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
@@ -77,6 +73,8 @@ double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& fiel
 }
 
 }  // namespace
+
+int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
 
 // The candidates are encoded n at a time, the batch the answers were encoded in, so that memory
 // stays what the evaluation already needs however many there are.

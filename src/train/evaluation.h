@@ -65,6 +65,10 @@ struct EvalOptions {
   std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
 };
 
+// The consistency label cos(AE(s0), AE(s1)) stands for, as the consistency objective reads it:
+// > 1/3 entailment (+1), < -1/3 contradiction (-1), neutral (0) between.
+int consistency_class(double cosine);
+
 // BERT masking with the tokenizer's <mask> and special tokens.
 MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability = 0.15);
 

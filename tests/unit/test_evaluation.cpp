@@ -411,3 +411,15 @@ TEST_F(EvaluatorTest, NoHeldOutDataIsAnInputError) {
   options.data_dir = dir_.string();
   EXPECT_THROW(QaracEvaluator{options}, InputError);
 }
+
+// The consistency evaluation's classes at their boundaries: ±1/3 itself is neutral (the
+// objective's targets are cos = 1, 0, -1; the thresholds halve the gaps between them).
+TEST(ConsistencyClass, ThresholdsAreAThirdEachSide) {
+  EXPECT_EQ(consistency_class(0.34), 1);
+  EXPECT_EQ(consistency_class(1.0 / 3), 0);
+  EXPECT_EQ(consistency_class(0.0), 0);
+  EXPECT_EQ(consistency_class(0.5), 1);
+  EXPECT_EQ(consistency_class(-1.0 / 3), 0);
+  EXPECT_EQ(consistency_class(-0.34), -1);
+  EXPECT_EQ(consistency_class(-1.0), -1);
+}
