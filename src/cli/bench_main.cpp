@@ -362,12 +362,7 @@ int run(int argc, char** argv) {
       ("iters", po::value(&c.iters)->default_value(c.iters), "timed steps")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of weights and tokens");
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, options), vm);
-  if (vm.count("help")) {
-    std::cout << options << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
   if (c.preset == "base") {
     c.hidden = 768;
     c.layers = 12;

@@ -147,12 +147,7 @@ int main(int argc, char** argv) {
         ("max-examples", po::value(&max_examples)->default_value(256), "--rank: the first N examples (the evaluation's eval.max_examples); 0: all")
         ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda");
     po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
     QARAC_INPUT_CHECK(batch > 0, "--batch must be positive, got ", batch);
     QARAC_INPUT_CHECK(max_examples >= 0, "--max-examples must not be negative, got ", max_examples);
     const Device device = cli::parse_device(device_name);

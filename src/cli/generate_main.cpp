@@ -66,12 +66,7 @@ int main(int argc, char** argv) {
         ("output", po::value(&output)->default_value("-"), "JSON lines file; - : standard output")
         ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda");
     po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
     QARAC_INPUT_CHECK(!decoder_dir.empty(), "--decoder is required (see --help)");
     QARAC_INPUT_CHECK(vectors_path.empty() != input.empty(), "give --vectors or --input, one of them (see --help)");
     QARAC_INPUT_CHECK(input.empty() || !encoder_dir.empty(), "--input needs --encoder (see --help)");

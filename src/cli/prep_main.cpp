@@ -198,12 +198,7 @@ int build(int argc, char** argv) {
       ("chunk-tokens", po::value(&settings.writer.chunk_tokens)->default_value(1 << 16),
        "HDF5 chunk length of the token arrays");
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, options), vm);
-  if (vm.count("help")) {
-    std::cout << options << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
   settings.on_error = on_error_from_name(on_error);
   settings.special = !no_special;
   QARAC_INPUT_CHECK(too_long == "truncate" || too_long == "skip",
@@ -314,12 +309,7 @@ int tokenize(int argc, char** argv) {
        "encode: wrap in <s> ... </s>; decode: keep special tokens in the text")
       ("decode", po::bool_switch(&decode), "ids -> text");
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, options), vm);
-  if (vm.count("help")) {
-    std::cout << options << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
   const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
 
   // Read with the readers' line input: a read error or an over-long line is an error naming the

@@ -6,11 +6,26 @@
 #include <boost/program_options.hpp>
 
 #include <cstdio>
+#include <iostream>
 #include <exception>
 
 #include "core/error.h"
 
 namespace qarac::cli {
+
+// Parses the command line into `vm` against `options` and notifies it; false after printing the
+// options for --help (the program then exits 0).
+inline bool parse_command_line(int argc, const char* const argv[],
+                               const boost::program_options::options_description& options,
+                               boost::program_options::variables_map& vm) {
+  boost::program_options::store(boost::program_options::parse_command_line(argc, argv, options), vm);
+  if (vm.count("help")) {
+    std::cout << options << "\n";
+    return false;
+  }
+  boost::program_options::notify(vm);
+  return true;
+}
 
 template <class Body>
 int run_main(const char* program, Body&& body) {

@@ -28,6 +28,8 @@ if ! mount -t tmpfs -o size=8m tmpfs "$disk" 2>/dev/null; then
 fi
 
 fail() { echo "$me: FAIL: $*" >&2; exit 1; }
+# shellcheck source=tests/fault/common.sh
+source "$(dirname "$0")/common.sh"
 
 # Leaves BYTES free on the tmpfs (a filler file takes the rest); "all" frees the filler.
 leave_free() {
@@ -58,20 +60,13 @@ expect_full() {
 # qarac-prep writing its task streams into a disk with 64 KiB free.
 leave_free 65536
 code=0
-"$prep" --tokenizer "$sample/tokenizer" --out "$disk/data" --text "$sample/corpus_train.txt" \
-  --wikiqa "$sample/WikiQA-train.tsv" --avicenna "$sample/Avicenna_Train.csv" \
-  --snli "$sample/snli_1.0_train.jsonl" > "$work/prep.log" 2>&1 || code=$?
+prep_sample "$disk/data" || code=$?
 expect_full "$work/prep.log" "qarac-prep" "$code"
 leave_free all
 rm -rf "$disk/data"
 
 # The data and a tiny base live off the tmpfs; the runs write into it.
-"$prep" --tokenizer "$sample/tokenizer" --out "$work/data" --text "$sample/corpus_train.txt" \
-  --wikiqa "$sample/WikiQA-train.tsv" --avicenna "$sample/Avicenna_Train.csv" \
-  --snli "$sample/snli_1.0_train.jsonl" > "$work/prep.log" 2>&1 || fail "qarac-prep: $(tail -1 "$work/prep.log")"
-"$train" --model.mode mlm --model.tokenizer "$sample/tokenizer" --model.hidden 16 --model.layers 1 \
-  --model.heads 2 --model.ffn 32 --train.steps 1 --data.dir "$work/data" --output "$work/pretrain" \
-  > "$work/pretrain.log" 2>&1 || fail "pre-training the base: $(tail -1 "$work/pretrain.log")"
+prepare_inputs
 run=$disk/run
 args=(--model.base "$work/pretrain/export/base" --data.dir "$work/data" --task.ed.batch 8 --task.qa.batch 8
       --task.rs.batch 8 --task.cs.batch 8 --optimizer.warmup 2 --optimizer.lr 1e-3 --train.log_every 1

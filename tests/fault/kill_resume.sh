@@ -29,13 +29,9 @@ trap '[ -n "${QARAC_KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 
 fail() { echo "$me: FAIL: $*" >&2; exit 1; }
 
-# The sample data and a tiny base, pre-trained for one step.
-"$prep" --tokenizer "$sample/tokenizer" --out "$work/data" --text "$sample/corpus_train.txt" \
-  --wikiqa "$sample/WikiQA-train.tsv" --avicenna "$sample/Avicenna_Train.csv" \
-  --snli "$sample/snli_1.0_train.jsonl" > "$work/prep.log" 2>&1 || fail "qarac-prep: $(tail -1 "$work/prep.log")"
-"$train" --model.mode mlm --model.tokenizer "$sample/tokenizer" --model.hidden 16 --model.layers 1 \
-  --model.heads 2 --model.ffn 32 --train.steps 1 --data.dir "$work/data" --output "$work/pretrain" \
-  > "$work/pretrain.log" 2>&1 || fail "pre-training the base: $(tail -1 "$work/pretrain.log")"
+# shellcheck source=tests/fault/common.sh
+source "$(dirname "$0")/common.sh"
+prepare_inputs
 
 steps=8
 args=(--model.base "$work/pretrain/export/base" --data.dir "$work/data" --task.ed.batch 8 --task.qa.batch 8

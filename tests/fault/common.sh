@@ -1,0 +1,19 @@
+# shellcheck shell=bash disable=SC2154
+# Sourced by the fault scripts, which set prep, train, sample and work and define fail.
+
+# prep_sample OUT: qarac-prep of the sample's four training files into OUT (its log in
+# $work/prep.log); the exit status is qarac-prep's.
+prep_sample() {
+  "$prep" --tokenizer "$sample/tokenizer" --out "$1" --text "$sample/corpus_train.txt" \
+    --wikiqa "$sample/WikiQA-train.tsv" --avicenna "$sample/Avicenna_Train.csv" \
+    --snli "$sample/snli_1.0_train.jsonl" > "$work/prep.log" 2>&1
+}
+
+# The runs' inputs: the sample data in $work/data and a tiny base, pre-trained for one step, in
+# $work/pretrain/export/base.
+prepare_inputs() {
+  prep_sample "$work/data" || fail "qarac-prep: $(tail -1 "$work/prep.log")"
+  "$train" --model.mode mlm --model.tokenizer "$sample/tokenizer" --model.hidden 16 --model.layers 1 \
+    --model.heads 2 --model.ffn 32 --train.steps 1 --data.dir "$work/data" --output "$work/pretrain" \
+    > "$work/pretrain.log" 2>&1 || fail "pre-training the base: $(tail -1 "$work/pretrain.log")"
+}
