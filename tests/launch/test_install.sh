@@ -6,13 +6,8 @@
 #   bash tests/launch/test_install.sh CMAKE BUILD_DIR VERSION MPIEXEC
 set -euo pipefail
 cmake=$1 build=$2 version=$3 mpiexec=$4
-failures=0
-check() {   # check DESCRIPTION COMMAND...
-  local what=$1
-  shift
-  if ! "$@"; then echo "FAILED: $what" >&2; failures=$((failures + 1)); fi
-}
-has() { grep -qE -- "$2" "$1"; }
+# shellcheck source=tests/launch/checks.sh
+source "$(dirname "$0")/checks.sh"
 
 prefix=$(mktemp -d)
 trap 'rm -rf -- "$prefix"' EXIT
@@ -28,7 +23,7 @@ for program in qarac-train qarac-prep qarac-parity qarac-bench qarac-embed qarac
   check "$program --version: first line '$program $version'" test "$(head -n 1 "$prefix/version.txt")" = "$program $version"
   for line in "^git commit +([0-9a-f]{7,}|unknown)" "^build +[A-Za-z]+, " "^CUDA backend +(on|off)" \
               "^CUDA runtime +." "^CUDA driver +." "^NCCL +." "^MPI +.*\(MPI [0-9]+\.[0-9]+\)$"; do
-    check "$program --version: a line '$line'" has "$prefix/version.txt" "$line"
+    check "$program --version: a line '$line'" has_re "$prefix/version.txt" "$line"
   done
 done
 echo "--- $prefix/bin/qarac-train --version:"
@@ -50,7 +45,7 @@ done
 rc=0
 env -u QARAC_BUILD MPIRUN="$mpiexec" bash "$share/launch/train-local.sh" -n 1 --dry-run -- --x >"$prefix/out.txt" 2>&1 || rc=$?
 check "the installed train-local.sh runs (got $rc)" test "$rc" = 0
-check "it finds $prefix/bin/qarac-train" has "$prefix/out.txt" " $prefix/bin/qarac-train --x"
+check "it finds $prefix/bin/qarac-train" has_re "$prefix/out.txt" " $prefix/bin/qarac-train --x"
 
 if ((failures)); then exit 1; fi
 echo "test_install.sh: every check holds"

@@ -6,13 +6,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 case_name=${1:?usage: test_slurm.sh CASE}
-failures=0
-check() {   # check DESCRIPTION COMMAND...: records a failure unless COMMAND succeeds
-  local what=$1
-  shift
-  if ! "$@"; then echo "FAILED: $what" >&2; failures=$((failures + 1)); fi
-}
-has() { grep -qF -- "$2" "$1"; }      # has FILE TEXT
+# shellcheck source=tests/launch/checks.sh
+source "$(dirname "$0")/checks.sh"
 lacks() { ! grep -qF -- "$2" "$1"; }  # lacks FILE TEXT
 
 work=$(mktemp -d)

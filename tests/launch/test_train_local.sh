@@ -7,13 +7,8 @@
 #   bash tests/launch/test_train_local.sh [MPIEXEC BUILD_DIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-failures=0
-check() {   # check DESCRIPTION COMMAND...
-  local what=$1
-  shift
-  if ! "$@"; then echo "FAILED: $what" >&2; failures=$((failures + 1)); fi
-}
-has() { grep -qF -- "$2" "$1"; }
+# shellcheck source=tests/launch/checks.sh
+source "$(dirname "$0")/checks.sh"
 
 work=$(mktemp -d)
 trap 'rm -rf -- "$work"' EXIT
