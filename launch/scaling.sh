@@ -152,7 +152,7 @@ for arg in "${train_args[@]}"; do
   key=${arg%%=*}
   case "$key" in
     --output|--resume|--config|--model.base|--data.dir|--train.steps|--train.device|--parallel.tasks|\
-    --task.*.batch|--eval.every|--eval.dir|--checkpoint.every)
+    --task.*.batch|--eval.every|--eval.dir|--checkpoint.every|--optimizer.warmup)
       die "$key after -- is set by $me for every run (see --help: --out, --config, --base, --data, --steps, --device, --batch)" ;;
   esac
 done
@@ -331,9 +331,12 @@ if ! ((summarise_only)); then
         budgets+=("--task.${tasks[i]}.batch" "$b")
         budget_text+="${budget_text:+ }${tasks[i]} $b"
       done
+      # No learning-rate warmup: a timing run is shorter than any useful one, and the rate does
+      # not change what a step costs.
       run_args=(--config "$config" --output "$out/runs/$name" --model.base "$base" --data.dir "$data"
                 --train.steps "$steps" --train.device "$device" --parallel.tasks "$plan"
                 "${budgets[@]}" --eval.every 0 --eval.dir "" --checkpoint.every 0
+                --optimizer.warmup 0
                 "${train_args[@]}")
       if [ "$launcher" = local ]; then
         cmd=(bash "$repo/launch/train-local.sh" -n "$w" -- "${run_args[@]}")

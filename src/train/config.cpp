@@ -127,7 +127,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(opt, "optimizer.weight_decay", &c.weight_decay, "weight decay");
   d->add(opt, "optimizer.momentum_decay", &c.momentum_decay, "nadam: momentum decay psi");
   d->add(opt, "optimizer.decoupled_weight_decay", &c.decoupled_weight_decay, "nadam: decoupled (AdamW-style) weight decay instead of L2");
-  d->add(opt, "optimizer.warmup", &c.warmup, "steps of linear warmup from 0");
+  d->add(opt, "optimizer.warmup", &c.warmup, "steps of linear warmup from 0 (fewer than train.steps; 0: none)");
   d->add(opt, "optimizer.decay", &c.decay, "after warmup: constant, linear, cosine or exponential");
   d->add(opt, "optimizer.final", &c.final_lr, "final learning rate as a fraction of lr (exponential: > 0)");
   d->add(opt, "optimizer.clip", &c.clip, "clip the global gradient norm to this; 0: no clipping");
@@ -391,6 +391,11 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.momentum_decay >= 0, "optimizer.momentum_decay: ", c.momentum_decay,
                     " must be >= 0");
   QARAC_INPUT_CHECK(c.warmup >= 0, "optimizer.warmup: ", c.warmup, " must be >= 0");
+  // A warmup as long as the run never reaches optimizer.lr: the whole run trains at a fraction of
+  // the rate it asks for, and the decay never starts.
+  QARAC_INPUT_CHECK(c.warmup == 0 || c.warmup < c.steps, "optimizer.warmup: ", c.warmup,
+                    " steps is not shorter than the run (train.steps ", c.steps,
+                    "): the learning rate would never reach optimizer.lr; shorten the warmup or set it to 0");
   Decay decay = Decay::linear;
   try {
     decay = decay_from_name(c.decay);

@@ -80,7 +80,7 @@ sample=data/sample
 q "$bin/qarac-prep" --tokenizer $sample/tokenizer --out "$dist/data" --text $sample/corpus_train.txt \
   --wikiqa $sample/WikiQA-train.tsv --avicenna $sample/Avicenna_Train.csv --snli $sample/snli_1.0_train.jsonl >"$log/dist_prep" 2>&1
 q "$bin/qarac-train" --config launch/configs/quickstart-pretrain.ini --output "$dist/pretrain" --model.tokenizer $sample/tokenizer \
-  --data.dir "$dist/data" --train.steps 1 --model.max_positions 130 >"$log/dist_base" 2>&1
+  --data.dir "$dist/data" --train.steps 1 --optimizer.warmup 0 --model.max_positions 130 >"$log/dist_base" 2>&1
 trace=$log/dist_trace
 if LD_LIBRARY_PATH="$qlib" QARAC_TRACE_COLLECTIVES="$trace" timeout 180 "${mpi[@]}" -x QARAC_TRACE_COLLECTIVES \
      -np "$ranks" "$bin/qarac-train" --config launch/configs/quickstart.ini \

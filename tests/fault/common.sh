@@ -14,6 +14,7 @@ prep_sample() {
 prepare_inputs() {
   prep_sample "$work/data" || fail "qarac-prep: $(tail -1 "$work/prep.log")"
   "$train" --model.mode mlm --model.tokenizer "$sample/tokenizer" --model.hidden 16 --model.layers 1 \
-    --model.heads 2 --model.ffn 32 --train.steps 1 --data.dir "$work/data" --output "$work/pretrain" \
+    --model.heads 2 --model.ffn 32 --train.steps 1 --optimizer.warmup 0 --data.dir "$work/data" \
+    --output "$work/pretrain" \
     > "$work/pretrain.log" 2>&1 || fail "pre-training the base: $(tail -1 "$work/pretrain.log")"
 }

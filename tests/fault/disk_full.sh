@@ -69,7 +69,7 @@ rm -rf "$disk/data"
 prepare_inputs
 run=$disk/run
 args=(--model.base "$work/pretrain/export/base" --data.dir "$work/data" --task.ed.batch 8 --task.qa.batch 8
-      --task.rs.batch 8 --task.cs.batch 8 --optimizer.warmup 2 --optimizer.lr 1e-3 --train.log_every 1
+      --task.rs.batch 8 --task.cs.batch 8 --optimizer.warmup 1 --optimizer.lr 1e-3 --train.log_every 1
       --checkpoint.keep 1 --output "$run")
 "$train" "${args[@]}" --checkpoint.every 2 --train.steps 2 > "$work/run.log" 2>&1 || fail "the first 2 steps: $(tail -1 "$work/run.log")"
 rm -rf "$run/export"

@@ -51,7 +51,7 @@ def runs(tmp_path_factory):
         sources = [x for o, f in zip(options, files) for x in (o, SAMPLE / f)]
         run(BIN / "qarac-prep", "--tokenizer", tok, "--out", root / split, "--max-length", "128", *sources)
     common = ["--data.dir", root / "train", "--eval.dir", root / "heldout", "--train.steps", STEPS,
-              "--checkpoint.every", "0", "--eval.every", "0"]
+              "--optimizer.warmup", "5", "--checkpoint.every", "0", "--eval.every", "0"]
     run(BIN / "qarac-train", "--config", REPO / "launch/configs/quickstart-pretrain.ini",
         "--output", root / "pretrain", "--model.max_positions", "130", "--model.tokenizer", tok, *common)
     base = root / "pretrain" / "export" / "base"

@@ -40,7 +40,7 @@ class TrainCli : public ::testing::Test {
         {"output", output.string()}, {"model.base", (root() / "base").string()},
         {"data.dir", (root() / "data").string()}, {"task.ed.batch", "8"},
         {"task.qa.batch", "8"}, {"task.rs.batch", "8"}, {"task.cs.batch", "8"},
-        {"optimizer.warmup", "2"}, {"optimizer.lr", "1e-3"}, {"train.log_every", "1"}};
+        {"optimizer.warmup", "1"}, {"optimizer.lr", "1e-3"}, {"train.log_every", "1"}};
     std::string command = env + " " + std::string(QARAC_TRAIN_EXE) + " " + args;
     for (const auto& [key, value] : defaults)
       if (args.find("--" + key + " ") == std::string::npos && args.find("--" + key + "=") == std::string::npos)

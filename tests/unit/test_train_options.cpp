@@ -40,6 +40,9 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error(mlm + "--model.share_encoder_base true", {"model.share_encoder_base: has no effect"});
   expect_usage_error(mlm + "--model.layers 3", {"model.layers: has no effect when model.base is given"});
   expect_usage_error("--eval.every 5", {"eval.every: 5 needs eval.dir"});
+  // A warmup as long as the run: the learning rate never reaches optimizer.lr.
+  expect_usage_error("--train.steps 4 --optimizer.warmup 4", {"optimizer.warmup: 4 steps", "train.steps 4"});
+  expect_usage_error("--train.steps 4 --optimizer.warmup 9", {"never reach optimizer.lr"});
   expect_usage_error("--train.progress fancy", {"train.progress", "auto, plain or tty"});
 }
 

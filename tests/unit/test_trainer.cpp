@@ -504,7 +504,8 @@ TEST_F(TrainCli, ShowPlanPrintsThePlanOfAnyWorldSizeAndTrainsNothing) {
 
 TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
   const fs::path out = root() / "short";
-  const CliResult r = train(out, "--train.steps 3 --checkpoint.every 2 --checkpoint.keep 5 --eval.every 2"
+  const CliResult r = train(out, "--train.steps 3 --optimizer.warmup 2 --checkpoint.every 2 --checkpoint.keep 5"
+                                 " --eval.every 2"
                                  " --eval.examples 16 --eval.decoded 2 --eval.dir " + (root() / "data").string());
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("task plan: 1 rank"), std::string::npos) << r.output;
