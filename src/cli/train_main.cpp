@@ -20,6 +20,7 @@
 #include "train/plan_report.h"
 #include "train/stop_signals.h"
 #include "train/trainer.h"
+#include "train/workload.h"
 
 namespace {
 
@@ -34,6 +35,7 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
   options.data_dir = config.eval_dir;
   options.max_examples = config.eval_examples;
   options.max_decoded = config.eval_decoded;
+  options.qa_objective = qarac::qa_objective_of(config);
   if (!config.eval_tokenizer.empty())
     options.masking = qarac::mlm_masking(qarac::data::Tokenizer::from_dir(config.eval_tokenizer),
                                          static_cast<uint64_t>(config.seed));

@@ -56,6 +56,10 @@ class MpiGroup {
   void all_reduce(double* values, int count, MPI_Op op, const std::string& what) const;
   void all_reduce(uint64_t* values, int count, MPI_Op op, const std::string& what) const;
   void broadcast(void* bytes, int count, int root, const std::string& what) const;
+  // Every rank's `mine` (whole rows of `width` doubles; ranks may hold different numbers of rows,
+  // none included), concatenated in rank order; `first_row` gets the index of this rank's first.
+  std::vector<double> all_gather_rows(const std::vector<double>& mine, int64_t width, int64_t* first_row,
+                                      const std::string& what) const;
   void send(const void* bytes, int64_t count, int to, int tag, const std::string& what) const;
   void receive(void* bytes, int64_t count, int from, int tag, const std::string& what) const;
 

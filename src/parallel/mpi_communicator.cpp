@@ -121,6 +121,35 @@ void MpiGroup::broadcast(void* bytes, int count, int root, const std::string& wh
   wait(request, what);
 }
 
+std::vector<double> MpiGroup::all_gather_rows(const std::vector<double>& mine, int64_t width, int64_t* first_row,
+                                              const std::string& what) const {
+  QARAC_CHECK(width > 0 && static_cast<int64_t>(mine.size()) % width == 0, what, ": ", mine.size(),
+              " values are no whole number of rows of ", width);
+  std::vector<MPI_Request> request(1);
+  std::vector<int64_t> rows(static_cast<size_t>(size_), 0);
+  rows[static_cast<size_t>(rank_)] = static_cast<int64_t>(mine.size()) / width;
+  trace_collective(name_, size_, "all_gather", int64_t{8} * size_);
+  QARAC_CHECK_MPI(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, rows.data(), 1, MPI_INT64_T, comm_, &request[0]));
+  wait(request, what);
+  // MPI counts and displacements are ints: a gathered batch holds far fewer values.
+  std::vector<int> counts(rows.size()), displacements(rows.size());
+  int64_t total = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    QARAC_CHECK(total + rows[r] * width <= INT_MAX, what, ": ", total + rows[r] * width,
+                " values are more than one MPI_Allgatherv moves");
+    counts[r] = static_cast<int>(rows[r] * width);
+    displacements[r] = static_cast<int>(total);
+    total += rows[r] * width;
+  }
+  *first_row = displacements[static_cast<size_t>(rank_)] / width;
+  std::vector<double> all(static_cast<size_t>(total));
+  trace_collective(name_, size_, "all_gather", total * 8);
+  QARAC_CHECK_MPI(MPI_Iallgatherv(mine.data(), counts[static_cast<size_t>(rank_)], MPI_DOUBLE, all.data(),
+                                  counts.data(), displacements.data(), MPI_DOUBLE, comm_, &request[0]));
+  wait(request, what);
+  return all;
+}
+
 void MpiGroup::send(const void* bytes, int64_t count, int to, int tag, const std::string& what) const {
   std::vector<MPI_Request> requests;
   const char* p = static_cast<const char*>(bytes);

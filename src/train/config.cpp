@@ -158,6 +158,8 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
     d->add(task, prefix + "weight", &c.task[t].weight, "loss weight w_t");
     d->add(task, prefix + "batch", &c.task[t].batch, "global batch: examples of the task per optimizer step, over all its ranks, whatever the world size");
   }
+  d->add(task, "task.qa.objective", &c.qa_objective, "mse (QARAC's: MSE(QE(q) - AE(a), 0)) or contrastive (symmetric InfoNCE over the global QA batch, the other answers as negatives)");
+  d->add(task, "task.qa.temperature", &c.qa_temperature, "contrastive: the logits are -|q - a|^2 / temperature");
   return d;
 }
 
@@ -347,7 +349,13 @@ void check_values(const TrainConfig& c) {
     for (const char* t : {"qa", "rs", "cs"})
       for (const char* field : {".weight", ".batch"})
         refuse(std::string("task.") + t + field, "with model.mode mlm (it trains on the text stream: task.ed.batch)");
+    refuse("task.qa.objective", "with model.mode mlm (it trains on the text stream: task.ed.batch)");
   }
+  QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
+                    c.qa_objective, "' must be mse or contrastive");
+  if (!c.contrastive_qa()) refuse("task.qa.temperature", "with task.qa.objective " + c.qa_objective);
+  QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",
+                    c.qa_temperature, " must be a finite number > 0");
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
   QARAC_INPUT_CHECK(c.dropout < 1, "model.dropout: ", c.dropout, " must be < 1 (negative: the base config's)");
   QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");

@@ -88,6 +88,10 @@ struct TrainConfig {
 
   // [task]
   std::array<TaskSettings, data::kTaskCount> task;
+  // The question_answering objective: QARAC's MSE(QE(q) − AE(a), 0), or symmetric InfoNCE over
+  // the global QA batch with the other answers as negatives (train/contrastive.h).
+  std::string qa_objective = "mse";
+  double qa_temperature = 1.0;
 
   // Derived settings, valid after check_values.
   OptimizerConfig optimizer_config() const;
@@ -96,6 +100,7 @@ struct TrainConfig {
   DType dtype_value() const;
   double task_weight(data::Task t) const { return task[static_cast<int>(t)].weight; }
   bool pretraining() const { return mode == "mlm"; }
+  bool contrastive_qa() const { return qa_objective == "contrastive"; }
 };
 
 // Parses the command line and the --config file (command line first: its values win). Returns

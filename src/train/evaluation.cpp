@@ -156,7 +156,7 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   const Device device = models.device();
   const ForwardOptions eval;  // no dropout; the encoders bidirectional
   EvalResult result;
-  Objectives objectives(models);
+  Objectives objectives(models, options_.qa_objective);
   SentenceEncoder::Activations acts_a, acts_b;
 
   for (const TaskBatch& batch : batches_) {

@@ -1,6 +1,6 @@
 // Held-out evaluation of the QARAC models (docs/design.md §6), run by the trainer every eval.every
 // steps and at the end:
-//   <task>.loss              each objective's loss on held-out examples
+//   <task>.loss              each objective's loss on held-out examples (contrastive QA: over them all)
 //   qa.retrieval_accuracy    QE(q)'s nearest answer vector (Euclidean, as the MSE objective
 //                            measures) among all held-out AE(a) is its own answer's
 //   qa.selection_accuracy, qa.selection_mrr
@@ -33,6 +33,7 @@
 #include "data/tokenizer.h"
 #include "model/masked_lm.h"
 #include "model/qarac.h"
+#include "train/objectives.h"
 
 namespace qarac {
 
@@ -63,6 +64,7 @@ struct EvalOptions {
   int64_t max_examples = 256;   // per task, the first ones of each file
   int64_t max_decoded = 64;     // examples decoded greedily per decoder task
   std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
+  QaObjective qa_objective;           // what qa.loss measures: the training's objective
 };
 
 // The consistency label cos(AE(s0), AE(s1)) stands for, as the consistency objective reads it:

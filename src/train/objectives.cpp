@@ -8,6 +8,11 @@
 //   applications of AE unchanged (reasoning: v = AE(p0) + AE(p1), ∂v/∂AE(p_i) = I).
 // - question_answering. L = (1/B) Σ_b (1/d) Σ_j (q_bj − a_bj)², q = QE(q), a = AE(a):
 //   ∂/∂q = (w/B)(2/d)(q − a) = −∂/∂a, mse_loss with dloss = w/B.
+//   Contrastive: L is a function of the whole global batch of N examples, not a mean of
+//   per-sample losses. Every rank of the task computes the same L from the gathered vectors and
+//   back-propagates w_t ∂L/∂(its own vectors): summed over the ranks by the gradient all-reduce,
+//   that is w_t ∂L/∂θ. A micro-batch of n examples reports L itself, which the trainer weighs by
+//   its share n/N, so the task's logged loss sums to L.
 // - consistency. c_b = cos(u_b, u'_b) of the two statements' AE vectors,
 //   L = (1/B) Σ_b (c_b − y_b)²:
 //   ∂/∂c_b = (w/B) 2 (c_b − y_b) (mse_loss of [B, 1] columns), then cosine_backward to u and u'.
@@ -19,6 +24,7 @@
 #include <vector>
 
 #include "model/decoder.h"
+#include "train/contrastive.h"
 
 namespace qarac {
 namespace {
@@ -75,6 +81,15 @@ DecoderBatch decoder_batch(const data::PackedField& field, const std::vector<uin
   return out;
 }
 
+// Model application k of `task`: its own dropout masks (see objectives.h).
+ForwardOptions application_of(const ForwardOptions& forward, data::Task task, uint32_t k) {
+  ForwardOptions o = forward;
+  o.application = 4 * static_cast<uint32_t>(task) + k;
+  return o;
+}
+
+std::vector<double> host_f64(const Tensor& t) { return t.to(Device::cpu()).to(DType::f64).to_vector<double>(); }
+
 // out [1] = Σ_i values_i weights_i, on the device.
 void weighted_sum(const Tensor& values, const Tensor& weights, Tensor& out) {
   const int64_t n = values.size(0);
@@ -93,16 +108,22 @@ struct Objectives::Impl {
     int64_t count, d;  // samples, hidden size
     Tensor& loss;      // the task's scalar [1]
 
-    // Model application k of the task: its own dropout masks (see objectives.h).
-    ForwardOptions application(uint32_t k) const {
-      ForwardOptions o = options.forward;
-      o.application = 4 * static_cast<uint32_t>(batch.task) + k;
-      return o;
-    }
+    ForwardOptions application(uint32_t k) const { return application_of(options.forward, batch.task, k); }
   };
   using TaskFunction = void (Impl::*)(const Pass&);
 
+  // Contrastive QA within a training step, from begin_task to the last micro-batch's run().
+  struct Contrastive {
+    double loss = 0;                     // L of the global batch
+    std::vector<double> grad_q, grad_a;  // ∂L/∂ this rank's vectors [rows, d], micro-batch order
+    int64_t rows = 0, next_row = 0;      // this rank's examples; the next micro-batch's first
+    bool kept = false;                   // one micro-batch, its activations still in encoded[]
+                                         // (until another task's run() reuses them)
+  };
+
   QaracModels& models;
+  QaObjective qa;
+  Contrastive contrastive;
   DType dtype, acc;
   Device device;
   SentenceEncoder::Activations encoded[2];  // a task's (up to) two encoder applications
@@ -114,8 +135,8 @@ struct Objectives::Impl {
   Tensor mean_weights;                   // 1/B [B] (A)
   Tensor task_loss[data::kTaskCount];    // each task's scalar [1] (A)
 
-  explicit Impl(QaracModels& m)
-      : models(m), dtype(m.dtype()), acc(ops::accumulation_dtype(m.dtype())), device(m.device()) {}
+  Impl(QaracModels& m, QaObjective q)
+      : models(m), qa(q), dtype(m.dtype()), acc(ops::accumulation_dtype(m.dtype())), device(m.device()) {}
 
   const RobertaConfig& config() const { return models.config().base; }
   void check(const data::TaskBatch& batch) const;
@@ -124,6 +145,9 @@ struct Objectives::Impl {
   // One function per task, data::Task order (run's table).
   void encode_decode(const Pass& p);
   void question_answering(const Pass& p);
+  void contrastive_question_answering(const Pass& p);
+  void begin_contrastive(const std::vector<data::TaskBatch>& micro, const ForwardOptions& forward,
+                         const GatherRows& gather);
   void reasoning(const Pass& p);
   void consistency(const Pass& p);
 
@@ -200,6 +224,7 @@ const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const Objectiv
   static constexpr TaskFunction kTasks[data::kTaskCount] = {
       &Impl::encode_decode, &Impl::question_answering, &Impl::reasoning, &Impl::consistency};
   check(batch);
+  if (batch.task != data::Task::question_answering) contrastive.kept = false;
   const int task = static_cast<int>(batch.task);
   Tensor& loss = task_loss[task];
   ensure_tensor(loss, {1}, acc, device);
@@ -221,6 +246,7 @@ void Objectives::Impl::encode_decode(const Pass& p) {
 
 // MSE(QE(q) − AE(a), 0).
 void Objectives::Impl::question_answering(const Pass& p) {
+  if (qa.contrastive) return contrastive_question_answering(p);
   SentenceEncoder& question = models.question_encoder();
   SentenceEncoder& answer = models.answer_encoder();
   const Tensor& q = question.forward(field(p, 0), p.application(0), encoded[0]);
@@ -236,6 +262,83 @@ void Objectives::Impl::question_answering(const Pass& p) {
   done(p, parallel::Model::question_encoder);
   arm(p, parallel::Model::answer_encoder, true);
   if (p.backward) answer.backward(encoded[1], grad_second);
+  done(p, parallel::Model::answer_encoder);
+}
+
+void Objectives::Impl::begin_contrastive(const std::vector<data::TaskBatch>& micro, const ForwardOptions& forward,
+                                         const GatherRows& gather) {
+  const int64_t d = config().hidden_size;
+  // This rank's rows, each q_i then a_i, so that one exchange moves both.
+  std::vector<double> mine;
+  for (const data::TaskBatch& m : micro) {
+    check(m);
+    const std::vector<double> q = host_f64(models.question_encoder().forward(
+        tokens_of(m.fields[0], m.ids, config(), device), application_of(forward, m.task, 0), encoded[0]));
+    const std::vector<double> a = host_f64(models.answer_encoder().forward(
+        tokens_of(m.fields[1], m.ids, config(), device), application_of(forward, m.task, 1), encoded[1]));
+    for (int64_t b = 0; b < m.count(); ++b) {
+      mine.insert(mine.end(), q.begin() + b * d, q.begin() + (b + 1) * d);
+      mine.insert(mine.end(), a.begin() + b * d, a.begin() + (b + 1) * d);
+    }
+  }
+  int64_t first = 0;
+  const std::vector<double> all = gather(mine, 2 * d, &first);
+  const int64_t n = static_cast<int64_t>(all.size()) / (2 * d);
+  std::vector<double> q, a;
+  q.reserve(static_cast<size_t>(n * d));
+  a.reserve(static_cast<size_t>(n * d));
+  for (int64_t i = 0; i < n; ++i) {
+    q.insert(q.end(), all.begin() + 2 * i * d, all.begin() + (2 * i + 1) * d);
+    a.insert(a.end(), all.begin() + (2 * i + 1) * d, all.begin() + (2 * i + 2) * d);
+  }
+  std::vector<double> grad_q, grad_a;
+  Contrastive& c = contrastive;
+  c.loss = contrastive_loss(q, a, n, d, qa.temperature, &grad_q, &grad_a);
+  c.rows = static_cast<int64_t>(mine.size()) / (2 * d);
+  c.next_row = 0;
+  c.grad_q.assign(grad_q.begin() + first * d, grad_q.begin() + (first + c.rows) * d);
+  c.grad_a.assign(grad_a.begin() + first * d, grad_a.begin() + (first + c.rows) * d);
+  c.kept = micro.size() == 1;
+}
+
+// Symmetric InfoNCE over the global batch (train/contrastive.h). Training: the loss and its
+// gradients are begin_contrastive's; evaluation: those of this batch alone.
+void Objectives::Impl::contrastive_question_answering(const Pass& p) {
+  SentenceEncoder& question = models.question_encoder();
+  SentenceEncoder& answer = models.answer_encoder();
+  Contrastive& c = contrastive;
+  if (!p.backward) {
+    c.kept = false;
+    const std::vector<double> q = host_f64(question.forward(field(p, 0), p.application(0), encoded[0]));
+    const std::vector<double> a = host_f64(answer.forward(field(p, 1), p.application(1), encoded[1]));
+    p.loss.copy_(accumulation_tensor({contrastive_loss(q, a, p.count, p.d, qa.temperature)}, acc, device));
+    return;
+  }
+  QARAC_CHECK(c.next_row + p.count <= c.rows && p.batch.global_count >= p.count,
+              "question_answering: a micro-batch of ", p.count, " examples beyond the ", c.rows,
+              " that begin_task encoded");
+  if (!c.kept) {
+    question.forward(field(p, 0), p.application(0), encoded[0]);
+    answer.forward(field(p, 1), p.application(1), encoded[1]);
+  }
+  c.kept = false;
+  // options.weight is w_t times the micro-batch's share n/N of the global batch; L, a function of
+  // the whole batch, takes w_t alone.
+  const double w = p.options.weight * static_cast<double>(p.batch.global_count) / static_cast<double>(p.count);
+  const auto rows = [&](const std::vector<double>& grad) {
+    std::vector<double> out(grad.begin() + c.next_row * p.d, grad.begin() + (c.next_row + p.count) * p.d);
+    for (double& x : out) x *= w;
+    return Tensor::from_vector(out, {p.count, p.d}).to(dtype).to(device);
+  };
+  grad_first = rows(c.grad_q);
+  grad_second = rows(c.grad_a);
+  c.next_row += p.count;
+  p.loss.copy_(accumulation_tensor({c.loss}, acc, device));
+  arm(p, parallel::Model::question_encoder, true);
+  question.backward(encoded[0], grad_first);
+  done(p, parallel::Model::question_encoder);
+  arm(p, parallel::Model::answer_encoder, true);
+  answer.backward(encoded[1], grad_second);
   done(p, parallel::Model::answer_encoder);
 }
 
@@ -282,8 +385,13 @@ void Objectives::Impl::consistency(const Pass& p) {
   done(p, parallel::Model::answer_encoder);
 }
 
-Objectives::Objectives(QaracModels& models) : impl_(std::make_unique<Impl>(models)) {}
+Objectives::Objectives(QaracModels& models, QaObjective qa) : impl_(std::make_unique<Impl>(models, qa)) {}
 Objectives::~Objectives() = default;
+
+void Objectives::begin_task(data::Task task, const std::vector<data::TaskBatch>& micro,
+                            const ForwardOptions& forward, const GatherRows& gather) {
+  if (task == data::Task::question_answering && impl_->qa.contrastive) impl_->begin_contrastive(micro, forward, gather);
+}
 
 const Tensor& Objectives::run(const data::TaskBatch& batch, const ObjectiveOptions& options) {
   return impl_->run(batch, options, /*backward=*/true);

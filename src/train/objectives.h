@@ -2,7 +2,9 @@
 // through the models the task uses, gradients accumulated with the task's weight. Per-sample
 // losses, averaged over the batch of B samples:
 //   encode_decode       CE(D(AE(x), x), x </s>): per sample the mean over its target tokens
-//   question_answering  MSE(QE(q) − AE(a), 0): per sample the mean over the d components
+//   question_answering  MSE(QE(q) − AE(a), 0): per sample the mean over the d components; or
+//                       (task.qa.objective contrastive) symmetric InfoNCE over the task's global
+//                       batch (train/contrastive.h), computed once all its vectors are known
 //   reasoning           CE(D(AE(p0) + AE(p1), c), c </s>), as encode_decode
 //   consistency         MSE(cos(AE(s0), AE(s1)), y), y = +1 / 0 / −1
 // Task-stream fields hold "<s> text </s>" (qarac-prep encodes with the special tokens; a field
@@ -17,14 +19,27 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "data/loader.h"
 #include "parallel/task_plan.h"
 #include "model/qarac.h"
 
 namespace qarac {
+
+// The question_answering objective (task.qa.objective, task.qa.temperature).
+struct QaObjective {
+  bool contrastive = false;
+  double temperature = 1.0;
+};
+
+// Contrastive QA's exchange between the ranks of the task: each gives its rows (whole rows of
+// `width` values) and gets every rank's in rank order, and the index of its own first row.
+using GatherRows =
+    std::function<std::vector<double>(const std::vector<double>& mine, int64_t width, int64_t* first_row)>;
 
 struct ObjectiveOptions {
   double weight = 1.0;  // w_t · (examples of the batch) / N_t: this batch's share of the task's loss
@@ -42,8 +57,17 @@ struct ObjectiveOptions {
 
 class Objectives {
  public:
-  explicit Objectives(QaracModels& models);
+  explicit Objectives(QaracModels& models, QaObjective qa = {});
   ~Objectives();
+  // Called for each of a rank's tasks at the start of a training step, before any run(), also
+  // for a task of which the rank has no example. Contrastive QA needs every vector of the global
+  // batch before any loss: here it encodes this rank's micro-batches, gathers every rank's
+  // vectors, and computes the loss and its gradients with respect to this rank's vectors, which
+  // run() then back-propagates micro-batch by micro-batch. run() encodes each again, with the same
+  // dropout masks, unless the rank's part is one micro-batch and no other task ran in between.
+  // Every other objective needs nothing here.
+  void begin_task(data::Task task, const std::vector<data::TaskBatch>& micro, const ForwardOptions& forward,
+                  const GatherRows& gather);
   // Runs one task batch; gradients are accumulated into the models' parameters, scaled by
   // options.weight. Returns the task's unweighted loss as a device scalar [1] (accumulation
   // dtype), so a step need not synchronise per task. The scalar is the task's own: it stays

@@ -69,6 +69,11 @@ std::string plan_report(const TrainConfig& c, const parallel::TaskPlan& plan, co
                     static_cast<long long>(c.micro_tokens));
       text += line;
     }
+    if (task == data::Task::question_answering && c.contrastive_qa()) {
+      std::snprintf(line, sizeof line, ", contrastive over all %lld at once (temperature %g)",
+                    static_cast<long long>(c.task[t].batch), c.qa_temperature);
+      text += line;
+    }
     text += "\n";
   }
   if (!estimated) return text;

@@ -26,12 +26,17 @@ class QaracWorkload : public Workload {
     qc.build_decoder = build[static_cast<int>(parallel::Model::decoder)];
     models_ = std::make_unique<QaracModels>(qc, base_.encoder, c.dtype_value(), device);
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
-    objectives_ = std::make_unique<Objectives>(*models_);
+    objectives_ = std::make_unique<Objectives>(*models_, qa_objective_of(c));
   }
 
   int64_t vocab_size() const override { return models_->config().base.vocab_size; }
   std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) override {
     return parallel::qarac_parameter_groups(plan, models_->parameters(), models_->config().share_encoder_base);
+  }
+
+  void begin_task(data::Task task, const std::vector<data::TaskBatch>& micro, const ForwardOptions& forward,
+                  const GatherRows& gather) override {
+    objectives_->begin_task(task, micro, forward, gather);
   }
 
   const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) override {
@@ -55,6 +60,8 @@ class QaracWorkload : public Workload {
 };
 
 }  // namespace
+
+QaObjective qa_objective_of(const TrainConfig& config) { return {config.contrastive_qa(), config.qa_temperature}; }
 
 std::unique_ptr<Workload> make_qarac_workload(const TrainConfig& config, Device device,
                                               const std::array<bool, parallel::kModelCount>& build) {

@@ -83,6 +83,8 @@ struct Trainer::Impl {
     std::unique_ptr<TaskLoaders> loaders;
     std::unique_ptr<Workload> workload;
     std::unique_ptr<parallel::GradientSync> sync;
+    // Contrastive QA: the ranks of question_answering, which exchange their vectors every step.
+    std::unique_ptr<parallel::MpiGroup> qa_group;
     ParameterList params;  // the held ones: what the optimizer updates
     std::unique_ptr<Optimizer> optimizer;
     std::unique_ptr<Evaluator> evaluator;
@@ -176,6 +178,12 @@ void Trainer::Impl::build(Device device) {
   // Data tokenised with another tokenizer than the base's is refused here, before the output
   // directory exists: its ids would reach past the models' vocabulary.
   t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size());
+  if (config.contrastive_qa() && place.world) {
+    const std::vector<int>& ranks = plan.ranks_of(data::Task::question_answering);
+    std::string name = "question_answering ranks";
+    for (size_t r = 0; r < ranks.size(); ++r) name += (r ? "," : " ") + std::to_string(ranks[r]);
+    t.qa_group = place.world->subgroup(ranks, name);
+  }
   const int64_t bucket_bytes = static_cast<int64_t>(config.bucket_mb * (1 << 20));
   t.sync = std::make_unique<parallel::GradientSync>(place.world.get(), t.workload->parameter_groups(plan),
                                                     place.backend, bucket_bytes);
@@ -291,6 +299,23 @@ StepStats Trainer::Impl::train_step() {
   std::vector<double> run_share;      // per micro-batch: its examples / N
   std::vector<size_t> run_slot;       // per micro-batch: its slot
   std::vector<double> slot_seconds(batch.tasks.size(), 0.0);
+  ForwardOptions forward;
+  forward.training = true;
+  forward.seed = static_cast<uint64_t>(config.seed);
+  forward.step = static_cast<uint64_t>(step);
+  const GatherRows gather = [&](const std::vector<double>& mine, int64_t width, int64_t* first_row) {
+    *first_row = 0;
+    return t.qa_group ? t.qa_group->all_gather_rows(mine, width, first_row, "contrastive QA vectors, " + step_text())
+                      : mine;
+  };
+  // An objective over the whole global batch (contrastive QA) exchanges its vectors first: no
+  // gradient collective of the step is in flight yet, so the exchange is one more host collective
+  // between steps for the collective schedule (docs/distributed.md §7).
+  for (size_t i = 0; i < batch.tasks.size(); ++i) {
+    const Clock::time_point t_begin = Clock::now();
+    t.workload->begin_task(batch.tasks[i].task, micro[i], forward, gather);
+    slot_seconds[i] += seconds_between(t_begin, Clock::now());
+  }
   for (size_t i = 0; i < batch.tasks.size(); ++i) {
     const Clock::time_point t_slot = Clock::now();
     const data::TaskBatch& part = batch.tasks[i];
@@ -304,9 +329,7 @@ StepStats Trainer::Impl::train_step() {
       // The task's loss is the mean over its global batch: this micro-batch's mean counts
       // (its examples) / N of it.
       options.weight = config.task_weight(m.task) * share;
-      options.forward.training = true;
-      options.forward.seed = static_cast<uint64_t>(config.seed);
-      options.forward.step = static_cast<uint64_t>(step);
+      options.forward = forward;
       if (k + 1 == micro[i].size()) {
         options.backward_done = [&](parallel::Model model) {
           if (std::find(released.begin(), released.end(), model) != released.end()) t.sync->model_done(model);
@@ -326,7 +349,7 @@ StepStats Trainer::Impl::train_step() {
     // Workloads that do not report it, and a rank with no example of the batch: its zero
     // gradients still take part in the reductions.
     for (parallel::Model model : released) t.sync->model_done(model);
-    slot_seconds[i] = seconds_between(t_slot, Clock::now());
+    slot_seconds[i] += seconds_between(t_slot, Clock::now());
   }
   const double waited = t.sync->finish(step_text());
   s.lr = schedule.at(step);

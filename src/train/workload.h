@@ -30,6 +30,10 @@ class Workload {
   virtual std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) = 0;
   // The models' vocabulary: every token id of the data must lie below it.
   virtual int64_t vocab_size() const = 0;
+  // Before this rank's micro-batches of `task` in a training step, also when it has none
+  // (Objectives::begin_task): an objective over the whole global batch gathers it here.
+  virtual void begin_task(data::Task /*task*/, const std::vector<data::TaskBatch>& /*micro*/,
+                          const ForwardOptions& /*forward*/, const GatherRows& /*gather*/) {}
   // Forward and backward of one task batch, gradients scaled by options.weight; the loss as a
   // device scalar [1].
   virtual const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) = 0;
@@ -39,6 +43,9 @@ class Workload {
   // (train/export_card.h).
   virtual void export_models(const std::string& output, const io::ExportExtras& extras) = 0;
 };
+
+// task.qa.objective and task.qa.temperature, for the objectives of training and evaluation.
+QaObjective qa_objective_of(const TrainConfig& config);
 
 // Builds the models `build` marks (parallel::Model order).
 std::unique_ptr<Workload> make_qarac_workload(const TrainConfig& config, Device device,

@@ -5,7 +5,8 @@
 //   micro-batches end 6 steps at the parameters of one process (W = 1) on the same global
 //   batches, within 1e-12 of each model's largest weight in f64, with every model's replicas
 //   bit-identical at every step (the replica check) and the same logged task losses (the means
-//   over the global batches).
+//   over the global batches). So do runs with the contrastive QA objective, whose loss is one
+//   function of the whole global batch: its ranks exchange their vectors.
 //   The same for masked-LM pre-training (model.mode mlm): W = 3 and micro-batches end at the
 //   base of one process, the loss being the mean over the global batch's masked tokens.
 //   Elastic resume: a run checkpointed at one world size and resumed at another (and another
@@ -249,7 +250,16 @@ INSTANTIATE_TEST_SUITE_P(
                       // takes part in AE's reductions with zero gradients.
                       Layout{"W5_a_rank_without_examples", 5, "--parallel.tasks ed:1,qa:1,rs:1,cs:2 --task.cs.batch 1",
                              "reference-cs-batch-1", "--task.cs.batch 1"},
-                      Layout{"W3_shared_base_tied_head", 3, kSharedTied, "reference-shared-tied", kSharedTied}),
+                      Layout{"W3_shared_base_tied_head", 3, kSharedTied, "reference-shared-tied", kSharedTied},
+                      // Contrastive QA: the loss of the global batch from every QA rank's vectors.
+                      Layout{"W1_contrastive_micro_batches", 1, "--task.qa.objective contrastive --train.micro_tokens 40",
+                             "reference-contrastive", "--task.qa.objective contrastive"},
+                      Layout{"W2_contrastive_plan_qa2", 2, "--task.qa.objective contrastive --parallel.tasks ed:1,qa:2,rs:1,cs:1",
+                             "reference-contrastive", "--task.qa.objective contrastive"},
+                      // Three examples for four QA ranks: one gathers none and still takes part.
+                      Layout{"W4_contrastive_plan_qa4_a_rank_without_examples", 4,
+                             "--task.qa.objective contrastive --task.qa.batch 3 --parallel.tasks ed:1,qa:4,rs:1,cs:1",
+                             "reference-contrastive-qa-batch-3", "--task.qa.objective contrastive --task.qa.batch 3"}),
     [](const ::testing::TestParamInfo<Layout>& layout) { return std::string(layout.param.label); });
 
 // Elastic resume: 3 steps at W = 2 (a checkpoint at the end), then --resume to step 6 at W = 5

@@ -20,6 +20,7 @@
 #include "model/init.h"
 #include "model/lm_head.h"
 #include "model/qarac.h"
+#include "train/contrastive.h"
 #include "train/objectives.h"
 
 using namespace qarac;
@@ -255,6 +256,114 @@ TEST(QaracStep, GradientsMatchFiniteDifferencesSharedBaseTiedHead) {
 }
 TEST(QaracStep, GradientsMatchFiniteDifferencesSharedBaseTiedHeadWithDropout) {
   check_step_gradients(true, true, true);
+}
+
+namespace {
+
+// Contrastive QA through the models (task.qa.objective contrastive), as the trainer drives it on
+// one rank: begin_task encodes the micro-batches and computes L over the whole batch, then run()
+// back-propagates each micro-batch's part, weighted as the trainer weights it (its share n/N).
+// Returns w L.
+double contrastive_step(Objectives& objectives, const std::vector<data::TaskBatch>& micro, const ForwardOptions& forward,
+                        double weight) {
+  const GatherRows one_rank = [](const std::vector<double>& mine, int64_t, int64_t* first_row) {
+    *first_row = 0;
+    return mine;
+  };
+  objectives.begin_task(Task::question_answering, micro, forward, one_rank);
+  double loss = 0;
+  for (const data::TaskBatch& m : micro) {
+    const double share = static_cast<double>(m.count()) / static_cast<double>(m.global_count);
+    ObjectiveOptions options;
+    options.weight = weight * share;
+    options.forward = forward;
+    loss += scalar(objectives.run(m, options)) * share;
+  }
+  return weight * loss;
+}
+
+// The gradients of the contrastive loss against central differences (h and bounds as
+// check_step_gradients'), the batch whole or in micro-batches of one example each: those are
+// encoded again in run(), with the same dropout masks, so the gradients are the same.
+void check_contrastive_gradients(bool dropout, int64_t micro_tokens) {
+  SCOPED_TRACE(std::string(dropout ? "dropout" : "no dropout") + ", micro_tokens " + std::to_string(micro_tokens));
+  const QaracConfig config = tiny_config(dropout, false, false);
+  QaracModels models(config, base_checkpoint(config.base, 3), DType::f64, Device::cpu());
+  const ParameterList params = models.parameters();
+  perturb_vectors(params, 5);
+  Objectives objectives(models, QaObjective{true, 0.5});
+  std::mt19937 gen(13);
+  data::TaskBatch batch = task_batch(Task::question_answering, gen);
+  batch.ids = {100, 101, 102};  // dropout masks per example, wherever it runs
+  batch.global_count = batch.count();
+  const std::vector<data::TaskBatch> micro = batch.split(micro_tokens);
+  ASSERT_EQ(micro.size(), micro_tokens == 0 ? 1u : 3u);
+  ForwardOptions forward;
+  forward.training = dropout;
+  forward.seed = 42;
+  forward.step = 3;
+  const double weight = 0.7;
+
+  zero_grads(params);
+  const double loss = contrastive_step(objectives, micro, forward, weight);
+  ASSERT_GT(loss, 0);
+  std::vector<std::vector<double>> grads;  // before the differences accumulate more
+  for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
+  const double h = 1e-5, floor = 1e-8 * std::max(1.0, std::fabs(loss));
+  std::mt19937_64 pick(9);
+  std::set<std::string> modules;
+  for (size_t k = 0; k < params.size(); ++k) {
+    Parameter* p = params[k];
+    const std::vector<double>& grad = grads[k];
+    double* v = p->value.data<double>();
+    const int64_t n = p->value.numel();
+    double worst = 0, largest = 0;
+    for (int s = 0; s < std::min<int64_t>(n, 3); ++s) {
+      const int64_t i = n <= 3 ? s : static_cast<int64_t>(pick() % static_cast<uint64_t>(n));
+      const double saved = v[i];
+      v[i] = saved + h;
+      const double up = contrastive_step(objectives, micro, forward, weight);
+      v[i] = saved - h;
+      const double down = contrastive_step(objectives, micro, forward, weight);
+      v[i] = saved;
+      const double numeric = (up - down) / (2 * h);
+      worst = std::max(worst, std::fabs(numeric - grad[static_cast<size_t>(i)]));
+      largest = std::max(largest, std::fabs(numeric));
+    }
+    EXPECT_LE(worst, 1e-6 * largest + floor) << p->name;
+    if (largest > 0) modules.insert(module_of(p->name));
+  }
+  // The task reaches both encoders, and nothing else.
+  EXPECT_EQ(modules, (std::set<std::string>{"question_encoder.roberta", "question_encoder.pooling",
+                                            "answer_encoder.roberta", "answer_encoder.pooling"}));
+}
+
+}  // namespace
+
+TEST(ContrastiveQa, GradientsMatchFiniteDifferences) { check_contrastive_gradients(false, 0); }
+TEST(ContrastiveQa, GradientsMatchFiniteDifferencesWithDropoutInMicroBatches) {
+  check_contrastive_gradients(true, 1);
+}
+
+// The loss run() and evaluate() report is L of the batch, by its definition from the encoders'
+// vectors.
+TEST(ContrastiveQa, LossIsInfoNceOfTheVectors) {
+  const QaracConfig config = tiny_config(false, false, false);
+  QaracModels models(config, base_checkpoint(config.base, 3), DType::f64, Device::cpu());
+  perturb_vectors(models.parameters(), 5);
+  Objectives objectives(models, QaObjective{true, 0.5});
+  std::mt19937 gen(13);
+  data::TaskBatch batch = task_batch(Task::question_answering, gen);
+  batch.global_count = batch.count();
+  SentenceEncoder::Activations acts;
+  const std::vector<double> q =
+      models.question_encoder().forward(field_batch(batch.fields[0]), ForwardOptions{}, acts).clone().to_vector<double>();
+  const std::vector<double> a =
+      models.answer_encoder().forward(field_batch(batch.fields[1]), ForwardOptions{}, acts).clone().to_vector<double>();
+  const double expected = contrastive_loss(q, a, batch.count(), config.base.hidden_size, 0.5);
+  EXPECT_NEAR(objectives.evaluate(batch), expected, 1e-14);
+  zero_grads(models.parameters());
+  EXPECT_NEAR(contrastive_step(objectives, {batch}, ForwardOptions{}, 1.0), expected, 1e-14);
 }
 
 // Each task's loss against its definition, computed from the models' forward passes: the

@@ -44,6 +44,10 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error("--train.steps 4 --optimizer.warmup 4", {"optimizer.warmup: 4 steps", "train.steps 4"});
   expect_usage_error("--train.steps 4 --optimizer.warmup 9", {"never reach optimizer.lr"});
   expect_usage_error("--train.progress fancy", {"train.progress", "auto, plain or tty"});
+  // The QA objective: the temperature is the contrastive one's.
+  expect_usage_error("--task.qa.temperature 0.1", {"task.qa.temperature: has no effect with task.qa.objective mse"});
+  expect_usage_error("--task.qa.objective cosine", {"task.qa.objective: 'cosine' must be mse or contrastive"});
+  expect_usage_error("--task.qa.objective contrastive --task.qa.temperature 0", {"task.qa.temperature: 0", "> 0"});
 }
 
 // The tests read the output through a pipe: auto and plain print a line per step, tty rewrites

@@ -376,6 +376,15 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
   expect_key([](TrainConfig& b) { b.lr = -1; }, "optimizer.lr");
   expect_key([](TrainConfig& b) { b.task[1].batch = 0; }, "task.qa.batch");
   expect_key([](TrainConfig& b) { b.micro_tokens = -2; }, "train.micro_tokens");
+  expect_key([](TrainConfig& b) { b.qa_temperature = std::nan(""); }, "task.qa.temperature");
+  expect_key(
+      [](TrainConfig& b) {
+        b.mode = "mlm";
+        b.tokenizer = "/t";
+        b.qa_objective = "contrastive";
+        b.given.insert("task.qa.objective");
+      },
+      "task.qa.objective: has no effect with model.mode mlm");
   expect_key([](TrainConfig& b) { b.steps = 0; }, "train.steps");
   expect_key([](TrainConfig& b) { b.optimizer = "sgd"; }, "optimizer.name");
   expect_key([](TrainConfig& b) { b.decay = "step"; }, "optimizer.decay");
