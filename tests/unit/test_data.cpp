@@ -429,6 +429,7 @@ TEST(Readers, SampleDataIsWellFormed) {
   const Case cases[] = {
       {"corpus_train.txt", Format::text, nullptr, 0},
       {"WikiQA-train.tsv", Format::wikiqa, nullptr, 1},  // every question answered
+      {"WikiQA-subjects-train.tsv", Format::wikiqa, nullptr, 1},
       {"Avicenna_Train.csv", Format::avicenna, "no syllogistic relation", 1},
       {"snli_1.0_train.jsonl", Format::snli_jsonl, "no gold label", 0},
       {"snli_1.0_dev.txt", Format::snli_tsv, "no gold label", 1},
@@ -444,13 +445,51 @@ TEST(Readers, SampleDataIsWellFormed) {
         << c.file;
   }
   // data/make_sample.py gives every question one answer and 1-3 sentences that do not answer it.
-  for (const char* file : {"WikiQA-train.tsv", "WikiQA-dev.tsv"}) {
+  for (const char* file :
+       {"WikiQA-train.tsv", "WikiQA-dev.tsv", "WikiQA-subjects-train.tsv", "WikiQA-subjects-dev.tsv"}) {
     const Read r = read_all(kSample + file, Format::wikiqa, OnError::fail);
     for (const Example& e : r.examples) {
       EXPECT_GE(e.candidates.size(), 1u) << file << ":" << e.line;
       EXPECT_LE(e.candidates.size(), 3u) << file << ":" << e.line;
     }
   }
+}
+
+// WikiQA-subjects-*.tsv: the 100 held-out questions are on 100 distinct subjects, each asked
+// several times in training but never in the held-out question's words, so that retrieval among
+// the 100 held-out answers is learnable.
+TEST(Readers, SampleSubjectsRecurBetweenTrainingAndHeldOut) {
+  // Per question (its first row): the question and its subject, WikiQA's DocumentTitle.
+  auto questions = [](const std::string& file) {
+    std::map<std::string, std::pair<std::string, std::string>> by_id;
+    std::ifstream in(kSample + file);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::vector<std::string> cols;
+      std::stringstream row(line);
+      for (std::string col; std::getline(row, col, '\t');) cols.push_back(col);
+      by_id.emplace(cols.at(0), std::pair{cols.at(1), cols.at(3)});
+    }
+    return by_id;
+  };
+  std::map<std::string, int> times_asked;
+  std::set<std::string> asked;
+  for (const auto& [id, q] : questions("WikiQA-subjects-train.tsv")) {
+    ++times_asked[q.second];
+    asked.insert(q.first);
+  }
+  std::set<std::string> subjects;
+  for (const auto& [id, q] : questions("WikiQA-subjects-dev.tsv")) {
+    subjects.insert(q.second);
+    EXPECT_GE(times_asked[q.second], 3) << id << " on " << q.second;
+    EXPECT_EQ(asked.count(q.first), 0u) << id << ": '" << q.first << "' is a training question";
+  }
+  EXPECT_EQ(subjects.size(), 100u);
+  std::set<std::string> answers;
+  for (const Example& e : read_all(kSample + "WikiQA-subjects-dev.tsv", Format::wikiqa, OnError::fail).examples)
+    answers.insert(e.fields[1]);
+  EXPECT_EQ(answers.size(), 100u);
 }
 
 // ---- Task-stream files ---------------------------------------------------------------------
