@@ -5,10 +5,10 @@
 // records the format itself marks as unusable (SNLI's '-', Avicenna rows that are no syllogism,
 // WikiQA's Label 0 rows of a question without an answer, blank lines) are always skipped and
 // counted; malformed records (bad JSON, a missing column, invalid UTF-8, a C1 control byte in
-// Latin-1, an unterminated quote...) raise an InputError "file:line: reason: detail" under OnError::fail, or are counted
-// and logged under OnError::skip. WikiQA's Label 0 rows of an answered question are no example
-// of their own: they become the candidates of that question's examples (WikiQA's answer-sentence
-// selection), counted apart from examples and skips.
+// Latin-1, an unterminated quote...) raise an InputError "file:line: reason: detail" under
+// OnError::fail, or are counted and logged under OnError::skip. WikiQA's Label 0 rows of an
+// answered question are no example of their own: they become the candidates of that question's
+// examples (WikiQA's answer-sentence selection), counted apart from examples and skips.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,7 @@ namespace qarac::data {
 enum class Format {
   text,        // UTF-8, one document per line
   wikiqa,      // TSV with header: QuestionID Question DocumentID DocumentTitle SentenceID Sentence Label
-  avicenna,    // CSV (Latin-1) with header: Premise 1, Premise 2, Syllogistic relation, Conclusion
+  avicenna,    // Latin-1 CSV with header: Premise 1, Premise 2, Syllogistic relation, Conclusion
   snli_jsonl,  // one JSON object per line: sentence1, sentence2, gold_label
   snli_tsv,    // the .txt tab export with header (gold_label ... sentence1 sentence2 ...)
   snli_csv,    // the CSV export with the same header
