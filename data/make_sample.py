@@ -6,6 +6,7 @@ The data is templated so that a tiny model can visibly learn each task: every co
 answer and label follows from its inputs by a rule a few layers can pick up.
   text corpus  (encode_decode)       corpus_train.txt, corpus_heldout.txt    one document per line
   WikiQA       (question_answering)  WikiQA-train.tsv, WikiQA-dev.tsv        Label 1 = the answer
+                                     WikiQA-subjects-train.tsv, -dev.tsv     subjects that recur
   Avicenna     (reasoning)           Avicenna_Train.csv, Avicenna_Test.csv   Latin-1, quoted commas
   SNLI 1.0     (consistency)         snli_1.0_train.jsonl, snli_1.0_dev.txt, snli_1.0_test.csv
   tokenizer/   vocab.json, merges.txt, tokenizer.json (RoBERTa special tokens, ids 0..4)
@@ -15,6 +16,7 @@ Needs the PyPI package `tokenizers`. The output is a pure function of --seed.
 """
 
 import argparse
+import collections
 import csv
 import io
 import json
@@ -191,34 +193,29 @@ def write_avicenna(path, rng, n):
 
 
 # ---- WikiQA ----------------------------------------------------------------------------------
-def wikiqa_question(rng, qid):
-    """One question with its candidate sentences: the answer (Label 1) and distractors about the
-    same subject (Label 0), as WikiQA pairs a question with the sentences of one article."""
-    kind = rng.randrange(3)
-    if kind == 0:
-        country, city = fictional(rng, 3), fictional(rng, 2)
-        title = country
-        question = f"what is the capital of {country}"
-        answer = f"The capital of {country} is {city}."
-        distractors = [f"{country} is known for its {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}s.",
-                       f"{country} has a long coast and many rivers.",
-                       f"The people of {country} speak {fictional(rng, 2)}ish."]
-    elif kind == 1:
-        book, author = fictional(rng, 3), rng.choice(NAMES) + " " + fictional(rng, 2)
-        title = book
-        question = f"who wrote {book}"
-        answer = f"{book} is a novel written by {author}."
-        distractors = [f"{book} was first printed in {article(rng.choice(ADJECTIVES))} cover.",
-                       f"{book} tells the story of {article(rng.choice(PEOPLE))} and {article(rng.choice(NOUNS))}.",
-                       f"Many readers consider {book} a classic."]
-    else:
-        river, sea = fictional(rng, 2), fictional(rng, 3)
-        title = river + " River"
-        question = f"where does the {river} river end"
-        answer = f"The {river} river flows into the {sea} Sea."
-        distractors = [f"The {river} river is home to many {rng.choice(NOUNS)}s.",
-                       f"Boats on the {river} carry {rng.choice(ADJECTIVES)} goods.",
-                       f"The {river} river is frozen in winter."]
+# What WikiQA's article holds beside the answer: sentences about the same subject with another
+# relation, the question's distractors (Label 0). One function per kind of subject.
+def country_distractors(rng, country):
+    return [f"{country} is known for its {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}s.",
+            f"{country} has a long coast and many rivers.",
+            f"The people of {country} speak {fictional(rng, 2)}ish."]
+
+
+def book_distractors(rng, book):
+    return [f"{book} was first printed in {article(rng.choice(ADJECTIVES))} cover.",
+            f"{book} tells the story of {article(rng.choice(PEOPLE))} and {article(rng.choice(NOUNS))}.",
+            f"Many readers consider {book} a classic."]
+
+
+def river_distractors(rng, river):
+    return [f"The {river} river is home to many {rng.choice(NOUNS)}s.",
+            f"Boats on the {river} carry {rng.choice(ADJECTIVES)} goods.",
+            f"The {river} river is frozen in winter."]
+
+
+def wikiqa_rows(rng, qid, title, question, answer, distractors):
+    """The rows of one question: the answer (Label 1) and one to three of the distractors
+    (Label 0), in random order, as WikiQA pairs a question with the sentences of one article."""
     candidates = [(answer, 1)] + [(d, 0) for d in rng.sample(distractors, rng.randint(1, 3))]
     rng.shuffle(candidates)
     doc = f"D{qid}"
@@ -226,12 +223,120 @@ def wikiqa_question(rng, qid):
             for i, (s, label) in enumerate(candidates)]
 
 
-def write_wikiqa(path, rng, n, first_id):
+def wikiqa_question(rng, qid):
+    """One question on a fresh fictional subject, never seen in another question."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        country, city = fictional(rng, 3), fictional(rng, 2)
+        return wikiqa_rows(rng, qid, country, f"what is the capital of {country}",
+                           f"The capital of {country} is {city}.", country_distractors(rng, country))
+    if kind == 1:
+        book, author = fictional(rng, 3), rng.choice(NAMES) + " " + fictional(rng, 2)
+        return wikiqa_rows(rng, qid, book, f"who wrote {book}",
+                           f"{book} is a novel written by {author}.", book_distractors(rng, book))
+    river, sea = fictional(rng, 2), fictional(rng, 3)
+    return wikiqa_rows(rng, qid, river + " River", f"where does the {river} river end",
+                       f"The {river} river flows into the {sea} Sea.", river_distractors(rng, river))
+
+
+def write_wikiqa(path, questions):
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.write("QuestionID\tQuestion\tDocumentID\tDocumentTitle\tSentenceID\tSentence\tLabel\n")
-        for q in range(n):
-            for row in wikiqa_question(rng, first_id + q):
+        for rows in questions:
+            for row in rows:
                 f.write("\t".join(row) + "\n")
+
+
+# ---- WikiQA on recurring subjects --------------------------------------------------------------
+# A fixed pool of subjects, each with one fact (a country's capital, a book's author, a river's
+# sea) asked in several phrasings and answered in several sentences. Every subject recurs in
+# training, and each held-out question is on a subject of the pool, asked in a phrasing its
+# training questions never used: retrieving its answer among all held-out answers is learnable,
+# where a fresh subject (WikiQA-dev.tsv) names an entity the model never saw.
+# {s}: the subject, {f}: its fact.
+SUBJECT_KINDS = {
+    "country": {
+        "questions": ["what is the capital of {s}", "which city is the capital of {s}",
+                      "what city is {s}'s capital", "name the capital city of {s}",
+                      "where is the seat of government of {s}"],
+        "answers": ["The capital of {s} is {f}.", "{f} is the capital of {s}.",
+                    "The capital city of {s} is {f}.", "{s} is governed from its capital, {f}."],
+        "distractors": country_distractors,
+    },
+    "book": {
+        "questions": ["who wrote {s}", "who is the author of {s}", "which writer wrote the novel {s}",
+                      "name the author of {s}", "{s} was written by whom"],
+        "answers": ["{s} is a novel written by {f}.", "{f} wrote {s}.", "The author of {s} is {f}.",
+                    "{s} was written by {f}."],
+        "distractors": book_distractors,
+    },
+    "river": {
+        "questions": ["where does the {s} river end", "into which sea does the {s} river flow",
+                      "what sea does the {s} river flow into", "where is the mouth of the {s} river",
+                      "the {s} river ends in which sea"],
+        "answers": ["The {s} river flows into the {f} Sea.", "The {s} river ends in the {f} Sea.",
+                    "The mouth of the {s} river is on the {f} Sea.", "The {f} Sea is where the {s} river ends."],
+        "distractors": river_distractors,
+    },
+}
+
+
+# held_out: the index of the phrasing kept for the subject's held-out question.
+Subject = collections.namedtuple("Subject", "kind name fact title held_out")
+
+
+def subject_pool(rng, per_kind):
+    """per_kind Subjects of each kind, every name and fact distinct."""
+    used = set()
+
+    def fresh(make):
+        while True:
+            name = make()
+            if name not in used:
+                used.add(name)
+                return name
+
+    pool = []
+    for kind, spec in SUBJECT_KINDS.items():
+        for _ in range(per_kind):
+            if kind == "country":
+                subject, fact = fresh(lambda: fictional(rng, 3)), fresh(lambda: fictional(rng, 2))
+                title = subject
+            elif kind == "book":
+                subject = fresh(lambda: fictional(rng, 3))
+                fact = fresh(lambda: rng.choice(NAMES) + " " + fictional(rng, 2))
+                title = subject
+            else:
+                subject, fact = fresh(lambda: fictional(rng, 2)), fresh(lambda: fictional(rng, 3))
+                title = subject + " River"
+            pool.append(Subject(kind, subject, fact, title, rng.randrange(len(spec["questions"]))))
+    return pool
+
+
+def subject_question(rng, qid, subject, phrasing):
+    spec = SUBJECT_KINDS[subject.kind]
+    question = spec["questions"][phrasing].format(s=subject.name)
+    answer = rng.choice(spec["answers"]).format(s=subject.name, f=subject.fact)
+    return wikiqa_rows(rng, qid, subject.title, question, answer, spec["distractors"](rng, subject.name))
+
+
+def subject_questions_train(rng, pool, times, first_id):
+    """Each subject `times` times, in the phrasings other than its held-out one (each used once
+    before any is used again), in random order."""
+    asked = []
+    for subject in pool:
+        others = [p for p in range(len(SUBJECT_KINDS[subject.kind]["questions"])) if p != subject.held_out]
+        phrasings = []
+        while len(phrasings) < times:
+            phrasings += rng.sample(others, len(others))
+        asked += [(subject, p) for p in phrasings[:times]]
+    rng.shuffle(asked)
+    return [subject_question(rng, first_id + i, s, p) for i, (s, p) in enumerate(asked)]
+
+
+def subject_questions_heldout(rng, pool, n, first_id):
+    """One question on each of n distinct subjects, in the subject's held-out phrasing."""
+    return [subject_question(rng, first_id + i, s, s.held_out) for i, s in enumerate(rng.sample(pool, n))]
 
 
 # ---- Tokenizer ---------------------------------------------------------------------------------
@@ -292,8 +397,18 @@ def main():
     write_snli_csv(os.path.join(out, "snli_1.0_test.csv"), snli_rows(rng("snli_test"), 300))
     write_avicenna(os.path.join(out, "Avicenna_Train.csv"), rng("avicenna_train"), 2000)
     write_avicenna(os.path.join(out, "Avicenna_Test.csv"), rng("avicenna_test"), 200)
-    write_wikiqa(os.path.join(out, "WikiQA-train.tsv"), rng("wikiqa_train"), 800, 1)
-    write_wikiqa(os.path.join(out, "WikiQA-dev.tsv"), rng("wikiqa_dev"), 100, 10001)
+    for name, stream, n, first_id in [("WikiQA-train.tsv", "wikiqa_train", 800, 1),
+                                      ("WikiQA-dev.tsv", "wikiqa_dev", 100, 10001)]:
+        questions_rng = rng(stream)
+        write_wikiqa(os.path.join(out, name),
+                     [wikiqa_question(questions_rng, first_id + q) for q in range(n)])
+    # Not in the tokenizer's training text (text_of_files), so that the vocabulary stays the one
+    # the other files made.
+    pool = subject_pool(rng("wikiqa_subjects"), 50)
+    write_wikiqa(os.path.join(out, "WikiQA-subjects-train.tsv"),
+                 subject_questions_train(rng("wikiqa_subjects_train"), pool, 6, 20001))
+    write_wikiqa(os.path.join(out, "WikiQA-subjects-dev.tsv"),
+                 subject_questions_heldout(rng("wikiqa_subjects_dev"), pool, 100, 30001))
 
     # The BPE trainer reads files: give it one UTF-8 file with the text of every dataset.
     training_text = os.path.join(out, ".tokenizer_training.txt")

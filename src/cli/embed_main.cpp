@@ -85,7 +85,8 @@ Ranked from_wikiqa(const std::string& tsv, const Encoder& question, int64_t max_
   r.candidates.offsets = {0};
   r.candidates.sentences.offsets = {0};
   const data::Tokenizer& t = question.tokenizer;
-  data::read_examples(tsv, data::Format::wikiqa, data::OnError::skip, [&](data::Example&& e) {
+  const data::Format format = data::Format::wikiqa;
+  data::read_examples(tsv, format, data::default_encoding(format), data::OnError::skip, [&](data::Example&& e) {
     if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) return;
     r.questions.push_back(t.encode(e.fields[0]));
     r.answers.push_back(t.encode(e.fields[1]));

@@ -2,7 +2,8 @@
 // docs/data-format.md), and `qarac-prep tokenize`, a JSON-lines filter over the tokenizer.
 //
 //   qarac-prep --tokenizer DIR --out DIR [--text F]... [--wikiqa F]... [--avicenna F]...
-//              [--snli F]... [--on-error fail|skip] [--max-length N] [--too-long truncate|skip]
+//              [--snli F]... [--encoding latin-1|utf-8] [--on-error fail|skip] [--max-length N]
+//              [--too-long truncate|skip]
 //   qarac-prep tokenize --tokenizer DIR [--special] [--decode]
 //
 // Every output is written under a temporary name; the files are renamed into place only after
@@ -17,6 +18,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -148,6 +150,7 @@ class StreamBuilder {
 struct Input {
   Format format;
   std::string path;
+  Encoding encoding;
 };
 
 std::string skipped_summary(const std::map<std::string, int64_t>& skipped) {
@@ -158,7 +161,7 @@ std::string skipped_summary(const std::map<std::string, int64_t>& skipped) {
 }
 
 int build(int argc, char** argv) {
-  std::string tokenizer_dir, out_dir, on_error, too_long;
+  std::string tokenizer_dir, out_dir, encoding, on_error, too_long;
   std::vector<std::string> text, wikiqa, avicenna, snli;
   Settings settings;
   bool no_special = false;
@@ -175,14 +178,18 @@ int build(int argc, char** argv) {
       ("tokenizer", po::value(&tokenizer_dir)->required(),
        "tokenizer directory: tokenizer.json, or vocab.json + merges.txt")
       ("out", po::value(&out_dir)->required(), "output directory (created if missing)")
-      ("text", po::value(&text)->composing(), "plain text, one document per line (UTF-8)")
+      ("text", po::value(&text)->composing(), "plain text, one document per line")
       ("wikiqa", po::value(&wikiqa)->composing(),
        "WikiQA TSV; pairs with Label 1 are kept, with their question's Label 0 sentences as "
        "candidates")
       ("avicenna", po::value(&avicenna)->composing(),
-       "Avicenna CSV (Latin-1); rows with Syllogistic relation = yes are kept")
+       "Avicenna CSV; rows with Syllogistic relation = yes are kept")
       ("snli", po::value(&snli)->composing(),
        "SNLI 1.0: .jsonl, the .txt tab export or the .csv export; gold label '-' is skipped")
+      ("encoding", po::value(&encoding),
+       "latin-1 or utf-8, of every input (default: latin-1 for --avicenna, as the dataset is "
+       "distributed; utf-8 for the others). Read as latin-1, a C1 control byte (0x80-0x9F) is "
+       "malformed, and a file that looks like UTF-8 is warned about")
       ("on-error", po::value(&on_error)->default_value("fail"),
        "malformed records: fail (error naming file:line) or skip (count them in the metadata)")
       ("max-length", po::value(&settings.max_length)->default_value(512),
@@ -200,6 +207,10 @@ int build(int argc, char** argv) {
   po::variables_map vm;
   if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
   settings.on_error = on_error_from_name(on_error);
+  // One encoding for every input: a run that mixes encodings is rare, and its tasks can be
+  // prepared by two runs into the same --out.
+  const std::optional<Encoding> run_encoding =
+      vm.count("encoding") ? std::optional<Encoding>(encoding_from_name(encoding)) : std::nullopt;
   settings.special = !no_special;
   QARAC_INPUT_CHECK(too_long == "truncate" || too_long == "skip",
                     "--too-long must be truncate or skip, got '", too_long, "'");
@@ -213,10 +224,13 @@ int build(int argc, char** argv) {
                     "--compression must be in [0, 9], got ", settings.writer.compression);
 
   std::map<Task, std::vector<Input>> inputs;
-  for (const std::string& p : text) inputs[Task::encode_decode].push_back({Format::text, p});
-  for (const std::string& p : wikiqa) inputs[Task::question_answering].push_back({Format::wikiqa, p});
-  for (const std::string& p : avicenna) inputs[Task::reasoning].push_back({Format::avicenna, p});
-  for (const std::string& p : snli) inputs[Task::consistency].push_back({snli_format_of(p), p});
+  auto add = [&](Format format, const std::string& path) {
+    inputs[task_of(format)].push_back({format, path, run_encoding.value_or(default_encoding(format))});
+  };
+  for (const std::string& p : text) add(Format::text, p);
+  for (const std::string& p : wikiqa) add(Format::wikiqa, p);
+  for (const std::string& p : avicenna) add(Format::avicenna, p);
+  for (const std::string& p : snli) add(snli_format_of(p), p);
   QARAC_INPUT_CHECK(!inputs.empty(), "no input: give --text, --wikiqa, --avicenna or --snli");
 
   const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
@@ -242,7 +256,7 @@ int build(int argc, char** argv) {
       info.sources.emplace_back();
       SourceInfo& src = info.sources.back();
       builder.set_source(&src);
-      const ReadStats stats = read_examples(in.path, in.format, settings.on_error,
+      const ReadStats stats = read_examples(in.path, in.format, in.encoding, settings.on_error,
                                             [&](Example&& ex) { builder.add(std::move(ex)); });
       builder.flush();
       src.path = in.path;

@@ -26,8 +26,7 @@ constexpr const char* kNoSyllogism = "no syllogistic relation";
 // ---- Text ------------------------------------------------------------------------------------
 void read_text(Reader& r, LineFile& in) {
   std::string line;
-  while (in.next(line)) {
-    if (in.line_no() == 1 && starts_with_bom(line)) line.erase(0, 3);
+  while (r.next_line(in, line)) {
     if (trim(line).empty()) {
       r.skip(kBlank);
       continue;
@@ -183,9 +182,8 @@ TableFormat snli_table_format() {
 
 void read_snli_jsonl(Reader& r, LineFile& in) {
   std::string line;
-  while (in.next(line)) {
+  while (r.next_line(in, line)) {
     const int64_t n = in.line_no();
-    if (n == 1 && starts_with_bom(line)) line.erase(0, 3);
     if (trim(line).empty()) {
       r.skip(kBlank);
       continue;

@@ -20,6 +20,26 @@ bool is_space(char c) {
   return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
 }
 
+std::string hex_byte(char c) {
+  char text[8];
+  std::snprintf(text, sizeof text, "0x%02x", static_cast<unsigned char>(c));
+  return text;
+}
+
+constexpr std::string_view kUtf8Bom = "\xEF\xBB\xBF";
+
+bool is_ascii(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+}
+
+// Offset of the first code point U+0080..U+009F of valid UTF-8 text (npos when none): what a C1
+// control byte of a Latin-1 file becomes. 0xC2 is always a lead byte in UTF-8.
+size_t find_c1(std::string_view utf8) {
+  for (size_t i = utf8.find('\xC2'); i != std::string_view::npos; i = utf8.find('\xC2', i + 1))
+    if (i + 1 < utf8.size() && static_cast<unsigned char>(utf8[i + 1]) <= 0x9F) return i;
+  return std::string_view::npos;
+}
+
 }  // namespace
 
 // ---- Text helpers ----------------------------------------------------------------------------
@@ -42,12 +62,27 @@ std::string quote(std::string_view s) {
   return "'" + printable(s.substr(0, cut)) + (cut < s.size() ? "...'" : "'");
 }
 
-bool starts_with_bom(const std::string& s) { return s.rfind("\xEF\xBB\xBF", 0) == 0; }
-
 // ---- Per-file reading state ------------------------------------------------------------------
-Reader::Reader(const std::string& path, OnError on_error, const ExampleSink& sink)
-    : on_error_(on_error), sink_(sink) {
+Reader::Reader(const std::string& path, Encoding encoding, OnError on_error, const ExampleSink& sink)
+    : encoding_(encoding), on_error_(on_error), sink_(sink) {
   stats_.path = path;
+}
+
+bool Reader::next_line(LineFile& in, std::string& line) {
+  if (!in.next(line)) return false;
+  const bool bom = in.line_no() == 1 && line.compare(0, kUtf8Bom.size(), kUtf8Bom) == 0;
+  if (encoding_ == Encoding::utf8) {
+    if (bom) line.erase(0, kUtf8Bom.size());
+    return true;
+  }
+  // Read as Latin-1, the mark would be the text "ï»¿" before the first column's name.
+  if (bom) fatal(1, "starts with a UTF-8 byte-order mark, but is read as Latin-1: pass --encoding utf-8");
+  if (!is_ascii(line)) {
+    if (first_non_ascii_ == 0) first_non_ascii_ = in.line_no();
+    non_ascii_all_utf8_ = non_ascii_all_utf8_ && find_invalid_utf8(line) == std::string::npos;
+    line = latin1_to_utf8(line);
+  }
+  return true;
 }
 
 void Reader::malformed(int64_t line, const std::string& kind, const std::string& why) {
@@ -64,10 +99,17 @@ void Reader::fatal(int64_t line, const std::string& message) const {
 bool Reader::clean(int64_t line, std::string& f) {
   const size_t bad = find_invalid_utf8(f);
   if (bad != std::string::npos) {
-    char byte[8];
-    std::snprintf(byte, sizeof byte, "0x%02x", static_cast<unsigned char>(f[bad]));
     malformed(line, "invalid UTF-8",
-              detail::concat("byte ", bad, " (", byte, ") after ", quote(f.substr(0, bad))));
+              detail::concat("byte ", bad, " (", hex_byte(f[bad]), ") after ", quote(f.substr(0, bad))));
+    return false;
+  }
+  const size_t c1 = encoding_ == Encoding::latin1 ? find_c1(f) : std::string::npos;
+  if (c1 != std::string::npos) {
+    // The code point U+0080..U+009F is the Latin-1 byte, and its UTF-8 second byte too.
+    malformed(line, "C1 control byte",
+              detail::concat("byte ", hex_byte(f[c1 + 1]), " after ", quote(f.substr(0, c1)),
+                             " is no Latin-1 text: if the file is UTF-8, pass --encoding utf-8; if it is "
+                             "Windows-1252, convert it (iconv -f WINDOWS-1252 -t UTF-8) and pass --encoding utf-8"));
     return false;
   }
   f = trim(f);
@@ -96,6 +138,13 @@ void Reader::emit(Example&& ex) {
 void Reader::finish() {
   if (logged_ > kMaxLoggedSkips)
     log::warn(path(), ": ", logged_ - kMaxLoggedSkips, " more malformed records skipped");
+  // A warning, not an error: Latin-1 text can, rarely, be valid UTF-8 too (Latin-1's "Ã©" is
+  // UTF-8's "é").
+  if (first_non_ascii_ > 0 && non_ascii_all_utf8_) {
+    stats_.utf8_line = first_non_ascii_;
+    log::warn(path(), ": read as Latin-1, but every line with non-ASCII bytes is valid UTF-8 (the first: line ",
+              first_non_ascii_, "): if the file is UTF-8 (its é read as Ã©), pass --encoding utf-8");
+  }
 }
 
 }  // namespace qarac::data::raw

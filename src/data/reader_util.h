@@ -1,7 +1,8 @@
 // The machinery the raw-format readers share (internal to readers.cpp and its pieces): the
 // per-file accounting of examples, skips and malformed records, the table drivers every tabular
 // format goes through (table_reader.cpp), and the entry point of each format
-// (dataset_formats.cpp). Files are read a line at a time (data/line_file.h).
+// (dataset_formats.cpp). Files are read a line at a time (data/line_file.h) and decoded into
+// UTF-8 as they are read (Reader::next_line).
 #pragma once
 
 #include <cstddef>
@@ -27,12 +28,11 @@ std::string lower(std::string s);
 // File content quoted in a message: control bytes escaped so that the message stays one line,
 // long values cut (at a character boundary) so that it stays readable.
 std::string quote(std::string_view s);
-bool starts_with_bom(const std::string& s);
 
 // ---- Per-file reading state ------------------------------------------------------------------
 class Reader {
  public:
-  Reader(const std::string& path, OnError on_error, const ExampleSink& sink);
+  Reader(const std::string& path, Encoding encoding, OnError on_error, const ExampleSink& sink);
 
   const std::string& path() const { return stats_.path; }
   ReadStats& stats() { return stats_; }
@@ -41,6 +41,10 @@ class Reader {
     if (count > 0) stats_.skipped[reason] += count;
   }
 
+  // The next line of `in` as UTF-8 text, without the byte-order mark of a UTF-8 file; false at
+  // the end of the file. Latin-1 lines are converted, and watched for a file that is UTF-8.
+  bool next_line(LineFile& in, std::string& line);
+
   // A malformed record: an error, or a counted skip with the first few logged.
   void malformed(int64_t line, const std::string& kind, const std::string& why);
 
@@ -48,7 +52,8 @@ class Reader {
   // record of such a file can be read, so skipping it record by record would only hide it.
   [[noreturn]] void fatal(int64_t line, const std::string& message) const;
 
-  // Checks a text field and trims it; false when its record was counted as malformed or skipped.
+  // Checks a text field (valid UTF-8; read as Latin-1, no C1 control byte) and trims it; false
+  // when its record was counted as malformed or skipped.
   bool clean(int64_t line, std::string& f);
 
   // Trims the fields, checks them and hands the example on.
@@ -57,14 +62,19 @@ class Reader {
   // Hands on an example whose fields (and candidates) were cleaned already.
   void emit(Example&& ex);
 
-  // Logs how many malformed records went unlogged.
+  // Logs how many malformed records went unlogged, and warns about a Latin-1 file that looks
+  // like UTF-8.
   void finish();
 
  private:
+  Encoding encoding_;
   OnError on_error_;
   const ExampleSink& sink_;
   ReadStats stats_;
   int logged_ = 0;
+  // Latin-1: the first line with non-ASCII bytes, and whether every such line is valid UTF-8.
+  int64_t first_non_ascii_ = 0;
+  bool non_ascii_all_utf8_ = true;
 };
 
 // ---- Tables (table_reader.cpp) ---------------------------------------------------------------
@@ -89,8 +99,8 @@ struct TableFormat {
 
 // A header line, then rows of fields split on tabs (no quoting).
 void read_tsv(Reader& r, LineFile& in, const TableFormat& fmt);
-// A header record, then records in RFC 4180 CSV; `latin1` converts each line to UTF-8 first.
-void read_csv(Reader& r, LineFile& in, const TableFormat& fmt, bool latin1);
+// A header record, then records in RFC 4180 CSV.
+void read_csv(Reader& r, LineFile& in, const TableFormat& fmt);
 
 // ---- Formats (dataset_formats.cpp) -----------------------------------------------------------
 void read_text(Reader& r, LineFile& in);

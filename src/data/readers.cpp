@@ -53,23 +53,33 @@ OnError on_error_from_name(const std::string& name) {
   throw InputError("--on-error must be fail or skip, got '" + name + "'");
 }
 
+Encoding default_encoding(Format format) {
+  return format == Format::avicenna ? Encoding::latin1 : Encoding::utf8;
+}
+
+Encoding encoding_from_name(const std::string& name) {
+  if (name == "latin-1") return Encoding::latin1;
+  if (name == "utf-8") return Encoding::utf8;
+  throw InputError("--encoding must be latin-1 or utf-8, got '" + name + "'");
+}
+
 int64_t ReadStats::skipped_total() const {
   int64_t n = 0;
   for (const auto& kv : skipped) n += kv.second;
   return n;
 }
 
-ReadStats read_examples(const std::string& path, Format format, OnError on_error,
+ReadStats read_examples(const std::string& path, Format format, Encoding encoding, OnError on_error,
                         const ExampleSink& sink) {
-  raw::Reader r(path, on_error, sink);
+  raw::Reader r(path, encoding, on_error, sink);
   LineFile in(path);
   switch (format) {
     case Format::text: raw::read_text(r, in); break;
     case Format::wikiqa: raw::read_tsv(r, in, raw::wikiqa_format()); break;
-    case Format::avicenna: raw::read_csv(r, in, raw::avicenna_format(), /*latin1=*/true); break;
+    case Format::avicenna: raw::read_csv(r, in, raw::avicenna_format()); break;
     case Format::snli_jsonl: raw::read_snli_jsonl(r, in); break;
     case Format::snli_tsv: raw::read_tsv(r, in, raw::snli_table_format()); break;
-    case Format::snli_csv: raw::read_csv(r, in, raw::snli_table_format(), /*latin1=*/false); break;
+    case Format::snli_csv: raw::read_csv(r, in, raw::snli_table_format()); break;
   }
   r.finish();
   r.stats().lines = in.line_no();

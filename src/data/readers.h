@@ -4,11 +4,11 @@
 // order, plus the consistency label) and counts every record it does not deliver by reason:
 // records the format itself marks as unusable (SNLI's '-', Avicenna rows that are no syllogism,
 // WikiQA's Label 0 rows of a question without an answer, blank lines) are always skipped and
-// counted; malformed records (bad JSON, a missing column, invalid UTF-8, an unterminated
-// quote...) raise an InputError "file:line: reason: detail" under OnError::fail, or are counted
-// and logged under OnError::skip. WikiQA's Label 0 rows of an answered question are no example
-// of their own: they become the candidates of that question's examples (WikiQA's answer-sentence
-// selection), counted apart from examples and skips.
+// counted; malformed records (bad JSON, a missing column, invalid UTF-8, a C1 control byte in
+// Latin-1, an unterminated quote...) raise an InputError "file:line: reason: detail" under
+// OnError::fail, or are counted and logged under OnError::skip. WikiQA's Label 0 rows of an
+// answered question are no example of their own: they become the candidates of that question's
+// examples (WikiQA's answer-sentence selection), counted apart from examples and skips.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +40,15 @@ Format snli_format_of(const std::string& path);
 enum class OnError { fail, skip };
 OnError on_error_from_name(const std::string& name);  // "fail" | "skip"
 
+// The bytes of a raw file, decoded into UTF-8 text. Latin-1 (ISO-8859-1) decodes any byte, so a
+// file read as Latin-1 is checked for what is no Latin-1 text: a C1 control byte (0x80-0x9F) in a
+// field is a malformed record, a file that starts with a UTF-8 byte-order mark is refused, and a
+// file whose every non-ASCII line is valid UTF-8 is warned about at its end (ReadStats::utf8_line).
+enum class Encoding { latin1, utf8 };
+// Avicenna: latin1, as the dataset is distributed; the others: utf8.
+Encoding default_encoding(Format format);
+Encoding encoding_from_name(const std::string& name);  // "latin-1" | "utf-8"
+
 struct Example {
   std::vector<std::string> fields;  // task_fields(task) order, UTF-8, trimmed
   int8_t label = 0;                 // consistency only
@@ -56,15 +65,18 @@ struct ReadStats {
   int64_t candidates = 0;  // records delivered as candidates of examples (WikiQA's Label 0 rows)
   // Records not delivered, by reason ("no gold label", "malformed: missing column", ...).
   std::map<std::string, int64_t> skipped;
+  // Read as Latin-1 with every line that has non-ASCII bytes valid UTF-8 (so most likely a UTF-8
+  // file, its é read as Ã©): the first such line, else 0. The reader warns about it.
+  int64_t utf8_line = 0;
 
   int64_t skipped_total() const;
 };
 
 using ExampleSink = std::function<void(Example&&)>;
 
-// Reads `path` as `format` and calls `sink` once per example, in file order. Exceptions from the
-// sink propagate unchanged.
-ReadStats read_examples(const std::string& path, Format format, OnError on_error,
+// Reads `path` as `format` in `encoding` and calls `sink` once per example, in file order.
+// Exceptions from the sink propagate unchanged.
+ReadStats read_examples(const std::string& path, Format format, Encoding encoding, OnError on_error,
                         const ExampleSink& sink);
 
 // ---- Text helpers (exposed for the tests) --------------------------------------------------

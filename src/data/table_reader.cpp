@@ -93,8 +93,7 @@ std::vector<std::string> split_tabs(const std::string& line) {
 void read_tsv(Reader& r, LineFile& in, const TableFormat& fmt) {
   std::string line;
   std::optional<Table> table;
-  while (in.next(line)) {
-    if (in.line_no() == 1 && starts_with_bom(line)) line.erase(0, 3);
+  while (r.next_line(in, line)) {
     if (!table) {
       if (trim(line).empty()) r.fatal(in.line_no(), "expected a header line, found a blank line");
       table = find_columns(r, split_tabs(line), in.line_no(), fmt.wanted);
@@ -164,7 +163,7 @@ class CsvParser {
 
 }  // namespace
 
-void read_csv(Reader& r, LineFile& in, const TableFormat& fmt, bool latin1) {
+void read_csv(Reader& r, LineFile& in, const TableFormat& fmt) {
   CsvParser parser;
   CsvRecord rec;
   std::optional<Table> table;
@@ -181,17 +180,15 @@ void read_csv(Reader& r, LineFile& in, const TableFormat& fmt, bool latin1) {
     record_start = 0;
   };
 
-  while (in.next(line)) {
-    if (in.line_no() == 1 && !latin1 && starts_with_bom(line)) line.erase(0, 3);
+  while (r.next_line(in, line)) {
     if (record_start == 0 && trim(line).empty()) {
       if (!table) r.fatal(in.line_no(), "expected a header line, found a blank line");
       r.skip(kBlank);
       continue;
     }
     if (record_start == 0) record_start = in.line_no();
-    std::string bytes = latin1 ? latin1_to_utf8(line) : line;
-    bytes += '\n';
-    if (!parser.parse(bytes, rec)) {
+    line += '\n';
+    if (!parser.parse(line, rec)) {
       const std::string what = "a quote inside an unquoted field, or text after a closing quote";
       if (!table) r.fatal(record_start, "CSV syntax in the header: " + what);
       r.malformed(record_start, "CSV syntax",

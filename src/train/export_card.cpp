@@ -58,12 +58,14 @@ void read_evaluations(const fs::path& path, io::ModelCard& card) {
 
 }  // namespace
 
+std::string export_tokenizer_dir(const TrainConfig& config) {
+  if (config.pretraining()) return config.tokenizer;
+  return has_tokenizer(config.base) ? config.base : config.eval_tokenizer;
+}
+
 io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan) {
   io::ExportExtras extras;
-  if (config.pretraining())
-    extras.tokenizer_dir = config.tokenizer;
-  else
-    extras.tokenizer_dir = has_tokenizer(config.base) ? config.base : config.eval_tokenizer;
+  extras.tokenizer_dir = export_tokenizer_dir(config);
   if (extras.tokenizer_dir.empty())
     log::warn("the exports carry no tokenizer (model.base has none and eval.tokenizer is not set):",
               " AutoTokenizer and qarac-embed need one");

@@ -9,12 +9,15 @@
 
 namespace qarac {
 
-// The tokenizer: model.tokenizer in mlm mode; in qarac mode model.base's when the base folder
-// holds one, else eval.tokenizer (none when neither is given). Its hash must be the task
-// streams'. The card: model.base (and its Hub id when it lies in the Hugging Face cache), the
-// streams' source files, the configuration, `plan` (the
-// start banner's plan), the last evaluation of <output>/metrics.jsonl and forgetting.mlm_loss
-// at its first and last evaluation.
+// The folder of the tokenizer the exports carry: model.tokenizer in mlm mode; in qarac mode
+// model.base when it holds tokenizer files, else eval.tokenizer; "" when neither is given. Its
+// hash must be the task streams' (checked when the run starts and again by the export).
+std::string export_tokenizer_dir(const TrainConfig& config);
+
+// The tokenizer (export_tokenizer_dir) with the task streams' hash, and the card: model.base
+// (and its Hub id when it lies in the Hugging Face cache), the streams' source files, the
+// configuration, `plan` (the start banner's plan), the last evaluation of
+// <output>/metrics.jsonl and forgetting.mlm_loss at its first and last evaluation.
 io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan);
 
 }  // namespace qarac

@@ -4,11 +4,34 @@
 #include <algorithm>
 #include <string>
 
+#include "data/shards.h"
+#include "data/tokenizer.h"
+#include "train/export_card.h"
+
 namespace qarac {
 
 TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size) {
+  // The tokenizer the exports carry must be the one the data was made with: a mismatch is refused
+  // now, before the output directory exists, rather than by the export at the end of the run.
+  const std::string tokenizer_dir = export_tokenizer_dir(config);
+  const std::string tokenizer_hash =
+      tokenizer_dir.empty() ? std::string() : data::Tokenizer::from_dir(tokenizer_dir).hash();
   std::string first_hash, first_path;
   for (const data::TaskSlot& slot : plan.tasks) {
+    // The hashes come from the streams' metadata, before a loader reads every example: a stream
+    // of another tokenizer is named as such, not by a token id outside the vocabulary.
+    const std::string path = config.data_dir + "/" + data::task_name(slot.task) + ".h5";
+    const std::string hash = data::TaskStreamFile(path).info().tokenizer_hash;
+    if (first_path.empty()) {
+      first_hash = hash;
+      first_path = path;
+    }
+    QARAC_INPUT_CHECK(hash == first_hash, path, ": made with tokenizer ", hash, ", but ", first_path, " with ",
+                      first_hash, " (rerun qarac-prep with one tokenizer)");
+    QARAC_INPUT_CHECK(tokenizer_hash.empty() || hash == tokenizer_hash, path, ": made with tokenizer ", hash,
+                      ", but the run's tokenizer, ", tokenizer_dir, ", is ", tokenizer_hash,
+                      " (rerun qarac-prep with --tokenizer ", tokenizer_dir, ", or give the data's tokenizer)");
+
     data::RankPlan one = plan;
     one.tasks = {slot};
     const TaskSettings& settings = config.task[static_cast<int>(slot.task)];
@@ -18,14 +41,6 @@ TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, 
     options.global_batch = settings.batch;
     options.vocab_size = vocab_size;
     loaders_.emplace_back(one, options);
-    const std::string path = config.data_dir + "/" + data::task_name(slot.task) + ".h5";
-    const std::string& hash = loaders_.back().info(0).tokenizer_hash;
-    if (first_path.empty()) {
-      first_hash = hash;
-      first_path = path;
-    }
-    QARAC_INPUT_CHECK(hash == first_hash, path, ": made with tokenizer ", hash, ", but ", first_path, " with ",
-                      first_hash, " (rerun qarac-prep with one tokenizer)");
   }
 }
 

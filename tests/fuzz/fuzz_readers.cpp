@@ -1,6 +1,7 @@
-// Fuzz target: the raw-format readers (data/readers.h). The first byte picks the format and the
-// error policy; the rest is the file. Seeds: the reader fixtures and the sample data, each with
-// its format byte (tests/fuzz/run.sh makes them).
+// Fuzz target: the raw-format readers (data/readers.h). The first byte picks the format, the
+// error policy and the encoding (below 12: the format's own, 12 and up: the other one); the rest
+// is the file. Seeds: the reader fixtures and the sample data, each with its format byte
+// (tests/fuzz/run.sh makes them).
 #include "data/readers.h"
 #include "fuzz_support.h"
 
@@ -12,11 +13,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                        data::Format::snli_jsonl, data::Format::snli_tsv, data::Format::snli_csv};
   const data::Format format = kFormats[data[0] % 6];
   const data::OnError policy = (data[0] / 6) % 2 ? data::OnError::fail : data::OnError::skip;
+  const data::Encoding own = data::default_encoding(format);
+  const data::Encoding encoding =
+      (data[0] / 12) % 2 ? (own == data::Encoding::utf8 ? data::Encoding::latin1 : data::Encoding::utf8) : own;
   const std::string file = (fuzz::scratch() / "input").string();
   fuzz::write_file(file, data + 1, size - 1);
   fuzz::expect_only_input_errors([&] {
     int64_t examples = 0;
-    const data::ReadStats stats = data::read_examples(file, format, policy, [&](data::Example&& e) {
+    const data::ReadStats stats = data::read_examples(file, format, encoding, policy, [&](data::Example&& e) {
       if (e.fields.size() != data::task_fields(data::task_of(format)).size()) std::abort();
       ++examples;
     });

@@ -23,6 +23,7 @@
 #include "data/readers.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
+#include "support/test_support.h"
 
 using namespace qarac;
 using namespace qarac::data;
@@ -38,20 +39,28 @@ struct Read {
   ReadStats stats;
 };
 
-Read read_all(const std::string& file, Format format, OnError on_error = OnError::skip) {
+Read read_all(const std::string& file, Format format, OnError on_error, Encoding encoding) {
   Read r;
-  r.stats = read_examples(file, format, on_error, [&](Example&& e) { r.examples.push_back(std::move(e)); });
+  r.stats = read_examples(file, format, encoding, on_error, [&](Example&& e) { r.examples.push_back(std::move(e)); });
   return r;
 }
 
+Read read_all(const std::string& file, Format format, OnError on_error = OnError::skip) {
+  return read_all(file, format, on_error, default_encoding(format));
+}
+
 // The InputError message of reading `file` under OnError::fail ("" when it reads cleanly).
-std::string fail_message(const std::string& file, Format format) {
+std::string fail_message(const std::string& file, Format format, Encoding encoding) {
   try {
-    read_all(file, format, OnError::fail);
+    read_all(file, format, OnError::fail, encoding);
   } catch (const InputError& e) {
     return e.what();
   }
   return "";
+}
+
+std::string fail_message(const std::string& file, Format format) {
+  return fail_message(file, format, default_encoding(format));
 }
 
 std::vector<int64_t> lines_of(const Read& r) {
@@ -293,6 +302,112 @@ TEST(Readers, Utf8ValidationAndLatin1) {
   EXPECT_EQ(find_invalid_utf8("\x80"), 0u);                 // lone continuation byte
 }
 
+// The encoding is the format's own unless asked: Avicenna Latin-1, the others UTF-8.
+TEST(Readers, EncodingNamesAndDefaults) {
+  EXPECT_EQ(encoding_from_name("latin-1"), Encoding::latin1);
+  EXPECT_EQ(encoding_from_name("utf-8"), Encoding::utf8);
+  test_support::expect_input_error([] { encoding_from_name("cp1252"); },
+                                   {"--encoding must be latin-1 or utf-8, got 'cp1252'"});
+  EXPECT_EQ(default_encoding(Format::avicenna), Encoding::latin1);
+  for (Format f : {Format::text, Format::wikiqa, Format::snli_jsonl, Format::snli_tsv, Format::snli_csv})
+    EXPECT_EQ(default_encoding(f), Encoding::utf8) << format_name(f);
+}
+
+namespace {
+
+const std::string kAvicennaHeader = "Premise 1,Premise 2,Syllogistic relation,Conclusion\r\n";
+const std::string kCafeUtf8 = "All caf\xC3\xA9 owners are workers.";
+
+// An Avicenna CSV of `rows` after the header, in `dir`.
+std::string avicenna_file(const TempDir& dir, const std::string& rows) {
+  const std::string path = dir / "avicenna.csv";
+  std::ofstream(path, std::ios::binary) << kAvicennaHeader << rows;
+  return path;
+}
+
+}  // namespace
+
+// A user's UTF-8 Avicenna file: read as Latin-1 (the default), é becomes Ã© and the file is
+// named in a warning with its first non-ASCII line; read as UTF-8 it is right. A real Latin-1
+// file, or one with no non-ASCII byte, draws no warning.
+TEST(Readers, Utf8FileReadAsLatin1IsGarbledAndWarnedAbout) {
+  TempDir dir("utf8_as_latin1");
+  const std::string file = avicenna_file(dir, "All cats are animals.,All animals breathe.,yes,All cats breathe.\r\n" +
+                                                  kCafeUtf8 + ",All workers are people.,yes,x\r\n");
+  const Read latin1 = read_all(file, Format::avicenna, OnError::fail);
+  ASSERT_EQ(latin1.examples.size(), 2u);
+  EXPECT_EQ(latin1.examples[1].fields[0], "All caf\xC3\x83\xC2\xA9 owners are workers.");  // cafÃ©
+  EXPECT_EQ(latin1.stats.utf8_line, 3);
+  const Read utf8 = read_all(file, Format::avicenna, OnError::fail, Encoding::utf8);
+  ASSERT_EQ(utf8.examples.size(), 2u);
+  EXPECT_EQ(utf8.examples[1].fields[0], kCafeUtf8);
+  EXPECT_EQ(utf8.stats.utf8_line, 0);
+
+  // Latin-1 é (0xE9) is no UTF-8: no warning, and UTF-8 reading refuses it as before.
+  const std::string real = avicenna_file(dir, "All caf\xE9 owners are workers.,All workers are people.,yes,x\r\n");
+  EXPECT_EQ(read_all(real, Format::avicenna, OnError::fail).stats.utf8_line, 0);
+  EXPECT_EQ(fail_message(real, Format::avicenna, Encoding::utf8).rfind(real + ":2: invalid UTF-8: byte 7 (0xe9)", 0), 0u)
+      << fail_message(real, Format::avicenna, Encoding::utf8);
+  // One line that is no UTF-8 is enough for the file to be Latin-1.
+  const std::string mixed = avicenna_file(dir, kCafeUtf8 + ",All workers are people.,yes,x\r\n"
+                                               "All caf\xE9 owners are workers.,All workers are people.,yes,x\r\n");
+  EXPECT_EQ(read_all(mixed, Format::avicenna, OnError::fail).stats.utf8_line, 0);
+  EXPECT_EQ(read_all(kFixtures + "avicenna_quirks.csv", Format::avicenna).stats.utf8_line, 0);
+  EXPECT_EQ(read_all(kSample + "Avicenna_Train.csv", Format::avicenna, OnError::fail).stats.utf8_line, 0);
+}
+
+// Bytes 0x80-0x9F are C1 control codes in Latin-1, never text: Windows-1252's curly quotes, or
+// UTF-8's continuation bytes. The record is malformed, named by file, line and byte.
+TEST(Readers, C1ControlBytesAreNoLatin1Text) {
+  TempDir dir("c1");
+  const std::string cp1252 = avicenna_file(
+      dir, "All cats are animals.,All animals breathe.,yes,All cats breathe.\r\n"
+           "He said \x93hi\x94.,All workers are people.,yes,x\r\n");
+  const std::string message = fail_message(cp1252, Format::avicenna);
+  EXPECT_EQ(message.rfind(cp1252 + ":3: C1 control byte: byte 0x93 after 'He said ' is no Latin-1 text", 0), 0u)
+      << message;
+  EXPECT_NE(message.find("pass --encoding utf-8"), std::string::npos) << message;
+  EXPECT_NE(message.find("Windows-1252"), std::string::npos) << message;
+  const Read skipped_c1 = read_all(cp1252, Format::avicenna);
+  EXPECT_EQ(lines_of(skipped_c1), (std::vector<int64_t>{2}));
+  EXPECT_EQ(skipped(skipped_c1, "malformed: C1 control byte"), 1);
+  EXPECT_EQ(skipped_c1.stats.utf8_line, 0);  // 0x93 alone is no UTF-8 either
+
+  // UTF-8's ’ (E2 80 99) read as Latin-1 is "â" and two C1 bytes: malformed, and the file, whose
+  // every non-ASCII line is UTF-8, is warned about; read as UTF-8 it is right.
+  const std::string quotes = avicenna_file(dir, "All cats don\xE2\x80\x99t bark.,All animals breathe.,yes,x\r\n");
+  EXPECT_EQ(fail_message(quotes, Format::avicenna).rfind(quotes + ":2: C1 control byte: byte 0x80 after 'All cats don\xC3\xA2'", 0), 0u)
+      << fail_message(quotes, Format::avicenna);
+  const Read as_latin1 = read_all(quotes, Format::avicenna);
+  EXPECT_TRUE(as_latin1.examples.empty());
+  EXPECT_EQ(as_latin1.stats.utf8_line, 2);
+  EXPECT_EQ(read_all(quotes, Format::avicenna, OnError::fail, Encoding::utf8).examples.at(0).fields[0],
+            "All cats don\xE2\x80\x99t bark.");
+  // Read as UTF-8, U+0080..U+009F are code points like any other.
+  const std::string c1_utf8 = avicenna_file(dir, "A \xC2\x85 B.,All animals breathe.,yes,x\r\n");
+  EXPECT_EQ(read_all(c1_utf8, Format::avicenna, OnError::fail, Encoding::utf8).examples.size(), 1u);
+}
+
+// Any format reads Latin-1 when asked; a UTF-8 byte-order mark opens a UTF-8 file (removed) and
+// ends a file read as Latin-1, whose first column's name it would change.
+TEST(Readers, EveryFormatReadsEitherEncoding) {
+  TempDir dir("encodings");
+  const std::string text = dir / "corpus.txt";
+  std::ofstream(text, std::ios::binary) << "caf\xE9 au lait\n";
+  EXPECT_EQ(read_all(text, Format::text, OnError::fail, Encoding::latin1).examples.at(0).fields[0],
+            "caf\xC3\xA9 au lait");
+  EXPECT_EQ(fail_message(text, Format::text).rfind(text + ":1: invalid UTF-8: byte 3 (0xe9)", 0), 0u)
+      << fail_message(text, Format::text);
+
+  const std::string bom = dir / "bom.csv";
+  std::ofstream(bom, std::ios::binary) << "\xEF\xBB\xBF" << kAvicennaHeader << kCafeUtf8 << ",B,yes,C\r\n";
+  EXPECT_EQ(read_all(bom, Format::avicenna, OnError::fail, Encoding::utf8).examples.at(0).fields[0], kCafeUtf8);
+  for (OnError policy : {OnError::fail, OnError::skip})
+    test_support::expect_input_error(
+        [&] { read_all(bom, Format::avicenna, policy); },
+        {bom + ":1: starts with a UTF-8 byte-order mark, but is read as Latin-1: pass --encoding utf-8"});
+}
+
 TEST(Readers, TaskNames) {
   for (int t = 0; t < kTaskCount; ++t) {
     const Task task = static_cast<Task>(t);
@@ -314,6 +429,7 @@ TEST(Readers, SampleDataIsWellFormed) {
   const Case cases[] = {
       {"corpus_train.txt", Format::text, nullptr, 0},
       {"WikiQA-train.tsv", Format::wikiqa, nullptr, 1},  // every question answered
+      {"WikiQA-subjects-train.tsv", Format::wikiqa, nullptr, 1},
       {"Avicenna_Train.csv", Format::avicenna, "no syllogistic relation", 1},
       {"snli_1.0_train.jsonl", Format::snli_jsonl, "no gold label", 0},
       {"snli_1.0_dev.txt", Format::snli_tsv, "no gold label", 1},
@@ -329,13 +445,51 @@ TEST(Readers, SampleDataIsWellFormed) {
         << c.file;
   }
   // data/make_sample.py gives every question one answer and 1-3 sentences that do not answer it.
-  for (const char* file : {"WikiQA-train.tsv", "WikiQA-dev.tsv"}) {
+  for (const char* file :
+       {"WikiQA-train.tsv", "WikiQA-dev.tsv", "WikiQA-subjects-train.tsv", "WikiQA-subjects-dev.tsv"}) {
     const Read r = read_all(kSample + file, Format::wikiqa, OnError::fail);
     for (const Example& e : r.examples) {
       EXPECT_GE(e.candidates.size(), 1u) << file << ":" << e.line;
       EXPECT_LE(e.candidates.size(), 3u) << file << ":" << e.line;
     }
   }
+}
+
+// WikiQA-subjects-*.tsv: the 100 held-out questions are on 100 distinct subjects, each asked
+// several times in training but never in the held-out question's words, so that retrieval among
+// the 100 held-out answers is learnable.
+TEST(Readers, SampleSubjectsRecurBetweenTrainingAndHeldOut) {
+  // Per question (its first row): the question and its subject, WikiQA's DocumentTitle.
+  auto questions = [](const std::string& file) {
+    std::map<std::string, std::pair<std::string, std::string>> by_id;
+    std::ifstream in(kSample + file);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::vector<std::string> cols;
+      std::stringstream row(line);
+      for (std::string col; std::getline(row, col, '\t');) cols.push_back(col);
+      by_id.emplace(cols.at(0), std::pair{cols.at(1), cols.at(3)});
+    }
+    return by_id;
+  };
+  std::map<std::string, int> times_asked;
+  std::set<std::string> asked;
+  for (const auto& [id, q] : questions("WikiQA-subjects-train.tsv")) {
+    ++times_asked[q.second];
+    asked.insert(q.first);
+  }
+  std::set<std::string> subjects;
+  for (const auto& [id, q] : questions("WikiQA-subjects-dev.tsv")) {
+    subjects.insert(q.second);
+    EXPECT_GE(times_asked[q.second], 3) << id << " on " << q.second;
+    EXPECT_EQ(asked.count(q.first), 0u) << id << ": '" << q.first << "' is a training question";
+  }
+  EXPECT_EQ(subjects.size(), 100u);
+  std::set<std::string> answers;
+  for (const Example& e : read_all(kSample + "WikiQA-subjects-dev.tsv", Format::wikiqa, OnError::fail).examples)
+    answers.insert(e.fields[1]);
+  EXPECT_EQ(answers.size(), 100u);
 }
 
 // ---- Task-stream files ---------------------------------------------------------------------
@@ -999,6 +1153,36 @@ TEST(Prep, MalformedInputFailsWithFileAndLineAndWritesNothing) {
   const Process bad_option = run_command(kPrep + " --tokenizer x --out y --text z --on-error=ignore");
   EXPECT_EQ(bad_option.status, 2);
   EXPECT_NE(bad_option.output.find("--on-error must be fail or skip"), std::string::npos) << bad_option.output;
+}
+
+// --encoding reaches every input: by default a UTF-8 Avicenna file is read as Latin-1 (é as Ã©)
+// with a warning on screen naming the file and line; --encoding utf-8 reads it right, silently.
+TEST(Prep, EncodingOption) {
+  TempDir in("prep_encoding_in"), out("prep_encoding_out");
+  const std::string file = avicenna_file(in, kCafeUtf8 + ",All workers are people.,yes,All caf\xC3\xA9 owners are people.\r\n");
+  const std::string base = kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() + " --avicenna " + file;
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+  auto first_premise = [&] {
+    const Ragged r = TaskStreamFile(out / "reasoning.h5").read_field(0, 0, 1);
+    return std::vector<int32_t>(r.tokens.begin(), r.tokens.end());
+  };
+
+  const Process garbled = run_command(base);
+  ASSERT_EQ(garbled.status, 0) << garbled.output;
+  EXPECT_NE(garbled.output.find(file + ": read as Latin-1, but every line with non-ASCII bytes is valid UTF-8 "
+                                       "(the first: line 2): if the file is UTF-8"),
+            std::string::npos) << garbled.output;
+  EXPECT_NE(garbled.output.find("pass --encoding utf-8"), std::string::npos) << garbled.output;
+  EXPECT_EQ(first_premise(), tok.encode("All caf\xC3\x83\xC2\xA9 owners are workers."));
+
+  const Process right = run_command(base + " --encoding utf-8");
+  ASSERT_EQ(right.status, 0) << right.output;
+  EXPECT_EQ(right.output.find("read as Latin-1"), std::string::npos) << right.output;
+  EXPECT_EQ(first_premise(), tok.encode(kCafeUtf8));
+
+  const Process bad = run_command(base + " --encoding cp1252");
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.output.find("--encoding must be latin-1 or utf-8, got 'cp1252'"), std::string::npos) << bad.output;
 }
 
 TEST(Prep, MaxLengthTruncatesKeepingEosOrSkips) {

@@ -89,7 +89,7 @@ TEST_F(Hostile, AnOverlongLineIsRefusedNamingTheLine) {
     std::ofstream out(file, std::ios::binary);
     out << "a short line\n" << std::string((size_t{64} << 20) + 1, 'x') << "\nmore\n";
   }
-  expect_input_error([&] { read_examples(file, Format::text, OnError::skip, [](Example&&) {}); },
+  expect_input_error([&] { read_examples(file, Format::text, Encoding::utf8, OnError::skip, [](Example&&) {}); },
                      {file + ":2: the line is longer than 64 MiB"});
 }
 
@@ -118,7 +118,7 @@ TEST_F(Hostile, RunningOutOfMemoryMidLineIsAnErrorNotTheEnd) {
     int64_t examples = 0;
     try {
       if (pages == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) throw std::runtime_error("cannot limit memory");
-      read_examples(file, Format::text, OnError::skip, [&](Example&&) { ++examples; });
+      read_examples(file, Format::text, Encoding::utf8, OnError::skip, [&](Example&&) { ++examples; });
       result = "no error after " + std::to_string(examples) + " examples";
     } catch (const InputError& e) {
       result = e.what();

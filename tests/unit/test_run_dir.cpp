@@ -199,6 +199,30 @@ TEST_F(RunDirCli, AFailedStartLeavesNoDirectory) {
   EXPECT_EQ(train(run, "--train.steps 1 --optimizer.warmup 0").code, 0);
 }
 
+// Data made with another tokenizer than the one the exports would carry is refused when the run
+// starts, naming the stream, the tokenizer and the fix, and no output directory is made (the
+// export at the end of the run was the first to see it). The tokenizer is model.base's, or
+// eval.tokenizer when the base holds none.
+TEST_F(RunDirCli, DataOfAnotherTokenizerIsRefusedAtTheStart) {
+  // The sample tokenizer without its last merge: the same vocabulary, another tokenizer.
+  const fs::path other = root() / "other-tokenizer";
+  fs::create_directories(other);
+  nlohmann::json tokenizer =
+      nlohmann::json::parse(std::ifstream(qarac::test_support::kSample + "tokenizer/tokenizer.json"));
+  nlohmann::json& merges = tokenizer["model"]["merges"];
+  merges.erase(merges.size() - 1);
+  std::ofstream(other / "tokenizer.json") << tokenizer.dump();
+  const fs::path base = root() / "other-tokenizer-base";
+  qarac::test_support::write_tiny_base(base, other.string());
+  fs::copy_file(other / "tokenizer.json", base / "tokenizer.json");
+
+  const std::string stream = (root() / "data").string() + "/";
+  for (const auto& [args, dir] : {std::pair{"--model.base " + base.string(), base.string()},
+                                  std::pair{"--eval.tokenizer " + other.string(), other.string()}})
+    expect_usage_error(args, {stream, ".h5: made with tokenizer ", "but the run's tokenizer, " + dir + ", is ",
+                              "(rerun qarac-prep with --tokenizer " + dir + ", or give the data's tokenizer)"});
+}
+
 // train.nonfinite skip: the steps whose gradients overflow are not applied, each said on screen
 // and counted in metrics.jsonl; the run finishes.
 TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
