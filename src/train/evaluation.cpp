@@ -246,6 +246,11 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   // The forgetting monitor on the held-out text: fixed masks (step 0), so evaluations compare.
   const auto text = std::find_if(batches_.begin(), batches_.end(),
                                  [](const TaskBatch& b) { return b.task == Task::encode_decode; });
+  if (options_.masking && context.base_lm_head.empty() && !warned_no_lm_head_) {
+    warned_no_lm_head_ = true;
+    log::warn("evaluation: model.base has no MLM head (lm_head.*), so no forgetting monitor (forgetting.mlm_loss); "
+              "give a base saved with its head (RobertaForMaskedLM) to measure forgetting");
+  }
   if (options_.masking && !context.base_lm_head.empty() && text != batches_.end()) {
     MaskedLM monitor(models.answer_encoder().base());
     monitor.head().load(context.base_lm_head, "the base model's lm_head");

@@ -92,6 +92,7 @@ class QaracEvaluator : public Evaluator {
   EvalOptions options_;
   std::vector<data::TaskBatch> batches_;  // one per task found, all its examples
   data::Candidates candidates_;           // question_answering's examples', when its file has them
+  bool warned_no_lm_head_ = false;        // the forgetting monitor cannot run: said once
 };
 
 }  // namespace qarac

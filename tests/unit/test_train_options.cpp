@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "io/safetensors.h"
 #include "support/train_cli.h"
 
 using qarac::test_support::CliResult;
@@ -61,6 +62,29 @@ TEST_F(TrainOptionsCli, TheProgressLineIsRewrittenOnlyOnATerminal) {
     EXPECT_EQ(r.output.find('\r') != std::string::npos, std::string(mode) == "tty") << r.output;
     EXPECT_NE(r.output.find("step 2/2"), std::string::npos) << r.output;
   }
+}
+
+// A base saved without its MLM head (RobertaModel, not RobertaForMaskedLM) cannot feed the
+// forgetting monitor: the run says so instead of leaving forgetting.mlm_loss out silently.
+TEST_F(TrainOptionsCli, ABaseWithoutItsMlmHeadIsReported) {
+  const fs::path base = root() / "headless-base";
+  qarac::test_support::write_tiny_base(base, qarac::test_support::kSample + "tokenizer");
+  qarac::TensorMap tensors = qarac::io::read_safetensors((base / "model.safetensors").string());
+  for (auto it = tensors.begin(); it != tensors.end();)
+    it = it->first.rfind("lm_head.", 0) == 0 ? tensors.erase(it) : std::next(it);
+  qarac::io::write_safetensors((base / "model.safetensors").string(), tensors);
+  const std::string eval = " --eval.dir " + (root() / "data").string() + " --eval.examples 4 --eval.tokenizer " +
+                           qarac::test_support::kSample + "tokenizer";
+  const CliResult r = train(root() / "headless", "--train.steps 2 --model.base " + base.string() + eval);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("model.base has no MLM head (lm_head.*), so no forgetting monitor"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("forgetting.mlm_loss="), std::string::npos) << r.output;
+  // With the head, the monitor runs and nothing is said.
+  const CliResult with_head = train(root() / "with-head", "--train.steps 2" + eval);
+  ASSERT_EQ(with_head.code, 0) << with_head.output;
+  EXPECT_EQ(with_head.output.find("no MLM head"), std::string::npos) << with_head.output;
+  EXPECT_NE(with_head.output.find("forgetting.mlm_loss="), std::string::npos) << with_head.output;
 }
 
 // qarac-prep says on screen how many examples it cut, with the share and what to do about it.
