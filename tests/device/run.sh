@@ -7,7 +7,7 @@
 #   tests/device/run.sh [BUNDLE_DIR]        (default: .device, holding bundle.tgz)
 # Environment: QARAC_BENCH_ITERS (default 10), QARAC_SKIP_TORCH=1 to leave out the baseline.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 bundle=${1:-.device}
 iters=${QARAC_BENCH_ITERS:-10}
 log=$(mktemp -d)
@@ -21,8 +21,11 @@ if [ -f "$bundle/bundle.tgz" ]; then
   qlib=$log/bundle/lib:$qlib
 else
   echo "== no bundle in $bundle: building with cmake"
-  cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA=ON >"$log/cmake" 2>&1 &&
-    cmake --build build-device -j"$(nproc)" >>"$log/cmake" 2>&1 || { tail -30 "$log/cmake"; exit 1; }
+  if ! { cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA=ON >"$log/cmake" 2>&1 &&
+         cmake --build build-device -j"$(nproc)" >>"$log/cmake" 2>&1; }; then
+    tail -30 "$log/cmake"
+    exit 1
+  fi
   bin=build-device/bin-links
   mkdir -p "$bin"
   ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* "$PWD"/build-device/tests/unit/test_backend_ops \
@@ -65,7 +68,8 @@ done
 
 # ---- distributed: the NCCL backend on one rank, then qarac-train on the GPU under mpirun with
 # the NCCL backend (one rank per GPU: with several GPUs, several ranks share the models), every
-# rank tracing its collective launches, and the check that they admit one global order
+# rank tracing its collective launches (the contrastive QA objective adds its exchange of vectors),
+# and the check that they admit one global order
 mpi=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH)
 [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
 if LD_LIBRARY_PATH="$qlib" timeout 120 "${mpi[@]}" -np 1 "$bin/test_nccl" --gtest_brief=1 >"$log/test_nccl" 2>&1; then
@@ -85,7 +89,8 @@ trace=$log/dist_trace
 if LD_LIBRARY_PATH="$qlib" QARAC_TRACE_COLLECTIVES="$trace" timeout 180 "${mpi[@]}" -x QARAC_TRACE_COLLECTIVES \
      -np "$ranks" "$bin/qarac-train" --config launch/configs/quickstart.ini \
      --output "$dist/finetune" --model.base "$dist/pretrain/export/base" --data.dir "$dist/data" --train.device cuda \
-     --train.dtype bf16 --parallel.backend nccl --parallel.check_every 10 --train.steps 40 >"$log/dist_train" 2>&1; then
+     --train.dtype bf16 --parallel.backend nccl --parallel.check_every 10 --train.steps 40 \
+     --task.qa.objective contrastive >"$log/dist_train" 2>&1; then
   result=passed; else result=FAILED; status=1; fi
 echo "== qarac-train cuda nccl, $ranks rank(s): $result"
 grep -E '^step 40|replica check|error' "$log/dist_train" | tail -5
@@ -108,7 +113,8 @@ summary+=("python exports cuda|$result|$(tail -1 "$log/python")")
 # ---- benchmarks: ours, then PyTorch on the same workloads
 workloads=("128 64" "512 16")
 for w in "${workloads[@]}"; do
-  set -- $w
+  read -r seq batch <<<"$w"
+  set -- "$seq" "$batch"
   for ragged in "" "--ragged"; do
     out=$(q timeout 180 "$bin/qarac-bench" --workload classifier --device cuda --dtype bf16 --preset base \
           --seq "$1" --batch "$2" $ragged --warmup 3 --iters "$iters" 2>&1) || status=1
@@ -129,7 +135,8 @@ if [ "${QARAC_SKIP_TORCH:-0}" != 1 ]; then
     summary+=("torch QARAC step B=64 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
   done
   for w in "${workloads[@]}"; do
-    set -- $w
+    read -r seq batch <<<"$w"
+    set -- "$seq" "$batch"
     for ragged in "" "--ragged"; do
       out=$(timeout 240 python3 tests/device/torch_baseline.py --seq "$1" --batch "$2" $ragged --iters "$iters" 2>&1) || status=1
       echo "$out"

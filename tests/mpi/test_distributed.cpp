@@ -458,26 +458,31 @@ TEST_F(Distributed, MlmRunsOfAnotherSeedDiffer) {
 // groups; together the launches admit one global order. In this plan rank 0 runs ED and QA (it
 // finishes D before QE) and rank 2 QA and RS (QE before D): they share the groups of QE, AE, D
 // and the shared base, and would cross if each launched its buckets as its tasks finish them.
+// With the contrastive QA objective, the four QA ranks also exchange their vectors every step,
+// on a group of their own, before any bucket of the step.
 TEST_F(Distributed, CollectiveLaunchesOfEveryRankFollowOneGlobalOrder) {
   const fs::path traces = root() / "traces-5";
   const CliResult r = train("env QARAC_TRACE_COLLECTIVES=" + traces.string() + " " + mpirun(5) +
                                 forward_env("QARAC_TRACE_COLLECTIVES"),
                             "traced-5",
                             std::string("--parallel.tasks ed:2,qa:4,rs:2,cs:1 --parallel.check_every 1 "
-                                        "--parallel.bucket_mb 0.01 ") + kSharedTied,
+                                        "--parallel.bucket_mb 0.01 --task.qa.objective contrastive ") + kSharedTied,
                             3);
   ASSERT_EQ(r.code, 0) << r.output;
   const std::vector<parallel::CollectiveLog> logs = parallel::read_collective_traces(traces.string());
   ASSERT_EQ(logs.size(), 5u);
   EXPECT_EQ(parallel::collective_order_error(logs), "");
-  size_t buckets = 0, world = 0;
+  size_t buckets = 0, world = 0, gathers = 0;
   for (const parallel::CollectiveLog& log : logs)
     for (const parallel::Collective& c : log) {
       buckets += c.op == "all_reduce" && c.comm.find(" ranks ") != std::string::npos;
       world += c.comm == "the world";
+      gathers += c.op == "all_gather";
     }
   EXPECT_GT(buckets, 100u) << "the traces hold the gradient buckets";
   EXPECT_GT(world, 20u) << "the traces hold the world's collectives";
+  // Two all-gathers (the counts, then the vectors) per step on each of the four QA ranks.
+  EXPECT_EQ(gathers, 3u * 4u * 2u) << "the traces hold the QA ranks' exchanges";
   std::printf("5 ranks: %zu bucket all-reduces, %zu collectives on the world\n", buckets, world);
 }
 
