@@ -32,7 +32,7 @@ uint64_t draw_below(const Philox4x32& r, uint64_t bound) {
 
 RankPlan RankPlan::single() {
   RankPlan plan;
-  for (int t = 0; t < kTaskCount; ++t) plan.tasks.push_back({static_cast<Task>(t), 0, 1});
+  for (int t = 0; t < kQaracTaskCount; ++t) plan.tasks.push_back({static_cast<Task>(t), 0, 1});
   return plan;
 }
 
@@ -51,7 +51,7 @@ std::vector<int> divide_batch(const std::vector<int64_t>& tokens, int ranks) {
   return owner;
 }
 
-constexpr int kEpochBits = 22, kPositionBits = 40;
+constexpr int kEpochBits = 21, kPositionBits = 40;  // and 3 bits of task
 
 uint64_t example_id(Task task, int64_t epoch, int64_t position) {
   QARAC_CHECK(epoch >= 0 && epoch < (int64_t{1} << kEpochBits) && position >= 0 &&
@@ -159,10 +159,10 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
     QARAC_INPUT_CHECK(slot.group_size > 0 && slot.group_rank >= 0 && slot.group_rank < slot.group_size,
                       "task plan: rank ", slot.group_rank, " of ", slot.group_size, " for ",
                       task_name(slot.task));
-    const std::string path = options.data_dir + "/" + task_name(slot.task) + ".h5";
+    const std::string path = options.data_dir + "/" + task_name(stream_task(slot.task)) + ".h5";
     const TaskStreamFile file(path);
-    QARAC_INPUT_CHECK(file.task() == slot.task, path, ": holds task ", task_name(file.task()),
-                      ", expected ", task_name(slot.task));
+    QARAC_INPUT_CHECK(file.task() == stream_task(slot.task), path, ": holds task ", task_name(file.task()),
+                      ", expected ", task_name(stream_task(slot.task)));
     if (hash.empty()) {
       hash = file.info().tokenizer_hash;
       hash_source = path;

@@ -18,7 +18,7 @@ TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, 
     options.global_batch = settings.batch;
     options.vocab_size = vocab_size;
     loaders_.emplace_back(one, options);
-    const std::string path = config.data_dir + "/" + data::task_name(slot.task) + ".h5";
+    const std::string path = config.data_dir + "/" + data::task_name(data::stream_task(slot.task)) + ".h5";
     const std::string& hash = loaders_.back().info(0).tokenizer_hash;
     if (first_path.empty()) {
       first_hash = hash;

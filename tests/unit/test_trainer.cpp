@@ -74,8 +74,9 @@ TEST(TaskPlan, OneRankRunsEveryTask) {
     const parallel::TaskPlan plan = parallel::TaskPlan::parse(spec, 1, {2, 1, 1, 0.5}, kEqualCosts);
     EXPECT_EQ(plan.tasks_of(0), tasks({Task::encode_decode, Task::question_answering,
                                        Task::reasoning, Task::consistency}));
-    for (int t = 0; t < data::kTaskCount; ++t)
+    for (int t = 0; t < data::kQaracTaskCount; ++t)
       EXPECT_EQ(plan.ranks_of(static_cast<Task>(t)), std::vector<int>{0});
+    EXPECT_TRUE(plan.ranks_of(Task::masked_lm).empty()) << "rehearsal is off at weight 0";
     EXPECT_EQ(plan.weight(Task::encode_decode), 2.0);
     EXPECT_EQ(plan.weight(Task::consistency), 0.5);
     const data::RankPlan rp = plan.rank_plan(0);
