@@ -51,21 +51,26 @@ std::vector<int> divide_batch(const std::vector<int64_t>& tokens, int ranks) {
   return owner;
 }
 
-constexpr int kEpochBits = 21, kPositionBits = 40;  // and 3 bits of task
+// The task's low two bits are the id's top two and its third bit the one below them: the ids of
+// the four QARAC tasks (and so their dropout masks) are those of the 2-bit task field before the
+// rehearsal, and a checkpoint of that time resumes as it would have gone on.
+constexpr int kEpochBits = 21, kPositionBits = 40, kHighTaskBit = kEpochBits + kPositionBits;
 
 uint64_t example_id(Task task, int64_t epoch, int64_t position) {
   QARAC_CHECK(epoch >= 0 && epoch < (int64_t{1} << kEpochBits) && position >= 0 &&
                   position < (int64_t{1} << kPositionBits),
               "example identity: epoch ", epoch, ", position ", position, " out of range");
-  return (static_cast<uint64_t>(task) << (kEpochBits + kPositionBits)) |
+  const uint64_t t = static_cast<uint64_t>(task);
+  return ((t & 3) << (kHighTaskBit + 1)) | ((t >> 2) << kHighTaskBit) |
          (static_cast<uint64_t>(epoch) << kPositionBits) | static_cast<uint64_t>(position);
 }
 
 ExampleIdentity decode_example_id(uint64_t id) {
   const uint64_t position_mask = (uint64_t{1} << kPositionBits) - 1;
   const uint64_t epoch_mask = (uint64_t{1} << kEpochBits) - 1;
-  return {static_cast<Task>(id >> (kEpochBits + kPositionBits)),
-          static_cast<int64_t>((id >> kPositionBits) & epoch_mask), static_cast<int64_t>(id & position_mask)};
+  const uint64_t task = (id >> (kHighTaskBit + 1)) | (((id >> kHighTaskBit) & 1) << 2);
+  return {static_cast<Task>(task), static_cast<int64_t>((id >> kPositionBits) & epoch_mask),
+          static_cast<int64_t>(id & position_mask)};
 }
 
 std::vector<int64_t> shuffled_order(int64_t n, uint64_t seed, int64_t epoch, Task task) {

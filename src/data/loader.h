@@ -43,8 +43,8 @@ struct RankPlan {
 // so every rank computes the same division; with fewer examples than ranks some get none.
 std::vector<int> divide_batch(const std::vector<int64_t>& tokens, int ranks);
 
-// An example's global identity packed into 64 bits: task (3 bits), epoch (21 bits), position in
-// the epoch's order (40 bits). Dropout masks keyed by it are the same whatever the layout. The
+// An example's global identity packed into 64 bits: task (3 bits: its low two at the top, its
+// third below them), epoch (21 bits), position in the epoch's order (40 bits). Dropout masks keyed by it are the same whatever the layout. The
 // rehearsal task reads the text stream in an order of its own, so its examples have identities
 // of their own (task masked_lm), apart from encode_decode's.
 uint64_t example_id(Task task, int64_t epoch, int64_t position);

@@ -764,6 +764,15 @@ TEST(Loader, DivideBatchBalancesTokensDeterministically) {
   EXPECT_NE(example_id(Task::reasoning, 0, 3), example_id(Task::consistency, 0, 3));
   // The rehearsal reads the text stream: its examples are not encode_decode's.
   EXPECT_NE(example_id(Task::masked_lm, 0, 3), example_id(Task::encode_decode, 0, 3));
+  // The four QARAC tasks keep the ids of the 2-bit layout (task << 62): their dropout masks too.
+  for (int t = 0; t < kQaracTaskCount; ++t)
+    EXPECT_EQ(example_id(static_cast<Task>(t), 5, 7), (uint64_t(t) << 62) | (uint64_t{5} << 40) | 7u);
+  for (int t = 0; t < kTaskCount; ++t) {
+    const ExampleIdentity e = decode_example_id(example_id(static_cast<Task>(t), 2097151, 3));
+    EXPECT_EQ(e.task, static_cast<Task>(t));
+    EXPECT_EQ(e.epoch, 2097151);
+    EXPECT_EQ(e.position, 3);
+  }
 }
 
 // Micro-batches: consecutive, at most the budget each unless one example exceeds it alone, and
