@@ -530,11 +530,12 @@ std::string resume_mismatch(const TrainConfig& config, const std::string& saved_
   // weight may change otherwise, as every task's may.
   const auto weight = saved.find("task.mlm.weight");
   const bool was_on = weight != saved.end() && std::stod(weight->second) > 0;
-  if (was_on != config.rehearsal())
-    return std::string("task.mlm.weight: rehearsal was ") + (was_on ? "on" : "off") +
-           " in the checkpoint's run and is " + (was_on ? "off" : "on") +
-           " now (the checkpoint " + (was_on ? "holds the rehearsal stream's cursor and head; resume with a positive weight"
-                                             : "holds no cursor of the rehearsal stream; start a new run to rehearse") + ")";
+  if (was_on && !config.rehearsal())
+    return "task.mlm.weight: rehearsal was on in the checkpoint's run and is off now (it must stay on: resume "
+           "with a positive weight)";
+  if (!was_on && config.rehearsal())
+    return "task.mlm.weight: rehearsal was off in the checkpoint's run and is on now (the checkpoint holds no "
+           "position of the rehearsal stream to go on from; rehearsal needs a new run)";
   if (was_on)
     for (const char* key : {"task.mlm.batch", "task.mlm.head"}) fixed.push_back(key);
   for (const std::string& key : fixed) {

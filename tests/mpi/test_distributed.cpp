@@ -7,7 +7,7 @@
 //   bit-identical at every step (the replica check) and the same logged task losses (the means
 //   over the global batches).
 //   The same with rehearsal (a fifth task, its head trained or frozen; W = 1 in micro-batches,
-//   W = 2, W = 4 with two rehearsal ranks, W = 3 with a shared base).
+//   W = 2, W = 3 with two rehearsal ranks other than rank 0, W = 3 with a shared base).
 //   The same for masked-LM pre-training (model.mode mlm): W = 3 and micro-batches end at the
 //   base of one process, the loss being the mean over the global batch's masked tokens.
 //   Elastic resume: a run checkpointed at one world size and resumed at another (and another
@@ -264,7 +264,9 @@ INSTANTIATE_TEST_SUITE_P(
                              "--eval.tokenizer " QARAC_SAMPLE_DIR "/tokenizer",
                              "reference-rehearsal", kRehearsal},
                       Layout{"W2_rehearsal", 2, kRehearsal, "reference-rehearsal", kRehearsal},
-                      Layout{"W4_rehearsal_plan_mlm2", 4,
+                      // The rehearsal on ranks 1 and 2: its trained head reduced over both,
+                      // and sent to rank 0 for the evaluation and the export.
+                      Layout{"W3_rehearsal_plan_mlm2", 3,
                              "--parallel.tasks ed:1,qa:1,rs:1,cs:1,mlm:2 --task.mlm.weight 0.5 --task.mlm.batch 8 "
                              "--task.mlm.head trained --eval.tokenizer " QARAC_SAMPLE_DIR "/tokenizer",
                              "reference-rehearsal", kRehearsal},

@@ -3,10 +3,10 @@
 //   The checker (parallel/collective_trace.h) finds crossed launches, cycles through three ranks
 //   that no pair of ranks shows, and communicators whose members launch different sequences.
 //   The schedule: for every plan of 1 to 16 ranks (auto, explicit counts, a shared encoder base,
-//   rehearsal with its head frozen or trained, masked-LM pre-training), the real GradientSync of every rank is driven in one process with
-//   a communicator that records each launch, the gradients reported ready in the trainer's
-//   order and in random orders (a different one on every rank), over two steps; the launches of
-//   all ranks must admit one global order.
+//   rehearsal with its head frozen or trained, masked-LM pre-training), the real GradientSync of
+//   every rank is driven in one process with a communicator that records each launch, the
+//   gradients reported ready in the trainer's order and in random orders (a different one on
+//   every rank), over two steps; the launches of all ranks must admit one global order.
 #include <gtest/gtest.h>
 
 #include <algorithm>
