@@ -49,10 +49,10 @@ class QaracWorkload : public Workload {
     models_ = std::make_unique<QaracModels>(qc, base_.encoder, c.dtype_value(), device);
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
     objectives_ = std::make_unique<Objectives>(*models_);
+    train_head_ = c.mlm_head == "trained";
     if (c.rehearsal() && qc.build_answer_encoder)
       rehearsal_ = std::make_unique<Rehearsal>(*models_, base_.lm_head, c.base + "/model.safetensors",
-                                               rehearsal_masking(c, base_.config), c.mlm_head == "trained");
-    train_head_ = c.mlm_head == "trained";
+                                               rehearsal_masking(c, base_.config), train_head_);
   }
 
   int64_t vocab_size() const override { return models_->config().base.vocab_size; }
