@@ -33,11 +33,11 @@ trap 'rm -rf -- "$tmp"' EXIT
 # per step. PART train: the per-task training losses of the step lines; PART eval: the numeric
 # keys of the evaluation lines that match REGEX. Lines that do not parse (the line
 # being written) are skipped; a step recorded twice (a resumed run) keeps its last record.
-# Series are ordered ed, qa, rs, cs, then the rest; a missing value is NaN (a gap in the line).
+# Series are ordered ed, qa, rs, cs, mlm (rehearsal), then the rest; a missing value is NaN (a gap in the line).
 table() {
   jq -Rrn --arg part "$1" --arg regex "${2:-}" '
     def rank: {"ed": 0, "encode_decode": 0, "qa": 1, "question_answering": 1, "rs": 2,
-               "reasoning": 2, "cs": 3, "consistency": 3}[split(".")[0]] // 9;
+               "reasoning": 2, "cs": 3, "consistency": 3, "mlm": 4, "masked_lm": 4}[split(".")[0]] // 9;
     [inputs | fromjson? | objects | select(.step | type == "number")] as $all
     | if $part == "train" then
         $all | map(select(.eval != true and (.loss | type) == "object"))
@@ -90,7 +90,8 @@ colour() {
     qa.*|question_answering) echo "ff7f0e" ;;
     rs.*|reasoning) echo "2ca02c" ;;
     cs.*|consistency) echo "d62728" ;;
-    *) echo "9467bd" ;;
+    mlm.*|masked_lm) echo "9467bd" ;;
+    *) echo "8c564b" ;;
   esac
 }
 # series FILE STYLE: the plot clauses of every column of FILE, titled by its header; the series

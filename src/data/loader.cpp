@@ -32,7 +32,7 @@ uint64_t draw_below(const Philox4x32& r, uint64_t bound) {
 
 RankPlan RankPlan::single() {
   RankPlan plan;
-  for (int t = 0; t < kTaskCount; ++t) plan.tasks.push_back({static_cast<Task>(t), 0, 1});
+  for (int t = 0; t < kQaracTaskCount; ++t) plan.tasks.push_back({static_cast<Task>(t), 0, 1});
   return plan;
 }
 
@@ -51,21 +51,26 @@ std::vector<int> divide_batch(const std::vector<int64_t>& tokens, int ranks) {
   return owner;
 }
 
-constexpr int kEpochBits = 22, kPositionBits = 40;
+// The task's low two bits are the id's top two and its third bit the one below them: the ids of
+// the four QARAC tasks (and so their dropout masks) are those of the 2-bit task field before the
+// rehearsal, and a checkpoint of that time resumes as it would have gone on.
+constexpr int kEpochBits = 21, kPositionBits = 40, kHighTaskBit = kEpochBits + kPositionBits;
 
 uint64_t example_id(Task task, int64_t epoch, int64_t position) {
   QARAC_CHECK(epoch >= 0 && epoch < (int64_t{1} << kEpochBits) && position >= 0 &&
                   position < (int64_t{1} << kPositionBits),
               "example identity: epoch ", epoch, ", position ", position, " out of range");
-  return (static_cast<uint64_t>(task) << (kEpochBits + kPositionBits)) |
+  const uint64_t t = static_cast<uint64_t>(task);
+  return ((t & 3) << (kHighTaskBit + 1)) | ((t >> 2) << kHighTaskBit) |
          (static_cast<uint64_t>(epoch) << kPositionBits) | static_cast<uint64_t>(position);
 }
 
 ExampleIdentity decode_example_id(uint64_t id) {
   const uint64_t position_mask = (uint64_t{1} << kPositionBits) - 1;
   const uint64_t epoch_mask = (uint64_t{1} << kEpochBits) - 1;
-  return {static_cast<Task>(id >> (kEpochBits + kPositionBits)),
-          static_cast<int64_t>((id >> kPositionBits) & epoch_mask), static_cast<int64_t>(id & position_mask)};
+  const uint64_t task = (id >> (kHighTaskBit + 1)) | (((id >> kHighTaskBit) & 1) << 2);
+  return {static_cast<Task>(task), static_cast<int64_t>((id >> kPositionBits) & epoch_mask),
+          static_cast<int64_t>(id & position_mask)};
 }
 
 std::vector<int64_t> shuffled_order(int64_t n, uint64_t seed, int64_t epoch, Task task) {
@@ -159,10 +164,10 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
     QARAC_INPUT_CHECK(slot.group_size > 0 && slot.group_rank >= 0 && slot.group_rank < slot.group_size,
                       "task plan: rank ", slot.group_rank, " of ", slot.group_size, " for ",
                       task_name(slot.task));
-    const std::string path = options.data_dir + "/" + task_name(slot.task) + ".h5";
+    const std::string path = options.data_dir + "/" + task_name(stream_task(slot.task)) + ".h5";
     const TaskStreamFile file(path);
-    QARAC_INPUT_CHECK(file.task() == slot.task, path, ": holds task ", task_name(file.task()),
-                      ", expected ", task_name(slot.task));
+    QARAC_INPUT_CHECK(file.task() == stream_task(slot.task), path, ": holds task ", task_name(file.task()),
+                      ", expected ", task_name(stream_task(slot.task)));
     if (hash.empty()) {
       hash = file.info().tokenizer_hash;
       hash_source = path;

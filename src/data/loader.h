@@ -33,7 +33,7 @@ struct RankPlan {
   int rank = 0;
   std::vector<TaskSlot> tasks;
 
-  // One rank running all four tasks: the QARAC step.
+  // One rank running the four QARAC tasks: the QARAC step (without rehearsal).
   static RankPlan single();
 };
 
@@ -43,8 +43,11 @@ struct RankPlan {
 // so every rank computes the same division; with fewer examples than ranks some get none.
 std::vector<int> divide_batch(const std::vector<int64_t>& tokens, int ranks);
 
-// An example's global identity packed into 64 bits: task (2 bits), epoch (22 bits), position in
-// the epoch's order (40 bits). Dropout masks keyed by it are the same whatever the layout.
+// An example's global identity packed into 64 bits: task (3 bits: its low two at the top, its
+// third below them), epoch (21 bits), position in the epoch's order (40 bits). Dropout masks
+// keyed by it are the same whatever the layout. The rehearsal reads the text stream in an order
+// of its own, so its examples have identities of their own (task masked_lm), apart from
+// encode_decode's.
 uint64_t example_id(Task task, int64_t epoch, int64_t position);
 struct ExampleIdentity {
   Task task;
@@ -135,9 +138,10 @@ struct LoaderCursor {
 
 class Loader {
  public:
-  // Opens <data_dir>/<task>.h5 for every task of the plan and reads the whole stream, checking its
-  // checksum. InputError when a file is missing, invalid, damaged or empty, the files disagree on
-  // the tokenizer, or a token id is outside options.vocab_size.
+  // Opens <data_dir>/<task>.h5 (the task's data::stream_task) for every task of the plan and
+  // reads the whole stream, checking its checksum. InputError when a file is missing, invalid,
+  // damaged or empty, the files disagree on the tokenizer, or a token id is outside
+  // options.vocab_size.
   Loader(const RankPlan& plan, const LoaderOptions& options);
 
   // This rank's part of every task's next global batch, in plan order.

@@ -213,8 +213,9 @@ stream::DatasetDigest digest_blocks(const std::string& path, const H5Id& dset, c
   return {name, static_cast<uint64_t>(length), h.value()};
 }
 
+// The tasks with a stream of their own: the rehearsal (masked_lm) reads encode_decode's.
 Task task_named(const std::string& path, const std::string& name) {
-  for (int t = 0; t < kTaskCount; ++t)
+  for (int t = 0; t < kQaracTaskCount; ++t)
     if (name == task_name(static_cast<Task>(t))) return static_cast<Task>(t);
   bad_file(path, "unknown task '" + printable(name) + "'");
 }

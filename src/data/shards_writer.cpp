@@ -170,6 +170,8 @@ TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOpti
                     options.chunk_examples);
   QARAC_INPUT_CHECK(options.compression >= 0 && options.compression <= 9,
                     "compression level must be 0..9, got ", options.compression);
+  QARAC_CHECK(stream_task(task) == task, "a task stream of ", task_name(task), ", which reads ",
+              task_name(stream_task(task)), "'s");
   silence_hdf5_stack_printing();
   const std::string& file = out_.temp_path();
   file_ = hdf5_file_id(H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,

@@ -15,6 +15,7 @@ constexpr TaskInfo kTasks[kTaskCount] = {
     {Task::question_answering, "question_answering", "qa"},
     {Task::reasoning, "reasoning", "rs"},
     {Task::consistency, "consistency", "cs"},
+    {Task::masked_lm, "masked_lm", "mlm"},
 };
 
 }  // namespace
@@ -27,7 +28,7 @@ Task task_from_name(const std::string& name) {
     if (name == t.name || name == t.short_name) return t.task;
   throw InputError(detail::concat("unknown task '", name,
                                   "' (expected encode_decode|ed, question_answering|qa, "
-                                  "reasoning|rs, consistency|cs)"));
+                                  "reasoning|rs, consistency|cs, masked_lm|mlm)"));
 }
 
 const std::vector<std::string>& task_fields(Task task) {
@@ -36,9 +37,12 @@ const std::vector<std::string>& task_fields(Task task) {
       {"question", "answer"},
       {"premise0", "premise1", "conclusion"},
       {"statement0", "statement1"},
+      {"text"},
   };
   return kFields[static_cast<int>(task)];
 }
+
+Task stream_task(Task task) { return task == Task::masked_lm ? Task::encode_decode : task; }
 
 bool task_has_label(Task task) { return task == Task::consistency; }
 

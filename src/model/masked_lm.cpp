@@ -11,8 +11,8 @@ namespace qarac {
 namespace {
 // The RNG streams of the masking: whether a token is chosen, how it is replaced, and by which
 // random token. Apart from every dropout stream: dropout's tensor ids are application · 2^24 +
-// stream · 2^16 + site (model/roberta.h), below 2^28 for the applications in use (QARAC:
-// 4 · task + k < 16; MLM: 0), and these lie above 0x4d000000. A draw is
+// stream · 2^16 + site (model/roberta.h), below 17 · 2^24 for the applications in use
+// (QARAC: 4 · task + k < 16, rehearsal 16; MLM: 0), and these lie above 0x4d000000. A draw is
 // sequence_uniform01(key, sequence id, element) with element = the token's position inside its
 // sequence (core/rng.h's layout: any element below 2^40; positions here are far below).
 constexpr uint32_t kMaskingStream = 0x4d4c4d00u;  // "MLM"

@@ -34,6 +34,13 @@ double decoder_forward(const RobertaConfig& c, double n) {
          in * (2.0 * d * d + 2.0 * d * v);
 }
 
+// Masked language modelling on a field of n tokens: AE's base without its pooling head, and the
+// MLM head (dense d², output dV) at every position, as model/masked_lm.h computes it.
+double masked_lm_forward(const RobertaConfig& c, double n) {
+  const double d = static_cast<double>(c.hidden_size), v = static_cast<double>(c.vocab_size);
+  return layers_forward(c, static_cast<double>(c.num_layers), n, false) + n * (2.0 * d * d + 2.0 * d * v);
+}
+
 }  // namespace
 
 std::array<double, data::kTaskCount> task_step_flops(const RobertaConfig& base,
@@ -42,6 +49,7 @@ std::array<double, data::kTaskCount> task_step_flops(const RobertaConfig& base,
   for (int t = 0; t < data::kTaskCount; ++t) {
     const Task task = static_cast<Task>(t);
     const std::vector<double>& n = tasks[t].mean_field_tokens;
+    if (tasks[t].batch == 0) continue;
     QARAC_CHECK(n.size() == data::task_fields(task).size(), "task_step_flops: ",
                 data::task_name(task), " has ", n.size(), " field lengths, expected ",
                 data::task_fields(task).size());
@@ -53,6 +61,7 @@ std::array<double, data::kTaskCount> task_step_flops(const RobertaConfig& base,
         forward = encoder_forward(base, n[0]) + encoder_forward(base, n[1]) + decoder_forward(base, n[2]);
         break;
       case Task::consistency: forward = encoder_forward(base, n[0]) + encoder_forward(base, n[1]); break;
+      case Task::masked_lm: forward = masked_lm_forward(base, n[0]); break;
     }
     flops[t] = 3.0 * forward * tasks[t].batch;  // forward + backward (twice the forward)
   }

@@ -5,6 +5,7 @@
 // backward FLOPs at its global batch and its streams' mean field lengths:
 //   ED  AE(x), D(x)          QA  QE(q), AE(a)
 //   RS  AE(p0), AE(p1), D(c) CS  AE(s0), AE(s1)
+//   MLM AE's base on the masked x, the MLM head over every position
 // Per token and layer (d hidden, f FFN width, n the sequence length) a RoBERTa layer's forward
 // pass multiplies 2·(4d² + 2df) for its six matrices and 4nd for attention (q·kᵀ and p·v; half
 // that with a causal mask, which the attention kernels skip); the pooling head adds 2d² per
@@ -30,7 +31,8 @@ struct TaskShape {
   std::vector<double> mean_field_tokens;
 };
 
-// FLOPs of one step of each task (data::Task order) with models of shape `base`.
+// FLOPs of one step of each task (data::Task order) with models of shape `base`; 0 for a task
+// of batch 0 (one that does not run), whose field lengths are not looked at.
 std::array<double, data::kTaskCount> task_step_flops(const RobertaConfig& base,
                                                      const std::array<TaskShape, data::kTaskCount>& tasks);
 

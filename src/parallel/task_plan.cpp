@@ -34,7 +34,19 @@ void check_weights(const TaskValues& weights) {
                       weights[t], " must be >= 0");
 }
 
+// The tasks that run, in task order.
+std::vector<int> running(const TaskValues& weights) {
+  std::vector<int> tasks;
+  for (int t = 0; t < kTaskCount; ++t)
+    if (task_runs(task_at(t), weights)) tasks.push_back(t);
+  return tasks;
+}
+
 }  // namespace
+
+bool task_runs(Task task, const TaskValues& weights) {
+  return task != Task::masked_lm || weights[static_cast<int>(task)] > 0;
+}
 
 const char* model_name(Model model) {
   switch (model) {
@@ -60,6 +72,7 @@ const std::vector<Model>& models_of(Task task) {
       {Model::question_encoder, Model::answer_encoder},  // question_answering: QE(q) - AE(a)
       {Model::answer_encoder, Model::decoder},           // reasoning: D(AE(p0) + AE(p1), c)
       {Model::answer_encoder},                           // consistency: cos(AE(s0), AE(s1))
+      {Model::answer_encoder},                           // masked_lm: MLM through AE's base
   }};
   return kModels[static_cast<int>(task)];
 }
@@ -78,8 +91,8 @@ void TaskPlan::finish(bool only_some_tasks) {
   for (int r = 0; r < world_size_; ++r)
     QARAC_CHECK(!tasks_of_[r].empty(), "task plan: rank ", r, " has no task");
   for (int t = 0; t < kTaskCount && !only_some_tasks; ++t)
-    QARAC_CHECK(!ranks_of_[t].empty(), "task plan: task ", data::task_name(task_at(t)),
-                " has no rank");
+    QARAC_CHECK(ranks_of_[t].empty() != task_runs(task_at(t), weights_), "task plan: task ",
+                data::task_name(task_at(t)), ranks_of_[t].empty() ? " has no rank" : " runs, but is off");
 }
 
 TaskPlan TaskPlan::single_task(data::Task task, int world_size) {
@@ -99,6 +112,11 @@ TaskPlan TaskPlan::from_counts(const std::array<int, kTaskCount>& ranks_per_task
   int total = 0;
   for (int t = 0; t < kTaskCount; ++t) {
     const int n = ranks_per_task[t];
+    if (!task_runs(task_at(t), weights)) {
+      QARAC_INPUT_CHECK(n == 0, kOption, ": task ", data::task_short_name(task_at(t)),
+                        " is given, but rehearsal is off (task.mlm.weight 0); remove it or set the weight");
+      continue;
+    }
     QARAC_INPUT_CHECK(n >= 1 && n <= world_size, kOption, ": ", data::task_short_name(task_at(t)),
                       ":", n, " must lie in [1, ", world_size, "] (the world has ", world_size,
                       world_size == 1 ? " rank)" : " ranks)");
@@ -120,18 +138,19 @@ TaskPlan TaskPlan::from_counts(const std::array<int, kTaskCount>& ranks_per_task
 TaskPlan TaskPlan::automatic(int world_size, const TaskValues& weights, const TaskValues& costs) {
   check_world(world_size);
   check_weights(weights);
-  for (int t = 0; t < kTaskCount; ++t)
+  const std::vector<int> tasks = running(weights);
+  for (int t : tasks)
     QARAC_CHECK(costs[t] > 0, "task plan: the cost of ", data::task_name(task_at(t)), " is ",
                 costs[t], "; costs must be positive");
-  if (world_size >= kTaskCount) {
+  if (world_size >= static_cast<int>(tasks.size())) {
     // One rank each, then every further rank to the task whose ranks carry the highest cost
     // (cost / ranks): the greedy that minimises the slowest rank's share. Ties go to the
     // earlier task, so the plan is a pure function of its inputs.
-    std::array<int, kTaskCount> counts;
-    counts.fill(1);
-    for (int extra = kTaskCount; extra < world_size; ++extra) {
-      int best = 0;
-      for (int t = 1; t < kTaskCount; ++t)
+    std::array<int, kTaskCount> counts{};
+    for (int t : tasks) counts[t] = 1;
+    for (int extra = static_cast<int>(tasks.size()); extra < world_size; ++extra) {
+      int best = tasks.front();
+      for (int t : tasks)
         if (costs[t] / counts[t] > costs[best] / counts[best]) best = t;
       ++counts[best];
     }
@@ -139,7 +158,7 @@ TaskPlan TaskPlan::automatic(int world_size, const TaskValues& weights, const Ta
   }
   // Fewer ranks than tasks: one rank per task, longest task first onto the least loaded rank
   // (LPT scheduling); ties go to the earlier task and the lower rank.
-  std::array<int, kTaskCount> order{0, 1, 2, 3};
+  std::vector<int> order = tasks;
   std::stable_sort(order.begin(), order.end(),
                    [&](int a, int b) { return costs[a] > costs[b]; });
   std::vector<double> load(static_cast<size_t>(world_size), 0.0);
@@ -183,9 +202,10 @@ TaskPlan TaskPlan::parse(const std::string& spec, int world_size, const TaskValu
     n = std::stoi(number);
     QARAC_INPUT_CHECK(n >= 1, kOption, ": '", item, "': every task needs at least one rank");
   }
-  for (int t = 0; t < kTaskCount; ++t)
+  for (int t : running(weights))
     QARAC_INPUT_CHECK(counts[t] > 0, kOption, ": task ", data::task_short_name(task_at(t)),
-                      " is missing; every task needs at least one rank");
+                      " is missing; every task needs at least one rank",
+                      task_at(t) == Task::masked_lm ? " (rehearsal is on: task.mlm.weight > 0)" : "");
   return from_counts(counts, world_size, weights);
 }
 

@@ -103,7 +103,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(model, "model.heads", &c.heads, "mlm without a base: attention heads");
   d->add(model, "model.ffn", &c.ffn, "mlm without a base: feed-forward size (0: 4 hidden)");
   d->add(model, "model.max_positions", &c.max_positions, "mlm without a base: longest sequence + 2 (RoBERTa's position table)");
-  d->add(model, "model.mask_probability", &c.mask_probability, "mlm: share of the tokens masked");
+  d->add(model, "model.mask_probability", &c.mask_probability, "mlm, and qarac with rehearsal (task.mlm.weight > 0): share of the tokens masked");
 
   auto& data = d->section("[data]");
   d->add_required(data, "data.dir", &c.data_dir, "(required) task-stream files from qarac-prep (<dir>/<task>.h5)");
@@ -152,14 +152,18 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(parallel, "parallel.share_gpus", &c.share_gpus, "let several ranks of a node use one GPU when it has fewer GPUs than ranks (otherwise an error; NCCL refuses two ranks of one communicator on one GPU)");
   d->add(parallel, "parallel.show_plan", &c.show_plan, "> 0: print the task plan of that many ranks, each task's global batch and each rank's expected share of the step, and exit without training");
 
-  auto& task = d->section("[task] (per task: ed, qa, rs, cs)");
-  for (int t = 0; t < data::kTaskCount; ++t) {
+  auto& task = d->section("[task] (per task: ed, qa, rs, cs; mlm: rehearsal)");
+  for (int t = 0; t < data::kQaracTaskCount; ++t) {
     const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
     d->add(task, prefix + "weight", &c.task[t].weight, "loss weight w_t");
     d->add(task, prefix + "batch", &c.task[t].batch, "global batch: examples of the task per optimizer step, over all its ranks, whatever the world size");
   }
   d->add(task, "task.qa.objective", &c.qa_objective, "mse (QARAC's: MSE(QE(q) - AE(a), 0)) or contrastive (symmetric InfoNCE over the global QA batch, the other answers as negatives)");
   d->add(task, "task.qa.temperature", &c.qa_temperature, "contrastive: the logits are -|q - a|^2 / temperature");
+  TaskSettings& mlm = c.task[static_cast<int>(data::Task::masked_lm)];
+  d->add(task, "task.mlm.weight", &mlm.weight, "rehearsal: weight of a fifth task, masked language modelling of the text stream through the answer encoder's base and the base's MLM head, against forgetting; 0: off");
+  d->add(task, "task.mlm.batch", &mlm.batch, "rehearsal: global batch of texts per optimizer step, over all its ranks");
+  d->add(task, "task.mlm.head", &c.mlm_head, "rehearsal: the base's MLM head stays frozen, or is trained with it");
   return d;
 }
 
@@ -167,7 +171,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
 // with that line.
 std::vector<std::pair<std::string, std::string>> removed_keys() {
   std::vector<std::pair<std::string, std::string>> keys;
-  for (int t = 0; t < data::kTaskCount; ++t) {
+  for (int t = 0; t < data::kQaracTaskCount; ++t) {
     const std::string prefix = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".";
     const std::string why = ": removed (a per-rank budget made the result depend on the world size); " + prefix +
                             "batch sets the task's global batch in examples, train.micro_tokens the most tokens "
@@ -326,9 +330,10 @@ void check_values(const TrainConfig& c) {
                       "model.hidden, model.layers, model.heads: positive, hidden divisible by heads (got ",
                       c.hidden, ", ", c.layers, ", ", c.heads, ")");
     QARAC_INPUT_CHECK(c.ffn >= 0 && c.max_positions > 2, "model.ffn must be >= 0 and model.max_positions > 2");
+  }
+  if (c.pretraining() || c.rehearsal())
     QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
                       c.mask_probability, " must lie in (0, 1)");
-  }
   // A setting that the chosen mode ignores is refused: the user meant something by it.
   const std::vector<std::string> sizes = {"model.hidden", "model.layers", "model.heads", "model.ffn",
                                           "model.max_positions"};
@@ -339,23 +344,29 @@ void check_values(const TrainConfig& c) {
     for (const std::string& key : sizes) refuse(key, "with model.mode qarac (the sizes are model.base's)");
     refuse("model.tokenizer", "with model.mode qarac (the vocabulary is model.base's; eval.tokenizer sets the "
                               "forgetting monitor's)");
-    refuse("model.mask_probability", "with model.mode qarac");
+    if (!c.rehearsal()) {
+      const std::string off = "while task.mlm.weight is 0 (rehearsal off)";
+      for (const char* key : {"model.mask_probability", "task.mlm.batch", "task.mlm.head"}) refuse(key, off);
+    }
   } else {
     if (!c.base.empty())
       for (const std::string& key : sizes) refuse(key, "when model.base is given (the sizes are the base's)");
     for (const char* key : {"model.share_encoder_base", "model.tie_lm_head", "eval.tokenizer", "eval.decoded",
                             "task.ed.weight"})
       refuse(key, "with model.mode mlm (one model, one objective)");
-    for (const char* t : {"qa", "rs", "cs"})
+    for (const char* t : {"qa", "rs", "cs", "mlm"})
       for (const char* field : {".weight", ".batch"})
         refuse(std::string("task.") + t + field, "with model.mode mlm (it trains on the text stream: task.ed.batch)");
     refuse("task.qa.objective", "with model.mode mlm (it trains on the text stream: task.ed.batch)");
+    refuse("task.mlm.head", "with model.mode mlm (rehearsal is a model.mode qarac task)");
   }
   QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
                     c.qa_objective, "' must be mse or contrastive");
   if (!c.contrastive_qa()) refuse("task.qa.temperature", "with task.qa.objective " + c.qa_objective);
   QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",
                     c.qa_temperature, " must be a finite number > 0");
+  QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
+                    "' must be frozen or trained");
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
   QARAC_INPUT_CHECK(c.dropout < 1, "model.dropout: ", c.dropout, " must be < 1 (negative: the base config's)");
   QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
@@ -519,9 +530,22 @@ std::string resume_mismatch(const TrainConfig& config, const std::string& saved_
   // between a run and its resumption.
   std::vector<std::string> fixed = {"model.mode", "model.share_encoder_base", "model.tie_lm_head",
                                     "model.dropout", "train.seed", "train.dtype", "optimizer.name"};
-  for (int t = 0; t < data::kTaskCount; ++t)
+  for (int t = 0; t < data::kQaracTaskCount; ++t)
     fixed.push_back(std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".batch");
   const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
+  // Rehearsal on or off: a run that had it off (checkpoints from before it have no task.mlm keys)
+  // holds no position of its stream to go on from, and a trained head only while it was on. Its
+  // weight may change otherwise, as every task's may.
+  const auto weight = saved.find("task.mlm.weight");
+  const bool was_on = weight != saved.end() && std::stod(weight->second) > 0;
+  if (was_on && !config.rehearsal())
+    return "task.mlm.weight: rehearsal was on in the checkpoint's run and is off now (it must stay on: resume "
+           "with a positive weight)";
+  if (!was_on && config.rehearsal())
+    return "task.mlm.weight: rehearsal was off in the checkpoint's run and is on now (the checkpoint holds no "
+           "position of the rehearsal stream to go on from; rehearsal needs a new run)";
+  if (was_on)
+    for (const char* key : {"task.mlm.batch", "task.mlm.head"}) fixed.push_back(key);
   for (const std::string& key : fixed) {
     const auto it = saved.find(key);
     const std::string was = it == saved.end() ? "(unset)" : it->second;

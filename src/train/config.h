@@ -18,7 +18,7 @@
 
 namespace qarac {
 
-// The per-task settings of [task]: <short name>.weight, .batch.
+// The per-task settings of [task]: <short name>.weight, .batch (mlm: weight 0, rehearsal off).
 struct TaskSettings {
   double weight = 1.0;  // w_t in Σ w_t loss_t
   int64_t batch = 128;  // N_t: the task's global batch, examples per optimizer step over all ranks
@@ -41,7 +41,7 @@ struct TrainConfig {
   // mlm mode: the tokenizer (vocabulary size, <mask>) and, without a base, the new model's sizes.
   std::string tokenizer;
   int64_t hidden = 64, layers = 2, heads = 2, ffn = 0, max_positions = 130;
-  double mask_probability = 0.15;
+  double mask_probability = 0.15;  // and rehearsal's (qarac mode with task.mlm.weight > 0)
 
   // [data]
   std::string data_dir;  // qarac-prep's output: <dir>/<task>.h5
@@ -87,7 +87,9 @@ struct TrainConfig {
   int64_t show_plan = 0;         // > 0: print the plan of that many ranks and exit
 
   // [task]
-  std::array<TaskSettings, data::kTaskCount> task;
+  std::array<TaskSettings, data::kTaskCount> task = {TaskSettings{}, TaskSettings{}, TaskSettings{}, TaskSettings{},
+                                                     TaskSettings{0.0}};
+  std::string mlm_head = "frozen";  // rehearsal's MLM head (the base's): frozen | trained
   // The question_answering objective: QARAC's MSE(QE(q) − AE(a), 0), or symmetric InfoNCE over
   // the global QA batch with the other answers as negatives (train/contrastive.h).
   std::string qa_objective = "mse";
@@ -100,6 +102,8 @@ struct TrainConfig {
   DType dtype_value() const;
   double task_weight(data::Task t) const { return task[static_cast<int>(t)].weight; }
   bool pretraining() const { return mode == "mlm"; }
+  // Rehearsal (docs/design.md §3): the fifth task, masked_lm, runs (model.mode qarac only).
+  bool rehearsal() const { return !pretraining() && task_weight(data::Task::masked_lm) > 0; }
   bool contrastive_qa() const { return qa_objective == "contrastive"; }
 };
 
@@ -118,7 +122,9 @@ std::string to_ini(const TrainConfig& config);
 
 // "" when a checkpoint written under `saved_ini` (to_ini of its run) may be resumed by `config`,
 // otherwise which key differs, with both values: those that fix the models, the data order and
-// the global batches. The world size, the task plan and micro-batching may change.
+// the global batches. The world size, the task plan and micro-batching may change. Rehearsal may
+// not be turned on or off (its stream's cursor and its trained head are in the checkpoint only
+// when it was on); while it stays on, task.mlm.batch and task.mlm.head are fixed too.
 std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini);
 
 }  // namespace qarac

@@ -76,7 +76,7 @@ io::ExportExtras export_extras(const TrainConfig& config, const std::string& pla
   card.config_ini = to_ini(config);
   card.plan = plan;
   std::set<std::string> datasets;
-  for (int t = 0; t < data::kTaskCount; ++t) {
+  for (int t = 0; t < data::kQaracTaskCount; ++t) {  // the rehearsal reads encode_decode's stream
     const fs::path stream =
         fs::path(config.data_dir) / (std::string(data::task_name(static_cast<data::Task>(t))) + ".h5");
     std::error_code ec;

@@ -12,6 +12,7 @@
 #include "io/hf_export.h"
 #include "model/init.h"
 #include "model/masked_lm.h"
+#include "train/rehearsal.h"
 #include "train/workload.h"
 
 namespace qarac {
@@ -42,6 +43,7 @@ class MlmWorkload : public Workload {
     if (c.dropout >= 0) config_.hidden_dropout = config_.attention_dropout = c.dropout;
     encoder_ = std::make_unique<RobertaEncoder>(config_, c.dtype_value(), device);
     mlm_ = std::make_unique<MaskedLM>(*encoder_);
+    loss_ = std::make_unique<MaskedLmLoss>(masking_, config_.vocab_size);
     if (c.base.empty()) {
       init_normal(mlm_->parameters(), c.init_std, static_cast<uint64_t>(c.seed));
     } else {
@@ -61,29 +63,9 @@ class MlmWorkload : public Workload {
     return {{"base", {}, plan.ranks_of(data::Task::encode_decode), mlm_->parameters()}};
   }
 
-  // The task's loss is the mean cross-entropy over ALL the masked tokens of its global batch (as
-  // Hugging Face's MLM loss is over a batch), whatever the world size and micro-batches: with M
-  // masked tokens in the global batch, a micro-batch's gradient is that of its summed
-  // cross-entropy times w_t / M. Masks are a pure function of (seed, step, example id, position,
-  // token), so every example is masked the same way on whichever rank and in whichever
-  // micro-batch it runs, and its dropout masks follow its id too.
+  // The loss of train/rehearsal.h's MaskedLmLoss; the base's dropout masks follow each example's id.
   const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) override {
-    const data::PackedField& text = batch.fields[0];
-    QARAC_CHECK(static_cast<int64_t>(batch.ids.size()) == batch.count(), "mlm: ", batch.ids.size(),
-                " example ids for ", batch.count(), " examples");
-    std::vector<std::vector<int32_t>> seqs;
-    for (int64_t b = 0; b < text.count(); ++b)
-      seqs.emplace_back(text.tokens.begin() + text.starts[b], text.tokens.begin() + text.starts[b + 1]);
-    const uint64_t step = options.forward.step;
-    const MaskedTokens masked = mask_tokens(seqs, batch.ids, config_.vocab_size, masking_, step);
-    const int64_t global_masked = global_masked_tokens(batch, masked, step);
-    // The trainer weighs this micro-batch's loss and gradients by its share n / N of the global
-    // batch's examples (options.weight = w_t · n / N; the logged loss is Σ share · run()). Undo
-    // that share: gradients of Σ CE · w_t / M, and a returned value Σ CE / M · N / n, so the
-    // trainer's sum over micro-batches and ranks is the global batch's masked mean.
-    const double share = static_cast<double>(batch.count()) / static_cast<double>(batch.global_count);
-    const double per_token = global_masked > 0 ? 1.0 / static_cast<double>(global_masked) : 0.0;
-    return mlm_->run(masked, options.forward, /*backward=*/true, per_token / share, options.weight / share * per_token);
+    return loss_->run(*mlm_, batch, options.weight, options.forward);
   }
 
   EvalResult evaluate(Evaluator*, int64_t) override {
@@ -92,29 +74,6 @@ class MlmWorkload : public Workload {
     // The same masks at every evaluation (step 0), so the figures compare.
     r.metrics["mlm.loss"] = mlm_->loss(mask_tokens(held_out_, config_.vocab_size, masking_, 0), ForwardOptions{}, false);
     return r;
-  }
-
-  // The masked tokens of the batch's whole global batch. Every rank of the task gets that batch's
-  // ids and tokens from the loader (data::TaskBatch::global), and the masks are a pure function of
-  // (step, id, position, token), so every rank counts the same M locally, with no collective: an
-  // all-reduce here would put a blocking round-trip among the task's ranks before the first
-  // forward pass of every step, where counting costs a Philox draw per token of N examples on
-  // the host. Counted once per step (the micro-batches share the global batch).
-  int64_t global_masked_tokens(const data::TaskBatch& batch, const MaskedTokens& masked, uint64_t step) {
-    if (!batch.global) {
-      QARAC_CHECK(batch.count() == batch.global_count, "mlm: a part of a global batch (", batch.count(), " of ",
-                  batch.global_count, " examples) without the global batch");
-      return masked.masked;
-    }
-    if (batch.global != counted_batch_ || step != counted_step_) {
-      const data::PackedField& text = batch.global->fields.at(0);
-      QARAC_CHECK(static_cast<int64_t>(batch.global->ids.size()) == batch.global_count, "mlm: the global batch has ",
-                  batch.global->ids.size(), " ids for ", batch.global_count, " examples");
-      counted_masked_ = count_masked(text.tokens, text.starts, batch.global->ids, masking_, step);
-      counted_batch_ = batch.global;  // held, so that its address is not reused while cached
-      counted_step_ = step;
-    }
-    return counted_masked_;
   }
 
   void export_models(const std::string& output, const io::ExportExtras& extras) override {
@@ -126,10 +85,8 @@ class MlmWorkload : public Workload {
   MlmMasking masking_;
   std::unique_ptr<RobertaEncoder> encoder_;
   std::unique_ptr<MaskedLM> mlm_;
+  std::unique_ptr<MaskedLmLoss> loss_;
   std::vector<std::vector<int32_t>> held_out_;
-  std::shared_ptr<const data::GlobalBatch> counted_batch_;  // global_masked_tokens' cache
-  uint64_t counted_step_ = 0;
-  int64_t counted_masked_ = 0;
 };
 
 }  // namespace

@@ -221,8 +221,10 @@ void Objectives::Impl::done(const Pass& p, parallel::Model model) {
 
 const Tensor& Objectives::Impl::run(const data::TaskBatch& batch, const ObjectiveOptions& options,
                                     bool backward) {
-  static constexpr TaskFunction kTasks[data::kTaskCount] = {
+  static constexpr TaskFunction kTasks[data::kQaracTaskCount] = {
       &Impl::encode_decode, &Impl::question_answering, &Impl::reasoning, &Impl::consistency};
+  QARAC_CHECK(static_cast<int>(batch.task) < data::kQaracTaskCount, "objectives: a batch of ",
+              data::task_name(batch.task), " (train/rehearsal.h runs it)");
   check(batch);
   if (batch.task != data::Task::question_answering) contrastive.kept = false;
   const int task = static_cast<int>(batch.task);

@@ -18,7 +18,9 @@ TaskCosts estimate_task_costs(const TrainConfig& c) {
   const RobertaConfig base = io::read_hf_config(c.base + "/config.json");
   std::array<parallel::TaskShape, data::kTaskCount> shapes{};
   for (int t = 0; t < data::kTaskCount; ++t) {
-    const data::TaskStreamFile stream(c.data_dir + "/" + data::task_name(static_cast<data::Task>(t)) + ".h5");
+    const data::Task task = static_cast<data::Task>(t);
+    if (task == data::Task::masked_lm && !c.rehearsal()) continue;  // runs nowhere: batch 0, no cost
+    const data::TaskStreamFile stream(c.data_dir + "/" + data::task_name(data::stream_task(task)) + ".h5");
     const data::StreamInfo& info = stream.info();
     QARAC_INPUT_CHECK(info.examples > 0, stream.path(), ": holds no example");
     const double examples = static_cast<double>(info.examples);

@@ -1,19 +1,41 @@
 // model.mode qarac (train/workload.h): QE, AE and D built from a pre-trained base, trained on
-// the four objectives (train/objectives.h). The base's MLM head is set aside for the forgetting
-// monitor of the evaluation.
+// the four objectives (train/objectives.h) and, with rehearsal, masked language modelling through
+// AE's base (train/rehearsal.h). The base's MLM head is set aside for the forgetting monitor of
+// the evaluation and the rehearsal.
+#include <filesystem>
 #include <string>
 
+#include "data/tokenizer.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_export.h"
+#include "train/rehearsal.h"
 #include "train/workload.h"
 
 namespace qarac {
 namespace {
 
+// The rehearsal's masking, with <mask> and the special tokens of eval.tokenizer (as the forgetting
+// monitor's), else of the tokenizer in model.base.
+MlmMasking rehearsal_masking(const TrainConfig& c, const RobertaConfig& base) {
+  namespace fs = std::filesystem;
+  std::string dir = c.eval_tokenizer;
+  if (dir.empty() && (fs::exists(fs::path(c.base) / "tokenizer.json") || fs::exists(fs::path(c.base) / "vocab.json")))
+    dir = c.base;
+  QARAC_INPUT_CHECK(!dir.empty(), "task.mlm.weight: rehearsal masks tokens with the tokenizer's <mask>, but ", c.base,
+                    " holds no tokenizer (tokenizer.json, or vocab.json and merges.txt): set eval.tokenizer");
+  const data::Tokenizer tokenizer = data::Tokenizer::from_dir(dir);
+  QARAC_INPUT_CHECK(static_cast<int64_t>(tokenizer.vocab_size()) == base.vocab_size, "task.mlm.weight: the tokenizer ",
+                    dir, " has ", tokenizer.vocab_size(), " tokens, but the base ", c.base, " has ", base.vocab_size);
+  return mlm_masking(tokenizer, static_cast<uint64_t>(c.seed), c.mask_probability);
+}
+
 class QaracWorkload : public Workload {
  public:
   QaracWorkload(const TrainConfig& c, Device device, const std::array<bool, parallel::kModelCount>& build)
       : base_(io::read_hf_roberta(c.base)) {
+    if (c.rehearsal())
+      QARAC_INPUT_CHECK(!base_.lm_head.empty(), "task.mlm.weight: rehearsal trains with the base's MLM head, but ",
+                        c.base, "/model.safetensors has no lm_head.* (a RobertaModel; give a RobertaForMaskedLM)");
     if (c.dropout >= 0) base_.config.hidden_dropout = base_.config.attention_dropout = c.dropout;
     QaracConfig qc;
     qc.base = base_.config;
@@ -27,11 +49,22 @@ class QaracWorkload : public Workload {
     models_ = std::make_unique<QaracModels>(qc, base_.encoder, c.dtype_value(), device);
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
     objectives_ = std::make_unique<Objectives>(*models_, qa_objective_of(c));
+    train_head_ = c.mlm_head == "trained";
+    if (c.rehearsal() && qc.build_answer_encoder)
+      rehearsal_ = std::make_unique<Rehearsal>(*models_, base_.lm_head, c.base + "/model.safetensors",
+                                               rehearsal_masking(c, base_.config), train_head_);
   }
 
   int64_t vocab_size() const override { return models_->config().base.vocab_size; }
+  // With a trained rehearsal head, its group last: written during AE's backward pass of the
+  // rehearsal, it launches after AE's groups (parallel::launch_order, docs/distributed.md §7).
   std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) override {
-    return parallel::qarac_parameter_groups(plan, models_->parameters(), models_->config().share_encoder_base);
+    std::vector<parallel::ParameterGroup> groups =
+        parallel::qarac_parameter_groups(plan, models_->parameters(), models_->config().share_encoder_base);
+    if (rehearsal_ && train_head_)
+      groups.push_back({"mlm_head", {parallel::Model::answer_encoder}, plan.ranks_of(data::Task::masked_lm),
+                        rehearsal_->head_parameters()});
+    return groups;
   }
 
   void begin_task(data::Task task, const std::vector<data::TaskBatch>& micro, const ForwardOptions& forward,
@@ -40,7 +73,9 @@ class QaracWorkload : public Workload {
   }
 
   const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) override {
-    return objectives_->run(batch, options);
+    if (batch.task != data::Task::masked_lm) return objectives_->run(batch, options);
+    QARAC_CHECK(rehearsal_, "a masked_lm batch without rehearsal");
+    return rehearsal_->run(batch, options);
   }
 
   EvalResult evaluate(Evaluator* evaluator, int64_t step) override {
@@ -57,6 +92,8 @@ class QaracWorkload : public Workload {
   io::HfRoberta base_;
   std::unique_ptr<QaracModels> models_;
   std::unique_ptr<Objectives> objectives_;
+  std::unique_ptr<Rehearsal> rehearsal_;  // task.mlm.weight > 0
+  bool train_head_ = false;              // task.mlm.head trained
 };
 
 }  // namespace

@@ -20,7 +20,7 @@ TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, 
   for (const data::TaskSlot& slot : plan.tasks) {
     // The hashes come from the streams' metadata, before a loader reads every example: a stream
     // of another tokenizer is named as such, not by a token id outside the vocabulary.
-    const std::string path = config.data_dir + "/" + data::task_name(slot.task) + ".h5";
+    const std::string path = config.data_dir + "/" + data::task_name(data::stream_task(slot.task)) + ".h5";
     const std::string hash = data::TaskStreamFile(path).info().tokenizer_hash;
     if (first_path.empty()) {
       first_hash = hash;

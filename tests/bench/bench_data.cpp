@@ -45,7 +45,7 @@ void replicate(const std::string& from, const std::string& to, int copies, bool 
 
 int64_t examples_in(const std::string& dir) {
   int64_t n = 0;
-  for (int t = 0; t < kTaskCount; ++t) {
+  for (int t = 0; t < kQaracTaskCount; ++t) {
     const std::string path = dir + "/" + task_name(static_cast<Task>(t)) + ".h5";
     if (fs::exists(path)) n += TaskStreamFile(path).examples();
   }

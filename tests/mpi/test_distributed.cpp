@@ -7,6 +7,8 @@
 //   bit-identical at every step (the replica check) and the same logged task losses (the means
 //   over the global batches). So do runs with the contrastive QA objective, whose loss is one
 //   function of the whole global batch: its ranks exchange their vectors.
+//   The same with rehearsal (a fifth task, its head trained or frozen; W = 1 in micro-batches,
+//   W = 2, W = 3 with two rehearsal ranks other than rank 0, W = 3 with a shared base).
 //   The same for masked-LM pre-training (model.mode mlm): W = 3 and micro-batches end at the
 //   base of one process, the loss being the mean over the global batch's masked tokens.
 //   Elastic resume: a run checkpointed at one world size and resumed at another (and another
@@ -219,7 +221,9 @@ TEST_P(Invariant, EveryLayoutComputesWhatOneProcessComputes) {
   ASSERT_EQ(lines.size(), 6u);
   ASSERT_EQ(expected.size(), 6u);
   for (size_t i = 0; i < lines.size(); ++i) {
-    for (const char* task : {"encode_decode", "question_answering", "reasoning", "consistency"}) {
+    for (const char* task : {"encode_decode", "question_answering", "reasoning", "consistency", "masked_lm"}) {
+      ASSERT_EQ(lines[i].at("loss").contains(task), expected[i].at("loss").contains(task)) << task;
+      if (!expected[i].at("loss").contains(task)) continue;  // rehearsal off
       const double got = lines[i].at("loss").at(task).get<double>();
       const double want = expected[i].at("loss").at(task).get<double>();
       EXPECT_NEAR(got, want, 1e-12 * std::max(1.0, std::fabs(want))) << task << " at step " << i + 1;
@@ -234,6 +238,11 @@ TEST_P(Invariant, EveryLayoutComputesWhatOneProcessComputes) {
 }
 
 constexpr const char* kSharedTied = "--model.share_encoder_base true --model.tie_lm_head true";
+// Rehearsal, its head trained (a group of its own) or frozen with a shared encoder base.
+#define QARAC_REHEARSAL "--task.mlm.weight 0.5 --task.mlm.batch 8 --eval.tokenizer " QARAC_SAMPLE_DIR "/tokenizer "
+constexpr const char* kRehearsal = QARAC_REHEARSAL "--task.mlm.head trained";
+constexpr const char* kRehearsalShared = QARAC_REHEARSAL "--model.share_encoder_base true";
+#undef QARAC_REHEARSAL
 // Small enough to split every task's 8 examples (about 20 tokens each, up to 60) into several
 // micro-batches, and some examples longer than it run alone.
 constexpr const char* kMicro = "--train.micro_tokens 40";
@@ -259,7 +268,20 @@ INSTANTIATE_TEST_SUITE_P(
                       // Three examples for four QA ranks: one gathers none and still takes part.
                       Layout{"W4_contrastive_plan_qa4_a_rank_without_examples", 4,
                              "--task.qa.objective contrastive --task.qa.batch 3 --parallel.tasks ed:1,qa:4,rs:1,cs:1",
-                             "reference-contrastive-qa-batch-3", "--task.qa.objective contrastive --task.qa.batch 3"}),
+                             "reference-contrastive-qa-batch-3", "--task.qa.objective contrastive --task.qa.batch 3"},
+                      Layout{"W1_rehearsal_micro_batches", 1,
+                             "--train.micro_tokens 40 --task.mlm.weight 0.5 --task.mlm.batch 8 --task.mlm.head trained "
+                             "--eval.tokenizer " QARAC_SAMPLE_DIR "/tokenizer",
+                             "reference-rehearsal", kRehearsal},
+                      Layout{"W2_rehearsal", 2, kRehearsal, "reference-rehearsal", kRehearsal},
+                      // The rehearsal on ranks 1 and 2: its trained head reduced over both,
+                      // and sent to rank 0 for the evaluation and the export.
+                      Layout{"W3_rehearsal_plan_mlm2", 3,
+                             "--parallel.tasks ed:1,qa:1,rs:1,cs:1,mlm:2 --task.mlm.weight 0.5 --task.mlm.batch 8 "
+                             "--task.mlm.head trained --eval.tokenizer " QARAC_SAMPLE_DIR "/tokenizer",
+                             "reference-rehearsal", kRehearsal},
+                      Layout{"W3_rehearsal_shared_base", 3, kRehearsalShared, "reference-rehearsal-shared",
+                             kRehearsalShared}),
     [](const ::testing::TestParamInfo<Layout>& layout) { return std::string(layout.param.label); });
 
 // Elastic resume: 3 steps at W = 2 (a checkpoint at the end), then --resume to step 6 at W = 5

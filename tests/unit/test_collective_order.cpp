@@ -3,10 +3,10 @@
 //   The checker (parallel/collective_trace.h) finds crossed launches, cycles through three ranks
 //   that no pair of ranks shows, and communicators whose members launch different sequences.
 //   The schedule: for every plan of 1 to 16 ranks (auto, explicit counts, a shared encoder base,
-//   masked-LM pre-training), the real GradientSync of every rank is driven in one process with
-//   a communicator that records each launch, the gradients reported ready in the trainer's
-//   order and in random orders (a different one on every rank), over two steps; the launches of
-//   all ranks must admit one global order.
+//   rehearsal with its head frozen or trained, masked-LM pre-training), the real GradientSync of
+//   every rank is driven in one process with a communicator that records each launch, the
+//   gradients reported ready in the trainer's order and in random orders (a different one on
+//   every rank), over two steps; the launches of all ranks must admit one global order.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -131,7 +131,8 @@ std::vector<Model> backward_order(data::Task task) {
     case data::Task::encode_decode:
     case data::Task::reasoning: return {Model::decoder, Model::answer_encoder};
     case data::Task::question_answering: return {Model::question_encoder, Model::answer_encoder};
-    case data::Task::consistency: return {Model::answer_encoder};
+    case data::Task::consistency:
+    case data::Task::masked_lm: return {Model::answer_encoder};
   }
   return {};
 }
@@ -190,17 +191,23 @@ enum class Driver { trainer, random };
 
 // Two steps of every rank of `plan`, each rank's GradientSync recording its launches; the
 // checker's verdict on them ("" when they admit one global order).
-std::string schedule_error(const TaskPlan& plan, bool shared_base, bool mlm, Driver driver, uint32_t seed) {
+// With a trained rehearsal head (`head`), its group "mlm_head" as the QARAC workload adds it: written
+// during AE's backward pass, held by the rehearsal's ranks, released by model_done(AE).
+std::string schedule_error(const TaskPlan& plan, bool shared_base, bool mlm, Driver driver, uint32_t seed,
+                           bool head = false) {
   const Weights weights(mlm ? std::vector<std::string>{"base"}
                             : shared_base ? std::vector<std::string>{"question_encoder", "answer_encoder", "decoder",
                                                                      "shared_encoder"}
                                           : std::vector<std::string>{"question_encoder", "answer_encoder", "decoder"});
+  const Weights head_weights({"mlm_head"});
   std::vector<CollectiveLog> logs(static_cast<size_t>(plan.world_size()));
   std::mt19937 random(seed);
   for (int rank = 0; rank < plan.world_size(); ++rank) {
     std::vector<ParameterGroup> groups =
         mlm ? std::vector<ParameterGroup>{{"base", {}, plan.ranks_of(data::Task::encode_decode), weights.all()}}
             : parallel::qarac_parameter_groups(plan, weights.all(), shared_base);
+    if (head)
+      groups.push_back({"mlm_head", {Model::answer_encoder}, plan.ranks_of(data::Task::masked_lm), head_weights.all()});
     CollectiveLog& log = logs[static_cast<size_t>(rank)];
     parallel::GradientSync sync(rank, std::move(groups), kBucketBytes,
                                 [&](const ParameterGroup& g) { return std::make_unique<Recorder>(log, g); });
@@ -239,6 +246,25 @@ std::vector<std::pair<std::string, TaskPlan>> plans_of(int world) {
   return plans;
 }
 
+// The same with rehearsal on: auto, and explicit counts from {1, ⌈W/3⌉, W} for ED and RS, QA and
+// CS, and MLM.
+std::vector<std::pair<std::string, TaskPlan>> rehearsal_plans_of(int world) {
+  const parallel::TaskValues weights{1, 1, 1, 1, 1}, costs{0.43, 0.16, 0.22, 0.19, 0.12};
+  std::vector<std::pair<std::string, TaskPlan>> plans;
+  plans.emplace_back("auto", TaskPlan::automatic(world, weights, costs));
+  const std::set<int> choices = {1, (world + 2) / 3, world};
+  for (int decoding : choices)
+    for (int encoding : choices)
+      for (int mlm : choices) {
+        if (2 * decoding + 2 * encoding + mlm < world) continue;
+        const std::string spec = "ed:" + std::to_string(decoding) + ",qa:" + std::to_string(encoding) +
+                                 ",rs:" + std::to_string(decoding) + ",cs:" + std::to_string(encoding) +
+                                 ",mlm:" + std::to_string(mlm);
+        plans.emplace_back(spec, TaskPlan::from_counts({decoding, encoding, decoding, encoding, mlm}, world, weights));
+      }
+  return plans;
+}
+
 TEST(CollectiveSchedule, GroupsLaunchDecoderThenQuestionThenAnswerEncoderThenSharedBase) {
   const Weights weights({"question_encoder", "answer_encoder", "decoder", "shared_encoder"});
   const TaskPlan plan = TaskPlan::automatic(4, {1, 1, 1, 1}, {1, 1, 1, 1});
@@ -246,6 +272,18 @@ TEST(CollectiveSchedule, GroupsLaunchDecoderThenQuestionThenAnswerEncoderThenSha
   std::vector<std::string> names;
   for (size_t i : parallel::launch_order(groups)) names.push_back(groups[i].name);
   EXPECT_EQ(names, (std::vector<std::string>{"decoder", "question_encoder", "answer_encoder", "shared_encoder"}));
+}
+
+// A trained rehearsal head's group goes after the models' (the workload appends it, writer AE).
+TEST(CollectiveSchedule, ARehearsalHeadLaunchesAfterTheAnswerEncodersGroups) {
+  const Weights weights({"question_encoder", "answer_encoder", "decoder", "shared_encoder"}), head({"mlm_head"});
+  const TaskPlan plan = TaskPlan::automatic(5, {1, 1, 1, 1, 1}, {1, 1, 1, 1, 1});
+  std::vector<ParameterGroup> groups = parallel::qarac_parameter_groups(plan, weights.all(), true);
+  groups.push_back({"mlm_head", {Model::answer_encoder}, plan.ranks_of(data::Task::masked_lm), head.all()});
+  std::vector<std::string> names;
+  for (size_t i : parallel::launch_order(groups)) names.push_back(groups[i].name);
+  EXPECT_EQ(names, (std::vector<std::string>{"decoder", "question_encoder", "answer_encoder", "shared_encoder",
+                                             "mlm_head"}));
 }
 
 TEST(CollectiveSchedule, EveryPlanOfOneToSixteenRanksLaunchesInOneGlobalOrder) {
@@ -261,6 +299,18 @@ TEST(CollectiveSchedule, EveryPlanOfOneToSixteenRanksLaunchesInOneGlobalOrder) {
                                << (driver == Driver::random ? std::to_string(seed) : "");
           ++checked;
         }
+    for (const auto& [spec, plan] : rehearsal_plans_of(world))
+      for (bool shared : {false, true})
+        for (bool head : {false, true})
+          for (Driver driver : {Driver::trainer, Driver::random}) {
+            const uint32_t seed = static_cast<uint32_t>(1000 * world + checked);
+            const std::string error = schedule_error(plan, shared, false, driver, seed, head);
+            ASSERT_EQ(error, "") << "W = " << world << ", plan " << spec << (shared ? ", shared encoder base" : "")
+                                 << (head ? ", trained rehearsal head" : ", frozen rehearsal head")
+                                 << (driver == Driver::trainer ? ", the trainer's order" : ", random orders, seed ")
+                                 << (driver == Driver::random ? std::to_string(seed) : "");
+            ++checked;
+          }
     for (Driver driver : {Driver::trainer, Driver::random}) {
       const std::string error =
           schedule_error(TaskPlan::single_task(data::Task::encode_decode, world), false, true, driver, 7u);

@@ -416,6 +416,9 @@ TEST(Readers, TaskNames) {
   }
   EXPECT_THROW(task_from_name("translation"), InputError);
   EXPECT_EQ(task_fields(Task::reasoning).size(), 3u);
+  EXPECT_EQ(stream_task(Task::masked_lm), Task::encode_decode);
+  EXPECT_EQ(task_fields(Task::masked_lm), task_fields(Task::encode_decode));
+  for (int t = 0; t < kQaracTaskCount; ++t) EXPECT_EQ(stream_task(static_cast<Task>(t)), static_cast<Task>(t));
 }
 
 // The committed sample data reads cleanly in every format, with each format's own skips present.
@@ -908,11 +911,22 @@ TEST(Loader, DivideBatchBalancesTokensDeterministically) {
   EXPECT_EQ(divide_batch({4, 2}, 3), (std::vector<int>{0, 1}));
   EXPECT_EQ(divide_batch({}, 4), std::vector<int>{});
   EXPECT_EQ(divide_batch({7, 7, 7}, 1), (std::vector<int>{0, 0, 0}));
-  const ExampleIdentity id = decode_example_id(example_id(Task::consistency, 4000000, 1099511627775));
-  EXPECT_EQ(id.task, Task::consistency);
-  EXPECT_EQ(id.epoch, 4000000);
+  const ExampleIdentity id = decode_example_id(example_id(Task::masked_lm, 2000000, 1099511627775));
+  EXPECT_EQ(id.task, Task::masked_lm);
+  EXPECT_EQ(id.epoch, 2000000);
   EXPECT_EQ(id.position, 1099511627775);
   EXPECT_NE(example_id(Task::reasoning, 0, 3), example_id(Task::consistency, 0, 3));
+  // The rehearsal reads the text stream: its examples are not encode_decode's.
+  EXPECT_NE(example_id(Task::masked_lm, 0, 3), example_id(Task::encode_decode, 0, 3));
+  // The four QARAC tasks keep the ids of the 2-bit layout (task << 62): their dropout masks too.
+  for (int t = 0; t < kQaracTaskCount; ++t)
+    EXPECT_EQ(example_id(static_cast<Task>(t), 5, 7), (uint64_t(t) << 62) | (uint64_t{5} << 40) | 7u);
+  for (int t = 0; t < kTaskCount; ++t) {
+    const ExampleIdentity e = decode_example_id(example_id(static_cast<Task>(t), 2097151, 3));
+    EXPECT_EQ(e.task, static_cast<Task>(t));
+    EXPECT_EQ(e.epoch, 2097151);
+    EXPECT_EQ(e.position, 3);
+  }
 }
 
 // Micro-batches: consecutive, at most the budget each unless one example exceeds it alone, and

@@ -4,7 +4,9 @@
 // head), with dropout off and on, with a shared encoder base and a tied LM head; the decoder's
 // slot-0 semantics; the decoder's dropout masks following each sequence's id through its [v; H]
 // sequences; the LM head's padded vocabulary; each task's loss against a direct computation;
-// parameter names, base loading and the refusal of fields without <s> ... </s>.
+// parameter names, base loading and the refusal of fields without <s> ... </s>; the rehearsal
+// (masked language modelling through AE's base with the base's MLM head) against central finite
+// differences, with its head frozen and trained, and its global batch's loss whatever the split.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,6 +24,7 @@
 #include "model/qarac.h"
 #include "train/contrastive.h"
 #include "train/objectives.h"
+#include "train/rehearsal.h"
 
 using namespace qarac;
 using data::Task;
@@ -423,6 +426,7 @@ TEST(Objectives, TaskLossesMatchTheirDefinitions) {
         }
         break;
       }
+      case Task::masked_lm: FAIL() << "not a QARAC objective (test_rehearsal.cpp)";
     }
     zero_grads(models.parameters());
     const double evaluated = objectives.evaluate(batch);
@@ -815,4 +819,160 @@ TEST(Objectives, RefusesFieldsWithoutSpecialTokens) {
               std::string::npos)
         << e.what();
   }
+}
+
+// ---- Rehearsal ------------------------------------------------------------------------------------
+
+namespace {
+
+// A random base MLM head (io::HfRoberta::lm_head names; decoder.weight left out: it is tied).
+TensorMap base_lm_head(uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal(0.0, 0.5);
+  auto random = [&](const Shape& shape) {
+    Tensor t = Tensor::empty(shape, DType::f64);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<double>()[i] = normal(gen);
+    return t;
+  };
+  return {{"dense.weight", random({kHidden, kHidden})}, {"dense.bias", random({kHidden})},
+          {"layer_norm.weight", random({kHidden})},     {"layer_norm.bias", random({kHidden})},
+          {"bias", random({kVocab})}};
+}
+
+// A global batch of four texts of the rehearsal stream, whole, with its ids.
+data::TaskBatch rehearsal_batch(uint32_t seed) {
+  std::mt19937 gen(seed);
+  data::TaskBatch batch;
+  batch.task = Task::masked_lm;
+  batch.fields = {text_field(gen, {5, 2, 6, 4})};
+  auto global = std::make_shared<data::GlobalBatch>();
+  for (int64_t i = 0; i < 4; ++i) {
+    batch.examples.push_back(i);
+    batch.ids.push_back(data::example_id(Task::masked_lm, 1, 10 + i));
+  }
+  global->ids = batch.ids;
+  global->fields = batch.fields;
+  batch.global = std::move(global);
+  batch.global_count = 4;
+  return batch;
+}
+
+MlmMasking rehearsal_masking() {
+  MlmMasking m;
+  m.probability = 0.4;  // several masked tokens per text
+  m.seed = 17;
+  return m;
+}
+
+double rehearse(Rehearsal& rehearsal, const data::TaskBatch& batch, double weight, const ForwardOptions& forward) {
+  ObjectiveOptions options;
+  options.weight = weight;
+  options.forward = forward;
+  return scalar(rehearsal.run(batch, options));
+}
+
+void check_rehearsal_gradients(bool train_head, bool shared) {
+  SCOPED_TRACE(std::string(train_head ? "trained head" : "frozen head") + (shared ? ", shared base" : ""));
+  const QaracConfig config = tiny_config(/*dropout=*/true, shared, false);
+  QaracModels models(config, base_checkpoint(config.base, 3), DType::f64, Device::cpu());
+  perturb_vectors(models.parameters(), 5);
+  Rehearsal rehearsal(models, base_lm_head(8), "the test's head", rehearsal_masking(), train_head);
+  ParameterList params = models.parameters();
+  const ParameterList head = rehearsal.head_parameters();
+  params.insert(params.end(), head.begin(), head.end());
+  const data::TaskBatch batch = rehearsal_batch(4);
+  ForwardOptions forward;
+  forward.training = true;  // dropout, keyed by (step, application 16, example id)
+  forward.seed = 42;
+  forward.step = 3;
+  const double w = 0.6;
+
+  zero_grads(params);
+  const double loss = rehearse(rehearsal, batch, w, forward);
+  ASSERT_GT(loss, 0);
+  std::vector<std::vector<double>> grads;
+  for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
+
+  // As check_step_gradients: central differences of w · loss, h = 1e-5.
+  const double h = 1e-5, floor = 1e-8 * std::max(1.0, std::fabs(w * loss));
+  std::mt19937_64 gen(9);
+  std::set<std::string> moved;  // modules with a non-zero gradient
+  for (size_t k = 0; k < params.size(); ++k) {
+    Parameter& p = *params[k];
+    double* v = p.value.data<double>();
+    const int64_t n = p.value.numel();
+    double worst = 0, largest = 0, analytic = 0;
+    for (int s = 0; s < static_cast<int>(std::min<int64_t>(n, 3)); ++s) {
+      const int64_t i = n <= 3 ? s : static_cast<int64_t>(gen() % static_cast<uint64_t>(n));
+      const double saved = v[i];
+      v[i] = saved + h;
+      const double up = w * rehearse(rehearsal, batch, w, forward);
+      v[i] = saved - h;
+      const double down = w * rehearse(rehearsal, batch, w, forward);
+      v[i] = saved;
+      const double numeric = (up - down) / (2 * h);
+      worst = std::max(worst, std::fabs(numeric - grads[k][static_cast<size_t>(i)]));
+      largest = std::max(largest, std::fabs(numeric));
+    }
+    for (double g : grads[k]) analytic = std::max(analytic, std::fabs(g));
+    const bool frozen_head = !train_head && std::find(head.begin(), head.end(), &p) != head.end();
+    if (frozen_head)
+      EXPECT_EQ(analytic, 0) << p.name << ": a frozen head keeps no gradient";
+    else
+      EXPECT_LE(worst, 1e-6 * largest + floor) << p.name;
+    if (analytic > 0) moved.insert(module_of(p.name));
+  }
+  // Only AE's base (the shared one) and, trained, the head: not the pooling heads, QE or D.
+  std::set<std::string> expected = {shared ? "shared_encoder.roberta" : "answer_encoder.roberta"};
+  if (train_head) expected.insert("mlm_head.lm_head");
+  EXPECT_EQ(moved, expected);
+}
+
+}  // namespace
+
+TEST(Rehearsal, GradientsMatchFiniteDifferencesFrozenHead) { check_rehearsal_gradients(false, false); }
+TEST(Rehearsal, GradientsMatchFiniteDifferencesTrainedHead) { check_rehearsal_gradients(true, false); }
+TEST(Rehearsal, GradientsMatchFiniteDifferencesTrainedHeadSharedBase) { check_rehearsal_gradients(true, true); }
+
+// The loss is the mean over the masked tokens of the whole global batch: run in micro-batches,
+// each weighted by its share n / N as the trainer does, it sums to the whole batch's loss and
+// gradients, although the micro-batches hold different numbers of masked tokens.
+TEST(Rehearsal, MicroBatchesSumToTheGlobalBatch) {
+  const QaracConfig config = tiny_config(/*dropout=*/true, false, false);
+  QaracModels models(config, base_checkpoint(config.base, 3), DType::f64, Device::cpu());
+  Rehearsal rehearsal(models, base_lm_head(8), "the test's head", rehearsal_masking(), true);
+  ParameterList params = models.parameters();
+  for (Parameter* p : rehearsal.head_parameters()) params.push_back(p);
+  const data::TaskBatch batch = rehearsal_batch(4);
+  ForwardOptions forward;
+  forward.training = true;
+  forward.seed = 42;
+  forward.step = 5;
+  zero_grads(params);
+  const double whole = rehearse(rehearsal, batch, 0.6, forward);
+  std::vector<std::vector<double>> want;
+  for (const Parameter* p : params) want.push_back(p->grad.to_vector<double>());
+
+  const std::vector<data::TaskBatch> micro = batch.split(10);
+  ASSERT_GT(micro.size(), 2u);
+  zero_grads(params);
+  double summed = 0;
+  for (const data::TaskBatch& m : micro) {
+    const double share = static_cast<double>(m.count()) / static_cast<double>(m.global_count);
+    summed += share * rehearse(rehearsal, m, 0.6 * share, forward);
+  }
+  EXPECT_NEAR(summed, whole, 1e-12 * whole);
+  for (size_t k = 0; k < params.size(); ++k) {
+    const std::vector<double> got = params[k]->grad.to_vector<double>();
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[k][i], 1e-12) << params[k]->name << " " << i;
+  }
+}
+
+// A head the base checkpoint lacks or that does not fit the model is refused naming its source.
+TEST(Rehearsal, RefusesAMisshapenHead) {
+  const QaracConfig config = tiny_config(false, false, false);
+  QaracModels models(config, base_checkpoint(config.base, 3), DType::f64, Device::cpu());
+  TensorMap head = base_lm_head(8);
+  head.erase("dense.bias");
+  EXPECT_THROW(Rehearsal(models, head, "the test's head", rehearsal_masking(), false), InputError);
 }

@@ -44,6 +44,13 @@ TEST(TaskCost, CountsEveryMatrixProductOfAOneTokenEncoderPass) {
   const double causal1 = 4 * 2 * 16 + 2 * 2 * 32 + 2 * 1 * 4, causal2 = 2 * (4 * 2 * 16 + 2 * 2 * 32 + 2 * 2 * 4);
   const double dec = 2 * causal1 + causal2 + causal1 + (2 * 16 + 2 * 4 * 10);
   EXPECT_DOUBLE_EQ(flops[0], 3 * (enc2 + dec));
+  EXPECT_DOUBLE_EQ(flops[4], 0);  // rehearsal off: batch 0
+
+  // Rehearsal on a text of 2 tokens: AE's base over both (no pooling head), the MLM head's dense
+  // and output matrices at both positions.
+  one[4] = {1, {2}};
+  const double mlm = 2 * 2 * (4 * 2 * 16 + 2 * 2 * 32 + 4 * 2 * 4) + 2 * (2 * 16 + 2 * 4 * 10);
+  EXPECT_DOUBLE_EQ(parallel::task_step_flops(c, one)[4], 3 * mlm);
 }
 
 TEST(TaskCost, RobertaBaseQaracStepSplitsAsTheDesignNoteSays) {

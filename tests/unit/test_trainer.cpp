@@ -74,8 +74,9 @@ TEST(TaskPlan, OneRankRunsEveryTask) {
     const parallel::TaskPlan plan = parallel::TaskPlan::parse(spec, 1, {2, 1, 1, 0.5}, kEqualCosts);
     EXPECT_EQ(plan.tasks_of(0), tasks({Task::encode_decode, Task::question_answering,
                                        Task::reasoning, Task::consistency}));
-    for (int t = 0; t < data::kTaskCount; ++t)
+    for (int t = 0; t < data::kQaracTaskCount; ++t)
       EXPECT_EQ(plan.ranks_of(static_cast<Task>(t)), std::vector<int>{0});
+    EXPECT_TRUE(plan.ranks_of(Task::masked_lm).empty()) << "rehearsal is off at weight 0";
     EXPECT_EQ(plan.weight(Task::encode_decode), 2.0);
     EXPECT_EQ(plan.weight(Task::consistency), 0.5);
     const data::RankPlan rp = plan.rank_plan(0);
@@ -167,6 +168,44 @@ TEST(TaskPlan, BadSpecsAreOneLineInputErrors) {
   expect_input_error(parse("auto", 0), {"world size"});
   expect_input_error([] { parallel::TaskPlan::parse("auto", 1, {1, -1, 1, 1}, kEqualCosts); },
                      {"question_answering", "weight"});
+}
+
+// Rehearsal (task.mlm.weight > 0) is a fifth task in every plan: W = 1 runs all five, explicit
+// specs must name it, auto gives it ranks by its cost; at weight 0 it runs nowhere and a spec
+// may not name it.
+TEST(TaskPlan, RehearsalIsAFifthTaskOnlyWhenOn) {
+  const parallel::TaskValues on = {1, 1, 1, 1, 0.5}, costs = {4, 2, 4, 1, 3};
+  for (const char* spec : {"auto", "ed:1,qa:1,rs:1,cs:1,mlm:1", "masked_lm:1,cs:1,rs:1,qa:1,ed:1"}) {
+    SCOPED_TRACE(spec);
+    const parallel::TaskPlan one = parallel::TaskPlan::parse(spec, 1, on, costs);
+    EXPECT_EQ(one.tasks_of(0), tasks({Task::encode_decode, Task::question_answering, Task::reasoning,
+                                      Task::consistency, Task::masked_lm}));
+    EXPECT_EQ(one.weight(Task::masked_lm), 0.5);
+  }
+  const parallel::TaskPlan five = parallel::TaskPlan::parse("ed:1,qa:1,rs:1,cs:1,mlm:1", 5, on, costs);
+  EXPECT_EQ(five.ranks_of(Task::masked_lm), std::vector<int>{4});
+  EXPECT_EQ(five.tasks_of(4), tasks({Task::masked_lm}));
+  EXPECT_EQ(five.ranks_holding(parallel::Model::answer_encoder), (std::vector<int>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(five.ranks_holding(parallel::Model::decoder), (std::vector<int>{0, 2}));
+  EXPECT_NE(five.table().find("masked_lm (mlm)"), std::string::npos) << five.table();
+  // auto: one rank each, the sixth and seventh to the costliest per rank (ED, RS: 4 each).
+  const parallel::TaskPlan seven = parallel::TaskPlan::parse("auto", 7, on, costs);
+  EXPECT_EQ(seven.group_size(Task::masked_lm), 1);
+  EXPECT_EQ(seven.group_size(Task::encode_decode), 2);
+  EXPECT_EQ(seven.group_size(Task::reasoning), 2);
+  // Fewer ranks than tasks: LPT, the costliest first onto the least loaded rank.
+  const parallel::TaskPlan two = parallel::TaskPlan::parse("auto", 2, on, costs);
+  EXPECT_EQ(two.tasks_of(0), tasks({Task::encode_decode, Task::masked_lm}));
+  EXPECT_EQ(two.tasks_of(1), tasks({Task::question_answering, Task::reasoning, Task::consistency}));
+
+  const auto parse = [](const std::string& spec, const parallel::TaskValues& weights) {
+    return [spec, weights] { parallel::TaskPlan::parse(spec, 5, weights, kEqualCosts); };
+  };
+  expect_input_error(parse("ed:1,qa:1,rs:1,cs:1", on),
+                     {"--parallel.tasks", "task mlm is missing", "task.mlm.weight > 0"});
+  expect_input_error(parse("ed:1,qa:1,rs:1,cs:1,mlm:1", kUnitWeights),
+                     {"--parallel.tasks", "task mlm is given, but rehearsal is off (task.mlm.weight 0)"});
+  EXPECT_TRUE(parallel::TaskPlan::parse("auto", 5, kUnitWeights, kEqualCosts).ranks_of(Task::masked_lm).empty());
 }
 
 // ---- Learning-rate schedule ---------------------------------------------------------------------
@@ -395,6 +434,93 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
   expect_key([](TrainConfig& b) { b.output.clear(); }, "output");
 }
 
+// Rehearsal's options: off by default; its other settings, and model.mask_probability, have no
+// effect while it is off and are refused then; none in model.mode mlm.
+TEST(TrainConfig, RehearsalOptionsAreCheckedAndRefusedWhileOff) {
+  TrainConfig c;
+  c.output = "/tmp/x";
+  c.base = "/b";
+  c.data_dir = "/d";
+  EXPECT_FALSE(c.rehearsal());
+  EXPECT_EQ(c.task_weight(Task::masked_lm), 0.0);
+  const auto with = [&](std::initializer_list<std::string> given, const std::function<void(TrainConfig&)>& change) {
+    TrainConfig d = c;
+    d.given.insert(given.begin(), given.end());
+    change(d);
+    return d;
+  };
+  for (const char* key : {"task.mlm.batch", "task.mlm.head", "model.mask_probability"}) {
+    const TrainConfig off = with({key}, [](TrainConfig&) {});
+    expect_input_error([&] { check_values(off); }, {key, "has no effect while task.mlm.weight is 0 (rehearsal off)"});
+  }
+  const TrainConfig on = with({"task.mlm.weight", "task.mlm.batch", "task.mlm.head", "model.mask_probability"},
+                              [](TrainConfig& d) {
+                                d.task[static_cast<int>(Task::masked_lm)] = {0.5, 16};
+                                d.mlm_head = "trained";
+                                d.mask_probability = 0.2;
+                              });
+  EXPECT_TRUE(on.rehearsal());
+  check_values(on);
+  TrainConfig bad = on;
+  bad.mlm_head = "thawed";
+  expect_input_error([&] { check_values(bad); }, {"task.mlm.head", "thawed", "frozen or trained"});
+  bad = on;
+  bad.mask_probability = 1;
+  expect_input_error([&] { check_values(bad); }, {"model.mask_probability", "(0, 1)"});
+  bad = on;
+  bad.task[static_cast<int>(Task::masked_lm)].batch = 0;
+  expect_input_error([&] { check_values(bad); }, {"task.mlm.batch"});
+  bad = c;
+  bad.task[static_cast<int>(Task::masked_lm)].weight = -1;
+  expect_input_error([&] { check_values(bad); }, {"task.mlm.weight", ">= 0"});
+  TrainConfig mlm_mode = with({"task.mlm.weight"}, [](TrainConfig& d) {
+    d.mode = "mlm";
+    d.tokenizer = "/t";
+    d.task[static_cast<int>(Task::masked_lm)].weight = 1;
+  });
+  EXPECT_FALSE(mlm_mode.rehearsal());
+  expect_input_error([&] { check_values(mlm_mode); }, {"task.mlm.weight", "has no effect with model.mode mlm"});
+  mlm_mode.given = {"task.mlm.head"};
+  expect_input_error([&] { check_values(mlm_mode); }, {"task.mlm.head", "has no effect with model.mode mlm"});
+}
+
+// Rehearsal may not be turned on or off at a resume: a run without it holds no cursor of its
+// stream, one with it a cursor (and, trained, a head) that would be dropped. Checkpoints from
+// before rehearsal existed (no task.mlm keys) resume with it off.
+TEST(TrainConfig, ResumeKeepsRehearsalOnOrOff) {
+  TrainConfig off;
+  off.output = "/tmp/x";
+  off.base = "/b";
+  off.data_dir = "/d";
+  TrainConfig on = off;
+  on.task[static_cast<int>(Task::masked_lm)].weight = 1;
+  const std::string off_text = to_ini(off), on_text = to_ini(on);
+  std::string old_text;  // to_ini of a build before rehearsal: without the task.mlm lines
+  std::istringstream lines(off_text);
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind("mlm.", 0) != 0) old_text += line + "\n";
+  ASSERT_EQ(old_text.find("mlm."), std::string::npos);
+  EXPECT_EQ(resume_mismatch(off, old_text), "");
+  EXPECT_EQ(resume_mismatch(off, off_text), "");
+  EXPECT_EQ(resume_mismatch(on, on_text), "");
+  for (const std::string& saved : {old_text, off_text})
+    EXPECT_NE(resume_mismatch(on, saved).find("task.mlm.weight: rehearsal was off in the checkpoint's run and is on"),
+              std::string::npos);
+  EXPECT_NE(resume_mismatch(off, on_text).find("task.mlm.weight: rehearsal was on in the checkpoint's run and is off"),
+            std::string::npos);
+  TrainConfig other = on;
+  other.task[static_cast<int>(Task::masked_lm)].weight = 0.25;  // a weight may change, as every task's
+  EXPECT_EQ(resume_mismatch(other, on_text), "");
+  other.task[static_cast<int>(Task::masked_lm)].batch = 16;
+  EXPECT_NE(resume_mismatch(other, on_text).find("task.mlm.batch was 128"), std::string::npos);
+  other = on;
+  other.mlm_head = "trained";
+  EXPECT_NE(resume_mismatch(other, on_text).find("task.mlm.head was frozen"), std::string::npos);
+  other = off;
+  other.task[static_cast<int>(Task::masked_lm)].batch = 16;  // no effect while off: not compared
+  EXPECT_EQ(resume_mismatch(other, old_text), "");
+}
+
 // ---- qarac-train ---------------------------------------------------------------------------------
 
 using qarac::test_support::CliResult;
@@ -602,6 +728,74 @@ TEST_F(TrainCli, ResumedRunIsBitIdenticalToAStraightOne) {
       EXPECT_EQ(tensor.to_vector<float>(), tb.at(name).to_vector<float>()) << name;
     }
   }
+}
+
+// Rehearsal from the command line: its input errors come in one line before the output directory
+// exists; a run writes the rehearsal's loss per step and its trained head as a checkpoint part of
+// its own, and resumed halfway it ends bit for bit where the straight run does (dropout on, the
+// head trained: its weights and moments must come back too); a resume may not turn it off.
+TEST_F(TrainCli, RehearsalRunsResumesAndRefusesWhatItCannotDo) {
+  const std::string tokenizer = "--eval.tokenizer " + test_support::kSample + "tokenizer ";
+  expect_usage_error("--task.mlm.batch 8", {"task.mlm.batch", "rehearsal off"});
+  expect_usage_error("--model.mask_probability 0.2", {"model.mask_probability", "rehearsal off"});
+  expect_usage_error("--parallel.tasks ed:1,qa:1,rs:1,cs:1,mlm:1", {"--parallel.tasks", "task mlm is given"});
+  expect_usage_error(tokenizer + "--task.mlm.weight 1 --parallel.tasks ed:1,qa:1,rs:1,cs:1",
+                     {"--parallel.tasks", "task mlm is missing"});
+  expect_usage_error(tokenizer + "--task.mlm.weight 1 --task.mlm.head thawed", {"task.mlm.head", "thawed"});
+  expect_usage_error("--task.mlm.weight 1", {"task.mlm.weight", "holds no tokenizer", "eval.tokenizer"});
+  // A base without its MLM head (a RobertaModel).
+  const fs::path headless = root() / "headless-base";
+  fs::create_directories(headless);
+  TensorMap tensors = io::read_safetensors((root() / "base" / "model.safetensors").string());
+  for (auto it = tensors.begin(); it != tensors.end();)
+    it = it->first.rfind("lm_head.", 0) == 0 ? tensors.erase(it) : std::next(it);
+  io::write_safetensors((headless / "model.safetensors").string(), tensors);
+  fs::copy_file(root() / "base" / "config.json", headless / "config.json", fs::copy_options::overwrite_existing);
+  expect_usage_error(tokenizer + "--task.mlm.weight 1 --model.base " + headless.string(),
+                     {"task.mlm.weight", "no lm_head.*", "RobertaForMaskedLM"});
+
+  const std::string common = tokenizer + "--task.mlm.weight 0.5 --task.mlm.batch 8 --task.mlm.head trained "
+                                         "--model.mask_probability 0.2 --model.dropout 0.1 --optimizer.name nadam "
+                                         "--checkpoint.every 0 ";
+  const fs::path straight = root() / "rehearsal-straight", split = root() / "rehearsal-split";
+  const CliResult a = train(straight, common + "--train.steps 4");
+  ASSERT_EQ(a.code, 0) << a.output;
+  EXPECT_NE(a.output.find("masked_lm (mlm)"), std::string::npos) << a.output;
+  const CliResult b1 = train(split, common + "--train.steps 2");
+  ASSERT_EQ(b1.code, 0) << b1.output;
+  const CliResult off = train(split, tokenizer + "--train.steps 4 --model.dropout 0.1 --optimizer.name nadam --resume");
+  EXPECT_EQ(off.code, 2) << off.output;
+  EXPECT_NE(off.output.find("task.mlm.weight: rehearsal was on in the checkpoint's run and is off"), std::string::npos)
+      << off.output;
+  const CliResult b2 = train(split, common + "--train.steps 4 --resume");
+  ASSERT_EQ(b2.code, 0) << b2.output;
+  EXPECT_NE(b2.output.find("resuming from"), std::string::npos) << b2.output;
+
+  const std::vector<nlohmann::json> la = read_jsonl(straight / "metrics.jsonl"),
+                                    lb = read_jsonl(split / "metrics.jsonl");
+  ASSERT_EQ(la.size(), 4u);
+  ASSERT_EQ(lb.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const double loss = la[i].at("loss").at("masked_lm").get<double>();
+    EXPECT_TRUE(std::isfinite(loss) && loss > 0) << la[i].dump();
+    EXPECT_EQ(la[i].at("loss"), lb[i].at("loss")) << "step " << i + 1;
+    EXPECT_EQ(la[i].at("global_examples").get<int64_t>(), 5 * 8);  // every task's global batch
+  }
+  std::set<std::string> parts;
+  for (const auto& e : fs::directory_iterator(straight / "checkpoints" / "step-0000000004"))
+    parts.insert(e.path().filename());
+  EXPECT_EQ(parts, (std::set<std::string>{"question_encoder.h5", "answer_encoder.h5", "decoder.h5", "mlm_head.h5"}));
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+    SCOPED_TRACE(model);
+    const TensorMap ta = io::read_safetensors((straight / "export" / model / "model.safetensors").string());
+    const TensorMap tb = io::read_safetensors((split / "export" / model / "model.safetensors").string());
+    ASSERT_EQ(ta.size(), tb.size());
+    for (const auto& [name, tensor] : ta) {
+      ASSERT_TRUE(tb.count(name)) << name;
+      EXPECT_EQ(tensor.to_vector<float>(), tb.at(name).to_vector<float>()) << name;
+    }
+  }
+  EXPECT_FALSE(fs::exists(straight / "export" / "mlm_head")) << "the rehearsal head is not exported";
 }
 
 // Every rank of a task gets the task's whole global batch beside its own part (the MLM loss

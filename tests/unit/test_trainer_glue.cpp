@@ -269,7 +269,8 @@ class TrainerStep : public ::testing::Test {
 test_support::TempDir* TrainerStep::root_ = nullptr;
 
 // One step in f64 with dropout, every task split into micro-batches (its examples / N_t < 1 of
-// its loss each) and weights w_t = 2, 0.5, 1.5, 0.25, clipped to a quarter of the norm. The
+// its loss each) and weights w_t = 2, 0.5, 1.5, 0.25 and 0.75 for rehearsal (its head trained,
+// a group of its own), clipped to a quarter of the norm. The
 // reference runs each task's whole global batch alone at weight 1 (its gradient ∇loss_t, the
 // mean over the batch), combines g = Σ_t w_t ∇loss_t, and applies torch's clipping and AdamW's
 // first step by hand. The gradient norm without its square root, an inverted clip factor, or a
@@ -291,9 +292,11 @@ TEST_F(TrainerStep, OneStepIsTheTasksGradientsCombinedByHand) {
   c.final_lr = 0.5;
   c.checkpoint_every = 1;
   c.log_every = 1;
-  const double weights[data::kTaskCount] = {2.0, 0.5, 1.5, 0.25};
-  const int64_t batches[data::kTaskCount] = {6, 5, 4, 7};
+  const double weights[data::kTaskCount] = {2.0, 0.5, 1.5, 0.25, 0.75};
+  const int64_t batches[data::kTaskCount] = {6, 5, 4, 7, 5};
   for (int t = 0; t < data::kTaskCount; ++t) c.task[t] = {weights[t], batches[t]};
+  c.mlm_head = "trained";
+  c.eval_tokenizer = kSample + "tokenizer";  // the rehearsal's <mask>
   check_values(c);
 
   // The reference: the same models and global batches, each task's gradient alone.
@@ -304,7 +307,7 @@ TEST_F(TrainerStep, OneStepIsTheTasksGradientsCombinedByHand) {
   const std::vector<Values> start = snapshot(params, &Parameter::master);
   TaskLoaders loaders(plan.rank_plan(0), c, 0);
   const data::StepBatch batch = loaders.next();
-  ASSERT_EQ(batch.tasks.size(), 4u);
+  ASSERT_EQ(batch.tasks.size(), 5u);
   std::vector<Values> g;
   for (const Parameter* p : params) g.emplace_back(static_cast<size_t>(p->grad.numel()), 0.0);
   double losses[data::kTaskCount] = {};
