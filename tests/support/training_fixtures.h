@@ -29,10 +29,11 @@ struct TempDir {
 };
 
 // A random tiny RoBERTa written as a Hugging Face directory (names "roberta.*" and an MLM head
-// "lm_head.*", as transformers saves RobertaForMaskedLM), with the vocabulary of `tokenizer_dir`
-// (or, `vocab_size` > 0, a vocabulary of that size: a base that does not fit the data).
+// "lm_head.*", as transformers saves RobertaForMaskedLM; without `mlm_head`, as it saves a
+// RobertaModel), with the vocabulary of `tokenizer_dir` (or, `vocab_size` > 0, a vocabulary of
+// that size: a base that does not fit the data).
 inline void write_tiny_base(const std::filesystem::path& dir, const std::string& tokenizer_dir,
-                            int64_t vocab_size = 0) {
+                            int64_t vocab_size = 0, bool mlm_head = true) {
   RobertaConfig config;
   config.vocab_size =
       vocab_size > 0 ? vocab_size : static_cast<int64_t>(data::Tokenizer::from_dir(tokenizer_dir).vocab_size());
@@ -46,12 +47,14 @@ inline void write_tiny_base(const std::filesystem::path& dir, const std::string&
   TensorMap tensors;
   for (const Parameter* p : encoder.parameters()) tensors["roberta." + p->name] = p->master;
   const int64_t d = config.hidden_size, v = config.vocab_size;
-  tensors["lm_head.dense.weight"] = Tensor::zeros({d, d}, DType::f32);
-  tensors["lm_head.dense.bias"] = Tensor::zeros({d}, DType::f32);
-  tensors["lm_head.layer_norm.weight"] = Tensor::zeros({d}, DType::f32);
-  tensors["lm_head.layer_norm.bias"] = Tensor::zeros({d}, DType::f32);
-  tensors["lm_head.decoder.weight"] = tensors["roberta.embeddings.word_embeddings.weight"];
-  tensors["lm_head.bias"] = Tensor::zeros({v}, DType::f32);
+  if (mlm_head) {
+    tensors["lm_head.dense.weight"] = Tensor::zeros({d, d}, DType::f32);
+    tensors["lm_head.dense.bias"] = Tensor::zeros({d}, DType::f32);
+    tensors["lm_head.layer_norm.weight"] = Tensor::zeros({d}, DType::f32);
+    tensors["lm_head.layer_norm.bias"] = Tensor::zeros({d}, DType::f32);
+    tensors["lm_head.decoder.weight"] = tensors["roberta.embeddings.word_embeddings.weight"];
+    tensors["lm_head.bias"] = Tensor::zeros({v}, DType::f32);
+  }
   std::filesystem::create_directories(dir);
   io::write_safetensors((dir / "model.safetensors").string(), tensors);
   io::write_hf_config((dir / "config.json").string(), config);

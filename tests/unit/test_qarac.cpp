@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <iostream>
 #include <random>
 #include <map>
@@ -143,6 +144,50 @@ std::vector<double> row_values(const Tensor& t, int64_t row) {
   return t.select(row).clone().to_vector<double>();
 }
 
+// The gradients `grads` (one per parameter, read before any difference runs: those accumulate
+// more) against central differences of `loss`, whose value at the parameters is `at`, at up to
+// three elements of every parameter that `skip` does not name. h = 1e-5: truncation
+// O(h²|L'''|) ≈ 1e-10, rounding ≈ ε|L|/h ≈ 1e-10. Analytic and numeric must agree to 1e-6
+// relative to the largest numeric entry sampled in the tensor, with an absolute floor of
+// 1e-8 max(1, |L|) for gradients that vanish (the attention key bias's is exactly 0: the softmax
+// cancels it). Returns the modules of the parameters whose gradient is not all zero.
+std::set<std::string> expect_gradients_match_differences(const ParameterList& params,
+                                                         const std::vector<std::vector<double>>& grads, double at,
+                                                         const std::function<double()>& loss,
+                                                         const std::function<bool(const Parameter&)>& skip = {}) {
+  const double h = 1e-5, floor = 1e-8 * std::max(1.0, std::fabs(at));
+  std::mt19937_64 gen(9);
+  std::set<std::string> moved;
+  for (size_t k = 0; k < params.size(); ++k) {
+    Parameter& p = *params[k];
+    if (std::any_of(grads[k].begin(), grads[k].end(), [](double g) { return g != 0; })) moved.insert(module_of(p.name));
+    if (skip && skip(p)) continue;
+    double* v = p.value.data<double>();
+    const int64_t n = p.value.numel();
+    double worst = 0, largest = 0;
+    for (int s = 0; s < static_cast<int>(std::min<int64_t>(n, 3)); ++s) {
+      const int64_t i = n <= 3 ? s : static_cast<int64_t>(gen() % static_cast<uint64_t>(n));
+      const double saved = v[i];
+      v[i] = saved + h;
+      const double up = loss();
+      v[i] = saved - h;
+      const double down = loss();
+      v[i] = saved;
+      const double numeric = (up - down) / (2 * h);
+      worst = std::max(worst, std::fabs(numeric - grads[k][static_cast<size_t>(i)]));
+      largest = std::max(largest, std::fabs(numeric));
+    }
+    EXPECT_LE(worst, 1e-6 * largest + floor) << p.name;
+  }
+  return moved;
+}
+
+std::vector<std::vector<double>> gradients_of(const ParameterList& params) {
+  std::vector<std::vector<double>> grads;
+  for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
+  return grads;
+}
+
 void check_step_gradients(bool dropout, bool shared, bool tied) {
   SCOPED_TRACE(std::string(dropout ? "dropout" : "no dropout") + (shared ? ", shared base" : "") +
                (tied ? ", tied LM head" : ""));
@@ -159,37 +204,8 @@ void check_step_gradients(bool dropout, bool shared, bool tied) {
 
   zero_grads(params);
   const double loss = step_loss(objectives, batches, forward);
-  std::vector<std::vector<double>> grads;
-  for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
-
-  // Central differences, h = 1e-5: truncation O(h²|L'''|) ≈ 1e-10, rounding ≈ ε|L|/h ≈ 1e-10.
-  // Analytic and numeric must agree to 1e-6 relative to the largest numeric entry sampled in the
-  // tensor, with an absolute floor of 1e-8 max(1, |L|) for gradients that vanish (the attention
-  // key bias's is exactly 0: the softmax cancels it).
-  const double h = 1e-5, floor = 1e-8 * std::max(1.0, std::fabs(loss));
-  std::mt19937_64 gen(9);
-  std::set<std::string> modules;
-  for (size_t k = 0; k < params.size(); ++k) {
-    Parameter& p = *params[k];
-    double* v = p.value.data<double>();
-    const int64_t n = p.value.numel();
-    const int samples = static_cast<int>(std::min<int64_t>(n, 3));
-    double worst = 0, largest = 0;
-    for (int s = 0; s < samples; ++s) {
-      const int64_t i = n <= 3 ? s : static_cast<int64_t>(gen() % static_cast<uint64_t>(n));
-      const double saved = v[i];
-      v[i] = saved + h;
-      const double up = step_loss(objectives, batches, forward);
-      v[i] = saved - h;
-      const double down = step_loss(objectives, batches, forward);
-      v[i] = saved;
-      const double numeric = (up - down) / (2 * h);
-      worst = std::max(worst, std::fabs(numeric - grads[k][static_cast<size_t>(i)]));
-      largest = std::max(largest, std::fabs(numeric));
-    }
-    EXPECT_LE(worst, 1e-6 * largest + floor) << p.name;
-    modules.insert(module_of(p.name));
-  }
+  const std::set<std::string> modules = expect_gradients_match_differences(
+      params, gradients_of(params), loss, [&] { return step_loss(objectives, batches, forward); });
   const std::string encoder_base = shared ? "shared_encoder.roberta" : "question_encoder.roberta";
   std::set<std::string> expected = {
       encoder_base,      "question_encoder.pooling", "answer_encoder.pooling",
@@ -310,32 +326,8 @@ void check_contrastive_gradients(bool dropout, int64_t micro_tokens) {
   zero_grads(params);
   const double loss = contrastive_step(objectives, micro, forward, weight);
   ASSERT_GT(loss, 0);
-  std::vector<std::vector<double>> grads;  // before the differences accumulate more
-  for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
-  const double h = 1e-5, floor = 1e-8 * std::max(1.0, std::fabs(loss));
-  std::mt19937_64 pick(9);
-  std::set<std::string> modules;
-  for (size_t k = 0; k < params.size(); ++k) {
-    Parameter* p = params[k];
-    const std::vector<double>& grad = grads[k];
-    double* v = p->value.data<double>();
-    const int64_t n = p->value.numel();
-    double worst = 0, largest = 0;
-    for (int s = 0; s < std::min<int64_t>(n, 3); ++s) {
-      const int64_t i = n <= 3 ? s : static_cast<int64_t>(pick() % static_cast<uint64_t>(n));
-      const double saved = v[i];
-      v[i] = saved + h;
-      const double up = contrastive_step(objectives, micro, forward, weight);
-      v[i] = saved - h;
-      const double down = contrastive_step(objectives, micro, forward, weight);
-      v[i] = saved;
-      const double numeric = (up - down) / (2 * h);
-      worst = std::max(worst, std::fabs(numeric - grad[static_cast<size_t>(i)]));
-      largest = std::max(largest, std::fabs(numeric));
-    }
-    EXPECT_LE(worst, 1e-6 * largest + floor) << p->name;
-    if (largest > 0) modules.insert(module_of(p->name));
-  }
+  const std::set<std::string> modules = expect_gradients_match_differences(
+      params, gradients_of(params), loss, [&] { return contrastive_step(objectives, micro, forward, weight); });
   // The task reaches both encoders, and nothing else.
   EXPECT_EQ(modules, (std::set<std::string>{"question_encoder.roberta", "question_encoder.pooling",
                                             "answer_encoder.roberta", "answer_encoder.pooling"}));
@@ -890,38 +882,17 @@ void check_rehearsal_gradients(bool train_head, bool shared) {
   zero_grads(params);
   const double loss = rehearse(rehearsal, batch, w, forward);
   ASSERT_GT(loss, 0);
-  std::vector<std::vector<double>> grads;
-  for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
-
-  // As check_step_gradients: central differences of w · loss, h = 1e-5.
-  const double h = 1e-5, floor = 1e-8 * std::max(1.0, std::fabs(w * loss));
-  std::mt19937_64 gen(9);
-  std::set<std::string> moved;  // modules with a non-zero gradient
+  const std::vector<std::vector<double>> grads = gradients_of(params);
+  // A frozen head keeps no gradient, and has none to compare.
+  const auto frozen_head = [&](const Parameter& p) {
+    return !train_head && std::find(head.begin(), head.end(), &p) != head.end();
+  };
   for (size_t k = 0; k < params.size(); ++k) {
-    Parameter& p = *params[k];
-    double* v = p.value.data<double>();
-    const int64_t n = p.value.numel();
-    double worst = 0, largest = 0, analytic = 0;
-    for (int s = 0; s < static_cast<int>(std::min<int64_t>(n, 3)); ++s) {
-      const int64_t i = n <= 3 ? s : static_cast<int64_t>(gen() % static_cast<uint64_t>(n));
-      const double saved = v[i];
-      v[i] = saved + h;
-      const double up = w * rehearse(rehearsal, batch, w, forward);
-      v[i] = saved - h;
-      const double down = w * rehearse(rehearsal, batch, w, forward);
-      v[i] = saved;
-      const double numeric = (up - down) / (2 * h);
-      worst = std::max(worst, std::fabs(numeric - grads[k][static_cast<size_t>(i)]));
-      largest = std::max(largest, std::fabs(numeric));
-    }
-    for (double g : grads[k]) analytic = std::max(analytic, std::fabs(g));
-    const bool frozen_head = !train_head && std::find(head.begin(), head.end(), &p) != head.end();
-    if (frozen_head)
-      EXPECT_EQ(analytic, 0) << p.name << ": a frozen head keeps no gradient";
-    else
-      EXPECT_LE(worst, 1e-6 * largest + floor) << p.name;
-    if (analytic > 0) moved.insert(module_of(p.name));
+    if (!frozen_head(*params[k])) continue;
+    for (double g : grads[k]) EXPECT_EQ(g, 0) << params[k]->name << ": a frozen head keeps no gradient";
   }
+  const std::set<std::string> moved = expect_gradients_match_differences(
+      params, grads, w * loss, [&] { return w * rehearse(rehearsal, batch, w, forward); }, frozen_head);
   // Only AE's base (the shared one) and, trained, the head: not the pooling heads, QE or D.
   std::set<std::string> expected = {shared ? "shared_encoder.roberta" : "answer_encoder.roberta"};
   if (train_head) expected.insert("mlm_head.lm_head");

@@ -8,7 +8,6 @@
 #include <fstream>
 #include <string>
 
-#include "io/safetensors.h"
 #include "support/train_cli.h"
 
 using qarac::test_support::CliResult;
@@ -68,11 +67,7 @@ TEST_F(TrainOptionsCli, TheProgressLineIsRewrittenOnlyOnATerminal) {
 // forgetting monitor: the run says so instead of leaving forgetting.mlm_loss out silently.
 TEST_F(TrainOptionsCli, ABaseWithoutItsMlmHeadIsReported) {
   const fs::path base = root() / "headless-base";
-  qarac::test_support::write_tiny_base(base, qarac::test_support::kSample + "tokenizer");
-  qarac::TensorMap tensors = qarac::io::read_safetensors((base / "model.safetensors").string());
-  for (auto it = tensors.begin(); it != tensors.end();)
-    it = it->first.rfind("lm_head.", 0) == 0 ? tensors.erase(it) : std::next(it);
-  qarac::io::write_safetensors((base / "model.safetensors").string(), tensors);
+  qarac::test_support::write_tiny_base(base, qarac::test_support::kSample + "tokenizer", 0, /*mlm_head=*/false);
   const std::string eval = " --eval.dir " + (root() / "data").string() + " --eval.examples 4 --eval.tokenizer " +
                            qarac::test_support::kSample + "tokenizer";
   const CliResult r = train(root() / "headless", "--train.steps 2 --model.base " + base.string() + eval);

@@ -698,6 +698,24 @@ TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
   EXPECT_EQ(read_jsonl(nadam / "metrics.jsonl").size(), 2u);
 }
 
+namespace {
+
+// The three exported models of runs `a` and `b` hold the same tensors, bit for bit.
+void expect_identical_exports(const fs::path& a, const fs::path& b) {
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+    SCOPED_TRACE(model);
+    const TensorMap ta = io::read_safetensors((a / "export" / model / "model.safetensors").string());
+    const TensorMap tb = io::read_safetensors((b / "export" / model / "model.safetensors").string());
+    ASSERT_EQ(ta.size(), tb.size());
+    for (const auto& [name, tensor] : ta) {
+      ASSERT_TRUE(tb.count(name)) << name;
+      EXPECT_EQ(tensor.to_vector<float>(), tb.at(name).to_vector<float>()) << name;
+    }
+  }
+}
+
+}  // namespace
+
 // The invariant of checkpoints: N steps straight, or N/2, then --resume for the rest, end with
 // the same parameters, bit for bit (CPU), with dropout on so that the random streams must resume
 // too.
@@ -718,16 +736,7 @@ TEST_F(TrainCli, ResumedRunIsBitIdenticalToAStraightOne) {
   ASSERT_EQ(lb.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(la[i].at("loss"), lb[i].at("loss")) << "step " << i + 1;
 
-  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
-    SCOPED_TRACE(model);
-    const TensorMap ta = io::read_safetensors((straight / "export" / model / "model.safetensors").string());
-    const TensorMap tb = io::read_safetensors((split / "export" / model / "model.safetensors").string());
-    ASSERT_EQ(ta.size(), tb.size());
-    for (const auto& [name, tensor] : ta) {
-      ASSERT_TRUE(tb.count(name)) << name;
-      EXPECT_EQ(tensor.to_vector<float>(), tb.at(name).to_vector<float>()) << name;
-    }
-  }
+  expect_identical_exports(straight, split);
 }
 
 // Rehearsal from the command line: its input errors come in one line before the output directory
@@ -745,12 +754,7 @@ TEST_F(TrainCli, RehearsalRunsResumesAndRefusesWhatItCannotDo) {
   expect_usage_error("--task.mlm.weight 1", {"task.mlm.weight", "holds no tokenizer", "eval.tokenizer"});
   // A base without its MLM head (a RobertaModel).
   const fs::path headless = root() / "headless-base";
-  fs::create_directories(headless);
-  TensorMap tensors = io::read_safetensors((root() / "base" / "model.safetensors").string());
-  for (auto it = tensors.begin(); it != tensors.end();)
-    it = it->first.rfind("lm_head.", 0) == 0 ? tensors.erase(it) : std::next(it);
-  io::write_safetensors((headless / "model.safetensors").string(), tensors);
-  fs::copy_file(root() / "base" / "config.json", headless / "config.json", fs::copy_options::overwrite_existing);
+  test_support::write_tiny_base(headless, test_support::kSample + "tokenizer", 0, /*mlm_head=*/false);
   expect_usage_error(tokenizer + "--task.mlm.weight 1 --model.base " + headless.string(),
                      {"task.mlm.weight", "no lm_head.*", "RobertaForMaskedLM"});
 
@@ -785,16 +789,7 @@ TEST_F(TrainCli, RehearsalRunsResumesAndRefusesWhatItCannotDo) {
   for (const auto& e : fs::directory_iterator(straight / "checkpoints" / "step-0000000004"))
     parts.insert(e.path().filename());
   EXPECT_EQ(parts, (std::set<std::string>{"question_encoder.h5", "answer_encoder.h5", "decoder.h5", "mlm_head.h5"}));
-  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
-    SCOPED_TRACE(model);
-    const TensorMap ta = io::read_safetensors((straight / "export" / model / "model.safetensors").string());
-    const TensorMap tb = io::read_safetensors((split / "export" / model / "model.safetensors").string());
-    ASSERT_EQ(ta.size(), tb.size());
-    for (const auto& [name, tensor] : ta) {
-      ASSERT_TRUE(tb.count(name)) << name;
-      EXPECT_EQ(tensor.to_vector<float>(), tb.at(name).to_vector<float>()) << name;
-    }
-  }
+  expect_identical_exports(straight, split);
   EXPECT_FALSE(fs::exists(straight / "export" / "mlm_head")) << "the rehearsal head is not exported";
 }
 
