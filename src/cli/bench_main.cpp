@@ -8,7 +8,8 @@
 //               issue's PyTorch figure counts them
 // Batches are random token ids, padding-free; --ragged draws lengths uniformly from [S/3, S].
 // On CUDA the bf16 GEMM peak is measured in the same run (8192³ through cuBLASLt) as the
-// denominator of "fraction of peak".
+// denominator of "fraction of peak". The timed steps are bracketed by cudaProfilerStart/Stop, so
+// `nsys profile --capture-range=cudaProfilerApi` records them alone (tests/device/breakdown.sh).
 #include <cblas.h>  // openblas_get_num_threads
 
 #include <chrono>
@@ -27,6 +28,9 @@
 #include "train/optimizer.h"
 #include "train/sequence_classifier.h"
 #ifdef QARAC_HAVE_CUDA
+#include <cuda_profiler_api.h>
+
+#include "core/check_cuda.h"
 #include "kernels/cuda/context.cuh"
 #endif
 
@@ -49,6 +53,18 @@ void synchronize(Device device) {
   if (device.is_cuda()) cuda::synchronize();
 #else
   (void)device;
+#endif
+}
+
+// Opens (start) or closes the range a profiler attached with --capture-range=cudaProfilerApi
+// records: the timed steps only, without the warmup, the model's setup and the GEMM peak
+// measurement. Without such a profiler both calls do nothing.
+void profile_range(Device device, bool start) {
+#ifdef QARAC_HAVE_CUDA
+  if (device.is_cuda()) QARAC_CHECK_CUDA(start ? cudaProfilerStart() : cudaProfilerStop());
+#else
+  (void)device;
+  (void)start;
 #endif
 }
 
@@ -406,6 +422,7 @@ int run(int argc, char** argv) {
   for (int it = 0; it < c.warmup + c.iters; ++it) {
     const StepCount count = workload->prepare(gen);  // batches built and uploaded, untimed
     synchronize(device);
+    if (it == c.warmup) profile_range(device, true);
     const auto t0 = std::chrono::steady_clock::now();
     workload->step(static_cast<uint64_t>(it));
     synchronize(device);
@@ -414,6 +431,7 @@ int run(int argc, char** argv) {
       total += count;
     }
   }
+  profile_range(device, false);
 
   std::printf("qarac-bench %s %s %s: d=%lld layers=%lld heads=%lld ffn=%lld B=%lld %s%s%s\n",
               c.workload.c_str(), c.device.c_str(), c.dtype.c_str(), static_cast<long long>(c.hidden),

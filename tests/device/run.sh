@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check in one call: every GPU test, qarac-parity on CUDA, the exports under transformers
 # (tests/python), qarac-bench on the issue's
-# workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch baseline of the
-# same workloads, then a summary table. Runs a bundle
+# workloads (the RoBERTa-base classifier step; the QARAC step), qarac-train end to end on one GPU
+# beside them, the classifier step's GPU time per kernel family (tests/device/breakdown.sh) and
+# the PyTorch baseline of the same workloads, then a summary table. Runs a bundle
 # made by tests/device/bundle.sh (carried to the GPU machine) or, without one, builds here.
 #   tests/device/run.sh [BUNDLE_DIR]        (default: .device, holding bundle.tgz)
-# Environment: QARAC_BENCH_ITERS (default 10), QARAC_SKIP_TORCH=1 to leave out the baseline.
+# Environment: QARAC_BENCH_ITERS (default 10), QARAC_SKIP_TORCH=1 to leave out the baseline,
+# QARAC_SKIP_BREAKDOWN=1 to leave out the profile.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 bundle=${1:-.device}
@@ -89,12 +91,13 @@ trace=$log/dist_trace
 if LD_LIBRARY_PATH="$qlib" QARAC_TRACE_COLLECTIVES="$trace" timeout 180 "${mpi[@]}" -x QARAC_TRACE_COLLECTIVES \
      -np "$ranks" "$bin/qarac-train" --config launch/configs/quickstart.ini \
      --output "$dist/finetune" --model.base "$dist/pretrain/export/base" --data.dir "$dist/data" --train.device cuda \
-     --train.dtype bf16 --parallel.backend nccl --parallel.check_every 10 --train.steps 40 \
+     --train.dtype bf16 --parallel.backend nccl --parallel.check_every 10 --train.steps 40 --eval.every 0 \
      --task.qa.objective contrastive >"$log/dist_train" 2>&1; then
   result=passed; else result=FAILED; status=1; fi
 echo "== qarac-train cuda nccl, $ranks rank(s): $result"
 grep -E '^step 40|replica check|error' "$log/dist_train" | tail -5
 summary+=("qarac-train nccl np=$ranks|$result|$(grep -oE 'step 40/40[^|]*\|[^|]*' "$log/dist_train" | tail -1)")
+summary+=("  its throughput|train|$(python3 tests/device/train_throughput.py "$dist/finetune/metrics.jsonl" 2>&1)")
 if LD_LIBRARY_PATH="$qlib" QARAC_CHECK_COLLECTIVE_TRACE="$trace" timeout 60 "${mpi[@]}" -np 1 "$bin/test_nccl" \
      --gtest_filter='CollectiveTrace.*' >"$log/dist_trace_check" 2>&1 && grep -q 'collective launches' "$log/dist_trace_check"; then
   result=passed; else result=FAILED; status=1; fi
@@ -128,6 +131,38 @@ for ragged in "" "--ragged"; do
   echo "$out"
   summary+=("qarac QARAC step B=64 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
 done
+
+# ---- qarac-train end to end on one GPU beside those figures: data loading, metrics and a
+# checkpoint (at step 20) included, from a RoBERTa-base-sized base (the sample tokenizer's 1500
+# words) pre-trained one step here; 64 examples per task as the QARAC step above, but the sample
+# data's fields are shorter, so compare tokens/s (tests/device/train_throughput.py also gives the
+# step's compute alone, what qarac-bench times)
+e2e=$log/e2e
+q timeout 120 "$bin/qarac-train" --config launch/configs/quickstart-pretrain.ini --output "$e2e/pretrain" \
+  --model.tokenizer $sample/tokenizer --data.dir "$dist/data" --train.steps 1 --optimizer.warmup 0 \
+  --model.max_positions 130 --model.hidden 768 --model.layers 12 --model.heads 12 --train.device cuda \
+  --train.dtype bf16 >"$log/e2e_base" 2>&1
+if q timeout 240 "$bin/qarac-train" --config launch/configs/quickstart.ini --output "$e2e/finetune" \
+     --model.base "$e2e/pretrain/export/base" --data.dir "$dist/data" --train.device cuda --train.dtype bf16 \
+     --train.steps 40 --optimizer.warmup 0 --eval.every 0 --checkpoint.every 20 --checkpoint.keep 1 \
+     --task.ed.batch 64 --task.qa.batch 64 --task.rs.batch 64 --task.cs.batch 64 >"$log/e2e_train" 2>&1 &&
+   detail=$(python3 tests/device/train_throughput.py "$e2e/finetune/metrics.jsonl" 2>&1); then
+  result=passed; else result=FAILED; status=1; detail=$(tail -qn1 "$log/e2e_base" "$log/e2e_train" | tr '\n' ' '); fi
+echo "== qarac-train cuda bf16 end to end, base sizes, 1 rank: $result $detail"
+summary+=("qarac-train e2e B=64/task|$result|$detail")
+# Checkpoints and exports of base-sized models: gigabytes the logs must not carry.
+rm -rf "$e2e"/*/checkpoints "$e2e"/*/export
+
+# ---- the classifier step's GPU time per kernel family (Nsight Systems, 5 profiled steps); its
+# CSV (breakdown/kern_sum.csv in the logs) is what breakdown.py --compare takes as BEFORE or AFTER
+if [ "${QARAC_SKIP_BREAKDOWN:-0}" != 1 ]; then
+  timeout 300 bash tests/device/breakdown.sh --bench "$bin/qarac-bench" --lib "$qlib" --out "$log/breakdown" \
+    --seq 128 --batch 64 --warmup 3 --iters 5 >"$log/breakdown.out" 2>&1
+  case $? in 0) result=passed ;; 77) result=skipped ;; *) result=FAILED; status=1 ;; esac
+  echo "== breakdown: $result"
+  cat "$log/breakdown.out"
+  summary+=("breakdown S=128 B=64|$result|$(grep -E '^  total ' "$log/breakdown.out" || tail -1 "$log/breakdown.out")")
+fi
 if [ "${QARAC_SKIP_TORCH:-0}" != 1 ]; then
   for ragged in "" "--ragged"; do
     out=$(timeout 300 python3 tests/device/torch_qarac_baseline.py --batch 64 $ragged --iters "$iters" 2>&1) || status=1
@@ -151,6 +186,8 @@ for s in "${summary[@]}"; do
   IFS='|' read -r what result detail <<<"$s"
   printf '%-28s %-7s %s\n' "$what" "$result" "$detail"
 done
+[ -f "$log/breakdown/breakdown.txt" ] && cat "$log/breakdown/breakdown.txt"
 # Logs come back from the device tool when it sets OUT.
-[ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C "$log" --exclude bundle . 2>/dev/null
+# The profile itself stays out (its CSV is kept): it could outgrow what the tool returns.
+[ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C "$log" --exclude bundle --exclude '*.nsys-rep' --exclude '*.sqlite' . 2>/dev/null
 exit $status

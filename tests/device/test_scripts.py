@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""The GPU measurement scripts of tests/device, checked without a GPU or Nsight Systems:
+breakdown.py on made-up nsys stats tables (fixtures/: the current nsys column names with
+nsys's own log lines around them, and the older names), on a profile through a stand-in nsys
+that knows only the old report names, and against the kernels of kernels/cuda (every one must
+fall in a family); breakdown.sh's options and its missing-nsys exit under stand-ins for nsys and
+qarac-bench; train_throughput.py on a made-up metrics.jsonl.
+
+Usage: test_scripts.py (unittest; exit 0 when every check passes)."""
+import glob
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FIXTURES = os.path.join(HERE, "fixtures")
+BEFORE = os.path.join(FIXTURES, "kern_sum.csv")  # 5 steps, current column names
+AFTER = os.path.join(FIXTURES, "kern_sum_after.csv")  # 4 steps, nsys < 2022 column names
+sys.path.insert(0, HERE)
+import breakdown  # noqa: E402
+
+
+def run(*args, env=None):
+    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, check=False)
+
+
+def fixture_total_ns(path):
+    """Σ Total Time (ns) over the fixture's rows, read without breakdown.py's parser: every
+    line whose second field is an integer is a row of the fixtures."""
+    total = 0
+    with open(path) as f:
+        for line in f:
+            fields = line.split(",")
+            if len(fields) > 2 and fields[1].isdigit():
+                total += int(fields[1])
+    return total
+
+
+def executable(path, text):
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+
+
+class Breakdown(unittest.TestCase):
+    def test_families_cover_the_profile(self):
+        b = breakdown.breakdown(breakdown.load(BEFORE), 5, 10)
+        families = {f["family"]: f for f in b["families"]}
+        self.assertAlmostEqual(sum(f["percent"] for n, f in families.items() if n != "total"), 100.0, places=6)
+        self.assertAlmostEqual(families["total"]["ms"], fixture_total_ns(BEFORE) / 1e6, places=6)
+        self.assertAlmostEqual(families["total"]["ms_per_step"], families["total"]["ms"] / 5, places=9)
+        self.assertEqual(b["families"][-1]["family"], "total")
+        self.assertEqual(b["families"][-2]["family"], "other")
+        ms = [f["ms"] for f in b["families"][:-2]]
+        self.assertEqual(ms, sorted(ms, reverse=True))
+        # The memory-operation table is read beside the kernel table, nsys's log lines skipped.
+        self.assertIn("memset", families)
+        self.assertEqual(families["memcpy"]["kernels"], 2)
+
+    def test_kernel_names_fall_in_their_families(self):
+        expected = {
+            "sm90_xmma_gemm": "GEMM", "nvjet_tst": "GEMM", "cutlass::Kernel2": "GEMM", "splitKreduce": "GEMM",
+            "attention_backward_dkdv_tc": "attention", "attention_delta_kernel": "attention",
+            "layernorm_param_grad_final": "layernorm", "GeluBackwardOp": "GELU", "bias_grad_final": "bias gradients",
+            "cross_entropy_kernel": "loss", "DeviceRadixSortOnesweep": "embedding", "iota_kernel": "embedding",
+            "MomentUpdateOp": "optimizer", "sum_of_squares_parts": "reductions", "AddOp": "elementwise",
+            "[CUDA memset]": "memset", "[CUDA memcpy Host-to-Device]": "memcpy", "fill_kernel": "other",
+        }
+        kernels = breakdown.breakdown(breakdown.load(BEFORE), 5, 10)["kernels"]
+        for part, family in expected.items():
+            matches = [k for k in kernels if part in k["name"]]
+            self.assertTrue(matches, part)
+            for k in matches:
+                self.assertEqual(k["family"], family, k["name"])
+
+    def test_every_kernel_of_the_sources_has_a_family(self):
+        """Each __global__ kernel of kernels/cuda and each op the elementwise kernel runs, named
+        as nsys prints them: a new kernel must be given a family here, not land in "other"."""
+        names = []
+        for path in glob.glob(os.path.join(REPO, "kernels", "cuda", "*.cu*")):
+            with open(path) as f:
+                text = f.read()
+            for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)", text):
+                if m.group(1) != "elementwise_kernel":
+                    names.append(f"void qarac::cuda::<unnamed>::{m.group(1)}<float>(const float *, long)")
+            for m in re.finditer(r"launch_elementwise<\w+>\([^;]*?(\w+Op)\b", text, re.S):
+                names.append(f"void qarac::cuda::elementwise_kernel<(int)4, qarac::cuda::<unnamed>::{m.group(1)}<float>>(long, T2)")
+            for m in re.finditer(r"^struct (\w+Op) ", text, re.M):
+                names.append(f"void qarac::cuda::elementwise_kernel<(int)4, qarac::cuda::<unnamed>::{m.group(1)}<float>>(long, T2)")
+        self.assertGreater(len(names), 30)
+        for name in names:
+            self.assertNotEqual(breakdown.family_of(name), breakdown.OTHER, name)
+
+    def test_table_lists_the_unmatched_names(self):
+        p = run(sys.executable, os.path.join(HERE, "breakdown.py"), BEFORE, "--steps", "5", "--top", "1")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("5 profiled step(s)", p.stdout)
+        self.assertIn("unmatched kernels (top 1 of family other)", p.stdout)
+        self.assertIn("fill_kernel", p.stdout)  # the more expensive of the two unmatched
+        self.assertNotIn("pad_tokens_kernel", p.stdout)
+        total = [l for l in p.stdout.splitlines() if l.split()[:1] == ["total"]]
+        self.assertEqual(len(total), 1)
+        self.assertIn("100.0%", total[0])
+
+    def test_json(self):
+        p = run(sys.executable, os.path.join(HERE, "breakdown.py"), BEFORE, "--steps", "5", "--json")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        data = json.loads(p.stdout)
+        self.assertEqual(data["steps"], 5)
+        self.assertEqual([k["name"] for k in data["unmatched"]][0],
+                         "void qarac::cuda::<unnamed>::fill_kernel<float>(float *, long, float)")
+
+    def test_compare(self):
+        p = run(sys.executable, os.path.join(HERE, "breakdown.py"), "--compare", BEFORE, AFTER,
+                "--steps", "5", "--steps-after", "4", "--json")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        data = json.loads(p.stdout)
+        after_total = [f for f in data["after"]["families"] if f["family"] == "total"][0]
+        self.assertAlmostEqual(after_total["ms"], fixture_total_ns(AFTER) / 1e6, places=6)
+        self.assertEqual(data["after"]["steps"], 4)
+        diff = {r["family"]: r for r in data["difference"]}
+        before = {f["family"]: f for f in data["before"]["families"]}
+        after = {f["family"]: f for f in data["after"]["families"]}
+        for family, r in diff.items():
+            b = before.get(family, {"ms_per_step": 0.0})["ms_per_step"]
+            a = after.get(family, {"ms_per_step": 0.0})["ms_per_step"]
+            self.assertAlmostEqual(r["delta_ms_per_step"], a - b, places=9)
+        self.assertLess(diff["GEMM"]["delta_ms_per_step"], 0)  # the fixture's GEMMs are 20% faster
+        self.assertEqual(diff["pooling"]["before_ms_per_step"], 0.0)  # only after
+        self.assertEqual(diff["other"]["after_ms_per_step"], 0.0)  # only before
+        self.assertEqual(data["difference"][-1]["family"], "total")
+        text = run(sys.executable, os.path.join(HERE, "breakdown.py"), "--compare", BEFORE, AFTER,
+                   "--steps", "5", "--steps-after", "4").stdout
+        self.assertIn("before (", text)
+        self.assertIn("after (", text)
+        self.assertRegex(text, r"\n  pooling +0\.000 +\S+ +\+\S+ +new ")
+
+    def test_errors_are_one_line(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            empty = os.path.join(tmp, "api.csv")
+            with open(empty, "w") as f:
+                f.write("Time (%),Total Time (ns),Num Calls,Avg (ns),Operation\n1.0,5,1,5,[CUDA memset]\n")
+            for args, rc in (([empty], 1), ([os.path.join(tmp, "missing.csv")], 1), ([], 2),
+                             ([BEFORE, "--steps", "0"], 2), ([BEFORE, "--compare", BEFORE, AFTER], 2)):
+                p = run(sys.executable, os.path.join(HERE, "breakdown.py"), *args)
+                self.assertEqual(p.returncode, rc, (args, p.stderr))
+                if rc == 1:
+                    self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
+                    self.assertTrue(p.stderr.startswith("breakdown.py: "), p.stderr)
+
+    def test_profile_through_nsys_with_old_report_names(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            calls = os.path.join(tmp, "calls")
+            executable(os.path.join(tmp, "nsys"), f"""\
+                #!{sys.executable}
+                import sys
+                with open({calls!r}, "a") as f:
+                    f.write(" ".join(sys.argv[1:]) + "\\n")
+                if "cuda_gpu_kern_sum,cuda_gpu_mem_time_sum" in sys.argv:
+                    sys.exit("ERROR: Report 'cuda_gpu_kern_sum' could not be found.")
+                print("Processing [profile.sqlite] with [gpukernsum.py]... ")
+                sys.stdout.write(open({AFTER!r}).read())
+                """)
+            rep = os.path.join(tmp, "profile.nsys-rep")
+            open(rep, "w").close()
+            saved = os.path.join(tmp, "saved.csv")
+            env = dict(os.environ, PATH=tmp + os.pathsep + os.environ["PATH"])
+            p = run(sys.executable, os.path.join(HERE, "breakdown.py"), rep, "--steps", "4", "--save-csv", saved, env=env)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("4 profiled step(s)", p.stdout)
+            with open(calls) as f:
+                lines = f.read().splitlines()
+            self.assertEqual(len(lines), 2)
+            self.assertIn("--report gpukernsum,gpumemtimesum --format csv --output - --force-export=true", lines[1])
+            self.assertEqual(breakdown.load(saved), breakdown.load(AFTER))
+            # nsys finds no table under either name: one line naming its last message.
+            executable(os.path.join(tmp, "nsys"), "#!/bin/sh\necho 'ERROR: not a report file' >&2\nexit 1\n")
+            p = run(sys.executable, os.path.join(HERE, "breakdown.py"), rep, env=env)
+            self.assertEqual(p.returncode, 1)
+            self.assertEqual(p.stderr.strip(), f"breakdown.py: nsys stats {rep}: no kernel table (ERROR: not a report file)")
+
+
+class BreakdownScript(unittest.TestCase):
+    def test_options_reach_qarac_bench_and_nsys(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            log = os.path.join(tmp, "log")
+            # nsys: records its arguments, runs the program after its options, writes the
+            # report; stats prints the fixture.
+            executable(os.path.join(tmp, "nsys"), f"""\
+                #!{sys.executable}
+                import subprocess, sys
+                a = sys.argv[1:]
+                with open({log!r}, "a") as f:
+                    f.write("nsys " + " ".join(a) + "\\n")
+                if a[0] == "profile":
+                    rc = subprocess.call(a[a.index("env"):])
+                    open(a[a.index("--output") + 1] + ".nsys-rep", "w").close()
+                    sys.exit(rc)
+                sys.stdout.write(open({BEFORE!r}).read())
+                """)
+            executable(os.path.join(tmp, "qarac-bench"), f"""\
+                #!/bin/sh
+                echo "bench LD_LIBRARY_PATH=$LD_LIBRARY_PATH $*" >>{log}
+                echo "qarac-bench classifier cuda bf16"
+                echo "  12.34 ms/step, 1 tokens/s real"
+                """)
+            out = os.path.join(tmp, "out")
+            p = run("bash", os.path.join(HERE, "breakdown.sh"), "--nsys", os.path.join(tmp, "nsys"),
+                    "--bench", os.path.join(tmp, "qarac-bench"), "--lib", "/bundle/lib", "--out", out,
+                    "--seq", "512", "--batch", "16", "--ragged", "--iters", "4", "--", "--seed", "7")
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            with open(log) as f:
+                calls = f.read().splitlines()
+            self.assertIn("--capture-range=cudaProfilerApi", calls[0])
+            self.assertIn("--capture-range-end=stop", calls[0])
+            self.assertEqual(calls[1], "bench LD_LIBRARY_PATH=/bundle/lib --workload classifier --device cuda --dtype bf16 "
+                             "--preset base --seq 512 --batch 16 --warmup 3 --iters 4 --ragged --seed 7")
+            self.assertIn("12.34 ms/step", p.stdout)
+            self.assertIn("4 profiled step(s)", p.stdout)
+            for name in ("profile.nsys-rep", "kern_sum.csv", "bench.txt", "breakdown.txt", "breakdown.json"):
+                self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
+            with open(os.path.join(out, "breakdown.json")) as f:
+                self.assertEqual(json.load(f)["steps"], 4)
+
+    def test_without_nsys(self):
+        p = run("bash", os.path.join(HERE, "breakdown.sh"), "--nsys", "/nonexistent/nsys", "--bench", "/bin/true")
+        self.assertEqual(p.returncode, 77)
+        self.assertEqual(len(p.stdout.strip().splitlines()), 1)
+        self.assertIn("nsys (Nsight Systems) not found", p.stdout)
+
+    def test_bad_option(self):
+        p = run("bash", os.path.join(HERE, "breakdown.sh"), "--sequence", "128")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("unknown option --sequence", p.stderr)
+
+
+class TrainThroughput(unittest.TestCase):
+    def metrics(self, tmp):
+        """Ten steps of 1000 tokens and 40 examples; each step 0.1 s of which 0.08 s compute and
+        0.01 s data; a 0.5 s checkpoint after step 6; an evaluation line after step 5."""
+        path = os.path.join(tmp, "metrics.jsonl")
+        elapsed = 0.0
+        with open(path, "w") as f:
+            for step in range(1, 11):
+                elapsed += 0.1 + (0.5 if step == 7 else 0.0)
+                f.write(json.dumps({"step": step, "global_tokens": 1000, "global_examples": 40, "elapsed_s": elapsed,
+                                    "step_time_s": 0.1, "compute_time_s": 0.08, "data_time_s": 0.01,
+                                    "comm_wait_s": 0.0, "global_tokens_per_s": 10000.0}) + "\n")
+                if step == 5:
+                    f.write(json.dumps({"step": 5, "eval": True, "global_tokens": 0}) + "\n")
+        return path
+
+    def test_figures(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            p = run(sys.executable, os.path.join(HERE, "train_throughput.py"), self.metrics(tmp), "--skip", "4", "--json")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            t = json.loads(p.stdout)
+            self.assertEqual((t["first_step"], t["last_step"], t["steps"]), (6, 10, 5))
+            self.assertAlmostEqual(t["end_to_end_tokens_per_s"], 5000 / 1.0)  # 5 steps of 0.1 s + 0.5 s
+            self.assertAlmostEqual(t["step_tokens_per_s"], 10000.0)
+            self.assertAlmostEqual(t["compute_tokens_per_s"], 12500.0)
+            self.assertAlmostEqual(t["data_ms"], 10.0)
+            self.assertAlmostEqual(t["outside_ms"], 500.0)
+            self.assertAlmostEqual(t["largest_gap_ms"], 500.0)
+            self.assertEqual(t["largest_gap_after_step"], 6)
+            text = run(sys.executable, os.path.join(HERE, "train_throughput.py"), self.metrics(tmp), "--skip", "4").stdout
+            self.assertTrue(text.startswith("steps 6-10: 5000 tokens/s, 200.0 examples/s end to end"), text)
+
+    def test_too_few_steps(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            p = run(sys.executable, os.path.join(HERE, "train_throughput.py"), self.metrics(tmp), "--skip", "9")
+            self.assertEqual(p.returncode, 1)
+            self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
+            self.assertIn("10 step lines, need at least --skip + 2 = 11", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
