@@ -273,7 +273,6 @@ last_eval() {
 }
 
 if ! ((summarise_only)); then
-  t_start=$SECONDS
   # --- The inputs of --quick: the sample data and, unless --base gives one, the tiny base.
   if ((quick)); then
     if [ -n "$base" ]; then
@@ -338,6 +337,7 @@ if ! ((summarise_only)); then
       printf -- '--task.%s.weight\n%d\n' "$t" "$w"
     done
   }
+  t_runs=$SECONDS
   echo "$me: runs ${runs[*]} ($(for r in "${runs[@]}"; do printf '%s ' "${run_name[$r]}"; done | sed 's/ $//')) of $steps steps, evaluated every $eval_every, warmup $warmup then a constant rate; $ranks rank(s), $device, $launcher launcher, into $out/runs"
   for r in "${runs[@]}"; do
     name=${run_name[$r]}
@@ -366,7 +366,7 @@ if ! ((summarise_only)); then
     fi
     echo "         done in $(duration $((SECONDS - t0))): forgetting.mlm_loss $(last_eval "$dir" forgetting.mlm_loss)"
   done
-  echo "$me: every run done in $(duration $((SECONDS - t_start)))"
+  echo "$me: the runs took $(duration $((SECONDS - t_runs)))"
 fi
 
 # --- Summary: the evaluation lines of every run.
@@ -545,3 +545,4 @@ fi
 echo
 echo "csv:  $csv"
 echo "plot: $svg (each run's own: $out/runs/<run>/metrics.svg)"
+((summarise_only)) || echo "$me: finished in $(duration "$SECONDS")"
