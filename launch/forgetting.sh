@@ -237,6 +237,15 @@ else
       die "--ranks $ranks: the allocation has $SLURM_NTASKS tasks (SLURM_NTASKS)"
     fi
   fi
+  # Each run's own options must be known to this qarac-train (the help captured first: grep -q
+  # leaving a pipe early would fail the writer under pipefail).
+  help=$("$train" --help 2>/dev/null || true)
+  for r in "${runs[@]}"; do
+    for option in ${run_options[$r]}; do
+      [[ "$option" != --* ]] || grep -q -- "^ *$option " <<<"$help" ||
+        die "run $r (${run_name[$r]}) needs qarac-train's $option, which $train lacks: leave it out (--runs) or rebuild"
+    done
+  done
   if [ -e "$out" ] && [ ! -d "$out" ]; then
     die "--out $out exists and is not a directory"
   elif [ -d "$out" ] && [ -n "$(ls -A -- "$out")" ]; then

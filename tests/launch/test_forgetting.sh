@@ -65,14 +65,22 @@ test_options() {
   refused "an option the script sets, after --" "--train.steps after -- is set by launch/forgetting.sh" \
     --quick -- --train.steps 5
   refused "a task weight after --" "--task.qa.weight after -- is set" --quick -- --task.qa.weight=2
+  # The stand-in qarac-train knows none of the options of runs c and d (and qarac-prep is not
+  # reached).
+  mkdir -p "$work/fake/src/cli"
+  ln -s "$repo/tests/launch/fake/qarac-train" "$work/fake/src/cli/qarac-train"
+  printf '#!/bin/sh\nexit 1\n' >"$work/fake/src/cli/qarac-prep"
+  chmod +x "$work/fake/src/cli/qarac-prep"
+  QARAC_BUILD=$work/fake refused "a run whose option qarac-train lacks" \
+    "run c (rehearsal) needs qarac-train's --task.mlm.weight, which $work/fake/src/cli/qarac-train lacks" --quick --runs a,c
   refused "srun outside an allocation" "--launcher srun runs inside a Slurm allocation" --quick --launcher srun
   mkdir -p "$work/full"
   touch "$work/full/something"
-  forgetting --quick --out "$work/full"
+  forgetting --quick --runs a,b --out "$work/full"
   check "a non-empty --out: exit 1 (got $rc)" test "$rc" = 1
   check "a non-empty --out: one line" test "$(lines)" = 1
   check "a non-empty --out: says so" has "$work/out.txt" "is not empty: --force replaces a previous forgetting experiment"
-  forgetting --quick --out "$work/full" --force
+  forgetting --quick --runs a,b --out "$work/full" --force
   check "--force on a directory of something else: exit 1 (got $rc)" test "$rc" = 1
   check "--force on a directory of something else: kept" test -f "$work/full/something"
   forgetting --summarise-only --out "$work/none"
