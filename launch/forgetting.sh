@@ -491,11 +491,19 @@ if [ -f "$tmp/sequential.tsv" ]; then
     phase_marks+="set label 'sequential: ${tasks[k - 1]}' at $(((from + to) / 2)), graph 0.97 center font 'sans,10' tc rgb '#888888'"$'\n'
   done
 fi
+# measured COL: some run has a value in column COL of its TSV (gnuplot refuses a plot of none).
+measured() {
+  for r in "${summarised[@]}"; do
+    awk -F'\t' -v c="$1" '$c != "NaN" { found = 1; exit } END { exit !found }' "$tmp/${run_name[$r]}.tsv" && return 0
+  done
+  return 1
+}
 panels=()
-# forgetting.mlm_loss first, the task metrics after it.
+# forgetting.mlm_loss first, the task metrics after it; a metric no run measured is left out.
 for i in "$((${#metrics[@]} - 1))" $(seq 0 $((${#metrics[@]} - 2))); do
   m=${metrics[i]}
   col=$((i + 2))
+  measured "$col" || continue
   clauses=()
   for r in "${summarised[@]}"; do
     clauses+=("'$tmp/${run_name[$r]}.tsv' using 1:$col with linespoints lw 2 ps 0.7 pt ${marker[$r]} dt ${dash[$r]} lc rgb '#${colour[$r]}' title '${run_name[$r]}'")
@@ -506,7 +514,7 @@ for i in "$((${#metrics[@]} - 1))" $(seq 0 $((${#metrics[@]} - 2))); do
 set ylabel 'held-out MLM loss'; set yrange [0:$mlm_top]
 plot $(IFS=,; echo "${clauses[*]}")")
   else
-    if [ "$m" = qa.selection_accuracy ]; then
+    if [ "$m" = qa.selection_accuracy ] && measured "$((${#metrics[@]} + 2))"; then
       clauses+=("'$tmp/$first.tsv' using 1:$((${#metrics[@]} + 2)) with lines dt 3 lw 1.5 lc rgb '#555555' title 'chance (a random pick)'")
     fi
     panels+=("set title 'held-out $m (higher is better)'

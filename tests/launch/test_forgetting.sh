@@ -126,6 +126,17 @@ test_quick() {
   check "--summarise-only of a run and one not run: exit 0 (got $rc)" test "$rc" = 0
   check "--summarise-only of b,c: parallel's rows only" test "$(cut -d, -f1 "$csv" | tail -n +2 | sort -u)" = parallel
   check "no verdict without the sequential run" lacks_text "$work/out.txt" "forgets more"
+  # Held-out QA data without candidate sentences has no selection metrics: empty fields, no panel.
+  local run
+  for run in sequential parallel; do
+    jq -c 'del(."qa.selection_accuracy", ."qa.selection_chance")' "$out/runs/$run/metrics.jsonl" >"$work/m.jsonl"
+    mv "$work/m.jsonl" "$out/runs/$run/metrics.jsonl"
+  done
+  forgetting --summarise-only --out "$out"
+  check "without selection metrics: exit 0 (got $rc)" test "$rc" = 0
+  check "without selection metrics: the field empty" test "$(cut -d, -f5 "$csv" | tail -n +2 | sort -u)" = ""
+  check "without selection metrics: no panel" lacks_text "$out/forgetting.svg" "qa.selection_accuracy"
+  check "without selection metrics: a dash in the table" has_re "$work/out.txt" "^parallel +8 .* - +[0-9.]+ +[0-9.]+$"
 }
 
 # --launcher srun inside an allocation: srun with slurm/common.sh's options and the allocation's
