@@ -162,7 +162,7 @@ if ! ((summarise_only)); then
   positive --eval-every "$eval_every"
   warmup=${warmup:-$((steps / 10))}
   [[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer, not '$warmup'"
-  ((warmup < steps / 4)) || ((warmup == 0)) ||
+  ((warmup < steps / 4)) ||
     die "--warmup $warmup is not shorter than the first sequential phase ($((steps / 4)) steps of --steps $steps)"
   case "$launcher" in local|srun) ;; *) die "--launcher must be local or srun, not '$launcher'" ;; esac
   case "$device" in cpu|cuda) ;; *) die "--device must be cpu or cuda, not '$device'" ;; esac
@@ -228,6 +228,19 @@ else
     fi
   fi
   has_tokenizer "$tokenizer" || die "tokenizer $tokenizer: neither tokenizer.json nor vocab.json + merges.txt"
+  # --quick prepares the data for the base's position table: its longest field + 2 (RoBERTa).
+  if ((quick)) && [ -n "$base" ]; then
+    max_positions=$(jq -e '.max_position_embeddings' "$base/config.json") ||
+      die "$base/config.json: no max_position_embeddings"
+    # A tokenizer of another vocabulary would run and mean nothing: compare the sizes.
+    vocab=$(jq -e '.vocab_size' "$base/config.json") || die "$base/config.json: no vocab_size"
+    tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq '.model.vocab | length' "$tokenizer/tokenizer.json"
+                else jq 'length' "$tokenizer/vocab.json"; fi)
+    ((tok_vocab == vocab)) ||
+      die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
+  elif ((quick)); then
+    max_positions=130   # the tiny base: 128 tokens, as long as every sample example
+  fi
   if [ "$launcher" = srun ]; then
     [ -n "${SLURM_JOB_ID:-}" ] || die "--launcher srun runs inside a Slurm allocation (sbatch or salloc); none here (no SLURM_JOB_ID)"
     command -v srun >/dev/null || die "--launcher srun: srun not found"
@@ -284,18 +297,6 @@ last_eval() {
 if ! ((summarise_only)); then
   # --- The inputs of --quick: the sample data and, unless --base gives one, the tiny base.
   if ((quick)); then
-    if [ -n "$base" ]; then
-      max_positions=$(jq -e '.max_position_embeddings' "$base/config.json") ||
-        die "$base/config.json: no max_position_embeddings"
-      # A tokenizer of another vocabulary would run and mean nothing: compare the sizes.
-      vocab=$(jq -e '.vocab_size' "$base/config.json") || die "$base/config.json: no vocab_size"
-      tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq '.model.vocab | length' "$tokenizer/tokenizer.json"
-                  else jq 'length' "$tokenizer/vocab.json"; fi)
-      ((tok_vocab == vocab)) ||
-        die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
-    else
-      max_positions=130   # the tiny base: 128 tokens, as long as every sample example
-    fi
     sample=$repo/data/sample
     data=$out/data/train
     eval_data=$out/data/heldout

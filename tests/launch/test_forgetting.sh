@@ -73,6 +73,12 @@ test_options() {
   chmod +x "$work/fake/src/cli/qarac-prep"
   QARAC_BUILD=$work/fake refused "a run whose option qarac-train lacks" \
     "run c (rehearsal) needs qarac-train's --task.mlm.weight, which $work/fake/src/cli/qarac-train lacks" --quick --runs a,c
+  mkdir -p "$work/other-base"
+  echo '{"max_position_embeddings": 130, "vocab_size": 5}' >"$work/other-base/config.json"
+  touch "$work/other-base/model.safetensors"
+  QARAC_BUILD=$work/fake refused "--quick with a base of another vocabulary" \
+    "tokenizer $repo/data/sample/tokenizer has 1500 tokens, the base 5: give the base's with --tokenizer DIR" \
+    --quick --runs a,b --base "$work/other-base"
   refused "srun outside an allocation" "--launcher srun runs inside a Slurm allocation" --quick --launcher srun
   mkdir -p "$work/full"
   touch "$work/full/something"
