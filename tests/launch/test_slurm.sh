@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# slurm/train.sbatch and slurm/scaling.sbatch under stand-ins for sbatch, srun, scontrol, the MPI
-# launchers and qarac-train (tests/launch/fake/), in a scratch submission directory.
+# slurm/train.sbatch, slurm/scaling.sbatch and slurm/forgetting.sbatch under stand-ins for
+# sbatch, srun, scontrol, the MPI launchers and qarac-train (tests/launch/fake/), in a scratch
+# submission directory.
 #   bash tests/launch/test_slurm.sh CASE     (CASE: see the functions test_* below)
 # Exit 0 when every check of the case holds; else 1, naming each failed check.
 set -euo pipefail
@@ -186,6 +187,36 @@ test_scaling_gpu_check() {
   submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/scaling.sbatch
   check "exit 1 (got $rc)" test "$rc" = 1
   check "one line naming both counts" has out.txt "slurm/scaling.sbatch: error: 8 ranks per node but 4 GPUs per node"
+  check "nothing started" lacks "$FAKE_LOG" "srun"
+}
+
+# The forgetting experiment over the fake ranks: srun over the allocation's 8 ranks, the
+# defaults (CUDA, bf16, the roberta-base config), the sequential phases resuming one another,
+# and the CSV of every evaluation.
+test_forgetting_run() {
+  if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then echo "jq or gnuplot missing: skipped"; exit 77; fi
+  mkdir -p base data data-dev
+  touch base/config.json base/model.safetensors base/tokenizer.json
+  touch data/{encode_decode,question_answering,reasoning,consistency}.h5 data-dev/{encode_decode,question_answering,reasoning,consistency}.h5
+  submit FAKE_TRAIN=forgetting -- -N 2 slurm/forgetting.sbatch --base base --data data --eval-data data-dev \
+    --steps 40 --runs a,b
+  check "exit 0 (got $rc)" test "$rc" = 0
+  local out=runs/forgetting-4242
+  check "srun with labels and a GPU per rank, 8 ranks on 2 nodes" has "$out/logs/parallel.cmd" \
+    "srun --label --kill-on-bad-exit=1 --mpi=pmix --gpus-per-task=1 --gpu-bind=none -n 8 -N 2"
+  check "the roberta-base config" has_re "$out/logs/parallel.cmd" "--config [^ ]*/launch/configs/qarac-roberta-base.ini "
+  check "CUDA in bf16" has_re "$out/logs/parallel.cmd" "--train.device cuda .*--train.dtype bf16"
+  check "the last phase resumes" has "$out/logs/sequential-4-cs.cmd" "--resume --train.steps 40"
+  check "the CSV: sequential every 5 steps, parallel too" test "$(cut -d, -f1,2 "$out/forgetting.csv" | tail -n +2 | wc -l)" = 18
+  check "the fake's forgetting: sequential and parallel forget as much" has out.txt \
+    "sequential and parallel forget as much, as measured: forgetting.mlm_loss rises by +0.0400"
+}
+
+# The allocation's ranks per node against its GPUs per node, before anything runs.
+test_forgetting_gpu_check() {
+  submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/forgetting.sbatch
+  check "exit 1 (got $rc)" test "$rc" = 1
+  check "one line naming both counts" has out.txt "slurm/forgetting.sbatch: error: 8 ranks per node but 4 GPUs per node"
   check "nothing started" lacks "$FAKE_LOG" "srun"
 }
 
