@@ -63,9 +63,12 @@ me=launch/forgetting.sh
 die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }
 
-# The QA files of --quick, in data/sample: training and held-out.
-quick_wikiqa_train=WikiQA-train.tsv
-quick_wikiqa_heldout=WikiQA-dev.tsv
+# The QA files of --quick, in data/sample: training and held-out. Their subjects recur between
+# the two (in other words), so that retrieval among all held-out answers can be learnt.
+quick_wikiqa_train=WikiQA-subjects-train.tsv
+quick_wikiqa_heldout=WikiQA-subjects-dev.tsv
+# The rehearsal's batch with --quick: that of every task in launch/configs/quickstart.ini.
+quick_rehearsal_batch=48
 
 # The runs, each in one place: its name (its directory and its rows in the CSV) and the
 # qarac-train options that make it what it is beyond what every run shares (the sequential
@@ -79,6 +82,8 @@ metrics=(ed.token_accuracy qa.retrieval_accuracy qa.selection_accuracy rs.token_
          forgetting.mlm_loss)
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=launch/common.sh
+source "$repo/launch/common.sh"
 quick=0
 base=""
 data=""
@@ -149,6 +154,7 @@ if ! ((summarise_only)); then
     steps=${steps:-200}
     config=${config:-$repo/launch/configs/quickstart.ini}
     device=${device:-cpu}
+    run_options[c]+=" --task.mlm.batch $quick_rehearsal_batch"
   else
     for pair in "--base:$base" "--data:$data" "--eval-data:$eval_data" "--steps:$steps"; do
       [ -n "${pair#*:}" ] || die "${pair%%:*} is needed (or --quick for the sample data; see --help)"
@@ -185,20 +191,7 @@ fi
 
 # --- The programs: QARAC_BUILD's, the repository's build, an installation's (these scripts in
 # PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or those on PATH.
-installed=$(dirname "$(dirname "$repo")")/bin
-if [ -n "${QARAC_BUILD:-}" ]; then
-  bin=$QARAC_BUILD/src/cli
-elif [ -x "$repo/build/src/cli/qarac-train" ]; then
-  bin=$repo/build/src/cli
-elif [ "$(basename "$(dirname "$repo")")" = share ] && [ -x "$installed/qarac-train" ]; then
-  bin=$installed
-elif command -v qarac-train >/dev/null; then
-  bin=$(dirname "$(command -v qarac-train)")
-else
-  bin=$repo/build/src/cli
-fi
-prep=$bin/qarac-prep
-train=$bin/qarac-train
+find_programs
 
 # --- Checks before any work: the inputs, and an output directory that may be written.
 marker=$out/.qarac-forgetting   # tells --force that the directory is a forgetting experiment
@@ -230,14 +223,7 @@ else
   has_tokenizer "$tokenizer" || die "tokenizer $tokenizer: neither tokenizer.json nor vocab.json + merges.txt"
   # --quick prepares the data for the base's position table: its longest field + 2 (RoBERTa).
   if ((quick)) && [ -n "$base" ]; then
-    max_positions=$(jq -e '.max_position_embeddings' "$base/config.json") ||
-      die "$base/config.json: no max_position_embeddings"
-    # A tokenizer of another vocabulary would run and mean nothing: compare the sizes.
-    vocab=$(jq -e '.vocab_size' "$base/config.json") || die "$base/config.json: no vocab_size"
-    tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq '.model.vocab | length' "$tokenizer/tokenizer.json"
-                else jq 'length' "$tokenizer/vocab.json"; fi)
-    ((tok_vocab == vocab)) ||
-      die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
+    max_positions=$(base_positions "$base" "$tokenizer") || exit 1
   elif ((quick)); then
     max_positions=130   # the tiny base: 128 tokens, as long as every sample example
   fi

@@ -28,6 +28,8 @@ die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=launch/common.sh
+source "$repo/launch/common.sh"
 out=runs/quickstart   # relative to the repository; the options' paths are relative to the caller
 base=""
 tokenizer=""
@@ -170,14 +172,7 @@ train=$build/src/cli/qarac-train
 phase "data: sample datasets to task streams (tokenizer $tokenizer)"
 # The longest field the model's position table holds: RoBERTa counts 2 positions beyond it.
 if [ -n "$base" ]; then
-  max_positions=$(jq -e '.max_position_embeddings' "$base/config.json") ||
-    die "$base/config.json: no max_position_embeddings"
-  # A tokenizer of another vocabulary would run and mean nothing: compare the sizes.
-  vocab=$(jq -e '.vocab_size' "$base/config.json") || die "$base/config.json: no vocab_size"
-  tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq '.model.vocab | length' "$tokenizer/tokenizer.json"
-              else jq 'length' "$tokenizer/vocab.json"; fi)
-  ((tok_vocab == vocab)) ||
-    die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
+  max_positions=$(base_positions "$base" "$tokenizer") || exit 1
 else
   max_positions=130   # the tiny base: 128 tokens, as long as every sample example
 fi

@@ -63,6 +63,8 @@ die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=launch/common.sh
+source "$repo/launch/common.sh"
 ranks_list=1,2,4,8
 mode=both
 steps=30
@@ -159,20 +161,7 @@ done
 
 # The programs: QARAC_BUILD's, the repository's build, an installation's (these scripts in
 # PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or those on PATH.
-installed=$(dirname "$(dirname "$repo")")/bin
-if [ -n "${QARAC_BUILD:-}" ]; then
-  bin=$QARAC_BUILD/src/cli
-elif [ -x "$repo/build/src/cli/qarac-train" ]; then
-  bin=$repo/build/src/cli
-elif [ "$(basename "$(dirname "$repo")")" = share ] && [ -x "$installed/qarac-train" ]; then
-  bin=$installed
-elif command -v qarac-train >/dev/null; then
-  bin=$(dirname "$(command -v qarac-train)")
-else
-  bin=$repo/build/src/cli
-fi
-prep=$bin/qarac-prep
-train=$bin/qarac-train
+find_programs
 for tool in jq gnuplot; do
   command -v "$tool" >/dev/null || die "$tool not found; install it with: bash launch/install-deps.sh --job"
 done
@@ -275,14 +264,7 @@ if ! ((summarise_only)); then
     # The longest field the base's position table holds (RoBERTa counts 2 positions beyond).
     max_positions=514   # the tiny base below
     if [ -n "$base" ]; then
-      max_positions=$(jq -e '.max_position_embeddings' "$base/config.json") ||
-        die "$base/config.json: no max_position_embeddings"
-      # A tokenizer of another vocabulary would run and mean nothing: compare the sizes.
-      vocab=$(jq -e '.vocab_size' "$base/config.json") || die "$base/config.json: no vocab_size"
-      tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq '.model.vocab | length' "$tokenizer/tokenizer.json"
-                  else jq 'length' "$tokenizer/vocab.json"; fi)
-      ((tok_vocab == vocab)) ||
-        die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
+      max_positions=$(base_positions "$base" "$tokenizer") || exit 1
     fi
     data=$out/data
     sample=$repo/data/sample
