@@ -182,6 +182,15 @@ std::set<std::string> expect_gradients_match_differences(const ParameterList& pa
   return moved;
 }
 
+// The forward options of the gradient checks' step: dropout on or off, a fixed seed and step.
+ForwardOptions step_forward(bool dropout) {
+  ForwardOptions forward;
+  forward.training = dropout;
+  forward.seed = 42;
+  forward.step = 3;
+  return forward;
+}
+
 std::vector<std::vector<double>> gradients_of(const ParameterList& params) {
   std::vector<std::vector<double>> grads;
   for (const Parameter* p : params) grads.push_back(p->grad.to_vector<double>());
@@ -197,10 +206,7 @@ void check_step_gradients(bool dropout, bool shared, bool tied) {
   perturb_vectors(params, 5);
   Objectives objectives(models);
   const std::vector<data::TaskBatch> batches = all_tasks(11);
-  ForwardOptions forward;
-  forward.training = dropout;
-  forward.seed = 42;
-  forward.step = 3;
+  const ForwardOptions forward = step_forward(dropout);
 
   zero_grads(params);
   const double loss = step_loss(objectives, batches, forward);
@@ -317,10 +323,7 @@ void check_contrastive_gradients(bool dropout, int64_t micro_tokens) {
   batch.global_count = batch.count();
   const std::vector<data::TaskBatch> micro = batch.split(micro_tokens);
   ASSERT_EQ(micro.size(), micro_tokens == 0 ? 1u : 3u);
-  ForwardOptions forward;
-  forward.training = dropout;
-  forward.seed = 42;
-  forward.step = 3;
+  const ForwardOptions forward = step_forward(dropout);
   const double weight = 0.7;
 
   zero_grads(params);
@@ -873,10 +876,7 @@ void check_rehearsal_gradients(bool train_head, bool shared) {
   const ParameterList head = rehearsal.head_parameters();
   params.insert(params.end(), head.begin(), head.end());
   const data::TaskBatch batch = rehearsal_batch(4);
-  ForwardOptions forward;
-  forward.training = true;  // dropout, keyed by (step, application 16, example id)
-  forward.seed = 42;
-  forward.step = 3;
+  const ForwardOptions forward = step_forward(true);  // dropout, keyed by (step, application 16, example id)
   const double w = 0.6;
 
   zero_grads(params);
