@@ -219,37 +219,48 @@ TensorMap base_checkpoint(const RobertaConfig& config) {
   return out;
 }
 
-// One QARAC step with dropout: each task's loss, gradients accumulated into the models.
-std::vector<double> run_step(QaracModels& models, const std::vector<data::TaskBatch>& batches) {
-  Objectives objectives(models);
+// One QARAC step with dropout and the QA objective `qa`: each task's loss, gradients accumulated
+// into the models. Each batch is a whole global batch on one rank.
+std::vector<double> run_step(QaracModels& models, std::vector<data::TaskBatch> batches, QaObjective qa = {}) {
+  Objectives objectives(models, qa);
   zero_grads(models.parameters());
+  ForwardOptions forward;
+  forward.training = true;
+  forward.seed = 11;
+  forward.step = 2;
+  const GatherRows one_rank = [](const std::vector<double>& mine, int64_t, int64_t* first_row) {
+    *first_row = 0;
+    return mine;
+  };
+  for (data::TaskBatch& batch : batches) {
+    batch.global_count = batch.count();
+    objectives.begin_task(batch.task, {batch}, forward, one_rank);
+  }
   std::vector<double> losses;
   for (const data::TaskBatch& batch : batches) {
     ObjectiveOptions options;
     options.weight = 0.5 + 0.25 * static_cast<int>(batch.task);
-    options.forward.training = true;
-    options.forward.seed = 11;
-    options.forward.step = 2;
+    options.forward = forward;
     losses.push_back(
         objectives.run(batch, options).to(Device::cpu()).to(DType::f64).data<double>()[0]);
   }
   return losses;
 }
 
-}  // namespace
-
-TEST_F(CudaQarac, QaracStepMatchesTheCpu) {
+// The QARAC step on the GPU against the CPU, with either QA objective (the contrastive one's loss
+// is the host's, from the vectors each backend computes).
+void expect_step_matches_the_cpu(QaObjective qa) {
   const QaracConfig config = step_config();
   const TensorMap base = base_checkpoint(config.base);
   const std::vector<data::TaskBatch> batches = step_batches();
   QaracModels cpu(config, base, DType::f32, Device::cpu());
-  const std::vector<double> want = run_step(cpu, batches);
+  const std::vector<double> want = run_step(cpu, batches, qa);
   const ParameterList cpu_params = cpu.parameters();
 
   for (DType dtype : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dtype));
     QaracModels gpu(config, base, dtype, kGpu);
-    const std::vector<double> got = run_step(gpu, batches);
+    const std::vector<double> got = run_step(gpu, batches, qa);
     for (size_t t = 0; t < want.size(); ++t) {
       std::printf("%s %s: loss cpu %.6f, cuda %.6f\n", dtype_name(dtype),
                   data::task_name(batches[t].task), want[t], got[t]);
@@ -271,3 +282,8 @@ TEST_F(CudaQarac, QaracStepMatchesTheCpu) {
     }
   }
 }
+
+}  // namespace
+
+TEST_F(CudaQarac, QaracStepMatchesTheCpu) { expect_step_matches_the_cpu({}); }
+TEST_F(CudaQarac, ContrastiveQaStepMatchesTheCpu) { expect_step_matches_the_cpu({true, 0.5}); }
