@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <deque>
 #include <fstream>
 #include <functional>
@@ -537,7 +538,14 @@ std::string resume_mismatch(const TrainConfig& config, const std::string& saved_
   // holds no position of its stream to go on from, and a trained head only while it was on. Its
   // weight may change otherwise, as every task's may.
   const auto weight = saved.find("task.mlm.weight");
-  const bool was_on = weight != saved.end() && std::stod(weight->second) > 0;
+  double saved_weight = 0;
+  if (weight != saved.end()) {
+    char* end = nullptr;
+    saved_weight = std::strtod(weight->second.c_str(), &end);
+    if (end == weight->second.c_str() || *end != '\0' || !std::isfinite(saved_weight))
+      return "task.mlm.weight is '" + weight->second + "' in the checkpoint's run, not a number";
+  }
+  const bool was_on = saved_weight > 0;
   if (was_on && !config.rehearsal())
     return "task.mlm.weight: rehearsal was on in the checkpoint's run and is off now (it must stay on: resume "
            "with a positive weight)";

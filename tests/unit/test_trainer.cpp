@@ -508,6 +508,10 @@ TEST(TrainConfig, ResumeKeepsRehearsalOnOrOff) {
               std::string::npos);
   EXPECT_NE(resume_mismatch(off, on_text).find("task.mlm.weight: rehearsal was on in the checkpoint's run and is off"),
             std::string::npos);
+  // A saved weight that is no number is named, not thrown at as an internal error.
+  std::string garbled = on_text;
+  garbled.replace(garbled.find("mlm.weight = 1"), 14, "mlm.weight = x");
+  EXPECT_EQ(resume_mismatch(on, garbled), "task.mlm.weight is 'x' in the checkpoint's run, not a number");
   TrainConfig other = on;
   other.task[static_cast<int>(Task::masked_lm)].weight = 0.25;  // a weight may change, as every task's
   EXPECT_EQ(resume_mismatch(other, on_text), "");
