@@ -368,7 +368,7 @@ fi
 # --- Summary: the evaluation lines of every run.
 tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
-keys_json=$(printf '%s\n' "${metrics[@]}" qa.selection_chance | jq -R . | jq -cs .)
+keys_json=$(printf '%s\n' "${metrics[@]}" qa.selection_chance qa.retrieval_chance | jq -R . | jq -cs .)
 summarised=()
 for r in "${runs[@]}"; do
   name=${run_name[$r]}
@@ -377,8 +377,9 @@ for r in "${runs[@]}"; do
     ((summarise_only)) || die "no metrics: '$file' is missing or empty (see $logs/)"
     continue
   fi
-  # <name>.tsv: step, the metrics, qa.selection_chance; one row per evaluated step (a step
-  # recorded twice keeps its last record, a half-written line is skipped); NaN: not measured.
+  # <name>.tsv: step, the metrics, qa.selection_chance, qa.retrieval_chance; one row per
+  # evaluated step (a step recorded twice keeps its last record, a half-written line is
+  # skipped); NaN: not measured.
   jq -Rrn --argjson keys "$keys_json" '
     [inputs | fromjson? | objects | select(.eval == true and (.step | type) == "number")]
     | group_by(.step) | map(.[-1]) | .[] | . as $e
@@ -501,8 +502,14 @@ for i in "$((${#metrics[@]} - 1))" $(seq 0 $((${#metrics[@]} - 2))); do
 set ylabel 'held-out MLM loss'; set yrange [0:$mlm_top]
 plot $(IFS=,; echo "${clauses[*]}")")
   else
-    if [ "$m" = qa.selection_accuracy ] && measured "$((${#metrics[@]} + 2))"; then
-      clauses+=("'$tmp/$first.tsv' using 1:$((${#metrics[@]} + 2)) with lines dt 3 lw 1.5 lc rgb '#555555' title 'chance (a random pick)'")
+    # The chance of a random pick: among a question's sentences, or among all held-out answers.
+    chance_col=
+    case $m in
+      qa.selection_accuracy) chance_col=$((${#metrics[@]} + 2)) ;;
+      qa.retrieval_accuracy) chance_col=$((${#metrics[@]} + 3)) ;;
+    esac
+    if [ -n "$chance_col" ] && measured "$chance_col"; then
+      clauses+=("'$tmp/$first.tsv' using 1:$chance_col with lines dt 3 lw 1.5 lc rgb '#555555' title 'chance (a random pick)'")
     fi
     panels+=("set title 'held-out $m (higher is better)'
 set ylabel '$m'; set yrange [0:1.05]

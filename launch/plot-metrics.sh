@@ -3,9 +3,9 @@
 # (thin: every step; bold: moving average), the held-out evaluation (accuracies, losses) and the
 # forgetting monitor (MLM loss of the answer encoder with the base model's own head on held-out
 # text; the dashed line is its value before fine-tuning). Each series has its own colour (by task)
-# and marker and dash (within a task); the answer selection's chance level is a dotted line. The
-# loss and forgetting axes span at least a factor of 2.25 around their data, so that a change of a
-# few hundredths of a percent reads as flat. Panels without data are left out, so an MLM
+# and marker and dash (within a task); the chance levels of answer selection and retrieval are
+# dotted lines. The loss and forgetting axes span at least a factor of 2.25 around their data,
+# so that a change of a few hundredths of a percent reads as flat. Panels without data are left out, so an MLM
 # pre-training run gets its loss panels only. Safe to run while the job is still writing.
 #   launch/plot-metrics.sh RUN_DIR [OUT.svg]      (default: RUN_DIR/metrics.svg)
 # Needs jq and gnuplot (bash launch/install-deps.sh --job).
@@ -123,9 +123,14 @@ plot $raw, $(series "$tmp/train-smooth.tsv" "with lines lw 2")
 unset logscale y; set yrange [*:*]")
 fi
 if (($(rows "$tmp/accuracy.tsv"))); then
+  # Each chance level (qa.retrieval_chance, qa.selection_chance) a dotted line of its task's colour.
   chance=
   if (($(rows "$tmp/chance.tsv"))); then
-    chance=", '$tmp/chance.tsv' skip 1 using 1:2 with lines dt 3 lw 1.5 lc rgb '#$(colour qa.)' title 'qa.selection chance'"
+    IFS=$'\t' read -r -a levels <"$tmp/chance.tsv"
+    for i in "${!levels[@]}"; do
+      ((i > 0)) || continue
+      chance+=", '$tmp/chance.tsv' skip 1 using 1:$((i + 1)) with lines dt 3 lw 1.5 lc rgb '#$(colour "${levels[i]}")' title '${levels[i]%_chance} chance'"
+    done
   fi
   panels+=("set title 'held-out accuracies (higher is better)'
 set xlabel 'step'; set ylabel 'accuracy'; set yrange [0:1.05]; set key outside right top vertical

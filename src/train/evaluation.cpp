@@ -201,6 +201,7 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
         right += nearest == i;
       }
       result.metrics["qa.retrieval_accuracy"] = static_cast<double>(right) / static_cast<double>(n);
+      result.metrics["qa.retrieval_chance"] = 1.0 / static_cast<double>(n);
       if (candidates_.sentences.count() > 0)
         add_selection_metrics(models.answer_encoder(), candidates_, q, a, n, d, config, device, result);
     } else if (batch.task == Task::consistency) {

@@ -3,6 +3,7 @@
 //   <task>.loss              each objective's loss on held-out examples (contrastive QA: over them all)
 //   qa.retrieval_accuracy    QE(q)'s nearest answer vector (Euclidean, as the MSE objective
 //                            measures) among all held-out AE(a) is its own answer's
+//   qa.retrieval_chance      the accuracy of a random pick among them, 1/n
 //   qa.selection_accuracy, qa.selection_mrr
 //                            WikiQA's answer-sentence selection: the answer ranked among its own
 //                            question's sentences (the answer and its candidates, WikiQA's Label

@@ -18,10 +18,10 @@ fail() { echo "$me: FAIL: $*" >&2; exit 1; }
 run=$work/experiments/finetune
 mkdir -p "$run"
 cat > "$run/metrics.jsonl" <<'JSON'
-{"step":0,"eval":true,"ed.loss":7.1,"ed.token_accuracy":0.1,"qa.selection_accuracy":0.38,"qa.retrieval_accuracy":0.01,"qa.selection_chance":0.3,"qa.selection_examples":100,"qa.answer_norm":3.0,"forgetting.mlm_loss":1.63,"cs.accuracy":0.3,"cs.confusion.entailment.neutral":3}
+{"step":0,"eval":true,"ed.loss":7.1,"ed.token_accuracy":0.1,"qa.selection_accuracy":0.38,"qa.retrieval_accuracy":0.01,"qa.retrieval_chance":0.01,"qa.selection_chance":0.3,"qa.selection_examples":100,"qa.answer_norm":3.0,"forgetting.mlm_loss":1.63,"cs.accuracy":0.3,"cs.confusion.entailment.neutral":3}
 {"step":1,"loss":{"encode_decode":7.0,"question_answering":0.5},"lr":0.001}
 {"step":2,"loss":{"encode_decode":6.0,"question_answering":0.4},"lr":0.001}
-{"step":2,"eval":true,"ed.loss":6.1,"ed.token_accuracy":0.3,"qa.selection_accuracy":0.9,"qa.retrieval_accuracy":0.02,"qa.selection_chance":0.3,"qa.selection_examples":100,"qa.answer_norm":0.3,"forgetting.mlm_loss":1.6305,"cs.accuracy":0.5,"cs.confusion.entailment.neutral":1}
+{"step":2,"eval":true,"ed.loss":6.1,"ed.token_accuracy":0.3,"qa.selection_accuracy":0.9,"qa.retrieval_accuracy":0.02,"qa.retrieval_chance":0.01,"qa.selection_chance":0.3,"qa.selection_examples":100,"qa.answer_norm":0.3,"forgetting.mlm_loss":1.6305,"cs.accuracy":0.5,"cs.confusion.entailment.neutral":1}
 JSON
 
 table=$(bash "$src/launch/metrics-table.sh" "$run")
@@ -37,7 +37,8 @@ gp=$work/plot.gp
 retrieval=$(grep -o "pt [0-9]* dt [0-9]* lc rgb '#[0-9a-f]*' title 'qa.retrieval_accuracy'" "$gp")
 selection=$(grep -o "pt [0-9]* dt [0-9]* lc rgb '#[0-9a-f]*' title 'qa.selection_accuracy'" "$gp")
 [ "${retrieval% title*}" != "${selection% title*}" ] || fail "plot: the QA accuracies look alike ($retrieval)"
-grep -q "title 'qa.selection chance'" "$gp" || fail "plot: no chance line"
+grep -q "title 'qa.selection chance'" "$gp" || fail "plot: no chance line of the answer selection"
+grep -q "title 'qa.retrieval chance'" "$gp" || fail "plot: no chance line of the retrieval"
 grep -q "title 'QARAC-MT: experiments/finetune (step 2)'" "$gp" || fail "plot: the title is not the run's name"
 grep -q "$work" <(grep multiplot "$gp") && fail "plot: the title holds the machine's path"
 # The forgetting axis around 1.63 -> 1.6305 spans at least a factor of 2.25.
