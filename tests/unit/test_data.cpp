@@ -383,6 +383,11 @@ TEST(Readers, C1ControlBytesAreNoLatin1Text) {
   EXPECT_EQ(as_latin1.stats.utf8_line, 2);
   EXPECT_EQ(read_all(quotes, Format::avicenna, OnError::fail, Encoding::utf8).examples.at(0).fields[0],
             "All cats don\xE2\x80\x99t bark.");
+  // The C1 range is 0x80..0x9F, its bounds included; 0xA0 (no-break space) is Latin-1 text.
+  const std::string bounds = avicenna_file(dir, "A \x80 B.,C.,yes,x\r\nA \x9F B.,C.,yes,x\r\nA \xA0 B.,C.,yes,x\r\n");
+  const Read bounded = read_all(bounds, Format::avicenna);
+  EXPECT_EQ(lines_of(bounded), (std::vector<int64_t>{4}));
+  EXPECT_EQ(skipped(bounded, "malformed: C1 control byte"), 2);
   // Read as UTF-8, U+0080..U+009F are code points like any other.
   const std::string c1_utf8 = avicenna_file(dir, "A \xC2\x85 B.,All animals breathe.,yes,x\r\n");
   EXPECT_EQ(read_all(c1_utf8, Format::avicenna, OnError::fail, Encoding::utf8).examples.size(), 1u);
