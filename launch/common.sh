@@ -1,8 +1,8 @@
 # shellcheck shell=bash
-# shellcheck disable=SC2034,SC2154  # repo comes from the sourcing script; bin, prep and train go to it
+# shellcheck disable=SC2034,SC2154  # repo, out, marker, force and logs come from the sourcing script; bin, prep and train go to it
 # Shared by launch/quickstart.sh, scaling.sh and forgetting.sh, which source it once `repo` (the
-# repository, or PREFIX/share/qarac-mt when installed) and die() are set. Nothing here runs by
-# itself.
+# repository, or PREFIX/share/qarac-mt when installed) is set; they define die(), and set `out`,
+# `marker`, `force` and `logs` before calling what uses them. Nothing here runs by itself.
 
 # find_programs: sets bin, prep and train to QARAC_BUILD's programs, the repository's build, an
 # installation's (these scripts in PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or
@@ -38,4 +38,45 @@ base_positions() {
   ((tok_vocab == vocab)) ||
     die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
   echo "$positions"
+}
+
+# has_tokenizer DIR: whether DIR holds a tokenizer (tokenizer.json, or vocab.json + merges.txt).
+has_tokenizer() { [ -f "$1/tokenizer.json" ] || { [ -f "$1/vocab.json" ] && [ -f "$1/merges.txt" ]; }; }
+
+# prepare_out WHAT KEPT...: makes $out, with logs/ and runs/ and the $marker file that says it
+# holds a WHAT ("scaling run", "forgetting experiment"). A non-empty $out is replaced only with
+# force=1, only when its marker says it holds a WHAT, and never while one of the inputs KEPT
+# lies inside it.
+prepare_out() {
+  local what=$1 kept
+  shift
+  if [ -e "$out" ] && [ ! -d "$out" ]; then
+    die "--out $out exists and is not a directory"
+  elif [ -d "$out" ] && [ -n "$(ls -A -- "$out")" ]; then
+    ((force)) || die "$out is not empty: --force replaces a previous $what, or choose --out DIR"
+    for kept in "$@"; do
+      [ -z "$kept" ] || [[ "$kept/" != "$out/"* ]] || die "--force would delete $kept inside $out: copy it elsewhere first"
+    done
+    [ -f "$marker" ] || die "$out is not empty and holds no $what (no $(basename "$marker")); not removing it"
+    rm -rf -- "$out"
+  fi
+  mkdir -p -- "$out/logs" "$out/runs"
+  touch -- "$marker"
+}
+
+# logged NAME COMMAND...: runs COMMAND with its output in $logs/NAME.log and the command itself in
+# $logs/NAME.cmd; when it fails, log_failed.
+logged() {
+  local name=$1 rc=0
+  shift
+  { printf '%q ' "$@"; printf '\n'; } >"$logs/$name.cmd"
+  "$@" >"$logs/$name.log" 2>&1 || rc=$?
+  ((rc == 0)) || log_failed "$name" "$rc"
+}
+
+# log_failed NAME STATUS: the last lines of $logs/NAME.log, then die naming it.
+log_failed() {
+  echo "--- last lines of $logs/$1.log:" >&2
+  tail -n 25 "$logs/$1.log" >&2
+  die "$1 failed (exit $2); its full output: $logs/$1.log"
 }

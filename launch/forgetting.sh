@@ -195,7 +195,6 @@ find_programs
 
 # --- Checks before any work: the inputs, and an output directory that may be written.
 marker=$out/.qarac-forgetting   # tells --force that the directory is a forgetting experiment
-has_tokenizer() { [ -f "$1/tokenizer.json" ] || { [ -f "$1/vocab.json" ] && [ -f "$1/merges.txt" ]; }; }
 if ((summarise_only)); then
   [ -d "$out/runs" ] || die "--summarise-only: no runs in $out (no $out/runs/)"
 else
@@ -245,35 +244,11 @@ else
         die "run $r (${run_name[$r]}) needs qarac-train's $option, which $train lacks: leave it out (--runs) or rebuild"
     done
   done
-  if [ -e "$out" ] && [ ! -d "$out" ]; then
-    die "--out $out exists and is not a directory"
-  elif [ -d "$out" ] && [ -n "$(ls -A -- "$out")" ]; then
-    ((force)) || die "$out is not empty: --force replaces a previous forgetting experiment, or choose --out DIR"
-    for kept in "$base" "$data" "$eval_data" "$tokenizer" "$config"; do
-      [ -z "$kept" ] || [[ "$kept/" != "$out/"* ]] || die "--force would delete $kept inside $out: copy it elsewhere first"
-    done
-    [ -f "$marker" ] || die "$out is not empty and holds no forgetting experiment (no $(basename "$marker")); not removing it"
-    rm -rf -- "$out"
-  fi
-  mkdir -p -- "$out/logs" "$out/runs"
-  touch -- "$marker"
+  prepare_out "forgetting experiment" "$base" "$data" "$eval_data" "$tokenizer" "$config"
 fi
 logs=$out/logs
 
 duration() { local s=$1; if ((s >= 60)); then echo "$((s / 60)) min $((s % 60)) s"; else echo "$s s"; fi; }
-# logged NAME COMMAND...: runs COMMAND with its output in logs/NAME.log and the command in
-# logs/NAME.cmd; on failure the log's end, then exit.
-logged() {
-  local name=$1 rc=0
-  shift
-  { printf '%q ' "$@"; printf '\n'; } >"$logs/$name.cmd"
-  "$@" >"$logs/$name.log" 2>&1 || rc=$?
-  if ((rc)); then
-    echo "--- last lines of $logs/$name.log:" >&2
-    tail -n 25 "$logs/$name.log" >&2
-    die "$name failed (exit $rc); its full output: $logs/$name.log"
-  fi
-}
 # last_eval RUN_DIR KEY: KEY of the run's last evaluation so far, or '-'.
 last_eval() {
   jq -Rrn --arg k "$2" '[inputs | fromjson? | objects | select(.eval == true)] | last | .[$k] // "-"

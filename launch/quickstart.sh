@@ -72,7 +72,6 @@ if [ -n "$base" ]; then
     [ -f "$base/$f" ] || die "--base $base: no $f there (a Hugging Face RoBERTa directory is needed)"
   done
 fi
-has_tokenizer() { [ -f "$1/tokenizer.json" ] || { [ -f "$1/vocab.json" ] && [ -f "$1/merges.txt" ]; }; }
 if [ -z "$tokenizer" ]; then
   tokenizer=$repo/data/sample/tokenizer
   [ -z "$base" ] || ! has_tokenizer "$base" || tokenizer=$base
@@ -123,27 +122,20 @@ show() {
     printf '   %s\n' "$line"
   done 3>"$1"
 }
-# logged NAME REGEX COMMAND...: runs COMMAND with its output in logs/NAME.log, the lines matching
-# REGEX shown as it runs (empty: none). On failure: the log's end, then exit.
-logged() {
+# logged_showing NAME REGEX COMMAND...: logged (launch/common.sh), the lines matching REGEX shown
+# as it runs.
+logged_showing() {
   local name=$1 regex=$2 rc=0
   shift 2
-  if [ -n "$regex" ]; then
-    "$@" 2>&1 | show "$logs/$name.log" "$regex" || rc=$?
-  else
-    "$@" >"$logs/$name.log" 2>&1 || rc=$?
-  fi
-  if ((rc)); then
-    echo "--- last lines of $logs/$name.log:" >&2
-    tail -n 25 "$logs/$name.log" >&2
-    die "$name failed (exit $rc); its full output: $logs/$name.log"
-  fi
+  { printf '%q ' "$@"; printf '\n'; } >"$logs/$name.cmd"
+  "$@" 2>&1 | show "$logs/$name.log" "$regex" || rc=$?
+  ((rc == 0)) || log_failed "$name" "$rc"
 }
 
 echo "QARAC-MT quickstart: run directory $out"
 
 phase "dependencies (Debian packages; only those missing are installed)"
-logged install-deps '' bash launch/install-deps.sh --job
+logged install-deps bash launch/install-deps.sh --job
 phase_done
 
 phase "build (Release, -j2, into $build)"
@@ -160,10 +152,10 @@ else
   # Configured once, as tests/run.sh does (so that both share build/); afterwards cmake --build
   # reconfigures by itself when a CMakeLists.txt changed. Only the two programs are built here.
   if [ ! -f "$build/CMakeCache.txt" ]; then
-    logged configure '' cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release \
+    logged configure cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release \
       -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" -DQARAC_TESTS=ON
   fi
-  logged build '^\[ *[0-9]+%\] Built target' cmake --build "$build" -j2 --target qarac-prep qarac-train
+  logged_showing build '^\[ *[0-9]+%\] Built target' cmake --build "$build" -j2 --target qarac-prep qarac-train
   phase_done
 fi
 prep=$build/src/cli/qarac-prep
@@ -179,10 +171,10 @@ fi
 max_length=$((max_positions - 2))
 data=$out/data
 sample=$repo/data/sample
-logged prep-train '' "$prep" --tokenizer "$tokenizer" --out "$data/train" --max-length "$max_length" \
+logged prep-train "$prep" --tokenizer "$tokenizer" --out "$data/train" --max-length "$max_length" \
   --text "$sample/corpus_train.txt" --wikiqa "$sample/WikiQA-train.tsv" \
   --avicenna "$sample/Avicenna_Train.csv" --snli "$sample/snli_1.0_train.jsonl"
-logged prep-heldout '' "$prep" --tokenizer "$tokenizer" --out "$data/heldout" --max-length "$max_length" \
+logged prep-heldout "$prep" --tokenizer "$tokenizer" --out "$data/heldout" --max-length "$max_length" \
   --text "$sample/corpus_heldout.txt" --wikiqa "$sample/WikiQA-dev.tsv" \
   --avicenna "$sample/Avicenna_Test.csv" --snli "$sample/snli_1.0_dev.txt"
 grep -E '^[a-z_]+: [0-9]+ examples' "$logs/prep-train.log" | sed 's/^/   train   /'
@@ -200,7 +192,7 @@ if [ -n "$base" ]; then
 else
   phase "base model: masked-LM pre-training of a tiny RoBERTa (launch/configs/quickstart-pretrain.ini)"
   # One process: a single task (the text stream) and seconds of work.
-  logged pretrain "$progress" "$train" --config launch/configs/quickstart-pretrain.ini \
+  logged_showing pretrain "$progress" "$train" --config launch/configs/quickstart-pretrain.ini \
     --output "$out/pretrain" --model.max_positions "$max_positions" --model.tokenizer "$tokenizer" \
     --data.dir "$data/train" --eval.dir "$data/heldout"
   base=$out/pretrain/export/base
@@ -208,7 +200,7 @@ else
 fi
 
 phase "fine-tuning on the four tasks (launch/configs/quickstart.ini, $ranks MPI rank(s))"
-logged finetune "$progress" env QARAC_BUILD="$build" bash launch/train-local.sh -n "$ranks" -- \
+logged_showing finetune "$progress" env QARAC_BUILD="$build" bash launch/train-local.sh -n "$ranks" -- \
   --config launch/configs/quickstart.ini \
   --output "$out/finetune" --model.base "$base" --data.dir "$data/train" \
   --eval.dir "$data/heldout" --eval.tokenizer "$tokenizer" "${finetune_args[@]}"
@@ -218,7 +210,7 @@ phase "plots"
 plots=()
 for run in pretrain finetune; do
   [ -s "$out/$run/metrics.jsonl" ] || continue
-  logged "plot-$run" '' bash launch/plot-metrics.sh "$out/$run"
+  logged "plot-$run" bash launch/plot-metrics.sh "$out/$run"
   plots+=("$out/$run/metrics.svg")
 done
 phase_done

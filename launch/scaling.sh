@@ -221,7 +221,6 @@ else
       [ -f "$data/$t.h5" ] || die "--data $data: no $t.h5 there (qarac-prep's output is needed)"
     done
   fi
-  has_tokenizer() { [ -f "$1/tokenizer.json" ] || { [ -f "$1/vocab.json" ] && [ -f "$1/merges.txt" ]; }; }
   if [ -z "$tokenizer" ]; then
     tokenizer=$repo/data/sample/tokenizer
     [ -z "$base" ] || ! has_tokenizer "$base" || tokenizer=$base
@@ -230,33 +229,9 @@ else
     has_tokenizer "$tokenizer" || die "tokenizer $tokenizer: neither tokenizer.json nor vocab.json + merges.txt"
     [ -x "$prep" ] || [ -n "$data" ] || die "no qarac-prep at $prep: build it or set QARAC_BUILD"
   fi
-  if [ -e "$out" ] && [ ! -d "$out" ]; then
-    die "--out $out exists and is not a directory"
-  elif [ -d "$out" ] && [ -n "$(ls -A -- "$out")" ]; then
-    ((force)) || die "$out is not empty: --force replaces a previous scaling run, or choose --out DIR"
-    for kept in "$base" "$data" "$tokenizer" "$config"; do
-      [ -z "$kept" ] || [[ "$kept/" != "$out/"* ]] ||
-        die "--force would delete $kept inside $out: copy it elsewhere first"
-    done
-    [ -f "$marker" ] || die "$out is not empty and holds no scaling run (no $(basename "$marker")); not removing it"
-    rm -rf -- "$out"
-  fi
-  mkdir -p -- "$out/logs" "$out/runs"
-  touch -- "$marker"
+  prepare_out "scaling run" "$base" "$data" "$tokenizer" "$config"
 fi
 logs=$out/logs
-
-# logged NAME COMMAND...: runs COMMAND with its output in logs/NAME.log; on failure the log's end.
-logged() {
-  local name=$1 rc=0
-  shift
-  "$@" >"$logs/$name.log" 2>&1 || rc=$?
-  if ((rc)); then
-    echo "--- last lines of $logs/$name.log:" >&2
-    tail -n 25 "$logs/$name.log" >&2
-    die "$name failed (exit $rc); its full output: $logs/$name.log"
-  fi
-}
 
 if ! ((summarise_only)); then
   # --- Inputs: the sample data and a tiny random base when none is given.
