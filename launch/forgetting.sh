@@ -189,8 +189,7 @@ if ! ((summarise_only)); then
   done
 fi
 
-# --- The programs: QARAC_BUILD's, the repository's build, an installation's (these scripts in
-# PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or those on PATH.
+# --- The programs (launch/common.sh says where they are looked for).
 find_programs
 
 # --- Checks before any work: the inputs, and an output directory that may be written.

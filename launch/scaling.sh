@@ -159,8 +159,7 @@ for arg in "${train_args[@]}"; do
   esac
 done
 
-# The programs: QARAC_BUILD's, the repository's build, an installation's (these scripts in
-# PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or those on PATH.
+# The programs (launch/common.sh says where they are looked for).
 find_programs
 for tool in jq gnuplot; do
   command -v "$tool" >/dev/null || die "$tool not found; install it with: bash launch/install-deps.sh --job"
