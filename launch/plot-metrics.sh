@@ -73,14 +73,25 @@ awk -F'\t' -v OFS='\t' -v alpha="$(awk -v s="$span" 'BEGIN { print 2 / (s + 1) }
       if ($i != "NaN") { m[i] = seen[i]++ ? m[i] + alpha * ($i - m[i]) : $i; $i = m[i] }
     print }' "$tmp/train.tsv" >"$tmp/train-smooth.tsv"
 
-# yrange FILE: a gnuplot range for a log axis over the data of FILE, at least a factor of 2.25
-# wide around its geometric middle, so that small changes are not blown up by autoscaling.
-yrange() {
+# log_axis FILE: the gnuplot settings of a log y axis over the data of FILE: a range at least a
+# factor of 2.25 wide around its geometric middle, so that small changes are not blown up by
+# autoscaling, and ticks at 1, 2 and 5 times the powers of ten within it (1, 1.5, 2, 2.5, 3 to 9
+# times them when that gives fewer than three), since gnuplot labels only the powers of ten
+# themselves and a range inside one decade would have no label at all.
+log_axis() {
   awk -F'\t' 'NR > 1 { for (i = 2; i <= NF; i++) if ($i != "NaN" && $i > 0) {
                  lo = (n && lo < $i) ? lo : $i; hi = (n && hi > $i) ? hi : $i; n++ } }
-    END { if (!n) { print "[*:*]"; exit }
+    END { if (!n) { print "set logscale y; set yrange [*:*]"; exit }
           mid = sqrt(lo * hi); if (lo > mid / 1.5) lo = mid / 1.5; if (hi < mid * 1.5) hi = mid * 1.5
-          printf "[%g:%g]", lo / 1.1, hi * 1.1 }' "$1"
+          lo /= 1.1; hi *= 1.1
+          for (pass = 1; pass <= 2; pass++) {
+            split(pass == 1 ? "1 2 5" : "1 1.5 2 2.5 3 4 5 6 7 8 9", m, " "); tics = ""; count = 0
+            for (k = int(log(lo) / log(10)) - 1; k <= int(log(hi) / log(10)) + 1; k++)
+              for (j = 1; j in m; j++) { v = m[j] * 10 ^ k
+                if (v >= lo && v <= hi) { tics = tics (count++ ? ", " : "") sprintf("%g", v) } }
+            if (count >= 3) break
+          }
+          printf "set logscale y; set yrange [%g:%g]; set ytics (%s)\n", lo, hi, tics }' "$1"
 }
 
 # One colour per task in every panel.
@@ -117,10 +128,10 @@ if (($(rows "$tmp/train.tsv"))); then
   # The same colours, 75% transparent and without a legend entry, under the moving average.
   raw=$(sed -e "s/lc rgb '#/lc rgb '#C0/g" -e "s/title '[^']*'/notitle/g" <<<"$raw")
   panels+=("set title 'training loss per task (thin: each step, bold: moving average of $span)'
-set xlabel 'step'; set ylabel 'loss (lower is better)'; set logscale y; set yrange $(yrange "$tmp/train.tsv")
+set xlabel 'step'; set ylabel 'loss (lower is better)'; $(log_axis "$tmp/train.tsv")
 set key outside right top vertical
 plot $raw, $(series "$tmp/train-smooth.tsv" "with lines lw 2")
-unset logscale y; set yrange [*:*]")
+unset logscale y; set yrange [*:*]; set ytics auto")
 fi
 if (($(rows "$tmp/accuracy.tsv"))); then
   # Each chance level (qa.retrieval_chance, qa.selection_chance) a dotted line of its task's colour.
@@ -139,16 +150,16 @@ set yrange [*:*]")
 fi
 if (($(rows "$tmp/loss.tsv"))); then
   panels+=("set title 'held-out loss per task'
-set xlabel 'step'; set ylabel 'loss (lower is better)'; set logscale y; set yrange $(yrange "$tmp/loss.tsv")
+set xlabel 'step'; set ylabel 'loss (lower is better)'; $(log_axis "$tmp/loss.tsv")
 set key outside right top vertical
 plot $(series "$tmp/loss.tsv" "with linespoints lw 2 ps 0.6")
-unset logscale y; set yrange [*:*]")
+unset logscale y; set yrange [*:*]; set ytics auto")
 fi
 if (($(rows "$tmp/forgetting.tsv"))); then
   before=$(awk -F'\t' 'NR == 2 { print $2 }' "$tmp/forgetting.tsv")
   panels+=("set title 'forgetting monitor: MLM loss of the answer encoder with the base model''s head'
-set xlabel 'step'; set ylabel 'held-out MLM loss (lower is better)'; set logscale y
-set yrange $(yrange "$tmp/forgetting.tsv"); set key outside right top vertical
+set xlabel 'step'; set ylabel 'held-out MLM loss (lower is better)'; $(log_axis "$tmp/forgetting.tsv")
+set key outside right top vertical
 plot $(series "$tmp/forgetting.tsv" "with linespoints lw 2 ps 0.6"), \
   $before with lines dt 2 lw 1.5 lc rgb '#555555' title 'before fine-tuning'")
 fi

@@ -45,5 +45,8 @@ grep -q "$work" <(grep multiplot "$gp") && fail "plot: the title holds the machi
 range=$(grep -A2 "forgetting monitor" "$gp" | grep -o 'set yrange \[[0-9.e+-]*:[0-9.e+-]*\]' | head -1)
 awk -v r="$range" 'BEGIN { sub(/.*\[/, "", r); split(r, a, ":"); exit !(a[2] / a[1] >= 2.25) }' ||
   fail "plot: the forgetting axis is zoomed in ($range)"
+# Within one decade gnuplot labels no tick of a log axis: the script gives it labelled ones.
+tics=$(grep -A2 "forgetting monitor" "$gp" | grep -o 'set ytics ([^)]*)' | head -1 || true)
+[ "$(tr -cd ',' <<<"$tics" | wc -c)" -ge 2 ] || fail "plot: the forgetting axis has fewer than three labelled ticks ($tics)"
 python3 -c 'import sys, xml.dom.minidom as m; m.parse(sys.argv[1])' "$work/out.svg" || fail "plot: not an SVG"
 echo "$me: the table and the plot read as intended"
