@@ -3,9 +3,17 @@
 #include "kernels/backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 namespace qarac::ops {
+
+namespace {
+std::atomic<uint64_t> dispatched{0};
+}  // namespace
+
+uint64_t dispatched_ops() { return dispatched.load(std::memory_order_relaxed); }
+void count_dispatch() { dispatched.fetch_add(1, std::memory_order_relaxed); }
 
 const Backend* find_backend(Device device) {
   // Explicit calls rather than self-registering static objects: a static library's object file

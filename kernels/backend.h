@@ -126,6 +126,12 @@ class Backend {
 // without QARAC_HAVE_CUDA.
 const Backend* find_backend(Device device);
 
+// The ops dispatched in this process so far: every ops.h call, which on CUDA is one kernel or
+// library call (a few ops take two). qarac-bench prints them per step: what a step pays in
+// launches. Args (op_args.h) counts each call.
+uint64_t dispatched_ops();
+void count_dispatch();
+
 // The implementations; find_backend is their registry and only caller.
 const Backend& cpu_backend();   // kernels/cpu/backend.cpp
 const Backend& cuda_backend();  // kernels/cuda/backend.cpp, only with QARAC_HAVE_CUDA

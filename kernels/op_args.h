@@ -28,6 +28,7 @@ class Args {
   Args(const char* op, const char* name, const Tensor& ref, Role role = Role::compute)
       : op_(op), name_(name), ref_(ref), backend_(find_backend(ref.device())) {
     layout(name, ref);
+    count_dispatch();
     // Only the CUDA kind can lack a backend: the CPU reference is always built.
     QARAC_CHECK(backend_, op, ": this build has no CUDA backend (", name, " is ", ref.str(), ")");
     const DType d = ref.dtype();

@@ -339,8 +339,11 @@ class CpuBackend final : public ops::Backend {
   void sum_of_squares(const std::vector<const Tensor*>& tensors, Tensor& out) const override {
     with_type(out.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      double total = 0;  // in double whatever T, in tensor order: the same bits on every run
-      for (const Tensor* t : tensors) total += cpu::sum_of_squares(t->data<T>(), t->numel());
+      // One running sum in double whatever T, element after element in tensor order: the same
+      // bits on every run, and however the elements are cut into tensors (a packed model's
+      // spans or its parameters one by one).
+      double total = 0;
+      for (const Tensor* t : tensors) total = cpu::sum_of_squares(total, t->data<T>(), t->numel());
       out.data<T>()[0] = static_cast<T>(total);
     });
   }

@@ -58,8 +58,7 @@ void nadam_update(T* param, const T* grad, T* m, T* v, int64_t n, const NAdamSte
 }
 
 template <class T>
-double sum_of_squares(const T* x, int64_t n) {
-  double s = 0;
+double sum_of_squares(double s, const T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   return s;
 }
@@ -72,7 +71,7 @@ template void nadam_update<float>(float*, const float*, float*, float*, int64_t,
                                   float*);
 template void nadam_update<double>(double*, const double*, double*, double*, int64_t,
                                    const NAdamStep&, double*);
-template double sum_of_squares<float>(const float*, int64_t);
-template double sum_of_squares<double>(const double*, int64_t);
+template double sum_of_squares<float>(double, const float*, int64_t);
+template double sum_of_squares<double>(double, const double*, int64_t);
 
 }  // namespace qarac::cpu

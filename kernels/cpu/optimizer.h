@@ -30,8 +30,9 @@ struct NAdamStep {
 template <class T>
 void nadam_update(T* param, const T* grad, T* m, T* v, int64_t n, const NAdamStep& step, T* copy);
 
-// Σ x² over x [n], accumulated in double in index order: the same bits on every run.
+// total + Σ x² over x [n], accumulated in double in index order onto `total`: the same bits on
+// every run.
 template <class T>
-double sum_of_squares(const T* x, int64_t n);
+double sum_of_squares(double total, const T* x, int64_t n);
 
 }  // namespace qarac::cpu

@@ -22,6 +22,8 @@
 
 #include "cli/run_main.h"
 #include "cli/version.h"
+#include "core/memory.h"
+#include "kernels/backend.h"
 #include "model/init.h"
 #include "model/qarac.h"
 #include "train/objectives.h"
@@ -419,16 +421,20 @@ int run(int argc, char** argv) {
   std::mt19937_64 gen(c.seed);
   double seconds = 0;
   StepCount total;
+  uint64_t ops = 0, memory = 0;  // over the timed steps
   for (int it = 0; it < c.warmup + c.iters; ++it) {
     const StepCount count = workload->prepare(gen);  // batches built and uploaded, untimed
     synchronize(device);
     if (it == c.warmup) profile_range(device, true);
+    const uint64_t ops0 = ops::dispatched_ops(), memory0 = memory_calls();
     const auto t0 = std::chrono::steady_clock::now();
     workload->step(static_cast<uint64_t>(it));
     synchronize(device);
     if (it >= c.warmup) {
       seconds += seconds_since(t0);
       total += count;
+      ops += ops::dispatched_ops() - ops0;
+      memory += memory_calls() - memory0;
     }
   }
   profile_range(device, false);
@@ -446,7 +452,8 @@ int run(int argc, char** argv) {
     const double peak = measure_gemm_peak(device);
     std::printf(", %.1f%% of the measured bf16 GEMM peak %.0f TFLOP/s", 100 * total.flops / seconds / 1e12 / peak, peak);
   }
-  std::printf("\n");
+  std::printf("\n  %.0f ops and %.0f copies or memsets dispatched per step\n", static_cast<double>(ops) / c.iters,
+              static_cast<double>(memory) / c.iters);
   return 0;
 }
 

@@ -2,6 +2,7 @@
 // and the copies and fills between them.
 #include "core/memory.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -245,8 +246,15 @@ Buffer::~Buffer() {
   }
 }
 
+namespace {
+std::atomic<uint64_t> memory_call_count{0};
+}  // namespace
+
+uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
+
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (bytes == 0) return;
+  memory_call_count.fetch_add(1, std::memory_order_relaxed);
   if (dst_device.is_cpu() && src_device.is_cpu()) {
     std::memcpy(dst, src, bytes);
     return;
@@ -260,6 +268,7 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 
 void zero_bytes(void* dst, Device device, size_t bytes) {
   if (bytes == 0) return;
+  memory_call_count.fetch_add(1, std::memory_order_relaxed);
   if (device.is_cpu()) {
     std::memset(dst, 0, bytes);
     return;

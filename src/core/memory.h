@@ -62,5 +62,8 @@ void cuda_empty_cache();
 // Copies between any two devices (host<->device, device<->device) and synchronises.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 void zero_bytes(void* dst, Device device, size_t bytes);
+// The copy_bytes and zero_bytes calls so far that moved or cleared any bytes: on CUDA each is a
+// cudaMemcpy or cudaMemset (qarac-bench prints them per step next to the ops).
+uint64_t memory_calls();
 
 }  // namespace qarac

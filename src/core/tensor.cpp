@@ -125,6 +125,25 @@ Tensor Tensor::select(int64_t index) const {
   return t;
 }
 
+bool Tensor::follows(const Tensor& prev) const {
+  return buffer_ && buffer_ == prev.buffer_ && dtype_ == prev.dtype_ && is_contiguous() &&
+         prev.is_contiguous() && offset_ == prev.offset_ + static_cast<size_t>(prev.numel());
+}
+
+Tensor Tensor::join(const std::vector<Tensor>& parts, const char* what) {
+  QARAC_CHECK(!parts.empty() && parts.front().is_contiguous(), what, ": nothing to join");
+  int64_t numel = parts.front().numel();
+  for (size_t i = 1; i < parts.size(); ++i) {
+    QARAC_CHECK(parts[i].follows(parts[i - 1]), what, ": ", parts[i].str(), " (part ", i,
+                ") does not follow ", parts[i - 1].str(), " in its buffer");
+    numel += parts[i].numel();
+  }
+  Tensor t = parts.front();
+  t.shape_ = {numel};
+  t.strides_ = {1};
+  return t;
+}
+
 Tensor Tensor::clone() const {
   Tensor out = empty(shape_, dtype_, device());
   out.copy_(*this);

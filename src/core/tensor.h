@@ -54,6 +54,11 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;  // contiguous only; one dimension may be -1
   Tensor slice(int d, int64_t begin, int64_t end) const;
   Tensor select(int64_t i) const;  // index dimension 0, dropping it
+  // Whether this view begins where `prev` ends, in the same buffer (both contiguous, one dtype).
+  bool follows(const Tensor& prev) const;
+  // Views that follow one another (follows) as one flat view [Σ numel], e.g. the Q, K and V
+  // weights of a layer as one GEMM operand. Fails naming `what` when one does not follow.
+  static Tensor join(const std::vector<Tensor>& parts, const char* what);
 
   // New tensors.
   Tensor clone() const;

@@ -13,8 +13,12 @@ Decoder::Decoder(const RobertaConfig& config, bool tie_lm_head, int64_t vocab_mu
       base_(config, dtype, device, dropout_stream),
       lm_head_(tie_lm_head ? LMHead(config, base_.word_embeddings(), dtype, device)
                            : LMHead(config, vocab_multiple, dtype, device)) {
-  for (int i = 0; i < 2; ++i)
+  ParameterList layers;
+  for (int i = 0; i < 2; ++i) {
     head_layers_[i].allocate("decoder_layers." + std::to_string(i) + ".", config, dtype, device);
+    head_layers_[i].collect(layers);
+  }
+  pack_parameters(layers);
 }
 
 ParameterList Decoder::parameters() {

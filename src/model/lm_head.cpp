@@ -31,8 +31,7 @@ LMHead::LMHead(const RobertaConfig& config, int64_t vocab_multiple, DType dtype,
   const int64_t padded = (vocab_ + vocab_multiple - 1) / vocab_multiple * vocab_multiple;
   own_weight_.allocate("lm_head.decoder.weight", {padded, config.hidden_size}, dtype, device);
   bias_.allocate("lm_head.bias", {padded}, dtype, device);
-  weight_view_ = first_rows(own_weight_, vocab_);
-  bias_view_ = first_rows(bias_, vocab_);
+  pack();
 }
 
 LMHead::LMHead(const RobertaConfig& config, Parameter& output, DType dtype, Device device)
@@ -44,6 +43,17 @@ LMHead::LMHead(const RobertaConfig& config, Parameter& output, DType dtype, Devi
               device.str());
   allocate_common(config, dtype, device);
   bias_.allocate("lm_head.bias", {vocab_}, dtype, device);
+  pack();
+}
+
+void LMHead::pack() {
+  ParameterList own;
+  dense_.collect(own);
+  norm_.collect(own);
+  if (!tied()) own.push_back(&own_weight_);
+  own.push_back(&bias_);
+  pack_parameters(own);
+  if (!tied()) weight_view_ = first_rows(own_weight_, vocab_);
   bias_view_ = first_rows(bias_, vocab_);
 }
 

@@ -65,6 +65,9 @@ class LMHead {
 
  private:
   void allocate_common(const RobertaConfig& config, DType dtype, Device device);
+  // Packs the head's own parameters (pack_parameters; the padded matrix and bias whole), then
+  // takes the views of their first V rows.
+  void pack();
 
   Linear dense_;
   LayerNorm norm_;

@@ -20,14 +20,72 @@ void Parameter::assign(const Tensor& source) {
   if (master.raw() != value.raw()) value.copy_(full.to(value.dtype()));
 }
 
+void pack_parameters(const ParameterList& params) {
+  if (params.empty()) return;
+  const Parameter& first = *params.front();
+  int64_t total = 0;
+  for (const Parameter* p : params) {
+    QARAC_CHECK(p->value.dtype() == first.value.dtype() && p->value.device() == first.value.device() &&
+                    p->grad.dtype() == first.grad.dtype() && p->value.is_contiguous(),
+                "pack_parameters: ", p->name, " ", p->value.str(), " does not pack with ", first.name,
+                " ", first.value.str());
+    total += p->value.numel();
+  }
+  const bool shared_master = first.master.raw() == first.value.raw();
+  const Device device = first.value.device();
+  const Tensor value = Tensor::empty({total}, first.value.dtype(), device);
+  const Tensor grad = Tensor::empty({total}, first.grad.dtype(), device);
+  const Tensor master = shared_master ? value : Tensor::empty({total}, first.master.dtype(), device);
+  int64_t offset = 0;
+  for (Parameter* p : params) {
+    const Shape& shape = p->value.shape();
+    const int64_t end = offset + p->value.numel();
+    Tensor v = value.slice(0, offset, end).reshape(shape), g = grad.slice(0, offset, end).reshape(shape),
+           m = master.slice(0, offset, end).reshape(shape);
+    if (!shared_master) m.copy_(p->master);
+    v.copy_(p->value);
+    g.copy_(p->grad);
+    p->value = std::move(v);
+    p->grad = std::move(g);
+    p->master = std::move(m);
+    offset = end;
+  }
+}
+
+std::vector<ParameterSpan> parameter_spans(const ParameterList& params) {
+  std::vector<ParameterSpan> spans;
+  std::vector<std::vector<Tensor>> values, grads, masters;
+  for (Parameter* p : params) {
+    const bool joins = !spans.empty() && p->value.follows(values.back().back()) &&
+                       p->grad.follows(grads.back().back()) && p->master.follows(masters.back().back());
+    if (!joins) {
+      spans.emplace_back();
+      values.emplace_back();
+      grads.emplace_back();
+      masters.emplace_back();
+    }
+    spans.back().params.push_back(p);
+    values.back().push_back(p->value);
+    grads.back().push_back(p->grad);
+    masters.back().push_back(p->master);
+  }
+  for (size_t i = 0; i < spans.size(); ++i) {
+    spans[i].value = Tensor::join(values[i], "parameter_spans");
+    spans[i].grad = Tensor::join(grads[i], "parameter_spans");
+    spans[i].master = Tensor::join(masters[i], "parameter_spans");
+  }
+  return spans;
+}
+
 void zero_grads(const ParameterList& params) {
-  for (Parameter* p : params) p->grad.zero_();
+  for (ParameterSpan& span : parameter_spans(params)) span.grad.zero_();
 }
 
 double grad_sum_of_squares(const ParameterList& params) {
   if (params.empty()) return 0;
+  const std::vector<ParameterSpan> spans = parameter_spans(params);
   std::vector<const Tensor*> grads;
-  for (const Parameter* p : params) grads.push_back(&p->grad);
+  for (const ParameterSpan& span : spans) grads.push_back(&span.grad);
   Tensor sum = Tensor::empty({1}, params.front()->grad.dtype(), params.front()->grad.device());
   ops::sum_of_squares(grads, sum);
   return sum.to(Device::cpu()).to(DType::f64).data<double>()[0];

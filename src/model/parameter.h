@@ -29,6 +29,25 @@ struct Parameter {
 
 using ParameterList = std::vector<Parameter*>;
 
+// Moves `params` (one compute dtype, one device) into one buffer per role: their values, their
+// gradients and their master weights each become views of one flat tensor, back to back in the
+// order given, keeping their contents. A model packed this way is a few spans (parameter_spans)
+// rather than hundreds of tensors, so the passes over every parameter each step — the update,
+// zeroing, the gradient norm, the all-reduce — take a call per span instead of a kernel launch
+// per tensor, and a layer can view neighbouring parameters as one tensor (Tensor::join: Q, K and
+// V as one projection). Models pack their parameters when they allocate them.
+void pack_parameters(const ParameterList& params);
+
+// Consecutive parameters lying back to back in every role: flat views [n] of their values,
+// gradients and master weights.
+struct ParameterSpan {
+  Tensor value, grad, master;
+  ParameterList params;
+};
+// `params` cut into maximal spans, in order: a parameter joins the span before it when its
+// value, gradient and master weights each follow that span's last one's (Tensor::follows).
+std::vector<ParameterSpan> parameter_spans(const ParameterList& params);
+
 // Told, during a backward pass, which parameters' gradients that pass has just finished (a
 // layer at a time, the last layer first): the distributed trainer starts their all-reduce then.
 using GradientsReady = std::function<void(const ParameterList&)>;

@@ -5,6 +5,7 @@ namespace qarac {
 PoolingHead::PoolingHead(const std::string& prefix, int64_t hidden, DType dtype, Device device) {
   global_.allocate(prefix + ".global_projection.weight", {hidden, hidden}, dtype, device);
   local_.allocate(prefix + ".local_projection.weight", {hidden, hidden}, dtype, device);
+  pack_parameters(parameters());
 }
 
 ParameterList PoolingHead::parameters() { return {&global_, &local_}; }

@@ -97,10 +97,11 @@ void RobertaLayer::allocate(const std::string& prefix, const RobertaConfig& conf
   ffn_norm.allocate(prefix + "output.LayerNorm", d, config.layer_norm_eps, dtype, device);
 }
 
+// The Q, K and V weights, then their biases, back to back: packed in this order, each triple is
+// one tensor (qkv_weight, qkv_bias), so one GEMM computes all three projections.
 void RobertaLayer::collect(ParameterList& out) {
-  query.collect(out);
-  key.collect(out);
-  value.collect(out);
+  for (Linear* l : {&query, &key, &value}) out.push_back(&l->weight);
+  for (Linear* l : {&query, &key, &value}) out.push_back(&l->bias);
   attn_out.collect(out);
   attn_norm.collect(out);
   ffn_in.collect(out);
@@ -220,6 +221,7 @@ RobertaEncoder::RobertaEncoder(const RobertaConfig& config, DType dtype, Device 
   layers_.resize(static_cast<size_t>(config.num_layers));
   for (int i = 0; i < static_cast<int>(layers_.size()); ++i)
     layers_[static_cast<size_t>(i)].allocate(layer_prefix(i), config, dtype, device);
+  pack_parameters(parameters());
 }
 
 ParameterList RobertaEncoder::parameters() {

@@ -77,14 +77,14 @@ Backend backend_from_name(const std::string& name, bool cuda) {
 
 const char* backend_name(Backend backend) { return backend == Backend::nccl ? "nccl" : "mpi"; }
 
-// A bucket is a flat buffer the gradients of consecutive parameters are packed into, or one
-// parameter's own gradient when it fills a bucket alone (no copy then).
+// A bucket's gradients are reduced as one flat tensor: a view of them where they lie back to back
+// (pack_parameters: a model's consecutive parameters do), else a buffer they are copied into.
 struct GradientSync::Bucket {
-  ParameterList params;
+  ParameterList params;     // from the last parameter back
   Tensor flat;
+  bool packed = false;      // flat is a buffer of copies, not a view of the gradients
   std::vector<bool> ready;  // per parameter, this step
   size_t pending = 0;       // parameters not ready yet
-  bool packed() const { return params.size() > 1; }
   void reset() {
     std::fill(ready.begin(), ready.end(), false);
     pending = params.size();
@@ -171,7 +171,12 @@ void GradientSync::add_group(const ParameterGroup& g, std::unique_ptr<Group> sta
     for (Bucket& b : state->buckets) {
       b.ready.resize(b.params.size());
       b.reset();
-      if (!b.packed()) continue;
+      const std::vector<ParameterSpan> spans = parameter_spans(ParameterList(b.params.rbegin(), b.params.rend()));
+      b.packed = spans.size() > 1;
+      if (!b.packed) {
+        b.flat = spans.front().grad;
+        continue;
+      }
       int64_t n = 0;
       for (const Parameter* p : b.params) n += p->grad.numel();
       b.flat = Tensor::empty({n}, b.params.front()->grad.dtype(), b.params.front()->grad.device());
@@ -197,15 +202,13 @@ void GradientSync::start_ready() {
       Bucket& b = group.buckets[group.next];
       // A complete bucket behind this one waits, of whichever group: the order is global.
       if (!group.released && b.pending > 0) return;
-      if (!b.packed()) {
-        group.comm->start_all_reduce(b.params.front()->grad);
-        continue;
-      }
-      int64_t offset = 0;
-      for (const Parameter* p : b.params) {
-        const int64_t n = p->grad.numel();
-        b.flat.slice(0, offset, offset + n).reshape(p->grad.shape()).copy_(p->grad);
-        offset += n;
+      if (b.packed) {
+        int64_t offset = 0;
+        for (const Parameter* p : b.params) {
+          const int64_t n = p->grad.numel();
+          b.flat.slice(0, offset, offset + n).reshape(p->grad.shape()).copy_(p->grad);
+          offset += n;
+        }
       }
       group.comm->start_all_reduce(b.flat);
     }
@@ -248,7 +251,7 @@ double GradientSync::finish(const std::string& step_text) {
   for (auto& state : state_) {
     for (Bucket& b : state->buckets) {
       b.reset();
-      if (!b.packed()) continue;
+      if (!b.packed) continue;
       int64_t offset = 0;
       for (Parameter* p : b.params) {
         const int64_t n = p->grad.numel();

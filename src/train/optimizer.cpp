@@ -18,10 +18,18 @@ OptimizerKind optimizer_from_name(const std::string& name) {
 }
 
 Optimizer::Optimizer(ParameterList params, const OptimizerConfig& config)
-    : params_(std::move(params)), config_(config) {
-  for (const Parameter* p : params_) {
-    m_.push_back(Tensor::zeros(p->master.shape(), p->master.dtype(), p->master.device()));
-    v_.push_back(Tensor::zeros(p->master.shape(), p->master.dtype(), p->master.device()));
+    : params_(std::move(params)), spans_(parameter_spans(params_)), config_(config) {
+  for (const ParameterSpan& span : spans_) {
+    const Tensor& master = span.master;
+    span_m_.push_back(Tensor::zeros(master.shape(), master.dtype(), master.device()));
+    span_v_.push_back(Tensor::zeros(master.shape(), master.dtype(), master.device()));
+    int64_t offset = 0;
+    for (const Parameter* p : span.params) {
+      const int64_t end = offset + p->master.numel();
+      m_.push_back(span_m_.back().slice(0, offset, end).reshape(p->master.shape()));
+      v_.push_back(span_v_.back().slice(0, offset, end).reshape(p->master.shape()));
+      offset = end;
+    }
   }
 }
 
@@ -83,10 +91,10 @@ void Optimizer::update(double lr, double grad_scale) {
     h.weight_decay = config_.weight_decay;
     h.step = steps_ + 1;
     h.grad_scale = grad_scale;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      Parameter& p = *params_[i];
-      Tensor* copy = p.master.raw() == p.value.raw() ? nullptr : &p.value;
-      ops::adamw_update(p.master, p.grad, m_[i], v_[i], h, copy);
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      ParameterSpan& span = spans_[i];
+      Tensor* copy = span.master.raw() == span.value.raw() ? nullptr : &span.value;
+      ops::adamw_update(span.master, span.grad, span_m_[i], span_v_[i], h, copy);
     }
   } else {
     ops::NAdam h = nadam_hyper();
@@ -94,10 +102,10 @@ void Optimizer::update(double lr, double grad_scale) {
     h.grad_scale = grad_scale;
     // The running product in step order: the bits nadam_mu_product gives after a restore.
     h.mu_product = mu_product_ * ops::nadam_mu(h, h.step);
-    for (size_t i = 0; i < params_.size(); ++i) {
-      Parameter& p = *params_[i];
-      Tensor* copy = p.master.raw() == p.value.raw() ? nullptr : &p.value;
-      ops::nadam_update(p.master, p.grad, m_[i], v_[i], h, copy);
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      ParameterSpan& span = spans_[i];
+      Tensor* copy = span.master.raw() == span.value.raw() ? nullptr : &span.value;
+      ops::nadam_update(span.master, span.grad, span_m_[i], span_v_[i], h, copy);
     }
     mu_product_ = h.mu_product;
   }

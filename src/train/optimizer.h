@@ -56,6 +56,10 @@ class Optimizer {
   ops::NAdam nadam_hyper() const;  // the NAdam fields of config_ at step steps_ + 1
 
   ParameterList params_;
+  // The parameters' spans (pack_parameters), each updated by one call, and their moments: one
+  // flat tensor per span, of which m_ and v_ hold the per-parameter views.
+  std::vector<ParameterSpan> spans_;
+  std::vector<Tensor> span_m_, span_v_;
   std::vector<Tensor> m_, v_;
   OptimizerConfig config_;
   int64_t steps_ = 0;        // updates done

@@ -5,6 +5,9 @@ namespace qarac {
 SequenceClassifier::SequenceClassifier(const RobertaConfig& config, int64_t labels, DType dtype, Device device)
     : encoder_(config, dtype, device), pooling_("pooling", config.hidden_size, dtype, device) {
   classifier_.allocate("classifier", config.hidden_size, labels, dtype, device);
+  ParameterList classifier;
+  classifier_.collect(classifier);
+  pack_parameters(classifier);
 }
 
 ParameterList SequenceClassifier::parameters() {

@@ -322,3 +322,63 @@ TEST(CollectiveSchedule, EveryPlanOfOneToSixteenRanksLaunchesInOneGlobalOrder) {
 }
 
 }  // namespace
+
+// ---- where the buckets lie ----
+
+// Stands in for a group of two ranks holding the same gradients: the sum doubles the buffer.
+class Doubler final : public parallel::Communicator {
+ public:
+  explicit Doubler(std::vector<const void*>& buffers) : buffers_(buffers) {}
+  const char* backend() const override { return "doubler"; }
+  int size() const override { return 2; }
+  void start_all_reduce(Tensor& buffer) override {
+    buffers_.push_back(buffer.raw());
+    double* x = buffer.data<double>();
+    for (int64_t i = 0; i < buffer.numel(); ++i) x[i] *= 2;
+  }
+  void wait(const std::string&) override {}
+  void abort() noexcept override {}
+
+ private:
+  std::vector<const void*>& buffers_;
+};
+
+// A bucket of consecutive packed parameters (pack_parameters) is reduced where the gradients lie,
+// with no copy in or out; loose parameters are copied into a buffer and back. Both get the sums.
+TEST(GradientBuckets, PackedParametersAreReducedInPlace) {
+  for (bool packed : {true, false}) {
+    std::vector<std::unique_ptr<Parameter>> owned;
+    ParameterList params;
+    for (int64_t n : {5, 3, 4, 6}) {
+      owned.push_back(std::make_unique<Parameter>());
+      owned.back()->allocate("question_encoder.w" + std::to_string(n), {n}, DType::f64, Device::cpu());
+      params.push_back(owned.back().get());
+    }
+    if (packed) pack_parameters(params);
+    for (Parameter* p : params) {
+      std::vector<double> g(static_cast<size_t>(p->grad.numel()));
+      for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<double>(i) + 0.5 * static_cast<double>(g.size());
+      p->grad.copy_(Tensor::from_vector(g, p->grad.shape()));
+    }
+    std::vector<const void*> buffers;
+    parallel::GradientSync sync(0, {{"question_encoder", {Model::question_encoder}, {0, 1}, params}},
+                                /*bucket_bytes=*/80, [&](const ParameterGroup&) { return std::make_unique<Doubler>(buffers); });
+    const uint64_t copies = memory_calls();
+    sync.parameters_ready(ParameterList(params.rbegin(), params.rend()));
+    sync.model_done(Model::question_encoder);
+    sync.finish("step 0");
+    // 80 bytes: {w6, w4} and {w3, w5}, from the last parameter back.
+    ASSERT_EQ(buffers.size(), 2u);
+    if (packed) {
+      EXPECT_EQ(memory_calls(), copies);
+      EXPECT_EQ(buffers[0], params[2]->grad.raw());
+      EXPECT_EQ(buffers[1], params[0]->grad.raw());
+    } else {
+      EXPECT_GT(memory_calls(), copies);
+    }
+    for (Parameter* p : params) {
+      const std::vector<double> g = p->grad.to_vector<double>();
+      for (size_t i = 0; i < g.size(); ++i) EXPECT_EQ(g[i], 2 * (static_cast<double>(i) + 0.5 * static_cast<double>(g.size())));
+    }
+  }
+}

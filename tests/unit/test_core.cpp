@@ -68,6 +68,37 @@ TEST(Tensor, ShapeViewsAndCopies) {
   EXPECT_THROW(cols.reshape({12}), Error);
 }
 
+// Views of one buffer that lie back to back join into one view without a copy; anything else
+// (a gap, another buffer, a strided view, another dtype, the wrong order) does not.
+TEST(Tensor, ViewsThatFollowEachOtherJoin) {
+  std::vector<float> v(20);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i);
+  const Tensor flat = Tensor::from_vector(v, {20});
+  const Tensor a = flat.slice(0, 0, 6).reshape({2, 3}), b = flat.slice(0, 6, 10), c = flat.slice(0, 10, 20);
+  EXPECT_TRUE(b.follows(a));
+  EXPECT_TRUE(c.follows(b));
+  EXPECT_FALSE(a.follows(b));
+  EXPECT_FALSE(c.follows(a));  // b lies between them
+  EXPECT_FALSE(flat.slice(0, 7, 10).follows(a));
+  EXPECT_FALSE(a.clone().follows(flat.slice(0, 0, 0)));
+  EXPECT_FALSE(flat.reshape({4, 5}).slice(1, 0, 2).follows(a));  // strided
+  EXPECT_FALSE(Tensor::zeros({4}, DType::f64).follows(Tensor::zeros({4}, DType::f64)));
+
+  const Tensor joined = Tensor::join({a, b, c}, "test");
+  EXPECT_EQ(joined.shape(), Shape{20});
+  EXPECT_EQ(joined.raw(), flat.raw());
+  EXPECT_EQ(joined.to_vector<float>(), v);
+  EXPECT_EQ(Tensor::join({b}, "test").raw(), b.raw());
+  try {
+    Tensor::join({a, c}, "qkv weights");
+    ADD_FAILURE() << "a join over a gap succeeded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("qkv weights: f32[10] cpu (part 1) does not follow f32[2, 3] cpu"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Tensor, DtypeConversions) {
   const Tensor d = Tensor::from_vector(std::vector<double>{1.5, -2.25, 1e-3}, {3});
   const std::vector<float> f = d.to(DType::f32).to_vector<float>();

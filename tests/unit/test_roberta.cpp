@@ -11,6 +11,7 @@
 #include <iostream>
 #include <random>
 
+#include "model/decoder.h"
 #include "model/init.h"
 #include "model/roberta.h"
 
@@ -138,6 +139,79 @@ TEST(RobertaEncoder, ParametersCarryHuggingFaceNames) {
   EXPECT_EQ(params.size(), 5u + 16u * 2);
   EXPECT_EQ(params.front()->name, "embeddings.word_embeddings.weight");
   EXPECT_EQ(params.back()->name, "encoder.layer.1.output.LayerNorm.bias");
+}
+
+// pack_parameters moves parameters into one buffer per role and keeps their values, master
+// weights (apart from a bf16 compute copy) and gradients; a packed list is one span, and spans
+// break wherever the list leaves the packing's order.
+TEST(Parameters, PackingKeepsTheValuesAndMakesOneSpan) {
+  for (DType dtype : {DType::f64, DType::bf16}) {
+    const Shape shapes[] = {{2, 3}, {5}, {4, 1}};
+    std::vector<Parameter> params(3);
+    ParameterList list;
+    std::vector<std::vector<double>> masters, values, grads;
+    for (size_t i = 0; i < params.size(); ++i) {
+      Parameter& p = params[i];
+      p.allocate("p" + std::to_string(i), shapes[i], dtype, Device::cpu());
+      std::vector<double> w(static_cast<size_t>(p.value.numel())), g(w.size());
+      for (size_t k = 0; k < w.size(); ++k) {
+        w[k] = std::sin(1.0 + 7.0 * i + k);
+        g[k] = std::cos(2.0 + 5.0 * i + k);
+      }
+      p.assign(Tensor::from_vector(w, shapes[i]));
+      p.grad.copy_(Tensor::from_vector(g, shapes[i]).to(p.grad.dtype()));
+      list.push_back(&p);
+      masters.push_back(p.master.to(DType::f64).to_vector<double>());
+      values.push_back(p.value.to(DType::f64).to_vector<double>());
+      grads.push_back(p.grad.to(DType::f64).to_vector<double>());
+    }
+    EXPECT_EQ(parameter_spans(list).size(), 3u);
+    pack_parameters(list);
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_EQ(params[i].value.shape(), shapes[i]);
+      EXPECT_EQ(params[i].master.to(DType::f64).to_vector<double>(), masters[i]);
+      EXPECT_EQ(params[i].value.to(DType::f64).to_vector<double>(), values[i]);
+      EXPECT_EQ(params[i].grad.to(DType::f64).to_vector<double>(), grads[i]);
+    }
+    const std::vector<ParameterSpan> spans = parameter_spans(list);
+    ASSERT_EQ(spans.size(), 1u);
+    EXPECT_EQ(spans[0].master.shape(), Shape{15});
+    EXPECT_EQ(spans[0].grad.raw(), params[0].grad.raw());
+    EXPECT_EQ(spans[0].value.raw() == spans[0].master.raw(), dtype == DType::f64);
+    EXPECT_EQ(spans[0].params, list);
+    EXPECT_EQ(parameter_spans({&params[0], &params[2]}).size(), 2u);
+    EXPECT_EQ(parameter_spans({&params[1], &params[0]}).size(), 2u);
+
+    zero_grads(list);
+    for (const Parameter& p : params) EXPECT_EQ(p.grad.to(DType::f64).to_vector<double>(), std::vector<double>(static_cast<size_t>(p.grad.numel()), 0.0));
+  }
+}
+
+// Models pack their parameters as they allocate them: an encoder is one span, in which each
+// layer's Q, K and V weights, and their biases, lie back to back (one projection); the decoder
+// adds its head layers and its LM head (two spans when the padded vocabulary cuts its matrix).
+TEST(Parameters, ModelsArePackedIntoAFewSpans) {
+  const RobertaConfig config = tiny_config();
+  RobertaEncoder enc(config, DType::f32, Device::cpu());
+  const ParameterList params = enc.parameters();
+  EXPECT_EQ(parameter_spans(params).size(), 1u);
+  auto named = [&](const std::string& name) -> Parameter& {
+    for (Parameter* p : params)
+      if (p->name == name) return *p;
+    throw Error("no parameter " + name);
+  };
+  for (int layer = 0; layer < config.num_layers; ++layer) {
+    const std::string self = "encoder.layer." + std::to_string(layer) + ".attention.self.";
+    for (const char* kind : {"weight", "bias"}) {
+      const Parameter &q = named(self + "query." + kind), &k = named(self + "key." + kind), &v = named(self + "value." + kind);
+      EXPECT_EQ(Tensor::join({q.value, k.value, v.value}, "qkv").numel(), 3 * q.value.numel());
+      EXPECT_EQ(Tensor::join({q.grad, k.grad, v.grad}, "qkv").raw(), q.grad.raw());
+    }
+  }
+  Decoder untied(config, false, 8, DType::f32, Device::cpu(), 3);
+  EXPECT_EQ(parameter_spans(untied.parameters()).size(), 4u);  // base, head layers, LM head in two
+  Decoder tied(config, true, 1, DType::f32, Device::cpu(), 3);
+  EXPECT_EQ(parameter_spans(tied.parameters()).size(), 3u);
 }
 
 TEST(TokenBatch, PackingKeepsRealTokensWithRobertaPositions) {

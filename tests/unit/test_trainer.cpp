@@ -323,6 +323,41 @@ TEST(OptimizerClass, NAdamContinuesBitExactlyAfterARestore) {
   expect_input_error([] { optimizer_from_name("sgd"); }, {"'sgd'", "adamw", "nadam"});
 }
 
+// The optimizer updates a packed model (pack_parameters) one span per call: the same bits as one
+// call per tensor, for both rules, with clipping, and its moments are per-parameter views of
+// the span's (what a checkpoint saves).
+TEST(OptimizerClass, PackedParametersUpdateToTheBitsOfLooseOnes) {
+  for (OptimizerKind kind : {OptimizerKind::adamw, OptimizerKind::nadam}) {
+    OptimizerConfig config;
+    config.kind = kind;
+    std::vector<OneParameter> loose, packed;
+    for (int64_t n : {7, 1, 12}) {
+      loose.emplace_back(n);
+      packed.emplace_back(n);
+    }
+    ParameterList loose_list, packed_list;
+    for (size_t i = 0; i < loose.size(); ++i) {
+      loose_list.push_back(&loose[i].p);
+      packed_list.push_back(&packed[i].p);
+    }
+    pack_parameters(packed_list);
+    Optimizer a(loose_list, config), b(packed_list, config);
+    for (int64_t s = 0; s < 4; ++s) {
+      for (size_t i = 0; i < loose.size(); ++i) {
+        loose[i].set_grad(s + static_cast<int64_t>(i));
+        packed[i].set_grad(s + static_cast<int64_t>(i));
+      }
+      EXPECT_EQ(a.step(1e-2, 2.0), b.step(1e-2, 2.0));
+    }
+    for (size_t i = 0; i < loose.size(); ++i) {
+      EXPECT_EQ(loose[i].p.master.to_vector<double>(), packed[i].p.master.to_vector<double>()) << optimizer_name(kind);
+      EXPECT_EQ(a.first_moments()[i].to_vector<double>(), b.first_moments()[i].to_vector<double>());
+      EXPECT_EQ(a.second_moments()[i].to_vector<double>(), b.second_moments()[i].to_vector<double>());
+    }
+    EXPECT_EQ(b.first_moments()[1].raw(), static_cast<double*>(b.first_moments()[0].raw()) + 7);
+  }
+}
+
 // ---- Configuration ----------------------------------------------------------------------------------
 
 namespace {
