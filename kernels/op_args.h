@@ -19,15 +19,22 @@ namespace qarac::ops::checks {
 // weights), or values in the accumulation dtype A (master weights, moments, a norm).
 enum class Role { compute, accumulation };
 
+// How a tensor's elements may lie: contiguous, or also row-strided: 2-D with contiguous rows
+// (column stride 1) that lie stride(0) >= size(1) elements apart, such as a column slice of a
+// wider tensor (attention reads Q, K and V where one fused projection wrote them side by side).
+enum class Layout { contiguous, row_strided };
+
 // The arguments of one call, checked against a reference tensor that fixes the device, hence the
 // backend, and X and A: the reference's dtype must be one the backend computes in (Role::compute;
 // A is then the backend's A for it) or accumulates in (Role::accumulation; X = A). Every tensor
-// must be defined and contiguous and live on the reference's device.
+// must be defined and live on the reference's device, and be contiguous unless its check allows
+// Layout::row_strided.
 class Args {
  public:
-  Args(const char* op, const char* name, const Tensor& ref, Role role = Role::compute)
+  Args(const char* op, const char* name, const Tensor& ref, Role role = Role::compute,
+       Layout ref_layout = Layout::contiguous)
       : op_(op), name_(name), ref_(ref), backend_(find_backend(ref.device())) {
-    layout(name, ref);
+    layout(name, ref, ref_layout);
     count_dispatch();
     // Only the CUDA kind can lack a backend: the CPU reference is always built.
     QARAC_CHECK(backend_, op, ": this build has no CUDA backend (", name, " is ", ref.str(), ")");
@@ -51,9 +58,20 @@ class Args {
 
   // A tensor of X, optionally of a given shape.
   void compute(const char* name, const Tensor& t) const { expect_dtype(name, t, x_, "compute"); }
-  void compute(const char* name, const Tensor& t, const Shape& shape) const {
-    compute(name, t);
+  void compute(const char* name, const Tensor& t, const Shape& shape,
+               Layout how = Layout::contiguous) const {
+    expect_dtype(name, t, x_, "compute", how);
     expect_shape(name, t, shape);
+  }
+  // A tensor of X of a given shape, row-strided like `first` (named first_name), the first of a
+  // group of views that one kernel addresses with one row stride: t must have first's.
+  void compute_rows(const char* name, const Tensor& t, const Shape& shape, const char* first_name,
+                    const Tensor& first) const {
+    compute(name, t, shape, Layout::row_strided);
+    const int64_t mine = t.strides()[0], theirs = first.strides()[0];
+    QARAC_CHECK(mine == theirs, op_, ": ", name, " ", t.str(), " has row stride ", mine, " but ",
+                first_name, " has ", theirs, "; ", name, " and ", first_name,
+                " must share one row stride");
   }
   // A tensor of A: parameter gradients, statistics, losses, similarities.
   void accumulation(const char* name, const Tensor& t) const {
@@ -73,8 +91,8 @@ class Args {
     index(name, t);
     expect_shape(name, t, shape);
   }
-  void rank(const char* name, const Tensor& t, int dims) const {
-    layout(name, t);
+  void rank(const char* name, const Tensor& t, int dims, Layout how = Layout::contiguous) const {
+    layout(name, t, how);
     QARAC_CHECK(t.dim() == dims, op_, ": ", name, " ", t.str(), " must have ", dims, " dimensions");
   }
   void positive_eps(double eps) const {
@@ -121,16 +139,23 @@ class Args {
   }
 
  private:
-  void layout(const char* name, const Tensor& t) const {
+  void layout(const char* name, const Tensor& t, Layout how = Layout::contiguous) const {
     QARAC_CHECK(t.defined(), op_, ": ", name, " is undefined");
-    QARAC_CHECK(t.is_contiguous(), op_, ": ", name, " ", t.str(), " is not contiguous");
+    if (t.is_contiguous()) return;
+    QARAC_CHECK(how == Layout::row_strided, op_, ": ", name, " ", t.str(), " is not contiguous");
+    const Shape& s = t.strides();
+    QARAC_CHECK(t.dim() == 2 && s[1] == 1 && s[0] >= t.size(1), op_, ": ", name, " ", t.str(),
+                " with strides ", shape_str(s),
+                " is neither contiguous nor row-strided (2-D, column stride 1, row stride >= the "
+                "row length)");
   }
   void same_device(const char* name, const Tensor& t) const {
     QARAC_CHECK(t.device() == ref_.device(), op_, ": ", name, " ", t.str(),
                 " is not on the device of ", name_, " ", ref_.str());
   }
-  void expect_dtype(const char* name, const Tensor& t, DType want, const char* which) const {
-    layout(name, t);
+  void expect_dtype(const char* name, const Tensor& t, DType want, const char* which,
+                    Layout how = Layout::contiguous) const {
+    layout(name, t, how);
     same_device(name, t);
     QARAC_CHECK(t.dtype() == want, op_, ": ", name, " ", t.str(), " must be ", dtype_name(want),
                 ", the ", which, " dtype that goes with ", name_, " ", ref_.str());

@@ -18,6 +18,7 @@ namespace qarac::ops {
 
 using checks::Args;
 using checks::check_probability;
+using checks::Layout;
 using checks::Role;
 
 Sequences Sequences::from_lengths(const std::vector<int32_t>& lengths, Device device,
@@ -285,11 +286,13 @@ void dropout_backward(const Tensor& dy, double p, const RngKey& key, const Seque
 // ---- Attention ----------------------------------------------------------------------------------
 namespace {
 
-// The checks both directions share: q [T, H*Dh] split into `heads`, the sequences over its T
-// rows, the dropout probability.
+// The checks both directions share: q [T, H*Dh] (contiguous or row-strided) split into `heads`,
+// the sequences over its T rows, the dropout probability. Each direction then checks k and v
+// for q's shape and row stride, and dq, dk, dv for q's shape and one row stride of their own:
+// the kernels address each of the two groups with one row stride.
 void check_attention_layout(const char* op, const Args& args, const Tensor& q,
                             const Sequences& seqs, int64_t heads, double dropout_p) {
-  args.rank("q", q, 2);
+  args.rank("q", q, 2, Layout::row_strided);
   QARAC_CHECK(heads > 0 && q.size(1) > 0 && q.size(1) % heads == 0, op, ": q ", q.str(),
               " does not split into ", heads, " heads");
   args.sequences(seqs, "q", q.size(0));
@@ -306,10 +309,10 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
                        int64_t heads, bool causal, double dropout_p, const RngKey& dropout_key,
                        Tensor& out, Tensor& lse) {
   const char* op = "attention_forward";
-  const Args args(op, "q", q);
+  const Args args(op, "q", q, Role::compute, Layout::row_strided);
   check_attention_layout(op, args, q, seqs, heads, dropout_p);
-  args.compute("k", k, q.shape());
-  args.compute("v", v, q.shape());
+  args.compute_rows("k", k, q.shape(), "q", q);
+  args.compute_rows("v", v, q.shape(), "q", q);
   args.compute("out", out, q.shape());
   args.accumulation("lse", lse, {heads, q.size(0)});
   args.backend().attention_forward(q, k, v, seqs, heads, causal, dropout_p, dropout_key, out, lse);
@@ -320,16 +323,16 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         bool causal, double dropout_p, const RngKey& dropout_key, Tensor& dq,
                         Tensor& dk, Tensor& dv) {
   const char* op = "attention_backward";
-  const Args args(op, "q", q);
+  const Args args(op, "q", q, Role::compute, Layout::row_strided);
   check_attention_layout(op, args, q, seqs, heads, dropout_p);
   args.compute("dout", dout, q.shape());
-  args.compute("k", k, q.shape());
-  args.compute("v", v, q.shape());
+  args.compute_rows("k", k, q.shape(), "q", q);
+  args.compute_rows("v", v, q.shape(), "q", q);
   args.compute("out", out, q.shape());
   args.accumulation("lse", lse, {heads, q.size(0)});
-  args.compute("dq", dq, q.shape());
-  args.compute("dk", dk, q.shape());
-  args.compute("dv", dv, q.shape());
+  args.compute("dq", dq, q.shape(), Layout::row_strided);
+  args.compute_rows("dk", dk, q.shape(), "dq", dq);
+  args.compute_rows("dv", dv, q.shape(), "dq", dq);
   args.backend().attention_backward(dout, q, k, v, out, lse, seqs, heads, causal, dropout_p,
                                     dropout_key, dq, dk, dv);
 }

@@ -3,7 +3,8 @@
 // so model code never names a backend.
 //
 // Conventions:
-// - Tensors are row-major and contiguous; "[N, C]" means N rows of C elements. Activations are
+// - Tensors are row-major and contiguous (attention's q, k, v and dq, dk, dv may also be
+//   row-strided views, see there); "[N, C]" means N rows of C elements. Activations are
 //   token-major: [T, d] for the T tokens of a batch.
 // - Batches are padding-free: the B sequences of a batch lie back to back in the rows of the
 //   activations (see Sequences); no op ever computes a padded position.
@@ -122,17 +123,23 @@ void dropout_backward(const Tensor& dy, double p, const RngKey& key, const Seque
 
 // ---- Multi-head scaled dot-product attention over a padding-free batch --------------------------
 // q, k, v, out: [T, H*Dh] token-major with the heads side by side (the layout the Q, K, V
-// projections produce, so no transposes are needed). A query of sequence b attends to the keys
-// of sequence b only, and with `causal` to those at or before its own position; scores are
-// q·k / sqrt(Dh). lse [H, T] (A) receives each query row's log-sum-exp of its scores: the
-// backward pass recomputes the probabilities from it instead of keeping T×T of them.
+// projections produce, so no transposes are needed). q, k and v may be row-strided views (2-D,
+// column stride 1, row stride >= H*Dh) sharing one row stride, so the column slices [0, d),
+// [d, 2d), [2d, 3d) of one fused Q|K|V projection's [T, 3d] output are read where they lie; out,
+// dout and lse are contiguous. A query of sequence b attends to the keys of sequence b only, and
+// with `causal` to those at or before its own position; scores are q·k / sqrt(Dh). lse [H, T]
+// (A) receives each query row's log-sum-exp of its scores: the backward pass recomputes the
+// probabilities from it instead of keeping T×T of them.
 // Dropout on the probabilities of sequence b draws sequence_uniform01(dropout_key,
 // seqs.host_ids[b], attention_element(h, query position, key position)), positions inside the
 // sequence (core/rng.h); with dropout_p > 0, at most 2^8 heads and 2^16 tokens per sequence.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Sequences& seqs,
                        int64_t heads, bool causal, double dropout_p, const RngKey& dropout_key,
                        Tensor& out, Tensor& lse);
-// dq, dk, dv [T, H*Dh] overwritten. Needs the forward's out and lse; regenerates dropout masks.
+// dq, dk, dv [T, H*Dh] overwritten; like q, k, v they may be row-strided views sharing one row
+// stride (which may differ from q's), e.g. the column slices of one [T, 3d] gradient that the
+// fused projection's backward then reads whole. Needs the forward's out and lse; regenerates
+// dropout masks.
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const Sequences& seqs, int64_t heads,
                         bool causal, double dropout_p, const RngKey& dropout_key, Tensor& dq,

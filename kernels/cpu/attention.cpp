@@ -1,7 +1,8 @@
 // CPU attention over a padding-free batch, one (sequence b, head h) block at a time. Sequence b
 // is rows [o_b, o_b + L_b) of the activations and head h of a token is the Dh columns starting at
-// h*Dh, so Q, K, V of one block are [L_b, Dh] matrices with leading dimension H*Dh and the GEMMs
-// read them where they lie, with no copies; queries never meet keys of another sequence, so
+// h*Dh, so Q, K, V of one block are [L_b, Dh] matrices whose leading dimension is their tensor's
+// row stride (H*Dh, or more for column slices of a fused Q|K|V buffer), and the GEMMs read and
+// write them where they lie, with no copies; queries never meet keys of another sequence, so
 // nothing is masked but the causal upper triangle. With P the softmax, M the dropout mask,
 // s = 1/sqrt(Dh) and, per query row i, ℓ_i = log Σ_j exp(S_ij) (the log-sum-exp over the keys
 // row i sees):
@@ -33,15 +34,17 @@
 namespace qarac::cpu {
 namespace {
 
-// Where one (sequence, head) block lies: rows [begin, begin + len); element (begin, h*Dh).
+// Where one (sequence, head) block lies: rows [begin, begin + len), columns [col, col + Dh).
 struct Block {
-  int64_t begin, len, offset;
+  int64_t begin, len, col;
+  // The offset of its first element in a tensor of row stride ld.
+  int64_t at(int64_t ld) const { return begin * ld + col; }
 };
 
-// The blocks of sequence b for head h; len = 0 for an empty sequence.
-Block block(const int32_t* offsets, int64_t b, int64_t h, int64_t ld, int64_t head_dim) {
+// The block of sequence b for head h; len = 0 for an empty sequence.
+Block block(const int32_t* offsets, int64_t b, int64_t h, int64_t head_dim) {
   const int64_t begin = offsets[b];
-  return {begin, offsets[b + 1] - begin, begin * ld + h * head_dim};
+  return {begin, offsets[b + 1] - begin, h * head_dim};
 }
 
 // The dropout element of key 0 for query position i of head h: the row's keys follow it.
@@ -52,20 +55,20 @@ uint64_t dropout_row_element(int64_t h, int64_t i) {
 }  // namespace
 
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, const int32_t* offsets,
+void attention_forward(const T* q, const T* k, const T* v, int64_t ld_qkv, const int32_t* offsets,
                        const uint64_t* ids, int64_t batch, int64_t max_len, int64_t heads,
                        int64_t head_dim, bool causal, double dropout_p, const RngKey& dropout_key,
-                       T* out, T* lse) {
-  const int64_t ld = heads * head_dim, tokens = offsets[batch];
+                       T* out, int64_t ld_out, T* lse) {
+  const int64_t tokens = offsets[batch];
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
   std::vector<T> p(static_cast<size_t>(max_len * max_len));
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < heads; ++h) {
-      const Block blk = block(offsets, b, h, ld, head_dim);
+      const Block blk = block(offsets, b, h, head_dim);
       const int64_t len = blk.len;
       if (len == 0) continue;
-      gemm(false, true, len, len, head_dim, scale, q + blk.offset, ld, k + blk.offset, ld, T(0),
-           p.data(), len);
+      gemm(false, true, len, len, head_dim, scale, q + blk.at(ld_qkv), ld_qkv, k + blk.at(ld_qkv),
+           ld_qkv, T(0), p.data(), len);
       // Row softmax over the visible keys with the maximum taken out (stable for any score
       // range); ℓ = max + log Σ exp(S - max). P̃ replaces P in place: the forward keeps neither.
       for (int64_t i = 0; i < len; ++i) {
@@ -81,29 +84,30 @@ void attention_forward(const T* q, const T* k, const T* v, const int32_t* offset
         if (dropout_p > 0)
           dropout(row, row, end, dropout_p, dropout_key, ids[b], dropout_row_element(h, i));
       }
-      gemm(false, false, len, head_dim, len, T(1), p.data(), len, v + blk.offset, ld, T(0),
-           out + blk.offset, ld);
+      gemm(false, false, len, head_dim, len, T(1), p.data(), len, v + blk.at(ld_qkv), ld_qkv, T(0),
+           out + blk.at(ld_out), ld_out);
     }
   }
 }
 
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out,
-                        const T* lse, const int32_t* offsets, const uint64_t* ids, int64_t batch,
-                        int64_t max_len, int64_t heads, int64_t head_dim, bool causal,
-                        double dropout_p, const RngKey& dropout_key, T* dq, T* dk, T* dv) {
-  const int64_t ld = heads * head_dim, tokens = offsets[batch];
+                        const T* lse, int64_t ld_qkv, int64_t ld_out, const int32_t* offsets,
+                        const uint64_t* ids, int64_t batch, int64_t max_len, int64_t heads,
+                        int64_t head_dim, bool causal, double dropout_p, const RngKey& dropout_key,
+                        T* dq, T* dk, T* dv, int64_t ld_grad) {
+  const int64_t tokens = offsets[batch];
   const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
   const size_t square = static_cast<size_t>(max_len * max_len);
   std::vector<T> p(square), ds(square), dropped(dropout_p > 0 ? square : 0);
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < heads; ++h) {
-      const Block blk = block(offsets, b, h, ld, head_dim);
+      const Block blk = block(offsets, b, h, head_dim);
       const int64_t len = blk.len;
       if (len == 0) continue;
       // P = exp(s Q Kᵀ - ℓ) on the visible keys, 0 elsewhere; P̃ with the forward's mask.
-      gemm(false, true, len, len, head_dim, scale, q + blk.offset, ld, k + blk.offset, ld, T(0),
-           p.data(), len);
+      gemm(false, true, len, len, head_dim, scale, q + blk.at(ld_qkv), ld_qkv, k + blk.at(ld_qkv),
+           ld_qkv, T(0), p.data(), len);
       for (int64_t i = 0; i < len; ++i) {
         T* row = p.data() + i * len;
         const int64_t end = causal ? i + 1 : len;
@@ -118,14 +122,14 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
       }
       const T* p_used = dropout_p > 0 ? dropped.data() : p.data();
       // dV = P̃ᵀ dO
-      gemm(true, false, len, head_dim, len, T(1), p_used, len, dout + blk.offset, ld, T(0),
-           dv + blk.offset, ld);
+      gemm(true, false, len, head_dim, len, T(1), p_used, len, dout + blk.at(ld_out), ld_out, T(0),
+           dv + blk.at(ld_grad), ld_grad);
       // dP̃ = dO Vᵀ, then dS = P̃ ⊙ dP̃ - P ⊙ D in place, D_i = dO_i · O_i
-      gemm(false, true, len, len, head_dim, T(1), dout + blk.offset, ld, v + blk.offset, ld, T(0),
-           ds.data(), len);
+      gemm(false, true, len, len, head_dim, T(1), dout + blk.at(ld_out), ld_out, v + blk.at(ld_qkv),
+           ld_qkv, T(0), ds.data(), len);
       for (int64_t i = 0; i < len; ++i) {
-        const T* do_row = dout + blk.offset + i * ld;
-        const T* o_row = out + blk.offset + i * ld;
+        const T* do_row = dout + blk.at(ld_out) + i * ld_out;
+        const T* o_row = out + blk.at(ld_out) + i * ld_out;
         T d = 0;
         for (int64_t e = 0; e < head_dim; ++e) d += do_row[e] * o_row[e];
         T* row = ds.data() + i * len;
@@ -136,28 +140,31 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
         std::fill(row + end, row + len, T(0));
       }
       // dQ = s dS K, dK = s dSᵀ Q
-      gemm(false, false, len, head_dim, len, scale, ds.data(), len, k + blk.offset, ld, T(0),
-           dq + blk.offset, ld);
-      gemm(true, false, len, head_dim, len, scale, ds.data(), len, q + blk.offset, ld, T(0),
-           dk + blk.offset, ld);
+      gemm(false, false, len, head_dim, len, scale, ds.data(), len, k + blk.at(ld_qkv), ld_qkv,
+           T(0), dq + blk.at(ld_grad), ld_grad);
+      gemm(true, false, len, head_dim, len, scale, ds.data(), len, q + blk.at(ld_qkv), ld_qkv,
+           T(0), dk + blk.at(ld_grad), ld_grad);
     }
   }
 }
 
-template void attention_forward<float>(const float*, const float*, const float*, const int32_t*,
-                                       const uint64_t*, int64_t, int64_t, int64_t, int64_t, bool,
-                                       double, const RngKey&, float*, float*);
-template void attention_forward<double>(const double*, const double*, const double*,
+template void attention_forward<float>(const float*, const float*, const float*, int64_t,
+                                       const int32_t*, const uint64_t*, int64_t, int64_t, int64_t,
+                                       int64_t, bool, double, const RngKey&, float*, int64_t,
+                                       float*);
+template void attention_forward<double>(const double*, const double*, const double*, int64_t,
                                         const int32_t*, const uint64_t*, int64_t, int64_t, int64_t,
-                                        int64_t, bool, double, const RngKey&, double*, double*);
+                                        int64_t, bool, double, const RngKey&, double*, int64_t,
+                                        double*);
 template void attention_backward<float>(const float*, const float*, const float*, const float*,
-                                        const float*, const float*, const int32_t*,
-                                        const uint64_t*, int64_t, int64_t, int64_t, int64_t, bool,
-                                        double, const RngKey&, float*, float*, float*);
+                                        const float*, const float*, int64_t, int64_t,
+                                        const int32_t*, const uint64_t*, int64_t, int64_t, int64_t,
+                                        int64_t, bool, double, const RngKey&, float*, float*,
+                                        float*, int64_t);
 template void attention_backward<double>(const double*, const double*, const double*,
-                                         const double*, const double*, const double*,
-                                         const int32_t*, const uint64_t*, int64_t, int64_t,
-                                         int64_t, int64_t, bool, double, const RngKey&, double*,
-                                         double*, double*);
+                                         const double*, const double*, const double*, int64_t,
+                                         int64_t, const int32_t*, const uint64_t*, int64_t,
+                                         int64_t, int64_t, int64_t, bool, double, const RngKey&,
+                                         double*, double*, double*, int64_t);
 
 }  // namespace qarac::cpu

@@ -34,6 +34,10 @@ void with_type(DType x, F&& f) {
     f(double{});
 }
 
+// The distance in elements between the rows of a 2-D tensor, contiguous or a row-strided view
+// (ops.cpp allows the latter for attention's q, k, v and their gradients; each group shares one).
+int64_t row_stride(const Tensor& t) { return t.strides()[0]; }
+
 // The data of an optional tensor, or null.
 template <class T>
 T* data_or_null(const Tensor* t) {
@@ -203,10 +207,10 @@ class CpuBackend final : public ops::Backend {
                          Tensor& out, Tensor& lse) const override {
     with_type(q.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      cpu::attention_forward(q.data<T>(), k.data<T>(), v.data<T>(), seqs.host.data(),
-                             seqs.host_ids.data(), seqs.count(), seqs.max_len, heads,
-                             q.size(1) / heads, causal, dropout_p, dropout_key, out.data<T>(),
-                             lse.data<T>());
+      cpu::attention_forward(q.data<T>(), k.data<T>(), v.data<T>(), row_stride(q),
+                             seqs.host.data(), seqs.host_ids.data(), seqs.count(), seqs.max_len,
+                             heads, q.size(1) / heads, causal, dropout_p, dropout_key,
+                             out.data<T>(), row_stride(out), lse.data<T>());
     });
   }
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -216,9 +220,10 @@ class CpuBackend final : public ops::Backend {
     with_type(q.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cpu::attention_backward(dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(),
-                              lse.data<T>(), seqs.host.data(), seqs.host_ids.data(), seqs.count(),
-                              seqs.max_len, heads, q.size(1) / heads, causal, dropout_p,
-                              dropout_key, dq.data<T>(), dk.data<T>(), dv.data<T>());
+                              lse.data<T>(), row_stride(q), row_stride(out), seqs.host.data(),
+                              seqs.host_ids.data(), seqs.count(), seqs.max_len, heads,
+                              q.size(1) / heads, causal, dropout_p, dropout_key, dq.data<T>(),
+                              dk.data<T>(), dv.data<T>(), row_stride(dq));
     });
   }
 

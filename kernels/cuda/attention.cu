@@ -6,7 +6,9 @@
 // by tile from that lse.
 //
 // Work decomposition. Sequence b is rows [offsets[b], offsets[b+1]) of the token-major [T, H·Dh]
-// tensors; head h of a row is the Dh columns at h·Dh. The grid is (query or key tiles of the
+// tensors; head h of a row is the Dh columns at h·Dh. Rows lie a row stride apart, one for q, k,
+// v, one for dq, dk, dv and one for out, dout (AttentionParams): q, k, v may be column slices of
+// one fused Q|K|V projection's output, dq, dk, dv of one gradient buffer. The grid is (query or key tiles of the
 // longest sequence, heads, sequences): the host knows max_len but not the lengths (the offsets
 // live on the device), so every block reads its sequence's extent and blocks past its end exit
 // at once. Those blocks cost a launch slot each and nothing else.
@@ -70,7 +72,9 @@ struct AttentionParams {
   const int32_t* offsets;  // device [batch+1]
   const uint64_t* ids;     // device [batch]: each sequence's dropout identity
   int64_t tokens;          // T
-  int64_t ld;              // heads * head_dim: the row length of q, k, v, out and their gradients
+  // Row strides in elements, each >= heads * head_dim: q, k, v may be column slices of one wider
+  // buffer (a fused Q|K|V projection's output), dq, dk, dv of another; out and dout have ld_out.
+  int64_t ld_qkv, ld_grad_qkv, ld_out;
   int head_dim;
   bool causal;
   float scale;           // 1/sqrt(Dh), rounded as the CPU reference rounds it
@@ -102,16 +106,16 @@ __device__ __forceinline__ bool dropout_keep(const AttentionParams& p, const Spa
 }
 
 // =================================================================================================
-// D_i = rowsum(dO_i ⊙ O_i) per (head, row), f32 [H, T]. One warp per token row, all heads.
+// D_i = rowsum(dO_i ⊙ O_i) per (head, row), f32 [H, T]; dO and O have row stride ld. One warp
+// per token row, all heads.
 // =================================================================================================
 template <class T>
 __global__ void attention_delta_kernel(const T* __restrict__ dout, const T* __restrict__ out,
-                                       int64_t tokens, int heads, int head_dim,
+                                       int64_t tokens, int heads, int head_dim, int64_t ld,
                                        float* __restrict__ delta) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (row >= tokens) return;
-  const int64_t ld = static_cast<int64_t>(heads) * head_dim;
   for (int h = 0; h < heads; ++h) {
     const int64_t base = row * ld + static_cast<int64_t>(h) * head_dim;
     float sum = 0.f;
@@ -148,7 +152,7 @@ constexpr int kGenKeysPerWarp = 4;                       // dK/dV: keys per warp
 constexpr int kGenBk = kGenWarps * kGenKeysPerWarp;      // 16 keys per block
 constexpr int kGenQt = kWarpSize;                        // 32 queries per tile, one per lane
 
-// Rows [first, first + rows) of head columns [col, col + Dh) of x (row length ld) into shared s
+// Rows [first, first + rows) of head columns [col, col + Dh) of x (row stride ld) into shared s
 // with row stride sld, as f32; rows at or past `valid` are zero (they belong to no sequence or to
 // the next one, and a zero row keeps every product finite).
 template <class T>
@@ -180,7 +184,7 @@ attention_forward_generic(AttentionParams p, const T* __restrict__ q, const T* _
   if (q0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t col = static_cast<int64_t>(h) * dh;
-  load_rows(sQ, dh, q, p.ld, seq.start + q0, kGenBr, min(kGenBr, seq.len - q0), col, dh);
+  load_rows(sQ, dh, q, p.ld_qkv, seq.start + q0, kGenBr, min(kGenBr, seq.len - q0), col, dh);
 
   float m[kGenRowsPerWarp], l[kGenRowsPerWarp], o[kGenRowsPerWarp][NC];
 #pragma unroll
@@ -195,8 +199,8 @@ attention_forward_generic(AttentionParams p, const T* __restrict__ q, const T* _
   for (int k0 = 0; k0 < key_end; k0 += kGenBc) {
     __syncthreads();  // the previous tile is consumed
     const int valid = min(kGenBc, seq.len - k0);
-    load_rows(sK, dh + 1, k, p.ld, seq.start + k0, kGenBc, valid, col, dh);
-    load_rows(sV, dh, v, p.ld, seq.start + k0, kGenBc, valid, col, dh);
+    load_rows(sK, dh + 1, k, p.ld_qkv, seq.start + k0, kGenBc, valid, col, dh);
+    load_rows(sV, dh, v, p.ld_qkv, seq.start + k0, kGenBc, valid, col, dh);
     __syncthreads();  // (also publishes sQ on the first pass)
 
     const int j = k0 + lane;  // this lane's key position
@@ -250,7 +254,7 @@ attention_forward_generic(AttentionParams p, const T* __restrict__ q, const T* _
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
       const int d = lane + c * kWarpSize;
-      if (d < dh) out[row * p.ld + col + d] = from_float<T>(o[t][c] * inv);
+      if (d < dh) out[row * p.ld_out + col + d] = from_float<T>(o[t][c] * inv);
     }
     if (lane == 0) lse[h * p.tokens + row] = m[t] + logf(l[t]);
   }
@@ -277,8 +281,8 @@ attention_backward_dq_generic(AttentionParams p, const T* __restrict__ dout, con
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t col = static_cast<int64_t>(h) * dh;
   const int qvalid = min(kGenBr, seq.len - q0);
-  load_rows(sQ, dh, q, p.ld, seq.start + q0, kGenBr, qvalid, col, dh);
-  load_rows(sdO, dh, dout, p.ld, seq.start + q0, kGenBr, qvalid, col, dh);
+  load_rows(sQ, dh, q, p.ld_qkv, seq.start + q0, kGenBr, qvalid, col, dh);
+  load_rows(sdO, dh, dout, p.ld_out, seq.start + q0, kGenBr, qvalid, col, dh);
   if (threadIdx.x < kGenBr) {
     const int r = threadIdx.x;
     sL[r] = r < qvalid ? lse[h * p.tokens + seq.start + q0 + r] : 0.f;
@@ -290,8 +294,8 @@ attention_backward_dq_generic(AttentionParams p, const T* __restrict__ dout, con
   for (int k0 = 0; k0 < key_end; k0 += kGenBc) {
     __syncthreads();
     const int valid = min(kGenBc, seq.len - k0);
-    load_rows(sK, dh + 1, k, p.ld, seq.start + k0, kGenBc, valid, col, dh);
-    load_rows(sV, dh + 1, v, p.ld, seq.start + k0, kGenBc, valid, col, dh);
+    load_rows(sK, dh + 1, k, p.ld_qkv, seq.start + k0, kGenBc, valid, col, dh);
+    load_rows(sV, dh + 1, v, p.ld_qkv, seq.start + k0, kGenBc, valid, col, dh);
     __syncthreads();
 
     const int j = k0 + lane;
@@ -337,7 +341,8 @@ attention_backward_dq_generic(AttentionParams p, const T* __restrict__ dout, con
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
       const int d = lane + c * kWarpSize;
-      if (d < dh) dq[(seq.start + i) * p.ld + col + d] = from_float<T>(acc[t][c] * p.scale);
+      if (d < dh)
+        dq[(seq.start + i) * p.ld_grad_qkv + col + d] = from_float<T>(acc[t][c] * p.scale);
     }
   }
 }
@@ -364,16 +369,16 @@ attention_backward_dkdv_generic(AttentionParams p, const T* __restrict__ dout,
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t col = static_cast<int64_t>(h) * dh;
   const int kvalid = min(kGenBk, seq.len - k0);
-  load_rows(sK, dh, k, p.ld, seq.start + k0, kGenBk, kvalid, col, dh);
-  load_rows(sV, dh, v, p.ld, seq.start + k0, kGenBk, kvalid, col, dh);
+  load_rows(sK, dh, k, p.ld_qkv, seq.start + k0, kGenBk, kvalid, col, dh);
+  load_rows(sV, dh, v, p.ld_qkv, seq.start + k0, kGenBk, kvalid, col, dh);
 
   float dk_acc[kGenKeysPerWarp][NC] = {}, dv_acc[kGenKeysPerWarp][NC] = {};
   // Causal: query i sees key j only when i >= j, so the queries before k0 see none of the block.
   for (int i0 = p.causal ? k0 : 0; i0 < seq.len; i0 += kGenQt) {
     __syncthreads();
     const int qvalid = min(kGenQt, seq.len - i0);
-    load_rows(sQ, dh + 1, q, p.ld, seq.start + i0, kGenQt, qvalid, col, dh);
-    load_rows(sdO, dh + 1, dout, p.ld, seq.start + i0, kGenQt, qvalid, col, dh);
+    load_rows(sQ, dh + 1, q, p.ld_qkv, seq.start + i0, kGenQt, qvalid, col, dh);
+    load_rows(sdO, dh + 1, dout, p.ld_out, seq.start + i0, kGenQt, qvalid, col, dh);
     if (threadIdx.x < kGenQt) {
       const int r = threadIdx.x;
       sL[r] = r < qvalid ? lse[h * p.tokens + seq.start + i0 + r] : 0.f;
@@ -428,7 +433,7 @@ attention_backward_dkdv_generic(AttentionParams p, const T* __restrict__ dout,
   for (int u = 0; u < kGenKeysPerWarp; ++u) {
     const int j = k0 + warp * kGenKeysPerWarp + u;
     if (j >= seq.len) continue;
-    const int64_t base = (seq.start + j) * p.ld + col;
+    const int64_t base = (seq.start + j) * p.ld_grad_qkv + col;
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
       const int d = lane + c * kWarpSize;
@@ -628,9 +633,9 @@ attention_forward_tc(AttentionParams p, const bf16_t* __restrict__ q, const bf16
   // Causal: the tile's last query is q0 + 63, so later keys are invisible to all its rows.
   const int key_end = p.causal ? min(seq.len, q0 + kTcTile) : seq.len;
   const int tiles = (key_end + kTcTile - 1) / kTcTile;
-  load_tile_async(sQ, q, p.ld, seq.start + q0, col, min(kTcTile, seq.len - q0));
-  load_tile_async(sK[0], k, p.ld, seq.start, col, min(kTcTile, seq.len));
-  load_tile_async(sV[0], v, p.ld, seq.start, col, min(kTcTile, seq.len));
+  load_tile_async(sQ, q, p.ld_qkv, seq.start + q0, col, min(kTcTile, seq.len - q0));
+  load_tile_async(sK[0], k, p.ld_qkv, seq.start, col, min(kTcTile, seq.len));
+  load_tile_async(sV[0], v, p.ld_qkv, seq.start, col, min(kTcTile, seq.len));
   cp_async_commit();
 
   // Thread state for rows g (index 0) and g+8 (index 1) of the warp's strip.
@@ -645,8 +650,9 @@ attention_forward_tc(AttentionParams p, const bf16_t* __restrict__ q, const bf16
     const int k0 = it * kTcTile, buf = it & 1;
     if (it + 1 < tiles) {  // prefetch the next tile into the other buffer (consumed in it − 1)
       const int next = k0 + kTcTile;
-      load_tile_async(sK[buf ^ 1], k, p.ld, seq.start + next, col, min(kTcTile, seq.len - next));
-      load_tile_async(sV[buf ^ 1], v, p.ld, seq.start + next, col, min(kTcTile, seq.len - next));
+      const int valid = min(kTcTile, seq.len - next);
+      load_tile_async(sK[buf ^ 1], k, p.ld_qkv, seq.start + next, col, valid);
+      load_tile_async(sV[buf ^ 1], v, p.ld_qkv, seq.start + next, col, valid);
     }
     cp_async_commit();
     cp_async_wait<1>();  // everything but the prefetch has landed: Q and this tile
@@ -736,8 +742,8 @@ attention_forward_tc(AttentionParams p, const bf16_t* __restrict__ q, const bf16
     inv[r] = l[r] > 0.f ? p.drop_scale / l[r] : 0.f;
   }
   // sQ's rows 16w.. were read only by this warp (its A fragments): reuse them as staging.
-  store_rows(o, inv[0], inv[1], sQ + warp * 16 * kLdH, out, p.ld, seq.start + q0 + warp * 16, col,
-             seq.len - q0 - warp * 16, lane);
+  store_rows(o, inv[0], inv[1], sQ + warp * 16 * kLdH, out, p.ld_out, seq.start + q0 + warp * 16,
+             col, seq.len - q0 - warp * 16, lane);
   if (t == 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r)
@@ -767,8 +773,8 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   const int64_t col = static_cast<int64_t>(h) * kTcD;
 
   // The warp's 16 keys of K and V as A fragments, staged through sQ and sdO.
-  load_tile_async(sQ, k, p.ld, seq.start + k0, col, min(kTcTile, seq.len - k0));
-  load_tile_async(sdO, v, p.ld, seq.start + k0, col, min(kTcTile, seq.len - k0));
+  load_tile_async(sQ, k, p.ld_qkv, seq.start + k0, col, min(kTcTile, seq.len - k0));
+  load_tile_async(sdO, v, p.ld_qkv, seq.start + k0, col, min(kTcTile, seq.len - k0));
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -786,8 +792,8 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   for (int i0 = p.causal ? k0 : 0; i0 < seq.len; i0 += kTcTile) {
     __syncthreads();  // sQ, sdO, sL, sD are consumed (the K/V staging on the first pass)
     const int valid = min(kTcTile, seq.len - i0);
-    load_tile_async(sQ, q, p.ld, seq.start + i0, col, valid);
-    load_tile_async(sdO, dout, p.ld, seq.start + i0, col, valid);
+    load_tile_async(sQ, q, p.ld_qkv, seq.start + i0, col, valid);
+    load_tile_async(sdO, dout, p.ld_out, seq.start + i0, col, valid);
     cp_async_commit();
     if (threadIdx.x < kTcTile) {
       const int r = threadIdx.x;
@@ -851,9 +857,9 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
 
   __syncthreads();  // every warp is done with sQ and sdO: their rows become staging
   const int first = k0 + warp * 16;
-  store_rows(dk_acc, p.scale, p.scale, sQ + warp * 16 * kLdH, dk, p.ld, seq.start + first, col,
-             seq.len - first, lane);
-  store_rows(dv_acc, 1.f, 1.f, sdO + warp * 16 * kLdH, dv, p.ld, seq.start + first, col,
+  store_rows(dk_acc, p.scale, p.scale, sQ + warp * 16 * kLdH, dk, p.ld_grad_qkv, seq.start + first,
+             col, seq.len - first, lane);
+  store_rows(dv_acc, 1.f, 1.f, sdO + warp * 16 * kLdH, dv, p.ld_grad_qkv, seq.start + first, col,
              seq.len - first, lane);
 }
 
@@ -875,8 +881,8 @@ attention_backward_dq_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   const int64_t col = static_cast<int64_t>(h) * kTcD;
 
   // The warp's 16 rows of Q and dO as A fragments, staged through sK and sV.
-  load_tile_async(sK, q, p.ld, seq.start + q0, col, min(kTcTile, seq.len - q0));
-  load_tile_async(sV, dout, p.ld, seq.start + q0, col, min(kTcTile, seq.len - q0));
+  load_tile_async(sK, q, p.ld_qkv, seq.start + q0, col, min(kTcTile, seq.len - q0));
+  load_tile_async(sV, dout, p.ld_out, seq.start + q0, col, min(kTcTile, seq.len - q0));
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -901,8 +907,8 @@ attention_backward_dq_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   for (int k0 = 0; k0 < key_end; k0 += kTcTile) {
     __syncthreads();  // sK and sV are consumed (the Q/dO staging on the first pass)
     const int valid = min(kTcTile, seq.len - k0);
-    load_tile_async(sK, k, p.ld, seq.start + k0, col, valid);
-    load_tile_async(sV, v, p.ld, seq.start + k0, col, valid);
+    load_tile_async(sK, k, p.ld_qkv, seq.start + k0, col, valid);
+    load_tile_async(sV, v, p.ld_qkv, seq.start + k0, col, valid);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -954,8 +960,8 @@ attention_backward_dq_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   }
 
   __syncthreads();  // every warp is done with sK: its rows become staging
-  store_rows(dq_acc, p.scale, p.scale, sK + warp * 16 * kLdH, dq, p.ld, seq.start + q0 + warp * 16,
-             col, seq.len - q0 - warp * 16, lane);
+  store_rows(dq_acc, p.scale, p.scale, sK + warp * 16 * kLdH, dq, p.ld_grad_qkv,
+             seq.start + q0 + warp * 16, col, seq.len - q0 - warp * 16, lane);
 }
 
 // =================================================================================================
@@ -972,21 +978,27 @@ void allow_smem(Kernel kernel, size_t bytes) {
                                           static_cast<int>(bytes)));
 }
 
-const char* shape_problem(const AttentionShape& s) {
+// The gradients' row stride is checked in the backward pass only: the forward has none.
+const char* shape_problem(const AttentionShape& s, bool backward) {
   if (s.batch < 0 || s.tokens < 0 || s.max_len < 0) return "negative sizes";
   if (s.heads <= 0 || s.head_dim <= 0) return "heads and head_dim must be positive";
   if (s.head_dim > 128) return "head_dim above 128 is not supported";
   if (s.batch > 65535 || s.heads > 65535) return "batch and heads must be at most 65535 (grid limit)";
   if (s.tokens > INT32_MAX || s.max_len > s.tokens) return "tokens beyond i32 offsets, or max_len > tokens";
+  const int64_t row = s.heads * s.head_dim;
+  if (s.ld_qkv < row || s.ld_out < row || (backward && s.ld_grad_qkv < row))
+    return "a row stride below heads * head_dim";
   return nullptr;
 }
 
-void check_call(const char* op, DType dtype, const AttentionShape& s) {
+void check_call(const char* op, DType dtype, const AttentionShape& s, bool backward) {
   QARAC_CHECK(dtype == DType::f32 || dtype == DType::bf16, op, ": dtype must be f32 or bf16, got ",
               dtype_name(dtype));
-  const char* problem = shape_problem(s);
+  const char* problem = shape_problem(s, backward);
   QARAC_CHECK(problem == nullptr, op, ": ", problem ? problem : "", " (batch ", s.batch, ", tokens ",
-              s.tokens, ", max_len ", s.max_len, ", heads ", s.heads, ", head_dim ", s.head_dim, ")");
+              s.tokens, ", max_len ", s.max_len, ", heads ", s.heads, ", head_dim ", s.head_dim,
+              ", row strides: q, k, v ", s.ld_qkv, ", dq, dk, dv ", s.ld_grad_qkv, ", out ", s.ld_out,
+              ")");
   QARAC_CHECK(s.batch == 0 || s.offsets != nullptr, op, ": offsets missing");
   QARAC_CHECK(s.batch == 0 || s.ids != nullptr, op, ": sequence ids missing");
 }
@@ -997,7 +1009,9 @@ AttentionParams make_params(const AttentionShape& s, bool causal, double dropout
   p.offsets = s.offsets;
   p.tokens = s.tokens;
   p.ids = s.ids;
-  p.ld = s.heads * s.head_dim;
+  p.ld_qkv = s.ld_qkv;
+  p.ld_grad_qkv = s.ld_grad_qkv;
+  p.ld_out = s.ld_out;
   p.head_dim = static_cast<int>(s.head_dim);
   p.causal = causal;
   p.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));  // as the CPU reference rounds it
@@ -1007,11 +1021,17 @@ AttentionParams make_params(const AttentionShape& s, bool causal, double dropout
   return p;
 }
 
-// The tensor-core path: bf16, Dh = 64, and 16-byte aligned rows for the vector loads.
-bool use_tensor_cores(DType dtype, const AttentionShape& s, std::initializer_list<const void*> ptrs) {
+// The tensor-core path: bf16, Dh = 64, and every head's row segment 16-byte aligned for the
+// cp.async and uint4 accesses: aligned base pointers and row strides of whole 16 bytes (a head
+// starts 128 bytes into its row). Column slices of a wider buffer need not have either (a slice
+// at column 1, a buffer of 3d + 1 columns): they take the generic path.
+bool use_tensor_cores(DType dtype, const AttentionShape& s, std::initializer_list<const void*> ptrs,
+                      std::initializer_list<int64_t> row_strides) {
   if (dtype != DType::bf16 || s.head_dim != kTcD) return false;
   for (const void* ptr : ptrs)
     if (!aligned16(ptr)) return false;
+  for (const int64_t ld : row_strides)
+    if (ld * static_cast<int64_t>(sizeof(bf16_t)) % 16 != 0) return false;
   return true;
 }
 
@@ -1095,10 +1115,10 @@ void dispatch_generic(DType dtype, int64_t head_dim, F&& f) {
 void attention_forward(DType dtype, const AttentionShape& shape, const void* q, const void* k,
                        const void* v, bool causal, double dropout_p, const RngKey& key, void* out,
                        float* lse) {
-  check_call("attention_forward", dtype, shape);
+  check_call("attention_forward", dtype, shape, false);
   const AttentionParams p = make_params(shape, causal, dropout_p, key);
   if (shape.batch == 0 || shape.tokens == 0 || shape.max_len == 0) return;
-  if (use_tensor_cores(dtype, shape, {q, k, v, out})) {
+  if (use_tensor_cores(dtype, shape, {q, k, v, out}, {shape.ld_qkv, shape.ld_out})) {
     attention_forward_tc<<<grid(shape, kTcTile), kTcThreads, 0, stream()>>>(
         p, static_cast<const bf16_t*>(q), static_cast<const bf16_t*>(k),
         static_cast<const bf16_t*>(v), static_cast<bf16_t*>(out), lse);
@@ -1112,7 +1132,7 @@ void attention_backward(DType dtype, const AttentionShape& shape, const void* do
                         const void* k, const void* v, const void* out, const float* lse,
                         bool causal, double dropout_p, const RngKey& key, void* dq, void* dk,
                         void* dv) {
-  check_call("attention_backward", dtype, shape);
+  check_call("attention_backward", dtype, shape, true);
   const AttentionParams p = make_params(shape, causal, dropout_p, key);
   if (shape.batch == 0 || shape.tokens == 0 || shape.max_len == 0) return;
 
@@ -1128,14 +1148,17 @@ void attention_backward(DType dtype, const AttentionShape& shape, const void* do
     const int heads = static_cast<int>(shape.heads), dh = static_cast<int>(shape.head_dim);
     if (dtype == DType::f32)
       attention_delta_kernel<float><<<blocks, kRowsPerBlock * kWarpSize, 0, stream()>>>(
-          static_cast<const float*>(dout), static_cast<const float*>(out), shape.tokens, heads, dh, delta);
+          static_cast<const float*>(dout), static_cast<const float*>(out), shape.tokens, heads, dh,
+          shape.ld_out, delta);
     else
       attention_delta_kernel<bf16_t><<<blocks, kRowsPerBlock * kWarpSize, 0, stream()>>>(
-          static_cast<const bf16_t*>(dout), static_cast<const bf16_t*>(out), shape.tokens, heads, dh, delta);
+          static_cast<const bf16_t*>(dout), static_cast<const bf16_t*>(out), shape.tokens, heads, dh,
+          shape.ld_out, delta);
     QARAC_CHECK_LAUNCH();
   }
 
-  if (use_tensor_cores(dtype, shape, {dout, q, k, v, dq, dk, dv})) {
+  if (use_tensor_cores(dtype, shape, {dout, q, k, v, dq, dk, dv},
+                        {shape.ld_qkv, shape.ld_grad_qkv, shape.ld_out})) {
     attention_backward_dkdv_tc<<<grid(shape, kTcTile), kTcThreads, 0, stream()>>>(
         p, static_cast<const bf16_t*>(dout), static_cast<const bf16_t*>(q),
         static_cast<const bf16_t*>(k), static_cast<const bf16_t*>(v), lse, delta,

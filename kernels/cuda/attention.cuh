@@ -13,13 +13,17 @@ struct AttentionShape {
   const int32_t* offsets = nullptr;  // device, [batch+1]: sequence b is rows [offsets[b], offsets[b+1])
   const uint64_t* ids = nullptr;     // device, [batch]: sequence b draws its dropout masks as ids[b]
   int64_t batch = 0, tokens = 0, max_len = 0, heads = 0, head_dim = 0;
+  // Row strides in elements, each >= heads*head_dim: q, k, v may be column slices of one wider
+  // buffer and dq, dk, dv of another (ld_grad_qkv, read by the backward pass only); out and dout
+  // have ld_out.
+  int64_t ld_qkv = 0, ld_grad_qkv = 0, ld_out = 0;
 };
 
-// out [tokens, heads*head_dim]; lse [heads, tokens] f32.
+// q, k, v, out [tokens, heads*head_dim] with the row strides of `shape`; lse [heads, tokens] f32.
 void attention_forward(DType dtype, const AttentionShape& shape, const void* q, const void* k,
                        const void* v, bool causal, double dropout_p, const RngKey& key, void* out,
                        float* lse);
-// dq, dk, dv overwritten.
+// dq, dk, dv overwritten (row stride shape.ld_grad_qkv); dout has out's row stride.
 void attention_backward(DType dtype, const AttentionShape& shape, const void* dout, const void* q,
                         const void* k, const void* v, const void* out, const float* lse,
                         bool causal, double dropout_p, const RngKey& key, void* dq, void* dk,

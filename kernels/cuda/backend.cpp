@@ -41,14 +41,23 @@ const uint64_t* sequence_ids(const Sequences& seqs) {
   return reinterpret_cast<const uint64_t*>(seqs.ids.data<int64_t>());
 }
 
-AttentionShape attention_shape(const Tensor& q, const Sequences& seqs, int64_t heads) {
+// The distance in elements between the rows of a 2-D tensor, contiguous or a row-strided view
+// (ops.cpp allows the latter for attention's q, k, v and their gradients; each group shares one).
+int64_t row_stride(const Tensor& t) { return t.strides()[0]; }
+
+// The shape of an attention call; dq, the first of the gradients, in the backward pass only.
+AttentionShape attention_shape(const Tensor& q, const Tensor& out, const Tensor* dq,
+                               const Sequences& seqs, int64_t heads) {
   return {seqs.offsets.data<int32_t>(),
           sequence_ids(seqs),
           seqs.count(),
           q.size(0),
           seqs.max_len,
           heads,
-          q.size(1) / heads};
+          q.size(1) / heads,
+          row_stride(q),
+          dq ? row_stride(*dq) : 0,
+          row_stride(out)};
 }
 
 class CudaBackend final : public ops::Backend {
@@ -151,16 +160,17 @@ class CudaBackend final : public ops::Backend {
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Sequences& seqs,
                          int64_t heads, bool causal, double dropout_p, const RngKey& dropout_key,
                          Tensor& out, Tensor& lse) const override {
-    cuda::attention_forward(q.dtype(), attention_shape(q, seqs, heads), q.raw(), k.raw(), v.raw(),
-                            causal, dropout_p, dropout_key, out.raw(), lse.data<float>());
+    cuda::attention_forward(q.dtype(), attention_shape(q, out, nullptr, seqs, heads), q.raw(),
+                            k.raw(), v.raw(), causal, dropout_p, dropout_key, out.raw(),
+                            lse.data<float>());
   }
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& out, const Tensor& lse, const Sequences& seqs,
                           int64_t heads, bool causal, double dropout_p, const RngKey& dropout_key,
                           Tensor& dq, Tensor& dk, Tensor& dv) const override {
-    cuda::attention_backward(q.dtype(), attention_shape(q, seqs, heads), dout.raw(), q.raw(),
-                             k.raw(), v.raw(), out.raw(), lse.data<float>(), causal, dropout_p,
-                             dropout_key, dq.raw(), dk.raw(), dv.raw());
+    cuda::attention_backward(q.dtype(), attention_shape(q, out, &dq, seqs, heads), dout.raw(),
+                             q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), causal,
+                             dropout_p, dropout_key, dq.raw(), dk.raw(), dv.raw());
   }
 
   void softmax_cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index,

@@ -3,8 +3,9 @@
 // at another place in a batch, reductions that give the same bits on every run, exact zeros, the
 // optimiser's compute copy the exact rounding of its master weights), attention beyond the
 // table's shapes (head dims of tiny models and the largest one,
-// RoBERTa-sized sequences, empty sequences in every position, a head dim it must refuse), and the
-// caching allocator. Every test skips when there is no CUDA device.
+// RoBERTa-sized sequences, empty sequences in every position, row-strided q, k, v and gradients,
+// a head dim it must refuse), and the caching allocator. Every test skips when there is no CUDA
+// device.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -263,43 +264,106 @@ struct Attention {
   Tensor out, lse, dq, dk, dv;
 };
 
+// Where q, k, v (or dq, dk, dv) lie: tensors of their own, or (packed) the column slices
+// [first, first + d), [first + d, first + 2d), [first + 2d, first + 3d) of one [T, first + 3d +
+// after] buffer, as one fused Q|K|V projection's output (first = after = 0) or a wider one. The
+// buffer's other columns hold NaN: read into a result they spoil it, and they must stay NaN.
+struct Packing {
+  bool packed = false;
+  int64_t first = 0, after = 0;
+};
+Packing packed(int64_t first, int64_t after) { return {true, first, after}; }
+
+Tensor nans(const Shape& shape) {
+  return Tensor::from_vector(std::vector<float>(static_cast<size_t>(shape_numel(shape)),
+                                                std::numeric_limits<float>::quiet_NaN()),
+                             shape);
+}
+
+// Every element of `buffer` (any dtype and device) outside columns [first, first + used) is NaN.
+void expect_nan_outside(const Tensor& buffer, int64_t first, int64_t used, const std::string& what) {
+  const int64_t rows = buffer.size(0), cols = buffer.size(1);
+  const std::vector<float> v = on_cpu(buffer).to_vector<float>();
+  int64_t written = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      if ((c < first || c >= first + used) && !std::isnan(v[static_cast<size_t>(r * cols + c)]))
+        ++written;
+  EXPECT_EQ(written, 0) << what << ": elements outside the slices were written";
+}
+
 // Forward and backward on `device` with q, k, v, dout of standard deviations 1.5, 1.5, 1, 1
 // (scores of standard deviation ~2.2 whatever Dh: softmax rows from flat to peaked), stored in
-// the problem's dtype on the GPU and as their f32 values on the CPU. Outputs start as NaN, so a
-// row a kernel forgets to write fails.
-Attention run_attention(const Problem& pb, Device device, uint32_t seed) {
+// the problem's dtype on the GPU and as their f32 values on the CPU; q, k, v and dq, dk, dv
+// where `inputs` and `grads` say (the same values wherever they lie), the gradients returned as
+// contiguous tensors on the CPU when packed. Outputs start as NaN, so a row a kernel forgets to
+// write fails.
+Attention run_attention(const Problem& pb, Device device, uint32_t seed, Packing inputs = {},
+                        Packing grads = {}) {
   std::mt19937 rng(seed);
   const int64_t tokens = [&] {
     int64_t t = 0;
     for (int32_t n : pb.lengths) t += n;
     return t;
   }();
-  const Shape shape = {tokens, pb.heads * pb.head_dim};
-  auto input = [&](float stddev) {
+  const int64_t d = pb.heads * pb.head_dim;
+  const Shape shape = {tokens, d};
+  auto values = [&](float stddev) {
     std::normal_distribution<float> dist(0.f, stddev);
     std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
     for (float& x : v) x = dist(rng);
-    const Tensor t = Tensor::from_vector(v, shape);
+    return Tensor::from_vector(v, shape);
+  };
+  auto place = [&](const Tensor& t) {
     return device.is_cuda() ? on_gpu(t, pb.dtype) : as_seen(t, pb.dtype);
   };
   const DType x = device.is_cuda() ? pb.dtype : DType::f32;
-  auto output = [&](const Shape& s, DType d) {
-    const Tensor nan =
-        Tensor::from_vector(std::vector<float>(static_cast<size_t>(shape_numel(s)),
-                                               std::numeric_limits<float>::quiet_NaN()),
-                            s);
-    return nan.to(d).to(device);
-  };
-  const Tensor q = input(1.5f), k = input(1.5f), v = input(1.f), dout = input(1.f);
+  auto output = [&](const Shape& s, DType dt) { return nans(s).to(dt).to(device); };
+  const Tensor qv = values(1.5f), kv = values(1.5f), vv = values(1.f), dout = place(values(1.f));
+  Tensor q, k, v;
+  if (inputs.packed) {
+    Tensor buffer = nans({tokens, inputs.first + 3 * d + inputs.after});
+    const int64_t at = inputs.first;
+    buffer.slice(1, at, at + d).copy_(qv);
+    buffer.slice(1, at + d, at + 2 * d).copy_(kv);
+    buffer.slice(1, at + 2 * d, at + 3 * d).copy_(vv);
+    const Tensor placed = place(buffer);
+    q = placed.slice(1, at, at + d);
+    k = placed.slice(1, at + d, at + 2 * d);
+    v = placed.slice(1, at + 2 * d, at + 3 * d);
+  } else {
+    q = place(qv);
+    k = place(kv);
+    v = place(vv);
+  }
   // Random ids, the same on both devices: the masks must come from them.
   std::mt19937 id_rng(seed + 1);
   const ops::Sequences seqs =
       ops::Sequences::from_lengths(pb.lengths, device, random_ids(id_rng, pb.lengths.size()));
-  Attention a{output(shape, x), output({pb.heads, tokens}, DType::f32), output(shape, x),
-              output(shape, x), output(shape, x)};
+  Attention a{output(shape, x), output({pb.heads, tokens}, DType::f32), Tensor(), Tensor(),
+              Tensor()};
+  const int64_t g = grads.first;
+  const Tensor grad_buffer =
+      grads.packed ? output({tokens, g + 3 * d + grads.after}, x) : Tensor();
+  if (grads.packed) {
+    a.dq = grad_buffer.slice(1, g, g + d);
+    a.dk = grad_buffer.slice(1, g + d, g + 2 * d);
+    a.dv = grad_buffer.slice(1, g + 2 * d, g + 3 * d);
+  } else {
+    a.dq = output(shape, x);
+    a.dk = output(shape, x);
+    a.dv = output(shape, x);
+  }
   ops::attention_forward(q, k, v, seqs, pb.heads, pb.causal, pb.dropout, kKey, a.out, a.lse);
   ops::attention_backward(dout, q, k, v, a.out, a.lse, seqs, pb.heads, pb.causal, pb.dropout, kKey,
                           a.dq, a.dk, a.dv);
+  if (grads.packed) {  // views of a GPU buffer copy to the CPU only whole
+    const Tensor host = grad_buffer.to(Device::cpu());
+    expect_nan_outside(host, g, 3 * d, "the gradients' buffer");
+    a.dq = host.slice(1, g, g + d).clone();
+    a.dk = host.slice(1, g + d, g + 2 * d).clone();
+    a.dv = host.slice(1, g + 2 * d, g + 3 * d).clone();
+  }
   return a;
 }
 
@@ -328,9 +392,8 @@ void expect_close(const Tensor& actual, const Tensor& expected, double tol,
                      << " of the largest |value| " << scale << ", tolerance " << tol << ")";
 }
 
-void check_attention(const Problem& pb, uint32_t seed) {
-  const Attention want = run_attention(pb, Device::cpu(), seed),
-                  got = run_attention(pb, kGpu, seed);
+// The GPU's attention against the CPU's on the same inputs, within the bounds above.
+void expect_matches_cpu(const Attention& got, const Attention& want, const Problem& pb) {
   const bool bf16 = pb.dtype == DType::bf16;
   const double tol = bf16 ? 2e-2 : 1e-5;
   expect_close(got.out, want.out, tol, "out");
@@ -338,6 +401,10 @@ void check_attention(const Problem& pb, uint32_t seed) {
   expect_close(got.dq, want.dq, tol, "dq");
   expect_close(got.dk, want.dk, tol, "dk");
   expect_close(got.dv, want.dv, tol, "dv");
+}
+
+void check_attention(const Problem& pb, uint32_t seed) {
+  expect_matches_cpu(run_attention(pb, kGpu, seed), run_attention(pb, Device::cpu(), seed), pb);
 }
 
 // Empty sequences first, between others and last: their blocks exit at once and every other
@@ -383,6 +450,49 @@ TEST_F(CudaRuntime, AttentionBackwardIsDeterministic) {
     expect_same_bits(second.dq, first.dq, "dq");
     expect_same_bits(second.dk, first.dk, "dk");
     expect_same_bits(second.dv, first.dv, "dv");
+  }
+}
+
+// q, k, v read as column slices of one buffer (as a fused Q|K|V projection writes them) and dq,
+// dk, dv written into slices of another, against the CPU on contiguous copies. Slices that keep
+// the tensor-core path's 16-byte alignment (bf16, Dh = 64: row strides of 8n elements, slices
+// at columns 8n), and any slices on the generic path (f32), also give the bits of contiguous
+// inputs: the same kernels on the same values. Slices that break the alignment (a row stride of
+// 3d + 1, slices at column 1) must take the generic path: on the tensor-core path their
+// cp.async and 16-byte stores would fault.
+TEST_F(CudaRuntime, AttentionOnRowStridedViews) {
+  struct Case {
+    std::string name;
+    Problem pb;
+    Packing inputs, grads;
+    bool bits_of_contiguous;
+  };
+  const std::vector<int32_t> lengths = {0, 70, 1, 130, 33};
+  const Case cases[] = {
+      {"bf16 tensor cores, the fused [T, 3d] layout", {lengths, 2, 64, false, 0.1, DType::bf16},
+       packed(0, 0), packed(0, 0), true},
+      {"bf16 tensor cores, gradients at another aligned row stride",
+       {lengths, 2, 64, true, 0.0, DType::bf16}, packed(0, 0), packed(8, 8), true},
+      {"bf16, row strides of 3d + 1: generic path", {lengths, 2, 64, true, 0.1, DType::bf16},
+       packed(0, 1), packed(0, 1), false},
+      {"bf16, slices from column 1: generic path", {lengths, 2, 64, false, 0.0, DType::bf16},
+       packed(1, 7), packed(1, 7), false},
+      {"bf16, aligned inputs, unaligned gradients: generic backward",
+       {lengths, 2, 64, false, 0.1, DType::bf16}, packed(0, 0), packed(0, 1), false},
+      {"f32 generic path, head_dim 24", {lengths, 3, 24, true, 0.1, DType::f32}, packed(2, 3),
+       packed(5, 0), true},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Attention got = run_attention(c.pb, kGpu, 41, c.inputs, c.grads);
+    expect_matches_cpu(got, run_attention(c.pb, Device::cpu(), 41), c.pb);
+    if (!c.bits_of_contiguous) continue;
+    const Attention contiguous = run_attention(c.pb, kGpu, 41);
+    expect_same_bits(got.out, contiguous.out, "out");
+    expect_same_bits(got.lse, contiguous.lse, "lse");
+    expect_same_bits(got.dq, contiguous.dq, "dq");
+    expect_same_bits(got.dk, contiguous.dk, "dk");
+    expect_same_bits(got.dv, contiguous.dv, "dv");
   }
 }
 

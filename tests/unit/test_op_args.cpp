@@ -2,9 +2,10 @@
 // kernels/op_args.h) has a case that breaks exactly that check in an otherwise valid call and
 // expects the error, whose reason starts with "<op>: <argument>". A table holds one valid call of
 // every op of kernels/ops.h and the contract of each tensor argument (its role, whether its rank
-// is checked, a shape that breaks only its shape check); the generic tests derive the cases of
-// the checks every argument has (undefined, not contiguous, dtype, rank, shape), and the tests
-// after them cover each op's own checks, the sequences and Sequences::from_lengths.
+// is checked, a shape that breaks only its shape check, whether it may be a row-strided view);
+// the generic tests derive the cases of the checks every argument has (undefined, layout, dtype,
+// rank, shape), and the tests after them cover each op's own checks, the sequences and
+// Sequences::from_lengths.
 // Not reachable on a build without a GPU: the device checks (a tensor on another device) and the
 // refusal of CUDA tensors by a build without the CUDA backend.
 #include <gtest/gtest.h>
@@ -39,6 +40,7 @@ struct Arg {
   Shape shape;         // in the valid call
   bool ranked = false;  // the op checks its number of dimensions
   Shape bad_shape{};    // breaks only its shape check; empty: no shape beyond the rank is checked
+  bool row_strided = false;  // may also be a row-strided view (attention's q, k, v, dq, dk, dv)
 };
 
 // One valid call: the tensors by argument name, the sequences, and the call itself.
@@ -138,15 +140,15 @@ std::vector<OpCall> op_calls() {
   add("dropout_backward", {{"dy", R, td, true}, {"dx", X, td, false, tw}},
       [](OpCall& c) { ops::dropout_backward(c["dy"], c.p, kKey, c.seqs, c["dx"]); });
   add("attention_forward",
-      {{"q", R, td, true}, {"k", X, td, false, tw}, {"v", X, td, false, tw}, {"out", X, td, false, tw},
-       {"lse", A, {2, 4}, false, {2, 5}}},
+      {{"q", R, td, true, {}, true}, {"k", X, td, false, tw, true}, {"v", X, td, false, tw, true},
+       {"out", X, td, false, tw}, {"lse", A, {2, 4}, false, {2, 5}}},
       [](OpCall& c) {
         ops::attention_forward(c["q"], c["k"], c["v"], c.seqs, c.heads, true, c.p, kKey, c["out"], c["lse"]);
       });
   add("attention_backward",
-      {{"dout", X, td, false, tw}, {"q", R, td, true}, {"k", X, td, false, tw}, {"v", X, td, false, tw},
-       {"out", X, td, false, tw}, {"lse", A, {2, 4}, false, {2, 5}}, {"dq", X, td, false, tw},
-       {"dk", X, td, false, tw}, {"dv", X, td, false, tw}},
+      {{"dout", X, td, false, tw}, {"q", R, td, true, {}, true}, {"k", X, td, false, tw, true},
+       {"v", X, td, false, tw, true}, {"out", X, td, false, tw}, {"lse", A, {2, 4}, false, {2, 5}},
+       {"dq", X, td, false, tw, true}, {"dk", X, td, false, tw, true}, {"dv", X, td, false, tw, true}},
       [](OpCall& c) {
         ops::attention_backward(c["dout"], c["q"], c["k"], c["v"], c["out"], c["lse"], c.seqs, c.heads, true, c.p, kKey,
                                 c["dq"], c["dk"], c["dv"]);
@@ -248,6 +250,15 @@ Tensor not_contiguous(const Tensor& t) {
   return Tensor::zeros(wider, t.dtype()).slice(-1, 0, t.shape().back());
 }
 
+// A view of the elements of `t` that is neither contiguous nor row-strided: its elements every
+// other one, as a [.., 1] view with column stride 2 (the Tensor API makes no 2-D view whose
+// column stride is not 1).
+Tensor not_row_strided(const Tensor& t) {
+  Shape pairs = t.shape();
+  pairs.push_back(2);
+  return Tensor::zeros(pairs, t.dtype()).slice(-1, 0, 1);
+}
+
 }  // namespace
 
 // ---- The checks every tensor argument has -----------------------------------------------------
@@ -277,7 +288,11 @@ TEST(OpArgs, UndefinedTensors) {
 TEST(OpArgs, NonContiguousTensors) {
   for (OpCall& c : op_calls())
     for (const Arg& a : c.args)
-      if (c[a.name].dim() >= 2) expect_argument_error(c.op, a.name, not_contiguous(c[a.name]), {"is not contiguous"});
+      if (a.row_strided)
+        expect_argument_error(c.op, a.name, not_row_strided(c[a.name]),
+                              {"with strides [12, 2, 1]", "is neither contiguous nor row-strided"});
+      else if (c[a.name].dim() >= 2)
+        expect_argument_error(c.op, a.name, not_contiguous(c[a.name]), {"is not contiguous"});
 }
 
 // The reference fixes X and A: a dtype the CPU does not compute (accumulate) in is refused; the
@@ -409,6 +424,53 @@ TEST(OpArgs, AttentionHeadsMustSplitTheWidth) {
         if (name != "lse") t = zeros({4, 0});
     };
     expect_call_error(op, no_columns, "q ", {"does not split into 2 heads"});
+  }
+}
+
+namespace {
+
+// The tensors `names` of call c become the column slices [0, 6), [6, 12), ... of one [4, width]
+// tensor: row-strided views with row stride `width`, as one fused projection's output gives.
+void fuse(OpCall& c, const std::vector<std::string>& names, int64_t width) {
+  const Tensor buffer = zeros({4, width});
+  for (size_t i = 0; i < names.size(); ++i) {
+    const int64_t first = 6 * static_cast<int64_t>(i);
+    c[names[i]] = buffer.slice(1, first, first + 6);
+  }
+}
+
+}  // namespace
+
+// q, k, v may be row-strided views sharing one row stride, and so may dq, dk, dv with a row
+// stride of their own (the kernels address each group with one): the column slices of one
+// buffer each run. A view with another row stride than its group's first is refused, named with
+// the row strides of both (a different q names k, the first compared with it).
+TEST(OpArgs, AttentionRowStridedViews) {
+  for (const std::string op : {"attention_forward", "attention_backward"}) {
+    const bool backward = op == "attention_backward";
+    const auto fused = [&](OpCall& c) {
+      fuse(c, {"q", "k", "v"}, 18);
+      if (backward) fuse(c, {"dq", "dk", "dv"}, 20);
+    };
+    {
+      SCOPED_TRACE(op + " fused");
+      OpCall c = call_of(op);
+      fused(c);
+      EXPECT_NO_THROW(c.run(c));
+    }
+    const auto restrided = [&](const std::string& name) {
+      return [=](OpCall& c) {
+        fused(c);
+        c[name] = zeros({4, 7}).slice(1, 0, 6);
+      };
+    };
+    expect_call_error(op, restrided("q"), "k ", {"has row stride 18 but q has 7", "must share one row stride"});
+    expect_call_error(op, restrided("k"), "k ", {"has row stride 7 but q has 18", "must share one row stride"});
+    expect_call_error(op, restrided("v"), "v ", {"has row stride 7 but q has 18", "must share one row stride"});
+    if (!backward) continue;
+    expect_call_error(op, restrided("dq"), "dk ", {"has row stride 20 but dq has 7", "must share one row stride"});
+    expect_call_error(op, restrided("dk"), "dk ", {"has row stride 7 but dq has 20", "must share one row stride"});
+    expect_call_error(op, restrided("dv"), "dv ", {"has row stride 7 but dq has 20", "must share one row stride"});
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <limits>
@@ -1057,6 +1058,80 @@ TEST(Attention, SingleTokenAndEmptySequences) {
   ops::attention_forward(empty, empty, empty, none, heads, false, 0.1, kKey, e_out, e_lse);
   ops::attention_backward(empty, empty, empty, empty, e_out, e_lse, none, heads, false, 0.1, kKey,
                           e_dq, e_dk, e_dv);
+}
+
+namespace {
+
+// Expects the same bits: shape, dtype and bytes (of a view, those of its elements).
+void expect_same_bits(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  const Tensor a = got.clone(), b = want.clone();
+  EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << what << ": bits differ";
+}
+
+Tensor nans(const Shape& shape, DType dtype) {
+  return Tensor::from_vector(std::vector<double>(static_cast<size_t>(shape_numel(shape)),
+                                                 std::numeric_limits<double>::quiet_NaN()),
+                             shape)
+      .to(dtype);
+}
+
+}  // namespace
+
+// q, k, v read as the column slices [0, d), [d, 2d), [2d, 3d) of one [T, 3d] tensor (a fused
+// Q|K|V projection's output) and dq, dk, dv written into the slices of another give the bits of
+// contiguous copies: the same GEMMs on the same values, with other leading dimensions. The
+// gradients go once to a [T, 3d] tensor and once to a [T, 3d + 3] one (a row stride other than
+// q's), whose last 3 columns must keep their NaNs. The small random cases and a larger one, whose
+// GEMMs take OpenBLAS's blocked kernels.
+TEST(Attention, RowStridedViewsGiveTheBitsOfContiguousCopies) {
+  std::mt19937 rng(75);
+  std::vector<AttentionCase> cases = attention_cases(rng);
+  cases.push_back({"larger, causal with dropout", {70, 0, 1, 45}, random_ids(rng, 4), 3, 16, true,
+                   0.1});
+  for (const AttentionCase& c : cases)
+    for (const DType dtype : {DType::f64, DType::f32}) {
+      SCOPED_TRACE(c.name + " " + dtype_name(dtype));
+      const ops::Sequences seqs = sequences(c.lengths, c.ids);
+      const int64_t tokens = total(c.lengths), d = c.heads * c.head_dim;
+      const Tensor qkv = uniform({tokens, 3 * d}, rng, -2, 2).to(dtype),
+                   dout = uniform(c.tokens(), rng).to(dtype);
+      const Tensor q = qkv.slice(1, 0, d), k = qkv.slice(1, d, 2 * d),
+                   v = qkv.slice(1, 2 * d, 3 * d);
+      auto forward = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, Tensor& out,
+                         Tensor& lse) {
+        ops::attention_forward(qq, kk, vv, seqs, c.heads, c.causal, c.dropout_p, kKey, out, lse);
+      };
+      auto backward = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv, const Tensor& out,
+                          const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
+        ops::attention_backward(dout, qq, kk, vv, out, lse, seqs, c.heads, c.causal, c.dropout_p,
+                                kKey, dq, dk, dv);
+      };
+      const Tensor qc = q.clone(), kc = k.clone(), vc = v.clone();
+      Tensor out = Tensor::empty(c.tokens(), dtype), lse = Tensor::empty(c.lse(), dtype);
+      Tensor dq = Tensor::empty(c.tokens(), dtype), dk = Tensor::empty(c.tokens(), dtype),
+             dv = Tensor::empty(c.tokens(), dtype);
+      forward(qc, kc, vc, out, lse);
+      backward(qc, kc, vc, out, lse, dq, dk, dv);
+
+      Tensor s_out = nans(c.tokens(), dtype), s_lse = nans(c.lse(), dtype);
+      forward(q, k, v, s_out, s_lse);
+      expect_same_bits(s_out, out, "out");
+      expect_same_bits(s_lse, lse, "lse");
+      for (const int64_t width : {3 * d, 3 * d + 3}) {
+        SCOPED_TRACE("gradients of row stride " + std::to_string(width));
+        const Tensor grads = nans({tokens, width}, dtype);
+        Tensor gq = grads.slice(1, 0, d), gk = grads.slice(1, d, 2 * d),
+               gv = grads.slice(1, 2 * d, 3 * d);
+        backward(q, k, v, s_out, s_lse, gq, gk, gv);
+        expect_same_bits(gq, dq, "dq");
+        expect_same_bits(gk, dk, "dk");
+        expect_same_bits(gv, dv, "dv");
+        expect_same_bits(grads.slice(1, 3 * d, width), nans({tokens, width - 3 * d}, dtype),
+                         "columns past dv");
+      }
+    }
 }
 
 // ---- Softmax cross-entropy ----------------------------------------------------------------------
