@@ -16,6 +16,12 @@ constexpr uint32_t kSitesPerModel = 1u << 16;  // room for 16383 layers
 constexpr uint32_t kStreams = 1u << 8;         // models per run
 
 std::string layer_prefix(int i) { return "encoder.layer." + std::to_string(i) + "."; }
+
+// Q, K or V (part 0, 1, 2): columns [part d, (part + 1) d) of a [T, 3d] tensor Q | K | V.
+Tensor third(const Tensor& qkv, int64_t part) {
+  const int64_t d = qkv.size(1) / 3;
+  return qkv.slice(1, part * d, (part + 1) * d);
+}
 }  // namespace
 
 RngKey dropout_key(const ForwardOptions& options, uint32_t stream, uint32_t site) {
@@ -97,8 +103,6 @@ void RobertaLayer::allocate(const std::string& prefix, const RobertaConfig& conf
   ffn_norm.allocate(prefix + "output.LayerNorm", d, config.layer_norm_eps, dtype, device);
 }
 
-// The Q, K and V weights, then their biases, back to back: packed in this order, each triple is
-// one tensor (qkv_weight, qkv_bias), so one GEMM computes all three projections.
 void RobertaLayer::collect(ParameterList& out) {
   for (Linear* l : {&query, &key, &value}) out.push_back(&l->weight);
   for (Linear* l : {&query, &key, &value}) out.push_back(&l->bias);
@@ -107,6 +111,17 @@ void RobertaLayer::collect(ParameterList& out) {
   ffn_in.collect(out);
   ffn_out.collect(out);
   ffn_norm.collect(out);
+}
+
+Linear RobertaLayer::qkv() const {
+  const char* what = "RobertaLayer::qkv (Q, K, V packed back to back)";
+  const int64_t d = query.in_features();
+  Linear fused;
+  fused.weight.value = Tensor::join({query.weight.value, key.weight.value, value.weight.value}, what).reshape({3 * d, d});
+  fused.weight.grad = Tensor::join({query.weight.grad, key.weight.grad, value.weight.grad}, what).reshape({3 * d, d});
+  fused.bias.value = Tensor::join({query.bias.value, key.bias.value, value.bias.value}, what);
+  fused.bias.grad = Tensor::join({query.bias.grad, key.bias.grad, value.bias.grad}, what);
+  return fused;
 }
 
 RobertaLayer::Settings RobertaLayer::settings(const RobertaConfig& config,
@@ -129,21 +144,19 @@ void RobertaLayer::forward(const Tensor& input, const ops::Sequences& seqs,
   const int64_t tokens = input.size(0), d = input.size(1), ffn = ffn_in.out_features();
   const DType dtype = input.dtype();
   const Device device = input.device();
-  for (Tensor* t : {&s.q, &s.k, &s.v, &s.context, &s.attn_sum, &s.hidden, &s.ffn_sum, &s.out,
-                    &scratch.branch})
+  for (Tensor* t : {&s.context, &s.attn_sum, &s.hidden, &s.ffn_sum, &s.out, &scratch.branch})
     ensure_tensor(*t, {tokens, d}, dtype, device);
+  ensure_tensor(s.qkv, {tokens, 3 * d}, dtype, device);
   ensure_tensor(s.lse, {settings.heads, tokens}, ops::accumulation_dtype(dtype), device);
   ensure_tensor(s.ffn_pre, {tokens, ffn}, dtype, device);
   ensure_tensor(s.ffn_act, {tokens, ffn}, dtype, device);
   const double p = settings.hidden_dropout;
 
   // Self-attention block: hidden = LN(input + dropout(W_o · attention(q, k, v))).
-  query.forward(input, s.q);
-  key.forward(input, s.k);
-  value.forward(input, s.v);
-  ops::attention_forward(s.q, s.k, s.v, seqs, settings.heads, settings.causal,
-                         settings.attention_dropout, settings.attention_probs_key, s.context,
-                         s.lse);
+  qkv().forward(input, s.qkv);
+  ops::attention_forward(third(s.qkv, 0), third(s.qkv, 1), third(s.qkv, 2), seqs, settings.heads,
+                         settings.causal, settings.attention_dropout, settings.attention_probs_key,
+                         s.context, s.lse);
   attn_out.forward(s.context, scratch.branch);
   if (p > 0)
     ops::dropout_forward(scratch.branch, p, settings.attention_out_key, seqs, scratch.branch);
@@ -167,9 +180,9 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
   const Device device = input.device();
   check_shape(grad_out, {tokens, d}, "RobertaLayer::backward grad_out");
   check_shape(grad_input, {tokens, d}, "RobertaLayer::backward grad_input");
-  for (Tensor* t : {&scratch.grad_hidden, &scratch.grad_branch, &scratch.grad_q, &scratch.grad_k,
-                    &scratch.grad_v, &scratch.grad_context})
+  for (Tensor* t : {&scratch.grad_hidden, &scratch.grad_branch, &scratch.grad_context})
     ensure_tensor(*t, {tokens, d}, dtype, device);
+  ensure_tensor(scratch.grad_qkv, {tokens, 3 * d}, dtype, device);
   ensure_tensor(scratch.grad_ffn, {tokens, ffn_in.out_features()}, dtype, device);
   const double p = settings.hidden_dropout;
 
@@ -184,7 +197,7 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
                    /*input_gelu_pre=*/&s.ffn_pre);
   ffn_in.backward(s.hidden, scratch.grad_ffn, &scratch.grad_hidden, /*accumulate_dx=*/true);
 
-  // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projections' gradients.
+  // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projection's gradient.
   attn_norm.backward(s.attn_sum, scratch.grad_hidden, s.attn_norm, grad_input);
   grad_branch = &grad_input;
   if (p > 0) {
@@ -192,13 +205,11 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
     grad_branch = &scratch.grad_branch;
   }
   attn_out.backward(s.context, *grad_branch, &scratch.grad_context);
-  ops::attention_backward(scratch.grad_context, s.q, s.k, s.v, s.context, s.lse, seqs,
-                          settings.heads, settings.causal, settings.attention_dropout,
-                          settings.attention_probs_key, scratch.grad_q, scratch.grad_k,
-                          scratch.grad_v);
-  query.backward(input, scratch.grad_q, &grad_input, /*accumulate_dx=*/true);
-  key.backward(input, scratch.grad_k, &grad_input, true);
-  value.backward(input, scratch.grad_v, &grad_input, true);
+  Tensor dq = third(scratch.grad_qkv, 0), dk = third(scratch.grad_qkv, 1), dv = third(scratch.grad_qkv, 2);
+  ops::attention_backward(scratch.grad_context, third(s.qkv, 0), third(s.qkv, 1), third(s.qkv, 2),
+                          s.context, s.lse, seqs, settings.heads, settings.causal,
+                          settings.attention_dropout, settings.attention_probs_key, dq, dk, dv);
+  qkv().backward(input, scratch.grad_qkv, &grad_input, /*accumulate_dx=*/true);
 }
 
 // ---- construction -----------------------------------------------------------------------------

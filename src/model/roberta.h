@@ -90,7 +90,13 @@ struct RobertaLayer {
 
   // Parameters named "<prefix>attention.self.query.weight", ... as in Hugging Face.
   void allocate(const std::string& prefix, const RobertaConfig& config, DType dtype, Device device);
+  // Lists the Q, K and V weights, then their biases, before the rest: packed in this order
+  // (pack_parameters, which the models call), each triple lies back to back, and qkv() is one
+  // projection.
   void collect(ParameterList& out);
+  // Q, K and V as one projection [3d] of the input: views of the three Linears' weights [3d, d]
+  // and biases [3d], so one GEMM computes all three and one GEMM each gives the gradients.
+  Linear qkv() const;
 
   // How one call runs: the attention heads and mask, and the dropout of the layer's three sites
   // (probability 0: off). The same settings must be given to forward and backward.
@@ -109,7 +115,8 @@ struct RobertaLayer {
   // Activations of one forward call, kept for the backward pass. The layer's input is not
   // copied: the caller keeps it alive until the backward pass.
   struct Saved {
-    Tensor q, k, v, context, lse;
+    Tensor qkv;  // [T, 3d]: Q | K | V, which the attention reads as column slices
+    Tensor context, lse;
     Tensor attn_sum;  // input + dropout(attn_out(context)), before attn_norm
     LayerNorm::Saved attn_norm;
     Tensor hidden;    // attn_norm output
@@ -122,7 +129,8 @@ struct RobertaLayer {
   // Buffers that live only within one forward or backward call; layers of one shape share them.
   struct Scratch {
     Tensor branch;  // a residual branch's output before the add
-    Tensor grad_hidden, grad_branch, grad_ffn, grad_q, grad_k, grad_v, grad_context;
+    Tensor grad_hidden, grad_branch, grad_ffn, grad_context;
+    Tensor grad_qkv;  // [T, 3d]: dQ | dK | dV
   };
 
   // saved.out [T, d] = layer(input [T, d]) over the sequences `seqs`.
