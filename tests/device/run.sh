@@ -122,14 +122,14 @@ for w in "${workloads[@]}"; do
     out=$(q timeout 180 "$bin/qarac-bench" --workload classifier --device cuda --dtype bf16 --preset base \
           --seq "$1" --batch "$2" $ragged --warmup 3 --iters "$iters" 2>&1) || status=1
     echo "$out"
-    summary+=("qarac S=$1 B=$2 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
+    summary+=("qarac S=$1 B=$2 ${ragged:+ragged}|bench|$(echo "$out" | grep -m1 "ms/step")")
   done
 done
 for ragged in "" "--ragged"; do
   out=$(q timeout 240 "$bin/qarac-bench" --workload qarac --device cuda --dtype bf16 --preset base \
         --batch 64 $ragged --warmup 3 --iters "$iters" 2>&1) || status=1
   echo "$out"
-  summary+=("qarac QARAC step B=64 ${ragged:+ragged}|bench|$(echo "$out" | tail -1)")
+  summary+=("qarac QARAC step B=64 ${ragged:+ragged}|bench|$(echo "$out" | grep -m1 "ms/step")")
 done
 
 # ---- qarac-train end to end on one GPU beside those figures: data loading, metrics and a
