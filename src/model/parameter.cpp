@@ -32,24 +32,26 @@ void pack_parameters(const ParameterList& params) {
     total += p->value.numel();
   }
   const bool shared_master = first.master.raw() == first.value.raw();
-  const Device device = first.value.device();
-  const Tensor value = Tensor::empty({total}, first.value.dtype(), device);
-  const Tensor grad = Tensor::empty({total}, first.grad.dtype(), device);
-  const Tensor master = shared_master ? value : Tensor::empty({total}, first.master.dtype(), device);
-  int64_t offset = 0;
-  for (Parameter* p : params) {
-    const Shape& shape = p->value.shape();
-    const int64_t end = offset + p->value.numel();
-    Tensor v = value.slice(0, offset, end).reshape(shape), g = grad.slice(0, offset, end).reshape(shape),
-           m = master.slice(0, offset, end).reshape(shape);
-    if (!shared_master) m.copy_(p->master);
-    v.copy_(p->value);
-    g.copy_(p->grad);
-    p->value = std::move(v);
-    p->grad = std::move(g);
-    p->master = std::move(m);
-    offset = end;
-  }
+  // One role at a time, so the tensors a role leaves are freed before the next buffer is
+  // allocated: packing needs the model's memory plus one role's, not twice the model's.
+  auto move_role = [&](Tensor Parameter::*role) {
+    const Tensor arena = Tensor::empty({total}, (first.*role).dtype(), first.value.device());
+    int64_t offset = 0;
+    for (Parameter* p : params) {
+      Tensor& t = p->*role;
+      const int64_t end = offset + t.numel();
+      Tensor view = arena.slice(0, offset, end).reshape(t.shape());
+      view.copy_(t);
+      t = std::move(view);
+      offset = end;
+    }
+  };
+  move_role(&Parameter::value);
+  if (shared_master)
+    for (Parameter* p : params) p->master = p->value;
+  else
+    move_role(&Parameter::master);
+  move_role(&Parameter::grad);
 }
 
 std::vector<ParameterSpan> parameter_spans(const ParameterList& params) {
