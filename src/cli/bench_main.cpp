@@ -421,12 +421,12 @@ int run(int argc, char** argv) {
   std::mt19937_64 gen(c.seed);
   double seconds = 0;
   StepCount total;
-  uint64_t ops = 0, memory = 0;  // over the timed steps
+  uint64_t ops = 0, memory = 0, allocations = 0;  // over the timed steps
   for (int it = 0; it < c.warmup + c.iters; ++it) {
     const StepCount count = workload->prepare(gen);  // batches built and uploaded, untimed
     synchronize(device);
     if (it == c.warmup) profile_range(device, true);
-    const uint64_t ops0 = ops::dispatched_ops(), memory0 = memory_calls();
+    const uint64_t ops0 = ops::dispatched_ops(), memory0 = memory_calls(), allocations0 = buffer_allocations();
     const auto t0 = std::chrono::steady_clock::now();
     workload->step(static_cast<uint64_t>(it));
     synchronize(device);
@@ -435,6 +435,7 @@ int run(int argc, char** argv) {
       total += count;
       ops += ops::dispatched_ops() - ops0;
       memory += memory_calls() - memory0;
+      allocations += buffer_allocations() - allocations0;
     }
   }
   profile_range(device, false);
@@ -452,8 +453,9 @@ int run(int argc, char** argv) {
     const double peak = measure_gemm_peak(device);
     std::printf(", %.1f%% of the measured bf16 GEMM peak %.0f TFLOP/s", 100 * total.flops / seconds / 1e12 / peak, peak);
   }
-  std::printf("\n  %.0f ops and %.0f copies or memsets dispatched per step\n", static_cast<double>(ops) / c.iters,
-              static_cast<double>(memory) / c.iters);
+  std::printf("\n  per step: %.0f ops, %.0f copies or memsets, %.0f buffer allocations\n",
+              static_cast<double>(ops) / c.iters, static_cast<double>(memory) / c.iters,
+              static_cast<double>(allocations) / c.iters);
   return 0;
 }
 

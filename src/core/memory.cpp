@@ -220,8 +220,17 @@ void cuda_empty_cache() {
 #endif
 }
 
+namespace {
+// What qarac-bench reports per step (memory.h).
+std::atomic<uint64_t> memory_call_count{0}, allocation_count{0};
+}  // namespace
+
+uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
+uint64_t buffer_allocations() { return allocation_count.load(std::memory_order_relaxed); }
+
 Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
+  allocation_count.fetch_add(1, std::memory_order_relaxed);
   if (device.is_cpu()) {
     const size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
     data_ = std::aligned_alloc(kHostAlignment, rounded);
@@ -245,12 +254,6 @@ Buffer::~Buffer() {
 #endif
   }
 }
-
-namespace {
-std::atomic<uint64_t> memory_call_count{0};
-}  // namespace
-
-uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (bytes == 0) return;

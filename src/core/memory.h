@@ -65,5 +65,7 @@ void zero_bytes(void* dst, Device device, size_t bytes);
 // The copy_bytes and zero_bytes calls so far that moved or cleared any bytes: on CUDA each is a
 // cudaMemcpy or cudaMemset (qarac-bench prints them per step next to the ops).
 uint64_t memory_calls();
+// The Buffers of any bytes allocated so far (on CUDA from the caching allocator or cudaMalloc).
+uint64_t buffer_allocations();
 
 }  // namespace qarac

@@ -125,6 +125,20 @@ Tensor Tensor::select(int64_t index) const {
   return t;
 }
 
+int64_t Tensor::capacity() const {
+  if (!buffer_) return 0;
+  return static_cast<int64_t>(buffer_->bytes() / dtype_size(dtype_) - offset_);
+}
+
+Tensor Tensor::resized(const Shape& shape) const {
+  QARAC_CHECK(shape_numel(shape) <= capacity(), "resized: ", shape_str(shape), " does not fit the buffer of ",
+              str(), " (", capacity(), " elements)");
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  return t;
+}
+
 bool Tensor::follows(const Tensor& prev) const {
   return buffer_ && buffer_ == prev.buffer_ && dtype_ == prev.dtype_ && is_contiguous() &&
          prev.is_contiguous() && offset_ == prev.offset_ + static_cast<size_t>(prev.numel());

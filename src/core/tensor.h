@@ -54,6 +54,13 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;  // contiguous only; one dimension may be -1
   Tensor slice(int d, int64_t begin, int64_t end) const;
   Tensor select(int64_t i) const;  // index dimension 0, dropping it
+  // The elements of the buffer from this view's first one to the buffer's end.
+  int64_t capacity() const;
+  // Whether another tensor (a view) holds this one's buffer too.
+  bool buffer_shared() const { return buffer_.use_count() > 1; }
+  // A contiguous view of `shape` starting at this view's first element; the buffer must hold it
+  // (capacity). For buffers reused as shapes change (model/layers.h ensure_tensor).
+  Tensor resized(const Shape& shape) const;
   // Whether this view begins where `prev` ends, in the same buffer (both contiguous, one dtype).
   bool follows(const Tensor& prev) const;
   // Views that follow one another (follows) as one flat view [Σ numel], e.g. the Q, K and V

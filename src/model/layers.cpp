@@ -3,8 +3,15 @@
 namespace qarac {
 
 void ensure_tensor(Tensor& t, const Shape& shape, DType dtype, Device device) {
-  if (t.defined() && t.shape() == shape && t.dtype() == dtype && t.device() == device) return;
-  t = Tensor::empty(shape, dtype, device);
+  const int64_t numel = shape_numel(shape);
+  if (t.defined() && t.dtype() == dtype && t.device() == device) {
+    if (t.shape() == shape) return;
+    if (t.is_contiguous() && !t.buffer_shared() && numel <= t.capacity()) {
+      t = t.resized(shape);
+      return;
+    }
+  }
+  t = Tensor::empty({numel + numel / 16}, dtype, device).resized(shape);
 }
 
 void Linear::allocate(const std::string& prefix, int64_t in, int64_t out, DType dtype, Device device) {

@@ -9,8 +9,10 @@
 
 namespace qarac {
 
-// Reuses `t` when it already has this shape, dtype and device, so that a step after the first
-// allocates nothing; otherwise allocates it.
+// Makes `t` a tensor of this shape, dtype and device, reusing its buffer when it is large enough,
+// so that steps after the first allocate nothing even as ragged batches change the token count.
+// A new buffer gets 1/16 more room than asked: the largest batch of a run is soon reached. A
+// buffer that another tensor holds too (a view of it) is never reused for another shape.
 void ensure_tensor(Tensor& t, const Shape& shape, DType dtype, Device device);
 
 struct Linear {

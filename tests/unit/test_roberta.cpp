@@ -214,6 +214,33 @@ TEST(Parameters, ModelsArePackedIntoAFewSpans) {
   EXPECT_EQ(parameter_spans(tied.parameters()).size(), 3u);
 }
 
+// Activations keep their buffers as ragged batches change the token count: a smaller shape and a
+// larger one within the 1/16 of room are views of the same buffer; beyond it, or when a view of
+// the buffer is held elsewhere, or for another dtype, a new buffer is allocated.
+TEST(EnsureTensor, ReusesItsBufferAsTheTokenCountChanges) {
+  Tensor t;
+  ensure_tensor(t, {32, 4}, DType::f32, Device::cpu());
+  const void* first = t.raw();
+  EXPECT_EQ(t.capacity(), 128 + 8);
+  ensure_tensor(t, {20, 4}, DType::f32, Device::cpu());
+  EXPECT_EQ(t.raw(), first);
+  EXPECT_EQ(t.shape(), (Shape{20, 4}));
+  EXPECT_TRUE(t.is_contiguous());
+  ensure_tensor(t, {34, 4}, DType::f32, Device::cpu());
+  EXPECT_EQ(t.raw(), first);
+  ensure_tensor(t, {35, 4}, DType::f32, Device::cpu());
+  EXPECT_NE(t.raw(), first);
+  const void* second = t.raw();
+  const Tensor held = t.slice(0, 0, 2);
+  ensure_tensor(t, {3, 4}, DType::f32, Device::cpu());
+  EXPECT_NE(t.raw(), second);
+  EXPECT_EQ(held.raw(), second);
+  const void* third = t.raw();
+  ensure_tensor(t, {3, 4}, DType::f64, Device::cpu());
+  EXPECT_NE(t.raw(), third);
+  EXPECT_EQ(t.dtype(), DType::f64);
+}
+
 TEST(TokenBatch, PackingKeepsRealTokensWithRobertaPositions) {
   // A hole in the mask (a pad in the middle) is dropped like trailing padding: RoBERTa's position
   // ids count real tokens only.
