@@ -14,6 +14,7 @@
 
 #include "core/atomic_file.h"
 #include "core/check_hdf5.h"
+#include "core/log.h"
 #include "core/hdf5.h"
 #include "core/memory.h"
 
@@ -133,8 +134,12 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
   const bool json = json_lines(path) && path != "-";
   std::vector<std::string> texts;
   const std::vector<std::string> lines = lines_of(path);
+  std::vector<size_t> skipped;  // line numbers
   for (size_t i = 0; i < lines.size(); ++i) {
-    if (lines[i].empty()) continue;
+    if (lines[i].empty()) {
+      skipped.push_back(i + 1);
+      continue;
+    }
     if (!json) {
       texts.push_back(lines[i]);
       continue;
@@ -150,6 +155,10 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
                       ": no string field \"", field, "\" (see --field)");
     texts.push_back(j[field].get<std::string>());
   }
+  // Said, because row i of the output is then not line i of the input.
+  if (!skipped.empty())
+    log::warn(path, ": ", skipped.size(), skipped.size() == 1 ? " empty line skipped (line " : " empty lines skipped (the first: line ",
+              skipped.front(), "): the output has a row per non-empty line");
   return texts;
 }
 

@@ -21,7 +21,8 @@ Device parse_device(const std::string& name);
 
 // The texts of `path` ("-": standard input): JSON lines when it ends in .jsonl or .json (each
 // line an object whose `field` is a string, or a JSON string), else one text per line. Empty
-// lines are skipped. InputError naming file:line for a line that is not what the format says.
+// lines are skipped, with a warning naming the first. InputError naming file:line for a line
+// that is not what the format says.
 std::vector<std::string> read_texts(const std::string& path, const std::string& field);
 
 // By the extension: .npy (a little-endian f32 [rows, cols] array, C order), .h5 (dataset

@@ -111,6 +111,14 @@ class ConfigReader {
     }
   }
 
+  void get(const char* key, bool& out) const {
+    if (const json* v = find(key, false)) {
+      QARAC_INPUT_CHECK(v->is_boolean(), path_, ": key '", key, "' must be true or false, found ",
+                        describe(*v));
+      out = v->get<bool>();
+    }
+  }
+
   void get(const char* key, std::string& out) const {
     if (const json* v = find(key, false)) {
       QARAC_INPUT_CHECK(v->is_string(), path_, ": key '", key, "' must be a string, found ",
@@ -126,7 +134,7 @@ class ConfigReader {
 
 }  // namespace
 
-RobertaConfig read_hf_config(const std::string& path) {
+RobertaConfig read_hf_config(const std::string& path, bool* is_decoder) {
   std::ifstream in(path);
   QARAC_INPUT_CHECK(in, path, ": cannot open for reading (", std::strerror(errno), ")");
   std::error_code ec;
@@ -166,6 +174,10 @@ RobertaConfig read_hf_config(const std::string& path) {
   reader.get("bos_token_id", c.bos_token_id);
   reader.get("eos_token_id", c.eos_token_id);
   reader.get("hidden_act", c.hidden_act);
+  if (is_decoder) {
+    *is_decoder = false;
+    reader.get("is_decoder", *is_decoder);
+  }
 
   QARAC_INPUT_CHECK(c.hidden_act == "gelu", path, ": hidden_act '", printable(c.hidden_act),
                     "' is not supported (only 'gelu', the erf form)");

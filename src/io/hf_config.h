@@ -10,8 +10,10 @@ namespace qarac::io {
 // Reads a RoBERTa config.json. Refuses (qarac::InputError naming the file and the key) a missing
 // or mistyped required key, sizes that are not positive or beyond the bounds of hf_config.cpp
 // (checked before anything multiplies or allocates them), hidden_size not divisible by the heads,
-// and any hidden_act other than "gelu" (the erf GELU, the only activation implemented).
-RobertaConfig read_hf_config(const std::string& path);
+// and any hidden_act other than "gelu" (the erf GELU, the only activation implemented). With
+// `is_decoder`, also its "is_decoder" (false when absent): whether the base is causal, as the
+// QARAC decoder's export says.
+RobertaConfig read_hf_config(const std::string& path, bool* is_decoder = nullptr);
 // What transformers should make of an exported directory.
 struct HfConfigOptions {
   std::string architecture = "RobertaForMaskedLM";  // or "RobertaModel" (no MLM head applies)

@@ -16,15 +16,23 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
-// The export's tensors by model parameter name, its config and tokenizer.
+// The export's tensors by model parameter name, its config and tokenizer. The config says which
+// model it is ("is_decoder"), so the other kind is refused before its weights are read.
 template <class Model>
-LoadedModel<Model> read_export(const std::string& dir, TensorMap& tensors, std::string& source) {
+LoadedModel<Model> read_export(const std::string& dir, bool decoder, TensorMap& tensors, std::string& source) {
   std::error_code ec;
   QARAC_INPUT_CHECK(fs::is_directory(dir, ec), dir, ": is not a directory (expected a QARAC export",
                     " with config.json, model.safetensors and the tokenizer files)");
   const fs::path config = fs::path(dir) / "config.json";
   QARAC_INPUT_CHECK(fs::is_regular_file(config, ec), dir, ": config.json is missing");
-  LoadedModel<Model> out{dir, read_hf_config(config.string()), data::Tokenizer::from_dir(dir), {}};
+  bool is_decoder = false;
+  const RobertaConfig model_config = read_hf_config(config.string(), &is_decoder);
+  QARAC_INPUT_CHECK(is_decoder == decoder, dir, ": is ",
+                    is_decoder ? "a decoder export" : "an encoder export or a plain RoBERTa",
+                    " (config.json: \"is_decoder\": ", is_decoder ? "true" : "false", "); ",
+                    decoder ? "the decoder export is needed here"
+                            : "an encoder export (question_encoder or answer_encoder) is needed here");
+  LoadedModel<Model> out{dir, model_config, data::Tokenizer::from_dir(dir), {}};
   for (auto& [name, tensor] : read_hf_weights(dir, &source))
     tensors.emplace(starts_with(name, "roberta.") ? name.substr(8) : name, std::move(tensor));
   QARAC_INPUT_CHECK(static_cast<int64_t>(out.tokenizer.vocab_size()) == out.config.vocab_size, dir,
@@ -38,7 +46,7 @@ LoadedModel<Model> read_export(const std::string& dir, TensorMap& tensors, std::
 LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType dtype, Device device) {
   TensorMap tensors;
   std::string source;
-  LoadedModel<SentenceEncoder> out = read_export<SentenceEncoder>(dir, tensors, source);
+  LoadedModel<SentenceEncoder> out = read_export<SentenceEncoder>(dir, false, tensors, source);
   auto base = std::make_shared<RobertaEncoder>(out.config, dtype, device);
   out.model = std::make_unique<SentenceEncoder>(base, fs::path(dir).filename().string());
   load_parameters(out.model->parameters(), tensors, source);
@@ -48,7 +56,7 @@ LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType d
 LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, Device device) {
   TensorMap tensors;
   std::string source;
-  LoadedModel<Decoder> out = read_export<Decoder>(dir, tensors, source);
+  LoadedModel<Decoder> out = read_export<Decoder>(dir, true, tensors, source);
   const bool tied = !tensors.count("lm_head.decoder.weight");
   out.model = std::make_unique<Decoder>(out.config, tied, /*vocab_multiple=*/64, dtype, device,
                                         /*dropout_stream=*/0);

@@ -340,8 +340,26 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
   }
   r = run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --vectors " + npy + " --input x");
   EXPECT_EQ(r.code, 2) << r.output;
+  // An export of the other kind is named as such, before its weights are read.
   r = run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + ae + " --vectors " + npy);
-  EXPECT_EQ(r.code, 2) << r.output;  // an encoder is not a decoder: a tensor is missing
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(ae + ": is an encoder export or a plain RoBERTa (config.json: \"is_decoder\": false); the "
+                          "decoder export is needed here"),
+            std::string::npos)
+      << r.output;
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + dec + " --input " + texts.string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(dec + ": is a decoder export"), std::string::npos) << r.output;
+
+  // Empty lines of a text file are skipped, and said: the rows no longer follow the lines.
+  const fs::path gaps = tmp_.path / "gaps.txt";
+  std::ofstream(gaps) << kTexts[0] << "\n\n" << kTexts[1] << "\n\n";
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + gaps.string() + " --output " + npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(cli::read_vectors(npy).rows, 2);
+  EXPECT_NE(r.output.find("gaps.txt: 2 empty lines skipped (the first: line 2): the output has a row per non-empty line"),
+            std::string::npos)
+      << r.output;
 }
 
 }  // namespace
