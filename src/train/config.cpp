@@ -214,22 +214,55 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
+// Whether option names `a` and `b` (the parts after the sections) are one word, or one is the
+// other with a "_suffix": "clip" and "clip_norm".
+bool same_stem(const std::string& a, const std::string& b) {
+  const std::string& shorter = a.size() <= b.size() ? a : b;
+  const std::string& longer = a.size() <= b.size() ? b : a;
+  return shorter.size() >= 2 && longer.compare(0, shorter.size(), shorter) == 0 &&
+         (longer.size() == shorter.size() || longer[shorter.size()] == '_');
+}
+
+// The names Hugging Face's TrainingArguments give the settings people carry over most often.
+struct FamiliarName {
+  const char* familiar;
+  const char* key;
+};
+constexpr FamiliarName kFamiliarNames[] = {
+    {"learning_rate", "optimizer.lr"},        {"max_steps", "train.steps"},
+    {"max_grad_norm", "optimizer.clip"},      {"adam_beta1", "optimizer.beta1"},
+    {"adam_beta2", "optimizer.beta2"},        {"adam_epsilon", "optimizer.eps"},
+    {"lr_scheduler_type", "optimizer.decay"}, {"output_dir", "output"},
+    {"optim", "optimizer.name"},              {"save_steps", "checkpoint.every"},
+    {"save_total_limit", "checkpoint.keep"},  {"eval_steps", "eval.every"},
+    {"logging_steps", "train.log_every"},
+    {"num_train_epochs", "train.steps (a run counts optimizer steps, not epochs)"},
+    {"per_device_train_batch_size", "task.ed.batch, task.qa.batch, task.rs.batch and task.cs.batch (global batches)"},
+};
+
 // " (did you mean KEY?)" for the declared key closest to an unknown `name`: a key it ends (the
-// section left out: "lr" for optimizer.lr), or one a few typos away; "" when none is close.
+// section left out: "lr" for optimizer.lr), a Hugging Face Trainer name (learning_rate), one of
+// the same stem in any section ("train.clip_norm" for optimizer.clip), then one a few typos
+// away; "" when none is close.
 std::string suggestion(const Declarations& d, const std::string& name) {
-  std::string best;
+  const std::string option = name.substr(name.rfind('.') + 1);  // npos + 1 = 0: no section
+  for (const FamiliarName& f : kFamiliarNames)
+    if (option == f.familiar) return std::string(" (did you mean ") + f.key + "?)";
+  std::string best, stem;
   size_t best_distance = std::max<size_t>(2, name.size() / 4) + 1;
   for (const Key& key : d.keys) {
     const std::string& k = key.name;
     if (k.size() > name.size() && k.compare(k.size() - name.size(), name.size(), name) == 0 &&
         k[k.size() - name.size() - 1] == '.')
       return " (did you mean " + k + "?)";
+    if (stem.empty() && same_stem(option, k.substr(k.rfind('.') + 1))) stem = k;
     const size_t distance = edit_distance(name, k);
     if (distance < best_distance) {
       best_distance = distance;
       best = k;
     }
   }
+  if (!stem.empty()) best = stem;
   return best.empty() ? "" : " (did you mean " + best + "?)";
 }
 

@@ -24,6 +24,13 @@ TEST_F(TrainOptionsCli, MisspeltKeysGetASuggestion) {
   expect_usage_error("--optimizer.warmpu 3", {"'--optimizer.warmpu'", "did you mean optimizer.warmup?"});
   expect_usage_error("--lr 3e-5", {"'--lr'", "did you mean optimizer.lr?"});
   expect_usage_error("--train.stpes 3", {"did you mean train.steps?"});
+  // The option in another section, or with a suffix other tools give it.
+  expect_usage_error("--train.clip_norm 1", {"'--train.clip_norm'", "did you mean optimizer.clip?"});
+  expect_usage_error("--optimizer.weight_decay_rate 0", {"did you mean optimizer.weight_decay?"});
+  expect_usage_error("--train.lr 3e-5", {"did you mean optimizer.lr?"});
+  // Hugging Face Trainer's names for the same settings.
+  expect_usage_error("--learning_rate 3e-5", {"'--learning_rate'", "did you mean optimizer.lr?"});
+  expect_usage_error("--max_steps 10", {"did you mean train.steps?"});
   const fs::path ini = root() / "typo.ini";
   std::ofstream(ini) << "# a comment\n[optimizer]\nlr = 1e-5\n\nwarmpu = 10\n";
   expect_usage_error("--config " + ini.string(), {ini.string() + ", line 5", "did you mean optimizer.warmup?"});
