@@ -6,6 +6,7 @@
 #include <hdf5.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -187,7 +188,14 @@ void write_vectors(const std::string& path, const Vectors& v) {
 }
 
 Vectors read_vectors(const std::string& path) {
-  if (ends_with(path, ".npy")) return read_npy(path);
+  if (ends_with(path, ".npy")) {
+    Vectors v = read_npy(path);
+    // NaN or ±inf would decode to garbage without a word.
+    for (size_t i = 0; i < v.values.size(); ++i)
+      QARAC_INPUT_CHECK(std::isfinite(v.values[i]), path, ": row ", i / static_cast<size_t>(v.cols), " (from 0) has ",
+                        v.values[i], " at column ", i % static_cast<size_t>(v.cols), ": vectors must be finite");
+    return v;
+  }
   QARAC_INPUT_CHECK(json_lines(path), path, ": unknown vector format (.npy or .jsonl)");
   Vectors v;
   const std::vector<std::string> lines = lines_of(path);
@@ -204,6 +212,7 @@ Vectors read_vectors(const std::string& path) {
     for (const auto& x : j) {
       QARAC_INPUT_CHECK(x.is_number(), where, ": ", x.dump(), " is not a number");
       v.values.push_back(x.get<float>());
+      QARAC_INPUT_CHECK(std::isfinite(v.values.back()), where, ": ", x.dump(), " is beyond the float range");
     }
     ++v.rows;
   }

@@ -262,6 +262,14 @@ TEST_F(ExportsTest, VectorFilesRoundTrip) {
   std::ofstream(tmp_.path / "bad.jsonl") << "[1, 2]\n[1]\n";
   expect_input_error([&] { cli::read_vectors((tmp_.path / "bad.jsonl").string()); },
                      {"bad.jsonl:2", "1 numbers, the first vector has 2"});
+  // Non-finite vectors would decode to garbage: refused, naming where.
+  std::ofstream(tmp_.path / "big.jsonl") << "[1, 2]\n[1e39, 0]\n";
+  expect_input_error([&] { cli::read_vectors((tmp_.path / "big.jsonl").string()); },
+                     {"big.jsonl:2", "1e+39 is beyond the float range"});
+  v.values[4] = std::nanf("");
+  cli::write_vectors((tmp_.path / "nan.npy").string(), v);
+  expect_input_error([&] { cli::read_vectors((tmp_.path / "nan.npy").string()); },
+                     {"nan.npy: row 1 (from 0) has nan at column 1", "must be finite"});
   std::ofstream(tmp_.path / "t.jsonl") << "{\"text\": \"a\"}\n\"b\"\n{\"other\": 1}\n";
   expect_input_error([&] { cli::read_texts((tmp_.path / "t.jsonl").string(), "text"); },
                      {"t.jsonl:3", "no string field \"text\""});
