@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cli/run_main.h"
-#include "cli/vector_files.h"
+#include "cli/sentence_vectors.h"
 #include "cli/version.h"
 #include "data/readers.h"
 #include "data/shards.h"
@@ -24,26 +24,7 @@ using namespace qarac;
 
 namespace {
 
-using Encoder = io::LoadedModel<SentenceEncoder>;
-
-// The vectors of `sequences` (token ids), `batch` at a time: no dropout, bidirectional.
-cli::Vectors encode(Encoder& encoder, const std::vector<std::vector<int32_t>>& sequences, int64_t batch,
-                    Device device) {
-  cli::Vectors out;
-  out.cols = encoder.config.hidden_size;
-  SentenceEncoder::Activations acts;
-  for (size_t begin = 0; begin < sequences.size(); begin += static_cast<size_t>(batch)) {
-    const size_t end = std::min(sequences.size(), begin + static_cast<size_t>(batch));
-    const std::vector<std::vector<int32_t>> part(sequences.begin() + static_cast<std::ptrdiff_t>(begin),
-                                                 sequences.begin() + static_cast<std::ptrdiff_t>(end));
-    const TokenBatch tokens = TokenBatch::from_sequences(part, encoder.config.pad_token_id, device);
-    const Tensor& v = encoder.model->forward(tokens, ForwardOptions{}, acts);
-    const std::vector<float> host = v.to(Device::cpu()).to(DType::f32).to_vector<float>();
-    out.values.insert(out.values.end(), host.begin(), host.end());
-  }
-  out.rows = static_cast<int64_t>(sequences.size());
-  return out;
-}
+using cli::Encoder;
 
 std::vector<std::vector<int32_t>> sequences(const data::Ragged& r) {
   std::vector<std::vector<int32_t>> out;
@@ -113,8 +94,8 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   QARAC_INPUT_CHECK(r.candidates.sentences.count() > 0, source, ": none of the first ", n,
                     " examples has candidate sentences");
   // One batch of all n, as the evaluator encodes them; the candidates n at a time likewise.
-  const cli::Vectors q = encode(question, r.questions, n, device);
-  const cli::Vectors a = encode(answer, r.answers, n, device);
+  const cli::Vectors q = cli::encode(question, r.questions, n, device);
+  const cli::Vectors a = cli::encode(answer, r.answers, n, device);
   EvalResult result;
   add_selection_metrics(*answer.model, r.candidates, q.values, a.values, n, static_cast<size_t>(q.cols),
                         answer.config, device, result);
@@ -159,9 +140,7 @@ int main(int argc, char** argv) {
     }
     QARAC_INPUT_CHECK(!model.empty() && !input.empty(), "give --model and --input, or --rank (see --help)");
     Encoder encoder = io::load_encoder_export(model, DType::f32, device);
-    std::vector<std::vector<int32_t>> ids;
-    for (const std::string& text : cli::read_texts(input, field)) ids.push_back(encoder.tokenizer.encode(text));
-    cli::write_vectors(output, encode(encoder, ids, batch, device));
+    cli::write_vectors(output, cli::encode_texts(encoder, input, field, batch, device));
     return 0;
   });
 }

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cli/run_main.h"
-#include "cli/vector_files.h"
+#include "cli/sentence_vectors.h"
 #include "cli/version.h"
 #include "core/atomic_file.h"
 #include "io/qarac_export.h"
@@ -19,30 +19,6 @@
 
 namespace po = boost::program_options;
 using namespace qarac;
-
-namespace {
-
-// The answer encoder's (or question encoder's) vectors of `texts`.
-cli::Vectors encode_texts(const std::string& dir, const std::vector<std::string>& texts, int64_t batch,
-                          Device device) {
-  io::LoadedModel<SentenceEncoder> encoder = io::load_encoder_export(dir, DType::f32, device);
-  cli::Vectors out;
-  out.cols = encoder.config.hidden_size;
-  SentenceEncoder::Activations acts;
-  for (size_t begin = 0; begin < texts.size(); begin += static_cast<size_t>(batch)) {
-    std::vector<std::vector<int32_t>> ids;
-    for (size_t i = begin; i < std::min(texts.size(), begin + static_cast<size_t>(batch)); ++i)
-      ids.push_back(encoder.tokenizer.encode(texts[i]));
-    const Tensor& v = encoder.model->forward(
-        TokenBatch::from_sequences(ids, encoder.config.pad_token_id, device), ForwardOptions{}, acts);
-    const std::vector<float> host = v.to(Device::cpu()).to(DType::f32).to_vector<float>();
-    out.values.insert(out.values.end(), host.begin(), host.end());
-  }
-  out.rows = static_cast<int64_t>(texts.size());
-  return out;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   if (cli::version_requested(argc, argv)) return cli::print_version("qarac-generate");
@@ -73,9 +49,13 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(max_tokens >= 0 && batch > 0, "--max-tokens must not be negative and --batch positive");
     const Device device = cli::parse_device(device_name);
 
-    const cli::Vectors vectors = vectors_path.empty()
-                                     ? encode_texts(encoder_dir, cli::read_texts(input, field), batch, device)
-                                     : cli::read_vectors(vectors_path);
+    cli::Vectors vectors;
+    if (vectors_path.empty()) {
+      cli::Encoder encoder = io::load_encoder_export(encoder_dir, DType::f32, device);
+      vectors = cli::encode_texts(encoder, input, field, batch, device);
+    } else {
+      vectors = cli::read_vectors(vectors_path);
+    }
     io::LoadedModel<Decoder> decoder = io::load_decoder_export(decoder_dir, DType::f32, device);
     QARAC_INPUT_CHECK(vectors.rows == 0 || vectors.cols == decoder.config.hidden_size,
                       vectors_path.empty() ? encoder_dir : vectors_path, ": vectors of size ", vectors.cols,

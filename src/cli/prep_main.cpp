@@ -51,14 +51,6 @@ struct Settings {
   WriterOptions writer;
 };
 
-// Cuts an over-long field to max_length tokens, keeping the closing </s> when there is one so
-// that the decoder still learns to stop.
-void truncate_field(std::vector<int32_t>& ids, int64_t max_length, int32_t eos) {
-  const bool keep_eos = !ids.empty() && ids.back() == eos;
-  ids.resize(static_cast<size_t>(max_length));
-  if (keep_eos) ids.back() = eos;
-}
-
 // Tokenises examples a block at a time on several threads and appends them, in input order, to
 // the task's writer; the output does not depend on the thread count.
 class StreamBuilder {
@@ -87,9 +79,7 @@ class StreamBuilder {
       }
       if (too_long) {
         for (auto* texts : {&ids.fields, &ids.candidates})
-          for (auto& t : *texts)
-            if (static_cast<int64_t>(t.size()) > settings_.max_length)
-              truncate_field(t, settings_.max_length, tok_.eos_id());
+          for (auto& t : *texts) truncate_ids(t, settings_.max_length, tok_.eos_id());
         ++source_->truncated;
       }
       writer_.append(ids.fields, block_[i].label, ids.candidates);

@@ -187,6 +187,23 @@ void write_vectors(const std::string& path, const Vectors& v) {
   file.commit();
 }
 
+std::vector<std::vector<int32_t>> tokenize_texts(const data::Tokenizer& tokenizer,
+                                                 const std::vector<std::string>& texts,
+                                                 int64_t max_tokens, const std::string& source) {
+  std::vector<std::vector<int32_t>> ids;
+  size_t cut = 0, first = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    ids.push_back(tokenizer.encode(texts[i]));
+    if (static_cast<int64_t>(ids.back().size()) <= max_tokens) continue;
+    if (cut++ == 0) first = i;
+    data::truncate_ids(ids.back(), max_tokens, tokenizer.eos_id());
+  }
+  if (cut > 0)
+    log::warn(source, ": ", cut, " of ", texts.size(), " texts cut to the model's ", max_tokens,
+              " tokens (the first: text ", first + 1, ")");
+  return ids;
+}
+
 Vectors read_vectors(const std::string& path) {
   if (ends_with(path, ".npy")) {
     Vectors v = read_npy(path);

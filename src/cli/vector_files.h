@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "data/tokenizer.h"
 
 namespace qarac::cli {
 
@@ -24,6 +25,13 @@ Device parse_device(const std::string& name);
 // lines are skipped, with a warning naming the first. InputError naming file:line for a line
 // that is not what the format says.
 std::vector<std::string> read_texts(const std::string& path, const std::string& field);
+
+// The token ids of `texts` (read from `source`), each cut to the `max_tokens` a model takes
+// (RobertaConfig::max_tokens; data::truncate_ids keeps the closing </s>), with a warning naming
+// how many were cut and the first.
+std::vector<std::vector<int32_t>> tokenize_texts(const data::Tokenizer& tokenizer,
+                                                 const std::vector<std::string>& texts,
+                                                 int64_t max_tokens, const std::string& source);
 
 // By the extension: .npy (a little-endian f32 [rows, cols] array, C order), .h5 (dataset
 // "vectors" [rows, cols] f32) or .jsonl/"-" (one {"vector": [...]} per line, to standard

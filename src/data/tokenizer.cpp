@@ -217,4 +217,11 @@ size_t Tokenizer::vocab_size() const { return tables_->tokens.size(); }
 const std::string& Tokenizer::hash() const { return tables_->hash; }
 size_t Tokenizer::cache_size() const { return tables_->cache.size(); }
 
+void truncate_ids(std::vector<int32_t>& ids, int64_t max_length, int32_t eos) {
+  if (static_cast<int64_t>(ids.size()) <= max_length) return;
+  const bool keep_eos = ids.back() == eos;
+  ids.resize(static_cast<size_t>(max_length));
+  if (keep_eos && !ids.empty()) ids.back() = eos;
+}
+
 }  // namespace qarac::data

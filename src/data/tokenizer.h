@@ -95,6 +95,10 @@ class Tokenizer {
   std::shared_ptr<const detail::TokenizerTables> tables_;
 };
 
+// Cuts token ids longer than max_length to max_length, keeping the closing </s> (eos) when there
+// is one, so that a model still sees where the text ends and the decoder learns to stop.
+void truncate_ids(std::vector<int32_t>& ids, int64_t max_length, int32_t eos);
+
 // The pieces the GPT-2 pattern cuts `text` into, as views into it (exposed for tests).
 std::vector<std::string_view> byte_level_pieces(std::string_view text);
 

@@ -369,6 +369,28 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
   EXPECT_NE(r.output.find("gaps.txt: 2 empty lines skipped (the first: line 2): the output has a row per non-empty line"),
             std::string::npos)
       << r.output;
+
+  // A text longer than the position table is cut (keeping </s>), and said; its vector is that of
+  // the cut ids.
+  std::string words;
+  for (int i = 0; i < 2 * m_.config.base.max_position_embeddings; ++i) words += " word";
+  const fs::path longer = tmp_.path / "long.txt";
+  std::ofstream(longer) << kTexts[0] << "\n" << words << "\n";
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + longer.string() + " --output " + npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const int64_t max_tokens = m_.config.base.max_tokens();
+  EXPECT_NE(r.output.find("long.txt: 1 of 2 texts cut to the model's " + std::to_string(max_tokens) +
+                          " tokens (the first: text 2)"),
+            std::string::npos)
+      << r.output;
+  std::vector<int32_t> cut = m_.tokenizer.encode(words);
+  data::truncate_ids(cut, max_tokens, m_.tokenizer.eos_id());
+  EXPECT_EQ(cut.back(), m_.tokenizer.eos_id());
+  SentenceEncoder::Activations cut_acts;  // the batch qarac-embed forms: the same bits
+  const std::vector<float> cut_vectors = host(m_.models->answer_encoder().forward(
+      TokenBatch::from_sequences({m_.tokenizer.encode(kTexts[0]), cut}, m_.config.base.pad_token_id, Device::cpu()),
+      {}, cut_acts));
+  EXPECT_EQ(cli::read_vectors(npy).values, cut_vectors);
 }
 
 }  // namespace
