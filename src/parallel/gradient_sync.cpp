@@ -23,8 +23,8 @@ std::string rank_list(const std::vector<int>& ranks) {
 
 uint64_t replica_checksum(const ParameterList& params) {
   std::vector<uint64_t> hashes;
-  for (const Parameter* p : params) {
-    const Tensor host = p->master.to(Device::cpu());
+  for (const ParameterSpan& span : parameter_spans(params)) {  // a copy to the host per span
+    const Tensor host = span.master.to(Device::cpu());
     hashes.push_back(hash64(host.raw(), host.nbytes()));
   }
   return hash64(hashes.data(), hashes.size() * sizeof(uint64_t));

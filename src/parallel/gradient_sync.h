@@ -46,9 +46,10 @@ struct ParameterGroup {
 std::vector<ParameterGroup> qarac_parameter_groups(const TaskPlan& plan, const ParameterList& all,
                                                    bool shared_encoder_base);
 
-// hash64 (core/hash.h) of every byte of every master weight, then of those hashes in order:
-// replicas updated identically agree bit for bit, and one element that differs anywhere changes
-// it. What check_replicas compares across ranks; never stored.
+// hash64 (core/hash.h) of every byte of the master weights of each packed span
+// (parameter_spans), then of those hashes in order: replicas updated identically agree bit for
+// bit, and one element that differs anywhere changes it. What check_replicas compares across
+// ranks; never stored.
 uint64_t replica_checksum(const ParameterList& params);
 
 // The order in which every rank launches the groups' collectives: the groups by the last of

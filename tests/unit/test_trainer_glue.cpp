@@ -425,10 +425,12 @@ TEST_F(TrainerStep, RestoredLoadersGoOnWithTheSameExamples) {
 // ---- The replica checksum and the diverge fault -------------------------------------------------
 
 // One element changed by one unit in the last place, at every position of every parameter, in
-// f32 and f64 masters: the checksum changes each time, and comes back when the element does.
+// f32 and f64 masters, loose or packed into one span: the checksum changes each time, and comes
+// back when the element does.
 TEST(ReplicaChecksum, SeesOneElementChangedAnywhere) {
-  for (DType dtype : {DType::f32, DType::f64}) {
-    SCOPED_TRACE(dtype_name(dtype));
+  for (const auto& [dtype, packed] : {std::pair{DType::f32, false}, std::pair{DType::f64, false},
+                                      std::pair{DType::f32, true}}) {
+    SCOPED_TRACE(std::string(dtype_name(dtype)) + (packed ? " packed" : ""));
     std::mt19937 rng(5);
     std::vector<Parameter> params(3);
     const std::vector<Shape> shapes = {{4, 5}, {7}, {3, 2, 3}};
@@ -437,6 +439,7 @@ TEST(ReplicaChecksum, SeesOneElementChangedAnywhere) {
       params[k].assign(test_support::uniform(shapes[k], rng));
     }
     const ParameterList list = pointers(params);
+    if (packed) pack_parameters(list);
     const uint64_t original = parallel::replica_checksum(list);
     EXPECT_EQ(parallel::replica_checksum(list), original);
     std::set<uint64_t> seen{original};
