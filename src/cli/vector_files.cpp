@@ -158,7 +158,8 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
   }
   // Said, because row i of the output is then not line i of the input.
   if (!skipped.empty())
-    log::warn(path, ": ", skipped.size(), skipped.size() == 1 ? " empty line skipped (line " : " empty lines skipped (the first: line ",
+    log::warn(path, ": ", skipped.size(),
+              skipped.size() == 1 ? " empty line skipped (line " : " empty lines skipped (the first: line ",
               skipped.front(), "): the output has a row per non-empty line");
   return texts;
 }

@@ -116,11 +116,14 @@ void RobertaLayer::collect(ParameterList& out) {
 Linear RobertaLayer::qkv() const {
   const char* what = "RobertaLayer::qkv (Q, K, V packed back to back)";
   const int64_t d = query.in_features();
+  auto join = [&](Tensor Parameter::*role, Parameter Linear::*which) {
+    return Tensor::join({query.*which.*role, key.*which.*role, value.*which.*role}, what);
+  };
   Linear fused;
-  fused.weight.value = Tensor::join({query.weight.value, key.weight.value, value.weight.value}, what).reshape({3 * d, d});
-  fused.weight.grad = Tensor::join({query.weight.grad, key.weight.grad, value.weight.grad}, what).reshape({3 * d, d});
-  fused.bias.value = Tensor::join({query.bias.value, key.bias.value, value.bias.value}, what);
-  fused.bias.grad = Tensor::join({query.bias.grad, key.bias.grad, value.bias.grad}, what);
+  fused.weight.value = join(&Parameter::value, &Linear::weight).reshape({3 * d, d});
+  fused.weight.grad = join(&Parameter::grad, &Linear::weight).reshape({3 * d, d});
+  fused.bias.value = join(&Parameter::value, &Linear::bias);
+  fused.bias.grad = join(&Parameter::grad, &Linear::bias);
   return fused;
 }
 
