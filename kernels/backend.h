@@ -126,9 +126,9 @@ class Backend {
 // without QARAC_HAVE_CUDA.
 const Backend* find_backend(Device device);
 
-// The ops dispatched in this process so far: every ops.h call, which on CUDA is one kernel or
-// library call (a few ops take two). qarac-bench prints them per step: what a step pays in
-// launches. Args (op_args.h) counts each call.
+// The ops dispatched in this process so far: every ops.h call, each one kernel or library launch
+// on CUDA or a few (linear_backward: two GEMMs and the bias gradient). qarac-bench prints them
+// per step: what a step pays in launches. Args (op_args.h) counts each call.
 uint64_t dispatched_ops();
 void count_dispatch();
 
