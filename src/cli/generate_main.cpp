@@ -14,6 +14,7 @@
 #include "cli/sentence_vectors.h"
 #include "cli/version.h"
 #include "core/atomic_file.h"
+#include "core/progress.h"
 #include "io/qarac_export.h"
 #include "model/generate.h"
 
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
                       vectors_path.empty() ? encoder_dir : vectors_path, ": vectors of size ", vectors.cols,
                       ", the decoder's hidden size is ", decoder.config.hidden_size);
     std::string text;
+    Progress progress(decoder_dir, "vectors decoded", vectors.rows);
     for (int64_t begin = 0; begin < vectors.rows; begin += batch) {
       const int64_t n = std::min(batch, vectors.rows - begin);
       const std::vector<float> part(vectors.values.begin() + begin * vectors.cols,
@@ -73,6 +75,7 @@ int main(int argc, char** argv) {
         // Decoded bytes may cut a UTF-8 character: replaced, not refused, in the JSON text.
         text += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
       }
+      progress.add(n);
     }
     if (output == "-") {
       std::fwrite(text.data(), 1, text.size(), stdout);

@@ -26,6 +26,7 @@
 #include "cli/run_main.h"
 #include "cli/version.h"
 #include "core/log.h"
+#include "core/progress.h"
 #include "data/line_file.h"
 #include "data/readers.h"
 #include "data/shards.h"
@@ -246,8 +247,11 @@ int build(int argc, char** argv) {
       info.sources.emplace_back();
       SourceInfo& src = info.sources.back();
       builder.set_source(&src);
-      const ReadStats stats = read_examples(in.path, in.format, in.encoding, settings.on_error,
-                                            [&](Example&& ex) { builder.add(std::move(ex)); });
+      Progress progress(in.path, "examples read", 0);
+      const ReadStats stats = read_examples(in.path, in.format, in.encoding, settings.on_error, [&](Example&& ex) {
+        builder.add(std::move(ex));
+        progress.add(1);
+      });
       builder.flush();
       src.path = in.path;
       src.format = format_name(in.format);

@@ -2,12 +2,15 @@
 
 #include <algorithm>
 
+#include "core/progress.h"
+
 namespace qarac::cli {
 
 Vectors encode(Encoder& encoder, const std::vector<std::vector<int32_t>>& sequences, int64_t batch, Device device) {
   Vectors out;
   out.cols = encoder.config.hidden_size;
   SentenceEncoder::Activations acts;
+  Progress progress(encoder.dir, "texts encoded", static_cast<int64_t>(sequences.size()));
   for (size_t begin = 0; begin < sequences.size(); begin += static_cast<size_t>(batch)) {
     const size_t end = std::min(sequences.size(), begin + static_cast<size_t>(batch));
     const std::vector<std::vector<int32_t>> part(sequences.begin() + static_cast<std::ptrdiff_t>(begin),
@@ -16,6 +19,7 @@ Vectors encode(Encoder& encoder, const std::vector<std::vector<int32_t>>& sequen
     const Tensor& v = encoder.model->forward(tokens, ForwardOptions{}, acts);
     const std::vector<float> host = v.to(Device::cpu()).to(DType::f32).to_vector<float>();
     out.values.insert(out.values.end(), host.begin(), host.end());
+    progress.add(static_cast<int64_t>(end - begin));
   }
   out.rows = static_cast<int64_t>(sequences.size());
   return out;

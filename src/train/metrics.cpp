@@ -18,28 +18,13 @@
 
 #include "core/atomic_file.h"
 #include "core/log.h"
+#include "core/progress.h"
 
 namespace qarac {
 namespace {
 
 double seconds_since(MetricsLog::Clock::time_point start) {
   return std::chrono::duration<double>(MetricsLog::Clock::now() - start).count();
-}
-
-// "1h02m03s", "4m05s", "6s".
-std::string duration_text(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "?";
-  const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  char text[32];
-  if (s >= 3600)
-    std::snprintf(text, sizeof text, "%lldh%02lldm%02llds", static_cast<long long>(s / 3600),
-                  static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
-  else if (s >= 60)
-    std::snprintf(text, sizeof text, "%lldm%02llds", static_cast<long long>(s / 60),
-                  static_cast<long long>(s % 60));
-  else
-    std::snprintf(text, sizeof text, "%llds", static_cast<long long>(s));
-  return text;
 }
 
 }  // namespace

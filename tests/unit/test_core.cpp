@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/hdf5_checksummed.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #ifdef QARAC_HAVE_CUDA
@@ -97,6 +98,31 @@ TEST(Tensor, ViewsThatFollowEachOtherJoin) {
               std::string::npos)
         << e.what();
   }
+}
+
+// A long loop is said every interval with its count, share, rate and ETA (or count and rate
+// when the total is unknown); within the interval, nothing.
+TEST(Progress, SaysHowFarEveryInterval) {
+  testing::internal::CaptureStderr();
+  Progress quiet("quiet", "texts", 10);
+  quiet.add(5);
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+
+  testing::internal::CaptureStderr();
+  Progress known("in.txt", "texts encoded", 10, 0);
+  known.add(3);
+  Progress unknown("data.tsv", "examples read", 0, 0);
+  unknown.add(7);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("in.txt: 3 of 10 texts encoded (30.0%), "), std::string::npos) << said;
+  EXPECT_NE(said.find("/s, ETA "), std::string::npos) << said;
+  EXPECT_NE(said.find("data.tsv: 7 examples read, "), std::string::npos) << said;
+  EXPECT_EQ(known.done(), 3);
+
+  EXPECT_EQ(duration_text(3725), "1h02m05s");
+  EXPECT_EQ(duration_text(245), "4m05s");
+  EXPECT_EQ(duration_text(6.4), "6s");
+  EXPECT_EQ(duration_text(-1), "?");
 }
 
 TEST(Tensor, DtypeConversions) {
