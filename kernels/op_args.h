@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "core/tensor.h"
 #include "kernels/backend.h"
 #include "kernels/ops.h"
@@ -176,15 +177,18 @@ class Args {
   DType x_, a_;
 };
 
+// p in [0, 1), and below 1 - 2^-17, where the 16-bit draws (core/rng.h) would drop everything.
 inline void check_probability(const char* op, double p) {
   QARAC_CHECK(p >= 0 && p < 1, op, ": dropout probability ", p, " is outside [0, 1)");
+  QARAC_CHECK(dropout_threshold(p) < kDropoutDraws, op, ": dropout probability ", p,
+              " rounds to 1 in the 16-bit draws (core/rng.h); use at most 1 - 2^-17");
 }
 
 // A size that a dropout element index (core/rng.h) holds in `bits` bits: at most 2^bits.
 inline void draw_limit(const char* op, const char* what, int64_t value, int bits) {
   QARAC_CHECK(value <= (int64_t{1} << bits), op, ": ", what, " is ", value,
               "; dropout draws address at most 2^", bits, " = ", int64_t{1} << bits,
-              " (core/rng.h, sequence_uniform01)");
+              " (core/rng.h, sequence_draw)");
 }
 
 }  // namespace qarac::ops::checks

@@ -34,7 +34,7 @@ inline DType accumulation_dtype(DType x) { return x == DType::f64 ? DType::f64 :
 // The sequences of a padding-free batch: sequence b is rows [offsets[b], offsets[b+1]) of the
 // token-major activations, and has the 64-bit identity ids[b]. Kept on the device (for kernels)
 // and on the host (for launch sizes and the CPU backend).
-// The identity is what dropout draws from (core/rng.h, sequence_uniform01): an element's mask is
+// The identity is what dropout draws from (core/rng.h, dropout_kept): an element's mask is
 // a function of (key, ids[b], its position inside sequence b, its column or head and key
 // position) only, so a sequence gets the same masks in any batch, at any row, next to any other
 // sequences, as long as it keeps its id. Whoever builds a batch sets the ids (e.g. each
@@ -112,9 +112,10 @@ void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx);  // dx = dy *
 
 // ---- Dropout from the counter-based RNG ---------------------------------------------------------
 // x, y [T, C] over the sequences `seqs`. Element (t, c), with t at position i of sequence b, is
-// kept when sequence_uniform01(key, seqs.host_ids[b], hidden_element(i, c)) >= float(p)
-// (compared in float, as on the GPU) and then scaled by 1/(1-p); p = 0 copies. p must lie in
-// [0, 1); with p > 0, C <= 2^24 and sequences of at most 2^16 tokens (core/rng.h).
+// kept when dropout_kept(key, seqs.host_ids[b], hidden_element(i, c), dropout_threshold(p)) and
+// then scaled by dropout_keep_scale (core/rng.h: 16-bit draws, eight per Philox call, so p acts
+// as round(p·2^16)/2^16); p = 0 copies. p must lie in [0, 1 - 2^-17]; with p > 0, C <= 2^24 and
+// sequences of at most 2^16 tokens (core/rng.h).
 // The backward pass regenerates the same mask from the same key and seqs: nothing is stored.
 void dropout_forward(const Tensor& x, double p, const RngKey& key, const Sequences& seqs,
                      Tensor& y);
@@ -130,9 +131,10 @@ void dropout_backward(const Tensor& dy, double p, const RngKey& key, const Seque
 // with `causal` to those at or before its own position; scores are q·k / sqrt(Dh). lse [H, T]
 // (A) receives each query row's log-sum-exp of its scores: the backward pass recomputes the
 // probabilities from it instead of keeping T×T of them.
-// Dropout on the probabilities of sequence b draws sequence_uniform01(dropout_key,
-// seqs.host_ids[b], attention_element(h, query position, key position)), positions inside the
-// sequence (core/rng.h); with dropout_p > 0, at most 2^8 heads and 2^16 tokens per sequence.
+// Dropout on the probabilities of sequence b keeps what dropout_kept(dropout_key,
+// seqs.host_ids[b], attention_element(h, query position, key position), threshold) keeps,
+// positions inside the sequence, scaled as dropout_forward scales (core/rng.h); with
+// dropout_p > 0, at most 2^8 heads and 2^16 tokens per sequence.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Sequences& seqs,
                        int64_t heads, bool causal, double dropout_p, const RngKey& dropout_key,
                        Tensor& out, Tensor& lse);

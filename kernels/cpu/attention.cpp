@@ -15,9 +15,9 @@
 // = dO_i · O_i, the backward pass computes
 //   dS = P̃ ⊙ dP̃ - P ⊙ D,   D = rowsum(dO ⊙ O)   (O, the forward's output, is an input),
 // from the P̃ it needs for dV anyway, drawing the dropout mask once instead of twice. The Philox
-// draws cost more than the GEMMs here: B=8 sequences of 128, H=4, Dh=64, f32, bidirectional, on 2
-// shared cores, the backward pass takes 7.0 ms with p=0.1 (one draw per score) and 3.0 ms with
-// p=0; in the padded predecessor of this file a second draw took it from 8.7 ms to 13 ms.
+// draws cost more than the GEMMs here when each score took a draw of its own: B=8 sequences of
+// 128, H=4, Dh=64, f32, bidirectional, on 2 shared cores, the backward pass took 7.0 ms with p=0.1
+// and 3.0 ms with p=0. One draw now decides 8 scores (core/rng.h).
 // The dropout element of (head h, query position i, key position j) of sequence b is
 // attention_element(h, i, j) of sequence ids[b] (core/rng.h), as ops.h specifies, so the CUDA
 // kernels draw the same masks and a sequence draws them wherever it lies in the batch. Every

@@ -1,4 +1,5 @@
-// CPU dropout: one Philox draw per element (inverted dropout, so no rescaling at inference).
+// CPU dropout: one Philox draw per 8 elements (core/rng.h); inverted dropout, so no rescaling at
+// inference.
 #include "kernels/cpu/dropout.h"
 
 namespace qarac::cpu {
@@ -6,17 +7,20 @@ namespace qarac::cpu {
 template <class T>
 void dropout(const T* x, T* y, int64_t n, double p, const RngKey& key, uint64_t id,
              uint64_t first_element) {
-  if (p == 0) {
+  const uint32_t threshold = dropout_threshold(p);
+  if (threshold == 0) {  // p = 0, or below 2^-17: every 16-bit draw keeps its element
     if (y != x)
       for (int64_t i = 0; i < n; ++i) y[i] = x[i];
     return;
   }
-  const float threshold = static_cast<float>(p);
-  const T keep_scale = static_cast<T>(1.0 / (1.0 - p));
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = dropout_keep(key, id, first_element + static_cast<uint64_t>(i), threshold)
-               ? x[i] * keep_scale
-               : T(0);
+  const T keep_scale = static_cast<T>(dropout_keep_scale(threshold));
+  constexpr uint64_t kLow = kDropoutGroup - 1;
+  uint32_t mask = 0;  // the decisions of element e's group, bit k for element (e & ~kLow) + k
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t e = first_element + static_cast<uint64_t>(i);
+    if (i == 0 || (e & kLow) == 0) mask = dropout_group_mask(key, id, e & ~kLow, threshold);
+    y[i] = (mask >> (e & kLow)) & 1u ? x[i] * keep_scale : T(0);
+  }
 }
 
 template <class T>

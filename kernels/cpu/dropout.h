@@ -1,5 +1,5 @@
 // CPU dropout from the counter-based RNG: the mask is a pure function of (key, sequence id,
-// element index inside the sequence) (core/rng.h, sequence_uniform01), so the forward and
+// element index inside the sequence) (core/rng.h, dropout_group_mask), so the forward and
 // backward passes, the CPU and CUDA backends, and every packing of a sequence into a batch draw
 // the same one.
 #pragma once
@@ -10,15 +10,8 @@
 
 namespace qarac::cpu {
 
-// Whether element `element` of sequence `id` in stream `key` survives dropout with probability p
-// of dropping. The comparison is in float, exactly as a GPU kernel makes it, so both keep the
-// same elements.
-inline bool dropout_keep(const RngKey& key, uint64_t id, uint64_t element, float p) {
-  return sequence_uniform01(key, id, element) >= p;
-}
-
-// y[i] = x[i] / (1 - p) where element first_element + i of sequence `id` is kept, else 0, for
-// i < n; p = 0 copies. This is both the forward pass (x = input) and the backward pass (x = dy),
+// y[i] = x[i] · dropout_keep_scale where element first_element + i of sequence `id` is kept, else
+// 0, for i < n, with p's 16-bit threshold (core/rng.h); p = 0 copies. This is both the forward pass (x = input) and the backward pass (x = dy),
 // since the op is linear in x with a fixed mask. y may alias x. One run of consecutive element
 // indices: a hidden row (hidden_element(position, 0) on) or an attention row
 // (attention_element(h, query, 0) on).

@@ -27,10 +27,12 @@
 // instead of exchanging partial sums. With P̃ = P ⊙ M/(1−p) the dropped-out probabilities:
 //   dV = P̃ᵀ dO,  dP̃ = dO Vᵀ,  dS = P ⊙ (M/(1−p) ⊙ dP̃ − D),  dQ = s dS K,  dK = s dSᵀ Q.
 //
-// Dropout: element (query position i, key position j, both inside sequence b) of head h draws
-// sequence_uniform01(key, ids[b], attention_element(h, i, j)) (core/rng.h), is kept when the draw
-// >= float(p) and then scaled by 1/(1−p), exactly as the CPU reference; the backward kernels
-// draw the same bits again. Nothing in the draw depends on where sequence b lies in the batch.
+// Dropout: element (query position i, key position j, both inside sequence b) of head h is kept
+// when dropout_kept(key, ids[b], attention_element(h, i, j), threshold) (core/rng.h) and then
+// scaled by dropout_keep_scale, exactly as the CPU reference; the backward kernels draw the same
+// bits again. Nothing in the draw depends on where sequence b lies in the batch. One Philox call
+// decides 8 consecutive keys of a query row; the kernels draw each group once per warp and hand
+// its bits to the lanes that hold those scores by shuffles (the *_keep_bits helpers).
 //
 // Memory traffic. Forward: Q read once, K and V once per query tile of the same sequence and
 // head (64 rows at a time on the tensor-core path: 8 times for a 512-token sequence, from L2,
@@ -42,9 +44,9 @@
 //   no dropout:  forward 0.068 ms (190 TFLOP/s), backward 0.233 ms (138 TFLOP/s);
 //                PyTorch SDPA (flash) on the same padded shape 0.042 ms / 0.140 ms;
 //   causal:      0.050 ms / 0.166 ms;   64 × 128 tokens: 0.027 ms / 0.105 ms;
-//   dropout 0.1: 0.365 ms / 0.833 ms (SDPA 0.088 / 0.162). The contract's one Philox-4x32-10
-//   draw per score (three per score over forward and backward) costs more than all the tensor
-//   core math; a draw that served 4 scores (the 4 words of one Philox output) would cut it ~4×.
+//   dropout 0.1: 0.365 ms / 0.833 ms (SDPA 0.088 / 0.162), measured when the contract drew one
+//   Philox-4x32-10 call per score (three per score over forward and backward), which cost more
+//   than all the tensor core math; one call now serves 8 scores (not yet measured on a GPU).
 // The first version of the tensor-core path (WMMA, scores through shared memory) ran 0.191 ms /
 // 0.574 ms on the same case; the f32 generic path runs 3.2 ms / 7.0 ms.
 #include "kernels/cuda/attention.cuh"
@@ -78,8 +80,8 @@ struct AttentionParams {
   int head_dim;
   bool causal;
   float scale;           // 1/sqrt(Dh), rounded as the CPU reference rounds it
-  float drop_threshold;  // float(p): kept when the draw >= this; 0 means no dropout draws
-  float drop_scale;      // float(1/(1-p)), 1 without dropout
+  uint32_t drop_threshold;  // dropout_threshold(p): 0 means no dropout draws
+  float drop_scale;         // float(dropout_keep_scale), 1 without dropout
   RngKey key;
 };
 
@@ -92,7 +94,7 @@ struct Span {
 };
 __device__ __forceinline__ Span block_sequence(const AttentionParams& p) {
   const int32_t begin = p.offsets[blockIdx.z], end = p.offsets[blockIdx.z + 1];
-  return {begin, end - begin, p.drop_threshold > 0.f ? p.ids[blockIdx.z] : 0};
+  return {begin, end - begin, p.drop_threshold != 0 ? p.ids[blockIdx.z] : 0};
 }
 
 // The dropout element of key position 0 for query position i of head h: the row's draws are
@@ -100,9 +102,12 @@ __device__ __forceinline__ Span block_sequence(const AttentionParams& p) {
 __device__ __forceinline__ uint64_t dropout_row_element(int h, int i) {
   return attention_element(static_cast<uint64_t>(h), static_cast<uint64_t>(i), 0);
 }
-__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, const Span& seq,
-                                             uint64_t element) {
-  return p.drop_threshold <= 0.f || sequence_uniform01(p.key, seq.id, element) >= p.drop_threshold;
+// The decisions of the 8 keys key0 .. key0+7 (key0 a multiple of 8) for query position i of head
+// h: bit k for key key0 + k.
+__device__ __forceinline__ uint32_t dropout_keys_mask(const AttentionParams& p, const Span& seq,
+                                                      int h, int i, int key0) {
+  return dropout_group_mask(p.key, seq.id, dropout_row_element(h, i) + static_cast<uint64_t>(key0),
+                            p.drop_threshold);
 }
 
 // =================================================================================================
@@ -151,6 +156,37 @@ constexpr int kGenBc = kWarpSize;                        // 32 keys per tile, on
 constexpr int kGenKeysPerWarp = 4;                       // dK/dV: keys per warp
 constexpr int kGenBk = kGenWarps * kGenKeysPerWarp;      // 16 keys per block
 constexpr int kGenQt = kWarpSize;                        // 32 queries per tile, one per lane
+
+// Dropout bits of the generic forward and dQ kernels: bit t for the warp's query row i0 + t
+// against this lane's key k0 + lane (k0 a multiple of 8). The 4 rows × 32 keys are 16 groups of
+// 8 keys: lane L < 16 draws row L/4's keys k0 + 8·(L%4) .., and the lane of key k0 + j takes bit
+// j%8 of its row's group j/8 by a shuffle. Called by the whole warp, with dropout only.
+__device__ __forceinline__ uint32_t generic_keep_bits_by_query(const AttentionParams& p,
+                                                               const Span& seq, int h, int i0,
+                                                               int k0, int lane) {
+  constexpr int kGroupsPerRow = kGenBc / kDropoutGroup;
+  static_assert(kGenRowsPerWarp * kGroupsPerRow <= kWarpSize, "a group per lane at most");
+  uint32_t drawn = 0;
+  if (lane < kGenRowsPerWarp * kGroupsPerRow)
+    drawn = dropout_keys_mask(p, seq, h, i0 + lane / kGroupsPerRow,
+                              k0 + lane % kGroupsPerRow * kDropoutGroup);
+  uint32_t bits = 0;
+#pragma unroll
+  for (int t = 0; t < kGenRowsPerWarp; ++t) {
+    const uint32_t group = __shfl_sync(0xffffffffu, drawn, t * kGroupsPerRow + lane / kDropoutGroup);
+    bits |= ((group >> (lane % kDropoutGroup)) & 1u) << t;
+  }
+  return bits;
+}
+
+// Dropout bits of the generic dK/dV kernel: bit u for the warp's key j0 + u (j0 a multiple of
+// 4) against this lane's query i; the warp's 4 keys lie in one group of 8, so one draw.
+__device__ __forceinline__ uint32_t generic_keep_bits_by_key(const AttentionParams& p,
+                                                             const Span& seq, int h, int i, int j0) {
+  static_assert(kDropoutGroup % kGenKeysPerWarp == 0, "a warp's keys lie in one group");
+  const int first = j0 & ~(kDropoutGroup - 1);
+  return (dropout_keys_mask(p, seq, h, i, first) >> (j0 - first)) & ((1u << kGenKeysPerWarp) - 1);
+}
 
 // Rows [first, first + rows) of head columns [col, col + Dh) of x (row stride ld) into shared s
 // with row stride sld, as f32; rows at or past `valid` are zero (they belong to no sequence or to
@@ -213,6 +249,10 @@ attention_forward_generic(AttentionParams p, const T* __restrict__ q, const T* _
     // Online softmax: with m' = max(m, max_j x_j), l' = l·e^(m−m') + Σ_j e^(x_j−m') and the
     // accumulator rescaled by e^(m−m'), the final O/l equals softmax·V whatever the tile order.
     float pu[kGenRowsPerWarp];  // e^(x_j − m'), times the dropout mask
+    const uint32_t keep_bits =
+        p.drop_threshold != 0
+            ? generic_keep_bits_by_query(p, seq, h, q0 + warp * kGenRowsPerWarp, k0, lane)
+            : ~0u;
 #pragma unroll
     for (int t = 0; t < kGenRowsPerWarp; ++t) {
       const int i = q0 + warp * kGenRowsPerWarp + t;
@@ -224,8 +264,7 @@ attention_forward_generic(AttentionParams p, const T* __restrict__ q, const T* _
       const float e = expf(x - m_use);  // 0 for invisible keys
       l[t] = l[t] * alpha + warp_sum(e);
       m[t] = m_new;
-      const bool keep = visible && i < seq.len &&
-                        dropout_keep(p, seq, dropout_row_element(h, i) + static_cast<uint64_t>(j));
+      const bool keep = visible && i < seq.len && (keep_bits >> t) & 1u;
       pu[t] = keep ? e : 0.f;
 #pragma unroll
       for (int c = 0; c < NC; ++c) o[t][c] *= alpha;
@@ -310,13 +349,16 @@ attention_backward_dq_generic(AttentionParams p, const T* __restrict__ dout, con
       }
     }
     float ds[kGenRowsPerWarp];
+    const uint32_t keep_bits =
+        p.drop_threshold != 0
+            ? generic_keep_bits_by_query(p, seq, h, q0 + warp * kGenRowsPerWarp, k0, lane)
+            : ~0u;
 #pragma unroll
     for (int t = 0; t < kGenRowsPerWarp; ++t) {
       const int r = warp * kGenRowsPerWarp + t, i = q0 + r;
       const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
       const float prob = visible ? expf(s[t] * p.scale - sL[r]) : 0.f;
-      const bool keep =
-          visible && dropout_keep(p, seq, dropout_row_element(h, i) + static_cast<uint64_t>(j));
+      const bool keep = visible && (keep_bits >> t) & 1u;
       ds[t] = prob * ((keep ? p.drop_scale * dp[t] : 0.f) - sD[r]);
     }
     for (int jj = 0; jj < kGenBc; ++jj) {
@@ -398,13 +440,15 @@ attention_backward_dkdv_generic(AttentionParams p, const T* __restrict__ dout,
       }
     }
     float pt[kGenKeysPerWarp], ds[kGenKeysPerWarp];
-    const uint64_t row_base = dropout_row_element(h, i);
+    const uint32_t keep_bits =
+        p.drop_threshold != 0 ? generic_keep_bits_by_key(p, seq, h, i, k0 + warp * kGenKeysPerWarp)
+                              : ~0u;
 #pragma unroll
     for (int u = 0; u < kGenKeysPerWarp; ++u) {
       const int j = k0 + warp * kGenKeysPerWarp + u;
       const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
       const float prob = visible ? expf(s[u] * p.scale - sL[lane]) : 0.f;
-      const bool keep = visible && dropout_keep(p, seq, row_base + static_cast<uint64_t>(j));
+      const bool keep = visible && (keep_bits >> u) & 1u;
       pt[u] = keep ? prob * p.drop_scale : 0.f;
       ds[u] = prob * ((keep ? p.drop_scale * dp[u] : 0.f) - sD[lane]);
     }
@@ -468,8 +512,8 @@ attention_backward_dkdv_generic(AttentionParams p, const T* __restrict__ dout,
 // Occupancy (ptxas, sm_90, CUDA 13.0). Forward: 128 registers under __launch_bounds__(128, 4),
 // no spills (149 uncapped), 45 KiB static shared memory with K and V double-buffered by cp.async
 // (the next tile streams in while the current one is multiplied): 4 blocks, 16 warps per SM.
-// Backward: 168 registers under (128, 3) (dQ no spills; dK/dV 32 bytes of spill stores outside
-// the products, its K, V, dK and dV strips alone take 96 registers); 18 KiB of shared memory, one
+// Backward: 168 registers under (128, 3) (spill stores outside the products: dQ 4 bytes, dK/dV 40
+// bytes, its K, V, dK and dV strips alone take 96 registers); 18 KiB of shared memory, one
 // buffer: 3 blocks, 12 warps per SM hide each other's tile loads. Both backward kernels take a
 // 64-row tile 32 rows at a time so that the recomputed score tiles take 16 registers, not 32.
 // Whether dK/dV runs faster at 2 blocks per SM without the spill is not measured yet.
@@ -593,25 +637,67 @@ __device__ __forceinline__ void store_rows(const float (&acc)[kTcD / 8][4], floa
   }
 }
 
-// The dropout decisions of the C tiles n = 0..NT-1 of a warp's block (bit 4n + e for element e of
-// tile n: row g + 8·(e/2), column 8n + 2t + e%2): set where the element is visible and its draw
-// keeps it. row0, row1: sequence positions of the thread's rows g and g+8; col0: position of
-// column 2t of tile 0. Rows are queries (forward, dQ) or keys (dK/dV). A loop that is not
-// unrolled, so the Philox rounds are emitted once rather than 4·NT times: the unrolled version
-// took 36 more registers in the forward kernel.
+// The dropout decisions of the C tiles n = 0..NT-1 of a warp's 16-row strip: bit 4n + e for
+// element e of tile n (row g + 8·(e/2), column 8n + 2t + e%2). They do not look at visibility:
+// the callers' probabilities are already 0 where a key is invisible. Both helpers draw each group
+// of 8 keys once per warp, NT/2 draws per lane (NT even), in a loop that is not unrolled so the
+// Philox rounds are emitted once, and hand the bits out by shuffles. Called by the whole warp.
+//
+// Rows are queries (forward, dQ): row0 is the position of the thread's row g, key0 that of
+// column 0 of tile 0 (a multiple of 8). A group (tile n, row r) is the 8 columns of one row,
+// held 2 each by the 4 lanes of a quad (same g): the quad's 2·NT groups G = 2n + r are drawn by
+// lane t for G = 4u + t into byte u of a word, and each lane reads the quad's 4 words.
 template <int NT>
-__device__ __forceinline__ uint32_t keep_bits(const AttentionParams& p, int h, const Span& seq,
-                                              bool rows_are_queries, int row0, int row1, int col0) {
-  uint32_t bits = 0;
+__device__ __forceinline__ uint32_t keep_bits_by_query(const AttentionParams& p, int h,
+                                                       const Span& seq, int row0, int key0,
+                                                       int lane) {
+  static_assert(NT % 2 == 0 && NT <= 8, "NT/2 bytes of draws per lane");
+  const int t = lane & 3;
+  uint32_t drawn = 0;
 #pragma unroll 1
-  for (int idx = 0; idx < NT * 4; ++idx) {
-    const int e = idx & 3;
-    const int rpos = (e >> 1) ? row1 : row0, cpos = col0 + (idx >> 2) * 8 + (e & 1);
-    const int i = rows_are_queries ? rpos : cpos, j = rows_are_queries ? cpos : rpos;
-    const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
-    if (visible && sequence_uniform01(p.key, seq.id, dropout_row_element(h, i) + static_cast<uint64_t>(j)) >=
-                       p.drop_threshold)
-      bits |= 1u << idx;
+  for (int u = 0; u < NT / 2; ++u) {
+    const int G = 4 * u + t;
+    drawn |= dropout_keys_mask(p, seq, h, row0 + 8 * (G & 1), key0 + 8 * (G >> 1)) << (8 * u);
+  }
+  uint32_t bits = 0;
+#pragma unroll
+  for (int o = 0; o < 4; ++o) {
+    const uint32_t word = __shfl_sync(0xffffffffu, drawn, (lane & ~3) | o);
+#pragma unroll
+    for (int u = 0; u < NT / 2; ++u) {
+      const int G = 4 * u + o;
+      bits |= ((word >> (8 * u + 2 * t)) & 3u) << (4 * (G >> 1) + 2 * (G & 1));
+    }
+  }
+  return bits;
+}
+
+// Rows are keys (dK/dV): key_row0 is the position of the warp's key row 0 (a multiple of 16),
+// query0 that of column 0 of tile 0. A group (query column q, row half r) is the keys
+// key_row0 + 8r + 0..7, one per lane g (bit g) among the 8 lanes with t = (q%8)/2. For a fixed t
+// these lanes need the 4·NT groups k = (n, c, r) = 4n + 2c + r; lane g draws k = g + 8u into
+// byte u, and each lane reads the 8 words of its t.
+template <int NT>
+__device__ __forceinline__ uint32_t keep_bits_by_key(const AttentionParams& p, int h,
+                                                     const Span& seq, int key_row0, int query0,
+                                                     int lane) {
+  static_assert(NT % 2 == 0 && NT <= 8, "NT/2 bytes of draws per lane");
+  const int g = lane >> 2, t = lane & 3;
+  uint32_t drawn = 0;
+#pragma unroll 1
+  for (int u = 0; u < NT / 2; ++u) {
+    const int k = g + 8 * u, n = k >> 2, c = (k >> 1) & 1, r = k & 1;
+    drawn |= dropout_keys_mask(p, seq, h, query0 + 8 * n + 2 * t + c, key_row0 + 8 * r) << (8 * u);
+  }
+  uint32_t bits = 0;
+#pragma unroll
+  for (int o = 0; o < 8; ++o) {
+    const uint32_t word = __shfl_sync(0xffffffffu, drawn, 4 * o + t);
+#pragma unroll
+    for (int u = 0; u < NT / 2; ++u) {
+      const int k = o + 8 * u, n = k >> 2, c = (k >> 1) & 1, r = k & 1;
+      bits |= ((word >> (8 * u + g)) & 1u) << (4 * n + 2 * r + c);
+    }
   }
   return bits;
 }
@@ -697,8 +783,8 @@ attention_forward_tc(AttentionParams p, const bf16_t* __restrict__ q, const bf16
       m[r] = m_new;
       l[r] *= alpha[r];
     }
-    const uint32_t keep = p.drop_threshold > 0.f
-                              ? keep_bits<kTcTile / 8>(p, h, seq, true, i_row[0], i_row[1], k0 + 2 * t)
+    const uint32_t keep = p.drop_threshold != 0
+                              ? keep_bits_by_query<kTcTile / 8>(p, h, seq, i_row[0], k0, lane)
                               : 0xffffffffu;
 #pragma unroll
     for (int n = 0; n < kTcTile / 8; ++n)
@@ -821,8 +907,8 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
           mma_bf16(dpt[2 * np + 1], va[kk], b[2], b[3]);
         }
       // P = 2^(x − lse·log2 e), P̃ = P ⊙ M/(1−p), dS = P ⊙ (M/(1−p) ⊙ dP̃ − D); in place
-      const uint32_t keep = p.drop_threshold > 0.f
-                                ? keep_bits<4>(p, h, seq, false, j_row[0], j_row[1], i0 + c0 + 2 * t)
+      const uint32_t keep = p.drop_threshold != 0
+                                ? keep_bits_by_key<4>(p, h, seq, k0 + warp * 16, i0 + c0, lane)
                                 : 0xffffffffu;
 #pragma unroll
       for (int n = 0; n < 4; ++n)
@@ -930,8 +1016,8 @@ attention_backward_dq_tc(AttentionParams p, const bf16_t* __restrict__ dout,
           mma_bf16(dp[2 * np], oa[kk], b[0], b[1]);
           mma_bf16(dp[2 * np + 1], oa[kk], b[2], b[3]);
         }
-      const uint32_t keep = p.drop_threshold > 0.f
-                                ? keep_bits<4>(p, h, seq, true, i_row[0], i_row[1], k0 + c0 + 2 * t)
+      const uint32_t keep = p.drop_threshold != 0
+                                ? keep_bits_by_query<4>(p, h, seq, i_row[0], k0 + c0, lane)
                                 : 0xffffffffu;
 #pragma unroll
       for (int n = 0; n < 4; ++n)
@@ -1005,6 +1091,9 @@ void check_call(const char* op, DType dtype, const AttentionShape& s, bool backw
 
 AttentionParams make_params(const AttentionShape& s, bool causal, double dropout_p, const RngKey& key) {
   QARAC_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "attention: dropout_p must lie in [0, 1), got ", dropout_p);
+  const uint32_t threshold = dropout_threshold(dropout_p);
+  QARAC_CHECK(threshold < kDropoutDraws, "attention: dropout_p ", dropout_p,
+              " rounds to 1 in the 16-bit draws (core/rng.h)");
   AttentionParams p{};
   p.offsets = s.offsets;
   p.tokens = s.tokens;
@@ -1015,8 +1104,8 @@ AttentionParams make_params(const AttentionShape& s, bool causal, double dropout
   p.head_dim = static_cast<int>(s.head_dim);
   p.causal = causal;
   p.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));  // as the CPU reference rounds it
-  p.drop_threshold = static_cast<float>(dropout_p);
-  p.drop_scale = dropout_p > 0 ? static_cast<float>(1.0 / (1.0 - dropout_p)) : 1.0f;
+  p.drop_threshold = threshold;
+  p.drop_scale = static_cast<float>(dropout_keep_scale(threshold));  // 1 when threshold is 0
   p.key = key;
   return p;
 }

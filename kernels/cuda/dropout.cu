@@ -1,15 +1,14 @@
 // Dropout on CUDA with the mask drawn from Philox (core/rng.h) exactly as the CPU reference draws
 // it: column c of the row at position i of sequence b is kept when
-// sequence_uniform01(key, ids[b], hidden_element(i, c)) >= float(p), then scaled by 1/(1-p)
+// dropout_kept(key, ids[b], hidden_element(i, c), threshold), then scaled by dropout_keep_scale
 // (computed in double and rounded to float, as the CPU's f32 path does), so both backends keep the
 // same elements and, in f32, produce the same bits. The mask is a pure function of (key, sequence
 // id, position, column): nothing is stored, the backward pass (the same op applied to dy)
 // regenerates it, and a sequence draws the same mask at any row of any batch.
 // A block takes one row at a time (grid-stride over rows): it finds the row's sequence by a
 // binary search of the offsets (log2 B cached loads, shared by the row's cols elements), then its
-// threads walk the columns in 16-byte packs. Each element costs one Philox-4x32-10 evaluation (10
-// rounds of two 32x32->64 multiplies), a few tens of integer instructions against 2-4 bytes of
-// traffic, so the kernel is close to balanced between ALU and memory on an H100.
+// threads walk the columns in 16-byte packs. One Philox-4x32-10 evaluation (10 rounds of two
+// 32x32->64 multiplies) decides a group of 8 columns: one per bf16 pack, one per two f32 packs.
 #include "kernels/cuda/dropout.cuh"
 
 #include <algorithm>
@@ -21,13 +20,16 @@ namespace qarac::cuda {
 namespace {
 
 // N columns per access: N = 16 / sizeof(T) when cols is a multiple of N and x, y are 16-byte
-// aligned (every row start then is), else 1. x and y may alias: each element is read and written
-// by one thread.
+// aligned (every row start then is), else 1. N divides the 8 columns of a draw and a pack starts
+// at a multiple of N, so a pack lies inside one group and takes its decisions from one draw. x and
+// y may alias: each element is read and written by one thread.
 template <class T, int N>
 __global__ void dropout_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols,
                                     const int32_t* __restrict__ offsets,
                                     const uint64_t* __restrict__ ids, int64_t batch, RngKey key,
-                                    float threshold, float keep_scale) {
+                                    uint32_t threshold, float keep_scale) {
+  static_assert(kDropoutGroup % N == 0, "a pack lies inside one group of draws");
+  constexpr uint64_t kLow = kDropoutGroup - 1;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t b = sequence_of_row(offsets, batch, row);
     const uint64_t id = ids[b];
@@ -36,14 +38,13 @@ __global__ void dropout_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols
     T* out_row = y + row * cols;
     for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < cols;
          c += static_cast<int64_t>(blockDim.x) * N) {
+      const uint64_t e = first + static_cast<uint64_t>(c);
+      const uint32_t mask = dropout_group_mask(key, id, e & ~kLow, threshold) >> (e & kLow);
       const Packed<T, N> in = load_packed<N>(in_row + c);
       Packed<T, N> out;
 #pragma unroll
-      for (int k = 0; k < N; ++k) {
-        const bool keep =
-            sequence_uniform01(key, id, first + static_cast<uint64_t>(c + k)) >= threshold;
-        out.v[k] = from_float<T>(keep ? to_float(in.v[k]) * keep_scale : 0.f);
-      }
+      for (int k = 0; k < N; ++k)
+        out.v[k] = from_float<T>((mask >> k) & 1u ? to_float(in.v[k]) * keep_scale : 0.f);
       store_packed<N>(out_row + c, out);
     }
   }
@@ -59,7 +60,8 @@ void dropout(DType dtype, const void* x, void* y, int64_t rows, int64_t cols,
   if (rows == 0 || cols == 0) return;
   dispatch_compute(dtype, "dropout", [&](auto tag) {
     using T = decltype(tag);
-    if (p == 0) {  // identity: a copy, or nothing in place
+    const uint32_t threshold = dropout_threshold(p);
+    if (threshold == 0) {  // p = 0 (or below 2^-17, which keeps every element): a copy
       if (x != y)
         QARAC_CHECK_CUDA(cudaMemcpyAsync(y, x, static_cast<size_t>(rows * cols) * sizeof(T),
                                          cudaMemcpyDeviceToDevice, stream()));
@@ -67,7 +69,7 @@ void dropout(DType dtype, const void* x, void* y, int64_t rows, int64_t cols,
     }
     QARAC_CHECK(batch > 0 && offsets != nullptr && ids != nullptr, "dropout: ", rows,
                 " rows but no sequences (batch ", batch, ")");
-    const float threshold = static_cast<float>(p), keep_scale = static_cast<float>(1.0 / (1.0 - p));
+    const float keep_scale = static_cast<float>(dropout_keep_scale(threshold));
     const T* xt = static_cast<const T*>(x);
     T* yt = static_cast<T*>(y);
     // One warp per 32 packs of a row, up to 256 threads: a 768-wide bf16 row is 96 packs.

@@ -8,9 +8,9 @@
 
 namespace qarac::cuda {
 
-// y [rows, cols] = x ⊙ mask / (1-p) over `batch` sequences (device offsets [batch+1], device ids
-// [batch]): row t at position i of sequence b keeps column c when
-// sequence_uniform01(key, ids[b], hidden_element(i, c)) >= float(p). y may equal x.
+// y [rows, cols] = x ⊙ mask · dropout_keep_scale over `batch` sequences (device offsets
+// [batch+1], device ids [batch]): row t at position i of sequence b keeps column c when
+// dropout_kept(key, ids[b], hidden_element(i, c), dropout_threshold(p)). y may equal x.
 void dropout(DType dtype, const void* x, void* y, int64_t rows, int64_t cols,
              const int32_t* offsets, const uint64_t* ids, int64_t batch, double p,
              const RngKey& key);

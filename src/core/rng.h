@@ -79,9 +79,9 @@ QARAC_HD inline uint64_t attention_element(uint64_t head, uint64_t query, uint64
   return (head << kSequencePositionBits | query) << kSequencePositionBits | key;
 }
 
-// Uniform float in [0, 1) for element `element` (< 2^40) of sequence `id` in the stream `key`,
-// laid out as above, from 24 random bits (exact in a float).
-QARAC_HD inline float sequence_uniform01(const RngKey& key, uint64_t id, uint64_t element) {
+// The Philox output at element `element` (< 2^40) of sequence `id` in the stream `key`, with the
+// counter and key laid out as above.
+QARAC_HD inline Philox4x32 sequence_draw(const RngKey& key, uint64_t id, uint64_t element) {
   const Philox4x32 ctr = {{static_cast<uint32_t>(element),
                            static_cast<uint32_t>(element >> 32) |
                                (static_cast<uint32_t>(key.step) << (kSequenceElementBits - 32)),
@@ -89,8 +89,57 @@ QARAC_HD inline float sequence_uniform01(const RngKey& key, uint64_t id, uint64_
   const uint32_t k0 = static_cast<uint32_t>(key.seed) ^ (key.tensor * 0x85EBCA6Bu);
   const uint32_t k1 =
       static_cast<uint32_t>(key.seed >> 32) ^ static_cast<uint32_t>(key.step >> kCounterStepBits);
-  const Philox4x32 r = philox4x32_10(ctr, k0, k1);
-  return static_cast<float>(r.c[0] >> 8) * (1.0f / 16777216.0f);
+  return philox4x32_10(ctr, k0, k1);
+}
+
+// Uniform float in [0, 1) for element `element` of sequence `id` in the stream `key`, from 24
+// random bits of its draw (exact in a float): one Philox call per value (MLM masking).
+QARAC_HD inline float sequence_uniform01(const RngKey& key, uint64_t id, uint64_t element) {
+  return static_cast<float>(sequence_draw(key, id, element).c[0] >> 8) * (1.0f / 16777216.0f);
+}
+
+// ---- Dropout decisions: eight per Philox call ----
+// Dropout needs one yes/no per element, and a Philox-4x32-10 call (20 multiplies) costs more than
+// the math around an attention score, so one call serves a group of 8 consecutive elements: the
+// elements 8g .. 8g+7 take the 16-bit halves of the draw at element 8g, in order (element 8g + k
+// takes bits 16·(k%2) .. of word k/2). An element is kept when its 16 bits are >= the threshold
+// round(p · 2^16). 16 bits rather than 8 (which would serve 16 elements) keep the rate what was
+// asked: p = 0.1 drops 6554/65536 = 0.100006 of the elements, where 8 bits would drop 26/256 =
+// 0.1016. The kept ones are scaled by 1/(1 - threshold/2^16), so the expected output is the input
+// exactly. Groups never straddle a row: hidden rows start at multiples of 2^24 and attention rows
+// at multiples of 2^16 (the layouts above), so a group is 8 consecutive columns or keys.
+constexpr int kDropoutGroupBits = 3;                      // 8 elements per draw
+constexpr int kDropoutGroup = 1 << kDropoutGroupBits;
+constexpr uint32_t kDropoutDraws = 1u << 16;  // values of one 16-bit draw; this threshold drops all
+
+// The threshold of drop probability p in [0, 1): round(p · 2^16); p >= 1 - 2^-17 gives 2^16,
+// which drops everything and has no finite keep scale (the ops refuse it).
+inline uint32_t dropout_threshold(double p) {
+  return static_cast<uint32_t>(p * kDropoutDraws + 0.5);
+}
+// What a kept element is multiplied by: 1 / (1 - threshold / 2^16), in double.
+inline double dropout_keep_scale(uint32_t threshold) {
+  return static_cast<double>(kDropoutDraws) / static_cast<double>(kDropoutDraws - threshold);
+}
+
+// Bit k (k < 8) is set when element first + k of sequence `id` is kept; first must be a multiple
+// of 8 (the group's first element).
+QARAC_HD inline uint32_t dropout_group_mask(const RngKey& key, uint64_t id, uint64_t first,
+                                            uint32_t threshold) {
+  const Philox4x32 r = sequence_draw(key, id, first);
+  uint32_t mask = 0;
+  for (int w = 0; w < 4; ++w) {
+    mask |= static_cast<uint32_t>((r.c[w] & 0xFFFFu) >= threshold) << (2 * w);
+    mask |= static_cast<uint32_t>((r.c[w] >> 16) >= threshold) << (2 * w + 1);
+  }
+  return mask;
+}
+
+// Whether element `element` of sequence `id` is kept: one bit of its group's mask.
+QARAC_HD inline bool dropout_kept(const RngKey& key, uint64_t id, uint64_t element,
+                                  uint32_t threshold) {
+  constexpr uint64_t kLow = kDropoutGroup - 1;
+  return (dropout_group_mask(key, id, element & ~kLow, threshold) >> (element & kLow)) & 1u;
 }
 
 }  // namespace qarac

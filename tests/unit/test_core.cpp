@@ -191,6 +191,42 @@ TEST(Philox, UniformStreamsAreDistinctAndUniform) {
   EXPECT_EQ(sequence_uniform01(a, id, 123), sequence_uniform01(RngKey{7, 3, 1}, id, 123));
 }
 
+// Dropout's 16-bit decisions, eight per draw (core/rng.h): the threshold is round(p · 2^16), the
+// kept fraction is 1 - threshold / 2^16 at every one of the 8 places of a group, and neighbours
+// in a group decide independently (each takes its own 16 bits, not a shared word).
+TEST(Philox, DropoutDecisionsKeepTheirRateAtEveryPlaceOfAGroup) {
+  EXPECT_EQ(dropout_threshold(0.0), 0u);
+  EXPECT_EQ(dropout_threshold(0.1), 6554u);  // 6553.6 rounded
+  EXPECT_EQ(dropout_threshold(0.5), 32768u);
+  EXPECT_EQ(dropout_keep_scale(32768u), 2.0);
+  const RngKey key{11, 5, 9};
+  const uint64_t id = 0xfeedbeefcafeull;
+  const int64_t groups = 1 << 17;  // 2^20 decisions
+  for (double p : {0.1, 0.5}) {
+    const uint32_t threshold = dropout_threshold(p);
+    const double keep = 1.0 - threshold / 65536.0;
+    int64_t kept_at[kDropoutGroup] = {}, same_as_left = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint32_t mask = dropout_group_mask(key, id, static_cast<uint64_t>(g) * 8, threshold);
+      for (int k = 0; k < kDropoutGroup; ++k) {
+        const bool kept = (mask >> k) & 1u;
+        ASSERT_EQ(kept, dropout_kept(key, id, static_cast<uint64_t>(g) * 8 + k, threshold));
+        kept_at[k] += kept;
+        if (k > 0) same_as_left += kept == ((mask >> (k - 1)) & 1u);
+      }
+    }
+    // Binomial: 5 standard deviations of a fraction over `groups` draws at each place.
+    const double sd = std::sqrt(keep * (1 - keep) / groups);
+    for (int k = 0; k < kDropoutGroup; ++k)
+      EXPECT_NEAR(static_cast<double>(kept_at[k]) / groups, keep, 5 * sd) << "place " << k << ", p " << p;
+    // Independent neighbours agree with probability keep² + (1-keep)²; a shared word would agree
+    // far more often.
+    const double agree = keep * keep + (1 - keep) * (1 - keep);
+    const double pairs = 7.0 * groups;
+    EXPECT_NEAR(same_as_left / pairs, agree, 5 * std::sqrt(agree * (1 - agree) / pairs)) << "p " << p;
+  }
+}
+
 // The checkers' messages name the library, the statement, the reason, file:line and the host.
 void expect_error_names(const std::string& what, const std::vector<std::string>& parts) {
   for (const std::string& p : parts) EXPECT_NE(what.find(p), std::string::npos) << "'" << p << "' not in: " << what;

@@ -380,6 +380,10 @@ TEST(OpArgs, DropoutProbability) {
   for (const char* op : {"dropout_forward", "dropout_backward", "attention_forward", "attention_backward"})
     for (double p : {1.0, -0.1, 1.5})
       expect_call_error(op, [&](OpCall& c) { c.p = p; }, "dropout probability", {"outside [0, 1)"});
+  // Below 1, but 1 in the 16-bit draws: every element dropped, no finite keep scale.
+  for (const char* op : {"dropout_forward", "dropout_backward", "attention_forward", "attention_backward"})
+    expect_call_error(op, [&](OpCall& c) { c.p = 1 - std::ldexp(1.0, -18); }, "dropout probability",
+                      {"rounds to 1 in the 16-bit draws"});
 }
 
 // Rows wider than 2^24 columns, sequences longer than 2^16 tokens, more than 2^8 heads: the limits

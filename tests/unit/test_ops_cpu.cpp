@@ -212,6 +212,25 @@ int64_t total(const std::vector<int32_t>& lengths) {
   return std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
 }
 
+// The dropout contract of core/rng.h restated from its text, apart from the code under test:
+// element e of sequence `id` takes the 16-bit half e % 2 of word (e % 8) / 2 of the Philox-4x32-10
+// output at counter (g bits 0..31, g bits 32..39 | step bits 0..23 << 8, id bits 0..31, id bits
+// 32..63), g = e rounded down to a multiple of 8, and key (seed bits 0..31 ^ tensor · 0x85EBCA6B,
+// seed bits 32..63 ^ step >> 24); it is kept when that half >= round(p · 2^16), and a kept
+// element is scaled by 2^16 / (2^16 - round(p · 2^16)).
+bool kept_by_contract(const RngKey& key, uint64_t id, uint64_t element, double p) {
+  const uint64_t g = element / 8 * 8;
+  const Philox4x32 ctr = {{static_cast<uint32_t>(g),
+                           static_cast<uint32_t>(g >> 32) | static_cast<uint32_t>(key.step << 8),
+                           static_cast<uint32_t>(id), static_cast<uint32_t>(id >> 32)}};
+  const Philox4x32 r = philox4x32_10(ctr, static_cast<uint32_t>(key.seed) ^ key.tensor * 0x85EBCA6Bu,
+                                     static_cast<uint32_t>(key.seed >> 32) ^
+                                         static_cast<uint32_t>(key.step >> 24));
+  const uint32_t half = (r.c[element % 8 / 2] >> (16 * (element % 2))) & 0xFFFFu;
+  return half >= static_cast<uint32_t>(std::lround(p * 65536));
+}
+double keep_scale_by_contract(double p) { return 65536.0 / (65536.0 - std::lround(p * 65536)); }
+
 struct AttentionCase {
   std::string name;
   std::vector<int32_t> lengths;
@@ -225,9 +244,9 @@ struct AttentionCase {
 };
 
 // Attention by its definition, one query at a time over the keys of its own sequence: the
-// scores, their log-sum-exp, the softmax, the dropout mask drawn directly from
-// sequence_uniform01 at the element ops.h specifies, (sequence id, attention_element(h, i, j)),
-// and the weighted sum of values.
+// scores, their log-sum-exp, the softmax, the dropout mask of the contract (kept_by_contract) at
+// the element ops.h specifies, (sequence id, attention_element(h, i, j)), and the weighted sum of
+// values.
 void naive_attention(const AttentionCase& c, const std::vector<double>& q,
                      const std::vector<double>& k, const std::vector<double>& v, const RngKey& key,
                      std::vector<double>& out, std::vector<double>& lse) {
@@ -256,9 +275,8 @@ void naive_attention(const AttentionCase& c, const std::vector<double>& q,
           const uint64_t element = attention_element(static_cast<uint64_t>(h),
                                                      static_cast<uint64_t>(i),
                                                      static_cast<uint64_t>(j));
-          const bool keep =
-              sequence_uniform01(key, c.ids[b], element) >= static_cast<float>(c.dropout_p);
-          const double dropped = keep ? p / (1 - c.dropout_p) : 0.0;
+          const bool keep = kept_by_contract(key, c.ids[b], element, c.dropout_p);
+          const double dropped = keep ? p * keep_scale_by_contract(c.dropout_p) : 0.0;
           for (int64_t d = 0; d < D; ++d)
             out[t * ld + h * D + d] += dropped * v[(begin + j) * ld + h * D + d];
         }
@@ -630,22 +648,22 @@ TEST(Dropout, KeepsAboutOneMinusPAndScalesTheKept) {
   ops::dropout_forward(x, p, kKey, seqs, y);
   int64_t kept = 0;
   for (double v : values(y)) {
-    ASSERT_TRUE(v == 0 || v == 2.0 * (1.0 / (1 - p))) << v;
+    ASSERT_TRUE(v == 0 || v == 2.0 * keep_scale_by_contract(p)) << v;
     kept += v != 0;
   }
   // Binomial(n, 0.7): standard deviation sqrt(n p (1-p)) ≈ 205 draws, i.e. 0.001; allow 5σ.
   EXPECT_NEAR(static_cast<double>(kept) / n, 1 - p, 0.005);
 }
 
-// Element (t, c) of row t at position i of sequence b is kept exactly when
-// sequence_uniform01(key, ids[b], hidden_element(i, c)) >= float(p), as ops.h says.
+// Element (t, c) of row t at position i of sequence b is kept exactly when the contract keeps
+// element hidden_element(i, c) of ids[b], as ops.h says, and scaled as it says.
 TEST(Dropout, MaskMatchesItsDefinition) {
   std::mt19937 rng(60);
   const std::vector<int32_t> lengths = ragged_lengths(rng, 5, 9);
   const std::vector<uint64_t> ids = random_ids(rng, lengths.size());
   const ops::Sequences seqs = sequences(lengths, ids);
   const int64_t rows = seqs.tokens(), cols = draw(rng, 3, 40);
-  const double p = 0.4, scale = 1.0 / (1.0 - p);
+  const double p = 0.4, scale = keep_scale_by_contract(p);
   const Tensor x = uniform({rows, cols}, rng, 1, 2);
   Tensor y = Tensor::empty({rows, cols}, DType::f64);
   ops::dropout_forward(x, p, kKey, seqs, y);
@@ -654,8 +672,7 @@ TEST(Dropout, MaskMatchesItsDefinition) {
     for (int64_t i = 0; i < lengths[b]; ++i)
       for (int64_t c = 0; c < cols; ++c) {
         const size_t e = static_cast<size_t>((seqs.host[b] + i) * cols + c);
-        const bool keep = sequence_uniform01(kKey, ids[b], hidden_element(i, c)) >=
-                          static_cast<float>(p);
+        const bool keep = kept_by_contract(kKey, ids[b], hidden_element(i, c), p);
         ASSERT_EQ(yv[e], keep ? xv[e] * scale : 0.0) << "sequence " << b << ", position " << i
                                                      << ", column " << c;
       }
