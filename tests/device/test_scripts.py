@@ -4,7 +4,8 @@ breakdown.py on made-up nsys stats tables (fixtures/: the current nsys column na
 nsys's own log lines around them, and the older names), on a profile through a stand-in nsys
 that knows only the old report names, and against the kernels of kernels/cuda (every one must
 fall in a family); breakdown.sh's options and its missing-nsys exit under stand-ins for nsys and
-qarac-bench; train_throughput.py on a made-up metrics.jsonl.
+qarac-bench; run.sh's stages, deadline and saved logs under stand-ins for nvidia-smi and the
+programs; train_throughput.py on a made-up metrics.jsonl.
 
 Usage: test_scripts.py (unittest; exit 0 when every check passes)."""
 import glob
@@ -239,6 +240,82 @@ class BreakdownScript(unittest.TestCase):
         p = run("bash", os.path.join(HERE, "breakdown.sh"), "--sequence", "128")
         self.assertEqual(p.returncode, 2)
         self.assertIn("unknown option --sequence", p.stderr)
+
+
+class DeviceRun(unittest.TestCase):
+    """run.sh's stages, deadline and saved logs, with stand-ins for nvidia-smi and the programs."""
+
+    def setUp(self):
+        self.tmp_dir = tempfile.TemporaryDirectory()
+        tmp = self.tmp_dir.name
+        self.bin = os.path.join(tmp, "bin")
+        self.path = os.path.join(tmp, "path")
+        self.out = os.path.join(tmp, "out")
+        for d in (self.bin, self.path, self.out):
+            os.makedirs(d)
+        executable(os.path.join(self.path, "nvidia-smi"), "#!/bin/sh\necho 'Fake GPU, 1.0, 80 GiB'\n")
+        executable(os.path.join(self.bin, "test_backend_ops"), "#!/bin/sh\necho '[  PASSED  ] 3 tests.'\n")
+        executable(os.path.join(self.bin, "test_cuda_runtime"),
+                   "#!/bin/sh\necho 'x.cpp:1: Failure'\necho '[  FAILED  ] 1 test, listed below:'\nexit 1\n")
+        executable(os.path.join(self.bin, "qarac-parity"), "#!/bin/sh\necho 'max |diff| 1e-6: within 1e-4'\n")
+        executable(os.path.join(self.bin, "qarac-bench"),
+                   "#!/bin/sh\necho \"qarac-bench $*\"\necho '  12.34 ms/step, 1 tokens/s real'\n")
+
+    def tearDown(self):
+        self.tmp_dir.cleanup()
+
+    def run_sh(self, stages, deadline=600):
+        env = dict(os.environ, PATH=self.path + os.pathsep + os.environ["PATH"], TMPDIR=self.tmp_dir.name,
+                   OUT=self.out, QARAC_DEVICE_BIN=self.bin, QARAC_DEVICE_STAGES=stages,
+                   QARAC_DEVICE_DEADLINE=str(deadline), QARAC_BENCH_ITERS="2")
+        return run("bash", os.path.join(HERE, "run.sh"), env=env)
+
+    def saved(self):
+        """$OUT/summary.txt, and the names in $OUT/logs.tgz."""
+        with open(os.path.join(self.out, "summary.txt")) as f:
+            summary = f.read()
+        names = run("tar", "tzf", os.path.join(self.out, "logs.tgz")).stdout.split()
+        return summary, [os.path.basename(n) for n in names]
+
+    def test_stages_run_and_a_failure_fails_the_run(self):
+        p = self.run_sh("tests,parity,bench")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("== test_backend_ops: passed [  PASSED  ] 3 tests.", p.stdout)
+        self.assertIn("== test_cuda_runtime: FAILED", p.stdout)
+        self.assertIn("x.cpp:1: Failure", p.stdout)
+        self.assertRegex(p.stdout, r"parity cuda bf16 +passed +max \|diff\|")
+        self.assertRegex(p.stdout, r"qarac S=512 B=16 ragged +bench +12.34 ms/step")
+        self.assertIn("qarac-bench --workload qarac --device cuda --dtype bf16 --preset base --batch 64 --ragged "
+                      "--warmup 3 --iters 2", p.stdout)
+        summary, logs = self.saved()
+        self.assertRegex(summary, r"test_cuda_runtime +FAILED")
+        self.assertRegex(summary, r"\(stage bench\) +time")
+        self.assertIn("test_cuda_runtime", logs)
+        self.assertIn("parity_f32", logs)
+
+    def test_stages_past_the_deadline_are_skipped(self):
+        p = self.run_sh("tests,parity", deadline=0)
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertNotIn("test_backend_ops", p.stdout)
+        summary, _ = self.saved()
+        self.assertRegex(summary, r"stage tests +skipped +deadline 0 s")
+        self.assertRegex(summary, r"stage parity +skipped +deadline 0 s")
+
+    def test_a_running_stage_is_stopped_at_the_deadline(self):
+        executable(os.path.join(self.bin, "qarac-parity"), "#!/bin/sh\nsleep 60\n")
+        p = self.run_sh("parity", deadline=2)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("== qarac-parity cuda f32: FAILED", p.stdout)
+        self.assertIn("== qarac-parity cuda bf16: FAILED", p.stdout)
+        summary, _ = self.saved()
+        seconds = int(re.search(r"\(stage parity\) +time +(\d+) s", summary).group(1))
+        self.assertLess(seconds, 10)
+
+    def test_unknown_stage(self):
+        p = self.run_sh("tests,benchmarks")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("unknown stage 'benchmarks'", p.stderr)
+        self.assertNotIn("test_backend_ops", p.stdout)
 
 
 class TrainThroughput(unittest.TestCase):
