@@ -87,6 +87,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < N; ++k) {
       if (c + k >= valid) break;
       const float xj = to_float(v.v[k]);
+      if (xj == -INFINITY) continue;  // exp(-inf) = 0; exp(-inf - (-inf)) would be NaN
       if (xj > state.max) {
         state.sum = state.sum * expf(state.max - xj) + 1.f;  // exp(-inf) = 0 on the first
         state.max = xj;

@@ -263,6 +263,9 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
     return;
   }
 #ifdef QARAC_HAVE_CUDA
+  // On the legacy stream of the device that holds the device side, the one ordered with that
+  // device's compute stream; the caller's current device is left as it was.
+  const CurrentDevice current(dst_device.is_cuda() ? dst_device.index : src_device.index);
   QARAC_CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 #else
   no_cuda("a device copy");
@@ -277,7 +280,9 @@ void zero_bytes(void* dst, Device device, size_t bytes) {
     return;
   }
 #ifdef QARAC_HAVE_CUDA
-  QARAC_CHECK_CUDA(cudaSetDevice(device.index));
+  // Not cudaSetDevice: that would move the caller (and every later kernel, which runs on the
+  // current device's context) to device.index for good.
+  const CurrentDevice current(device.index);
   QARAC_CHECK_CUDA(cudaMemset(dst, 0, bytes));
 #else
   no_cuda("a device memset");

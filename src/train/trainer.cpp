@@ -89,6 +89,7 @@ struct Trainer::Impl {
     std::unique_ptr<Optimizer> optimizer;
     std::unique_ptr<Evaluator> evaluator;
     Tensor run_losses;  // [micro-batches] on the device: the losses of one step, read back at once
+    Device device;      // where the models live: this rank's GPU (use_local_gpu), or the CPU
   };
   // The steps at which each was last done.
   struct Last {
@@ -135,7 +136,7 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
       schedule(config.schedule_config()),
       output(config.output),
       checkpoint_dir(qarac::checkpoint_dir(output)) {
-  const Device device = config.device_value();
+  Device device = config.device_value();
   if (place.world_size > 1) {
     log::set_rank(place.rank);
     place.world = std::make_unique<parallel::MpiGroup>(MPI_COMM_WORLD, "the world", config.timeout);
@@ -143,7 +144,9 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
   if (device.is_cuda()) {
     QARAC_INPUT_CHECK(cuda_device_count() > 0, "train.device: cuda, but no CUDA device is available",
                       " (or this build has no CUDA backend)");
-    if (runtime) runtime->use_local_gpu(config.share_gpus, config.timeout);
+    // The GPU this rank was given (GPU r for local rank r when every rank sees the node's GPUs):
+    // the models and every tensor of the run live there, not on cuda:0.
+    if (runtime) device = Device::cuda(runtime->use_local_gpu(config.share_gpus, config.timeout));
   }
   place.backend = parallel::backend_from_name(config.backend, device.is_cuda());
   fault = Fault::from_env();
@@ -166,6 +169,7 @@ void Trainer::Impl::build(Device device) {
     }
   }
   Training& t = training;
+  t.device = device;
   if (config.pretraining()) {
     t.workload = make_mlm_workload(config, device);
   } else {
@@ -292,7 +296,7 @@ StepStats Trainer::Impl::train_step() {
   }
   if (!t.run_losses.defined() || t.run_losses.size(0) < runs)
     t.run_losses = Tensor::zeros({std::max<int64_t>(runs, 1)}, ops::accumulation_dtype(config.dtype_value()),
-                                 config.device_value());
+                                 t.device);
   const Clock::time_point t_data = Clock::now();
   zero_grads(t.params);
   int64_t examples = 0, run = 0;
