@@ -257,6 +257,8 @@ class DeviceRun(unittest.TestCase):
         executable(os.path.join(self.bin, "test_backend_ops"), "#!/bin/sh\necho '[  PASSED  ] 3 tests.'\n")
         executable(os.path.join(self.bin, "test_cuda_runtime"),
                    "#!/bin/sh\necho 'x.cpp:1: Failure'\necho '[  FAILED  ] 1 test, listed below:'\nexit 1\n")
+        executable(os.path.join(self.bin, "test_cuda_training"),
+                   "#!/bin/sh\necho 'x.cpp:2: Skipped'\necho '[  PASSED  ] 0 tests.'\necho '[  SKIPPED ] 1 test.'\n")
         executable(os.path.join(self.bin, "qarac-parity"), "#!/bin/sh\necho 'max |diff| 1e-6: within 1e-4'\n")
         executable(os.path.join(self.bin, "qarac-bench"),
                    "#!/bin/sh\necho \"qarac-bench $*\"\necho '  12.34 ms/step, 1 tokens/s real'\n")
@@ -283,6 +285,9 @@ class DeviceRun(unittest.TestCase):
         self.assertIn("== test_backend_ops: passed [  PASSED  ] 3 tests.", p.stdout)
         self.assertIn("== test_cuda_runtime: FAILED", p.stdout)
         self.assertIn("x.cpp:1: Failure", p.stdout)
+        # A GPU test that skips on the GPU machine did not check anything: not a pass.
+        self.assertIn("== test_cuda_training: SKIPPED", p.stdout)
+        self.assertIn("x.cpp:2: Skipped", p.stdout)
         self.assertRegex(p.stdout, r"parity cuda bf16 +passed +max \|diff\|")
         self.assertRegex(p.stdout, r"qarac S=512 B=16 ragged +bench +12.34 ms/step")
         self.assertIn("qarac-bench --workload qarac --device cuda --dtype bf16 --preset base --batch 64 --ragged "
