@@ -180,8 +180,8 @@ class Args {
 // p in [0, 1), and below 1 - 2^-17, where the 16-bit draws (core/rng.h) would drop everything.
 inline void check_probability(const char* op, double p) {
   QARAC_CHECK(p >= 0 && p < 1, op, ": dropout probability ", p, " is outside [0, 1)");
-  QARAC_CHECK(dropout_threshold(p) < kDropoutDraws, op, ": dropout probability ", p,
-              " rounds to 1 in the 16-bit draws (core/rng.h); use at most 1 - 2^-17");
+  QARAC_CHECK(p < kDropoutBelow, op, ": dropout probability ", p,
+              " rounds to 1 in the 16-bit draws (core/rng.h); use less than 1 - 2^-17");
 }
 
 // A size that a dropout element index (core/rng.h) holds in `bits` bits: at most 2^bits.

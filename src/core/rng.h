@@ -112,8 +112,11 @@ constexpr int kDropoutGroupBits = 3;                      // 8 elements per draw
 constexpr int kDropoutGroup = 1 << kDropoutGroupBits;
 constexpr uint32_t kDropoutDraws = 1u << 16;  // values of one 16-bit draw; this threshold drops all
 
-// The threshold of drop probability p in [0, 1): round(p · 2^16); p >= 1 - 2^-17 gives 2^16,
-// which drops everything and has no finite keep scale (the ops refuse it).
+// Drop probabilities must lie below this: from 1 - 2^-17 on, round(p · 2^16) is 2^16, which drops
+// everything and has no finite keep scale (the ops and the configs refuse it).
+constexpr double kDropoutBelow = 1.0 - 1.0 / (2.0 * kDropoutDraws);
+
+// The threshold of drop probability p in [0, kDropoutBelow): round(p · 2^16).
 inline uint32_t dropout_threshold(double p) {
   return static_cast<uint32_t>(p * kDropoutDraws + 0.5);
 }

@@ -13,6 +13,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/rng.h"
 
 namespace qarac::io {
 namespace {
@@ -204,7 +205,8 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder) {
       {"attention_probs_dropout_prob", c.attention_dropout},
   };
   for (const auto& [key, p] : dropouts)
-    QARAC_INPUT_CHECK(p >= 0 && p < 1, path, ": key '", key, "' must be in [0, 1), found ", p);
+    QARAC_INPUT_CHECK(p >= 0 && p < kDropoutBelow, path, ": key '", key,
+                      "' must be in [0, 1) (below 1 - 2^-17, the 16-bit dropout draws), found ", p);
   // The special tokens index the embedding table (the pad id also anchors the positions).
   const std::pair<const char*, int32_t> ids[] = {{"pad_token_id", c.pad_token_id},
                                                  {"bos_token_id", c.bos_token_id},

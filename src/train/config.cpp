@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 namespace qarac {
 namespace {
@@ -402,7 +403,7 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
                     "' must be frozen or trained");
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
-  QARAC_INPUT_CHECK(c.dropout < 1, "model.dropout: ", c.dropout, " must be < 1 (negative: the base config's)");
+  QARAC_INPUT_CHECK(c.dropout < kDropoutBelow, "model.dropout: ", c.dropout, " must be < 1 - 2^-17 (negative: the base config's)");
   QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
   QARAC_INPUT_CHECK(c.steps >= 1, "train.steps: ", c.steps, " must be >= 1");
   QARAC_INPUT_CHECK(c.seed >= 0, "train.seed: ", c.seed, " must be >= 0");

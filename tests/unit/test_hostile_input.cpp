@@ -341,6 +341,19 @@ TEST_F(Hostile, ConfigSizesAreBoundedBeforeAnythingUsesThem) {
   expect_input_error([&] { io::read_hf_config(file); }, {file, "the sizes make an encoder of more than"});
 }
 
+// Dropout probabilities outside [0, 1), or so close to 1 that the 16-bit draws drop everything,
+// are refused when the config is read, not at the first training step.
+TEST_F(Hostile, ConfigDropoutMustBeAProbabilityTheDrawsCanTake) {
+  const std::string file = path("config.json");
+  for (const double p : {-0.1, 1.0, 0.999999}) {
+    write_text(file, config_with("attention_probs_dropout_prob", p));
+    expect_input_error([&] { io::read_hf_config(file); },
+                       {file, "'attention_probs_dropout_prob' must be in [0, 1)"});
+  }
+  write_text(file, config_with("hidden_dropout_prob", 0.99999));  // 65535 of 65536: still a draw
+  EXPECT_NEAR(io::read_hf_config(file).hidden_dropout, 0.99999, 1e-12);
+}
+
 // The weights a config's sizes describe must be in the file before any model is allocated.
 TEST_F(Hostile, ConfigSizesMustMatchTheWeightsFile) {
   fs::copy_file(kTinyDev / "model.safetensors", dir_ / "model.safetensors");

@@ -465,6 +465,9 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
   expect_key([](TrainConfig& b) { b.dtype = "bf16"; }, "train.dtype");
   expect_key([](TrainConfig& b) { b.device = "tpu"; }, "train.device");
   expect_key([](TrainConfig& b) { b.beta2 = 1; }, "optimizer.beta2");
+  expect_key([](TrainConfig& b) { b.dropout = 1; }, "model.dropout");
+  // Below 1, but 1 in the 16-bit dropout draws: refused here, not at the first step.
+  expect_key([](TrainConfig& b) { b.dropout = 0.999999; }, "model.dropout");
   expect_key([](TrainConfig& b) { b.base.clear(); }, "model.base");
   expect_key([](TrainConfig& b) { b.output.clear(); }, "output");
 }
