@@ -15,7 +15,8 @@
 #   QARAC_DEVICE_DEADLINE  seconds after which no stage starts and running ones are stopped
 #                          (default 540: a 600 s call with time left to pack the logs)
 #   QARAC_DEVICE_STAGES    the stages to run, comma-separated (default: all, in this order):
-#                          tests, parity, nccl, bench, torch, dist, e2e, breakdown, python
+#                          tests, parity, nccl, bench, torch, dist, e2e, breakdown, python,
+#                          sanitize
 #   QARAC_DEVICE_BIN       run the programs of this folder (a bundle's bin/ or a build's), with
 #                          neither bundle nor build; the golden dumps are then tests/golden/data
 #   QARAC_BENCH_ITERS      timed steps per benchmark (default 10)
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/../.." || exit 1
 bundle=${1:-.device}
 iters=${QARAC_BENCH_ITERS:-10}
 deadline=${QARAC_DEVICE_DEADLINE:-540}
-stages=${QARAC_DEVICE_STAGES:-tests,parity,nccl,bench,torch,dist,e2e,breakdown,python}
+stages=${QARAC_DEVICE_STAGES:-tests,parity,nccl,bench,torch,dist,e2e,breakdown,python,sanitize}
 log=$(mktemp -d)
 summary=()
 status=0
@@ -297,12 +298,37 @@ stage_python() {
   row "python exports cuda" "$result" "$(tail -1 "$log/python")"
 }
 
+# compute-sanitizer on the kernels that have run least: racecheck (shared-memory hazards between
+# the warps of a block, cp.async double buffering) on the attention kernels over row-strided views,
+# memcheck (out-of-bounds and misaligned accesses) on the dropout and attention tests.
+stage_sanitize() {
+  local sanitizer tool filter name result
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  if [ ! -x "$sanitizer" ]; then
+    echo "== compute-sanitizer: not found, skipped"
+    row compute-sanitizer skipped "not found"
+    return 0
+  fi
+  for tool in racecheck memcheck; do
+    filter='CudaRuntime.AttentionOnRowStridedViews'
+    [ "$tool" = memcheck ] && filter='CudaRuntime.Dropout*:CudaRuntime.AttentionEmptySequences:CudaRuntime.AttentionOtherHeadDims'
+    name=sanitize_$tool
+    q timeout "$(cap 120)" "$sanitizer" --tool "$tool" --error-exitcode 1 "$bin/test_cuda_runtime" \
+      --gtest_filter="$filter" --gtest_brief=1 >"$log/$name" 2>&1
+    result=$(result_of $?)
+    fail_if "$result"
+    echo "== compute-sanitizer $tool: $result"
+    [ "$result" = passed ] || grep -E 'Error|error|Hazard|Invalid|FAILED' "$log/$name" | head -20
+    row "compute-sanitizer $tool" "$result" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log/$name" | tail -1)"
+  done
+}
+
 # ---- run them
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 IFS=',' read -r -a wanted <<<"$stages"
 for stage in "${wanted[@]}"; do
   if ! declare -F "stage_$stage" >/dev/null; then
-    echo "run.sh: unknown stage '$stage' in QARAC_DEVICE_STAGES (tests, parity, nccl, bench, torch, dist, e2e, breakdown, python)" >&2
+    echo "run.sh: unknown stage '$stage' in QARAC_DEVICE_STAGES (tests, parity, nccl, bench, torch, dist, e2e, breakdown, python, sanitize)" >&2
     exit 1
   fi
 done
