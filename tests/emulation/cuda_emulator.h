@@ -1,0 +1,210 @@
+// A host emulator of the CUDA features the attention kernels use, so that the CPU-only CI runs
+// their real source (ported by port_kernel.py) and compares it with the CPU reference.
+//
+// Every CUDA thread of a block is a fiber; a random scheduler runs one fiber at a time until it
+// reaches a barrier. __syncthreads waits for the whole block and each warp collective (shuffle,
+// ldmatrix, mma, __syncwarp) for its 32 lanes, which must all reach the same kind of collective:
+// anything else (a divergent shuffle, a __syncthreads some threads skip) is reported as a
+// deadlock or divergence. Threads of a warp do not run in lockstep, and the schedule is random
+// (seeded), so a missing barrier shows as a read of shared memory that is still poisoned (every
+// byte 0xFF: NaN in f32 and bf16) or already overwritten. cp.async copies land at issue ("eager") or at the latest
+// wait_group that must see them ("lazy"). Device memory ends against an inaccessible page, so
+// an overrun faults. What this cannot see: ex2.approx's precision (exact exp2 here), the
+// hardware memory model (a fiber's stores are visible at once), ptxas and real launch limits
+// beyond the few checked in launch().
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {qarac::bf16(f).bits}; }
+inline float __bfloat162float(__nv_bfloat16 b) {
+  qarac::bf16 t;
+  t.bits = b.x;
+  return static_cast<float>(t);
+}
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
+
+using cudaError_t = int;
+using cudaStream_t = void*;
+constexpr cudaError_t cudaSuccess = 0;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+// The emulator reports its errors by exceptions, so every call "succeeds".
+#define QARAC_CHECK_CUDA(stmt) (void)(stmt)
+#define QARAC_CHECK_LAUNCH()
+
+namespace emu {
+
+// Raises qarac::Error naming the block and thread when called from a kernel.
+[[noreturn]] void fail(const char* what);
+
+const dim3& thread_idx();
+const dim3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+
+// Runs body() as every thread of every block of the grid. kernel identifies the function for
+// the shared-memory limit set by cudaFuncSetAttribute.
+void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem,
+            std::function<void()> body);
+void set_max_dynamic_smem(const void* kernel, int bytes);
+
+// Schedule and cp.async mode of the following launches.
+void set_schedule_seed(uint64_t seed);
+void set_eager_cp_async(bool eager);
+
+// __shared__ variables: every thread of the block gets the same address for its n-th
+// declaration; dynamic shared memory is one 128-byte aligned arena.
+void* static_shared(size_t bytes, size_t align);
+float* dynamic_shared();
+
+void syncthreads();
+void syncwarp();
+uint32_t shfl(unsigned mask, uint32_t value, int src_lane);
+uint32_t shfl_xor(unsigned mask, uint32_t value, int lane_mask);
+void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans);
+void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+void cp_async16(void* smem, const void* gmem);
+void cp_async_commit();
+void cp_async_wait(int pending_groups);
+
+template <class T>
+T shfl_as(unsigned mask, T v, int lane, bool xor_mode) {
+  static_assert(sizeof(T) == 4, "4-byte shuffles only");
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  u = xor_mode ? shfl_xor(mask, u, lane) : shfl(mask, u, lane);
+  memcpy(&v, &u, 4);
+  return v;
+}
+
+// Device memory: the buffer ends against a PROT_NONE page (a read or write past its end faults)
+// and starts after one; its contents are 0xFF until written.
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(size_t bytes);
+  ~DeviceMemory();
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  void* data() const { return data_; }
+
+ private:
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  void* data_ = nullptr;
+};
+
+}  // namespace emu
+
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block_idx())
+#define blockDim (::emu::block_dim())
+#define gridDim (::emu::grid_dim())
+#define __syncthreads() ::emu::syncthreads()
+#define __syncwarp() ::emu::syncwarp()
+#define __shfl_sync(m, v, lane) ::emu::shfl_as(m, v, lane, false)
+#define __shfl_xor_sync(m, v, lane_mask) ::emu::shfl_as(m, v, lane_mask, true)
+
+// What kernels/cuda/device_utils.cuh and context.cuh give attention.cu, in the namespace the
+// port puts it in (a namespace of its own, so that nothing clashes with the real CUDA backend
+// when the build has one).
+namespace qarac::cuda_emulated {
+
+constexpr int kWarpSize = 32;
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+inline float to_float(float x) { return x; }
+inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+T from_float(float x);
+template <>
+inline float from_float<float>(float x) { return x; }
+template <>
+inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+inline float warp_sum(float x) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+inline float warp_max(float x) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  return x;
+}
+inline cudaStream_t stream() { return nullptr; }
+
+template <class Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute, int bytes) {
+  ::emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
+  return cudaSuccess;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) becomes launch_kernel(kernel, grid, block, smem,
+// stream)(args...).
+template <class Kernel>
+auto launch_kernel(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t) {
+  return [=](auto... args) {
+    ::emu::launch(reinterpret_cast<const void*>(kernel), grid, block, smem, [=] { kernel(args...); });
+  };
+}
+
+// attention.cu's inline-PTX helpers, which the port removes.
+inline void cp_async16(void* smem, const void* gmem) { ::emu::cp_async16(smem, gmem); }
+inline void cp_async_commit() { ::emu::cp_async_commit(); }
+template <int N>
+void cp_async_wait() { ::emu::cp_async_wait(N); }
+inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) { ::emu::ldmatrix_x4(r, p, false); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* p) { ::emu::ldmatrix_x4(r, p, true); }
+inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  ::emu::mma_bf16(d, a, b0, b1);
+}
+inline float exp2_approx(float x) { return exp2f(x); }  // exact, unlike ex2.approx
+
+// The caching allocator's Buffer, as attention_backward uses it (a scratch block on the device).
+struct Device {
+  static Device cuda(int) { return {}; }
+};
+class Buffer {
+ public:
+  Buffer(size_t bytes, Device) : memory_(bytes) {}
+  void* data() const { return memory_.data(); }
+
+ private:
+  ::emu::DeviceMemory memory_;
+};
+
+}  // namespace qarac::cuda_emulated
