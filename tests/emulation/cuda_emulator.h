@@ -1,5 +1,6 @@
-// A host emulator of the CUDA features the attention kernels use, so that the CPU-only CI runs
-// their real source (ported by port_kernel.py) and compares it with the CPU reference.
+// A host emulator of the CUDA features the CUDA kernels use (kernels/cuda/attention.cu, dropout.cu
+// and device_utils.cuh), so that the CPU-only CI runs their real source (ported by port_kernel.py) and
+// compares it with the CPU reference.
 //
 // Every CUDA thread of a block is a fiber; a random scheduler runs one fiber at a time until it
 // reaches a barrier. __syncthreads waits for the whole block and each warp collective (shuffle,
@@ -63,9 +64,22 @@ inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
+// Two multiprocessors: grid_for then caps a grid at 32 blocks, so grid-stride loops take several
+// turns on the tests' small inputs.
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
+  *value = 2;
+  return cudaSuccess;
+}
+enum cudaMemcpyKind { cudaMemcpyDeviceToDevice };
+// Device memory is host memory; the stream is in order, so an asynchronous copy may as well land now.
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
 // The emulator reports its errors by exceptions, so every call "succeeds".
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 #define QARAC_CHECK_CUDA(stmt) (void)(stmt)
-#define QARAC_CHECK_LAUNCH()
 
 namespace emu {
 
@@ -139,32 +153,12 @@ class DeviceMemory {
 #define __shfl_sync(m, v, lane) ::emu::shfl_as(m, v, lane, false)
 #define __shfl_xor_sync(m, v, lane_mask) ::emu::shfl_as(m, v, lane_mask, true)
 
-// What kernels/cuda/device_utils.cuh and context.cuh give attention.cu, in the namespace the
-// port puts it in (a namespace of its own, so that nothing clashes with the real CUDA backend
-// when the build has one).
+// What the CUDA builtins and kernels/cuda/context.cuh give the kernels, in the namespace the port
+// puts them in (a namespace of its own, so that nothing clashes with the real CUDA backend when
+// the build has one); device_utils.cuh is ported as it is (device_utils_emulated.h).
 namespace qarac::cuda_emulated {
 
-constexpr int kWarpSize = 32;
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int min(int a, int b) { return a < b ? a : b; }
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-inline float to_float(float x) { return x; }
-inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T>
-T from_float(float x);
-template <>
-inline float from_float<float>(float x) { return x; }
-template <>
-inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-inline float warp_sum(float x) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-inline float warp_max(float x) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  return x;
-}
 inline cudaStream_t stream() { return nullptr; }
 
 template <class Kernel>
@@ -173,14 +167,24 @@ cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute, int bytes) {
   return cudaSuccess;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) becomes launch_kernel(kernel, grid, block, smem,
-// stream)(args...).
-template <class Kernel>
-auto launch_kernel(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t) {
-  return [=](auto... args) {
+// kernel<<<grid, block, smem, stream>>>(args...) becomes launch_kernel(grid, block, smem,
+// stream)(kernel, args...): the kernel is resolved against the arguments, as CUDA does.
+struct Launch {
+  dim3 grid, block;
+  size_t smem;
+  // A kernel named as a function or a pointer: its parameters take the arguments.
+  template <class... Params, class... Args>
+  void operator()(void (*kernel)(Params...), Args... args) const {
     ::emu::launch(reinterpret_cast<const void*>(kernel), grid, block, smem, [=] { kernel(args...); });
-  };
-}
+  }
+  // A function template whose last template arguments are deduced from the call
+  // (elementwise_kernel<1>(n, op)): its parameters are the arguments' types.
+  template <class... Args>
+  void operator()(void (*kernel)(Args...), Args... args) const {
+    ::emu::launch(reinterpret_cast<const void*>(kernel), grid, block, smem, [=] { kernel(args...); });
+  }
+};
+inline Launch launch_kernel(dim3 grid, dim3 block, size_t smem, cudaStream_t) { return {grid, block, smem}; }
 
 // attention.cu's inline-PTX helpers, which the port removes.
 inline void cp_async16(void* smem, const void* gmem) { ::emu::cp_async16(smem, gmem); }
