@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Ports a CUDA source of kernels/cuda (attention.cu, dropout.cu, device_utils.cuh) to host C++
-for the CUDA emulator (cuda_emulator.h).
+"""Ports a CUDA source of kernels/cuda (attention.cu, dropout.cu, their headers, device_utils.cuh)
+to host C++ for the CUDA emulator (cuda_emulator.h).
 
 The port is mechanical, so that the tests run the kernels as written: the CUDA headers give way
-to the emulator and to the ports of the other sources (device_utils.cuh -> device_utils_emulated.h),
+to the emulator and to the ports of the other sources (attention.cuh -> attention_emulated.h,
+dropout.cuh -> dropout_emulated.h, device_utils.cuh -> device_utils_emulated.h),
 the namespace qarac::cuda becomes qarac::cuda_emulated (the real CUDA backend may be linked into
 the same binary), inline-PTX helpers (attention.cu's cp.async, ldmatrix, mma, ex2) are removed in
 favour of the emulator's, __shared__ declarations become references into the emulated shared
@@ -37,6 +38,9 @@ KERNELS = {
                      "kernels/cuda/device_utils.cuh": '#include "device_utils_emulated.h"\n'},
         "expects": {"launch"},
     },
+    # The headers declare what the tests call: the same functions, in the emulated namespace.
+    "attention.cuh": {"includes": {}, "expects": set()},
+    "dropout.cuh": {"includes": {}, "expects": set()},
     "device_utils.cuh": {
         "includes": {"<cuda_bf16.h>": '#include "cuda_emulator.h"\n', "<cuda_runtime.h>": "",
                      "core/check_cuda.h": ""},

@@ -183,7 +183,7 @@ void check(const Case& c) {
   memcpy(offsets_dev.data(), offsets.data(), offsets.size() * sizeof(int32_t));
   memcpy(ids_dev.data(), ids.data(), ids.size() * sizeof(uint64_t));
 
-  cuda::AttentionShape s;
+  cuda_emulated::AttentionShape s;
   s.offsets = static_cast<const int32_t*>(offsets_dev.data());
   s.ids = static_cast<const uint64_t*>(ids_dev.data());
   s.batch = batch;
