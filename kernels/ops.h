@@ -114,7 +114,7 @@ void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx);  // dx = dy *
 // x, y [T, C] over the sequences `seqs`. Element (t, c), with t at position i of sequence b, is
 // kept when dropout_kept(key, seqs.host_ids[b], hidden_element(i, c), dropout_threshold(p)) and
 // then scaled by dropout_keep_scale (core/rng.h: 16-bit draws, eight per Philox call, so p acts
-// as round(p·2^16)/2^16); p = 0 copies. p must lie in [0, 1 - 2^-17]; with p > 0, C <= 2^24 and
+// as round(p·2^16)/2^16); p = 0 copies. p must lie in [0, 1 - 2^-17); with p > 0, C <= 2^24 and
 // sequences of at most 2^16 tokens (core/rng.h).
 // The backward pass regenerates the same mask from the same key and seqs: nothing is stored.
 void dropout_forward(const Tensor& x, double p, const RngKey& key, const Sequences& seqs,

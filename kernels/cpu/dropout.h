@@ -11,8 +11,8 @@
 namespace qarac::cpu {
 
 // y[i] = x[i] · dropout_keep_scale where element first_element + i of sequence `id` is kept, else
-// 0, for i < n, with p's 16-bit threshold (core/rng.h); p = 0 copies. This is both the forward pass (x = input) and the backward pass (x = dy),
-// since the op is linear in x with a fixed mask. y may alias x. One run of consecutive element
+// 0, for i < n, with p's 16-bit threshold (core/rng.h); p = 0 copies. This is both the forward
+// pass (x = input) and the backward pass (x = dy), since the op is linear in x with a fixed mask. y may alias x. One run of consecutive element
 // indices: a hidden row (hidden_element(position, 0) on) or an attention row
 // (attention_element(h, query, 0) on).
 template <class T>

@@ -108,8 +108,7 @@ QARAC_HD inline float sequence_uniform01(const RngKey& key, uint64_t id, uint64_
 // 0.1016. The kept ones are scaled by 1/(1 - threshold/2^16), so the expected output is the input
 // exactly. Groups never straddle a row: hidden rows start at multiples of 2^24 and attention rows
 // at multiples of 2^16 (the layouts above), so a group is 8 consecutive columns or keys.
-constexpr int kDropoutGroupBits = 3;                      // 8 elements per draw
-constexpr int kDropoutGroup = 1 << kDropoutGroupBits;
+constexpr int kDropoutGroup = 8;              // elements decided by one draw
 constexpr uint32_t kDropoutDraws = 1u << 16;  // values of one 16-bit draw; this threshold drops all
 
 // Drop probabilities must lie below this: from 1 - 2^-17 on, round(p · 2^16) is 2^16, which drops
