@@ -10,16 +10,19 @@ namespace qarac::ops {
 
 namespace {
 std::atomic<uint64_t> dispatched{0};
+const Backend* host_override = nullptr;
 }  // namespace
 
 uint64_t dispatched_ops() { return dispatched.load(std::memory_order_relaxed); }
 void count_dispatch() { dispatched.fetch_add(1, std::memory_order_relaxed); }
 
-const Backend* find_backend(Device device) {
+const Backend* find_backend(Device device, DType dtype) {
   // Explicit calls rather than self-registering static objects: a static library's object file
   // that nothing references is left out of the link, registrar and all.
   switch (device.kind) {
     case Device::Kind::cpu:
+      if (host_override && (host_override->computes_in(dtype) || host_override->accumulates_in(dtype)))
+        return host_override;
       return &cpu_backend();
     case Device::Kind::cuda:
 #ifdef QARAC_HAVE_CUDA
@@ -30,6 +33,12 @@ const Backend* find_backend(Device device) {
   }
   return nullptr;
 }
+
+HostBackendOverride::HostBackendOverride(const Backend& backend) {
+  QARAC_CHECK(host_override == nullptr, "HostBackendOverride: another override is active");
+  host_override = &backend;
+}
+HostBackendOverride::~HostBackendOverride() { host_override = nullptr; }
 
 // ---- Dtype rules --------------------------------------------------------------------------------
 

@@ -123,8 +123,21 @@ class Backend {
 };
 
 // The backend this build registers for the device's kind, or null: a CUDA device in a build
-// without QARAC_HAVE_CUDA.
-const Backend* find_backend(Device device);
+// without QARAC_HAVE_CUDA. `dtype`, the dtype of the call's reference tensor, matters only under a
+// HostBackendOverride.
+const Backend* find_backend(Device device, DType dtype);
+
+// For tests: while an instance lives, ops on host tensors of a dtype `backend` computes or
+// accumulates in run on `backend` instead of the CPU reference, and the others (the host's own
+// f64 arithmetic) stay on the CPU. tests/emulation runs the CUDA backend's own source this way,
+// on host memory under a CUDA emulator. Not thread-safe, and instances do not nest.
+class HostBackendOverride {
+ public:
+  explicit HostBackendOverride(const Backend& backend);
+  ~HostBackendOverride();
+  HostBackendOverride(const HostBackendOverride&) = delete;
+  HostBackendOverride& operator=(const HostBackendOverride&) = delete;
+};
 
 // The ops dispatched in this process so far: every ops.h call, each one kernel or library launch
 // on CUDA or a few (linear_backward: two GEMMs and the bias gradient). qarac-bench prints them

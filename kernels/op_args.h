@@ -34,7 +34,7 @@ class Args {
  public:
   Args(const char* op, const char* name, const Tensor& ref, Role role = Role::compute,
        Layout ref_layout = Layout::contiguous)
-      : op_(op), name_(name), ref_(ref), backend_(find_backend(ref.device())) {
+      : op_(op), name_(name), ref_(ref), backend_(find_backend(ref.device(), ref.dtype())) {
     layout(name, ref, ref_layout);
     count_dispatch();
     // Only the CUDA kind can lack a backend: the CPU reference is always built.

@@ -3,7 +3,7 @@
 // allow it, with the arithmetic in f32 whatever the storage dtype.
 #include "kernels/cuda/elementwise.cuh"
 
-#include "core/tensor.h"
+#include "core/memory.h"
 #include "kernels/cuda/context.cuh"
 #include "kernels/cuda/device_utils.cuh"
 
@@ -126,14 +126,14 @@ void bias_backward(DType dtype, DType grad_dtype, const void* dy, void* dbias, i
   const int64_t chunks = ceil_div(rows, kChunkRows);
   QARAC_CHECK(chunks <= 65535, "bias_backward: ", rows, " rows exceed the grid's ",
               65535 * kChunkRows);
-  // The partial sums live in a scratch tensor from the project's allocator; it is released when
+  // The partial sums live in a scratch block from the project's allocator; it is released when
   // this function returns, and a later allocation that reuses the block is ordered after these
   // kernels by the stream.
   int device = 0;
   QARAC_CHECK_CUDA(cudaGetDevice(&device));
-  const Tensor partial = chunks > 1 ? Tensor::empty({chunks, cols}, DType::f32, Device::cuda(device))
-                                    : Tensor();
-  float* partial_data = chunks > 1 ? partial.data<float>() : nullptr;
+  const Buffer partial(chunks > 1 ? static_cast<size_t>(chunks * cols) * sizeof(float) : 0,
+                       Device::cuda(device));
+  float* partial_data = static_cast<float*>(partial.data());
   dispatch_compute(dtype, "bias_backward", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileCols)), static_cast<unsigned>(chunks));

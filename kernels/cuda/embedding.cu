@@ -24,7 +24,7 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
-#include "core/tensor.h"
+#include "core/memory.h"
 #include "kernels/cuda/context.cuh"
 #include "kernels/cuda/device_utils.cuh"
 
@@ -152,9 +152,8 @@ void embedding_backward(DType dtype, DType grad_dtype, const int32_t* ids, int64
   const size_t total = 3 * array_bytes + round256(cub_bytes);
   int device = 0;
   QARAC_CHECK_CUDA(cudaGetDevice(&device));
-  const Tensor scratch = Tensor::empty({static_cast<int64_t>(ceil_div(total, 8))}, DType::i64,
-                                       Device::cuda(device));
-  char* base = static_cast<char*>(scratch.raw());
+  const Buffer scratch(total, Device::cuda(device));
+  char* base = static_cast<char*>(scratch.data());
   uint32_t* sorted_ids = reinterpret_cast<uint32_t*>(base);
   int32_t* rows = reinterpret_cast<int32_t*>(base + array_bytes);
   int32_t* sorted_rows = reinterpret_cast<int32_t*>(base + 2 * array_bytes);

@@ -17,7 +17,7 @@
 // then one thread per column adds the chunks in order (as elementwise.cu's bias gradient).
 #include "kernels/cuda/layernorm.cuh"
 
-#include "core/tensor.h"
+#include "core/memory.h"
 #include "kernels/cuda/context.cuh"
 #include "kernels/cuda/device_utils.cuh"
 
@@ -223,10 +223,9 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
   // stream.
   int device = 0;
   QARAC_CHECK_CUDA(cudaGetDevice(&device));
-  const Tensor partial = chunks > 1 ? Tensor::empty({2, chunks, cols}, DType::f32,
-                                                    Device::cuda(device))
-                                    : Tensor();
-  float* partial_data = chunks > 1 ? partial.data<float>() : nullptr;
+  const Buffer partial(chunks > 1 ? static_cast<size_t>(2 * chunks * cols) * sizeof(float) : 0,
+                       Device::cuda(device));
+  float* partial_data = static_cast<float*>(partial.data());
   dispatch_compute(dtype, "layernorm_backward", [&](auto tag) {
     using T = decltype(tag);
     constexpr int kN = kPack16<T>;

@@ -28,11 +28,12 @@ constexpr size_t kDefaultDynamicSmemLimit = 48 * 1024;
 constexpr size_t kSmemPerBlock = 227 * 1024;  // sm_90's opt-in maximum
 constexpr size_t kStackBytes = 256 * 1024;
 
-enum class Op { none, block_barrier, syncwarp, shfl, ldmatrix, ldmatrix_trans, mma };
+enum class Op { none, block_barrier, block_count, syncwarp, shfl, ldmatrix, ldmatrix_trans, mma };
 const char* op_name(Op op) {
   switch (op) {
     case Op::none: return "running";
     case Op::block_barrier: return "__syncthreads";
+    case Op::block_count: return "__syncthreads_count";
     case Op::syncwarp: return "__syncwarp";
     case Op::shfl: return "shuffle";
     case Op::ldmatrix: return "ldmatrix";
@@ -53,6 +54,7 @@ struct Fiber {
   jmp_buf resume;
   bool started = false, done = false;
   dim3 tid;
+  int index = 0;  // in the block, x fastest: lane index % 32 of warp index / 32
   Op waiting = Op::none;
   uint32_t in[10];            // a collective's operands: a shuffle's value and source lane, an mma's A, B, C
   const void* row = nullptr;  // an ldmatrix's row address
@@ -95,7 +97,7 @@ Fiber& me() {
   if (E().current == nullptr) fail("a device function called outside a kernel");
   return *E().current;
 }
-int lane_of(const Fiber& f) { return static_cast<int>(f.tid.x) % kWarp; }
+int lane_of(const Fiber& f) { return f.index % kWarp; }
 
 void fiber_main() {
   Emulator& e = E();
@@ -230,14 +232,40 @@ std::string block_name() {
   return "block (" + std::to_string(b.x) + "," + std::to_string(b.y) + "," + std::to_string(b.z) + ")";
 }
 
+// All threads of the block wait at a block barrier: check it is one and the same, complete it.
+void complete_block_barrier(int threads) {
+  std::vector<Fiber>& fibers = E().fibers;
+  const Op op = fibers[0].waiting;
+  int count = 0;
+  for (int j = 0; j < threads; ++j) {
+    Fiber& f = fibers[static_cast<size_t>(j)];
+    if (f.waiting != op) {
+      E().failure = "divergent block barrier: thread 0 at " + std::string(op_name(op)) + ", thread " +
+                    std::to_string(j) + " at " + op_name(f.waiting);
+      return;
+    }
+    count += f.in[0] != 0;
+  }
+  for (int j = 0; j < threads; ++j) {
+    Fiber& f = fibers[static_cast<size_t>(j)];
+    if (op == Op::block_count) f.out[0] = static_cast<uint32_t>(count);
+    f.waiting = Op::none;
+  }
+}
+
 // Runs one block to its end. Runnable threads are kept per warp; each step resumes a random one
 // (a warp favoured with a random bias, so that one warp often runs far ahead of the others).
+// Thread i is (i % x, i / x % y, i / (x y)) of the block, and warps are runs of 32 such i, as on
+// the hardware.
 void run_block(int threads) {
   Emulator& e = E();
   const int warps = threads / kWarp;
+  const unsigned bx = e.block_dim.x, by = e.block_dim.y;
   for (int i = 0; i < threads; ++i) {
     Fiber& f = e.fibers[static_cast<size_t>(i)];
-    f.tid = dim3(static_cast<unsigned>(i));
+    const unsigned u = static_cast<unsigned>(i);
+    f.tid = dim3(u % bx, u / bx % by, u / (bx * by));
+    f.index = i;
     f.started = f.done = false;
     f.waiting = Op::none;
     f.static_offset = 0;
@@ -277,7 +305,7 @@ void run_block(int threads) {
     if (!e.failure.empty()) break;
     if (f.done) {
       ++done;
-    } else if (f.waiting == Op::block_barrier) {
+    } else if (f.waiting == Op::block_barrier || f.waiting == Op::block_count) {
       ++at_block_barrier;
     } else if (++at_warp_barrier[static_cast<size_t>(w)] == kWarp) {
       at_warp_barrier[static_cast<size_t>(w)] = 0;
@@ -287,10 +315,9 @@ void run_block(int threads) {
     }
     if (at_block_barrier == threads) {
       at_block_barrier = 0;
-      for (int j = 0; j < threads; ++j) {
-        e.fibers[static_cast<size_t>(j)].waiting = Op::none;
-        runnable[static_cast<size_t>(j / kWarp)].push_back(j);
-      }
+      complete_block_barrier(threads);
+      if (!e.failure.empty()) break;
+      for (int j = 0; j < threads; ++j) runnable[static_cast<size_t>(j / kWarp)].push_back(j);
     }
   }
   if (e.failure.empty() && done != threads) {
@@ -316,9 +343,10 @@ void on_segv(int, siginfo_t* info, void*) {
   if (e.current != nullptr) {
     char msg[256];
     const int n = snprintf(msg, sizeof msg,
-                           "emulated kernel: memory fault at %p in block (%u,%u,%u), thread %u: an access "
-                           "outside its device buffer\n",
-                           info->si_addr, e.block_idx.x, e.block_idx.y, e.block_idx.z, e.current->tid.x);
+                           "emulated kernel: memory fault at %p in block (%u,%u,%u), thread (%u,%u,%u): an "
+                           "access outside its device buffer\n",
+                           info->si_addr, e.block_idx.x, e.block_idx.y, e.block_idx.z, e.current->tid.x,
+                           e.current->tid.y, e.current->tid.z);
     if (n > 0) (void)!write(STDERR_FILENO, msg, static_cast<size_t>(n));
   }
   signal(SIGSEGV, SIG_DFL);  // returning re-executes the access, which now kills the process
@@ -345,7 +373,9 @@ void install_fault_report() {
 void fail(const char* what) {
   Emulator& e = E();
   if (e.current == nullptr) throw qarac::Error(std::string("emulated CUDA: ") + what);
-  e.failure = std::string(what) + " (thread " + std::to_string(e.current->tid.x) + ")";
+  const dim3& t = e.current->tid;
+  e.failure = std::string(what) + " (thread (" + std::to_string(t.x) + "," + std::to_string(t.y) + "," +
+              std::to_string(t.z) + "))";
   _longjmp(e.scheduler, 1);
 }
 
@@ -361,8 +391,9 @@ void set_max_dynamic_smem(const void* kernel, int bytes) { E().max_dynamic_smem[
 void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, std::function<void()> body) {
   Emulator& e = E();
   install_fault_report();
-  if (block.y != 1 || block.z != 1 || block.x == 0 || block.x > 1024 || block.x % kWarp != 0)
-    fail("blocks must be 1-D with a multiple of 32 threads, at most 1024");
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || threads % kWarp != 0)
+    fail("blocks must have a multiple of 32 threads, at most 1024 (z at most 64)");
   if (grid.y > 65535 || grid.z > 65535) fail("grid y and z must be at most 65535");
   if (dynamic_smem > kDefaultDynamicSmemLimit) {
     const auto it = e.max_dynamic_smem.find(kernel);
@@ -372,7 +403,7 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, std:
   e.body = std::move(body);
   e.grid_dim = grid;
   e.block_dim = block;
-  e.fibers.resize(block.x);
+  e.fibers.resize(threads);
   e.static_smem = aligned_arena(e.static_storage, kStaticSmemLimit);
   e.dynamic_smem = aligned_arena(e.dynamic_storage, dynamic_smem);
   e.dynamic_bytes = dynamic_smem;
@@ -383,7 +414,7 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, std:
         std::fill(e.static_smem, e.static_smem + kStaticSmemLimit, 0xFF);
         std::fill(e.dynamic_smem, e.dynamic_smem + dynamic_smem, 0xFF);
         e.static_used = 0;
-        run_block(static_cast<int>(block.x));
+        run_block(static_cast<int>(threads));
         if (e.static_used + dynamic_smem > kSmemPerBlock) fail("shared memory above 227 KiB per block");
       }
 }
@@ -399,7 +430,16 @@ void* static_shared(size_t bytes, size_t align) {
 }
 float* dynamic_shared() { return reinterpret_cast<float*>(E().dynamic_smem); }
 
-void syncthreads() { wait_for(Op::block_barrier); }
+void syncthreads() {
+  me().in[0] = 0;
+  wait_for(Op::block_barrier);
+}
+int syncthreads_count(int predicate) {
+  Fiber& f = me();
+  f.in[0] = predicate != 0;
+  wait_for(Op::block_count);
+  return static_cast<int>(f.out[0]);
+}
 void syncwarp() { wait_for(Op::syncwarp); }
 
 uint32_t shfl(unsigned mask, uint32_t value, int src_lane) {

@@ -1,6 +1,6 @@
-// A host emulator of the CUDA features the CUDA kernels use (kernels/cuda/attention.cu, dropout.cu
-// and device_utils.cuh), so that the CPU-only CI runs their real source (ported by port_kernel.py) and
-// compares it with the CPU reference.
+// A host emulator of the CUDA features the CUDA kernels use (kernels/cuda/*.cu and
+// device_utils.cuh), so that the CPU-only CI runs their real source (ported by port_kernel.py) and
+// compares it with the CPU reference; emulated_libraries.h adds the cuBLASLt and CUB calls.
 //
 // Every CUDA thread of a block is a fiber; a random scheduler runs one fiber at a time until it
 // reaches a barrier. __syncthreads waits for the whole block and each warp collective (shuffle,
@@ -71,15 +71,22 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
   *value = 2;
   return cudaSuccess;
 }
-enum cudaMemcpyKind { cudaMemcpyDeviceToDevice };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 // Device memory is host memory; the stream is in order, so an asynchronous copy may as well land now.
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
   memcpy(dst, src, bytes);
   return cudaSuccess;
 }
-// The emulator reports its errors by exceptions, so every call "succeeds".
+inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  memset(dst, value, bytes);
+  return cudaSuccess;
+}
+// A kernel's errors are exceptions of the launch itself, so the launch check has nothing left.
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-#define QARAC_CHECK_CUDA(stmt) (void)(stmt)
+#define QARAC_CHECK_CUDA(stmt)                                                                \
+  do {                                                                                        \
+    if ((stmt) != cudaSuccess) throw ::qarac::Error("emulated CUDA: " #stmt " failed");       \
+  } while (0)
 
 namespace emu {
 
@@ -107,6 +114,7 @@ void* static_shared(size_t bytes, size_t align);
 float* dynamic_shared();
 
 void syncthreads();
+int syncthreads_count(int predicate);
 void syncwarp();
 uint32_t shfl(unsigned mask, uint32_t value, int src_lane);
 uint32_t shfl_xor(unsigned mask, uint32_t value, int lane_mask);
@@ -149,6 +157,7 @@ class DeviceMemory {
 #define blockDim (::emu::block_dim())
 #define gridDim (::emu::grid_dim())
 #define __syncthreads() ::emu::syncthreads()
+#define __syncthreads_count(predicate) ::emu::syncthreads_count(predicate)
 #define __syncwarp() ::emu::syncwarp()
 #define __shfl_sync(m, v, lane) ::emu::shfl_as(m, v, lane, false)
 #define __shfl_xor_sync(m, v, lane_mask) ::emu::shfl_as(m, v, lane_mask, true)
@@ -158,8 +167,10 @@ class DeviceMemory {
 // the build has one); device_utils.cuh is ported as it is (device_utils_emulated.h).
 namespace qarac::cuda_emulated {
 
+// CUDA's integer min overloads.
 inline int min(int a, int b) { return a < b ? a : b; }
-inline cudaStream_t stream() { return nullptr; }
+inline long min(long a, long b) { return a < b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
 
 template <class Kernel>
 cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute, int bytes) {

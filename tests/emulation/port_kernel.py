@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-"""Ports a CUDA source of kernels/cuda (attention.cu, dropout.cu, their headers, device_utils.cuh)
-to host C++ for the CUDA emulator (cuda_emulator.h).
+"""Ports a source of kernels/cuda (a kernel file X.cu, a header X.cuh, backend.cpp) to host C++
+for the CUDA emulator (cuda_emulator.h, emulated_libraries.h).
 
-The port is mechanical, so that the tests run the kernels as written: the CUDA headers give way
-to the emulator and to the ports of the other sources (attention.cuh -> attention_emulated.h,
-dropout.cuh -> dropout_emulated.h, device_utils.cuh -> device_utils_emulated.h),
+The port is mechanical, so that the tests run the kernels and the backend glue as written: CUDA's
+headers, context.cuh and CUB give way to the emulator's (kernels/cuda/X.cuh -> X_emulated.h),
 the namespace qarac::cuda becomes qarac::cuda_emulated (the real CUDA backend may be linked into
-the same binary), inline-PTX helpers (attention.cu's cp.async, ldmatrix, mma, ex2) are removed in
-favour of the emulator's, __shared__ declarations become references into the emulated shared
-memory and kernel<<<...>>>(args) becomes launch_kernel(...)(kernel, args).
+the same binary) and backend.cpp's cuda_backend() becomes cuda_emulated_backend(), inline-PTX
+helpers (attention.cu's cp.async, ldmatrix, mma, ex2) are removed in favour of the emulator's,
+__shared__ declarations become references into the emulated shared memory and
+kernel<<<...>>>(args) becomes launch_kernel(...)(kernel, args).
 
-Usage: port_kernel.py KERNEL OUT. When the source no longer has the shape this expects (KERNELS),
-it fails with one line naming the file and what it did not find, and writes nothing.
+Usage: port_kernel.py SOURCE OUT. When the source no longer has the shape this expects, it fails
+with one line naming the file and what it did not find, and writes nothing.
 """
 import os
 import re
@@ -23,29 +23,22 @@ PTX_END = "__device__ __forceinline__ uint32_t pack_bf16x2"
 PTX_HELPERS = {"shared_address", "cp_async16", "cp_async_commit", "cp_async_wait", "ldmatrix_x4",
                "ldmatrix_x4_trans", "mma_bf16", "exp2_approx"}
 
-# Per source: its #include lines and what replaces each, and which of the ported constructs it
-# must contain (a construct a source does not list is still ported when present).
-KERNELS = {
-    "attention.cu": {
-        "includes": {"kernels/cuda/attention.cuh": '#include "cuda_emulator.h"\n#include "attention_emulated.h"\n',
-                     "core/memory.h": "", "kernels/cuda/context.cuh": "",
-                     "kernels/cuda/device_utils.cuh": '#include "device_utils_emulated.h"\n'},
-        "expects": {"ptx", "dynamic_shared", "static_shared", "launch"},
-    },
-    "dropout.cu": {
-        "includes": {"kernels/cuda/dropout.cuh": '#include "cuda_emulator.h"\n#include "dropout_emulated.h"\n',
-                     "kernels/cuda/context.cuh": "",
-                     "kernels/cuda/device_utils.cuh": '#include "device_utils_emulated.h"\n'},
-        "expects": {"launch"},
-    },
-    # The headers declare what the tests call: the same functions, in the emulated namespace.
-    "attention.cuh": {"includes": {}, "expects": set()},
-    "dropout.cuh": {"includes": {}, "expects": set()},
-    "device_utils.cuh": {
-        "includes": {"<cuda_bf16.h>": '#include "cuda_emulator.h"\n', "<cuda_runtime.h>": "",
-                     "core/check_cuda.h": ""},
-        "expects": {"launch"},
-    },
+# The includes each port drops or replaces; kernels/cuda/X.cuh becomes X_emulated.h.
+INCLUDES = {
+    '"kernels/cuda/context.cuh"': '#include "emulated_libraries.h"\n',
+    "<cub/device/device_radix_sort.cuh>": '#include "emulated_libraries.h"\n',
+    "<cuda_bf16.h>": "", "<cuda_runtime.h>": "", "<cublasLt.h>": "",
+    '"core/check_cuda.h"': "", '"core/memory.h"': "",
+}
+
+# The constructs a source must contain (a construct not listed is still ported when present), so
+# that a change of shape fails here rather than as a port that silently skips something; any
+# __shared__, <<<, asm or __cvta left after the port fails it too.
+EXPECTS = {
+    "attention.cu": {"ptx", "dynamic_shared", "static_shared", "launch"},
+    "backend.cpp": {"backend"},
+    "context.cu": None,  # the real context and stream: emulated_libraries.cpp stands in for it
+    "context.cuh": None,
 }
 
 
@@ -60,17 +53,30 @@ def replace_once(src, old, new):
 
 
 def static_shared(match):
-    """__shared__ __align__(128) bf16_t sK[2][kTileH]; -> a reference to emulated shared memory."""
-    align, typ, name, dims = match.group(1), match.group(2), match.group(3), match.group(4)
+    """__shared__ __align__(128) bf16_t sK[2][kTileH], sV[2][kTileH]; -> a reference to emulated shared
+    memory per array."""
+    align, typ, declarators = match.group(1), match.group(2), match.group(3)
     align = align or f"alignof({typ})"
-    return (f"{typ} (&{name}){dims} = *static_cast<{typ} (*){dims}>("
-            f"::emu::static_shared(sizeof({typ}{dims}), {align}));")
+    refs = []
+    for declarator in declarators.split(","):
+        array = re.fullmatch(r"\s*(\w+)((?:\[[^\]]+\])+)\s*", declarator)
+        if array is None:
+            raise Mismatch(f"did not find an array in the __shared__ declaration '{declarator.strip()}'")
+        name, dims = array.groups()
+        refs.append(f"{typ} (&{name}){dims} = *static_cast<{typ} (*){dims}>("
+                    f"::emu::static_shared(sizeof({typ}{dims}), {align}));")
+    return " ".join(refs)
 
 
-def port(src, kernel):
-    for header, replacement in kernel["includes"].items():
-        quoted = header if header.startswith("<") else f'"{header}"'
-        src = replace_once(src, f"#include {quoted}\n", replacement)
+def port(src, name):
+    def include(match):
+        target = match.group(1)
+        if target in INCLUDES:
+            return INCLUDES[target]
+        own = re.fullmatch(r'"kernels/cuda/(\w+)\.cuh"', target)
+        return f'#include "{own.group(1)}_emulated.h"\n' if own else match.group(0)
+    src = re.sub(r'#include ([<"][^>"]+[>"])\n', include, src)
+    src = '#include "cuda_emulator.h"\n' + src
     # Every block of the namespace: device_utils.cuh reopens it several times.
     opened, closed = src.count("namespace qarac::cuda {"), src.count("}  // namespace qarac::cuda\n")
     if opened == 0 or opened != closed:
@@ -79,7 +85,10 @@ def port(src, kernel):
     src = src.replace("namespace qarac::cuda {", "namespace qarac::cuda_emulated {")
     src = src.replace("}  // namespace qarac::cuda\n", "}  // namespace qarac::cuda_emulated\n")
 
-    expects = kernel["expects"]
+    expects = EXPECTS.get(name, set())
+    if "backend" in expects:
+        src = replace_once(src, "const Backend& cuda_backend() {", "const Backend& cuda_emulated_backend() {")
+        src = re.sub(r"\bcuda::", "cuda_emulated::", src)
     if "ptx" in expects:
         first, end = src.find(PTX_FIRST), src.find(PTX_END)
         if first < 0 or end < first:
@@ -93,11 +102,11 @@ def port(src, kernel):
     src, n = re.subn(r"extern __shared__ float (\w+)\[\];", r"float* \1 = ::emu::dynamic_shared();", src)
     if n == 0 and "dynamic_shared" in expects:
         raise Mismatch("did not find 'extern __shared__ float gen_smem[];'")
-    src, n = re.subn(r"__shared__ (?:__align__\((\d+)\) )?(\w+) (\w+)((?:\[\w+\])+);", static_shared, src)
+    src, n = re.subn(r"__shared__ (?:__align__\((\d+)\) )?(\w+) ([^;]+);", static_shared, src)
     if n == 0 and "static_shared" in expects:
         raise Mismatch("did not find a static __shared__ array")
     # The kernel's name may carry template arguments nested one deep (elementwise_kernel<kPack16<T>>).
-    src, n = re.subn(r"([A-Za-z_][\w:]*(?:<(?:[^<>;]|<[^<>;]*>)*>)?)<<<(.*?)>>>\(", r"launch_kernel(\2)(\1, ",
+    src, n = re.subn(r"([A-Za-z_][\w:]*(?:<(?:[^<>;]|<[^<>;]*>)*>)?)\s*<<<(.*?)>>>\(", r"launch_kernel(\2)(\1, ",
                      src, flags=re.S)
     if n == 0 and "launch" in expects:
         raise Mismatch("did not find a kernel launch <<<...>>>")
@@ -111,16 +120,17 @@ def port(src, kernel):
 
 def main():
     if len(sys.argv) != 3:
-        sys.exit("usage: port_kernel.py KERNEL OUT")
+        sys.exit("usage: port_kernel.py SOURCE OUT")
     path, out = sys.argv[1], sys.argv[2]
-    kernel = KERNELS.get(os.path.basename(path))
-    if kernel is None:
-        print(f"port_kernel.py: {path}: not one of the sources it ports ({', '.join(KERNELS)})", file=sys.stderr)
+    name = os.path.basename(path)
+    if not re.fullmatch(r"\w+\.(cu|cuh)|backend\.cpp", name) or EXPECTS.get(name, set()) is None:
+        print(f"port_kernel.py: {path}: not a source it ports (kernels/cuda's .cu, .cuh and backend.cpp "
+              "but context.cu and context.cuh)", file=sys.stderr)
         return 1
     with open(path, encoding="utf-8") as f:
         src = f.read()
     try:
-        ported = port(src, kernel)
+        ported = port(src, name)
     except Mismatch as e:
         print(f"port_kernel.py: {path}: {e}: update tests/emulation/port_kernel.py", file=sys.stderr)
         return 1

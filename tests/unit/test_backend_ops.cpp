@@ -1,7 +1,9 @@
 // The op table: every op of ops.h, forward and backward, on every backend this build has and in
 // every compute dtype the backend runs (CPU f32; CUDA f32 and bf16), compared with the CPU
 // backend in float64 on the same inputs rounded to that dtype (ggml's test-backend-ops is the
-// model).
+// model). The CUDA backend runs twice: on the GPU when there is one, and in every build as its
+// own source ported to a host emulator of CUDA and its libraries (tests/emulation: the kernels,
+// the cuBLASLt calls, the glue of kernels/cuda/backend.cpp), on host tensors.
 //
 // A case is a function of a CaseRun. It draws sizes and values from the run's seeded generator,
 // declares its tensors (inputs; outputs the op must overwrite, which start as garbage; outputs
@@ -40,6 +42,7 @@
 #include "core/memory.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "emulated_backend.h"
 #include "kernels/backend.h"
 #include "kernels/ops.h"
 
@@ -1024,10 +1027,15 @@ struct Target {
   const char* name;
   Device device;
   DType x;
+  // The backend that computes the run's host tensors instead of the CPU's, or null.
+  const ops::Backend* (*host_backend)();
 };
-const Target kTargets[] = {{"cpu_f32", Device::cpu(), DType::f32},
-                           {"cuda_f32", Device::cuda(0), DType::f32},
-                           {"cuda_bf16", Device::cuda(0), DType::bf16}};
+const ops::Backend* emulated_cuda() { return &ops::cuda_emulated_backend(); }
+const Target kTargets[] = {{"cpu_f32", Device::cpu(), DType::f32, nullptr},
+                           {"cuda_f32", Device::cuda(0), DType::f32, nullptr},
+                           {"cuda_bf16", Device::cuda(0), DType::bf16, nullptr},
+                           {"cuda_emulated_f32", Device::cpu(), DType::f32, emulated_cuda},
+                           {"cuda_emulated_bf16", Device::cpu(), DType::bf16, emulated_cuda}};
 constexpr int kTargetCount = static_cast<int>(sizeof(kTargets) / sizeof(kTargets[0]));
 
 class BackendOps : public ::testing::TestWithParam<std::tuple<int, int>> {};
@@ -1035,7 +1043,8 @@ class BackendOps : public ::testing::TestWithParam<std::tuple<int, int>> {};
 TEST_P(BackendOps, MatchesCpuF64) {
   const Case& c = kCases[std::get<0>(GetParam())];
   const Target& target = kTargets[std::get<1>(GetParam())];
-  const ops::Backend* backend = ops::find_backend(target.device);
+  const ops::Backend* backend =
+      target.host_backend ? target.host_backend() : ops::find_backend(target.device, target.x);
   if (!backend) GTEST_SKIP() << "this build has no CUDA backend";
   if (target.device.is_cuda() && cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   ASSERT_TRUE(backend->computes_in(target.x))
@@ -1047,7 +1056,12 @@ TEST_P(BackendOps, MatchesCpuF64) {
     CaseRun want(Placement{Device::cpu(), DType::f64, DType::f64, target.x, a}, seed, round);
     c.body(want);
     CaseRun got(Placement{target.device, target.x, a, target.x, a}, seed, round);
-    c.body(got);
+    if (target.host_backend) {
+      const ops::HostBackendOverride on(*backend);
+      c.body(got);
+    } else {
+      c.body(got);
+    }
     SCOPED_TRACE("seed " + std::to_string(seed) + ", round " + std::to_string(round) + ": " +
                  got.description());
     ASSERT_EQ(got.outputs().size(), want.outputs().size());

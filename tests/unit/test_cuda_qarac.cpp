@@ -20,11 +20,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "support/test_support.h"
+#include "emulated_backend.h"
 #include "core/memory.h"
 #include "core/tensor.h"
 #include "kernels/ops.h"
@@ -247,9 +249,10 @@ std::vector<double> run_step(QaracModels& models, std::vector<data::TaskBatch> b
   return losses;
 }
 
-// The QARAC step on the GPU against the CPU, with either QA objective (the contrastive one's loss
-// is the host's, from the vectors each backend computes).
-void expect_step_matches_the_cpu(QaObjective qa) {
+// The QARAC step on the CUDA backend against the CPU, with either QA objective (the contrastive
+// one's loss is the host's, from the vectors each backend computes): on the GPU, or with
+// `emulated` on host tensors computed by the CUDA backend's source on the CUDA emulator.
+void expect_step_matches_the_cpu(QaObjective qa, bool emulated = false) {
   const QaracConfig config = step_config();
   const TensorMap base = base_checkpoint(config.base);
   const std::vector<data::TaskBatch> batches = step_batches();
@@ -259,7 +262,9 @@ void expect_step_matches_the_cpu(QaObjective qa) {
 
   for (DType dtype : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dtype));
-    QaracModels gpu(config, base, dtype, kGpu);
+    std::optional<ops::HostBackendOverride> on_emulator;
+    if (emulated) on_emulator.emplace(ops::cuda_emulated_backend());
+    QaracModels gpu(config, base, dtype, emulated ? Device::cpu() : kGpu);
     const std::vector<double> got = run_step(gpu, batches, qa);
     for (size_t t = 0; t < want.size(); ++t) {
       std::printf("%s %s: loss cpu %.6f, cuda %.6f\n", dtype_name(dtype),
@@ -287,3 +292,6 @@ void expect_step_matches_the_cpu(QaObjective qa) {
 
 TEST_F(CudaQarac, QaracStepMatchesTheCpu) { expect_step_matches_the_cpu({}); }
 TEST_F(CudaQarac, ContrastiveQaStepMatchesTheCpu) { expect_step_matches_the_cpu({true, 0.5}); }
+// The same on the CUDA emulator, which every build has.
+TEST(EmulatedCudaQarac, QaracStepMatchesTheCpu) { expect_step_matches_the_cpu({}, true); }
+TEST(EmulatedCudaQarac, ContrastiveQaStepMatchesTheCpu) { expect_step_matches_the_cpu({true, 0.5}, true); }

@@ -5,7 +5,9 @@
 // table's shapes (head dims of tiny models and the largest one,
 // RoBERTa-sized sequences, empty sequences in every position, row-strided q, k, v and gradients,
 // a head dim it must refuse), and the caching allocator. Every test skips when there is no CUDA
-// device.
+// device; the bits tests that need no CPU reference also run, in every build, on the CUDA
+// backend's source under the CUDA emulator (tests/emulation), whose random thread schedules
+// make "the same bits on every run" a test of the summation order's independence from timing.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -22,6 +25,7 @@
 #include "core/memory.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "emulated_backend.h"
 #include "kernels/ops.h"
 #include "support/test_support.h"
 
@@ -42,6 +46,27 @@ class CudaRuntime : public ::testing::Test {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
 };
+
+// The tests of bits that compare the CUDA backend only with itself or with conversions: on the GPU
+// (param false) or on the emulator (true), on the fixture's device().
+class CudaBits : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (GetParam())
+      emulator_.emplace(ops::cuda_emulated_backend());
+    else if (cuda_device_count() == 0)
+      GTEST_SKIP() << "no CUDA device";
+  }
+  Device device() const { return GetParam() ? Device::cpu() : kGpu; }
+  Tensor on_device(const Tensor& t, DType dtype) const { return t.to(dtype).to(device()); }
+
+ private:
+  std::optional<ops::HostBackendOverride> emulator_;
+};
+INSTANTIATE_TEST_SUITE_P(Backends, CudaBits, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "emulated" : "gpu";
+                         });
 
 // Expects the same bits (same dtype, any devices).
 void expect_same_bits(const Tensor& actual, const Tensor& expected, const std::string& what) {
@@ -99,26 +124,26 @@ TEST_F(CudaRuntime, DropoutMatchesCpuBitForBit) {
 // A sequence's hidden and attention dropout on the GPU is the same, bit for bit, at another row
 // of another batch (here: alone) as long as it keeps its id: nothing the kernels draw depends on
 // T, the row or max_len.
-TEST_F(CudaRuntime, DropoutMasksFollowTheSequence) {
+TEST_P(CudaBits, DropoutMasksFollowTheSequence) {
   std::mt19937 rng(10);
   const std::vector<int32_t> lengths = {70, 0, 45, 130};
   const std::vector<uint64_t> ids = random_ids(rng, lengths.size());
-  const ops::Sequences batch = ops::Sequences::from_lengths(lengths, kGpu, ids),
-                       alone = ops::Sequences::from_lengths({lengths[2]}, kGpu, {ids[2]});
+  const ops::Sequences batch = ops::Sequences::from_lengths(lengths, device(), ids),
+                       alone = ops::Sequences::from_lengths({lengths[2]}, device(), {ids[2]});
   const int64_t first = batch.host[2], len = lengths[2], heads = 2, ld = heads * 64;
   for (DType dtype : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dtype));
-    const Tensor x = on_gpu(uniform({batch.tokens(), ld}, rng), dtype);
+    const Tensor x = on_device(uniform({batch.tokens(), ld}, rng), dtype);
     const Tensor mine = x.slice(0, first, first + len).clone();
-    Tensor y = Tensor::empty(x.shape(), dtype, kGpu), y_alone = Tensor::empty(mine.shape(), dtype, kGpu);
+    Tensor y = Tensor::empty(x.shape(), dtype, device()), y_alone = Tensor::empty(mine.shape(), dtype, device());
     ops::dropout_forward(x, 0.1, kKey, batch, y);
     ops::dropout_forward(mine, 0.1, kKey, alone, y_alone);
     expect_same_bits(y_alone, y.slice(0, first, first + len).clone(), "hidden dropout");
 
-    Tensor out = Tensor::empty(x.shape(), dtype, kGpu),
-           lse = Tensor::empty({heads, batch.tokens()}, DType::f32, kGpu);
-    Tensor out_alone = Tensor::empty(mine.shape(), dtype, kGpu),
-           lse_alone = Tensor::empty({heads, len}, DType::f32, kGpu);
+    Tensor out = Tensor::empty(x.shape(), dtype, device()),
+           lse = Tensor::empty({heads, batch.tokens()}, DType::f32, device());
+    Tensor out_alone = Tensor::empty(mine.shape(), dtype, device()),
+           lse_alone = Tensor::empty({heads, len}, DType::f32, device());
     Tensor dq = out.clone(), dk = out.clone(), dv = out.clone();
     Tensor dq_alone = out_alone.clone(), dk_alone = out_alone.clone(), dv_alone = out_alone.clone();
     ops::attention_forward(x, x, x, batch, heads, false, 0.1, kKey, out, lse);
@@ -137,23 +162,23 @@ TEST_F(CudaRuntime, DropoutMasksFollowTheSequence) {
 // atomics), so a second run gives the same bits: what keeps data-parallel replicas identical.
 // Row counts past 256 take several chunks of the column reductions; few ids over many rows give
 // the embedding gradient long runs of equal ids.
-TEST_F(CudaRuntime, ReductionsGiveTheSameBitsOnEveryRun) {
+TEST_P(CudaBits, ReductionsGiveTheSameBitsOnEveryRun) {
   std::mt19937 rng(11);
   for (DType dtype : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dtype));
     const int64_t rows = 1000, cols = 203, vocab = 11;
-    const Tensor dy = on_gpu(uniform({rows, cols}, rng), dtype),
-                 x = on_gpu(uniform({rows, cols}, rng), dtype);
-    const Tensor gamma = on_gpu(uniform({cols}, rng, 0.5f, 1.5f), dtype);
-    const Tensor start = uniform({cols}, rng).to(kGpu);
+    const Tensor dy = on_device(uniform({rows, cols}, rng), dtype),
+                 x = on_device(uniform({rows, cols}, rng), dtype);
+    const Tensor gamma = on_device(uniform({cols}, rng, 0.5f, 1.5f), dtype);
+    const Tensor start = uniform({cols}, rng).to(device());
     std::vector<int32_t> idv(static_cast<size_t>(rows));
     for (size_t i = 0; i < idv.size(); ++i)
       idv[i] = i % 3 == 0 ? 4 : std::uniform_int_distribution<int32_t>(0, vocab - 1)(rng);
-    const Tensor ids = Tensor::from_vector(idv, {rows}, kGpu);
-    const Tensor table_start = uniform({vocab, cols}, rng).to(kGpu);
-    Tensor y = Tensor::empty({rows, cols}, dtype, kGpu),
-           mean = Tensor::empty({rows}, DType::f32, kGpu),
-           rstd = Tensor::empty({rows}, DType::f32, kGpu);
+    const Tensor ids = Tensor::from_vector(idv, {rows}, device());
+    const Tensor table_start = uniform({vocab, cols}, rng).to(device());
+    Tensor y = Tensor::empty({rows, cols}, dtype, device()),
+           mean = Tensor::empty({rows}, DType::f32, device()),
+           rstd = Tensor::empty({rows}, DType::f32, device());
     ops::layernorm_forward(x, gamma, gamma, 1e-5, y, mean, rstd);
 
     // More than the 64 spans one launch of the norm takes.
@@ -164,8 +189,8 @@ TEST_F(CudaRuntime, ReductionsGiveTheSameBitsOnEveryRun) {
       Tensor dbias, dtable, dx, dgamma, dbeta, norm;
     };
     auto run = [&] {
-      Gradients g{start.clone(), table_start.clone(), Tensor::empty({rows, cols}, dtype, kGpu),
-                  start.clone(), start.clone(),       Tensor::empty({1}, DType::f32, kGpu)};
+      Gradients g{start.clone(), table_start.clone(), Tensor::empty({rows, cols}, dtype, device()),
+                  start.clone(), start.clone(),       Tensor::empty({1}, DType::f32, device())};
       ops::bias_backward(dy, g.dbias);
       ops::embedding_backward(ids, dy, g.dtable);
       ops::layernorm_backward(dy, x, gamma, mean, rstd, g.dx, g.dgamma, g.dbeta);
@@ -184,7 +209,7 @@ TEST_F(CudaRuntime, ReductionsGiveTheSameBitsOnEveryRun) {
 
 // The gradient is exactly 0 in ignored rows and padded columns (not merely small), and the
 // losses have the same bits whether the gradient is written, written in place or weighted.
-TEST_F(CudaRuntime, CrossEntropyExactZerosAndIdenticalLosses) {
+TEST_P(CudaBits, CrossEntropyExactZerosAndIdenticalLosses) {
   std::mt19937 rng(14);
   const int32_t ignore = -100;
   for (DType dtype : {DType::f32, DType::bf16}) {
@@ -193,12 +218,12 @@ TEST_F(CudaRuntime, CrossEntropyExactZerosAndIdenticalLosses) {
     std::vector<int32_t> tv(static_cast<size_t>(rows));
     for (int32_t& t : tv) t = std::uniform_int_distribution<int32_t>(0, valid - 1)(rng);
     tv[1] = tv[rows - 1] = ignore;
-    const Tensor targets = Tensor::from_vector(tv, {rows}, kGpu);
-    const Tensor logits = on_gpu(uniform({rows, cols}, rng, -4, 4), dtype);
-    const Tensor weights = uniform({rows}, rng, 0.1f, 2.f).to(kGpu);
+    const Tensor targets = Tensor::from_vector(tv, {rows}, device());
+    const Tensor logits = on_device(uniform({rows, cols}, rng, -4, 4), dtype);
+    const Tensor weights = uniform({rows}, rng, 0.1f, 2.f).to(device());
 
-    Tensor losses = Tensor::empty({rows}, DType::f32, kGpu),
-           grad = Tensor::empty({rows, cols}, dtype, kGpu);
+    Tensor losses = Tensor::empty({rows}, DType::f32, device()),
+           grad = Tensor::empty({rows, cols}, dtype, device());
     ops::softmax_cross_entropy(logits, targets, ignore, losses, &grad, 0.7, valid);
     const std::vector<float> g = on_cpu(grad).to_vector<float>();
     for (int64_t i = 0; i < rows; ++i)
@@ -207,14 +232,14 @@ TEST_F(CudaRuntime, CrossEntropyExactZerosAndIdenticalLosses) {
           ASSERT_EQ(g[i * cols + j], 0.f) << "row " << i << ", column " << j;
         }
 
-    Tensor alone = Tensor::empty({rows}, DType::f32, kGpu);
+    Tensor alone = Tensor::empty({rows}, DType::f32, device());
     ops::softmax_cross_entropy(logits, targets, ignore, alone, nullptr, 0.7, valid);
     expect_same_bits(alone, losses, "losses without the gradient");
-    Tensor inplace = logits.clone(), inplace_losses = Tensor::empty({rows}, DType::f32, kGpu);
+    Tensor inplace = logits.clone(), inplace_losses = Tensor::empty({rows}, DType::f32, device());
     ops::softmax_cross_entropy(inplace, targets, ignore, inplace_losses, &inplace, 0.7, valid);
     expect_same_bits(inplace_losses, losses, "losses in place");
     expect_same_bits(inplace, grad, "dlogits in place");
-    Tensor weighted = logits.clone(), weighted_losses = Tensor::empty({rows}, DType::f32, kGpu);
+    Tensor weighted = logits.clone(), weighted_losses = Tensor::empty({rows}, DType::f32, device());
     ops::softmax_cross_entropy(weighted, targets, ignore, weighted_losses, &weighted, 0.7, valid,
                                &weights);
     expect_same_bits(weighted_losses, losses, "losses with row weights");
@@ -223,19 +248,19 @@ TEST_F(CudaRuntime, CrossEntropyExactZerosAndIdenticalLosses) {
 
 // After AdamW and NAdam steps the compute copy holds exactly the GPU's own master weights rounded
 // to its dtype.
-TEST_F(CudaRuntime, OptimizerComputeCopyIsTheRoundedMasterWeights) {
+TEST_P(CudaBits, OptimizerComputeCopyIsTheRoundedMasterWeights) {
   std::mt19937 rng(41);
   const int64_t n = 1003;
   for (DType copy_dtype : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(copy_dtype));
-    Tensor adam_p = uniform({n}, rng).to(kGpu), adam_m = Tensor::zeros({n}, DType::f32, kGpu),
-           adam_v = Tensor::zeros({n}, DType::f32, kGpu);
+    Tensor adam_p = uniform({n}, rng).to(device()), adam_m = Tensor::zeros({n}, DType::f32, device()),
+           adam_v = Tensor::zeros({n}, DType::f32, device());
     Tensor nadam_p = adam_p.clone(), nadam_m = adam_m.clone(), nadam_v = adam_v.clone();
-    Tensor adam_copy = Tensor::zeros({n}, copy_dtype, kGpu), nadam_copy = adam_copy.clone();
+    Tensor adam_copy = Tensor::zeros({n}, copy_dtype, device()), nadam_copy = adam_copy.clone();
     ops::AdamW adamw;
     ops::NAdam nadam;
     for (int64_t step = 1; step <= 3; ++step) {
-      const Tensor grad = uniform({n}, rng).to(kGpu);
+      const Tensor grad = uniform({n}, rng).to(device());
       adamw.step = nadam.step = step;
       nadam.mu_product = ops::nadam_mu_product(nadam);
       ops::adamw_update(adam_p, grad, adam_m, adam_v, adamw, &adam_copy);

@@ -1,10 +1,13 @@
 // A few training steps of the sequence classifier (encoder, pooling head, classifier, AdamW) on
-// the GPU track the CPU reference's losses: in f32 closely, in bf16 within its rounding.
+// the CUDA backend track the CPU reference's losses: in f32 closely, in bf16 within its rounding.
+// On the GPU, and in every build on the CUDA emulator (tests/emulation).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
 #include <random>
 
+#include "emulated_backend.h"
 #include "model/init.h"
 #include "train/optimizer.h"
 #include "train/sequence_classifier.h"
@@ -58,14 +61,16 @@ std::vector<double> train(DType dtype, Device device, int steps) {
   return losses;
 }
 
-}  // namespace
-
-TEST(CudaTraining, LossesTrackTheCpuReference) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+// The CUDA backend on the GPU, or with `emulated` on host tensors computed by the CUDA backend's
+// source on the CUDA emulator.
+void expect_losses_track_the_cpu(bool emulated) {
   const int steps = 6;
   const std::vector<double> cpu = train(DType::f32, Device::cpu(), steps);
-  const std::vector<double> gpu = train(DType::f32, Device::cuda(0), steps);
-  const std::vector<double> gpu_bf16 = train(DType::bf16, Device::cuda(0), steps);
+  std::optional<ops::HostBackendOverride> on_emulator;
+  if (emulated) on_emulator.emplace(ops::cuda_emulated_backend());
+  const Device device = emulated ? Device::cpu() : Device::cuda(0);
+  const std::vector<double> gpu = train(DType::f32, device, steps);
+  const std::vector<double> gpu_bf16 = train(DType::bf16, device, steps);
   for (int i = 0; i < steps; ++i) {
     std::printf("step %d: loss cpu f32 %.6f, cuda f32 %.6f, cuda bf16 %.6f\n", i, cpu[i], gpu[i], gpu_bf16[i]);
     // f32: the same arithmetic in another summation order, ~1e-6 relative per op (measured on
@@ -78,3 +83,12 @@ TEST(CudaTraining, LossesTrackTheCpuReference) {
     EXPECT_NEAR(gpu_bf16[i], cpu[i], 3e-2 * std::fabs(cpu[i])) << "step " << i;
   }
 }
+
+}  // namespace
+
+TEST(CudaTraining, LossesTrackTheCpuReference) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  expect_losses_track_the_cpu(false);
+}
+
+TEST(EmulatedCudaTraining, LossesTrackTheCpuReference) { expect_losses_track_the_cpu(true); }
