@@ -30,6 +30,14 @@
 // and mid-sized shapes, and a training step calls the same few shapes every step, so the chosen
 // algorithm is cached per (device, dtypes, transposes, sizes, epilogue, operand alignments).
 // Descriptors and layouts are still created per call: host-only, microseconds, no device work.
+// With ragged batches the token count T changes every step, and exact sizes would miss the cache
+// in every GEMM of every step. So the sizes that are no operand's leading dimension (m unless
+// trans_a, k when trans_a and not trans_b: where T sits in the linear layers' three GEMMs) are
+// rounded up to a multiple of kBucket, for the key and for the heuristic's query: an algorithm
+// is chosen once per bucket, from the bucket's largest shape, whatever T came first (so a resumed
+// run chooses what the uninterrupted one did), and runs every T of the bucket. The leading
+// dimensions stay exact, so the strides the algorithm was chosen for are the real ones. Should
+// cuBLASLt refuse that algorithm for a smaller size, the exact size is queried and cached too.
 #include "kernels/cuda/gemm.cuh"
 
 #include <array>
@@ -118,24 +126,90 @@ std::map<AlgoKey, CachedAlgo>& algo_cache() {
   return cache;
 }
 
+constexpr int64_t kBucket = 64;
+
+// p with its sizes that are no leading dimension rounded up to a multiple of kBucket (see the
+// algorithm cache above); p itself when batched, where every size enters the batch strides.
+Product bucketed(const Product& p) {
+  if (p.batch != 1) return p;
+  Product q = p;
+  const auto round_up = [](int64_t x) { return ceil_div(x, kBucket) * kBucket; };
+  if (!p.trans_a) q.m = round_up(p.m);
+  if (p.trans_a && !p.trans_b) q.k = round_up(p.k);
+  return q;
+}
+
+// cuBLASLt's operands of p (column-major): A_lt = our b, B_lt = our a, D = cᵀ [n, m]. The leading
+// dimensions are the row-major widths: those of `ld`'s sizes (p itself, or the p a bucket stands
+// for, whose leading dimensions are the same).
+struct Layouts {
+  Layout a, b, d;
+  Layouts(const Product& p, const Product& ld) {
+    const cudaDataType_t ab_type = lt_type(p.ab), c_type = lt_type(p.c);
+    if (p.trans_b)  // b stored [n, k] row-major = [k, n] column-major, transposed
+      make_layout(a, ab_type, p.k, p.n, ld.k, p.batch, p.k * p.n);
+    else  // b stored [k, n] row-major = [n, k] column-major
+      make_layout(a, ab_type, p.n, p.k, ld.n, p.batch, p.k * p.n);
+    if (p.trans_a)  // a stored [k, m] row-major = [m, k] column-major, transposed
+      make_layout(b, ab_type, p.m, p.k, ld.m, p.batch, p.m * p.k);
+    else  // a stored [m, k] row-major = [k, m] column-major
+      make_layout(b, ab_type, p.k, p.m, ld.k, p.batch, p.m * p.k);
+    make_layout(d, c_type, p.n, p.m, ld.n, p.batch, p.m * p.n);
+  }
+};
+
+// The operands' alignments in bytes, as the heuristic is told them: A_lt (our b), B_lt (our a),
+// D (and C, the same buffer), the bias.
+struct Alignments {
+  uint32_t a, b, d, bias;
+};
+
+AlgoKey algo_key(const Product& q, const Alignments& align) {
+  return {context().device, static_cast<int64_t>(q.ab), static_cast<int64_t>(q.c), q.trans_a,
+          q.trans_b, q.batch, q.m, q.n, q.k, q.bias != nullptr, align.a, align.b, align.d,
+          align.bias};
+}
+
+// The cached algorithm for problem q (p or its bucket), asking the heuristic on a miss.
+const CachedAlgo& find_algo(const Product& p, const Product& q, cublasLtMatmulDesc_t desc,
+                            const Alignments& align) {
+  Context& ctx = context();
+  const AlgoKey key = algo_key(q, align);
+  auto found = algo_cache().find(key);
+  if (found != algo_cache().end()) return found->second;
+  const Layouts lt(q, p);
+  Preference pref;
+  QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(pref.out()));
+  const uint64_t workspace = ctx.workspace_bytes;
+  const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+      pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+  QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+      pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction, sizeof(reduction)));
+  QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+      pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align.a, sizeof(align.a)));
+  QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+      pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align.b, sizeof(align.b)));
+  // beta = 0 or not, C and D are the same buffer.
+  QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+      pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align.d, sizeof(align.d)));
+  QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+      pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align.d, sizeof(align.d)));
+  cublasLtMatmulHeuristicResult_t result = {};
+  int returned = 0;
+  // NOT_SUPPORTED (rather than zero results) is how some versions answer an impossible case.
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      ctx.lt, desc, lt.a.get(), lt.b.get(), lt.d.get(), lt.d.get(), pref.get(), 1, &result, &returned);
+  if (status != CUBLAS_STATUS_NOT_SUPPORTED) QARAC_CHECK_CUBLAS(status);
+  const bool ok =
+      status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+  return algo_cache().emplace(key, CachedAlgo{ok, result.algo}).first->second;
+}
+
 // Runs the product; false (and nothing queued) only when p.bias is set and no algorithm supports
 // the bias epilogue for this case, so the caller can add the bias itself.
 bool matmul(const Product& p, float alpha, const void* a, const void* b, float beta, void* c) {
-  const cudaDataType_t ab_type = lt_type(p.ab), c_type = lt_type(p.c);
   const size_t ab_size = dtype_size(p.ab), c_size = dtype_size(p.c);
-
-  // cuBLASLt's operands (column-major): A_lt = our b, B_lt = our a, D = cᵀ [n, m].
-  Layout a_lt, b_lt, d_lt;
-  if (p.trans_b)  // b stored [n, k] row-major = [k, n] column-major, transposed
-    make_layout(a_lt, ab_type, p.k, p.n, p.k, p.batch, p.k * p.n);
-  else  // b stored [k, n] row-major = [n, k] column-major
-    make_layout(a_lt, ab_type, p.n, p.k, p.n, p.batch, p.k * p.n);
-  if (p.trans_a)  // a stored [k, m] row-major = [m, k] column-major, transposed
-    make_layout(b_lt, ab_type, p.m, p.k, p.m, p.batch, p.m * p.k);
-  else  // a stored [m, k] row-major = [k, m] column-major
-    make_layout(b_lt, ab_type, p.k, p.m, p.k, p.batch, p.m * p.k);
-  make_layout(d_lt, c_type, p.n, p.m, p.n, p.batch, p.m * p.n);
-
   MatmulDesc desc;
   QARAC_CHECK_CUBLAS(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const int32_t op_a = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -154,54 +228,38 @@ bool matmul(const Product& p, float alpha, const void* a, const void* b, float b
                                                       &p.bias, sizeof(p.bias)));
   }
 
+  const Alignments align{alignment(b, p.batch, p.k * p.n * static_cast<int64_t>(ab_size)),
+                         alignment(a, p.batch, p.m * p.k * static_cast<int64_t>(ab_size)),
+                         alignment(c, p.batch, p.m * p.n * static_cast<int64_t>(c_size)),
+                         p.bias ? alignment(p.bias, 1, 0) : 0u};
+  const Product bucket = bucketed(p);
+  const Layouts lt(p, p);
   Context& ctx = context();
-  const uint32_t align_a = alignment(b, p.batch, p.k * p.n * static_cast<int64_t>(ab_size));
-  const uint32_t align_b = alignment(a, p.batch, p.m * p.k * static_cast<int64_t>(ab_size));
-  const uint32_t align_d = alignment(c, p.batch, p.m * p.n * static_cast<int64_t>(c_size));
-  const uint32_t align_bias = p.bias ? alignment(p.bias, 1, 0) : 0;
-  const AlgoKey key = {ctx.device, static_cast<int64_t>(p.ab), static_cast<int64_t>(p.c),
-                       p.trans_a, p.trans_b, p.batch, p.m, p.n, p.k, p.bias != nullptr,
-                       align_a, align_b, align_d, align_bias};
-  auto found = algo_cache().find(key);
-  if (found == algo_cache().end()) {
-    Preference pref;
-    QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(pref.out()));
-    const uint64_t workspace = ctx.workspace_bytes;
-    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-    QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
-        pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
-    QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
-        pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction, sizeof(reduction)));
-    QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
-        pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
-    QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
-        pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
-    // beta = 0 or not, C and D are the same buffer.
-    QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
-        pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
-    QARAC_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
-        pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
-    cublasLtMatmulHeuristicResult_t result = {};
-    int returned = 0;
-    // NOT_SUPPORTED (rather than zero results) is how some versions answer an impossible case.
-    const cublasStatus_t status =
-        cublasLtMatmulAlgoGetHeuristic(ctx.lt, desc.get(), a_lt.get(), b_lt.get(), d_lt.get(),
-                                       d_lt.get(), pref.get(), 1, &result, &returned);
-    if (status != CUBLAS_STATUS_NOT_SUPPORTED) QARAC_CHECK_CUBLAS(status);
-    const bool ok = status == CUBLAS_STATUS_SUCCESS && returned > 0 &&
-                    result.state == CUBLAS_STATUS_SUCCESS;
-    found = algo_cache().emplace(key, CachedAlgo{ok, result.algo}).first;
+  const auto run = [&](const CachedAlgo& algo) {
+    return cublasLtMatmul(ctx.lt, desc.get(), &alpha, b, lt.a.get(), a, lt.b.get(), &beta, c,
+                          lt.d.get(), c, lt.d.get(), &algo.algo, ctx.workspace,
+                          ctx.workspace_bytes, ctx.stream);
+  };
+  // The bucket's algorithm, unless the exact size already needed one of its own.
+  const bool padded = bucket.m != p.m || bucket.k != p.k;
+  if (padded && algo_cache().count(algo_key(p, align)) == 0) {
+    const CachedAlgo& shared = find_algo(p, bucket, desc.get(), align);
+    if (shared.found) {
+      const cublasStatus_t status = run(shared);
+      if (status == CUBLAS_STATUS_SUCCESS) return true;
+      if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)
+        QARAC_CHECK_CUBLAS(status);
+    }
   }
-  if (!found->second.found) {
+  const CachedAlgo& exact = find_algo(p, p, desc.get(), align);
+  if (!exact.found) {
     if (p.bias) return false;
     QARAC_CHECK(false, "gemm: cuBLASLt has no algorithm for ", dtype_name(p.ab), " -> ",
                 dtype_name(p.c), " batch ", p.batch, ", m ", p.m, ", n ", p.n, ", k ", p.k,
-                ", trans_a ", p.trans_a, ", trans_b ", p.trans_b, " (alignments ", align_a, "/",
-                align_b, "/", align_d, " bytes)");
+                ", trans_a ", p.trans_a, ", trans_b ", p.trans_b, " (alignments ", align.a, "/",
+                align.b, "/", align.d, " bytes)");
   }
-  QARAC_CHECK_CUBLAS(cublasLtMatmul(ctx.lt, desc.get(), &alpha, b, a_lt.get(), a, b_lt.get(), &beta,
-                                    c, d_lt.get(), c, d_lt.get(), &found->second.algo,
-                                    ctx.workspace, ctx.workspace_bytes, ctx.stream));
+  QARAC_CHECK_CUBLAS(run(exact));
   return true;
 }
 

@@ -25,6 +25,9 @@ struct cublasLtMatmulPreferenceOpaque_t {
 
 namespace {
 
+uint64_t queries = 0;
+bool strict_algorithms = false;
+
 // Copies an attribute's value after checking its size, as the library does.
 template <class T>
 cublasStatus_t set(T& field, const void* buf, size_t bytes) {
@@ -130,17 +133,22 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) 
 
 // Every case has an algorithm (the one loop of cublasLtMatmul), which carries the promised
 // alignments; a zero alignment or one that is not a power of two is the caller's error.
-cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t,
-                                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
-                                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t desc,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t,
+                                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t d,
                                               cublasLtMatmulPreference_t pref, int requested,
                                               cublasLtMatmulHeuristicResult_t* results,
                                               int* returned) {
+  ++queries;
   if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
-  for (const uint32_t a : pref->align)
-    if (a == 0 || (a & (a - 1)) != 0) return CUBLAS_STATUS_INVALID_VALUE;
+  for (const uint32_t bytes : pref->align)
+    if (bytes == 0 || (bytes & (bytes - 1)) != 0) return CUBLAS_STATUS_INVALID_VALUE;
   results[0] = {};
   for (int i = 0; i < 4; ++i) results[0].algo.data[i] = pref->align[i];
+  const bool ta = desc->trans_a == CUBLAS_OP_T;
+  results[0].algo.data[4] = d->rows;
+  results[0].algo.data[5] = d->cols;
+  results[0].algo.data[6] = ta ? a->rows : a->cols;
   results[0].state = CUBLAS_STATUS_SUCCESS;
   *returned = 1;
   return CUBLAS_STATUS_SUCCESS;
@@ -163,6 +171,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
   const void* operands[4] = {a, b, c, d};
   for (int i = 0; i < 4; ++i)
     if (!aligned(operands[i], algo->data[i])) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (strict_algorithms && (algo->data[4] != static_cast<uint64_t>(m) ||
+                            algo->data[5] != static_cast<uint64_t>(n) ||
+                            algo->data[6] != static_cast<uint64_t>(k)))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
   const bool bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS;
   if (!bias && desc->epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (bias && (desc->bias == nullptr || ld->batch != 1)) return CUBLAS_STATUS_INVALID_VALUE;
@@ -209,6 +221,9 @@ cudaError_t cub::DeviceRadixSort::SortPairs(void* temp, size_t& temp_bytes, cons
   }
   return cudaSuccess;
 }
+
+uint64_t emu::heuristic_queries() { return queries; }
+void emu::set_strict_algorithms(bool strict) { strict_algorithms = strict; }
 
 namespace qarac::cuda_emulated {
 

@@ -12,6 +12,8 @@
 // the shapes disagree, and with CUBLAS_STATUS_NOT_SUPPORTED when an operand's address breaks an
 // alignment promised in the preference the algorithm was chosen with (the hardware would read
 // misaligned vectors). Every output is a plain f32 sum in k order, then one rounding to D's type.
+// An algorithm from the heuristic runs any problem by default; with emu::set_strict_algorithms
+// only the sizes it was chosen for, the most the documentation promises.
 #pragma once
 
 #include <cstddef>
@@ -65,7 +67,8 @@ using cublasLtHandle_t = cublasLtContext*;
 using cublasLtMatrixLayout_t = cublasLtMatrixLayoutOpaque_t*;
 using cublasLtMatmulDesc_t = cublasLtMatmulDescOpaque_t*;
 using cublasLtMatmulPreference_t = cublasLtMatmulPreferenceOpaque_t*;
-// The emulation keeps the alignments the algorithm was chosen for (A, B, C, D, in bytes).
+// The emulation keeps the alignments the algorithm was chosen for (A, B, C, D, in bytes), then
+// the m, n, k of the query.
 struct cublasLtMatmulAlgo_t {
   uint64_t data[8];
 };
@@ -115,6 +118,14 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
       throw ::qarac::Error(std::string("emulated cuBLASLt: ") + #stmt + ": " +                  \
                            cublasLtGetStatusString(qarac_cublas_rc_));                          \
   } while (0)
+
+namespace emu {
+// The cublasLtMatmulAlgoGetHeuristic calls so far (the algorithm cache's misses).
+uint64_t heuristic_queries();
+// Whether cublasLtMatmul refuses, with CUBLAS_STATUS_NOT_SUPPORTED, an algorithm on sizes other
+// than those of its query. Off by default.
+void set_strict_algorithms(bool strict);
+}  // namespace emu
 
 // ---- CUB ----------------------------------------------------------------------------------------
 
