@@ -78,6 +78,7 @@ struct Emulator {
   size_t static_used = 0, dynamic_bytes = 0;
   std::function<void()> body;
   std::map<const void*, int> max_dynamic_smem;
+  std::map<std::string, uint64_t> launches;
   uint64_t rng = 1;
   bool eager_cp = false;
 };
@@ -388,8 +389,17 @@ void set_schedule_seed(uint64_t seed) { E().rng = seed; }
 void set_eager_cp_async(bool eager) { E().eager_cp = eager; }
 void set_max_dynamic_smem(const void* kernel, int bytes) { E().max_dynamic_smem[kernel] = bytes; }
 
-void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, std::function<void()> body) {
+void count_launch(const char* name) {
+  const char* end = strchr(name, '<');
+  ++E().launches[end ? std::string(name, end) : std::string(name)];
+}
+std::map<std::string, uint64_t> launch_counts() { return E().launches; }
+void reset_launch_counts() { E().launches.clear(); }
+
+void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
+            std::function<void()> body) {
   Emulator& e = E();
+  count_launch(name);
   install_fault_report();
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || threads % kWarp != 0)

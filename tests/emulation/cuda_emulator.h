@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -73,11 +75,16 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
 }
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 // Device memory is host memory; the stream is in order, so an asynchronous copy may as well land now.
+namespace emu {
+void count_launch(const char* name);
+}  // namespace emu
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  emu::count_launch("cudaMemcpyAsync");
   memcpy(dst, src, bytes);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  emu::count_launch("cudaMemsetAsync");
   memset(dst, value, bytes);
   return cudaSuccess;
 }
@@ -99,9 +106,15 @@ const dim3& block_dim();
 const dim3& grid_dim();
 
 // Runs body() as every thread of every block of the grid. kernel identifies the function for
-// the shared-memory limit set by cudaFuncSetAttribute.
-void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem,
+// the shared-memory limit set by cudaFuncSetAttribute; name, as written at the launch, counts it.
+void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
             std::function<void()> body);
+
+// What the emulated device was asked to do since the last reset, by name: each kernel (its name
+// up to the template arguments), cublasLtMatmul, cudaMemcpyAsync and cudaMemsetAsync calls. What
+// a GPU step pays in launches, countable without one.
+std::map<std::string, uint64_t> launch_counts();
+void reset_launch_counts();
 void set_max_dynamic_smem(const void* kernel, int bytes);
 
 // Schedule and cp.async mode of the following launches.
@@ -179,20 +192,23 @@ cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute, int bytes) {
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) becomes launch_kernel(grid, block, smem,
-// stream)(kernel, args...): the kernel is resolved against the arguments, as CUDA does.
+// stream).named("kernel")(kernel, args...): the kernel is resolved against the arguments, as CUDA
+// does, and counted by its name.
 struct Launch {
   dim3 grid, block;
   size_t smem;
+  const char* name = "kernel";
+  Launch named(const char* kernel_name) const { return {grid, block, smem, kernel_name}; }
   // A kernel named as a function or a pointer: its parameters take the arguments.
   template <class... Params, class... Args>
   void operator()(void (*kernel)(Params...), Args... args) const {
-    ::emu::launch(reinterpret_cast<const void*>(kernel), grid, block, smem, [=] { kernel(args...); });
+    ::emu::launch(reinterpret_cast<const void*>(kernel), name, grid, block, smem, [=] { kernel(args...); });
   }
   // A function template whose last template arguments are deduced from the call
   // (elementwise_kernel<1>(n, op)): its parameters are the arguments' types.
   template <class... Args>
   void operator()(void (*kernel)(Args...), Args... args) const {
-    ::emu::launch(reinterpret_cast<const void*>(kernel), grid, block, smem, [=] { kernel(args...); });
+    ::emu::launch(reinterpret_cast<const void*>(kernel), name, grid, block, smem, [=] { kernel(args...); });
   }
 };
 inline Launch launch_kernel(dim3 grid, dim3 block, size_t smem, cudaStream_t) { return {grid, block, smem}; }

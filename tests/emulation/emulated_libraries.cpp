@@ -159,6 +159,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
                               cublasLtMatrixLayout_t lb, const void* beta_p, const void* c,
                               cublasLtMatrixLayout_t lc, void* d, cublasLtMatrixLayout_t ld,
                               const cublasLtMatmulAlgo_t* algo, void*, size_t, cudaStream_t) {
+  emu::count_launch("cublasLtMatmul");
   if (algo == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
   const bool ta = desc->trans_a == CUBLAS_OP_T, tb = desc->trans_b == CUBLAS_OP_T;
   const int64_t m = static_cast<int64_t>(ld->rows), n = static_cast<int64_t>(ld->cols);

@@ -8,7 +8,7 @@ the namespace qarac::cuda becomes qarac::cuda_emulated (the real CUDA backend ma
 the same binary) and backend.cpp's cuda_backend() becomes cuda_emulated_backend(), inline-PTX
 helpers (attention.cu's cp.async, ldmatrix, mma, ex2) are removed in favour of the emulator's,
 __shared__ declarations become references into the emulated shared memory and
-kernel<<<...>>>(args) becomes launch_kernel(...)(kernel, args).
+kernel<<<...>>>(args) becomes launch_kernel(...).named("kernel")(kernel, args).
 
 Usage: port_kernel.py SOURCE OUT. When the source no longer has the shape this expects, it fails
 with one line naming the file and what it did not find, and writes nothing.
@@ -106,8 +106,8 @@ def port(src, name):
     if n == 0 and "static_shared" in expects:
         raise Mismatch("did not find a static __shared__ array")
     # The kernel's name may carry template arguments nested one deep (elementwise_kernel<kPack16<T>>).
-    src, n = re.subn(r"([A-Za-z_][\w:]*(?:<(?:[^<>;]|<[^<>;]*>)*>)?)\s*<<<(.*?)>>>\(", r"launch_kernel(\2)(\1, ",
-                     src, flags=re.S)
+    src, n = re.subn(r"([A-Za-z_][\w:]*(?:<(?:[^<>;]|<[^<>;]*>)*>)?)\s*<<<(.*?)>>>\(",
+                     r'launch_kernel(\2).named("\1")(\1, ', src, flags=re.S)
     if n == 0 and "launch" in expects:
         raise Mismatch("did not find a kernel launch <<<...>>>")
 

@@ -1,0 +1,108 @@
+// What one training step asks of the CUDA device, counted on the emulator (tests/emulation): the
+// launches of every kernel family, cuBLASLt matmuls and asynchronous copies and memsets of
+// kernels/cuda. Launch counts are exact and the same on a GPU (only core's copies and memsets of
+// whole tensors, outside kernels/cuda, are not counted here), so what a change saves in launches
+// shows without one. The test prints the step's counts by family and checks what must hold:
+// - the optimiser step launches a fixed number of kernels whatever the model's depth (one update
+//   per span of packed parameters: one per module, the encoder, pooling head and classifier; the
+//   norm's two passes), not one per parameter;
+// - a layer costs the same launches in every layer, so the step is overhead + layers x that.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_emulator.h"
+#include "emulated_backend.h"
+#include "model/init.h"
+#include "train/optimizer.h"
+#include "train/sequence_classifier.h"
+
+namespace qarac {
+namespace {
+
+using Counts = std::map<std::string, uint64_t>;
+
+RobertaConfig config(int64_t layers) {
+  RobertaConfig c;
+  c.vocab_size = 101;
+  c.hidden_size = 64;
+  c.num_layers = layers;
+  c.num_heads = 2;
+  c.intermediate_size = 128;
+  c.max_position_embeddings = 40;
+  c.hidden_dropout = 0.1;
+  c.attention_dropout = 0.1;
+  return c;
+}
+
+uint64_t total(const Counts& c) {
+  uint64_t n = 0;
+  for (const auto& [name, count] : c) n += count;
+  return n;
+}
+
+struct StepLaunches {
+  Counts forward_backward, optimizer;
+};
+
+// The launches of the second bf16 training step of a classifier with `layers` layers (the first
+// may differ: buffers and algorithms are set up there), split into the forward and backward pass
+// and the optimiser step with clipping.
+StepLaunches step_launches(int64_t layers) {
+  const ops::HostBackendOverride on_emulator(ops::cuda_emulated_backend());
+  const Device host = Device::cpu();
+  SequenceClassifier model(config(layers), 3, DType::bf16, host);
+  ParameterList params = model.parameters();
+  init_normal(params, 0.05, 17);
+  Optimizer optimizer(params, ops::AdamW{});
+  std::mt19937 gen(5);
+  std::uniform_int_distribution<int32_t> token(3, 100);
+  StepLaunches out;
+  for (int step = 0; step < 2; ++step) {
+    std::vector<std::vector<int32_t>> seqs = {std::vector<int32_t>(17), std::vector<int32_t>(30),
+                                              std::vector<int32_t>(5)};
+    for (auto& s : seqs)
+      for (int32_t& t : s) t = token(gen);
+    ForwardOptions opts;
+    opts.training = true;
+    opts.seed = 3;
+    opts.step = static_cast<uint64_t>(step);
+    zero_grads(params);
+    emu::reset_launch_counts();
+    model.forward_backward(TokenBatch::from_sequences(seqs, 1, host),
+                           Tensor::from_vector(std::vector<int32_t>{0, 2, 1}, {3}, host), opts);
+    out.forward_backward = emu::launch_counts();
+    emu::reset_launch_counts();
+    optimizer.step(1e-4, 1.0);
+    out.optimizer = emu::launch_counts();
+  }
+  return out;
+}
+
+void print(const char* what, const Counts& c) {
+  std::printf("%s: %llu launches\n", what, static_cast<unsigned long long>(total(c)));
+  for (const auto& [name, count] : c) std::printf("  %-40s %llu\n", name.c_str(), static_cast<unsigned long long>(count));
+}
+
+TEST(StepLaunches, TheOptimizerStepIsIndependentOfDepthAndEachLayerCostsTheSame) {
+  const StepLaunches two = step_launches(2), three = step_launches(3), four = step_launches(4);
+  print("forward and backward, 2 layers", two.forward_backward);
+  print("optimizer step with clipping, 2 layers", two.optimizer);
+  EXPECT_EQ(two.optimizer, four.optimizer) << "the optimiser's launches depend on the parameter count";
+  // Per family, layer 3 adds what layer 4 adds.
+  Counts per_layer;
+  for (const auto& [name, count] : four.forward_backward) {
+    const uint64_t in_three = three.forward_backward.count(name) ? three.forward_backward.at(name) : 0;
+    const uint64_t in_two = two.forward_backward.count(name) ? two.forward_backward.at(name) : 0;
+    EXPECT_EQ(count - in_three, in_three - in_two) << name;
+    if (count != in_three) per_layer[name] = count - in_three;
+  }
+  print("each layer adds", per_layer);
+}
+
+}  // namespace
+}  // namespace qarac
