@@ -69,10 +69,14 @@ class Backend {
                                  double eps, Tensor& y, Tensor& mean, Tensor& rstd) const = 0;
   virtual void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma,
                                      const Tensor& beta, double eps, Tensor& sum, Tensor& y,
-                                     Tensor& mean, Tensor& rstd) const = 0;
+                                     Tensor& mean, Tensor& rstd,
+                                     const BranchDropout* branch_dropout) const = 0;
+  // dbranch is given exactly when branch_dropout is.
   virtual void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                   const Tensor& mean, const Tensor& rstd, Tensor& dx,
-                                  Tensor& dgamma, Tensor& dbeta) const = 0;
+                                  Tensor& dgamma, Tensor& dbeta,
+                                  const BranchDropout* branch_dropout,
+                                  Tensor* dbranch) const = 0;
 
   virtual void gelu_forward(const Tensor& x, Tensor& y) const = 0;
   virtual void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) const = 0;

@@ -182,6 +182,18 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
 // ---- LayerNorm ----------------------------------------------------------------------------------
 namespace {
 
+// What hidden dropout with probability p over `seqs` needs of the rows of t (named `name`): the
+// sequences cover them, p is a probability, the draws' limits hold.
+void check_hidden_dropout(const char* op, const Args& args, const char* name, const Tensor& t,
+                          double p, const Sequences& seqs) {
+  args.sequences(seqs, name, t.size(0));
+  check_probability(op, p);
+  if (p > 0) {
+    checks::draw_limit(op, "row width (columns of x)", t.size(1), kRowWidthBits);
+    checks::draw_limit(op, "longest sequence (seqs.max_len)", seqs.max_len, kSequencePositionBits);
+  }
+}
+
 // layernorm_forward (b and sum null) and add_layernorm_forward (sum = a + b normalised).
 Args check_layernorm(const char* op, const Tensor& a, const Tensor* b, const Tensor& gamma,
                      const Tensor& beta, double eps, const Tensor* sum, const Tensor& y,
@@ -214,15 +226,21 @@ void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 
 void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma,
                            const Tensor& beta, double eps, Tensor& sum, Tensor& y, Tensor& mean,
-                           Tensor& rstd) {
-  check_layernorm("add_layernorm_forward", a, &b, gamma, beta, eps, &sum, y, mean, rstd)
-      .backend()
-      .add_layernorm_forward(a, b, gamma, beta, eps, sum, y, mean, rstd);
+                           Tensor& rstd, const BranchDropout* branch_dropout) {
+  const char* op = "add_layernorm_forward";
+  const Args args = check_layernorm(op, a, &b, gamma, beta, eps, &sum, y, mean, rstd);
+  if (branch_dropout) {
+    QARAC_CHECK(branch_dropout->seqs, op, ": branch_dropout has no sequences");
+    check_hidden_dropout(op, args, "a", a, branch_dropout->p, *branch_dropout->seqs);
+  }
+  args.backend().add_layernorm_forward(a, b, gamma, beta, eps, sum, y, mean, rstd, branch_dropout);
 }
 
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
-                        const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta) {
-  const Args args("layernorm_backward", "x", x);
+                        const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta,
+                        const BranchDropout* branch_dropout, Tensor* dbranch) {
+  const char* op = "layernorm_backward";
+  const Args args(op, "x", x);
   args.rank("x", x, 2);
   const int64_t rows = x.size(0), cols = x.size(1);
   args.compute("dy", dy, x.shape());
@@ -232,7 +250,17 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, 
   args.compute("dx", dx, x.shape());
   args.accumulation("dgamma", dgamma, {cols});
   args.accumulation("dbeta", dbeta, {cols});
-  args.backend().layernorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
+  QARAC_CHECK(!branch_dropout == !dbranch, op, ": branch_dropout and dbranch come together (",
+              branch_dropout ? "dbranch" : "branch_dropout", " is missing)");
+  if (branch_dropout) {
+    QARAC_CHECK(branch_dropout->seqs, op, ": branch_dropout has no sequences");
+    check_hidden_dropout(op, args, "x", x, branch_dropout->p, *branch_dropout->seqs);
+    args.compute("dbranch", *dbranch, x.shape());
+    QARAC_CHECK(dbranch->raw() != dx.raw(), op, ": dbranch ", dbranch->str(),
+                " is dx: the gradient of the residual and of the branch need their own tensors");
+  }
+  args.backend().layernorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, branch_dropout,
+                                    dbranch);
 }
 
 // ---- GELU ---------------------------------------------------------------------------------------
@@ -258,12 +286,7 @@ Args check_dropout(const char* op, const char* in_name, const Tensor& in, const 
   const Args args(op, in_name, in);
   args.rank(in_name, in, 2);
   args.compute(out_name, out, in.shape());
-  args.sequences(seqs, in_name, in.size(0));
-  check_probability(op, p);
-  if (p > 0) {
-    checks::draw_limit(op, "row width (columns of x)", in.size(1), kRowWidthBits);
-    checks::draw_limit(op, "longest sequence (seqs.max_len)", seqs.max_len, kSequencePositionBits);
-  }
+  check_hidden_dropout(op, args, in_name, in, p, seqs);
   return args;
 }
 

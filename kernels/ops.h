@@ -98,13 +98,25 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
 // x, y [N,C]; gamma, beta [C]; mean, rstd [N] in A, saved for the backward pass.
 void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps,
                        Tensor& y, Tensor& mean, Tensor& rstd);
+// The dropout of a post-LN residual block's branch, y = LN(dropout(branch) + x), done by the
+// block's LayerNorm ops on the way: the mask of dropout_forward with this p, key and seqs (over
+// the rows), so the fused ops give what dropout_forward / dropout_backward and the plain ops give,
+// without that op's pass over the branch.
+struct BranchDropout {
+  double p = 0;
+  RngKey key;
+  const Sequences* seqs = nullptr;
+};
 // The post-LN residual block in one pass: sum = a + b (saved: the backward pass's x), y = LN(sum).
+// With branch_dropout, a is the branch: sum = dropout(a) + b (a itself unchanged).
 void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma,
                            const Tensor& beta, double eps, Tensor& sum, Tensor& y, Tensor& mean,
-                           Tensor& rstd);
-// dx [N,C] overwritten; dgamma, dbeta [C] (A) accumulated.
+                           Tensor& rstd, const BranchDropout* branch_dropout = nullptr);
+// dx [N,C] overwritten; dgamma, dbeta [C] (A) accumulated. With branch_dropout also dbranch
+// [N,C] = dropout_backward(dx), the gradient of the dropped branch (a tensor other than dx).
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
-                        const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta);
+                        const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta,
+                        const BranchDropout* branch_dropout = nullptr, Tensor* dbranch = nullptr);
 
 // ---- GELU, erf form: gelu(x) = x * Φ(x) = 0.5 x (1 + erf(x/√2)) --------------------------------
 void gelu_forward(const Tensor& x, Tensor& y);

@@ -165,20 +165,30 @@ class CpuBackend final : public ops::Backend {
                          Tensor& y, Tensor& mean, Tensor& rstd) const override {
     layernorm_any(x, nullptr, gamma, beta, eps, nullptr, y, mean, rstd);
   }
+  // The reference of the fused branch dropout: the separate ops, one after the other.
   void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma,
                              const Tensor& beta, double eps, Tensor& sum, Tensor& y, Tensor& mean,
-                             Tensor& rstd) const override {
-    layernorm_any(a, &b, gamma, beta, eps, &sum, y, mean, rstd);
+                             Tensor& rstd, const ops::BranchDropout* branch_dropout) const override {
+    if (!branch_dropout) {
+      layernorm_any(a, &b, gamma, beta, eps, &sum, y, mean, rstd);
+      return;
+    }
+    Tensor dropped = Tensor::empty(a.shape(), a.dtype(), a.device());
+    dropout_any(a, branch_dropout->p, branch_dropout->key, *branch_dropout->seqs, dropped);
+    layernorm_any(dropped, &b, gamma, beta, eps, &sum, y, mean, rstd);
   }
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dgamma,
-                          Tensor& dbeta) const override {
+                          Tensor& dbeta, const ops::BranchDropout* branch_dropout,
+                          Tensor* dbranch) const override {
     with_type(x.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cpu::layernorm_backward(dy.data<T>(), x.data<T>(), gamma.data<T>(), mean.data<T>(),
                               rstd.data<T>(), x.size(0), x.size(1), dx.data<T>(), dgamma.data<T>(),
                               dbeta.data<T>());
     });
+    if (branch_dropout)
+      dropout_any(dx, branch_dropout->p, branch_dropout->key, *branch_dropout->seqs, *dbranch);
   }
 
   void gelu_forward(const Tensor& x, Tensor& y) const override {

@@ -41,6 +41,13 @@ const uint64_t* sequence_ids(const Sequences& seqs) {
   return reinterpret_cast<const uint64_t*>(seqs.ids.data<int64_t>());
 }
 
+// The kernels' form of a fused branch dropout (none: nothing dropped).
+RowDropout row_dropout_of(const ops::BranchDropout* d) {
+  if (!d) return {};
+  return row_dropout(d->seqs->offsets.data<int32_t>(), sequence_ids(*d->seqs), d->seqs->count(),
+                     d->p, d->key);
+}
+
 // The distance in elements between the rows of a 2-D tensor, contiguous or a row-strided view
 // (ops.cpp allows the latter for attention's q, k, v and their gradients; each group shares one).
 int64_t row_stride(const Tensor& t) { return t.strides()[0]; }
@@ -127,16 +134,19 @@ class CudaBackend final : public ops::Backend {
   }
   void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma,
                              const Tensor& beta, double eps, Tensor& sum, Tensor& y, Tensor& mean,
-                             Tensor& rstd) const override {
+                             Tensor& rstd, const ops::BranchDropout* branch_dropout) const override {
     cuda::layernorm_forward(a.dtype(), a.raw(), b.raw(), gamma.raw(), beta.raw(), eps, a.size(0),
-                            a.size(1), sum.raw(), y.raw(), mean.data<float>(), rstd.data<float>());
+                            a.size(1), sum.raw(), y.raw(), mean.data<float>(), rstd.data<float>(),
+                            row_dropout_of(branch_dropout));
   }
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dgamma,
-                          Tensor& dbeta) const override {
+                          Tensor& dbeta, const ops::BranchDropout* branch_dropout,
+                          Tensor* dbranch) const override {
     cuda::layernorm_backward(x.dtype(), dy.raw(), x.raw(), gamma.raw(), mean.data<float>(),
                              rstd.data<float>(), x.size(0), x.size(1), dx.raw(),
-                             dgamma.data<float>(), dbeta.data<float>());
+                             dgamma.data<float>(), dbeta.data<float>(),
+                             row_dropout_of(branch_dropout), raw_or_null(dbranch));
   }
 
   void gelu_forward(const Tensor& x, Tensor& y) const override {

@@ -9,6 +9,8 @@
 
 #include "core/check_cuda.h"
 #include "core/dtype.h"
+#include "core/rng.h"
+#include "kernels/cuda/dropout.cuh"
 
 // Checks the launch just queued (bad configuration, missing kernel image); errors inside the
 // kernel surface at the next synchronising call.
@@ -85,6 +87,25 @@ __device__ __forceinline__ int64_t sequence_of_row(const int32_t* offsets, int64
       hi = mid - 1;
   }
   return lo;
+}
+
+// The hidden-dropout mask of row `row` (dropout.cuh's RowDropout, core/rng.h's contract): its
+// sequence's id and the element index of its column 0, found once per row.
+struct RowMask {
+  uint64_t id, first;
+};
+__device__ __forceinline__ RowMask row_mask(const RowDropout& d, int64_t row) {
+  const int64_t b = sequence_of_row(d.offsets, d.batch, row);
+  return {d.ids[b], hidden_element(static_cast<uint64_t>(row - d.offsets[b]), 0)};
+}
+// Bit k (k < N) set when column c + k is kept; c a multiple of N, and N divides the 8 columns one
+// Philox draw decides, so the N columns take their decisions from one draw.
+template <int N>
+__device__ __forceinline__ uint32_t kept_bits(const RowDropout& d, const RowMask& m, int64_t c) {
+  static_assert(kDropoutGroup % N == 0, "a pack lies inside one group of draws");
+  constexpr uint64_t kLow = kDropoutGroup - 1;
+  const uint64_t e = m.first + static_cast<uint64_t>(c);
+  return dropout_group_mask(d.key, m.id, e & ~kLow, d.threshold) >> (e & kLow);
 }
 
 }  // namespace qarac::cuda

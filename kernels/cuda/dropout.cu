@@ -24,27 +24,19 @@ namespace {
 // at a multiple of N, so a pack lies inside one group and takes its decisions from one draw. x and
 // y may alias: each element is read and written by one thread.
 template <class T, int N>
-__global__ void dropout_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols,
-                                    const int32_t* __restrict__ offsets,
-                                    const uint64_t* __restrict__ ids, int64_t batch, RngKey key,
-                                    uint32_t threshold, float keep_scale) {
-  static_assert(kDropoutGroup % N == 0, "a pack lies inside one group of draws");
-  constexpr uint64_t kLow = kDropoutGroup - 1;
+__global__ void dropout_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols, RowDropout d) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const int64_t b = sequence_of_row(offsets, batch, row);
-    const uint64_t id = ids[b];
-    const uint64_t first = hidden_element(static_cast<uint64_t>(row - offsets[b]), 0);
+    const RowMask m = row_mask(d, row);
     const T* in_row = x + row * cols;
     T* out_row = y + row * cols;
     for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < cols;
          c += static_cast<int64_t>(blockDim.x) * N) {
-      const uint64_t e = first + static_cast<uint64_t>(c);
-      const uint32_t mask = dropout_group_mask(key, id, e & ~kLow, threshold) >> (e & kLow);
+      const uint32_t kept = kept_bits<N>(d, m, c);
       const Packed<T, N> in = load_packed<N>(in_row + c);
       Packed<T, N> out;
 #pragma unroll
       for (int k = 0; k < N; ++k)
-        out.v[k] = from_float<T>((mask >> k) & 1u ? to_float(in.v[k]) * keep_scale : 0.f);
+        out.v[k] = from_float<T>((kept >> k) & 1u ? to_float(in.v[k]) * d.keep_scale : 0.f);
       store_packed<N>(out_row + c, out);
     }
   }
@@ -52,16 +44,22 @@ __global__ void dropout_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols
 
 }  // namespace
 
+RowDropout row_dropout(const int32_t* offsets, const uint64_t* ids, int64_t batch, double p,
+                       const RngKey& key) {
+  QARAC_CHECK(p >= 0 && p < 1, "dropout: probability ", p, " is outside [0, 1)");
+  const uint32_t threshold = dropout_threshold(p);
+  return {offsets, ids, batch, key, threshold, static_cast<float>(dropout_keep_scale(threshold))};
+}
+
 void dropout(DType dtype, const void* x, void* y, int64_t rows, int64_t cols,
              const int32_t* offsets, const uint64_t* ids, int64_t batch, double p,
              const RngKey& key) {
-  QARAC_CHECK(p >= 0 && p < 1, "dropout: probability ", p, " is outside [0, 1)");
   QARAC_CHECK(rows >= 0 && cols >= 0, "dropout: negative shape [", rows, ", ", cols, "]");
+  const RowDropout d = row_dropout(offsets, ids, batch, p, key);
   if (rows == 0 || cols == 0) return;
   dispatch_compute(dtype, "dropout", [&](auto tag) {
     using T = decltype(tag);
-    const uint32_t threshold = dropout_threshold(p);
-    if (threshold == 0) {  // p = 0 (or below 2^-17, which keeps every element): a copy
+    if (d.threshold == 0) {  // p = 0 (or below 2^-17, which keeps every element): a copy
       if (x != y)
         QARAC_CHECK_CUDA(cudaMemcpyAsync(y, x, static_cast<size_t>(rows * cols) * sizeof(T),
                                          cudaMemcpyDeviceToDevice, stream()));
@@ -69,7 +67,6 @@ void dropout(DType dtype, const void* x, void* y, int64_t rows, int64_t cols,
     }
     QARAC_CHECK(batch > 0 && offsets != nullptr && ids != nullptr, "dropout: ", rows,
                 " rows but no sequences (batch ", batch, ")");
-    const float keep_scale = static_cast<float>(dropout_keep_scale(threshold));
     const T* xt = static_cast<const T*>(x);
     T* yt = static_cast<T*>(y);
     // One warp per 32 packs of a row, up to 256 threads: a 768-wide bf16 row is 96 packs.
@@ -79,11 +76,9 @@ void dropout(DType dtype, const void* x, void* y, int64_t rows, int64_t cols,
     const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(per_row, kWarpSize) * kWarpSize));
     const unsigned blocks = grid_for(rows * threads, threads);
     if (packed)
-      dropout_rows_kernel<T, N><<<blocks, threads, 0, stream()>>>(xt, yt, rows, cols, offsets, ids,
-                                                                  batch, key, threshold, keep_scale);
+      dropout_rows_kernel<T, N><<<blocks, threads, 0, stream()>>>(xt, yt, rows, cols, d);
     else
-      dropout_rows_kernel<T, 1><<<blocks, threads, 0, stream()>>>(xt, yt, rows, cols, offsets, ids,
-                                                                  batch, key, threshold, keep_scale);
+      dropout_rows_kernel<T, 1><<<blocks, threads, 0, stream()>>>(xt, yt, rows, cols, d);
     QARAC_CHECK_LAUNCH();
   });
 }

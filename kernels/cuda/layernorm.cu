@@ -11,6 +11,10 @@
 // d = 768 in bf16): DRAM sees about one read of each input and one write of each output.
 // With the residual, the sum is rounded to the storage dtype before the statistics are taken,
 // so the saved sum (the backward pass's x) is exactly what was normalised.
+// The dropout of a post-LN block's branch rides along (dropout.cu's mask, device_utils.cuh's
+// row_mask): the forward pass drops elements of a as it loads them, the backward pass writes the
+// branch's gradient, dx dropped, beside dx. Each value is rounded where the separate dropout op
+// rounds it, so the fused pass gives the same bits and saves that op's read, write and launch.
 //
 // dγ and dβ are column sums over all rows; no float atomics, so that replicas on different ranks
 // get the same bits: per-block partial sums over fixed chunks of rows (each in a fixed order),
@@ -32,7 +36,7 @@ constexpr int kRowsPerBlock = 8;  // one warp each
 template <class T, int N>
 __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma, const T* beta,
                                          float eps, int64_t rows, int64_t cols, T* sum, T* y,
-                                         float* mean, float* rstd) {
+                                         float* mean, float* rstd, RowDropout drop) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   const int lane = threadIdx.x % kWarpSize;
@@ -41,9 +45,16 @@ __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma,
   const float inv_cols = 1.f / static_cast<float>(cols);
 
   // Pass 1: form the residual sum (rounded to T) and the mean.
+  const RowMask mask = drop.threshold ? row_mask(drop, row) : RowMask{};
   float total = 0.f;
   for (int64_t c = static_cast<int64_t>(lane) * N; c < cols; c += kWarpSize * N) {
     Packed<T, N> v = load_packed<N>(a + offset + c);
+    if (drop.threshold) {
+      const uint32_t kept = kept_bits<N>(drop, mask, c);
+#pragma unroll
+      for (int k = 0; k < N; ++k)
+        v.v[k] = from_float<T>((kept >> k) & 1u ? to_float(v.v[k]) * drop.keep_scale : 0.f);
+    }
     if (b) {
       const Packed<T, N> w = load_packed<N>(b + offset + c);
 #pragma unroll
@@ -83,10 +94,12 @@ __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma,
   }
 }
 
-// dx for row `blockIdx.x * 8 + warp`: pass 1 takes mean(g) and mean(g x̂), pass 2 writes dx.
+// dx for row `blockIdx.x * 8 + warp`: pass 1 takes mean(g) and mean(g x̂), pass 2 writes dx and,
+// with dbranch, dx dropped.
 template <class T, int N>
 __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, const float* mean,
-                                    const float* rstd, int64_t rows, int64_t cols, T* dx) {
+                                    const float* rstd, int64_t rows, int64_t cols, T* dx,
+                                    RowDropout drop, T* dbranch) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   const int lane = threadIdx.x % kWarpSize;
@@ -107,6 +120,7 @@ __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, con
   }
   const float mean_g = warp_sum(sum_g) * inv_cols, mean_gx = warp_sum(sum_gx) * inv_cols;
 
+  const RowMask mask = dbranch ? row_mask(drop, row) : RowMask{};
   for (int64_t c = static_cast<int64_t>(lane) * N; c < cols; c += kWarpSize * N) {
     const Packed<T, N> d = load_packed<N>(dy + offset + c), v = load_packed<N>(x + offset + c);
     const Packed<T, N> g = load_packed<N>(gamma + c);
@@ -115,6 +129,14 @@ __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, con
     for (int k = 0; k < N; ++k) {
       const float xhat = (to_float(v.v[k]) - mu) * rs;
       out.v[k] = from_float<T>(rs * (to_float(d.v[k]) * to_float(g.v[k]) - mean_g - xhat * mean_gx));
+    }
+    if (dbranch) {
+      const uint32_t kept = kept_bits<N>(drop, mask, c);
+      Packed<T, N> branch;
+#pragma unroll
+      for (int k = 0; k < N; ++k)
+        branch.v[k] = from_float<T>((kept >> k) & 1u ? to_float(out.v[k]) * drop.keep_scale : 0.f);
+      store_packed<N>(dbranch + offset + c, branch);
     }
     store_packed<N>(dx + offset + c, out);
   }
@@ -186,8 +208,9 @@ __global__ void layernorm_param_grad_final_kernel(const float* partial, int64_t 
 
 void layernorm_forward(DType dtype, const void* a, const void* b, const void* gamma,
                        const void* beta, double eps, int64_t rows, int64_t cols, void* sum,
-                       void* y, float* mean, float* rstd) {
+                       void* y, float* mean, float* rstd, const RowDropout& drop) {
   QARAC_CHECK(!b || sum, "layernorm_forward: a residual b needs a sum output");
+  QARAC_CHECK(b || drop.threshold == 0, "layernorm_forward: a branch dropout needs the residual b");
   if (rows == 0) return;
   QARAC_CHECK(cols > 0, "layernorm_forward: rows of zero columns have no mean");
   dispatch_compute(dtype, "layernorm_forward", [&](auto tag) {
@@ -203,17 +226,19 @@ void layernorm_forward(DType dtype, const void* a, const void* b, const void* ga
     const float e = static_cast<float>(eps);
     if (vector)
       layernorm_forward_kernel<T, kN><<<blocks, threads, 0, stream()>>>(
-          ta, tb, tg, tbeta, e, rows, cols, ts, ty, mean, rstd);
+          ta, tb, tg, tbeta, e, rows, cols, ts, ty, mean, rstd, drop);
     else
       layernorm_forward_kernel<T, 1><<<blocks, threads, 0, stream()>>>(
-          ta, tb, tg, tbeta, e, rows, cols, ts, ty, mean, rstd);
+          ta, tb, tg, tbeta, e, rows, cols, ts, ty, mean, rstd, drop);
     QARAC_CHECK_LAUNCH();
   });
 }
 
 void layernorm_backward(DType dtype, const void* dy, const void* x, const void* gamma,
                         const float* mean, const float* rstd, int64_t rows, int64_t cols,
-                        void* dx, float* dgamma, float* dbeta) {
+                        void* dx, float* dgamma, float* dbeta, const RowDropout& drop,
+                        void* dbranch) {
+  QARAC_CHECK(dbranch != dx, "layernorm_backward: dbranch must not be dx");
   if (rows == 0 || cols == 0) return;
   const int64_t chunks = ceil_div(rows, kChunkRows);
   QARAC_CHECK(chunks <= 65535, "layernorm_backward: ", rows, " rows exceed the grid's ",
@@ -231,9 +256,9 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
     constexpr int kN = kPack16<T>;
     const T *tdy = static_cast<const T*>(dy), *tx = static_cast<const T*>(x);
     const T* tg = static_cast<const T*>(gamma);
-    T* tdx = static_cast<T*>(dx);
+    T *tdx = static_cast<T*>(dx), *tbranch = static_cast<T*>(dbranch);
     const bool vector = cols % kN == 0 && aligned16(dy) && aligned16(x) && aligned16(gamma) &&
-                        aligned16(dx);
+                        aligned16(dx) && aligned16(dbranch);
     // The parameter gradients first: they read dy, which dx may overwrite in place.
     const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileCols)), static_cast<unsigned>(chunks));
     layernorm_param_grad_partial_kernel<T><<<grid, dim3(kTileCols, kRowLanes), 0, stream()>>>(
@@ -243,10 +268,10 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
     const int threads = kRowsPerBlock * kWarpSize;
     if (vector)
       layernorm_dx_kernel<T, kN><<<blocks, threads, 0, stream()>>>(tdy, tx, tg, mean, rstd, rows,
-                                                                   cols, tdx);
+                                                                   cols, tdx, drop, tbranch);
     else
       layernorm_dx_kernel<T, 1><<<blocks, threads, 0, stream()>>>(tdy, tx, tg, mean, rstd, rows,
-                                                                  cols, tdx);
+                                                                  cols, tdx, drop, tbranch);
     QARAC_CHECK_LAUNCH();
   });
   if (chunks > 1) {  // reads only the partials: free to follow the dx kernel

@@ -5,17 +5,21 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "kernels/cuda/dropout.cuh"
 
 namespace qarac::cuda {
 
-// If b is not null: sum = a + b is written and normalised; else a is normalised (sum unused).
-// y = (s - mean) * rstd * gamma + beta; mean, rstd [rows] f32.
+// If b is not null: sum = a' + b is written and normalised, a' = a with `drop` applied (the
+// dropout of a post-LN block's branch; drop.threshold 0: a' = a, and drop needs b); else a is
+// normalised (sum unused). y = (s - mean) * rstd * gamma + beta; mean, rstd [rows] f32.
 void layernorm_forward(DType dtype, const void* a, const void* b, const void* gamma,
                        const void* beta, double eps, int64_t rows, int64_t cols, void* sum,
-                       void* y, float* mean, float* rstd);
-// dx overwritten; dgamma, dbeta (f32) accumulated, deterministically.
+                       void* y, float* mean, float* rstd, const RowDropout& drop = {});
+// dx overwritten; dgamma, dbeta (f32) accumulated, deterministically. With dbranch (not dx), also
+// dbranch = dx with `drop` applied: the gradient of the branch the forward pass dropped.
 void layernorm_backward(DType dtype, const void* dy, const void* x, const void* gamma,
                         const float* mean, const float* rstd, int64_t rows, int64_t cols,
-                        void* dx, float* dgamma, float* dbeta);
+                        void* dx, float* dgamma, float* dbeta, const RowDropout& drop = {},
+                        void* dbranch = nullptr);
 
 }  // namespace qarac::cuda

@@ -61,13 +61,16 @@ void LayerNorm::forward(const Tensor& x, Tensor& y, Saved& saved) const {
 }
 
 void LayerNorm::forward_residual(const Tensor& a, const Tensor& b, Tensor& sum, Tensor& y,
-                                 Saved& saved) const {
+                                 Saved& saved, const ops::BranchDropout* branch_dropout) const {
   ensure_stats(saved, a);
-  ops::add_layernorm_forward(a, b, weight.value, bias.value, eps, sum, y, saved.mean, saved.rstd);
+  ops::add_layernorm_forward(a, b, weight.value, bias.value, eps, sum, y, saved.mean, saved.rstd,
+                             branch_dropout);
 }
 
-void LayerNorm::backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx) {
-  ops::layernorm_backward(dy, x, weight.value, saved.mean, saved.rstd, dx, weight.grad, bias.grad);
+void LayerNorm::backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx,
+                         const ops::BranchDropout* branch_dropout, Tensor* dbranch) {
+  ops::layernorm_backward(dy, x, weight.value, saved.mean, saved.rstd, dx, weight.grad, bias.grad,
+                          branch_dropout, dbranch);
 }
 
 }  // namespace qarac

@@ -46,10 +46,14 @@ struct LayerNorm {
     Tensor mean, rstd;  // [N]
   };
   void forward(const Tensor& x, Tensor& y, Saved& saved) const;
-  // The post-LN residual: sum = a + b (kept for the backward pass), y = LN(sum).
-  void forward_residual(const Tensor& a, const Tensor& b, Tensor& sum, Tensor& y, Saved& saved) const;
+  // The post-LN residual: sum = a + b (kept for the backward pass), y = LN(sum); with
+  // branch_dropout, sum = dropout(a) + b (ops::BranchDropout).
+  void forward_residual(const Tensor& a, const Tensor& b, Tensor& sum, Tensor& y, Saved& saved,
+                        const ops::BranchDropout* branch_dropout = nullptr) const;
   // dx overwritten; dγ, dβ accumulated. x is the normalised input (`sum` for forward_residual).
-  void backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx);
+  // With the forward pass's branch_dropout, also dbranch = dropout(dx), the branch's gradient.
+  void backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx,
+                const ops::BranchDropout* branch_dropout = nullptr, Tensor* dbranch = nullptr);
 };
 
 }  // namespace qarac

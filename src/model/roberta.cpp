@@ -160,17 +160,19 @@ void RobertaLayer::forward(const Tensor& input, const ops::Sequences& seqs,
   ops::attention_forward(third(s.qkv, 0), third(s.qkv, 1), third(s.qkv, 2), seqs, settings.heads,
                          settings.causal, settings.attention_dropout, settings.attention_probs_key,
                          s.context, s.lse);
+  // The branches' dropout is done by the LayerNorms (ops::BranchDropout).
+  const ops::BranchDropout attn_drop{p, settings.attention_out_key, &seqs};
+  const ops::BranchDropout ffn_drop{p, settings.ffn_out_key, &seqs};
   attn_out.forward(s.context, scratch.branch);
-  if (p > 0)
-    ops::dropout_forward(scratch.branch, p, settings.attention_out_key, seqs, scratch.branch);
-  attn_norm.forward_residual(scratch.branch, input, s.attn_sum, s.hidden, s.attn_norm);
+  attn_norm.forward_residual(scratch.branch, input, s.attn_sum, s.hidden, s.attn_norm,
+                             p > 0 ? &attn_drop : nullptr);
 
   // Feed-forward block: out = LN(hidden + dropout(W_2 · GELU(W_1 · hidden))), the GELU fused
   // into the first GEMM's epilogue.
   ffn_in.forward(s.hidden, s.ffn_act, ops::Activation::gelu, &s.ffn_pre);
   ffn_out.forward(s.ffn_act, scratch.branch);
-  if (p > 0) ops::dropout_forward(scratch.branch, p, settings.ffn_out_key, seqs, scratch.branch);
-  ffn_norm.forward_residual(scratch.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm);
+  ffn_norm.forward_residual(scratch.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm,
+                            p > 0 ? &ffn_drop : nullptr);
 }
 
 // Each residual block y = LN(x + dropout(f(x))) sends d(sum) = LN'ᵀ dy both straight to x and
@@ -189,24 +191,22 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
   ensure_tensor(scratch.grad_ffn, {tokens, ffn_in.out_features()}, dtype, device);
   const double p = settings.hidden_dropout;
 
+  // With dropout the LayerNorm's backward pass also writes the dropped branch's gradient.
+  const ops::BranchDropout attn_drop{p, settings.attention_out_key, &seqs};
+  const ops::BranchDropout ffn_drop{p, settings.ffn_out_key, &seqs};
+
   // Feed-forward block: grad_hidden = d(ffn_sum), then += the branch's gradient.
-  ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, scratch.grad_hidden);
-  const Tensor* grad_branch = &scratch.grad_hidden;
-  if (p > 0) {
-    ops::dropout_backward(scratch.grad_hidden, p, settings.ffn_out_key, seqs, scratch.grad_branch);
-    grad_branch = &scratch.grad_branch;
-  }
+  ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, scratch.grad_hidden, p > 0 ? &ffn_drop : nullptr,
+                    p > 0 ? &scratch.grad_branch : nullptr);
+  const Tensor* grad_branch = p > 0 ? &scratch.grad_branch : &scratch.grad_hidden;
   ffn_out.backward(s.ffn_act, *grad_branch, &scratch.grad_ffn, false,
                    /*input_gelu_pre=*/&s.ffn_pre);
   ffn_in.backward(s.hidden, scratch.grad_ffn, &scratch.grad_hidden, /*accumulate_dx=*/true);
 
   // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projection's gradient.
-  attn_norm.backward(s.attn_sum, scratch.grad_hidden, s.attn_norm, grad_input);
-  grad_branch = &grad_input;
-  if (p > 0) {
-    ops::dropout_backward(grad_input, p, settings.attention_out_key, seqs, scratch.grad_branch);
-    grad_branch = &scratch.grad_branch;
-  }
+  attn_norm.backward(s.attn_sum, scratch.grad_hidden, s.attn_norm, grad_input,
+                     p > 0 ? &attn_drop : nullptr, p > 0 ? &scratch.grad_branch : nullptr);
+  grad_branch = p > 0 ? &scratch.grad_branch : &grad_input;
   attn_out.backward(s.context, *grad_branch, &scratch.grad_context);
   Tensor dq = third(scratch.grad_qkv, 0), dk = third(scratch.grad_qkv, 1), dv = third(scratch.grad_qkv, 2);
   ops::attention_backward(scratch.grad_context, third(s.qkv, 0), third(s.qkv, 1), third(s.qkv, 2),

@@ -781,6 +781,34 @@ const Case kCases[] = {
               dbeta = r.grad("dbeta", beta, kDenseA, Fill::start, A);
        ops::layernorm_backward(dy, sum, gamma, mean, rstd, dx, dgamma, dbeta);
      }},
+    {"add_layernorm_branch_dropout",
+     [](CaseRun& r) {
+       // The residual block with the branch a dropped on the way (ops::BranchDropout): y =
+       // LN(dropout(a) + b), and backward dx (the residual's gradient) and dbranch = dropout(dx)
+       // (the branch's). Ragged sequences with random ids. As above, every sum must be exact in
+       // bf16: p = 0.5 or 0.75 scales kept elements by exactly 2 or 4, a is on the 1/32 grid in
+       // [0.5, 1] and b on it in [-1, 1], so dropout(a) + b lies on that grid in [-1, 5].
+       const std::vector<int32_t> lengths = ragged_lengths(r, 60);
+       const ops::Sequences seqs = r.seqs(lengths, true);
+       const int64_t rows = total(lengths), cols = r.width(300);
+       auto grid = [](std::vector<double> v) {
+         for (double& x : v) x = std::round(x * 32) / 32;
+         return v;
+       };
+       const ops::BranchDropout drop{r.per_round({0.5, 0.75}), kKey, &seqs};
+       const Tensor a = r.in("a", {rows, cols}, grid(r.uniform(rows * cols, 0.5, 1)));
+       const Tensor b = r.in("b", {rows, cols}, grid(r.uniform(rows * cols)));
+       const Tensor gamma = r.in("gamma", {cols}, X, {0.5, 1.5}), beta = r.in("beta", {cols});
+       Tensor sum = r.out("sum", {rows, cols}, kExact), y = r.out("y", {rows, cols}, kDenseX);
+       Tensor mean = r.out("mean", {rows}, kDenseA, A), rstd = r.out("rstd", {rows}, kDenseA, A);
+       ops::add_layernorm_forward(a, b, gamma, beta, kLnEps, sum, y, mean, rstd, &drop);
+       const Tensor dy = r.in("dy", {rows, cols});
+       r.loss(y, dy);
+       Tensor dx = r.grad("dx", b, kDenseX), dbranch = r.grad("dbranch", a, kDenseX);
+       Tensor dgamma = r.grad("dgamma", gamma, kDenseA, Fill::start, A),
+              dbeta = r.grad("dbeta", beta, kDenseA, Fill::start, A);
+       ops::layernorm_backward(dy, sum, gamma, mean, rstd, dx, dgamma, dbeta, &drop, &dbranch);
+     }},
     // ---- GELU and dropout
     {"gelu_forward_backward",
      [](CaseRun& r) {

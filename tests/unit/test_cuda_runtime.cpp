@@ -158,6 +158,55 @@ TEST_P(CudaBits, DropoutMasksFollowTheSequence) {
   }
 }
 
+// The LayerNorms' fused branch dropout (ops::BranchDropout) gives the bits of dropout_forward /
+// dropout_backward and the plain LayerNorm ops: sum, y and the statistics forward; dx, the branch's
+// gradient, dγ and dβ backward. Ragged sequences with random ids; 768 columns take the 16-byte
+// path, 301 the scalar one.
+TEST_P(CudaBits, FusedBranchDropoutGivesTheSeparateOpsBits) {
+  std::mt19937 rng(12);
+  const std::vector<int32_t> lengths = {0, 37, 1, 0, 90, 9};
+  const ops::Sequences seqs = ops::Sequences::from_lengths(lengths, device(), random_ids(rng, lengths.size()));
+  const int64_t rows = seqs.tokens();
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t cols : {768, 301}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " cols " + std::to_string(cols));
+      const Tensor a = on_device(uniform({rows, cols}, rng), dtype), b = on_device(uniform({rows, cols}, rng), dtype),
+                   dy = on_device(uniform({rows, cols}, rng), dtype);
+      const Tensor gamma = on_device(uniform({cols}, rng, 0.5f, 1.5f), dtype), beta = on_device(uniform({cols}, rng), dtype);
+      const Tensor grads_start = uniform({cols}, rng).to(device());
+      const ops::BranchDropout drop{0.1, kKey, &seqs};
+      struct Block {
+        Tensor sum, y, mean, rstd, dx, dbranch, dgamma, dbeta;
+      };
+      const auto block = [&] {
+        return Block{Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
+                     Tensor::empty({rows}, DType::f32, device()),  Tensor::empty({rows}, DType::f32, device()),
+                     Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
+                     grads_start.clone(),                          grads_start.clone()};
+      };
+      Block fused = block(), separate = block();
+      ops::add_layernorm_forward(a, b, gamma, beta, 1e-5, fused.sum, fused.y, fused.mean, fused.rstd, &drop);
+      ops::layernorm_backward(dy, fused.sum, gamma, fused.mean, fused.rstd, fused.dx, fused.dgamma, fused.dbeta,
+                              &drop, &fused.dbranch);
+      Tensor dropped = Tensor::empty({rows, cols}, dtype, device());
+      ops::dropout_forward(a, drop.p, drop.key, seqs, dropped);
+      ops::add_layernorm_forward(dropped, b, gamma, beta, 1e-5, separate.sum, separate.y, separate.mean,
+                                 separate.rstd);
+      ops::layernorm_backward(dy, separate.sum, gamma, separate.mean, separate.rstd, separate.dx, separate.dgamma,
+                              separate.dbeta);
+      ops::dropout_backward(separate.dx, drop.p, drop.key, seqs, separate.dbranch);
+      expect_same_bits(fused.sum, separate.sum, "sum");
+      expect_same_bits(fused.y, separate.y, "y");
+      expect_same_bits(fused.mean, separate.mean, "mean");
+      expect_same_bits(fused.rstd, separate.rstd, "rstd");
+      expect_same_bits(fused.dx, separate.dx, "dx");
+      expect_same_bits(fused.dbranch, separate.dbranch, "dbranch");
+      expect_same_bits(fused.dgamma, separate.dgamma, "dgamma");
+      expect_same_bits(fused.dbeta, separate.dbeta, "dbeta");
+    }
+  }
+}
+
 // The reductions behind parameter gradients and the gradient norm sum in a fixed order (no
 // atomics), so a second run gives the same bits: what keeps data-parallel replicas identical.
 // Row counts past 256 take several chunks of the column reductions; few ids over many rows give

@@ -418,6 +418,48 @@ TEST(OpArgs, DropoutDrawLimits) {
   }
 }
 
+// The fused dropout of a residual branch (ops::BranchDropout): its probability and sequences are
+// checked as dropout_forward's, and the backward pass's dbranch comes with it, shaped as dx and
+// not dx itself.
+TEST(OpArgs, BranchDropout) {
+  OpCall c = call_of("layernorm_backward");
+  const ops::BranchDropout drop{0.1, kKey, &c.seqs};
+  Tensor dbranch = zeros({4, 6});
+  const auto backward = [&](const ops::BranchDropout* d, Tensor* branch) {
+    return [&c, d, branch] {
+      ops::layernorm_backward(c["dy"], c["x"], c["gamma"], c["mean"], c["rstd"], c["dx"], c["dgamma"], c["dbeta"],
+                              d, branch);
+    };
+  };
+  EXPECT_NO_THROW(backward(&drop, &dbranch)());
+  expect_error(backward(&drop, nullptr), "layernorm_backward: branch_dropout and dbranch come together",
+               {"dbranch is missing"});
+  expect_error(backward(nullptr, &dbranch), "layernorm_backward: branch_dropout and dbranch come together",
+               {"branch_dropout is missing"});
+  expect_error(backward(&drop, &c["dx"]), "layernorm_backward: dbranch ", {"is dx"});
+  Tensor narrow = zeros({4, 7});
+  expect_error(backward(&drop, &narrow), "layernorm_backward: dbranch ", {"[4, 7]"});
+  const ops::BranchDropout certain{1.0, kKey, &c.seqs};
+  expect_error(backward(&certain, &dbranch), "layernorm_backward: dropout probability", {"outside [0, 1)"});
+  const ops::Sequences three = ops::Sequences::from_lengths({1, 2}, Device::cpu());
+  const ops::BranchDropout short_seqs{0.1, kKey, &three};
+  expect_error(backward(&short_seqs, &dbranch), "layernorm_backward: seqs covers 3 tokens", {"x"});
+
+  OpCall f = call_of("add_layernorm_forward");
+  const auto forward = [&f](const ops::BranchDropout* d) {
+    return [&f, d] {
+      ops::add_layernorm_forward(f["a"], f["b"], f["gamma"], f["beta"], f.eps, f["sum"], f["y"], f["mean"], f["rstd"],
+                                 d);
+    };
+  };
+  const ops::BranchDropout forward_drop{0.1, kKey, &f.seqs};
+  EXPECT_NO_THROW(forward(&forward_drop)());
+  const ops::BranchDropout no_seqs{0.1, kKey, nullptr};
+  expect_error(forward(&no_seqs), "add_layernorm_forward: branch_dropout has no sequences", {});
+  const ops::BranchDropout negative{-0.5, kKey, &f.seqs};
+  expect_error(forward(&negative), "add_layernorm_forward: dropout probability", {"outside [0, 1)"});
+}
+
 TEST(OpArgs, AttentionHeadsMustSplitTheWidth) {
   for (const char* op : {"attention_forward", "attention_backward"}) {
     for (int64_t heads : {int64_t{4}, int64_t{0}, int64_t{-2}})
