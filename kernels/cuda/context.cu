@@ -2,19 +2,18 @@
 // runs on, in order, and the cuBLASLt handle with its workspace. Created on first use for the
 // current device and kept until the process ends.
 //
-// The stream is created with the default (blocking) flag, not cudaStreamNonBlocking: core/memory
-// copies and clears device memory with cudaMemcpy/cudaMemset on the legacy default stream, and a
-// blocking stream is ordered against that stream both ways, so an upload is complete before the
-// next kernel reads it, a cudaMemset zeroing a gradient lands before the kernels accumulating into
-// it, and a download waits for the kernels that wrote it. A non-blocking stream would race with
-// all three. Streams for communication (NCCL) still overlap with this one: user streams only
-// synchronise with the legacy default stream, never with each other.
+// The stream is core/memory's device_stream, on which copies and fills of device memory are
+// queued too, so an upload lands before the next kernel reads it, a fill zeroing a gradient
+// before the kernels accumulating into it, and a download after the kernels that wrote it,
+// without the host waiting for the device in between. Streams for communication (NCCL) overlap
+// with this one, ordered by events (parallel/nccl_communicator.cpp).
 #include "kernels/cuda/context.cuh"
 
 #include <memory>
 #include <vector>
 
 #include "core/check_cuda.h"
+#include "core/memory.h"
 
 namespace qarac::cuda {
 namespace {
@@ -26,7 +25,7 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 std::unique_ptr<Context> create(int device) {
   auto ctx = std::make_unique<Context>();
   ctx->device = device;
-  QARAC_CHECK_CUDA(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamDefault));
+  ctx->stream = static_cast<cudaStream_t>(device_stream(device));
   QARAC_CHECK_CUBLAS(cublasLtCreate(&ctx->lt));
   QARAC_CHECK_CUDA(cudaMalloc(&ctx->workspace, kWorkspaceBytes));
   ctx->workspace_bytes = kWorkspaceBytes;

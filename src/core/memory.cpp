@@ -55,12 +55,11 @@ constexpr size_t kHostAlignment = 64;  // a cache line; also what AVX-512 loads 
 // same size; cudaMalloc runs only on a miss (in practice: during the first steps, and when a
 // batch is longer than every earlier one).
 //
-// Why a freed block can be reused at once, without waiting for the GPU: every QARAC-MT kernel of
-// a device runs in order on one stream (kernels/cuda/context.cuh), and the blocking copies and
-// fills below run on the legacy default stream, which is ordered with that (blocking) stream. A
-// Buffer destroyed on the host while a kernel that reads it is still queued can only be
-// overwritten by work queued after that kernel, on the same stream, which starts after it ends:
-// no race. Work on another stream (e.g. NCCL's) must keep its tensors alive until it is waited for.
+// Why a freed block can be reused at once, without waiting for the GPU: every QARAC-MT kernel,
+// copy and fill of a device runs in order on one stream (device_stream below). A Buffer
+// destroyed on the host while a kernel that reads it is still queued can only be overwritten by
+// work queued after that kernel, on the same stream, which starts after it ends: no race. Work
+// on another stream (e.g. NCCL's) must keep its tensors alive until it is waited for.
 //
 // Sizes are rounded up so that tensors whose sizes differ a little (ragged batches) share blocks:
 // to 512 B below 1 MiB, to whole 2 MiB above. A request takes the smallest cached block of at
@@ -255,6 +254,25 @@ Buffer::~Buffer() {
   }
 }
 
+#ifdef QARAC_HAVE_CUDA
+void* device_stream(int index) {
+  // Never destroyed, like the allocator: the driver reclaims the streams at exit.
+  static std::mutex mutex;
+  static std::map<int, cudaStream_t>* streams = new std::map<int, cudaStream_t>();
+  std::lock_guard<std::mutex> lock(mutex);
+  cudaStream_t& stream = (*streams)[index];
+  if (!stream) {
+    // Blocking (not cudaStreamNonBlocking): ordered against the legacy default stream, should
+    // anything still use it. The caller's current device is left as it was.
+    const CurrentDevice current(index);
+    QARAC_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamDefault));
+  }
+  return stream;
+}
+#else
+void* device_stream(int) { no_cuda("a device stream"); }
+#endif
+
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (bytes == 0) return;
   memory_call_count.fetch_add(1, std::memory_order_relaxed);
@@ -263,10 +281,17 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
     return;
   }
 #ifdef QARAC_HAVE_CUDA
-  // On the legacy stream of the device that holds the device side, the one ordered with that
-  // device's compute stream; the caller's current device is left as it was.
-  const CurrentDevice current(dst_device.is_cuda() ? dst_device.index : src_device.index);
-  QARAC_CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  // On the stream of the device that holds the destination (of the source for a download):
+  // ordered after the kernels queued there, without waiting for them as a cudaMemcpy on the
+  // legacy stream would (an upload from pageable memory waited for the whole device).
+  const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
+  const CurrentDevice current(device);
+  const auto stream = static_cast<cudaStream_t>(device_stream(device));
+  // Between two devices the source's own stream may still be writing it.
+  if (dst_device.is_cuda() && src_device.is_cuda() && src_device.index != dst_device.index)
+    QARAC_CHECK_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(device_stream(src_device.index))));
+  QARAC_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+  if (dst_device.is_cpu()) QARAC_CHECK_CUDA(cudaStreamSynchronize(stream));
 #else
   no_cuda("a device copy");
 #endif
@@ -283,7 +308,8 @@ void zero_bytes(void* dst, Device device, size_t bytes) {
   // Not cudaSetDevice: that would move the caller (and every later kernel, which runs on the
   // current device's context) to device.index for good.
   const CurrentDevice current(device.index);
-  QARAC_CHECK_CUDA(cudaMemset(dst, 0, bytes));
+  QARAC_CHECK_CUDA(
+      cudaMemsetAsync(dst, 0, bytes, static_cast<cudaStream_t>(device_stream(device.index))));
 #else
   no_cuda("a device memset");
 #endif

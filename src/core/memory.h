@@ -59,11 +59,19 @@ CudaAllocatorStats cuda_allocator_stats(int device);
 // Returns every cached (unused) block of every device to the driver; blocks in use stay.
 void cuda_empty_cache();
 
-// Copies between any two devices (host<->device, device<->device) and synchronises.
+// The stream (a cudaStream_t) on which everything QARAC-MT does on CUDA device `index` runs, in
+// order: kernels and cuBLASLt calls (kernels/cuda/context.cuh), copies and fills (below). Created
+// on first use, kept until the process ends; thread-safe.
+void* device_stream(int index);
+// Copies between any two devices (host<->device, device<->device), queued on the device side's
+// stream after the work already there. A copy to the host returns with the data; any other
+// returns at once (from pageable host memory, once the driver has staged the source: the caller
+// may then reuse it).
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// Zeroes bytes, on CUDA queued on the device's stream.
 void zero_bytes(void* dst, Device device, size_t bytes);
 // The copy_bytes and zero_bytes calls so far that moved or cleared any bytes: on CUDA each is a
-// cudaMemcpy or cudaMemset (qarac-bench prints them per step next to the ops).
+// cudaMemcpyAsync or cudaMemsetAsync (qarac-bench prints them per step next to the ops).
 uint64_t memory_calls();
 // The Buffers of any bytes allocated so far (on CUDA from the caching allocator or cudaMalloc).
 uint64_t buffer_allocations();
