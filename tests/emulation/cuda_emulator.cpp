@@ -6,6 +6,7 @@
 // system header.
 #undef _FORTIFY_SOURCE
 #include "cuda_emulator.h"
+#include "emulated_backend.h"
 
 #include <setjmp.h>
 #include <signal.h>

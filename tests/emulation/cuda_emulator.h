@@ -20,8 +20,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <map>
-#include <string>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -76,6 +74,7 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 // Device memory is host memory; the stream is in order, so an asynchronous copy may as well land now.
 namespace emu {
+// Counts a launch of `name` (emulated_backend.h reads the counts).
 void count_launch(const char* name);
 }  // namespace emu
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
@@ -110,11 +109,6 @@ const dim3& grid_dim();
 void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
             std::function<void()> body);
 
-// What the emulated device was asked to do since the last reset, by name: each kernel (its name
-// up to the template arguments), cublasLtMatmul, cudaMemcpyAsync and cudaMemsetAsync calls. What
-// a GPU step pays in launches, countable without one.
-std::map<std::string, uint64_t> launch_counts();
-void reset_launch_counts();
 void set_max_dynamic_smem(const void* kernel, int bytes);
 
 // Schedule and cp.async mode of the following launches.

@@ -15,7 +15,6 @@
 #include <string>
 #include <vector>
 
-#include "cuda_emulator.h"
 #include "emulated_backend.h"
 #include "model/init.h"
 #include "train/optimizer.h"

@@ -265,7 +265,14 @@ void expect_step_matches_the_cpu(QaObjective qa, bool emulated = false) {
     std::optional<ops::HostBackendOverride> on_emulator;
     if (emulated) on_emulator.emplace(ops::cuda_emulated_backend());
     QaracModels gpu(config, base, dtype, emulated ? Device::cpu() : kGpu);
+    if (emulated) emu::reset_launch_counts();
     const std::vector<double> got = run_step(gpu, batches, qa);
+    if (emulated) {
+      uint64_t launches = 0;
+      for (const auto& [name, count] : emu::launch_counts()) launches += count;
+      std::printf("%s: the step launched %llu kernels, cuBLASLt matmuls, copies and fills\n",
+                  dtype_name(dtype), static_cast<unsigned long long>(launches));
+    }
     for (size_t t = 0; t < want.size(); ++t) {
       std::printf("%s %s: loss cpu %.6f, cuda %.6f\n", dtype_name(dtype),
                   data::task_name(batches[t].task), want[t], got[t]);
