@@ -52,7 +52,7 @@ class Backend {
   virtual void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                               Activation act, Tensor* pre) const = 0;
   virtual void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx,
-                               Tensor& dw, Tensor& dbias, const Tensor* input_gelu_pre,
+                               Tensor& dw, Tensor* dbias, const Tensor* input_gelu_pre,
                                bool accumulate_dx) const = 0;
 
   virtual void bias_add(Tensor& y, const Tensor& bias) const = 0;
@@ -75,8 +75,8 @@ class Backend {
   virtual void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                   const Tensor& mean, const Tensor& rstd, Tensor& dx,
                                   Tensor& dgamma, Tensor& dbeta,
-                                  const BranchDropout* branch_dropout,
-                                  Tensor* dbranch) const = 0;
+                                  const BranchDropout* branch_dropout, Tensor* dbranch,
+                                  Tensor* dbias_branch) const = 0;
 
   virtual void gelu_forward(const Tensor& x, Tensor& y) const = 0;
   virtual void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) const = 0;

@@ -107,7 +107,7 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
 }
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
-                     Tensor& dbias, const Tensor* input_gelu_pre, bool accumulate_dx) {
+                     Tensor* dbias, const Tensor* input_gelu_pre, bool accumulate_dx) {
   const char* op = "linear_backward";
   const Args args(op, "x", x);
   args.rank("x", x, 2);
@@ -116,7 +116,7 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
   args.compute("w", w, {out, in});
   args.compute("dy", dy, {rows, out});
   args.accumulation("dw", dw, {out, in});
-  args.accumulation("dbias", dbias, {out});
+  if (dbias) args.accumulation("dbias", *dbias, {out});
   if (dx) args.compute("dx", *dx, {rows, in});
   if (input_gelu_pre) {
     QARAC_CHECK(dx, op, ": input_gelu_pre is given but dx is not");
@@ -238,7 +238,7 @@ void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma
 
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                         const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta,
-                        const BranchDropout* branch_dropout, Tensor* dbranch) {
+                        const BranchDropout* branch_dropout, Tensor* dbranch, Tensor* dbias_branch) {
   const char* op = "layernorm_backward";
   const Args args(op, "x", x);
   args.rank("x", x, 2);
@@ -259,8 +259,13 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, 
     QARAC_CHECK(dbranch->raw() != dx.raw(), op, ": dbranch ", dbranch->str(),
                 " is dx: the gradient of the residual and of the branch need their own tensors");
   }
+  if (dbias_branch) {
+    args.accumulation("dbias_branch", *dbias_branch, {cols});
+    QARAC_CHECK(dx.raw() != dy.raw(), op, ": dx ", dx.str(),
+                " is dy: with dbias_branch, dy is read after dx is written");
+  }
   args.backend().layernorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, branch_dropout,
-                                    dbranch);
+                                    dbranch, dbias_branch);
 }
 
 // ---- GELU ---------------------------------------------------------------------------------------

@@ -70,12 +70,13 @@ enum class Activation { none, gelu };
 // [N,out] receives x · wᵀ + bias (what the backward pass needs).
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                     Activation act = Activation::none, Tensor* pre = nullptr);
-// dw [out,in] += dyᵀ · x and dbias [out] += Σ_rows dy (both in A). If dx: dx = dy · w, or
-// dx += dy · w with accumulate_dx. If `input_gelu_pre` is given, x was GELU(input_gelu_pre) and
-// dx receives d loss / d input_gelu_pre = (dy · w) ⊙ GELU'(input_gelu_pre) instead (not with
-// accumulate_dx).
+// dw [out,in] += dyᵀ · x and, if dbias, dbias [out] += Σ_rows dy (both in A; null: whoever
+// produced dy summed it already, as layernorm_backward's dbias_branch does). If dx: dx = dy · w,
+// or dx += dy · w with accumulate_dx. If `input_gelu_pre` is given, x was
+// GELU(input_gelu_pre) and dx receives d loss / d input_gelu_pre = (dy · w) ⊙
+// GELU'(input_gelu_pre) instead (not with accumulate_dx).
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
-                     Tensor& dbias, const Tensor* input_gelu_pre = nullptr,
+                     Tensor* dbias, const Tensor* input_gelu_pre = nullptr,
                      bool accumulate_dx = false);
 
 // ---- Elementwise and bias --------------------------------------------------------------------
@@ -114,9 +115,14 @@ void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma
                            Tensor& rstd, const BranchDropout* branch_dropout = nullptr);
 // dx [N,C] overwritten; dgamma, dbeta [C] (A) accumulated. With branch_dropout also dbranch
 // [N,C] = dropout_backward(dx), the gradient of the dropped branch (a tensor other than dx).
+// With dbias_branch [C] (A), also dbias_branch += Σ_rows of the branch's gradient (dbranch, or dx
+// without dropout): the bias gradient of the linear layer whose output is the branch, summed
+// here in the pass over the rows that sums dgamma and dbeta rather than in a pass of that layer's
+// linear_backward (dbias null). dx must not be dy then.
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                         const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta,
-                        const BranchDropout* branch_dropout = nullptr, Tensor* dbranch = nullptr);
+                        const BranchDropout* branch_dropout = nullptr, Tensor* dbranch = nullptr,
+                        Tensor* dbias_branch = nullptr);
 
 // ---- GELU, erf form: gelu(x) = x * Φ(x) = 0.5 x (1 + erf(x/√2)) --------------------------------
 void gelu_forward(const Tensor& x, Tensor& y);

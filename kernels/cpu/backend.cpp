@@ -104,12 +104,12 @@ class CpuBackend final : public ops::Backend {
     });
   }
   void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
-                       Tensor& dbias, const Tensor* input_gelu_pre,
+                       Tensor* dbias, const Tensor* input_gelu_pre,
                        bool accumulate_dx) const override {
     with_type(x.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cpu::linear_backward(x.data<T>(), w.data<T>(), dy.data<T>(), x.size(0), x.size(1), w.size(0),
-                           data_or_null<T>(dx), dw.data<T>(), dbias.data<T>(),
+                           data_or_null<T>(dx), dw.data<T>(), data_or_null<T>(dbias),
                            data_or_null<T>(input_gelu_pre), accumulate_dx);
     });
   }
@@ -180,7 +180,7 @@ class CpuBackend final : public ops::Backend {
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dgamma,
                           Tensor& dbeta, const ops::BranchDropout* branch_dropout,
-                          Tensor* dbranch) const override {
+                          Tensor* dbranch, Tensor* dbias_branch) const override {
     with_type(x.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cpu::layernorm_backward(dy.data<T>(), x.data<T>(), gamma.data<T>(), mean.data<T>(),
@@ -189,6 +189,7 @@ class CpuBackend final : public ops::Backend {
     });
     if (branch_dropout)
       dropout_any(dx, branch_dropout->p, branch_dropout->key, *branch_dropout->seqs, *dbranch);
+    if (dbias_branch) bias_backward(branch_dropout ? *dbranch : dx, *dbias_branch);
   }
 
   void gelu_forward(const Tensor& x, Tensor& y) const override {

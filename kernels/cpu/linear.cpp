@@ -28,7 +28,7 @@ template <class T>
 void linear_backward(const T* x, const T* w, const T* dy, int64_t rows, int64_t in, int64_t out,
                      T* dx, T* dw, T* dbias, const T* gelu_pre, bool accumulate_dx) {
   gemm(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
-  bias_backward(dy, dbias, rows, out);
+  if (dbias) bias_backward(dy, dbias, rows, out);
   if (!dx) return;
   gemm(false, false, rows, in, out, T(1), dy, out, w, in, accumulate_dx ? T(1) : T(0), dx, in);
   if (gelu_pre) gelu_backward(gelu_pre, dx, dx, rows * in);

@@ -91,11 +91,11 @@ class CudaBackend final : public ops::Backend {
                          y.raw(), act == ops::Activation::gelu, raw_or_null(pre));
   }
   void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
-                       Tensor& dbias, const Tensor* input_gelu_pre,
+                       Tensor* dbias, const Tensor* input_gelu_pre,
                        bool accumulate_dx) const override {
     const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
     cuda::linear_backward_weight(x.dtype(), dw.dtype(), rows, in, out, x.raw(), dy.raw(), dw.raw(),
-                                 dbias.raw());
+                                 raw_or_null(dbias));
     if (dx)
       cuda::linear_backward_input(x.dtype(), rows, in, out, dy.raw(), w.raw(), dx->raw(),
                                   raw_or_null(input_gelu_pre), accumulate_dx);
@@ -142,11 +142,12 @@ class CudaBackend final : public ops::Backend {
   void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dgamma,
                           Tensor& dbeta, const ops::BranchDropout* branch_dropout,
-                          Tensor* dbranch) const override {
+                          Tensor* dbranch, Tensor* dbias_branch) const override {
     cuda::layernorm_backward(x.dtype(), dy.raw(), x.raw(), gamma.raw(), mean.data<float>(),
                              rstd.data<float>(), x.size(0), x.size(1), dx.raw(),
                              dgamma.data<float>(), dbeta.data<float>(),
-                             row_dropout_of(branch_dropout), raw_or_null(dbranch));
+                             row_dropout_of(branch_dropout), raw_or_null(dbranch),
+                             dbias_branch ? dbias_branch->data<float>() : nullptr);
   }
 
   void gelu_forward(const Tensor& x, Tensor& y) const override {

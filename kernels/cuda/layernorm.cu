@@ -18,7 +18,10 @@
 //
 // dγ and dβ are column sums over all rows; no float atomics, so that replicas on different ranks
 // get the same bits: per-block partial sums over fixed chunks of rows (each in a fixed order),
-// then one thread per column adds the chunks in order (as elementwise.cu's bias gradient).
+// then one thread per column adds the chunks in order (as elementwise.cu's bias gradient). The
+// same pass can sum the branch's gradient too, the bias gradient of the linear layer before the
+// block's residual add, in bias_backward's order: that layer's own pass over it and its two
+// launches are saved.
 #include "kernels/cuda/layernorm.cuh"
 
 #include "core/memory.h"
@@ -142,63 +145,75 @@ __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, con
   }
 }
 
-// dγ, dβ pass 1: block (kTileCols, kRowLanes) sums kTileCols columns over one chunk of
-// kChunkRows rows, thread (tx, ty) taking rows ty, ty + kRowLanes, ... in order, then the lanes
-// of a column in lane order. With a single chunk the sums are final and are added to dgamma and
-// dbeta directly; otherwise they go to partial[0 or 1][chunk, c] for pass 2.
+// dγ, dβ (and the branch's bias gradient) pass 1: block (kTileCols, kRowLanes) sums kTileCols
+// columns over one chunk of kChunkRows rows, thread (tx, ty) taking rows ty, ty + kRowLanes, ...
+// in order, then the lanes of a column in lane order. With a single chunk the sums are final and
+// are added to the gradients directly; otherwise sum s goes to partial[s][chunk, c] for pass 2.
+// `branch` null: no bias gradient (and dbias unused).
 constexpr int kTileCols = 32, kRowLanes = 8;
 constexpr int64_t kChunkRows = 256;
 
 template <class T>
 __global__ void layernorm_param_grad_partial_kernel(const T* dy, const T* x, const float* mean,
-                                                    const float* rstd, int64_t rows, int64_t cols,
-                                                    float* partial, float* dgamma, float* dbeta) {
-  __shared__ float lanes_g[kRowLanes][kTileCols], lanes_b[kRowLanes][kTileCols];
+                                                    const float* rstd, const T* branch,
+                                                    int64_t rows, int64_t cols, float* partial,
+                                                    float* dgamma, float* dbeta, float* dbias) {
+  __shared__ float lanes_g[kRowLanes][kTileCols], lanes_b[kRowLanes][kTileCols],
+      lanes_bias[kRowLanes][kTileCols];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileCols + tx;
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * kChunkRows;
   const int64_t end = min(begin + kChunkRows, rows);
-  float sum_g = 0.f, sum_b = 0.f;
+  float sum_g = 0.f, sum_b = 0.f, sum_bias = 0.f;
   if (c < cols) {
     for (int64_t r = begin + ty; r < end; r += kRowLanes) {
       const float d = to_float(dy[r * cols + c]);
       sum_g += d * ((to_float(x[r * cols + c]) - mean[r]) * rstd[r]);
       sum_b += d;
+      if (branch) sum_bias += to_float(branch[r * cols + c]);
     }
   }
   lanes_g[ty][tx] = sum_g;
   lanes_b[ty][tx] = sum_b;
+  lanes_bias[ty][tx] = sum_bias;
   __syncthreads();
   if (ty != 0 || c >= cols) return;
-  float total_g = 0.f, total_b = 0.f;
+  float total_g = 0.f, total_b = 0.f, total_bias = 0.f;
 #pragma unroll
   for (int k = 0; k < kRowLanes; ++k) {
     total_g += lanes_g[k][tx];
     total_b += lanes_b[k][tx];
+    total_bias += lanes_bias[k][tx];
   }
   if (gridDim.y == 1) {
     dgamma[c] += total_g;
     dbeta[c] += total_b;
+    if (branch) dbias[c] += total_bias;
   } else {
     const int64_t chunks = gridDim.y;
     partial[blockIdx.y * cols + c] = total_g;
     partial[(chunks + blockIdx.y) * cols + c] = total_b;
+    if (branch) partial[(2 * chunks + blockIdx.y) * cols + c] = total_bias;
   }
 }
 
-// Pass 2: dγ[c] += Σ_chunks partial[0][chunk, c], dβ[c] likewise, in chunk order.
+// Pass 2: dγ[c] += Σ_chunks partial[0][chunk, c], dβ[c] and (when given) dbias[c] likewise, in
+// chunk order.
 __global__ void layernorm_param_grad_final_kernel(const float* partial, int64_t chunks,
-                                                  int64_t cols, float* dgamma, float* dbeta) {
+                                                  int64_t cols, float* dgamma, float* dbeta,
+                                                  float* dbias) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
        c += stride) {
-    float total_g = 0.f, total_b = 0.f;
+    float total_g = 0.f, total_b = 0.f, total_bias = 0.f;
     for (int64_t k = 0; k < chunks; ++k) {
       total_g += partial[k * cols + c];
       total_b += partial[(chunks + k) * cols + c];
+      if (dbias) total_bias += partial[(2 * chunks + k) * cols + c];
     }
     dgamma[c] += total_g;
     dbeta[c] += total_b;
+    if (dbias) dbias[c] += total_bias;
   }
 }
 
@@ -237,18 +252,20 @@ void layernorm_forward(DType dtype, const void* a, const void* b, const void* ga
 void layernorm_backward(DType dtype, const void* dy, const void* x, const void* gamma,
                         const float* mean, const float* rstd, int64_t rows, int64_t cols,
                         void* dx, float* dgamma, float* dbeta, const RowDropout& drop,
-                        void* dbranch) {
+                        void* dbranch, float* dbias_branch) {
   QARAC_CHECK(dbranch != dx, "layernorm_backward: dbranch must not be dx");
+  QARAC_CHECK(!dbias_branch || dx != dy, "layernorm_backward: with dbias_branch, dx must not be dy");
   if (rows == 0 || cols == 0) return;
   const int64_t chunks = ceil_div(rows, kChunkRows);
   QARAC_CHECK(chunks <= 65535, "layernorm_backward: ", rows, " rows exceed the grid's ",
               65535 * kChunkRows);
-  // Partial sums for dγ and dβ from the project's allocator, released when this function
+  // Partial sums for dγ, dβ (and the bias) from the project's allocator, released when this function
   // returns; a later allocation that reuses the block is ordered after these kernels by the
   // stream.
   int device = 0;
   QARAC_CHECK_CUDA(cudaGetDevice(&device));
-  const Buffer partial(chunks > 1 ? static_cast<size_t>(2 * chunks * cols) * sizeof(float) : 0,
+  const int64_t sums = dbias_branch ? 3 : 2;
+  const Buffer partial(chunks > 1 ? static_cast<size_t>(sums * chunks * cols) * sizeof(float) : 0,
                        Device::cuda(device));
   float* partial_data = static_cast<float*>(partial.data());
   dispatch_compute(dtype, "layernorm_backward", [&](auto tag) {
@@ -259,11 +276,15 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
     T *tdx = static_cast<T*>(dx), *tbranch = static_cast<T*>(dbranch);
     const bool vector = cols % kN == 0 && aligned16(dy) && aligned16(x) && aligned16(gamma) &&
                         aligned16(dx) && aligned16(dbranch);
-    // The parameter gradients first: they read dy, which dx may overwrite in place.
     const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileCols)), static_cast<unsigned>(chunks));
-    layernorm_param_grad_partial_kernel<T><<<grid, dim3(kTileCols, kRowLanes), 0, stream()>>>(
-        tdy, tx, mean, rstd, rows, cols, partial_data, dgamma, dbeta);
-    QARAC_CHECK_LAUNCH();
+    const auto param_grads = [&](const T* branch) {
+      layernorm_param_grad_partial_kernel<T><<<grid, dim3(kTileCols, kRowLanes), 0, stream()>>>(
+          tdy, tx, mean, rstd, branch, rows, cols, partial_data, dgamma, dbeta, dbias_branch);
+      QARAC_CHECK_LAUNCH();
+    };
+    // Without the bias gradient, the parameter gradients first: they read dy, which dx may
+    // overwrite in place. With it, after dx, whose sums they take (dx is not dy then).
+    if (!dbias_branch) param_grads(nullptr);
     const unsigned blocks = static_cast<unsigned>(ceil_div(rows, kRowsPerBlock));
     const int threads = kRowsPerBlock * kWarpSize;
     if (vector)
@@ -273,11 +294,12 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
       layernorm_dx_kernel<T, 1><<<blocks, threads, 0, stream()>>>(tdy, tx, tg, mean, rstd, rows,
                                                                   cols, tdx, drop, tbranch);
     QARAC_CHECK_LAUNCH();
+    if (dbias_branch) param_grads(tbranch ? tbranch : tdx);
   });
   if (chunks > 1) {  // reads only the partials: free to follow the dx kernel
     constexpr int kThreads = 256;
     layernorm_param_grad_final_kernel<<<grid_for(cols, kThreads), kThreads, 0, stream()>>>(
-        partial_data, chunks, cols, dgamma, dbeta);
+        partial_data, chunks, cols, dgamma, dbeta, dbias_branch);
     QARAC_CHECK_LAUNCH();
   }
 }

@@ -16,10 +16,12 @@ void layernorm_forward(DType dtype, const void* a, const void* b, const void* ga
                        const void* beta, double eps, int64_t rows, int64_t cols, void* sum,
                        void* y, float* mean, float* rstd, const RowDropout& drop = {});
 // dx overwritten; dgamma, dbeta (f32) accumulated, deterministically. With dbranch (not dx), also
-// dbranch = dx with `drop` applied: the gradient of the branch the forward pass dropped.
+// dbranch = dx with `drop` applied: the gradient of the branch the forward pass dropped. With
+// dbias_branch (f32), also dbias_branch += Σ_rows dbranch (dx without dbranch), summed as
+// bias_backward sums (the same bits); dx must not be dy then.
 void layernorm_backward(DType dtype, const void* dy, const void* x, const void* gamma,
                         const float* mean, const float* rstd, int64_t rows, int64_t cols,
                         void* dx, float* dgamma, float* dbeta, const RowDropout& drop = {},
-                        void* dbranch = nullptr);
+                        void* dbranch = nullptr, float* dbias_branch = nullptr);
 
 }  // namespace qarac::cuda

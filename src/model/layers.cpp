@@ -29,8 +29,9 @@ void Linear::forward(const Tensor& x, Tensor& y, ops::Activation act, Tensor* pr
 }
 
 void Linear::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx,
-                      const Tensor* input_gelu_pre) {
-  ops::linear_backward(x, weight.value, dy, dx, weight.grad, bias.grad, input_gelu_pre, accumulate_dx);
+                      const Tensor* input_gelu_pre, bool bias_grad_done) {
+  ops::linear_backward(x, weight.value, dy, dx, weight.grad, bias_grad_done ? nullptr : &bias.grad,
+                       input_gelu_pre, accumulate_dx);
 }
 
 void LayerNorm::allocate(const std::string& prefix, int64_t features, double epsilon, DType dtype,
@@ -68,9 +69,10 @@ void LayerNorm::forward_residual(const Tensor& a, const Tensor& b, Tensor& sum, 
 }
 
 void LayerNorm::backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx,
-                         const ops::BranchDropout* branch_dropout, Tensor* dbranch) {
+                         const ops::BranchDropout* branch_dropout, Tensor* dbranch,
+                         Tensor* dbias_branch) {
   ops::layernorm_backward(dy, x, weight.value, saved.mean, saved.rstd, dx, weight.grad, bias.grad,
-                          branch_dropout, dbranch);
+                          branch_dropout, dbranch, dbias_branch);
 }
 
 }  // namespace qarac

@@ -28,9 +28,11 @@ struct Linear {
   void forward(const Tensor& x, Tensor& y, ops::Activation act = ops::Activation::none,
                Tensor* pre = nullptr) const;
   // dW += dyᵀ·x, db += Σ_rows dy; if dx: dx = dy·W (accumulate_dx: dx += dy·W). When x was
-  // GELU(input_gelu_pre), dx receives the gradient with respect to input_gelu_pre instead.
+  // GELU(input_gelu_pre), dx receives the gradient with respect to input_gelu_pre instead. With
+  // bias_grad_done, db is left alone: whoever produced dy added Σ_rows dy to it already
+  // (LayerNorm::backward's dbias_branch).
   void backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx = false,
-                const Tensor* input_gelu_pre = nullptr);
+                const Tensor* input_gelu_pre = nullptr, bool bias_grad_done = false);
 };
 
 struct LayerNorm {
@@ -51,9 +53,11 @@ struct LayerNorm {
   void forward_residual(const Tensor& a, const Tensor& b, Tensor& sum, Tensor& y, Saved& saved,
                         const ops::BranchDropout* branch_dropout = nullptr) const;
   // dx overwritten; dγ, dβ accumulated. x is the normalised input (`sum` for forward_residual).
-  // With the forward pass's branch_dropout, also dbranch = dropout(dx), the branch's gradient.
+  // With the forward pass's branch_dropout, also dbranch = dropout(dx), the branch's gradient;
+  // with dbias_branch, also dbias_branch += Σ_rows of the branch's gradient (dy must not be dx).
   void backward(const Tensor& x, const Tensor& dy, const Saved& saved, Tensor& dx,
-                const ops::BranchDropout* branch_dropout = nullptr, Tensor* dbranch = nullptr);
+                const ops::BranchDropout* branch_dropout = nullptr, Tensor* dbranch = nullptr,
+                Tensor* dbias_branch = nullptr);
 };
 
 }  // namespace qarac

@@ -89,7 +89,7 @@ void LMHead::backward(const Tensor& x, Activations& acts, const Tensor& grad_log
   ensure_tensor(acts.grad_normed, acts.normed.shape(), x.dtype(), x.device());
   ensure_tensor(acts.grad_act, acts.act.shape(), x.dtype(), x.device());
   ops::linear_backward(acts.normed, weight_->value, grad_logits, &acts.grad_normed, weight_->grad,
-                       bias_.grad);
+                       &bias_.grad);
   norm_.backward(acts.act, acts.grad_normed, acts.norm, acts.grad_act);
   ops::gelu_backward(acts.pre, acts.grad_act, acts.grad_act);
   dense_.backward(x, acts.grad_act, &dx);

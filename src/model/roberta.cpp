@@ -191,23 +191,26 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
   ensure_tensor(scratch.grad_ffn, {tokens, ffn_in.out_features()}, dtype, device);
   const double p = settings.hidden_dropout;
 
-  // With dropout the LayerNorm's backward pass also writes the dropped branch's gradient.
+  // With dropout the LayerNorm's backward pass also writes the dropped branch's gradient, and in
+  // every case it sums the gradient of the branch's bias (the output projection's).
   const ops::BranchDropout attn_drop{p, settings.attention_out_key, &seqs};
   const ops::BranchDropout ffn_drop{p, settings.ffn_out_key, &seqs};
 
   // Feed-forward block: grad_hidden = d(ffn_sum), then += the branch's gradient.
   ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, scratch.grad_hidden, p > 0 ? &ffn_drop : nullptr,
-                    p > 0 ? &scratch.grad_branch : nullptr);
+                    p > 0 ? &scratch.grad_branch : nullptr, &ffn_out.bias.grad);
   const Tensor* grad_branch = p > 0 ? &scratch.grad_branch : &scratch.grad_hidden;
   ffn_out.backward(s.ffn_act, *grad_branch, &scratch.grad_ffn, false,
-                   /*input_gelu_pre=*/&s.ffn_pre);
+                   /*input_gelu_pre=*/&s.ffn_pre, /*bias_grad_done=*/true);
   ffn_in.backward(s.hidden, scratch.grad_ffn, &scratch.grad_hidden, /*accumulate_dx=*/true);
 
   // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projection's gradient.
   attn_norm.backward(s.attn_sum, scratch.grad_hidden, s.attn_norm, grad_input,
-                     p > 0 ? &attn_drop : nullptr, p > 0 ? &scratch.grad_branch : nullptr);
+                     p > 0 ? &attn_drop : nullptr, p > 0 ? &scratch.grad_branch : nullptr,
+                     &attn_out.bias.grad);
   grad_branch = p > 0 ? &scratch.grad_branch : &grad_input;
-  attn_out.backward(s.context, *grad_branch, &scratch.grad_context);
+  attn_out.backward(s.context, *grad_branch, &scratch.grad_context, false, nullptr,
+                    /*bias_grad_done=*/true);
   Tensor dq = third(scratch.grad_qkv, 0), dk = third(scratch.grad_qkv, 1), dv = third(scratch.grad_qkv, 2);
   ops::attention_backward(scratch.grad_context, third(s.qkv, 0), third(s.qkv, 1), third(s.qkv, 2),
                           s.context, s.lse, seqs, settings.heads, settings.causal,

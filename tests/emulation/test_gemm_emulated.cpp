@@ -46,7 +46,7 @@ struct Linear {
 Linear run_linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& dy) {
   Linear r{aligned({x.size(0), w.size(0)}), aligned(x.shape()), aligned(w.shape()), aligned(bias.shape())};
   ops::linear_forward(x, w, bias, r.y);
-  ops::linear_backward(x, w, dy, &r.dx, r.dw, r.dbias);
+  ops::linear_backward(x, w, dy, &r.dx, r.dw, &r.dbias);
   return r;
 }
 

@@ -609,12 +609,12 @@ const Case kCases[] = {
        Tensor dx = r.grad("dx", x, kDenseX);
        Tensor dw = r.grad("dw", w, kGemmA, Fill::start, A);
        Tensor db = r.grad("dbias", bias, kDenseA, Fill::start, A);
-       ops::linear_backward(x, w, dy, &dx, dw, db);
+       ops::linear_backward(x, w, dy, &dx, dw, &db);
        Tensor dx_sum = r.grad("dx (accumulate_dx)", x, kDenseX, Fill::start);
-       ops::linear_backward(x, w, dy, &dx_sum, dw, db, nullptr, true);
+       ops::linear_backward(x, w, dy, &dx_sum, dw, &db, nullptr, true);
        Tensor dw_only = r.inout("dw (no dx)", {out, in}, kGemmA, A);
        Tensor db_only = r.inout("dbias (no dx)", {out}, kDenseA, A);
-       ops::linear_backward(x, w, dy, nullptr, dw_only, db_only);
+       ops::linear_backward(x, w, dy, nullptr, dw_only, &db_only);
      }},
     {"linear_gelu_epilogue",
      [](CaseRun& r) {
@@ -634,7 +634,7 @@ const Case kCases[] = {
        // Downstream of the rounded pre and dz: kDenseX whatever the storage.
        Tensor dx = r.grad("dx", x, kDenseX), dw = r.grad("dw", w, kDenseX, Fill::start, A),
               db = r.grad("dbias", bias, kDenseX, Fill::start, A);
-       ops::linear_backward(x, w, dz, &dx, dw, db);
+       ops::linear_backward(x, w, dz, &dx, dw, &db);
      }},
     {"linear_input_gelu_pre",
      [](CaseRun& r) {
@@ -652,7 +652,7 @@ const Case kCases[] = {
        // dw reads the rounded gelu(p): kDenseX; dbias only dy.
        Tensor dp = r.grad("dp", p, kDenseX), dw = r.grad("dw", w, kDenseX, Fill::start, A),
               db = r.grad("dbias", bias, kDenseA, Fill::start, A);
-       ops::linear_backward(x, w, dy, &dp, dw, db, &p);
+       ops::linear_backward(x, w, dy, &dp, dw, &db, &p);
      }},
     // ---- Elementwise and bias
     {"bias_add_backward",
@@ -783,11 +783,13 @@ const Case kCases[] = {
      }},
     {"add_layernorm_branch_dropout",
      [](CaseRun& r) {
-       // The residual block with the branch a dropped on the way (ops::BranchDropout): y =
-       // LN(dropout(a) + b), and backward dx (the residual's gradient) and dbranch = dropout(dx)
-       // (the branch's). Ragged sequences with random ids. As above, every sum must be exact in
-       // bf16: p = 0.5 or 0.75 scales kept elements by exactly 2 or 4, a is on the 1/32 grid in
-       // [0.5, 1] and b on it in [-1, 1], so dropout(a) + b lies on that grid in [-1, 5].
+       // The residual block with the branch a = a0 + branch_bias (the output of a linear layer)
+       // dropped on the way (ops::BranchDropout): y = LN(dropout(a) + b), and backward dx (the
+       // residual's gradient), dbranch = dropout(dx) (the branch's) and its column sums, the
+       // branch bias's gradient. Ragged sequences with random ids. As above, every sum must be
+       // exact in bf16: p = 0.5 or 0.75 scales kept elements by exactly 2 or 4, a is on the 1/32
+       // grid in [0.25, 1.25] and b on it in [-1, 1], so dropout(a) + b lies on that grid in
+       // [-1, 6]. The bias gradient sums dbranch, which bf16 rounds: kDenseX.
        const std::vector<int32_t> lengths = ragged_lengths(r, 60);
        const ops::Sequences seqs = r.seqs(lengths, true);
        const int64_t rows = total(lengths), cols = r.width(300);
@@ -796,7 +798,9 @@ const Case kCases[] = {
          return v;
        };
        const ops::BranchDropout drop{r.per_round({0.5, 0.75}), kKey, &seqs};
-       const Tensor a = r.in("a", {rows, cols}, grid(r.uniform(rows * cols, 0.5, 1)));
+       Tensor a = r.in("a0", {rows, cols}, grid(r.uniform(rows * cols, 0.5, 1)));
+       const Tensor branch_bias = r.in("branch_bias", {cols}, grid(r.uniform(cols, -0.25, 0.25)));
+       ops::bias_add(a, branch_bias);
        const Tensor b = r.in("b", {rows, cols}, grid(r.uniform(rows * cols)));
        const Tensor gamma = r.in("gamma", {cols}, X, {0.5, 1.5}), beta = r.in("beta", {cols});
        Tensor sum = r.out("sum", {rows, cols}, kExact), y = r.out("y", {rows, cols}, kDenseX);
@@ -806,8 +810,9 @@ const Case kCases[] = {
        r.loss(y, dy);
        Tensor dx = r.grad("dx", b, kDenseX), dbranch = r.grad("dbranch", a, kDenseX);
        Tensor dgamma = r.grad("dgamma", gamma, kDenseA, Fill::start, A),
-              dbeta = r.grad("dbeta", beta, kDenseA, Fill::start, A);
-       ops::layernorm_backward(dy, sum, gamma, mean, rstd, dx, dgamma, dbeta, &drop, &dbranch);
+              dbeta = r.grad("dbeta", beta, kDenseA, Fill::start, A),
+              dbias = r.grad("dbias_branch", branch_bias, kDenseX, Fill::start, A);
+       ops::layernorm_backward(dy, sum, gamma, mean, rstd, dx, dgamma, dbeta, &drop, &dbranch, &dbias);
      }},
     // ---- GELU and dropout
     {"gelu_forward_backward",

@@ -158,13 +158,14 @@ TEST_P(CudaBits, DropoutMasksFollowTheSequence) {
   }
 }
 
-// The LayerNorms' fused branch dropout (ops::BranchDropout) gives the bits of dropout_forward /
-// dropout_backward and the plain LayerNorm ops: sum, y and the statistics forward; dx, the branch's
-// gradient, dγ and dβ backward. Ragged sequences with random ids; 768 columns take the 16-byte
-// path, 301 the scalar one.
+// The LayerNorms' fused branch dropout (ops::BranchDropout) and branch bias gradient give the bits
+// of dropout_forward / dropout_backward, bias_backward and the plain LayerNorm ops: sum, y and the
+// statistics forward; dx, the branch's gradient, its column sums, dγ and dβ backward; without
+// dropout the bias gradient sums dx. Ragged sequences with random ids, 300 rows (two chunks of
+// the column sums); 768 columns take the 16-byte path, 301 the scalar one.
 TEST_P(CudaBits, FusedBranchDropoutGivesTheSeparateOpsBits) {
   std::mt19937 rng(12);
-  const std::vector<int32_t> lengths = {0, 37, 1, 0, 90, 9};
+  const std::vector<int32_t> lengths = {0, 37, 1, 0, 190, 9, 63};
   const ops::Sequences seqs = ops::Sequences::from_lengths(lengths, device(), random_ids(rng, lengths.size()));
   const int64_t rows = seqs.tokens();
   for (DType dtype : {DType::f32, DType::bf16}) {
@@ -176,18 +177,19 @@ TEST_P(CudaBits, FusedBranchDropoutGivesTheSeparateOpsBits) {
       const Tensor grads_start = uniform({cols}, rng).to(device());
       const ops::BranchDropout drop{0.1, kKey, &seqs};
       struct Block {
-        Tensor sum, y, mean, rstd, dx, dbranch, dgamma, dbeta;
+        Tensor sum, y, mean, rstd, dx, dbranch, dgamma, dbeta, dbias;
       };
       const auto block = [&] {
         return Block{Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
                      Tensor::empty({rows}, DType::f32, device()),  Tensor::empty({rows}, DType::f32, device()),
                      Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
-                     grads_start.clone(),                          grads_start.clone()};
+                     grads_start.clone(),                          grads_start.clone(),
+                     grads_start.clone()};
       };
       Block fused = block(), separate = block();
       ops::add_layernorm_forward(a, b, gamma, beta, 1e-5, fused.sum, fused.y, fused.mean, fused.rstd, &drop);
       ops::layernorm_backward(dy, fused.sum, gamma, fused.mean, fused.rstd, fused.dx, fused.dgamma, fused.dbeta,
-                              &drop, &fused.dbranch);
+                              &drop, &fused.dbranch, &fused.dbias);
       Tensor dropped = Tensor::empty({rows, cols}, dtype, device());
       ops::dropout_forward(a, drop.p, drop.key, seqs, dropped);
       ops::add_layernorm_forward(dropped, b, gamma, beta, 1e-5, separate.sum, separate.y, separate.mean,
@@ -195,6 +197,7 @@ TEST_P(CudaBits, FusedBranchDropoutGivesTheSeparateOpsBits) {
       ops::layernorm_backward(dy, separate.sum, gamma, separate.mean, separate.rstd, separate.dx, separate.dgamma,
                               separate.dbeta);
       ops::dropout_backward(separate.dx, drop.p, drop.key, seqs, separate.dbranch);
+      ops::bias_backward(separate.dbranch, separate.dbias);
       expect_same_bits(fused.sum, separate.sum, "sum");
       expect_same_bits(fused.y, separate.y, "y");
       expect_same_bits(fused.mean, separate.mean, "mean");
@@ -203,6 +206,16 @@ TEST_P(CudaBits, FusedBranchDropoutGivesTheSeparateOpsBits) {
       expect_same_bits(fused.dbranch, separate.dbranch, "dbranch");
       expect_same_bits(fused.dgamma, separate.dgamma, "dgamma");
       expect_same_bits(fused.dbeta, separate.dbeta, "dbeta");
+      expect_same_bits(fused.dbias, separate.dbias, "dbias_branch");
+
+      // Without dropout: the bias gradient of dx itself.
+      Tensor dx = Tensor::empty({rows, cols}, dtype, device()), dbias = grads_start.clone();
+      Tensor dgamma = grads_start.clone(), dbeta = grads_start.clone(), want = grads_start.clone();
+      ops::layernorm_backward(dy, separate.sum, gamma, separate.mean, separate.rstd, dx, dgamma, dbeta, nullptr,
+                              nullptr, &dbias);
+      ops::bias_backward(dx, want);
+      expect_same_bits(dx, separate.dx, "dx without dropout");
+      expect_same_bits(dbias, want, "dbias_branch without dropout");
     }
   }
 }

@@ -98,7 +98,7 @@ std::vector<OpCall> op_calls() {
       {{"x", R, td, true}, {"w", X, {3, 6}, true, {3, 7}}, {"dy", X, {4, 3}, false, {4, 4}}, {"dx", X, td, false, tw},
        {"dw", A, {3, 6}, false, {3, 7}}, {"dbias", A, {3}, false, rows}, {"input_gelu_pre", X, td, false, tw}},
       [](OpCall& c) {
-        ops::linear_backward(c["x"], c["w"], c["dy"], &c["dx"], c["dw"], c["dbias"], &c["input_gelu_pre"]);
+        ops::linear_backward(c["x"], c["w"], c["dy"], &c["dx"], c["dw"], &c["dbias"], &c["input_gelu_pre"]);
       });
   add("bias_add", {{"y", R, td, true}, {"bias", X, cols, false, cols7}},
       [](OpCall& c) { ops::bias_add(c["y"], c["bias"]); });
@@ -362,10 +362,10 @@ TEST(OpArgs, LinearLayerCombinations) {
                "linear_forward: pre ", {"only written with Activation::gelu"});
   OpCall b = call_of("linear_backward");
   expect_error(
-      [&] { ops::linear_backward(b["x"], b["w"], b["dy"], nullptr, b["dw"], b["dbias"], &b["input_gelu_pre"]); },
+      [&] { ops::linear_backward(b["x"], b["w"], b["dy"], nullptr, b["dw"], &b["dbias"], &b["input_gelu_pre"]); },
       "linear_backward: input_gelu_pre ", {"dx is not"});
   expect_error(
-      [&] { ops::linear_backward(b["x"], b["w"], b["dy"], &b["dx"], b["dw"], b["dbias"], &b["input_gelu_pre"], true); },
+      [&] { ops::linear_backward(b["x"], b["w"], b["dy"], &b["dx"], b["dw"], &b["dbias"], &b["input_gelu_pre"], true); },
       "linear_backward: input_gelu_pre ", {"accumulate_dx"});
 }
 
@@ -420,7 +420,7 @@ TEST(OpArgs, DropoutDrawLimits) {
 
 // The fused dropout of a residual branch (ops::BranchDropout): its probability and sequences are
 // checked as dropout_forward's, and the backward pass's dbranch comes with it, shaped as dx and
-// not dx itself.
+// not dx itself; the branch's bias gradient (dbias_branch) is [C] and needs dx apart from dy.
 TEST(OpArgs, BranchDropout) {
   OpCall c = call_of("layernorm_backward");
   const ops::BranchDropout drop{0.1, kKey, &c.seqs};
@@ -441,6 +441,16 @@ TEST(OpArgs, BranchDropout) {
   expect_error(backward(&drop, &narrow), "layernorm_backward: dbranch ", {"[4, 7]"});
   const ops::BranchDropout certain{1.0, kKey, &c.seqs};
   expect_error(backward(&certain, &dbranch), "layernorm_backward: dropout probability", {"outside [0, 1)"});
+  Tensor dbias = zeros({6}), narrow_bias = zeros({7});
+  const auto with_bias = [&](Tensor* dx, Tensor* bias) {
+    return [&c, dx, bias] {
+      ops::layernorm_backward(c["dy"], c["x"], c["gamma"], c["mean"], c["rstd"], *dx, c["dgamma"], c["dbeta"],
+                              nullptr, nullptr, bias);
+    };
+  };
+  EXPECT_NO_THROW(with_bias(&c["dx"], &dbias)());
+  expect_error(with_bias(&c["dx"], &narrow_bias), "layernorm_backward: dbias_branch ", {"[7]"});
+  expect_error(with_bias(&c["dy"], &dbias), "layernorm_backward: dx ", {"is dy"});
   const ops::Sequences three = ops::Sequences::from_lengths({1, 2}, Device::cpu());
   const ops::BranchDropout short_seqs{0.1, kKey, &three};
   expect_error(backward(&short_seqs, &dbranch), "layernorm_backward: seqs covers 3 tokens", {"x"});

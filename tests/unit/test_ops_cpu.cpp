@@ -873,23 +873,23 @@ TEST(Linear, Gradients) {
   };
   const Tensor dw0 = uniform({out, in}, rng), db0 = uniform({out}, rng);
   Tensor dx = uniform({n, in}, rng), dw = dw0.clone(), db = db0.clone();
-  ops::linear_backward(x, w, r, &dx, dw, db);
+  ops::linear_backward(x, w, r, &dx, dw, &db);
   expect_gradient("linear dx", x, dx, forward, r, rng);
   expect_gradient("linear dw", w, difference(dw, dw0), forward, r, rng);
   expect_gradient("linear dbias", b, difference(db, db0), forward, r, rng);
 
   const Tensor base = uniform({n, in}, rng);
   Tensor sum = base.clone(), dw2 = dw0.clone(), db2 = db0.clone();
-  ops::linear_backward(x, w, r, &sum, dw2, db2, nullptr, true);
+  ops::linear_backward(x, w, r, &sum, dw2, &db2, nullptr, true);
   expect_near_all(values(difference(sum, base)), values(dx), 1e-15, "accumulate_dx");
   Tensor dw3 = dw0.clone(), db3 = db0.clone();
-  ops::linear_backward(x, w, r, nullptr, dw3, db3);  // no dx wanted: the same dw, dbias
+  ops::linear_backward(x, w, r, nullptr, dw3, &db3);  // no dx wanted: the same dw, dbias
   EXPECT_EQ(values(dw3), values(dw));
   EXPECT_EQ(values(db3), values(db));
 
   Tensor dx32 = Tensor::empty({n, in}, DType::f32), dw32 = dw0.to(DType::f32),
          db32 = db0.to(DType::f32);
-  ops::linear_backward(x.to(DType::f32), w.to(DType::f32), r.to(DType::f32), &dx32, dw32, db32);
+  ops::linear_backward(x.to(DType::f32), w.to(DType::f32), r.to(DType::f32), &dx32, dw32, &db32);
   expect_f32_matches_f64("dx f32", dx32, dx);
   expect_f32_matches_f64("dw f32", dw32, dw);
   expect_f32_matches_f64("dbias f32", db32, db);
@@ -915,8 +915,8 @@ TEST(Linear, GeluEpilogueAndInputGeluPreGradients) {
   Tensor dpre = Tensor::empty({n, hidden}, DType::f64), dx = Tensor::empty({n, d}, DType::f64);
   Tensor dw1 = Tensor::zeros({hidden, d}, DType::f64), db1 = Tensor::zeros({hidden}, DType::f64),
          dw2 = Tensor::zeros({d, hidden}, DType::f64), db2 = Tensor::zeros({d}, DType::f64);
-  ops::linear_backward(h, w2, r, &dpre, dw2, db2, &pre);
-  ops::linear_backward(x, w1, dpre, &dx, dw1, db1);
+  ops::linear_backward(h, w2, r, &dpre, dw2, &db2, &pre);
+  ops::linear_backward(x, w1, dpre, &dx, dw1, &db1);
   expect_gradient("ffn dx", x, dx, forward, r, rng);
   expect_gradient("ffn dw1", w1, dw1, forward, r, rng);
   expect_gradient("ffn db1", b1, db1, forward, r, rng);
@@ -1565,11 +1565,11 @@ TEST(OpErrors, ShapeDtypeAndLayoutMismatchesNameTheOpAndArgument) {
   expect_error([&] { ops::linear_forward(x, w, bias3, y); }, {"linear_forward", "y", "[4, 3]"});
   expect_error([&] { ops::linear_forward(x, w, bias3, y3, ops::Activation::none, &y3); },
                {"linear_forward", "pre", "gelu"});
-  expect_error([&] { ops::linear_backward(x, w, y3, &y, c, db3); }, {"linear_backward", "dw"});
-  expect_error([&] { ops::linear_backward(x, w, y, &y, dw, db3); }, {"linear_backward", "dy"});
-  expect_error([&] { ops::linear_backward(x, w, y3, &y, dw, db3, &x, true); },
+  expect_error([&] { ops::linear_backward(x, w, y3, &y, c, &db3); }, {"linear_backward", "dw"});
+  expect_error([&] { ops::linear_backward(x, w, y, &y, dw, &db3); }, {"linear_backward", "dy"});
+  expect_error([&] { ops::linear_backward(x, w, y3, &y, dw, &db3, &x, true); },
                {"linear_backward", "input_gelu_pre", "accumulate_dx"});
-  expect_error([&] { ops::linear_backward(x, w, y3, nullptr, dw, db3, &x); },
+  expect_error([&] { ops::linear_backward(x, w, y3, nullptr, dw, &db3, &x); },
                {"linear_backward", "input_gelu_pre", "dx"});
 
   // Attention: 4 tokens in sequences {1, 3}, 2 heads of 3.
