@@ -53,7 +53,7 @@ class Backend {
                               Activation act, Tensor* pre) const = 0;
   virtual void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx,
                                Tensor& dw, Tensor* dbias, const Tensor* input_gelu_pre,
-                               bool accumulate_dx) const = 0;
+                               bool accumulate_dx, Tensor* input_gelu_dbias) const = 0;
 
   virtual void bias_add(Tensor& y, const Tensor& bias) const = 0;
   virtual void bias_backward(const Tensor& dy, Tensor& dbias) const = 0;

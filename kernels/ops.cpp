@@ -107,7 +107,8 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
 }
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
-                     Tensor* dbias, const Tensor* input_gelu_pre, bool accumulate_dx) {
+                     Tensor* dbias, const Tensor* input_gelu_pre, bool accumulate_dx,
+                     Tensor* input_gelu_dbias) {
   const char* op = "linear_backward";
   const Args args(op, "x", x);
   args.rank("x", x, 2);
@@ -123,7 +124,12 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
     QARAC_CHECK(!accumulate_dx, op, ": input_gelu_pre cannot be combined with accumulate_dx");
     args.compute("input_gelu_pre", *input_gelu_pre, {rows, in});
   }
-  args.backend().linear_backward(x, w, dy, dx, dw, dbias, input_gelu_pre, accumulate_dx);
+  if (input_gelu_dbias) {
+    QARAC_CHECK(input_gelu_pre, op, ": input_gelu_dbias is given but input_gelu_pre is not");
+    args.accumulation("input_gelu_dbias", *input_gelu_dbias, {in});
+  }
+  args.backend().linear_backward(x, w, dy, dx, dw, dbias, input_gelu_pre, accumulate_dx,
+                                 input_gelu_dbias);
 }
 
 // ---- Elementwise and bias --------------------------------------------------------------------

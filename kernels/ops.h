@@ -74,10 +74,12 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
 // produced dy summed it already, as layernorm_backward's dbias_branch does). If dx: dx = dy · w,
 // or dx += dy · w with accumulate_dx. If `input_gelu_pre` is given, x was
 // GELU(input_gelu_pre) and dx receives d loss / d input_gelu_pre = (dy · w) ⊙
-// GELU'(input_gelu_pre) instead (not with accumulate_dx).
+// GELU'(input_gelu_pre) instead (not with accumulate_dx); then input_gelu_dbias [in] (A), if
+// given, += Σ_rows dx: the bias gradient of the layer whose output input_gelu_pre is, summed in
+// the pass that applies GELU' rather than in that layer's linear_backward (dbias null there).
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
                      Tensor* dbias, const Tensor* input_gelu_pre = nullptr,
-                     bool accumulate_dx = false);
+                     bool accumulate_dx = false, Tensor* input_gelu_dbias = nullptr);
 
 // ---- Elementwise and bias --------------------------------------------------------------------
 void bias_add(Tensor& y, const Tensor& bias);             // y [N,C] += bias [C] on every row

@@ -104,14 +104,15 @@ class CpuBackend final : public ops::Backend {
     });
   }
   void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
-                       Tensor* dbias, const Tensor* input_gelu_pre,
-                       bool accumulate_dx) const override {
+                       Tensor* dbias, const Tensor* input_gelu_pre, bool accumulate_dx,
+                       Tensor* input_gelu_dbias) const override {
     with_type(x.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cpu::linear_backward(x.data<T>(), w.data<T>(), dy.data<T>(), x.size(0), x.size(1), w.size(0),
                            data_or_null<T>(dx), dw.data<T>(), data_or_null<T>(dbias),
                            data_or_null<T>(input_gelu_pre), accumulate_dx);
     });
+    if (input_gelu_dbias) bias_backward(*dx, *input_gelu_dbias);
   }
 
   void bias_add(Tensor& y, const Tensor& bias) const override {

@@ -91,14 +91,15 @@ class CudaBackend final : public ops::Backend {
                          y.raw(), act == ops::Activation::gelu, raw_or_null(pre));
   }
   void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw,
-                       Tensor* dbias, const Tensor* input_gelu_pre,
-                       bool accumulate_dx) const override {
+                       Tensor* dbias, const Tensor* input_gelu_pre, bool accumulate_dx,
+                       Tensor* input_gelu_dbias) const override {
     const int64_t rows = x.size(0), in = x.size(1), out = w.size(0);
     cuda::linear_backward_weight(x.dtype(), dw.dtype(), rows, in, out, x.raw(), dy.raw(), dw.raw(),
                                  raw_or_null(dbias));
     if (dx)
       cuda::linear_backward_input(x.dtype(), rows, in, out, dy.raw(), w.raw(), dx->raw(),
-                                  raw_or_null(input_gelu_pre), accumulate_dx);
+                                  raw_or_null(input_gelu_pre), accumulate_dx,
+                                  input_gelu_dbias ? input_gelu_dbias->data<float>() : nullptr);
   }
 
   void bias_add(Tensor& y, const Tensor& bias) const override {

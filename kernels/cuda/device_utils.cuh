@@ -9,7 +9,9 @@
 
 #include "core/check_cuda.h"
 #include "core/dtype.h"
+#include "core/memory.h"
 #include "core/rng.h"
+#include "kernels/cuda/context.cuh"
 #include "kernels/cuda/dropout.cuh"
 
 // Checks the launch just queued (bad configuration, missing kernel image); errors inside the
@@ -210,6 +212,68 @@ __device__ __forceinline__ CosineTerms cosine_terms(float dot, float sq_x, float
     return {value, 1.f / norms, value / sq_x, value / sq_y};
   }
   return {dot / eps, 1.f / eps, 0.f, 0.f};
+}
+
+}  // namespace qarac::cuda
+
+// ---- Added for the column sums of bias gradients (elementwise.cu, gelu.cu) --------------------
+namespace qarac::cuda {
+
+// Column sums over the rows of a [rows, cols] matrix in an order fixed by the shape alone (not by
+// the GPU's SM count or scheduling; no atomics), so replicas on different ranks get the same bits.
+// Block (kColumnTile, kColumnLanes) covers kColumnTile columns of one chunk of kColumnChunk rows;
+// thread (tx, ty) sums rows ty, ty + kColumnLanes, ... of the chunk in that order, then the lanes
+// of a column are added in lane order. A warp reads 32 consecutive columns of one row:
+// coalesced. With one chunk the sum is final and is added to out; otherwise it goes to
+// partial[chunk, c] and column_sums_final adds the chunks in order. value(r, c) is the element
+// (a producer fused into the sum computes it, and may store it, there).
+constexpr int kColumnTile = 32, kColumnLanes = 8;
+constexpr int64_t kColumnChunk = 256;
+
+template <class Value>
+__global__ void column_sums_partial_kernel(Value value, int64_t rows, int64_t cols, float* partial,
+                                           float* out) {
+  __shared__ float lanes[kColumnLanes][kColumnTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumnTile + tx;
+  const int64_t begin = static_cast<int64_t>(blockIdx.y) * kColumnChunk;
+  const int64_t end = min(begin + kColumnChunk, rows);
+  float sum = 0.f;
+  if (c < cols)
+    for (int64_t r = begin + ty; r < end; r += kColumnLanes) sum += value(r, c);
+  lanes[ty][tx] = sum;
+  __syncthreads();
+  if (ty != 0 || c >= cols) return;
+  float total = 0.f;
+#pragma unroll
+  for (int k = 0; k < kColumnLanes; ++k) total += lanes[k][tx];
+  if (gridDim.y == 1)
+    out[c] += total;
+  else
+    partial[blockIdx.y * cols + c] = total;
+}
+
+// out[c] += Σ_chunks partial[chunk, c], in chunk order (elementwise.cu).
+void column_sums_final(const float* partial, int64_t chunks, int64_t cols, float* out);
+
+// out [cols] (f32) += Σ_rows value(r, c), on the context's stream.
+template <class Value>
+void column_sums(const char* op, Value value, int64_t rows, int64_t cols, float* out) {
+  if (rows == 0 || cols == 0) return;
+  const int64_t chunks = ceil_div(rows, kColumnChunk);
+  QARAC_CHECK(chunks <= 65535, op, ": ", rows, " rows exceed the grid's ", 65535 * kColumnChunk);
+  // The partial sums live in a scratch block from the project's allocator, released on return:
+  // a later allocation that reuses it is ordered after these kernels by the stream.
+  int device = 0;
+  QARAC_CHECK_CUDA(cudaGetDevice(&device));
+  const Buffer partial(chunks > 1 ? static_cast<size_t>(chunks * cols) * sizeof(float) : 0,
+                       Device::cuda(device));
+  float* partial_data = static_cast<float*>(partial.data());
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, kColumnTile)), static_cast<unsigned>(chunks));
+  column_sums_partial_kernel<Value><<<grid, dim3(kColumnTile, kColumnLanes), 0, stream()>>>(
+      value, rows, cols, partial_data, out);
+  QARAC_CHECK_LAUNCH();
+  if (chunks > 1) column_sums_final(partial_data, chunks, cols, out);
 }
 
 }  // namespace qarac::cuda

@@ -3,7 +3,6 @@
 // allow it, with the arithmetic in f32 whatever the storage dtype.
 #include "kernels/cuda/elementwise.cuh"
 
-#include "core/memory.h"
 #include "kernels/cuda/context.cuh"
 #include "kernels/cuda/device_utils.cuh"
 
@@ -58,49 +57,24 @@ struct ScaleOp {
   }
 };
 
-// Bias gradient, pass 1: column sums of dy over fixed chunks of kChunkRows rows. Block
-// (kTileCols, kRowLanes) covers kTileCols columns of one chunk; thread (tx, ty) sums rows
-// ty, ty + kRowLanes, ... of the chunk in that order, then the kRowLanes partial sums of a column
-// are added in lane order. Every sum therefore has an order fixed by the shape alone (not by the
-// GPU's SM count or scheduling), so replicas on different ranks get the same bits. A warp reads
-// 32 consecutive columns of one row: coalesced. With one chunk the column sum is final and
-// goes straight into dbias; otherwise it is stored in partial[chunk, c] for pass 2.
-constexpr int kTileCols = 32, kRowLanes = 8;
-constexpr int64_t kChunkRows = 256;
-
+// Element (r, c) of a [rows, cols] matrix, as a column sum reads it.
 template <class T>
-__global__ void bias_grad_partial_kernel(const T* dy, int64_t rows, int64_t cols, float* partial,
-                                         float* dbias) {
-  __shared__ float lanes[kRowLanes][kTileCols];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileCols + tx;
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * kChunkRows;
-  const int64_t end = min(begin + kChunkRows, rows);
-  float sum = 0.f;
-  if (c < cols)
-    for (int64_t r = begin + ty; r < end; r += kRowLanes) sum += to_float(dy[r * cols + c]);
-  lanes[ty][tx] = sum;
-  __syncthreads();
-  if (ty != 0 || c >= cols) return;
-  float total = 0.f;
-#pragma unroll
-  for (int k = 0; k < kRowLanes; ++k) total += lanes[k][tx];
-  if (gridDim.y == 1)
-    dbias[c] += total;
-  else
-    partial[blockIdx.y * cols + c] = total;
-}
+struct MatrixElement {
+  const T* m;
+  int64_t cols;
+  __device__ float operator()(int64_t r, int64_t c) const { return to_float(m[r * cols + c]); }
+};
 
-// Pass 2: dbias[c] += the chunk sums of column c, in chunk order. One thread per column;
-// consecutive threads read consecutive columns of each chunk row: coalesced.
-__global__ void bias_grad_final_kernel(const float* partial, int64_t chunks, int64_t cols,
-                                       float* dbias) {
+// column_sums' pass 2: one thread per column; consecutive threads read consecutive columns of each
+// chunk row: coalesced.
+__global__ void column_sums_final_kernel(const float* partial, int64_t chunks, int64_t cols,
+                                         float* out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
        c += stride) {
     float total = 0.f;
     for (int64_t k = 0; k < chunks; ++k) total += partial[k * cols + c];
-    dbias[c] += total;
+    out[c] += total;
   }
 }
 
@@ -117,36 +91,22 @@ void bias_add(DType dtype, void* y, const void* bias, int64_t rows, int64_t cols
   });
 }
 
+void column_sums_final(const float* partial, int64_t chunks, int64_t cols, float* out) {
+  constexpr int kThreads = 256;
+  column_sums_final_kernel<<<grid_for(cols, kThreads), kThreads, 0, stream()>>>(partial, chunks,
+                                                                                 cols, out);
+  QARAC_CHECK_LAUNCH();
+}
+
 void bias_backward(DType dtype, DType grad_dtype, const void* dy, void* dbias, int64_t rows,
                    int64_t cols) {
   QARAC_CHECK(grad_dtype == DType::f32, "bias_backward: dbias must be f32, got ",
               dtype_name(grad_dtype));
-  if (rows == 0 || cols == 0) return;
-  float* out = static_cast<float*>(dbias);
-  const int64_t chunks = ceil_div(rows, kChunkRows);
-  QARAC_CHECK(chunks <= 65535, "bias_backward: ", rows, " rows exceed the grid's ",
-              65535 * kChunkRows);
-  // The partial sums live in a scratch block from the project's allocator; it is released when
-  // this function returns, and a later allocation that reuses the block is ordered after these
-  // kernels by the stream.
-  int device = 0;
-  QARAC_CHECK_CUDA(cudaGetDevice(&device));
-  const Buffer partial(chunks > 1 ? static_cast<size_t>(chunks * cols) * sizeof(float) : 0,
-                       Device::cuda(device));
-  float* partial_data = static_cast<float*>(partial.data());
   dispatch_compute(dtype, "bias_backward", [&](auto tag) {
     using T = decltype(tag);
-    const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileCols)), static_cast<unsigned>(chunks));
-    bias_grad_partial_kernel<T><<<grid, dim3(kTileCols, kRowLanes), 0, stream()>>>(
-        static_cast<const T*>(dy), rows, cols, partial_data, out);
-    QARAC_CHECK_LAUNCH();
+    column_sums("bias_backward", MatrixElement<T>{static_cast<const T*>(dy), cols}, rows, cols,
+                static_cast<float*>(dbias));
   });
-  if (chunks > 1) {
-    constexpr int kThreads = 256;
-    bias_grad_final_kernel<<<grid_for(cols, kThreads), kThreads, 0, stream()>>>(partial_data,
-                                                                                chunks, cols, out);
-    QARAC_CHECK_LAUNCH();
-  }
 }
 
 void add(DType dtype, const void* a, const void* b, void* out, int64_t n) {

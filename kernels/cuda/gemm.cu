@@ -305,13 +305,18 @@ void linear_forward(DType dtype, int64_t rows, int64_t in, int64_t out, const vo
 }
 
 void linear_backward_input(DType dtype, int64_t rows, int64_t in, int64_t out, const void* dy,
-                           const void* w, void* dx, const void* gelu_pre, bool accumulate) {
+                           const void* w, void* dx, const void* gelu_pre, bool accumulate,
+                           float* gelu_dbias) {
   QARAC_CHECK(!(gelu_pre && accumulate),
               "linear_backward: accumulate_dx cannot be combined with input_gelu_pre");
+  QARAC_CHECK(gelu_pre || !gelu_dbias, "linear_backward: input_gelu_dbias needs input_gelu_pre");
   product({dtype, dtype, false, false, 1, rows, in, out, nullptr}, 1.0, dy, w,
           accumulate ? 1.0 : 0.0, dx);
   // d loss / d pre = (dy · w) ⊙ gelu'(pre), in place over dx (rounded once to the dtype between).
-  if (gelu_pre) gelu_backward(dtype, gelu_pre, dx, dx, rows * in);
+  if (gelu_dbias)
+    gelu_backward_bias(dtype, gelu_pre, dx, dx, rows, in, gelu_dbias);
+  else if (gelu_pre)
+    gelu_backward(dtype, gelu_pre, dx, dx, rows * in);
 }
 
 void linear_backward_weight(DType dtype, DType grad_dtype, int64_t rows, int64_t in, int64_t out,

@@ -17,10 +17,12 @@ void gemm(DType ab, DType c_dtype, bool trans_a, bool trans_b, int64_t batch, in
 // y [rows,out] = act(x [rows,in] · wᵀ + bias); with gelu, pre receives x · wᵀ + bias.
 void linear_forward(DType dtype, int64_t rows, int64_t in, int64_t out, const void* x,
                     const void* w, const void* bias, void* y, bool gelu, void* pre);
-// dx [rows,in] = dy · w (+= with accumulate); if gelu_pre: dx = (dy · w) ⊙ gelu'(gelu_pre).
+// dx [rows,in] = dy · w (+= with accumulate); if gelu_pre: dx = (dy · w) ⊙ gelu'(gelu_pre), and
+// with gelu_dbias [in] (f32) also gelu_dbias += Σ_rows dx in the same pass.
 void linear_backward_input(DType dtype, int64_t rows, int64_t in, int64_t out, const void* dy,
-                           const void* w, void* dx, const void* gelu_pre, bool accumulate);
-// dw [out,in] (grad_dtype) += dyᵀ · x and dbias [out] (grad_dtype) += Σ_rows dy.
+                           const void* w, void* dx, const void* gelu_pre, bool accumulate,
+                           float* gelu_dbias = nullptr);
+// dw [out,in] (grad_dtype) += dyᵀ · x and, if dbias, dbias [out] (grad_dtype) += Σ_rows dy.
 void linear_backward_weight(DType dtype, DType grad_dtype, int64_t rows, int64_t in, int64_t out,
                             const void* x, const void* dy, void* dw, void* dbias);
 

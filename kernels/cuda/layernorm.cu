@@ -149,9 +149,10 @@ __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, con
 // columns over one chunk of kChunkRows rows, thread (tx, ty) taking rows ty, ty + kRowLanes, ...
 // in order, then the lanes of a column in lane order. With a single chunk the sums are final and
 // are added to the gradients directly; otherwise sum s goes to partial[s][chunk, c] for pass 2.
-// `branch` null: no bias gradient (and dbias unused).
-constexpr int kTileCols = 32, kRowLanes = 8;
-constexpr int64_t kChunkRows = 256;
+// `branch` null: no bias gradient (and dbias unused). The layout and order are column_sums'
+// (device_utils.cuh), so the bias gradient has bias_backward's bits.
+constexpr int kTileCols = kColumnTile, kRowLanes = kColumnLanes;
+constexpr int64_t kChunkRows = kColumnChunk;
 
 template <class T>
 __global__ void layernorm_param_grad_partial_kernel(const T* dy, const T* x, const float* mean,

@@ -29,9 +29,9 @@ void Linear::forward(const Tensor& x, Tensor& y, ops::Activation act, Tensor* pr
 }
 
 void Linear::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx,
-                      const Tensor* input_gelu_pre, bool bias_grad_done) {
+                      const Tensor* input_gelu_pre, bool bias_grad_done, Tensor* input_gelu_dbias) {
   ops::linear_backward(x, weight.value, dy, dx, weight.grad, bias_grad_done ? nullptr : &bias.grad,
-                       input_gelu_pre, accumulate_dx);
+                       input_gelu_pre, accumulate_dx, input_gelu_dbias);
 }
 
 void LayerNorm::allocate(const std::string& prefix, int64_t features, double epsilon, DType dtype,

@@ -28,11 +28,13 @@ struct Linear {
   void forward(const Tensor& x, Tensor& y, ops::Activation act = ops::Activation::none,
                Tensor* pre = nullptr) const;
   // dW += dyᵀ·x, db += Σ_rows dy; if dx: dx = dy·W (accumulate_dx: dx += dy·W). When x was
-  // GELU(input_gelu_pre), dx receives the gradient with respect to input_gelu_pre instead. With
-  // bias_grad_done, db is left alone: whoever produced dy added Σ_rows dy to it already
-  // (LayerNorm::backward's dbias_branch).
+  // GELU(input_gelu_pre), dx receives the gradient with respect to input_gelu_pre instead, and
+  // input_gelu_dbias (the bias gradient of the layer that produced input_gelu_pre), if given,
+  // += Σ_rows dx. With bias_grad_done, db is left alone: whoever produced dy added Σ_rows dy to
+  // it already (LayerNorm::backward's dbias_branch, or the next layer's input_gelu_dbias).
   void backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool accumulate_dx = false,
-                const Tensor* input_gelu_pre = nullptr, bool bias_grad_done = false);
+                const Tensor* input_gelu_pre = nullptr, bool bias_grad_done = false,
+                Tensor* input_gelu_dbias = nullptr);
 };
 
 struct LayerNorm {

@@ -200,9 +200,12 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
   ffn_norm.backward(s.ffn_sum, grad_out, s.ffn_norm, scratch.grad_hidden, p > 0 ? &ffn_drop : nullptr,
                     p > 0 ? &scratch.grad_branch : nullptr, &ffn_out.bias.grad);
   const Tensor* grad_branch = p > 0 ? &scratch.grad_branch : &scratch.grad_hidden;
+  // The first FFN layer's bias gradient is summed where GELU' is applied.
   ffn_out.backward(s.ffn_act, *grad_branch, &scratch.grad_ffn, false,
-                   /*input_gelu_pre=*/&s.ffn_pre, /*bias_grad_done=*/true);
-  ffn_in.backward(s.hidden, scratch.grad_ffn, &scratch.grad_hidden, /*accumulate_dx=*/true);
+                   /*input_gelu_pre=*/&s.ffn_pre, /*bias_grad_done=*/true,
+                   /*input_gelu_dbias=*/&ffn_in.bias.grad);
+  ffn_in.backward(s.hidden, scratch.grad_ffn, &scratch.grad_hidden, /*accumulate_dx=*/true,
+                  nullptr, /*bias_grad_done=*/true);
 
   // Self-attention block: grad_input = d(attn_sum), then += the Q, K, V projection's gradient.
   attn_norm.backward(s.attn_sum, scratch.grad_hidden, s.attn_norm, grad_input,

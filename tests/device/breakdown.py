@@ -34,8 +34,10 @@ FAMILIES = [
     ("memcpy", r"^\[CUDA memcpy"),
     ("attention", r"attention_"),
     ("layernorm", r"layernorm_"),
+    # The GELU backward fused with the previous layer's bias gradient (column_sums_partial_kernel
+    # of a GeluBackwardElement) counts as GELU.
     ("GELU", r"Gelu\w*Op|gelu"),
-    ("bias gradients", r"bias_grad_"),
+    ("bias gradients", r"bias_grad_|column_sums_"),
     ("dropout", r"dropout_"),
     # Softmax cross-entropy (the softmax is inside its kernel), the MSE and row-cosine objectives.
     ("loss", r"cross_entropy_|softmax|mse_kernel|cosine_(forward|backward)_kernel"),

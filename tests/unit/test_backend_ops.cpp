@@ -639,9 +639,17 @@ const Case kCases[] = {
     {"linear_input_gelu_pre",
      [](CaseRun& r) {
        // x = gelu(p) feeds the layer (the FFN's second dense layer); linear_backward folds
-       // gelu'(p) into dx.
-       const int64_t rows = r.size(1, 200), in = r.width(200), out = r.width(200);
-       const Tensor p = r.in("p", {rows, in}, X, {-3, 3});
+       // gelu'(p) into dx and sums it into the bias gradient of the layer that produced p = p0 +
+       // p_bias (the FFN's first). Past 256 rows the column sums take several chunks. p0 and
+       // p_bias lie on the 1/16 grid, so p (in [-3.5, 3.5]) is exact in bf16 as in f64.
+       const int64_t rows = r.size(1, 400), in = r.width(200), out = r.width(200);
+       auto grid = [](std::vector<double> v) {
+         for (double& x : v) x = std::round(x * 16) / 16;
+         return v;
+       };
+       Tensor p = r.in("p0", {rows, in}, grid(r.uniform(rows * in, -3, 3)));
+       const Tensor p_bias = r.in("p_bias", {in}, grid(r.uniform(in, -0.5, 0.5)));
+       ops::bias_add(p, p_bias);
        Tensor x = r.out("x = gelu(p)", {rows, in}, kDenseX);
        ops::gelu_forward(p, x);
        const Tensor w = r.in("w", {out, in}, X, {-0.2, 0.2}), bias = r.in("bias", {out});
@@ -649,10 +657,11 @@ const Case kCases[] = {
        ops::linear_forward(x, w, bias, y);
        const Tensor dy = r.in("dy", {rows, out});
        r.loss(y, dy);
-       // dw reads the rounded gelu(p): kDenseX; dbias only dy.
+       // dw reads the rounded gelu(p): kDenseX; dbias only dy; the sums of dp its rounding.
        Tensor dp = r.grad("dp", p, kDenseX), dw = r.grad("dw", w, kDenseX, Fill::start, A),
-              db = r.grad("dbias", bias, kDenseA, Fill::start, A);
-       ops::linear_backward(x, w, dy, &dp, dw, &db, &p);
+              db = r.grad("dbias", bias, kDenseA, Fill::start, A),
+              dp_bias = r.grad("dp_bias", p_bias, kDenseX, Fill::start, A);
+       ops::linear_backward(x, w, dy, &dp, dw, &db, &p, false, &dp_bias);
      }},
     // ---- Elementwise and bias
     {"bias_add_backward",

@@ -220,6 +220,32 @@ TEST_P(CudaBits, FusedBranchDropoutGivesTheSeparateOpsBits) {
   }
 }
 
+// The GELU backward that also sums the producing layer's bias gradient (linear_backward's
+// input_gelu_dbias) gives the bits of the plain op and bias_backward: dx and the bias gradient,
+// over 300 rows (two chunks of the column sums), on a packed (768) and an odd (301) width.
+TEST_P(CudaBits, FusedGeluBiasGradientGivesTheSeparateOpsBits) {
+  std::mt19937 rng(13);
+  const int64_t rows = 300, out = 64;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t in : {768, 301}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " in " + std::to_string(in));
+      const Tensor pre = on_device(uniform({rows, in}, rng, -3, 3), dtype);
+      Tensor act = Tensor::empty({rows, in}, dtype, device());
+      ops::gelu_forward(pre, act);
+      const Tensor w = on_device(uniform({out, in}, rng, -0.2f, 0.2f), dtype), dy = on_device(uniform({rows, out}, rng), dtype);
+      const Tensor start = uniform({in}, rng).to(device());
+      Tensor dw = Tensor::zeros({out, in}, DType::f32, device()), db = Tensor::zeros({out}, DType::f32, device());
+      Tensor fused = Tensor::empty({rows, in}, dtype, device()), fused_bias = start.clone();
+      ops::linear_backward(act, w, dy, &fused, dw, &db, &pre, false, &fused_bias);
+      Tensor separate = Tensor::empty({rows, in}, dtype, device()), separate_bias = start.clone();
+      ops::linear_backward(act, w, dy, &separate, dw, &db, &pre);
+      ops::bias_backward(separate, separate_bias);
+      expect_same_bits(fused, separate, "dx");
+      expect_same_bits(fused_bias, separate_bias, "the producing layer's bias gradient");
+    }
+  }
+}
+
 // The reductions behind parameter gradients and the gradient norm sum in a fixed order (no
 // atomics), so a second run gives the same bits: what keeps data-parallel replicas identical.
 // Row counts past 256 take several chunks of the column reductions; few ids over many rows give

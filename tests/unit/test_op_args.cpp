@@ -356,6 +356,21 @@ TEST(OpArgs, GemmOperandsMustFit) {
   expect_call_error("gemm_batched", [](OpCall& c) { c["b"] = zeros({3, 6, 5}); }, "b ", {"does not fit a"});
 }
 
+// input_gelu_dbias, the bias gradient of the layer that produced input_gelu_pre: only with
+// input_gelu_pre, shaped [in], in A.
+TEST(OpArgs, InputGeluBiasGradient) {
+  OpCall c = call_of("linear_backward");
+  Tensor dbias = zeros({6}), narrow = zeros({7});
+  const auto call = [&c](const Tensor* pre, Tensor* input_dbias) {
+    return [&c, pre, input_dbias] {
+      ops::linear_backward(c["x"], c["w"], c["dy"], &c["dx"], c["dw"], &c["dbias"], pre, false, input_dbias);
+    };
+  };
+  EXPECT_NO_THROW(call(&c["input_gelu_pre"], &dbias)());
+  expect_error(call(nullptr, &dbias), "linear_backward: input_gelu_dbias is given but input_gelu_pre is not", {});
+  expect_error(call(&c["input_gelu_pre"], &narrow), "linear_backward: input_gelu_dbias ", {"[7]"});
+}
+
 TEST(OpArgs, LinearLayerCombinations) {
   OpCall c = call_of("linear_forward");
   expect_error([&] { ops::linear_forward(c["x"], c["w"], c["bias"], c["y"], ops::Activation::none, &c["pre"]); },
