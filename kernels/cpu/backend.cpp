@@ -166,7 +166,9 @@ class CpuBackend final : public ops::Backend {
                          Tensor& y, Tensor& mean, Tensor& rstd) const override {
     layernorm_any(x, nullptr, gamma, beta, eps, nullptr, y, mean, rstd);
   }
-  // The reference of the fused branch dropout: the separate ops, one after the other.
+  // The reference of the fused branch dropout: the separate ops, one after the other, the dropped
+  // branch held in `sum` until the residual is added to it (the LayerNorm may add in place), or
+  // in a tensor of its own when sum is the residual b.
   void add_layernorm_forward(const Tensor& a, const Tensor& b, const Tensor& gamma,
                              const Tensor& beta, double eps, Tensor& sum, Tensor& y, Tensor& mean,
                              Tensor& rstd, const ops::BranchDropout* branch_dropout) const override {
@@ -174,7 +176,7 @@ class CpuBackend final : public ops::Backend {
       layernorm_any(a, &b, gamma, beta, eps, &sum, y, mean, rstd);
       return;
     }
-    Tensor dropped = Tensor::empty(a.shape(), a.dtype(), a.device());
+    Tensor dropped = sum.raw() == b.raw() ? Tensor::empty(a.shape(), a.dtype(), a.device()) : sum;
     dropout_any(a, branch_dropout->p, branch_dropout->key, *branch_dropout->seqs, dropped);
     layernorm_any(dropped, &b, gamma, beta, eps, &sum, y, mean, rstd);
   }

@@ -822,6 +822,13 @@ const Case kCases[] = {
               dbeta = r.grad("dbeta", beta, kDenseA, Fill::start, A),
               dbias = r.grad("dbias_branch", branch_bias, kDenseX, Fill::start, A);
        ops::layernorm_backward(dy, sum, gamma, mean, rstd, dx, dgamma, dbeta, &drop, &dbranch, &dbias);
+       // sum written over the residual b.
+       Tensor b_sum = r.in("b (sum in place)", {rows, cols}, r.values(b));
+       Tensor y2 = r.out("y (sum over b)", {rows, cols}, kDenseX);
+       Tensor mean2 = r.out("mean (sum over b)", {rows}, kDenseA, A),
+              rstd2 = r.out("rstd (sum over b)", {rows}, kDenseA, A);
+       ops::add_layernorm_forward(a, b_sum, gamma, beta, kLnEps, b_sum, y2, mean2, rstd2, &drop);
+       r.result("sum over b", b_sum, kExact);
      }},
     // ---- GELU and dropout
     {"gelu_forward_backward",
