@@ -72,11 +72,12 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
   return cudaSuccess;
 }
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
-// Device memory is host memory; the stream is in order, so an asynchronous copy may as well land now.
 namespace emu {
 // Counts a launch of `name` (emulated_backend.h reads the counts).
 void count_launch(const char* name);
 }  // namespace emu
+// Device memory is host memory; the stream is in order, so an asynchronous copy or fill may as well
+// land now.
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
   emu::count_launch("cudaMemcpyAsync");
   memcpy(dst, src, bytes);
