@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/check_cuda.h"
@@ -216,64 +217,142 @@ __device__ __forceinline__ CosineTerms cosine_terms(float dot, float sq_x, float
 
 }  // namespace qarac::cuda
 
-// ---- Added for the column sums of bias gradients (elementwise.cu, gelu.cu) --------------------
+// ---- Added for the column sums of parameter gradients (elementwise.cu, gelu.cu, layernorm.cu) --
 namespace qarac::cuda {
 
 // Column sums over the rows of a [rows, cols] matrix in an order fixed by the shape alone (not by
-// the GPU's SM count or scheduling; no atomics), so replicas on different ranks get the same bits.
-// Block (kColumnTile, kColumnLanes) covers kColumnTile columns of one chunk of kColumnChunk rows;
-// thread (tx, ty) sums rows ty, ty + kColumnLanes, ... of the chunk in that order, then the lanes
-// of a column are added in lane order. A warp reads 32 consecutive columns of one row:
-// coalesced. With one chunk the sum is final and is added to out; otherwise it goes to
-// partial[chunk, c] and column_sums_final adds the chunks in order. value(r, c) is the element
-// (a producer fused into the sum computes it, and may store it, there).
+// the GPU's SM count or scheduling; no atomics), so replicas on different ranks get the same bits,
+// and every kernel that sums in this order gives the same bits for the same values (the fused
+// bias gradients of the GELU and LayerNorm backward passes are bias_backward's):
+//   - rows in chunks of kColumnChunk = 32; lane l (0..7) of a chunk sums the chunk's rows l,
+//     l + 8, l + 16, l + 24 in that order, and the chunk's sum adds the lanes in order;
+//   - with one chunk that is the total, added to out; otherwise the chunk sums, kept in
+//     partial[chunk, c], are added the same way: lane l sums chunks l, l + 8, ... in order, then
+//     the lanes in order.
+// Chunks of 32 rows let a kernel that owns whole rows (the LayerNorm backward, a warp per row)
+// form a chunk's sum in one block and still fill the GPU with blocks. K sums are taken in one
+// pass over the rows: value(r, c) gives the K elements (a producer fused into the sums computes
+// them, and may store what it computes, there).
 constexpr int kColumnTile = 32, kColumnLanes = 8;
-constexpr int64_t kColumnChunk = 256;
+constexpr int64_t kColumnChunk = 32;
+// A block of the column sums takes this many chunks (strided by the grid): 32 rows per thread,
+// against the block's two barriers per chunk.
+constexpr int64_t kColumnChunksPerBlock = 8;
 
-template <class Value>
-__global__ void column_sums_partial_kernel(Value value, int64_t rows, int64_t cols, float* partial,
-                                           float* out) {
-  __shared__ float lanes[kColumnLanes][kColumnTile];
+template <int K>
+struct ColumnValues {
+  float v[K];
+};
+template <int K>
+struct ColumnOutputs {  // out[k] [cols] (f32) += the sums of values k
+  float* out[K];
+};
+
+// The chunk sums partial [K][chunks][cols] of column c added in lane order, by block (kColumnTile,
+// kColumnLanes) as thread (tx, ty) = (c's column in the tile, its lane).
+template <int K>
+__device__ void add_chunk_sums(const float* partial, int64_t chunks, int64_t cols, int64_t c,
+                               ColumnOutputs<K> out) {
+  __shared__ float lanes[K][kColumnLanes][kColumnTile];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumnTile + tx;
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * kColumnChunk;
-  const int64_t end = min(begin + kColumnChunk, rows);
-  float sum = 0.f;
+  float sum[K] = {};
   if (c < cols)
-    for (int64_t r = begin + ty; r < end; r += kColumnLanes) sum += value(r, c);
-  lanes[ty][tx] = sum;
+    for (int64_t chunk = ty; chunk < chunks; chunk += kColumnLanes) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) sum[k] += partial[(k * chunks + chunk) * cols + c];
+    }
+#pragma unroll
+  for (int k = 0; k < K; ++k) lanes[k][ty][tx] = sum[k];
   __syncthreads();
   if (ty != 0 || c >= cols) return;
-  float total = 0.f;
 #pragma unroll
-  for (int k = 0; k < kColumnLanes; ++k) total += lanes[k][tx];
-  if (gridDim.y == 1)
-    out[c] += total;
-  else
-    partial[blockIdx.y * cols + c] = total;
+  for (int k = 0; k < K; ++k) {
+    float total = 0.f;
+#pragma unroll
+    for (int l = 0; l < kColumnLanes; ++l) total += lanes[k][l][tx];
+    out.out[k][c] += total;
+  }
 }
 
-// out[c] += Σ_chunks partial[chunk, c], in chunk order (elementwise.cu).
-void column_sums_final(const float* partial, int64_t chunks, int64_t cols, float* out);
+// Block (kColumnTile, kColumnLanes): kColumnTile columns of chunks blockIdx.y, blockIdx.y +
+// gridDim.y, ...; thread (tx, ty) is lane ty of column tx. partial is [K][chunks][cols]. A single
+// block in y holds every chunk and adds the chunk sums itself (up to kColumnChunksPerBlock
+// chunks: one launch); otherwise column_sums_final_kernel does.
+template <int K, class Value>
+__global__ void column_sums_partial_kernel(Value value, int64_t rows, int64_t cols, int64_t chunks,
+                                           float* partial, ColumnOutputs<K> out) {
+  __shared__ float lanes[K][kColumnLanes][kColumnTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumnTile + tx;
+  for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+    const int64_t begin = chunk * kColumnChunk, end = min(begin + kColumnChunk, rows);
+    float sum[K] = {};
+    if (c < cols)
+      for (int64_t r = begin + ty; r < end; r += kColumnLanes) {
+        const ColumnValues<K> v = value(r, c);
+#pragma unroll
+        for (int k = 0; k < K; ++k) sum[k] += v.v[k];
+      }
+#pragma unroll
+    for (int k = 0; k < K; ++k) lanes[k][ty][tx] = sum[k];
+    __syncthreads();
+    if (ty == 0 && c < cols) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        float total = 0.f;
+#pragma unroll
+        for (int l = 0; l < kColumnLanes; ++l) total += lanes[k][l][tx];
+        if (chunks == 1)
+          out.out[k][c] += total;
+        else
+          partial[(k * chunks + chunk) * cols + c] = total;
+      }
+    }
+    __syncthreads();  // the lanes are written again for the next chunk; the chunk sums are seen
+  }
+  if (gridDim.y == 1 && chunks > 1) add_chunk_sums(partial, chunks, cols, c, out);
+}
 
-// out [cols] (f32) += Σ_rows value(r, c), on the context's stream.
-template <class Value>
-void column_sums(const char* op, Value value, int64_t rows, int64_t cols, float* out) {
-  if (rows == 0 || cols == 0) return;
-  const int64_t chunks = ceil_div(rows, kColumnChunk);
-  QARAC_CHECK(chunks <= 65535, op, ": ", rows, " rows exceed the grid's ", 65535 * kColumnChunk);
-  // The partial sums live in a scratch block from the project's allocator, released on return:
-  // a later allocation that reuses it is ordered after these kernels by the stream.
+template <int K>
+__global__ void column_sums_final_kernel(const float* partial, int64_t chunks, int64_t cols,
+                                         ColumnOutputs<K> out) {
+  add_chunk_sums(partial, chunks, cols,
+                 static_cast<int64_t>(blockIdx.x) * kColumnTile + threadIdx.x, out);
+}
+
+// Scratch for K chunk sums of `chunks` chunks (none needed for one chunk), from the project's
+// allocator and released when the caller returns: a later allocation that reuses the block is
+// ordered after the kernels that use it by the stream.
+inline Buffer column_partials(int k, int64_t chunks, int64_t cols) {
   int device = 0;
   QARAC_CHECK_CUDA(cudaGetDevice(&device));
-  const Buffer partial(chunks > 1 ? static_cast<size_t>(chunks * cols) * sizeof(float) : 0,
-                       Device::cuda(device));
-  float* partial_data = static_cast<float*>(partial.data());
-  const dim3 grid(static_cast<unsigned>(ceil_div(cols, kColumnTile)), static_cast<unsigned>(chunks));
-  column_sums_partial_kernel<Value><<<grid, dim3(kColumnTile, kColumnLanes), 0, stream()>>>(
-      value, rows, cols, partial_data, out);
+  return Buffer(chunks > 1 ? static_cast<size_t>(k * chunks * cols) * sizeof(float) : 0,
+                Device::cuda(device));
+}
+
+// out.out[k] += the chunk sums in partial, when there are several chunks.
+template <int K>
+void column_sums_final(const float* partial, int64_t chunks, int64_t cols, ColumnOutputs<K> out) {
+  if (chunks <= 1 || cols == 0) return;
+  column_sums_final_kernel<K><<<static_cast<unsigned>(ceil_div(cols, kColumnTile)),
+                                dim3(kColumnTile, kColumnLanes), 0, stream()>>>(partial, chunks,
+                                                                                cols, out);
   QARAC_CHECK_LAUNCH();
-  if (chunks > 1) column_sums_final(partial_data, chunks, cols, out);
+}
+
+// out.out[k] [cols] (f32) += Σ_rows value(r, c).v[k], on the context's stream.
+template <int K, class Value>
+void column_sums(Value value, int64_t rows, int64_t cols, ColumnOutputs<K> out) {
+  if (rows == 0 || cols == 0) return;
+  const int64_t chunks = ceil_div(rows, kColumnChunk);
+  const Buffer partial = column_partials(K, chunks, cols);
+  float* partial_data = static_cast<float*>(partial.data());
+  const int64_t blocks_y = std::min<int64_t>(ceil_div(chunks, kColumnChunksPerBlock), 65535);
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, kColumnTile)), static_cast<unsigned>(blocks_y));
+  column_sums_partial_kernel<K, Value><<<grid, dim3(kColumnTile, kColumnLanes), 0, stream()>>>(
+      value, rows, cols, chunks, partial_data, out);
+  QARAC_CHECK_LAUNCH();
+  if (blocks_y > 1) column_sums_final(partial_data, chunks, cols, out);
 }
 
 }  // namespace qarac::cuda

@@ -62,21 +62,10 @@ template <class T>
 struct MatrixElement {
   const T* m;
   int64_t cols;
-  __device__ float operator()(int64_t r, int64_t c) const { return to_float(m[r * cols + c]); }
-};
-
-// column_sums' pass 2: one thread per column; consecutive threads read consecutive columns of each
-// chunk row: coalesced.
-__global__ void column_sums_final_kernel(const float* partial, int64_t chunks, int64_t cols,
-                                         float* out) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
-       c += stride) {
-    float total = 0.f;
-    for (int64_t k = 0; k < chunks; ++k) total += partial[k * cols + c];
-    out[c] += total;
+  __device__ ColumnValues<1> operator()(int64_t r, int64_t c) const {
+    return {{to_float(m[r * cols + c])}};
   }
-}
+};
 
 }  // namespace
 
@@ -91,21 +80,14 @@ void bias_add(DType dtype, void* y, const void* bias, int64_t rows, int64_t cols
   });
 }
 
-void column_sums_final(const float* partial, int64_t chunks, int64_t cols, float* out) {
-  constexpr int kThreads = 256;
-  column_sums_final_kernel<<<grid_for(cols, kThreads), kThreads, 0, stream()>>>(partial, chunks,
-                                                                                 cols, out);
-  QARAC_CHECK_LAUNCH();
-}
-
 void bias_backward(DType dtype, DType grad_dtype, const void* dy, void* dbias, int64_t rows,
                    int64_t cols) {
   QARAC_CHECK(grad_dtype == DType::f32, "bias_backward: dbias must be f32, got ",
               dtype_name(grad_dtype));
   dispatch_compute(dtype, "bias_backward", [&](auto tag) {
     using T = decltype(tag);
-    column_sums("bias_backward", MatrixElement<T>{static_cast<const T*>(dy), cols}, rows, cols,
-                static_cast<float*>(dbias));
+    column_sums(MatrixElement<T>{static_cast<const T*>(dy), cols}, rows, cols,
+                ColumnOutputs<1>{{static_cast<float*>(dbias)}});
   });
 }
 

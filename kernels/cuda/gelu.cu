@@ -64,11 +64,11 @@ struct GeluBackwardElement {
   const T* dy;
   T* dx;
   int64_t cols;
-  __device__ float operator()(int64_t r, int64_t c) const {
+  __device__ ColumnValues<1> operator()(int64_t r, int64_t c) const {
     const int64_t i = r * cols + c;
     const T out = from_float<T>(to_float(dy[i]) * gelu_grad(to_float(x[i])));
     dx[i] = out;
-    return to_float(out);
+    return {{to_float(out)}};
   }
 };
 
@@ -97,7 +97,7 @@ void gelu_backward_bias(DType dtype, const void* x, const void* dy, void* dx, in
     using T = decltype(tag);
     const GeluBackwardElement<T> element{static_cast<const T*>(x), static_cast<const T*>(dy),
                                          static_cast<T*>(dx), cols};
-    column_sums("gelu_backward", element, rows, cols, dbias);
+    column_sums(element, rows, cols, ColumnOutputs<1>{{dbias}});
   });
 }
 

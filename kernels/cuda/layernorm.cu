@@ -4,11 +4,11 @@
 //             CPU reference, which avoids the cancellation of E[x²] - μ² when |μ| >> σ;
 //   backward: g = dy γ, dx = r (g - mean(g) - x̂ mean(g x̂)); dγ += Σ_rows dy x̂, dβ += Σ_rows dy.
 //
-// Row kernels (forward, dx): one warp per row, eight rows per 256-thread block; lane l owns the
-// 16-byte packs l, l + 32, ... of its row in every pass, so each element is read and written by
-// one thread only, which makes in-place use (y or sum aliasing a or b, dx aliasing dy) safe. The
-// later passes re-read the row, which the first pass has just brought into L1/L2 (1.5 KB for
-// d = 768 in bf16): DRAM sees about one read of each input and one write of each output.
+// Row kernels: one warp per row, eight rows per 256-thread block; lane l owns the 16-byte packs
+// l, l + 32, ... of its row in every pass, so each element is read and written by one thread only,
+// which makes in-place use (y or sum aliasing a or b, dx aliasing dy) safe. The forward pass's
+// later passes re-read the row, which the first has just brought into L1/L2 (1.5 KB for d = 768
+// in bf16): DRAM sees about one read of each input and one write of each output.
 // With the residual, the sum is rounded to the storage dtype before the statistics are taken,
 // so the saved sum (the backward pass's x) is exactly what was normalised.
 // The dropout of a post-LN block's branch rides along (dropout.cu's mask, device_utils.cuh's
@@ -16,13 +16,17 @@
 // branch's gradient, dx dropped, beside dx. Each value is rounded where the separate dropout op
 // rounds it, so the fused pass gives the same bits and saves that op's read, write and launch.
 //
-// dγ and dβ are column sums over all rows; no float atomics, so that replicas on different ranks
-// get the same bits: per-block partial sums over fixed chunks of rows (each in a fixed order),
-// then one thread per column adds the chunks in order (as elementwise.cu's bias gradient). The
-// same pass can sum the branch's gradient too, the bias gradient of the linear layer before the
-// block's residual add, in bias_backward's order: that layer's own pass over it and its two
-// launches are saved.
+// dγ and dβ are column sums over all rows, taken in column_sums' order (device_utils.cuh; no float
+// atomics, so replicas on different ranks get the same bits). The same sums can take the
+// branch's gradient too, the bias gradient of the linear layer before the block's residual add,
+// with bias_backward's bits: that layer's own pass over it and its launches are saved. Rows of up
+// to 1024 elements in 16-byte packs (every RoBERTa size) take one kernel: a block takes a chunk of
+// the column sums' rows, keeps their column sums in registers and writes dx beside them, so DRAM
+// sees dy and x once (two launches with several chunks, the second adding the chunk sums).
+// Other rows take dx by rows, then the sums by columns, which read dy and x again.
 #include "kernels/cuda/layernorm.cuh"
+
+#include <type_traits>
 
 #include "core/memory.h"
 #include "kernels/cuda/context.cuh"
@@ -98,7 +102,8 @@ __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma,
 }
 
 // dx for row `blockIdx.x * 8 + warp`: pass 1 takes mean(g) and mean(g x̂), pass 2 writes dx and,
-// with dbranch, dx dropped.
+// with dbranch, dx dropped. The path for rows too wide for layernorm_backward_kernel's registers or
+// not in 16-byte packs.
 template <class T, int N>
 __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, const float* mean,
                                     const float* rstd, int64_t rows, int64_t cols, T* dx,
@@ -145,77 +150,147 @@ __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, con
   }
 }
 
-// dγ, dβ (and the branch's bias gradient) pass 1: block (kTileCols, kRowLanes) sums kTileCols
-// columns over one chunk of kChunkRows rows, thread (tx, ty) taking rows ty, ty + kRowLanes, ...
-// in order, then the lanes of a column in lane order. With a single chunk the sums are final and
-// are added to the gradients directly; otherwise sum s goes to partial[s][chunk, c] for pass 2.
-// `branch` null: no bias gradient (and dbias unused). The layout and order are column_sums'
-// (device_utils.cuh), so the bias gradient has bias_backward's bits.
-constexpr int kTileCols = kColumnTile, kRowLanes = kColumnLanes;
-constexpr int64_t kChunkRows = kColumnChunk;
+// The column values of dγ, dβ and (K = 3) the branch's bias gradient at (r, c), for column_sums
+// on the wide-row path: dy x̂, dy and the stored branch gradient.
+template <class T, int K>
+struct ParamGradValues {
+  const T *dy, *x;
+  const float *mean, *rstd;
+  const T* branch;
+  int64_t cols;
+  __device__ ColumnValues<K> operator()(int64_t r, int64_t c) const {
+    const int64_t i = r * cols + c;
+    const float d = to_float(dy[i]);
+    ColumnValues<K> v;
+    v.v[0] = d * ((to_float(x[i]) - mean[r]) * rstd[r]);
+    v.v[1] = d;
+    if constexpr (K == 3) v.v[2] = to_float(branch[i]);
+    return v;
+  }
+};
 
-template <class T>
-__global__ void layernorm_param_grad_partial_kernel(const T* dy, const T* x, const float* mean,
-                                                    const float* rstd, const T* branch,
-                                                    int64_t rows, int64_t cols, float* partial,
-                                                    float* dgamma, float* dbeta, float* dbias) {
-  __shared__ float lanes_g[kRowLanes][kTileCols], lanes_b[kRowLanes][kTileCols],
-      lanes_bias[kRowLanes][kTileCols];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileCols + tx;
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * kChunkRows;
-  const int64_t end = min(begin + kChunkRows, rows);
-  float sum_g = 0.f, sum_b = 0.f, sum_bias = 0.f;
-  if (c < cols) {
-    for (int64_t r = begin + ty; r < end; r += kRowLanes) {
-      const float d = to_float(dy[r * cols + c]);
-      sum_g += d * ((to_float(x[r * cols + c]) - mean[r]) * rstd[r]);
-      sum_b += d;
-      if (branch) sum_bias += to_float(branch[r * cols + c]);
+// The whole backward pass over one chunk of column_sums' rows (kColumnChunk = 32) per block, the
+// column sums held in registers: warp w takes the chunk's rows w, w + 8, w + 16, w + 24 in order,
+// lane l the packs l, l + 32, ... (P of them) of each. A row is read twice, as by
+// layernorm_dx_kernel (the second read from L1): for mean(g), mean(g x̂), then to write dx (and
+// dbranch) and add each element's dy x̂, dy (and bias gradient: dbranch, or dx without dropout,
+// as stored) to the lane's column sums, which are column_sums' lane sums (lane = warp); the block
+// then adds them in warp order into the chunk sums. So the sums have column_sums' bits (the bias
+// gradient bias_backward's), and the row-then-column path's read of dy and x from DRAM for the
+// sums (and of the branch) is saved. K = 3 with the bias gradient. dx may be dy: each element is
+// read and written by one thread, read first.
+// Per lane and sum, P N elements in registers: up to 32. Up to 24 (d = 768 in bf16), registers are
+// capped for two blocks per SM (16 warps to keep loads in flight), at the cost of a few spills
+// to L1 with the bias sum.
+constexpr int kMaxLaneElements = 32;
+constexpr int min_blocks_per_sm(int lane_elements) { return lane_elements <= 24 ? 2 : 1; }
+
+template <class T, int N, int P, int K>
+__global__ void __launch_bounds__(kRowsPerBlock * kWarpSize, min_blocks_per_sm(N * P))
+    layernorm_backward_kernel(const T* dy, const T* x, const T* gamma, const float* mean,
+                              const float* rstd, int64_t rows, int64_t cols, T* dx,
+                              RowDropout drop, T* dbranch, float* partial, ColumnOutputs<K> out) {
+  static_assert(kRowsPerBlock == kColumnLanes && kColumnChunk % kRowsPerBlock == 0,
+                "a warp is one lane of column_sums");
+  constexpr int kWidth = kWarpSize * N * P;
+  __shared__ float lanes[kColumnLanes][kWidth];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t chunks = gridDim.x, chunk = blockIdx.x;
+  const int64_t begin = chunk * kColumnChunk, end = min(begin + kColumnChunk, rows);
+  const float inv_cols = 1.f / static_cast<float>(cols);
+  const auto column = [&](int p) { return static_cast<int64_t>(lane + p * kWarpSize) * N; };
+
+  Packed<T, N> g[P] = {};  // zeros: the compiler cannot see that columns past cols go unread
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+    if (column(p) < cols) g[p] = load_packed<N>(gamma + column(p));
+  float sums[K][P][N] = {};
+
+  for (int64_t row = begin + warp; row < end; row += kRowsPerBlock) {
+    const int64_t offset = row * cols;
+    const float mu = mean[row], rs = rstd[row];
+    float sum_g = 0.f, sum_gx = 0.f;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      if (column(p) >= cols) continue;
+      const Packed<T, N> d = load_packed<N>(dy + offset + column(p)),
+                         v = load_packed<N>(x + offset + column(p));
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        const float grad = to_float(d.v[k]) * to_float(g[p].v[k]);
+        sum_g += grad;
+        sum_gx += grad * ((to_float(v.v[k]) - mu) * rs);
+      }
+    }
+    const float mean_g = warp_sum(sum_g) * inv_cols, mean_gx = warp_sum(sum_gx) * inv_cols;
+
+    const RowMask mask = dbranch ? row_mask(drop, row) : RowMask{};
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int64_t c = column(p);
+      if (c >= cols) continue;
+      const Packed<T, N> d = load_packed<N>(dy + offset + c), v = load_packed<N>(x + offset + c);
+      Packed<T, N> grad;
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        const float dyk = to_float(d.v[k]), xhat = (to_float(v.v[k]) - mu) * rs;
+        grad.v[k] = from_float<T>(rs * (dyk * to_float(g[p].v[k]) - mean_g - xhat * mean_gx));
+        sums[0][p][k] += dyk * xhat;
+        sums[1][p][k] += dyk;
+      }
+      if (dbranch) {
+        const uint32_t kept = kept_bits<N>(drop, mask, c);
+        Packed<T, N> branch;
+#pragma unroll
+        for (int k = 0; k < N; ++k)
+          branch.v[k] = from_float<T>((kept >> k) & 1u ? to_float(grad.v[k]) * drop.keep_scale : 0.f);
+        store_packed<N>(dbranch + offset + c, branch);
+        if constexpr (K == 3) {
+#pragma unroll
+          for (int k = 0; k < N; ++k) sums[2][p][k] += to_float(branch.v[k]);
+        }
+      } else if constexpr (K == 3) {
+#pragma unroll
+        for (int k = 0; k < N; ++k) sums[2][p][k] += to_float(grad.v[k]);
+      }
+      store_packed<N>(dx + offset + c, grad);
     }
   }
-  lanes_g[ty][tx] = sum_g;
-  lanes_b[ty][tx] = sum_b;
-  lanes_bias[ty][tx] = sum_bias;
-  __syncthreads();
-  if (ty != 0 || c >= cols) return;
-  float total_g = 0.f, total_b = 0.f, total_bias = 0.f;
+
+  // The chunk sums: lanes (warps) added in order, as column_sums_partial_kernel.
 #pragma unroll
-  for (int k = 0; k < kRowLanes; ++k) {
-    total_g += lanes_g[k][tx];
-    total_b += lanes_b[k][tx];
-    total_bias += lanes_bias[k][tx];
-  }
-  if (gridDim.y == 1) {
-    dgamma[c] += total_g;
-    dbeta[c] += total_b;
-    if (branch) dbias[c] += total_bias;
-  } else {
-    const int64_t chunks = gridDim.y;
-    partial[blockIdx.y * cols + c] = total_g;
-    partial[(chunks + blockIdx.y) * cols + c] = total_b;
-    if (branch) partial[(2 * chunks + blockIdx.y) * cols + c] = total_bias;
+  for (int s = 0; s < K; ++s) {
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int k = 0; k < N; ++k)
+        if (column(p) + k < cols) lanes[warp][column(p) + k] = sums[s][p][k];
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      float total = 0.f;
+#pragma unroll
+      for (int l = 0; l < kColumnLanes; ++l) total += lanes[l][c];
+      if (chunks == 1)
+        out.out[s][c] += total;
+      else
+        partial[(s * chunks + chunk) * cols + c] = total;
+    }
+    __syncthreads();  // the lanes are written again for the next sum
   }
 }
 
-// Pass 2: dγ[c] += Σ_chunks partial[0][chunk, c], dβ[c] and (when given) dbias[c] likewise, in
-// chunk order.
-__global__ void layernorm_param_grad_final_kernel(const float* partial, int64_t chunks,
-                                                  int64_t cols, float* dgamma, float* dbeta,
-                                                  float* dbias) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
-       c += stride) {
-    float total_g = 0.f, total_b = 0.f, total_bias = 0.f;
-    for (int64_t k = 0; k < chunks; ++k) {
-      total_g += partial[k * cols + c];
-      total_b += partial[(chunks + k) * cols + c];
-      if (dbias) total_bias += partial[(2 * chunks + k) * cols + c];
+// Launches layernorm_backward_kernel with the fewest packs per lane (from Ps) that hold a row of
+// `packs` packs per lane, within kMaxLaneElements; false when none does.
+template <int N, int P, int... Ps, class Launch>
+bool launch_with_packs(int64_t packs, const Launch& launch) {
+  if constexpr (P * N <= kMaxLaneElements) {
+    if (packs <= P) {
+      launch(std::integral_constant<int, P>{});
+      return true;
     }
-    dgamma[c] += total_g;
-    dbeta[c] += total_b;
-    if (dbias) dbias[c] += total_bias;
+    if constexpr (sizeof...(Ps) > 0) return launch_with_packs<N, Ps...>(packs, launch);
   }
+  return false;
 }
 
 }  // namespace
@@ -257,18 +332,6 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
   QARAC_CHECK(dbranch != dx, "layernorm_backward: dbranch must not be dx");
   QARAC_CHECK(!dbias_branch || dx != dy, "layernorm_backward: with dbias_branch, dx must not be dy");
   if (rows == 0 || cols == 0) return;
-  const int64_t chunks = ceil_div(rows, kChunkRows);
-  QARAC_CHECK(chunks <= 65535, "layernorm_backward: ", rows, " rows exceed the grid's ",
-              65535 * kChunkRows);
-  // Partial sums for dγ, dβ (and the bias) from the project's allocator, released when this function
-  // returns; a later allocation that reuses the block is ordered after these kernels by the
-  // stream.
-  int device = 0;
-  QARAC_CHECK_CUDA(cudaGetDevice(&device));
-  const int64_t sums = dbias_branch ? 3 : 2;
-  const Buffer partial(chunks > 1 ? static_cast<size_t>(sums * chunks * cols) * sizeof(float) : 0,
-                       Device::cuda(device));
-  float* partial_data = static_cast<float*>(partial.data());
   dispatch_compute(dtype, "layernorm_backward", [&](auto tag) {
     using T = decltype(tag);
     constexpr int kN = kPack16<T>;
@@ -277,32 +340,54 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
     T *tdx = static_cast<T*>(dx), *tbranch = static_cast<T*>(dbranch);
     const bool vector = cols % kN == 0 && aligned16(dy) && aligned16(x) && aligned16(gamma) &&
                         aligned16(dx) && aligned16(dbranch);
-    const dim3 grid(static_cast<unsigned>(ceil_div(cols, kTileCols)), static_cast<unsigned>(chunks));
-    const auto param_grads = [&](const T* branch) {
-      layernorm_param_grad_partial_kernel<T><<<grid, dim3(kTileCols, kRowLanes), 0, stream()>>>(
-          tdy, tx, mean, rstd, branch, rows, cols, partial_data, dgamma, dbeta, dbias_branch);
+    const auto one_pass = [&](auto packs) {
+      constexpr int P = decltype(packs)::value;
+      const int64_t chunks = ceil_div(rows, kColumnChunk);
+      const Buffer partial = column_partials(dbias_branch ? 3 : 2, chunks, cols);
+      float* partial_data = static_cast<float*>(partial.data());
+      const unsigned blocks = static_cast<unsigned>(chunks);
+      const int threads = kRowsPerBlock * kWarpSize;
+      if (dbias_branch) {
+        const ColumnOutputs<3> out{{dgamma, dbeta, dbias_branch}};
+        layernorm_backward_kernel<T, kN, P, 3><<<blocks, threads, 0, stream()>>>(
+            tdy, tx, tg, mean, rstd, rows, cols, tdx, drop, tbranch, partial_data, out);
+        QARAC_CHECK_LAUNCH();
+        column_sums_final(partial_data, chunks, cols, out);
+      } else {
+        const ColumnOutputs<2> out{{dgamma, dbeta}};
+        layernorm_backward_kernel<T, kN, P, 2><<<blocks, threads, 0, stream()>>>(
+            tdy, tx, tg, mean, rstd, rows, cols, tdx, drop, tbranch, partial_data, out);
+        QARAC_CHECK_LAUNCH();
+        column_sums_final(partial_data, chunks, cols, out);
+      }
+    };
+    if (vector && launch_with_packs<kN, 1, 2, 3, 4, 6, 8>(ceil_div(cols, kWarpSize * kN), one_pass))
+      return;
+
+    // Rows too wide to hold, or not in packs: dx by rows, then the sums by columns. Without the
+    // bias gradient the sums first: they read dy, which dx may overwrite in place. With it, after
+    // dx, whose values they sum (dx is not dy then).
+    const auto dx_pass = [&] {
+      const unsigned blocks = static_cast<unsigned>(ceil_div(rows, kRowsPerBlock));
+      const int threads = kRowsPerBlock * kWarpSize;
+      if (vector)
+        layernorm_dx_kernel<T, kN><<<blocks, threads, 0, stream()>>>(tdy, tx, tg, mean, rstd, rows,
+                                                                     cols, tdx, drop, tbranch);
+      else
+        layernorm_dx_kernel<T, 1><<<blocks, threads, 0, stream()>>>(tdy, tx, tg, mean, rstd, rows,
+                                                                    cols, tdx, drop, tbranch);
       QARAC_CHECK_LAUNCH();
     };
-    // Without the bias gradient, the parameter gradients first: they read dy, which dx may
-    // overwrite in place. With it, after dx, whose sums they take (dx is not dy then).
-    if (!dbias_branch) param_grads(nullptr);
-    const unsigned blocks = static_cast<unsigned>(ceil_div(rows, kRowsPerBlock));
-    const int threads = kRowsPerBlock * kWarpSize;
-    if (vector)
-      layernorm_dx_kernel<T, kN><<<blocks, threads, 0, stream()>>>(tdy, tx, tg, mean, rstd, rows,
-                                                                   cols, tdx, drop, tbranch);
-    else
-      layernorm_dx_kernel<T, 1><<<blocks, threads, 0, stream()>>>(tdy, tx, tg, mean, rstd, rows,
-                                                                  cols, tdx, drop, tbranch);
-    QARAC_CHECK_LAUNCH();
-    if (dbias_branch) param_grads(tbranch ? tbranch : tdx);
+    if (dbias_branch) {
+      dx_pass();
+      column_sums(ParamGradValues<T, 3>{tdy, tx, mean, rstd, tbranch ? tbranch : tdx, cols}, rows,
+                  cols, ColumnOutputs<3>{{dgamma, dbeta, dbias_branch}});
+    } else {
+      column_sums(ParamGradValues<T, 2>{tdy, tx, mean, rstd, nullptr, cols}, rows, cols,
+                  ColumnOutputs<2>{{dgamma, dbeta}});
+      dx_pass();
+    }
   });
-  if (chunks > 1) {  // reads only the partials: free to follow the dx kernel
-    constexpr int kThreads = 256;
-    layernorm_param_grad_final_kernel<<<grid_for(cols, kThreads), kThreads, 0, stream()>>>(
-        partial_data, chunks, cols, dgamma, dbeta, dbias_branch);
-    QARAC_CHECK_LAUNCH();
-  }
 }
 
 }  // namespace qarac::cuda

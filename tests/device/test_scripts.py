@@ -88,7 +88,7 @@ class Breakdown(unittest.TestCase):
         for path in glob.glob(os.path.join(REPO, "kernels", "cuda", "*.cu*")):
             with open(path) as f:
                 text = f.read()
-            for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)", text):
+            for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\((?:[^()]|\([^()]*\))*\)\s*)?(\w+)", text):
                 if m.group(1) != "elementwise_kernel":
                     names.append(f"void qarac::cuda::<unnamed>::{m.group(1)}<float>(const float *, long)")
             for m in re.finditer(r"launch_elementwise<\w+>\([^;]*?(\w+Op)\b", text, re.S):

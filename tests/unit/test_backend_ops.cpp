@@ -640,7 +640,7 @@ const Case kCases[] = {
      [](CaseRun& r) {
        // x = gelu(p) feeds the layer (the FFN's second dense layer); linear_backward folds
        // gelu'(p) into dx and sums it into the bias gradient of the layer that produced p = p0 +
-       // p_bias (the FFN's first). Past 256 rows the column sums take several chunks. p0 and
+       // p_bias (the FFN's first). Past 32 rows the column sums take several chunks. p0 and
        // p_bias lie on the 1/16 grid, so p (in [-3.5, 3.5]) is exact in bf16 as in f64.
        const int64_t rows = r.size(1, 400), in = r.width(200), out = r.width(200);
        auto grid = [](std::vector<double> v) {
@@ -666,7 +666,7 @@ const Case kCases[] = {
     // ---- Elementwise and bias
     {"bias_add_backward",
      [](CaseRun& r) {
-       // Past 256 rows the CUDA column reduction takes several chunks.
+       // Past 32 rows the CUDA column reduction takes several chunks.
        const int64_t rows = r.size(1, 700), cols = r.width(300);
        Tensor y = r.inout("y", {rows, cols}, kDenseX);
        const Tensor bias = r.in("bias", {cols});
@@ -745,9 +745,9 @@ const Case kCases[] = {
     // ---- LayerNorm
     {"layernorm_forward_backward",
      [](CaseRun& r) {
-       // Rows of mean 3, so a one-pass variance would lose digits; past 256 rows the CUDA dγ, dβ
-       // reduction takes several chunks. dx overwritten (also in place over dy), dγ, dβ
-       // accumulated.
+       // Rows of mean 3, so a one-pass variance would lose digits; past 32 rows the CUDA dγ, dβ
+       // reduction takes several chunks. Widths in round 0 take CUDA's one-pass backward, odd ones
+       // its row-then-column path. dx overwritten (also in place over dy), dγ, dβ accumulated.
        const int64_t rows = r.size(1, 700), cols = r.width(300);
        const Tensor x = r.in("x", {rows, cols}, X, {2, 4});
        const Tensor gamma = r.in("gamma", {cols}, X, {0.5, 1.5}), beta = r.in("beta", {cols});

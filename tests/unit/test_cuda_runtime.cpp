@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -161,68 +162,73 @@ TEST_P(CudaBits, DropoutMasksFollowTheSequence) {
 // The LayerNorms' fused branch dropout (ops::BranchDropout) and branch bias gradient give the bits
 // of dropout_forward / dropout_backward, bias_backward and the plain LayerNorm ops: sum, y and the
 // statistics forward; dx, the branch's gradient, its column sums, dγ and dβ backward; without
-// dropout the bias gradient sums dx. Ragged sequences with random ids, 300 rows (two chunks of
-// the column sums); 768 columns take the 16-byte path, 301 the scalar one.
+// dropout the bias gradient sums dx. Ragged sequences with random ids over 300 rows (ten chunks of
+// the column sums, added by a second kernel), 200 (seven, added by bias_backward's block itself)
+// and 29 (one); 768 columns take the 16-byte path (the LayerNorm's one-pass backward), 301 the
+// scalar one (its row-then-column path).
 TEST_P(CudaBits, FusedBranchDropoutGivesTheSeparateOpsBits) {
   std::mt19937 rng(12);
-  const std::vector<int32_t> lengths = {0, 37, 1, 0, 190, 9, 63};
-  const ops::Sequences seqs = ops::Sequences::from_lengths(lengths, device(), random_ids(rng, lengths.size()));
-  const int64_t rows = seqs.tokens();
-  for (DType dtype : {DType::f32, DType::bf16}) {
-    for (int64_t cols : {768, 301}) {
-      SCOPED_TRACE(std::string(dtype_name(dtype)) + " cols " + std::to_string(cols));
-      const Tensor a = on_device(uniform({rows, cols}, rng), dtype), b = on_device(uniform({rows, cols}, rng), dtype),
-                   dy = on_device(uniform({rows, cols}, rng), dtype);
-      const Tensor gamma = on_device(uniform({cols}, rng, 0.5f, 1.5f), dtype), beta = on_device(uniform({cols}, rng), dtype);
-      const Tensor grads_start = uniform({cols}, rng).to(device());
-      const ops::BranchDropout drop{0.1, kKey, &seqs};
-      struct Block {
-        Tensor sum, y, mean, rstd, dx, dbranch, dgamma, dbeta, dbias;
-      };
-      const auto block = [&] {
-        return Block{Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
-                     Tensor::empty({rows}, DType::f32, device()),  Tensor::empty({rows}, DType::f32, device()),
-                     Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
-                     grads_start.clone(),                          grads_start.clone(),
-                     grads_start.clone()};
-      };
-      Block fused = block(), separate = block();
-      ops::add_layernorm_forward(a, b, gamma, beta, 1e-5, fused.sum, fused.y, fused.mean, fused.rstd, &drop);
-      ops::layernorm_backward(dy, fused.sum, gamma, fused.mean, fused.rstd, fused.dx, fused.dgamma, fused.dbeta,
-                              &drop, &fused.dbranch, &fused.dbias);
-      Tensor dropped = Tensor::empty({rows, cols}, dtype, device());
-      ops::dropout_forward(a, drop.p, drop.key, seqs, dropped);
-      ops::add_layernorm_forward(dropped, b, gamma, beta, 1e-5, separate.sum, separate.y, separate.mean,
-                                 separate.rstd);
-      ops::layernorm_backward(dy, separate.sum, gamma, separate.mean, separate.rstd, separate.dx, separate.dgamma,
-                              separate.dbeta);
-      ops::dropout_backward(separate.dx, drop.p, drop.key, seqs, separate.dbranch);
-      ops::bias_backward(separate.dbranch, separate.dbias);
-      expect_same_bits(fused.sum, separate.sum, "sum");
-      expect_same_bits(fused.y, separate.y, "y");
-      expect_same_bits(fused.mean, separate.mean, "mean");
-      expect_same_bits(fused.rstd, separate.rstd, "rstd");
-      expect_same_bits(fused.dx, separate.dx, "dx");
-      expect_same_bits(fused.dbranch, separate.dbranch, "dbranch");
-      expect_same_bits(fused.dgamma, separate.dgamma, "dgamma");
-      expect_same_bits(fused.dbeta, separate.dbeta, "dbeta");
-      expect_same_bits(fused.dbias, separate.dbias, "dbias_branch");
+  for (const std::vector<int32_t>& lengths :
+       {std::vector<int32_t>{0, 37, 1, 0, 190, 9, 63}, std::vector<int32_t>{120, 0, 80},
+        std::vector<int32_t>{20, 0, 9}}) {
+    const ops::Sequences seqs = ops::Sequences::from_lengths(lengths, device(), random_ids(rng, lengths.size()));
+    const int64_t rows = seqs.tokens();
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      for (int64_t cols : {768, 301}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " cols " + std::to_string(cols) + " rows " + std::to_string(rows));
+        const Tensor a = on_device(uniform({rows, cols}, rng), dtype), b = on_device(uniform({rows, cols}, rng), dtype),
+                     dy = on_device(uniform({rows, cols}, rng), dtype);
+        const Tensor gamma = on_device(uniform({cols}, rng, 0.5f, 1.5f), dtype), beta = on_device(uniform({cols}, rng), dtype);
+        const Tensor grads_start = uniform({cols}, rng).to(device());
+        const ops::BranchDropout drop{0.1, kKey, &seqs};
+        struct Block {
+          Tensor sum, y, mean, rstd, dx, dbranch, dgamma, dbeta, dbias;
+        };
+        const auto block = [&] {
+          return Block{Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
+                       Tensor::empty({rows}, DType::f32, device()),  Tensor::empty({rows}, DType::f32, device()),
+                       Tensor::empty({rows, cols}, dtype, device()), Tensor::empty({rows, cols}, dtype, device()),
+                       grads_start.clone(),                          grads_start.clone(),
+                       grads_start.clone()};
+        };
+        Block fused = block(), separate = block();
+        ops::add_layernorm_forward(a, b, gamma, beta, 1e-5, fused.sum, fused.y, fused.mean, fused.rstd, &drop);
+        ops::layernorm_backward(dy, fused.sum, gamma, fused.mean, fused.rstd, fused.dx, fused.dgamma, fused.dbeta,
+                                &drop, &fused.dbranch, &fused.dbias);
+        Tensor dropped = Tensor::empty({rows, cols}, dtype, device());
+        ops::dropout_forward(a, drop.p, drop.key, seqs, dropped);
+        ops::add_layernorm_forward(dropped, b, gamma, beta, 1e-5, separate.sum, separate.y, separate.mean,
+                                   separate.rstd);
+        ops::layernorm_backward(dy, separate.sum, gamma, separate.mean, separate.rstd, separate.dx, separate.dgamma,
+                                separate.dbeta);
+        ops::dropout_backward(separate.dx, drop.p, drop.key, seqs, separate.dbranch);
+        ops::bias_backward(separate.dbranch, separate.dbias);
+        expect_same_bits(fused.sum, separate.sum, "sum");
+        expect_same_bits(fused.y, separate.y, "y");
+        expect_same_bits(fused.mean, separate.mean, "mean");
+        expect_same_bits(fused.rstd, separate.rstd, "rstd");
+        expect_same_bits(fused.dx, separate.dx, "dx");
+        expect_same_bits(fused.dbranch, separate.dbranch, "dbranch");
+        expect_same_bits(fused.dgamma, separate.dgamma, "dgamma");
+        expect_same_bits(fused.dbeta, separate.dbeta, "dbeta");
+        expect_same_bits(fused.dbias, separate.dbias, "dbias_branch");
 
-      // Without dropout: the bias gradient of dx itself.
-      Tensor dx = Tensor::empty({rows, cols}, dtype, device()), dbias = grads_start.clone();
-      Tensor dgamma = grads_start.clone(), dbeta = grads_start.clone(), want = grads_start.clone();
-      ops::layernorm_backward(dy, separate.sum, gamma, separate.mean, separate.rstd, dx, dgamma, dbeta, nullptr,
-                              nullptr, &dbias);
-      ops::bias_backward(dx, want);
-      expect_same_bits(dx, separate.dx, "dx without dropout");
-      expect_same_bits(dbias, want, "dbias_branch without dropout");
+        // Without dropout: the bias gradient of dx itself.
+        Tensor dx = Tensor::empty({rows, cols}, dtype, device()), dbias = grads_start.clone();
+        Tensor dgamma = grads_start.clone(), dbeta = grads_start.clone(), want = grads_start.clone();
+        ops::layernorm_backward(dy, separate.sum, gamma, separate.mean, separate.rstd, dx, dgamma, dbeta, nullptr,
+                                nullptr, &dbias);
+        ops::bias_backward(dx, want);
+        expect_same_bits(dx, separate.dx, "dx without dropout");
+        expect_same_bits(dbias, want, "dbias_branch without dropout");
+      }
     }
   }
 }
 
 // The GELU backward that also sums the producing layer's bias gradient (linear_backward's
 // input_gelu_dbias) gives the bits of the plain op and bias_backward: dx and the bias gradient,
-// over 300 rows (two chunks of the column sums), on a packed (768) and an odd (301) width.
+// over 300 rows (ten chunks of the column sums), on a packed (768) and an odd (301) width.
 TEST_P(CudaBits, FusedGeluBiasGradientGivesTheSeparateOpsBits) {
   std::mt19937 rng(13);
   const int64_t rows = 300, out = 64;
@@ -248,13 +254,15 @@ TEST_P(CudaBits, FusedGeluBiasGradientGivesTheSeparateOpsBits) {
 
 // The reductions behind parameter gradients and the gradient norm sum in a fixed order (no
 // atomics), so a second run gives the same bits: what keeps data-parallel replicas identical.
-// Row counts past 256 take several chunks of the column reductions; few ids over many rows give
-// the embedding gradient long runs of equal ids.
+// 1000 rows take 32 chunks of the column reductions, several per lane of their final sum; few ids
+// over many rows give the embedding gradient long runs of equal ids. 256 columns take the
+// LayerNorm's one-pass backward, 203 its row-then-column path.
 TEST_P(CudaBits, ReductionsGiveTheSameBitsOnEveryRun) {
   std::mt19937 rng(11);
-  for (DType dtype : {DType::f32, DType::bf16}) {
-    SCOPED_TRACE(dtype_name(dtype));
-    const int64_t rows = 1000, cols = 203, vocab = 11;
+  for (const auto& [dtype, cols] : {std::pair{DType::f32, int64_t{203}}, std::pair{DType::bf16, int64_t{203}},
+                                    std::pair{DType::f32, int64_t{256}}, std::pair{DType::bf16, int64_t{256}}}) {
+    SCOPED_TRACE(std::string(dtype_name(dtype)) + " cols " + std::to_string(cols));
+    const int64_t rows = 1000, vocab = 11;
     const Tensor dy = on_device(uniform({rows, cols}, rng), dtype),
                  x = on_device(uniform({rows, cols}, rng), dtype);
     const Tensor gamma = on_device(uniform({cols}, rng, 0.5f, 1.5f), dtype);
