@@ -24,7 +24,10 @@
 // order, so two runs give the same bits): a pre-kernel computes D_i = rowsum(dO_i ⊙ O_i), one
 // kernel per key tile accumulates dK and dV over the query tiles that see it, and one kernel per
 // query tile accumulates dQ over the key tiles it sees; both recompute P (and the dropout mask)
-// instead of exchanging partial sums. With P̃ = P ⊙ M/(1−p) the dropped-out probabilities:
+// instead of exchanging partial sums. On the tensor-core path, batches whose sequences are all
+// at most 128 tokens long (fine-tuning's usual case) take one kernel instead, a block per
+// (sequence, head) holding the whole sequence, which computes P and dS once and keeps dS for dQ
+// in shared memory. With P̃ = P ⊙ M/(1−p) the dropped-out probabilities:
 //   dV = P̃ᵀ dO,  dP̃ = dO Vᵀ,  dS = P ⊙ (M/(1−p) ⊙ dP̃ − D),  dQ = s dS K,  dK = s dSᵀ Q.
 //
 // Dropout: element (query position i, key position j, both inside sequence b) of head h is kept
@@ -47,6 +50,7 @@
 //   dropout 0.1: 0.365 ms / 0.833 ms (SDPA 0.088 / 0.162), measured when the contract drew one
 //   Philox-4x32-10 call per score (three per score over forward and backward), which cost more
 //   than all the tensor core math; one call now serves 8 scores (not yet measured on a GPU).
+// The one-block backward of sequences up to 128 tokens is not yet measured on a GPU.
 // The first version of the tensor-core path (WMMA, scores through shared memory) ran 0.191 ms /
 // 0.574 ms on the same case; the f32 generic path runs 3.2 ms / 7.0 ms.
 #include "kernels/cuda/attention.cuh"
@@ -1051,6 +1055,205 @@ attention_backward_dq_tc(AttentionParams p, const bf16_t* __restrict__ dout,
 }
 
 // =================================================================================================
+// Backward of sequences of up to 128 tokens (bf16, Dh = 64): one block per (sequence, head) does
+// the work of the three kernels above, and computes each score, probability and dP̃ once where
+// they compute them twice (once for dK/dV, once for dQ): 5 products of 128×128×64 instead of 7,
+// Q, K, V and dO read once, D taken in the block, one launch instead of three.
+//   1. Q, dO, K and V of the whole sequence land in shared memory; D = rowsum(dO ⊙ O) as
+//      attention_delta_kernel sums it (same bits), lse·log2 e beside it.
+//   2. Warp w takes keys w·16.. and 64 + w·16.. (two strips), as attention_backward_dkdv_tc takes
+//      its 16 keys: Sᵀ and dP̃ᵀ over the queries 32 at a time, dV += P̃ᵀ dO, dK += dSᵀ Q, and
+//      dSᵀ, rounded to bf16 as the A operand of dK rounds it, is kept in shared memory.
+//   3. dQ = dS K, warp w taking queries w·32.., with dS loaded from dSᵀ by ldmatrix .trans.
+// Shared memory (74.75 KiB: 3 blocks, 12 warps per SM): Q and dO, 128 rows of 72 each; K and V as
+// [K rows 0..63][V rows 0..63][K rows 64..127][V rows 64..127]. Once every warp holds a half's K
+// and V strips in registers, that half is free and dSᵀ (keys × queries, rows of 136) of those
+// keys is written over it; step 3 reloads K over Q. Then lse·log2 e and D (f32).
+// dK and dV go to memory straight from the accumulators (4-byte stores; L2 merges the sectors).
+// =================================================================================================
+constexpr int kShortLen = 2 * kTcTile;  // the longest sequence this path takes
+constexpr int kShortChunk = 32;         // queries per step of a key strip
+constexpr int kLdS = kShortLen + 8;     // bf16 row stride of dSᵀ: conflict-free 4-byte stores
+constexpr int kShortHalf = 2 * kTileH;  // one half: 64 rows of K, then 64 of V
+static_assert(kTcTile * kLdS <= kShortHalf, "dSᵀ of a half's keys fits over its K and V");
+static_assert(kTcWarps * 16 == kTcTile, "a warp's key strip is 16 rows of a half");
+constexpr size_t kShortSmem = 8 * kTileH * sizeof(bf16_t) + 2 * kShortLen * sizeof(float);
+
+// The A fragment of the 16×16 block at (row0, col0) of A = Xᵀ, X row-major with row stride ld,
+// for ldmatrix .trans: row0 indexes X's columns, col0 its rows.
+__device__ __forceinline__ const bf16_t* at_address(const bf16_t* s, int row0, int col0, int ld,
+                                                    int lane) {
+  return s + (col0 + (lane >> 4) * 8 + (lane & 7)) * ld + row0 + ((lane >> 3) & 1) * 8;
+}
+
+// A warp's 16×64 accumulator strip (acc[n] = C tile of columns 8n..8n+7), times `mul`, as bf16
+// to rows [first, first + 16) of x, rows at or past `valid` skipped: 4-byte stores.
+__device__ __forceinline__ void store_rows_direct(const float (&acc)[kTcD / 8][4], float mul,
+                                                  bf16_t* __restrict__ x, int64_t ld, int64_t first,
+                                                  int64_t col, int valid, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (g + 8 * r >= valid) continue;
+    bf16_t* row = x + (first + g + 8 * r) * ld + col + 2 * t;
+#pragma unroll
+    for (int n = 0; n < kTcD / 8; ++n)
+      *reinterpret_cast<uint32_t*>(row + n * 8) = pack_bf16x2(acc[n][2 * r] * mul, acc[n][2 * r + 1] * mul);
+  }
+}
+
+__global__ void __launch_bounds__(kTcThreads, 3)
+attention_backward_short_tc(AttentionParams p, const bf16_t* __restrict__ dout,
+                            const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
+                            const bf16_t* __restrict__ v, const bf16_t* __restrict__ out,
+                            const float* __restrict__ lse, bf16_t* __restrict__ dq,
+                            bf16_t* __restrict__ dk, bf16_t* __restrict__ dv) {
+  extern __shared__ float short_smem[];
+  bf16_t* const sQ = reinterpret_cast<bf16_t*>(short_smem);
+  bf16_t* const sdO = sQ + 2 * kTileH;
+  bf16_t* const sKV = sQ + 4 * kTileH;  // half i at sKV + i * kShortHalf, its V kTileH further
+  float* const sL = reinterpret_cast<float*>(sQ + 8 * kTileH);
+  float* const sD = sL + kShortLen;
+  const int h = blockIdx.y;
+  const Span seq = block_sequence(p);
+  if (seq.len == 0) return;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t col = static_cast<int64_t>(h) * kTcD;
+  const int halves = seq.len > kTcTile ? 2 : 1;
+
+  // 1. The sequence's rows; tiles past its end are never read.
+  for (int i = 0; i < halves; ++i) {
+    const int64_t first = seq.start + i * kTcTile;
+    const int valid = min(kTcTile, seq.len - i * kTcTile);
+    load_tile_async(sQ + i * kTileH, q, p.ld_qkv, first, col, valid);
+    load_tile_async(sdO + i * kTileH, dout, p.ld_out, first, col, valid);
+    load_tile_async(sKV + i * kShortHalf, k, p.ld_qkv, first, col, valid);
+    load_tile_async(sKV + i * kShortHalf + kTileH, v, p.ld_qkv, first, col, valid);
+  }
+  cp_async_commit();
+  for (int r = threadIdx.x; r < kShortLen; r += kTcThreads)
+    sL[r] = r < seq.len ? lse[h * p.tokens + seq.start + r] * kLog2e : 0.f;
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int r = warp; r < halves * kTcTile; r += kTcWarps) {
+    float sum = 0.f;
+    if (r < seq.len) {
+      const bf16_t* o = out + (seq.start + r) * p.ld_out + col;
+      for (int d = lane; d < kTcD; d += kWarpSize) sum += to_float(sdO[r * kLdH + d]) * to_float(o[d]);
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) sD[r] = sum;
+  }
+  __syncthreads();
+
+  // 2. dK, dV and dSᵀ by key strips.
+  const float sl2 = p.scale * kLog2e;
+  for (int half = 0; half < halves; ++half) {
+    bf16_t* const sK = sKV + half * kShortHalf;
+    const int k0 = half * kTcTile + warp * 16;  // the warp's first key
+    const bool active = k0 < seq.len;
+    uint32_t ka[kTcD / 16][4], va[kTcD / 16][4];
+    if (active) {
+#pragma unroll
+      for (int kk = 0; kk < kTcD / 16; ++kk) {
+        ldmatrix_x4(ka[kk], a_address(sK, warp * 16, kk * 16, lane));
+        ldmatrix_x4(va[kk], a_address(sK + kTileH, warp * 16, kk * 16, lane));
+      }
+    }
+    __syncthreads();  // every warp holds its strips: the half takes dSᵀ
+    if (!active) continue;
+    bf16_t* const ds = sK + warp * 16 * kLdS;  // dSᵀ rows of the warp's keys
+    float dk_acc[kTcD / 8][4] = {}, dv_acc[kTcD / 8][4] = {};
+    const int j_row[2] = {k0 + g, k0 + g + 8};
+    // Causal: the queries before the chunk holding k0 see none of the strip (step 3 reads no dSᵀ
+    // there).
+    for (int c0 = p.causal ? k0 / kShortChunk * kShortChunk : 0; c0 < seq.len; c0 += kShortChunk) {
+      // Sᵀ = K_w · Qᵀ and dP̃ᵀ = V_w · dOᵀ: 16 keys × 32 queries
+      float st[4][4] = {}, dpt[4][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kTcD / 16; ++kk)
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          uint32_t b[4];
+          ldmatrix_x4(b, bt_address(sQ, c0 + np * 16, kk * 16, lane));
+          mma_bf16(st[2 * np], ka[kk], b[0], b[1]);
+          mma_bf16(st[2 * np + 1], ka[kk], b[2], b[3]);
+          ldmatrix_x4(b, bt_address(sdO, c0 + np * 16, kk * 16, lane));
+          mma_bf16(dpt[2 * np], va[kk], b[0], b[1]);
+          mma_bf16(dpt[2 * np + 1], va[kk], b[2], b[3]);
+        }
+      const uint32_t keep = p.drop_threshold != 0 ? keep_bits_by_key<4>(p, h, seq, k0, c0, lane)
+                                                  : 0xffffffffu;
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = c0 + n * 8 + 2 * t + (e & 1), j = j_row[e >> 1];
+          const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
+          const float prob = visible ? exp2_approx(st[n][e] * sl2 - sL[i]) : 0.f;
+          const bool kept = (keep >> (n * 4 + e)) & 1u;
+          st[n][e] = kept ? prob * p.drop_scale : 0.f;
+          dpt[n][e] = prob * ((kept ? dpt[n][e] * p.drop_scale : 0.f) - sD[i]);
+        }
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        *reinterpret_cast<uint32_t*>(ds + g * kLdS + c0 + n * 8 + 2 * t) = pack_bf16x2(dpt[n][0], dpt[n][1]);
+        *reinterpret_cast<uint32_t*>(ds + (g + 8) * kLdS + c0 + n * 8 + 2 * t) =
+            pack_bf16x2(dpt[n][2], dpt[n][3]);
+      }
+      // dV_w += P̃ᵀ · dO, dK_w += dSᵀ · Q over these 32 queries (2 k-steps of 16)
+#pragma unroll
+      for (int kq = 0; kq < 2; ++kq) {
+        uint32_t pa[4], dsa[4];
+        c_to_a(pa, st[2 * kq], st[2 * kq + 1]);
+        c_to_a(dsa, dpt[2 * kq], dpt[2 * kq + 1]);
+#pragma unroll
+        for (int dp = 0; dp < kTcD / 16; ++dp) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, b_address(sdO, c0 + kq * 16, dp * 16, lane));
+          mma_bf16(dv_acc[2 * dp], pa, b[0], b[1]);
+          mma_bf16(dv_acc[2 * dp + 1], pa, b[2], b[3]);
+          ldmatrix_x4_trans(b, b_address(sQ, c0 + kq * 16, dp * 16, lane));
+          mma_bf16(dk_acc[2 * dp], dsa, b[0], b[1]);
+          mma_bf16(dk_acc[2 * dp + 1], dsa, b[2], b[3]);
+        }
+      }
+    }
+    store_rows_direct(dk_acc, p.scale, dk, p.ld_grad_qkv, seq.start + k0, col, seq.len - k0, lane);
+    store_rows_direct(dv_acc, 1.f, dv, p.ld_grad_qkv, seq.start + k0, col, seq.len - k0, lane);
+  }
+
+  // 3. dQ = dS · K, K reloaded over Q.
+  __syncthreads();  // dSᵀ is whole; Q and dO are read no more
+  for (int i = 0; i < halves; ++i)
+    load_tile_async(sQ + i * kTileH, k, p.ld_qkv, seq.start + i * kTcTile, col,
+                    min(kTcTile, seq.len - i * kTcTile));
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int strip = 0; strip < 2; ++strip) {
+    const int q0 = warp * 32 + strip * 16;  // the strip's first query
+    if (q0 >= seq.len) break;
+    float dq_acc[kTcD / 8][4] = {};
+    // Causal: the keys past the strip's last query, whose dSᵀ has no chunk of these queries.
+    const int key_end = p.causal ? min(seq.len, q0 + 16) : seq.len;
+    for (int j0 = 0; j0 < key_end; j0 += 16) {
+      uint32_t dsa[4];
+      ldmatrix_x4_trans(dsa, at_address(sKV + (j0 / kTcTile) * kShortHalf, q0, j0 % kTcTile, kLdS, lane));
+#pragma unroll
+      for (int dp = 0; dp < kTcD / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, b_address(sQ, j0, dp * 16, lane));
+        mma_bf16(dq_acc[2 * dp], dsa, b[0], b[1]);
+        mma_bf16(dq_acc[2 * dp + 1], dsa, b[2], b[3]);
+      }
+    }
+    store_rows_direct(dq_acc, p.scale, dq, p.ld_grad_qkv, seq.start + q0, col, seq.len - q0, lane);
+  }
+}
+
+// =================================================================================================
 // Host side
 // =================================================================================================
 
@@ -1225,6 +1428,19 @@ void attention_backward(DType dtype, const AttentionShape& shape, const void* do
   const AttentionParams p = make_params(shape, causal, dropout_p, key);
   if (shape.batch == 0 || shape.tokens == 0 || shape.max_len == 0) return;
 
+  const bool tensor_cores = use_tensor_cores(dtype, shape, {dout, q, k, v, dq, dk, dv},
+                                             {shape.ld_qkv, shape.ld_grad_qkv, shape.ld_out});
+  if (tensor_cores && shape.max_len <= kShortLen) {
+    allow_smem(attention_backward_short_tc, kShortSmem);
+    attention_backward_short_tc<<<dim3(1, static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch)),
+                                  kTcThreads, kShortSmem, stream()>>>(
+        p, static_cast<const bf16_t*>(dout), static_cast<const bf16_t*>(q),
+        static_cast<const bf16_t*>(k), static_cast<const bf16_t*>(v), static_cast<const bf16_t*>(out),
+        lse, static_cast<bf16_t*>(dq), static_cast<bf16_t*>(dk), static_cast<bf16_t*>(dv));
+    QARAC_CHECK_LAUNCH();
+    return;
+  }
+
   // D = rowsum(dO ⊙ O) [H, T] f32, in a block of the caching allocator: freed when this function
   // returns, it can only be reused by work queued after these kernels on the same stream.
   int device = 0;
@@ -1246,8 +1462,7 @@ void attention_backward(DType dtype, const AttentionShape& shape, const void* do
     QARAC_CHECK_LAUNCH();
   }
 
-  if (use_tensor_cores(dtype, shape, {dout, q, k, v, dq, dk, dv},
-                        {shape.ld_qkv, shape.ld_grad_qkv, shape.ld_out})) {
+  if (tensor_cores) {
     attention_backward_dkdv_tc<<<grid(shape, kTcTile), kTcThreads, 0, stream()>>>(
         p, static_cast<const bf16_t*>(dout), static_cast<const bf16_t*>(q),
         static_cast<const bf16_t*>(k), static_cast<const bf16_t*>(v), lse, delta,

@@ -230,6 +230,8 @@ TEST_P(AttentionEmulated, MatchesCpuReference) {
 const std::vector<int32_t> kRagged = {0, 70, 1, 130, 33};
 // Lengths on either side of tile boundaries: 63, 65, 129.
 const std::vector<int32_t> kStraddling = {65, 0, 63, 129, 1};
+// At most 128 tokens, empty and length-1 sequences among them.
+const std::vector<int32_t> kShort = {0, 70, 1, 128, 33};
 
 constexpr DType kBf16 = DType::bf16, kF32 = DType::f32;
 constexpr Layout kAlone{}, kFused{true, 0, 0};
@@ -243,6 +245,14 @@ const Case kCases[] = {
     {"TensorCoresFusedQkvCausalDropout", kRagged, 2, 64, true, 0.1, kBf16, kFused, kFused, false, 3},
     {"TensorCoresGradsOtherStrideEager", kRagged, 1, 64, false, 0.0, kBf16, kFused, {true, 8, 8}, true, 4},
     {"TensorCoresLongerSequencesEager", {200, 3, 129}, 3, 64, false, 0.1, kBf16, kAlone, kAlone, true, 13},
+    // Batches of sequences of at most 128 tokens: the one-block backward (attention_backward_short_tc),
+    // one key half (lengths up to 64) or two, strips and query chunks cut by the ends.
+    {"ShortTensorCoresDropout", kShort, 2, 64, false, 0.1, kBf16, kAlone, kAlone, false, 16},
+    {"ShortTensorCoresCausalFusedDropoutEager", {65, 0, 63, 17, 1, 64}, 1, 64, true, 0.1, kBf16, kFused, kFused,
+     true, 17},
+    {"ShortTensorCoresGradsOtherStride", {128, 5, 96}, 2, 64, false, 0.0, kBf16, kFused, {true, 8, 8}, false, 18},
+    {"ShortTensorCoresCausal", {128, 31, 32, 33, 48}, 1, 64, true, 0.0, kBf16, kAlone, kAlone, false, 19},
+    {"ShortTensorCoresOneHalf", {40, 64, 2}, 1, 64, true, 0.2, kBf16, kAlone, kAlone, true, 20},
     // Row strides the tensor-core path cannot take (not whole 16 bytes, or a slice at column 1):
     // the generic path on bf16 Dh = 64.
     {"UnalignedStrideGeneric", kRagged, 1, 64, true, 0.1, kBf16, {true, 0, 1}, {true, 0, 1}, false, 5},

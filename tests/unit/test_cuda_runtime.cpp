@@ -547,7 +547,8 @@ TEST_F(CudaRuntime, AttentionOtherHeadDims) {
     }
 }
 
-// RoBERTa-base's attention (12 heads of 64) on sequences up to 512 tokens.
+// RoBERTa-base's attention (12 heads of 64) on sequences up to 512 tokens, and on fine-tuning's
+// batches of up to 128 (the one-block backward of the tensor-core path).
 TEST_F(CudaRuntime, AttentionRobertaSized) {
   {
     SCOPED_TRACE("bf16 bidirectional with dropout");
@@ -557,14 +558,25 @@ TEST_F(CudaRuntime, AttentionRobertaSized) {
     SCOPED_TRACE("f32 causal");
     check_attention({{512, 300, 77, 511}, 12, 64, true, 0.0, DType::f32}, 22);
   }
+  {
+    SCOPED_TRACE("bf16 up to 128 tokens, bidirectional with dropout");
+    check_attention({{128, 97, 128, 64, 1, 0, 128, 33, 65}, 12, 64, false, 0.1, DType::bf16}, 23);
+  }
+  {
+    SCOPED_TRACE("bf16 up to 128 tokens, causal");
+    check_attention({{128, 40, 127, 16}, 12, 64, true, 0.0, DType::bf16}, 24);
+  }
 }
 
 // No atomics: every gradient element is summed by one thread in a fixed order, so two backward
-// passes give the same bits (tensor-core path: bf16 d64; generic path: f32).
+// passes give the same bits (tensor-core path: bf16 d64, tiled and, up to 128 tokens, one block
+// per sequence and head; generic path: f32).
 TEST_F(CudaRuntime, AttentionBackwardIsDeterministic) {
-  for (const DType dtype : {DType::bf16, DType::f32}) {
-    SCOPED_TRACE(dtype_name(dtype));
-    const Problem pb{{100, 200, 37}, 4, 64, false, 0.1, dtype};
+  for (const auto& [dtype, lengths] : {std::pair{DType::bf16, std::vector<int32_t>{100, 200, 37}},
+                                       std::pair{DType::bf16, std::vector<int32_t>{100, 128, 37}},
+                                       std::pair{DType::f32, std::vector<int32_t>{100, 200, 37}}}) {
+    SCOPED_TRACE(std::string(dtype_name(dtype)) + " max_len " + std::to_string(lengths[1]));
+    const Problem pb{lengths, 4, 64, false, 0.1, dtype};
     const Attention first = run_attention(pb, kGpu, 31), second = run_attention(pb, kGpu, 31);
     expect_same_bits(second.out, first.out, "out");
     expect_same_bits(second.lse, first.lse, "lse");
