@@ -1423,14 +1423,14 @@ void attention_forward(DType dtype, const AttentionShape& shape, const void* q, 
 void attention_backward(DType dtype, const AttentionShape& shape, const void* dout, const void* q,
                         const void* k, const void* v, const void* out, const float* lse,
                         bool causal, double dropout_p, const RngKey& key, void* dq, void* dk,
-                        void* dv) {
+                        void* dv, AttentionBackwardPath path) {
   check_call("attention_backward", dtype, shape, true);
   const AttentionParams p = make_params(shape, causal, dropout_p, key);
   if (shape.batch == 0 || shape.tokens == 0 || shape.max_len == 0) return;
 
   const bool tensor_cores = use_tensor_cores(dtype, shape, {dout, q, k, v, dq, dk, dv},
                                              {shape.ld_qkv, shape.ld_grad_qkv, shape.ld_out});
-  if (tensor_cores && shape.max_len <= kShortLen) {
+  if (tensor_cores && path == AttentionBackwardPath::automatic && shape.max_len <= kShortLen) {
     allow_smem(attention_backward_short_tc, kShortSmem);
     attention_backward_short_tc<<<dim3(1, static_cast<unsigned>(shape.heads), static_cast<unsigned>(shape.batch)),
                                   kTcThreads, kShortSmem, stream()>>>(

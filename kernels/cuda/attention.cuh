@@ -23,10 +23,15 @@ struct AttentionShape {
 void attention_forward(DType dtype, const AttentionShape& shape, const void* q, const void* k,
                        const void* v, bool causal, double dropout_p, const RngKey& key, void* out,
                        float* lse);
+// How attention_backward goes on the tensor-core path: `automatic` takes one kernel when every
+// sequence has at most 128 tokens; `tiled` always takes the tiled kernels (for benchmarks and
+// tests that compare the two).
+enum class AttentionBackwardPath { automatic, tiled };
+
 // dq, dk, dv overwritten (row stride shape.ld_grad_qkv); dout has out's row stride.
 void attention_backward(DType dtype, const AttentionShape& shape, const void* dout, const void* q,
                         const void* k, const void* v, const void* out, const float* lse,
                         bool causal, double dropout_p, const RngKey& key, void* dq, void* dk,
-                        void* dv);
+                        void* dv, AttentionBackwardPath path = AttentionBackwardPath::automatic);
 
 }  // namespace qarac::cuda

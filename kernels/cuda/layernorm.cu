@@ -328,7 +328,7 @@ void layernorm_forward(DType dtype, const void* a, const void* b, const void* ga
 void layernorm_backward(DType dtype, const void* dy, const void* x, const void* gamma,
                         const float* mean, const float* rstd, int64_t rows, int64_t cols,
                         void* dx, float* dgamma, float* dbeta, const RowDropout& drop,
-                        void* dbranch, float* dbias_branch) {
+                        void* dbranch, float* dbias_branch, LayerNormBackwardPath path) {
   QARAC_CHECK(dbranch != dx, "layernorm_backward: dbranch must not be dx");
   QARAC_CHECK(!dbias_branch || dx != dy, "layernorm_backward: with dbias_branch, dx must not be dy");
   if (rows == 0 || cols == 0) return;
@@ -361,7 +361,8 @@ void layernorm_backward(DType dtype, const void* dy, const void* x, const void* 
         column_sums_final(partial_data, chunks, cols, out);
       }
     };
-    if (vector && launch_with_packs<kN, 1, 2, 3, 4, 6, 8>(ceil_div(cols, kWarpSize * kN), one_pass))
+    if (path == LayerNormBackwardPath::automatic && vector &&
+        launch_with_packs<kN, 1, 2, 3, 4, 6, 8>(ceil_div(cols, kWarpSize * kN), one_pass))
       return;
 
     // Rows too wide to hold, or not in packs: dx by rows, then the sums by columns. Without the

@@ -15,6 +15,11 @@ namespace qarac::cuda {
 void layernorm_forward(DType dtype, const void* a, const void* b, const void* gamma,
                        const void* beta, double eps, int64_t rows, int64_t cols, void* sum,
                        void* y, float* mean, float* rstd, const RowDropout& drop = {});
+// How layernorm_backward goes: `automatic` takes one kernel for rows it can hold (up to 1024
+// elements in 16-byte packs); `rows_then_columns` always takes dx by rows, then the column sums
+// (for benchmarks and tests that compare the two; the sums have the same order either way).
+enum class LayerNormBackwardPath { automatic, rows_then_columns };
+
 // dx overwritten; dgamma, dbeta (f32) accumulated, deterministically. With dbranch (not dx), also
 // dbranch = dx with `drop` applied: the gradient of the branch the forward pass dropped. With
 // dbias_branch (f32), also dbias_branch += Σ_rows dbranch (dx without dbranch), summed as
@@ -22,6 +27,7 @@ void layernorm_forward(DType dtype, const void* a, const void* b, const void* ga
 void layernorm_backward(DType dtype, const void* dy, const void* x, const void* gamma,
                         const float* mean, const float* rstd, int64_t rows, int64_t cols,
                         void* dx, float* dgamma, float* dbeta, const RowDropout& drop = {},
-                        void* dbranch = nullptr, float* dbias_branch = nullptr);
+                        void* dbranch = nullptr, float* dbias_branch = nullptr,
+                        LayerNormBackwardPath path = LayerNormBackwardPath::automatic);
 
 }  // namespace qarac::cuda

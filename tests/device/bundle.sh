@@ -12,7 +12,8 @@ out=${2:-.device}
 golden=tests/golden/data
 
 programs=(src/cli/qarac-parity src/cli/qarac-bench src/cli/qarac-prep src/cli/qarac-train src/cli/qarac-embed src/cli/qarac-generate)
-tests=(tests/unit/test_backend_ops tests/unit/test_cuda_runtime tests/unit/test_cuda_training tests/unit/test_cuda_qarac tests/mpi/test_nccl)
+tests=(tests/unit/test_backend_ops tests/unit/test_cuda_runtime tests/unit/test_cuda_training tests/unit/test_cuda_qarac tests/mpi/test_nccl
+       tests/bench/bench_kernels)
 rm -rf "$out"
 stage=$(mktemp -d)/bundle
 mkdir -p "$stage/bin" "$stage/lib" "$stage/golden" "$out"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check in one call: every GPU test, qarac-parity on CUDA, the NCCL backend, qarac-bench
-# on the issue's workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch
+# The GPU check in one call: every GPU test, qarac-parity on CUDA, the NCCL backend, the kernels
+# with two paths timed path against path (tests/bench/bench_kernels), qarac-bench on the issue's
+# workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch
 # baseline of the same workloads, qarac-train under mpirun with NCCL and end to end on one GPU,
 # the classifier step's GPU time per kernel family (tests/device/breakdown.sh), the exports under
 # transformers (tests/python), then a summary table. Runs a bundle made by tests/device/bundle.sh
@@ -15,8 +16,8 @@
 #   QARAC_DEVICE_DEADLINE  seconds after which no stage starts and running ones are stopped
 #                          (default 540: a 600 s call with time left to pack the logs)
 #   QARAC_DEVICE_STAGES    the stages to run, comma-separated (default: all, in this order):
-#                          tests, parity, nccl, bench, torch, dist, e2e, breakdown, python,
-#                          sanitize
+#                          tests, parity, nccl, kernels, bench, torch, dist, e2e, breakdown,
+#                          python, sanitize
 #   QARAC_DEVICE_BIN       run the programs of this folder (a bundle's bin/ or a build's), with
 #                          neither bundle nor build; the golden dumps are then tests/golden/data
 #   QARAC_BENCH_ITERS      timed steps per benchmark (default 10)
@@ -28,7 +29,7 @@ cd "$(dirname "$0")/../.." || exit 1
 bundle=${1:-.device}
 iters=${QARAC_BENCH_ITERS:-10}
 deadline=${QARAC_DEVICE_DEADLINE:-540}
-stages=${QARAC_DEVICE_STAGES:-tests,parity,nccl,bench,torch,dist,e2e,breakdown,python,sanitize}
+stages=${QARAC_DEVICE_STAGES:-tests,parity,nccl,kernels,bench,torch,dist,e2e,breakdown,python,sanitize}
 log=$(mktemp -d)
 summary=()
 status=0
@@ -54,7 +55,7 @@ else
   bin=build-device/bin-links
   mkdir -p "$bin"
   ln -sf "$PWD"/build-device/src/cli/qarac-* "$PWD"/build-device/tests/unit/test_cuda_* "$PWD"/build-device/tests/unit/test_backend_ops \
-    "$PWD"/build-device/tests/mpi/test_nccl "$bin/"
+    "$PWD"/build-device/tests/mpi/test_nccl "$PWD"/build-device/tests/bench/bench_kernels "$bin/"
 fi
 # CUDA's libraries: the toolkit's folder and the Python wheels' (cuDNN, NCCL live there). Only
 # our programs get this path: the bundled Debian libraries must not shadow PyTorch's.
@@ -150,6 +151,21 @@ stage_nccl() {
   echo "== test_nccl: $result $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/test_nccl" | tr '\n' ' ')"
   [ "$result" = passed ] || tail -30 "$log/test_nccl"
   row test_nccl "$result" ""
+}
+
+# The kernels with two paths (the one-block attention backward against the tiled kernels, the
+# one-kernel LayerNorm backward against rows then columns), each pair on the same inputs: which
+# path is faster, and how far apart their results are.
+stage_kernels() {
+  local out result line
+  out=$(q timeout "$(cap 120)" "$bin/bench_kernels" --warmup 5 --iters 20 2>&1)
+  result=$(result_of $?)
+  fail_if "$result"
+  echo "$out"
+  while IFS= read -r line; do
+    row "${line%% one-*}" "$result" "one-${line#* one-}"
+  done < <(echo "$out" | grep -E '^(attention|layernorm) backward')
+  [ "$result" = passed ] || row bench_kernels "$result" "$(echo "$out" | tail -1)"
 }
 
 # qarac-bench on the classifier step (full and ragged lengths) and the QARAC step.
@@ -331,7 +347,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 IFS=',' read -r -a wanted <<<"$stages"
 for stage in "${wanted[@]}"; do
   if ! declare -F "stage_$stage" >/dev/null; then
-    echo "run.sh: unknown stage '$stage' in QARAC_DEVICE_STAGES (tests, parity, nccl, bench, torch, dist, e2e, breakdown, python, sanitize)" >&2
+    echo "run.sh: unknown stage '$stage' in QARAC_DEVICE_STAGES (tests, parity, nccl, kernels, bench, torch, dist, e2e, breakdown, python, sanitize)" >&2
     exit 1
   fi
 done

@@ -298,6 +298,26 @@ class DeviceRun(unittest.TestCase):
         self.assertIn("test_cuda_runtime", logs)
         self.assertIn("parity_f32", logs)
 
+    def test_kernels_stage_reports_each_pair(self):
+        executable(os.path.join(self.bin, "bench_kernels"),
+                   "#!/bin/sh\necho 'attention backward S=128 B=64               one-block  0.0300 ms (300.0 TFLOP/s)  "
+                   "tiled  0.1000 ms ( 90.0 TFLOP/s)  tiled/one-block 3.33  gap dq 1.0e-03 dk 1.0e-03 dv 1.0e-03'\n"
+                   "echo 'layernorm backward T=8192 d=768               one-kernel  0.0200 ms ( 1888 GB/s)  "
+                   "rows-then-columns  0.0300 ms ( 1258 GB/s)  ratio 1.50  gap dx 0.0e+00 dgamma 1.0e-07, "
+                   "same bits: dbeta yes dbias -'\n")
+        p = self.run_sh("kernels")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        summary, _ = self.saved()
+        self.assertRegex(summary, r"attention backward S=128 B=64 +passed +one-block +0.0300 ms .*tiled/one-block 3.33")
+        self.assertRegex(summary, r"layernorm backward T=8192 d=768 +passed +one-kernel +0.0200 ms .*dbeta yes")
+
+    def test_kernels_stage_fails_with_the_program(self):
+        executable(os.path.join(self.bin, "bench_kernels"), "#!/bin/sh\necho 'bench_kernels: out of memory'\nexit 1\n")
+        p = self.run_sh("kernels")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        summary, _ = self.saved()
+        self.assertRegex(summary, r"bench_kernels +FAILED +bench_kernels: out of memory")
+
     def test_stages_past_the_deadline_are_skipped(self):
         p = self.run_sh("tests,parity", deadline=0)
         self.assertEqual(p.returncode, 2, p.stdout + p.stderr)

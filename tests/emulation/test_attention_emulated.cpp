@@ -44,6 +44,8 @@ struct Case {
   Layout inputs{}, grads{};
   bool eager_cp_async = false;
   uint64_t seed = 1;
+  // The tiled backward kernels even where every sequence fits the one-block kernel.
+  bool tiled = false;
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -200,7 +202,9 @@ void check(const Case& c) {
   cuda_emulated::attention_forward(c.dtype, s, qkv.ptr[0], qkv.ptr[1], qkv.ptr[2], c.causal, c.dropout, kKey,
                                    out.column(0), lse_ptr);
   cuda_emulated::attention_backward(c.dtype, s, dout.column(0), qkv.ptr[0], qkv.ptr[1], qkv.ptr[2], out.column(0),
-                                    lse_ptr, c.causal, c.dropout, kKey, grads.ptr[0], grads.ptr[1], grads.ptr[2]);
+                                    lse_ptr, c.causal, c.dropout, kKey, grads.ptr[0], grads.ptr[1], grads.ptr[2],
+                                    c.tiled ? cuda_emulated::AttentionBackwardPath::tiled
+                                            : cuda_emulated::AttentionBackwardPath::automatic);
 
   const bool b16 = c.dtype == DType::bf16;
   const double tol = b16 ? 2e-2 : 1e-5;
@@ -237,7 +241,7 @@ constexpr DType kBf16 = DType::bf16, kF32 = DType::f32;
 constexpr Layout kAlone{}, kFused{true, 0, 0};
 
 // Each case is one run of forward and backward; name, lengths, heads, Dh, causal, dropout, dtype,
-// input layout, gradient layout, eager cp.async, seed.
+// input layout, gradient layout, eager cp.async, seed (and the tiled backward where given).
 const Case kCases[] = {
     // Tensor cores (bf16, Dh = 64).
     {"TensorCoresDropout", kRagged, 2, 64, false, 0.1, kBf16, kAlone, kAlone, false, 1},
@@ -253,6 +257,7 @@ const Case kCases[] = {
     {"ShortTensorCoresGradsOtherStride", {128, 5, 96}, 2, 64, false, 0.0, kBf16, kFused, {true, 8, 8}, false, 18},
     {"ShortTensorCoresCausal", {128, 31, 32, 33, 48}, 1, 64, true, 0.0, kBf16, kAlone, kAlone, false, 19},
     {"ShortTensorCoresOneHalf", {40, 64, 2}, 1, 64, true, 0.2, kBf16, kAlone, kAlone, true, 20},
+    {"ShortSequencesTiledKernels", kShort, 2, 64, true, 0.1, kBf16, kFused, kFused, false, 21, true},
     // Row strides the tensor-core path cannot take (not whole 16 bytes, or a slice at column 1):
     // the generic path on bf16 Dh = 64.
     {"UnalignedStrideGeneric", kRagged, 1, 64, true, 0.1, kBf16, {true, 0, 1}, {true, 0, 1}, false, 5},

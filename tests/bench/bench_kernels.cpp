@@ -1,0 +1,219 @@
+// The CUDA kernels that have two paths, each path timed on the same inputs in the same run, with
+// how far their results are apart: whether a path added without a GPU earns its place.
+//   - attention backward, bf16, 12 heads of 64 (RoBERTa-base), 64 sequences of 128 tokens (full,
+//     ragged in [43, 128], ragged with dropout 0.1): the one-block kernel against the tiled ones;
+//   - LayerNorm backward, bf16, 8192 rows of 768 (plain; with the branch dropout 0.1 and its bias
+//     gradient, as a layer's residual blocks call it): one kernel against rows then columns.
+// Usage: bench_kernels [--warmup N] [--iters N]. Needs a GPU; prints one line and exits 77
+// without one.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/check_cuda.h"
+#include "core/error.h"
+#include "core/memory.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/context.cuh"
+#include "kernels/cuda/dropout.cuh"
+#include "kernels/cuda/layernorm.cuh"
+
+namespace qarac {
+namespace {
+
+const Device kGpu = Device::cuda(0);
+const RngKey kKey{20261205, 11, 4};
+
+int warmup = 5, iters = 20;
+
+// Mean milliseconds of `call` on the kernels' stream over `iters` calls after `warmup`.
+double time_ms(const std::function<void()>& call) {
+  for (int i = 0; i < warmup; ++i) call();
+  cudaEvent_t start, stop;
+  QARAC_CHECK_CUDA(cudaEventCreate(&start));
+  QARAC_CHECK_CUDA(cudaEventCreate(&stop));
+  QARAC_CHECK_CUDA(cudaEventRecord(start, cuda::stream()));
+  for (int i = 0; i < iters; ++i) call();
+  QARAC_CHECK_CUDA(cudaEventRecord(stop, cuda::stream()));
+  QARAC_CHECK_CUDA(cudaEventSynchronize(stop));
+  float ms = 0.f;
+  QARAC_CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  QARAC_CHECK_CUDA(cudaEventDestroy(start));
+  QARAC_CHECK_CUDA(cudaEventDestroy(stop));
+  return static_cast<double>(ms) / iters;
+}
+
+Tensor uniform(const Shape& shape, std::mt19937& rng, float lo, float hi, DType dtype) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : v) x = u(rng);
+  return Tensor::from_vector(v, shape).to(dtype).to(kGpu);
+}
+
+std::vector<float> host(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32).to_vector<float>(); }
+
+// max |a − b| / max |b|: how far two results of the same math are apart.
+double relative_gap(const Tensor& a, const Tensor& b) {
+  const std::vector<float> x = host(a), y = host(b);
+  double gap = 0, scale = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    gap = std::max(gap, std::abs(static_cast<double>(x[i]) - y[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(y[i])));
+  }
+  return scale > 0 ? gap / scale : gap;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(Device::cpu()), y = b.to(Device::cpu());
+  return x.nbytes() == y.nbytes() && std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0;
+}
+
+void attention(const char* name, const std::vector<int32_t>& lengths, double dropout) {
+  constexpr int64_t kHeads = 12, kHeadDim = 64, kD = kHeads * kHeadDim;
+  std::vector<int32_t> offsets{0};
+  for (int32_t n : lengths) offsets.push_back(offsets.back() + n);
+  const int64_t tokens = offsets.back(), batch = static_cast<int64_t>(lengths.size());
+  std::vector<int64_t> ids(lengths.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i * 2654435761u + 1);
+  const Tensor d_offsets = Tensor::from_vector(offsets, {batch + 1}, kGpu), d_ids = Tensor::from_vector(ids, {batch}, kGpu);
+  std::mt19937 rng(7);
+  const Tensor q = uniform({tokens, kD}, rng, -2.6f, 2.6f, DType::bf16), k = uniform({tokens, kD}, rng, -2.6f, 2.6f, DType::bf16),
+               v = uniform({tokens, kD}, rng, -1, 1, DType::bf16), dout = uniform({tokens, kD}, rng, -1, 1, DType::bf16);
+  Tensor out = Tensor::empty({tokens, kD}, DType::bf16, kGpu), lse = Tensor::empty({kHeads, tokens}, DType::f32, kGpu);
+  cuda::AttentionShape s;
+  s.offsets = d_offsets.data<int32_t>();
+  s.ids = reinterpret_cast<const uint64_t*>(d_ids.data<int64_t>());
+  s.batch = batch;
+  s.tokens = tokens;
+  s.max_len = *std::max_element(lengths.begin(), lengths.end());
+  s.heads = kHeads;
+  s.head_dim = kHeadDim;
+  s.ld_qkv = s.ld_grad_qkv = s.ld_out = kD;
+  cuda::attention_forward(DType::bf16, s, q.raw(), k.raw(), v.raw(), false, dropout, kKey, out.raw(),
+                          lse.data<float>());
+  struct Grads {
+    Tensor dq, dk, dv;
+  };
+  const auto grads = [&] {
+    return Grads{Tensor::empty({tokens, kD}, DType::bf16, kGpu), Tensor::empty({tokens, kD}, DType::bf16, kGpu),
+                 Tensor::empty({tokens, kD}, DType::bf16, kGpu)};
+  };
+  Grads one = grads(), tiled = grads();
+  const auto run = [&](Grads& g, cuda::AttentionBackwardPath path) {
+    return time_ms([&] {
+      cuda::attention_backward(DType::bf16, s, dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(),
+                               false, dropout, kKey, g.dq.raw(), g.dk.raw(), g.dv.raw(), path);
+    });
+  };
+  const double t_one = run(one, cuda::AttentionBackwardPath::automatic);
+  const double t_tiled = run(tiled, cuda::AttentionBackwardPath::tiled);
+  // FlashAttention's count: 4·L²·Dh per sequence and head forward, 2.5× that backward.
+  double flops = 0;
+  for (int32_t n : lengths) flops += 2.5 * 4.0 * n * n * kHeadDim * kHeads;
+  std::printf("attention backward %-26s one-block %7.4f ms (%5.1f TFLOP/s)  tiled %7.4f ms (%5.1f TFLOP/s)  "
+              "tiled/one-block %.2f  gap dq %.1e dk %.1e dv %.1e\n",
+              name, t_one, flops / t_one * 1e-9, t_tiled, flops / t_tiled * 1e-9, t_tiled / t_one,
+              relative_gap(one.dq, tiled.dq), relative_gap(one.dk, tiled.dk), relative_gap(one.dv, tiled.dv));
+}
+
+void layernorm(const char* name, bool branch) {
+  constexpr int64_t kRows = 8192, kCols = 768;
+  std::mt19937 rng(8);
+  const Tensor dy = uniform({kRows, kCols}, rng, -1, 1, DType::bf16), x = uniform({kRows, kCols}, rng, 2, 4, DType::bf16);
+  const Tensor gamma = uniform({kCols}, rng, 0.5f, 1.5f, DType::bf16);
+  const Tensor mean = uniform({kRows}, rng, 2.9f, 3.1f, DType::f32), rstd = uniform({kRows}, rng, 0.5f, 1.5f, DType::f32);
+  // 64 sequences of 128 rows for the dropout masks.
+  std::vector<int32_t> offsets;
+  for (int32_t i = 0; i <= 64; ++i) offsets.push_back(i * 128);
+  std::vector<int64_t> ids(64);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i + 1);
+  const Tensor d_offsets = Tensor::from_vector(offsets, {65}, kGpu), d_ids = Tensor::from_vector(ids, {64}, kGpu);
+  const cuda::RowDropout drop =
+      branch ? cuda::row_dropout(d_offsets.data<int32_t>(), reinterpret_cast<const uint64_t*>(d_ids.data<int64_t>()),
+                                 64, 0.1, kKey)
+             : cuda::RowDropout{};
+  struct Grads {
+    Tensor dx, dbranch, dgamma, dbeta, dbias;
+  };
+  const auto grads = [&] {
+    return Grads{Tensor::empty({kRows, kCols}, DType::bf16, kGpu), Tensor::empty({kRows, kCols}, DType::bf16, kGpu),
+                 Tensor::zeros({kCols}, DType::f32, kGpu), Tensor::zeros({kCols}, DType::f32, kGpu),
+                 Tensor::zeros({kCols}, DType::f32, kGpu)};
+  };
+  const auto call = [&](Grads& g, cuda::LayerNormBackwardPath path) {
+    cuda::layernorm_backward(DType::bf16, dy.raw(), x.raw(), gamma.raw(), mean.data<float>(), rstd.data<float>(), kRows,
+                             kCols, g.dx.raw(), g.dgamma.data<float>(), g.dbeta.data<float>(), drop,
+                             branch ? g.dbranch.raw() : nullptr, branch ? g.dbias.data<float>() : nullptr, path);
+  };
+  Grads one = grads(), two = grads();
+  const double t_one = time_ms([&] { call(one, cuda::LayerNormBackwardPath::automatic); });
+  const double t_two = time_ms([&] { call(two, cuda::LayerNormBackwardPath::rows_then_columns); });
+  // The sums were accumulated over as many calls: compare one call of each, from zero.
+  Grads a = grads(), b = grads();
+  call(a, cuda::LayerNormBackwardPath::automatic);
+  call(b, cuda::LayerNormBackwardPath::rows_then_columns);
+  // What must move: dy and x read, dx (and dbranch) written, in bf16.
+  const double bytes = static_cast<double>(kRows * kCols) * 2 * (branch ? 4 : 3);
+  std::printf("layernorm backward %-26s one-kernel %7.4f ms (%5.0f GB/s)  rows-then-columns %7.4f ms (%5.0f GB/s)  "
+              "ratio %.2f  gap dx %.1e dgamma %.1e, same bits: dbeta %s dbias %s\n",
+              name, t_one, bytes / t_one * 1e-6, t_two, bytes / t_two * 1e-6, t_two / t_one, relative_gap(a.dx, b.dx),
+              relative_gap(a.dgamma, b.dgamma), same_bits(a.dbeta, b.dbeta) ? "yes" : "NO",
+              branch ? (same_bits(a.dbias, b.dbias) ? "yes" : "NO") : "-");
+}
+
+int parse_count(const char* flag, const char* value) {
+  char* end = nullptr;
+  const long n = value ? std::strtol(value, &end, 10) : -1;
+  if (!value || *end != '\0' || n < 0 || n > 100000) {
+    std::fprintf(stderr, "bench_kernels: %s needs a count in [0, 100000], got '%s'\n", flag, value ? value : "");
+    std::exit(2);
+  }
+  return static_cast<int>(n);
+}
+
+}  // namespace
+}  // namespace qarac
+
+int main(int argc, char** argv) {
+  using namespace qarac;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--warmup") {
+      warmup = parse_count("--warmup", i + 1 < argc ? argv[++i] : nullptr);
+    } else if (arg == "--iters") {
+      iters = std::max(1, parse_count("--iters", i + 1 < argc ? argv[++i] : nullptr));
+    } else {
+      std::fprintf(stderr, "usage: bench_kernels [--warmup N] [--iters N] (unknown argument '%s')\n", arg.c_str());
+      return 2;
+    }
+  }
+  if (cuda_device_count() == 0) {
+    std::printf("bench_kernels: no CUDA device: nothing measured\n");
+    return 77;
+  }
+  try {
+    std::mt19937 rng(5);
+    std::uniform_int_distribution<int32_t> ragged(43, 128);
+    std::vector<int32_t> full(64, 128), uneven(64);
+    for (int32_t& n : uneven) n = ragged(rng);
+    attention("S=128 B=64", full, 0.0);
+    attention("S=128 B=64 ragged", uneven, 0.0);
+    attention("S=128 B=64 ragged dropout 0.1", uneven, 0.1);
+    layernorm("T=8192 d=768", false);
+    layernorm("T=8192 d=768 branch dropout", true);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_kernels: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
