@@ -841,6 +841,70 @@ attention_forward_tc(AttentionParams p, const bf16_t* __restrict__ q, const bf16
   }
 }
 
+// One step of a warp's 16-key strip (keys key0.., K and V as A fragments ka, va) over 32 queries:
+// rows c0.. of the shared tiles sQ and sdO, query positions i0 + c0.., their lse·log2 e and D at
+// sL[c0..] and sD[c0..]. Sᵀ = K_w · Qᵀ and dP̃ᵀ = V_w · dOᵀ (16 keys × 32 queries, 4 C tiles each);
+// P = 2^(x − lse·log2 e), P̃ = P ⊙ M/(1−p), dS = P ⊙ (M/(1−p) ⊙ dP̃ − D); then dV_w += P̃ᵀ · dO and
+// dK_w += dSᵀ · Q (2 k-steps of 16). dSᵀ is left in ds (f32, unscaled).
+__device__ __forceinline__ void key_strip_step(const AttentionParams& p, const Span& seq, int h,
+                                               int key0, int i0, int c0,
+                                               const uint32_t (&ka)[kTcD / 16][4],
+                                               const uint32_t (&va)[kTcD / 16][4],
+                                               const bf16_t* sQ, const bf16_t* sdO, const float* sL,
+                                               const float* sD, float (&dk_acc)[kTcD / 8][4],
+                                               float (&dv_acc)[kTcD / 8][4], float (&ds)[4][4],
+                                               int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  float st[4][4] = {};
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) ds[n][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kTcD / 16; ++kk)
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, bt_address(sQ, c0 + np * 16, kk * 16, lane));
+      mma_bf16(st[2 * np], ka[kk], b[0], b[1]);
+      mma_bf16(st[2 * np + 1], ka[kk], b[2], b[3]);
+      ldmatrix_x4(b, bt_address(sdO, c0 + np * 16, kk * 16, lane));
+      mma_bf16(ds[2 * np], va[kk], b[0], b[1]);
+      mma_bf16(ds[2 * np + 1], va[kk], b[2], b[3]);
+    }
+  const uint32_t keep = p.drop_threshold != 0 ? keep_bits_by_key<4>(p, h, seq, key0, i0 + c0, lane)
+                                              : 0xffffffffu;
+  const float sl2 = p.scale * kLog2e;
+  const int j_row[2] = {key0 + g, key0 + g + 8};  // this thread's keys
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int cq = c0 + n * 8 + 2 * t + (e & 1), i = i0 + cq, j = j_row[e >> 1];
+      const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
+      const float prob = visible ? exp2_approx(st[n][e] * sl2 - sL[cq]) : 0.f;
+      const bool kept = (keep >> (n * 4 + e)) & 1u;
+      st[n][e] = kept ? prob * p.drop_scale : 0.f;
+      ds[n][e] = prob * ((kept ? ds[n][e] * p.drop_scale : 0.f) - sD[cq]);
+    }
+#pragma unroll
+  for (int kq = 0; kq < 2; ++kq) {
+    uint32_t pa[4], dsa[4];
+    c_to_a(pa, st[2 * kq], st[2 * kq + 1]);
+    c_to_a(dsa, ds[2 * kq], ds[2 * kq + 1]);
+#pragma unroll
+    for (int dp = 0; dp < kTcD / 16; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, b_address(sdO, c0 + kq * 16, dp * 16, lane));
+      mma_bf16(dv_acc[2 * dp], pa, b[0], b[1]);
+      mma_bf16(dv_acc[2 * dp + 1], pa, b[2], b[3]);
+      ldmatrix_x4_trans(b, b_address(sQ, c0 + kq * 16, dp * 16, lane));
+      mma_bf16(dk_acc[2 * dp], dsa, b[0], b[1]);
+      mma_bf16(dk_acc[2 * dp + 1], dsa, b[2], b[3]);
+    }
+  }
+}
+
 // dK, dV of one 64-key tile: walks the query tiles that see it (all, or from its own position on
 // with the causal mask), 32 queries at a time, recomputing Sᵀ and dP̃ᵀ (keys × queries) in
 // registers; P̃ᵀ and dSᵀ are then the A operands of dV += P̃ᵀ dO and dK += dSᵀ Q.
@@ -859,7 +923,6 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   const int k0 = blockIdx.x * kTcTile;
   if (k0 >= seq.len) return;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int g = lane >> 2, t = lane & 3;
   const int64_t col = static_cast<int64_t>(h) * kTcD;
 
   // The warp's 16 keys of K and V as A fragments, staged through sQ and sdO.
@@ -875,8 +938,6 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
     ldmatrix_x4(va[kk], a_address(sdO, warp * 16, kk * 16, lane));
   }
   float dk_acc[kTcD / 8][4] = {}, dv_acc[kTcD / 8][4] = {};
-  const int j_row[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};  // this thread's keys
-  const float sl2 = p.scale * kLog2e;
 
   // Causal: query i sees key j only when i >= j, so the queries before k0 see none of the tile.
   for (int i0 = p.causal ? k0 : 0; i0 < seq.len; i0 += kTcTile) {
@@ -894,54 +955,10 @@ attention_backward_dkdv_tc(AttentionParams p, const bf16_t* __restrict__ dout,
     __syncthreads();
 
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int c0 = half * 32;  // first query column of this half within the tile
-      // Sᵀ = K_w · Qᵀ and dP̃ᵀ = V_w · dOᵀ: 16 keys × 32 queries, 4 C tiles each
-      float st[4][4] = {}, dpt[4][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kTcD / 16; ++kk)
-#pragma unroll
-        for (int np = 0; np < 2; ++np) {
-          uint32_t b[4];
-          ldmatrix_x4(b, bt_address(sQ, c0 + np * 16, kk * 16, lane));
-          mma_bf16(st[2 * np], ka[kk], b[0], b[1]);
-          mma_bf16(st[2 * np + 1], ka[kk], b[2], b[3]);
-          ldmatrix_x4(b, bt_address(sdO, c0 + np * 16, kk * 16, lane));
-          mma_bf16(dpt[2 * np], va[kk], b[0], b[1]);
-          mma_bf16(dpt[2 * np + 1], va[kk], b[2], b[3]);
-        }
-      // P = 2^(x − lse·log2 e), P̃ = P ⊙ M/(1−p), dS = P ⊙ (M/(1−p) ⊙ dP̃ − D); in place
-      const uint32_t keep = p.drop_threshold != 0
-                                ? keep_bits_by_key<4>(p, h, seq, k0 + warp * 16, i0 + c0, lane)
-                                : 0xffffffffu;
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int cq = c0 + n * 8 + 2 * t + (e & 1), i = i0 + cq, j = j_row[e >> 1];
-          const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
-          const float prob = visible ? exp2_approx(st[n][e] * sl2 - sL[cq]) : 0.f;
-          const bool kept = (keep >> (n * 4 + e)) & 1u;
-          st[n][e] = kept ? prob * p.drop_scale : 0.f;
-          dpt[n][e] = prob * ((kept ? dpt[n][e] * p.drop_scale : 0.f) - sD[cq]);
-        }
-      // dV_w += P̃ᵀ · dO, dK_w += dSᵀ · Q over these 32 queries (2 k-steps of 16)
-#pragma unroll
-      for (int kq = 0; kq < 2; ++kq) {
-        uint32_t pa[4], dsa[4];
-        c_to_a(pa, st[2 * kq], st[2 * kq + 1]);
-        c_to_a(dsa, dpt[2 * kq], dpt[2 * kq + 1]);
-#pragma unroll
-        for (int dp = 0; dp < kTcD / 16; ++dp) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, b_address(sdO, c0 + kq * 16, dp * 16, lane));
-          mma_bf16(dv_acc[2 * dp], pa, b[0], b[1]);
-          mma_bf16(dv_acc[2 * dp + 1], pa, b[2], b[3]);
-          ldmatrix_x4_trans(b, b_address(sQ, c0 + kq * 16, dp * 16, lane));
-          mma_bf16(dk_acc[2 * dp], dsa, b[0], b[1]);
-          mma_bf16(dk_acc[2 * dp + 1], dsa, b[2], b[3]);
-        }
-      }
+    for (int half = 0; half < 2; ++half) {  // the tile's queries 32 at a time
+      float ds[4][4];
+      key_strip_step(p, seq, h, k0 + warp * 16, i0, half * 32, ka, va, sQ, sdO, sL, sD, dk_acc, dv_acc,
+                     ds, lane);
     }
   }
 
@@ -1148,7 +1165,6 @@ attention_backward_short_tc(AttentionParams p, const bf16_t* __restrict__ dout,
   __syncthreads();
 
   // 2. dK, dV and dSᵀ by key strips.
-  const float sl2 = p.scale * kLog2e;
   for (int half = 0; half < halves; ++half) {
     bf16_t* const sK = sKV + half * kShortHalf;
     const int k0 = half * kTcTile + warp * 16;  // the warp's first key
@@ -1165,59 +1181,16 @@ attention_backward_short_tc(AttentionParams p, const bf16_t* __restrict__ dout,
     if (!active) continue;
     bf16_t* const ds = sK + warp * 16 * kLdS;  // dSᵀ rows of the warp's keys
     float dk_acc[kTcD / 8][4] = {}, dv_acc[kTcD / 8][4] = {};
-    const int j_row[2] = {k0 + g, k0 + g + 8};
     // Causal: the queries before the chunk holding k0 see none of the strip (step 3 reads no dSᵀ
     // there).
     for (int c0 = p.causal ? k0 / kShortChunk * kShortChunk : 0; c0 < seq.len; c0 += kShortChunk) {
-      // Sᵀ = K_w · Qᵀ and dP̃ᵀ = V_w · dOᵀ: 16 keys × 32 queries
-      float st[4][4] = {}, dpt[4][4] = {};
+      float dst[4][4];
+      key_strip_step(p, seq, h, k0, 0, c0, ka, va, sQ, sdO, sL, sD, dk_acc, dv_acc, dst, lane);
 #pragma unroll
-      for (int kk = 0; kk < kTcD / 16; ++kk)
-#pragma unroll
-        for (int np = 0; np < 2; ++np) {
-          uint32_t b[4];
-          ldmatrix_x4(b, bt_address(sQ, c0 + np * 16, kk * 16, lane));
-          mma_bf16(st[2 * np], ka[kk], b[0], b[1]);
-          mma_bf16(st[2 * np + 1], ka[kk], b[2], b[3]);
-          ldmatrix_x4(b, bt_address(sdO, c0 + np * 16, kk * 16, lane));
-          mma_bf16(dpt[2 * np], va[kk], b[0], b[1]);
-          mma_bf16(dpt[2 * np + 1], va[kk], b[2], b[3]);
-        }
-      const uint32_t keep = p.drop_threshold != 0 ? keep_bits_by_key<4>(p, h, seq, k0, c0, lane)
-                                                  : 0xffffffffu;
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = c0 + n * 8 + 2 * t + (e & 1), j = j_row[e >> 1];
-          const bool visible = i < seq.len && j < seq.len && (!p.causal || j <= i);
-          const float prob = visible ? exp2_approx(st[n][e] * sl2 - sL[i]) : 0.f;
-          const bool kept = (keep >> (n * 4 + e)) & 1u;
-          st[n][e] = kept ? prob * p.drop_scale : 0.f;
-          dpt[n][e] = prob * ((kept ? dpt[n][e] * p.drop_scale : 0.f) - sD[i]);
-        }
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        *reinterpret_cast<uint32_t*>(ds + g * kLdS + c0 + n * 8 + 2 * t) = pack_bf16x2(dpt[n][0], dpt[n][1]);
+      for (int n = 0; n < 4; ++n) {  // rounded as the A operand of dK rounds it
+        *reinterpret_cast<uint32_t*>(ds + g * kLdS + c0 + n * 8 + 2 * t) = pack_bf16x2(dst[n][0], dst[n][1]);
         *reinterpret_cast<uint32_t*>(ds + (g + 8) * kLdS + c0 + n * 8 + 2 * t) =
-            pack_bf16x2(dpt[n][2], dpt[n][3]);
-      }
-      // dV_w += P̃ᵀ · dO, dK_w += dSᵀ · Q over these 32 queries (2 k-steps of 16)
-#pragma unroll
-      for (int kq = 0; kq < 2; ++kq) {
-        uint32_t pa[4], dsa[4];
-        c_to_a(pa, st[2 * kq], st[2 * kq + 1]);
-        c_to_a(dsa, dpt[2 * kq], dpt[2 * kq + 1]);
-#pragma unroll
-        for (int dp = 0; dp < kTcD / 16; ++dp) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, b_address(sdO, c0 + kq * 16, dp * 16, lane));
-          mma_bf16(dv_acc[2 * dp], pa, b[0], b[1]);
-          mma_bf16(dv_acc[2 * dp + 1], pa, b[2], b[3]);
-          ldmatrix_x4_trans(b, b_address(sQ, c0 + kq * 16, dp * 16, lane));
-          mma_bf16(dk_acc[2 * dp], dsa, b[0], b[1]);
-          mma_bf16(dk_acc[2 * dp + 1], dsa, b[2], b[3]);
-        }
+            pack_bf16x2(dst[n][2], dst[n][3]);
       }
     }
     store_rows_direct(dk_acc, p.scale, dk, p.ld_grad_qkv, seq.start + k0, col, seq.len - k0, lane);
