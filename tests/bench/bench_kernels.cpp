@@ -171,11 +171,12 @@ void layernorm(const char* name, bool branch) {
               branch ? (same_bits(a.dbias, b.dbias) ? "yes" : "NO") : "-");
 }
 
-int parse_count(const char* flag, const char* value) {
+int parse_count(const char* flag, const char* value, long least) {
   char* end = nullptr;
   const long n = value ? std::strtol(value, &end, 10) : -1;
-  if (!value || *end != '\0' || n < 0 || n > 100000) {
-    std::fprintf(stderr, "bench_kernels: %s needs a count in [0, 100000], got '%s'\n", flag, value ? value : "");
+  if (!value || end == value || *end != '\0' || n < least || n > 100000) {
+    std::fprintf(stderr, "bench_kernels: %s needs a count in [%ld, 100000], got '%s'\n", flag, least,
+                 value ? value : "");
     std::exit(2);
   }
   return static_cast<int>(n);
@@ -189,9 +190,9 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--warmup") {
-      warmup = parse_count("--warmup", i + 1 < argc ? argv[++i] : nullptr);
+      warmup = parse_count("--warmup", i + 1 < argc ? argv[++i] : nullptr, 0);
     } else if (arg == "--iters") {
-      iters = std::max(1, parse_count("--iters", i + 1 < argc ? argv[++i] : nullptr));
+      iters = parse_count("--iters", i + 1 < argc ? argv[++i] : nullptr, 1);
     } else {
       std::fprintf(stderr, "usage: bench_kernels [--warmup N] [--iters N] (unknown argument '%s')\n", arg.c_str());
       return 2;
