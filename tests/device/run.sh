@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check in one call: every GPU test, qarac-parity on CUDA, the NCCL backend, the kernels
 # with two paths timed path against path (tests/bench/bench_kernels), qarac-bench on the issue's
-# workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch
-# baseline of the same workloads, qarac-train under mpirun with NCCL and end to end on one GPU,
+# workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch baseline of the
+# same workloads and kernels, qarac-train under mpirun with NCCL and end to end on one GPU,
 # the classifier step's GPU time per kernel family (tests/device/breakdown.sh), the exports under
 # transformers (tests/python), then a summary table. Runs a bundle made by tests/device/bundle.sh
 # (carried to the GPU machine) or, without one, builds here.
@@ -188,9 +188,15 @@ stage_bench() {
   done
 }
 
-# PyTorch on the same workloads, in the same run.
+# PyTorch on the same workloads, in the same run: its kernels on bench_kernels' shapes, then the
+# steps.
 stage_torch() {
-  local w seq batch ragged out
+  local w seq batch ragged out line
+  out=$(timeout "$(cap 120)" python3 tests/device/torch_kernels.py 2>&1) || status=1
+  echo "$out"
+  while IFS= read -r line; do
+    row "${line%%:*}" bench "${line#*: }"
+  done < <(echo "$out" | grep -E '^torch (attention|layernorm) backward')
   for ragged in "" "--ragged"; do
     out=$(timeout "$(cap 300)" python3 tests/device/torch_qarac_baseline.py --batch 64 ${ragged:+"$ragged"} --iters "$iters" 2>&1) || status=1
     echo "$out"
