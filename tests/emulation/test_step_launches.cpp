@@ -6,7 +6,8 @@
 // - the optimiser step launches a fixed number of kernels whatever the model's depth (one update
 //   per span of packed parameters: one per module, the encoder, pooling head and classifier; the
 //   norm's two passes), not one per parameter;
-// - a layer costs the same launches in every layer, so the step is overhead + layers x that.
+// - a layer costs the same launches in every layer, so the step is overhead + layers x that;
+// - at RoBERTa-like sizes (column sums past 256 rows, heads of 64) that is 25.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -25,14 +26,27 @@ namespace {
 
 using Counts = std::map<std::string, uint64_t>;
 
-RobertaConfig config(int64_t layers) {
+// The model and batch of a counted step.
+struct Shape {
+  int64_t hidden, heads, ffn;
+  std::vector<int32_t> lengths;
+};
+// 64-wide layers of 52 tokens: every column sum fits one chunk pass; heads of 32 (the generic
+// attention).
+const Shape kToy{64, 2, 128, {17, 30, 5}};
+// 128-wide layers of 300 tokens: past 256 rows the column sums add their chunk sums in a second
+// launch, as at RoBERTa's sizes; heads of 64 and sequences of up to 128 tokens take the
+// tensor-core attention with its one-block backward, as fine-tuning RoBERTa-base does.
+const Shape kRobertaLike{128, 2, 256, {100, 128, 72}};
+
+RobertaConfig config(int64_t layers, const Shape& shape) {
   RobertaConfig c;
   c.vocab_size = 101;
-  c.hidden_size = 64;
+  c.hidden_size = shape.hidden;
   c.num_layers = layers;
-  c.num_heads = 2;
-  c.intermediate_size = 128;
-  c.max_position_embeddings = 40;
+  c.num_heads = shape.heads;
+  c.intermediate_size = shape.ffn;
+  c.max_position_embeddings = 132;
   c.hidden_dropout = 0.1;
   c.attention_dropout = 0.1;
   return c;
@@ -51,10 +65,10 @@ struct StepLaunches {
 // The launches of the second bf16 training step of a classifier with `layers` layers (the first
 // may differ: buffers and algorithms are set up there), split into the forward and backward pass
 // and the optimiser step with clipping.
-StepLaunches step_launches(int64_t layers) {
+StepLaunches step_launches(int64_t layers, const Shape& shape) {
   const ops::HostBackendOverride on_emulator(ops::cuda_emulated_backend());
   const Device host = Device::cpu();
-  SequenceClassifier model(config(layers), 3, DType::bf16, host);
+  SequenceClassifier model(config(layers, shape), 3, DType::bf16, host);
   ParameterList params = model.parameters();
   init_normal(params, 0.05, 17);
   Optimizer optimizer(params, ops::AdamW{});
@@ -62,10 +76,11 @@ StepLaunches step_launches(int64_t layers) {
   std::uniform_int_distribution<int32_t> token(3, 100);
   StepLaunches out;
   for (int step = 0; step < 2; ++step) {
-    std::vector<std::vector<int32_t>> seqs = {std::vector<int32_t>(17), std::vector<int32_t>(30),
-                                              std::vector<int32_t>(5)};
-    for (auto& s : seqs)
-      for (int32_t& t : s) t = token(gen);
+    std::vector<std::vector<int32_t>> seqs;
+    for (int32_t n : shape.lengths) {
+      seqs.emplace_back(static_cast<size_t>(n));
+      for (int32_t& t : seqs.back()) t = token(gen);
+    }
     ForwardOptions opts;
     opts.training = true;
     opts.seed = 3;
@@ -87,20 +102,41 @@ void print(const char* what, const Counts& c) {
   for (const auto& [name, count] : c) std::printf("  %-40s %llu\n", name.c_str(), static_cast<unsigned long long>(count));
 }
 
-TEST(StepLaunches, TheOptimizerStepIsIndependentOfDepthAndEachLayerCostsTheSame) {
-  const StepLaunches two = step_launches(2), three = step_launches(3), four = step_launches(4);
+// The launches each layer adds, per family, checked to be the same for layers 3 and 4; with
+// the optimiser's, which must not depend on the depth.
+Counts per_layer(const Shape& shape, const char* what) {
+  const StepLaunches two = step_launches(2, shape), three = step_launches(3, shape), four = step_launches(4, shape);
+  std::printf("-- %s\n", what);
   print("forward and backward, 2 layers", two.forward_backward);
   print("optimizer step with clipping, 2 layers", two.optimizer);
   EXPECT_EQ(two.optimizer, four.optimizer) << "the optimiser's launches depend on the parameter count";
   // Per family, layer 3 adds what layer 4 adds.
-  Counts per_layer;
+  Counts added;
   for (const auto& [name, count] : four.forward_backward) {
     const uint64_t in_three = three.forward_backward.count(name) ? three.forward_backward.at(name) : 0;
     const uint64_t in_two = two.forward_backward.count(name) ? two.forward_backward.at(name) : 0;
     EXPECT_EQ(count - in_three, in_three - in_two) << name;
-    if (count != in_three) per_layer[name] = count - in_three;
+    if (count != in_three) added[name] = count - in_three;
   }
-  print("each layer adds", per_layer);
+  print("each layer adds", added);
+  return added;
+}
+
+TEST(StepLaunches, TheOptimizerStepIsIndependentOfDepthAndEachLayerCostsTheSame) {
+  per_layer(kToy, "64-wide layers, 52 tokens");
+}
+
+// At RoBERTa-like sizes a layer's forward and backward launch 25 kernels and matmuls: 12 GEMMs,
+// the attention forward and its one-block backward, 2 LayerNorms forward, 2 one-kernel LayerNorm
+// backward passes with their chunk sums, the GELU forward, and the column sums of the QKV bias
+// gradient and of the first FFN layer's (fused with GELU'), with theirs. A change that adds
+// launches to every layer fails here and says where.
+TEST(StepLaunches, ALayerAtRobertaLikeSizesLaunches25) {
+  const Counts added = per_layer(kRobertaLike, "128-wide layers of heads of 64, 300 tokens");
+  const auto launches = [&](const char* family) { return added.count(family) ? added.at(family) : 0; };
+  EXPECT_EQ(total(added), 25u) << "launches per layer changed: see the families above";
+  EXPECT_EQ(launches("attention_backward_short_tc"), 1u) << "the one-block attention backward did not run";
+  EXPECT_EQ(launches("layernorm_backward_kernel"), 2u) << "the one-kernel LayerNorm backward did not run";
 }
 
 }  // namespace
