@@ -39,6 +39,19 @@ namespace {
 
 constexpr int kRowsPerBlock = 8;  // one warp each
 
+// The pack of N elements at column c of a row whose branch dropout mask is `mask`: its kept
+// elements scaled, the others 0, rounded as dropout.cu rounds them.
+template <int N, class T>
+__device__ __forceinline__ Packed<T, N> dropped(const RowDropout& drop, const RowMask& mask, int64_t c,
+                                                const Packed<T, N>& x) {
+  const uint32_t kept = kept_bits<N>(drop, mask, c);
+  Packed<T, N> out;
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+    out.v[k] = from_float<T>((kept >> k) & 1u ? to_float(x.v[k]) * drop.keep_scale : 0.f);
+  return out;
+}
+
 // Row `blockIdx.x * 8 + warp`; b null for a plain LayerNorm of a (then sum is unused).
 template <class T, int N>
 __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma, const T* beta,
@@ -57,10 +70,7 @@ __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma,
   for (int64_t c = static_cast<int64_t>(lane) * N; c < cols; c += kWarpSize * N) {
     Packed<T, N> v = load_packed<N>(a + offset + c);
     if (drop.threshold) {
-      const uint32_t kept = kept_bits<N>(drop, mask, c);
-#pragma unroll
-      for (int k = 0; k < N; ++k)
-        v.v[k] = from_float<T>((kept >> k) & 1u ? to_float(v.v[k]) * drop.keep_scale : 0.f);
+      v = dropped<N>(drop, mask, c, v);
     }
     if (b) {
       const Packed<T, N> w = load_packed<N>(b + offset + c);
@@ -139,12 +149,7 @@ __global__ void layernorm_dx_kernel(const T* dy, const T* x, const T* gamma, con
       out.v[k] = from_float<T>(rs * (to_float(d.v[k]) * to_float(g.v[k]) - mean_g - xhat * mean_gx));
     }
     if (dbranch) {
-      const uint32_t kept = kept_bits<N>(drop, mask, c);
-      Packed<T, N> branch;
-#pragma unroll
-      for (int k = 0; k < N; ++k)
-        branch.v[k] = from_float<T>((kept >> k) & 1u ? to_float(out.v[k]) * drop.keep_scale : 0.f);
-      store_packed<N>(dbranch + offset + c, branch);
+      store_packed<N>(dbranch + offset + c, dropped<N>(drop, mask, c, out));
     }
     store_packed<N>(dx + offset + c, out);
   }
@@ -239,11 +244,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * kWarpSize, min_blocks_per_sm(N
         sums[1][p][k] += dyk;
       }
       if (dbranch) {
-        const uint32_t kept = kept_bits<N>(drop, mask, c);
-        Packed<T, N> branch;
-#pragma unroll
-        for (int k = 0; k < N; ++k)
-          branch.v[k] = from_float<T>((kept >> k) & 1u ? to_float(grad.v[k]) * drop.keep_scale : 0.f);
+        const Packed<T, N> branch = dropped<N>(drop, mask, c, grad);
         store_packed<N>(dbranch + offset + c, branch);
         if constexpr (K == 3) {
 #pragma unroll
