@@ -65,6 +65,12 @@ uint64_t example_id(Task task, int64_t epoch, int64_t position) {
          (static_cast<uint64_t>(epoch) << kPositionBits) | static_cast<uint64_t>(position);
 }
 
+uint64_t second_field_id(uint64_t id) {
+  const uint64_t third_task_bit = uint64_t{1} << kHighTaskBit;
+  QARAC_CHECK((id & third_task_bit) == 0, "second_field_id: ", id, " is not the id of a QARAC task's example");
+  return id | third_task_bit;
+}
+
 ExampleIdentity decode_example_id(uint64_t id) {
   const uint64_t position_mask = (uint64_t{1} << kPositionBits) - 1;
   const uint64_t epoch_mask = (uint64_t{1} << kEpochBits) - 1;

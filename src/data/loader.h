@@ -54,6 +54,11 @@ struct ExampleIdentity {
   int64_t epoch, position;
 };
 ExampleIdentity decode_example_id(uint64_t id);
+// The dropout identity of an example's second field where one pass runs two fields of each
+// example (the answer encoder reads reasoning's premises and consistency's statements together):
+// the id of a QARAC task's example (`id`) with the task field's third bit set, which no such id
+// has, so the pass's 2B sequences have 2B distinct ids and the second field its own masks.
+uint64_t second_field_id(uint64_t id);
 
 // A permutation of 0..n-1, a pure function of (seed, epoch, task): the same on every machine and
 // compiler (Philox draws, Fisher-Yates), so a restored cursor finds the same order again.

@@ -2,8 +2,8 @@
 // encoder QE and answer encoder AE (base + global attention pooling head each, optionally
 // sharing one base), and the decoder D (causal base, two head layers that see the slot-0
 // vector, LM head; model/decoder.h). Each model's forward pass keeps its activations in a
-// caller-owned object, so one model can be applied several times in a step (AE is, up to twice
-// per task) and each application is back-propagated on its own.
+// caller-owned object, so one model can be applied several times in a step (AE is, once per task
+// and by the rehearsal) and each application is back-propagated on its own.
 //
 // Parameter names. Each model exports as a Hugging Face directory whose RoBERTa part loads in
 // transformers; model_parameters() names its tensors so:

@@ -56,7 +56,7 @@ struct ForwardOptions {
   uint64_t seed = 0;
   uint64_t step = 0;
   // Tells apart the applications of one model within one step (the QARAC step runs the answer
-  // encoder up to six times), so that each draws its own dropout masks. Below kApplications.
+  // encoder up to five times), so that each draws its own dropout masks. Below kApplications.
   uint32_t application = 0;
   static constexpr uint32_t kApplications = 256;
 };

@@ -12,10 +12,12 @@
 // "<s> text" and predicts "text </s>".
 //
 // Dropout: model application k (0, 1, 2 in the order the task runs them) of task t draws its
-// masks with ForwardOptions::application = 4t + k, so the up to six applications of AE in a
-// QARAC step never share a mask; within an application, each sequence's masks are keyed by its
-// example's global identity (TaskBatch::ids), so they do not depend on the layout. The encoders
-// run bidirectional and the decoder causal whatever options.forward.causal says.
+// masks with ForwardOptions::application = 4t + k, so the applications of AE in a QARAC step
+// never share a mask; within an application, each sequence's masks are keyed by its example's
+// global identity (TaskBatch::ids), so they do not depend on the layout. Reasoning and
+// consistency encode their two fields in one pass of AE (application 0, 2B sequences: twice the
+// rows per GEMM, half the launches), the second field's sequences under data::second_field_id.
+// The encoders run bidirectional and the decoder causal whatever options.forward.causal says.
 #pragma once
 
 #include <array>

@@ -197,10 +197,12 @@ stage_torch() {
   while IFS= read -r line; do
     row "${line%%:*}" bench "${line#*: }"
   done < <(echo "$out" | grep -E '^torch (attention|layernorm) backward')
-  for ragged in "" "--ragged"; do
+  # The issue's baseline runs AE once per field; --paired gives PyTorch qarac-bench's single pass
+  # over reasoning's and consistency's two fields too.
+  for ragged in "" "--ragged" "--paired"; do
     out=$(timeout "$(cap 300)" python3 tests/device/torch_qarac_baseline.py --batch 64 ${ragged:+"$ragged"} --iters "$iters" 2>&1) || status=1
     echo "$out"
-    row "torch QARAC step B=64 ${ragged:+ragged}" bench "$(echo "$out" | tail -1)"
+    row "torch QARAC step B=64 ${ragged#--}" bench "$(echo "$out" | tail -1)"
   done
   for w in "${workloads[@]}"; do
     read -r seq batch <<<"$w"

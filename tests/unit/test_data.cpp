@@ -926,6 +926,14 @@ TEST(Loader, DivideBatchBalancesTokensDeterministically) {
   // The four QARAC tasks keep the ids of the 2-bit layout (task << 62): their dropout masks too.
   for (int t = 0; t < kQaracTaskCount; ++t)
     EXPECT_EQ(example_id(static_cast<Task>(t), 5, 7), (uint64_t(t) << 62) | (uint64_t{5} << 40) | 7u);
+  // A second field's id is no QARAC example's, so never a first field's; the rehearsal's ids
+  // (which another application keys) are refused.
+  for (int t = 0; t < kQaracTaskCount; ++t) {
+    const uint64_t second = second_field_id(example_id(static_cast<Task>(t), 2097151, 1099511627775));
+    EXPECT_EQ(second, example_id(static_cast<Task>(t), 2097151, 1099511627775) | (uint64_t{1} << 61));
+    EXPECT_GE(static_cast<int>(decode_example_id(second).task), kQaracTaskCount);
+  }
+  EXPECT_THROW(second_field_id(example_id(Task::masked_lm, 0, 3)), Error);
   for (int t = 0; t < kTaskCount; ++t) {
     const ExampleIdentity e = decode_example_id(example_id(static_cast<Task>(t), 2097151, 3));
     EXPECT_EQ(e.task, static_cast<Task>(t));

@@ -266,8 +266,25 @@ double direct_decoder_loss(Decoder& decoder, const Tensor& v, const data::Packed
   return total / static_cast<double>(inputs.size());
 }
 
-TokenBatch field_batch(const data::PackedField& f) {
-  return TokenBatch::from_packed(f.tokens, f.starts, 1, Device::cpu());
+TokenBatch field_batch(const data::PackedField& f, const std::vector<uint64_t>& ids = {}) {
+  return TokenBatch::from_packed(f.tokens, f.starts, 1, Device::cpu(), ids);
+}
+
+// Consistency's loss by the definition: the mean over the samples of (cos(u_b, w_b) − y_b)².
+double direct_consistency_loss(const std::vector<double>& u, const std::vector<double>& w,
+                               const std::vector<float>& labels) {
+  double loss = 0;
+  for (size_t b = 0; b < labels.size(); ++b) {
+    double dot = 0, uu = 0, ww = 0;
+    for (size_t j = b * kHidden; j < (b + 1) * kHidden; ++j) {
+      dot += u[j] * w[j];
+      uu += u[j] * u[j];
+      ww += w[j] * w[j];
+    }
+    const double c = dot / (std::sqrt(uu) * std::sqrt(ww));
+    loss += (c - labels[b]) * (c - labels[b]);
+  }
+  return loss / static_cast<double>(labels.size());
 }
 
 }  // namespace
@@ -408,17 +425,7 @@ TEST(Objectives, TaskLossesMatchTheirDefinitions) {
             ae.forward(field_batch(batch.fields[0]), {}, a0).to_vector<double>();
         const std::vector<double> w =
             ae.forward(field_batch(batch.fields[1]), {}, a1).to_vector<double>();
-        for (int b = 0; b < 3; ++b) {
-          double dot = 0, uu = 0, ww = 0;
-          for (int j = 0; j < kHidden; ++j) {
-            dot += u[b * kHidden + j] * w[b * kHidden + j];
-            uu += u[b * kHidden + j] * u[b * kHidden + j];
-            ww += w[b * kHidden + j] * w[b * kHidden + j];
-          }
-          const double c = dot / (std::sqrt(uu) * std::sqrt(ww)),
-                       y = batch.labels[static_cast<size_t>(b)];
-          want += (c - y) * (c - y) / 3.0;
-        }
+        want = direct_consistency_loss(u, w, batch.labels);
         break;
       }
       case Task::masked_lm: FAIL() << "not a QARAC objective (test_rehearsal.cpp)";
@@ -434,6 +441,36 @@ TEST(Objectives, TaskLossesMatchTheirDefinitions) {
     EXPECT_NEAR(scalar(objectives.run(batch, options)), want,
                 1e-12 * std::max(1.0, std::fabs(want)));
   }
+}
+
+// Consistency's two statements run through AE as one pass with dropout: the first statements draw
+// the masks of application 4t under their examples' ids, as they would alone, and the second ones
+// the same application's masks under data::second_field_id, not the first ones' (the loss
+// differs when they take the first ones' ids).
+TEST(Objectives, PairedFieldsDrawTheirOwnDropoutMasks) {
+  Fixture fx(tiny_config(true, false, false));
+  Objectives objectives(fx.models);
+  SentenceEncoder& ae = fx.models.answer_encoder();
+  std::mt19937 gen(5);
+  data::TaskBatch batch = task_batch(Task::consistency, gen);
+  batch.fields[1] = batch.fields[0];  // identical statements: only the masks tell them apart
+  std::vector<uint64_t> second;
+  for (int64_t b = 0; b < batch.count(); ++b) {
+    batch.ids.push_back(data::example_id(Task::consistency, 2, 10 + b));
+    second.push_back(data::second_field_id(batch.ids.back()));
+  }
+  ForwardOptions forward = step_forward(true);
+  forward.application = 4 * static_cast<uint32_t>(Task::consistency);
+  SentenceEncoder::Activations a0, a1;
+  const std::vector<double> u = ae.forward(field_batch(batch.fields[0], batch.ids), forward, a0).to_vector<double>();
+  const std::vector<double> w = ae.forward(field_batch(batch.fields[1], second), forward, a1).to_vector<double>();
+  const std::vector<double> same = ae.forward(field_batch(batch.fields[1], batch.ids), forward, a1).to_vector<double>();
+  EXPECT_EQ(same, u);
+  const double want = direct_consistency_loss(u, w, batch.labels);
+  ObjectiveOptions options;
+  options.forward = step_forward(true);
+  EXPECT_NEAR(scalar(objectives.run(batch, options)), want, 1e-12 * std::max(1.0, std::fabs(want)));
+  EXPECT_GT(std::fabs(want - direct_consistency_loss(u, u, batch.labels)), 1e-3);
 }
 
 // D(v, y): the logits at position t depend on v and on y_in[0..t] only. Changing a token leaves
