@@ -8,12 +8,16 @@ profile, on which this script runs `nsys stats` itself (--save-csv keeps that CS
 Each kernel goes to the first family whose pattern its name matches (FAMILIES); the rest are
 "other", and the most expensive of them are listed so the patterns can be refined.
 
-  breakdown.py PROFILE [--steps N] [--json] [--kernels] [--top K] [--save-csv FILE] [--nsys PATH]
+  breakdown.py PROFILE [--steps N] [--step-ms MS] [--json] [--kernels] [--top K] [--save-csv FILE]
+                       [--nsys PATH]
   breakdown.py --compare BEFORE AFTER [--steps N] [--steps-after M] [--json] [--kernels]
 
 --steps: the steps the profile holds (tests/device/breakdown.sh captures qarac-bench's timed
 steps alone), the divisor of "per step". Times are sums of kernel durations: with one stream
-that is the GPU's busy time; NCCL kernels on their own stream overlap the others.
+that is the GPU's busy time; NCCL kernels on their own stream overlap the others. --step-ms: the
+step's wall time (qarac-bench's ms/step in the profiled run): the table adds the share of it the
+GPU was idle, waiting for launches the host did not issue in time or for a host sync (what CUDA
+Graphs or fewer launches would win; nsys's tracing adds about a microsecond per API call to it).
 Exit 0; 1 with one line when an input holds no kernel table or nsys fails; 2 on bad usage.
 """
 import argparse
@@ -175,9 +179,10 @@ def load(path, save_csv=None, nsys=None):
     return parse_stats(text, path)
 
 
-def breakdown(rows, steps, top):
+def breakdown(rows, steps, top, step_ms=None):
     """The families present, most expensive first (then other, total), with their times and
-    launches; the unmatched names, most expensive first; every kernel with its family."""
+    launches; the unmatched names, most expensive first; every kernel with its family; with the
+    step's wall time, the GPU's busy and idle time per step."""
     gpu_ns = sum(ns for ns, _ in rows.values()) or 1.0
     sums = {family: [0.0, 0.0, 0] for family, _ in FAMILIES + [(OTHER, None)]}
     kernels = []
@@ -198,7 +203,12 @@ def breakdown(rows, steps, top):
     families = [entry(f, *sums[f]) for f in named + ([OTHER] if sums[OTHER][2] else [])]
     families.append(entry(TOTAL, sum(s[0] for s in sums.values()), sum(s[1] for s in sums.values()), len(rows)))
     unmatched = [k for k in kernels if k["family"] == OTHER][:top]
-    return {"steps": steps, "families": families, "unmatched": unmatched, "kernels": kernels}
+    out = {"steps": steps, "families": families, "unmatched": unmatched, "kernels": kernels}
+    if step_ms is not None:
+        busy = families[-1]["ms_per_step"]
+        out["wall"] = {"step_ms": step_ms, "busy_ms": busy, "idle_ms": max(step_ms - busy, 0.0),
+                       "idle_percent": 100.0 * max(step_ms - busy, 0.0) / step_ms}
+    return out
 
 
 def short(name, width=110):
@@ -211,6 +221,10 @@ def print_table(title, b, kernels=False, out=sys.stdout):
     for f in b["families"]:
         print(f"  {f['family']:<16} {f['ms']:10.3f} {f['ms_per_step']:9.3f} {f['percent']:6.1f}% "
               f"{f['launches_per_step']:14.1f}", file=out)
+    if "wall" in b:
+        w = b["wall"]
+        print(f"  GPU busy {w['busy_ms']:.3f} of the step's {w['step_ms']:.3f} ms: idle {w['idle_ms']:.3f} ms "
+              f"({w['idle_percent']:.1f}%, waiting for launches or a host sync)", file=out)
     if b["unmatched"]:
         print(f"  unmatched kernels (top {len(b['unmatched'])} of family {OTHER}):", file=out)
         for k in b["unmatched"]:
@@ -263,12 +277,20 @@ def positive(text):
     return value
 
 
+def positive_ms(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive time in ms, got {text}")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="GPU time per kernel family from an Nsight Systems profile.")
     p.add_argument("profile", nargs="?", help="nsys stats CSV, or a .nsys-rep/.sqlite profile")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="two profiles: both tables and the difference")
     p.add_argument("--steps", type=positive, default=1, help="steps the profile holds (BEFORE's with --compare)")
     p.add_argument("--steps-after", type=positive, help="steps AFTER holds (default: --steps)")
+    p.add_argument("--step-ms", type=positive_ms, help="the step's wall time (ms): adds the GPU's idle share")
     p.add_argument("--top", type=int, default=10, help="unmatched kernel names listed (default 10)")
     p.add_argument("--kernels", action="store_true", help="also list every kernel with its family")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -277,6 +299,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if (a.profile is None) == (a.compare is None):
         p.error("give one PROFILE or --compare BEFORE AFTER")
+    if a.compare and a.step_ms:
+        p.error("--step-ms goes with one PROFILE")
     try:
         if a.compare:
             before = breakdown(load(a.compare[0], nsys=a.nsys), a.steps, a.top)
@@ -290,7 +314,7 @@ def main(argv=None):
                 print_table(f"after ({a.compare[1]})", after, a.kernels)
                 print_difference(diff)
         else:
-            b = breakdown(load(a.profile, a.save_csv, a.nsys), a.steps, a.top)
+            b = breakdown(load(a.profile, a.save_csv, a.nsys), a.steps, a.top, a.step_ms)
             if a.json:
                 json.dump(b, sys.stdout, indent=1)
                 print()

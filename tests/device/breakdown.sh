@@ -59,10 +59,13 @@ if ! "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none --capture-range=
   exit 1
 fi
 grep -E 'ms/step' "$out/bench.txt" || true
+# The step's wall time in the profiled run, for the GPU's idle share.
+step_ms=$(sed -nE 's/^ *([0-9.]+) ms\/step.*/\1/p' "$out/bench.txt" | head -1)
 if [ ! -f "$out/profile.nsys-rep" ]; then
   echo "breakdown.sh: nsys wrote no $out/profile.nsys-rep: an empty capture (a qarac-bench without cudaProfilerStart?), see $out/bench.txt"
   exit 1
 fi
-python3 "$here/breakdown.py" "$out/profile.nsys-rep" --nsys "$nsys" --steps "$iters" --save-csv "$out/kern_sum.csv" |
-  tee "$out/breakdown.txt"
-python3 "$here/breakdown.py" "$out/kern_sum.csv" --steps "$iters" --json >"$out/breakdown.json"
+wall=(${step_ms:+--step-ms "$step_ms"})
+python3 "$here/breakdown.py" "$out/profile.nsys-rep" --nsys "$nsys" --steps "$iters" --save-csv "$out/kern_sum.csv" \
+  ${wall[@]+"${wall[@]}"} | tee "$out/breakdown.txt"
+python3 "$here/breakdown.py" "$out/kern_sum.csv" --steps "$iters" ${wall[@]+"${wall[@]}"} --json >"$out/breakdown.json"

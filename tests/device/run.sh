@@ -287,22 +287,32 @@ stage_e2e() {
   rm -rf "$e2e"/*/checkpoints "$e2e"/*/export
 }
 
-# The classifier step's GPU time per kernel family (Nsight Systems, 5 profiled steps): full
-# lengths, ragged and with dropout, the two the issue holds to the full-length figure, and where
-# each spends more (breakdown.py --compare). Each CSV (breakdown*/kern_sum.csv in the logs) is
-# what a later breakdown.py --compare takes as BEFORE or AFTER.
+# The GPU time per kernel family (Nsight Systems) and the share of the step the GPU waits for the
+# host: the classifier step over 5 profiled steps at full lengths, ragged and with dropout (the
+# two the issue holds to the full-length figure, with where each spends more: breakdown.py
+# --compare), then the QARAC step (three models, B=64 per task, the issue's furthest goal) over
+# 3. Each CSV (breakdown*/kern_sum.csv in the logs) is what a later breakdown.py --compare takes
+# as BEFORE or AFTER.
 stage_breakdown() {
-  local variant dir result
-  for variant in "" ragged dropout; do
+  local variant dir result figures label
+  for variant in "" ragged dropout qarac; do
     dir=$log/breakdown${variant:+-$variant}
-    timeout "$(cap 300)" bash tests/device/breakdown.sh --bench "$bin/qarac-bench" --lib "$qlib" --out "$dir" \
-      --seq 128 --batch 64 --warmup 3 --iters 5 ${variant:+--$variant} >"$dir.out" 2>&1
+    if [ "$variant" = qarac ]; then
+      timeout "$(cap 240)" bash tests/device/breakdown.sh --bench "$bin/qarac-bench" --lib "$qlib" --out "$dir" \
+        --workload qarac --batch 64 --warmup 3 --iters 3 >"$dir.out" 2>&1
+    else
+      timeout "$(cap 300)" bash tests/device/breakdown.sh --bench "$bin/qarac-bench" --lib "$qlib" --out "$dir" \
+        --seq 128 --batch 64 --warmup 3 --iters 5 ${variant:+--$variant} >"$dir.out" 2>&1
+    fi
     case $? in 0) result=passed ;; 77) result=skipped ;; *) result=FAILED ;; esac
     fail_if "$result"
     echo "== breakdown ${variant:-full}: $result"
     cat "$dir.out"
-    row "breakdown S=128 B=64 ${variant}" "$result" "$(grep -E '^  total ' "$dir.out" || tail -1 "$dir.out")"
-    if [ -n "$variant" ] && [ -f "$dir/kern_sum.csv" ] && [ -f "$log/breakdown/kern_sum.csv" ]; then
+    figures=$(grep -E '^  (total|GPU busy) ' "$dir.out" | tr -s ' ' | tr '\n' ' ')
+    if [ "$variant" = qarac ]; then label="QARAC step B=64"; else label="S=128 B=64 $variant"; fi
+    row "breakdown $label" "$result" "${figures:-$(tail -1 "$dir.out")}"
+    if [ "$variant" = ragged ] || [ "$variant" = dropout ] && [ -f "$dir/kern_sum.csv" ] &&
+       [ -f "$log/breakdown/kern_sum.csv" ]; then
       echo "== full lengths (BEFORE) against $variant (AFTER), per family"
       python3 tests/device/breakdown.py --compare "$log/breakdown/kern_sum.csv" "$dir/kern_sum.csv" --steps 5 || true
     fi

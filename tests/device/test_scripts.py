@@ -118,6 +118,21 @@ class Breakdown(unittest.TestCase):
         self.assertEqual([k["name"] for k in data["unmatched"]][0],
                          "void qarac::cuda::<unnamed>::fill_kernel<float>(float *, long, float)")
 
+    def test_idle_share_of_the_step(self):
+        busy = fixture_total_ns(BEFORE) / 1e6 / 5
+        p = run(sys.executable, os.path.join(HERE, "breakdown.py"), BEFORE, "--steps", "5",
+                "--step-ms", str(2 * busy), "--json")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        wall = json.loads(p.stdout)["wall"]
+        self.assertAlmostEqual(wall["busy_ms"], busy, places=6)
+        self.assertAlmostEqual(wall["idle_ms"], busy, places=6)
+        self.assertAlmostEqual(wall["idle_percent"], 50.0, places=6)
+        p = run(sys.executable, os.path.join(HERE, "breakdown.py"), BEFORE, "--steps", "5", "--step-ms", str(busy))
+        self.assertIn("idle 0.000 ms (0.0%", p.stdout)
+        for args in (["--step-ms", "0"], ["--compare", BEFORE, AFTER, "--step-ms", "3"]):
+            p = run(sys.executable, os.path.join(HERE, "breakdown.py"), *([BEFORE] if args[0] != "--compare" else []), *args)
+            self.assertEqual(p.returncode, 2, args)
+
     def test_compare(self):
         p = run(sys.executable, os.path.join(HERE, "breakdown.py"), "--compare", BEFORE, AFTER,
                 "--steps", "5", "--steps-after", "4", "--json")
@@ -228,7 +243,10 @@ class BreakdownScript(unittest.TestCase):
             for name in ("profile.nsys-rep", "kern_sum.csv", "bench.txt", "breakdown.txt", "breakdown.json"):
                 self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
             with open(os.path.join(out, "breakdown.json")) as f:
-                self.assertEqual(json.load(f)["steps"], 4)
+                data = json.load(f)
+            self.assertEqual(data["steps"], 4)
+            self.assertEqual(data["wall"]["step_ms"], 12.34)  # the bench's ms/step
+            self.assertIn("GPU busy", p.stdout)
 
     def test_without_nsys(self):
         p = run("bash", os.path.join(HERE, "breakdown.sh"), "--nsys", "/nonexistent/nsys", "--bench", "/bin/true")
@@ -310,6 +328,27 @@ class DeviceRun(unittest.TestCase):
         summary, _ = self.saved()
         self.assertRegex(summary, r"attention backward S=128 B=64 +passed +one-block +0.0300 ms .*tiled/one-block 3.33")
         self.assertRegex(summary, r"layernorm backward T=8192 d=768 +passed +one-kernel +0.0200 ms .*dbeta yes")
+
+    def test_breakdown_stage_reports_each_step_and_its_idle_share(self):
+        executable(os.path.join(self.path, "nsys"), f"""\
+            #!{sys.executable}
+            import subprocess, sys
+            a = sys.argv[1:]
+            if a[0] == "profile":
+                rc = subprocess.call(a[a.index("env"):])
+                open(a[a.index("--output") + 1] + ".nsys-rep", "w").close()
+                sys.exit(rc)
+            sys.stdout.write(open({BEFORE!r}).read())
+            """)
+        p = self.run_sh("breakdown")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("== full lengths (BEFORE) against ragged (AFTER), per family", p.stdout)
+        self.assertNotIn("against qarac", p.stdout)
+        self.assertIn("--workload qarac --device cuda --dtype bf16 --preset base --seq 128 --batch 64 --warmup 3 "
+                      "--iters 3", p.stdout)
+        summary, _ = self.saved()
+        for label in ("S=128 B=64", "S=128 B=64 ragged", "S=128 B=64 dropout", "QARAC step B=64"):
+            self.assertRegex(summary, rf"breakdown {label} +passed +total .* GPU busy [0-9.]+ of the step's 12.340 ms")
 
     def test_kernels_stage_fails_with_the_program(self):
         executable(os.path.join(self.bin, "bench_kernels"), "#!/bin/sh\necho 'bench_kernels: out of memory'\nexit 1\n")
