@@ -3,7 +3,11 @@
 //   - attention backward, bf16, 12 heads of 64 (RoBERTa-base), 64 sequences of 128 tokens (full,
 //     ragged in [43, 128], ragged with dropout 0.1): the one-block kernel against the tiled ones;
 //   - LayerNorm backward, bf16, 8192 rows of 768 (plain; with the branch dropout 0.1 and its bias
-//     gradient, as a layer's residual blocks call it): one kernel against rows then columns.
+//     gradient, as a layer's residual blocks call it): one kernel against rows then columns;
+//   - a RoBERTa-base layer's GEMMs over the token counts of several applications of a model in the
+//     QARAC step (B=64, qarac-bench's lengths), as one pass of their sum against separate passes:
+//     what the answer encoder's single pass over two fields wins, and what one pass over every
+//     task's fields would.
 // Usage: bench_kernels [--warmup N] [--iters N]. Needs a GPU; prints one line and exits 77
 // without one.
 #include <cuda_runtime.h>
@@ -26,6 +30,7 @@
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/context.cuh"
 #include "kernels/cuda/dropout.cuh"
+#include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/layernorm.cuh"
 
 namespace qarac {
@@ -171,6 +176,44 @@ void layernorm(const char* name, bool branch) {
               branch ? (same_bits(a.dbias, b.dbias) ? "yes" : "NO") : "-");
 }
 
+// A RoBERTa-base layer's GEMMs, without their epilogues: for Q|K|V (768 -> 2304), the attention
+// output (768 -> 768) and the FFN (768 -> 3072 -> 768), y = x·Wᵀ, dx = dy·W and dW += dyᵀ·x (f32),
+// over each token count of `passes` in turn, and over their sum in one pass.
+void layer_gemms(const char* name, const std::vector<int64_t>& passes) {
+  static const int64_t kShapes[][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};  // in, out
+  constexpr int64_t kWidest = 3072, kWeight = 3072 * 768;
+  int64_t total = 0;
+  for (int64_t t : passes) total += t;
+  std::mt19937 rng(9);
+  // Random operands (a product of zeros runs faster than real data), one buffer per role, each
+  // shape taking its first rows·cols elements.
+  const Tensor x = uniform({total, kWidest}, rng, -1, 1, DType::bf16), dy = uniform({total, kWidest}, rng, -1, 1, DType::bf16);
+  const Tensor w = uniform({kWeight}, rng, -0.05f, 0.05f, DType::bf16);
+  Tensor y = Tensor::empty({total, kWidest}, DType::bf16, kGpu), dx = Tensor::empty({total, kWidest}, DType::bf16, kGpu);
+  Tensor dw = Tensor::zeros({kWeight}, DType::f32, kGpu);
+  const auto layer = [&](int64_t t) {
+    for (const auto& shape : kShapes) {
+      const int64_t in = shape[0], out = shape[1];
+      cuda::gemm(DType::bf16, DType::bf16, false, true, 1, t, out, in, 1.0, x.raw(), w.raw(), 0.0, y.raw());
+      cuda::gemm(DType::bf16, DType::bf16, false, false, 1, t, in, out, 1.0, dy.raw(), w.raw(), 0.0, dx.raw());
+      cuda::gemm(DType::bf16, DType::f32, true, false, 1, out, in, t, 1.0, dy.raw(), x.raw(), 1.0, dw.raw());
+    }
+  };
+  const double t_one = time_ms([&] { layer(total); });
+  const double t_separate = time_ms([&] {
+    for (int64_t t : passes) layer(t);
+  });
+  double flops_per_token = 0;
+  for (const auto& shape : kShapes) flops_per_token += 3 * 2.0 * static_cast<double>(shape[0] * shape[1]);
+  const double flops = flops_per_token * static_cast<double>(total);
+  std::string split;
+  for (int64_t t : passes) split += (split.empty() ? "" : "+") + std::to_string(t);
+  std::printf("layer GEMMs %-30s one-pass %7.4f ms (%5.1f TFLOP/s over %lld tokens)  separate %7.4f ms (%5.1f TFLOP/s "
+              "over %s)  separate/one-pass %.2f\n",
+              name, t_one, flops / t_one * 1e-9, static_cast<long long>(total), t_separate,
+              flops / t_separate * 1e-9, split.c_str(), t_separate / t_one);
+}
+
 int parse_count(const char* flag, const char* value, long least) {
   char* end = nullptr;
   const long n = value ? std::strtol(value, &end, 10) : -1;
@@ -212,6 +255,12 @@ int main(int argc, char** argv) {
     attention("S=128 B=64 ragged dropout 0.1", uneven, 0.1);
     layernorm("T=8192 d=768", false);
     layernorm("T=8192 d=768 branch dropout", true);
+    // qarac-bench's QARAC step at B=64: fields of 64 (text, answers), 32 (questions, premises,
+    // conclusions) and 48 (statements) tokens.
+    layer_gemms("AE, reasoning's premises", {2048, 2048});
+    layer_gemms("AE, consistency's statements", {3072, 3072});
+    layer_gemms("AE, every task's fields", {4096, 4096, 4096, 6144});
+    layer_gemms("D, encode_decode and reasoning", {4096, 2048});
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_kernels: %s\n", e.what());
     return 1;

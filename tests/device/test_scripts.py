@@ -322,12 +322,15 @@ class DeviceRun(unittest.TestCase):
                    "tiled  0.1000 ms ( 90.0 TFLOP/s)  tiled/one-block 3.33  gap dq 1.0e-03 dk 1.0e-03 dv 1.0e-03'\n"
                    "echo 'layernorm backward T=8192 d=768               one-kernel  0.0200 ms ( 1888 GB/s)  "
                    "rows-then-columns  0.0300 ms ( 1258 GB/s)  ratio 1.50  gap dx 0.0e+00 dgamma 1.0e-07, "
-                   "same bits: dbeta yes dbias -'\n")
+                   "same bits: dbeta yes dbias -'\n"
+                   "echo \"layer GEMMs AE, reasoning's premises       one-pass  0.5000 ms (400.0 TFLOP/s over 4096 "
+                   "tokens)  separate  0.6000 ms (333.3 TFLOP/s over 2048+2048)  separate/one-pass 1.20\"\n")
         p = self.run_sh("kernels")
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         summary, _ = self.saved()
         self.assertRegex(summary, r"attention backward S=128 B=64 +passed +one-block +0.0300 ms .*tiled/one-block 3.33")
         self.assertRegex(summary, r"layernorm backward T=8192 d=768 +passed +one-kernel +0.0200 ms .*dbeta yes")
+        self.assertRegex(summary, r"layer GEMMs AE, reasoning's premises +passed +one-pass +0.5000 ms .*separate/one-pass 1.20")
 
     def test_breakdown_stage_reports_each_step_and_its_idle_share(self):
         executable(os.path.join(self.path, "nsys"), f"""\
