@@ -7,7 +7,10 @@
 //   - a RoBERTa-base layer's GEMMs over the token counts of several applications of a model in the
 //     QARAC step (B=64, qarac-bench's lengths), as one pass of their sum against separate passes:
 //     what the answer encoder's single pass over two fields wins, and what one pass over every
-//     task's fields would.
+//     task's fields would;
+//   - a layer's backward GEMMs at the QARAC step's and the classifier step's token counts, on one
+//     stream against the weight gradients on a second stream beside the input gradients: what
+//     SMs that the small GEMMs leave idle would give.
 // Usage: bench_kernels [--warmup N] [--iters N]. Needs a GPU; prints one line and exits 77
 // without one.
 #include <cuda_runtime.h>
@@ -176,42 +179,140 @@ void layernorm(const char* name, bool branch) {
               branch ? (same_bits(a.dbias, b.dbias) ? "yes" : "NO") : "-");
 }
 
-// A RoBERTa-base layer's GEMMs, without their epilogues: for Q|K|V (768 -> 2304), the attention
-// output (768 -> 768) and the FFN (768 -> 3072 -> 768), y = x·Wᵀ, dx = dy·W and dW += dyᵀ·x (f32),
-// over each token count of `passes` in turn, and over their sum in one pass.
+// A second stream with a cuBLASLt workspace of its own: two matmuls running at once must not share
+// one.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  void* workspace = nullptr;
+  SideStream() {
+    QARAC_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    QARAC_CHECK_CUDA(cudaMalloc(&workspace, cuda::context().workspace_bytes));
+  }
+  ~SideStream() {
+    cudaFree(workspace);
+    cudaStreamDestroy(stream);
+  }
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+};
+
+// While it lives, the ops queue on the side stream with its workspace instead of the context's.
+class OnSide {
+ public:
+  explicit OnSide(const SideStream& side) : ctx_(cuda::context()), stream_(ctx_.stream), workspace_(ctx_.workspace) {
+    ctx_.stream = side.stream;
+    ctx_.workspace = side.workspace;
+  }
+  ~OnSide() {
+    ctx_.stream = stream_;
+    ctx_.workspace = workspace_;
+  }
+  OnSide(const OnSide&) = delete;
+  OnSide& operator=(const OnSide&) = delete;
+
+ private:
+  cuda::Context& ctx_;
+  cudaStream_t stream_;
+  void* workspace_;
+};
+
+// The (in, out) of a RoBERTa-base layer's matrices: Q|K|V, the attention output, the FFN's two.
+constexpr int64_t kLayerShapes[][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};
+
+// Operands of a layer's GEMMs at up to `tokens` tokens: random (a product of zeros runs faster
+// than real data), one buffer per role, each shape taking its first rows·cols elements.
+struct LayerOperands {
+  static constexpr int64_t kWidest = 3072, kWeight = 3072 * 768;
+  Tensor x, dy, w, y, dx, dw;
+  explicit LayerOperands(int64_t tokens) {
+    std::mt19937 rng(9);
+    x = uniform({tokens, kWidest}, rng, -1, 1, DType::bf16);
+    dy = uniform({tokens, kWidest}, rng, -1, 1, DType::bf16);
+    w = uniform({kWeight}, rng, -0.05f, 0.05f, DType::bf16);
+    y = Tensor::empty({tokens, kWidest}, DType::bf16, kGpu);
+    dx = Tensor::empty({tokens, kWidest}, DType::bf16, kGpu);
+    dw = Tensor::zeros({kWeight}, DType::f32, kGpu);
+  }
+  // y [t, out] = x·Wᵀ, dx [t, in] = dy·W, dW [out, in] += dyᵀ·x (f32, as the parameters' gradients).
+  void forward(int64_t t, int64_t in, int64_t out) {
+    cuda::gemm(DType::bf16, DType::bf16, false, true, 1, t, out, in, 1.0, x.raw(), w.raw(), 0.0, y.raw());
+  }
+  void input_gradient(int64_t t, int64_t in, int64_t out) {
+    cuda::gemm(DType::bf16, DType::bf16, false, false, 1, t, in, out, 1.0, dy.raw(), w.raw(), 0.0, dx.raw());
+  }
+  void weight_gradient(int64_t t, int64_t in, int64_t out) {
+    cuda::gemm(DType::bf16, DType::f32, true, false, 1, out, in, t, 1.0, dy.raw(), x.raw(), 1.0, dw.raw());
+  }
+};
+
+double layer_flops_per_token() {
+  double flops = 0;
+  for (const auto& shape : kLayerShapes) flops += 3 * 2.0 * static_cast<double>(shape[0] * shape[1]);
+  return flops;
+}
+
+// A layer's GEMMs, without their epilogues (y = x·Wᵀ, dx = dy·W and dW += dyᵀ·x of each
+// matrix), over each token count of `passes` in turn, and over their sum in one pass.
 void layer_gemms(const char* name, const std::vector<int64_t>& passes) {
-  static const int64_t kShapes[][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};  // in, out
-  constexpr int64_t kWidest = 3072, kWeight = 3072 * 768;
   int64_t total = 0;
   for (int64_t t : passes) total += t;
-  std::mt19937 rng(9);
-  // Random operands (a product of zeros runs faster than real data), one buffer per role, each
-  // shape taking its first rows·cols elements.
-  const Tensor x = uniform({total, kWidest}, rng, -1, 1, DType::bf16), dy = uniform({total, kWidest}, rng, -1, 1, DType::bf16);
-  const Tensor w = uniform({kWeight}, rng, -0.05f, 0.05f, DType::bf16);
-  Tensor y = Tensor::empty({total, kWidest}, DType::bf16, kGpu), dx = Tensor::empty({total, kWidest}, DType::bf16, kGpu);
-  Tensor dw = Tensor::zeros({kWeight}, DType::f32, kGpu);
+  LayerOperands o(total);
   const auto layer = [&](int64_t t) {
-    for (const auto& shape : kShapes) {
-      const int64_t in = shape[0], out = shape[1];
-      cuda::gemm(DType::bf16, DType::bf16, false, true, 1, t, out, in, 1.0, x.raw(), w.raw(), 0.0, y.raw());
-      cuda::gemm(DType::bf16, DType::bf16, false, false, 1, t, in, out, 1.0, dy.raw(), w.raw(), 0.0, dx.raw());
-      cuda::gemm(DType::bf16, DType::f32, true, false, 1, out, in, t, 1.0, dy.raw(), x.raw(), 1.0, dw.raw());
+    for (const auto& shape : kLayerShapes) {
+      o.forward(t, shape[0], shape[1]);
+      o.input_gradient(t, shape[0], shape[1]);
+      o.weight_gradient(t, shape[0], shape[1]);
     }
   };
   const double t_one = time_ms([&] { layer(total); });
   const double t_separate = time_ms([&] {
     for (int64_t t : passes) layer(t);
   });
-  double flops_per_token = 0;
-  for (const auto& shape : kShapes) flops_per_token += 3 * 2.0 * static_cast<double>(shape[0] * shape[1]);
-  const double flops = flops_per_token * static_cast<double>(total);
+  const double flops = layer_flops_per_token() * static_cast<double>(total);
   std::string split;
   for (int64_t t : passes) split += (split.empty() ? "" : "+") + std::to_string(t);
   std::printf("layer GEMMs %-30s one-pass %7.4f ms (%5.1f TFLOP/s over %lld tokens)  separate %7.4f ms (%5.1f TFLOP/s "
               "over %s)  separate/one-pass %.2f\n",
               name, t_one, flops / t_one * 1e-9, static_cast<long long>(total), t_separate,
               flops / t_separate * 1e-9, split.c_str(), t_separate / t_one);
+}
+
+// A layer's backward GEMMs at `tokens` tokens, last matrix first: input and weight gradient of
+// each on the one stream, against each weight gradient on a second stream beside the input
+// gradients (ordered after its dy by an event, joined at the end).
+void weight_gradients_beside(int64_t tokens) {
+  LayerOperands o(tokens);
+  SideStream side;
+  cudaEvent_t ready, joined;
+  QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
+  const double t_one = time_ms([&] {
+    for (int i = 3; i >= 0; --i) {
+      o.input_gradient(tokens, kLayerShapes[i][0], kLayerShapes[i][1]);
+      o.weight_gradient(tokens, kLayerShapes[i][0], kLayerShapes[i][1]);
+    }
+  });
+  const double t_beside = time_ms([&] {
+    for (int i = 3; i >= 0; --i) {
+      QARAC_CHECK_CUDA(cudaEventRecord(ready, cuda::stream()));
+      QARAC_CHECK_CUDA(cudaStreamWaitEvent(side.stream, ready, 0));
+      {
+        const OnSide on_side(side);
+        o.weight_gradient(tokens, kLayerShapes[i][0], kLayerShapes[i][1]);
+      }
+      o.input_gradient(tokens, kLayerShapes[i][0], kLayerShapes[i][1]);
+    }
+    QARAC_CHECK_CUDA(cudaEventRecord(joined, side.stream));
+    QARAC_CHECK_CUDA(cudaStreamWaitEvent(cuda::stream(), joined, 0));
+  });
+  QARAC_CHECK_CUDA(cudaEventDestroy(ready));
+  QARAC_CHECK_CUDA(cudaEventDestroy(joined));
+  const double flops = layer_flops_per_token() * 2 / 3 * static_cast<double>(tokens);
+  char name[48];
+  std::snprintf(name, sizeof name, "T=%lld", static_cast<long long>(tokens));
+  std::printf("layer backward GEMMs %-21s one-stream %7.4f ms (%5.1f TFLOP/s)  dW-beside %7.4f ms (%5.1f TFLOP/s)  "
+              "one-stream/dW-beside %.2f\n",
+              name, t_one, flops / t_one * 1e-9, t_beside, flops / t_beside * 1e-9, t_one / t_beside);
 }
 
 int parse_count(const char* flag, const char* value, long least) {
@@ -261,6 +362,7 @@ int main(int argc, char** argv) {
     layer_gemms("AE, consistency's statements", {3072, 3072});
     layer_gemms("AE, every task's fields", {4096, 4096, 4096, 6144});
     layer_gemms("D, encode_decode and reasoning", {4096, 2048});
+    for (int64_t tokens : {2048, 4096, 8192}) weight_gradients_beside(tokens);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_kernels: %s\n", e.what());
     return 1;

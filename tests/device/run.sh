@@ -156,7 +156,7 @@ stage_nccl() {
 # The kernels with two paths (the one-block attention backward against the tiled kernels, the
 # one-kernel LayerNorm backward against rows then columns), each pair on the same inputs: which
 # path is faster, and how far apart their results are; a layer's GEMMs over several applications
-# of a model as one pass against separate passes.
+# of a model as one pass against separate passes, and its weight gradients on a second stream.
 stage_kernels() {
   local out result line
   out=$(q timeout "$(cap 120)" "$bin/bench_kernels" --warmup 5 --iters 20 2>&1)
@@ -165,7 +165,7 @@ stage_kernels() {
   echo "$out"
   while IFS= read -r line; do
     row "${line%% one-*}" "$result" "one-${line#* one-}"
-  done < <(echo "$out" | grep -E '^((attention|layernorm) backward|layer GEMMs)')
+  done < <(echo "$out" | grep -E '^((attention|layernorm) backward|layer (backward )?GEMMs)')
   [ "$result" = passed ] || row bench_kernels "$result" "$(echo "$out" | tail -1)"
 }
 

@@ -324,13 +324,16 @@ class DeviceRun(unittest.TestCase):
                    "rows-then-columns  0.0300 ms ( 1258 GB/s)  ratio 1.50  gap dx 0.0e+00 dgamma 1.0e-07, "
                    "same bits: dbeta yes dbias -'\n"
                    "echo \"layer GEMMs AE, reasoning's premises       one-pass  0.5000 ms (400.0 TFLOP/s over 4096 "
-                   "tokens)  separate  0.6000 ms (333.3 TFLOP/s over 2048+2048)  separate/one-pass 1.20\"\n")
+                   "tokens)  separate  0.6000 ms (333.3 TFLOP/s over 2048+2048)  separate/one-pass 1.20\"\n"
+                   "echo 'layer backward GEMMs T=2048                one-stream  0.2000 ms (300.0 TFLOP/s)  "
+                   "dW-beside  0.1800 ms (333.3 TFLOP/s)  one-stream/dW-beside 1.11'\n")
         p = self.run_sh("kernels")
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         summary, _ = self.saved()
         self.assertRegex(summary, r"attention backward S=128 B=64 +passed +one-block +0.0300 ms .*tiled/one-block 3.33")
         self.assertRegex(summary, r"layernorm backward T=8192 d=768 +passed +one-kernel +0.0200 ms .*dbeta yes")
         self.assertRegex(summary, r"layer GEMMs AE, reasoning's premises +passed +one-pass +0.5000 ms .*separate/one-pass 1.20")
+        self.assertRegex(summary, r"layer backward GEMMs T=2048 +passed +one-stream +0.2000 ms .*one-stream/dW-beside 1.11")
 
     def test_breakdown_stage_reports_each_step_and_its_idle_share(self):
         executable(os.path.join(self.path, "nsys"), f"""\
