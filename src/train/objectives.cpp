@@ -5,7 +5,8 @@
 //   L = Σ_b Σ_t CE_bt / (B n_b): every target token is a row of the LM head's logits with weight
 //   r_t = 1/(B n_b), and softmax_cross_entropy writes w r_t (softmax − onehot) over the logits in
 //   place. The decoder returns dv = w ∂L/∂v, which flows into AE (encode_decode), or into both
-//   applications of AE unchanged (reasoning: v = AE(p0) + AE(p1), ∂v/∂AE(p_i) = I).
+//   halves of AE's pass over the two premises unchanged (reasoning: v = AE(p0) + AE(p1),
+//   ∂v/∂AE(p_i) = I).
 // - question_answering. L = (1/B) Σ_b (1/d) Σ_j (q_bj − a_bj)², q = QE(q), a = AE(a):
 //   ∂/∂q = (w/B)(2/d)(q − a) = −∂/∂a, mse_loss with dloss = w/B.
 //   Contrastive: L is a function of the whole global batch of N examples, not a mean of
@@ -40,14 +41,14 @@ TokenBatch tokens_of(const data::PackedField& field, const std::vector<uint64_t>
   return TokenBatch::from_packed(field.tokens, field.starts, config.pad_token_id, device, ids);
 }
 
-// Two fields of each example as one batch of 2B sequences, field f0's then field f1's: the answer
-// encoder reads reasoning's premises and consistency's statements in one pass, with twice the
-// rows per GEMM and half the launches of two. Field f0 keeps its example's id and so the masks it
-// would draw alone; field f1 takes data::second_field_id, masks of its own. Without ids the
+// The first two fields of each example as one batch of 2B sequences, field 0's then field 1's: the
+// answer encoder reads reasoning's premises and consistency's statements in one pass, with twice
+// the rows per GEMM and half the launches of two. Field 0 keeps its example's id and so the masks
+// it would draw alone; field 1 takes data::second_field_id, masks of its own. Without ids the
 // sequences are told apart by their place in the 2B.
-TokenBatch paired_fields(const data::TaskBatch& batch, int f0, int f1, const RobertaConfig& config, Device device) {
-  const data::PackedField& first = batch.fields[static_cast<size_t>(f0)];
-  const data::PackedField& second = batch.fields[static_cast<size_t>(f1)];
+TokenBatch paired_fields(const data::TaskBatch& batch, const RobertaConfig& config, Device device) {
+  const data::PackedField& first = batch.fields[0];
+  const data::PackedField& second = batch.fields[1];
   std::vector<int32_t> tokens = first.tokens;
   tokens.insert(tokens.end(), second.tokens.begin(), second.tokens.end());
   std::vector<int32_t> starts = first.starts;
@@ -178,8 +179,7 @@ struct Objectives::Impl {
   }
   // AE's vectors of fields 0 and 1 in one pass ([2B, d], paired_fields), as application 0.
   const Tensor& encode_pair(const Pass& p) {
-    return models.answer_encoder().forward(paired_fields(p.batch, 0, 1, config(), device), p.application(0),
-                                           encoded[0]);
+    return models.answer_encoder().forward(paired_fields(p.batch, config(), device), p.application(0), encoded[0]);
   }
   // Around a model's last backward pass of the step: report its layers as they finish (arm),
   // then the model as a whole (done).
