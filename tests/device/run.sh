@@ -3,8 +3,9 @@
 # with two paths timed path against path (tests/bench/bench_kernels), qarac-bench on the issue's
 # workloads (the RoBERTa-base classifier step; the QARAC step) and the PyTorch baseline of the
 # same workloads and kernels, qarac-train under mpirun with NCCL and end to end on one GPU,
-# the classifier step's GPU time per kernel family (tests/device/breakdown.sh), the exports under
-# transformers (tests/python), then a summary table. Runs a bundle made by tests/device/bundle.sh
+# the classifier and QARAC steps' GPU time per kernel family and the GPU's idle share
+# (tests/device/breakdown.sh), the exports under transformers (tests/python), then a summary
+# table. Runs a bundle made by tests/device/bundle.sh
 # (carried to the GPU machine) or, without one, builds here.
 #   tests/device/run.sh [BUNDLE_DIR]        (default: .device, holding bundle.tgz)
 #
