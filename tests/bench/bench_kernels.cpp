@@ -220,11 +220,13 @@ class OnSide {
 constexpr int64_t kLayerShapes[][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};
 
 // Operands of a layer's GEMMs at up to `tokens` tokens: random (a product of zeros runs faster
-// than real data), one buffer per role, each shape taking its first rows·cols elements.
+// than real data), one buffer per role, each shape and token count taking its first rows·cols
+// elements.
 struct LayerOperands {
   static constexpr int64_t kWidest = 3072, kWeight = 3072 * 768;
+  int64_t tokens;
   Tensor x, dy, w, y, dx, dw;
-  explicit LayerOperands(int64_t tokens) {
+  explicit LayerOperands(int64_t max_tokens) : tokens(max_tokens) {
     std::mt19937 rng(9);
     x = uniform({tokens, kWidest}, rng, -1, 1, DType::bf16);
     dy = uniform({tokens, kWidest}, rng, -1, 1, DType::bf16);
@@ -253,10 +255,10 @@ double layer_flops_per_token() {
 
 // A layer's GEMMs, without their epilogues (y = x·Wᵀ, dx = dy·W and dW += dyᵀ·x of each
 // matrix), over each token count of `passes` in turn, and over their sum in one pass.
-void layer_gemms(const char* name, const std::vector<int64_t>& passes) {
+void layer_gemms(LayerOperands& o, const char* name, const std::vector<int64_t>& passes) {
   int64_t total = 0;
   for (int64_t t : passes) total += t;
-  LayerOperands o(total);
+  QARAC_CHECK(total <= o.tokens, "layer_gemms: ", total, " tokens over operands of ", o.tokens);
   const auto layer = [&](int64_t t) {
     for (const auto& shape : kLayerShapes) {
       o.forward(t, shape[0], shape[1]);
@@ -280,8 +282,8 @@ void layer_gemms(const char* name, const std::vector<int64_t>& passes) {
 // A layer's backward GEMMs at `tokens` tokens, last matrix first: input and weight gradient of
 // each on the one stream, against each weight gradient on a second stream beside the input
 // gradients (ordered after its dy by an event, joined at the end).
-void weight_gradients_beside(int64_t tokens) {
-  LayerOperands o(tokens);
+void weight_gradients_beside(LayerOperands& o, int64_t tokens) {
+  QARAC_CHECK(tokens <= o.tokens, "weight_gradients_beside: ", tokens, " tokens over operands of ", o.tokens);
   SideStream side;
   cudaEvent_t ready, joined;
   QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
@@ -357,12 +359,13 @@ int main(int argc, char** argv) {
     layernorm("T=8192 d=768", false);
     layernorm("T=8192 d=768 branch dropout", true);
     // qarac-bench's QARAC step at B=64: fields of 64 (text, answers), 32 (questions, premises,
-    // conclusions) and 48 (statements) tokens.
-    layer_gemms("AE, reasoning's premises", {2048, 2048});
-    layer_gemms("AE, consistency's statements", {3072, 3072});
-    layer_gemms("AE, every task's fields", {4096, 4096, 4096, 6144});
-    layer_gemms("D, encode_decode and reasoning", {4096, 2048});
-    for (int64_t tokens : {2048, 4096, 8192}) weight_gradients_beside(tokens);
+    // conclusions) and 48 (statements) tokens; 18432 tokens are AE's in all four tasks.
+    LayerOperands operands(18432);
+    layer_gemms(operands, "AE, reasoning's premises", {2048, 2048});
+    layer_gemms(operands, "AE, consistency's statements", {3072, 3072});
+    layer_gemms(operands, "AE, every task's fields", {4096, 4096, 4096, 6144});
+    layer_gemms(operands, "D, encode_decode and reasoning", {4096, 2048});
+    for (int64_t tokens : {2048, 4096, 8192}) weight_gradients_beside(operands, tokens);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_kernels: %s\n", e.what());
     return 1;
