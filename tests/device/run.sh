@@ -64,6 +64,30 @@ site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null ||
 for d in /usr/local/cuda/lib64 "$site"/nvidia/*/lib; do
   [ -d "$d" ] && qlib="$qlib:$d"
 done
+
+# Open MPI from the machine, not the bundle: its mpirun loads its own MCA components, which must
+# be of the libmpi the ranks run (Debian's 4.1.4 libmpi beside Ubuntu's 4.1.6 components can
+# fail MPI_Init), and libmpi.so.40 keeps one interface across 4.x. Only Open MPI's runtime moves:
+# a soname does not promise the rest (HDF5 aborts on a release other than its headers'). Should
+# the machine's copies leave a symbol of the programs unresolved, the bundle's are put back.
+unresolved() { for f in "$bin"/*; do LD_LIBRARY_PATH="$qlib" ldd "$f" 2>&1; done | grep -c 'not found'; }
+use_the_machines_mpi() {
+  local libs=$1 mpilib known before
+  mpilib=$(dirname "$(command -v mpirun || echo /)")/../lib
+  known=$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null)
+  [ -e "$mpilib/libmpi.so.40" ] || grep -q 'libmpi\.so\.40 ' <<<"$known" || return 0
+  before=$(unresolved)
+  mkdir -p "$libs.bundled"
+  mv "$libs"/lib{mpi,open-rte,open-pal,hwloc,event}*.so* "$libs.bundled/" 2>/dev/null
+  [ -e "$mpilib/libmpi.so.40" ] && qlib=$qlib:$(cd "$mpilib" && pwd)
+  if (($(unresolved) > before)); then
+    mv "$libs.bundled"/* "$libs/"
+    echo "== Open MPI: the machine's leaves symbols unresolved; the bundle's (Debian's) is used"
+  else
+    echo "== Open MPI: the machine's ($(command -v mpirun)), not the bundle's"
+  fi
+}
+[ -d "$log/bundle" ] && use_the_machines_mpi "$log/bundle/lib"
 q() { LD_LIBRARY_PATH="$qlib" "$@"; }
 mpi=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH)
 [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)

@@ -5,7 +5,8 @@ nsys's own log lines around them, and the older names), on a profile through a s
 that knows only the old report names, and against the kernels of kernels/cuda (every one must
 fall in a family); breakdown.sh's options and its missing-nsys exit under stand-ins for nsys and
 qarac-bench; run.sh's stages, deadline and saved logs under stand-ins for nvidia-smi and the
-programs; train_throughput.py on a made-up metrics.jsonl.
+programs; which Open MPI run.sh gives a bundle's programs, under stand-ins for ldconfig, mpirun
+and ldd; train_throughput.py on a made-up metrics.jsonl.
 
 Usage: test_scripts.py (unittest; exit 0 when every check passes)."""
 import glob
@@ -386,6 +387,59 @@ class DeviceRun(unittest.TestCase):
         self.assertEqual(p.returncode, 1)
         self.assertIn("unknown stage 'benchmarks'", p.stderr)
         self.assertNotIn("test_backend_ops", p.stdout)
+
+
+class DeviceBundle(unittest.TestCase):
+    """run.sh on a bundle: Open MPI's runtime libraries come from the machine (those of its
+    mpirun), every other bundled library stays, and the bundle's MPI returns when the machine's
+    leaves a symbol unresolved (stand-ins for ldconfig, mpirun and ldd)."""
+
+    def setUp(self):
+        self.tmp_dir = tempfile.TemporaryDirectory()
+        tmp = self.tmp_dir.name
+        self.path = os.path.join(tmp, "path")
+        stage = os.path.join(tmp, "stage", "bundle")
+        for d in (self.path, os.path.join(stage, "bin"), os.path.join(stage, "lib"), os.path.join(stage, "golden")):
+            os.makedirs(d)
+        # The parity stand-in names, in the summary, the libraries of its LD_LIBRARY_PATH's first
+        # folder: the bundle's.
+        executable(os.path.join(stage, "bin", "qarac-parity"),
+                   "#!/bin/sh\necho \"max |diff| $(ls ${LD_LIBRARY_PATH%%:*} | tr '\\n' ' ')\"\n")
+        for name in ("libmpi.so.40", "libopen-pal.so.40", "libhwloc.so.15", "libhdf5_serial.so.103", "libqarac_core.so"):
+            open(os.path.join(stage, "lib", name), "w").close()
+        os.makedirs(os.path.join(tmp, "bundle"))
+        run("tar", "czf", os.path.join(tmp, "bundle", "bundle.tgz"), "-C", os.path.dirname(stage), "bundle")
+        executable(os.path.join(self.path, "nvidia-smi"), "#!/bin/sh\necho 'Fake GPU'\n")
+        executable(os.path.join(self.path, "ldconfig"),
+                   "#!/bin/sh\necho '2 libs found in cache'\n"
+                   "echo '\tlibmpi.so.40 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libmpi.so.40'\n"
+                   "echo '\tlibhdf5_serial.so.103 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libhdf5_serial.so.103'\n")
+        executable(os.path.join(self.path, "mpirun"), "#!/bin/sh\nexit 0\n")
+
+    def tearDown(self):
+        self.tmp_dir.cleanup()
+
+    def run_sh(self, ldd):
+        executable(os.path.join(self.path, "ldd"), ldd)
+        env = dict(os.environ, PATH=self.path + os.pathsep + os.environ["PATH"], TMPDIR=self.tmp_dir.name,
+                   OUT=self.tmp_dir.name, QARAC_DEVICE_STAGES="parity", QARAC_DEVICE_DEADLINE="60")
+        env.pop("QARAC_DEVICE_BIN", None)
+        return run("bash", os.path.join(HERE, "run.sh"), os.path.join(self.tmp_dir.name, "bundle"), env=env)
+
+    def test_open_mpi_from_the_machine(self):
+        p = self.run_sh("#!/bin/sh\necho 'libc.so.6 => /lib/libc.so.6'\n")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("== Open MPI: the machine's (%s/mpirun), not the bundle's" % self.path, p.stdout)
+        self.assertRegex(p.stdout, r"parity cuda f32 +passed +max \|diff\| libhdf5_serial.so.103 libqarac_core.so *\n")
+
+    def test_the_bundles_open_mpi_where_the_machines_leaves_symbols_unresolved(self):
+        # Unresolved once the bundle's libmpi is gone.
+        p = self.run_sh("#!/bin/sh\nfor d in $(echo $LD_LIBRARY_PATH | tr : ' '); do [ -e $d/libmpi.so.40 ] && exit 0; done\n"
+                        "echo 'libmpi.so.40 => not found'\n")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("== Open MPI: the machine's leaves symbols unresolved; the bundle's (Debian's) is used", p.stdout)
+        self.assertRegex(p.stdout, r"parity cuda f32 +passed +max \|diff\| libhdf5_serial.so.103 libhwloc.so.15 "
+                                   r"libmpi.so.40 libopen-pal.so.40 libqarac_core.so")
 
 
 class TrainThroughput(unittest.TestCase):
