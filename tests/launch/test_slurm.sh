@@ -92,6 +92,14 @@ test_train_failure() {
   submit -- slurm/train.sbatch
   check "the next start exits 0 (got $rc)" test "$rc" = 0
   check "the empty run directory was moved aside" compgen -G "$run_dir.failed-*"
+  # A folder that is no run's is neither moved nor trained into.
+  mkdir -p runs/other/checkpoints/step-0000000100
+  : >"$FAKE_LOG"
+  submit QARAC_RUN_DIR=runs -- slurm/train.sbatch
+  check "QARAC_RUN_DIR naming no run's directory: exit 1 (got $rc)" test "$rc" = 1
+  check "one line saying why" has out.txt "slurm/train.sbatch: error: QARAC_RUN_DIR=$work/runs is not empty and not a qarac-train run directory"
+  check "the folder stays" test -d runs/other/checkpoints/step-0000000100
+  check "nothing started" lacks "$FAKE_LOG" "srun"
 }
 
 # More ranks than GPUs on a node: one line naming both counts, and nothing started. A CPU run
@@ -102,8 +110,10 @@ test_train_gpu_check() {
   check "one line naming both counts" has out.txt "slurm/train.sbatch: error: 8 ranks per node but 4 GPUs per node"
   check "one line" test "$(wc -l <out.txt)" = 1
   check "nothing started" lacks "$FAKE_LOG" "srun"
+  : >"$FAKE_LOG"
   submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch -- --train.device cpu
   check "a CPU run is not checked (got $rc)" test "$rc" = 0
+  check "a CPU run computes in f32 (no bf16 default)" lacks "$FAKE_LOG" "--train.dtype bf16"
   submit QARAC_GPU_CHECK=0 -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch
   check "QARAC_GPU_CHECK=0 is not checked (got $rc)" test "$rc" = 0
   submit -- --ntasks-per-node=2 --gres=gpu:4 slurm/train.sbatch
@@ -188,6 +198,13 @@ test_scaling_gpu_check() {
   check "exit 1 (got $rc)" test "$rc" = 1
   check "one line naming both counts" has out.txt "slurm/scaling.sbatch: error: 8 ranks per node but 4 GPUs per node"
   check "nothing started" lacks "$FAKE_LOG" "srun"
+  # On the CPU: neither checked nor given bf16, which only CUDA computes in.
+  mkdir -p base data
+  touch base/config.json base/model.safetensors data/{encode_decode,question_answering,reasoning,consistency}.h5
+  submit FAKE_TRAIN=scaling -- --ntasks-per-node=8 --gres=gpu:4 slurm/scaling.sbatch --device cpu --base base --data data \
+    --ranks 1 --mode strong --steps 3 --warmup-steps 1
+  check "a CPU run trains" has "$FAKE_LOG" "--train.device cpu"
+  check "a CPU run computes in f32 (no bf16 default)" lacks "$FAKE_LOG" "--train.dtype bf16"
 }
 
 # The forgetting experiment over the fake ranks: srun over the allocation's 8 ranks, the
@@ -218,6 +235,13 @@ test_forgetting_gpu_check() {
   check "exit 1 (got $rc)" test "$rc" = 1
   check "one line naming both counts" has out.txt "slurm/forgetting.sbatch: error: 8 ranks per node but 4 GPUs per node"
   check "nothing started" lacks "$FAKE_LOG" "srun"
+  mkdir -p base data data-dev
+  touch base/config.json base/model.safetensors base/tokenizer.json
+  touch data/{encode_decode,question_answering,reasoning,consistency}.h5 data-dev/{encode_decode,question_answering,reasoning,consistency}.h5
+  submit FAKE_TRAIN=forgetting -- --ntasks-per-node=8 --gres=gpu:4 slurm/forgetting.sbatch --device cpu --base base \
+    --data data --eval-data data-dev --steps 10 --runs b
+  check "a CPU run trains" has "$FAKE_LOG" "--train.device cpu"
+  check "a CPU run computes in f32 (no bf16 default)" lacks "$FAKE_LOG" "--train.dtype bf16"
 }
 
 declare -F "test_$case_name" >/dev/null || { echo "test_slurm.sh: no case '$case_name'" >&2; exit 2; }
