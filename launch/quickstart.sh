@@ -12,12 +12,14 @@
 #                      pre-training the tiny base
 #     --tokenizer DIR  tokenizer of the data and the forgetting monitor (default: --base's when it
 #                      holds one, else data/sample/tokenizer)
-#     --steps N        fine-tuning steps (default: launch/configs/quickstart.ini's, 600)
+#     --steps N        fine-tuning steps (default: launch/configs/quickstart.ini's, 600); under
+#                      600 the warmup is 5% of them, as the config's 30 of 600
 #     --ranks N        MPI ranks of the fine-tuning (default 4: one per task; 1 runs the four
 #                      tasks in one process, the QARAC step; any N >= 1 works)
-#     --skip-build     use the programs already in build/
+#     --skip-build     use the programs already built (in QARAC_BUILD, else build/)
 # e.g. -- --train.device cuda --train.dtype bf16 fine-tunes on a GPU (build with CUDA).
-# Environment: QARAC_CUDA=AUTO|ON|OFF for a first configure of build/ (as tests/run.sh).
+# Environment: QARAC_BUILD, the build directory (default build/); QARAC_CUDA=AUTO|ON|OFF for
+# its first configure (as tests/run.sh).
 #
 # RUN (the run directory) gets: data/{train,heldout}/ (task streams), pretrain/ and finetune/
 # (qarac-train run directories: config.ini, metrics.jsonl, checkpoints/, export/),
@@ -57,13 +59,22 @@ while (($#)); do
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
+build=$(realpath -m -- "${QARAC_BUILD:-$repo/build}")
 cd "$repo"
 out=$(realpath -m -- "$out")
-build=$repo/build
 [[ "$ranks" =~ ^[1-9][0-9]*$ ]] || die "--ranks must be a positive integer, not '$ranks'"
 if [ -n "$steps" ]; then
   [[ "$steps" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$steps'"
+  # The config's warmup, 30 steps, must stay shorter than the run: 5% of a shorter one, unless
+  # the options after -- set it.
+  [[ " ${finetune_args[*]} " == *" --optimizer.warmup"[\ =]* ]] || ((steps >= 600)) ||
+    finetune_args=(--optimizer.warmup $((steps / 20)) "${finetune_args[@]}")
   finetune_args=(--train.steps "$steps" "${finetune_args[@]}")
+fi
+if ((skip_build)); then
+  for p in qarac-prep qarac-train; do
+    [ -x "$build/src/cli/$p" ] || die "--skip-build: $build/src/cli/$p is missing; run without --skip-build"
+  done
 fi
 
 # --- Checks before any work: the inputs, and a run directory that may be written.
@@ -135,14 +146,11 @@ logged_showing() {
 echo "QARAC-MT quickstart: run directory $out"
 
 phase "dependencies (Debian packages; only those missing are installed)"
-logged install-deps bash launch/install-deps.sh --job
+logged install-deps bash "$repo/launch/install-deps.sh" --job
 phase_done
 
 phase "build (Release, -j2, into $build)"
 if ((skip_build)); then
-  for p in qarac-prep qarac-train; do
-    [ -x "$build/src/cli/$p" ] || die "--skip-build: $build/src/cli/$p is missing; run without --skip-build"
-  done
   phase_done "skipped (--skip-build)"
 else
   # nvcc is usually not on PATH in a non-interactive shell even when the toolkit is installed.
@@ -192,7 +200,7 @@ if [ -n "$base" ]; then
 else
   phase "base model: masked-LM pre-training of a tiny RoBERTa (launch/configs/quickstart-pretrain.ini)"
   # One process: a single task (the text stream) and seconds of work.
-  logged_showing pretrain "$progress" "$train" --config launch/configs/quickstart-pretrain.ini \
+  logged_showing pretrain "$progress" "$train" --config "$repo/launch/configs/quickstart-pretrain.ini" \
     --output "$out/pretrain" --model.max_positions "$max_positions" --model.tokenizer "$tokenizer" \
     --data.dir "$data/train" --eval.dir "$data/heldout"
   base=$out/pretrain/export/base
@@ -200,8 +208,8 @@ else
 fi
 
 phase "fine-tuning on the four tasks (launch/configs/quickstart.ini, $ranks MPI rank(s))"
-logged_showing finetune "$progress" env QARAC_BUILD="$build" bash launch/train-local.sh -n "$ranks" -- \
-  --config launch/configs/quickstart.ini \
+logged_showing finetune "$progress" env QARAC_BUILD="$build" bash "$repo/launch/train-local.sh" -n "$ranks" -- \
+  --config "$repo/launch/configs/quickstart.ini" \
   --output "$out/finetune" --model.base "$base" --data.dir "$data/train" \
   --eval.dir "$data/heldout" --eval.tokenizer "$tokenizer" "${finetune_args[@]}"
 phase_done
@@ -210,17 +218,17 @@ phase "plots"
 plots=()
 for run in pretrain finetune; do
   [ -s "$out/$run/metrics.jsonl" ] || continue
-  logged "plot-$run" bash launch/plot-metrics.sh "$out/$run"
+  logged "plot-$run" bash "$repo/launch/plot-metrics.sh" "$out/$run"
   plots+=("$out/$run/metrics.svg")
 done
 phase_done
 
 printf '\n== summary\n\n'
-bash launch/metrics-table.sh "$out/finetune"
+bash "$repo/launch/metrics-table.sh" "$out/finetune"
 echo
 echo "fine-tuned models (Hugging Face directories): $out/finetune/export/"
 for plot in "${plots[@]}"; do echo "plot:    $plot"; done
-echo "metrics: $out/finetune/metrics.jsonl (again: bash launch/metrics-table.sh $out/finetune)"
+printf 'metrics: %s (again: bash %q %q)\n' "$out/finetune/metrics.jsonl" "$repo/launch/metrics-table.sh" "$out/finetune"
 echo "logs:    $logs/"
 echo
 echo "quickstart finished in $(duration $((SECONDS - t_start)))"

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# launch/quickstart.sh, the main job: its option handling (each mistake refused in one line before
+# anything is written or removed), then a tiny run with the build's programs (a one-step base,
+# 2 fine-tuning steps on 2 ranks, from another working directory into a path with a space),
+# checking the summary, the warmup fitted to the short run, and that the commands it prints and
+# saves run from anywhere.
+#   bash tests/launch/test_quickstart.sh CASE [MPIEXEC BUILD_DIR]   (CASE: options, run)
+# Exit 0 when every check of the case holds; else 1, naming each failed check; 77 when jq or
+# gnuplot is missing.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+case_name=${1:?usage: test_quickstart.sh CASE [MPIEXEC BUILD_DIR]}
+mpiexec=${2:-mpirun}
+build=${3:-$repo/build}
+# shellcheck source=tests/launch/checks.sh
+source "$(dirname "$0")/checks.sh"
+if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then echo "jq or gnuplot missing: skipped"; exit 77; fi
+
+work=$(mktemp -d)
+trap 'rm -rf -- "$work"' EXIT
+export QARAC_BUILD=$build MPIRUN=$mpiexec
+# quickstart ARGS...: runs the script from $work; its output in out.txt, its status in rc.
+quickstart() {
+  rc=0
+  (cd "$work" && bash "$repo/launch/quickstart.sh" "$@") >"$work/out.txt" 2>&1 || rc=$?
+}
+lines() { wc -l <"$work/out.txt"; }
+# refused WHAT TEXT ARGS...: the script exits 1 with one line holding TEXT.
+refused() {
+  local what=$1 text=$2
+  shift 2
+  quickstart "$@"
+  check "$what: exit 1 (got $rc)" test "$rc" = 1
+  check "$what: one line (got $(lines))" test "$(lines)" = 1
+  check "$what: says '$text'" has "$work/out.txt" "$text"
+}
+# A tiny base: one masked-LM step of the quickstart's tiny RoBERTa on the prepared sample text,
+# exported as a Hugging Face directory.
+tiny_base() {
+  local sample=$repo/data/sample
+  "$build/src/cli/qarac-prep" --tokenizer "$sample/tokenizer" --out "$work/text" --max-length 128 \
+    --text "$sample/corpus_train.txt" >"$work/prep.log" 2>&1
+  "$build/src/cli/qarac-train" --config "$repo/launch/configs/quickstart-pretrain.ini" --output "$work/pretrain" \
+    --model.max_positions 130 --model.tokenizer "$sample/tokenizer" --data.dir "$work/text" \
+    --train.steps 1 --optimizer.warmup 0 --checkpoint.every 0 --eval.dir '' >"$work/base.log" 2>&1
+  echo "$work/pretrain/export/base"
+}
+
+test_options() {
+  quickstart --help
+  check "--help: exit 0 (got $rc)" test "$rc" = 0
+  check "--help: the usage" has "$work/out.txt" "bash launch/quickstart.sh [options]"
+  refused "an unknown option" "launch/quickstart.sh: error: unknown option '--bogus'" --bogus
+  refused "a bad step count" "--steps must be a positive integer, not '0'" --steps 0 --out out
+  refused "a bad rank count" "--ranks must be a positive integer, not 'x'" --ranks x --out out
+  check "nothing written" test ! -e "$work/out"
+  QARAC_BUILD=$work/no-build refused "--skip-build without programs" \
+    "--skip-build: $work/no-build/src/cli/qarac-prep is missing" --skip-build --out out
+  check "nothing written" test ! -e "$work/out"
+  # --force replaces only a quickstart run, and never one holding the --base it is given.
+  mkdir -p "$work/mine" "$work/old/base"
+  touch "$work/mine/notes.txt" "$work/old/.qarac-quickstart" "$work/old/base/config.json" "$work/old/base/model.safetensors"
+  refused "--force on another folder" "holds no quickstart run (no .qarac-quickstart); not removing it" --out mine --force
+  check "it stays" test -f "$work/mine/notes.txt"
+  refused "--force over the --base" "--force would delete the --base or --tokenizer inside" --out old --force --base old/base
+  check "it stays" test -f "$work/old/base/config.json"
+}
+
+test_run() {
+  local base out="$work/run dir"
+  base=$(tiny_base)
+  quickstart --out "$out" --base "$base" --steps 2 --ranks 2 --skip-build
+  check "exit 0 (got $rc)" test "$rc" = 0
+  check "the summary at step 2" has_re "$work/out.txt" "step 0 +step 2"
+  check "every task in it" has_re "$work/out.txt" "consistency +accuracy"
+  check "the warmup fits the 2 steps (5% of them)" has "$out/logs/finetune.cmd" "--train.steps 2 --optimizer.warmup 0"
+  # What it prints and saves runs from any working directory.
+  local again
+  again=$(sed -n 's/^metrics: .* (again: \(.*\))$/\1/p' "$work/out.txt")
+  check "the hint to print the table again" test -n "$again"
+  (cd / && eval "$again") >"$work/again.txt" 2>&1 || true
+  check "the hint runs from /" has_re "$work/again.txt" "step 0 +step 2"
+  check "the saved fine-tuning command names the scripts by their full path" has "$out/logs/finetune.cmd" \
+    "bash $repo/launch/train-local.sh -n 2 -- --config $repo/launch/configs/quickstart.ini"
+}
+
+declare -F "test_$case_name" >/dev/null || { echo "test_quickstart.sh: no case '$case_name'" >&2; exit 2; }
+"test_$case_name"
+if ((failures)); then
+  echo "--- output of the last run of launch/quickstart.sh:" >&2
+  cat "$work/out.txt" >&2
+  exit 1
+fi
+echo "test_quickstart.sh $case_name: every check holds"
