@@ -48,14 +48,18 @@ has_tokenizer() { [ -f "$1/tokenizer.json" ] || { [ -f "$1/vocab.json" ] && [ -f
 # force=1, only when its marker says it holds a WHAT, and never while one of the inputs KEPT
 # lies inside it.
 prepare_out() {
-  local what=$1 kept
+  local what=$1 kept real_out
   shift
   if [ -e "$out" ] && [ ! -d "$out" ]; then
     die "--out $out exists and is not a directory"
   elif [ -d "$out" ] && [ -n "$(ls -A -- "$out")" ]; then
     ((force)) || die "$out is not empty: --force replaces a previous $what, or choose --out DIR"
+    # Compared by their physical paths: a symbolic link on either side (a home directory on a
+    # parallel file system) must not hide an input inside $out.
+    real_out=$(realpath -m -- "$out")
     for kept in "$@"; do
-      [ -z "$kept" ] || [[ "$kept/" != "$out/"* ]] || die "--force would delete $kept inside $out: copy it elsewhere first"
+      [ -z "$kept" ] || [[ "$(realpath -m -- "$kept")/" != "$real_out/"* ]] ||
+        die "--force would delete $kept inside $out: copy it elsewhere first"
     done
     [ -f "$marker" ] || die "$out is not empty and holds no $what (no $(basename "$marker")); not removing it"
     rm -rf -- "$out"

@@ -167,7 +167,7 @@ if ! ((summarise_only)); then
   eval_every=${eval_every:-$((steps / 8 > 0 ? steps / 8 : 1))}
   positive --eval-every "$eval_every"
   warmup=${warmup:-$((steps / 10))}
-  [[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup must be a non-negative integer, not '$warmup'"
+  [[ "$warmup" =~ ^(0|[1-9][0-9]*)$ ]] || die "--warmup must be a non-negative integer (no leading zero), not '$warmup'"
   ((warmup < steps / 4)) ||
     die "--warmup $warmup is not shorter than the first sequential phase ($((steps / 4)) steps of --steps $steps)"
   case "$launcher" in local|srun) ;; *) die "--launcher must be local or srun, not '$launcher'" ;; esac

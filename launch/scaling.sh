@@ -114,7 +114,7 @@ cd "$repo"
 positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, not '$2'"; }
 positive --steps "$steps"
 positive --batch "$batch"
-[[ "$warmup" =~ ^[0-9]+$ ]] || die "--warmup-steps must be a non-negative integer, not '$warmup'"
+[[ "$warmup" =~ ^(0|[1-9][0-9]*)$ ]] || die "--warmup-steps must be a non-negative integer (no leading zero), not '$warmup'"
 ((warmup < steps)) || die "--warmup-steps $warmup leaves no step of --steps $steps to time"
 case "$mode" in
   weak|strong) modes=("$mode") ;;

@@ -4,6 +4,8 @@
 # fit, and prints the launch command first.
 #
 #   bash launch/train-local.sh -n RANKS [--threads T] [--dry-run] [--] qarac-train options...
+#   (before --, the options below are this script's wherever they stand; the rest, and all after
+#   --, go to qarac-train)
 #     -n, --ranks RANKS  MPI ranks (world size W)
 #     --threads T        OpenMP/OpenBLAS threads per rank (default: max(1, cores / RANKS))
 #     --dry-run          print the launch command and stop
@@ -49,8 +51,9 @@ while (($#)); do
       shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    --) shift; train_args=("$@"); break ;;
-    *) train_args=("$@"); break ;;   # the first argument not ours starts qarac-train's
+    --) shift; train_args+=("$@"); break ;;
+    # Not ours: qarac-train's (which has none of the options above), wherever it stands before --.
+    *) train_args+=("$1"); shift ;;
   esac
 done
 [ -n "$ranks" ] || die "the number of ranks is missing: $me -n RANKS [--] qarac-train options (see --help)"

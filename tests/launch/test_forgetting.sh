@@ -58,6 +58,9 @@ test_options() {
   refused "an unknown run" "--runs: unknown run 'e'" --quick --runs a,e
   refused "too few steps" "--steps 3: the sequential run needs 4 at least" --quick --steps 3
   refused "a bad step count" "--steps must be a positive integer, not 'x'" --quick --steps x
+  # Bash's arithmetic would read 08 as octal (an error) and 010 as 8.
+  refused "a warmup with a leading zero" "--warmup must be a non-negative integer (no leading zero), not '08'" \
+    --quick --steps 40 --warmup 08
   refused "a warmup as long as the first phase" "--warmup 5 is not shorter than the first sequential phase (5 steps" \
     --quick --steps 20 --warmup 5
   refused "a bad launcher" "--launcher must be local or srun" --quick --launcher ssh
@@ -89,6 +92,19 @@ test_options() {
   forgetting --quick --runs a,b --out "$work/full" --force
   check "--force on a directory of something else: exit 1 (got $rc)" test "$rc" = 1
   check "--force on a directory of something else: kept" test -f "$work/full/something"
+  # launch/common.sh's prepare_out keeps an input inside the directory it replaces whichever
+  # path, physical or through a symbolic link (a repository under a linked home), names each.
+  mkdir -p "$work/previous/base"
+  touch "$work/previous/.qarac-forgetting" "$work/previous/base/config.json"
+  ln -s "$work" "$work/link"
+  rc=0
+  (die() { echo "$*"; exit 1; }
+   out=$work/link/previous marker=$work/link/previous/.qarac-forgetting force=1
+   source "$repo/launch/common.sh"
+   prepare_out "forgetting experiment" "$work/previous/base") >"$work/out.txt" 2>&1 || rc=$?
+  check "--force over an input, --out through a link: exit 1 (got $rc)" test "$rc" = 1
+  check "--force over an input, --out through a link: says so" has "$work/out.txt" "--force would delete $work/previous/base inside"
+  check "--force over an input, --out through a link: kept" test -f "$work/previous/base/config.json"
   forgetting --summarise-only --out "$work/none"
   check "--summarise-only without runs: exit 1 (got $rc)" test "$rc" = 1
   check "--summarise-only without runs: says so" has "$work/out.txt" "--summarise-only: no runs in $work/none"

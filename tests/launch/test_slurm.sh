@@ -190,6 +190,10 @@ test_scaling_short() {
   check "exit 0 (got $rc)" test "$rc" = 0
   check "too few timed steps" has out.txt "strong W=8: as few as 10 timed steps; the means need 20 at least"
   check "more than linear" has out.txt "launch/scaling.sh: warning: weak W=8: efficiency 1.94 is above 1"
+  # Bash's arithmetic would read 08 as octal (an error) and 010 as 8.
+  submit -- slurm/scaling.sbatch --base base --data data --steps 12 --warmup-steps 08
+  check "a warmup with a leading zero: exit 1 (got $rc)" test "$rc" = 1
+  check "a warmup with a leading zero: says so" has out.txt "--warmup-steps must be a non-negative integer (no leading zero), not '08'"
 }
 
 # The allocation's ranks per node against its GPUs per node, before anything runs.

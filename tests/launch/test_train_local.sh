@@ -44,6 +44,14 @@ for flavour in openmpi mpich intel srun; do
 done
 dry openmpi 1
 check "Open MPI: variables passed with -x" has "$work/out.txt" "-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS"
+# Without --, this script's options are its own wherever they stand among qarac-train's.
+rc=0
+env FAKE_MPI=openmpi FAKE_LOG="$work/log" QARAC_BUILD="$work/build" PATH="$fake:$PATH" MPIRUN=mpirun \
+  bash "$repo/launch/train-local.sh" --x 1 -n 2 --y 2 --dry-run >"$work/out.txt" 2>&1 || rc=$?
+check "options mixed, no --: exit 0 (got $rc)" test "$rc" = 0
+check "options mixed, no --: 2 ranks, qarac-train's options in their order" has_re "$work/out.txt" \
+  "mpirun -np 2 .*/qarac-train --x 1 --y 2\$"
+check "options mixed, no --: only printed (--dry-run)" test ! -s "$work/log"
 dry other 2
 check "an unknown launcher is refused (got $rc)" test "$rc" = 1
 check "naming it" has "$work/out.txt" "cannot tell which MPI mpirun belongs to"
