@@ -87,6 +87,21 @@ else
     *) die "cannot tell which MPI $mpirun belongs to (its --version names neither Open MPI, MPICH/Hydra nor Intel MPI): set MPIRUN to one of those, or to srun" ;;
   esac
 fi
+# The launcher must start ranks that the program's MPI library can join: Open MPI's mpirun for
+# Open MPI, Hydra (MPICH's or Intel MPI's, one ABI) for the MPICH family. Started by the other,
+# every rank would run alone as rank 0. (qarac-train --version names the library it loads; srun
+# serves both.)
+library=$("$train" --version 2>/dev/null | sed -n 's/^MPI  *//p' || true)
+mismatch=""
+case "$flavour:$library" in
+  openmpi:?*) [[ "$library" == *"Open MPI"* ]] || mismatch=1 ;;
+  mpich:?*|intel:?*) [[ "$library" != *"Open MPI"* ]] || mismatch=1 ;;
+esac
+if [ -n "$mismatch" ]; then
+  wrong="$mpirun is the launcher of another MPI ($flavour) than $train's, $library: set MPIRUN to its own (qarac-train --version names it)"
+  ((dry_run)) || die "$wrong"
+  echo "$me: warning: $wrong" >&2
+fi
 # A qarac-train from before the distributed issue does not initialise MPI: every rank would run
 # alone as rank 0 and write the same output directory.
 # The help captured first: grep -q leaving a pipe early would fail the writer under pipefail.

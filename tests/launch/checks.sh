@@ -8,3 +8,4 @@ check() {   # check DESCRIPTION COMMAND...: records a failure unless COMMAND suc
 }
 has() { grep -qF -- "$2" "$1"; }      # has FILE TEXT
 has_re() { grep -qE -- "$2" "$1"; }   # has_re FILE REGEX
+lacks() { ! grep -qF -- "$2" "$1"; }  # lacks FILE TEXT

@@ -9,7 +9,6 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 case_name=${1:?usage: test_slurm.sh CASE}
 # shellcheck source=tests/launch/checks.sh
 source "$(dirname "$0")/checks.sh"
-lacks() { ! grep -qF -- "$2" "$1"; }  # lacks FILE TEXT
 
 work=$(mktemp -d)
 trap 'rm -rf -- "$work"' EXIT

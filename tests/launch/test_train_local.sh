@@ -52,6 +52,21 @@ check "options mixed, no --: exit 0 (got $rc)" test "$rc" = 0
 check "options mixed, no --: 2 ranks, qarac-train's options in their order" has_re "$work/out.txt" \
   "mpirun -np 2 .*/qarac-train --x 1 --y 2\$"
 check "options mixed, no --: only printed (--dry-run)" test ! -s "$work/log"
+# The launcher of another MPI than the program's library: refused, naming both.
+for flavour in mpich intel; do
+  FAKE_MPI_LIBRARY="Open MPI v4.1.4" dry "$flavour" 2
+  check "$flavour's launcher for an Open MPI program, a dry run: exit 0 (got $rc)" test "$rc" = 0
+  check "$flavour's launcher for an Open MPI program, a dry run: warned" has "$work/out.txt" \
+    "warning: mpirun is the launcher of another MPI ($flavour) than $work/build/src/cli/qarac-train's, Open MPI v4.1.4"
+done
+rc=0
+env FAKE_MPI=openmpi FAKE_MPI_LIBRARY="MPICH Version: 4.0.2" QARAC_BUILD="$work/build" PATH="$fake:$PATH" MPIRUN=mpirun \
+  bash "$repo/launch/train-local.sh" -n 2 -- --x 1 >"$work/out.txt" 2>&1 || rc=$?
+check "Open MPI's launcher for an MPICH program: exit 1 (got $rc)" test "$rc" = 1
+check "Open MPI's launcher for an MPICH program: says so" has "$work/out.txt" \
+  "error: mpirun is the launcher of another MPI (openmpi) than $work/build/src/cli/qarac-train's, MPICH Version: 4.0.2"
+FAKE_MPI_LIBRARY="MPICH Version: 4.0.2" dry intel 2
+check "Intel MPI's launcher for an MPICH program (one ABI): no warning" lacks "$work/out.txt" "warning"
 dry other 2
 check "an unknown launcher is refused (got $rc)" test "$rc" = 1
 check "naming it" has "$work/out.txt" "cannot tell which MPI mpirun belongs to"
