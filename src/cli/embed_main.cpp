@@ -67,13 +67,24 @@ Ranked from_wikiqa(const std::string& tsv, const Encoder& question, int64_t max_
   r.candidates.sentences.offsets = {0};
   const data::Tokenizer& t = question.tokenizer;
   const data::Format format = data::Format::wikiqa;
+  const int64_t max_tokens = question.config.max_tokens();
+  const auto fits = [&](const std::vector<int32_t>& ids, const char* what, int64_t line) {
+    QARAC_INPUT_CHECK(static_cast<int64_t>(ids.size()) <= max_tokens, tsv, ":", line, ": the ", what, " has ",
+                      ids.size(), " tokens, more than the ", max_tokens, " ", question.dir,
+                      " reads (qarac-prep --max-length cuts them; rank its stream instead)");
+  };
   data::read_examples(tsv, format, data::default_encoding(format), data::OnError::skip, [&](data::Example&& e) {
     if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) return;
     r.questions.push_back(t.encode(e.fields[0]));
+    fits(r.questions.back(), "question", e.line);
     r.answers.push_back(t.encode(e.fields[1]));
+    fits(r.answers.back(), "answer", e.line);
     data::Ragged& s = r.candidates.sentences;
     for (const std::string& c : e.candidates) {
+      const size_t begin = s.tokens.size();
       t.encode_append(c, s.tokens);
+      fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()),
+           "candidate sentence of its question", e.line);
       s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
     }
     r.candidates.offsets.push_back(s.count());
@@ -99,7 +110,13 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   EvalResult result;
   add_selection_metrics(*answer.model, r.candidates, q.values, a.values, n, static_cast<size_t>(q.cols),
                         answer.config, device, result);
-  for (const auto& [name, value] : result.metrics) std::printf("%s %.6f\n", name.c_str(), value);
+  std::string text;
+  char line[128];
+  for (const auto& [name, value] : result.metrics) {
+    std::snprintf(line, sizeof line, "%s %.6f\n", name.c_str(), value);
+    text += line;
+  }
+  cli::write_text("-", text);
   return 0;
 }
 
@@ -136,9 +153,13 @@ int main(int argc, char** argv) {
     if (!rank_source.empty()) {
       QARAC_INPUT_CHECK(!question_dir.empty() && !answer_dir.empty(),
                         "--rank needs --question-encoder and --answer-encoder (see --help)");
+      QARAC_INPUT_CHECK(model.empty() && input.empty() && vm["output"].defaulted(),
+                        "--rank prints the answer-selection metrics; --model, --input and --output go without it");
       return rank(rank_source, question_dir, answer_dir, max_examples, device);
     }
     QARAC_INPUT_CHECK(!model.empty() && !input.empty(), "give --model and --input, or --rank (see --help)");
+    QARAC_INPUT_CHECK(question_dir.empty() && answer_dir.empty() && vm["max-examples"].defaulted(),
+                      "--question-encoder, --answer-encoder and --max-examples go with --rank");
     Encoder encoder = io::load_encoder_export(model, DType::f32, device);
     cli::write_vectors(output, cli::encode_texts(encoder, input, field, batch, device));
     return 0;

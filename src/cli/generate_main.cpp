@@ -13,7 +13,6 @@
 #include "cli/run_main.h"
 #include "cli/sentence_vectors.h"
 #include "cli/version.h"
-#include "core/atomic_file.h"
 #include "core/progress.h"
 #include "io/qarac_export.h"
 #include "model/generate.h"
@@ -47,9 +46,23 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(!decoder_dir.empty(), "--decoder is required (see --help)");
     QARAC_INPUT_CHECK(vectors_path.empty() != input.empty(), "give --vectors or --input, one of them (see --help)");
     QARAC_INPUT_CHECK(input.empty() || !encoder_dir.empty(), "--input needs --encoder (see --help)");
+    QARAC_INPUT_CHECK(vectors_path.empty() || encoder_dir.empty(),
+                      "--encoder goes with --input; --vectors are decoded as they are (see --help)");
+    const auto ends_with = [&](const char* suffix) {
+      const std::string s = suffix;
+      return output.size() >= s.size() && output.compare(output.size() - s.size(), s.size(), s) == 0;
+    };
+    QARAC_INPUT_CHECK(output == "-" || ends_with(".jsonl") || ends_with(".json"), "--output ", output,
+                      ": qarac-generate writes JSON lines: a .jsonl or .json file, or - for standard output");
     QARAC_INPUT_CHECK(max_tokens >= 0 && batch > 0, "--max-tokens must not be negative and --batch positive");
     const Device device = cli::parse_device(device_name);
 
+    io::LoadedModel<Decoder> decoder = io::load_decoder_export(decoder_dir, DType::f32, device);
+    // The last step reads "<s>" and the tokens before the last: max_tokens in all.
+    QARAC_INPUT_CHECK(max_tokens <= decoder.config.max_tokens(), "--max-tokens ", max_tokens, ": ", decoder_dir,
+                      " reads ", decoder.config.max_tokens(), " tokens at most (max_position_embeddings ",
+                      decoder.config.max_position_embeddings, "), so ", decoder.config.max_tokens(),
+                      " new tokens at most");
     cli::Vectors vectors;
     if (vectors_path.empty()) {
       cli::Encoder encoder = io::load_encoder_export(encoder_dir, DType::f32, device);
@@ -57,7 +70,6 @@ int main(int argc, char** argv) {
     } else {
       vectors = cli::read_vectors(vectors_path);
     }
-    io::LoadedModel<Decoder> decoder = io::load_decoder_export(decoder_dir, DType::f32, device);
     QARAC_INPUT_CHECK(vectors.rows == 0 || vectors.cols == decoder.config.hidden_size,
                       vectors_path.empty() ? encoder_dir : vectors_path, ": vectors of size ", vectors.cols,
                       ", the decoder's hidden size is ", decoder.config.hidden_size);
@@ -77,13 +89,7 @@ int main(int argc, char** argv) {
       }
       progress.add(n);
     }
-    if (output == "-") {
-      std::fwrite(text.data(), 1, text.size(), stdout);
-    } else {
-      AtomicFile file(output);
-      file.write(text.data(), text.size());
-      file.commit();
-    }
+    cli::write_text(output, text);
     return 0;
   });
 }

@@ -6,19 +6,27 @@
 #include <boost/program_options.hpp>
 
 #include <cstdio>
-#include <iostream>
 #include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
 
 #include "core/error.h"
 
 namespace qarac::cli {
 
 // Parses the command line into `vm` against `options` and notifies it; false after printing the
-// options for --help (the program then exits 0).
+// options for --help (the program then exits 0). A word that is no option's value is refused:
+// Boost would drop it without a word (an output path given without --output).
 inline bool parse_command_line(int argc, const char* const argv[],
                                const boost::program_options::options_description& options,
                                boost::program_options::variables_map& vm) {
-  boost::program_options::store(boost::program_options::parse_command_line(argc, argv, options), vm);
+  namespace po = boost::program_options;
+  const po::parsed_options parsed = po::command_line_parser(argc, argv).options(options).run();
+  const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
+  QARAC_INPUT_CHECK(stray.empty(), "unexpected argument '", stray.empty() ? "" : stray.front(),
+                    "': options are --NAME VALUE (see --help)");
+  po::store(parsed, vm);
   if (vm.count("help")) {
     std::cout << options << "\n";
     return false;

@@ -6,15 +6,16 @@
 #include <hdf5.h>
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <regex>
 
 #include "core/atomic_file.h"
-#include "core/check_hdf5.h"
 #include "core/log.h"
 #include "core/hdf5.h"
 #include "core/memory.h"
@@ -32,10 +33,13 @@ bool json_lines(const std::string& path) {
   return path == "-" || ends_with(path, ".jsonl") || ends_with(path, ".json");
 }
 
-// Every line of `path` ("-": standard input), with its number; the input is read whole.
+// Every line of `path` ("-": standard input), with its number; the input is read whole. A UTF-8
+// byte-order mark is not text (qarac-prep drops it too).
 std::vector<std::string> lines_of(const std::string& path) {
   std::ifstream file;
   if (path != "-") {
+    std::error_code ec;
+    QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not a file of texts");
     file.open(path, std::ios::binary);
     QARAC_INPUT_CHECK(file.good(), path, ": cannot read");
   }
@@ -44,9 +48,22 @@ std::vector<std::string> lines_of(const std::string& path) {
   std::string line;
   while (std::getline(in, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (lines.empty() && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
     lines.push_back(line);
   }
+  QARAC_INPUT_CHECK(!in.bad(), path == "-" ? "standard input" : path, ": read failed");
   return lines;
+}
+
+// A .npy header's text in a message: its padding and closing newline left out.
+std::string header_text(const std::string& header) {
+  return printable(header.substr(0, header.find_last_not_of(" \n") + 1));
+}
+
+// A dimension of a .npy shape: InputError beyond what any file could hold.
+int64_t npy_dimension(const std::string& digits, const std::string& path) {
+  QARAC_INPUT_CHECK(digits.size() <= 15, path, ": a dimension of ", digits, " in the shape is larger than any file");
+  return std::stoll(digits);
 }
 
 void write_npy(const std::string& path, const Vectors& v) {
@@ -71,14 +88,17 @@ void write_npy(const std::string& path, const Vectors& v) {
 void write_h5(const std::string& path, const Vectors& v) {
   silence_hdf5_stack_printing();
   AtomicFile out(path, AtomicFile::by_path);
-  {
-    H5Id file = QARAC_H5_ID(H5Fcreate(out.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-    const hsize_t dims[2] = {static_cast<hsize_t>(v.rows), static_cast<hsize_t>(v.cols)};
-    H5Id space = QARAC_H5_ID(H5Screate_simple(2, dims, nullptr), H5Sclose);
-    H5Id set = QARAC_H5_ID(H5Dcreate2(file.get(), "vectors", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
-                                      H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-    QARAC_CHECK_HDF5(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.values.data()));
-  }
+  // Failures here are the file's (a full disk, an I/O error, a folder that cannot be written),
+  // not the program's; the closes are checked, as they write what HDF5 still buffers.
+  const std::string what = path + ": cannot write the vectors";
+  H5Id file = hdf5_file_id(H5Fcreate(out.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, what);
+  const hsize_t dims[2] = {static_cast<hsize_t>(v.rows), static_cast<hsize_t>(v.cols)};
+  H5Id space = QARAC_H5_ID(H5Screate_simple(2, dims, nullptr), H5Sclose);
+  H5Id set = hdf5_file_id(H5Dcreate2(file.get(), "vectors", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                                     H5P_DEFAULT), H5Dclose, what);
+  check_hdf5_file(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.values.data()), what);
+  check_hdf5_file(set.close(), what);
+  check_hdf5_file(file.close(), what);
   out.commit();
 }
 
@@ -95,17 +115,27 @@ Vectors read_npy(const std::string& path) {
   in.read(header.data(), static_cast<std::streamsize>(length));
   std::smatch m;
   QARAC_INPUT_CHECK(std::regex_search(header, m, std::regex("'descr': *'(<f4|<f8)'")), path,
-                    ": the array's dtype is not little-endian f32 or f64: ", header);
+                    ": the array's dtype is not little-endian f32 or f64: ", header_text(header));
   const bool f64 = m[1] == "<f8";
   QARAC_INPUT_CHECK(std::regex_search(header, std::regex("'fortran_order': *False")), path,
                     ": a Fortran-order array (C order is read)");
   QARAC_INPUT_CHECK(std::regex_search(header, m, std::regex("'shape': *\\( *([0-9]+) *, *([0-9]+) *,? *\\)")),
-                    path, ": not a 2-D array [vectors, size]: ", header);
+                    path, ": not a 2-D array [vectors, size]: ", header_text(header));
   Vectors v;
-  v.rows = std::stoll(m[1]);
-  v.cols = std::stoll(m[2]);
-  const size_t count = static_cast<size_t>(v.rows * v.cols);
-  std::vector<char> raw(count * (f64 ? 8 : 4));
+  v.rows = npy_dimension(m[1], path);
+  v.cols = npy_dimension(m[2], path);
+  // The shape against the bytes the file holds, before anything is allocated: each dimension is
+  // below 10^15, so rows · cols · 8 is checked by division, without overflow.
+  const size_t element = f64 ? 8 : 4;
+  const auto data_begin = static_cast<uint64_t>(in.tellg());
+  in.seekg(0, std::ios::end);
+  const uint64_t available = static_cast<uint64_t>(in.tellg()) - data_begin;
+  in.seekg(static_cast<std::streamoff>(data_begin));
+  const auto rows = static_cast<uint64_t>(v.rows), cols = static_cast<uint64_t>(v.cols);
+  QARAC_INPUT_CHECK(cols == 0 || rows <= available / element / cols, path, ": truncated (the shape (", v.rows, ", ",
+                    v.cols, ") needs more than the ", available, " data bytes there)");
+  const size_t count = static_cast<size_t>(rows * cols);
+  std::vector<char> raw(count * element);
   in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
   QARAC_INPUT_CHECK(static_cast<size_t>(in.gcount()) == raw.size(), path, ": truncated (",
                     in.gcount(), " of ", raw.size(), " data bytes)");
@@ -179,8 +209,15 @@ void write_vectors(const std::string& path, const Vectors& v) {
     }
     text += "]}\n";
   }
+  write_text(path, text);
+}
+
+void write_text(const std::string& path, const std::string& text) {
   if (path == "-") {
-    std::fwrite(text.data(), 1, text.size(), stdout);
+    const bool written = std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0;
+    const int err = errno;
+    QARAC_INPUT_CHECK(written, "standard output: write failed: ", std::strerror(err),
+                      " (a closed pipe or a full disk)");
     return;
   }
   AtomicFile file(path);

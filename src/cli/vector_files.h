@@ -38,6 +38,10 @@ std::vector<std::vector<int32_t>> tokenize_texts(const data::Tokenizer& tokenize
 // output for "-"); floats written with 9 significant digits, which read back exactly.
 void write_vectors(const std::string& path, const Vectors& vectors);
 
+// `text` to the file `path` (atomically: core/atomic_file.h), or to standard output for "-",
+// whole or an InputError (a closed pipe, a full disk).
+void write_text(const std::string& path, const std::string& text);
+
 // .npy (f32 or f64, C order, 2-D) or JSON lines ({"vector": [...]} or an array per line).
 // InputError naming the file for another dtype, layout or rows of different lengths.
 Vectors read_vectors(const std::string& path);

@@ -2,6 +2,7 @@
 #include "core/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,6 +35,11 @@ std::string folder_of(const std::string& path) {
 // errno is read before a message is built: building it allocates, which may change errno.
 AtomicFile::AtomicFile(std::string path, Mode mode)
     : path_(std::move(path)), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
+  // The rename would put a file in place of a device or a FIFO (/dev/null, a pipe to a reader).
+  struct stat st;
+  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw InputError(path_ + ": not a regular file (" + (S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket") +
+                     "), which writing it would replace: name a file");
   if (mode != stream) return;
   file_ = std::fopen(tmp_.c_str(), "wb");
   if (file_) return;

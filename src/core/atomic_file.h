@@ -27,7 +27,8 @@ class AtomicFile {
     by_path,  // the caller's library creates, writes and closes temp_path() before sync()
   };
 
-  // Errors are one-line InputErrors naming `path`, the temporary file and errno's text.
+  // Errors are one-line InputErrors naming `path`, the temporary file and errno's text; a `path`
+  // that exists and is no regular file (a directory, a device, a FIFO) is one.
   explicit AtomicFile(std::string path, Mode mode = stream);
   // Removes the temporary file unless commit() succeeded (a write or its caller threw midway).
   ~AtomicFile();

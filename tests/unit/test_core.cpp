@@ -4,6 +4,7 @@
 // checksummed HDF5 files (round trip; a flipped byte, a truncation, a missing `complete`, another
 // format or version refused with one line naming the file).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -410,13 +411,14 @@ TEST_F(FileTest, FailedAtomicWritesLeaveTheOldFileAndNoTemporaryFile) {
   expect_input_error([&] { AtomicFile file(missing); },
                      {missing, "cannot create the temporary file", missing + ".tmp.", "No such file"});
 
-  // The rename fails (the target is a folder): the temporary file is removed, the folder stays.
-  fs::create_directory(dir_ / "target");
+  // The rename fails (a folder took the target's name since): the temporary file is removed, the
+  // folder stays.
   const std::string folder = path("target");
   expect_input_error(
       [&] {
         AtomicFile file(folder);
         file.write("x", 1);
+        fs::create_directory(folder);
         file.commit();
       },
       {folder, "cannot rename the temporary file", "Is a directory"});
@@ -432,6 +434,18 @@ TEST_F(FileTest, FailedAtomicWritesLeaveTheOldFileAndNoTemporaryFile) {
       },
       {never, "fsync of", "No such file"});
   EXPECT_EQ(entries(), (std::set<std::string>{"a.bin", "target"}));
+}
+
+// A target that is no regular file is refused before anything is written: the rename would put a
+// file in place of a folder, a device (/dev/null) or a FIFO (a pipe to a reader).
+TEST_F(FileTest, AtomicWritesRefuseTargetsThatAreNoRegularFile) {
+  fs::create_directory(dir_ / "folder");
+  const std::string fifo = path("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_input_error([&] { AtomicFile file(path("folder")); }, {path("folder"), "not a regular file (a directory)"});
+  expect_input_error([&] { AtomicFile file(fifo, AtomicFile::by_path); }, {fifo, "not a regular file (a device, FIFO"});
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  EXPECT_EQ(entries(), (std::set<std::string>{"fifo", "folder"}));
 }
 
 // ---- Checksummed HDF5 files ------------------------------------------------------------------

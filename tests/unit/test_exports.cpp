@@ -5,6 +5,7 @@
 // exports with transformers.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <filesystem>
@@ -391,6 +392,94 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
       TokenBatch::from_sequences({m_.tokenizer.encode(kTexts[0]), cut}, m_.config.base.pad_token_id, Device::cpu()),
       {}, cut_acts));
   EXPECT_EQ(cli::read_vectors(npy).values, cut_vectors);
+}
+
+// A .npy header whose shape is more than the file holds (a product that wraps around 2^64 read out
+// of bounds), or a number no file could hold, is one line naming the file, before any allocation.
+TEST_F(ExportsTest, NpyShapesBeyondTheFileAreRefused) {
+  const auto npy = [&](const std::string& name, const std::string& shape, size_t data_bytes) {
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
+    header.append(64 - (10 + header.size() + 1) % 64, ' ');
+    header += '\n';
+    std::string bytes = std::string("\x93NUMPY\x01\x00", 8) + char(header.size() & 0xff) + char(header.size() >> 8);
+    bytes += header + std::string(data_bytes, '\0');
+    const std::string path = (tmp_.path / name).string();
+    std::ofstream(path, std::ios::binary) << bytes;
+    return path;
+  };
+  // 2^24 · 2^40 elements is 2^64: 0 after wrapping.
+  const std::string wraps = npy("wraps.npy", "16777216, 1099511627776", 256);
+  expect_input_error([&] { cli::read_vectors(wraps); },
+                     {wraps + ": truncated (the shape (16777216, 1099511627776) needs more than the 256 data bytes"});
+  const std::string huge = npy("huge.npy", "99999999999999999999, 64", 0);
+  expect_input_error([&] { cli::read_vectors(huge); }, {huge + ": a dimension of 99999999999999999999"});
+  const std::string fits = npy("fits.npy", "1, 64", 256);
+  EXPECT_EQ(cli::read_vectors(fits).rows, 1);
+  // The header quoted in a message without its padding and newline: one line.
+  const std::string other = (tmp_.path / "other.npy").string();
+  {
+    std::string bytes = std::string("\x93NUMPY\x01\x00\x76\x00", 10) + "{'descr': '<i4', 'fortran_order': False, 'shape': (1, 1), }";
+    bytes.append(128 - 1 - bytes.size(), ' ');
+    std::ofstream(other, std::ios::binary) << bytes << '\n' << std::string(4, '\0');
+  }
+  try {
+    cli::read_vectors(other);
+    ADD_FAILURE() << "an i4 array was read";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), other + ": the array's dtype is not little-endian f32 or f64: {'descr': '<i4', "
+                                             "'fortran_order': False, 'shape': (1, 1), }");
+  }
+}
+
+// The programs' outputs under a hostile user: standard output that cannot be written, an output
+// that is a device, options that would be ignored, a stray word, more new tokens than the
+// decoder's positions.
+TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
+  const std::string ae = m_.export_model(tmp_.str(), "answer_encoder", m_.extras());
+  const std::string dec = m_.export_model(tmp_.str(), "decoder", m_.extras());
+  const fs::path texts = tmp_.path / "texts.txt";
+  std::ofstream(texts) << "\xEF\xBB\xBF" << kTexts[0] << "\n" << kTexts[1] << "\n";
+  const std::string embed = std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + texts.string();
+  const auto expect_refused = [](const CliResult& r, const std::string& text) {
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+    EXPECT_NE(r.output.find(text), std::string::npos) << r.output;
+  };
+  // A full device on standard output, and standard output closed (in a subshell: the error goes
+  // to run_command's pipe).
+  expect_refused(run_command("(" + embed + " > /dev/full)"), "standard output: write failed: No space left on device");
+  expect_refused(run_command("(" + embed + " >&-)"), "standard output: write failed: Bad file descriptor");
+  // A FIFO is not replaced by a file.
+  const std::string fifo = (tmp_.path / "fifo.jsonl").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_refused(run_command(embed + " --output " + fifo), fifo + ": not a regular file");
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  // An output path given without --output.
+  const std::string stray = (tmp_.path / "out.npy").string();
+  expect_refused(run_command(embed + " " + stray), "unexpected argument '" + stray + "'");
+  EXPECT_FALSE(fs::exists(stray));
+  expect_refused(run_command(embed + " --rank x --question-encoder " + ae + " --answer-encoder " + ae),
+                 "--model, --input and --output go without it");
+  // A byte-order mark is not text: the first row is that of the text without it.
+  const std::string npy = (tmp_.path / "v.npy").string();
+  const std::string plain = (tmp_.path / "plain.txt").string();
+  std::ofstream(plain) << kTexts[0] << "\n" << kTexts[1] << "\n";
+  CliResult r = run_command(embed + " --output " + npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<float> with_bom = cli::read_vectors(npy).values;
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + plain + " --output " + npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(with_bom, cli::read_vectors(npy).values);
+
+  const std::string generate = std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --vectors " + npy;
+  expect_refused(run_command(generate + " --encoder " + ae), "--encoder goes with --input");
+  expect_refused(run_command(generate + " --output v2.npy"), "--output v2.npy: qarac-generate writes JSON lines");
+  const int64_t max_tokens = m_.config.base.max_tokens();
+  expect_refused(run_command(generate + " --max-tokens " + std::to_string(max_tokens + 1)),
+                 "--max-tokens " + std::to_string(max_tokens + 1) + ": " + dec + " reads " +
+                     std::to_string(max_tokens) + " tokens at most");
+  r = run_command(generate + " --max-tokens " + std::to_string(max_tokens));
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 }  // namespace
