@@ -3,7 +3,6 @@
 // mismatch with the model is refused before any parameter is written.
 #include "io/hf_checkpoint.h"
 
-#include <cmath>
 #include <filesystem>
 #include <set>
 #include <vector>
@@ -36,28 +35,6 @@ void require_config(const fs::path& dir) {
   QARAC_INPUT_CHECK(fs::is_regular_file(dir / "config.json", ec), dir.string(),
                     ": config.json is missing (a Hugging Face model directory needs config.json",
                     " and model.safetensors)");
-}
-
-// The index of the first NaN or infinity of a floating tensor (on the CPU), -1 when none.
-int64_t first_non_finite(const Tensor& t) {
-  const int64_t n = t.numel();
-  switch (t.dtype()) {
-    case DType::f32:
-      for (int64_t i = 0; i < n; ++i)
-        if (!std::isfinite(t.data<float>()[i])) return i;
-      return -1;
-    case DType::f64:
-      for (int64_t i = 0; i < n; ++i)
-        if (!std::isfinite(t.data<double>()[i])) return i;
-      return -1;
-    case DType::bf16:  // all exponent bits set: infinity or NaN
-      for (int64_t i = 0; i < n; ++i)
-        if ((t.data<bf16>()[i].bits & 0x7f80u) == 0x7f80u) return i;
-      return -1;
-    case DType::i32:
-    case DType::i64: return -1;
-  }
-  return -1;
 }
 
 // The sizes of config.json that decide how much the model allocates, checked against the tensors
@@ -108,9 +85,7 @@ HfRoberta read_hf_roberta(const std::string& dir) {
   // A NaN or an infinity in a starting point poisons the first step; it is refused here, naming
   // the tensor, rather than found by the trainer as a non-finite gradient.
   auto finite = [&](const std::string& stored_name, Tensor&& tensor) {
-    const int64_t at = first_non_finite(tensor);
-    QARAC_INPUT_CHECK(at < 0, weights, ": tensor '", printable(stored_name),
-                      "' holds a non-finite value (NaN or infinity) at element ", at);
+    require_finite(tensor, stored_name, weights);
     return std::move(tensor);
   };
   for (auto& [stored_name, tensor] : read_hf_weights(dir, &weights)) {

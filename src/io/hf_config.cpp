@@ -135,7 +135,7 @@ class ConfigReader {
 
 }  // namespace
 
-RobertaConfig read_hf_config(const std::string& path, bool* is_decoder) {
+RobertaConfig read_hf_config(const std::string& path, bool* is_decoder, bool* tie_word_embeddings) {
   std::ifstream in(path);
   QARAC_INPUT_CHECK(in, path, ": cannot open for reading (", std::strerror(errno), ")");
   std::error_code ec;
@@ -178,6 +178,10 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder) {
   if (is_decoder) {
     *is_decoder = false;
     reader.get("is_decoder", *is_decoder);
+  }
+  if (tie_word_embeddings) {
+    *tie_word_embeddings = true;
+    reader.get("tie_word_embeddings", *tie_word_embeddings);
   }
 
   QARAC_INPUT_CHECK(c.hidden_act == "gelu", path, ": hidden_act '", printable(c.hidden_act),

@@ -12,8 +12,10 @@ namespace qarac::io {
 // (checked before anything multiplies or allocates them), hidden_size not divisible by the heads,
 // and any hidden_act other than "gelu" (the erf GELU, the only activation implemented). With
 // `is_decoder`, also its "is_decoder" (false when absent): whether the base is causal, as the
-// QARAC decoder's export says.
-RobertaConfig read_hf_config(const std::string& path, bool* is_decoder = nullptr);
+// QARAC decoder's export says; with `tie_word_embeddings`, that key (true when absent, as in
+// transformers): whether an LM head's output matrix is the word embeddings.
+RobertaConfig read_hf_config(const std::string& path, bool* is_decoder = nullptr,
+                             bool* tie_word_embeddings = nullptr);
 // What transformers should make of an exported directory.
 struct HfConfigOptions {
   std::string architecture = "RobertaForMaskedLM";  // or "RobertaModel" (no MLM head applies)

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -69,6 +70,30 @@ TensorMap read_hf_weights(const std::string& dir, std::string* source) {
   QARAC_INPUT_CHECK(false, dir, ": model.safetensors is missing (a Hugging Face model directory",
                     " needs config.json and model.safetensors or model.safetensors.index.json)");
   return {};
+}
+
+// The first NaN or infinity, by the bits each dtype stores it with.
+void require_finite(const Tensor& t, const std::string& name, const std::string& source) {
+  const int64_t n = t.numel();
+  int64_t at = -1;
+  switch (t.dtype()) {
+    case DType::f32:
+      for (int64_t i = 0; at < 0 && i < n; ++i)
+        if (!std::isfinite(t.data<float>()[i])) at = i;
+      break;
+    case DType::f64:
+      for (int64_t i = 0; at < 0 && i < n; ++i)
+        if (!std::isfinite(t.data<double>()[i])) at = i;
+      break;
+    case DType::bf16:  // all exponent bits set: infinity or NaN
+      for (int64_t i = 0; at < 0 && i < n; ++i)
+        if ((t.data<bf16>()[i].bits & 0x7f80u) == 0x7f80u) at = i;
+      break;
+    case DType::i32:
+    case DType::i64: break;
+  }
+  QARAC_INPUT_CHECK(at < 0, source, ": tensor '", printable(name), "' holds a non-finite value (NaN or infinity) at element ",
+                    at);
 }
 
 }  // namespace qarac::io

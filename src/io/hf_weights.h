@@ -15,4 +15,8 @@ namespace qarac::io {
 // shard that does not hold it, or one stored in two shards.
 TensorMap read_hf_weights(const std::string& dir, std::string* source = nullptr);
 
+// InputError naming `source` and the tensor `name` when the floating tensor `t` (on the CPU) holds
+// a NaN or an infinity: weights that would make every output garbage without a word.
+void require_finite(const Tensor& t, const std::string& name, const std::string& source);
+
 }  // namespace qarac::io

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "core/log.h"
 #include "io/hf_config.h"
 #include "io/hf_weights.h"
 
@@ -17,28 +18,43 @@ bool starts_with(const std::string& s, const std::string& prefix) {
 }
 
 // The export's tensors by model parameter name, its config and tokenizer. The config says which
-// model it is ("is_decoder"), so the other kind is refused before its weights are read.
+// model it is ("is_decoder"), so the other kind is refused before its weights are read; a weight
+// that is not finite is refused, naming it.
 template <class Model>
-LoadedModel<Model> read_export(const std::string& dir, bool decoder, TensorMap& tensors, std::string& source) {
+LoadedModel<Model> read_export(const std::string& dir, bool decoder, TensorMap& tensors, std::string& source,
+                               bool* tie_word_embeddings = nullptr) {
   std::error_code ec;
   QARAC_INPUT_CHECK(fs::is_directory(dir, ec), dir, ": is not a directory (expected a QARAC export",
                     " with config.json, model.safetensors and the tokenizer files)");
   const fs::path config = fs::path(dir) / "config.json";
   QARAC_INPUT_CHECK(fs::is_regular_file(config, ec), dir, ": config.json is missing");
   bool is_decoder = false;
-  const RobertaConfig model_config = read_hf_config(config.string(), &is_decoder);
+  const RobertaConfig model_config = read_hf_config(config.string(), &is_decoder, tie_word_embeddings);
   QARAC_INPUT_CHECK(is_decoder == decoder, dir, ": is ",
                     is_decoder ? "a decoder export" : "an encoder export or a plain RoBERTa",
                     " (config.json: \"is_decoder\": ", is_decoder ? "true" : "false", "); ",
                     decoder ? "the decoder export is needed here"
                             : "an encoder export (question_encoder or answer_encoder) is needed here");
   LoadedModel<Model> out{dir, model_config, data::Tokenizer::from_dir(dir), {}};
-  for (auto& [name, tensor] : read_hf_weights(dir, &source))
+  for (auto& [name, tensor] : read_hf_weights(dir, &source)) {
+    require_finite(tensor, name, source);
     tensors.emplace(starts_with(name, "roberta.") ? name.substr(8) : name, std::move(tensor));
+  }
   QARAC_INPUT_CHECK(static_cast<int64_t>(out.tokenizer.vocab_size()) == out.config.vocab_size, dir,
                     ": the tokenizer has ", out.tokenizer.vocab_size(), " tokens, the model ",
                     out.config.vocab_size);
   return out;
+}
+
+// Loads the model's parameters; tensors it has no parameter for (a config with fewer layers than
+// the weights, a stray tensor) are said, as transformers does, and left.
+void load_export_parameters(const ParameterList& params, TensorMap& tensors, const std::string& source) {
+  load_parameters(params, tensors, source);
+  for (const Parameter* p : params) tensors.erase(p->name);
+  if (!tensors.empty())
+    log::warn(source, ": ", tensors.size(), tensors.size() == 1 ? " tensor" : " tensors",
+              " the model has no parameter for, left unused (the first: '", printable(tensors.begin()->first),
+              "'): does config.json describe these weights?");
 }
 
 }  // namespace
@@ -49,18 +65,25 @@ LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType d
   LoadedModel<SentenceEncoder> out = read_export<SentenceEncoder>(dir, false, tensors, source);
   auto base = std::make_shared<RobertaEncoder>(out.config, dtype, device);
   out.model = std::make_unique<SentenceEncoder>(base, fs::path(dir).filename().string());
-  load_parameters(out.model->parameters(), tensors, source);
+  load_export_parameters(out.model->parameters(), tensors, source);
   return out;
 }
 
 LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, Device device) {
   TensorMap tensors;
   std::string source;
-  LoadedModel<Decoder> out = read_export<Decoder>(dir, true, tensors, source);
-  const bool tied = !tensors.count("lm_head.decoder.weight");
+  bool tied = true;
+  LoadedModel<Decoder> out = read_export<Decoder>(dir, true, tensors, source, &tied);
+  // config.json says which matrix the head outputs through, as transformers reads it: a missing
+  // head matrix must not fall back to the embeddings unnoticed, nor a stored one be ignored.
+  const bool stored = tensors.count("lm_head.decoder.weight") > 0;
+  QARAC_INPUT_CHECK(tied || stored, source, ": tensor 'lm_head.decoder.weight' is missing (config.json: "
+                    "\"tie_word_embeddings\": false)");
+  QARAC_INPUT_CHECK(!tied || !stored, source, ": holds 'lm_head.decoder.weight', but config.json ties the LM head "
+                    "to the word embeddings (\"tie_word_embeddings\" true or absent): which one is meant?");
   out.model = std::make_unique<Decoder>(out.config, tied, /*vocab_multiple=*/64, dtype, device,
                                         /*dropout_stream=*/0);
-  load_parameters(out.model->parameters(), tensors, source);
+  load_export_parameters(out.model->parameters(), tensors, source);
   return out;
 }
 

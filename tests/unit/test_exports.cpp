@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -199,6 +201,44 @@ TEST_F(ExportsTest, ExportsReadBackIntoTheModels) {
   EXPECT_EQ(greedy_decode(*decoder.model, v, start, 6, m_.tokenizer.eos_id()), tokens);
   // Without a stop token every sequence takes all the steps.
   for (const auto& t : greedy_decode(*decoder.model, v, start, 6)) EXPECT_EQ(t.size(), 6u);
+}
+
+// Exports whose weights would give garbage without a word are refused, naming the tensor: a NaN,
+// a decoder head matrix missing while config.json unties it (it would fall back to the
+// embeddings), or stored while config.json ties it. A tensor the model has no parameter for is
+// said.
+TEST_F(ExportsTest, ExportsWithUnusableWeightsAreRefused) {
+  const fs::path dec = m_.export_model(tmp_.str(), "decoder", m_.extras());
+  const std::string weights = (dec / "model.safetensors").string();
+  const std::string original = (tmp_.path / "original.safetensors").string();
+  fs::copy_file(weights, original);
+  ASSERT_TRUE(io::read_safetensors(original).count("lm_head.decoder.weight")) << "the fixture's decoder head is untied";
+  const auto rewrite = [&](const std::function<void(TensorMap&)>& edit) {
+    TensorMap t = io::read_safetensors(original);  // its own tensors: edits reach no other map
+    edit(t);
+    io::write_safetensors(weights, t);
+  };
+  rewrite([](TensorMap& t) { t.at("lm_head.bias").data<float>()[3] = std::nanf(""); });
+  expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
+                     {weights, "tensor 'lm_head.bias' holds a non-finite value (NaN or infinity) at element 3"});
+  rewrite([](TensorMap& t) { t.erase("lm_head.decoder.weight"); });
+  expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
+                     {weights, "tensor 'lm_head.decoder.weight' is missing (config.json: \"tie_word_embeddings\": false)"});
+  rewrite([](TensorMap& t) { t.emplace("extra.weight", Tensor::zeros({2}, DType::f32)); });
+  ::testing::internal::CaptureStderr();
+  io::load_decoder_export(dec.string(), DType::f32, Device::cpu());
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find(weights + ": 1 tensor the model has no parameter for, left unused (the first: 'extra.weight')"),
+            std::string::npos)
+      << log;
+  fs::copy_file(original, weights, fs::copy_options::overwrite_existing);
+  std::string config = read_file(dec / "config.json");
+  const size_t at = config.find("\"tie_word_embeddings\": false");
+  ASSERT_NE(at, std::string::npos) << config;
+  config.replace(at, std::strlen("\"tie_word_embeddings\": false"), "\"tie_word_embeddings\": true");
+  std::ofstream((dec / "config.json").string()) << config;
+  expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
+                     {weights, "holds 'lm_head.decoder.weight', but config.json ties the LM head"});
 }
 
 // A base saved in shards (model.safetensors.index.json) reads as the single file does.
