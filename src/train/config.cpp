@@ -5,6 +5,7 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <cstdlib>
 #include <deque>
@@ -330,6 +331,9 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   }
   if (vm.count("config")) {
     const std::string path = vm["config"].as<std::string>();
+    std::error_code ec;
+    // A folder opens as an empty file: every setting would silently be the default.
+    QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), "--config ", path, ": is a directory, not an INI file");
     std::ifstream in(path);
     QARAC_INPUT_CHECK(in.good(), "--config ", path, ": cannot open the file");
     po::options_description file = d->file_options();
@@ -355,6 +359,36 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   return c;
 }
 
+namespace {
+
+// Why `key` has no effect with c's mode and settings; "" when it has one. Given, such a key is
+// refused; config.ini leaves it out, so that the file reads back.
+std::string no_effect(const TrainConfig& c, const std::string& key) {
+  const auto among = [&](std::initializer_list<const char*> keys) {
+    return std::any_of(keys.begin(), keys.end(), [&](const char* k) { return key == k; });
+  };
+  const bool size = among({"model.hidden", "model.layers", "model.heads", "model.ffn", "model.max_positions"});
+  if (!c.pretraining()) {
+    if (size) return "with model.mode qarac (the sizes are model.base's)";
+    if (key == "model.tokenizer")
+      return "with model.mode qarac (the vocabulary is model.base's; eval.tokenizer sets the forgetting monitor's)";
+    if (!c.rehearsal() && among({"model.mask_probability", "task.mlm.batch", "task.mlm.head"}))
+      return "while task.mlm.weight is 0 (rehearsal off)";
+  } else {
+    if (!c.base.empty() && size) return "when model.base is given (the sizes are the base's)";
+    if (among({"model.share_encoder_base", "model.tie_lm_head", "eval.tokenizer", "eval.decoded", "task.ed.weight"}))
+      return "with model.mode mlm (one model, one objective)";
+    if (among({"task.qa.weight", "task.qa.batch", "task.rs.weight", "task.rs.batch", "task.cs.weight", "task.cs.batch",
+               "task.mlm.weight", "task.mlm.batch", "task.qa.objective"}))
+      return "with model.mode mlm (it trains on the text stream: task.ed.batch)";
+    if (key == "task.mlm.head") return "with model.mode mlm (rehearsal is a model.mode qarac task)";
+  }
+  if (key == "task.qa.temperature" && !c.contrastive_qa()) return "with task.qa.objective " + c.qa_objective;
+  return "";
+}
+
+}  // namespace
+
 void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(!c.output.empty() || c.show_plan > 0, "output: required (the run directory; --output DIR)");
   QARAC_INPUT_CHECK(c.mode == "qarac" || c.mode == "mlm", "model.mode: '", c.mode, "' must be qarac or mlm");
@@ -370,34 +404,12 @@ void check_values(const TrainConfig& c) {
     QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
                       c.mask_probability, " must lie in (0, 1)");
   // A setting that the chosen mode ignores is refused: the user meant something by it.
-  const std::vector<std::string> sizes = {"model.hidden", "model.layers", "model.heads", "model.ffn",
-                                          "model.max_positions"};
-  auto refuse = [&](const std::string& key, const std::string& why) {
-    QARAC_INPUT_CHECK(!c.given.count(key), key, ": has no effect ", why, "; remove it");
-  };
-  if (!c.pretraining()) {
-    for (const std::string& key : sizes) refuse(key, "with model.mode qarac (the sizes are model.base's)");
-    refuse("model.tokenizer", "with model.mode qarac (the vocabulary is model.base's; eval.tokenizer sets the "
-                              "forgetting monitor's)");
-    if (!c.rehearsal()) {
-      const std::string off = "while task.mlm.weight is 0 (rehearsal off)";
-      for (const char* key : {"model.mask_probability", "task.mlm.batch", "task.mlm.head"}) refuse(key, off);
-    }
-  } else {
-    if (!c.base.empty())
-      for (const std::string& key : sizes) refuse(key, "when model.base is given (the sizes are the base's)");
-    for (const char* key : {"model.share_encoder_base", "model.tie_lm_head", "eval.tokenizer", "eval.decoded",
-                            "task.ed.weight"})
-      refuse(key, "with model.mode mlm (one model, one objective)");
-    for (const char* t : {"qa", "rs", "cs", "mlm"})
-      for (const char* field : {".weight", ".batch"})
-        refuse(std::string("task.") + t + field, "with model.mode mlm (it trains on the text stream: task.ed.batch)");
-    refuse("task.qa.objective", "with model.mode mlm (it trains on the text stream: task.ed.batch)");
-    refuse("task.mlm.head", "with model.mode mlm (rehearsal is a model.mode qarac task)");
+  for (const std::string& key : c.given) {
+    const std::string why = no_effect(c, key);
+    QARAC_INPUT_CHECK(why.empty(), key, ": has no effect ", why, "; remove it");
   }
   QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
                     c.qa_objective, "' must be mse or contrastive");
-  if (!c.contrastive_qa()) refuse("task.qa.temperature", "with task.qa.objective " + c.qa_objective);
   QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",
                     c.qa_temperature, " must be a finite number > 0");
   QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
@@ -517,9 +529,11 @@ std::string to_ini(const TrainConfig& config) {
   TrainConfig copy = config;
   const std::unique_ptr<Declarations> d = declare(copy);
   std::ostringstream os;
-  os << "# qarac-train configuration (qarac-train --config FILE reads it back)\n";
+  os << "# qarac-train configuration (qarac-train --config FILE reads it back; the settings that have\n"
+        "# no effect in this run's mode are left out)\n";
   std::string section;
   for (const Key& key : d->keys) {
+    if (!no_effect(config, key.name).empty()) continue;
     const size_t dot = key.name.find('.');
     const std::string key_section = dot == std::string::npos ? "" : key.name.substr(0, dot);
     if (key_section != section) {
@@ -589,6 +603,8 @@ std::string resume_mismatch(const TrainConfig& config, const std::string& saved_
   if (was_on)
     for (const char* key : {"task.mlm.batch", "task.mlm.head"}) fixed.push_back(key);
   for (const std::string& key : fixed) {
+    // One that has no effect in this run's mode (and that config.ini leaves out) fixes nothing.
+    if (!no_effect(config, key).empty()) continue;
     const auto it = saved.find(key);
     const std::string was = it == saved.end() ? "(unset)" : it->second;
     if (was != now.at(key))

@@ -84,6 +84,8 @@ namespace {
 // The lines of an earlier run's metrics.jsonl that a run resuming at `first_step` keeps: whole
 // JSON lines of steps up to it. Also returns the steps of their evaluations.
 std::string kept_lines(const std::string& path, int64_t first_step, std::set<int64_t>& eval_steps) {
+  std::error_code ec;
+  QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not the run's metrics");
   std::ifstream in(path, std::ios::binary);
   if (!in.is_open()) return "";
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -416,6 +416,33 @@ TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
     EXPECT_NE(help.str().find(key), std::string::npos) << key;
 }
 
+// A run's config.ini reads back as its configuration in every mode (it leaves out the settings the
+// mode refuses), and a checkpoint of the mode resumes under it. A folder given as --config is
+// refused, not read as an empty file of defaults.
+TEST(TrainConfig, RunConfigReadsBackInEveryMode) {
+  TempDir dir("config-modes");
+  const std::string path = (dir.path / "config.ini").string();
+  const std::vector<std::vector<std::string>> runs = {
+      {"--output", "/o", "--model.base", "/b", "--data.dir", "/d"},
+      {"--output", "/o", "--model.base", "/b", "--data.dir", "/d", "--task.mlm.weight", "0.5"},
+      {"--output", "/o", "--model.base", "/b", "--data.dir", "/d", "--task.qa.objective", "contrastive"},
+      {"--output", "/o", "--model.mode", "mlm", "--model.tokenizer", "/t", "--data.dir", "/d"}};
+  for (const std::vector<std::string>& args : runs) {
+    const std::optional<TrainConfig> c = parse(args);
+    ASSERT_TRUE(c);
+    check_values(*c);
+    const std::string text = to_ini(*c);
+    std::ofstream(path) << text;
+    const std::optional<TrainConfig> again = parse({"--config", path});
+    ASSERT_TRUE(again);
+    EXPECT_NO_THROW(check_values(*again)) << text;
+    EXPECT_EQ(to_ini(*again), text);
+    EXPECT_EQ(resume_mismatch(*again, text), "");
+  }
+  expect_input_error([&] { parse({"--config", dir.path.string()}); },
+                     {"--config " + dir.path.string() + ": is a directory, not an INI file"});
+}
+
 // The documented example configurations stay valid: every key known, every value in range.
 TEST(TrainConfig, ExampleConfigsParse) {
   int count = 0;
