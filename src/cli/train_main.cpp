@@ -7,11 +7,13 @@
 // Exit statuses: 0 done, 1 internal error, 2 input error, 3 communication failure or timeout,
 // 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a checkpoint (--resume goes on).
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "cli/run_main.h"
 #include "cli/version.h"
+#include "data/shards.h"
 #include "data/tokenizer.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/runtime.h"
@@ -36,9 +38,22 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
   options.max_examples = config.eval_examples;
   options.max_decoded = config.eval_decoded;
   options.qa_objective = qarac::qa_objective_of(config);
-  if (!config.eval_tokenizer.empty())
-    options.masking = qarac::mlm_masking(qarac::data::Tokenizer::from_dir(config.eval_tokenizer),
-                                         static_cast<uint64_t>(config.seed));
+  // The training data's tokenizer: the held-out streams' and the forgetting monitor's must be it
+  // (another one's ids would be read as other words, and the metrics would mean nothing).
+  std::string data_stream;
+  for (int t = 0; t < qarac::data::kQaracTaskCount && data_stream.empty(); ++t) {
+    const std::string path =
+        config.data_dir + "/" + qarac::data::task_name(static_cast<qarac::data::Task>(t)) + ".h5";
+    if (std::filesystem::exists(path)) data_stream = path;
+  }
+  if (!data_stream.empty()) options.tokenizer_hash = qarac::data::TaskStreamFile(data_stream).info().tokenizer_hash;
+  if (!config.eval_tokenizer.empty()) {
+    const qarac::data::Tokenizer tokenizer = qarac::data::Tokenizer::from_dir(config.eval_tokenizer);
+    QARAC_INPUT_CHECK(options.tokenizer_hash.empty() || tokenizer.hash() == options.tokenizer_hash,
+                      "eval.tokenizer ", config.eval_tokenizer, ": is tokenizer ", tokenizer.hash(), ", but ",
+                      data_stream, " was made with ", options.tokenizer_hash, " (give the data's tokenizer)");
+    options.masking = qarac::mlm_masking(tokenizer, static_cast<uint64_t>(config.seed));
+  }
   return std::make_unique<qarac::QaracEvaluator>(options);
 }
 

@@ -192,6 +192,15 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
     QARAC_INPUT_CHECK(options.vocab_size <= 0 || contents.max_token < options.vocab_size, path, ": token id ",
                       contents.max_token, " is outside the model's vocabulary of ", options.vocab_size,
                       " ids (was the stream made with another tokenizer?)");
+    // Found now, not when its batch comes up hours later.
+    for (size_t f = 0; options.max_tokens > 0 && f < contents.fields.size(); ++f) {
+      const Ragged& field = contents.fields[f];
+      for (int64_t i = 0; i < field.count(); ++i)
+        QARAC_INPUT_CHECK(field.length(i) <= options.max_tokens, path, ": example ", i, "'s ",
+                          task_fields(stream_task(slot.task))[f], " has ", field.length(i), " tokens, more than the ",
+                          options.max_tokens, " the model reads (rerun qarac-prep with --max-length ",
+                          options.max_tokens, ")");
+    }
     s.checksum = contents.checksum;
     s.fields = std::move(contents.fields);
     s.labels = std::move(contents.labels);

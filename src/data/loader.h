@@ -70,6 +70,7 @@ struct LoaderOptions {
   int64_t global_batch = 64;   // examples of a task per optimizer step, over all its ranks
   std::string tokenizer_hash;  // non-empty: every file must come from this tokenizer
   int64_t vocab_size = 0;      // non-zero: every token id must be below it (the model's vocabulary)
+  int64_t max_tokens = 0;      // non-zero: no sequence may be longer (what the model's positions hold)
 };
 
 // One field of a batch without padding: sequence b is tokens[starts[b], starts[b+1]).

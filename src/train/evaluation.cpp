@@ -130,6 +130,11 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
     const std::filesystem::path path = std::filesystem::path(options.data_dir) / (std::string(data::task_name(task)) + ".h5");
     if (!std::filesystem::exists(path)) continue;
     const data::TaskStreamFile file(path.string());
+    QARAC_INPUT_CHECK(file.task() == task, path.string(), ": holds task ", data::task_name(file.task()), ", expected ",
+                      data::task_name(task));
+    QARAC_INPUT_CHECK(options.tokenizer_hash.empty() || file.info().tokenizer_hash == options.tokenizer_hash,
+                      path.string(), ": made with tokenizer ", file.info().tokenizer_hash,
+                      ", but the training data with ", options.tokenizer_hash, " (rerun qarac-prep with one tokenizer)");
     const int64_t n = std::min(options.max_examples, file.examples());
     TaskBatch batch;
     batch.task = task;
@@ -145,6 +150,7 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
                   " examples (WikiQA's Label 0 rows; files of older qarac-preps have none), so no qa.selection_*");
     }
     batches_.push_back(std::move(batch));
+    paths_.push_back(path.string());
   }
   QARAC_INPUT_CHECK(!batches_.empty(), options.data_dir, ": no held-out task stream (",
                     "encode_decode.h5, question_answering.h5, reasoning.h5, consistency.h5)");
@@ -159,6 +165,12 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   EvalResult result;
   Objectives objectives(models, options_.qa_objective);
   SentenceEncoder::Activations acts_a, acts_b;
+  for (size_t i = 0; i < batches_.size(); ++i)
+    for (size_t f = 0; f < batches_[i].fields.size(); ++f)
+      QARAC_INPUT_CHECK(batches_[i].fields[f].max_length() <= config.max_tokens(), paths_[i], ": its ",
+                        data::task_fields(batches_[i].task)[f], " field holds a sequence of ",
+                        batches_[i].fields[f].max_length(), " tokens, more than the ", config.max_tokens(),
+                        " the models read (rerun qarac-prep with --max-length ", config.max_tokens(), ")");
 
   for (const TaskBatch& batch : batches_) {
     const std::string task = data::task_short_name(batch.task);

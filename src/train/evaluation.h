@@ -66,6 +66,7 @@ struct EvalOptions {
   int64_t max_decoded = 64;     // examples decoded greedily per decoder task
   std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
   QaObjective qa_objective;           // what qa.loss measures: the training's objective
+  std::string tokenizer_hash;         // non-empty: every held-out stream must come from it
 };
 
 // The consistency label cos(AE(s0), AE(s1)) stands for, as the consistency objective reads it:
@@ -85,13 +86,16 @@ void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidat
 
 class QaracEvaluator : public Evaluator {
  public:
-  // Reads the held-out examples once: InputError when data_dir has none of the task files.
+  // Reads the held-out examples once: InputError when data_dir has none of the task files, or
+  // one holds another task or comes from another tokenizer than options.tokenizer_hash. A
+  // sequence longer than the models read is an InputError naming its file at evaluate().
   explicit QaracEvaluator(const EvalOptions& options);
   EvalResult evaluate(const EvalContext& context) override;
 
  private:
   EvalOptions options_;
   std::vector<data::TaskBatch> batches_;  // one per task found, all its examples
+  std::vector<std::string> paths_;        // the file of each batch
   data::Candidates candidates_;           // question_answering's examples', when its file has them
   bool warned_no_lm_head_ = false;        // the forgetting monitor cannot run: said once
 };

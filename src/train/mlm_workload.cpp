@@ -59,6 +59,7 @@ class MlmWorkload : public Workload {
 
   // One model, written by the text task's backward pass, on every rank.
   int64_t vocab_size() const override { return config_.vocab_size; }
+  int64_t max_tokens() const override { return config_.max_tokens(); }
   std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) override {
     return {{"base", {}, plan.ranks_of(data::Task::encode_decode), mlm_->parameters()}};
   }

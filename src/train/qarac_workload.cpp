@@ -56,6 +56,7 @@ class QaracWorkload : public Workload {
   }
 
   int64_t vocab_size() const override { return models_->config().base.vocab_size; }
+  int64_t max_tokens() const override { return models_->config().base.max_tokens(); }
   // With a trained rehearsal head, its group last: written during AE's backward pass of the
   // rehearsal, it launches after AE's groups (parallel::launch_order, docs/distributed.md §7).
   std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) override {

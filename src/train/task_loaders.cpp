@@ -10,7 +10,8 @@
 
 namespace qarac {
 
-TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size) {
+TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size,
+                         int64_t max_tokens) {
   // The tokenizer the exports carry must be the one the data was made with: a mismatch is refused
   // now, before the output directory exists, rather than by the export at the end of the run.
   const std::string tokenizer_dir = export_tokenizer_dir(config);
@@ -40,6 +41,7 @@ TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, 
     options.seed = static_cast<uint64_t>(config.seed);
     options.global_batch = settings.batch;
     options.vocab_size = vocab_size;
+    options.max_tokens = max_tokens;
     loaders_.emplace_back(one, options);
   }
 }

@@ -15,9 +15,9 @@ class TaskLoaders {
  public:
   // Opens data_dir/<task>.h5 of every task of `plan` (the rehearsal: encode_decode.h5);
   // InputError when two were made with different tokenizers, when one was made with another
-  // tokenizer than the run's (export_tokenizer_dir, when it names one), or when a token id is not
-  // below `vocab_size` (the models').
-  TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size);
+  // tokenizer than the run's (export_tokenizer_dir, when it names one), when a token id is not
+  // below `vocab_size` or a sequence is longer than `max_tokens` (the models').
+  TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size, int64_t max_tokens);
 
   data::StepBatch next();
   data::LoaderCursor cursor() const;

@@ -181,7 +181,7 @@ void Trainer::Impl::build(Device device) {
   }
   // Data tokenised with another tokenizer than the base's is refused here, before the output
   // directory exists: its ids would reach past the models' vocabulary.
-  t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size());
+  t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size(), t.workload->max_tokens());
   if (config.contrastive_qa() && place.world) {
     const std::vector<int>& ranks = plan.ranks_of(data::Task::question_answering);
     std::string name = "question_answering ranks";

@@ -30,6 +30,8 @@ class Workload {
   virtual std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) = 0;
   // The models' vocabulary: every token id of the data must lie below it.
   virtual int64_t vocab_size() const = 0;
+  // The longest sequence the models read (their position table's).
+  virtual int64_t max_tokens() const = 0;
   // Before this rank's micro-batches of `task` in a training step, also when it has none
   // (Objectives::begin_task): an objective over the whole global batch gathers it here.
   virtual void begin_task(data::Task /*task*/, const std::vector<data::TaskBatch>& /*micro*/,

@@ -17,10 +17,12 @@
 #include "data/shards.h"
 #include "model/init.h"
 #include "model/masked_lm.h"
+#include "support/test_support.h"
 #include "train/evaluation.h"
 
 using namespace qarac;
 namespace fs = std::filesystem;
+using test_support::expect_input_error;
 
 namespace {
 
@@ -410,6 +412,40 @@ TEST_F(EvaluatorTest, NoHeldOutDataIsAnInputError) {
   EvalOptions options;
   options.data_dir = dir_.string();
   EXPECT_THROW(QaracEvaluator{options}, InputError);
+}
+
+// Held-out streams that would give metrics meaning nothing are named: another task's file under a
+// task's name, another tokenizer's data than the training's, a sequence longer than the models
+// read (found at the first evaluation, before any forward pass).
+TEST_F(EvaluatorTest, HeldOutStreamsOfAnotherKindAreNamed) {
+  EvalOptions options;
+  options.data_dir = dir_.string();
+  const std::string reasoning = (dir_ / "reasoning.h5").string();
+  {
+    data::TaskStreamWriter writer(reasoning, data::Task::consistency);
+    writer.append({{0, 5, 2}, {0, 6, 2}}, 1);
+    writer.finish({});
+    writer.publish();
+  }
+  expect_input_error([&] { QaracEvaluator{options}; }, {reasoning, "holds task consistency, expected reasoning"});
+  fs::remove(reasoning);
+
+  config_.base = tiny_config();
+  const int64_t longest = config_.base.max_tokens();
+  write(data::Task::encode_decode, 2, [&](int i) { return Sequences{std::vector<int32_t>(longest + i, 5)}; });
+  const std::string text = (dir_ / "encode_decode.h5").string();
+  options.tokenizer_hash = "the training data's";
+  expect_input_error([&] { QaracEvaluator{options}; },
+                     {text, "made with tokenizer , but the training data with the training data's"});
+  options.tokenizer_hash.clear();
+  QaracEvaluator evaluator(options);
+  TensorMap weights;
+  RobertaEncoder base(config_.base, DType::f32, Device::cpu());
+  for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
+  QaracModels models(config_, weights, DType::f32, Device::cpu());
+  expect_input_error([&] { evaluator.evaluate({models, {}, config_.base, 0}); },
+                     {text, ": its text field holds a sequence of " + std::to_string(longest + 1) + " tokens, more than the " +
+                                std::to_string(longest) + " the models read"});
 }
 
 // The consistency evaluation's classes at their boundaries: ±1/3 itself is neutral (the

@@ -275,6 +275,18 @@ TEST_F(Hostile, TokenIdsBeyondTheModelsVocabularyAreRefused) {
   EXPECT_NO_THROW(Loader(kEncodeDecode, o));
 }
 
+// Before: found when its batch came up (hours into a run), by a message naming no file.
+TEST_F(Hostile, SequencesLongerThanTheModelReadsAreRefusedAtTheStart) {
+  write_stream(path("encode_decode.h5"), 50, 6);  // 1 to 20 tokens each
+  LoaderOptions o = options_for(dir_);
+  o.max_tokens = 10;
+  expect_input_error([&] { Loader(kEncodeDecode, o); },
+                     {path("encode_decode.h5"), "'s text has", "tokens, more than the 10 the model reads",
+                      "rerun qarac-prep with --max-length 10"});
+  o.max_tokens = 20;
+  EXPECT_NO_THROW(Loader(kEncodeDecode, o));
+}
+
 // ---- Tokenizer files -------------------------------------------------------------------------
 
 json sample_tokenizer() {

@@ -305,7 +305,7 @@ TEST_F(TrainerStep, OneStepIsTheTasksGradientsCombinedByHand) {
   const std::vector<parallel::ParameterGroup> groups = workload->parameter_groups(plan);
   const ParameterList params = group_parameters(groups);
   const std::vector<Values> start = snapshot(params, &Parameter::master);
-  TaskLoaders loaders(plan.rank_plan(0), c, 0);
+  TaskLoaders loaders(plan.rank_plan(0), c, 0, 0);
   const data::StepBatch batch = loaders.next();
   ASSERT_EQ(batch.tasks.size(), 5u);
   std::vector<Values> g;
@@ -396,7 +396,7 @@ TEST_F(TrainerStep, RestoredLoadersGoOnWithTheSameExamples) {
   c.seed = 5;
   for (TaskSettings& t : c.task) t.batch = 400;
   const data::RankPlan plan = data::RankPlan::single();
-  TaskLoaders straight(plan, c, 0);
+  TaskLoaders straight(plan, c, 0, 0);
   int past_boundary = 0;
   for (int step = 0; step < 12 && past_boundary < 3; ++step) {
     const data::LoaderCursor cursor = straight.cursor();
@@ -404,7 +404,7 @@ TEST_F(TrainerStep, RestoredLoadersGoOnWithTheSameExamples) {
     for (const data::TaskCursor& t : cursor.tasks) every_task_past = every_task_past && t.epoch > 0;
     if (every_task_past) {
       ++past_boundary;
-      TaskLoaders resumed(plan, c, 0);
+      TaskLoaders resumed(plan, c, 0, 0);
       resumed.restore(cursor);
       const data::StepBatch want = straight.next(), got = resumed.next();
       ASSERT_EQ(got.tasks.size(), want.tasks.size());
