@@ -33,8 +33,9 @@ base_positions() {
   positions=$(jq -e '.max_position_embeddings' "$base/config.json") ||
     die "$base/config.json: no max_position_embeddings"
   vocab=$(jq -e '.vocab_size' "$base/config.json") || die "$base/config.json: no vocab_size"
-  tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq '.model.vocab | length' "$tokenizer/tokenizer.json"
-              else jq 'length' "$tokenizer/vocab.json"; fi)
+  tok_vocab=$(if [ -f "$tokenizer/tokenizer.json" ]; then jq -e '.model.vocab | length' "$tokenizer/tokenizer.json"
+              else jq -e 'length' "$tokenizer/vocab.json"; fi 2>/dev/null) ||
+    die "tokenizer $tokenizer: its vocabulary cannot be read (tokenizer.json or vocab.json is not valid JSON)"
   ((tok_vocab == vocab)) ||
     die "tokenizer $tokenizer has $tok_vocab tokens, the base $vocab: give the base's with --tokenizer DIR"
   echo "$positions"

@@ -7,7 +7,7 @@
 # dotted lines. The loss and forgetting axes span at least a factor of 2.25 around their data,
 # so that a change of a few hundredths of a percent reads as flat. Panels without data are left out, so an MLM
 # pre-training run gets its loss panels only. Safe to run while the job is still writing.
-#   launch/plot-metrics.sh RUN_DIR [OUT.svg]      (default: RUN_DIR/metrics.svg)
+#   launch/plot-metrics.sh RUN_DIR [OUT.svg]      (default: RUN_DIR/metrics.svg; a folder: OUT/metrics.svg)
 # Needs jq and gnuplot (bash launch/install-deps.sh --job).
 set -euo pipefail
 me=launch/plot-metrics.sh
@@ -20,6 +20,7 @@ esac
 (($# <= 2)) || die "usage: $me RUN_DIR [OUT.svg]"
 run_dir=$1
 out=${2:-$run_dir/metrics.svg}
+[ ! -d "$out" ] || out=$out/metrics.svg   # named by the file it writes, not by the folder
 metrics=$run_dir/metrics.jsonl
 [ -s "$metrics" ] || die "no metrics to plot: '$metrics' is missing or empty"
 for tool in jq gnuplot; do

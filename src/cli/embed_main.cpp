@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
         ("help,h", "print this help")
         ("version", "print the version, the git commit and the libraries' versions, and exit")
         ("model", po::value(&model), "an encoder export folder (config.json, model.safetensors, tokenizer)")
-        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or .jsonl; - : JSON lines on standard output")
         ("batch", po::value(&batch)->default_value(64), "sentences per forward pass")

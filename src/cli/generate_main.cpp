@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
         ("decoder", po::value(&decoder_dir), "the decoder export folder")
         ("vectors", po::value(&vectors_path), "vectors: .npy [N, d] (f32 or f64) or JSON lines ({\"vector\": [...]})")
         ("encoder", po::value(&encoder_dir), "with --input: the encoder export that makes the vectors (usually answer_encoder)")
-        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("max-tokens", po::value(&max_tokens)->default_value(32), "new tokens at most per vector")
         ("batch", po::value(&batch)->default_value(64), "vectors decoded together")

@@ -31,9 +31,10 @@ using detail::TokenizerTables;
 constexpr uintmax_t kMaxFileBytes = uintmax_t{256} << 20;
 
 std::string read_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail(path, "is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open (", std::strerror(errno), ")");
-  std::error_code ec;
   const uintmax_t bytes = std::filesystem::file_size(path, ec);
   if (!ec && bytes > kMaxFileBytes)
     fail(path, bytes, " bytes, more than the ", kMaxFileBytes >> 20, " MiB a tokenizer file is taken with");

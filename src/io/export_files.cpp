@@ -103,8 +103,9 @@ void write_qarac_code(const std::string& dir, const std::string& model) {
   json config = json::parse(read_text(config_path));
   const std::string cls = encoder ? "modeling_qarac.QaracEncoderModel"
                                   : "modeling_qarac.QaracDecoderModel";
+  // AutoModel only: the decoder generates from a vector (generate_from_vectors), not as a causal
+  // LM's generate() or the text-generation pipeline would drive it.
   config["auto_map"] = {{"AutoModel", cls}};
-  if (!encoder) config["auto_map"]["AutoModelForCausalLM"] = cls;
   write_text(config_path, config.dump(2) + "\n");
 }
 
@@ -115,7 +116,7 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
   if (!card.base_model.empty()) md << "base_model: " << yaml_string(card.base_model) << "\n";
   md << "language: en\ntags:\n- qarac\n- roberta\n- qarac-mt\n";
   if (encoder) md << "- sentence-embeddings\npipeline_tag: feature-extraction\n";
-  if (decoder) md << "- text-generation\npipeline_tag: text-generation\n";
+  if (decoder) md << "- text-generation\n";  // from vectors: no pipeline of transformers' drives it
   if (model == "base") md << "- fill-mask\npipeline_tag: fill-mask\n";
   if (!card.datasets.empty()) {
     md << "datasets:\n";

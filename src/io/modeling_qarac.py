@@ -198,8 +198,11 @@ class QaracDecoderModel(RobertaPreTrainedModel):
     @torch.no_grad()
     def generate_from_text(self, texts, encoder, tokenizer, max_new_tokens=32):
         """Encodes `texts` with a QARAC encoder (usually the answer encoder) and decodes the
-        vectors: the encode_decode round trip. Returns the decoded strings."""
-        batch = tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
+        vectors: the encode_decode round trip. Returns the decoded strings. A text longer than the
+        encoder's positions is cut to them (keeping </s>), as qarac-embed and qarac-generate cut it."""
+        limit = encoder.config.max_position_embeddings - encoder.config.pad_token_id - 1
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=limit,
+                          return_tensors="pt").to(self.device)
         vectors = encoder(**batch).pooler_output
         ids = self.generate_from_vectors(vectors, max_new_tokens)
         return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]

@@ -87,7 +87,7 @@ QaracModels::QaracModels(const QaracConfig& config, const TensorMap& base_weight
   m.config = config;
   m.dtype = dtype;
   m.device = device;
-  const std::string source = "the base checkpoint";
+  const std::string& source = config.base_source;
 
   // The new heads from one stream, QE's, AE's, then D's: a model this process does not build
   // skips its draws (an encoder's pooling head: two d×d matrices), so the others are the same

@@ -37,6 +37,7 @@ struct QaracConfig {
   // which evaluates and exports, all three). A model's heads are initialised the same whichever
   // others are built.
   bool build_question_encoder = true, build_answer_encoder = true, build_decoder = true;
+  std::string base_source = "the base checkpoint";  // what messages about the base weights name
 };
 
 // An encoder: RoBERTa base + pooling head, v [B, d] per batch of sequences.

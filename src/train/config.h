@@ -114,10 +114,17 @@ struct TrainConfig {
 // task.<t>.examples, parallel.simulate_world) is an InputError saying what replaced it.
 std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[], std::ostream& help);
 
-// The checks that need no file: required keys, ranges, names. One-line InputError naming the key.
+// The checks that need no file: required keys, ranges, names, and no setting given that the
+// mode ignores. One-line InputError naming the key (every ignored one at once).
 void check_values(const TrainConfig& config);
 
-// Every key with its value as INI text (sections, one key per line), which --config reads back.
+// Why `key` has no effect with config's mode and settings (e.g. "with model.mode qarac (the
+// sizes are model.base's)"); "" when it has one. check_values refuses such a key when given;
+// to_ini and resume_mismatch leave it out.
+std::string no_effect(const TrainConfig& config, const std::string& key);
+
+// Every key that has an effect, with its value, as INI text (sections, one key per line), which
+// --config reads back.
 std::string to_ini(const TrainConfig& config);
 
 // "" when a checkpoint written under `saved_ini` (to_ini of its run) may be resumed by `config`,

@@ -2,9 +2,11 @@
 // the four objectives (train/objectives.h) and, with rehearsal, masked language modelling through
 // AE's base (train/rehearsal.h). The base's MLM head is set aside for the forgetting monitor of
 // the evaluation and the rehearsal.
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
+#include "core/log.h"
 #include "data/tokenizer.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_export.h"
@@ -29,6 +31,23 @@ MlmMasking rehearsal_masking(const TrainConfig& c, const RobertaConfig& base) {
   return mlm_masking(tokenizer, static_cast<uint64_t>(c.seed), c.mask_probability);
 }
 
+// Layers the weights hold beyond config.json's num_hidden_layers take no parameter: said, as
+// transformers does, since a config that lies about its depth trains a smaller model unnoticed.
+void warn_unused_layers(const io::HfRoberta& base, const std::string& source) {
+  int64_t unused = 0;
+  std::string first;
+  for (const auto& [name, tensor] : base.encoder) {
+    if (name.rfind("encoder.layer.", 0) != 0) continue;
+    char* end = nullptr;
+    const long long layer = std::strtoll(name.c_str() + 14, &end, 10);
+    if (end == name.c_str() + 14 || layer < base.config.num_layers) continue;
+    if (unused++ == 0) first = name;
+  }
+  if (unused > 0)
+    log::warn(source, ": ", unused, " tensors of layers beyond config.json's num_hidden_layers (",
+              base.config.num_layers, ") are left unused (the first: '", printable(first), "')");
+}
+
 class QaracWorkload : public Workload {
  public:
   QaracWorkload(const TrainConfig& c, Device device, const std::array<bool, parallel::kModelCount>& build)
@@ -46,6 +65,8 @@ class QaracWorkload : public Workload {
     qc.build_question_encoder = build[static_cast<int>(parallel::Model::question_encoder)];
     qc.build_answer_encoder = build[static_cast<int>(parallel::Model::answer_encoder)];
     qc.build_decoder = build[static_cast<int>(parallel::Model::decoder)];
+    qc.base_source = c.base + "/model.safetensors";
+    warn_unused_layers(base_, qc.base_source);
     models_ = std::make_unique<QaracModels>(qc, base_.encoder, c.dtype_value(), device);
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
     objectives_ = std::make_unique<Objectives>(*models_, qa_objective_of(c));

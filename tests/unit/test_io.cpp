@@ -426,16 +426,17 @@ TEST_F(IoTest, WriteIntoMissingDirectoryFails) {
   EXPECT_TRUE(entries().empty());
 }
 
-TEST_F(IoTest, FailedRenameRemovesTemporaryFile) {
-  // The target is a directory: the temporary file is written, the rename fails, and the
-  // temporary file must not stay behind.
+TEST_F(IoTest, AFolderTargetIsRefusedAndLeavesNothing) {
+  // The target is a directory: refused before any byte is written (AtomicFile; a rename that
+  // fails later removes its temporary file too, FileTest.FailedAtomicWrites...), and nothing
+  // stays behind.
   fs::create_directory(dir_ / "target");
   const std::string p = path("target");
   expect_input_error(
       [&] {
         write_safetensors(p, {{"a", Tensor::zeros({2}, DType::f32)}});
       },
-      {p, "cannot rename"});
+      {p, "not a regular file (a directory)"});
   EXPECT_EQ(entries(), std::vector<std::string>{"target"});
 }
 

@@ -476,6 +476,11 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
   };
   expect_key([](TrainConfig& b) { b.lr = -1; }, "optimizer.lr");
   expect_key([](TrainConfig& b) { b.task[1].batch = 0; }, "task.qa.batch");
+  // Typos, refused before they fill the memory or overflow a conversion.
+  expect_key([](TrainConfig& b) { b.task[0].batch = 100000000; }, "task.ed.batch: 100000000 must lie between 1 and");
+  expect_key([](TrainConfig& b) { b.bucket_mb = 1e-9; }, "parallel.bucket_mb");
+  expect_key([](TrainConfig& b) { b.bucket_mb = 1e30; }, "parallel.bucket_mb");
+  expect_key([](TrainConfig& b) { b.show_plan = 4294967297; }, "parallel.show_plan");
   expect_key([](TrainConfig& b) { b.micro_tokens = -2; }, "train.micro_tokens");
   expect_key([](TrainConfig& b) { b.qa_temperature = std::nan(""); }, "task.qa.temperature");
   expect_key(

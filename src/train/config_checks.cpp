@@ -1,0 +1,235 @@
+// What a configuration may be: the checks of its values, the settings a mode ignores, and which
+// of its settings a checkpoint fixes for the runs that resume it.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <initializer_list>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "data/task.h"
+#include "train/config.h"
+
+namespace qarac {
+
+std::string no_effect(const TrainConfig& c, const std::string& key) {
+  const auto among = [&](std::initializer_list<const char*> keys) {
+    return std::any_of(keys.begin(), keys.end(), [&](const char* k) { return key == k; });
+  };
+  const bool size = among({"model.hidden", "model.layers", "model.heads", "model.ffn", "model.max_positions"});
+  if (!c.pretraining()) {
+    if (size) return "with model.mode qarac (the sizes are model.base's)";
+    if (key == "model.tokenizer")
+      return "with model.mode qarac (the vocabulary is model.base's; eval.tokenizer sets the forgetting monitor's)";
+    if (!c.rehearsal() && among({"model.mask_probability", "task.mlm.batch", "task.mlm.head"}))
+      return "while task.mlm.weight is 0 (rehearsal off)";
+  } else {
+    if (!c.base.empty() && size) return "when model.base is given (the sizes are the base's)";
+    if (among({"model.share_encoder_base", "model.tie_lm_head", "eval.tokenizer", "eval.decoded", "task.ed.weight"}))
+      return "with model.mode mlm (one model, one objective)";
+    if (among({"task.qa.weight", "task.qa.batch", "task.rs.weight", "task.rs.batch", "task.cs.weight", "task.cs.batch",
+               "task.mlm.weight", "task.mlm.batch", "task.qa.objective"}))
+      return "with model.mode mlm (it trains on the text stream: task.ed.batch)";
+    if (key == "task.mlm.head") return "with model.mode mlm (rehearsal is a model.mode qarac task)";
+  }
+  if (key == "task.qa.temperature" && !c.contrastive_qa()) return "with task.qa.objective " + c.qa_objective;
+  return "";
+}
+
+namespace {
+
+// Sanity bounds: far beyond any machine, so that what is refused is a typo (a batch of 10^8
+// examples filled 24 GB before anything was said).
+constexpr int64_t kMaxRanks = 1 << 20;
+constexpr int64_t kMaxBatch = 1 << 24;
+
+}  // namespace
+
+void check_values(const TrainConfig& c) {
+  QARAC_INPUT_CHECK(!c.output.empty() || c.show_plan > 0, "output: required (the run directory; --output DIR)");
+  QARAC_INPUT_CHECK(c.mode == "qarac" || c.mode == "mlm", "model.mode: '", c.mode, "' must be qarac or mlm");
+  QARAC_INPUT_CHECK(c.pretraining() || !c.base.empty(), "model.base: required (a Hugging Face RoBERTa directory)");
+  if (c.pretraining()) {
+    QARAC_INPUT_CHECK(!c.tokenizer.empty(), "model.tokenizer: required with model.mode mlm (a tokenizer directory)");
+    QARAC_INPUT_CHECK(c.hidden > 0 && c.layers > 0 && c.heads > 0 && c.hidden % c.heads == 0,
+                      "model.hidden, model.layers, model.heads: positive, hidden divisible by heads (got ",
+                      c.hidden, ", ", c.layers, ", ", c.heads, ")");
+    QARAC_INPUT_CHECK(c.ffn >= 0 && c.max_positions > 2, "model.ffn must be >= 0 and model.max_positions > 2");
+  }
+  if (c.pretraining() || c.rehearsal())
+    QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
+                      c.mask_probability, " must lie in (0, 1)");
+  // A setting that the chosen mode ignores is refused: the user meant something by it. All of
+  // them at once, so that one fix suffices.
+  std::string ignored;
+  size_t count = 0;
+  for (const std::string& key : c.given) {
+    const std::string why = no_effect(c, key);
+    if (why.empty()) continue;
+    ignored += (count++ ? "; " : "") + key + ": has no effect " + why;
+  }
+  QARAC_INPUT_CHECK(count == 0, ignored, count == 1 ? "; remove it" : "; remove them");
+  QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
+                    c.qa_objective, "' must be mse or contrastive");
+  QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",
+                    c.qa_temperature, " must be a finite number > 0");
+  QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
+                    "' must be frozen or trained");
+  QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
+  QARAC_INPUT_CHECK(c.dropout < kDropoutBelow, "model.dropout: ", c.dropout, " must be < 1 - 2^-17 (negative: the base config's)");
+  QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
+  QARAC_INPUT_CHECK(c.steps >= 1, "train.steps: ", c.steps, " must be >= 1");
+  QARAC_INPUT_CHECK(c.seed >= 0, "train.seed: ", c.seed, " must be >= 0");
+  QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "train.device: '", c.device,
+                    "' must be cpu or cuda");
+  QARAC_INPUT_CHECK(c.dtype == "f32" || c.dtype == "bf16" || c.dtype == "f64", "train.dtype: '", c.dtype,
+                    "' must be f32, bf16 or f64");
+  QARAC_INPUT_CHECK(c.dtype != "bf16" || c.device == "cuda",
+                    "train.dtype: bf16 needs train.device cuda (the CPU computes in f32)");
+  QARAC_INPUT_CHECK(c.dtype != "f64" || c.device == "cpu",
+                    "train.dtype: f64 is the CPU's reference precision; train.device cuda computes in f32 or bf16");
+  QARAC_INPUT_CHECK(c.log_every >= 1, "train.log_every: ", c.log_every, " must be >= 1");
+  QARAC_INPUT_CHECK(c.progress == "auto" || c.progress == "plain" || c.progress == "tty", "train.progress: '",
+                    c.progress, "' must be auto, plain or tty");
+  QARAC_INPUT_CHECK(c.nonfinite == "stop" || c.nonfinite == "skip", "train.nonfinite: '", c.nonfinite,
+                    "' must be stop or skip");
+  QARAC_INPUT_CHECK(c.micro_tokens >= 0, "train.micro_tokens: ", c.micro_tokens, " must be >= 0 (0: no limit)");
+  try {
+    optimizer_from_name(c.optimizer);
+  } catch (const InputError& e) {
+    throw InputError(std::string("optimizer.name: ") + e.what());
+  }
+  // Every real-valued setting is finite: an inf or a nan passes a range check such as >= 0 (or
+  // fails it with a misleading message) and turns every loss into nan.
+  const std::pair<const char*, double> reals[] = {
+      {"optimizer.lr", c.lr},           {"optimizer.eps", c.eps},   {"optimizer.weight_decay", c.weight_decay},
+      {"optimizer.momentum_decay", c.momentum_decay}, {"optimizer.clip", c.clip}, {"model.dropout", c.dropout},
+      {"model.init_std", c.init_std},   {"parallel.bucket_mb", c.bucket_mb}};
+  for (const auto& [key, value] : reals)
+    QARAC_INPUT_CHECK(std::isfinite(value), key, ": ", value, " is not a finite number");
+  for (int t = 0; t < data::kTaskCount; ++t)
+    QARAC_INPUT_CHECK(std::isfinite(c.task[t].weight), "task.", data::task_short_name(static_cast<data::Task>(t)),
+                      ".weight: ", c.task[t].weight, " is not a finite number");
+  QARAC_INPUT_CHECK(c.lr >= 0, "optimizer.lr: ", c.lr, " must be >= 0");
+  QARAC_INPUT_CHECK(c.beta1 >= 0 && c.beta1 < 1, "optimizer.beta1: ", c.beta1, " must lie in [0, 1)");
+  QARAC_INPUT_CHECK(c.beta2 >= 0 && c.beta2 < 1, "optimizer.beta2: ", c.beta2, " must lie in [0, 1)");
+  QARAC_INPUT_CHECK(c.eps > 0, "optimizer.eps: ", c.eps, " must be > 0");
+  QARAC_INPUT_CHECK(c.weight_decay >= 0, "optimizer.weight_decay: ", c.weight_decay, " must be >= 0");
+  QARAC_INPUT_CHECK(c.momentum_decay >= 0, "optimizer.momentum_decay: ", c.momentum_decay,
+                    " must be >= 0");
+  QARAC_INPUT_CHECK(c.warmup >= 0, "optimizer.warmup: ", c.warmup, " must be >= 0");
+  // A warmup as long as the run never reaches optimizer.lr: the whole run trains at a fraction of
+  // the rate it asks for, and the decay never starts.
+  QARAC_INPUT_CHECK(c.warmup == 0 || c.warmup < c.steps, "optimizer.warmup: ", c.warmup,
+                    " steps is not shorter than the run (train.steps ", c.steps,
+                    "): the learning rate would never reach optimizer.lr; shorten the warmup or set it to 0");
+  Decay decay = Decay::linear;
+  try {
+    decay = decay_from_name(c.decay);
+  } catch (const InputError& e) {
+    throw InputError(std::string("optimizer.decay: ") + e.what());
+  }
+  QARAC_INPUT_CHECK(c.final_lr >= 0 && c.final_lr <= 1, "optimizer.final: ", c.final_lr,
+                    " must lie in [0, 1]");
+  QARAC_INPUT_CHECK(decay != Decay::exponential || c.final_lr > 0,
+                    "optimizer.final: exponential decay needs a final fraction > 0");
+  QARAC_INPUT_CHECK(c.clip >= 0, "optimizer.clip: ", c.clip, " must be >= 0 (0: no clipping)");
+  QARAC_INPUT_CHECK(c.checkpoint_every >= 0, "checkpoint.every: ", c.checkpoint_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.checkpoint_keep >= 0, "checkpoint.keep: ", c.checkpoint_keep, " must be >= 0");
+  QARAC_INPUT_CHECK(c.eval_every >= 0, "eval.every: ", c.eval_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.eval_every == 0 || !c.eval_dir.empty(), "eval.every: ", c.eval_every,
+                    " needs eval.dir (the held-out task streams); without it nothing is evaluated");
+  QARAC_INPUT_CHECK(c.eval_examples >= 1, "eval.examples: ", c.eval_examples, " must be >= 1");
+  QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
+  QARAC_INPUT_CHECK(c.backend == "auto" || c.backend == "mpi" || c.backend == "nccl", "parallel.backend: '",
+                    c.backend, "' is not one of auto, mpi, nccl");
+  // The deadline is a steady_clock time point in nanoseconds: 1e7 s (116 days) is far beyond any
+  // job and far below the 292 years an int64 of nanoseconds holds.
+  QARAC_INPUT_CHECK(c.timeout > 0 && c.timeout <= 1e7, "parallel.timeout: ", c.timeout,
+                    " must be more than 0 and at most 1e7 seconds");
+  // Bounds that keep the conversions to bytes and ranks exact; far beyond any real setting.
+  QARAC_INPUT_CHECK(c.bucket_mb >= 1.0 / 1024 && c.bucket_mb <= (1 << 20), "parallel.bucket_mb: ", c.bucket_mb,
+                    " must lie between 1/1024 (1 KiB) and 1048576 (1 TiB)");
+  QARAC_INPUT_CHECK(c.check_every >= 0, "parallel.check_every: ", c.check_every, " must be >= 0");
+  QARAC_INPUT_CHECK(c.show_plan >= 0 && c.show_plan <= kMaxRanks, "parallel.show_plan: ", c.show_plan,
+                    " must lie between 0 and ", kMaxRanks, " ranks");
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t));
+    QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ".weight: ", c.task[t].weight, " must be >= 0");
+    QARAC_INPUT_CHECK(c.task[t].batch >= 1 && c.task[t].batch <= kMaxBatch, key, ".batch: ", c.task[t].batch,
+                      " must lie between 1 and ", kMaxBatch, " (examples of the task per step, over all ranks)");
+  }
+}
+
+namespace {
+
+// key -> value of INI text as to_ini writes it (sections prefixed, '#' comments skipped).
+std::map<std::string, std::string> read_ini(const std::string& text) {
+  std::map<std::string, std::string> values;
+  std::istringstream in(text);
+  std::string line, section;
+  const auto trim = [](const std::string& s) {
+    const size_t b = s.find_first_not_of(" \t\r");
+    return b == std::string::npos ? std::string() : s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
+  };
+  while (std::getline(in, line)) {
+    line = trim(line);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line.front() == '[' && line.back() == ']') {
+      section = trim(line.substr(1, line.size() - 2));
+      continue;
+    }
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string key = trim(line.substr(0, eq));
+    values[section.empty() ? key : section + "." + key] = trim(line.substr(eq + 1));
+  }
+  return values;
+}
+
+}  // namespace
+
+std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini) {
+  // What fixes the parameter list, the data order and batches and the random streams; the rest
+  // (steps, rates, intervals, paths, the world size, the task plan, micro-batching) may change
+  // between a run and its resumption.
+  std::vector<std::string> fixed = {"model.mode", "model.share_encoder_base", "model.tie_lm_head",
+                                    "model.dropout", "train.seed", "train.dtype", "optimizer.name"};
+  for (int t = 0; t < data::kQaracTaskCount; ++t)
+    fixed.push_back(std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".batch");
+  const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
+  // Rehearsal on or off: a run that had it off (checkpoints from before it have no task.mlm keys)
+  // holds no position of its stream to go on from, and a trained head only while it was on. Its
+  // weight may change otherwise, as every task's may.
+  const auto weight = saved.find("task.mlm.weight");
+  double saved_weight = 0;
+  if (weight != saved.end()) {
+    char* end = nullptr;
+    saved_weight = std::strtod(weight->second.c_str(), &end);
+    if (end == weight->second.c_str() || *end != '\0' || !std::isfinite(saved_weight))
+      return "task.mlm.weight is '" + weight->second + "' in the checkpoint's run, not a number";
+  }
+  const bool was_on = saved_weight > 0;
+  if (was_on && !config.rehearsal())
+    return "task.mlm.weight: rehearsal was on in the checkpoint's run and is off now (it must stay on: resume "
+           "with a positive weight)";
+  if (!was_on && config.rehearsal())
+    return "task.mlm.weight: rehearsal was off in the checkpoint's run and is on now (the checkpoint holds no "
+           "position of the rehearsal stream to go on from; rehearsal needs a new run)";
+  if (was_on)
+    for (const char* key : {"task.mlm.batch", "task.mlm.head"}) fixed.push_back(key);
+  for (const std::string& key : fixed) {
+    // One that has no effect in this run's mode (and that config.ini leaves out) fixes nothing.
+    if (!no_effect(config, key).empty()) continue;
+    const auto it = saved.find(key);
+    const std::string was = it == saved.end() ? "(unset)" : it->second;
+    if (was != now.at(key))
+      return key + " was " + was + " in the checkpoint's run and is " + now.at(key) + " now (it must match)";
+  }
+  return "";
+}
+
+}  // namespace qarac
