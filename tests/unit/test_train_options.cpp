@@ -1,14 +1,16 @@
 // qarac-train's options as a new user meets them: a misspelt key gets a suggestion (and its INI
 // line), a setting the chosen mode ignores is refused, an evaluation interval without held-out
-// data is refused, the progress line is rewritten in place only where asked or on a terminal, and
-// qarac-prep says how many examples it truncated.
+// data is refused, the progress line is rewritten in place only where asked or on a terminal,
+// qarac-prep says how many examples it truncated, and a base's layers beyond its config are said.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "io/safetensors.h"
 #include "support/train_cli.h"
+#include "support/training_fixtures.h"
 
 using qarac::test_support::CliResult;
 
@@ -55,6 +57,29 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error("--task.qa.temperature 0.1", {"task.qa.temperature: has no effect with task.qa.objective mse"});
   expect_usage_error("--task.qa.objective cosine", {"task.qa.objective: 'cosine' must be mse or contrastive"});
   expect_usage_error("--task.qa.objective contrastive --task.qa.temperature 0", {"task.qa.temperature: 0", "> 0"});
+}
+
+// A base whose weights hold more layers than its config.json counts trains the smaller model it
+// describes, and says what it leaves (before: nothing was said in model.mode qarac).
+TEST_F(TrainOptionsCli, BaseLayersBeyondItsConfigAreSaid) {
+  const fs::path base = root() / "shallow-base";
+  qarac::test_support::write_tiny_base(base, qarac::test_support::kSample + "tokenizer");  // 1 layer
+  const std::string weights = (base / "model.safetensors").string();
+  qarac::TensorMap tensors = qarac::io::read_safetensors(weights);
+  qarac::TensorMap second;
+  for (const auto& [name, tensor] : tensors) {
+    const size_t at = name.find("encoder.layer.0.");
+    if (at != std::string::npos) second[name.substr(0, at) + "encoder.layer.1." + name.substr(at + 16)] = tensor;
+  }
+  ASSERT_EQ(second.size(), 16u);
+  tensors.insert(second.begin(), second.end());
+  qarac::io::write_safetensors(weights, tensors);
+  const CliResult r = train(root() / "shallow", "--train.steps 2 --model.base " + base.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find((base / "model.safetensors").string() + ": 16 tensors of layers beyond config.json's "
+                          "num_hidden_layers (1) are left unused (the first: 'encoder.layer.1."),
+            std::string::npos)
+      << r.output;
 }
 
 // The tests read the output through a pipe: auto and plain print a line per step, tty rewrites
