@@ -9,15 +9,10 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 case_name=${1:?usage: test_forgetting.sh CASE [MPIEXEC BUILD_DIR]}
-mpiexec=${2:-mpirun}
-build=${3:-$repo/build}
 # shellcheck source=tests/launch/checks.sh
 source "$(dirname "$0")/checks.sh"
-if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then echo "jq or gnuplot missing: skipped"; exit 77; fi
-
-work=$(mktemp -d)
-trap 'rm -rf -- "$work"' EXIT
-export QARAC_BUILD=$build MPIRUN=$mpiexec
+# shellcheck source=tests/launch/end_to_end.sh
+source "$(dirname "$0")/end_to_end.sh"
 unset SLURM_JOB_ID SLURM_NTASKS SLURM_NTASKS_PER_NODE QARAC_SRUN_MPI QARAC_SRUN_OPTS
 # forgetting ARGS...: runs the script; its output in out.txt, its status in rc.
 forgetting() {
@@ -35,16 +30,6 @@ refused() {
   check "$what: says '$text'" has "$work/out.txt" "$text"
   check "$what: nothing written" test ! -e "$work/refused"
 }
-# A tiny base: one masked-LM step of the quickstart's tiny RoBERTa on the prepared sample text.
-tiny_base() {
-  local sample=$repo/data/sample
-  "$build/src/cli/qarac-prep" --tokenizer "$sample/tokenizer" --out "$work/text" --max-length 128 \
-    --text "$sample/corpus_train.txt" >"$work/prep.log" 2>&1
-  "$build/src/cli/qarac-train" --config "$repo/launch/configs/quickstart-pretrain.ini" --output "$work/base" \
-    --model.max_positions 130 --model.tokenizer "$sample/tokenizer" --data.dir "$work/text" \
-    --train.steps 1 --optimizer.warmup 0 --checkpoint.every 0 >"$work/base.log" 2>&1
-}
-
 test_options() {
   forgetting --help
   check "--help: exit 0 (got $rc)" test "$rc" = 0
@@ -179,9 +164,4 @@ test_srun() {
 lacks_text() { ! grep -qF -- "$2" "$1"; }  # lacks_text FILE TEXT
 declare -F "test_$case_name" >/dev/null || { echo "test_forgetting.sh: no case '$case_name'" >&2; exit 2; }
 "test_$case_name"
-if ((failures)); then
-  echo "--- output of the last run of launch/forgetting.sh:" >&2
-  cat "$work/out.txt" >&2
-  exit 1
-fi
-echo "test_forgetting.sh $case_name: every check holds"
+finish launch/forgetting.sh

@@ -10,15 +10,10 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 case_name=${1:?usage: test_quickstart.sh CASE [MPIEXEC BUILD_DIR]}
-mpiexec=${2:-mpirun}
-build=${3:-$repo/build}
 # shellcheck source=tests/launch/checks.sh
 source "$(dirname "$0")/checks.sh"
-if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then echo "jq or gnuplot missing: skipped"; exit 77; fi
-
-work=$(mktemp -d)
-trap 'rm -rf -- "$work"' EXIT
-export QARAC_BUILD=$build MPIRUN=$mpiexec
+# shellcheck source=tests/launch/end_to_end.sh
+source "$(dirname "$0")/end_to_end.sh"
 # quickstart ARGS...: runs the script from $work; its output in out.txt, its status in rc.
 quickstart() {
   rc=0
@@ -34,18 +29,6 @@ refused() {
   check "$what: one line (got $(lines))" test "$(lines)" = 1
   check "$what: says '$text'" has "$work/out.txt" "$text"
 }
-# A tiny base: one masked-LM step of the quickstart's tiny RoBERTa on the prepared sample text,
-# exported as a Hugging Face directory.
-tiny_base() {
-  local sample=$repo/data/sample
-  "$build/src/cli/qarac-prep" --tokenizer "$sample/tokenizer" --out "$work/text" --max-length 128 \
-    --text "$sample/corpus_train.txt" >"$work/prep.log" 2>&1
-  "$build/src/cli/qarac-train" --config "$repo/launch/configs/quickstart-pretrain.ini" --output "$work/pretrain" \
-    --model.max_positions 130 --model.tokenizer "$sample/tokenizer" --data.dir "$work/text" \
-    --train.steps 1 --optimizer.warmup 0 --checkpoint.every 0 --eval.dir '' >"$work/base.log" 2>&1
-  echo "$work/pretrain/export/base"
-}
-
 test_options() {
   quickstart --help
   check "--help: exit 0 (got $rc)" test "$rc" = 0
@@ -67,9 +50,9 @@ test_options() {
 }
 
 test_run() {
-  local base out="$work/run dir"
-  base=$(tiny_base)
-  quickstart --out "$out" --base "$base" --steps 2 --ranks 2 --skip-build
+  local out="$work/run dir"
+  tiny_base
+  quickstart --out "$out" --base "$work/base/export/base" --steps 2 --ranks 2 --skip-build
   check "exit 0 (got $rc)" test "$rc" = 0
   check "the summary at step 2" has_re "$work/out.txt" "step 0 +step 2"
   check "every task in it" has_re "$work/out.txt" "consistency +accuracy"
@@ -86,9 +69,4 @@ test_run() {
 
 declare -F "test_$case_name" >/dev/null || { echo "test_quickstart.sh: no case '$case_name'" >&2; exit 2; }
 "test_$case_name"
-if ((failures)); then
-  echo "--- output of the last run of launch/quickstart.sh:" >&2
-  cat "$work/out.txt" >&2
-  exit 1
-fi
-echo "test_quickstart.sh $case_name: every check holds"
+finish launch/quickstart.sh
