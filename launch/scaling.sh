@@ -306,7 +306,8 @@ if ! ((summarise_only)); then
         cmd=("${srun_cmd[@]}" "${srun_extra[@]}" "$train" "${run_args[@]}")
       fi
       what=$m
-      if ((w == 4 && ${#modes[@]} == 2)); then what="weak = strong"; fi
+      # W0 = 4 is one run for both modes when both have it (not with --ranks 2,5: weak only).
+      if ((w == 4 && ${#modes[@]} == 2)) && in_mode weak 4 && in_mode strong 4; then what="weak = strong"; fi
       echo "   [$index/$total] W=$w ($what), plan $plan, global batches: $budget_text"
       t0=$SECONDS
       { printf '%q ' "${cmd[@]}"; printf '\n'; } >"$logs/$name.cmd"
