@@ -44,6 +44,14 @@ struct Ranked {
   data::Candidates candidates;
 };
 
+// InputError unless `ids` fits the encoders' positions; `where` names the sequence.
+void check_fits(const std::vector<int32_t>& ids, const Encoder& encoder, const std::string& where) {
+  const int64_t max_tokens = encoder.config.max_tokens();
+  QARAC_INPUT_CHECK(static_cast<int64_t>(ids.size()) <= max_tokens, where, " has ", ids.size(),
+                    " tokens, more than the ", max_tokens, " ", encoder.dir, " reads (prepare it with qarac-prep ",
+                    "--max-length ", max_tokens, ")");
+}
+
 Ranked from_stream(const std::string& stream, const Encoder& question, const Encoder& answer,
                    int64_t max_examples) {
   const data::TaskStreamFile file(stream);
@@ -54,8 +62,16 @@ Ranked from_stream(const std::string& stream, const Encoder& question, const Enc
   check_tokenizer(question, file.info(), stream);
   check_tokenizer(answer, file.info(), stream);
   const int64_t n = max_examples > 0 ? std::min(max_examples, file.examples()) : file.examples();
-  return {sequences(file.read_field(0, 0, n)), sequences(file.read_field(1, 0, n)),
-          file.read_candidates(0, n)};
+  Ranked r{sequences(file.read_field(0, 0, n)), sequences(file.read_field(1, 0, n)), file.read_candidates(0, n)};
+  for (size_t i = 0; i < r.questions.size(); ++i) {
+    check_fits(r.questions[i], question, stream + ": example " + std::to_string(i) + "'s question");
+    check_fits(r.answers[i], answer, stream + ": example " + std::to_string(i) + "'s answer");
+  }
+  const data::Ragged& s = r.candidates.sentences;
+  for (int64_t i = 0; i < s.count(); ++i)
+    check_fits(std::vector<int32_t>(s.begin(i), s.begin(i) + s.length(i)), answer,
+               stream + ": candidate sentence " + std::to_string(i));
+  return r;
 }
 
 // A WikiQA TSV read as qarac-prep reads it, tokenised by the question encoder's tokenizer
@@ -67,24 +83,20 @@ Ranked from_wikiqa(const std::string& tsv, const Encoder& question, int64_t max_
   r.candidates.sentences.offsets = {0};
   const data::Tokenizer& t = question.tokenizer;
   const data::Format format = data::Format::wikiqa;
-  const int64_t max_tokens = question.config.max_tokens();
-  const auto fits = [&](const std::vector<int32_t>& ids, const char* what, int64_t line) {
-    QARAC_INPUT_CHECK(static_cast<int64_t>(ids.size()) <= max_tokens, tsv, ":", line, ": the ", what, " has ",
-                      ids.size(), " tokens, more than the ", max_tokens, " ", question.dir,
-                      " reads (qarac-prep --max-length cuts them; rank its stream instead)");
-  };
+  // A sentence too long for the encoders is refused here (qarac-prep --max-length cuts them).
   data::read_examples(tsv, format, data::default_encoding(format), data::OnError::skip, [&](data::Example&& e) {
     if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) return;
+    const std::string where = tsv + ": the question of line " + std::to_string(e.line);
     r.questions.push_back(t.encode(e.fields[0]));
-    fits(r.questions.back(), "question", e.line);
+    check_fits(r.questions.back(), question, where);
     r.answers.push_back(t.encode(e.fields[1]));
-    fits(r.answers.back(), "answer", e.line);
+    check_fits(r.answers.back(), question, where + ", its answer,");
     data::Ragged& s = r.candidates.sentences;
     for (const std::string& c : e.candidates) {
       const size_t begin = s.tokens.size();
       t.encode_append(c, s.tokens);
-      fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()),
-           "candidate sentence of its question", e.line);
+      check_fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()), question,
+                 where + ", a candidate sentence of it,");
       s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
     }
     r.candidates.offsets.push_back(s.count());
@@ -153,13 +165,17 @@ int main(int argc, char** argv) {
     if (!rank_source.empty()) {
       QARAC_INPUT_CHECK(!question_dir.empty() && !answer_dir.empty(),
                         "--rank needs --question-encoder and --answer-encoder (see --help)");
-      QARAC_INPUT_CHECK(model.empty() && input.empty() && vm["output"].defaulted(),
-                        "--rank prints the answer-selection metrics; --model, --input and --output go without it");
+      QARAC_INPUT_CHECK(model.empty() && input.empty() && output == "-" && vm["field"].defaulted() &&
+                            vm["batch"].defaulted(),
+                        "--rank prints the answer-selection metrics; --model, --input, --output, --field and --batch ",
+                        "go without it");
       return rank(rank_source, question_dir, answer_dir, max_examples, device);
     }
     QARAC_INPUT_CHECK(!model.empty() && !input.empty(), "give --model and --input, or --rank (see --help)");
     QARAC_INPUT_CHECK(question_dir.empty() && answer_dir.empty() && vm["max-examples"].defaulted(),
                       "--question-encoder, --answer-encoder and --max-examples go with --rank");
+    QARAC_INPUT_CHECK(vm["field"].defaulted() || cli::json_lines_input(input), "--field names a field of JSON lines; ",
+                      input, " is read as one text per line");
     Encoder encoder = io::load_encoder_export(model, DType::f32, device);
     cli::write_vectors(output, cli::encode_texts(encoder, input, field, batch, device));
     return 0;

@@ -46,8 +46,10 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(!decoder_dir.empty(), "--decoder is required (see --help)");
     QARAC_INPUT_CHECK(vectors_path.empty() != input.empty(), "give --vectors or --input, one of them (see --help)");
     QARAC_INPUT_CHECK(input.empty() || !encoder_dir.empty(), "--input needs --encoder (see --help)");
-    QARAC_INPUT_CHECK(vectors_path.empty() || encoder_dir.empty(),
-                      "--encoder goes with --input; --vectors are decoded as they are (see --help)");
+    QARAC_INPUT_CHECK(vectors_path.empty() || (encoder_dir.empty() && vm["field"].defaulted()),
+                      "--encoder and --field go with --input; --vectors are decoded as they are (see --help)");
+    QARAC_INPUT_CHECK(vm["field"].defaulted() || cli::json_lines_input(input), "--field names a field of JSON lines; ",
+                      input, " is read as one text per line");
     const auto ends_with = [&](const char* suffix) {
       const std::string s = suffix;
       return output.size() >= s.size() && output.compare(output.size() - s.size(), s.size(), s) == 0;

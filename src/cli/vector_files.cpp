@@ -6,8 +6,10 @@
 #include <hdf5.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -62,8 +64,10 @@ std::string header_text(const std::string& header) {
 
 // A dimension of a .npy shape: InputError beyond what any file could hold.
 int64_t npy_dimension(const std::string& digits, const std::string& path) {
-  QARAC_INPUT_CHECK(digits.size() <= 15, path, ": a dimension of ", digits, " in the shape is larger than any file");
-  return std::stoll(digits);
+  const size_t first = digits.find_first_not_of('0');
+  const std::string value = first == std::string::npos ? "0" : digits.substr(first);
+  QARAC_INPUT_CHECK(value.size() <= 15, path, ": a dimension of ", value, " in the shape is larger than any file");
+  return std::stoll(value);
 }
 
 void write_npy(const std::string& path, const Vectors& v) {
@@ -124,21 +128,33 @@ Vectors read_npy(const std::string& path) {
   Vectors v;
   v.rows = npy_dimension(m[1], path);
   v.cols = npy_dimension(m[2], path);
-  // The shape against the bytes the file holds, before anything is allocated: each dimension is
-  // below 10^15, so rows · cols · 8 is checked by division, without overflow.
-  const size_t element = f64 ? 8 : 4;
-  const auto data_begin = static_cast<uint64_t>(in.tellg());
-  in.seekg(0, std::ios::end);
-  const uint64_t available = static_cast<uint64_t>(in.tellg()) - data_begin;
-  in.seekg(static_cast<std::streamoff>(data_begin));
+  // The shape against the bytes the file holds, before anything is allocated (rows · cols · 8 is
+  // compared by division: it may not fit 64 bits). A pipe cannot tell its size: its data is read as
+  // it comes, so that a shape the data does not back costs no more memory than the data.
+  const uint64_t element = f64 ? 8 : 4;
   const auto rows = static_cast<uint64_t>(v.rows), cols = static_cast<uint64_t>(v.cols);
-  QARAC_INPUT_CHECK(cols == 0 || rows <= available / element / cols, path, ": truncated (the shape (", v.rows, ", ",
-                    v.cols, ") needs more than the ", available, " data bytes there)");
+  const std::streamoff data_begin = in.tellg();
+  uint64_t available = UINT64_MAX;
+  if (data_begin >= 0 && in.seekg(0, std::ios::end)) {
+    available = static_cast<uint64_t>(in.tellg() - data_begin);
+    in.seekg(data_begin);
+  }
+  in.clear();
+  QARAC_INPUT_CHECK(cols == 0 || rows <= available / element / cols, path, ": the shape (", v.rows, ", ", v.cols,
+                    ") needs more than ",
+                    available == UINT64_MAX ? std::string("any file holds")
+                                            : "the " + std::to_string(available) + " data bytes there (truncated)");
   const size_t count = static_cast<size_t>(rows * cols);
-  std::vector<char> raw(count * element);
-  in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
-  QARAC_INPUT_CHECK(static_cast<size_t>(in.gcount()) == raw.size(), path, ": truncated (",
-                    in.gcount(), " of ", raw.size(), " data bytes)");
+  const size_t bytes = count * element;
+  std::vector<char> raw;
+  constexpr size_t kChunk = size_t{1} << 24;
+  while (raw.size() < bytes) {
+    const size_t begin = raw.size(), n = std::min(kChunk, bytes - begin);
+    raw.resize(begin + n);
+    in.read(raw.data() + begin, static_cast<std::streamsize>(n));
+    QARAC_INPUT_CHECK(static_cast<size_t>(in.gcount()) == n, path, ": truncated (",
+                      begin + static_cast<size_t>(in.gcount()), " of ", bytes, " data bytes)");
+  }
   v.values.resize(count);
   for (size_t i = 0; i < count; ++i) {
     if (f64) {
@@ -161,8 +177,10 @@ Device parse_device(const std::string& name) {
   return Device::cuda(0);
 }
 
+bool json_lines_input(const std::string& path) { return json_lines(path) && path != "-"; }
+
 std::vector<std::string> read_texts(const std::string& path, const std::string& field) {
-  const bool json = json_lines(path) && path != "-";
+  const bool json = json_lines_input(path);
   std::vector<std::string> texts;
   const std::vector<std::string> lines = lines_of(path);
   std::vector<size_t> skipped;  // line numbers

@@ -25,6 +25,8 @@ Device parse_device(const std::string& name);
 // lines are skipped, with a warning naming the first. InputError naming file:line for a line
 // that is not what the format says.
 std::vector<std::string> read_texts(const std::string& path, const std::string& field);
+// Whether read_texts reads `path` as JSON lines (its `field` then matters).
+bool json_lines_input(const std::string& path);
 
 // The token ids of `texts` (read from `source`), each cut to the `max_tokens` a model takes
 // (RobertaConfig::max_tokens; data::truncate_ids keeps the closing </s>), with a warning naming

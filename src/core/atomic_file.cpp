@@ -25,6 +25,19 @@ int fsync_path(const std::string& path, int flags) {
   return err;
 }
 
+// The file a path names once its symbolic links are followed (a link is replaced by a rename, its
+// target never written): as far as they lead, a dangling one to where its target would be.
+std::string followed(std::string path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (int hops = 0; hops < 40 && fs::is_symlink(path, ec); ++hops) {
+    const fs::path target = fs::read_symlink(path, ec);
+    if (ec) break;
+    path = (target.is_absolute() ? target : fs::path(path).parent_path() / target).string();
+  }
+  return path;
+}
+
 std::string folder_of(const std::string& path) {
   const std::string dir = std::filesystem::path(path).parent_path().string();
   return dir.empty() ? "." : dir;
@@ -34,7 +47,7 @@ std::string folder_of(const std::string& path) {
 
 // errno is read before a message is built: building it allocates, which may change errno.
 AtomicFile::AtomicFile(std::string path, Mode mode)
-    : path_(std::move(path)), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
+    : path_(followed(std::move(path))), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
   // The rename would put a file in place of a device or a FIFO (/dev/null, a pipe to a reader).
   struct stat st;
   if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))

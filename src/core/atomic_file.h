@@ -28,7 +28,8 @@ class AtomicFile {
   };
 
   // Errors are one-line InputErrors naming `path`, the temporary file and errno's text; a `path`
-  // that exists and is no regular file (a directory, a device, a FIFO) is one.
+  // that exists and is no regular file (a directory, a device, a FIFO) is one. A symbolic link
+  // is followed: its target is the file written (and path() names it).
   explicit AtomicFile(std::string path, Mode mode = stream);
   // Removes the temporary file unless commit() succeeded (a write or its caller threw midway).
   ~AtomicFile();

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "data/json_brief.h"
 #include "data/reader_util.h"
 
 namespace qarac::data::raw {
@@ -224,7 +225,7 @@ void read_snli_jsonl(Reader& r, LineFile& in) {
     std::string label_text;
     if (label->is_string()) label_text = label->get<std::string>();
     else if (numeric && label->is_number_integer()) label_text = std::to_string(label->get<int64_t>());
-    else label_text = label->dump();
+    else label_text = json_brief(*label);
     deliver_snli(r, n, s1->get<std::string>(), s2->get<std::string>(), label_text, numeric);
   }
 }

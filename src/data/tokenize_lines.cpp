@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "data/json_brief.h"
 
 namespace qarac::data {
 
@@ -25,10 +26,12 @@ std::string tokenize_line(const Tokenizer& tok, const std::string& line, const T
     QARAC_INPUT_CHECK(in.is_array(), where, ":", line_no, ": expected a JSON array of ids, got ", in.type_name());
     std::vector<int32_t> ids;
     for (const json& v : in) {
-      const bool id = v.is_number_integer() && v.get<int64_t>() >= 0 &&
-                      v.get<int64_t>() < static_cast<int64_t>(tok.vocab_size()) && tok.has_id(v.get<int32_t>());
-      QARAC_INPUT_CHECK(id, where, ":", line_no, ": ", printable(v.dump()), " is not an id of the vocabulary (",
-                        tok.vocab_size(), " ids, some unused)");
+      const bool in_range = v.is_number_integer() && v.get<int64_t>() >= 0 &&
+                            v.get<int64_t>() < static_cast<int64_t>(tok.vocab_size());
+      QARAC_INPUT_CHECK(in_range, where, ":", line_no, ": ", json_brief(v), " is not an id of the vocabulary (ids 0 to ",
+                        tok.vocab_size() - 1, ")");
+      QARAC_INPUT_CHECK(tok.has_id(v.get<int32_t>()), where, ":", line_no, ": ", v.get<int64_t>(),
+                        " is an unused id of the vocabulary (no token has it)");
       ids.push_back(v.get<int32_t>());
     }
     out = tok.decode(ids, /*skip_special=*/!options.special);

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "data/json_brief.h"
 #include "data/tokenizer_tables.h"
 
 namespace qarac::data {
@@ -70,13 +71,13 @@ const json& member(const json& object, const char* key, const std::string& where
 bool bool_member(const json& object, const char* key, bool otherwise, const std::string& where) {
   const json* value = find_member(object, key);
   if (value == nullptr) return otherwise;
-  if (!value->is_boolean()) fail(where, key, ": expected true or false, got ", value->dump());
+  if (!value->is_boolean()) fail(where, key, ": expected true or false, got ", json_brief(*value));
   return value->get<bool>();
 }
 
 std::string string_member(const json& object, const char* key, const std::string& where) {
   const json& value = member(object, key, where);
-  if (!value.is_string()) fail(where, key, ": expected a string, got ", value.dump());
+  if (!value.is_string()) fail(where, key, ": expected a string, got ", json_brief(value));
   return value.get<std::string>();
 }
 
@@ -84,14 +85,14 @@ int32_t id_value(const json& value, const std::string& where) {
   if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
       value.get<int64_t>() >= TokenizerTables::kMaxId)
     fail(where, "expected an id, an integer in [0, ", TokenizerTables::kMaxId, "), got ",
-         value.dump());
+         json_brief(value));
   return static_cast<int32_t>(value.get<int64_t>());
 }
 
 const std::string& type_of(const json& object, const std::string& where) {
-  if (!object.is_object()) fail(where, "expected an object, got ", object.dump());
+  if (!object.is_object()) fail(where, "expected an object, got ", json_brief(object));
   const json& type = member(object, "type", where);
-  if (!type.is_string()) fail(where, "type: expected a string, got ", type.dump());
+  if (!type.is_string()) fail(where, "type: expected a string, got ", json_brief(type));
   return type.get_ref<const std::string&>();
 }
 
@@ -147,7 +148,7 @@ void read_post_processor(const json& p, const std::string& where, TokenizerTable
     const auto token_id = [&](const char* key) {
       const json& pair = member(p, key, where);
       if (!pair.is_array() || pair.size() != 2)
-        fail(where, key, ": expected [token, id], got ", pair.dump());
+        fail(where, key, ": expected [token, id], got ", json_brief(pair));
       return id_value(pair[1], where + ": " + key);
     };
     prefix = {token_id("cls")};
@@ -155,7 +156,7 @@ void read_post_processor(const json& p, const std::string& where, TokenizerTable
   } else if (type == "TemplateProcessing") {
     const json& single = member(p, "single", where);
     const json& special_tokens = member(p, "special_tokens", where);
-    if (!single.is_array()) fail(where, "single: expected an array, got ", single.dump());
+    if (!single.is_array()) fail(where, "single: expected an array, got ", json_brief(single));
     bool seen_sequence = false;
     for (const json& piece : single) {
       if (find_member(piece, "Sequence") != nullptr) {
@@ -163,19 +164,19 @@ void read_post_processor(const json& p, const std::string& where, TokenizerTable
         continue;
       }
       const json* special = find_member(piece, "SpecialToken");
-      if (special == nullptr) fail(where, "single: unknown piece ", piece.dump());
+      if (special == nullptr) fail(where, "single: unknown piece ", json_brief(piece));
       const std::string name = string_member(*special, "id", where + ": single");
       const json* entry = find_member(special_tokens, name.c_str());
       if (entry == nullptr) fail(where, "special_tokens: no entry for ", quote(name));
       const json& ids = member(*entry, "ids", where + ": special_tokens");
-      if (!ids.is_array()) fail(where, "special_tokens: ids: expected an array, got ", ids.dump());
+      if (!ids.is_array()) fail(where, "special_tokens: ids: expected an array, got ", json_brief(ids));
       for (const json& id : ids)
         (seen_sequence ? suffix : prefix).push_back(id_value(id, where + ": special_tokens"));
     }
   } else if (type == "Sequence") {
     const json& processors = member(p, "processors", where);
     if (!processors.is_array())
-      fail(where, "processors: expected an array, got ", processors.dump());
+      fail(where, "processors: expected an array, got ", json_brief(processors));
     for (const json& inner : processors) read_post_processor(inner, where, t);
     return;
   } else if (type != "ByteLevel") {
@@ -188,17 +189,17 @@ void read_post_processor(const json& p, const std::string& where, TokenizerTable
 
 void read_model(const json& model, const std::string& path, TokenizerTables& t) {
   const std::string where = path + ": model";
-  if (!model.is_object()) fail(where, "expected an object, got ", model.dump());
+  if (!model.is_object()) fail(where, "expected an object, got ", json_brief(model));
   if (const json* type = find_member(model, "type"); type != nullptr && *type != "BPE")
-    fail(where, "type: only BPE models are supported, got ", type->dump());
+    fail(where, "type: only BPE models are supported, got ", json_brief(*type));
   if (const json* dropout = find_member(model, "dropout");
       dropout != nullptr && !(dropout->is_number() && dropout->get<double>() == 0.0))
-    fail(where, "dropout: BPE dropout is not supported, got ", dropout->dump());
+    fail(where, "dropout: BPE dropout is not supported, got ", json_brief(*dropout));
   if (bool_member(model, "byte_fallback", false, where))
     fail(where, "byte_fallback: not supported by a byte-level tokenizer");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     const json* affix = find_member(model, key);
-    if (affix != nullptr && *affix != "") fail(where, key, ": not supported, got ", affix->dump());
+    if (affix != nullptr && *affix != "") fail(where, key, ": not supported, got ", json_brief(*affix));
   }
   t.fuse_unk = bool_member(model, "fuse_unk", false, where);
   t.ignore_merges = bool_member(model, "ignore_merges", false, where);
@@ -212,7 +213,7 @@ void read_model(const json& model, const std::string& path, TokenizerTables& t) 
   }
 
   const json& merges = member(model, "merges", where);
-  if (!merges.is_array()) fail(where, "merges: expected an array, got ", merges.dump());
+  if (!merges.is_array()) fail(where, "merges: expected an array, got ", json_brief(merges));
   t.merge_list.reserve(merges.size());
   for (size_t i = 0; i < merges.size(); ++i) {
     const std::string at = ::qarac::detail::concat(where, ".merges[", i, "]");
@@ -223,17 +224,17 @@ void read_model(const json& model, const std::string& path, TokenizerTables& t) 
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       add_merge(m[0].get<std::string>(), m[1].get<std::string>(), at, t);
     } else {
-      fail(at, "expected \"a b\" or [\"a\", \"b\"], got ", m.dump());
+      fail(at, "expected \"a b\" or [\"a\", \"b\"], got ", json_brief(m));
     }
   }
 }
 
 void read_added_tokens(const json& list, const std::string& path, TokenizerTables& t) {
-  if (!list.is_array()) fail(path, "added_tokens: expected an array, got ", list.dump());
+  if (!list.is_array()) fail(path, "added_tokens: expected an array, got ", json_brief(list));
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string where = ::qarac::detail::concat(path, ": added_tokens[", i, "]");
     const json& entry = list[i];
-    if (!entry.is_object()) fail(where, "expected an object, got ", entry.dump());
+    if (!entry.is_object()) fail(where, "expected an object, got ", json_brief(entry));
     AddedToken token;
     token.content = string_member(entry, "content", where);
     token.id = id_value(member(entry, "id", where), where + ": id");
@@ -284,16 +285,16 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json) {
   read_model(member(root, "model", path), path, *t);
 
   if (const json* normalizer = find_member(root, "normalizer"))
-    fail(path, "normalizer: not supported (RoBERTa has none), got ", normalizer->dump());
+    fail(path, "normalizer: not supported (RoBERTa has none), got ", json_brief(*normalizer));
   const json& pre = member(root, "pre_tokenizer", path);
   if (type_of(pre, path + ": pre_tokenizer") != "ByteLevel")
-    fail(path, "pre_tokenizer: only ByteLevel is supported, got ", pre.dump());
+    fail(path, "pre_tokenizer: only ByteLevel is supported, got ", json_brief(pre));
   // Serde defaults of Hugging Face's ByteLevel: add_prefix_space true, use_regex true.
   t->add_prefix_space = bool_member(pre, "add_prefix_space", true, path + ": pre_tokenizer");
   t->use_regex = bool_member(pre, "use_regex", true, path + ": pre_tokenizer");
   const json& decoder = member(root, "decoder", path);
   if (type_of(decoder, path + ": decoder") != "ByteLevel")
-    fail(path, "decoder: only ByteLevel is supported, got ", decoder.dump());
+    fail(path, "decoder: only ByteLevel is supported, got ", json_brief(decoder));
   if (const json* post = find_member(root, "post_processor"))
     read_post_processor(*post, path + ": post_processor", *t);
   if (const json* added = find_member(root, "added_tokens")) read_added_tokens(*added, path, *t);

@@ -31,7 +31,7 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
     if (among({"model.share_encoder_base", "model.tie_lm_head", "eval.tokenizer", "eval.decoded", "task.ed.weight"}))
       return "with model.mode mlm (one model, one objective)";
     if (among({"task.qa.weight", "task.qa.batch", "task.rs.weight", "task.rs.batch", "task.cs.weight", "task.cs.batch",
-               "task.mlm.weight", "task.mlm.batch", "task.qa.objective"}))
+               "task.mlm.weight", "task.mlm.batch", "task.qa.objective", "task.qa.temperature"}))
       return "with model.mode mlm (it trains on the text stream: task.ed.batch)";
     if (key == "task.mlm.head") return "with model.mode mlm (rehearsal is a model.mode qarac task)";
   }
@@ -201,6 +201,11 @@ std::string resume_mismatch(const TrainConfig& config, const std::string& saved_
   for (int t = 0; t < data::kQaracTaskCount; ++t)
     fixed.push_back(std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".batch");
   const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
+  // The mode first: under another one, every other difference follows from it.
+  const auto mode = saved.find("model.mode");
+  const std::string saved_mode = mode == saved.end() ? "(unset)" : mode->second;
+  if (saved_mode != config.mode)
+    return "model.mode was " + saved_mode + " in the checkpoint's run and is " + config.mode + " now (it must match)";
   // Rehearsal on or off: a run that had it off (checkpoints from before it have no task.mlm keys)
   // holds no position of its stream to go on from, and a trained head only while it was on. Its
   // weight may change otherwise, as every task's may.

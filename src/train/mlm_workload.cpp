@@ -51,9 +51,20 @@ class MlmWorkload : public Workload {
       if (!base.lm_head.empty()) mlm_->head().load(base.lm_head, c.base + "/model.safetensors");
     }
     if (!c.eval_dir.empty()) {
+      // Checked as the training text is: its task, its tokenizer (the model's), its lengths.
       const data::TaskStreamFile text(c.eval_dir + "/" + data::task_name(data::Task::encode_decode) + ".h5");
+      QARAC_INPUT_CHECK(text.task() == data::Task::encode_decode, text.path(), ": holds task ",
+                        data::task_name(text.task()), ", expected encode_decode (the text to pre-train on)");
+      QARAC_INPUT_CHECK(text.info().tokenizer_hash == tokenizer.hash(), text.path(), ": made with tokenizer ",
+                        text.info().tokenizer_hash, ", but model.tokenizer, ", c.tokenizer, ", is ", tokenizer.hash(),
+                        " (rerun qarac-prep with --tokenizer ", c.tokenizer, ")");
       const data::Ragged field = text.read_field(0, 0, std::min(c.eval_examples, text.examples()));
-      for (int64_t i = 0; i < field.count(); ++i) held_out_.emplace_back(field.begin(i), field.begin(i) + field.length(i));
+      for (int64_t i = 0; i < field.count(); ++i) {
+        QARAC_INPUT_CHECK(field.length(i) <= config_.max_tokens(), text.path(), ": example ", i, "'s text has ",
+                          field.length(i), " tokens, more than the ", config_.max_tokens(),
+                          " the model reads (rerun qarac-prep with --max-length ", config_.max_tokens(), ")");
+        held_out_.emplace_back(field.begin(i), field.begin(i) + field.length(i));
+      }
     }
   }
 

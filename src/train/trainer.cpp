@@ -233,12 +233,12 @@ void Trainer::Impl::start() {
   }
   if (place.root()) {
     const fs::path dir = output;
-    if (resume_from.empty()) {
-      const std::string ini = to_ini(config);
-      AtomicFile file((dir / "config.ini").string());
-      file.write(ini.data(), ini.size());
-      file.commit();
-    }
+    // The settings the run goes on with, rewritten at every start: a resume may change the rates,
+    // the length, the plan (the checkpoints keep those they were made with).
+    const std::string ini = to_ini(config);
+    AtomicFile file((dir / "config.ini").string());
+    file.write(ini.data(), ini.size());
+    file.commit();
     metrics.open((dir / "metrics.jsonl").string(), step, config.resume, rewrites_progress(config.progress));
     if (metrics.has_eval(step)) last.eval = step;
     int64_t count = 0;

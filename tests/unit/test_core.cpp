@@ -446,6 +446,20 @@ TEST_F(FileTest, AtomicWritesRefuseTargetsThatAreNoRegularFile) {
   expect_input_error([&] { AtomicFile file(fifo, AtomicFile::by_path); }, {fifo, "not a regular file (a device, FIFO"});
   EXPECT_TRUE(fs::is_fifo(fifo));
   EXPECT_EQ(entries(), (std::set<std::string>{"fifo", "folder"}));
+  // A symbolic link is followed: its target is written, the link stays (and one to a FIFO is
+  // refused as the FIFO is).
+  write(path("target.bin"), "old");
+  fs::create_symlink("target.bin", dir_ / "link");
+  {
+    AtomicFile file(path("link"));
+    EXPECT_EQ(file.path(), path("target.bin"));
+    file.write("new", 3);
+    file.commit();
+  }
+  EXPECT_TRUE(fs::is_symlink(dir_ / "link"));
+  EXPECT_EQ(read(path("target.bin")), "new");
+  fs::create_symlink("fifo", dir_ / "to-fifo");
+  expect_input_error([&] { AtomicFile file(path("to-fifo")); }, {fifo, "not a regular file"});
 }
 
 // ---- Checksummed HDF5 files ------------------------------------------------------------------

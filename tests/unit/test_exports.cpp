@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "cli/vector_files.h"
 #include "io/hf_checkpoint.h"
@@ -451,11 +452,19 @@ TEST_F(ExportsTest, NpyShapesBeyondTheFileAreRefused) {
   // 2^24 · 2^40 elements is 2^64: 0 after wrapping.
   const std::string wraps = npy("wraps.npy", "16777216, 1099511627776", 256);
   expect_input_error([&] { cli::read_vectors(wraps); },
-                     {wraps + ": truncated (the shape (16777216, 1099511627776) needs more than the 256 data bytes"});
+                     {wraps + ": the shape (16777216, 1099511627776) needs more than the 256 data bytes there (truncated)"});
   const std::string huge = npy("huge.npy", "99999999999999999999, 64", 0);
   expect_input_error([&] { cli::read_vectors(huge); }, {huge + ": a dimension of 99999999999999999999"});
-  const std::string fits = npy("fits.npy", "1, 64", 256);
+  const std::string fits = npy("fits.npy", "0001, 64", 256);  // leading zeros are NumPy's too
   EXPECT_EQ(cli::read_vectors(fits).rows, 1);
+  // From a pipe, which cannot tell its size: read as the data comes.
+  const std::string fifo = (tmp_.path / "pipe.npy").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::thread writer([&] { std::ofstream(fifo, std::ios::binary) << std::ifstream(fits, std::ios::binary).rdbuf(); });
+  const cli::Vectors piped = cli::read_vectors(fifo);
+  writer.join();
+  EXPECT_EQ(piped.rows, 1);
+  EXPECT_EQ(piped.cols, 64);
   // The header quoted in a message without its padding and newline: one line.
   const std::string other = (tmp_.path / "other.npy").string();
   {

@@ -321,11 +321,28 @@ TEST_F(Hostile, DecodingAnIdInAVocabularyGapIsAnInputError) {
   EXPECT_FALSE(tok.has_id(1550));
   EXPECT_TRUE(tok.has_id(1600));
   expect_input_error([&] { tokenize_line(tok, "[5, 1550]", {false, true}, "stdin", 3); },
-                     {"stdin:3: 1550 is not an id of the vocabulary"});
+                     {"stdin:3: 1550 is an unused id of the vocabulary (no token has it)"});
+  expect_input_error([&] { tokenize_line(tok, "[5, 1601]", {false, true}, "stdin", 3); },
+                     {"stdin:3: 1601 is not an id of the vocabulary (ids 0 to 1600)"});
   write_text(path("ids.jsonl"), "[5]\n[1550]\n");
   const auto r = run_command(kPrep + " tokenize --decode --tokenizer " + dir_.string() + " < " + path("ids.jsonl"));
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("qarac-prep tokenize: error: stdin:2: 1550 is not an id"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("qarac-prep tokenize: error: stdin:2: 1550 is an unused id"), std::string::npos) << r.output;
+}
+
+// Before: a value nested 10^5 deep crashed qarac-prep (exit 139) when its error message dumped
+// it, one recursion per level. Quoted by kind and size instead; a short one as written.
+TEST_F(Hostile, DeeplyNestedJsonValuesAreQuotedByTheirKind) {
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  expect_input_error([&] { tokenize_line(tok, "[" + deep + "]", {false, true}, "stdin", 1); },
+                     {"stdin:1: an array of 1 element, nested more than 16 deep is not an id"});
+  expect_input_error([&] { tokenize_line(tok, "[[1, 2]]", {false, true}, "stdin", 1); },
+                     {"stdin:1: [1,2] is not an id"});
+  write_text(path("deep.jsonl"), "{\"gold_label\": " + deep + ", \"sentence1\": \"a\", \"sentence2\": \"b\"}\n");
+  expect_input_error(
+      [&] { read_examples(path("deep.jsonl"), Format::snli_jsonl, Encoding::utf8, OnError::fail, [](Example&&) {}); },
+      {path("deep.jsonl") + ":1", "an array of 1 element, nested more than 16 deep"});
 }
 
 // ---- Hugging Face files ----------------------------------------------------------------------
