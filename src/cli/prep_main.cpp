@@ -225,6 +225,15 @@ int build(int argc, char** argv) {
   QARAC_INPUT_CHECK(!inputs.empty(), "no input: give --text, --wikiqa, --avicenna or --snli");
 
   const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
+  // The streams say they hold <s> ... </s> (what the models read); a tokenizer without its
+  // post-processor (one trained with tokenizers' ByteLevelBPETokenizer) adds neither.
+  if (settings.special) {
+    const std::vector<int32_t> probe = tok.encode("a", true);
+    QARAC_INPUT_CHECK(probe.size() >= 2 && probe.front() == tok.bos_id() && probe.back() == tok.eos_id(), "--tokenizer ",
+                      tokenizer_dir, ": adds no <s> ... </s> around a text (tokenizer.json has no post_processor), "
+                      "which the QARAC models read: give RoBERTa's processing, or pass --no-special for streams "
+                      "without them");
+  }
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());

@@ -34,6 +34,8 @@ void read_text(Reader& r, LineFile& in) {
     }
     r.deliver(in.line_no(), {line});
   }
+  // A problem of the whole file, as an empty table is (docs/data-format.md §1).
+  if (in.line_no() == 0) r.fatal(1, "empty file, expected one document per line");
 }
 
 // ---- WikiQA ----------------------------------------------------------------------------------
@@ -228,6 +230,7 @@ void read_snli_jsonl(Reader& r, LineFile& in) {
     else label_text = json_brief(*label);
     deliver_snli(r, n, s1->get<std::string>(), s2->get<std::string>(), label_text, numeric);
   }
+  if (in.line_no() == 0) r.fatal(1, "empty file, expected one JSON object per line");
 }
 
 }  // namespace qarac::data::raw

@@ -99,8 +99,20 @@ void Reader::fatal(int64_t line, const std::string& message) const {
 bool Reader::clean(int64_t line, std::string& f) {
   const size_t bad = find_invalid_utf8(f);
   if (bad != std::string::npos) {
+    const bool utf16_mark = bad == 0 && f.size() >= 2 &&
+                            ((f[0] == '\xff' && f[1] == '\xfe') || (f[0] == '\xfe' && f[1] == '\xff'));
     malformed(line, "invalid UTF-8",
-              detail::concat("byte ", bad, " (", hex_byte(f[bad]), ") after ", quote(f.substr(0, bad))));
+              detail::concat("byte ", bad, " (", hex_byte(f[bad]), ") after ", quote(f.substr(0, bad)),
+                             utf16_mark ? " (a UTF-16 byte-order mark: convert the file with iconv -f UTF-16 -t UTF-8)"
+                                        : ""));
+    return false;
+  }
+  // Valid UTF-8, but no text: a UTF-16 file read as UTF-8 has one after every ASCII letter.
+  const size_t nul = f.find('\0');
+  if (nul != std::string::npos) {
+    malformed(line, "NUL byte",
+              detail::concat("byte ", nul, " after ", quote(f.substr(0, nul)),
+                             " is 0x00, which no text holds (a UTF-16 file? convert it: iconv -f UTF-16 -t UTF-8)"));
     return false;
   }
   const size_t c1 = encoding_ == Encoding::latin1 ? find_c1(f) : std::string::npos;

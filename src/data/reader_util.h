@@ -52,7 +52,7 @@ class Reader {
   // record of such a file can be read, so skipping it record by record would only hide it.
   [[noreturn]] void fatal(int64_t line, const std::string& message) const;
 
-  // Checks a text field (valid UTF-8; read as Latin-1, no C1 control byte) and trims it; false
+  // Checks a text field (valid UTF-8 without NUL bytes; read as Latin-1, no C1 control byte) and trims it; false
   // when its record was counted as malformed or skipped.
   bool clean(int64_t line, std::string& f);
 

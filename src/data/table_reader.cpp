@@ -169,6 +169,10 @@ void read_csv(Reader& r, LineFile& in, const TableFormat& fmt) {
   std::optional<Table> table;
   std::string line;
   int64_t record_start = 0;  // first line of the record being parsed, 0 between records
+  size_t record_bytes = 0;   // the bytes it has so far
+  // A record may span lines (a quoted field with newlines), but as a line is bounded so is a
+  // record: a stray quote would otherwise read the rest of the file into memory as one field.
+  constexpr int64_t kMaxRecordLines = 1000;
 
   auto take_record = [&](int64_t at) {
     if (!table) {
@@ -186,7 +190,21 @@ void read_csv(Reader& r, LineFile& in, const TableFormat& fmt) {
       r.skip(kBlank);
       continue;
     }
-    if (record_start == 0) record_start = in.line_no();
+    if (record_start == 0) {
+      record_start = in.line_no();
+      record_bytes = 0;
+    }
+    record_bytes += line.size();
+    if (in.line_no() - record_start >= kMaxRecordLines || record_bytes > LineFile::kMaxLineBytes) {
+      if (!table) r.fatal(record_start, "CSV syntax in the header: a quoted field opened here does not close");
+      r.malformed(record_start, "unterminated quote",
+                  detail::concat("a quoted field opened in this record is still open ", in.line_no() - record_start,
+                                 " lines later (a stray quote?); reading goes on at line ", in.line_no() + 1));
+      parser.reset();
+      rec = CsvRecord{};
+      record_start = 0;
+      continue;
+    }
     line += '\n';
     if (!parser.parse(line, rec)) {
       const std::string what = "a quote inside an unquoted field, or text after a closing quote";

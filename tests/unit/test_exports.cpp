@@ -509,7 +509,10 @@ TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
   expect_refused(run_command(embed + " " + stray), "unexpected argument '" + stray + "'");
   EXPECT_FALSE(fs::exists(stray));
   expect_refused(run_command(embed + " --rank x --question-encoder " + ae + " --answer-encoder " + ae),
-                 "--model, --input and --output go without it");
+                 "--model, --input, --output, --field and --batch go without it");
+  // --field reads a field of JSON lines: with plain text it would be ignored.
+  expect_refused(run_command(embed + " --field sentence"), "--field names a field of JSON lines; " + texts.string() +
+                                                               " is read as one text per line");
   // A byte-order mark is not text: the first row is that of the text without it.
   const std::string npy = (tmp_.path / "v.npy").string();
   const std::string plain = (tmp_.path / "plain.txt").string();
@@ -522,7 +525,8 @@ TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
   EXPECT_EQ(with_bom, cli::read_vectors(npy).values);
 
   const std::string generate = std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --vectors " + npy;
-  expect_refused(run_command(generate + " --encoder " + ae), "--encoder goes with --input");
+  expect_refused(run_command(generate + " --encoder " + ae), "--encoder and --field go with --input");
+  expect_refused(run_command(generate + " --field sentence"), "--encoder and --field go with --input");
   expect_refused(run_command(generate + " --output v2.npy"), "--output v2.npy: qarac-generate writes JSON lines");
   const int64_t max_tokens = m_.config.base.max_tokens();
   expect_refused(run_command(generate + " --max-tokens " + std::to_string(max_tokens + 1)),

@@ -93,6 +93,35 @@ TEST_F(Hostile, AnOverlongLineIsRefusedNamingTheLine) {
                      {file + ":2: the line is longer than 64 MiB"});
 }
 
+// Before: a UTF-16 file (no mark) read as UTF-8 gave a NUL token after every letter, and an empty
+// text or JSON-lines file was a run of 0 examples; a stray quote in a CSV read the rest of the
+// file into memory as one record.
+TEST_F(Hostile, TextThatIsNoTextIsRefused) {
+  const std::string utf16 = path("utf16.txt");
+  std::ofstream(utf16, std::ios::binary) << std::string("a\0b\0\n\0", 6);
+  expect_input_error([&] { read_examples(utf16, Format::text, Encoding::utf8, OnError::fail, [](Example&&) {}); },
+                     {utf16 + ":1: NUL byte: byte 1 after 'a' is 0x00", "a UTF-16 file?"});
+  std::ofstream(path("marked.txt"), std::ios::binary) << "\xff\xfe" << std::string("a\0\n\0", 4);
+  expect_input_error(
+      [&] { read_examples(path("marked.txt"), Format::text, Encoding::utf8, OnError::fail, [](Example&&) {}); },
+      {"invalid UTF-8: byte 0 (0xff)", "a UTF-16 byte-order mark"});
+  for (const auto& [name, format] : {std::pair{"empty.txt", Format::text}, std::pair{"empty.jsonl", Format::snli_jsonl}}) {
+    std::ofstream(path(name)).close();
+    expect_input_error([&, format = format] { read_examples(path(name), format, Encoding::utf8, OnError::skip, [](Example&&) {}); },
+                       {path(name) + ":1: empty file"});
+  }
+  const std::string csv = path("stray.csv");
+  {
+    std::ofstream out(csv, std::ios::binary);
+    out << "Premise 1,Premise 2,Syllogistic relation,Conclusion\r\n\"All a are b,x,yes,c\r\n";
+    for (int i = 0; i < 1500; ++i) out << "All a are b,All b are c,yes,All a are c\r\n";
+  }
+  int64_t examples = 0;
+  const ReadStats stats = read_examples(csv, Format::avicenna, Encoding::latin1, OnError::skip, [&](Example&&) { ++examples; });
+  EXPECT_EQ(stats.skipped.at("malformed: unterminated quote"), 1);
+  EXPECT_EQ(examples, 500) << "the lines after the bound are read again";
+}
+
 // Before: getline failing for memory returned -1, taken as the end of the file: the rest of the
 // file was dropped and the run went on ("2 lines, 2 examples", exit 0). The child process reads
 // a 40 MiB line with 24 MiB of address space to spare.
@@ -328,6 +357,21 @@ TEST_F(Hostile, DecodingAnIdInAVocabularyGapIsAnInputError) {
   const auto r = run_command(kPrep + " tokenize --decode --tokenizer " + dir_.string() + " < " + path("ids.jsonl"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("qarac-prep tokenize: error: stdin:2: 1550 is an unused id"), std::string::npos) << r.output;
+}
+
+// Before: a tokenizer without its post-processor (tokenizers' ByteLevelBPETokenizer saves none)
+// made streams without <s> ... </s> that said they held them; qarac-train refused them later.
+TEST_F(Hostile, PrepRefusesATokenizerThatAddsNoSpecialTokens) {
+  json j = sample_tokenizer();
+  j["post_processor"] = nullptr;
+  write_text(path("tokenizer.json"), j.dump());
+  const std::string prep = kPrep + " --tokenizer " + dir_.string() + " --text " + kSample + "corpus_heldout.txt --out ";
+  auto r = run_command(prep + path("with"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("adds no <s> ... </s> around a text"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(path("with")));
+  r = run_command(prep + path("without") + " --no-special");
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 // Before: a value nested 10^5 deep crashed qarac-prep (exit 139) when its error message dumped
