@@ -7,11 +7,15 @@
 //   qarac-prep tokenize --tokenizer DIR [--special] [--decode]
 //
 // Every output is written under a temporary name; the files are renamed into place only after
-// every task has been written, so a failed run leaves no output file, whole or half-written.
+// every task has been written, so a failed or interrupted (SIGINT, SIGTERM, SIGHUP) run leaves no
+// output file, whole or half-written, and no temporary file.
 #include <boost/program_options.hpp>
+
+#include <signal.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <exception>
 #include <cstdio>
 #include <filesystem>
@@ -42,6 +46,27 @@ namespace {
 // Examples tokenised together: large enough to keep every thread busy, small enough that the
 // block's tokens stay a few MB.
 constexpr size_t kBlock = 4096;
+
+// SIGINT, SIGTERM or SIGHUP ends the run through an exception at the next example, so that the
+// writers remove their temporary files (the default action left them behind for good). A second
+// signal acts as if none were handled.
+volatile std::sig_atomic_t g_interrupt = 0;
+extern "C" void on_interrupt(int signal) { g_interrupt = signal; }
+
+void handle_interrupts() {
+  struct sigaction action {};
+  action.sa_handler = on_interrupt;
+  action.sa_flags = SA_RESETHAND | SA_RESTART;  // reads go on; the next example ends the run
+  sigemptyset(&action.sa_mask);
+  for (int signal : {SIGINT, SIGTERM, SIGHUP}) sigaction(signal, &action, nullptr);
+}
+
+void check_interrupt() {
+  if (g_interrupt != 0)
+    throw InputError(qarac::detail::concat("interrupted by ", g_interrupt == SIGINT ? "SIGINT" : g_interrupt == SIGTERM ? "SIGTERM"
+                                                                                                            : "SIGHUP",
+                                    ": nothing was written (the temporary files are removed)"));
+}
 
 struct Settings {
   OnError on_error = OnError::fail;
@@ -224,6 +249,7 @@ int build(int argc, char** argv) {
   for (const std::string& p : snli) add(snli_format_of(p), p);
   QARAC_INPUT_CHECK(!inputs.empty(), "no input: give --text, --wikiqa, --avicenna or --snli");
 
+  handle_interrupts();
   const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
   // The streams say they hold <s> ... </s> (what the models read); a tokenizer without its
   // post-processor (one trained with tokenizers' ByteLevelBPETokenizer) adds neither.
@@ -258,6 +284,7 @@ int build(int argc, char** argv) {
       builder.set_source(&src);
       Progress progress(in.path, "examples read", 0);
       const ReadStats stats = read_examples(in.path, in.format, in.encoding, settings.on_error, [&](Example&& ex) {
+        check_interrupt();
         builder.add(std::move(ex));
         progress.add(1);
       });
@@ -279,6 +306,7 @@ int build(int argc, char** argv) {
                   100 * src.truncated / std::max<int64_t>(src.examples, 1), "%) have a field cut to --max-length ",
                   settings.max_length, " tokens (raise it, or --too-long skip drops them)");
     }
+    check_interrupt();
     QARAC_INPUT_CHECK(writer.examples() > 0, task_name(task), ": no examples in its inputs");
     writer.finish(info);
     total_examples += writer.examples();

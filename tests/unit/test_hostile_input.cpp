@@ -3,7 +3,9 @@
 // must now be a one-line InputError naming the file (and the line, dataset, tensor or option).
 #include <gtest/gtest.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -372,6 +374,40 @@ TEST_F(Hostile, PrepRefusesATokenizerThatAddsNoSpecialTokens) {
   EXPECT_FALSE(fs::exists(path("with")));
   r = run_command(prep + path("without") + " --no-special");
   EXPECT_EQ(r.code, 0) << r.output;
+}
+
+// Before: SIGINT or SIGTERM left <task>.h5.tmp.<pid> behind for good. The input is a FIFO, so the
+// signal comes mid-run whatever the machine's speed: qarac-prep has opened it (and installed its
+// handlers), read a first line, and waits for more.
+TEST_F(Hostile, AnInterruptedPrepLeavesNoTemporaryFile) {
+  const std::string fifo = path("in.txt"), out = path("out"), log = path("prep.log");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::FILE* err = std::freopen(log.c_str(), "w", stderr);
+    if (err == nullptr) ::_exit(99);
+    const std::string tokenizer = kSample + "tokenizer";
+    ::execl(kPrep.c_str(), kPrep.c_str(), "--tokenizer", tokenizer.c_str(), "--out", out.c_str(), "--text", fifo.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(98);
+  }
+  {
+    std::ofstream writer(fifo);  // opens once qarac-prep has opened its end
+    writer << "the first line of a text\n" << std::flush;
+    ::usleep(300000);
+    ASSERT_EQ(::kill(pid, SIGINT), 0);
+    writer << "a line read after the signal\n" << std::flush;
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(WIFEXITED(status)) << text;
+  EXPECT_EQ(WEXITSTATUS(status), 2) << text;
+  EXPECT_NE(text.find("interrupted by SIGINT: nothing was written"), std::string::npos) << text;
+  std::vector<std::string> left;
+  for (const auto& entry : fs::directory_iterator(out)) left.push_back(entry.path().filename().string());
+  EXPECT_TRUE(left.empty()) << left.front();
 }
 
 // Before: a value nested 10^5 deep crashed qarac-prep (exit 139) when its error message dumped
