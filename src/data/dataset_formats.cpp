@@ -195,7 +195,7 @@ void read_snli_jsonl(Reader& r, LineFile& in) {
     try {
       obj = json::parse(line);
     } catch (const json::exception& e) {
-      r.malformed(n, "invalid JSON", json_reason(e));
+      r.malformed(n, "invalid JSON", printable(json_reason(e)));
       continue;
     }
     if (!obj.is_object()) {
