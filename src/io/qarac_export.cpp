@@ -4,7 +4,7 @@
 
 #include <filesystem>
 
-#include "core/log.h"
+#include "io/hf_checkpoint.h"
 #include "io/hf_config.h"
 #include "io/hf_weights.h"
 
@@ -46,17 +46,6 @@ LoadedModel<Model> read_export(const std::string& dir, bool decoder, TensorMap& 
   return out;
 }
 
-// Loads the model's parameters; tensors it has no parameter for (a config with fewer layers than
-// the weights, a stray tensor) are said, as transformers does, and left.
-void load_export_parameters(const ParameterList& params, TensorMap& tensors, const std::string& source) {
-  load_parameters(params, tensors, source);
-  for (const Parameter* p : params) tensors.erase(p->name);
-  if (!tensors.empty())
-    log::warn(source, ": ", tensors.size(), tensors.size() == 1 ? " tensor" : " tensors",
-              " the model has no parameter for, left unused (the first: '", printable(tensors.begin()->first),
-              "'): does config.json describe these weights?");
-}
-
 }  // namespace
 
 LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType dtype, Device device) {
@@ -65,7 +54,7 @@ LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType d
   LoadedModel<SentenceEncoder> out = read_export<SentenceEncoder>(dir, false, tensors, source);
   auto base = std::make_shared<RobertaEncoder>(out.config, dtype, device);
   out.model = std::make_unique<SentenceEncoder>(base, fs::path(dir).filename().string());
-  load_export_parameters(out.model->parameters(), tensors, source);
+  assign_parameters(out.model->parameters(), tensors, source);
   return out;
 }
 
@@ -83,7 +72,7 @@ LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, De
                     "to the word embeddings (\"tie_word_embeddings\" true or absent): which one is meant?");
   out.model = std::make_unique<Decoder>(out.config, tied, /*vocab_multiple=*/64, dtype, device,
                                         /*dropout_stream=*/0);
-  load_export_parameters(out.model->parameters(), tensors, source);
+  assign_parameters(out.model->parameters(), tensors, source);
   return out;
 }
 
