@@ -50,11 +50,7 @@ int main(int argc, char** argv) {
                       "--encoder and --field go with --input; --vectors are decoded as they are (see --help)");
     QARAC_INPUT_CHECK(vm["field"].defaulted() || cli::json_lines_input(input), "--field names a field of JSON lines; ",
                       input, " is read as one text per line");
-    const auto ends_with = [&](const char* suffix) {
-      const std::string s = suffix;
-      return output.size() >= s.size() && output.compare(output.size() - s.size(), s.size(), s) == 0;
-    };
-    QARAC_INPUT_CHECK(output == "-" || ends_with(".jsonl") || ends_with(".json"), "--output ", output,
+    QARAC_INPUT_CHECK(output == "-" || cli::json_lines_input(output), "--output ", output,
                       ": qarac-generate writes JSON lines: a .jsonl or .json file, or - for standard output");
     QARAC_INPUT_CHECK(max_tokens >= 0 && batch > 0, "--max-tokens must not be negative and --batch positive");
     const Device device = cli::parse_device(device_name);
