@@ -520,6 +520,12 @@ TEST_F(Hostile, ParityRefusesBadDumpsAndOptionsWithOneLine) {
                  "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)");
   one_error_line(kParity + " " + kTinyDev.string() + " --tolerance 1e-310",
                  "--tolerance must be a positive normal number, got 1e-310");
+  // A dump whose mask marks no token (before: an internal error in the backward pass).
+  expected = io::read_safetensors((kTinyDev / "expected.safetensors").string());
+  expected["attention_mask"] = Tensor::zeros(expected["attention_mask"].shape(), expected["attention_mask"].dtype());
+  io::write_safetensors(path("expected.safetensors"), expected);
+  one_error_line(kParity + " " + dir_.string(),
+                 path("expected.safetensors") + ": attention_mask marks no real token (input_ids i64[3, 12] cpu)");
 }
 
 }  // namespace
