@@ -5,14 +5,11 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
-#include <filesystem>
-#include <cmath>
-#include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iomanip>
-#include <map>
 #include <memory>
 #include <ostream>
 #include <sstream>

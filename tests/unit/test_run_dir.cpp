@@ -158,6 +158,20 @@ TEST_F(RunDirCli, ResumedMetricsHoldEveryStepOnce) {
   EXPECT_NE(back.output.find("is at step 4, beyond train.steps 3"), std::string::npos) << back.output;
 }
 
+// config.ini holds the settings the run goes on with: rewritten when it resumes (with another
+// length here), and back when it was lost. Before, it kept the first start's (a run directory
+// from before the mode's ignored keys were left out could never be read back).
+TEST_F(RunDirCli, ConfigIniIsRewrittenWhenARunResumes) {
+  const fs::path run = root() / "longer";
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2").code, 0);
+  fs::remove(run / "config.ini");
+  const CliResult r = train(run, "--resume --train.steps 3 --checkpoint.every 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream in(run / "config.ini");
+  const std::string ini((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(ini.find("[train]\nsteps = 3\n"), std::string::npos) << ini;
+}
+
 // A resume on other data whose streams have the same sizes (here: one word of the text corpus
 // changed) is refused, naming the stream: the checkpoint's cursors belong to another order.
 TEST_F(RunDirCli, ResumeOnOtherDataOfTheSameSizeIsRefused) {
