@@ -47,25 +47,27 @@ namespace {
 // block's tokens stay a few MB.
 constexpr size_t kBlock = 4096;
 
-// SIGINT, SIGTERM or SIGHUP ends the run through an exception at the next example, so that the
-// writers remove their temporary files (the default action left them behind for good). A second
-// signal acts as if none were handled.
+// SIGINT, SIGTERM or SIGHUP ends the run through an exception, so that the writers remove their
+// temporary files (the default action left them behind for good): at the next example, or at once
+// when a read waits on a pipe (the handlers do not restart reads). A second signal acts as if none
+// were handled.
 volatile std::sig_atomic_t g_interrupt = 0;
 extern "C" void on_interrupt(int signal) { g_interrupt = signal; }
-
-void handle_interrupts() {
-  struct sigaction action {};
-  action.sa_handler = on_interrupt;
-  action.sa_flags = SA_RESETHAND | SA_RESTART;  // reads go on; the next example ends the run
-  sigemptyset(&action.sa_mask);
-  for (int signal : {SIGINT, SIGTERM, SIGHUP}) sigaction(signal, &action, nullptr);
-}
 
 void check_interrupt() {
   if (g_interrupt != 0)
     throw InputError(qarac::detail::concat("interrupted by ", g_interrupt == SIGINT ? "SIGINT" : g_interrupt == SIGTERM ? "SIGTERM"
                                                                                                             : "SIGHUP",
                                     ": nothing was written (the temporary files are removed)"));
+}
+
+void handle_interrupts() {
+  struct sigaction action {};
+  action.sa_handler = on_interrupt;
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  for (int signal : {SIGINT, SIGTERM, SIGHUP}) sigaction(signal, &action, nullptr);
+  set_read_interrupt_check(check_interrupt);
 }
 
 struct Settings {

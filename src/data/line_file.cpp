@@ -15,6 +15,8 @@ namespace {
 
 constexpr size_t kBlockBytes = size_t{1} << 16;
 
+void (*g_interrupt_check)() = nullptr;
+
 }  // namespace
 
 LineFile::LineFile(const std::string& path) : name_(path), buf_(kBlockBytes) {
@@ -39,6 +41,7 @@ bool LineFile::fill() {
     }
     if (n == 0) return false;
     if (errno != EINTR) fail(detail::concat("read error: ", std::strerror(errno)));
+    if (g_interrupt_check != nullptr) g_interrupt_check();
   }
 }
 
@@ -70,6 +73,8 @@ bool LineFile::next(std::string& line) {
   if (!line.empty() && line.back() == '\r') line.pop_back();
   return true;
 }
+
+void set_read_interrupt_check(void (*check)()) { g_interrupt_check = check; }
 
 void LineFile::fail(const std::string& why) const {
   throw InputError(detail::concat(name_, ":", line_no_ + 1, ": ", why));

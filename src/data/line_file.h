@@ -47,4 +47,10 @@ class LineFile {
   int64_t line_no_ = 0;
 };
 
+// Called when a signal interrupts a read that waits on a pipe (read(2) fails with EINTR); it may
+// throw to end the reading, and reading goes on when it returns. A program whose signal handlers
+// do not restart reads (qarac-prep) sets it, so that a signal ends a run waiting on a quiet pipe
+// at once rather than at the next line. Reads of regular files never wait this way.
+void set_read_interrupt_check(void (*check)());
+
 }  // namespace qarac::data
