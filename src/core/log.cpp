@@ -26,6 +26,7 @@ const char* level_name(Level l) {
 void set_level(Level l) { g_level = static_cast<int>(l); }
 Level level() { return static_cast<Level>(g_level.load()); }
 void set_rank(int rank) { g_rank = rank; }
+int rank() { return g_rank.load(); }
 
 void write(Level l, const std::string& message) {
   const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());

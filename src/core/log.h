@@ -13,6 +13,7 @@ enum class Level { debug = 0, info = 1, warn = 2, error = 3 };
 void set_level(Level level);
 Level level();
 void set_rank(int rank);  // -1: no rank prefix
+int rank();
 void write(Level level, const std::string& message);
 
 template <class... Args>
@@ -26,6 +27,12 @@ void info(const Args&... args) {
 template <class... Args>
 void warn(const Args&... args) {
   if (level() <= Level::warn) write(Level::warn, detail::concat(args...));
+}
+// A warning about what every rank reads alike (the same base or data files): said by rank 0 alone,
+// rather than once per rank.
+template <class... Args>
+void warn_shared(const Args&... args) {
+  if (rank() <= 0) warn(args...);
 }
 template <class... Args>
 void error(const Args&... args) {

@@ -148,7 +148,7 @@ void assign_parameters(const ParameterList& params, const TensorMap& tensors,
   for (const auto& [name, t] : tensors)
     if (!used.count(name)) unused.push_back(name);
   if (!unused.empty())
-    log::warn(source, ": ", unused.size(),
+    log::warn_shared(source, ": ", unused.size(),
               " tensors match no parameter and were not loaded: ", name_list(unused));
 }
 

@@ -44,7 +44,7 @@ void warn_unused_layers(const io::HfRoberta& base, const std::string& source) {
     if (unused++ == 0) first = name;
   }
   if (unused > 0)
-    log::warn(source, ": ", unused, " tensors of layers beyond config.json's num_hidden_layers (",
+    log::warn_shared(source, ": ", unused, " tensors of layers beyond config.json's num_hidden_layers (",
               base.config.num_layers, ") are left unused (the first: '", printable(first), "')");
 }
 

@@ -21,6 +21,7 @@
 #include "core/check_mpi.h"
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/log.h"
 #include "core/hdf5_checksummed.h"
 #include "core/progress.h"
 #include "core/rng.h"
@@ -99,6 +100,20 @@ TEST(Tensor, ViewsThatFollowEachOtherJoin) {
               std::string::npos)
         << e.what();
   }
+}
+
+// A warning about the files every rank reads alike is said once, by rank 0, not once per rank;
+// a program without ranks says it.
+TEST(Log, SharedWarningsAreSaidByRankZeroAlone) {
+  for (const int rank : {-1, 0, 1, 3}) {
+    SCOPED_TRACE(rank);
+    log::set_rank(rank);
+    testing::internal::CaptureStderr();
+    log::warn_shared("base.safetensors: 16 tensors left unused");
+    const std::string said = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(said.find("16 tensors left unused") != std::string::npos, rank <= 0) << said;
+  }
+  log::set_rank(-1);
 }
 
 // A long loop is said every interval with its count, share, rate and ETA (or count and rate
