@@ -5,7 +5,9 @@
 
 #include <boost/program_options.hpp>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <iostream>
 #include <string>
@@ -35,10 +37,24 @@ inline bool parse_command_line(int argc, const char* const argv[],
   return true;
 }
 
+// What a program prints on standard output is a result (a summary, a table, vectors): it exits 0
+// only when all of it was written, not into a closed pipe or a full disk.
+inline void check_standard_output() {
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;  // std::cout writes through stdout's buffer
+  const int err = errno;
+  std::cout.flush();
+  QARAC_INPUT_CHECK(flushed && !std::ferror(stdout) && !std::cout.fail(), "standard output: write failed",
+                    err != 0 ? std::string(": ") + std::strerror(err) : std::string(),
+                    " (a closed pipe or a full disk): what was printed is incomplete");
+}
+
 template <class Body>
 int run_main(const char* program, Body&& body) {
   try {
-    return body();
+    const int code = body();
+    if (code == 0) check_standard_output();
+    return code;
   } catch (const boost::program_options::error& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;

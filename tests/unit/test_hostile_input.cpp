@@ -376,6 +376,19 @@ TEST_F(Hostile, PrepRefusesATokenizerThatAddsNoSpecialTokens) {
   EXPECT_EQ(r.code, 0) << r.output;
 }
 
+// Before: qarac-prep exited 0 when its closing summary could not be written. It now says so and
+// exits 2; the streams, published before the summary, are whole.
+TEST_F(Hostile, PrepSaysWhenItsSummaryCannotBeWritten) {
+  const std::string out = path("out");
+  const auto r = run_command("(" + kPrep + " --tokenizer " + kSample + "tokenizer --text " + kSample +
+                             "corpus_heldout.txt --out " + out + " > /dev/full)");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("qarac-prep: error: standard output: write failed: No space left on device"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NO_THROW(TaskStreamFile(out + "/encode_decode.h5"));
+}
+
 // Before: SIGINT or SIGTERM left <task>.h5.tmp.<pid> behind for good, and later a signal ended a
 // run waiting on a quiet pipe only when the next line came. The input is a FIFO, so the signal
 // comes mid-run whatever the machine's speed: qarac-prep has opened it (and installed its
