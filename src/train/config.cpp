@@ -67,11 +67,15 @@ struct Declarations {
     group.add_options()(name.c_str(), semantic, help);
     keys.push_back({name, [field] { return format_value(*field); }});
   }
-  // A key without a default: check_values requires it.
-  void add_required(po::options_description& group, const std::string& name, std::string* field,
-                    const char* help) {
-    group.add_options()(name.c_str(), po::value<std::string>(field), help);
-    keys.push_back({name, [field] { return *field; }});
+  // A file or directory, `required` without a default (check_values requires it). config.ini
+  // writes it absolute, so that the file reads back from any directory: a resumed job does not
+  // always start where the first one did.
+  void add_path(po::options_description& group, const std::string& name, std::string* field, const char* help,
+                bool required = false) {
+    auto* semantic = po::value<std::string>(field);
+    if (!required) semantic->default_value(*field, format_value(*field));
+    group.add_options()(name.c_str(), semantic, help);
+    keys.push_back({name, [field] { return field->empty() ? *field : std::filesystem::absolute(*field).string(); }});
   }
   po::options_description file_options() const {
     po::options_description all;
@@ -88,16 +92,16 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
       ("resume", po::bool_switch(&c.resume), "continue from the newest valid checkpoint in the output directory");
 
   auto& top = d->section("Run (top of the INI file)");
-  d->add_required(top, "output", &c.output, "(required) run directory: metrics.jsonl, checkpoints/, export/; must not exist or be empty unless --resume");
+  d->add_path(top, "output", &c.output, "(required) run directory: metrics.jsonl, checkpoints/, export/; must not exist or be empty unless --resume", true);
 
   auto& model = d->section("[model]");
   d->add(model, "model.mode", &c.mode, "qarac: fine-tune QE, AE and D on the four tasks; mlm: pre-train a RoBERTa base by masked language modelling on the text stream");
-  d->add_required(model, "model.base", &c.base, "(required for qarac) pre-trained Hugging Face RoBERTa directory (config.json, model.safetensors); mlm: optional starting point");
+  d->add_path(model, "model.base", &c.base, "(required for qarac) pre-trained Hugging Face RoBERTa directory (config.json, model.safetensors); mlm: optional starting point", true);
   d->add(model, "model.share_encoder_base", &c.share_encoder_base, "question and answer encoders share one base");
   d->add(model, "model.tie_lm_head", &c.tie_lm_head, "the LM head's output matrix is the decoder's word embeddings");
   d->add(model, "model.dropout", &c.dropout, "hidden and attention dropout; < 0: the base config's");
   d->add(model, "model.init_std", &c.init_std, "standard deviation of the new heads' initial weights");
-  d->add(model, "model.tokenizer", &c.tokenizer, "mlm: the tokenizer directory (vocabulary size, <mask>)");
+  d->add_path(model, "model.tokenizer", &c.tokenizer, "mlm: the tokenizer directory (vocabulary size, <mask>)");
   d->add(model, "model.hidden", &c.hidden, "mlm without a base: hidden size of the new model");
   d->add(model, "model.layers", &c.layers, "mlm without a base: transformer layers");
   d->add(model, "model.heads", &c.heads, "mlm without a base: attention heads");
@@ -106,7 +110,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(model, "model.mask_probability", &c.mask_probability, "mlm, and qarac with rehearsal (task.mlm.weight > 0): share of the tokens masked");
 
   auto& data = d->section("[data]");
-  d->add_required(data, "data.dir", &c.data_dir, "(required) task-stream files from qarac-prep (<dir>/<task>.h5)");
+  d->add_path(data, "data.dir", &c.data_dir, "(required) task-stream files from qarac-prep (<dir>/<task>.h5)", true);
 
   auto& train = d->section("[train]");
   d->add(train, "train.steps", &c.steps, "optimizer steps of the run");
@@ -138,10 +142,10 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
 
   auto& eval = d->section("[eval]");
   d->add(eval, "eval.every", &c.eval_every, "evaluate every N steps (and at the end); 0: only at the end");
-  d->add(eval, "eval.dir", &c.eval_dir, "held-out task streams from qarac-prep; empty: no evaluation");
+  d->add_path(eval, "eval.dir", &c.eval_dir, "held-out task streams from qarac-prep; empty: no evaluation");
   d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file)");
   d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy)");
-  d->add(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory; turns on the forgetting monitor (MLM loss with the base's head)");
+  d->add_path(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory; turns on the forgetting monitor (MLM loss with the base's head)");
 
   auto& parallel = d->section("[parallel]");
   d->add(parallel, "parallel.tasks", &c.tasks, "task plan: auto, or ranks per task, e.g. ed:2,qa:1,rs:2,cs:1");

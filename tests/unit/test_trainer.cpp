@@ -443,6 +443,34 @@ TEST(TrainConfig, RunConfigReadsBackInEveryMode) {
                      {"--config " + dir.path.string() + ": is a directory, not an INI file"});
 }
 
+// config.ini writes paths absolute: read back from another directory (a resumed job's), the run
+// finds the files it was given relative to where it started (before: the paths were kept as
+// given, and resolved against the new directory).
+TEST(TrainConfig, RunConfigPathsReadBackFromAnyDirectory) {
+  TempDir dir("config-paths");
+  const fs::path start = fs::current_path();
+  fs::create_directories(dir.path / "first");
+  fs::current_path(dir.path / "first");
+  const std::optional<TrainConfig> c = parse({"--output", "run", "--model.base", "../base", "--data.dir", "data",
+                                              "--eval.dir", "held out", "--eval.tokenizer", "/abs/tok"});
+  ASSERT_TRUE(c);
+  const std::string text = to_ini(*c);
+  fs::current_path(dir.path);
+  const std::string path = (dir.path / "config.ini").string();
+  std::ofstream(path) << text;
+  const std::optional<TrainConfig> again = parse({"--config", path});
+  fs::current_path(start);
+  ASSERT_TRUE(again);
+  const std::string first = (dir.path / "first").string();
+  EXPECT_EQ(again->output, first + "/run");
+  EXPECT_EQ(again->base, first + "/../base");
+  EXPECT_EQ(again->data_dir, first + "/data");
+  EXPECT_EQ(again->eval_dir, first + "/held out");
+  EXPECT_EQ(again->eval_tokenizer, "/abs/tok");
+  EXPECT_EQ(again->tokenizer, "");  // unset stays unset
+  EXPECT_EQ(to_ini(*again), text);
+}
+
 // The documented example configurations stay valid: every key known, every value in range.
 TEST(TrainConfig, ExampleConfigsParse) {
   int count = 0;
