@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "core/hdf5.h"
 #include "core/memory.h"
+#include "data/json_brief.h"
 
 namespace qarac::cli {
 namespace {
@@ -283,9 +284,9 @@ Vectors read_vectors(const std::string& path) {
     QARAC_INPUT_CHECK(static_cast<int64_t>(j.size()) == v.cols, where, ": ", j.size(),
                       " numbers, the first vector has ", v.cols);
     for (const auto& x : j) {
-      QARAC_INPUT_CHECK(x.is_number(), where, ": ", x.dump(), " is not a number");
+      QARAC_INPUT_CHECK(x.is_number(), where, ": ", data::json_brief(x), " is not a number");
       v.values.push_back(x.get<float>());
-      QARAC_INPUT_CHECK(std::isfinite(v.values.back()), where, ": ", x.dump(), " is beyond the float range");
+      QARAC_INPUT_CHECK(std::isfinite(v.values.back()), where, ": ", x.get<double>(), " is beyond the float range");
     }
     ++v.rows;
   }

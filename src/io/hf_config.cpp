@@ -14,6 +14,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "data/json_brief.h"
 
 namespace qarac::io {
 namespace {
@@ -61,14 +62,15 @@ int64_t parameter_count(const RobertaConfig& c) {
   return overflow ? -1 : total;
 }
 
-// "string \"32\"", "float 32.5": what a mistyped value was, for the message.
+// "string \"32\"", "float 32.5": what a mistyped value was, for the message (a structured one by
+// its kind and size when long or deep: data/json_brief.h).
 std::string describe(const json& v) {
   const char* type = v.is_number_integer() ? "integer"
                      : v.is_number_float() ? "float"
                                            : v.type_name();
-  std::string text = v.dump();
-  if (text.size() > 60) text = text.substr(0, 57) + "...";
-  return std::string(type) + " " + printable(text);
+  const std::string brief = data::json_brief(v);
+  if (v.is_structured() && brief.rfind("an ", 0) == 0) return brief;  // already "an array of ..."
+  return std::string(type) + " " + brief;
 }
 
 class ConfigReader {

@@ -12,9 +12,11 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <ostream>
 #include <vector>
 
 #include "core/atomic_file.h"
+#include "data/json_brief.h"
 
 namespace qarac::io {
 namespace {
@@ -88,11 +90,14 @@ std::optional<int64_t> as_int64(const json& v) {
   return std::nullopt;
 }
 
-std::string json_snippet(const json& v) {
-  std::string s = v.dump();
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return printable(s);
-}
+// A JSON value in a message, quoted (data/json_brief.h) only when the message is made: the checks
+// of a header entry take their message's arguments whether or not they fail, and a value dumped
+// whole recursed once per nesting level (a deeply nested value in any key crashed every load).
+struct Quoted {
+  const json& value;
+};
+std::ostream& operator<<(std::ostream& os, const Quoted& q) { return os << data::json_brief(q.value); }
+Quoted json_snippet(const json& v) { return {v}; }
 
 struct Entry {
   std::string name;

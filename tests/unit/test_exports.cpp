@@ -435,6 +435,17 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
   EXPECT_EQ(cli::read_vectors(npy).values, cut_vectors);
 }
 
+// Before: an element nested 10^5 deep in a JSON-lines vector file crashed qarac-generate (exit
+// 139) when its message dumped it; one beyond the float range is quoted as the number it is.
+TEST_F(ExportsTest, JsonVectorElementsAreQuotedByTheirKind) {
+  const std::string file = (tmp_.path / "deep.jsonl").string();
+  std::ofstream(file) << "[1, " << std::string(100000, '[') << std::string(100000, ']') << "]\n";
+  expect_input_error([&] { cli::read_vectors(file); },
+                     {file + ":1: an array of 1 element, nested more than 16 deep is not a number"});
+  std::ofstream(file) << "{\"vector\": [1, 1e39]}\n";
+  expect_input_error([&] { cli::read_vectors(file); }, {file + ":1: 1e+39 is beyond the float range"});
+}
+
 // A .npy header whose shape is more than the file holds (a product that wraps around 2^64 read out
 // of bounds), or a number no file could hold, is one line naming the file, before any allocation.
 TEST_F(ExportsTest, NpyShapesBeyondTheFileAreRefused) {

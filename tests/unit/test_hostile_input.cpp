@@ -470,6 +470,26 @@ TEST_F(Hostile, ConfigSizesAreBoundedBeforeAnythingUsesThem) {
   expect_input_error([&] { io::read_hf_config(file); }, {file, "the sizes make an encoder of more than"});
 }
 
+// Before: a deeply nested value crashed every program that loads a base or an export (exit 139):
+// a mistyped config.json value was dumped whole into its message, and each safetensors header
+// entry's messages were made whether its checks failed or not, so a deep value in a key nobody
+// reads crashed too.
+TEST_F(Hostile, DeeplyNestedValuesInABasesFilesAreQuotedByTheirKind) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string config = path("config.json");
+  std::string text = config_with("hidden_size", "DEEP");  // spliced in: dumping it would recurse here
+  text.replace(text.find("\"DEEP\""), 6, deep);
+  write_text(config, text);
+  expect_input_error([&] { io::read_hf_config(config); },
+                     {config, "must be an integer, found an array of 1 element, nested more than 16 deep"});
+  const std::string header = "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4], \"extra\": " +
+                             deep + "}}";
+  std::string file(8, '\0');
+  for (size_t b = 0; b < 8; ++b) file[b] = static_cast<char>((header.size() >> (8 * b)) & 0xff);
+  write_text(path("deep.safetensors"), file + header + std::string(4, '\0'));
+  EXPECT_EQ(io::read_safetensors(path("deep.safetensors")).at("w").numel(), 1);
+}
+
 // Dropout probabilities outside [0, 1), or so close to 1 that the 16-bit draws drop everything,
 // are refused when the config is read, not at the first training step.
 TEST_F(Hostile, ConfigDropoutMustBeAProbabilityTheDrawsCanTake) {
