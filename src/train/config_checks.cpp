@@ -62,6 +62,15 @@ void check_values(const TrainConfig& c) {
   if (c.pretraining() || c.rehearsal())
     QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
                       c.mask_probability, " must lie in (0, 1)");
+  // What decides which settings have an effect (the rehearsal's weight, the QA objective), checked
+  // first: a wrong value would call a setting ignored that is not.
+  QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
+                    c.qa_objective, "' must be mse or contrastive");
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".weight";
+    QARAC_INPUT_CHECK(std::isfinite(c.task[t].weight), key, ": ", c.task[t].weight, " is not a finite number");
+    QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ": ", c.task[t].weight, " must be >= 0");
+  }
   // A setting that the chosen mode ignores is refused: the user meant something by it. All of
   // them at once, so that one fix suffices.
   std::string ignored;
@@ -72,8 +81,6 @@ void check_values(const TrainConfig& c) {
     ignored += (count++ ? "; " : "") + key + ": has no effect " + why;
   }
   QARAC_INPUT_CHECK(count == 0, ignored, count == 1 ? "; remove it" : "; remove them");
-  QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
-                    c.qa_objective, "' must be mse or contrastive");
   QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",
                     c.qa_temperature, " must be a finite number > 0");
   QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
@@ -110,9 +117,6 @@ void check_values(const TrainConfig& c) {
       {"model.init_std", c.init_std},   {"parallel.bucket_mb", c.bucket_mb}};
   for (const auto& [key, value] : reals)
     QARAC_INPUT_CHECK(std::isfinite(value), key, ": ", value, " is not a finite number");
-  for (int t = 0; t < data::kTaskCount; ++t)
-    QARAC_INPUT_CHECK(std::isfinite(c.task[t].weight), "task.", data::task_short_name(static_cast<data::Task>(t)),
-                      ".weight: ", c.task[t].weight, " is not a finite number");
   QARAC_INPUT_CHECK(c.lr >= 0, "optimizer.lr: ", c.lr, " must be >= 0");
   QARAC_INPUT_CHECK(c.beta1 >= 0 && c.beta1 < 1, "optimizer.beta1: ", c.beta1, " must lie in [0, 1)");
   QARAC_INPUT_CHECK(c.beta2 >= 0 && c.beta2 < 1, "optimizer.beta2: ", c.beta2, " must lie in [0, 1)");
@@ -158,7 +162,6 @@ void check_values(const TrainConfig& c) {
                     " must lie between 0 and ", kMaxRanks, " ranks");
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t));
-    QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ".weight: ", c.task[t].weight, " must be >= 0");
     QARAC_INPUT_CHECK(c.task[t].batch >= 1 && c.task[t].batch <= kMaxBatch, key, ".batch: ", c.task[t].batch,
                       " must lie between 1 and ", kMaxBatch, " (examples of the task per step, over all ranks)");
   }

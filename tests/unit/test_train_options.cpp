@@ -57,6 +57,12 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error("--task.qa.temperature 0.1", {"task.qa.temperature: has no effect with task.qa.objective mse"});
   expect_usage_error("--task.qa.objective cosine", {"task.qa.objective: 'cosine' must be mse or contrastive"});
   expect_usage_error("--task.qa.objective contrastive --task.qa.temperature 0", {"task.qa.temperature: 0", "> 0"});
+  // A wrong value of what decides the effect is named itself (before: the settings it governs were
+  // called ignored, and removing them lost what the user meant).
+  expect_usage_error("--task.qa.objective Contrastive --task.qa.temperature 0.1",
+                     {"task.qa.objective: 'Contrastive' must be mse or contrastive"});
+  expect_usage_error("--task.mlm.weight -1 --task.mlm.batch 8", {"task.mlm.weight: -1 must be >= 0"});
+  expect_usage_error("--task.mlm.weight nan --task.mlm.batch 8", {"task.mlm.weight: nan is not a finite number"});
 }
 
 // A base whose weights hold more layers than its config.json counts trains the smaller model it
