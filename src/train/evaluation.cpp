@@ -16,6 +16,12 @@ namespace qarac {
 
 namespace {
 
+int64_t longest(const data::Ragged& sentences) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < sentences.count(); ++i) n = std::max(n, sentences.length(i));
+  return n;
+}
+
 using data::PackedField;
 using data::Task;
 using data::TaskBatch;
@@ -165,12 +171,18 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   EvalResult result;
   Objectives objectives(models, options_.qa_objective);
   SentenceEncoder::Activations acts_a, acts_b;
-  for (size_t i = 0; i < batches_.size(); ++i)
+  for (size_t i = 0; i < batches_.size(); ++i) {
     for (size_t f = 0; f < batches_[i].fields.size(); ++f)
       QARAC_INPUT_CHECK(batches_[i].fields[f].max_length() <= config.max_tokens(), paths_[i], ": its ",
                         data::task_fields(batches_[i].task)[f], " field holds a sequence of ",
                         batches_[i].fields[f].max_length(), " tokens, more than the ", config.max_tokens(),
                         " the models read (rerun qarac-prep with --max-length ", config.max_tokens(), ")");
+    if (batches_[i].task == Task::question_answering)
+      QARAC_INPUT_CHECK(longest(candidates_.sentences) <= config.max_tokens(), paths_[i],
+                        ": a candidate sentence holds ", longest(candidates_.sentences), " tokens, more than the ",
+                        config.max_tokens(), " the models read (rerun qarac-prep with --max-length ",
+                        config.max_tokens(), ")");
+  }
 
   for (const TaskBatch& batch : batches_) {
     const std::string task = data::task_short_name(batch.task);

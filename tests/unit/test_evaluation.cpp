@@ -446,6 +446,16 @@ TEST_F(EvaluatorTest, HeldOutStreamsOfAnotherKindAreNamed) {
   expect_input_error([&] { evaluator.evaluate({models, {}, config_.base, 0}); },
                      {text, ": its text field holds a sequence of " + std::to_string(longest + 1) + " tokens, more than the " +
                                 std::to_string(longest) + " the models read"});
+
+  // A candidate sentence too long for the answer encoder (before: the model's message, naming no file).
+  fs::remove(text);
+  write(
+      data::Task::question_answering, 2, [&](int) { return Sequences{{0, 5, 2}, {0, 6, 2}}; }, 0,
+      [&](int i) { return Sequences{std::vector<int32_t>(longest + i, 7)}; });
+  QaracEvaluator with_candidates(options);
+  expect_input_error([&] { with_candidates.evaluate({models, {}, config_.base, 0}); },
+                     {(dir_ / "question_answering.h5").string(), ": a candidate sentence holds " +
+                                                                    std::to_string(longest + 1) + " tokens, more than the "});
 }
 
 // The consistency evaluation's classes at their boundaries: ±1/3 itself is neutral (the
