@@ -74,10 +74,10 @@ Ranked from_stream(const std::string& stream, const Encoder& question, const Enc
   return r;
 }
 
-// A WikiQA TSV read as qarac-prep reads it, tokenised by the question encoder's tokenizer
-// (qarac-prep's --max-length truncation is not applied: a sentence too long for the model is
+// A WikiQA TSV read as qarac-prep reads it, tokenised by the encoders' tokenizer (qarac-prep's
+// --max-length truncation is not applied: a sentence too long for the model that reads it is
 // refused).
-Ranked from_wikiqa(const std::string& tsv, const Encoder& question, int64_t max_examples) {
+Ranked from_wikiqa(const std::string& tsv, const Encoder& question, const Encoder& answer, int64_t max_examples) {
   Ranked r;
   r.candidates.offsets = {0};
   r.candidates.sentences.offsets = {0};
@@ -90,12 +90,12 @@ Ranked from_wikiqa(const std::string& tsv, const Encoder& question, int64_t max_
     r.questions.push_back(t.encode(e.fields[0]));
     check_fits(r.questions.back(), question, where);
     r.answers.push_back(t.encode(e.fields[1]));
-    check_fits(r.answers.back(), question, where + ", its answer,");
+    check_fits(r.answers.back(), answer, where + ", its answer,");
     data::Ragged& s = r.candidates.sentences;
     for (const std::string& c : e.candidates) {
       const size_t begin = s.tokens.size();
       t.encode_append(c, s.tokens);
-      check_fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()), question,
+      check_fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()), answer,
                  where + ", a candidate sentence of it,");
       s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
     }
@@ -111,7 +111,7 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   QARAC_INPUT_CHECK(question.tokenizer.hash() == answer.tokenizer.hash(), question_dir, " and ", answer_dir,
                     " carry different tokenizers");
   const bool tsv = source.size() > 4 && source.compare(source.size() - 4, 4, ".tsv") == 0;
-  const Ranked r = tsv ? from_wikiqa(source, question, max_examples)
+  const Ranked r = tsv ? from_wikiqa(source, question, answer, max_examples)
                        : from_stream(source, question, answer, max_examples);
   const auto n = static_cast<int64_t>(r.questions.size());
   QARAC_INPUT_CHECK(r.candidates.sentences.count() > 0, source, ": none of the first ", n,

@@ -365,7 +365,7 @@ int tokenize(int argc, char** argv) {
   std::string line;
   while (in.next(line)) {
     std::cout << tokenize_line(tok, line, {special, decode}, "stdin", in.line_no()) << std::endl;
-    QARAC_INPUT_CHECK(std::cout, "stdout: write failed after line ", in.line_no(), " (a closed pipe or a full disk)");
+    QARAC_INPUT_CHECK(std::cout, "standard output: write failed after line ", in.line_no());
   }
   return 0;
 }

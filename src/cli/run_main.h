@@ -38,7 +38,8 @@ inline bool parse_command_line(int argc, const char* const argv[],
 }
 
 // What a program prints on standard output is a result (a summary, a table, vectors): it exits 0
-// only when all of it was written, not into a closed pipe or a full disk.
+// only when all of it was written (a full disk, a closed descriptor; a closed pipe ends it with
+// SIGPIPE, as it does any Unix filter).
 inline void check_standard_output() {
   errno = 0;
   const bool flushed = std::fflush(stdout) == 0;  // std::cout writes through stdout's buffer
@@ -46,7 +47,7 @@ inline void check_standard_output() {
   std::cout.flush();
   QARAC_INPUT_CHECK(flushed && !std::ferror(stdout) && !std::cout.fail(), "standard output: write failed",
                     err != 0 ? std::string(": ") + std::strerror(err) : std::string(),
-                    " (a closed pipe or a full disk): what was printed is incomplete");
+                    ": what was printed is incomplete");
 }
 
 template <class Body>

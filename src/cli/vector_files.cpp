@@ -235,8 +235,7 @@ void write_text(const std::string& path, const std::string& text) {
   if (path == "-") {
     const bool written = std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0;
     const int err = errno;
-    QARAC_INPUT_CHECK(written, "standard output: write failed: ", std::strerror(err),
-                      " (a closed pipe or a full disk)");
+    QARAC_INPUT_CHECK(written, "standard output: write failed: ", std::strerror(err));
     return;
   }
   AtomicFile file(path);

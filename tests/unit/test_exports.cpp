@@ -19,6 +19,7 @@
 #include "io/hf_checkpoint.h"
 #include "io/hf_export.h"
 #include "io/qarac_export.h"
+#include "io/safetensors.h"
 #include "model/generate.h"
 #include "model/init.h"
 #include "support/test_support.h"
@@ -444,6 +445,31 @@ TEST_F(ExportsTest, JsonVectorElementsAreQuotedByTheirKind) {
                      {file + ":1: an array of 1 element, nested more than 16 deep is not a number"});
   std::ofstream(file) << "{\"vector\": [1, 1e39]}\n";
   expect_input_error([&] { cli::read_vectors(file); }, {file + ":1: 1e+39 is beyond the float range"});
+}
+
+// --rank on a WikiQA TSV holds each sentence to the encoder that reads it: the answers and their
+// candidates to the answer encoder (before: to the question encoder, whose position table may be
+// longer, so the answer encoder failed later with the model's message, naming no line).
+TEST_F(ExportsTest, RankHoldsAnswersToTheAnswerEncoder) {
+  const std::string qe = m_.export_model(tmp_.str() + "/q", "question_encoder", m_.extras());
+  const std::string ae = m_.export_model(tmp_.str() + "/a", "answer_encoder", m_.extras());
+  // The answer encoder cut to 10 tokens: its position table to 12 rows (RoBERTa's 2 reserved).
+  const std::string weights = ae + "/model.safetensors";
+  TensorMap tensors = io::read_safetensors(weights);
+  for (auto& [name, tensor] : tensors)
+    if (name.find("position_embeddings") != std::string::npos) tensor = tensor.slice(0, 0, 12);
+  io::write_safetensors(weights, tensors);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(ae + "/config.json"));
+  config["max_position_embeddings"] = 12;
+  std::ofstream(ae + "/config.json") << config.dump();
+  const std::string tsv = (tmp_.path / "qa.tsv").string();
+  std::ofstream(tsv) << "QuestionID\tQuestion\tDocumentID\tDocumentTitle\tSentenceID\tSentence\tLabel\n"
+                     << "Q1\twhere\tD1\tT\tD1-0\tthe river flows into the sea far away in the south of the land\t1\n"
+                     << "Q1\twhere\tD1\tT\tD1-1\tit freezes\t0\n";
+  const CliResult r = run_command(std::string(QARAC_EMBED_EXE) + " --rank " + tsv + " --question-encoder " + qe +
+                                  " --answer-encoder " + ae);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(tsv + ": the question of line 2, its answer,"), std::string::npos) << r.output;
 }
 
 // A .npy header whose shape is more than the file holds (a product that wraps around 2^64 read out
