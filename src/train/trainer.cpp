@@ -196,7 +196,7 @@ void Trainer::Impl::build(Device device) {
 }
 
 // Rank 0 locks the output directory (creating it); the run restores the checkpoint when
-// resuming from one; rank 0 writes config.ini (a run from step 0), opens metrics.jsonl and
+// resuming from one; rank 0 writes config.ini (at every start), opens metrics.jsonl and
 // prints the run's table.
 void Trainer::Impl::start() {
   if (place.root()) {
