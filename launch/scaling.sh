@@ -25,7 +25,8 @@
 #     --out DIR            output directory (default runs/scaling); must be empty or absent
 #     --force              replace a previous scaling run in --out
 #     --summarise-only     run nothing: read the runs already in --out (same --ranks, --mode,
-#                          --warmup-steps) and write the CSV and the plot again
+#                          --warmup-steps) and write the CSV and the plot again (titled as the
+#                          runs were made, whatever the other options say)
 # e.g. on a GPU node, roberta-base in bf16:
 #   bash launch/scaling.sh --ranks 1,2,4,8 --device cuda --config launch/configs/qarac-roberta-base.ini \
 #       --base models/roberta-base --data prepared --batch 256 -- --train.dtype bf16
@@ -231,6 +232,15 @@ else
   prepare_out "scaling run" "$base" "$data" "$tokenizer" "$config"
 fi
 logs=$out/logs
+# The plot's title says how the runs were made: --summarise-only takes it from the runs' record,
+# not from its own options' defaults.
+title_file=$logs/plot-title.txt
+if ((summarise_only)) && [ -s "$title_file" ]; then
+  title=$(<"$title_file")
+else
+  title="QARAC-MT scaling: $device, $launcher, $batch examples per task (strong) or per rank (weak), $steps steps ($warmup warm-up)"
+  ((summarise_only)) || printf '%s\n' "$title" >"$title_file"
+fi
 
 if ! ((summarise_only)); then
   # --- Inputs: the sample data and a tiny random base when none is given.
@@ -422,7 +432,6 @@ for m in "${modes[@]}"; do w0_text+="${w0_text:+, }$m W0 = ${w0_of[$m]}"; done
 eff_top=$(for m in "${modes[@]}"; do cat "$tmp/$m.tsv"; done |
           awk -F'\t' 'BEGIN { top = 1 } $3 + 0 > top { top = $3 + 0 } END { print top * 1.1 }')
 xtics=$(printf '%s,' "${world_sizes[@]}")
-title="QARAC-MT scaling: $device, $launcher, $batch examples per task (strong) or per rank (weak), $steps steps ($warmup warm-up)"
 title=${title//\'/\'\'}
 {
   echo "set terminal svg size 1500,560 dynamic background rgb 'white' font 'sans,13' noenhanced"

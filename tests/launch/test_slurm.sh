@@ -178,6 +178,16 @@ test_scaling_run() {
   check "srun with labels and a GPU per rank" has runs/scaling-4242/logs/strong-w8.cmd "srun --label --kill-on-bad-exit=1 --mpi=pmix --gpus-per-task=1 --gpu-bind=none -n 8 -N 2"
   check "the weak ideal from W0 = 4" has runs/scaling-4242/scaling.svg "weak, ideal (from W0 = 4)"
   check "the strong ideal from W0 = 1" has runs/scaling-4242/scaling.svg "strong, ideal (from W0 = 1)"
+  # Summarised again without the job's options: the plot still says how the runs were made.
+  local title
+  title=$(cat runs/scaling-4242/logs/plot-title.txt)
+  check "the title names the job's settings" test "${title#*: }" = \
+    "cuda, srun, 256 examples per task (strong) or per rank (weak), 50 steps (10 warm-up)"
+  rm runs/scaling-4242/scaling.svg
+  rc=0
+  bash launch/scaling.sh --summarise-only --out runs/scaling-4242 --warmup-steps 10 >out.txt 2>&1 || rc=$?
+  check "--summarise-only: exit 0 (got $rc)" test "$rc" = 0
+  check "--summarise-only: the runs' title, not the defaults'" has runs/scaling-4242/scaling.svg "$title"
 }
 
 # A run too short for its figures, and one scaling more than linearly, are named in warnings.
