@@ -118,10 +118,6 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
   if (encoder) md << "- sentence-embeddings\npipeline_tag: feature-extraction\n";
   if (decoder) md << "- text-generation\n";  // from vectors: no pipeline of transformers' drives it
   if (model == "base") md << "- fill-mask\npipeline_tag: fill-mask\n";
-  if (!card.datasets.empty()) {
-    md << "datasets:\n";
-    for (const std::string& d : card.datasets) md << "- " << yaml_string(d) << "\n";
-  }
   md << "---\n\n# QARAC " << model << "\n\nTrained with QARAC-MT (docs/design.md §2)";
   if (!card.base_path.empty()) md << " from `" << card.base_path << "`";
   md << ".";
@@ -146,6 +142,13 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
   } else {
     md << " A pre-trained RoBERTa base with its masked-LM head (RobertaForMaskedLM): the "
           "starting point of a QARAC fine-tuning.\n";
+  }
+  // The raw files in the text, not in the metadata's `datasets:`, which the Hub reads as dataset
+  // ids: a file name is none, and the file's format does not say which dataset it holds.
+  if (!card.datasets.empty()) {
+    md << "\n## Training data\n\nThe task streams were prepared (qarac-prep) from:";
+    for (size_t i = 0; i < card.datasets.size(); ++i) md << (i ? ", `" : " `") << card.datasets[i] << "`";
+    md << ".\n";
   }
   if (!card.config_ini.empty())
     md << "\n## Training configuration\n\n```ini\n" << card.config_ini << "```\n";
