@@ -6,7 +6,7 @@ that knows only the old report names, and against the kernels of kernels/cuda (e
 fall in a family); breakdown.sh's options and its missing-nsys exit under stand-ins for nsys and
 qarac-bench; run.sh's stages, deadline and saved logs under stand-ins for nvidia-smi and the
 programs; which Open MPI run.sh gives a bundle's programs, under stand-ins for ldconfig, mpirun
-and ldd; train_throughput.py on a made-up metrics.jsonl.
+and ldd; train_throughput.py on a made-up metrics.jsonl; goals.py on made-up benchmark outputs.
 
 Usage: test_scripts.py (unittest; exit 0 when every check passes)."""
 import glob
@@ -317,6 +317,19 @@ class DeviceRun(unittest.TestCase):
         self.assertIn("test_cuda_runtime", logs)
         self.assertIn("parity_f32", logs)
 
+    def test_goals_stage_reads_the_bench_stages_outputs(self):
+        p = self.run_sh("bench,goals")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("qarac-bench --workload classifier --device cuda --dtype bf16 --preset base --seq 128 --batch 64 "
+                      "--dropout --warmup 3 --iters 2", p.stdout)
+        self.assertIn("--seq 128 --batch 256 --warmup 3", p.stdout)
+        summary, logs = self.saved()
+        # The stand-in's figures: equal tokens/s everywhere, no peak share, no PyTorch run.
+        self.assertRegex(summary, r"goal: ragged S=128 B=64 real tokens/s over full lengths' +met +1.000 against >= 0.950")
+        self.assertRegex(summary, r"goal: S=128 B=64 share of the GEMM peak +no figure +target >= 50%")
+        self.assertRegex(summary, r"goal: QARAC step B=64 against PyTorch +no figure")
+        self.assertIn("bench_S128_B64_dropout", logs)
+
     def test_kernels_stage_reports_each_pair(self):
         executable(os.path.join(self.bin, "bench_kernels"),
                    "#!/bin/sh\necho 'attention backward S=128 B=64               one-block  0.0300 ms (300.0 TFLOP/s)  "
@@ -480,6 +493,54 @@ class TrainThroughput(unittest.TestCase):
             self.assertEqual(p.returncode, 1)
             self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
             self.assertIn("10 step lines, need at least --skip + 2 = 11", p.stderr)
+
+
+class Goals(unittest.TestCase):
+    """goals.py on made-up qarac-bench and PyTorch outputs, as run.sh's bench and torch stages keep them."""
+
+    def bench(self, ms, real, share=None):
+        line = f"qarac-bench classifier cuda bf16: d=768\n  {ms:.2f} ms/step, {real:.0f} tokens/s real, 1 tokens/s padded"
+        return line + (f", 300.00 TFLOP/s, {share:.1f}% of the measured bf16 GEMM peak 800 TFLOP/s\n" if share else "\n")
+
+    def goals(self, files):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in files.items():
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text)
+            p = run(sys.executable, os.path.join(HERE, "goals.py"), tmp)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return [line.split("|") for line in p.stdout.splitlines()]
+
+    def test_each_goal_against_its_figures(self):
+        rows = self.goals({
+            "bench_S128_B64": self.bench(15.6, 524000, 34.4),
+            "bench_S128_B64_ragged": self.bench(12.0, 500000, 20.0),  # 0.954 of full: within 5%
+            "bench_S128_B64_dropout": self.bench(18.0, 454000, 30.0),  # 0.866 of full: not within 10%
+            "bench_S128_B256": self.bench(50.0, 655000, 61.0),
+            "bench_qarac_B64": self.bench(30.0, 100000),
+            "torch_qarac_B64": "torch qarac cuda bf16-autocast: d=768\n  320.70 ms/step, 1 tokens/s real\n",
+        })
+        self.assertEqual([r[:2] for r in rows], [
+            ["S=128 B=64 share of the GEMM peak", "not met"],
+            ["S=128 B=256 share of the GEMM peak", "met"],
+            ["ragged S=128 B=64 real tokens/s over full lengths'", "met"],
+            ["dropout 0.1 S=128 B=64 tokens/s over without", "not met"],
+            ["QARAC step B=64 against PyTorch", "met"],
+        ])
+        self.assertEqual(rows[0][2], "34.4% against >= 50%")
+        self.assertEqual(rows[2][2], "0.954 against >= 0.950")
+        self.assertEqual(rows[4][2], "10.69x (320.70 / 30.00 ms) against >= 10x")
+
+    def test_a_missing_or_failed_run_is_no_figure(self):
+        rows = self.goals({"bench_S128_B64": "qarac-bench: error: out of memory\n",
+                           "bench_S128_B256": self.bench(50.0, 655000)})  # no peak share: not CUDA
+        self.assertEqual({r[1] for r in rows}, {"no figure"})
+        self.assertEqual(rows[0][2], "target >= 50%")
+
+    def test_usage(self):
+        p = run(sys.executable, os.path.join(HERE, "goals.py"), "/nonexistent")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("usage: goals.py LOGDIR", p.stderr)
 
 
 if __name__ == "__main__":
