@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2154  # repo, out, marker, force and logs come from the sourcing script; bin, prep and train go to it
-# Shared by launch/quickstart.sh, scaling.sh and forgetting.sh, which source it once `repo` (the
-# repository, or PREFIX/share/qarac-mt when installed) is set; they define die(), and set `out`,
-# `marker`, `force` and `logs` before calling what uses them. Nothing here runs by itself.
+# Shared by launch/quickstart.sh, scaling.sh and forgetting.sh (and slurm/train.sbatch, for
+# cpu_dtype), which source it once `repo` (the repository, or PREFIX/share/qarac-mt when
+# installed) is set; they define die(), and set `out`, `marker`, `force` and `logs` before calling
+# what uses them. Nothing here runs by itself.
 
 # find_programs: sets bin, prep and train to QARAC_BUILD's programs, the repository's build, an
 # installation's (these scripts in PREFIX/share/qarac-mt/launch, the programs in PREFIX/bin), or
@@ -84,4 +85,18 @@ log_failed() {
   echo "--- last lines of $logs/$1.log:" >&2
   tail -n 25 "$logs/$1.log" >&2
   die "$1 failed (exit $2); its full output: $logs/$1.log"
+}
+
+# cpu_dtype_options CONFIG ARGS...: "--train.dtype f32" when a CPU run would take CONFIG's bf16
+# ([train] dtype = bf16, which only CUDA computes in: the GPU configs) and ARGS, the run's own
+# qarac-train options, set no dtype; else nothing. The CPU then computes in f32, as it does by
+# default; a config's f64 is kept.
+cpu_dtype_options() {
+  local config=$1 arg
+  shift
+  for arg in "$@"; do [[ "$arg" != --train.dtype* ]] || return 0; done
+  awk '{ sub(/[#;].*/, ""); gsub(/[[:space:]]/, "") }
+       /^\[.*\]$/ { section = substr($0, 2, length($0) - 2); next }
+       section == "train" && $0 == "dtype=bf16" { found = 1 }
+       END { if (found) print "--train.dtype\nf32" }' "$config" 2>/dev/null
 }

@@ -283,6 +283,7 @@ if ! ((summarise_only)); then
   common=(--config "$config" --model.base "$base" --data.dir "$data" --eval.dir "$eval_data"
           --eval.tokenizer "$tokenizer" --eval.every "$eval_every" --train.device "$device"
           --optimizer.warmup "$warmup" --optimizer.decay constant)
+  [ "$device" != cpu ] || mapfile -t -O "${#common[@]}" common < <(cpu_dtype_options "$config" "${train_args[@]}")
   # launch ARGS...: the command that runs qarac-train ARGS with the ranks under the launcher.
   launch() {
     if [ "$launcher" = local ]; then

@@ -304,6 +304,7 @@ if ! ((summarise_only)); then
                 "${budgets[@]}" --eval.every 0 --eval.dir "" --checkpoint.every 0
                 --optimizer.warmup 0
                 "${train_args[@]}")
+      [ "$device" != cpu ] || mapfile -t -O "${#run_args[@]}" run_args < <(cpu_dtype_options "$config" "${train_args[@]}")
       if [ "$launcher" = local ]; then
         cmd=(bash "$repo/launch/train-local.sh" -n "$w" -- "${run_args[@]}")
       else

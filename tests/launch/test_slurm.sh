@@ -113,6 +113,12 @@ test_train_gpu_check() {
   submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch -- --train.device cpu
   check "a CPU run is not checked (got $rc)" test "$rc" = 0
   check "a CPU run computes in f32 (no bf16 default)" lacks "$FAKE_LOG" "--train.dtype bf16"
+  # The default config's bf16 is CUDA's (before: qarac-train refused it on the CPU).
+  check "the config's bf16 becomes f32 on the CPU" has "$FAKE_LOG" "--train.dtype f32"
+  : >"$FAKE_LOG"
+  submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch -- --train.device cpu --train.dtype f64
+  check "a dtype of the user's is kept" has "$FAKE_LOG" "--train.dtype f64"
+  check "and is the only one" lacks "$FAKE_LOG" "--train.dtype f32"
   submit QARAC_GPU_CHECK=0 -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch
   check "QARAC_GPU_CHECK=0 is not checked (got $rc)" test "$rc" = 0
   submit -- --ntasks-per-node=2 --gres=gpu:4 slurm/train.sbatch
@@ -255,6 +261,7 @@ test_forgetting_gpu_check() {
     --data data --eval-data data-dev --steps 10 --runs b
   check "a CPU run trains" has "$FAKE_LOG" "--train.device cpu"
   check "a CPU run computes in f32 (no bf16 default)" lacks "$FAKE_LOG" "--train.dtype bf16"
+  check "the default config's bf16 becomes f32 on the CPU" has "$FAKE_LOG" "--train.dtype f32"
 }
 
 declare -F "test_$case_name" >/dev/null || { echo "test_slurm.sh: no case '$case_name'" >&2; exit 2; }
