@@ -11,7 +11,8 @@
 #     --dry-run          print the launch command and stop
 # e.g.
 #   bash launch/train-local.sh -n 4 -- --config launch/configs/quickstart.ini --output runs/w4 \
-#       --model.base runs/quickstart/pretrain/export/base --data.dir runs/quickstart/data/train
+#       --model.base runs/quickstart/pretrain/export/base --data.dir runs/quickstart/data/train \
+#       --eval.dir runs/quickstart/data/heldout
 #   MPIRUN=mpiexec.mpich bash launch/train-local.sh -n 2 -- ...   (a qarac-train built with MPICH)
 #
 # The launcher: MPIRUN (default mpirun), told apart by its --version (srun by its name); each

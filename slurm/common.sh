@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Shared by slurm/train.sbatch and slurm/scaling.sbatch, which source it from the submission
-# directory (Slurm runs a copy of a batch script from its spool, so a script cannot find the
-# files beside it). Nothing here runs by itself.
+# Shared by slurm/train.sbatch, scaling.sbatch and forgetting.sbatch, which source it from the
+# submission directory (Slurm runs a copy of a batch script from its spool, so a script cannot
+# find the files beside it). Nothing here runs by itself.
 
 # ranks_per_node: the most tasks the job runs on one node: SLURM_NTASKS_PER_NODE, else the largest
 # count of SLURM_TASKS_PER_NODE (e.g. "4(x2),3"), else SLURM_NTASKS / SLURM_JOB_NUM_NODES.

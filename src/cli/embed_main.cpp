@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
         ("rank", po::value(&rank_source), "a question_answering task stream with candidates (qarac-prep's WikiQA output) or a WikiQA .tsv: print the answer-selection metrics")
         ("question-encoder", po::value(&question_dir), "--rank: the question encoder export")
         ("answer-encoder", po::value(&answer_dir), "--rank: the answer encoder export")
-        ("max-examples", po::value(&max_examples)->default_value(256), "--rank: the first N examples (the evaluation's eval.max_examples); 0: all")
+        ("max-examples", po::value(&max_examples)->default_value(256), "--rank: the first N examples (qarac-train's eval.examples); 0: all")
         ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda");
     po::variables_map vm;
     if (!cli::parse_command_line(argc, argv, options, vm)) return 0;

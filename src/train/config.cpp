@@ -88,6 +88,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   auto d = std::make_unique<Declarations>();
   d->command_line.add_options()
       ("help", "print the options with their defaults and exit")
+      ("version", "print the version, the git commit and the libraries' versions, and exit")
       ("config", po::value<std::string>(&c.config_file), "INI file of options; the command line overrides it")
       ("resume", po::bool_switch(&c.resume), "continue from the newest valid checkpoint in the output directory");
 
@@ -141,7 +142,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(ckpt, "checkpoint.keep", &c.checkpoint_keep, "keep the newest N checkpoints; 0: all");
 
   auto& eval = d->section("[eval]");
-  d->add(eval, "eval.every", &c.eval_every, "evaluate every N steps (and at the end); 0: only at the end");
+  d->add(eval, "eval.every", &c.eval_every, "evaluate every N steps, at step 0 and at the end; 0: at step 0 and at the end only");
   d->add_path(eval, "eval.dir", &c.eval_dir, "held-out task streams from qarac-prep; empty: no evaluation");
   d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file)");
   d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy)");
