@@ -435,7 +435,8 @@ void refuse_old_checkpoints(const std::string& dir) {
 
 std::optional<std::string> find_latest_checkpoint(const std::string& dir) {
   refuse_old_checkpoints(dir);
-  for (const Listed& c : list(dir, false)) {
+  const std::vector<Listed> checkpoints = list(dir, false);
+  for (const Listed& c : checkpoints) {
     try {
       verify_checkpoint(c.path.string());
       return c.path.string();
@@ -443,6 +444,12 @@ std::optional<std::string> find_latest_checkpoint(const std::string& dir) {
       log::warn("skipping checkpoint ", e.what());
     }
   }
+  // Damage to every checkpoint (a storage fault) is not a fresh start: one would rewrite the run's
+  // metrics from step 0 and, at its checkpoints, delete these (rotation), repairable or not.
+  QARAC_INPUT_CHECK(checkpoints.empty(), dir, ": none of its ", checkpoints.size(),
+                    " checkpoints can be resumed (each is named above with why); rather than start again "
+                    "from step 0, which would rewrite the run's metrics and delete them as it checkpoints, the "
+                    "run stops: restore them, or move them aside to start the run over");
   return std::nullopt;
 }
 

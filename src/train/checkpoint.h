@@ -104,9 +104,10 @@ std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, 
 void verify_checkpoint(const std::string& path);
 
 // The newest checkpoint of `dir` that verify_checkpoint accepts; each newer one it refuses is
-// skipped with a log::warn naming the file and why. nullopt when there is none (or no `dir`).
-// Temporary folders and other names are ignored. InputError when `dir` holds checkpoints of the
-// per-rank layout of earlier versions (rank-<r>/ folders, checkpoint-<step>.h5 files).
+// skipped with a log::warn naming the file and why. nullopt when `dir` holds no checkpoint (or
+// does not exist); temporary folders and other names are ignored. InputError when it holds
+// checkpoints but refuses every one, and when it holds checkpoints of the per-rank layout of
+// earlier versions (rank-<r>/ folders, checkpoint-<step>.h5 files).
 std::optional<std::string> find_latest_checkpoint(const std::string& dir);
 // Only the layout check of find_latest_checkpoint (cheap: lists the folder).
 void refuse_old_checkpoints(const std::string& dir);

@@ -252,8 +252,10 @@ TEST_F(CheckpointTest, PartsLoadIntoAnyHolderAndAreAllRequired) {
 
   fs::remove(fs::path(path) / "first.h5");
   expect_input_error([&] { verify_checkpoint(path); }, {"first.h5", "part 'first' is missing"});
+  // The only checkpoint refused: the run stops rather than start over (and delete it in rotation).
   ::testing::internal::CaptureStderr();
-  EXPECT_EQ(find_latest_checkpoint(dir()), std::nullopt);
+  expect_input_error([&] { find_latest_checkpoint(dir()); },
+                     {dir() + ": none of its 1 checkpoints can be resumed", "the run stops"});
   EXPECT_NE(::testing::internal::GetCapturedStderr().find("part 'first' is missing"), std::string::npos);
 }
 

@@ -158,6 +158,32 @@ TEST_F(RunDirCli, ResumedMetricsHoldEveryStepOnce) {
   EXPECT_NE(back.output.find("is at step 4, beyond train.steps 3"), std::string::npos) << back.output;
 }
 
+// Every checkpoint damaged (one flipped byte in one part of each): --resume stops with one line,
+// keeping the checkpoints and the metrics. Before, it started again from step 0 with exit 0,
+// rewrote metrics.jsonl, and its checkpoint rotation deleted the damaged ones.
+TEST_F(RunDirCli, ResumeStopsWhenEveryCheckpointIsDamaged) {
+  const fs::path run = root() / "all-damaged";
+  ASSERT_EQ(train(run, "--train.steps 4 --checkpoint.every 2 --checkpoint.keep 0").code, 0);
+  fs::remove_all(run / "export");
+  std::vector<fs::path> folders;
+  for (const char* step : {"step-0000000002", "step-0000000004"}) {
+    folders.push_back(run / "checkpoints" / step);
+    const fs::path part = folders.back() / "answer_encoder.h5";
+    qarac::test_support::flip_byte(part.string(), fs::file_size(part) / 2);
+  }
+  const auto read = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  const std::string metrics = read(run / "metrics.jsonl");
+  const CliResult r = train(run, "--resume --train.steps 6 --checkpoint.every 2 --checkpoint.keep 1");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("none of its 2 checkpoints can be resumed"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("starts again from step 0"), std::string::npos) << r.output;
+  for (const fs::path& folder : folders) EXPECT_TRUE(fs::exists(folder / "answer_encoder.h5")) << folder;
+  EXPECT_EQ(read(run / "metrics.jsonl"), metrics);
+}
+
 // config.ini holds the settings the run goes on with: rewritten when it resumes (with another
 // length here), and back when it was lost. Before, it kept the first start's (a run directory
 // from before the mode's ignored keys were left out could never be read back).
