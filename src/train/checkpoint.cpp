@@ -64,13 +64,26 @@ std::vector<Listed> list(const std::string& dir, bool temporary) {
   return out;
 }
 
+// A folder that cannot be removed (a file of another user's, a snapshot) is said once, not again
+// at every later checkpoint, which tries again.
+void cannot_remove(const std::string& path, const char* why, const std::error_code& ec) {
+  static std::set<std::string> said;
+  if (said.insert(path).second)
+    log::warn("cannot remove ", why, " ", path, ": ", ec.message(), " (tried again at every checkpoint, said once)");
+}
+
 void remove_folder(const fs::path& path, const char* why) {
   std::error_code ec;
   fs::remove_all(path, ec);
   if (ec)
-    log::warn("cannot remove ", why, " ", path.string(), ": ", ec.message());
+    cannot_remove(path.string(), why, ec);
   else
     log::debug("removed ", why, " ", path.string());
+}
+
+// What a temporary folder is, for messages: a write or a deletion that did not finish.
+const char* temporary_what(const fs::path& path) {
+  return path.extension() == kDeleteSuffix ? "old checkpoint being deleted" : "unfinished checkpoint";
 }
 
 // Deletes checkpoint `step` of `dir`: renamed to "step-<step>.del" first, so that a process
@@ -82,7 +95,7 @@ void delete_checkpoint(const std::string& dir, int64_t step, const char* why) {
   fs::remove_all(temp, ec);
   fs::rename(checkpoint_path(dir, step), temp, ec);
   if (ec && fs::exists(checkpoint_path(dir, step))) {
-    log::warn("cannot remove ", why, " ", checkpoint_path(dir, step), ": ", ec.message());
+    cannot_remove(checkpoint_path(dir, step), why, ec);
     return;
   }
   remove_folder(temp, why);
@@ -94,7 +107,7 @@ void prune(const std::string& dir, int64_t step, int keep_last) {
   // A temporary folder of this step or an earlier one belongs to a write or a deletion that
   // died: a run writes its checkpoints in step order.
   for (const Listed& t : list(dir, true))
-    if (t.step <= step) remove_folder(t.path, "unfinished checkpoint");
+    if (t.step <= step) remove_folder(t.path, temporary_what(t.path));
   if (keep_last == 0) return;
   int kept = 1;  // the new one
   for (const Listed& c : list(dir, false)) {
@@ -358,7 +371,7 @@ std::string commit_checkpoint(const std::string& dir, int64_t step, int keep_las
 }
 
 void remove_unfinished_checkpoints(const std::string& dir) {
-  for (const Listed& t : list(dir, true)) remove_folder(t.path, "unfinished checkpoint");
+  for (const Listed& t : list(dir, true)) remove_folder(t.path, temporary_what(t.path));
 }
 
 std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, const TrainingState& state,

@@ -347,6 +347,29 @@ TEST_F(CheckpointTest, KeepsTheLastN) {
   EXPECT_EQ(entries().size(), 5u);
 }
 
+// A checkpoint folder that cannot be deleted (here a file made immutable; on a cluster another
+// user's file or a snapshot) is said once, for what it is. Before: a warning at every later
+// checkpoint, which called a complete checkpoint being deleted "unfinished".
+TEST_F(CheckpointTest, AFolderThatCannotBeRemovedIsSaidOnce) {
+  TrainingRun a(1);
+  save_checkpoint(dir(), a.optimizer, state_at(1), 1);
+  const std::string stuck = part_file(checkpoint_path(dir(), 1));
+  if (std::system(("chattr +i '" + stuck + "' 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "chattr +i is not available here (it makes a file that even root cannot delete)";
+  ::testing::internal::CaptureStderr();
+  for (int64_t step = 2; step <= 5; ++step) save_checkpoint(dir(), a.optimizer, state_at(step), 1);
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  const std::string moved = checkpoint_path(dir(), 1) + ".del/" + fs::path(stuck).filename().string();
+  EXPECT_EQ(std::system(("chattr -i '" + moved + "'").c_str()), 0);
+  size_t count = 0;
+  for (size_t at = said.find("cannot remove"); at != std::string::npos; at = said.find("cannot remove", at + 1)) ++count;
+  EXPECT_EQ(count, 1u) << said;
+  EXPECT_NE(said.find("cannot remove old checkpoint " + checkpoint_path(dir(), 1) + ".del: "),
+            std::string::npos)
+      << said;
+  EXPECT_EQ(said.find("unfinished"), std::string::npos) << said;
+}
+
 TEST_F(CheckpointTest, UnfinishedWritesAreIgnoredAndCleanedUp) {
   TrainingRun a(1);
   const std::string stale = checkpoint_path(dir(), 3) + ".tmp";
