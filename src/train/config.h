@@ -10,6 +10,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "core/memory.h"
 #include "data/task.h"
@@ -133,5 +134,10 @@ std::string to_ini(const TrainConfig& config);
 // not be turned on or off (its stream's cursor and its trained head are in the checkpoint only
 // when it was on); while it stays on, task.mlm.batch and task.mlm.head are fixed too.
 std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini);
+
+// The settings of the objective and the optimizer ([task], [optimizer]) that a resume may change
+// and `config` does change from the checkpoint's run (`saved_ini`), each "key was -> now": the run
+// goes on with them, so it no longer computes what one uninterrupted run would. Empty when none.
+std::vector<std::string> resume_changes(const TrainConfig& config, const std::string& saved_ini);
 
 }  // namespace qarac

@@ -195,6 +195,17 @@ std::map<std::string, std::string> read_ini(const std::string& text) {
 
 }  // namespace
 
+std::vector<std::string> resume_changes(const TrainConfig& config, const std::string& saved_ini) {
+  const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
+  std::vector<std::string> changes;
+  for (const auto& [key, value] : now) {
+    if (key.rfind("optimizer.", 0) != 0 && key.rfind("task.", 0) != 0) continue;
+    const auto it = saved.find(key);  // absent: a key of a later version, its default then
+    if (it != saved.end() && it->second != value) changes.push_back(key + " " + it->second + " -> " + value);
+  }
+  return changes;
+}
+
 std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini) {
   // What fixes the parameter list, the data order and batches and the random streams; the rest
   // (steps, rates, intervals, paths, the world size, the task plan, micro-batching) may change

@@ -105,6 +105,7 @@ struct Trainer::Impl {
   Training training;
   std::string output, checkpoint_dir;
   std::string resume_from;  // the checkpoint to resume from, when resuming from one
+  std::string resumed_with;  // config.ini's note of the settings a resume changed, if any
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
   Fault fault;
@@ -221,8 +222,13 @@ void Trainer::Impl::start() {
     // Restores the parameters and moments of the groups this rank holds, and the optimizer's
     // step; refuses a checkpoint whose run fixed the models, the data order or the global
     // batches differently. The world size and the plan may differ from the checkpoint's.
+    std::string saved_config;
     const TrainingState state = load_checkpoint(
-        resume_from, *training.optimizer, [&](const std::string& saved) { return resume_mismatch(config, saved); },
+        resume_from, *training.optimizer,
+        [&](const std::string& saved) {
+          saved_config = saved;
+          return resume_mismatch(config, saved);
+        },
         held_parts());
     step = state.step;
     QARAC_INPUT_CHECK(step <= config.steps, "--resume: ", resume_from, " is at step ", step, ", beyond train.steps ",
@@ -230,12 +236,22 @@ void Trainer::Impl::start() {
     training.loaders->restore(state.cursor);
     last.checkpoint = step;
     if (place.root()) log::info("resuming from ", resume_from, " at step ", step);
+    // Allowed, but said: the run goes on other than one uninterrupted run would.
+    std::string changes;
+    for (const std::string& c : resume_changes(config, saved_config)) changes += (changes.empty() ? "" : ", ") + c;
+    if (!changes.empty()) {
+      resumed_with = "# Resumed at step " + std::to_string(step) + " with settings other than the checkpoint's run's: " +
+                     changes + "\n";
+      if (place.root())
+        log::warn("--resume: settings other than the checkpoint's run's: ", changes,
+                  " (the run goes on with them; config.ini says so)");
+    }
   }
   if (place.root()) {
     const fs::path dir = output;
     // The settings the run goes on with, rewritten at every start: a resume may change the rates,
     // the length, the plan (the checkpoints keep those they were made with).
-    const std::string ini = to_ini(config);
+    const std::string ini = resumed_with + to_ini(config);
     AtomicFile file((dir / "config.ini").string());
     file.write(ini.data(), ini.size());
     file.commit();

@@ -189,13 +189,24 @@ TEST_F(RunDirCli, ResumeStopsWhenEveryCheckpointIsDamaged) {
 // from before the mode's ignored keys were left out could never be read back).
 TEST_F(RunDirCli, ConfigIniIsRewrittenWhenARunResumes) {
   const fs::path run = root() / "longer";
-  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2").code, 0);
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2 --optimizer.lr 1e-4").code, 0);
   fs::remove(run / "config.ini");
-  const CliResult r = train(run, "--resume --train.steps 3 --checkpoint.every 2");
+  // A rate and a task weight changed: allowed, but said, in the log and in config.ini (before:
+  // config.ini read as if the whole run had used them).
+  const CliResult r = train(run, "--resume --train.steps 3 --checkpoint.every 2 --optimizer.lr 5e-4 --task.ed.weight 3");
   ASSERT_EQ(r.code, 0) << r.output;
+  const std::string changes = "optimizer.lr 0.0001 -> 0.0005, task.ed.weight 1 -> 3";
+  EXPECT_NE(r.output.find("--resume: settings other than the checkpoint's run's: " + changes), std::string::npos)
+      << r.output;
   std::ifstream in(run / "config.ini");
   const std::string ini((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(ini.find("[train]\nsteps = 3\n"), std::string::npos) << ini;
+  EXPECT_EQ(ini.rfind("# Resumed at step 2 with settings other than the checkpoint's run's: " + changes + "\n", 0), 0u)
+      << ini;
+  // Only the length changed: nothing to say.
+  const CliResult longer = train(run, "--resume --train.steps 4 --checkpoint.every 2 --optimizer.lr 5e-4 --task.ed.weight 3");
+  ASSERT_EQ(longer.code, 0) << longer.output;
+  EXPECT_EQ(longer.output.find("settings other than"), std::string::npos) << longer.output;
 }
 
 // A resume on other data whose streams have the same sizes (here: one word of the text corpus
