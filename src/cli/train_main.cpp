@@ -90,6 +90,8 @@ int main(int argc, char** argv) {
     } catch (const qarac::parallel::ReplicaError& e) {
       std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
       return kReplicasDiverged;
+    } catch (const qarac::EndedByAnotherRank&) {
+      return 2;  // the rank that failed said why (an input error: a full disk)
     }
     return 0;
   });

@@ -479,23 +479,38 @@ void Trainer::Impl::save() {
   std::vector<std::string> names;
   for (const parallel::ParameterGroup& g : training.sync->groups()) names.push_back(g.name);
   const std::string folder = checkpoint_temp_path(checkpoint_dir, step);
-  std::string path;
+  // A part that failed (a full disk) leaves no half checkpoint behind: every rank finishes its
+  // own parts first and learns whether any failed, then rank 0 removes the folder, which nobody
+  // writes into any more (removed under a rank still writing, it gave that rank a second error
+  // with a false cause), and the job ends with one line from each rank that failed.
+  std::exception_ptr failure;
   try {
     for (const parallel::ParameterGroup& g : training.sync->groups())
       if (g.ranks.front() == place.rank)
         write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
+  } catch (const InputError&) {
+    failure = std::current_exception();
+  }
+  double failed = failure ? 1 : 0;
+  if (place.world) place.world->all_reduce(&failed, 1, MPI_MAX, what);
+  if (failed > 0) {
+    std::error_code ec;
+    if (place.root()) fs::remove_all(folder, ec);
     if (place.world) place.world->barrier(what);
-    if (place.root()) {
+    if (failure) std::rethrow_exception(failure);
+    throw EndedByAnotherRank(what + ": another rank could not write its part");
+  }
+  std::string path;
+  if (place.root()) {
+    try {
       // The metrics up to the checkpoint survive a crash with it: a resumed run keeps them.
       metrics.sync();
       path = commit_checkpoint(checkpoint_dir, step, static_cast<int>(config.checkpoint_keep));
+    } catch (const InputError&) {
+      std::error_code ec;
+      fs::remove_all(folder, ec);
+      throw;
     }
-  } catch (const InputError&) {
-    // A write that failed (a full disk) leaves no half checkpoint behind; the job ends, and the
-    // other ranks' parts go with the folder.
-    std::error_code ec;
-    fs::remove_all(folder, ec);
-    throw;
   }
   if (place.world) place.world->barrier(what);
   metrics.end_progress_line();
