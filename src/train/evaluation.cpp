@@ -141,6 +141,9 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
     QARAC_INPUT_CHECK(options.tokenizer_hash.empty() || file.info().tokenizer_hash == options.tokenizer_hash,
                       path.string(), ": made with tokenizer ", file.info().tokenizer_hash,
                       ", but the training data with ", options.tokenizer_hash, " (rerun qarac-prep with one tokenizer)");
+    // The whole stream read once for its checksum: the examples below are read in part, which
+    // checks none (a damaged held-out file was evaluated as it read).
+    file.read_all();
     const int64_t n = std::min(options.max_examples, file.examples());
     TaskBatch batch;
     batch.task = task;

@@ -408,6 +408,34 @@ TEST_F(SelectionTest, ACollapsedModelRanksEveryAnswerLast) {
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
 }
 
+// A held-out stream is checked against its checksum, though only its first examples are read
+// (before: the part read was checked for nothing but its offsets, and a damaged token of an
+// uncompressed stream was evaluated as it read).
+TEST_F(EvaluatorTest, DamagedHeldOutStreamsAreRefused) {
+  const std::string path = (dir_ / "encode_decode.h5").string();
+  {
+    data::WriterOptions uncompressed;
+    uncompressed.compression = 0;
+    data::TaskStreamWriter writer(path, data::Task::encode_decode, uncompressed);
+    for (int i = 0; i < 3; ++i) writer.append({{0, 0x5A5A5A5A, 2}}, 0);
+    writer.finish({});
+    writer.publish();
+  }
+  EvalOptions options;
+  options.data_dir = dir_.string();
+  options.max_examples = 1;
+  EXPECT_NO_THROW(QaracEvaluator{options});
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const size_t token = bytes.find(std::string(4, '\x5A'));  // the first example's middle token
+  ASSERT_NE(token, std::string::npos);
+  qarac::test_support::flip_byte(path, token);
+  expect_input_error([&] { QaracEvaluator{options}; }, {path, "checksum mismatch"});
+}
+
 TEST_F(EvaluatorTest, NoHeldOutDataIsAnInputError) {
   EvalOptions options;
   options.data_dir = dir_.string();
