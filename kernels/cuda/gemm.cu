@@ -126,6 +126,13 @@ std::map<AlgoKey, CachedAlgo>& algo_cache() {
   return cache;
 }
 
+// Per exact problem whose bucket's algorithm it runs: whether cublasLtMatmulAlgoCheck accepted
+// that algorithm for its exact layouts, within the workspace (asked once per size).
+std::map<AlgoKey, bool>& bucket_fits() {
+  static std::map<AlgoKey, bool> verdicts;
+  return verdicts;
+}
+
 constexpr int64_t kBucket = 64;
 
 // p with its sizes that are no leading dimension rounded up to a multiple of kBucket (see the
@@ -240,11 +247,23 @@ bool matmul(const Product& p, float alpha, const void* a, const void* b, float b
                           lt.d.get(), c, lt.d.get(), &algo.algo, ctx.workspace,
                           ctx.workspace_bytes, ctx.stream);
   };
-  // The bucket's algorithm, unless the exact size already needed one of its own.
+  // The bucket's algorithm, unless the exact size already needed one of its own. The heuristic
+  // chose it for the bucket's largest size: cuBLASLt checks it against the exact layouts first
+  // (an algorithm that fails cublasLtMatmulAlgoCheck will not run, and the check tells the
+  // workspace this size needs); one that passes may still be refused when it runs.
   const bool padded = bucket.m != p.m || bucket.k != p.k;
-  if (padded && algo_cache().count(algo_key(p, align)) == 0) {
+  const AlgoKey exact_key = algo_key(p, align);
+  if (padded && algo_cache().count(exact_key) == 0) {
     const CachedAlgo& shared = find_algo(p, bucket, desc.get(), align);
-    if (shared.found) {
+    auto verdict = bucket_fits().find(exact_key);
+    if (shared.found && verdict == bucket_fits().end()) {
+      cublasLtMatmulHeuristicResult_t check = {};
+      const cublasStatus_t status = cublasLtMatmulAlgoCheck(ctx.lt, desc.get(), lt.a.get(), lt.b.get(), lt.d.get(),
+                                                            lt.d.get(), &shared.algo, &check);
+      const bool fits = status == CUBLAS_STATUS_SUCCESS && check.workspaceSize <= ctx.workspace_bytes;
+      verdict = bucket_fits().emplace(exact_key, fits).first;
+    }
+    if (shared.found && verdict->second) {
       const cublasStatus_t status = run(shared);
       if (status == CUBLAS_STATUS_SUCCESS) return true;
       if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)

@@ -287,11 +287,13 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
   const CurrentDevice current(device);
   const auto stream = static_cast<cudaStream_t>(device_stream(device));
-  // Between two devices the source's own stream may still be writing it.
-  if (dst_device.is_cuda() && src_device.is_cuda() && src_device.index != dst_device.index)
-    QARAC_CHECK_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(device_stream(src_device.index))));
+  // Between two devices the source's own stream may still be writing it before, and may reuse
+  // its block (the caching pool assumes every user of a block is on that device's stream) after:
+  // the copy waits for the one and finishes before the other. Rare (one GPU per rank), so simple.
+  const bool across = dst_device.is_cuda() && src_device.is_cuda() && src_device.index != dst_device.index;
+  if (across) QARAC_CHECK_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(device_stream(src_device.index))));
   QARAC_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
-  if (dst_device.is_cpu()) QARAC_CHECK_CUDA(cudaStreamSynchronize(stream));
+  if (dst_device.is_cpu() || across) QARAC_CHECK_CUDA(cudaStreamSynchronize(stream));
 #else
   no_cuda("a device copy");
 #endif

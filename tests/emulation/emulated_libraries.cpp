@@ -25,8 +25,17 @@ struct cublasLtMatmulPreferenceOpaque_t {
 
 namespace {
 
-uint64_t queries = 0;
-bool strict_algorithms = false;
+uint64_t queries = 0, refused = 0;
+emu::AlgorithmRule rule = emu::AlgorithmRule::any_size;
+
+// Whether `algo` was chosen for other sizes than these layouts' (D's rows and columns, op(A)'s
+// inner size), where the rule binds an algorithm to its own.
+bool other_sizes(const cublasLtMatmulAlgo_t* algo, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
+                 cublasLtMatrixLayout_t d) {
+  const uint64_t k = desc->trans_a == CUBLAS_OP_T ? a->rows : a->cols;
+  return rule != emu::AlgorithmRule::any_size &&
+         (algo->data[4] != d->rows || algo->data[5] != d->cols || algo->data[6] != k);
+}
 
 // Copies an attribute's value after checking its size, as the library does.
 template <class T>
@@ -154,6 +163,19 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// The run's refusal of other sizes, said beforehand unless the rule keeps the check quiet; no
+// workspace (the emulated product needs none).
+cublasStatus_t cublasLtMatmulAlgoCheck(cublasLtHandle_t, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
+                                       cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t d,
+                                       const cublasLtMatmulAlgo_t* algo, cublasLtMatmulHeuristicResult_t* result) {
+  if (algo == nullptr || result == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  *result = {};
+  result->algo = *algo;
+  result->state = CUBLAS_STATUS_SUCCESS;
+  if (rule == emu::AlgorithmRule::chosen_size && other_sizes(algo, desc, a, d)) return CUBLAS_STATUS_INVALID_VALUE;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const void* alpha_p,
                               const void* a, cublasLtMatrixLayout_t la, const void* b,
                               cublasLtMatrixLayout_t lb, const void* beta_p, const void* c,
@@ -172,10 +194,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
   const void* operands[4] = {a, b, c, d};
   for (int i = 0; i < 4; ++i)
     if (!aligned(operands[i], algo->data[i])) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (strict_algorithms && (algo->data[4] != static_cast<uint64_t>(m) ||
-                            algo->data[5] != static_cast<uint64_t>(n) ||
-                            algo->data[6] != static_cast<uint64_t>(k)))
+  if (other_sizes(algo, desc, la, ld)) {
+    ++refused;
     return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
   const bool bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS;
   if (!bias && desc->epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (bias && (desc->bias == nullptr || ld->batch != 1)) return CUBLAS_STATUS_INVALID_VALUE;
@@ -224,7 +246,8 @@ cudaError_t cub::DeviceRadixSort::SortPairs(void* temp, size_t& temp_bytes, cons
 }
 
 uint64_t emu::heuristic_queries() { return queries; }
-void emu::set_strict_algorithms(bool strict) { strict_algorithms = strict; }
+void emu::set_algorithm_rule(AlgorithmRule r) { rule = r; }
+uint64_t emu::refused_runs() { return refused; }
 
 namespace qarac::cuda_emulated {
 

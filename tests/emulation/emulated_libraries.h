@@ -12,8 +12,9 @@
 // the shapes disagree, and with CUBLAS_STATUS_NOT_SUPPORTED when an operand's address breaks an
 // alignment promised in the preference the algorithm was chosen with (the hardware would read
 // misaligned vectors). Every output is a plain f32 sum in k order, then one rounding to D's type.
-// An algorithm from the heuristic runs any problem by default; with emu::set_strict_algorithms
-// only the sizes it was chosen for, the most the documentation promises.
+// An algorithm from the heuristic runs any problem by default; under emu::set_algorithm_rule it
+// runs only the sizes it was chosen for, the most the documentation promises, and
+// cublasLtMatmulAlgoCheck says so beforehand, or (the documentation allows it) says nothing.
 #pragma once
 
 #include <cstddef>
@@ -103,6 +104,10 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
                                               cublasLtMatmulPreference_t pref, int requested,
                                               cublasLtMatmulHeuristicResult_t* results,
                                               int* returned);
+cublasStatus_t cublasLtMatmulAlgoCheck(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
+                                       cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                       cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
+                                       const cublasLtMatmulAlgo_t* algo, cublasLtMatmulHeuristicResult_t* result);
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha,
                               const void* a, cublasLtMatrixLayout_t a_layout, const void* b,
                               cublasLtMatrixLayout_t b_layout, const void* beta, const void* c,
@@ -122,9 +127,14 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
 namespace emu {
 // The cublasLtMatmulAlgoGetHeuristic calls so far (the algorithm cache's misses).
 uint64_t heuristic_queries();
-// Whether cublasLtMatmul refuses, with CUBLAS_STATUS_NOT_SUPPORTED, an algorithm on sizes other
-// than those of its query. Off by default.
-void set_strict_algorithms(bool strict);
+// What an algorithm runs: any size (the default); only the sizes of its query, which
+// cublasLtMatmulAlgoCheck refuses (CUBLAS_STATUS_INVALID_VALUE) and cublasLtMatmul too
+// (CUBLAS_STATUS_NOT_SUPPORTED); or only those, with a check that accepts it all the same ("success
+// doesn't fully guarantee the algo will run", cublasLt.h).
+enum class AlgorithmRule { any_size, chosen_size, chosen_size_unchecked };
+void set_algorithm_rule(AlgorithmRule rule);
+// The cublasLtMatmul calls refused an algorithm for its sizes so far.
+uint64_t refused_runs();
 }  // namespace emu
 
 // ---- CUB ----------------------------------------------------------------------------------------

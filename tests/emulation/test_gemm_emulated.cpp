@@ -1,8 +1,9 @@
 // The GEMM algorithm cache of kernels/cuda/gemm.cu (ported) on the emulated cuBLASLt: with ragged
 // batches the token count T changes every step, and the linear layers' three GEMMs must ask the
 // heuristic once per bucket of 64 token counts, not once per T; where cuBLASLt refuses a bucket's
-// algorithm for a smaller T (the emulator's strict mode: cuBLASLt promises an algorithm only for
-// the sizes it was chosen for), the exact size is asked and the result is still right. The values
+// algorithm for a smaller T (emu::AlgorithmRule: cuBLASLt promises an algorithm only for the sizes
+// it was chosen for; its check says so before the run, or the run refuses it), the exact size is
+// asked and the result is still right. The values
 // are compared with the CPU backend (test_backend_ops covers the GEMMs' numerics; this only checks
 // that every path computes). The operands' alignments are part of the cache key; the caching
 // allocator's blocks on the GPU all have the largest (256 bytes), host tensors only 64, so the
@@ -82,7 +83,7 @@ uint64_t queries_of_linear(int64_t tokens, int64_t in, int64_t out, uint32_t see
 
 // Each test uses widths of its own: the cache lives as long as the process.
 TEST(GemmAlgorithmCache, RaggedTokenCountsAskOncePerBucket) {
-  emu::set_strict_algorithms(false);
+  emu::set_algorithm_rule(emu::AlgorithmRule::any_size);
   // y = x wᵀ + b, dx = dy w, dw += dyᵀ x: three shapes with T in them, asked once.
   EXPECT_EQ(queries_of_linear(1000, 48, 40, 1), 3u) << "the first T of a bucket";
   for (const int64_t tokens : {1001, 961, 1024, 1000})
@@ -92,18 +93,27 @@ TEST(GemmAlgorithmCache, RaggedTokenCountsAskOncePerBucket) {
 }
 
 TEST(GemmAlgorithmCache, AnAlgorithmRefusedForASmallerSizeFallsBackToTheExactSize) {
-  emu::set_strict_algorithms(true);
-  // The bucket's three queries, each algorithm refused at T 1000, then the three exact ones.
+  emu::set_algorithm_rule(emu::AlgorithmRule::chosen_size);
+  const uint64_t refused = emu::refused_runs();
+  // The bucket's three queries, each algorithm refused at T 1000 by cublasLtMatmulAlgoCheck (never
+  // run: a refused run may fail other than cleanly), then the three exact ones.
   EXPECT_EQ(queries_of_linear(1000, 56, 24, 5), 6u);
   EXPECT_EQ(queries_of_linear(1000, 56, 24, 6), 0u) << "the exact algorithms are cached";
   EXPECT_EQ(queries_of_linear(1024, 56, 24, 7), 0u) << "the bucket's own size takes its algorithms";
   EXPECT_EQ(queries_of_linear(990, 56, 24, 8), 3u) << "another T of the bucket needs its own";
-  emu::set_strict_algorithms(false);
+  EXPECT_EQ(emu::refused_runs(), refused);
+  // A check that passes an algorithm the run then refuses: the exact size is asked all the same.
+  emu::set_algorithm_rule(emu::AlgorithmRule::chosen_size_unchecked);
+  EXPECT_EQ(queries_of_linear(900, 56, 24, 9), 6u);
+  EXPECT_EQ(emu::refused_runs(), refused + 3);
+  EXPECT_EQ(queries_of_linear(900, 56, 24, 10), 0u);
+  EXPECT_EQ(emu::refused_runs(), refused + 3) << "an exact algorithm, once found, is used";
+  emu::set_algorithm_rule(emu::AlgorithmRule::any_size);
 }
 
 // A batched product has every size in its batch strides: no bucket, one query per exact shape.
 TEST(GemmAlgorithmCache, BatchedProductsAreNotBucketed) {
-  emu::set_strict_algorithms(false);
+  emu::set_algorithm_rule(emu::AlgorithmRule::any_size);
   std::mt19937 rng(9);
   const ops::HostBackendOverride on_emulator(ops::cuda_emulated_backend());
   const int64_t sizes[] = {30, 31, 30};
