@@ -1153,14 +1153,33 @@ attention_backward_short_tc(AttentionParams p, const bf16_t* __restrict__ dout,
     sL[r] = r < seq.len ? lse[h * p.tokens + seq.start + r] * kLog2e : 0.f;
   cp_async_wait<0>();
   __syncthreads();
-  for (int r = warp; r < halves * kTcTile; r += kTcWarps) {
-    float sum = 0.f;
-    if (r < seq.len) {
-      const bf16_t* o = out + (seq.start + r) * p.ld_out + col;
-      for (int d = lane; d < kTcD; d += kWarpSize) sum += to_float(sdO[r * kLdH + d]) * to_float(o[d]);
+  // D = rowsum(dO ∘ O), a row per warp at a time. O is the forward's output, read from DRAM (long
+  // out of L2), so a warp loads its two elements per lane of kDeltaRows rows at once before
+  // summing them: one row's latency after another stalled it before the products (an estimated
+  // 10-16 µs a block). Per row the sum is attention_delta_kernel's, lane by lane, in its order.
+  constexpr int kDeltaRows = 8;
+  static_assert(kTcD == 2 * kWarpSize, "two elements of a row per lane");
+  for (int r0 = warp; r0 < halves * kTcTile; r0 += kTcWarps * kDeltaRows) {
+    float o[kDeltaRows][2];
+#pragma unroll
+    for (int j = 0; j < kDeltaRows; ++j) {
+      const int r = r0 + j * kTcWarps;
+      const bf16_t* row = out + (seq.start + r) * p.ld_out + col;
+      o[j][0] = r < seq.len ? to_float(row[lane]) : 0.f;
+      o[j][1] = r < seq.len ? to_float(row[lane + kWarpSize]) : 0.f;
     }
-    sum = warp_sum(sum);
-    if (lane == 0) sD[r] = sum;
+#pragma unroll
+    for (int j = 0; j < kDeltaRows; ++j) {
+      const int r = r0 + j * kTcWarps;  // the same for the whole warp
+      if (r >= halves * kTcTile) break;
+      float sum = 0.f;
+      if (r < seq.len) {
+        sum += to_float(sdO[r * kLdH + lane]) * o[j][0];
+        sum += to_float(sdO[r * kLdH + lane + kWarpSize]) * o[j][1];
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) sD[r] = sum;
+    }
   }
   __syncthreads();
 

@@ -198,7 +198,9 @@ __global__ void __launch_bounds__(kRowsPerBlock * kWarpSize, min_blocks_per_sm(N
   static_assert(kRowsPerBlock == kColumnLanes && kColumnChunk % kRowsPerBlock == 0,
                 "a warp is one lane of column_sums");
   constexpr int kWidth = kWarpSize * N * P;
-  __shared__ float lanes[kColumnLanes][kWidth];
+  constexpr int kF = kPack16<float>;  // the lane sums go to shared memory 16 bytes at a time
+  static_assert(N % kF == 0, "whole packs of floats per pack of T");
+  __shared__ __align__(16) float lanes[kColumnLanes][kWidth];
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t chunks = gridDim.x, chunk = blockIdx.x;
   const int64_t begin = chunk * kColumnChunk, end = min(begin + kColumnChunk, rows);
@@ -258,14 +260,22 @@ __global__ void __launch_bounds__(kRowsPerBlock * kWarpSize, min_blocks_per_sm(N
     }
   }
 
-  // The chunk sums: lanes (warps) added in order, as column_sums_partial_kernel.
+  // The chunk sums: lanes (warps) added in order, as column_sums_partial_kernel. A row holds
+  // whole packs on this path, so a lane's sums are stored 16 bytes at a time (an element at a
+  // time, lane l's words were l·N apart: 4-way bank conflicts in f32, 8-way in bf16).
 #pragma unroll
   for (int s = 0; s < K; ++s) {
 #pragma unroll
-    for (int p = 0; p < P; ++p)
+    for (int p = 0; p < P; ++p) {
+      if (column(p) >= cols) continue;
 #pragma unroll
-      for (int k = 0; k < N; ++k)
-        if (column(p) + k < cols) lanes[warp][column(p) + k] = sums[s][p][k];
+      for (int k = 0; k < N; k += kF) {
+        Packed<float, kF> four;
+#pragma unroll
+        for (int j = 0; j < kF; ++j) four.v[j] = sums[s][p][k + j];
+        store_packed<kF>(&lanes[warp][column(p) + k], four);
+      }
+    }
     __syncthreads();
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
       float total = 0.f;
