@@ -1,9 +1,11 @@
 // The CUDA kernels that have two paths, each path timed on the same inputs in the same run, with
 // how far their results are apart: whether a path added without a GPU earns its place.
 //   - attention backward, bf16, 12 heads of 64 (RoBERTa-base), 64 sequences of 128 tokens (full,
-//     ragged in [43, 128], ragged with dropout 0.1): the one-block kernel against the tiled ones;
+//     ragged in [43, 128], ragged with dropout 0.1) and 8 (too few blocks to fill the GPU?): the
+//     one-block kernel against the tiled ones;
 //   - LayerNorm backward, bf16, 8192 rows of 768 (plain; with the branch dropout 0.1 and its bias
-//     gradient, as a layer's residual blocks call it): one kernel against rows then columns;
+//     gradient, as a layer's residual blocks call it) and 1024 rows: one kernel against rows then
+//     columns;
 //   - a RoBERTa-base layer's GEMMs over the token counts of several applications of a model in the
 //     QARAC step (B=64, qarac-bench's lengths), as one pass of their sum against separate passes:
 //     what the answer encoder's single pass over two fields wins, and what one pass over every
@@ -134,32 +136,34 @@ void attention(const char* name, const std::vector<int32_t>& lengths, double dro
               relative_gap(one.dq, tiled.dq), relative_gap(one.dk, tiled.dk), relative_gap(one.dv, tiled.dv));
 }
 
-void layernorm(const char* name, bool branch) {
-  constexpr int64_t kRows = 8192, kCols = 768;
+void layernorm(const char* name, int64_t rows, bool branch) {
+  constexpr int64_t kCols = 768;
   std::mt19937 rng(8);
-  const Tensor dy = uniform({kRows, kCols}, rng, -1, 1, DType::bf16), x = uniform({kRows, kCols}, rng, 2, 4, DType::bf16);
+  const Tensor dy = uniform({rows, kCols}, rng, -1, 1, DType::bf16), x = uniform({rows, kCols}, rng, 2, 4, DType::bf16);
   const Tensor gamma = uniform({kCols}, rng, 0.5f, 1.5f, DType::bf16);
-  const Tensor mean = uniform({kRows}, rng, 2.9f, 3.1f, DType::f32), rstd = uniform({kRows}, rng, 0.5f, 1.5f, DType::f32);
-  // 64 sequences of 128 rows for the dropout masks.
+  const Tensor mean = uniform({rows}, rng, 2.9f, 3.1f, DType::f32), rstd = uniform({rows}, rng, 0.5f, 1.5f, DType::f32);
+  // Sequences of 128 rows for the dropout masks.
+  const int64_t sequences = rows / 128;
   std::vector<int32_t> offsets;
-  for (int32_t i = 0; i <= 64; ++i) offsets.push_back(i * 128);
-  std::vector<int64_t> ids(64);
+  for (int32_t i = 0; i <= sequences; ++i) offsets.push_back(i * 128);
+  std::vector<int64_t> ids(static_cast<size_t>(sequences));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i + 1);
-  const Tensor d_offsets = Tensor::from_vector(offsets, {65}, kGpu), d_ids = Tensor::from_vector(ids, {64}, kGpu);
+  const Tensor d_offsets = Tensor::from_vector(offsets, {sequences + 1}, kGpu),
+               d_ids = Tensor::from_vector(ids, {sequences}, kGpu);
   const cuda::RowDropout drop =
       branch ? cuda::row_dropout(d_offsets.data<int32_t>(), reinterpret_cast<const uint64_t*>(d_ids.data<int64_t>()),
-                                 64, 0.1, kKey)
+                                 sequences, 0.1, kKey)
              : cuda::RowDropout{};
   struct Grads {
     Tensor dx, dbranch, dgamma, dbeta, dbias;
   };
   const auto grads = [&] {
-    return Grads{Tensor::empty({kRows, kCols}, DType::bf16, kGpu), Tensor::empty({kRows, kCols}, DType::bf16, kGpu),
+    return Grads{Tensor::empty({rows, kCols}, DType::bf16, kGpu), Tensor::empty({rows, kCols}, DType::bf16, kGpu),
                  Tensor::zeros({kCols}, DType::f32, kGpu), Tensor::zeros({kCols}, DType::f32, kGpu),
                  Tensor::zeros({kCols}, DType::f32, kGpu)};
   };
   const auto call = [&](Grads& g, cuda::LayerNormBackwardPath path) {
-    cuda::layernorm_backward(DType::bf16, dy.raw(), x.raw(), gamma.raw(), mean.data<float>(), rstd.data<float>(), kRows,
+    cuda::layernorm_backward(DType::bf16, dy.raw(), x.raw(), gamma.raw(), mean.data<float>(), rstd.data<float>(), rows,
                              kCols, g.dx.raw(), g.dgamma.data<float>(), g.dbeta.data<float>(), drop,
                              branch ? g.dbranch.raw() : nullptr, branch ? g.dbias.data<float>() : nullptr, path);
   };
@@ -171,7 +175,7 @@ void layernorm(const char* name, bool branch) {
   call(a, cuda::LayerNormBackwardPath::automatic);
   call(b, cuda::LayerNormBackwardPath::rows_then_columns);
   // What must move: dy and x read, dx (and dbranch) written, in bf16.
-  const double bytes = static_cast<double>(kRows * kCols) * 2 * (branch ? 4 : 3);
+  const double bytes = static_cast<double>(rows * kCols) * 2 * (branch ? 4 : 3);
   std::printf("layernorm backward %-26s one-kernel %7.4f ms (%5.0f GB/s)  rows-then-columns %7.4f ms (%5.0f GB/s)  "
               "ratio %.2f  gap dx %.1e dgamma %.1e, same bits: dbeta %s dbias %s\n",
               name, t_one, bytes / t_one * 1e-6, t_two, bytes / t_two * 1e-6, t_two / t_one, relative_gap(a.dx, b.dx),
@@ -356,8 +360,12 @@ int main(int argc, char** argv) {
     attention("S=128 B=64", full, 0.0);
     attention("S=128 B=64 ragged", uneven, 0.0);
     attention("S=128 B=64 ragged dropout 0.1", uneven, 0.1);
-    layernorm("T=8192 d=768", false);
-    layernorm("T=8192 d=768 branch dropout", true);
+    // A small batch: 96 blocks of the one-block kernel, under one per SM (does it still win?).
+    attention("S=128 B=8", std::vector<int32_t>(8, 128), 0.0);
+    layernorm("T=8192 d=768", 8192, false);
+    layernorm("T=8192 d=768 branch dropout", 8192, true);
+    // A small pass (a short field, evaluation): 32 blocks of the one-pass kernel.
+    layernorm("T=1024 d=768", 1024, false);
     // qarac-bench's QARAC step at B=64: fields of 64 (text, answers), 32 (questions, premises,
     // conclusions) and 48 (statements) tokens; 18432 tokens are AE's in all four tasks.
     LayerOperands operands(18432);
