@@ -177,6 +177,8 @@ TaskPlan TaskPlan::parse(const std::string& spec, int world_size, const TaskValu
   const std::string s = trim(spec);
   if (s == "auto") return automatic(world_size, weights, costs);
   QARAC_INPUT_CHECK(!s.empty(), kOption, ": empty; expected 'auto' or e.g. 'ed:2,qa:1,rs:2,cs:1'");
+  // getline yields no empty item after a last comma: said, as a doubled comma's empty item is.
+  QARAC_INPUT_CHECK(s.back() != ',', kOption, ": '", s, "' ends with a comma (a task left out?)");
   std::array<int, kTaskCount> counts;
   counts.fill(0);
   std::istringstream items(s);

@@ -156,6 +156,8 @@ TEST(TaskPlan, BadSpecsAreOneLineInputErrors) {
     return [spec, world] { parallel::TaskPlan::parse(spec, world, kUnitWeights, kEqualCosts); };
   };
   expect_input_error(parse("ed:2,qa:1", 4), {"--parallel.tasks", "task rs is missing"});
+  expect_input_error(parse("ed:1,qa:1,rs:1,cs:1,", 4), {"--parallel.tasks", "ends with a comma"});
+  expect_input_error(parse("ed:1,,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "'' is not task:ranks"});
   expect_input_error(parse("xx:1,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "unknown task 'xx'"});
   expect_input_error(parse("ed:0,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "ed:0"});
   expect_input_error(parse("ed:two,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "'two'"});
