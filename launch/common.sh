@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2154  # repo, out, marker, force and logs come from the sourcing script; bin, prep and train go to it
 # Shared by launch/quickstart.sh, scaling.sh and forgetting.sh (and slurm/train.sbatch, for
-# cpu_dtype), which source it once `repo` (the repository, or PREFIX/share/qarac-mt when
+# cpu_dtype_options), which source it once `repo` (the repository, or PREFIX/share/qarac-mt when
 # installed) is set; they define die(), and set `out`, `marker`, `force` and `logs` before calling
 # what uses them. Nothing here runs by itself.
 
