@@ -219,6 +219,12 @@ void RobertaLayer::backward(const Tensor& input, const ops::Sequences& seqs,
                           s.context, s.lse, seqs, settings.heads, settings.causal,
                           settings.attention_dropout, settings.attention_probs_key, dq, dk, dv);
   qkv().backward(input, scratch.grad_qkv, &grad_input, /*accumulate_dx=*/true);
+  // The key bias adds q_i·b_k to every score of query i, which the softmax takes away again: its
+  // gradient is exactly 0. The column sum above gives the rounding of terms that cancel, whose
+  // bits depend on the summation order and so on the layout; under L2 decay with NAdam, that
+  // noise moves a bias that starts at 0 by ~lr·wd/eps a step. Write the 0 it is (the gradient
+  // was 0 before this call, and every call leaves it 0).
+  key.bias.grad.zero_();
 }
 
 // ---- construction -----------------------------------------------------------------------------

@@ -255,7 +255,7 @@ TEST(MaskedLM, MicroBatchesAddUpToTheMeanOverTheWholeBatch) {
                .to_vector<double>()[0];
   }
   EXPECT_NEAR(sum, mean, 1e-13 * std::fabs(mean));
-  // Relative to the model's largest gradient (the key bias's is zero up to rounding).
+  // Relative to the model's largest gradient (the key bias's is 0: the softmax cancels it).
   double largest = 0;
   for (const std::vector<double>& g : expected)
     for (double v : g) largest = std::max(largest, std::fabs(v));

@@ -363,7 +363,7 @@ TEST_F(TrainerStep, OneStepIsTheTasksGradientsCombinedByHand) {
   double mu_product = 1;
   reference_update(want, g, torch_clip_factor(norm, c.clip), c.optimizer_config(), c.lr, 1, mu_product);
   // Moments relative to their largest element over the whole model, not per tensor: the gradient
-  // of the attention key bias cancels in the softmax, so that tensor holds only rounding noise.
+  // of the attention key bias is 0 (the softmax cancels it), and so are its moments.
   const ParameterList trained = optimizer.parameters();
   ASSERT_EQ(trained.size(), params.size());
   double m_scale = 0, v_scale = 0;
