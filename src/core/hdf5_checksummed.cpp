@@ -1,18 +1,11 @@
 // Checksummed HDF5 files (C API): the writer and the reader of core/hdf5_checksummed.h.
 #include "core/hdf5_checksummed.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cinttypes>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
 
 #include "core/hash.h"
+#include "core/hdf5_seal.h"
 
 namespace qarac {
 namespace {
@@ -33,66 +26,6 @@ uint64_t checksum(const std::map<std::string, std::vector<uint64_t>>& digests) {
   std::vector<uint64_t> words;
   for (const auto& [name, d] : digests) words.insert(words.end(), d.begin(), d.end());
   return hash64(words.data(), words.size() * sizeof(uint64_t));
-}
-
-// ---- The seal --------------------------------------------------------------------------------
-// HDF5 parses a file's metadata before any check of ours can run, and damage there can crash the
-// library rather than fail it (a flipped bit in a link table made H5Lvisit free an invalid
-// pointer). So a finished file is sealed: its first kSealBytes, a user block that HDF5 reserves
-// and leaves to its writer, say hash64 of every byte after them and the file's size, and the
-// reader checks them before HDF5 opens the file. A file that starts with the HDF5 signature
-// instead was written before seals, and is read as it always was.
-constexpr size_t kSealBytes = 512;
-constexpr char kSealMagic[] = "QARAC-MT sealed HDF5\n";
-constexpr char kHdf5Signature[] = "\211HDF\r\n\032\n";
-
-// Closes a descriptor when it goes out of scope.
-struct Descriptor {
-  int fd;
-  ~Descriptor() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-// hash64 of the bytes of `fd` from kSealBytes to `size`; false (errno set) when a read fails.
-bool hash_after_seal(int fd, uint64_t size, uint64_t& out) {
-  std::vector<char> buffer(size_t{4} << 20);
-  Hash64 hash;
-  for (uint64_t at = kSealBytes; at < size;) {
-    const ssize_t n = ::pread(fd, buffer.data(), static_cast<size_t>(std::min<uint64_t>(buffer.size(), size - at)),
-                              static_cast<off_t>(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) errno = EIO;  // shorter than fstat said: changed under us
-      return false;
-    }
-    hash.bytes(buffer.data(), static_cast<size_t>(n));
-    at += static_cast<uint64_t>(n);
-  }
-  out = hash.value();
-  return true;
-}
-
-// Seals the closed file `path`. InputError "<path>: sealing the file: <reason>" when it cannot.
-void seal(const std::string& path) {
-  const auto fail = [&](const char* what) {
-    throw InputError(detail::concat(path, ": sealing the file: ", what, ": ", std::strerror(errno)));
-  };
-  const Descriptor file{::open(path.c_str(), O_RDWR | O_CLOEXEC)};
-  if (file.fd < 0) fail("cannot open it");
-  struct stat st {};
-  if (::fstat(file.fd, &st) != 0) fail("cannot stat it");
-  uint64_t hash = 0;
-  const auto size = static_cast<uint64_t>(st.st_size);
-  if (!hash_after_seal(file.fd, size, hash)) fail("cannot read it back");
-  char block[kSealBytes] = {};
-  std::snprintf(block, sizeof block, "%shash64 %016" PRIx64 "\nbytes %" PRIu64 "\n", kSealMagic, hash, size);
-  for (size_t done = 0; done < kSealBytes;) {
-    const ssize_t n = ::pwrite(file.fd, block + done, kSealBytes - done, static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail("cannot write its seal");
-    done += static_cast<size_t>(n);
-  }
 }
 
 // ---- HDF5 plumbing ---------------------------------------------------------------------------
@@ -137,7 +70,7 @@ ChecksummedH5Writer::ChecksummedH5Writer(std::string path, const H5FileKind& kin
   silence_hdf5_stack_printing();
   H5Id fapl = file_access();
   H5Id fcpl = QARAC_H5_ID(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
-  QARAC_CHECK_HDF5(H5Pset_userblock(fcpl.get(), kSealBytes));  // the seal's room
+  QARAC_CHECK_HDF5(H5Pset_userblock(fcpl.get(), kHdf5SealBytes));  // the seal's room
   file_ = hdf5_file_id(H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose,
                        path_ + ": cannot create");
   // Groups along a dataset's path are created with it.
@@ -189,7 +122,7 @@ void ChecksummedH5Writer::finish() {
   write_attr_i64("complete", 1);
   lcpl_.reset();
   check(file_.close(), "the rest (closing the file)");
-  seal(path_);
+  seal_hdf5_file(path_);
 }
 
 void ChecksummedH5Writer::write_raw(const std::string& name, hid_t type, const Shape& dims, const void* data,
@@ -274,40 +207,9 @@ void ChecksummedH5Reader::fail(const std::string& what) const {
   throw InputError(path_ + ": " + what);
 }
 
-void ChecksummedH5Reader::check_seal() {
-  const Descriptor file{::open(path_.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (file.fd < 0) fail(detail::concat("cannot open: ", std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(file.fd, &st) != 0) fail(detail::concat("cannot stat: ", std::strerror(errno)));
-  const auto size = static_cast<uint64_t>(st.st_size);
-  char block[kSealBytes + 1] = {};
-  const ssize_t head = ::pread(file.fd, block, kSealBytes, 0);
-  if (head < 0) fail(detail::concat("cannot read: ", std::strerror(errno)));
-  const size_t signature = sizeof kHdf5Signature - 1, magic = sizeof kSealMagic - 1;
-  if (static_cast<size_t>(head) >= signature && std::memcmp(block, kHdf5Signature, signature) == 0) return;
-  if (static_cast<size_t>(head) < kSealBytes) fail("not an HDF5 file");
-  if (std::memcmp(block, kSealMagic, magic) != 0) {
-    // A writer that died before finish() left the user block as HDF5 made it: zeros.
-    if (std::all_of(block, block + kSealBytes, [](char c) { return c == 0; }))
-      fail(detail::concat("incomplete ", kind_.noun, " (not sealed: its write did not finish)"));
-    fail(detail::concat("not a ", kind_.noun, " (neither sealed nor an HDF5 file at its start: damaged, or another "
-                        "kind of file)"));
-  }
-  uint64_t stored = 0, bytes = 0;
-  if (std::sscanf(block + magic, "hash64 %16" SCNx64 "\nbytes %" SCNu64, &stored, &bytes) != 2)
-    fail("its seal is damaged (the file is corrupt)");
-  if (bytes != size)
-    fail(detail::concat("is ", size, " bytes, its seal says ", bytes, " (truncated, or changed since it was written)"));
-  uint64_t computed = 0;
-  if (!hash_after_seal(file.fd, size, computed)) fail(detail::concat("cannot read: ", std::strerror(errno)));
-  if (computed != stored)
-    fail(detail::concat("whole-file checksum mismatch (stored ", std::hex, std::showbase, stored, ", computed ",
-                        computed, "): the file is corrupt"));
-}
-
 void ChecksummedH5Reader::open() {
   silence_hdf5_stack_printing();
-  check_seal();  // before HDF5 reads any of it
+  check_hdf5_seal(path_, kind_.noun);  // before HDF5 reads any of it
   if (H5Fis_hdf5(path_.c_str()) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     fail("not an HDF5 file");

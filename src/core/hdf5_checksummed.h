@@ -10,11 +10,10 @@
 // hash64 (core/hash.h) over the words, per dataset in name order: hash64(its path), type class,
 // type size, rank, dims..., hash64(its bytes). Files use the HDF5 1.8+ format (superblock v2,
 // object header v2), whose metadata carries its own checksums. Those do not make damage safe to
-// open: a flipped bit in the metadata can crash HDF5. So a finished file is also sealed: a 512-byte
-// user block at its start holds "QARAC-MT sealed HDF5", hash64 of every byte after the block and
-// the file's size, checked before HDF5 opens the file. Reading a sealed file reads it twice (the
-// seal, then the datasets). Files that start with the HDF5 signature, written before seals, are
-// read without one.
+// open: a flipped bit in the metadata can crash HDF5. So a finished file is also sealed
+// (core/hdf5_seal.h), and the seal is checked before HDF5 opens the file. Reading a sealed file
+// reads it twice (the seal, then the datasets). Files that start with the HDF5 signature, written
+// before seals, are read without one.
 #pragma once
 
 #include <cstdint>
@@ -103,7 +102,6 @@ class ChecksummedH5Reader {
   [[noreturn]] void fail(const std::string& what) const;
 
  private:
-  void check_seal();
   void open();
   void check(herr_t status, const std::string& what) const;
   H5Id id(hid_t handle, herr_t (*close)(hid_t), const std::string& what) const;

@@ -1,7 +1,8 @@
 // Reading task-stream files (HDF5, C API; the writer is shards_writer.cpp). A task stream is
 // input to a run: everything in it is checked before it is trusted (types, ranks, extents against
 // the bytes stored, offsets, the content checksum), and every failure, HDF5's included (a corrupt
-// deflated chunk), is a one-line InputError naming the file and the dataset.
+// deflated chunk), is a one-line InputError naming the file and the dataset. A sealed stream's
+// bytes are checked before HDF5 parses them (core/hdf5_seal.h): damaged metadata can crash HDF5.
 #include "data/shards.h"
 
 #include <unistd.h>
@@ -13,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/hdf5_seal.h"
 #include "data/stream_layout.h"
 
 namespace qarac::data {
@@ -227,6 +229,7 @@ TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
   silence_hdf5_stack_printing();
   if (::access(path.c_str(), R_OK) != 0)
     throw InputError(detail::concat(path, ": cannot open: ", std::strerror(errno)));
+  check_hdf5_seal(path, "task stream");  // before HDF5 parses any of it
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     throw InputError(path + ": not an HDF5 file");

@@ -6,11 +6,13 @@
 //
 // Every HDF5 failure while writing is the file system's (a full disk, a quota, an I/O error): a
 // one-line InputError naming the temporary file and what was being written. The file is closed
-// once, by finish() or by the destructor, never both.
+// once, by finish() or by the destructor, never both; finish() then seals it (core/hdf5_seal.h),
+// so that a reader checks its bytes before HDF5 parses them.
 #include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
+#include "core/hdf5_seal.h"
 #include "data/shards.h"
 #include "data/stream_layout.h"
 
@@ -174,7 +176,9 @@ TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOpti
               task_name(stream_task(task)), "'s");
   silence_hdf5_stack_printing();
   const std::string& file = out_.temp_path();
-  file_ = hdf5_file_id(H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
+  H5Id fcpl = hdf5_file_id(H5Pcreate(H5P_FILE_CREATE), H5Pclose, out_.path() + ": creating " + file);
+  check_hdf5_file(H5Pset_userblock(fcpl.get(), kHdf5SealBytes), out_.path() + ": creating " + file);
+  file_ = hdf5_file_id(H5Fcreate(file.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT), H5Fclose,
                        out_.path() + ": cannot create " + file);
   H5Id fields_group = create_group(file, file_.get(), "fields");
   for (const std::string& name : task_fields(task))
@@ -329,6 +333,7 @@ void TaskStreamWriter::finish(StreamInfo info) {
   candidates_.reset();
   // Closing the file writes its metadata, so it can fail (a full disk) too.
   check_hdf5_file(file_.close(), file + ": closing");
+  seal_hdf5_file(file);
   out_.sync();
   checksum_ = info.checksum;
   finished_ = true;

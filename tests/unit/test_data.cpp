@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/hdf5_seal.h"
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/readers.h"
@@ -662,6 +663,7 @@ void poke(const std::string& path, const char* dataset, int64_t index, int64_t v
   H5Sclose(space);
   H5Dclose(dset);
   H5Fclose(file);
+  seal_hdf5_file(path);  // sealed again, so that the checks below the seal are what read it
 }
 
 std::string open_message(const std::string& path) {
@@ -727,6 +729,7 @@ TEST(Shards, CandidatesAreOptional) {
   ASSERT_GE(f, 0);
   EXPECT_GE(H5Ldelete(f, "sources/candidates", H5P_DEFAULT), 0);
   H5Fclose(f);
+  seal_hdf5_file(dir / "qa.h5");
   const TaskStreamFile old(dir / "qa.h5");
   EXPECT_EQ(old.info().sources.at(0).candidates, 0);
   EXPECT_EQ(old.read_field(0, 0, 20).count(), 20);

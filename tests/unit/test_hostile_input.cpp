@@ -21,6 +21,7 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/hdf5_seal.h"
 #include "data/loader.h"
 #include "data/readers.h"
 #include "data/shards.h"
@@ -191,13 +192,16 @@ void write_stream(const std::string& path, int64_t n, uint32_t seed, int compres
   w.publish();
 }
 
-// Runs `fn` on the file `path` opened read-write with HDF5.
+// Runs `fn` on the file `path` opened read-write with HDF5, then seals the file again: the seal
+// refuses any changed byte (ADamagedStreamNeverReachesHdf5), and these tests read the checks
+// below it, which files written before seals rely on.
 template <class Fn>
 void edit_h5(const std::string& path, Fn fn) {
   const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
   ASSERT_GE(file, 0);
   fn(file);
   ASSERT_GE(H5Fclose(file), 0);
+  seal_hdf5_file(path);
 }
 
 void write_element(hid_t file, const char* dataset, hid_t type, int64_t index, const void* value) {
@@ -242,6 +246,68 @@ TEST_F(Hostile, AStreamWhoseContentChangedIsRefused) {
   edit_h5(file, [](hid_t f) { EXPECT_GE(H5Adelete(f, "checksum"), 0); });
   EXPECT_EQ(TaskStreamFile(file).info().checksum, 0u);
   EXPECT_EQ(TaskStreamFile(file).read_all().checksum, clean.checksum);
+}
+
+// What a qarac-prep before seals wrote: the same objects and root attributes, in a file without
+// a user block, which starts with the HDF5 signature.
+void copy_without_seal(const std::string& from, const std::string& to) {
+  const hid_t src = H5Fopen(from.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(src, 0);
+  hid_t dst = H5Fcreate(to.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(dst, 0);
+  for (const char* object : {"fields", "sources", "skipped"})
+    EXPECT_GE(H5Ocopy(src, object, dst, object, H5P_DEFAULT, H5P_DEFAULT), 0) << object;
+  const auto copy_attribute = [](hid_t loc, const char* name, const H5A_info_t*, void* into) -> herr_t {
+    const hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    const hid_t type = H5Aget_type(a), space = H5Aget_space(a);
+    std::vector<char> value(H5Aget_storage_size(a));
+    herr_t status = H5Aread(a, type, value.data());
+    const hid_t b = H5Acreate2(*static_cast<hid_t*>(into), name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (status >= 0) status = H5Awrite(b, type, value.data());
+    H5Aclose(b);
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Aclose(a);
+    return status;
+  };
+  hsize_t index = 0;
+  EXPECT_GE(H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, &index, copy_attribute, &dst), 0);
+  H5Fclose(dst);
+  H5Fclose(src);
+}
+
+// Before: a stream's bytes reached HDF5 unchecked, and damage to HDF5's metadata can crash the
+// library (it did for checkpoints). Now any byte changed past the seal, a truncation, or a write
+// that never sealed the file is refused in one line naming it before HDF5 opens the file; a
+// stream of a qarac-prep before seals is read as it was.
+TEST_F(Hostile, ADamagedStreamNeverReachesHdf5) {
+  silence_hdf5_stack_printing();
+  const std::string file = path("encode_decode.h5"), pristine = path("pristine.h5");
+  write_stream(file, 100, 6);
+  fs::copy_file(file, pristine);
+  const auto size = fs::file_size(file);
+  int flips = 0;
+  for (uint64_t at = kHdf5SealBytes; at < size; at += 7, ++flips) {
+    fs::copy_file(pristine, file, fs::copy_options::overwrite_existing);
+    test_support::flip_byte(file, at);
+    expect_input_error([&] { TaskStreamFile{file}; }, {file, "whole-file checksum mismatch", "corrupt"});
+  }
+  EXPECT_GT(flips, 1000);
+  expect_input_error([&] { Loader(kEncodeDecode, options_for(dir_)); }, {file, "whole-file checksum mismatch"});
+
+  fs::copy_file(pristine, file, fs::copy_options::overwrite_existing);
+  fs::resize_file(file, size - 100);
+  expect_input_error([&] { TaskStreamFile{file}; }, {file, "its seal says", "truncated"});
+  // A qarac-prep that died between the last write and the seal left the user block as HDF5 made it.
+  fs::copy_file(pristine, file, fs::copy_options::overwrite_existing);
+  std::fstream(file, std::ios::in | std::ios::out | std::ios::binary) << std::string(kHdf5SealBytes, '\0');
+  expect_input_error([&] { TaskStreamFile{file}; }, {file, "incomplete task stream", "not sealed"});
+
+  const std::string legacy = path("legacy.h5");
+  copy_without_seal(pristine, legacy);
+  const TaskStreamFile old(legacy);
+  EXPECT_EQ(old.info().checksum, TaskStreamFile(pristine).info().checksum);
+  EXPECT_EQ(old.read_all().checksum, old.info().checksum);
 }
 
 // Before: a chunk that does not inflate was an internal error (exit 1) naming no file.
