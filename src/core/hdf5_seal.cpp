@@ -73,10 +73,13 @@ void seal_hdf5_file(const std::string& path) {
 
 bool check_hdf5_seal(const std::string& path, const char* noun) {
   const auto fail = [&](const std::string& what) { throw InputError(path + ": " + what); };
-  const Descriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  // O_NONBLOCK: a FIFO in the file's place would otherwise block the open until a writer came.
+  const Descriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   if (file.fd < 0) fail(detail::concat("cannot open: ", std::strerror(errno)));
   struct stat st {};
   if (::fstat(file.fd, &st) != 0) fail(detail::concat("cannot stat: ", std::strerror(errno)));
+  if (!S_ISREG(st.st_mode))
+    fail(detail::concat("not a ", noun, " (", S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket", ")"));
   const auto size = static_cast<uint64_t>(st.st_size);
   char block[kHdf5SealBytes + 1] = {};
   const ssize_t head = ::pread(file.fd, block, kHdf5SealBytes, 0);

@@ -23,9 +23,9 @@ void seal_hdf5_file(const std::string& path);
 // Checks the seal of `path` before HDF5 opens it; `noun` names what the file should be
 // ("checkpoint", "task stream"). Returns true for a sealed file whose bytes match, false for a
 // file that starts with the HDF5 signature (written before seals: HDF5 reads it unchecked).
-// Otherwise a one-line InputError "<path>: <why>": not sealed (zeros: "incomplete <noun>", its
-// write did not finish), not a <noun>, a damaged seal, another size, another checksum, or a
-// failed read.
+// Otherwise a one-line InputError "<path>: <why>": not a <noun> (a directory, a device, FIFO or
+// socket: never waited on), not sealed (zeros: "incomplete <noun>", its write did not finish), not
+// a <noun>, a damaged seal, another size, another checksum, or a failed read.
 bool check_hdf5_seal(const std::string& path, const char* noun);
 
 }  // namespace qarac

@@ -308,6 +308,13 @@ TEST_F(Hostile, ADamagedStreamNeverReachesHdf5) {
   const TaskStreamFile old(legacy);
   EXPECT_EQ(old.info().checksum, TaskStreamFile(pristine).info().checksum);
   EXPECT_EQ(old.read_all().checksum, old.info().checksum);
+
+  // Not files: a folder, and a FIFO, whose open would wait for a writer.
+  const std::string fifo = path("fifo.h5"), folder = path("folder.h5");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  fs::create_directory(folder);
+  expect_input_error([&] { TaskStreamFile{fifo}; }, {fifo, "not a task stream (a device, FIFO or socket)"});
+  expect_input_error([&] { TaskStreamFile{folder}; }, {folder, "not a task stream (a directory)"});
 }
 
 // Before: a chunk that does not inflate was an internal error (exit 1) naming no file.
