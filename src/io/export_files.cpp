@@ -128,7 +128,9 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
           "model = AutoModel.from_pretrained(path, trust_remote_code=True)\n"
           "vectors = model(**tok([\"a sentence\"], padding=True, return_tensors=\"pt\"))"
           ".pooler_output\n```\n\n"
-          "`RobertaModel.from_pretrained(path)` loads the base alone (without the head).\n"
+          "`RobertaModel.from_pretrained(path)` loads the base alone (without the head). So does "
+          "`AutoModel` without `trust_remote_code=True`, with a newly initialised pooler: its "
+          "`pooler_output` is then random, not the QARAC vector (transformers only logs a warning).\n"
           "From the command line: `qarac-embed --model path`.\n";
   } else if (decoder) {
     md << " The decoder: a causal RoBERTa, two head layers that see the vector in slot 0, and "

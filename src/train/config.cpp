@@ -118,18 +118,19 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(train, "train.seed", &c.seed, "seed of the heads' initialisation, the data order and dropout");
   d->add(train, "train.device", &c.device, "cpu or cuda");
   d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, bf16 on cuda (master weights stay f32), or f64 on cpu (reference numerics: master weights and moments in f64)");
-  d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal");
+  d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal (the losses of that step, not a mean over the N; metrics.jsonl holds every step)");
   d->add(train, "train.progress", &c.progress, "the progress line: tty (rewritten in place every step), plain (a line every train.log_every steps), auto (tty when the standard output is a terminal and no MPI launcher or Slurm forwards it)");
   d->add(train, "train.nonfinite", &c.nonfinite, "a step whose loss or gradient norm is not finite: stop (the run ends before the update, naming the step and the task) or skip (its update is not applied; counted in metrics.jsonl as skipped_steps)");
   d->add(train, "train.micro_tokens", &c.micro_tokens, "most tokens (all fields) a rank runs in one forward/backward: a larger share of a global batch is split into micro-batches whose gradients accumulate; 0: no limit");
 
   auto& opt = d->section("[optimizer]");
-  d->add(opt, "optimizer.name", &c.optimizer, "adamw, or nadam (torch.optim.NAdam, the QARAC reference's)");
+  d->add(opt, "optimizer.name", &c.optimizer, "adamw, or nadam (torch.optim.NAdam's update, for the QARAC reference; the weight decay keeps this tool's defaults, torch's are weight_decay 0 and decoupled_weight_decay false)");
   d->add(opt, "optimizer.lr", &c.lr, "peak learning rate");
   d->add(opt, "optimizer.beta1", &c.beta1, "first-moment decay");
   d->add(opt, "optimizer.beta2", &c.beta2, "second-moment decay");
   d->add(opt, "optimizer.eps", &c.eps, "denominator epsilon");
   d->add(opt, "optimizer.weight_decay", &c.weight_decay, "weight decay");
+  d->add(opt, "optimizer.decay_exempt", &c.decay_exempt, "parameters the weight decay leaves out: none (every parameter, as torch.optim given a whole model) or bias_norm (biases and LayerNorm weights, as Hugging Face's Trainer; on cuda an update launch per run of them, about 8 a layer instead of 1)");
   d->add(opt, "optimizer.momentum_decay", &c.momentum_decay, "nadam: momentum decay psi");
   d->add(opt, "optimizer.decoupled_weight_decay", &c.decoupled_weight_decay, "nadam: decoupled (AdamW-style) weight decay instead of L2");
   d->add(opt, "optimizer.warmup", &c.warmup, "steps of linear warmup from 0 (fewer than train.steps; 0: none)");
@@ -239,7 +240,7 @@ constexpr FamiliarName kFamiliarNames[] = {
     {"lr_scheduler_type", "optimizer.decay"}, {"output_dir", "output"},
     {"optim", "optimizer.name"},              {"save_steps", "checkpoint.every"},
     {"save_total_limit", "checkpoint.keep"},  {"eval_steps", "eval.every"},
-    {"logging_steps", "train.log_every"},
+    {"logging_steps", "train.log_every (which shows the step's losses, not a mean)"},
     {"num_train_epochs", "train.steps (a run counts optimizer steps, not epochs)"},
     {"per_device_train_batch_size", "task.ed.batch, task.qa.batch, task.rs.batch and task.cs.batch (global batches)"},
 };
@@ -374,6 +375,7 @@ OptimizerConfig TrainConfig::optimizer_config() const {
   o.weight_decay = weight_decay;
   o.momentum_decay = momentum_decay;
   o.decoupled_weight_decay = decoupled_weight_decay;
+  o.decay_exempt = decay_exempt_from_name(decay_exempt);
   return o;
 }
 

@@ -62,6 +62,7 @@ struct TrainConfig {
   double lr = 2e-5, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
   double momentum_decay = 4e-3;        // nadam
   bool decoupled_weight_decay = true;  // nadam (adamw always decouples)
+  std::string decay_exempt = "none";   // none | bias_norm
   int64_t warmup = 100;
   std::string decay = "linear";  // constant | linear | cosine | exponential
   double final_lr = 0;           // the decay's final fraction of lr
@@ -135,9 +136,10 @@ std::string to_ini(const TrainConfig& config);
 // when it was on); while it stays on, task.mlm.batch and task.mlm.head are fixed too.
 std::string resume_mismatch(const TrainConfig& config, const std::string& saved_ini);
 
-// The settings of the objective and the optimizer ([task], [optimizer]) that a resume may change
-// and `config` does change from the checkpoint's run (`saved_ini`), each "key was -> now": the run
-// goes on with them, so it no longer computes what one uninterrupted run would. Empty when none.
+// The settings of the objective and the optimizer ([task], [optimizer], and train.steps under a
+// decay, which spans it) that a resume may change and `config` does change from the checkpoint's
+// run (`saved_ini`), each "key was -> now": the run goes on with them, so it no longer computes
+// what one uninterrupted run would. Empty when none.
 std::vector<std::string> resume_changes(const TrainConfig& config, const std::string& saved_ini);
 
 }  // namespace qarac

@@ -36,6 +36,11 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
     if (key == "task.mlm.head") return "with model.mode mlm (rehearsal is a model.mode qarac task)";
   }
   if (key == "task.qa.temperature" && !c.contrastive_qa()) return "with task.qa.objective " + c.qa_objective;
+  // Exact names only: a misspelt one is refused by its own check, not called a reason here.
+  if (c.optimizer == "adamw" && among({"optimizer.momentum_decay", "optimizer.decoupled_weight_decay"}))
+    return "with optimizer.name adamw (nadam only; adamw always decouples its weight decay)";
+  if (key == "optimizer.final" && c.decay == "constant") return "with optimizer.decay constant";
+  if (key == "optimizer.decay_exempt" && c.weight_decay == 0) return "while optimizer.weight_decay is 0";
   return "";
 }
 
@@ -108,6 +113,11 @@ void check_values(const TrainConfig& c) {
     optimizer_from_name(c.optimizer);
   } catch (const InputError& e) {
     throw InputError(std::string("optimizer.name: ") + e.what());
+  }
+  try {
+    decay_exempt_from_name(c.decay_exempt);
+  } catch (const InputError& e) {
+    throw InputError(std::string("optimizer.decay_exempt: ") + e.what());
   }
   // Every real-valued setting is finite: an inf or a nan passes a range check such as >= 0 (or
   // fails it with a misleading message) and turns every loss into nan.
@@ -199,7 +209,10 @@ std::vector<std::string> resume_changes(const TrainConfig& config, const std::st
   const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
   std::vector<std::string> changes;
   for (const auto& [key, value] : now) {
-    if (key.rfind("optimizer.", 0) != 0 && key.rfind("task.", 0) != 0) continue;
+    // The run's length too where the rates depend on it: a decay spans train.steps, so another
+    // length moves the rate of every step from here on (a rate that rises again, for a longer run).
+    const bool rates = key.rfind("optimizer.", 0) == 0 || (key == "train.steps" && config.decay != "constant");
+    if (!rates && key.rfind("task.", 0) != 0) continue;
     const auto it = saved.find(key);  // absent: a key of a later version, its default then
     if (it != saved.end() && it->second != value) changes.push_back(key + " " + it->second + " -> " + value);
   }

@@ -17,8 +17,37 @@ OptimizerKind optimizer_from_name(const std::string& name) {
   throw InputError("unknown optimizer '" + name + "' (expected adamw or nadam)");
 }
 
+const char* decay_exempt_name(DecayExempt exempt) {
+  return exempt == DecayExempt::bias_norm ? "bias_norm" : "none";
+}
+
+DecayExempt decay_exempt_from_name(const std::string& name) {
+  if (name == "none") return DecayExempt::none;
+  if (name == "bias_norm") return DecayExempt::bias_norm;
+  throw InputError("unknown weight-decay exemption '" + name + "' (expected none or bias_norm)");
+}
+
+bool exempt_from_decay(DecayExempt exempt, const std::string& name) {
+  if (exempt == DecayExempt::none) return false;
+  const auto ends_with = [&](const std::string& tail) {
+    return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  return ends_with("bias") || ends_with("LayerNorm.weight") || ends_with("layer_norm.weight");
+}
+
 Optimizer::Optimizer(ParameterList params, const OptimizerConfig& config)
-    : params_(std::move(params)), spans_(parameter_spans(params_)), config_(config) {
+    : params_(std::move(params)), config_(config) {
+  // The packed spans, cut further where the decay changes: each run of parameters it treats alike.
+  const auto decays = [&](size_t i) { return !exempt_from_decay(config_.decay_exempt, params_[i]->name); };
+  for (size_t first = 0; first < params_.size();) {
+    size_t end = first + 1;
+    while (end < params_.size() && decays(end) == decays(first)) ++end;
+    for (ParameterSpan& span : parameter_spans(ParameterList(params_.begin() + first, params_.begin() + end))) {
+      spans_.push_back(std::move(span));
+      span_decays_.push_back(decays(first));
+    }
+    first = end;
+  }
   for (const ParameterSpan& span : spans_) {
     const Tensor& master = span.master;
     span_m_.push_back(Tensor::zeros(master.shape(), master.dtype(), master.device()));
@@ -88,12 +117,12 @@ void Optimizer::update(double lr, double grad_scale) {
     h.beta1 = config_.beta1;
     h.beta2 = config_.beta2;
     h.eps = config_.eps;
-    h.weight_decay = config_.weight_decay;
     h.step = steps_ + 1;
     h.grad_scale = grad_scale;
     for (size_t i = 0; i < spans_.size(); ++i) {
       ParameterSpan& span = spans_[i];
       Tensor* copy = span.master.raw() == span.value.raw() ? nullptr : &span.value;
+      h.weight_decay = span_decays_[i] ? config_.weight_decay : 0.0;
       ops::adamw_update(span.master, span.grad, span_m_[i], span_v_[i], h, copy);
     }
   } else {
@@ -105,6 +134,7 @@ void Optimizer::update(double lr, double grad_scale) {
     for (size_t i = 0; i < spans_.size(); ++i) {
       ParameterSpan& span = spans_[i];
       Tensor* copy = span.master.raw() == span.value.raw() ? nullptr : &span.value;
+      h.weight_decay = span_decays_[i] ? config_.weight_decay : 0.0;
       ops::nadam_update(span.master, span.grad, span_m_[i], span_v_[i], h, copy);
     }
     mu_product_ = h.mu_product;

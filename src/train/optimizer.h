@@ -15,12 +15,24 @@ enum class OptimizerKind { adamw, nadam };
 const char* optimizer_name(OptimizerKind kind);               // "adamw", "nadam"
 OptimizerKind optimizer_from_name(const std::string& name);  // InputError naming the valid ones
 
+// The parameters the weight decay leaves out: none (every parameter, as torch.optim decays all of
+// a model's parameters given to it), or bias_norm: biases and LayerNorm weights, as Hugging Face's
+// Trainer groups them.
+enum class DecayExempt { none, bias_norm };
+const char* decay_exempt_name(DecayExempt exempt);                // "none", "bias_norm"
+DecayExempt decay_exempt_from_name(const std::string& name);     // InputError naming the valid ones
+// Whether `exempt` leaves the parameter named `name` (a Hugging Face name) out of the decay: under
+// bias_norm, a bias ("….bias") or a LayerNorm's weight ("….LayerNorm.weight",
+// "lm_head.layer_norm.weight").
+bool exempt_from_decay(DecayExempt exempt, const std::string& name);
+
 struct OptimizerConfig {
   OptimizerKind kind = OptimizerKind::adamw;
   double lr = 2e-5;  // the peak rate; step() takes the scheduled one
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
   double momentum_decay = 4e-3;        // NAdam's ψ (torch's default)
   bool decoupled_weight_decay = true;  // NAdam only: AdamW always decouples its weight decay
+  DecayExempt decay_exempt = DecayExempt::none;
 };
 
 class Optimizer {
@@ -57,8 +69,10 @@ class Optimizer {
 
   ParameterList params_;
   // The parameters' spans (pack_parameters), each updated by one call, and their moments: one
-  // flat tensor per span, of which m_ and v_ hold the per-parameter views.
+  // flat tensor per span, of which m_ and v_ hold the per-parameter views. A span's parameters
+  // all decay or none does (span_decays_): exempt parameters cut the packed spans.
   std::vector<ParameterSpan> spans_;
+  std::vector<bool> span_decays_;
   std::vector<Tensor> span_m_, span_v_;
   std::vector<Tensor> m_, v_;
   OptimizerConfig config_;

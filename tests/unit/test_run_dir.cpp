@@ -195,7 +195,8 @@ TEST_F(RunDirCli, ConfigIniIsRewrittenWhenARunResumes) {
   // config.ini read as if the whole run had used them).
   const CliResult r = train(run, "--resume --train.steps 3 --checkpoint.every 2 --optimizer.lr 5e-4 --task.ed.weight 3");
   ASSERT_EQ(r.code, 0) << r.output;
-  const std::string changes = "optimizer.lr 0.0001 -> 0.0005, task.ed.weight 1 -> 3";
+  // The length too: the (default) linear decay spans it, so every later rate moves.
+  const std::string changes = "optimizer.lr 0.0001 -> 0.0005, task.ed.weight 1 -> 3, train.steps 2 -> 3";
   EXPECT_NE(r.output.find("--resume: settings other than the checkpoint's run's: " + changes), std::string::npos)
       << r.output;
   std::ifstream in(run / "config.ini");
@@ -203,10 +204,16 @@ TEST_F(RunDirCli, ConfigIniIsRewrittenWhenARunResumes) {
   EXPECT_NE(ini.find("[train]\nsteps = 3\n"), std::string::npos) << ini;
   EXPECT_EQ(ini.rfind("# Resumed at step 2 with settings other than the checkpoint's run's: " + changes + "\n", 0), 0u)
       << ini;
-  // Only the length changed: nothing to say.
+  // Only the length changed: said under a decay, nothing to say under a constant rate.
   const CliResult longer = train(run, "--resume --train.steps 4 --checkpoint.every 2 --optimizer.lr 5e-4 --task.ed.weight 3");
   ASSERT_EQ(longer.code, 0) << longer.output;
-  EXPECT_EQ(longer.output.find("settings other than"), std::string::npos) << longer.output;
+  EXPECT_NE(longer.output.find("settings other than the checkpoint's run's: train.steps 3 -> 4 (the run goes on"), std::string::npos)
+      << longer.output;
+  const fs::path constant = root() / "longer-constant";
+  ASSERT_EQ(train(constant, "--train.steps 2 --checkpoint.every 2 --optimizer.decay constant").code, 0);
+  const CliResult same_rates = train(constant, "--resume --train.steps 3 --optimizer.decay constant");
+  ASSERT_EQ(same_rates.code, 0) << same_rates.output;
+  EXPECT_EQ(same_rates.output.find("settings other than"), std::string::npos) << same_rates.output;
 }
 
 // A resume on other data whose streams have the same sizes (here: one word of the text corpus

@@ -63,6 +63,18 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
                      {"task.qa.objective: 'Contrastive' must be mse or contrastive"});
   expect_usage_error("--task.mlm.weight -1 --task.mlm.batch 8", {"task.mlm.weight: -1 must be >= 0"});
   expect_usage_error("--task.mlm.weight nan --task.mlm.batch 8", {"task.mlm.weight: nan is not a finite number"});
+  // NAdam's settings under AdamW, and a final rate without a decay (before: accepted, and
+  // `decoupled_weight_decay false` read as Adam with L2 decay while the run stayed AdamW).
+  expect_usage_error("--optimizer.decoupled_weight_decay false",
+                     {"optimizer.decoupled_weight_decay: has no effect with optimizer.name adamw"});
+  expect_usage_error("--optimizer.momentum_decay 0.01", {"optimizer.momentum_decay: has no effect with optimizer.name adamw"});
+  expect_usage_error("--optimizer.decay constant --optimizer.final 0.5",
+                     {"optimizer.final: has no effect with optimizer.decay constant"});
+  expect_usage_error("--optimizer.name AdamW --optimizer.momentum_decay 0.01", {"'AdamW'", "adamw or nadam"});
+  expect_usage_error("--optimizer.weight_decay 0 --optimizer.decay_exempt bias_norm",
+                     {"optimizer.decay_exempt: has no effect while optimizer.weight_decay is 0"});
+  expect_usage_error("--optimizer.decay_exempt all", {"optimizer.decay_exempt: unknown weight-decay exemption 'all'",
+                                                      "none or bias_norm"});
 }
 
 // A base whose weights hold more layers than its config.json counts trains the smaller model it

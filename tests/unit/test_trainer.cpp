@@ -409,6 +409,11 @@ TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
   other.tasks = "ed:2,qa:1,rs:1,cs:1";  // on another plan (and world size)
   other.micro_tokens = 100;             // in micro-batches
   EXPECT_EQ(resume_mismatch(other, text), "");
+  // The decay's exemptions reach the optimizer: none unless asked (the runs before the key).
+  EXPECT_EQ(again->optimizer_config().decay_exempt, DecayExempt::none);
+  const std::optional<TrainConfig> exempt = parse({"--config", again_path, "--optimizer.decay_exempt", "bias_norm"});
+  ASSERT_TRUE(exempt);
+  EXPECT_EQ(exempt->optimizer_config().decay_exempt, DecayExempt::bias_norm);
 
   std::ostringstream help;
   const char* argv[] = {"qarac-train", "--help"};

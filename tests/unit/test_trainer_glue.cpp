@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/task.h"
+#include "model/roberta.h"
 #include "parallel/gradient_sync.h"
 #include "support/test_support.h"
 #include "support/training_fixtures.h"
@@ -79,7 +80,8 @@ struct HostState {
 // torch.optim.AdamW and torch.optim.NAdam define it (NAdam's μ_t = β1 (1 − ½ 0.96^(t ψ)) and its
 // running product Π_t carried in `mu_product`).
 void reference_update(std::vector<HostState>& states, const std::vector<Values>& grads, double scale,
-                      const OptimizerConfig& o, double lr, int64_t t, double& mu_product) {
+                      const OptimizerConfig& o, double lr, int64_t t, double& mu_product,
+                      const std::vector<bool>& exempt = {}) {
   const double bc1 = 1 - std::pow(o.beta1, static_cast<double>(t));
   const double bc2 = 1 - std::pow(o.beta2, static_cast<double>(t));
   const auto mu = [&](int64_t step) {
@@ -89,13 +91,14 @@ void reference_update(std::vector<HostState>& states, const std::vector<Values>&
   const double product = mu_product * mu_t, product_next = product * mu_next;
   for (size_t k = 0; k < states.size(); ++k) {
     HostState& s = states[k];
+    const double wd = k < exempt.size() && exempt[k] ? 0.0 : o.weight_decay;
     for (size_t i = 0; i < s.p.size(); ++i) {
       double g = scale * grads[k][i];
       const bool decoupled = o.kind == OptimizerKind::adamw || o.decoupled_weight_decay;
       if (decoupled)
-        s.p[i] -= lr * o.weight_decay * s.p[i];
+        s.p[i] -= lr * wd * s.p[i];
       else
-        g += o.weight_decay * s.p[i];
+        g += wd * s.p[i];
       s.m[i] = o.beta1 * s.m[i] + (1 - o.beta1) * g;
       s.v[i] = o.beta2 * s.v[i] + (1 - o.beta2) * g * g;
       const double denom = std::sqrt(s.v[i] / bc2) + o.eps;
@@ -108,12 +111,13 @@ void reference_update(std::vector<HostState>& states, const std::vector<Values>&
   mu_product = product;
 }
 
-// Parameters of these shapes in f64 with weights drawn from `rng`.
-std::vector<Parameter> random_parameters(const std::vector<Shape>& shapes, std::mt19937& rng) {
+// Parameters of these shapes in f64 with weights drawn from `rng`, named "p<k>" or `names`.
+std::vector<Parameter> random_parameters(const std::vector<Shape>& shapes, std::mt19937& rng,
+                                         const std::vector<std::string>& names = {}) {
   std::vector<Parameter> params(shapes.size());
   std::normal_distribution<double> normal(0, 0.5);
   for (size_t k = 0; k < shapes.size(); ++k) {
-    params[k].allocate("p" + std::to_string(k), shapes[k], DType::f64, Device::cpu());
+    params[k].allocate(k < names.size() ? names[k] : "p" + std::to_string(k), shapes[k], DType::f64, Device::cpu());
     Values w(static_cast<size_t>(shape_numel(shapes[k])));
     for (double& x : w) x = normal(rng);
     params[k].assign(Tensor::from_vector(w, shapes[k]));
@@ -170,6 +174,7 @@ struct OptimizerCase {
   OptimizerKind kind;
   bool decoupled;
   double clip;  // relative to the gradients' norm (about 5): 0 off, 100 idle, 0.2 active
+  DecayExempt exempt = DecayExempt::none;
 };
 
 class OptimizerReference : public ::testing::TestWithParam<OptimizerCase> {};
@@ -179,11 +184,20 @@ class OptimizerReference : public ::testing::TestWithParam<OptimizerCase> {};
 TEST_P(OptimizerReference, FollowsTheDefinitionStepByStep) {
   const OptimizerCase& param = GetParam();
   std::mt19937 rng(7);
-  const std::vector<Shape> shapes = {{3, 4}, {5}, {2, 2, 2}};
-  std::vector<Parameter> params = random_parameters(shapes, rng);
+  // Hugging Face names: a bias and a LayerNorm weight between weights, which bias_norm exempts,
+  // so that the spans of one decay are cut out of one packed span.
+  const std::vector<Shape> shapes = {{3, 4}, {5}, {4}, {2, 2, 2}, {3}};
+  const std::vector<std::string> names = {"a.dense.weight", "a.dense.bias", "a.LayerNorm.weight",
+                                          "b.dense.weight", "lm_head.layer_norm.weight"};
+  std::vector<Parameter> params = random_parameters(shapes, rng, names);
+  pack_parameters(pointers(params));
+  const std::vector<bool> exempt = {false, param.exempt == DecayExempt::bias_norm,
+                                    param.exempt == DecayExempt::bias_norm, false,
+                                    param.exempt == DecayExempt::bias_norm};
   OptimizerConfig config;
   config.kind = param.kind;
   config.decoupled_weight_decay = param.decoupled;
+  config.decay_exempt = param.exempt;
   config.beta1 = 0.8;
   config.beta2 = 0.95;
   config.eps = 1e-6;
@@ -210,7 +224,7 @@ TEST_P(OptimizerReference, FollowsTheDefinitionStepByStep) {
     const double lr = 1e-2 / static_cast<double>(t);
     const double returned = optimizer.step(lr, param.clip);
     EXPECT_NEAR(returned, param.clip > 0 ? norm : 0.0, 1e-12 * norm);
-    reference_update(states, grads, torch_clip_factor(norm, param.clip), config, lr, t, mu_product);
+    reference_update(states, grads, torch_clip_factor(norm, param.clip), config, lr, t, mu_product, exempt);
     for (size_t k = 0; k < params.size(); ++k) {
       SCOPED_TRACE(params[k].name);
       EXPECT_LT(relative_error(host(params[k].master), states[k].p), 1e-13);
@@ -227,8 +241,37 @@ INSTANTIATE_TEST_SUITE_P(
                       OptimizerCase{"adamw_clip_idle", OptimizerKind::adamw, true, 100},
                       OptimizerCase{"adamw_clip_active", OptimizerKind::adamw, true, 0.2},
                       OptimizerCase{"nadam_clip_active", OptimizerKind::nadam, true, 0.2},
-                      OptimizerCase{"nadam_l2_clip_active", OptimizerKind::nadam, false, 0.2}),
+                      OptimizerCase{"nadam_l2_clip_active", OptimizerKind::nadam, false, 0.2},
+                      OptimizerCase{"adamw_bias_norm_exempt", OptimizerKind::adamw, true, 0.2, DecayExempt::bias_norm},
+                      OptimizerCase{"nadam_l2_bias_norm_exempt", OptimizerKind::nadam, false, 0.2,
+                                    DecayExempt::bias_norm}),
     [](const ::testing::TestParamInfo<OptimizerCase>& c) { return std::string(c.param.label); });
+
+// bias_norm leaves out what Hugging Face's Trainer does (get_decay_parameter_names: every bias and
+// a LayerNorm module's parameters): in a RoBERTa encoder the embeddings' LayerNorm and, per layer,
+// 6 biases and 2 LayerNorms; none leaves out nothing.
+TEST(DecayExempt, BiasNormLeavesOutTheBiasesAndLayerNormsOfRoberta) {
+  RobertaConfig config;
+  config.vocab_size = 13;
+  config.hidden_size = 8;
+  config.num_layers = 2;
+  config.num_heads = 2;
+  config.intermediate_size = 12;
+  config.max_position_embeddings = 9;
+  RobertaEncoder encoder(config, DType::f32, Device::cpu());
+  std::vector<std::string> exempt;
+  for (const Parameter* p : encoder.parameters()) {
+    EXPECT_FALSE(exempt_from_decay(DecayExempt::none, p->name)) << p->name;
+    if (exempt_from_decay(DecayExempt::bias_norm, p->name)) exempt.push_back(p->name);
+  }
+  EXPECT_EQ(exempt.size(), 2u + 2u * 10u);
+  for (const std::string& name : exempt)
+    EXPECT_TRUE(name.find("LayerNorm.") != std::string::npos || name.rfind(".bias") == name.size() - 5) << name;
+  EXPECT_TRUE(exempt_from_decay(DecayExempt::bias_norm, "lm_head.layer_norm.weight"));
+  EXPECT_TRUE(exempt_from_decay(DecayExempt::bias_norm, "lm_head.bias"));
+  EXPECT_FALSE(exempt_from_decay(DecayExempt::bias_norm, "lm_head.decoder.weight"));
+  EXPECT_FALSE(exempt_from_decay(DecayExempt::bias_norm, "pooling.global_projection.weight"));
+}
 
 // ---- One step of the training loop against the tasks' gradients combined by hand -------------
 
