@@ -68,6 +68,10 @@ void handle_interrupts() {
   sigemptyset(&action.sa_mask);
   for (int signal : {SIGINT, SIGTERM, SIGHUP}) sigaction(signal, &action, nullptr);
   set_read_interrupt_check(check_interrupt);
+  // The results are files: a log whose reader went away (`2>&1 | head`, a tee that died) must not
+  // kill the run and leave its temporary files. The writes fail instead, and the run goes on; a
+  // summary it could not print is then said in its exit status (check_standard_output).
+  std::signal(SIGPIPE, SIG_IGN);
 }
 
 struct Settings {

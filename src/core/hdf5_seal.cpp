@@ -10,6 +10,10 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <mutex>
+#include <set>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -48,6 +52,30 @@ bool hash_after_seal(int fd, uint64_t size, uint64_t& out) {
   return true;
 }
 
+// The seal of a file of `size` bytes whose bytes after the seal hash to `hash`: the text, then
+// NULs to the end of the block.
+void seal_block(uint64_t hash, uint64_t size, char (&block)[kHdf5SealBytes]) {
+  std::memset(block, 0, sizeof block);
+  std::snprintf(block, sizeof block, "%shash64 %016" PRIx64 "\nbytes %" PRIu64 "\n", kSealMagic, hash, size);
+}
+
+// The files this process found sealed and whole, by identity and last change: a run opens the
+// same stream in several places (the plan, the loaders, the export), and each would hash it again.
+// Only files last changed over a second before the check are kept: file systems stamp changes
+// with a coarse clock, so a change within the same tick as the one checked would look unchanged.
+constexpr int64_t kSettledNs = 1000000000;
+struct Verified {
+  dev_t device;
+  ino_t inode;
+  off_t size;
+  int64_t modified_ns;
+  bool operator<(const Verified& o) const {
+    return std::tie(device, inode, size, modified_ns) < std::tie(o.device, o.inode, o.size, o.modified_ns);
+  }
+};
+std::mutex g_verified_mutex;
+std::set<Verified> g_verified;
+
 }  // namespace
 
 void seal_hdf5_file(const std::string& path) {
@@ -61,8 +89,8 @@ void seal_hdf5_file(const std::string& path) {
   uint64_t hash = 0;
   const auto size = static_cast<uint64_t>(st.st_size);
   if (!hash_after_seal(file.fd, size, hash)) fail("cannot read it back");
-  char block[kHdf5SealBytes] = {};
-  std::snprintf(block, sizeof block, "%shash64 %016" PRIx64 "\nbytes %" PRIu64 "\n", kSealMagic, hash, size);
+  char block[kHdf5SealBytes];
+  seal_block(hash, size, block);
   for (size_t done = 0; done < kHdf5SealBytes;) {
     const ssize_t n = ::pwrite(file.fd, block + done, kHdf5SealBytes - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
@@ -71,8 +99,10 @@ void seal_hdf5_file(const std::string& path) {
   }
 }
 
-bool check_hdf5_seal(const std::string& path, const char* noun) {
+bool check_hdf5_seal(const std::string& path, const char* noun, const char* remedy) {
   const auto fail = [&](const std::string& what) { throw InputError(path + ": " + what); };
+  // The remedy ends the parenthesis of a message on damage, or stands in one of its own.
+  const std::string also = remedy ? detail::concat("; ", remedy) : std::string();
   // O_NONBLOCK: a FIFO in the file's place would otherwise block the open until a writer came.
   const Descriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   if (file.fd < 0) fail(detail::concat("cannot open: ", std::strerror(errno)));
@@ -80,8 +110,14 @@ bool check_hdf5_seal(const std::string& path, const char* noun) {
   if (::fstat(file.fd, &st) != 0) fail(detail::concat("cannot stat: ", std::strerror(errno)));
   if (!S_ISREG(st.st_mode))
     fail(detail::concat("not a ", noun, " (", S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket", ")"));
+  const Verified identity{st.st_dev, st.st_ino, st.st_size,
+                          int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec};
+  {
+    const std::lock_guard<std::mutex> lock(g_verified_mutex);
+    if (g_verified.count(identity) != 0) return true;
+  }
   const auto size = static_cast<uint64_t>(st.st_size);
-  char block[kHdf5SealBytes + 1] = {};
+  char block[kHdf5SealBytes] = {};
   const ssize_t head = ::pread(file.fd, block, kHdf5SealBytes, 0);
   if (head < 0) fail(detail::concat("cannot read: ", std::strerror(errno)));
   const size_t signature = sizeof kHdf5Signature - 1, magic = sizeof kSealMagic - 1;
@@ -90,20 +126,30 @@ bool check_hdf5_seal(const std::string& path, const char* noun) {
   if (std::memcmp(block, kSealMagic, magic) != 0) {
     // A writer that died before sealing left the user block as HDF5 made it: zeros.
     if (std::all_of(block, block + kHdf5SealBytes, [](char c) { return c == 0; }))
-      fail(detail::concat("incomplete ", noun, " (not sealed: its write did not finish)"));
+      fail(detail::concat("incomplete ", noun, " (not sealed: its write did not finish", also, ")"));
     fail(detail::concat("not a ", noun, " (neither sealed nor an HDF5 file at its start: damaged, or another "
                         "kind of file)"));
   }
+  // The whole block, padding included, must be what seal_block writes for the values it holds.
   uint64_t stored = 0, bytes = 0;
-  if (std::sscanf(block + magic, "hash64 %16" SCNx64 "\nbytes %" SCNu64, &stored, &bytes) != 2)
-    fail("its seal is damaged (the file is corrupt)");
+  char expected[kHdf5SealBytes] = {};
+  if (std::sscanf(block + magic, "hash64 %16" SCNx64 "\nbytes %" SCNu64, &stored, &bytes) == 2)
+    seal_block(stored, bytes, expected);
+  if (std::memcmp(block, expected, kHdf5SealBytes) != 0) fail("its seal is damaged (the file is corrupt" + also + ")");
   if (bytes != size)
-    fail(detail::concat("is ", size, " bytes, its seal says ", bytes, " (truncated, or changed since it was written)"));
+    fail(detail::concat("is ", size, " bytes, its seal says ", bytes, " (truncated, or changed since it was written",
+                        also, ")"));
   uint64_t computed = 0;
   if (!hash_after_seal(file.fd, size, computed)) fail(detail::concat("cannot read: ", std::strerror(errno)));
   if (computed != stored)
     fail(detail::concat("whole-file checksum mismatch (stored ", std::hex, std::showbase, stored, ", computed ",
-                        computed, "): the file is corrupt"));
+                        computed, "): the file is corrupt", remedy ? detail::concat(" (", remedy, ")") : ""));
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  if (int64_t{now.tv_sec} * 1000000000 + now.tv_nsec - identity.modified_ns > kSettledNs) {
+    const std::lock_guard<std::mutex> lock(g_verified_mutex);
+    g_verified.insert(identity);
+  }
   return true;
 }
 

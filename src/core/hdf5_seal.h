@@ -4,8 +4,9 @@
 // that HDF5 reserves and leaves to its writer, hold
 //   "QARAC-MT sealed HDF5\nhash64 <16 hex digits>\nbytes <decimal>\n" (NUL-padded)
 // with hash64 (core/hash.h) of every byte after the block and the file's size, and the reader
-// checks them before HDF5 opens the file. Checking reads the file once more; hash64 runs near
-// memory speed, so that costs about one more read of it.
+// checks them, and that the rest of the block is NULs, before HDF5 opens the file. Checking reads
+// the file once more (hash64 runs near memory speed), once per process: a file found whole is not
+// hashed again while its identity, size and time of last change stay the same.
 #pragma once
 
 #include <cstddef>
@@ -25,7 +26,8 @@ void seal_hdf5_file(const std::string& path);
 // file that starts with the HDF5 signature (written before seals: HDF5 reads it unchecked).
 // Otherwise a one-line InputError "<path>: <why>": not a <noun> (a directory, a device, FIFO or
 // socket: never waited on), not sealed (zeros: "incomplete <noun>", its write did not finish), not
-// a <noun>, a damaged seal, another size, another checksum, or a failed read.
-bool check_hdf5_seal(const std::string& path, const char* noun);
+// a <noun>, a damaged seal, another size, another checksum, or a failed read. `remedy`, if given,
+// is said in the messages of a damaged or incomplete file ("rerun qarac-prep").
+bool check_hdf5_seal(const std::string& path, const char* noun, const char* remedy = nullptr);
 
 }  // namespace qarac

@@ -229,7 +229,7 @@ TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
   silence_hdf5_stack_printing();
   if (::access(path.c_str(), R_OK) != 0)
     throw InputError(detail::concat(path, ": cannot open: ", std::strerror(errno)));
-  check_hdf5_seal(path, "task stream");  // before HDF5 parses any of it
+  check_hdf5_seal(path, "task stream", "rerun qarac-prep");  // before HDF5 parses any of it
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     throw InputError(path + ": not an HDF5 file");

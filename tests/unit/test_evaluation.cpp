@@ -457,6 +457,10 @@ TEST_F(EvaluatorTest, HeldOutStreamsOfAnotherKindAreNamed) {
   }
   expect_input_error([&] { QaracEvaluator{options}; }, {reasoning, "holds task consistency, expected reasoning"});
   fs::remove(reasoning);
+  // A link to a stream that is gone (before: skipped, and the task was not evaluated, unsaid).
+  fs::create_symlink(dir_ / "moved" / "reasoning.h5", reasoning);
+  expect_input_error([&] { QaracEvaluator{options}; }, {reasoning, "cannot open"});
+  fs::remove(reasoning);
 
   config_.base = tiny_config();
   const int64_t longest = config_.base.max_tokens();

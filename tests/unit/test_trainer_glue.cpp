@@ -13,6 +13,7 @@
 // - the replica checksum and the diverge fault: one element changed anywhere, in either master
 //   dtype, changes the checksum; the fault shifts one seeded random element of a shared model.
 #include <gtest/gtest.h>
+#include <hdf5.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/hdf5_seal.h"
 #include "data/task.h"
 #include "model/roberta.h"
 #include "parallel/gradient_sync.h"
@@ -463,6 +465,41 @@ TEST_F(TrainerStep, RestoredLoadersGoOnWithTheSameExamples) {
     }
   }
   EXPECT_EQ(past_boundary, 3) << "every stream must be past its first epoch within 12 steps of 400 examples";
+}
+
+// Pre-training reads the first examples of its held-out text; the whole stream is read once for
+// its content checksum, as the QARAC evaluator's streams are (before: a stream whose seal does
+// not vouch for it, one written before seals, was evaluated as it read). Here a token changed
+// and the file sealed again, which a pre-seal file's damage comes to.
+TEST_F(TrainerStep, PretrainingChecksItsHeldOutText) {
+  const fs::path held = root_->path / "held-mlm";
+  fs::create_directories(held);
+  const std::string text = (held / "encode_decode.h5").string();
+  fs::copy_file(root_->path / "data" / "encode_decode.h5", text, fs::copy_options::overwrite_existing);
+  const hid_t file = H5Fopen(text.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  const hid_t tokens = H5Dopen2(file, "fields/text/tokens", H5P_DEFAULT);
+  const hid_t space = H5Dget_space(tokens);
+  const hsize_t at = 3, one = 1;
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, &at, nullptr, &one, nullptr);
+  const hid_t mem = H5Screate_simple(1, &one, nullptr);
+  const int32_t other = 7;
+  EXPECT_GE(H5Dwrite(tokens, H5T_NATIVE_INT32, mem, space, H5P_DEFAULT, &other), 0);
+  H5Sclose(mem);
+  H5Sclose(space);
+  H5Dclose(tokens);
+  H5Fclose(file);
+  seal_hdf5_file(text);
+
+  TrainConfig c;
+  c.mode = "mlm";
+  c.tokenizer = kSample + "tokenizer";
+  c.hidden = 16;
+  c.layers = 1;
+  c.max_positions = 64;
+  c.eval_dir = held.string();
+  c.eval_examples = 4;
+  test_support::expect_input_error([&] { make_mlm_workload(c, Device::cpu()); }, {text, "checksum mismatch"});
 }
 
 // ---- The replica checksum and the diverge fault -------------------------------------------------
