@@ -63,18 +63,8 @@ std::string export_tokenizer_dir(const TrainConfig& config) {
   return has_tokenizer(config.base) ? config.base : config.eval_tokenizer;
 }
 
-io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan) {
-  io::ExportExtras extras;
-  extras.tokenizer_dir = export_tokenizer_dir(config);
-  if (extras.tokenizer_dir.empty())
-    log::warn("the exports carry no tokenizer (model.base has none and eval.tokenizer is not set):",
-              " AutoTokenizer and qarac-embed need one");
-
-  io::ModelCard card;
-  card.base_model = hub_id(config.base);
-  card.base_path = config.base;
-  card.config_ini = to_ini(config);
-  card.plan = plan;
+TrainingDataNote training_data_note(const TrainConfig& config) {
+  TrainingDataNote note;
   std::set<std::string> datasets;
   for (int t = 0; t < data::kQaracTaskCount; ++t) {  // the rehearsal reads encode_decode's stream
     const fs::path stream =
@@ -82,11 +72,28 @@ io::ExportExtras export_extras(const TrainConfig& config, const std::string& pla
     std::error_code ec;
     if (!fs::is_regular_file(stream, ec)) continue;
     const data::StreamInfo info = data::TaskStreamFile(stream.string()).info();
-    if (extras.tokenizer_hash.empty()) extras.tokenizer_hash = info.tokenizer_hash;
+    if (note.tokenizer_hash.empty()) note.tokenizer_hash = info.tokenizer_hash;
     for (const data::SourceInfo& source : info.sources)
       datasets.insert(fs::path(source.path).filename().string());
   }
-  card.datasets.assign(datasets.begin(), datasets.end());
+  note.datasets.assign(datasets.begin(), datasets.end());
+  return note;
+}
+
+io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan, const TrainingDataNote& data) {
+  io::ExportExtras extras;
+  extras.tokenizer_dir = export_tokenizer_dir(config);
+  if (extras.tokenizer_dir.empty())
+    log::warn("the exports carry no tokenizer (model.base has none and eval.tokenizer is not set):",
+              " AutoTokenizer and qarac-embed need one");
+  extras.tokenizer_hash = data.tokenizer_hash;
+
+  io::ModelCard card;
+  card.base_model = hub_id(config.base);
+  card.base_path = config.base;
+  card.config_ini = to_ini(config);
+  card.plan = plan;
+  card.datasets = data.datasets;
   read_evaluations(fs::path(config.output) / "metrics.jsonl", card);
   extras.card = std::move(card);
   return extras;

@@ -99,6 +99,7 @@ struct Trainer::Impl {
   TrainConfig config;
   Place place;
   TaskCosts costs;  // what auto balances and the banner reports
+  TrainingDataNote data_note;  // rank 0: what the exports say of the data, read at the start
   parallel::TaskPlan plan;
   LearningRateSchedule schedule;
   StepLayout layout;
@@ -121,6 +122,7 @@ struct Trainer::Impl {
   StepStats train_step();
   bool step_is_finite(const StepStats& s, const std::vector<double>& slot_losses);
   data::LoaderCursor global_cursor() const;
+  void check_streams_agree() const;
   std::vector<CheckpointPart> held_parts() const;
   void save();
   void evaluate();
@@ -183,6 +185,8 @@ void Trainer::Impl::build(Device device) {
   // Data tokenised with another tokenizer than the base's is refused here, before the output
   // directory exists: its ids would reach past the models' vocabulary.
   t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size(), t.workload->max_tokens());
+  check_streams_agree();
+  if (place.root()) data_note = training_data_note(config);
   if (config.contrastive_qa() && place.world) {
     const std::vector<int>& ranks = plan.ranks_of(data::Task::question_answering);
     std::string name = "question_answering ranks";
@@ -430,6 +434,32 @@ bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>
   return false;
 }
 
+// Every rank of a task reads the same stream. Ranks that read different ones (re-prepared while
+// the job started, or node-local copies that differ) would draw the task's global batches from
+// different data, and nothing later would notice: the replicas still agree. Per task: whether this
+// rank reads it, its content checksum, and the checksum's complement, whose maximum is the
+// complement of the smallest.
+void Trainer::Impl::check_streams_agree() const {
+  if (!place.world) return;
+  constexpr size_t kFields = 3;
+  std::vector<uint64_t> seen(kFields * data::kTaskCount, 0);
+  for (const data::TaskCursor& t : training.loaders->cursor().tasks) {
+    uint64_t* s = &seen[kFields * static_cast<size_t>(t.task)];
+    s[0] = 1;
+    s[1] = t.stream_checksum;
+    s[2] = ~t.stream_checksum;
+  }
+  place.world->all_reduce(seen.data(), static_cast<int>(seen.size()), MPI_MAX, "task streams");
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const uint64_t* s = &seen[kFields * static_cast<size_t>(t)];
+    const data::Task task = static_cast<data::Task>(t);
+    QARAC_INPUT_CHECK(s[0] == 0 || s[1] == ~s[2], config.data_dir, "/", data::task_name(data::stream_task(task)),
+                      ".h5: the ranks of task ", data::task_name(task), " read different streams (checksums ",
+                      std::hex, std::showbase, ~s[2], " and ", s[1],
+                      "): it changed while the job started, or the ranks see different copies; rerun");
+  }
+}
+
 // Every task's global cursor: each rank knows those of its own tasks, the same on all of its
 // ranks; one all-reduce gives every rank all of them. Per task: epoch, position and the stream's
 // checksum in two 32-bit halves (each exact in a double).
@@ -535,7 +565,7 @@ void Trainer::Impl::export_models() {
   training.sync->gather_to_root("export");
   if (!place.root()) return;
   metrics.end_progress_line();
-  training.workload->export_models(output, export_extras(config, plan_report(config, plan, costs)));
+  training.workload->export_models(output, export_extras(config, plan_report(config, plan, costs), data_note));
 }
 
 Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)

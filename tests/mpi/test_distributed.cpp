@@ -424,6 +424,35 @@ TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
   EXPECT_FALSE(fs::exists(root() / "bad"));
 }
 
+// Before: ranks of a task that read different streams (one re-prepared while the job started,
+// node-local copies that differ) trained on both without a word, and the checkpoint recorded the
+// checksum of neither. Here each rank has a data folder of its own (MPMD), whose reasoning
+// streams differ.
+TEST_F(Distributed, RanksOfATaskReadingDifferentStreamsAreRefused) {
+  const fs::path other = root() / "data-other-reasoning";
+  fs::create_directories(other);
+  for (const char* task : {"encode_decode", "question_answering", "consistency"})
+    fs::copy_file(root() / "data" / (std::string(task) + ".h5"), other / (std::string(task) + ".h5"),
+                  fs::copy_options::overwrite_existing);
+  const CliResult prep = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample + "tokenizer --out " +
+                                     other.string() + " --avicenna " + kSample + "Avicenna_Test.csv");
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  const auto rank = [&](const fs::path& data) {
+    return std::string(QARAC_TRAIN_EXE) + " --output " + (root() / "different-streams").string() + " --model.base " +
+           (root() / "base").string() + " --data.dir " + data.string() +
+           " --train.dtype f64 --train.steps 1 --optimizer.warmup 0 --parallel.tasks ed:2,qa:2,rs:2,cs:2 --checkpoint.every 0 --eval.every 0" +
+           batches("");
+  };
+  const CliResult r = run_command("timeout " + std::to_string(kRunLimit) + " " + mpirun(1) + " " +
+                                  rank(root() / "data") + " : -np 1 " + rank(other));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find((root() / "data" / "reasoning.h5").string() +
+                          ": the ranks of task reasoning read different streams (checksums 0x"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(root() / "different-streams"));
+}
+
 // ---- model.mode mlm: masked-LM pre-training of the base is layout-invariant too ----
 // The masks of a token are keyed by (example id, position, token), dropout by the example id, and
 // the loss is the mean over the masked tokens of the whole global batch (every rank counts them

@@ -161,7 +161,11 @@ TEST_F(ExportsTest, ExportExtrasFromTheRun) {
       << R"({"step": 1, "loss": 3.0})" "\n"
       << R"({"step": 2, "eval": true, "forgetting.mlm_loss": 7.25, "qa.loss": 1})" "\n"
       << R"({"step": 3, "eval": tr)";  // a line cut short by a killed run
-  const io::ExportExtras e = export_extras(c, "the plan\n");
+  EXPECT_TRUE(training_data_note(c).datasets.empty());
+  // The data as the run read it at its start (by now data.dir may be prepared again, or gone).
+  const io::ExportExtras e = export_extras(c, "the plan\n", {"fnv1a64:00000000000000ab", {"a.csv", "b.txt"}});
+  EXPECT_EQ(e.tokenizer_hash, "fnv1a64:00000000000000ab");
+  EXPECT_EQ(e.card->datasets, (std::vector<std::string>{"a.csv", "b.txt"}));
   EXPECT_EQ(e.tokenizer_dir, kTokenizer);
   ASSERT_TRUE(e.card);
   EXPECT_EQ(e.card->base_model, "FacebookAI/roberta-base");
@@ -172,7 +176,7 @@ TEST_F(ExportsTest, ExportExtrasFromTheRun) {
   EXPECT_EQ(e.card->forgetting_first, 7.5);
   EXPECT_EQ(e.card->forgetting_last, 7.25);
   c.base = tmp_.str();
-  EXPECT_EQ(export_extras(c, "").card->base_model, "");
+  EXPECT_EQ(export_extras(c, "", {}).card->base_model, "");
 }
 
 // A tokenizer other than the data's is refused, and the export is not made.
