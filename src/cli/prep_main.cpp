@@ -269,6 +269,20 @@ int build(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());
+  // An earlier run that stopped while publishing left streams of two preparations here: this run
+  // makes the folder whole again only if it writes every stream that one was publishing.
+  if (const std::optional<std::vector<std::string>> earlier = unfinished_publish(out_dir)) {
+    std::string missing;
+    for (const std::string& name : *earlier) {
+      const bool mine = std::any_of(inputs.begin(), inputs.end(),
+                                    [&](const auto& input) { return name == std::string(task_name(input.first)) + ".h5"; });
+      if (!mine) missing += (missing.empty() ? "" : ", ") + name;
+    }
+    QARAC_INPUT_CHECK(missing.empty() && !earlier->empty(), out_dir, "/", kPublishingMarker,
+                      ": an earlier qarac-prep stopped while publishing its streams here, and this run does not write ",
+                      missing.empty() ? std::string("the ones it does not name") : missing,
+                      ": rerun that one (or remove this file to keep the folder as it is)");
+  }
 
   const auto start = std::chrono::steady_clock::now();
   int64_t total_examples = 0;
@@ -318,7 +332,7 @@ int build(int argc, char** argv) {
     total_examples += writer.examples();
     written.push_back(task);
   }
-  for (auto& w : writers) w->publish();
+  publish_streams(out_dir, writers);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 

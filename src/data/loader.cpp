@@ -162,6 +162,7 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
   QARAC_INPUT_CHECK(!plan.tasks.empty(), "the task plan gives rank ", plan.rank, " no task");
   QARAC_INPUT_CHECK(options.global_batch > 0, "the global batch must be positive, got ",
                     options.global_batch);
+  check_publishing_finished(options.data_dir);
   std::string hash = options.tokenizer_hash, hash_source = "the configured tokenizer";
   for (const TaskSlot& slot : plan.tasks) {
     for (const Stream& other : streams_)

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <new>
 
 #include "core/error.h"
@@ -223,6 +224,28 @@ Task task_named(const std::string& path, const std::string& name) {
 }
 
 }  // namespace
+
+// ---- A publish that did not finish ----------------------------------------------------------
+std::optional<std::vector<std::string>> unfinished_publish(const std::string& dir) {
+  std::ifstream in(dir + "/" + kPublishingMarker);
+  if (!in) return std::nullopt;
+  std::vector<std::string> names;
+  std::string line;
+  std::getline(in, line);  // who published
+  while (std::getline(in, line))
+    if (!line.empty()) names.push_back(line);
+  return names;
+}
+
+void check_publishing_finished(const std::string& dir) {
+  const std::optional<std::vector<std::string>> names = unfinished_publish(dir);
+  if (!names) return;
+  std::string list;
+  for (const std::string& n : *names) list += (list.empty() ? "" : ", ") + n;
+  throw InputError(detail::concat(dir, "/", kPublishingMarker, ": a qarac-prep stopped while publishing its streams here (",
+                                  list.empty() ? "unnamed" : list,
+                                  "): some may be its, others older; rerun it (or remove this file to keep them)"));
+}
 
 // ---- TaskStreamFile ------------------------------------------------------------------------
 TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,20 @@ struct StreamInfo {
   uint64_t checksum = 0;
 };
 
+// A qarac-prep publishes the streams of a run by renaming them into place one at a time. While it
+// does, the folder holds kPublishingMarker, which names them: written before the first rename,
+// removed after the last. A run stopped between two renames (killed, a power loss) leaves a
+// folder holding streams of two preparations, which readers refuse (check_publishing_finished)
+// rather than train on a mix that no single preparation made.
+constexpr const char* kPublishingMarker = ".qarac-prep-publishing";
+
+// The stream files (names) of the publish the marker of `dir` says did not finish; nullopt when
+// `dir` has no marker.
+std::optional<std::vector<std::string>> unfinished_publish(const std::string& dir);
+// InputError "<dir>/.qarac-prep-publishing: a qarac-prep stopped while publishing a.h5, b.h5
+// here ...; rerun it" when `dir` has the marker.
+void check_publishing_finished(const std::string& dir);
+
 struct WriterOptions {
   int64_t chunk_tokens = 1 << 16;    // elements per chunk of a field's tokens (256 KiB)
   int64_t chunk_examples = 1 << 14;  // elements per chunk of offsets and labels
@@ -93,7 +108,9 @@ class TaskStreamWriter {
   // naming the temporary file, which the destructor removes.
   void finish(StreamInfo info);
   uint64_t checksum() const { return checksum_; }  // after finish()
-  // Renames the finished temporary file over `path` (and fsyncs the folder).
+  const std::string& path() const { return out_.path(); }
+  // Renames the finished temporary file over `path` (and fsyncs the folder). Several streams
+  // go together through publish_streams.
   void publish();
 
  private:
@@ -144,6 +161,9 @@ struct StreamContents {
 };
 
 // A task-stream file opened for reading. Opening reads the metadata only.
+// Publishes the finished `writers`, whose files lie in `dir`, under the marker of `dir`.
+void publish_streams(const std::string& dir, const std::vector<std::unique_ptr<TaskStreamWriter>>& writers);
+
 class TaskStreamFile {
  public:
   // InputError when the file is missing, not HDF5, not a task stream, of another version, or

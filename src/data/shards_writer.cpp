@@ -8,8 +8,12 @@
 // one-line InputError naming the temporary file and what was being written. The file is closed
 // once, by finish() or by the destructor, never both; finish() then seals it (core/hdf5_seal.h),
 // so that a reader checks its bytes before HDF5 parses them.
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/hdf5_seal.h"
@@ -337,6 +341,21 @@ void TaskStreamWriter::finish(StreamInfo info) {
   out_.sync();
   checksum_ = info.checksum;
   finished_ = true;
+}
+
+void publish_streams(const std::string& dir, const std::vector<std::unique_ptr<TaskStreamWriter>>& writers) {
+  std::string text = detail::concat("qarac-prep (pid ", ::getpid(), ") publishing:\n");
+  for (const auto& w : writers) text += std::filesystem::path(w->path()).filename().string() + "\n";
+  const std::string marker = dir + "/" + kPublishingMarker;
+  {
+    AtomicFile file(marker);
+    file.write(text.data(), text.size());
+    file.commit();
+  }
+  for (const auto& w : writers) w->publish();
+  QARAC_INPUT_CHECK(::unlink(marker.c_str()) == 0, marker, ": cannot remove it after publishing: ", std::strerror(errno),
+                    " (every stream is in place: remove it)");
+  sync_folder(dir);
 }
 
 void TaskStreamWriter::publish() {

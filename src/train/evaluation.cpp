@@ -130,6 +130,7 @@ MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double p
 }
 
 QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
+  data::check_publishing_finished(options.data_dir);
   // The rehearsal's held-out measure is forgetting.mlm_loss, on encode_decode's text.
   for (int t = 0; t < data::kQaracTaskCount; ++t) {
     const Task task = static_cast<Task>(t);

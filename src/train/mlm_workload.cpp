@@ -52,6 +52,7 @@ class MlmWorkload : public Workload {
     }
     if (!c.eval_dir.empty()) {
       // Checked as the training text is: its task, its tokenizer (the model's), its lengths.
+      data::check_publishing_finished(c.eval_dir);
       const data::TaskStreamFile text(c.eval_dir + "/" + data::task_name(data::Task::encode_decode) + ".h5");
       QARAC_INPUT_CHECK(text.task() == data::Task::encode_decode, text.path(), ": holds task ",
                         data::task_name(text.task()), ", expected encode_decode (the text to pre-train on)");

@@ -478,6 +478,31 @@ TEST_F(Hostile, PrepSaysWhenItsSummaryCannotBeWritten) {
   EXPECT_NO_THROW(TaskStreamFile(out + "/encode_decode.h5"));
 }
 
+// Before: qarac-prep renamed its streams into place one by one, and a run killed between two
+// renames (the OOM killer, a power loss) left streams of two preparations, which training took
+// as one. The folder is now marked while streams are renamed: readers refuse a marked folder,
+// and a later qarac-prep clears the mark only if it writes every stream the stopped one named.
+TEST_F(Hostile, AStoppedPublishIsNotTakenForOnePreparation) {
+  const std::string out = path("data"), marker = out + "/" + kPublishingMarker;
+  const std::string prep = kPrep + " --tokenizer " + kSample + "tokenizer --out " + out;
+  ASSERT_EQ(run_command(prep + " --text " + kSample + "corpus_heldout.txt").code, 0);
+  EXPECT_FALSE(fs::exists(marker));  // gone once every stream is in place
+  // What a run killed after its first rename leaves (written as publish_streams writes it).
+  std::ofstream(marker) << "qarac-prep (pid 1) publishing:\nencode_decode.h5\nreasoning.h5\n";
+  expect_input_error([&] { Loader(kEncodeDecode, options_for(out)); },
+                     {marker, "stopped while publishing its streams here (encode_decode.h5, reasoning.h5)", "rerun it"});
+  // A run that writes only some of them leaves the folder as it is.
+  auto r = run_command(prep + " --text " + kSample + "corpus_heldout.txt");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("this run does not write reasoning.h5: rerun that one"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(marker));
+  // One that writes all of them makes it whole.
+  r = run_command(prep + " --text " + kSample + "corpus_heldout.txt --avicenna " + kSample + "Avicenna_Test.csv");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(marker));
+  EXPECT_NO_THROW(Loader(kEncodeDecode, options_for(out)));
+}
+
 // Before: a log whose reader went away killed qarac-prep with SIGPIPE (exit 141, no word) and left
 // its temporary files. The run now goes on and publishes its streams; only its summary is lost.
 TEST_F(Hostile, PrepOutlivesAClosedLogPipe) {
