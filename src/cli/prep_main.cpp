@@ -269,6 +269,17 @@ int build(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());
+  // What a killed run leaves behind (SIGKILL: no handler removes them), said rather than removed:
+  // on a shared file system the writer may be a live run on another node.
+  std::string leftovers;
+  for (const auto& entry : std::filesystem::directory_iterator(out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find(std::string(".h5") + kTempFileMarker) != std::string::npos)
+      leftovers += (leftovers.empty() ? "" : ", ") + name;
+  }
+  if (!leftovers.empty())
+    log::warn(out_dir, ": temporary files of a qarac-prep that was stopped or still runs elsewhere: ", leftovers,
+              " (remove them once no qarac-prep writes here)");
   // An earlier run that stopped while publishing left streams of two preparations here: this run
   // makes the folder whole again only if it writes every stream that one was publishing.
   if (const std::optional<std::vector<std::string>> earlier = unfinished_publish(out_dir)) {

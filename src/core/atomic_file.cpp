@@ -47,11 +47,13 @@ std::string folder_of(const std::string& path) {
 
 // errno is read before a message is built: building it allocates, which may change errno.
 AtomicFile::AtomicFile(std::string path, Mode mode)
-    : path_(followed(std::move(path))), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
+    : path_(followed(path)), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
   // The rename would put a file in place of a device or a FIFO (/dev/null, a pipe to a reader).
+  // Named as given too: a link's target alone may not say which of the user's paths led there.
   struct stat st;
   if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
-    throw InputError(path_ + ": not a regular file (" + (S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket") +
+    throw InputError((path == path_ ? path_ : path + " (a link to " + path_ + ")") + ": not a regular file (" +
+                     (S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket") +
                      "), which writing it would replace: name a file");
   if (mode != stream) return;
   file_ = std::fopen(tmp_.c_str(), "wb");

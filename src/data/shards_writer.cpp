@@ -309,17 +309,18 @@ void TaskStreamWriter::finish(StreamInfo info) {
     }
   }
   {
-    H5Id sources = create_group(file, root, "sources");
-    write_strings(file, sources.get(), "path", paths);
-    write_strings(file, sources.get(), "format", formats);
-    write_table(file, sources.get(), "lines", H5T_STD_I64LE, H5T_NATIVE_INT64, lines);
-    write_table(file, sources.get(), "examples", H5T_STD_I64LE, H5T_NATIVE_INT64, examples);
-    write_table(file, sources.get(), "candidates", H5T_STD_I64LE, H5T_NATIVE_INT64, candidates);
-    write_table(file, sources.get(), "truncated", H5T_STD_I64LE, H5T_NATIVE_INT64, truncated);
-    H5Id skipped = create_group(file, root, "skipped");
-    write_table(file, skipped.get(), "source", H5T_STD_I32LE, H5T_NATIVE_INT32, reason_source);
-    write_strings(file, skipped.get(), "reason", reasons);
-    write_table(file, skipped.get(), "count", H5T_STD_I64LE, H5T_NATIVE_INT64, counts);
+    // Each table by its path from the root, which a failed write names.
+    const H5Id sources = create_group(file, root, "sources");
+    write_strings(file, root, "sources/path", paths);
+    write_strings(file, root, "sources/format", formats);
+    write_table(file, root, "sources/lines", H5T_STD_I64LE, H5T_NATIVE_INT64, lines);
+    write_table(file, root, "sources/examples", H5T_STD_I64LE, H5T_NATIVE_INT64, examples);
+    write_table(file, root, "sources/candidates", H5T_STD_I64LE, H5T_NATIVE_INT64, candidates);
+    write_table(file, root, "sources/truncated", H5T_STD_I64LE, H5T_NATIVE_INT64, truncated);
+    const H5Id skipped = create_group(file, root, "skipped");
+    write_table(file, root, "skipped/source", H5T_STD_I32LE, H5T_NATIVE_INT32, reason_source);
+    write_strings(file, root, "skipped/reason", reasons);
+    write_table(file, root, "skipped/count", H5T_STD_I64LE, H5T_NATIVE_INT64, counts);
   }
 
   for (Field& f : fields_) {

@@ -135,9 +135,13 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   for (int t = 0; t < data::kQaracTaskCount; ++t) {
     const Task task = static_cast<Task>(t);
     const std::filesystem::path path = std::filesystem::path(options.data_dir) / (std::string(data::task_name(task)) + ".h5");
-    // A task without a held-out stream is not evaluated; a link to one that is gone is an error
-    // (exists() follows it, and the task's evaluation would vanish without a word).
-    if (!std::filesystem::exists(std::filesystem::symlink_status(path))) continue;
+    // A task without a held-out stream is not evaluated, which is said; a link to one that is
+    // gone is an error (exists() follows it, and the task's evaluation would vanish unsaid).
+    if (!std::filesystem::exists(std::filesystem::symlink_status(path))) {
+      log::warn_shared("evaluation: ", options.data_dir, " holds no ", path.filename().string(), ": ",
+                data::task_name(task), " is not evaluated");
+      continue;
+    }
     const data::TaskStreamFile file(path.string());
     QARAC_INPUT_CHECK(file.task() == task, path.string(), ": holds task ", data::task_name(file.task()), ", expected ",
                       data::task_name(task));
