@@ -132,14 +132,14 @@ MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double p
 QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   data::check_publishing_finished(options.data_dir);
   // The rehearsal's held-out measure is forgetting.mlm_loss, on encode_decode's text.
+  std::string missing;
   for (int t = 0; t < data::kQaracTaskCount; ++t) {
     const Task task = static_cast<Task>(t);
     const std::filesystem::path path = std::filesystem::path(options.data_dir) / (std::string(data::task_name(task)) + ".h5");
     // A task without a held-out stream is not evaluated, which is said; a link to one that is
     // gone is an error (exists() follows it, and the task's evaluation would vanish unsaid).
     if (!std::filesystem::exists(std::filesystem::symlink_status(path))) {
-      log::warn_shared("evaluation: ", options.data_dir, " holds no ", path.filename().string(), ": ",
-                data::task_name(task), " is not evaluated");
+      missing += (missing.empty() ? "" : ", ") + path.filename().string();
       continue;
     }
     const data::TaskStreamFile file(path.string());
@@ -170,6 +170,8 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   }
   QARAC_INPUT_CHECK(!batches_.empty(), options.data_dir, ": no held-out task stream (",
                     "encode_decode.h5, question_answering.h5, reasoning.h5, consistency.h5)");
+  if (!missing.empty())
+    log::warn_shared("evaluation: ", options.data_dir, " holds no ", missing, ": those tasks are not evaluated");
   if (!options.masking) log::info("evaluation: no tokenizer given, so no forgetting monitor (it needs <mask>)");
 }
 

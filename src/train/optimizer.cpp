@@ -17,10 +17,6 @@ OptimizerKind optimizer_from_name(const std::string& name) {
   throw InputError("unknown optimizer '" + name + "' (expected adamw or nadam)");
 }
 
-const char* decay_exempt_name(DecayExempt exempt) {
-  return exempt == DecayExempt::bias_norm ? "bias_norm" : "none";
-}
-
 DecayExempt decay_exempt_from_name(const std::string& name) {
   if (name == "none") return DecayExempt::none;
   if (name == "bias_norm") return DecayExempt::bias_norm;

@@ -19,8 +19,7 @@ OptimizerKind optimizer_from_name(const std::string& name);  // InputError namin
 // a model's parameters given to it), or bias_norm: biases and LayerNorm weights, as Hugging Face's
 // Trainer groups them.
 enum class DecayExempt { none, bias_norm };
-const char* decay_exempt_name(DecayExempt exempt);                // "none", "bias_norm"
-DecayExempt decay_exempt_from_name(const std::string& name);     // InputError naming the valid ones
+DecayExempt decay_exempt_from_name(const std::string& name);  // InputError naming the valid ones
 // Whether `exempt` leaves the parameter named `name` (a Hugging Face name) out of the decay: under
 // bias_norm, a bias ("….bias") or a LayerNorm's weight ("….LayerNorm.weight",
 // "lm_head.layer_norm.weight").

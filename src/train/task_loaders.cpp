@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <string>
 
+#include "core/error.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
 #include "train/export_card.h"
@@ -74,6 +75,54 @@ void TaskLoaders::restore(const data::LoaderCursor& c) {
     QARAC_INPUT_CHECK(it != c.tasks.end(), "data cursor: holds no position for task ", data::task_name(task));
     loader.restore({c.step, {*it}});
   }
+}
+
+// Per task: whether this rank reads it, its content checksum, and the checksum's complement, whose
+// maximum is the complement of the smallest.
+void TaskLoaders::check_streams_agree(const parallel::MpiGroup* world, const std::string& data_dir) const {
+  if (!world) return;
+  constexpr size_t kFields = 3;
+  std::vector<uint64_t> seen(kFields * data::kTaskCount, 0);
+  for (const data::TaskCursor& t : cursor().tasks) {
+    uint64_t* s = &seen[kFields * static_cast<size_t>(t.task)];
+    s[0] = 1;
+    s[1] = t.stream_checksum;
+    s[2] = ~t.stream_checksum;
+  }
+  world->all_reduce(seen.data(), static_cast<int>(seen.size()), MPI_MAX, "task streams");
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const uint64_t* s = &seen[kFields * static_cast<size_t>(t)];
+    const data::Task task = static_cast<data::Task>(t);
+    QARAC_INPUT_CHECK(s[0] == 0 || s[1] == ~s[2], data_dir, "/", data::task_name(data::stream_task(task)),
+                      ".h5: the ranks of task ", data::task_name(task), " read different streams (checksums ",
+                      std::hex, std::showbase, ~s[2], " and ", s[1],
+                      "): it changed while the job started, or the ranks see different copies; rerun");
+  }
+}
+
+// Per task: epoch, position and the stream's checksum in two 32-bit halves (each exact in a
+// double); -1 where this rank does not read the task.
+data::LoaderCursor TaskLoaders::global_cursor(const parallel::MpiGroup* world) const {
+  constexpr size_t kFields = 4;
+  const data::LoaderCursor mine = cursor();
+  std::vector<double> known(kFields * data::kTaskCount, -1.0);
+  for (const data::TaskCursor& t : mine.tasks) {
+    double* k = &known[kFields * static_cast<size_t>(t.task)];
+    k[0] = static_cast<double>(t.epoch);
+    k[1] = static_cast<double>(t.position);
+    k[2] = static_cast<double>(t.stream_checksum >> 32);
+    k[3] = static_cast<double>(t.stream_checksum & 0xffffffffu);
+  }
+  if (world) world->all_reduce(known.data(), static_cast<int>(known.size()), MPI_MAX, "data cursors");
+  data::LoaderCursor all;
+  all.step = mine.step;
+  for (int t = 0; t < data::kTaskCount; ++t) {
+    const double* k = &known[kFields * static_cast<size_t>(t)];
+    if (k[0] < 0) continue;
+    all.tasks.push_back({static_cast<data::Task>(t), static_cast<int64_t>(k[0]), static_cast<int64_t>(k[1]),
+                         (static_cast<uint64_t>(k[2]) << 32) | static_cast<uint64_t>(k[3])});
+  }
+  return all;
 }
 
 }  // namespace qarac

@@ -4,9 +4,11 @@
 // global cursors in that order.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "data/loader.h"
+#include "parallel/communicator.h"
 #include "train/config.h"
 
 namespace qarac {
@@ -24,6 +26,16 @@ class TaskLoaders {
   // Restores this rank's tasks from a cursor of any tasks (a checkpoint's holds every task of the
   // run); InputError when one of this rank's tasks is missing from it.
   void restore(const data::LoaderCursor& c);
+
+  // Across the ranks of `world` (null: this process alone), one all-reduce each:
+  // Every rank of a task reads the same stream. Ranks that read different ones (re-prepared while
+  // the job started, or node-local copies that differ) would draw the task's global batches from
+  // different data, and nothing later would notice: the replicas still agree. InputError naming
+  // the stream in `data_dir` otherwise.
+  void check_streams_agree(const parallel::MpiGroup* world, const std::string& data_dir) const;
+  // Every task's global cursor (a checkpoint's): each rank knows those of its own tasks, the same
+  // on all of its ranks.
+  data::LoaderCursor global_cursor(const parallel::MpiGroup* world) const;
 
  private:
   std::vector<data::Loader> loaders_;

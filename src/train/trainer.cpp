@@ -121,8 +121,6 @@ struct Trainer::Impl {
   void discard_unstarted() noexcept;
   StepStats train_step();
   bool step_is_finite(const StepStats& s, const std::vector<double>& slot_losses);
-  data::LoaderCursor global_cursor() const;
-  void check_streams_agree() const;
   std::vector<CheckpointPart> held_parts() const;
   void save();
   void evaluate();
@@ -185,7 +183,7 @@ void Trainer::Impl::build(Device device) {
   // Data tokenised with another tokenizer than the base's is refused here, before the output
   // directory exists: its ids would reach past the models' vocabulary.
   t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size(), t.workload->max_tokens());
-  check_streams_agree();
+  t.loaders->check_streams_agree(place.world.get(), config.data_dir);
   if (place.root()) data_note = training_data_note(config);
   if (config.contrastive_qa() && place.world) {
     const std::vector<int>& ranks = plan.ranks_of(data::Task::question_answering);
@@ -434,58 +432,6 @@ bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>
   return false;
 }
 
-// Every rank of a task reads the same stream. Ranks that read different ones (re-prepared while
-// the job started, or node-local copies that differ) would draw the task's global batches from
-// different data, and nothing later would notice: the replicas still agree. Per task: whether this
-// rank reads it, its content checksum, and the checksum's complement, whose maximum is the
-// complement of the smallest.
-void Trainer::Impl::check_streams_agree() const {
-  if (!place.world) return;
-  constexpr size_t kFields = 3;
-  std::vector<uint64_t> seen(kFields * data::kTaskCount, 0);
-  for (const data::TaskCursor& t : training.loaders->cursor().tasks) {
-    uint64_t* s = &seen[kFields * static_cast<size_t>(t.task)];
-    s[0] = 1;
-    s[1] = t.stream_checksum;
-    s[2] = ~t.stream_checksum;
-  }
-  place.world->all_reduce(seen.data(), static_cast<int>(seen.size()), MPI_MAX, "task streams");
-  for (int t = 0; t < data::kTaskCount; ++t) {
-    const uint64_t* s = &seen[kFields * static_cast<size_t>(t)];
-    const data::Task task = static_cast<data::Task>(t);
-    QARAC_INPUT_CHECK(s[0] == 0 || s[1] == ~s[2], config.data_dir, "/", data::task_name(data::stream_task(task)),
-                      ".h5: the ranks of task ", data::task_name(task), " read different streams (checksums ",
-                      std::hex, std::showbase, ~s[2], " and ", s[1],
-                      "): it changed while the job started, or the ranks see different copies; rerun");
-  }
-}
-
-// Every task's global cursor: each rank knows those of its own tasks, the same on all of its
-// ranks; one all-reduce gives every rank all of them. Per task: epoch, position and the stream's
-// checksum in two 32-bit halves (each exact in a double).
-data::LoaderCursor Trainer::Impl::global_cursor() const {
-  constexpr size_t kFields = 4;
-  const data::LoaderCursor mine = training.loaders->cursor();
-  std::vector<double> known(kFields * data::kTaskCount, -1.0);
-  for (const data::TaskCursor& t : mine.tasks) {
-    double* k = &known[kFields * static_cast<size_t>(t.task)];
-    k[0] = static_cast<double>(t.epoch);
-    k[1] = static_cast<double>(t.position);
-    k[2] = static_cast<double>(t.stream_checksum >> 32);
-    k[3] = static_cast<double>(t.stream_checksum & 0xffffffffu);
-  }
-  if (place.world) place.world->all_reduce(known.data(), static_cast<int>(known.size()), MPI_MAX, "data cursors");
-  data::LoaderCursor all;
-  all.step = mine.step;
-  for (int t = 0; t < data::kTaskCount; ++t) {
-    const double* k = &known[kFields * static_cast<size_t>(t)];
-    if (k[0] < 0) continue;
-    all.tasks.push_back({static_cast<data::Task>(t), static_cast<int64_t>(k[0]), static_cast<int64_t>(k[1]),
-                         (static_cast<uint64_t>(k[2]) << 32) | static_cast<uint64_t>(k[3])});
-  }
-  return all;
-}
-
 // The checkpoint parts this rank holds: its model groups.
 std::vector<CheckpointPart> Trainer::Impl::held_parts() const {
   std::vector<CheckpointPart> parts;
@@ -501,7 +447,7 @@ void Trainer::Impl::save() {
   TrainingState state;
   state.step = step;
   state.seed = static_cast<uint64_t>(config.seed);
-  state.cursor = global_cursor();
+  state.cursor = training.loaders->global_cursor(place.world.get());
   state.config = to_ini(config);
   const std::string what = "checkpoint at step " + std::to_string(step);
   if (place.root()) begin_checkpoint(checkpoint_dir, step);
