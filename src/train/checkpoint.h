@@ -60,6 +60,7 @@ struct TrainingState {
   uint64_t seed = 0;  // the run's seed; with `step`, the state of every random stream (core/rng.h)
   data::LoaderCursor cursor;  // the global cursor of every task of the run
   std::string config;  // the run's configuration (INI text), stored as given
+  uint64_t frozen_base_hash = 0;  // Workload::frozen_base_hash; 0: none (or a checkpoint from before it)
 };
 
 // Some of the optimizer's parameters, saved as one file of a checkpoint.

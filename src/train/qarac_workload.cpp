@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include "core/hash.h"
 #include "core/log.h"
 #include "data/tokenizer.h"
 #include "io/hf_checkpoint.h"
@@ -71,6 +72,17 @@ class QaracWorkload : public Workload {
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
     objectives_ = std::make_unique<Objectives>(*models_, qa_objective_of(c));
     train_head_ = c.mlm_head == "trained";
+    // The head a rehearsal starts from, and the forgetting monitor's (eval.tokenizer gives its masks).
+    if (c.rehearsal() || (!c.eval_dir.empty() && !c.eval_tokenizer.empty())) {
+      Hash64 hash;
+      for (const auto& [name, tensor] : base_.lm_head) {
+        Tensor host = tensor.to(Device::cpu());
+        if (!host.is_contiguous()) host = host.clone();
+        hash.bytes(name.data(), name.size());
+        hash.bytes(host.raw(), host.nbytes());
+      }
+      frozen_base_hash_ = hash.value();
+    }
     if (c.rehearsal() && qc.build_answer_encoder)
       rehearsal_ = std::make_unique<Rehearsal>(*models_, base_.lm_head, c.base + "/model.safetensors",
                                                rehearsal_masking(c, base_.config), train_head_);
@@ -110,12 +122,15 @@ class QaracWorkload : public Workload {
                           io::master_tensors(models_->model_parameters(model)), extras);
   }
 
+  uint64_t frozen_base_hash() const override { return frozen_base_hash_; }
+
  private:
   io::HfRoberta base_;
   std::unique_ptr<QaracModels> models_;
   std::unique_ptr<Objectives> objectives_;
   std::unique_ptr<Rehearsal> rehearsal_;  // task.mlm.weight > 0
   bool train_head_ = false;              // task.mlm.head trained
+  uint64_t frozen_base_hash_ = 0;        // of base_.lm_head, when the run reads it
 };
 
 }  // namespace

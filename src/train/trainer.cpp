@@ -241,6 +241,10 @@ void Trainer::Impl::start() {
     // Allowed, but said: the run goes on other than one uninterrupted run would.
     std::string changes;
     for (const std::string& c : resume_changes(config, saved_config)) changes += (changes.empty() ? "" : ", ") + c;
+    const uint64_t base_hash = training.workload->frozen_base_hash();
+    if (state.frozen_base_hash != 0 && base_hash != 0 && base_hash != state.frozen_base_hash)
+      changes += detail::concat(changes.empty() ? "" : ", ", "model.base's MLM head (hash64 ", std::hex,
+                                std::showbase, state.frozen_base_hash, " -> ", base_hash, ")");
     if (!changes.empty()) {
       resumed_with = "# Resumed at step " + std::to_string(step) + " with settings other than the checkpoint's run's: " +
                      changes + "\n";
@@ -449,6 +453,7 @@ void Trainer::Impl::save() {
   state.seed = static_cast<uint64_t>(config.seed);
   state.cursor = training.loaders->global_cursor(place.world.get());
   state.config = to_ini(config);
+  state.frozen_base_hash = training.workload->frozen_base_hash();
   const std::string what = "checkpoint at step " + std::to_string(step);
   if (place.root()) begin_checkpoint(checkpoint_dir, step);
   if (place.world) place.world->barrier(what);

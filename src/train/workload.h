@@ -44,6 +44,10 @@ class Workload {
   // The trained models as Hugging Face directories under <output>/export/, with `extras`
   // (train/export_card.h).
   virtual void export_models(const std::string& output, const io::ExportExtras& extras) = 0;
+  // hash64 of what the run reads from model.base at every start and never trains (the MLM head of
+  // the rehearsal and the forgetting monitor), or 0 when it reads none: checkpoints record it, so
+  // that a resume from a base that differs there says so.
+  virtual uint64_t frozen_base_hash() const { return 0; }
 };
 
 // task.qa.objective and task.qa.temperature, for the objectives of training and evaluation.

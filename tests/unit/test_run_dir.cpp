@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "support/train_cli.h"
 #include "train/run_dir.h"
 
@@ -214,6 +215,29 @@ TEST_F(RunDirCli, ConfigIniIsRewrittenWhenARunResumes) {
   const CliResult same_rates = train(constant, "--resume --train.steps 3 --optimizer.decay constant");
   ASSERT_EQ(same_rates.code, 0) << same_rates.output;
   EXPECT_EQ(same_rates.output.find("settings other than"), std::string::npos) << same_rates.output;
+}
+
+// The base's MLM head is read at every start and never trained (the forgetting monitor's here):
+// a resume from a base whose head differs says so (before: unsaid, and forgetting.mlm_loss went
+// on under another head than its first measure's). The same base says nothing.
+TEST_F(RunDirCli, ResumeFromABaseWithAnotherHeadIsSaid) {
+  const fs::path run = root() / "other-head", base = root() / "base-other-head";
+  const std::string monitor = eval_args() + " --eval.tokenizer " + qarac::test_support::kSample + "tokenizer --eval.every 0";
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2" + monitor).code, 0);
+  fs::copy(root() / "base", base, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  qarac::TensorMap weights = qarac::io::read_safetensors((base / "model.safetensors").string());
+  std::vector<float> dense = weights.at("lm_head.dense.weight").to_vector<float>();
+  for (float& x : dense) x += 0.5f;  // the tiny base's head is zeros
+  weights["lm_head.dense.weight"] = qarac::Tensor::from_vector(dense, weights.at("lm_head.dense.weight").shape());
+  qarac::io::write_safetensors((base / "model.safetensors").string(), weights);
+
+  const CliResult same = train(run, "--resume --train.steps 3 --checkpoint.every 3" + monitor);
+  ASSERT_EQ(same.code, 0) << same.output;
+  EXPECT_EQ(same.output.find("MLM head"), std::string::npos) << same.output;
+  const CliResult other =
+      train(run, "--resume --train.steps 4 --checkpoint.every 4 --model.base " + base.string() + monitor);
+  ASSERT_EQ(other.code, 0) << other.output;
+  EXPECT_NE(other.output.find("model.base's MLM head (hash64 0x"), std::string::npos) << other.output;
 }
 
 // A resume on other data whose streams have the same sizes (here: one word of the text corpus
