@@ -39,7 +39,8 @@ inline bool parse_command_line(int argc, const char* const argv[],
 
 // What a program prints on standard output is a result (a summary, a table, vectors): it exits 0
 // only when all of it was written (a full disk, a closed descriptor; a closed pipe ends it with
-// SIGPIPE, as it does any Unix filter).
+// SIGPIPE, as it does any Unix filter, unless it ignores SIGPIPE as qarac-prep does, whose
+// results are files: then the write fails here).
 inline void check_standard_output() {
   errno = 0;
   const bool flushed = std::fflush(stdout) == 0;  // std::cout writes through stdout's buffer

@@ -42,7 +42,7 @@ void write_vectors(const std::string& path, const Vectors& vectors);
 
 // `text` to the file `path` (atomically: core/atomic_file.h), or to standard output for "-",
 // whole or an InputError (a full disk, a closed descriptor; a closed pipe ends the program with
-// SIGPIPE, as it does any Unix filter).
+// SIGPIPE, as it does any Unix filter: the programs that write vectors do not ignore it).
 void write_text(const std::string& path, const std::string& text);
 
 // .npy (f32 or f64, C order, 2-D) or JSON lines ({"vector": [...]} or an array per line).

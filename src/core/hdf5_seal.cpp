@@ -63,14 +63,16 @@ void seal_block(uint64_t hash, uint64_t size, char (&block)[kHdf5SealBytes]) {
 // same stream in several places (the plan, the loaders, the export), and each would hash it again.
 // Only files last changed over a second before the check are kept: file systems stamp changes
 // with a coarse clock, so a change within the same tick as the one checked would look unchanged.
+// (Damage that no write made, a failing disk's, changes neither time: the cache lasts a process.)
 constexpr int64_t kSettledNs = 1000000000;
 struct Verified {
   dev_t device;
   ino_t inode;
   off_t size;
-  int64_t modified_ns;
+  int64_t modified_ns, changed_ns;  // mtime, and ctime, which no tool can set back (touch -r, cp -p)
   bool operator<(const Verified& o) const {
-    return std::tie(device, inode, size, modified_ns) < std::tie(o.device, o.inode, o.size, o.modified_ns);
+    return std::tie(device, inode, size, modified_ns, changed_ns) <
+           std::tie(o.device, o.inode, o.size, o.modified_ns, o.changed_ns);
   }
 };
 std::mutex g_verified_mutex;
@@ -111,7 +113,8 @@ bool check_hdf5_seal(const std::string& path, const char* noun, const char* reme
   if (!S_ISREG(st.st_mode))
     fail(detail::concat("not a ", noun, " (", S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket", ")"));
   const Verified identity{st.st_dev, st.st_ino, st.st_size,
-                          int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec};
+                          int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
+                          int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec};
   {
     const std::lock_guard<std::mutex> lock(g_verified_mutex);
     if (g_verified.count(identity) != 0) return true;
@@ -146,7 +149,7 @@ bool check_hdf5_seal(const std::string& path, const char* noun, const char* reme
                         computed, "): the file is corrupt", remedy ? detail::concat(" (", remedy, ")") : ""));
   timespec now{};
   ::clock_gettime(CLOCK_REALTIME, &now);
-  if (int64_t{now.tv_sec} * 1000000000 + now.tv_nsec - identity.modified_ns > kSettledNs) {
+  if (int64_t{now.tv_sec} * 1000000000 + now.tv_nsec - std::max(identity.modified_ns, identity.changed_ns) > kSettledNs) {
     const std::lock_guard<std::mutex> lock(g_verified_mutex);
     g_verified.insert(identity);
   }

@@ -108,7 +108,7 @@ class TaskStreamWriter {
   // naming the temporary file, which the destructor removes.
   void finish(StreamInfo info);
   uint64_t checksum() const { return checksum_; }  // after finish()
-  const std::string& path() const { return out_.path(); }
+  Task task() const { return task_; }
   // Renames the finished temporary file over `path` (and fsyncs the folder). Several streams
   // go together through publish_streams.
   void publish();
@@ -160,10 +160,10 @@ struct StreamContents {
   int32_t max_token = -1;      // the largest token id of the fields
 };
 
-// A task-stream file opened for reading. Opening reads the metadata only.
 // Publishes the finished `writers`, whose files lie in `dir`, under the marker of `dir`.
 void publish_streams(const std::string& dir, const std::vector<std::unique_ptr<TaskStreamWriter>>& writers);
 
+// A task-stream file opened for reading. Opening reads the metadata only.
 class TaskStreamFile {
  public:
   // InputError when the file is missing, not HDF5, not a task stream, of another version, or

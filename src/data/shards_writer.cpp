@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include "core/error.h"
 #include "core/hdf5_seal.h"
@@ -346,7 +345,7 @@ void TaskStreamWriter::finish(StreamInfo info) {
 
 void publish_streams(const std::string& dir, const std::vector<std::unique_ptr<TaskStreamWriter>>& writers) {
   std::string text = detail::concat("qarac-prep (pid ", ::getpid(), ") publishing:\n");
-  for (const auto& w : writers) text += std::filesystem::path(w->path()).filename().string() + "\n";
+  for (const auto& w : writers) text += std::string(task_name(w->task())) + ".h5\n";  // as readers name them
   const std::string marker = dir + "/" + kPublishingMarker;
   {
     AtomicFile file(marker);

@@ -130,7 +130,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(opt, "optimizer.beta2", &c.beta2, "second-moment decay");
   d->add(opt, "optimizer.eps", &c.eps, "denominator epsilon");
   d->add(opt, "optimizer.weight_decay", &c.weight_decay, "weight decay");
-  d->add(opt, "optimizer.decay_exempt", &c.decay_exempt, "parameters the weight decay leaves out: none (every parameter, as torch.optim given a whole model) or bias_norm (biases and LayerNorm weights, as Hugging Face's Trainer; on cuda an update launch per run of them, about 8 a layer instead of 1)");
+  d->add(opt, "optimizer.decay_exempt", &c.decay_exempt, "parameters the weight decay leaves out: none (every parameter, as torch.optim given a whole model) or bias_norm (biases and LayerNorm weights, as Hugging Face's Trainer; on cuda an update launch per run of them, about 8 a layer, where none takes 1 a model)");
   d->add(opt, "optimizer.momentum_decay", &c.momentum_decay, "nadam: momentum decay psi");
   d->add(opt, "optimizer.decoupled_weight_decay", &c.decoupled_weight_decay, "nadam: decoupled (AdamW-style) weight decay instead of L2");
   d->add(opt, "optimizer.warmup", &c.warmup, "steps of linear warmup from 0 (fewer than train.steps; 0: none)");

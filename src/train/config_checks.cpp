@@ -36,11 +36,19 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
     if (key == "task.mlm.head") return "with model.mode mlm (rehearsal is a model.mode qarac task)";
   }
   if (key == "task.qa.temperature" && !c.contrastive_qa()) return "with task.qa.objective " + c.qa_objective;
-  // Exact names only: a misspelt one is refused by its own check, not called a reason here.
-  if (c.optimizer == "adamw" && among({"optimizer.momentum_decay", "optimizer.decoupled_weight_decay"}))
+  // The optimizer's: only a value other than the default, which the user meant to act (`false`
+  // under adamw read as Adam with L2 decay); the defaults stand in every config.ini of earlier
+  // builds and in the shipped templates. Exact names only: a misspelt one is refused by its own
+  // check, not called a reason here.
+  const TrainConfig defaults;
+  if (c.optimizer == "adamw" && ((key == "optimizer.momentum_decay" && c.momentum_decay != defaults.momentum_decay) ||
+                                 (key == "optimizer.decoupled_weight_decay" &&
+                                  c.decoupled_weight_decay != defaults.decoupled_weight_decay)))
     return "with optimizer.name adamw (nadam only; adamw always decouples its weight decay)";
-  if (key == "optimizer.final" && c.decay == "constant") return "with optimizer.decay constant";
-  if (key == "optimizer.decay_exempt" && c.weight_decay == 0) return "while optimizer.weight_decay is 0";
+  if (key == "optimizer.final" && c.decay == "constant" && c.final_lr != defaults.final_lr)
+    return "with optimizer.decay constant";
+  if (key == "optimizer.decay_exempt" && c.weight_decay == 0 && c.decay_exempt != defaults.decay_exempt)
+    return "while optimizer.weight_decay is 0";
   return "";
 }
 
@@ -208,13 +216,17 @@ std::map<std::string, std::string> read_ini(const std::string& text) {
 std::vector<std::string> resume_changes(const TrainConfig& config, const std::string& saved_ini) {
   const std::map<std::string, std::string> saved = read_ini(saved_ini), now = read_ini(to_ini(config));
   std::vector<std::string> changes;
+  const std::map<std::string, std::string> defaults = read_ini(to_ini(TrainConfig{}));
   for (const auto& [key, value] : now) {
     // The run's length too where the rates depend on it: a decay spans train.steps, so another
     // length moves the rate of every step from here on (a rate that rises again, for a longer run).
     const bool rates = key.rfind("optimizer.", 0) == 0 || (key == "train.steps" && config.decay != "constant");
     if (!rates && key.rfind("task.", 0) != 0) continue;
-    const auto it = saved.find(key);  // absent: a key of a later version, its default then
-    if (it != saved.end() && it->second != value) changes.push_back(key + " " + it->second + " -> " + value);
+    // Absent: a key of a later version than the checkpoint's run, which ran with its default.
+    const auto it = saved.find(key);
+    const auto fallback = defaults.find(key);
+    const std::string* was = it != saved.end() ? &it->second : fallback != defaults.end() ? &fallback->second : nullptr;
+    if (was && *was != value) changes.push_back(key + " " + *was + " -> " + value);
   }
   return changes;
 }

@@ -72,8 +72,9 @@ class QaracWorkload : public Workload {
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
     objectives_ = std::make_unique<Objectives>(*models_, qa_objective_of(c));
     train_head_ = c.mlm_head == "trained";
-    // The head a rehearsal starts from, and the forgetting monitor's (eval.tokenizer gives its masks).
-    if (c.rehearsal() || (!c.eval_dir.empty() && !c.eval_tokenizer.empty())) {
+    // The head read from the base at every start, never trained: a frozen rehearsal's, and the
+    // forgetting monitor's (eval.tokenizer gives its masks). A trained one is the checkpoint's.
+    if ((c.rehearsal() && !train_head_) || (!c.eval_dir.empty() && !c.eval_tokenizer.empty())) {
       Hash64 hash;
       for (const auto& [name, tensor] : base_.lm_head) {
         Tensor host = tensor.to(Device::cpu());

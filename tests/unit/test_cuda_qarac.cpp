@@ -54,8 +54,9 @@ using test_support::on_cpu;
 using test_support::on_gpu;
 using test_support::uniform;
 
-// `floor` is an absolute allowance for tensors whose exact values are all zero (the attention key
-// bias's gradient: the softmax cancels it) and which both sides hold as rounding noise.
+// `floor` is an absolute allowance for tensors whose exact values are all zero, which a side may
+// hold as rounding noise (a reference that computes the attention key bias's gradient, which the
+// softmax cancels, rather than writing the 0).
 void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
                   double floor = 0) {
   ASSERT_EQ(got.shape(), want.shape()) << what;

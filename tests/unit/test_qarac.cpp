@@ -620,7 +620,7 @@ TEST(Decoder, DropoutFollowsSequenceIdsAcrossBatchSplits) {
   }
   for (size_t k = 0; k < params.size(); ++k) {
     if (params[k]->name.find("attention.self.key.bias") != std::string::npos) {
-      // Exactly 0 (the softmax cancels it): rounding noise on both sides, nothing to scale by.
+      // Exactly 0 on both sides (the softmax cancels it; the backward pass writes the 0).
       for (size_t i = 0; i < whole.grads[k].size(); ++i)
         EXPECT_NEAR(split.grads[k][i], whole.grads[k][i], 1e-14) << params[k]->name;
       continue;

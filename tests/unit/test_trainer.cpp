@@ -493,9 +493,39 @@ TEST(TrainConfig, ExampleConfigsParse) {
     if (c->tokenizer.empty() && c->pretraining()) c->tokenizer = "/tmp/tokenizer";
     if (c->eval_dir.empty() && c->eval_every > 0) c->eval_dir = "/tmp/heldout";
     check_values(*c);
+    // As launch/forgetting.sh runs it: a constant rate, the template's `final = 0` kept.
+    c->decay = "constant";
+    check_values(*c);
     ++count;
   }
   EXPECT_GE(count, 1);
+}
+
+// The optimizer's settings a mode ignores are refused only at a value other than the default:
+// the defaults stand in the config.ini of every earlier run and in older templates, which
+// --config must go on reading; another value means the user expected it to act.
+TEST(TrainConfig, IgnoredOptimizerSettingsAreRefusedOnlyAwayFromTheirDefault) {
+  std::optional<TrainConfig> c =
+      parse({"--output", "/tmp/run", "--model.base", "/tmp/base", "--data.dir", "/tmp/data", "--optimizer.decay",
+             "constant", "--optimizer.final", "0", "--optimizer.momentum_decay", "0.004",
+             "--optimizer.decoupled_weight_decay", "true"});
+  ASSERT_TRUE(c);
+  EXPECT_NO_THROW(check_values(*c));
+  c->decoupled_weight_decay = false;
+  expect_input_error([&] { check_values(*c); }, {"optimizer.decoupled_weight_decay: has no effect with optimizer.name adamw"});
+}
+
+// A key the checkpoint's run did not have (an earlier build's) ran at its default: a resume that
+// sets it otherwise says so like any other change.
+TEST(TrainConfig, ResumeChangesCountAKeyTheCheckpointLacksAsItsDefault) {
+  TrainConfig c;
+  std::string saved = to_ini(c);
+  const size_t at = saved.find("decay_exempt = none\n");
+  ASSERT_NE(at, std::string::npos) << saved;
+  saved.erase(at, std::string("decay_exempt = none\n").size());
+  EXPECT_TRUE(resume_changes(c, saved).empty());
+  c.decay_exempt = "bias_norm";
+  EXPECT_EQ(resume_changes(c, saved), (std::vector<std::string>{"optimizer.decay_exempt none -> bias_norm"}));
 }
 
 TEST(TrainConfig, ValueErrorsNameTheKey) {
