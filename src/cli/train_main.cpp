@@ -80,8 +80,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     trainer = std::make_unique<qarac::Trainer>(*config, runtime.get());
-    // Pre-training evaluates itself (the held-out MLM loss); the QARAC models need the evaluator.
-    if (!config->eval_dir.empty() && !config->pretraining()) trainer->set_evaluator(make_evaluator(*config));
+    // Pre-training evaluates itself (the held-out MLM loss); the QARAC models need the evaluator,
+    // which only rank 0 runs, so only it reads the held-out streams.
+    if (!config->eval_dir.empty() && !config->pretraining() && runtime->rank() == 0)
+      trainer->set_evaluator(make_evaluator(*config));
     try {
       if (trainer->run() == qarac::Trainer::RunEnd::stopped) return qarac::kExitPreempted;
     } catch (const qarac::parallel::CommError& e) {

@@ -20,7 +20,7 @@ namespace {
 
 class MlmWorkload : public Workload {
  public:
-  MlmWorkload(const TrainConfig& c, Device device) {
+  MlmWorkload(const TrainConfig& c, Device device, bool evaluates) {
     const data::Tokenizer tokenizer = data::Tokenizer::from_dir(c.tokenizer);
     masking_ = mlm_masking(tokenizer, static_cast<uint64_t>(c.seed), c.mask_probability);
     io::HfRoberta base;
@@ -50,7 +50,7 @@ class MlmWorkload : public Workload {
       io::assign_parameters(encoder_->parameters(), base.encoder, c.base + "/model.safetensors");
       if (!base.lm_head.empty()) mlm_->head().load(base.lm_head, c.base + "/model.safetensors");
     }
-    if (!c.eval_dir.empty()) {
+    if (evaluates && !c.eval_dir.empty()) {
       // Checked as the training text is: its task, its tokenizer (the model's), its lengths.
       data::check_publishing_finished(c.eval_dir);
       const data::TaskStreamFile text(c.eval_dir + "/" + data::task_name(data::Task::encode_decode) + ".h5");
@@ -107,8 +107,8 @@ class MlmWorkload : public Workload {
 
 }  // namespace
 
-std::unique_ptr<Workload> make_mlm_workload(const TrainConfig& config, Device device) {
-  return std::make_unique<MlmWorkload>(config, device);
+std::unique_ptr<Workload> make_mlm_workload(const TrainConfig& config, Device device, bool evaluates) {
+  return std::make_unique<MlmWorkload>(config, device, evaluates);
 }
 
 }  // namespace qarac

@@ -172,7 +172,7 @@ void Trainer::Impl::build(Device device) {
   Training& t = training;
   t.device = device;
   if (config.pretraining()) {
-    t.workload = make_mlm_workload(config, device);
+    t.workload = make_mlm_workload(config, device, place.root());
   } else {
     // A rank builds the models its tasks use; rank 0 all three, for the evaluation and the export.
     std::array<bool, parallel::kModelCount> build{};

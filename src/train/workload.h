@@ -57,7 +57,8 @@ QaObjective qa_objective_of(const TrainConfig& config);
 std::unique_ptr<Workload> make_qarac_workload(const TrainConfig& config, Device device,
                                               const std::array<bool, parallel::kModelCount>& build);
 // One model, exported as export/base: a Hugging Face RobertaForMaskedLM directory that
-// model.base of a qarac run can name.
-std::unique_ptr<Workload> make_mlm_workload(const TrainConfig& config, Device device);
+// model.base of a qarac run can name. Only a workload that `evaluates` (the run's rank 0) reads
+// the held-out text.
+std::unique_ptr<Workload> make_mlm_workload(const TrainConfig& config, Device device, bool evaluates);
 
 }  // namespace qarac
