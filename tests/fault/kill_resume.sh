@@ -102,7 +102,7 @@ state_of() {
   echo
 }
 
-before_first=0 finished_first=0
+before_first=0 finished_first=0 landed=0
 for ((i = 1; i <= kills; i++)); do
   ranks=$((i % 3 == 0 ? 4 : 1))
   keep=$([ "$ranks" -eq 1 ] && echo 2 || echo 1)
@@ -124,8 +124,8 @@ for ((i = 1; i <= kills; i++)); do
     p=${p%/comm}
     grep -qa -- "$out" "/proc/$p/cmdline" 2>/dev/null && victims+=("$p")
   done
-  if [ ${#victims[@]} -gt 0 ]; then
-    kill -9 "${victims[RANDOM % ${#victims[@]}]}" 2>/dev/null || true
+  if [ ${#victims[@]} -gt 0 ] && kill -9 "${victims[RANDOM % ${#victims[@]}]}" 2>/dev/null; then
+    landed=$((landed + 1))
   fi
   # Open MPI 4.1's mpirun can hang once it has reported a rank killed while PMIx was connecting it
   # ("PMIX ERROR: UNREACHABLE", the other ranks ended): its bug, not the run's, whose processes
@@ -146,6 +146,10 @@ for ((i = 1; i <= kills; i++)); do
   done
   state=$(state_of "$out")
   case $state in "no directory"*|"no checkpoint"*) before_first=$((before_first + 1)) ;; esac
+  # The checkpoint a resume must start from (a restart from step 0 would end with the same bits).
+  newest=
+  [ ! -d "$out/checkpoints" ] ||
+    newest=$(find "$out/checkpoints" -maxdepth 1 -name 'step-*' ! -name '*.tmp' ! -name '*.del' | sort | tail -1)
   [ "$code" -eq 0 ] && finished_first=$((finished_first + 1))
   resumes=0
   while [ "$code" -ne 0 ]; do
@@ -158,6 +162,10 @@ for ((i = 1; i <= kills; i++)); do
     fi
     "${cmd[@]}" > "$work/resume-$i.log" 2>&1 && code=0 || code=$?
   done
+  if [ "$resumes" -gt 0 ] && [ -n "$newest" ]; then
+    grep -q "resuming from $newest at step" "$work/resume-$i.log" ||
+      fail "kill $i ($state): the resume did not start from $newest: $(grep -m1 -e resuming -e step "$work/resume-$i.log")"
+  fi
   [ "$(digest "$out")" = "${straight_digest[$ranks]}" ] ||
     fail "kill $i ($ranks rank(s), after $delay ms, $state): the weights differ from the straight run's"
   check_metrics "$out" || fail "kill $i ($ranks rank(s), after $delay ms, $state)"
@@ -165,5 +173,8 @@ for ((i = 1; i <= kills; i++)); do
     "$i" "$ranks" "$delay" "$( [ "$resumes" -eq 0 ] && echo "finished first" || echo "$state")" "$resumes"
   rm -rf "$out"
 done
-echo "$me: $kills kills, $before_first before the first checkpoint, $finished_first finished before the kill;" \
+# A kill that found no process of the run (the name or command line no longer matched) would let
+# every run finish and pass: at least one must have landed.
+[ "$landed" -gt 0 ] || fail "none of the $kills kills found a qarac-train process of its run to kill"
+echo "$me: $kills kills ($landed landed), $before_first before the first checkpoint, $finished_first finished before the kill;" \
   "every run completed and equals the straight run bit for bit"

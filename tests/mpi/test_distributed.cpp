@@ -314,6 +314,7 @@ TEST_F(Distributed, ResumeAtAnotherWorldSizeContinuesTheSameRun) {
   ASSERT_EQ(third.code, 0) << third.output;
   const CliResult fourth = train("", "elastic-4-1", "--resume", 6);
   ASSERT_EQ(fourth.code, 0) << fourth.output;
+  EXPECT_NE(fourth.output.find("step-0000000003 at step 3"), std::string::npos) << fourth.output;
   expect_same_models("elastic-4-1", "reference", kBound);
 
   const CliResult other = train(mpirun(2), "elastic-4-1", "--resume --train.seed 3", 8);
@@ -323,7 +324,8 @@ TEST_F(Distributed, ResumeAtAnotherWorldSizeContinuesTheSameRun) {
 }
 
 // At the same world size and plan a resumed job repeats the straight job's every operation in
-// the same order: the same parameters, bit for bit.
+// the same order: the same parameters, bit for bit. (It must say it resumed: a restart from step 0
+// would end with the same bits.)
 TEST_F(Distributed, ResumeAtTheSameWorldSizeIsBitExact) {
   const CliResult straight = train(mpirun(3), "straight-3", "");
   ASSERT_EQ(straight.code, 0) << straight.output;
@@ -331,6 +333,7 @@ TEST_F(Distributed, ResumeAtTheSameWorldSizeIsBitExact) {
   ASSERT_EQ(first.code, 0) << first.output;
   const CliResult second = train(mpirun(3), "resumed-3", "--resume", 6);
   ASSERT_EQ(second.code, 0) << second.output;
+  EXPECT_NE(second.output.find("step-0000000003 at step 3"), std::string::npos) << second.output;
   for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
     EXPECT_EQ(export_difference(root() / "resumed-3" / "export" / model, root() / "straight-3" / "export" / model).first,
               0.0)
@@ -353,6 +356,7 @@ TEST_F(Distributed, SigtermStopsEveryRankWithACheckpointAndResumeFinishesTheRun)
   EXPECT_FALSE(fs::exists(root() / "preempted-4" / "export")) << "a stopped run exports nothing";
   const CliResult resumed = train(mpirun(4), "preempted-4", f32 + " --resume");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("step-0000000004 at step 4"), std::string::npos) << resumed.output;
   for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
     EXPECT_EQ(export_difference(root() / "preempted-4" / "export" / model,
                                 root() / "straight-4-f32" / "export" / model).first,
