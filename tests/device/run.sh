@@ -178,6 +178,9 @@ stage_nccl() {
   local result
   LD_LIBRARY_PATH="$qlib" timeout "$(cap 120)" "${mpi[@]}" -np 1 "$bin/test_nccl" --gtest_brief=1 >"$log/test_nccl" 2>&1
   result=$(result_of $?)
+  # As in stage_tests: a skip means no NCCL check happened.
+  [ "$result" = passed ] && grep -q '^\[  SKIPPED \]' "$log/test_nccl" && result=SKIPPED
+  [ "$result" = SKIPPED ] && status=1
   fail_if "$result"
   echo "== test_nccl: $result $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/test_nccl" | tr '\n' ' ')"
   [ "$result" = passed ] || tail -30 "$log/test_nccl"

@@ -317,6 +317,22 @@ class DeviceRun(unittest.TestCase):
         self.assertIn("test_cuda_runtime", logs)
         self.assertIn("parity_f32", logs)
 
+    def test_nccl_stage_counts_a_skip_as_no_check(self):
+        # mpirun's stand-in runs the program after "-np N" as the one rank.
+        executable(os.path.join(self.path, "mpirun"),
+                   "#!/bin/sh\nwhile [ \"$1\" != -np ]; do shift; done\nshift 2\nexec \"$@\"\n")
+        executable(os.path.join(self.bin, "test_nccl"),
+                   "#!/bin/sh\necho 'x.cpp:3: Skipped'\necho '[  PASSED  ] 0 tests.'\necho '[  SKIPPED ] 2 tests.'\n")
+        p = self.run_sh("nccl")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("== test_nccl: SKIPPED", p.stdout)
+        summary, _ = self.saved()
+        self.assertRegex(summary, r"test_nccl +SKIPPED")
+        executable(os.path.join(self.bin, "test_nccl"), "#!/bin/sh\necho '[  PASSED  ] 2 tests.'\n")
+        p = self.run_sh("nccl")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("== test_nccl: passed [  PASSED  ] 2 tests.", p.stdout)
+
     def test_goals_stage_reads_the_bench_stages_outputs(self):
         p = self.run_sh("bench,goals")
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
