@@ -3,12 +3,14 @@
 // (tensor cores for bf16 with Dh = 64, generic for f32 and other head dims), causal and not,
 // with and without dropout, ragged batches (empty and length-1 sequences, lengths on either side
 // of the 64-row tiles), row-strided views of fused buffers, and both cp.async completion orders.
+// Each case also checks which kernels ran, so that a dispatch change cannot move it to another path.
 // Sizes are small: the emulator runs every CUDA thread as a fiber.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <random>
 #include <ostream>
@@ -20,6 +22,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "cuda_emulator.h"
+#include "emulated_backend.h"
 #include "kernels/cpu/attention.h"
 
 namespace qarac {
@@ -34,8 +37,14 @@ struct Layout {
   int64_t first = 0, after = 0;
 };
 
+// The kernels a case must run: the tensor-core forward with the tiled tensor-core backward, or
+// with the one-block backward (every sequence up to 128 tokens), or with the generic backward
+// (gradients at strides the tensor cores cannot take); or the generic kernels throughout.
+enum class Path { tensor_cores, short_tensor_cores, generic_backward, generic };
+
 struct Case {
   std::string name;
+  Path path;
   std::vector<int32_t> lengths;
   int64_t heads, head_dim;
   bool causal;
@@ -198,6 +207,7 @@ void check(const Case& c) {
   s.ld_out = d;
   emu::set_schedule_seed(c.seed);
   emu::set_eager_cp_async(c.eager_cp_async);
+  emu::reset_launch_counts();
   auto* lse_ptr = static_cast<float*>(lse.column(0));
   cuda_emulated::attention_forward(c.dtype, s, qkv.ptr[0], qkv.ptr[1], qkv.ptr[2], c.causal, c.dropout, kKey,
                                    out.column(0), lse_ptr);
@@ -205,6 +215,13 @@ void check(const Case& c) {
                                     lse_ptr, c.causal, c.dropout, kKey, grads.ptr[0], grads.ptr[1], grads.ptr[2],
                                     c.tiled ? cuda_emulated::AttentionBackwardPath::tiled
                                             : cuda_emulated::AttentionBackwardPath::automatic);
+
+  std::map<std::string, uint64_t> launches = emu::launch_counts();
+  const bool tiled_tc = c.path == Path::tensor_cores, short_tc = c.path == Path::short_tensor_cores;
+  EXPECT_EQ(launches["attention_forward_tc"], c.path != Path::generic ? 1u : 0u) << c.name;
+  EXPECT_EQ(launches["attention_backward_short_tc"], short_tc ? 1u : 0u) << c.name;
+  EXPECT_EQ(launches["attention_backward_dkdv_tc"], tiled_tc ? 1u : 0u) << c.name;
+  EXPECT_EQ(launches["attention_backward_dq_tc"], tiled_tc ? 1u : 0u) << c.name;
 
   const bool b16 = c.dtype == DType::bf16;
   const double tol = b16 ? 2e-2 : 1e-5;
@@ -239,39 +256,43 @@ const std::vector<int32_t> kShort = {0, 70, 1, 128, 33};
 
 constexpr DType kBf16 = DType::bf16, kF32 = DType::f32;
 constexpr Layout kAlone{}, kFused{true, 0, 0};
+constexpr Path kTc = Path::tensor_cores, kShortTc = Path::short_tensor_cores, kTcForward = Path::generic_backward,
+               kGeneric = Path::generic;
 
-// Each case is one run of forward and backward; name, lengths, heads, Dh, causal, dropout, dtype,
+// Each case is one run of forward and backward; name, path, lengths, heads, Dh, causal, dropout, dtype,
 // input layout, gradient layout, eager cp.async, seed (and the tiled backward where given).
 const Case kCases[] = {
     // Tensor cores (bf16, Dh = 64).
-    {"TensorCoresDropout", kRagged, 2, 64, false, 0.1, kBf16, kAlone, kAlone, false, 1},
-    {"TensorCoresCausalTileEdgesEager", kStraddling, 1, 64, true, 0.0, kBf16, kAlone, kAlone, true, 2},
-    {"TensorCoresFusedQkvCausalDropout", kRagged, 2, 64, true, 0.1, kBf16, kFused, kFused, false, 3},
-    {"TensorCoresGradsOtherStrideEager", kRagged, 1, 64, false, 0.0, kBf16, kFused, {true, 8, 8}, true, 4},
-    {"TensorCoresLongerSequencesEager", {200, 3, 129}, 3, 64, false, 0.1, kBf16, kAlone, kAlone, true, 13},
+    {"TensorCoresDropout", kTc, kRagged, 2, 64, false, 0.1, kBf16, kAlone, kAlone, false, 1},
+    {"TensorCoresCausalTileEdgesEager", kTc, kStraddling, 1, 64, true, 0.0, kBf16, kAlone, kAlone, true, 2},
+    {"TensorCoresFusedQkvCausalDropout", kTc, kRagged, 2, 64, true, 0.1, kBf16, kFused, kFused, false, 3},
+    {"TensorCoresGradsOtherStrideEager", kTc, kRagged, 1, 64, false, 0.0, kBf16, kFused, {true, 8, 8}, true, 4},
+    {"TensorCoresLongerSequencesEager", kTc, {200, 3, 129}, 3, 64, false, 0.1, kBf16, kAlone, kAlone, true, 13},
     // Batches of sequences of at most 128 tokens: the one-block backward (attention_backward_short_tc),
     // one key half (lengths up to 64) or two, strips and query chunks cut by the ends.
-    {"ShortTensorCoresDropout", kShort, 2, 64, false, 0.1, kBf16, kAlone, kAlone, false, 16},
-    {"ShortTensorCoresCausalFusedDropoutEager", {65, 0, 63, 17, 1, 64}, 1, 64, true, 0.1, kBf16, kFused, kFused,
-     true, 17},
-    {"ShortTensorCoresGradsOtherStride", {128, 5, 96}, 2, 64, false, 0.0, kBf16, kFused, {true, 8, 8}, false, 18},
-    {"ShortTensorCoresCausal", {128, 31, 32, 33, 48}, 1, 64, true, 0.0, kBf16, kAlone, kAlone, false, 19},
-    {"ShortTensorCoresOneHalf", {40, 64, 2}, 1, 64, true, 0.2, kBf16, kAlone, kAlone, true, 20},
-    {"ShortSequencesTiledKernels", kShort, 2, 64, true, 0.1, kBf16, kFused, kFused, false, 21, true},
+    {"ShortTensorCoresDropout", kShortTc, kShort, 2, 64, false, 0.1, kBf16, kAlone, kAlone, false, 16},
+    {"ShortTensorCoresCausalFusedDropoutEager", kShortTc, {65, 0, 63, 17, 1, 64}, 1, 64, true, 0.1, kBf16, kFused,
+     kFused, true, 17},
+    {"ShortTensorCoresGradsOtherStride", kShortTc, {128, 5, 96}, 2, 64, false, 0.0, kBf16, kFused, {true, 8, 8}, false,
+     18},
+    {"ShortTensorCoresCausal", kShortTc, {128, 31, 32, 33, 48}, 1, 64, true, 0.0, kBf16, kAlone, kAlone, false, 19},
+    {"ShortTensorCoresOneHalf", kShortTc, {40, 64, 2}, 1, 64, true, 0.2, kBf16, kAlone, kAlone, true, 20},
+    {"ShortSequencesTiledKernels", kTc, kShort, 2, 64, true, 0.1, kBf16, kFused, kFused, false, 21, true},
     // Row strides the tensor-core path cannot take (not whole 16 bytes, or a slice at column 1):
-    // the generic path on bf16 Dh = 64.
-    {"UnalignedStrideGeneric", kRagged, 1, 64, true, 0.1, kBf16, {true, 0, 1}, {true, 0, 1}, false, 5},
-    {"SliceAtColumnOneGeneric", kStraddling, 1, 64, false, 0.0, kBf16, {true, 1, 7}, {true, 1, 7}, true, 6},
-    {"AlignedInputsUnalignedGrads", kRagged, 1, 64, false, 0.1, kBf16, kFused, {true, 0, 1}, false, 7},
+    // the generic path on bf16 Dh = 64 (for the backward alone where only the gradients have them).
+    {"UnalignedStrideGeneric", kGeneric, kRagged, 1, 64, true, 0.1, kBf16, {true, 0, 1}, {true, 0, 1}, false, 5},
+    {"SliceAtColumnOneGeneric", kGeneric, kStraddling, 1, 64, false, 0.0, kBf16, {true, 1, 7}, {true, 1, 7}, true, 6},
+    {"AlignedInputsUnalignedGrads", kTcForward, kRagged, 1, 64, false, 0.1, kBf16, kFused, {true, 0, 1}, false, 7},
     // The generic path in f32 and bf16 at other head dims (NC = 1..4 columns per lane); Dh = 128
     // needs more than 48 KiB of shared memory in the backward kernels.
-    {"GenericF32Dim24FusedCausalDropout", kRagged, 2, 24, true, 0.1, kF32, {true, 2, 3}, {true, 5, 0}, false, 8},
-    {"GenericF32Dim64Dropout", kStraddling, 1, 64, false, 0.1, kF32, kAlone, kAlone, true, 9},
-    {"GenericF32Dim100", kRagged, 1, 100, false, 0.0, kF32, kAlone, kAlone, false, 10},
-    {"GenericBf16Dim32CausalDropout", kStraddling, 2, 32, true, 0.1, kBf16, kAlone, kAlone, false, 11},
-    {"GenericF32Dim128CausalDropout", kRagged, 1, 128, true, 0.2, kF32, kAlone, kAlone, false, 12},
-    {"GenericBf16Dim128Eager", kStraddling, 1, 128, false, 0.0, kBf16, kAlone, kAlone, true, 14},
-    {"GenericF32Dim8Dropout", kRagged, 2, 8, false, 0.5, kF32, kAlone, kAlone, false, 15},
+    {"GenericF32Dim24FusedCausalDropout", kGeneric, kRagged, 2, 24, true, 0.1, kF32, {true, 2, 3}, {true, 5, 0}, false,
+     8},
+    {"GenericF32Dim64Dropout", kGeneric, kStraddling, 1, 64, false, 0.1, kF32, kAlone, kAlone, true, 9},
+    {"GenericF32Dim100", kGeneric, kRagged, 1, 100, false, 0.0, kF32, kAlone, kAlone, false, 10},
+    {"GenericBf16Dim32CausalDropout", kGeneric, kStraddling, 2, 32, true, 0.1, kBf16, kAlone, kAlone, false, 11},
+    {"GenericF32Dim128CausalDropout", kGeneric, kRagged, 1, 128, true, 0.2, kF32, kAlone, kAlone, false, 12},
+    {"GenericBf16Dim128Eager", kGeneric, kStraddling, 1, 128, false, 0.0, kBf16, kAlone, kAlone, true, 14},
+    {"GenericF32Dim8Dropout", kGeneric, kRagged, 2, 8, false, 0.5, kF32, kAlone, kAlone, false, 15},
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& param) { return param.param.name; }

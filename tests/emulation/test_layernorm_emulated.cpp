@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <ostream>
 #include <random>
 #include <string>
@@ -22,6 +23,7 @@
 #include "core/rng.h"
 #include "cuda_emulator.h"
 #include "dropout_emulated.h"
+#include "emulated_backend.h"
 #include "layernorm_emulated.h"
 
 namespace qarac {
@@ -103,7 +105,18 @@ void check(const Case& c) {
                                       bias ? static_cast<float*>(g.dbias.data()) : nullptr, path);
     return g;
   };
-  const Gradients one = run(LayerNormBackwardPath::automatic), two = run(LayerNormBackwardPath::rows_then_columns);
+  // Each path is the one named: every case's width comes in packs, so `automatic` takes the one
+  // kernel (were it to fall back, this would compare a path with itself).
+  const auto run_counted = [&](LayerNormBackwardPath path, bool one_kernel) {
+    emu::reset_launch_counts();
+    Gradients g = run(path);
+    std::map<std::string, uint64_t> launches = emu::launch_counts();
+    EXPECT_EQ(launches["layernorm_backward_kernel"], one_kernel ? 1u : 0u) << c.name;
+    EXPECT_EQ(launches["layernorm_dx_kernel"], one_kernel ? 0u : 1u) << c.name;
+    return g;
+  };
+  const Gradients one = run_counted(LayerNormBackwardPath::automatic, true),
+                  two = run_counted(LayerNormBackwardPath::rows_then_columns, false);
   EXPECT_TRUE(one.dx.same_bits(two.dx)) << c.name << ": dx bits differ";
   EXPECT_TRUE(one.dgamma.same_bits(two.dgamma)) << c.name << ": dgamma bits differ";
   EXPECT_TRUE(one.dbeta.same_bits(two.dbeta)) << c.name << ": dbeta bits differ";
