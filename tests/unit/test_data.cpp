@@ -10,12 +10,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "core/error.h"
 #include "core/hdf5_seal.h"
@@ -394,10 +396,50 @@ TEST(Readers, C1ControlBytesAreNoLatin1Text) {
   EXPECT_EQ(read_all(c1_utf8, Format::avicenna, OnError::fail, Encoding::utf8).examples.size(), 1u);
 }
 
-// Any format reads Latin-1 when asked; a UTF-8 byte-order mark opens a UTF-8 file (removed) and
-// ends a file read as Latin-1, whose first column's name it would change.
+// Every format reads "café" written in Latin-1 (E9) or in UTF-8 (C3 A9) as UTF-8 when given the
+// file's encoding; a UTF-8 byte-order mark opens a UTF-8 file (removed) and ends a file read as
+// Latin-1, whose first column's name it would change.
 TEST(Readers, EveryFormatReadsEitherEncoding) {
   TempDir dir("encodings");
+  const std::string kSnliHeader = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+                                  "sentence2_parse\tsentence1\tsentence2\tcaptionID\tpairID\n";
+  const auto csv = [](std::string line) {
+    std::replace(line.begin(), line.end(), '\t', ',');
+    return line;
+  };
+  // Each format's file whose first example's first field is `cafe` and more words.
+  const std::vector<std::pair<Format, std::function<std::string(const std::string&)>>> formats = {
+      {Format::text, [](const std::string& cafe) { return cafe + " au lait\n"; }},
+      {Format::wikiqa,
+       [](const std::string& cafe) {
+         return "QuestionID\tQuestion\tDocumentID\tDocumentTitle\tSentenceID\tSentence\tLabel\n"
+                "Q1\t" + cafe + " au lait\tD1\tT\tD1-0\tMilk in coffee.\t1\n";
+       }},
+      {Format::avicenna, [&](const std::string& cafe) { return kAvicennaHeader + cafe + " au lait,B,yes,C\r\n"; }},
+      {Format::snli_jsonl,
+       [](const std::string& cafe) {
+         return "{\"gold_label\": \"entailment\", \"sentence1\": \"" + cafe +
+                " au lait\", \"sentence2\": \"Coffee.\"}\n";
+       }},
+      {Format::snli_tsv,
+       [&](const std::string& cafe) {
+         return kSnliHeader + "entailment\t(\t(\t(\t(\t" + cafe + " au lait\tCoffee.\t1\t1e\n";
+       }},
+      {Format::snli_csv,
+       [&](const std::string& cafe) {
+         return csv(kSnliHeader) + csv("entailment\t(\t(\t(\t(\t" + cafe + " au lait\tCoffee.\t1\t1e\n");
+       }},
+  };
+  for (const auto& [format, file_of] : formats) {
+    for (Encoding encoding : {Encoding::latin1, Encoding::utf8}) {
+      const std::string path = dir / (std::string(format_name(format)) + (encoding == Encoding::utf8 ? ".utf8" : ".l1"));
+      std::ofstream(path, std::ios::binary) << file_of(encoding == Encoding::utf8 ? "caf\xC3\xA9" : "caf\xE9");
+      const Read read = read_all(path, format, OnError::fail, encoding);
+      ASSERT_EQ(read.examples.size(), 1u) << path;
+      EXPECT_EQ(read.examples[0].fields.at(0), "caf\xC3\xA9 au lait") << path;
+    }
+  }
+
   const std::string text = dir / "corpus.txt";
   std::ofstream(text, std::ios::binary) << "caf\xE9 au lait\n";
   EXPECT_EQ(read_all(text, Format::text, OnError::fail, Encoding::latin1).examples.at(0).fields[0],
