@@ -105,9 +105,11 @@ constexpr Bound kPoolingGrads = {{1e-5, 1e-4, Scale::max}, {1.0 / 128, 1e-4, Sca
 // before the dV, dK and dQ products, D from the bf16-rounded O, each output rounded: measured
 // <= 7.1e-3; 2e-2.
 constexpr Bound kAttention = {{0, 1e-5, Scale::max}, {0, 2e-2, Scale::max}};
-// lse stays f32; from bf16 inputs the scores are exact products accumulated in f32 and the
-// exponentials use __expf (~1e-7 per term): measured <= 1.5e-7 of the largest |lse|; 1e-4.
-constexpr Bound kLse = {{0, 1e-5, Scale::max}, {0, 1e-4, Scale::max}};
+// lse stays f32 whatever X: from bf16 inputs the scores are exact products accumulated in f32,
+// and the exponentials (__expf, ex2.approx: a few ulps, ~1e-7 per term) and the f32 sums of at
+// most 512 terms err as in f32: measured <= 1.5e-7 of the largest |lse| (H100 and emulator); the
+// f32 bound, 1e-5, for both.
+constexpr Bound kLse = {{0, 1e-5, Scale::max}, {0, 1e-5, Scale::max}};
 // AdamW and NAdam on f32 master weights whatever X: both sides evaluate the same f32 formula
 // with constants formed in double; the GPU contracts into FMAs (an ulp per operation), a few ulps
 // after three steps: 1e-6 relative.
