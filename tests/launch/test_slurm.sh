@@ -217,11 +217,18 @@ test_scaling_gpu_check() {
   check "exit 1 (got $rc)" test "$rc" = 1
   check "one line naming both counts" has out.txt "slurm/scaling.sbatch: error: 8 ranks per node but 4 GPUs per node"
   check "nothing started" lacks "$FAKE_LOG" "srun"
+  # The CPU run needs the experiment's jq and gnuplot: without them only the check above ran.
+  if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then
+    echo "jq or gnuplot missing: the CPU run skipped"
+    ((failures)) || exit 77
+    return
+  fi
   # On the CPU: neither checked nor given bf16, which only CUDA computes in.
   mkdir -p base data
   touch base/config.json base/model.safetensors data/{encode_decode,question_answering,reasoning,consistency}.h5
   submit FAKE_TRAIN=scaling -- --ntasks-per-node=8 --gres=gpu:4 slurm/scaling.sbatch --device cpu --base base --data data \
     --ranks 1 --mode strong --steps 3 --warmup-steps 1
+  check "a CPU run: exit 0 (got $rc)" test "$rc" = 0
   check "a CPU run trains" has "$FAKE_LOG" "--train.device cpu"
   check "a CPU run computes in f32 (no bf16 default)" lacks "$FAKE_LOG" "--train.dtype bf16"
 }
@@ -254,11 +261,18 @@ test_forgetting_gpu_check() {
   check "exit 1 (got $rc)" test "$rc" = 1
   check "one line naming both counts" has out.txt "slurm/forgetting.sbatch: error: 8 ranks per node but 4 GPUs per node"
   check "nothing started" lacks "$FAKE_LOG" "srun"
+  # The CPU run needs the experiment's jq and gnuplot: without them only the check above ran.
+  if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then
+    echo "jq or gnuplot missing: the CPU run skipped"
+    ((failures)) || exit 77
+    return
+  fi
   mkdir -p base data data-dev
   touch base/config.json base/model.safetensors base/tokenizer.json
   touch data/{encode_decode,question_answering,reasoning,consistency}.h5 data-dev/{encode_decode,question_answering,reasoning,consistency}.h5
   submit FAKE_TRAIN=forgetting -- --ntasks-per-node=8 --gres=gpu:4 slurm/forgetting.sbatch --device cpu --base base \
     --data data --eval-data data-dev --steps 10 --runs b
+  check "a CPU run: exit 0 (got $rc)" test "$rc" = 0
   check "a CPU run trains" has "$FAKE_LOG" "--train.device cpu"
   check "a CPU run computes in f32 (no bf16 default)" lacks "$FAKE_LOG" "--train.dtype bf16"
   check "the default config's bf16 becomes f32 on the CPU" has "$FAKE_LOG" "--train.dtype f32"
