@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <functional>
 #include <thread>
 
@@ -62,14 +63,26 @@ TEST(StopSignals, SecondSignalLaterEndsTheProcessAtOnce) {
   EXPECT_EQ(WTERMSIG(status), SIGTERM);
 }
 
+// The program's own handlers (here: counters of SIGTERM and SIGUSR1) are back after the
+// destructor, and the default action where there was none.
 TEST(StopSignals, DestructorRestoresThePreviousHandlers) {
   const int status = in_child([] {
+    static volatile sig_atomic_t term = 0, usr1 = 0;
+    std::signal(SIGTERM, [](int) { term = term + 1; });
+    std::signal(SIGUSR1, [](int) { usr1 = usr1 + 1; });
     { StopSignals stop; }
-    raise(SIGTERM);  // no handler any more: the default action
-    return 4;
+    raise(SIGTERM);
+    raise(SIGUSR1);
+    if (term != 1 || usr1 != 1) return 5;  // a handler was not restored
+    std::signal(SIGTERM, SIG_DFL);
+    { StopSignals stop; }
+    struct sigaction now {};
+    sigaction(SIGTERM, nullptr, &now);
+    return now.sa_handler == SIG_DFL ? 4 : 6;
   });
-  ASSERT_TRUE(WIFSIGNALED(status));
-  EXPECT_EQ(WTERMSIG(status), SIGTERM);
+  // Killed by a signal: the default action ran where the program's handler should have.
+  ASSERT_TRUE(WIFEXITED(status)) << "ended by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 4) << "5: the handlers were not counted; 6: SIGTERM's default action not restored";
 }
 
 }  // namespace
