@@ -275,6 +275,7 @@ void expect_step_matches_the_cpu(QaObjective qa, bool emulated = false) {
       for (const auto& [name, count] : emu::launch_counts()) launches += count;
       std::printf("%s: the step launched %llu kernels, cuBLASLt matmuls, copies and fills\n",
                   dtype_name(dtype), static_cast<unsigned long long>(launches));
+      EXPECT_GT(launches, 0u) << "nothing ran on the emulator: the step compared the CPU with itself";
     }
     for (size_t t = 0; t < want.size(); ++t) {
       std::printf("%s %s: loss cpu %.6f, cuda %.6f\n", dtype_name(dtype),
