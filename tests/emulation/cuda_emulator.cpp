@@ -405,6 +405,8 @@ void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t 
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || threads % kWarp != 0)
     fail("blocks must have a multiple of 32 threads, at most 1024 (z at most 64)");
+  // CUDA refuses an empty grid (cudaErrorInvalidConfiguration): empty inputs must launch nothing.
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("a grid of no blocks (CUDA: invalid configuration argument)");
   if (grid.y > 65535 || grid.z > 65535) fail("grid y and z must be at most 65535");
   if (dynamic_smem > kDefaultDynamicSmemLimit) {
     const auto it = e.max_dynamic_smem.find(kernel);

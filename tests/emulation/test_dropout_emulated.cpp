@@ -134,6 +134,8 @@ const Case kCases[] = {
     {"F32OneColumn", kShort, 1, 0.5, kF32, false, false, kOtherKey},
     {"F32Copy", kRagged, 768, 0.0, kF32, false, false, kKey},
     {"F32CopyInPlace", kRagged, 301, 0.0, kF32, true, false, kKey},
+    // No rows: no launch (the emulator refuses an empty grid, as CUDA does) and no access (the
+    // empty buffers end at the guard page).
     {"F32NoRows", {0, 0}, 16, 0.1, kF32, false, false, kKey},
     {"Bf16Packed", kRagged, 768, 0.1, kBf16, false, false, kKey},
     {"Bf16PackedManyColumnsInPlace", kRagged, 2056, 0.5, kBf16, true, false, kOtherKey},
