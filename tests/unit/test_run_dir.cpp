@@ -276,7 +276,8 @@ TEST_F(RunDirCli, AFailedStartLeavesNoDirectory) {
   qarac::test_support::write_tiny_base(small_base, qarac::test_support::kSample + "tokenizer", 50);
   const fs::path run = root() / "failed-start";
   const CliResult r = train(run, "--model.base " + small_base.string() + " --train.steps 2");
-  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("vocabulary"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(run)) << r.output;
   EXPECT_EQ(train(run, "--train.steps 1 --optimizer.warmup 0").code, 0);
 }

@@ -36,7 +36,8 @@ TEST_F(TrainOptionsCli, MisspeltKeysGetASuggestion) {
   const fs::path ini = root() / "typo.ini";
   std::ofstream(ini) << "# a comment\n[optimizer]\nlr = 1e-5\n\nwarmpu = 10\n";
   expect_usage_error("--config " + ini.string(), {ini.string() + ", line 5", "did you mean optimizer.warmup?"});
-  // Nothing close: no guess.
+  // Nothing close: no guess, the same one-line refusal.
+  expect_usage_error("--completely.different 1", {"'--completely.different'"});
   const CliResult far = train(root() / "never", "--completely.different 1");
   EXPECT_EQ(far.output.find("did you mean"), std::string::npos) << far.output;
 }
