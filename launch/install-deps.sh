@@ -8,7 +8,7 @@
 #                                   gnuplot-nox (launch/plot-metrics.sh)
 #   launch/install-deps.sh --tests  also what the whole test suite uses: clang and its sanitizer
 #                                   and libFuzzer runtime (tests/fuzz), jq and gnuplot-nox (the
-#                                   report scripts' test)
+#                                   report scripts' test), shellcheck (the scripts' lint)
 #   launch/install-deps.sh --mpich  also MPICH (mpich, libmpich-dev) beside Open MPI, for
 #                                   QARAC_MPI=mpich bash tests/run.sh; Debian's alternatives keep
 #                                   Open MPI the default mpicc/mpirun
@@ -24,7 +24,7 @@ packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-de
 for arg in "$@"; do
   case "$arg" in
     --job) packages+=(jq gnuplot-nox) ;;
-    --tests) packages+=(clang libclang-rt-14-dev jq gnuplot-nox) ;;
+    --tests) packages+=(clang libclang-rt-14-dev jq gnuplot-nox shellcheck) ;;
     --mpich) packages+=(mpich libmpich-dev) ;;
     -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "$me: unknown argument '$arg' (usage: $me [--job] [--tests] [--mpich])" >&2; exit 2 ;;
