@@ -195,11 +195,16 @@ TEST_F(ExportsTest, TokenizerOfOtherDataIsRefused) {
 TEST_F(ExportsTest, ExportsReadBackIntoTheModels) {
   const auto ids = encode_all(m_.tokenizer, kTexts);
   const TokenBatch batch = TokenBatch::from_sequences(ids, m_.config.base.pad_token_id, Device::cpu());
-  SentenceEncoder::Activations a, b;
+  SentenceEncoder::Activations a, b, c, d;
+  const std::vector<float> questions = host(m_.models->question_encoder().forward(batch, {}, c));
+  auto question_encoder = io::load_encoder_export(m_.export_model(tmp_.str(), "question_encoder", m_.extras()),
+                                                  DType::f32, Device::cpu());
+  EXPECT_EQ(host(question_encoder.model->forward(batch, {}, d)), questions);
   const std::vector<float> expected = host(m_.models->answer_encoder().forward(batch, {}, a));
   auto loaded = io::load_encoder_export(m_.export_model(tmp_.str(), "answer_encoder", m_.extras()),
                                         DType::f32, Device::cpu());
   EXPECT_EQ(host(loaded.model->forward(batch, {}, b)), expected);
+  EXPECT_NE(questions, expected) << "the two encoders' exports are told apart";
 
   Tensor v = Tensor::from_vector(expected, {3, m_.config.base.hidden_size});
   const std::vector<std::vector<int32_t>> start(3, {m_.tokenizer.bos_id()});
