@@ -21,21 +21,6 @@
 namespace qarac::parallel {
 namespace {
 
-// The first of `names` that is set to a non-negative integer, with the name it came from.
-bool local_rank_from_env(int& value, std::string& source) {
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
-    const char* text = std::getenv(name);
-    if (!text || !*text) continue;
-    char* end = nullptr;
-    const long v = std::strtol(text, &end, 10);
-    if (*end != '\0' || v < 0) continue;
-    value = static_cast<int>(v);
-    source = name;
-    return true;
-  }
-  return false;
-}
-
 // The UUID of visible device `d` as two words: what tells the GPUs apart, whichever ordinal each
 // rank's CUDA_VISIBLE_DEVICES gives them.
 void device_uuid(int d, uint64_t* words) {
@@ -87,16 +72,8 @@ Runtime::Runtime(int* argc, char*** argv) {
   QARAC_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
   QARAC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   QARAC_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size_));
-  // The node's ranks: the shared-memory split gives their count (and the rank when no
-  // launcher variable names it).
+  // The node's ranks, among which use_local_gpu assigns the node's GPUs.
   QARAC_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_));
-  int node_rank = 0;
-  QARAC_CHECK_MPI(MPI_Comm_rank(node_, &node_rank));
-  QARAC_CHECK_MPI(MPI_Comm_size(node_, &local_size_));
-  if (!local_rank_from_env(local_rank_, local_source_)) {
-    local_rank_ = node_rank;
-    local_source_ = "shared-memory split";
-  }
 }
 
 Runtime::~Runtime() {

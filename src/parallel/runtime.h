@@ -1,8 +1,7 @@
 // Bootstrap of a distributed run (docs/design.md §4): MPI for the process's lifetime, this rank's
 // place in the world and on its node, the GPU it uses, and the one way out of a failed job.
-//   local rank  OMPI_COMM_WORLD_LOCAL_RANK (Open MPI's mpirun), MPI_LOCALRANKID (MPICH/Hydra),
-//               SLURM_LOCALID (srun), else the rank among the processes that share memory with
-//               this one (MPI_Comm_split_type), which works under any launcher.
+//   node        the processes that share memory with this one (MPI_Comm_split_type), which any
+//               launcher gives; a rank's local rank is its place among them.
 //   GPU         each rank of a node, in the order of the shared-memory split, takes the first
 //               of the devices it sees (CUDA_VISIBLE_DEVICES, as Slurm's --gpus-per-task and
 //               --gpu-bind set it) that no rank before it took: GPU r for local rank r when
@@ -30,10 +29,6 @@ class Runtime {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
-  int local_rank() const { return local_rank_; }
-  int local_size() const { return local_size_; }
-  // Where the local rank came from: "OMPI_COMM_WORLD_LOCAL_RANK", ..., or "shared-memory split".
-  const std::string& local_rank_source() const { return local_source_; }
 
   // Chooses this rank's GPU with the node's other ranks (assign_gpus; collective over the node,
   // each wait bounded by `timeout_s`), makes it current before any CUDA work and returns its
@@ -45,8 +40,7 @@ class Runtime {
   [[noreturn]] void abort_job(int code) const;
 
  private:
-  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
-  std::string local_source_;
+  int rank_ = 0, size_ = 1;
   MPI_Comm node_ = MPI_COMM_NULL;  // the ranks that share memory with this one
 };
 
