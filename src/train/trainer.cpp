@@ -16,9 +16,10 @@
 #include <optional>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "core/log.h"
 #include "parallel/gradient_sync.h"
-#include "core/atomic_file.h"
+#include "parallel/task_plan.h"
 #include "train/checkpoint.h"
 #include "train/evaluation.h"
 #include "train/export_card.h"
@@ -527,8 +528,6 @@ Trainer::~Trainer() = default;
 void Trainer::set_evaluator(std::unique_ptr<Evaluator> evaluator) {
   impl_->training.evaluator = std::move(evaluator);
 }
-const parallel::TaskPlan& Trainer::plan() const { return impl_->plan; }
-int64_t Trainer::step() const { return impl_->step; }
 
 void Trainer::abort() noexcept {
   if (impl_ && impl_->training.sync) impl_->training.sync->abort();

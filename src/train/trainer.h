@@ -13,8 +13,6 @@
 #include <string>
 
 #include "parallel/runtime.h"
-#include "parallel/task_plan.h"
-#include "model/qarac.h"
 #include "train/config.h"
 
 namespace qarac {
@@ -43,8 +41,6 @@ class Trainer {
   Trainer& operator=(const Trainer&) = delete;
 
   void set_evaluator(std::unique_ptr<Evaluator> evaluator);
-  const parallel::TaskPlan& plan() const;
-  int64_t step() const;  // training steps completed
 
   // Creates the output directory, restores the checkpoint when resuming, and trains to
   // config.steps: metrics, checkpoints, evaluations, then the export (finished). A SIGTERM or
