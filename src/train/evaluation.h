@@ -49,8 +49,6 @@ struct EvalResult {
 struct EvalContext {
   QaracModels& models;
   const TensorMap& base_lm_head;  // the base checkpoint's MLM head ("dense.weight", ...)
-  const RobertaConfig& base_config;
-  int64_t step;  // training steps completed
 };
 
 class Evaluator {

@@ -84,7 +84,7 @@ class MlmWorkload : public Workload {
     return loss_->run(*mlm_, batch, options.weight, options.forward);
   }
 
-  EvalResult evaluate(Evaluator*, int64_t) override {
+  EvalResult evaluate(Evaluator*) override {
     EvalResult r;
     if (held_out_.empty()) return r;
     // The same masks at every evaluation (step 0), so the figures compare.

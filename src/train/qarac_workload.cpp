@@ -113,8 +113,8 @@ class QaracWorkload : public Workload {
     return rehearsal_->run(batch, options);
   }
 
-  EvalResult evaluate(Evaluator* evaluator, int64_t step) override {
-    return evaluator ? evaluator->evaluate({*models_, base_.lm_head, base_.config, step}) : EvalResult{};
+  EvalResult evaluate(Evaluator* evaluator) override {
+    return evaluator ? evaluator->evaluate({*models_, base_.lm_head}) : EvalResult{};
   }
 
   void export_models(const std::string& output, const io::ExportExtras& extras) override {

@@ -503,7 +503,7 @@ void Trainer::Impl::evaluate() {
   last.eval = step;
   training.sync->gather_to_root("evaluation at step " + std::to_string(step));
   if (!place.root()) return;
-  metrics.write_eval(step, training.workload->evaluate(training.evaluator.get(), step).metrics);
+  metrics.write_eval(step, training.workload->evaluate(training.evaluator.get()).metrics);
 }
 
 void Trainer::Impl::check_replicas() {

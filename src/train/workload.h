@@ -40,7 +40,7 @@ class Workload {
   // device scalar [1].
   virtual const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) = 0;
   // Held-out metrics (no gradients); `evaluator` is qarac-train's [eval] hook, may be null.
-  virtual EvalResult evaluate(Evaluator* evaluator, int64_t step) = 0;
+  virtual EvalResult evaluate(Evaluator* evaluator) = 0;
   // The trained models as Hugging Face directories under <output>/export/, with `extras`
   // (train/export_card.h).
   virtual void export_models(const std::string& output, const io::ExportExtras& extras) = 0;

@@ -309,7 +309,7 @@ class EvaluatorTest : public ::testing::Test {
   EvalResult evaluate(QaracModels& models) {
     EvalOptions options;
     options.data_dir = dir_.string();
-    return QaracEvaluator(options).evaluate({models, {}, config_.base, 0});
+    return QaracEvaluator(options).evaluate({models, {}});
   }
 
   fs::path dir_;
@@ -349,7 +349,7 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   options.data_dir = dir_.string();
   options.masking = MlmMasking{};
   QaracEvaluator evaluator(options);
-  const EvalResult r = evaluator.evaluate({models, lm_head, config.base, 0});
+  const EvalResult r = evaluator.evaluate({models, lm_head});
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_accuracy"), 1.0);
   EXPECT_EQ(r.metrics.count("qa.selection_accuracy"), 0u);  // a stream without candidates
   EXPECT_DOUBLE_EQ(r.metrics.at("cs.accuracy"), 1.0);  // cos = 1: entailment, the gold label
@@ -365,7 +365,7 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   EXPECT_NEAR(r.metrics.at("qa.loss"), 0.0, 1e-12);  // QE(q) = AE(a): zero distance
   EXPECT_GT(r.metrics.at("forgetting.mlm_loss"), 0.0);
   // Evaluation leaves the parameters as they were: a second run gives the same figures.
-  EXPECT_EQ(evaluator.evaluate({models, lm_head, config.base, 0}).metrics, r.metrics);
+  EXPECT_EQ(evaluator.evaluate({models, lm_head}).metrics, r.metrics);
 }
 
 // Four questions with identical encoders (QE = AE): 0 and 3 are answered by their own text, so
@@ -475,7 +475,7 @@ TEST_F(EvaluatorTest, HeldOutStreamsOfAnotherKindAreNamed) {
   RobertaEncoder base(config_.base, DType::f32, Device::cpu());
   for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
   QaracModels models(config_, weights, DType::f32, Device::cpu());
-  expect_input_error([&] { evaluator.evaluate({models, {}, config_.base, 0}); },
+  expect_input_error([&] { evaluator.evaluate({models, {}}); },
                      {text, ": its text field holds a sequence of " + std::to_string(longest + 1) + " tokens, more than the " +
                                 std::to_string(longest) + " the models read"});
 
@@ -485,7 +485,7 @@ TEST_F(EvaluatorTest, HeldOutStreamsOfAnotherKindAreNamed) {
       data::Task::question_answering, 2, [&](int) { return Sequences{{0, 5, 2}, {0, 6, 2}}; }, 0,
       [&](int i) { return Sequences{std::vector<int32_t>(longest + i, 7)}; });
   QaracEvaluator with_candidates(options);
-  expect_input_error([&] { with_candidates.evaluate({models, {}, config_.base, 0}); },
+  expect_input_error([&] { with_candidates.evaluate({models, {}}); },
                      {(dir_ / "question_answering.h5").string(), ": a candidate sentence holds " +
                                                                     std::to_string(longest + 1) + " tokens, more than the "});
 }

@@ -378,7 +378,7 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
   EvalOptions options;
   options.data_dir = stream.string();
   QaracEvaluator evaluator(options);
-  const EvalResult eval = evaluator.evaluate({*m_.models, {}, m_.config.base, 0});
+  const EvalResult eval = evaluator.evaluate({*m_.models, {}});
   // The stream, and the TSV itself (read and tokenised as qarac-prep does: no example of the
   // sample needs truncating).
   for (const std::string& source : {(stream / "question_answering.h5").string(), kSample + "WikiQA-dev.tsv"}) {
