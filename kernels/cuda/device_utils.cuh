@@ -1,5 +1,6 @@
-// Device-side helpers shared by the CUDA kernels: element type conversions, 16-byte vector
-// access, warp and block reductions, and the launch check. Include from .cu files only.
+// Device-side helpers shared by the CUDA kernels: element type conversions, packed (up to 16-byte)
+// accesses, warp and block reductions, dropout's row masks, and the launch check. Include from .cu
+// files only.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,33 +26,12 @@ constexpr int kWarpSize = 32;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The CUDA element type behind a storage dtype: f32 -> float, bf16 -> __nv_bfloat16.
-template <class T> struct DeviceType;
-template <> struct DeviceType<float> { using type = float; };
-template <> struct DeviceType<bf16> { using type = __nv_bfloat16; };
-
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <class T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
-}
-
-// 16 bytes of T: 4 floats or 8 bf16, loaded and stored in one instruction. The address must be
-// 16-byte aligned (row starts are, when the row length is a multiple of the vector width).
-template <class T>
-struct alignas(16) Vec16 {
-  static constexpr int size = 16 / sizeof(T);
-  T v[size];
-};
-template <class T>
-__device__ __forceinline__ Vec16<T> load16(const T* p) {
-  return *reinterpret_cast<const Vec16<T>*>(p);
-}
-template <class T>
-__device__ __forceinline__ void store16(T* p, const Vec16<T>& x) {
-  *reinterpret_cast<Vec16<T>*>(p) = x;
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -111,13 +91,8 @@ __device__ __forceinline__ uint32_t kept_bits(const RowDropout& d, const RowMask
   return dropout_group_mask(d.key, m.id, e & ~kLow, d.threshold) >> (e & kLow);
 }
 
-}  // namespace qarac::cuda
-
-// ---- Added for the dense kernels (gemm, elementwise, layernorm, ...) --------------------------
-namespace qarac::cuda {
-
 // N consecutive elements of T moved as one access: Packed<T, 16 / sizeof(T)> is one 16-byte
-// load or store (as Vec16), Packed<T, 1> a scalar one. Kernels templated on N run the same body
+// load or store (the address 16-byte aligned), Packed<T, 1> a scalar one. Kernels templated on N run the same body
 // vectorised when the sizes and addresses allow it and scalar otherwise.
 template <class T, int N>
 struct alignas(sizeof(T) * N) Packed {
