@@ -5,11 +5,14 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iomanip>
+#include <iterator>
 #include <memory>
 #include <ostream>
 #include <sstream>
@@ -26,14 +29,15 @@ namespace {
 namespace po = boost::program_options;
 
 // The shortest text that reads back as the same double, so the INI round-trips and --help shows
-// 2e-05 rather than 2.0000000000000002e-05.
+// 2e-05 rather than 2.0000000000000002e-05. strtod, not stod: stod throws out_of_range for a
+// subnormal value (4.9e-324), which the options accept.
 std::string format_value(double v) {
   std::string text;
   for (int precision = 6; precision <= 17; ++precision) {
     std::ostringstream os;
     os << std::setprecision(precision) << v;
     text = os.str();
-    if (std::stod(text) == v) break;
+    if (std::strtod(text.c_str(), nullptr) == v) break;
   }
   return text;
 }
@@ -289,6 +293,22 @@ std::string ini_line_of(const std::string& path, const std::string& key) {
   return "";
 }
 
+// Boost's messages (1.74) substitute their placeholders until none is left: a quoted word or line
+// holding the one it fills ("--train.steps %value%") would never finish. The placeholder in
+// `text`, or nullptr.
+const char* boost_placeholder(const std::string& text) {
+  for (const char* p : {"%canonical_option%", "%option%", "%original_token%", "%prefix%", "%value%"})
+    if (text.find(p) != std::string::npos) return p;
+  return nullptr;
+}
+
+// Whether the INI reader would read `value` back as another one: it ends a value at a '#' and
+// trims the blanks at its ends.
+bool ini_alters(const std::string& value) {
+  const auto blank = [](char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; };
+  return value.find('#') != std::string::npos || (!value.empty() && (blank(value.front()) || blank(value.back())));
+}
+
 // Command-line style without short options, so a negative value ("--optimizer.final -1") is a
 // value and not an unknown option "-1".
 constexpr int kStyle = po::command_line_style::unix_style ^ po::command_line_style::allow_short;
@@ -296,6 +316,15 @@ constexpr int kStyle = po::command_line_style::unix_style ^ po::command_line_sty
 }  // namespace
 
 std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[], std::ostream& help) {
+  // One line per word, so that every message quoting one is one line (no INI value holds a line
+  // break either).
+  for (int i = 1; i < argc; ++i) {
+    QARAC_INPUT_CHECK(std::strchr(argv[i], '\n') == nullptr, "command-line argument ", i, " '", printable(argv[i]),
+                      "' holds a line break");
+    const char* placeholder = boost_placeholder(argv[i]);
+    QARAC_INPUT_CHECK(!placeholder, "command-line argument ", i, " '", printable(argv[i]), "' holds ", placeholder,
+                      ", a placeholder of the option parser's messages, which cannot quote it");
+  }
   TrainConfig c;
   const std::unique_ptr<Declarations> d = declare(c);
   po::options_description all;
@@ -318,6 +347,13 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
                     "': settings are --KEY VALUE (see --help)");
   po::store(parsed, vm);
   refuse_removed(vm);
+  // The run's config.ini (to_ini) must read back as this configuration: a path cut at its '#'
+  // would name another directory.
+  for (const po::option& o : parsed.options)
+    for (const std::string& value : o.value)
+      QARAC_INPUT_CHECK(o.string_key == "config" || !ini_alters(value), o.string_key, ": '", printable(value),
+                        "' cannot be written to the run's config.ini (an INI value ends at a '#' and loses the "
+                        "blanks at its ends)");
   if (vm.count("help")) {
     help << "qarac-train [--config FILE] [--KEY VALUE ...] [--resume]\n\n"
             "Fine-tunes the three QARAC models from a pre-trained RoBERTa on the four objectives\n"
@@ -341,10 +377,19 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), "--config ", path, ": is a directory, not an INI file");
     std::ifstream in(path);
     QARAC_INPUT_CHECK(in.good(), "--config ", path, ": cannot open the file");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::istringstream lines(text);
+    std::string line;
+    for (int n = 1; std::getline(lines, line); ++n) {
+      const char* placeholder = boost_placeholder(line.substr(0, line.find('#')));  // not in a comment
+      QARAC_INPUT_CHECK(!placeholder, path, ", line ", n, ": holds ", placeholder,
+                        ", a placeholder of the option parser's messages, which cannot quote it");
+    }
     po::options_description file = d->file_options();
     file.add(removed_options());
     try {
-      po::store(po::parse_config_file(in, file), vm);
+      std::istringstream ini(text);
+      po::store(po::parse_config_file(ini, file), vm);
     } catch (const po::unknown_option& e) {
       const std::string where = ini_line_of(path, e.get_option_name());
       throw InputError(path + (where.empty() ? "" : ", " + where) + ": " + e.what() +

@@ -113,7 +113,9 @@ struct TrainConfig {
 // nullopt when --help was given, after writing the options with their defaults to `help`.
 // boost::program_options errors (an unknown or mistyped key on the command line) propagate; the
 // same errors in the file become an InputError naming the file. A removed key (task.<t>.tokens,
-// task.<t>.examples, parallel.simulate_world) is an InputError saying what replaced it.
+// task.<t>.examples, parallel.simulate_world) is an InputError saying what replaced it, and so is
+// a command-line word holding a line break, a value that config.ini cannot hold (a '#', blanks at
+// its ends), and a word or INI line holding a placeholder of Boost's messages (%value%).
 std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[], std::ostream& help);
 
 // The checks that need no file: required keys, ranges, names, and no setting given that the

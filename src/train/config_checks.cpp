@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <initializer_list>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -71,6 +72,16 @@ void check_values(const TrainConfig& c) {
                       "model.hidden, model.layers, model.heads: positive, hidden divisible by heads (got ",
                       c.hidden, ", ", c.layers, ", ", c.heads, ")");
     QARAC_INPUT_CHECK(c.ffn >= 0 && c.max_positions > 2, "model.ffn must be >= 0 and model.max_positions > 2");
+    // The bounds read_hf_config puts on a base's sizes (io/hf_config.cpp), so that nothing that
+    // multiplies them overflows (model.ffn 2^62 made a negative dimension; heads <= hidden).
+    struct Size {
+      const char* key;
+      int64_t value, max;
+    };
+    for (const Size& s : {Size{"model.hidden", c.hidden, 1 << 16}, Size{"model.layers", c.layers, 1 << 10},
+                          Size{"model.ffn", c.ffn, 1 << 18}, Size{"model.max_positions", c.max_positions, 1 << 20}})
+      QARAC_INPUT_CHECK(s.value <= s.max, s.key, ": ", s.value, " is more than the ", s.max,
+                        " this implementation takes");
   }
   if (c.pretraining() || c.rehearsal())
     QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
@@ -99,8 +110,6 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
                     "' must be frozen or trained");
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
-  QARAC_INPUT_CHECK(c.dropout < kDropoutBelow, "model.dropout: ", c.dropout, " must be < 1 - 2^-17 (negative: the base config's)");
-  QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
   QARAC_INPUT_CHECK(c.steps >= 1, "train.steps: ", c.steps, " must be >= 1");
   QARAC_INPUT_CHECK(c.seed >= 0, "train.seed: ", c.seed, " must be >= 0");
   QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "train.device: '", c.device,
@@ -135,6 +144,8 @@ void check_values(const TrainConfig& c) {
       {"model.init_std", c.init_std},   {"parallel.bucket_mb", c.bucket_mb}};
   for (const auto& [key, value] : reals)
     QARAC_INPUT_CHECK(std::isfinite(value), key, ": ", value, " is not a finite number");
+  QARAC_INPUT_CHECK(c.dropout < kDropoutBelow, "model.dropout: ", c.dropout, " must be < 1 - 2^-17 (negative: the base config's)");
+  QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
   QARAC_INPUT_CHECK(c.lr >= 0, "optimizer.lr: ", c.lr, " must be >= 0");
   QARAC_INPUT_CHECK(c.beta1 >= 0 && c.beta1 < 1, "optimizer.beta1: ", c.beta1, " must lie in [0, 1)");
   QARAC_INPUT_CHECK(c.beta2 >= 0 && c.beta2 < 1, "optimizer.beta2: ", c.beta2, " must lie in [0, 1)");
@@ -160,7 +171,10 @@ void check_values(const TrainConfig& c) {
                     "optimizer.final: exponential decay needs a final fraction > 0");
   QARAC_INPUT_CHECK(c.clip >= 0, "optimizer.clip: ", c.clip, " must be >= 0 (0: no clipping)");
   QARAC_INPUT_CHECK(c.checkpoint_every >= 0, "checkpoint.every: ", c.checkpoint_every, " must be >= 0");
-  QARAC_INPUT_CHECK(c.checkpoint_keep >= 0, "checkpoint.keep: ", c.checkpoint_keep, " must be >= 0");
+  // The checkpoint writer counts them in an int (2^32 + 1 would keep 1, 2^31 fail the first save).
+  QARAC_INPUT_CHECK(c.checkpoint_keep >= 0 && c.checkpoint_keep <= std::numeric_limits<int>::max(),
+                    "checkpoint.keep: ", c.checkpoint_keep, " must lie between 0 and ",
+                    std::numeric_limits<int>::max(), " (0 keeps all)");
   QARAC_INPUT_CHECK(c.eval_every >= 0, "eval.every: ", c.eval_every, " must be >= 0");
   QARAC_INPUT_CHECK(c.eval_every == 0 || !c.eval_dir.empty(), "eval.every: ", c.eval_every,
                     " needs eval.dir (the held-out task streams); without it nothing is evaluated");

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:?usage: tests/fuzz/run.sh SECONDS [BUILD_DIR]}
 build=${2:-build-fuzz}
-read -ra targets <<<"${FUZZ_TARGETS:-fuzz_readers fuzz_tokenizer_files fuzz_tokenize fuzz_task_stream fuzz_hf_model fuzz_checkpoint}"
+read -ra targets <<<"${FUZZ_TARGETS:-fuzz_readers fuzz_tokenizer_files fuzz_tokenize fuzz_task_stream fuzz_hf_model fuzz_checkpoint fuzz_config}"
 
 if [ ! -f "$build/CMakeCache.txt" ]; then
   CC=clang CXX=clang++ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DQARAC_FUZZ=ON -DQARAC_TESTS=OFF \
@@ -32,7 +32,7 @@ artifacts() {  # how many crash inputs target $1 has left
 # ---- Seeds ----------------------------------------------------------------------------------
 seeds="$build/seeds"
 rm -rf "$seeds"
-mkdir -p "$seeds"/{fuzz_readers,fuzz_tokenizer_files,fuzz_tokenize,fuzz_task_stream,fuzz_hf_model,fuzz_checkpoint}
+mkdir -p "$seeds"/{fuzz_readers,fuzz_tokenizer_files,fuzz_tokenize,fuzz_task_stream,fuzz_hf_model,fuzz_checkpoint,fuzz_config}
 # The readers' first byte is the format (fuzz_readers.cpp): text, wikiqa, avicenna, snli jsonl,
 # tsv, csv. Sample files are cut to their first 4 KiB: a seed is a start, not a data set.
 seed_reader() {  # format-byte file
@@ -63,6 +63,24 @@ cfg=tests/golden/data/tiny_dev/config.json
 n=$(stat -c %s "$cfg")
 { byte $((n % 256)); byte $((n / 256)); cat "$cfg" \
   tests/golden/data/tiny_dev/model.safetensors; } >"$seeds/fuzz_hf_model/tiny_dev"
+# qarac-train's configuration: byte 0 (fuzz_config.cpp: bit 0 parse or resume, the others the
+# plan's sizes), then a shipped INI file, alone and with the command line launch/quickstart.sh and
+# launch/forgetting.sh give it as "--" lines; in resume mode the file is a checkpoint's config.ini.
+for f in launch/configs/*.ini; do
+  { printf '\x0a'; cat "$f"; } >"$seeds/fuzz_config/$(basename "$f" .ini)"
+  { printf '\x0b'; cat "$f"; } >"$seeds/fuzz_config/$(basename "$f" .ini).resume"
+done
+{ printf '\x0a--output run/pretrain\n--model.max_positions 130\n--model.tokenizer data/sample/tokenizer\n'
+  printf -- '--data.dir run/data/train\n--eval.dir run/data/heldout\n'
+  cat launch/configs/quickstart-pretrain.ini; } >"$seeds/fuzz_config/quickstart-pretrain.cli"
+finetune='--output run/finetune\n--model.base run/pretrain/export/base\n--data.dir run/data/train\n'
+finetune+='--eval.dir run/data/heldout\n--eval.tokenizer data/sample/tokenizer\n'
+{ printf '\x0a'; printf -- "$finetune"; cat launch/configs/quickstart.ini; } >"$seeds/fuzz_config/quickstart.cli"
+{ printf '\x4a'; printf -- "$finetune"; printf -- '--task.mlm.weight 1\n--task.mlm.batch 48\n--parallel.show_plan 6\n'
+  printf -- '--parallel.tasks ed:2,qa:1,rs:1,cs:1,mlm:1\n'
+  cat launch/configs/quickstart.ini; } >"$seeds/fuzz_config/rehearsal.cli"
+{ printf '\x0a'; printf -- "$finetune"; printf -- '--task.qa.objective contrastive\n--optimizer.decay constant\n'
+  cat launch/configs/quickstart.ini; } >"$seeds/fuzz_config/contrastive.cli"
 # The structure-aware targets read any bytes as a recipe: a few fixed ones start them.
 for t in fuzz_task_stream fuzz_checkpoint; do
   for i in 1 2 3 4; do head -c $((64 * i)) /dev/zero | tr '\0' "\\$(printf %03o $((i * 37)))" >"$seeds/$t/seed$i"; done

@@ -1,12 +1,15 @@
 // qarac-train's options as a new user meets them: a misspelt key gets a suggestion (and its INI
 // line), a setting the chosen mode ignores is refused, an evaluation interval without held-out
 // data is refused, the progress line is rewritten in place only where asked or on a terminal,
-// qarac-prep says how many examples it truncated, and a base's layers beyond its config are said.
+// qarac-prep says how many examples it truncated, a base's layers beyond its config are said, and
+// values at the edges are refused in one line.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
 
 #include "io/safetensors.h"
 #include "support/train_cli.h"
@@ -143,4 +146,64 @@ TEST_F(TrainOptionsCli, PrepWarnsAboutTruncatedExamples) {
   EXPECT_NE(r.output.find("corpus_train.txt: 3000 of 3000 examples (100%) have a field cut to --max-length 6"),
             std::string::npos)
       << r.output;
+}
+
+// Values at the edges, found by fuzzing the configuration (tests/fuzz/fuzz_config.cpp) and by
+// hand: each is refused in one line before anything is written (before: a checkpoint count past an
+// int failed the first save or kept too few, a new model's sizes overflowed or failed to allocate
+// as internal errors, a nan dropout was called too large, a line break made a message of two
+// lines, and a '#' or a trailing blank was written to config.ini, which read back another path).
+TEST_F(TrainOptionsCli, ValuesTheRunCannotHoldAreRefused) {
+  expect_usage_error("--train.steps 2 --checkpoint.keep 2147483648",
+                     {"checkpoint.keep: 2147483648 must lie between 0 and 2147483647"});
+  // A new model (model.mode mlm without a base; the fixture's defaults are for model.mode qarac).
+  const std::string mlm = std::string(QARAC_TRAIN_EXE) + " --model.mode mlm --model.tokenizer " +
+                          qarac::test_support::kSample + "tokenizer --data.dir " + (root() / "data").string() +
+                          " --output " + (root() / "big").string() + " --train.steps 2 --optimizer.warmup 1 ";
+  const std::pair<const char*, const char*> too_large[] = {
+      {"--model.ffn 4611686018427387904",
+       "model.ffn: 4611686018427387904 is more than the 262144 this implementation takes"},
+      {"--model.hidden 4294967296 --model.heads 1",
+       "model.hidden: 4294967296 is more than the 65536 this implementation takes"}};
+  for (const auto& [sizes, error] : too_large) {
+    const CliResult r = qarac::test_support::run_command(mlm + sizes);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_EQ(r.output, std::string("qarac-train: error: ") + error + "\n");
+  }
+  EXPECT_FALSE(fs::exists(root() / "big"));
+  expect_usage_error("--model.dropout nan", {"model.dropout: nan is not a finite number"});
+  expect_usage_error("--model.mode 'mlm\nqarac'", {"command-line argument 2 'mlm\\x0aqarac' holds a line break"});
+  const fs::path hash = root() / "run#1";
+  expect_usage_error("--train.steps 2 --output '" + hash.string() + "'",
+                     {"output: '" + hash.string() + "' cannot be written to the run's config.ini"});
+  EXPECT_FALSE(fs::exists(hash));
+  expect_usage_error("--train.steps 2 --eval.dir 'held out '", {"eval.dir: 'held out ' cannot be written"});
+}
+
+// Boost's messages (1.74) fill their placeholders until none is left, so quoting a word that holds
+// the one it fills never ended (before: qarac-train hung, deaf to the SIGTERM that start-up
+// defers; here a SIGKILL after a minute fails the test instead).
+TEST_F(TrainOptionsCli, OptionParserPlaceholdersAreRefused) {
+  const fs::path ini = root() / "placeholder.ini";
+  std::ofstream(ini) << "# %value% in a comment is left alone\n[train]\nsteps = %value%\n";
+  const std::pair<std::string, std::string> cases[] = {
+      {"--train.steps %value%", "command-line argument 2 '%value%' holds %value%"},
+      {"--x%original_token%", "command-line argument 1 '--x%original_token%' holds %original_token%"},
+      {"--config " + ini.string(), ini.string() + ", line 3: holds %value%"}};
+  for (const auto& [args, error] : cases) {
+    const CliResult r = train(root() / "never", args, "timeout -s KILL 60");
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_EQ(r.output, "qarac-train: error: " + error + ", a placeholder of the option parser's messages, which "
+                        "cannot quote it\n");
+  }
+}
+
+// A subnormal rate is a valid one: config.ini holds it (before: writing it threw out_of_range).
+TEST_F(TrainOptionsCli, ASubnormalRateIsWrittenToConfigIni) {
+  const fs::path run = root() / "subnormal";
+  const CliResult r = train(run, "--train.steps 2 --optimizer.lr 4.9e-324");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream in(run / "config.ini");
+  const std::string ini((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(ini.find("\nlr = 4.94066e-324\n"), std::string::npos) << ini;
 }
