@@ -183,9 +183,10 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.backend == "auto" || c.backend == "mpi" || c.backend == "nccl", "parallel.backend: '",
                     c.backend, "' is not one of auto, mpi, nccl");
   // The deadline is a steady_clock time point in nanoseconds: 1e7 s (116 days) is far beyond any
-  // job and far below the 292 years an int64 of nanoseconds holds.
-  QARAC_INPUT_CHECK(c.timeout > 0 && c.timeout <= 1e7, "parallel.timeout: ", c.timeout,
-                    " must be more than 0 and at most 1e7 seconds");
+  // job and far below the 292 years an int64 of nanoseconds holds. Below a second every wait for
+  // a slower rank would end the job (1e-320 was a deadline of 0 ns).
+  QARAC_INPUT_CHECK(c.timeout >= 1 && c.timeout <= 1e7, "parallel.timeout: ", c.timeout,
+                    " must be at least 1 and at most 1e7 seconds");
   // Bounds that keep the conversions to bytes and ranks exact; far beyond any real setting.
   QARAC_INPUT_CHECK(c.bucket_mb >= 1.0 / 1024 && c.bucket_mb <= (1 << 20), "parallel.bucket_mb: ", c.bucket_mb,
                     " must lie between 1/1024 (1 KiB) and 1048576 (1 TiB)");

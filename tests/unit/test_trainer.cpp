@@ -682,6 +682,7 @@ TEST_F(TrainCli, BadOptionsExit2WithOneLineAndWriteNothing) {
   expect_usage_error("--parallel.backend gloo", {"parallel.backend", "gloo"});
   expect_usage_error("--parallel.backend nccl", {"parallel.backend", "train.device cpu"});
   expect_usage_error("--parallel.timeout 0", {"parallel.timeout"});
+  expect_usage_error("--parallel.timeout 0.5", {"parallel.timeout: 0.5 must be at least 1 and at most 1e7 seconds"});
   expect_usage_error("--parallel.bucket_mb -1", {"parallel.bucket_mb"});
   expect_usage_error("--train.dtype f64 --train.device cuda", {"train.dtype", "f64"});
   expect_usage_error("--model.base " + (root() / "nothing").string(), {(root() / "nothing").string()});
