@@ -616,10 +616,11 @@ __device__ __forceinline__ void load_tile_async(bf16_t* s, const bf16_t* __restr
   }
 }
 
-// Writes a warp's 16×64 accumulator strip (acc[n] = C tile of columns 8n..8n+7), times `mul`, as
-// bf16 to rows [first, first + 16) of x, skipping rows at or past `valid`: through the warp's
-// own 16 rows of a shared tile (`stage`, 4-byte stores that hit 32 different banks), then as
-// 16-byte stores, each row's 128 bytes by 8 consecutive lanes.
+// Writes a warp's 16×64 accumulator strip (acc[n] = C tile of columns 8n..8n+7), its rows g times
+// `mul_lo` and its rows g + 8 times `mul_hi`, as bf16 to rows [first, first + 16) of x, skipping
+// rows at or past `valid`: through the warp's own 16 rows of a shared tile (`stage`, 4-byte
+// stores that hit 32 different banks), then as 16-byte stores, each row's 128 bytes by 8
+// consecutive lanes.
 __device__ __forceinline__ void store_rows(const float (&acc)[kTcD / 8][4], float mul_lo, float mul_hi,
                                            bf16_t* stage, bf16_t* __restrict__ x, int64_t ld,
                                            int64_t first, int64_t col, int valid, int lane) {

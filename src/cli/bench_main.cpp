@@ -223,7 +223,7 @@ class ClassifierBench : public BenchWorkload {
   Device device_;
   SequenceClassifier model_;
   ParameterList params_;
-  AdamWOptimizer optimizer_;
+  Optimizer optimizer_;
   TokenBatch batch_;
   Tensor labels_;
 };
@@ -249,7 +249,7 @@ class QaracBench : public BenchWorkload {
     models_ = std::make_unique<QaracModels>(qc, weights, dtype, device);
     objectives_ = std::make_unique<Objectives>(*models_);
     params_ = models_->parameters();
-    optimizer_ = std::make_unique<AdamWOptimizer>(params_, ops::AdamW{});
+    optimizer_ = std::make_unique<Optimizer>(params_, ops::AdamW{});
   }
   StepCount prepare(std::mt19937_64& gen) override {
     const QaracLengths& L = kQaracLengths;
@@ -351,7 +351,7 @@ class QaracBench : public BenchWorkload {
   std::unique_ptr<QaracModels> models_;
   std::unique_ptr<Objectives> objectives_;
   ParameterList params_;
-  std::unique_ptr<AdamWOptimizer> optimizer_;
+  std::unique_ptr<Optimizer> optimizer_;
   std::vector<data::TaskBatch> batches_;
 };
 

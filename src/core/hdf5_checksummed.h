@@ -97,7 +97,6 @@ class ChecksummedH5Reader {
   using Keep = std::function<bool(const std::string& name, const Shape& shape)>;
   H5Contents read(const Keep& keep);
 
-  const std::string& path() const { return path_; }
   // For the caller's own checks of what it read: InputError "<path>: <what>".
   [[noreturn]] void fail(const std::string& what) const;
 

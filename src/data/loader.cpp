@@ -5,7 +5,6 @@
 #include "data/loader.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -98,22 +97,6 @@ int64_t PackedField::max_length() const {
   int64_t m = 0;
   for (int64_t b = 0; b < count(); ++b) m = std::max(m, length(b));
   return m;
-}
-
-PaddedField pad(const PackedField& field, int32_t pad_id) {
-  const int64_t batch = field.count(), seq = field.max_length();
-  PaddedField out;
-  out.ids = Tensor::empty({batch, seq}, DType::i32);
-  out.mask = Tensor::zeros({batch, seq}, DType::i32);
-  int32_t* ids = out.ids.data<int32_t>();
-  int32_t* mask = out.mask.data<int32_t>();
-  std::fill(ids, ids + batch * seq, pad_id);
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t len = field.length(b);
-    std::memcpy(ids + b * seq, field.tokens.data() + field.starts[b], len * sizeof(int32_t));
-    std::fill(mask + b * seq, mask + b * seq + len, 1);
-  }
-  return out;
 }
 
 int64_t TaskBatch::tokens() const {

@@ -83,14 +83,6 @@ struct PackedField {
   int64_t max_length() const;
 };
 
-// The same field padded for the CPU backend: ids and mask i32 [B, S] on the host, S the longest
-// sequence; ids are pad_id and mask 0 past each sequence's end (Hugging Face's attention_mask).
-struct PaddedField {
-  Tensor ids;
-  Tensor mask;
-};
-PaddedField pad(const PackedField& field, int32_t pad_id);
-
 // A whole global batch, every rank's part, in batch order: its examples' ids and fields. Every
 // rank of the task gets it, so a loss normalised over the global batch by something other than
 // the example count (the MLM loss: by its masked tokens, a function of (id, position, token))
@@ -113,7 +105,6 @@ struct TaskBatch {
 
   int64_t count() const { return static_cast<int64_t>(examples.size()); }
   int64_t tokens() const;  // over all fields
-  PaddedField padded(int field, int32_t pad_id) const { return pad(fields[field], pad_id); }
   // Consecutive micro-batches of at most `max_tokens` tokens each, in order, every one holding at
   // least one example (an example longer than that runs alone); max_tokens 0: the batch whole.
   // No micro-batch for an empty batch.

@@ -107,7 +107,6 @@ class TaskStreamWriter {
   // and puts it on disk (fsync). Every failure to write (a full disk) is a one-line InputError
   // naming the temporary file, which the destructor removes.
   void finish(StreamInfo info);
-  uint64_t checksum() const { return checksum_; }  // after finish()
   Task task() const { return task_; }
   // Renames the finished temporary file over `path` (and fsyncs the folder). Several streams
   // go together through publish_streams.

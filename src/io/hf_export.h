@@ -7,8 +7,6 @@
 // name, an extra key transformers ignores with a warning. A QARAC model is exported with
 //   io::export_hf_model(run_dir, "decoder", models.config().base,
 //                       io::master_tensors(models.model_parameters("decoder")));
-// Taking plain tensors keeps qarac_io from linking the model library, which sits above it
-// (master_tensors reads Parameter's fields only, from its header).
 #pragma once
 
 #include <string>

@@ -1,8 +1,9 @@
 // RoBERTa with its masked-language-model head (Hugging Face's RobertaForMaskedLM: the LM head's
-// output matrix tied to the word embeddings). Two uses: pre-training a small base model from
-// scratch (the quickstart), and the forgetting monitor, which scores a fine-tuned encoder base
-// with the base checkpoint's own MLM head on held-out text (docs/design.md §6): a rising MLM loss
-// is the base model's knowledge being overwritten.
+// output matrix tied to the word embeddings). Three uses: pre-training a small base model from
+// scratch (the quickstart); the forgetting monitor, which scores a fine-tuned encoder base with
+// the base checkpoint's own MLM head on held-out text (docs/design.md §6): a rising MLM loss is
+// the base model's knowledge being overwritten; and rehearsal (train/rehearsal.h), which trains
+// that loss through the answer encoder's base against forgetting.
 #pragma once
 
 #include <memory>
@@ -63,7 +64,6 @@ class MaskedLM {
   MaskedLM& operator=(const MaskedLM&) = delete;
 
   LMHead& head() { return head_; }
-  RobertaEncoder& encoder() { return encoder_; }
   // The encoder's parameters and the head's (the tied matrix listed once, with the encoder).
   ParameterList parameters();
 

@@ -22,7 +22,6 @@ struct RobertaConfig {
   int32_t eos_token_id = 2;
   std::string hidden_act = "gelu";  // the erf form; the only activation implemented
 
-  int64_t head_dim() const { return hidden_size / num_heads; }
   // The longest sequence the position table serves: RoBERTa numbers positions from
   // pad_token_id + 1.
   int64_t max_tokens() const { return max_position_embeddings - pad_token_id - 1; }

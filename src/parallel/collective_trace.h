@@ -18,7 +18,7 @@ namespace qarac::parallel {
 struct Collective {
   std::string comm;  // the communicator's name, the same on every member ("the world", ...)
   int size = 0;      // its members
-  std::string op;    // "all_reduce", "barrier", "broadcast", "split", "nccl_init"
+  std::string op;    // "all_reduce", "all_gather", "barrier", "broadcast", "split", "nccl_init"
   int64_t bytes = 0;
 };
 using CollectiveLog = std::vector<Collective>;  // one rank's launches, in the order it made them

@@ -1,6 +1,7 @@
 // Communication of the parallel multi-task trainer (docs/design.md §4), in two layers:
 //   MpiGroup      the control plane: an MPI communicator over some ranks with small host-side
-//                 collectives (barrier, all-reduce of a few numbers, broadcast, point-to-point)
+//                 collectives (barrier, all-reduce of a few numbers, broadcast, all-gather of
+//                 rows, point-to-point)
 //                 that all wait with a timeout. Bootstrap, NCCL ids, metrics, the replica check
 //                 and the checkpoint agreement go through it.
 //   Communicator  the data plane: SUM all-reduce of gradient buckets, started asynchronously and
@@ -80,7 +81,6 @@ class Communicator {
  public:
   virtual ~Communicator() = default;
   virtual const char* backend() const = 0;  // "mpi" or "nccl"
-  virtual int size() const = 0;
 
   // Starts a SUM all-reduce of `buffer` (contiguous, on this backend's device) in place. The
   // buffer must stay alive and unwritten until wait() returns. On CUDA, the reduction waits for

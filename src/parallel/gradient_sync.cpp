@@ -6,7 +6,6 @@
 #include <iterator>
 
 #include "core/hash.h"
-#include "core/log.h"
 
 namespace qarac::parallel {
 namespace {

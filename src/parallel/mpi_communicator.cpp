@@ -8,7 +8,6 @@
 #include <thread>
 
 #include "core/check_mpi.h"
-#include "core/log.h"
 #include "parallel/collective_trace.h"
 #include "parallel/communicator.h"
 
@@ -179,7 +178,6 @@ class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(const MpiGroup& group) : group_(group) {}
   const char* backend() const override { return "mpi"; }
-  int size() const override { return group_.size(); }
 
   void start_all_reduce(Tensor& buffer) override {
     QARAC_CHECK(buffer.device().is_cpu() && buffer.is_contiguous(),

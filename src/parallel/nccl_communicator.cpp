@@ -80,7 +80,6 @@ class NcclCommunicator final : public Communicator {
   }
 
   const char* backend() const override { return "nccl"; }
-  int size() const override { return group_.size(); }
 
   void start_all_reduce(Tensor& buffer) override {
     QARAC_CHECK(buffer.device().is_cuda() && buffer.is_contiguous(),

@@ -21,7 +21,6 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/rng.h"
 
 namespace qarac {
 namespace {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "data/task.h"
 #include "train/config.h"
 

@@ -79,7 +79,4 @@ class Optimizer {
   double mu_product_ = 1.0;  // NAdam: Π_{steps_} of the momentum schedule (1 before any step)
 };
 
-// The name the checkpoint code and qarac-bench were written against.
-using AdamWOptimizer = Optimizer;
-
 }  // namespace qarac

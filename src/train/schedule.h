@@ -34,7 +34,6 @@ class LearningRateSchedule {
   // exponential decay to 0.
   explicit LearningRateSchedule(const ScheduleConfig& config);
   double at(int64_t step) const;  // the rate of update `step` (0-based)
-  const ScheduleConfig& config() const { return config_; }
 
  private:
   ScheduleConfig config_;

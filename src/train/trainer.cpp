@@ -64,9 +64,8 @@ const TrainConfig& checked(const TrainConfig& c) {
 struct Trainer::Impl {
   // This process in the job.
   struct Place {
-    explicit Place(const parallel::Runtime* r)
-        : runtime(r), rank(r ? r->rank() : 0), world_size(r ? r->size() : 1) {}
-    const parallel::Runtime* runtime;  // null: one process without MPI
+    // r null: one process without MPI.
+    explicit Place(const parallel::Runtime* r) : rank(r ? r->rank() : 0), world_size(r ? r->size() : 1) {}
     int rank, world_size;
     std::unique_ptr<parallel::MpiGroup> world;  // with several ranks
     parallel::Backend backend = parallel::Backend::mpi;

@@ -1,5 +1,5 @@
 // Throughput of the data pipeline: qarac-prep examples/s (raw files -> HDF5 task streams, the
-// real program run as a child process) and the loader's batches/s (packed, then padded).
+// real program run as a child process) and the loader's batches/s.
 // A benchmark to run by hand, not a test:
 //   bench_data [copies, default 20] [steps, default 2000] [global batch, default 128 examples]
 // The input is data/sample repeated `copies` times per format (20 copies: about 175,000
@@ -121,20 +121,10 @@ int bench(int argc, char** argv) {
       examples += b.count();
       tokens += b.tokens();
     }
-  double s = seconds_since(start);
+  const double s = seconds_since(start);
   std::printf("  packed: %d steps, %lld batches in %.3f s: %.0f batches/s, %.2f M examples/s, "
               "%.1f M tokens/s\n", steps, static_cast<long long>(batches), s, batches / s,
               examples / s / 1e6, tokens / s / 1e6);
-  start = Clock::now();
-  batches = 0;
-  for (int i = 0; i < steps; ++i)
-    for (const TaskBatch& b : loader.next().tasks) {
-      for (size_t f = 0; f < b.fields.size(); ++f) b.padded(static_cast<int>(f), 1);
-      ++batches;
-    }
-  s = seconds_since(start);
-  std::printf("  padded: %lld batches in %.3f s: %.0f batches/s\n", static_cast<long long>(batches),
-              s, batches / s);
   fs::remove_all(dir);
   return 0;
 }

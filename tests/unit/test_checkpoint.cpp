@@ -26,7 +26,6 @@
 
 #include "support/test_support.h"
 #include "io/hf_checkpoint.h"
-#include "io/hf_config.h"
 #include "io/hf_export.h"
 #include "model/init.h"
 #include "model/qarac.h"

@@ -35,7 +35,7 @@ std::vector<double> train(DType dtype, Device device, int steps) {
   ParameterList params = model.parameters();
   init_normal(params, 0.05, 17);
   ops::AdamW hyper;
-  AdamWOptimizer optimizer(params, hyper);
+  Optimizer optimizer(params, hyper);
   std::mt19937_64 gen(5);
   std::uniform_int_distribution<int32_t> token(3, 100), label(0, 2);
   std::uniform_int_distribution<int> length(1, 70);

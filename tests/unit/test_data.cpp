@@ -1083,18 +1083,6 @@ TEST(Loader, ShuffleIsAPinnedPermutation) {
   EXPECT_NE(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 10, 2, Task::reasoning));
 }
 
-TEST(Loader, PaddedBatchesMatchPackedOnes) {
-  PackedField f;
-  f.tokens = {0, 5, 6, 2, 0, 2, 0, 7, 8, 9, 2};
-  f.starts = {0, 4, 6, 11};
-  const PaddedField p = pad(f, 1);
-  EXPECT_EQ(p.ids.shape(), (Shape{3, 5}));
-  EXPECT_EQ(p.ids.to_vector<int32_t>(),
-            (std::vector<int32_t>{0, 5, 6, 2, 1, 0, 2, 1, 1, 1, 0, 7, 8, 9, 2}));
-  EXPECT_EQ(p.mask.to_vector<int32_t>(),
-            (std::vector<int32_t>{1, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1}));
-}
-
 TEST(Loader, RefusesMismatchedTokenizersAndMissingFiles) {
   TempDir dir("loader_refuse");
   write_stream(dir / "encode_decode.h5", Task::encode_decode, synthetic(Task::encode_decode, 3, 5, 9), "hash-a");
