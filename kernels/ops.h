@@ -18,6 +18,9 @@
 // - Elementwise ops allow their output to alias their input.
 // - Shapes, dtypes and devices are checked on entry; a mismatch raises qarac::Error naming the op
 //   and the offending argument.
+// - gemm_batched, accumulate, scale and gelu_forward have no caller in the models (the layers use
+//   the fused forms): they are the unfused references the tests build theirs from, checked on
+//   every backend like the rest.
 #pragma once
 
 #include <cstdint>

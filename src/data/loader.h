@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "core/tensor.h"
 #include "data/task.h"
 #include "data/shards.h"
 

@@ -1,9 +1,8 @@
 // Communication of the parallel multi-task trainer (docs/design.md §4), in two layers:
 //   MpiGroup      the control plane: an MPI communicator over some ranks with small host-side
 //                 collectives (barrier, all-reduce of a few numbers, broadcast, all-gather of
-//                 rows, point-to-point)
-//                 that all wait with a timeout. Bootstrap, NCCL ids, metrics, the replica check
-//                 and the checkpoint agreement go through it.
+//                 rows, point-to-point) that all wait with a timeout. Bootstrap, NCCL ids,
+//                 metrics, the replica check and the checkpoint agreement go through it.
 //   Communicator  the data plane: SUM all-reduce of gradient buckets, started asynchronously and
 //                 waited for with a timeout; an MPI backend for CPU tensors and an NCCL backend
 //                 for CUDA tensors (one stream for every communicator of the process, beside
