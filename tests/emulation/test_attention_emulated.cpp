@@ -257,8 +257,8 @@ const std::vector<int32_t> kShort = {0, 70, 1, 128, 33};
 
 constexpr DType kBf16 = DType::bf16, kF32 = DType::f32;
 constexpr Layout kAlone{}, kFused{true, 0, 0};
-constexpr Path kTc = Path::tensor_cores, kShortTc = Path::short_tensor_cores, kTcForward = Path::generic_backward,
-               kGeneric = Path::generic;
+constexpr Path kTc = Path::tensor_cores, kShortTc = Path::short_tensor_cores,
+               kGenericBackward = Path::generic_backward, kGeneric = Path::generic;
 
 // Each case is one run of forward and backward; name, path, lengths, heads, Dh, causal, dropout, dtype,
 // input layout, gradient layout, eager cp.async, seed (and the tiled backward where given).
@@ -283,7 +283,7 @@ const Case kCases[] = {
     // the generic path on bf16 Dh = 64 (for the backward alone where only the gradients have them).
     {"UnalignedStrideGeneric", kGeneric, kRagged, 1, 64, true, 0.1, kBf16, {true, 0, 1}, {true, 0, 1}, false, 5},
     {"SliceAtColumnOneGeneric", kGeneric, kStraddling, 1, 64, false, 0.0, kBf16, {true, 1, 7}, {true, 1, 7}, true, 6},
-    {"AlignedInputsUnalignedGrads", kTcForward, kRagged, 1, 64, false, 0.1, kBf16, kFused, {true, 0, 1}, false, 7},
+    {"AlignedInputsUnalignedGrads", kGenericBackward, kRagged, 1, 64, false, 0.1, kBf16, kFused, {true, 0, 1}, false, 7},
     // The generic path in f32 and bf16 at other head dims (NC = 1..4 columns per lane); Dh = 128
     // needs more than 48 KiB of shared memory in the backward kernels.
     {"GenericF32Dim24FusedCausalDropout", kGeneric, kRagged, 2, 24, true, 0.1, kF32, {true, 2, 3}, {true, 5, 0}, false,

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -117,12 +118,11 @@ Counts per_layer(const Shape& shape, const char* what) {
   const auto count_of = [](const Counts& c, const std::string& name) -> int64_t {
     return c.count(name) ? static_cast<int64_t>(c.at(name)) : 0;
   };
-  Counts families = two.forward_backward;
-  families.insert(three.forward_backward.begin(), three.forward_backward.end());
-  families.insert(four.forward_backward.begin(), four.forward_backward.end());
+  std::set<std::string> families;
+  for (const Counts* c : {&two.forward_backward, &three.forward_backward, &four.forward_backward})
+    for (const auto& [name, count] : *c) families.insert(name);
   Counts added;
-  for (const auto& family : families) {
-    const std::string& name = family.first;
+  for (const std::string& name : families) {
     const int64_t in_two = count_of(two.forward_backward, name), in_three = count_of(three.forward_backward, name),
                   in_four = count_of(four.forward_backward, name);
     EXPECT_EQ(in_four - in_three, in_three - in_two) << name;
