@@ -97,6 +97,9 @@ QARAC_HD inline Philox4x32 sequence_draw(const RngKey& key, uint64_t id, uint64_
 QARAC_HD inline float sequence_uniform01(const RngKey& key, uint64_t id, uint64_t element) {
   return static_cast<float>(sequence_draw(key, id, element).c[0] >> 8) * (1.0f / 16777216.0f);
 }
+// The step of sequence_uniform01's values, 2^-24: u < p holds with probability ceil(p · 2^24) / 2^24,
+// which is 2^-24 for every p in (0, 2^-24], so a probability that u is compared with is at least this.
+constexpr double kUniformStep = 1.0 / 16777216.0;
 
 // ---- Dropout decisions: eight per Philox call ----
 // Dropout needs one yes/no per element, and a Philox-4x32-10 call (20 multiplies) costs more than
@@ -114,6 +117,9 @@ constexpr uint32_t kDropoutDraws = 1u << 16;  // values of one 16-bit draw; this
 // Drop probabilities must lie below this: from 1 - 2^-17 on, round(p · 2^16) is 2^16, which drops
 // everything and has no finite keep scale (the ops and the configs refuse it).
 constexpr double kDropoutBelow = 1.0 - 1.0 / (2.0 * kDropoutDraws);
+// A positive drop probability below 2^-17 rounds to the threshold 0 and drops nothing: the
+// configs refuse it rather than train without the dropout asked for.
+constexpr double kDropoutSmallest = 1.0 / (2.0 * kDropoutDraws);
 
 // The threshold of drop probability p in [0, kDropoutBelow): round(p · 2^16).
 inline uint32_t dropout_threshold(double p) {

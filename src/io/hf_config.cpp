@@ -210,9 +210,13 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder, bool* ti
       {"hidden_dropout_prob", c.hidden_dropout},
       {"attention_probs_dropout_prob", c.attention_dropout},
   };
-  for (const auto& [key, p] : dropouts)
+  for (const auto& [key, p] : dropouts) {
     QARAC_INPUT_CHECK(p >= 0 && p < kDropoutBelow, path, ": key '", key,
                       "' must be in [0, 1) (below 1 - 2^-17, the 16-bit dropout draws), found ", p);
+    QARAC_INPUT_CHECK(p == 0 || p >= kDropoutSmallest, path, ": key '", key, "' is ", p,
+                      ", which rounds to 0 in the 16-bit dropout draws and would drop nothing (0 or at least 2^-17, ",
+                      kDropoutSmallest, ")");
+  }
   // The special tokens index the embedding table (the pad id also anchors the positions).
   const std::pair<const char*, int32_t> ids[] = {{"pad_token_id", c.pad_token_id},
                                                  {"bos_token_id", c.bos_token_id},

@@ -84,9 +84,13 @@ void check_values(const TrainConfig& c) {
       QARAC_INPUT_CHECK(s.value <= s.max, s.key, ": ", s.value, " is more than the ", s.max,
                         " this implementation takes");
   }
-  if (c.pretraining() || c.rehearsal())
+  if (c.pretraining() || c.rehearsal()) {
     QARAC_INPUT_CHECK(c.mask_probability > 0 && c.mask_probability < 1, "model.mask_probability: ",
                       c.mask_probability, " must lie in (0, 1)");
+    QARAC_INPUT_CHECK(c.mask_probability >= kUniformStep, "model.mask_probability: ", c.mask_probability,
+                      " is below 2^-24 (", kUniformStep, "), the step of the masking draws: it would mask 2^-24 "
+                      "of the tokens, not what was asked");
+  }
   // What decides which settings have an effect (the rehearsal's weight, the QA objective), checked
   // first: a wrong value would call a setting ignored that is not.
   QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
@@ -146,6 +150,9 @@ void check_values(const TrainConfig& c) {
   for (const auto& [key, value] : reals)
     QARAC_INPUT_CHECK(std::isfinite(value), key, ": ", value, " is not a finite number");
   QARAC_INPUT_CHECK(c.dropout < kDropoutBelow, "model.dropout: ", c.dropout, " must be < 1 - 2^-17 (negative: the base config's)");
+  QARAC_INPUT_CHECK(c.dropout <= 0 || c.dropout >= kDropoutSmallest, "model.dropout: ", c.dropout,
+                    " rounds to 0 in the 16-bit dropout draws and would drop nothing: use 0 or at least 2^-17 (",
+                    kDropoutSmallest, ")");
   QARAC_INPUT_CHECK(c.init_std > 0, "model.init_std: ", c.init_std, " must be > 0");
   QARAC_INPUT_CHECK(c.lr >= 0, "optimizer.lr: ", c.lr, " must be >= 0");
   QARAC_INPUT_CHECK(c.beta1 >= 0 && c.beta1 < 1, "optimizer.beta1: ", c.beta1, " must lie in [0, 1)");

@@ -3,6 +3,8 @@
 
 #include <vector>
 
+#include "core/log.h"
+
 namespace qarac {
 
 const Tensor& MaskedLmLoss::run(MaskedLM& mlm, const data::TaskBatch& batch, double weight,
@@ -13,7 +15,7 @@ const Tensor& MaskedLmLoss::run(MaskedLM& mlm, const data::TaskBatch& batch, dou
   std::vector<std::vector<int32_t>> seqs;
   for (int64_t b = 0; b < text.count(); ++b)
     seqs.emplace_back(text.tokens.begin() + text.starts[b], text.tokens.begin() + text.starts[b + 1]);
-  const uint64_t step = forward.step;
+  const uint64_t step = forward.step;  // from 0; the trainer says steps from 1
   const MaskedTokens masked = mask_tokens(seqs, batch.ids, vocab_size_, masking_, step);
   const int64_t global_masked = global_masked_tokens(batch, masked, step);
   // The trainer weighs this micro-batch's loss and gradients by its share n / N of the global
@@ -22,6 +24,15 @@ const Tensor& MaskedLmLoss::run(MaskedLM& mlm, const data::TaskBatch& batch, dou
   // micro-batches and ranks is the global batch's masked mean.
   const double share = static_cast<double>(batch.count()) / static_cast<double>(batch.global_count);
   const double per_token = global_masked > 0 ? 1.0 / static_cast<double>(global_masked) : 0.0;
+  // Said by the rank whose part starts the global batch, once: every rank of the task counts the
+  // same M, and a run whose steps mask nothing learns nothing from this loss.
+  const bool starts_global = !batch.global || (!batch.ids.empty() && batch.ids.front() == batch.global->ids.front());
+  if (global_masked == 0 && starts_global && !warned_unmasked_) {
+    warned_unmasked_ = true;
+    log::warn(data::task_name(batch.task), ", step ", step + 1, ": no token of the global batch (", batch.global_tokens,
+              " tokens) was chosen for masking (model.mask_probability ", masking_.probability,
+              "): its loss and gradients are 0 there; said once a run");
+  }
   return mlm.run(masked, forward, /*backward=*/true, per_token / share, weight / share * per_token);
 }
 

@@ -44,6 +44,7 @@ class MaskedLmLoss {
   std::shared_ptr<const data::GlobalBatch> counted_batch_;  // global_masked_tokens' cache
   uint64_t counted_step_ = 0;
   int64_t counted_masked_ = 0;
+  bool warned_unmasked_ = false;  // a global batch without a masked token was reported
 };
 
 class Rehearsal {

@@ -427,7 +427,7 @@ bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>
       step_text(), ": ",
       tasks.empty() ? detail::concat("the gradient norm is ", s.grad_norm, " while every loss is finite")
                     : "the loss of " + tasks + " is not finite",
-      " (a loss or a gradient overflowed: check optimizer.lr, the task weights and the base model's weights)");
+      " (a loss or a gradient overflowed: check optimizer.lr, the task weights, model.init_std and the base model's weights)");
   QARAC_INPUT_CHECK(config.nonfinite == "skip", what, "; the step was not applied (train.nonfinite skip goes on)");
   if (place.root()) {
     metrics.end_progress_line();

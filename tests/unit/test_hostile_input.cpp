@@ -642,6 +642,11 @@ TEST_F(Hostile, ConfigDropoutMustBeAProbabilityTheDrawsCanTake) {
   }
   write_text(file, config_with("hidden_dropout_prob", 0.99999));  // 65535 of 65536: still a draw
   EXPECT_NEAR(io::read_hf_config(file).hidden_dropout, 0.99999, 1e-12);
+  // Positive, but 0 in the draws: the model would train without the dropout its config asks for.
+  write_text(file, config_with("hidden_dropout_prob", 1e-9));
+  expect_input_error([&] { io::read_hf_config(file); }, {file, "'hidden_dropout_prob' is 1e-09", "drop nothing"});
+  write_text(file, config_with("hidden_dropout_prob", 0x1p-17));  // the smallest that rounds to 1 of 65536
+  EXPECT_EQ(io::read_hf_config(file).hidden_dropout, 0x1p-17);
 }
 
 // The weights a config's sizes describe must be in the file before any model is allocated.

@@ -171,6 +171,17 @@ TEST_F(TrainOptionsCli, ValuesTheRunCannotHoldAreRefused) {
     EXPECT_EQ(r.output, std::string("qarac-train: error: ") + error + "\n");
   }
   EXPECT_FALSE(fs::exists(root() / "big"));
+  // Sizes within the bounds whose tensors this machine cannot hold: one line (before: an internal
+  // error, or the kernel's OOM killer once the pages were touched). The position table alone is
+  // 2^20 x 2^16 floats, 256 GiB; it is refused before it is allocated.
+  const CliResult oom = qarac::test_support::run_command(
+      mlm + "--model.hidden 65536 --model.heads 1 --model.layers 1 --model.max_positions 1048576");
+  EXPECT_EQ(oom.code, 2) << oom.output;
+  EXPECT_EQ(oom.output.rfind("qarac-train: error: out of memory on ", 0), 0u) << oom.output;
+  for (const char* part : {": a tensor of 256.0 GiB with ", " of physical memory; train.micro_tokens runs each step"})
+    EXPECT_NE(oom.output.find(part), std::string::npos) << part << ":\n" << oom.output;
+  EXPECT_EQ(oom.output.find('\n'), oom.output.size() - 1) << oom.output;
+  EXPECT_FALSE(fs::exists(root() / "big"));
   expect_usage_error("--model.dropout nan", {"model.dropout: nan is not a finite number"});
   expect_usage_error("--model.mode 'mlm\nqarac'", {"command-line argument 2 'mlm\\x0aqarac' holds a line break"});
   const fs::path hash = root() / "run#1";
@@ -178,6 +189,25 @@ TEST_F(TrainOptionsCli, ValuesTheRunCannotHoldAreRefused) {
                      {"output: '" + hash.string() + "' cannot be written to the run's config.ini"});
   EXPECT_FALSE(fs::exists(hash));
   expect_usage_error("--train.steps 2 --eval.dir 'held out '", {"eval.dir: 'held out ' cannot be written"});
+}
+
+// A masking probability the draws can take but this batch does not meet: the steps whose global
+// batch masks no token train nothing on it, and the run says so once, naming the setting (before:
+// a loss of 0 at every step, and not a word).
+TEST_F(TrainOptionsCli, AStepThatMasksNoTokenIsSaidOnce) {
+  const fs::path out = root() / "unmasked";
+  const CliResult r = qarac::test_support::run_command(
+      std::string(QARAC_TRAIN_EXE) + " --model.mode mlm --model.tokenizer " + qarac::test_support::kSample +
+      "tokenizer --data.dir " + (root() / "data").string() + " --output " + out.string() +
+      " --model.hidden 16 --model.heads 1 --model.layers 1 --train.steps 3 --optimizer.warmup 0"
+      " --train.progress plain --model.mask_probability 6e-8");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string said = "encode_decode, step 1: no token of the global batch (";
+  const size_t at = r.output.find(said);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" tokens) was chosen for masking (model.mask_probability 6e-08): its loss and gradients "
+                          "are 0 there; said once a run", at), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("no token of the global batch", at + said.size()), std::string::npos) << r.output;
 }
 
 // Boost's messages (1.74) fill their placeholders until none is left, so quoting a word that holds

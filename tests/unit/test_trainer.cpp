@@ -561,6 +561,8 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
   expect_key([](TrainConfig& b) { b.dropout = 1; }, "model.dropout");
   // Below 1, but 1 in the 16-bit dropout draws: refused here, not at the first step.
   expect_key([](TrainConfig& b) { b.dropout = 0.999999; }, "model.dropout");
+  // Positive, but 0 in the draws: a run without the dropout it asks for.
+  expect_key([](TrainConfig& b) { b.dropout = 1e-9; }, "model.dropout: 1e-09 rounds to 0");
   expect_key([](TrainConfig& b) { b.base.clear(); }, "model.base");
   expect_key([](TrainConfig& b) { b.output.clear(); }, "output");
 }
@@ -598,6 +600,11 @@ TEST(TrainConfig, RehearsalOptionsAreCheckedAndRefusedWhileOff) {
   bad = on;
   bad.mask_probability = 1;
   expect_input_error([&] { check_values(bad); }, {"model.mask_probability", "(0, 1)"});
+  // Below the step of the masking draws: it would mask 2^-24 of the tokens, far more than asked.
+  bad.mask_probability = 1e-300;
+  expect_input_error([&] { check_values(bad); }, {"model.mask_probability: 1e-300 is below 2^-24"});
+  bad.mask_probability = 0x1p-24;
+  check_values(bad);
   bad = on;
   bad.task[static_cast<int>(Task::masked_lm)].batch = 0;
   expect_input_error([&] { check_values(bad); }, {"task.mlm.batch"});
