@@ -180,5 +180,5 @@ int main(int argc, char** argv) {
     Encoder encoder = io::load_encoder_export(model, DType::f32, device);
     cli::write_vectors(output, cli::encode_texts(encoder, input, field, batch, device));
     return 0;
-  });
+  }, "a smaller --batch needs less");
 }

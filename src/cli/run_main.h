@@ -1,5 +1,5 @@
 // How QARAC-MT programs turn errors into exit codes: usage and input errors (bad options,
-// unreadable or malformed files) exit 2 with one line; internal errors exit 1. A program's own
+// unreadable or malformed files) and a lack of memory exit 2 with one line; internal errors exit 1. A program's own
 // statuses (qarac-train: 3 communication, 4 replicas, 75 stopped) are what its body returns.
 #pragma once
 
@@ -51,12 +51,18 @@ inline void check_standard_output() {
                     ": what was printed is incomplete");
 }
 
+// `out_of_memory_hint`: what of the program's settings needs less memory, said after an
+// OutOfMemory.
 template <class Body>
-int run_main(const char* program, Body&& body) {
+int run_main(const char* program, Body&& body, const char* out_of_memory_hint = nullptr) {
   try {
     const int code = body();
     if (code == 0) check_standard_output();
     return code;
+  } catch (const OutOfMemory& e) {
+    std::fprintf(stderr, "%s: error: %s%s%s\n", program, e.what(), out_of_memory_hint ? "; " : "",
+                 out_of_memory_hint ? out_of_memory_hint : "");
+    return 2;
   } catch (const boost::program_options::error& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;

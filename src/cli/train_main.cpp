@@ -4,7 +4,7 @@
 // and exit status 2, reported before the output directory is created. Under mpirun or srun every
 // process is one rank of the task plan; a rank that fails (an error, a communication timeout, a
 // replica divergence) ends the whole job with MPI_Abort, so that no rank is left waiting.
-// Exit statuses: 0 done, 1 internal error, 2 input error, 3 communication failure or timeout,
+// Exit statuses: 0 done, 1 internal error, 2 input error or out of memory, 3 communication failure or timeout,
 // 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a checkpoint (--resume goes on).
 #include <cstdio>
 #include <filesystem>
@@ -29,6 +29,10 @@ namespace {
 // Exit statuses besides run_main's 0, 1 (internal error) and 2 (input error).
 constexpr int kCommunicationFailed = 3;
 constexpr int kReplicasDiverged = 4;
+// Said after an out-of-memory error.
+constexpr const char* kLessMemory =
+    "train.micro_tokens runs each step in smaller micro-batches with the same result; smaller task batches or a "
+    "smaller model need less too";
 
 // The held-out evaluation of [eval]; built before the run starts, so its input errors too come
 // before the output directory exists.
@@ -96,7 +100,7 @@ int main(int argc, char** argv) {
       return 2;  // the rank that failed said why (an input error: a full disk)
     }
     return 0;
-  });
+  }, kLessMemory);
   // A stopped run ends normally on every rank (its checkpoint is complete): no abort.
   if (code != 0 && code != qarac::kExitPreempted && runtime && runtime->size() > 1) {
     if (trainer) trainer->abort();

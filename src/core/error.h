@@ -22,6 +22,15 @@ class InputError : public Error {
   using Error::Error;
 };
 
+// Memory the machine lacks for what was asked (a host or CUDA allocation): one line and exit
+// status 2, as an input error, for a setting fixes it (smaller batches, micro-batches or model) or
+// a larger machine does; it is no bug of the program. Not an InputError: the handlers of damaged
+// inputs (a checkpoint skipped for another) must not take it for one.
+class OutOfMemory : public Error {
+ public:
+  using Error::Error;
+};
+
 const std::string& hostname();
 
 // Text from a file or a user (names, values) with control characters escaped as \xNN, so that an

@@ -2,7 +2,10 @@
 // and the copies and fills between them.
 #include "core/memory.h"
 
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -46,6 +49,17 @@ int cuda_device_count() {
 
 namespace {
 constexpr size_t kHostAlignment = 64;  // a cache line; also what AVX-512 loads like
+
+// "12.3 GiB", "4.0 MiB", "512 bytes": sizes in the out-of-memory messages.
+std::string size_text(uint64_t bytes) {
+  char text[32];
+  if (bytes < (1u << 20))
+    std::snprintf(text, sizeof text, "%llu bytes", static_cast<unsigned long long>(bytes));
+  else
+    std::snprintf(text, sizeof text, "%.1f %s", static_cast<double>(bytes) / (bytes < (1u << 30) ? 0x1p20 : 0x1p30),
+                  bytes < (1u << 30) ? "MiB" : "GiB");
+  return text;
+}
 
 #ifdef QARAC_HAVE_CUDA
 // ---- The CUDA caching allocator --------------------------------------------------------------
@@ -131,6 +145,14 @@ class CachingAllocator {
       static_cast<void>(cudaGetLastError());  // the failure is handled here, not by a later check
       released = release_cached(pool, device);
       rc = cudaMalloc(&ptr, size);
+    }
+    if (rc == cudaErrorMemoryAllocation) {
+      static_cast<void>(cudaGetLastError());
+      size_t free_bytes = 0, total_bytes = 0;
+      static_cast<void>(cudaMemGetInfo(&free_bytes, &total_bytes));
+      throw OutOfMemory(detail::concat("out of memory on cuda:", device, " of ", hostname(), ": ", size_text(bytes),
+                                       " requested, with ", size_text(pool.stats.bytes_in_use), " held by this process's tensors; ",
+                                       size_text(free_bytes), " of the device's ", size_text(total_bytes), " free"));
     }
     if (rc != cudaSuccess) {
       static_cast<void>(cudaGetLastError());
@@ -222,7 +244,21 @@ void cuda_empty_cache() {
 namespace {
 // What qarac-bench reports per step (memory.h).
 std::atomic<uint64_t> memory_call_count{0}, allocation_count{0};
+// The bytes of this process's host Buffers (their aligned blocks), counted against
+// host_memory_bytes(). Other ranks on the node and memory outside tensors are not counted: this
+// catches a model or batch that cannot fit, not every shortage.
+std::atomic<uint64_t> host_bytes_held{0};
 }  // namespace
+
+uint64_t host_memory_bytes() {
+  static const uint64_t bytes = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    // Unknown: no limit of ours; the allocator's own failure still says so.
+    return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page)
+                                 : std::numeric_limits<uint64_t>::max();
+  }();
+  return bytes;
+}
 
 uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
 uint64_t buffer_allocations() { return allocation_count.load(std::memory_order_relaxed); }
@@ -231,9 +267,24 @@ Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
   allocation_count.fetch_add(1, std::memory_order_relaxed);
   if (device.is_cpu()) {
+    QARAC_CHECK(bytes <= std::numeric_limits<size_t>::max() - kHostAlignment, "a host allocation of ", bytes,
+                " bytes is larger than any machine");
     const size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
+    const uint64_t held = host_bytes_held.fetch_add(rounded, std::memory_order_relaxed);
+    const uint64_t limit = host_memory_bytes();
+    if (rounded > limit || held > limit - rounded) {
+      host_bytes_held.fetch_sub(rounded, std::memory_order_relaxed);
+      throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": a tensor of ", size_text(bytes), " with ",
+                                       size_text(held), " held by this process's tensors already is more than the ",
+                                       size_text(limit), " of physical memory"));
+    }
     data_ = std::aligned_alloc(kHostAlignment, rounded);
-    QARAC_CHECK(data_ != nullptr, "host allocation of ", bytes, " bytes failed");
+    if (data_ == nullptr) {
+      host_bytes_held.fetch_sub(rounded, std::memory_order_relaxed);
+      throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": allocating a tensor of ", size_text(bytes),
+                                       " failed, with ", size_text(held), " held by this process's tensors"));
+    }
+    block_bytes_ = rounded;
     return;
   }
 #ifdef QARAC_HAVE_CUDA
@@ -247,6 +298,7 @@ Buffer::~Buffer() {
   if (!data_) return;
   if (device_.is_cpu()) {
     std::free(data_);
+    host_bytes_held.fetch_sub(block_bytes_, std::memory_order_relaxed);
   } else {
 #ifdef QARAC_HAVE_CUDA
     CachingAllocator::instance().release(data_, block_bytes_, device_.index);

@@ -363,8 +363,8 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     for (const auto& s : d->sections) help << s << "\n";
     help << "Exit status: 0 done, 1 internal error, 2 input error (one line naming the setting or\n"
             "file: bad options and inputs are found before anything is written; a full disk or a\n"
-            "non-finite step during the run, after its last checkpoint), 3 communication failure\n"
-            "or timeout, 4 replicas diverged, 75 stopped by\n"
+            "non-finite step during the run, after its last checkpoint; out of memory, with what\n"
+            "needs less), 3 communication failure or timeout, 4 replicas diverged, 75 stopped by\n"
             "SIGTERM or SIGUSR1 after writing a checkpoint of the last step (--resume goes on;\n"
             "a second signal ends the process at once).\n";
     return std::nullopt;

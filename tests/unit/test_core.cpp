@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -22,6 +23,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
+#include "core/memory.h"
 #include "core/hdf5_checksummed.h"
 #include "core/progress.h"
 #include "core/rng.h"
@@ -310,6 +312,37 @@ TEST(Memory, CudaAllocationFailsClearlyWithoutGpu) {
   }
 }
 #endif
+
+// Host tensors beyond the physical memory are refused before they are allocated: Linux would
+// hand out the pages and its OOM killer end the process when they are touched, without a word.
+TEST(Memory, HostTensorsBeyondThePhysicalMemoryAreOutOfMemory) {
+  const uint64_t limit = host_memory_bytes();
+  ASSERT_LT(limit, uint64_t{1} << 56) << "the physical memory is unknown";
+  try {
+    const Buffer whole(limit + 1, Device::cpu());
+    FAIL() << "no exception";
+  } catch (const OutOfMemory& e) {
+    expect_error_names(e.what(), {"out of memory on ", "held by this process's tensors already", "of physical memory"});
+  }
+  // Together: the second of two buffers of 60% each is refused, and the first given back, it fits.
+  // Neither is touched, so only address space is taken.
+  const uint64_t part = limit / 10 * 6;
+  std::optional<Buffer> first;
+  try {
+    first.emplace(part, Device::cpu());
+  } catch (const OutOfMemory& e) {
+    GTEST_SKIP() << "this machine does not hand out 60% of its memory untouched (strict overcommit?): " << e.what();
+  }
+  try {
+    const Buffer second(part, Device::cpu());
+    FAIL() << "no exception";
+  } catch (const OutOfMemory& e) {
+    expect_error_names(e.what(), {"held by this process's tensors already", "of physical memory"});
+  }
+  first.reset();
+  const Buffer again(part, Device::cpu());
+  EXPECT_EQ(again.bytes(), part);
+}
 
 // ---- Hashes ----------------------------------------------------------------------------------
 

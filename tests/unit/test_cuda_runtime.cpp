@@ -694,17 +694,19 @@ TEST_F(CudaRuntime, AllocatorIsThreadSafe) {
 }
 
 // A request no device can serve: the cache is released, cudaMalloc is retried once, and the
-// error names the size and the device. The failure must not linger in the CUDA runtime's error
-// state, where the next kernel's launch check would report it.
+// error is an OutOfMemory (one line, exit status 2) naming the size, the device and what it has.
+// The failure must not linger in the CUDA runtime's error state, where the next kernel's launch
+// check would report it.
 TEST_F(CudaRuntime, AllocationFailureNamesSizeAndDevice) {
   { const Tensor cached = Tensor::empty({1000}, DType::f32, kGpu); }
   try {
     const Tensor huge = Tensor::empty({int64_t{1} << 48}, DType::f32, kGpu);  // 4 PiB
     ADD_FAILURE() << "a 4 PiB allocation succeeded";
-  } catch (const Error& e) {
+  } catch (const OutOfMemory& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("1125899906842624 bytes"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("cuda:0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("out of memory on cuda:0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(": 4194304.0 GiB requested"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(" free"), std::string::npos) << msg;
   }
   const CudaAllocatorStats after = cuda_allocator_stats(0);
   EXPECT_EQ(after.bytes_reserved, after.bytes_in_use);  // the retry released the cache
