@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "core/atomic_file.h"
@@ -64,8 +65,12 @@ const TrainConfig& checked(const TrainConfig& c) {
 struct Trainer::Impl {
   // This process in the job.
   struct Place {
-    // r null: one process without MPI.
-    explicit Place(const parallel::Runtime* r) : rank(r ? r->rank() : 0), world_size(r ? r->size() : 1) {}
+    // r null: one process without MPI. `timeout`: of the world's waits (parallel.timeout).
+    Place(const parallel::Runtime* r, double timeout) : rank(r ? r->rank() : 0), world_size(r ? r->size() : 1) {
+      if (world_size == 1) return;
+      log::set_rank(rank);
+      world = std::make_unique<parallel::MpiGroup>(MPI_COMM_WORLD, "the world", timeout);
+    }
     int rank, world_size;
     std::unique_ptr<parallel::MpiGroup> world;  // with several ranks
     parallel::Backend backend = parallel::Backend::mpi;
@@ -115,6 +120,7 @@ struct Trainer::Impl {
   bool warned_long_example = false;  // train.micro_tokens below one example: said once
 
   Impl(const TrainConfig& c, const parallel::Runtime* runtime);
+  static TaskCosts shared_task_costs(const TrainConfig& c, const Place& place);
   void build(Device device);
   std::string step_text() const { return "step " + std::to_string(step + 1); }
   void start();
@@ -131,17 +137,13 @@ struct Trainer::Impl {
 
 Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
     : config(checked(c)),
-      place(runtime),
-      costs(estimate_task_costs(config)),
+      place(runtime, config.timeout),
+      costs(shared_task_costs(config, place)),
       plan(make_plan(config, runtime ? runtime->size() : 1, costs)),
       schedule(config.schedule_config()),
       output(config.output),
       checkpoint_dir(qarac::checkpoint_dir(output)) {
   Device device = config.device_value();
-  if (place.world_size > 1) {
-    log::set_rank(place.rank);
-    place.world = std::make_unique<parallel::MpiGroup>(MPI_COMM_WORLD, "the world", config.timeout);
-  }
   if (device.is_cuda()) {
     QARAC_INPUT_CHECK(cuda_device_count() > 0, "train.device: cuda, but no CUDA device is available",
                       " (or this build has no CUDA backend)");
@@ -153,6 +155,18 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
   fault = Fault::from_env();
   check_output_dir(output, config.resume);
   build(device);
+}
+
+// Estimated by rank 0 alone and broadcast: estimating opens every task stream, and the seal check
+// of each reads it whole, which the other ranks, each reading only its own tasks' streams, need
+// not repeat (W ranks would read the dataset W times before the first step). A stream that rank 0
+// refuses ends the job from there.
+TaskCosts Trainer::Impl::shared_task_costs(const TrainConfig& c, const Place& place) {
+  static_assert(std::is_trivially_copyable_v<TaskCosts>, "broadcast as bytes");
+  TaskCosts costs;
+  if (place.root()) costs = estimate_task_costs(c);
+  if (place.world) place.world->broadcast(&costs, static_cast<int>(sizeof costs), 0, "the task costs");
+  return costs;
 }
 
 // The step layout, loaders, workload, gradient reduction and optimizer of this process.

@@ -457,6 +457,27 @@ TEST_F(Distributed, RanksOfATaskReadingDifferentStreamsAreRefused) {
   EXPECT_FALSE(fs::exists(root() / "different-streams"));
 }
 
+// A rank opens the streams of its own tasks only: rank 0 estimates the plan's costs from every
+// stream and tells the others (before, each of W ranks read the whole dataset for them). Rank 1,
+// holding qa and cs under ed:1,qa:1,rs:1,cs:1 at W = 2, is given a folder with only those two.
+TEST_F(Distributed, RanksOpenOnlyTheStreamsOfTheirTasks) {
+  const fs::path own = root() / "data-qa-cs";
+  fs::create_directories(own);
+  for (const char* task : {"question_answering", "consistency"})
+    fs::copy_file(root() / "data" / (std::string(task) + ".h5"), own / (std::string(task) + ".h5"),
+                  fs::copy_options::overwrite_existing);
+  const auto rank = [&](const fs::path& data) {
+    return std::string(QARAC_TRAIN_EXE) + " --output " + (root() / "own-streams").string() + " --model.base " +
+           (root() / "base").string() + " --data.dir " + data.string() +
+           " --train.steps 1 --optimizer.warmup 0 --parallel.tasks ed:1,qa:1,rs:1,cs:1 --checkpoint.every 0"
+           " --eval.every 0" + batches("");
+  };
+  const CliResult r = run_command("timeout " + std::to_string(kRunLimit) + " " + mpirun(1) + " " +
+                                  rank(root() / "data") + " : -np 1 " + rank(own));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("step 1/1"), std::string::npos) << r.output;
+}
+
 // ---- model.mode mlm: masked-LM pre-training of the base is layout-invariant too ----
 // The masks of a token are keyed by (example id, position, token), dropout by the example id, and
 // the loss is the mean over the masked tokens of the whole global batch (every rank counts them
