@@ -4,8 +4,9 @@
 // and exit status 2, reported before the output directory is created. Under mpirun or srun every
 // process is one rank of the task plan; a rank that fails (an error, a communication timeout, a
 // replica divergence) ends the whole job with MPI_Abort, so that no rank is left waiting.
-// Exit statuses: 0 done, 1 internal error, 2 input error or out of memory, 3 communication failure or timeout,
-// 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a checkpoint (--resume goes on).
+// Exit statuses: 0 done, 1 internal error, 2 input error or out of memory, 3 communication
+// failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a
+// checkpoint (--resume goes on).
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -50,7 +51,10 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
         config.data_dir + "/" + qarac::data::task_name(static_cast<qarac::data::Task>(t)) + ".h5";
     if (std::filesystem::exists(path)) data_stream = path;
   }
-  if (!data_stream.empty()) options.tokenizer_hash = qarac::data::TaskStreamFile(data_stream).info().tokenizer_hash;
+  if (!data_stream.empty()) {
+    options.tokenizer_hash = qarac::data::TaskStreamFile(data_stream).info().tokenizer_hash;
+    options.tokenizer_source = data_stream;
+  }
   if (!config.eval_tokenizer.empty()) {
     const qarac::data::Tokenizer tokenizer = qarac::data::Tokenizer::from_dir(config.eval_tokenizer);
     QARAC_INPUT_CHECK(options.tokenizer_hash.empty() || tokenizer.hash() == options.tokenizer_hash,

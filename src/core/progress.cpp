@@ -8,7 +8,8 @@
 namespace qarac {
 
 std::string duration_text(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  // Beyond 1e15 s (and an int64's 9.2e18, where the conversion is undefined): no useful figure.
+  if (!std::isfinite(seconds) || seconds < 0 || seconds > 1e15) return "?";
   const int64_t s = static_cast<int64_t>(seconds + 0.5);
   char text[32];
   if (s >= 3600)

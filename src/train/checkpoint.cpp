@@ -25,8 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr int64_t kMaxCheckpointStep = 1000000000;
-
 constexpr H5FileKind kCheckpointKind = {kCheckpointFormat, kCheckpointVersion, "checkpoint"};
 
 // ---- Names in a checkpoint folder ------------------------------------------------------------
@@ -286,7 +284,8 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
 
 // Fails naming `name` and the first element of `values` that is not finite, or (`nonnegative`:
 // second moments, means of squares) that is negative.
-void check_values(const ChecksummedH5Reader& reader, const std::string& name, const Tensor& values, bool nonnegative) {
+void check_finite_tensor(const ChecksummedH5Reader& reader, const std::string& name, const Tensor& values,
+                         bool nonnegative) {
   const std::vector<double> x = values.to(DType::f64).to_vector<double>();
   for (size_t i = 0; i < x.size(); ++i)
     if (!std::isfinite(x[i]) || (nonnegative && x[i] < 0))
@@ -510,9 +509,9 @@ TrainingState load_checkpoint(const std::string& path, Optimizer& optimizer, con
                                    shape_str(p->master.shape())));
       // The checksum proves the bytes are those written, not that they are a state to go on from
       // (a checkpoint written by another tool, or of a run that had already overflowed).
-      check_values(reader, "parameters/" + p->name, d.values, false);
-      check_values(reader, "optimizer/m/" + p->name, parsed.m.at(p->name)->values, false);
-      check_values(reader, "optimizer/v/" + p->name, parsed.v.at(p->name)->values, true);
+      check_finite_tensor(reader, "parameters/" + p->name, d.values, false);
+      check_finite_tensor(reader, "optimizer/m/" + p->name, parsed.m.at(p->name)->values, false);
+      check_finite_tensor(reader, "optimizer/v/" + p->name, parsed.v.at(p->name)->values, true);
     }
     for (const auto& [name, d] : parsed.params)
       if (!names.count(name))

@@ -24,6 +24,8 @@
 //   /checkpoint/parts     string: the names of every part of the checkpoint, one a line
 //   /state/step           i64 scalar: training steps completed
 //   /state/seed           u64 scalar: the run's seed
+//   /state/frozen_base_hash  u64 scalar: the hash of what the run keeps frozen from its base
+//                         (Workload::frozen_base_hash; 0: none, or a checkpoint from before it)
 //   /parameters/<name>    f32 (f64) [shape]: master weights of this part, by parameter name
 //   /optimizer/kind       string: "adamw" or "nadam" (the moments mean different things)
 //   /optimizer/steps      i64 scalar: updates applied (NAdam's running product is a function of it)
@@ -49,6 +51,10 @@
 #include "train/optimizer.h"
 
 namespace qarac {
+
+// The most steps a checkpoint may have completed: a larger one in a file is damage, and
+// train.steps stays within it (folder names keep their 10 digits).
+constexpr int64_t kMaxCheckpointStep = 1000000000;
 
 // Root attribute `format`; `version` changes with any incompatible layout change.
 constexpr const char* kCheckpointFormat = "qarac-checkpoint";

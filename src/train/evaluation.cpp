@@ -146,8 +146,11 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
     QARAC_INPUT_CHECK(file.task() == task, path.string(), ": holds task ", data::task_name(file.task()), ", expected ",
                       data::task_name(task));
     QARAC_INPUT_CHECK(options.tokenizer_hash.empty() || file.info().tokenizer_hash == options.tokenizer_hash,
-                      path.string(), ": made with tokenizer ", file.info().tokenizer_hash,
-                      ", but the training data with ", options.tokenizer_hash, " (rerun qarac-prep with one tokenizer)");
+                      path.string(), ": made with tokenizer ", file.info().tokenizer_hash, ", but the training data (",
+                      options.tokenizer_source, ") with ", options.tokenizer_hash,
+                      " (rerun qarac-prep with one tokenizer)");
+    QARAC_INPUT_CHECK(file.examples() > 0, path.string(), ": holds no example (remove it to leave task ",
+                      data::task_name(task), " unevaluated)");
     // The whole stream read once for its checksum: the examples below are read in part, which
     // checks none (a damaged held-out file was evaluated as it read).
     file.read_all();
@@ -265,8 +268,9 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
       }
       result.metrics["cs.accuracy"] = static_cast<double>(right) / static_cast<double>(n);
       result.metrics.insert(confusion.begin(), confusion.end());
-    } else {
-      // The decoder tasks: the vector of x (encode_decode) or of p0 + p1 (reasoning).
+    } else if (options_.max_decoded > 0) {
+      // The decoder tasks: the vector of x (encode_decode) or of p0 + p1 (reasoning). None
+      // decoded (eval.decoded 0): no token accuracy, rather than an accuracy of 0.
       const int64_t k = std::min(n, options_.max_decoded);
       const bool reasoning = batch.task == Task::reasoning;
       const Tensor& v0 = models.answer_encoder().forward(first_sequences(batch.fields[0], k, config, device), eval, acts_a);

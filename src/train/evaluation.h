@@ -64,7 +64,8 @@ struct EvalOptions {
   int64_t max_decoded = 64;     // examples decoded greedily per decoder task
   std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
   QaObjective qa_objective;           // what qa.loss measures: the training's objective
-  std::string tokenizer_hash;         // non-empty: every held-out stream must come from it
+  std::string tokenizer_hash;         // non-empty: every held-out stream must come from it,
+  std::string tokenizer_source;       // the training stream it was read from (named in errors)
 };
 
 // The consistency label cos(AE(s0), AE(s1)) stands for, as the consistency objective reads it:

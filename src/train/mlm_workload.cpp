@@ -55,7 +55,8 @@ class MlmWorkload : public Workload {
       data::check_publishing_finished(c.eval_dir);
       const data::TaskStreamFile text(c.eval_dir + "/" + data::task_name(data::Task::encode_decode) + ".h5");
       QARAC_INPUT_CHECK(text.task() == data::Task::encode_decode, text.path(), ": holds task ",
-                        data::task_name(text.task()), ", expected encode_decode (the text to pre-train on)");
+                        data::task_name(text.task()), ", expected encode_decode (eval.dir's held-out text)");
+      QARAC_INPUT_CHECK(text.examples() > 0, text.path(), ": holds no example (eval.dir's held-out text)");
       QARAC_INPUT_CHECK(text.info().tokenizer_hash == tokenizer.hash(), text.path(), ": made with tokenizer ",
                         text.info().tokenizer_hash, ", but model.tokenizer, ", c.tokenizer, ", is ", tokenizer.hash(),
                         " (rerun qarac-prep with --tokenizer ", c.tokenizer, ")");

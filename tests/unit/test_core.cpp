@@ -141,6 +141,7 @@ TEST(Progress, SaysHowFarEveryInterval) {
   EXPECT_EQ(duration_text(245), "4m05s");
   EXPECT_EQ(duration_text(6.4), "6s");
   EXPECT_EQ(duration_text(-1), "?");
+  EXPECT_EQ(duration_text(1e300), "?");  // an ETA no int64 holds (its conversion was undefined)
 }
 
 TEST(Tensor, DtypeConversions) {

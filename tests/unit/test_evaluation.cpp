@@ -366,6 +366,11 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   EXPECT_GT(r.metrics.at("forgetting.mlm_loss"), 0.0);
   // Evaluation leaves the parameters as they were: a second run gives the same figures.
   EXPECT_EQ(evaluator.evaluate({models, lm_head}).metrics, r.metrics);
+  // Nothing decoded (eval.decoded 0): no token accuracy, where an accuracy of 0 would be a claim.
+  options.max_decoded = 0;
+  const EvalResult undecoded = QaracEvaluator(options).evaluate({models, lm_head});
+  for (const char* key : {"ed.token_accuracy", "rs.token_accuracy"}) EXPECT_EQ(undecoded.metrics.count(key), 0u) << key;
+  EXPECT_EQ(undecoded.metrics.at("ed.loss"), r.metrics.at("ed.loss"));
 }
 
 // Four questions with identical encoders (QE = AE): 0 and 3 are answered by their own text, so
@@ -461,14 +466,24 @@ TEST_F(EvaluatorTest, HeldOutStreamsOfAnotherKindAreNamed) {
   fs::create_symlink(dir_ / "moved" / "reasoning.h5", reasoning);
   expect_input_error([&] { QaracEvaluator{options}; }, {reasoning, "cannot open"});
   fs::remove(reasoning);
+  // An empty stream (before: "reasoning: empty batch" at the first evaluation, naming no file).
+  {
+    data::TaskStreamWriter writer(reasoning, data::Task::reasoning);
+    writer.finish({});
+    writer.publish();
+  }
+  expect_input_error([&] { QaracEvaluator{options}; }, {reasoning, ": holds no example"});
+  fs::remove(reasoning);
 
   config_.base = tiny_config();
   const int64_t longest = config_.base.max_tokens();
   write(data::Task::encode_decode, 2, [&](int i) { return Sequences{std::vector<int32_t>(longest + i, 5)}; });
   const std::string text = (dir_ / "encode_decode.h5").string();
-  options.tokenizer_hash = "the training data's";
+  options.tokenizer_hash = "fnv1a64:0123456789abcdef";
+  options.tokenizer_source = "train/encode_decode.h5";
   expect_input_error([&] { QaracEvaluator{options}; },
-                     {text, "made with tokenizer , but the training data with the training data's"});
+                     {text, "made with tokenizer , but the training data (train/encode_decode.h5) with "
+                            "fnv1a64:0123456789abcdef"});
   options.tokenizer_hash.clear();
   QaracEvaluator evaluator(options);
   TensorMap weights;

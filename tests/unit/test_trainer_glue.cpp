@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/hdf5_seal.h"
+#include "data/shards.h"
 #include "data/task.h"
 #include "model/roberta.h"
 #include "parallel/gradient_sync.h"
@@ -502,6 +503,15 @@ TEST_F(TrainerStep, PretrainingChecksItsHeldOutTextWhereItEvaluates) {
   c.eval_examples = 4;
   test_support::expect_input_error([&] { make_mlm_workload(c, Device::cpu(), true); }, {text, "checksum mismatch"});
   EXPECT_NO_THROW(make_mlm_workload(c, Device::cpu(), false));
+  // An empty one (before: accepted, and no mlm.loss evaluated, unsaid).
+  fs::remove(text);
+  {
+    data::TaskStreamWriter writer(text, data::Task::encode_decode);
+    writer.finish({});
+    writer.publish();
+  }
+  test_support::expect_input_error([&] { make_mlm_workload(c, Device::cpu(), true); },
+                                   {text, ": holds no example (eval.dir's held-out text)"});
 }
 
 // ---- The replica checksum and the diverge fault -------------------------------------------------
