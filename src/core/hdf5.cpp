@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "core/hdf5_seal.h"
+
 namespace qarac {
 namespace {
 
@@ -49,6 +51,25 @@ void check_hdf5_file(herr_t status, const std::string& context) {
 H5Id hdf5_file_id(hid_t id, herr_t (*close)(hid_t), const std::string& context) {
   check_hdf5_file(id < 0 ? -1 : 0, context);
   return H5Id(id, close);
+}
+
+H5Id unlocked_file_access() {
+  H5Id fapl = QARAC_H5_ID(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+#if (H5_VERSION_GE(1, 10, 7) && !H5_VERSION_GE(1, 12, 0)) || H5_VERSION_GE(1, 12, 1)
+  QARAC_CHECK_HDF5(H5Pset_file_locking(fapl.get(), false, true));
+#endif
+  return fapl;
+}
+
+H5Id open_sealed_hdf5(const std::string& path, const char* noun, const char* remedy) {
+  silence_hdf5_stack_printing();
+  check_hdf5_seal(path, noun, remedy);
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    throw InputError(path + ": not an HDF5 file");
+  }
+  const H5Id fapl = unlocked_file_access();
+  return hdf5_file_id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), H5Fclose, path + ": cannot open");
 }
 
 }  // namespace qarac

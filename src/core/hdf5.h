@@ -71,6 +71,16 @@ H5Id hdf5_string_type(size_t length);
 void check_hdf5_file(herr_t status, const std::string& context);
 H5Id hdf5_file_id(hid_t id, herr_t (*close)(hid_t), const std::string& context);
 
+// File access without HDF5's file locking, which fails on parallel file systems without flock
+// (Lustre, some NFS): every file of the project has one writer, under a name private to it until
+// the rename (core/atomic_file.h), and is never written again once published.
+H5Id unlocked_file_access();
+
+// Opens a finished file read-only: its seal checked before HDF5 parses any of it
+// (core/hdf5_seal.h, with `noun` and `remedy`), then opened without locking. A one-line
+// InputError "<path>: <why>" for a file that is missing, damaged, not HDF5 or not openable.
+H5Id open_sealed_hdf5(const std::string& path, const char* noun, const char* remedy = nullptr);
+
 }  // namespace qarac
 
 // The identifier an HDF5 call creates or opens, owned; raises like QARAC_CHECK_HDF5 when the call

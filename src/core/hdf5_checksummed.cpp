@@ -29,15 +29,10 @@ uint64_t checksum(const std::map<std::string, std::vector<uint64_t>>& digests) {
 }
 
 // ---- HDF5 plumbing ---------------------------------------------------------------------------
-// File access for both writing and reading: the 1.8 format for its metadata checksums, and no
-// file locking, which fails on parallel file systems without flock (Lustre, some NFS); a file has
-// one writer, under a name private to it until the rename (core/atomic_file.h).
+// File access for writing: the 1.8 format for its metadata checksums, without locking.
 H5Id file_access() {
-  H5Id fapl = QARAC_H5_ID(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Id fapl = unlocked_file_access();
   QARAC_CHECK_HDF5(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST));
-#if (H5_VERSION_GE(1, 10, 7) && !H5_VERSION_GE(1, 12, 0)) || H5_VERSION_GE(1, 12, 1)
-  QARAC_CHECK_HDF5(H5Pset_file_locking(fapl.get(), false, true));
-#endif
   return fapl;
 }
 
@@ -208,16 +203,7 @@ void ChecksummedH5Reader::fail(const std::string& what) const {
 }
 
 void ChecksummedH5Reader::open() {
-  silence_hdf5_stack_printing();
-  check_hdf5_seal(path_, kind_.noun);  // before HDF5 reads any of it
-  if (H5Fis_hdf5(path_.c_str()) <= 0) {
-    H5Eclear2(H5E_DEFAULT);
-    fail("not an HDF5 file");
-  }
-  H5Id fapl = file_access();
-  const hid_t file = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, fapl.get());
-  if (file < 0) fail("cannot open: " + detail::hdf5_error_string());
-  file_ = H5Id(file, H5Fclose);
+  file_ = open_sealed_hdf5(path_, kind_.noun);
   std::error_code ec;
   file_size_ = std::filesystem::file_size(path_, ec);
 }

@@ -12,9 +12,9 @@
 namespace qarac::data {
 
 // The value as written when it is short and shallow (a long scalar cut at 200 bytes); else its
-// kind and size. Dumping it whole
-// would copy a file's worth into one line, and recurses once per nesting level (a label nested
-// 10^5 deep overflowed the stack): the depth is measured without recursion first.
+// kind and size. Dumping it whole would copy a file's worth into one line, and recurses once per
+// nesting level (a label nested 10^5 deep overflowed the stack): the depth is measured without
+// recursion first.
 inline std::string json_brief(const nlohmann::json& value) {
   constexpr int kMaxDepth = 16;
   constexpr size_t kMaxBytes = 200;
@@ -34,7 +34,7 @@ inline std::string json_brief(const nlohmann::json& value) {
   }
   return qarac::detail::concat(value.is_object() ? "an object of " : "an array of ", value.size(),
                                value.is_object() ? " member" : " element", value.size() == 1 ? "" : "s",
-                               shallow ? "" : ", nested more than 16 deep");
+                               shallow ? std::string() : ", nested more than " + std::to_string(kMaxDepth) + " deep");
 }
 
 }  // namespace qarac::data

@@ -5,17 +5,13 @@
 // bytes are checked before HDF5 parses them (core/hdf5_seal.h): damaged metadata can crash HDF5.
 #include "data/shards.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <new>
 
 #include "core/error.h"
 #include "core/hash.h"
-#include "core/hdf5_seal.h"
 #include "data/stream_layout.h"
 
 namespace qarac::data {
@@ -249,22 +245,7 @@ void check_publishing_finished(const std::string& dir) {
 
 // ---- TaskStreamFile ------------------------------------------------------------------------
 TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
-  silence_hdf5_stack_printing();
-  if (::access(path.c_str(), R_OK) != 0)
-    throw InputError(detail::concat(path, ": cannot open: ", std::strerror(errno)));
-  check_hdf5_seal(path, "task stream", "rerun qarac-prep");  // before HDF5 parses any of it
-  if (H5Fis_hdf5(path.c_str()) <= 0) {
-    H5Eclear2(H5E_DEFAULT);
-    throw InputError(path + ": not an HDF5 file");
-  }
-  H5Id fapl = QARAC_H5_ID(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-#if (H5_VERSION_GE(1, 10, 7) && !H5_VERSION_GE(1, 12, 0)) || H5_VERSION_GE(1, 12, 1)
-  // Every rank opens the same files, often on a parallel file system without flock (Lustre,
-  // some NFS), where HDF5's lock makes the open fail. A published stream is never written
-  // again, so readers need no lock.
-  QARAC_CHECK_HDF5(H5Pset_file_locking(fapl.get(), false, true));
-#endif
-  file_ = hdf5_file_id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), H5Fclose, path + ": cannot open");
+  file_ = open_sealed_hdf5(path, "task stream", "rerun qarac-prep");
   const hid_t root = file_.get();
 
   const std::string format = read_string_attr(path, root, "format");

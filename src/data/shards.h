@@ -127,7 +127,6 @@ class TaskStreamWriter {
   std::vector<int8_t> label_buf_;
   std::unique_ptr<CandidateDatasets> candidates_;  // null until an example has candidates
   int64_t examples_ = 0;
-  uint64_t checksum_ = 0;
   bool finished_ = false, published_ = false;
 };
 

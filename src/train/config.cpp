@@ -149,7 +149,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(eval, "eval.every", &c.eval_every, "evaluate every N steps, at step 0 and at the end; 0: at step 0 and at the end only");
   d->add_path(eval, "eval.dir", &c.eval_dir, "held-out task streams from qarac-prep; empty: no evaluation");
   d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file)");
-  d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy)");
+  d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy; 0: none, no token accuracy)");
   d->add_path(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory; turns on the forgetting monitor (MLM loss with the base's head)");
 
   auto& parallel = d->section("[parallel]");
@@ -274,21 +274,10 @@ std::string suggestion(const Declarations& d, const std::string& name) {
   return best.empty() ? "" : " (did you mean " + best + "?)";
 }
 
-// "line N" of the INI file where `key` (section.name) is set, or "" when not found.
-std::string ini_line_of(const std::string& path, const std::string& key) {
-  std::ifstream in(path);
-  std::string line, section;
-  for (int n = 1; std::getline(in, line); ++n) {
-    const size_t b = line.find_first_not_of(" \t");
-    if (b == std::string::npos) continue;
-    line = line.substr(b);
-    if (line[0] == '[') {
-      section = line.substr(1, line.find(']') - 1);
-      continue;
-    }
-    const std::string name = line.substr(0, line.find_first_of(" \t="));
-    if ((section.empty() ? name : section + "." + name) == key) return "line " + std::to_string(n);
-  }
+// "line N" of the INI text where `key` (section.name) is set, or "" when not found.
+std::string ini_line_of(const std::string& text, const std::string& key) {
+  for (const IniEntry& e : ini_entries(text))
+    if (e.key == key) return "line " + std::to_string(e.line);
   return "";
 }
 
@@ -390,7 +379,7 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
       std::istringstream ini(text);
       po::store(po::parse_config_file(ini, file), vm);
     } catch (const po::unknown_option& e) {
-      const std::string where = ini_line_of(path, e.get_option_name());
+      const std::string where = ini_line_of(text, e.get_option_name());
       throw InputError(path + (where.empty() ? "" : ", " + where) + ": " + e.what() +
                        suggestion(*d, e.get_option_name()));
     } catch (const po::error& e) {

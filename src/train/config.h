@@ -131,6 +131,15 @@ std::string no_effect(const TrainConfig& config, const std::string& key);
 // --config reads back.
 std::string to_ini(const TrainConfig& config);
 
+// The settings of INI text as Boost reads it: "key = value" lines under "[section]" headers,
+// key "section.key", blanks around key and value trimmed, '#' and ';' lines skipped; `line`
+// counts from 1. Lines of another shape are left out (Boost refuses them itself).
+struct IniEntry {
+  std::string key, value;
+  int line = 0;
+};
+std::vector<IniEntry> ini_entries(const std::string& text);
+
 // "" when a checkpoint written under `saved_ini` (to_ini of its run) may be resumed by `config`,
 // otherwise which key differs, with both values: those that fix the models, the data order and
 // the global batches. The world size, the task plan and micro-batching may change. Rehearsal may

@@ -8,11 +8,13 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/task.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 
 namespace qarac {
@@ -115,7 +117,8 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
                     "' must be frozen or trained");
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
-  QARAC_INPUT_CHECK(c.steps >= 1, "train.steps: ", c.steps, " must be >= 1");
+  QARAC_INPUT_CHECK(c.steps >= 1 && c.steps <= kMaxCheckpointStep, "train.steps: ", c.steps, " must lie between 1 and ",
+                    kMaxCheckpointStep);
   QARAC_INPUT_CHECK(c.seed >= 0, "train.seed: ", c.seed, " must be >= 0");
   QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "train.device: '", c.device,
                     "' must be cpu or cuda");
@@ -208,18 +211,15 @@ void check_values(const TrainConfig& c) {
   }
 }
 
-namespace {
-
-// key -> value of INI text as to_ini writes it (sections prefixed, '#' comments skipped).
-std::map<std::string, std::string> read_ini(const std::string& text) {
-  std::map<std::string, std::string> values;
+std::vector<IniEntry> ini_entries(const std::string& text) {
+  std::vector<IniEntry> entries;
   std::istringstream in(text);
   std::string line, section;
   const auto trim = [](const std::string& s) {
     const size_t b = s.find_first_not_of(" \t\r");
     return b == std::string::npos ? std::string() : s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
   };
-  while (std::getline(in, line)) {
+  for (int n = 1; std::getline(in, line); ++n) {
     line = trim(line);
     if (line.empty() || line[0] == '#' || line[0] == ';') continue;
     if (line.front() == '[' && line.back() == ']') {
@@ -229,8 +229,17 @@ std::map<std::string, std::string> read_ini(const std::string& text) {
     const size_t eq = line.find('=');
     if (eq == std::string::npos) continue;
     const std::string key = trim(line.substr(0, eq));
-    values[section.empty() ? key : section + "." + key] = trim(line.substr(eq + 1));
+    entries.push_back({section.empty() ? key : section + "." + key, trim(line.substr(eq + 1)), n});
   }
+  return entries;
+}
+
+namespace {
+
+// key -> value of INI text as to_ini writes it (each key once).
+std::map<std::string, std::string> read_ini(const std::string& text) {
+  std::map<std::string, std::string> values;
+  for (IniEntry& e : ini_entries(text)) values[e.key] = std::move(e.value);
   return values;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 #include "core/hash.h"
 #include "core/log.h"
@@ -37,11 +38,13 @@ MlmMasking rehearsal_masking(const TrainConfig& c, const RobertaConfig& base) {
 void warn_unused_layers(const io::HfRoberta& base, const std::string& source) {
   int64_t unused = 0;
   std::string first;
+  constexpr std::string_view kLayers = "encoder.layer.";
   for (const auto& [name, tensor] : base.encoder) {
-    if (name.rfind("encoder.layer.", 0) != 0) continue;
+    if (name.rfind(kLayers, 0) != 0) continue;
+    const char* number = name.c_str() + kLayers.size();
     char* end = nullptr;
-    const long long layer = std::strtoll(name.c_str() + 14, &end, 10);
-    if (end == name.c_str() + 14 || layer < base.config.num_layers) continue;
+    const long long layer = std::strtoll(number, &end, 10);
+    if (end == number || layer < base.config.num_layers) continue;
     if (unused++ == 0) first = name;
   }
   if (unused > 0)

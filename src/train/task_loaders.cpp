@@ -100,27 +100,26 @@ void TaskLoaders::check_streams_agree(const parallel::MpiGroup* world, const std
   }
 }
 
-// Per task: epoch, position and the stream's checksum in two 32-bit halves (each exact in a
-// double); -1 where this rank does not read the task.
+// Per task: whether this rank reads it, its epoch, position and stream checksum (zeros where it
+// does not; the ranks that read a task hold the same cursor, so the maximum is theirs).
 data::LoaderCursor TaskLoaders::global_cursor(const parallel::MpiGroup* world) const {
   constexpr size_t kFields = 4;
   const data::LoaderCursor mine = cursor();
-  std::vector<double> known(kFields * data::kTaskCount, -1.0);
+  std::vector<uint64_t> known(kFields * data::kTaskCount, 0);
   for (const data::TaskCursor& t : mine.tasks) {
-    double* k = &known[kFields * static_cast<size_t>(t.task)];
-    k[0] = static_cast<double>(t.epoch);
-    k[1] = static_cast<double>(t.position);
-    k[2] = static_cast<double>(t.stream_checksum >> 32);
-    k[3] = static_cast<double>(t.stream_checksum & 0xffffffffu);
+    uint64_t* k = &known[kFields * static_cast<size_t>(t.task)];
+    k[0] = 1;
+    k[1] = static_cast<uint64_t>(t.epoch);
+    k[2] = static_cast<uint64_t>(t.position);
+    k[3] = t.stream_checksum;
   }
   if (world) world->all_reduce(known.data(), static_cast<int>(known.size()), MPI_MAX, "data cursors");
   data::LoaderCursor all;
   all.step = mine.step;
   for (int t = 0; t < data::kTaskCount; ++t) {
-    const double* k = &known[kFields * static_cast<size_t>(t)];
-    if (k[0] < 0) continue;
-    all.tasks.push_back({static_cast<data::Task>(t), static_cast<int64_t>(k[0]), static_cast<int64_t>(k[1]),
-                         (static_cast<uint64_t>(k[2]) << 32) | static_cast<uint64_t>(k[3])});
+    const uint64_t* k = &known[kFields * static_cast<size_t>(t)];
+    if (k[0] == 0) continue;
+    all.tasks.push_back({static_cast<data::Task>(t), static_cast<int64_t>(k[1]), static_cast<int64_t>(k[2]), k[3]});
   }
   return all;
 }

@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -553,6 +554,8 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
       },
       "task.qa.objective: has no effect with model.mode mlm");
   expect_key([](TrainConfig& b) { b.steps = 0; }, "train.steps");
+  // More than a checkpoint may hold: its checkpoints would be refused by --resume.
+  expect_key([](TrainConfig& b) { b.steps = 1000000001; }, "train.steps: 1000000001 must lie between 1 and 1000000000");
   expect_key([](TrainConfig& b) { b.optimizer = "sgd"; }, "optimizer.name");
   expect_key([](TrainConfig& b) { b.decay = "step"; }, "optimizer.decay");
   expect_key([](TrainConfig& b) { b.dtype = "bf16"; }, "train.dtype");
@@ -565,6 +568,20 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
   expect_key([](TrainConfig& b) { b.dropout = 1e-9; }, "model.dropout: 1e-09 rounds to 0");
   expect_key([](TrainConfig& b) { b.base.clear(); }, "model.base");
   expect_key([](TrainConfig& b) { b.output.clear(); }, "output");
+}
+
+// The one reading of INI text behind config.ini's comparisons and the line numbers of errors.
+TEST(TrainConfig, IniEntriesAreReadAsTheOptionParserReadsThem) {
+  const std::vector<IniEntry> e =
+      ini_entries("# lr = 9\nlr = 1\n[optimizer]\n  warmup =  10 \r\n; x = 2\n[ train ]\nsteps=5\nno setting\n");
+  ASSERT_EQ(e.size(), 3u);
+  const std::tuple<const char*, const char*, int> expected[] = {
+      {"lr", "1", 2}, {"optimizer.warmup", "10", 4}, {"train.steps", "5", 7}};
+  for (size_t i = 0; i < e.size(); ++i) {
+    EXPECT_EQ(e[i].key, std::get<0>(expected[i]));
+    EXPECT_EQ(e[i].value, std::get<1>(expected[i]));
+    EXPECT_EQ(e[i].line, std::get<2>(expected[i]));
+  }
 }
 
 // Rehearsal's options: off by default; its other settings, and model.mask_probability, have no
