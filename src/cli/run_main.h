@@ -1,6 +1,7 @@
 // How QARAC-MT programs turn errors into exit codes: usage and input errors (bad options,
-// unreadable or malformed files) and a lack of memory exit 2 with one line; internal errors exit 1. A program's own
-// statuses (qarac-train: 3 communication, 4 replicas, 75 stopped) are what its body returns.
+// unreadable or malformed files) and a lack of memory exit 2 with one line; internal errors exit
+// 1. A program's own statuses (qarac-train: 3 communication, 4 replicas, 75 stopped) are what its
+// body returns.
 #pragma once
 
 #include <boost/program_options.hpp>

@@ -151,8 +151,9 @@ class CachingAllocator {
       size_t free_bytes = 0, total_bytes = 0;
       static_cast<void>(cudaMemGetInfo(&free_bytes, &total_bytes));
       throw OutOfMemory(detail::concat("out of memory on cuda:", device, " of ", hostname(), ": ", size_text(bytes),
-                                       " requested, with ", size_text(pool.stats.bytes_in_use), " held by this process's tensors; ",
-                                       size_text(free_bytes), " of the device's ", size_text(total_bytes), " free"));
+                                       " requested, with ", size_text(pool.stats.bytes_in_use),
+                                       " held by this process's tensors; ", size_text(free_bytes), " of the device's ",
+                                       size_text(total_bytes), " free"));
     }
     if (rc != cudaSuccess) {
       static_cast<void>(cudaGetLastError());

@@ -71,9 +71,9 @@ void cuda_empty_cache();
 // on first use, kept until the process ends; thread-safe.
 void* device_stream(int index);
 // Copies between any two devices (host<->device, device<->device), queued on the device side's
-// stream after the work already there. A copy to the host returns with the data; any other
-// returns at once (from pageable host memory, once the driver has staged the source: the caller
-// may then reuse it).
+// stream after the work already there. A copy to the host returns with the data, and one between
+// two GPUs once it is done (the source's device may reuse its block at once); a host-to-device
+// copy returns once the driver has staged the pageable source (the caller may then reuse it).
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 // Zeroes bytes, on CUDA queued on the device's stream.
 void zero_bytes(void* dst, Device device, size_t bytes);

@@ -483,7 +483,7 @@ void Trainer::Impl::save() {
     for (const parallel::ParameterGroup& g : training.sync->groups())
       if (g.ranks.front() == place.rank)
         write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
-  } catch (const InputError&) {
+  } catch (const std::exception&) {  // a full disk, or any other failure: the others must learn of it
     failure = std::current_exception();
   }
   double failed = failure ? 1 : 0;

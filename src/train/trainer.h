@@ -30,9 +30,9 @@ class EndedByAnotherRank : public Error {
 class Trainer {
  public:
   // Checks the values, reads the base model and this rank's data, builds the models, loaders and
-  // optimizer, and (with config.resume) finds the checkpoint to resume from. Writes nothing: every
-  // input error (one-line InputError naming the key or file) comes before the output directory
-  // exists.
+  // optimizer. Writes nothing: the input errors of the configuration, the base and the data (one
+  // line naming the key or file) come before the output directory exists; run() finds the
+  // checkpoint to resume from.
   // `runtime` null: one process without MPI. Otherwise this rank of runtime's world, which every
   // rank constructs collectively (the communicators are created here).
   explicit Trainer(const TrainConfig& config, const parallel::Runtime* runtime = nullptr);

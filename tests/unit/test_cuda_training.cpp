@@ -71,7 +71,9 @@ void expect_losses_track_the_cpu(bool emulated) {
   const Device device = emulated ? Device::cpu() : Device::cuda(0);
   if (emulated) emu::reset_launch_counts();
   const std::vector<double> gpu = train(DType::f32, device, steps);
-  if (emulated) EXPECT_FALSE(emu::launch_counts().empty()) << "nothing ran on the emulator: the CPU against itself";
+  if (emulated) {
+    EXPECT_FALSE(emu::launch_counts().empty()) << "nothing ran on the emulator: the CPU against itself";
+  }
   const std::vector<double> gpu_bf16 = train(DType::bf16, device, steps);
   for (int i = 0; i < steps; ++i) {
     std::printf("step %d: loss cpu f32 %.6f, cuda f32 %.6f, cuda bf16 %.6f\n", i, cpu[i], gpu[i], gpu_bf16[i]);
