@@ -11,6 +11,7 @@
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -53,17 +54,22 @@ inline void check_standard_output() {
 }
 
 // `out_of_memory_hint`: what of the program's settings needs less memory, said after an
-// OutOfMemory.
+// OutOfMemory (a tensor's allocation) or a std::bad_alloc (any other).
 template <class Body>
 int run_main(const char* program, Body&& body, const char* out_of_memory_hint = nullptr) {
+  const auto out_of_memory = [&](const std::string& what) {
+    std::fprintf(stderr, "%s: error: %s%s%s\n", program, what.c_str(), out_of_memory_hint ? "; " : "",
+                 out_of_memory_hint ? out_of_memory_hint : "");
+    return 2;
+  };
   try {
     const int code = body();
     if (code == 0) check_standard_output();
     return code;
   } catch (const OutOfMemory& e) {
-    std::fprintf(stderr, "%s: error: %s%s%s\n", program, e.what(), out_of_memory_hint ? "; " : "",
-                 out_of_memory_hint ? out_of_memory_hint : "");
-    return 2;
+    return out_of_memory(e.what());
+  } catch (const std::bad_alloc&) {
+    return out_of_memory("out of memory on " + hostname() + ": an allocation outside the tensors failed");
   } catch (const boost::program_options::error& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;

@@ -8,9 +8,13 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
+#include "cli/run_main.h"
+#include "core/error.h"
 #include "io/safetensors.h"
 #include "support/train_cli.h"
 #include "support/training_fixtures.h"
@@ -236,4 +240,24 @@ TEST_F(TrainOptionsCli, ASubnormalRateIsWrittenToConfigIni) {
   std::ifstream in(run / "config.ini");
   const std::string ini((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(ini.find("\nlr = 4.94066e-324\n"), std::string::npos) << ini;
+}
+
+// Every program's errors as run_main reports them: one line each, with its exit status; a lack of
+// memory, a tensor's or any other allocation's, says what of the program needs less.
+TEST(RunMain, ErrorsAreOneLineWithTheirStatus) {
+  const auto said = [](auto&& body, const char* hint, int status) {
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(qarac::cli::run_main("qarac-x", body, hint), status);
+    return testing::internal::GetCapturedStderr();
+  };
+  EXPECT_EQ(said([]() -> int { throw qarac::InputError("a.ini: bad"); }, nullptr, 2), "qarac-x: error: a.ini: bad\n");
+  EXPECT_EQ(said([]() -> int { throw qarac::OutOfMemory("out of memory on h: 4.0 GiB"); }, "use less", 2),
+            "qarac-x: error: out of memory on h: 4.0 GiB; use less\n");
+  EXPECT_EQ(said([]() -> int { throw qarac::OutOfMemory("out of memory on h"); }, nullptr, 2),
+            "qarac-x: error: out of memory on h\n");
+  EXPECT_EQ(said([]() -> int { throw std::bad_alloc(); }, "use less", 2),
+            "qarac-x: error: out of memory on " + qarac::hostname() + ": an allocation outside the tensors failed; "
+            "use less\n");
+  EXPECT_EQ(said([]() -> int { throw std::logic_error("a bug"); }, "use less", 1), "qarac-x: internal error: a bug\n");
+  EXPECT_EQ(said([] { return 3; }, nullptr, 3), "");
 }
