@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "data/shards.h"
 #include "io/hf_config.h"
+#include "parallel/communicator.h"
 #include "parallel/task_cost.h"
 
 namespace qarac {
@@ -33,6 +35,14 @@ TaskCosts estimate_task_costs(const TrainConfig& c) {
     }
   }
   costs.flops = parallel::task_step_flops(base, shapes);
+  return costs;
+}
+
+TaskCosts shared_task_costs(const TrainConfig& config, const parallel::MpiGroup* world) {
+  static_assert(std::is_trivially_copyable_v<TaskCosts>, "broadcast as bytes");
+  TaskCosts costs;
+  if (!world || world->rank() == 0) costs = estimate_task_costs(config);
+  if (world) world->broadcast(&costs, static_cast<int>(sizeof costs), 0, "the task costs");
   return costs;
 }
 

@@ -12,6 +12,9 @@
 #include "train/config.h"
 
 namespace qarac {
+namespace parallel {
+class MpiGroup;
+}  // namespace parallel
 
 // What one step of each task costs (data::Task order); zeros where a task does not run or, in
 // model.mode mlm, where nothing is estimated.
@@ -23,6 +26,11 @@ struct TaskCosts {
 // The costs of config's tasks: reads the base's config.json and the metadata of every task
 // stream (InputError naming a missing or invalid file). mlm mode: none.
 TaskCosts estimate_task_costs(const TrainConfig& config);
+// The same, estimated by rank 0 of `world` alone (null: this process) and broadcast: estimating
+// opens every task stream, and the seal check of each reads it whole, which the other ranks, each
+// reading only its own tasks' streams, need not repeat (W ranks would read the dataset W times
+// before the first step). A stream that rank 0 refuses ends the job from there.
+TaskCosts shared_task_costs(const TrainConfig& config, const parallel::MpiGroup* world);
 
 // The plan of `world_size` ranks: parallel.tasks, `auto` balancing `costs`; mlm mode: every rank
 // runs the text stream.

@@ -14,7 +14,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 #include "core/atomic_file.h"
@@ -110,7 +109,6 @@ struct Trainer::Impl {
   StepLayout layout;
   Training training;
   std::string output, checkpoint_dir;
-  std::string resume_from;  // the checkpoint to resume from, when resuming from one
   std::string resumed_with;  // config.ini's note of the settings a resume changed, if any
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
@@ -120,11 +118,13 @@ struct Trainer::Impl {
   bool warned_long_example = false;  // train.micro_tokens below one example: said once
 
   Impl(const TrainConfig& c, const parallel::Runtime* runtime);
-  static TaskCosts shared_task_costs(const TrainConfig& c, const Place& place);
   void build(Device device);
   std::string step_text() const { return "step " + std::to_string(step + 1); }
   void start();
+  void restore(const std::string& checkpoint);
+  void write_run_files();
   void discard_unstarted() noexcept;
+  std::vector<std::vector<data::TaskBatch>> micro_batches(const data::StepBatch& batch);
   StepStats train_step();
   bool step_is_finite(const StepStats& s, const std::vector<double>& slot_losses);
   std::vector<CheckpointPart> held_parts() const;
@@ -138,7 +138,7 @@ struct Trainer::Impl {
 Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
     : config(checked(c)),
       place(runtime, config.timeout),
-      costs(shared_task_costs(config, place)),
+      costs(shared_task_costs(config, place.world.get())),
       plan(make_plan(config, runtime ? runtime->size() : 1, costs)),
       schedule(config.schedule_config()),
       output(config.output),
@@ -155,18 +155,6 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
   fault = Fault::from_env();
   check_output_dir(output, config.resume);
   build(device);
-}
-
-// Estimated by rank 0 alone and broadcast: estimating opens every task stream, and the seal check
-// of each reads it whole, which the other ranks, each reading only its own tasks' streams, need
-// not repeat (W ranks would read the dataset W times before the first step). A stream that rank 0
-// refuses ends the job from there.
-TaskCosts Trainer::Impl::shared_task_costs(const TrainConfig& c, const Place& place) {
-  static_assert(std::is_trivially_copyable_v<TaskCosts>, "broadcast as bytes");
-  TaskCosts costs;
-  if (place.root()) costs = estimate_task_costs(c);
-  if (place.world) place.world->broadcast(&costs, static_cast<int>(sizeof costs), 0, "the task costs");
-  return costs;
 }
 
 // The step layout, loaders, workload, gradient reduction and optimizer of this process.
@@ -227,75 +215,77 @@ void Trainer::Impl::start() {
   if (place.world) place.world->barrier("locking the output directory");
   if (config.resume) {
     const std::optional<std::string> latest = find_resume_checkpoint(output, place.rank, place.world.get());
-    if (latest) {
-      resume_from = *latest;
-    } else if (place.root()) {
+    if (latest)
+      restore(*latest);
+    else if (place.root())
       log::warn("--resume: no completed checkpoint in ", qarac::checkpoint_dir(output),
                 ": the run starts again from step 0");
-    }
   }
-  if (!resume_from.empty()) {
-    // Restores the parameters and moments of the groups this rank holds, and the optimizer's
-    // step; refuses a checkpoint whose run fixed the models, the data order or the global
-    // batches differently. The world size and the plan may differ from the checkpoint's.
-    std::string saved_config;
-    const TrainingState state = load_checkpoint(
-        resume_from, *training.optimizer,
-        [&](const std::string& saved) {
-          saved_config = saved;
-          return resume_mismatch(config, saved);
-        },
-        held_parts());
-    step = state.step;
-    QARAC_INPUT_CHECK(step <= config.steps, "--resume: ", resume_from, " is at step ", step, ", beyond train.steps ",
-                      config.steps, " (raise train.steps to go on)");
-    training.loaders->restore(state.cursor);
-    last.checkpoint = step;
-    if (place.root()) log::info("resuming from ", resume_from, " at step ", step);
-    // Allowed, but said: the run goes on other than one uninterrupted run would.
-    std::string changes;
-    for (const std::string& c : resume_changes(config, saved_config)) changes += (changes.empty() ? "" : ", ") + c;
-    const uint64_t base_hash = training.workload->frozen_base_hash();
-    if (state.frozen_base_hash != 0 && base_hash != 0 && base_hash != state.frozen_base_hash)
-      changes += detail::concat(changes.empty() ? "" : ", ", "model.base's MLM head (hash64 ", std::hex,
-                                std::showbase, state.frozen_base_hash, " -> ", base_hash, ")");
-    if (!changes.empty()) {
-      resumed_with = "# Resumed at step " + std::to_string(step) + " with settings other than the checkpoint's run's: " +
-                     changes + "\n";
-      if (place.root())
-        log::warn("--resume: settings other than the checkpoint's run's: ", changes,
-                  " (the run goes on with them; config.ini says so)");
-    }
-  }
-  if (place.root()) {
-    const fs::path dir = output;
-    // The settings the run goes on with, rewritten at every start: a resume may change the rates,
-    // the length, the plan (the checkpoints keep those they were made with).
-    const std::string ini = resumed_with + to_ini(config);
-    AtomicFile file((dir / "config.ini").string());
-    file.write(ini.data(), ini.size());
-    file.commit();
-    metrics.open((dir / "metrics.jsonl").string(), step, config.resume, rewrites_progress(config.progress));
-    if (metrics.has_eval(step)) last.eval = step;
-    int64_t count = 0;
-    for (const parallel::ParameterGroup& g : training.sync->groups())
-      for (const Parameter* p : g.params) count += p->master.numel();
-    std::string layout_text;
-    if (place.world)
-      layout_text = ", " + std::to_string(place.world_size) + " ranks, gradient all-reduce over " +
-                    parallel::backend_name(place.backend);
-    std::printf("%sqarac-train: %lld parameters, %s%s, steps %lld..%lld, output %s\n",
-                plan_report(config, plan, costs).c_str(), static_cast<long long>(count),
-                optimizer_name(training.optimizer->config().kind), layout_text.c_str(), static_cast<long long>(step),
-                static_cast<long long>(config.steps), output.c_str());
-    std::fflush(stdout);
-  }
+  if (place.root()) write_run_files();
   // Every rank learns whether the evaluation due at the first step is already on record.
   if (place.world) {
     double evaluated = static_cast<double>(last.eval);
     place.world->all_reduce(&evaluated, 1, MPI_MAX, "starting the run");
     last.eval = static_cast<int64_t>(evaluated);
   }
+}
+
+// Restores the parameters and moments of the groups this rank holds, the optimizer's step and the
+// data cursors; refuses a checkpoint whose run fixed the models, the data order or the global
+// batches differently. The world size and the plan may differ from the checkpoint's.
+void Trainer::Impl::restore(const std::string& checkpoint) {
+  std::string saved_config;
+  const TrainingState state = load_checkpoint(
+      checkpoint, *training.optimizer,
+      [&](const std::string& saved) {
+        saved_config = saved;
+        return resume_mismatch(config, saved);
+      },
+      held_parts());
+  step = state.step;
+  QARAC_INPUT_CHECK(step <= config.steps, "--resume: ", checkpoint, " is at step ", step, ", beyond train.steps ",
+                    config.steps, " (raise train.steps to go on)");
+  training.loaders->restore(state.cursor);
+  last.checkpoint = step;
+  if (place.root()) log::info("resuming from ", checkpoint, " at step ", step);
+  // Allowed, but said: the run goes on other than one uninterrupted run would.
+  std::string changes;
+  for (const std::string& c : resume_changes(config, saved_config)) changes += (changes.empty() ? "" : ", ") + c;
+  const uint64_t base_hash = training.workload->frozen_base_hash();
+  if (state.frozen_base_hash != 0 && base_hash != 0 && base_hash != state.frozen_base_hash)
+    changes += detail::concat(changes.empty() ? "" : ", ", "model.base's MLM head (hash64 ", std::hex, std::showbase,
+                              state.frozen_base_hash, " -> ", base_hash, ")");
+  if (changes.empty()) return;
+  resumed_with =
+      "# Resumed at step " + std::to_string(step) + " with settings other than the checkpoint's run's: " + changes + "\n";
+  if (place.root())
+    log::warn("--resume: settings other than the checkpoint's run's: ", changes,
+              " (the run goes on with them; config.ini says so)");
+}
+
+// Rank 0: config.ini, the metrics log (continued on a resume) and the run's banner.
+void Trainer::Impl::write_run_files() {
+  const fs::path dir = output;
+  // The settings the run goes on with, rewritten at every start: a resume may change the rates,
+  // the length, the plan (the checkpoints keep those they were made with).
+  const std::string ini = resumed_with + to_ini(config);
+  AtomicFile file((dir / "config.ini").string());
+  file.write(ini.data(), ini.size());
+  file.commit();
+  metrics.open((dir / "metrics.jsonl").string(), step, config.resume, rewrites_progress(config.progress));
+  if (metrics.has_eval(step)) last.eval = step;
+  int64_t count = 0;
+  for (const parallel::ParameterGroup& g : training.sync->groups())
+    for (const Parameter* p : g.params) count += p->master.numel();
+  std::string layout_text;
+  if (place.world)
+    layout_text = ", " + std::to_string(place.world_size) + " ranks, gradient all-reduce over " +
+                  parallel::backend_name(place.backend);
+  std::printf("%sqarac-train: %lld parameters, %s%s, steps %lld..%lld, output %s\n",
+              plan_report(config, plan, costs).c_str(), static_cast<long long>(count),
+              optimizer_name(training.optimizer->config().kind), layout_text.c_str(), static_cast<long long>(step),
+              static_cast<long long>(config.steps), output.c_str());
+  std::fflush(stdout);
 }
 
 // A fresh run that ends in an error before its first step leaves its directory as it found it,
@@ -311,18 +301,11 @@ void Trainer::Impl::discard_unstarted() noexcept {
   lock.reset();
 }
 
-StepStats Trainer::Impl::train_step() {
-  Training& t = training;
-  const Clock::time_point t0 = Clock::now();
-  StepStats s;
-  fault.inject(place.rank, step, t.sync->groups());
-  const data::StepBatch batch = t.loaders->next();
-  // This rank's part of each task's global batch, in micro-batches of at most train.micro_tokens.
+// This rank's part of each task's global batch, in micro-batches of at most train.micro_tokens.
+std::vector<std::vector<data::TaskBatch>> Trainer::Impl::micro_batches(const data::StepBatch& batch) {
   std::vector<std::vector<data::TaskBatch>> micro(batch.tasks.size());
-  int64_t runs = 0;
   for (size_t i = 0; i < batch.tasks.size(); ++i) {
     micro[i] = batch.tasks[i].split(config.micro_tokens);
-    runs += static_cast<int64_t>(micro[i].size());
     for (const data::TaskBatch& m : micro[i])
       if (config.micro_tokens > 0 && m.tokens() > config.micro_tokens && !warned_long_example) {
         warned_long_example = true;
@@ -330,6 +313,18 @@ StepStats Trainer::Impl::train_step() {
                   m.tokens(), " tokens and runs alone (said once)");
       }
   }
+  return micro;
+}
+
+StepStats Trainer::Impl::train_step() {
+  Training& t = training;
+  const Clock::time_point t0 = Clock::now();
+  StepStats s;
+  fault.inject(place.rank, step, t.sync->groups());
+  const data::StepBatch batch = t.loaders->next();
+  const std::vector<std::vector<data::TaskBatch>> micro = micro_batches(batch);
+  int64_t runs = 0;
+  for (const std::vector<data::TaskBatch>& m : micro) runs += static_cast<int64_t>(m.size());
   if (!t.run_losses.defined() || t.run_losses.size(0) < runs)
     t.run_losses = Tensor::zeros({std::max<int64_t>(runs, 1)}, ops::accumulation_dtype(config.dtype_value()),
                                  t.device);
