@@ -23,8 +23,8 @@ struct TaskCosts {
   std::array<double, data::kTaskCount> tokens_per_example{};  // all fields, the stream's mean
 };
 
-// The costs of config's tasks: reads the base's config.json and the metadata of every task
-// stream (InputError naming a missing or invalid file). mlm mode: none.
+// The costs of config's tasks: reads the base's config.json and opens every task stream for its
+// lengths (InputError naming a missing or invalid file). mlm mode: none.
 TaskCosts estimate_task_costs(const TrainConfig& config);
 // The same, estimated by rank 0 of `world` alone (null: this process) and broadcast: estimating
 // opens every task stream, and the seal check of each reads it whole, which the other ranks, each
