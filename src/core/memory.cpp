@@ -2,8 +2,6 @@
 // and the copies and fills between them.
 #include "core/memory.h"
 
-#include <unistd.h>
-
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +12,7 @@
 #include <new>
 
 #include "core/error.h"
+#include "core/host_memory.h"
 #ifdef QARAC_HAVE_CUDA
 #include <cuda_runtime.h>
 
@@ -246,20 +245,10 @@ namespace {
 // What qarac-bench reports per step (memory.h).
 std::atomic<uint64_t> memory_call_count{0}, allocation_count{0};
 // The bytes of this process's host Buffers (their aligned blocks), counted against
-// host_memory_bytes(). Other ranks on the node and memory outside tensors are not counted: this
+// host_memory_limit(). Other ranks on the node and memory outside tensors are not counted: this
 // catches a model or batch that cannot fit, not every shortage.
 std::atomic<uint64_t> host_bytes_held{0};
 }  // namespace
-
-uint64_t host_memory_bytes() {
-  static const uint64_t bytes = [] {
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    // Unknown: no limit of ours; the allocator's own failure still says so.
-    return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page)
-                                 : std::numeric_limits<uint64_t>::max();
-  }();
-  return bytes;
-}
 
 uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
 uint64_t buffer_allocations() { return allocation_count.load(std::memory_order_relaxed); }
@@ -272,12 +261,12 @@ Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
                 " bytes is larger than any machine");
     const size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
     const uint64_t held = host_bytes_held.fetch_add(rounded, std::memory_order_relaxed);
-    const uint64_t limit = host_memory_bytes();
-    if (rounded > limit || held > limit - rounded) {
+    const HostMemoryLimit& limit = host_memory_limit();
+    if (rounded > limit.bytes || held > limit.bytes - rounded) {
       host_bytes_held.fetch_sub(rounded, std::memory_order_relaxed);
       throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": a tensor of ", size_text(bytes), " with ",
                                        size_text(held), " held by this process's tensors already is more than the ",
-                                       size_text(limit), " of physical memory"));
+                                       size_text(limit.bytes), " ", limit.source));
     }
     data_ = std::aligned_alloc(kHostAlignment, rounded);
     if (data_ == nullptr) {

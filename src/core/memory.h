@@ -29,16 +29,11 @@ bool cuda_compiled();
 // Number of usable CUDA devices; 0 when the backend is not compiled or no GPU/driver is present.
 int cuda_device_count();
 
-// The physical memory of this machine, which the host Buffers of a process may hold together at
-// most (Linux overcommits: an allocation beyond it would succeed, and the kernel's OOM killer end
-// the process without a word when its pages are first touched).
-uint64_t host_memory_bytes();
-
 class Buffer {
  public:
   // Allocates `bytes` on `device` (64-byte aligned on the CPU). Zero bytes gives a valid empty
   // buffer. OutOfMemory (core/error.h) when the device lacks the memory: on the host, when the
-  // process's host Buffers would hold more than host_memory_bytes().
+  // process's host Buffers would hold more than host_memory_limit() (core/host_memory.h).
   Buffer(size_t bytes, Device device);
   ~Buffer();
   Buffer(const Buffer&) = delete;

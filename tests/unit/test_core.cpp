@@ -22,6 +22,7 @@
 #include "core/check_mpi.h"
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/host_memory.h"
 #include "core/log.h"
 #include "core/memory.h"
 #include "core/hdf5_checksummed.h"
@@ -314,16 +315,18 @@ TEST(Memory, CudaAllocationFailsClearlyWithoutGpu) {
 }
 #endif
 
-// Host tensors beyond the physical memory are refused before they are allocated: Linux would
-// hand out the pages and its OOM killer end the process when they are touched, without a word.
-TEST(Memory, HostTensorsBeyondThePhysicalMemoryAreOutOfMemory) {
-  const uint64_t limit = host_memory_bytes();
-  ASSERT_LT(limit, uint64_t{1} << 56) << "the physical memory is unknown";
+// Host tensors beyond the physical memory (or a cgroup's limit) are refused before they are
+// allocated: Linux would hand out the pages and its OOM killer end the process when they are
+// touched, without a word.
+TEST(Memory, HostTensorsBeyondTheHostMemoryAreOutOfMemory) {
+  const HostMemoryLimit& host = host_memory_limit();
+  const uint64_t limit = host.bytes;
+  ASSERT_LT(limit, uint64_t{1} << 56) << "the host memory is unknown";
   try {
     const Buffer whole(limit + 1, Device::cpu());
     FAIL() << "no exception";
   } catch (const OutOfMemory& e) {
-    expect_error_names(e.what(), {"out of memory on ", "held by this process's tensors already", "of physical memory"});
+    expect_error_names(e.what(), {"out of memory on ", "held by this process's tensors already", host.source});
   }
   // Together: the second of two buffers of 60% each is refused, and the first given back, it fits.
   // Neither is touched, so only address space is taken.
@@ -338,11 +341,58 @@ TEST(Memory, HostTensorsBeyondThePhysicalMemoryAreOutOfMemory) {
     const Buffer second(part, Device::cpu());
     FAIL() << "no exception";
   } catch (const OutOfMemory& e) {
-    expect_error_names(e.what(), {"held by this process's tensors already", "of physical memory"});
+    expect_error_names(e.what(), {"held by this process's tensors already", host.source});
   }
   first.reset();
   const Buffer again(part, Device::cpu());
   EXPECT_EQ(again.bytes(), part);
+}
+
+// The limits of a process's cgroups, read as Slurm's task/cgroup (v1) and systemd (v2) lay them
+// out: the tightest along the group's ancestors binds, "max" and unlimited values do not.
+TEST(Memory, CgroupLimitsAreTheTightestOfTheGroupAndItsAncestors) {
+  const fs::path root = fs::temp_directory_path() / ("qarac-cgroup-" + std::to_string(getpid()));
+  fs::remove_all(root);
+  const auto limit_file = [&](const std::string& dir, const std::string& name, const std::string& value) {
+    fs::create_directories(root.string() + dir);
+    std::ofstream(root.string() + dir + "/" + name) << value << "\n";
+  };
+  const std::string unlimited = "9223372036854771712";
+  limit_file("/cg/memory/slurm", "memory.limit_in_bytes", unlimited);
+  limit_file("/cg/memory/slurm/uid_0/job_7", "memory.limit_in_bytes", "4294967296");
+  limit_file("/cg/memory/slurm/uid_0/job_7/step_0", "memory.limit_in_bytes", "8589934592");
+  limit_file("/cg/memory/slurm/uid_0/job_7/step_0/task_1", "memory.limit_in_bytes", unlimited);
+  const std::string v1_mounts =
+      "35 31 0:32 / /cg/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n"
+      "36 31 0:33 / /cg/cpu rw,relatime - cgroup cgroup rw,cpu,cpuacct\n";
+  const std::string v1_groups = "5:cpu,cpuacct:/slurm/uid_0/job_7\n4:memory:/slurm/uid_0/job_7/step_0/task_1\n0::/\n";
+  std::optional<HostMemoryLimit> v1 = cgroup_memory_limit(v1_groups, v1_mounts, root.string());
+  ASSERT_TRUE(v1.has_value());
+  EXPECT_EQ(v1->bytes, uint64_t{4} << 30);
+  EXPECT_EQ(v1->source, "that cgroup /slurm/uid_0/job_7 allows");
+
+  // v2, mounted at the group itself (a container's view): "max" is no limit, the parent's is.
+  limit_file("/cg2/system.slice", "memory.max", "2147483648");
+  limit_file("/cg2/system.slice/job.scope", "memory.max", "max");
+  const std::string v2_mounts = "41 23 0:38 /system.slice /cg2/system.slice rw,nosuid - cgroup2 cgroup2 rw\n";
+  std::optional<HostMemoryLimit> v2 = cgroup_memory_limit("0::/system.slice/job.scope\n", v2_mounts, root.string());
+  ASSERT_TRUE(v2.has_value());
+  EXPECT_EQ(v2->bytes, uint64_t{2} << 30);
+  EXPECT_EQ(v2->source, "that cgroup /system.slice allows");
+
+  // No limit anywhere, a group outside the mount, unreadable values, no memory controller: none
+  // (v1's "unlimited" is a number, 2^63 less a page, which the physical memory undercuts).
+  limit_file("/cg2/system.slice", "memory.max", "max");
+  EXPECT_FALSE(cgroup_memory_limit("0::/system.slice/job.scope\n", v2_mounts, root.string()));
+  EXPECT_FALSE(cgroup_memory_limit("0::/user.slice\n", v2_mounts, root.string()));
+  limit_file("/cg/memory/slurm/uid_0/job_7", "memory.limit_in_bytes", "4 GiB");
+  limit_file("/cg/memory/slurm/uid_0/job_7/step_0", "memory.limit_in_bytes", "99999999999999999999999");
+  v1 = cgroup_memory_limit(v1_groups, v1_mounts, root.string());
+  ASSERT_TRUE(v1.has_value());
+  EXPECT_EQ(std::to_string(v1->bytes), unlimited);
+  EXPECT_FALSE(cgroup_memory_limit("5:cpu,cpuacct:/slurm/uid_0/job_7\n", v1_mounts, root.string()));
+  EXPECT_FALSE(cgroup_memory_limit("", "", root.string()));
+  fs::remove_all(root);
 }
 
 // ---- Hashes ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 
 #include "cli/run_main.h"
 #include "core/error.h"
+#include "core/host_memory.h"
 #include "io/safetensors.h"
 #include "support/train_cli.h"
 #include "support/training_fixtures.h"
@@ -182,7 +183,8 @@ TEST_F(TrainOptionsCli, ValuesTheRunCannotHoldAreRefused) {
       mlm + "--model.hidden 65536 --model.heads 1 --model.layers 1 --model.max_positions 1048576");
   EXPECT_EQ(oom.code, 2) << oom.output;
   EXPECT_EQ(oom.output.rfind("qarac-train: error: out of memory on ", 0), 0u) << oom.output;
-  for (const char* part : {": a tensor of 256.0 GiB with ", " of physical memory; train.micro_tokens runs each step"})
+  for (const std::string& part :
+       {std::string(": a tensor of 256.0 GiB with "), qarac::host_memory_limit().source + "; train.micro_tokens runs each step"})
     EXPECT_NE(oom.output.find(part), std::string::npos) << part << ":\n" << oom.output;
   EXPECT_EQ(oom.output.find('\n'), oom.output.size() - 1) << oom.output;
   EXPECT_FALSE(fs::exists(root() / "big"));
