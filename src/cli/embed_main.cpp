@@ -55,8 +55,7 @@ void check_fits(const std::vector<int32_t>& ids, const Encoder& encoder, const s
 Ranked from_stream(const std::string& stream, const Encoder& question, const Encoder& answer,
                    int64_t max_examples) {
   const data::TaskStreamFile file(stream);
-  QARAC_INPUT_CHECK(file.task() == data::Task::question_answering, stream, ": a ",
-                    data::task_name(file.task()), " stream, not question_answering");
+  file.check_holds(data::Task::question_answering, "--rank ranks WikiQA's answers");
   QARAC_INPUT_CHECK(file.has_candidates(), stream,
                     ": no candidate sentences (WikiQA's Label 0 rows, kept by qarac-prep)");
   check_tokenizer(question, file.info(), stream);

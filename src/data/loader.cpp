@@ -156,8 +156,7 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
                       task_name(slot.task));
     const std::string path = options.data_dir + "/" + task_name(stream_task(slot.task)) + ".h5";
     const TaskStreamFile file(path);
-    QARAC_INPUT_CHECK(file.task() == stream_task(slot.task), path, ": holds task ", task_name(file.task()),
-                      ", expected ", task_name(stream_task(slot.task)));
+    file.check_holds(stream_task(slot.task));
     if (hash.empty()) {
       hash = file.info().tokenizer_hash;
       hash_source = path;
@@ -171,7 +170,6 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
     s.path = path;
     s.info = file.info();
     s.size = file.examples();
-    QARAC_INPUT_CHECK(s.size > 0, path, ": holds no example");
     StreamContents contents = file.read_all();
     QARAC_INPUT_CHECK(options.vocab_size <= 0 || contents.max_token < options.vocab_size, path, ": token id ",
                       contents.max_token, " is outside the model's vocabulary of ", options.vocab_size,

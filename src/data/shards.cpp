@@ -338,6 +338,13 @@ TaskStreamFile::TaskStreamFile(const std::string& path) : path_(path) {
   }
 }
 
+void TaskStreamFile::check_holds(Task expected, const std::string& note) const {
+  const std::string tail = note.empty() ? std::string() : " (" + note + ")";
+  QARAC_INPUT_CHECK(task() == expected, path_, ": holds task ", task_name(task()), ", expected ", task_name(expected),
+                    tail);
+  QARAC_INPUT_CHECK(examples() > 0, path_, ": holds no example", tail);
+}
+
 Ragged TaskStreamFile::read_field(int field, int64_t begin, int64_t end) const {
   QARAC_CHECK(field >= 0 && static_cast<size_t>(field) < tokens_.size(), "field ", field,
               " out of range for ", task_name(info_.task));

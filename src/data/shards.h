@@ -174,6 +174,10 @@ class TaskStreamFile {
   const StreamInfo& info() const { return info_; }
   Task task() const { return info_.task; }
   int64_t examples() const { return info_.examples; }
+  // What every reader checks first: an InputError unless the file holds task `expected` and at
+  // least one example. `note`, when given, ends both messages in parentheses (what the stream is
+  // for, or what to do).
+  void check_holds(Task expected, const std::string& note = "") const;
 
   // Examples [begin, end) of field `field`: one hyperslab read of end-begin+1 offsets, one of
   // the tokens they span. Offsets are checked (monotone, within the tokens) before use.

@@ -143,14 +143,11 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
       continue;
     }
     const data::TaskStreamFile file(path.string());
-    QARAC_INPUT_CHECK(file.task() == task, path.string(), ": holds task ", data::task_name(file.task()), ", expected ",
-                      data::task_name(task));
+    file.check_holds(task, std::string("remove it to leave task ") + data::task_name(task) + " unevaluated");
     QARAC_INPUT_CHECK(options.tokenizer_hash.empty() || file.info().tokenizer_hash == options.tokenizer_hash,
                       path.string(), ": made with tokenizer ", file.info().tokenizer_hash, ", but the training data (",
                       options.tokenizer_source, ") with ", options.tokenizer_hash,
                       " (rerun qarac-prep with one tokenizer)");
-    QARAC_INPUT_CHECK(file.examples() > 0, path.string(), ": holds no example (remove it to leave task ",
-                      data::task_name(task), " unevaluated)");
     // The whole stream read once for its checksum: the examples below are read in part, which
     // checks none (a damaged held-out file was evaluated as it read).
     file.read_all();

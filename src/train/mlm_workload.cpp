@@ -54,9 +54,7 @@ class MlmWorkload : public Workload {
       // Checked as the training text is: its task, its tokenizer (the model's), its lengths.
       data::check_publishing_finished(c.eval_dir);
       const data::TaskStreamFile text(c.eval_dir + "/" + data::task_name(data::Task::encode_decode) + ".h5");
-      QARAC_INPUT_CHECK(text.task() == data::Task::encode_decode, text.path(), ": holds task ",
-                        data::task_name(text.task()), ", expected encode_decode (eval.dir's held-out text)");
-      QARAC_INPUT_CHECK(text.examples() > 0, text.path(), ": holds no example (eval.dir's held-out text)");
+      text.check_holds(data::Task::encode_decode, "eval.dir's held-out text");
       QARAC_INPUT_CHECK(text.info().tokenizer_hash == tokenizer.hash(), text.path(), ": made with tokenizer ",
                         text.info().tokenizer_hash, ", but model.tokenizer, ", c.tokenizer, ", is ", tokenizer.hash(),
                         " (rerun qarac-prep with --tokenizer ", c.tokenizer, ")");

@@ -23,10 +23,8 @@ TaskCosts estimate_task_costs(const TrainConfig& c) {
     const data::Task task = static_cast<data::Task>(t);
     if (task == data::Task::masked_lm && !c.rehearsal()) continue;  // runs nowhere: batch 0, no cost
     const data::TaskStreamFile stream(c.data_dir + "/" + data::task_name(data::stream_task(task)) + ".h5");
+    stream.check_holds(data::stream_task(task));
     const data::StreamInfo& info = stream.info();
-    QARAC_INPUT_CHECK(stream.task() == data::stream_task(task), stream.path(), ": holds task ",
-                      data::task_name(stream.task()), ", expected ", data::task_name(data::stream_task(task)));
-    QARAC_INPUT_CHECK(info.examples > 0, stream.path(), ": holds no example");
     const double examples = static_cast<double>(info.examples);
     shapes[t].batch = static_cast<double>(c.task[t].batch);
     for (const int64_t tokens : info.field_tokens) {
