@@ -78,6 +78,66 @@ double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& fiel
   return total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
 }
 
+// qa.answer_norm and qa.answer_spread, the scale retrieval works at (how long the answer vectors
+// are, how far apart two different answers lie: the MSE objective can shrink both, and retrieval
+// needs the second well above the question-answer distance), and qa.retrieval_accuracy: how
+// often a question's nearest answer of the n is its own. q and a hold n rows each.
+void add_retrieval_metrics(const std::vector<float>& q, const std::vector<float>& a, int64_t n, EvalResult& result) {
+  const size_t d = q.size() / static_cast<size_t>(n);
+  double norm = 0, spread = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double n2 = 0;
+    for (size_t k = 0; k < d; ++k) n2 += double(a[i * d + k]) * a[i * d + k];
+    norm += std::sqrt(n2);
+    spread += std::sqrt(squared_distance(&a[i * d], &a[((i + 1) % n) * d], d));
+  }
+  result.metrics["qa.answer_norm"] = norm / static_cast<double>(n);
+  result.metrics["qa.answer_spread"] = spread / static_cast<double>(n);
+  int64_t right = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t nearest = -1;
+    double best = std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      const double dist = squared_distance(&q[i * d], &a[j * d], d);
+      if (dist < best) {
+        best = dist;
+        nearest = j;
+      }
+    }
+    right += nearest == i;
+  }
+  result.metrics["qa.retrieval_accuracy"] = static_cast<double>(right) / static_cast<double>(n);
+  result.metrics["qa.retrieval_chance"] = 1.0 / static_cast<double>(n);
+}
+
+// cs.accuracy and cs.confusion.<gold>.<predicted>: the class of each pair's cosine
+// (consistency_class) against its label. s0 and s1 hold a row per label.
+void add_consistency_metrics(const std::vector<float>& s0, const std::vector<float>& s1,
+                             const std::vector<float>& labels, EvalResult& result) {
+  const size_t n = labels.size(), d = s0.size() / n;
+  std::map<std::string, double> confusion;
+  const auto cell = [](int gold, int predicted) {
+    return std::string("cs.confusion.") + class_name(gold) + "." + class_name(predicted);
+  };
+  for (int gold : {1, 0, -1})
+    for (int predicted : {1, 0, -1}) confusion[cell(gold, predicted)] = 0;
+  int64_t right = 0;
+  for (size_t i = 0; i < n; ++i) {
+    double dot = 0, n0 = 0, n1 = 0;
+    for (size_t k = 0; k < d; ++k) {
+      dot += double(s0[i * d + k]) * s1[i * d + k];
+      n0 += double(s0[i * d + k]) * s0[i * d + k];
+      n1 += double(s1[i * d + k]) * s1[i * d + k];
+    }
+    const int predicted = consistency_class(dot / std::max(std::sqrt(n0 * n1), 1e-12));
+    const int gold = static_cast<int>(labels[i]);
+    right += predicted == gold;
+    confusion[cell(gold, predicted)] += 1;
+  }
+  result.metrics["cs.accuracy"] = static_cast<double>(right) / static_cast<double>(n);
+  result.metrics.insert(confusion.begin(), confusion.end());
+}
+
 }  // namespace
 
 int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
@@ -175,14 +235,7 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   if (!options.masking) log::info("evaluation: no tokenizer given, so no forgetting monitor (it needs <mask>)");
 }
 
-EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
-  QaracModels& models = context.models;
-  const RobertaConfig& config = models.config().base;
-  const Device device = models.device();
-  const ForwardOptions eval;  // no dropout; the encoders bidirectional
-  EvalResult result;
-  Objectives objectives(models, options_.qa_objective);
-  SentenceEncoder::Activations acts_a, acts_b;
+void QaracEvaluator::check_lengths(const RobertaConfig& config) const {
   for (size_t i = 0; i < batches_.size(); ++i) {
     for (size_t f = 0; f < batches_[i].fields.size(); ++f)
       QARAC_INPUT_CHECK(batches_[i].fields[f].max_length() <= config.max_tokens(), paths_[i], ": its ",
@@ -195,76 +248,36 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
                         config.max_tokens(), " the models read (rerun qarac-prep with --max-length ",
                         config.max_tokens(), ")");
   }
+}
 
+EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
+  QaracModels& models = context.models;
+  const RobertaConfig& config = models.config().base;
+  const Device device = models.device();
+  const ForwardOptions eval;  // no dropout; the encoders bidirectional
+  check_lengths(config);
+  EvalResult result;
+  Objectives objectives(models, options_.qa_objective);
+  SentenceEncoder::Activations acts_a, acts_b;
+  // The answer encoder's vectors of the first n sequences of field f.
+  const auto answer_vectors = [&](const TaskBatch& batch, size_t f, int64_t n, SentenceEncoder::Activations& acts) {
+    return host_rows(models.answer_encoder().forward(first_sequences(batch.fields[f], n, config, device), eval, acts));
+  };
   for (const TaskBatch& batch : batches_) {
     const std::string task = data::task_short_name(batch.task);
     result.metrics[task + ".loss"] = objectives.evaluate(batch);
     const int64_t n = batch.count();
-
     if (batch.task == Task::question_answering) {
       const std::vector<float> q = host_rows(models.question_encoder().forward(
           first_sequences(batch.fields[0], n, config, device), eval, acts_a));
-      const std::vector<float> a = host_rows(models.answer_encoder().forward(
-          first_sequences(batch.fields[1], n, config, device), eval, acts_b));
-      const size_t d = q.size() / static_cast<size_t>(n);
-      int64_t right = 0;
-      // The scale retrieval works at: how long the answer vectors are, and how far apart two
-      // different answers lie. The MSE objective can shrink both; retrieval needs the second to
-      // stay well above the question-answer distance.
-      double norm = 0, spread = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        double n2 = 0, gap = 0;
-        for (size_t k = 0; k < d; ++k) {
-          n2 += double(a[i * d + k]) * a[i * d + k];
-          const double diff = double(a[i * d + k]) - double(a[((i + 1) % n) * d + k]);
-          gap += diff * diff;
-        }
-        norm += std::sqrt(n2);
-        spread += std::sqrt(gap);
-      }
-      result.metrics["qa.answer_norm"] = norm / static_cast<double>(n);
-      result.metrics["qa.answer_spread"] = spread / static_cast<double>(n);
-      for (int64_t i = 0; i < n; ++i) {
-        int64_t nearest = -1;
-        double best = std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j < n; ++j) {
-          const double dist = squared_distance(&q[i * d], &a[j * d], d);
-          if (dist < best) {
-            best = dist;
-            nearest = j;
-          }
-        }
-        right += nearest == i;
-      }
-      result.metrics["qa.retrieval_accuracy"] = static_cast<double>(right) / static_cast<double>(n);
-      result.metrics["qa.retrieval_chance"] = 1.0 / static_cast<double>(n);
+      const std::vector<float> a = answer_vectors(batch, 1, n, acts_b);
+      add_retrieval_metrics(q, a, n, result);
       if (candidates_.sentences.count() > 0)
-        add_selection_metrics(models.answer_encoder(), candidates_, q, a, n, d, config, device, result);
+        add_selection_metrics(models.answer_encoder(), candidates_, q, a, n, q.size() / static_cast<size_t>(n),
+                              config, device, result);
     } else if (batch.task == Task::consistency) {
-      const std::vector<float> s0 = host_rows(models.answer_encoder().forward(
-          first_sequences(batch.fields[0], n, config, device), eval, acts_a));
-      const std::vector<float> s1 = host_rows(models.answer_encoder().forward(
-          first_sequences(batch.fields[1], n, config, device), eval, acts_b));
-      const size_t d = s0.size() / static_cast<size_t>(n);
-      int64_t right = 0;
-      std::map<std::string, double> confusion;
-      for (int gold : {1, 0, -1})
-        for (int predicted : {1, 0, -1})
-          confusion[std::string("cs.confusion.") + class_name(gold) + "." + class_name(predicted)] = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        double dot = 0, n0 = 0, n1 = 0;
-        for (size_t k = 0; k < d; ++k) {
-          dot += double(s0[i * d + k]) * s1[i * d + k];
-          n0 += double(s0[i * d + k]) * s0[i * d + k];
-          n1 += double(s1[i * d + k]) * s1[i * d + k];
-        }
-        const int predicted = consistency_class(dot / std::max(std::sqrt(n0 * n1), 1e-12));
-        const int gold = static_cast<int>(batch.labels[static_cast<size_t>(i)]);
-        right += predicted == gold;
-        confusion[std::string("cs.confusion.") + class_name(gold) + "." + class_name(predicted)] += 1;
-      }
-      result.metrics["cs.accuracy"] = static_cast<double>(right) / static_cast<double>(n);
-      result.metrics.insert(confusion.begin(), confusion.end());
+      add_consistency_metrics(answer_vectors(batch, 0, n, acts_a), answer_vectors(batch, 1, n, acts_b),
+                              batch.labels, result);
     } else if (options_.max_decoded > 0) {
       // The decoder tasks: the vector of x (encode_decode) or of p0 + p1 (reasoning). None
       // decoded (eval.decoded 0): no token accuracy, rather than an accuracy of 0.
@@ -281,23 +294,28 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
       result.metrics[task + ".token_accuracy"] = token_accuracy(models.decoder(), v, target, k);
     }
   }
+  add_forgetting(context, result);
+  return result;
+}
 
-  // The forgetting monitor on the held-out text: fixed masks (step 0), so evaluations compare.
+// The forgetting monitor on the held-out text: fixed masks (step 0), so evaluations compare.
+void QaracEvaluator::add_forgetting(const EvalContext& context, EvalResult& result) {
   const auto text = std::find_if(batches_.begin(), batches_.end(),
                                  [](const TaskBatch& b) { return b.task == Task::encode_decode; });
-  if (options_.masking && context.base_lm_head.empty() && !warned_no_lm_head_) {
+  if (!options_.masking || text == batches_.end()) return;
+  if (context.base_lm_head.empty()) {
+    if (!warned_no_lm_head_)
+      log::warn("evaluation: model.base has no MLM head (lm_head.*), so no forgetting monitor (forgetting.mlm_loss); "
+                "give a base saved with its head (RobertaForMaskedLM) to measure forgetting");
     warned_no_lm_head_ = true;
-    log::warn("evaluation: model.base has no MLM head (lm_head.*), so no forgetting monitor (forgetting.mlm_loss); "
-              "give a base saved with its head (RobertaForMaskedLM) to measure forgetting");
+    return;
   }
-  if (options_.masking && !context.base_lm_head.empty() && text != batches_.end()) {
-    MaskedLM monitor(models.answer_encoder().base());
-    monitor.head().load(context.base_lm_head, "the base model's lm_head");
-    const MaskedTokens masked = mask_tokens(sequences_of(text->fields[0], text->count()), config.vocab_size,
-                                            *options_.masking, /*step=*/0);
-    result.metrics["forgetting.mlm_loss"] = monitor.loss(masked, eval, /*backward=*/false);
-  }
-  return result;
+  SentenceEncoder& encoder = context.models.answer_encoder();
+  MaskedLM monitor(encoder.base());
+  monitor.head().load(context.base_lm_head, "the base model's lm_head");
+  const MaskedTokens masked = mask_tokens(sequences_of(text->fields[0], text->count()),
+                                          context.models.config().base.vocab_size, *options_.masking, /*step=*/0);
+  result.metrics["forgetting.mlm_loss"] = monitor.loss(masked, ForwardOptions{}, /*backward=*/false);
 }
 
 }  // namespace qarac

@@ -92,6 +92,10 @@ class QaracEvaluator : public Evaluator {
   EvalResult evaluate(const EvalContext& context) override;
 
  private:
+  void check_lengths(const RobertaConfig& config) const;
+  // forgetting.mlm_loss: the base's MLM head over the answer encoder's base, on the held-out text.
+  void add_forgetting(const EvalContext& context, EvalResult& result);
+
   EvalOptions options_;
   std::vector<data::TaskBatch> batches_;  // one per task found, all its examples
   std::vector<std::string> paths_;        // the file of each batch

@@ -363,6 +363,29 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
     EXPECT_LE(r.metrics.at(key), 1.0);
   }
   EXPECT_NEAR(r.metrics.at("qa.loss"), 0.0, 1e-12);  // QE(q) = AE(a): zero distance
+  // The answer vectors' scale, from the answer encoder's vectors of the 12 answers.
+  {
+    SentenceEncoder::Activations acts;
+    const std::vector<std::vector<int32_t>> answers(texts.begin(), texts.begin() + 12);
+    const std::vector<float> a =
+        models.answer_encoder()
+            .forward(TokenBatch::from_sequences(answers, config.base.pad_token_id, Device::cpu()), ForwardOptions{}, acts)
+            .to_vector<float>();
+    const size_t d = a.size() / 12;
+    double norm = 0, spread = 0;
+    for (size_t i = 0; i < 12; ++i) {
+      double n2 = 0, gap = 0;
+      for (size_t k = 0; k < d; ++k) {
+        n2 += double(a[i * d + k]) * a[i * d + k];
+        gap += std::pow(double(a[i * d + k]) - a[(i + 1) % 12 * d + k], 2);
+      }
+      norm += std::sqrt(n2) / 12;
+      spread += std::sqrt(gap) / 12;
+    }
+    EXPECT_NEAR(r.metrics.at("qa.answer_norm"), norm, 1e-12 * norm);
+    EXPECT_NEAR(r.metrics.at("qa.answer_spread"), spread, 1e-12 * spread);
+    EXPECT_GT(spread, 0.0);
+  }
   EXPECT_GT(r.metrics.at("forgetting.mlm_loss"), 0.0);
   // Evaluation leaves the parameters as they were: a second run gives the same figures.
   EXPECT_EQ(evaluator.evaluate({models, lm_head}).metrics, r.metrics);
