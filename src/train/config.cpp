@@ -422,7 +422,6 @@ ScheduleConfig TrainConfig::schedule_config() const {
   return s;
 }
 
-Device TrainConfig::device_value() const { return device == "cuda" ? Device::cuda(0) : Device::cpu(); }
 DType TrainConfig::dtype_value() const {
   return dtype == "bf16" ? DType::bf16 : dtype == "f64" ? DType::f64 : DType::f32;
 }

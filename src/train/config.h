@@ -12,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#include "core/memory.h"
 #include "data/task.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -100,7 +99,6 @@ struct TrainConfig {
   // Derived settings, valid after check_values.
   OptimizerConfig optimizer_config() const;
   ScheduleConfig schedule_config() const;
-  Device device_value() const;
   DType dtype_value() const;
   double task_weight(data::Task t) const { return task[static_cast<int>(t)].weight; }
   bool pretraining() const { return mode == "mlm"; }

@@ -143,13 +143,13 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
       schedule(config.schedule_config()),
       output(config.output),
       checkpoint_dir(qarac::checkpoint_dir(output)) {
-  Device device = config.device_value();
-  if (device.is_cuda()) {
+  Device device = Device::cpu();
+  if (config.device == "cuda") {
     QARAC_INPUT_CHECK(cuda_device_count() > 0, "train.device: cuda, but no CUDA device is available",
                       " (or this build has no CUDA backend)");
     // The GPU this rank was given (GPU r for local rank r when every rank sees the node's GPUs):
     // the models and every tensor of the run live there, not on cuda:0.
-    if (runtime) device = Device::cuda(runtime->use_local_gpu(config.share_gpus, config.timeout));
+    device = Device::cuda(runtime ? runtime->use_local_gpu(config.share_gpus, config.timeout) : 0);
   }
   place.backend = parallel::backend_from_name(config.backend, device.is_cuda());
   fault = Fault::from_env();
