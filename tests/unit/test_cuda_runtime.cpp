@@ -2,10 +2,10 @@
 // bits rather than bounds (dropout masks identical to the CPU's and to those of the same sequence
 // at another place in a batch, reductions that give the same bits on every run, exact zeros, the
 // optimiser's compute copy the exact rounding of its master weights), attention beyond the
-// table's shapes (head dims of tiny models and the largest one,
-// RoBERTa-sized sequences, empty sequences in every position, row-strided q, k, v and gradients,
-// a head dim it must refuse), and the caching allocator. Every test skips when there is no CUDA
-// device; the bits tests that need no CPU reference also run, in every build, on the CUDA
+// table's shapes (head dims of tiny models and the largest one, RoBERTa-sized sequences, empty
+// sequences in every position, row-strided q, k, v and gradients, a head dim it must refuse),
+// GEMM operands beyond 2^31 elements, and the caching allocator. Every test skips when there is
+// no CUDA device; the bits tests that need no CPU reference also run, in every build, on the CUDA
 // backend's source under the CUDA emulator (tests/emulation), whose random thread schedules
 // make "the same bits on every run" a test of the summation order's independence from timing.
 #include <gtest/gtest.h>
@@ -640,6 +640,39 @@ TEST_F(CudaRuntime, AttentionRejectsHeadDimAbove128) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("head_dim"), std::string::npos) << e.what();
   }
+}
+
+// ---- GEMM at scale ------------------------------------------------------------------------------
+
+// Operands of more than 2^31 elements, as the MLM head's logits [T, vocab] are from T = 42700
+// (84 sequences of 512): cuBLASLt takes each dimension as a 64-bit number, but whether its kernels
+// index such a matrix right only a GPU can say (an index kept in 32 bits wraps there, silently).
+// The rows beyond element 2^31 must be what a product of those rows alone gives, and the head's
+// backward products that read the whole matrix (dW, dx) what the sums over its halves give.
+TEST_F(CudaRuntime, GemmOperandsBeyondTwoToThe31Elements) {
+  const int64_t T = 43000, V = 50304, K = 64, tail = 8;
+  ASSERT_GT((T - tail) * V, int64_t{1} << 31) << "the tail rows must lie beyond element 2^31";
+  std::mt19937 rng(31);
+  const Tensor a = on_gpu(uniform({T, K}, rng), DType::bf16);
+  const Tensor w = on_gpu(uniform({V, K}, rng), DType::bf16);
+  Tensor logits = Tensor::zeros({T, V}, DType::bf16, kGpu);
+  ops::gemm(a, w, logits, false, true);
+  Tensor tail_logits = Tensor::empty({tail, V}, DType::bf16, kGpu);
+  ops::gemm(a.slice(0, T - tail, T), w, tail_logits, false, true);
+  // bf16 outputs: the two products may round a sum of 64 terms one ulp apart.
+  expect_close(logits.slice(0, T - tail, T), tail_logits, 1e-2, "logits rows beyond element 2^31");
+
+  Tensor dw = Tensor::empty({V, K}, DType::f32, kGpu), dw_halves = Tensor::empty({V, K}, DType::f32, kGpu);
+  ops::gemm(logits, a, dw, true, false);
+  const int64_t half = T / 2;
+  ops::gemm(logits.slice(0, 0, half), a.slice(0, 0, half), dw_halves, true, false);
+  ops::gemm(logits.slice(0, half, T), a.slice(0, half, T), dw_halves, true, false, 1.0, 1.0);
+  expect_close(dw, dw_halves, 1e-4, "dW = logitsᵀ · x over 2^31 elements");
+
+  Tensor dx = Tensor::empty({T, K}, DType::f32, kGpu), dx_tail = Tensor::empty({tail, K}, DType::f32, kGpu);
+  ops::gemm(logits, w, dx, false, false);
+  ops::gemm(logits.slice(0, T - tail, T), w, dx_tail, false, false);
+  expect_close(dx.slice(0, T - tail, T), dx_tail, 1e-4, "dx = logits · W, rows beyond element 2^31");
 }
 
 // ---- Caching allocator --------------------------------------------------------------------------
