@@ -2,8 +2,11 @@
 #include "core/hdf5.h"
 
 #include <algorithm>
+#include <mutex>
+#include <set>
 
 #include "core/hdf5_seal.h"
+#include "core/log.h"
 
 namespace qarac {
 namespace {
@@ -63,7 +66,16 @@ H5Id unlocked_file_access() {
 
 H5Id open_sealed_hdf5(const std::string& path, const char* noun, const char* remedy) {
   silence_hdf5_stack_printing();
-  check_hdf5_seal(path, noun, remedy);
+  if (!check_hdf5_seal(path, noun, remedy)) {
+    // Read as before, but HDF5 parses it unchecked: damage to its metadata can crash the process
+    // (the seal's reason to be) rather than be named. Said once per file and process.
+    static std::mutex mutex;
+    static std::set<std::string> said;
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (said.insert(path).second)
+      log::warn(path, ": a ", noun, " of an earlier build, without a seal: read as before, but damage to it can crash ",
+                "the program instead of being reported", remedy ? detail::concat(" (", remedy, " to seal it)") : "");
+  }
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     throw InputError(path + ": not an HDF5 file");

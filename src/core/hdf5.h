@@ -78,7 +78,8 @@ H5Id unlocked_file_access();
 
 // Opens a finished file read-only: its seal checked before HDF5 parses any of it
 // (core/hdf5_seal.h, with `noun` and `remedy`), then opened without locking. A one-line
-// InputError "<path>: <why>" for a file that is missing, damaged, not HDF5 or not openable.
+// InputError "<path>: <why>" for a file that is missing, damaged, not HDF5 or not openable. An
+// unsealed file of an earlier build is opened with a warning, once per path.
 H5Id open_sealed_hdf5(const std::string& path, const char* noun, const char* remedy = nullptr);
 
 }  // namespace qarac
