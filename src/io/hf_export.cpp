@@ -40,11 +40,13 @@ bool indexed_by_vocabulary(const std::string& name) {
   throw InputError(detail::concat(path.string(), ": ", what, " (", std::strerror(err), ")"));
 }
 
+}  // namespace
+
 // Puts the folder `from` where `to` is. With an existing `to`, Linux's renameat2(RENAME_EXCHANGE)
 // swaps the two in one step, so a reader sees the old export or the new one, never neither;
 // where that is missing (glibc < 2.28, some network file systems) the old folder is moved aside
 // first and, if anything fails, is still there under "<to>.old".
-void replace_dir(const fs::path& from, const fs::path& to) {
+void replace_folder(const fs::path& from, const fs::path& to) {
   std::error_code ec;
   if (!fs::exists(to, ec)) {
     if (std::rename(from.c_str(), to.c_str()) != 0)
@@ -68,8 +70,6 @@ void replace_dir(const fs::path& from, const fs::path& to) {
   fs::remove_all(old, ec);
 }
 
-}  // namespace
-
 TensorMap master_tensors(const ParameterList& params) {
   TensorMap out;
   for (const Parameter* p : params) {
@@ -81,7 +81,7 @@ TensorMap master_tensors(const ParameterList& params) {
   return out;
 }
 
-std::string export_hf_model(const std::string& dir, const std::string& model,
+std::string export_hf_model(const std::string& folder, const std::string& model,
                             const RobertaConfig& config, const TensorMap& tensors,
                             const ExportExtras& extras) {
   QARAC_CHECK(!model.empty() && model.find('/') == std::string::npos, "export name '", model,
@@ -102,7 +102,7 @@ std::string export_hf_model(const std::string& dir, const std::string& model,
   QARAC_CHECK(out.count(kWordEmbeddings), "export of ", model, ": no ", kWordEmbeddings,
               " (not a RoBERTa model's parameters)");
 
-  const fs::path root = fs::path(dir) / "export";
+  const fs::path root(folder);
   const fs::path final_dir = root / model, tmp = root / (model + ".tmp");
   std::error_code ec;
   fs::create_directories(root, ec);
@@ -133,7 +133,7 @@ std::string export_hf_model(const std::string& dir, const std::string& model,
     // The folder's entries on disk before the step that relies on them: its files before it
     // replaces the old export, the rename before the export is reported done.
     sync_folder(tmp.string());
-    replace_dir(tmp, final_dir);
+    replace_folder(tmp, final_dir);
   } catch (const InputError&) {
     fs::remove_all(tmp, ec);  // a failed export (a full disk) leaves the old one, and nothing else
     throw;

@@ -5,10 +5,11 @@
 // The RoBERTa base is stored as "roberta.embeddings.*" / "roberta.encoder.*", the names
 // transformers expects; every other tensor (pooling head, decoder layers, LM head) keeps its own
 // name, an extra key transformers ignores with a warning. A QARAC model is exported with
-//   io::export_hf_model(run_dir, "decoder", models.config().base,
+//   io::export_hf_model(run_dir + "/export", "decoder", models.config().base,
 //                       io::master_tensors(models.model_parameters("decoder")));
 #pragma once
 
+#include <filesystem>
 #include <string>
 
 #include "io/export_files.h"
@@ -18,10 +19,14 @@
 
 namespace qarac::io {
 
+// Puts the folder `from` where `to` is, replacing the folder there in one step where the file
+// system allows (see the .cpp). InputError naming `to` when it cannot.
+void replace_folder(const std::filesystem::path& from, const std::filesystem::path& to);
+
 // The master weights of `params` by name, as f32 CPU copies: what an export stores.
 TensorMap master_tensors(const ParameterList& params);
 
-// Writes DIR/export/<model>/{config.json, model.safetensors} and returns that folder. `tensors`
+// Writes FOLDER/<model>/{config.json, model.safetensors} and returns that folder. `tensors`
 // are named as the model's parameters: the base "roberta.embeddings.*", "roberta.encoder.*" (or
 // bare "embeddings.*", "encoder.*", which get the prefix), the heads by any other name; all are
 // stored as f32. The tensors indexed by the vocabulary (word embeddings,
@@ -31,9 +36,9 @@ TensorMap master_tensors(const ParameterList& params);
 // that transformers refuses or misreads.
 // `extras` adds the tokenizer files, README.md, and for the QARAC models modeling_qarac.py with
 // config.json's auto_map (io/export_files.h).
-// Atomic: the folder is written as DIR/export/<model>.tmp and renamed into place (an existing
+// Atomic: the folder is written as FOLDER/<model>.tmp and renamed into place (an existing
 // export of the model is replaced in one step where the file system allows, see the .cpp).
-std::string export_hf_model(const std::string& dir, const std::string& model,
+std::string export_hf_model(const std::string& folder, const std::string& model,
                             const RobertaConfig& config, const TensorMap& tensors,
                             const ExportExtras& extras = {});
 

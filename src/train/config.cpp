@@ -96,7 +96,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
       ("resume", po::bool_switch(&c.resume), "continue from the newest valid checkpoint in the output directory");
 
   auto& top = d->section("Run (top of the INI file)");
-  d->add_path(top, "output", &c.output, "(required) run directory: metrics.jsonl, checkpoints/, export/; must not exist or be empty unless --resume", true);
+  d->add_path(top, "output", &c.output, "(required) run directory: metrics.jsonl, checkpoints/, export/ (and best/ with eval.best); must not exist or be empty unless --resume", true);
 
   auto& model = d->section("[model]");
   d->add(model, "model.mode", &c.mode, "qarac: fine-tune QE, AE and D on the four tasks; mlm: pre-train a RoBERTa base by masked language modelling on the text stream");
@@ -151,6 +151,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file)");
   d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy; 0: none, no token accuracy)");
   d->add_path(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory; turns on the forgetting monitor (MLM loss with the base's head)");
+  d->add(eval, "eval.best", &c.eval_best, "a held-out metric (qa.selection_mrr, cs.accuracy, forgetting.mlm_loss, mlm.loss, ...): the models of its best evaluation so far are exported to <output>/best/, with best.json (lower is better for the losses, higher for the rest); empty: none");
 
   auto& parallel = d->section("[parallel]");
   d->add(parallel, "parallel.tasks", &c.tasks, "task plan: auto, or ranks per task, e.g. ed:2,qa:1,rs:2,cs:1");
@@ -243,6 +244,7 @@ constexpr FamiliarName kFamiliarNames[] = {
     {"lr_scheduler_type", "optimizer.decay"}, {"output_dir", "output"},
     {"optim", "optimizer.name"},              {"save_steps", "checkpoint.every"},
     {"save_total_limit", "checkpoint.keep"},  {"eval_steps", "eval.every"},
+    {"metric_for_best_model", "eval.best"},   {"load_best_model_at_end", "eval.best (the best models go to <output>/best/)"},
     {"logging_steps", "train.log_every (which shows the step's losses, not a mean)"},
     {"num_train_epochs", "train.steps (a run counts optimizer steps, not epochs)"},
     {"per_device_train_batch_size", "task.ed.batch, task.qa.batch, task.rs.batch and task.cs.batch (global batches)"},

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/task.h"
+#include "train/best_export.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 
@@ -191,6 +192,15 @@ void check_values(const TrainConfig& c) {
                     " needs eval.dir (the held-out task streams); without it nothing is evaluated");
   QARAC_INPUT_CHECK(c.eval_examples >= 1, "eval.examples: ", c.eval_examples, " must be >= 1");
   QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
+  if (!c.eval_best.empty()) {
+    QARAC_INPUT_CHECK(!c.eval_dir.empty(), "eval.best: ", c.eval_best,
+                      " needs eval.dir (the held-out task streams); without it nothing is evaluated");
+    const std::vector<std::string>& names = best_metric_names(c.pretraining());
+    std::string list;
+    for (const std::string& name : names) list += (list.empty() ? "" : ", ") + name;
+    QARAC_INPUT_CHECK(std::find(names.begin(), names.end(), c.eval_best) != names.end(), "eval.best: '",
+                      printable(c.eval_best), "' is not a held-out metric of model.mode ", c.mode, " (", list, ")");
+  }
   QARAC_INPUT_CHECK(c.backend == "auto" || c.backend == "mpi" || c.backend == "nccl", "parallel.backend: '",
                     c.backend, "' is not one of auto, mpi, nccl");
   // The deadline is a steady_clock time point in nanoseconds: 1e7 s (116 days) is far beyond any

@@ -91,8 +91,8 @@ class MlmWorkload : public Workload {
     return r;
   }
 
-  void export_models(const std::string& output, const io::ExportExtras& extras) override {
-    io::export_hf_model(output, "base", config_, io::master_tensors(mlm_->parameters()), extras);
+  void export_models(const std::string& folder, const io::ExportExtras& extras) override {
+    io::export_hf_model(folder, "base", config_, io::master_tensors(mlm_->parameters()), extras);
   }
 
  private:

@@ -120,9 +120,9 @@ class QaracWorkload : public Workload {
     return evaluator ? evaluator->evaluate({*models_, base_.lm_head}) : EvalResult{};
   }
 
-  void export_models(const std::string& output, const io::ExportExtras& extras) override {
+  void export_models(const std::string& folder, const io::ExportExtras& extras) override {
     for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
-      io::export_hf_model(output, model, models_->config().base,
+      io::export_hf_model(folder, model, models_->config().base,
                           io::master_tensors(models_->model_parameters(model)), extras);
   }
 

@@ -20,6 +20,7 @@
 #include "core/log.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/task_plan.h"
+#include "train/best_export.h"
 #include "train/checkpoint.h"
 #include "train/evaluation.h"
 #include "train/export_card.h"
@@ -112,6 +113,7 @@ struct Trainer::Impl {
   std::string resumed_with;  // config.ini's note of the settings a resume changed, if any
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
+  std::optional<BestExport> best;  // rank 0's, with eval.best
   Fault fault;
   int64_t step = 0;  // training steps completed
   Last last;
@@ -132,6 +134,7 @@ struct Trainer::Impl {
   void evaluate();
   void check_replicas();
   void export_models();
+  io::ExportExtras extras() const { return export_extras(config, plan_report(config, plan, costs), data_note); }
   Trainer::RunEnd run();
 };
 
@@ -511,7 +514,12 @@ void Trainer::Impl::evaluate() {
   last.eval = step;
   training.sync->gather_to_root("evaluation at step " + std::to_string(step));
   if (!place.root()) return;
-  metrics.write_eval(step, training.workload->evaluate(training.evaluator.get()).metrics);
+  const EvalResult result = training.workload->evaluate(training.evaluator.get());
+  metrics.write_eval(step, result.metrics);
+  if (config.eval_best.empty()) return;
+  if (!best) best.emplace(output, config.eval_best);
+  best->consider(step, result.metrics,
+                 [&](const std::string& folder) { training.workload->export_models(folder, extras()); });
 }
 
 void Trainer::Impl::check_replicas() {
@@ -525,7 +533,7 @@ void Trainer::Impl::export_models() {
   training.sync->gather_to_root("export");
   if (!place.root()) return;
   metrics.end_progress_line();
-  training.workload->export_models(output, export_extras(config, plan_report(config, plan, costs), data_note));
+  training.workload->export_models(output + "/export", extras());
 }
 
 Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)

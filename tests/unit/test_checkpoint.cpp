@@ -742,7 +742,7 @@ TEST_F(CheckpointTest, QaracModelsExportInTheHfLayoutAndReadBack) {
     SCOPED_TRACE(model);
     const ParameterList params = models.model_parameters(model);
     const std::string out =
-        io::export_hf_model(dir(), model, models.config().base, io::master_tensors(params));
+        io::export_hf_model(dir() + "/export", model, models.config().base, io::master_tensors(params));
     EXPECT_EQ(out, (dir_ / "export" / model).string());
     // Without a tokenizer or card, the weights, the config and the QARAC modeling code.
     EXPECT_EQ(folder_entries(out),
@@ -833,7 +833,7 @@ TEST_F(CheckpointTest, ExportPrefixesABareBaseAndReplacesTheFolder) {
   TensorMap tensors = io::master_tensors(encoder.parameters());
   tensors["pooling.global_projection.weight"] =
       Tensor::zeros({config.hidden_size, config.hidden_size}, DType::f64);
-  const std::string out = io::export_hf_model(dir(), "answer_encoder", config, tensors);
+  const std::string out = io::export_hf_model(dir() + "/export", "answer_encoder", config, tensors);
   const TensorMap stored = io::read_safetensors((fs::path(out) / "model.safetensors").string());
   EXPECT_EQ(stored.size(), tensors.size());
   for (const Parameter* p : encoder.parameters())
@@ -842,7 +842,7 @@ TEST_F(CheckpointTest, ExportPrefixesABareBaseAndReplacesTheFolder) {
 
   Parameter* word = encoder.parameters().front();
   word->assign(Tensor::zeros(word->value.shape(), DType::f32));
-  io::export_hf_model(dir(), "answer_encoder", config, io::master_tensors(encoder.parameters()));
+  io::export_hf_model(dir() + "/export", "answer_encoder", config, io::master_tensors(encoder.parameters()));
   EXPECT_EQ(folder_entries(dir_ / "export"), std::set<std::string>{"answer_encoder"});
   const TensorMap again = io::read_safetensors((fs::path(out) / "model.safetensors").string());
   EXPECT_FALSE(again.count("pooling.global_projection.weight"));
@@ -850,10 +850,10 @@ TEST_F(CheckpointTest, ExportPrefixesABareBaseAndReplacesTheFolder) {
       same_bits(again.at("roberta." + word->name), Tensor::zeros(word->value.shape(), DType::f32)));
 
   tensors["lm_head.decoder.weight"] = Tensor::zeros({64, config.hidden_size}, DType::f32);
-  EXPECT_THROW(io::export_hf_model(dir(), "decoder", config, tensors), Error);
+  EXPECT_THROW(io::export_hf_model(dir() + "/export", "decoder", config, tensors), Error);
   RobertaConfig smaller = config;
   smaller.vocab_size = 30;
-  EXPECT_THROW(io::export_hf_model(dir(), "answer_encoder", smaller,
+  EXPECT_THROW(io::export_hf_model(dir() + "/export", "answer_encoder", smaller,
                                    io::master_tensors(encoder.parameters())),
                Error);
   EXPECT_TRUE(same_bits(io::read_safetensors((fs::path(out) / "model.safetensors").string())

@@ -65,7 +65,7 @@ struct Models {
   }
   std::string export_model(const std::string& dir, const std::string& model,
                            const io::ExportExtras& extras) {
-    return io::export_hf_model(dir, model, config.base,
+    return io::export_hf_model(dir + "/export", model, config.base,
                                io::master_tensors(models->model_parameters(model)), extras);
   }
   io::ExportExtras extras() const {
@@ -141,7 +141,7 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
   }
   // A pre-trained base gets the tokenizer and card, not the QARAC code.
   RobertaEncoder base(m_.config.base, DType::f32, Device::cpu());
-  const fs::path out = io::export_hf_model(tmp_.str(), "base", m_.config.base,
+  const fs::path out = io::export_hf_model(tmp_.str() + "/export", "base", m_.config.base,
                                            io::master_tensors(base.parameters()), m_.extras());
   EXPECT_TRUE(fs::is_regular_file(out / "tokenizer.json"));
   EXPECT_FALSE(fs::exists(out / "modeling_qarac.py"));

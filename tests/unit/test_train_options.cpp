@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -262,4 +263,66 @@ TEST(RunMain, ErrorsAreOneLineWithTheirStatus) {
             "use less\n");
   EXPECT_EQ(said([]() -> int { throw std::logic_error("a bug"); }, "use less", 1), "qarac-x: internal error: a bug\n");
   EXPECT_EQ(said([] { return 3; }, nullptr, 3), "");
+}
+
+// eval.best keeps the models of the best evaluation of a held-out metric in <output>/best/, as a
+// Hugging Face Trainer's metric_for_best_model does, across a --resume too. Here the QA retrieval
+// accuracy is followed, which these few steps lower: its best is the first evaluation, in the
+// run's first part, not the final models.
+TEST_F(TrainOptionsCli, TheBestEvaluationsModelsAreKept) {
+  const std::string eval = " --eval.dir " + (root() / "data").string() +
+                           " --eval.examples 8 --eval.every 1 --eval.best qa.retrieval_accuracy";
+  const fs::path run = root() / "best";
+  CliResult r = train(run, "--train.steps 2 --checkpoint.every 2" + eval);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = train(run, "--resume --train.steps 4 --checkpoint.every 2" + eval);
+  ASSERT_EQ(r.code, 0) << r.output;
+  // The largest accuracy of every evaluation of both parts, the first of a tie.
+  std::ifstream lines(run / "metrics.jsonl");
+  int64_t best_step = -1, evaluations = 0;
+  double best = 0, worst = 0;
+  std::string values;
+  for (std::string line; std::getline(lines, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("qa.retrieval_accuracy")) continue;
+    ++evaluations;
+    const double accuracy = j.at("qa.retrieval_accuracy").get<double>();
+    values += " " + std::to_string(accuracy);
+    worst = best_step < 0 ? accuracy : std::min(worst, accuracy);
+    if (best_step < 0 || accuracy > best) {
+      best = accuracy;
+      best_step = j.at("step").get<int64_t>();
+    }
+  }
+  EXPECT_EQ(evaluations, 5);
+  // What makes the checks below able to fail: a best before the resumed part, and values that differ.
+  ASSERT_LT(best_step, 2) << "the test needs a best in the run's first part:" << values;
+  ASSERT_GT(best, worst) << "the test needs evaluations that differ:" << values;
+  std::ifstream in(run / "best" / "best.json");
+  const nlohmann::json note = nlohmann::json::parse(in);
+  EXPECT_EQ(note.at("metric"), "qa.retrieval_accuracy");
+  EXPECT_EQ(note.at("step").get<int64_t>(), best_step);
+  EXPECT_EQ(note.at("value").get<double>(), best);
+  const auto bytes = [](const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
+    SCOPED_TRACE(model);
+    const std::string kept = bytes(run / "best" / model / "model.safetensors");
+    EXPECT_FALSE(kept.empty());
+    EXPECT_NE(kept, bytes(run / "export" / model / "model.safetensors"));  // not the final models
+    EXPECT_TRUE(fs::is_regular_file(run / "best" / model / "config.json"));
+  }
+  EXPECT_FALSE(fs::exists(run / "best.tmp"));
+
+  expect_usage_error("--eval.best qa.nonsense --eval.dir " + (root() / "data").string(),
+                     {"eval.best: 'qa.nonsense' is not a held-out metric of model.mode qarac (", "qa.selection_mrr"});
+  expect_usage_error("--eval.best cs.accuracy", {"eval.best: cs.accuracy needs eval.dir"});
+  // A metric this evaluation does not give: said at the first evaluation, before any step.
+  r = train(root() / "best-undecoded", "--train.steps 2 --eval.dir " + (root() / "data").string() +
+                                           " --eval.decoded 0 --eval.best ed.token_accuracy");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("eval.best: the evaluation at step 0 gave no ed.token_accuracy (it gave "), std::string::npos)
+      << r.output;
 }

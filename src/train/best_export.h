@@ -1,0 +1,38 @@
+// eval.best: the models as they were at the best evaluation of a held-out metric, what Hugging
+// Face's Trainer keeps with metric_for_best_model. Whenever the metric the run follows beats its
+// best so far (a larger accuracy or MRR, a smaller loss), the models are exported to a new
+// folder that replaces <output>/best/ whole, with best.json naming the metric, its value and the
+// step. Only rank 0 evaluates, so only rank 0 holds one.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qarac {
+
+// The held-out metrics eval.best may follow, in model.mode mlm (pretraining) or qarac.
+const std::vector<std::string>& best_metric_names(bool pretraining);
+
+class BestExport {
+ public:
+  // Follows `metric` (one of best_metric_names). The best of an earlier part of the run
+  // (--resume) is read from <output>/best/best.json when it followed the same metric.
+  BestExport(const std::string& output, std::string metric);
+
+  // After the evaluation at `step`: when `metrics` beat the best so far, `write(folder)` exports
+  // the models into `folder`, which then replaces <output>/best. An InputError when the
+  // evaluation gave no value of the metric (its data has no candidates, nothing is decoded...).
+  void consider(int64_t step, const std::map<std::string, double>& metrics,
+                const std::function<void(const std::string& folder)>& write);
+
+ private:
+  std::string folder_, metric_;
+  bool larger_is_better_;
+  std::optional<double> best_;
+};
+
+}  // namespace qarac
