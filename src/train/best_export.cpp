@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
@@ -23,7 +24,7 @@ const std::vector<std::string>& best_metric_names(bool pretraining) {
   return pretraining ? mlm : qarac;
 }
 
-BestExport::BestExport(const std::string& output, std::string metric)
+BestExport::BestExport(const std::string& output, std::string metric, const std::set<int64_t>& evaluated)
     : folder_((fs::path(output) / "best").string()), metric_(std::move(metric)) {
   const std::string suffix = "loss";
   larger_is_better_ = metric_.size() < suffix.size() ||
@@ -34,12 +35,25 @@ BestExport::BestExport(const std::string& output, std::string metric)
   try {
     std::ifstream in(note);
     const nlohmann::json j = nlohmann::json::parse(in);
-    if (j.at("metric").get<std::string>() == metric_) best_ = j.at("value").get<double>();
+    if (j.at("metric").get<std::string>() == metric_) {
+      const double value = j.at("value").get<double>();
+      best_step_ = j.at("step").get<int64_t>();
+      best_ = value;
+    }
   } catch (const nlohmann::json::exception& e) {
     // The next evaluation replaces the folder: said, since a worse model may then take its place.
     log::warn(note.string(), ": unreadable (", e.what(), "); the next evaluation's models replace ", folder_);
   }
-  if (best_) log::info("eval.best: ", metric_, " ", *best_, " so far, in ", folder_);
+  if (!best_) return;
+  // A best from beyond the record (the evaluation came after the checkpoint the run resumes
+  // from) has no evaluation after it yet.
+  since_best_ = static_cast<int64_t>(std::distance(evaluated.upper_bound(best_step_), evaluated.end()));
+  log::info("eval.best: ", describe_best(), " so far, in ", folder_, "; ", since_best_, " evaluation",
+            since_best_ == 1 ? "" : "s", " since");
+}
+
+std::string BestExport::describe_best() const {
+  return best_ ? detail::concat(metric_, " ", *best_, " at step ", best_step_) : "";
 }
 
 void BestExport::consider(int64_t step, const std::map<std::string, double>& metrics,
@@ -54,7 +68,10 @@ void BestExport::consider(int64_t step, const std::map<std::string, double>& met
   }
   const double value = it->second;
   // NaN is never the best; a tie keeps the earlier models.
-  if (!std::isfinite(value) || (best_ && !(larger_is_better_ ? value > *best_ : value < *best_))) return;
+  if (!std::isfinite(value) || (best_ && !(larger_is_better_ ? value > *best_ : value < *best_))) {
+    ++since_best_;
+    return;
+  }
   const std::string temp = folder_ + ".tmp";
   std::error_code ec;
   fs::remove_all(temp, ec);  // an export that died midway
@@ -72,6 +89,8 @@ void BestExport::consider(int64_t step, const std::map<std::string, double>& met
   }
   sync_folder(fs::path(folder_).parent_path().string());
   best_ = value;
+  best_step_ = step;
+  since_best_ = 0;
   log::info("eval.best: ", metric_, " ", value, " at step ", step, ", the best so far: models exported to ", folder_);
 }
 

@@ -2,13 +2,15 @@
 // Face's Trainer keeps with metric_for_best_model. Whenever the metric the run follows beats its
 // best so far (a larger accuracy or MRR, a smaller loss), the models are exported to a new
 // folder that replaces <output>/best/ whole, with best.json naming the metric, its value and the
-// step. Only rank 0 evaluates, so only rank 0 holds one.
+// step. It also counts the evaluations since that best, which eval.patience (Hugging Face's
+// early_stopping_patience) stops the run after. Only rank 0 evaluates, so only rank 0 holds one.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -20,8 +22,10 @@ const std::vector<std::string>& best_metric_names(bool pretraining);
 class BestExport {
  public:
   // Follows `metric` (one of best_metric_names). The best of an earlier part of the run
-  // (--resume) is read from <output>/best/best.json when it followed the same metric.
-  BestExport(const std::string& output, std::string metric);
+  // (--resume) is read from <output>/best/best.json when it followed the same metric; the
+  // evaluations on record (`evaluated`: the steps of metrics.jsonl's evaluation lines that the
+  // resumed run keeps) after its step are the ones that did not beat it.
+  BestExport(const std::string& output, std::string metric, const std::set<int64_t>& evaluated = {});
 
   // After the evaluation at `step`: when `metrics` beat the best so far, `write(folder)` exports
   // the models into `folder`, which then replaces <output>/best. An InputError when the
@@ -29,10 +33,17 @@ class BestExport {
   void consider(int64_t step, const std::map<std::string, double>& metrics,
                 const std::function<void(const std::string& folder)>& write);
 
+  // The evaluations since the one whose models are in <output>/best (ties and NaN do not beat it).
+  int64_t evaluations_since_best() const { return since_best_; }
+  // "qa.selection_mrr 0.5 at step 300": the best so far, for messages; "" before any.
+  std::string describe_best() const;
+
  private:
   std::string folder_, metric_;
   bool larger_is_better_;
   std::optional<double> best_;
+  int64_t best_step_ = -1;
+  int64_t since_best_ = 0;
 };
 
 }  // namespace qarac

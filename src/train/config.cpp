@@ -152,6 +152,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy; 0: none, no token accuracy)");
   d->add_path(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory; turns on the forgetting monitor (MLM loss with the base's head)");
   d->add(eval, "eval.best", &c.eval_best, "a held-out metric (qa.selection_mrr, cs.accuracy, forgetting.mlm_loss, mlm.loss, ...): the models of its best evaluation so far are exported to <output>/best/, with best.json (lower is better for the losses, higher for the rest); empty: none");
+  d->add(eval, "eval.patience", &c.eval_patience, "stop the run (checkpoint and export as at its end) after this many evaluations in a row that do not beat eval.best's best (a tie does not); 0: never");
 
   auto& parallel = d->section("[parallel]");
   d->add(parallel, "parallel.tasks", &c.tasks, "task plan: auto, or ranks per task, e.g. ed:2,qa:1,rs:2,cs:1");
@@ -245,6 +246,7 @@ constexpr FamiliarName kFamiliarNames[] = {
     {"optim", "optimizer.name"},              {"save_steps", "checkpoint.every"},
     {"save_total_limit", "checkpoint.keep"},  {"eval_steps", "eval.every"},
     {"metric_for_best_model", "eval.best"},   {"load_best_model_at_end", "eval.best (the best models go to <output>/best/)"},
+    {"early_stopping_patience", "eval.patience"},
     {"logging_steps", "train.log_every (which shows the step's losses, not a mean)"},
     {"num_train_epochs", "train.steps (a run counts optimizer steps, not epochs)"},
     {"per_device_train_batch_size", "task.ed.batch, task.qa.batch, task.rs.batch and task.cs.batch (global batches)"},

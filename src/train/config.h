@@ -78,6 +78,7 @@ struct TrainConfig {
   int64_t eval_decoded = 64;    // examples decoded greedily per decoder task
   std::string eval_tokenizer;  // its <mask> id turns on the forgetting monitor
   std::string eval_best;       // a held-out metric: the best models go to <output>/best/
+  int64_t eval_patience = 0;   // stop after this many evaluations that do not beat eval.best's best; 0: never
 
   // [parallel]
   std::string tasks = "auto";  // the task plan: auto | ed:2,qa:1,rs:2,cs:1

@@ -193,13 +193,20 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.eval_examples >= 1, "eval.examples: ", c.eval_examples, " must be >= 1");
   QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
   if (!c.eval_best.empty()) {
-    QARAC_INPUT_CHECK(!c.eval_dir.empty(), "eval.best: ", c.eval_best,
+    QARAC_INPUT_CHECK(!c.eval_dir.empty(), "eval.best: ", printable(c.eval_best),
                       " needs eval.dir (the held-out task streams); without it nothing is evaluated");
     const std::vector<std::string>& names = best_metric_names(c.pretraining());
     std::string list;
     for (const std::string& name : names) list += (list.empty() ? "" : ", ") + name;
     QARAC_INPUT_CHECK(std::find(names.begin(), names.end(), c.eval_best) != names.end(), "eval.best: '",
                       printable(c.eval_best), "' is not a held-out metric of model.mode ", c.mode, " (", list, ")");
+  }
+  QARAC_INPUT_CHECK(c.eval_patience >= 0, "eval.patience: ", c.eval_patience, " must be >= 0 (0: never stop early)");
+  if (c.eval_patience > 0) {
+    QARAC_INPUT_CHECK(!c.eval_best.empty(), "eval.patience: ", c.eval_patience,
+                      " needs eval.best (the held-out metric whose evaluations it counts)");
+    QARAC_INPUT_CHECK(c.eval_every > 0, "eval.patience: ", c.eval_patience,
+                      " needs eval.every > 0 (otherwise the run evaluates at step 0 and at its end only)");
   }
   QARAC_INPUT_CHECK(c.backend == "auto" || c.backend == "mpi" || c.backend == "nccl", "parallel.backend: '",
                     c.backend, "' is not one of auto, mpi, nccl");

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -104,9 +105,19 @@ std::string kept_lines(const std::string& path, int64_t first_step, std::set<int
   return kept;
 }
 
+// train.progress: whether the progress line is rewritten in place. Launchers give a rank a
+// terminal of their own (Open MPI's pseudo-terminals) even when their output goes to a file, so
+// auto trusts isatty only outside them.
+bool rewrites_progress(const std::string& progress) {
+  if (progress != "auto") return progress == "tty";
+  for (const char* launcher : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+    if (std::getenv(launcher)) return false;
+  return isatty(fileno(stdout)) != 0;
+}
+
 }  // namespace
 
-void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, bool rewrite_progress) {
+void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress) {
   path_ = path;
   if (resuming) {
     const std::string kept = kept_lines(path, first_step, eval_steps_);
@@ -119,7 +130,7 @@ void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming
   }
   fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open for writing: ", std::strerror(errno));
-  terminal_ = rewrite_progress;
+  terminal_ = rewrites_progress(progress);
 }
 
 MetricsLog::~MetricsLog() {

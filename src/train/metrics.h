@@ -59,15 +59,17 @@ class MetricsLog {
   MetricsLog(const MetricsLog&) = delete;
   MetricsLog& operator=(const MetricsLog&) = delete;
 
-  // Opens `path` for appending; the progress line is rewritten in place when `rewrite_progress`
-  // (a terminal), one line every train.log_every steps otherwise. A run that starts at step `first_step` of an earlier one (resuming) keeps only the
+  // Opens `path` for appending; the progress line is rewritten in place on a terminal, as
+  // train.progress (`progress`) says, one line every train.log_every steps otherwise. A run that starts at step `first_step` of an earlier one (resuming) keeps only the
   // earlier lines of steps up to it: the steps after its checkpoint run again and are written
   // again, and a line cut short by a crash or a full disk is dropped. InputError naming the file
   // when it cannot.
-  void open(const std::string& path, int64_t first_step, bool resuming, bool rewrite_progress);
+  void open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress);
   // Whether the file holds the line of an evaluation at `step` (one that a resumed run need not
   // repeat).
   bool has_eval(int64_t step) const { return eval_steps_.count(step) != 0; }
+  // The steps of the evaluations the file holds, this run's included.
+  const std::set<int64_t>& eval_steps() const { return eval_steps_; }
   // Puts the lines written so far on disk (at a checkpoint: what it covers survives a crash).
   void sync();
   ~MetricsLog();

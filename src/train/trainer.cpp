@@ -4,12 +4,9 @@
 // is train/run_dir.h's, the workloads train/workload.h's, what is reported train/metrics.h's.
 #include "train/trainer.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
 #include <chrono>
-#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -42,16 +39,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-// train.progress: whether the progress line is rewritten in place. Launchers give a rank a
-// terminal of their own (Open MPI's pseudo-terminals) even when their output goes to a file, so
-// auto trusts isatty only outside them.
-bool rewrites_progress(const std::string& progress) {
-  if (progress != "auto") return progress == "tty";
-  for (const char* launcher : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
-    if (std::getenv(launcher)) return false;
-  return isatty(fileno(stdout)) != 0;
 }
 
 // check_values first: the schedule's and the plan's own checks would name no key.
@@ -113,7 +100,7 @@ struct Trainer::Impl {
   std::string resumed_with;  // config.ini's note of the settings a resume changed, if any
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
-  std::optional<BestExport> best;  // rank 0's, with eval.best
+  std::optional<BestExport> best;  // rank 0's, with eval.best (and so with eval.patience)
   Fault fault;
   int64_t step = 0;  // training steps completed
   Last last;
@@ -132,6 +119,7 @@ struct Trainer::Impl {
   std::vector<CheckpointPart> held_parts() const;
   void save();
   void evaluate();
+  bool patience_spent();
   void check_replicas();
   void export_models();
   io::ExportExtras extras() const { return export_extras(config, plan_report(config, plan, costs), data_note); }
@@ -225,6 +213,7 @@ void Trainer::Impl::start() {
                 ": the run starts again from step 0");
   }
   if (place.root()) write_run_files();
+  if (place.root() && !config.eval_best.empty()) best.emplace(output, config.eval_best, metrics.eval_steps());
   // Every rank learns whether the evaluation due at the first step is already on record.
   if (place.world) {
     double evaluated = static_cast<double>(last.eval);
@@ -275,7 +264,7 @@ void Trainer::Impl::write_run_files() {
   AtomicFile file((dir / "config.ini").string());
   file.write(ini.data(), ini.size());
   file.commit();
-  metrics.open((dir / "metrics.jsonl").string(), step, config.resume, rewrites_progress(config.progress));
+  metrics.open((dir / "metrics.jsonl").string(), step, config.resume, config.progress);
   if (metrics.has_eval(step)) last.eval = step;
   int64_t count = 0;
   for (const parallel::ParameterGroup& g : training.sync->groups())
@@ -516,10 +505,22 @@ void Trainer::Impl::evaluate() {
   if (!place.root()) return;
   const EvalResult result = training.workload->evaluate(training.evaluator.get());
   metrics.write_eval(step, result.metrics);
-  if (config.eval_best.empty()) return;
-  if (!best) best.emplace(output, config.eval_best);
+  if (!best) return;
   best->consider(step, result.metrics,
                  [&](const std::string& folder) { training.workload->export_models(folder, extras()); });
+}
+
+// eval.patience: whether rank 0's evaluations since the best have reached it, agreed by every rank.
+bool Trainer::Impl::patience_spent() {
+  if (config.eval_patience == 0) return false;
+  double spent = place.root() && best->evaluations_since_best() >= config.eval_patience ? 1 : 0;
+  if (place.world) place.world->all_reduce(&spent, 1, MPI_MAX, "eval.patience at step " + std::to_string(step));
+  if (spent != 0 && place.root()) {
+    metrics.end_progress_line();
+    log::warn("eval.patience: ", best->evaluations_since_best(), " evaluations have not beaten ", best->describe_best(),
+              ": the run ends at step ", step, " of ", config.steps, " (--resume with a larger eval.patience goes on)");
+  }
+  return spent != 0;
 }
 
 void Trainer::Impl::check_replicas() {
@@ -565,8 +566,9 @@ Trainer::RunEnd Trainer::Impl::run() {
   // The evaluation due at the first step, unless a run that stopped there already recorded it:
   // at step 0 it measures the models before fine-tuning, the baseline of the forgetting monitor.
   if (t.last.eval != t.step && (t.step == 0 || (c.eval_every > 0 && t.step % c.eval_every == 0))) t.evaluate();
+  bool spent = t.patience_spent();  // after a resume, perhaps by the evaluations on record
   t.metrics.start(t.step);
-  while (t.step < c.steps) {
+  while (!spent && t.step < c.steps) {
     const StepStats s = t.train_step();
     if (t.place.root()) {
       t.metrics.write_step(t.step, t.place.world_size, t.plan, s);
@@ -583,7 +585,10 @@ Trainer::RunEnd Trainer::Impl::run() {
     }
     if (c.check_every > 0 && t.step % c.check_every == 0) t.check_replicas();
     if (c.checkpoint_every > 0 && t.step % c.checkpoint_every == 0) t.save();
-    if (c.eval_every > 0 && t.step % c.eval_every == 0) t.evaluate();
+    if (c.eval_every > 0 && t.step % c.eval_every == 0) {
+      t.evaluate();
+      spent = t.patience_spent();
+    }
   }
   if (t.last.check != t.step) t.check_replicas();
   if (t.last.checkpoint != t.step) t.save();

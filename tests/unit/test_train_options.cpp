@@ -326,3 +326,72 @@ TEST_F(TrainOptionsCli, TheBestEvaluationsModelsAreKept) {
   EXPECT_NE(r.output.find("eval.best: the evaluation at step 0 gave no ed.token_accuracy (it gave "), std::string::npos)
       << r.output;
 }
+
+// eval.patience stops a run after that many evaluations in a row that do not beat eval.best's
+// best (Hugging Face's early_stopping_patience), as a run ends: checkpoint and export. A --resume
+// counts the evaluations metrics.jsonl holds since the best: it runs no step while they are as
+// many as the patience, and a larger patience goes on from that count, not from zero.
+TEST_F(TrainOptionsCli, PatienceStopsARunWhoseMetricNoLongerImproves) {
+  const std::string eval = " --train.steps 8 --checkpoint.every 1 --eval.dir " + (root() / "data").string() +
+                           " --eval.examples 8 --eval.every 1 --eval.best qa.retrieval_accuracy";
+  const fs::path run = root() / "patience";
+  // The step the run must stop at with `patience`, from the evaluations it recorded (-1: none);
+  // the number of step lines; the values, for the messages.
+  struct Record {
+    int64_t stop = -1, last_step = -1;
+    std::string values;
+  };
+  const auto record = [&](int64_t patience) {
+    Record r;
+    std::ifstream lines(run / "metrics.jsonl");
+    double best = 0;
+    int64_t since = -1;
+    for (std::string line; std::getline(lines, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      const int64_t step = j.at("step").get<int64_t>();
+      if (!j.contains("qa.retrieval_accuracy")) {
+        r.last_step = std::max(r.last_step, step);
+        continue;
+      }
+      const double accuracy = j.at("qa.retrieval_accuracy").get<double>();
+      r.values += " " + std::to_string(step) + ":" + std::to_string(accuracy);
+      if (since < 0 || accuracy > best) {
+        best = accuracy;
+        since = 0;
+      } else if (++since >= patience && r.stop < 0) {
+        r.stop = step;
+      }
+    }
+    return r;
+  };
+  CliResult r = train(run, eval + " --eval.patience 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Record first = record(2);
+  // What lets this fail: evaluations that stop being better before the run's 8 steps are done.
+  ASSERT_GE(first.stop, 0) << "the test needs a metric that stops improving:" << first.values;
+  EXPECT_EQ(first.last_step, first.stop) << first.values;
+  EXPECT_NE(r.output.find("eval.patience: 2 evaluations have not beaten qa.retrieval_accuracy "), std::string::npos)
+      << r.output;
+  EXPECT_TRUE(fs::is_directory(run / "checkpoints" / ("step-" + std::string(10 - std::to_string(first.stop).size(), '0') +
+                                                      std::to_string(first.stop))));
+  EXPECT_TRUE(fs::is_regular_file(run / "export" / "decoder" / "model.safetensors"));
+
+  // The patience is spent by the record: nothing runs.
+  r = train(run, "--resume" + eval + " --eval.patience 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(record(2).last_step, first.stop);
+  EXPECT_NE(r.output.find("the run ends at step " + std::to_string(first.stop) + " of 8"), std::string::npos) << r.output;
+
+  // One more evaluation of patience: counted on from the record.
+  r = train(run, "--resume" + eval + " --eval.patience 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Record more = record(3);
+  ASSERT_GT(more.last_step, first.stop) << r.output;
+  EXPECT_EQ(more.last_step, more.stop < 0 ? 8 : more.stop) << more.values;
+
+  expect_usage_error("--eval.patience 2", {"eval.patience: 2 needs eval.best"});
+  expect_usage_error("--eval.patience 2 --eval.dir " + (root() / "data").string() + " --eval.best cs.accuracy",
+                     {"eval.patience: 2 needs eval.every > 0"});
+  expect_usage_error("--eval.patience -1", {"eval.patience: -1 must be >= 0"});
+  expect_usage_error("--early_stopping_patience 3", {"did you mean eval.patience?"});
+}
