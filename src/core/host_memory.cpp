@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <vector>
@@ -26,15 +27,20 @@ std::vector<std::string> split(const std::string& text, char separator) {
   return parts;
 }
 
-// A limit file's value; none for "max", a missing file or anything else that is not a number.
-std::optional<uint64_t> limit_in(const std::string& path) {
-  std::string text = read_text(path);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+// A decimal count; none for anything else (a sign, a unit, "max", nothing) or one past uint64.
+std::optional<uint64_t> count_in(const std::string& text) {
   if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
   errno = 0;
   const unsigned long long value = std::strtoull(text.c_str(), nullptr, 10);
   if (errno == ERANGE) return std::nullopt;
   return static_cast<uint64_t>(value);
+}
+
+// A limit file's value; none for "max", a missing file or anything else that is not a number.
+std::optional<uint64_t> limit_in(const std::string& path) {
+  std::string text = read_text(path);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return count_in(text);
 }
 
 // A cgroup hierarchy as a process sees it: where it is mounted, and the process's group in it.
@@ -112,6 +118,30 @@ std::optional<HostMemoryLimit> cgroup_memory_limit(const std::string& proc_cgrou
   return best;
 }
 
+std::optional<HostMemoryLimit> slurm_memory_limit(const std::function<const char*(const char*)>& env) {
+  const auto number = [&](const char* name) {
+    const char* value = env(name);
+    return value ? count_in(value) : std::nullopt;
+  };
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  const auto mebibytes = [&](uint64_t count, uint64_t factor) -> std::optional<uint64_t> {
+    if (count == 0 || factor == 0 || count > std::numeric_limits<uint64_t>::max() / kMiB / factor) return std::nullopt;
+    return count * factor * kMiB;
+  };
+  if (const std::optional<uint64_t> per_node = number("SLURM_MEM_PER_NODE")) {
+    // 0 asks for the node's whole memory.
+    if (const std::optional<uint64_t> bytes = mebibytes(*per_node, 1))
+      return HostMemoryLimit{*bytes, "that Slurm's --mem allows (SLURM_MEM_PER_NODE=" + std::to_string(*per_node) + ")"};
+    return std::nullopt;
+  }
+  const std::optional<uint64_t> per_cpu = number("SLURM_MEM_PER_CPU"), cpus = number("SLURM_CPUS_ON_NODE");
+  if (!per_cpu || !cpus) return std::nullopt;
+  const std::optional<uint64_t> bytes = mebibytes(*per_cpu, *cpus);
+  if (!bytes) return std::nullopt;
+  return HostMemoryLimit{*bytes, "that Slurm's --mem-per-cpu allows on this node's " + std::to_string(*cpus) +
+                                     " CPUs (SLURM_MEM_PER_CPU=" + std::to_string(*per_cpu) + ")"};
+}
+
 const HostMemoryLimit& host_memory_limit() {
   static const HostMemoryLimit limit = [] {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
@@ -119,9 +149,13 @@ const HostMemoryLimit& host_memory_limit() {
     HostMemoryLimit physical{pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page)
                                                    : std::numeric_limits<uint64_t>::max(),
                              "of physical memory"};
-    const std::optional<HostMemoryLimit> cgroup =
-        cgroup_memory_limit(read_text("/proc/self/cgroup"), read_text("/proc/self/mountinfo"));
-    return cgroup && cgroup->bytes < physical.bytes ? *cgroup : physical;
+    HostMemoryLimit tightest = physical;
+    // The cgroup first: it is what kills a process, where Slurm enforces --mem with one.
+    for (const std::optional<HostMemoryLimit>& other :
+         {cgroup_memory_limit(read_text("/proc/self/cgroup"), read_text("/proc/self/mountinfo")),
+          slurm_memory_limit(std::getenv)})
+      if (other && other->bytes < tightest.bytes) tightest = *other;
+    return tightest;
   }();
   return limit;
 }

@@ -49,16 +49,6 @@ int cuda_device_count() {
 namespace {
 constexpr size_t kHostAlignment = 64;  // a cache line; also what AVX-512 loads like
 
-// "12.3 GiB", "4.0 MiB", "512 bytes": sizes in the out-of-memory messages.
-std::string size_text(uint64_t bytes) {
-  char text[32];
-  if (bytes < (1u << 20))
-    std::snprintf(text, sizeof text, "%llu bytes", static_cast<unsigned long long>(bytes));
-  else
-    std::snprintf(text, sizeof text, "%.1f %s", static_cast<double>(bytes) / (bytes < (1u << 30) ? 0x1p20 : 0x1p30),
-                  bytes < (1u << 30) ? "MiB" : "GiB");
-  return text;
-}
 
 #ifdef QARAC_HAVE_CUDA
 // ---- The CUDA caching allocator --------------------------------------------------------------
@@ -245,10 +235,45 @@ namespace {
 // What qarac-bench reports per step (memory.h).
 std::atomic<uint64_t> memory_call_count{0}, allocation_count{0};
 // The bytes of this process's host Buffers (their aligned blocks), counted against
-// host_memory_limit(). Other ranks on the node and memory outside tensors are not counted: this
-// catches a model or batch that cannot fit, not every shortage.
+// host_memory_limit() with those of the other processes under it (count_host_tensors_elsewhere:
+// what they held when the run started). Memory outside tensors is not counted: this catches a
+// model or batch that cannot fit, not every shortage.
 std::atomic<uint64_t> host_bytes_held{0};
+std::atomic<uint64_t> host_bytes_elsewhere{0};
+std::atomic<int> processes_elsewhere{0};
+
+// " and 3.1 GiB by the tensors of 3 other processes": what the others hold, in messages.
+std::string elsewhere_text() {
+  const int others = processes_elsewhere.load(std::memory_order_relaxed);
+  if (others == 0) return "";
+  return detail::concat(" and ", size_text(host_bytes_elsewhere.load(std::memory_order_relaxed)),
+                        " by the tensors of the ", others, " other rank", others == 1 ? "" : "s", " on this node");
+}
 }  // namespace
+
+std::string size_text(uint64_t bytes) {
+  char text[32];
+  if (bytes < (1u << 20))
+    std::snprintf(text, sizeof text, "%llu bytes", static_cast<unsigned long long>(bytes));
+  else
+    std::snprintf(text, sizeof text, "%.1f %s", static_cast<double>(bytes) / (bytes < (1u << 30) ? 0x1p20 : 0x1p30),
+                  bytes < (1u << 30) ? "MiB" : "GiB");
+  return text;
+}
+
+uint64_t host_tensor_bytes() { return host_bytes_held.load(std::memory_order_relaxed); }
+
+void count_host_tensors_elsewhere(uint64_t bytes, int processes) {
+  const HostMemoryLimit& limit = host_memory_limit();
+  const uint64_t mine = host_tensor_bytes();
+  if (bytes > limit.bytes || mine > limit.bytes - bytes)
+    throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": the tensors of its ", processes + 1,
+                                     " ranks hold ", size_text(mine + bytes), " together (this one ", size_text(mine),
+                                     "), more than the ", size_text(limit.bytes), " ", limit.source,
+                                     "; fewer ranks per node would fit"));
+  host_bytes_elsewhere.store(bytes, std::memory_order_relaxed);
+  processes_elsewhere.store(processes, std::memory_order_relaxed);
+}
 
 uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
 uint64_t buffer_allocations() { return allocation_count.load(std::memory_order_relaxed); }
@@ -262,11 +287,13 @@ Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     const size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
     const uint64_t held = host_bytes_held.fetch_add(rounded, std::memory_order_relaxed);
     const HostMemoryLimit& limit = host_memory_limit();
-    if (rounded > limit.bytes || held > limit.bytes - rounded) {
+    const uint64_t elsewhere = host_bytes_elsewhere.load(std::memory_order_relaxed);
+    const uint64_t room = limit.bytes > elsewhere ? limit.bytes - elsewhere : 0;
+    if (rounded > room || held > room - rounded) {
       host_bytes_held.fetch_sub(rounded, std::memory_order_relaxed);
       throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": a tensor of ", size_text(bytes), " with ",
-                                       size_text(held), " held by this process's tensors already is more than the ",
-                                       size_text(limit.bytes), " ", limit.source));
+                                       size_text(held), " held by this process's tensors already", elsewhere_text(),
+                                       " is more than the ", size_text(limit.bytes), " ", limit.source));
     }
     data_ = std::aligned_alloc(kHostAlignment, rounded);
     if (data_ == nullptr) {

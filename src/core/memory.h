@@ -50,6 +50,15 @@ class Buffer {
   Device device_;
 };
 
+// The bytes this process's host tensors hold (their aligned blocks).
+uint64_t host_tensor_bytes();
+// "12.3 GiB", "4.0 MiB", "512 bytes": sizes in messages.
+std::string size_text(uint64_t bytes);
+// Other processes under the same host_memory_limit() (the node's other ranks) whose tensors hold
+// `bytes`: from here on a host allocation is refused when this process's tensors and theirs would
+// pass the limit. OutOfMemory, naming the `processes` + 1 of them, when they already do.
+void count_host_tensors_elsewhere(uint64_t bytes, int processes);
+
 // The CUDA caching allocator's counters for one device (all zero for a device it never served).
 struct CudaAllocatorStats {
   uint64_t cuda_mallocs = 0;    // cudaMalloc calls that succeeded: cache misses

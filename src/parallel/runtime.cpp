@@ -11,6 +11,8 @@
 #include <thread>
 
 #include "core/check_mpi.h"
+#include "core/hash.h"
+#include "core/host_memory.h"
 #include "core/log.h"
 #include "core/memory.h"
 #include "parallel/communicator.h"
@@ -117,6 +119,34 @@ int Runtime::use_local_gpu(bool share_gpus, double timeout_s) const {
   QARAC_CHECK_CUDA(cudaSetDevice(device));
 #endif
   return device;
+}
+
+bool Runtime::share_host_memory(double timeout_s) const {
+  const MpiGroup node(node_, "the ranks on " + hostname(), timeout_s);
+  // MPI_Comm_split waits without a bound: every rank of the node gets there, as this shows.
+  node.barrier("sharing the host memory of the node's ranks");
+  // Ranks of one node in cgroups of their own (containers) each have their own limit.
+  const std::string& source = host_memory_limit().source;
+  const int color = static_cast<int>(hash64(source.data(), source.size()) & 0x7fffffff);
+  MPI_Comm split = MPI_COMM_NULL;
+  QARAC_CHECK_MPI(MPI_Comm_split(node_, color, rank_, &split));
+  const MpiGroup sharing(split, "the ranks on " + hostname() + " under one memory limit", timeout_s);
+  MPI_Comm_free(&split);
+  const uint64_t mine = host_tensor_bytes();
+  uint64_t held = mine;
+  sharing.all_reduce(&held, 1, MPI_SUM, "adding the host tensors of the node's ranks");
+  if (sharing.size() == 1) return true;
+  if (rank_ == 0)  // one node's figures, not a line per node
+    log::info("host tensors on ", hostname(), ": ", size_text(held), " held by its ", sharing.size(),
+              " ranks at the start (this one ", size_text(mine), "), of the ", size_text(host_memory_limit().bytes), " ",
+              host_memory_limit().source);
+  try {
+    count_host_tensors_elsewhere(held - mine, sharing.size() - 1);
+  } catch (const OutOfMemory&) {
+    if (sharing.rank() == 0) throw;
+    return false;
+  }
+  return true;
 }
 
 void Runtime::abort_job(int code) const {

@@ -35,6 +35,14 @@ class Runtime {
   // ordinal among the visible devices.
   int use_local_gpu(bool share_gpus, double timeout_s) const;
 
+  // The node's ranks under one host memory limit (host_memory_limit: the node's physical memory,
+  // or a cgroup such as a Slurm job's --mem, which all its ranks on the node share) count each
+  // other's host tensors from here on: each learns what the others hold now (the models and the
+  // optimizer state, held for the run) and refuses an allocation that would take them together
+  // past the limit. When they are past it already: OutOfMemory on the lowest of them, which says
+  // so, and false on the others. Collective over the node, each wait bounded by `timeout_s`.
+  bool share_host_memory(double timeout_s) const;
+
   // Ends every process of the job with `code` (MPI_Abort): for a rank that failed while the
   // others may be waiting in a collective. Never returns.
   [[noreturn]] void abort_job(int code) const;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
 #include "train/export_card.h"
@@ -12,7 +13,8 @@
 namespace qarac {
 
 TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size,
-                         int64_t max_tokens) {
+                         int64_t max_tokens)
+    : micro_tokens_(config.micro_tokens) {
   // The tokenizer the exports carry must be the one the data was made with: a mismatch is refused
   // now, before the output directory exists, rather than by the export at the end of the run.
   const std::string tokenizer_dir = export_tokenizer_dir(config);
@@ -55,6 +57,20 @@ data::StepBatch TaskLoaders::next() {
     step.tasks.push_back(std::move(one.tasks.front()));
   }
   return step;
+}
+
+std::vector<std::vector<data::TaskBatch>> TaskLoaders::micro_batches(const data::StepBatch& batch) {
+  std::vector<std::vector<data::TaskBatch>> micro(batch.tasks.size());
+  for (size_t i = 0; i < batch.tasks.size(); ++i) {
+    micro[i] = batch.tasks[i].split(micro_tokens_);
+    for (const data::TaskBatch& m : micro[i])
+      if (micro_tokens_ > 0 && m.tokens() > micro_tokens_ && !warned_long_example_) {
+        warned_long_example_ = true;
+        log::warn("train.micro_tokens ", micro_tokens_, ": an example of ", data::task_name(m.task), " has ",
+                  m.tokens(), " tokens and runs alone (said once)");
+      }
+  }
+  return micro;
 }
 
 data::LoaderCursor TaskLoaders::cursor() const {

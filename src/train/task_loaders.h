@@ -22,6 +22,9 @@ class TaskLoaders {
   TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, int64_t vocab_size, int64_t max_tokens);
 
   data::StepBatch next();
+  // This rank's part of each of `batch`'s tasks in micro-batches of at most train.micro_tokens
+  // tokens; an example longer than that runs alone (said once).
+  std::vector<std::vector<data::TaskBatch>> micro_batches(const data::StepBatch& batch);
   data::LoaderCursor cursor() const;
   // Restores this rank's tasks from a cursor of any tasks (a checkpoint's holds every task of the
   // run); InputError when one of this rank's tasks is missing from it.
@@ -39,6 +42,8 @@ class TaskLoaders {
 
  private:
   std::vector<data::Loader> loaders_;
+  int64_t micro_tokens_;  // train.micro_tokens; 0: no limit
+  bool warned_long_example_ = false;
 };
 
 }  // namespace qarac

@@ -53,11 +53,13 @@ struct Trainer::Impl {
   // This process in the job.
   struct Place {
     // r null: one process without MPI. `timeout`: of the world's waits (parallel.timeout).
-    Place(const parallel::Runtime* r, double timeout) : rank(r ? r->rank() : 0), world_size(r ? r->size() : 1) {
+    Place(const parallel::Runtime* r, double timeout)
+        : runtime(r), rank(r ? r->rank() : 0), world_size(r ? r->size() : 1) {
       if (world_size == 1) return;
       log::set_rank(rank);
       world = std::make_unique<parallel::MpiGroup>(MPI_COMM_WORLD, "the world", timeout);
     }
+    const parallel::Runtime* runtime;
     int rank, world_size;
     std::unique_ptr<parallel::MpiGroup> world;  // with several ranks
     parallel::Backend backend = parallel::Backend::mpi;
@@ -104,7 +106,6 @@ struct Trainer::Impl {
   Fault fault;
   int64_t step = 0;  // training steps completed
   Last last;
-  bool warned_long_example = false;  // train.micro_tokens below one example: said once
 
   Impl(const TrainConfig& c, const parallel::Runtime* runtime);
   void build(Device device);
@@ -113,7 +114,6 @@ struct Trainer::Impl {
   void restore(const std::string& checkpoint);
   void write_run_files();
   void discard_unstarted() noexcept;
-  std::vector<std::vector<data::TaskBatch>> micro_batches(const data::StepBatch& batch);
   StepStats train_step();
   bool step_is_finite(const StepStats& s, const std::vector<double>& slot_losses);
   std::vector<CheckpointPart> held_parts() const;
@@ -191,10 +191,13 @@ void Trainer::Impl::build(Device device) {
   t.optimizer = std::make_unique<Optimizer>(t.params, config.optimizer_config());
 }
 
-// Rank 0 locks the output directory (creating it); the run restores the checkpoint when
-// resuming from one; rank 0 writes config.ini (at every start), opens metrics.jsonl and
-// prints the run's table.
+// The ranks of a node count each other's host tensors (the models and optimizer state, built by
+// now); rank 0 locks the output directory (creating it); the run restores the checkpoint when
+// resuming from one; rank 0 writes config.ini (at every start), opens metrics.jsonl and prints
+// the run's table.
 void Trainer::Impl::start() {
+  if (place.world && !place.runtime->share_host_memory(config.timeout))
+    throw EndedByAnotherRank("the host memory of this node: another rank said why");
   if (place.root()) {
     lock = std::make_unique<RunLock>(output);
     // Again under the lock: another run may have started in the directory since the first check.
@@ -293,28 +296,13 @@ void Trainer::Impl::discard_unstarted() noexcept {
   lock.reset();
 }
 
-// This rank's part of each task's global batch, in micro-batches of at most train.micro_tokens.
-std::vector<std::vector<data::TaskBatch>> Trainer::Impl::micro_batches(const data::StepBatch& batch) {
-  std::vector<std::vector<data::TaskBatch>> micro(batch.tasks.size());
-  for (size_t i = 0; i < batch.tasks.size(); ++i) {
-    micro[i] = batch.tasks[i].split(config.micro_tokens);
-    for (const data::TaskBatch& m : micro[i])
-      if (config.micro_tokens > 0 && m.tokens() > config.micro_tokens && !warned_long_example) {
-        warned_long_example = true;
-        log::warn("train.micro_tokens ", config.micro_tokens, ": an example of ", data::task_name(m.task), " has ",
-                  m.tokens(), " tokens and runs alone (said once)");
-      }
-  }
-  return micro;
-}
-
 StepStats Trainer::Impl::train_step() {
   Training& t = training;
   const Clock::time_point t0 = Clock::now();
   StepStats s;
   fault.inject(place.rank, step, t.sync->groups());
   const data::StepBatch batch = t.loaders->next();
-  const std::vector<std::vector<data::TaskBatch>> micro = micro_batches(batch);
+  const std::vector<std::vector<data::TaskBatch>> micro = t.loaders->micro_batches(batch);
   int64_t runs = 0;
   for (const std::vector<data::TaskBatch>& m : micro) runs += static_cast<int64_t>(m.size());
   if (!t.run_losses.defined() || t.run_losses.size(0) < runs)

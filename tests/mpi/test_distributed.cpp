@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -426,6 +427,37 @@ TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
   EXPECT_NE(r.output.find("qarac-train: error: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("parallel.tasks"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(root() / "bad"));
+}
+
+// A Slurm job's --mem (as a cgroup's limit) is the node's, shared by its ranks: each counts the
+// others' tensors, so that ranks that fit alone but not together are refused at the start, in one
+// line from one rank, instead of being killed midway by the OOM killer or Slurm. The limit is set
+// between the larger rank's tensors and their sum, as a first run reports them.
+TEST_F(Distributed, TheRanksOfANodeShareItsMemoryLimit) {
+  const auto with_mem = [](int64_t mib) {
+    return "env SLURM_MEM_PER_NODE=" + std::to_string(mib) + " " + mpirun(2) + forward_env("SLURM_MEM_PER_NODE");
+  };
+  CliResult r = train(with_mem(1 << 20), "memory-fits", "", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::smatch held;
+  ASSERT_TRUE(std::regex_search(r.output, held,
+                                std::regex(R"(: ([0-9.]+) MiB held by its 2 ranks at the start \(this one ([0-9.]+) MiB\))")))
+      << r.output;
+  const double both = std::stod(held[1].str()), first = std::stod(held[2].str());
+  const double larger = std::max(first, both - first);
+  const auto limit = static_cast<int64_t>(std::ceil((larger + both) / 2));
+  ASSERT_GT(static_cast<double>(limit), larger + 1) << r.output;
+  ASSERT_LT(static_cast<double>(limit), both) << r.output;
+
+  r = train(with_mem(limit), "memory-shared", "", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+  const std::string said = "qarac-train: error: out of memory on ";
+  EXPECT_NE(r.output.find(said), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(said), r.output.rfind(said)) << "more than one rank said it: " << r.output;
+  for (const std::string& part : {std::string("the tensors of its 2 ranks hold "),
+                                  "that Slurm's --mem allows (SLURM_MEM_PER_NODE=" + std::to_string(limit) + ")"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << ": " << r.output;
+  EXPECT_FALSE(fs::exists(root() / "memory-shared"));
 }
 
 // Before: ranks of a task that read different streams (one re-prepared while the job started,

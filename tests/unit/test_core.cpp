@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -346,6 +347,65 @@ TEST(Memory, HostTensorsBeyondTheHostMemoryAreOutOfMemory) {
   first.reset();
   const Buffer again(part, Device::cpu());
   EXPECT_EQ(again.bytes(), part);
+}
+
+// The node's other ranks under the same limit: what their tensors hold leaves this process less
+// room, and ranks past the limit together are refused at once.
+TEST(Memory, TheOtherRanksTensorsLeaveLessRoom) {
+  const HostMemoryLimit& host = host_memory_limit();
+  const uint64_t limit = host.bytes;
+  ASSERT_LT(limit, uint64_t{1} << 56) << "the host memory is unknown";
+  struct Reset {  // the count is the process's: later tests must not inherit it
+    ~Reset() { count_host_tensors_elsewhere(0, 0); }
+  } reset;
+  const uint64_t part = limit / 10 * 4;
+  count_host_tensors_elsewhere(part, 3);
+  try {
+    const Buffer over(part * 3 / 2, Device::cpu());  // 60%: alone it would fit
+    FAIL() << "no exception";
+  } catch (const OutOfMemory& e) {
+    expect_error_names(e.what(), {"held by this process's tensors already and ",
+                                  " by the tensors of the 3 other ranks on this node", host.source});
+  }
+  std::optional<Buffer> fits;
+  try {
+    fits.emplace(part, Device::cpu());  // 40% beside their 40%, untouched
+  } catch (const OutOfMemory& e) {
+    GTEST_SKIP() << "this machine does not hand out 40% of its memory untouched (strict overcommit?): " << e.what();
+  }
+  // Past the limit together already: said with both figures.
+  try {
+    count_host_tensors_elsewhere(limit - part / 2, 1);
+    FAIL() << "no exception";
+  } catch (const OutOfMemory& e) {
+    expect_error_names(e.what(), {"out of memory on ", "the tensors of its 2 ranks hold ", "(this one ", host.source,
+                                  "fewer ranks per node"});
+  }
+}
+
+// What a Slurm job asked for: --mem, or --mem-per-cpu times the job's CPUs on the node, in MiB.
+TEST(Memory, SlurmsMemoryRequestIsALimit) {
+  const auto limit = [](std::map<std::string, std::string> env) {
+    return slurm_memory_limit([&env](const char* name) -> const char* {
+      const auto it = env.find(name);
+      return it == env.end() ? nullptr : it->second.c_str();
+    });
+  };
+  const std::optional<HostMemoryLimit> mem = limit({{"SLURM_MEM_PER_NODE", "2048"}});
+  ASSERT_TRUE(mem);
+  EXPECT_EQ(mem->bytes, uint64_t{2} << 30);
+  EXPECT_EQ(mem->source, "that Slurm's --mem allows (SLURM_MEM_PER_NODE=2048)");
+  const std::optional<HostMemoryLimit> per_cpu =
+      limit({{"SLURM_MEM_PER_CPU", "1000"}, {"SLURM_CPUS_ON_NODE", "8"}});
+  ASSERT_TRUE(per_cpu);
+  EXPECT_EQ(per_cpu->bytes, uint64_t{8000} << 20);
+  EXPECT_EQ(per_cpu->source, "that Slurm's --mem-per-cpu allows on this node's 8 CPUs (SLURM_MEM_PER_CPU=1000)");
+  // --mem=0 is the node's whole memory; outside Slurm, or with values that are no counts: none.
+  EXPECT_FALSE(limit({{"SLURM_MEM_PER_NODE", "0"}, {"SLURM_MEM_PER_CPU", "1000"}, {"SLURM_CPUS_ON_NODE", "8"}}));
+  EXPECT_FALSE(limit({}));
+  EXPECT_FALSE(limit({{"SLURM_MEM_PER_CPU", "1000"}}));
+  for (const char* bad : {"2G", "-1", "", " 2048", "99999999999999999999", "17592186044416"})
+    EXPECT_FALSE(limit({{"SLURM_MEM_PER_NODE", bad}})) << bad;
 }
 
 // The limits of a process's cgroups, read as Slurm's task/cgroup (v1) and systemd (v2) lay them
