@@ -200,6 +200,11 @@ void check_values(const TrainConfig& c) {
     for (const std::string& name : names) list += (list.empty() ? "" : ", ") + name;
     QARAC_INPUT_CHECK(std::find(names.begin(), names.end(), c.eval_best) != names.end(), "eval.best: '",
                       printable(c.eval_best), "' is not a held-out metric of model.mode ", c.mode, " (", list, ")");
+    // What the evaluation gives whatever the data: said now, not after the models are built.
+    QARAC_INPUT_CHECK(c.eval_best != "forgetting.mlm_loss" || !c.eval_tokenizer.empty(),
+                      "eval.best: forgetting.mlm_loss needs eval.tokenizer (the forgetting monitor masks with its <mask>)");
+    QARAC_INPUT_CHECK(c.eval_best.find("token_accuracy") == std::string::npos || c.eval_decoded > 0, "eval.best: ",
+                      c.eval_best, " needs eval.decoded > 0 (the token accuracy is of the greedily decoded examples)");
   }
   QARAC_INPUT_CHECK(c.eval_patience >= 0, "eval.patience: ", c.eval_patience, " must be >= 0 (0: never stop early)");
   if (c.eval_patience > 0) {

@@ -19,6 +19,7 @@
 #include "core/host_memory.h"
 #include "io/safetensors.h"
 #include "support/train_cli.h"
+#include "train/best_export.h"
 #include "support/training_fixtures.h"
 
 using qarac::test_support::CliResult;
@@ -319,12 +320,27 @@ TEST_F(TrainOptionsCli, TheBestEvaluationsModelsAreKept) {
   expect_usage_error("--eval.best qa.nonsense --eval.dir " + (root() / "data").string(),
                      {"eval.best: 'qa.nonsense' is not a held-out metric of model.mode qarac (", "qa.selection_mrr"});
   expect_usage_error("--eval.best cs.accuracy", {"eval.best: cs.accuracy needs eval.dir"});
-  // A metric this evaluation does not give: said at the first evaluation, before any step.
-  r = train(root() / "best-undecoded", "--train.steps 2 --eval.dir " + (root() / "data").string() +
-                                           " --eval.decoded 0 --eval.best ed.token_accuracy");
-  EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("eval.best: the evaluation at step 0 gave no ed.token_accuracy (it gave "), std::string::npos)
-      << r.output;
+  // Metrics the evaluation would not give whatever the data: refused before the models are built.
+  expect_usage_error("--eval.dir " + (root() / "data").string() + " --eval.decoded 0 --eval.best ed.token_accuracy",
+                     {"eval.best: ed.token_accuracy needs eval.decoded > 0"});
+  expect_usage_error("--eval.dir " + (root() / "data").string() + " --eval.best forgetting.mlm_loss",
+                     {"eval.best: forgetting.mlm_loss needs eval.tokenizer"});
+}
+
+// A metric the evaluation did not give (held-out QA without candidates gives no selection
+// metrics): one line naming what it gave, and <output>/best untouched.
+TEST(BestExport, AMetricTheEvaluationDidNotGiveIsSaid) {
+  const qarac::test_support::TempDir dir("best-export");
+  qarac::BestExport best(dir.path.string(), "qa.selection_mrr");
+  int writes = 0;
+  try {
+    best.consider(0, {{"qa.loss", 0.5}, {"cs.confusion.0.1", 2}}, [&](const std::string&) { ++writes; });
+    FAIL() << "no exception";
+  } catch (const qarac::InputError& e) {
+    EXPECT_STREQ(e.what(), "eval.best: the evaluation at step 0 gave no qa.selection_mrr (it gave qa.loss)");
+  }
+  EXPECT_EQ(writes, 0);
+  EXPECT_FALSE(fs::exists(dir.path / "best"));
 }
 
 // eval.patience stops a run after that many evaluations in a row that do not beat eval.best's
