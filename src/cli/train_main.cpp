@@ -8,9 +8,12 @@
 // failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a
 // checkpoint (--resume goes on).
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
+#include <sstream>
 
 #include "cli/run_main.h"
 #include "cli/version.h"
@@ -34,6 +37,35 @@ constexpr int kReplicasDiverged = 4;
 constexpr const char* kLessMemory =
     "train.micro_tokens runs each step in smaller micro-batches with the same result; smaller task batches or a "
     "smaller model need less too";
+
+// The run's options (the command line and the INI file) and the plan's shape, read by every rank:
+// a mistake in them is found by all, and said once, by the lowest rank that found one (the others end silently: each
+// rank reads its own copy of a file, which one node may lack). Rank 0 alone prints --help.
+std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime& runtime, int argc, char** argv) {
+  std::ostringstream help;
+  std::optional<qarac::TrainConfig> config;
+  std::exception_ptr failure;
+  try {
+    config = qarac::parse_train_config(argc, argv, help);
+    if (config) {
+      qarac::check_values(*config);
+      // parallel.tasks against the world size (or show_plan's); the costs that balance `auto`
+      // come later: any positive ones give a plan here.
+      qarac::TaskCosts unit;
+      unit.flops.fill(1.0);
+      qarac::make_plan(*config, config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime.size(), unit);
+    }
+  } catch (const qarac::InputError&) {
+    failure = std::current_exception();
+  } catch (const boost::program_options::error&) {
+    failure = std::current_exception();
+  }
+  const int first = runtime.first_rank_with(failure != nullptr, qarac::TrainConfig{}.timeout);
+  if (first == runtime.rank()) std::rethrow_exception(failure);
+  if (first < runtime.size()) throw qarac::EndedByAnotherRank("the options: rank " + std::to_string(first) + " said why");
+  if (runtime.rank() == 0) std::cout << help.str();
+  return config;
+}
 
 // The held-out evaluation of [eval]; built before the run starts, so its input errors too come
 // before the output directory exists.
@@ -78,10 +110,14 @@ int main(int argc, char** argv) {
   const int code = qarac::cli::run_main("qarac-train", [&] {
     stop_signals = std::make_unique<qarac::StopSignals>();
     runtime = std::make_unique<qarac::parallel::Runtime>(&argc, &argv);
-    const std::optional<qarac::TrainConfig> config = qarac::parse_train_config(argc, argv, std::cout);
+    std::optional<qarac::TrainConfig> config;
+    try {
+      config = read_config(*runtime, argc, argv);
+    } catch (const qarac::EndedByAnotherRank&) {
+      return 2;
+    }
     if (!config) return 0;  // --help
     if (config->show_plan > 0) {
-      qarac::check_values(*config);
       const qarac::TaskCosts costs = qarac::estimate_task_costs(*config);
       const qarac::parallel::TaskPlan plan = qarac::make_plan(*config, static_cast<int>(config->show_plan), costs);
       if (runtime->rank() == 0) std::cout << qarac::plan_report(*config, plan, costs);

@@ -149,6 +149,12 @@ bool Runtime::share_host_memory(double timeout_s) const {
   return true;
 }
 
+int Runtime::first_rank_with(bool flag, double timeout_s) const {
+  uint64_t first = static_cast<uint64_t>(flag ? rank_ : size_);
+  if (size_ > 1) MpiGroup(MPI_COMM_WORLD, "the world", timeout_s).all_reduce(&first, 1, MPI_MIN, "reading the options");
+  return static_cast<int>(first);
+}
+
 void Runtime::abort_job(int code) const {
   std::fflush(stdout);
   std::fflush(stderr);

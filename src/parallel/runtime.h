@@ -43,6 +43,11 @@ class Runtime {
   // so, and false on the others. Collective over the node, each wait bounded by `timeout_s`.
   bool share_host_memory(double timeout_s) const;
 
+  // The lowest rank whose `flag` is set, or size() when none is: of a failure every rank may meet
+  // alike (reading the same options), which one rank says. One all-reduce over the world, bounded
+  // by `timeout_s`.
+  int first_rank_with(bool flag, double timeout_s) const;
+
   // Ends every process of the job with `code` (MPI_Abort): for a rank that failed while the
   // others may be waiting in a collective. Never returns.
   [[noreturn]] void abort_job(int code) const;

@@ -28,6 +28,7 @@
 #include <fstream>
 #include <regex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -421,12 +422,21 @@ TEST_F(Distributed, ReplicasDivergedAnywhereStopTheRun) {
 }
 
 // A configuration error under mpirun: every rank reports it in one line and the job exits 2.
+// An error in the options, which every rank reads, is said once (by rank 0), not by each rank.
 TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
-  const CliResult r = train(mpirun(2), "bad", "--parallel.tasks ed:3,qa:1,rs:1,cs:1");
-  EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("qarac-train: error: "), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("parallel.tasks"), std::string::npos) << r.output;
-  EXPECT_FALSE(fs::exists(root() / "bad"));
+  for (const auto& [args, named] : std::vector<std::pair<std::string, std::string>>{
+           {"--parallel.tasks ed:4,qa:1,rs:1,cs:1", "parallel.tasks"},
+           {"--optimizer.beta1 2", "optimizer.beta1"},
+           {"--optimizer.lrr 1", "'--optimizer.lrr'"}}) {
+    SCOPED_TRACE(args);
+    const CliResult r = train(mpirun(3), "bad", args);
+    EXPECT_EQ(r.code, 2) << r.output;
+    const std::string said = "qarac-train: error: ";
+    EXPECT_NE(r.output.find(said), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find(said), r.output.rfind(said)) << "more than one rank said it: " << r.output;
+    EXPECT_NE(r.output.find(named), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(root() / "bad"));
+  }
 }
 
 // A Slurm job's --mem (as a cgroup's limit) is the node's, shared by its ranks: each counts the
