@@ -7,6 +7,7 @@
 // Exit statuses: 0 done, 1 internal error, 2 input error or out of memory, 3 communication
 // failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a
 // checkpoint (--resume goes on).
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 #include "cli/run_main.h"
 #include "cli/version.h"
@@ -39,30 +41,24 @@ constexpr const char* kLessMemory =
     "smaller model need less too";
 
 // The run's options (the command line and the INI file) and the plan's shape, read by every rank:
-// a mistake in them is found by all, and said once, by the lowest rank that found one (the others end silently: each
-// rank reads its own copy of a file, which one node may lack). Rank 0 alone prints --help.
+// a mistake in them is said once (Runtime::read_on_every_rank). Rank 0 alone prints --help.
 std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime& runtime, int argc, char** argv) {
   std::ostringstream help;
   std::optional<qarac::TrainConfig> config;
-  std::exception_ptr failure;
-  try {
-    config = qarac::parse_train_config(argc, argv, help);
-    if (config) {
-      qarac::check_values(*config);
-      // parallel.tasks against the world size (or show_plan's); the costs that balance `auto`
-      // come later: any positive ones give a plan here.
-      qarac::TaskCosts unit;
-      unit.flops.fill(1.0);
-      qarac::make_plan(*config, config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime.size(), unit);
+  runtime.read_on_every_rank([&] {
+    try {
+      config = qarac::parse_train_config(argc, argv, help);
+    } catch (const boost::program_options::error& e) {
+      throw qarac::InputError(std::string(e.what()) + " (see --help)");
     }
-  } catch (const qarac::InputError&) {
-    failure = std::current_exception();
-  } catch (const boost::program_options::error&) {
-    failure = std::current_exception();
-  }
-  const int first = runtime.first_rank_with(failure != nullptr, qarac::TrainConfig{}.timeout);
-  if (first == runtime.rank()) std::rethrow_exception(failure);
-  if (first < runtime.size()) throw qarac::EndedByAnotherRank("the options: rank " + std::to_string(first) + " said why");
+    if (!config) return;
+    qarac::check_values(*config);
+    // parallel.tasks against the world size (or show_plan's); the costs that balance `auto`
+    // come later: any positive ones give a plan here.
+    qarac::TaskCosts unit;
+    unit.flops.fill(1.0);
+    qarac::make_plan(*config, config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime.size(), unit);
+  }, qarac::TrainConfig{}.timeout);
   if (runtime.rank() == 0) std::cout << help.str();
   return config;
 }
@@ -107,28 +103,24 @@ int main(int argc, char** argv) {
   // Before anything else: a SIGTERM or SIGUSR1 during start-up stops the run after its first
   // step instead of killing it.
   std::unique_ptr<qarac::StopSignals> stop_signals;
+  bool ended_by_another = false;
   const int code = qarac::cli::run_main("qarac-train", [&] {
     stop_signals = std::make_unique<qarac::StopSignals>();
     runtime = std::make_unique<qarac::parallel::Runtime>(&argc, &argv);
-    std::optional<qarac::TrainConfig> config;
     try {
-      config = read_config(*runtime, argc, argv);
-    } catch (const qarac::EndedByAnotherRank&) {
-      return 2;
-    }
-    if (!config) return 0;  // --help
-    if (config->show_plan > 0) {
-      const qarac::TaskCosts costs = qarac::estimate_task_costs(*config);
-      const qarac::parallel::TaskPlan plan = qarac::make_plan(*config, static_cast<int>(config->show_plan), costs);
-      if (runtime->rank() == 0) std::cout << qarac::plan_report(*config, plan, costs);
-      return 0;
-    }
-    trainer = std::make_unique<qarac::Trainer>(*config, runtime.get());
-    // Pre-training evaluates itself (the held-out MLM loss); the QARAC models need the evaluator,
-    // which only rank 0 runs, so only it reads the held-out streams.
-    if (!config->eval_dir.empty() && !config->pretraining() && runtime->rank() == 0)
-      trainer->set_evaluator(make_evaluator(*config));
-    try {
+      const std::optional<qarac::TrainConfig> config = read_config(*runtime, argc, argv);
+      if (!config) return 0;  // --help
+      if (config->show_plan > 0) {
+        const qarac::TaskCosts costs = qarac::estimate_task_costs(*config);
+        const qarac::parallel::TaskPlan plan = qarac::make_plan(*config, static_cast<int>(config->show_plan), costs);
+        if (runtime->rank() == 0) std::cout << qarac::plan_report(*config, plan, costs);
+        return 0;
+      }
+      trainer = std::make_unique<qarac::Trainer>(*config, runtime.get());
+      // Pre-training evaluates itself (the held-out MLM loss); the QARAC models need the evaluator,
+      // which only rank 0 runs, so only it reads the held-out streams.
+      if (!config->eval_dir.empty() && !config->pretraining() && runtime->rank() == 0)
+        trainer->set_evaluator(make_evaluator(*config));
       if (trainer->run() == qarac::Trainer::RunEnd::stopped) return qarac::kExitPreempted;
     } catch (const qarac::parallel::CommError& e) {
       std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
@@ -137,13 +129,17 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "qarac-train: error: %s\n", e.what());
       return kReplicasDiverged;
     } catch (const qarac::EndedByAnotherRank&) {
-      return 2;  // the rank that failed said why (an input error: a full disk)
+      ended_by_another = true;
+      return 2;  // the rank that failed said why (its options, its inputs, a full disk)
     }
     return 0;
   }, kLessMemory);
   // A stopped run ends normally on every rank (its checkpoint is complete): no abort.
   if (code != 0 && code != qarac::kExitPreempted && runtime && runtime->size() > 1) {
     if (trainer) trainer->abort();
+    // The rank that failed ends the job: one abort, one launcher report of it. Should it not come,
+    // this rank ends the job itself.
+    if (ended_by_another) std::this_thread::sleep_for(std::chrono::seconds(10));
     runtime->abort_job(code);
   }
   return code;

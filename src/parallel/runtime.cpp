@@ -151,7 +151,7 @@ bool Runtime::share_host_memory(double timeout_s) const {
 
 int Runtime::first_rank_with(bool flag, double timeout_s) const {
   uint64_t first = static_cast<uint64_t>(flag ? rank_ : size_);
-  if (size_ > 1) MpiGroup(MPI_COMM_WORLD, "the world", timeout_s).all_reduce(&first, 1, MPI_MIN, "reading the options");
+  if (size_ > 1) MpiGroup(MPI_COMM_WORLD, "the world", timeout_s).all_reduce(&first, 1, MPI_MIN, "reading the inputs");
   return static_cast<int>(first);
 }
 

@@ -12,8 +12,23 @@
 
 #include <mpi.h>
 
+#include <exception>
 #include <string>
 #include <vector>
+
+#include "core/error.h"
+
+namespace qarac {
+
+// Thrown on the ranks that did not fail when another rank's failure ends the job (a checkpoint
+// part that a full disk refused, options every rank read alike): that rank says why in one line;
+// these end with it, silent.
+class EndedByAnotherRank : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace qarac
 
 namespace qarac::parallel {
 
@@ -43,16 +58,31 @@ class Runtime {
   // so, and false on the others. Collective over the node, each wait bounded by `timeout_s`.
   bool share_host_memory(double timeout_s) const;
 
-  // The lowest rank whose `flag` is set, or size() when none is: of a failure every rank may meet
-  // alike (reading the same options), which one rank says. One all-reduce over the world, bounded
-  // by `timeout_s`.
-  int first_rank_with(bool flag, double timeout_s) const;
+  // Runs `read` on every rank: an InputError it throws, on every rank alike as a rule (each reads
+  // the same options and files), is said by the lowest rank that met one, and the others end
+  // silently (EndedByAnotherRank). `read` must not wait on other ranks. One all-reduce over the
+  // world, bounded by `timeout_s`.
+  template <class Read>
+  void read_on_every_rank(Read&& read, double timeout_s) const {
+    std::exception_ptr failure;
+    try {
+      read();
+    } catch (const InputError&) {
+      failure = std::current_exception();
+    }
+    const int first = first_rank_with(failure != nullptr, timeout_s);
+    if (first == rank_) std::rethrow_exception(failure);
+    if (first < size_) throw EndedByAnotherRank("rank " + std::to_string(first) + " said why");
+  }
 
   // Ends every process of the job with `code` (MPI_Abort): for a rank that failed while the
   // others may be waiting in a collective. Never returns.
   [[noreturn]] void abort_job(int code) const;
 
  private:
+  // The lowest rank whose `flag` is set, or size() when none is.
+  int first_rank_with(bool flag, double timeout_s) const;
+
   int rank_ = 0, size_ = 1;
   MPI_Comm node_ = MPI_COMM_NULL;  // the ranks that share memory with this one
 };

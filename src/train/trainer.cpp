@@ -164,18 +164,25 @@ void Trainer::Impl::build(Device device) {
   }
   Training& t = training;
   t.device = device;
-  if (config.pretraining()) {
-    t.workload = make_mlm_workload(config, device, place.root());
-  } else {
-    // A rank builds the models its tasks use; rank 0 all three, for the evaluation and the export.
-    std::array<bool, parallel::kModelCount> build{};
-    for (int m = 0; m < parallel::kModelCount; ++m)
-      build[m] = place.root() || plan.holds(place.rank, static_cast<parallel::Model>(m));
-    t.workload = make_qarac_workload(config, device, build);
-  }
-  // Data tokenised with another tokenizer than the base's is refused here, before the output
-  // directory exists: its ids would reach past the models' vocabulary.
-  t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size(), t.workload->max_tokens());
+  // Every rank reads the base and its streams: a fault in them is said once.
+  const auto read = [&] {
+    if (config.pretraining()) {
+      t.workload = make_mlm_workload(config, device, place.root());
+    } else {
+      // A rank builds the models its tasks use; rank 0 all three, for the evaluation and the export.
+      std::array<bool, parallel::kModelCount> build{};
+      for (int m = 0; m < parallel::kModelCount; ++m)
+        build[m] = place.root() || plan.holds(place.rank, static_cast<parallel::Model>(m));
+      t.workload = make_qarac_workload(config, device, build);
+    }
+    // Data tokenised with another tokenizer than the base's is refused here, before the output
+    // directory exists: its ids would reach past the models' vocabulary.
+    t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size(), t.workload->max_tokens());
+  };
+  if (place.runtime)
+    place.runtime->read_on_every_rank(read, config.timeout);
+  else
+    read();
   t.loaders->check_streams_agree(place.world.get(), config.data_dir);
   if (place.root()) data_note = training_data_note(config);
   if (config.contrastive_qa() && place.world) {

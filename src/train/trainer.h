@@ -20,13 +20,6 @@ namespace qarac {
 class Evaluator;  // train/evaluation.h
 
 // ---- Trainer ----------------------------------------------------------------------------------
-// Thrown on the ranks that did not fail when another rank's failure ends the job (a checkpoint
-// part that a full disk refused): that rank says why in one line; these end with it, silent.
-class EndedByAnotherRank : public Error {
- public:
-  using Error::Error;
-};
-
 class Trainer {
  public:
   // Checks the values, reads the base model and this rank's data, builds the models, loaders and

@@ -422,12 +422,16 @@ TEST_F(Distributed, ReplicasDivergedAnywhereStopTheRun) {
 }
 
 // A configuration error under mpirun: every rank reports it in one line and the job exits 2.
-// An error in the options, which every rank reads, is said once (by rank 0), not by each rank.
+// An error in the options or the inputs, which every rank reads, is said once (by rank 0), not by
+// each rank: here the options, the plan's shape, and a tokenizer that does not fit the base, which
+// every rank of a pre-training reads.
 TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
+  const std::string other_tokenizer = kSample + "../../tests/data/tokenizer";
   for (const auto& [args, named] : std::vector<std::pair<std::string, std::string>>{
            {"--parallel.tasks ed:4,qa:1,rs:1,cs:1", "parallel.tasks"},
            {"--optimizer.beta1 2", "optimizer.beta1"},
-           {"--optimizer.lrr 1", "'--optimizer.lrr'"}}) {
+           {"--optimizer.lrr 1", "'--optimizer.lrr'"},
+           {"--model.mode mlm --model.tokenizer " + other_tokenizer, "model.tokenizer: "}}) {
     SCOPED_TRACE(args);
     const CliResult r = train(mpirun(3), "bad", args);
     EXPECT_EQ(r.code, 2) << r.output;
