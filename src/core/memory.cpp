@@ -49,7 +49,6 @@ int cuda_device_count() {
 namespace {
 constexpr size_t kHostAlignment = 64;  // a cache line; also what AVX-512 loads like
 
-
 #ifdef QARAC_HAVE_CUDA
 // ---- The CUDA caching allocator --------------------------------------------------------------
 // cudaFree synchronises the device, cudaMalloc and cudaFree cost tens of microseconds to
@@ -242,7 +241,7 @@ std::atomic<uint64_t> host_bytes_held{0};
 std::atomic<uint64_t> host_bytes_elsewhere{0};
 std::atomic<int> processes_elsewhere{0};
 
-// " and 3.1 GiB by the tensors of 3 other processes": what the others hold, in messages.
+// " and 3.1 GiB by the tensors of the 3 other ranks on this node": what the others hold, in messages.
 std::string elsewhere_text() {
   const int others = processes_elsewhere.load(std::memory_order_relaxed);
   if (others == 0) return "";
