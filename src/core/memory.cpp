@@ -130,6 +130,8 @@ class CachingAllocator {
     size_t released = 0;
     if (rc == cudaErrorMemoryAllocation) {
       // Cached blocks of other sizes may be what is missing: give them back and try once more.
+      // cudaFree synchronises the device, so this waits for gradient reductions in flight too;
+      // should a peer be dead, its group's timeout on another rank ends the job meanwhile.
       static_cast<void>(cudaGetLastError());  // the failure is handled here, not by a later check
       released = release_cached(pool, device);
       rc = cudaMalloc(&ptr, size);

@@ -1,21 +1,28 @@
 // The NCCL backend of Communicator (CUDA gradients). The communicator is created non-blocking
 // (ncclConfig_t.blocking = 0), so neither its creation nor an enqueue can block the host: every
-// wait polls ncclCommGetAsyncError (and the completion event) against the group's deadline, and
-// on timeout or error aborts the communicator (ncclCommAbort) before raising a CommError.
-// Reductions run on the process's one communication stream, which first waits for the compute
-// stream, so a bucket reduces while the backward pass goes on; wait() makes the compute stream
-// wait for them.
+// wait polls ncclCommGetAsyncError of every communicator of the process (and the completion
+// event) against the group's deadline, and on timeout or error raises a CommError, after which
+// the job ends with MPI_Abort (without ncclCommAbort, which can wait on peers that are gone). A
+// communicator that ends with the run is finalized (flushed and quiescent on every rank) before
+// it is destroyed; one that failed is aborted. Reductions run on the process's one communication
+// stream, which first waits for the compute stream, so a bucket reduces while the backward pass
+// goes on; wait() makes the compute stream wait for them.
 #include "parallel/communicator.h"
 
 #ifdef QARAC_HAVE_CUDA
 
+#include <nccl.h>
+
+#include <algorithm>
 #include <chrono>
+#include <exception>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "core/check_cuda.h"
+#include "core/log.h"
 #include "kernels/cuda/context.cuh"
-#include "parallel/check_nccl.h"
 #include "parallel/collective_trace.h"
 
 namespace qarac::parallel {
@@ -51,29 +58,50 @@ std::shared_ptr<CUstream_st> communication_stream() {
   return stream;
 }
 
+class NcclCommunicator;
+// The process's communicators, in creation order: a wait on the shared stream waits for the
+// collectives of all of them, so it watches the errors of all of them.
+std::vector<NcclCommunicator*>& live_communicators() {
+  static std::vector<NcclCommunicator*> live;
+  return live;
+}
+
 class NcclCommunicator final : public Communicator {
  public:
   explicit NcclCommunicator(const MpiGroup& group) : group_(group) {
     ncclUniqueId id{};
-    if (group.rank() == 0) QARAC_CHECK_NCCL(ncclGetUniqueId(&id));
+    if (group.rank() == 0) check(ncclGetUniqueId(&id), "creating the NCCL unique id");
     group.broadcast(&id, sizeof id, 0, "broadcasting the NCCL unique id");
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     trace_collective(group.name(), group.size(), "nccl_init", 0);
-    const ncclResult_t rc = ncclCommInitRankConfig(&comm_, group.size(), id, group.rank(), &config);
-    if (rc != ncclSuccess && rc != ncclInProgress) QARAC_CHECK_NCCL(rc);
+    check(ncclCommInitRankConfig(&comm_, group.size(), id, group.rank(), &config), "creating the NCCL communicator");
     settle("creating the NCCL communicator");
     stream_ = communication_stream();
     QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
     QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    live_communicators().push_back(this);
   }
 
   ~NcclCommunicator() override {
+    std::vector<NcclCommunicator*>& live = live_communicators();
+    live.erase(std::remove(live.begin(), live.end(), this), live.end());
     if (comm_) {
-      if (aborted_)
-        ncclCommAbort(comm_);
-      else
-        ncclCommDestroy(comm_);
+      // Finalizing flushes the communicator and waits (bounded) until it is quiescent on every
+      // rank, after which destroying it frees this rank's part without blocking.
+      bool finalized = false;
+      if (!aborted_) {
+        try {
+          check(ncclCommFinalize(comm_), "finalizing the NCCL communicator");
+          settle("finalizing the NCCL communicator");
+          finalized = true;
+        } catch (const std::exception& e) {
+          log::warn(e.what(), "; aborting it");
+        }
+      }
+      const ncclResult_t rc = finalized ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
+      if (rc != ncclSuccess)
+        log::warn(group_.name(), ": ", finalized ? "ncclCommDestroy" : "ncclCommAbort", ": ", ncclGetErrorString(rc));
     }
     if (ready_) cudaEventDestroy(ready_);
     if (done_) cudaEventDestroy(done_);
@@ -88,9 +116,9 @@ class NcclCommunicator final : public Communicator {
     QARAC_CHECK_CUDA(cudaEventRecord(ready_, cuda::stream()));
     QARAC_CHECK_CUDA(cudaStreamWaitEvent(stream_.get(), ready_, 0));
     trace_collective(group_.name(), group_.size(), "all_reduce", static_cast<int64_t>(buffer.nbytes()));
-    const ncclResult_t rc = ncclAllReduce(buffer.raw(), buffer.raw(), static_cast<size_t>(buffer.numel()),
-                                          nccl_type(buffer.dtype()), ncclSum, comm_, stream_.get());
-    if (rc != ncclSuccess && rc != ncclInProgress) QARAC_CHECK_NCCL(rc);
+    check(ncclAllReduce(buffer.raw(), buffer.raw(), static_cast<size_t>(buffer.numel()), nccl_type(buffer.dtype()),
+                        ncclSum, comm_, stream_.get()),
+          "enqueueing an NCCL all-reduce");
     settle("enqueueing an NCCL all-reduce");
     pending_ = true;
   }
@@ -115,19 +143,36 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
-  // Until `finished` holds, polls it and NCCL's asynchronous error against the deadline.
+  // A CommError naming the group and NCCL's messages, unless `rc` is a success or (non-blocking)
+  // in progress.
+  void check(ncclResult_t rc, const std::string& what) {
+    if (rc == ncclSuccess || rc == ncclInProgress) return;
+    aborted_ = true;
+    throw CommError(group_.describe(what, detail::concat("NCCL: ", ncclGetErrorString(rc), "; ",
+                                                         ncclGetLastError(nullptr))));
+  }
+  // This communicator's asynchronous state; an error is a CommError naming its group, and what
+  // `waiter` was doing when it saw it.
+  ncclResult_t async_state(const NcclCommunicator& waiter, const std::string& what) {
+    ncclResult_t state = ncclSuccess;
+    check(ncclCommGetAsyncError(comm_, &state), "reading NCCL's asynchronous error");
+    if (state == ncclSuccess || state == ncclInProgress) return state;
+    aborted_ = true;
+    const std::string error = detail::concat("NCCL asynchronous error: ", ncclGetErrorString(state));
+    throw CommError(&waiter == this ? group_.describe(what, error)
+                                    : group_.describe(what, error + " (seen by " + waiter.group_.name() +
+                                                                ", whose collectives share its stream)"));
+  }
+  // Until `finished` holds, polls it and the asynchronous errors of this and the process's other
+  // communicators (their collectives share the stream this waits on) against the deadline.
   template <class Finished>
   void poll(const std::string& what, Finished finished) {
     const Clock::time_point deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                                           std::chrono::duration<double>(group_.timeout()));
     while (true) {
-      ncclResult_t state = ncclSuccess;
-      QARAC_CHECK_NCCL(ncclCommGetAsyncError(comm_, &state));
-      if (state != ncclSuccess && state != ncclInProgress) {
-        aborted_ = true;
-        throw CommError(group_.describe(what, detail::concat("NCCL asynchronous error: ",
-                                                             ncclGetErrorString(state))));
-      }
+      const ncclResult_t state = async_state(*this, what);
+      for (NcclCommunicator* other : live_communicators())
+        if (other != this && other->comm_ && !other->aborted_) other->async_state(*this, what);
       if (state == ncclSuccess && finished()) return;
       if (Clock::now() > deadline) {
         aborted_ = true;

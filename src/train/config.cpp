@@ -160,7 +160,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(parallel, "parallel.timeout", &c.timeout, "seconds a wait on other ranks may take before the job is aborted with a message (longer than rank 0's evaluations, which the other ranks wait for)");
   d->add(parallel, "parallel.bucket_mb", &c.bucket_mb, "gradient all-reduce bucket size, MiB");
   d->add(parallel, "parallel.check_every", &c.check_every, "compare a checksum of every model's replicas every N steps (and at the end); 0: only at the end");
-  d->add(parallel, "parallel.share_gpus", &c.share_gpus, "let several ranks of a node use one GPU when it has fewer GPUs than ranks (otherwise an error; NCCL refuses two ranks of one communicator on one GPU)");
+  d->add(parallel, "parallel.share_gpus", &c.share_gpus, "let several ranks of a node use one GPU when it has fewer GPUs than ranks (otherwise an error); needs parallel.backend mpi, since NCCL refuses two ranks of one communicator on one GPU");
   d->add(parallel, "parallel.show_plan", &c.show_plan, "> 0: print the task plan of that many ranks, each task's global batch and each rank's expected share of the step, and exit without training");
 
   auto& task = d->section("[task] (per task: ed, qa, rs, cs; mlm: rehearsal)");

@@ -64,6 +64,9 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error("--train.steps 4 --optimizer.warmup 4", {"optimizer.warmup: 4 steps", "train.steps 4"});
   expect_usage_error("--train.steps 4 --optimizer.warmup 9", {"never reach optimizer.lr"});
   expect_usage_error("--train.progress fancy", {"train.progress", "auto, plain or tty"});
+  // Shared GPUs with NCCL: the answer encoder's group would put two ranks on one GPU.
+  expect_usage_error("--train.device cuda --parallel.share_gpus true",
+                     {"parallel.share_gpus needs parallel.backend mpi on cuda", "parallel.backend auto"});
   // The QA objective: the temperature is the contrastive one's.
   expect_usage_error("--task.qa.temperature 0.1", {"task.qa.temperature: has no effect with task.qa.objective mse"});
   expect_usage_error("--task.qa.objective cosine", {"task.qa.objective: 'cosine' must be mse or contrastive"});
