@@ -325,13 +325,13 @@ class DeviceRun(unittest.TestCase):
                    "#!/bin/sh\necho 'x.cpp:3: Skipped'\necho '[  PASSED  ] 0 tests.'\necho '[  SKIPPED ] 2 tests.'\n")
         p = self.run_sh("nccl")
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-        self.assertIn("== test_nccl: SKIPPED", p.stdout)
+        self.assertIn("== test_nccl np=1: SKIPPED", p.stdout)
         summary, _ = self.saved()
-        self.assertRegex(summary, r"test_nccl +SKIPPED")
+        self.assertRegex(summary, r"test_nccl np=1 +SKIPPED")
         executable(os.path.join(self.bin, "test_nccl"), "#!/bin/sh\necho '[  PASSED  ] 2 tests.'\n")
         p = self.run_sh("nccl")
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertIn("== test_nccl: passed [  PASSED  ] 2 tests.", p.stdout)
+        self.assertIn("== test_nccl np=1: passed [  PASSED  ] 2 tests.", p.stdout)
 
     def test_goals_stage_reads_the_bench_stages_outputs(self):
         p = self.run_sh("bench,goals")

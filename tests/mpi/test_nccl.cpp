@@ -1,8 +1,10 @@
-// The NCCL backend of the gradient all-reduce on one rank: the communicator's creation (unique
-// id broadcast over MPI, non-blocking init), an all-reduce of f32 and bf16 buckets ordered after
-// the compute stream, and the timed wait. One rank, because NCCL refuses two ranks on one GPU;
-// the multi-rank reduction path (buckets, groups, the invariant) is tested over MPI on the CPU.
-// Two communicators launch on the process's one communication stream. Skipped without a CUDA
+// The NCCL backend of the gradient all-reduce: the communicator's creation (unique id broadcast
+// over MPI, non-blocking init), an all-reduce of f32 and bf16 buckets ordered after the compute
+// stream summed over every rank, and the timed wait; two communicators launch on the process's one
+// communication stream. Under mpirun each rank takes its own GPU as qarac-train does
+// (Runtime::use_local_gpu; NCCL refuses two ranks on one GPU), so one GPU runs one rank, where a
+// sum is the identity, and tests/device/run.sh runs one rank per GPU; the multi-rank reduction
+// path (buckets, groups, the invariant) is tested over MPI on the CPU too. Skipped without a CUDA
 // device. With QARAC_CHECK_COLLECTIVE_TRACE=<folder>, CollectiveTrace checks the trace a run
 // wrote there (QARAC_TRACE_COLLECTIVES) for one global order (tests/device/run.sh).
 #include <gtest/gtest.h>
@@ -12,50 +14,64 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/error.h"
 #include "core/memory.h"
 #include "parallel/collective_trace.h"
 #include "parallel/communicator.h"
+#include "parallel/runtime.h"
 
 using namespace qarac;
 
 namespace {
 
-TEST(Nccl, SingleRankAllReduceKeepsTheBucket) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
+// This rank's GPU, chosen in main; -1 without one.
+int rank_gpu = -1;
+
+// Each rank's bucket is the values times (its rank + 1): the sum over W ranks is the values
+// times W (W + 1) / 2. The values are small integers, so every sum is exact in bf16 too.
+TEST(Nccl, AllReduceSumsEveryRanksBucket) {
+  if (rank_gpu < 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
   ASSERT_TRUE(parallel::nccl_available());
   const parallel::MpiGroup world(MPI_COMM_WORLD, "the world", 60);
   const std::unique_ptr<parallel::Communicator> comm = parallel::make_nccl_communicator(world);
   EXPECT_STREQ(comm->backend(), "nccl");
-  std::vector<float> values(3000);
-  for (size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * static_cast<float>(i % 97) - 3.0f;
+  const float ranks = static_cast<float>(world.size());
+  std::vector<float> mine(3000), sum(3000);
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const float value = static_cast<float>(static_cast<int>(i % 5) - 2);
+    mine[i] = value * static_cast<float>(world.rank() + 1);
+    sum[i] = value * ranks * (ranks + 1) / 2;
+  }
   for (DType dtype : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dtype));
-    const Tensor host = Tensor::from_vector(values, {3, 1000}).to(dtype);
-    Tensor bucket = host.to(Device::cuda(0));
-    Tensor second = host.to(Device::cuda(0));
+    const Tensor host = Tensor::from_vector(mine, {3, 1000}).to(dtype);
+    Tensor bucket = host.to(Device::cuda(rank_gpu));
+    Tensor second = host.to(Device::cuda(rank_gpu));
     comm->start_all_reduce(bucket);
     comm->start_all_reduce(second);
     comm->wait("test all-reduce");
-    // A sum over one rank is the identity, bit for bit (these values are exact in bf16).
-    EXPECT_EQ(bucket.to(Device::cpu()).to(DType::f32).to_vector<float>(), host.to(DType::f32).to_vector<float>());
-    EXPECT_EQ(second.to(Device::cpu()).to(DType::f32).to_vector<float>(), host.to(DType::f32).to_vector<float>());
+    EXPECT_EQ(bucket.to(Device::cpu()).to(DType::f32).to_vector<float>(), sum);
+    EXPECT_EQ(second.to(Device::cpu()).to(DType::f32).to_vector<float>(), sum);
   }
 }
 
 // Launches of two communicators interleaved on the shared stream all complete, each waited for
 // by its own communicator.
 TEST(Nccl, TwoCommunicatorsInterleaveOnOneStream) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
+  if (rank_gpu < 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
   const parallel::MpiGroup first_group(MPI_COMM_WORLD, "first", 60), second_group(MPI_COMM_WORLD, "second", 60);
   const std::unique_ptr<parallel::Communicator> first = parallel::make_nccl_communicator(first_group);
   const std::unique_ptr<parallel::Communicator> second = parallel::make_nccl_communicator(second_group);
-  const Tensor host = Tensor::from_vector(std::vector<float>{1.5f, -2.0f, 3.25f, 0.0f}, {4});
+  const std::vector<float> values = {1.5f, -2.0f, 3.25f, 0.0f};
+  std::vector<float> sum;
+  for (float v : values) sum.push_back(v * static_cast<float>(first_group.size()));
+  const Tensor host = Tensor::from_vector(values, {4});
   std::vector<Tensor> buckets;
-  for (int i = 0; i < 4; ++i) buckets.push_back(host.to(Device::cuda(0)));
+  for (int i = 0; i < 4; ++i) buckets.push_back(host.to(Device::cuda(rank_gpu)));
   for (int i = 0; i < 4; ++i) (i % 2 ? second : first)->start_all_reduce(buckets[static_cast<size_t>(i)]);
   first->wait("first");
   second->wait("second");
-  for (const Tensor& b : buckets) EXPECT_EQ(b.to(Device::cpu()).to_vector<float>(), host.to_vector<float>());
+  for (const Tensor& b : buckets) EXPECT_EQ(b.to(Device::cpu()).to_vector<float>(), sum);
 }
 
 // The trace of a run (QARAC_TRACE_COLLECTIVES) admits one global order of its collectives.
@@ -70,7 +86,7 @@ TEST(CollectiveTrace, RunLaunchesInOneGlobalOrder) {
 }
 
 TEST(Nccl, BackendNeedsCudaTensors) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
+  if (rank_gpu < 0) GTEST_SKIP() << "no CUDA device (or no CUDA backend in this build)";
   const parallel::MpiGroup world(MPI_COMM_WORLD, "the world", 60);
   const std::unique_ptr<parallel::Communicator> comm = parallel::make_nccl_communicator(world);
   Tensor cpu = Tensor::zeros({4}, DType::f32);
@@ -80,9 +96,14 @@ TEST(Nccl, BackendNeedsCudaTensors) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  const parallel::Runtime runtime(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
-  const int result = RUN_ALL_TESTS();
-  MPI_Finalize();
-  return result;
+  try {
+    // One GPU per rank of a node, as qarac-train takes them.
+    if (cuda_device_count() > 0) rank_gpu = runtime.use_local_gpu(/*share_gpus=*/false, 60);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "test_nccl: %s\n", e.what());
+    return 2;
+  }
+  return RUN_ALL_TESTS();
 }
