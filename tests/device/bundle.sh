@@ -21,9 +21,10 @@ for f in "${programs[@]}" "${tests[@]}"; do
   [ -x "$build/$f" ] || { echo "bundle.sh: $build/$f is missing: build first" >&2; exit 1; }
   cp "$build/$f" "$stage/bin/"
 done
-# Shared libraries resolved here, less the C/C++ runtime and CUDA's (taken from the GPU machine).
+# Shared libraries resolved here, less the C/C++ runtime (glibc's own parts too: they call its
+# internals, which differ between releases) and CUDA's (taken from the GPU machine).
 for f in "$stage"/bin/*; do ldd "$f"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
-  grep -Ev '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|/libcuda|/libcublas|/libcudart|/libnccl|/libcudnn' |
+  grep -Ev '/(libc|libm|libdl|libpthread|librt|libresolv|libnsl|libanl|libutil|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|/libcuda|/libcublas|/libcudart|/libnccl|/libcudnn' |
   while read -r lib; do cp -L "$lib" "$stage/lib/"; done
 cp -r "$golden/tiny_dev" "$stage/golden/"
 tar czf "$out/bundle.tgz" -C "$(dirname "$stage")" bundle

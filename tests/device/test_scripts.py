@@ -402,14 +402,15 @@ class DeviceRun(unittest.TestCase):
         self.assertRegex(summary, r"stage parity +skipped +deadline 0 s")
 
     def test_a_running_stage_is_stopped_at_the_deadline(self):
+        # A stage starts with 20 s left; what the deadline stops is cut (exit 2), not failed.
         executable(os.path.join(self.bin, "qarac-parity"), "#!/bin/sh\nsleep 60\n")
-        p = self.run_sh("parity", deadline=2)
-        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-        self.assertIn("== qarac-parity cuda f32: FAILED", p.stdout)
-        self.assertIn("== qarac-parity cuda bf16: FAILED", p.stdout)
+        p = self.run_sh("parity", deadline=21)
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("== qarac-parity cuda f32: cut", p.stdout)
+        self.assertIn("== qarac-parity cuda bf16: cut", p.stdout)
         summary, _ = self.saved()
         seconds = int(re.search(r"\(stage parity\) +time +(\d+) s", summary).group(1))
-        self.assertLess(seconds, 10)
+        self.assertLess(seconds, 30)
 
     def test_unknown_stage(self):
         p = self.run_sh("tests,benchmarks")
@@ -460,6 +461,13 @@ class DeviceBundle(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertIn("== Open MPI: the machine's (%s/mpirun), not the bundle's" % self.path, p.stdout)
         self.assertRegex(p.stdout, r"parity cuda f32 +passed +max \|diff\| libhdf5_serial.so.103 libqarac_core.so *\n")
+
+    def test_the_bundles_open_mpi_where_the_machines_leaves_a_symbol_undefined(self):
+        # ldd -r: the libraries are found, but a symbol of the programs is not in the machine's.
+        p = self.run_sh("#!/bin/sh\nfor d in $(echo $LD_LIBRARY_PATH | tr : ' '); do [ -e $d/libmpi.so.40 ] && exit 0; done\n"
+                        "echo 'undefined symbol: ompi_mpi_comm_world\t(/bin/qarac-train)'\n")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("== Open MPI: the machine's leaves symbols unresolved; the bundle's (Debian's) is used", p.stdout)
 
     def test_the_bundles_open_mpi_where_the_machines_leaves_symbols_unresolved(self):
         # Unresolved once the bundle's libmpi is gone.
