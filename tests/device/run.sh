@@ -91,6 +91,9 @@ use_the_machines_mpi() {
 }
 [ -d "$log/bundle" ] && use_the_machines_mpi "$log/bundle/lib"
 q() { LD_LIBRARY_PATH="$qlib" "$@"; }
+# Open MPI 4 refuses to start, even one process on one node, when it finds neither ssh nor rsh
+# (open-mpi/ompi#12386); without its rsh launcher it starts local processes itself.
+command -v ssh >/dev/null || command -v rsh >/dev/null || export OMPI_MCA_plm=^rsh
 mpi=(mpirun --oversubscribe --bind-to none -x LD_LIBRARY_PATH)
 [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
 sample=data/sample
