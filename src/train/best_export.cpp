@@ -3,7 +3,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
@@ -24,36 +23,68 @@ const std::vector<std::string>& best_metric_names(bool pretraining) {
   return pretraining ? mlm : qarac;
 }
 
-BestExport::BestExport(const std::string& output, std::string metric, const std::set<int64_t>& evaluated)
+BestExport::BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record)
     : folder_((fs::path(output) / "best").string()), metric_(std::move(metric)) {
   const std::string suffix = "loss";
   larger_is_better_ = metric_.size() < suffix.size() ||
                       metric_.compare(metric_.size() - suffix.size(), suffix.size(), suffix) != 0;
+  for (const auto& [step, value] : record) {
+    if (beats(value)) {
+      best_ = value;
+      best_step_ = step;
+      since_best_ = 0;
+    } else {
+      ++since_best_;
+    }
+  }
+  // What best/ holds: best.json names it.
   const fs::path note = fs::path(folder_) / "best.json";
   std::error_code ec;
-  if (!fs::exists(note, ec)) return;
+  if (!fs::exists(note, ec)) {
+    if (best_) log::warn(folder_, ": none, or no best.json; the next evaluation that beats ", describe_best(), " is kept");
+    return;
+  }
+  std::string held_metric = "?";
+  double held_value = 0;
+  int64_t held_step = -1;
   try {
     std::ifstream in(note);
     const nlohmann::json j = nlohmann::json::parse(in);
-    if (j.at("metric").get<std::string>() == metric_) {
-      const double value = j.at("value").get<double>();
-      best_step_ = j.at("step").get<int64_t>();
-      best_ = value;
-    }
+    held_metric = j.at("metric").get<std::string>();
+    held_value = j.at("value").get<double>();
+    held_step = j.at("step").get<int64_t>();
   } catch (const nlohmann::json::exception& e) {
-    // The next evaluation replaces the folder: said, since a worse model may then take its place.
-    log::warn(note.string(), ": unreadable (", e.what(), "); the next evaluation's models replace ", folder_);
+    log::warn(note.string(), ": unreadable (", e.what(), "); the next evaluation that beats the best replaces ",
+              folder_);
+    return;
   }
-  if (!best_) return;
-  // A best from beyond the record (the evaluation came after the checkpoint the run resumes
-  // from) has no evaluation after it yet.
-  since_best_ = static_cast<int64_t>(std::distance(evaluated.upper_bound(best_step_), evaluated.end()));
-  log::info("eval.best: ", describe_best(), " so far, in ", folder_, "; ", since_best_, " evaluation",
-            since_best_ == 1 ? "" : "s", " since");
+  if (record.empty() && held_metric == metric_) {
+    // The record of the earlier part is lost (metrics.jsonl removed): best.json is all there is.
+    best_ = held_value;
+    best_step_ = held_step;
+    log::warn("eval.best: no evaluation of ", metric_, " on record; ", describe_best(),
+              " from best.json, eval.patience counts from here");
+  } else if (!best_ || held_metric != metric_ || held_step != best_step_) {
+    log::warn(folder_, ": holds ", held_metric, " ", held_value, " at step ", held_step, ", not the best on record (",
+              best_ ? describe_best() : "none", "); the next evaluation that beats that replaces it");
+  }
+  if (best_) log::info("eval.best: ", describe_best(), " so far; ", since_best_, " evaluation", since_best_ == 1 ? "" : "s",
+                       " since");
+}
+
+bool BestExport::beats(double value) const {
+  // NaN is never the best; a tie keeps the earlier models.
+  return std::isfinite(value) && (!best_ || (larger_is_better_ ? value > *best_ : value < *best_));
 }
 
 std::string BestExport::describe_best() const {
   return best_ ? detail::concat(metric_, " ", *best_, " at step ", best_step_) : "";
+}
+
+std::string BestExport::describe_wait() const {
+  const std::string evaluations = detail::concat(since_best_, since_best_ == 1 ? " evaluation" : " evaluations");
+  if (!best_) return detail::concat(evaluations, " gave no finite ", metric_);
+  return detail::concat(evaluations, since_best_ == 1 ? " has" : " have", " not beaten ", describe_best());
 }
 
 void BestExport::consider(int64_t step, const std::map<std::string, double>& metrics,
@@ -67,8 +98,7 @@ void BestExport::consider(int64_t step, const std::map<std::string, double>& met
                                      " (it gave ", given, ")"));
   }
   const double value = it->second;
-  // NaN is never the best; a tie keeps the earlier models.
-  if (!std::isfinite(value) || (best_ && !(larger_is_better_ ? value > *best_ : value < *best_))) {
+  if (!beats(value)) {
     ++since_best_;
     return;
   }

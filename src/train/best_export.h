@@ -10,7 +10,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -21,11 +20,12 @@ const std::vector<std::string>& best_metric_names(bool pretraining);
 
 class BestExport {
  public:
-  // Follows `metric` (one of best_metric_names). The best of an earlier part of the run
-  // (--resume) is read from <output>/best/best.json when it followed the same metric; the
-  // evaluations on record (`evaluated`: the steps of metrics.jsonl's evaluation lines that the
-  // resumed run keeps) after its step are the ones that did not beat it.
-  BestExport(const std::string& output, std::string metric, const std::set<int64_t>& evaluated = {});
+  // Follows `metric` (one of best_metric_names). After a --resume the best so far and the
+  // evaluations since it come from the record of the earlier part (`record`: the metric's value
+  // at each evaluation metrics.jsonl keeps, by step, as the uninterrupted run saw them); best.json
+  // stands in for a record without the metric, and what best/ holds is said when it is not the
+  // record's best (a best from after the checkpoint, of another metric, or none).
+  BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record = {});
 
   // After the evaluation at `step`: when `metrics` beat the best so far, `write(folder)` exports
   // the models into `folder`, which then replaces <output>/best. An InputError when the
@@ -33,12 +33,15 @@ class BestExport {
   void consider(int64_t step, const std::map<std::string, double>& metrics,
                 const std::function<void(const std::string& folder)>& write);
 
-  // The evaluations since the one whose models are in <output>/best (ties and NaN do not beat it).
+  // The evaluations since the best so far (ties and NaN do not beat it), or since the first.
   int64_t evaluations_since_best() const { return since_best_; }
-  // "qa.selection_mrr 0.5 at step 300": the best so far, for messages; "" before any.
-  std::string describe_best() const;
+  // "3 evaluations have not beaten qa.selection_mrr 0.5 at step 300", for eval.patience.
+  std::string describe_wait() const;
 
  private:
+  bool beats(double value) const;
+  std::string describe_best() const;  // "qa.selection_mrr 0.5 at step 300"
+
   std::string folder_, metric_;
   bool larger_is_better_;
   std::optional<double> best_;

@@ -83,8 +83,9 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
 namespace {
 
 // The lines of an earlier run's metrics.jsonl that a run resuming at `first_step` keeps: whole
-// JSON lines of steps up to it. Also returns the steps of their evaluations.
-std::string kept_lines(const std::string& path, int64_t first_step, std::set<int64_t>& eval_steps) {
+// JSON lines of steps up to it. Also returns the numbers of their evaluations (null: NaN).
+std::string kept_lines(const std::string& path, int64_t first_step,
+                       std::map<int64_t, std::map<std::string, double>>& evals) {
   std::error_code ec;
   QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not the run's metrics");
   std::ifstream in(path, std::ios::binary);
@@ -99,7 +100,12 @@ std::string kept_lines(const std::string& path, int64_t first_step, std::set<int
     if (record.is_discarded() || !record.is_object() || !record.contains("step") ||
         !record["step"].is_number_integer() || record["step"].get<int64_t>() > first_step)
       continue;
-    if (record.value("eval", false)) eval_steps.insert(record["step"].get<int64_t>());
+    if (record.value("eval", false)) {
+      std::map<std::string, double>& numbers = evals[record["step"].get<int64_t>()];
+      for (const auto& [name, value] : record.items())
+        if (value.is_number() || value.is_null())
+          numbers[name] = value.is_null() ? std::nan("") : value.get<double>();
+    }
     kept += line + "\n";
   }
   return kept;
@@ -120,7 +126,7 @@ bool rewrites_progress(const std::string& progress) {
 void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress) {
   path_ = path;
   if (resuming) {
-    const std::string kept = kept_lines(path, first_step, eval_steps_);
+    const std::string kept = kept_lines(path, first_step, evals_);
     std::error_code ec;
     if (std::filesystem::exists(path, ec)) {
       AtomicFile file(path);
@@ -131,6 +137,15 @@ void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming
   fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open for writing: ", std::strerror(errno));
   terminal_ = rewrites_progress(progress);
+}
+
+std::map<int64_t, double> MetricsLog::eval_values(const std::string& metric) const {
+  std::map<int64_t, double> values;
+  for (const auto& [step, numbers] : evals_) {
+    const auto it = numbers.find(metric);
+    if (it != numbers.end()) values[step] = it->second;
+  }
+  return values;
 }
 
 MetricsLog::~MetricsLog() {
@@ -191,7 +206,7 @@ void MetricsLog::write_eval(int64_t step, const std::map<std::string, double>& m
   line["eval"] = true;
   for (const auto& [name, value] : metrics) line[name] = value;
   append(line.dump());
-  eval_steps_.insert(step);
+  evals_[step] = metrics;
   std::string text;
   for (const auto& [name, value] : metrics)
     if (name.find(".confusion.") == std::string::npos) text += " " + name + "=" + std::to_string(value);

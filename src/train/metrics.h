@@ -67,9 +67,10 @@ class MetricsLog {
   void open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress);
   // Whether the file holds the line of an evaluation at `step` (one that a resumed run need not
   // repeat).
-  bool has_eval(int64_t step) const { return eval_steps_.count(step) != 0; }
-  // The steps of the evaluations the file holds, this run's included.
-  const std::set<int64_t>& eval_steps() const { return eval_steps_; }
+  bool has_eval(int64_t step) const { return evals_.count(step) != 0; }
+  // The value of `metric` at each evaluation the file holds that gave it, this run's included, by
+  // step (NaN where it was not finite: JSON null).
+  std::map<int64_t, double> eval_values(const std::string& metric) const;
   // Puts the lines written so far on disk (at a checkpoint: what it covers survives a crash).
   void sync();
   ~MetricsLog();
@@ -95,7 +96,7 @@ class MetricsLog {
 
   std::string path_;
   int fd_ = -1;
-  std::set<int64_t> eval_steps_;
+  std::map<int64_t, std::map<std::string, double>> evals_;  // the evaluations' numbers, by step
   bool terminal_ = false;       // stdout is a terminal: the progress line is rewritten in place
   bool progress_open_ = false;  // a progress line without its newline is on the terminal
   Clock::time_point started_;

@@ -223,7 +223,8 @@ void Trainer::Impl::start() {
                 ": the run starts again from step 0");
   }
   if (place.root()) write_run_files();
-  if (place.root() && !config.eval_best.empty()) best.emplace(output, config.eval_best, metrics.eval_steps());
+  if (place.root() && !config.eval_best.empty())
+    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best));
   // Every rank learns whether the evaluation due at the first step is already on record.
   if (place.world) {
     double evaluated = static_cast<double>(last.eval);
@@ -512,8 +513,8 @@ bool Trainer::Impl::patience_spent() {
   if (place.world) place.world->all_reduce(&spent, 1, MPI_MAX, "eval.patience at step " + std::to_string(step));
   if (spent != 0 && place.root()) {
     metrics.end_progress_line();
-    log::warn("eval.patience: ", best->evaluations_since_best(), " evaluations have not beaten ", best->describe_best(),
-              ": the run ends at step ", step, " of ", config.steps, " (--resume with a larger eval.patience goes on)");
+    log::warn("eval.patience: ", best->describe_wait(), ": the run ends at step ", step, " of ", config.steps,
+              " (--resume with a larger eval.patience goes on)");
   }
   return spent != 0;
 }

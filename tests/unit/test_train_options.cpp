@@ -415,3 +415,39 @@ TEST_F(TrainOptionsCli, PatienceStopsARunWhoseMetricNoLongerImproves) {
   expect_usage_error("--eval.patience -1", {"eval.patience: -1 must be >= 0"});
   expect_usage_error("--early_stopping_patience 3", {"did you mean eval.patience?"});
 }
+
+// A run killed after an evaluation that beat the best, but before its next checkpoint: best/ holds
+// a best from beyond the checkpoint, which the resumed run evaluates again. The count must be
+// the record's (the uninterrupted run's), not "none since best.json's step": with a metric that
+// improves at every evaluation, the resumed run reaches its last step as the uninterrupted one.
+TEST_F(TrainOptionsCli, PatienceAfterACrashCountsFromTheRecord) {
+  const std::string args = " --train.steps 8 --checkpoint.every 4 --eval.dir " + (root() / "data").string() +
+                           " --eval.examples 8 --eval.every 1 --eval.best ed.loss --eval.patience 2";
+  const fs::path run = root() / "patience-crash";
+  CliResult r = train(run, args, "QARAC_FAULT=kill:0:7");
+  ASSERT_NE(r.code, 0) << "the run was to be killed at step 7: " << r.output;
+  ASSERT_TRUE(fs::exists(run / "best" / "best.json"));
+  r = train(run, "--resume" + args);
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream lines(run / "metrics.jsonl");
+  int64_t last_step = -1, since = 0;
+  double best = 0;
+  bool any = false;
+  for (std::string line; std::getline(lines, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("ed.loss")) {
+      last_step = std::max(last_step, j.at("step").get<int64_t>());
+      continue;
+    }
+    const double loss = j.at("ed.loss").get<double>();
+    if (!any || loss < best) {
+      best = loss;
+      since = 0;
+      any = true;
+    } else {
+      ASSERT_LT(++since, 2) << "the test needs an ed.loss that improves within every two evaluations";
+    }
+  }
+  EXPECT_EQ(last_step, 8) << r.output;
+  EXPECT_EQ(r.output.find("eval.patience: "), std::string::npos) << r.output;
+}
