@@ -26,7 +26,12 @@ inline bool parse_command_line(int argc, const char* const argv[],
                                const boost::program_options::options_description& options,
                                boost::program_options::variables_map& vm) {
   namespace po = boost::program_options;
-  const po::parsed_options parsed = po::command_line_parser(argc, argv).options(options).run();
+  // Without guessing: an abbreviation is an unknown option, not the option it begins.
+  const po::parsed_options parsed =
+      po::command_line_parser(argc, argv)
+          .options(options)
+          .style(po::command_line_style::default_style & ~po::command_line_style::allow_guessing)
+          .run();
   const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
   QARAC_INPUT_CHECK(stray.empty(), "unexpected argument '", stray.empty() ? "" : stray.front(),
                     "': options are --NAME VALUE (see --help)");

@@ -271,7 +271,7 @@ void count_host_tensors_elsewhere(uint64_t bytes, int processes) {
     throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": the tensors of its ", processes + 1,
                                      " ranks hold ", size_text(mine + bytes), " together (this one ", size_text(mine),
                                      "), more than the ", size_text(limit.bytes), " ", limit.source,
-                                     "; fewer ranks per node would fit"));
+                                     "; fewer ranks per node hold less"));
   host_bytes_elsewhere.store(bytes, std::memory_order_relaxed);
   processes_elsewhere.store(processes, std::memory_order_relaxed);
 }

@@ -58,16 +58,18 @@ class Runtime {
   // so, and false on the others. Collective over the node, each wait bounded by `timeout_s`.
   bool share_host_memory(double timeout_s) const;
 
-  // Runs `read` on every rank: an InputError it throws, on every rank alike as a rule (each reads
-  // the same options and files), is said by the lowest rank that met one, and the others end
-  // silently (EndedByAnotherRank). `read` must not wait on other ranks. One all-reduce over the
-  // world, bounded by `timeout_s`.
+  // Runs `read` on every rank: an InputError or OutOfMemory it throws, on every rank alike as a
+  // rule (each reads the same options and files, into the same limits), is said by the lowest
+  // rank that met one, and the others end silently (EndedByAnotherRank). `read` must not wait on
+  // other ranks. One all-reduce over the world, bounded by `timeout_s`.
   template <class Read>
   void read_on_every_rank(Read&& read, double timeout_s) const {
     std::exception_ptr failure;
     try {
       read();
     } catch (const InputError&) {
+      failure = std::current_exception();
+    } catch (const OutOfMemory&) {
       failure = std::current_exception();
     }
     const int first = first_rank_with(failure != nullptr, timeout_s);

@@ -260,9 +260,9 @@ constexpr FamiliarName kFamiliarNames[] = {
 };
 
 // " (did you mean KEY?)" for the declared key closest to an unknown `name`: a key it ends (the
-// section left out: "lr" for optimizer.lr), a Hugging Face Trainer name (learning_rate), one of
-// the same stem in any section ("train.clip_norm" for optimizer.clip), then one a few typos
-// away; "" when none is close.
+// section left out: "lr" for optimizer.lr), a Hugging Face Trainer name (learning_rate), one it
+// abbreviates ("eval.pat") or of the same stem in any section ("train.clip_norm" for
+// optimizer.clip), then one a few typos away; "" when none is close.
 std::string suggestion(const Declarations& d, const std::string& name) {
   const std::string option = name.substr(name.rfind('.') + 1);  // npos + 1 = 0: no section
   for (const FamiliarName& f : kFamiliarNames)
@@ -274,6 +274,9 @@ std::string suggestion(const Declarations& d, const std::string& name) {
     if (k.size() > name.size() && k.compare(k.size() - name.size(), name.size(), name) == 0 &&
         k[k.size() - name.size() - 1] == '.')
       return " (did you mean " + k + "?)";
+    // An abbreviation ("eval.pat"), which the parser does not guess.
+    if (option.size() >= 3 && k.size() > name.size() && k.compare(0, name.size(), name) == 0 && stem.empty())
+      stem = k;
     if (stem.empty() && same_stem(option, k.substr(k.rfind('.') + 1))) stem = k;
     const size_t distance = edit_distance(name, k);
     if (distance < best_distance) {
@@ -309,8 +312,10 @@ bool ini_alters(const std::string& value) {
 }
 
 // Command-line style without short options, so a negative value ("--optimizer.final -1") is a
-// value and not an unknown option "-1".
-constexpr int kStyle = po::command_line_style::unix_style ^ po::command_line_style::allow_short;
+// value and not an unknown option "-1", and without guessing: "--eval.pat 1" is no
+// eval.patience but an unknown option with a suggestion.
+constexpr int kStyle = (po::command_line_style::unix_style ^ po::command_line_style::allow_short) &
+                       ~po::command_line_style::allow_guessing;
 
 }  // namespace
 
@@ -337,6 +342,7 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   } catch (const po::unknown_option& e) {
     std::string name = e.get_option_name();
     name.erase(0, name.find_first_not_of('-'));
+    name.erase(std::min(name.size(), name.find('=')));  // --bf16=true
     throw InputError(std::string(e.what()) + suggestion(*d, name));
   }
   // Without a positional description Boost keeps stray words aside: a mistyped option ("extra",

@@ -218,8 +218,8 @@ void check_values(const TrainConfig& c) {
   // Every rank holds the answer encoder, so with shared GPUs its NCCL group would hold two ranks
   // on one GPU, which NCCL refuses (or hangs on) when the group is created.
   QARAC_INPUT_CHECK(!c.share_gpus || c.device != "cuda" || c.backend == "mpi",
-                    "parallel.share_gpus needs parallel.backend mpi on cuda (NCCL refuses two ranks of one "
-                    "communicator on one GPU, and parallel.backend ", c.backend, " is NCCL there)");
+                    "parallel.share_gpus needs parallel.backend mpi on cuda (parallel.backend ", c.backend,
+                    " reduces through NCCL, which refuses two ranks of one communicator on one GPU)");
   // The deadline is a steady_clock time point in nanoseconds: 1e7 s (116 days) is far beyond any
   // job and far below the 292 years an int64 of nanoseconds holds. Below a second every wait for
   // a slower rank would end the job (1e-320 was a deadline of 0 ns).

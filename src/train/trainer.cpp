@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -120,6 +121,10 @@ struct Trainer::Impl {
   void save();
   void evaluate();
   bool patience_spent();
+  // What every rank reads alike (a GPU, the base, the streams): a fault in it is said once.
+  void read_everywhere(const std::function<void()>& read) const {
+    place.runtime ? place.runtime->read_on_every_rank(read, config.timeout) : read();
+  }
   void check_replicas();
   void export_models();
   io::ExportExtras extras() const { return export_extras(config, plan_report(config, plan, costs), data_note); }
@@ -136,8 +141,10 @@ Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
       checkpoint_dir(qarac::checkpoint_dir(output)) {
   Device device = Device::cpu();
   if (config.device == "cuda") {
-    QARAC_INPUT_CHECK(cuda_device_count() > 0, "train.device: cuda, but no CUDA device is available",
-                      " (or this build has no CUDA backend)");
+    read_everywhere([] {
+      QARAC_INPUT_CHECK(cuda_device_count() > 0, "train.device: cuda, but no CUDA device is available",
+                        " (or this build has no CUDA backend)");
+    });
     // The GPU this rank was given (GPU r for local rank r when every rank sees the node's GPUs):
     // the models and every tensor of the run live there, not on cuda:0.
     device = Device::cuda(runtime ? runtime->use_local_gpu(config.share_gpus, config.timeout) : 0);
@@ -164,8 +171,7 @@ void Trainer::Impl::build(Device device) {
   }
   Training& t = training;
   t.device = device;
-  // Every rank reads the base and its streams: a fault in them is said once.
-  const auto read = [&] {
+  read_everywhere([&] {
     if (config.pretraining()) {
       t.workload = make_mlm_workload(config, device, place.root());
     } else {
@@ -178,11 +184,7 @@ void Trainer::Impl::build(Device device) {
     // Data tokenised with another tokenizer than the base's is refused here, before the output
     // directory exists: its ids would reach past the models' vocabulary.
     t.loaders = std::make_unique<TaskLoaders>(rank_plan, config, t.workload->vocab_size(), t.workload->max_tokens());
-  };
-  if (place.runtime)
-    place.runtime->read_on_every_rank(read, config.timeout);
-  else
-    read();
+  });
   t.loaders->check_streams_agree(place.world.get(), config.data_dir);
   if (place.root()) data_note = training_data_note(config);
   if (config.contrastive_qa() && place.world) {

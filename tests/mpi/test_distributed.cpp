@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/memory.h"
 #include "io/safetensors.h"
 #include "parallel/collective_trace.h"
 #include "support/test_support.h"
@@ -427,11 +428,13 @@ TEST_F(Distributed, ReplicasDivergedAnywhereStopTheRun) {
 // every rank of a pre-training reads.
 TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
   const std::string other_tokenizer = kSample + "../../tests/data/tokenizer";
-  for (const auto& [args, named] : std::vector<std::pair<std::string, std::string>>{
-           {"--parallel.tasks ed:4,qa:1,rs:1,cs:1", "parallel.tasks"},
-           {"--optimizer.beta1 2", "optimizer.beta1"},
-           {"--optimizer.lrr 1", "'--optimizer.lrr'"},
-           {"--model.mode mlm --model.tokenizer " + other_tokenizer, "model.tokenizer: "}}) {
+  std::vector<std::pair<std::string, std::string>> faults = {
+      {"--parallel.tasks ed:4,qa:1,rs:1,cs:1", "parallel.tasks"},
+      {"--optimizer.beta1 2", "optimizer.beta1"},
+      {"--optimizer.lrr 1", "'--optimizer.lrr'"},
+      {"--model.mode mlm --model.tokenizer " + other_tokenizer, "model.tokenizer: "}};
+  if (cuda_device_count() == 0) faults.emplace_back("--train.device cuda --parallel.backend mpi", "train.device: cuda");
+  for (const auto& [args, named] : faults) {
     SCOPED_TRACE(args);
     const CliResult r = train(mpirun(3), "bad", args);
     EXPECT_EQ(r.code, 2) << r.output;

@@ -379,7 +379,7 @@ TEST(Memory, TheOtherRanksTensorsLeaveLessRoom) {
     FAIL() << "no exception";
   } catch (const OutOfMemory& e) {
     expect_error_names(e.what(), {"out of memory on ", "the tensors of its 2 ranks hold ", "(this one ", host.source,
-                                  "fewer ranks per node"});
+                                  "fewer ranks per node hold less"});
   }
 }
 

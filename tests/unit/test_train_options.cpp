@@ -39,6 +39,9 @@ TEST_F(TrainOptionsCli, MisspeltKeysGetASuggestion) {
   // The option in another section, or with a suffix other tools give it.
   expect_usage_error("--train.clip_norm 1", {"'--train.clip_norm'", "did you mean optimizer.clip?"});
   expect_usage_error("--gradient_accumulation_steps 4", {"did you mean train.micro_tokens (a rank's share"});
+  // Abbreviations are not guessed (--eval.pat was eval.patience), but suggested.
+  expect_usage_error("--eval.pat 1", {"'--eval.pat'", "did you mean eval.patience?"});
+  expect_usage_error("--bf16=true", {"did you mean train.dtype bf16?"});
   expect_usage_error("--optimizer.weight_decay_rate 0", {"did you mean optimizer.weight_decay?"});
   expect_usage_error("--train.lr 3e-5", {"did you mean optimizer.lr?"});
   // Hugging Face Trainer's names for the same settings.
