@@ -433,7 +433,8 @@ TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
       {"--optimizer.beta1 2", "optimizer.beta1"},
       {"--optimizer.lrr 1", "'--optimizer.lrr'"},
       {"--model.mode mlm --model.tokenizer " + other_tokenizer, "model.tokenizer: "}};
-  if (cuda_device_count() == 0) faults.emplace_back("--train.device cuda --parallel.backend mpi", "train.device: cuda");
+  if (cuda_device_count() == 0)
+    faults.emplace_back("--train.device cuda --train.dtype f32 --parallel.backend mpi", "train.device: cuda");
   for (const auto& [args, named] : faults) {
     SCOPED_TRACE(args);
     const CliResult r = train(mpirun(3), "bad", args);
