@@ -110,4 +110,16 @@ NAdamCoefficients nadam_coefficients(const NAdam& config) {
           config.lr * mu_next / (1.0 - config.mu_product * mu_next)};
 }
 
+std::vector<DecayRun> decay_runs(int64_t n, const std::vector<ElementRange>& no_decay) {
+  std::vector<DecayRun> runs;
+  int64_t at = 0;
+  for (const ElementRange& r : no_decay) {
+    if (r.begin > at) runs.push_back({at, r.begin, true});
+    runs.push_back({r.begin, r.end, false});
+    at = r.end;
+  }
+  if (n > at) runs.push_back({at, n, true});
+  return runs;
+}
+
 }  // namespace qarac::ops

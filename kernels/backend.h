@@ -166,5 +166,12 @@ struct NAdamCoefficients {
   double momentum_coef;     // lr μ_{t+1} / (1 - Π_{t+1})
 };
 NAdamCoefficients nadam_coefficients(const NAdam& config);
+// [0, n) cut where the weight decay starts or stops applying (at the bounds of `no_decay`, checked
+// by the op): the runs each backend updates with one decay, in order, none empty.
+struct DecayRun {
+  int64_t begin, end;
+  bool decays;
+};
+std::vector<DecayRun> decay_runs(int64_t n, const std::vector<ElementRange>& no_decay);
 
 }  // namespace qarac::ops

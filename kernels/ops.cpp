@@ -525,6 +525,14 @@ Args check_optimizer(const char* op, const Tensor& param, const Tensor& grad, co
               ": betas (", config.beta1, ", ", config.beta2, ") must lie in [0, 1)");
   QARAC_CHECK(config.lr >= 0 && config.eps >= 0 && config.weight_decay >= 0, op, ": lr ", config.lr,
               ", eps ", config.eps, " and weight_decay ", config.weight_decay, " must be >= 0");
+  int64_t after = 0;  // where the last range ended
+  for (size_t i = 0; i < config.no_decay.size(); ++i) {
+    const ElementRange& r = config.no_decay[i];
+    QARAC_CHECK(r.begin >= after && r.end > r.begin && r.end <= param.numel(), op, ": no_decay[", i,
+                "] = [", r.begin, ", ", r.end, ") is empty, out of order or outside param's ",
+                param.numel(), " elements");
+    after = r.end;
+  }
   return args;
 }
 

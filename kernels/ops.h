@@ -219,6 +219,10 @@ void cosine_backward(const Tensor& dout, const Tensor& a, const Tensor& b, doubl
                      Tensor& db);
 
 // ---- Optimiser and gradient norm ----------------------------------------------------------------
+// Elements [begin, end) of a flat tensor.
+struct ElementRange {
+  int64_t begin = 0, end = 0;
+};
 // AdamW (Loshchilov & Hutter), as torch.optim.AdamW: with g = grad_scale * grad,
 //   p -= lr * weight_decay * p;  m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;
 //   p -= lr * (m / (1-β1^step)) / (sqrt(v / (1-β2^step)) + eps).
@@ -226,6 +230,10 @@ struct AdamW {
   double lr = 1e-5, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
   int64_t step = 1;         // 1-based, for the bias corrections
   double grad_scale = 1.0;  // e.g. the clipping factor
+  // The elements weight_decay leaves out (a packed model's biases and LayerNorm weights under
+  // decay_exempt bias_norm): sorted, disjoint, non-empty, within param. One update covers a whole
+  // packed model either way: one launch on CUDA, not one per run of exempt parameters.
+  std::vector<ElementRange> no_decay;
 };
 // param, m, v: master weights and moments in A; grad in A. When `param_copy` is given (the
 // model's compute copy, X) it receives the updated param in its dtype.
@@ -246,6 +254,7 @@ struct NAdam {
   int64_t step = 1;         // 1-based
   double mu_product = 0;    // Π_step; must be set (nadam_mu_product, or a running product)
   double grad_scale = 1.0;  // e.g. the clipping factor
+  std::vector<ElementRange> no_decay;  // as AdamW's: neither decoupled decay nor L2 there
 };
 double nadam_mu(const NAdam& config, int64_t t);  // μ_t
 double nadam_mu_product(const NAdam& config);     // Π_step, multiplied up in step order

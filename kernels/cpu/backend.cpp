@@ -332,8 +332,14 @@ class CpuBackend final : public ops::Backend {
                          c.bias_correction1, c.bias_correction2};
     with_type(param.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      cpu::adamw_update(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), param.numel(),
-                        step, data_or_null<T>(param_copy));
+      T* copy = data_or_null<T>(param_copy);
+      for (const ops::DecayRun& run : ops::decay_runs(param.numel(), config.no_decay)) {
+        AdamWStep in_run = step;
+        if (!run.decays) in_run.weight_decay = 0;
+        cpu::adamw_update(param.data<T>() + run.begin, grad.data<T>() + run.begin, m.data<T>() + run.begin,
+                          v.data<T>() + run.begin, run.end - run.begin, in_run,
+                          copy ? copy + run.begin : nullptr);
+      }
     });
   }
   void nadam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
@@ -351,8 +357,14 @@ class CpuBackend final : public ops::Backend {
                          c.momentum_coef};
     with_type(param.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      cpu::nadam_update(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), param.numel(),
-                        step, data_or_null<T>(param_copy));
+      T* copy = data_or_null<T>(param_copy);
+      for (const ops::DecayRun& run : ops::decay_runs(param.numel(), config.no_decay)) {
+        NAdamStep in_run = step;
+        if (!run.decays) in_run.weight_decay = 0;
+        cpu::nadam_update(param.data<T>() + run.begin, grad.data<T>() + run.begin, m.data<T>() + run.begin,
+                          v.data<T>() + run.begin, run.end - run.begin, in_run,
+                          copy ? copy + run.begin : nullptr);
+      }
     });
   }
   void sum_of_squares(const std::vector<const Tensor*>& tensors, Tensor& out) const override {

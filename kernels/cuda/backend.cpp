@@ -27,6 +27,13 @@ using ops::Sequences;
 // The device address of an optional tensor, or null.
 void* raw_or_null(const Tensor* t) { return t ? t->raw() : nullptr; }
 
+// param's elements in the runs of one weight decay, for the optimizers' one launch.
+std::vector<cuda::UpdateRun> update_runs(const Tensor& param, const std::vector<ops::ElementRange>& no_decay) {
+  std::vector<cuda::UpdateRun> runs;
+  for (const ops::DecayRun& r : ops::decay_runs(param.numel(), no_decay)) runs.push_back({r.begin, r.end, r.decays});
+  return runs;
+}
+
 // c [.., M,N] = alpha op(a) op(b) + beta c, batched over the leading dimension of 3-D operands.
 void gemm_any(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, double alpha,
               double beta) {
@@ -247,8 +254,8 @@ class CudaBackend final : public ops::Backend {
                          config.eps,         config.weight_decay, config.grad_scale,
                          c.bias_correction1, c.bias_correction2};
     cuda::adamw_update(param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(),
-                       param.numel(), args, param_copy ? param_copy->dtype() : DType::f32,
-                       raw_or_null(param_copy));
+                       update_runs(param, config.no_decay), args,
+                       param_copy ? param_copy->dtype() : DType::f32, raw_or_null(param_copy));
   }
   void nadam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                     const ops::NAdam& config, Tensor* param_copy) const override {
@@ -264,8 +271,8 @@ class CudaBackend final : public ops::Backend {
                          c.grad_coef,
                          c.momentum_coef};
     cuda::nadam_update(param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(),
-                       param.numel(), args, param_copy ? param_copy->dtype() : DType::f32,
-                       raw_or_null(param_copy));
+                       update_runs(param, config.no_decay), args,
+                       param_copy ? param_copy->dtype() : DType::f32, raw_or_null(param_copy));
   }
   void sum_of_squares(const std::vector<const Tensor*>& tensors, Tensor& out) const override {
     std::vector<Span> spans;

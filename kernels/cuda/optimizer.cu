@@ -2,9 +2,14 @@
 // model's compute copy in the same pass), and the squared global gradient norm that clipping
 // needs.
 //
-// adamw_update (and nadam_update, with the same traffic) is one elementwise pass: per element it reads param, grad, m, v (16 B) and writes
-// param, m, v and the copy (12 B + 2 or 4 B), so it is bound by memory bandwidth; it moves 4
-// elements per access (16 B of f32) when every pointer allows it, scalars otherwise.
+// adamw_update (and nadam_update, with the same traffic) is one elementwise pass: per element it
+// reads param, grad, m, v (16 B) and writes param, m, v and the copy (12 B + 2 or 4 B), so it is
+// bound by memory bandwidth; it moves 4 elements per access (16 B of f32) where every pointer
+// allows it, scalars otherwise. A packed model is one call however its weight decay is cut: the
+// runs with and without decay (biases and LayerNorm weights under decay_exempt bias_norm, about
+// 8 a layer) travel in the kernel's parameters, 128 per launch, each run getting its own blocks;
+// a launch per run cost about 100 launches per RoBERTa-base model, most of them on runs of 768
+// elements.
 //
 // sum_of_squares covers every gradient tensor (about 125M elements for roberta-base) in two
 // passes whose summation order depends on the span sizes alone, so the norm has the same bits on
@@ -61,20 +66,48 @@ __device__ __forceinline__ void update_element(float& p, float grad, float& m, f
   p = p * k.decay - k.step_size * m / (sqrtf(v) / k.sqrt_bc2 + k.eps);
 }
 
-// The elementwise op of both optimizers for launch_elementwise: elements [i, i + N), N = 4 (one
-// 16-byte access per f32 operand) or 1; `Constants` (AdamWConstants, NAdamConstants) picks the
-// update_element rule. `copy` (C = float or __nv_bfloat16) may be null.
+// The runs of one launch: run r covers elements [begin[r], begin[r + 1]) with the decayed
+// constants or the exempt ones, and blocks [first_block[r], first_block[r + 1]). 128 runs take
+// 128 * 13 + 12 bytes, with the operands and both constants well inside the 4 KB of kernel
+// parameters.
+constexpr int kChunkRuns = 128;
+struct RunChunk {
+  int64_t begin[kChunkRuns + 1];
+  int32_t first_block[kChunkRuns + 1];
+  bool decays[kChunkRuns];
+};
+
+constexpr int kUpdateThreads = 256;
+// A block takes kUpdateThreads * kUpdatePerThread elements of its run (4 packs of 4 a thread),
+// at most kUpdateMaxBlocks blocks a run, the rest by a grid-stride loop: the big runs (the
+// embeddings, the FFN weights) fill the GPU, a bias of 768 elements takes one block.
+constexpr int64_t kUpdatePerThread = 16;
+constexpr int64_t kUpdateMaxBlocks = 4096;
+
+// Both optimizers' update of runs of elements: `Constants` (AdamWConstants, NAdamConstants) picks
+// the update_element rule, `decayed` or `exempt` the constants of a run. `copy` (C = float or
+// __nv_bfloat16) may be null. Every element is read and written by the thread that owns it.
 template <class C, class Constants>
-struct MomentUpdateOp {
+struct MomentUpdate {
   float* param;
   const float* grad;
   float* m;
   float* v;
   C* copy;
-  Constants k;
+  Constants decayed, exempt;
+
+  // Packs of 4 from element i need every f32 operand 16-byte aligned there and the copy aligned
+  // to 4 of its elements (8 bytes for bf16).
+  __device__ __forceinline__ bool packs_from(int64_t i) const {
+    const auto at = [&](const void* p, size_t bytes) {
+      return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
+    };
+    return at(param + i, 16) && at(grad + i, 16) && at(m + i, 16) && at(v + i, 16) &&
+           at(copy ? copy + i : nullptr, kPack16<float> * sizeof(C));
+  }
 
   template <int N>
-  __device__ __forceinline__ void apply(int64_t i) const {
+  __device__ __forceinline__ void apply(int64_t i, const Constants& k) const {
     Packed<float, N> p = load_packed<N>(param + i), mm = load_packed<N>(m + i),
                      vv = load_packed<N>(v + i);
     const Packed<float, N> g = load_packed<N>(grad + i);
@@ -91,29 +124,79 @@ struct MomentUpdateOp {
   }
 };
 
+template <class Update>
+__global__ void moment_update_kernel(const RunChunk chunk, const Update update) {
+  // The block's run: the last r with first_block[r] <= block (uniform across the block).
+  const int32_t block = static_cast<int32_t>(blockIdx.x);
+  int lo = 0, hi = kChunkRuns;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (chunk.first_block[mid] <= block) lo = mid; else hi = mid;
+  }
+  // Runs past the chunk's last have first_block = the launch's block count, so lo is a real run.
+  const int64_t from = chunk.begin[lo], n = chunk.begin[lo + 1] - from;
+  const auto k = chunk.decays[lo] ? update.decayed : update.exempt;  // in registers
+  const int64_t blocks = chunk.first_block[lo + 1] - chunk.first_block[lo];
+  const int64_t first = (block - chunk.first_block[lo]) * int64_t{kUpdateThreads} + threadIdx.x;
+  const int64_t stride = blocks * kUpdateThreads;
+  constexpr int N = kPack16<float>;
+  int64_t scalar_from = 0;  // elements of the run before it were updated in packs
+  if (update.packs_from(from)) {
+    const int64_t packs = n / N;
+    for (int64_t p = first; p < packs; p += stride) update.template apply<N>(from + p * N, k);
+    scalar_from = packs * N;
+  }
+  for (int64_t i = scalar_from + first; i < n; i += stride) update.template apply<1>(from + i, k);
+}
+
+// The update of every run, kChunkRuns runs a launch; `decayed` and `exempt` are the constants
+// with and without weight decay.
 template <class C, class Constants>
-void launch_moment_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                          const Constants& k, C* copy) {
-  // Packs of 4 need every f32 operand 16-byte aligned and the copy aligned to 4 of its elements
-  // (8 bytes for bf16).
-  const bool aligned = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
-                       reinterpret_cast<uintptr_t>(copy) % (kPack16<float> * sizeof(C)) == 0;
-  launch_elementwise<float>(n, aligned, stream(),
-                            MomentUpdateOp<C, Constants>{param, grad, m, v, copy, k});
+void launch_moment_update(float* param, const float* grad, float* m, float* v,
+                          const std::vector<UpdateRun>& runs, const Constants& decayed,
+                          const Constants& exempt, C* copy) {
+  const MomentUpdate<C, Constants> update{param, grad, m, v, copy, decayed, exempt};
+  for (size_t first = 0; first < runs.size(); first += kChunkRuns) {
+    const size_t count = std::min(runs.size() - first, static_cast<size_t>(kChunkRuns));
+    RunChunk chunk{};
+    for (size_t r = 0; r < count; ++r) {
+      const UpdateRun& run = runs[first + r];
+      const int64_t blocks =
+          std::min(ceil_div(run.end - run.begin, kUpdateThreads * kUpdatePerThread), kUpdateMaxBlocks);
+      chunk.begin[r] = run.begin;
+      chunk.decays[r] = run.decays;
+      chunk.first_block[r + 1] = chunk.first_block[r] + static_cast<int32_t>(blocks);
+    }
+    chunk.begin[count] = runs[first + count - 1].end;
+    for (size_t r = count + 1; r <= kChunkRuns; ++r) {
+      chunk.begin[r] = chunk.begin[count];
+      chunk.first_block[r] = chunk.first_block[count];
+    }
+    const int32_t blocks = chunk.first_block[count];
+    if (blocks == 0) continue;
+    moment_update_kernel<<<static_cast<unsigned>(blocks), kUpdateThreads, 0, stream()>>>(chunk, update);
+    QARAC_CHECK_LAUNCH();
+  }
 }
 
 // The update with the compute copy written in copy_dtype (no copy when it is null).
 template <class Constants>
 void moment_update(const char* what, float* param, const float* grad, float* m, float* v,
-                   int64_t n, const Constants& k, DType copy_dtype, void* copy) {
-  QARAC_CHECK(n >= 0, what, ": negative size ", n);
+                   const std::vector<UpdateRun>& runs, const Constants& decayed,
+                   const Constants& exempt, DType copy_dtype, void* copy) {
+  int64_t at = 0;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    QARAC_CHECK(runs[r].begin == at && runs[r].end > runs[r].begin, what, ": run ", r, " [",
+                runs[r].begin, ", ", runs[r].end, ") does not follow the one before or is empty");
+    at = runs[r].end;
+  }
   if (copy == nullptr) {
-    launch_moment_update<float>(param, grad, m, v, n, k, nullptr);
+    launch_moment_update<float>(param, grad, m, v, runs, decayed, exempt, nullptr);
     return;
   }
   dispatch_compute(copy_dtype, what, [&](auto tag) {
     using C = decltype(tag);
-    launch_moment_update(param, grad, m, v, n, k, static_cast<C*>(copy));
+    launch_moment_update(param, grad, m, v, runs, decayed, exempt, static_cast<C*>(copy));
   });
 }
 
@@ -183,9 +266,13 @@ __global__ void sum_partials_kernel(const float* __restrict__ partials, int64_t 
 
 }  // namespace
 
-void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const AdamWArgs& args, DType copy_dtype, void* copy) {
-  moment_update("adamw_update", param, grad, m, v, n, AdamWConstants(args), copy_dtype, copy);
+void adamw_update(float* param, const float* grad, float* m, float* v,
+                  const std::vector<UpdateRun>& runs, const AdamWArgs& args, DType copy_dtype,
+                  void* copy) {
+  AdamWArgs without_decay = args;
+  without_decay.weight_decay = 0;
+  moment_update("adamw_update", param, grad, m, v, runs, AdamWConstants(args),
+                AdamWConstants(without_decay), copy_dtype, copy);
 }
 
 void sum_of_squares(DType dtype, const std::vector<Span>& spans, float* out) {
@@ -269,9 +356,13 @@ __device__ __forceinline__ void update_element(float& p, float grad, float& m, f
 
 }  // namespace
 
-void nadam_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const NAdamArgs& args, DType copy_dtype, void* copy) {
-  moment_update("nadam_update", param, grad, m, v, n, NAdamConstants(args), copy_dtype, copy);
+void nadam_update(float* param, const float* grad, float* m, float* v,
+                  const std::vector<UpdateRun>& runs, const NAdamArgs& args, DType copy_dtype,
+                  void* copy) {
+  NAdamArgs without_decay = args;
+  without_decay.weight_decay = 0;
+  moment_update("nadam_update", param, grad, m, v, runs, NAdamConstants(args),
+                NAdamConstants(without_decay), copy_dtype, copy);
 }
 
 }  // namespace qarac::cuda

@@ -18,9 +18,17 @@ struct AdamWArgs {
   double bias_correction1, bias_correction2;  // 1 - β^step
 };
 
-// param, grad, m, v f32 [n]; copy (copy_dtype, may be null) receives the updated param.
-void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const AdamWArgs& args, DType copy_dtype, void* copy);
+// Elements [begin, end) of the parameters, updated with the step's weight decay or without.
+struct UpdateRun {
+  int64_t begin, end;
+  bool decays;
+};
+
+// param, grad, m, v f32 [n], updated run by run: `runs` cover [0, n) in order, none empty. copy
+// (copy_dtype, may be null) receives the updated param.
+void adamw_update(float* param, const float* grad, float* m, float* v,
+                  const std::vector<UpdateRun>& runs, const AdamWArgs& args, DType copy_dtype,
+                  void* copy);
 
 // One NAdam step's hyper-parameters and step coefficients, in double (cpu::NAdamStep's meaning);
 // the launcher rounds the kernel's constants to f32 once, as for AdamW.
@@ -31,8 +39,9 @@ struct NAdamArgs {
 };
 
 // As adamw_update, for NAdam.
-void nadam_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const NAdamArgs& args, DType copy_dtype, void* copy);
+void nadam_update(float* param, const float* grad, float* m, float* v,
+                  const std::vector<UpdateRun>& runs, const NAdamArgs& args, DType copy_dtype,
+                  void* copy);
 
 struct Span {
   const void* data;

@@ -92,7 +92,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->command_line.add_options()
       ("help", "print the options with their defaults and exit")
       ("version", "print the version, the git commit and the libraries' versions, and exit")
-      ("config", po::value<std::string>(&c.config_file), "INI file of options; the command line overrides it")
+      ("config", po::value<std::string>(), "INI file of options; the command line overrides it")
       ("resume", po::bool_switch(&c.resume), "continue from the newest valid checkpoint in the output directory");
 
   auto& top = d->section("Run (top of the INI file)");
@@ -133,7 +133,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(opt, "optimizer.beta2", &c.beta2, "second-moment decay");
   d->add(opt, "optimizer.eps", &c.eps, "denominator epsilon");
   d->add(opt, "optimizer.weight_decay", &c.weight_decay, "weight decay");
-  d->add(opt, "optimizer.decay_exempt", &c.decay_exempt, "parameters the weight decay leaves out: none (every parameter, as torch.optim given a whole model) or bias_norm (biases and LayerNorm weights, as Hugging Face's Trainer; on cuda an update launch per run of them, about 8 a layer, where none takes 1 a model)");
+  d->add(opt, "optimizer.decay_exempt", &c.decay_exempt, "parameters the weight decay leaves out: none (every parameter, as torch.optim given a whole model) or bias_norm (biases and LayerNorm weights, as Hugging Face's Trainer)");
   d->add(opt, "optimizer.momentum_decay", &c.momentum_decay, "nadam: momentum decay psi");
   d->add(opt, "optimizer.decoupled_weight_decay", &c.decoupled_weight_decay, "nadam: decoupled (AdamW-style) weight decay instead of L2");
   d->add(opt, "optimizer.warmup", &c.warmup, "steps of linear warmup from 0 (fewer than train.steps; 0: none)");
@@ -418,7 +418,6 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
 OptimizerConfig TrainConfig::optimizer_config() const {
   OptimizerConfig o;
   o.kind = optimizer_from_name(optimizer);
-  o.lr = lr;
   o.beta1 = beta1;
   o.beta2 = beta2;
   o.eps = eps;

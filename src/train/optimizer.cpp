@@ -33,26 +33,24 @@ bool exempt_from_decay(DecayExempt exempt, const std::string& name) {
 
 Optimizer::Optimizer(ParameterList params, const OptimizerConfig& config)
     : params_(std::move(params)), config_(config) {
-  // The packed spans, cut further where the decay changes: each run of parameters it treats alike.
-  const auto decays = [&](size_t i) { return !exempt_from_decay(config_.decay_exempt, params_[i]->name); };
-  for (size_t first = 0; first < params_.size();) {
-    size_t end = first + 1;
-    while (end < params_.size() && decays(end) == decays(first)) ++end;
-    for (ParameterSpan& span : parameter_spans(ParameterList(params_.begin() + first, params_.begin() + end))) {
-      spans_.push_back(std::move(span));
-      span_decays_.push_back(decays(first));
-    }
-    first = end;
-  }
+  spans_ = parameter_spans(params_);
   for (const ParameterSpan& span : spans_) {
     const Tensor& master = span.master;
     span_m_.push_back(Tensor::zeros(master.shape(), master.dtype(), master.device()));
     span_v_.push_back(Tensor::zeros(master.shape(), master.dtype(), master.device()));
+    std::vector<ops::ElementRange>& no_decay = span_no_decay_.emplace_back();
     int64_t offset = 0;
     for (const Parameter* p : span.params) {
       const int64_t end = offset + p->master.numel();
       m_.push_back(span_m_.back().slice(0, offset, end).reshape(p->master.shape()));
       v_.push_back(span_v_.back().slice(0, offset, end).reshape(p->master.shape()));
+      // Neighbouring exempt parameters make one range.
+      if (end > offset && exempt_from_decay(config_.decay_exempt, p->name)) {
+        if (!no_decay.empty() && no_decay.back().end == offset)
+          no_decay.back().end = end;
+        else
+          no_decay.push_back({offset, end});
+      }
       offset = end;
     }
   }
@@ -61,7 +59,6 @@ Optimizer::Optimizer(ParameterList params, const OptimizerConfig& config)
 namespace {
 OptimizerConfig adamw_config(const ops::AdamW& hyper) {
   OptimizerConfig c;
-  c.lr = hyper.lr;
   c.beta1 = hyper.beta1;
   c.beta2 = hyper.beta2;
   c.eps = hyper.eps;
@@ -114,11 +111,12 @@ void Optimizer::update(double lr, double grad_scale) {
     h.beta2 = config_.beta2;
     h.eps = config_.eps;
     h.step = steps_ + 1;
+    h.weight_decay = config_.weight_decay;
     h.grad_scale = grad_scale;
     for (size_t i = 0; i < spans_.size(); ++i) {
       ParameterSpan& span = spans_[i];
       Tensor* copy = span.master.raw() == span.value.raw() ? nullptr : &span.value;
-      h.weight_decay = span_decays_[i] ? config_.weight_decay : 0.0;
+      h.no_decay = span_no_decay_[i];
       ops::adamw_update(span.master, span.grad, span_m_[i], span_v_[i], h, copy);
     }
   } else {
@@ -130,7 +128,7 @@ void Optimizer::update(double lr, double grad_scale) {
     for (size_t i = 0; i < spans_.size(); ++i) {
       ParameterSpan& span = spans_[i];
       Tensor* copy = span.master.raw() == span.value.raw() ? nullptr : &span.value;
-      h.weight_decay = span_decays_[i] ? config_.weight_decay : 0.0;
+      h.no_decay = span_no_decay_[i];
       ops::nadam_update(span.master, span.grad, span_m_[i], span_v_[i], h, copy);
     }
     mu_product_ = h.mu_product;

@@ -1,6 +1,6 @@
 // The optimiser over a model's parameters (docs/design.md §5, §6): AdamW, or NAdam for parity with
 // the original QARAC reference (torch.optim.NAdam). Master weights and moments in the accumulation
-// dtype (f32), the compute copy (bf16 or f32) rewritten by the same kernel, global-norm clipping.
+// dtype (f32; f64 for f64 compute), the compute copy (bf16 or f32) rewritten by the same kernel, global-norm clipping.
 #pragma once
 
 #include <string>
@@ -25,9 +25,9 @@ DecayExempt decay_exempt_from_name(const std::string& name);  // InputError nami
 // "lm_head.layer_norm.weight").
 bool exempt_from_decay(DecayExempt exempt, const std::string& name);
 
+// The update rule and its settings; the rate comes with each step (train/schedule.h).
 struct OptimizerConfig {
   OptimizerKind kind = OptimizerKind::adamw;
-  double lr = 2e-5;  // the peak rate; step() takes the scheduled one
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
   double momentum_decay = 4e-3;        // NAdam's ψ (torch's default)
   bool decoupled_weight_decay = true;  // NAdam only: AdamW always decouples its weight decay
@@ -37,7 +37,8 @@ struct OptimizerConfig {
 class Optimizer {
  public:
   Optimizer(ParameterList params, const OptimizerConfig& config);
-  // AdamW with these hyper-parameters (qarac-bench and the tests build it this way).
+  // AdamW with these hyper-parameters (qarac-bench and the tests build it this way); the rate,
+  // step and gradient scale come with each step() or update(), not from `hyper`.
   Optimizer(ParameterList params, const ops::AdamW& hyper);
 
   // The global L2 norm of the gradients (one host synchronisation).
@@ -68,10 +69,10 @@ class Optimizer {
 
   ParameterList params_;
   // The parameters' spans (pack_parameters), each updated by one call, and their moments: one
-  // flat tensor per span, of which m_ and v_ hold the per-parameter views. A span's parameters
-  // all decay or none does (span_decays_): exempt parameters cut the packed spans.
+  // flat tensor per span, of which m_ and v_ hold the per-parameter views. span_no_decay_ holds
+  // each span's elements that the weight decay leaves out (config_.decay_exempt).
   std::vector<ParameterSpan> spans_;
-  std::vector<bool> span_decays_;
+  std::vector<std::vector<ops::ElementRange>> span_no_decay_;
   std::vector<Tensor> span_m_, span_v_;
   std::vector<Tensor> m_, v_;
   OptimizerConfig config_;

@@ -48,7 +48,8 @@ FAMILIES = [
     # The embedding gradient sorts token ids with CUB's radix sort, QARAC-MT's only CUB call.
     ("embedding", r"embedding_|iota_kernel|DeviceRadixSort|\bcub::"),
     ("pooling", r"pooling_|segment_(sum|broadcast)_kernel"),
-    ("optimizer", r"MomentUpdateOp|adamw|nadam"),
+    # moment_update_kernel; MomentUpdateOp in profiles from before it (the fixtures' "before").
+    ("optimizer", r"moment_update|MomentUpdateOp|adamw|nadam"),
     ("reductions", r"sum_of_squares|sum_partials"),
     ("gather/scatter", r"RowsOp"),
     ("elementwise", r"elementwise_kernel|BiasAddOp|\bAddOp|ScaleOp"),

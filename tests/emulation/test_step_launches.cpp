@@ -5,7 +5,8 @@
 // shows without one. The test prints the step's counts by family and checks what must hold:
 // - the optimiser step launches a fixed number of kernels whatever the model's depth (one update
 //   per span of packed parameters: one per module, the encoder, pooling head and classifier; the
-//   norm's two passes), not one per parameter;
+//   norm's two passes), not one per parameter, and as many with the biases and LayerNorm weights
+//   exempt from weight decay as without;
 // - a layer costs the same launches in every layer, so the step is overhead + layers x that;
 // - at RoBERTa-like sizes (column sums past 256 rows, heads of 64) that is 25.
 #include <gtest/gtest.h>
@@ -65,14 +66,16 @@ struct StepLaunches {
 
 // The launches of the second bf16 training step of a classifier with `layers` layers (the first
 // may differ: buffers and algorithms are set up there), split into the forward and backward pass
-// and the optimiser step with clipping.
-StepLaunches step_launches(int64_t layers, const Shape& shape) {
+// and the AdamW step with clipping and weight decay, of which `exempt` leaves out some parameters.
+StepLaunches step_launches(int64_t layers, const Shape& shape, DecayExempt exempt = DecayExempt::none) {
   const ops::HostBackendOverride on_emulator(ops::cuda_emulated_backend());
   const Device host = Device::cpu();
   SequenceClassifier model(config(layers, shape), 3, DType::bf16, host);
   ParameterList params = model.parameters();
   init_normal(params, 0.05, 17);
-  Optimizer optimizer(params, ops::AdamW{});
+  OptimizerConfig adamw;
+  adamw.decay_exempt = exempt;
+  Optimizer optimizer(params, adamw);
   std::mt19937 gen(5);
   std::uniform_int_distribution<int32_t> token(3, 100);
   StepLaunches out;
@@ -135,6 +138,18 @@ Counts per_layer(const Shape& shape, const char* what) {
 
 TEST(StepLaunches, TheOptimizerStepIsIndependentOfDepthAndEachLayerCostsTheSame) {
   per_layer(kToy, "64-wide layers, 52 tokens");
+}
+
+// bias_norm cuts the encoder's decay into 8 runs a layer and 2 for the embeddings; the update of a
+// span takes them in one launch, so the step launches what it does without exemptions.
+TEST(StepLaunches, TheOptimizerStepLaunchesAsMuchWithDecayExemptions) {
+  const Counts none = step_launches(2, kToy).optimizer;
+  const Counts two = step_launches(2, kToy, DecayExempt::bias_norm).optimizer;
+  const Counts four = step_launches(4, kToy, DecayExempt::bias_norm).optimizer;
+  print("optimizer step, biases and LayerNorm weights exempt, 4 layers", four);
+  EXPECT_GT(total(none), 0u) << "no optimiser launch counted";
+  EXPECT_EQ(two, none);
+  EXPECT_EQ(four, none);
 }
 
 // At RoBERTa-like sizes a layer's forward and backward launch 25 kernels and matmuls: 12 GEMMs,

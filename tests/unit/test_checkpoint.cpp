@@ -98,7 +98,6 @@ struct TrainingRun {
   static OptimizerConfig config(OptimizerKind kind) {
     OptimizerConfig c;
     c.kind = kind;
-    c.lr = 2e-3;
     return c;
   }
 

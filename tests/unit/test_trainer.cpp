@@ -294,7 +294,6 @@ struct OneParameter {
 TEST(OptimizerClass, NAdamContinuesBitExactlyAfterARestore) {
   OptimizerConfig config;
   config.kind = OptimizerKind::nadam;
-  config.lr = 1e-2;
   OneParameter straight(7), restored(7);
   Optimizer a({&straight.p}, config);
   for (int64_t s = 0; s < 5; ++s) {
