@@ -14,7 +14,7 @@
 
 #include <chrono>
 #include <cstdio>
-#include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -388,14 +388,30 @@ int run(int argc, char** argv) {
   } else {
     QARAC_INPUT_CHECK(c.preset.empty(), "--preset must be 'base', got '", c.preset, "'");
   }
-  if (c.ffn == 0) c.ffn = 4 * c.hidden;
   QARAC_INPUT_CHECK(c.workload == "encoder" || c.workload == "classifier" || c.workload == "qarac",
                     "--workload must be encoder, classifier or qarac, got '", c.workload, "'");
   QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda, got '", c.device, "'");
   QARAC_INPUT_CHECK(c.dtype == "f32" || c.dtype == "bf16", "--dtype must be f32 or bf16, got '", c.dtype, "'");
-  QARAC_INPUT_CHECK(c.hidden > 0 && c.layers > 0 && c.heads > 0 && c.seq > 0 && c.batch > 0 && c.iters > 0,
-                    "--hidden, --layers, --heads, --seq, --batch and --iters must be positive");
+  QARAC_INPUT_CHECK(c.dtype != "bf16" || c.device == "cuda",
+                    "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)");
+  const auto at_least = [](const char* option, int64_t value, int64_t least) {
+    QARAC_INPUT_CHECK(value >= least, option, " must be at least ", least, ", got ", value);
+  };
+  at_least("--hidden", c.hidden, 1);
+  at_least("--layers", c.layers, 1);
+  at_least("--heads", c.heads, 1);
+  at_least("--ffn", c.ffn, 0);
+  // Random tokens are drawn from 3 on: ids 0-2 are RoBERTa's <s>, <pad> and </s>.
+  at_least("--vocab", c.vocab, 4);
+  at_least("--labels", c.labels, 1);
+  at_least("--seq", c.seq, 1);
+  at_least("--batch", c.batch, 1);
+  at_least("--warmup", c.warmup, 0);
+  at_least("--iters", c.iters, 1);
+  QARAC_INPUT_CHECK(c.vocab <= std::numeric_limits<int32_t>::max(), "--vocab must be at most ",
+                    std::numeric_limits<int32_t>::max(), " (token ids are int32), got ", c.vocab);
   QARAC_INPUT_CHECK(c.hidden % c.heads == 0, "--hidden ", c.hidden, " is not divisible by --heads ", c.heads);
+  if (c.ffn == 0) c.ffn = 4 * c.hidden;
   const Device device = c.device == "cuda" ? Device::cuda(0) : Device::cpu();
   if (device.is_cuda())
     QARAC_INPUT_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is available");

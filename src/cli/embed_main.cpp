@@ -7,7 +7,6 @@
 // by the evaluation's own code (train/evaluation.h), so the figures are the evaluator's.
 #include <algorithm>
 #include <cstdio>
-#include <iostream>
 #include <string>
 #include <vector>
 

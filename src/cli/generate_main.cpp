@@ -4,8 +4,6 @@
 // Prints one JSON line per vector: {"tokens": [...], "text": "..."}, the new tokens after "<s>"
 // up to (without) "</s>" or --max-tokens, as modeling_qarac.py's generate_from_vectors gives them.
 #include <algorithm>
-#include <cstdio>
-#include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -52,7 +50,8 @@ int main(int argc, char** argv) {
                       input, " is read as one text per line");
     QARAC_INPUT_CHECK(output == "-" || cli::json_lines_input(output), "--output ", output,
                       ": qarac-generate writes JSON lines: a .jsonl or .json file, or - for standard output");
-    QARAC_INPUT_CHECK(max_tokens >= 0 && batch > 0, "--max-tokens must not be negative and --batch positive");
+    QARAC_INPUT_CHECK(max_tokens >= 0, "--max-tokens must not be negative, got ", max_tokens);
+    QARAC_INPUT_CHECK(batch > 0, "--batch must be positive, got ", batch);
     const Device device = cli::parse_device(device_name);
 
     io::LoadedModel<Decoder> decoder = io::load_decoder_export(decoder_dir, DType::f32, device);

@@ -169,12 +169,14 @@ int run(int argc, char** argv) {
   QARAC_INPUT_CHECK(device_name == "cpu" || device_name == "cuda", "--device must be cpu or cuda, got '",
                     device_name, "'");
   const Device device = device_name == "cpu" ? Device::cpu() : Device::cuda(0);
-  if (device.is_cuda())
-    QARAC_INPUT_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is available",
-                      cuda_compiled() ? "" : " (this build has no CUDA backend)");
   const DType dtype = parse_dtype(dtype_name);
   QARAC_INPUT_CHECK(dtype != DType::bf16 || device.is_cuda(),
                     "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)");
+  QARAC_INPUT_CHECK(dtype != DType::f64 || device.is_cpu(),
+                    "--dtype f64 needs --device cpu (the CUDA backend computes in f32 or bf16)");
+  if (device.is_cuda())
+    QARAC_INPUT_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is available",
+                      cuda_compiled() ? "" : " (this build has no CUDA backend)");
   QARAC_INPUT_CHECK(std::isfinite(tolerance) && tolerance >= std::numeric_limits<double>::min(),
                     "--tolerance must be a positive normal number, got ", tolerance);
 
@@ -200,7 +202,7 @@ int run(int argc, char** argv) {
   };
 
   RobertaEncoder encoder(hf.config, dtype, device);
-  io::assign_parameters(encoder.parameters(), hf.encoder, dir + "/model.safetensors");
+  io::assign_parameters(encoder.parameters(), hf.encoder, hf.weights);
 
   std::printf("qarac-parity: %s, B=%lld S=%lld (%lld real tokens) d=%lld layers=%lld, %s %s\n",
               dir.c_str(), static_cast<long long>(ids.size(0)), static_cast<long long>(ids.size(1)),

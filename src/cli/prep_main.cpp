@@ -237,9 +237,9 @@ int build(int argc, char** argv) {
   QARAC_INPUT_CHECK(too_long == "truncate" || too_long == "skip",
                     "--too-long must be truncate or skip, got '", too_long, "'");
   settings.truncate = too_long == "truncate";
-  QARAC_INPUT_CHECK(settings.max_length >= (settings.special ? 3 : 1),
-                    "--max-length is too small: ", settings.max_length);
-  QARAC_INPUT_CHECK(settings.threads >= 1, "--threads must be at least 1");
+  QARAC_INPUT_CHECK(settings.max_length >= (settings.special ? 3 : 1), "--max-length must be at least ",
+                    settings.special ? "3 (<s>, a token, </s>)" : "1", ", got ", settings.max_length);
+  QARAC_INPUT_CHECK(settings.threads >= 1, "--threads must be at least 1, got ", settings.threads);
   QARAC_INPUT_CHECK(settings.writer.chunk_tokens >= 1 && settings.writer.chunk_tokens <= kMaxChunkElements,
                     "--chunk-tokens must be in [1, ", kMaxChunkElements, "], got ", settings.writer.chunk_tokens);
   QARAC_INPUT_CHECK(settings.writer.compression >= 0 && settings.writer.compression <= 9,
@@ -338,7 +338,12 @@ int build(int argc, char** argv) {
                   settings.max_length, " tokens (raise it, or --too-long skip drops them)");
     }
     check_interrupt();
-    QARAC_INPUT_CHECK(writer.examples() > 0, task_name(task), ": no examples in its inputs");
+    if (writer.examples() == 0) {
+      std::string read;  // each input with what it skipped
+      for (size_t i = 0; i < files.size(); ++i)
+        read += (i ? "; " : "") + files[i].path + " (skipped: " + skipped_summary(info.sources[i].skipped) + ")";
+      QARAC_INPUT_CHECK(false, task_name(task), ": no examples in its inputs: ", read);
+    }
     writer.finish(info);
     total_examples += writer.examples();
     written.push_back(task);

@@ -1,3 +1,4 @@
+// Batched sentence vectors with an encoder export (sentence_vectors.h).
 #include "cli/sentence_vectors.h"
 
 #include <algorithm>

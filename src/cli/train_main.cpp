@@ -77,7 +77,9 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
   for (int t = 0; t < qarac::data::kQaracTaskCount && data_stream.empty(); ++t) {
     const std::string path =
         config.data_dir + "/" + qarac::data::task_name(static_cast<qarac::data::Task>(t)) + ".h5";
-    if (std::filesystem::exists(path)) data_stream = path;
+    // Anything there but a missing file is read, so that what is wrong with it is said.
+    std::error_code ec;
+    if (std::filesystem::symlink_status(path, ec).type() != std::filesystem::file_type::not_found) data_stream = path;
   }
   if (!data_stream.empty()) {
     options.tokenizer_hash = qarac::data::TaskStreamFile(data_stream).info().tokenizer_hash;

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <regex>
 
 #include "core/atomic_file.h"
@@ -25,6 +26,14 @@
 
 namespace qarac::cli {
 namespace {
+
+// x as a float; beyond float's range the infinity of its sign (a plain conversion is undefined
+// behaviour there), which the readers then refuse as not finite.
+float to_float(double x) {
+  if (std::fabs(x) > std::numeric_limits<float>::max())
+    return std::signbit(x) ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity();
+  return static_cast<float>(x);
+}
 
 constexpr char kNpyMagic[] = "\x93NUMPY";
 
@@ -118,6 +127,8 @@ Vectors read_npy(const std::string& path) {
   const size_t length = static_cast<unsigned char>(start[8]) | (static_cast<unsigned char>(start[9]) << 8);
   std::string header(length, '\0');
   in.read(header.data(), static_cast<std::streamsize>(length));
+  QARAC_INPUT_CHECK(static_cast<size_t>(in.gcount()) == length, path, ": truncated in its header (",
+                    in.gcount(), " of ", length, " bytes)");
   std::smatch m;
   QARAC_INPUT_CHECK(std::regex_search(header, m, std::regex("'descr': *'(<f4|<f8)'")), path,
                     ": the array's dtype is not little-endian f32 or f64: ", header_text(header));
@@ -161,7 +172,7 @@ Vectors read_npy(const std::string& path) {
     if (f64) {
       double x;
       std::memcpy(&x, raw.data() + 8 * i, 8);
-      v.values[i] = static_cast<float>(x);
+      v.values[i] = to_float(x);
     } else {
       std::memcpy(&v.values[i], raw.data() + 4 * i, 4);
     }
@@ -284,7 +295,7 @@ Vectors read_vectors(const std::string& path) {
                       " numbers, the first vector has ", v.cols);
     for (const auto& x : j) {
       QARAC_INPUT_CHECK(x.is_number(), where, ": ", data::json_brief(x), " is not a number");
-      v.values.push_back(x.get<float>());
+      v.values.push_back(to_float(x.get<double>()));
       QARAC_INPUT_CHECK(std::isfinite(v.values.back()), where, ": ", x.get<double>(), " is beyond the float range");
     }
     ++v.rows;

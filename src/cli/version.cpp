@@ -1,3 +1,4 @@
+// What --version prints (version.h).
 #include "cli/version.h"
 
 #include <cstdio>

@@ -50,6 +50,8 @@ class Tokenizer {
   static Tokenizer from_json(const std::string& tokenizer_json);
   // `dir`/tokenizer.json when present, else `dir`/vocab.json + `dir`/merges.txt.
   static Tokenizer from_dir(const std::string& dir);
+  // Whether `dir` holds the files from_dir reads (not whether they parse).
+  static bool found_in(const std::string& dir);
 
   // Token ids of `text`; with add_special, wrapped as the post-processor says (<s> text </s>).
   std::vector<int32_t> encode(std::string_view text, bool add_special = true) const;

@@ -302,15 +302,25 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json) {
   return Tokenizer(std::move(t));
 }
 
+// A folder that cannot be searched reads as holding nothing: the error names the folder.
 Tokenizer Tokenizer::from_dir(const std::string& dir) {
   namespace fs = std::filesystem;
+  std::error_code ec;
   const fs::path json_path = fs::path(dir) / "tokenizer.json";
-  if (fs::exists(json_path)) return from_json(json_path.string());
+  if (fs::exists(json_path, ec)) return from_json(json_path.string());
   const fs::path vocab = fs::path(dir) / "vocab.json";
   const fs::path merges = fs::path(dir) / "merges.txt";
-  if (!fs::exists(vocab) && !fs::exists(merges))
+  if (!fs::exists(vocab, ec) && !fs::exists(merges, ec))
     fail(dir, "no tokenizer.json, nor vocab.json and merges.txt");
   return from_files(vocab.string(), merges.string());
+}
+
+bool Tokenizer::found_in(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path d(dir);
+  return !dir.empty() && (fs::is_regular_file(d / "tokenizer.json", ec) ||
+                          (fs::is_regular_file(d / "vocab.json", ec) && fs::is_regular_file(d / "merges.txt", ec)));
 }
 
 }  // namespace qarac::data

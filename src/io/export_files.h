@@ -41,7 +41,7 @@ void write_tokenizer_files(const std::string& dir, const ExportExtras& extras,
 
 // modeling_qarac.py (src/io/modeling_qarac.py, compiled in) and config.json's auto_map: model
 // "question_encoder" and "answer_encoder" map AutoModel to QaracEncoderModel, "decoder" to
-// QaracDecoderModel (also AutoModelForCausalLM). Other models are left as they are.
+// QaracDecoderModel. Other models are left as they are.
 void write_qarac_code(const std::string& dir, const std::string& model);
 
 // DIR/README.md: YAML front matter as the Hugging Face Hub reads it, then how to load the

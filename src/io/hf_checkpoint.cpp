@@ -80,7 +80,7 @@ HfRoberta read_hf_roberta(const std::string& dir) {
   HfRoberta model;
   model.dir = dir;
   model.config = read_hf_config((root / "config.json").string());
-  std::string weights;
+  const std::string& weights = model.weights;
   std::vector<std::string> skipped;
   // A NaN or an infinity in a starting point poisons the first step; it is refused here, naming
   // the tensor, rather than found by the trainer as a non-finite gradient.
@@ -88,7 +88,7 @@ HfRoberta read_hf_roberta(const std::string& dir) {
     require_finite(tensor, stored_name, weights);
     return std::move(tensor);
   };
-  for (auto& [stored_name, tensor] : read_hf_weights(dir, &weights)) {
+  for (auto& [stored_name, tensor] : read_hf_weights(dir, &model.weights)) {
     std::string name = stored_name;
     if (starts_with(name, "roberta.")) name.erase(0, 8);
     if (starts_with(name, "lm_head.")) {

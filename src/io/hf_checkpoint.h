@@ -12,6 +12,7 @@ namespace qarac::io {
 
 struct HfRoberta {
   std::string dir;
+  std::string weights;  // the file the messages name: DIR/model.safetensors or its shards' index
   RobertaConfig config;
   TensorMap encoder;  // "embeddings.*", "encoder.*" (the "roberta." prefix removed if present)
   TensorMap lm_head;  // the MLM head, set aside: "dense.weight", "layer_norm.bias", "bias", ...

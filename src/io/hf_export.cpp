@@ -4,7 +4,6 @@
 #include "io/hf_export.h"
 
 #include <fcntl.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>

@@ -1,8 +1,10 @@
+// The collective trace and its deadlock check (collective_trace.h).
 #include "parallel/collective_trace.h"
 
 #include <mpi.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -176,10 +178,12 @@ std::vector<CollectiveLog> read_collective_traces(const std::string& folder) {
       std::string size, bytes;
       const bool ok = std::getline(fields, c.comm, '\t') && std::getline(fields, size, '\t') &&
                       std::getline(fields, c.op, '\t') && std::getline(fields, bytes, '\t');
-      QARAC_INPUT_CHECK(ok && !size.empty() && !bytes.empty(), path.string(), ":", number,
-                        ": not <communicator>\\t<size>\\t<op>\\t<bytes>");
-      c.size = std::stoi(size);
-      c.bytes = std::stoll(bytes);
+      const auto whole_number = [](const std::string& text, auto& value) {
+        const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+        return error == std::errc() && end == text.data() + text.size() && value >= 0;
+      };
+      QARAC_INPUT_CHECK(ok && whole_number(size, c.size) && whole_number(bytes, c.bytes), path.string(), ":", number,
+                        ": not <communicator>\\t<size>\\t<op>\\t<bytes> (sizes as whole numbers)");
       log.push_back(std::move(c));
     }
     logs.push_back(std::move(log));

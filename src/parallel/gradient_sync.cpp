@@ -1,8 +1,8 @@
+// Bucketed gradient all-reduce per model group, and the replica check (gradient_sync.h).
 #include "parallel/gradient_sync.h"
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <iterator>
 
 #include "core/hash.h"

@@ -68,44 +68,18 @@ std::vector<NcclCommunicator*>& live_communicators() {
 
 class NcclCommunicator final : public Communicator {
  public:
+  // A constructor that throws runs no destructor: what it had made is released here, aborted
+  // (the other members are failing too, or will time out).
   explicit NcclCommunicator(const MpiGroup& group) : group_(group) {
-    ncclUniqueId id{};
-    if (group.rank() == 0) check(ncclGetUniqueId(&id), "creating the NCCL unique id");
-    group.broadcast(&id, sizeof id, 0, "broadcasting the NCCL unique id");
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;
-    trace_collective(group.name(), group.size(), "nccl_init", 0);
-    check(ncclCommInitRankConfig(&comm_, group.size(), id, group.rank(), &config), "creating the NCCL communicator");
-    settle("creating the NCCL communicator");
-    stream_ = communication_stream();
-    QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-    QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-    live_communicators().push_back(this);
-  }
-
-  ~NcclCommunicator() override {
-    std::vector<NcclCommunicator*>& live = live_communicators();
-    live.erase(std::remove(live.begin(), live.end(), this), live.end());
-    if (comm_) {
-      // Finalizing flushes the communicator and waits (bounded) until it is quiescent on every
-      // rank, after which destroying it frees this rank's part without blocking.
-      bool finalized = false;
-      if (!aborted_) {
-        try {
-          check(ncclCommFinalize(comm_), "finalizing the NCCL communicator");
-          settle("finalizing the NCCL communicator");
-          finalized = true;
-        } catch (const std::exception& e) {
-          log::warn(e.what(), "; aborting it");
-        }
-      }
-      const ncclResult_t rc = finalized ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
-      if (rc != ncclSuccess)
-        log::warn(group_.name(), ": ", finalized ? "ncclCommDestroy" : "ncclCommAbort", ": ", ncclGetErrorString(rc));
+    try {
+      open();
+    } catch (...) {
+      aborted_ = true;
+      release();
+      throw;
     }
-    if (ready_) cudaEventDestroy(ready_);
-    if (done_) cudaEventDestroy(done_);
   }
+  ~NcclCommunicator() override { release(); }
 
   const char* backend() const override { return "nccl"; }
 
@@ -143,6 +117,47 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // Creates the communicator: a collective call of the group's members.
+  void open() {
+    ncclUniqueId id{};
+    if (group_.rank() == 0) check(ncclGetUniqueId(&id), "creating the NCCL unique id");
+    group_.broadcast(&id, sizeof id, 0, "broadcasting the NCCL unique id");
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    trace_collective(group_.name(), group_.size(), "nccl_init", 0);
+    check(ncclCommInitRankConfig(&comm_, group_.size(), id, group_.rank(), &config), "creating the NCCL communicator");
+    settle("creating the NCCL communicator");
+    stream_ = communication_stream();
+    QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    QARAC_CHECK_CUDA(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    live_communicators().push_back(this);
+  }
+
+  // Frees what open() made: finalized when it is sound, aborted when not.
+  void release() noexcept {
+    std::vector<NcclCommunicator*>& live = live_communicators();
+    live.erase(std::remove(live.begin(), live.end(), this), live.end());
+    if (comm_) {
+      // Finalizing flushes the communicator and waits (bounded) until it is quiescent on every
+      // rank, after which destroying it frees this rank's part without blocking.
+      bool finalized = false;
+      if (!aborted_) {
+        try {
+          check(ncclCommFinalize(comm_), "finalizing the NCCL communicator");
+          settle("finalizing the NCCL communicator");
+          finalized = true;
+        } catch (const std::exception& e) {
+          log::warn(e.what(), "; aborting it");
+        }
+      }
+      const ncclResult_t rc = finalized ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
+      if (rc != ncclSuccess)
+        log::warn(group_.name(), ": ", finalized ? "ncclCommDestroy" : "ncclCommAbort", ": ", ncclGetErrorString(rc));
+    }
+    if (ready_) cudaEventDestroy(ready_);
+    if (done_) cudaEventDestroy(done_);
+  }
+
   // A CommError naming the group and NCCL's messages, unless `rc` is a success or (non-blocking)
   // in progress.
   void check(ncclResult_t rc, const std::string& what) {

@@ -1,3 +1,4 @@
+// MPI's lifetime, this rank's place, GPU and node memory, and ending a failed job (runtime.h).
 #include "parallel/runtime.h"
 
 #include <mpi.h>
@@ -74,6 +75,12 @@ Runtime::Runtime(int* argc, char*** argv) {
   QARAC_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
   QARAC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   QARAC_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+  // Only the main thread calls MPI, but OpenBLAS, NCCL and the data readers run threads of their
+  // own, which an MPI library providing MPI_THREAD_SINGLE does not promise to tolerate.
+  if (provided < MPI_THREAD_FUNNELED && rank_ == 0)
+    log::warn("the MPI library provides thread level ", provided, " (MPI_THREAD_SINGLE), not MPI_THREAD_FUNNELED: ",
+              "the run's other threads (OpenBLAS, NCCL, readers) call no MPI, but this library does not promise ",
+              "to tolerate them; an MPI built with thread support is safer");
   // The node's ranks, among which use_local_gpu assigns the node's GPUs.
   QARAC_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_));
 }

@@ -1,3 +1,4 @@
+// FLOP estimates of each task's optimizer step (task_cost.h).
 #include "parallel/task_cost.h"
 
 #include <algorithm>

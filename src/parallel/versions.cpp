@@ -1,3 +1,4 @@
+// The versions the loaded CUDA, NCCL and MPI libraries report (versions.h).
 #include "parallel/versions.h"
 
 #include <mpi.h>

@@ -1,3 +1,4 @@
+// eval.best's export of the best models and the count eval.patience stops on (best_export.h).
 #include "train/best_export.h"
 
 #include <cmath>
@@ -44,7 +45,7 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
     if (best_) log::warn(folder_, ": none, or no best.json; the next evaluation that beats ", describe_best(), " is kept");
     return;
   }
-  std::string held_metric = "?";
+  std::string held_metric;
   double held_value = 0;
   int64_t held_step = -1;
   try {

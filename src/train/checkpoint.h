@@ -8,7 +8,7 @@
 // A checkpoint is a folder "step-<step, 10 digits>" in a run's checkpoint folder, holding one
 // file "<part>.h5" per part of the parameters (the trainer's parts are its model groups:
 // question_encoder, answer_encoder, decoder, shared_encoder, and a trained rehearsal head,
-// mlm_head), each part's master weights and moments written once, by one process (the group's
+// mlm_head; in model.mode mlm the one part base), each part's master weights and moments written once, by one process (the group's
 // lowest world rank). Every part file also holds the global state (step, seed, optimizer step,
 // the global data cursors, the config and the list of parts), so any part tells what the
 // checkpoint is and a folder missing a part is refused. The folder is written under "step-<step>.tmp" and renamed by one process once every

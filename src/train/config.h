@@ -26,7 +26,6 @@ struct TaskSettings {
 
 struct TrainConfig {
   // Command line, and top level of the INI file.
-  std::string config_file;  // --config (command line only)
   std::set<std::string> given;  // the keys set on the command line or in the file (not defaults)
   bool resume = false;      // --resume (command line only)
   std::string output;       // output: the run directory (metrics, checkpoints, export)
@@ -50,7 +49,7 @@ struct TrainConfig {
   int64_t steps = 1000;
   int64_t seed = 0;           // heads' initialisation, data order, dropout
   std::string device = "cpu";  // cpu | cuda
-  std::string dtype = "f32";   // compute dtype: f32 | bf16 (cuda)
+  std::string dtype = "f32";   // compute dtype: f32 | bf16 (cuda) | f64 (cpu)
   int64_t log_every = 10;     // progress line every N steps when stdout is not a terminal
   int64_t micro_tokens = 0;   // most tokens a rank runs in one forward/backward; 0: no limit
   std::string progress = "auto";   // the progress line: auto | plain (a line each log_every) | tty (rewritten)

@@ -9,19 +9,12 @@
 
 #include "core/log.h"
 #include "data/shards.h"
+#include "data/tokenizer.h"
 
 namespace qarac {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool has_tokenizer(const std::string& dir) {
-  std::error_code ec;
-  const fs::path d(dir);
-  return !dir.empty() && (fs::is_regular_file(d / "tokenizer.json", ec) ||
-                          (fs::is_regular_file(d / "vocab.json", ec) &&
-                           fs::is_regular_file(d / "merges.txt", ec)));
-}
 
 // The Hub id of a base in the Hugging Face cache (".../models--org--name/snapshots/<commit>"
 // gives "org/name"), else "": the Hub's base_model must be an id, and a local folder's name
@@ -45,7 +38,8 @@ void read_evaluations(const fs::path& path, io::ModelCard& card) {
   std::string line;
   while (std::getline(in, line)) {
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object() || !j.value("eval", false)) continue;
+    if (j.is_discarded() || !j.is_object()) continue;
+    if (const auto eval = j.find("eval"); eval == j.end() || !eval->is_boolean() || !eval->get<bool>()) continue;
     card.metrics.clear();
     for (const auto& [name, value] : j.items())
       if (value.is_number() && name != "step") card.metrics[name] = value.get<double>();
@@ -60,7 +54,7 @@ void read_evaluations(const fs::path& path, io::ModelCard& card) {
 
 std::string export_tokenizer_dir(const TrainConfig& config) {
   if (config.pretraining()) return config.tokenizer;
-  return has_tokenizer(config.base) ? config.base : config.eval_tokenizer;
+  return data::Tokenizer::found_in(config.base) ? config.base : config.eval_tokenizer;
 }
 
 TrainingDataNote training_data_note(const TrainConfig& config) {

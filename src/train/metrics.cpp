@@ -100,7 +100,8 @@ std::string kept_lines(const std::string& path, int64_t first_step,
     if (record.is_discarded() || !record.is_object() || !record.contains("step") ||
         !record["step"].is_number_integer() || record["step"].get<int64_t>() > first_step)
       continue;
-    if (record.value("eval", false)) {
+    // (json::value would throw at an "eval" that is no bool: a line like any other damaged one.)
+    if (const auto eval = record.find("eval"); eval != record.end() && eval->is_boolean() && eval->get<bool>()) {
       std::map<std::string, double>& numbers = evals[record["step"].get<int64_t>()];
       for (const auto& [name, value] : record.items())
         if (value.is_number() || value.is_null())

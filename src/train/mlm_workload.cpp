@@ -38,8 +38,9 @@ class MlmWorkload : public Workload {
       config_.bos_token_id = tokenizer.bos_id();
       config_.eos_token_id = tokenizer.eos_id();
     }
+    // Only a base can disagree: a new model takes the tokenizer's size.
     QARAC_INPUT_CHECK(static_cast<int64_t>(tokenizer.vocab_size()) == config_.vocab_size, "model.tokenizer: ",
-                      tokenizer.vocab_size(), " tokens, but the model has ", config_.vocab_size);
+                      tokenizer.vocab_size(), " tokens, but the base ", c.base, " has ", config_.vocab_size);
     if (c.dropout >= 0) config_.hidden_dropout = config_.attention_dropout = c.dropout;
     encoder_ = std::make_unique<RobertaEncoder>(config_, c.dtype_value(), device);
     mlm_ = std::make_unique<MaskedLM>(*encoder_);
@@ -47,8 +48,8 @@ class MlmWorkload : public Workload {
     if (c.base.empty()) {
       init_normal(mlm_->parameters(), c.init_std, static_cast<uint64_t>(c.seed));
     } else {
-      io::assign_parameters(encoder_->parameters(), base.encoder, c.base + "/model.safetensors");
-      if (!base.lm_head.empty()) mlm_->head().load(base.lm_head, c.base + "/model.safetensors");
+      io::assign_parameters(encoder_->parameters(), base.encoder, base.weights);
+      if (!base.lm_head.empty()) mlm_->head().load(base.lm_head, base.weights);
     }
     if (evaluates && !c.eval_dir.empty()) {
       // Checked as the training text is: its task, its tokenizer (the model's), its lengths.

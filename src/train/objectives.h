@@ -11,8 +11,10 @@
 // without them is refused with an InputError): the encoders read them whole, the decoder reads
 // "<s> text" and predicts "text </s>".
 //
-// Dropout: model application k (0, 1, 2 in the order the task runs them) of task t draws its
-// masks with ForwardOptions::application = 4t + k, so the applications of AE in a QARAC step
+// Dropout: model application k of task t (a fixed number per role: 0, 1 in the order the task
+// runs its encoders, and reasoning's decoder 2, which keeps its number from before its AE pass
+// took both fields: the masks, and so resumed runs, stay the same) draws its masks with
+// ForwardOptions::application = 4t + k, so the applications of AE in a QARAC step
 // never share a mask; within an application, each sequence's masks are keyed by its example's
 // global identity (TaskBatch::ids), so they do not depend on the layout. Reasoning and
 // consistency encode their two fields in one pass of AE (application 0, 2B sequences: twice the

@@ -1,3 +1,4 @@
+// The task plan a run uses and the lines the start banner gives of it (plan_report.h).
 #include "train/plan_report.h"
 
 #include <algorithm>

@@ -3,7 +3,6 @@
 // AE's base (train/rehearsal.h). The base's MLM head is set aside for the forgetting monitor of
 // the evaluation and the rehearsal.
 #include <cstdlib>
-#include <filesystem>
 #include <string>
 #include <string_view>
 
@@ -21,10 +20,8 @@ namespace {
 // The rehearsal's masking, with <mask> and the special tokens of eval.tokenizer (as the forgetting
 // monitor's), else of the tokenizer in model.base.
 MlmMasking rehearsal_masking(const TrainConfig& c, const RobertaConfig& base) {
-  namespace fs = std::filesystem;
   std::string dir = c.eval_tokenizer;
-  if (dir.empty() && (fs::exists(fs::path(c.base) / "tokenizer.json") || fs::exists(fs::path(c.base) / "vocab.json")))
-    dir = c.base;
+  if (dir.empty() && data::Tokenizer::found_in(c.base)) dir = c.base;
   QARAC_INPUT_CHECK(!dir.empty(), "task.mlm.weight: rehearsal masks tokens with the tokenizer's <mask>, but ", c.base,
                     " holds no tokenizer (tokenizer.json, or vocab.json and merges.txt): set eval.tokenizer");
   const data::Tokenizer tokenizer = data::Tokenizer::from_dir(dir);
@@ -58,7 +55,7 @@ class QaracWorkload : public Workload {
       : base_(io::read_hf_roberta(c.base)) {
     if (c.rehearsal())
       QARAC_INPUT_CHECK(!base_.lm_head.empty(), "task.mlm.weight: rehearsal trains with the base's MLM head, but ",
-                        c.base, "/model.safetensors has no lm_head.* (a RobertaModel; give a RobertaForMaskedLM)");
+                        base_.weights, " has no lm_head.* (a RobertaModel; give a RobertaForMaskedLM)");
     if (c.dropout >= 0) base_.config.hidden_dropout = base_.config.attention_dropout = c.dropout;
     QaracConfig qc;
     qc.base = base_.config;
@@ -69,7 +66,7 @@ class QaracWorkload : public Workload {
     qc.build_question_encoder = build[static_cast<int>(parallel::Model::question_encoder)];
     qc.build_answer_encoder = build[static_cast<int>(parallel::Model::answer_encoder)];
     qc.build_decoder = build[static_cast<int>(parallel::Model::decoder)];
-    qc.base_source = c.base + "/model.safetensors";
+    qc.base_source = base_.weights;
     warn_unused_layers(base_, qc.base_source);
     models_ = std::make_unique<QaracModels>(qc, base_.encoder, c.dtype_value(), device);
     base_.encoder.clear();  // the models hold copies; the MLM head stays for the forgetting monitor
@@ -88,7 +85,7 @@ class QaracWorkload : public Workload {
       frozen_base_hash_ = hash.value();
     }
     if (c.rehearsal() && qc.build_answer_encoder)
-      rehearsal_ = std::make_unique<Rehearsal>(*models_, base_.lm_head, c.base + "/model.safetensors",
+      rehearsal_ = std::make_unique<Rehearsal>(*models_, base_.lm_head, base_.weights,
                                                rehearsal_masking(c, base_.config), train_head_);
   }
 

@@ -1,11 +1,13 @@
 // A run's directory (config.output): who may use it, and where a run starts in it. Layout:
 //   .qarac.lock             held (flock) by rank 0 of the run using the directory: one run at a time
-//   config.ini              the effective configuration (a run from step 0 writes it)
+//   config.ini              the effective configuration, rewritten at every start (a resume notes
+//                           the settings it changed)
 //   metrics.jsonl           one JSON object per step, and per evaluation ("eval": true)
 //   checkpoints/            step-<step>/<part>.h5, the newest checkpoint.keep of them: the global
 //                           state, every model group once (train/checkpoint.h), whatever the
 //                           world size (with several machines the folder must be shared)
 //   export/<model>/         config.json + model.safetensors per model, at the end
+//   best/                   with eval.best: best.json and <model>/ of the best evaluation so far
 // A run can always go on: `--resume` continues from the newest valid checkpoint, or from step 0
 // when the run never completed one (killed before or during its first checkpoint).
 #pragma once

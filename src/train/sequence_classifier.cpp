@@ -1,3 +1,4 @@
+// The sequence-classifier workload: forward, loss and backward (sequence_classifier.h).
 #include "train/sequence_classifier.h"
 
 namespace qarac {

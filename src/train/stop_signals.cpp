@@ -1,3 +1,4 @@
+// The SIGTERM/SIGUSR1 handlers of a run (stop_signals.h says what each request does).
 #include "train/stop_signals.h"
 
 #include <signal.h>
@@ -38,7 +39,10 @@ extern "C" void on_stop_signal(int signal) {
     g_first_ns.store(now);
     return;
   }
-  if (now - g_first_ns.load() < kRepeatWindowNs) return;  // the same request, delivered again
+  // The same request delivered again; 0: the first delivery, on another thread, has not yet
+  // stored its time.
+  const int64_t first = g_first_ns.load();
+  if (first == 0 || now - first < kRepeatWindowNs) return;
   // A second request: end now, with the status the default action gives.
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
@@ -52,13 +56,16 @@ extern "C" void on_stop_signal(int signal) {
 StopSignals::StopSignals() {
   QARAC_CHECK(!g_installed, "StopSignals: one instance per process");
   g_received.store(0);  // before the handlers: a signal from now on counts
+  g_first_ns.store(0);
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // a signal must not fail a read or a write in flight
-  QARAC_CHECK(sigaction(SIGTERM, &action, &g_previous_term) == 0 &&
-                  sigaction(SIGUSR1, &action, &g_previous_usr1) == 0,
-              "StopSignals: cannot install the SIGTERM/SIGUSR1 handlers");
+  QARAC_CHECK(sigaction(SIGTERM, &action, &g_previous_term) == 0, "StopSignals: cannot install the SIGTERM handler");
+  if (sigaction(SIGUSR1, &action, &g_previous_usr1) != 0) {
+    sigaction(SIGTERM, &g_previous_term, nullptr);  // all or nothing
+    QARAC_CHECK(false, "StopSignals: cannot install the SIGUSR1 handler");
+  }
   g_installed = true;
 }
 

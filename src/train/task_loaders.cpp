@@ -83,12 +83,13 @@ data::LoaderCursor TaskLoaders::cursor() const {
   return c;
 }
 
-void TaskLoaders::restore(const data::LoaderCursor& c) {
+void TaskLoaders::restore(const data::LoaderCursor& c, const std::string& source) {
   for (data::Loader& loader : loaders_) {
     const data::Task task = loader.cursor().tasks.front().task;
     const auto it =
         std::find_if(c.tasks.begin(), c.tasks.end(), [&](const data::TaskCursor& t) { return t.task == task; });
-    QARAC_INPUT_CHECK(it != c.tasks.end(), "data cursor: holds no position for task ", data::task_name(task));
+    QARAC_INPUT_CHECK(it != c.tasks.end(), source, ": the data cursor holds no position for task ",
+                      data::task_name(task));
     loader.restore({c.step, {*it}});
   }
 }

@@ -27,8 +27,9 @@ class TaskLoaders {
   std::vector<std::vector<data::TaskBatch>> micro_batches(const data::StepBatch& batch);
   data::LoaderCursor cursor() const;
   // Restores this rank's tasks from a cursor of any tasks (a checkpoint's holds every task of the
-  // run); InputError when one of this rank's tasks is missing from it.
-  void restore(const data::LoaderCursor& c);
+  // run); InputError naming `source` (the checkpoint) when one of this rank's tasks is missing
+  // from it.
+  void restore(const data::LoaderCursor& c, const std::string& source);
 
   // Across the ranks of `world` (null: this process alone), one all-reduce each:
   // Every rank of a task reads the same stream. Ranks that read different ones (re-prepared while

@@ -250,7 +250,7 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   step = state.step;
   QARAC_INPUT_CHECK(step <= config.steps, "--resume: ", checkpoint, " is at step ", step, ", beyond train.steps ",
                     config.steps, " (raise train.steps to go on)");
-  training.loaders->restore(state.cursor);
+  training.loaders->restore(state.cursor, checkpoint);
   last.checkpoint = step;
   if (place.root()) log::info("resuming from ", checkpoint, " at step ", step);
   // Allowed, but said: the run goes on other than one uninterrupted run would.
@@ -400,7 +400,7 @@ StepStats Trainer::Impl::train_step() {
   s.seconds = seconds_between(t0, t_end);
   s.examples = examples;
   s.data_seconds = seconds_between(t0, t_data);
-  s.comm_seconds = s.comm_max_seconds = waited + norm_wait;
+  s.comm_seconds = waited + norm_wait;
   s.compute_seconds = seconds_between(t_data, t_end) - s.comm_seconds;
   s.stop_signal = StopSignals::received();
   gather_step_stats(s, layout.slots, slot_losses, slot_seconds, place.world.get(), place.rank, place.world_size,

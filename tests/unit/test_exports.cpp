@@ -320,6 +320,23 @@ TEST_F(ExportsTest, VectorFilesRoundTrip) {
   std::ofstream(tmp_.path / "big.jsonl") << "[1, 2]\n[1e39, 0]\n";
   expect_input_error([&] { cli::read_vectors((tmp_.path / "big.jsonl").string()); },
                      {"big.jsonl:2", "1e+39 is beyond the float range"});
+  // f64 .npy (numpy's default) beyond float's range: infinite, so refused (its conversion to
+  // float was undefined behaviour); and a file cut inside its header.
+  {
+    std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2), }";
+    header.resize(128 - 10 - 1, ' ');  // the data 64-byte aligned, as numpy writes it
+    header += '\n';
+    std::ofstream out(tmp_.path / "big.npy", std::ios::binary);
+    out.write("\x93NUMPY\x01\x00", 8);
+    out.put(static_cast<char>(header.size())).put(0) << header;
+    const double values[2] = {0.5, -1e300};
+    out.write(reinterpret_cast<const char*>(values), sizeof values);
+  }
+  expect_input_error([&] { cli::read_vectors((tmp_.path / "big.npy").string()); },
+                     {"big.npy: row 0 (from 0) has -inf at column 1", "must be finite"});
+  fs::resize_file(tmp_.path / "big.npy", 40);
+  expect_input_error([&] { cli::read_vectors((tmp_.path / "big.npy").string()); },
+                     {"big.npy: truncated in its header (30 of 118 bytes)"});
   v.values[4] = std::nanf("");
   cli::write_vectors((tmp_.path / "nan.npy").string(), v);
   expect_input_error([&] { cli::read_vectors((tmp_.path / "nan.npy").string()); },

@@ -46,6 +46,7 @@ namespace {
 const std::string kSample = QARAC_SAMPLE_DIR "/";
 const std::string kPrep = QARAC_PREP_EXE;
 const std::string kParity = QARAC_PARITY_EXE;
+const std::string kBench = QARAC_BENCH_EXE;
 const fs::path kTinyDev = fs::path(QARAC_GOLDEN_DIR) / "tiny_dev";
 
 // A fresh folder per test, removed after it.
@@ -704,6 +705,8 @@ TEST_F(Hostile, ParityRefusesBadDumpsAndOptionsWithOneLine) {
                  path("expected.safetensors") + ": tensor 'R' has dtype i64, expected a floating type");
   one_error_line(kParity + " " + kTinyDev.string() + " --dtype bf16",
                  "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)");
+  one_error_line(kParity + " " + kTinyDev.string() + " --device cuda --dtype f64",
+                 "--dtype f64 needs --device cpu (the CUDA backend computes in f32 or bf16)");
   one_error_line(kParity + " " + kTinyDev.string() + " --tolerance 1e-310",
                  "--tolerance must be a positive normal number, got 1e-310");
   // A dump whose mask marks no token (before: an internal error in the backward pass).
@@ -712,6 +715,23 @@ TEST_F(Hostile, ParityRefusesBadDumpsAndOptionsWithOneLine) {
   io::write_safetensors(path("expected.safetensors"), expected);
   one_error_line(kParity + " " + dir_.string(),
                  path("expected.safetensors") + ": attention_mask marks no real token (input_ids i64[3, 12] cpu)");
+}
+
+// Before: undefined behaviour (a token or label range drawn from [3, 2] or [0, -1]), a negative
+// FFN size, or an internal error (bf16 on the CPU backend).
+TEST_F(Hostile, BenchRefusesSizesItCannotRunWithOneLine) {
+  for (const auto& [options, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--vocab 3", "--vocab must be at least 4, got 3"},
+           {"--workload classifier --labels 0", "--labels must be at least 1, got 0"},
+           {"--ffn -5", "--ffn must be at least 0, got -5"},
+           {"--warmup -1", "--warmup must be at least 0, got -1"},
+           {"--heads 0", "--heads must be at least 1, got 0"},
+           {"--vocab 4294967296", "--vocab must be at most 2147483647 (token ids are int32), got 4294967296"},
+           {"--dtype bf16", "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)"}}) {
+    const auto r = run_command(kBench + " " + options);
+    EXPECT_EQ(r.code, 2) << options << "\n" << r.output;
+    EXPECT_NE(r.output.find("qarac-bench: error: " + message + "\n"), std::string::npos) << r.output;
+  }
 }
 
 }  // namespace

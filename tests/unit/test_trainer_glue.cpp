@@ -451,7 +451,7 @@ TEST_F(TrainerStep, RestoredLoadersGoOnWithTheSameExamples) {
     if (every_task_past) {
       ++past_boundary;
       TaskLoaders resumed(plan, c, 0, 0);
-      resumed.restore(cursor);
+      resumed.restore(cursor, "the cursor");
       const data::StepBatch want = straight.next(), got = resumed.next();
       ASSERT_EQ(got.tasks.size(), want.tasks.size());
       for (size_t t = 0; t < want.tasks.size(); ++t) {
