@@ -382,6 +382,8 @@ int run(int argc, char** argv) {
   po::variables_map vm;
   if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
   if (c.preset == "base") {
+    for (const char* size : {"hidden", "layers", "heads", "ffn"})
+      QARAC_INPUT_CHECK(vm[size].defaulted(), "--preset base sets --", size, ": give one or the other");
     c.hidden = 768;
     c.layers = 12;
     c.heads = 12;

@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
         ("help,h", "print this help")
         ("version", "print the version, the git commit and the libraries' versions, and exit")
         ("model", po::value(&model), "an encoder export folder (config.json, model.safetensors, tokenizer)")
-        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input, one text per line")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or .jsonl; - : JSON lines on standard output")
         ("batch", po::value(&batch)->default_value(64), "sentences per forward pass")
@@ -175,6 +175,7 @@ int main(int argc, char** argv) {
                       "--question-encoder, --answer-encoder and --max-examples go with --rank");
     QARAC_INPUT_CHECK(vm["field"].defaulted() || cli::json_lines_input(input), "--field names a field of JSON lines; ",
                       input, " is read as one text per line");
+    cli::check_output_spares(output, {input}, {model});
     Encoder encoder = io::load_encoder_export(model, DType::f32, device);
     cli::write_vectors(output, cli::encode_texts(encoder, input, field, batch, device));
     return 0;

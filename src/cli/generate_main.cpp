@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
         ("decoder", po::value(&decoder_dir), "the decoder export folder")
         ("vectors", po::value(&vectors_path), "vectors: .npy [N, d] (f32 or f64) or JSON lines ({\"vector\": [...]})")
         ("encoder", po::value(&encoder_dir), "with --input: the encoder export that makes the vectors (usually answer_encoder)")
-        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl/.json); - reads standard input, one text per line")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("max-tokens", po::value(&max_tokens)->default_value(32), "new tokens at most per vector")
         ("batch", po::value(&batch)->default_value(64), "vectors decoded together")
@@ -50,10 +50,11 @@ int main(int argc, char** argv) {
                       input, " is read as one text per line");
     QARAC_INPUT_CHECK(output == "-" || cli::json_lines_input(output), "--output ", output,
                       ": qarac-generate writes JSON lines: a .jsonl or .json file, or - for standard output");
-    QARAC_INPUT_CHECK(max_tokens >= 0, "--max-tokens must not be negative, got ", max_tokens);
+    QARAC_INPUT_CHECK(max_tokens >= 1, "--max-tokens must be at least 1, got ", max_tokens);
     QARAC_INPUT_CHECK(batch > 0, "--batch must be positive, got ", batch);
     const Device device = cli::parse_device(device_name);
 
+    cli::check_output_spares(output, {vectors_path, input}, {decoder_dir, encoder_dir});
     io::LoadedModel<Decoder> decoder = io::load_decoder_export(decoder_dir, DType::f32, device);
     // The last step reads "<s>" and the tokens before the last: max_tokens in all.
     QARAC_INPUT_CHECK(max_tokens <= decoder.config.max_tokens(), "--max-tokens ", max_tokens, ": ", decoder_dir,

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -14,8 +15,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <limits>
+#include <memory>
 #include <regex>
 
 #include "core/atomic_file.h"
@@ -23,6 +24,8 @@
 #include "core/hdf5.h"
 #include "core/memory.h"
 #include "data/json_brief.h"
+#include "data/line_file.h"
+#include "data/readers.h"
 
 namespace qarac::cli {
 namespace {
@@ -37,34 +40,47 @@ float to_float(double x) {
 
 constexpr char kNpyMagic[] = "\x93NUMPY";
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+// Whether `path` ends in `suffix` (lower case), in any case: "V.NPY" is a .npy file.
+bool ends_with(const std::string& path, const std::string& suffix) {
+  if (path.size() < suffix.size()) return false;
+  return std::equal(suffix.begin(), suffix.end(), path.end() - static_cast<std::ptrdiff_t>(suffix.size()),
+                    [](char s, char p) { return s == std::tolower(static_cast<unsigned char>(p)); });
 }
 
 bool json_lines(const std::string& path) {
-  return path == "-" || ends_with(path, ".jsonl") || ends_with(path, ".json");
+  return path == "-" || ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || ends_with(path, ".json");
 }
 
-// Every line of `path` ("-": standard input), with its number; the input is read whole. A UTF-8
-// byte-order mark is not text (qarac-prep drops it too).
+// Every line of `path` ("-": standard input), read whole, each held to LineFile's longest (a
+// binary file given by mistake fails at once) and a read error said (a closed standard input
+// too). A UTF-8 byte-order mark is not text (qarac-prep drops it too).
 std::vector<std::string> lines_of(const std::string& path) {
-  std::ifstream file;
-  if (path != "-") {
+  std::unique_ptr<data::LineFile> file;
+  if (path == "-") {
+    file = std::make_unique<data::LineFile>(0, "standard input");
+  } else {
     std::error_code ec;
     QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not a file of texts");
-    file.open(path, std::ios::binary);
-    QARAC_INPUT_CHECK(file.good(), path, ": cannot read");
+    file = std::make_unique<data::LineFile>(path);
   }
-  std::istream& in = path == "-" ? std::cin : file;
   std::vector<std::string> lines;
   std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+  while (file->next(line)) {
     if (lines.empty() && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
     lines.push_back(line);
   }
-  QARAC_INPUT_CHECK(!in.bad(), path == "-" ? "standard input" : path, ": read failed");
   return lines;
+}
+
+// InputError at `where` for text no tokenizer should be given: invalid UTF-8 or a NUL byte (the
+// checks qarac-prep makes of its inputs).
+void check_text(const std::string& text, const std::string& where) {
+  const size_t bad = data::find_invalid_utf8(text);
+  QARAC_INPUT_CHECK(bad == std::string::npos, where, ": invalid UTF-8 at byte ", bad,
+                    " (convert the file to UTF-8, e.g. with iconv)");
+  const size_t nul = text.find('\0');
+  QARAC_INPUT_CHECK(nul == std::string::npos, where, ": a NUL byte at byte ", nul,
+                    ", which no text holds (a UTF-16 file? convert it: iconv -f UTF-16 -t UTF-8)");
 }
 
 // A .npy header's text in a message: its padding and closing newline left out.
@@ -191,6 +207,24 @@ Device parse_device(const std::string& name) {
 
 bool json_lines_input(const std::string& path) { return json_lines(path) && path != "-"; }
 
+void check_output_spares(const std::string& output, const std::vector<std::string>& inputs,
+                         const std::vector<std::string>& folders) {
+  namespace fs = std::filesystem;
+  if (output == "-") return;
+  std::error_code ec;
+  for (const std::string& input : inputs)
+    QARAC_INPUT_CHECK(input == "-" || input.empty() || !fs::equivalent(output, input, ec), "--output ", output,
+                      " is the input ", input, ": writing it would destroy what is read");
+  const fs::path written = fs::weakly_canonical(fs::absolute(output, ec), ec);
+  for (const std::string& folder : folders) {
+    if (folder.empty()) continue;
+    const fs::path kept = fs::weakly_canonical(fs::absolute(folder, ec), ec);
+    const bool inside = std::mismatch(kept.begin(), kept.end(), written.begin(), written.end()).first == kept.end();
+    QARAC_INPUT_CHECK(kept.empty() || !inside, "--output ", output, " is inside the model folder ", folder,
+                      ": writing it would damage the model");
+  }
+}
+
 std::vector<std::string> read_texts(const std::string& path, const std::string& field) {
   const bool json = json_lines_input(path);
   std::vector<std::string> texts;
@@ -201,20 +235,22 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
       skipped.push_back(i + 1);
       continue;
     }
+    const std::string where = (path == "-" ? std::string("standard input") : path) + ":" + std::to_string(i + 1);
     if (!json) {
+      check_text(lines[i], where);
       texts.push_back(lines[i]);
       continue;
     }
     const nlohmann::json j = nlohmann::json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
-    const std::string where = path + ":" + std::to_string(i + 1);
     QARAC_INPUT_CHECK(!j.is_discarded(), where, ": not JSON");
     if (j.is_string()) {
       texts.push_back(j.get<std::string>());
-      continue;
+    } else {
+      QARAC_INPUT_CHECK(j.is_object() && j.contains(field) && j[field].is_string(), where,
+                        ": no string field \"", field, "\" (see --field)");
+      texts.push_back(j[field].get<std::string>());
     }
-    QARAC_INPUT_CHECK(j.is_object() && j.contains(field) && j[field].is_string(), where,
-                      ": no string field \"", field, "\" (see --field)");
-    texts.push_back(j[field].get<std::string>());
+    check_text(texts.back(), where);  // a JSON string may hold \u0000
   }
   // Said, because row i of the output is then not line i of the input.
   if (!skipped.empty())

@@ -20,10 +20,11 @@ struct Vectors {
 // "cpu" or "cuda" (device 0, which must exist); InputError otherwise.
 Device parse_device(const std::string& name);
 
-// The texts of `path` ("-": standard input): JSON lines when it ends in .jsonl or .json (each
-// line an object whose `field` is a string, or a JSON string), else one text per line. Empty
-// lines are skipped, with a warning naming the first. InputError naming file:line for a line
-// that is not what the format says.
+// The texts of `path` ("-": standard input): JSON lines when it ends in .jsonl, .ndjson or
+// .json, in any case (each line an object whose `field` is a string, or a JSON string), else one
+// text per line. Empty lines are skipped, with a warning naming the first. InputError naming
+// file:line for a line that is not what the format says or a text that is no text (invalid
+// UTF-8, a NUL byte).
 std::vector<std::string> read_texts(const std::string& path, const std::string& field);
 // Whether read_texts reads `path` as JSON lines (its `field` then matters).
 bool json_lines_input(const std::string& path);
@@ -35,7 +36,13 @@ std::vector<std::vector<int32_t>> tokenize_texts(const data::Tokenizer& tokenize
                                                  const std::vector<std::string>& texts,
                                                  int64_t max_tokens, const std::string& source);
 
-// By the extension: .npy (a little-endian f32 [rows, cols] array, C order), .h5 (dataset
+// InputError when writing `output` would destroy what the program reads: one of `inputs` (files;
+// "-" and missing ones pass) or anything in one of `folders` (model exports). Compared by what
+// the paths name on disk, so a link or another spelling of the same file is caught too.
+void check_output_spares(const std::string& output, const std::vector<std::string>& inputs,
+                         const std::vector<std::string>& folders);
+
+// By the extension, in any case: .npy (a little-endian f32 [rows, cols] array, C order), .h5 (dataset
 // "vectors" [rows, cols] f32) or .jsonl/"-" (one {"vector": [...]} per line, to standard
 // output for "-"); floats written with 9 significant digits, which read back exactly.
 void write_vectors(const std::string& path, const Vectors& vectors);

@@ -1,6 +1,7 @@
 // What --version prints (version.h).
 #include "cli/version.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
@@ -37,8 +38,13 @@ std::string version_text(const char* program) {
 }
 
 int print_version(const char* program) {
-  std::fputs(version_text(program).c_str(), stdout);
-  return 0;
+  errno = 0;
+  const bool written = std::fputs(version_text(program).c_str(), stdout) >= 0 && std::fflush(stdout) == 0;
+  if (written && !std::ferror(stdout)) return 0;
+  const int err = errno;  // as cli::check_standard_output says it
+  std::fprintf(stderr, "%s: error: standard output: write failed%s%s: what was printed is incomplete\n", program,
+               err != 0 ? ": " : "", err != 0 ? std::strerror(err) : "");
+  return 2;
 }
 
 }  // namespace qarac::cli

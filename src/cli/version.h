@@ -14,7 +14,8 @@ bool version_requested(int argc, char** argv);
 // The report, one "key  value" line each, the first "<program> <version>".
 std::string version_text(const char* program);
 
-// Writes version_text to stdout; returns the exit status (0).
+// Writes version_text to stdout; returns the exit status: 0, or 2 (said on stderr) when standard
+// output could not take it all.
 int print_version(const char* program);
 
 }  // namespace qarac::cli

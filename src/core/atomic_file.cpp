@@ -1,4 +1,4 @@
-// AtomicFile and sync_folder (core/atomic_file.h).
+// AtomicFile, sync_folder and check_input_file (core/atomic_file.h).
 #include "core/atomic_file.h"
 
 #include <fcntl.h>
@@ -113,6 +113,15 @@ void AtomicFile::commit() {
 
 void AtomicFile::fail(const std::string& what, int err) const {
   throw InputError(detail::concat(path_, ": ", what, ": ", std::strerror(err)));
+}
+
+void check_input_file(const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status)) return;
+  if (std::filesystem::is_directory(status)) throw InputError(path + ": is a directory, not a file");
+  if (!std::filesystem::is_regular_file(status))
+    throw InputError(path + ": not a regular file (a pipe, a device or a socket): give the file itself");
 }
 
 void sync_folder(const std::string& dir) {

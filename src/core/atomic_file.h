@@ -61,4 +61,9 @@ class AtomicFile {
 // InputError naming `dir` and errno's text.
 void sync_folder(const std::string& dir);
 
+// The reading side: InputError naming `path` when it is a directory, a FIFO, a device or a socket,
+// which no input file of the programs may be (opening a FIFO waits for a writer for good,
+// /dev/zero never ends). A missing path passes: the open that follows says so.
+void check_input_file(const std::string& path);
+
 }  // namespace qarac

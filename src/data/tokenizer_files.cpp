@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "data/json_brief.h"
 #include "data/tokenizer_tables.h"
 
@@ -32,9 +33,9 @@ using detail::TokenizerTables;
 constexpr uintmax_t kMaxFileBytes = uintmax_t{256} << 20;
 
 std::string read_file(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail(path, "is a directory, not a file");
+  check_input_file(path);
   std::ifstream in(path, std::ios::binary);
+  std::error_code ec;
   if (!in) fail(path, "cannot open (", std::strerror(errno), ")");
   const uintmax_t bytes = std::filesystem::file_size(path, ec);
   if (!ec && bytes > kMaxFileBytes)

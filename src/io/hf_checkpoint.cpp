@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "core/log.h"
 #include "io/hf_config.h"
 #include "io/hf_weights.h"
@@ -31,6 +32,7 @@ bool starts_with(const std::string& s, const std::string& prefix) {
 
 // Refuses a directory without config.json.
 void require_config(const fs::path& dir) {
+  check_input_file((dir / "config.json").string());  // a directory or a pipe is no config.json
   std::error_code ec;
   QARAC_INPUT_CHECK(fs::is_regular_file(dir / "config.json", ec), dir.string(),
                     ": config.json is missing (a Hugging Face model directory needs config.json",
@@ -79,7 +81,8 @@ HfRoberta read_hf_roberta(const std::string& dir) {
 
   HfRoberta model;
   model.dir = dir;
-  model.config = read_hf_config((root / "config.json").string());
+  bool is_decoder = false;
+  model.config = read_hf_config((root / "config.json").string(), &is_decoder);
   const std::string& weights = model.weights;
   std::vector<std::string> skipped;
   // A NaN or an infinity in a starting point poisons the first step; it is refused here, naming
@@ -106,6 +109,11 @@ HfRoberta read_hf_roberta(const std::string& dir) {
       " names like 'roberta.embeddings.word_embeddings.weight'); found only: ", name_list(skipped));
   check_config_against_weights(model.config, model.encoder, (root / "config.json").string(), weights);
 
+  // A decoder (a QARAC decoder export: is_decoder, its layers beyond the encoder's) read as an
+  // encoder loses what made it one: allowed, as Hugging Face allows it, but not in a quiet line.
+  if (is_decoder)
+    log::warn(dir, ": config.json says is_decoder, but it is read as an encoder (bidirectional)",
+              skipped.empty() ? "" : detail::concat(", without its ", skipped.size(), " other tensors"));
   if (!skipped.empty())
     log::info(weights, ": skipped ", skipped.size(),
               " tensors that are neither encoder nor lm_head: ", name_list(skipped));

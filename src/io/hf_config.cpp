@@ -138,6 +138,7 @@ class ConfigReader {
 }  // namespace
 
 RobertaConfig read_hf_config(const std::string& path, bool* is_decoder, bool* tie_word_embeddings) {
+  check_input_file(path);
   std::ifstream in(path);
   QARAC_INPUT_CHECK(in, path, ": cannot open for reading (", std::strerror(errno), ")");
   std::error_code ec;

@@ -69,6 +69,20 @@ void replace_folder(const fs::path& from, const fs::path& to) {
   fs::remove_all(old, ec);
 }
 
+void write_folder(const fs::path& folder, const std::function<void(const fs::path&)>& write) {
+  const fs::path temp = folder.string() + ".tmp";
+  std::error_code ec;
+  fs::remove_all(temp, ec);
+  try {
+    write(temp);
+    replace_folder(temp, folder);
+  } catch (const InputError&) {
+    fs::remove_all(temp, ec);
+    throw;
+  }
+  sync_folder(folder.parent_path().string());
+}
+
 TensorMap master_tensors(const ParameterList& params) {
   TensorMap out;
   for (const Parameter* p : params) {

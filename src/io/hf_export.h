@@ -10,6 +10,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include "io/export_files.h"
@@ -22,6 +23,11 @@ namespace qarac::io {
 // Puts the folder `from` where `to` is, replacing the folder there in one step where the file
 // system allows (see the .cpp). InputError naming `to` when it cannot.
 void replace_folder(const std::filesystem::path& from, const std::filesystem::path& to);
+// Writes `folder` whole or not at all: write(temp) fills "<folder>.tmp" (one a killed run left is
+// removed first), which then replaces `folder` and is synced into its parent. An InputError on
+// the way (a full disk) leaves the previous folder as it was and no "<folder>.tmp": a set of
+// models written this way never mixes models of two steps.
+void write_folder(const std::filesystem::path& folder, const std::function<void(const std::filesystem::path&)>& write);
 
 // The master weights of `params` by name, as f32 CPU copies: what an export stores.
 TensorMap master_tensors(const ParameterList& params);

@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace qarac::io {
@@ -60,6 +61,8 @@ TensorMap read_hf_weights(const std::string& dir, std::string* source) {
   const fs::path root(dir);
   std::error_code ec;
   const fs::path single = root / "model.safetensors", index = root / "model.safetensors.index.json";
+  check_input_file(single.string());  // a directory or a pipe there is not "missing"
+  check_input_file(index.string());
   const fs::path& used = fs::is_regular_file(single, ec) ? single : index;
   if (source) *source = used.string();
   if (used == single) return read_safetensors(single.string());

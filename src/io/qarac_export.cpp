@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "core/atomic_file.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_config.h"
 #include "io/hf_weights.h"
@@ -27,6 +28,7 @@ LoadedModel<Model> read_export(const std::string& dir, bool decoder, TensorMap& 
   QARAC_INPUT_CHECK(fs::is_directory(dir, ec), dir, ": is not a directory (expected a QARAC export",
                     " with config.json, model.safetensors and the tokenizer files)");
   const fs::path config = fs::path(dir) / "config.json";
+  check_input_file(config.string());  // a directory or a pipe is no config.json
   QARAC_INPUT_CHECK(fs::is_regular_file(config, ec), dir, ": config.json is missing");
   bool is_decoder = false;
   const RobertaConfig model_config = read_hf_config(config.string(), &is_decoder, tie_word_embeddings);

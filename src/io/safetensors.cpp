@@ -198,9 +198,7 @@ class HeaderParser {
 }  // namespace
 
 TensorMap read_safetensors(const std::string& path, Metadata* metadata) {
-  std::error_code ec;
-  QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path,
-                    ": is a directory, expected a .safetensors file");
+  check_input_file(path);
   std::ifstream in(path, std::ios::binary);
   QARAC_INPUT_CHECK(in, path, ": cannot open for reading (", std::strerror(errno), ")");
   in.seekg(0, std::ios::end);

@@ -103,22 +103,14 @@ void BestExport::consider(int64_t step, const std::map<std::string, double>& met
     ++since_best_;
     return;
   }
-  const std::string temp = folder_ + ".tmp";
-  std::error_code ec;
-  fs::remove_all(temp, ec);  // an export that died midway
-  try {
-    write(temp);
+  io::write_folder(folder_, [&](const fs::path& temp) {
+    write(temp.string());
     const nlohmann::json note = {{"metric", metric_}, {"value", value}, {"step", step}};
     const std::string text = note.dump(2) + "\n";
-    AtomicFile file((fs::path(temp) / "best.json").string());
+    AtomicFile file((temp / "best.json").string());
     file.write(text.data(), text.size());
     file.commit();
-    io::replace_folder(temp, folder_);
-  } catch (const InputError&) {
-    fs::remove_all(temp, ec);  // a failed export (a full disk) leaves the previous best, and nothing else
-    throw;
-  }
-  sync_folder(fs::path(folder_).parent_path().string());
+  });
   best_ = value;
   best_step_ = step;
   since_best_ = 0;

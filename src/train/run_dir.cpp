@@ -58,6 +58,12 @@ void check_output_dir(const std::string& output, bool resume) {
     for (fs::directory_iterator it(output, ec), end; !ec && it != end; it.increment(ec))
       if ((run = is_run_entry(it->path().filename()))) break;
     QARAC_INPUT_CHECK(run, "--resume: ", output, " is not a run directory (no config.ini, metrics.jsonl or checkpoints/)");
+    // The folders the run writes into must be folders: found now, not after the whole run.
+    for (const char* folder : {"checkpoints", "export", "best"}) {
+      const fs::path path = fs::path(output) / folder;
+      QARAC_INPUT_CHECK(!fs::exists(fs::symlink_status(path, ec)) || fs::is_directory(path, ec), "--resume: ",
+                        path.string(), " is not a directory (the run writes its ", folder, " there): move it away");
+    }
     return;
   }
   if (!exists) return;

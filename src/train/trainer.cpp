@@ -16,6 +16,7 @@
 
 #include "core/atomic_file.h"
 #include "core/log.h"
+#include "io/hf_export.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/task_plan.h"
 #include "train/best_export.h"
@@ -532,7 +533,8 @@ void Trainer::Impl::export_models() {
   training.sync->gather_to_root("export");
   if (!place.root()) return;
   metrics.end_progress_line();
-  training.workload->export_models(output + "/export", extras());
+  // As one set (io::write_folder): never models of two steps after a full disk or a kill.
+  io::write_folder(output + "/export", [&](const fs::path& temp) { training.workload->export_models(temp, extras()); });
 }
 
 Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)

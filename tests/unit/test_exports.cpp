@@ -296,6 +296,30 @@ TEST_F(ExportsTest, ShardedSafetensorsLoad) {
                      {sharded.string(), "pytorch_model.bin", "convert it to safetensors first"});
 }
 
+// io::write_folder, which export/ and best/ are written with: the new set whole, or after a
+// failure (a full disk) the old one as it was, and no temporary folder either way.
+TEST_F(ExportsTest, WriteFolderReplacesTheWholeSetOrNothing) {
+  const fs::path set = tmp_.path / "set";
+  const auto write = [](const fs::path& dir, const std::vector<std::string>& names, const std::string& text) {
+    fs::create_directories(dir);
+    for (const std::string& name : names) std::ofstream(dir / name) << text;
+  };
+  io::write_folder(set, [&](const fs::path& temp) { write(temp, {"a", "b"}, "1"); });
+  EXPECT_EQ(read_file(set / "a") + read_file(set / "b"), "11");
+  expect_input_error([&] {
+    io::write_folder(set, [&](const fs::path& temp) {
+      write(temp, {"a"}, "2");
+      throw InputError("model.safetensors: No space left on device");
+    });
+  }, {"No space left on device"});
+  EXPECT_EQ(read_file(set / "a") + read_file(set / "b"), "11");
+  EXPECT_FALSE(fs::exists(tmp_.path / "set.tmp"));
+  io::write_folder(set, [&](const fs::path& temp) { write(temp, {"a"}, "3"); });
+  EXPECT_EQ(read_file(set / "a"), "3");
+  EXPECT_FALSE(fs::exists(set / "b")) << "a file of the old set was kept";
+  EXPECT_FALSE(fs::exists(tmp_.path / "set.tmp"));
+}
+
 // .npy and JSON lines read back what was written; .h5 is written.
 TEST_F(ExportsTest, VectorFilesRoundTrip) {
   cli::Vectors v;
@@ -597,6 +621,42 @@ TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
                      std::to_string(max_tokens) + " tokens at most");
   r = run_command(generate + " --max-tokens " + std::to_string(max_tokens));
   EXPECT_EQ(r.code, 0) << r.output;
+  expect_refused(run_command(generate + " --max-tokens 0"), "--max-tokens must be at least 1, got 0");
+
+  // An output that is an input, by another name too, or lies in a model folder: refused, the
+  // file unharmed (before: overwritten, exit 0).
+  const std::string vectors_jsonl = (tmp_.path / "vectors.jsonl").string();
+  r = run_command(embed + " --output " + vectors_jsonl);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string texts_before = read_file(texts.string());
+  expect_refused(run_command(embed + " --output " + texts.string()),
+                 "--output " + texts.string() + " is the input " + texts.string());
+  fs::create_symlink(texts, tmp_.path / "link.jsonl");
+  expect_refused(run_command(embed + " --output " + (tmp_.path / "link.jsonl").string()), "is the input");
+  EXPECT_EQ(read_file(texts.string()), texts_before);
+  const std::string vectors_before = read_file(vectors_jsonl);
+  expect_refused(run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --vectors " + vectors_jsonl +
+                             " --output " + vectors_jsonl),
+                 "is the input " + vectors_jsonl);
+  EXPECT_EQ(read_file(vectors_jsonl), vectors_before);
+  expect_refused(run_command(generate + " --output " + dec + "/config.json"),
+                 "--output " + dec + "/config.json is inside the model folder " + dec);
+  // Texts that are no text: refused as qarac-prep refuses them.
+  std::ofstream(tmp_.path / "bad.txt") << "abc\xff def\n";
+  expect_refused(run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " +
+                             (tmp_.path / "bad.txt").string()),
+                 (tmp_.path / "bad.txt").string() + ":1: invalid UTF-8 at byte 3");
+  // JSON lines by any case of the extension (before: .JSONL embedded each line's JSON text).
+  std::ofstream(tmp_.path / "upper.JSONL") << nlohmann::json{{"text", kTexts[0]}}.dump() << "\n";
+  std::ofstream(tmp_.path / "plain_one.txt") << kTexts[0] << "\n";
+  const std::string upper_npy = (tmp_.path / "upper.NPY").string(), plain_npy = (tmp_.path / "plain.npy").string();
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + (tmp_.path / "upper.JSONL").string() +
+                  " --output " + upper_npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " +
+                  (tmp_.path / "plain_one.txt").string() + " --output " + plain_npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(cli::read_vectors(upper_npy).values, cli::read_vectors(plain_npy).values);
 }
 
 }  // namespace

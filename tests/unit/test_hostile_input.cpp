@@ -727,7 +727,8 @@ TEST_F(Hostile, BenchRefusesSizesItCannotRunWithOneLine) {
            {"--warmup -1", "--warmup must be at least 0, got -1"},
            {"--heads 0", "--heads must be at least 1, got 0"},
            {"--vocab 4294967296", "--vocab must be at most 2147483647 (token ids are int32), got 4294967296"},
-           {"--dtype bf16", "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)"}}) {
+           {"--dtype bf16", "--dtype bf16 needs --device cuda (the CPU backend computes in f32 or f64)"},
+           {"--preset base --hidden 32", "--preset base sets --hidden: give one or the other"}}) {
     const auto r = run_command(kBench + " " + options);
     EXPECT_EQ(r.code, 2) << options << "\n" << r.output;
     EXPECT_NE(r.output.find("qarac-bench: error: " + message + "\n"), std::string::npos) << r.output;

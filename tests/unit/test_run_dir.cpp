@@ -139,6 +139,16 @@ TEST_F(RunDirCli, RunWithoutACheckpointResumesFromStepZero) {
   const CliResult refused = train(other, "--resume");
   EXPECT_EQ(refused.code, 2) << refused.output;
   EXPECT_NE(refused.output.find("is not a run directory"), std::string::npos) << refused.output;
+  // export/ that is a file: refused at the start, not after the run (before: trained, then
+  // failed to export).
+  fs::remove_all(run / "export");
+  std::ofstream(run / "export") << "junk\n";
+  const CliResult blocked = train(run, "--resume --train.steps 4" + eval_args());
+  EXPECT_EQ(blocked.code, 2) << blocked.output;
+  EXPECT_NE(blocked.output.find((run / "export").string() + " is not a directory (the run writes its export there)"),
+            std::string::npos) << blocked.output;
+  EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-0000000003")) << "a step ran";
+  EXPECT_FALSE(fs::exists(run / "checkpoints" / "step-0000000004")) << "a step ran";
 }
 
 // Killed after the lines of steps 3 and 4 (and half of step 5's) but before the checkpoint of
