@@ -89,9 +89,11 @@ const Tensor& require(const TensorMap& m, const std::string& name, const std::st
   return *t;
 }
 
-// The dump is input: every tensor is checked before use. The inputs are integer [B, S] ids of the
-// vocabulary and a 0/1 mask whose rows fit the position table; everything else is floating
-// point of the size the comparison reads ([B, S, d] states, one loss).
+// The dump is input: every tensor is checked before use, so that bad input is one error line,
+// not a failure after part of the table. The inputs are integer [B, S] ids of the vocabulary and
+// a 0/1 mask of trailing padding (the real tokens of a row first, as the positions count them)
+// whose rows fit the position table; everything else is floating point of the shape the
+// comparison reads ([B, S, d] states and R, one loss).
 void check_expected(const TensorMap& expected, const std::string& file, const RobertaConfig& config) {
   for (const auto& [name, t] : expected) {
     const bool input = name == "input_ids" || name == "attention_mask";
@@ -112,6 +114,8 @@ void check_expected(const TensorMap& expected, const std::string& file, const Ro
     for (int64_t t = 0; t < seq; ++t) {
       const size_t i = static_cast<size_t>(b * seq + t);
       QARAC_INPUT_CHECK(m[i] == 0 || m[i] == 1, file, ": attention_mask holds ", m[i], ", expected 0 or 1");
+      QARAC_INPUT_CHECK(m[i] == 0 || length == t, file, ": attention_mask row ", b, " has a 1 at position ", t,
+                        " after a 0 (padding must be trailing)");
       QARAC_INPUT_CHECK(!m[i] || (id[i] >= 0 && id[i] < config.vocab_size), file, ": input_ids holds ", id[i],
                         ", outside the vocabulary [0, ", config.vocab_size, ")");
       length += m[i];
@@ -122,11 +126,12 @@ void check_expected(const TensorMap& expected, const std::string& file, const Ro
   }
   // Nothing to compare: the gradients of an empty batch are no check of anything.
   QARAC_INPUT_CHECK(real_tokens > 0, file, ": attention_mask marks no real token (input_ids ", ids.str(), ")");
-  const int64_t states = ids.numel() * config.hidden_size;
+  require(expected, "R", file);
+  const Shape states = {ids.size(0), ids.size(1), config.hidden_size};
   for (const char* name : {"last_hidden_state", "last_hidden_state_causal", "R"})
     if (const Tensor* t = find(expected, name))
-      QARAC_INPUT_CHECK(t->numel() == states, file, ": ", name, " has shape ", shape_str(t->shape()),
-                        ", expected [B, S, d] = ", shape_str({ids.size(0), ids.size(1), config.hidden_size}));
+      QARAC_INPUT_CHECK(t->shape() == states, file, ": ", name, " has shape ", shape_str(t->shape()),
+                        ", expected [B, S, d] = ", shape_str(states));
   if (const Tensor* loss = find(expected, "loss"))
     QARAC_INPUT_CHECK(loss->numel() == 1, file, ": loss has shape ", shape_str(loss->shape()), ", expected one value");
 }
@@ -203,6 +208,10 @@ int run(int argc, char** argv) {
 
   RobertaEncoder encoder(hf.config, dtype, device);
   io::assign_parameters(encoder.parameters(), hf.encoder, hf.weights);
+  for (const Parameter* p : encoder.parameters())
+    if (const Tensor* ref = find(expected, "grad." + p->name))
+      QARAC_INPUT_CHECK(ref->shape() == p->grad.shape(), expected_file, ": grad.", p->name, " has shape ",
+                        shape_str(ref->shape()), ", expected ", shape_str(p->grad.shape()));
 
   std::printf("qarac-parity: %s, B=%lld S=%lld (%lld real tokens) d=%lld layers=%lld, %s %s\n",
               dir.c_str(), static_cast<long long>(ids.size(0)), static_cast<long long>(ids.size(1)),
@@ -248,8 +257,6 @@ int run(int argc, char** argv) {
     const std::string name = "grad." + p->name;
     checked.insert(name);
     if (const Tensor* ref = find(expected, name)) {
-      QARAC_INPUT_CHECK(ref->shape() == p->grad.shape(), expected_file, ": ", name, " has shape ",
-                        shape_str(ref->shape()), ", expected ", shape_str(p->grad.shape()));
       grads.emplace_back(name, compare(p->grad, *ref));
       grad_scale = std::max(grad_scale, grads.back().second.max_ref);
     } else {

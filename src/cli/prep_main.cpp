@@ -267,8 +267,17 @@ int build(int argc, char** argv) {
                       "without them");
   }
   std::error_code ec;
-  std::filesystem::create_directories(out_dir, ec);
+  const bool created = std::filesystem::create_directories(out_dir, ec);
   QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());
+  // A run that fails removes the output directory it created, if it left nothing there.
+  struct RemovedIfLeftEmpty {
+    std::string dir;
+    bool created;
+    ~RemovedIfLeftEmpty() {
+      std::error_code ignored;  // a directory that is not empty stays
+      if (created && std::uncaught_exceptions() > 0) std::filesystem::remove(dir, ignored);
+    }
+  } const created_dir{out_dir, created};
   // What a killed run leaves behind (SIGKILL: no handler removes them), said rather than removed:
   // on a shared file system the writer may be a live run on another node.
   std::string leftovers;

@@ -690,6 +690,15 @@ TEST_F(Hostile, PrepRefusesChunksBeyondTheLimit) {
             std::string::npos) << r.output;
 }
 
+// Before: the output directory stayed behind, empty.
+TEST_F(Hostile, PrepRemovesTheOutputDirectoryItCreatedWhenItFails) {
+  const auto r = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --out " + path("out") + " --text " +
+                             path("nonexistent.txt"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(path("nonexistent.txt") + ": cannot open"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(path("out")));
+}
+
 // Before: internal errors (exit 1) for each.
 TEST_F(Hostile, ParityRefusesBadDumpsAndOptionsWithOneLine) {
   for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(kTinyDev / f, dir_ / f);
@@ -715,6 +724,29 @@ TEST_F(Hostile, ParityRefusesBadDumpsAndOptionsWithOneLine) {
   io::write_safetensors(path("expected.safetensors"), expected);
   one_error_line(kParity + " " + dir_.string(),
                  path("expected.safetensors") + ": attention_mask marks no real token (input_ids i64[3, 12] cpu)");
+  // Before: compared as a numeric failure (exit 1), or passed with the states of another shape,
+  // or failed after printing part of the table.
+  const TensorMap good = io::read_safetensors((kTinyDev / "expected.safetensors").string());
+  expected = good;
+  Tensor hole = expected["attention_mask"].to(DType::i64).clone();
+  hole.data<int64_t>()[0] = 0;
+  expected["attention_mask"] = hole;
+  io::write_safetensors(path("expected.safetensors"), expected);
+  one_error_line(kParity + " " + dir_.string(), path("expected.safetensors") +
+                                                    ": attention_mask row 0 has a 1 at position 1 after a 0 "
+                                                    "(padding must be trailing)");
+  expected = good;
+  const Shape states = expected["last_hidden_state"].shape();
+  expected["last_hidden_state"] = expected["last_hidden_state"].reshape({states[0] * states[1], states[2]});
+  io::write_safetensors(path("expected.safetensors"), expected);
+  one_error_line(kParity + " " + dir_.string(), path("expected.safetensors") + ": last_hidden_state has shape [" +
+                                                    std::to_string(states[0] * states[1]) + ", 32], expected [B, S, d] = [3, 12, 32]");
+  expected = good;
+  expected.erase("R");
+  io::write_safetensors(path("expected.safetensors"), expected);
+  one_error_line(kParity + " " + dir_.string(), path("expected.safetensors") + ": tensor 'R' is missing");
+  EXPECT_EQ(run_command(kParity + " " + dir_.string()).output.find("max_abs_err"), std::string::npos)
+      << "a table before the error";
 }
 
 // Before: undefined behaviour (a token or label range drawn from [3, 2] or [0, -1]), a negative
