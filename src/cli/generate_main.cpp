@@ -64,6 +64,9 @@ int main(int argc, char** argv) {
     cli::Vectors vectors;
     if (vectors_path.empty()) {
       cli::Encoder encoder = io::load_encoder_export(encoder_dir, DType::f32, device);
+      // Texts encoded with one vocabulary and decoded with another would read as other words.
+      QARAC_INPUT_CHECK(encoder.tokenizer.hash() == decoder.tokenizer.hash(), encoder_dir, " and ", decoder_dir,
+                        " carry different tokenizers");
       vectors = cli::encode_texts(encoder, input, field, batch, device);
     } else {
       vectors = cli::read_vectors(vectors_path);

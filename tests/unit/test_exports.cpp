@@ -641,6 +641,19 @@ TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
   EXPECT_EQ(read_file(vectors_jsonl), vectors_before);
   expect_refused(run_command(generate + " --output " + dec + "/config.json"),
                  "--output " + dec + "/config.json is inside the model folder " + dec);
+  // An encoder and a decoder of different vocabularies: the texts would decode as other words.
+  const fs::path other_dec = tmp_.path / "other_decoder";
+  fs::copy(dec, other_dec);
+  nlohmann::json tokenizer = read_json(other_dec / "tokenizer.json");
+  nlohmann::json& vocab = tokenizer["model"]["vocab"];
+  const auto first = vocab.begin(), second = std::next(vocab.begin());
+  const nlohmann::json swapped = first.value();
+  first.value() = second.value();
+  second.value() = swapped;
+  std::ofstream(other_dec / "tokenizer.json") << tokenizer.dump();
+  expect_refused(run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + other_dec.string() + " --encoder " +
+                             ae + " --input " + texts.string()),
+                 ae + " and " + other_dec.string() + " carry different tokenizers");
   // Texts that are no text: refused as qarac-prep refuses them.
   std::ofstream(tmp_.path / "bad.txt") << "abc\xff def\n";
   expect_refused(run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " +
