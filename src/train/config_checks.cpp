@@ -54,6 +54,7 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
     return "with optimizer.decay constant";
   if (key == "optimizer.decay_exempt" && c.weight_decay == 0 && c.decay_exempt != defaults.decay_exempt)
     return "while optimizer.weight_decay is 0";
+  if (key == "parallel.share_gpus" && c.device != "cuda" && c.share_gpus) return "with train.device " + c.device;
   return "";
 }
 

@@ -89,6 +89,22 @@ TEST(Hash64Pieces, HashLikeTheWholeWhateverTheCuts) {
 
 // Before: POSIX getline took any length, and a line of a binary file given by mistake was read
 // whole. Now a line past 64 MiB is refused, naming the file and the line.
+// Before: opening a FIFO waited for a writer for good (a tokenizer, a config.json, a weights or
+// reference file); a link to a device read until memory ran out.
+TEST_F(Hostile, InputFilesThatArePipesOrDevicesAreRefusedUnopened) {
+  const std::string fifo = path("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string refused = ": not a regular file (a pipe, a device or a socket): give the file itself";
+  expect_input_error([&] { Tokenizer::from_json(fifo); }, {fifo + refused});
+  expect_input_error([&] { io::read_safetensors(fifo); }, {fifo + refused});
+  expect_input_error([&] { io::read_hf_config(fifo); }, {fifo + refused});
+  fs::create_symlink("/dev/zero", dir_ / "zeros");
+  expect_input_error([&] { Tokenizer::from_json(path("zeros")); }, {path("zeros") + refused});
+  // In a model folder: "config.json is missing" was said of a folder or a pipe of that name.
+  fs::create_directories(dir_ / "model" / "config.json");
+  expect_input_error([&] { io::read_hf_roberta(path("model")); }, {path("model/config.json") + ": is a directory"});
+}
+
 TEST_F(Hostile, AnOverlongLineIsRefusedNamingTheLine) {
   const std::string file = path("corpus.txt");
   {

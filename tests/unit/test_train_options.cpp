@@ -91,6 +91,7 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error("--optimizer.name AdamW --optimizer.momentum_decay 0.01", {"'AdamW'", "adamw or nadam"});
   expect_usage_error("--optimizer.weight_decay 0 --optimizer.decay_exempt bias_norm",
                      {"optimizer.decay_exempt: has no effect while optimizer.weight_decay is 0"});
+  expect_usage_error("--parallel.share_gpus true", {"parallel.share_gpus: has no effect with train.device cpu"});
   expect_usage_error("--optimizer.decay_exempt all", {"optimizer.decay_exempt: unknown weight-decay exemption 'all'",
                                                       "none or bias_norm"});
 }
