@@ -43,12 +43,14 @@ struct Ranked {
   data::Candidates candidates;
 };
 
-// InputError unless `ids` fits the encoders' positions; `where` names the sequence.
-void check_fits(const std::vector<int32_t>& ids, const Encoder& encoder, const std::string& where) {
+// InputError unless `ids` fits the encoders' positions; `where` names the sequence. A stream was
+// made with too large a --max-length; a TSV's sentence is cut only by making a stream of it.
+void check_fits(const std::vector<int32_t>& ids, const Encoder& encoder, const std::string& where, bool tsv = false) {
   const int64_t max_tokens = encoder.config.max_tokens();
   QARAC_INPUT_CHECK(static_cast<int64_t>(ids.size()) <= max_tokens, where, " has ", ids.size(),
-                    " tokens, more than the ", max_tokens, " ", encoder.dir, " reads (prepare it with qarac-prep ",
-                    "--max-length ", max_tokens, ")");
+                    " tokens, more than the ", max_tokens, " ", encoder.dir, " reads (",
+                    tsv ? "qarac-prep --wikiqa with --max-length " : "prepare it with qarac-prep --max-length ",
+                    max_tokens, tsv ? " cuts it: rank that stream)" : ")");
 }
 
 Ranked from_stream(const std::string& stream, const Encoder& question, const Encoder& answer,
@@ -83,19 +85,20 @@ Ranked from_wikiqa(const std::string& tsv, const Encoder& question, const Encode
   const data::Tokenizer& t = question.tokenizer;
   const data::Format format = data::Format::wikiqa;
   // A sentence too long for the encoders is refused here (qarac-prep --max-length cuts them).
-  data::read_examples(tsv, format, data::default_encoding(format), data::OnError::skip, [&](data::Example&& e) {
+  // Malformed rows end the ranking, as they end qarac-prep (its default --on-error fail).
+  data::read_examples(tsv, format, data::default_encoding(format), data::OnError::fail, [&](data::Example&& e) {
     if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) return;
     const std::string where = tsv + ": the question of line " + std::to_string(e.line);
     r.questions.push_back(t.encode(e.fields[0]));
-    check_fits(r.questions.back(), question, where);
+    check_fits(r.questions.back(), question, where, true);
     r.answers.push_back(t.encode(e.fields[1]));
-    check_fits(r.answers.back(), answer, where + ", its answer,");
+    check_fits(r.answers.back(), answer, where + ", its answer,", true);
     data::Ragged& s = r.candidates.sentences;
     for (const std::string& c : e.candidates) {
       const size_t begin = s.tokens.size();
       t.encode_append(c, s.tokens);
       check_fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()), answer,
-                 where + ", a candidate sentence of it,");
+                 where + ", a candidate sentence of it,", true);
       s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
     }
     r.candidates.offsets.push_back(s.count());
@@ -113,6 +116,7 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   const Ranked r = tsv ? from_wikiqa(source, question, answer, max_examples)
                        : from_stream(source, question, answer, max_examples);
   const auto n = static_cast<int64_t>(r.questions.size());
+  QARAC_INPUT_CHECK(n > 0, source, ": holds no examples to rank");
   QARAC_INPUT_CHECK(r.candidates.sentences.count() > 0, source, ": none of the first ", n,
                     " examples has candidate sentences");
   // One batch of all n, as the evaluator encodes them; the candidates n at a time likewise.

@@ -218,7 +218,8 @@ void check_output_spares(const std::string& output, const std::vector<std::strin
   const fs::path written = fs::weakly_canonical(fs::absolute(output, ec), ec);
   for (const std::string& folder : folders) {
     if (folder.empty()) continue;
-    const fs::path kept = fs::weakly_canonical(fs::absolute(folder, ec), ec);
+    fs::path kept = fs::weakly_canonical(fs::absolute(folder, ec), ec);
+    if (!kept.empty() && kept.filename().empty()) kept = kept.parent_path();  // "dec/" is "dec"
     const bool inside = std::mismatch(kept.begin(), kept.end(), written.begin(), written.end()).first == kept.end();
     QARAC_INPUT_CHECK(kept.empty() || !inside, "--output ", output, " is inside the model folder ", folder,
                       ": writing it would damage the model");

@@ -80,7 +80,7 @@ void write_folder(const fs::path& folder, const std::function<void(const fs::pat
     fs::remove_all(temp, ec);
     throw;
   }
-  sync_folder(folder.parent_path().string());
+  sync_folder(folder.has_parent_path() ? folder.parent_path().string() : ".");
 }
 
 TensorMap master_tensors(const ParameterList& params) {

@@ -434,6 +434,21 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
     }
   }
 
+  // A TSV is read as qarac-prep reads it: a malformed row ends the ranking (before: skipped, with
+  // metrics of the rest), and a file of no example says so.
+  const std::string sample_tsv = read_file(kSample + "WikiQA-dev.tsv");
+  const std::string header = sample_tsv.substr(0, sample_tsv.find('\n') + 1);
+  std::ofstream(tmp_.path / "bad.tsv") << sample_tsv << "Q9\tq\tD9\tt\tD9-0\ts\tyes\n";
+  std::ofstream(tmp_.path / "empty.tsv") << header;
+  for (const auto& [file, message] : std::vector<std::pair<std::string, std::string>>{
+           {"bad.tsv", "bad.tsv:" + std::to_string(std::count(sample_tsv.begin(), sample_tsv.end(), '\n') + 1) + ": "},
+           {"empty.tsv", "empty.tsv: holds no examples to rank"}}) {
+    r = run_command(std::string(QARAC_EMBED_EXE) + " --rank " + (tmp_.path / file).string() + " --question-encoder " +
+                    qe + " --answer-encoder " + ae);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << message << " in\n" << r.output;
+  }
+
   // Usage errors: one line, exit 2.
   for (const std::string& args : {std::string(" --model ") + ae, std::string(" --model ") + ae + " --input x --device tpu",
                                   std::string(" --rank x --question-encoder ") + qe}) {
