@@ -267,17 +267,21 @@ int build(int argc, char** argv) {
                       "without them");
   }
   std::error_code ec;
-  const bool created = std::filesystem::create_directories(out_dir, ec);
-  QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());
-  // A run that fails removes the output directory it created, if it left nothing there.
+  // A run that fails removes the folders it created (--out and its missing parents, the deepest
+  // first), those it left nothing in.
   struct RemovedIfLeftEmpty {
-    std::string dir;
-    bool created;
+    std::vector<std::filesystem::path> folders;
     ~RemovedIfLeftEmpty() {
-      std::error_code ignored;  // a directory that is not empty stays
-      if (created && std::uncaught_exceptions() > 0) std::filesystem::remove(dir, ignored);
+      std::error_code ignored;  // a folder that is not empty stays, and so do those above it
+      if (std::uncaught_exceptions() > 0)
+        for (const std::filesystem::path& folder : folders) std::filesystem::remove(folder, ignored);
     }
-  } const created_dir{out_dir, created};
+  } created;
+  for (std::filesystem::path p = std::filesystem::absolute(out_dir, ec); !ec && !std::filesystem::exists(p, ec);
+       p = p.parent_path())
+    created.folders.push_back(p);
+  std::filesystem::create_directories(out_dir, ec);
+  QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());
   // What a killed run leaves behind (SIGKILL: no handler removes them), said rather than removed:
   // on a shared file system the writer may be a live run on another node.
   std::string leftovers;

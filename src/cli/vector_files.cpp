@@ -72,15 +72,21 @@ std::vector<std::string> lines_of(const std::string& path) {
   return lines;
 }
 
+// InputError at `where` for a line with a NUL byte, which no text holds, and which would end a
+// JSON line early for the parser (what follows it would be dropped unsaid).
+void check_no_nul(const std::string& line, const std::string& where) {
+  const size_t nul = line.find('\0');
+  QARAC_INPUT_CHECK(nul == std::string::npos, where, ": a NUL byte at byte ", nul,
+                    ", which no text holds (a UTF-16 file? convert it: iconv -f UTF-16 -t UTF-8)");
+}
+
 // InputError at `where` for text no tokenizer should be given: invalid UTF-8 or a NUL byte (the
 // checks qarac-prep makes of its inputs).
 void check_text(const std::string& text, const std::string& where) {
   const size_t bad = data::find_invalid_utf8(text);
   QARAC_INPUT_CHECK(bad == std::string::npos, where, ": invalid UTF-8 at byte ", bad,
                     " (convert the file to UTF-8, e.g. with iconv)");
-  const size_t nul = text.find('\0');
-  QARAC_INPUT_CHECK(nul == std::string::npos, where, ": a NUL byte at byte ", nul,
-                    ", which no text holds (a UTF-16 file? convert it: iconv -f UTF-16 -t UTF-8)");
+  check_no_nul(text, where);
 }
 
 // A .npy header's text in a message: its padding and closing newline left out.
@@ -242,6 +248,7 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
       texts.push_back(lines[i]);
       continue;
     }
+    check_no_nul(lines[i], where);
     const nlohmann::json j = nlohmann::json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
     QARAC_INPUT_CHECK(!j.is_discarded(), where, ": not JSON");
     if (j.is_string()) {
@@ -251,7 +258,7 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
                         ": no string field \"", field, "\" (see --field)");
       texts.push_back(j[field].get<std::string>());
     }
-    check_text(texts.back(), where);  // a JSON string may hold \u0000
+    check_text(texts.back(), where + "'s text");  // a JSON string may hold \u0000
   }
   // Said, because row i of the output is then not line i of the input.
   if (!skipped.empty())
@@ -317,12 +324,13 @@ Vectors read_vectors(const std::string& path) {
                         v.values[i], " at column ", i % static_cast<size_t>(v.cols), ": vectors must be finite");
     return v;
   }
-  QARAC_INPUT_CHECK(json_lines(path), path, ": unknown vector format (.npy or .jsonl)");
+  QARAC_INPUT_CHECK(json_lines(path), path, ": unknown vector format (.npy, or JSON lines: .jsonl, .ndjson, .json)");
   Vectors v;
   const std::vector<std::string> lines = lines_of(path);
   for (size_t i = 0; i < lines.size(); ++i) {
     if (lines[i].empty()) continue;
     const std::string where = path + ":" + std::to_string(i + 1);
+    check_no_nul(lines[i], where);
     nlohmann::json j = nlohmann::json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
     QARAC_INPUT_CHECK(!j.is_discarded(), where, ": not JSON");
     if (j.is_object() && j.contains("vector")) j = j["vector"];

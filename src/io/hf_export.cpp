@@ -47,9 +47,11 @@ bool indexed_by_vocabulary(const std::string& name) {
 // first and, if anything fails, is still there under "<to>.old".
 void replace_folder(const fs::path& from, const fs::path& to) {
   std::error_code ec;
+  const fs::path old = to.string() + ".old";
   if (!fs::exists(to, ec)) {
     if (std::rename(from.c_str(), to.c_str()) != 0)
       fail(to, "cannot rename " + from.string() + " to it", errno);
+    fs::remove_all(old, ec);  // what a kill between the two renames below left
     return;
   }
 #ifdef RENAME_EXCHANGE
@@ -60,7 +62,6 @@ void replace_folder(const fs::path& from, const fs::path& to) {
   if (errno != EINVAL && errno != ENOSYS)
     fail(to, "cannot swap " + from.string() + " with it", errno);
 #endif
-  const fs::path old = to.string() + ".old";
   fs::remove_all(old, ec);
   if (std::rename(to.c_str(), old.c_str()) != 0)
     fail(to, "cannot move it aside to " + old.string(), errno);
@@ -70,17 +71,19 @@ void replace_folder(const fs::path& from, const fs::path& to) {
 }
 
 void write_folder(const fs::path& folder, const std::function<void(const fs::path&)>& write) {
-  const fs::path temp = folder.string() + ".tmp";
   std::error_code ec;
+  // A link (export/ kept on another disk) is written through: its target is replaced, not it.
+  const fs::path target = fs::is_symlink(folder, ec) ? fs::weakly_canonical(folder, ec) : folder;
+  const fs::path temp = target.string() + ".tmp";
   fs::remove_all(temp, ec);
   try {
     write(temp);
-    replace_folder(temp, folder);
+    replace_folder(temp, target);
   } catch (const InputError&) {
     fs::remove_all(temp, ec);
     throw;
   }
-  sync_folder(folder.has_parent_path() ? folder.parent_path().string() : ".");
+  sync_folder(target.has_parent_path() ? target.parent_path().string() : ".");
 }
 
 TensorMap master_tensors(const ParameterList& params) {

@@ -24,7 +24,8 @@ namespace qarac::io {
 // system allows (see the .cpp). InputError naming `to` when it cannot.
 void replace_folder(const std::filesystem::path& from, const std::filesystem::path& to);
 // Writes `folder` whole or not at all: write(temp) fills "<folder>.tmp" (one a killed run left is
-// removed first), which then replaces `folder` and is synced into its parent. An InputError on
+// removed first), which then replaces `folder` (a link's target, when `folder` is a link) and is
+// synced into its parent. An InputError on
 // the way (a full disk) leaves the previous folder as it was and no "<folder>.tmp": a set of
 // models written this way never mixes models of two steps.
 void write_folder(const std::filesystem::path& folder, const std::function<void(const std::filesystem::path&)>& write);

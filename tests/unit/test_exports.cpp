@@ -318,6 +318,12 @@ TEST_F(ExportsTest, WriteFolderReplacesTheWholeSetOrNothing) {
   EXPECT_EQ(read_file(set / "a"), "3");
   EXPECT_FALSE(fs::exists(set / "b")) << "a file of the old set was kept";
   EXPECT_FALSE(fs::exists(tmp_.path / "set.tmp"));
+  // A link (an export kept on another disk) is written through, and stays a link.
+  const fs::path link = tmp_.path / "link";
+  fs::create_directory_symlink(set, link);
+  io::write_folder(link, [&](const fs::path& temp) { write(temp, {"a"}, "4"); });
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(read_file(set / "a"), "4");
 }
 
 // .npy and JSON lines read back what was written; .h5 is written.
@@ -669,6 +675,12 @@ TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
   expect_refused(run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + other_dec.string() + " --encoder " +
                              ae + " --input " + texts.string()),
                  ae + " and " + other_dec.string() + " carry different tokenizers");
+  // A NUL byte after a JSON line's object: refused (before: the parser stopped there, and what
+  // followed was dropped unsaid).
+  std::ofstream(tmp_.path / "nul.jsonl") << std::string("{\"text\": \"a\"}\0{\"text\": \"b\"}\n", 28);
+  expect_refused(run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " +
+                             (tmp_.path / "nul.jsonl").string()),
+                 (tmp_.path / "nul.jsonl").string() + ":1: a NUL byte at byte 13");
   // Texts that are no text: refused as qarac-prep refuses them.
   std::ofstream(tmp_.path / "bad.txt") << "abc\xff def\n";
   expect_refused(run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " +
