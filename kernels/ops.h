@@ -232,7 +232,8 @@ struct AdamW {
   double grad_scale = 1.0;  // e.g. the clipping factor
   // The elements weight_decay leaves out (a packed model's biases and LayerNorm weights under
   // decay_exempt bias_norm): sorted, disjoint, non-empty, within param. One update covers a whole
-  // packed model either way: one launch on CUDA, not one per run of exempt parameters.
+  // packed model either way: on CUDA one launch per 128 runs of one decay (a RoBERTa-base encoder
+  // has 98), not one per run.
   std::vector<ElementRange> no_decay;
 };
 // param, m, v: master weights and moments in A; grad in A. When `param_copy` is given (the

@@ -44,6 +44,23 @@ T* data_or_null(const Tensor* t) {
   return t ? t->data<T>() : nullptr;
 }
 
+// An optimizer's `update` (cpu::adamw_update, cpu::nadam_update) over param's runs of one weight
+// decay: `step` as given, or with weight_decay 0 where no_decay leaves the elements out.
+template <class Step, class Update>
+void update_by_runs(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tensor* param_copy,
+                    const std::vector<ops::ElementRange>& no_decay, const Step& step, Update update) {
+  with_type(param.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* copy = data_or_null<T>(param_copy);
+    for (const ops::DecayRun& run : ops::decay_runs(param.numel(), no_decay)) {
+      Step in_run = step;
+      if (!run.decays) in_run.weight_decay = 0;
+      update(param.data<T>() + run.begin, grad.data<T>() + run.begin, m.data<T>() + run.begin, v.data<T>() + run.begin,
+             run.end - run.begin, in_run, copy ? copy + run.begin : nullptr);
+    }
+  });
+}
+
 // c [.., M,N] = alpha op(a) op(b) + beta c, batched over the leading dimension of 3-D operands.
 void gemm_any(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, double alpha,
               double beta) {
@@ -330,17 +347,8 @@ class CpuBackend final : public ops::Backend {
     const AdamWStep step{config.lr,          config.beta1,        config.beta2,
                          config.eps,         config.weight_decay, config.grad_scale,
                          c.bias_correction1, c.bias_correction2};
-    with_type(param.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      T* copy = data_or_null<T>(param_copy);
-      for (const ops::DecayRun& run : ops::decay_runs(param.numel(), config.no_decay)) {
-        AdamWStep in_run = step;
-        if (!run.decays) in_run.weight_decay = 0;
-        cpu::adamw_update(param.data<T>() + run.begin, grad.data<T>() + run.begin, m.data<T>() + run.begin,
-                          v.data<T>() + run.begin, run.end - run.begin, in_run,
-                          copy ? copy + run.begin : nullptr);
-      }
-    });
+    update_by_runs(param, grad, m, v, param_copy, config.no_decay, step,
+                   [](auto... args) { cpu::adamw_update(args...); });
   }
   void nadam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                     const ops::NAdam& config, Tensor* param_copy) const override {
@@ -355,17 +363,8 @@ class CpuBackend final : public ops::Backend {
                          c.bias_correction2,
                          c.grad_coef,
                          c.momentum_coef};
-    with_type(param.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      T* copy = data_or_null<T>(param_copy);
-      for (const ops::DecayRun& run : ops::decay_runs(param.numel(), config.no_decay)) {
-        NAdamStep in_run = step;
-        if (!run.decays) in_run.weight_decay = 0;
-        cpu::nadam_update(param.data<T>() + run.begin, grad.data<T>() + run.begin, m.data<T>() + run.begin,
-                          v.data<T>() + run.begin, run.end - run.begin, in_run,
-                          copy ? copy + run.begin : nullptr);
-      }
-    });
+    update_by_runs(param, grad, m, v, param_copy, config.no_decay, step,
+                   [](auto... args) { cpu::nadam_update(args...); });
   }
   void sum_of_squares(const std::vector<const Tensor*>& tensors, Tensor& out) const override {
     with_type(out.dtype(), [&](auto tag) {

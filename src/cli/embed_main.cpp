@@ -85,24 +85,29 @@ Ranked from_wikiqa(const std::string& tsv, const Encoder& question, const Encode
   const data::Tokenizer& t = question.tokenizer;
   const data::Format format = data::Format::wikiqa;
   // A sentence too long for the encoders is refused here (qarac-prep --max-length cuts them).
-  // Malformed rows end the ranking, as they end qarac-prep (its default --on-error fail).
-  data::read_examples(tsv, format, data::default_encoding(format), data::OnError::fail, [&](data::Example&& e) {
-    if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) return;
-    const std::string where = tsv + ": the question of line " + std::to_string(e.line);
-    r.questions.push_back(t.encode(e.fields[0]));
-    check_fits(r.questions.back(), question, where, true);
-    r.answers.push_back(t.encode(e.fields[1]));
-    check_fits(r.answers.back(), answer, where + ", its answer,", true);
-    data::Ragged& s = r.candidates.sentences;
-    for (const std::string& c : e.candidates) {
-      const size_t begin = s.tokens.size();
-      t.encode_append(c, s.tokens);
-      check_fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()), answer,
-                 where + ", a candidate sentence of it,", true);
-      s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
-    }
-    r.candidates.offsets.push_back(s.count());
-  });
+  // Malformed rows end the ranking, as they end qarac-prep (its default --on-error fail); rows past
+  // the --max-examples ranked are not read.
+  struct Enough {};
+  try {
+    data::read_examples(tsv, format, data::default_encoding(format), data::OnError::fail, [&](data::Example&& e) {
+      const std::string where = tsv + ": the question of line " + std::to_string(e.line);
+      r.questions.push_back(t.encode(e.fields[0]));
+      check_fits(r.questions.back(), question, where, true);
+      r.answers.push_back(t.encode(e.fields[1]));
+      check_fits(r.answers.back(), answer, where + ", its answer,", true);
+      data::Ragged& s = r.candidates.sentences;
+      for (const std::string& c : e.candidates) {
+        const size_t begin = s.tokens.size();
+        t.encode_append(c, s.tokens);
+        check_fits(std::vector<int32_t>(s.tokens.begin() + static_cast<std::ptrdiff_t>(begin), s.tokens.end()), answer,
+                   where + ", a candidate sentence of it,", true);
+        s.offsets.push_back(static_cast<int64_t>(s.tokens.size()));
+      }
+      r.candidates.offsets.push_back(s.count());
+      if (max_examples > 0 && static_cast<int64_t>(r.questions.size()) == max_examples) throw Enough{};
+    });
+  } catch (const Enough&) {
+  }
   return r;
 }
 

@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(vm["field"].defaulted() || cli::json_lines_input(input), "--field names a field of JSON lines; ",
                       input, " is read as one text per line");
     QARAC_INPUT_CHECK(output == "-" || cli::json_lines_input(output), "--output ", output,
-                      ": qarac-generate writes JSON lines: a .jsonl or .json file, or - for standard output");
+                      ": qarac-generate writes JSON lines: a .jsonl, .ndjson or .json file, or - for standard output");
     QARAC_INPUT_CHECK(max_tokens >= 1, "--max-tokens must be at least 1, got ", max_tokens);
     QARAC_INPUT_CHECK(batch > 0, "--batch must be positive, got ", batch);
     const Device device = cli::parse_device(device_name);

@@ -272,14 +272,19 @@ int build(int argc, char** argv) {
   struct RemovedIfLeftEmpty {
     std::vector<std::filesystem::path> folders;
     ~RemovedIfLeftEmpty() {
-      std::error_code ignored;  // a folder that is not empty stays, and so do those above it
+      std::error_code ec;  // a folder that is not empty stays, and so do those above it
       if (std::uncaught_exceptions() > 0)
-        for (const std::filesystem::path& folder : folders) std::filesystem::remove(folder, ignored);
+        for (const std::filesystem::path& folder : folders)
+          if (std::filesystem::symlink_status(folder, ec).type() == std::filesystem::file_type::directory)
+            std::filesystem::remove(folder, ec);
     }
   } created;
-  for (std::filesystem::path p = std::filesystem::absolute(out_dir, ec); !ec && !std::filesystem::exists(p, ec);
-       p = p.parent_path())
+  // Only what is not there at all (a dangling link is there: it is the user's).
+  for (std::filesystem::path p = std::filesystem::absolute(out_dir, ec); !ec; p = p.parent_path()) {
+    std::error_code missing;  // set for a path that is not there, which is what is looked for
+    if (std::filesystem::symlink_status(p, missing).type() != std::filesystem::file_type::not_found) break;
     created.folders.push_back(p);
+  }
   std::filesystem::create_directories(out_dir, ec);
   QARAC_INPUT_CHECK(!ec, out_dir, ": cannot create the output directory: ", ec.message());
   // What a killed run leaves behind (SIGKILL: no handler removes them), said rather than removed:

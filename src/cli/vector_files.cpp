@@ -271,8 +271,8 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
 void write_vectors(const std::string& path, const Vectors& v) {
   if (ends_with(path, ".npy")) return write_npy(path, v);
   if (ends_with(path, ".h5")) return write_h5(path, v);
-  QARAC_INPUT_CHECK(json_lines(path), path, ": unknown output format (.npy, .h5, .jsonl, or - for",
-                    " JSON lines on standard output)");
+  QARAC_INPUT_CHECK(json_lines(path), path, ": unknown output format (.npy, .h5, JSON lines: .jsonl, .ndjson, ",
+                    ".json, or - for JSON lines on standard output)");
   std::string text;
   char buf[32];
   for (int64_t r = 0; r < v.rows; ++r) {

@@ -43,7 +43,7 @@ void check_output_spares(const std::string& output, const std::vector<std::strin
                          const std::vector<std::string>& folders);
 
 // By the extension, in any case: .npy (a little-endian f32 [rows, cols] array, C order), .h5 (dataset
-// "vectors" [rows, cols] f32) or .jsonl/"-" (one {"vector": [...]} per line, to standard
+// "vectors" [rows, cols] f32) or JSON lines, .jsonl, .ndjson, .json or "-" (one {"vector": [...]} per line, to standard
 // output for "-"); floats written with 9 significant digits, which read back exactly.
 void write_vectors(const std::string& path, const Vectors& vectors);
 

@@ -73,7 +73,12 @@ void replace_folder(const fs::path& from, const fs::path& to) {
 void write_folder(const fs::path& folder, const std::function<void(const fs::path&)>& write) {
   std::error_code ec;
   // A link (export/ kept on another disk) is written through: its target is replaced, not it.
-  const fs::path target = fs::is_symlink(folder, ec) ? fs::weakly_canonical(folder, ec) : folder;
+  fs::path target = folder;
+  if (fs::is_symlink(folder, ec)) {
+    target = fs::weakly_canonical(folder, ec);
+    QARAC_INPUT_CHECK(!ec && !target.empty(), folder.string(), ": a link that cannot be followed (",
+                      ec.message(), "): remove it, or point it at a folder");
+  }
   const fs::path temp = target.string() + ".tmp";
   fs::remove_all(temp, ec);
   try {

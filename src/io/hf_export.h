@@ -24,10 +24,11 @@ namespace qarac::io {
 // system allows (see the .cpp). InputError naming `to` when it cannot.
 void replace_folder(const std::filesystem::path& from, const std::filesystem::path& to);
 // Writes `folder` whole or not at all: write(temp) fills "<folder>.tmp" (one a killed run left is
-// removed first), which then replaces `folder` (a link's target, when `folder` is a link) and is
-// synced into its parent. An InputError on
-// the way (a full disk) leaves the previous folder as it was and no "<folder>.tmp": a set of
-// models written this way never mixes models of two steps.
+// removed first), which then replaces `folder` (a link's target, beside it, when `folder` is a
+// link) and is synced into its parent. An InputError on the way (a full disk) leaves the previous
+// folder as it was (where the swap falls back to two renames, a failure between them leaves it
+// as "<folder>.old") and no "<folder>.tmp": a set of models written this way never mixes models
+// of two steps. InputError naming a link that cannot be followed.
 void write_folder(const std::filesystem::path& folder, const std::function<void(const std::filesystem::path&)>& write);
 
 // The master weights of `params` by name, as f32 CPU copies: what an export stores.

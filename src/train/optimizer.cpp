@@ -68,7 +68,9 @@ OptimizerConfig adamw_config(const ops::AdamW& hyper) {
 }  // namespace
 
 Optimizer::Optimizer(ParameterList params, const ops::AdamW& hyper)
-    : Optimizer(std::move(params), adamw_config(hyper)) {}
+    : Optimizer(std::move(params), adamw_config(hyper)) {
+  QARAC_CHECK(hyper.no_decay.empty(), "Optimizer: no_decay is formed per span from OptimizerConfig::decay_exempt");
+}
 
 void Optimizer::set_steps(int64_t steps) {
   QARAC_CHECK(steps >= 0, "Optimizer::set_steps: negative step count ", steps);

@@ -38,7 +38,8 @@ class Optimizer {
  public:
   Optimizer(ParameterList params, const OptimizerConfig& config);
   // AdamW with these hyper-parameters (qarac-bench and the tests build it this way); the rate,
-  // step and gradient scale come with each step() or update(), not from `hyper`.
+  // step and gradient scale come with each step() or update(), not from `hyper`, whose no_decay
+  // must be empty (exemptions are OptimizerConfig::decay_exempt's).
   Optimizer(ParameterList params, const ops::AdamW& hyper);
 
   // The global L2 norm of the gradients (one host synchronisation).

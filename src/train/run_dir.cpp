@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,6 +33,23 @@ bool is_run_entry(const fs::path& name) {
   for (const char* entry : {kRunLockName, "config.ini", "metrics.jsonl", "checkpoints", "export"})
     if (name == entry) return true;
   return false;
+}
+
+// export/ and best/ are replaced as a whole (io::write_folder): through a link, its target is
+// replaced by a folder written beside it, which needs the target's parent writable and on the
+// target's file system (not a mount point). Checked at the start, not after the run.
+void check_linked_export(const fs::path& link) {
+  std::error_code ec;
+  const fs::path target = fs::canonical(link, ec);
+  QARAC_INPUT_CHECK(!ec, "--resume: ", link.string(), ": a link that cannot be followed (", ec.message(), ")");
+  const fs::path parent = target.parent_path();
+  struct stat of_target {}, of_parent {};
+  const bool same_device = ::stat(target.c_str(), &of_target) == 0 && ::stat(parent.c_str(), &of_parent) == 0 &&
+                           of_target.st_dev == of_parent.st_dev;
+  QARAC_INPUT_CHECK(same_device && ::access(parent.c_str(), W_OK) == 0, "--resume: ", link.string(), " links to ",
+                    target.string(), ", which the run replaces with a folder written beside it, but ", parent.string(),
+                    same_device ? " is not writable" : " is another file system (the target is a mount point)",
+                    ": point it at a folder in a writable folder of its file system, or remove the link");
 }
 
 // The "<host> pid <pid>" a lock holder wrote into the lock file, or "" when unreadable.
@@ -63,6 +81,7 @@ void check_output_dir(const std::string& output, bool resume) {
       const fs::path path = fs::path(output) / folder;
       QARAC_INPUT_CHECK(!fs::exists(fs::symlink_status(path, ec)) || fs::is_directory(path, ec), "--resume: ",
                         path.string(), " is not a directory (the run writes its ", folder, " there): move it away");
+      if (std::string(folder) != "checkpoints" && fs::is_symlink(path, ec)) check_linked_export(path);
     }
     return;
   }

@@ -324,6 +324,14 @@ TEST_F(ExportsTest, WriteFolderReplacesTheWholeSetOrNothing) {
   io::write_folder(link, [&](const fs::path& temp) { write(temp, {"a"}, "4"); });
   EXPECT_TRUE(fs::is_symlink(link));
   EXPECT_EQ(read_file(set / "a"), "4");
+  // A link that cannot be followed is refused (its empty resolution made "./.tmp" the temporary
+  // folder, in the working directory).
+  fs::create_symlink(tmp_.path / "loop_b", tmp_.path / "loop_a");
+  fs::create_symlink(tmp_.path / "loop_a", tmp_.path / "loop_b");
+  bool written = false;
+  expect_input_error([&] { io::write_folder(tmp_.path / "loop_a", [&](const fs::path&) { written = true; }); },
+                     {(tmp_.path / "loop_a").string() + ": a link that cannot be followed"});
+  EXPECT_FALSE(written);
 }
 
 // .npy and JSON lines read back what was written; .h5 is written.

@@ -87,8 +87,6 @@ TEST(Hash64Pieces, HashLikeTheWholeWhateverTheCuts) {
 
 // ---- Line input ------------------------------------------------------------------------------
 
-// Before: POSIX getline took any length, and a line of a binary file given by mistake was read
-// whole. Now a line past 64 MiB is refused, naming the file and the line.
 // Before: opening a FIFO waited for a writer for good (a tokenizer, a config.json, a weights or
 // reference file); a link to a device read until memory ran out.
 TEST_F(Hostile, InputFilesThatArePipesOrDevicesAreRefusedUnopened) {
@@ -105,6 +103,8 @@ TEST_F(Hostile, InputFilesThatArePipesOrDevicesAreRefusedUnopened) {
   expect_input_error([&] { io::read_hf_roberta(path("model")); }, {path("model/config.json") + ": is a directory"});
 }
 
+// Before: POSIX getline took any length, and a line of a binary file given by mistake was read
+// whole. Now a line past 64 MiB is refused, naming the file and the line.
 TEST_F(Hostile, AnOverlongLineIsRefusedNamingTheLine) {
   const std::string file = path("corpus.txt");
   {
@@ -717,6 +717,12 @@ TEST_F(Hostile, PrepRemovesTheOutputDirectoryItCreatedWhenItFails) {
   EXPECT_NE(r.output.find(path("nonexistent.txt") + ": cannot open"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(path("out"))) << "a folder it created is left";
   EXPECT_TRUE(fs::exists(dir_)) << "a folder it did not create was removed";
+  // A dangling link on the way is the user's (a purged scratch folder), not a folder it made.
+  fs::create_symlink(path("purged"), dir_ / "data");
+  const auto linked = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --out " + path("data/streams") +
+                                  " --text " + path("nonexistent.txt"));
+  EXPECT_EQ(linked.code, 2) << linked.output;
+  EXPECT_TRUE(fs::is_symlink(dir_ / "data")) << "the user's link was removed";
 }
 
 // Before: internal errors (exit 1) for each.
