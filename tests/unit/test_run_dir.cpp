@@ -3,6 +3,7 @@
 // metrics.jsonl with every step once and every line whole after a resume, a failed start that
 // leaves nothing behind, and the non-finite step policy.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -93,6 +94,28 @@ TEST(RunLockTest, OneHolderAtATime) {
   }
   RunLock again(run.string());
   EXPECT_FALSE(again.created_directory());
+}
+
+// export/ and best/ are replaced as a whole, beside a link's target: a link to a folder beside
+// which the set can be written is accepted; a link to a mount point (its parent is another file
+// system, where the swap cannot rename) is refused at the start of a --resume, not after the run.
+// (The parent's write permission is checked too, but root, which CI runs as, may write anywhere.)
+TEST(RunDirTest, ALinkedExportMustBeReplaceableBesideItsTarget) {
+  TempDir dir("linked-export");
+  const fs::path run = dir.path / "run";
+  fs::create_directories(run);
+  std::ofstream(run / "config.ini") << "";
+  fs::create_directories(dir.path / "models");
+  fs::create_directory_symlink(dir.path / "models", run / "export");
+  EXPECT_NO_THROW(check_output_dir(run.string(), true));
+  struct stat shm {}, dev {};
+  if (::stat("/dev/shm", &shm) != 0 || ::stat("/dev", &dev) != 0 || shm.st_dev == dev.st_dev)
+    GTEST_SKIP() << "no mount point at /dev/shm to link to";
+  fs::remove(run / "export");
+  fs::create_directory_symlink("/dev/shm", run / "export");
+  qarac::test_support::expect_input_error(
+      [&] { check_output_dir(run.string(), true); },
+      {(run / "export").string() + " links to /dev/shm", "/dev is another file system (the target is a mount point)"});
 }
 
 // A live run's directory: a --resume (or any run) started in it stops at once with one line and
