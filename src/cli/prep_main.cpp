@@ -427,7 +427,15 @@ int tokenize(int argc, char** argv) {
 int main(int argc, char** argv) {
   if (cli::version_requested(argc, argv)) return cli::print_version("qarac-prep");
   const bool is_tokenize = argc > 1 && std::string(argv[1]) == "tokenize";
-  return cli::run_main(is_tokenize ? "qarac-prep tokenize" : "qarac-prep", [&] {
+  const int code = cli::run_main(is_tokenize ? "qarac-prep tokenize" : "qarac-prep", [&] {
     return is_tokenize ? tokenize(argc - 1, argv + 1) : build(argc, argv);
   });
+  // Interrupted: with the temporary files removed and the line printed, the run ends as the
+  // signal's default action ends it, so that a shell loop or a job script sees an interruption
+  // (status 130 for SIGINT) and not an input error.
+  if (code != 0 && g_interrupt != 0) {
+    std::signal(g_interrupt, SIG_DFL);
+    std::raise(g_interrupt);
+  }
+  return code;
 }

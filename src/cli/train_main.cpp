@@ -59,7 +59,7 @@ std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime& ru
     unit.flops.fill(1.0);
     qarac::make_plan(*config, config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime.size(), unit);
   }, qarac::TrainConfig{}.timeout);
-  if (runtime.rank() == 0) std::cout << help.str();
+  if (runtime.rank() == 0) qarac::cli::write_standard_output(help.str());
   return config;
 }
 

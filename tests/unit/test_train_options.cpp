@@ -274,6 +274,15 @@ TEST(RunMain, ErrorsAreOneLineWithTheirStatus) {
   EXPECT_EQ(said([] { return 3; }, nullptr, 3), "");
 }
 
+// qarac-train's --help is longer than stdout's buffer, so it is written while it is printed.
+// Before: a failed write was said without its cause (the errno gone by the closing check).
+TEST(RunMain, AHelpThatCannotBeWrittenSaysWhy) {
+  const CliResult r = qarac::test_support::run_command(std::string("(") + QARAC_TRAIN_EXE + " --help > /dev/full)");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(r.output, "qarac-train: error: standard output: write failed: No space left on device: what was "
+                      "printed is incomplete\n");
+}
+
 // eval.best keeps the models of the best evaluation of a held-out metric in <output>/best/, as a
 // Hugging Face Trainer's metric_for_best_model does, across a --resume too. Here the QA retrieval
 // accuracy is followed, which these few steps lower: its best is the first evaluation, in the
