@@ -12,12 +12,14 @@
 // so a nondeterministic scatter would let replicas drift apart. Instead:
 //   1. the (id, row) pairs are sorted by id with CUB's radix sort, which is stable, so the rows of
 //      one id stay in increasing row order;
-//   2. one block per distinct id (a block per sorted position; those that do not start a run of
-//      equal ids exit at once) sums that id's rows in sorted order in f32 and adds the sum to
-//      dtable once.
-// The order of every sum is thus a function of the ids alone. A long run (an id on most rows)
-// is summed by one block: fine for the vocabulary, where runs are short, and worth splitting
-// across blocks only if profiles show it.
+//   2. the sorted rows are cut into segments: at every change of id and at every multiple of
+//      kChunkRows. A block per segment sums its rows in sorted order in f32. A run of equal ids
+//      that lies within one chunk is a segment of its own, and its block adds the sum to dtable.
+//      The segments of a run that crosses a chunk's end (a frequent word, <mask> in masked-LM
+//      batches, a position id in batches of more than kChunkRows sequences) store their sums;
+//   3. a block per such run adds them to dtable in chunk order.
+// The order of every sum is thus a function of the ids alone, and no block sums more than
+// kChunkRows rows: one id on most rows of a batch is summed by many blocks, not by one.
 #include "kernels/cuda/embedding.cuh"
 
 #include <algorithm>
@@ -61,37 +63,84 @@ __global__ void iota_kernel(int32_t* rows, int64_t n) {
     rows[i] = static_cast<int32_t>(i);
 }
 
-// Block i handles the run of equal ids that starts at sorted position i, if one does. The run's
-// end is found cooperatively: ids are sorted, so within each window of blockDim.x positions the
-// ones equal to this id form a prefix, and __syncthreads_count gives its length to every thread
-// (the loop is uniform across the block). Then thread t sums packs t, t + blockDim.x, ... of the
-// run's dout rows in sorted (= row) order and adds the sums to dtable[id].
+// The rows of dout each block sums at most: the sorted positions are cut at its multiples.
+constexpr int64_t kChunkRows = 32;
+
+// The sums of the segments of runs that cross a chunk's end, two slots of d floats per chunk: a
+// run's first segment (from the run's start to the chunk's end) in its chunk's slot 1, the later
+// segments (each from a chunk's start) in their chunk's slot 0.
+template <class F>
+__device__ inline F* segment_slot(F* partials, int64_t chunk, int slot, int64_t d) {
+  return partials + (2 * chunk + slot) * d;
+}
+
+// Whether the run of equal ids at sorted position `last`, the last of its chunk, goes on into the
+// next chunk.
+__device__ inline bool run_goes_on(const uint32_t* sorted_ids, int64_t last, int64_t n) {
+  return last + 1 < n && sorted_ids[last + 1] == sorted_ids[last];
+}
+
+// Block i handles the segment that starts at sorted position i, if one does: at a change of id or
+// at a chunk's start. Ids are sorted, so the positions of the chunk equal to this id form a prefix,
+// and __syncthreads_count gives its length to every thread (blockDim.x >= kChunkRows). Then thread
+// t sums packs t, t + blockDim.x, ... of the segment's dout rows in sorted (= row) order, and adds
+// the sums to dtable[id] when the segment is a whole run, or stores them in the segment's slot.
 template <class T, int N>
 __global__ void embedding_backward_kernel(const uint32_t* sorted_ids, const int32_t* sorted_rows,
-                                          int64_t n, const T* dout, int64_t d, float* dtable) {
-  const int64_t begin = blockIdx.x;
+                                          int64_t n, const T* dout, int64_t d, float* dtable,
+                                          float* partials) {
+  const int64_t begin = blockIdx.x, chunk = begin / kChunkRows;
   const uint32_t id = sorted_ids[begin];
-  if (begin > 0 && sorted_ids[begin - 1] == id) return;  // not the start of a run: whole block
-  int64_t end = begin + 1;
-  for (;;) {
-    const int64_t j = end + threadIdx.x;
-    const int same = __syncthreads_count(j < n && sorted_ids[j] == id);
-    end += same;
-    if (same < static_cast<int>(blockDim.x)) break;
-  }
-  float* dst = dtable + static_cast<int64_t>(id) * d;
+  const bool run_start = begin == 0 || sorted_ids[begin - 1] != id;
+  if (!run_start && begin % kChunkRows != 0) return;  // inside a segment: the whole block
+  const int64_t chunk_end = min(n, (chunk + 1) * kChunkRows);
+  const int64_t j = begin + threadIdx.x;
+  const int64_t end = begin + __syncthreads_count(j < chunk_end && sorted_ids[j] == id);
+  const bool whole_run = run_start && !(end == chunk_end && run_goes_on(sorted_ids, end - 1, n));
+  float* dst = whole_run ? dtable + static_cast<int64_t>(id) * d
+                         : segment_slot(partials, chunk, run_start ? 1 : 0, d);
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < d;
        c += static_cast<int64_t>(blockDim.x) * N) {
     float sum[N] = {};
 #pragma unroll 4
-    for (int64_t j = begin; j < end; ++j) {
-      const Packed<T, N> v = load_packed<N>(dout + static_cast<int64_t>(sorted_rows[j]) * d + c);
+    for (int64_t r = begin; r < end; ++r) {
+      const Packed<T, N> v = load_packed<N>(dout + static_cast<int64_t>(sorted_rows[r]) * d + c);
 #pragma unroll
       for (int k = 0; k < N; ++k) sum[k] += to_float(v.v[k]);
     }
+    Packed<float, N> out = {};
+    if (whole_run) out = load_packed<N>(dst + c);
+#pragma unroll
+    for (int k = 0; k < N; ++k) out.v[k] += sum[k];
+    store_packed<N>(dst + c, out);
+  }
+}
+
+// Block c handles the run that starts in chunk c and goes on past its end, if one does: it adds
+// the run's segment sums (slot 1 of chunk c, then slot 0 of each later chunk the run reaches) in
+// chunk order, and the total to dtable[id].
+template <int N>
+__global__ void embedding_backward_runs_kernel(const uint32_t* sorted_ids, int64_t n, int64_t d,
+                                               const float* partials, float* dtable) {
+  const int64_t chunk = blockIdx.x, first = chunk * kChunkRows;
+  const int64_t last = min(n, first + kChunkRows) - 1;
+  const uint32_t id = sorted_ids[last];
+  if (!run_goes_on(sorted_ids, last, n)) return;         // no run leaves this chunk
+  if (chunk > 0 && sorted_ids[first - 1] == id) return;  // the one that does began before it
+  float* dst = dtable + static_cast<int64_t>(id) * d;
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * N; c < d;
+       c += static_cast<int64_t>(blockDim.x) * N) {
+    Packed<float, N> sum = load_packed<N>(segment_slot(partials, chunk, 1, d) + c);
+    for (int64_t later = chunk + 1;; ++later) {
+      const Packed<float, N> v = load_packed<N>(segment_slot(partials, later, 0, d) + c);
+#pragma unroll
+      for (int k = 0; k < N; ++k) sum.v[k] += v.v[k];
+      const int64_t next = (later + 1) * kChunkRows;  // another run may leave this chunk
+      if (next >= n || sorted_ids[next] != id) break;
+    }
     Packed<float, N> acc = load_packed<N>(dst + c);
 #pragma unroll
-    for (int k = 0; k < N; ++k) acc.v[k] += sum[k];
+    for (int k = 0; k < N; ++k) acc.v[k] += sum.v[k];
     store_packed<N>(dst + c, acc);
   }
 }
@@ -139,17 +188,19 @@ void embedding_backward(DType dtype, DType grad_dtype, const int32_t* ids, int64
   const int items = static_cast<int>(n);
 
   // One scratch buffer from the project's allocator: sorted ids, row indices before and after the
-  // sort, and CUB's temporary storage, each 256-byte aligned. Released when this function
-  // returns; a later allocation that reuses the block is ordered after these kernels by the
-  // stream.
+  // sort, CUB's temporary storage and the segment sums (two rows of d floats per chunk), each
+  // 256-byte aligned. Released when this function returns; a later allocation that reuses the
+  // block is ordered after these kernels by the stream.
   size_t cub_bytes = 0;
   QARAC_CHECK_CUDA(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, keys_in,
                                                    static_cast<uint32_t*>(nullptr),
                                                    static_cast<const int32_t*>(nullptr),
                                                    static_cast<int32_t*>(nullptr), items, 0, bits,
                                                    s));
+  const int64_t chunks = ceil_div(n, kChunkRows);
   const size_t array_bytes = round256(static_cast<size_t>(n) * sizeof(int32_t));
-  const size_t total = 3 * array_bytes + round256(cub_bytes);
+  const size_t cub_offset = 3 * array_bytes, partials_offset = cub_offset + round256(cub_bytes);
+  const size_t total = partials_offset + static_cast<size_t>(2 * chunks * d) * sizeof(float);
   int device = 0;
   QARAC_CHECK_CUDA(cudaGetDevice(&device));
   const Buffer scratch(total, Device::cuda(device));
@@ -157,7 +208,8 @@ void embedding_backward(DType dtype, DType grad_dtype, const int32_t* ids, int64
   uint32_t* sorted_ids = reinterpret_cast<uint32_t*>(base);
   int32_t* rows = reinterpret_cast<int32_t*>(base + array_bytes);
   int32_t* sorted_rows = reinterpret_cast<int32_t*>(base + 2 * array_bytes);
-  void* cub_temp = base + 3 * array_bytes;
+  void* cub_temp = base + cub_offset;
+  float* partials = reinterpret_cast<float*>(base + partials_offset);
 
   constexpr int kThreads = 256;
   iota_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(rows, n);
@@ -170,19 +222,29 @@ void embedding_backward(DType dtype, DType grad_dtype, const int32_t* ids, int64
     constexpr int kN = kPack16<T>;
     const T* grad = static_cast<const T*>(dout);
     float* table = static_cast<float*>(dtable);
-    // Threads: one per pack of a row, rounded up to whole warps, at most 256.
+    // Threads: one per pack of a row, rounded up to whole warps (at least kChunkRows, which the
+    // segment's length needs), at most 256. The segment sums are 256-byte aligned rows of d
+    // floats, so d % kN == 0 aligns them as the packs need.
+    static_assert(kChunkRows <= kWarpSize, "a block's threads cover a chunk");
     const bool vector = d % kN == 0 && aligned16(dout) &&
                         reinterpret_cast<uintptr_t>(dtable) % (sizeof(float) * kN) == 0;
     const int64_t packs = vector ? d / kN : d;
     const int threads = static_cast<int>(std::min<int64_t>(ceil_div(packs, kWarpSize) * kWarpSize,
                                                            kThreads));
-    const unsigned blocks = static_cast<unsigned>(n);
-    if (vector)
+    const unsigned blocks = static_cast<unsigned>(n), run_blocks = static_cast<unsigned>(chunks);
+    if (vector) {
       embedding_backward_kernel<T, kN><<<blocks, threads, 0, s>>>(sorted_ids, sorted_rows, n, grad,
-                                                                  d, table);
-    else
+                                                                  d, table, partials);
+      QARAC_CHECK_LAUNCH();
+      embedding_backward_runs_kernel<kN><<<run_blocks, threads, 0, s>>>(sorted_ids, n, d, partials,
+                                                                        table);
+    } else {
       embedding_backward_kernel<T, 1><<<blocks, threads, 0, s>>>(sorted_ids, sorted_rows, n, grad,
-                                                                 d, table);
+                                                                 d, table, partials);
+      QARAC_CHECK_LAUNCH();
+      embedding_backward_runs_kernel<1><<<run_blocks, threads, 0, s>>>(sorted_ids, n, d, partials,
+                                                                       table);
+    }
     QARAC_CHECK_LAUNCH();
   });
 }

@@ -12,7 +12,11 @@
 //     task's fields would;
 //   - a layer's backward GEMMs at the QARAC step's and the classifier step's token counts, on one
 //     stream against the weight gradients on a second stream beside the input gradients: what
-//     SMs that the small GEMMs leave idle would give.
+//     SMs that the small GEMMs leave idle would give;
+//   - the embedding gradient, bf16, 8192 rows of 768 into RoBERTa's 50265 ids, with ids spread
+//     evenly, as words are (Zipf), and with <mask> on 15% of the rows: a frequent id's rows are
+//     summed in chunks by many blocks, so the three should take about the same time (one path,
+//     its figures against each other, and the same bits from two calls).
 // Usage: bench_kernels [--warmup N] [--iters N]. Needs a GPU; prints one line and exits 77
 // without one.
 #include <cuda_runtime.h>
@@ -35,6 +39,7 @@
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/context.cuh"
 #include "kernels/cuda/dropout.cuh"
+#include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/layernorm.cuh"
 
@@ -181,6 +186,34 @@ void layernorm(const char* name, int64_t rows, bool branch) {
               name, t_one, bytes / t_one * 1e-6, t_two, bytes / t_two * 1e-6, t_two / t_one, relative_gap(a.dx, b.dx),
               relative_gap(a.dgamma, b.dgamma), same_bits(a.dbeta, b.dbeta) ? "yes" : "NO",
               branch ? (same_bits(a.dbias, b.dbias) ? "yes" : "NO") : "-");
+}
+
+void embedding_gradient(const char* name, const std::vector<int32_t>& idv) {
+  constexpr int64_t kVocab = 50265, kD = 768;
+  const int64_t rows = static_cast<int64_t>(idv.size());
+  std::mt19937 rng(9);
+  const Tensor ids = Tensor::from_vector(idv, {rows}, kGpu), dout = uniform({rows, kD}, rng, -1, 1, DType::bf16);
+  const auto call = [&](Tensor& dtable) {
+    cuda::embedding_backward(DType::bf16, DType::f32, ids.data<int32_t>(), rows, dout.raw(), kVocab, kD, dtable.raw());
+  };
+  Tensor dtable = Tensor::zeros({kVocab, kD}, DType::f32, kGpu);
+  const double ms = time_ms([&] { call(dtable); });
+  Tensor a = Tensor::zeros({kVocab, kD}, DType::f32, kGpu), b = Tensor::zeros({kVocab, kD}, DType::f32, kGpu);
+  call(a);
+  call(b);
+  std::vector<int32_t> sorted = idv;
+  std::sort(sorted.begin(), sorted.end());
+  int64_t distinct = 0, longest = 0;
+  for (size_t i = 0, run = 0; i < sorted.size(); ++i) {
+    run = i > 0 && sorted[i] == sorted[i - 1] ? run + 1 : 1;
+    distinct += run == 1;
+    longest = std::max(longest, static_cast<int64_t>(run));
+  }
+  // What must move: dout read (bf16), the rows of the distinct ids read and written (f32).
+  const double bytes = static_cast<double>(rows * kD) * 2 + static_cast<double>(distinct * kD) * 4 * 2;
+  std::printf("embedding backward %-26s time %7.4f ms (%5.0f GB/s)  %lld distinct ids, longest run %lld rows, same bits: %s\n",
+              name, ms, bytes / ms * 1e-6, static_cast<long long>(distinct), static_cast<long long>(longest),
+              same_bits(a, b) ? "yes" : "NO");
 }
 
 // A second stream with a cuBLASLt workspace of its own: two matmuls running at once must not share
@@ -374,6 +407,22 @@ int main(int argc, char** argv) {
     layer_gemms(operands, "AE, every task's fields", {4096, 4096, 4096, 6144});
     layer_gemms(operands, "D, encode_decode and reasoning", {4096, 2048});
     for (int64_t tokens : {2048, 4096, 8192}) weight_gradients_beside(operands, tokens);
+    // Token ids of 8192 rows: even (runs of one or two rows), Zipf (the commonest id on 1/H(50265),
+    // about 9% of the rows), and Zipf with 15% of the rows <mask> (50264).
+    std::vector<int32_t> even(8192), zipf(8192), masked(8192);
+    std::uniform_int_distribution<int32_t> any(0, 50264);
+    for (int32_t& id : even) id = any(rng);
+    std::vector<double> weights(50265);
+    for (size_t k = 0; k < weights.size(); ++k) weights[k] = 1.0 / static_cast<double>(k + 1);
+    std::discrete_distribution<int32_t> words(weights.begin(), weights.end());
+    std::bernoulli_distribution mask(0.15);
+    for (size_t i = 0; i < zipf.size(); ++i) {
+      zipf[i] = words(rng);
+      masked[i] = mask(rng) ? 50264 : zipf[i];
+    }
+    embedding_gradient("T=8192 even ids", even);
+    embedding_gradient("T=8192 Zipf ids", zipf);
+    embedding_gradient("T=8192 Zipf, 15% <mask>", masked);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_kernels: %s\n", e.what());
     return 1;

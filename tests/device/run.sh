@@ -212,7 +212,8 @@ stage_nccl() {
 # The kernels with two paths (the one-block attention backward against the tiled kernels, the
 # one-kernel LayerNorm backward against rows then columns), each pair on the same inputs: which
 # path is faster, and how far apart their results are; a layer's GEMMs over several applications
-# of a model as one pass against separate passes, and its weight gradients on a second stream.
+# of a model as one pass against separate passes, and its weight gradients on a second stream;
+# the embedding gradient with ids even, Zipf and masked (one path: the three times side by side).
 stage_kernels() {
   local out result line
   out=$(q timeout -k 10 "$(cap 120)" "$bin/bench_kernels" --warmup 5 --iters 20 2>&1)
@@ -222,6 +223,9 @@ stage_kernels() {
   while IFS= read -r line; do
     row "${line%% one-*}" "$result" "one-${line#* one-}"
   done < <(echo "$out" | grep -E '^((attention|layernorm) backward|layer (backward )?GEMMs)')
+  while IFS= read -r line; do
+    row "${line%% time *}" "$result" "${line#* time }"
+  done < <(echo "$out" | grep -E '^embedding backward')
   [ "$result" = passed ] || row bench_kernels "$result" "$(echo "$out" | tail -1)"
 }
 
@@ -255,7 +259,7 @@ stage_torch() {
   echo "$out"
   while IFS= read -r line; do
     row "${line%%:*}" bench "${line#*: }"
-  done < <(echo "$out" | grep -E '^torch (attention|layernorm) backward')
+  done < <(echo "$out" | grep -E '^torch (attention|layernorm|embedding) backward')
   # The issue's baseline runs AE once per field; --paired gives PyTorch qarac-bench's single pass
   # over reasoning's and consistency's two fields too.
   for variant in "" ragged paired; do

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """PyTorch's kernels for what tests/bench/bench_kernels times, on the same shapes, in bf16: the
 attention backward (scaled_dot_product_attention, whichever kernel PyTorch picks: flash on an
-H100) of 64 sequences of 128 tokens, 12 heads of 64, without and with dropout 0.1, and the
-LayerNorm backward of 8192 rows of 768. Each line gives milliseconds per backward pass, timed
-with CUDA events over --iters passes after --warmup, with bench_kernels' FLOP and byte counts."""
+H100) of 64 sequences of 128 tokens, 12 heads of 64, without and with dropout 0.1, the
+LayerNorm backward of 8192 rows of 768, and the embedding backward of 8192 rows of 768 into 50265
+ids drawn as bench_kernels draws them (even, Zipf, Zipf with 15% <mask>; PyTorch's table gradient
+is a new bf16 tensor, QARAC-MT's an f32 one it adds to). Each line gives milliseconds per
+backward pass, timed with CUDA events over --iters passes after --warmup, with bench_kernels'
+FLOP and byte counts."""
 import argparse
 
 import torch
@@ -45,6 +48,26 @@ def layernorm(rows, cols, warmup, iters):
     print(f"torch layernorm backward T={rows} d={cols}: {ms:.4f} ms ({moved / ms * 1e-6:.0f} GB/s)")
 
 
+def embedding(name, ids, vocab, dim, warmup, iters):
+    weight = torch.zeros(vocab, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    out = F.embedding(ids, weight)
+    dout = torch.rand_like(out) * 2 - 1
+    ms = time_ms(lambda: torch.autograd.grad(out, (weight,), dout, retain_graph=True), warmup, iters)
+    distinct = ids.unique().numel()
+    moved = ids.numel() * dim * 2 + distinct * dim * 4 * 2  # bench_kernels' count
+    print(f"torch embedding backward T={ids.numel()} {name}: {ms:.4f} ms ({moved / ms * 1e-6:.0f} GB/s)")
+
+
+def embedding_ids(rows, vocab):
+    """bench_kernels' three draws of token ids: even, Zipf (weight 1/(k+1) for id k), and Zipf
+    with 15% of the rows <mask>, the last id."""
+    even = torch.randint(0, vocab, (rows,), device="cuda")
+    zipf = torch.multinomial(1.0 / torch.arange(1, vocab + 1, device="cuda", dtype=torch.float64), rows,
+                             replacement=True)
+    masked = torch.where(torch.rand(rows, device="cuda") < 0.15, vocab - 1, zipf)
+    return {"even ids": even, "Zipf ids": zipf, "Zipf, 15% <mask>": masked}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--warmup", type=int, default=5)
@@ -56,6 +79,8 @@ def main():
     attention(64, 128, 12, 64, 0.0, a.warmup, a.iters)
     attention(64, 128, 12, 64, 0.1, a.warmup, a.iters)
     layernorm(8192, 768, a.warmup, a.iters)
+    for name, ids in embedding_ids(8192, 50265).items():
+        embedding(name, ids, 50265, 768, a.warmup, a.iters)
 
 
 if __name__ == "__main__":

@@ -761,6 +761,28 @@ const Case kCases[] = {
        ops::embedding_backward(ids, dout, dtable);
        ops::embedding_backward(ids, dsum, dtable);
      }},
+    {"embedding_backward_chunked_runs",
+     [](CaseRun& r) {
+       // Runs of equal ids whose sorted positions begin and end on CUDA's chunks of 32 rows and
+       // off them: a chunk of one id, a run over two whole chunks, a run ending one row before a
+       // chunk's end, one row past it, a run over eight chunks; then a random tail. Rows shuffled.
+       const int64_t d = r.width(300);
+       const int32_t counts[] = {32, 64, 1, 31, 33, 5, 250, 3};
+       std::vector<int32_t> idv;
+       for (int32_t id = 0; id < 8; ++id) idv.insert(idv.end(), static_cast<size_t>(counts[id]), id);
+       const std::vector<int32_t> tail = r.ints(r.size(0, 100), 8, 20);
+       idv.insert(idv.end(), tail.begin(), tail.end());
+       for (size_t i = idv.size() - 1; i > 0; --i)
+         std::swap(idv[i], idv[static_cast<size_t>(r.size(0, static_cast<int64_t>(i)))]);
+       const int64_t n = static_cast<int64_t>(idv.size());
+       const Tensor ids = r.ids(idv), table = r.in("table", {21, d});
+       Tensor out = r.out("out", {n, d}, kDenseX);
+       ops::embedding_forward(ids, table, out);
+       const Tensor dout = r.in("dout", {n, d});
+       r.loss(out, dout);
+       Tensor dtable = r.grad("dtable", table, kDenseA, Fill::start, A);
+       ops::embedding_backward(ids, dout, dtable);
+     }},
     // ---- LayerNorm
     {"layernorm_forward_backward",
      [](CaseRun& r) {
