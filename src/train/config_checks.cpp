@@ -99,10 +99,21 @@ void check_values(const TrainConfig& c) {
   // first: a wrong value would call a setting ignored that is not.
   QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
                     c.qa_objective, "' must be mse or contrastive");
+  // The models compute in float32 (bf16 has its range): a rate, a decay or a scale beyond its
+  // largest number is an infinity there, and one below its smallest is 0 (eps 0 makes 0/0 of an
+  // unused weight's update; lr 0 is meant when written so).
+  const auto check_float32 = [](const std::string& key, double value) {
+    QARAC_INPUT_CHECK(std::fabs(value) <= std::numeric_limits<float>::max(), key, ": ", value,
+                      " overflows float32, in which the models compute (largest ", std::numeric_limits<float>::max(), ")");
+    QARAC_INPUT_CHECK(value == 0 || static_cast<float>(value) != 0, key, ": ", value,
+                      " is 0 in float32, in which the models compute (smallest ", std::numeric_limits<float>::denorm_min(),
+                      ")");
+  };
   for (int t = 0; t < data::kTaskCount; ++t) {
     const std::string key = std::string("task.") + data::task_short_name(static_cast<data::Task>(t)) + ".weight";
     QARAC_INPUT_CHECK(std::isfinite(c.task[t].weight), key, ": ", c.task[t].weight, " is not a finite number");
     QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ": ", c.task[t].weight, " must be >= 0");
+    check_float32(key, c.task[t].weight);
   }
   // A setting that the chosen mode ignores is refused: the user meant something by it. All of
   // them at once, so that one fix suffices.
@@ -154,6 +165,9 @@ void check_values(const TrainConfig& c) {
       {"model.init_std", c.init_std},   {"parallel.bucket_mb", c.bucket_mb}};
   for (const auto& [key, value] : reals)
     QARAC_INPUT_CHECK(std::isfinite(value), key, ": ", value, " is not a finite number");
+  for (const auto& [key, value] : {std::pair<const char*, double>{"optimizer.lr", c.lr}, {"optimizer.eps", c.eps},
+                                   {"optimizer.weight_decay", c.weight_decay}, {"model.init_std", c.init_std}})
+    check_float32(key, value);
   QARAC_INPUT_CHECK(c.dropout < kDropoutBelow, "model.dropout: ", c.dropout, " must be < 1 - 2^-17 (negative: the base config's)");
   QARAC_INPUT_CHECK(c.dropout <= 0 || c.dropout >= kDropoutSmallest, "model.dropout: ", c.dropout,
                     " rounds to 0 in the 16-bit dropout draws and would drop nothing: use 0 or at least 2^-17 (",

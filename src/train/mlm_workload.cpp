@@ -12,6 +12,7 @@
 #include "io/hf_export.h"
 #include "model/init.h"
 #include "model/masked_lm.h"
+#include "train/nonfinite.h"
 #include "train/rehearsal.h"
 #include "train/workload.h"
 
@@ -93,6 +94,7 @@ class MlmWorkload : public Workload {
   }
 
   void export_models(const std::string& folder, const io::ExportExtras& extras) override {
+    require_finite_weights(mlm_->parameters(), "export of base");
     io::export_hf_model(folder, "base", config_, io::master_tensors(mlm_->parameters()), extras);
   }
 

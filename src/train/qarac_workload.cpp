@@ -11,6 +11,7 @@
 #include "data/tokenizer.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_export.h"
+#include "train/nonfinite.h"
 #include "train/rehearsal.h"
 #include "train/workload.h"
 
@@ -118,6 +119,8 @@ class QaracWorkload : public Workload {
   }
 
   void export_models(const std::string& folder, const io::ExportExtras& extras) override {
+    for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
+      require_finite_weights(models_->model_parameters(model), std::string("export of ") + model);
     for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
       io::export_hf_model(folder, model, models_->config().base,
                           io::master_tensors(models_->model_parameters(model)), extras);

@@ -25,6 +25,7 @@
 #include "train/export_card.h"
 #include "train/fault.h"
 #include "train/metrics.h"
+#include "train/nonfinite.h"
 #include "train/optimizer.h"
 #include "train/plan_report.h"
 #include "train/run_dir.h"
@@ -106,6 +107,7 @@ struct Trainer::Impl {
   MetricsLog metrics;       // rank 0's
   std::optional<BestExport> best;  // rank 0's, with eval.best (and so with eval.patience)
   Fault fault;
+  SkippedSteps skipped;  // train.nonfinite skip's
   int64_t step = 0;  // training steps completed
   Last last;
 
@@ -391,10 +393,9 @@ StepStats Trainer::Impl::train_step() {
     const std::vector<double> losses = t.run_losses.to(Device::cpu()).to(DType::f64).to_vector<double>();
     for (size_t j = 0; j < run_slot.size(); ++j) slot_losses[run_slot[j]] += losses[j] * run_share[j];
   }
-  if (step_is_finite(s, slot_losses))
-    t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
-  else
-    s.skipped = true;
+  s.skipped = !step_is_finite(s, slot_losses);
+  if (!s.skipped) t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
+  skipped.after(step_text(), s.skipped, t.optimizer->parameters(), place.world.get());
   s.skipped_steps = step + 1 - t.optimizer->steps();
   ++step;
   const Clock::time_point t_end = Clock::now();
@@ -423,12 +424,8 @@ bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>
   for (int t = 0; t < data::kTaskCount; ++t)
     if (bad[static_cast<size_t>(t)] != 0) tasks += std::string(tasks.empty() ? "" : ", ") + data::task_name(static_cast<data::Task>(t));
   if (std::isfinite(s.grad_norm) && tasks.empty()) return true;
-  const std::string what = detail::concat(
-      step_text(), ": ",
-      tasks.empty() ? detail::concat("the gradient norm is ", s.grad_norm, " while every loss is finite")
-                    : "the loss of " + tasks + " is not finite",
-      " (a loss or a gradient overflowed: check optimizer.lr, the task weights, model.init_std and the base model's weights)");
-  QARAC_INPUT_CHECK(config.nonfinite == "skip", what, "; the step was not applied (train.nonfinite skip goes on)");
+  const std::string what = nonfinite_step(step_text(), s.grad_norm, tasks);
+  if (config.nonfinite != "skip") end_run(place.root(), what + "; the step was not applied (train.nonfinite skip goes on)");
   if (place.root()) {
     metrics.end_progress_line();
     log::warn(what, "; its update is skipped");
@@ -467,8 +464,10 @@ void Trainer::Impl::save() {
   std::exception_ptr failure;
   try {
     for (const parallel::ParameterGroup& g : training.sync->groups())
-      if (g.ranks.front() == place.rank)
+      if (g.ranks.front() == place.rank) {
+        require_finite_weights(g.params, what);  // a resume from them would only stop again
         write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
+      }
   } catch (const std::exception&) {  // a full disk, or any other failure: the others must learn of it
     failure = std::current_exception();
   }

@@ -447,6 +447,17 @@ TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
   }
 }
 
+// A step that overflows, which every rank learns of in the same all-reduce, ends the job in one
+// line (before: one from each rank).
+TEST_F(Distributed, ANonFiniteStepIsSaidOnce) {
+  const CliResult r = train(mpirun(3), "nonfinite", "--train.dtype f32 --task.ed.weight 3e38", 3);
+  EXPECT_EQ(r.code, 2) << r.output;
+  const std::string said = "qarac-train: error: step 1: ";
+  EXPECT_NE(r.output.find(said), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(said), r.output.rfind(said)) << "more than one rank said it: " << r.output;
+  EXPECT_NE(r.output.find("; the step was not applied"), std::string::npos) << r.output;
+}
+
 // A Slurm job's --mem (as a cgroup's limit) is the node's, shared by its ranks: each counts the
 // others' tensors, so that ranks that fit alone but not together are refused at the start, in one
 // line from one rank, instead of being killed midway by the OOM killer or Slurm. The limit is set

@@ -343,7 +343,7 @@ TEST_F(RunDirCli, DataOfAnotherTokenizerIsRefusedAtTheStart) {
 // and counted in metrics.jsonl; the run finishes.
 TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
   const fs::path run = root() / "skipping";
-  const CliResult r = train(run, "--task.ed.weight 1e308 --train.nonfinite skip --train.steps 3");
+  const CliResult r = train(run, "--task.ed.weight 3e38 --train.nonfinite skip --train.steps 3");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("step 2: the gradient norm is"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("its update is skipped"), std::string::npos) << r.output;
@@ -356,4 +356,34 @@ TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
   }
   EXPECT_EQ(last, 3);
   expect_usage_error("--train.nonfinite ignore", {"train.nonfinite", "stop or skip"});
+}
+
+// Before: an update that overflowed the weights was followed by skips to the end of the run
+// (train.nonfinite skip), which exited 0 and exported NaN weights. The skipped step after it now
+// ends the run naming the weight, and no checkpoint holds such weights (train.nonfinite stop:
+// the checkpoint right after the update is refused, not written).
+TEST_F(RunDirCli, WeightsThatAreNotFiniteEndTheRun) {
+  const fs::path skipping = root() / "overflowed-skip";
+  const CliResult skip = train(skipping, "--optimizer.lr 3e38 --optimizer.warmup 0 --train.nonfinite skip --train.steps 4");
+  EXPECT_EQ(skip.code, 2) << skip.output;
+  for (const char* said : {"qarac-train: error: step 2, skipped: tensor '", "' holds a non-finite value (NaN or infinity)",
+                           ": an optimizer update overflowed (check optimizer.lr, "})
+    EXPECT_NE(skip.output.find(said), std::string::npos) << said << "\n" << skip.output;
+  EXPECT_FALSE(fs::exists(skipping / "export"));
+  const fs::path stopping = root() / "overflowed-stop";
+  const CliResult stop = train(stopping, "--optimizer.lr 3e38 --optimizer.warmup 0 --train.steps 3 --checkpoint.every 1");
+  EXPECT_EQ(stop.code, 2) << stop.output;
+  EXPECT_NE(stop.output.find("qarac-train: error: checkpoint at step 1: tensor '"), std::string::npos) << stop.output;
+  EXPECT_TRUE(fs::is_empty(stopping / "checkpoints")) << stop.output;
+}
+
+// A run whose every step is skipped trains nothing: the tenth skipped step in a row ends it
+// (before: it went on to its end, exit 0).
+TEST_F(RunDirCli, TenSkippedStepsInARowEndTheRun) {
+  const CliResult r = train(root() / "all-skipped", "--task.ed.weight 3e38 --train.nonfinite skip --train.steps 12");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("qarac-train: error: step 10: 10 steps in a row skipped (train.nonfinite skip): the run no "
+                          "longer trains (check optimizer.lr, "),
+            std::string::npos)
+      << r.output;
 }

@@ -199,6 +199,12 @@ TEST_F(TrainOptionsCli, ValuesTheRunCannotHoldAreRefused) {
   EXPECT_EQ(oom.output.find('\n'), oom.output.size() - 1) << oom.output;
   EXPECT_FALSE(fs::exists(root() / "big"));
   expect_usage_error("--model.dropout nan", {"model.dropout: nan is not a finite number"});
+  // Values float32, in which the models compute, cannot hold (before: eps 1e-50 made NaN weights,
+  // init_std 4.9e-324 zero heads, a weight of 1e39 an infinite loss).
+  expect_usage_error("--optimizer.eps 1e-50", {"optimizer.eps: 1e-50 is 0 in float32, in which the models compute"});
+  expect_usage_error("--model.init_std 4.9e-324", {"model.init_std: 4.94066e-324 is 0 in float32"});
+  expect_usage_error("--optimizer.lr 1e39", {"optimizer.lr: 1e+39 overflows float32, in which the models compute"});
+  expect_usage_error("--task.qa.weight 1e39", {"task.qa.weight: 1e+39 overflows float32"});
   expect_usage_error("--model.mode 'mlm\nqarac'", {"command-line argument 2 'mlm\\x0aqarac' holds a line break"});
   const fs::path hash = root() / "run#1";
   expect_usage_error("--train.steps 2 --output '" + hash.string() + "'",
@@ -244,14 +250,15 @@ TEST_F(TrainOptionsCli, OptionParserPlaceholdersAreRefused) {
   }
 }
 
-// A subnormal rate is a valid one: config.ini holds it (before: writing it threw out_of_range).
-TEST_F(TrainOptionsCli, ASubnormalRateIsWrittenToConfigIni) {
+// A subnormal value config.ini holds (before: writing it threw out_of_range). The clipping norm
+// is compared in double; a rate so small would be 0 in float32 and is refused.
+TEST_F(TrainOptionsCli, ASubnormalValueIsWrittenToConfigIni) {
   const fs::path run = root() / "subnormal";
-  const CliResult r = train(run, "--train.steps 2 --optimizer.lr 4.9e-324");
+  const CliResult r = train(run, "--train.steps 2 --optimizer.clip 4.9e-324");
   ASSERT_EQ(r.code, 0) << r.output;
   std::ifstream in(run / "config.ini");
   const std::string ini((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EXPECT_NE(ini.find("\nlr = 4.94066e-324\n"), std::string::npos) << ini;
+  EXPECT_NE(ini.find("\nclip = 4.94066e-324\n"), std::string::npos) << ini;
 }
 
 // Every program's errors as run_main reports them: one line each, with its exit status; a lack of

@@ -1,0 +1,64 @@
+#include "train/nonfinite.h"
+
+#include <exception>
+
+#include "core/error.h"
+#include "io/hf_weights.h"
+#include "parallel/runtime.h"
+
+namespace qarac {
+
+const char* overflow_advice() {
+  return "(check optimizer.lr, optimizer.eps, optimizer.weight_decay, the task weights, model.init_std, "
+         "task.qa.temperature with the contrastive objective, and the base model's weights)";
+}
+
+std::string nonfinite_step(const std::string& step, double grad_norm, const std::string& tasks) {
+  return detail::concat(step, ": ",
+                        tasks.empty() ? detail::concat("the gradient norm is ", grad_norm, " while every loss is finite")
+                                      : "the loss of " + tasks + " is not finite",
+                        ": a loss or a gradient overflowed ", overflow_advice());
+}
+
+void end_run(bool root, const std::string& what) {
+  if (root) throw InputError(what);
+  throw EndedByAnotherRank(what);
+}
+
+void SkippedSteps::after(const std::string& step, bool skipped, const ParameterList& params,
+                         const parallel::MpiGroup* world) {
+  if (!skipped) {
+    in_a_row_ = 0;
+    return;
+  }
+  require_finite_weights(params, step + ", skipped", world);
+  if (++in_a_row_ < kMaxInARow) return;
+  end_run(!world || world->rank() == 0,
+          detail::concat(step, ": ", kMaxInARow, " steps in a row skipped (train.nonfinite skip): the run no longer "
+                         "trains ", overflow_advice()));
+}
+
+void require_finite_weights(const ParameterList& params, const std::string& what) {
+  for (const Parameter* p : params) {
+    try {
+      io::require_finite(p->master.to(Device::cpu()), p->name, what);
+    } catch (const InputError& e) {
+      throw InputError(std::string(e.what()) + ": an optimizer update overflowed " + overflow_advice());
+    }
+  }
+}
+
+void require_finite_weights(const ParameterList& params, const std::string& what, const parallel::MpiGroup* world) {
+  std::exception_ptr failure;
+  try {
+    require_finite_weights(params, what);
+  } catch (const InputError&) {
+    failure = std::current_exception();
+  }
+  double failed = failure ? 1 : 0;
+  if (world) world->all_reduce(&failed, 1, MPI_MAX, what + ": finite weights");
+  if (failure) std::rethrow_exception(failure);
+  if (failed > 0) throw EndedByAnotherRank(what + ": the weights of another rank are not finite");
+}
+
+}  // namespace qarac

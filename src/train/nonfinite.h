@@ -1,0 +1,50 @@
+// Non-finite values in a run: which settings can make a loss, a gradient or an update overflow,
+// and the check that no NaN or infinity of the weights reaches a checkpoint, an export, or the
+// steps that train.nonfinite skip would skip to the end of a run.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "model/parameter.h"
+#include "parallel/communicator.h"
+
+namespace qarac {
+
+// What to check when something overflowed, to end a message with: "(check optimizer.lr, ...)".
+const char* overflow_advice();
+
+// What a step whose gradient norm or whose losses of `tasks` (names, comma-separated; empty:
+// every loss is finite) are not finite says: "step 7: the loss of ... is not finite: ...".
+std::string nonfinite_step(const std::string& step, double grad_norm, const std::string& tasks);
+
+// The run ends with `what` on every rank, which all took the same decision: InputError on the
+// root, which says it once, EndedByAnotherRank (silent) on the others.
+[[noreturn]] void end_run(bool root, const std::string& what);
+
+// train.nonfinite skip's guard: a step skipped because the weights themselves no longer give
+// finite values would be followed by skips to the end of the run, which then exported weights
+// no step had trained. So after a skipped step the weights are checked (not finite: the run
+// ends, naming the weight), and kMaxInARow skipped steps in a row end it too.
+class SkippedSteps {
+ public:
+  static constexpr int64_t kMaxInARow = 10;
+  // After `step` (its text: "step 7"), agreed by every rank: `skipped` whether its update was
+  // left out; `params` this rank's weights; collective over `world` (null: one process) when
+  // skipped.
+  void after(const std::string& step, bool skipped, const ParameterList& params, const parallel::MpiGroup* world);
+
+ private:
+  int64_t in_a_row_ = 0;
+};
+
+// InputError when a master weight of `params` is a NaN or an infinity: an update overflowed, and
+// `what` (a checkpoint, an export) would carry weights that make every output garbage. The
+// weights are copied to the host to look.
+void require_finite_weights(const ParameterList& params, const std::string& what);
+
+// The same on every rank of `world` (null: one process) for the weights each holds, collective:
+// the rank whose weights are not finite says so, the others end with it (EndedByAnotherRank).
+void require_finite_weights(const ParameterList& params, const std::string& what, const parallel::MpiGroup* world);
+
+}  // namespace qarac
