@@ -5,6 +5,8 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -14,12 +16,14 @@
 #include <iomanip>
 #include <iterator>
 #include <memory>
+#include <set>
 #include <ostream>
 #include <sstream>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 namespace qarac {
@@ -63,10 +67,14 @@ struct Declarations {
     sections.emplace_back(caption, kHelpWidth, kHelpWidth / 2);
     return sections.back();
   }
+  std::set<std::string> flags;                    // the bool keys
   template <class T>
   void add(po::options_description& group, const std::string& name, T* field, const char* help) {
     auto* semantic = po::value<T>(field)->default_value(*field, format_value(*field));
-    if constexpr (std::is_same_v<T, bool>) semantic->implicit_value(true, "true");
+    if constexpr (std::is_same_v<T, bool>) {
+      semantic->implicit_value(true, "true");
+      flags.insert(name);
+    }
     group.add_options()(name.c_str(), semantic, help);
     keys.push_back({name, [field] { return format_value(*field); }});
   }
@@ -295,6 +303,30 @@ std::string ini_line_of(const std::string& text, const std::string& key) {
   return "";
 }
 
+// An INI file's text: a regular file (a folder opens as an empty file, every setting silently the
+// default; a FIFO waits for a writer for good, /dev/zero never ends) of at most kMaxConfigBytes,
+// without the UTF-8 byte-order mark that some editors write before "[model]".
+constexpr std::uintmax_t kMaxConfigBytes = std::uintmax_t{1} << 20;
+std::string read_config_file(const std::string& path) {
+  try {
+    check_input_file(path);
+  } catch (const InputError& e) {
+    throw InputError(std::string("--config ") + e.what());
+  }
+  std::error_code ec;
+  const std::uintmax_t bytes = std::filesystem::file_size(path, ec);
+  QARAC_INPUT_CHECK(ec || bytes <= kMaxConfigBytes, "--config ", path, ": ", bytes,
+                    " bytes, more than an INI configuration holds (at most ", kMaxConfigBytes, ")");
+  errno = 0;
+  std::ifstream in(path, std::ios::binary);
+  QARAC_INPUT_CHECK(in.good(), "--config ", path, ": cannot open the file",
+                    errno != 0 ? std::string(": ") + std::strerror(errno) : std::string());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  QARAC_INPUT_CHECK(!in.bad(), "--config ", path, ": read failed");
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+  return text;
+}
+
 // Boost's messages (1.74) substitute their placeholders until none is left: a quoted word or line
 // holding the one it fills ("--train.steps %value%") would never finish. The placeholder in
 // `text`, or nullptr.
@@ -377,15 +409,11 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   }
   if (vm.count("config")) {
     const std::string path = vm["config"].as<std::string>();
-    std::error_code ec;
-    // A folder opens as an empty file: every setting would silently be the default.
-    QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), "--config ", path, ": is a directory, not an INI file");
-    std::ifstream in(path);
-    QARAC_INPUT_CHECK(in.good(), "--config ", path, ": cannot open the file");
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string text = read_config_file(path);
     std::istringstream lines(text);
     std::string line;
     for (int n = 1; std::getline(lines, line); ++n) {
+      QARAC_INPUT_CHECK(line.find('\0') == std::string::npos, path, ", line ", n, ": holds a NUL byte (not a text file?)");
       const char* placeholder = boost_placeholder(line.substr(0, line.find('#')));  // not in a comment
       QARAC_INPUT_CHECK(!placeholder, path, ", line ", n, ": holds ", placeholder,
                         ", a placeholder of the option parser's messages, which cannot quote it");
@@ -394,13 +422,18 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     file.add(removed_options());
     try {
       std::istringstream ini(text);
-      po::store(po::parse_config_file(ini, file), vm);
+      const po::parsed_options in_file = po::parse_config_file(ini, file);
+      // On the command line a flag alone means true; in a file, "key =" is a value forgotten.
+      for (const po::option& o : in_file.options)
+        QARAC_INPUT_CHECK(!d->flags.count(o.string_key) || (!o.value.empty() && !o.value.front().empty()), path, ", ",
+                          ini_line_of(text, o.string_key), ": ", o.string_key, " has no value (true or false)");
+      po::store(in_file, vm);
     } catch (const po::unknown_option& e) {
       const std::string where = ini_line_of(text, e.get_option_name());
-      throw InputError(path + (where.empty() ? "" : ", " + where) + ": " + e.what() +
+      throw InputError(path + (where.empty() ? "" : ", " + where) + ": " + printable(e.what()) +
                        suggestion(*d, e.get_option_name()));
     } catch (const po::error& e) {
-      throw InputError(path + ": " + e.what());
+      throw InputError(path + ": " + printable(e.what()));
     }
     try {
       refuse_removed(vm);

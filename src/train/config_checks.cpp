@@ -41,6 +41,7 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
     if (key == "task.mlm.head") return "with model.mode mlm (rehearsal is a model.mode qarac task)";
   }
   if (key == "task.qa.temperature" && !c.contrastive_qa()) return "with task.qa.objective " + c.qa_objective;
+  if (c.eval_dir.empty() && among({"eval.examples", "eval.decoded"})) return "without eval.dir (nothing is evaluated)";
   // The optimizer's: only a value other than the default, which the user meant to act (`false`
   // under adamw read as Adam with L2 decay); the defaults stand in every config.ini of earlier
   // builds and in the shipped templates. Exact names only: a misspelt one is refused by its own
@@ -127,6 +128,9 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(count == 0, ignored, count == 1 ? "; remove it" : "; remove them");
   QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",
                     c.qa_temperature, " must be a finite number > 0");
+  QARAC_INPUT_CHECK(!c.contrastive_qa() || c.task[static_cast<int>(data::Task::question_answering)].batch >= 2,
+                    "task.qa.batch: 1 with task.qa.objective contrastive, whose negatives of a question are the "
+                    "batch's other answers: one example has none, and trains nothing");
   QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
                     "' must be frozen or trained");
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
@@ -295,7 +299,9 @@ std::vector<std::string> resume_changes(const TrainConfig& config, const std::st
     // The run's length too where the rates depend on it: a decay spans train.steps, so another
     // length moves the rate of every step from here on (a rate that rises again, for a longer run).
     const bool rates = key.rfind("optimizer.", 0) == 0 || (key == "train.steps" && config.decay != "constant");
-    if (!rates && key.rfind("task.", 0) != 0) continue;
+    // The masking changes the masked-LM objective where one is trained (mlm, rehearsal).
+    const bool masking = key == "model.mask_probability" && no_effect(config, key).empty();
+    if (!rates && !masking && key.rfind("task.", 0) != 0) continue;
     // Absent: a key of a later version than the checkpoint's run, which ran with its default.
     const auto it = saved.find(key);
     const auto fallback = defaults.find(key);

@@ -64,6 +64,14 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error(mlm + "--model.share_encoder_base true", {"model.share_encoder_base: has no effect"});
   expect_usage_error(mlm + "--model.layers 3", {"model.layers: has no effect when model.base is given"});
   expect_usage_error("--eval.every 5", {"eval.every: 5 needs eval.dir"});
+  // Found by a hostile audit (before: accepted without a word, and written to config.ini).
+  expect_usage_error("--eval.examples 3 --eval.decoded 3",
+                     {"eval.decoded: has no effect without eval.dir (nothing is evaluated); eval.examples: has no "
+                      "effect without eval.dir"});
+  expect_usage_error("--eval.tokenizer /nonexistent",
+                     {"eval.tokenizer /nonexistent: holds no tokenizer (tokenizer.json, or vocab.json and merges.txt)"});
+  expect_usage_error("--task.qa.objective contrastive --task.qa.batch 1",
+                     {"task.qa.batch: 1 with task.qa.objective contrastive", "trains nothing"});
   // A warmup as long as the run: the learning rate never reaches optimizer.lr.
   expect_usage_error("--train.steps 4 --optimizer.warmup 4", {"optimizer.warmup: 4 steps", "train.steps 4"});
   expect_usage_error("--train.steps 4 --optimizer.warmup 9", {"never reach optimizer.lr"});

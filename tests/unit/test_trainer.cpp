@@ -6,6 +6,7 @@
 // base) writes the expected metrics and exports; a resumed run ends bit-identical to a straight
 // one.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -443,7 +444,38 @@ TEST(TrainConfig, RunConfigReadsBackInEveryMode) {
     EXPECT_EQ(resume_mismatch(*again, text), "");
   }
   expect_input_error([&] { parse({"--config", dir.path.string()}); },
-                     {"--config " + dir.path.string() + ": is a directory, not an INI file"});
+                     {"--config " + dir.path.string() + ": is a directory, not a file"});
+}
+
+// What --config may name and hold, from a hostile audit: before, a FIFO hung qarac-train deaf to
+// SIGTERM, /dev/zero filled the memory, "flag =" read as true, a byte-order mark made "[train]"
+// an invalid line that looked valid, and a NUL cut the message short of the key.
+TEST(TrainConfig, AConfigFileIsAShortTextFile) {
+  TempDir dir("config-files");
+  const auto file = [&](const std::string& name, const std::string& text) {
+    const std::string path = (dir.path / name).string();
+    std::ofstream(path, std::ios::binary) << text;
+    return path;
+  };
+  const std::string fifo = (dir.path / "fifo").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (const std::string& special : {fifo, std::string("/dev/zero")})
+    expect_input_error([&] { parse({"--config", special}); },
+                       {"--config " + special + ": not a regular file (a pipe, a device or a socket)"});
+  const std::string big = file("big.ini", std::string((1 << 20) + 1, '#'));
+  expect_input_error([&] { parse({"--config", big}); },
+                     {"--config " + big + ": 1048577 bytes, more than an INI configuration holds (at most 1048576)"});
+  const std::string empty_flag = file("flag.ini", "[train]\nsteps = 3\n[model]\nshare_encoder_base =\n");
+  expect_input_error([&] { parse({"--config", empty_flag}); },
+                     {empty_flag + ", line 4: model.share_encoder_base has no value (true or false)"});
+  const std::string nul = file("nul.ini", std::string("[train]\nsteps = 3\0\n", 20));
+  expect_input_error([&] { parse({"--config", nul}); }, {nul + ", line 2: holds a NUL byte"});
+  const std::optional<TrainConfig> bom = parse({"--config", file("bom.ini", "\xEF\xBB\xBF[train]\nsteps = 7\n")});
+  ASSERT_TRUE(bom);
+  EXPECT_EQ(bom->steps, 7);
+  const std::optional<TrainConfig> flag = parse({"--config", file("set.ini", "[model]\nshare_encoder_base = true\n")});
+  ASSERT_TRUE(flag);
+  EXPECT_TRUE(flag->share_encoder_base);
 }
 
 // config.ini writes paths absolute: read back from another directory (a resumed job's), the run
@@ -522,6 +554,20 @@ TEST(TrainConfig, ResumeChangesCountAKeyTheCheckpointLacksAsItsDefault) {
   EXPECT_TRUE(resume_changes(c, saved).empty());
   c.decay_exempt = "bias_norm";
   EXPECT_EQ(resume_changes(c, saved), (std::vector<std::string>{"optimizer.decay_exempt none -> bias_norm"}));
+}
+
+// The masking probability shapes the masked-LM objective where one is trained: a resume that
+// changes it says so, as it does for a rate (before: not a word); without rehearsal it has no
+// effect in model.mode qarac, and fixes nothing.
+TEST(TrainConfig, ResumeChangesSayAnotherMaskingWhereItActs) {
+  TrainConfig c;
+  c.task[static_cast<int>(data::Task::masked_lm)].weight = 0.5;
+  const std::string saved = to_ini(c);
+  c.mask_probability = 0.3;
+  EXPECT_EQ(resume_changes(c, saved), (std::vector<std::string>{"model.mask_probability 0.15 -> 0.3"}));
+  c.task[static_cast<int>(data::Task::masked_lm)].weight = 0;
+  TrainConfig off;
+  EXPECT_TRUE(resume_changes(c, to_ini(off)).empty());
 }
 
 TEST(TrainConfig, ValueErrorsNameTheKey) {
