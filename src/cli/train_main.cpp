@@ -53,12 +53,6 @@ std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime& ru
     }
     if (!config) return;
     qarac::check_values(*config);
-    // Read by whatever uses it (the forgetting monitor, the rehearsal's <mask>, the exports of a
-    // base without a tokenizer), some of them only late or not at all: a path that holds none is
-    // said now.
-    if (!config->eval_tokenizer.empty() && !qarac::data::Tokenizer::found_in(config->eval_tokenizer))
-      throw qarac::InputError("eval.tokenizer " + config->eval_tokenizer +
-                              ": holds no tokenizer (tokenizer.json, or vocab.json and merges.txt)");
     // parallel.tasks against the world size (or show_plan's); the costs that balance `auto`
     // come later: any positive ones give a plan here.
     qarac::TaskCosts unit;

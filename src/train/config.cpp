@@ -100,7 +100,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->command_line.add_options()
       ("help", "print the options with their defaults and exit")
       ("version", "print the version, the git commit and the libraries' versions, and exit")
-      ("config", po::value<std::string>(), "INI file of options; the command line overrides it")
+      ("config", po::value<std::string>(), "INI file of options (a regular file: not a pipe); the command line overrides it")
       ("resume", po::bool_switch(&c.resume), "continue from the newest valid checkpoint in the output directory");
 
   auto& top = d->section("Run (top of the INI file)");

@@ -41,7 +41,6 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
     if (key == "task.mlm.head") return "with model.mode mlm (rehearsal is a model.mode qarac task)";
   }
   if (key == "task.qa.temperature" && !c.contrastive_qa()) return "with task.qa.objective " + c.qa_objective;
-  if (c.eval_dir.empty() && among({"eval.examples", "eval.decoded"})) return "without eval.dir (nothing is evaluated)";
   // The optimizer's: only a value other than the default, which the user meant to act (`false`
   // under adamw read as Adam with L2 decay); the defaults stand in every config.ini of earlier
   // builds and in the shipped templates. Exact names only: a misspelt one is refused by its own
@@ -56,6 +55,11 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
   if (key == "optimizer.decay_exempt" && c.weight_decay == 0 && c.decay_exempt != defaults.decay_exempt)
     return "while optimizer.weight_decay is 0";
   if (key == "parallel.share_gpus" && c.device != "cuda" && c.share_gpus) return "with train.device " + c.device;
+  // Without eval.dir nothing is evaluated; the defaults stand in config.ini and the templates,
+  // which launch/scaling.sh runs with eval.dir "".
+  if (c.eval_dir.empty() && ((key == "eval.examples" && c.eval_examples != defaults.eval_examples) ||
+                             (key == "eval.decoded" && c.eval_decoded != defaults.eval_decoded)))
+    return "without eval.dir (nothing is evaluated)";
   return "";
 }
 
@@ -100,10 +104,11 @@ void check_values(const TrainConfig& c) {
   // first: a wrong value would call a setting ignored that is not.
   QARAC_INPUT_CHECK(c.qa_objective == "mse" || c.qa_objective == "contrastive", "task.qa.objective: '",
                     c.qa_objective, "' must be mse or contrastive");
-  // The models compute in float32 (bf16 has its range): a rate, a decay or a scale beyond its
-  // largest number is an infinity there, and one below its smallest is 0 (eps 0 makes 0/0 of an
-  // unused weight's update; lr 0 is meant when written so).
-  const auto check_float32 = [](const std::string& key, double value) {
+  // The models compute in float32 (bf16 has its range; f64 runs aside): a rate, a decay or a
+  // scale beyond its largest number is an infinity there, and one below its smallest is 0 (eps 0
+  // makes 0/0 of an unused weight's update; lr 0 is meant when written so).
+  const auto check_float32 = [&c](const std::string& key, double value) {
+    if (c.dtype == "f64") return;  // the CPU's reference precision computes in double
     QARAC_INPUT_CHECK(std::fabs(value) <= std::numeric_limits<float>::max(), key, ": ", value,
                       " overflows float32, in which the models compute (largest ", std::numeric_limits<float>::max(), ")");
     QARAC_INPUT_CHECK(value == 0 || static_cast<float>(value) != 0, key, ": ", value,
@@ -128,9 +133,6 @@ void check_values(const TrainConfig& c) {
   QARAC_INPUT_CHECK(count == 0, ignored, count == 1 ? "; remove it" : "; remove them");
   QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",
                     c.qa_temperature, " must be a finite number > 0");
-  QARAC_INPUT_CHECK(!c.contrastive_qa() || c.task[static_cast<int>(data::Task::question_answering)].batch >= 2,
-                    "task.qa.batch: 1 with task.qa.objective contrastive, whose negatives of a question are the "
-                    "batch's other answers: one example has none, and trains nothing");
   QARAC_INPUT_CHECK(c.mlm_head == "frozen" || c.mlm_head == "trained", "task.mlm.head: '", c.mlm_head,
                     "' must be frozen or trained");
   QARAC_INPUT_CHECK(!c.data_dir.empty(), "data.dir: required (qarac-prep's output directory)");
@@ -255,6 +257,10 @@ void check_values(const TrainConfig& c) {
     QARAC_INPUT_CHECK(c.task[t].batch >= 1 && c.task[t].batch <= kMaxBatch, key, ".batch: ", c.task[t].batch,
                       " must lie between 1 and ", kMaxBatch, " (examples of the task per step, over all ranks)");
   }
+  const int64_t qa_batch = c.task[static_cast<int>(data::Task::question_answering)].batch;
+  QARAC_INPUT_CHECK(!c.contrastive_qa() || qa_batch >= 2, "task.qa.batch: ", qa_batch,
+                    " with task.qa.objective contrastive, whose negatives of a question are the batch's other "
+                    "answers: one example has none, and trains nothing");
 }
 
 std::vector<IniEntry> ini_entries(const std::string& text) {
@@ -299,9 +305,9 @@ std::vector<std::string> resume_changes(const TrainConfig& config, const std::st
     // The run's length too where the rates depend on it: a decay spans train.steps, so another
     // length moves the rate of every step from here on (a rate that rises again, for a longer run).
     const bool rates = key.rfind("optimizer.", 0) == 0 || (key == "train.steps" && config.decay != "constant");
-    // The masking changes the masked-LM objective where one is trained (mlm, rehearsal).
-    const bool masking = key == "model.mask_probability" && no_effect(config, key).empty();
-    if (!rates && !masking && key.rfind("task.", 0) != 0) continue;
+    // The masking changes the masked-LM objective where one is trained (mlm, rehearsal; to_ini
+    // leaves it out elsewhere).
+    if (!rates && key != "model.mask_probability" && key.rfind("task.", 0) != 0) continue;
     // Absent: a key of a later version than the checkpoint's run, which ran with its default.
     const auto it = saved.find(key);
     const auto fallback = defaults.find(key);

@@ -3,6 +3,7 @@
 #include <exception>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "io/hf_weights.h"
 #include "parallel/runtime.h"
 
@@ -25,17 +26,20 @@ void end_run(bool root, const std::string& what) {
   throw EndedByAnotherRank(what);
 }
 
-void SkippedSteps::after(const std::string& step, bool skipped, const ParameterList& params,
+void SkippedSteps::after(const std::string& step, bool skipped, bool last, const ParameterList& params,
                          const parallel::MpiGroup* world) {
   if (!skipped) {
     in_a_row_ = 0;
     return;
   }
   require_finite_weights(params, step + ", skipped", world);
-  if (++in_a_row_ < kMaxInARow) return;
-  end_run(!world || world->rank() == 0,
-          detail::concat(step, ": ", kMaxInARow, " steps in a row skipped (train.nonfinite skip): the run no longer "
-                         "trains ", overflow_advice()));
+  const bool root = !world || world->rank() == 0;
+  if (++in_a_row_ >= kMaxInARow)
+    end_run(root, detail::concat(step, ": ", kMaxInARow, " steps in a row skipped (train.nonfinite skip): the run no "
+                                 "longer trains ", overflow_advice()));
+  if (last && root)
+    log::warn(step, ": the run ends on ", in_a_row_, " skipped step(s): what it saves and exports is the models of the ",
+              "last step applied, ", in_a_row_, " before");
 }
 
 void require_finite_weights(const ParameterList& params, const std::string& what) {
@@ -55,10 +59,14 @@ void require_finite_weights(const ParameterList& params, const std::string& what
   } catch (const InputError&) {
     failure = std::current_exception();
   }
-  double failed = failure ? 1 : 0;
-  if (world) world->all_reduce(&failed, 1, MPI_MAX, what + ": finite weights");
-  if (failure) std::rethrow_exception(failure);
-  if (failed > 0) throw EndedByAnotherRank(what + ": the weights of another rank are not finite");
+  // The lowest rank whose weights are not finite says so: the replicas of a model fail alike.
+  constexpr double kNone = 1e300;
+  const double rank = world ? world->rank() : 0;
+  double first = failure ? rank : kNone;
+  if (world) world->all_reduce(&first, 1, MPI_MIN, what + ": finite weights");
+  if (first == kNone) return;
+  if (first == rank) std::rethrow_exception(failure);
+  throw EndedByAnotherRank(what + ": the weights of another rank are not finite");
 }
 
 }  // namespace qarac

@@ -30,9 +30,11 @@ class SkippedSteps {
  public:
   static constexpr int64_t kMaxInARow = 10;
   // After `step` (its text: "step 7"), agreed by every rank: `skipped` whether its update was
-  // left out; `params` this rank's weights; collective over `world` (null: one process) when
-  // skipped.
-  void after(const std::string& step, bool skipped, const ParameterList& params, const parallel::MpiGroup* world);
+  // left out, `last` whether it ends the run (which then says how many steps before its end the
+  // models it saves were trained); `params` this rank's weights; collective over `world` (null:
+  // one process) when skipped.
+  void after(const std::string& step, bool skipped, bool last, const ParameterList& params,
+             const parallel::MpiGroup* world);
 
  private:
   int64_t in_a_row_ = 0;
@@ -44,7 +46,8 @@ class SkippedSteps {
 void require_finite_weights(const ParameterList& params, const std::string& what);
 
 // The same on every rank of `world` (null: one process) for the weights each holds, collective:
-// the rank whose weights are not finite says so, the others end with it (EndedByAnotherRank).
+// the lowest rank whose weights are not finite says so, the others end with it
+// (EndedByAnotherRank).
 void require_finite_weights(const ParameterList& params, const std::string& what, const parallel::MpiGroup* world);
 
 }  // namespace qarac

@@ -395,7 +395,7 @@ StepStats Trainer::Impl::train_step() {
   }
   s.skipped = !step_is_finite(s, slot_losses);
   if (!s.skipped) t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
-  skipped.after(step_text(), s.skipped, t.optimizer->parameters(), place.world.get());
+  skipped.after(step_text(), s.skipped, step + 1 == config.steps, t.optimizer->parameters(), place.world.get());
   s.skipped_steps = step + 1 - t.optimizer->steps();
   ++step;
   const Clock::time_point t_end = Clock::now();

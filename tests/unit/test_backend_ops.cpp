@@ -764,8 +764,9 @@ const Case kCases[] = {
     {"embedding_backward_chunked_runs",
      [](CaseRun& r) {
        // Runs of equal ids whose sorted positions begin and end on CUDA's chunks of 32 rows and
-       // off them: a chunk of one id, a run over two whole chunks, a run ending one row before a
-       // chunk's end, one row past it, a run over eight chunks; then a random tail. Rows shuffled.
+       // off them: a chunk of one id, a run over two whole chunks, a run that ends at a chunk's
+       // end without going on, one that goes on by a row, a run over eight chunks; then a random
+       // tail. Rows shuffled.
        const int64_t d = r.width(300);
        const int32_t counts[] = {32, 64, 1, 31, 33, 5, 250, 3};
        std::vector<int32_t> idv;

@@ -347,6 +347,11 @@ TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("step 2: the gradient norm is"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("its update is skipped"), std::string::npos) << r.output;
+  // Ending on skipped steps, the run says how old the models it saves are.
+  EXPECT_NE(r.output.find("step 3: the run ends on 3 skipped step(s): what it saves and exports is the models of the "
+                          "last step applied, 3 before"),
+            std::string::npos)
+      << r.output;
   int64_t last = 0;
   for (const nlohmann::json& j : metrics_lines(run)) {
     if (j.value("eval", false)) continue;

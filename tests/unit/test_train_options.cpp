@@ -68,8 +68,6 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error("--eval.examples 3 --eval.decoded 3",
                      {"eval.decoded: has no effect without eval.dir (nothing is evaluated); eval.examples: has no "
                       "effect without eval.dir"});
-  expect_usage_error("--eval.tokenizer /nonexistent",
-                     {"eval.tokenizer /nonexistent: holds no tokenizer (tokenizer.json, or vocab.json and merges.txt)"});
   expect_usage_error("--task.qa.objective contrastive --task.qa.batch 1",
                      {"task.qa.batch: 1 with task.qa.objective contrastive", "trains nothing"});
   // A warmup as long as the run: the learning rate never reaches optimizer.lr.

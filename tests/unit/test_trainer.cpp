@@ -524,6 +524,13 @@ TEST(TrainConfig, ExampleConfigsParse) {
     // As launch/forgetting.sh runs it: a constant rate, the template's `final = 0` kept.
     c->decay = "constant";
     check_values(*c);
+    // As launch/scaling.sh runs it: no evaluation, the template's [eval] kept.
+    std::optional<TrainConfig> timing = parse({"--config", entry.path().string(), "--output", "/tmp/run", "--data.dir",
+                                               "/tmp/data", "--eval.every", "0", "--eval.dir", ""});
+    ASSERT_TRUE(timing);
+    if (!timing->pretraining()) timing->base = "/tmp/base";
+    if (timing->pretraining() && timing->tokenizer.empty()) timing->tokenizer = "/tmp/tokenizer";
+    check_values(*timing);
     ++count;
   }
   EXPECT_GE(count, 1);
@@ -568,6 +575,17 @@ TEST(TrainConfig, ResumeChangesSayAnotherMaskingWhereItActs) {
   c.task[static_cast<int>(data::Task::masked_lm)].weight = 0;
   TrainConfig off;
   EXPECT_TRUE(resume_changes(c, to_ini(off)).empty());
+}
+
+// float32's range bounds the settings where the models compute in it, not in f64 runs (the CPU's
+// reference precision), whose optimizer computes in double.
+TEST(TrainConfig, Float32RangeChecksSpareF64Runs) {
+  std::optional<TrainConfig> c = parse({"--output", "/tmp/run", "--model.base", "/tmp/base", "--data.dir", "/tmp/data",
+                                        "--optimizer.eps", "1e-50"});
+  ASSERT_TRUE(c);
+  expect_input_error([&] { check_values(*c); }, {"optimizer.eps: 1e-50 is 0 in float32"});
+  c->dtype = "f64";
+  EXPECT_NO_THROW(check_values(*c));
 }
 
 TEST(TrainConfig, ValueErrorsNameTheKey) {
