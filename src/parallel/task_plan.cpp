@@ -195,10 +195,11 @@ TaskPlan TaskPlan::parse(const std::string& spec, int world_size, const TaskValu
     } catch (const InputError& e) {
       throw InputError(std::string(kOption) + ": " + e.what());
     }
-    const bool digits = !number.empty() && number.size() <= 6 &&
-                        number.find_first_not_of("0123456789") == std::string::npos;
+    const bool digits = !number.empty() && number.find_first_not_of("0123456789") == std::string::npos;
     QARAC_INPUT_CHECK(digits, kOption, ": '", item, "': the rank count '", number,
                       "' is not a positive integer");
+    // Six digits at most: far beyond any job, and within an int.
+    QARAC_INPUT_CHECK(number.size() <= 6, kOption, ": '", item, "': ", number, " ranks is more than any job has");
     int& n = counts[static_cast<int>(task)];
     QARAC_INPUT_CHECK(n == 0, kOption, ": task ", data::task_short_name(task), " is given twice");
     n = std::stoi(number);

@@ -163,6 +163,9 @@ TEST(TaskPlan, BadSpecsAreOneLineInputErrors) {
   expect_input_error(parse("ed,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "'ed'"});
   expect_input_error(parse("ed:1,ed:1,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "ed is given twice"});
   expect_input_error(parse("ed:5,qa:1,rs:1,cs:1", 4), {"--parallel.tasks", "ed:5", "[1, 4]"});
+  // A count no job has is said as such (before: "not a positive integer").
+  expect_input_error(parse("ed:99999999999,qa:1,rs:1,cs:1", 4),
+                     {"--parallel.tasks: 'ed:99999999999': 99999999999 ranks is more than any job has"});
   expect_input_error(parse("ed:1,qa:1,rs:1,cs:1", 8), {"--parallel.tasks", "ranks 4..7"});
   expect_input_error(parse("", 1), {"--parallel.tasks", "empty"});
   expect_input_error(parse("auto", 0), {"world size"});
