@@ -1,10 +1,11 @@
 // What --version prints (version.h).
 #include "cli/version.h"
 
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
+#include "cli/standard_output.h"
+#include "core/error.h"
 #include "parallel/versions.h"
 // Generated at every build by cmake/QaracBuildInfo.cmake (the commit changes without a reconfigure).
 #include "qarac_build_info.h"
@@ -38,13 +39,13 @@ std::string version_text(const char* program) {
 }
 
 int print_version(const char* program) {
-  errno = 0;
-  const bool written = std::fputs(version_text(program).c_str(), stdout) >= 0 && std::fflush(stdout) == 0;
-  if (written && !std::ferror(stdout)) return 0;
-  const int err = errno;  // as cli::check_standard_output says it
-  std::fprintf(stderr, "%s: error: standard output: write failed%s%s: what was printed is incomplete\n", program,
-               err != 0 ? ": " : "", err != 0 ? std::strerror(err) : "");
-  return 2;
+  try {
+    write_standard_output(version_text(program));
+    return 0;
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return 2;
+  }
 }
 
 }  // namespace qarac::cli
