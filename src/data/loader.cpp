@@ -180,8 +180,11 @@ Loader::Loader(const RankPlan& plan, const LoaderOptions& options) : options_(op
       for (int64_t i = 0; i < field.count(); ++i)
         QARAC_INPUT_CHECK(field.length(i) <= options.max_tokens, path, ": example ", i, "'s ",
                           task_fields(stream_task(slot.task))[f], " has ", field.length(i), " tokens, more than the ",
-                          options.max_tokens, " the model reads (rerun qarac-prep with --max-length ",
-                          options.max_tokens, ")");
+                          options.max_tokens, " the model reads (",
+                          options.too_long_remedy.empty()
+                              ? "rerun qarac-prep with --max-length " + std::to_string(options.max_tokens)
+                              : options.too_long_remedy,
+                          ")");
     }
     s.checksum = contents.checksum;
     s.fields = std::move(contents.fields);

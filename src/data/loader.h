@@ -70,6 +70,7 @@ struct LoaderOptions {
   std::string tokenizer_hash;  // non-empty: every file must come from this tokenizer
   int64_t vocab_size = 0;      // non-zero: every token id must be below it (the model's vocabulary)
   int64_t max_tokens = 0;      // non-zero: no sequence may be longer (what the model's positions hold)
+  std::string too_long_remedy;  // what the error on a longer one advises; "": rerun qarac-prep
 };
 
 // One field of a batch without padding: sequence b is tokens[starts[b], starts[b+1]).

@@ -427,6 +427,9 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
       for (const po::option& o : in_file.options)
         QARAC_INPUT_CHECK(!d->flags.count(o.string_key) || (!o.value.empty() && !o.value.front().empty()), path, ", ",
                           ini_line_of(text, o.string_key), ": ", o.string_key, " has no value (true or false)");
+      for (const po::option& o : in_file.options)  // the command line's win
+        if (!vm.count(o.string_key) || vm[o.string_key].defaulted())
+          c.set_in_file[o.string_key] = path + ", " + ini_line_of(text, o.string_key);
       po::store(in_file, vm);
     } catch (const po::unknown_option& e) {
       const std::string where = ini_line_of(text, e.get_option_name());
@@ -446,7 +449,6 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     if (!value.defaulted()) c.given.insert(key);
   return c;
 }
-
 
 OptimizerConfig TrainConfig::optimizer_config() const {
   OptimizerConfig o;
@@ -473,6 +475,14 @@ ScheduleConfig TrainConfig::schedule_config() const {
 
 DType TrainConfig::dtype_value() const {
   return dtype == "bf16" ? DType::bf16 : dtype == "f64" ? DType::f64 : DType::f32;
+}
+
+std::string TrainConfig::too_long_remedy(int64_t max_tokens) const {
+  std::string remedy = "rerun qarac-prep with --max-length " + std::to_string(max_tokens);
+  if (pretraining() && base.empty())
+    remedy += ", or raise model.max_positions from " + std::to_string(max_positions) + " to the longest sequence + " +
+              std::to_string(max_positions - max_tokens);
+  return remedy;
 }
 
 std::string to_ini(const TrainConfig& config) {

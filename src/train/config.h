@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <iosfwd>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -27,6 +28,9 @@ struct TaskSettings {
 struct TrainConfig {
   // Command line, and top level of the INI file.
   std::set<std::string> given;  // the keys set on the command line or in the file (not defaults)
+  // The keys whose value the --config file gives (not the command line), with where: "FILE, line N",
+  // which check_values' errors name.
+  std::map<std::string, std::string> set_in_file;
   bool resume = false;      // --resume (command line only)
   std::string output;       // output: the run directory (metrics, checkpoints, export)
 
@@ -106,6 +110,10 @@ struct TrainConfig {
   // Rehearsal (docs/design.md §3): the fifth task, masked_lm, runs (model.mode qarac only).
   bool rehearsal() const { return !pretraining() && task_weight(data::Task::masked_lm) > 0; }
   bool contrastive_qa() const { return qa_objective == "contrastive"; }
+  // What to do about data longer than the `max_tokens` the models read: rerun qarac-prep with
+  // --max-length, or, for a new mlm model (whose position table model.max_positions sizes), give
+  // it more positions.
+  std::string too_long_remedy(int64_t max_tokens) const;
 };
 
 // Parses the command line and the --config file (command line first: its values win). Returns

@@ -1,6 +1,7 @@
 // What a configuration may be: the checks of its values, the settings a mode ignores, and which
 // of its settings a checkpoint fixes for the runs that resume it.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <initializer_list>
@@ -70,9 +71,32 @@ namespace {
 constexpr int64_t kMaxRanks = 1 << 20;
 constexpr int64_t kMaxBatch = 1 << 24;
 
+// Where the --config file sets the key that `message` begins with, as check_values' messages do
+// ("" when the command line or a default set it): "FILE, line N".
+std::string file_line_of_key(const TrainConfig& c, const std::string& message) {
+  const auto in_key = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.'; };
+  const auto end = std::find_if_not(message.begin(), message.end(), in_key);
+  const auto found = c.set_in_file.find(std::string(message.begin(), end));
+  return found == c.set_in_file.end() ? "" : found->second;
+}
+
+void check_each_value(const TrainConfig& c);
+
 }  // namespace
 
 void check_values(const TrainConfig& c) {
+  try {
+    check_each_value(c);
+  } catch (const InputError& e) {
+    const std::string where = file_line_of_key(c, e.what());
+    if (where.empty()) throw;
+    throw InputError(where + ": " + e.what());
+  }
+}
+
+namespace {
+
+void check_each_value(const TrainConfig& c) {
   QARAC_INPUT_CHECK(!c.output.empty() || c.show_plan > 0, "output: required (the run directory; --output DIR)");
   QARAC_INPUT_CHECK(c.mode == "qarac" || c.mode == "mlm", "model.mode: '", c.mode, "' must be qarac or mlm");
   QARAC_INPUT_CHECK(c.pretraining() || !c.base.empty(), "model.base: required (a Hugging Face RoBERTa directory)");
@@ -262,6 +286,8 @@ void check_values(const TrainConfig& c) {
                     " with task.qa.objective contrastive, whose negatives of a question are the batch's other "
                     "answers: one example has none, and trains nothing");
 }
+
+}  // namespace
 
 std::vector<IniEntry> ini_entries(const std::string& text) {
   std::vector<IniEntry> entries;

@@ -67,7 +67,7 @@ class MlmWorkload : public Workload {
       for (int64_t i = 0; i < field.count(); ++i) {
         QARAC_INPUT_CHECK(field.length(i) <= config_.max_tokens(), text.path(), ": example ", i, "'s text has ",
                           field.length(i), " tokens, more than the ", config_.max_tokens(),
-                          " the model reads (rerun qarac-prep with --max-length ", config_.max_tokens(), ")");
+                          " the model reads (", c.too_long_remedy(config_.max_tokens()), ")");
         held_out_.emplace_back(field.begin(i), field.begin(i) + field.length(i));
       }
     }

@@ -45,6 +45,7 @@ TaskLoaders::TaskLoaders(const data::RankPlan& plan, const TrainConfig& config, 
     options.global_batch = settings.batch;
     options.vocab_size = vocab_size;
     options.max_tokens = max_tokens;
+    options.too_long_remedy = config.too_long_remedy(max_tokens);
     loaders_.emplace_back(one, options);
   }
 }

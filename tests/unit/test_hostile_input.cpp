@@ -422,6 +422,8 @@ TEST_F(Hostile, SequencesLongerThanTheModelReadsAreRefusedAtTheStart) {
   expect_input_error([&] { Loader(kEncodeDecode, o); },
                      {path("encode_decode.h5"), "'s text has", "tokens, more than the 10 the model reads",
                       "rerun qarac-prep with --max-length 10"});
+  o.too_long_remedy = "or raise the positions";
+  expect_input_error([&] { Loader(kEncodeDecode, o); }, {"the model reads (or raise the positions)"});
   o.max_tokens = 20;
   EXPECT_NO_THROW(Loader(kEncodeDecode, o));
 }

@@ -636,6 +636,55 @@ TEST(TrainConfig, ValueErrorsNameTheKey) {
   expect_key([](TrainConfig& b) { b.output.clear(); }, "output");
 }
 
+// A value refused by check_values is named with the file and line that set it (before: the key
+// alone, as if given on the command line); the command line's values and defaults are not.
+TEST(TrainConfig, ValueErrorsOfTheConfigFileNameItsLine) {
+  TempDir dir("config-lines");
+  const std::string ini = (dir.path / "run.ini").string();
+  std::ofstream(ini) << "output = /tmp/run\n[model]\nbase = /b\n[data]\ndir = /d\n[optimizer]\n"
+                        "lr = -3e-5\n[task]\nqa.batch = 0\n";
+  std::optional<TrainConfig> c = parse({"--config", ini});
+  ASSERT_TRUE(c);
+  expect_input_error([&] { check_values(*c); }, {ini + ", line 7: optimizer.lr"});
+  c = parse({"--config", ini, "--optimizer.lr", "-1"});
+  ASSERT_TRUE(c);
+  try {
+    check_values(*c);
+    ADD_FAILURE() << "optimizer.lr -1 accepted";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("optimizer.lr", 0), 0u) << e.what();  // no file named
+  }
+  c = parse({"--config", ini, "--optimizer.lr", "1e-4"});
+  ASSERT_TRUE(c);
+  expect_input_error([&] { check_values(*c); }, {ini + ", line 9: task.qa.batch: 0 must lie between"});
+  // The key a message is about comes first: one of the command line is named without the file,
+  // though the message quotes a key of the file.
+  const std::string steps = (dir.path / "steps.ini").string();
+  std::ofstream(steps) << "output = /tmp/run\n[model]\nbase = /b\n[data]\ndir = /d\n[train]\nsteps = 10\n";
+  c = parse({"--config", steps, "--optimizer.warmup", "10"});
+  ASSERT_TRUE(c);
+  try {
+    check_values(*c);
+    ADD_FAILURE() << "a warmup as long as the run accepted";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("optimizer.warmup: 10 steps is not shorter than the run (train.steps 10)", 0),
+              0u)
+        << e.what();
+  }
+}
+
+// Data longer than the models read: a new mlm model's positions are a setting (model.max_positions),
+// a base's are not.
+TEST(TrainConfig, TooLongDataIsToldWhatFixesIt) {
+  TrainConfig c;
+  EXPECT_EQ(c.too_long_remedy(128), "rerun qarac-prep with --max-length 128");
+  c.mode = "mlm";
+  EXPECT_EQ(c.too_long_remedy(128),
+            "rerun qarac-prep with --max-length 128, or raise model.max_positions from 130 to the longest sequence + 2");
+  c.base = "/b";
+  EXPECT_EQ(c.too_long_remedy(510), "rerun qarac-prep with --max-length 510");
+}
+
 // The one reading of INI text behind config.ini's comparisons and the line numbers of errors.
 TEST(TrainConfig, IniEntriesAreReadAsTheOptionParserReadsThem) {
   const std::vector<IniEntry> e =
