@@ -88,6 +88,11 @@ class QaracWorkload : public Workload {
     if (c.rehearsal() && qc.build_answer_encoder)
       rehearsal_ = std::make_unique<Rehearsal>(*models_, base_.lm_head, base_.weights,
                                                rehearsal_masking(c, base_.config), train_head_);
+    // eval.tokenizer is read by the forgetting monitor, the rehearsal and an export from a base
+    // without a tokenizer; given where none of them is, it is said rather than passed unchecked.
+    if (!c.eval_tokenizer.empty() && c.eval_dir.empty() && !c.rehearsal() && data::Tokenizer::found_in(c.base))
+      log::warn_shared("eval.tokenizer ", c.eval_tokenizer, ": not read (no eval.dir for the forgetting monitor, "
+                       "task.mlm.weight 0, and the exports carry model.base's tokenizer)");
   }
 
   int64_t vocab_size() const override { return models_->config().base.vocab_size; }

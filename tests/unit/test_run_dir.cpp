@@ -339,6 +339,25 @@ TEST_F(RunDirCli, DataOfAnotherTokenizerIsRefusedAtTheStart) {
                               "(rerun qarac-prep with --tokenizer " + dir + ", or give the data's tokenizer)"});
 }
 
+// An eval.tokenizer that nothing reads (no evaluation, no rehearsal, a base with its own tokenizer
+// for the exports) is said, not accepted unchecked; read by the exports, it is not.
+TEST_F(RunDirCli, AnEvalTokenizerNothingReadsIsSaid) {
+  const fs::path base = root() / "base-with-tokenizer";
+  fs::copy(root() / "base", base, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  fs::copy_file(qarac::test_support::kSample + "tokenizer/tokenizer.json", base / "tokenizer.json",
+                fs::copy_options::overwrite_existing);
+  const std::string missing = (root() / "no-such-tokenizer").string();
+  const CliResult unread = train(root() / "unread-tokenizer", "--train.steps 1 --optimizer.warmup 0 --model.base " +
+                                                                  base.string() + " --eval.tokenizer " + missing);
+  ASSERT_EQ(unread.code, 0) << unread.output;
+  EXPECT_NE(unread.output.find("eval.tokenizer " + missing + ": not read (no eval.dir"), std::string::npos)
+      << unread.output;
+  const CliResult read = train(root() / "read-tokenizer", "--train.steps 1 --optimizer.warmup 0 --eval.tokenizer " +
+                                                              qarac::test_support::kSample + "tokenizer");
+  ASSERT_EQ(read.code, 0) << read.output;
+  EXPECT_EQ(read.output.find("not read"), std::string::npos) << read.output;
+}
+
 // train.nonfinite skip: the steps whose gradients overflow are not applied, each said on screen
 // and counted in metrics.jsonl; the run finishes.
 TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
