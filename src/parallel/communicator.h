@@ -33,6 +33,19 @@ class CommError : public Error {
   using Error::Error;
 };
 
+// Frees the communicator it names when the scope ends, on an exception too: the one of an
+// MPI_Comm_split, once the MpiGroup made of it holds its duplicate.
+class FreeCommAtExit {
+ public:
+  explicit FreeCommAtExit(MPI_Comm& comm) : comm_(comm) {}
+  ~FreeCommAtExit();
+  FreeCommAtExit(const FreeCommAtExit&) = delete;
+  FreeCommAtExit& operator=(const FreeCommAtExit&) = delete;
+
+ private:
+  MPI_Comm& comm_;
+};
+
 class MpiGroup {
  public:
   // A duplicate of `comm` with MPI_ERRORS_RETURN, so that failures come back as CommErrors.

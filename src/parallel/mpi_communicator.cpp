@@ -37,20 +37,27 @@ MPI_Datatype mpi_type(DType dtype) {
 
 }  // namespace
 
-MpiGroup::MpiGroup(MPI_Comm comm, std::string name, double timeout_s)
-    : name_(std::move(name)), timeout_s_(timeout_s) {
-  QARAC_CHECK(timeout_s > 0, "the communication timeout must be positive, got ", timeout_s);
-  QARAC_CHECK_MPI(MPI_Comm_dup(comm, &comm_));
-  QARAC_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
-  QARAC_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
-  QARAC_CHECK_MPI(MPI_Comm_size(comm_, &size_));
-}
-
-MpiGroup::~MpiGroup() {
+FreeCommAtExit::~FreeCommAtExit() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
+
+MpiGroup::MpiGroup(MPI_Comm comm, std::string name, double timeout_s)
+    : name_(std::move(name)), timeout_s_(timeout_s) {
+  QARAC_CHECK(timeout_s > 0, "the communication timeout must be positive, got ", timeout_s);
+  QARAC_CHECK_MPI(MPI_Comm_rank(comm, &rank_));
+  QARAC_CHECK_MPI(MPI_Comm_size(comm, &size_));
+  QARAC_CHECK_MPI(MPI_Comm_dup(comm, &comm_));
+  // A constructor that throws runs no destructor: the duplicate is freed here then.
+  const int rc = MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  if (rc != MPI_SUCCESS) {
+    const FreeCommAtExit free_duplicate(comm_);
+    QARAC_CHECK_MPI(rc);
+  }
+}
+
+MpiGroup::~MpiGroup() { const FreeCommAtExit free_comm(comm_); }
 
 std::unique_ptr<MpiGroup> MpiGroup::subgroup(const std::vector<int>& members, std::string name) const {
   int me = 0;
@@ -62,10 +69,9 @@ std::unique_ptr<MpiGroup> MpiGroup::subgroup(const std::vector<int>& members, st
   trace_collective(name_, size_, "split", 0);
   MPI_Comm split = MPI_COMM_NULL;
   QARAC_CHECK_MPI(MPI_Comm_split(comm_, member ? 0 : MPI_UNDEFINED, rank_, &split));
+  const FreeCommAtExit free_split(split);
   if (!member) return nullptr;
-  auto group = std::make_unique<MpiGroup>(split, std::move(name), timeout_s_);
-  MPI_Comm_free(&split);
-  return group;
+  return std::make_unique<MpiGroup>(split, std::move(name), timeout_s_);
 }
 
 std::string MpiGroup::describe(const std::string& what, const std::string& reason) const {
