@@ -57,7 +57,11 @@ std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime& ru
     // come later: any positive ones give a plan here.
     qarac::TaskCosts unit;
     unit.flops.fill(1.0);
-    qarac::make_plan(*config, config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime.size(), unit);
+    try {
+      qarac::make_plan(*config, config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime.size(), unit);
+    } catch (const qarac::InputError& e) {
+      throw qarac::with_config_line(*config, e);
+    }
   }, qarac::TrainConfig{}.timeout);
   if (runtime.rank() == 0) qarac::cli::write_standard_output(help.str());
   return config;

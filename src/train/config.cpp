@@ -100,7 +100,8 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->command_line.add_options()
       ("help", "print the options with their defaults and exit")
       ("version", "print the version, the git commit and the libraries' versions, and exit")
-      ("config", po::value<std::string>(), "INI file of options (a regular file: not a pipe); the command line overrides it")
+      ("config", po::value<std::string>(), "INI file of options (a regular text file of at most 1 MiB, not a pipe; errors name its "
+       "line); the command line overrides it")
       ("resume", po::bool_switch(&c.resume), "continue from the newest valid checkpoint in the output directory");
 
   auto& top = d->section("Run (top of the INI file)");
@@ -158,7 +159,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add_path(eval, "eval.dir", &c.eval_dir, "held-out task streams from qarac-prep; empty: no evaluation");
   d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file)");
   d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy; 0: none, no token accuracy)");
-  d->add_path(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory; turns on the forgetting monitor (MLM loss with the base's head)");
+  d->add_path(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory: with eval.dir, turns on the forgetting monitor (MLM loss with the base's head); also gives rehearsal its <mask>, and the exports their tokenizer when model.base holds none");
   d->add(eval, "eval.best", &c.eval_best, "a held-out metric (qa.selection_mrr, cs.accuracy, forgetting.mlm_loss, mlm.loss, ...): the models of its best evaluation so far are exported to <output>/best/, with best.json (lower is better for the losses, higher for the rest); empty: none");
   d->add(eval, "eval.patience", &c.eval_patience, "stop the run (checkpoint and export as at its end) after this many evaluations in a row that do not beat eval.best's best (a tie does not); 0: never");
 
@@ -400,11 +401,12 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     help << d->command_line << "\n";
     for (const auto& s : d->sections) help << s << "\n";
     help << "Exit status: 0 done, 1 internal error, 2 input error (one line naming the setting or\n"
-            "file: bad options and inputs are found before anything is written; a full disk or a\n"
-            "non-finite step during the run, after its last checkpoint; out of memory, with what\n"
-            "needs less), 3 communication failure or timeout, 4 replicas diverged, 75 stopped by\n"
-            "SIGTERM or SIGUSR1 after writing a checkpoint of the last step (--resume goes on;\n"
-            "a second signal ends the process at once).\n";
+            "file: bad options and inputs are found before anything is written; a full disk, a\n"
+            "non-finite step or non-finite weights during the run, after its last checkpoint; out\n"
+            "of memory, with what needs less), 3 communication failure or timeout, 4 replicas\n"
+            "diverged, 75 stopped by SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) after writing a checkpoint\n"
+            "of the last step (--resume goes on; a second signal, 2 s or more after the first, ends\n"
+            "the process at once).\n";
     return std::nullopt;
   }
   if (vm.count("config")) {

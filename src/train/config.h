@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "data/task.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -126,8 +127,13 @@ struct TrainConfig {
 std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[], std::ostream& help);
 
 // The checks that need no file: required keys, ranges, names, and no setting given that the
-// mode ignores. One-line InputError naming the key (every ignored one at once).
+// mode ignores. One-line InputError naming the key (every ignored one at once), and where the
+// --config file set it (with_config_line).
 void check_values(const TrainConfig& config);
+
+// `error`, whose message begins with a key ("optimizer.lr: ..." or "--parallel.tasks: ..."),
+// with "FILE, line N: " before it when the --config file set that key; as it is otherwise.
+InputError with_config_line(const TrainConfig& config, const InputError& error);
 
 // Why `key` has no effect with config's mode and settings (e.g. "with model.mode qarac (the
 // sizes are model.base's)"); "" when it has one. check_values refuses such a key when given;

@@ -71,26 +71,23 @@ namespace {
 constexpr int64_t kMaxRanks = 1 << 20;
 constexpr int64_t kMaxBatch = 1 << 24;
 
-// Where the --config file sets the key that `message` begins with, as check_values' messages do
-// ("" when the command line or a default set it): "FILE, line N".
-std::string file_line_of_key(const TrainConfig& c, const std::string& message) {
-  const auto in_key = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.'; };
-  const auto end = std::find_if_not(message.begin(), message.end(), in_key);
-  const auto found = c.set_in_file.find(std::string(message.begin(), end));
-  return found == c.set_in_file.end() ? "" : found->second;
-}
-
 void check_each_value(const TrainConfig& c);
 
 }  // namespace
+
+InputError with_config_line(const TrainConfig& c, const InputError& error) {
+  const std::string message = error.what();
+  const auto in_key = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.'; };
+  const auto begin = message.rfind("--", 0) == 0 ? message.begin() + 2 : message.begin();
+  const auto found = c.set_in_file.find(std::string(begin, std::find_if_not(begin, message.end(), in_key)));
+  return found == c.set_in_file.end() ? error : InputError(found->second + ": " + message);
+}
 
 void check_values(const TrainConfig& c) {
   try {
     check_each_value(c);
   } catch (const InputError& e) {
-    const std::string where = file_line_of_key(c, e.what());
-    if (where.empty()) throw;
-    throw InputError(where + ": " + e.what());
+    throw with_config_line(c, e);
   }
 }
 

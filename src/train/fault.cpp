@@ -23,14 +23,16 @@ Fault Fault::from_env() {
   unsigned long long seed = 0;
   const int fields = std::sscanf(text, "%15[a-z]:%d:%lld:%llu", kind, &f.rank, &step, &seed);
   QARAC_INPUT_CHECK(fields == 3 || (fields == 4 && std::string(kind) == "diverge"), "QARAC_FAULT: '", text,
-                    "' is not <kill|stall|diverge|term>:<rank>:<step> (diverge:<rank>:<step>:<seed>)");
+                    "' is not <kill|stall|diverge|term|interrupt>:<rank>:<step> (diverge:<rank>:<step>:<seed>)");
   const std::string k = kind;
-  f.kind = k == "kill"      ? Fault::kill
-           : k == "stall"   ? Fault::stall
-           : k == "diverge" ? Fault::diverge
-           : k == "term"    ? Fault::term
-                            : Fault::none;
-  QARAC_INPUT_CHECK(f.kind != Fault::none, "QARAC_FAULT: unknown kind '", k, "' (kill, stall, diverge, term)");
+  f.kind = k == "kill"        ? Fault::kill
+           : k == "stall"     ? Fault::stall
+           : k == "diverge"   ? Fault::diverge
+           : k == "term"      ? Fault::term
+           : k == "interrupt" ? Fault::interrupt
+                              : Fault::none;
+  QARAC_INPUT_CHECK(f.kind != Fault::none, "QARAC_FAULT: unknown kind '", k,
+                    "' (kill, stall, diverge, term, interrupt)");
   f.step = step;
   f.seed = seed;
   return f;
@@ -50,11 +52,12 @@ std::pair<Parameter*, int64_t> Fault::pick_element(const ParameterList& candidat
 
 void Fault::inject(int this_rank, int64_t this_step, const std::vector<parallel::ParameterGroup>& groups) const {
   if (kind == none || rank != this_rank || step != this_step) return;
-  static const char* const kWhat[] = {"", "killing", "stalling", "perturbing", "sending SIGTERM to"};
+  static const char* const kWhat[] = {"", "killing", "stalling", "perturbing", "sending SIGTERM to",
+                                      "sending SIGINT to"};
   log::warn("QARAC_FAULT: ", kWhat[kind], " rank ", rank, " at step ", step);
   if (kind == kill) std::raise(SIGKILL);
-  if (kind == term) {  // what Slurm's preemption does to a rank; the step goes on
-    std::raise(SIGTERM);
+  if (kind == term || kind == interrupt) {  // Slurm's preemption, or Ctrl-C; the step goes on
+    std::raise(kind == term ? SIGTERM : SIGINT);
     return;
   }
   if (kind == stall)

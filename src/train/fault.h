@@ -1,7 +1,8 @@
 // The fault-injection hook of the distributed tests: QARAC_FAULT="<kind>:<rank>:<step>" makes
 // rank <rank>, at the start of step <step>, kill itself (kill, SIGKILL), sleep for good (stall),
 // shift one of its weights (diverge, which the replica check must catch) or send itself SIGTERM
-// (term: a preemption, which must stop the job with a checkpoint). Unset in normal
+// (term: a preemption, which must stop the job with a checkpoint) or SIGINT (interrupt: Ctrl-C,
+// which must do the same). Unset in normal
 // runs, where it costs one comparison per step.
 // diverge takes an optional fourth field, "diverge:<rank>:<step>:<seed>" (default 0): the seed of
 // the draw of which weight it shifts, a random element of a random parameter of the models the
@@ -18,7 +19,7 @@
 namespace qarac {
 
 struct Fault {
-  enum Kind { none, kill, stall, diverge, term } kind = none;
+  enum Kind { none, kill, stall, diverge, term, interrupt } kind = none;
   int rank = -1;
   int64_t step = -1;
   uint64_t seed = 0;  // diverge: which element it shifts

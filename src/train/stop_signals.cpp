@@ -1,11 +1,14 @@
-// The SIGTERM/SIGUSR1 handlers of a run (stop_signals.h says what each request does).
+// The SIGTERM/SIGUSR1/SIGINT handlers of a run (stop_signals.h says what each request does).
 #include "train/stop_signals.h"
 
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <iterator>
 
 #include "core/error.h"
 
@@ -19,7 +22,11 @@ std::atomic<int> g_received{0};
 std::atomic<int64_t> g_first_ns{0};  // CLOCK_MONOTONIC of the first signal
 static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2, "the stop state must be lock-free");
 bool g_installed = false;
-struct sigaction g_previous_term, g_previous_usr1;
+constexpr int kStopSignals[] = {SIGTERM, SIGUSR1, SIGINT};
+struct sigaction g_previous[std::size(kStopSignals)];
+// Set at installation: stderr is a terminal, where the request is said as it arrives (the loop
+// reads it only when the step ends). Under mpirun or in a batch job's log the loop says it.
+bool g_tell = false;
 
 // One request can arrive twice within moments: Slurm signals every process of a job step and
 // srun passes the signal on to the same ranks. Only a signal this long after the first is a
@@ -37,6 +44,14 @@ extern "C" void on_stop_signal(int signal) {
   int expected = 0;
   if (g_received.compare_exchange_strong(expected, signal)) {
     g_first_ns.store(now);
+    if (g_tell) {
+      // write(2) is async-signal-safe; the text is fixed per signal.
+      const char* text = signal == SIGINT    ? "\nSIGINT: stopping after the step in flight, with a checkpoint "
+                                               "(another signal, 2 s or more from now, ends the run at once)\n"
+                         : signal == SIGTERM ? "\nSIGTERM: stopping after the step in flight, with a checkpoint\n"
+                                             : "\nSIGUSR1: stopping after the step in flight, with a checkpoint\n";
+      [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text, std::strlen(text));
+    }
     return;
   }
   // The same request delivered again; 0: the first delivery, on another thread, has not yet
@@ -57,21 +72,22 @@ StopSignals::StopSignals() {
   QARAC_CHECK(!g_installed, "StopSignals: one instance per process");
   g_received.store(0);  // before the handlers: a signal from now on counts
   g_first_ns.store(0);
+  g_tell = isatty(STDERR_FILENO) == 1;
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // a signal must not fail a read or a write in flight
-  QARAC_CHECK(sigaction(SIGTERM, &action, &g_previous_term) == 0, "StopSignals: cannot install the SIGTERM handler");
-  if (sigaction(SIGUSR1, &action, &g_previous_usr1) != 0) {
-    sigaction(SIGTERM, &g_previous_term, nullptr);  // all or nothing
-    QARAC_CHECK(false, "StopSignals: cannot install the SIGUSR1 handler");
-  }
+  for (size_t i = 0; i < std::size(kStopSignals); ++i)
+    if (sigaction(kStopSignals[i], &action, &g_previous[i]) != 0) {
+      const int failed = kStopSignals[i];
+      while (i-- > 0) sigaction(kStopSignals[i], &g_previous[i], nullptr);  // all or nothing
+      QARAC_CHECK(false, "StopSignals: cannot install the handler of ", name(failed));
+    }
   g_installed = true;
 }
 
 StopSignals::~StopSignals() {
-  sigaction(SIGTERM, &g_previous_term, nullptr);
-  sigaction(SIGUSR1, &g_previous_usr1, nullptr);
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) sigaction(kStopSignals[i], &g_previous[i], nullptr);
   g_installed = false;
 }
 
@@ -81,6 +97,7 @@ const char* StopSignals::name(int signal) {
   switch (signal) {
     case SIGTERM: return "SIGTERM";
     case SIGUSR1: return "SIGUSR1";
+    case SIGINT: return "SIGINT";
     default: return "a signal";
   }
 }

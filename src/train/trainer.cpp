@@ -395,7 +395,6 @@ StepStats Trainer::Impl::train_step() {
   }
   s.skipped = !step_is_finite(s, slot_losses);
   if (!s.skipped) t.optimizer->update(s.lr, Optimizer::clip_factor(s.grad_norm, config.clip));
-  skipped.after(step_text(), s.skipped, step + 1 == config.steps, t.optimizer->parameters(), place.world.get());
   s.skipped_steps = step + 1 - t.optimizer->steps();
   ++step;
   const Clock::time_point t_end = Clock::now();
@@ -541,9 +540,7 @@ Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)
 
 Trainer::~Trainer() = default;
 
-void Trainer::set_evaluator(std::unique_ptr<Evaluator> evaluator) {
-  impl_->training.evaluator = std::move(evaluator);
-}
+void Trainer::set_evaluator(std::unique_ptr<Evaluator> evaluator) { impl_->training.evaluator = std::move(evaluator); }
 
 void Trainer::abort() noexcept {
   if (impl_ && impl_->training.sync) impl_->training.sync->abort();
@@ -573,6 +570,9 @@ Trainer::RunEnd Trainer::Impl::run() {
       t.metrics.write_step(t.step, t.place.world_size, t.plan, s);
       t.metrics.print_progress(t.step, c.steps, c.log_every, t.place.world_size, s);
     }
+    // After the step's record: a run this ends has it in metrics.jsonl.
+    t.skipped.after("step " + std::to_string(t.step), s.skipped, t.step == c.steps,
+                    t.training.optimizer->parameters(), t.place.world.get());
     if (s.stop_signal != 0 && t.step < c.steps) {  // after the last step the run just finishes
       // Every rank learnt of the request in the same all-reduce, after the same step.
       t.metrics.end_progress_line();

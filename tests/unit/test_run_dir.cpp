@@ -339,6 +339,22 @@ TEST_F(RunDirCli, DataOfAnotherTokenizerIsRefusedAtTheStart) {
                               "(rerun qarac-prep with --tokenizer " + dir + ", or give the data's tokenizer)"});
 }
 
+// Ctrl-C (SIGINT) stops a run as SIGTERM does: after the step in flight, with a checkpoint of it,
+// exit status 75, and --resume finishes the run (before: the process died at once, unsaid, and
+// the steps since the last checkpoint were lost).
+TEST_F(RunDirCli, CtrlCStopsWithACheckpoint) {
+  const fs::path run = root() / "interrupted";
+  const CliResult stopped = train(run, "--train.steps 4 --checkpoint.every 0", "QARAC_FAULT=interrupt:0:1");
+  ASSERT_EQ(stopped.code, 75) << stopped.output;
+  EXPECT_NE(stopped.output.find("SIGINT on rank 0: stopping after step 2 with a checkpoint"), std::string::npos)
+      << stopped.output;
+  EXPECT_TRUE(fs::is_directory(run / "checkpoints" / "step-0000000002")) << stopped.output;
+  EXPECT_FALSE(fs::exists(run / "export")) << "a stopped run exports nothing";
+  const CliResult resumed = train(run, "--resume --train.steps 4 --checkpoint.every 0");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  expect_each_step_once(run, 4, {});
+}
+
 // An eval.tokenizer that nothing reads (no evaluation, no rehearsal, a base with its own tokenizer
 // for the exports) is said, not accepted unchecked; read by the exports, it is not.
 TEST_F(RunDirCli, AnEvalTokenizerNothingReadsIsSaid) {
@@ -402,12 +418,18 @@ TEST_F(RunDirCli, WeightsThatAreNotFiniteEndTheRun) {
 }
 
 // A run whose every step is skipped trains nothing: the tenth skipped step in a row ends it
-// (before: it went on to its end, exit 0).
+// (before: it went on to its end, exit 0), and metrics.jsonl has that step's record (before:
+// its last line was step 9's).
 TEST_F(RunDirCli, TenSkippedStepsInARowEndTheRun) {
-  const CliResult r = train(root() / "all-skipped", "--task.ed.weight 3e38 --train.nonfinite skip --train.steps 12");
+  const fs::path run = root() / "all-skipped";
+  const CliResult r = train(run, "--task.ed.weight 3e38 --train.nonfinite skip --train.steps 12");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("qarac-train: error: step 10: 10 steps in a row skipped (train.nonfinite skip): the run no "
                           "longer trains (check optimizer.lr, "),
             std::string::npos)
       << r.output;
+  const std::vector<nlohmann::json> lines = metrics_lines(run);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.back()["step"].get<int64_t>(), 10) << lines.back().dump();
+  EXPECT_EQ(lines.back().value("skipped_steps", int64_t{0}), 10) << lines.back().dump();
 }

@@ -1,7 +1,8 @@
-// StopSignals (train/stop_signals.h): the first SIGTERM or SIGUSR1 is a stop request the loop
-// reads; the same request delivered again at once is ignored, a second one later ends the process
-// as the default action would; the destructor puts the previous handlers back. Each case runs in a forked child, so that a signal's default action
-// ends the child and not the test program.
+// StopSignals (train/stop_signals.h): the first SIGTERM, SIGUSR1 or SIGINT is a stop request the
+// loop reads; the same request delivered again at once is ignored, a second one later ends the
+// process as the default action would; the destructor puts the previous handlers back. Each case
+// runs in a forked child, so that a signal's default action ends the child and not the test
+// program.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -28,7 +29,7 @@ int in_child(const std::function<int()>& body) {
 }
 
 TEST(StopSignals, FirstSignalIsARequest) {
-  for (const int sig : {SIGTERM, SIGUSR1}) {
+  for (const int sig : {SIGTERM, SIGUSR1, SIGINT}) {
     const int status = in_child([sig] {
       StopSignals stop;
       if (stop.received() != 0) return 1;
@@ -63,17 +64,19 @@ TEST(StopSignals, SecondSignalLaterEndsTheProcessAtOnce) {
   EXPECT_EQ(WTERMSIG(status), SIGTERM);
 }
 
-// The program's own handlers (here: counters of SIGTERM and SIGUSR1) are back after the
+// The program's own handlers (here: counters of SIGTERM, SIGUSR1 and SIGINT) are back after the
 // destructor, and the default action where there was none.
 TEST(StopSignals, DestructorRestoresThePreviousHandlers) {
   const int status = in_child([] {
-    static volatile sig_atomic_t term = 0, usr1 = 0;
+    static volatile sig_atomic_t term = 0, usr1 = 0, interrupt = 0;
     std::signal(SIGTERM, [](int) { term = term + 1; });
     std::signal(SIGUSR1, [](int) { usr1 = usr1 + 1; });
+    std::signal(SIGINT, [](int) { interrupt = interrupt + 1; });
     { StopSignals stop; }
     raise(SIGTERM);
     raise(SIGUSR1);
-    if (term != 1 || usr1 != 1) return 5;  // a handler was not restored
+    raise(SIGINT);
+    if (term != 1 || usr1 != 1 || interrupt != 1) return 5;  // a handler was not restored
     std::signal(SIGTERM, SIG_DFL);
     { StopSignals stop; }
     struct sigaction now {};

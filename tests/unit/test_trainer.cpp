@@ -657,6 +657,9 @@ TEST(TrainConfig, ValueErrorsOfTheConfigFileNameItsLine) {
   c = parse({"--config", ini, "--optimizer.lr", "1e-4"});
   ASSERT_TRUE(c);
   expect_input_error([&] { check_values(*c); }, {ini + ", line 9: task.qa.batch: 0 must lie between"});
+  // Messages that name their key as an option (the task plan's) too.
+  EXPECT_EQ(std::string(with_config_line(*c, InputError("--task.qa.batch: x")).what()), ini + ", line 9: --task.qa.batch: x");
+  EXPECT_EQ(std::string(with_config_line(*c, InputError("--train.steps: x")).what()), "--train.steps: x");
   // The key a message is about comes first: one of the command line is named without the file,
   // though the message quotes a key of the file.
   const std::string steps = (dir.path / "steps.ini").string();
