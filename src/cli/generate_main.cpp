@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("max-tokens", po::value(&max_tokens)->default_value(32), "new tokens at most per vector")
         ("batch", po::value(&batch)->default_value(64), "vectors decoded together")
-        ("output", po::value(&output)->default_value("-"), "JSON lines file; - : standard output")
+        ("output", po::value(&output)->default_value("-"), "JSON lines file (.jsonl, .ndjson, .json); - : standard output")
         ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda");
     po::variables_map vm;
     if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
