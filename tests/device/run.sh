@@ -399,7 +399,7 @@ stage_breakdown() {
 # GPU; the programs get their libraries, PyTorch its own.
 stage_python() {
   local result
-  QARAC_BIN="$bin" QARAC_TEST_DEVICE=cuda QARAC_LD_LIBRARY_PATH="$qlib" timeout -k 10 "$(cap 300)" bash tests/python/run.sh >"$log/python" 2>&1
+  QARAC_BIN="$bin" QARAC_TEST_DEVICE=cuda QARAC_LD_LIBRARY_PATH="$qlib" timeout -k 10 "$(cap 300)" bash tests/python/run.sh tests/python/test_hf_export.py >"$log/python" 2>&1
   result=$(result_of $?)
   # pytest passes when every test skipped (transformers or tokenizers failed to import): no check.
   [ "$result" = passed ] && ! tail -1 "$log/python" | grep -q ' passed' && result=SKIPPED

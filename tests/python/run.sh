@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Runs the Python tests (pytest) of the exports with transformers and torch; exits 77, which
-# ctest reports as skipped, with the reason when they are not installed.
-#   tests/python/run.sh [pytest options]
+# Runs Python tests (pytest) that check the programs against transformers and torch; exits 77,
+# which ctest reports as skipped, with the reason when a module they need is not installed.
+#   tests/python/run.sh [TEST_FILE ...]   (default: every tests/python/test_*.py)
+# A test file names the modules it needs in a line "# needs: MODULE ...".
 # Environment: QARAC_PYTHON (default python3), QARAC_BIN (the programs' folder),
 # QARAC_TEST_DEVICE (cpu or cuda), QARAC_LD_LIBRARY_PATH (the programs' libraries only).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 python=${QARAC_PYTHON:-python3}
-if ! missing=$("$python" -c '
+files=("$@")
+[ ${#files[@]} -gt 0 ] || files=(tests/python/test_*.py)
+read -r -a needs <<< "pytest $(sed -n 's/^# needs: //p' "${files[@]}" | tr '\n' ' ')"
+if ! missing=$("$python" - "${needs[@]}" <<'PY' 2>&1
 import importlib.util, sys
-gone = [m for m in ("torch", "transformers", "pytest", "numpy") if importlib.util.find_spec(m) is None]
-print(" ".join(gone)); sys.exit(1 if gone else 0)' 2>&1); then
-  echo "skipped: $python lacks ${missing:-a working interpreter} (pip install torch transformers pytest numpy)"
+gone = sorted({m for m in sys.argv[1:] if importlib.util.find_spec(m) is None})
+print(" ".join(gone)); sys.exit(1 if gone else 0)
+PY
+); then
+  echo "skipped: $python lacks ${missing:-a working interpreter} (pip install ${missing:-pytest})"
   exit 77
 fi
-exec "$python" -m pytest -q -p no:cacheprovider tests/python "$@"
+exec "$python" -m pytest -q -p no:cacheprovider "${files[@]}"

@@ -8,6 +8,7 @@ the --device of qarac-embed and qarac-generate (default cpu; training runs on th
 QARAC_LD_LIBRARY_PATH, the programs' LD_LIBRARY_PATH.
 Run by ctest (python_hf_export) through tests/python/run.sh, or: python3 -m pytest tests/python
 """
+# needs: torch transformers tokenizers numpy
 import json
 import os
 import shutil
