@@ -6,6 +6,7 @@
 #include <iterator>
 
 #include "core/hash.h"
+#include "parallel/runtime.h"
 
 namespace qarac::parallel {
 namespace {
@@ -284,11 +285,13 @@ void GradientSync::check_replicas(int64_t step) {
     const std::string what = "replica check of " + groups_[i].name + " at step " + std::to_string(step);
     state.mpi->all_reduce(&low, 1, MPI_MIN, what);
     state.mpi->all_reduce(&high, 1, MPI_MAX, what);
-    if (low != high)
-      throw ReplicaError(detail::concat("replicas of ", groups_[i].name, " diverged by step ", step,
-                                        ": the checksums of its master weights differ across ranks ",
-                                        rank_list(groups_[i].ranks), " (this is rank ", rank_, " on ",
-                                        hostname(), "); the run stops rather than train on"));
+    if (low == high) continue;
+    // Every holder sees it: the group's first says it, the others end with it.
+    if (rank_ != groups_[i].ranks.front()) throw EndedByAnotherRank(what + ": the replicas diverged");
+    throw ReplicaError(detail::concat("replicas of ", groups_[i].name, " diverged by step ", step,
+                                      ": the checksums of its master weights differ across ranks ",
+                                      rank_list(groups_[i].ranks), " (this is rank ", rank_, " on ", hostname(),
+                                      "); the run stops rather than train on"));
   }
 }
 

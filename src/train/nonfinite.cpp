@@ -26,6 +26,12 @@ void end_run(bool root, const std::string& what) {
   throw EndedByAnotherRank(what);
 }
 
+void stop_at_nonfinite_step(const std::string& step, const std::string& what, const ParameterList& params,
+                            const parallel::MpiGroup* world) {
+  require_finite_weights(params, step + ", not applied", world);
+  end_run(!world || world->rank() == 0, what + "; the step was not applied (train.nonfinite skip goes on)");
+}
+
 void SkippedSteps::after(const std::string& step, bool skipped, bool last, const ParameterList& params,
                          const parallel::MpiGroup* world) {
   if (!skipped) {

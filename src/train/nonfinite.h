@@ -22,6 +22,13 @@ std::string nonfinite_step(const std::string& step, double grad_norm, const std:
 // root, which says it once, EndedByAnotherRank (silent) on the others.
 [[noreturn]] void end_run(bool root, const std::string& what);
 
+// train.nonfinite stop's end at a non-finite step: `what` (nonfinite_step's) with skip's advice,
+// unless the weights themselves are not finite (an earlier update overflowed them, and skip would
+// end the run at once too): then the weight is named, as require_finite_weights does. `step` is
+// its text ("step 7"); collective over `world` (null: one process).
+[[noreturn]] void stop_at_nonfinite_step(const std::string& step, const std::string& what,
+                                         const ParameterList& params, const parallel::MpiGroup* world);
+
 // train.nonfinite skip's guard: a step skipped because the weights themselves no longer give
 // finite values would be followed by skips to the end of the run, which then exported weights
 // no step had trained. So after a skipped step the weights are checked (not finite: the run

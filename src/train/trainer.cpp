@@ -424,7 +424,8 @@ bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>
     if (bad[static_cast<size_t>(t)] != 0) tasks += std::string(tasks.empty() ? "" : ", ") + data::task_name(static_cast<data::Task>(t));
   if (std::isfinite(s.grad_norm) && tasks.empty()) return true;
   const std::string what = nonfinite_step(step_text(), s.grad_norm, tasks);
-  if (config.nonfinite != "skip") end_run(place.root(), what + "; the step was not applied (train.nonfinite skip goes on)");
+  if (config.nonfinite != "skip")
+    stop_at_nonfinite_step(step_text(), what, training.optimizer->parameters(), place.world.get());
   if (place.root()) {
     metrics.end_progress_line();
     log::warn(what, "; its update is skipped");

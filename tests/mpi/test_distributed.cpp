@@ -397,12 +397,15 @@ TEST_F(Distributed, StalledRankIsDetectedByTheTimeout) {
   EXPECT_NE(r.output.find(hostname()), std::string::npos) << r.output;
 }
 
-// Replicas that stop agreeing (one rank's weight shifted) stop the run at the next check.
+// Replicas that stop agreeing (one rank's weight shifted) stop the run at the next check, said by
+// one of them (before: by every rank holding the model).
 TEST_F(Distributed, DivergedReplicasStopTheRun) {
   const CliResult r = train(with_fault("diverge:1:2", 2), "diverged",
                             "--parallel.check_every 1 --parallel.timeout 20", 6);
   expect_job_failed(r);
-  EXPECT_NE(r.output.find("diverged by step 3"), std::string::npos) << r.output;
+  const std::string said = "diverged by step 3";
+  EXPECT_NE(r.output.find(said), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(said), r.output.rfind(said)) << "more than one rank said it: " << r.output;
 }
 
 // The fault shifts a seeded random element of a random shared parameter and names it; the check

@@ -401,7 +401,7 @@ TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
 // Before: an update that overflowed the weights was followed by skips to the end of the run
 // (train.nonfinite skip), which exited 0 and exported NaN weights. The skipped step after it now
 // ends the run naming the weight, and no checkpoint holds such weights (train.nonfinite stop:
-// the checkpoint right after the update is refused, not written).
+// the checkpoint right after the update is refused, not written, and so is skip's advice).
 TEST_F(RunDirCli, WeightsThatAreNotFiniteEndTheRun) {
   const fs::path skipping = root() / "overflowed-skip";
   const CliResult skip = train(skipping, "--optimizer.lr 3e38 --optimizer.warmup 0 --train.nonfinite skip --train.steps 4");
@@ -415,6 +415,12 @@ TEST_F(RunDirCli, WeightsThatAreNotFiniteEndTheRun) {
   EXPECT_EQ(stop.code, 2) << stop.output;
   EXPECT_NE(stop.output.find("qarac-train: error: checkpoint at step 1: tensor '"), std::string::npos) << stop.output;
   EXPECT_TRUE(fs::is_empty(stopping / "checkpoints")) << stop.output;
+  // Without that checkpoint the next step's losses are not finite: the weights are named, not
+  // skip's advice (skip would end the run at the same step).
+  const CliResult next = train(root() / "overflowed-stop-next", "--optimizer.lr 3e38 --optimizer.warmup 0 --train.steps 3");
+  EXPECT_EQ(next.code, 2) << next.output;
+  EXPECT_NE(next.output.find("qarac-train: error: step 2, not applied: tensor '"), std::string::npos) << next.output;
+  EXPECT_EQ(next.output.find("skip goes on"), std::string::npos) << next.output;
 }
 
 // A run whose every step is skipped trains nothing: the tenth skipped step in a row ends it
