@@ -15,6 +15,7 @@
 #include <functional>
 #include <iomanip>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <set>
 #include <ostream>
@@ -419,6 +420,11 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
       const char* placeholder = boost_placeholder(line.substr(0, line.find('#')));  // not in a comment
       QARAC_INPUT_CHECK(!placeholder, path, ", line ", n, ": holds ", placeholder,
                         ", a placeholder of the option parser's messages, which cannot quote it");
+    }
+    std::map<std::string, int> first_line;  // said here: the option parser names no line
+    for (const IniEntry& e : ini_entries(text)) {
+      const auto [first, fresh] = first_line.emplace(e.key, e.line);
+      QARAC_INPUT_CHECK(fresh, path, ", line ", e.line, ": ", e.key, " is set again (first on line ", first->second, ")");
     }
     po::options_description file = d->file_options();
     file.add(removed_options());

@@ -471,6 +471,8 @@ TEST(TrainConfig, AConfigFileIsAShortTextFile) {
   const std::string empty_flag = file("flag.ini", "[train]\nsteps = 3\n[model]\nshare_encoder_base =\n");
   expect_input_error([&] { parse({"--config", empty_flag}); },
                      {empty_flag + ", line 4: model.share_encoder_base has no value (true or false)"});
+  const std::string twice = file("twice.ini", "[train]\nsteps = 3\n[model]\nbase = /b\n[train]\nsteps = 4\n");
+  expect_input_error([&] { parse({"--config", twice}); }, {twice + ", line 6: train.steps is set again (first on line 2)"});
   const std::string nul = file("nul.ini", std::string("[train]\nsteps = 3\0\n", 20));
   expect_input_error([&] { parse({"--config", nul}); }, {nul + ", line 2: holds a NUL byte"});
   const std::optional<TrainConfig> bom = parse({"--config", file("bom.ini", "\xEF\xBB\xBF[train]\nsteps = 7\n")});
