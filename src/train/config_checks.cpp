@@ -71,28 +71,6 @@ namespace {
 constexpr int64_t kMaxRanks = 1 << 20;
 constexpr int64_t kMaxBatch = 1 << 24;
 
-void check_each_value(const TrainConfig& c);
-
-}  // namespace
-
-InputError with_config_line(const TrainConfig& c, const InputError& error) {
-  const std::string message = error.what();
-  const auto in_key = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.'; };
-  const auto begin = message.rfind("--", 0) == 0 ? message.begin() + 2 : message.begin();
-  const auto found = c.set_in_file.find(std::string(begin, std::find_if_not(begin, message.end(), in_key)));
-  return found == c.set_in_file.end() ? error : InputError(found->second + ": " + message);
-}
-
-void check_values(const TrainConfig& c) {
-  try {
-    check_each_value(c);
-  } catch (const InputError& e) {
-    throw with_config_line(c, e);
-  }
-}
-
-namespace {
-
 void check_each_value(const TrainConfig& c) {
   QARAC_INPUT_CHECK(!c.output.empty() || c.show_plan > 0, "output: required (the run directory; --output DIR)");
   QARAC_INPUT_CHECK(c.mode == "qarac" || c.mode == "mlm", "model.mode: '", c.mode, "' must be qarac or mlm");
@@ -285,6 +263,22 @@ void check_each_value(const TrainConfig& c) {
 }
 
 }  // namespace
+
+InputError with_config_line(const TrainConfig& c, const InputError& error) {
+  const std::string message = error.what();
+  const auto in_key = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.'; };
+  const auto begin = message.rfind("--", 0) == 0 ? message.begin() + 2 : message.begin();
+  const auto found = c.set_in_file.find(std::string(begin, std::find_if_not(begin, message.end(), in_key)));
+  return found == c.set_in_file.end() ? error : InputError(found->second + ": " + message);
+}
+
+void check_values(const TrainConfig& c) {
+  try {
+    check_each_value(c);
+  } catch (const InputError& e) {
+    throw with_config_line(c, e);
+  }
+}
 
 std::vector<IniEntry> ini_entries(const std::string& text) {
   std::vector<IniEntry> entries;
