@@ -8,6 +8,7 @@
 // failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a
 // checkpoint (--resume goes on).
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -106,8 +107,10 @@ int main(int argc, char** argv) {
   if (qarac::cli::version_requested(argc, argv)) return qarac::cli::print_version("qarac-train");
   std::unique_ptr<qarac::parallel::Runtime> runtime;
   std::unique_ptr<qarac::Trainer> trainer;
-  // Before anything else: a SIGTERM or SIGUSR1 during start-up stops the run after its first
-  // step instead of killing it.
+  // A log whose reader went away does not end the run (MetricsLog::flush_log): its writes fail.
+  std::signal(SIGPIPE, SIG_IGN);
+  // Before anything else: a SIGTERM, SIGUSR1 or SIGINT during start-up stops the run after its
+  // first step instead of killing it.
   std::unique_ptr<qarac::StopSignals> stop_signals;
   bool ended_by_another = false;
   const int code = qarac::cli::run_main("qarac-train", [&] {

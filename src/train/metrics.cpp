@@ -244,14 +244,25 @@ void MetricsLog::print_progress(int64_t step, int64_t steps, int64_t log_every, 
   } else {
     std::printf("%s\n", line);
   }
-  std::fflush(stdout);
+  flush_log();
 }
 
 void MetricsLog::end_progress_line() {
   if (!progress_open_) return;
   std::printf("\n");
-  std::fflush(stdout);
   progress_open_ = false;
+  flush_log();
+}
+
+void MetricsLog::flush_log() {
+  errno = 0;
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return;
+  const int err = errno;
+  log::warn("standard output: write failed", err != 0 ? std::string(": ") + std::strerror(err) : std::string(),
+            ": no more progress lines (metrics.jsonl has every step)");
+  terminal_ = progress_open_ = false;
+  // Unwritten bytes and the error go with the old stream; the end of the run finds none.
+  if (std::freopen("/dev/null", "w", stdout) == nullptr) std::clearerr(stdout);
 }
 
 void MetricsLog::append(const std::string& line) {

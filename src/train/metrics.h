@@ -89,6 +89,11 @@ class MetricsLog {
   void end_progress_line();
 
  private:
+  // Flushes the log on stdout. stdout is the run's log, not its record (metrics.jsonl is): when
+  // its reader has gone (a `| tee` that the Ctrl-C asking for a checkpoint ended too, `| head`;
+  // qarac-train ignores SIGPIPE), the run goes on, says so once on stderr, and the rest of the
+  // log goes to /dev/null.
+  void flush_log();
   // Appends one line whole, or throws (InputError naming the file) with the file cut back to
   // where it was: a failed write never leaves half a line.
   void append(const std::string& line);

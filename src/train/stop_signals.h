@@ -5,9 +5,10 @@
 // its request into the step's metrics all-reduce, so all ranks stop after the same step, write a
 // checkpoint of it and exit with kExitPreempted, which slurm/train.sbatch requeues on. On a
 // terminal the request is said at once (a step may take a while). A second signal, more than two
-// seconds after the first, ends the process at once, as if no handler were installed (the
-// checkpoint of the step in flight is then lost, the previous one is not); one within two seconds
-// is the first delivered again (Slurm signals the ranks and srun passes the signal on to them too).
+// seconds after the first, ends the process at once, after a line saying so, as the default
+// action does (the checkpoint of the step in flight is then lost, the previous one is not); one
+// within two seconds is the first delivered again (Slurm signals the ranks and srun passes the
+// signal on to them too).
 // qarac-train installs the handlers first thing in main, so that a request during start-up
 // stops the run after its first step rather than killing it.
 #pragma once

@@ -40,9 +40,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-double seconds_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
+double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 // check_values first: the schedule's and the plan's own checks would name no key.
 const TrainConfig& checked(const TrainConfig& c) {
@@ -543,9 +541,7 @@ Trainer::~Trainer() = default;
 
 void Trainer::set_evaluator(std::unique_ptr<Evaluator> evaluator) { impl_->training.evaluator = std::move(evaluator); }
 
-void Trainer::abort() noexcept {
-  if (impl_ && impl_->training.sync) impl_->training.sync->abort();
-}
+void Trainer::abort() noexcept { if (impl_ && impl_->training.sync) impl_->training.sync->abort(); }
 
 Trainer::RunEnd Trainer::run() {
   try {
@@ -594,6 +590,9 @@ Trainer::RunEnd Trainer::Impl::run() {
   if (t.last.checkpoint != t.step) t.save();
   if (t.last.eval != t.step) t.evaluate();
   t.export_models();
+  // A request in the last step or later (the final evaluation, the export): the run finished.
+  if (StopSignals::received() != 0 && t.place.root())
+    log::warn(StopSignals::name(StopSignals::received()), " in the last step or after it: the run finished (nothing to resume)");
   return RunEnd::finished;
 }
 

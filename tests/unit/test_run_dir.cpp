@@ -353,6 +353,30 @@ TEST_F(RunDirCli, CtrlCStopsWithACheckpoint) {
   const CliResult resumed = train(run, "--resume --train.steps 4 --checkpoint.every 0");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   expect_each_step_once(run, 4, {});
+  // In the last step the request finds the run finishing: it finishes, and says so.
+  const CliResult last = train(root() / "interrupted-last", "--train.steps 2", "QARAC_FAULT=interrupt:0:1");
+  ASSERT_EQ(last.code, 0) << last.output;
+  EXPECT_NE(last.output.find("SIGINT in the last step or after it: the run finished (nothing to resume)"),
+            std::string::npos)
+      << last.output;
+}
+
+// qarac-train's standard output is its log, metrics.jsonl its record: a reader that went away (a
+// `| tee` that the Ctrl-C asking for a checkpoint ended too, `| head`) does not end the run
+// (before: SIGPIPE at the next progress line, and the steps since the last checkpoint lost).
+TEST_F(RunDirCli, ARunOutlivesAClosedLogPipe) {
+  const fs::path run = root() / "closed-pipe", status = root() / "closed-pipe.status";
+  const std::string command = std::string(QARAC_TRAIN_EXE) + " --output " + run.string() + " --model.base " +
+                              (root() / "base").string() + " --data.dir " + (root() / "data").string() +
+                              " --task.ed.batch 8 --task.qa.batch 8 --task.rs.batch 8 --task.cs.batch 8" +
+                              " --train.steps 3 --train.log_every 1 --optimizer.warmup 0";
+  const CliResult r = qarac::test_support::run_command("(" + command + "; echo $? > " + status.string() + ") | true");
+  std::ifstream in(status);
+  int code = -1;
+  in >> code;
+  EXPECT_EQ(code, 0) << "141: ended by SIGPIPE\n" << r.output;
+  EXPECT_TRUE(fs::exists(run / "export" / "decoder" / "model.safetensors"));
+  expect_each_step_once(run, 3, {});
 }
 
 // An eval.tokenizer that nothing reads (no evaluation, no rehearsal, a base with its own tokenizer

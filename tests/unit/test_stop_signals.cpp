@@ -10,7 +10,10 @@
 
 #include <chrono>
 #include <csignal>
+#include <fstream>
 #include <functional>
+#include <iterator>
+#include <string>
 #include <thread>
 
 #include "train/stop_signals.h"
@@ -52,8 +55,13 @@ TEST(StopSignals, ARequestDeliveredTwiceAtOnceIsOneRequest) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+// ... after a line on stderr that says so (a log would otherwise end without a word).
 TEST(StopSignals, SecondSignalLaterEndsTheProcessAtOnce) {
-  const int status = in_child([] {
+  char path[] = "/tmp/qarac-stop-signals-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const int status = in_child([fd] {
+    if (dup2(fd, STDERR_FILENO) < 0) return 4;
     StopSignals stop;
     raise(SIGUSR1);
     std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // past the repeat window
@@ -62,6 +70,11 @@ TEST(StopSignals, SecondSignalLaterEndsTheProcessAtOnce) {
   });
   ASSERT_TRUE(WIFSIGNALED(status)) << "the second signal did not end the process";
   EXPECT_EQ(WTERMSIG(status), SIGTERM);
+  std::ifstream in(path);
+  const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(said.find("qarac-train: a second stop signal ends the run at once"), std::string::npos) << said;
+  close(fd);
+  unlink(path);
 }
 
 // The program's own handlers (here: counters of SIGTERM, SIGUSR1 and SIGINT) are back after the
