@@ -81,12 +81,17 @@ StopSignals::StopSignals() {
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // a signal must not fail a read or a write in flight
-  for (size_t i = 0; i < std::size(kStopSignals); ++i)
-    if (sigaction(kStopSignals[i], &action, &g_previous[i]) != 0) {
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) {
+    // A signal ignored when the process started stays ignored: a shell starts a background job
+    // with SIGINT ignored, so that the Ctrl-C meant for the foreground does not reach it.
+    const bool ignored =
+        sigaction(kStopSignals[i], nullptr, &g_previous[i]) == 0 && g_previous[i].sa_handler == SIG_IGN;
+    if (!ignored && sigaction(kStopSignals[i], &action, &g_previous[i]) != 0) {
       const int failed = kStopSignals[i];
       while (i-- > 0) sigaction(kStopSignals[i], &g_previous[i], nullptr);  // all or nothing
       QARAC_CHECK(false, "StopSignals: cannot install the handler of ", name(failed));
     }
+  }
   g_installed = true;
 }
 

@@ -44,6 +44,21 @@ TEST(StopSignals, FirstSignalIsARequest) {
   }
 }
 
+// A signal ignored when the process started stays ignored: a shell's background job ignores
+// SIGINT, the Ctrl-C meant for the foreground (before: the handler made it a stop request).
+TEST(StopSignals, ASignalIgnoredAtTheStartStaysIgnored) {
+  const int status = in_child([] {
+    std::signal(SIGINT, SIG_IGN);
+    StopSignals stop;
+    raise(SIGINT);
+    if (stop.received() != 0) return 5;
+    raise(SIGTERM);
+    return stop.received() == SIGTERM ? 0 : 6;
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << "a signal ended the process";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "5: the ignored SIGINT was taken as a request; 6: SIGTERM was not";
+}
+
 TEST(StopSignals, ARequestDeliveredTwiceAtOnceIsOneRequest) {
   const int status = in_child([] {
     StopSignals stop;
