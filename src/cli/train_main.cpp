@@ -5,8 +5,8 @@
 // process is one rank of the task plan; a rank that fails (an error, a communication timeout, a
 // replica divergence) ends the whole job with MPI_Abort, so that no rank is left waiting.
 // Exit statuses: 0 done, 1 internal error, 2 input error or out of memory, 3 communication
-// failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM/SIGUSR1 after writing a
-// checkpoint (--resume goes on).
+// failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM, SIGUSR1 or SIGINT after
+// writing a checkpoint (--resume goes on).
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -107,8 +107,6 @@ int main(int argc, char** argv) {
   if (qarac::cli::version_requested(argc, argv)) return qarac::cli::print_version("qarac-train");
   std::unique_ptr<qarac::parallel::Runtime> runtime;
   std::unique_ptr<qarac::Trainer> trainer;
-  // A log whose reader went away does not end the run (MetricsLog::flush_log): its writes fail.
-  std::signal(SIGPIPE, SIG_IGN);
   // Before anything else: a SIGTERM, SIGUSR1 or SIGINT during start-up stops the run after its
   // first step instead of killing it.
   std::unique_ptr<qarac::StopSignals> stop_signals;
@@ -125,6 +123,9 @@ int main(int argc, char** argv) {
         if (runtime->rank() == 0) std::cout << qarac::plan_report(*config, plan, costs);
         return 0;
       }
+      // From here stdout is a log, not a result (--help, the plan): one whose reader went away
+      // does not end the run (MetricsLog::flush_log), its writes fail.
+      std::signal(SIGPIPE, SIG_IGN);
       trainer = std::make_unique<qarac::Trainer>(*config, runtime.get());
       // Pre-training evaluates itself (the held-out MLM loss); the QARAC models need the evaluator,
       // which only rank 0 runs, so only it reads the held-out streams.

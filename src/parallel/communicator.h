@@ -33,14 +33,17 @@ class CommError : public Error {
   using Error::Error;
 };
 
-// Frees the communicator it names when the scope ends, on an exception too: the one of an
-// MPI_Comm_split, once the MpiGroup made of it holds its duplicate.
-class FreeCommAtExit {
+// MPI_Comm_free of `comm`, unless it is MPI_COMM_NULL or MPI has been finalized.
+void free_comm(MPI_Comm& comm);
+
+// Frees the communicator it names when its scope ends, by an exception too: the one an
+// MPI_Comm_split made, once the MpiGroup built of it holds its duplicate.
+class ScopedCommFree {
  public:
-  explicit FreeCommAtExit(MPI_Comm& comm) : comm_(comm) {}
-  ~FreeCommAtExit();
-  FreeCommAtExit(const FreeCommAtExit&) = delete;
-  FreeCommAtExit& operator=(const FreeCommAtExit&) = delete;
+  explicit ScopedCommFree(MPI_Comm& comm) : comm_(comm) {}
+  ~ScopedCommFree() { free_comm(comm_); }
+  ScopedCommFree(const ScopedCommFree&) = delete;
+  ScopedCommFree& operator=(const ScopedCommFree&) = delete;
 
  private:
   MPI_Comm& comm_;

@@ -37,10 +37,10 @@ MPI_Datatype mpi_type(DType dtype) {
 
 }  // namespace
 
-FreeCommAtExit::~FreeCommAtExit() {
+void free_comm(MPI_Comm& comm) {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (!finalized && comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
 }
 
 MpiGroup::MpiGroup(MPI_Comm comm, std::string name, double timeout_s)
@@ -49,15 +49,15 @@ MpiGroup::MpiGroup(MPI_Comm comm, std::string name, double timeout_s)
   QARAC_CHECK_MPI(MPI_Comm_rank(comm, &rank_));
   QARAC_CHECK_MPI(MPI_Comm_size(comm, &size_));
   QARAC_CHECK_MPI(MPI_Comm_dup(comm, &comm_));
-  // A constructor that throws runs no destructor: the duplicate is freed here then.
-  const int rc = MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
-  if (rc != MPI_SUCCESS) {
-    const FreeCommAtExit free_duplicate(comm_);
-    QARAC_CHECK_MPI(rc);
+  try {
+    QARAC_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  } catch (...) {  // a constructor that throws runs no destructor
+    free_comm(comm_);
+    throw;
   }
 }
 
-MpiGroup::~MpiGroup() { const FreeCommAtExit free_comm(comm_); }
+MpiGroup::~MpiGroup() { free_comm(comm_); }
 
 std::unique_ptr<MpiGroup> MpiGroup::subgroup(const std::vector<int>& members, std::string name) const {
   int me = 0;
@@ -69,7 +69,7 @@ std::unique_ptr<MpiGroup> MpiGroup::subgroup(const std::vector<int>& members, st
   trace_collective(name_, size_, "split", 0);
   MPI_Comm split = MPI_COMM_NULL;
   QARAC_CHECK_MPI(MPI_Comm_split(comm_, member ? 0 : MPI_UNDEFINED, rank_, &split));
-  const FreeCommAtExit free_split(split);
+  const ScopedCommFree free_split(split);
   if (!member) return nullptr;
   return std::make_unique<MpiGroup>(split, std::move(name), timeout_s_);
 }

@@ -137,7 +137,7 @@ bool Runtime::share_host_memory(double timeout_s) const {
   const int color = static_cast<int>(hash64(source.data(), source.size()) & 0x7fffffff);
   MPI_Comm split = MPI_COMM_NULL;
   QARAC_CHECK_MPI(MPI_Comm_split(node_, color, rank_, &split));
-  const FreeCommAtExit free_split(split);
+  const ScopedCommFree free_split(split);
   const MpiGroup sharing(split, "the ranks on " + hostname() + " under one memory limit", timeout_s);
   const uint64_t mine = host_tensor_bytes();
   uint64_t held = mine;

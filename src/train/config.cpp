@@ -487,7 +487,7 @@ DType TrainConfig::dtype_value() const {
 
 std::string TrainConfig::too_long_remedy(int64_t max_tokens) const {
   std::string remedy = "rerun qarac-prep with --max-length " + std::to_string(max_tokens);
-  if (pretraining() && base.empty())
+  if (pretraining() && base.empty() && !resume)  // a checkpoint fixes the sizes it resumes
     remedy += ", or raise model.max_positions from " + std::to_string(max_positions) + " to the longest sequence + " +
               std::to_string(max_positions - max_tokens);
   return remedy;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <iterator>
@@ -40,6 +41,7 @@ int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
 }
 
 extern "C" void on_stop_signal(int signal) {
+  const int saved_errno = errno;  // write(2) may set it, under code that reads it after a failed call
   const int64_t now = monotonic_ns();
   int expected = 0;
   if (g_received.compare_exchange_strong(expected, signal)) {
@@ -52,12 +54,16 @@ extern "C" void on_stop_signal(int signal) {
                                              : "\nSIGUSR1: stopping after the step in flight, with a checkpoint\n";
       [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text, std::strlen(text));
     }
+    errno = saved_errno;
     return;
   }
   // The same request delivered again; 0: the first delivery, on another thread, has not yet
   // stored its time.
   const int64_t first = g_first_ns.load();
-  if (first == 0 || now - first < kRepeatWindowNs) return;
+  if (first == 0 || now - first < kRepeatWindowNs) {
+    errno = saved_errno;
+    return;
+  }
   // A second request: end now, with the status the default action gives, said first (a log would
   // otherwise end without a word).
   const char text[] = "\nqarac-train: a second stop signal ends the run at once (--resume goes on from the last "
@@ -82,10 +88,11 @@ StopSignals::StopSignals() {
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // a signal must not fail a read or a write in flight
   for (size_t i = 0; i < std::size(kStopSignals); ++i) {
-    // A signal ignored when the process started stays ignored: a shell starts a background job
-    // with SIGINT ignored, so that the Ctrl-C meant for the foreground does not reach it.
-    const bool ignored =
-        sigaction(kStopSignals[i], nullptr, &g_previous[i]) == 0 && g_previous[i].sa_handler == SIG_IGN;
+    // SIGINT ignored when the process started stays ignored: a shell starts its background jobs
+    // so, and the Ctrl-C meant for the foreground must not stop them. (Preemption's SIGTERM is
+    // always heard: a wrapper's `trap '' TERM` must not cost the checkpoint.)
+    const bool ignored = kStopSignals[i] == SIGINT && sigaction(SIGINT, nullptr, &g_previous[i]) == 0 &&
+                         g_previous[i].sa_handler == SIG_IGN;
     if (!ignored && sigaction(kStopSignals[i], &action, &g_previous[i]) != 0) {
       const int failed = kStopSignals[i];
       while (i-- > 0) sigaction(kStopSignals[i], &g_previous[i], nullptr);  // all or nothing

@@ -21,8 +21,8 @@ constexpr int kExitPreempted = 75;
 
 class StopSignals {
  public:
-  // Installs the handlers for SIGTERM, SIGUSR1 and SIGINT, leaving any the process started with
-  // ignored (one instance per process) ...
+  // Installs the handlers for SIGTERM, SIGUSR1 and SIGINT, leaving SIGINT ignored when the
+  // process started with it so (a background job of a shell; one instance per process) ...
   StopSignals();
   // ... and restores the previous ones.
   ~StopSignals();

@@ -547,6 +547,7 @@ Trainer::RunEnd Trainer::run() {
   try {
     return impl_->run();
   } catch (...) {
+    impl_->metrics.end_progress_line();  // the error is said on a line of its own
     impl_->discard_unstarted();
     throw;
   }

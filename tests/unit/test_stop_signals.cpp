@@ -25,7 +25,12 @@ namespace {
 // Runs `body` in a child process; returns its wait status.
 int in_child(const std::function<int()>& body) {
   const pid_t pid = fork();
-  if (pid == 0) _exit(body());
+  if (pid == 0) {
+    // As a foreground process has it: a test run in a shell's background inherits SIGINT ignored,
+    // which StopSignals leaves so.
+    std::signal(SIGINT, SIG_DFL);
+    _exit(body());
+  }
   int status = 0;
   waitpid(pid, &status, 0);
   return status;
