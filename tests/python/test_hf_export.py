@@ -12,31 +12,18 @@ Run by ctest (python_hf_export) through tests/python/run.sh, or: python3 -m pyte
 import json
 import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from programs import BIN, REPO, SAMPLE, run
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "data" / "sample"
-BIN = Path(os.environ.get("QARAC_BIN", REPO / "build" / "src" / "cli"))
 DEVICE = os.environ.get("QARAC_TEST_DEVICE", "cpu")
 ENCODERS = ("question_encoder", "answer_encoder")
 STEPS = "20"
-
-
-def run(*args):
-    env = dict(os.environ)
-    if "QARAC_LD_LIBRARY_PATH" in env:  # the programs' libraries, kept away from torch's
-        env["LD_LIBRARY_PATH"] = env["QARAC_LD_LIBRARY_PATH"]
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, f"{args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,10 @@ Run by tests/python/run.sh, or: python3 -m pytest tests/python/test_qarac_step.p
 import json
 import math
 import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from programs import BIN, SAMPLE, run
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -46,9 +45,6 @@ h5py = pytest.importorskip("h5py")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 F = torch.nn.functional
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "data" / "sample"
-BIN = Path(os.environ.get("QARAC_BIN", REPO / "build" / "src" / "cli"))
 PERTURB = os.environ.get("QARAC_REF_PERTURB", "")
 F64 = torch.float64
 B = 4  # examples per task stream, and each task's global batch
@@ -79,15 +75,6 @@ CONFIGS = {
     "f64-share_encoder_base": ("f64", ["--model.share_encoder_base", "true"]),
     "f64-tie_lm_head": ("f64", ["--model.tie_lm_head", "true"]),
 }
-
-
-def run(*args):
-    env = dict(os.environ)
-    if "QARAC_LD_LIBRARY_PATH" in env:  # the programs' libraries, kept away from torch's
-        env["LD_LIBRARY_PATH"] = env["QARAC_LD_LIBRARY_PATH"]
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, f"{args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    return done.stdout
 
 
 def tiny_inputs(raw):
