@@ -127,7 +127,11 @@ void check_each_value(const TrainConfig& c) {
   for (const std::string& key : c.given) {
     const std::string why = no_effect(c, key);
     if (why.empty()) continue;
-    ignored += (count++ ? "; " : "") + key + ": has no effect " + why;
+    // The first key's line in the --config file leads the message (with_config_line); the
+    // others' go beside them.
+    const auto in_file = c.set_in_file.find(key);
+    const std::string where = count > 0 && in_file != c.set_in_file.end() ? " (" + in_file->second + ")" : "";
+    ignored += (count++ ? "; " : "") + key + where + ": has no effect " + why;
   }
   QARAC_INPUT_CHECK(count == 0, ignored, count == 1 ? "; remove it" : "; remove them");
   QARAC_INPUT_CHECK(std::isfinite(c.qa_temperature) && c.qa_temperature > 0, "task.qa.temperature: ",

@@ -663,6 +663,15 @@ TEST(TrainConfig, ValueErrorsOfTheConfigFileNameItsLine) {
   c = parse({"--config", ini, "--optimizer.lr", "1e-4"});
   ASSERT_TRUE(c);
   expect_input_error([&] { check_values(*c); }, {ini + ", line 9: task.qa.batch: 0 must lie between"});
+  // Settings a mode ignores are said at once, each with its line.
+  const std::string sizes = (dir.path / "sizes.ini").string();
+  std::ofstream(sizes) << "output = /tmp/run\n[model]\nbase = /b\nlayers = 3\nhidden = 32\n[data]\ndir = /d\n";
+  c = parse({"--config", sizes});
+  ASSERT_TRUE(c);
+  expect_input_error([&] { check_values(*c); }, {sizes + ", line 5: model.hidden: has no effect",
+                                                "; model.layers (" + sizes + ", line 4): has no effect"});
+  c = parse({"--config", ini, "--optimizer.lr", "1e-4"});
+  ASSERT_TRUE(c);
   // Messages that name their key as an option (the task plan's) too.
   EXPECT_EQ(std::string(with_config_line(*c, InputError("--task.qa.batch: x")).what()), ini + ", line 9: --task.qa.batch: x");
   EXPECT_EQ(std::string(with_config_line(*c, InputError("--train.steps: x")).what()), "--train.steps: x");
