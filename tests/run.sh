@@ -3,6 +3,8 @@
 # builds in Release with -j2 and runs the whole suite with ctest.
 #   tests/run.sh [BUILD_DIR]       (default: build; build-mpich with QARAC_MPI=mpich)
 # Environment: QARAC_CUDA=AUTO|ON|OFF (default AUTO: compile CUDA when nvcc is found);
+# QARAC_CUDA_ARCHS (default: the compute capabilities of this machine's GPUs, or 90 without one:
+# the test build compiles the kernels for what will run them, or once to prove they compile);
 # QARAC_MPI=openmpi|mpich (default openmpi): the MPI to build and test with. mpich installs
 # Debian's MPICH beside Open MPI and names it to CMake (mpicc.mpich, mpiexec.mpich), leaving the
 # system's default MPI (update-alternatives) as it is.
@@ -24,7 +26,13 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=/usr/local/cuda/bin:$PATH
 fi
 
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" -DQARAC_TESTS=ON "${mpi_args[@]}"
+cuda_archs=${QARAC_CUDA_ARCHS:-}
+if [ -z "$cuda_archs" ] && command -v nvidia-smi >/dev/null; then
+  cuda_archs=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d . | sort -u | paste -sd ';') || true
+  [[ $cuda_archs =~ ^[0-9]+(;[0-9]+)*$ ]] || cuda_archs=  # "No devices were found" and the like
+fi
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" \
+  -DQARAC_CUDA_ARCHS="${cuda_archs:-90}" -DQARAC_TESTS=ON "${mpi_args[@]}"
 cmake --build "$build_dir" -j2
 # Tests are small; OpenBLAS threads would only oversubscribe the two cores under ctest -j2.
 OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build_dir" --output-on-failure -j2
