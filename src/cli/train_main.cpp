@@ -5,8 +5,8 @@
 // process is one rank of the task plan; a rank that fails (an error, a communication timeout, a
 // replica divergence) ends the whole job with MPI_Abort, so that no rank is left waiting.
 // Exit statuses: 0 done, 1 internal error, 2 input error or out of memory, 3 communication
-// failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM, SIGUSR1 or SIGINT after
-// writing a checkpoint (--resume goes on).
+// failure or timeout, 4 replicas diverged, 75 stopped by SIGTERM, SIGUSR1, SIGINT or SIGHUP
+// after writing a checkpoint (--resume goes on).
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
   if (qarac::cli::version_requested(argc, argv)) return qarac::cli::print_version("qarac-train");
   std::unique_ptr<qarac::parallel::Runtime> runtime;
   std::unique_ptr<qarac::Trainer> trainer;
-  // Before anything else: a SIGTERM, SIGUSR1 or SIGINT during start-up stops the run after its
+  // Before anything else: a stop signal (stop_signals.h) during start-up stops the run after its
   // first step instead of killing it.
   std::unique_ptr<qarac::StopSignals> stop_signals;
   bool ended_by_another = false;

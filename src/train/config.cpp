@@ -405,9 +405,9 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
             "file: bad options and inputs are found before anything is written; a full disk, a\n"
             "non-finite step or non-finite weights during the run, after its last checkpoint; out\n"
             "of memory, with what needs less), 3 communication failure or timeout, 4 replicas\n"
-            "diverged, 75 stopped by SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) after writing a checkpoint\n"
-            "of the last step (--resume goes on; a second signal, 2 s or more after the first, ends\n"
-            "the process at once).\n";
+            "diverged, 75 stopped by SIGTERM, SIGUSR1, SIGINT (Ctrl-C) or SIGHUP (its terminal\n"
+            "closed) after writing a checkpoint of the last step (--resume goes on; a second\n"
+            "signal, 2 s or more after the first, ends the process at once).\n";
     return std::nullopt;
   }
   if (vm.count("config")) {

@@ -1,4 +1,4 @@
-// The SIGTERM/SIGUSR1/SIGINT handlers of a run (stop_signals.h says what each request does).
+// The SIGTERM/SIGUSR1/SIGINT/SIGHUP handlers of a run (stop_signals.h says what each request does).
 #include "train/stop_signals.h"
 
 #include <signal.h>
@@ -23,7 +23,7 @@ std::atomic<int> g_received{0};
 std::atomic<int64_t> g_first_ns{0};  // CLOCK_MONOTONIC of the first signal
 static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2, "the stop state must be lock-free");
 bool g_installed = false;
-constexpr int kStopSignals[] = {SIGTERM, SIGUSR1, SIGINT};
+constexpr int kStopSignals[] = {SIGTERM, SIGUSR1, SIGINT, SIGHUP};
 struct sigaction g_previous[std::size(kStopSignals)];
 // Set at installation: stderr is a terminal, where the request is said as it arrives (the loop
 // reads it only when the step ends). Under mpirun or in a batch job's log the loop says it.
@@ -46,7 +46,8 @@ extern "C" void on_stop_signal(int signal) {
   int expected = 0;
   if (g_received.compare_exchange_strong(expected, signal)) {
     g_first_ns.store(now);
-    if (g_tell) {
+    // SIGHUP: the terminal hung up, nobody reads it.
+    if (g_tell && signal != SIGHUP) {
       // write(2) is async-signal-safe; the text is fixed per signal.
       const char* text = signal == SIGINT    ? "\nSIGINT: stopping after the step in flight, with a checkpoint "
                                                "(another signal, 2 s or more from now, ends the run at once)\n"
@@ -88,15 +89,16 @@ StopSignals::StopSignals() {
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // a signal must not fail a read or a write in flight
   for (size_t i = 0; i < std::size(kStopSignals); ++i) {
-    // SIGINT ignored when the process started stays ignored: a shell starts its background jobs
-    // so, and the Ctrl-C meant for the foreground must not stop them. (Preemption's SIGTERM is
-    // always heard: a wrapper's `trap '' TERM` must not cost the checkpoint.)
-    const bool ignored = kStopSignals[i] == SIGINT && sigaction(SIGINT, nullptr, &g_previous[i]) == 0 &&
+    // SIGINT or SIGHUP ignored when the process started stays ignored: a shell starts its
+    // background jobs without SIGINT, so that the Ctrl-C meant for the foreground does not stop
+    // them, and nohup without SIGHUP, so that the run outlives its terminal. (Preemption's
+    // SIGTERM is always heard: a wrapper's `trap '' TERM` must not cost the checkpoint.)
+    const int signal = kStopSignals[i];
+    const bool ignored = (signal == SIGINT || signal == SIGHUP) && sigaction(signal, nullptr, &g_previous[i]) == 0 &&
                          g_previous[i].sa_handler == SIG_IGN;
-    if (!ignored && sigaction(kStopSignals[i], &action, &g_previous[i]) != 0) {
-      const int failed = kStopSignals[i];
+    if (!ignored && sigaction(signal, &action, &g_previous[i]) != 0) {
       while (i-- > 0) sigaction(kStopSignals[i], &g_previous[i], nullptr);  // all or nothing
-      QARAC_CHECK(false, "StopSignals: cannot install the handler of ", name(failed));
+      QARAC_CHECK(false, "StopSignals: cannot install the handler of ", name(signal));
     }
   }
   g_installed = true;
@@ -114,6 +116,7 @@ const char* StopSignals::name(int signal) {
     case SIGTERM: return "SIGTERM";
     case SIGUSR1: return "SIGUSR1";
     case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
     default: return "a signal";
   }
 }

@@ -36,6 +36,11 @@ class TrainCli : public ::testing::Test {
   // qarac-train with `args` and a small valid configuration for every key `args` leaves out (a
   // key may appear once), writing to `output`; `env` goes before the command (VAR=value ...).
   static CliResult train(const std::filesystem::path& output, const std::string& args, const std::string& env = "") {
+    return run_command(train_command(output, args, env));
+  }
+  // The shell command train() runs.
+  static std::string train_command(const std::filesystem::path& output, const std::string& args,
+                                   const std::string& env = "") {
     const std::vector<std::pair<std::string, std::string>> defaults = {
         {"output", output.string()}, {"model.base", (root() / "base").string()},
         {"data.dir", (root() / "data").string()}, {"task.ed.batch", "8"},
@@ -45,7 +50,7 @@ class TrainCli : public ::testing::Test {
     for (const auto& [key, value] : defaults)
       if (args.find("--" + key + " ") == std::string::npos && args.find("--" + key + "=") == std::string::npos)
         command += " --" + key + " " + value;
-    return run_command(command);
+    return command;
   }
   // Exit 2, exactly one line naming every one of `parts`, and no output directory.
   static void expect_usage_error(const std::string& args, std::initializer_list<std::string> parts) {

@@ -3,10 +3,15 @@
 // metrics.jsonl with every step once and every line whole after a resume, a failed start that
 // leaves nothing behind, and the non-finite step policy.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <pty.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -370,10 +375,7 @@ TEST_F(RunDirCli, CtrlCStopsWithACheckpoint) {
 // (before: SIGPIPE at the next progress line, and the steps since the last checkpoint lost).
 TEST_F(RunDirCli, ARunOutlivesAClosedLogPipe) {
   const fs::path run = root() / "closed-pipe", status = root() / "closed-pipe.status";
-  const std::string command = std::string(QARAC_TRAIN_EXE) + " --output " + run.string() + " --model.base " +
-                              (root() / "base").string() + " --data.dir " + (root() / "data").string() +
-                              " --task.ed.batch 8 --task.qa.batch 8 --task.rs.batch 8 --task.cs.batch 8" +
-                              " --train.steps 3 --train.log_every 1 --optimizer.warmup 0";
+  const std::string command = train_command(run, "--train.steps 3 --optimizer.warmup 0");
   const CliResult r = qarac::test_support::run_command("(" + command + "; echo $? > " + status.string() + ") | true");
   std::ifstream in(status);
   int code = -1;
@@ -381,6 +383,52 @@ TEST_F(RunDirCli, ARunOutlivesAClosedLogPipe) {
   EXPECT_EQ(code, 0) << "141: ended by SIGPIPE\n" << r.output;
   EXPECT_TRUE(fs::exists(run / "export" / "decoder" / "model.safetensors"));
   expect_each_step_once(run, 3, {});
+}
+
+// A run whose terminal closes (a dropped ssh connection: SIGHUP, then every write to the terminal
+// fails) stops with a checkpoint as on SIGTERM, and --resume finishes it (before: SIGHUP killed
+// it, and the steps since the last checkpoint were lost).
+TEST_F(RunDirCli, AClosedTerminalStopsTheRunWithACheckpoint) {
+  const fs::path run = root() / "hung-up";
+  const std::string command = "exec " + train_command(run, "--train.steps 1000 --checkpoint.every 0");
+  int terminal = -1;
+  const pid_t pid = forkpty(&terminal, nullptr, nullptr, nullptr);
+  ASSERT_GE(pid, 0) << std::strerror(errno);
+  if (pid == 0) {  // the new terminal's session leader, as the shell of an ssh login is
+    std::signal(SIGHUP, SIG_DFL);  // a suite run under nohup has it ignored
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // The terminal closes once the run has made a step.
+  std::string seen;
+  char buf[4096];
+  for (pollfd p{terminal, POLLIN, 0}; seen.find("step 2/1000") == std::string::npos && poll(&p, 1, 60'000) > 0;) {
+    const ssize_t n = read(terminal, buf, sizeof buf);
+    if (n <= 0) break;
+    seen.append(buf, static_cast<size_t>(n));
+  }
+  close(terminal);
+  int status = 0;
+  for (int waited_ms = 0; waitpid(pid, &status, WNOHANG) == 0; waited_ms += 100) {
+    if (waited_ms > 60'000) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      FAIL() << "the run went on for a minute without its terminal:\n" << seen;
+    }
+    usleep(100'000);
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "ended by signal " << WTERMSIG(status) << ":\n" << seen;
+  ASSERT_EQ(WEXITSTATUS(status), 75) << seen;
+  // The checkpoint of the step in flight at the hang-up, and a resume that finishes from it.
+  std::vector<fs::path> checkpoints;
+  for (const fs::directory_entry& e : fs::directory_iterator(run / "checkpoints")) checkpoints.push_back(e.path());
+  ASSERT_EQ(checkpoints.size(), 1u);
+  const int64_t stopped = std::stoll(checkpoints[0].filename().string().substr(5));  // step-NNNNNNNNNN
+  EXPECT_GE(stopped, 2);
+  const std::string last = std::to_string(stopped + 2);
+  const CliResult resumed = train(run, "--resume --train.steps " + last + " --checkpoint.every 0");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  expect_each_step_once(run, stopped + 2, {});
 }
 
 // An eval.tokenizer that nothing reads (no evaluation, no rehearsal, a base with its own tokenizer

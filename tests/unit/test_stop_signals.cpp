@@ -1,8 +1,8 @@
-// StopSignals (train/stop_signals.h): the first SIGTERM, SIGUSR1 or SIGINT is a stop request the
-// loop reads; the same request delivered again at once is ignored, a second one later ends the
-// process as the default action would; the destructor puts the previous handlers back. Each case
-// runs in a forked child, so that a signal's default action ends the child and not the test
-// program.
+// StopSignals (train/stop_signals.h): the first SIGTERM, SIGUSR1, SIGINT or SIGHUP is a stop
+// request the loop reads; the same request delivered again at once is ignored, a second one later
+// ends the process as the default action would; the destructor puts the previous handlers back.
+// Each case runs in a forked child, so that a signal's default action ends the child and not the
+// test program.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -26,9 +26,10 @@ namespace {
 int in_child(const std::function<int()>& body) {
   const pid_t pid = fork();
   if (pid == 0) {
-    // As a foreground process has it: a test run in a shell's background inherits SIGINT ignored,
-    // which StopSignals leaves so.
+    // As a foreground process has them: a test run in a shell's background inherits SIGINT
+    // ignored, one under nohup SIGHUP, which StopSignals leaves so.
     std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGHUP, SIG_DFL);
     _exit(body());
   }
   int status = 0;
@@ -37,7 +38,7 @@ int in_child(const std::function<int()>& body) {
 }
 
 TEST(StopSignals, FirstSignalIsARequest) {
-  for (const int sig : {SIGTERM, SIGUSR1, SIGINT}) {
+  for (const int sig : {SIGTERM, SIGUSR1, SIGINT, SIGHUP}) {
     const int status = in_child([sig] {
       StopSignals stop;
       if (stop.received() != 0) return 1;
@@ -50,18 +51,21 @@ TEST(StopSignals, FirstSignalIsARequest) {
 }
 
 // A signal ignored when the process started stays ignored: a shell's background job ignores
-// SIGINT, the Ctrl-C meant for the foreground (before: the handler made it a stop request).
+// SIGINT, the Ctrl-C meant for the foreground (before: the handler made it a stop request), and
+// nohup SIGHUP, so that the run outlives its terminal.
 TEST(StopSignals, ASignalIgnoredAtTheStartStaysIgnored) {
   const int status = in_child([] {
     std::signal(SIGINT, SIG_IGN);
+    std::signal(SIGHUP, SIG_IGN);
     StopSignals stop;
     raise(SIGINT);
+    raise(SIGHUP);
     if (stop.received() != 0) return 5;
     raise(SIGTERM);
     return stop.received() == SIGTERM ? 0 : 6;
   });
   ASSERT_TRUE(WIFEXITED(status)) << "a signal ended the process";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "5: the ignored SIGINT was taken as a request; 6: SIGTERM was not";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "5: an ignored SIGINT or SIGHUP was taken as a request; 6: SIGTERM was not";
 }
 
 TEST(StopSignals, ARequestDeliveredTwiceAtOnceIsOneRequest) {
@@ -97,19 +101,21 @@ TEST(StopSignals, SecondSignalLaterEndsTheProcessAtOnce) {
   unlink(path);
 }
 
-// The program's own handlers (here: counters of SIGTERM, SIGUSR1 and SIGINT) are back after the
+// The program's own handlers (here: counters of the four signals) are back after the
 // destructor, and the default action where there was none.
 TEST(StopSignals, DestructorRestoresThePreviousHandlers) {
   const int status = in_child([] {
-    static volatile sig_atomic_t term = 0, usr1 = 0, interrupt = 0;
+    static volatile sig_atomic_t term = 0, usr1 = 0, interrupt = 0, hangup = 0;
     std::signal(SIGTERM, [](int) { term = term + 1; });
     std::signal(SIGUSR1, [](int) { usr1 = usr1 + 1; });
     std::signal(SIGINT, [](int) { interrupt = interrupt + 1; });
+    std::signal(SIGHUP, [](int) { hangup = hangup + 1; });
     { StopSignals stop; }
     raise(SIGTERM);
     raise(SIGUSR1);
     raise(SIGINT);
-    if (term != 1 || usr1 != 1 || interrupt != 1) return 5;  // a handler was not restored
+    raise(SIGHUP);
+    if (term != 1 || usr1 != 1 || interrupt != 1 || hangup != 1) return 5;  // a handler was not restored
     std::signal(SIGTERM, SIG_DFL);
     { StopSignals stop; }
     struct sigaction now {};
