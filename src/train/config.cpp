@@ -421,13 +421,16 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
       QARAC_INPUT_CHECK(!placeholder, path, ", line ", n, ": holds ", placeholder,
                         ", a placeholder of the option parser's messages, which cannot quote it");
     }
-    std::map<std::string, int> first_line;  // said here: the option parser names no line
+    po::options_description file = d->file_options();
+    file.add(removed_options());
+    // Said here: the option parser names no line. An unknown key is left to it, which says that
+    // first, with the key meant.
+    std::map<std::string, int> first_line;
     for (const IniEntry& e : ini_entries(text)) {
+      if (!file.find_nothrow(e.key, false)) continue;
       const auto [first, fresh] = first_line.emplace(e.key, e.line);
       QARAC_INPUT_CHECK(fresh, path, ", line ", e.line, ": ", e.key, " is set again (first on line ", first->second, ")");
     }
-    po::options_description file = d->file_options();
-    file.add(removed_options());
     try {
       std::istringstream ini(text);
       const po::parsed_options in_file = po::parse_config_file(ini, file);

@@ -473,6 +473,9 @@ TEST(TrainConfig, AConfigFileIsAShortTextFile) {
                      {empty_flag + ", line 4: model.share_encoder_base has no value (true or false)"});
   const std::string twice = file("twice.ini", "[train]\nsteps = 3\n[model]\nbase = /b\n[train]\nsteps = 4\n");
   expect_input_error([&] { parse({"--config", twice}); }, {twice + ", line 6: train.steps is set again (first on line 2)"});
+  // A misspelt key set twice is said misspelt (before: "set again", and fixing that left the typo).
+  const std::string typo = file("typo.ini", "[train]\nstep = 3\nstep = 4\n");
+  expect_input_error([&] { parse({"--config", typo}); }, {typo + ", line 2: ", "train.step", "train.steps"});
   const std::string nul = file("nul.ini", std::string("[train]\nsteps = 3\0\n", 20));
   expect_input_error([&] { parse({"--config", nul}); }, {nul + ", line 2: holds a NUL byte"});
   const std::optional<TrainConfig> bom = parse({"--config", file("bom.ini", "\xEF\xBB\xBF[train]\nsteps = 7\n")});
