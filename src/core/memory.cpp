@@ -236,19 +236,44 @@ namespace {
 // What qarac-bench reports per step (memory.h).
 std::atomic<uint64_t> memory_call_count{0}, allocation_count{0};
 // The bytes of this process's host Buffers (their aligned blocks), counted against
-// host_memory_limit() with those of the other processes under it (count_host_tensors_elsewhere:
-// what they held when the run started). Memory outside tensors is not counted: this catches a
-// model or batch that cannot fit, not every shortage.
+// host_memory_limit() with those of the other processes under it (share_host_tensor_counts).
+// Memory outside tensors is not counted: this catches a model or batch that cannot fit, not every
+// shortage.
 std::atomic<uint64_t> host_bytes_held{0};
-std::atomic<uint64_t> host_bytes_elsewhere{0};
-std::atomic<int> processes_elsewhere{0};
+
+// The node's counters (share_host_tensor_counts). `count` and `mine` are written before the
+// pointer is published and read after it is loaded.
+std::atomic<std::atomic<uint64_t>*> shared_counters{nullptr};
+int shared_count = 0, shared_mine = 0;
+
+// What the tensors of the other processes sharing their counts hold now, and how many they are.
+struct Elsewhere {
+  uint64_t bytes = 0;
+  int processes = 0;
+};
+Elsewhere host_tensors_elsewhere() {
+  Elsewhere e;
+  std::atomic<uint64_t>* counters = shared_counters.load(std::memory_order_acquire);
+  if (counters == nullptr) return e;
+  // Sequentially consistent, as the update of this process's own counter before it (Buffer): of
+  // two processes allocating at once, at least one sees the other's bytes.
+  for (int p = 0; p < shared_count; ++p)
+    if (p != shared_mine) e.bytes += counters[p].load();
+  e.processes = shared_count - 1;
+  return e;
+}
+
+// This process's counter follows its tensors: `delta` bytes more (or, negative, fewer).
+void count_shared(int64_t delta) {
+  if (std::atomic<uint64_t>* counters = shared_counters.load(std::memory_order_acquire))
+    counters[shared_mine].fetch_add(static_cast<uint64_t>(delta));  // wraps back for a negative delta
+}
 
 // " and 3.1 GiB by the tensors of the 3 other ranks on this node": what the others hold, in messages.
-std::string elsewhere_text() {
-  const int others = processes_elsewhere.load(std::memory_order_relaxed);
-  if (others == 0) return "";
-  return detail::concat(" and ", size_text(host_bytes_elsewhere.load(std::memory_order_relaxed)),
-                        " by the tensors of the ", others, " other rank", others == 1 ? "" : "s", " on this node");
+std::string elsewhere_text(const Elsewhere& e) {
+  if (e.processes == 0) return "";
+  return detail::concat(" and ", size_text(e.bytes), " by the tensors of the ", e.processes, " other rank",
+                        e.processes == 1 ? "" : "s", " on this node");
 }
 }  // namespace
 
@@ -264,16 +289,28 @@ std::string size_text(uint64_t bytes) {
 
 uint64_t host_tensor_bytes() { return host_bytes_held.load(std::memory_order_relaxed); }
 
-void count_host_tensors_elsewhere(uint64_t bytes, int processes) {
+void share_host_tensor_counts(std::atomic<uint64_t>* counters, int count, int mine) {
+  if (counters == nullptr) {
+    shared_counters.store(nullptr, std::memory_order_release);
+    return;
+  }
+  QARAC_CHECK(count > 0 && mine >= 0 && mine < count, "share_host_tensor_counts: process ", mine, " of ", count);
+  shared_count = count;
+  shared_mine = mine;
+  counters[mine].store(host_tensor_bytes());
+  shared_counters.store(counters, std::memory_order_release);
+}
+
+uint64_t check_shared_host_tensors() {
   const HostMemoryLimit& limit = host_memory_limit();
   const uint64_t mine = host_tensor_bytes();
-  if (bytes > limit.bytes || mine > limit.bytes - bytes)
-    throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": the tensors of its ", processes + 1,
-                                     " ranks hold ", size_text(mine + bytes), " together (this one ", size_text(mine),
-                                     "), more than the ", size_text(limit.bytes), " ", limit.source,
+  const Elsewhere others = host_tensors_elsewhere();
+  if (others.bytes > limit.bytes || mine > limit.bytes - others.bytes)
+    throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": the tensors of its ", others.processes + 1,
+                                     " ranks hold ", size_text(mine + others.bytes), " together (this one ",
+                                     size_text(mine), "), more than the ", size_text(limit.bytes), " ", limit.source,
                                      "; fewer ranks per node hold less"));
-  host_bytes_elsewhere.store(bytes, std::memory_order_relaxed);
-  processes_elsewhere.store(processes, std::memory_order_relaxed);
+  return mine + others.bytes;
 }
 
 uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
@@ -287,18 +324,22 @@ Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
                 " bytes is larger than any machine");
     const size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
     const uint64_t held = host_bytes_held.fetch_add(rounded, std::memory_order_relaxed);
+    count_shared(static_cast<int64_t>(rounded));  // before reading the others' counters
     const HostMemoryLimit& limit = host_memory_limit();
-    const uint64_t elsewhere = host_bytes_elsewhere.load(std::memory_order_relaxed);
-    const uint64_t room = limit.bytes > elsewhere ? limit.bytes - elsewhere : 0;
+    const Elsewhere elsewhere = host_tensors_elsewhere();
+    const uint64_t room = limit.bytes > elsewhere.bytes ? limit.bytes - elsewhere.bytes : 0;
     if (rounded > room || held > room - rounded) {
       host_bytes_held.fetch_sub(rounded, std::memory_order_relaxed);
+      count_shared(-static_cast<int64_t>(rounded));
       throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": a tensor of ", size_text(bytes), " with ",
-                                       size_text(held), " held by this process's tensors already", elsewhere_text(),
-                                       " is more than the ", size_text(limit.bytes), " ", limit.source));
+                                       size_text(held), " held by this process's tensors already",
+                                       elsewhere_text(elsewhere), " is more than the ", size_text(limit.bytes), " ",
+                                       limit.source));
     }
     data_ = std::aligned_alloc(kHostAlignment, rounded);
     if (data_ == nullptr) {
       host_bytes_held.fetch_sub(rounded, std::memory_order_relaxed);
+      count_shared(-static_cast<int64_t>(rounded));
       throw OutOfMemory(detail::concat("out of memory on ", hostname(), ": allocating a tensor of ", size_text(bytes),
                                        " failed, with ", size_text(held), " held by this process's tensors"));
     }
@@ -317,6 +358,7 @@ Buffer::~Buffer() {
   if (device_.is_cpu()) {
     std::free(data_);
     host_bytes_held.fetch_sub(block_bytes_, std::memory_order_relaxed);
+    count_shared(-static_cast<int64_t>(block_bytes_));
   } else {
 #ifdef QARAC_HAVE_CUDA
     CachingAllocator::instance().release(data_, block_bytes_, device_.index);

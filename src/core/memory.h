@@ -3,6 +3,7 @@
 // same tensors every step calls cudaMalloc only in its first steps.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -54,10 +55,17 @@ class Buffer {
 uint64_t host_tensor_bytes();
 // "12.3 GiB", "4.0 MiB", "512 bytes": sizes in messages.
 std::string size_text(uint64_t bytes);
-// Other processes under the same host_memory_limit() (the node's other ranks) whose tensors hold
-// `bytes`: from here on a host allocation is refused when this process's tensors and theirs would
-// pass the limit. OutOfMemory, naming the `processes` + 1 of them, when they already do.
-void count_host_tensors_elsewhere(uint64_t bytes, int processes);
+// The processes under the same host_memory_limit() (the node's ranks) count their host tensors
+// together: `counters` holds one count per process, in memory they all map (an MPI shared window,
+// parallel::Runtime::share_host_memory), `mine` this one's. From here on this process keeps
+// counters[mine] at its host_tensor_bytes(), and refuses an allocation that would take its
+// tensors and what the others' counters hold at that moment past the limit. Called before the
+// process's other threads allocate; nullptr (count 0) ends the sharing, before the counters'
+// memory goes away.
+void share_host_tensor_counts(std::atomic<uint64_t>* counters, int count, int mine);
+// OutOfMemory, naming the processes and their bytes, when the tensors of those sharing their
+// counts hold more than the limit together; otherwise what they hold.
+uint64_t check_shared_host_tensors();
 
 // The CUDA caching allocator's counters for one device (all zero for a device it never served).
 struct CudaAllocatorStats {

@@ -3,11 +3,13 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <new>
 #include <set>
 #include <thread>
 
@@ -89,6 +91,11 @@ Runtime::~Runtime() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
+  if (host_counts_ != MPI_WIN_NULL) {
+    share_host_tensor_counts(nullptr, 0, 0);
+    MPI_Win_unlock_all(host_counts_);
+    MPI_Win_free(&host_counts_);
+  }
   if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
   MPI_Finalize();
 }
@@ -139,16 +146,29 @@ bool Runtime::share_host_memory(double timeout_s) const {
   QARAC_CHECK_MPI(MPI_Comm_split(node_, color, rank_, &split));
   const ScopedCommFree free_split(split);
   const MpiGroup sharing(split, "the ranks on " + hostname() + " under one memory limit", timeout_s);
-  const uint64_t mine = host_tensor_bytes();
-  uint64_t held = mine;
-  sharing.all_reduce(&held, 1, MPI_SUM, "adding the host tensors of the node's ranks");
   if (sharing.size() == 1) return true;
-  if (rank_ == 0)  // one node's figures, not a line per node
-    log::info("host tensors on ", hostname(), ": ", size_text(held), " held by its ", sharing.size(),
-              " ranks at the start (this one ", size_text(mine), "), of the ", size_text(host_memory_limit().bytes), " ",
-              host_memory_limit().source);
+  // One counter per rank in memory the node's ranks all map, each updated by its rank as it
+  // allocates and frees (core/memory.h), kept to the end of the process. Every rank of `split`
+  // waits in the collective calls below: the barrier showed they all got here.
+  std::atomic<uint64_t>* counters = nullptr;
+  const MPI_Aint size = sharing.rank() == 0 ? static_cast<MPI_Aint>(sharing.size() * sizeof *counters) : 0;
+  QARAC_CHECK_MPI(MPI_Win_allocate_shared(size, sizeof *counters, MPI_INFO_NULL, split, &counters, &host_counts_));
+  MPI_Aint bytes = 0;
+  int unit = 0;
+  QARAC_CHECK_MPI(MPI_Win_shared_query(host_counts_, 0, &bytes, &unit, &counters));
+  // One access epoch for the window's life: the counters are read and written as C++ atomics.
+  QARAC_CHECK_MPI(MPI_Win_lock_all(MPI_MODE_NOCHECK, host_counts_));
+  if (sharing.rank() == 0)
+    for (int r = 0; r < sharing.size(); ++r) new (counters + r) std::atomic<uint64_t>(0);
+  sharing.barrier("making the node's host tensor counters");
+  share_host_tensor_counts(counters, sharing.size(), sharing.rank());
+  sharing.barrier("counting the host tensors of the node's ranks");
   try {
-    count_host_tensors_elsewhere(held - mine, sharing.size() - 1);
+    const uint64_t held = check_shared_host_tensors();
+    if (rank_ == 0)  // one node's figures, not a line per node
+      log::info("host tensors on ", hostname(), ": ", size_text(held), " held by its ", sharing.size(),
+                " ranks at the start (this one ", size_text(host_tensor_bytes()), "), of the ",
+                size_text(host_memory_limit().bytes), " ", host_memory_limit().source);
   } catch (const OutOfMemory&) {
     if (sharing.rank() == 0) throw;
     return false;

@@ -52,10 +52,11 @@ class Runtime {
 
   // The node's ranks under one host memory limit (host_memory_limit: the node's physical memory,
   // or a cgroup such as a Slurm job's --mem, which all its ranks on the node share) count each
-  // other's host tensors from here on: each learns what the others hold now (the models and the
-  // optimizer state, held for the run) and refuses an allocation that would take them together
-  // past the limit. When they are past it already: OutOfMemory on the lowest of them, which says
-  // so, and false on the others. Collective over the node, each wait bounded by `timeout_s`.
+  // other's host tensors from here on, through counters in shared memory that each keeps current
+  // (core/memory.h): an allocation that would take them together past the limit is refused.
+  // When they are past it already (the models and the optimizer state): OutOfMemory on the lowest
+  // of them, which says so, and false on the others. Collective over the node, each wait bounded
+  // by `timeout_s`; once per process.
   bool share_host_memory(double timeout_s) const;
 
   // Runs `read` on every rank: an InputError or OutOfMemory it throws, on every rank alike as a
@@ -87,6 +88,9 @@ class Runtime {
 
   int rank_ = 0, size_ = 1;
   MPI_Comm node_ = MPI_COMM_NULL;  // the ranks that share memory with this one
+  // The shared window of share_host_memory's counters, freed at MPI_Finalize: the process's
+  // bookkeeping, not the runtime's state, hence mutable.
+  mutable MPI_Win host_counts_ = MPI_WIN_NULL;
 };
 
 // The device each of a node's ranks uses: visible[r] lists the identities of the GPUs local rank

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -349,36 +350,52 @@ TEST(Memory, HostTensorsBeyondTheHostMemoryAreOutOfMemory) {
   EXPECT_EQ(again.bytes(), part);
 }
 
-// The node's other ranks under the same limit: what their tensors hold leaves this process less
-// room, and ranks past the limit together are refused at once.
+// The node's other ranks under the same limit (here: counters that stand for theirs): what their
+// tensors hold at each moment leaves this process less room, this process's counter follows its
+// own tensors, and ranks past the limit together are refused.
 TEST(Memory, TheOtherRanksTensorsLeaveLessRoom) {
   const HostMemoryLimit& host = host_memory_limit();
   const uint64_t limit = host.bytes;
   ASSERT_LT(limit, uint64_t{1} << 56) << "the host memory is unknown";
-  struct Reset {  // the count is the process's: later tests must not inherit it
-    ~Reset() { count_host_tensors_elsewhere(0, 0); }
+  std::atomic<uint64_t> counters[4] = {};  // this process is 1
+  struct Reset {  // the sharing is the process's: later tests must not inherit it
+    ~Reset() { share_host_tensor_counts(nullptr, 0, 0); }
   } reset;
-  const uint64_t part = limit / 10 * 4;
-  count_host_tensors_elsewhere(part, 3);
+  const uint64_t tenth = limit / 10, part = 4 * tenth;
+  counters[0] = 2 * tenth;
+  counters[2] = counters[3] = tenth;
+  share_host_tensor_counts(counters, 4, 1);
+  EXPECT_EQ(counters[1].load(), host_tensor_bytes());
   try {
-    const Buffer over(part * 3 / 2, Device::cpu());  // 60%: alone it would fit
+    const Buffer over(6 * tenth, Device::cpu());  // alone it would fit
     FAIL() << "no exception";
   } catch (const OutOfMemory& e) {
     expect_error_names(e.what(), {"held by this process's tensors already and ",
                                   " by the tensors of the 3 other ranks on this node", host.source});
   }
+  EXPECT_EQ(counters[1].load(), host_tensor_bytes()) << "a refused tensor stays counted";
   std::optional<Buffer> fits;
   try {
     fits.emplace(part, Device::cpu());  // 40% beside their 40%, untouched
   } catch (const OutOfMemory& e) {
     GTEST_SKIP() << "this machine does not hand out 40% of its memory untouched (strict overcommit?): " << e.what();
   }
-  // Past the limit together already: said with both figures.
+  EXPECT_EQ(counters[1].load(), host_tensor_bytes()) << "the tensor is not counted";
+  // What the others allocate later counts as it comes (before: only what they held at the start).
+  counters[3] += tenth;
+  EXPECT_THROW(Buffer(tenth * 3 / 2, Device::cpu()), OutOfMemory) << "their 50% and this 40% leave less than 15%";
+  counters[3] -= tenth;
+  EXPECT_NO_THROW(Buffer(tenth * 3 / 2, Device::cpu()));
+  fits.reset();
+  EXPECT_EQ(counters[1].load(), host_tensor_bytes()) << "the freed tensor stays counted";
+  EXPECT_EQ(check_shared_host_tensors(), host_tensor_bytes() + part);
+  // Past the limit together: said with both figures.
+  counters[0] = limit;
   try {
-    count_host_tensors_elsewhere(limit - part / 2, 1);
+    check_shared_host_tensors();
     FAIL() << "no exception";
   } catch (const OutOfMemory& e) {
-    expect_error_names(e.what(), {"out of memory on ", "the tensors of its 2 ranks hold ", "(this one ", host.source,
+    expect_error_names(e.what(), {"out of memory on ", "the tensors of its 4 ranks hold ", "(this one ", host.source,
                                   "fewer ranks per node hold less"});
   }
 }
