@@ -43,10 +43,12 @@ constexpr const char* kLessMemory =
 
 // The run's options (the command line and the INI file) and the plan's shape, read by every rank:
 // a mistake in them is said once (Runtime::read_on_every_rank). Rank 0 alone prints --help.
-std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime& runtime, int argc, char** argv) {
+// Without a launcher, the one process reads them before MPI starts (`runtime` null): --help and a
+// mistake are answered at once, without a singleton's MPI_Init (half a second).
+std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime* runtime, int argc, char** argv) {
   std::ostringstream help;
   std::optional<qarac::TrainConfig> config;
-  runtime.read_on_every_rank([&] {
+  const auto read = [&] {
     try {
       config = qarac::parse_train_config(argc, argv, help);
     } catch (const boost::program_options::error& e) {
@@ -58,13 +60,18 @@ std::optional<qarac::TrainConfig> read_config(const qarac::parallel::Runtime& ru
     // come later: any positive ones give a plan here.
     qarac::TaskCosts unit;
     unit.flops.fill(1.0);
+    const int world = config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime ? runtime->size() : 1;
     try {
-      qarac::make_plan(*config, config->show_plan > 0 ? static_cast<int>(config->show_plan) : runtime.size(), unit);
+      qarac::make_plan(*config, world, unit);
     } catch (const qarac::InputError& e) {
       throw qarac::with_config_line(*config, e);
     }
-  }, qarac::TrainConfig{}.timeout);
-  if (runtime.rank() == 0) qarac::cli::write_standard_output(help.str());
+  };
+  if (runtime)
+    runtime->read_on_every_rank(read, qarac::TrainConfig{}.timeout);
+  else
+    read();
+  if (!runtime || runtime->rank() == 0) qarac::cli::write_standard_output(help.str());
   return config;
 }
 
@@ -113,10 +120,12 @@ int main(int argc, char** argv) {
   bool ended_by_another = false;
   const int code = qarac::cli::run_main("qarac-train", [&] {
     stop_signals = std::make_unique<qarac::StopSignals>();
+    const bool launched = qarac::parallel::started_by_a_launcher();
+    std::optional<qarac::TrainConfig> config;
+    if (!launched && !(config = read_config(nullptr, argc, argv))) return 0;  // --help
     runtime = std::make_unique<qarac::parallel::Runtime>(&argc, &argv);
     try {
-      const std::optional<qarac::TrainConfig> config = read_config(*runtime, argc, argv);
-      if (!config) return 0;  // --help
+      if (launched && !(config = read_config(runtime.get(), argc, argv))) return 0;  // --help
       if (config->show_plan > 0) {
         const qarac::TaskCosts costs = qarac::estimate_task_costs(*config);
         const qarac::parallel::TaskPlan plan = qarac::make_plan(*config, static_cast<int>(config->show_plan), costs);

@@ -69,6 +69,13 @@ std::vector<int> assign_gpus(const std::vector<std::vector<std::string>>& visibl
   return device;
 }
 
+bool started_by_a_launcher() {
+  // Open MPI's mpirun, Hydra (MPICH, Intel MPI), PMIx launchers, Slurm's srun.
+  for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+    if (std::getenv(variable)) return true;
+  return false;
+}
+
 Runtime::Runtime(int* argc, char*** argv) {
   int initialized = 0;
   QARAC_CHECK_MPI(MPI_Initialized(&initialized));

@@ -93,6 +93,10 @@ class Runtime {
   mutable MPI_Win host_counts_ = MPI_WIN_NULL;
 };
 
+// Whether a launcher (mpirun, mpiexec, srun) started this process, as the variables it gives its
+// ranks say. Without one, the process is a world of one (an MPI singleton).
+bool started_by_a_launcher();
+
 // The device each of a node's ranks uses: visible[r] lists the identities of the GPUs local rank
 // r sees, in CUDA's order. Rank by rank, each takes the first of its GPUs that no rank before it
 // took. A rank that finds all of its GPUs taken: InputError naming `host` and the counts, or,

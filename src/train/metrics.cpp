@@ -9,7 +9,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +19,7 @@
 #include "core/atomic_file.h"
 #include "core/log.h"
 #include "core/progress.h"
+#include "parallel/runtime.h"
 
 namespace qarac {
 namespace {
@@ -117,9 +117,7 @@ std::string kept_lines(const std::string& path, int64_t first_step,
 // auto trusts isatty only outside them.
 bool rewrites_progress(const std::string& progress) {
   if (progress != "auto") return progress == "tty";
-  for (const char* launcher : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
-    if (std::getenv(launcher)) return false;
-  return isatty(fileno(stdout)) != 0;
+  return !parallel::started_by_a_launcher() && isatty(fileno(stdout)) != 0;
 }
 
 }  // namespace

@@ -450,6 +450,24 @@ TEST_F(Distributed, InputErrorEndsTheJobWithStatus2) {
   }
 }
 
+// A process that no launcher started reads its options before MPI starts: --help and a mistake
+// are answered where MPI cannot start (made so here: Open MPI with a PML that does not exist),
+// and without a singleton's MPI_Init (half a second) everywhere else.
+TEST_F(Distributed, WithoutALauncherTheOptionsAreReadBeforeMpiStarts) {
+  if (!QARAC_MPIEXEC_OPEN_MPI) GTEST_SKIP() << "needs Open MPI, whose OMPI_MCA_pml makes MPI_Init fail";
+  const std::string broken = "env OMPI_MCA_pml=no-such-pml ";
+  const CliResult help = run_command(broken + QARAC_TRAIN_EXE + " --help");
+  EXPECT_EQ(help.code, 0) << help.output;
+  EXPECT_NE(help.output.find("Exit status:"), std::string::npos) << help.output;
+  const CliResult typo = train(broken, "typo-without-mpi", "--optimizer.lrr 1");
+  EXPECT_EQ(typo.code, 2) << typo.output;
+  EXPECT_EQ(typo.output.find("qarac-train: error: unrecognised option '--optimizer.lrr'"), 0u) << typo.output;
+  EXPECT_EQ(typo.output.find('\n'), typo.output.size() - 1) << "one line: " << typo.output;
+  // Valid options do need MPI: the PML breaks it indeed.
+  const CliResult run = train(broken, "run-without-mpi", "");
+  EXPECT_NE(run.code, 0) << run.output;
+}
+
 // A step that overflows, which every rank learns of in the same all-reduce, ends the job in one
 // line (before: one from each rank).
 TEST_F(Distributed, ANonFiniteStepIsSaidOnce) {
