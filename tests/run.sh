@@ -3,8 +3,10 @@
 # builds in Release with -j2 and runs the whole suite with ctest.
 #   tests/run.sh [BUILD_DIR]       (default: build; build-mpich with QARAC_MPI=mpich)
 # Environment: QARAC_CUDA=AUTO|ON|OFF (default AUTO: compile CUDA when nvcc is found);
-# QARAC_CUDA_ARCHS (default: the compute capabilities of this machine's GPUs, or 90 without one:
-# the test build compiles the kernels for what will run them, or once to prove they compile);
+# QARAC_CUDA_ARCHS (default for a new build directory: the compute capabilities of this machine's
+# GPUs that nvcc and the kernels (sm_80 and later) support, or 90 without one: the test build
+# compiles the kernels for what will run them, or once to prove they compile; an existing build
+# directory keeps its own);
 # QARAC_MPI=openmpi|mpich (default openmpi): the MPI to build and test with. mpich installs
 # Debian's MPICH beside Open MPI and names it to CMake (mpicc.mpich, mpiexec.mpich), leaving the
 # system's default MPI (update-alternatives) as it is.
@@ -26,13 +28,22 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=/usr/local/cuda/bin:$PATH
 fi
 
-cuda_archs=${QARAC_CUDA_ARCHS:-}
-if [ -z "$cuda_archs" ] && command -v nvidia-smi >/dev/null; then
-  cuda_archs=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d . | sort -u | paste -sd ';') || true
-  [[ $cuda_archs =~ ^[0-9]+(;[0-9]+)*$ ]] || cuda_archs=  # "No devices were found" and the like
+arch_args=()
+if [ -n "${QARAC_CUDA_ARCHS:-}" ]; then
+  arch_args=(-DQARAC_CUDA_ARCHS="$QARAC_CUDA_ARCHS")
+elif ! grep -qs '^QARAC_CUDA_ARCHS:' "$build_dir/CMakeCache.txt"; then
+  archs=()
+  if command -v nvidia-smi >/dev/null && command -v nvcc >/dev/null; then
+    for cap in $(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d . | sort -u); do
+      [[ $cap =~ ^[0-9]+$ ]] && [ "$cap" -ge 80 ] && nvcc --list-gpu-arch 2>/dev/null | grep -qx "compute_$cap" &&
+        archs+=("$cap")
+    done
+  fi
+  arch_list=$(IFS=';'; echo "${archs[*]:-90}")
+  arch_args=(-DQARAC_CUDA_ARCHS="$arch_list")
 fi
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" \
-  -DQARAC_CUDA_ARCHS="${cuda_archs:-90}" -DQARAC_TESTS=ON "${mpi_args[@]}"
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" "${arch_args[@]}" \
+  -DQARAC_TESTS=ON "${mpi_args[@]}"
 cmake --build "$build_dir" -j2
 # Tests are small; OpenBLAS threads would only oversubscribe the two cores under ctest -j2.
 OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build_dir" --output-on-failure -j2

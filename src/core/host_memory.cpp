@@ -10,6 +10,8 @@
 #include <sstream>
 #include <vector>
 
+#include "core/log.h"
+
 namespace qarac {
 namespace {
 
@@ -119,9 +121,13 @@ std::optional<HostMemoryLimit> cgroup_memory_limit(const std::string& proc_cgrou
 }
 
 std::optional<HostMemoryLimit> slurm_memory_limit(const std::function<const char*(const char*)>& env) {
-  const auto number = [&](const char* name) {
+  const auto number = [&](const char* name) -> std::optional<uint64_t> {
     const char* value = env(name);
-    return value ? count_in(value) : std::nullopt;
+    if (!value) return std::nullopt;
+    const std::optional<uint64_t> count = count_in(value);
+    // Slurm writes a count of MiB; one set by hand may be anything.
+    if (!count) log::warn_shared(name, "=", value, ": not a count of MiB as Slurm gives it; no memory limit is read from it");
+    return count;
   };
   constexpr uint64_t kMiB = uint64_t{1} << 20;
   const auto mebibytes = [&](uint64_t count, uint64_t factor) -> std::optional<uint64_t> {

@@ -243,7 +243,7 @@ std::atomic<uint64_t> host_bytes_held{0};
 
 // The node's counters (share_host_tensor_counts). `count` and `mine` are written before the
 // pointer is published and read after it is loaded.
-std::atomic<std::atomic<uint64_t>*> shared_counters{nullptr};
+std::atomic<HostTensorCounter*> shared_counters{nullptr};
 int shared_count = 0, shared_mine = 0;
 
 // What the tensors of the other processes sharing their counts hold now, and how many they are.
@@ -253,20 +253,20 @@ struct Elsewhere {
 };
 Elsewhere host_tensors_elsewhere() {
   Elsewhere e;
-  std::atomic<uint64_t>* counters = shared_counters.load(std::memory_order_acquire);
+  HostTensorCounter* counters = shared_counters.load(std::memory_order_acquire);
   if (counters == nullptr) return e;
   // Sequentially consistent, as the update of this process's own counter before it (Buffer): of
   // two processes allocating at once, at least one sees the other's bytes.
   for (int p = 0; p < shared_count; ++p)
-    if (p != shared_mine) e.bytes += counters[p].load();
+    if (p != shared_mine) e.bytes += counters[p].bytes.load();
   e.processes = shared_count - 1;
   return e;
 }
 
 // This process's counter follows its tensors: `delta` bytes more (or, negative, fewer).
 void count_shared(int64_t delta) {
-  if (std::atomic<uint64_t>* counters = shared_counters.load(std::memory_order_acquire))
-    counters[shared_mine].fetch_add(static_cast<uint64_t>(delta));  // wraps back for a negative delta
+  if (HostTensorCounter* counters = shared_counters.load(std::memory_order_acquire))
+    counters[shared_mine].bytes.fetch_add(static_cast<uint64_t>(delta));  // wraps back for a negative delta
 }
 
 // " and 3.1 GiB by the tensors of the 3 other ranks on this node": what the others hold, in messages.
@@ -289,7 +289,7 @@ std::string size_text(uint64_t bytes) {
 
 uint64_t host_tensor_bytes() { return host_bytes_held.load(std::memory_order_relaxed); }
 
-void share_host_tensor_counts(std::atomic<uint64_t>* counters, int count, int mine) {
+void share_host_tensor_counts(HostTensorCounter* counters, int count, int mine) {
   if (counters == nullptr) {
     shared_counters.store(nullptr, std::memory_order_release);
     return;
@@ -297,7 +297,7 @@ void share_host_tensor_counts(std::atomic<uint64_t>* counters, int count, int mi
   QARAC_CHECK(count > 0 && mine >= 0 && mine < count, "share_host_tensor_counts: process ", mine, " of ", count);
   shared_count = count;
   shared_mine = mine;
-  counters[mine].store(host_tensor_bytes());
+  counters[mine].bytes.store(host_tensor_bytes());
   shared_counters.store(counters, std::memory_order_release);
 }
 

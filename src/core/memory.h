@@ -55,14 +55,22 @@ class Buffer {
 uint64_t host_tensor_bytes();
 // "12.3 GiB", "4.0 MiB", "512 bytes": sizes in messages.
 std::string size_text(uint64_t bytes);
+// One process's count of its host tensor bytes, read by the others: a cache line of its own, so
+// that each process's updates do not stall the others' reads. Lock-free, hence address-free: the
+// processes may map it at different addresses.
+struct alignas(64) HostTensorCounter {
+  std::atomic<uint64_t> bytes{0};
+};
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "HostTensorCounter is shared between processes");
+
 // The processes under the same host_memory_limit() (the node's ranks) count their host tensors
-// together: `counters` holds one count per process, in memory they all map (an MPI shared window,
+// together: `counters` holds one per process, in memory they all map (an MPI shared window,
 // parallel::Runtime::share_host_memory), `mine` this one's. From here on this process keeps
 // counters[mine] at its host_tensor_bytes(), and refuses an allocation that would take its
 // tensors and what the others' counters hold at that moment past the limit. Called before the
 // process's other threads allocate; nullptr (count 0) ends the sharing, before the counters'
 // memory goes away.
-void share_host_tensor_counts(std::atomic<uint64_t>* counters, int count, int mine);
+void share_host_tensor_counts(HostTensorCounter* counters, int count, int mine);
 // OutOfMemory, naming the processes and their bytes, when the tensors of those sharing their
 // counts hold more than the limit together; otherwise what they hold.
 uint64_t check_shared_host_tensors();

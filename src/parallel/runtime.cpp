@@ -3,12 +3,12 @@
 
 #include <mpi.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <new>
 #include <set>
 #include <thread>
@@ -70,16 +70,20 @@ std::vector<int> assign_gpus(const std::vector<std::vector<std::string>>& visibl
 }
 
 bool started_by_a_launcher() {
-  // Open MPI's mpirun, Hydra (MPICH, Intel MPI), PMIx launchers, Slurm's srun.
-  for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
-    if (std::getenv(variable)) return true;
-  return false;
+  static const bool launched = [] {
+    // Open MPI's mpirun, Hydra (MPICH, Intel MPI), PMIx launchers, Slurm's srun.
+    for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+      if (std::getenv(variable)) return true;
+    return false;
+  }();
+  return launched;
 }
 
 Runtime::Runtime(int* argc, char*** argv) {
   int initialized = 0;
   QARAC_CHECK_MPI(MPI_Initialized(&initialized));
   QARAC_CHECK(!initialized, "MPI is already initialised: create one parallel::Runtime per process");
+  started_by_a_launcher();  // read before MPI_Init adds to the environment
   int provided = 0;
   QARAC_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
   QARAC_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
@@ -157,19 +161,35 @@ bool Runtime::share_host_memory(double timeout_s) const {
   // One counter per rank in memory the node's ranks all map, each updated by its rank as it
   // allocates and frees (core/memory.h), kept to the end of the process. Every rank of `split`
   // waits in the collective calls below: the barrier showed they all got here.
-  std::atomic<uint64_t>* counters = nullptr;
-  const MPI_Aint size = sharing.rank() == 0 ? static_cast<MPI_Aint>(sharing.size() * sizeof *counters) : 0;
-  QARAC_CHECK_MPI(MPI_Win_allocate_shared(size, sizeof *counters, MPI_INFO_NULL, split, &counters, &host_counts_));
+  QARAC_CHECK(host_counts_ == MPI_WIN_NULL, "Runtime::share_host_memory: once per process");
+  const size_t count = static_cast<size_t>(sharing.size());
+  // Room to start the counters at a cache line, wherever the window starts (the same offset in
+  // every process: each maps the segment at a page boundary).
+  const size_t room = count * sizeof(HostTensorCounter) + alignof(HostTensorCounter);
+  void* base = nullptr;
+  QARAC_CHECK_MPI(MPI_Win_allocate_shared(sharing.rank() == 0 ? static_cast<MPI_Aint>(room) : 0, 1, MPI_INFO_NULL,
+                                          split, &base, &host_counts_));
   MPI_Aint bytes = 0;
   int unit = 0;
-  QARAC_CHECK_MPI(MPI_Win_shared_query(host_counts_, 0, &bytes, &unit, &counters));
-  // One access epoch for the window's life: the counters are read and written as C++ atomics.
+  QARAC_CHECK_MPI(MPI_Win_shared_query(host_counts_, 0, &bytes, &unit, &base));
+  size_t space = static_cast<size_t>(bytes);
+  void* first = std::align(alignof(HostTensorCounter), count * sizeof(HostTensorCounter), base, space);
+  QARAC_CHECK(first != nullptr, "Runtime::share_host_memory: a shared window of ", bytes, " bytes holds no ", count,
+              " counters");
+  auto* counters = static_cast<HostTensorCounter*>(first);
+  // One access epoch for the window's life: the counters are read and written as C++ atomics,
+  // and MPI_Win_sync around a barrier orders one rank's writes before another's reads.
   QARAC_CHECK_MPI(MPI_Win_lock_all(MPI_MODE_NOCHECK, host_counts_));
+  const auto synced_barrier = [&](const std::string& what) {
+    QARAC_CHECK_MPI(MPI_Win_sync(host_counts_));
+    sharing.barrier(what);
+    QARAC_CHECK_MPI(MPI_Win_sync(host_counts_));
+  };
   if (sharing.rank() == 0)
-    for (int r = 0; r < sharing.size(); ++r) new (counters + r) std::atomic<uint64_t>(0);
-  sharing.barrier("making the node's host tensor counters");
+    for (size_t r = 0; r < count; ++r) new (counters + r) HostTensorCounter;
+  synced_barrier("making the node's host tensor counters");
   share_host_tensor_counts(counters, sharing.size(), sharing.rank());
-  sharing.barrier("counting the host tensors of the node's ranks");
+  synced_barrier("counting the host tensors of the node's ranks");
   try {
     const uint64_t held = check_shared_host_tensors();
     if (rank_ == 0)  // one node's figures, not a line per node

@@ -94,7 +94,8 @@ class Runtime {
 };
 
 // Whether a launcher (mpirun, mpiexec, srun) started this process, as the variables it gives its
-// ranks say. Without one, the process is a world of one (an MPI singleton).
+// ranks say, read once, before MPI starts (Runtime's constructor reads it first): Open MPI sets
+// PMIX_RANK in a singleton's own environment. Without one, the process is a world of one.
 bool started_by_a_launcher();
 
 // The device each of a node's ranks uses: visible[r] lists the identities of the GPUs local rank

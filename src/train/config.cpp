@@ -407,7 +407,8 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
             "of memory, with what needs less), 3 communication failure or timeout, 4 replicas\n"
             "diverged, 75 stopped by SIGTERM, SIGUSR1, SIGINT (Ctrl-C) or SIGHUP (its terminal\n"
             "closed) after writing a checkpoint of the last step (--resume goes on; a second\n"
-            "signal, 2 s or more after the first, ends the process at once).\n";
+            "signal, 2 s or more after the first, ends the process at once, with the signal's\n"
+            "status: 128 + its number).\n";
     return std::nullopt;
   }
   if (vm.count("config")) {
@@ -423,8 +424,8 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
     }
     po::options_description file = d->file_options();
     file.add(removed_options());
-    // Said here: the option parser names no line. An unknown key is left to it, which says that
-    // first, with the key meant.
+    // Said here: the option parser names no line. A key it does not know is left to it, which
+    // names the key meant.
     std::map<std::string, int> first_line;
     for (const IniEntry& e : ini_entries(text)) {
       if (!file.find_nothrow(e.key, false)) continue;

@@ -67,9 +67,11 @@ extern "C" void on_stop_signal(int signal) {
   }
   // A second request: end now, with the status the default action gives, said first (a log would
   // otherwise end without a word).
+  // On a terminal, after the progress line; in a log, a line of its own.
   const char text[] = "\nqarac-train: a second stop signal ends the run at once (--resume goes on from the last "
                       "complete checkpoint)\n";
-  [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text, sizeof text - 1);
+  const size_t skip = g_tell ? 0 : 1;
+  [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text + skip, sizeof text - 1 - skip);
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);

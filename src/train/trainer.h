@@ -36,9 +36,9 @@ class Trainer {
   void set_evaluator(std::unique_ptr<Evaluator> evaluator);
 
   // Creates the output directory, restores the checkpoint when resuming, and trains to
-  // config.steps: metrics, checkpoints, evaluations, then the export (finished). A SIGTERM or
-  // SIGUSR1 on any rank (train/stop_signals.h) stops every rank after the same step, with a
-  // checkpoint of it and without evaluation or export (stopped).
+  // config.steps: metrics, checkpoints, evaluations, then the export (finished). A stop signal
+  // on any rank (train/stop_signals.h) stops every rank after the same step, with a checkpoint
+  // of it and without evaluation or export (stopped).
   enum class RunEnd { finished, stopped };
   RunEnd run();
   // Abandons the gradient reductions in flight: before the job is aborted after an error.

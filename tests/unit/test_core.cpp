@@ -7,7 +7,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -357,40 +356,41 @@ TEST(Memory, TheOtherRanksTensorsLeaveLessRoom) {
   const HostMemoryLimit& host = host_memory_limit();
   const uint64_t limit = host.bytes;
   ASSERT_LT(limit, uint64_t{1} << 56) << "the host memory is unknown";
-  std::atomic<uint64_t> counters[4] = {};  // this process is 1
+  HostTensorCounter counters[4];  // this process is 1
   struct Reset {  // the sharing is the process's: later tests must not inherit it
     ~Reset() { share_host_tensor_counts(nullptr, 0, 0); }
   } reset;
   const uint64_t tenth = limit / 10, part = 4 * tenth;
-  counters[0] = 2 * tenth;
-  counters[2] = counters[3] = tenth;
+  counters[0].bytes = 2 * tenth;
+  counters[2].bytes = tenth;
+  counters[3].bytes = tenth;
   share_host_tensor_counts(counters, 4, 1);
-  EXPECT_EQ(counters[1].load(), host_tensor_bytes());
+  EXPECT_EQ(counters[1].bytes.load(), host_tensor_bytes());
   try {
-    const Buffer over(6 * tenth, Device::cpu());  // alone it would fit
+    const Buffer over(7 * tenth, Device::cpu());  // alone it would fit
     FAIL() << "no exception";
   } catch (const OutOfMemory& e) {
     expect_error_names(e.what(), {"held by this process's tensors already and ",
                                   " by the tensors of the 3 other ranks on this node", host.source});
   }
-  EXPECT_EQ(counters[1].load(), host_tensor_bytes()) << "a refused tensor stays counted";
+  EXPECT_EQ(counters[1].bytes.load(), host_tensor_bytes()) << "a refused tensor stays counted";
   std::optional<Buffer> fits;
   try {
     fits.emplace(part, Device::cpu());  // 40% beside their 40%, untouched
   } catch (const OutOfMemory& e) {
     GTEST_SKIP() << "this machine does not hand out 40% of its memory untouched (strict overcommit?): " << e.what();
   }
-  EXPECT_EQ(counters[1].load(), host_tensor_bytes()) << "the tensor is not counted";
+  EXPECT_EQ(counters[1].bytes.load(), host_tensor_bytes()) << "the tensor is not counted";
   // What the others allocate later counts as it comes (before: only what they held at the start).
-  counters[3] += tenth;
+  counters[3].bytes += tenth;
   EXPECT_THROW(Buffer(tenth * 3 / 2, Device::cpu()), OutOfMemory) << "their 50% and this 40% leave less than 15%";
-  counters[3] -= tenth;
+  counters[3].bytes -= tenth;
   EXPECT_NO_THROW(Buffer(tenth * 3 / 2, Device::cpu()));
   fits.reset();
-  EXPECT_EQ(counters[1].load(), host_tensor_bytes()) << "the freed tensor stays counted";
+  EXPECT_EQ(counters[1].bytes.load(), host_tensor_bytes()) << "the freed tensor stays counted";
   EXPECT_EQ(check_shared_host_tensors(), host_tensor_bytes() + part);
   // Past the limit together: said with both figures.
-  counters[0] = limit;
+  counters[0].bytes = limit;
   try {
     check_shared_host_tensors();
     FAIL() << "no exception";
@@ -421,8 +421,16 @@ TEST(Memory, SlurmsMemoryRequestIsALimit) {
   EXPECT_FALSE(limit({{"SLURM_MEM_PER_NODE", "0"}, {"SLURM_MEM_PER_CPU", "1000"}, {"SLURM_CPUS_ON_NODE", "8"}}));
   EXPECT_FALSE(limit({}));
   EXPECT_FALSE(limit({{"SLURM_MEM_PER_CPU", "1000"}}));
-  for (const char* bad : {"2G", "-1", "", " 2048", "99999999999999999999", "17592186044416"})
+  for (const char* bad : {"2G", "-1", "", " 2048", "99999999999999999999", "17592186044416"}) {
+    testing::internal::CaptureStderr();
     EXPECT_FALSE(limit({{"SLURM_MEM_PER_NODE", bad}})) << bad;
+    const std::string said = testing::internal::GetCapturedStderr();
+    // What is no count is said (a hand-set "2G" was ignored unsaid); the count too large to be a
+    // size is the node's memory, which binds anyway.
+    if (std::string(bad) != "17592186044416") {
+      EXPECT_NE(said.find(std::string("SLURM_MEM_PER_NODE=") + bad + ": not a count of MiB"), std::string::npos) << said;
+    }
+  }
 }
 
 // The limits of a process's cgroups, read as Slurm's task/cgroup (v1) and systemd (v2) lay them

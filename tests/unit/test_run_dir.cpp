@@ -408,6 +408,9 @@ TEST_F(RunDirCli, AClosedTerminalStopsTheRunWithACheckpoint) {
     seen.append(buf, static_cast<size_t>(n));
   }
   close(terminal);
+  // On its terminal, a run that no launcher started rewrites its progress line in place
+  // (train.progress auto; before: never, a singleton's MPI_Init set a launcher's variable).
+  EXPECT_NE(seen.find("\033[K"), std::string::npos) << seen;
   int status = 0;
   for (int waited_ms = 0; waitpid(pid, &status, WNOHANG) == 0; waited_ms += 100) {
     if (waited_ms > 60'000) {
