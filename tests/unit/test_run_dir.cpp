@@ -390,7 +390,9 @@ TEST_F(RunDirCli, ARunOutlivesAClosedLogPipe) {
 // it, and the steps since the last checkpoint were lost).
 TEST_F(RunDirCli, AClosedTerminalStopsTheRunWithACheckpoint) {
   const fs::path run = root() / "hung-up";
-  const std::string command = "exec " + train_command(run, "--train.steps 1000 --checkpoint.every 0");
+  // As a user's own terminal has it, also when the suite runs inside a launcher's (srun --pty).
+  const std::string unlaunched = "env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMIX_RANK -u SLURM_PROCID";
+  const std::string command = "exec " + train_command(run, "--train.steps 1000 --checkpoint.every 0", unlaunched);
   int terminal = -1;
   const pid_t pid = forkpty(&terminal, nullptr, nullptr, nullptr);
   ASSERT_GE(pid, 0) << std::strerror(errno);
