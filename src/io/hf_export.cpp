@@ -11,7 +11,6 @@
 #include <filesystem>
 
 #include "core/atomic_file.h"
-#include "core/log.h"
 #include "io/hf_config.h"
 
 namespace qarac::io {
@@ -160,7 +159,6 @@ std::string export_hf_model(const std::string& folder, const std::string& model,
     throw;
   }
   sync_folder(root.string());
-  log::info("exported ", model, " (", out.size(), " tensors) to ", final_dir.string());
   return final_dir.string();
 }
 

@@ -93,9 +93,10 @@ class MlmWorkload : public Workload {
     return r;
   }
 
-  void export_models(const std::string& folder, const io::ExportExtras& extras) override {
+  std::vector<std::string> export_models(const std::string& folder, const io::ExportExtras& extras) override {
     require_finite_weights(mlm_->parameters(), "export of base");
     io::export_hf_model(folder, "base", config_, io::master_tensors(mlm_->parameters()), extras);
+    return {"base"};
   }
 
  private:

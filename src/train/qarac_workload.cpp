@@ -123,12 +123,14 @@ class QaracWorkload : public Workload {
     return evaluator ? evaluator->evaluate({*models_, base_.lm_head}) : EvalResult{};
   }
 
-  void export_models(const std::string& folder, const io::ExportExtras& extras) override {
-    for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
-      require_finite_weights(models_->model_parameters(model), std::string("export of ") + model);
-    for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
+  std::vector<std::string> export_models(const std::string& folder, const io::ExportExtras& extras) override {
+    const std::vector<std::string> models = {"question_encoder", "answer_encoder", "decoder"};
+    for (const std::string& model : models)
+      require_finite_weights(models_->model_parameters(model), "export of " + model);
+    for (const std::string& model : models)
       io::export_hf_model(folder, model, models_->config().base,
                           io::master_tensors(models_->model_parameters(model)), extras);
+    return models;
   }
 
   uint64_t frozen_base_hash() const override { return frozen_base_hash_; }

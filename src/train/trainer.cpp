@@ -531,7 +531,12 @@ void Trainer::Impl::export_models() {
   if (!place.root()) return;
   metrics.end_progress_line();
   // As one set (io::write_folder): never models of two steps after a full disk or a kill.
-  io::write_folder(output + "/export", [&](const fs::path& temp) { training.workload->export_models(temp, extras()); });
+  const std::string folder = output + "/export";
+  std::vector<std::string> models;
+  io::write_folder(folder, [&](const fs::path& temp) { models = training.workload->export_models(temp, extras()); });
+  std::string names;
+  for (const std::string& m : models) names += (names.empty() ? "" : ", ") + m;
+  log::info("exported ", names, " to ", folder);
 }
 
 Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)

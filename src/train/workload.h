@@ -41,9 +41,9 @@ class Workload {
   virtual const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options) = 0;
   // Held-out metrics (no gradients); `evaluator` is qarac-train's [eval] hook, may be null.
   virtual EvalResult evaluate(Evaluator* evaluator) = 0;
-  // The models as Hugging Face directories in `folder` (<output>/export/ at the end of a run),
-  // with `extras` (train/export_card.h).
-  virtual void export_models(const std::string& folder, const io::ExportExtras& extras) = 0;
+  // The models as Hugging Face directories in `folder` (a temporary folder that replaces
+  // <output>/export/ or best/ once complete), with `extras` (train/export_card.h); their names.
+  virtual std::vector<std::string> export_models(const std::string& folder, const io::ExportExtras& extras) = 0;
   // hash64 of what the run reads from model.base at every start and never trains (the MLM head of
   // the rehearsal and the forgetting monitor), or 0 when it reads none: checkpoints record it, so
   // that a resume from a base that differs there says so.

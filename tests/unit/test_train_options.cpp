@@ -308,6 +308,10 @@ TEST_F(TrainOptionsCli, TheBestEvaluationsModelsAreKept) {
   ASSERT_EQ(r.code, 0) << r.output;
   r = train(run, "--resume --train.steps 4 --checkpoint.every 2" + eval);
   ASSERT_EQ(r.code, 0) << r.output;
+  // The log names the folders users open, not the temporary ones they replace.
+  EXPECT_NE(r.output.find("exported question_encoder, answer_encoder, decoder to " + (run / "export").string() + "\n"),
+            std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
   // The largest accuracy of every evaluation of both parts, the first of a tie.
   std::ifstream lines(run / "metrics.jsonl");
   int64_t best_step = -1, evaluations = 0;
