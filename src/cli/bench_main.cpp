@@ -443,7 +443,10 @@ int run(int argc, char** argv) {
   for (int it = 0; it < c.warmup + c.iters; ++it) {
     const StepCount count = workload->prepare(gen);  // batches built and uploaded, untimed
     synchronize(device);
-    if (it == c.warmup) profile_range(device, true);
+    if (it == c.warmup) {
+      profile_range(device, true);
+      reset_memory_peaks();
+    }
     const uint64_t ops0 = ops::dispatched_ops(), memory0 = memory_calls(), allocations0 = buffer_allocations();
     const auto t0 = std::chrono::steady_clock::now();
     workload->step(static_cast<uint64_t>(it));
@@ -471,9 +474,10 @@ int run(int argc, char** argv) {
     const double peak = measure_gemm_peak(device);
     std::printf(", %.1f%% of the measured bf16 GEMM peak %.0f TFLOP/s", 100 * total.flops / seconds / 1e12 / peak, peak);
   }
-  std::printf("\n  per step: %.0f ops, %.0f copies or memsets, %.0f buffer allocations\n",
+  const MemoryPeaks peaks = memory_peaks(device);
+  std::printf("\n  per step: %.0f ops, %.0f copies or memsets, %.0f buffer allocations; tensors held at most %s\n",
               static_cast<double>(ops) / c.iters, static_cast<double>(memory) / c.iters,
-              static_cast<double>(allocations) / c.iters);
+              static_cast<double>(allocations) / c.iters, size_text(device.is_cuda() ? peaks.device : peaks.host).c_str());
   return 0;
 }
 

@@ -16,6 +16,15 @@ const std::string& hostname() {
   return name;
 }
 
+std::string joined(const std::vector<std::string>& items, std::string_view separator) {
+  std::string text;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) text += separator;
+    text += items[i];
+  }
+  return text;
+}
+
 std::string printable(std::string_view text) {
   std::string out;
   for (const char ch : text) {

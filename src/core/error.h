@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace qarac {
 
@@ -36,6 +37,9 @@ const std::string& hostname();
 // Text from a file or a user (names, values) with control characters escaped as \xNN, so that an
 // error message quoting it stays on one line.
 std::string printable(std::string_view text);
+
+// "a, b, c": names in a message.
+std::string joined(const std::vector<std::string>& items, std::string_view separator = ", ");
 
 namespace detail {
 // Builds "<library> error in `<stmt>`: <reason> (file:line on host)" and throws qarac::Error.

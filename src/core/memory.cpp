@@ -2,6 +2,7 @@
 // and the copies and fills between them.
 #include "core/memory.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -117,7 +118,7 @@ class CachingAllocator {
       block_bytes = cached->first;
       pool.free.erase(cached);
       ++pool.stats.cache_hits;
-      pool.stats.bytes_in_use += block_bytes;
+      pool.add_in_use(block_bytes);
       return ptr;
     }
 
@@ -158,7 +159,7 @@ class CachingAllocator {
     block_bytes = size;
     ++pool.stats.cuda_mallocs;
     pool.stats.bytes_reserved += size;
-    pool.stats.bytes_in_use += size;
+    pool.add_in_use(size);
     return ptr;
   }
 
@@ -188,10 +189,20 @@ class CachingAllocator {
     for (auto& [device, pool] : pools_) release_cached(pool, device);
   }
 
+  void reset_peaks() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [device, pool] : pools_) pool.stats.peak_bytes_in_use = pool.stats.bytes_in_use;
+  }
+
  private:
   struct Pool {
     std::multimap<size_t, void*> free;  // cached blocks by size
     CudaAllocatorStats stats;
+
+    void add_in_use(size_t bytes) {
+      stats.bytes_in_use += bytes;
+      stats.peak_bytes_in_use = std::max(stats.peak_bytes_in_use, stats.bytes_in_use);
+    }
   };
 
   // cudaFree of every cached block of `pool` (the caller holds the mutex); returns the bytes.
@@ -240,6 +251,15 @@ std::atomic<uint64_t> memory_call_count{0}, allocation_count{0};
 // Memory outside tensors is not counted: this catches a model or batch that cannot fit, not every
 // shortage.
 std::atomic<uint64_t> host_bytes_held{0};
+// memory_peaks(): the most host_bytes_held, and the most the node's counters summed to at this
+// process's allocations, since reset_memory_peaks().
+std::atomic<uint64_t> host_bytes_peak{0}, node_host_bytes_peak{0};
+
+void raise_to(std::atomic<uint64_t>& peak, uint64_t value) {
+  uint64_t seen = peak.load(std::memory_order_relaxed);
+  while (seen < value && !peak.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
+  }
+}
 
 // The node's counters (share_host_tensor_counts). `count` and `mine` are written before the
 // pointer is published and read after it is loaded.
@@ -313,6 +333,23 @@ uint64_t check_shared_host_tensors() {
   return mine + others.bytes;
 }
 
+MemoryPeaks memory_peaks(Device device) {
+  MemoryPeaks peaks;
+  peaks.host = host_bytes_peak.load(std::memory_order_relaxed);
+  peaks.node_host = std::max(peaks.host, node_host_bytes_peak.load(std::memory_order_relaxed));
+  if (device.is_cuda()) peaks.device = cuda_allocator_stats(device.index).peak_bytes_in_use;
+  return peaks;
+}
+
+void reset_memory_peaks() {
+  const uint64_t held = host_tensor_bytes();
+  host_bytes_peak.store(held, std::memory_order_relaxed);
+  node_host_bytes_peak.store(held + host_tensors_elsewhere().bytes, std::memory_order_relaxed);
+#ifdef QARAC_HAVE_CUDA
+  CachingAllocator::instance().reset_peaks();
+#endif
+}
+
 uint64_t memory_calls() { return memory_call_count.load(std::memory_order_relaxed); }
 uint64_t buffer_allocations() { return allocation_count.load(std::memory_order_relaxed); }
 
@@ -344,6 +381,8 @@ Buffer::Buffer(size_t bytes, Device device) : bytes_(bytes), device_(device) {
                                        " failed, with ", size_text(held), " held by this process's tensors"));
     }
     block_bytes_ = rounded;
+    raise_to(host_bytes_peak, held + rounded);
+    raise_to(node_host_bytes_peak, held + rounded + elsewhere.bytes);
     return;
   }
 #ifdef QARAC_HAVE_CUDA

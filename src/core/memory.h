@@ -75,11 +75,24 @@ void share_host_tensor_counts(HostTensorCounter* counters, int count, int mine);
 // counts hold more than the limit together; otherwise what they hold.
 uint64_t check_shared_host_tensors();
 
+// The most the tensors held since the last reset_memory_peaks() (at first: since the process
+// started), for a run's record of what its steps need: this process's host tensors; those of the
+// processes sharing their counts (share_host_tensor_counts) together, as this process found them
+// at its own allocations (its own peak when it shares with none); and, for a CUDA `device`, the
+// caching allocator's bytes in use (0 for the CPU).
+struct MemoryPeaks {
+  uint64_t host = 0, node_host = 0, device = 0;
+};
+MemoryPeaks memory_peaks(Device device);
+// Starts every peak again from what is held now.
+void reset_memory_peaks();
+
 // The CUDA caching allocator's counters for one device (all zero for a device it never served).
 struct CudaAllocatorStats {
   uint64_t cuda_mallocs = 0;    // cudaMalloc calls that succeeded: cache misses
   uint64_t bytes_reserved = 0;  // device memory held: blocks in use plus blocks cached
   uint64_t bytes_in_use = 0;    // blocks held by live Buffers (rounded sizes)
+  uint64_t peak_bytes_in_use = 0;  // the most bytes_in_use since reset_memory_peaks()
   uint64_t cache_hits = 0;      // allocations served from the cache
 };
 CudaAllocatorStats cuda_allocator_stats(int device);

@@ -236,8 +236,7 @@ std::optional<std::vector<std::string>> unfinished_publish(const std::string& di
 void check_publishing_finished(const std::string& dir) {
   const std::optional<std::vector<std::string>> names = unfinished_publish(dir);
   if (!names) return;
-  std::string list;
-  for (const std::string& n : *names) list += (list.empty() ? "" : ", ") + n;
+  const std::string list = joined(*names);
   throw InputError(detail::concat(dir, "/", kPublishingMarker, ": a qarac-prep stopped while publishing its streams here (",
                                   list.empty() ? "unnamed" : list,
                                   "): some may be its, others older; rerun it (or remove this file to keep them)"));

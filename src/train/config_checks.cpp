@@ -220,10 +220,9 @@ void check_each_value(const TrainConfig& c) {
     QARAC_INPUT_CHECK(!c.eval_dir.empty(), "eval.best: ", printable(c.eval_best),
                       " needs eval.dir (the held-out task streams); without it nothing is evaluated");
     const std::vector<std::string>& names = best_metric_names(c.pretraining());
-    std::string list;
-    for (const std::string& name : names) list += (list.empty() ? "" : ", ") + name;
     QARAC_INPUT_CHECK(std::find(names.begin(), names.end(), c.eval_best) != names.end(), "eval.best: '",
-                      printable(c.eval_best), "' is not a held-out metric of model.mode ", c.mode, " (", list, ")");
+                      printable(c.eval_best), "' is not a held-out metric of model.mode ", c.mode, " (", joined(names),
+                      ")");
     // What the evaluation gives whatever the data: said now, not after the models are built.
     QARAC_INPUT_CHECK(c.eval_best != "forgetting.mlm_loss" || !c.eval_tokenizer.empty(),
                       "eval.best: forgetting.mlm_loss needs eval.tokenizer (the forgetting monitor masks with its <mask>)");

@@ -13,10 +13,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
+#include "core/host_memory.h"
 #include "core/log.h"
 #include "core/progress.h"
 #include "parallel/runtime.h"
@@ -41,9 +43,10 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   sums[kCompute] = s.compute_seconds;
   sums[kComm] = s.comm_seconds;
   // Maxima: per task its slowest rank's compute time, then every rank's own (zero elsewhere),
-  // the stop request (signal number, rank + 1) and the longest wait.
-  const size_t stop = data::kTaskCount + static_cast<size_t>(world_size);
-  std::vector<double> maxima(stop + 3, 0.0);
+  // the stop request (signal number, rank + 1), the memory peaks (bytes: exact in a double up to
+  // 8 PiB) and the longest wait.
+  const size_t stop = data::kTaskCount + static_cast<size_t>(world_size), memory = stop + 2;
+  std::vector<double> maxima(memory + 4, 0.0);
   for (size_t i = 0; i < slots.size(); ++i) {
     const int t = static_cast<int>(slots[i].task);
     sums[kLoss + t] += slot_losses[i];
@@ -53,6 +56,9 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   maxima[data::kTaskCount + static_cast<size_t>(rank)] = s.compute_seconds;
   maxima[stop] = s.stop_signal;
   maxima[stop + 1] = s.stop_signal != 0 ? rank + 1 : 0;
+  maxima[memory] = static_cast<double>(s.memory.host);
+  maxima[memory + 1] = static_cast<double>(s.memory.node_host);
+  maxima[memory + 2] = static_cast<double>(s.memory.device);
   maxima.back() = s.comm_seconds;
   if (world) {
     const std::string what = "step statistics at step " + std::to_string(step);
@@ -68,6 +74,9 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
   s.comm_max_seconds = maxima.back();
   s.stop_signal = static_cast<int>(maxima[stop]);
   s.stop_rank = static_cast<int>(maxima[stop + 1]) - 1;
+  s.memory.host = static_cast<uint64_t>(maxima[memory]);
+  s.memory.node_host = static_cast<uint64_t>(maxima[memory + 1]);
+  s.memory.device = static_cast<uint64_t>(maxima[memory + 2]);
   for (int t = 0; t < data::kTaskCount; ++t) {
     s.ran[t] = sums[kCount + t] > 0;
     // Each rank's part is already weighted by its share of the global batch: the sum is the mean.
@@ -192,10 +201,27 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
   line["task_compute_max_s"] = task_compute;  // per task, its slowest rank
   line["slowest_rank"] = s.slowest_rank;
   line["slowest_rank_compute_s"] = s.slowest_compute_seconds;
+  line["host_tensors_peak_bytes"] = s.memory.host;
+  line["node_host_tensors_peak_bytes"] = s.memory.node_host;
+  if (s.memory.device > 0) line["gpu_tensors_peak_bytes"] = s.memory.device;
+  memory_ = {std::max(memory_.host, s.memory.host), std::max(memory_.node_host, s.memory.node_host),
+             std::max(memory_.device, s.memory.device)};
   if (s.skipped) line["skipped"] = true;
   if (s.skipped_steps > 0) line["skipped_steps"] = s.skipped_steps;
   line["elapsed_s"] = seconds_since(started_);
   append(line.dump());
+}
+
+void MetricsLog::say_memory_peaks() const {
+  if (memory_.host == 0) return;
+  const HostMemoryLimit& limit = host_memory_limit();
+  const std::string where = memory_.node_host > memory_.host
+                                ? " on a node (its ranks together; " + size_text(memory_.host) + " on a rank)"
+                                : " on a rank";
+  const bool known = limit.bytes != std::numeric_limits<uint64_t>::max();
+  log::info("the steps' memory peaks: host tensors ", size_text(memory_.node_host), where,
+            known ? ", of the " + size_text(limit.bytes) + " " + limit.source + " on " + hostname() : "",
+            memory_.device > 0 ? "; GPU tensors " + size_text(memory_.device) + " on a rank" : "");
 }
 
 void MetricsLog::write_eval(int64_t step, const std::map<std::string, double>& metrics) {

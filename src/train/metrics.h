@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/memory.h"
 #include "parallel/communicator.h"
 #include "parallel/task_plan.h"
 
@@ -38,6 +39,9 @@ struct StepStats {
   // train.nonfinite skip: this step's update was left out; the steps left out so far in the run.
   bool skipped = false;
   int64_t skipped_steps = 0;
+  // The most the tensors held during the step (core/memory.h's MemoryPeaks): before
+  // gather_step_stats this rank's, after it the largest of any rank's.
+  MemoryPeaks memory;
 };
 
 // `slot_losses` are this process's parts of its tasks' global-batch means (each micro-batch's
@@ -87,6 +91,9 @@ class MetricsLog {
   // Ends a progress line left open on the terminal: before a log line, so that it does not land
   // inside the progress line.
   void end_progress_line();
+  // A log line of the largest memory peaks of the steps written since start(), for sizing a
+  // job's memory (Slurm's --mem, the GPUs, the batches); nothing when none was.
+  void say_memory_peaks() const;
 
  private:
   // Flushes the log on stdout. stdout is the run's log, not its record (metrics.jsonl is): when
@@ -105,6 +112,7 @@ class MetricsLog {
   bool progress_open_ = false;  // a progress line without its newline is on the terminal
   Clock::time_point started_;
   int64_t first_step_ = 0;
+  MemoryPeaks memory_;  // the largest of the steps written since start()
 };
 
 }  // namespace qarac

@@ -1,5 +1,7 @@
 #include "train/nonfinite.h"
 
+#include <array>
+#include <cmath>
 #include <exception>
 
 #include "core/error.h"
@@ -19,6 +21,20 @@ std::string nonfinite_step(const std::string& step, double grad_norm, const std:
                         tasks.empty() ? detail::concat("the gradient norm is ", grad_norm, " while every loss is finite")
                                       : "the loss of " + tasks + " is not finite",
                         ": a loss or a gradient overflowed ", overflow_advice());
+}
+
+std::string tasks_with_nonfinite_losses(const std::vector<data::TaskSlot>& slots,
+                                        const std::vector<double>& slot_losses, const parallel::MpiGroup* world,
+                                        const std::string& step) {
+  std::array<double, data::kTaskCount> bad{};  // per task: a non-finite loss on some rank
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (!std::isfinite(slot_losses[i])) bad[static_cast<size_t>(slots[i].task)] = 1;
+  if (world) world->all_reduce(bad.data(), data::kTaskCount, MPI_MAX, "finite losses, " + step);
+  std::string tasks;
+  for (int t = 0; t < data::kTaskCount; ++t)
+    if (bad[static_cast<size_t>(t)] != 0)
+      tasks += std::string(tasks.empty() ? "" : ", ") + data::task_name(static_cast<data::Task>(t));
+  return tasks;
 }
 
 void end_run(bool root, const std::string& what) {

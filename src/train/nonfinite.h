@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "data/loader.h"
 #include "model/parameter.h"
 #include "parallel/communicator.h"
 
@@ -17,6 +19,13 @@ const char* overflow_advice();
 // What a step whose gradient norm or whose losses of `tasks` (names, comma-separated; empty:
 // every loss is finite) are not finite says: "step 7: the loss of ... is not finite: ...".
 std::string nonfinite_step(const std::string& step, double grad_norm, const std::string& tasks);
+
+// The tasks whose loss is not finite on some rank of `world` (null: one process), names
+// comma-separated (empty: none), from this rank's `slot_losses` of its `slots`; collective, the
+// same answer on every rank. `step` is its text ("step 7").
+std::string tasks_with_nonfinite_losses(const std::vector<data::TaskSlot>& slots,
+                                        const std::vector<double>& slot_losses, const parallel::MpiGroup* world,
+                                        const std::string& step);
 
 // The run ends with `what` on every rank, which all took the same decision: InputError on the
 // root, which says it once, EndedByAnotherRank (silent) on the others.

@@ -255,8 +255,7 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   last.checkpoint = step;
   if (place.root()) log::info("resuming from ", checkpoint, " at step ", step);
   // Allowed, but said: the run goes on other than one uninterrupted run would.
-  std::string changes;
-  for (const std::string& c : resume_changes(config, saved_config)) changes += (changes.empty() ? "" : ", ") + c;
+  std::string changes = joined(resume_changes(config, saved_config));
   const uint64_t base_hash = training.workload->frozen_base_hash();
   if (state.frozen_base_hash != 0 && base_hash != 0 && base_hash != state.frozen_base_hash)
     changes += detail::concat(changes.empty() ? "" : ", ", "model.base's MLM head (hash64 ", std::hex, std::showbase,
@@ -311,6 +310,7 @@ StepStats Trainer::Impl::train_step() {
   Training& t = training;
   const Clock::time_point t0 = Clock::now();
   StepStats s;
+  reset_memory_peaks();
   fault.inject(place.rank, step, t.sync->groups());
   const data::StepBatch batch = t.loaders->next();
   const std::vector<std::vector<data::TaskBatch>> micro = t.loaders->micro_batches(batch);
@@ -402,6 +402,7 @@ StepStats Trainer::Impl::train_step() {
   s.comm_seconds = waited + norm_wait;
   s.compute_seconds = seconds_between(t_data, t_end) - s.comm_seconds;
   s.stop_signal = StopSignals::received();
+  s.memory = memory_peaks(t.device);
   gather_step_stats(s, layout.slots, slot_losses, slot_seconds, place.world.get(), place.rank, place.world_size,
                     step);
   return s;
@@ -412,14 +413,7 @@ StepStats Trainer::Impl::train_step() {
 // stop all of them stop here together, before the update: the checkpoints on disk never hold the
 // overflowed state. With skip the update is left out and the run goes on.
 bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>& slot_losses) {
-  const std::vector<data::TaskSlot>& slots = layout.slots;
-  std::array<double, data::kTaskCount> bad{};  // per task: a non-finite loss on some rank
-  for (size_t i = 0; i < slots.size(); ++i)
-    if (!std::isfinite(slot_losses[i])) bad[static_cast<size_t>(slots[i].task)] = 1;
-  if (place.world) place.world->all_reduce(bad.data(), data::kTaskCount, MPI_MAX, "finite losses, " + step_text());
-  std::string tasks;
-  for (int t = 0; t < data::kTaskCount; ++t)
-    if (bad[static_cast<size_t>(t)] != 0) tasks += std::string(tasks.empty() ? "" : ", ") + data::task_name(static_cast<data::Task>(t));
+  const std::string tasks = tasks_with_nonfinite_losses(layout.slots, slot_losses, place.world.get(), step_text());
   if (std::isfinite(s.grad_norm) && tasks.empty()) return true;
   const std::string what = nonfinite_step(step_text(), s.grad_norm, tasks);
   if (config.nonfinite != "skip")
@@ -534,9 +528,7 @@ void Trainer::Impl::export_models() {
   const std::string folder = output + "/export";
   std::vector<std::string> models;
   io::write_folder(folder, [&](const fs::path& temp) { models = training.workload->export_models(temp, extras()); });
-  std::string names;
-  for (const std::string& m : models) names += (names.empty() ? "" : ", ") + m;
-  log::info("exported ", names, " to ", folder);
+  log::info("exported ", joined(models), " to ", folder);
 }
 
 Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)
@@ -583,6 +575,7 @@ Trainer::RunEnd Trainer::Impl::run() {
         log::warn(StopSignals::name(s.stop_signal), " on rank ", s.stop_rank, ": stopping after step ", t.step,
                   " with a checkpoint (exit status ", kExitPreempted, "; --resume continues)");
       if (t.last.checkpoint != t.step) t.save();
+      t.metrics.say_memory_peaks();
       return RunEnd::stopped;
     }
     if (c.check_every > 0 && t.step % c.check_every == 0) t.check_replicas();
@@ -596,6 +589,7 @@ Trainer::RunEnd Trainer::Impl::run() {
   if (t.last.checkpoint != t.step) t.save();
   if (t.last.eval != t.step) t.evaluate();
   t.export_models();
+  t.metrics.say_memory_peaks();
   // A request in the last step or later (the final evaluation, the export): the run finished.
   if (StopSignals::received() != 0 && t.place.root())
     log::warn(StopSignals::name(StopSignals::received()), " in the last step or after it: the run finished (nothing to resume)");

@@ -400,6 +400,44 @@ TEST(Memory, TheOtherRanksTensorsLeaveLessRoom) {
   }
 }
 
+// The peaks a run records per step: the most the host tensors held since the reset, this
+// process's and, with the node's other ranks (counters standing for theirs), all of them together
+// at this process's allocations; a reset starts again from what is held.
+TEST(Memory, PeaksAreTheMostHeldSinceTheReset) {
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  std::optional<Buffer> kept;
+  kept.emplace(kMiB, Device::cpu());
+  reset_memory_peaks();
+  const uint64_t base = host_tensor_bytes();
+  EXPECT_EQ(memory_peaks(Device::cpu()).host, base);
+  {
+    const Buffer a(3 * kMiB, Device::cpu());
+    const Buffer b(2 * kMiB + 1, Device::cpu());  // rounded to 64 bytes
+  }
+  const Buffer c(kMiB, Device::cpu());
+  MemoryPeaks peaks = memory_peaks(Device::cpu());
+  EXPECT_EQ(peaks.host, base + 5 * kMiB + 64);
+  EXPECT_EQ(peaks.node_host, peaks.host) << "no other rank";
+  EXPECT_EQ(peaks.device, 0u);
+  kept.reset();
+  reset_memory_peaks();
+  EXPECT_EQ(memory_peaks(Device::cpu()).host, base) << "what c holds in place of kept";
+
+  HostTensorCounter counters[2];  // this process is 0
+  struct Reset {
+    ~Reset() { share_host_tensor_counts(nullptr, 0, 0); }
+  } reset;
+  counters[1].bytes = 7 * kMiB;
+  share_host_tensor_counts(counters, 2, 0);
+  reset_memory_peaks();
+  EXPECT_EQ(memory_peaks(Device::cpu()).node_host, base + 7 * kMiB);
+  { const Buffer d(kMiB, Device::cpu()); }
+  counters[1].bytes = 9 * kMiB;  // the other rank's own peak, after this one's last allocation
+  peaks = memory_peaks(Device::cpu());
+  EXPECT_EQ(peaks.host, base + kMiB);
+  EXPECT_EQ(peaks.node_host, base + 8 * kMiB) << "what this process saw at its allocation";
+}
+
 // What a Slurm job asked for: --mem, or --mem-per-cpu times the job's CPUs on the node, in MiB.
 TEST(Memory, SlurmsMemoryRequestIsALimit) {
   const auto limit = [](std::map<std::string, std::string> env) {

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -939,6 +940,10 @@ TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
   EXPECT_NE(r.output.find("task plan: 1 rank"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("step 3/3"), std::string::npos) << r.output;
   EXPECT_TRUE(fs::is_regular_file(out / "config.ini"));
+  std::smatch counted;
+  ASSERT_TRUE(std::regex_search(r.output, counted, std::regex("qarac-train: ([0-9]+) parameters"))) << r.output;
+  const uint64_t parameter_count = std::stoull(counted[1].str());
+  EXPECT_NE(r.output.find("the steps' memory peaks: host tensors "), std::string::npos) << r.output;
 
   // Evaluations (before training, at step 2 and at the end) carry "eval": true.
   std::vector<nlohmann::json> lines, evals;
@@ -957,8 +962,12 @@ TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
     for (const char* key : {"world_size", "lr", "grad_norm", "loss_weighted", "global_tokens", "global_examples",
                             "global_tokens_per_s", "global_examples_per_s", "step_time_s", "data_time_s",
                             "compute_time_s", "comm_wait_s", "comm_wait_max_s", "elapsed_s", "slowest_rank",
-                            "slowest_rank_compute_s"})
+                            "slowest_rank_compute_s", "host_tensors_peak_bytes", "node_host_tensors_peak_bytes"})
       EXPECT_TRUE(line.contains(key)) << key << " missing from " << line.dump();
+    // One rank, so the node's peak is its own; more than the models and their moments hold.
+    EXPECT_EQ(line.at("node_host_tensors_peak_bytes"), line.at("host_tensors_peak_bytes"));
+    EXPECT_GT(line.at("host_tensors_peak_bytes").get<uint64_t>(), 3 * 4 * parameter_count);
+    EXPECT_FALSE(line.contains("gpu_tensors_peak_bytes")) << "a CPU run";
     EXPECT_EQ(line.at("slowest_rank").get<int>(), 0);
     EXPECT_EQ(line.at("global_examples").get<int64_t>(), 4 * 8);  // every task's global batch
     for (const char* task : {"encode_decode", "question_answering", "reasoning", "consistency"}) {
