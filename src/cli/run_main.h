@@ -6,11 +6,13 @@
 
 #include <boost/program_options.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <new>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/standard_output.h"
@@ -25,6 +27,10 @@ inline bool parse_command_line(int argc, const char* const argv[],
                                const boost::program_options::options_description& options,
                                boost::program_options::variables_map& vm) {
   namespace po = boost::program_options;
+  // One line per word, so that every message quoting one (a path) is one line, as qarac-train's.
+  for (int i = 1; i < argc; ++i)
+    QARAC_INPUT_CHECK(std::string_view(argv[i]).find('\n') == std::string_view::npos, "command-line argument ", i,
+                      " '", printable(argv[i]), "' holds a line break");
   // Without guessing: an abbreviation is an unknown option, not the option it begins.
   const po::parsed_options parsed =
       po::command_line_parser(argc, argv)
@@ -54,6 +60,10 @@ int run_main(const char* program, Body&& body, const char* out_of_memory_hint = 
                  out_of_memory_hint ? out_of_memory_hint : "");
     return 2;
   };
+  // A file-size limit (ulimit -f) fails the write that would pass it (EFBIG), which the program
+  // says in one line as it does a full disk, leaving no temporary file; SIGXFSZ's default would
+  // kill it unsaid, its temporary files left behind.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     const int code = body();
     if (code == 0) check_standard_output();

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <iostream>
@@ -123,6 +124,11 @@ int main(int argc, char** argv) {
     const bool launched = qarac::parallel::started_by_a_launcher();
     std::optional<qarac::TrainConfig> config;
     if (!launched && !(config = read_config(nullptr, argc, argv))) return 0;  // --help
+    // Without a launcher Open MPI's MPI_Init starts a local daemon through its ssh/rsh launch
+    // component, which refuses to load where neither is on PATH (a container): MPI_Init then
+    // fails in 40 lines although nothing remote is started. An empty agent lets it load; a
+    // user's own setting wins, and other MPIs ignore the variable.
+    if (!launched) setenv("OMPI_MCA_plm_rsh_agent", "", 0);
     runtime = std::make_unique<qarac::parallel::Runtime>(&argc, &argv);
     try {
       if (launched && !(config = read_config(runtime.get(), argc, argv))) return 0;  // --help

@@ -69,15 +69,31 @@ void replace_folder(const fs::path& from, const fs::path& to) {
   fs::remove_all(old, ec);
 }
 
+namespace {
+// Where write_folder writes `folder`: a link (export/ kept on another disk) is written through,
+// its target replaced, not it.
+fs::path write_target(const fs::path& folder) {
+  std::error_code ec;
+  if (!fs::is_symlink(folder, ec)) return folder;
+  const fs::path target = fs::weakly_canonical(folder, ec);
+  QARAC_INPUT_CHECK(!ec && !target.empty(), folder.string(), ": a link that cannot be followed (", ec.message(),
+                    "): remove it, or point it at a folder");
+  return target;
+}
+}  // namespace
+
+void remove_unfinished_folder(const fs::path& folder) {
+  try {
+    std::error_code ec;
+    fs::remove_all(write_target(folder).string() + ".tmp", ec);
+  } catch (const InputError&) {
+    // A link that cannot be followed has no temporary folder; write_folder says it when it writes.
+  }
+}
+
 void write_folder(const fs::path& folder, const std::function<void(const fs::path&)>& write) {
   std::error_code ec;
-  // A link (export/ kept on another disk) is written through: its target is replaced, not it.
-  fs::path target = folder;
-  if (fs::is_symlink(folder, ec)) {
-    target = fs::weakly_canonical(folder, ec);
-    QARAC_INPUT_CHECK(!ec && !target.empty(), folder.string(), ": a link that cannot be followed (",
-                      ec.message(), "): remove it, or point it at a folder");
-  }
+  const fs::path target = write_target(folder);
   const fs::path temp = target.string() + ".tmp";
   fs::remove_all(temp, ec);
   try {

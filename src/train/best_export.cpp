@@ -24,8 +24,9 @@ const std::vector<std::string>& best_metric_names(bool pretraining) {
   return pretraining ? mlm : qarac;
 }
 
-BestExport::BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record)
-    : folder_((fs::path(output) / "best").string()), metric_(std::move(metric)) {
+BestExport::BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record,
+                       int64_t start_step)
+    : folder_((fs::path(output) / "best").string()), metric_(std::move(metric)), start_step_(start_step) {
   const std::string suffix = "loss";
   larger_is_better_ = metric_.size() < suffix.size() ||
                       metric_.compare(metric_.size() - suffix.size(), suffix.size(), suffix) != 0;
@@ -41,8 +42,10 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
   // What best/ holds: best.json names it.
   const fs::path note = fs::path(folder_) / "best.json";
   std::error_code ec;
+  held_ = false;
   if (!fs::exists(note, ec)) {
-    if (best_) log::warn(folder_, ": none, or no best.json; the next evaluation that beats ", describe_best(), " is kept");
+    if (best_ && !lacks_best())
+      log::warn(folder_, ": none, or no best.json; the next evaluation that beats ", describe_best(), " is kept");
     return;
   }
   std::string held_metric;
@@ -63,11 +66,15 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
     // The record of the earlier part is lost (metrics.jsonl removed): best.json is all there is.
     best_ = held_value;
     best_step_ = held_step;
+    held_ = true;
     log::warn("eval.best: no evaluation of ", metric_, " on record; ", describe_best(),
               " from best.json, eval.patience counts from here");
   } else if (!best_ || held_metric != metric_ || held_step != best_step_) {
-    log::warn(folder_, ": holds ", held_metric, " ", held_value, " at step ", held_step, ", not the best on record (",
-              best_ ? describe_best() : "none", "); the next evaluation that beats that replaces it");
+    if (!lacks_best())
+      log::warn(folder_, ": holds ", held_metric, " ", held_value, " at step ", held_step, ", not the best on record (",
+                best_ ? describe_best() : "none", "); the next evaluation that beats that replaces it");
+  } else {
+    held_ = true;
   }
   if (best_) log::info("eval.best: ", describe_best(), " so far; ", since_best_, " evaluation", since_best_ == 1 ? "" : "s",
                        " since");
@@ -92,17 +99,29 @@ void BestExport::consider(int64_t step, const std::map<std::string, double>& met
                           const std::function<void(const std::string& folder)>& write) {
   const auto it = metrics.find(metric_);
   if (it == metrics.end()) {
-    std::string given;
+    std::vector<std::string> given;
     for (const auto& [name, value] : metrics)
-      if (name.find(".confusion.") == std::string::npos) given += (given.empty() ? "" : ", ") + name;
+      if (name.find(".confusion.") == std::string::npos) given.push_back(name);
     throw InputError(detail::concat("eval.best: the evaluation at step ", step, " gave no ", metric_,
-                                     " (it gave ", given, ")"));
+                                     " (it gave ", joined(given), ")"));
   }
   const double value = it->second;
   if (!beats(value)) {
     ++since_best_;
     return;
   }
+  write_best(step, value, write);
+  since_best_ = 0;
+  log::info("eval.best: ", metric_, " ", value, " at step ", step, ", the best so far: models exported to ", folder_);
+}
+
+void BestExport::export_again(const std::function<void(const std::string& folder)>& write) {
+  write_best(best_step_, *best_, write);
+  log::info("eval.best: ", describe_best(), ", the best on record, which best/ lacked (a run stopped while it ",
+            "exported them): models exported again to ", folder_);
+}
+
+void BestExport::write_best(int64_t step, double value, const std::function<void(const std::string& folder)>& write) {
   io::write_folder(folder_, [&](const fs::path& temp) {
     write(temp.string());
     const nlohmann::json note = {{"metric", metric_}, {"value", value}, {"step", step}};
@@ -113,8 +132,7 @@ void BestExport::consider(int64_t step, const std::map<std::string, double>& met
   });
   best_ = value;
   best_step_ = step;
-  since_best_ = 0;
-  log::info("eval.best: ", metric_, " ", value, " at step ", step, ", the best so far: models exported to ", folder_);
+  held_ = true;
 }
 
 }  // namespace qarac

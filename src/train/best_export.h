@@ -24,14 +24,23 @@ class BestExport {
   // evaluations since it come from the record of the earlier part (`record`: the metric's value
   // at each evaluation metrics.jsonl keeps, by step, as the uninterrupted run saw them); best.json
   // stands in for a record without the metric, and what best/ holds is said when it is not the
-  // record's best (a best from after the checkpoint, of another metric, or none).
-  BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record = {});
+  // record's best (a best from after the checkpoint, of another metric, or none), unless that
+  // best is of `start_step`, the step the run starts at: then the models at hand are that best's,
+  // and export_again puts them there.
+  BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record = {},
+             int64_t start_step = -1);
 
   // After the evaluation at `step`: when `metrics` beat the best so far, `write(folder)` exports
   // the models into `folder`, which then replaces <output>/best. An InputError when the
   // evaluation gave no value of the metric (its data has no candidates, nothing is decoded...).
   void consider(int64_t step, const std::map<std::string, double>& metrics,
                 const std::function<void(const std::string& folder)>& write);
+
+  // Whether best/ lacks the models of the best on record while they are those the run starts
+  // with: a run killed while it exported them, resumed from that step (a checkpoint there, or
+  // step 0 without one). export_again exports them, `write` as consider's.
+  bool lacks_best() const { return best_ && !held_ && best_step_ == start_step_; }
+  void export_again(const std::function<void(const std::string& folder)>& write);
 
   // The evaluations since the best so far (ties and NaN do not beat it), or since the first.
   int64_t evaluations_since_best() const { return since_best_; }
@@ -41,12 +50,16 @@ class BestExport {
  private:
   bool beats(double value) const;
   std::string describe_best() const;  // "qa.selection_mrr 0.5 at step 300"
+  // Replaces best/ with the models `write` exports and best.json of `value` at `step`.
+  void write_best(int64_t step, double value, const std::function<void(const std::string& folder)>& write);
 
   std::string folder_, metric_;
   bool larger_is_better_;
   std::optional<double> best_;
   int64_t best_step_ = -1;
   int64_t since_best_ = 0;
+  bool held_ = true;  // best/ holds the models of best_ (false: none, or others)
+  int64_t start_step_;
 };
 
 }  // namespace qarac

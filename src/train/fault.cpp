@@ -1,6 +1,9 @@
 // QARAC_FAULT (train/fault.h).
 #include "train/fault.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -57,7 +60,8 @@ void Fault::inject(int this_rank, int64_t this_step, const std::vector<parallel:
   log::warn("QARAC_FAULT: ", kWhat[kind], " rank ", rank, " at step ", step);
   if (kind == kill) std::raise(SIGKILL);
   if (kind == term || kind == interrupt) {  // Slurm's preemption, or Ctrl-C; the step goes on
-    std::raise(kind == term ? SIGTERM : SIGINT);
+    // Sent as another process sends it: a SIGINT raised within is a library ending the process.
+    ::kill(::getpid(), kind == term ? SIGTERM : SIGINT);
     return;
   }
   if (kind == stall)

@@ -142,7 +142,8 @@ void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming
       file.commit();
     }
   }
-  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  // The umask decides who may write it, as for every file of the run (run_dir.cpp).
+  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
   QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open for writing: ", std::strerror(errno));
   terminal_ = rewrites_progress(progress);
 }

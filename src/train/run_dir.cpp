@@ -99,7 +99,9 @@ RunLock::RunLock(const std::string& output) {
   created_ = fs::create_directories(output, ec);
   QARAC_INPUT_CHECK(!ec, "output: cannot create ", output, ": ", ec.message());
   const std::string path = (fs::path(output) / kRunLockName).string();
-  fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // Writable by whom the umask allows, as every file of the run: the members of a group that
+  // shares run directories (umask 002) resume each other's runs.
+  fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
   QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open the run's lock file: ", std::strerror(errno));
   if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;

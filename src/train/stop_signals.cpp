@@ -40,8 +40,28 @@ int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
   return static_cast<int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
 }
 
-extern "C" void on_stop_signal(int signal) {
+// Restores the default action of `signal` and delivers it: the process ends as it would have
+// without the handler.
+void end_by(int signal) {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(signal, &dfl, nullptr);
+  raise(signal);
+}
+
+extern "C" void on_stop_signal(int signal, siginfo_t* info, void* /*context*/) {
   const int saved_errno = errno;  // write(2) may set it, under code that reads it after a failed call
+  // A SIGINT the process raised itself is no stop request but a library's way to end it:
+  // OpenBLAS raises one when it cannot start its threads (ulimit -u), and taken as a request the
+  // step would wait for those threads forever.
+  if (signal == SIGINT && info != nullptr && info->si_code == SI_TKILL && info->si_pid == getpid()) {
+    const char text[] = "\nqarac-train: error: SIGINT raised within the process, as OpenBLAS does when it cannot "
+                        "start its threads (its lines above say why; OPENBLAS_NUM_THREADS=1 needs none)\n";
+    const size_t skip = g_tell ? 0 : 1;  // the newline ends a progress line on a terminal
+    [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text + skip, sizeof text - 1 - skip);
+    end_by(signal);
+  }
   const int64_t now = monotonic_ns();
   int expected = 0;
   if (g_received.compare_exchange_strong(expected, signal)) {
@@ -72,11 +92,7 @@ extern "C" void on_stop_signal(int signal) {
                       "complete checkpoint)\n";
   const size_t skip = g_tell ? 0 : 1;
   [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text + skip, sizeof text - 1 - skip);
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
-  sigaction(signal, &dfl, nullptr);
-  raise(signal);
+  end_by(signal);
 }
 
 }  // namespace
@@ -87,9 +103,10 @@ StopSignals::StopSignals() {
   g_first_ns.store(0);
   g_tell = isatty(STDERR_FILENO) == 1;
   struct sigaction action {};
-  action.sa_handler = on_stop_signal;
+  action.sa_sigaction = on_stop_signal;
   sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;  // a signal must not fail a read or a write in flight
+  // SA_RESTART: a signal must not fail a read or a write in flight; SA_SIGINFO: who sent it.
+  action.sa_flags = SA_RESTART | SA_SIGINFO;
   for (size_t i = 0; i < std::size(kStopSignals); ++i) {
     // SIGINT or SIGHUP ignored when the process started stays ignored: a shell starts its
     // background jobs without SIGINT, so that the Ctrl-C meant for the foreground does not stop

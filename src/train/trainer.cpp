@@ -1,7 +1,8 @@
 // The training loop of qarac-train: builds a run from its configuration (the plan, this rank's
 // loaders, the workload, the gradient reduction, the optimizer) and runs its steps, with the
-// replica checks, checkpoints, evaluations and the export on their schedules. The run directory
-// is train/run_dir.h's, the workloads train/workload.h's, what is reported train/metrics.h's.
+// replica checks, checkpoints, evaluations and the export on their schedules (written by
+// trainer_outputs.cpp). The run directory is train/run_dir.h's, the workloads train/workload.h's,
+// what is reported train/metrics.h's.
 #include "train/trainer.h"
 
 #include <algorithm>
@@ -17,22 +18,8 @@
 #include "core/atomic_file.h"
 #include "core/log.h"
 #include "io/hf_export.h"
-#include "parallel/gradient_sync.h"
-#include "parallel/task_plan.h"
-#include "train/best_export.h"
-#include "train/checkpoint.h"
-#include "train/evaluation.h"
-#include "train/export_card.h"
-#include "train/fault.h"
-#include "train/metrics.h"
-#include "train/nonfinite.h"
-#include "train/optimizer.h"
-#include "train/plan_report.h"
-#include "train/run_dir.h"
-#include "train/schedule.h"
 #include "train/stop_signals.h"
-#include "train/task_loaders.h"
-#include "train/workload.h"
+#include "train/trainer_impl.h"
 
 namespace qarac {
 namespace {
@@ -49,88 +36,6 @@ const TrainConfig& checked(const TrainConfig& c) {
 }
 
 }  // namespace
-
-struct Trainer::Impl {
-  // This process in the job.
-  struct Place {
-    // r null: one process without MPI. `timeout`: of the world's waits (parallel.timeout).
-    Place(const parallel::Runtime* r, double timeout)
-        : runtime(r), rank(r ? r->rank() : 0), world_size(r ? r->size() : 1) {
-      if (world_size == 1) return;
-      log::set_rank(rank);
-      world = std::make_unique<parallel::MpiGroup>(MPI_COMM_WORLD, "the world", timeout);
-    }
-    const parallel::Runtime* runtime;
-    int rank, world_size;
-    std::unique_ptr<parallel::MpiGroup> world;  // with several ranks
-    parallel::Backend backend = parallel::Backend::mpi;
-    bool root() const { return rank == 0; }
-  };
-  // What a step of this process runs, in order: this rank's task slots, and per slot the models
-  // whose last use in the step it is: after its last micro-batch's backward pass their reduction
-  // can start.
-  struct StepLayout {
-    std::vector<data::TaskSlot> slots;
-    std::vector<std::vector<parallel::Model>> released_after;
-  };
-  // What trains.
-  struct Training {
-    std::unique_ptr<TaskLoaders> loaders;
-    std::unique_ptr<Workload> workload;
-    std::unique_ptr<parallel::GradientSync> sync;
-    // Contrastive QA: the ranks of question_answering, which exchange their vectors every step.
-    std::unique_ptr<parallel::MpiGroup> qa_group;
-    ParameterList params;  // the held ones: what the optimizer updates
-    std::unique_ptr<Optimizer> optimizer;
-    std::unique_ptr<Evaluator> evaluator;
-    Tensor run_losses;  // [micro-batches] on the device: the losses of one step, read back at once
-    Device device;      // where the models live: this rank's GPU (use_local_gpu), or the CPU
-  };
-  // The steps at which each was last done.
-  struct Last {
-    int64_t checkpoint = -1, eval = -1, check = -1;
-  };
-
-  TrainConfig config;
-  Place place;
-  TaskCosts costs;  // what auto balances and the banner reports
-  TrainingDataNote data_note;  // rank 0: what the exports say of the data, read at the start
-  parallel::TaskPlan plan;
-  LearningRateSchedule schedule;
-  StepLayout layout;
-  Training training;
-  std::string output, checkpoint_dir;
-  std::string resumed_with;  // config.ini's note of the settings a resume changed, if any
-  std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
-  MetricsLog metrics;       // rank 0's
-  std::optional<BestExport> best;  // rank 0's, with eval.best (and so with eval.patience)
-  Fault fault;
-  SkippedSteps skipped;  // train.nonfinite skip's
-  int64_t step = 0;  // training steps completed
-  Last last;
-
-  Impl(const TrainConfig& c, const parallel::Runtime* runtime);
-  void build(Device device);
-  std::string step_text() const { return "step " + std::to_string(step + 1); }
-  void start();
-  void restore(const std::string& checkpoint);
-  void write_run_files();
-  void discard_unstarted() noexcept;
-  StepStats train_step();
-  bool step_is_finite(const StepStats& s, const std::vector<double>& slot_losses);
-  std::vector<CheckpointPart> held_parts() const;
-  void save();
-  void evaluate();
-  bool patience_spent();
-  // What every rank reads alike (a GPU, the base, the streams): a fault in it is said once.
-  void read_everywhere(const std::function<void()>& read) const {
-    place.runtime ? place.runtime->read_on_every_rank(read, config.timeout) : read();
-  }
-  void check_replicas();
-  void export_models();
-  io::ExportExtras extras() const { return export_extras(config, plan_report(config, plan, costs), data_note); }
-  Trainer::RunEnd run();
-};
 
 Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
     : config(checked(c)),
@@ -214,6 +119,7 @@ void Trainer::Impl::start() {
     check_output_dir(output, config.resume);
     // What a killed or failed run left half-written: nobody else writes here now.
     remove_unfinished_checkpoints(checkpoint_dir);
+    for (const char* folder : {"export", "best"}) io::remove_unfinished_folder(fs::path(output) / folder);
   }
   // Every rank waits for the lock: nothing is read or written before the directory is this run's.
   if (place.world) place.world->barrier("locking the output directory");
@@ -227,12 +133,16 @@ void Trainer::Impl::start() {
   }
   if (place.root()) write_run_files();
   if (place.root() && !config.eval_best.empty())
-    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best));
-  // Every rank learns whether the evaluation due at the first step is already on record.
-  if (place.world) {
-    double evaluated = static_cast<double>(last.eval);
-    place.world->all_reduce(&evaluated, 1, MPI_MAX, "starting the run");
-    last.eval = static_cast<int64_t>(evaluated);
+    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best), step);
+  // Every rank learns whether the evaluation due at the first step is already on record, and
+  // whether best/ lacks the models the run starts with.
+  double agreed[2] = {static_cast<double>(last.eval), best && best->lacks_best() ? 1.0 : 0.0};
+  if (place.world) place.world->all_reduce(agreed, 2, MPI_MAX, "starting the run");
+  last.eval = static_cast<int64_t>(agreed[0]);
+  if (agreed[1] != 0) {
+    training.sync->gather_to_root("eval.best's export at step " + std::to_string(step));
+    if (place.root())
+      best->export_again([&](const std::string& folder) { training.workload->export_models(folder, extras()); });
   }
 }
 
@@ -423,112 +333,6 @@ bool Trainer::Impl::step_is_finite(const StepStats& s, const std::vector<double>
     log::warn(what, "; its update is skipped");
   }
   return false;
-}
-
-// The checkpoint parts this rank holds: its model groups.
-std::vector<CheckpointPart> Trainer::Impl::held_parts() const {
-  std::vector<CheckpointPart> parts;
-  for (const parallel::ParameterGroup& g : training.sync->groups())
-    if (std::find(g.ranks.begin(), g.ranks.end(), place.rank) != g.ranks.end()) parts.push_back({g.name, g.params});
-  return parts;
-}
-
-// A global checkpoint: each model group written once, by its lowest rank, into a temporary
-// folder that rank 0 renames once every part is complete (train/checkpoint.h).
-void Trainer::Impl::save() {
-  last.checkpoint = step;
-  TrainingState state;
-  state.step = step;
-  state.seed = static_cast<uint64_t>(config.seed);
-  state.cursor = training.loaders->global_cursor(place.world.get());
-  state.config = to_ini(config);
-  state.frozen_base_hash = training.workload->frozen_base_hash();
-  const std::string what = "checkpoint at step " + std::to_string(step);
-  if (place.root()) begin_checkpoint(checkpoint_dir, step);
-  if (place.world) place.world->barrier(what);
-  std::vector<std::string> names;
-  for (const parallel::ParameterGroup& g : training.sync->groups()) names.push_back(g.name);
-  const std::string folder = checkpoint_temp_path(checkpoint_dir, step);
-  // A part that failed (a full disk) leaves no half checkpoint behind: every rank finishes its
-  // own parts first and learns whether any failed, then rank 0 removes the folder, which nobody
-  // writes into any more (removed under a rank still writing, it gave that rank a second error
-  // with a false cause), and the job ends with one line from each rank that failed.
-  std::exception_ptr failure;
-  try {
-    for (const parallel::ParameterGroup& g : training.sync->groups())
-      if (g.ranks.front() == place.rank) {
-        require_finite_weights(g.params, what);  // a resume from them would only stop again
-        write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
-      }
-  } catch (const std::exception&) {  // a full disk, or any other failure: the others must learn of it
-    failure = std::current_exception();
-  }
-  double failed = failure ? 1 : 0;
-  if (place.world) place.world->all_reduce(&failed, 1, MPI_MAX, what);
-  if (failed > 0) {
-    std::error_code ec;
-    if (place.root()) fs::remove_all(folder, ec);
-    if (place.world) place.world->barrier(what);
-    if (failure) std::rethrow_exception(failure);
-    throw EndedByAnotherRank(what + ": another rank could not write its part");
-  }
-  std::string path;
-  if (place.root()) {
-    try {
-      // The metrics up to the checkpoint survive a crash with it: a resumed run keeps them.
-      metrics.sync();
-      path = commit_checkpoint(checkpoint_dir, step, static_cast<int>(config.checkpoint_keep));
-    } catch (const InputError&) {
-      std::error_code ec;
-      fs::remove_all(folder, ec);
-      throw;
-    }
-  }
-  if (place.world) place.world->barrier(what);
-  metrics.end_progress_line();
-  if (place.root()) log::info("checkpoint ", path);
-}
-
-void Trainer::Impl::evaluate() {
-  last.eval = step;
-  training.sync->gather_to_root("evaluation at step " + std::to_string(step));
-  if (!place.root()) return;
-  const EvalResult result = training.workload->evaluate(training.evaluator.get());
-  metrics.write_eval(step, result.metrics);
-  if (!best) return;
-  best->consider(step, result.metrics,
-                 [&](const std::string& folder) { training.workload->export_models(folder, extras()); });
-}
-
-// eval.patience: whether rank 0's evaluations since the best have reached it, agreed by every rank.
-bool Trainer::Impl::patience_spent() {
-  if (config.eval_patience == 0) return false;
-  double spent = place.root() && best->evaluations_since_best() >= config.eval_patience ? 1 : 0;
-  if (place.world) place.world->all_reduce(&spent, 1, MPI_MAX, "eval.patience at step " + std::to_string(step));
-  if (spent != 0 && place.root()) {
-    metrics.end_progress_line();
-    log::warn("eval.patience: ", best->describe_wait(), ": the run ends at step ", step, " of ", config.steps,
-              " (--resume with a larger eval.patience goes on)");
-  }
-  return spent != 0;
-}
-
-void Trainer::Impl::check_replicas() {
-  last.check = step;
-  if (!place.world) return;
-  training.sync->check_replicas(step);
-  if (place.root()) log::info("replica check at step ", step, ": every model's replicas are identical");
-}
-
-void Trainer::Impl::export_models() {
-  training.sync->gather_to_root("export");
-  if (!place.root()) return;
-  metrics.end_progress_line();
-  // As one set (io::write_folder): never models of two steps after a full disk or a kill.
-  const std::string folder = output + "/export";
-  std::vector<std::string> models;
-  io::write_folder(folder, [&](const fs::path& temp) { models = training.workload->export_models(temp, extras()); });
-  log::info("exported ", joined(models), " to ", folder);
 }
 
 Trainer::Trainer(const TrainConfig& config, const parallel::Runtime* runtime)

@@ -480,6 +480,13 @@ TEST_F(Distributed, ANonFiniteStepIsSaidOnce) {
   EXPECT_NE(r.output.find("; the step was not applied"), std::string::npos) << r.output;
 }
 
+// A run that no launcher started needs no ssh or rsh on PATH (a container without them): before,
+// Open MPI's MPI_Init failed there in 40 lines, its launch component refusing to load.
+TEST_F(Distributed, WithoutALauncherARunNeedsNoSshOnPath) {
+  const CliResult r = train("env PATH=/nonexistent", "no-ssh", "", 2);
+  EXPECT_EQ(r.code, 0) << r.output;
+}
+
 // A Slurm job's --mem (as a cgroup's limit) is the node's, shared by its ranks: each counts the
 // others' tensors, so that ranks that fit alone but not together are refused at the start, in one
 // line from one rank, instead of being killed midway by the OOM killer or Slurm. The limit is set

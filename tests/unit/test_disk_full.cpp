@@ -1,8 +1,8 @@
 // Writing onto a full file system (issue 12, item 1): a tiny tmpfs is mounted and filled by
 // qarac-prep and by the core writers that checkpoints use (the checksummed HDF5 file, AtomicFile).
 // Each must fail with one line naming the file, exit (or throw) cleanly, never crash, not even at
-// exit, and leave no temporary file. Mounting needs root (or CAP_SYS_ADMIN): without it every
-// test skips, saying so.
+// exit, and leave no temporary file. Mounting needs root (or CAP_SYS_ADMIN): without it those
+// tests skip, saying so. A file-size limit, which needs no mount, fails writes alike.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
@@ -78,8 +78,9 @@ class DiskFullTest : public ::testing::Test {
     GTEST_SKIP() << "cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): " << skip_reason_;  \
   }
 
-// One line on stderr, no line but it: the error names a file of the output folder.
-void expect_one_line_naming(const std::string& output, const std::string& folder) {
+// One line on stderr, no line but it: the error names a file of the output folder and `cause`.
+void expect_one_line_naming(const std::string& output, const std::string& folder,
+                            const std::string& cause = "No space left on device") {
   std::vector<std::string> lines;
   size_t begin = 0;
   while (begin < output.size()) {
@@ -90,7 +91,7 @@ void expect_one_line_naming(const std::string& output, const std::string& folder
   }
   ASSERT_EQ(lines.size(), 1u) << output;
   EXPECT_EQ(lines[0].rfind("qarac-prep: error: " + folder, 0), 0u) << lines[0];
-  EXPECT_NE(lines[0].find("No space left on device"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find(cause), std::string::npos) << lines[0];
 }
 
 // qarac-prep filling the disk at every stage: creating a file, appending chunks (small chunks
@@ -110,6 +111,25 @@ TEST_F(DiskFullTest, PrepFailsWithOneLineAndLeavesNothing) {
       expect_one_line_naming(r.output, out + "/");
       EXPECT_EQ(leftovers(), std::vector<std::string>{}) << "temporary files were left";
     }
+}
+
+// A file-size limit (ulimit -f, as batch systems and shells set one) fails the write that would
+// pass it: qarac-prep says so as it does a full disk, and leaves nothing. Before, SIGXFSZ killed
+// it unsaid, leaving its temporary files. Creating a file, its first chunks, a later task's file;
+// needs no mount, so it runs everywhere.
+TEST_F(DiskFullTest, PrepPastAFileSizeLimitFailsWithOneLineAndLeavesNothing) {
+  const std::string inputs = " --text " + kSample + "corpus_train.txt --wikiqa " + kSample +
+                             "WikiQA-train.tsv --avicenna " + kSample + "Avicenna_Train.csv --snli " + kSample +
+                             "snli_1.0_train.jsonl --compression 0";
+  for (const char* blocks : {"1", "64", "2048"}) {  // of 512 bytes (/bin/sh's ulimit -f)
+    const std::string out = (dir_ / "out").string();
+    const auto r = run_command("ulimit -f " + std::string(blocks) + " && exec " + kPrep + " --tokenizer " + kSample +
+                               "tokenizer --out " + out + inputs);
+    SCOPED_TRACE(std::string("ulimit -f ") + blocks);
+    EXPECT_EQ(r.code, 2) << "killed, or another status: " << r.output;
+    expect_one_line_naming(r.output, out + "/", "File too large");
+    EXPECT_EQ(leftovers(), std::vector<std::string>{}) << "temporary files were left";
+  }
 }
 
 // A child process runs `body` and exits through exit(), so that whatever runs at exit (HDF5's

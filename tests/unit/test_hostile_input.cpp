@@ -499,6 +499,17 @@ TEST_F(Hostile, PrepSaysWhenItsSummaryCannotBeWritten) {
   EXPECT_NO_THROW(TaskStreamFile(out + "/encode_decode.h5"));
 }
 
+// A word of the command line with a line break (a path) is refused in one line, as qarac-train
+// does: before, qarac-prep wrote into such a folder and its summary broke across lines.
+TEST_F(Hostile, AnArgumentWithALineBreakIsRefusedInOneLine) {
+  const std::string out = path("two") + "\nlines";
+  const auto r = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --text " + kSample +
+                             "corpus_heldout.txt --out \"$(printf '" + path("two") + "\\nlines')\"");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(r.output, "qarac-prep: error: command-line argument 6 '" + path("two") + "\\x0alines' holds a line break\n");
+  EXPECT_FALSE(fs::exists(out));
+}
+
 // Before: qarac-prep renamed its streams into place one by one, and a run killed between two
 // renames (the OOM killer, a power loss) left streams of two preparations, which training took
 // as one. The folder is now marked while streams are renamed: readers refuse a marked folder,

@@ -124,6 +124,37 @@ TEST(RunDirTest, ALinkedExportMustBeReplaceableBesideItsTarget) {
       {(run / "export").string() + " links to /dev/shm", "/dev is another file system (the target is a mount point)"});
 }
 
+// Every file and folder of a run is as writable as the umask allows: under a group's umask 002 its
+// members resume each other's runs. Before, the lock file and metrics.jsonl were created 0644,
+// and another member's --resume was refused at the lock.
+TEST_F(RunDirCli, TheUmaskDecidesWhoMayWriteARun) {
+  const fs::path run = root() / "group-shared";
+  const CliResult r = qarac::test_support::run_command("umask 002 && " + train_command(run, "--train.steps 2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  int files = 0;
+  for (const fs::directory_entry& e : fs::recursive_directory_iterator(run)) {
+    ++files;
+    EXPECT_NE(fs::status(e.path()).permissions() & fs::perms::group_write, fs::perms::none) << e.path();
+  }
+  EXPECT_GT(files, 10);
+  for (const char* name : {".qarac.lock", "metrics.jsonl"}) EXPECT_TRUE(fs::exists(run / name)) << name;
+}
+
+// What a kill left of an export or an eval.best export in flight (their temporary folders) is
+// removed when a run starts in the directory, even one that will not write them again.
+TEST_F(RunDirCli, AKilledExportsTemporaryFolderIsRemovedAtTheStart) {
+  const fs::path run = root() / "export-leftovers";
+  ASSERT_EQ(train(run, "--train.steps 2").code, 0);
+  for (const char* folder : {"export.tmp/decoder.tmp", "best.tmp/question_encoder.tmp"}) {
+    fs::create_directories(run / folder);
+    std::ofstream(run / folder / "model.safetensors.tmp.99") << "half";
+  }
+  const CliResult r = train(run, "--resume --train.steps 2");  // no step left; no eval.best
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(run / "export.tmp"));
+  EXPECT_FALSE(fs::exists(run / "best.tmp"));
+}
+
 // A live run's directory: a --resume (or any run) started in it stops at once with one line and
 // deletes nothing, not even a temporary checkpoint folder of the live run.
 TEST_F(RunDirCli, ALockedDirectoryIsLeftAlone) {

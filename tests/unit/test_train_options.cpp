@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <new>
 #include <stdexcept>
@@ -363,6 +364,43 @@ TEST_F(TrainOptionsCli, TheBestEvaluationsModelsAreKept) {
 
 // A metric the evaluation did not give (held-out QA without candidates gives no selection
 // metrics): one line naming what it gave, and <output>/best untouched.
+// A run killed while eval.best exported the models of its first evaluation, before its first
+// checkpoint, leaves that evaluation on record, no best/ and a partial best.tmp/. --resume starts
+// again from step 0, with the models of that evaluation: it exports them (before: best/ stayed
+// missing unless a later evaluation beat the record, and best.tmp/ stayed to the end).
+TEST_F(TrainOptionsCli, ABestExportAKillInterruptedIsWrittenAgain) {
+  const std::string eval = " --eval.dir " + (root() / "data").string() +
+                           " --eval.examples 8 --eval.every 1 --eval.best qa.retrieval_accuracy";
+  const fs::path run = root() / "best-killed";
+  CliResult r = train(run, "--train.steps 2" + eval);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto bytes = [](const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  ASSERT_EQ(nlohmann::json::parse(bytes(run / "best" / "best.json")).at("step"), 0)
+      << "the test needs the first evaluation to be the best";
+  std::map<std::string, std::string> first;  // the models as the uninterrupted run exported them
+  for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
+    first[model] = bytes(run / "best" / model / "model.safetensors");
+
+  // What a kill -9 in that export leaves.
+  const std::string metrics = bytes(run / "metrics.jsonl");
+  std::ofstream(run / "metrics.jsonl", std::ios::trunc) << metrics.substr(0, metrics.find('\n') + 1);
+  for (const char* gone : {"best", "export", "checkpoints"}) fs::remove_all(run / gone);
+  fs::create_directories(run / "best.tmp" / "question_encoder.tmp");
+  std::ofstream(run / "best.tmp" / "question_encoder.tmp" / "model.safetensors.tmp.99") << "half";
+
+  r = train(run, "--resume --train.steps 2" + eval);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("which best/ lacked (a run stopped while it exported them): models exported again to"),
+            std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("none, or no best.json"), std::string::npos) << "a warning the export made untrue";
+  EXPECT_FALSE(fs::exists(run / "best.tmp"));
+  EXPECT_EQ(nlohmann::json::parse(bytes(run / "best" / "best.json")).at("step"), 0);
+  for (const auto& [model, kept] : first) EXPECT_EQ(bytes(run / "best" / model / "model.safetensors"), kept) << model;
+}
+
 TEST(BestExport, AMetricTheEvaluationDidNotGiveIsSaid) {
   const qarac::test_support::TempDir dir("best-export");
   qarac::BestExport best(dir.path.string(), "qa.selection_mrr");
