@@ -132,7 +132,7 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   d->add(train, "train.device", &c.device, "cpu or cuda");
   d->add(train, "train.dtype", &c.dtype, "compute dtype: f32, bf16 on cuda (master weights stay f32), or f64 on cpu (reference numerics: master weights and moments in f64)");
   d->add(train, "train.log_every", &c.log_every, "progress line every N steps when stdout is not a terminal (the losses of that step, not a mean over the N; metrics.jsonl holds every step)");
-  d->add(train, "train.progress", &c.progress, "the progress line: tty (rewritten in place every step), plain (a line every train.log_every steps), auto (tty when the standard output is a terminal and no MPI launcher or Slurm forwards it)");
+  d->add(train, "train.progress", &c.progress, "the progress line: tty (rewritten in place every step), plain (a line every train.log_every steps), auto (tty when the standard output is a terminal that is not TERM=dumb and no MPI launcher or Slurm forwards it)");
   d->add(train, "train.nonfinite", &c.nonfinite, "a step whose loss or gradient norm is not finite: stop (the run ends before the update, naming the step and the task) or skip (its update is not applied; counted in metrics.jsonl as skipped_steps; the run ends when the weights themselves are not finite, or after 10 skipped steps in a row)");
   d->add(train, "train.micro_tokens", &c.micro_tokens, "most tokens (all fields) a rank runs in one forward/backward: a larger share of a global batch is split into micro-batches whose gradients accumulate; 0: no limit");
 

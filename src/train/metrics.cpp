@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -126,7 +127,10 @@ std::string kept_lines(const std::string& path, int64_t first_step,
 // auto trusts isatty only outside them.
 bool rewrites_progress(const std::string& progress) {
   if (progress != "auto") return progress == "tty";
-  return !parallel::started_by_a_launcher() && isatty(fileno(stdout)) != 0;
+  // A dumb terminal (an editor's shell buffer) has no erase-to-end-of-line.
+  const char* term = std::getenv("TERM");
+  return !parallel::started_by_a_launcher() && isatty(fileno(stdout)) != 0 &&
+         !(term != nullptr && std::strcmp(term, "dumb") == 0);
 }
 
 }  // namespace

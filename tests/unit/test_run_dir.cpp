@@ -422,7 +422,7 @@ TEST_F(RunDirCli, ARunOutlivesAClosedLogPipe) {
 TEST_F(RunDirCli, AClosedTerminalStopsTheRunWithACheckpoint) {
   const fs::path run = root() / "hung-up";
   // As a user's own terminal has it, also when the suite runs inside a launcher's (srun --pty).
-  const std::string unlaunched = "env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMIX_RANK -u SLURM_PROCID";
+  const std::string unlaunched = "env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMIX_RANK -u SLURM_PROCID TERM=xterm";
   const std::string command = "exec " + train_command(run, "--train.steps 1000 --checkpoint.every 0", unlaunched);
   int terminal = -1;
   const pid_t pid = forkpty(&terminal, nullptr, nullptr, nullptr);
@@ -465,6 +465,34 @@ TEST_F(RunDirCli, AClosedTerminalStopsTheRunWithACheckpoint) {
   const CliResult resumed = train(run, "--resume --train.steps " + last + " --checkpoint.every 0");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   expect_each_step_once(run, stopped + 2, {});
+}
+
+// A dumb terminal (TERM=dumb: an editor's shell buffer) cannot erase a line: the progress comes
+// a line at a time there, as in a log.
+TEST_F(RunDirCli, ADumbTerminalGetsProgressLines) {
+  const std::string command =
+      "exec " + train_command(root() / "dumb-terminal", "--train.steps 2",
+                              "env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMIX_RANK -u SLURM_PROCID TERM=dumb");
+  int terminal = -1;
+  const pid_t pid = forkpty(&terminal, nullptr, nullptr, nullptr);
+  ASSERT_GE(pid, 0) << std::strerror(errno);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::string seen;
+  char buf[4096];
+  for (pollfd p{terminal, POLLIN, 0}; poll(&p, 1, 60'000) > 0;) {
+    const ssize_t n = read(terminal, buf, sizeof buf);
+    if (n <= 0) break;  // EIO once the run has ended
+    seen.append(buf, static_cast<size_t>(n));
+  }
+  close(terminal);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << seen;
+  EXPECT_EQ(seen.find("\033[K"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("step 1/2"), std::string::npos) << seen;
 }
 
 // An eval.tokenizer that nothing reads (no evaluation, no rehearsal, a base with its own tokenizer
