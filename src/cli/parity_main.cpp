@@ -168,6 +168,7 @@ int run(int argc, char** argv) {
   po::positional_options_description positional;
   positional.add("dir", 1);
   po::variables_map vm;
+  cli::refuse_line_breaks(argc, argv);
   po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
   if (vm.count("help")) {
     std::ostringstream text;

@@ -20,6 +20,14 @@
 
 namespace qarac::cli {
 
+// An InputError for a word of the command line with a line break (a path): every message that
+// quotes a word stays one line, as qarac-train's.
+inline void refuse_line_breaks(int argc, const char* const argv[]) {
+  for (int i = 1; i < argc; ++i)
+    QARAC_INPUT_CHECK(std::string_view(argv[i]).find('\n') == std::string_view::npos, "command-line argument '",
+                      printable(argv[i]), "' holds a line break");
+}
+
 // Parses the command line into `vm` against `options` and notifies it; false after printing the
 // options for --help (the program then exits 0). A word that is no option's value is refused:
 // Boost would drop it without a word (an output path given without --output).
@@ -27,10 +35,7 @@ inline bool parse_command_line(int argc, const char* const argv[],
                                const boost::program_options::options_description& options,
                                boost::program_options::variables_map& vm) {
   namespace po = boost::program_options;
-  // One line per word, so that every message quoting one (a path) is one line, as qarac-train's.
-  for (int i = 1; i < argc; ++i)
-    QARAC_INPUT_CHECK(std::string_view(argv[i]).find('\n') == std::string_view::npos, "command-line argument ", i,
-                      " '", printable(argv[i]), "' holds a line break");
+  refuse_line_breaks(argc, argv);
   // Without guessing: an abbreviation is an unknown option, not the option it begins.
   const po::parsed_options parsed =
       po::command_line_parser(argc, argv)

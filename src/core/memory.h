@@ -89,11 +89,11 @@ void reset_memory_peaks();
 
 // The CUDA caching allocator's counters for one device (all zero for a device it never served).
 struct CudaAllocatorStats {
-  uint64_t cuda_mallocs = 0;    // cudaMalloc calls that succeeded: cache misses
-  uint64_t bytes_reserved = 0;  // device memory held: blocks in use plus blocks cached
-  uint64_t bytes_in_use = 0;    // blocks held by live Buffers (rounded sizes)
+  uint64_t cuda_mallocs = 0;       // cudaMalloc calls that succeeded: cache misses
+  uint64_t bytes_reserved = 0;     // device memory held: blocks in use plus blocks cached
+  uint64_t bytes_in_use = 0;       // blocks held by live Buffers (rounded sizes)
   uint64_t peak_bytes_in_use = 0;  // the most bytes_in_use since reset_memory_peaks()
-  uint64_t cache_hits = 0;      // allocations served from the cache
+  uint64_t cache_hits = 0;         // allocations served from the cache
 };
 CudaAllocatorStats cuda_allocator_stats(int device);
 // Returns every cached (unused) block of every device to the driver; blocks in use stay.

@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "core/atomic_file.h"
+#include "core/log.h"
 #include "io/hf_config.h"
 
 namespace qarac::io {
@@ -83,12 +84,23 @@ fs::path write_target(const fs::path& folder) {
 }  // namespace
 
 void remove_unfinished_folder(const fs::path& folder) {
+  fs::path target;
   try {
-    std::error_code ec;
-    fs::remove_all(write_target(folder).string() + ".tmp", ec);
+    target = write_target(folder);
   } catch (const InputError&) {
-    // A link that cannot be followed has no temporary folder; write_folder says it when it writes.
+    return;  // a link that cannot be followed has no temporary folder; write_folder says it
   }
+  const fs::path temp = target.string() + ".tmp", old = target.string() + ".old";
+  std::error_code ec;
+  if (!fs::exists(temp, ec)) return;
+  // Without the folder but beside its previous version: a replace_folder by two renames was cut
+  // between them, and the new one may be whole. Which to keep is the user's choice, not a guess.
+  if (!fs::exists(target, ec) && fs::exists(old, ec)) {
+    log::warn(target.string(), " is missing, beside ", old.string(), " (the previous one) and ", temp.string(),
+              " (a new one, whole unless its writing was cut too): rename the one to keep to ", target.string());
+    return;
+  }
+  fs::remove_all(temp, ec);
 }
 
 void write_folder(const fs::path& folder, const std::function<void(const fs::path&)>& write) {

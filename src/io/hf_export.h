@@ -30,7 +30,9 @@ void replace_folder(const std::filesystem::path& from, const std::filesystem::pa
 // as "<folder>.old") and no "<folder>.tmp": a set of models written this way never mixes models
 // of two steps. InputError naming a link that cannot be followed.
 void write_folder(const std::filesystem::path& folder, const std::function<void(const std::filesystem::path&)>& write);
-// Removes the "<folder>.tmp" of a write_folder that a kill interrupted (nothing when none).
+// Removes the "<folder>.tmp" of a write_folder that a kill interrupted (nothing when none); where
+// the kill cut replace_folder's two renames (no folder, "<folder>.old" beside it), keeps both and
+// says so.
 void remove_unfinished_folder(const std::filesystem::path& folder);
 
 // The master weights of `params` by name, as f32 CPU copies: what an export stores.

@@ -42,9 +42,12 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
   // What best/ holds: best.json names it.
   const fs::path note = fs::path(folder_) / "best.json";
   std::error_code ec;
-  held_ = false;
+  // The record's best is of the step the run starts at, whose models are at hand: where best/ has
+  // none or older ones (a run stopped while it exported them), export_again puts them there.
+  const bool at_start = best_ && best_step_ == start_step_;
   if (!fs::exists(note, ec)) {
-    if (best_ && !lacks_best())
+    export_due_ = at_start;
+    if (best_ && !export_due_)
       log::warn(folder_, ": none, or no best.json; the next evaluation that beats ", describe_best(), " is kept");
     return;
   }
@@ -66,15 +69,14 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
     // The record of the earlier part is lost (metrics.jsonl removed): best.json is all there is.
     best_ = held_value;
     best_step_ = held_step;
-    held_ = true;
     log::warn("eval.best: no evaluation of ", metric_, " on record; ", describe_best(),
               " from best.json, eval.patience counts from here");
   } else if (!best_ || held_metric != metric_ || held_step != best_step_) {
-    if (!lacks_best())
+    // A later best (one after the checkpoint) or another metric's is kept until beaten.
+    export_due_ = at_start && held_metric == metric_ && held_step < start_step_;
+    if (!export_due_)
       log::warn(folder_, ": holds ", held_metric, " ", held_value, " at step ", held_step, ", not the best on record (",
                 best_ ? describe_best() : "none", "); the next evaluation that beats that replaces it");
-  } else {
-    held_ = true;
   }
   if (best_) log::info("eval.best: ", describe_best(), " so far; ", since_best_, " evaluation", since_best_ == 1 ? "" : "s",
                        " since");
@@ -117,7 +119,7 @@ void BestExport::consider(int64_t step, const std::map<std::string, double>& met
 
 void BestExport::export_again(const std::function<void(const std::string& folder)>& write) {
   write_best(best_step_, *best_, write);
-  log::info("eval.best: ", describe_best(), ", the best on record, which best/ lacked (a run stopped while it ",
+  log::info("eval.best: ", describe_best(), ", the best on record, which best/ did not hold (a run stopped while it ",
             "exported them): models exported again to ", folder_);
 }
 
@@ -132,7 +134,7 @@ void BestExport::write_best(int64_t step, double value, const std::function<void
   });
   best_ = value;
   best_step_ = step;
-  held_ = true;
+  export_due_ = false;
 }
 
 }  // namespace qarac

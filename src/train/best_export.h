@@ -36,10 +36,11 @@ class BestExport {
   void consider(int64_t step, const std::map<std::string, double>& metrics,
                 const std::function<void(const std::string& folder)>& write);
 
-  // Whether best/ lacks the models of the best on record while they are those the run starts
-  // with: a run killed while it exported them, resumed from that step (a checkpoint there, or
-  // step 0 without one). export_again exports them, `write` as consider's.
-  bool lacks_best() const { return best_ && !held_ && best_step_ == start_step_; }
+  // Whether best/ lacks the models of the best on record (it holds none, or an earlier best of the
+  // metric) while they are those the run starts with: a run stopped while it exported them,
+  // resumed from that step (a checkpoint there, or step 0 without one). export_again exports
+  // them, `write` as consider's.
+  bool lacks_best() const { return export_due_; }
   void export_again(const std::function<void(const std::string& folder)>& write);
 
   // The evaluations since the best so far (ties and NaN do not beat it), or since the first.
@@ -58,8 +59,8 @@ class BestExport {
   std::optional<double> best_;
   int64_t best_step_ = -1;
   int64_t since_best_ = 0;
-  bool held_ = true;  // best/ holds the models of best_ (false: none, or others)
   int64_t start_step_;
+  bool export_due_ = false;  // lacks_best()
 };
 
 }  // namespace qarac

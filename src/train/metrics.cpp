@@ -209,6 +209,7 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
   line["host_tensors_peak_bytes"] = s.memory.host;
   line["node_host_tensors_peak_bytes"] = s.memory.node_host;
   if (s.memory.device > 0) line["gpu_tensors_peak_bytes"] = s.memory.device;
+  stepped_ = true;
   memory_ = {std::max(memory_.host, s.memory.host), std::max(memory_.node_host, s.memory.node_host),
              std::max(memory_.device, s.memory.device)};
   if (s.skipped) line["skipped"] = true;
@@ -218,7 +219,7 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
 }
 
 void MetricsLog::say_memory_peaks() const {
-  if (memory_.host == 0) return;
+  if (!stepped_) return;
   const HostMemoryLimit& limit = host_memory_limit();
   const std::string where = memory_.node_host > memory_.host
                                 ? " on a node (its ranks together; " + size_text(memory_.host) + " on a rank)"

@@ -112,7 +112,8 @@ class MetricsLog {
   bool progress_open_ = false;  // a progress line without its newline is on the terminal
   Clock::time_point started_;
   int64_t first_step_ = 0;
-  MemoryPeaks memory_;  // the largest of the steps written since start()
+  MemoryPeaks memory_;    // the largest of the steps written since start()
+  bool stepped_ = false;  // a step was written since start()
 };
 
 }  // namespace qarac

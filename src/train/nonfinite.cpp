@@ -30,11 +30,10 @@ std::string tasks_with_nonfinite_losses(const std::vector<data::TaskSlot>& slots
   for (size_t i = 0; i < slots.size(); ++i)
     if (!std::isfinite(slot_losses[i])) bad[static_cast<size_t>(slots[i].task)] = 1;
   if (world) world->all_reduce(bad.data(), data::kTaskCount, MPI_MAX, "finite losses, " + step);
-  std::string tasks;
+  std::vector<std::string> tasks;
   for (int t = 0; t < data::kTaskCount; ++t)
-    if (bad[static_cast<size_t>(t)] != 0)
-      tasks += std::string(tasks.empty() ? "" : ", ") + data::task_name(static_cast<data::Task>(t));
-  return tasks;
+    if (bad[static_cast<size_t>(t)] != 0) tasks.push_back(data::task_name(static_cast<data::Task>(t)));
+  return joined(tasks);
 }
 
 void end_run(bool root, const std::string& what) {

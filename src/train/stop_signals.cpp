@@ -40,8 +40,8 @@ int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
   return static_cast<int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
 }
 
-// Restores the default action of `signal` and delivers it: the process ends as it would have
-// without the handler.
+// Restores the default action of `signal` and raises it: the process ends as it would have
+// without the handler (once the handler returns, for a signal the handler blocks).
 void end_by(int signal) {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
@@ -61,6 +61,7 @@ extern "C" void on_stop_signal(int signal, siginfo_t* info, void* /*context*/) {
     const size_t skip = g_tell ? 0 : 1;  // the newline ends a progress line on a terminal
     [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text + skip, sizeof text - 1 - skip);
     end_by(signal);
+    return;  // SIGINT is blocked in its handler: the process ends as the handler returns
   }
   const int64_t now = monotonic_ns();
   int expected = 0;

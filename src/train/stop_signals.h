@@ -8,7 +8,9 @@
 // once (a step may take a while). A second signal, more than two seconds after the first, ends
 // the process at once, after a line saying so, as the default action does (the checkpoint of the
 // step in flight is then lost, the previous one is not); one within two seconds is the first
-// delivered again (Slurm signals the ranks and srun passes the signal on to them too).
+// delivered again (Slurm signals the ranks and srun passes the signal on to them too). A SIGINT
+// the process raises itself is no request: a library's way to end it (OpenBLAS raises one when it
+// cannot start its threads); it ends the process, after a line saying so.
 // qarac-train installs the handlers first thing in main, so that a request during start-up
 // stops the run after its first step rather than killing it.
 #pragma once

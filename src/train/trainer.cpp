@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
 #include <optional>
 #include <vector>
 
@@ -107,9 +106,10 @@ void Trainer::Impl::build(Device device) {
 }
 
 // The ranks of a node count each other's host tensors (the models and optimizer state, built by
-// now); rank 0 locks the output directory (creating it); the run restores the checkpoint when
-// resuming from one; rank 0 writes config.ini (at every start), opens metrics.jsonl and prints
-// the run's table.
+// now); rank 0 locks the output directory (creating it) and removes what a killed run left
+// half-written; the run restores the checkpoint when resuming from one; rank 0 writes config.ini
+// (at every start), opens metrics.jsonl and prints the run's table; best/ gets the models the run
+// starts with when they are the best on record and it lacks them.
 void Trainer::Impl::start() {
   if (place.world && !place.runtime->share_host_memory(config.timeout))
     throw EndedByAnotherRank("the host memory of this node: another rank said why");

@@ -3,7 +3,6 @@
 // evaluations and eval.best, replica checks, the export). Private to them: users see trainer.h.
 #pragma once
 
-#include <array>
 #include <functional>
 #include <memory>
 #include <optional>

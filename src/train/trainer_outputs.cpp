@@ -11,8 +11,9 @@
 #include "train/trainer_impl.h"
 
 namespace qarac {
-
+namespace {
 namespace fs = std::filesystem;
+}  // namespace
 
 // The checkpoint parts this rank holds: its model groups.
 std::vector<CheckpointPart> Trainer::Impl::held_parts() const {

@@ -506,7 +506,7 @@ TEST_F(Hostile, AnArgumentWithALineBreakIsRefusedInOneLine) {
   const auto r = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --text " + kSample +
                              "corpus_heldout.txt --out \"$(printf '" + path("two") + "\\nlines')\"");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_EQ(r.output, "qarac-prep: error: command-line argument 6 '" + path("two") + "\\x0alines' holds a line break\n");
+  EXPECT_EQ(r.output, "qarac-prep: error: command-line argument '" + path("two") + "\\x0alines' holds a line break\n");
   EXPECT_FALSE(fs::exists(out));
 }
 

@@ -141,7 +141,7 @@ TEST_F(RunDirCli, TheUmaskDecidesWhoMayWriteARun) {
 }
 
 // What a kill left of an export or an eval.best export in flight (their temporary folders) is
-// removed when a run starts in the directory, even one that will not write them again.
+// removed when a run starts in the directory, even one that writes neither.
 TEST_F(RunDirCli, AKilledExportsTemporaryFolderIsRemovedAtTheStart) {
   const fs::path run = root() / "export-leftovers";
   ASSERT_EQ(train(run, "--train.steps 2").code, 0);
@@ -149,8 +149,10 @@ TEST_F(RunDirCli, AKilledExportsTemporaryFolderIsRemovedAtTheStart) {
     fs::create_directories(run / folder);
     std::ofstream(run / folder / "model.safetensors.tmp.99") << "half";
   }
-  const CliResult r = train(run, "--resume --train.steps 2");  // no step left; no eval.best
-  ASSERT_EQ(r.code, 0) << r.output;
+  // Refused after the start's clean-up (the checkpoint is beyond train.steps): nothing exports.
+  const CliResult r = train(run, "--resume --train.steps 1 --optimizer.warmup 0");
+  ASSERT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("beyond train.steps 1"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(run / "export.tmp"));
   EXPECT_FALSE(fs::exists(run / "best.tmp"));
 }

@@ -362,8 +362,6 @@ TEST_F(TrainOptionsCli, TheBestEvaluationsModelsAreKept) {
                      {"eval.best: forgetting.mlm_loss needs eval.tokenizer"});
 }
 
-// A metric the evaluation did not give (held-out QA without candidates gives no selection
-// metrics): one line naming what it gave, and <output>/best untouched.
 // A run killed while eval.best exported the models of its first evaluation, before its first
 // checkpoint, leaves that evaluation on record, no best/ and a partial best.tmp/. --resume starts
 // again from step 0, with the models of that evaluation: it exports them (before: best/ stayed
@@ -393,7 +391,7 @@ TEST_F(TrainOptionsCli, ABestExportAKillInterruptedIsWrittenAgain) {
 
   r = train(run, "--resume --train.steps 2" + eval);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("which best/ lacked (a run stopped while it exported them): models exported again to"),
+  EXPECT_NE(r.output.find("which best/ did not hold (a run stopped while it exported them): models exported again to"),
             std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("none, or no best.json"), std::string::npos) << "a warning the export made untrue";
   EXPECT_FALSE(fs::exists(run / "best.tmp"));
@@ -401,6 +399,31 @@ TEST_F(TrainOptionsCli, ABestExportAKillInterruptedIsWrittenAgain) {
   for (const auto& [model, kept] : first) EXPECT_EQ(bytes(run / "best" / model / "model.safetensors"), kept) << model;
 }
 
+// Which best/ a resumed run writes again at its start: the best on record must be of the start
+// step (its models are at hand), and best/ must hold none or an earlier best of the metric; a
+// later one (from after the checkpoint) or another metric's is kept until an evaluation beats it.
+TEST(BestExport, BestIsWrittenAgainOnlyWhereItLacksTheStartsModels) {
+  const qarac::test_support::TempDir dir("best-again");
+  const std::map<int64_t, double> record = {{0, 0.2}, {2, 0.5}, {4, 0.9}};  // the best at step 4
+  const auto lacks = [&](const char* held_metric, int64_t held_step, int64_t start) {
+    fs::remove_all(dir.path / "best");
+    if (held_metric != nullptr) {
+      fs::create_directories(dir.path / "best");
+      std::ofstream(dir.path / "best" / "best.json")
+          << nlohmann::json{{"metric", held_metric}, {"value", 0.1}, {"step", held_step}}.dump();
+    }
+    return qarac::BestExport(dir.path.string(), "cs.accuracy", record, start).lacks_best();
+  };
+  EXPECT_TRUE(lacks(nullptr, 0, 4)) << "none held";
+  EXPECT_TRUE(lacks("cs.accuracy", 2, 4)) << "an earlier best held";
+  EXPECT_FALSE(lacks("cs.accuracy", 4, 4)) << "the best held";
+  EXPECT_FALSE(lacks("cs.accuracy", 6, 4)) << "a later best held";
+  EXPECT_FALSE(lacks("qa.loss", 2, 4)) << "another metric's held";
+  EXPECT_FALSE(lacks(nullptr, 0, 3)) << "the models at hand are not the best's";
+}
+
+// A metric the evaluation did not give (held-out QA without candidates gives no selection
+// metrics): one line naming what it gave, and <output>/best untouched.
 TEST(BestExport, AMetricTheEvaluationDidNotGiveIsSaid) {
   const qarac::test_support::TempDir dir("best-export");
   qarac::BestExport best(dir.path.string(), "qa.selection_mrr");
