@@ -9,12 +9,16 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cerrno>
 #include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iterator>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "train/stop_signals.h"
 
@@ -35,6 +39,19 @@ int in_child(const std::function<int()>& body) {
   int status = 0;
   waitpid(pid, &status, 0);
   return status;
+}
+
+// `body` in a child process whose stderr is a file: its wait status and what it wrote there.
+std::pair<int, std::string> in_child_with_stderr(const std::function<int()>& body) {
+  char path[] = "/tmp/qarac-stop-signals-XXXXXX";
+  const int fd = mkstemp(path);
+  if (fd < 0) return {-1, std::string("mkstemp: ") + std::strerror(errno)};
+  const int status = in_child([&] { return dup2(fd, STDERR_FILENO) < 0 ? 4 : body(); });
+  std::ifstream in(path);
+  std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  close(fd);
+  unlink(path);
+  return {status, said};
 }
 
 TEST(StopSignals, FirstSignalIsARequest) {
@@ -81,36 +98,24 @@ TEST(StopSignals, ARequestDeliveredTwiceAtOnceIsOneRequest) {
 
 // ... after a line on stderr that says so (a log would otherwise end without a word).
 TEST(StopSignals, SecondSignalLaterEndsTheProcessAtOnce) {
-  char path[] = "/tmp/qarac-stop-signals-XXXXXX";
-  const int fd = mkstemp(path);
-  ASSERT_GE(fd, 0);
-  const int status = in_child([fd] {
-    if (dup2(fd, STDERR_FILENO) < 0) return 4;
+  const auto [status, said] = in_child_with_stderr([] {
     StopSignals stop;
     raise(SIGUSR1);
     std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // past the repeat window
     raise(SIGTERM);  // the default action: terminated by SIGTERM
     return 3;
   });
-  ASSERT_TRUE(WIFSIGNALED(status)) << "the second signal did not end the process";
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the second signal did not end the process: " << said;
   EXPECT_EQ(WTERMSIG(status), SIGTERM);
-  std::ifstream in(path);
-  const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   // A line of its own in a log (on a terminal it first ends the progress line).
   EXPECT_EQ(said.find("qarac-train: a second stop signal ends the run at once"), 0u) << said;
-  close(fd);
-  unlink(path);
 }
 
 // A SIGINT the process raises itself is a library ending it (OpenBLAS, when it cannot start its
 // threads), not a Ctrl-C: taken as a stop request, the step waited forever for those threads.
 // The process ends by SIGINT after a line that says so; a SIGINT from kill(2) is still a request.
 TEST(StopSignals, ASigintTheProcessRaisesItselfEndsIt) {
-  char path[] = "/tmp/qarac-stop-signals-XXXXXX";
-  const int fd = mkstemp(path);
-  ASSERT_GE(fd, 0);
-  const int status = in_child([fd] {
-    if (dup2(fd, STDERR_FILENO) < 0) return 4;
+  const auto [status, said] = in_child_with_stderr([] {
     StopSignals stop;
     kill(getpid(), SIGINT);  // as from another process, or from a terminal
     if (stop.received() != SIGINT) return 5;
@@ -121,13 +126,9 @@ TEST(StopSignals, ASigintTheProcessRaisesItselfEndsIt) {
   ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1)
                                    << " (5: kill's SIGINT was no request; 3: the raised one was one)";
   EXPECT_EQ(WTERMSIG(status), SIGINT);
-  std::ifstream in(path);
-  const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   // Its line alone: not also taken for a second stop request.
   EXPECT_EQ(said.find("qarac-train: error: SIGINT raised within the process, as OpenBLAS does"), 0u) << said;
   EXPECT_EQ(said.find('\n'), said.size() - 1) << said;
-  close(fd);
-  unlink(path);
 }
 
 // The program's own handlers (here: counters of the four signals) are back after the

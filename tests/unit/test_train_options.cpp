@@ -31,6 +31,11 @@ namespace {
 
 class TrainOptionsCli : public qarac::test_support::TrainCli {};
 
+std::string file_bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
 }  // namespace
 
 TEST_F(TrainOptionsCli, MisspeltKeysGetASuggestion) {
@@ -339,15 +344,11 @@ TEST_F(TrainOptionsCli, TheBestEvaluationsModelsAreKept) {
   EXPECT_EQ(note.at("metric"), "qa.retrieval_accuracy");
   EXPECT_EQ(note.at("step").get<int64_t>(), best_step);
   EXPECT_EQ(note.at("value").get<double>(), best);
-  const auto bytes = [](const fs::path& p) {
-    std::ifstream f(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  };
   for (const char* model : {"question_encoder", "answer_encoder", "decoder"}) {
     SCOPED_TRACE(model);
-    const std::string kept = bytes(run / "best" / model / "model.safetensors");
+    const std::string kept = file_bytes(run / "best" / model / "model.safetensors");
     EXPECT_FALSE(kept.empty());
-    EXPECT_NE(kept, bytes(run / "export" / model / "model.safetensors"));  // not the final models
+    EXPECT_NE(kept, file_bytes(run / "export" / model / "model.safetensors"));  // not the final models
     EXPECT_TRUE(fs::is_regular_file(run / "best" / model / "config.json"));
   }
   EXPECT_FALSE(fs::exists(run / "best.tmp"));
@@ -372,18 +373,14 @@ TEST_F(TrainOptionsCli, ABestExportAKillInterruptedIsWrittenAgain) {
   const fs::path run = root() / "best-killed";
   CliResult r = train(run, "--train.steps 2" + eval);
   ASSERT_EQ(r.code, 0) << r.output;
-  const auto bytes = [](const fs::path& p) {
-    std::ifstream f(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  };
-  ASSERT_EQ(nlohmann::json::parse(bytes(run / "best" / "best.json")).at("step"), 0)
+  ASSERT_EQ(nlohmann::json::parse(file_bytes(run / "best" / "best.json")).at("step"), 0)
       << "the test needs the first evaluation to be the best";
   std::map<std::string, std::string> first;  // the models as the uninterrupted run exported them
   for (const char* model : {"question_encoder", "answer_encoder", "decoder"})
-    first[model] = bytes(run / "best" / model / "model.safetensors");
+    first[model] = file_bytes(run / "best" / model / "model.safetensors");
 
   // What a kill -9 in that export leaves.
-  const std::string metrics = bytes(run / "metrics.jsonl");
+  const std::string metrics = file_bytes(run / "metrics.jsonl");
   std::ofstream(run / "metrics.jsonl", std::ios::trunc) << metrics.substr(0, metrics.find('\n') + 1);
   for (const char* gone : {"best", "export", "checkpoints"}) fs::remove_all(run / gone);
   fs::create_directories(run / "best.tmp" / "question_encoder.tmp");
@@ -395,8 +392,8 @@ TEST_F(TrainOptionsCli, ABestExportAKillInterruptedIsWrittenAgain) {
             std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("none, or no best.json"), std::string::npos) << "a warning the export made untrue";
   EXPECT_FALSE(fs::exists(run / "best.tmp"));
-  EXPECT_EQ(nlohmann::json::parse(bytes(run / "best" / "best.json")).at("step"), 0);
-  for (const auto& [model, kept] : first) EXPECT_EQ(bytes(run / "best" / model / "model.safetensors"), kept) << model;
+  EXPECT_EQ(nlohmann::json::parse(file_bytes(run / "best" / "best.json")).at("step"), 0);
+  for (const auto& [model, kept] : first) EXPECT_EQ(file_bytes(run / "best" / model / "model.safetensors"), kept) << model;
 }
 
 // Which best/ a resumed run writes again at its start: the best on record must be of the start
