@@ -27,6 +27,10 @@
 namespace qarac {
 namespace {
 
+MemoryPeaks larger(const MemoryPeaks& a, const MemoryPeaks& b) {
+  return {std::max(a.host, b.host), std::max(a.node_host, b.node_host), std::max(a.device, b.device)};
+}
+
 double seconds_since(MetricsLog::Clock::time_point start) {
   return std::chrono::duration<double>(MetricsLog::Clock::now() - start).count();
 }
@@ -210,24 +214,29 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
   line["node_host_tensors_peak_bytes"] = s.memory.node_host;
   if (s.memory.device > 0) line["gpu_tensors_peak_bytes"] = s.memory.device;
   stepped_ = true;
-  memory_ = {std::max(memory_.host, s.memory.host), std::max(memory_.node_host, s.memory.node_host),
-             std::max(memory_.device, s.memory.device)};
+  memory_ = larger(memory_, s.memory);
   if (s.skipped) line["skipped"] = true;
   if (s.skipped_steps > 0) line["skipped_steps"] = s.skipped_steps;
   line["elapsed_s"] = seconds_since(started_);
   append(line.dump());
 }
 
-void MetricsLog::say_memory_peaks() const {
+void MetricsLog::note_memory_peaks(const MemoryPeaks& since_reset) { rank0_ = larger(rank0_, since_reset); }
+
+void MetricsLog::say_memory_peaks(const MemoryPeaks& now) {
+  note_memory_peaks(now);
   if (!stepped_) return;
   const HostMemoryLimit& limit = host_memory_limit();
   const std::string where = memory_.node_host > memory_.host
                                 ? " on a node (its ranks together; " + size_text(memory_.host) + " on a rank)"
                                 : " on a rank";
   const bool known = limit.bytes != std::numeric_limits<uint64_t>::max();
+  const std::string node0 = rank0_.node_host > rank0_.host ? " (" + size_text(rank0_.node_host) + " on its node)" : "";
   log::info("the steps' memory peaks: host tensors ", size_text(memory_.node_host), where,
             known ? ", of the " + size_text(limit.bytes) + " " + limit.source + " on " + hostname() : "",
-            memory_.device > 0 ? "; GPU tensors " + size_text(memory_.device) + " on a rank" : "");
+            memory_.device > 0 ? "; GPU tensors " + size_text(memory_.device) + " on a rank" : "",
+            "; rank 0 over the whole run (its evaluations, checkpoints and export included): host tensors ",
+            size_text(rank0_.host), node0, rank0_.device > 0 ? ", GPU tensors " + size_text(rank0_.device) : "");
 }
 
 void MetricsLog::write_eval(int64_t step, const std::map<std::string, double>& metrics) {

@@ -91,9 +91,14 @@ class MetricsLog {
   // Ends a progress line left open on the terminal: before a log line, so that it does not land
   // inside the progress line.
   void end_progress_line();
-  // A log line of the largest memory peaks of the steps written since start(), for sizing a
-  // job's memory (Slurm's --mem, the GPUs, the batches); nothing when none was.
-  void say_memory_peaks() const;
+  // Rank 0, before its memory peaks are reset for a step (core/memory.h): what its tensors held at
+  // most since the last reset (the last step and what followed it: an evaluation, a checkpoint).
+  void note_memory_peaks(const MemoryPeaks& since_reset);
+  // A log line, for sizing a job's memory (Slurm's --mem, the GPUs, the batches), of the largest
+  // memory peaks of the steps written since start() (any rank's), and of the whole run on rank 0,
+  // evaluations, checkpoints and the export included (`now`: its peaks since the last reset);
+  // nothing when no step was written.
+  void say_memory_peaks(const MemoryPeaks& now);
 
  private:
   // Flushes the log on stdout. stdout is the run's log, not its record (metrics.jsonl is): when
@@ -113,6 +118,7 @@ class MetricsLog {
   Clock::time_point started_;
   int64_t first_step_ = 0;
   MemoryPeaks memory_;    // the largest of the steps written since start()
+  MemoryPeaks rank0_;     // rank 0's since the process started (note_memory_peaks)
   bool stepped_ = false;  // a step was written since start()
 };
 

@@ -220,6 +220,7 @@ StepStats Trainer::Impl::train_step() {
   Training& t = training;
   const Clock::time_point t0 = Clock::now();
   StepStats s;
+  if (place.root()) metrics.note_memory_peaks(memory_peaks(t.device));
   reset_memory_peaks();
   fault.inject(place.rank, step, t.sync->groups());
   const data::StepBatch batch = t.loaders->next();
@@ -379,7 +380,7 @@ Trainer::RunEnd Trainer::Impl::run() {
         log::warn(StopSignals::name(s.stop_signal), " on rank ", s.stop_rank, ": stopping after step ", t.step,
                   " with a checkpoint (exit status ", kExitPreempted, "; --resume continues)");
       if (t.last.checkpoint != t.step) t.save();
-      t.metrics.say_memory_peaks();
+      t.metrics.say_memory_peaks(memory_peaks(t.training.device));
       return RunEnd::stopped;
     }
     if (c.check_every > 0 && t.step % c.check_every == 0) t.check_replicas();
@@ -393,7 +394,7 @@ Trainer::RunEnd Trainer::Impl::run() {
   if (t.last.checkpoint != t.step) t.save();
   if (t.last.eval != t.step) t.evaluate();
   t.export_models();
-  t.metrics.say_memory_peaks();
+  t.metrics.say_memory_peaks(memory_peaks(t.training.device));
   // A request in the last step or later (the final evaluation, the export): the run finished.
   if (StopSignals::received() != 0 && t.place.root())
     log::warn(StopSignals::name(StopSignals::received()), " in the last step or after it: the run finished (nothing to resume)");

@@ -944,6 +944,10 @@ TEST_F(TrainCli, ShortRunWritesMetricsCheckpointsAndExports) {
   ASSERT_TRUE(std::regex_search(r.output, counted, std::regex("qarac-train: ([0-9]+) parameters"))) << r.output;
   const uint64_t parameter_count = std::stoull(counted[1].str());
   EXPECT_NE(r.output.find("the steps' memory peaks: host tensors "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("; rank 0 over the whole run (its evaluations, checkpoints and export included): host "
+                          "tensors "),
+            std::string::npos)
+      << r.output;
 
   // Evaluations (before training, at step 2 and at the end) carry "eval": true.
   std::vector<nlohmann::json> lines, evals;
