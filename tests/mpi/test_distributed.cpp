@@ -487,27 +487,36 @@ TEST_F(Distributed, WithoutALauncherARunNeedsNoSshOnPath) {
   EXPECT_EQ(r.code, 0) << r.output;
 }
 
+// mpirun of 2 ranks under a Slurm job's --mem of `mib` MiB (SLURM_MEM_PER_NODE): their node's limit.
+std::string two_ranks_with_mem(int64_t mib) {
+  return "env SLURM_MEM_PER_NODE=" + std::to_string(mib) + " " + mpirun(2) + forward_env("SLURM_MEM_PER_NODE");
+}
+
+// What the 2 ranks of a run held at the start, as its log says: together and rank 0, in MiB.
+std::pair<double, double> start_holding(const std::string& output) {
+  std::smatch held;
+  if (!std::regex_search(output, held,
+                         std::regex(R"(: ([0-9.]+) MiB held by its 2 ranks at the start \(this one ([0-9.]+) MiB\))"))) {
+    ADD_FAILURE() << "no start figures in: " << output;
+    return {0, 0};
+  }
+  return {std::stod(held[1].str()), std::stod(held[2].str())};
+}
+
 // A Slurm job's --mem (as a cgroup's limit) is the node's, shared by its ranks: each counts the
 // others' tensors, so that ranks that fit alone but not together are refused at the start, in one
 // line from one rank, instead of being killed midway by the OOM killer or Slurm. The limit is set
 // between the larger rank's tensors and their sum, as a first run reports them.
 TEST_F(Distributed, TheRanksOfANodeShareItsMemoryLimit) {
-  const auto with_mem = [](int64_t mib) {
-    return "env SLURM_MEM_PER_NODE=" + std::to_string(mib) + " " + mpirun(2) + forward_env("SLURM_MEM_PER_NODE");
-  };
-  CliResult r = train(with_mem(1 << 20), "memory-fits", "", 2);
+  CliResult r = train(two_ranks_with_mem(1 << 20), "memory-fits", "", 2);
   ASSERT_EQ(r.code, 0) << r.output;
-  std::smatch held;
-  ASSERT_TRUE(std::regex_search(r.output, held,
-                                std::regex(R"(: ([0-9.]+) MiB held by its 2 ranks at the start \(this one ([0-9.]+) MiB\))")))
-      << r.output;
-  const double both = std::stod(held[1].str()), first = std::stod(held[2].str());
+  const auto [both, first] = start_holding(r.output);
   const double larger = std::max(first, both - first);
   const auto limit = static_cast<int64_t>(std::ceil((larger + both) / 2));
   ASSERT_GT(static_cast<double>(limit), larger + 1) << r.output;
   ASSERT_LT(static_cast<double>(limit), both) << r.output;
 
-  r = train(with_mem(limit), "memory-shared", "", 2);
+  r = train(two_ranks_with_mem(limit), "memory-shared", "", 2);
   EXPECT_EQ(r.code, 2) << r.output;
   const std::string said = "qarac-train: error: out of memory on ";
   EXPECT_NE(r.output.find(said), std::string::npos) << r.output;
@@ -526,16 +535,9 @@ TEST_F(Distributed, TheRanksOfANodeShareItsMemoryLimit) {
 // optimizer state, as a run that fits reports them. (A fresh run: a resumed one also holds the
 // checkpoint's tensors while it reads them, which may pass such a limit before the steps.)
 TEST_F(Distributed, ARefusalInAStepEndsTheJobInOneLinePerRank) {
-  const auto with_mem = [](int64_t mib) {
-    return "env SLURM_MEM_PER_NODE=" + std::to_string(mib) + " " + mpirun(2) + forward_env("SLURM_MEM_PER_NODE");
-  };
-  CliResult r = train(with_mem(1 << 20), "memory-fits-steps", "", 2);
+  CliResult r = train(two_ranks_with_mem(1 << 20), "memory-fits-steps", "", 2);
   ASSERT_EQ(r.code, 0) << r.output;
-  std::smatch held;
-  ASSERT_TRUE(std::regex_search(
-      r.output, held, std::regex(R"(: ([0-9.]+) MiB held by its 2 ranks at the start \(this one ([0-9.]+) MiB\))")))
-      << r.output;
-  const double start = std::stod(held[1].str()), first = std::stod(held[2].str());
+  const auto [start, first] = start_holding(r.output);
   double rank_peak = 0;  // the larger rank's, in its steps
   for (const nlohmann::json& line : step_lines(root() / "memory-fits-steps"))
     rank_peak = std::max(rank_peak, line.at("host_tensors_peak_bytes").get<double>() / (1 << 20));
@@ -544,7 +546,7 @@ TEST_F(Distributed, ARefusalInAStepEndsTheJobInOneLinePerRank) {
   ASSERT_GT(static_cast<double>(limit), start + 1) << "start " << start << " MiB, together " << together << " MiB";
   ASSERT_LT(static_cast<double>(limit), together - 1) << "start " << start << " MiB, together " << together << " MiB";
 
-  r = train(with_mem(limit), "memory-refused-in-a-step", "", 2);
+  r = train(two_ranks_with_mem(limit), "memory-refused-in-a-step", "", 2);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find(", steps 0..2, output "), std::string::npos) << "refused before its steps: " << r.output;
   const std::string said = "qarac-train: error: out of memory on ";
