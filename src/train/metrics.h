@@ -63,10 +63,10 @@ class MetricsLog {
   MetricsLog& operator=(const MetricsLog&) = delete;
 
   // Opens `path` for appending; the progress line is rewritten in place on a terminal, as
-  // train.progress (`progress`) says, one line every train.log_every steps otherwise. A run that starts at step `first_step` of an earlier one (resuming) keeps only the
-  // earlier lines of steps up to it: the steps after its checkpoint run again and are written
-  // again, and a line cut short by a crash or a full disk is dropped. InputError naming the file
-  // when it cannot.
+  // train.progress (`progress`) says, one line every train.log_every steps otherwise. A run that
+  // starts at step `first_step` of an earlier one (resuming) keeps only the earlier lines of steps
+  // up to it: the steps after its checkpoint run again and are written again, and a line cut short
+  // by a crash or a full disk is dropped. InputError naming the file when it cannot.
   void open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress);
   // Whether the file holds the line of an evaluation at `step` (one that a resumed run need not
   // repeat).

@@ -34,6 +34,7 @@
 #include "parallel/task_plan.h"
 #include "io/safetensors.h"
 #include "train/config.h"
+#include "train/metrics.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 
@@ -373,6 +374,50 @@ std::optional<TrainConfig> parse(const std::vector<std::string>& args) {
 }
 
 }  // namespace
+
+// ---- Metrics log -------------------------------------------------------------------------------
+
+// The run's last memory line: the steps' figures are the largest of the steps written, rank 0's
+// whole-run figures the largest of every window it noted (a step and the evaluation or checkpoint
+// after it), whatever their order, and of what it holds at the end.
+TEST(MetricsLog, TheRunsMemoryPeaksAreTheLargestOfEveryStepAndWindow) {
+  const TempDir dir("qarac-metrics-peaks");
+  MetricsLog log;
+  log.open((dir.path / "metrics.jsonl").string(), 0, false, "plain");
+  log.start(0);
+  const parallel::TaskPlan plan = parallel::TaskPlan::single_task(Task::encode_decode, 1);
+  constexpr uint64_t MiB = 1 << 20;
+  for (const uint64_t held : {3 * MiB, 7 * MiB, 5 * MiB}) {
+    StepStats s;
+    s.ran[0] = true;
+    s.memory = {held, held, 0};
+    log.write_step(1, 1, plan, s);
+  }
+  log.note_memory_peaks({2 * MiB, 2 * MiB, 0});
+  log.note_memory_peaks({40 * MiB, 41 * MiB, 0});  // an evaluation's window
+  log.note_memory_peaks({9 * MiB, 9 * MiB, 0});
+  testing::internal::CaptureStderr();
+  log.say_memory_peaks({1 * MiB, 1 * MiB, 0});
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("the steps' memory peaks: host tensors 7.0 MiB on a rank"), std::string::npos) << said;
+  EXPECT_NE(said.find("rank 0 over the whole run (its evaluations, checkpoints and export included): host tensors "
+                      "40.0 MiB (41.0 MiB on its node)"),
+            std::string::npos)
+      << said;
+  // What rank 0 holds at the end counts too.
+  MetricsLog again;
+  again.open((dir.path / "again.jsonl").string(), 0, false, "plain");
+  again.start(0);
+  StepStats s;
+  s.ran[0] = true;
+  s.memory = {3 * MiB, 3 * MiB, 0};
+  again.write_step(1, 1, plan, s);
+  again.note_memory_peaks({4 * MiB, 4 * MiB, 0});
+  testing::internal::CaptureStderr();
+  again.say_memory_peaks({12 * MiB, 12 * MiB, 0});
+  const std::string end = testing::internal::GetCapturedStderr();
+  EXPECT_NE(end.find("host tensors 12.0 MiB"), std::string::npos) << end;
+}
 
 TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
   TempDir dir("config");
