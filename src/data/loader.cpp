@@ -277,7 +277,9 @@ void Loader::restore(const LoaderCursor& c) {
                       ", this rank runs ", task_name(s.slot.task));
     QARAC_INPUT_CHECK(t.stream_checksum == 0 || t.stream_checksum == s.checksum, s.path,
                       ": the checkpoint was made with another task stream (checksum ", std::hex, std::showbase,
-                      t.stream_checksum, ", this file ", s.checksum, ")");
+                      t.stream_checksum, ", this file ", s.checksum,
+                      "): its data order would go on over other examples; point data.dir at the run's streams, or "
+                      "start a new run on these");
     // Epochs past kEpochBits cannot be named in an example's identity (example_id).
     QARAC_INPUT_CHECK(t.epoch >= 0 && t.epoch < (int64_t{1} << kEpochBits) && t.position >= 0 &&
                           t.position <= s.size,

@@ -232,11 +232,11 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder, bool* ti
   return c;
 }
 
-void write_hf_config(const std::string& path, const RobertaConfig& c, const HfConfigOptions& options) {
-  // Every key read_hf_config reads, plus what transformers needs to pick the classes.
+namespace {
+
+// Every key read_hf_config reads.
+nlohmann::ordered_json model_fields(const RobertaConfig& c) {
   nlohmann::ordered_json j;
-  j["architectures"] = nlohmann::ordered_json::array({options.architecture});
-  j["model_type"] = "roberta";
   j["vocab_size"] = c.vocab_size;
   j["hidden_size"] = c.hidden_size;
   j["num_hidden_layers"] = c.num_layers;
@@ -251,6 +251,33 @@ void write_hf_config(const std::string& path, const RobertaConfig& c, const HfCo
   j["pad_token_id"] = c.pad_token_id;
   j["bos_token_id"] = c.bos_token_id;
   j["eos_token_id"] = c.eos_token_id;
+  return j;
+}
+
+}  // namespace
+
+std::string model_fields_json(const RobertaConfig& config) { return model_fields(config).dump(); }
+
+std::vector<std::string> model_field_changes(const std::string& was, const std::string& now) {
+  const nlohmann::json a = nlohmann::json::parse(was, nullptr, false), b = nlohmann::json::parse(now, nullptr, false);
+  if (!a.is_object() || !b.is_object()) return {"(unreadable) " + was + " -> " + now};
+  std::vector<std::string> changes;
+  for (const auto& [key, value] : b.items()) {
+    const auto it = a.find(key);
+    if (it == a.end() || *it != value)
+      changes.push_back(key + " " + (it == a.end() ? "(none)" : it->dump()) + " -> " + value.dump());
+  }
+  for (const auto& [key, value] : a.items())
+    if (!b.contains(key)) changes.push_back(key + " " + value.dump() + " -> (none)");
+  return changes;
+}
+
+void write_hf_config(const std::string& path, const RobertaConfig& c, const HfConfigOptions& options) {
+  // The model's fields, and what transformers needs to pick the classes.
+  nlohmann::ordered_json j;
+  j["architectures"] = nlohmann::ordered_json::array({options.architecture});
+  j["model_type"] = "roberta";
+  j.update(model_fields(c));
   j["position_embedding_type"] = "absolute";
   j["is_decoder"] = options.is_decoder;
   j["tie_word_embeddings"] = options.tie_word_embeddings;

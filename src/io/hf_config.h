@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "model/roberta_config.h"
 
@@ -22,6 +23,12 @@ struct HfConfigOptions {
   bool is_decoder = false;                           // a causal base (the QARAC decoder's)
   bool tie_word_embeddings = true;                   // the MLM head's matrix is the embeddings
 };
+// The model's fields as config.json holds them, in one JSON line: what a checkpoint records of
+// the models' configuration beyond their weights' shapes (train/checkpoint.h).
+std::string model_fields_json(const RobertaConfig& config);
+// "layer_norm_eps 1e-05 -> 0.001" for each field of two model_fields_json texts that differs (a
+// field one of them lacks counts as changed).
+std::vector<std::string> model_field_changes(const std::string& was, const std::string& now);
 // Writes a config.json that transformers loads as the options' architecture.
 void write_hf_config(const std::string& path, const RobertaConfig& config,
                      const HfConfigOptions& options = {});

@@ -25,11 +25,16 @@ const std::vector<std::string>& best_metric_names(bool pretraining) {
 }
 
 BestExport::BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record,
-                       int64_t start_step)
+                       int64_t start_step, bool evaluation_changed)
     : folder_((fs::path(output) / "best").string()), metric_(std::move(metric)), start_step_(start_step) {
   const std::string suffix = "loss";
   larger_is_better_ = metric_.size() < suffix.size() ||
                       metric_.compare(metric_.size() - suffix.size(), suffix.size(), suffix) != 0;
+  if (evaluation_changed) {
+    log::warn("eval.best: the held-out evaluation differs from the one before this resume at step ", start_step_,
+              ": its best counts from the next evaluation, whose models replace ", folder_);
+    return;
+  }
   for (const auto& [step, value] : record) {
     if (beats(value)) {
       best_ = value;

@@ -143,6 +143,8 @@ void write_state(ChecksummedH5Writer& w, const CheckpointPart& part, const std::
   w.write_i64("state/step", state.step);
   w.write_u64("state/seed", state.seed);
   w.write_u64("state/frozen_base_hash", state.frozen_base_hash);
+  if (!state.model_config.empty()) w.write_text("state/model_config", state.model_config);
+  if (state.evaluation != 0) w.write_u64("state/evaluation", state.evaluation);
   w.write_text("optimizer/kind", optimizer_name(optimizer.config().kind));
   w.write_i64("optimizer/steps", optimizer.steps());
   for (const Parameter* p : part.params) {
@@ -209,6 +211,8 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
   out.state.seed = static_cast<uint64_t>(scalar("state/seed"));
   if (contents.count("state/frozen_base_hash") != 0)  // checkpoints from before it have none
     out.state.frozen_base_hash = static_cast<uint64_t>(scalar("state/frozen_base_hash"));
+  if (contents.count("state/model_config") != 0) out.state.model_config = text("state/model_config");
+  if (contents.count("state/evaluation") != 0) out.state.evaluation = static_cast<uint64_t>(scalar("state/evaluation"));
   out.optimizer_steps = scalar("optimizer/steps");
   out.state.cursor.step = scalar("loader/step");
   if (out.state.step < 0 || out.optimizer_steps < 0 || out.state.cursor.step < 0)

@@ -26,6 +26,10 @@
 //   /state/seed           u64 scalar: the run's seed
 //   /state/frozen_base_hash  u64 scalar: the hash of what the run keeps frozen from its base
 //                         (Workload::frozen_base_hash; 0: none, or a checkpoint from before it)
+//   /state/model_config   string: the models' configuration, config.json's fields in one JSON
+//                         line (io::model_fields_json; absent in checkpoints from before it)
+//   /state/evaluation     u64 scalar: the fingerprint of rank 0's held-out evaluation
+//                         (Evaluator::fingerprint; absent where there is none, or from before it)
 //   /parameters/<name>    f32 (f64) [shape]: master weights of this part, by parameter name
 //   /optimizer/kind       string: "adamw" or "nadam" (the moments mean different things)
 //   /optimizer/steps      i64 scalar: updates applied (NAdam's running product is a function of it)
@@ -67,6 +71,8 @@ struct TrainingState {
   data::LoaderCursor cursor;  // the global cursor of every task of the run
   std::string config;  // the run's configuration (INI text), stored as given
   uint64_t frozen_base_hash = 0;  // Workload::frozen_base_hash; 0: none (or a checkpoint from before it)
+  std::string model_config;       // io::model_fields_json of Workload::model_config; empty: not recorded
+  uint64_t evaluation = 0;        // Evaluator::fingerprint of the run's evaluation; 0: none, or not recorded
 };
 
 // Some of the optimizer's parameters, saved as one file of a checkpoint.

@@ -329,6 +329,20 @@ std::string read_config_file(const std::string& path) {
   return text;
 }
 
+// A run's config.ini names that run's directory as its output: read back from a copy or a move of
+// the directory, it would go on in the original (or fail to find it). Where the file lies in a
+// run directory other than the output it gives, the output must come from the command line.
+void refuse_config_of_another_run(const std::string& path, const std::string& output) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path folder = fs::absolute(path, ec).parent_path();
+  if (ec || (!fs::exists(folder / "metrics.jsonl", ec) && !fs::exists(folder / "checkpoints", ec))) return;
+  if (fs::equivalent(folder, output, ec)) return;
+  throw InputError(detail::concat("--config ", path, " lies in the run directory ", folder.string(),
+                                  ", but its output is ", output, " (a copy or a move of that run?): give --output (",
+                                  folder.string(), " to go on in this one)"));
+}
+
 // Boost's messages (1.74) substitute their placeholders until none is left: a quoted word or line
 // holding the one it fills ("--train.steps %value%") would never finish. The placeholder in
 // `text`, or nullptr.
@@ -459,6 +473,7 @@ std::optional<TrainConfig> parse_train_config(int argc, const char* const argv[]
   po::notify(vm);
   for (const auto& [key, value] : vm)
     if (!value.defaulted()) c.given.insert(key);
+  if (c.set_in_file.count("output") != 0) refuse_config_of_another_run(vm["config"].as<std::string>(), c.output);
   return c;
 }
 

@@ -236,6 +236,32 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   if (!missing.empty())
     log::warn_shared("evaluation: ", options.data_dir, " holds no ", missing, ": those tasks are not evaluated");
   if (!options.masking) log::info("evaluation: no tokenizer given, so no forgetting monitor (it needs <mask>)");
+  Hash64 hash;
+  for (const TaskBatch& batch : batches_) {
+    const int32_t task = static_cast<int32_t>(batch.task);
+    hash.bytes(&task, sizeof task);
+    for (const data::PackedField& field : batch.fields) {
+      fingerprint_values(hash, field.tokens);
+      fingerprint_values(hash, field.starts);
+    }
+    fingerprint_values(hash, batch.labels);
+  }
+  fingerprint_values(hash, candidates_.sentences.tokens);
+  fingerprint_values(hash, candidates_.sentences.offsets);
+  fingerprint_values(hash, candidates_.offsets);
+  const double numbers[] = {static_cast<double>(options.max_decoded), options.qa_objective.contrastive ? 1.0 : 0.0,
+                            options.qa_objective.temperature};
+  hash.bytes(numbers, sizeof numbers);
+  fingerprint_masking(hash, options.masking);
+  fingerprint_ = hash.value();
+}
+
+void fingerprint_masking(Hash64& hash, const std::optional<MlmMasking>& masking) {
+  const double settings[] = {masking ? 1.0 : 0.0, masking ? masking->probability : 0.0,
+                             masking ? static_cast<double>(masking->mask_id) : 0.0,
+                             masking ? static_cast<double>(masking->seed) : 0.0};
+  hash.bytes(settings, sizeof settings);
+  if (masking) fingerprint_values(hash, masking->special_ids);
 }
 
 void QaracEvaluator::check_lengths(const RobertaConfig& config) const {

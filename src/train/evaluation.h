@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "core/hash.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "model/masked_lm.h"
@@ -56,7 +57,21 @@ class Evaluator {
   virtual ~Evaluator() = default;
   // Runs without gradients; must leave the models' parameters as they were.
   virtual EvalResult evaluate(const EvalContext& context) = 0;
+  // hash64 of what the evaluations measure on (the held-out examples and the settings that change
+  // a metric), so that a resume can tell whether its evaluations compare with the earlier part's:
+  // checkpoints record it. 0: not known.
+  virtual uint64_t fingerprint() const { return 0; }
 };
+
+// Add to an evaluation's fingerprint: a vector (its size, then its values), and the masking of a
+// masked-LM measure (none included).
+template <class T>
+void fingerprint_values(Hash64& hash, const std::vector<T>& values) {
+  const uint64_t n = values.size();
+  hash.bytes(&n, sizeof n);
+  hash.bytes(values.data(), n * sizeof(T));
+}
+void fingerprint_masking(Hash64& hash, const std::optional<MlmMasking>& masking);
 
 struct EvalOptions {
   std::string data_dir;         // held-out task streams (<task>.h5, as qarac-prep writes them)
@@ -90,6 +105,7 @@ class QaracEvaluator : public Evaluator {
   // sequence longer than the models read is an InputError naming its file at evaluate().
   explicit QaracEvaluator(const EvalOptions& options);
   EvalResult evaluate(const EvalContext& context) override;
+  uint64_t fingerprint() const override { return fingerprint_; }
 
  private:
   void check_lengths(const RobertaConfig& config) const;
@@ -101,6 +117,7 @@ class QaracEvaluator : public Evaluator {
   std::vector<std::string> paths_;        // the file of each batch
   data::Candidates candidates_;           // question_answering's examples', when its file has them
   bool warned_no_lm_head_ = false;        // the forgetting monitor cannot run: said once
+  uint64_t fingerprint_ = 0;
 };
 
 }  // namespace qarac

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 
@@ -96,33 +97,42 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
 
 namespace {
 
+// Calls `each(line, record, step)` for every whole line of an earlier run's metrics.jsonl that is
+// a JSON object with an integer step; nothing when there is no file.
+void for_each_record(const std::string& path,
+                     const std::function<void(const std::string&, const nlohmann::json&, int64_t)>& each) {
+  std::error_code ec;
+  QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not the run's metrics");
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) return;
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  QARAC_INPUT_CHECK(!in.bad(), path, ": cannot read");
+  // The last line lacks its newline only when a write was cut short: it is passed over.
+  for (size_t begin = 0, end; (end = text.find('\n', begin)) != std::string::npos; begin = end + 1) {
+    const std::string line = text.substr(begin, end - begin);
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
+    if (record.is_discarded() || !record.is_object() || !record.contains("step") || !record["step"].is_number_integer())
+      continue;
+    each(line, record, record["step"].get<int64_t>());
+  }
+}
+
 // The lines of an earlier run's metrics.jsonl that a run resuming at `first_step` keeps: whole
 // JSON lines of steps up to it. Also returns the numbers of their evaluations (null: NaN).
 std::string kept_lines(const std::string& path, int64_t first_step,
                        std::map<int64_t, std::map<std::string, double>>& evals) {
-  std::error_code ec;
-  QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not the run's metrics");
-  std::ifstream in(path, std::ios::binary);
-  if (!in.is_open()) return "";
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  QARAC_INPUT_CHECK(!in.bad(), path, ": cannot read");
   std::string kept;
-  // The last line lacks its newline only when a write was cut short: it is dropped.
-  for (size_t begin = 0, end; (end = text.find('\n', begin)) != std::string::npos; begin = end + 1) {
-    const std::string line = text.substr(begin, end - begin);
-    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
-    if (record.is_discarded() || !record.is_object() || !record.contains("step") ||
-        !record["step"].is_number_integer() || record["step"].get<int64_t>() > first_step)
-      continue;
+  for_each_record(path, [&](const std::string& line, const nlohmann::json& record, int64_t step) {
+    if (step > first_step) return;
     // (json::value would throw at an "eval" that is no bool: a line like any other damaged one.)
     if (const auto eval = record.find("eval"); eval != record.end() && eval->is_boolean() && eval->get<bool>()) {
-      std::map<std::string, double>& numbers = evals[record["step"].get<int64_t>()];
+      std::map<std::string, double>& numbers = evals[step];
       for (const auto& [name, value] : record.items())
         if (value.is_number() || value.is_null())
           numbers[name] = value.is_null() ? std::nan("") : value.get<double>();
     }
     kept += line + "\n";
-  }
+  });
   return kept;
 }
 
@@ -138,6 +148,12 @@ bool rewrites_progress(const std::string& progress) {
 }
 
 }  // namespace
+
+int64_t last_recorded_step(const std::string& path) {
+  int64_t last = -1;
+  for_each_record(path, [&](const std::string&, const nlohmann::json&, int64_t step) { last = std::max(last, step); });
+  return last;
+}
 
 void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress) {
   path_ = path;
@@ -218,7 +234,7 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
   if (s.skipped) line["skipped"] = true;
   if (s.skipped_steps > 0) line["skipped_steps"] = s.skipped_steps;
   line["elapsed_s"] = seconds_since(started_);
-  append(line.dump());
+  append(step, line.dump());
 }
 
 void MetricsLog::note_memory_peaks(const MemoryPeaks& since_reset) { rank0_ = larger(rank0_, since_reset); }
@@ -245,7 +261,7 @@ void MetricsLog::write_eval(int64_t step, const std::map<std::string, double>& m
   line["step"] = step;
   line["eval"] = true;
   for (const auto& [name, value] : metrics) line[name] = value;
-  append(line.dump());
+  append(step, line.dump());
   evals_[step] = metrics;
   std::string text;
   for (const auto& [name, value] : metrics)
@@ -304,10 +320,23 @@ void MetricsLog::flush_log() {
   if (std::freopen("/dev/null", "w", stdout) == nullptr) std::clearerr(stdout);
 }
 
-void MetricsLog::append(const std::string& line) {
+void MetricsLog::append(int64_t step, const std::string& line) {
   const std::string bytes = line + "\n";
   struct stat before {};
   QARAC_INPUT_CHECK(fstat(fd_, &before) == 0, path_, ": cannot write: ", std::strerror(errno));
+  if (before.st_nlink == 0) {
+    // Removed while the run wrote it (a user freeing the disk): its lines would go to a file no
+    // name reaches. A new file goes on from this line.
+    const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    QARAC_INPUT_CHECK(fd >= 0, path_, ": removed while the run wrote it, and cannot be created again: ",
+                      std::strerror(errno));
+    ::close(fd_);
+    fd_ = fd;
+    end_progress_line();
+    log::warn(path_, ": removed while the run wrote it; its earlier lines are lost, a new file holds those from step ",
+              step, " on");
+    QARAC_INPUT_CHECK(fstat(fd_, &before) == 0, path_, ": cannot write: ", std::strerror(errno));
+  }
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n = ::write(fd_, bytes.data() + done, bytes.size() - done);

@@ -53,6 +53,10 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
                        const std::vector<double>& slot_losses, const std::vector<double>& slot_seconds,
                        const parallel::MpiGroup* world, int rank, int world_size, int64_t step);
 
+// The largest step of a whole line of the metrics.jsonl at `path` (a step's or an evaluation's);
+// -1 when it holds none or does not exist.
+int64_t last_recorded_step(const std::string& path);
+
 // Rank 0's metrics.jsonl and progress line.
 class MetricsLog {
  public:
@@ -106,9 +110,10 @@ class MetricsLog {
   // qarac-train ignores SIGPIPE), the run goes on, says so once on stderr, and the rest of the
   // log goes to /dev/null.
   void flush_log();
-  // Appends one line whole, or throws (InputError naming the file) with the file cut back to
-  // where it was: a failed write never leaves half a line.
-  void append(const std::string& line);
+  // Appends the line of `step` whole, or throws (InputError naming the file) with the file cut
+  // back to where it was: a failed write never leaves half a line. A file removed while the run
+  // wrote it is created again, and said.
+  void append(int64_t step, const std::string& line);
 
   std::string path_;
   int fd_ = -1;

@@ -73,7 +73,16 @@ class MlmWorkload : public Workload {
     }
   }
 
+  uint64_t evaluation_fingerprint() const override {
+    if (held_out_.empty()) return 0;
+    Hash64 hash;
+    for (const std::vector<int32_t>& text : held_out_) fingerprint_values(hash, text);
+    fingerprint_masking(hash, masking_);
+    return hash.value();
+  }
+
   // One model, written by the text task's backward pass, on every rank.
+  const RobertaConfig& model_config() const override { return config_; }
   int64_t vocab_size() const override { return config_.vocab_size; }
   int64_t max_tokens() const override { return config_.max_tokens(); }
   std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) override {

@@ -95,6 +95,7 @@ class QaracWorkload : public Workload {
                        "task.mlm.weight 0, and the exports carry model.base's tokenizer)");
   }
 
+  const RobertaConfig& model_config() const override { return models_->config().base; }
   int64_t vocab_size() const override { return models_->config().base.vocab_size; }
   int64_t max_tokens() const override { return models_->config().base.max_tokens(); }
   // With a trained rehearsal head, its group last: written during AE's backward pass of the

@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "train/checkpoint.h"
+#include "train/metrics.h"
 
 namespace qarac {
 
@@ -94,11 +95,11 @@ void check_output_dir(const std::string& output, bool resume) {
 
 std::string checkpoint_dir(const std::string& output) { return (fs::path(output) / "checkpoints").string(); }
 
-RunLock::RunLock(const std::string& output) {
+RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(output) / kRunLockName).string()) {
   std::error_code ec;
   created_ = fs::create_directories(output, ec);
   QARAC_INPUT_CHECK(!ec, "output: cannot create ", output, ": ", ec.message());
-  const std::string path = (fs::path(output) / kRunLockName).string();
+  const std::string& path = path_;
   // Writable by whom the umask allows, as every file of the run: the members of a group that
   // shares run directories (umask 002) resume each other's runs.
   fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
@@ -130,6 +131,31 @@ RunLock::RunLock(const std::string& output) {
 
 RunLock::~RunLock() {
   if (fd_ >= 0) close(fd_);  // releases the lock
+}
+
+void RunLock::check_held(const std::string& what) const {
+  struct stat held {}, named {};
+  if (fd_ < 0 || fstat(fd_, &held) != 0) return;  // nothing to compare with: the writes will say what fails
+  const bool same = ::stat(path_.c_str(), &named) == 0 && named.st_dev == held.st_dev && named.st_ino == held.st_ino;
+  QARAC_INPUT_CHECK(same, "output: ", output_, " is no longer this run's directory (it was moved or removed, or its ",
+                    kRunLockName, " removed, while the run went on): the run stops before its ", what,
+                    " (--resume goes on from its newest checkpoint, in the directory where it now is)");
+}
+
+void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every) {
+  const fs::path dir(output);
+  const int64_t recorded = last_recorded_step((dir / "metrics.jsonl").string());
+  std::error_code ec;
+  const bool exported = fs::exists(dir / "export", ec);
+  // A step recorded after the first checkpoint's means that checkpoint had completed.
+  const bool past_checkpoint = checkpoint_every > 0 && recorded > checkpoint_every;
+  if (!past_checkpoint && !exported) return;
+  throw InputError(detail::concat(
+      "--resume: no checkpoint is left in ", checkpoint_dir(output), ", but the run went past one (",
+      past_checkpoint ? detail::concat("metrics.jsonl records step ", recorded, ", checkpoint.every is ", checkpoint_every)
+                      : std::string("export/ holds its models"),
+      "): starting again from step 0 would rewrite its metrics.jsonl and export/; restore the checkpoints, or "
+      "start a new run in another directory"));
 }
 
 std::optional<std::string> find_resume_checkpoint(const std::string& output, int rank,

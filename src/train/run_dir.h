@@ -9,7 +9,8 @@
 //   export/<model>/         config.json + model.safetensors per model, at the end
 //   best/                   with eval.best: best.json and <model>/ of the best evaluation so far
 // A run can always go on: `--resume` continues from the newest valid checkpoint, or from step 0
-// when the run never completed one (killed before or during its first checkpoint).
+// when the run never completed one (killed before or during its first checkpoint); a run whose
+// checkpoints were removed after it went past them is refused (refuse_restart_over_records).
 #pragma once
 
 #include <optional>
@@ -44,10 +45,24 @@ class RunLock {
 
   bool created_directory() const { return created_; }
 
+  // Before the run writes a checkpoint (`what`) into <output>: InputError when <output>/.qarac.lock
+  // is no longer the file this lock holds, the directory moved or removed (or the lock file
+  // removed) while the run went on. Writing on would recreate the directory at its old path, or
+  // share it with a run that locked it since.
+  void check_held(const std::string& what) const;
+
  private:
+  std::string output_, path_;
   int fd_ = -1;
   bool created_ = false;
 };
+
+// Rank 0, when --resume finds no completed checkpoint: a run killed before its first one starts
+// again from step 0, but one whose records show that it went past a checkpoint (metrics.jsonl
+// records a step after the first due every `checkpoint_every`, or export/ holds its models:
+// checkpoints removed to free the disk) is refused, InputError saying what, before a start from
+// step 0 rewrites its metrics and its export.
+void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every);
 
 // The checkpoint --resume starts from: the newest valid one, which rank 0 finds and tells the
 // others (`world` set: collective over it); nullopt when the run never completed one, so that it

@@ -12,10 +12,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <sstream>
 #include <vector>
 
 #include "core/atomic_file.h"
 #include "core/log.h"
+#include "io/hf_config.h"
 #include "io/hf_export.h"
 #include "train/stop_signals.h"
 #include "train/trainer_impl.h"
@@ -25,6 +27,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+
+// How config.ini's note of a resume that changed settings begins.
+constexpr const char* kResumedNote = "# Resumed at step ";
 
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
@@ -123,17 +128,25 @@ void Trainer::Impl::start() {
   }
   // Every rank waits for the lock: nothing is read or written before the directory is this run's.
   if (place.world) place.world->barrier("locking the output directory");
+  // What rank 0's evaluations measure on, which every rank's checkpoint parts record.
+  if (place.root())
+    evaluation = training.evaluator ? training.evaluator->fingerprint() : training.workload->evaluation_fingerprint();
+  if (place.world) place.world->broadcast(&evaluation, sizeof evaluation, 0, "the evaluation's fingerprint");
   if (config.resume) {
     const std::optional<std::string> latest = find_resume_checkpoint(output, place.rank, place.world.get());
-    if (latest)
-      restore(*latest);
-    else if (place.root())
+    // Every rank has restored its parts before rank 0 rewrites config.ini and metrics.jsonl: a
+    // checkpoint that one rank refuses leaves the run's records as they were.
+    if (latest) {
+      read_everywhere([&] { restore(*latest); });
+    } else if (place.root()) {
+      refuse_restart_over_records(output, config.checkpoint_every);
       log::warn("--resume: no completed checkpoint in ", qarac::checkpoint_dir(output),
                 ": the run starts again from step 0");
+    }
   }
   if (place.root()) write_run_files();
   if (place.root() && !config.eval_best.empty())
-    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best), step);
+    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best), step, evaluation_changed);
   // Every rank learns whether the evaluation due at the first step is already on record, and
   // whether best/ lacks the models the run starts with.
   double agreed[2] = {static_cast<double>(last.eval), best && best->lacks_best() ? 1.0 : 0.0};
@@ -161,6 +174,16 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   step = state.step;
   QARAC_INPUT_CHECK(step <= config.steps, "--resume: ", checkpoint, " is at step ", step, ", beyond train.steps ",
                     config.steps, " (raise train.steps to go on)");
+  // The same weights in other models (another base's layer_norm_eps or dropout) would go on
+  // training unsaid, and the export would describe models that were trained otherwise.
+  if (!state.model_config.empty()) {
+    const std::vector<std::string> other =
+        io::model_field_changes(state.model_config, io::model_fields_json(training.workload->model_config()));
+    QARAC_INPUT_CHECK(other.empty(), "--resume: ", checkpoint, ": the checkpoint's run built its models otherwise than ",
+                      config.pretraining() && config.base.empty() ? "this run's model.* settings"
+                                                                  : "this run's model.base (" + config.base + ")",
+                      " and model.dropout give: ", joined(other), " (they must match: resume with the run's base)");
+  }
   training.loaders->restore(state.cursor, checkpoint);
   last.checkpoint = step;
   if (place.root()) log::info("resuming from ", checkpoint, " at step ", step);
@@ -170,9 +193,18 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   if (state.frozen_base_hash != 0 && base_hash != 0 && base_hash != state.frozen_base_hash)
     changes += detail::concat(changes.empty() ? "" : ", ", "model.base's MLM head (hash64 ", std::hex, std::showbase,
                               state.frozen_base_hash, " -> ", base_hash, ")");
+  // The notes of earlier resumes (the checkpoint's configuration text is config.ini's) go on.
+  std::istringstream saved_lines(saved_config);
+  for (std::string line; std::getline(saved_lines, line);)
+    if (line.rfind(kResumedNote, 0) == 0) resumed_with += line + "\n";
+  // Other held-out examples or settings: the evaluations before the resume measured something else.
+  evaluation_changed = state.evaluation != 0 && evaluation != 0 && state.evaluation != evaluation;
+  if (evaluation_changed)
+    changes += detail::concat(changes.empty() ? "" : ", ", "the held-out evaluation (other examples or settings: the "
+                              "evaluations up to step ", step, " do not compare with those after)");
   if (changes.empty()) return;
-  resumed_with =
-      "# Resumed at step " + std::to_string(step) + " with settings other than the checkpoint's run's: " + changes + "\n";
+  resumed_with +=
+      kResumedNote + std::to_string(step) + " with settings other than the checkpoint's run's: " + changes + "\n";
   if (place.root())
     log::warn("--resume: settings other than the checkpoint's run's: ", changes,
               " (the run goes on with them; config.ini says so)");

@@ -80,7 +80,11 @@ struct Trainer::Impl {
   StepLayout layout;
   Training training;
   std::string output, checkpoint_dir;
-  std::string resumed_with;  // config.ini's note of the settings a resume changed, if any
+  std::string resumed_with;  // config.ini's notes of the settings resumes changed, if any
+  // Evaluator::fingerprint of rank 0's evaluation, known to every rank (checkpoints record it);
+  // whether it differs from the resumed checkpoint's run's (their evaluations do not compare).
+  uint64_t evaluation = 0;
+  bool evaluation_changed = false;
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
   std::optional<BestExport> best;  // rank 0's, with eval.best (and so with eval.patience)

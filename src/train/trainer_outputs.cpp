@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/log.h"
+#include "io/hf_config.h"
 #include "io/hf_export.h"
 #include "train/trainer_impl.h"
 
@@ -31,10 +32,15 @@ void Trainer::Impl::save() {
   state.step = step;
   state.seed = static_cast<uint64_t>(config.seed);
   state.cursor = training.loaders->global_cursor(place.world.get());
-  state.config = to_ini(config);
+  state.config = resumed_with + to_ini(config);  // config.ini's text: the notes of earlier resumes go on
   state.frozen_base_hash = training.workload->frozen_base_hash();
+  state.model_config = io::model_fields_json(training.workload->model_config());
+  state.evaluation = evaluation;
   const std::string what = "checkpoint at step " + std::to_string(step);
-  if (place.root()) begin_checkpoint(checkpoint_dir, step);
+  if (place.root()) {
+    lock->check_held(what);
+    begin_checkpoint(checkpoint_dir, step);
+  }
   if (place.world) place.world->barrier(what);
   std::vector<std::string> names;
   for (const parallel::ParameterGroup& g : training.sync->groups()) names.push_back(g.name);

@@ -30,6 +30,10 @@ class Workload {
   virtual std::vector<parallel::ParameterGroup> parameter_groups(const parallel::TaskPlan& plan) = 0;
   // The models' vocabulary: every token id of the data must lie below it.
   virtual int64_t vocab_size() const = 0;
+  // The configuration the models are built from (model.base's config.json with model.dropout, or
+  // the model.* sizes): checkpoints record it, so that a resume that would build other models
+  // from the same weights (another base's layer_norm_eps or dropout) is refused.
+  virtual const RobertaConfig& model_config() const = 0;
   // The longest sequence the models read (their position table's).
   virtual int64_t max_tokens() const = 0;
   // Before this rank's micro-batches of `task` in a training step, also when it has none
@@ -48,6 +52,9 @@ class Workload {
   // the rehearsal and the forgetting monitor), or 0 when it reads none: checkpoints record it, so
   // that a resume from a base that differs there says so.
   virtual uint64_t frozen_base_hash() const { return 0; }
+  // Evaluator::fingerprint of an evaluation the workload runs itself (pre-training's held-out
+  // masked-LM loss); 0 for none, or one that comes from an Evaluator.
+  virtual uint64_t evaluation_fingerprint() const { return 0; }
 };
 
 // task.qa.objective and task.qa.temperature, for the objectives of training and evaluation.

@@ -590,6 +590,40 @@ TEST_F(Distributed, RanksOfATaskReadingDifferentStreamsAreRefused) {
   EXPECT_FALSE(fs::exists(root() / "different-streams"));
 }
 
+// A resume that one rank refuses (its consistency stream, that task's only one, holds other data
+// than the checkpoint's) ends the job before rank 0 rewrites the run's records: config.ini and
+// metrics.jsonl stay as they were. Before, rank 0 restored its own parts and wrote config.ini,
+// with the note of a resume at another rate that never ran, while rank 1 refused.
+TEST_F(Distributed, AResumeAnotherRankRefusesLeavesTheRecordsAsTheyWere) {
+  const std::string plan = " --parallel.tasks ed:1,qa:1,rs:1,cs:1";  // rank 1 runs qa and cs
+  const CliResult first = train(mpirun(2), "resume-refused", plan, 2);
+  ASSERT_EQ(first.code, 0) << first.output;
+  const fs::path run = root() / "resume-refused", other = root() / "data-other-consistency";
+  fs::create_directories(other);
+  for (const char* task : {"encode_decode", "question_answering", "reasoning"})
+    fs::copy_file(root() / "data" / (std::string(task) + ".h5"), other / (std::string(task) + ".h5"),
+                  fs::copy_options::overwrite_existing);
+  const CliResult prep = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample + "tokenizer --out " +
+                                     other.string() + " --snli " + kSample + "snli_1.0_dev.txt");
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  const std::string ini = test_support::read_text((run / "config.ini").string());
+  const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
+  const auto rank = [&](const fs::path& data) {
+    return std::string(QARAC_TRAIN_EXE) + " --output " + run.string() + " --model.base " + (root() / "base").string() +
+           " --data.dir " + data.string() + " --resume --train.dtype f64 --model.dropout " + kDropout +
+           " --train.steps 4 --optimizer.lr 1e-2 --optimizer.warmup 1 --optimizer.decay constant" +
+           " --checkpoint.every 0 --eval.every 0" + plan + batches("");
+  };
+  const CliResult r = run_command("timeout " + std::to_string(kRunLimit) + " " + mpirun(1) + " " +
+                                  rank(root() / "data") + " : -np 1 " + rank(other));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find((other / "consistency.h5").string() + ": the checkpoint was made with another task stream"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(test_support::read_text((run / "config.ini").string()), ini);
+  EXPECT_EQ(test_support::read_text((run / "metrics.jsonl").string()), metrics);
+}
+
 // A rank opens the streams of its own tasks only: rank 0 estimates the plan's costs from every
 // stream and tells the others (before, each of W ranks read the whole dataset for them). Rank 1,
 // holding qa and cs under ed:1,qa:1,rs:1,cs:1 at W = 2, is given a folder with only those two.

@@ -102,6 +102,28 @@ TEST(RunLockTest, OneHolderAtATime) {
   EXPECT_FALSE(again.created_directory());
 }
 
+// The directory moved, or its lock file removed, while the run goes on: the run's next checkpoint
+// is refused (before: written into a directory recreated at the old path, or beside a second run
+// that had locked it since).
+TEST(RunLockTest, AMovedDirectoryOrARemovedLockIsNoLongerHeld) {
+  TempDir dir("lock-moved");
+  const fs::path run = dir.path / "run", moved = dir.path / "moved";
+  {
+    RunLock lock(run.string());
+    EXPECT_NO_THROW(lock.check_held("checkpoint at step 2"));
+    fs::rename(run, moved);
+    test_support::expect_input_error([&] { lock.check_held("checkpoint at step 4"); },
+                                     {"output: " + run.string() + " is no longer this run's directory",
+                                      "the run stops before its checkpoint at step 4"});
+    fs::create_directories(run);  // a second run's, say
+    RunLock second(run.string());
+    test_support::expect_input_error([&] { lock.check_held("checkpoint at step 6"); }, {"no longer this run's"});
+  }
+  RunLock lock(moved.string());
+  fs::remove(moved / kRunLockName);
+  test_support::expect_input_error([&] { lock.check_held("checkpoint at step 8"); }, {"no longer this run's"});
+}
+
 // export/ and best/ are replaced as a whole, beside a link's target: a link to a folder beside
 // which the set can be written is accepted; a link to a mount point (its parent is another file
 // system, where the swap cannot rename) is refused at the start of a --resume, not after the run.
@@ -231,6 +253,32 @@ TEST_F(RunDirCli, ResumedMetricsHoldEveryStepOnce) {
   EXPECT_NE(back.output.find("is at step 4, beyond train.steps 3"), std::string::npos) << back.output;
 }
 
+// Checkpoints removed (to free the disk) from a run that went past them: --resume refuses to start
+// again from step 0, which would rewrite the run's metrics.jsonl and export/ (before: one warning,
+// then both rewritten). A run killed before its first checkpoint still starts again (above).
+TEST_F(RunDirCli, ResumeDoesNotStartOverARunThatWentPastACheckpoint) {
+  const fs::path run = root() / "checkpoints-removed";
+  ASSERT_EQ(train(run, "--train.steps 4 --checkpoint.every 2").code, 0);
+  fs::remove_all(run / "checkpoints");
+  const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
+  const std::string exported = test_support::read_text((run / "export" / "decoder" / "model.safetensors").string());
+  const CliResult r = train(run, "--resume --train.steps 6 --checkpoint.every 2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--resume: no checkpoint is left in " + (run / "checkpoints").string() +
+                          ", but the run went past one (metrics.jsonl records step 4, checkpoint.every is 2)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("starts again from step 0"), std::string::npos) << r.output;
+  // Without metrics.jsonl, the export says the run finished.
+  fs::remove(run / "metrics.jsonl");
+  const CliResult finished = train(run, "--resume --train.steps 6 --checkpoint.every 2");
+  EXPECT_EQ(finished.code, 2) << finished.output;
+  EXPECT_NE(finished.output.find("but the run went past one (export/ holds its models)"), std::string::npos)
+      << finished.output;
+  EXPECT_EQ(test_support::read_text((run / "export" / "decoder" / "model.safetensors").string()), exported);
+  EXPECT_FALSE(metrics.empty());
+}
+
 // Every checkpoint damaged (one flipped byte in one part of each): --resume stops with one line,
 // keeping the checkpoints and the metrics. Before, it started again from step 0 with exit 0,
 // rewrote metrics.jsonl, and its checkpoint rotation deleted the damaged ones.
@@ -287,6 +335,81 @@ TEST_F(RunDirCli, ConfigIniIsRewrittenWhenARunResumes) {
   const CliResult same_rates = train(constant, "--resume --train.steps 3 --optimizer.decay constant");
   ASSERT_EQ(same_rates.code, 0) << same_rates.output;
   EXPECT_EQ(same_rates.output.find("settings other than"), std::string::npos) << same_rates.output;
+}
+
+// Every resume's note stays in config.ini (and in the checkpoints' copy of it): before, the next
+// resume's rewrite dropped the first one, and nothing said that steps 0-2 ran at another rate.
+TEST_F(RunDirCli, EveryResumesNoteStaysInConfigIni) {
+  const fs::path run = root() / "two-resumes";
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2 --optimizer.lr 1e-4").code, 0);
+  ASSERT_EQ(train(run, "--resume --train.steps 3 --checkpoint.every 1 --optimizer.lr 5e-4").code, 0);
+  const CliResult again = train(run, "--resume --train.steps 4 --checkpoint.every 1 --optimizer.lr 2e-4");
+  ASSERT_EQ(again.code, 0) << again.output;
+  const std::string ini = test_support::read_text((run / "config.ini").string());
+  const std::string first = "# Resumed at step 2 with settings other than the checkpoint's run's: optimizer.lr 0.0001 "
+                            "-> 0.0005, train.steps 2 -> 3\n";
+  const std::string second = "# Resumed at step 3 with settings other than the checkpoint's run's: optimizer.lr "
+                             "0.0005 -> 0.0002, train.steps 3 -> 4\n";
+  EXPECT_EQ(ini.rfind(first + second, 0), 0u) << ini;
+  // A resume that changes nothing keeps them.
+  ASSERT_EQ(train(run, "--resume --train.steps 4 --checkpoint.every 1 --optimizer.lr 2e-4").code, 0);
+  EXPECT_EQ(test_support::read_text((run / "config.ini").string()).rfind(first + second, 0), 0u);
+}
+
+// The same weights built into other models (a base whose config.json gives another layer_norm_eps,
+// or another dropout under model.dropout -1) are refused on a resume, naming what differs; before,
+// the run went on under them unsaid and the export described models trained otherwise.
+TEST_F(RunDirCli, ResumeFromABaseOfAnotherConfigurationIsRefused) {
+  const fs::path run = root() / "other-config", base = root() / "base-other-config";
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2").code, 0);
+  fs::copy(root() / "base", base, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  nlohmann::json config = nlohmann::json::parse(test_support::read_text((base / "config.json").string()));
+  const double eps = config.at("layer_norm_eps").get<double>();
+  config["layer_norm_eps"] = eps * 10;
+  config["hidden_dropout_prob"] = 0.25;
+  std::ofstream(base / "config.json") << config.dump(2);
+  const CliResult r = train(run, "--resume --train.steps 3 --model.base " + base.string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("the checkpoint's run built its models otherwise than this run's model.base (" +
+                          base.string() + ") and model.dropout give: "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("hidden_dropout_prob 0.1 -> 0.25"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("layer_norm_eps " + nlohmann::json(eps).dump() + " -> " + nlohmann::json(eps * 10).dump()),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(run / "checkpoints" / "step-0000000003"));
+  // The base the run started from goes on.
+  EXPECT_EQ(train(run, "--resume --train.steps 3").code, 0);
+}
+
+// The held-out evaluation changed between a run and its resume (other examples: eval.examples 6
+// instead of 4): said, in the log and in config.ini, and eval.best's best counts from the next
+// evaluation, whose models replace best/. Before, the earlier evaluation's best stood as if the
+// two compared, and metrics.jsonl mixed them unsaid. The same evaluation says nothing.
+TEST_F(RunDirCli, AResumeWithAnotherEvaluationSaysSoAndCountsTheBestAgain) {
+  const fs::path run = root() / "other-evaluation";
+  const std::string best = " --eval.best cs.loss --eval.every 2";
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2" + eval_args() + best).code, 0);
+  const CliResult same = train(run, "--resume --train.steps 3 --checkpoint.every 3" + eval_args() + best);
+  ASSERT_EQ(same.code, 0) << same.output;
+  EXPECT_EQ(same.output.find("held-out evaluation"), std::string::npos) << same.output;
+  std::string other_args = eval_args();
+  other_args.replace(other_args.find("--eval.examples 4"), 17, "--eval.examples 6");
+  const CliResult other = train(run, "--resume --train.steps 4 --checkpoint.every 4" + other_args + best);
+  ASSERT_EQ(other.code, 0) << other.output;
+  const std::string note =
+      "the held-out evaluation (other examples or settings: the evaluations up to step 3 do not compare with those after)";
+  EXPECT_NE(other.output.find("--resume: settings other than the checkpoint's run's: train.steps 3 -> 4, " + note),
+            std::string::npos)
+      << other.output;
+  EXPECT_NE(other.output.find("eval.best: the held-out evaluation differs from the one before this resume at step 3: "
+                              "its best counts from the next evaluation"),
+            std::string::npos)
+      << other.output;
+  EXPECT_NE(test_support::read_text((run / "config.ini").string()).find(note), std::string::npos);
+  const nlohmann::json held = nlohmann::json::parse(test_support::read_text((run / "best" / "best.json").string()));
+  EXPECT_EQ(held.at("step").get<int64_t>(), 4) << held.dump();
 }
 
 // The base's MLM head is read at every start and never trained (the forgetting monitor's here):

@@ -419,6 +419,34 @@ TEST(MetricsLog, TheRunsMemoryPeaksAreTheLargestOfEveryStepAndWindow) {
   EXPECT_NE(end.find("host tensors 12.0 MiB"), std::string::npos) << end;
 }
 
+// metrics.jsonl removed while the run writes it (a user freeing the disk): a new file holds the
+// lines from there on, and the log says what was lost; before, every later line went to the
+// removed file, and the run ended without metrics, unsaid.
+TEST(MetricsLog, AFileRemovedWhileWrittenIsCreatedAgain) {
+  const TempDir dir("qarac-metrics-removed");
+  const fs::path path = dir.path / "metrics.jsonl";
+  MetricsLog log;
+  log.open(path.string(), 0, false, "plain");
+  log.start(0);
+  const parallel::TaskPlan plan = parallel::TaskPlan::single_task(Task::encode_decode, 1);
+  StepStats s;
+  s.ran[0] = true;
+  log.write_step(1, 1, plan, s);
+  fs::remove(path);
+  testing::internal::CaptureStderr();
+  log.write_step(2, 1, plan, s);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find(path.string() + ": removed while the run wrote it; its earlier lines are lost, a new file holds "
+                      "those from step 2 on"),
+            std::string::npos)
+      << said;
+  log.write_eval(2, {{"cs.accuracy", 0.5}});
+  std::ifstream in(path);
+  std::vector<int64_t> steps;
+  for (std::string line; std::getline(in, line);) steps.push_back(nlohmann::json::parse(line).at("step"));
+  EXPECT_EQ(steps, (std::vector<int64_t>{2, 2}));
+}
+
 TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
   TempDir dir("config");
   const std::string ini = (dir.path / "run.ini").string();
@@ -558,6 +586,34 @@ TEST(TrainConfig, RunConfigPathsReadBackFromAnyDirectory) {
   EXPECT_EQ(again->eval_tokenizer, "/abs/tok");
   EXPECT_EQ(again->tokenizer, "");  // unset stays unset
   EXPECT_EQ(to_ini(*again), text);
+}
+
+// A run's config.ini read back from a copy of its directory: its output names the original, which
+// the copy's --resume would go on in (before: it did, pruning the original's checkpoints). The
+// output must then come from the command line; the file read in place, or from a folder that is
+// no run's, gives it as before.
+TEST(TrainConfig, TheConfigIniOfACopiedRunNeedsAnOutput) {
+  TempDir dir("config-copied-run");
+  const fs::path original = dir.path / "run", copy = dir.path / "copy";
+  const std::optional<TrainConfig> c = parse({"--output", original.string(), "--model.base", "/b", "--data.dir", "/d"});
+  ASSERT_TRUE(c);
+  for (const fs::path& folder : {original, copy}) {
+    fs::create_directories(folder / "checkpoints");
+    std::ofstream(folder / "config.ini") << to_ini(*c);
+  }
+  const std::string copied = (copy / "config.ini").string();
+  expect_input_error([&] { parse({"--config", copied, "--resume"}); },
+                     {"--config " + copied + " lies in the run directory " + copy.string() + ", but its output is " +
+                          original.string(),
+                      "give --output (" + copy.string() + " to go on in this one)"});
+  const std::optional<TrainConfig> named = parse({"--config", copied, "--resume", "--output", copy.string()});
+  ASSERT_TRUE(named);
+  EXPECT_EQ(named->output, copy.string());
+  const std::optional<TrainConfig> in_place = parse({"--config", (original / "config.ini").string(), "--resume"});
+  ASSERT_TRUE(in_place);
+  EXPECT_EQ(in_place->output, original.string());
+  fs::remove_all(copy / "checkpoints");  // a configuration kept in a folder of its own
+  EXPECT_TRUE(parse({"--config", copied}));
 }
 
 // The documented example configurations stay valid: every key known, every value in range.
