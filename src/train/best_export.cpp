@@ -25,17 +25,15 @@ const std::vector<std::string>& best_metric_names(bool pretraining) {
 }
 
 BestExport::BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record,
-                       int64_t start_step, bool evaluation_changed)
+                       int64_t start_step, int64_t comparable_from)
     : folder_((fs::path(output) / "best").string()), metric_(std::move(metric)), start_step_(start_step) {
   const std::string suffix = "loss";
   larger_is_better_ = metric_.size() < suffix.size() ||
                       metric_.compare(metric_.size() - suffix.size(), suffix.size(), suffix) != 0;
-  if (evaluation_changed) {
-    log::warn("eval.best: the held-out evaluation differs from the one before this resume at step ", start_step_,
-              ": its best counts from the next evaluation, whose models replace ", folder_);
-    return;
-  }
+  bool recorded = false;  // an evaluation of the record compares
   for (const auto& [step, value] : record) {
+    if (step < comparable_from) continue;
+    recorded = true;
     if (beats(value)) {
       best_ = value;
       best_step_ = step;
@@ -70,7 +68,15 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
               folder_);
     return;
   }
-  if (record.empty() && held_metric == metric_) {
+  if (held_step < comparable_from) {
+    export_due_ = at_start;
+    if (!export_due_)
+      log::warn("eval.best: ", folder_, " holds ", held_metric, " ", held_value, " at step ", held_step,
+                ", of another held-out evaluation than the run's since step ", comparable_from,
+                ": the next evaluation that beats ", best_ ? describe_best() : "none", " replaces it");
+    return;
+  }
+  if (!recorded && held_metric == metric_) {
     // The record of the earlier part is lost (metrics.jsonl removed): best.json is all there is.
     best_ = held_value;
     best_step_ = held_step;

@@ -26,11 +26,10 @@ class BestExport {
   // stands in for a record without the metric, and what best/ holds is said when it is not the
   // record's best (a best from after the checkpoint, of another metric, or none), unless that
   // best is of `start_step`, the step the run starts at: then the models at hand are that best's,
-  // and export_again puts them there. After a resume whose held-out evaluation differs from the
-  // earlier part's (`evaluation_changed`), neither the record nor best/ compares: the best is
-  // counted from the next evaluation, which replaces best/.
+  // and export_again puts them there. Evaluations before `comparable_from` (of another held-out
+  // evaluation than the run's: a resume changed it) count for nothing, nor does a best/ of theirs.
   BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record = {},
-             int64_t start_step = -1, bool evaluation_changed = false);
+             int64_t start_step = -1, int64_t comparable_from = 0);
 
   // After the evaluation at `step`: when `metrics` beat the best so far, `write(folder)` exports
   // the models into `folder`, which then replaces <output>/best. An InputError when the

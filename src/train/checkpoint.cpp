@@ -145,6 +145,7 @@ void write_state(ChecksummedH5Writer& w, const CheckpointPart& part, const std::
   w.write_u64("state/frozen_base_hash", state.frozen_base_hash);
   if (!state.model_config.empty()) w.write_text("state/model_config", state.model_config);
   if (state.evaluation != 0) w.write_u64("state/evaluation", state.evaluation);
+  if (state.evaluation_since != 0) w.write_i64("state/evaluation_since", state.evaluation_since);
   w.write_text("optimizer/kind", optimizer_name(optimizer.config().kind));
   w.write_i64("optimizer/steps", optimizer.steps());
   for (const Parameter* p : part.params) {
@@ -213,6 +214,7 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
     out.state.frozen_base_hash = static_cast<uint64_t>(scalar("state/frozen_base_hash"));
   if (contents.count("state/model_config") != 0) out.state.model_config = text("state/model_config");
   if (contents.count("state/evaluation") != 0) out.state.evaluation = static_cast<uint64_t>(scalar("state/evaluation"));
+  if (contents.count("state/evaluation_since") != 0) out.state.evaluation_since = scalar("state/evaluation_since");
   out.optimizer_steps = scalar("optimizer/steps");
   out.state.cursor.step = scalar("loader/step");
   if (out.state.step < 0 || out.optimizer_steps < 0 || out.state.cursor.step < 0)
@@ -267,7 +269,7 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
         placed = true;
       }
     }
-    if (!placed) reader.fail("not a valid checkpoint: unexpected dataset '" + name + "'");
+    if (!placed) reader.fail("not a valid checkpoint: unexpected dataset '" + name + "' (written by a later version?)");
   }
   // Every parameter has both moments, in its dtype and shape, and no moment lacks a parameter.
   for (const auto* moments : {&out.m, &out.v}) {

@@ -30,6 +30,8 @@
 //                         line (io::model_fields_json; absent in checkpoints from before it)
 //   /state/evaluation     u64 scalar: the fingerprint of rank 0's held-out evaluation
 //                         (Evaluator::fingerprint; absent where there is none, or from before it)
+//   /state/evaluation_since  i64 scalar: the first step whose evaluation is of that fingerprint
+//                         (absent: 0)
 //   /parameters/<name>    f32 (f64) [shape]: master weights of this part, by parameter name
 //   /optimizer/kind       string: "adamw" or "nadam" (the moments mean different things)
 //   /optimizer/steps      i64 scalar: updates applied (NAdam's running product is a function of it)
@@ -73,6 +75,7 @@ struct TrainingState {
   uint64_t frozen_base_hash = 0;  // Workload::frozen_base_hash; 0: none (or a checkpoint from before it)
   std::string model_config;       // io::model_fields_json of Workload::model_config; empty: not recorded
   uint64_t evaluation = 0;        // Evaluator::fingerprint of the run's evaluation; 0: none, or not recorded
+  int64_t evaluation_since = 0;   // the first step whose evaluation is of that fingerprint
 };
 
 // Some of the optimizer's parameters, saved as one file of a checkpoint.

@@ -1,6 +1,7 @@
 // Declares every option of qarac-train once (key, field, default, help), which gives the parser,
 // --help and the INI writer the same list.
 #include "train/config.h"
+#include "train/run_dir.h"
 
 #include <boost/program_options.hpp>
 
@@ -331,12 +332,13 @@ std::string read_config_file(const std::string& path) {
 
 // A run's config.ini names that run's directory as its output: read back from a copy or a move of
 // the directory, it would go on in the original (or fail to find it). Where the file lies in a
-// run directory other than the output it gives, the output must come from the command line.
+// run directory (its lock file, which every run leaves and a copy takes along, says so) other
+// than the output it gives, the output must come from the command line.
 void refuse_config_of_another_run(const std::string& path, const std::string& output) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path folder = fs::absolute(path, ec).parent_path();
-  if (ec || (!fs::exists(folder / "metrics.jsonl", ec) && !fs::exists(folder / "checkpoints", ec))) return;
+  if (ec || !fs::exists(folder / kRunLockName, ec)) return;
   if (fs::equivalent(folder, output, ec)) return;
   throw InputError(detail::concat("--config ", path, " lies in the run directory ", folder.string(),
                                   ", but its output is ", output, " (a copy or a move of that run?): give --output (",

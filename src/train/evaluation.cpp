@@ -249,8 +249,9 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   fingerprint_values(hash, candidates_.sentences.tokens);
   fingerprint_values(hash, candidates_.sentences.offsets);
   fingerprint_values(hash, candidates_.offsets);
+  // The temperature acts on qa.loss only under the contrastive objective.
   const double numbers[] = {static_cast<double>(options.max_decoded), options.qa_objective.contrastive ? 1.0 : 0.0,
-                            options.qa_objective.temperature};
+                            options.qa_objective.contrastive ? options.qa_objective.temperature : 0.0};
   hash.bytes(numbers, sizeof numbers);
   fingerprint_masking(hash, options.masking);
   fingerprint_ = hash.value();

@@ -8,11 +8,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "core/log.h"
 #include "train/checkpoint.h"
+#include "train/config.h"
 #include "train/metrics.h"
 
 namespace qarac {
@@ -99,11 +103,10 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
   std::error_code ec;
   created_ = fs::create_directories(output, ec);
   QARAC_INPUT_CHECK(!ec, "output: cannot create ", output, ": ", ec.message());
-  const std::string& path = path_;
   // Writable by whom the umask allows, as every file of the run: the members of a group that
   // shares run directories (umask 002) resume each other's runs.
-  fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open the run's lock file: ", std::strerror(errno));
+  fd_ = open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  QARAC_INPUT_CHECK(fd_ >= 0, path_, ": cannot open the run's lock file: ", std::strerror(errno));
   if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     if (err == EWOULDBLOCK) {
@@ -111,12 +114,12 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
       close(fd_);
       fd_ = -1;
       throw InputError(detail::concat("output: ", output, " is in use by another run (",
-                                      holder.empty() ? "its lock file " + path : holder,
+                                      holder.empty() ? "its lock file " + path_ : holder,
                                       "); wait for it to end, or choose another directory"));
     }
     // Some cluster file systems are mounted without locks (Lustre without -o flock): the run goes
     // on, as it would have before locks existed, but says that nothing guards the directory.
-    log::warn(path, ": cannot lock (", std::strerror(err), "): nothing stops a second run from using ", output,
+    log::warn(path_, ": cannot lock (", std::strerror(err), "): nothing stops a second run from using ", output,
               " at the same time");
     return;
   }
@@ -126,7 +129,7 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
   gethostname(host, sizeof host - 1);
   const std::string text = std::string(host) + " pid " + std::to_string(getpid()) + "\n";
   if (ftruncate(fd_, 0) != 0 || pwrite(fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
-    log::debug(path, ": cannot record the holder: ", std::strerror(errno));
+    log::debug(path_, ": cannot record the holder: ", std::strerror(errno));
 }
 
 RunLock::~RunLock() {
@@ -145,6 +148,15 @@ void RunLock::check_held(const std::string& what) const {
 void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every) {
   const fs::path dir(output);
   const int64_t recorded = last_recorded_step((dir / "metrics.jsonl").string());
+  // The interval of the run that wrote those records, which its config.ini (not yet rewritten)
+  // gives: this run's may differ.
+  std::ifstream ini(dir / "config.ini");
+  const std::string text((std::istreambuf_iterator<char>(ini)), std::istreambuf_iterator<char>());
+  for (const IniEntry& e : ini_entries(text)) {
+    char* end = nullptr;
+    const long long every = std::strtoll(e.value.c_str(), &end, 10);
+    if (e.key == "checkpoint.every" && end != e.value.c_str() && *end == '\0' && every >= 0) checkpoint_every = every;
+  }
   std::error_code ec;
   const bool exported = fs::exists(dir / "export", ec);
   // A step recorded after the first checkpoint's means that checkpoint had completed.

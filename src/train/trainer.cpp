@@ -146,7 +146,7 @@ void Trainer::Impl::start() {
   }
   if (place.root()) write_run_files();
   if (place.root() && !config.eval_best.empty())
-    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best), step, evaluation_changed);
+    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best), step, evaluation_since);
   // Every rank learns whether the evaluation due at the first step is already on record, and
   // whether best/ lacks the models the run starts with.
   double agreed[2] = {static_cast<double>(last.eval), best && best->lacks_best() ? 1.0 : 0.0};
@@ -179,10 +179,11 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   if (!state.model_config.empty()) {
     const std::vector<std::string> other =
         io::model_field_changes(state.model_config, io::model_fields_json(training.workload->model_config()));
+    const std::string source = config.pretraining() && config.base.empty()
+                                   ? "model.* settings"
+                                   : "model.base (" + config.base + ") and model.dropout";
     QARAC_INPUT_CHECK(other.empty(), "--resume: ", checkpoint, ": the checkpoint's run built its models otherwise than ",
-                      config.pretraining() && config.base.empty() ? "this run's model.* settings"
-                                                                  : "this run's model.base (" + config.base + ")",
-                      " and model.dropout give: ", joined(other), " (they must match: resume with the run's base)");
+                      "this run's ", source, " give: ", joined(other), " (they must match: resume with the run's own)");
   }
   training.loaders->restore(state.cursor, checkpoint);
   last.checkpoint = step;
@@ -197,11 +198,17 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   std::istringstream saved_lines(saved_config);
   for (std::string line; std::getline(saved_lines, line);)
     if (line.rfind(kResumedNote, 0) == 0) resumed_with += line + "\n";
-  // Other held-out examples or settings: the evaluations before the resume measured something else.
-  evaluation_changed = state.evaluation != 0 && evaluation != 0 && state.evaluation != evaluation;
-  if (evaluation_changed)
+  // Other held-out examples or settings: the evaluations on record measured something else, and
+  // those after this step are compared among themselves. A run without an evaluation passes the
+  // checkpoint's on.
+  evaluation_since = state.evaluation_since;
+  if (evaluation == 0) {
+    evaluation = state.evaluation;
+  } else if (state.evaluation != 0 && state.evaluation != evaluation) {
+    evaluation_since = step + 1;
     changes += detail::concat(changes.empty() ? "" : ", ", "the held-out evaluation (other examples or settings: the "
                               "evaluations up to step ", step, " do not compare with those after)");
+  }
   if (changes.empty()) return;
   resumed_with +=
       kResumedNote + std::to_string(step) + " with settings other than the checkpoint's run's: " + changes + "\n";

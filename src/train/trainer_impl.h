@@ -81,10 +81,11 @@ struct Trainer::Impl {
   Training training;
   std::string output, checkpoint_dir;
   std::string resumed_with;  // config.ini's notes of the settings resumes changed, if any
-  // Evaluator::fingerprint of rank 0's evaluation, known to every rank (checkpoints record it);
-  // whether it differs from the resumed checkpoint's run's (their evaluations do not compare).
+  // The fingerprint of rank 0's held-out evaluation (Evaluator::fingerprint, or the workload's own),
+  // known to every rank, and the first step whose evaluation is of it: checkpoints record both,
+  // so that evaluations of another one are not compared with it (eval.best).
   uint64_t evaluation = 0;
-  bool evaluation_changed = false;
+  int64_t evaluation_since = 0;
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
   std::optional<BestExport> best;  // rank 0's, with eval.best (and so with eval.patience)

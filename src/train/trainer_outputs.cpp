@@ -36,6 +36,7 @@ void Trainer::Impl::save() {
   state.frozen_base_hash = training.workload->frozen_base_hash();
   state.model_config = io::model_fields_json(training.workload->model_config());
   state.evaluation = evaluation;
+  state.evaluation_since = evaluation_since;
   const std::string what = "checkpoint at step " + std::to_string(step);
   if (place.root()) {
     lock->check_held(what);
@@ -120,6 +121,7 @@ void Trainer::Impl::export_models() {
   training.sync->gather_to_root("export");
   if (!place.root()) return;
   metrics.end_progress_line();
+  lock->check_held("export");
   // As one set (io::write_folder): never models of two steps after a full disk or a kill.
   const std::string folder = output + "/export";
   std::vector<std::string> models;

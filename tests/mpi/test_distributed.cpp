@@ -27,16 +27,19 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/hdf5_checksummed.h"
 #include "core/memory.h"
 #include "io/safetensors.h"
 #include "parallel/collective_trace.h"
 #include "support/test_support.h"
 #include "support/training_fixtures.h"
+#include "train/checkpoint.h"
 
 namespace fs = std::filesystem;
 using namespace qarac;
@@ -622,6 +625,30 @@ TEST_F(Distributed, AResumeAnotherRankRefusesLeavesTheRecordsAsTheyWere) {
       << r.output;
   EXPECT_EQ(test_support::read_text((run / "config.ini").string()), ini);
   EXPECT_EQ(test_support::read_text((run / "metrics.jsonl").string()), metrics);
+}
+
+// Rank 0 alone evaluates; the fingerprint of its evaluation goes to every rank, so that every part
+// of a checkpoint records it, whichever rank wrote it (a resume compares the one in the parts its
+// rank reads). Here rank 1 alone holds the question encoder, and writes its part.
+TEST_F(Distributed, EveryPartOfACheckpointRecordsTheEvaluation) {
+  const std::string eval = " --parallel.tasks ed:1,qa:1,rs:1,cs:1 --eval.dir " + (root() / "data").string() +
+                           " --eval.examples 4 --eval.decoded 1";
+  const CliResult r = train(mpirun(2), "evaluation-recorded", eval, 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const H5FileKind kind{kCheckpointFormat, kCheckpointVersion, "checkpoint"};
+  std::set<int64_t> recorded;
+  int parts = 0;
+  for (const auto& entry : fs::directory_iterator(root() / "evaluation-recorded" / "checkpoints" / "step-0000000002")) {
+    ChecksummedH5Reader reader(entry.path().string(), kind);
+    const H5Contents contents =
+        reader.read([](const std::string& name, const Shape&) { return name == "state/evaluation"; });
+    ASSERT_EQ(contents.count("state/evaluation"), 1u) << entry.path();
+    recorded.insert(contents.at("state/evaluation").values.data<int64_t>()[0]);
+    ++parts;
+  }
+  EXPECT_EQ(parts, 3);
+  ASSERT_EQ(recorded.size(), 1u);
+  EXPECT_NE(*recorded.begin(), 0);
 }
 
 // A rank opens the streams of its own tasks only: rank 0 estimates the plan's costs from every

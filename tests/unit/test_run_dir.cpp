@@ -262,7 +262,8 @@ TEST_F(RunDirCli, ResumeDoesNotStartOverARunThatWentPastACheckpoint) {
   fs::remove_all(run / "checkpoints");
   const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
   const std::string exported = test_support::read_text((run / "export" / "decoder" / "model.safetensors").string());
-  const CliResult r = train(run, "--resume --train.steps 6 --checkpoint.every 2");
+  // The interval is the run's that wrote the records (config.ini's), not the resume's.
+  const CliResult r = train(run, "--resume --train.steps 6 --checkpoint.every 100");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--resume: no checkpoint is left in " + (run / "checkpoints").string() +
                           ", but the run went past one (metrics.jsonl records step 4, checkpoint.every is 2)"),
@@ -403,13 +404,19 @@ TEST_F(RunDirCli, AResumeWithAnotherEvaluationSaysSoAndCountsTheBestAgain) {
   EXPECT_NE(other.output.find("--resume: settings other than the checkpoint's run's: train.steps 3 -> 4, " + note),
             std::string::npos)
       << other.output;
-  EXPECT_NE(other.output.find("eval.best: the held-out evaluation differs from the one before this resume at step 3: "
-                              "its best counts from the next evaluation"),
+  EXPECT_NE(other.output.find(", of another held-out evaluation than the run's since step 4: the next evaluation that "
+                              "beats none replaces it"),
             std::string::npos)
       << other.output;
   EXPECT_NE(test_support::read_text((run / "config.ini").string()).find(note), std::string::npos);
   const nlohmann::json held = nlohmann::json::parse(test_support::read_text((run / "best" / "best.json").string()));
   EXPECT_EQ(held.at("step").get<int64_t>(), 4) << held.dump();
+  // Resumed again on the new evaluation: still only its own evaluations count.
+  const CliResult later = train(run, "--resume --train.steps 5 --checkpoint.every 5" + other_args + best);
+  ASSERT_EQ(later.code, 0) << later.output;
+  EXPECT_EQ(later.output.find("held-out evaluation"), std::string::npos) << later.output;
+  EXPECT_NE(later.output.find("eval.best: cs.loss "), std::string::npos) << later.output;
+  EXPECT_NE(later.output.find(" at step 4 so far; 0 evaluations since"), std::string::npos) << later.output;
 }
 
 // The base's MLM head is read at every start and never trained (the forgetting monitor's here):

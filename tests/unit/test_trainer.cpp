@@ -35,6 +35,7 @@
 #include "io/safetensors.h"
 #include "train/config.h"
 #include "train/metrics.h"
+#include "train/run_dir.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 
@@ -387,11 +388,12 @@ TEST(MetricsLog, TheRunsMemoryPeaksAreTheLargestOfEveryStepAndWindow) {
   log.start(0);
   const parallel::TaskPlan plan = parallel::TaskPlan::single_task(Task::encode_decode, 1);
   constexpr uint64_t MiB = 1 << 20;
+  int64_t step = 0;
   for (const uint64_t held : {3 * MiB, 7 * MiB, 5 * MiB}) {
     StepStats s;
     s.ran[0] = true;
     s.memory = {held, held, 0};
-    log.write_step(1, 1, plan, s);
+    log.write_step(++step, 1, plan, s);
   }
   log.note_memory_peaks({2 * MiB, 2 * MiB, 0});
   log.note_memory_peaks({40 * MiB, 41 * MiB, 0});  // an evaluation's window
@@ -600,6 +602,7 @@ TEST(TrainConfig, TheConfigIniOfACopiedRunNeedsAnOutput) {
   for (const fs::path& folder : {original, copy}) {
     fs::create_directories(folder / "checkpoints");
     std::ofstream(folder / "config.ini") << to_ini(*c);
+    std::ofstream(folder / kRunLockName) << "vm pid 1\n";
   }
   const std::string copied = (copy / "config.ini").string();
   expect_input_error([&] { parse({"--config", copied, "--resume"}); },
@@ -612,7 +615,7 @@ TEST(TrainConfig, TheConfigIniOfACopiedRunNeedsAnOutput) {
   const std::optional<TrainConfig> in_place = parse({"--config", (original / "config.ini").string(), "--resume"});
   ASSERT_TRUE(in_place);
   EXPECT_EQ(in_place->output, original.string());
-  fs::remove_all(copy / "checkpoints");  // a configuration kept in a folder of its own
+  fs::remove(copy / kRunLockName);  // a configuration kept in a folder of its own (a project's checkpoints/)
   EXPECT_TRUE(parse({"--config", copied}));
 }
 
