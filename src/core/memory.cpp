@@ -2,6 +2,10 @@
 // and the copies and fills between them.
 #include "core/memory.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -308,6 +312,12 @@ std::string size_text(uint64_t bytes) {
 }
 
 uint64_t host_tensor_bytes() { return host_bytes_held.load(std::memory_order_relaxed); }
+
+void release_free_host_memory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
 
 void share_host_tensor_counts(HostTensorCounter* counters, int count, int mine) {
   if (counters == nullptr) {

@@ -53,6 +53,11 @@ class Buffer {
 
 // The bytes this process's host tensors hold (their aligned blocks).
 uint64_t host_tensor_bytes();
+// Hands the pages of freed host tensors back to the system. glibc keeps freed blocks below its
+// mmap threshold, which rises with the largest block freed (up to 32 MiB): after an evaluation,
+// whose batches are many times a step's, the process would stay that large for the rest of the
+// run, its pages counted by a cgroup's limit (Slurm's --mem) though no tensor holds them.
+void release_free_host_memory();
 // "12.3 GiB", "4.0 MiB", "512 bytes": sizes in messages.
 std::string size_text(uint64_t bytes);
 // One process's count of its host tensor bytes, read by the others: a cache line of its own, so

@@ -138,6 +138,7 @@ void Trainer::Impl::start() {
     // checkpoint that one rank refuses leaves the run's records as they were.
     if (latest) {
       read_everywhere([&] { restore(*latest); });
+      release_free_host_memory();  // the checkpoint's tensors, read beside the models
     } else if (place.root()) {
       refuse_restart_over_records(output, config.checkpoint_every);
       log::warn("--resume: no completed checkpoint in ", qarac::checkpoint_dir(output),

@@ -91,6 +91,7 @@ void Trainer::Impl::evaluate() {
   training.sync->gather_to_root("evaluation at step " + std::to_string(step));
   if (!place.root()) return;
   const EvalResult result = training.workload->evaluate(training.evaluator.get());
+  release_free_host_memory();
   metrics.write_eval(step, result.metrics);
   if (!best) return;
   best->consider(step, result.metrics,

@@ -168,6 +168,22 @@ class Distributed : public ::testing::Test {
     }
   }
 
+  // A data folder `name` with the sample's streams but `task`'s, which qarac-prep makes from the
+  // sample's `file` with its reader option `reader`: another stream of that task.
+  static fs::path data_with_another(const std::string& name, const std::string& task, const std::string& reader,
+                                    const std::string& file) {
+    const fs::path other = root() / name;
+    fs::create_directories(other);
+    for (const char* kept : {"encode_decode", "question_answering", "reasoning", "consistency"})
+      if (kept != task)
+        fs::copy_file(root() / "data" / (std::string(kept) + ".h5"), other / (std::string(kept) + ".h5"),
+                      fs::copy_options::overwrite_existing);
+    const CliResult prep = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample + "tokenizer --out " +
+                                       other.string() + " " + reader + " " + kSample + file);
+    EXPECT_EQ(prep.code, 0) << prep.output;
+    return other;
+  }
+
   static TempDir* root_;
 };
 
@@ -569,14 +585,7 @@ TEST_F(Distributed, ARefusalInAStepEndsTheJobInOneLinePerRank) {
 // checksum of neither. Here each rank has a data folder of its own (MPMD), whose reasoning
 // streams differ.
 TEST_F(Distributed, RanksOfATaskReadingDifferentStreamsAreRefused) {
-  const fs::path other = root() / "data-other-reasoning";
-  fs::create_directories(other);
-  for (const char* task : {"encode_decode", "question_answering", "consistency"})
-    fs::copy_file(root() / "data" / (std::string(task) + ".h5"), other / (std::string(task) + ".h5"),
-                  fs::copy_options::overwrite_existing);
-  const CliResult prep = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample + "tokenizer --out " +
-                                     other.string() + " --avicenna " + kSample + "Avicenna_Test.csv");
-  ASSERT_EQ(prep.code, 0) << prep.output;
+  const fs::path other = data_with_another("data-other-reasoning", "reasoning", "--avicenna", "Avicenna_Test.csv");
   const auto rank = [&](const fs::path& data) {
     return std::string(QARAC_TRAIN_EXE) + " --output " + (root() / "different-streams").string() + " --model.base " +
            (root() / "base").string() + " --data.dir " + data.string() +
@@ -601,14 +610,8 @@ TEST_F(Distributed, AResumeAnotherRankRefusesLeavesTheRecordsAsTheyWere) {
   const std::string plan = " --parallel.tasks ed:1,qa:1,rs:1,cs:1";  // rank 1 runs qa and cs
   const CliResult first = train(mpirun(2), "resume-refused", plan, 2);
   ASSERT_EQ(first.code, 0) << first.output;
-  const fs::path run = root() / "resume-refused", other = root() / "data-other-consistency";
-  fs::create_directories(other);
-  for (const char* task : {"encode_decode", "question_answering", "reasoning"})
-    fs::copy_file(root() / "data" / (std::string(task) + ".h5"), other / (std::string(task) + ".h5"),
-                  fs::copy_options::overwrite_existing);
-  const CliResult prep = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample + "tokenizer --out " +
-                                     other.string() + " --snli " + kSample + "snli_1.0_dev.txt");
-  ASSERT_EQ(prep.code, 0) << prep.output;
+  const fs::path run = root() / "resume-refused";
+  const fs::path other = data_with_another("data-other-consistency", "consistency", "--snli", "snli_1.0_dev.txt");
   const std::string ini = test_support::read_text((run / "config.ini").string());
   const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
   const auto rank = [&](const fs::path& data) {
