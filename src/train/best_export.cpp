@@ -2,8 +2,11 @@
 #include "train/best_export.h"
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string>
+
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
@@ -25,15 +28,16 @@ const std::vector<std::string>& best_metric_names(bool pretraining) {
 }
 
 BestExport::BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record,
-                       int64_t start_step, int64_t comparable_from)
-    : folder_((fs::path(output) / "best").string()), metric_(std::move(metric)), start_step_(start_step) {
+                       int64_t start_step, int64_t comparable_from, uint64_t evaluation)
+    : folder_((fs::path(output) / "best").string()),
+      metric_(std::move(metric)),
+      start_step_(start_step),
+      evaluation_(evaluation) {
   const std::string suffix = "loss";
   larger_is_better_ = metric_.size() < suffix.size() ||
                       metric_.compare(metric_.size() - suffix.size(), suffix.size(), suffix) != 0;
-  bool recorded = false;  // an evaluation of the record compares
   for (const auto& [step, value] : record) {
     if (step < comparable_from) continue;
-    recorded = true;
     if (beats(value)) {
       best_ = value;
       best_step_ = step;
@@ -57,26 +61,28 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
   std::string held_metric;
   double held_value = 0;
   int64_t held_step = -1;
+  uint64_t held_evaluation = 0;  // 0: a best.json from before the fingerprint
   try {
     std::ifstream in(note);
     const nlohmann::json j = nlohmann::json::parse(in);
     held_metric = j.at("metric").get<std::string>();
     held_value = j.at("value").get<double>();
     held_step = j.at("step").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
+    held_evaluation = std::stoull(j.value("evaluation", std::string("0")), nullptr, 16);
+  } catch (const std::exception& e) {  // JSON's, and a fingerprint that is not hexadecimal
     log::warn(note.string(), ": unreadable (", e.what(), "); the next evaluation that beats the best replaces ",
               folder_);
     return;
   }
-  if (held_step < comparable_from) {
+  if (held_step < comparable_from || (held_evaluation != 0 && evaluation_ != 0 && held_evaluation != evaluation_)) {
     export_due_ = at_start;
     if (!export_due_)
       log::warn("eval.best: ", folder_, " holds ", held_metric, " ", held_value, " at step ", held_step,
-                ", of another held-out evaluation than the run's since step ", comparable_from,
-                ": the next evaluation that beats ", best_ ? describe_best() : "none", " replaces it");
+                ", of another held-out evaluation than the run's: the next evaluation",
+                best_ ? " that beats " + describe_best() : std::string(), " replaces it");
     return;
   }
-  if (!recorded && held_metric == metric_) {
+  if (record.empty() && held_metric == metric_) {
     // The record of the earlier part is lost (metrics.jsonl removed): best.json is all there is.
     best_ = held_value;
     best_step_ = held_step;
@@ -137,7 +143,12 @@ void BestExport::export_again(const std::function<void(const std::string& folder
 void BestExport::write_best(int64_t step, double value, const std::function<void(const std::string& folder)>& write) {
   io::write_folder(folder_, [&](const fs::path& temp) {
     write(temp.string());
-    const nlohmann::json note = {{"metric", metric_}, {"value", value}, {"step", step}};
+    nlohmann::json note = {{"metric", metric_}, {"value", value}, {"step", step}};
+    if (evaluation_ != 0) {
+      char hex[24];
+      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(evaluation_));
+      note["evaluation"] = hex;  // what the value was measured on (Evaluator::fingerprint)
+    }
     const std::string text = note.dump(2) + "\n";
     AtomicFile file((temp / "best.json").string());
     file.write(text.data(), text.size());

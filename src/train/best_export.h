@@ -27,9 +27,10 @@ class BestExport {
   // record's best (a best from after the checkpoint, of another metric, or none), unless that
   // best is of `start_step`, the step the run starts at: then the models at hand are that best's,
   // and export_again puts them there. Evaluations before `comparable_from` (of another held-out
-  // evaluation than the run's: a resume changed it) count for nothing, nor does a best/ of theirs.
+  // evaluation than the run's: a resume changed it) count for nothing, nor does a best/ of another
+  // evaluation than `evaluation` (the run's fingerprint, which best.json records; 0: unknown).
   BestExport(const std::string& output, std::string metric, const std::map<int64_t, double>& record = {},
-             int64_t start_step = -1, int64_t comparable_from = 0);
+             int64_t start_step = -1, int64_t comparable_from = 0, uint64_t evaluation = 0);
 
   // After the evaluation at `step`: when `metrics` beat the best so far, `write(folder)` exports
   // the models into `folder`, which then replaces <output>/best. An InputError when the
@@ -61,6 +62,7 @@ class BestExport {
   int64_t best_step_ = -1;
   int64_t since_best_ = 0;
   int64_t start_step_;
+  uint64_t evaluation_;
   bool export_due_ = false;  // lacks_best()
 };
 

@@ -332,13 +332,14 @@ std::string read_config_file(const std::string& path) {
 
 // A run's config.ini names that run's directory as its output: read back from a copy or a move of
 // the directory, it would go on in the original (or fail to find it). Where the file lies in a
-// run directory (its lock file, which every run leaves and a copy takes along, says so) other
-// than the output it gives, the output must come from the command line.
+// run directory (its lock file, which every run leaves, or its metrics.jsonl, for a copy that left
+// the dotfile out, say so) other than the output it gives, the output must come from the command
+// line.
 void refuse_config_of_another_run(const std::string& path, const std::string& output) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path folder = fs::absolute(path, ec).parent_path();
-  if (ec || !fs::exists(folder / kRunLockName, ec)) return;
+  if (ec || (!fs::exists(folder / kRunLockName, ec) && !fs::exists(folder / "metrics.jsonl", ec))) return;
   if (fs::equivalent(folder, output, ec)) return;
   throw InputError(detail::concat("--config ", path, " lies in the run directory ", folder.string(),
                                   ", but its output is ", output, " (a copy or a move of that run?): give --output (",

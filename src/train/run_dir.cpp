@@ -155,7 +155,10 @@ void refuse_restart_over_records(const std::string& output, int64_t checkpoint_e
   for (const IniEntry& e : ini_entries(text)) {
     char* end = nullptr;
     const long long every = std::strtoll(e.value.c_str(), &end, 10);
-    if (e.key == "checkpoint.every" && end != e.value.c_str() && *end == '\0' && every >= 0) checkpoint_every = every;
+    // (A comment may follow the number, as the option parser allows.)
+    if (e.key == "checkpoint.every" && end != e.value.c_str() && (*end == '\0' || *end == ' ' || *end == '#') &&
+        every >= 0)
+      checkpoint_every = every;
   }
   std::error_code ec;
   const bool exported = fs::exists(dir / "export", ec);

@@ -146,17 +146,26 @@ void Trainer::Impl::start() {
     }
   }
   if (place.root()) write_run_files();
+  // After a change of the held-out evaluation, the first step evaluated with this run's: the
+  // resume's, unless the earlier evaluation's is on record there (rank 0 knows; then the others).
+  const auto first_of_this_evaluation = [&] {
+    if (evaluation_changed) evaluation_since = last.eval == step ? step + 1 : step;
+  };
+  if (place.root()) first_of_this_evaluation();
   if (place.root() && !config.eval_best.empty())
-    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best), step, evaluation_since);
+    best.emplace(output, config.eval_best, metrics.eval_values(config.eval_best), step, evaluation_since, evaluation);
   // Every rank learns whether the evaluation due at the first step is already on record, and
   // whether best/ lacks the models the run starts with.
   double agreed[2] = {static_cast<double>(last.eval), best && best->lacks_best() ? 1.0 : 0.0};
   if (place.world) place.world->all_reduce(agreed, 2, MPI_MAX, "starting the run");
   last.eval = static_cast<int64_t>(agreed[0]);
+  first_of_this_evaluation();
   if (agreed[1] != 0) {
     training.sync->gather_to_root("eval.best's export at step " + std::to_string(step));
-    if (place.root())
+    if (place.root()) {
       best->export_again([&](const std::string& folder) { training.workload->export_models(folder, extras()); });
+      release_free_host_memory();
+    }
   }
 }
 
@@ -206,9 +215,9 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   if (evaluation == 0) {
     evaluation = state.evaluation;
   } else if (state.evaluation != 0 && state.evaluation != evaluation) {
-    evaluation_since = step + 1;
+    evaluation_changed = true;  // start() sets evaluation_since
     changes += detail::concat(changes.empty() ? "" : ", ", "the held-out evaluation (other examples or settings: the "
-                              "evaluations up to step ", step, " do not compare with those after)");
+                              "evaluations on record do not compare with this run's)");
   }
   if (changes.empty()) return;
   resumed_with +=

@@ -86,6 +86,7 @@ struct Trainer::Impl {
   // so that evaluations of another one are not compared with it (eval.best).
   uint64_t evaluation = 0;
   int64_t evaluation_since = 0;
+  bool evaluation_changed = false;  // by this resume
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
   MetricsLog metrics;       // rank 0's
   std::optional<BestExport> best;  // rank 0's, with eval.best (and so with eval.patience)

@@ -91,11 +91,13 @@ void Trainer::Impl::evaluate() {
   training.sync->gather_to_root("evaluation at step " + std::to_string(step));
   if (!place.root()) return;
   const EvalResult result = training.workload->evaluate(training.evaluator.get());
-  release_free_host_memory();
   metrics.write_eval(step, result.metrics);
-  if (!best) return;
-  best->consider(step, result.metrics,
-                 [&](const std::string& folder) { training.workload->export_models(folder, extras()); });
+  if (best)
+    best->consider(step, result.metrics, [&](const std::string& folder) {
+      lock->check_held("eval.best's export at step " + std::to_string(step));
+      training.workload->export_models(folder, extras());
+    });
+  release_free_host_memory();  // the evaluation's batches and the export's host copies
 }
 
 // eval.patience: whether rank 0's evaluations since the best have reached it, agreed by every rank.

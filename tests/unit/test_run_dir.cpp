@@ -400,12 +400,11 @@ TEST_F(RunDirCli, AResumeWithAnotherEvaluationSaysSoAndCountsTheBestAgain) {
   const CliResult other = train(run, "--resume --train.steps 4 --checkpoint.every 4" + other_args + best);
   ASSERT_EQ(other.code, 0) << other.output;
   const std::string note =
-      "the held-out evaluation (other examples or settings: the evaluations up to step 3 do not compare with those after)";
+      "the held-out evaluation (other examples or settings: the evaluations on record do not compare with this run's)";
   EXPECT_NE(other.output.find("--resume: settings other than the checkpoint's run's: train.steps 3 -> 4, " + note),
             std::string::npos)
       << other.output;
-  EXPECT_NE(other.output.find(", of another held-out evaluation than the run's since step 4: the next evaluation that "
-                              "beats none replaces it"),
+  EXPECT_NE(other.output.find(", of another held-out evaluation than the run's: the next evaluation replaces it"),
             std::string::npos)
       << other.output;
   EXPECT_NE(test_support::read_text((run / "config.ini").string()).find(note), std::string::npos);
@@ -415,8 +414,28 @@ TEST_F(RunDirCli, AResumeWithAnotherEvaluationSaysSoAndCountsTheBestAgain) {
   const CliResult later = train(run, "--resume --train.steps 5 --checkpoint.every 5" + other_args + best);
   ASSERT_EQ(later.code, 0) << later.output;
   EXPECT_EQ(later.output.find("held-out evaluation"), std::string::npos) << later.output;
+  EXPECT_EQ(later.output.find("not the best on record"), std::string::npos) << later.output;
   EXPECT_NE(later.output.find("eval.best: cs.loss "), std::string::npos) << later.output;
   EXPECT_NE(later.output.find(" at step 4 so far; 0 evaluations since"), std::string::npos) << later.output;
+
+  // Resumed where no evaluation is on record (the newest checkpoint removed): the run evaluates at
+  // its first step with the new evaluation, which counts, then and at every later resume.
+  const fs::path at = root() / "other-evaluation-at-the-resume";
+  const std::string rarely = " --eval.best cs.loss --eval.every 3";  // none at step 2
+  ASSERT_EQ(train(at, "--train.steps 3 --checkpoint.every 2 --checkpoint.keep 0" + eval_args() + rarely).code, 0);
+  fs::remove_all(at / "checkpoints" / "step-0000000003");
+  const CliResult first = train(at, "--resume --train.steps 3 --checkpoint.every 3" + other_args + best);
+  ASSERT_EQ(first.code, 0) << first.output;
+  EXPECT_NE(first.output.find("eval at step 2:"), std::string::npos) << first.output;
+  // best/ holds the best of step 3, beyond the checkpoint, which best.json says the other
+  // evaluation measured.
+  EXPECT_NE(first.output.find("holds cs.loss "), std::string::npos) << first.output;
+  EXPECT_NE(first.output.find(" at step 3, of another held-out evaluation than the run's"), std::string::npos)
+      << first.output;
+  const CliResult second = train(at, "--resume --train.steps 4 --checkpoint.every 4" + other_args + best);
+  ASSERT_EQ(second.code, 0) << second.output;
+  EXPECT_EQ(second.output.find("another held-out evaluation"), std::string::npos) << second.output;
+  EXPECT_EQ(second.output.find("not the best on record"), std::string::npos) << second.output;
 }
 
 // The base's MLM head is read at every start and never trained (the forgetting monitor's here):
