@@ -1,7 +1,6 @@
 // Declares every option of qarac-train once (key, field, default, help), which gives the parser,
 // --help and the INI writer the same list.
 #include "train/config.h"
-#include "train/run_dir.h"
 
 #include <boost/program_options.hpp>
 
@@ -27,6 +26,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "train/run_dir.h"
 
 namespace qarac {
 namespace {

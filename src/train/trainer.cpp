@@ -209,8 +209,8 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   for (std::string line; std::getline(saved_lines, line);)
     if (line.rfind(kResumedNote, 0) == 0) resumed_with += line + "\n";
   // Other held-out examples or settings: the evaluations on record measured something else, and
-  // those after this step are compared among themselves. A run without an evaluation passes the
-  // checkpoint's on.
+  // only this run's compare from here on (start() finds its first step). A run without an
+  // evaluation passes the checkpoint's on.
   evaluation_since = state.evaluation_since;
   if (evaluation == 0) {
     evaluation = state.evaluation;
