@@ -149,9 +149,14 @@ bool rewrites_progress(const std::string& progress) {
 
 }  // namespace
 
-int64_t last_recorded_step(const std::string& path) {
-  int64_t last = -1;
-  for_each_record(path, [&](const std::string&, const nlohmann::json&, int64_t step) { last = std::max(last, step); });
+RecordedSteps recorded_steps(const std::string& path) {
+  RecordedSteps last;
+  for_each_record(path, [&](const std::string&, const nlohmann::json& record, int64_t step) {
+    last.step = std::max(last.step, step);
+    const auto checkpoint = record.find("last_checkpoint");
+    if (checkpoint != record.end() && checkpoint->is_number_integer())
+      last.checkpoint = std::max(last.checkpoint, checkpoint->get<int64_t>());
+  });
   return last;
 }
 
@@ -231,6 +236,8 @@ void MetricsLog::write_step(int64_t step, int world_size, const parallel::TaskPl
   if (s.memory.device > 0) line["gpu_tensors_peak_bytes"] = s.memory.device;
   stepped_ = true;
   memory_ = larger(memory_, s.memory);
+  // A record that a checkpoint had completed, which a --resume that finds none left reads.
+  if (s.last_checkpoint >= 0) line["last_checkpoint"] = s.last_checkpoint;
   if (s.skipped) line["skipped"] = true;
   if (s.skipped_steps > 0) line["skipped_steps"] = s.skipped_steps;
   line["elapsed_s"] = seconds_since(started_);

@@ -42,6 +42,8 @@ struct StepStats {
   // The most the tensors held during the step (core/memory.h's MemoryPeaks): before
   // gather_step_stats this rank's, after it the largest of any rank's.
   MemoryPeaks memory;
+  // The step of the run's newest completed checkpoint before this step; -1: none yet.
+  int64_t last_checkpoint = -1;
 };
 
 // `slot_losses` are this process's parts of its tasks' global-batch means (each micro-batch's
@@ -53,9 +55,12 @@ void gather_step_stats(StepStats& s, const std::vector<data::TaskSlot>& slots,
                        const std::vector<double>& slot_losses, const std::vector<double>& slot_seconds,
                        const parallel::MpiGroup* world, int rank, int world_size, int64_t step);
 
-// The largest step of a whole line of the metrics.jsonl at `path` (a step's or an evaluation's);
-// -1 when it holds none or does not exist.
-int64_t last_recorded_step(const std::string& path);
+// Of the whole lines of the metrics.jsonl at `path`: the largest step (a step's or an
+// evaluation's) and the largest last_checkpoint of a step's; -1 for none, or no file.
+struct RecordedSteps {
+  int64_t step = -1, checkpoint = -1;
+};
+RecordedSteps recorded_steps(const std::string& path);
 
 // Rank 0's metrics.jsonl and progress line.
 class MetricsLog {

@@ -147,9 +147,9 @@ void RunLock::check_held(const std::string& what) const {
 
 void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every) {
   const fs::path dir(output);
-  const int64_t recorded = last_recorded_step((dir / "metrics.jsonl").string());
-  // The interval of the run that wrote those records, which its config.ini (not yet rewritten)
-  // gives: this run's may differ.
+  const RecordedSteps recorded = recorded_steps((dir / "metrics.jsonl").string());
+  // Records of versions without last_checkpoint: the interval of the run that wrote them, which
+  // its config.ini (not yet rewritten) gives, tells whether a checkpoint was due before a step.
   std::ifstream ini(dir / "config.ini");
   const std::string text((std::istreambuf_iterator<char>(ini)), std::istreambuf_iterator<char>());
   for (const IniEntry& e : ini_entries(text)) {
@@ -162,13 +162,16 @@ void refuse_restart_over_records(const std::string& output, int64_t checkpoint_e
   }
   std::error_code ec;
   const bool exported = fs::exists(dir / "export", ec);
-  // A step recorded after the first checkpoint's means that checkpoint had completed.
-  const bool past_checkpoint = checkpoint_every > 0 && recorded > checkpoint_every;
-  if (!past_checkpoint && !exported) return;
+  std::string past;
+  if (recorded.checkpoint >= 0)
+    past = detail::concat("metrics.jsonl records steps after its checkpoint at step ", recorded.checkpoint);
+  else if (checkpoint_every > 0 && recorded.step > checkpoint_every)
+    past = detail::concat("metrics.jsonl records step ", recorded.step, ", checkpoint.every is ", checkpoint_every);
+  else if (exported)
+    past = "export/ holds its models";
+  if (past.empty()) return;
   throw InputError(detail::concat(
-      "--resume: no checkpoint is left in ", checkpoint_dir(output), ", but the run went past one (",
-      past_checkpoint ? detail::concat("metrics.jsonl records step ", recorded, ", checkpoint.every is ", checkpoint_every)
-                      : std::string("export/ holds its models"),
+      "--resume: no checkpoint is left in ", checkpoint_dir(output), ", but the run went past one (", past,
       "): starting again from step 0 would rewrite its metrics.jsonl and export/; restore the checkpoints, or "
       "start a new run in another directory"));
 }

@@ -58,10 +58,11 @@ class RunLock {
 };
 
 // Rank 0, when --resume finds no completed checkpoint: a run killed before its first one starts
-// again from step 0, but one whose records show that it went past a checkpoint (metrics.jsonl
-// records a step after the first due every checkpoint.every, as the directory's config.ini gives
-// it, else `checkpoint_every`; or export/ holds its models: checkpoints removed to free the disk)
-// is refused, InputError saying what, before a start from step 0 rewrites its metrics and export.
+// again from step 0, but one whose records show that it went past a checkpoint (a step line of
+// metrics.jsonl names its last_checkpoint; in records without them, a step after the first due
+// every checkpoint.every, as the directory's config.ini gives it, else `checkpoint_every`; or
+// export/ holds its models: checkpoints removed to free the disk) is refused, InputError saying
+// what, before a start from step 0 rewrites its metrics and export.
 void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every);
 
 // The checkpoint --resume starts from: the newest valid one, which rank 0 finds and tells the

@@ -414,7 +414,8 @@ Trainer::RunEnd Trainer::Impl::run() {
   bool spent = t.patience_spent();  // after a resume, perhaps by the evaluations on record
   t.metrics.start(t.step);
   while (!spent && t.step < c.steps) {
-    const StepStats s = t.train_step();
+    StepStats s = t.train_step();
+    s.last_checkpoint = t.last.checkpoint;
     if (t.place.root()) {
       t.metrics.write_step(t.step, t.place.world_size, t.plan, s);
       t.metrics.print_progress(t.step, c.steps, c.log_every, t.place.world_size, s);

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -257,27 +258,41 @@ TEST_F(RunDirCli, ResumedMetricsHoldEveryStepOnce) {
 // again from step 0, which would rewrite the run's metrics.jsonl and export/ (before: one warning,
 // then both rewritten). A run killed before its first checkpoint still starts again (above).
 TEST_F(RunDirCli, ResumeDoesNotStartOverARunThatWentPastACheckpoint) {
-  const fs::path run = root() / "checkpoints-removed";
+  const fs::path run = root() / "checkpoints-removed", exported = root() / "checkpoints-removed-export";
   ASSERT_EQ(train(run, "--train.steps 4 --checkpoint.every 2").code, 0);
+  // Resumed with an interval longer than the run: step lines record the checkpoint at step 4.
+  ASSERT_EQ(train(run, "--resume --train.steps 6 --checkpoint.every 100").code, 0);
   fs::remove_all(run / "checkpoints");
+  fs::rename(run / "export", exported);
   const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
-  const std::string exported = test_support::read_text((run / "export" / "decoder" / "model.safetensors").string());
-  // The interval is the run's that wrote the records (config.ini's), not the resume's.
-  const CliResult r = train(run, "--resume --train.steps 6 --checkpoint.every 100");
+  const CliResult r = train(run, "--resume --train.steps 8 --checkpoint.every 100");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--resume: no checkpoint is left in " + (run / "checkpoints").string() +
-                          ", but the run went past one (metrics.jsonl records step 4, checkpoint.every is 2)"),
+                          ", but the run went past one (metrics.jsonl records steps after its checkpoint at step 4)"),
             std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("starts again from step 0"), std::string::npos) << r.output;
+  EXPECT_EQ(test_support::read_text((run / "metrics.jsonl").string()), metrics);
   // Without metrics.jsonl, the export says the run finished.
   fs::remove(run / "metrics.jsonl");
-  const CliResult finished = train(run, "--resume --train.steps 6 --checkpoint.every 2");
+  fs::rename(exported, run / "export");
+  const CliResult finished = train(run, "--resume --train.steps 8");
   EXPECT_EQ(finished.code, 2) << finished.output;
   EXPECT_NE(finished.output.find("but the run went past one (export/ holds its models)"), std::string::npos)
       << finished.output;
-  EXPECT_EQ(test_support::read_text((run / "export" / "decoder" / "model.safetensors").string()), exported);
-  EXPECT_FALSE(metrics.empty());
+  // Records of a version without last_checkpoint: config.ini's interval (that of the run which
+  // wrote them, not the resume's) says a checkpoint was due before the last step.
+  const fs::path older = root() / "checkpoints-removed-older";
+  ASSERT_EQ(train(older, "--train.steps 4 --checkpoint.every 2").code, 0);
+  fs::remove_all(older / "checkpoints");
+  fs::remove_all(older / "export");
+  const std::string lines = test_support::read_text((older / "metrics.jsonl").string());
+  std::ofstream(older / "metrics.jsonl") << std::regex_replace(lines, std::regex(",\"last_checkpoint\":[0-9]+"), "");
+  const CliResult before = train(older, "--resume --train.steps 6 --checkpoint.every 100");
+  EXPECT_EQ(before.code, 2) << before.output;
+  EXPECT_NE(before.output.find("but the run went past one (metrics.jsonl records step 4, checkpoint.every is 2)"),
+            std::string::npos)
+      << before.output;
 }
 
 // Every checkpoint damaged (one flipped byte in one part of each): --resume stops with one line,
