@@ -146,6 +146,7 @@ void write_state(ChecksummedH5Writer& w, const CheckpointPart& part, const std::
   if (!state.model_config.empty()) w.write_text("state/model_config", state.model_config);
   if (state.evaluation != 0) w.write_u64("state/evaluation", state.evaluation);
   if (state.evaluation_since != 0) w.write_i64("state/evaluation_since", state.evaluation_since);
+  if (state.world_size > 0) w.write_i64("state/world_size", state.world_size);
   w.write_text("optimizer/kind", optimizer_name(optimizer.config().kind));
   w.write_i64("optimizer/steps", optimizer.steps());
   for (const Parameter* p : part.params) {
@@ -215,6 +216,7 @@ Parsed parse(const ChecksummedH5Reader& reader, const H5Contents& contents) {
   if (contents.count("state/model_config") != 0) out.state.model_config = text("state/model_config");
   if (contents.count("state/evaluation") != 0) out.state.evaluation = static_cast<uint64_t>(scalar("state/evaluation"));
   if (contents.count("state/evaluation_since") != 0) out.state.evaluation_since = scalar("state/evaluation_since");
+  if (contents.count("state/world_size") != 0) out.state.world_size = scalar("state/world_size");
   out.optimizer_steps = scalar("optimizer/steps");
   out.state.cursor.step = scalar("loader/step");
   if (out.state.step < 0 || out.optimizer_steps < 0 || out.state.cursor.step < 0)

@@ -32,6 +32,8 @@
 //                         (Evaluator::fingerprint; absent where there is none, or from before it)
 //   /state/evaluation_since  i64 scalar: the first step whose evaluation is of that fingerprint
 //                         (absent: 0)
+//   /state/world_size     i64 scalar: the ranks of the run that wrote it, for a resume to say
+//                         (absent in checkpoints from before it)
 //   /parameters/<name>    f32 (f64) [shape]: master weights of this part, by parameter name
 //   /optimizer/kind       string: "adamw" or "nadam" (the moments mean different things)
 //   /optimizer/steps      i64 scalar: updates applied (NAdam's running product is a function of it)
@@ -76,6 +78,7 @@ struct TrainingState {
   std::string model_config;       // io::model_fields_json of Workload::model_config; empty: not recorded
   uint64_t evaluation = 0;        // Evaluator::fingerprint of the run's evaluation; 0: none, or not recorded
   int64_t evaluation_since = 0;   // the first step whose evaluation is of that fingerprint
+  int64_t world_size = 0;         // of the run that wrote it; 0: not recorded
 };
 
 // Some of the optimizer's parameters, saved as one file of a checkpoint.

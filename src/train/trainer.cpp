@@ -197,7 +197,13 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
   }
   training.loaders->restore(state.cursor, checkpoint);
   last.checkpoint = step;
-  if (place.root()) log::info("resuming from ", checkpoint, " at step ", step);
+  // Elastic: allowed, and said (the banner below gives the new plan).
+  const bool other_world = state.world_size > 0 && state.world_size != place.world_size;
+  if (place.root())
+    log::info("resuming from ", checkpoint, " at step ", step,
+              other_world ? detail::concat(", written by a run of ", state.world_size, " rank",
+                                           state.world_size == 1 ? "" : "s", " (this one: ", place.world_size, ")")
+                          : std::string());
   // Allowed, but said: the run goes on other than one uninterrupted run would.
   std::string changes = joined(resume_changes(config, saved_config));
   const uint64_t base_hash = training.workload->frozen_base_hash();

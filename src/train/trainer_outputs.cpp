@@ -37,6 +37,7 @@ void Trainer::Impl::save() {
   state.model_config = io::model_fields_json(training.workload->model_config());
   state.evaluation = evaluation;
   state.evaluation_since = evaluation_since;
+  state.world_size = place.world_size;
   const std::string what = "checkpoint at step " + std::to_string(step);
   if (place.root()) {
     lock->check_held(what);
