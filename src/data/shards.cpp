@@ -391,6 +391,47 @@ std::vector<int8_t> TaskStreamFile::read_labels(int64_t begin, int64_t end) cons
   return labels;
 }
 
+void TaskStreamFile::add_candidate_digests(std::vector<stream::DatasetDigest>& digests) const {
+  if (!has_candidates()) return;
+  digests.push_back(
+      digest_blocks<int32_t>(path_, candidate_tokens_, kCandidateTokens, H5T_NATIVE_INT32, info_.candidate_tokens));
+  digests.push_back(
+      digest_blocks<int64_t>(path_, candidate_offsets_, kCandidateOffsets, H5T_NATIVE_INT64, info_.candidates + 1));
+  digests.push_back(
+      digest_blocks<int64_t>(path_, candidate_examples_, kCandidateExamples, H5T_NATIVE_INT64, info_.examples + 1));
+}
+
+void TaskStreamFile::check_checksum(uint64_t computed) const {
+  if (info_.checksum != 0 && computed != info_.checksum)
+    throw InputError(detail::concat(path_, ": checksum mismatch (stored ", std::hex, std::showbase, info_.checksum,
+                                    ", computed ", computed, "): the file is damaged (rerun qarac-prep)"));
+}
+
+uint64_t TaskStreamFile::verify() const {
+  std::vector<stream::DatasetDigest> digests;
+  for (size_t f = 0; f < tokens_.size(); ++f) {
+    const std::string tokens = field_path(info_.task, static_cast<int>(f), "tokens");
+    const int64_t length = info_.field_tokens[f];
+    Hash64 h;
+    for (int64_t begin = 0; begin < length; begin += kHashBlock) {
+      const std::vector<int32_t> block =
+          read_range<int32_t>(path_, tokens_[f], tokens, H5T_NATIVE_INT32, begin, std::min(kHashBlock, length - begin));
+      for (const int32_t id : block)
+        if (id < 0) bad_file(path_, detail::concat("'", tokens, "' holds the negative token id ", id));
+      h.bytes(block.data(), block.size() * sizeof(int32_t));
+    }
+    digests.push_back({tokens, static_cast<uint64_t>(length), h.value()});
+    digests.push_back(digest_blocks<int64_t>(path_, offsets_[f], field_path(info_.task, static_cast<int>(f), "offsets"),
+                                             H5T_NATIVE_INT64, info_.examples + 1));
+  }
+  if (labels_.valid())
+    digests.push_back(digest_blocks<int8_t>(path_, labels_, "labels", H5T_NATIVE_INT8, info_.examples));
+  add_candidate_digests(digests);
+  const uint64_t checksum = stream::content_checksum(digests);
+  check_checksum(checksum);
+  return checksum;
+}
+
 StreamContents TaskStreamFile::read_all() const {
   StreamContents c;
   std::vector<stream::DatasetDigest> digests;
@@ -411,19 +452,9 @@ StreamContents TaskStreamFile::read_all() const {
     c.labels = read_labels(0, info_.examples);
     digests.push_back(digest_of("labels", c.labels));
   }
-  if (has_candidates()) {
-    digests.push_back(digest_blocks<int32_t>(path_, candidate_tokens_, kCandidateTokens, H5T_NATIVE_INT32,
-                                             info_.candidate_tokens));
-    digests.push_back(digest_blocks<int64_t>(path_, candidate_offsets_, kCandidateOffsets, H5T_NATIVE_INT64,
-                                             info_.candidates + 1));
-    digests.push_back(digest_blocks<int64_t>(path_, candidate_examples_, kCandidateExamples, H5T_NATIVE_INT64,
-                                             info_.examples + 1));
-  }
+  add_candidate_digests(digests);
   c.checksum = stream::content_checksum(digests);
-  if (info_.checksum != 0 && c.checksum != info_.checksum)
-    throw InputError(detail::concat(path_, ": checksum mismatch (stored ", std::hex, std::showbase,
-                                    info_.checksum, ", computed ", c.checksum,
-                                    "): the file is damaged (rerun qarac-prep)"));
+  check_checksum(c.checksum);
   // Ids index embedding tables: a negative one is never valid, the largest is checked against a
   // vocabulary by whoever knows it (the loader).
   for (size_t f = 0; f < c.fields.size(); ++f)

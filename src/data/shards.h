@@ -21,8 +21,10 @@
 #include "data/task.h"
 
 namespace qarac::data {
+
 namespace stream {
 struct Column;  // stream_layout.h
+struct DatasetDigest;
 }
 
 // Written in the root attribute `format`; `version` changes with any incompatible layout change.
@@ -193,8 +195,17 @@ class TaskStreamFile {
   // an InputError naming the file. Files without a checksum (older qarac-preps) are not checked
   // but get one computed all the same.
   StreamContents read_all() const;
+  // The same checks (checksum, negative ids) a block at a time, keeping nothing: for a reader
+  // of part of the stream (the held-out evaluation's first examples), whose memory and start
+  // must not grow with the whole file. Returns the content checksum.
+  uint64_t verify() const;
 
  private:
+  // Appends the digests of the candidate datasets, read a block at a time (none without).
+  void add_candidate_digests(std::vector<stream::DatasetDigest>& digests) const;
+  // InputError when the file stores a checksum other than `computed`.
+  void check_checksum(uint64_t computed) const;
+
   std::string path_;
   H5Id file_;
   StreamInfo info_;

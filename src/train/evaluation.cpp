@@ -211,9 +211,9 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
                       path.string(), ": made with tokenizer ", file.info().tokenizer_hash, ", but the training data (",
                       options.tokenizer_source, ") with ", options.tokenizer_hash,
                       " (rerun qarac-prep with one tokenizer)");
-    // The whole stream read once for its checksum: the examples below are read in part, which
-    // checks none (a damaged held-out file was evaluated as it read).
-    file.read_all();
+    // The whole stream checked against its checksum, a block at a time: the examples below are
+    // read in part, which checks none (a damaged held-out file was evaluated as it read).
+    file.verify();
     const int64_t n = std::min(options.max_examples, file.examples());
     TaskBatch batch;
     batch.task = task;

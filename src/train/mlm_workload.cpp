@@ -60,9 +60,9 @@ class MlmWorkload : public Workload {
       QARAC_INPUT_CHECK(text.info().tokenizer_hash == tokenizer.hash(), text.path(), ": made with tokenizer ",
                         text.info().tokenizer_hash, ", but model.tokenizer, ", c.tokenizer, ", is ", tokenizer.hash(),
                         " (rerun qarac-prep with --tokenizer ", c.tokenizer, ")");
-      // The whole stream read once for its checksum, as the QARAC evaluator does: the part read
-      // below checks none, and a stream written before seals has only the checksum to vouch for it.
-      text.read_all();
+      // The whole stream checked against its checksum, a block at a time, as the QARAC evaluator
+      // does: the part read below checks none, and a stream written before seals has only the checksum.
+      text.verify();
       const data::Ragged field = text.read_field(0, 0, std::min(c.eval_examples, text.examples()));
       for (int64_t i = 0; i < field.count(); ++i) {
         QARAC_INPUT_CHECK(field.length(i) <= config_.max_tokens(), text.path(), ": example ", i, "'s text has ",

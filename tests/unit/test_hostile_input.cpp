@@ -256,9 +256,13 @@ TEST_F(Hostile, AStreamWhoseContentChangedIsRefused) {
   EXPECT_NE(TaskStreamFile(file).info().checksum, 0u);
   EXPECT_EQ(clean.checksum, TaskStreamFile(file).info().checksum);
 
+  // verify(), a block at a time, checks what read_all() checks.
+  EXPECT_EQ(TaskStreamFile(file).verify(), clean.checksum);
+
   const int32_t other = clean.fields[0].tokens[70] + 1;
   edit_h5(file, [&](hid_t f) { write_element(f, "fields/text/tokens", H5T_NATIVE_INT32, 70, &other); });
   expect_input_error([&] { Loader(kEncodeDecode, options_for(dir_)); }, {file, "checksum mismatch", "damaged"});
+  expect_input_error([&] { TaskStreamFile(file).verify(); }, {file, "checksum mismatch", "damaged"});
 
   // A stream of a qarac-prep before checksums (no attribute) loads, with its checksum computed.
   write_stream(file, 100, 1);
