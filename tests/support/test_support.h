@@ -104,4 +104,32 @@ inline void flip_byte(const std::string& path, uint64_t offset) {
   f.put(static_cast<char>(c ^ 0x10));
 }
 
+// What a qarac-prep before seals wrote: the same objects and root attributes, in a file without
+// a user block, which starts with the HDF5 signature.
+inline void copy_without_seal(const std::string& from, const std::string& to) {
+  const hid_t src = H5Fopen(from.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(src, 0);
+  hid_t dst = H5Fcreate(to.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(dst, 0);
+  for (const char* object : {"fields", "sources", "skipped"})
+    EXPECT_GE(H5Ocopy(src, object, dst, object, H5P_DEFAULT, H5P_DEFAULT), 0) << object;
+  const auto copy_attribute = [](hid_t loc, const char* name, const H5A_info_t*, void* into) -> herr_t {
+    const hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    const hid_t type = H5Aget_type(a), space = H5Aget_space(a);
+    std::vector<char> value(H5Aget_storage_size(a));
+    herr_t status = H5Aread(a, type, value.data());
+    const hid_t b = H5Acreate2(*static_cast<hid_t*>(into), name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (status >= 0) status = H5Awrite(b, type, value.data());
+    H5Aclose(b);
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Aclose(a);
+    return status;
+  };
+  hsize_t index = 0;
+  EXPECT_GE(H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, &index, copy_attribute, &dst), 0);
+  H5Fclose(dst);
+  H5Fclose(src);
+}
+
 }  // namespace qarac::test_support

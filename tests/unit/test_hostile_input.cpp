@@ -37,6 +37,7 @@
 namespace fs = std::filesystem;
 using namespace qarac;
 using namespace qarac::data;
+using qarac::test_support::copy_without_seal;
 using qarac::test_support::expect_input_error;
 using qarac::test_support::run_command;
 using json = nlohmann::json;
@@ -269,34 +270,6 @@ TEST_F(Hostile, AStreamWhoseContentChangedIsRefused) {
   edit_h5(file, [](hid_t f) { EXPECT_GE(H5Adelete(f, "checksum"), 0); });
   EXPECT_EQ(TaskStreamFile(file).info().checksum, 0u);
   EXPECT_EQ(TaskStreamFile(file).read_all().checksum, clean.checksum);
-}
-
-// What a qarac-prep before seals wrote: the same objects and root attributes, in a file without
-// a user block, which starts with the HDF5 signature.
-void copy_without_seal(const std::string& from, const std::string& to) {
-  const hid_t src = H5Fopen(from.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  ASSERT_GE(src, 0);
-  hid_t dst = H5Fcreate(to.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  ASSERT_GE(dst, 0);
-  for (const char* object : {"fields", "sources", "skipped"})
-    EXPECT_GE(H5Ocopy(src, object, dst, object, H5P_DEFAULT, H5P_DEFAULT), 0) << object;
-  const auto copy_attribute = [](hid_t loc, const char* name, const H5A_info_t*, void* into) -> herr_t {
-    const hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    const hid_t type = H5Aget_type(a), space = H5Aget_space(a);
-    std::vector<char> value(H5Aget_storage_size(a));
-    herr_t status = H5Aread(a, type, value.data());
-    const hid_t b = H5Acreate2(*static_cast<hid_t*>(into), name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-    if (status >= 0) status = H5Awrite(b, type, value.data());
-    H5Aclose(b);
-    H5Sclose(space);
-    H5Tclose(type);
-    H5Aclose(a);
-    return status;
-  };
-  hsize_t index = 0;
-  EXPECT_GE(H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, &index, copy_attribute, &dst), 0);
-  H5Fclose(dst);
-  H5Fclose(src);
 }
 
 // Before: a stream's bytes reached HDF5 unchecked, and damage to HDF5's metadata can crash the
