@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace qarac::cpu {
 
@@ -18,5 +19,12 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
 template <class T>
 void gemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n, int64_t k,
                   T alpha, const T* a, const T* b, T beta, T* c);
+
+// What to do when OpenBLAS runs kernels older than this CPU: its DYNAMIC_ARCH builds take a CPU
+// model they do not know (0.3.21 a cloud VM's "Intel Xeon Processor" with AVX-512) for a
+// Prescott and run SSE3 kernels, 4-5x slower GEMMs than its own. A line naming the
+// OPENBLAS_CORETYPE to set, which OpenBLAS reads when it loads; "" when its kernels use AVX2 or
+// OPENBLAS_CORETYPE is set already.
+std::string blas_core_advice();
 
 }  // namespace qarac::cpu

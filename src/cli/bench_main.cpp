@@ -10,7 +10,7 @@
 // On CUDA the bf16 GEMM peak is measured in the same run (8192³ through cuBLASLt) as the
 // denominator of "fraction of peak". The timed steps are bracketed by cudaProfilerStart/Stop, so
 // `nsys profile --capture-range=cudaProfilerApi` records them alone (tests/device/breakdown.sh).
-#include <cblas.h>  // openblas_get_num_threads
+#include <cblas.h>  // openblas_get_num_threads, openblas_get_corename
 
 #include <chrono>
 #include <cstdio>
@@ -465,7 +465,9 @@ int run(int argc, char** argv) {
               c.workload.c_str(), c.device.c_str(), c.dtype.c_str(), static_cast<long long>(c.hidden),
               static_cast<long long>(c.layers), static_cast<long long>(c.heads), static_cast<long long>(c.ffn),
               static_cast<long long>(c.batch), workload->lengths().c_str(), c.ragged ? " ragged" : "",
-              device.is_cpu() ? (" (" + std::to_string(openblas_get_num_threads()) + " OpenBLAS threads)").c_str() : "");
+              device.is_cpu() ? (" (" + std::to_string(openblas_get_num_threads()) + " OpenBLAS threads, " +
+                                                 openblas_get_corename() + " kernels)").c_str()
+                                : "");
   std::printf("  %.2f ms/step, %.0f tokens/s real, %.0f tokens/s padded-equivalent, %.1f samples/s, %.2f TFLOP/s",
               1e3 * seconds / c.iters, static_cast<double>(total.real_tokens) / seconds,
               static_cast<double>(total.padded_tokens) / seconds, static_cast<double>(total.samples) / seconds,

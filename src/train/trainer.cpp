@@ -18,6 +18,7 @@
 #include "core/atomic_file.h"
 #include "core/log.h"
 #include "io/hf_config.h"
+#include "kernels/cpu/gemm.h"
 #include "io/hf_export.h"
 #include "train/stop_signals.h"
 #include "train/trainer_impl.h"
@@ -414,6 +415,9 @@ Trainer::RunEnd Trainer::Impl::run() {
   Impl& t = *this;
   const TrainConfig& c = t.config;
   t.start();
+  // Said once the run has started: a run refused at its start needs no advice on its speed.
+  if (t.training.device.is_cpu() && t.place.root())
+    if (const std::string advice = cpu::blas_core_advice(); !advice.empty()) log::warn(advice);
   // The evaluation due at the first step, unless a run that stopped there already recorded it:
   // at step 0 it measures the models before fine-tuning, the baseline of the forgetting monitor.
   if (t.last.eval != t.step && (t.step == 0 || (c.eval_every > 0 && t.step % c.eval_every == 0))) t.evaluate();

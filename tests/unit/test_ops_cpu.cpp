@@ -5,8 +5,11 @@
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
+#include <cblas.h>  // openblas_get_corename
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <initializer_list>
@@ -19,6 +22,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/ops.h"
 
 using namespace qarac;
@@ -364,6 +368,25 @@ TEST(Gemm, BetaZeroOverwritesAndEmptyInnerDimensionScales) {
   std::vector<double> twice = values(c0);
   for (double& x : twice) x *= 2;
   expect_near_all(values(c), twice, 0, "k=0");
+}
+
+// The advice on OpenBLAS's kernels names the core to set, or nothing: nothing when the user set
+// one already (whatever OpenBLAS then chose).
+TEST(Gemm, OpenBlasCoreAdviceNamesACoreOrNothing) {
+  const char* env = std::getenv("OPENBLAS_CORETYPE");
+  const std::string set = env ? env : "";  // setenv may free what getenv gave
+  const std::string advice = cpu::blas_core_advice();
+  if (!advice.empty()) {
+    EXPECT_EQ(env, nullptr);
+    EXPECT_NE(advice.find(std::string("its ") + openblas_get_corename() + " kernels"), std::string::npos) << advice;
+    EXPECT_NE(advice.find("set OPENBLAS_CORETYPE="), std::string::npos) << advice;
+  }
+  ASSERT_EQ(setenv("OPENBLAS_CORETYPE", "Haswell", 1), 0);
+  EXPECT_EQ(cpu::blas_core_advice(), "");
+  if (env)
+    setenv("OPENBLAS_CORETYPE", set.c_str(), 1);
+  else
+    unsetenv("OPENBLAS_CORETYPE");
 }
 
 // c = alpha op(a) op(b) + beta c0 with dc = R:
