@@ -112,7 +112,7 @@ Ranked from_wikiqa(const std::string& tsv, const Encoder& question, const Encode
 }
 
 int rank(const std::string& source, const std::string& question_dir, const std::string& answer_dir,
-         int64_t max_examples, Device device) {
+         int64_t max_examples, int64_t batch, Device device) {
   Encoder question = io::load_encoder_export(question_dir, DType::f32, device);
   Encoder answer = io::load_encoder_export(answer_dir, DType::f32, device);
   QARAC_INPUT_CHECK(question.tokenizer.hash() == answer.tokenizer.hash(), question_dir, " and ", answer_dir,
@@ -124,12 +124,12 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   QARAC_INPUT_CHECK(n > 0, source, ": holds no examples to rank");
   QARAC_INPUT_CHECK(r.candidates.sentences.count() > 0, source, ": none of the first ", n,
                     " examples has candidate sentences");
-  // One batch of all n, as the evaluator encodes them; the candidates n at a time likewise.
-  const cli::Vectors q = cli::encode(question, r.questions, n, device);
-  const cli::Vectors a = cli::encode(answer, r.answers, n, device);
+  // In passes of `batch` sentences, as the evaluation with eval.batch = batch encodes them.
+  const cli::Vectors q = cli::encode(question, r.questions, batch, device);
+  const cli::Vectors a = cli::encode(answer, r.answers, batch, device);
   EvalResult result;
   add_selection_metrics(*answer.model, r.candidates, q.values, a.values, n, static_cast<size_t>(q.cols),
-                        answer.config, device, result);
+                        answer.config, device, PassSize{batch, 0}, result);
   std::string text;
   char line[128];
   for (const auto& [name, value] : result.metrics) {
@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
         ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or JSON lines (.jsonl, .ndjson, .json); - : JSON lines on standard output")
-        ("batch", po::value(&batch)->default_value(64), "sentences per forward pass")
+        ("batch", po::value(&batch)->default_value(64), "sentences per forward pass (--rank: as qarac-train's eval.batch)")
         ("rank", po::value(&rank_source), "a question_answering task stream with candidates (qarac-prep's WikiQA output) or a WikiQA .tsv: print the answer-selection metrics")
         ("question-encoder", po::value(&question_dir), "--rank: the question encoder export")
         ("answer-encoder", po::value(&answer_dir), "--rank: the answer encoder export")
@@ -173,11 +173,10 @@ int main(int argc, char** argv) {
     if (!rank_source.empty()) {
       QARAC_INPUT_CHECK(!question_dir.empty() && !answer_dir.empty(),
                         "--rank needs --question-encoder and --answer-encoder (see --help)");
-      QARAC_INPUT_CHECK(model.empty() && input.empty() && output == "-" && vm["field"].defaulted() &&
-                            vm["batch"].defaulted(),
-                        "--rank prints the answer-selection metrics; --model, --input, --output, --field and --batch ",
+      QARAC_INPUT_CHECK(model.empty() && input.empty() && output == "-" && vm["field"].defaulted(),
+                        "--rank prints the answer-selection metrics; --model, --input, --output and --field ",
                         "go without it");
-      return rank(rank_source, question_dir, answer_dir, max_examples, device);
+      return rank(rank_source, question_dir, answer_dir, max_examples, batch, device);
     }
     QARAC_INPUT_CHECK(!model.empty() && !input.empty(), "give --model and --input, or --rank (see --help)");
     QARAC_INPUT_CHECK(question_dir.empty() && answer_dir.empty() && vm["max-examples"].defaulted(),

@@ -82,6 +82,7 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
   qarac::EvalOptions options;
   options.data_dir = config.eval_dir;
   options.max_examples = config.eval_examples;
+  options.pass = {config.eval_batch, config.micro_tokens};
   options.max_decoded = config.eval_decoded;
   options.qa_objective = qarac::qa_objective_of(config);
   // The training data's tokenizer: the held-out streams' and the forgetting monitor's must be it

@@ -105,37 +105,53 @@ int64_t TaskBatch::tokens() const {
   return n;
 }
 
-std::vector<TaskBatch> TaskBatch::split(int64_t max_tokens) const {
-  QARAC_CHECK(max_tokens >= 0, "micro-batch size ", max_tokens);
-  std::vector<TaskBatch> out;
+std::vector<int64_t> part_bounds(const std::vector<int64_t>& tokens, int64_t max_tokens, int64_t max_items) {
+  QARAC_CHECK(max_tokens >= 0 && max_items >= 0, "part sizes ", max_tokens, " tokens, ", max_items, " items");
+  std::vector<int64_t> bounds;  // bounds.back(): where the part being filled begins
   int64_t used = 0;
-  for (int64_t b = 0; b < count(); ++b) {
-    int64_t cost = 0;
-    for (const PackedField& f : fields) cost += f.length(b);
-    if (out.empty() || (max_tokens > 0 && out.back().count() > 0 && used + cost > max_tokens)) {
-      out.emplace_back();
-      TaskBatch& m = out.back();
-      m.task = task;
-      m.global_count = global_count;
-      m.global_tokens = global_tokens;
-      m.global = global;
-      m.fields.resize(fields.size());
-      for (PackedField& f : m.fields) f.starts.push_back(0);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int64_t items = bounds.empty() ? 0 : static_cast<int64_t>(i) - bounds.back();
+    const bool full = items > 0 && ((max_tokens > 0 && used + tokens[i] > max_tokens) ||
+                                    (max_items > 0 && items == max_items));
+    if (bounds.empty() || full) {
+      bounds.push_back(static_cast<int64_t>(i));
       used = 0;
     }
-    TaskBatch& m = out.back();
-    used += cost;
-    m.examples.push_back(examples[static_cast<size_t>(b)]);
-    if (!ids.empty()) m.ids.push_back(ids[static_cast<size_t>(b)]);
-    if (!labels.empty()) m.labels.push_back(labels[static_cast<size_t>(b)]);
-    for (size_t f = 0; f < fields.size(); ++f) {
-      const PackedField& src = fields[f];
-      PackedField& dst = m.fields[f];
-      dst.tokens.insert(dst.tokens.end(), src.tokens.begin() + src.starts[static_cast<size_t>(b)],
-                        src.tokens.begin() + src.starts[static_cast<size_t>(b) + 1]);
-      dst.starts.push_back(static_cast<int32_t>(dst.tokens.size()));
-    }
+    used += tokens[i];
   }
+  if (!tokens.empty()) bounds.push_back(static_cast<int64_t>(tokens.size()));
+  return bounds;
+}
+
+TaskBatch TaskBatch::slice(int64_t begin, int64_t end) const {
+  QARAC_CHECK(0 <= begin && begin <= end && end <= count(), "examples [", begin, ", ", end, ") of a batch of ",
+              count());
+  TaskBatch m;
+  m.task = task;
+  m.global_count = global_count;
+  m.global_tokens = global_tokens;
+  m.global = global;
+  const auto part = [&](const auto& v) { return std::decay_t<decltype(v)>(v.begin() + begin, v.begin() + end); };
+  m.examples = part(examples);
+  if (!ids.empty()) m.ids = part(ids);
+  if (!labels.empty()) m.labels = part(labels);
+  for (const PackedField& src : fields) {
+    PackedField& dst = m.fields.emplace_back();
+    dst.tokens.assign(src.tokens.begin() + src.starts[static_cast<size_t>(begin)],
+                      src.tokens.begin() + src.starts[static_cast<size_t>(end)]);
+    for (int64_t b = begin; b <= end; ++b)
+      dst.starts.push_back(src.starts[static_cast<size_t>(b)] - src.starts[static_cast<size_t>(begin)]);
+  }
+  return m;
+}
+
+std::vector<TaskBatch> TaskBatch::split(int64_t max_tokens, int64_t max_examples) const {
+  std::vector<int64_t> tokens(static_cast<size_t>(count()), 0);
+  for (const PackedField& f : fields)
+    for (int64_t b = 0; b < count(); ++b) tokens[static_cast<size_t>(b)] += f.length(b);
+  const std::vector<int64_t> bounds = part_bounds(tokens, max_tokens, max_examples);
+  std::vector<TaskBatch> out;
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) out.push_back(slice(bounds[i], bounds[i + 1]));
   return out;
 }
 

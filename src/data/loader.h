@@ -105,11 +105,17 @@ struct TaskBatch {
 
   int64_t count() const { return static_cast<int64_t>(examples.size()); }
   int64_t tokens() const;  // over all fields
-  // Consecutive micro-batches of at most `max_tokens` tokens each, in order, every one holding at
-  // least one example (an example longer than that runs alone); max_tokens 0: the batch whole.
-  // No micro-batch for an empty batch.
-  std::vector<TaskBatch> split(int64_t max_tokens) const;
+  // Examples [begin, end), with this batch's task and global batch.
+  TaskBatch slice(int64_t begin, int64_t end) const;
+  // Consecutive micro-batches of at most `max_tokens` tokens and `max_examples` examples each
+  // (part_bounds; 0: no limit), in order. No micro-batch for an empty batch.
+  std::vector<TaskBatch> split(int64_t max_tokens, int64_t max_examples = 0) const;
 };
+
+// The bounds [0, b1, ..., n] of consecutive parts of the n items whose sizes are `tokens`: a part
+// holds at most max_tokens tokens and max_items items (0: no limit), and at least one item (an
+// item longer than max_tokens makes a part alone). Empty when n is 0.
+std::vector<int64_t> part_bounds(const std::vector<int64_t>& tokens, int64_t max_tokens, int64_t max_items = 0);
 
 // One step's data: this rank's part of every task's global batch, in plan order.
 struct StepBatch {

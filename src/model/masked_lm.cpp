@@ -65,6 +65,20 @@ MaskedTokens mask_tokens(const std::vector<std::vector<int32_t>>& sequences, con
   return out;
 }
 
+MaskedTokens MaskedTokens::slice(int64_t begin, int64_t end) const {
+  QARAC_CHECK(0 <= begin && begin <= end && end <= static_cast<int64_t>(inputs.size()), "sequences [", begin, ", ",
+              end, ") of a masked batch of ", inputs.size());
+  size_t first = 0, last = 0;  // the part's targets, packed as the sequences
+  for (int64_t b = 0; b < end; ++b) (b < begin ? first : last) += inputs[static_cast<size_t>(b)].size();
+  last += first;
+  MaskedTokens out;
+  out.inputs.assign(inputs.begin() + begin, inputs.begin() + end);
+  out.ids.assign(ids.begin() + begin, ids.begin() + end);
+  out.targets.assign(targets.begin() + static_cast<std::ptrdiff_t>(first), targets.begin() + static_cast<std::ptrdiff_t>(last));
+  out.masked = std::count_if(out.targets.begin(), out.targets.end(), [](int32_t t) { return t != MaskedLM::kIgnore; });
+  return out;
+}
+
 MaskedTokens mask_tokens(const std::vector<std::vector<int32_t>>& sequences, int64_t vocab_size,
                          const MlmMasking& masking, uint64_t step) {
   std::vector<uint64_t> ids(sequences.size());
@@ -98,6 +112,21 @@ double MaskedLM::loss(const MaskedTokens& batch, const ForwardOptions& options, 
   if (batch.masked == 0) return 0.0;
   const double mean = 1.0 / static_cast<double>(batch.masked);
   return run(batch, options, backward, mean, weight * mean).to(Device::cpu()).to(DType::f64).to_vector<double>()[0];
+}
+
+double MaskedLM::loss_in_parts(const MaskedTokens& batch, const std::vector<int64_t>& bounds,
+                               const ForwardOptions& options) {
+  QARAC_CHECK(bounds.size() >= 2 && bounds.front() == 0 && bounds.back() == static_cast<int64_t>(batch.inputs.size()),
+              "MLM loss: parts that do not cover the ", batch.inputs.size(), " sequences");
+  if (batch.masked == 0) return 0.0;
+  const double mean = 1.0 / static_cast<double>(batch.masked);
+  double loss = 0;
+  for (size_t i = 0; i + 1 < bounds.size(); ++i)
+    loss += run(batch.slice(bounds[i], bounds[i + 1]), options, false, mean, 0.0)
+                .to(Device::cpu())
+                .to(DType::f64)
+                .to_vector<double>()[0];
+  return loss;
 }
 
 const Tensor& MaskedLM::run(const MaskedTokens& batch, const ForwardOptions& options, bool backward, double loss_scale,

@@ -33,6 +33,9 @@ struct MaskedTokens {
   std::vector<uint64_t> ids;                 // per sequence, its id (keys its dropout masks too)
   std::vector<int32_t> targets;              // packed [T]: the original id where chosen, else -100
   int64_t masked = 0;                        // number of chosen positions
+
+  // Sequences [begin, end), with their masks and targets.
+  MaskedTokens slice(int64_t begin, int64_t end) const;
 };
 // What the masking does to `token` at `position` (< 2^40) of sequence `id` at `step`.
 struct MaskDraw {
@@ -71,6 +74,9 @@ class MaskedLM {
   // With `backward`, gradients are accumulated into parameters(), scaled by `weight`.
   // Synchronises (reads the loss back).
   double loss(const MaskedTokens& batch, const ForwardOptions& options, bool backward, double weight = 1.0);
+  // loss() without gradients, run a part at a time (bounds [0, b1, ..., sequences], as
+  // data::part_bounds gives them), so that its memory is that of the largest part.
+  double loss_in_parts(const MaskedTokens& batch, const std::vector<int64_t>& bounds, const ForwardOptions& options);
   // The batch's summed cross-entropy over its chosen positions times `loss_scale`, as a device
   // scalar [1] (accumulation dtype), without synchronising; with `backward`, gradients are
   // accumulated as those of the summed cross-entropy times `grad_scale`. A batch with no chosen

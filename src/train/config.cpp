@@ -159,7 +159,8 @@ std::unique_ptr<Declarations> declare(TrainConfig& c) {
   auto& eval = d->section("[eval]");
   d->add(eval, "eval.every", &c.eval_every, "evaluate every N steps, at step 0 and at the end; 0: at step 0 and at the end only");
   d->add_path(eval, "eval.dir", &c.eval_dir, "held-out task streams from qarac-prep; empty: no evaluation");
-  d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file), evaluated as one batch: many times a training batch, it sets rank 0's memory peak");
+  d->add(eval, "eval.examples", &c.eval_examples, "held-out examples per task (the first of each file)");
+  d->add(eval, "eval.batch", &c.eval_batch, "held-out examples per forward pass (and with train.micro_tokens, at most that many tokens): the evaluation's memory is that of one pass");
   d->add(eval, "eval.decoded", &c.eval_decoded, "examples decoded greedily per decoder task (token accuracy; 0: none, no token accuracy)");
   d->add_path(eval, "eval.tokenizer", &c.eval_tokenizer, "tokenizer directory: with eval.dir, turns on the forgetting monitor (MLM loss with the base's head); also gives rehearsal its <mask>, and the exports their tokenizer when model.base holds none");
   d->add(eval, "eval.best", &c.eval_best, "a held-out metric (qa.selection_mrr, cs.accuracy, forgetting.mlm_loss, mlm.loss, ...): the models of its best evaluation so far are exported to <output>/best/, with best.json (lower is better for the losses, higher for the rest); empty: none");

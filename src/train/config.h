@@ -79,6 +79,7 @@ struct TrainConfig {
   int64_t eval_every = 0;      // 0: only at the end
   std::string eval_dir;        // held-out task streams (qarac-prep's output)
   int64_t eval_examples = 256;  // per task, the first of each file
+  int64_t eval_batch = 64;      // examples per forward pass
   int64_t eval_decoded = 64;    // examples decoded greedily per decoder task
   std::string eval_tokenizer;  // its <mask> id turns on the forgetting monitor
   std::string eval_best;       // a held-out metric: the best models go to <output>/best/

@@ -59,6 +59,7 @@ std::string no_effect(const TrainConfig& c, const std::string& key) {
   // Without eval.dir nothing is evaluated; the defaults stand in config.ini and the templates,
   // which launch/scaling.sh runs with eval.dir "".
   if (c.eval_dir.empty() && ((key == "eval.examples" && c.eval_examples != defaults.eval_examples) ||
+                             (key == "eval.batch" && c.eval_batch != defaults.eval_batch) ||
                              (key == "eval.decoded" && c.eval_decoded != defaults.eval_decoded)))
     return "without eval.dir (nothing is evaluated)";
   return "";
@@ -215,6 +216,7 @@ void check_each_value(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.eval_every == 0 || !c.eval_dir.empty(), "eval.every: ", c.eval_every,
                     " needs eval.dir (the held-out task streams); without it nothing is evaluated");
   QARAC_INPUT_CHECK(c.eval_examples >= 1, "eval.examples: ", c.eval_examples, " must be >= 1");
+  QARAC_INPUT_CHECK(c.eval_batch >= 1, "eval.batch: ", c.eval_batch, " must be >= 1");
   QARAC_INPUT_CHECK(c.eval_decoded >= 0, "eval.decoded: ", c.eval_decoded, " must be >= 0");
   if (!c.eval_best.empty()) {
     QARAC_INPUT_CHECK(!c.eval_dir.empty(), "eval.best: ", printable(c.eval_best),

@@ -11,6 +11,7 @@
 #include "data/shards.h"
 #include "model/decoder.h"
 #include "model/generate.h"
+#include "train/contrastive.h"
 #include "train/objectives.h"
 
 namespace qarac {
@@ -60,9 +61,10 @@ double squared_distance(const float* x, const float* y, size_t d) {
 const char* class_name(int c) { return c > 0 ? "entailment" : c < 0 ? "contradiction" : "neutral"; }
 
 // Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
-// starts as "<s>" and grows by its argmax token for as many steps as the longest target. Returns
-// the fraction of target positions predicted right.
-double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count) {
+// starts as "<s>" and grows by its argmax token for as many steps as the longest target. Adds the
+// target positions predicted right to `right`, and the positions to `total`.
+void count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count, int64_t& right,
+                         int64_t& total) {
   const std::vector<std::vector<int32_t>> full = sequences_of(field, count);
   std::vector<std::vector<int32_t>> prefixes;
   size_t longest = 0;
@@ -72,11 +74,16 @@ double token_accuracy(Decoder& decoder, const Tensor& v, const PackedField& fiel
   }
   const std::vector<std::vector<int32_t>> decoded =
       greedy_decode(decoder, v, prefixes, static_cast<int64_t>(longest));
-  int64_t right = 0, total = 0;
   for (size_t b = 0; b < full.size(); ++b) {
     for (size_t t = 1; t < full[b].size(); ++t, ++total) right += decoded[b][t - 1] == full[b][t];
   }
-  return total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
+}
+
+// The bounds of the passes (data::part_bounds) over sequences [b] of `ragged`.
+std::vector<int64_t> pass_bounds(const data::Ragged& ragged, const PassSize& pass) {
+  std::vector<int64_t> lengths;
+  for (int64_t i = 0; i < ragged.count(); ++i) lengths.push_back(ragged.length(i));
+  return data::part_bounds(lengths, pass.tokens, pass.examples);
 }
 
 // qa.answer_norm and qa.answer_spread, the scale retrieval works at (how long the answer vectors
@@ -143,17 +150,16 @@ void add_consistency_metrics(const std::vector<float>& s0, const std::vector<flo
 
 int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
 
-// The candidates are encoded n at a time, the batch the answers were encoded in, so that memory
-// stays what the evaluation already needs however many there are.
 void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
-                           const std::vector<float>& q, const std::vector<float>& a, int64_t n,
-                           size_t d, const RobertaConfig& config, Device device, EvalResult& result) {
+                           const std::vector<float>& q, const std::vector<float>& a, int64_t n, size_t d,
+                           const RobertaConfig& config, Device device, const PassSize& pass, EvalResult& result) {
   const data::Ragged& sentences = candidates.sentences;
   std::vector<float> c;  // AE of every candidate sentence [sentences, d]
   SentenceEncoder::Activations acts;
-  for (int64_t begin = 0; begin < sentences.count(); begin += n) {
+  const std::vector<int64_t> bounds = pass_bounds(sentences, pass);
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
     std::vector<std::vector<int32_t>> seqs;
-    for (int64_t s = begin; s < std::min(sentences.count(), begin + n); ++s)
+    for (int64_t s = bounds[i]; s < bounds[i + 1]; ++s)
       seqs.emplace_back(sentences.begin(s), sentences.begin(s) + sentences.length(s));
     const std::vector<float> v = host_rows(answer_encoder.forward(  // no dropout, as the answers
         TokenBatch::from_sequences(seqs, config.pad_token_id, device), ForwardOptions{}, acts));
@@ -280,6 +286,9 @@ void QaracEvaluator::check_lengths(const RobertaConfig& config) const {
   }
 }
 
+// Every model runs a pass at a time (options_.pass): a loss that is a mean over examples is the
+// passes' means weighted by their examples; contrastive QA's, a function of every vector, is
+// computed once they are all known.
 EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   QaracModels& models = context.models;
   const RobertaConfig& config = models.config().base;
@@ -289,39 +298,57 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   EvalResult result;
   Objectives objectives(models, options_.qa_objective);
   SentenceEncoder::Activations acts_a, acts_b;
-  // The answer encoder's vectors of the first n sequences of field f.
-  const auto answer_vectors = [&](const TaskBatch& batch, size_t f, int64_t n, SentenceEncoder::Activations& acts) {
-    return host_rows(models.answer_encoder().forward(first_sequences(batch.fields[f], n, config, device), eval, acts));
+  // The vectors of field f of every pass, [examples, d] (host).
+  const auto vectors = [&](SentenceEncoder& encoder, const std::vector<TaskBatch>& passes, size_t f,
+                           SentenceEncoder::Activations& acts) {
+    std::vector<float> out;
+    for (const TaskBatch& pass : passes) {
+      const std::vector<float> v =
+          host_rows(encoder.forward(first_sequences(pass.fields[f], pass.count(), config, device), eval, acts));
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
   };
   for (const TaskBatch& batch : batches_) {
     const std::string task = data::task_short_name(batch.task);
-    result.metrics[task + ".loss"] = objectives.evaluate(batch);
     const int64_t n = batch.count();
+    const std::vector<TaskBatch> passes = batch.split(options_.pass.tokens, options_.pass.examples);
+    const bool contrastive = batch.task == Task::question_answering && options_.qa_objective.contrastive;
+    if (!contrastive) {
+      double loss = 0;
+      for (const TaskBatch& pass : passes)
+        loss += objectives.evaluate(pass) * static_cast<double>(pass.count()) / static_cast<double>(n);
+      result.metrics[task + ".loss"] = loss;
+    }
     if (batch.task == Task::question_answering) {
-      const std::vector<float> q = host_rows(models.question_encoder().forward(
-          first_sequences(batch.fields[0], n, config, device), eval, acts_a));
-      const std::vector<float> a = answer_vectors(batch, 1, n, acts_b);
+      const std::vector<float> q = vectors(models.question_encoder(), passes, 0, acts_a);
+      const std::vector<float> a = vectors(models.answer_encoder(), passes, 1, acts_b);
+      const size_t d = q.size() / static_cast<size_t>(n);
+      if (contrastive)
+        result.metrics[task + ".loss"] =
+            contrastive_loss(std::vector<double>(q.begin(), q.end()), std::vector<double>(a.begin(), a.end()), n,
+                             static_cast<int64_t>(d), options_.qa_objective.temperature);
       add_retrieval_metrics(q, a, n, result);
       if (candidates_.sentences.count() > 0)
-        add_selection_metrics(models.answer_encoder(), candidates_, q, a, n, q.size() / static_cast<size_t>(n),
-                              config, device, result);
+        add_selection_metrics(models.answer_encoder(), candidates_, q, a, n, d, config, device, options_.pass, result);
     } else if (batch.task == Task::consistency) {
-      add_consistency_metrics(answer_vectors(batch, 0, n, acts_a), answer_vectors(batch, 1, n, acts_b),
-                              batch.labels, result);
+      add_consistency_metrics(vectors(models.answer_encoder(), passes, 0, acts_a),
+                              vectors(models.answer_encoder(), passes, 1, acts_b), batch.labels, result);
     } else if (options_.max_decoded > 0) {
       // The decoder tasks: the vector of x (encode_decode) or of p0 + p1 (reasoning). None
       // decoded (eval.decoded 0): no token accuracy, rather than an accuracy of 0.
-      const int64_t k = std::min(n, options_.max_decoded);
       const bool reasoning = batch.task == Task::reasoning;
-      const Tensor& v0 = models.answer_encoder().forward(first_sequences(batch.fields[0], k, config, device), eval, acts_a);
-      Tensor v = v0.clone();
-      if (reasoning) {
-        const Tensor& v1 =
-            models.answer_encoder().forward(first_sequences(batch.fields[1], k, config, device), eval, acts_b);
-        ops::add(v, v1, v);
+      int64_t right = 0, total = 0;
+      for (const TaskBatch& pass :
+           batch.slice(0, std::min(n, options_.max_decoded)).split(options_.pass.tokens, options_.pass.examples)) {
+        const int64_t k = pass.count();
+        Tensor v = models.answer_encoder().forward(first_sequences(pass.fields[0], k, config, device), eval, acts_a).clone();
+        if (reasoning)
+          ops::add(v, models.answer_encoder().forward(first_sequences(pass.fields[1], k, config, device), eval, acts_b), v);
+        count_decoded_right(models.decoder(), v, pass.fields[reasoning ? 2 : 0], k, right, total);
       }
-      const PackedField& target = batch.fields[reasoning ? 2 : 0];
-      result.metrics[task + ".token_accuracy"] = token_accuracy(models.decoder(), v, target, k);
+      result.metrics[task + ".token_accuracy"] =
+          total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
     }
   }
   add_forgetting(context, result);
@@ -345,7 +372,10 @@ void QaracEvaluator::add_forgetting(const EvalContext& context, EvalResult& resu
   monitor.head().load(context.base_lm_head, "the base model's lm_head");
   const MaskedTokens masked = mask_tokens(sequences_of(text->fields[0], text->count()),
                                           context.models.config().base.vocab_size, *options_.masking, /*step=*/0);
-  result.metrics["forgetting.mlm_loss"] = monitor.loss(masked, ForwardOptions{}, /*backward=*/false);
+  std::vector<int64_t> lengths;
+  for (const std::vector<int32_t>& sequence : masked.inputs) lengths.push_back(static_cast<int64_t>(sequence.size()));
+  result.metrics["forgetting.mlm_loss"] = monitor.loss_in_parts(
+      masked, data::part_bounds(lengths, options_.pass.tokens, options_.pass.examples), ForwardOptions{});
 }
 
 }  // namespace qarac

@@ -73,9 +73,18 @@ void fingerprint_values(Hash64& hash, const std::vector<T>& values) {
 }
 void fingerprint_masking(Hash64& hash, const std::optional<MlmMasking>& masking);
 
+// What one forward pass of an evaluation holds: at most `examples` sequences (examples of a task)
+// and, when tokens > 0, at most that many tokens (a longer example makes a pass alone). However
+// many examples an evaluation has, its memory is that of one pass.
+struct PassSize {
+  int64_t examples = 64;  // eval.batch (qarac-embed's --batch)
+  int64_t tokens = 0;     // train.micro_tokens: no pass larger than a training micro-batch
+};
+
 struct EvalOptions {
   std::string data_dir;         // held-out task streams (<task>.h5, as qarac-prep writes them)
   int64_t max_examples = 256;   // per task, the first ones of each file
+  PassSize pass;
   int64_t max_decoded = 64;     // examples decoded greedily per decoder task
   std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
   QaObjective qa_objective;           // what qa.loss measures: the training's objective
@@ -93,10 +102,10 @@ MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double p
 // WikiQA's answer-sentence selection (qa.selection_* above) for the QE(q) `q` and AE(a) `a` of
 // the first n examples [n, d] (host, f32), at least one of which has candidates: each answer
 // ranked among its own question's sentences by distance to QE(q), the candidates encoded by
-// `answer_encoder`. Shared by the evaluator and qarac-embed --rank.
+// `answer_encoder` in passes of `pass`. Shared by the evaluator and qarac-embed --rank.
 void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
-                           const std::vector<float>& q, const std::vector<float>& a, int64_t n,
-                           size_t d, const RobertaConfig& config, Device device, EvalResult& result);
+                           const std::vector<float>& q, const std::vector<float>& a, int64_t n, size_t d,
+                           const RobertaConfig& config, Device device, const PassSize& pass, EvalResult& result);
 
 class QaracEvaluator : public Evaluator {
  public:

@@ -64,12 +64,15 @@ class MlmWorkload : public Workload {
       // does: the part read below checks none, and a stream written before seals has only the checksum.
       text.verify();
       const data::Ragged field = text.read_field(0, 0, std::min(c.eval_examples, text.examples()));
+      std::vector<int64_t> lengths;
       for (int64_t i = 0; i < field.count(); ++i) {
         QARAC_INPUT_CHECK(field.length(i) <= config_.max_tokens(), text.path(), ": example ", i, "'s text has ",
                           field.length(i), " tokens, more than the ", config_.max_tokens(),
                           " the model reads (", c.too_long_remedy(config_.max_tokens()), ")");
         held_out_.emplace_back(field.begin(i), field.begin(i) + field.length(i));
+        lengths.push_back(field.length(i));
       }
+      held_out_passes_ = data::part_bounds(lengths, c.micro_tokens, c.eval_batch);
     }
   }
 
@@ -98,7 +101,8 @@ class MlmWorkload : public Workload {
     EvalResult r;
     if (held_out_.empty()) return r;
     // The same masks at every evaluation (step 0), so the figures compare.
-    r.metrics["mlm.loss"] = mlm_->loss(mask_tokens(held_out_, config_.vocab_size, masking_, 0), ForwardOptions{}, false);
+    r.metrics["mlm.loss"] = mlm_->loss_in_parts(mask_tokens(held_out_, config_.vocab_size, masking_, 0),
+                                                held_out_passes_, ForwardOptions{});
     return r;
   }
 
@@ -115,6 +119,7 @@ class MlmWorkload : public Workload {
   std::unique_ptr<MaskedLM> mlm_;
   std::unique_ptr<MaskedLmLoss> loss_;
   std::vector<std::vector<int32_t>> held_out_;
+  std::vector<int64_t> held_out_passes_;  // evaluated a pass at a time (eval.batch, train.micro_tokens)
 };
 
 }  // namespace

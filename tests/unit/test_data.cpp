@@ -1028,6 +1028,42 @@ TEST(Loader, MicroBatchesSplitInOrder) {
   }
 }
 
+// Parts bounded by tokens, by items, or both: the first limit reached closes a part, and an item
+// larger than the token budget makes a part alone.
+TEST(Loader, PartsHoldAtMostTheTokensAndItemsGiven) {
+  const std::vector<int64_t> tokens = {3, 4, 10, 1, 1, 1, 2};
+  using Bounds = std::vector<int64_t>;
+  EXPECT_EQ(part_bounds(tokens, 0, 0), (Bounds{0, 7}));
+  EXPECT_EQ(part_bounds(tokens, 8, 0), (Bounds{0, 2, 3, 7}));
+  EXPECT_EQ(part_bounds(tokens, 0, 3), (Bounds{0, 3, 6, 7}));
+  EXPECT_EQ(part_bounds(tokens, 8, 2), (Bounds{0, 2, 3, 5, 7}));
+  EXPECT_EQ(part_bounds(tokens, 1, 0), (Bounds{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_TRUE(part_bounds({}, 5, 2).empty());
+
+  // A batch split by examples: slices of it in order, with its global batch.
+  TaskBatch batch;
+  batch.task = Task::consistency;
+  batch.global_count = 5;
+  batch.fields.resize(2);
+  for (int64_t b = 0; b < 5; ++b) {
+    batch.examples.push_back(10 + b);
+    batch.labels.push_back(static_cast<float>(b % 3) - 1);
+    for (PackedField& f : batch.fields) {
+      if (f.starts.empty()) f.starts.push_back(0);
+      for (int64_t t = 0; t <= b; ++t) f.tokens.push_back(static_cast<int32_t>(100 * b + t));
+      f.starts.push_back(static_cast<int32_t>(f.tokens.size()));
+    }
+  }
+  const std::vector<TaskBatch> parts = batch.split(0, 2);
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_EQ(parts[1].examples, (std::vector<int64_t>{12, 13}));
+  EXPECT_EQ(parts[1].labels, (std::vector<float>{1, -1}));
+  EXPECT_EQ(parts[1].fields[1].starts, (std::vector<int32_t>{0, 3, 7}));
+  EXPECT_EQ(parts[1].fields[1].tokens, (std::vector<int32_t>{200, 201, 202, 300, 301, 302, 303}));
+  EXPECT_EQ(parts[2].global_count, 5);
+  EXPECT_EQ(batch.split(9, 2).size(), 4u);  // 2+4 | 6 | 8 | 10: the tokens close the later parts
+}
+
 TEST(Loader, RestoringACursorResumesTheExactBatchSequence) {
   TempDir dir("loader_cursor");
   write_stream(dir / "encode_decode.h5", Task::encode_decode, synthetic(Task::encode_decode, 211, 30, 7));

@@ -14,6 +14,7 @@
 #include <set>
 #include <utility>
 
+#include "core/memory.h"
 #include "data/shards.h"
 #include "model/init.h"
 #include "model/masked_lm.h"
@@ -394,6 +395,61 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
   const EvalResult undecoded = QaracEvaluator(options).evaluate({models, lm_head});
   for (const char* key : {"ed.token_accuracy", "rs.token_accuracy"}) EXPECT_EQ(undecoded.metrics.count(key), 0u) << key;
   EXPECT_EQ(undecoded.metrics.at("ed.loss"), r.metrics.at("ed.loss"));
+}
+
+// The evaluation runs a pass at a time (eval.batch, train.micro_tokens): every metric is the
+// one batch's, the losses to the rounding of their sums in another order, and its tensors' peak
+// is a pass's instead of the whole evaluation's.
+TEST_F(EvaluatorTest, PassesGiveTheFiguresOfOneBatchInTheMemoryOfOne) {
+  std::mt19937 gen(5);
+  const Sequences texts = random_sequences(40, gen, true);
+  const auto text = [&](int i) { return texts[static_cast<size_t>(i) % texts.size()]; };
+  write(data::Task::question_answering, 30, [&](int i) { return Sequences{text(i), text(i + 7)}; }, 0,
+        [&](int i) { return i % 3 ? Sequences{text(i + 1), text(i + 2), text(i + 3)} : Sequences{}; });
+  write(data::Task::consistency, 25, [&](int i) { return Sequences{text(i), text(2 * i)}; }, -1);
+  write(data::Task::encode_decode, 30, [&](int i) { return Sequences{text(i)}; });
+  write(data::Task::reasoning, 20, [&](int i) { return Sequences{text(i), text(i + 1), text(i + 5)}; });
+  config_.base = tiny_config();
+  RobertaEncoder base(config_.base, DType::f32, Device::cpu());
+  init_normal(base.parameters(), 0.2, 9);
+  TensorMap weights;
+  for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
+  QaracModels models(config_, weights, DType::f32, Device::cpu());
+  MaskedLM donor(base);
+  init_normal(donor.head().parameters(), 0.2, 4);
+  TensorMap lm_head;
+  for (const Parameter* p : donor.head().parameters()) lm_head[p->name.substr(std::string("lm_head.").size())] = p->value;
+
+  for (const bool contrastive : {false, true}) {
+    SCOPED_TRACE(contrastive ? "contrastive QA" : "MSE QA");
+    EvalOptions options;
+    options.data_dir = dir_.string();
+    options.masking = MlmMasking{};
+    options.max_decoded = 12;
+    options.qa_objective = {contrastive, 0.5};
+    const auto evaluate = [&](PassSize pass, uint64_t* peak) {
+      options.pass = pass;
+      QaracEvaluator evaluator(options);
+      reset_memory_peaks();
+      EvalResult r = evaluator.evaluate({models, lm_head});
+      *peak = memory_peaks(Device::cpu()).host;
+      return r;
+    };
+    uint64_t whole_peak = 0, peak = 0;
+    const EvalResult whole = evaluate({1000, 0}, &whole_peak);
+    for (const char* key : {"qa.selection_mrr", "forgetting.mlm_loss", "rs.token_accuracy", "cs.loss"})
+      ASSERT_TRUE(whole.metrics.count(key)) << key;
+    for (const PassSize pass : {PassSize{3, 0}, PassSize{64, 25}, PassSize{1, 0}}) {
+      SCOPED_TRACE(std::to_string(pass.examples) + " examples, " + std::to_string(pass.tokens) + " tokens a pass");
+      const EvalResult r = evaluate(pass, &peak);
+      ASSERT_EQ(r.metrics.size(), whole.metrics.size());
+      for (const auto& [name, value] : whole.metrics)
+        EXPECT_NEAR(r.metrics.at(name), value, 1e-6 * std::fabs(value)) << name;
+      if (pass.examples == 3) {
+        EXPECT_LT(peak, whole_peak / 2);
+      }
+    }
+  }
 }
 
 // Four questions with identical encoders (QE = AE): 0 and 3 are answered by their own text, so

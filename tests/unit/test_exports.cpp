@@ -625,7 +625,7 @@ TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
   expect_refused(run_command(embed + " " + stray), "unexpected argument '" + stray + "'");
   EXPECT_FALSE(fs::exists(stray));
   expect_refused(run_command(embed + " --rank x --question-encoder " + ae + " --answer-encoder " + ae),
-                 "--model, --input, --output, --field and --batch go without it");
+                 "--model, --input, --output and --field go without it");
   // --field reads a field of JSON lines: with plain text it would be ignored.
   expect_refused(run_command(embed + " --field sentence"), "--field names a field of JSON lines; " + texts.string() +
                                                                " is read as one text per line");
