@@ -82,8 +82,14 @@ int main(int argc, char** argv) {
                                     vectors.values.begin() + (begin + n) * vectors.cols);
       const Tensor v = Tensor::from_vector(part, {n, vectors.cols}, device);
       const std::vector<std::vector<int32_t>> prefixes(static_cast<size_t>(n), {decoder.tokenizer.bos_id()});
-      for (const std::vector<int32_t>& tokens :
-           greedy_decode(*decoder.model, v, prefixes, max_tokens, decoder.tokenizer.eos_id())) {
+      std::vector<std::vector<int32_t>> decoded;
+      try {
+        decoded = greedy_decode(*decoder.model, v, prefixes, max_tokens, decoder.tokenizer.eos_id());
+      } catch (const InputError& e) {  // names the vector in this batch: say which input row it is
+        throw InputError(detail::concat(decoder_dir, ": decoding rows ", begin, " to ", begin + n - 1, " of ",
+                                        vectors_path.empty() ? input : vectors_path, ": ", e.what()));
+      }
+      for (const std::vector<int32_t>& tokens : decoded) {
         const nlohmann::json line = {{"tokens", tokens}, {"text", decoder.tokenizer.decode(tokens, true)}};
         // Decoded bytes may cut a UTF-8 character: replaced, not refused, in the JSON text.
         text += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";

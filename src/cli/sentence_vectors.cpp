@@ -2,6 +2,7 @@
 #include "cli/sentence_vectors.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/progress.h"
 
@@ -19,6 +20,11 @@ Vectors encode(Encoder& encoder, const std::vector<std::vector<int32_t>>& sequen
     const TokenBatch tokens = TokenBatch::from_sequences(part, encoder.config.pad_token_id, device);
     const Tensor& v = encoder.model->forward(tokens, ForwardOptions{}, acts);
     const std::vector<float> host = v.to(Device::cpu()).to(DType::f32).to_vector<float>();
+    // A NaN written as a vector is no vector (and "-nan" is no JSON).
+    const auto bad = std::find_if(host.begin(), host.end(), [](float x) { return !std::isfinite(x); });
+    QARAC_INPUT_CHECK(bad == host.end(), encoder.dir, ": the vector of text ",
+                      begin + static_cast<size_t>(bad - host.begin()) / static_cast<size_t>(out.cols) + 1,
+                      " is not finite (NaN or infinity): the model's weights overflow in a forward pass");
     out.values.insert(out.values.end(), host.begin(), host.end());
     progress.add(static_cast<int64_t>(end - begin));
   }

@@ -3,6 +3,9 @@
 #include "model/generate.h"
 
 #include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
 
 namespace qarac {
 
@@ -36,6 +39,11 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
     std::vector<int32_t> still;
     for (int64_t b = 0; b < n; ++b) {
       const float* row = scores.data() + b * logits.size(1);
+      // The argmax of NaN scores is their first token, which would pass for a decoding.
+      QARAC_INPUT_CHECK(std::all_of(row, row + vocab, [](float x) { return std::isfinite(x); }),
+                        "greedy decoding: the decoder's scores for vector ", active[static_cast<size_t>(b)],
+                        " of the batch are not finite (NaN or infinity) at step ", step,
+                        ": its weights or the vector overflow in a forward pass");
       const auto token = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
       const size_t s = static_cast<size_t>(active[static_cast<size_t>(b)]);
       if (token == stop) continue;

@@ -60,6 +60,11 @@ double squared_distance(const float* x, const float* y, size_t d) {
 
 const char* class_name(int c) { return c > 0 ? "entailment" : c < 0 ? "contradiction" : "neutral"; }
 
+// What a ranking or class metric is when a distance or cosine it compared was not finite (models
+// whose vectors overflow): NaN, not the figure a comparison with NaN, false whatever the vectors,
+// would give (every answer ranked first).
+constexpr double kUndefined = std::numeric_limits<double>::quiet_NaN();
+
 // Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
 // starts as "<s>" and grows by its argmax token for as many steps as the longest target. Adds the
 // target positions predicted right to `right`, and the positions to `total`.
@@ -102,11 +107,13 @@ void add_retrieval_metrics(const std::vector<float>& q, const std::vector<float>
   result.metrics["qa.answer_norm"] = norm / static_cast<double>(n);
   result.metrics["qa.answer_spread"] = spread / static_cast<double>(n);
   int64_t right = 0;
+  bool finite = true;
   for (int64_t i = 0; i < n; ++i) {
     int64_t nearest = -1;
     double best = std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < n; ++j) {
       const double dist = squared_distance(&q[i * d], &a[j * d], d);
+      finite = finite && std::isfinite(dist);
       if (dist < best) {
         best = dist;
         nearest = j;
@@ -114,7 +121,7 @@ void add_retrieval_metrics(const std::vector<float>& q, const std::vector<float>
     }
     right += nearest == i;
   }
-  result.metrics["qa.retrieval_accuracy"] = static_cast<double>(right) / static_cast<double>(n);
+  result.metrics["qa.retrieval_accuracy"] = finite ? static_cast<double>(right) / static_cast<double>(n) : kUndefined;
   result.metrics["qa.retrieval_chance"] = 1.0 / static_cast<double>(n);
 }
 
@@ -130,6 +137,7 @@ void add_consistency_metrics(const std::vector<float>& s0, const std::vector<flo
   for (int gold : {1, 0, -1})
     for (int predicted : {1, 0, -1}) confusion[cell(gold, predicted)] = 0;
   int64_t right = 0;
+  bool finite = true;
   for (size_t i = 0; i < n; ++i) {
     double dot = 0, n0 = 0, n1 = 0;
     for (size_t k = 0; k < d; ++k) {
@@ -137,13 +145,15 @@ void add_consistency_metrics(const std::vector<float>& s0, const std::vector<flo
       n0 += double(s0[i * d + k]) * s0[i * d + k];
       n1 += double(s1[i * d + k]) * s1[i * d + k];
     }
-    const int predicted = consistency_class(dot / std::max(std::sqrt(n0 * n1), 1e-12));
+    const double cosine = dot / std::max(std::sqrt(n0 * n1), 1e-12);
+    finite = finite && std::isfinite(cosine);
+    const int predicted = consistency_class(cosine);
     const int gold = static_cast<int>(labels[i]);
     right += predicted == gold;
     confusion[cell(gold, predicted)] += 1;
   }
-  result.metrics["cs.accuracy"] = static_cast<double>(right) / static_cast<double>(n);
-  result.metrics.insert(confusion.begin(), confusion.end());
+  result.metrics["cs.accuracy"] = finite ? static_cast<double>(right) / static_cast<double>(n) : kUndefined;
+  for (auto& [name, count] : confusion) result.metrics[name] = finite ? count : kUndefined;
 }
 
 }  // namespace
@@ -169,19 +179,24 @@ void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidat
   // the answer, so a model that maps every sentence to one point ranks each answer last, not first.
   int64_t ranked = 0, first = 0;
   double reciprocal = 0, chance = 0;
+  bool finite = true;
   for (int64_t i = 0; i < n; ++i) {
     if (candidates.size(i) == 0) continue;  // the answer alone is first whatever the model
     const double to_answer = squared_distance(&q[i * d], &a[i * d], d);
+    finite = finite && std::isfinite(to_answer);
     int64_t rank = 1;
-    for (int64_t j = candidates.offsets[i]; j < candidates.offsets[i + 1]; ++j)
-      rank += squared_distance(&q[i * d], &c[j * d], d) <= to_answer;
+    for (int64_t j = candidates.offsets[i]; j < candidates.offsets[i + 1]; ++j) {
+      const double to_candidate = squared_distance(&q[i * d], &c[j * d], d);
+      finite = finite && std::isfinite(to_candidate);
+      rank += to_candidate <= to_answer;
+    }
     ++ranked;
     first += rank == 1;
     reciprocal += 1.0 / static_cast<double>(rank);
     chance += 1.0 / static_cast<double>(candidates.size(i) + 1);
   }
-  result.metrics["qa.selection_accuracy"] = static_cast<double>(first) / static_cast<double>(ranked);
-  result.metrics["qa.selection_mrr"] = reciprocal / static_cast<double>(ranked);
+  result.metrics["qa.selection_accuracy"] = finite ? static_cast<double>(first) / static_cast<double>(ranked) : kUndefined;
+  result.metrics["qa.selection_mrr"] = finite ? reciprocal / static_cast<double>(ranked) : kUndefined;
   result.metrics["qa.selection_chance"] = chance / static_cast<double>(ranked);
   result.metrics["qa.selection_examples"] = static_cast<double>(ranked);
 }
@@ -345,10 +360,15 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
         Tensor v = models.answer_encoder().forward(first_sequences(pass.fields[0], k, config, device), eval, acts_a).clone();
         if (reasoning)
           ops::add(v, models.answer_encoder().forward(first_sequences(pass.fields[1], k, config, device), eval, acts_b), v);
+        const std::vector<float> host = host_rows(v);
+        if (!std::all_of(host.begin(), host.end(), [](float x) { return std::isfinite(x); })) {
+          total = -1;  // the decoder would read vectors that are not finite
+          break;
+        }
         count_decoded_right(models.decoder(), v, pass.fields[reasoning ? 2 : 0], k, right, total);
       }
       result.metrics[task + ".token_accuracy"] =
-          total ? static_cast<double>(right) / static_cast<double>(total) : 0.0;
+          total > 0 ? static_cast<double>(right) / static_cast<double>(total) : total < 0 ? kUndefined : 0.0;
     }
   }
   add_forgetting(context, result);

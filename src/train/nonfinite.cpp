@@ -1,5 +1,6 @@
 #include "train/nonfinite.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <exception>
@@ -21,6 +22,15 @@ std::string nonfinite_step(const std::string& step, double grad_norm, const std:
                         tasks.empty() ? detail::concat("the gradient norm is ", grad_norm, " while every loss is finite")
                                       : "the loss of " + tasks + " is not finite",
                         ": a loss or a gradient overflowed ", overflow_advice());
+}
+
+std::string nonfinite_evaluation(int64_t step, const std::map<std::string, double>& metrics) {
+  std::vector<std::string> names;
+  for (const auto& [name, value] : metrics)
+    if (!std::isfinite(value) && name.find(".confusion.") == std::string::npos) names.push_back(name);
+  if (names.empty()) return "";
+  return detail::concat("evaluation at step ", step, ": ", joined(names), names.size() == 1 ? " is" : " are",
+                        " not finite: the models give NaN or infinity on held-out data ", overflow_advice());
 }
 
 std::string tasks_with_nonfinite_losses(const std::vector<data::TaskSlot>& slots,
@@ -67,6 +77,20 @@ void require_finite_weights(const ParameterList& params, const std::string& what
   for (const Parameter* p : params) {
     try {
       io::require_finite(p->master.to(Device::cpu()), p->name, what);
+    } catch (const InputError& e) {
+      throw InputError(std::string(e.what()) + ": an optimizer update overflowed " + overflow_advice());
+    }
+  }
+}
+
+void require_finite_moments(const Optimizer& optimizer, const ParameterList& params, const std::string& what) {
+  const ParameterList& all = optimizer.parameters();
+  for (const Parameter* p : params) {
+    const size_t i = static_cast<size_t>(std::find(all.begin(), all.end(), p) - all.begin());
+    QARAC_CHECK(i < all.size(), "parameter '", p->name, "' is not the optimizer's");
+    try {
+      io::require_finite(optimizer.first_moments()[i].to(Device::cpu()), "optimizer/m/" + p->name, what);
+      io::require_finite(optimizer.second_moments()[i].to(Device::cpu()), "optimizer/v/" + p->name, what);
     } catch (const InputError& e) {
       throw InputError(std::string(e.what()) + ": an optimizer update overflowed " + overflow_advice());
     }

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "data/loader.h"
 #include "model/parameter.h"
 #include "parallel/communicator.h"
+#include "train/optimizer.h"
 
 namespace qarac {
 
@@ -26,6 +28,12 @@ std::string nonfinite_step(const std::string& step, double grad_norm, const std:
 std::string tasks_with_nonfinite_losses(const std::vector<data::TaskSlot>& slots,
                                         const std::vector<double>& slot_losses, const parallel::MpiGroup* world,
                                         const std::string& step);
+
+// What an evaluation at `step` whose metrics are not all finite says ("" when they are): the
+// models give NaN or infinity on held-out data without dropout, which no later step mends (an
+// update overflowed, or the base's weights overflow in a forward pass), and eval.best and the
+// export would keep models that compute nothing. Names the metrics, the confusion cells apart.
+std::string nonfinite_evaluation(int64_t step, const std::map<std::string, double>& metrics);
 
 // The run ends with `what` on every rank, which all took the same decision: InputError on the
 // root, which says it once, EndedByAnotherRank (silent) on the others.
@@ -60,6 +68,12 @@ class SkippedSteps {
 // `what` (a checkpoint, an export) would carry weights that make every output garbage. The
 // weights are copied to the host to look.
 void require_finite_weights(const ParameterList& params, const std::string& what);
+
+// InputError when a moment estimate `optimizer` holds for a parameter of `params` is a NaN or an
+// infinity: an update overflowed (coupled weight decay, a huge gradient), and its parameter is
+// no longer trained (an infinite second moment gives updates of 0), nor would the checkpoint
+// `what` resume (its reader refuses the value).
+void require_finite_moments(const Optimizer& optimizer, const ParameterList& params, const std::string& what);
 
 // The same on every rank of `world` (null: one process) for the weights each holds, collective:
 // the lowest rank whose weights are not finite says so, the others end with it

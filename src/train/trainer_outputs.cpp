@@ -56,6 +56,7 @@ void Trainer::Impl::save() {
     for (const parallel::ParameterGroup& g : training.sync->groups())
       if (g.ranks.front() == place.rank) {
         require_finite_weights(g.params, what);  // a resume from them would only stop again
+        require_finite_moments(*training.optimizer, g.params, what);
         write_checkpoint_part(folder, {g.name, g.params}, names, *training.optimizer, state);
       }
   } catch (const std::exception&) {  // a full disk, or any other failure: the others must learn of it
@@ -93,6 +94,10 @@ void Trainer::Impl::evaluate() {
   if (!place.root()) return;
   const EvalResult result = training.workload->evaluate(training.evaluator.get());
   metrics.write_eval(step, result.metrics);
+  if (const std::string what = nonfinite_evaluation(step, result.metrics); !what.empty()) {
+    metrics.end_progress_line();
+    throw InputError(what);
+  }
   if (best)
     best->consider(step, result.metrics, [&](const std::string& folder) {
       lock->check_held("eval.best's export at step " + std::to_string(step));

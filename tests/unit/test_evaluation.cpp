@@ -492,6 +492,24 @@ TEST_F(SelectionTest, ACollapsedModelRanksEveryAnswerLast) {
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
 }
 
+// Vectors that are not finite give metrics that are not (NaN), which eval.best never takes and
+// the trainer stops at (before: every comparison with NaN false, each answer ranked first,
+// qa.selection_accuracy 1, and every consistency pair neutral).
+TEST_F(SelectionTest, VectorsThatAreNotFiniteRankNothing) {
+  write(data::Task::consistency, 3, [&](int i) { return Sequences{t_[i], t_[i + 1]}; }, 0);
+  write(data::Task::encode_decode, 3, [&](int i) { return Sequences{t_[i]}; });
+  const std::unique_ptr<QaracModels> models = identical_encoders();
+  for (SentenceEncoder* encoder : {&models->question_encoder(), &models->answer_encoder()})
+    for (Parameter* p : encoder->head_parameters())
+      p->assign(Tensor::from_vector(std::vector<float>(static_cast<size_t>(p->value.numel()), std::nanf("")),
+                                    p->value.shape()));
+  const EvalResult r = evaluate(*models);
+  for (const char* key : {"qa.selection_accuracy", "qa.selection_mrr", "qa.retrieval_accuracy", "cs.accuracy",
+                          "cs.confusion.neutral.neutral", "ed.token_accuracy", "qa.loss", "cs.loss"})
+    EXPECT_TRUE(std::isnan(r.metrics.at(key))) << key << " " << r.metrics.at(key);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);  // the data's, not the model's
+}
+
 // A held-out stream is checked against its checksum, though only its first examples are read
 // (before: the part read was checked for nothing but its offsets, and a damaged token of an
 // uncompressed stream was evaluated as it read). A sealed stream's damage is refused when it is

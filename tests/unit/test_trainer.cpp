@@ -1021,6 +1021,48 @@ TEST_F(TrainCli, OverflowingGradientsStopTheRunWithOneLine) {
   expect_usage_error("--optimizer.weight_decay inf", {"optimizer.weight_decay", "not a finite number"});
 }
 
+// Models that give NaN on held-out data end the run at that evaluation, with one line naming the
+// metrics, and leaves no best/ and no export: a base whose finite LayerNorm weights overflow every
+// forward pass (loading accepts it: each weight is finite) fails its step-0 evaluation (before:
+// the NaN vectors ranked each answer first, qa.selection_mrr 1, which eval.best exported).
+TEST_F(TrainCli, AnEvaluationThatIsNotFiniteEndsTheRun) {
+  const fs::path base = root() / "overflowing-base", out = root() / "nan-evaluation";
+  fs::copy(root() / "base", base, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  TensorMap weights = io::read_safetensors((base / "model.safetensors").string());
+  int scaled = 0;
+  for (auto& [name, tensor] : weights)
+    if (name.find("embeddings.LayerNorm.weight") != std::string::npos) {
+      tensor = Tensor::from_vector(std::vector<float>(static_cast<size_t>(tensor.numel()), 1e30f), tensor.shape());
+      ++scaled;
+    }
+  ASSERT_EQ(scaled, 1);
+  io::write_safetensors((base / "model.safetensors").string(), weights);
+  const CliResult r = train(out, "--model.base " + base.string() + " --train.steps 2 --eval.examples 8 --eval.dir " +
+                                     (root() / "data").string() + " --eval.best qa.selection_mrr");
+  EXPECT_EQ(r.code, 2) << r.output;
+  for (const char* part : {"qarac-train: error: evaluation at step 0: ", "qa.selection_mrr", "qa.loss",
+                           "are not finite: the models give NaN or infinity on held-out data (check "})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << " in:\n" << r.output;
+  EXPECT_EQ(r.output.find("cs.confusion"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out)) << "a run that ended before its first step leaves nothing";
+}
+
+// A moment estimate that overflowed stops the run at the checkpoint, which would hold it (before:
+// written, the parameters it froze trained no more, and the checkpoint's own --resume refused
+// it): NAdam's coupled weight decay of 1e30 makes the second moments infinite, though every loss
+// and gradient norm stays finite.
+TEST_F(TrainCli, AMomentThatOverflowedIsNeverCheckpointed) {
+  const fs::path out = root() / "moment-overflow";
+  const CliResult r = train(out, "--optimizer.name nadam --optimizer.decoupled_weight_decay false "
+                                 "--optimizer.weight_decay 1e30 --train.steps 3 --checkpoint.every 2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  for (const char* part : {"qarac-train: error: checkpoint at step 2: tensor 'optimizer/v/",
+                           "holds a non-finite value", "an optimizer update overflowed (check "})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << " in:\n" << r.output;
+  EXPECT_FALSE(fs::exists(out / "checkpoints" / "step-0000000002"));
+  EXPECT_FALSE(fs::exists(out / "export"));
+}
+
 // --parallel.show_plan W: the plan of W ranks with each rank's expected share, and no run: the
 // shares follow the FLOP model (ED runs its text through AE and D with the LM head: the costliest
 // task on these streams, so auto gives it the fifth rank of five).
