@@ -39,9 +39,20 @@ struct ExportExtras {
 void write_tokenizer_files(const std::string& dir, const ExportExtras& extras,
                            int64_t max_positions);
 
-// modeling_qarac.py (src/io/modeling_qarac.py, compiled in) and config.json's auto_map: model
-// "question_encoder" and "answer_encoder" map AutoModel to QaracEncoderModel, "decoder" to
-// QaracDecoderModel. Other models are left as they are.
+// What modeling_qarac.py declares for a QARAC model: config.json's model_type, of its own so that
+// transformers refuses the export without trust_remote_code rather than load a plain RoBERTa
+// that ignores the heads, and the config and model classes.
+struct QaracClasses {
+  std::string model_type, config_class, model_class;
+};
+// "question_encoder" and "answer_encoder": qarac_encoder, QaracEncoderConfig, QaracEncoderModel;
+// "decoder": qarac_decoder, QaracDecoderConfig, QaracDecoderModel; none for other models.
+std::optional<QaracClasses> qarac_classes(const std::string& model);
+
+// modeling_qarac.py (src/io/modeling_qarac.py, compiled in) and config.json's auto_map
+// (AutoConfig and AutoModel to qarac_classes'), and for the encoders the sentence-transformers
+// files that make SentenceTransformer(dir, trust_remote_code=True) give pooler_output (not a mean
+// of the hidden states). Other models are left as they are.
 void write_qarac_code(const std::string& dir, const std::string& model);
 
 // DIR/README.md: YAML front matter as the Hugging Face Hub reads it, then how to load the

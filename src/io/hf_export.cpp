@@ -165,12 +165,11 @@ std::string export_hf_model(const std::string& folder, const std::string& model,
     // transformers refuses safetensors files whose metadata lacks a known "format".
     write_safetensors((tmp / "model.safetensors").string(), out, {{"format", "pt"}});
     // A pre-trained base ("base") is a RobertaForMaskedLM with its tied head. The QARAC models
-    // are read by transformers as RobertaModel (their heads are extra tensors it ignores: applying
-    // an MLM head straight to the decoder's base would not be the QARAC decoder), the decoder's
-    // base causal.
+    // are of modeling_qarac.py's types (io/export_files.h), the decoder's base causal.
     HfConfigOptions options;
-    if (model != "base") {
-      options.architecture = "RobertaModel";
+    if (const std::optional<QaracClasses> classes = qarac_classes(model)) {
+      options.architecture = classes->model_class;
+      options.model_type = classes->model_type;
       options.is_decoder = model == "decoder";
       options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
     }

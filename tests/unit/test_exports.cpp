@@ -123,19 +123,33 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
     EXPECT_EQ(read_file(out / "modeling_qarac.py"), read_file(QARAC_SOURCE_DIR "/src/io/modeling_qarac.py"));
     const nlohmann::json config = read_json(out / "config.json");
     const bool decoder = std::string(model) == "decoder";
-    EXPECT_EQ(config.at("auto_map").at("AutoModel"),
-              decoder ? "modeling_qarac.QaracDecoderModel" : "modeling_qarac.QaracEncoderModel");
-    EXPECT_FALSE(config.at("auto_map").contains("AutoModelForCausalLM"));  // generate() would not work
+    const std::string kind = decoder ? "Decoder" : "Encoder";
+    // A model type of their own: transformers refuses them without trust_remote_code instead of
+    // loading a plain RoBERTa that ignores the heads.
+    EXPECT_EQ(config.at("model_type"), decoder ? "qarac_decoder" : "qarac_encoder");
+    EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"Qarac" + kind + "Model"}));
+    EXPECT_EQ(config.at("auto_map"), (nlohmann::json{{"AutoConfig", "modeling_qarac.Qarac" + kind + "Config"},
+                                                     {"AutoModel", "modeling_qarac.Qarac" + kind + "Model"}}));
     EXPECT_EQ(read_file(out / "README.md").find("pipeline_tag: text-generation"), std::string::npos);
-    EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"RobertaModel"}));  // as before
+    // sentence-transformers takes pooler_output, cut to the tokenizer's 128 tokens.
+    EXPECT_EQ(fs::exists(out / "modules.json"), !decoder);
+    if (!decoder) {
+      EXPECT_EQ(read_json(out / "modules.json").at(0).at("type"), "sentence_transformers.models.Transformer");
+      const nlohmann::json st = read_json(out / "sentence_bert_config.json");
+      EXPECT_EQ(st.at("max_seq_length"), 128);
+      EXPECT_EQ(st.at("modality_config").at("text").at("method_output_name"), "pooler_output");
+      EXPECT_EQ(st.at("module_output_name"), "sentence_embedding");
+    }
 
     const std::string card = read_file(out / "README.md");
     EXPECT_EQ(card.rfind("---\nlibrary_name: transformers\nbase_model: \"org/tiny-base\"\nlanguage: en\n"
                          "tags:\n- qarac\n- roberta\n", 0), 0u) << card;
     EXPECT_EQ(card.find("datasets:"), std::string::npos);  // the Hub reads dataset ids there, not file names
     for (const char* part : {"prepared (qarac-prep) from: `WikiQA-train.tsv`, `snli_1.0_train.jsonl`.\n",
-                             "```ini\n[train]\nsteps = 3\n```", "from `/models/tiny-base`.", "task plan", "| qa.selection_accuracy | 0.25 |",
-                             "7.5 at the first evaluation, 7.25 at the last"})
+                             "```ini\n[train]\nsteps = 3\n```", "from `/models/tiny-base`.", "task plan",
+                             "| qa.selection_accuracy | 0.25 |", "7.5 at the first evaluation, 7.25 at the last",
+                             "path = \".\"",
+                             "truncation=True"})
       EXPECT_NE(card.find(part), std::string::npos) << part;
     EXPECT_EQ(card.find("confusion"), std::string::npos);
   }
@@ -145,7 +159,11 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
                                            io::master_tensors(base.parameters()), m_.extras());
   EXPECT_TRUE(fs::is_regular_file(out / "tokenizer.json"));
   EXPECT_FALSE(fs::exists(out / "modeling_qarac.py"));
-  EXPECT_FALSE(read_json(out / "config.json").contains("auto_map"));
+  EXPECT_FALSE(fs::exists(out / "modules.json"));
+  const nlohmann::json config = read_json(out / "config.json");
+  EXPECT_FALSE(config.contains("auto_map"));
+  EXPECT_EQ(config.at("model_type"), "roberta");  // AutoModelForMaskedLM loads it
+  EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"RobertaForMaskedLM"}));
 }
 
 // What a run gives its exports: the tokenizer, the card's base (a Hub id from the Hugging Face
