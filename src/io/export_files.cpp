@@ -191,16 +191,17 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
     md << "\n## Training configuration\n\n```ini\n" << card.config_ini << "```\n";
   if (!card.plan.empty()) md << "\n## Task plan\n\n```\n" << card.plan << "```\n";
   if (!card.metrics.empty()) {
-    md << "\n## Final held-out metrics\n\n| metric | value |\n|---|---|\n";
+    md << "\n## Held-out metrics at step " << card.metrics_step << "\n\n| metric | value |\n|---|---|\n";
     for (const auto& [name, value] : card.metrics)
       if (name.find(".confusion.") == std::string::npos)
         md << "| " << name << " | " << number(value) << " |\n";
   }
-  if (card.forgetting_first && card.forgetting_last)
+  const auto forgetting = card.metrics.find("forgetting.mlm_loss");
+  if (card.forgetting_first && forgetting != card.metrics.end())
     md << "\n## Forgetting\n\nforgetting.mlm_loss (the answer encoder's base under the base's "
           "own MLM head, held-out text): "
-       << number(*card.forgetting_first) << " at the first evaluation, "
-       << number(*card.forgetting_last) << " at the last.\n";
+       << number(*card.forgetting_first) << " at the first evaluation (step " << card.forgetting_first_step << "), "
+       << number(forgetting->second) << " at step " << card.metrics_step << ".\n";
   write_text(fs::path(dir) / "README.md", md.str());
 }
 

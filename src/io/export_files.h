@@ -5,6 +5,7 @@
 // pooled vector) or decoder (generation from a vector) while RobertaModel still loads the base.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -19,8 +20,14 @@ struct ModelCard {
   std::vector<std::string> datasets;      // the raw files behind the task streams
   std::string config_ini;                 // the run's effective configuration
   std::string plan;                       // the task plan, as the start banner prints it
-  std::map<std::string, double> metrics;  // the final held-out evaluation
-  std::optional<double> forgetting_first, forgetting_last;  // forgetting.mlm_loss
+  // The held-out evaluation at metrics_step (the last before the export: for best/ the best one);
+  // NaN where it was not finite.
+  std::map<std::string, double> metrics;
+  int64_t metrics_step = 0;
+  // forgetting.mlm_loss at the first evaluation that gave it (its step); at metrics_step it is in
+  // `metrics`.
+  std::optional<double> forgetting_first;
+  int64_t forgetting_first_step = 0;
 };
 
 struct ExportExtras {

@@ -78,9 +78,10 @@ struct Models {
     card.datasets = {"WikiQA-train.tsv", "snli_1.0_train.jsonl"};
     card.config_ini = "[train]\nsteps = 3\n";
     card.plan = "task plan\n";
-    card.metrics = {{"qa.selection_accuracy", 0.25}, {"cs.confusion.neutral.neutral", 3}};
+    card.metrics = {{"qa.selection_accuracy", 0.25}, {"cs.confusion.neutral.neutral", 3}, {"forgetting.mlm_loss", 7.25}};
+    card.metrics_step = 4;
     card.forgetting_first = 7.5;
-    card.forgetting_last = 7.25;
+    card.forgetting_first_step = 0;
     e.card = card;
     return e;
   }
@@ -147,8 +148,8 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
     EXPECT_EQ(card.find("datasets:"), std::string::npos);  // the Hub reads dataset ids there, not file names
     for (const char* part : {"prepared (qarac-prep) from: `WikiQA-train.tsv`, `snli_1.0_train.jsonl`.\n",
                              "```ini\n[train]\nsteps = 3\n```", "from `/models/tiny-base`.", "task plan",
-                             "| qa.selection_accuracy | 0.25 |", "7.5 at the first evaluation, 7.25 at the last",
-                             "path = \".\"",
+                             "## Held-out metrics at step 4\n", "| qa.selection_accuracy | 0.25 |",
+                             "7.5 at the first evaluation (step 0), 7.25 at step 4.", "path = \".\"",
                              "truncation=True"})
       EXPECT_NE(card.find(part), std::string::npos) << part;
     EXPECT_EQ(card.find("confusion"), std::string::npos);
@@ -167,7 +168,8 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
 }
 
 // What a run gives its exports: the tokenizer, the card's base (a Hub id from the Hugging Face
-// cache's folder names), the last evaluation and forgetting.mlm_loss first and last.
+// cache's folder names), the last evaluation with its step and forgetting.mlm_loss first; a metric
+// that was not finite (null in metrics.jsonl) is NaN, not an earlier evaluation's value.
 TEST_F(ExportsTest, ExportExtrasFromTheRun) {
   TrainConfig c;
   c.base = tmp_.str() + "/hub/models--FacebookAI--roberta-base/snapshots/0123abc";
@@ -178,7 +180,8 @@ TEST_F(ExportsTest, ExportExtrasFromTheRun) {
       << R"({"step": 0, "eval": true, "forgetting.mlm_loss": 7.5, "qa.loss": 2})" "\n"
       << R"({"step": 1, "loss": 3.0})" "\n"
       << R"({"step": 2, "eval": true, "forgetting.mlm_loss": 7.25, "qa.loss": 1})" "\n"
-      << R"({"step": 3, "eval": tr)";  // a line cut short by a killed run
+      << R"({"step": 3, "eval": true, "forgetting.mlm_loss": null, "qa.loss": 0.5})" "\n"
+      << R"({"step": 4, "eval": tr)";  // a line cut short by a killed run
   EXPECT_TRUE(training_data_note(c).datasets.empty());
   // The data as the run read it at its start (by now data.dir may be prepared again, or gone).
   const io::ExportExtras e = export_extras(c, "the plan\n", {"fnv1a64:00000000000000ab", {"a.csv", "b.txt"}});
@@ -190,9 +193,17 @@ TEST_F(ExportsTest, ExportExtrasFromTheRun) {
   EXPECT_EQ(e.card->base_path, c.base);
   EXPECT_EQ(e.card->plan, "the plan\n");
   EXPECT_NE(e.card->config_ini.find("[model]"), std::string::npos);
-  EXPECT_EQ(e.card->metrics, (std::map<std::string, double>{{"forgetting.mlm_loss", 7.25}, {"qa.loss", 1}}));
+  EXPECT_EQ(e.card->metrics_step, 3);
+  EXPECT_EQ(e.card->metrics.size(), 2u);
+  EXPECT_TRUE(std::isnan(e.card->metrics.at("forgetting.mlm_loss")));
+  EXPECT_EQ(e.card->metrics.at("qa.loss"), 0.5);
   EXPECT_EQ(e.card->forgetting_first, 7.5);
-  EXPECT_EQ(e.card->forgetting_last, 7.25);
+  EXPECT_EQ(e.card->forgetting_first_step, 0);
+  io::write_model_card(tmp_.str(), "answer_encoder", *e.card);
+  const std::string card = read_file(tmp_.path / "README.md");
+  for (const char* part : {"## Held-out metrics at step 3\n", "| forgetting.mlm_loss | nan |",
+                           "7.5 at the first evaluation (step 0), nan at step 3."})
+    EXPECT_NE(card.find(part), std::string::npos) << part << "\n" << card;
   c.base = tmp_.str();
   EXPECT_EQ(export_extras(c, "", {}).card->base_model, "");
 }
