@@ -279,6 +279,7 @@ void write_hf_config(const std::string& path, const RobertaConfig& c, const HfCo
   j["architectures"] = nlohmann::ordered_json::array({options.architecture});
   j["model_type"] = options.model_type;
   j.update(model_fields(c));
+  j["torch_dtype"] = "float32";  // export_hf_model stores every tensor as f32, whatever the run's dtype
   j["position_embedding_type"] = "absolute";
   j["is_decoder"] = options.is_decoder;
   j["tie_word_embeddings"] = options.tie_word_embeddings;

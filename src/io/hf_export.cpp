@@ -13,6 +13,7 @@
 #include "core/atomic_file.h"
 #include "core/log.h"
 #include "io/hf_config.h"
+#include "io/hf_weights.h"
 
 namespace qarac::io {
 namespace {
@@ -141,6 +142,9 @@ std::string export_hf_model(const std::string& folder, const std::string& model,
     const bool bare_base = starts_with(name, "embeddings.") || starts_with(name, "encoder.");
     const std::string stored = bare_base ? "roberta." + name : name;
     const Tensor t = tensor.to(Device::cpu()).to(DType::f32);
+    // Checked as written (docs/design.md §6): an f64 run's weight past float32's range is an
+    // infinity only now.
+    require_finite(t, stored, "export of " + model + " (float32)");
     QARAC_CHECK(!indexed_by_vocabulary(stored) || (t.dim() >= 1 && t.size(0) == config.vocab_size),
                 "export of ", model, ": '", stored, "' is ", t.str(), ", not ", config.vocab_size,
                 " rows (the config's vocabulary)");

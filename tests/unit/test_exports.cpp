@@ -131,6 +131,7 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
     EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"Qarac" + kind + "Model"}));
     EXPECT_EQ(config.at("auto_map"), (nlohmann::json{{"AutoConfig", "modeling_qarac.Qarac" + kind + "Config"},
                                                      {"AutoModel", "modeling_qarac.Qarac" + kind + "Model"}}));
+    EXPECT_EQ(config.at("torch_dtype"), "float32");
     EXPECT_EQ(read_file(out / "README.md").find("pipeline_tag: text-generation"), std::string::npos);
     // sentence-transformers takes pooler_output, cut to the tokenizer's 128 tokens.
     EXPECT_EQ(fs::exists(out / "modules.json"), !decoder);
@@ -280,6 +281,22 @@ TEST_F(ExportsTest, ExportsWithUnusableWeightsAreRefused) {
   std::ofstream((dec / "config.json").string()) << config;
   expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
                      {weights, "holds 'lm_head.decoder.weight', but config.json ties the LM head"});
+}
+
+// What is written is checked, after the conversion to float32: an f64 run's weight past float32's
+// range, finite in f64, is refused naming the tensor, and no export is left.
+TEST_F(ExportsTest, WeightsBeyondFloat32AreRefused) {
+  TensorMap tensors = io::master_tensors(m_.models->model_parameters("answer_encoder"));
+  Tensor wide = tensors.at("pooling.global_projection.weight").to(DType::f64);
+  wide.data<double>()[5] = 1e39;
+  tensors["pooling.global_projection.weight"] = wide;
+  expect_input_error([&] { io::export_hf_model(tmp_.str() + "/export", "answer_encoder", m_.config.base, tensors); },
+                     {"export of answer_encoder (float32): tensor 'pooling.global_projection.weight' holds a "
+                      "non-finite value (NaN or infinity) at element 5"});
+  EXPECT_FALSE(fs::exists(tmp_.path / "export" / "answer_encoder"));
+  wide.data<double>()[5] = 1e38;  // within float32's range
+  io::export_hf_model(tmp_.str() + "/export", "answer_encoder", m_.config.base, tensors);
+  EXPECT_TRUE(fs::exists(tmp_.path / "export" / "answer_encoder" / "model.safetensors"));
 }
 
 // A base saved in shards (model.safetensors.index.json) reads as the single file does.
