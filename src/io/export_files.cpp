@@ -1,6 +1,6 @@
 // The files of an export beyond the weights: tokenizer files (copied, the two small JSON files
-// written when the source lacks them), modeling_qarac.py with config.json's auto_map, and the
-// model card.
+// written when the source lacks them), modeling_qarac.py with config.json's auto_map (and the
+// encoders' sentence-transformers files), and the model card.
 #include "io/export_files.h"
 
 #include <nlohmann/json.hpp>
@@ -93,19 +93,38 @@ void write_tokenizer_files(const std::string& dir, const ExportExtras& extras,
   }
 }
 
+std::optional<QaracClasses> qarac_classes(const std::string& model) {
+  if (is_encoder(model)) return QaracClasses{"qarac_encoder", "QaracEncoderConfig", "QaracEncoderModel"};
+  if (model == "decoder") return QaracClasses{"qarac_decoder", "QaracDecoderConfig", "QaracDecoderModel"};
+  return std::nullopt;
+}
+
 void write_qarac_code(const std::string& dir, const std::string& model) {
-  const bool encoder = is_encoder(model);
-  if (!encoder && model != "decoder") return;
+  const std::optional<QaracClasses> classes = qarac_classes(model);
+  if (!classes) return;
   const fs::path root(dir);
   write_text(root / "modeling_qarac.py", kModelingQaracPy);
   const fs::path config_path = root / "config.json";
   json config = json::parse(read_text(config_path));
-  const std::string cls = encoder ? "modeling_qarac.QaracEncoderModel"
-                                  : "modeling_qarac.QaracDecoderModel";
   // AutoModel only: the decoder generates from a vector (generate_from_vectors), not as a causal
-  // LM's generate() or the text-generation pipeline would drive it.
-  config["auto_map"] = {{"AutoModel", cls}};
+  // LM's generate() or the text-generation pipeline would drive it, so AutoModelForCausalLM fails.
+  config["auto_map"] = {{"AutoConfig", "modeling_qarac." + classes->config_class},
+                        {"AutoModel", "modeling_qarac." + classes->model_class}};
   write_text(config_path, config.dump(2) + "\n");
+  if (!is_encoder(model)) return;
+  // sentence-transformers 6 takes the vector from the module's output named here; without these
+  // files it mean-pools last_hidden_state. Texts are cut to the positions, as qarac-embed cuts them.
+  const json modules = json::array(
+      {{{"idx", 0}, {"name", "0"}, {"path", ""}, {"type", "sentence_transformers.models.Transformer"}}});
+  write_text(root / "modules.json", modules.dump(2) + "\n");
+  const int64_t max_tokens =
+      config.at("max_position_embeddings").get<int64_t>() - config.at("pad_token_id").get<int64_t>() - 1;
+  const json sentence_config = {
+      {"max_seq_length", max_tokens},
+      {"transformer_task", "feature-extraction"},
+      {"modality_config", {{"text", {{"method", "forward"}, {"method_output_name", "pooler_output"}}}}},
+      {"module_output_name", "sentence_embedding"}};
+  write_text(root / "sentence_bert_config.json", sentence_config.dump(2) + "\n");
 }
 
 void write_model_card(const std::string& dir, const std::string& model, const ModelCard& card) {
@@ -120,25 +139,42 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
   md << "---\n\n# QARAC " << model << "\n\nTrained with QARAC-MT (docs/design.md §2)";
   if (!card.base_path.empty()) md << " from `" << card.base_path << "`";
   md << ".";
+  // The snippets run as they are from the export's folder (tests/python/test_hf_export.py runs
+  // them); texts past the model's positions are cut, as qarac-embed cuts them.
   if (encoder) {
     md << " A sentence encoder: RoBERTa and the QARAC global attention pooling head.\n\n"
           "```python\nfrom transformers import AutoModel, AutoTokenizer\n"
-          "tok = AutoTokenizer.from_pretrained(path)\n"
+          "path = \".\"  # this folder, or its id on the Hub\n"
+          "tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
           "model = AutoModel.from_pretrained(path, trust_remote_code=True)\n"
-          "vectors = model(**tok([\"a sentence\"], padding=True, return_tensors=\"pt\"))"
-          ".pooler_output\n```\n\n"
-          "`RobertaModel.from_pretrained(path)` loads the base alone (without the head). So does "
-          "`AutoModel` without `trust_remote_code=True`, with a newly initialised pooler: its "
-          "`pooler_output` is then random, not the QARAC vector (transformers only logs a warning).\n"
+          "batch = tok([\"a sentence\"], padding=True, truncation=True, return_tensors=\"pt\")\n"
+          "vectors = model(**batch).pooler_output\n```\n\n"
+          "config.json names the model type `qarac_encoder`, so `AutoModel` without "
+          "`trust_remote_code=True` refuses it. `RobertaModel.from_pretrained(path)` loads the base "
+          "alone, without the head: its `pooler_output` and any mean of its hidden states are not the "
+          "QARAC vector. With sentence-transformers 6, `SentenceTransformer(path, "
+          "trust_remote_code=True).encode(texts)` gives the QARAC vectors (modules.json and "
+          "sentence_bert_config.json name `pooler_output`); earlier versions do not read those "
+          "files: use `pooler_output` as above.\n"
           "From the command line: `qarac-embed --model path`.\n";
   } else if (decoder) {
     md << " The decoder: a causal RoBERTa, two head layers that see the vector in slot 0, and "
-          "the LM head.\n\n"
+          "the LM head. It decodes the vectors of the answer encoder exported with it.\n\n"
           "```python\nfrom transformers import AutoModel, AutoTokenizer\n"
-          "tok = AutoTokenizer.from_pretrained(path)\n"
+          "path = \".\"  # this folder, or its id on the Hub\n"
+          "encoder_path = \"../answer_encoder\"  # the answer encoder of the same run\n"
+          "tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
           "decoder = AutoModel.from_pretrained(path, trust_remote_code=True)\n"
-          "ids = decoder.generate_from_vectors(vectors, max_new_tokens=32)\n"
-          "texts = decoder.generate_from_text([\"a sentence\"], encoder, tok)\n```\n\n"
+          "encoder = AutoModel.from_pretrained(encoder_path, trust_remote_code=True)\n"
+          "batch = tok([\"a sentence\"], padding=True, truncation=True, return_tensors=\"pt\")\n"
+          "vectors = encoder(**batch).pooler_output\n"
+          "ids = decoder.generate_from_vectors(vectors, max_new_tokens=32)  # token ids per vector\n"
+          "print([tok.decode(i, skip_special_tokens=True) for i in ids])\n"
+          "print(decoder.generate_from_text([\"a sentence\"], encoder, tok))  # the same, from text\n"
+          "```\n\n"
+          "config.json names the model type `qarac_decoder`, so `AutoModel` and "
+          "`AutoModelForCausalLM` refuse it without `trust_remote_code=True` (and "
+          "`AutoModelForCausalLM` with it: `generate()` would not see the vector).\n"
           "From the command line: `qarac-generate --decoder path`.\n";
   } else {
     md << " A pre-trained RoBERTa base with its masked-LM head (RobertaForMaskedLM): the "
@@ -155,16 +191,17 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
     md << "\n## Training configuration\n\n```ini\n" << card.config_ini << "```\n";
   if (!card.plan.empty()) md << "\n## Task plan\n\n```\n" << card.plan << "```\n";
   if (!card.metrics.empty()) {
-    md << "\n## Final held-out metrics\n\n| metric | value |\n|---|---|\n";
+    md << "\n## Held-out metrics at step " << card.metrics_step << "\n\n| metric | value |\n|---|---|\n";
     for (const auto& [name, value] : card.metrics)
       if (name.find(".confusion.") == std::string::npos)
         md << "| " << name << " | " << number(value) << " |\n";
   }
-  if (card.forgetting_first && card.forgetting_last)
+  const auto forgetting = card.metrics.find("forgetting.mlm_loss");
+  if (card.forgetting_first && forgetting != card.metrics.end())
     md << "\n## Forgetting\n\nforgetting.mlm_loss (the answer encoder's base under the base's "
           "own MLM head, held-out text): "
-       << number(*card.forgetting_first) << " at the first evaluation, "
-       << number(*card.forgetting_last) << " at the last.\n";
+       << number(*card.forgetting_first) << " at the first evaluation (step " << card.forgetting_first_step << "), "
+       << number(forgetting->second) << " at step " << card.metrics_step << ".\n";
   write_text(fs::path(dir) / "README.md", md.str());
 }
 

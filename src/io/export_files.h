@@ -5,6 +5,7 @@
 // pooled vector) or decoder (generation from a vector) while RobertaModel still loads the base.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -19,8 +20,14 @@ struct ModelCard {
   std::vector<std::string> datasets;      // the raw files behind the task streams
   std::string config_ini;                 // the run's effective configuration
   std::string plan;                       // the task plan, as the start banner prints it
-  std::map<std::string, double> metrics;  // the final held-out evaluation
-  std::optional<double> forgetting_first, forgetting_last;  // forgetting.mlm_loss
+  // The held-out evaluation at metrics_step (the last before the export: for best/ the best one);
+  // NaN where it was not finite.
+  std::map<std::string, double> metrics;
+  int64_t metrics_step = 0;
+  // forgetting.mlm_loss at the first evaluation that gave it (its step); at metrics_step it is in
+  // `metrics`.
+  std::optional<double> forgetting_first;
+  int64_t forgetting_first_step = 0;
 };
 
 struct ExportExtras {
@@ -39,9 +46,20 @@ struct ExportExtras {
 void write_tokenizer_files(const std::string& dir, const ExportExtras& extras,
                            int64_t max_positions);
 
-// modeling_qarac.py (src/io/modeling_qarac.py, compiled in) and config.json's auto_map: model
-// "question_encoder" and "answer_encoder" map AutoModel to QaracEncoderModel, "decoder" to
-// QaracDecoderModel. Other models are left as they are.
+// What modeling_qarac.py declares for a QARAC model: config.json's model_type, of its own so that
+// transformers refuses the export without trust_remote_code rather than load a plain RoBERTa
+// that ignores the heads, and the config and model classes.
+struct QaracClasses {
+  std::string model_type, config_class, model_class;
+};
+// "question_encoder" and "answer_encoder": qarac_encoder, QaracEncoderConfig, QaracEncoderModel;
+// "decoder": qarac_decoder, QaracDecoderConfig, QaracDecoderModel; none for other models.
+std::optional<QaracClasses> qarac_classes(const std::string& model);
+
+// modeling_qarac.py (src/io/modeling_qarac.py, compiled in) and config.json's auto_map
+// (AutoConfig and AutoModel to qarac_classes'), and for the encoders the sentence-transformers
+// files that make SentenceTransformer(dir, trust_remote_code=True) give pooler_output (not a mean
+// of the hidden states). Other models are left as they are.
 void write_qarac_code(const std::string& dir, const std::string& model);
 
 // DIR/README.md: YAML front matter as the Hugging Face Hub reads it, then how to load the

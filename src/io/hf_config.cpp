@@ -22,8 +22,9 @@ namespace {
 using json = nlohmann::json;
 
 // Architectures that share RoBERTa's weights and computation (XLM-R and CamemBERT reuse the
-// RoBERTa modules in transformers, with the same "roberta." weight names).
-constexpr const char* kModelTypes[] = {"roberta", "xlm-roberta", "camembert"};
+// RoBERTa modules in transformers, with the same "roberta." weight names), and QARAC-MT's own
+// exports, whose base is a RoBERTa under those names (their heads are extra tensors).
+constexpr const char* kModelTypes[] = {"roberta", "xlm-roberta", "camembert", "qarac_encoder", "qarac_decoder"};
 
 // A config.json is a few hundred bytes; a file past this is not one, and is refused before it is
 // read into memory.
@@ -160,7 +161,7 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder, bool* ti
     bool known = false;
     for (const char* t : kModelTypes) known = known || model_type == t;
     QARAC_INPUT_CHECK(known, path, ": model_type '", printable(model_type),
-                      "' is not supported (only roberta, xlm-roberta, camembert)");
+                      "' is not supported (only roberta, xlm-roberta, camembert, qarac_encoder, qarac_decoder)");
   }
 
   RobertaConfig c;
@@ -276,8 +277,9 @@ void write_hf_config(const std::string& path, const RobertaConfig& c, const HfCo
   // The model's fields, and what transformers needs to pick the classes.
   nlohmann::ordered_json j;
   j["architectures"] = nlohmann::ordered_json::array({options.architecture});
-  j["model_type"] = "roberta";
+  j["model_type"] = options.model_type;
   j.update(model_fields(c));
+  j["torch_dtype"] = "float32";  // export_hf_model stores every tensor as f32, whatever the run's dtype
   j["position_embedding_type"] = "absolute";
   j["is_decoder"] = options.is_decoder;
   j["tie_word_embeddings"] = options.tie_word_embeddings;

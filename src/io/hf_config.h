@@ -19,7 +19,8 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder = nullptr
                              bool* tie_word_embeddings = nullptr);
 // What transformers should make of an exported directory.
 struct HfConfigOptions {
-  std::string architecture = "RobertaForMaskedLM";  // or "RobertaModel" (no MLM head applies)
+  std::string architecture = "RobertaForMaskedLM";  // or a QARAC model's class (modeling_qarac.py)
+  std::string model_type = "roberta";                // or a QARAC model's own (io/export_files.h)
   bool is_decoder = false;                           // a causal base (the QARAC decoder's)
   bool tie_word_embeddings = true;                   // the MLM head's matrix is the embeddings
 };

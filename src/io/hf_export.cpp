@@ -13,6 +13,7 @@
 #include "core/atomic_file.h"
 #include "core/log.h"
 #include "io/hf_config.h"
+#include "io/hf_weights.h"
 
 namespace qarac::io {
 namespace {
@@ -141,6 +142,9 @@ std::string export_hf_model(const std::string& folder, const std::string& model,
     const bool bare_base = starts_with(name, "embeddings.") || starts_with(name, "encoder.");
     const std::string stored = bare_base ? "roberta." + name : name;
     const Tensor t = tensor.to(Device::cpu()).to(DType::f32);
+    // Checked as written (docs/design.md §6): an f64 run's weight past float32's range is an
+    // infinity only now.
+    require_finite(t, stored, "export of " + model + " (float32)");
     QARAC_CHECK(!indexed_by_vocabulary(stored) || (t.dim() >= 1 && t.size(0) == config.vocab_size),
                 "export of ", model, ": '", stored, "' is ", t.str(), ", not ", config.vocab_size,
                 " rows (the config's vocabulary)");
@@ -165,12 +169,11 @@ std::string export_hf_model(const std::string& folder, const std::string& model,
     // transformers refuses safetensors files whose metadata lacks a known "format".
     write_safetensors((tmp / "model.safetensors").string(), out, {{"format", "pt"}});
     // A pre-trained base ("base") is a RobertaForMaskedLM with its tied head. The QARAC models
-    // are read by transformers as RobertaModel (their heads are extra tensors it ignores: applying
-    // an MLM head straight to the decoder's base would not be the QARAC decoder), the decoder's
-    // base causal.
+    // are of modeling_qarac.py's types (io/export_files.h), the decoder's base causal.
     HfConfigOptions options;
-    if (model != "base") {
-      options.architecture = "RobertaModel";
+    if (const std::optional<QaracClasses> classes = qarac_classes(model)) {
+      options.architecture = classes->model_class;
+      options.model_type = classes->model_type;
       options.is_decoder = model == "decoder";
       options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
     }

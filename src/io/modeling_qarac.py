@@ -5,7 +5,10 @@
 # and QaracDecoderModel for the decoder (logits of "<s> y" given a vector in slot 0; greedy
 # generation from vectors or from text). Written by QARAC-MT; it computes what the C++ models
 # compute (src/model/pooling.*, src/model/decoder.*), which tests/python/test_hf_export.py checks.
-# The tensor names are the export's, so RobertaModel.from_pretrained(export) still loads the base.
+# The exports' config.json names model types of their own (qarac_encoder, qarac_decoder), declared
+# here, so that transformers refuses them without trust_remote_code instead of loading a plain
+# RoBERTa that ignores the heads; the tensor names are RoBERTa's, so RobertaModel.from_pretrained(
+# export) still loads the base alone when asked for by name.
 import math
 
 import torch
@@ -18,10 +21,25 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 COSINE_EPS = 1e-12
 
 
+class QaracEncoderConfig(RobertaConfig):
+    model_type = "qarac_encoder"
+
+
+class QaracDecoderConfig(RobertaConfig):
+    model_type = "qarac_decoder"
+
+
 def _padding_mask(config, input_ids, attention_mask):
     if attention_mask is None:
         return (input_ids != config.pad_token_id).long()
     return attention_mask
+
+
+def _position_ids(config, mask):
+    """pad + 1 + t for the t-th real token, as the C++ models number them: transformers would
+    count from input_ids != pad, which gives a "<pad>" written in the text the padding position."""
+    real = mask.long()
+    return real.cumsum(dim=1) * real + config.pad_token_id
 
 
 class QaracPooling(nn.Module):
@@ -47,7 +65,7 @@ class QaracPooling(nn.Module):
 class QaracEncoderModel(RobertaPreTrainedModel):
     """A QARAC sentence encoder: RoBERTa (bidirectional) and the global attention pooling head."""
 
-    config_class = RobertaConfig
+    config_class = QaracEncoderConfig
     base_model_prefix = "roberta"
 
     def __init__(self, config):
@@ -58,7 +76,8 @@ class QaracEncoderModel(RobertaPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
         mask = _padding_mask(self.config, input_ids, attention_mask)
-        hidden = self.roberta(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = self.roberta(input_ids=input_ids, attention_mask=mask,
+                              position_ids=_position_ids(self.config, mask)).last_hidden_state
         return BaseModelOutputWithPooling(last_hidden_state=hidden,
                                           pooler_output=self.pooling(hidden, mask))
 
@@ -143,7 +162,7 @@ class QaracDecoderModel(RobertaPreTrainedModel):
     """The QARAC decoder D(v, y): a causal RoBERTa over "<s> y", the vector prepended as a slot-0
     row for the first head layer, a second head layer without it, and the LM head."""
 
-    config_class = RobertaConfig
+    config_class = QaracDecoderConfig
     base_model_prefix = "roberta"
 
     def __init__(self, config):
@@ -156,6 +175,7 @@ class QaracDecoderModel(RobertaPreTrainedModel):
     def forward(self, vectors, input_ids, attention_mask=None, **kwargs):
         mask = _padding_mask(self.config, input_ids, attention_mask)
         hidden = self.roberta(input_ids=input_ids, attention_mask=mask,
+                              position_ids=_position_ids(self.config, mask),
                               use_cache=False).last_hidden_state
         slot = torch.ones_like(mask[:, :1])
         extended = torch.cat([vectors.to(hidden.dtype).unsqueeze(1), hidden], dim=1)

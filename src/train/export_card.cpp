@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -31,8 +32,10 @@ std::string hub_id(const std::string& base) {
   return "";
 }
 
-// The evaluations of metrics.jsonl, in order: the last one's metrics and forgetting.mlm_loss
-// first and last. A line that is not JSON (a run killed while appending) is passed over.
+// The evaluations of metrics.jsonl, in order: the last one's step and metrics, and
+// forgetting.mlm_loss at the first evaluation that gave it. A metric written as null (JSON's NaN or
+// infinity) is NaN, never an earlier evaluation's value; a line that is not JSON (a run killed
+// while appending) is passed over.
 void read_evaluations(const fs::path& path, io::ModelCard& card) {
   std::ifstream in(path);
   std::string line;
@@ -40,13 +43,17 @@ void read_evaluations(const fs::path& path, io::ModelCard& card) {
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object()) continue;
     if (const auto eval = j.find("eval"); eval == j.end() || !eval->is_boolean() || !eval->get<bool>()) continue;
+    const auto step = j.find("step");
+    if (step == j.end() || !step->is_number_integer()) continue;
+    card.metrics_step = step->get<int64_t>();
     card.metrics.clear();
     for (const auto& [name, value] : j.items())
-      if (value.is_number() && name != "step") card.metrics[name] = value.get<double>();
+      if (name != "step" && (value.is_number() || value.is_null()))
+        card.metrics[name] = value.is_null() ? std::nan("") : value.get<double>();
     const auto forgetting = card.metrics.find("forgetting.mlm_loss");
-    if (forgetting == card.metrics.end()) continue;
-    if (!card.forgetting_first) card.forgetting_first = forgetting->second;
-    card.forgetting_last = forgetting->second;
+    if (forgetting == card.metrics.end() || card.forgetting_first) continue;
+    card.forgetting_first = forgetting->second;
+    card.forgetting_first_step = card.metrics_step;
   }
 }
 

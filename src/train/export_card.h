@@ -27,7 +27,8 @@ TrainingDataNote training_data_note(const TrainConfig& config);
 // The tokenizer (export_tokenizer_dir) with the task streams' hash, and the card: model.base
 // (and its Hub id when it lies in the Hugging Face cache), the streams' source files, the
 // configuration, `plan` (the start banner's plan), the last evaluation of
-// <output>/metrics.jsonl and forgetting.mlm_loss at its first and last evaluation.
+// <output>/metrics.jsonl (its step: for best/, the best evaluation's) and forgetting.mlm_loss at
+// its first evaluation.
 io::ExportExtras export_extras(const TrainConfig& config, const std::string& plan, const TrainingDataNote& data);
 
 }  // namespace qarac

@@ -1,7 +1,9 @@
 """The exports as a Hugging Face user loads them (issue 14), after a short fine-tuning:
 AutoTokenizer encodes like the training tokenizer, AutoModel(trust_remote_code=True) gives
-qarac-embed's vectors and qarac-generate's tokens, and qarac-embed --rank gives the evaluator's
-selection accuracy.
+qarac-embed's vectors and qarac-generate's tokens (a "<pad>" written in a text included),
+sentence-transformers gives the same vectors, the classes that would compute something else
+refuse the QARAC exports, the model card's snippets run as written, and qarac-embed --rank gives
+the evaluator's selection accuracy.
 
 Environment: QARAC_BIN, the folder of the programs (default build/src/cli); QARAC_TEST_DEVICE,
 the --device of qarac-embed and qarac-generate (default cpu; training runs on the CPU);
@@ -11,7 +13,10 @@ Run by ctest (python_hf_export) through tests/python/run.sh, or: python3 -m pyte
 # needs: torch transformers tokenizers numpy
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,6 +98,101 @@ def test_encoder_vectors(runs, model):
     base, info = transformers.RobertaModel.from_pretrained(str(export), add_pooling_layer=False,
                                                           output_loading_info=True)
     assert not info["missing_keys"]
+
+
+def embed(runs, model, texts, name):
+    """qarac-embed's vectors of `texts` by the `model` export."""
+    inputs, out = runs["root"] / f"{name}.txt", runs["root"] / f"{name}.npy"
+    inputs.write_text("\n".join(texts) + "\n")
+    run(BIN / "qarac-embed", "--model", runs["exports"][model], "--input", inputs, "--output", out,
+        "--device", DEVICE)
+    return np.load(out)
+
+
+@pytest.mark.parametrize("model", ENCODERS)
+def test_pad_token_in_text(runs, model):
+    """A "<pad>" written in a text is the pad id, a real token to qarac-embed: the shipped modeling
+    code numbers positions from the attention mask, as qarac-embed does, where transformers'
+    RobertaModel would give that token the padding position."""
+    export = runs["exports"][model]
+    texts = ["a <pad> b c", "<pad> first", "a b c"]
+    ours = embed(runs, model, texts, f"pad-{model}")
+    tok = hf_tokenizer(export)
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert (batch["input_ids"][0] == tok.pad_token_id).sum() == 1 and batch["attention_mask"][0].all()
+    hf = transformers.AutoModel.from_pretrained(str(export), trust_remote_code=True).eval()
+    with torch.no_grad():
+        theirs = hf(**batch).pooler_output.numpy()
+    assert relative_error(ours, theirs) <= 1e-5
+
+
+def test_decoder_pad_token_in_target(runs):
+    """The decoder numbers "<s> y" from the attention mask too: y holding the pad id gives the
+    logits of y holding another id with the same embedding."""
+    decoder = transformers.AutoModel.from_pretrained(str(runs["exports"]["decoder"]),
+                                                     trust_remote_code=True).eval()
+    pad = decoder.config.pad_token_id
+    words = decoder.roberta.embeddings.word_embeddings.weight
+    stand_in = words.shape[0] - 1
+    with torch.no_grad():
+        words[stand_in] = words[pad]
+        vector = torch.randn(1, decoder.config.hidden_size, generator=torch.Generator().manual_seed(3))
+        ids = torch.tensor([[decoder.config.bos_token_id, 5, pad, 7, 9]])
+        mask = torch.ones_like(ids)
+        with_pad = decoder(vector, ids, mask).logits
+        ids[0, 2] = stand_in
+        without = decoder(vector, ids, mask).logits
+    # The stand-in's own logit differs where the LM head is tied to the embeddings.
+    assert torch.allclose(with_pad[..., :stand_in], without[..., :stand_in], atol=1e-5, rtol=0)
+
+
+def test_sentence_transformers(runs):
+    """sentence-transformers (6: modality_config) gives the QARAC vector, texts past the positions
+    cut as qarac-embed cuts them, and refuses the export without trust_remote_code."""
+    st = pytest.importorskip("sentence_transformers")
+    if int(st.__version__.split(".")[0]) < 6:
+        pytest.skip(f"sentence-transformers {st.__version__} does not read modality_config")
+    export = runs["exports"]["question_encoder"]
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        st.SentenceTransformer(str(export), device="cpu")
+    model = st.SentenceTransformer(str(export), device="cpu", trust_remote_code=True)
+    texts = runs["texts"] + ["many words " * 200]
+    ours = embed(runs, "question_encoder", texts, "sentence-transformers")
+    assert relative_error(ours, model.encode(texts)) <= 1e-5
+
+
+def test_plain_classes_refuse_qarac_exports(runs):
+    """The QARAC exports' model types are their own: AutoModel without trust_remote_code and
+    AutoModelForCausalLM fail rather than give a RoBERTa that ignores the heads; the pre-trained
+    base stays a plain RobertaForMaskedLM. Weights are float32 (config.json's torch_dtype)."""
+    for model in (*ENCODERS, "decoder"):
+        export = str(runs["exports"][model])
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            transformers.AutoModel.from_pretrained(export)
+        config = transformers.AutoConfig.from_pretrained(export, trust_remote_code=True)
+        assert config.dtype == torch.float32
+    for options in ({}, {"trust_remote_code": True}):
+        with pytest.raises(ValueError):
+            transformers.AutoModelForCausalLM.from_pretrained(str(runs["exports"]["decoder"]), **options)
+    base, info = transformers.AutoModelForMaskedLM.from_pretrained(str(runs["exports"]["base"]),
+                                                                   output_loading_info=True)
+    assert type(base).__name__ == "RobertaForMaskedLM" and not info["missing_keys"]
+
+
+@pytest.mark.parametrize("model", [*ENCODERS, "decoder"])
+def test_card_snippet_runs(runs, model):
+    """The model card's snippet runs as written from the export's folder, on a text longer than
+    the model's positions."""
+    export = runs["exports"][model]
+    snippets = re.findall(r"```python\n(.*?)```", (export / "README.md").read_text(), re.S)
+    assert len(snippets) == 1
+    code = snippets[0].replace('"a sentence"', repr("a sentence " + "with many words " * 200))
+    assert code != snippets[0]
+    hidden = json.loads((export / "config.json").read_text())["hidden_size"]
+    done = subprocess.run([sys.executable, "-c", code + "\nprint('vectors', tuple(vectors.shape))\n"],
+                          cwd=export, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"vectors (1, {hidden})" in done.stdout
 
 
 def scrambled_decoder(runs):

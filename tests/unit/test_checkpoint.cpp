@@ -705,11 +705,11 @@ std::set<std::string> folder_entries(const fs::path& dir) {
 void expect_hf_config(const fs::path& dir, const RobertaConfig& config) {
   std::ifstream in(dir / "config.json");
   const nlohmann::json j = nlohmann::json::parse(in);
-  EXPECT_EQ(j.at("model_type"), "roberta");
-  // The QARAC models load as RobertaModel (their heads are extra tensors); the decoder's base is
-  // causal.
-  EXPECT_EQ(j.at("architectures"), nlohmann::json::array({"RobertaModel"}));
-  EXPECT_EQ(j.at("is_decoder"), dir.filename() == "decoder");
+  // The QARAC models are of their own types (modeling_qarac.py); the decoder's base is causal.
+  const bool decoder = dir.filename() == "decoder";
+  EXPECT_EQ(j.at("model_type"), decoder ? "qarac_decoder" : "qarac_encoder");
+  EXPECT_EQ(j.at("architectures"), nlohmann::json::array({decoder ? "QaracDecoderModel" : "QaracEncoderModel"}));
+  EXPECT_EQ(j.at("is_decoder"), decoder);
   EXPECT_EQ(j.at("vocab_size"), config.vocab_size);
   EXPECT_EQ(j.at("hidden_size"), config.hidden_size);
   EXPECT_EQ(j.at("num_hidden_layers"), config.num_layers);
@@ -743,9 +743,11 @@ TEST_F(CheckpointTest, QaracModelsExportInTheHfLayoutAndReadBack) {
     const std::string out =
         io::export_hf_model(dir() + "/export", model, models.config().base, io::master_tensors(params));
     EXPECT_EQ(out, (dir_ / "export" / model).string());
-    // Without a tokenizer or card, the weights, the config and the QARAC modeling code.
-    EXPECT_EQ(folder_entries(out),
-              (std::set<std::string>{"config.json", "model.safetensors", "modeling_qarac.py"}));
+    // Without a tokenizer or card, the weights, the config and the QARAC modeling code (and the
+    // encoders' sentence-transformers files).
+    std::set<std::string> files = {"config.json", "model.safetensors", "modeling_qarac.py"};
+    if (std::string(model) != "decoder") files.insert({"modules.json", "sentence_bert_config.json"});
+    EXPECT_EQ(folder_entries(out), files);
     expect_hf_config(out, config);
 
     io::Metadata metadata;

@@ -78,9 +78,10 @@ struct Models {
     card.datasets = {"WikiQA-train.tsv", "snli_1.0_train.jsonl"};
     card.config_ini = "[train]\nsteps = 3\n";
     card.plan = "task plan\n";
-    card.metrics = {{"qa.selection_accuracy", 0.25}, {"cs.confusion.neutral.neutral", 3}};
+    card.metrics = {{"qa.selection_accuracy", 0.25}, {"cs.confusion.neutral.neutral", 3}, {"forgetting.mlm_loss", 7.25}};
+    card.metrics_step = 4;
     card.forgetting_first = 7.5;
-    card.forgetting_last = 7.25;
+    card.forgetting_first_step = 0;
     e.card = card;
     return e;
   }
@@ -123,19 +124,34 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
     EXPECT_EQ(read_file(out / "modeling_qarac.py"), read_file(QARAC_SOURCE_DIR "/src/io/modeling_qarac.py"));
     const nlohmann::json config = read_json(out / "config.json");
     const bool decoder = std::string(model) == "decoder";
-    EXPECT_EQ(config.at("auto_map").at("AutoModel"),
-              decoder ? "modeling_qarac.QaracDecoderModel" : "modeling_qarac.QaracEncoderModel");
-    EXPECT_FALSE(config.at("auto_map").contains("AutoModelForCausalLM"));  // generate() would not work
+    const std::string kind = decoder ? "Decoder" : "Encoder";
+    // A model type of their own: transformers refuses them without trust_remote_code instead of
+    // loading a plain RoBERTa that ignores the heads.
+    EXPECT_EQ(config.at("model_type"), decoder ? "qarac_decoder" : "qarac_encoder");
+    EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"Qarac" + kind + "Model"}));
+    EXPECT_EQ(config.at("auto_map"), (nlohmann::json{{"AutoConfig", "modeling_qarac.Qarac" + kind + "Config"},
+                                                     {"AutoModel", "modeling_qarac.Qarac" + kind + "Model"}}));
+    EXPECT_EQ(config.at("torch_dtype"), "float32");
     EXPECT_EQ(read_file(out / "README.md").find("pipeline_tag: text-generation"), std::string::npos);
-    EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"RobertaModel"}));  // as before
+    // sentence-transformers takes pooler_output, cut to the tokenizer's 128 tokens.
+    EXPECT_EQ(fs::exists(out / "modules.json"), !decoder);
+    if (!decoder) {
+      EXPECT_EQ(read_json(out / "modules.json").at(0).at("type"), "sentence_transformers.models.Transformer");
+      const nlohmann::json st = read_json(out / "sentence_bert_config.json");
+      EXPECT_EQ(st.at("max_seq_length"), 128);
+      EXPECT_EQ(st.at("modality_config").at("text").at("method_output_name"), "pooler_output");
+      EXPECT_EQ(st.at("module_output_name"), "sentence_embedding");
+    }
 
     const std::string card = read_file(out / "README.md");
     EXPECT_EQ(card.rfind("---\nlibrary_name: transformers\nbase_model: \"org/tiny-base\"\nlanguage: en\n"
                          "tags:\n- qarac\n- roberta\n", 0), 0u) << card;
     EXPECT_EQ(card.find("datasets:"), std::string::npos);  // the Hub reads dataset ids there, not file names
     for (const char* part : {"prepared (qarac-prep) from: `WikiQA-train.tsv`, `snli_1.0_train.jsonl`.\n",
-                             "```ini\n[train]\nsteps = 3\n```", "from `/models/tiny-base`.", "task plan", "| qa.selection_accuracy | 0.25 |",
-                             "7.5 at the first evaluation, 7.25 at the last"})
+                             "```ini\n[train]\nsteps = 3\n```", "from `/models/tiny-base`.", "task plan",
+                             "## Held-out metrics at step 4\n", "| qa.selection_accuracy | 0.25 |",
+                             "7.5 at the first evaluation (step 0), 7.25 at step 4.", "path = \".\"",
+                             "truncation=True"})
       EXPECT_NE(card.find(part), std::string::npos) << part;
     EXPECT_EQ(card.find("confusion"), std::string::npos);
   }
@@ -145,11 +161,16 @@ TEST_F(ExportsTest, ExportCarriesTokenizerCardAndCode) {
                                            io::master_tensors(base.parameters()), m_.extras());
   EXPECT_TRUE(fs::is_regular_file(out / "tokenizer.json"));
   EXPECT_FALSE(fs::exists(out / "modeling_qarac.py"));
-  EXPECT_FALSE(read_json(out / "config.json").contains("auto_map"));
+  EXPECT_FALSE(fs::exists(out / "modules.json"));
+  const nlohmann::json config = read_json(out / "config.json");
+  EXPECT_FALSE(config.contains("auto_map"));
+  EXPECT_EQ(config.at("model_type"), "roberta");  // AutoModelForMaskedLM loads it
+  EXPECT_EQ(config.at("architectures"), nlohmann::json::array({"RobertaForMaskedLM"}));
 }
 
 // What a run gives its exports: the tokenizer, the card's base (a Hub id from the Hugging Face
-// cache's folder names), the last evaluation and forgetting.mlm_loss first and last.
+// cache's folder names), the last evaluation with its step and forgetting.mlm_loss first; a metric
+// that was not finite (null in metrics.jsonl) is NaN, not an earlier evaluation's value.
 TEST_F(ExportsTest, ExportExtrasFromTheRun) {
   TrainConfig c;
   c.base = tmp_.str() + "/hub/models--FacebookAI--roberta-base/snapshots/0123abc";
@@ -160,7 +181,8 @@ TEST_F(ExportsTest, ExportExtrasFromTheRun) {
       << R"({"step": 0, "eval": true, "forgetting.mlm_loss": 7.5, "qa.loss": 2})" "\n"
       << R"({"step": 1, "loss": 3.0})" "\n"
       << R"({"step": 2, "eval": true, "forgetting.mlm_loss": 7.25, "qa.loss": 1})" "\n"
-      << R"({"step": 3, "eval": tr)";  // a line cut short by a killed run
+      << R"({"step": 3, "eval": true, "forgetting.mlm_loss": null, "qa.loss": 0.5})" "\n"
+      << R"({"step": 4, "eval": tr)";  // a line cut short by a killed run
   EXPECT_TRUE(training_data_note(c).datasets.empty());
   // The data as the run read it at its start (by now data.dir may be prepared again, or gone).
   const io::ExportExtras e = export_extras(c, "the plan\n", {"fnv1a64:00000000000000ab", {"a.csv", "b.txt"}});
@@ -172,9 +194,17 @@ TEST_F(ExportsTest, ExportExtrasFromTheRun) {
   EXPECT_EQ(e.card->base_path, c.base);
   EXPECT_EQ(e.card->plan, "the plan\n");
   EXPECT_NE(e.card->config_ini.find("[model]"), std::string::npos);
-  EXPECT_EQ(e.card->metrics, (std::map<std::string, double>{{"forgetting.mlm_loss", 7.25}, {"qa.loss", 1}}));
+  EXPECT_EQ(e.card->metrics_step, 3);
+  EXPECT_EQ(e.card->metrics.size(), 2u);
+  EXPECT_TRUE(std::isnan(e.card->metrics.at("forgetting.mlm_loss")));
+  EXPECT_EQ(e.card->metrics.at("qa.loss"), 0.5);
   EXPECT_EQ(e.card->forgetting_first, 7.5);
-  EXPECT_EQ(e.card->forgetting_last, 7.25);
+  EXPECT_EQ(e.card->forgetting_first_step, 0);
+  io::write_model_card(tmp_.str(), "answer_encoder", *e.card);
+  const std::string card = read_file(tmp_.path / "README.md");
+  for (const char* part : {"## Held-out metrics at step 3\n", "| forgetting.mlm_loss | nan |",
+                           "7.5 at the first evaluation (step 0), nan at step 3."})
+    EXPECT_NE(card.find(part), std::string::npos) << part << "\n" << card;
   c.base = tmp_.str();
   EXPECT_EQ(export_extras(c, "", {}).card->base_model, "");
 }
@@ -251,6 +281,22 @@ TEST_F(ExportsTest, ExportsWithUnusableWeightsAreRefused) {
   std::ofstream((dec / "config.json").string()) << config;
   expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
                      {weights, "holds 'lm_head.decoder.weight', but config.json ties the LM head"});
+}
+
+// What is written is checked, after the conversion to float32: an f64 run's weight past float32's
+// range, finite in f64, is refused naming the tensor, and no export is left.
+TEST_F(ExportsTest, WeightsBeyondFloat32AreRefused) {
+  TensorMap tensors = io::master_tensors(m_.models->model_parameters("answer_encoder"));
+  Tensor wide = tensors.at("pooling.global_projection.weight").to(DType::f64);
+  wide.data<double>()[5] = 1e39;
+  tensors["pooling.global_projection.weight"] = wide;
+  expect_input_error([&] { io::export_hf_model(tmp_.str() + "/export", "answer_encoder", m_.config.base, tensors); },
+                     {"export of answer_encoder (float32): tensor 'pooling.global_projection.weight' holds a "
+                      "non-finite value (NaN or infinity) at element 5"});
+  EXPECT_FALSE(fs::exists(tmp_.path / "export" / "answer_encoder"));
+  wide.data<double>()[5] = 1e38;  // within float32's range
+  io::export_hf_model(tmp_.str() + "/export", "answer_encoder", m_.config.base, tensors);
+  EXPECT_TRUE(fs::exists(tmp_.path / "export" / "answer_encoder" / "model.safetensors"));
 }
 
 // A base saved in shards (model.safetensors.index.json) reads as the single file does.
