@@ -283,6 +283,43 @@ TEST_F(ExportsTest, ExportsWithUnusableWeightsAreRefused) {
                      {weights, "holds 'lm_head.decoder.weight', but config.json ties the LM head"});
 }
 
+// Finite weights that overflow in a forward pass (a LayerNorm weight of 1e30) give no output:
+// qarac-embed refuses the vector, naming the text, and writes nothing (it wrote -nan, which no
+// JSON reader takes); qarac-generate refuses the scores, naming the rows (it decoded NaN as
+// tokens 0).
+TEST_F(ExportsTest, OutputsThatAreNotFiniteAreRefused) {
+  const std::string ae = m_.export_model(tmp_.str() + "/a", "answer_encoder", m_.extras());
+  const std::string dec = m_.export_model(tmp_.str() + "/d", "decoder", m_.extras());
+  const std::string texts = (tmp_.path / "texts.txt").string(), vectors = (tmp_.path / "v.npy").string();
+  std::ofstream(texts) << "the river\nflows into the sea\n";
+  CliResult r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + texts + " --output " + vectors);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto overflow = [](const std::string& dir) {
+    TensorMap tensors = io::read_safetensors(dir + "/model.safetensors");
+    int scaled = 0;
+    for (auto& [name, w] : tensors)
+      if (name.find("embeddings.LayerNorm.weight") != std::string::npos) {
+        w = Tensor::from_vector(std::vector<float>(static_cast<size_t>(w.numel()), 1e30f), w.shape());
+        ++scaled;
+      }
+    EXPECT_EQ(scaled, 1) << dir;
+    io::write_safetensors(dir + "/model.safetensors", tensors);
+  };
+  overflow(ae);
+  overflow(dec);
+  const std::string out = (tmp_.path / "out.jsonl").string();
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + texts + " --output " + out);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(ae + ": the vector of text 1 is not finite (NaN or infinity)"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+  r = run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --vectors " + vectors);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(dec + ": decoding rows 0 to 1 of " + vectors +
+                          ": greedy decoding: the decoder's scores for vector 0 of the batch are not finite"),
+            std::string::npos)
+      << r.output;
+}
+
 // What is written is checked, after the conversion to float32: an f64 run's weight past float32's
 // range, finite in f64, is refused naming the tensor, and no export is left.
 TEST_F(ExportsTest, WeightsBeyondFloat32AreRefused) {
