@@ -32,23 +32,25 @@ blasint to_blasint(int64_t v) {
 
 }  // namespace
 
+std::string blas_core_for(const std::string& core, const CpuFeatures& cpu) {
+  bool before_avx2 = false;  // OpenBLAS's cores without AVX2 kernels: its fallbacks for a CPU it does not know
+  for (const char* old : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Sandybridge", "Barcelona",
+                          "Opteron", "Opteron_SSE3", "Bulldozer"})
+    before_avx2 = before_avx2 || core == old;
+  if (!before_avx2) return "";
+  return cpu.avx512bf16 ? "Cooperlake" : cpu.avx512f ? "SkylakeX" : cpu.avx2_fma ? "Haswell" : "";
+}
+
 std::string blas_core_advice() {
 #if defined(__x86_64__)
   if (std::getenv("OPENBLAS_CORETYPE")) return "";
-  const std::string core = openblas_get_corename();
-  bool before_avx2 = false;  // OpenBLAS's cores without AVX2 kernels
-  for (const char* old : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Sandybridge"})
-    before_avx2 = before_avx2 || core == old;
-  if (!before_avx2) return "";
   __builtin_cpu_init();
-  const char* own = __builtin_cpu_supports("avx512bf16") ? "Cooperlake"
-                    : __builtin_cpu_supports("avx512f")  ? "SkylakeX"
-                    : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell"
-                                                                                       : nullptr;
-  if (!own) return "";
-  return std::string("OpenBLAS runs its ") + core + " kernels on this CPU, which has " +
-         (own == std::string("Haswell") ? "AVX2" : "AVX-512") + ": set OPENBLAS_CORETYPE=" + own +
-         " for GEMMs several times faster (it does not know this CPU model)";
+  const CpuFeatures cpu{__builtin_cpu_supports("avx512bf16") != 0, __builtin_cpu_supports("avx512f") != 0,
+                        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")};
+  const std::string core = openblas_get_corename(), own = blas_core_for(core, cpu);
+  if (own.empty()) return "";
+  return "OpenBLAS runs its " + core + " kernels on this CPU, which has " + (cpu.avx512f ? "AVX-512" : "AVX2") +
+         ": set OPENBLAS_CORETYPE=" + own + " for GEMMs several times faster (it does not know this CPU model)";
 #else
   return "";  // OpenBLAS's fallback cores are x86's
 #endif

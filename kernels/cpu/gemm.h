@@ -27,4 +27,12 @@ void gemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t 
 // OPENBLAS_CORETYPE is set already.
 std::string blas_core_advice();
 
+// The x86 features that choose an OpenBLAS core.
+struct CpuFeatures {
+  bool avx512bf16 = false, avx512f = false, avx2_fma = false;
+};
+// The OPENBLAS_CORETYPE for a CPU of `cpu`'s features on which OpenBLAS runs `core`'s kernels: ""
+// when `core` has AVX2 kernels already, or the CPU has none of those features.
+std::string blas_core_for(const std::string& core, const CpuFeatures& cpu);
+
 }  // namespace qarac::cpu

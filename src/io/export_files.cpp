@@ -75,7 +75,15 @@ void write_tokenizer_files(const std::string& dir, const ExportExtras& extras,
     if (fs::is_regular_file(from / file, ec)) write_text(to / file, read_text(from / file));
   if (!fs::exists(to / "special_tokens_map.json", ec))
     write_text(to / "special_tokens_map.json", special_tokens().dump(2) + "\n");
-  if (!fs::exists(to / "tokenizer_config.json", ec)) {
+  // transformers' AutoTokenizer takes the class from tokenizer_config.json, or else from
+  // config.json's model_type, which is QARAC's own: a copied file without the class gets it.
+  if (fs::exists(to / "tokenizer_config.json", ec)) {
+    json config = json::parse(read_text(to / "tokenizer_config.json"), nullptr, /*allow_exceptions=*/false);
+    if (config.is_object() && !config.contains("tokenizer_class")) {
+      config["tokenizer_class"] = "RobertaTokenizer";
+      write_text(to / "tokenizer_config.json", config.dump(2) + "\n");
+    }
+  } else {
     json config = special_tokens();
     config["tokenizer_class"] = "RobertaTokenizer";
     config["add_prefix_space"] = false;
@@ -112,7 +120,7 @@ void write_qarac_code(const std::string& dir, const std::string& model) {
                         {"AutoModel", "modeling_qarac." + classes->model_class}};
   write_text(config_path, config.dump(2) + "\n");
   if (!is_encoder(model)) return;
-  // sentence-transformers 6 takes the vector from the module's output named here; without these
+  // sentence-transformers (6.3 tested) takes the vector from the module's output named here; without these
   // files it mean-pools last_hidden_state. Texts are cut to the positions, as qarac-embed cuts them.
   const json modules = json::array(
       {{{"idx", 0}, {"name", "0"}, {"path", ""}, {"type", "sentence_transformers.models.Transformer"}}});
@@ -152,10 +160,10 @@ void write_model_card(const std::string& dir, const std::string& model, const Mo
           "config.json names the model type `qarac_encoder`, so `AutoModel` without "
           "`trust_remote_code=True` refuses it. `RobertaModel.from_pretrained(path)` loads the base "
           "alone, without the head: its `pooler_output` and any mean of its hidden states are not the "
-          "QARAC vector. With sentence-transformers 6, `SentenceTransformer(path, "
+          "QARAC vector. With sentence-transformers (tested: 6.3), `SentenceTransformer(path, "
           "trust_remote_code=True).encode(texts)` gives the QARAC vectors (modules.json and "
-          "sentence_bert_config.json name `pooler_output`); earlier versions do not read those "
-          "files: use `pooler_output` as above.\n"
+          "sentence_bert_config.json name `pooler_output`); a version that does not read those "
+          "files mean-pools the hidden states instead: use `pooler_output` as above.\n"
           "From the command line: `qarac-embed --model path`.\n";
   } else if (decoder) {
     md << " The decoder: a causal RoBERTa, two head layers that see the vector in slot 0, and "

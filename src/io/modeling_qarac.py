@@ -126,7 +126,9 @@ class QaracHeadLayer(nn.Module):
         split = lambda t: t.view(b, s, self.heads, d // self.heads).transpose(1, 2)
         q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
         scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
-        scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        # The dtype's lowest, not -inf: a row with no key allowed (a left pad's) gives a uniform
+        # softmax instead of NaN; the others' masked keys still weigh exactly 0.
+        scores = scores.masked_fill(~allowed.unsqueeze(1), torch.finfo(scores.dtype).min)
         context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
         out = self.attention.output
         h = out.LayerNorm(x + out.dense(context))

@@ -11,7 +11,7 @@ namespace qarac {
 
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
                                                 std::vector<std::vector<int32_t>> prefixes,
-                                                int64_t steps, int32_t stop) {
+                                                int64_t steps, int32_t stop, bool* finite) {
   const int64_t count = static_cast<int64_t>(prefixes.size());
   QARAC_CHECK(v.dim() == 2 && v.size(0) == count, "greedy_decode: ", count, " prefixes, vectors ",
               v.str());
@@ -21,6 +21,7 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
   std::vector<std::vector<int32_t>> out(prefixes.size());
   std::vector<int32_t> active(prefixes.size());  // the unfinished sequences, by index
   for (int32_t b = 0; b < static_cast<int32_t>(count); ++b) active[static_cast<size_t>(b)] = b;
+  if (finite) *finite = true;
   Decoder::Activations acts;
   for (int64_t step = 0; step < steps && !active.empty(); ++step) {
     const int64_t n = static_cast<int64_t>(active.size());
@@ -40,10 +41,13 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
     for (int64_t b = 0; b < n; ++b) {
       const float* row = scores.data() + b * logits.size(1);
       // The argmax of NaN scores is their first token, which would pass for a decoding.
-      QARAC_INPUT_CHECK(std::all_of(row, row + vocab, [](float x) { return std::isfinite(x); }),
-                        "greedy decoding: the decoder's scores for vector ", active[static_cast<size_t>(b)],
-                        " of the batch are not finite (NaN or infinity) at step ", step,
-                        ": its weights or the vector overflow in a forward pass");
+      if (!std::all_of(row, row + vocab, [](float x) { return std::isfinite(x); })) {
+        QARAC_INPUT_CHECK(finite, "greedy decoding: the decoder's scores for vector ", active[static_cast<size_t>(b)],
+                          " of the batch are not finite (NaN or infinity) at its token ", step + 1,
+                          ": its weights or the vector overflow in a forward pass");
+        *finite = false;
+        return out;
+      }
       const auto token = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
       const size_t s = static_cast<size_t>(active[static_cast<size_t>(b)]);
       if (token == stop) continue;

@@ -67,8 +67,9 @@ constexpr double kUndefined = std::numeric_limits<double>::quiet_NaN();
 
 // Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
 // starts as "<s>" and grows by its argmax token for as many steps as the longest target. Adds the
-// target positions predicted right to `right`, and the positions to `total`.
-void count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count, int64_t& right,
+// target positions predicted right to `right`, and the positions to `total`. False, counting
+// nothing, when the decoder's scores are not finite.
+bool count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count, int64_t& right,
                          int64_t& total) {
   const std::vector<std::vector<int32_t>> full = sequences_of(field, count);
   std::vector<std::vector<int32_t>> prefixes;
@@ -77,11 +78,14 @@ void count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& f
     prefixes.push_back({s.front()});  // <s>
     longest = std::max(longest, s.size() - 1);
   }
+  bool finite = true;
   const std::vector<std::vector<int32_t>> decoded =
-      greedy_decode(decoder, v, prefixes, static_cast<int64_t>(longest));
+      greedy_decode(decoder, v, prefixes, static_cast<int64_t>(longest), -1, &finite);
+  if (!finite) return false;
   for (size_t b = 0; b < full.size(); ++b) {
     for (size_t t = 1; t < full[b].size(); ++t, ++total) right += decoded[b][t - 1] == full[b][t];
   }
+  return true;
 }
 
 // The bounds of the passes (data::part_bounds) over sequences [b] of `ragged`.
@@ -360,12 +364,13 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
         Tensor v = models.answer_encoder().forward(first_sequences(pass.fields[0], k, config, device), eval, acts_a).clone();
         if (reasoning)
           ops::add(v, models.answer_encoder().forward(first_sequences(pass.fields[1], k, config, device), eval, acts_b), v);
+        // The vectors, or the decoder's scores from them, not finite: no accuracy (NaN).
         const std::vector<float> host = host_rows(v);
-        if (!std::all_of(host.begin(), host.end(), [](float x) { return std::isfinite(x); })) {
-          total = -1;  // the decoder would read vectors that are not finite
+        if (!std::all_of(host.begin(), host.end(), [](float x) { return std::isfinite(x); }) ||
+            !count_decoded_right(models.decoder(), v, pass.fields[reasoning ? 2 : 0], k, right, total)) {
+          total = -1;
           break;
         }
-        count_decoded_right(models.decoder(), v, pass.fields[reasoning ? 2 : 0], k, right, total);
       }
       result.metrics[task + ".token_accuracy"] =
           total > 0 ? static_cast<double>(right) / static_cast<double>(total) : total < 0 ? kUndefined : 0.0;

@@ -16,10 +16,12 @@
 
 #include "core/memory.h"
 #include "data/shards.h"
+#include "model/decoder.h"
 #include "model/init.h"
 #include "model/masked_lm.h"
 #include "support/test_support.h"
 #include "train/evaluation.h"
+#include "train/objectives.h"
 
 using namespace qarac;
 namespace fs = std::filesystem;
@@ -437,6 +439,21 @@ TEST_F(EvaluatorTest, PassesGiveTheFiguresOfOneBatchInTheMemoryOfOne) {
     };
     uint64_t whole_peak = 0, peak = 0;
     const EvalResult whole = evaluate({1000, 0}, &whole_peak);
+    // The QA loss is the objective's on the whole batch, however the evaluator computes it.
+    {
+      const data::TaskStreamFile file((dir_ / "question_answering.h5").string());
+      data::TaskBatch qa;
+      qa.task = data::Task::question_answering;
+      for (int64_t i = 0; i < file.examples(); ++i) qa.examples.push_back(i);
+      for (int f = 0; f < 2; ++f) {
+        const data::Ragged field = file.read_field(f, 0, file.examples());
+        data::PackedField& packed = qa.fields.emplace_back();
+        packed.tokens = field.tokens;
+        packed.starts.assign(field.offsets.begin(), field.offsets.end());
+      }
+      const double expected = Objectives(models, options.qa_objective).evaluate(qa);
+      EXPECT_NEAR(whole.metrics.at("qa.loss"), expected, 1e-6 * std::fabs(expected));
+    }
     for (const char* key : {"qa.selection_mrr", "forgetting.mlm_loss", "rs.token_accuracy", "cs.loss"})
       ASSERT_TRUE(whole.metrics.count(key)) << key;
     for (const PassSize pass : {PassSize{3, 0}, PassSize{64, 25}, PassSize{1, 0}}) {
@@ -508,6 +525,26 @@ TEST_F(SelectionTest, VectorsThatAreNotFiniteRankNothing) {
                           "cs.confusion.neutral.neutral", "ed.token_accuracy", "qa.loss", "cs.loss"})
     EXPECT_TRUE(std::isnan(r.metrics.at(key))) << key << " " << r.metrics.at(key);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);  // the data's, not the model's
+}
+
+// A decoder whose finite weights overflow gives NaN scores from finite vectors: its token accuracy
+// is NaN, as its loss, for the trainer to stop at (before: the evaluation ended with an error of
+// greedy decoding, its figures unrecorded).
+TEST_F(EvaluatorTest, ADecoderThatOverflowsHasNoTokenAccuracy) {
+  std::mt19937 gen(4);
+  const Sequences texts = random_sequences(3, gen, true);
+  write(data::Task::encode_decode, 3, [&](int i) { return Sequences{texts[static_cast<size_t>(i)]}; });
+  const std::unique_ptr<QaracModels> models = identical_encoders();
+  int scaled = 0;
+  for (Parameter* p : models->decoder().base().parameters())
+    if (p->name.find("embeddings.LayerNorm.weight") != std::string::npos) {
+      p->assign(Tensor::from_vector(std::vector<float>(static_cast<size_t>(p->value.numel()), 1e30f), p->value.shape()));
+      ++scaled;
+    }
+  ASSERT_EQ(scaled, 1);
+  const EvalResult r = evaluate(*models);
+  EXPECT_TRUE(std::isnan(r.metrics.at("ed.token_accuracy"))) << r.metrics.at("ed.token_accuracy");
+  EXPECT_FALSE(std::isfinite(r.metrics.at("ed.loss"))) << r.metrics.at("ed.loss");
 }
 
 // A held-out stream is checked against its checksum, though only its first examples are read

@@ -209,6 +209,24 @@ TEST_F(ExportsTest, ExportExtrasFromTheRun) {
   EXPECT_EQ(export_extras(c, "", {}).card->base_model, "");
 }
 
+// A base's tokenizer_config.json is kept, with the tokenizer's class added when it names none:
+// AutoTokenizer would look for it through config.json's model_type, QARAC's own (the sample's
+// tokenizer has no such file, for which one is written).
+TEST_F(ExportsTest, ATokenizerConfigWithoutItsClassGetsIt) {
+  const fs::path tokenizer = tmp_.path / "tokenizer";
+  fs::copy(kTokenizer, tokenizer, fs::copy_options::recursive);
+  std::ofstream(tokenizer / "tokenizer_config.json") << R"({"model_max_length": 512})";
+  io::ExportExtras e = m_.extras();
+  e.tokenizer_dir = tokenizer.string();
+  const fs::path out = m_.export_model(tmp_.str(), "answer_encoder", e);
+  EXPECT_EQ(read_json(out / "tokenizer_config.json"),
+            (nlohmann::json{{"model_max_length", 512}, {"tokenizer_class", "RobertaTokenizer"}}));
+  std::ofstream(tokenizer / "tokenizer_config.json") << R"({"tokenizer_class": "RobertaTokenizerFast"})";
+  EXPECT_EQ(read_json(fs::path(m_.export_model(tmp_.str(), "answer_encoder", e)) / "tokenizer_config.json")
+                .at("tokenizer_class"),
+            "RobertaTokenizerFast");
+}
+
 // A tokenizer other than the data's is refused, and the export is not made.
 TEST_F(ExportsTest, TokenizerOfOtherDataIsRefused) {
   io::ExportExtras e = m_.extras();

@@ -370,6 +370,19 @@ TEST(Gemm, BetaZeroOverwritesAndEmptyInnerDimensionScales) {
   expect_near_all(values(c), twice, 0, "k=0");
 }
 
+// OpenBLAS's fallback cores on CPUs it does not know get the core of the CPU's features; cores
+// with AVX2 kernels, and CPUs without AVX2, get none.
+TEST(Gemm, OpenBlasFallbackCoresGetTheCoreOfTheCpu) {
+  const cpu::CpuFeatures sapphire{true, true, true}, skylake{false, true, true}, haswell{false, false, true}, old{};
+  EXPECT_EQ(cpu::blas_core_for("Prescott", sapphire), "Cooperlake");
+  EXPECT_EQ(cpu::blas_core_for("Prescott", skylake), "SkylakeX");
+  EXPECT_EQ(cpu::blas_core_for("Nehalem", haswell), "Haswell");
+  EXPECT_EQ(cpu::blas_core_for("Barcelona", skylake), "SkylakeX");
+  EXPECT_EQ(cpu::blas_core_for("Prescott", old), "");
+  for (const char* own : {"Haswell", "SkylakeX", "Cooperlake", "Zen", "SapphireRapids"})
+    EXPECT_EQ(cpu::blas_core_for(own, sapphire), "") << own;
+}
+
 // The advice on OpenBLAS's kernels names the core to set, or nothing: nothing when the user set
 // one already (whatever OpenBLAS then chose).
 TEST(Gemm, OpenBlasCoreAdviceNamesACoreOrNothing) {
