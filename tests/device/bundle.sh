@@ -30,3 +30,10 @@ cp -r "$golden/tiny_dev" "$stage/golden/"
 tar czf "$out/bundle.tgz" -C "$(dirname "$stage")" bundle
 rm -rf "$(dirname "$stage")"
 du -sh "$out/bundle.tgz"
+# The device tool carries 64 MiB in all, the working tree with it: a static build's bundle passes.
+size=$(stat -c %s "$out/bundle.tgz")
+if ((size > 56 * 1024 * 1024)); then
+  echo "bundle.sh: $out/bundle.tgz is $((size >> 20)) MiB, too large to carry with the tree (64 MiB in all):" \
+    "build with -DBUILD_SHARED_LIBS=ON -DQARAC_CUDA_ARCHS=90" >&2
+  exit 1
+fi

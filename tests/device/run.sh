@@ -18,9 +18,13 @@
 #   QARAC_DEVICE_DEADLINE  seconds after which running stages are stopped (killed 10 s later)
 #                          and none starts (none with under 20 s left); default 540: a 600 s
 #                          call with time left to pack the logs
-#   QARAC_DEVICE_STAGES    the stages to run, comma-separated (default: all, in this order):
-#                          tests, parity, nccl, kernels, bench, torch, goals, dist, e2e,
-#                          breakdown, python, sanitize
+#   QARAC_DEVICE_STAGES    the stages to run, comma-separated (default: all, in this order:
+#                          correctness first, compute-sanitizer's the one check the CI's CUDA
+#                          emulator cannot make, then the issue's figures):
+#                          tests, parity, sanitize, nccl, dist, kernels, bench, torch, goals,
+#                          e2e, python, breakdown
+#   QARAC_DEVICE_BUILD     1: without a bundle, build here (sm_90 only); otherwise a missing
+#                          bundle ends the run at once (a build takes most of a session's minutes)
 #   QARAC_DEVICE_BIN       run the programs of this folder (a bundle's bin/ or a build's), with
 #                          neither bundle nor build; the golden dumps are then tests/golden/data
 #   QARAC_BENCH_ITERS      timed steps per benchmark (default 10)
@@ -32,7 +36,7 @@ cd "$(dirname "$0")/../.." || exit 1
 bundle=${1:-.device}
 iters=${QARAC_BENCH_ITERS:-10}
 deadline=${QARAC_DEVICE_DEADLINE:-540}
-stages=${QARAC_DEVICE_STAGES:-tests,parity,nccl,kernels,bench,torch,goals,dist,e2e,breakdown,python,sanitize}
+stages=${QARAC_DEVICE_STAGES:-tests,parity,sanitize,nccl,dist,kernels,bench,torch,goals,e2e,python,breakdown}
 log=$(mktemp -d)
 summary=()
 status=0
@@ -48,9 +52,13 @@ elif [ -f "$bundle/bundle.tgz" ]; then
   bin=$log/bundle/bin
   golden=$log/bundle/golden
   qlib=$log/bundle/lib:$qlib
+elif [ "${QARAC_DEVICE_BUILD:-0}" != 1 ]; then
+  echo "run.sh: no $bundle/bundle.tgz (make it with tests/device/bundle.sh and name $bundle in the device call's" \
+    "carry), and QARAC_DEVICE_BUILD=1 is not set to build here instead" >&2
+  exit 1
 else
-  echo "== no bundle in $bundle: building with cmake"
-  if ! { cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA=ON >"$log/cmake" 2>&1 &&
+  echo "== no bundle in $bundle: building with cmake (sm_90)"
+  if ! { cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DQARAC_CUDA=ON -DQARAC_CUDA_ARCHS=90 >"$log/cmake" 2>&1 &&
          cmake --build build-device -j"$(nproc)" >>"$log/cmake" 2>&1; }; then
     tail -30 "$log/cmake"
     exit 1
@@ -411,10 +419,12 @@ stage_python() {
 }
 
 # compute-sanitizer on the kernels that have run least: racecheck (shared-memory hazards between
-# the warps of a block, cp.async double buffering) on the attention kernels (tiled, over
-# row-strided views, and one block per sequence up to 128 tokens) and the column sums (the
-# LayerNorm backward's one-pass and row-then-column paths), memcheck
-# (out-of-bounds and misaligned accesses) on the dropout, attention and LayerNorm tests.
+# the warps of a block, cp.async double buffering) and synccheck (a barrier or warp collective
+# that some threads miss) on the attention kernels (tiled, over row-strided views, and one block
+# per sequence up to 128 tokens, causal and not) and the column sums (the LayerNorm backward's
+# one-pass and row-then-column paths); memcheck (out-of-bounds and misaligned accesses: x86, the
+# emulator's host, forgives a misaligned 16-byte load) on every op of the backend table (the
+# optimizer's runs, the embedding gradient's chunks, cross-entropy, LayerNorm) and attention.
 stage_sanitize() {
   local sanitizer tool filter name result
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -423,11 +433,11 @@ stage_sanitize() {
     row compute-sanitizer skipped "not found"
     return 0
   fi
-  for tool in racecheck memcheck; do
-    filter='CudaRuntime.AttentionOnRowStridedViews:CudaRuntime.AttentionEmptySequences:Backends/CudaBits.FusedBranchDropout*/gpu'
-    [ "$tool" = memcheck ] && filter='CudaRuntime.Dropout*:Backends/CudaBits.Dropout*/gpu:Backends/CudaBits.FusedBranchDropout*/gpu:CudaRuntime.AttentionEmptySequences:CudaRuntime.AttentionOtherHeadDims'
+  for tool in racecheck synccheck memcheck; do
+    filter='CudaRuntime.AttentionOnRowStridedViews:CudaRuntime.AttentionEmptySequences:CudaRuntime.AttentionBackwardIsDeterministic:Backends/CudaBits.FusedBranchDropout*/gpu'
+    [ "$tool" = memcheck ] && filter='CudaRuntime.Dropout*:Backends/CudaBits.*/gpu:CudaRuntime.AttentionEmptySequences:CudaRuntime.AttentionOtherHeadDims'
     name=sanitize_$tool
-    q timeout -k 10 "$(cap 120)" "$sanitizer" --tool "$tool" --error-exitcode 1 "$bin/test_cuda_runtime" \
+    q timeout -k 10 "$(cap 90)" "$sanitizer" --tool "$tool" --error-exitcode 1 "$bin/test_cuda_runtime" \
       --gtest_filter="$filter" --gtest_brief=1 >"$log/$name" 2>&1
     result=$(result_of $?)
     # As in stage_tests: a skipped test was not sanitized.
@@ -442,10 +452,14 @@ stage_sanitize() {
 
 # ---- run them
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# What the stages need from the machine, said before any of them fails for the want of it.
+echo "== mpirun: $(command -v mpirun || echo 'not found: the nccl and dist stages will fail')"
+echo "== compute-sanitizer: $( (command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer) 2>/dev/null || echo 'not found')"
+echo "== nsys: $(command -v nsys || echo 'not found: no breakdown')"
 IFS=',' read -r -a wanted <<<"$stages"
 for stage in "${wanted[@]}"; do
   if ! declare -F "stage_$stage" >/dev/null; then
-    echo "run.sh: unknown stage '$stage' in QARAC_DEVICE_STAGES (tests, parity, nccl, kernels, bench, torch, goals, dist, e2e, breakdown, python, sanitize)" >&2
+    echo "run.sh: unknown stage '$stage' in QARAC_DEVICE_STAGES (tests, parity, sanitize, nccl, dist, kernels, bench, torch, goals, e2e, python, breakdown)" >&2
     exit 1
   fi
 done

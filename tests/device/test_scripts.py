@@ -412,6 +412,18 @@ class DeviceRun(unittest.TestCase):
         seconds = int(re.search(r"\(stage parity\) +time +(\d+) s", summary).group(1))
         self.assertLess(seconds, 30)
 
+    def test_no_bundle_builds_nothing_unless_asked(self):
+        # A build on the GPU machine takes most of a session's minutes: only QARAC_DEVICE_BUILD=1.
+        env = dict(os.environ, PATH=self.path + os.pathsep + os.environ["PATH"], TMPDIR=self.tmp_dir.name,
+                   OUT=self.out)
+        env.pop("QARAC_DEVICE_BIN", None)
+        env.pop("QARAC_DEVICE_BUILD", None)
+        p = run("bash", os.path.join(HERE, "run.sh"), os.path.join(self.tmp_dir.name, "nothing"), env=env)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("bundle.tgz", p.stderr)
+        self.assertIn("QARAC_DEVICE_BUILD=1", p.stderr)
+        self.assertNotIn("cmake", p.stdout)
+
     def test_unknown_stage(self):
         p = self.run_sh("tests,benchmarks")
         self.assertEqual(p.returncode, 1)
