@@ -208,6 +208,9 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder, bool* ti
                     " is not divisible by num_attention_heads ", c.num_heads);
   QARAC_INPUT_CHECK(c.layer_norm_eps > 0 && std::isfinite(c.layer_norm_eps), path,
                     ": layer_norm_eps must be positive and finite, found ", c.layer_norm_eps);
+  // An epsilon that float32 holds as 0 leaves a constant row's variance 0 and its normalisation NaN.
+  QARAC_INPUT_CHECK(static_cast<float>(c.layer_norm_eps) > 0, path, ": layer_norm_eps ", c.layer_norm_eps,
+                    " is 0 in float32, in which the models compute (RoBERTa's is 1e-05)");
   const std::pair<const char*, double> dropouts[] = {
       {"hidden_dropout_prob", c.hidden_dropout},
       {"attention_probs_dropout_prob", c.attention_dropout},

@@ -121,6 +121,11 @@ void check_each_value(const TrainConfig& c) {
     QARAC_INPUT_CHECK(c.task[t].weight >= 0, key, ": ", c.task[t].weight, " must be >= 0");
     check_float32(key, c.task[t].weight);
   }
+  // Fine-tuning where every task weighs 0 trains nothing: each step's gradients are 0.
+  bool trained = c.pretraining();
+  for (int t = 0; t < data::kTaskCount; ++t) trained = trained || c.task[t].weight > 0;
+  QARAC_INPUT_CHECK(trained, "task.ed.weight, task.qa.weight, task.rs.weight, task.cs.weight and task.mlm.weight are "
+                    "all 0: no task would train the models (give one a weight above 0)");
   // A setting that the chosen mode ignores is refused: the user meant something by it. All of
   // them at once, so that one fix suffices.
   std::string ignored;
@@ -188,6 +193,12 @@ void check_each_value(const TrainConfig& c) {
   QARAC_INPUT_CHECK(c.beta2 >= 0 && c.beta2 < 1, "optimizer.beta2: ", c.beta2, " must lie in [0, 1)");
   QARAC_INPUT_CHECK(c.eps > 0, "optimizer.eps: ", c.eps, " must be > 0");
   QARAC_INPUT_CHECK(c.weight_decay >= 0, "optimizer.weight_decay: ", c.weight_decay, " must be >= 0");
+  // Decoupled weight decay multiplies every weight by 1 - lr * weight_decay a step: at 0 or below
+  // it zeroes or flips them (1e10 at lr 5e-4 multiplied them by -5e6 a step, unsaid).
+  if (c.optimizer == "adamw" || c.decoupled_weight_decay)
+    QARAC_INPUT_CHECK(c.lr * c.weight_decay < 1, "optimizer.weight_decay: ", c.weight_decay, " at optimizer.lr ", c.lr,
+                      " multiplies every weight by 1 - lr * weight_decay = ", 1 - c.lr * c.weight_decay,
+                      " a step (weight decay shrinks the weights: lr * weight_decay must stay below 1)");
   QARAC_INPUT_CHECK(c.momentum_decay >= 0, "optimizer.momentum_decay: ", c.momentum_decay,
                     " must be >= 0");
   QARAC_INPUT_CHECK(c.warmup >= 0, "optimizer.warmup: ", c.warmup, " must be >= 0");

@@ -604,6 +604,8 @@ TEST_F(ConfigTest, InconsistentValues) {
                    R"("position_embedding_type": "relative_key", "layer_norm_eps")");
   expect_input_error([&] { read_hf_config(s); },
                      {s, "position_embedding_type 'relative_key' is not supported"});
+  const std::string t = write_config("tiny-eps.json", R"("layer_norm_eps": 1e-05)", R"("layer_norm_eps": 1e-50)");
+  expect_input_error([&] { read_hf_config(t); }, {t, "layer_norm_eps 1e-50 is 0 in float32"});
 }
 
 TEST_F(ConfigTest, CheckpointDirectoryWithoutFiles) {

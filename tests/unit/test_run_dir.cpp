@@ -707,23 +707,24 @@ TEST_F(RunDirCli, NonFiniteStepsAreSkippedWhenAsked) {
 // Before: an update that overflowed the weights was followed by skips to the end of the run
 // (train.nonfinite skip), which exited 0 and exported NaN weights. The skipped step after it now
 // ends the run naming the weight, and no checkpoint holds such weights (train.nonfinite stop:
-// the checkpoint right after the update is refused, not written, and so is skip's advice).
+// the checkpoint right after the update is refused, not written, and so is skip's advice). No
+// weight decay: at lr 3e38 it would be refused before the run (lr * weight_decay >= 1).
 TEST_F(RunDirCli, WeightsThatAreNotFiniteEndTheRun) {
   const fs::path skipping = root() / "overflowed-skip";
-  const CliResult skip = train(skipping, "--optimizer.lr 3e38 --optimizer.warmup 0 --train.nonfinite skip --train.steps 4");
+  const CliResult skip = train(skipping, "--optimizer.lr 3e38 --optimizer.weight_decay 0 --optimizer.warmup 0 --train.nonfinite skip --train.steps 4");
   EXPECT_EQ(skip.code, 2) << skip.output;
   for (const char* said : {"qarac-train: error: step 2, skipped: tensor '", "' holds a non-finite value (NaN or infinity)",
                            ": an optimizer update overflowed (check optimizer.lr, "})
     EXPECT_NE(skip.output.find(said), std::string::npos) << said << "\n" << skip.output;
   EXPECT_FALSE(fs::exists(skipping / "export"));
   const fs::path stopping = root() / "overflowed-stop";
-  const CliResult stop = train(stopping, "--optimizer.lr 3e38 --optimizer.warmup 0 --train.steps 3 --checkpoint.every 1");
+  const CliResult stop = train(stopping, "--optimizer.lr 3e38 --optimizer.weight_decay 0 --optimizer.warmup 0 --train.steps 3 --checkpoint.every 1");
   EXPECT_EQ(stop.code, 2) << stop.output;
   EXPECT_NE(stop.output.find("qarac-train: error: checkpoint at step 1: tensor '"), std::string::npos) << stop.output;
   EXPECT_TRUE(fs::is_empty(stopping / "checkpoints")) << stop.output;
   // Without that checkpoint the next step's losses are not finite: the weights are named, not
   // skip's advice (skip would end the run at the same step).
-  const CliResult next = train(root() / "overflowed-stop-next", "--optimizer.lr 3e38 --optimizer.warmup 0 --train.steps 3");
+  const CliResult next = train(root() / "overflowed-stop-next", "--optimizer.lr 3e38 --optimizer.weight_decay 0 --optimizer.warmup 0 --train.steps 3");
   EXPECT_EQ(next.code, 2) << next.output;
   EXPECT_NE(next.output.find("qarac-train: error: step 2, not applied: tensor '"), std::string::npos) << next.output;
   EXPECT_EQ(next.output.find("skip goes on"), std::string::npos) << next.output;

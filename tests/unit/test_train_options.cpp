@@ -101,6 +101,13 @@ TEST_F(TrainOptionsCli, SettingsTheModeIgnoresAreRefused) {
   expect_usage_error("--optimizer.decay constant --optimizer.final 0.5",
                      {"optimizer.final: has no effect with optimizer.decay constant"});
   expect_usage_error("--optimizer.name AdamW --optimizer.momentum_decay 0.01", {"'AdamW'", "adamw or nadam"});
+  // Settings under which nothing is trained, or every weight is flipped each step.
+  expect_usage_error("--task.ed.weight 0 --task.qa.weight 0 --task.rs.weight 0 --task.cs.weight 0",
+                     {"are all 0: no task would train the models"});
+  expect_usage_error("--optimizer.lr 5e-4 --optimizer.weight_decay 1e10",
+                     {"optimizer.weight_decay: 1e+10 at optimizer.lr 0.0005", "must stay below 1"});
+  expect_usage_error("--optimizer.name nadam --optimizer.lr 0.5 --optimizer.weight_decay 2",
+                     {"1 - lr * weight_decay = 0 a step"});
   expect_usage_error("--optimizer.weight_decay 0 --optimizer.decay_exempt bias_norm",
                      {"optimizer.decay_exempt: has no effect while optimizer.weight_decay is 0"});
   expect_usage_error("--parallel.share_gpus true", {"parallel.share_gpus: has no effect with train.device cpu"});
