@@ -293,15 +293,30 @@ class EvaluatorTest : public ::testing::Test {
     writer.publish();
   }
 
+  // Models on a random tiny base (base_).
+  std::unique_ptr<QaracModels> random_models() {
+    config_.base = tiny_config();
+    base_ = std::make_unique<RobertaEncoder>(config_.base, DType::f32, Device::cpu());
+    init_normal(base_->parameters(), 0.2, 9);
+    TensorMap weights;
+    for (const Parameter* p : base_->parameters()) weights[p->name] = p->value;
+    return std::make_unique<QaracModels>(config_, weights, DType::f32, Device::cpu());
+  }
+
+  // A random MLM head over base_ for the forgetting monitor, as a base checkpoint would carry it.
+  TensorMap random_lm_head() {
+    MaskedLM donor(*base_);
+    init_normal(donor.head().parameters(), 0.2, 4);
+    TensorMap head;
+    for (const Parameter* p : donor.head().parameters())
+      head[p->name.substr(std::string("lm_head.").size())] = p->value.clone();
+    return head;
+  }
+
   // Models on a random tiny base whose question encoder is made identical to the answer encoder,
   // so that QE(x) = AE(x) for every x.
   std::unique_ptr<QaracModels> identical_encoders() {
-    config_.base = tiny_config();
-    RobertaEncoder base(config_.base, DType::f32, Device::cpu());
-    init_normal(base.parameters(), 0.2, 9);
-    TensorMap weights;
-    for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
-    auto models = std::make_unique<QaracModels>(config_, weights, DType::f32, Device::cpu());
+    std::unique_ptr<QaracModels> models = random_models();
     const ParameterList qe = models->question_encoder().head_parameters();
     const ParameterList ae = models->answer_encoder().head_parameters();
     EXPECT_EQ(qe.size(), ae.size());
@@ -317,6 +332,7 @@ class EvaluatorTest : public ::testing::Test {
 
   fs::path dir_;
   QaracConfig config_;
+  std::unique_ptr<RobertaEncoder> base_;
 };
 
 TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
@@ -330,23 +346,10 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
     return std::vector<std::vector<int32_t>>{texts[i], texts[i + 1], texts[i + 2]};
   });
 
-  QaracConfig config;
-  config.base = tiny_config();
-  RobertaEncoder base(config.base, DType::f32, Device::cpu());
-  init_normal(base.parameters(), 0.2, 9);
-  TensorMap weights;
-  for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
-  QaracModels models(config, weights, DType::f32, Device::cpu());
-  // The question encoder made identical to the answer encoder: every question retrieves itself.
-  const ParameterList qe = models.question_encoder().head_parameters(), ae = models.answer_encoder().head_parameters();
-  ASSERT_EQ(qe.size(), ae.size());
-  for (size_t i = 0; i < qe.size(); ++i) qe[i]->assign(ae[i]->value);
-
-  // An MLM head for the monitor, as a base checkpoint would carry it.
-  MaskedLM donor(base);
-  init_normal(donor.head().parameters(), 0.2, 4);
-  TensorMap lm_head;
-  for (const Parameter* p : donor.head().parameters()) lm_head[p->name.substr(std::string("lm_head.").size())] = p->value;
+  // The question encoder identical to the answer encoder: every question retrieves itself.
+  const std::unique_ptr<QaracModels> identical = identical_encoders();
+  QaracModels& models = *identical;
+  const TensorMap lm_head = random_lm_head();
 
   EvalOptions options;
   options.data_dir = dir_.string();
@@ -372,7 +375,7 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
     const std::vector<std::vector<int32_t>> answers(texts.begin(), texts.begin() + 12);
     const std::vector<float> a =
         models.answer_encoder()
-            .forward(TokenBatch::from_sequences(answers, config.base.pad_token_id, Device::cpu()), ForwardOptions{}, acts)
+            .forward(TokenBatch::from_sequences(answers, config_.base.pad_token_id, Device::cpu()), ForwardOptions{}, acts)
             .to_vector<float>();
     const size_t d = a.size() / 12;
     double norm = 0, spread = 0;
@@ -411,16 +414,9 @@ TEST_F(EvaluatorTest, PassesGiveTheFiguresOfOneBatchInTheMemoryOfOne) {
   write(data::Task::consistency, 25, [&](int i) { return Sequences{text(i), text(2 * i)}; }, -1);
   write(data::Task::encode_decode, 30, [&](int i) { return Sequences{text(i)}; });
   write(data::Task::reasoning, 20, [&](int i) { return Sequences{text(i), text(i + 1), text(i + 5)}; });
-  config_.base = tiny_config();
-  RobertaEncoder base(config_.base, DType::f32, Device::cpu());
-  init_normal(base.parameters(), 0.2, 9);
-  TensorMap weights;
-  for (const Parameter* p : base.parameters()) weights[p->name] = p->value;
-  QaracModels models(config_, weights, DType::f32, Device::cpu());
-  MaskedLM donor(base);
-  init_normal(donor.head().parameters(), 0.2, 4);
-  TensorMap lm_head;
-  for (const Parameter* p : donor.head().parameters()) lm_head[p->name.substr(std::string("lm_head.").size())] = p->value;
+  const std::unique_ptr<QaracModels> random = random_models();
+  QaracModels& models = *random;
+  const TensorMap lm_head = random_lm_head();
 
   for (const bool contrastive : {false, true}) {
     SCOPED_TRACE(contrastive ? "contrastive QA" : "MSE QA");
