@@ -11,19 +11,21 @@ namespace qarac {
 
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
                                                 std::vector<std::vector<int32_t>> prefixes,
-                                                int64_t steps, int32_t stop, bool* finite) {
+                                                const std::vector<int64_t>& steps, int32_t stop,
+                                                bool* finite) {
   const int64_t count = static_cast<int64_t>(prefixes.size());
-  QARAC_CHECK(v.dim() == 2 && v.size(0) == count, "greedy_decode: ", count, " prefixes, vectors ",
-              v.str());
+  QARAC_CHECK(v.dim() == 2 && v.size(0) == count && steps.size() == prefixes.size(), "greedy_decode: ", count,
+              " prefixes, ", steps.size(), " step counts, vectors ", v.str());
   const Device device = v.device();
   const int32_t pad = decoder.base().config().pad_token_id;
   const int64_t vocab = decoder.vocab_size();
   std::vector<std::vector<int32_t>> out(prefixes.size());
-  std::vector<int32_t> active(prefixes.size());  // the unfinished sequences, by index
-  for (int32_t b = 0; b < static_cast<int32_t>(count); ++b) active[static_cast<size_t>(b)] = b;
+  std::vector<int32_t> active;  // the unfinished sequences, by index
+  for (int32_t b = 0; b < static_cast<int32_t>(count); ++b)
+    if (steps[static_cast<size_t>(b)] > 0) active.push_back(b);
   if (finite) *finite = true;
   Decoder::Activations acts;
-  for (int64_t step = 0; step < steps && !active.empty(); ++step) {
+  for (int64_t step = 0; !active.empty(); ++step) {
     const int64_t n = static_cast<int64_t>(active.size());
     std::vector<std::vector<int32_t>> batch;
     for (int32_t b : active) batch.push_back(prefixes[static_cast<size_t>(b)]);
@@ -53,11 +55,18 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
       if (token == stop) continue;
       prefixes[s].push_back(token);
       out[s].push_back(token);
-      still.push_back(active[static_cast<size_t>(b)]);
+      if (static_cast<int64_t>(out[s].size()) < steps[s]) still.push_back(active[static_cast<size_t>(b)]);
     }
     active = std::move(still);
   }
   return out;
+}
+
+std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
+                                                std::vector<std::vector<int32_t>> prefixes, int64_t steps,
+                                                int32_t stop, bool* finite) {
+  const std::vector<int64_t> each(prefixes.size(), steps);
+  return greedy_decode(decoder, v, std::move(prefixes), each, stop, finite);
 }
 
 }  // namespace qarac

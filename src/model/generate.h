@@ -10,11 +10,17 @@
 namespace qarac {
 
 // Grows each prefix (usually "<s>", then any prompt) by its argmax token over the true
-// vocabulary (the first of equal scores), given its vector v [B, d] (one row per prefix), for
-// `steps` steps, or until it has produced `stop` (not appended; stop < 0: never stops). Padding-
-// free: a sequence's tokens do not depend on the others of the batch. Returns the new tokens.
-// Scores that are not finite are an InputError naming the vector (its row of v) and the token;
-// with `finite` given, they end the decoding instead, *finite false (true when none were met).
+// vocabulary (the first of equal scores), given its vector v [B, d] (one row per prefix), by
+// steps[b] tokens at most, or until it has produced `stop` (not appended; stop < 0: never
+// stops). Padding-free: a sequence's tokens do not depend on the others of the batch, nor on when
+// they stop. Returns the new tokens. Scores that are not finite are an InputError naming the
+// vector (its row of v) and the token; with `finite` given, they end the decoding instead,
+// *finite false (true when none were met).
+std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
+                                                std::vector<std::vector<int32_t>> prefixes,
+                                                const std::vector<int64_t>& steps, int32_t stop = -1,
+                                                bool* finite = nullptr);
+// The same number of steps for every prefix.
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
                                                 std::vector<std::vector<int32_t>> prefixes,
                                                 int64_t steps, int32_t stop = -1, bool* finite = nullptr);

@@ -66,21 +66,22 @@ const char* class_name(int c) { return c > 0 ? "entailment" : c < 0 ? "contradic
 constexpr double kUndefined = std::numeric_limits<double>::quiet_NaN();
 
 // Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
-// starts as "<s>" and grows by its argmax token for as many steps as the longest target. Adds the
-// target positions predicted right to `right`, and the positions to `total`. False, counting
-// nothing, when the decoder's scores are not finite.
+// starts as "<s>" and grows by its argmax token for as many steps as its target has tokens, the
+// positions compared (before, each ran as many steps as the pass's longest target: most of the
+// evaluation's time). Adds the target positions predicted right to `right`, and the positions to
+// `total`.
+// False, counting nothing, when the decoder's scores are not finite.
 bool count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count, int64_t& right,
                          int64_t& total) {
   const std::vector<std::vector<int32_t>> full = sequences_of(field, count);
   std::vector<std::vector<int32_t>> prefixes;
-  size_t longest = 0;
+  std::vector<int64_t> lengths;
   for (const auto& s : full) {
     prefixes.push_back({s.front()});  // <s>
-    longest = std::max(longest, s.size() - 1);
+    lengths.push_back(static_cast<int64_t>(s.size()) - 1);
   }
   bool finite = true;
-  const std::vector<std::vector<int32_t>> decoded =
-      greedy_decode(decoder, v, prefixes, static_cast<int64_t>(longest), -1, &finite);
+  const std::vector<std::vector<int32_t>> decoded = greedy_decode(decoder, v, prefixes, lengths, -1, &finite);
   if (!finite) return false;
   for (size_t b = 0; b < full.size(); ++b) {
     for (size_t t = 1; t < full[b].size(); ++t, ++total) right += decoded[b][t - 1] == full[b][t];

@@ -260,8 +260,15 @@ TEST_F(ExportsTest, ExportsReadBackIntoTheModels) {
   auto decoder = io::load_decoder_export(m_.export_model(tmp_.str(), "decoder", m_.extras()), DType::f32,
                                          Device::cpu());
   EXPECT_EQ(greedy_decode(*decoder.model, v, start, 6, m_.tokenizer.eos_id()), tokens);
-  // Without a stop token every sequence takes all the steps.
-  for (const auto& t : greedy_decode(*decoder.model, v, start, 6)) EXPECT_EQ(t.size(), 6u);
+  // Without a stop token every sequence takes all the steps; with steps of its own, each takes
+  // its steps, the first tokens of the same decoding (a sequence's do not depend on when the
+  // others stop).
+  const auto all = greedy_decode(*decoder.model, v, start, 6);
+  for (const auto& t : all) EXPECT_EQ(t.size(), 6u);
+  const std::vector<int64_t> steps = {2, 0, 5};
+  const auto some = greedy_decode(*decoder.model, v, start, steps);
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(some[i], std::vector<int32_t>(all[i].begin(), all[i].begin() + steps[i])) << i;
 }
 
 // Exports whose weights would give garbage without a word are refused, naming the tensor: a NaN,
