@@ -41,6 +41,23 @@ RobertaLayer::Settings Decoder::head_settings(const ForwardOptions& options, int
 
 Tensor& Decoder::forward(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
                          Activations& acts) {
+  return lm_head_.forward(hidden(v, y_in, options, acts), acts.lm);
+}
+
+Tensor& Decoder::forward_last(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
+                              Activations& acts) {
+  const Tensor& h = hidden(v, y_in, options, acts);
+  const int64_t batch = y_in.count();
+  std::vector<int32_t> last(static_cast<size_t>(batch));
+  for (size_t b = 0; b < last.size(); ++b) last[b] = y_in.seqs.host[b + 1] - 1;
+  acts.last_rows = Tensor::from_vector(last, {batch}, base_.device());
+  ensure_tensor(acts.last_hidden, {batch, config_.hidden_size}, base_.dtype(), base_.device());
+  ops::gather_rows(h, acts.last_rows, acts.last_hidden);
+  return lm_head_.forward(acts.last_hidden, acts.lm);
+}
+
+const Tensor& Decoder::hidden(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
+                              Activations& acts) {
   const int64_t batch = y_in.count(), tokens = y_in.tokens(), d = config_.hidden_size;
   const DType dtype = base_.dtype();
   const Device device = base_.device();
@@ -77,7 +94,7 @@ Tensor& Decoder::forward(const Tensor& v, const TokenBatch& y_in, const ForwardO
   ops::gather_rows(acts.head0.out, acts.token_rows, acts.head1_input);
   head_layers_[1].forward(acts.head1_input, y_in.seqs, head_settings(acts.options, 1), acts.head1,
                           acts.base.scratch);
-  return lm_head_.forward(acts.head1.out, acts.lm);
+  return acts.head1.out;
 }
 
 const Tensor& Decoder::backward(Activations& acts, const Tensor& grad_logits) {

@@ -58,6 +58,7 @@ class Decoder {
     RobertaLayer::Scratch extended_scratch;  // head layer 0's; head layer 1 shares the base's
     Tensor head1_input;                      // H1 [T, d]
     LMHead::Activations lm;
+    Tensor last_rows, last_hidden;  // forward_last's: i32 [B], H2's rows of them [B, d]
     Tensor grad_a, grad_b;          // [T, d]
     Tensor grad_ext_a, grad_ext_b;  // [T+B, d]
     Tensor grad_v;                  // [B, d]
@@ -67,6 +68,11 @@ class Decoder {
   // v per sequence. Runs causal whatever options.causal says.
   Tensor& forward(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
                   Activations& acts);
+  // The logits of every sequence's last position only [B, padded vocabulary]: what greedy
+  // decoding reads, without the LM head over the other positions (T·d·V multiply-adds a step:
+  // with RoBERTa-base's 50k words, some 40% of all the rest of the decoder's). No backward()
+  // after it.
+  Tensor& forward_last(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options, Activations& acts);
   // Given d loss / d logits (it may be acts' logits, overwritten by the cross-entropy),
   // accumulates every parameter's gradient and returns d loss / d v [B, d] (into acts).
   const Tensor& backward(Activations& acts, const Tensor& grad_logits);
@@ -76,6 +82,8 @@ class Decoder {
 
  private:
   RobertaLayer::Settings head_settings(const ForwardOptions& options, int i) const;
+  // Everything before the LM head: H2 [T, d] (acts.head1.out).
+  const Tensor& hidden(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options, Activations& acts);
 
   RobertaConfig config_;
   RobertaEncoder base_;

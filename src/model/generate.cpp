@@ -33,12 +33,8 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
     Tensor rows = Tensor::empty({n, v.size(1)}, v.dtype(), device);
     ops::gather_rows(v, index, rows);
     const TokenBatch y_in = TokenBatch::from_sequences(batch, pad, device);
-    Tensor& logits = decoder.forward(rows, y_in, ForwardOptions{}, acts);
-    std::vector<int32_t> last_rows;
-    for (int64_t b = 0; b < n; ++b) last_rows.push_back(y_in.seqs.host[static_cast<size_t>(b) + 1] - 1);
-    Tensor last = Tensor::empty({n, logits.size(1)}, logits.dtype(), device);
-    ops::gather_rows(logits, Tensor::from_vector(last_rows, {n}, device), last);
-    const std::vector<float> scores = last.to(Device::cpu()).to(DType::f32).to_vector<float>();
+    const Tensor& logits = decoder.forward_last(rows, y_in, ForwardOptions{}, acts);
+    const std::vector<float> scores = logits.to(Device::cpu()).to(DType::f32).to_vector<float>();
     std::vector<int32_t> still;
     for (int64_t b = 0; b < n; ++b) {
       const float* row = scores.data() + b * logits.size(1);

@@ -476,7 +476,7 @@ TEST(Objectives, PairedFieldsDrawTheirOwnDropoutMasks) {
 // D(v, y): the logits at position t depend on v and on y_in[0..t] only. Changing a token leaves
 // the earlier positions (and the other sequences) exactly as they were and changes the later
 // ones; changing v_b changes every position of sequence b, the first included (head layer 0
-// lets every position see the slot), and nothing else.
+// lets every position see the slot), and nothing else. forward_last gives the last rows alone.
 TEST(Decoder, PositionTSeesTheSlotAndTheTokensUpToT) {
   Fixture fx(tiny_config(false, false, false));
   Decoder& decoder = fx.models.decoder();
@@ -524,6 +524,16 @@ TEST(Decoder, PositionTSeesTheSlotAndTheTokensUpToT) {
       EXPECT_GT(by_slot[r], 1e-6) << "row " << r << " sees v_1";
     else
       EXPECT_LE(by_slot[r], 1e-13) << "row " << r << " must not see v_1";
+  }
+  // forward_last: each sequence's last row of the same logits (rows 4, 7, 9), alone.
+  Decoder::Activations acts;
+  const Tensor last = decoder.forward_last(Tensor::from_vector(v, {3, kHidden}),
+                                           TokenBatch::from_sequences(y, 1, Device::cpu()), {}, acts);
+  ASSERT_EQ(last.size(0), 3);
+  const int last_rows[] = {4, 7, 9};
+  for (int b = 0; b < 3; ++b) {
+    const std::vector<double> got = row_values(last, b), want = row_values(reference, last_rows[b]);
+    for (int64_t j = 0; j < kVocab; ++j) EXPECT_NEAR(got[j], want[j], 1e-13) << "sequence " << b << ", word " << j;
   }
 }
 
