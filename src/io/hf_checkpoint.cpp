@@ -3,7 +3,9 @@
 // mismatch with the model is refused before any parameter is written.
 #include "io/hf_checkpoint.h"
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <set>
 #include <vector>
 
@@ -139,6 +141,17 @@ void assign_parameters(const ParameterList& params, const TensorMap& tensors,
                       shape_str(p->value.shape()));
     QARAC_INPUT_CHECK(is_floating(t.dtype()), source, ": tensor '", printable(p->name),
                       "' has dtype ", dtype_name(t.dtype()), ", expected a floating type");
+    // An F64 weight finite there but beyond float32's range would become an infinity, later said
+    // to be "not finite" though the file holds a number.
+    if (t.dtype() == DType::f64 && p->master.dtype() != DType::f64) {
+      const Tensor host = t.to(Device::cpu());
+      const double* x = host.data<double>();
+      for (int64_t i = 0; i < host.numel(); ++i)
+        QARAC_INPUT_CHECK(!std::isfinite(x[i]) || std::fabs(x[i]) <= std::numeric_limits<float>::max(), source,
+                          ": tensor '",
+                          printable(p->name), "' holds ", x[i], " at element ", i, ", beyond float32's range (",
+                          std::numeric_limits<float>::max(), "), in which the models compute");
+    }
   }
   QARAC_INPUT_CHECK(!first_missing, source, ": tensor '", printable(first_missing->name),
                     "' is missing (expected shape ", shape_str(first_missing->value.shape()), ")",

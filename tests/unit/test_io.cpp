@@ -490,6 +490,15 @@ TEST_F(AssignTest, WrongShapeLeavesParametersUntouched) {
   EXPECT_EQ(w.value.to_vector<float>(), std::vector<float>(6, 0.0f));
 }
 
+// An F64 weight beyond float32's range is said as the number it is, before any parameter is
+// written (before: it became an infinity, reported as "not finite").
+TEST_F(AssignTest, Float64BeyondFloat32IsNamed) {
+  tensors[w.name] = Tensor::from_vector<double>({1, 2, 3, 1e300, 5, 6}, {3, 2});
+  expect_input_error([&] { assign_parameters({&w, &b}, tensors, "ckpt/model.safetensors"); },
+                     {"ckpt/model.safetensors", "tensor '" + w.name + "' holds 1e+300 at element 3, beyond float32's range"});
+  EXPECT_EQ(w.value.to_vector<float>(), std::vector<float>(6, 0.0f));
+}
+
 TEST_F(AssignTest, IntegerTensor) {
   tensors[b.name] = Tensor::from_vector<int64_t>({1, 2, 3}, {3});
   expect_input_error(
