@@ -265,6 +265,7 @@ std::vector<std::string> read_texts(const std::string& path, const std::string& 
     log::warn(path, ": ", skipped.size(),
               skipped.size() == 1 ? " empty line skipped (line " : " empty lines skipped (the first: line ",
               skipped.front(), "): the output has a row per non-empty line");
+  if (texts.empty()) log::warn(path, ": holds no text: the output has no rows");
   return texts;
 }
 

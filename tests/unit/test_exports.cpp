@@ -600,6 +600,13 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
   EXPECT_NE(r.output.find("gaps.txt: 2 empty lines skipped (the first: line 2): the output has a row per non-empty line"),
             std::string::npos)
       << r.output;
+  // No text at all: an empty array, and said.
+  const fs::path none = tmp_.path / "none.txt";
+  std::ofstream(none) << "\n";
+  r = run_command(std::string(QARAC_EMBED_EXE) + " --model " + ae + " --input " + none.string() + " --output " + npy);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(cli::read_vectors(npy).rows, 0);
+  EXPECT_NE(r.output.find("none.txt: holds no text: the output has no rows"), std::string::npos) << r.output;
 
   // A text longer than the position table is cut (keeping </s>), and said; its vector is that of
   // the cut ids.
