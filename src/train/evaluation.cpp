@@ -42,11 +42,6 @@ std::vector<std::vector<int32_t>> sequences_of(const PackedField& field, int64_t
   return out;
 }
 
-// The first `count` sequences of a field, as a batch on `device`.
-TokenBatch first_sequences(const PackedField& field, int64_t count, const RobertaConfig& config, Device device) {
-  return TokenBatch::from_sequences(sequences_of(field, count), config.pad_token_id, device);
-}
-
 std::vector<float> host_rows(const Tensor& t) { return t.to(Device::cpu()).to(DType::f32).to_vector<float>(); }
 
 double squared_distance(const float* x, const float* y, size_t d) {
@@ -308,71 +303,61 @@ void QaracEvaluator::check_lengths(const RobertaConfig& config) const {
 
 // Every model runs a pass at a time (options_.pass): a loss that is a mean over examples is the
 // passes' means weighted by their examples; contrastive QA's, a function of every vector, is
-// computed once they are all known.
+// computed once they are all known. The vectors the metrics compare, and those decoded, are the
+// ones the objectives computed their losses from (Objectives::encoded): nothing is encoded twice.
 EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   QaracModels& models = context.models;
   const RobertaConfig& config = models.config().base;
-  const Device device = models.device();
-  const ForwardOptions eval;  // no dropout; the encoders bidirectional
+  const int64_t d = config.hidden_size;
   check_lengths(config);
   EvalResult result;
   Objectives objectives(models, options_.qa_objective);
-  SentenceEncoder::Activations acts_a, acts_b;
-  // The vectors of field f of every pass, [examples, d] (host).
-  const auto vectors = [&](SentenceEncoder& encoder, const std::vector<TaskBatch>& passes, size_t f,
-                           SentenceEncoder::Activations& acts) {
-    std::vector<float> out;
-    for (const TaskBatch& pass : passes) {
-      const std::vector<float> v =
-          host_rows(encoder.forward(first_sequences(pass.fields[f], pass.count(), config, device), eval, acts));
-      out.insert(out.end(), v.begin(), v.end());
-    }
-    return out;
-  };
   for (const TaskBatch& batch : batches_) {
     const std::string task = data::task_short_name(batch.task);
     const int64_t n = batch.count();
-    const std::vector<TaskBatch> passes = batch.split(options_.pass.tokens, options_.pass.examples);
-    const bool contrastive = batch.task == Task::question_answering && options_.qa_objective.contrastive;
-    if (!contrastive) {
-      double loss = 0;
-      for (const TaskBatch& pass : passes)
-        loss += objectives.evaluate(pass) * static_cast<double>(pass.count()) / static_cast<double>(n);
-      result.metrics[task + ".loss"] = loss;
-    }
-    if (batch.task == Task::question_answering) {
-      const std::vector<float> q = vectors(models.question_encoder(), passes, 0, acts_a);
-      const std::vector<float> a = vectors(models.answer_encoder(), passes, 1, acts_b);
-      const size_t d = q.size() / static_cast<size_t>(n);
-      if (contrastive)
-        result.metrics[task + ".loss"] =
-            contrastive_loss(std::vector<double>(q.begin(), q.end()), std::vector<double>(a.begin(), a.end()), n,
-                             static_cast<int64_t>(d), options_.qa_objective.temperature);
-      add_retrieval_metrics(q, a, n, result);
-      if (candidates_.sentences.count() > 0)
-        add_selection_metrics(models.answer_encoder(), candidates_, q, a, n, d, config, device, options_.pass, result);
-    } else if (batch.task == Task::consistency) {
-      add_consistency_metrics(vectors(models.answer_encoder(), passes, 0, acts_a),
-                              vectors(models.answer_encoder(), passes, 1, acts_b), batch.labels, result);
-    } else if (options_.max_decoded > 0) {
-      // The decoder tasks: the vector of x (encode_decode) or of p0 + p1 (reasoning). None
-      // decoded (eval.decoded 0): no token accuracy, rather than an accuracy of 0.
-      const bool reasoning = batch.task == Task::reasoning;
-      int64_t right = 0, total = 0;
-      for (const TaskBatch& pass :
-           batch.slice(0, std::min(n, options_.max_decoded)).split(options_.pass.tokens, options_.pass.examples)) {
-        const int64_t k = pass.count();
-        Tensor v = models.answer_encoder().forward(first_sequences(pass.fields[0], k, config, device), eval, acts_a).clone();
-        if (reasoning)
-          ops::add(v, models.answer_encoder().forward(first_sequences(pass.fields[1], k, config, device), eval, acts_b), v);
-        // The vectors, or the decoder's scores from them, not finite: no accuracy (NaN).
+    const bool qa = batch.task == Task::question_answering, consistency = batch.task == Task::consistency;
+    const bool reasoning = batch.task == Task::reasoning;
+    // The decoder tasks' token accuracy is of their first eval.decoded examples.
+    const int64_t to_decode = qa || consistency ? 0 : std::min(n, options_.max_decoded);
+    double loss = 0;
+    std::vector<float> first, second;  // QA: QE(q), AE(a); consistency: AE(s0), AE(s1); [n, d]
+    int64_t decoded = 0, right = 0, total = 0;  // total -1: vectors or scores that are not finite
+    for (const TaskBatch& pass : batch.split(options_.pass.tokens, options_.pass.examples)) {
+      const int64_t count = pass.count();
+      loss += objectives.evaluate(pass) * static_cast<double>(count) / static_cast<double>(n);
+      // Reasoning and consistency encode both fields in one pass of AE: field 0's rows first.
+      const Tensor& u = objectives.encoded(0);
+      if (qa || consistency) {
+        const std::vector<float> rows = host_rows(u);
+        const auto half = rows.begin() + count * d;
+        first.insert(first.end(), rows.begin(), half);
+        const std::vector<float> answers = qa ? host_rows(objectives.encoded(1)) : std::vector<float>(half, rows.end());
+        second.insert(second.end(), answers.begin(), answers.end());
+      } else if (decoded < to_decode && total >= 0) {
+        // The vector of x (encode_decode) or of p0 + p1 (reasoning).
+        const int64_t k = std::min(count, to_decode - decoded);
+        Tensor v = u.slice(0, 0, k).clone();
+        if (reasoning) ops::add(v, u.slice(0, count, count + k), v);
+        decoded += k;
         const std::vector<float> host = host_rows(v);
         if (!std::all_of(host.begin(), host.end(), [](float x) { return std::isfinite(x); }) ||
-            !count_decoded_right(models.decoder(), v, pass.fields[reasoning ? 2 : 0], k, right, total)) {
+            !count_decoded_right(models.decoder(), v, pass.fields[reasoning ? 2 : 0], k, right, total))
           total = -1;
-          break;
-        }
       }
+    }
+    if (qa && options_.qa_objective.contrastive)  // each pass's InfoNCE had its own answers alone
+      loss = contrastive_loss(std::vector<double>(first.begin(), first.end()),
+                              std::vector<double>(second.begin(), second.end()), n, d,
+                              options_.qa_objective.temperature);
+    result.metrics[task + ".loss"] = loss;
+    if (qa) {
+      add_retrieval_metrics(first, second, n, result);
+      if (candidates_.sentences.count() > 0)
+        add_selection_metrics(models.answer_encoder(), candidates_, first, second, n, static_cast<size_t>(d), config,
+                              models.device(), options_.pass, result);
+    } else if (consistency) {
+      add_consistency_metrics(first, second, batch.labels, result);
+    } else if (to_decode > 0) {  // none decoded (eval.decoded 0): no token accuracy, rather than 0
       result.metrics[task + ".token_accuracy"] =
           total > 0 ? static_cast<double>(right) / static_cast<double>(total) : total < 0 ? kUndefined : 0.0;
     }

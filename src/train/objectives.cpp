@@ -425,6 +425,11 @@ const Tensor& Objectives::run(const data::TaskBatch& batch, const ObjectiveOptio
   return impl_->run(batch, options, /*backward=*/true);
 }
 
+const Tensor& Objectives::encoded(int k) const {
+  QARAC_CHECK(k == 0 || k == 1, "objectives: encoder application ", k, " (0 or 1)");
+  return impl_->encoded[k].pooling.pooled;
+}
+
 double Objectives::evaluate(const data::TaskBatch& batch) {
   const Tensor& loss = impl_->run(batch, ObjectiveOptions{}, /*backward=*/false);
   return loss.to(Device::cpu()).to(DType::f64).data<double>()[0];

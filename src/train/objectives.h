@@ -79,6 +79,10 @@ class Objectives {
   const Tensor& run(const data::TaskBatch& batch, const ObjectiveOptions& options);
   // The loss alone (evaluation): no gradients, no dropout. Synchronises.
   double evaluate(const data::TaskBatch& batch);
+  // The vectors of encoder application k (0, 1) of the last run() or evaluate(), on the device:
+  // [B, d], or [2B, d] for a task that encodes both its fields in one pass (reasoning,
+  // consistency: the first field's rows first). Valid until the next run() or evaluate().
+  const Tensor& encoded(int k) const;
 
  private:
   struct Impl;
