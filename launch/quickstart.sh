@@ -158,16 +158,25 @@ else
     export PATH=/usr/local/cuda/bin:$PATH
   fi
   # Configured once, as tests/run.sh does (so that both share build/); afterwards cmake --build
-  # reconfigures by itself when a CMakeLists.txt changed. Only the two programs are built here.
+  # reconfigures by itself when a CMakeLists.txt changed. Only the programs the job and its
+  # exports' model cards name are built here.
   if [ ! -f "$build/CMakeCache.txt" ]; then
     logged configure cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release \
       -DQARAC_CUDA="${QARAC_CUDA:-AUTO}" -DQARAC_TESTS=ON
   fi
-  logged_showing build '^\[ *[0-9]+%\] Built target' cmake --build "$build" -j2 --target qarac-prep qarac-train
+  logged_showing build '^\[ *[0-9]+%\] Built target' cmake --build "$build" -j2 \
+    --target qarac-prep qarac-train qarac-embed qarac-generate
   phase_done
 fi
 prep=$build/src/cli/qarac-prep
 train=$build/src/cli/qarac-train
+# OpenBLAS takes a CPU model it does not know (a cloud VM's) for an old one and runs SSE3
+# kernels: qarac-train --version names the core to set (train-local.sh sets it for its ranks too).
+blas_core=$("$train" --version 2>/dev/null | sed -n "s/^OpenBLAS .*this CPU's own: OPENBLAS_CORETYPE=\([A-Za-z0-9_]*\).*/\1/p")
+if [ -z "${OPENBLAS_CORETYPE+x}" ] && [ -n "$blas_core" ]; then
+  export OPENBLAS_CORETYPE=$blas_core
+  echo "   OPENBLAS_CORETYPE=$blas_core: OpenBLAS takes this CPU for an older one and would run SSE3 kernels"
+fi
 
 phase "data: sample datasets to task streams (tokenizer $tokenizer)"
 # The longest field the model's position table holds: RoBERTa counts 2 positions beyond it.
@@ -227,6 +236,8 @@ printf '\n== summary\n\n'
 bash "$repo/launch/metrics-table.sh" "$out/finetune"
 echo
 echo "fine-tuned models (Hugging Face directories): $out/finetune/export/"
+printf 'their vectors: %q --model %q --input TEXTS (and %q)\n' "$build/src/cli/qarac-embed" \
+  "$out/finetune/export/answer_encoder" "$build/src/cli/qarac-generate"
 for plot in "${plots[@]}"; do echo "plot:    $plot"; done
 printf 'metrics: %s (again: bash %q %q)\n' "$out/finetune/metrics.jsonl" "$repo/launch/metrics-table.sh" "$out/finetune"
 echo "logs:    $logs/"

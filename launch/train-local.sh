@@ -92,7 +92,8 @@ fi
 # Open MPI, Hydra (MPICH's or Intel MPI's, one ABI) for the MPICH family. Started by the other,
 # every rank would run alone as rank 0. (qarac-train --version names the library it loads; srun
 # serves both.)
-library=$("$train" --version 2>/dev/null | sed -n 's/^MPI  *//p' || true)
+version=$("$train" --version 2>/dev/null || true)
+library=$(sed -n 's/^MPI  *//p' <<<"$version")
 mismatch=""
 case "$flavour:$library" in
   openmpi:?*) [[ "$library" == *"Open MPI"* ]] || mismatch=1 ;;
@@ -127,21 +128,31 @@ if [ -z "$threads" ]; then
 fi
 per_rank=$((cores / ranks))   # cores bound to each rank when they fit
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
+# OpenBLAS takes a CPU model it does not know (a cloud VM's) for an old one and runs SSE3
+# kernels, several times slower: qarac-train --version names the core to set. Every rank of a
+# local launch runs on this CPU. A core the user set is kept, and passed on.
+blas_core=$(sed -n "s/^OpenBLAS .*this CPU's own: OPENBLAS_CORETYPE=\([A-Za-z0-9_]*\).*/\1/p" <<<"$version")
+env_vars=(OMP_NUM_THREADS OPENBLAS_NUM_THREADS)
+if [ -z "${OPENBLAS_CORETYPE+x}" ] && [ -n "$blas_core" ]; then
+  export OPENBLAS_CORETYPE=$blas_core
+  echo "$me: OPENBLAS_CORETYPE=$blas_core: OpenBLAS takes this CPU for an older one (qarac-train --version)"
+fi
+[ -z "${OPENBLAS_CORETYPE+x}" ] || env_vars+=(OPENBLAS_CORETYPE)
 case "$flavour" in
   openmpi)
     cmd=("$mpirun" -np "$ranks")
     if ((per_rank >= 1)); then cmd+=(--map-by "slot:PE=$per_rank" --bind-to core)
     else cmd+=(--oversubscribe --bind-to none); fi
     [ "$(id -u)" -ne 0 ] || cmd+=(--allow-run-as-root)
-    cmd+=(-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS) ;;
+    for var in "${env_vars[@]}"; do cmd+=(-x "$var"); done ;;
   mpich)
     cmd=("$mpirun" -n "$ranks")
     if ((per_rank >= 1)); then cmd+=(-bind-to "core:$per_rank"); else cmd+=(-bind-to none); fi
-    cmd+=(-genv OMP_NUM_THREADS "$threads" -genv OPENBLAS_NUM_THREADS "$threads") ;;
+    for var in "${env_vars[@]}"; do cmd+=(-genv "$var" "${!var}"); done ;;
   intel)
     cmd=("$mpirun" -n "$ranks")
     if ((per_rank >= 1)); then cmd+=(-genv I_MPI_PIN_DOMAIN "$per_rank:compact"); else cmd+=(-genv I_MPI_PIN 0); fi
-    cmd+=(-genv OMP_NUM_THREADS "$threads" -genv OPENBLAS_NUM_THREADS "$threads") ;;
+    for var in "${env_vars[@]}"; do cmd+=(-genv "$var" "${!var}"); done ;;
   srun)
     cmd=("$mpirun" --ntasks="$ranks" --kill-on-bad-exit=1)
     if ((per_rank >= 1)); then cmd+=(--cpus-per-task="$per_rank" --cpu-bind=cores)
@@ -151,7 +162,8 @@ cmd+=("$train" "${train_args[@]}")
 
 echo "$me: $ranks rank(s) on $cores core(s), $threads thread(s) per rank, launcher $mpirun ($flavour)"
 printf '%s:' "$me"
-printf ' %q' "OMP_NUM_THREADS=$threads" "OPENBLAS_NUM_THREADS=$threads" "${cmd[@]}"
+for var in "${env_vars[@]}"; do printf ' %q' "$var=${!var}"; done
+printf ' %q' "${cmd[@]}"
 printf '\n'
 ((dry_run)) && exit 0
 exec "${cmd[@]}"

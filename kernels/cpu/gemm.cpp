@@ -41,19 +41,30 @@ std::string blas_core_for(const std::string& core, const CpuFeatures& cpu) {
   return cpu.avx512bf16 ? "Cooperlake" : cpu.avx512f ? "SkylakeX" : cpu.avx2_fma ? "Haswell" : "";
 }
 
-std::string blas_core_advice() {
+std::string blas_core_to_set() {
 #if defined(__x86_64__)
   if (std::getenv("OPENBLAS_CORETYPE")) return "";
   __builtin_cpu_init();
   const CpuFeatures cpu{__builtin_cpu_supports("avx512bf16") != 0, __builtin_cpu_supports("avx512f") != 0,
                         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")};
-  const std::string core = openblas_get_corename(), own = blas_core_for(core, cpu);
-  if (own.empty()) return "";
-  return "OpenBLAS runs its " + core + " kernels on this CPU, which has " + (cpu.avx512f ? "AVX-512" : "AVX2") +
-         ": set OPENBLAS_CORETYPE=" + own + " for GEMMs several times faster (it does not know this CPU model)";
+  return blas_core_for(openblas_get_corename(), cpu);
 #else
   return "";  // OpenBLAS's fallback cores are x86's
 #endif
+}
+
+std::string blas_kernels() {
+  const std::string own = blas_core_to_set();
+  return std::string(openblas_get_corename()) + " kernels" +
+         (own.empty() ? "" : "; this CPU's own: OPENBLAS_CORETYPE=" + own);
+}
+
+std::string blas_core_advice() {
+  const std::string own = blas_core_to_set();
+  if (own.empty()) return "";
+  return std::string("OpenBLAS runs its ") + openblas_get_corename() +
+         " kernels on this CPU (a model it does not know): set the environment variable OPENBLAS_CORETYPE=" + own +
+         " for GEMMs several times faster (launch/train-local.sh and quickstart.sh set it)";
 }
 
 template <class T>

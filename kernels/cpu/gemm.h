@@ -26,6 +26,11 @@ void gemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t 
 // OPENBLAS_CORETYPE to set, which OpenBLAS reads when it loads; "" when its kernels use AVX2 or
 // OPENBLAS_CORETYPE is set already.
 std::string blas_core_advice();
+// That OPENBLAS_CORETYPE alone ("" as above).
+std::string blas_core_to_set();
+// What --version says of OpenBLAS: its kernels, and the OPENBLAS_CORETYPE to set if any
+// ("Prescott kernels; this CPU's own: OPENBLAS_CORETYPE=Cooperlake"), which the launch scripts read.
+std::string blas_kernels();
 
 // The x86 features that choose an OpenBLAS core.
 struct CpuFeatures {

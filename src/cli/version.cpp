@@ -6,6 +6,7 @@
 
 #include "cli/standard_output.h"
 #include "core/error.h"
+#include "kernels/cpu/gemm.h"
 #include "parallel/versions.h"
 // Generated at every build by cmake/QaracBuildInfo.cmake (the commit changes without a reconfigure).
 #include "qarac_build_info.h"
@@ -35,6 +36,7 @@ std::string version_text(const char* program) {
   line("CUDA driver", libraries.cuda_driver);
   line("NCCL", libraries.nccl);
   line("MPI", libraries.mpi);
+  line("OpenBLAS", cpu::blas_kernels());
   return text;
 }
 

@@ -42,8 +42,19 @@ for flavour in openmpi mpich intel srun; do
   check "$flavour, $many ranks: exit 0 (got $rc)" test "$rc" = 0
   check "$flavour, $many ranks: oversubscribed, unbound" has "$work/out.txt" "${oversubscribed[$flavour]}"
 done
-dry openmpi 1
+(unset OPENBLAS_CORETYPE; dry openmpi 1)
 check "Open MPI: variables passed with -x" has "$work/out.txt" "-x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS"
+check "no OpenBLAS core to set: none set" lacks "$work/out.txt" "OPENBLAS_CORETYPE"
+# The OpenBLAS core qarac-train --version names is set on every rank, unless the user set one.
+for flavour in openmpi mpich; do
+  (unset OPENBLAS_CORETYPE; FAKE_BLAS_CORE=Haswell dry "$flavour" 1)
+  check "$flavour: the OpenBLAS core named, set" has "$work/out.txt" "OPENBLAS_CORETYPE=Haswell: OpenBLAS takes this CPU"
+  check "$flavour: the OpenBLAS core passed to the ranks" has_re "$work/out.txt" \
+    "OPENBLAS_CORETYPE=Haswell mpirun .*(-x OPENBLAS_CORETYPE|-genv OPENBLAS_CORETYPE Haswell) "
+done
+OPENBLAS_CORETYPE=SkylakeX FAKE_BLAS_CORE=Haswell dry openmpi 1
+check "a core the user set: kept" lacks "$work/out.txt" "OPENBLAS_CORETYPE=Haswell"
+check "a core the user set: passed to the ranks" has "$work/out.txt" "OPENBLAS_CORETYPE=SkylakeX mpirun"
 # Without --, this script's options are its own wherever they stand among qarac-train's.
 rc=0
 env FAKE_MPI=openmpi FAKE_LOG="$work/log" QARAC_BUILD="$work/build" PATH="$fake:$PATH" MPIRUN=mpirun \

@@ -390,10 +390,15 @@ TEST(Gemm, OpenBlasCoreAdviceNamesACoreOrNothing) {
   if (!advice.empty()) {
     EXPECT_EQ(env, nullptr);
     EXPECT_EQ(advice.rfind("OpenBLAS runs its ", 0), 0u) << advice;
-    EXPECT_NE(advice.find("set OPENBLAS_CORETYPE="), std::string::npos) << advice;
+    EXPECT_NE(advice.find("set the environment variable OPENBLAS_CORETYPE=" + cpu::blas_core_to_set()),
+              std::string::npos)
+        << advice;
+    EXPECT_NE(cpu::blas_kernels().find("; this CPU's own: OPENBLAS_CORETYPE=" + cpu::blas_core_to_set()),
+              std::string::npos);
   }
   ASSERT_EQ(setenv("OPENBLAS_CORETYPE", "Haswell", 1), 0);
   EXPECT_EQ(cpu::blas_core_advice(), "");
+  EXPECT_EQ(cpu::blas_kernels().find("this CPU's own"), std::string::npos);
   if (env)
     setenv("OPENBLAS_CORETYPE", set.c_str(), 1);
   else
