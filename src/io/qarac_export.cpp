@@ -36,7 +36,8 @@ LoadedModel<Model> read_export(const std::string& dir, bool decoder, TensorMap& 
                     is_decoder ? "a decoder export" : "an encoder export or a plain RoBERTa",
                     " (config.json: \"is_decoder\": ", is_decoder ? "true" : "false", "); ",
                     decoder ? "the decoder export is needed here"
-                            : "an encoder export (question_encoder or answer_encoder) is needed here");
+                            : "an encoder export (question_encoder or answer_encoder) is needed here; "
+                              "qarac-generate decodes with a decoder");
   LoadedModel<Model> out{dir, model_config, data::Tokenizer::from_dir(dir), {}};
   for (auto& [name, tensor] : read_hf_weights(dir, &source)) {
     require_finite(tensor, name, source);
