@@ -64,8 +64,7 @@ constexpr double kUndefined = std::numeric_limits<double>::quiet_NaN();
 // starts as "<s>" and grows by its argmax token for as many steps as its target has tokens, the
 // positions compared (before, each ran as many steps as the pass's longest target: most of the
 // evaluation's time). Adds the target positions predicted right to `right`, and the positions to
-// `total`.
-// False, counting nothing, when the decoder's scores are not finite.
+// `total`; false, counting nothing, when the decoder's scores are not finite.
 bool count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count, int64_t& right,
                          int64_t& total) {
   const std::vector<std::vector<int32_t>> full = sequences_of(field, count);
