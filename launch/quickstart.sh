@@ -172,7 +172,8 @@ prep=$build/src/cli/qarac-prep
 train=$build/src/cli/qarac-train
 # OpenBLAS takes a CPU model it does not know (a cloud VM's) for an old one and runs SSE3
 # kernels: qarac-train --version names the core to set (train-local.sh sets it for its ranks too).
-blas_core=$("$train" --version 2>/dev/null | sed -n "s/^OpenBLAS .*this CPU's own: OPENBLAS_CORETYPE=\([A-Za-z0-9_]*\).*/\1/p")
+# A program that cannot answer is left to the phases below to report.
+blas_core=$("$train" --version 2>/dev/null | sed -n "s/^OpenBLAS .*this CPU's own: OPENBLAS_CORETYPE=\([A-Za-z0-9_]*\).*/\1/p" || true)
 if [ -z "${OPENBLAS_CORETYPE+x}" ] && [ -n "$blas_core" ]; then
   export OPENBLAS_CORETYPE=$blas_core
   echo "   OPENBLAS_CORETYPE=$blas_core: OpenBLAS takes this CPU for an older one and would run SSE3 kernels"
