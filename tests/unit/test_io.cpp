@@ -533,14 +533,19 @@ class ConfigTest : public IoTest {
 TEST_F(ConfigTest, ReadsDefaultsAndRoundTrips) {
   const RobertaConfig c = read_hf_config(write_config("config.json", "", ""));
   EXPECT_EQ(c.vocab_size, 101);
-  EXPECT_EQ(c.type_vocab_size, 1);
+  // transformers' defaults, not RoBERTa's values: a hand-written config.json that leaves them out
+  // computes there with these.
+  EXPECT_EQ(c.type_vocab_size, 2);
+  EXPECT_DOUBLE_EQ(read_hf_config(write_config("no-eps.json", R"(, "layer_norm_eps": 1e-05)", "")).layer_norm_eps,
+                   1e-12);
   EXPECT_EQ(c.pad_token_id, 1);
   EXPECT_DOUBLE_EQ(c.hidden_dropout, 0.1);
 
   RobertaConfig d = c;
   d.hidden_dropout = 0.0;
   d.attention_dropout = 0.25;
-  d.layer_norm_eps = 1e-12;
+  d.layer_norm_eps = 1e-6;
+  d.type_vocab_size = 1;
   write_hf_config(path("written.json"), d);
   const RobertaConfig e = read_hf_config(path("written.json"));
   EXPECT_EQ(e.hidden_size, d.hidden_size);
@@ -550,7 +555,8 @@ TEST_F(ConfigTest, ReadsDefaultsAndRoundTrips) {
   EXPECT_EQ(e.max_position_embeddings, d.max_position_embeddings);
   EXPECT_EQ(e.eos_token_id, d.eos_token_id);
   EXPECT_DOUBLE_EQ(e.attention_dropout, 0.25);
-  EXPECT_DOUBLE_EQ(e.layer_norm_eps, 1e-12);
+  EXPECT_DOUBLE_EQ(e.layer_norm_eps, 1e-6);
+  EXPECT_EQ(e.type_vocab_size, 1);
   const std::string text = read_bytes(path("written.json"));
   EXPECT_NE(text.find("\"RobertaForMaskedLM\""), std::string::npos);
   EXPECT_NE(text.find("\"position_embedding_type\": \"absolute\""), std::string::npos);
