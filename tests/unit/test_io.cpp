@@ -275,6 +275,36 @@ TEST_F(IoTest, ReadHfRobertaBareNamesAndSkippedTensors) {
   EXPECT_EQ(m.config.hidden_size, 4);
 }
 
+TEST_F(IoTest, ReadHfRobertaSetsAsideAnUntiedHead) {
+  // A RobertaForMaskedLM saved with tie_word_embeddings false: transformers outputs through
+  // lm_head.decoder.weight, which the tied MLM heads here have no place for.
+  RobertaConfig c;
+  c.vocab_size = 10;
+  c.hidden_size = 4;
+  c.num_layers = 1;
+  c.num_heads = 2;
+  c.intermediate_size = 8;
+  c.max_position_embeddings = 6;
+  RobertaEncoder encoder(c, DType::f32, Device::cpu());
+  TensorMap tensors = {{"lm_head.dense.weight", Tensor::zeros({4, 4}, DType::f32)},
+                       {"lm_head.dense.bias", Tensor::zeros({4}, DType::f32)},
+                       {"lm_head.layer_norm.weight", Tensor::zeros({4}, DType::f32)},
+                       {"lm_head.layer_norm.bias", Tensor::zeros({4}, DType::f32)},
+                       {"lm_head.decoder.weight", Tensor::zeros({10, 4}, DType::f32)},
+                       {"lm_head.bias", Tensor::zeros({10}, DType::f32)}};
+  for (const Parameter* p : encoder.parameters())
+    tensors.emplace("roberta." + p->name, Tensor::zeros(p->value.shape(), DType::f32));
+  write_safetensors(path("model.safetensors"), tensors);
+  HfConfigOptions options;
+  write_hf_config(path("config.json"), c, options);
+  EXPECT_EQ(read_hf_roberta(dir_.string()).lm_head.size(), 6u);  // tied: transformers ignores decoder.weight too
+  options.tie_word_embeddings = false;
+  write_hf_config(path("config.json"), c, options);
+  const HfRoberta m = read_hf_roberta(dir_.string());
+  EXPECT_TRUE(m.lm_head.empty());
+  EXPECT_EQ(m.encoder.size(), encoder.parameters().size());
+}
+
 TEST_F(IoTest, ReadHfRobertaWithoutEncoderTensors) {
   // A BERT checkpoint: its "bert." names are not RoBERTa's.
   write_hf_config(path("config.json"), RobertaConfig{});
