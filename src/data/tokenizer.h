@@ -48,7 +48,10 @@ class Tokenizer {
   // The file's truncation and padding are not applied (the loader batches). InputError for
   // anything else, naming the file and the JSON key; JSON syntax errors name the line.
   static Tokenizer from_json(const std::string& tokenizer_json);
-  // `dir`/tokenizer.json when present, else `dir`/vocab.json + `dir`/merges.txt.
+  // `dir`/tokenizer.json when present, else `dir`/vocab.json + `dir`/merges.txt with
+  // `dir`/tokenizer_config.json's add_prefix_space; InputError naming the file for added tokens
+  // there (added_tokens.json, added_tokens_decoder beyond the special tokens at their ids), which
+  // transformers would encode and this reading would not.
   static Tokenizer from_dir(const std::string& dir);
   // Whether `dir` holds the files from_dir reads (not whether they parse).
   static bool found_in(const std::string& dir);

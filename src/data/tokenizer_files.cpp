@@ -313,7 +313,34 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
   const fs::path merges = fs::path(dir) / "merges.txt";
   if (!fs::exists(vocab, ec) && !fs::exists(merges, ec))
     fail(dir, "no tokenizer.json, nor vocab.json and merges.txt");
-  return from_files(vocab.string(), merges.string());
+  // transformers' RobertaTokenizer also reads these two files beside vocab.json and merges.txt; a
+  // tokenizer that ignored them would encode other ids than AutoTokenizer from the same folder.
+  constexpr const char* kResave =
+      "save the tokenizer with transformers for a tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))";
+  const fs::path added = fs::path(dir) / "added_tokens.json";
+  if (fs::exists(added, ec)) fail(added.string(), "added tokens are not read beside vocab.json and merges.txt: ", kResave);
+  TokenizerOptions options;
+  const fs::path config_path = fs::path(dir) / "tokenizer_config.json";
+  json config = json::object();
+  if (fs::exists(config_path, ec)) {
+    config = parse_json(config_path.string());
+    if (!config.is_object()) fail(config_path.string(), "expected a JSON object, got a JSON ", config.type_name());
+    options.add_prefix_space = bool_member(config, "add_prefix_space", false, config_path.string());
+  }
+  Tokenizer tokenizer = from_files(vocab.string(), merges.string(), options);
+  // Its added_tokens_decoder may list RoBERTa's special tokens at their vocabulary ids, nothing else.
+  if (const json* decoder = find_member(config, "added_tokens_decoder")) {
+    const std::string where = config_path.string() + ": added_tokens_decoder";
+    if (!decoder->is_object()) fail(where, "expected an object, got ", json_brief(*decoder));
+    for (const auto& [id, entry] : decoder->items()) {
+      const std::string content = entry.is_object() ? string_member(entry, "content", where) : std::string();
+      const int32_t known = tokenizer.token_id(content);
+      if (known < 0 || !tokenizer.is_special(known) || std::to_string(known) != id)
+        fail(where, "token ", quote(content), " at id ", id, " is not a special token of vocab.json at its id: ",
+             kResave);
+    }
+  }
+  return tokenizer;
 }
 
 bool Tokenizer::found_in(const std::string& dir) {

@@ -55,6 +55,11 @@ struct QaracClasses {
 // "question_encoder" and "answer_encoder": qarac_encoder, QaracEncoderConfig, QaracEncoderModel;
 // "decoder": qarac_decoder, QaracDecoderConfig, QaracDecoderModel; none for other models.
 std::optional<QaracClasses> qarac_classes(const std::string& model);
+// The decoder export's LM head is stored under this prefix, not transformers' "lm_head.": given
+// the export, RobertaForCausalLM (or RobertaForMaskedLM) finds none of its head's weights and
+// reports them missing, instead of loading the head without the decoder's two head layers and
+// computing another model under a plain load report.
+inline constexpr const char* kDecoderHeadPrefix = "qarac_lm_head.";
 
 // modeling_qarac.py (src/io/modeling_qarac.py, compiled in) and config.json's auto_map
 // (AutoConfig and AutoModel to qarac_classes'), and for the encoders the sentence-transformers

@@ -83,8 +83,8 @@ HfRoberta read_hf_roberta(const std::string& dir) {
 
   HfRoberta model;
   model.dir = dir;
-  bool is_decoder = false;
-  model.config = read_hf_config((root / "config.json").string(), &is_decoder);
+  bool is_decoder = false, tied_head = true;
+  model.config = read_hf_config((root / "config.json").string(), &is_decoder, &tied_head);
   const std::string& weights = model.weights;
   std::vector<std::string> skipped;
   // A NaN or an infinity in a starting point poisons the first step; it is refused here, naming
@@ -116,6 +116,14 @@ HfRoberta read_hf_roberta(const std::string& dir) {
   if (is_decoder)
     log::warn(dir, ": config.json says is_decoder, but it is read as an encoder (bidirectional)",
               skipped.empty() ? "" : detail::concat(", without its ", skipped.size(), " other tensors"));
+  // The MLM heads built from lm_head output through the word embeddings; an untied head's own
+  // matrix (lm_head.decoder.weight, or a fresh one where it is missing) is what transformers
+  // multiplies by, so loading the rest of it would compute another head. It is set aside whole.
+  if (!tied_head && !model.lm_head.empty()) {
+    log::warn_shared(dir, ": config.json says tie_word_embeddings false, but the MLM heads here output through the "
+                     "word embeddings: its lm_head is not used (no rehearsal, no forgetting monitor)");
+    model.lm_head.clear();
+  }
   if (!skipped.empty())
     log::info(weights, ": skipped ", skipped.size(),
               " tensors that are neither encoder nor lm_head: ", name_list(skipped));

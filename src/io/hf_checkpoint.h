@@ -15,7 +15,9 @@ struct HfRoberta {
   std::string weights;  // the file the messages name: DIR/model.safetensors or its shards' index
   RobertaConfig config;
   TensorMap encoder;  // "embeddings.*", "encoder.*" (the "roberta." prefix removed if present)
-  TensorMap lm_head;  // the MLM head, set aside: "dense.weight", "layer_norm.bias", "bias", ...
+  // The MLM head, set aside: "dense.weight", "layer_norm.bias", "bias", ...; empty when the
+  // weights hold none or config.json unties it from the word embeddings (tie_word_embeddings false).
+  TensorMap lm_head;
 };
 
 // Reads DIR/config.json and DIR/model.safetensors (or its shards, io/hf_weights.h). Accepts names with the "roberta." prefix or

@@ -165,6 +165,11 @@ RobertaConfig read_hf_config(const std::string& path, bool* is_decoder, bool* ti
   }
 
   RobertaConfig c;
+  // A key config.json leaves out takes transformers' default (RobertaConfig's, XLM-R's and
+  // CamemBERT's alike), not the RoBERTa checkpoints' values RobertaConfig starts from: the model
+  // must compute what transformers computes from the same folder.
+  c.layer_norm_eps = 1e-12;
+  c.type_vocab_size = 2;
   reader.get("vocab_size", c.vocab_size, true);
   reader.get("hidden_size", c.hidden_size, true);
   reader.get("num_hidden_layers", c.num_layers, true);

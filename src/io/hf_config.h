@@ -8,7 +8,8 @@
 
 namespace qarac::io {
 
-// Reads a RoBERTa config.json. Refuses (qarac::InputError naming the file and the key) a missing
+// Reads a RoBERTa config.json; a key it lacks takes transformers' default (layer_norm_eps 1e-12,
+// type_vocab_size 2, where model/roberta_config.h starts from RoBERTa's 1e-5 and 1). Refuses (qarac::InputError naming the file and the key) a missing
 // or mistyped required key, sizes that are not positive or beyond the bounds of hf_config.cpp
 // (checked before anything multiplies or allocates them), hidden_size not divisible by the heads,
 // and any hidden_act other than "gelu" (the erf GELU, the only activation implemented). With

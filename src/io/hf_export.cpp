@@ -140,12 +140,14 @@ std::string export_hf_model(const std::string& folder, const std::string& model,
     QARAC_CHECK(is_floating(tensor.dtype()), "export of ", model, ": tensor '", name, "' is ",
                 tensor.str(), ", not floating-point");
     const bool bare_base = starts_with(name, "embeddings.") || starts_with(name, "encoder.");
-    const std::string stored = bare_base ? "roberta." + name : name;
+    const std::string hf_name = bare_base ? "roberta." + name : name;
+    const bool decoder_head = model == "decoder" && starts_with(name, "lm_head.");
+    const std::string stored = decoder_head ? kDecoderHeadPrefix + name.substr(8) : hf_name;
     const Tensor t = tensor.to(Device::cpu()).to(DType::f32);
     // Checked as written (docs/design.md §6): an f64 run's weight past float32's range is an
     // infinity only now.
     require_finite(t, stored, "export of " + model + " (float32)");
-    QARAC_CHECK(!indexed_by_vocabulary(stored) || (t.dim() >= 1 && t.size(0) == config.vocab_size),
+    QARAC_CHECK(!indexed_by_vocabulary(hf_name) || (t.dim() >= 1 && t.size(0) == config.vocab_size),
                 "export of ", model, ": '", stored, "' is ", t.str(), ", not ", config.vocab_size,
                 " rows (the config's vocabulary)");
     QARAC_CHECK(out.emplace(stored, t).second, "export of ", model, ": '", stored,
@@ -175,7 +177,8 @@ std::string export_hf_model(const std::string& folder, const std::string& model,
       options.architecture = classes->model_class;
       options.model_type = classes->model_type;
       options.is_decoder = model == "decoder";
-      options.tie_word_embeddings = !out.count("lm_head.decoder.weight");
+      options.tie_word_embeddings =
+          !out.count("lm_head.decoder.weight") && !out.count(std::string(kDecoderHeadPrefix) + "decoder.weight");
     }
     write_hf_config((tmp / "config.json").string(), config, options);
     write_qarac_code(tmp.string(), model);

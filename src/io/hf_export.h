@@ -4,7 +4,8 @@
 //
 // The RoBERTa base is stored as "roberta.embeddings.*" / "roberta.encoder.*", the names
 // transformers expects; every other tensor (pooling head, decoder layers, LM head) keeps its own
-// name, an extra key transformers ignores with a warning. A QARAC model is exported with
+// name, an extra key transformers ignores with a warning, except the decoder's LM head, stored as
+// "qarac_lm_head.*" (io/export_files.h: kDecoderHeadPrefix). A QARAC model is exported with
 //   io::export_hf_model(run_dir + "/export", "decoder", models.config().base,
 //                       io::master_tensors(models.model_parameters("decoder")));
 #pragma once

@@ -7,8 +7,10 @@
 # compute (src/model/pooling.*, src/model/decoder.*), which tests/python/test_hf_export.py checks.
 # The exports' config.json names model types of their own (qarac_encoder, qarac_decoder), declared
 # here, so that transformers refuses them without trust_remote_code instead of loading a plain
-# RoBERTa that ignores the heads; the tensor names are RoBERTa's, so RobertaModel.from_pretrained(
-# export) still loads the base alone when asked for by name.
+# RoBERTa that ignores the heads; the base's tensor names are RoBERTa's, so RobertaModel.from_pretrained(
+# export) still loads the base alone when asked for by name, but the decoder's LM head is
+# "qarac_lm_head", so RobertaForCausalLM.from_pretrained(decoder export) reports every weight of its
+# head missing rather than load a head without the decoder's head layers.
 import math
 
 import torch
@@ -171,7 +173,8 @@ class QaracDecoderModel(RobertaPreTrainedModel):
         super().__init__(config)
         self.roberta = RobertaModel(config, add_pooling_layer=False)
         self.decoder_layers = nn.ModuleList([QaracHeadLayer(config) for _ in range(2)])
-        self.lm_head = QaracLMHead(config)
+        # Not "lm_head": RobertaForCausalLM given this export then misses its whole head, and says so.
+        self.qarac_lm_head = QaracLMHead(config)
         self.post_init()
 
     def forward(self, vectors, input_ids, attention_mask=None, **kwargs):
@@ -184,7 +187,7 @@ class QaracDecoderModel(RobertaPreTrainedModel):
         h1 = self.decoder_layers[0](extended, _causal(torch.cat([slot, mask], dim=1)))[:, 1:]
         h2 = self.decoder_layers[1](h1, _causal(mask))
         word = self.roberta.embeddings.word_embeddings.weight
-        return CausalLMOutput(logits=self.lm_head(h2, word))
+        return CausalLMOutput(logits=self.qarac_lm_head(h2, word))
 
     @torch.no_grad()
     def generate_from_vectors(self, vectors, max_new_tokens=32, prompts=None):

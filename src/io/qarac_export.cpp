@@ -1,10 +1,11 @@
 // Loading exports into SentenceEncoder and Decoder: the export's names without the "roberta."
-// prefix are the models' own parameter names (model/qarac.h).
+// prefix are the models' own parameter names (model/qarac.h), the decoder's head under "lm_head.".
 #include "io/qarac_export.h"
 
 #include <filesystem>
 
 #include "core/atomic_file.h"
+#include "io/export_files.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_config.h"
 #include "io/hf_weights.h"
@@ -39,9 +40,14 @@ LoadedModel<Model> read_export(const std::string& dir, bool decoder, TensorMap& 
                             : "an encoder export (question_encoder or answer_encoder) is needed here; "
                               "qarac-generate decodes with a decoder");
   LoadedModel<Model> out{dir, model_config, data::Tokenizer::from_dir(dir), {}};
+  const std::string head_prefix = kDecoderHeadPrefix;
   for (auto& [name, tensor] : read_hf_weights(dir, &source)) {
     require_finite(tensor, name, source);
-    tensors.emplace(starts_with(name, "roberta.") ? name.substr(8) : name, std::move(tensor));
+    std::string key = starts_with(name, "roberta.") ? name.substr(8) : name;
+    // The decoder's head under its export name (io/export_files.h); an export written before it
+    // had one holds "lm_head.*", the model's own names.
+    if (decoder && starts_with(key, head_prefix)) key = "lm_head." + key.substr(head_prefix.size());
+    tensors.emplace(std::move(key), std::move(tensor));
   }
   QARAC_INPUT_CHECK(static_cast<int64_t>(out.tokenizer.vocab_size()) == out.config.vocab_size, dir,
                     ": the tokenizer has ", out.tokenizer.vocab_size(), " tokens, the model ",
@@ -69,9 +75,9 @@ LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, De
   // config.json says which matrix the head outputs through, as transformers reads it: a missing
   // head matrix must not fall back to the embeddings unnoticed, nor a stored one be ignored.
   const bool stored = tensors.count("lm_head.decoder.weight") > 0;
-  QARAC_INPUT_CHECK(tied || stored, source, ": tensor 'lm_head.decoder.weight' is missing (config.json: "
+  QARAC_INPUT_CHECK(tied || stored, source, ": tensor '", kDecoderHeadPrefix, "decoder.weight' is missing (config.json: "
                     "\"tie_word_embeddings\": false)");
-  QARAC_INPUT_CHECK(!tied || !stored, source, ": holds 'lm_head.decoder.weight', but config.json ties the LM head "
+  QARAC_INPUT_CHECK(!tied || !stored, source, ": holds '", kDecoderHeadPrefix, "decoder.weight', but config.json ties the LM head "
                     "to the word embeddings (\"tie_word_embeddings\" true or absent): which one is meant?");
   out.model = std::make_unique<Decoder>(out.config, tied, /*vocab_multiple=*/64, dtype, device,
                                         /*dropout_stream=*/0);

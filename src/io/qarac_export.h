@@ -25,8 +25,9 @@ struct LoadedModel {
 // tokenizer.
 LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType dtype, Device device);
 
-// A decoder export: base, "decoder_layers.*", "lm_head.*"; the LM head tied to the word
-// embeddings when the export has no lm_head.decoder.weight.
+// A decoder export: base, "decoder_layers.*", the LM head "qarac_lm_head.*" (io/export_files.h;
+// "lm_head.*" in exports written before), tied to the word embeddings when the export has no
+// qarac_lm_head.decoder.weight.
 LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, Device device);
 
 }  // namespace qarac::io

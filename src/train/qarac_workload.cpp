@@ -55,7 +55,7 @@ class QaracWorkload : public Workload {
       : base_(io::read_hf_roberta(c.base)) {
     if (c.rehearsal())
       QARAC_INPUT_CHECK(!base_.lm_head.empty(), "task.mlm.weight: rehearsal trains with the base's MLM head, but ",
-                        base_.weights, " has no lm_head.* (a RobertaModel; give a RobertaForMaskedLM)");
+                        base_.weights, " has no lm_head.* tied to its word embeddings (a RobertaModel, or an untied head; give a RobertaForMaskedLM)");
     if (c.dropout >= 0) base_.config.hidden_dropout = base_.config.attention_dropout = c.dropout;
     QaracConfig qc;
     qc.base = base_.config;

@@ -163,7 +163,8 @@ def test_sentence_transformers(runs):
 
 def test_plain_classes_refuse_qarac_exports(runs):
     """The QARAC exports' model types are their own: AutoModel without trust_remote_code and
-    AutoModelForCausalLM fail rather than give a RoBERTa that ignores the heads; the pre-trained
+    AutoModelForCausalLM fail rather than give a RoBERTa that ignores the heads, RobertaForCausalLM
+    named explicitly finds no head weight in the decoder export; the pre-trained
     base stays a plain RobertaForMaskedLM. Weights are float32 (config.json's torch_dtype)."""
     for model in (*ENCODERS, "decoder"):
         export = str(runs["exports"][model])
@@ -174,6 +175,14 @@ def test_plain_classes_refuse_qarac_exports(runs):
     for options in ({}, {"trust_remote_code": True}):
         with pytest.raises(ValueError):
             transformers.AutoModelForCausalLM.from_pretrained(str(runs["exports"]["decoder"]), **options)
+    # Named explicitly, the plain LM classes load the base but none of the decoder's head, and
+    # report every weight of theirs missing: not a RoBERTa LM that skips the head layers quietly.
+    for cls in (transformers.RobertaForCausalLM, transformers.RobertaForMaskedLM):
+        _, info = cls.from_pretrained(str(runs["exports"]["decoder"]), output_loading_info=True)
+        head = {"lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
+                "lm_head.bias"}
+        assert head <= set(info["missing_keys"]), (cls.__name__, info["missing_keys"])
+        assert not any(k.startswith("roberta.") for k in info["missing_keys"]), info["missing_keys"]
     base, info = transformers.AutoModelForMaskedLM.from_pretrained(str(runs["exports"]["base"]),
                                                                    output_loading_info=True)
     assert type(base).__name__ == "RobertaForMaskedLM" and not info["missing_keys"]
@@ -204,7 +213,7 @@ def scrambled_decoder(runs):
     tensors = load_file(str(out / "model.safetensors"))
     gen = torch.Generator().manual_seed(5)
     for name, t in tensors.items():
-        if name.startswith(("decoder_layers.", "lm_head.")):
+        if name.startswith(("decoder_layers.", "qarac_lm_head.")):
             t += 0.3 * torch.randn(t.shape, generator=gen)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

@@ -280,18 +280,21 @@ TEST_F(ExportsTest, ExportsWithUnusableWeightsAreRefused) {
   const std::string weights = (dec / "model.safetensors").string();
   const std::string original = (tmp_.path / "original.safetensors").string();
   fs::copy_file(weights, original);
-  ASSERT_TRUE(io::read_safetensors(original).count("lm_head.decoder.weight")) << "the fixture's decoder head is untied";
+  // The head under a name of its own: RobertaForCausalLM finds none of its head's weights there.
+  const TensorMap stored = io::read_safetensors(original);
+  ASSERT_TRUE(stored.count("qarac_lm_head.decoder.weight")) << "the fixture's decoder head is untied";
+  for (const auto& [name, t] : stored) EXPECT_NE(name.rfind("lm_head.", 0), 0u) << name;
   const auto rewrite = [&](const std::function<void(TensorMap&)>& edit) {
     TensorMap t = io::read_safetensors(original);  // its own tensors: edits reach no other map
     edit(t);
     io::write_safetensors(weights, t);
   };
-  rewrite([](TensorMap& t) { t.at("lm_head.bias").data<float>()[3] = std::nanf(""); });
+  rewrite([](TensorMap& t) { t.at("qarac_lm_head.bias").data<float>()[3] = std::nanf(""); });
   expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
-                     {weights, "tensor 'lm_head.bias' holds a non-finite value (NaN or infinity) at element 3"});
-  rewrite([](TensorMap& t) { t.erase("lm_head.decoder.weight"); });
+                     {weights, "tensor 'qarac_lm_head.bias' holds a non-finite value (NaN or infinity) at element 3"});
+  rewrite([](TensorMap& t) { t.erase("qarac_lm_head.decoder.weight"); });
   expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
-                     {weights, "tensor 'lm_head.decoder.weight' is missing (config.json: \"tie_word_embeddings\": false)"});
+                     {weights, "tensor 'qarac_lm_head.decoder.weight' is missing (config.json: \"tie_word_embeddings\": false)"});
   rewrite([](TensorMap& t) { t.emplace("extra.weight", Tensor::zeros({2}, DType::f32)); });
   ::testing::internal::CaptureStderr();
   io::load_decoder_export(dec.string(), DType::f32, Device::cpu());
@@ -305,7 +308,7 @@ TEST_F(ExportsTest, ExportsWithUnusableWeightsAreRefused) {
   config.replace(at, std::strlen("\"tie_word_embeddings\": false"), "\"tie_word_embeddings\": true");
   std::ofstream((dec / "config.json").string()) << config;
   expect_input_error([&] { io::load_decoder_export(dec.string(), DType::f32, Device::cpu()); },
-                     {weights, "holds 'lm_head.decoder.weight', but config.json ties the LM head"});
+                     {weights, "holds 'qarac_lm_head.decoder.weight', but config.json ties the LM head"});
 }
 
 // Finite weights that overflow in a forward pass (a LayerNorm weight of 1e30) give no output:

@@ -275,6 +275,36 @@ TEST_F(IoTest, ReadHfRobertaBareNamesAndSkippedTensors) {
   EXPECT_EQ(m.config.hidden_size, 4);
 }
 
+TEST_F(IoTest, ReadHfRobertaSetsAsideAnUntiedHead) {
+  // A RobertaForMaskedLM saved with tie_word_embeddings false: transformers outputs through
+  // lm_head.decoder.weight, which the tied MLM heads here have no place for.
+  RobertaConfig c;
+  c.vocab_size = 10;
+  c.hidden_size = 4;
+  c.num_layers = 1;
+  c.num_heads = 2;
+  c.intermediate_size = 8;
+  c.max_position_embeddings = 6;
+  RobertaEncoder encoder(c, DType::f32, Device::cpu());
+  TensorMap tensors = {{"lm_head.dense.weight", Tensor::zeros({4, 4}, DType::f32)},
+                       {"lm_head.dense.bias", Tensor::zeros({4}, DType::f32)},
+                       {"lm_head.layer_norm.weight", Tensor::zeros({4}, DType::f32)},
+                       {"lm_head.layer_norm.bias", Tensor::zeros({4}, DType::f32)},
+                       {"lm_head.decoder.weight", Tensor::zeros({10, 4}, DType::f32)},
+                       {"lm_head.bias", Tensor::zeros({10}, DType::f32)}};
+  for (const Parameter* p : encoder.parameters())
+    tensors.emplace("roberta." + p->name, Tensor::zeros(p->value.shape(), DType::f32));
+  write_safetensors(path("model.safetensors"), tensors);
+  HfConfigOptions options;
+  write_hf_config(path("config.json"), c, options);
+  EXPECT_EQ(read_hf_roberta(dir_.string()).lm_head.size(), 6u);  // tied: transformers ignores decoder.weight too
+  options.tie_word_embeddings = false;
+  write_hf_config(path("config.json"), c, options);
+  const HfRoberta m = read_hf_roberta(dir_.string());
+  EXPECT_TRUE(m.lm_head.empty());
+  EXPECT_EQ(m.encoder.size(), encoder.parameters().size());
+}
+
 TEST_F(IoTest, ReadHfRobertaWithoutEncoderTensors) {
   // A BERT checkpoint: its "bert." names are not RoBERTa's.
   write_hf_config(path("config.json"), RobertaConfig{});
@@ -533,14 +563,19 @@ class ConfigTest : public IoTest {
 TEST_F(ConfigTest, ReadsDefaultsAndRoundTrips) {
   const RobertaConfig c = read_hf_config(write_config("config.json", "", ""));
   EXPECT_EQ(c.vocab_size, 101);
-  EXPECT_EQ(c.type_vocab_size, 1);
+  // transformers' defaults, not RoBERTa's values: a hand-written config.json that leaves them out
+  // computes there with these.
+  EXPECT_EQ(c.type_vocab_size, 2);
+  EXPECT_DOUBLE_EQ(read_hf_config(write_config("no-eps.json", R"(, "layer_norm_eps": 1e-05)", "")).layer_norm_eps,
+                   1e-12);
   EXPECT_EQ(c.pad_token_id, 1);
   EXPECT_DOUBLE_EQ(c.hidden_dropout, 0.1);
 
   RobertaConfig d = c;
   d.hidden_dropout = 0.0;
   d.attention_dropout = 0.25;
-  d.layer_norm_eps = 1e-12;
+  d.layer_norm_eps = 1e-6;
+  d.type_vocab_size = 1;
   write_hf_config(path("written.json"), d);
   const RobertaConfig e = read_hf_config(path("written.json"));
   EXPECT_EQ(e.hidden_size, d.hidden_size);
@@ -550,7 +585,8 @@ TEST_F(ConfigTest, ReadsDefaultsAndRoundTrips) {
   EXPECT_EQ(e.max_position_embeddings, d.max_position_embeddings);
   EXPECT_EQ(e.eos_token_id, d.eos_token_id);
   EXPECT_DOUBLE_EQ(e.attention_dropout, 0.25);
-  EXPECT_DOUBLE_EQ(e.layer_norm_eps, 1e-12);
+  EXPECT_DOUBLE_EQ(e.layer_norm_eps, 1e-6);
+  EXPECT_EQ(e.type_vocab_size, 1);
   const std::string text = read_bytes(path("written.json"));
   EXPECT_NE(text.find("\"RobertaForMaskedLM\""), std::string::npos);
   EXPECT_NE(text.find("\"position_embedding_type\": \"absolute\""), std::string::npos);

@@ -258,6 +258,25 @@ TEST(Tokenizer, ConcurrentEncodingSharesOneCache) {
   EXPECT_GT(tok.cache_size(), 0u);
 }
 
+// vocab.json and merges.txt read as transformers' RobertaTokenizer reads them with their
+// tokenizer_config.json: its add_prefix_space is kept; added tokens, which would change the ids, are
+// refused (added_tokens.json, or added_tokens_decoder beyond the special tokens at their ids).
+TEST(Tokenizer, FilesFolderReadsTokenizerConfig) {
+  TempDir dir;
+  dir.file("vocab.json", R"({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "a": 5, "\u0120a": 6, "\u0120": 7})");
+  dir.file("merges.txt", "#version: 0.2\n\u0120 a\n");
+  const std::string folder = dir.path().string();
+  EXPECT_EQ(Tokenizer::from_dir(folder).encode("a", false), (Ids{5}));
+  const std::string config = dir.file("tokenizer_config.json", R"({"add_prefix_space": true,
+    "added_tokens_decoder": {"0": {"content": "<s>"}, "4": {"content": "<mask>", "lstrip": true}}})").string();
+  EXPECT_EQ(Tokenizer::from_dir(folder).encode("a", false), (Ids{6}));
+  dir.file("tokenizer_config.json", R"({"added_tokens_decoder": {"8": {"content": "<ent>"}}})");
+  expect_input_error([&] { Tokenizer::from_dir(folder); },
+                     {config, "added_tokens_decoder", "\"<ent>\" at id 8", "save_pretrained"});
+  const std::string added = dir.file("added_tokens.json", R"({"<ent>": 8})").string();
+  expect_input_error([&] { Tokenizer::from_dir(folder); }, {added, "added tokens are not read", "save_pretrained"});
+}
+
 TEST(Tokenizer, ErrorsNameTheFileAndTheLine) {
   TempDir dir;
   const std::string good_vocab =
