@@ -94,6 +94,8 @@ class Backend {
                                   const Sequences& seqs, int64_t heads, bool causal,
                                   double dropout_p, const RngKey& dropout_key, Tensor& dq,
                                   Tensor& dk, Tensor& dv) const = 0;
+  virtual void attention_over_ranges(const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& ranges, int64_t heads, Tensor& out) const = 0;
 
   // valid_cols is resolved (never -1).
   virtual void softmax_cross_entropy(const Tensor& logits, const Tensor& targets,

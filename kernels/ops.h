@@ -169,6 +169,16 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const Tensor& out, const Tensor& lse, const Sequences& seqs, int64_t heads,
                         bool causal, double dropout_p, const RngKey& dropout_key, Tensor& dq,
                         Tensor& dk, Tensor& dv);
+// Attention of query rows over ranges of key rows, for decoding with a key/value cache: query
+// row i attends to rows [ranges[i][0], ranges[i][1]) of k and v, every one of them (the caller's
+// ranges say what each query sees; a new position of a causal sequence sees its cache up to
+// itself), with scores q·k / sqrt(Dh) and no dropout. q, out [N, H*Dh]; k, v [R, H*Dh], rows
+// that N queries of any sequences share; ranges i32 [N, 2] with 0 <= begin < end <= R (CPU
+// tensors are checked; CUDA trusts them). q may be a row-strided view, and k and v row-strided
+// views sharing one row stride (the K and V column slices of one cache). Forward only: decoding
+// computes no gradients.
+void attention_over_ranges(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& ranges,
+                           int64_t heads, Tensor& out);
 
 // ---- Softmax cross-entropy ------------------------------------------------------------------------
 // logits [N,V] (X), targets i32 [N]. Only the first `valid_cols` columns are classes (-1: all V);

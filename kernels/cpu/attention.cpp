@@ -28,6 +28,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/error.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/gemm.h"
 
@@ -148,6 +149,47 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
   }
 }
 
+// One query row and head at a time: the scores over its range, their softmax with the maximum
+// taken out, then the weighted sum of the value rows. The range names the keys, so there is no
+// mask; decoding's query rows are few, so plain loops rather than GEMMs.
+template <class T>
+void attention_over_ranges(const T* q, int64_t ld_q, const T* k, const T* v, int64_t ld_kv,
+                           int64_t rows, const int32_t* ranges, int64_t n, int64_t heads,
+                           int64_t head_dim, T* out) {
+  int64_t longest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t begin = ranges[2 * i], end = ranges[2 * i + 1];
+    QARAC_CHECK(0 <= begin && begin < end && end <= rows, "attention_over_ranges: query row ", i,
+                " attends to key rows [", begin, ", ", end, "), not a non-empty range of [0, ", rows, ")");
+    longest = std::max<int64_t>(longest, end - begin);
+  }
+  const T scale = T(1) / std::sqrt(static_cast<T>(head_dim));
+  const int64_t width = heads * head_dim;
+  std::vector<T> p(static_cast<size_t>(longest));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t begin = ranges[2 * i], len = ranges[2 * i + 1] - begin;
+    for (int64_t h = 0; h < heads; ++h) {
+      const T* qi = q + i * ld_q + h * head_dim;
+      for (int64_t j = 0; j < len; ++j) {
+        const T* kj = k + (begin + j) * ld_kv + h * head_dim;
+        T dot = 0;
+        for (int64_t c = 0; c < head_dim; ++c) dot += qi[c] * kj[c];
+        p[static_cast<size_t>(j)] = scale * dot;
+      }
+      const T max = *std::max_element(p.begin(), p.begin() + len);
+      T sum = 0;
+      for (int64_t j = 0; j < len; ++j) sum += (p[static_cast<size_t>(j)] = std::exp(p[static_cast<size_t>(j)] - max));
+      T* o = out + i * width + h * head_dim;
+      std::fill(o, o + head_dim, T(0));
+      for (int64_t j = 0; j < len; ++j) {
+        const T weight = p[static_cast<size_t>(j)] / sum;
+        const T* vj = v + (begin + j) * ld_kv + h * head_dim;
+        for (int64_t c = 0; c < head_dim; ++c) o[c] += weight * vj[c];
+      }
+    }
+  }
+}
+
 template void attention_forward<float>(const float*, const float*, const float*, int64_t,
                                        const int32_t*, const uint64_t*, int64_t, int64_t, int64_t,
                                        int64_t, bool, double, const RngKey&, float*, int64_t,
@@ -166,5 +208,10 @@ template void attention_backward<double>(const double*, const double*, const dou
                                          int64_t, const int32_t*, const uint64_t*, int64_t,
                                          int64_t, int64_t, int64_t, bool, double, const RngKey&,
                                          double*, double*, double*, int64_t);
+template void attention_over_ranges<float>(const float*, int64_t, const float*, const float*, int64_t,
+                                           int64_t, const int32_t*, int64_t, int64_t, int64_t, float*);
+template void attention_over_ranges<double>(const double*, int64_t, const double*, const double*,
+                                            int64_t, int64_t, const int32_t*, int64_t, int64_t, int64_t,
+                                            double*);
 
 }  // namespace qarac::cpu

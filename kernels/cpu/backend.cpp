@@ -258,6 +258,16 @@ class CpuBackend final : public ops::Backend {
     });
   }
 
+  void attention_over_ranges(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& ranges,
+                             int64_t heads, Tensor& out) const override {
+    with_type(q.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::attention_over_ranges(q.data<T>(), row_stride(q), k.data<T>(), v.data<T>(), row_stride(k),
+                                 k.size(0), ranges.data<int32_t>(), q.size(0), heads, q.size(1) / heads,
+                                 out.data<T>());
+    });
+  }
+
   void softmax_cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index,
                              Tensor& losses, Tensor* dlogits, double dloss, int64_t valid_cols,
                              const Tensor* row_weights) const override {

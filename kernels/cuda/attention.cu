@@ -494,6 +494,71 @@ attention_backward_dkdv_generic(AttentionParams p, const T* __restrict__ dout,
 }
 
 // =================================================================================================
+// Attention over key ranges (ops::attention_over_ranges): decoding with a key/value cache, a few
+// query rows a step, each over up to a few hundred cached keys. A block of 4 warps per (query
+// row, head): warp w takes keys begin + w, begin + w + 4, ..., lane c holds columns c, c + 32, ...
+// of the head (NC = ceil(Dh/32) of them), a score is a warp sum, and each warp keeps its own
+// online softmax (running max m, sum l, weighted values); the 4 partial results merge through
+// shared memory. Every key's Dh elements are read once, coalesced: the cache read is the cost.
+// =================================================================================================
+constexpr int kRangeWarps = 4;
+
+template <class T, int NC>
+__global__ void __launch_bounds__(kRangeWarps * kWarpSize)
+attention_over_ranges_kernel(const T* __restrict__ q, int64_t ld_q, const T* __restrict__ k,
+                             const T* __restrict__ v, int64_t ld_kv, const int32_t* __restrict__ ranges,
+                             int head_dim, float scale, T* __restrict__ out) {
+  __shared__ float part_m[kRangeWarps], part_l[kRangeWarps], part_o[kRangeWarps][NC * kWarpSize];
+  const int64_t row = blockIdx.x;
+  const int heads = static_cast<int>(gridDim.y), h = static_cast<int>(blockIdx.y);
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int64_t col = static_cast<int64_t>(h) * head_dim;
+  const int64_t begin = ranges[2 * row], end = ranges[2 * row + 1];
+
+  float qs[NC], o[NC];
+  for (int c = 0; c < NC; ++c) {
+    const int d = lane + c * kWarpSize;
+    qs[c] = d < head_dim ? to_float(q[row * ld_q + col + d]) * scale : 0.f;
+    o[c] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int64_t j = begin + warp; j < end; j += kRangeWarps) {
+    float score = 0.f;
+    for (int c = 0; c < NC; ++c) {
+      const int d = lane + c * kWarpSize;
+      if (d < head_dim) score += qs[c] * to_float(k[j * ld_kv + col + d]);
+    }
+    score = warp_sum(score);
+    const float m_new = fmaxf(m, score);
+    const float rescale = expf(m - m_new), weight = expf(score - m_new);  // rescale 0 at the first key
+    l = l * rescale + weight;
+    for (int c = 0; c < NC; ++c) {
+      const int d = lane + c * kWarpSize;
+      o[c] = o[c] * rescale + (d < head_dim ? weight * to_float(v[j * ld_kv + col + d]) : 0.f);
+    }
+    m = m_new;
+  }
+  if (lane == 0) {
+    part_m[warp] = m;
+    part_l[warp] = l;
+  }
+  for (int c = 0; c < NC; ++c) part_o[warp][lane + c * kWarpSize] = o[c];
+  __syncthreads();
+
+  // A warp that saw no key (a range shorter than 4) has m = -inf and weighs exp(-inf) = 0; the
+  // range is not empty, so some warp saw one and the maximum is finite.
+  float max = -INFINITY;
+  for (int w = 0; w < kRangeWarps; ++w) max = fmaxf(max, part_m[w]);
+  float sum = 0.f;
+  for (int w = 0; w < kRangeWarps; ++w) sum += part_l[w] * expf(part_m[w] - max);
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float value = 0.f;
+    for (int w = 0; w < kRangeWarps; ++w) value += part_o[w][d] * expf(part_m[w] - max);
+    out[row * heads * head_dim + col + d] = from_float<T>(value / sum);
+  }
+}
+
+// =================================================================================================
 // Tensor-core path: bf16, head_dim 64, mma.sync m16n8k16 (bf16 in, f32 accumulators) with
 // ldmatrix operand loads; FlashAttention-2's register-resident structure.
 //
@@ -1368,6 +1433,21 @@ struct ForwardGeneric {
   template <class T, int NC>
   void operator()() const { forward_generic<T, NC>(p, s, q, k, v, out, lse); }
 };
+struct OverRanges {
+  int64_t n, heads, head_dim, ld_q, ld_kv;
+  const void *q, *k, *v;
+  const int32_t* ranges;
+  void* out;
+  template <class T, int NC>
+  void operator()() const {
+    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(heads));
+    attention_over_ranges_kernel<T, NC><<<grid, kRangeWarps * kWarpSize, 0, stream()>>>(
+        static_cast<const T*>(q), ld_q, static_cast<const T*>(k), static_cast<const T*>(v), ld_kv,
+        ranges, static_cast<int>(head_dim), 1.0f / std::sqrt(static_cast<float>(head_dim)),
+        static_cast<T*>(out));
+    QARAC_CHECK_LAUNCH();
+  }
+};
 struct BackwardGeneric {
   const AttentionParams& p;
   const AttentionShape& s;
@@ -1470,6 +1550,18 @@ void attention_backward(DType dtype, const AttentionShape& shape, const void* do
   }
   dispatch_generic(dtype, shape.head_dim,
                    BackwardGeneric{p, shape, dout, q, k, v, lse, delta, dq, dk, dv});
+}
+
+void attention_over_ranges(DType dtype, int64_t n, int64_t heads, int64_t head_dim, const void* q,
+                           int64_t ld_q, const void* k, const void* v, int64_t ld_kv,
+                           const int32_t* ranges, void* out) {
+  QARAC_CHECK(dtype == DType::f32 || dtype == DType::bf16,
+              "attention_over_ranges: dtype must be f32 or bf16, got ", dtype_name(dtype));
+  QARAC_CHECK(heads > 0 && heads <= 65535 && head_dim > 0 && head_dim <= 128 && n <= INT32_MAX,
+              "attention_over_ranges: ", n, " query rows of ", heads, " heads of ", head_dim,
+              " (at most 2^31 - 1 rows, 65535 heads of at most 128)");
+  if (n == 0) return;
+  dispatch_generic(dtype, head_dim, OverRanges{n, heads, head_dim, ld_q, ld_kv, q, k, v, ranges, out});
 }
 
 }  // namespace qarac::cuda

@@ -1,5 +1,6 @@
 // Flash-style multi-head attention over padding-free (packed) batches, head dim 64, with causal
-// and per-sequence masks and dropout (CUDA). Semantics of ops::attention_*; device pointers.
+// and per-sequence masks and dropout, and attention over ranges of cached keys for decoding
+// (CUDA). Semantics of ops::attention_*; device pointers.
 #pragma once
 
 #include <cstdint>
@@ -33,5 +34,12 @@ void attention_backward(DType dtype, const AttentionShape& shape, const void* do
                         const void* k, const void* v, const void* out, const float* lse,
                         bool causal, double dropout_p, const RngKey& key, void* dq, void* dk,
                         void* dv, AttentionBackwardPath path = AttentionBackwardPath::automatic);
+
+// ops::attention_over_ranges: query row i of q [n, heads*head_dim] (row stride ld_q) attends to
+// rows [ranges[2i], ranges[2i+1]) of k and v (row stride ld_kv); out [n, heads*head_dim]
+// contiguous.
+void attention_over_ranges(DType dtype, int64_t n, int64_t heads, int64_t head_dim, const void* q,
+                           int64_t ld_q, const void* k, const void* v, int64_t ld_kv,
+                           const int32_t* ranges, void* out);
 
 }  // namespace qarac::cuda

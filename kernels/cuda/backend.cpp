@@ -191,6 +191,11 @@ class CudaBackend final : public ops::Backend {
                              q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), causal,
                              dropout_p, dropout_key, dq.raw(), dk.raw(), dv.raw());
   }
+  void attention_over_ranges(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& ranges,
+                             int64_t heads, Tensor& out) const override {
+    cuda::attention_over_ranges(q.dtype(), q.size(0), heads, q.size(1) / heads, q.raw(), row_stride(q),
+                                k.raw(), v.raw(), row_stride(k), ranges.data<int32_t>(), out.raw());
+  }
 
   void softmax_cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index,
                              Tensor& losses, Tensor* dlogits, double dloss, int64_t valid_cols,

@@ -44,18 +44,6 @@ Tensor& Decoder::forward(const Tensor& v, const TokenBatch& y_in, const ForwardO
   return lm_head_.forward(hidden(v, y_in, options, acts), acts.lm);
 }
 
-Tensor& Decoder::forward_last(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
-                              Activations& acts) {
-  const Tensor& h = hidden(v, y_in, options, acts);
-  const int64_t batch = y_in.count();
-  std::vector<int32_t> last(static_cast<size_t>(batch));
-  for (size_t b = 0; b < last.size(); ++b) last[b] = y_in.seqs.host[b + 1] - 1;
-  acts.last_rows = Tensor::from_vector(last, {batch}, base_.device());
-  ensure_tensor(acts.last_hidden, {batch, config_.hidden_size}, base_.dtype(), base_.device());
-  ops::gather_rows(h, acts.last_rows, acts.last_hidden);
-  return lm_head_.forward(acts.last_hidden, acts.lm);
-}
-
 const Tensor& Decoder::hidden(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
                               Activations& acts) {
   const int64_t batch = y_in.count(), tokens = y_in.tokens(), d = config_.hidden_size;
@@ -95,6 +83,114 @@ const Tensor& Decoder::hidden(const Tensor& v, const TokenBatch& y_in, const For
   head_layers_[1].forward(acts.head1_input, y_in.seqs, head_settings(acts.options, 1), acts.head1,
                           acts.base.scratch);
   return acts.head1.out;
+}
+
+// ---- greedy decoding with a key/value cache ----------------------------------------------------
+
+Tensor& Decoder::start_decoding(const Tensor& v, const TokenBatch& y_in, const std::vector<int32_t>& capacity,
+                                Cache& cache) {
+  const int64_t batch = y_in.count(), d = config_.hidden_size;
+  check_shape(v, {batch, d}, "Decoder::start_decoding v");
+  check_dtype(v, base_.dtype(), "Decoder::start_decoding v");
+  QARAC_CHECK(static_cast<int64_t>(capacity.size()) == batch, "Decoder::start_decoding: ", capacity.size(),
+              " capacities for ", batch, " sequences");
+  cache.first.assign(capacity.size(), 0);
+  cache.capacity = capacity;
+  cache.length.assign(capacity.size(), 0);
+  int64_t rows = 0;
+  for (size_t b = 0; b < capacity.size(); ++b) {
+    const int32_t begun = y_in.seqs.host[b + 1] - y_in.seqs.host[b];
+    QARAC_CHECK(begun >= 1 && capacity[b] >= begun, "Decoder::start_decoding: sequence ", b, " begins with ",
+                begun, " tokens and has room for ", capacity[b]);
+    const int64_t last_position = config_.pad_token_id + capacity[b];
+    QARAC_INPUT_CHECK(last_position < config_.max_position_embeddings, "decoding a sequence to ", capacity[b],
+                      " tokens needs position id ", last_position, " but the model has max_position_embeddings ",
+                      config_.max_position_embeddings);
+    cache.first[b] = static_cast<int32_t>(rows);
+    rows += int64_t{capacity[b]} + 1;  // + head layer 0's slot row
+    QARAC_CHECK(rows <= INT32_MAX, "Decoder::start_decoding: ", rows, " cache rows exceed i32 row indices");
+  }
+  auto cache_tensor = [&] { return Tensor::empty({rows, 2 * d}, base_.dtype(), base_.device()); };
+  cache.base.clear();
+  for (int64_t l = 0; l < config_.num_layers; ++l) cache.base.push_back(cache_tensor());
+  cache.head0 = cache_tensor();
+  cache.head1 = cache_tensor();
+  std::vector<int32_t> all(capacity.size());
+  for (size_t b = 0; b < all.size(); ++b) all[b] = static_cast<int32_t>(b);
+  return extend(&v, all, y_in, cache);
+}
+
+Tensor& Decoder::decode(const std::vector<int32_t>& which, const std::vector<int32_t>& tokens, Cache& cache) {
+  QARAC_CHECK(which.size() == tokens.size(), "Decoder::decode: ", tokens.size(), " tokens for ", which.size(),
+              " sequences");
+  std::vector<bool> seen(cache.length.size());
+  std::vector<std::vector<int32_t>> appended;
+  std::vector<int32_t> first;
+  for (size_t i = 0; i < which.size(); ++i) {
+    const int32_t b = which[i];
+    QARAC_CHECK(b >= 0 && static_cast<size_t>(b) < seen.size() && !seen[static_cast<size_t>(b)],
+                "Decoder::decode: sequence ", b, " is not one of the ", seen.size(), " begun, or is given twice");
+    seen[static_cast<size_t>(b)] = true;
+    appended.push_back({tokens[i]});
+    first.push_back(cache.length[static_cast<size_t>(b)]);
+  }
+  return extend(nullptr, which, TokenBatch::continuing(appended, first, config_.pad_token_id, base_.device()),
+                cache);
+}
+
+// The rows of a step: the base and head layer 1 run the new positions t of each sequence b
+// (cache row first_b + t, attending to rows [first_b, first_b + t]); head layer 0 runs them
+// behind the slot row when starting, as E does in hidden() (cache row first_b + 1 + t,
+// attending to [first_b, first_b + t + 1], the slot included).
+Tensor& Decoder::extend(const Tensor* v, const std::vector<int32_t>& which, const TokenBatch& batch,
+                        Cache& cache) {
+  const int64_t d = config_.hidden_size, count = static_cast<int64_t>(which.size());
+  const DType dtype = base_.dtype();
+  const Device device = base_.device();
+  std::vector<int32_t> slots, ranges, head0_slots, head0_ranges, slot_rows, token_rows, last;
+  int32_t row = 0;  // the next row of E
+  for (size_t i = 0; i < which.size(); ++i) {
+    const auto b = static_cast<size_t>(which[i]);
+    const int32_t first = cache.first[b], begun = cache.length[b];
+    const int32_t added = batch.seqs.host[i + 1] - batch.seqs.host[i];
+    QARAC_CHECK(added >= 1 && begun + added <= cache.capacity[b], "Decoder::decode: sequence ", b, " of ",
+                begun, " positions cannot take ", added, " more within its capacity of ", cache.capacity[b]);
+    if (v) {
+      slot_rows.push_back(row++);
+      head0_slots.push_back(first);
+      head0_ranges.insert(head0_ranges.end(), {first, first + 1});
+    }
+    for (int32_t t = begun; t < begun + added; ++t) {
+      slots.push_back(first + t);
+      ranges.insert(ranges.end(), {first, first + t + 1});
+      token_rows.push_back(row++);
+      head0_slots.push_back(first + 1 + t);
+      head0_ranges.insert(head0_ranges.end(), {first, first + t + 2});
+    }
+    last.push_back(batch.seqs.host[i + 1] - 1);
+  }
+  const int64_t tokens = batch.tokens();
+  auto upload = [&](const std::vector<int32_t>& x, const Shape& shape) {
+    return Tensor::from_vector(x, shape, device);
+  };
+  const Tensor slots_t = upload(slots, {tokens}), ranges_t = upload(ranges, {tokens, 2});
+  const Tensor token_rows_t = upload(token_rows, {tokens});
+
+  const Tensor& hidden = base_.forward_cached(batch, slots_t, ranges_t, cache.base, cache.base_acts);
+  ensure_tensor(cache.extended_input, {row, d}, dtype, device);
+  if (v) ops::scatter_rows(*v, upload(slot_rows, {count}), cache.extended_input);
+  ops::scatter_rows(hidden, token_rows_t, cache.extended_input);
+  head_layers_[0].forward_cached(cache.extended_input, upload(head0_slots, {row}), upload(head0_ranges, {row, 2}),
+                                 config_.num_heads, cache.head0, cache.head0_acts, cache.scratch);
+  ensure_tensor(cache.head1_input, {tokens, d}, dtype, device);
+  ops::gather_rows(cache.head0_acts.out, token_rows_t, cache.head1_input);
+  head_layers_[1].forward_cached(cache.head1_input, slots_t, ranges_t, config_.num_heads, cache.head1,
+                                 cache.head1_acts, cache.scratch);
+  ensure_tensor(cache.last_hidden, {count, d}, dtype, device);
+  ops::gather_rows(cache.head1_acts.out, upload(last, {count}), cache.last_hidden);
+  for (size_t i = 0; i < which.size(); ++i)
+    cache.length[static_cast<size_t>(which[i])] += batch.seqs.host[i + 1] - batch.seqs.host[i];
+  return lm_head_.forward(cache.last_hidden, cache.lm);
 }
 
 const Tensor& Decoder::backward(Activations& acts, const Tensor& grad_logits) {

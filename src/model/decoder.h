@@ -18,9 +18,12 @@
 // no gradient), through head layer 0, then dv = d E[slot_rows] and dH = d E[token_rows].
 // The sequences of E carry y_in's sequence ids, so every dropout mask of sequence b (base, head
 // layers) is drawn from its id and positions: a function of the example, not of the batch.
+// Greedy decoding runs the same layers a position at a time over a key/value cache (Cache,
+// start_decoding, decode): the logits of forward() at the positions it runs.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "model/lm_head.h"
 #include "model/roberta.h"
@@ -58,7 +61,6 @@ class Decoder {
     RobertaLayer::Scratch extended_scratch;  // head layer 0's; head layer 1 shares the base's
     Tensor head1_input;                      // H1 [T, d]
     LMHead::Activations lm;
-    Tensor last_rows, last_hidden;  // forward_last's: i32 [B], H2's rows of them [B, d]
     Tensor grad_a, grad_b;          // [T, d]
     Tensor grad_ext_a, grad_ext_b;  // [T+B, d]
     Tensor grad_v;                  // [B, d]
@@ -68,11 +70,32 @@ class Decoder {
   // v per sequence. Runs causal whatever options.causal says.
   Tensor& forward(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options,
                   Activations& acts);
-  // The logits of every sequence's last position only [B, padded vocabulary]: what greedy
-  // decoding reads, without the LM head over the other positions (T·d·V multiply-adds a step:
-  // with RoBERTa-base's 50k words, some 40% of all the rest of the decoder's). No backward()
-  // after it.
-  Tensor& forward_last(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options, Activations& acts);
+
+  // Greedy decoding's state: the K | V of every position run so far, in every layer, so that a
+  // step runs only the new positions. Sequence b owns rows [first[b], first[b] + capacity[b] +
+  // 1) of each cache: head layer 0 keeps the slot row first and position t at row first[b] + 1
+  // + t; the base's layers and head layer 1 keep position t at first[b] + t.
+  struct Cache {
+    std::vector<int32_t> first, capacity, length;  // per sequence; length: positions run
+    std::vector<Tensor> base;                       // [R, 2d] per base layer
+    Tensor head0, head1;                            // [R, 2d]
+    // The buffers of a step.
+    RobertaEncoder::Activations base_acts;
+    RobertaLayer::Saved head0_acts, head1_acts;
+    RobertaLayer::Scratch scratch;
+    Tensor extended_input, head1_input, last_hidden;
+    LMHead::Activations lm;
+  };
+  // Starts decoding: runs the sequences of y_in given v [B, d], keeping their K | V in `cache`
+  // for at most capacity[b] positions of sequence b (y_in's included), and returns the logits of
+  // every sequence's last position [B, padded vocabulary] (a reference into the cache). The
+  // logits are forward()'s at those positions, without the LM head over the others (T·d·V
+  // multiply-adds: with RoBERTa-base's 50k words, some 40% of all the rest of the decoder's).
+  Tensor& start_decoding(const Tensor& v, const TokenBatch& y_in, const std::vector<int32_t>& capacity,
+                         Cache& cache);
+  // Appends tokens[i] to sequence which[i] (an index into start_decoding's batch; each at most
+  // once) and returns the logits of those new positions [which.size(), padded vocabulary].
+  Tensor& decode(const std::vector<int32_t>& which, const std::vector<int32_t>& tokens, Cache& cache);
   // Given d loss / d logits (it may be acts' logits, overwritten by the cross-entropy),
   // accumulates every parameter's gradient and returns d loss / d v [B, d] (into acts).
   const Tensor& backward(Activations& acts, const Tensor& grad_logits);
@@ -84,6 +107,9 @@ class Decoder {
   RobertaLayer::Settings head_settings(const ForwardOptions& options, int i) const;
   // Everything before the LM head: H2 [T, d] (acts.head1.out).
   const Tensor& hidden(const Tensor& v, const TokenBatch& y_in, const ForwardOptions& options, Activations& acts);
+  // Runs `batch`'s tokens, which continue the sequences `which` of the cache (and with v, their
+  // slot rows first: the start), and returns the logits of each sequence's last new position.
+  Tensor& extend(const Tensor* v, const std::vector<int32_t>& which, const TokenBatch& batch, Cache& cache);
 
   RobertaConfig config_;
   RobertaEncoder base_;

@@ -12,8 +12,10 @@ namespace qarac {
 // Grows each prefix (usually "<s>", then any prompt) by its argmax token over the true
 // vocabulary (the first of equal scores), given its vector v [B, d] (one row per prefix), by
 // steps[b] tokens at most, or until it has produced `stop` (not appended; stop < 0: never
-// stops). Padding-free: a sequence's tokens do not depend on the others of the batch, nor on when
-// they stop. Returns the new tokens. Scores that are not finite are an InputError naming the
+// stops). The prefixes run once, then every step runs one position per unfinished sequence over
+// the decoder's key/value cache (the prefix plus steps[b] - 1 positions of K | V per layer).
+// Padding-free: a sequence's tokens do not depend on the others of the batch, nor on when they
+// stop. Returns the new tokens. Scores that are not finite are an InputError naming the
 // vector (its row of v) and the token; with `finite` given, they end the decoding instead,
 // *finite false (true when none were met).
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,

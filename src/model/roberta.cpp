@@ -58,6 +58,7 @@ TokenBatch TokenBatch::from_packed(const std::vector<int32_t>& tokens,
               "TokenBatch::from_packed: ", sequence_ids.size(), " sequence ids for ",
               lengths.size(), " sequences");
   b.seqs = ops::Sequences::from_lengths(lengths, device, sequence_ids);
+  b.extent = b.seqs.max_len;
   return b;
 }
 
@@ -86,6 +87,22 @@ TokenBatch TokenBatch::from_padded(const Tensor& ids, const Tensor& mask, int32_
     for (int64_t t = 0; t < seq; ++t)
       if (m[static_cast<size_t>(b * seq + t)]) sequences[static_cast<size_t>(b)].push_back(id[static_cast<size_t>(b * seq + t)]);
   return from_sequences(sequences, padding_idx, device);
+}
+
+TokenBatch TokenBatch::continuing(const std::vector<std::vector<int32_t>>& sequences,
+                                  const std::vector<int32_t>& first, int32_t padding_idx, Device device) {
+  QARAC_CHECK(first.size() == sequences.size(), "TokenBatch::continuing: ", first.size(),
+              " first indices for ", sequences.size(), " sequences");
+  TokenBatch b = from_sequences(sequences, padding_idx, device);
+  std::vector<int32_t> positions;
+  positions.reserve(b.host_ids.size());
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const int32_t length = static_cast<int32_t>(sequences[s].size());
+    for (int32_t i = 0; i < length; ++i) positions.push_back(padding_idx + 1 + first[s] + i);
+    b.extent = std::max<int64_t>(b.extent, int64_t{first[s]} + length);
+  }
+  b.positions = Tensor::from_vector(positions, {b.tokens()}, device);
+  return b;
 }
 
 // ---- one layer --------------------------------------------------------------------------------
@@ -163,16 +180,47 @@ void RobertaLayer::forward(const Tensor& input, const ops::Sequences& seqs,
   // The branches' dropout is done by the LayerNorms (ops::BranchDropout).
   const ops::BranchDropout attn_drop{p, settings.attention_out_key, &seqs};
   const ops::BranchDropout ffn_drop{p, settings.ffn_out_key, &seqs};
-  attn_out.forward(s.context, scratch.branch);
-  attn_norm.forward_residual(scratch.branch, input, s.attn_sum, s.hidden, s.attn_norm,
-                             p > 0 ? &attn_drop : nullptr);
+  output_blocks(input, s, scratch, p > 0 ? &attn_drop : nullptr, p > 0 ? &ffn_drop : nullptr);
+}
 
+void RobertaLayer::output_blocks(const Tensor& input, Saved& s, Scratch& scratch,
+                                 const ops::BranchDropout* attn_drop,
+                                 const ops::BranchDropout* ffn_drop) const {
+  attn_out.forward(s.context, scratch.branch);
+  attn_norm.forward_residual(scratch.branch, input, s.attn_sum, s.hidden, s.attn_norm, attn_drop);
   // Feed-forward block: out = LN(hidden + dropout(W_2 · GELU(W_1 · hidden))), the GELU fused
   // into the first GEMM's epilogue.
   ffn_in.forward(s.hidden, s.ffn_act, ops::Activation::gelu, &s.ffn_pre);
   ffn_out.forward(s.ffn_act, scratch.branch);
-  ffn_norm.forward_residual(scratch.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm,
-                            p > 0 ? &ffn_drop : nullptr);
+  ffn_norm.forward_residual(scratch.branch, s.hidden, s.ffn_sum, s.out, s.ffn_norm, ffn_drop);
+}
+
+Linear RobertaLayer::kv() const {
+  const char* what = "RobertaLayer::kv (K, V packed back to back)";
+  const int64_t d = key.in_features();
+  Linear fused;
+  fused.weight.value = Tensor::join({key.weight.value, value.weight.value}, what).reshape({2 * d, d});
+  fused.bias.value = Tensor::join({key.bias.value, value.bias.value}, what);
+  return fused;
+}
+
+// The new rows' K | V join the cache before the attention reads it: a position sees itself.
+void RobertaLayer::forward_cached(const Tensor& input, const Tensor& slots, const Tensor& ranges,
+                                  int64_t heads, Tensor& cache, Saved& s, Scratch& scratch) const {
+  const int64_t rows = input.size(0), d = input.size(1), ffn = ffn_in.out_features();
+  const DType dtype = input.dtype();
+  const Device device = input.device();
+  for (Tensor* t : {&s.context, &s.attn_sum, &s.hidden, &s.ffn_sum, &s.out, &scratch.branch, &scratch.query})
+    ensure_tensor(*t, {rows, d}, dtype, device);
+  ensure_tensor(scratch.key_value, {rows, 2 * d}, dtype, device);
+  ensure_tensor(s.ffn_pre, {rows, ffn}, dtype, device);
+  ensure_tensor(s.ffn_act, {rows, ffn}, dtype, device);
+  query.forward(input, scratch.query);
+  kv().forward(input, scratch.key_value);
+  ops::scatter_rows(scratch.key_value, slots, cache);
+  ops::attention_over_ranges(scratch.query, cache.slice(1, 0, d), cache.slice(1, d, 2 * d), ranges, heads,
+                             s.context);
+  output_blocks(input, s, scratch, nullptr, nullptr);
 }
 
 // Each residual block y = LN(x + dropout(f(x))) sends d(sum) = LN'ᵀ dy both straight to x and
@@ -267,8 +315,8 @@ void RobertaEncoder::check_batch(const TokenBatch& batch) const {
     QARAC_INPUT_CHECK(batch.host_ids[i] >= 0 && batch.host_ids[i] < config_.vocab_size, "token ", i,
                       " of the batch has id ", batch.host_ids[i], ", outside the vocabulary of ",
                       config_.vocab_size);
-  const int64_t last_position = config_.pad_token_id + batch.seqs.max_len;
-  QARAC_INPUT_CHECK(last_position < config_.max_position_embeddings, "a sequence of ", batch.seqs.max_len,
+  const int64_t last_position = config_.pad_token_id + batch.extent;
+  QARAC_INPUT_CHECK(last_position < config_.max_position_embeddings, "a sequence of ", batch.extent,
                     " tokens needs position id ", last_position, " but the model has max_position_embeddings ",
                     config_.max_position_embeddings);
 }
@@ -286,6 +334,24 @@ const Tensor& RobertaEncoder::forward(const TokenBatch& batch, const ForwardOpti
     layers_[l].forward(*input, acts.batch.seqs,
                        RobertaLayer::settings(config_, options, dropout_stream_, i), acts.layers[l],
                        acts.scratch);
+    input = &acts.layers[l].out;
+  }
+  return *input;
+}
+
+const Tensor& RobertaEncoder::forward_cached(const TokenBatch& batch, const Tensor& slots,
+                                             const Tensor& ranges, std::vector<Tensor>& cache,
+                                             Activations& acts) {
+  check_batch(batch);
+  QARAC_CHECK(cache.size() == layers_.size(), "RobertaEncoder::forward_cached: ", cache.size(),
+              " caches for ", layers_.size(), " layers");
+  acts.options = ForwardOptions{};
+  acts.batch = batch;
+  acts.layers.resize(layers_.size());
+  embeddings_forward(acts);
+  const Tensor* input = &acts.embedded;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    layers_[l].forward_cached(*input, slots, ranges, config_.num_heads, cache[l], acts.layers[l], acts.scratch);
     input = &acts.layers[l].out;
   }
   return *input;

@@ -29,6 +29,9 @@ struct TokenBatch {
   Tensor positions;  // i32 [T]
   ops::Sequences seqs;
   std::vector<int32_t> host_ids;  // the token ids on the host
+  // One past the largest index of a token inside its sequence: the position ids reach
+  // padding_idx + extent. seqs.max_len, or more when the batch continues sequences.
+  int64_t extent = 0;
 
   int64_t tokens() const { return seqs.tokens(); }
   int64_t count() const { return seqs.count(); }
@@ -45,6 +48,10 @@ struct TokenBatch {
   // attention mask and position ids treat the others.
   static TokenBatch from_padded(const Tensor& ids, const Tensor& mask, int32_t padding_idx,
                                 Device device);
+  // Tokens that continue sequences begun earlier, for decoding with a key/value cache: the tokens
+  // of sequence b sit at indices first[b], first[b] + 1, ... inside it.
+  static TokenBatch continuing(const std::vector<std::vector<int32_t>>& sequences,
+                               const std::vector<int32_t>& first, int32_t padding_idx, Device device);
 };
 
 // Per-call settings of a forward pass. Dropout is active when `training` is set; its masks are
@@ -131,6 +138,7 @@ struct RobertaLayer {
     Tensor branch;  // a residual branch's output before the add
     Tensor grad_hidden, grad_branch, grad_ffn, grad_context;
     Tensor grad_qkv;  // [T, 3d]: dQ | dK | dV
+    Tensor query, key_value;  // forward_cached's Q [N, d] and K | V [N, 2d]
   };
 
   // saved.out [T, d] = layer(input [T, d]) over the sequences `seqs`.
@@ -140,6 +148,22 @@ struct RobertaLayer {
   // (which it may not alias); the parameters' gradients are accumulated.
   void backward(const Tensor& input, const ops::Sequences& seqs, const Settings& settings,
                 Saved& saved, const Tensor& grad_out, Tensor& grad_input, Scratch& scratch);
+
+  // Decoding with a key/value cache: `input` [N, d] holds new positions. Row i's K | V goes to
+  // row slots[i] of `cache` [R, 2d], then its query attends to the cache rows [ranges[i][0],
+  // ranges[i][1]), which hold the keys and values of what it sees, itself included
+  // (ops::attention_over_ranges; slots i32 [N], ranges i32 [N, 2]). saved.out [N, d] is the
+  // output, as forward() gives it for those positions. No dropout, no backward.
+  void forward_cached(const Tensor& input, const Tensor& slots, const Tensor& ranges, int64_t heads,
+                      Tensor& cache, Saved& saved, Scratch& scratch) const;
+
+ private:
+  // From the attention's context (saved.context) on: the attention output's residual block, then
+  // the feed-forward block, each with its branch dropout when given.
+  void output_blocks(const Tensor& input, Saved& saved, Scratch& scratch,
+                     const ops::BranchDropout* attn_drop, const ops::BranchDropout* ffn_drop) const;
+  // K and V as one projection [2d]: views of the K and V Linears, back to back as qkv()'s.
+  Linear kv() const;
 };
 
 class RobertaEncoder {
@@ -177,6 +201,13 @@ class RobertaEncoder {
   const Tensor& forward(const TokenBatch& batch, const ForwardOptions& options, Activations& acts);
   // Accumulates into every parameter's gradient, given d loss / d last hidden state [T, d].
   void backward(Activations& acts, const Tensor& grad_output);
+  // Decoding with a key/value cache (RobertaLayer::forward_cached): `batch` holds new positions
+  // of sequences begun earlier (TokenBatch::continuing); each row's slot and key range are the
+  // same in every layer, and `cache` holds one K | V tensor [R, 2d] per layer. Returns the last
+  // hidden state of the new rows [N, d] (a reference into `acts`). Refuses what forward()
+  // refuses; no dropout, no backward.
+  const Tensor& forward_cached(const TokenBatch& batch, const Tensor& slots, const Tensor& ranges,
+                               std::vector<Tensor>& cache, Activations& acts);
   // While set (non-empty), backward() reports each layer's parameters when it has finished their
   // gradients, the last layer first and the embeddings last.
   void set_gradients_ready(GradientsReady ready) { gradients_ready_ = std::move(ready); }

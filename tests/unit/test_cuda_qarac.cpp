@@ -3,7 +3,8 @@
 // whole QARAC step (all four tasks, dropout on) on CUDA against the CPU: losses and every
 // parameter's gradient in f32, the losses in bf16 (heads of 64: the tensor-core attention, whose
 // backward takes its one-block kernel on these short sequences, and the one-kernel LayerNorm
-// backward). Every test skips when there is no CUDA device; the step also runs on the emulator.
+// backward), and greedy decoding's cached steps against the CPU's logits. Every test skips when
+// there is no CUDA device; the step and the decoding also run on the emulator.
 //
 // Tolerances, as |got - want| <= tol (|want| + rms(want)) per element:
 // - mse_loss in f32, 1e-5: both sides sum at most a few hundred O(1) squares in f32 in another
@@ -32,6 +33,7 @@
 #include "core/memory.h"
 #include "core/tensor.h"
 #include "kernels/ops.h"
+#include "model/decoder.h"
 #include "model/init.h"
 #include "model/qarac.h"
 #include "train/objectives.h"
@@ -300,6 +302,38 @@ void expect_step_matches_the_cpu(QaObjective qa, bool emulated = false) {
   }
 }
 
+// Greedy decoding's cached steps (Decoder::start_decoding, decode) on the CUDA backend against
+// the CPU's, which give forward()'s logits (test_qarac): the logits of the start over prefixes
+// of 3, 1 and 2 tokens and of two steps that extend some of the sequences, in f32 (heads of 64,
+// attention_over_ranges and the cache's row scatters) to the step's 1e-4.
+void expect_decoding_matches_the_cpu(bool emulated) {
+  const QaracConfig config = step_config();
+  const TensorMap base = base_checkpoint(config.base);
+  std::mt19937 gen(5);
+  const Tensor v = uniform({3, config.base.hidden_size}, gen);
+  auto decode = [&](QaracModels& models, Device device) {
+    Decoder& decoder = models.decoder();
+    Decoder::Cache cache;
+    std::vector<Tensor> logits;
+    const TokenBatch prefixes = TokenBatch::from_sequences({{0, 5, 6}, {0}, {0, 9}}, 1, device);
+    logits.push_back(decoder.start_decoding(v.to(device), prefixes, {6, 3, 5}, cache).to(Device::cpu()));
+    logits.push_back(decoder.decode({2, 0}, {7, 8}, cache).to(Device::cpu()));
+    logits.push_back(decoder.decode({1, 0, 2}, {4, 5, 6}, cache).to(Device::cpu()));
+    return logits;
+  };
+  QaracModels cpu(config, base, DType::f32, Device::cpu());
+  const std::vector<Tensor> want = decode(cpu, Device::cpu());
+  std::optional<ops::HostBackendOverride> on_emulator;
+  if (emulated) on_emulator.emplace(ops::cuda_emulated_backend());
+  QaracModels gpu(config, base, DType::f32, emulated ? Device::cpu() : kGpu);
+  if (emulated) emu::reset_launch_counts();
+  const std::vector<Tensor> got = decode(gpu, emulated ? Device::cpu() : kGpu);
+  if (emulated) {
+    EXPECT_GT(emu::launch_counts().count("attention_over_ranges_kernel"), 0u);
+  }
+  for (size_t i = 0; i < want.size(); ++i) expect_close(got[i], want[i], 1e-4, "logits of step " + std::to_string(i));
+}
+
 }  // namespace
 
 TEST_F(CudaQarac, QaracStepMatchesTheCpu) { expect_step_matches_the_cpu({}); }
@@ -307,3 +341,5 @@ TEST_F(CudaQarac, ContrastiveQaStepMatchesTheCpu) { expect_step_matches_the_cpu(
 // The same on the CUDA emulator, which every build has.
 TEST(EmulatedCudaQarac, QaracStepMatchesTheCpu) { expect_step_matches_the_cpu({}, true); }
 TEST(EmulatedCudaQarac, ContrastiveQaStepMatchesTheCpu) { expect_step_matches_the_cpu({true, 0.5}, true); }
+TEST_F(CudaQarac, CachedDecodingMatchesTheCpu) { expect_decoding_matches_the_cpu(false); }
+TEST(EmulatedCudaQarac, CachedDecodingMatchesTheCpu) { expect_decoding_matches_the_cpu(true); }

@@ -1191,6 +1191,42 @@ TEST(Attention, RowStridedViewsGiveTheBitsOfContiguousCopies) {
     }
 }
 
+// attention_over_ranges is causal attention when each query row's range is its sequence up to
+// itself: over the packed Q, K, V of ragged sequences (a one-token one, an empty one), the rows
+// of causal attention_forward, in f64 to rounding; and bidirectional attention when every range
+// is its whole sequence. A range that is empty or leaves the rows is refused, naming the query
+// row, before anything is written.
+TEST(Attention, OverRangesIsAttentionWhenTheRangesSaySo) {
+  std::mt19937 rng(77);
+  const std::vector<int32_t> lengths = {5, 1, 0, 9};
+  const ops::Sequences seqs = sequences(lengths, {});
+  const int64_t heads = 3, head_dim = 4, d = heads * head_dim, tokens = 15;
+  const Tensor qkv = uniform({tokens, 3 * d}, rng, -2, 2);
+  const Tensor q = qkv.slice(1, 0, d), k = qkv.slice(1, d, 2 * d), v = qkv.slice(1, 2 * d, 3 * d);
+  for (const bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "bidirectional");
+    Tensor want = Tensor::empty({tokens, d}, DType::f64), lse = Tensor::empty({heads, tokens}, DType::f64);
+    ops::attention_forward(q, k, v, seqs, heads, causal, 0.0, kKey, want, lse);
+    std::vector<int32_t> ranges;
+    for (size_t b = 0; b + 1 < seqs.host.size(); ++b)
+      for (int32_t t = seqs.host[b]; t < seqs.host[b + 1]; ++t)
+        ranges.insert(ranges.end(), {seqs.host[b], causal ? t + 1 : seqs.host[b + 1]});
+    Tensor got = nans({tokens, d}, DType::f64);
+    ops::attention_over_ranges(q, k, v, ints(ranges, {tokens, 2}), heads, got);
+    const std::vector<double> g = values(got), w = values(want);
+    for (size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(g[i], w[i], 1e-14) << "element " << i;
+  }
+  Tensor out = nans({2, d}, DType::f64);
+  expect_error([&] { ops::attention_over_ranges(q.slice(0, 0, 2), k, v, ints({0, 3, 4, 4}, {2, 2}), heads, out); },
+               {"attention_over_ranges", "query row 1", "[4, 4)"});
+  expect_error([&] { ops::attention_over_ranges(q.slice(0, 0, 2), k, v, ints({14, 16, 0, 1}, {2, 2}), heads, out); },
+               {"attention_over_ranges", "query row 0", "[14, 16)", "[0, 15)"});
+  const std::vector<double> untouched = values(out);
+  EXPECT_TRUE(std::all_of(untouched.begin(), untouched.end(), [](double x) { return std::isnan(x); }));
+  expect_error([&] { ops::attention_over_ranges(q.slice(0, 0, 2), k, v.clone(), ints({0, 1, 0, 1}, {2, 2}), heads, out); },
+               {"attention_over_ranges", "v", "row stride"});
+}
+
 // ---- Softmax cross-entropy ----------------------------------------------------------------------
 
 // A vocabulary padded from `valid` to `cols` columns, the padding filled with logits large enough

@@ -476,7 +476,7 @@ TEST(Objectives, PairedFieldsDrawTheirOwnDropoutMasks) {
 // D(v, y): the logits at position t depend on v and on y_in[0..t] only. Changing a token leaves
 // the earlier positions (and the other sequences) exactly as they were and changes the later
 // ones; changing v_b changes every position of sequence b, the first included (head layer 0
-// lets every position see the slot), and nothing else. forward_last gives the last rows alone.
+// lets every position see the slot), and nothing else.
 TEST(Decoder, PositionTSeesTheSlotAndTheTokensUpToT) {
   Fixture fx(tiny_config(false, false, false));
   Decoder& decoder = fx.models.decoder();
@@ -525,16 +525,61 @@ TEST(Decoder, PositionTSeesTheSlotAndTheTokensUpToT) {
     else
       EXPECT_LE(by_slot[r], 1e-13) << "row " << r << " must not see v_1";
   }
-  // forward_last: each sequence's last row of the same logits (rows 4, 7, 9), alone.
-  Decoder::Activations acts;
-  const Tensor last = decoder.forward_last(Tensor::from_vector(v, {3, kHidden}),
-                                           TokenBatch::from_sequences(y, 1, Device::cpu()), {}, acts);
-  ASSERT_EQ(last.size(0), 3);
-  const int last_rows[] = {4, 7, 9};
-  for (int b = 0; b < 3; ++b) {
-    const std::vector<double> got = row_values(last, b), want = row_values(reference, last_rows[b]);
-    for (int64_t j = 0; j < kVocab; ++j) EXPECT_NEAR(got[j], want[j], 1e-13) << "sequence " << b << ", word " << j;
+}
+
+// Decoding over the key/value cache gives forward()'s logits at the positions it runs (f64, two
+// base layers): prefixes of several lengths, then steps that extend some of the sequences, in
+// another order than the cache's, and leave the others; the K | V of a sequence never mix with
+// another's. A step past a sequence's capacity, a sequence given twice, and positions beyond the
+// position table are refused.
+TEST(Decoder, CachedDecodingGivesTheLogitsOfTheWholeForward) {
+  QaracConfig config = tiny_config(false, false, false);
+  config.base.num_layers = 2;
+  Fixture fx(config);
+  Decoder& decoder = fx.models.decoder();
+  std::mt19937 gen(11);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> v(3 * kHidden);
+  for (double& x : v) x = normal(gen);
+  const Tensor vectors = Tensor::from_vector(v, {3, kHidden});
+  // The whole forward's logits of the last position of each sequence.
+  auto last_logits = [&](const std::vector<std::vector<int32_t>>& y, const std::vector<int32_t>& which) {
+    std::vector<double> rows;
+    for (int32_t b : which) rows.insert(rows.end(), v.begin() + b * kHidden, v.begin() + (b + 1) * kHidden);
+    std::vector<std::vector<int32_t>> seqs;
+    for (int32_t b : which) seqs.push_back(y[static_cast<size_t>(b)]);
+    Decoder::Activations acts;
+    const Tensor all = decoder.forward(Tensor::from_vector(rows, {static_cast<int64_t>(which.size()), kHidden}),
+                                       TokenBatch::from_sequences(seqs, 1, Device::cpu()), {}, acts);
+    std::vector<std::vector<double>> out;
+    int64_t row = -1;
+    for (const auto& s : seqs) out.push_back(row_values(all, row += static_cast<int64_t>(s.size())));
+    return out;
+  };
+  auto expect_rows = [&](const Tensor& got, const std::vector<std::vector<double>>& want, const char* when) {
+    ASSERT_EQ(got.size(0), static_cast<int64_t>(want.size())) << when;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const std::vector<double> g = row_values(got, static_cast<int64_t>(i));
+      for (int64_t j = 0; j < kVocab; ++j) EXPECT_NEAR(g[j], want[i][j], 1e-12) << when << ", row " << i << ", word " << j;
+    }
+  };
+  std::vector<std::vector<int32_t>> y = {{0, 5, 6}, {0}, {0, 9}};
+  Decoder::Cache cache;
+  expect_rows(decoder.start_decoding(vectors, TokenBatch::from_sequences(y, 1, Device::cpu()), {6, 3, 5}, cache),
+              last_logits(y, {0, 1, 2}), "start");
+  const std::vector<std::vector<int32_t>> steps = {{2, 1}, {4, 3}, {0, 1, 2}, {8, 11, 3}};
+  const std::vector<std::vector<int32_t>> which = {{2, 0}, {2, 0}, {1, 0, 2}, {0, 2, 1}};
+  for (size_t k = 0; k < 3; ++k) {
+    for (size_t i = 0; i < which[k].size(); ++i) y[static_cast<size_t>(which[k][i])].push_back(steps[k][i]);
+    expect_rows(decoder.decode(which[k], steps[k], cache), last_logits(y, which[k]),
+                ("step " + std::to_string(k + 1)).c_str());
   }
+  // Sequences 0 and 2 are full (6 positions of 6, 5 of 5).
+  EXPECT_THROW(decoder.decode(which[3], steps[3], cache), Error);
+  EXPECT_THROW(decoder.decode({1, 1}, {3, 4}, cache), Error);
+  Decoder::Cache beyond;
+  EXPECT_THROW(decoder.start_decoding(vectors, TokenBatch::from_sequences(y, 1, Device::cpu()), {6, 3, 15}, beyond),
+               InputError);
 }
 
 // With dropout (0.1, training, f64) the decoder's masks (base, head layer 0 over the [v_b; H_b]
