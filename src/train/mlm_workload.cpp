@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "core/log.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
 #include "io/hf_checkpoint.h"
@@ -49,7 +50,15 @@ class MlmWorkload : public Workload {
       init_normal(mlm_->parameters(), c.init_std, static_cast<uint64_t>(c.seed));
     } else {
       io::assign_parameters(encoder_->parameters(), base.encoder, base.weights);
-      if (!base.lm_head.empty()) mlm_->head().load(base.lm_head, base.weights);
+      if (!base.lm_head.empty()) {
+        mlm_->head().load(base.lm_head, base.weights);
+      } else {
+        // Left as allocated, the head's dense matrix would be 0: its LayerNorm would normalise
+        // rows of zeros. It starts as a new model's does.
+        init_normal(mlm_->head().parameters(), c.init_std, static_cast<uint64_t>(c.seed));
+        log::warn(base.weights, " has no MLM head (lm_head.*: a RobertaModel, or an untied head); model.mode mlm "
+                  "starts a new one (matrices N(0, ", c.init_std, "), seed ", c.seed, ")");
+      }
     }
     if (evaluates && !c.eval_dir.empty()) {
       // Checked as the training text is: its task, its tokenizer (the model's), its lengths.

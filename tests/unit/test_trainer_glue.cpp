@@ -514,6 +514,38 @@ TEST_F(TrainerStep, PretrainingChecksItsHeldOutTextWhereItEvaluates) {
                                    {text, ": holds no example (eval.dir's held-out text)"});
 }
 
+// Pre-training from a base without its MLM head (a RobertaModel) starts a new head, as a new
+// model's (matrices N(0, model.init_std), LayerNorm 1 and 0, biases 0), and says so. Before, the
+// head stayed as allocated: its dense matrix 0, so its LayerNorm normalised rows of zeros.
+TEST_F(TrainerStep, PretrainingFromAHeadlessBaseStartsANewHead) {
+  const fs::path headless = root_->path / "headless-base";
+  test_support::write_tiny_base(headless, kSample + "tokenizer", 0, /*mlm_head=*/false);
+  TrainConfig c;
+  c.mode = "mlm";
+  c.base = headless.string();
+  c.tokenizer = kSample + "tokenizer";
+  c.init_std = 0.05;
+  ::testing::internal::CaptureStderr();
+  std::unique_ptr<Workload> workload = make_mlm_workload(c, Device::cpu(), false);
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("has no MLM head (lm_head.*"), std::string::npos) << said;
+  EXPECT_NE(said.find("starts a new one (matrices N(0, 0.05)"), std::string::npos) << said;
+  int checked = 0;
+  for (const Parameter* p : group_parameters(workload->parameter_groups(make_plan(c, 1, estimate_task_costs(c))))) {
+    if (p->name != "lm_head.dense.weight" && p->name != "lm_head.layer_norm.weight") continue;
+    ++checked;
+    const std::vector<double> w = p->master.to(DType::f64).to_vector<double>();
+    double squares = 0;
+    for (double x : w) squares += x * x;
+    const double rms = std::sqrt(squares / static_cast<double>(w.size()));
+    if (p->name == "lm_head.dense.weight")
+      EXPECT_NEAR(rms, 0.05, 0.01) << "the dense matrix drawn from N(0, 0.05)";
+    else
+      EXPECT_EQ(rms, 1.0) << "LayerNorm's scale left at 1";
+  }
+  EXPECT_EQ(checked, 2);
+}
+
 // ---- The replica checksum and the diverge fault -------------------------------------------------
 
 // One element changed by one unit in the last place, at every position of every parameter, in
