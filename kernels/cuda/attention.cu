@@ -516,22 +516,28 @@ attention_over_ranges_kernel(const T* __restrict__ q, int64_t ld_q, const T* __r
   const int64_t begin = ranges[2 * row], end = ranges[2 * row + 1];
 
   float qs[NC], o[NC];
+#pragma unroll
   for (int c = 0; c < NC; ++c) {
     const int d = lane + c * kWarpSize;
     qs[c] = d < head_dim ? to_float(q[row * ld_q + col + d]) * scale : 0.f;
     o[c] = 0.f;
   }
-  float m = -INFINITY, l = 0.f;
+  float m = kNegInf, l = 0.f;
   for (int64_t j = begin + warp; j < end; j += kRangeWarps) {
     float score = 0.f;
+#pragma unroll
     for (int c = 0; c < NC; ++c) {
       const int d = lane + c * kWarpSize;
       if (d < head_dim) score += qs[c] * to_float(k[j * ld_kv + col + d]);
     }
     score = warp_sum(score);
     const float m_new = fmaxf(m, score);
-    const float rescale = expf(m - m_new), weight = expf(score - m_new);  // rescale 0 at the first key
+    // While every score so far is -inf (an overflowing q·k), keep the zeros rather than NaN, as
+    // the CPU reference weighs such keys 0; rescale is 0 at the first finite key.
+    const float m_use = m_new == kNegInf ? 0.f : m_new;
+    const float rescale = expf(m - m_use), weight = expf(score - m_use);
     l = l * rescale + weight;
+#pragma unroll
     for (int c = 0; c < NC; ++c) {
       const int d = lane + c * kWarpSize;
       o[c] = o[c] * rescale + (d < head_dim ? weight * to_float(v[j * ld_kv + col + d]) : 0.f);
@@ -542,13 +548,15 @@ attention_over_ranges_kernel(const T* __restrict__ q, int64_t ld_q, const T* __r
     part_m[warp] = m;
     part_l[warp] = l;
   }
+#pragma unroll
   for (int c = 0; c < NC; ++c) part_o[warp][lane + c * kWarpSize] = o[c];
   __syncthreads();
 
   // A warp that saw no key (a range shorter than 4) has m = -inf and weighs exp(-inf) = 0; the
-  // range is not empty, so some warp saw one and the maximum is finite.
-  float max = -INFINITY;
+  // range is not empty, so some warp saw one and the maximum is finite unless every score is -inf.
+  float max = kNegInf;
   for (int w = 0; w < kRangeWarps; ++w) max = fmaxf(max, part_m[w]);
+  if (max == kNegInf) max = 0.f;
   float sum = 0.f;
   for (int w = 0; w < kRangeWarps; ++w) sum += part_l[w] * expf(part_m[w] - max);
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {

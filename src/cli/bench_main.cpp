@@ -6,6 +6,9 @@
 //   qarac       the QARAC step: three models, the four objectives on B examples each, AdamW;
 //               a sample is one example of every task (B samples per step), as the CUDA
 //               issue's PyTorch figure counts them
+//   decode      greedy decoding (the evaluation's, qarac-generate's) of B random vectors to S
+//               tokens each with the QARAC decoder, over its key/value cache; tokens are those
+//               generated
 // Batches are random token ids, padding-free; --ragged draws lengths uniformly from [S/3, S].
 // On CUDA the bf16 GEMM peak is measured in the same run (8192³ through cuBLASLt) as the
 // denominator of "fraction of peak". The timed steps are bracketed by cudaProfilerStart/Stop, so
@@ -24,6 +27,7 @@
 #include "cli/version.h"
 #include "core/memory.h"
 #include "kernels/backend.h"
+#include "model/generate.h"
 #include "model/init.h"
 #include "model/qarac.h"
 #include "train/objectives.h"
@@ -355,14 +359,49 @@ class QaracBench : public BenchWorkload {
   std::vector<data::TaskBatch> batches_;
 };
 
+// Greedy decoding: B random vectors (as large as the encoders' pooled vectors are, about the
+// hidden states') decoded from "<s>" to S tokens each, no stop token. FLOPs: the GEMMs of every
+// position run, the attention over the cache left out (at most 4·S·d a position and layer).
+class DecodeBench : public BenchWorkload {
+ public:
+  DecodeBench(const BenchConfig& c, const RobertaConfig& config, DType dtype, Device device)
+      : c_(c), device_(device), config_(config),
+        decoder_(config, /*tie_lm_head=*/false, /*vocab_multiple=*/64, dtype, device, 0) {
+    init_normal(decoder_.parameters(), 0.02, c.seed);
+  }
+  StepCount prepare(std::mt19937_64& gen) override {
+    std::normal_distribution<float> normal(0.f, 1.f);
+    std::vector<float> v(static_cast<size_t>(c_.batch * config_.hidden_size));
+    for (float& x : v) x = normal(gen);
+    vectors_ = Tensor::from_vector(v, {c_.batch, config_.hidden_size}, device_).to(decoder_.base().dtype());
+    const double d = static_cast<double>(config_.hidden_size), ffn = static_cast<double>(config_.intermediate_size);
+    const double per_position = static_cast<double>(config_.num_layers + 2) * 2 * (4 * d * d + 2 * d * ffn) +
+                                2 * d * d + 2 * d * static_cast<double>(config_.vocab_size);
+    const int64_t tokens = c_.batch * c_.seq;
+    return {tokens, tokens, c_.batch, per_position * static_cast<double>(tokens)};
+  }
+  void step(uint64_t) override {
+    const std::vector<std::vector<int32_t>> starts(static_cast<size_t>(c_.batch), {config_.bos_token_id});
+    greedy_decode(decoder_, vectors_, starts, c_.seq);
+  }
+  std::string lengths() const override { return "S=" + std::to_string(c_.seq) + " new tokens"; }
+
+ private:
+  const BenchConfig& c_;
+  Device device_;
+  RobertaConfig config_;
+  Decoder decoder_;
+  Tensor vectors_;
+};
+
 int run(int argc, char** argv) {
   BenchConfig c;
   po::options_description options(
-      "qarac-bench [options]\n\nTraining-step throughput of RoBERTa workloads (random weights and tokens).\n\nOptions");
+      "qarac-bench [options]\n\nTraining-step (and greedy decoding) throughput of RoBERTa workloads (random weights and tokens).\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
       ("version", "print the version, the git commit and the libraries' versions, and exit")
-      ("workload", po::value(&c.workload)->default_value(c.workload), "encoder, classifier or qarac")
+      ("workload", po::value(&c.workload)->default_value(c.workload), "encoder, classifier, qarac or decode")
       ("device", po::value(&c.device)->default_value(c.device), "cpu or cuda")
       ("dtype", po::value(&c.dtype)->default_value(c.dtype), "compute dtype: f32 (cpu, cuda) or bf16 (cuda)")
       ("preset", po::value(&c.preset), "'base': RoBERTa-base sizes (d 768, 12 layers, 12 heads, ffn 3072)")
@@ -372,7 +411,7 @@ int run(int argc, char** argv) {
       ("ffn", po::value(&c.ffn)->default_value(0), "feed-forward size (0: 4 d)")
       ("vocab", po::value(&c.vocab)->default_value(c.vocab), "vocabulary size")
       ("labels", po::value(&c.labels)->default_value(c.labels), "classes of the classifier workload")
-      ("seq", po::value(&c.seq)->default_value(c.seq), "sequence length S (the longest, with --ragged); qarac: fixed lengths")
+      ("seq", po::value(&c.seq)->default_value(c.seq), "sequence length S (the longest, with --ragged); qarac: fixed lengths; decode: tokens generated")
       ("batch", po::value(&c.batch)->default_value(c.batch), "sequences per batch B (qarac: per task)")
       ("ragged", po::bool_switch(&c.ragged), "lengths uniform in [S/3, S] instead of all S")
       ("dropout", po::bool_switch(&c.dropout), "train with dropout 0.1 (default: off)")
@@ -390,8 +429,9 @@ int run(int argc, char** argv) {
   } else {
     QARAC_INPUT_CHECK(c.preset.empty(), "--preset must be 'base', got '", c.preset, "'");
   }
-  QARAC_INPUT_CHECK(c.workload == "encoder" || c.workload == "classifier" || c.workload == "qarac",
-                    "--workload must be encoder, classifier or qarac, got '", c.workload, "'");
+  QARAC_INPUT_CHECK(c.workload == "encoder" || c.workload == "classifier" || c.workload == "qarac" ||
+                        c.workload == "decode",
+                    "--workload must be encoder, classifier, qarac or decode, got '", c.workload, "'");
   QARAC_INPUT_CHECK(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda, got '", c.device, "'");
   QARAC_INPUT_CHECK(c.dtype == "f32" || c.dtype == "bf16", "--dtype must be f32 or bf16, got '", c.dtype, "'");
   QARAC_INPUT_CHECK(c.dtype != "bf16" || c.device == "cuda",
@@ -406,6 +446,8 @@ int run(int argc, char** argv) {
   // Random tokens are drawn from 3 on: ids 0-2 are RoBERTa's <s>, <pad> and </s>.
   at_least("--vocab", c.vocab, 4);
   if (c.workload == "classifier") at_least("--labels", c.labels, 1);
+  QARAC_INPUT_CHECK(c.workload != "decode" || (!c.ragged && !c.dropout),
+                    "--ragged and --dropout are training options: --workload decode decodes S tokens, without dropout");
   at_least("--seq", c.seq, 1);
   at_least("--batch", c.batch, 1);
   at_least("--warmup", c.warmup, 0);
@@ -433,8 +475,10 @@ int run(int argc, char** argv) {
     workload = std::make_unique<EncoderBench>(c, config, dtype, device);
   else if (c.workload == "classifier")
     workload = std::make_unique<ClassifierBench>(c, config, dtype, device);
-  else
+  else if (c.workload == "qarac")
     workload = std::make_unique<QaracBench>(c, config, dtype, device);
+  else
+    workload = std::make_unique<DecodeBench>(c, config, dtype, device);
 
   std::mt19937_64 gen(c.seed);
   double seconds = 0;

@@ -98,5 +98,5 @@ int main(int argc, char** argv) {
     }
     cli::write_text(output, text);
     return 0;
-  }, "a smaller --batch needs less");
+  }, "a smaller --batch or --max-tokens needs less");
 }

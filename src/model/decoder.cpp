@@ -94,30 +94,40 @@ Tensor& Decoder::start_decoding(const Tensor& v, const TokenBatch& y_in, const s
   check_dtype(v, base_.dtype(), "Decoder::start_decoding v");
   QARAC_CHECK(static_cast<int64_t>(capacity.size()) == batch, "Decoder::start_decoding: ", capacity.size(),
               " capacities for ", batch, " sequences");
-  cache.first.assign(capacity.size(), 0);
-  cache.capacity = capacity;
-  cache.length.assign(capacity.size(), 0);
+  // A cache that failed to start holds no sequence: decode() refuses it rather than read rows
+  // that were never written.
+  cache = Cache{};
+  std::vector<int32_t> first(capacity.size());
   int64_t rows = 0;
   for (size_t b = 0; b < capacity.size(); ++b) {
     const int32_t begun = y_in.seqs.host[b + 1] - y_in.seqs.host[b];
     QARAC_CHECK(begun >= 1 && capacity[b] >= begun, "Decoder::start_decoding: sequence ", b, " begins with ",
                 begun, " tokens and has room for ", capacity[b]);
-    const int64_t last_position = config_.pad_token_id + capacity[b];
+    const int64_t last_position = int64_t{config_.pad_token_id} + capacity[b];
     QARAC_INPUT_CHECK(last_position < config_.max_position_embeddings, "decoding a sequence to ", capacity[b],
                       " tokens needs position id ", last_position, " but the model has max_position_embeddings ",
                       config_.max_position_embeddings);
-    cache.first[b] = static_cast<int32_t>(rows);
-    rows += int64_t{capacity[b]} + 1;  // + head layer 0's slot row
+    first[b] = static_cast<int32_t>(rows);
+    // Head layer 0 keeps the slot row too; the other layers leave that row unused, so that one
+    // layout serves every cache.
+    rows += int64_t{capacity[b]} + 1;
     QARAC_CHECK(rows <= INT32_MAX, "Decoder::start_decoding: ", rows, " cache rows exceed i32 row indices");
   }
   auto cache_tensor = [&] { return Tensor::empty({rows, 2 * d}, base_.dtype(), base_.device()); };
-  cache.base.clear();
   for (int64_t l = 0; l < config_.num_layers; ++l) cache.base.push_back(cache_tensor());
   cache.head0 = cache_tensor();
   cache.head1 = cache_tensor();
+  cache.first = std::move(first);
+  cache.capacity = capacity;
+  cache.length.assign(capacity.size(), 0);
   std::vector<int32_t> all(capacity.size());
   for (size_t b = 0; b < all.size(); ++b) all[b] = static_cast<int32_t>(b);
-  return extend(&v, all, y_in, cache);
+  try {
+    return extend(&v, all, y_in, cache);
+  } catch (...) {
+    cache = Cache{};
+    throw;
+  }
 }
 
 Tensor& Decoder::decode(const std::vector<int32_t>& which, const std::vector<int32_t>& tokens, Cache& cache) {
@@ -153,7 +163,7 @@ Tensor& Decoder::extend(const Tensor* v, const std::vector<int32_t>& which, cons
     const auto b = static_cast<size_t>(which[i]);
     const int32_t first = cache.first[b], begun = cache.length[b];
     const int32_t added = batch.seqs.host[i + 1] - batch.seqs.host[i];
-    QARAC_CHECK(added >= 1 && begun + added <= cache.capacity[b], "Decoder::decode: sequence ", b, " of ",
+    QARAC_CHECK(added >= 1 && begun + added <= cache.capacity[b], "Decoder: decoded sequence ", b, " of ",
                 begun, " positions cannot take ", added, " more within its capacity of ", cache.capacity[b]);
     if (v) {
       slot_rows.push_back(row++);

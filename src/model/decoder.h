@@ -19,7 +19,8 @@
 // The sequences of E carry y_in's sequence ids, so every dropout mask of sequence b (base, head
 // layers) is drawn from its id and positions: a function of the example, not of the batch.
 // Greedy decoding runs the same layers a position at a time over a key/value cache (Cache,
-// start_decoding, decode): the logits of forward() at the positions it runs.
+// start_decoding, decode): the logits of forward() at the positions it runs, to rounding (its
+// attention keeps the probabilities in f32 where bf16's tensor-core path rounds them).
 #pragma once
 
 #include <cstdint>
@@ -86,9 +87,10 @@ class Decoder {
     Tensor extended_input, head1_input, last_hidden;
     LMHead::Activations lm;
   };
-  // Starts decoding: runs the sequences of y_in given v [B, d], keeping their K | V in `cache`
-  // for at most capacity[b] positions of sequence b (y_in's included), and returns the logits of
-  // every sequence's last position [B, padded vocabulary] (a reference into the cache). The
+  // Starts decoding (whatever `cache` held; a start that fails leaves it empty): runs the
+  // sequences of y_in given v [B, d], keeping their K | V in `cache` for at most capacity[b]
+  // positions of sequence b (y_in's included), and returns the logits of every sequence's last
+  // position [B, padded vocabulary] (a reference into the cache). The
   // logits are forward()'s at those positions, without the LM head over the others (T·d·V
   // multiply-adds: with RoBERTa-base's 50k words, some 40% of all the rest of the decoder's).
   Tensor& start_decoding(const Tensor& v, const TokenBatch& y_in, const std::vector<int32_t>& capacity,

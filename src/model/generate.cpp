@@ -30,7 +30,11 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
     QARAC_CHECK(!prefixes[s].empty(), "greedy_decode: prefix ", b, " is empty (it needs <s> at least)");
     active.push_back(b);
     const int64_t room = static_cast<int64_t>(prefixes[s].size()) + steps[s] - 1;
-    capacity.push_back(static_cast<int32_t>(std::min<int64_t>(room, INT32_MAX)));
+    const int64_t most = decoder.base().config().max_tokens();
+    QARAC_INPUT_CHECK(room <= most, "greedy decoding: vector ", b, "'s prefix of ", prefixes[s].size(),
+                      " tokens and ", steps[s], " steps need ", room, " positions, but the decoder reads ", most,
+                      " at most (max_position_embeddings ", decoder.base().config().max_position_embeddings, ")");
+    capacity.push_back(static_cast<int32_t>(room));
     begun.push_back(std::move(prefixes[s]));
   }
   if (finite) *finite = true;

@@ -13,7 +13,9 @@ namespace qarac {
 // vocabulary (the first of equal scores), given its vector v [B, d] (one row per prefix), by
 // steps[b] tokens at most, or until it has produced `stop` (not appended; stop < 0: never
 // stops). The prefixes run once, then every step runs one position per unfinished sequence over
-// the decoder's key/value cache (the prefix plus steps[b] - 1 positions of K | V per layer).
+// the decoder's key/value cache (the prefix plus steps[b] - 1 positions of K | V per layer,
+// allocated at the start: a prefix and steps beyond the decoder's positions are an InputError
+// there, even where `stop` would end the sequence sooner).
 // Padding-free: a sequence's tokens do not depend on the others of the batch, nor on when they
 // stop. Returns the new tokens. Scores that are not finite are an InputError naming the
 // vector (its row of v) and the token; with `finite` given, they end the decoding instead,

@@ -90,16 +90,16 @@ TokenBatch TokenBatch::from_padded(const Tensor& ids, const Tensor& mask, int32_
 }
 
 TokenBatch TokenBatch::continuing(const std::vector<std::vector<int32_t>>& sequences,
-                                  const std::vector<int32_t>& first, int32_t padding_idx, Device device) {
-  QARAC_CHECK(first.size() == sequences.size(), "TokenBatch::continuing: ", first.size(),
-              " first indices for ", sequences.size(), " sequences");
+                                  const std::vector<int32_t>& begun, int32_t padding_idx, Device device) {
+  QARAC_CHECK(begun.size() == sequences.size(), "TokenBatch::continuing: ", begun.size(),
+              " begun lengths for ", sequences.size(), " sequences");
   TokenBatch b = from_sequences(sequences, padding_idx, device);
   std::vector<int32_t> positions;
   positions.reserve(b.host_ids.size());
   for (size_t s = 0; s < sequences.size(); ++s) {
     const int32_t length = static_cast<int32_t>(sequences[s].size());
-    for (int32_t i = 0; i < length; ++i) positions.push_back(padding_idx + 1 + first[s] + i);
-    b.extent = std::max<int64_t>(b.extent, int64_t{first[s]} + length);
+    for (int32_t i = 0; i < length; ++i) positions.push_back(padding_idx + 1 + begun[s] + i);
+    b.extent = std::max<int64_t>(b.extent, int64_t{begun[s]} + length);
   }
   b.positions = Tensor::from_vector(positions, {b.tokens()}, device);
   return b;

@@ -49,9 +49,9 @@ struct TokenBatch {
   static TokenBatch from_padded(const Tensor& ids, const Tensor& mask, int32_t padding_idx,
                                 Device device);
   // Tokens that continue sequences begun earlier, for decoding with a key/value cache: the tokens
-  // of sequence b sit at indices first[b], first[b] + 1, ... inside it.
+  // of sequence b sit at indices begun[b], begun[b] + 1, ... inside it.
   static TokenBatch continuing(const std::vector<std::vector<int32_t>>& sequences,
-                               const std::vector<int32_t>& first, int32_t padding_idx, Device device);
+                               const std::vector<int32_t>& begun, int32_t padding_idx, Device device);
 };
 
 // Per-call settings of a forward pass. Dropout is active when `training` is set; its masks are

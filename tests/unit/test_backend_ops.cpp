@@ -523,50 +523,54 @@ void attention_case(CaseRun& r, bool causal, double dropout) {
 
 // Attention over key ranges (decoding with a cache): query rows over ranges of one K | V cache,
 // ranges of one key, of fewer keys than a block has warps, and of hundreds, overlapping and
-// nested. Round 0: head dim 64, q contiguous; round 1: head dim 40 (lanes with no column), q the
-// middle third of a fused [n, 3w] buffer and a cache of odd row stride 2w + 1.
+// nested; head dims of 1 to 4 columns per lane on CUDA, some with lanes that hold none (40, 24,
+// 96). Round 0: q contiguous; round 1: q the middle third of a fused [n, 3w] buffer and a cache
+// of odd row stride 2w + 1.
 void attention_over_ranges_case(CaseRun& r) {
-  const int64_t heads = r.pick<int64_t>({1, 2, 3}), head_dim = r.per_round<int64_t>({64, 40});
-  const int64_t w = heads * head_dim, rows = r.size(150, 320), n = r.size(6, 40);
-  const int64_t ld = 2 * w + r.round();
+  const int64_t heads = r.pick<int64_t>({1, 2, 3}), rows = r.size(150, 320), n = r.size(6, 40);
   std::vector<int32_t> ranges;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t len = i == 0 ? 1 : i == 1 ? 3 : i == 2 ? rows : r.size(1, rows);
     const int64_t begin = r.size(0, rows - len);
     ranges.insert(ranges.end(), {static_cast<int32_t>(begin), static_cast<int32_t>(begin + len)});
   }
-  const Tensor cache = r.in("cache K | V", {rows, ld}, X, {-2.6, 2.6});
-  const Tensor fused = r.in("q", {n, r.round() == 0 ? w : 3 * w}, X, {-2.6, 2.6});
-  const Tensor q = r.round() == 0 ? fused : fused.slice(1, w, 2 * w);
-  const Tensor k = cache.slice(1, 0, w), v = cache.slice(1, w, 2 * w);
-  Tensor out = r.out("out", {n, w}, kAttention);
-  ops::attention_over_ranges(q, k, v, r.ids(ranges).reshape({n, 2}), heads, out);
-  r.define(out, [&] {
-    const std::vector<double>& qv = r.values(fused);
-    const std::vector<double>& cv = r.values(cache);
-    const int64_t q0 = r.round() == 0 ? 0 : w, ldq = fused.size(1);
-    std::vector<double> want(static_cast<size_t>(n * w));
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t begin = ranges[2 * i], end = ranges[2 * i + 1];
-        std::vector<double> p;
-        for (int64_t j = begin; j < end; ++j) {
-          double dot = 0;
-          for (int64_t c = 0; c < head_dim; ++c)
-            dot += qv[i * ldq + q0 + h * head_dim + c] * cv[j * ld + h * head_dim + c];
-          p.push_back(dot / std::sqrt(static_cast<double>(head_dim)));
+  const Tensor key_ranges = r.ids(ranges).reshape({n, 2});
+  for (const int64_t head_dim : r.round() == 0 ? std::vector<int64_t>{64, 128, 16} : std::vector<int64_t>{40, 96, 24}) {
+    const std::string dh = " (Dh " + std::to_string(head_dim) + ")";
+    const int64_t w = heads * head_dim, ld = 2 * w + r.round();
+    const Tensor cache = r.in("cache K | V" + dh, {rows, ld}, X, {-2.6, 2.6});
+    const Tensor fused = r.in("q" + dh, {n, r.round() == 0 ? w : 3 * w}, X, {-2.6, 2.6});
+    const Tensor q = r.round() == 0 ? fused : fused.slice(1, w, 2 * w);
+    const Tensor k = cache.slice(1, 0, w), v = cache.slice(1, w, 2 * w);
+    Tensor out = r.out("out" + dh, {n, w}, kAttention);
+    ops::attention_over_ranges(q, k, v, key_ranges, heads, out);
+    r.define(out, [&] {
+      const std::vector<double>& qv = r.values(fused);
+      const std::vector<double>& cv = r.values(cache);
+      const int64_t q0 = r.round() == 0 ? 0 : w, ldq = fused.size(1);
+      std::vector<double> want(static_cast<size_t>(n * w));
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t begin = ranges[2 * i], end = ranges[2 * i + 1];
+          std::vector<double> p;
+          for (int64_t j = begin; j < end; ++j) {
+            double dot = 0;
+            for (int64_t c = 0; c < head_dim; ++c)
+              dot += qv[i * ldq + q0 + h * head_dim + c] * cv[j * ld + h * head_dim + c];
+            p.push_back(dot / std::sqrt(static_cast<double>(head_dim)));
+          }
+          const double max = *std::max_element(p.begin(), p.end());
+          double sum = 0;
+          for (double& x : p) sum += (x = std::exp(x - max));
+          for (int64_t c = 0; c < head_dim; ++c) {
+            double o = 0;
+            for (int64_t j = begin; j < end; ++j) o += p[j - begin] / sum * cv[j * ld + w + h * head_dim + c];
+            want[i * w + h * head_dim + c] = o;
+          }
         }
-        const double max = *std::max_element(p.begin(), p.end());
-        double sum = 0;
-        for (double& x : p) sum += (x = std::exp(x - max));
-        for (int64_t c = 0; c < head_dim; ++c) {
-          double o = 0;
-          for (int64_t j = begin; j < end; ++j) o += p[j - begin] / sum * cv[j * ld + w + h * head_dim + c];
-          want[i * w + h * head_dim + c] = o;
-        }
-      }
-    return want;
-  });
+      return want;
+    });
+  }
 }
 
 // The optimisers' three steps on n elements (16-byte packs and a scalar tail); round 1 on views

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "model/decoder.h"
+#include "model/generate.h"
 #include "model/init.h"
 #include "model/lm_head.h"
 #include "model/qarac.h"
@@ -580,6 +581,71 @@ TEST(Decoder, CachedDecodingGivesTheLogitsOfTheWholeForward) {
   Decoder::Cache beyond;
   EXPECT_THROW(decoder.start_decoding(vectors, TokenBatch::from_sequences(y, 1, Device::cpu()), {6, 3, 15}, beyond),
                InputError);
+}
+
+// greedy_decode gives the tokens of the plain definition: every step, forward() over the whole
+// prefix and the argmax of its last position (f64; the first of equal scores, the true
+// vocabulary only), each sequence for its own steps, stopped by its stop token (not appended),
+// a prompt after <s>, and a sequence of no steps. A decoding beyond the positions is refused
+// before anything runs, and a cache whose start failed is empty: nothing decodes into it.
+TEST(Decoder, GreedyDecodingIsTheArgmaxOfTheWholeForwardStepByStep) {
+  QaracConfig config = tiny_config(false, false, false);
+  config.base.num_layers = 2;
+  Fixture fx(config);
+  Decoder& decoder = fx.models.decoder();
+  // Weights under which the tokens decoded change along a sequence and between sequences (a
+  // random decoder mostly repeats one word: at the fixture's weights, every position's argmax is
+  // the same; these were picked for 3 words and 18 changes over 4 sequences of 10 tokens).
+  init_normal(decoder.parameters(), 0.4, 21);
+  perturb_vectors(decoder.parameters(), 121);
+  std::mt19937 gen(21);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> v(4 * kHidden);
+  for (double& x : v) x = normal(gen);
+  const Tensor vectors = Tensor::from_vector(v, {4, kHidden});
+  const std::vector<std::vector<int32_t>> prefixes = {{0}, {0, 7, 3}, {0}, {0, 5}};
+  const std::vector<int64_t> steps = {9, 6, 0, 11};
+  // The stop token: the first that the first sequence's plain decoding produces later than at its
+  // start, so that it stops early there (and wherever else the token comes up).
+  auto plain = [&](int32_t stop) {
+    std::vector<std::vector<int32_t>> out(prefixes.size());
+    for (size_t b = 0; b < prefixes.size(); ++b) {
+      std::vector<int32_t> seq = prefixes[b];
+      const Tensor row = Tensor::from_vector(std::vector<double>(v.begin() + b * kHidden, v.begin() + (b + 1) * kHidden),
+                                             {1, kHidden});
+      for (int64_t t = 0; t < steps[b]; ++t) {
+        Decoder::Activations acts;
+        const Tensor logits = decoder.forward(row, TokenBatch::from_sequences({seq}, 1, Device::cpu()), {}, acts);
+        const std::vector<double> last = row_values(logits, static_cast<int64_t>(seq.size()) - 1);
+        const auto token = static_cast<int32_t>(std::max_element(last.begin(), last.begin() + kVocab) - last.begin());
+        if (token == stop) break;
+        seq.push_back(token);
+        out[b].push_back(token);
+      }
+    }
+    return out;
+  };
+  const std::vector<std::vector<int32_t>> unstopped = plain(-1);
+  EXPECT_EQ(greedy_decode(decoder, vectors, prefixes, steps), unstopped);
+  const std::vector<int32_t>& first = unstopped[0];
+  size_t at = 1;
+  while (at < first.size() && std::find(first.begin(), first.begin() + static_cast<long>(at), first[at]) !=
+                                  first.begin() + static_cast<long>(at))
+    ++at;
+  ASSERT_LT(at, first.size()) << "the first decoding repeats one token: no stop token to test with";
+  ASSERT_NE(unstopped[3], std::vector<int32_t>(unstopped[3].size(), unstopped[3][0])) << "sequence 3 varies too";
+  const int32_t stop = first[at];
+  const std::vector<std::vector<int32_t>> stopped = plain(stop);
+  EXPECT_EQ(stopped[0].size(), at);
+  EXPECT_EQ(greedy_decode(decoder, vectors, prefixes, steps, stop), stopped);
+  // max_position_embeddings 16: "<s> 5" and 14 steps need 15 positions, one beyond the 14.
+  EXPECT_THROW(greedy_decode(decoder, vectors, prefixes, std::vector<int64_t>{1, 1, 1, 14}), InputError);
+  Decoder::Cache cache;
+  const std::vector<std::vector<int32_t>> unknown = {{0, 3}, {0, kVocab}};  // a token beyond the vocabulary
+  EXPECT_THROW(decoder.start_decoding(vectors.slice(0, 0, 2), TokenBatch::from_sequences(unknown, 1, Device::cpu()),
+                                      {4, 4}, cache),
+               InputError);
+  EXPECT_THROW(decoder.decode({0}, {5}, cache), Error);
 }
 
 // With dropout (0.1, training, f64) the decoder's masks (base, head layer 0 over the [v_b; H_b]
