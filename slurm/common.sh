@@ -1,7 +1,43 @@
 # shellcheck shell=bash
 # Shared by slurm/train.sbatch, scaling.sbatch and forgetting.sbatch, which source it from the
 # submission directory (Slurm runs a copy of a batch script from its spool, so a script cannot
-# find the files beside it). Nothing here runs by itself.
+# find the files beside it). Nothing here runs by itself; the scripts define die() first.
+
+# load_site_modules MODULE...: module load MODULE... (nothing without one), or the job ends with
+# one line saying why. A batch job's shell is no login shell, so the `module` function may be
+# undefined there: the module system's own init (MODULESHOME, LMOD_PKG, /etc/profile.d) defines
+# it. Both run with unset variables allowed: module systems read some that may be unset (Lmod
+# 9.2.4: LD_PRELOAD, Environment Modules 4.1's init), which `set -u` would make fatal.
+load_site_modules() {
+  local init rc=0
+  (($#)) || return 0
+  if ! declare -F module >/dev/null && ! command -v module >/dev/null; then
+    for init in "${MODULESHOME:-/nonexistent}/init/bash" "${LMOD_PKG:-/nonexistent}/init/bash" \
+                /etc/profile.d/lmod.sh /etc/profile.d/modules.sh; do
+      [ -f "$init" ] || continue
+      set +u
+      # shellcheck disable=SC1090  # the site's
+      source "$init" || rc=$?
+      set -u
+      ((rc == 0)) || die "$init (the module system's init) failed with status $rc"
+      break
+    done
+  fi
+  declare -F module >/dev/null || command -v module >/dev/null ||
+    die "modules to load ($*) but no 'module' command, and no init of one (MODULESHOME, LMOD_PKG, /etc/profile.d/lmod.sh or modules.sh)"
+  set +u
+  module load "$@" || rc=$?
+  set -u
+  ((rc == 0)) || die "module load $*: status $rc (its messages are above): fix the list (QARAC_MODULES or site_modules)"
+}
+
+# check_tasks: the job ends with one line unless SLURM_NTASKS, its task count, is set: an
+# allocation made without one (salloc -N 1 --gpus=4) has none, and `set -u` would end the script
+# with bash's words instead.
+check_tasks() {
+  [[ "${SLURM_NTASKS:-}" =~ ^[1-9][0-9]*$ ]] ||
+    die "SLURM_NTASKS is not set: the job asked for no task count; one rank a GPU: --ntasks-per-node=<GPUs per node> (or -n)"
+}
 
 # ranks_per_node: the most tasks the job runs on one node: SLURM_NTASKS_PER_NODE, else the largest
 # count of SLURM_TASKS_PER_NODE (e.g. "4(x2),3"), else SLURM_NTASKS / SLURM_JOB_NUM_NODES.

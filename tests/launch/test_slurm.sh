@@ -67,6 +67,116 @@ test_train_preempt_requeue() {
   check "a finished run does not requeue" lacks "$FAKE_LOG" "scontrol"
 }
 
+# start_job [VAR=VALUE...]: runs the fake sbatch of slurm/train.sbatch in the background (job:
+# its pid) with a training that waits for a signal; returns once the training started (rank: the
+# training's pid).
+start_job() {
+  export FAKE_READY=$work/ready
+  rm -f "$FAKE_READY"
+  env "$@" sbatch slurm/train.sbatch >out.txt 2>&1 &
+  job=$!
+  for _ in $(seq 300); do [ -s "$FAKE_READY" ] && break; sleep 0.1; done
+  check "the training started" test -s "$FAKE_READY"
+  rank=$(cat "$FAKE_READY")
+}
+# end_job: waits for the job; its status in rc.
+end_job() { rc=0; wait "$job" || rc=$?; }
+
+# scancel (and a preemption): Slurm sends TERM to the batch script and to the ranks, which stop
+# with a checkpoint. Slurm accepts `scontrol requeue` of a job it is ending, so a requeue here
+# would bring a cancelled job back: none, unless QARAC_REQUEUE=always.
+test_train_scancel() {
+  start_job FAKE_TRAIN=wait_usr1
+  kill -TERM "$job" "$rank"
+  end_job
+  check "exit 0 after the stop (got $rc)" test "$rc" = 0
+  check "the ranks wrote their checkpoint" test -d "$run_dir/checkpoints/step-0000000007"
+  check "a cancelled job is not requeued" lacks "$FAKE_LOG" "scontrol"
+  check "says why and how to go on" has out.txt \
+    "stopped by SIGTERM at the checkpoint $run_dir/checkpoints/step-0000000007; Slurm is ending the job"
+  check "names the run directory" has out.txt "resubmit with QARAC_RUN_DIR=$run_dir to continue from"
+  # A site whose preemption cancels jobs (PreemptMode=CANCEL) may want the requeue.
+  : >"$FAKE_LOG"
+  start_job FAKE_TRAIN=wait_usr1 QARAC_REQUEUE=always
+  kill -TERM "$job" "$rank"
+  end_job
+  check "QARAC_REQUEUE=always: exit 0 (got $rc)" test "$rc" = 0
+  check "QARAC_REQUEUE=always: requeued after TERM" has "$FAKE_LOG" "scontrol requeue 4242"
+}
+
+# The time limit's TERM while the checkpoint that the USR1 warning asked for is still being
+# written: the ranks end at once, without it. One line says the lead time was too short, and the
+# job is not requeued (nothing new to continue from).
+test_train_timelimit_in_checkpoint() {
+  start_job FAKE_TRAIN=wait_slow
+  kill -USR1 "$job"
+  sleep 0.5
+  kill -TERM "$job" "$rank"
+  end_job
+  check "the ranks' status (got $rc)" test "$rc" = 143
+  check "not requeued" lacks "$FAKE_LOG" "scontrol"
+  check "one line naming the cause" has out.txt \
+    "slurm/train.sbatch: error: the time limit came before the checkpoint that SIGUSR1 asked for"
+  check "and the remedy" has out.txt "make the lead time of #SBATCH --signal (600 s) longer than a step plus a checkpoint"
+  check "not called a training failure" lacks out.txt "the training exited with status"
+}
+
+# Modules from QARAC_MODULES in a batch shell without the `module` function (no login shell): the
+# module system's init defines it, and neither reads unset variables under set -u (as Lmod 9.2.4
+# reads LD_PRELOAD). A failing load ends the job with one line.
+test_train_modules() {
+  mkdir -p modules/init
+  cat >modules/init/bash <<'INIT'
+# A module system's init, as strict as Lmod 9.2.4's about unset variables.
+module() {
+  : "$LD_PRELOAD"
+  echo "module $*" >>"$FAKE_LOG"
+  [ "$2" != missing/1 ]
+}
+INIT
+  submit -u LD_PRELOAD MODULESHOME="$work/modules" QARAC_MODULES="gcc/12 cuda/12.4" -- slurm/train.sbatch
+  check "exit 0 (got $rc)" test "$rc" = 0
+  check "the modules loaded" has "$FAKE_LOG" "module load gcc/12 cuda/12.4"
+  check "then the training" has "$FAKE_LOG" "srun --label"
+  : >"$FAKE_LOG"
+  submit -u LD_PRELOAD MODULESHOME="$work/modules" QARAC_MODULES="missing/1" -- slurm/train.sbatch
+  check "a failing load: exit 1 (got $rc)" test "$rc" = 1
+  check "a failing load: one line" has out.txt "slurm/train.sbatch: error: module load missing/1: status 1"
+  check "a failing load: nothing started" lacks "$FAKE_LOG" "srun"
+  # The function exported from the submitting shell, as Lmod's is, as strict about unset variables.
+  : >"$FAKE_LOG"
+  # shellcheck disable=SC2016  # the function's text, expanded when it runs
+  submit -u LD_PRELOAD QARAC_MODULES="gcc/12" 'BASH_FUNC_module%%=() { : "$LD_PRELOAD"; echo "module $*" >>"$FAKE_LOG"; }' \
+    -- slurm/train.sbatch
+  check "an exported module function: exit 0 (got $rc)" test "$rc" = 0
+  check "an exported module function: loaded" has "$FAKE_LOG" "module load gcc/12"
+  submit MODULESHOME="$work/nowhere" QARAC_MODULES="gcc/12" -- slurm/train.sbatch
+  check "no module system: exit 1 (got $rc)" test "$rc" = 1
+  check "no module system: one line" has out.txt "slurm/train.sbatch: error: modules to load (gcc/12) but no 'module' command"
+}
+
+# An allocation without a task count (salloc -N 1 --gpus=4, then the script): one line naming it,
+# not bash's "parameter null or not set".
+test_no_tasks() {
+  local script
+  for script in train scaling forgetting; do
+    rc=0
+    env -u SLURM_NTASKS SLURM_JOB_ID=4242 SLURM_SUBMIT_DIR="$work" bash "slurm/$script.sbatch" >out.txt 2>&1 || rc=$?
+    check "$script: exit 1 (got $rc)" test "$rc" = 1
+    check "$script: one line naming SLURM_NTASKS" has out.txt "slurm/$script.sbatch: error: SLURM_NTASKS is not set"
+    check "$script: only that line" test "$(wc -l <out.txt)" = 1
+  done
+}
+
+# The experiments are not resumable: a requeue (Slurm's default JobRequeue=1, after a node failure
+# or a preemption) would fail on their own output directory and truncate their log.
+test_experiments_not_requeued() {
+  local script
+  for script in scaling forgetting; do
+    check "$script.sbatch: --no-requeue" has "slurm/$script.sbatch" "#SBATCH --no-requeue"
+  done
+}
+
 # Preemption: Slurm's TERM reaches the ranks, which checkpoint and exit 75: requeue, unless
 # QARAC_REQUEUE=0.
 test_train_preempted() {
@@ -140,6 +250,8 @@ test_train_mpirun_flavours() {
     submit LAUNCHER=mpirun FAKE_MPI=$flavour -- -N 2 slurm/train.sbatch
     check "$flavour: exit 0 (got $rc)" test "$rc" = 0
     check "$flavour: its flags" has "$FAKE_LOG" "${expected[$flavour]}"
+    # Its daemons' srun would take them: one GPU and one task's cores for a node's ranks.
+    check "$flavour: no per-task requests for the launcher's daemons" lacks "$FAKE_LOG" "mpirun environment:"
   done
   submit LAUNCHER=mpirun FAKE_MPI=other -- slurm/train.sbatch
   check "an unknown mpirun is refused (got $rc)" test "$rc" = 1
