@@ -257,6 +257,12 @@ stage_bench() {
     echo "$out" | tee "$log/bench_qarac_B64${variant:+_$variant}"
     row "qarac QARAC step B=64 $variant" bench "$(echo "$out" | grep -m1 "ms/step")"
   done
+  # Greedy decoding over the key/value cache (the evaluation's token accuracy, qarac-generate):
+  # 64 vectors to 32 tokens each with the decoder at RoBERTa-base's sizes; never run on a GPU yet.
+  out=$(q timeout -k 10 "$(cap 120)" "$bin/qarac-bench" --workload decode --device cuda --dtype bf16 --preset base \
+        --seq 32 --batch 64 --warmup 1 --iters 3 2>&1) || status=1
+  echo "$out" | tee "$log/bench_decode_B64"
+  row "qarac greedy decoding B=64, 32 tokens" bench "$(echo "$out" | grep -m1 "ms/step")"
 }
 
 # PyTorch on the same workloads, in the same run: its kernels on bench_kernels' shapes, then the
