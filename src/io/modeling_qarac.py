@@ -111,30 +111,43 @@ class _Intermediate(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
 
+def _layer(layer, config, x, allowed, cache=None):
+    """A post-LN RoBERTa layer (transformers' RobertaLayer or QaracHeadLayer: the checkpoint's
+    module names) over the rows x [B, n, d] with an explicit mask allowed [B, n, keys]. With a
+    cache (a list, empty at first), x are new positions: their keys and values join the cached
+    ones [B, H, S, Dh] before the attention, which then covers S + n keys."""
+    b, n, d = x.shape
+    heads = config.num_attention_heads
+    att = getattr(layer.attention, "self")
+    split = lambda t: t.view(b, n, heads, d // heads).transpose(1, 2)
+    q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
+    if cache is not None:
+        if cache:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        cache[:] = [k, v]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
+    # The dtype's lowest, not -inf: a row with no key allowed (a left pad's) gives a uniform
+    # softmax instead of NaN; the others' masked keys still weigh exactly 0.
+    scores = scores.masked_fill(~allowed.unsqueeze(1), torch.finfo(scores.dtype).min)
+    context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+    out = layer.attention.output
+    h = out.LayerNorm(x + out.dense(context))
+    act = ACT2FN[config.hidden_act]
+    return layer.output.LayerNorm(h + layer.output.dense(act(layer.intermediate.dense(h))))
+
+
 class QaracHeadLayer(nn.Module):
     """A post-LN RoBERTa layer over an explicit attention mask (the decoder's head layers)."""
 
     def __init__(self, config):
         super().__init__()
-        self.heads = config.num_attention_heads
-        self.act = ACT2FN[config.hidden_act]
+        self.config = config
         self.attention = _AttentionBlock(config)
         self.intermediate = _Intermediate(config)
         self.output = _Output(config, config.intermediate_size)
 
-    def forward(self, x, allowed):
-        b, s, d = x.shape
-        att = getattr(self.attention, "self")
-        split = lambda t: t.view(b, s, self.heads, d // self.heads).transpose(1, 2)
-        q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
-        # The dtype's lowest, not -inf: a row with no key allowed (a left pad's) gives a uniform
-        # softmax instead of NaN; the others' masked keys still weigh exactly 0.
-        scores = scores.masked_fill(~allowed.unsqueeze(1), torch.finfo(scores.dtype).min)
-        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
-        out = self.attention.output
-        h = out.LayerNorm(x + out.dense(context))
-        return self.output.LayerNorm(h + self.output.dense(self.act(self.intermediate.dense(h))))
+    def forward(self, x, allowed, cache=None):
+        return _layer(self, self.config, x, allowed, cache)
 
 
 class QaracLMHead(nn.Module):
@@ -189,35 +202,56 @@ class QaracDecoderModel(RobertaPreTrainedModel):
         word = self.roberta.embeddings.word_embeddings.weight
         return CausalLMOutput(logits=self.qarac_lm_head(h2, word))
 
+    def _extend(self, ids, mask, caches, vectors=None):
+        """Runs the new positions ids [B, n] (the last n of mask [B, S], which covers every
+        position so far) over the key/value caches of every layer, as forward() computes them;
+        with vectors, the start: the slot row goes first into head layer 0's cache. Returns the
+        logits of the last new position [B, V]."""
+        cfg, n = self.config, ids.shape[1]
+        allowed = _causal(mask)[:, -n:]
+        x = self.roberta.embeddings(input_ids=ids, position_ids=_position_ids(cfg, mask)[:, -n:])
+        for layer, cache in zip(self.roberta.encoder.layer, caches):
+            x = _layer(layer, cfg, x, allowed, cache)
+        slot_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        if vectors is not None:
+            x0 = torch.cat([vectors.to(x.dtype).unsqueeze(1), x], dim=1)
+            h1 = self.decoder_layers[0](x0, _causal(slot_mask)[:, -(n + 1):], caches[-2])[:, 1:]
+        else:
+            h1 = self.decoder_layers[0](x, _causal(slot_mask)[:, -n:], caches[-2])
+        h2 = self.decoder_layers[1](h1, allowed, caches[-1])
+        word = self.roberta.embeddings.word_embeddings.weight
+        return self.qarac_lm_head(h2[:, -1], word)
+
     @torch.no_grad()
     def generate_from_vectors(self, vectors, max_new_tokens=32, prompts=None):
         """Greedy decoding as qarac-generate does it: every sequence starts as "<s>" (followed by
         its prompt's ids, if given) and grows by its argmax token until "</s>" or max_new_tokens.
-        Returns the new token ids per vector, without the final "</s>"."""
-        cfg = self.config
+        Returns the new token ids per vector, without the final "</s>". The prefixes run once
+        (left-padded to one length: no key of a pad is ever seen), then each step one position
+        per sequence over every layer's cached keys and values."""
+        cfg, device = self.config, vectors.device
         seqs = [[cfg.bos_token_id] + list(prompts[i] if prompts else []) for i in range(len(vectors))]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), cfg.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s, device=device)
+            mask[i, width - len(s):] = 1
+        caches = [[] for _ in range(len(self.roberta.encoder.layer) + 2)]
+        logits = self._extend(ids, mask, caches, vectors)
         new = [[] for _ in seqs]
         done = [False] * len(seqs)
-        for _ in range(max_new_tokens):
-            length = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), length), cfg.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(seqs):
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
-            device = vectors.device
-            logits = self(vectors, ids.to(device), mask.to(device)).logits
-            for i, s in enumerate(seqs):
-                if done[i]:
-                    continue
-                token = int(logits[i, len(s) - 1].argmax())
-                if token == cfg.eos_token_id:
-                    done[i] = True
-                    continue
-                s.append(token)
-                new[i].append(token)
-            if all(done):
+        for step in range(max_new_tokens):
+            tokens = logits.argmax(-1)
+            for i in range(len(seqs)):
+                if not done[i]:
+                    done[i] = int(tokens[i]) == cfg.eos_token_id
+                    new[i] += [] if done[i] else [int(tokens[i])]
+            if all(done) or step + 1 == max_new_tokens:
                 break
+            # Finished sequences run on with their argmax too: nothing reads their rows.
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self._extend(tokens.unsqueeze(1), mask, caches)
         return new
 
     @torch.no_grad()

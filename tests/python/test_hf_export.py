@@ -248,6 +248,35 @@ def test_decoder_generation(runs):
     assert decoder.generate_from_text(runs["texts"][:5], encoder, tok, max_new_tokens=16) == ours
 
 
+def test_decoder_generation_with_prompts(runs):
+    """generate_from_vectors runs the prompts once, left-padded to one length, then a position a
+    step over its key/value caches: its tokens are those of the plain definition, forward() over
+    each whole sequence alone and the argmax of its last position, step by step; with prompts of
+    0 to 3 tokens, and another number of tokens than any sequence's stop."""
+    decoder = transformers.AutoModel.from_pretrained(str(scrambled_decoder(runs)), trust_remote_code=True).eval()
+    cfg = decoder.config
+    gen = torch.Generator().manual_seed(9)
+    vectors = torch.randn(6, cfg.hidden_size, generator=gen)
+    prompts = [[5 + 3 * i + j for j in range(i % 4)] for i in range(6)]
+    steps = 7
+    want = []
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            seq, new = [cfg.bos_token_id] + prompt, []
+            for _ in range(steps):
+                logits = decoder(vectors[i:i + 1], torch.tensor([seq])).logits
+                token = int(logits[0, -1].argmax())
+                if token == cfg.eos_token_id:
+                    break
+                seq.append(token)
+                new.append(token)
+            want.append(new)
+    got = decoder.generate_from_vectors(vectors, max_new_tokens=steps, prompts=prompts)
+    print(f"prompts {prompts}: {got}")
+    assert len({tuple(t) for t in want}) > 1, "the sequences decode alike: the comparison says little"
+    assert got == want
+
+
 @pytest.mark.parametrize("source", ["heldout/question_answering.h5", "WikiQA-dev.tsv"])
 def test_rank_is_the_evaluators(runs, source):
     path = SAMPLE / source if source.endswith(".tsv") else runs["root"] / source
