@@ -260,6 +260,22 @@ TEST(Schedule, WarmupThenEachDecay) {
   EXPECT_DOUBLE_EQ(s.at(3), 2e-5 * 0.25);
 }
 
+// A final fraction of 1, the top of its range, is a decay that stays at the peak: every decay
+// form gives the peak rate from the end of the warmup on.
+TEST(Schedule, AFinalFractionOfOneStaysAtThePeak) {
+  ScheduleConfig c;
+  c.peak_lr = 1e-3;
+  c.warmup_steps = 2;
+  c.total_steps = 10;
+  c.final_fraction = 1;
+  for (Decay decay : {Decay::linear, Decay::cosine, Decay::exponential}) {
+    SCOPED_TRACE(decay_name(decay));
+    c.decay = decay;
+    const LearningRateSchedule s(c);
+    for (int64_t step = 2; step <= 10; ++step) EXPECT_DOUBLE_EQ(s.at(step), 1e-3) << "step " << step;
+  }
+}
+
 TEST(Schedule, BadSettingsAreInputErrors) {
   ScheduleConfig c;
   c.decay = Decay::exponential;
@@ -447,6 +463,19 @@ TEST(MetricsLog, AFileRemovedWhileWrittenIsCreatedAgain) {
   std::vector<int64_t> steps;
   for (std::string line; std::getline(in, line);) steps.push_back(nlohmann::json::parse(line).at("step"));
   EXPECT_EQ(steps, (std::vector<int64_t>{2, 2}));
+}
+
+// The optimizer.* settings reach the schedule: the peak, the warmup, the run's steps, the decay and
+// its final fraction (before reaching it, a missing one decays alike: only the later rates tell).
+TEST(TrainConfig, TheScheduleFollowsTheOptimizerSettings) {
+  const std::optional<TrainConfig> c =
+      parse({"--data.dir", "/data", "--optimizer.lr", "1e-3", "--optimizer.warmup", "2", "--train.steps", "10",
+             "--optimizer.decay", "linear", "--optimizer.final", "0.25"});
+  ASSERT_TRUE(c);
+  const LearningRateSchedule s(c->schedule_config());
+  EXPECT_DOUBLE_EQ(s.at(1), 0.5e-3);                    // half way up the warmup
+  EXPECT_DOUBLE_EQ(s.at(6), 1e-3 * (1 - 0.75 * 0.5));  // p = (6 - 2) / (10 - 2)
+  EXPECT_DOUBLE_EQ(s.at(10), 0.25e-3);
 }
 
 TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {
