@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <regex>
 #include <set>
@@ -435,6 +436,23 @@ TEST(MetricsLog, TheRunsMemoryPeaksAreTheLargestOfEveryStepAndWindow) {
   again.say_memory_peaks({12 * MiB, 12 * MiB, 0});
   const std::string end = testing::internal::GetCapturedStderr();
   EXPECT_NE(end.find("host tensors 12.0 MiB"), std::string::npos) << end;
+}
+
+// A resumed run reads back the evaluations of the lines it keeps (eval.best and eval.patience count
+// them): one whose metric was not finite, written as null, is an evaluation too, one that beat
+// nothing, as it was in the run before; the lines after the resumed step are not kept.
+TEST(MetricsLog, AResumeReadsBackEveryKeptEvaluationNullsIncluded) {
+  const TempDir dir("qarac-metrics-resume");
+  const fs::path path = dir.path / "metrics.jsonl";
+  std::ofstream(path) << "{\"step\":2,\"eval\":true,\"cs.accuracy\":0.5}\n"
+                      << "{\"step\":4,\"eval\":true,\"cs.accuracy\":null}\n"
+                      << "{\"step\":6,\"eval\":true,\"cs.accuracy\":0.75}\n";
+  MetricsLog log;
+  log.open(path.string(), 4, /*resuming=*/true, "plain");
+  const std::map<int64_t, double> values = log.eval_values("cs.accuracy");
+  ASSERT_EQ(values.size(), 2u);
+  EXPECT_EQ(values.at(2), 0.5);
+  EXPECT_TRUE(std::isnan(values.at(4)));
 }
 
 // metrics.jsonl removed while the run writes it (a user freeing the disk): a new file holds the
