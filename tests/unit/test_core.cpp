@@ -190,8 +190,11 @@ TEST(Philox, KnownAnswers) {
 
 TEST(Philox, UniformStreamsAreDistinctAndUniform) {
   const RngKey a{7, 3, 1}, b{7, 4, 1}, c{7, 3, 2};
-  const uint64_t id = 0x123456789ull;
-  int same_step = 0, same_tensor = 0, same_id = 0;
+  // The high halves count too: a seed's, a step's beyond the counter's 24 bits, an id's (an
+  // example id's task and epoch: data::example_id) and an element's (hidden position 256 on).
+  const RngKey seed_high{7 + (uint64_t{1} << 32), 3, 1}, step_high{7, 3 + (uint64_t{1} << 24), 1};
+  const uint64_t id = 0x123456789ull, high = uint64_t{1} << 32;
+  int same_step = 0, same_tensor = 0, same_id = 0, same_high = 0;
   double mean = 0;
   const int n = 20000;
   for (int i = 0; i < n; ++i) {
@@ -203,12 +206,15 @@ TEST(Philox, UniformStreamsAreDistinctAndUniform) {
     same_step += u == sequence_uniform01(b, id, e);
     same_tensor += u == sequence_uniform01(c, id, e);
     same_id += u == sequence_uniform01(a, id + 1, e);
+    same_high += (u == sequence_uniform01(seed_high, id, e)) + (u == sequence_uniform01(step_high, id, e)) +
+                 (u == sequence_uniform01(a, id + high, e)) + (u == sequence_uniform01(a, id, e + high));
   }
   // 24-bit values: a pair of independent draws is equal with probability 2^-24.
   EXPECT_NEAR(mean / n, 0.5, 0.01);  // 4.9 standard errors, 1/sqrt(12 n) = 0.002
   EXPECT_LT(same_step, 10);
   EXPECT_LT(same_tensor, 10);
   EXPECT_LT(same_id, 10);
+  EXPECT_LT(same_high, 10);
   EXPECT_EQ(sequence_uniform01(a, id, 123), sequence_uniform01(RngKey{7, 3, 1}, id, 123));
 }
 

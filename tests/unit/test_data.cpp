@@ -985,6 +985,10 @@ TEST(Loader, DivideBatchBalancesTokensDeterministically) {
     EXPECT_EQ(e.epoch, 2097151);
     EXPECT_EQ(e.position, 3);
   }
+  // One past a field's largest value would spill into the field above it (the position into the
+  // epoch, the epoch into the task): two examples would share an id and so their dropout masks.
+  EXPECT_THROW(example_id(Task::reasoning, 2097152, 0), Error);
+  EXPECT_THROW(example_id(Task::reasoning, 0, 1099511627776), Error);
 }
 
 // Micro-batches: consecutive, at most the budget each unless one example exceeds it alone, and
@@ -1117,6 +1121,8 @@ TEST(Loader, ShuffleIsAPinnedPermutation) {
   EXPECT_EQ(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 9, 2, Task::reasoning));
   EXPECT_NE(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 9, 2, Task::consistency));
   EXPECT_NE(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 10, 2, Task::reasoning));
+  // All 64 bits of train.seed key the order: seeds 2^32 apart shuffle differently.
+  EXPECT_NE(shuffled_order(50, 9, 2, Task::reasoning), shuffled_order(50, 9 + (uint64_t{1} << 32), 2, Task::reasoning));
 }
 
 TEST(Loader, RefusesMismatchedTokenizersAndMissingFiles) {

@@ -94,6 +94,29 @@ TEST(MlmMasking, RatesSpecialsAndDeterminism) {
   EXPECT_NEAR(kept / n, 0.1 + 0.1 / 23, 5 * std::sqrt(0.1 / n));
 }
 
+// BERT's random replacement draws a token uniformly from the whole vocabulary, independently of
+// the draw that chose to replace: every other id comes up 0.1 / V of the time. (A replacement
+// taken from the same uniform as the 80/10/10 choice lies in [0.8 V, 0.9 V): 2 or 3 ids of 23,
+// which the rates above cannot see.)
+TEST(MlmMasking, RandomReplacementsCoverTheVocabularyUniformly) {
+  MlmMasking masking;
+  masking.probability = 1;  // every token chosen: 10% of the draws are replacements
+  constexpr int64_t kVocab = 23, kDraws = 46000;
+  constexpr int32_t kToken = 7;
+  std::vector<int64_t> count(kVocab, 0);
+  for (int64_t i = 0; i < kDraws; ++i) {
+    const MaskDraw d = mask_draw(masking, kVocab, 3, static_cast<uint64_t>(i) * 7919, 2, kToken);
+    ASSERT_TRUE(d.chosen);
+    if (d.input != masking.mask_id && d.input != kToken) ++count[static_cast<size_t>(d.input)];
+  }
+  // Binomial(kDraws, 0.1 / V): 200 expected, 5 standard deviations either way.
+  const double p = 0.1 / kVocab, expected = kDraws * p, tolerance = 5 * std::sqrt(kDraws * p * (1 - p));
+  for (int32_t id = 0; id < kVocab; ++id) {
+    if (id == masking.mask_id || id == kToken) continue;
+    EXPECT_NEAR(static_cast<double>(count[static_cast<size_t>(id)]), expected, tolerance) << "id " << id;
+  }
+}
+
 TEST(MaskedLM, GradientMatchesFiniteDifferences) {
   RobertaEncoder encoder(tiny_config(), DType::f64, Device::cpu());
   MaskedLM mlm(encoder);

@@ -387,7 +387,13 @@ TEST_F(Hostile, TokenIdsBeyondTheModelsVocabularyAreRefused) {
   LoaderOptions o = options_for(dir_);
   o.vocab_size = 100;  // the stream's ids go up to 499
   expect_input_error([&] { Loader(kEncodeDecode, o); }, {path("encode_decode.h5"), "outside the model's vocabulary of 100"});
-  o.vocab_size = 500;
+  // A vocabulary of V holds ids 0 to V - 1: the largest id itself is one too many.
+  const int32_t largest = TaskStreamFile(path("encode_decode.h5")).read_all().max_token;
+  o.vocab_size = largest;
+  expect_input_error([&] { Loader(kEncodeDecode, o); },
+                     {"token id " + std::to_string(largest) + " is outside the model's vocabulary of " +
+                      std::to_string(largest) + " ids"});
+  o.vocab_size = largest + 1;
   EXPECT_NO_THROW(Loader(kEncodeDecode, o));
 }
 

@@ -1107,3 +1107,42 @@ TEST(Rehearsal, RefusesAMisshapenHead) {
   head.erase("dense.bias");
   EXPECT_THROW(Rehearsal(models, head, "the test's head", rehearsal_masking(), false), InputError);
 }
+
+// The decoder's logits have the head's padded columns too (an untied head of 20 tokens holds 24
+// rows, the padded ones 0: logits of 0). Greedy decoding chooses among the vocabulary only, even
+// where every real token scores below 0 and a padded column would win.
+TEST(GreedyDecode, ChoosesAmongTheVocabularyOnly) {
+  const QaracConfig config = tiny_config(false, false, false);
+  Decoder decoder(config.base, /*tie_lm_head=*/false, config.vocab_multiple, DType::f64, Device::cpu(), 0);
+  ASSERT_EQ(decoder.lm_head().padded_vocab(), 24);
+  init_normal(decoder.parameters(), 0.5, 5);
+  for (Parameter* p : decoder.parameters())
+    if (p->name == "lm_head.bias") p->assign(Tensor::from_vector(std::vector<double>(kVocab, -1e3), {kVocab}));
+  std::mt19937 gen(6);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> v(2 * kHidden);
+  for (double& x : v) x = normal(gen);
+  const auto out = greedy_decode(decoder, Tensor::from_vector(v, {2, kHidden}), {{0}, {0, 5, 6}}, 3);
+  ASSERT_EQ(out.size(), 2u);
+  for (const std::vector<int32_t>& tokens : out) {
+    EXPECT_EQ(tokens.size(), 3u);
+    for (int32_t token : tokens) EXPECT_LT(token, kVocab);
+  }
+}
+
+// max_tokens() is the longest sequence the encoder reads: RoBERTa numbers positions from
+// pad_token_id + 1, so 16 positions with pad 1 hold 14 tokens; one more is refused.
+TEST(RobertaConfig, MaxTokensIsTheLongestSequenceTheEncoderReads) {
+  const RobertaConfig config = tiny_config(false, false, false).base;
+  ASSERT_EQ(config.pad_token_id, 1);
+  EXPECT_EQ(config.max_tokens(), 14);
+  RobertaEncoder encoder(config, DType::f64, Device::cpu());
+  init_normal(encoder.parameters(), 0.5, 2);
+  RobertaEncoder::Activations acts;
+  const std::vector<int32_t> longest(static_cast<size_t>(config.max_tokens()), 5);
+  EXPECT_NO_THROW(encoder.forward(TokenBatch::from_sequences({longest}, 1, Device::cpu()), ForwardOptions{}, acts));
+  std::vector<int32_t> longer = longest;
+  longer.push_back(5);
+  EXPECT_THROW(encoder.forward(TokenBatch::from_sequences({longer}, 1, Device::cpu()), ForwardOptions{}, acts),
+               InputError);
+}

@@ -147,6 +147,32 @@ TEST(Tokenizer, UnknownBytes) {
     EXPECT_EQ(dropping.encode(text), ids_of(row, "ids_files")) << row.at("text").dump();
     EXPECT_EQ(files.encode(text), ids_of(row, "ids")) << "from_dir prefers tokenizer.json";
   }
+  // With the model's fuse_unk (Hugging Face's BPE option), a run of missing bytes inside a word
+  // becomes one <unk> (3); runs in separate words stay apart, and known bytes end a run.
+  TempDir dir;
+  json fused = json::parse(read_bytes(kDir / "unk" / "tokenizer.json"));
+  fused["model"]["fuse_unk"] = true;
+  const Tokenizer fusing = Tokenizer::from_json(dir.file("fused.json", fused.dump()).string());
+  EXPECT_EQ(fusing.encode("xyz", false), (Ids{3}));
+  EXPECT_EQ(fusing.encode("a\xC3\xA9" "b", false), (Ids{5, 3, 6}));  // é: two missing bytes
+  EXPECT_EQ(fusing.encode("xy zz", false), (Ids{3, 8, 3}));         // "Ġ" is 8
+  EXPECT_EQ(fusing.encode("xaxx", false), (Ids{3, 5, 3}));
+}
+
+// Truncation (qarac-prep --max-length, and the programs that cut texts to the model's length): a
+// sequence ending in </s> keeps it in its last place; one without it (encoded without the special
+// tokens) is only cut, nothing put in its place; one that fits is left as it is.
+TEST(Tokenizer, TruncationKeepsAClosingEosAndAddsNone) {
+  constexpr int32_t kEos = 2;
+  Ids closed{0, 5, 6, 7, kEos};
+  qarac::data::truncate_ids(closed, 3, kEos);
+  EXPECT_EQ(closed, (Ids{0, 5, kEos}));
+  Ids open{5, 6, 7, 8};
+  qarac::data::truncate_ids(open, 2, kEos);
+  EXPECT_EQ(open, (Ids{5, 6}));
+  Ids fits{5, 6, 7};
+  qarac::data::truncate_ids(fits, 3, kEos);
+  EXPECT_EQ(fits, (Ids{5, 6, 7}));
 }
 
 TEST(Tokenizer, RoundTripsAnyBytes) {

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <regex>
 #include <set>
@@ -260,6 +261,22 @@ TEST(Schedule, WarmupThenEachDecay) {
   EXPECT_DOUBLE_EQ(s.at(3), 2e-5 * 0.25);
 }
 
+// A final fraction of 1, the top of its range, is a decay that stays at the peak: every decay
+// form gives the peak rate from the end of the warmup on.
+TEST(Schedule, AFinalFractionOfOneStaysAtThePeak) {
+  ScheduleConfig c;
+  c.peak_lr = 1e-3;
+  c.warmup_steps = 2;
+  c.total_steps = 10;
+  c.final_fraction = 1;
+  for (Decay decay : {Decay::linear, Decay::cosine, Decay::exponential}) {
+    SCOPED_TRACE(decay_name(decay));
+    c.decay = decay;
+    const LearningRateSchedule s(c);
+    for (int64_t step = 2; step <= 10; ++step) EXPECT_DOUBLE_EQ(s.at(step), 1e-3) << "step " << step;
+  }
+}
+
 TEST(Schedule, BadSettingsAreInputErrors) {
   ScheduleConfig c;
   c.decay = Decay::exponential;
@@ -421,6 +438,23 @@ TEST(MetricsLog, TheRunsMemoryPeaksAreTheLargestOfEveryStepAndWindow) {
   EXPECT_NE(end.find("host tensors 12.0 MiB"), std::string::npos) << end;
 }
 
+// A resumed run reads back the evaluations of the lines it keeps (eval.best and eval.patience count
+// them): one whose metric was not finite, written as null, is an evaluation too, one that beat
+// nothing, as it was in the run before; the lines after the resumed step are not kept.
+TEST(MetricsLog, AResumeReadsBackEveryKeptEvaluationNullsIncluded) {
+  const TempDir dir("qarac-metrics-resume");
+  const fs::path path = dir.path / "metrics.jsonl";
+  std::ofstream(path) << "{\"step\":2,\"eval\":true,\"cs.accuracy\":0.5}\n"
+                      << "{\"step\":4,\"eval\":true,\"cs.accuracy\":null}\n"
+                      << "{\"step\":6,\"eval\":true,\"cs.accuracy\":0.75}\n";
+  MetricsLog log;
+  log.open(path.string(), 4, /*resuming=*/true, "plain");
+  const std::map<int64_t, double> values = log.eval_values("cs.accuracy");
+  ASSERT_EQ(values.size(), 2u);
+  EXPECT_EQ(values.at(2), 0.5);
+  EXPECT_TRUE(std::isnan(values.at(4)));
+}
+
 // metrics.jsonl removed while the run writes it (a user freeing the disk): a new file holds the
 // lines from there on, and the log says what was lost; before, every later line went to the
 // removed file, and the run ended without metrics, unsaid.
@@ -447,6 +481,19 @@ TEST(MetricsLog, AFileRemovedWhileWrittenIsCreatedAgain) {
   std::vector<int64_t> steps;
   for (std::string line; std::getline(in, line);) steps.push_back(nlohmann::json::parse(line).at("step"));
   EXPECT_EQ(steps, (std::vector<int64_t>{2, 2}));
+}
+
+// The optimizer.* settings reach the schedule: the peak, the warmup, the run's steps, the decay and
+// its final fraction (before reaching it, a missing one decays alike: only the later rates tell).
+TEST(TrainConfig, TheScheduleFollowsTheOptimizerSettings) {
+  const std::optional<TrainConfig> c =
+      parse({"--data.dir", "/data", "--optimizer.lr", "1e-3", "--optimizer.warmup", "2", "--train.steps", "10",
+             "--optimizer.decay", "linear", "--optimizer.final", "0.25"});
+  ASSERT_TRUE(c);
+  const LearningRateSchedule s(c->schedule_config());
+  EXPECT_DOUBLE_EQ(s.at(1), 0.5e-3);                    // half way up the warmup
+  EXPECT_DOUBLE_EQ(s.at(6), 1e-3 * (1 - 0.75 * 0.5));  // p = (6 - 2) / (10 - 2)
+  EXPECT_DOUBLE_EQ(s.at(10), 0.25e-3);
 }
 
 TEST(TrainConfig, IniFileCommandLineOverridesAndRoundTrip) {

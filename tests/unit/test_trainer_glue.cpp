@@ -250,6 +250,44 @@ INSTANTIATE_TEST_SUITE_P(
                                     DecayExempt::bias_norm}),
     [](const ::testing::TestParamInfo<OptimizerCase>& c) { return std::string(c.param.label); });
 
+// The constructor from ops::AdamW hyper-parameters (qarac-bench's classifier) is AdamW with its
+// betas, eps and weight decay, not the defaults: three steps against the definition.
+TEST(OptimizerFromAdamW, TakesEveryHyperParameter) {
+  std::mt19937 rng(9);
+  std::vector<Parameter> params = random_parameters({{3, 4}, {5}}, rng);
+  ops::AdamW hyper;
+  hyper.beta1 = 0.8;
+  hyper.beta2 = 0.95;
+  hyper.eps = 1e-2;  // of the order of sqrt(v): its place in the update shows
+  hyper.weight_decay = 0.3;
+  Optimizer optimizer(pointers(params), hyper);
+  OptimizerConfig config;
+  config.beta1 = hyper.beta1;
+  config.beta2 = hyper.beta2;
+  config.eps = hyper.eps;
+  config.weight_decay = hyper.weight_decay;
+  std::vector<HostState> states;
+  for (const Parameter& p : params) {
+    const size_t n = static_cast<size_t>(p.master.numel());
+    states.push_back({host(p.master), Values(n), Values(n)});
+  }
+  double mu_product = 1;
+  std::normal_distribution<double> normal(0, 0.05);
+  for (int64_t t = 1; t <= 3; ++t) {
+    std::vector<Values> grads;
+    for (Parameter& p : params) {
+      Values g(static_cast<size_t>(p.grad.numel()));
+      for (double& x : g) x = normal(rng);
+      p.grad.copy_(Tensor::from_vector(g, p.grad.shape()));
+      grads.push_back(g);
+    }
+    optimizer.step(0.1);
+    reference_update(states, grads, 1.0, config, 0.1, t, mu_product);
+  }
+  for (size_t k = 0; k < params.size(); ++k)
+    EXPECT_LT(relative_error(host(params[k].master), states[k].p), 1e-13) << params[k].name;
+}
+
 // bias_norm leaves out what Hugging Face's Trainer does (get_decay_parameter_names: every bias and
 // a LayerNorm module's parameters): in a RoBERTa encoder the embeddings' LayerNorm and, per layer,
 // 6 biases and 2 LayerNorms; none leaves out nothing.
