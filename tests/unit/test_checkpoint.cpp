@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "support/test_support.h"
+#include "io/export_files.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_export.h"
 #include "model/init.h"
@@ -726,8 +727,9 @@ void expect_hf_config(const fs::path& dir, const RobertaConfig& config) {
 }
 
 // The three QARAC models, each exported and read back: the RoBERTa part under transformers'
-// names loads as a base model with the same weights, the heads keep their names, the LM head
-// has the checkpoint's vocabulary (40), not the padded one (64).
+// names loads as a base model with the same weights, the heads keep their names (the decoder's
+// LM head under qarac_lm_head.), the LM head has the checkpoint's vocabulary (40), not the padded
+// one (64).
 TEST_F(CheckpointTest, QaracModelsExportInTheHfLayoutAndReadBack) {
   const RobertaConfig config = tiny_config();
   RobertaEncoder pretrained(config, DType::f32, Device::cpu());
@@ -754,8 +756,14 @@ TEST_F(CheckpointTest, QaracModelsExportInTheHfLayoutAndReadBack) {
     const TensorMap stored =
         io::read_safetensors((fs::path(out) / "model.safetensors").string(), &metadata);
     EXPECT_EQ(metadata["format"], "pt");  // transformers refuses safetensors without it
+    // The decoder's LM head is stored under its own prefix (io/export_files.h), so that a plain
+    // RobertaForCausalLM finds none of it.
+    const bool decoder = std::string(model) == "decoder";
+    auto stored_name = [&](const std::string& name) {
+      return decoder && name.rfind("lm_head.", 0) == 0 ? io::kDecoderHeadPrefix + name.substr(8) : name;
+    };
     std::set<std::string> expected, names;
-    for (const Parameter* p : params) expected.insert(p->name);
+    for (const Parameter* p : params) expected.insert(stored_name(p->name));
     for (const auto& [name, t] : stored) {
       names.insert(name);
       EXPECT_EQ(t.dtype(), DType::f32) << name;
@@ -769,17 +777,17 @@ TEST_F(CheckpointTest, QaracModelsExportInTheHfLayoutAndReadBack) {
           "roberta.encoder.layer.0.attention.self.query.weight",
           "roberta.encoder.layer.1.output.LayerNorm.bias"})
       EXPECT_TRUE(stored.count(name)) << name;
-    if (std::string(model) == "decoder") {
-      EXPECT_EQ(stored.at("lm_head.decoder.weight").shape(),
+    if (decoder) {
+      EXPECT_EQ(stored.at("qarac_lm_head.decoder.weight").shape(),
                 (Shape{config.vocab_size, config.hidden_size}));
-      EXPECT_EQ(stored.at("lm_head.bias").shape(), (Shape{config.vocab_size}));
+      EXPECT_EQ(stored.at("qarac_lm_head.bias").shape(), (Shape{config.vocab_size}));
       EXPECT_TRUE(stored.count("decoder_layers.1.output.LayerNorm.weight"));
     } else {
       EXPECT_TRUE(stored.count("pooling.global_projection.weight"));
       EXPECT_TRUE(stored.count("pooling.local_projection.weight"));
     }
     for (const Parameter* p : params)
-      EXPECT_TRUE(same_bits(stored.at(p->name), p->master)) << p->name;
+      EXPECT_TRUE(same_bits(stored.at(stored_name(p->name)), p->master)) << p->name;
 
     // As a base model: "roberta." stripped, the heads set aside, the weights the same.
     const io::HfRoberta hf = io::read_hf_roberta(out);
