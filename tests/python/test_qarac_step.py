@@ -279,7 +279,8 @@ def check_exports(run_dir, weights):
     for model in ("question_encoder", "answer_encoder", "decoder"):
         exported = safetensors_numpy.load_file(str(run_dir / "export" / model / "model.safetensors"))
         for name, tensor in exported.items():
-            source = f"{model}.{name}"
+            # The decoder's LM head is exported as qarac_lm_head (a plain RobertaForCausalLM then finds none of it).
+            source = f"{model}.{name.replace('qarac_lm_head.', 'lm_head.', 1)}"
             if source not in weights:  # a shared encoder base, or a tied LM head
                 source = (f"shared_encoder.{name}" if model != "decoder"
                           else "decoder.roberta.embeddings.word_embeddings.weight")
