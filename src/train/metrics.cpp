@@ -165,6 +165,8 @@ void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming
   if (resuming) {
     const std::string kept = kept_lines(path, first_step, evals_);
     std::error_code ec;
+    // Rewritten, not cut in place: a copy of the run directory made with hard links (cp -al)
+    // shares the file, and the copy's run must append to a file of its own.
     if (std::filesystem::exists(path, ec)) {
       AtomicFile file(path);
       file.write(kept.data(), kept.size());

@@ -34,6 +34,8 @@ std::string checkpoint_dir(const std::string& output);
 // --resume of a live one, in the same directory stops at once with one line naming the holder,
 // before it deletes or writes anything. The lock is an flock(2) on <output>/.qarac.lock, released
 // by the kernel when the process ends however it ends, so a killed run never leaves a stale lock.
+// A copy of the directory made with hard links (cp -al) shares the lock file: the copy gets one
+// of its own (a log line says so), so that its runs neither wait for the original's nor lock it.
 class RunLock {
  public:
   // Creates `output` (and its parents) when missing, then locks it; InputError naming the

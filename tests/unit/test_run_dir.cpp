@@ -125,6 +125,89 @@ TEST(RunLockTest, AMovedDirectoryOrARemovedLockIsNoLongerHeld) {
   test_support::expect_input_error([&] { lock.check_held("checkpoint at step 8"); }, {"no longer this run's"});
 }
 
+// A copy of a run directory made with hard links (cp -al) shares the lock file. Before, a run in
+// the copy was refused while the original ran ("in use"), and otherwise locked the original too
+// and wrote its holder into the original's file. Now the copy gets a file of its own, and the
+// lock still refuses a second run in the same directory, linked or not.
+TEST(RunLockTest, AHardLinkedCopyGetsALockOfItsOwn) {
+  TempDir dir("lock-linked");
+  const fs::path run = dir.path / "run", copy = dir.path / "copy", idle_copy = dir.path / "idle-copy";
+  const auto inode = [](const fs::path& p) {
+    struct stat st {};
+    EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+    return std::make_pair(st.st_ino, st.st_nlink);
+  };
+  {
+    RunLock original(run.string());
+    const std::string holder = test_support::read_text((run / kRunLockName).string());
+    fs::create_directories(copy);
+    fs::create_hard_link(run / kRunLockName, copy / kRunLockName);
+    test_support::expect_input_error([&] { RunLock second(run.string()); }, {run.string() + " is in use by another run"});
+    {
+      RunLock own(copy.string());
+      EXPECT_NE(inode(copy / kRunLockName).first, inode(run / kRunLockName).first);
+      EXPECT_EQ(inode(copy / kRunLockName).second, 1u);
+      EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+      test_support::expect_input_error([&] { RunLock second(copy.string()); },
+                                       {copy.string() + " is in use by another run"});
+      EXPECT_NO_THROW(own.check_held("checkpoint at step 2"));
+    }
+    test_support::expect_input_error([&] { RunLock second(run.string()); }, {run.string() + " is in use by another run"});
+    EXPECT_NO_THROW(original.check_held("checkpoint at step 2"));
+  }
+  // Nobody runs: the copy's run writes its holder into a file of its own, not the original's.
+  const std::string holder = test_support::read_text((run / kRunLockName).string());
+  fs::create_directories(idle_copy);
+  fs::create_hard_link(run / kRunLockName, idle_copy / kRunLockName);
+  RunLock own(idle_copy.string());
+  EXPECT_NE(inode(idle_copy / kRunLockName).first, inode(run / kRunLockName).first);
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+  RunLock original(run.string());
+}
+
+// Runs started at once in a hard-linked copy of a live run's directory: each finds the file shared
+// and held elsewhere, and replaces it (one at a time, each only the shared file); exactly one of
+// them locks the copy, every round.
+TEST(RunLockTest, RunsStartingAtOnceInALinkedCopyLockItOnce) {
+  TempDir dir("lock-linked-race");
+  const fs::path run = dir.path / "run";
+  RunLock original(run.string());
+  for (int round = 0; round < 10; ++round) {
+    const fs::path copy = dir.path / ("copy" + std::to_string(round));
+    fs::create_directories(copy);
+    fs::create_hard_link(run / kRunLockName, copy / kRunLockName);
+    int go[2], won[2];
+    ASSERT_EQ(pipe(go), 0);
+    ASSERT_EQ(pipe(won), 0);
+    std::vector<pid_t> children;
+    for (int c = 0; c < 6; ++c) {
+      const pid_t pid = fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        close(go[1]);
+        char byte;
+        const bool started = read(go[0], &byte, 1) == 0;  // the parent's close starts every child at once
+        try {
+          RunLock lock(copy.string());
+          if (started && write(won[1], "1", 1) == 1) usleep(200000);  // held while the others try
+        } catch (const InputError&) {
+        }
+        _exit(0);
+      }
+      children.push_back(pid);
+    }
+    close(go[0]);
+    close(go[1]);
+    close(won[1]);
+    for (pid_t pid : children) waitpid(pid, nullptr, 0);
+    std::string wins;
+    char byte;
+    while (read(won[0], &byte, 1) == 1) wins += byte;
+    close(won[0]);
+    EXPECT_EQ(wins, "1") << "round " << round;
+  }
+}
+
 // export/ and best/ are replaced as a whole, beside a link's target: a link to a folder beside
 // which the set can be written is accepted; a link to a mount point (its parent is another file
 // system, where the swap cannot rename) is refused at the start of a --resume, not after the run.
@@ -199,6 +282,29 @@ TEST_F(RunDirCli, ALockedDirectoryIsLeftAlone) {
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-0000000002"));
   std::ifstream in(run / "metrics.jsonl");
   EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()), metrics_before);
+}
+
+// A copy made with cp -al of a directory whose run goes on: the copy resumes as a run of its own
+// (before: refused, "in use by another run"), and the files the copy's run writes are its own:
+// the original's metrics.jsonl gains none of its lines (it is rewritten, not appended to, on a
+// resume), and the original's lock file keeps its holder.
+TEST_F(RunDirCli, AHardLinkedCopyResumesAsARunOfItsOwn) {
+  const fs::path run = root() / "linked", copy = root() / "linked-copy";
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2").code, 0);
+  const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
+  RunLock live(run.string());
+  const std::string holder = test_support::read_text((run / kRunLockName).string());
+  fs::copy(run, copy, fs::copy_options::recursive | fs::copy_options::create_hard_links);
+  const CliResult r = train(copy, "--resume --train.steps 3 --checkpoint.every 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find((copy / kRunLockName).string() + ": shared with another directory by a hard link (a copy "
+                          "made with cp -al?): " + copy.string() + " gets a lock file of its own"),
+            std::string::npos)
+      << r.output;
+  expect_each_step_once(copy, 3, {});
+  EXPECT_EQ(test_support::read_text((run / "metrics.jsonl").string()), metrics);
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+  EXPECT_NO_THROW(live.check_held("checkpoint at step 4"));
 }
 
 // A run killed before its first checkpoint completed (its files as a SIGKILL leaves them: the
