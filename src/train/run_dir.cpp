@@ -223,7 +223,7 @@ void RunLock::check_held(const std::string& what) const {
                     " (--resume goes on from its newest checkpoint, in the directory where it now is)");
 }
 
-void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every) {
+int64_t refuse_restart_over_records(const std::string& output, int64_t checkpoint_every) {
   const fs::path dir(output);
   const RecordedSteps recorded = recorded_steps((dir / "metrics.jsonl").string());
   // Records of versions without last_checkpoint: the interval of the run that wrote them, which
@@ -247,7 +247,7 @@ void refuse_restart_over_records(const std::string& output, int64_t checkpoint_e
     past = detail::concat("metrics.jsonl records step ", recorded.step, ", checkpoint.every is ", checkpoint_every);
   else if (exported)
     past = "export/ holds its models";
-  if (past.empty()) return;
+  if (past.empty()) return recorded.step;
   throw InputError(detail::concat(
       "--resume: no checkpoint is left in ", checkpoint_dir(output), ", but the run went past one (", past,
       "): starting again from step 0 would rewrite its metrics.jsonl and export/; restore the checkpoints, or "

@@ -64,8 +64,9 @@ class RunLock {
 // metrics.jsonl names its last_checkpoint; in records without them, a step after the first due
 // every checkpoint.every, as the directory's config.ini gives it, else `checkpoint_every`; or
 // export/ holds its models: checkpoints removed to free the disk) is refused, InputError saying
-// what, before a start from step 0 rewrites its metrics and export.
-void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every);
+// what, before a start from step 0 rewrites its metrics and export. Returns the last step that
+// metrics.jsonl records (-1: none), whose lines the start from step 0 drops.
+int64_t refuse_restart_over_records(const std::string& output, int64_t checkpoint_every);
 
 // The checkpoint --resume starts from: the newest valid one, which rank 0 finds and tells the
 // others (`world` set: collective over it); nullopt when the run never completed one, so that it

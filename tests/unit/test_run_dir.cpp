@@ -342,6 +342,79 @@ TEST_F(RunDirCli, RunWithoutACheckpointResumesFromStepZero) {
   EXPECT_FALSE(fs::exists(run / "checkpoints" / "step-0000000004")) << "a step ran";
 }
 
+// The evaluation line at step 0 of metrics.jsonl (null when there is none).
+nlohmann::json baseline_of(const fs::path& run) {
+  for (const nlohmann::json& j : metrics_lines(run))
+    if (j.value("eval", false) && j["step"] == 0) return j;
+  return nullptr;
+}
+
+// A run stopped by a signal (exit 75) before its first checkpoint.every: its only checkpoint is
+// the stop's, which no line of metrics.jsonl records. Removed, the run starts again from step 0,
+// with every step once (the lines of the steps it ran are dropped, and said), and the evaluation
+// at step 0, of the same held-out evaluation, kept and not run again.
+TEST_F(RunDirCli, AStoppedRunWhoseCheckpointIsRemovedStartsAgainWithEveryStepOnce) {
+  const fs::path run = root() / "stopped-then-removed";
+  const CliResult stopped = train(run, "--train.steps 6 --checkpoint.every 100" + eval_args(), "QARAC_FAULT=term:0:2");
+  ASSERT_EQ(stopped.code, 75) << stopped.output;
+  ASSERT_TRUE(fs::is_directory(run / "checkpoints" / "step-0000000003")) << stopped.output;
+  const nlohmann::json baseline = baseline_of(run);
+  EXPECT_EQ(baseline.value("evaluation", "").size(), 16u) << baseline.dump();
+  fs::remove_all(run / "checkpoints");
+  const CliResult r = train(run, "--resume --train.steps 4 --checkpoint.every 100" + eval_args());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--resume: no completed checkpoint in " + (run / "checkpoints").string() +
+                          ": the run starts again from step 0 (metrics.jsonl's lines of steps 1-3 are dropped)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("eval at step 0:"), std::string::npos) << r.output;
+  expect_each_step_once(run, 4, {0, 4});
+  EXPECT_EQ(baseline_of(run), baseline);
+}
+
+// A start from step 0 again (no checkpoint) with another held-out evaluation (eval.examples 6
+// instead of 4): the evaluation at step 0 on record measured something else, and it is the
+// baseline of every later one (the forgetting monitor's, eval.best's first); it is dropped, said,
+// and measured again. Before, it stayed in metrics.jsonl as this run's, unsaid. A line that does not
+// say what it measured (an earlier version's) is measured again too.
+TEST_F(RunDirCli, AStartFromStepZeroWithAnotherEvaluationEvaluatesStepZeroAgain) {
+  const fs::path run = root() / "restart-other-evaluation";
+  ASSERT_EQ(train(run, "--train.steps 3 --checkpoint.every 100" + eval_args(), "QARAC_FAULT=term:0:1").code, 75);
+  const nlohmann::json before = baseline_of(run);
+  fs::remove_all(run / "checkpoints");
+  std::string other_args = eval_args();
+  other_args.replace(other_args.find("--eval.examples 4"), 17, "--eval.examples 6");
+  const CliResult r = train(run, "--resume --train.steps 3 --checkpoint.every 100" + other_args);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--resume: " + (run / "metrics.jsonl").string() +
+                          "'s evaluation at step 0 is not of this run's held-out evaluation (other examples or "
+                          "settings, or a line of an earlier version, which does not say): the run evaluates at step 0 "
+                          "again"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("eval at step 0:"), std::string::npos) << r.output;
+  expect_each_step_once(run, 3, {0, 3});
+  const nlohmann::json after = baseline_of(run);
+  EXPECT_NE(after.value("evaluation", ""), before.value("evaluation", "")) << after.dump();
+  // Again with the same evaluation (the run's checkpoint and export removed): kept.
+  fs::remove_all(run / "checkpoints");
+  fs::remove_all(run / "export");
+  const CliResult same = train(run, "--resume --train.steps 3 --checkpoint.every 100" + other_args);
+  ASSERT_EQ(same.code, 0) << same.output;
+  EXPECT_EQ(same.output.find("eval at step 0:"), std::string::npos) << same.output;
+  EXPECT_EQ(baseline_of(run), after);
+  // A line without the field: measured again.
+  fs::remove_all(run / "checkpoints");
+  fs::remove_all(run / "export");
+  const std::string lines = test_support::read_text((run / "metrics.jsonl").string());
+  std::ofstream(run / "metrics.jsonl") << std::regex_replace(lines, std::regex("\"evaluation\":\"[0-9a-f]+\","), "");
+  const CliResult unnamed = train(run, "--resume --train.steps 3 --checkpoint.every 100" + other_args);
+  ASSERT_EQ(unnamed.code, 0) << unnamed.output;
+  EXPECT_NE(unnamed.output.find("eval at step 0:"), std::string::npos) << unnamed.output;
+  expect_each_step_once(run, 3, {0, 3});
+  EXPECT_EQ(baseline_of(run).value("evaluation", ""), after.value("evaluation", ""));
+}
+
 // Killed after the lines of steps 3 and 4 (and half of step 5's) but before the checkpoint of
 // step 4: the resumed run repeats steps 3 and 4 from the checkpoint of step 2, and the file
 // holds each step once, the evaluations once, every line whole.
