@@ -5,7 +5,10 @@
 // writes anything into the optimizer, so a refused checkpoint changes nothing.
 #include "train/checkpoint.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -19,6 +22,7 @@
 #include "core/atomic_file.h"
 #include "core/hdf5_checksummed.h"
 #include "core/log.h"
+#include "core/memory.h"
 
 namespace qarac {
 namespace {
@@ -383,6 +387,29 @@ std::string commit_checkpoint(const std::string& dir, int64_t step, int keep_las
 
 void remove_unfinished_checkpoints(const std::string& dir) {
   for (const Listed& t : list(dir, true)) remove_folder(t.path, temporary_what(t.path));
+}
+
+std::string with_space_needed(const std::string& what, const std::string& dir, int keep_last) {
+  // The writers' errors end with strerror's text (core/atomic_file.h, check_hdf5.h).
+  if (what.find(std::strerror(ENOSPC)) == std::string::npos && what.find(std::strerror(EDQUOT)) == std::string::npos)
+    return what;
+  std::string note = keep_last == 0 ? std::string("checkpoint.keep 0 keeps every checkpoint")
+                                    : detail::concat("checkpoint.keep ", keep_last, " needs room for ", keep_last + 1,
+                                                     " checkpoints while the newest is written (the oldest is "
+                                                     "removed only once the newest is complete)");
+  const std::vector<Listed> done = list(dir, false);
+  if (!done.empty()) {
+    uint64_t bytes = 0;
+    std::error_code ec, unreadable;
+    for (fs::recursive_directory_iterator it(done.front().path, ec), end; !ec && it != end; it.increment(ec))
+      if (const uintmax_t size = it->file_size(unreadable); !unreadable) bytes += size;
+    note += ": one takes " + size_text(bytes);
+  }
+  struct statvfs disk {};
+  if (statvfs(dir.c_str(), &disk) == 0)
+    note += detail::concat(done.empty() ? ": " : ", and ", dir, " has ",
+                           size_text(static_cast<uint64_t>(disk.f_bavail) * disk.f_frsize), " free");
+  return what + "; " + note;
 }
 
 std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, const TrainingState& state,

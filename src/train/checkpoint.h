@@ -111,6 +111,12 @@ std::string commit_checkpoint(const std::string& dir, int64_t step, int keep_las
 // died or failed. Only for a process that knows no other writes there (the holder of the run
 // directory's lock, at the start of a run, or after a failed write).
 void remove_unfinished_checkpoints(const std::string& dir);
+// `what`, the error of a checkpoint that could not be written into `dir`, and, when it failed for
+// lack of space (ENOSPC, EDQUOT), what checkpoint.keep `keep_last` asks of the disk: room for
+// keep_last + 1 checkpoints while the newest is written, the oldest being removed only once the
+// newest is complete; with the size of the newest on disk and the room free (the failed one
+// removed, this is what the next checkpoint will find).
+std::string with_space_needed(const std::string& what, const std::string& dir, int keep_last);
 // begin, one part per entry of `parts` (empty: one part "model" with every parameter of the
 // optimizer), commit: a single process holding everything.
 std::string save_checkpoint(const std::string& dir, const Optimizer& optimizer, const TrainingState& state,

@@ -117,15 +117,30 @@ void for_each_record(const std::string& path,
   }
 }
 
+// An evaluation line's record of what it measured on: 16 hex digits, as best.json's.
+std::string fingerprint_text(uint64_t evaluation) {
+  char hex[24];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(evaluation));
+  return hex;
+}
+
 // The lines of an earlier run's metrics.jsonl that a run resuming at `first_step` keeps: whole
-// JSON lines of steps up to it. Also returns the numbers of their evaluations (null: NaN).
-std::string kept_lines(const std::string& path, int64_t first_step,
-                       std::map<int64_t, std::map<std::string, double>>& evals) {
+// JSON lines of steps up to it. A run that starts at step 0 (again) drops the evaluation there
+// unless its line names `evaluation`, the run's (not another one, nor none, as an earlier
+// version's lines): it is the baseline of every later evaluation, which the run measures again.
+// Returns the numbers of the evaluations kept (null: NaN), and whether one at step 0 was dropped.
+std::string kept_lines(const std::string& path, int64_t first_step, uint64_t evaluation,
+                       std::map<int64_t, std::map<std::string, double>>& evals, bool& dropped_baseline) {
   std::string kept;
   for_each_record(path, [&](const std::string& line, const nlohmann::json& record, int64_t step) {
     if (step > first_step) return;
     // (json::value would throw at an "eval" that is no bool: a line like any other damaged one.)
     if (const auto eval = record.find("eval"); eval != record.end() && eval->is_boolean() && eval->get<bool>()) {
+      const auto measured = record.find("evaluation");
+      if (first_step == 0 && (measured == record.end() || *measured != fingerprint_text(evaluation))) {
+        dropped_baseline = true;
+        return;
+      }
       std::map<std::string, double>& numbers = evals[step];
       for (const auto& [name, value] : record.items())
         if (value.is_number() || value.is_null())
@@ -160,16 +175,24 @@ RecordedSteps recorded_steps(const std::string& path) {
   return last;
 }
 
-void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress) {
+void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress,
+                      uint64_t evaluation) {
   path_ = path;
+  evaluation_ = evaluation;
   if (resuming) {
-    const std::string kept = kept_lines(path, first_step, evals_);
+    bool dropped_baseline = false;
+    const std::string kept = kept_lines(path, first_step, evaluation, evals_, dropped_baseline);
     std::error_code ec;
+    // Rewritten, not cut in place: a copy of the run directory made with hard links (cp -al)
+    // shares the file, and the copy's run must append to a file of its own.
     if (std::filesystem::exists(path, ec)) {
       AtomicFile file(path);
       file.write(kept.data(), kept.size());
       file.commit();
     }
+    if (dropped_baseline)
+      log::warn("--resume: ", path, "'s evaluation at step 0 is not of this run's held-out evaluation (other examples ",
+                "or settings, or a line of an earlier version, which does not say): the run evaluates at step 0 again");
   }
   // The umask decides who may write it, as for every file of the run (run_dir.cpp).
   fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
@@ -267,6 +290,7 @@ void MetricsLog::write_eval(int64_t step, const std::map<std::string, double>& m
   nlohmann::json line;
   line["step"] = step;
   line["eval"] = true;
+  if (evaluation_ != 0) line["evaluation"] = fingerprint_text(evaluation_);  // what it measured on
   for (const auto& [name, value] : metrics) line[name] = value;
   append(step, line.dump());
   evals_[step] = metrics;

@@ -75,8 +75,12 @@ class MetricsLog {
   // train.progress (`progress`) says, one line every train.log_every steps otherwise. A run that
   // starts at step `first_step` of an earlier one (resuming) keeps only the earlier lines of steps
   // up to it: the steps after its checkpoint run again and are written again, and a line cut short
-  // by a crash or a full disk is dropped. InputError naming the file when it cannot.
-  void open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress);
+  // by a crash or a full disk is dropped. `evaluation` is the fingerprint of the run's held-out
+  // evaluation (Evaluator::fingerprint; 0: none), which every evaluation line records
+  // ("evaluation": 16 hex digits); a run that starts at step 0 again keeps the evaluation there
+  // only when it records that one. InputError naming the file when it cannot.
+  void open(const std::string& path, int64_t first_step, bool resuming, const std::string& progress,
+            uint64_t evaluation);
   // Whether the file holds the line of an evaluation at `step` (one that a resumed run need not
   // repeat).
   bool has_eval(int64_t step) const { return evals_.count(step) != 0; }
@@ -123,6 +127,7 @@ class MetricsLog {
   std::string path_;
   int fd_ = -1;
   std::map<int64_t, std::map<std::string, double>> evals_;  // the evaluations' numbers, by step
+  uint64_t evaluation_ = 0;                                  // open()'s
   bool terminal_ = false;       // stdout is a terminal: the progress line is rewritten in place
   bool progress_open_ = false;  // a progress line without its newline is on the terminal
   Clock::time_point started_;

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "core/atomic_file.h"
 #include "core/log.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -57,14 +58,54 @@ void check_linked_export(const fs::path& link) {
                     ": point it at a folder in a writable folder of its file system, or remove the link");
 }
 
-// The "<host> pid <pid>" a lock holder wrote into the lock file, or "" when unreadable.
-std::string holder_of(int fd) {
-  char text[256] = {};
-  const ssize_t n = pread(fd, text, sizeof text - 1, 0);
-  if (n <= 0) return "";
-  std::string s(text, static_cast<size_t>(n));
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\0')) s.pop_back();
-  return s;
+// What a lock holder wrote into the lock file: "<host> pid <pid>" (text, "" when unreadable) and
+// the inode of the directory it holds (0: unknown, a holder of an earlier version).
+struct Holder {
+  std::string text;
+  ino_t directory = 0;
+};
+
+constexpr const char* kDirectoryField = "directory inode ";
+
+Holder holder_of(int fd) {
+  char bytes[256] = {};
+  const ssize_t n = pread(fd, bytes, sizeof bytes - 1, 0);
+  Holder holder;
+  if (n <= 0) return holder;
+  const std::string s(bytes, static_cast<size_t>(n));
+  holder.text = s.substr(0, s.find('\n'));
+  const size_t field = s.find(kDirectoryField);
+  if (field != std::string::npos)
+    holder.directory = std::strtoull(s.c_str() + field + std::strlen(kDirectoryField), nullptr, 10);
+  return holder;
+}
+
+// Whether `path` names the file `held`.
+bool names(const std::string& path, const struct stat& held) {
+  struct stat named {};
+  return ::stat(path.c_str(), &named) == 0 && named.st_dev == held.st_dev && named.st_ino == held.st_ino;
+}
+
+// Replaces the lock file `path` of the run directory `output`, found `shared` with another
+// directory by a hard link, by a new one, unless it was replaced since. One replacement at a time
+// in the directory: a second run starting there must not replace the file that the first has just
+// made its own and locked. (Where directories cannot be locked, NFS, the two would have to start
+// at the same instant.)
+void make_own(const std::string& output, const std::string& path, const struct stat& shared) {
+  struct DirectoryLock {
+    int fd;
+    explicit DirectoryLock(const std::string& dir) : fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+      if (fd >= 0) flock(fd, LOCK_EX);
+    }
+    ~DirectoryLock() {
+      if (fd >= 0) close(fd);  // releases it
+    }
+  } serialised(output);
+  if (!names(path, shared)) return;
+  AtomicFile own(path);
+  own.commit();
+  log::info(path, ": shared with another directory by a hard link (a copy made with cp -al?): ", output,
+            " gets a lock file of its own");
 }
 
 }  // namespace
@@ -103,31 +144,68 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
   std::error_code ec;
   created_ = fs::create_directories(output, ec);
   QARAC_INPUT_CHECK(!ec, "output: cannot create ", output, ": ", ec.message());
-  // Writable by whom the umask allows, as every file of the run: the members of a group that
-  // shares run directories (umask 002) resume each other's runs.
-  fd_ = open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  QARAC_INPUT_CHECK(fd_ >= 0, path_, ": cannot open the run's lock file: ", std::strerror(errno));
-  if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    if (err == EWOULDBLOCK) {
-      const std::string holder = holder_of(fd_);
+  struct stat directory {};
+  QARAC_INPUT_CHECK(::stat(output.c_str(), &directory) == 0, "output: cannot look at ", output, ": ",
+                    std::strerror(errno));
+  // The lock file is replaced only when a hard-linked copy shares it (make_own), each time by a
+  // file nobody shares: a turn or two, unless runs keep starting in the directory.
+  for (int turn = 0;; ++turn) {
+    QARAC_INPUT_CHECK(turn < 8, path_, ": replaced again and again while this run tried to lock it: are other runs ",
+                      "starting in ", output, "?");
+    // Writable by whom the umask allows, as every file of the run: the members of a group that
+    // shares run directories (umask 002) resume each other's runs.
+    fd_ = open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    QARAC_INPUT_CHECK(fd_ >= 0, path_, ": cannot open the run's lock file: ", std::strerror(errno));
+    struct stat held {};
+    if (fstat(fd_, &held) != 0) {
+      const int err = errno;
       close(fd_);
       fd_ = -1;
-      throw InputError(detail::concat("output: ", output, " is in use by another run (",
-                                      holder.empty() ? "its lock file " + path_ : holder,
-                                      "); wait for it to end, or choose another directory"));
+      throw InputError(detail::concat(path_, ": cannot look at the run's lock file: ", std::strerror(err)));
     }
-    // Some cluster file systems are mounted without locks (Lustre without -o flock): the run goes
-    // on, as it would have before locks existed, but says that nothing guards the directory.
-    log::warn(path_, ": cannot lock (", std::strerror(err), "): nothing stops a second run from using ", output,
-              " at the same time");
-    return;
+    bool shared = true;
+    if (flock(fd_, LOCK_EX | LOCK_NB) == 0) {
+      // Locked, but perhaps a file that a make_own replaced since it was opened (then open it
+      // again), or one that a copy made by hard links (cp -al) shares: its runs would lock this
+      // directory too, and the holder's text written here would be theirs.
+      if (names(path_, held) && held.st_nlink == 1) break;
+      shared = names(path_, held);
+    } else {
+      const int err = errno;
+      if (err != EWOULDBLOCK) {
+        // Some cluster file systems are mounted without locks (Lustre without -o flock): the run
+        // goes on, as it would have before locks existed, but says that nothing guards the directory.
+        log::warn(path_, ": cannot lock (", std::strerror(err), "): nothing stops a second run from using ", output,
+                  " at the same time");
+        return;
+      }
+      const Holder holder = holder_of(fd_);
+      // Held by a run in the directory that a hard link shares the file with, not in this one.
+      if (held.st_nlink == 1 || holder.directory == 0 || holder.directory == directory.st_ino) {
+        close(fd_);
+        fd_ = -1;
+        throw InputError(detail::concat("output: ", output, " is in use by another run (",
+                                        holder.text.empty() ? "its lock file " + path_ : holder.text,
+                                        "); wait for it to end, or choose another directory"));
+      }
+    }
+    try {
+      if (shared) make_own(output, path_, held);
+    } catch (const InputError&) {
+      close(fd_);
+      fd_ = -1;
+      throw;
+    }
+    close(fd_);
+    fd_ = -1;
   }
-  // Who holds it, for the message of a run that finds it locked; only informative, so a failed
-  // write (a full disk) is not an error here: the checkpoints and metrics will report it.
+  // Who holds it, for the message of a run that finds it locked, and where (a run in a hard-linked
+  // copy tells it apart); only informative, so a failed write (a full disk) is not an error here:
+  // the checkpoints and metrics will report it.
   char host[128] = "?";
   gethostname(host, sizeof host - 1);
-  const std::string text = std::string(host) + " pid " + std::to_string(getpid()) + "\n";
+  const std::string text = std::string(host) + " pid " + std::to_string(getpid()) + "\n" + kDirectoryField +
+                           std::to_string(directory.st_ino) + "\n";
   if (ftruncate(fd_, 0) != 0 || pwrite(fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
     log::debug(path_, ": cannot record the holder: ", std::strerror(errno));
 }
@@ -145,7 +223,7 @@ void RunLock::check_held(const std::string& what) const {
                     " (--resume goes on from its newest checkpoint, in the directory where it now is)");
 }
 
-void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every) {
+int64_t refuse_restart_over_records(const std::string& output, int64_t checkpoint_every) {
   const fs::path dir(output);
   const RecordedSteps recorded = recorded_steps((dir / "metrics.jsonl").string());
   // Records of versions without last_checkpoint: the interval of the run that wrote them, which
@@ -169,7 +247,7 @@ void refuse_restart_over_records(const std::string& output, int64_t checkpoint_e
     past = detail::concat("metrics.jsonl records step ", recorded.step, ", checkpoint.every is ", checkpoint_every);
   else if (exported)
     past = "export/ holds its models";
-  if (past.empty()) return;
+  if (past.empty()) return recorded.step;
   throw InputError(detail::concat(
       "--resume: no checkpoint is left in ", checkpoint_dir(output), ", but the run went past one (", past,
       "): starting again from step 0 would rewrite its metrics.jsonl and export/; restore the checkpoints, or "

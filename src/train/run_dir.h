@@ -34,6 +34,8 @@ std::string checkpoint_dir(const std::string& output);
 // --resume of a live one, in the same directory stops at once with one line naming the holder,
 // before it deletes or writes anything. The lock is an flock(2) on <output>/.qarac.lock, released
 // by the kernel when the process ends however it ends, so a killed run never leaves a stale lock.
+// A copy of the directory made with hard links (cp -al) shares the lock file: the copy gets one
+// of its own (a log line says so), so that its runs neither wait for the original's nor lock it.
 class RunLock {
  public:
   // Creates `output` (and its parents) when missing, then locks it; InputError naming the
@@ -62,8 +64,9 @@ class RunLock {
 // metrics.jsonl names its last_checkpoint; in records without them, a step after the first due
 // every checkpoint.every, as the directory's config.ini gives it, else `checkpoint_every`; or
 // export/ holds its models: checkpoints removed to free the disk) is refused, InputError saying
-// what, before a start from step 0 rewrites its metrics and export.
-void refuse_restart_over_records(const std::string& output, int64_t checkpoint_every);
+// what, before a start from step 0 rewrites its metrics and export. Returns the last step that
+// metrics.jsonl records (-1: none), whose lines the start from step 0 drops.
+int64_t refuse_restart_over_records(const std::string& output, int64_t checkpoint_every);
 
 // The checkpoint --resume starts from: the newest valid one, which rank 0 finds and tells the
 // others (`world` set: collective over it); nullopt when the run never completed one, so that it

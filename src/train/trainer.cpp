@@ -141,9 +141,12 @@ void Trainer::Impl::start() {
       read_everywhere([&] { restore(*latest); });
       release_free_host_memory();  // the checkpoint's tensors, read beside the models
     } else if (place.root()) {
-      refuse_restart_over_records(output, config.checkpoint_every);
+      const int64_t recorded = refuse_restart_over_records(output, config.checkpoint_every);
+      // A run stopped (exit 75) or killed right after its first checkpoint, which was then
+      // removed, leaves no record of it: the steps it ran go, and are run again.
       log::warn("--resume: no completed checkpoint in ", qarac::checkpoint_dir(output),
-                ": the run starts again from step 0");
+                ": the run starts again from step 0",
+                recorded > 0 ? detail::concat(" (metrics.jsonl's lines of steps 1-", recorded, " are dropped)") : "");
     }
   }
   if (place.root()) write_run_files();
@@ -243,7 +246,7 @@ void Trainer::Impl::write_run_files() {
   AtomicFile file((dir / "config.ini").string());
   file.write(ini.data(), ini.size());
   file.commit();
-  metrics.open((dir / "metrics.jsonl").string(), step, config.resume, config.progress);
+  metrics.open((dir / "metrics.jsonl").string(), step, config.resume, config.progress, evaluation);
   if (metrics.has_eval(step)) last.eval = step;
   int64_t count = 0;
   for (const parallel::ParameterGroup& g : training.sync->groups())

@@ -68,7 +68,16 @@ void Trainer::Impl::save() {
     std::error_code ec;
     if (place.root()) fs::remove_all(folder, ec);
     if (place.world) place.world->barrier(what);
-    if (failure) std::rethrow_exception(failure);
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const InputError& e) {
+        // Measured now that the failed checkpoint is gone: what the next one will find.
+        const std::string noted = with_space_needed(e.what(), checkpoint_dir, static_cast<int>(config.checkpoint_keep));
+        if (noted == e.what()) throw;
+        throw InputError(noted);
+      }
+    }
     throw EndedByAnotherRank(what + ": another rank could not write its part");
   }
   std::string path;

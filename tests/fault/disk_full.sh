@@ -88,6 +88,8 @@ leave_free $((checkpoint_bytes / 2))
 code=0
 "$train" "${args[@]}" --checkpoint.every 2 --resume --train.steps 6 > "$work/checkpoint.log" 2>&1 || code=$?
 expect_full "$work/checkpoint.log" "checkpoint" "$code"
+grep -qE "checkpoint.keep 1 needs room for 2 checkpoints while the newest is written .*: one takes [0-9.]+ MiB, and $run/checkpoints has [0-9.]+ (bytes|MiB) free" \
+  "$work/checkpoint.log" || fail "checkpoint: the error does not say what checkpoint.keep 1 needs: $(tail -1 "$work/checkpoint.log")"
 [ "$(cd "$run/checkpoints" && sha256sum step-0000000002/*)" = "$digest_before" ] ||
   fail "checkpoint: the checkpoint of step 2 changed"
 [ ! -e "$run/checkpoints/step-0000000004" ] || fail "checkpoint: a checkpoint of step 4 exists"

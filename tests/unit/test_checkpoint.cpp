@@ -346,6 +346,40 @@ TEST_F(CheckpointTest, KeepsTheLastN) {
   EXPECT_EQ(entries().size(), 5u);
 }
 
+// A checkpoint that failed for lack of space says what checkpoint.keep asks of the disk (room for
+// keep + 1 while the newest is written, the oldest removed only then), the newest's size and the
+// room free; any other failure is left as it is. Before, the line said only "No space left on
+// device", though keep 1 needed room for two checkpoints.
+TEST_F(CheckpointTest, AFullDiskSaysWhatCheckpointKeepNeeds) {
+  const std::string full = dir() + "/step-0000000006.tmp/decoder.h5: file write failed: " + std::strerror(ENOSPC);
+  const std::string needs = "needs room for 3 checkpoints while the newest is written (the oldest is removed only "
+                            "once the newest is complete): ";
+  const auto starts = [](const std::string& text, const std::string& prefix) { return text.rfind(prefix, 0) == 0; };
+  // No checkpoint yet: no size to give.
+  const std::string first = with_space_needed(full, dir(), 2);
+  EXPECT_TRUE(starts(first, full + "; checkpoint.keep 2 " + needs + dir() + " has ")) << first;
+  EXPECT_EQ(first.substr(first.size() - 5), " free") << first;
+  const auto file_of = [](const std::string& path, uintmax_t bytes) {
+    std::ofstream(path).close();
+    fs::resize_file(path, bytes);
+  };
+  for (int64_t step : {2, 4}) fs::create_directories(checkpoint_path(dir(), step));
+  fs::create_directories(checkpoint_path(dir(), 6) + ".tmp");
+  file_of(checkpoint_path(dir(), 2) + "/model.h5", 5u << 20);
+  file_of(checkpoint_path(dir(), 4) + "/model.h5", 3u << 20);
+  file_of(checkpoint_path(dir(), 4) + "/decoder.h5", 1u << 19);
+  file_of(checkpoint_path(dir(), 6) + ".tmp/decoder.h5", 1u << 20);
+  // The newest complete one's size.
+  const std::string noted = with_space_needed(full, dir(), 2);
+  EXPECT_TRUE(starts(noted, full + "; checkpoint.keep 2 " + needs + "one takes 3.5 MiB, and " + dir() + " has "))
+      << noted;
+  const std::string quota = dir() + "/step-0000000006.tmp/model.h5: " + std::strerror(EDQUOT);
+  const std::string all = with_space_needed(quota, dir(), 0);
+  EXPECT_TRUE(starts(all, quota + "; checkpoint.keep 0 keeps every checkpoint: one takes 3.5 MiB, and ")) << all;
+  const std::string other = dir() + "/step-0000000006.tmp/model.h5: " + std::strerror(EFBIG);
+  EXPECT_EQ(with_space_needed(other, dir(), 1), other);
+}
+
 // A checkpoint folder that cannot be deleted (here a file made immutable; on a cluster another
 // user's file or a snapshot) is said once, for what it is. Before: a warning at every later
 // checkpoint, which called a complete checkpoint being deleted "unfinished".

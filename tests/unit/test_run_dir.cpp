@@ -125,6 +125,89 @@ TEST(RunLockTest, AMovedDirectoryOrARemovedLockIsNoLongerHeld) {
   test_support::expect_input_error([&] { lock.check_held("checkpoint at step 8"); }, {"no longer this run's"});
 }
 
+// A copy of a run directory made with hard links (cp -al) shares the lock file. Before, a run in
+// the copy was refused while the original ran ("in use"), and otherwise locked the original too
+// and wrote its holder into the original's file. Now the copy gets a file of its own, and the
+// lock still refuses a second run in the same directory, linked or not.
+TEST(RunLockTest, AHardLinkedCopyGetsALockOfItsOwn) {
+  TempDir dir("lock-linked");
+  const fs::path run = dir.path / "run", copy = dir.path / "copy", idle_copy = dir.path / "idle-copy";
+  const auto inode = [](const fs::path& p) {
+    struct stat st {};
+    EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+    return std::make_pair(st.st_ino, st.st_nlink);
+  };
+  {
+    RunLock original(run.string());
+    const std::string holder = test_support::read_text((run / kRunLockName).string());
+    fs::create_directories(copy);
+    fs::create_hard_link(run / kRunLockName, copy / kRunLockName);
+    test_support::expect_input_error([&] { RunLock second(run.string()); }, {run.string() + " is in use by another run"});
+    {
+      RunLock own(copy.string());
+      EXPECT_NE(inode(copy / kRunLockName).first, inode(run / kRunLockName).first);
+      EXPECT_EQ(inode(copy / kRunLockName).second, 1u);
+      EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+      test_support::expect_input_error([&] { RunLock second(copy.string()); },
+                                       {copy.string() + " is in use by another run"});
+      EXPECT_NO_THROW(own.check_held("checkpoint at step 2"));
+    }
+    test_support::expect_input_error([&] { RunLock second(run.string()); }, {run.string() + " is in use by another run"});
+    EXPECT_NO_THROW(original.check_held("checkpoint at step 2"));
+  }
+  // Nobody runs: the copy's run writes its holder into a file of its own, not the original's.
+  const std::string holder = test_support::read_text((run / kRunLockName).string());
+  fs::create_directories(idle_copy);
+  fs::create_hard_link(run / kRunLockName, idle_copy / kRunLockName);
+  RunLock own(idle_copy.string());
+  EXPECT_NE(inode(idle_copy / kRunLockName).first, inode(run / kRunLockName).first);
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+  RunLock original(run.string());
+}
+
+// Runs started at once in a hard-linked copy of a live run's directory: each finds the file shared
+// and held elsewhere, and replaces it (one at a time, each only the shared file); exactly one of
+// them locks the copy, every round.
+TEST(RunLockTest, RunsStartingAtOnceInALinkedCopyLockItOnce) {
+  TempDir dir("lock-linked-race");
+  const fs::path run = dir.path / "run";
+  RunLock original(run.string());
+  for (int round = 0; round < 10; ++round) {
+    const fs::path copy = dir.path / ("copy" + std::to_string(round));
+    fs::create_directories(copy);
+    fs::create_hard_link(run / kRunLockName, copy / kRunLockName);
+    int go[2], won[2];
+    ASSERT_EQ(pipe(go), 0);
+    ASSERT_EQ(pipe(won), 0);
+    std::vector<pid_t> children;
+    for (int c = 0; c < 6; ++c) {
+      const pid_t pid = fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        close(go[1]);
+        char byte;
+        const bool started = read(go[0], &byte, 1) == 0;  // the parent's close starts every child at once
+        try {
+          RunLock lock(copy.string());
+          if (started && write(won[1], "1", 1) == 1) usleep(200000);  // held while the others try
+        } catch (const InputError&) {
+        }
+        _exit(0);
+      }
+      children.push_back(pid);
+    }
+    close(go[0]);
+    close(go[1]);
+    close(won[1]);
+    for (pid_t pid : children) waitpid(pid, nullptr, 0);
+    std::string wins;
+    char byte;
+    while (read(won[0], &byte, 1) == 1) wins += byte;
+    close(won[0]);
+    EXPECT_EQ(wins, "1") << "round " << round;
+  }
+}
+
 // export/ and best/ are replaced as a whole, beside a link's target: a link to a folder beside
 // which the set can be written is accepted; a link to a mount point (its parent is another file
 // system, where the swap cannot rename) is refused at the start of a --resume, not after the run.
@@ -201,6 +284,29 @@ TEST_F(RunDirCli, ALockedDirectoryIsLeftAlone) {
   EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()), metrics_before);
 }
 
+// A copy made with cp -al of a directory whose run goes on: the copy resumes as a run of its own
+// (before: refused, "in use by another run"), and the files the copy's run writes are its own:
+// the original's metrics.jsonl gains none of its lines (it is rewritten, not appended to, on a
+// resume), and the original's lock file keeps its holder.
+TEST_F(RunDirCli, AHardLinkedCopyResumesAsARunOfItsOwn) {
+  const fs::path run = root() / "linked", copy = root() / "linked-copy";
+  ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2").code, 0);
+  const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
+  RunLock live(run.string());
+  const std::string holder = test_support::read_text((run / kRunLockName).string());
+  fs::copy(run, copy, fs::copy_options::recursive | fs::copy_options::create_hard_links);
+  const CliResult r = train(copy, "--resume --train.steps 3 --checkpoint.every 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find((copy / kRunLockName).string() + ": shared with another directory by a hard link (a copy "
+                          "made with cp -al?): " + copy.string() + " gets a lock file of its own"),
+            std::string::npos)
+      << r.output;
+  expect_each_step_once(copy, 3, {});
+  EXPECT_EQ(test_support::read_text((run / "metrics.jsonl").string()), metrics);
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+  EXPECT_NO_THROW(live.check_held("checkpoint at step 4"));
+}
+
 // A run killed before its first checkpoint completed (its files as a SIGKILL leaves them: the
 // baseline evaluation, a step, half a line, a temporary checkpoint folder) goes on with --resume
 // from step 0, and its metrics hold every step once.
@@ -234,6 +340,79 @@ TEST_F(RunDirCli, RunWithoutACheckpointResumesFromStepZero) {
             std::string::npos) << blocked.output;
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-0000000003")) << "a step ran";
   EXPECT_FALSE(fs::exists(run / "checkpoints" / "step-0000000004")) << "a step ran";
+}
+
+// The evaluation line at step 0 of metrics.jsonl (null when there is none).
+nlohmann::json baseline_of(const fs::path& run) {
+  for (const nlohmann::json& j : metrics_lines(run))
+    if (j.value("eval", false) && j["step"] == 0) return j;
+  return nullptr;
+}
+
+// A run stopped by a signal (exit 75) before its first checkpoint.every: its only checkpoint is
+// the stop's, which no line of metrics.jsonl records. Removed, the run starts again from step 0,
+// with every step once (the lines of the steps it ran are dropped, and said), and the evaluation
+// at step 0, of the same held-out evaluation, kept and not run again.
+TEST_F(RunDirCli, AStoppedRunWhoseCheckpointIsRemovedStartsAgainWithEveryStepOnce) {
+  const fs::path run = root() / "stopped-then-removed";
+  const CliResult stopped = train(run, "--train.steps 6 --checkpoint.every 100" + eval_args(), "QARAC_FAULT=term:0:2");
+  ASSERT_EQ(stopped.code, 75) << stopped.output;
+  ASSERT_TRUE(fs::is_directory(run / "checkpoints" / "step-0000000003")) << stopped.output;
+  const nlohmann::json baseline = baseline_of(run);
+  EXPECT_EQ(baseline.value("evaluation", "").size(), 16u) << baseline.dump();
+  fs::remove_all(run / "checkpoints");
+  const CliResult r = train(run, "--resume --train.steps 4 --checkpoint.every 100" + eval_args());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--resume: no completed checkpoint in " + (run / "checkpoints").string() +
+                          ": the run starts again from step 0 (metrics.jsonl's lines of steps 1-3 are dropped)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("eval at step 0:"), std::string::npos) << r.output;
+  expect_each_step_once(run, 4, {0, 4});
+  EXPECT_EQ(baseline_of(run), baseline);
+}
+
+// A start from step 0 again (no checkpoint) with another held-out evaluation (eval.examples 6
+// instead of 4): the evaluation at step 0 on record measured something else, and it is the
+// baseline of every later one (the forgetting monitor's, eval.best's first); it is dropped, said,
+// and measured again. Before, it stayed in metrics.jsonl as this run's, unsaid. A line that does not
+// say what it measured (an earlier version's) is measured again too.
+TEST_F(RunDirCli, AStartFromStepZeroWithAnotherEvaluationEvaluatesStepZeroAgain) {
+  const fs::path run = root() / "restart-other-evaluation";
+  ASSERT_EQ(train(run, "--train.steps 3 --checkpoint.every 100" + eval_args(), "QARAC_FAULT=term:0:1").code, 75);
+  const nlohmann::json before = baseline_of(run);
+  fs::remove_all(run / "checkpoints");
+  std::string other_args = eval_args();
+  other_args.replace(other_args.find("--eval.examples 4"), 17, "--eval.examples 6");
+  const CliResult r = train(run, "--resume --train.steps 3 --checkpoint.every 100" + other_args);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--resume: " + (run / "metrics.jsonl").string() +
+                          "'s evaluation at step 0 is not of this run's held-out evaluation (other examples or "
+                          "settings, or a line of an earlier version, which does not say): the run evaluates at step 0 "
+                          "again"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("eval at step 0:"), std::string::npos) << r.output;
+  expect_each_step_once(run, 3, {0, 3});
+  const nlohmann::json after = baseline_of(run);
+  EXPECT_NE(after.value("evaluation", ""), before.value("evaluation", "")) << after.dump();
+  // Again with the same evaluation (the run's checkpoint and export removed): kept.
+  fs::remove_all(run / "checkpoints");
+  fs::remove_all(run / "export");
+  const CliResult same = train(run, "--resume --train.steps 3 --checkpoint.every 100" + other_args);
+  ASSERT_EQ(same.code, 0) << same.output;
+  EXPECT_EQ(same.output.find("eval at step 0:"), std::string::npos) << same.output;
+  EXPECT_EQ(baseline_of(run), after);
+  // A line without the field: measured again.
+  fs::remove_all(run / "checkpoints");
+  fs::remove_all(run / "export");
+  const std::string lines = test_support::read_text((run / "metrics.jsonl").string());
+  std::ofstream(run / "metrics.jsonl") << std::regex_replace(lines, std::regex("\"evaluation\":\"[0-9a-f]+\","), "");
+  const CliResult unnamed = train(run, "--resume --train.steps 3 --checkpoint.every 100" + other_args);
+  ASSERT_EQ(unnamed.code, 0) << unnamed.output;
+  EXPECT_NE(unnamed.output.find("eval at step 0:"), std::string::npos) << unnamed.output;
+  expect_each_step_once(run, 3, {0, 3});
+  EXPECT_EQ(baseline_of(run).value("evaluation", ""), after.value("evaluation", ""));
 }
 
 // Killed after the lines of steps 3 and 4 (and half of step 5's) but before the checkpoint of

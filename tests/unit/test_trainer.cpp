@@ -401,7 +401,7 @@ std::optional<TrainConfig> parse(const std::vector<std::string>& args) {
 TEST(MetricsLog, TheRunsMemoryPeaksAreTheLargestOfEveryStepAndWindow) {
   const TempDir dir("qarac-metrics-peaks");
   MetricsLog log;
-  log.open((dir.path / "metrics.jsonl").string(), 0, false, "plain");
+  log.open((dir.path / "metrics.jsonl").string(), 0, false, "plain", 0);
   log.start(0);
   const parallel::TaskPlan plan = parallel::TaskPlan::single_task(Task::encode_decode, 1);
   constexpr uint64_t MiB = 1 << 20;
@@ -425,7 +425,7 @@ TEST(MetricsLog, TheRunsMemoryPeaksAreTheLargestOfEveryStepAndWindow) {
       << said;
   // What rank 0 holds at the end counts too.
   MetricsLog again;
-  again.open((dir.path / "again.jsonl").string(), 0, false, "plain");
+  again.open((dir.path / "again.jsonl").string(), 0, false, "plain", 0);
   again.start(0);
   StepStats s;
   s.ran[0] = true;
@@ -462,7 +462,7 @@ TEST(MetricsLog, AFileRemovedWhileWrittenIsCreatedAgain) {
   const TempDir dir("qarac-metrics-removed");
   const fs::path path = dir.path / "metrics.jsonl";
   MetricsLog log;
-  log.open(path.string(), 0, false, "plain");
+  log.open(path.string(), 0, false, "plain", 0);
   log.start(0);
   const parallel::TaskPlan plan = parallel::TaskPlan::single_task(Task::encode_decode, 1);
   StepStats s;
