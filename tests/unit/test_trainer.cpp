@@ -448,7 +448,7 @@ TEST(MetricsLog, AResumeReadsBackEveryKeptEvaluationNullsIncluded) {
                       << "{\"step\":4,\"eval\":true,\"cs.accuracy\":null}\n"
                       << "{\"step\":6,\"eval\":true,\"cs.accuracy\":0.75}\n";
   MetricsLog log;
-  log.open(path.string(), 4, /*resuming=*/true, "plain");
+  log.open(path.string(), 4, /*resuming=*/true, "plain", 0);
   const std::map<int64_t, double> values = log.eval_values("cs.accuracy");
   ASSERT_EQ(values.size(), 2u);
   EXPECT_EQ(values.at(2), 0.5);
