@@ -56,6 +56,20 @@ ranks_per_node() {
   echo $(((SLURM_NTASKS + ${SLURM_JOB_NUM_NODES:-1} - 1) / ${SLURM_JOB_NUM_NODES:-1}))
 }
 
+# ranks_on_this_node: the tasks the job runs on this node, the allocation's first (where the batch
+# script runs): SLURM_NTASKS_PER_NODE, else the first count of SLURM_TASKS_PER_NODE ("2,4(x2)"
+# gives 2), else SLURM_NTASKS / SLURM_JOB_NUM_NODES. Nodes may run different counts (-n 10 on
+# nodes of 4 GPUs): this one is what this node's GPUs are compared with.
+ranks_on_this_node() {
+  if [[ "${SLURM_NTASKS_PER_NODE:-}" =~ ^[0-9]+$ ]]; then echo "$SLURM_NTASKS_PER_NODE"; return; fi
+  if [ -n "${SLURM_TASKS_PER_NODE:-}" ]; then
+    local first=${SLURM_TASKS_PER_NODE%%,*}
+    echo "${first%%"("*}"
+    return
+  fi
+  echo $(((SLURM_NTASKS + ${SLURM_JOB_NUM_NODES:-1} - 1) / ${SLURM_JOB_NUM_NODES:-1}))
+}
+
 # gpus_per_node: the GPUs the job has on this node: SLURM_GPUS_ON_NODE, else the count of
 # SLURM_JOB_GPUS (e.g. "0,1,2,3"), else SLURM_GPUS_PER_NODE ("4" or "h100:4"); empty when
 # Slurm says none of them (no GPU requested).
@@ -71,18 +85,19 @@ gpus_per_node() {
   fi
 }
 
-# check_one_rank_per_gpu ME: ends the job (status 1, one line naming both counts) unless every
-# node runs as many ranks as it has GPUs; QARAC_GPU_CHECK=0 skips it (ranks sharing GPUs on
-# purpose).
+# check_one_rank_per_gpu ME: ends the job (status 1, one line naming both counts) unless this
+# node runs as many ranks as it has GPUs (the other nodes' counts are not in its environment;
+# qarac-train refuses more ranks than GPUs on any node as it starts); QARAC_GPU_CHECK=0 skips
+# it (ranks sharing GPUs on purpose).
 check_one_rank_per_gpu() {
   local ranks gpus
   [ "${QARAC_GPU_CHECK:-1}" != 0 ] || return 0
-  ranks=$(ranks_per_node)
+  ranks=$(ranks_on_this_node)
   gpus=$(gpus_per_node)
   if [ -z "$gpus" ]; then
     echo "$1: warning: Slurm names no GPUs of this job (SLURM_GPUS_ON_NODE, SLURM_JOB_GPUS, SLURM_GPUS_PER_NODE): one rank per GPU is not checked" >&2
   elif ((ranks != gpus)); then
-    echo "$1: error: $ranks ranks per node but $gpus GPUs per node: run one rank per GPU (--ntasks-per-node=$gpus --gpus-per-task=1), or QARAC_GPU_CHECK=0 to share GPUs on purpose" >&2
+    echo "$1: error: $ranks ranks on this node but $gpus GPUs: run one rank per GPU (--ntasks-per-node=$gpus --gpus-per-task=1), or QARAC_GPU_CHECK=0 to share GPUs on purpose" >&2
     exit 1
   fi
 }

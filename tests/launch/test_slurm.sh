@@ -216,7 +216,7 @@ test_train_failure() {
 test_train_gpu_check() {
   submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/train.sbatch
   check "exit 1 (got $rc)" test "$rc" = 1
-  check "one line naming both counts" has out.txt "slurm/train.sbatch: error: 8 ranks per node but 4 GPUs per node"
+  check "one line naming both counts" has out.txt "slurm/train.sbatch: error: 8 ranks on this node but 4 GPUs"
   check "one line" test "$(wc -l <out.txt)" = 1
   check "nothing started" lacks "$FAKE_LOG" "srun"
   : >"$FAKE_LOG"
@@ -233,7 +233,16 @@ test_train_gpu_check() {
   check "QARAC_GPU_CHECK=0 is not checked (got $rc)" test "$rc" = 0
   submit -- --ntasks-per-node=2 --gres=gpu:4 slurm/train.sbatch
   check "fewer ranks than GPUs fails too (got $rc)" test "$rc" = 1
-  check "naming both counts" has out.txt "2 ranks per node but 4 GPUs per node"
+  check "naming both counts" has out.txt "2 ranks on this node but 4 GPUs"
+  # Nodes with other task counts (-n 10 on nodes of 4 GPUs, this node the one of 2): this node's
+  # ranks against its GPUs (before: the most ranks of any node, 4, against this node's 2).
+  : >"$FAKE_LOG"
+  submit FAKE_TASKS_PER_NODE="2,4(x2)" -- -N 3 --gpus-per-task=1 slurm/train.sbatch
+  check "uneven nodes, one GPU a rank: runs (got $rc)" test "$rc" = 0
+  check "and starts" has "$FAKE_LOG" "srun"
+  submit FAKE_TASKS_PER_NODE="2,4(x2)" -- -N 3 --gres=gpu:4 slurm/train.sbatch
+  check "uneven nodes, this node's 2 ranks on its 4 GPUs: refused (got $rc)" test "$rc" = 1
+  check "naming this node's counts" has out.txt "2 ranks on this node but 4 GPUs"
 }
 
 # LAUNCHER=mpirun: each MPI's flags for ranks per node, no binding and labelled output; the
@@ -327,7 +336,7 @@ test_scaling_short() {
 test_scaling_gpu_check() {
   submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/scaling.sbatch
   check "exit 1 (got $rc)" test "$rc" = 1
-  check "one line naming both counts" has out.txt "slurm/scaling.sbatch: error: 8 ranks per node but 4 GPUs per node"
+  check "one line naming both counts" has out.txt "slurm/scaling.sbatch: error: 8 ranks on this node but 4 GPUs"
   check "nothing started" lacks "$FAKE_LOG" "srun"
   # The CPU run needs the experiment's jq and gnuplot: without them only the check above ran.
   if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then
@@ -371,7 +380,7 @@ test_forgetting_run() {
 test_forgetting_gpu_check() {
   submit -- --ntasks-per-node=8 --gres=gpu:4 slurm/forgetting.sbatch
   check "exit 1 (got $rc)" test "$rc" = 1
-  check "one line naming both counts" has out.txt "slurm/forgetting.sbatch: error: 8 ranks per node but 4 GPUs per node"
+  check "one line naming both counts" has out.txt "slurm/forgetting.sbatch: error: 8 ranks on this node but 4 GPUs"
   check "nothing started" lacks "$FAKE_LOG" "srun"
   # The CPU run needs the experiment's jq and gnuplot: without them only the check above ran.
   if ! command -v jq >/dev/null || ! command -v gnuplot >/dev/null; then
