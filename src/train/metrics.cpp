@@ -137,7 +137,9 @@ std::string kept_lines(const std::string& path, int64_t first_step, uint64_t eva
     // (json::value would throw at an "eval" that is no bool: a line like any other damaged one.)
     if (const auto eval = record.find("eval"); eval != record.end() && eval->is_boolean() && eval->get<bool>()) {
       const auto measured = record.find("evaluation");
-      if (first_step == 0 && (measured == record.end() || *measured != fingerprint_text(evaluation))) {
+      // A run without a fingerprint (0) writes lines without one: nothing to compare, kept.
+      if (first_step == 0 && evaluation != 0 &&
+          (measured == record.end() || *measured != fingerprint_text(evaluation))) {
         dropped_baseline = true;
         return;
       }

@@ -87,10 +87,13 @@ bool names(const std::string& path, const struct stat& held) {
 }
 
 // Replaces the lock file `path` of the run directory `output`, found `shared` with another
-// directory by a hard link, by a new one, unless it was replaced since. One replacement at a time
-// in the directory: a second run starting there must not replace the file that the first has just
-// made its own and locked. (Where directories cannot be locked, NFS, the two would have to start
-// at the same instant.)
+// directory by a hard link, by a new one, unless it was replaced since or is no longer linked
+// elsewhere. One replacement at a time in the directory, and only of a file still shared: a run
+// that found the file shared, then waited while the original gave itself a new file, must not
+// replace the file that another run in this directory has since locked as its own (its link
+// count fell to 1; it rises again only with a new cp -al). Where directories cannot be locked
+// (NFS, whose flock is local to a client), two such runs starting within a round trip are not
+// ruled out; the loser's check_held stops it at its first checkpoint.
 void make_own(const std::string& output, const std::string& path, const struct stat& shared) {
   struct DirectoryLock {
     int fd;
@@ -101,9 +104,17 @@ void make_own(const std::string& output, const std::string& path, const struct s
       if (fd >= 0) close(fd);  // releases it
     }
   } serialised(output);
-  if (!names(path, shared)) return;
-  AtomicFile own(path);
-  own.commit();
+  struct stat now {};
+  if (::stat(path.c_str(), &now) != 0 || now.st_dev != shared.st_dev || now.st_ino != shared.st_ino ||
+      now.st_nlink < 2)
+    return;
+  try {
+    AtomicFile own(path);
+    own.commit();
+  } catch (const InputError& e) {
+    throw InputError(detail::concat(path, " is shared with another directory by a hard link (a copy made with cp -al?) ",
+                                    "and cannot be replaced by a lock file of ", output, "'s own: ", e.what()));
+  }
   log::info(path, ": shared with another directory by a hard link (a copy made with cp -al?): ", output,
             " gets a lock file of its own");
 }
@@ -156,6 +167,10 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
     // shares run directories (umask 002) resume each other's runs.
     fd_ = open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     QARAC_INPUT_CHECK(fd_ >= 0, path_, ": cannot open the run's lock file: ", std::strerror(errno));
+    const bool locked = flock(fd_, LOCK_EX | LOCK_NB) == 0;
+    const int lock_error = errno;
+    // Its links as they are once locked (or found held): a copy's replacement may have taken one
+    // away while this run waited.
     struct stat held {};
     if (fstat(fd_, &held) != 0) {
       const int err = errno;
@@ -164,14 +179,14 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
       throw InputError(detail::concat(path_, ": cannot look at the run's lock file: ", std::strerror(err)));
     }
     bool shared = true;
-    if (flock(fd_, LOCK_EX | LOCK_NB) == 0) {
+    if (locked) {
       // Locked, but perhaps a file that a make_own replaced since it was opened (then open it
       // again), or one that a copy made by hard links (cp -al) shares: its runs would lock this
       // directory too, and the holder's text written here would be theirs.
       if (names(path_, held) && held.st_nlink == 1) break;
       shared = names(path_, held);
     } else {
-      const int err = errno;
+      const int err = lock_error;
       if (err != EWOULDBLOCK) {
         // Some cluster file systems are mounted without locks (Lustre without -o flock): the run
         // goes on, as it would have before locks existed, but says that nothing guards the directory.
@@ -191,7 +206,7 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
     }
     try {
       if (shared) make_own(output, path_, held);
-    } catch (const InputError&) {
+    } catch (...) {  // the descriptor would hold the flock until the process ends
       close(fd_);
       fd_ = -1;
       throw;
@@ -215,10 +230,9 @@ RunLock::~RunLock() {
 }
 
 void RunLock::check_held(const std::string& what) const {
-  struct stat held {}, named {};
+  struct stat held {};
   if (fd_ < 0 || fstat(fd_, &held) != 0) return;  // nothing to compare with: the writes will say what fails
-  const bool same = ::stat(path_.c_str(), &named) == 0 && named.st_dev == held.st_dev && named.st_ino == held.st_ino;
-  QARAC_INPUT_CHECK(same, "output: ", output_, " is no longer this run's directory (it was moved or removed, or its ",
+  QARAC_INPUT_CHECK(names(path_, held), "output: ", output_, " is no longer this run's directory (it was moved or removed, or its ",
                     kRunLockName, " removed, while the run went on): the run stops before its ", what,
                     " (--resume goes on from its newest checkpoint, in the directory where it now is)");
 }
