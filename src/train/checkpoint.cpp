@@ -405,10 +405,15 @@ std::string with_space_needed(const std::string& what, const std::string& dir, i
       if (const uintmax_t size = it->file_size(unreadable); !unreadable) bytes += size;
     note += ": one takes " + size_text(bytes);
   }
+  // The free space says nothing of a quota, and a disk may be out of inodes with bytes to spare.
+  const char* joint = done.empty() ? ": " : ", and ";
   struct statvfs disk {};
-  if (statvfs(dir.c_str(), &disk) == 0)
-    note += detail::concat(done.empty() ? ": " : ", and ", dir, " has ",
-                           size_text(static_cast<uint64_t>(disk.f_bavail) * disk.f_frsize), " free");
+  if (what.find(std::strerror(EDQUOT)) != std::string::npos)
+    note += detail::concat(joint, "the disk quota of ", dir, " is used up");
+  else if (statvfs(dir.c_str(), &disk) == 0 && disk.f_files > 0 && disk.f_favail == 0)
+    note += detail::concat(joint, dir, " has no free inodes (files) left");
+  else if (statvfs(dir.c_str(), &disk) == 0)
+    note += detail::concat(joint, dir, " has ", size_text(static_cast<uint64_t>(disk.f_bavail) * disk.f_frsize), " free");
   return what + "; " + note;
 }
 
