@@ -98,5 +98,5 @@ int main(int argc, char** argv) {
     }
     cli::write_text(output, text);
     return 0;
-  }, "a smaller --batch or --max-tokens needs less");
+  }, "a smaller --batch or --max-tokens needs less (unless the decoder's own weights do not fit)");
 }

@@ -228,10 +228,31 @@ class QaracDecoderModel(RobertaPreTrainedModel):
         its prompt's ids, if given) and grows by its argmax token until "</s>" or max_new_tokens.
         Returns the new token ids per vector, without the final "</s>". The prefixes run once
         (left-padded to one length: no key of a pad is ever seen), then each step one position
-        per sequence over every layer's cached keys and values."""
-        cfg, device = self.config, vectors.device
-        seqs = [[cfg.bos_token_id] + list(prompts[i] if prompts else []) for i in range(len(vectors))]
+        per sequence over every layer's cached keys and values. Raises ValueError, as
+        qarac-generate refuses them, for vectors or scores that are not finite (whose argmax would
+        be token 0 whatever the vector) and for more positions than the model has."""
+        cfg = self.config
+        vectors = torch.as_tensor(vectors).to(self.device)
+        if vectors.dim() != 2 or vectors.shape[1] != cfg.hidden_size:
+            raise ValueError(f"vectors of shape {tuple(vectors.shape)}: one row of {cfg.hidden_size} per sequence needed")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens {max_new_tokens} is negative")
+        if prompts is not None and len(prompts) != len(vectors):
+            raise ValueError(f"{len(prompts)} prompts for {len(vectors)} vectors")
+        bad = (~torch.isfinite(vectors)).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"vectors {bad} are not finite (NaN or infinity)")
+        if len(vectors) == 0:
+            return []
+        seqs = [[cfg.bos_token_id] + [int(t) for t in (prompts[i] if prompts is not None else [])]
+                for i in range(len(vectors))]
         width = max(len(s) for s in seqs)
+        # The last token never runs: a sequence reads its prefix and max_new_tokens - 1 more.
+        most = cfg.max_position_embeddings - cfg.pad_token_id - 1
+        if width + max_new_tokens - 1 > most:
+            raise ValueError(f"a prefix of {width} tokens and {max_new_tokens} new ones need "
+                             f"{width + max_new_tokens - 1} positions; the model has {most}")
+        device = self.device
         ids = torch.full((len(seqs), width), cfg.pad_token_id, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
         for i, s in enumerate(seqs):
@@ -242,11 +263,15 @@ class QaracDecoderModel(RobertaPreTrainedModel):
         new = [[] for _ in seqs]
         done = [False] * len(seqs)
         for step in range(max_new_tokens):
+            rows = [i for i in range(len(seqs)) if not done[i]]
+            bad = [i for i in rows if not torch.isfinite(logits[i]).all()]
+            if bad:
+                raise ValueError(f"the scores of vectors {bad} are not finite at their token {step + 1}: "
+                                 "the weights or the vectors overflow")
             tokens = logits.argmax(-1)
-            for i in range(len(seqs)):
-                if not done[i]:
-                    done[i] = int(tokens[i]) == cfg.eos_token_id
-                    new[i] += [] if done[i] else [int(tokens[i])]
+            for i in rows:
+                done[i] = int(tokens[i]) == cfg.eos_token_id
+                new[i] += [] if done[i] else [int(tokens[i])]
             if all(done) or step + 1 == max_new_tokens:
                 break
             # Finished sequences run on with their argmax too: nothing reads their rows.

@@ -2,8 +2,12 @@
 // slot-0 bookkeeping are described in decoder.h.
 #include "model/decoder.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
+
+#include "core/error.h"
+#include "core/memory.h"
 
 namespace qarac {
 
@@ -114,9 +118,19 @@ Tensor& Decoder::start_decoding(const Tensor& v, const TokenBatch& y_in, const s
     QARAC_CHECK(rows <= INT32_MAX, "Decoder::start_decoding: ", rows, " cache rows exceed i32 row indices");
   }
   auto cache_tensor = [&] { return Tensor::empty({rows, 2 * d}, base_.dtype(), base_.device()); };
-  for (int64_t l = 0; l < config_.num_layers; ++l) cache.base.push_back(cache_tensor());
-  cache.head0 = cache_tensor();
-  cache.head1 = cache_tensor();
+  try {
+    for (int64_t l = 0; l < config_.num_layers; ++l) cache.base.push_back(cache_tensor());
+    cache.head0 = cache_tensor();
+    cache.head1 = cache_tensor();
+  } catch (const OutOfMemory& e) {
+    // The tensor that failed is one layer's: the message names what the whole cache needs.
+    cache = Cache{};
+    const uint64_t bytes = static_cast<uint64_t>(config_.num_layers + 2) * static_cast<uint64_t>(rows) *
+                           static_cast<uint64_t>(2 * d) * dtype_size(base_.dtype());
+    throw OutOfMemory(detail::concat(e.what(), " (the key/value cache of ", batch, " sequences of up to ",
+                                     *std::max_element(capacity.begin(), capacity.end()), " positions needs ",
+                                     size_text(bytes), " in all)"));
+  }
   cache.first = std::move(first);
   cache.capacity = capacity;
   cache.length.assign(capacity.size(), 0);

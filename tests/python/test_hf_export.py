@@ -277,6 +277,24 @@ def test_decoder_generation_with_prompts(runs):
     assert got == want
 
 
+def test_decoder_generation_refuses_what_it_cannot_decode(runs):
+    """As qarac-generate: vectors that are not finite (whose scores' argmax would be <s> whatever
+    the vector) and more positions than the model has are a ValueError before any step; no
+    vector gives no sequence."""
+    decoder = transformers.AutoModel.from_pretrained(str(runs["exports"]["decoder"]), trust_remote_code=True).eval()
+    cfg = decoder.config
+    vectors = torch.zeros(3, cfg.hidden_size)
+    vectors[1, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"vectors \[1\] are not finite"):
+        decoder.generate_from_vectors(vectors, max_new_tokens=4)
+    most = cfg.max_position_embeddings - cfg.pad_token_id - 1
+    ok = torch.zeros(1, cfg.hidden_size)
+    with pytest.raises(ValueError, match="positions; the model has"):
+        decoder.generate_from_vectors(ok, max_new_tokens=most, prompts=[[5]])
+    assert len(decoder.generate_from_vectors(ok, max_new_tokens=1, prompts=[[5] * (most - 1)])[0]) <= 1
+    assert decoder.generate_from_vectors(torch.zeros(0, cfg.hidden_size), max_new_tokens=4) == []
+
+
 @pytest.mark.parametrize("source", ["heldout/question_answering.h5", "WikiQA-dev.tsv"])
 def test_rank_is_the_evaluators(runs, source):
     path = SAMPLE / source if source.endswith(".tsv") else runs["root"] / source
