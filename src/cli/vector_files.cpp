@@ -340,7 +340,10 @@ Vectors read_vectors(const std::string& path) {
     QARAC_INPUT_CHECK(static_cast<int64_t>(j.size()) == v.cols, where, ": ", j.size(),
                       " numbers, the first vector has ", v.cols);
     for (const auto& x : j) {
-      QARAC_INPUT_CHECK(x.is_number(), where, ": ", data::json_brief(x), " is not a number");
+      // A whole file of one JSON array of vectors is the usual mistake: say how it is read.
+      QARAC_INPUT_CHECK(x.is_number(), where, ": ", data::json_brief(x), " is not a number",
+                        x.is_array() ? " (vectors are read as JSON lines: one vector per line, not one array of them)"
+                                     : "");
       v.values.push_back(to_float(x.get<double>()));
       QARAC_INPUT_CHECK(std::isfinite(v.values.back()), where, ": ", x.get<double>(), " is beyond the float range");
     }

@@ -635,7 +635,8 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
 }
 
 // Before: an element nested 10^5 deep in a JSON-lines vector file crashed qarac-generate (exit
-// 139) when its message dumped it; one beyond the float range is quoted as the number it is.
+// 139) when its message dumped it; one beyond the float range is quoted as the number it is; a
+// file of one array of vectors is told how vector files are read.
 TEST_F(ExportsTest, JsonVectorElementsAreQuotedByTheirKind) {
   const std::string file = (tmp_.path / "deep.jsonl").string();
   std::ofstream(file) << "[1, " << std::string(100000, '[') << std::string(100000, ']') << "]\n";
@@ -643,6 +644,10 @@ TEST_F(ExportsTest, JsonVectorElementsAreQuotedByTheirKind) {
                      {file + ":1: an array of 1 element, nested more than 16 deep is not a number"});
   std::ofstream(file) << "{\"vector\": [1, 1e39]}\n";
   expect_input_error([&] { cli::read_vectors(file); }, {file + ":1: 1e+39 is beyond the float range"});
+  // A file of one array of vectors: how the file is read is said.
+  std::ofstream(file) << "[[1, 2], [3, 4]]\n";
+  expect_input_error([&] { cli::read_vectors(file); },
+                     {file + ":1: [1,2] is not a number", "one vector per line, not one array of them"});
 }
 
 // --rank on a WikiQA TSV holds each sentence to the encoder that reads it: the answers and their
