@@ -149,16 +149,16 @@ Tensor& Decoder::decode(const std::vector<int32_t>& which, const std::vector<int
               " sequences");
   std::vector<bool> seen(cache.length.size());
   std::vector<std::vector<int32_t>> appended;
-  std::vector<int32_t> first;
+  std::vector<int32_t> begun;  // the positions each sequence has run
   for (size_t i = 0; i < which.size(); ++i) {
     const int32_t b = which[i];
     QARAC_CHECK(b >= 0 && static_cast<size_t>(b) < seen.size() && !seen[static_cast<size_t>(b)],
                 "Decoder::decode: sequence ", b, " is not one of the ", seen.size(), " begun, or is given twice");
     seen[static_cast<size_t>(b)] = true;
     appended.push_back({tokens[i]});
-    first.push_back(cache.length[static_cast<size_t>(b)]);
+    begun.push_back(cache.length[static_cast<size_t>(b)]);
   }
-  return extend(nullptr, which, TokenBatch::continuing(appended, first, config_.pad_token_id, base_.device()),
+  return extend(nullptr, which, TokenBatch::continuing(appended, begun, config_.pad_token_id, base_.device()),
                 cache);
 }
 
