@@ -14,6 +14,8 @@
 #include <fstream>
 #include <iterator>
 
+#include <nlohmann/json.hpp>
+
 #include "core/atomic_file.h"
 #include "core/log.h"
 #include "train/checkpoint.h"
@@ -150,6 +152,22 @@ void check_output_dir(const std::string& output, bool resume) {
 }
 
 std::string checkpoint_dir(const std::string& output) { return (fs::path(output) / "checkpoints").string(); }
+
+void record_stop(const std::string& output, int64_t step, const char* signal, int rank, const std::string& checkpoint) {
+  const nlohmann::json record = {{"step", step}, {"signal", signal}, {"rank", rank}, {"checkpoint", checkpoint}};
+  const std::string text = record.dump() + "\n";
+  AtomicFile file((fs::path(output) / kStopRecordName).string());
+  file.write(text.data(), text.size());
+  file.commit();
+}
+
+void remove_stop_record(const std::string& output) {
+  const std::string path = (fs::path(output) / kStopRecordName).string();
+  std::error_code ec;
+  fs::remove(path, ec);
+  QARAC_INPUT_CHECK(!ec, path, ": cannot remove the record of the run's last stop (", ec.message(),
+                    "): a launcher would take this run's end for a stop on request");
+}
 
 RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(output) / kRunLockName).string()) {
   std::error_code ec;

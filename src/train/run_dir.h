@@ -8,6 +8,7 @@
 //                           world size (with several machines the folder must be shared)
 //   export/<model>/         config.json + model.safetensors per model, at the end
 //   best/                   with eval.best: best.json and <model>/ of the best evaluation so far
+//   stopped.json            after a stop on request, until the next start (record_stop)
 // A run can always go on: `--resume` continues from the newest valid checkpoint, or from step 0
 // when the run never completed one (killed before or during its first checkpoint); a run whose
 // checkpoints were removed after it went past them is refused (refuse_restart_over_records).
@@ -21,6 +22,7 @@
 namespace qarac {
 
 constexpr const char* kRunLockName = ".qarac.lock";
+constexpr const char* kStopRecordName = "stopped.json";
 
 // A fresh run needs a new or empty directory (the lock file of a finished run aside), so that it
 // never mixes its files with another run's; --resume needs the directory of a run. InputError
@@ -67,6 +69,16 @@ class RunLock {
 // what, before a start from step 0 rewrites its metrics and export. Returns the last step that
 // metrics.jsonl records (-1: none), whose lines the start from step 0 drops.
 int64_t refuse_restart_over_records(const std::string& output, int64_t checkpoint_every);
+
+// A run that stops on request (train/stop_signals.h) exits 75 with its checkpoint complete, but
+// a launcher may not pass that status on: srun --kill-on-bad-exit ends the other ranks with
+// SIGKILL once one has exited 75, and reports 137. So rank 0 also records the stop, atomically,
+// once its checkpoint is complete: <output>/stopped.json, {"step", "signal", "rank",
+// "checkpoint"}; slurm/train.sbatch requeues on it. The next start in the directory removes it
+// (remove_stop_record), so that it always speaks of the run's last end. InputError naming the
+// file.
+void record_stop(const std::string& output, int64_t step, const char* signal, int rank, const std::string& checkpoint);
+void remove_stop_record(const std::string& output);
 
 // The checkpoint --resume starts from: the newest valid one, which rank 0 finds and tells the
 // others (`world` set: collective over it); nullopt when the run never completed one, so that it

@@ -125,6 +125,7 @@ void Trainer::Impl::start() {
     check_output_dir(output, config.resume);
     // What a killed or failed run left half-written: nobody else writes here now.
     remove_unfinished_checkpoints(checkpoint_dir);
+    remove_stop_record(output);
     for (const char* folder : {"export", "best"}) io::remove_unfinished_folder(fs::path(output) / folder);
   }
   // Every rank waits for the lock: nothing is read or written before the directory is this run's.
@@ -443,6 +444,15 @@ Trainer::RunEnd Trainer::Impl::run() {
         log::warn(StopSignals::name(s.stop_signal), " on rank ", s.stop_rank, ": stopping after step ", t.step,
                   " with a checkpoint (exit status ", kExitPreempted, "; --resume continues)");
       if (t.last.checkpoint != t.step) t.save();
+      // The exit status says it too: a record that cannot be written (a full disk) is a warning.
+      if (t.place.root()) {
+        try {
+          record_stop(t.output, t.step, StopSignals::name(s.stop_signal), s.stop_rank,
+                      checkpoint_path(t.checkpoint_dir, t.step));
+        } catch (const InputError& e) {
+          log::warn(e.what(), " (the checkpoint is complete; exit status ", kExitPreempted, " says the stop)");
+        }
+      }
       t.metrics.say_memory_peaks(memory_peaks(t.training.device));
       return RunEnd::stopped;
     }

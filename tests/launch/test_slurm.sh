@@ -104,6 +104,25 @@ test_train_scancel() {
   check "QARAC_REQUEUE=always: requeued after TERM" has "$FAKE_LOG" "scontrol requeue 4242"
 }
 
+# A signal to the ranks alone (`scancel -s USR1 JOBID`, without --batch): they checkpoint and exit
+# 75, but srun reports 137 when it ends the last of them itself (--kill-on-bad-exit). Rank 0's
+# record of the stop says what happened: the job requeues. A record that the next job's run
+# fails before removing (an option error) is no stop.
+test_train_ranks_signalled() {
+  start_job FAKE_TRAIN=wait_usr1 FAKE_STOP_STATUS=137
+  kill -USR1 "$rank"
+  end_job
+  check "exit 0 after the stop (got $rc)" test "$rc" = 0
+  check "the job requeued itself" has "$FAKE_LOG" "scontrol requeue 4242"
+  check "says what stopped it" has out.txt \
+    "stopped at the checkpoint $run_dir/checkpoints/step-0000000007 (SIGUSR1 on rank 0): requeueing job 4242"
+  : >"$FAKE_LOG"
+  submit FAKE_RESTART=1 FAKE_TRAIN=refused -- slurm/train.sbatch
+  check "the refused run's status 2 (got $rc)" test "$rc" = 2
+  check "an earlier stop's record does not requeue" lacks "$FAKE_LOG" "scontrol"
+  check "its error shows" has out.txt "the training exited with status 2"
+}
+
 # The time limit's TERM while the checkpoint that the USR1 warning asked for is still being
 # written: the ranks end at once, without it. One line says the lead time was too short, and the
 # job is not requeued (nothing new to continue from).

@@ -735,8 +735,17 @@ TEST_F(RunDirCli, CtrlCStopsWithACheckpoint) {
       << stopped.output;
   EXPECT_TRUE(fs::is_directory(run / "checkpoints" / "step-0000000002")) << stopped.output;
   EXPECT_FALSE(fs::exists(run / "export")) << "a stopped run exports nothing";
+  // The record of the stop, for launchers that do not pass the exit status on (srun).
+  std::ifstream record_file(run / "stopped.json");
+  ASSERT_TRUE(record_file) << "no stopped.json";
+  const nlohmann::json record = nlohmann::json::parse(record_file);
+  EXPECT_EQ(record, (nlohmann::json{{"step", 2},
+                                    {"signal", "SIGINT"},
+                                    {"rank", 0},
+                                    {"checkpoint", (run / "checkpoints" / "step-0000000002").string()}}));
   const CliResult resumed = train(run, "--resume --train.steps 4 --checkpoint.every 0");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_FALSE(fs::exists(run / "stopped.json")) << "the next start removes the record";
   expect_each_step_once(run, 4, {});
   // In the last step the request finds the run finishing: it finishes, and says so.
   const CliResult last = train(root() / "interrupted-last", "--train.steps 2", "QARAC_FAULT=interrupt:0:1");
