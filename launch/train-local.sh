@@ -26,6 +26,8 @@
 #   srun            inside a Slurm allocation: --cpus-per-task T --cpu-bind=cores; else
 #                   --overcommit --cpu-bind=none; srun passes the environment on
 # The MPI must be the one qarac-train was built with (qarac-train --version names it).
+# Ctrl-C, SIGTERM or SIGHUP to this script stops the ranks after the step in flight with a
+# checkpoint (exit status 75; --resume goes on), as they stop qarac-train run alone.
 # Cores: nproc (the CPUs this process may run on), divided by the hardware threads per core
 # when lscpu reports more than one (BLAS gains nothing from SMT). OMP_NUM_THREADS and
 # OPENBLAS_NUM_THREADS = T reach every rank.
@@ -166,4 +168,29 @@ for var in "${env_vars[@]}"; do printf ' %q' "$var=${!var}"; done
 printf ' %q' "${cmd[@]}"
 printf '\n'
 ((dry_run)) && exit 0
-exec "${cmd[@]}"
+
+# Ctrl-C, a closed terminal (HUP) or a TERM to this script asks the ranks to stop after the step
+# in flight with a checkpoint, as it asks qarac-train itself: USR1 to the launcher, which every
+# launcher above forwards to the ranks. Only this script may get those signals: Open MPI's
+# mpirun answers them by killing the ranks a second later, before their checkpoint. So the
+# launcher runs in a process group of its own (set -m), which the terminal's Ctrl-C and hang-up
+# miss, and reads no terminal (stdin: a background group reading it would stop). A second signal
+# is the ranks' second too, which ends them at once (2 s or more after the first).
+# shellcheck disable=SC2317  # called by the traps
+forward() {
+  echo "$me: $1 received: asking the ranks to stop after this step and write a checkpoint (USR1 to $mpirun)" >&2 || true
+  kill -s USR1 "$pid" 2>/dev/null || true
+}
+set -m
+"${cmd[@]}" </dev/null &
+pid=$!
+set +m
+trap 'forward SIGINT' INT
+trap 'forward SIGTERM' TERM
+trap 'forward SIGHUP' HUP
+while :; do
+  rc=0
+  wait "$pid" || rc=$?
+  kill -0 "$pid" 2>/dev/null || break  # a trap ended the wait, not the launcher
+done
+exit "$rc"

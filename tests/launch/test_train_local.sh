@@ -3,7 +3,7 @@
 # Open MPI's mpirun, MPICH's Hydra, Intel MPI's mpirun, and srun in an allocation), with the
 # ranks fitting the cores and oversubscribed, and an unknown launcher refused; then, with
 # MPIEXEC and BUILD given, a real run of the build's qarac-train --version under the build's own
-# MPI launcher, fitting and oversubscribed.
+# MPI launcher, fitting and oversubscribed, and the stand-in stopped by a signal to the script.
 #   bash tests/launch/test_train_local.sh [MPIEXEC BUILD_DIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -90,6 +90,53 @@ if (($# == 2)); then
     check "$mpiexec, $ranks ranks: qarac-train --version exits 0 (got $rc)" test "$rc" = 0
     check "$mpiexec, $ranks ranks: every rank answered" test "$(grep -c '^qarac-train ' "$work/out.txt")" = "$ranks"
   done
+  # TERM or HUP to the script (Ctrl-C too, at a terminal): the ranks get USR1 through the
+  # launcher, which never sees the signal (Open MPI's mpirun would kill them a second later), and
+  # stop with a checkpoint (the stand-in's record names what reached it); the script exits 75.
+  for signal in TERM HUP; do
+    rm -rf "$work/run" "$work/ready"
+    FAKE_TRAIN=wait_usr1 FAKE_READY=$work/ready FAKE_LOG=$work/log MPIRUN=$mpiexec QARAC_BUILD=$work/build \
+      bash "$repo/launch/train-local.sh" -n 1 -- --output "$work/run" >"$work/out.txt" 2>&1 &
+    script=$!
+    for _ in $(seq 300); do [ -s "$work/ready" ] && break; sleep 0.1; done
+    kill -s "$signal" "$script"
+    rc=0
+    wait "$script" || rc=$?
+    check "SIG$signal to the script: the ranks' status 75 (got $rc)" test "$rc" = 75
+    check "SIG$signal to the script: said" has "$work/out.txt" \
+      "launch/train-local.sh: SIG$signal received: asking the ranks to stop after this step and write a checkpoint (USR1 to $mpiexec)"
+    check "SIG$signal to the script: USR1 reached the ranks" has "$work/run/stopped.json" '"signal":"SIGUSR1"'
+  done
+  # Ctrl-C at a terminal: the terminal's SIGINT reaches its foreground process group, which must
+  # hold the script but not the launcher.
+  rm -rf "$work/run" "$work/ready"
+  rc=0
+  FAKE_TRAIN=wait_usr1 FAKE_READY=$work/ready FAKE_LOG=$work/log MPIRUN=$mpiexec QARAC_BUILD=$work/build \
+    python3 - "$repo/launch/train-local.sh" "$work" >"$work/out.txt" 2>&1 <<'PY' || rc=$?
+import os, pty, select, sys, time
+script, work = sys.argv[1:]
+pid, terminal = pty.fork()
+if pid == 0:
+    os.execvp("bash", ["bash", script, "-n", "1", "--", "--output", work + "/run"])
+def show(seconds):  # the terminal's output, as it comes
+    end = time.time() + seconds
+    while time.time() < end:
+        if select.select([terminal], [], [], 0.1)[0]:
+            try:
+                sys.stdout.write(os.read(terminal, 4096).decode(errors="replace"))
+            except OSError:
+                return
+for _ in range(300):
+    if os.path.exists(work + "/ready") and os.path.getsize(work + "/ready"):
+        break
+    show(0.1)
+os.write(terminal, b"\x03")  # Ctrl-C
+show(5)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+PY
+  check "Ctrl-C: the ranks' status 75 (got $rc)" test "$rc" = 75
+  check "Ctrl-C: said" has "$work/out.txt" "launch/train-local.sh: SIGINT received: asking the ranks to stop"
+  check "Ctrl-C: USR1 reached the ranks" has "$work/run/stopped.json" '"signal":"SIGUSR1"'
 fi
 
 if ((failures)); then
