@@ -80,10 +80,12 @@ logged() {
   ((rc == 0)) || log_failed "$name" "$rc"
 }
 
-# log_failed NAME STATUS: the last lines of $logs/NAME.log, then die naming it.
+# log_failed NAME STATUS: the last lines of $logs/NAME.log, then die naming it (75: qarac-train
+# stopped on request, Ctrl-C or a signal, after its checkpoint).
 log_failed() {
   echo "--- last lines of $logs/$1.log:" >&2
   tail -n 25 "$logs/$1.log" >&2
+  (($2 != 75)) || die "$1 stopped on request after writing a checkpoint (exit 75); its full output: $logs/$1.log"
   die "$1 failed (exit $2); its full output: $logs/$1.log"
 }
 

@@ -117,9 +117,11 @@ phase_done() { echo "   done in $(duration $((SECONDS - phase_t0)))${1:+: $1}"; 
 # show LOG REGEX: copies its input to LOG and to the terminal the lines matching REGEX, a step's
 # progress line only every 1/12 of the run. Under mpirun a rank's stdout is a pseudo-terminal, so
 # qarac-train redraws its progress line in place (carriage return, erase to end of line): each
-# redraw becomes a line here.
+# redraw becomes a line here. Ctrl-C leaves it reading, as train-local.sh stops the ranks with a
+# checkpoint: their last lines would meet a closed pipe.
 show() {
   local line next=0 n m
+  trap '' INT
   stdbuf -oL tr '\r' '\n' | while IFS= read -r line; do
     line=${line//$'\e[K'/}
     [ -n "$line" ] || continue
