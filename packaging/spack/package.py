@@ -41,6 +41,7 @@ class QaracMt(CMakePackage, CudaPackage):
     depends_on("nlohmann-json@3.9:")
     depends_on("icu4c@60:")
     depends_on("libcsv")
+    depends_on("zlib-api")  # qarac-prep deflates task-stream chunks itself
     depends_on("cuda@12:", when="+cuda")
     depends_on("nccl", when="+cuda")
     depends_on("googletest", type="test")

@@ -221,7 +221,7 @@ int build(int argc, char** argv) {
       ("no-special", po::bool_switch(&no_special), "do not wrap fields in <s> ... </s>")
       ("threads", po::value(&settings.threads)->default_value(static_cast<int>(
                       std::max(1u, std::thread::hardware_concurrency()))),
-       "tokeniser threads")
+       "threads that tokenise, and that compress the chunks of each stream")
       ("compression", po::value(&settings.writer.compression)->default_value(4),
        "deflate level 0..9 (0: none)")
       ("chunk-tokens", po::value(&settings.writer.chunk_tokens)->default_value(1 << 16),
@@ -240,6 +240,7 @@ int build(int argc, char** argv) {
   QARAC_INPUT_CHECK(settings.max_length >= (settings.special ? 3 : 1), "--max-length must be at least ",
                     settings.special ? "3 (<s>, a token, </s>)" : "1", ", got ", settings.max_length);
   QARAC_INPUT_CHECK(settings.threads >= 1, "--threads must be at least 1, got ", settings.threads);
+  settings.writer.threads = settings.threads;
   QARAC_INPUT_CHECK(settings.writer.chunk_tokens >= 1 && settings.writer.chunk_tokens <= kMaxChunkElements,
                     "--chunk-tokens must be in [1, ", kMaxChunkElements, "], got ", settings.writer.chunk_tokens);
   QARAC_INPUT_CHECK(settings.writer.compression >= 0 && settings.writer.compression <= 9,

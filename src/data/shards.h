@@ -10,6 +10,8 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -18,6 +20,7 @@
 
 #include "core/atomic_file.h"
 #include "core/hdf5.h"
+#include "data/chunk_compressor.h"
 #include "data/task.h"
 
 namespace qarac::data {
@@ -83,11 +86,13 @@ struct WriterOptions {
   int64_t chunk_tokens = 1 << 16;    // elements per chunk of a field's tokens (256 KiB)
   int64_t chunk_examples = 1 << 14;  // elements per chunk of offsets and labels
   int compression = 4;               // deflate level 0..9; 0 stores uncompressed
+  int threads = 1;                   // threads that compress chunks (data/chunk_compressor.h)
 };
 
 
 // Appends examples to a new task-stream file. Tokens are buffered per field and written a
-// chunk at a time into extendible datasets, so memory stays at a few chunks whatever the size.
+// chunk at a time into extendible datasets, so memory stays at a few chunks per dataset and
+// thread whatever the size; chunks are compressed on options.threads threads.
 class TaskStreamWriter {
  public:
   // Creates the temporary file of `path` (core/atomic_file.h); InputError when it cannot.
@@ -119,6 +124,19 @@ class TaskStreamWriter {
   struct CandidateDatasets;
   void start_candidates();
   void flush(bool all);
+  // Appends `count` elements of `element_bytes` each (native little-endian) at the end of
+  // `column`, a whole number of `chunk`-element chunks unless these are its last elements.
+  void append_chunks(stream::Column& column, size_t element_bytes, const void* data, int64_t count, int64_t chunk);
+  // Stores the compressed chunks in the order they were appended until `keep` are left.
+  void store_chunks(size_t keep);
+
+  // A chunk on its way: where it goes, and its bytes once compressed.
+  struct PendingChunk {
+    hid_t dataset;
+    std::string name;  // the dataset's path, for messages
+    hsize_t offset;    // of its first element
+    std::future<ChunkBytes> bytes;
+  };
 
   AtomicFile out_;  // first: destroyed after the HDF5 objects, then removes an unpublished file
   Task task_;
@@ -128,6 +146,8 @@ class TaskStreamWriter {
   std::unique_ptr<stream::Column> labels_;  // consistency only
   std::vector<int8_t> label_buf_;
   std::unique_ptr<CandidateDatasets> candidates_;  // null until an example has candidates
+  ChunkCompressor compressor_;
+  std::deque<PendingChunk> pending_;
   int64_t examples_ = 0;
   bool finished_ = false, published_ = false;
 };

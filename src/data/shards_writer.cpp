@@ -43,22 +43,6 @@ Column create_extendible(const std::string& file, hid_t loc, const char* name, c
   return c;
 }
 
-// Appends `count` elements of `elem_bytes` each (native little-endian) at the end of `c`.
-void append_1d(const std::string& file, Column& c, hid_t mem_type, size_t elem_bytes, const void* data,
-               int64_t count) {
-  if (count == 0) return;
-  const std::string what = file + ": writing '" + c.name + "'";
-  const hsize_t start = static_cast<hsize_t>(c.written), n = static_cast<hsize_t>(count);
-  const hsize_t size = start + n;
-  check_hdf5_file(H5Dset_extent(c.dset.get(), &size), what);
-  H5Id file_space = hdf5_file_id(H5Dget_space(c.dset.get()), H5Sclose, what);
-  check_hdf5_file(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &n, nullptr), what);
-  H5Id mem_space = hdf5_file_id(H5Screate_simple(1, &n, nullptr), H5Sclose, what);
-  check_hdf5_file(H5Dwrite(c.dset.get(), mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, data), what);
-  c.hash.bytes(data, static_cast<size_t>(count) * elem_bytes);
-  c.written += count;
-}
-
 void write_attr(const std::string& file, hid_t loc, const char* name, const std::string& value) {
   const std::string what = detail::concat(file, ": writing attribute '", name, "'");
   H5Id type = hdf5_string_type(value.size());
@@ -168,7 +152,10 @@ struct TaskStreamWriter::CandidateDatasets {
 };
 
 TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOptions& options)
-    : out_(std::move(path), AtomicFile::by_path), task_(task), options_(options) {
+    : out_(std::move(path), AtomicFile::by_path),
+      task_(task),
+      options_(options),
+      compressor_(options.compression, options.threads) {
   QARAC_INPUT_CHECK(options.chunk_tokens > 0 && options.chunk_tokens <= kMaxChunkElements &&
                         options.chunk_examples > 0 && options.chunk_examples <= kMaxChunkElements,
                     "chunk sizes must be in [1, ", kMaxChunkElements, "], got ", options.chunk_tokens, " and ",
@@ -200,6 +187,40 @@ TaskStreamWriter::~TaskStreamWriter() {
   file_.reset();
 }
 
+void TaskStreamWriter::append_chunks(Column& c, size_t element_bytes, const void* data, int64_t count,
+                                     int64_t chunk) {
+  if (count == 0) return;
+  QARAC_CHECK(c.written % chunk == 0, c.name, ": appending after a partial chunk");
+  const std::string what = out_.temp_path() + ": writing '" + c.name + "'";
+  const hsize_t size = static_cast<hsize_t>(c.written + count);
+  check_hdf5_file(H5Dset_extent(c.dset.get(), &size), what);
+  c.hash.bytes(data, static_cast<size_t>(count) * element_bytes);
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  for (int64_t first = 0; first < count; first += chunk) {
+    // A last, partial chunk is stored whole, as HDF5 stores it, with a tail of zeros (HDF5's own
+    // holds whatever its buffer held: the file now depends on its content alone).
+    ChunkBytes raw(static_cast<size_t>(chunk) * element_bytes, 0);
+    const size_t n = static_cast<size_t>(std::min(chunk, count - first)) * element_bytes;
+    std::memcpy(raw.data(), bytes + static_cast<size_t>(first) * element_bytes, n);
+    pending_.push_back({c.dset.get(), c.name, static_cast<hsize_t>(c.written + first),
+                        compressor_.submit(std::move(raw), element_bytes)});
+    // A few chunks a thread in flight: the workers stay busy, and memory bounded.
+    store_chunks(2 * static_cast<size_t>(std::max(compressor_.threads(), 1)));
+  }
+  c.written += count;
+}
+
+void TaskStreamWriter::store_chunks(size_t keep) {
+  while (pending_.size() > keep) {
+    PendingChunk& p = pending_.front();
+    const ChunkBytes bytes = p.bytes.get();
+    // Filter mask 0: every filter of the dataset was applied.
+    check_hdf5_file(H5Dwrite_chunk(p.dataset, H5P_DEFAULT, 0, &p.offset, bytes.size(), bytes.data()),
+                    out_.temp_path() + ": writing '" + p.name + "'");
+    pending_.pop_front();
+  }
+}
+
 void TaskStreamWriter::append(const std::vector<std::vector<int32_t>>& fields, int8_t label,
                               const std::vector<std::vector<int32_t>>& candidates) {
   QARAC_CHECK(!finished_, "append after finish");
@@ -227,37 +248,36 @@ void TaskStreamWriter::start_candidates() {
   Column& examples = candidates_->examples;
   const int64_t zeros = examples_ + 1, chunk = options_.chunk_examples;
   const std::vector<int64_t> block(static_cast<size_t>(std::min(zeros, chunk)), 0);
-  while (examples.written + chunk <= zeros)
-    append_1d(file, examples, H5T_NATIVE_INT64, sizeof(int64_t), block.data(), chunk);
+  while (examples.written + chunk <= zeros) append_chunks(examples, sizeof(int64_t), block.data(), chunk, chunk);
   candidates_->example_buf.assign(static_cast<size_t>(zeros - examples.written), 0);
 }
 
 // Writes whole chunks (or, with `all`, everything): appending chunk-aligned blocks lets HDF5
 // compress each chunk once instead of re-reading and re-compressing a partial one.
 void TaskStreamWriter::flush(bool all) {
-  const std::string& file = out_.temp_path();
-  auto write = [&](Column& column, hid_t type, auto& buf, int64_t chunk) {
+  auto write = [&](Column& column, auto& buf, int64_t chunk) {
     const int64_t n = all ? static_cast<int64_t>(buf.size())
                           : static_cast<int64_t>(buf.size()) / chunk * chunk;
     if (n == 0) return;
-    append_1d(file, column, type, sizeof buf[0], buf.data(), n);
+    append_chunks(column, sizeof buf[0], buf.data(), n, chunk);
     buf.erase(buf.begin(), buf.begin() + n);
   };
   auto write_field = [&](Field& f) {
-    write(f.tokens, H5T_NATIVE_INT32, f.token_buf, options_.chunk_tokens);
-    write(f.offsets, H5T_NATIVE_INT64, f.offset_buf, options_.chunk_examples);
+    write(f.tokens, f.token_buf, options_.chunk_tokens);
+    write(f.offsets, f.offset_buf, options_.chunk_examples);
   };
   for (Field& f : fields_) write_field(f);
-  if (labels_) write(*labels_, H5T_NATIVE_INT8, label_buf_, options_.chunk_examples);
+  if (labels_) write(*labels_, label_buf_, options_.chunk_examples);
   if (candidates_) {
     write_field(candidates_->sentences);
-    write(candidates_->examples, H5T_NATIVE_INT64, candidates_->example_buf, options_.chunk_examples);
+    write(candidates_->examples, candidates_->example_buf, options_.chunk_examples);
   }
 }
 
 void TaskStreamWriter::finish(StreamInfo info) {
   QARAC_CHECK(!finished_, "finish called twice");
   flush(true);
+  store_chunks(0);
   info.task = task_;
   info.examples = examples_;
   info.field_tokens.clear();

@@ -20,8 +20,10 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/hdf5.h"
 #include "core/hdf5_seal.h"
 #include "core/log.h"
+#include "data/chunk_compressor.h"
 #include "data/loader.h"
 #include "data/readers.h"
 #include "data/shards.h"
@@ -621,6 +623,124 @@ TEST(Shards, RoundTripWithHyperslabReads) {
     EXPECT_TRUE(std::equal(labels.begin(), labels.end(), s.labels.begin() + begin));
   }
   EXPECT_THROW(file.read_field(0, 10, 1001), Error);
+}
+
+// The stored bytes of every chunk of every chunked dataset of an HDF5 file, by dataset path.
+std::map<std::string, std::vector<std::vector<unsigned char>>> stored_chunks(const std::string& path) {
+  const H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  std::vector<std::string> names;
+  auto visit = [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
+    static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+    return 0;
+  };
+  EXPECT_GE(H5Lvisit(file.get(), H5_INDEX_NAME, H5_ITER_INC, visit, &names), 0);
+  std::map<std::string, std::vector<std::vector<unsigned char>>> chunks;
+  for (const std::string& name : names) {
+    if (H5Oexists_by_name(file.get(), name.c_str(), H5P_DEFAULT) <= 0) continue;
+    H5O_info_t info;
+    if (H5Oget_info_by_name(file.get(), name.c_str(), &info, H5P_DEFAULT) < 0 || info.type != H5O_TYPE_DATASET)
+      continue;
+    const H5Id dset(H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+    const H5Id space(H5Dget_space(dset.get()), H5Sclose);
+    hsize_t count = 0;
+    if (H5Dget_num_chunks(dset.get(), space.get(), &count) < 0) continue;  // not chunked
+    for (hsize_t i = 0; i < count; ++i) {
+      hsize_t offset = 0, size = 0;
+      haddr_t address = 0;
+      unsigned mask = 0;
+      EXPECT_GE(H5Dget_chunk_info(dset.get(), space.get(), i, &offset, &mask, &address, &size), 0);
+      EXPECT_EQ(mask, 0u) << name << ": a filter was skipped";
+      std::vector<unsigned char> bytes(size);
+      uint32_t read_mask = 0;
+      EXPECT_GE(H5Dread_chunk(dset.get(), H5P_DEFAULT, &offset, &read_mask, bytes.data()), 0);
+      chunks[name].push_back(std::move(bytes));
+    }
+  }
+  return chunks;
+}
+
+// qarac-prep compresses chunks on its threads (data/chunk_compressor.h): what it stores must be
+// what HDF5's shuffle and deflate filters store, byte for byte, at every level and element size.
+TEST(Shards, ChunksAreFilteredAsHdf5FiltersThem) {
+  TempDir dir("chunk_filters");
+  std::mt19937 rng(5);
+  for (const auto& [type, size] : std::vector<std::pair<hid_t, size_t>>{
+           {H5T_NATIVE_INT8, 1}, {H5T_NATIVE_INT32, 4}, {H5T_NATIVE_INT64, 8}})
+    for (int level : {0, 1, 4, 9}) {
+      const hsize_t n = 3001;
+      std::vector<unsigned char> raw(n * size);
+      for (size_t i = 0; i < n; ++i) raw[i * size] = static_cast<unsigned char>(rng() % 50);  // small ids
+      const std::string path = dir / ("f" + std::to_string(size) + "_" + std::to_string(level) + ".h5");
+      {
+        const H5Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+        const H5Id space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+        const H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+        ASSERT_GE(H5Pset_chunk(dcpl.get(), 1, &n), 0);
+        if (level > 0) {
+          ASSERT_GE(H5Pset_shuffle(dcpl.get()), 0);
+          ASSERT_GE(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(level)), 0);
+        }
+        const H5Id dset(H5Dcreate2(file.get(), "d", type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                        H5Dclose);
+        ASSERT_GE(H5Dwrite(dset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()), 0);
+      }
+      const auto stored = stored_chunks(path);
+      ASSERT_EQ(stored.at("d").size(), 1u);
+      EXPECT_EQ(filter_chunk(raw, size, level), stored.at("d")[0]) << size << "-byte elements, level " << level;
+    }
+}
+
+// The chunks HDF5's own filter pipeline stores for `values` in a dataset of `chunk`-element
+// chunks, compressed at `level` (0: unfiltered), written at once.
+std::vector<std::vector<unsigned char>> hdf5_own_chunks(const std::string& path, const std::vector<int32_t>& values,
+                                                        hsize_t chunk, int level) {
+  {
+    const hsize_t n = values.size(), unlimited = H5S_UNLIMITED;
+    const H5Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    const H5Id space(H5Screate_simple(1, &n, &unlimited), H5Sclose);
+    const H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    EXPECT_GE(H5Pset_chunk(dcpl.get(), 1, &chunk), 0);
+    // The tail of the last chunk: zeros, which HDF5 otherwise leaves as its buffer held them.
+    EXPECT_GE(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_ALLOC), 0);
+    if (level > 0) {
+      EXPECT_GE(H5Pset_shuffle(dcpl.get()), 0);
+      EXPECT_GE(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(level)), 0);
+    }
+    const H5Id dset(H5Dcreate2(file.get(), "d", H5T_STD_I32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                    H5Dclose);
+    EXPECT_GE(H5Dwrite(dset.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+  }
+  return stored_chunks(path).at("d");
+}
+
+// The stream's chunks (and so its content) do not depend on the threads that compressed them,
+// compressed or stored as they are (level 0), and are those HDF5 would have stored, the last,
+// partial one included.
+TEST(Shards, ChunksDoNotDependOnTheThreads) {
+  TempDir dir("chunk_threads");
+  const Synthetic s = synthetic(Task::consistency, 3000, 40, 7);
+  WriterOptions options;
+  options.chunk_tokens = 97;  // many chunks, the last ones partial
+  options.chunk_examples = 13;
+  std::map<std::string, std::vector<std::vector<unsigned char>>> one;
+  for (const auto& [level, threads] : std::vector<std::pair<int, int>>{{4, 1}, {4, 3}, {0, 1}, {0, 3}}) {
+    options.compression = level;
+    options.threads = threads;
+    const std::string path = dir / ("cs" + std::to_string(level) + "_" + std::to_string(threads) + ".h5");
+    write_stream(path, Task::consistency, s, "test-hash", options);
+    const auto chunks = stored_chunks(path);
+    std::vector<int32_t> tokens;
+    for (const auto& example : s.examples) tokens.insert(tokens.end(), example[0].begin(), example[0].end());
+    ASSERT_NE(tokens.size() % 97, 0u);
+    EXPECT_EQ(chunks.at("fields/statement0/tokens"), hdf5_own_chunks(dir / "hdf5.h5", tokens, 97, level))
+        << "level " << level;
+    if (threads == 1) one = chunks;
+    EXPECT_EQ(chunks, one) << "level " << level << ", " << threads << " threads";
+    const TaskStreamFile file(path);
+    const Ragged r = file.read_field(1, 0, 3000);
+    for (int64_t i = 0; i < 3000; i += 299)
+      EXPECT_EQ(std::vector<int32_t>(r.begin(i), r.begin(i) + r.length(i)), s.examples[static_cast<size_t>(i)][1]);
+  }
 }
 
 TEST(Shards, UnpublishedStreamsLeaveNothing) {
