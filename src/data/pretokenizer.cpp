@@ -10,14 +10,7 @@
 namespace qarac::data {
 namespace detail {
 
-bool is_word_char(uint32_t cp) {
-  if (cp == kInvalid) return false;
-  if (cp < 0x80) return kAsciiClass[cp] == kLetter || kAsciiClass[cp] == kNumber || cp == '_';
-  const auto c = static_cast<UChar32>(cp);
-  return u_hasBinaryProperty(c, UCHAR_ALPHABETIC) ||
-         (U_GET_GC_MASK(c) & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) ||
-         u_hasBinaryProperty(c, UCHAR_JOIN_CONTROL);
-}
+bool is_word_char(uint32_t cp) { return cp != kInvalid && (unicode_class(cp) & 4) != 0; }
 
 Char char_before(std::string_view s, size_t end) {
   size_t start = end - 1;

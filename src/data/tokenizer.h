@@ -3,9 +3,9 @@
 // (added tokens: leftmost-longest match, lstrip/rstrip/single_word honoured, no normalisation),
 // the rest is pre-tokenised with the GPT-2 pattern
 //   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// (Unicode classes from ICU), each piece's bytes become symbols and are merged by rank, and
-// RobertaProcessing wraps the result in <s> ... </s>. Reads vocab.json + merges.txt (what
-// RobertaTokenizer reads) or one tokenizer.json.
+// (Unicode 16.0 classes, as in tokenizers 0.23), each piece's bytes become symbols and are
+// merged by rank, and RobertaProcessing wraps the result in <s> ... </s>. Reads vocab.json +
+// merges.txt (what RobertaTokenizer reads) or one tokenizer.json.
 #pragma once
 
 #include <cstddef>

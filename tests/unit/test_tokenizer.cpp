@@ -244,6 +244,23 @@ TEST(Tokenizer, SpecialTokens) {
   }
 }
 
+// A single_word added token is taken only between non-word characters of Rust regex's \w, in
+// the Unicode 16.0 of tokenizers 0.23 (ids from it): U+0897 (a mark), U+1C89 and U+2EBF0
+// (letters) are new in 16.0 and 15.1 and keep "<w>" from matching; U+16EA0, a letter only from
+// Unicode 17.0, does not.
+TEST(Tokenizer, SingleWordNeighboursInUnicode16) {
+  TempDir dir;
+  json j = json::parse(read_bytes(kDir / "tokenizer.json"));
+  j["added_tokens"].push_back(json::parse(R"({"id": 1245, "content": "<w>", "single_word": true,
+      "lstrip": false, "rstrip": false, "normalized": false, "special": true})"));
+  const Tokenizer tok = Tokenizer::from_json(dir.file("tokenizer.json", j.dump()).string());
+  EXPECT_EQ(tok.encode("<w>!", false), (Ids{1245, 5}));
+  EXPECT_EQ(tok.encode("<w>\u0897", false), (Ids{32, 91, 34, 161, 100, 250}));
+  EXPECT_EQ(tok.encode("\u1c89<w>", false), (Ids{162, 115, 236, 32, 91, 34}));
+  EXPECT_EQ(tok.encode("<w>\U0002EBF0", false), (Ids{32, 91, 34, 177, 111, 112, 113}));
+  EXPECT_EQ(tok.encode("<w>\U00016EA0", false), (Ids{1245, 177, 249, 123, 259}));
+}
+
 TEST(Tokenizer, HashNamesWhatDecidesTheIds) {
   const std::string files = from_test_files().hash();
   EXPECT_EQ(files.rfind("fnv1a64:", 0), 0u);
