@@ -2,7 +2,7 @@
 # Installs the Debian packages QARAC-MT needs, quietly and only those missing (a second call
 # does nothing). Used by tests/run.sh (the build) and launch/quickstart.sh (the build and the job).
 #   launch/install-deps.sh          the build: compiler, CMake, Open MPI (mpirun too), HDF5,
-#                                   Boost.Program_options, OpenBLAS, nlohmann-json, libcsv, ICU, zlib,
+#                                   Boost.Program_options, OpenBLAS, nlohmann-json, libcsv, zlib,
 #                                   GoogleTest, Python 3 (the source-layout test)
 #   launch/install-deps.sh --job    the build and the tools of launch/: jq (metrics tables) and
 #                                   gnuplot-nox (launch/plot-metrics.sh)
@@ -20,7 +20,7 @@ me=launch/install-deps.sh
 
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-dev
           libboost-program-options-dev libopenblas-dev nlohmann-json3-dev libgtest-dev
-          libcsv-dev libicu-dev zlib1g-dev python3)
+          libcsv-dev zlib1g-dev python3)
 for arg in "$@"; do
   case "$arg" in
     --job) packages+=(jq gnuplot-nox) ;;

@@ -39,7 +39,6 @@ class QaracMt(CMakePackage, CudaPackage):
     depends_on("boost@1.71: +program_options")
     depends_on("openblas")  # CMakeLists.txt asks for OpenBLAS's BLAS and its cblas.h
     depends_on("nlohmann-json@3.9:")
-    depends_on("icu4c@60:")
     depends_on("libcsv")
     depends_on("zlib-api")  # qarac-prep deflates task-stream chunks itself
     depends_on("cuda@12:", when="+cuda")

@@ -110,7 +110,7 @@ def check(repo, spack_one):
             problems.append(f"{layout}: QaracMt does not derive from {base}")
     mine = RECORDED[start:]
     depends = {args[0]: kwargs for name, args, kwargs in mine if name == "depends_on"}
-    for needed in ("mpi", "hdf5", "openblas", "libcsv", "icu4c", "nlohmann-json", "zlib-api", "googletest"):
+    for needed in ("mpi", "hdf5", "openblas", "libcsv", "nlohmann-json", "zlib-api", "googletest"):
         if not any(d == needed or d.startswith(needed + "@") for d in depends):
             problems.append(f"{layout}: no depends_on('{needed}...')")
     if "mpi" not in depends:
