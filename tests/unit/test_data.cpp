@@ -636,11 +636,9 @@ std::map<std::string, std::vector<std::vector<unsigned char>>> stored_chunks(con
   EXPECT_GE(H5Lvisit(file.get(), H5_INDEX_NAME, H5_ITER_INC, visit, &names), 0);
   std::map<std::string, std::vector<std::vector<unsigned char>>> chunks;
   for (const std::string& name : names) {
-    if (H5Oexists_by_name(file.get(), name.c_str(), H5P_DEFAULT) <= 0) continue;
-    H5O_info_t info;
-    if (H5Oget_info_by_name(file.get(), name.c_str(), &info, H5P_DEFAULT) < 0 || info.type != H5O_TYPE_DATASET)
-      continue;
-    const H5Id dset(H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+    // H5Iget_type, not H5Oget_info_by_name, whose signature differs between HDF5 1.10 and 1.12.
+    const H5Id dset(H5Oopen(file.get(), name.c_str(), H5P_DEFAULT), H5Oclose);
+    if (H5Iget_type(dset.get()) != H5I_DATASET) continue;
     const H5Id space(H5Dget_space(dset.get()), H5Sclose);
     hsize_t count = 0;
     if (H5Dget_num_chunks(dset.get(), space.get(), &count) < 0) continue;  // not chunked
