@@ -170,27 +170,34 @@ printf '\n'
 ((dry_run)) && exit 0
 
 # Ctrl-C, a closed terminal (HUP) or a TERM to this script asks the ranks to stop after the step
-# in flight with a checkpoint, as it asks qarac-train itself: USR1 to the launcher, which every
-# launcher above forwards to the ranks. Only this script may get those signals: Open MPI's
-# mpirun answers them by killing the ranks a second later, before their checkpoint. So the
-# launcher runs in a process group of its own (set -m), which the terminal's Ctrl-C and hang-up
-# miss, and reads no terminal (stdin: a background group reading it would stop). A second signal
-# is the ranks' second too, which ends them at once (2 s or more after the first).
+# in flight with a checkpoint, as it asks qarac-train itself: USR1 to the launcher, which Open
+# MPI's mpirun, MPICH's Hydra and srun forward to the ranks. Only this script may get those
+# signals: Open MPI's mpirun answers them by killing the ranks a second later, before their
+# checkpoint. So the launcher runs in a process group of its own (set -m), which the terminal's
+# Ctrl-C and hang-up miss, and reads no terminal (stdin: a background group reading it would
+# stop). A second signal is the ranks' second too, which ends them at once (2 s or more after the
+# first). A SIGKILL to this script, which it cannot pass on, leaves the launcher running: send
+# that to the launcher.
 # shellcheck disable=SC2317  # called by the traps
 forward() {
+  # $!: the launcher, also when the signal came between its start and pid=$!.
+  if [ -z "${!:-}" ]; then
+    echo "$me: $1 received before the launch: nothing started" >&2
+    exit 1
+  fi
   echo "$me: $1 received: asking the ranks to stop after this step and write a checkpoint (USR1 to $mpirun)" >&2 || true
-  kill -s USR1 "$pid" 2>/dev/null || true
+  kill -s USR1 "$!" 2>/dev/null || true
 }
+trap 'forward SIGINT' INT
+trap 'forward SIGTERM' TERM
+trap 'forward SIGHUP' HUP
 set -m
 "${cmd[@]}" </dev/null &
 pid=$!
 set +m
-trap 'forward SIGINT' INT
-trap 'forward SIGTERM' TERM
-trap 'forward SIGHUP' HUP
-while :; do
-  rc=0
-  wait "$pid" || rc=$?
-  kill -0 "$pid" 2>/dev/null || break  # a trap ended the wait, not the launcher
-done
+# A trap ends a wait early: wait again while the launcher runs, then once more for its status
+# (bash keeps it), which a launcher that ended during a trap would otherwise lose.
+while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
+rc=0
+wait "$pid" || rc=$?
 exit "$rc"

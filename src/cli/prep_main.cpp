@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -142,15 +143,21 @@ class StreamBuilder {
     }
     // Exceptions cannot cross a thread: each worker keeps its own and the first is rethrown.
     std::vector<std::exception_ptr> errors(threads);
+    auto share = [&](size_t t) {
+      try {
+        work(t);
+      } catch (...) {
+        errors[t] = std::current_exception();
+      }
+    };
     std::vector<std::thread> pool;
-    for (size_t t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        try {
-          work(t);
-        } catch (...) {
-          errors[t] = std::current_exception();
-        }
-      });
+    try {
+      for (size_t t = 0; t < threads; ++t) pool.emplace_back(share, t);
+    } catch (const std::system_error&) {
+      // Out of threads (ulimit -u, a container's pids limit): this one does the shares of those
+      // that did not start (the output is the same), rather than end the run.
+    }
+    for (size_t t = pool.size(); t < threads; ++t) share(t);
     for (std::thread& th : pool) th.join();
     for (const std::exception_ptr& e : errors)
       if (e) std::rethrow_exception(e);

@@ -4,8 +4,10 @@
 #include <zlib.h>
 
 #include <new>
+#include <system_error>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace qarac::data {
 
@@ -29,7 +31,13 @@ ChunkBytes filter_chunk(const ChunkBytes& chunk, size_t element_size, int level)
 }
 
 ChunkCompressor::ChunkCompressor(int level, int threads) : level_(level) {
-  for (int t = 0; threads > 1 && t < threads; ++t) workers_.emplace_back([this] { work(); });
+  try {
+    for (int t = 0; threads > 1 && t < threads; ++t) workers_.emplace_back([this] { work(); });
+  } catch (const std::system_error& e) {
+    // Out of threads (ulimit -u, a container's pids limit): those started do the work, or the
+    // caller's thread does when none did.
+    log::warn("compressing task-stream chunks on ", workers_.size(), " of ", threads, " threads (", e.what(), ")");
+  }
 }
 
 ChunkCompressor::~ChunkCompressor() {

@@ -26,7 +26,8 @@ ChunkBytes filter_chunk(const ChunkBytes& chunk, size_t element_size, int level)
 
 class ChunkCompressor {
  public:
-  // `threads` <= 1: each chunk is filtered at once, on the caller's thread.
+  // `threads` <= 1: each chunk is filtered at once, on the caller's thread. Threads that cannot
+  // be started are warned about, and done without.
   ChunkCompressor(int level, int threads);
   // Joins the workers; chunks still queued are dropped (their futures are then broken).
   ~ChunkCompressor();

@@ -127,14 +127,16 @@ class TaskStreamWriter {
   // Appends `count` elements of `element_bytes` each (native little-endian) at the end of
   // `column`, a whole number of `chunk`-element chunks unless these are its last elements.
   void append_chunks(stream::Column& column, size_t element_bytes, const void* data, int64_t count, int64_t chunk);
-  // Stores the compressed chunks in the order they were appended until `keep` are left.
-  void store_chunks(size_t keep);
+  // Stores the compressed chunks in the order they were appended: all of them, or until few
+  // enough are in flight (a few a thread, kChunkBytesInFlight of raw bytes at most).
+  void store_chunks(bool all);
 
   // A chunk on its way: where it goes, and its bytes once compressed.
   struct PendingChunk {
     hid_t dataset;
     std::string name;  // the dataset's path, for messages
     hsize_t offset;    // of its first element
+    size_t raw_bytes;
     std::future<ChunkBytes> bytes;
   };
 
@@ -146,8 +148,9 @@ class TaskStreamWriter {
   std::unique_ptr<stream::Column> labels_;  // consistency only
   std::vector<int8_t> label_buf_;
   std::unique_ptr<CandidateDatasets> candidates_;  // null until an example has candidates
-  ChunkCompressor compressor_;
+  std::unique_ptr<ChunkCompressor> compressor_;  // until finish(): its threads end there
   std::deque<PendingChunk> pending_;
+  size_t pending_bytes_ = 0;  // raw bytes of pending_'s chunks
   int64_t examples_ = 0;
   bool finished_ = false, published_ = false;
 };

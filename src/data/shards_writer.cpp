@@ -22,6 +22,13 @@
 namespace qarac::data {
 namespace {
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "chunks are stored as they are in memory, in datasets of little-endian types");
+
+// Raw bytes of the chunks handed to the compressor and not yet stored, at most (beyond the one
+// chunk in hand): a few default chunks a thread fit many times over.
+constexpr size_t kChunkBytesInFlight = size_t{256} << 20;
+
 using stream::Column;
 
 // Dataset `name` of group `loc`, whose path in the file is `full_name`.
@@ -106,7 +113,7 @@ stream::DatasetDigest digest_of(const Column& c) {
   return {c.name, static_cast<uint64_t>(c.written), c.hash.value()};
 }
 
-// Closing a dataset writes the chunks HDF5 still caches of it: checked, as a write is.
+// Closing a dataset writes its metadata: checked, as a write is.
 void close_column(const std::string& file, Column& c) {
   check_hdf5_file(c.dset.close(), file + ": writing '" + c.name + "'");
 }
@@ -155,7 +162,7 @@ TaskStreamWriter::TaskStreamWriter(std::string path, Task task, const WriterOpti
     : out_(std::move(path), AtomicFile::by_path),
       task_(task),
       options_(options),
-      compressor_(options.compression, options.threads) {
+      compressor_(std::make_unique<ChunkCompressor>(options.compression, options.threads)) {
   QARAC_INPUT_CHECK(options.chunk_tokens > 0 && options.chunk_tokens <= kMaxChunkElements &&
                         options.chunk_examples > 0 && options.chunk_examples <= kMaxChunkElements,
                     "chunk sizes must be in [1, ", kMaxChunkElements, "], got ", options.chunk_tokens, " and ",
@@ -202,21 +209,25 @@ void TaskStreamWriter::append_chunks(Column& c, size_t element_bytes, const void
     ChunkBytes raw(static_cast<size_t>(chunk) * element_bytes, 0);
     const size_t n = static_cast<size_t>(std::min(chunk, count - first)) * element_bytes;
     std::memcpy(raw.data(), bytes + static_cast<size_t>(first) * element_bytes, n);
-    pending_.push_back({c.dset.get(), c.name, static_cast<hsize_t>(c.written + first),
-                        compressor_.submit(std::move(raw), element_bytes)});
-    // A few chunks a thread in flight: the workers stay busy, and memory bounded.
-    store_chunks(2 * static_cast<size_t>(std::max(compressor_.threads(), 1)));
+    pending_bytes_ += raw.size();
+    pending_.push_back({c.dset.get(), c.name, static_cast<hsize_t>(c.written + first), raw.size(),
+                        compressor_->submit(std::move(raw), element_bytes)});
+    store_chunks(false);
   }
   c.written += count;
 }
 
-void TaskStreamWriter::store_chunks(size_t keep) {
-  while (pending_.size() > keep) {
+void TaskStreamWriter::store_chunks(bool all) {
+  // Two chunks a thread keep the workers busy while this thread tokenises; the byte bound holds
+  // memory to that of a few chunks whatever their size (2^24 elements: 128 MiB of offsets).
+  const size_t most = 2 * static_cast<size_t>(std::max(compressor_->threads(), 1));
+  while (!pending_.empty() && (all || pending_.size() > most || pending_bytes_ > kChunkBytesInFlight)) {
     PendingChunk& p = pending_.front();
     const ChunkBytes bytes = p.bytes.get();
     // Filter mask 0: every filter of the dataset was applied.
     check_hdf5_file(H5Dwrite_chunk(p.dataset, H5P_DEFAULT, 0, &p.offset, bytes.size(), bytes.data()),
                     out_.temp_path() + ": writing '" + p.name + "'");
+    pending_bytes_ -= p.raw_bytes;
     pending_.pop_front();
   }
 }
@@ -252,8 +263,8 @@ void TaskStreamWriter::start_candidates() {
   candidates_->example_buf.assign(static_cast<size_t>(zeros - examples.written), 0);
 }
 
-// Writes whole chunks (or, with `all`, everything): appending chunk-aligned blocks lets HDF5
-// compress each chunk once instead of re-reading and re-compressing a partial one.
+// Writes whole chunks (or, with `all`, everything): a dataset's chunks are stored whole, once,
+// so only its last may be partial.
 void TaskStreamWriter::flush(bool all) {
   auto write = [&](Column& column, auto& buf, int64_t chunk) {
     const int64_t n = all ? static_cast<int64_t>(buf.size())
@@ -277,7 +288,8 @@ void TaskStreamWriter::flush(bool all) {
 void TaskStreamWriter::finish(StreamInfo info) {
   QARAC_CHECK(!finished_, "finish called twice");
   flush(true);
-  store_chunks(0);
+  store_chunks(true);
+  compressor_.reset();  // a run keeps its finished writers until it publishes them all
   info.task = task_;
   info.examples = examples_;
   info.field_tokens.clear();

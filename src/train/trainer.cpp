@@ -453,6 +453,8 @@ Trainer::RunEnd Trainer::Impl::run() {
           log::warn(e.what(), " (the checkpoint is complete; exit status ", kExitPreempted, " says the stop)");
         }
       }
+      // The others wait for the record: srun ends rank 0 once another rank has exited 75.
+      if (t.place.world) t.place.world->barrier("the record of the stop");
       t.metrics.say_memory_peaks(memory_peaks(t.training.device));
       return RunEnd::stopped;
     }

@@ -107,7 +107,8 @@ test_train_scancel() {
 # A signal to the ranks alone (`scancel -s USR1 JOBID`, without --batch): they checkpoint and exit
 # 75, but srun reports 137 when it ends the last of them itself (--kill-on-bad-exit). Rank 0's
 # record of the stop says what happened: the job requeues. A record that the next job's run
-# fails before removing (an option error) is no stop.
+# fails before removing (an option error) is no stop. Without a record (a full disk), a new
+# checkpoint after Slurm's USR1 warning to the script is one.
 test_train_ranks_signalled() {
   start_job FAKE_TRAIN=wait_usr1 FAKE_STOP_STATUS=137
   kill -USR1 "$rank"
@@ -121,6 +122,14 @@ test_train_ranks_signalled() {
   check "the refused run's status 2 (got $rc)" test "$rc" = 2
   check "an earlier stop's record does not requeue" lacks "$FAKE_LOG" "scontrol"
   check "its error shows" has out.txt "the training exited with status 2"
+  # Slurm's USR1 warning, the record not written (a full disk): the new checkpoint says it.
+  : >"$FAKE_LOG"
+  rm -rf "$run_dir"
+  start_job FAKE_TRAIN=wait_usr1 FAKE_STOP_STATUS=137 FAKE_NO_RECORD=1
+  kill -USR1 "$job"
+  end_job
+  check "no record, USR1 to the script: exit 0 (got $rc)" test "$rc" = 0
+  check "no record, USR1 to the script: requeued" has "$FAKE_LOG" "scontrol requeue 4242"
 }
 
 # The time limit's TERM while the checkpoint that the USR1 warning asked for is still being

@@ -1351,6 +1351,31 @@ TEST(Prep, SampleDataEndToEnd) {
   EXPECT_EQ(loader.stream_size(3), loader.info(3).examples);
 }
 
+// Fewer threads than --threads asks for (ulimit -u, a container's pids limit): the threads that
+// start do the work, the compressor says so, and the streams are those of one thread. Before, a
+// thread that could not start ended qarac-prep (std::terminate), its temporary files left.
+// RLIMIT_NPROC binds no root process: the run is another user's, through setpriv.
+TEST(Prep, OutOfThreadsGoesOnWithFewer) {
+  if (::geteuid() != 0 || ::system("setpriv --version > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "needs root and setpriv, to run qarac-prep as another user under a process limit";
+  TempDir out("prep_threads");
+  fs::permissions(out.str(), fs::perms::all);
+  const std::string inputs = " --tokenizer " + kSample + "tokenizer --text " + kSample + "corpus_train.txt --snli " +
+                             kSample + "snli_1.0_train.jsonl";
+  const Process limited =
+      run_command("setpriv --reuid=65534 --regid=65534 --clear-groups bash -c 'ulimit -u 6 && exec " + kPrep +
+                  inputs + " --out " + (out / "limited") + " --threads 32'");
+  ASSERT_EQ(limited.status, 0) << limited.output;
+  EXPECT_NE(limited.output.find(" of 32 threads (Resource temporarily unavailable)"), std::string::npos)
+      << limited.output;
+  const Process one = run_command(kPrep + inputs + " --out " + (out / "one") + " --threads 1");
+  ASSERT_EQ(one.status, 0) << one.output;
+  for (const char* stream : {"encode_decode.h5", "consistency.h5"}) {
+    const TaskStreamFile a(out / ("limited/" + std::string(stream))), b(out / ("one/" + std::string(stream)));
+    EXPECT_EQ(a.info().checksum, b.info().checksum) << stream;
+  }
+}
+
 TEST(Prep, MalformedInputFailsWithFileAndLineAndWritesNothing) {
   TempDir out("prep_malformed");
   const std::string base = kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() +

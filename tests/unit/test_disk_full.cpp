@@ -94,9 +94,9 @@ void expect_one_line_naming(const std::string& output, const std::string& folder
   EXPECT_NE(lines[0].find(cause), std::string::npos) << lines[0];
 }
 
-// qarac-prep filling the disk at every stage: creating a file, appending chunks (small chunks
-// force writes while examples come), closing (a large chunk stays in HDF5's cache until then),
-// and the second task's file after the first fit.
+// qarac-prep filling the disk at every stage: creating a file, storing chunks (small chunks are
+// stored while examples come, large ones at the end of each task's stream), closing, and the
+// second task's file after the first fit.
 TEST_F(DiskFullTest, PrepFailsWithOneLineAndLeavesNothing) {
   const std::string inputs = " --text " + kSample + "corpus_train.txt --wikiqa " + kSample +
                              "WikiQA-train.tsv --avicenna " + kSample + "Avicenna_Train.csv --snli " + kSample +
