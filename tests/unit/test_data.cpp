@@ -657,6 +657,29 @@ std::map<std::string, std::vector<std::vector<unsigned char>>> stored_chunks(con
   return chunks;
 }
 
+// The chunks HDF5's own filter pipeline stores for `count` values of `type` (native and
+// little-endian: the file's type too) in a dataset of `chunk`-element chunks, compressed at
+// `level` (0: unfiltered), written at once.
+std::vector<std::vector<unsigned char>> hdf5_own_chunks(const std::string& path, hid_t type, const void* values,
+                                                        hsize_t count, hsize_t chunk, int level) {
+  {
+    const hsize_t unlimited = H5S_UNLIMITED;
+    const H5Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    const H5Id space(H5Screate_simple(1, &count, &unlimited), H5Sclose);
+    const H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    EXPECT_GE(H5Pset_chunk(dcpl.get(), 1, &chunk), 0);
+    // The tail of the last chunk: zeros, which HDF5 otherwise leaves as its buffer held them.
+    EXPECT_GE(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_ALLOC), 0);
+    if (level > 0) {
+      EXPECT_GE(H5Pset_shuffle(dcpl.get()), 0);
+      EXPECT_GE(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(level)), 0);
+    }
+    const H5Id dset(H5Dcreate2(file.get(), "d", type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
+    EXPECT_GE(H5Dwrite(dset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values), 0);
+  }
+  return stored_chunks(path).at("d");
+}
+
 // qarac-prep compresses chunks on its threads (data/chunk_compressor.h): what it stores must be
 // what HDF5's shuffle and deflate filters store, byte for byte, at every level and element size.
 TEST(Shards, ChunksAreFilteredAsHdf5FiltersThem) {
@@ -669,46 +692,10 @@ TEST(Shards, ChunksAreFilteredAsHdf5FiltersThem) {
       std::vector<unsigned char> raw(n * size);
       for (size_t i = 0; i < n; ++i) raw[i * size] = static_cast<unsigned char>(rng() % 50);  // small ids
       const std::string path = dir / ("f" + std::to_string(size) + "_" + std::to_string(level) + ".h5");
-      {
-        const H5Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-        const H5Id space(H5Screate_simple(1, &n, nullptr), H5Sclose);
-        const H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-        ASSERT_GE(H5Pset_chunk(dcpl.get(), 1, &n), 0);
-        if (level > 0) {
-          ASSERT_GE(H5Pset_shuffle(dcpl.get()), 0);
-          ASSERT_GE(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(level)), 0);
-        }
-        const H5Id dset(H5Dcreate2(file.get(), "d", type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
-                        H5Dclose);
-        ASSERT_GE(H5Dwrite(dset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()), 0);
-      }
-      const auto stored = stored_chunks(path);
-      ASSERT_EQ(stored.at("d").size(), 1u);
-      EXPECT_EQ(filter_chunk(raw, size, level), stored.at("d")[0]) << size << "-byte elements, level " << level;
+      const auto stored = hdf5_own_chunks(path, type, raw.data(), n, n, level);
+      ASSERT_EQ(stored.size(), 1u);
+      EXPECT_EQ(filter_chunk(raw, size, level), stored[0]) << size << "-byte elements, level " << level;
     }
-}
-
-// The chunks HDF5's own filter pipeline stores for `values` in a dataset of `chunk`-element
-// chunks, compressed at `level` (0: unfiltered), written at once.
-std::vector<std::vector<unsigned char>> hdf5_own_chunks(const std::string& path, const std::vector<int32_t>& values,
-                                                        hsize_t chunk, int level) {
-  {
-    const hsize_t n = values.size(), unlimited = H5S_UNLIMITED;
-    const H5Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-    const H5Id space(H5Screate_simple(1, &n, &unlimited), H5Sclose);
-    const H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-    EXPECT_GE(H5Pset_chunk(dcpl.get(), 1, &chunk), 0);
-    // The tail of the last chunk: zeros, which HDF5 otherwise leaves as its buffer held them.
-    EXPECT_GE(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_ALLOC), 0);
-    if (level > 0) {
-      EXPECT_GE(H5Pset_shuffle(dcpl.get()), 0);
-      EXPECT_GE(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(level)), 0);
-    }
-    const H5Id dset(H5Dcreate2(file.get(), "d", H5T_STD_I32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
-                    H5Dclose);
-    EXPECT_GE(H5Dwrite(dset.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
-  }
-  return stored_chunks(path).at("d");
 }
 
 // The stream's chunks (and so its content) do not depend on the threads that compressed them,
@@ -730,7 +717,7 @@ TEST(Shards, ChunksDoNotDependOnTheThreads) {
     std::vector<int32_t> tokens;
     for (const auto& example : s.examples) tokens.insert(tokens.end(), example[0].begin(), example[0].end());
     ASSERT_NE(tokens.size() % 97, 0u);
-    EXPECT_EQ(chunks.at("fields/statement0/tokens"), hdf5_own_chunks(dir / "hdf5.h5", tokens, 97, level))
+    EXPECT_EQ(chunks.at("fields/statement0/tokens"), hdf5_own_chunks(dir / "hdf5.h5", H5T_NATIVE_INT32, tokens.data(), tokens.size(), 97, level))
         << "level " << level;
     if (threads == 1) one = chunks;
     EXPECT_EQ(chunks, one) << "level " << level << ", " << threads << " threads";
