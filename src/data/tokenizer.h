@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -26,6 +27,15 @@ struct TokenizerOptions {
   // Prepend a space to every text not starting with one (RobertaTokenizer's add_prefix_space):
   // makes the first word tokenise like the others.
   bool add_prefix_space = false;
+  // How a special token matches around whitespace, by its text ("<mask>"): what
+  // tokenizer_config.json says of it. A token not named keeps RobertaTokenizer's default: only
+  // <mask> takes the whitespace before it.
+  struct Spacing {
+    bool single_word = false;
+    bool lstrip = false;
+    bool rstrip = false;
+  };
+  std::map<std::string, Spacing> special_spacing;
 };
 
 // An immutable tokenizer. Copies share the tables and the cache of merged words; every method is
@@ -38,7 +48,8 @@ class Tokenizer {
  public:
   // RobertaTokenizerFast's pipeline around vocab.json + merges.txt: no unknown token (bytes
   // missing from the vocabulary are dropped, as there), <s> <pad> </s> <unk> as special tokens,
-  // <mask> with lstrip, RobertaProcessing. All five must be in vocab.json. qarac::InputError,
+  // <mask> with lstrip (unless options.special_spacing says otherwise), RobertaProcessing. All
+  // five must be in vocab.json. qarac::InputError,
   // naming the file (and the line of merges.txt), for anything missing or malformed.
   static Tokenizer from_files(const std::string& vocab_json, const std::string& merges_txt,
                               const TokenizerOptions& options = {});
@@ -49,9 +60,11 @@ class Tokenizer {
   // anything else, naming the file and the JSON key; JSON syntax errors name the line.
   static Tokenizer from_json(const std::string& tokenizer_json);
   // `dir`/tokenizer.json when present, else `dir`/vocab.json + `dir`/merges.txt with
-  // `dir`/tokenizer_config.json's add_prefix_space; InputError naming the file for added tokens
-  // there (added_tokens.json, added_tokens_decoder beyond the special tokens at their ids), which
-  // transformers would encode and this reading would not.
+  // `dir`/tokenizer_config.json's add_prefix_space and the special tokens' lstrip, rstrip and
+  // single_word (its added_tokens_decoder, else attributes given as objects, as transformers reads
+  // them). InputError naming the file for what transformers would encode and this reading would
+  // not: added tokens (added_tokens.json, added_tokens_decoder beyond the special tokens at their
+  // ids) and special-token attributes naming other tokens than RoBERTa's.
   static Tokenizer from_dir(const std::string& dir);
   // Whether `dir` holds the files from_dir reads (not whether they parse).
   static bool found_in(const std::string& dir);

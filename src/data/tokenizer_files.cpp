@@ -249,6 +249,48 @@ void read_added_tokens(const json& list, const std::string& path, TokenizerTable
   }
 }
 
+constexpr const char* kResave =
+    "save the tokenizer with transformers for a tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))";
+
+// What a tokenizer_config.json (`path`) says beside vocab.json and merges.txt: add_prefix_space,
+// and each special token's spacing as transformers takes it, from its added_tokens_decoder entry,
+// else from an attribute given as an AddedToken object ("mask_token": {"content": "<mask>",
+// "lstrip": ...}, as older transformers saved them), with AddedToken's defaults (no stripping)
+// for a flag left out.
+TokenizerOptions config_options(const json& config, const std::string& path) {
+  TokenizerOptions options;
+  options.add_prefix_space = bool_member(config, "add_prefix_space", false, path);
+  const auto read_spacing = [&](const json& entry, const std::string& content, const std::string& where) {
+    options.special_spacing[content] = {bool_member(entry, "single_word", false, where),
+                                        bool_member(entry, "lstrip", false, where),
+                                        bool_member(entry, "rstrip", false, where)};
+  };
+  // An attribute naming another token than RoBERTa's would add it to the vocabulary there.
+  constexpr std::pair<const char*, const char*> kRoles[] = {
+      {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"sep_token", "</s>"},
+      {"pad_token", "<pad>"}, {"cls_token", "<s>"}, {"mask_token", "<mask>"}};
+  for (const auto& [attribute, roberta] : kRoles) {
+    const json* value = find_member(config, attribute);
+    if (!value) continue;
+    const std::string where = path + ": " + attribute;
+    if (!value->is_string() && !value->is_object())
+      fail(where, "expected a string or an object, got ", json_brief(*value));
+    const std::string content =
+        value->is_object() ? string_member(*value, "content", where) : value->get<std::string>();
+    if (content != roberta) fail(where, quote(content), " is not RoBERTa's ", roberta, ": ", kResave);
+    if (value->is_object()) read_spacing(*value, content, where);
+  }
+  if (const json* decoder = find_member(config, "added_tokens_decoder")) {
+    if (!decoder->is_object()) fail(path, "added_tokens_decoder: expected an object, got ", json_brief(*decoder));
+    for (const auto& [id, entry] : decoder->items()) {
+      const std::string where = path + ": added_tokens_decoder: " + id;
+      if (!entry.is_object()) fail(where, "expected an object, got ", json_brief(entry));
+      read_spacing(entry, string_member(entry, "content", where), where);
+    }
+  }
+  return options;
+}
+
 }  // namespace
 
 Tokenizer Tokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt,
@@ -258,7 +300,7 @@ Tokenizer Tokenizer::from_files(const std::string& vocab_json, const std::string
   read_vocab(vocab, vocab_json, *t);
   read_merges_txt(merges_txt, *t);
   // RobertaTokenizerFast's special tokens: ids from the vocabulary, <mask> taking the
-  // whitespace before it ("a <mask>" is "a", "<mask>").
+  // whitespace before it ("a <mask>" is "a", "<mask>") unless the options say otherwise.
   for (const char* name : {"<s>", "<pad>", "</s>", "<unk>", "<mask>"}) {
     const auto it = t->vocab.find(name);
     if (it == t->vocab.end())
@@ -266,7 +308,13 @@ Tokenizer Tokenizer::from_files(const std::string& vocab_json, const std::string
     AddedToken token;
     token.content = name;
     token.id = it->second;
-    token.lstrip = token.content == "<mask>";
+    TokenizerOptions::Spacing spacing;
+    spacing.lstrip = token.content == "<mask>";
+    if (const auto given = options.special_spacing.find(name); given != options.special_spacing.end())
+      spacing = given->second;
+    token.single_word = spacing.single_word;
+    token.lstrip = spacing.lstrip;
+    token.rstrip = spacing.rstrip;
     token.normalized = false;
     token.special = true;
     t->added.push_back(std::move(token));
@@ -315,31 +363,25 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
     fail(dir, "no tokenizer.json, nor vocab.json and merges.txt");
   // transformers' RobertaTokenizer also reads these two files beside vocab.json and merges.txt; a
   // tokenizer that ignored them would encode other ids than AutoTokenizer from the same folder.
-  constexpr const char* kResave =
-      "save the tokenizer with transformers for a tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))";
   const fs::path added = fs::path(dir) / "added_tokens.json";
   if (fs::exists(added, ec)) fail(added.string(), "added tokens are not read beside vocab.json and merges.txt: ", kResave);
-  TokenizerOptions options;
   const fs::path config_path = fs::path(dir) / "tokenizer_config.json";
+  const std::string config_name = config_path.string();
   json config = json::object();
   if (fs::exists(config_path, ec)) {
-    config = parse_json(config_path.string());
-    if (!config.is_object()) fail(config_path.string(), "expected a JSON object, got a JSON ", config.type_name());
-    options.add_prefix_space = bool_member(config, "add_prefix_space", false, config_path.string());
+    config = parse_json(config_name);
+    if (!config.is_object()) fail(config_name, "expected a JSON object, got a JSON ", config.type_name());
   }
-  Tokenizer tokenizer = from_files(vocab.string(), merges.string(), options);
+  Tokenizer tokenizer = from_files(vocab.string(), merges.string(), config_options(config, config_name));
   // Its added_tokens_decoder may list RoBERTa's special tokens at their vocabulary ids, nothing else.
-  if (const json* decoder = find_member(config, "added_tokens_decoder")) {
-    const std::string where = config_path.string() + ": added_tokens_decoder";
-    if (!decoder->is_object()) fail(where, "expected an object, got ", json_brief(*decoder));
-    for (const auto& [id, entry] : decoder->items()) {
-      const std::string content = entry.is_object() ? string_member(entry, "content", where) : std::string();
+  if (const json* decoder = find_member(config, "added_tokens_decoder"))
+    for (const auto& [id, entry] : decoder->items()) {  // config_options checked their form
+      const std::string content = entry.at("content").get<std::string>();
       const int32_t known = tokenizer.token_id(content);
       if (known < 0 || !tokenizer.is_special(known) || std::to_string(known) != id)
-        fail(where, "token ", quote(content), " at id ", id, " is not a special token of vocab.json at its id: ",
-             kResave);
+        fail(config_name, "added_tokens_decoder: token ", quote(content), " at id ", id,
+             " is not a special token of vocab.json at its id: ", kResave);
     }
-  }
   return tokenizer;
 }
 

@@ -90,8 +90,6 @@ std::string read_bytes(const fs::path& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// Runs `fn` and checks that it throws a qarac::InputError whose message is one line holding
-// every string of `parts`.
 Tokenizer from_test_files(const TokenizerOptions& options = {}) {
   return Tokenizer::from_files((kDir / "vocab.json").string(), (kDir / "merges.txt").string(),
                                options);
@@ -113,7 +111,7 @@ TEST(Tokenizer, ParityWithHuggingFaceFromTokenizerJson) {
 }
 
 TEST(Tokenizer, ParityWithPrefixSpace) {
-  const Tokenizer tok = from_test_files(TokenizerOptions{true});
+  const Tokenizer tok = from_test_files(TokenizerOptions{true, {}});
   for (const json& row : rows())
     EXPECT_EQ(tok.encode(row.at("text").get<std::string>()), ids_of(row, "ids_prefix_space"))
         << "text: " << row.at("text").dump();
@@ -267,7 +265,7 @@ TEST(Tokenizer, HashNamesWhatDecidesTheIds) {
   EXPECT_EQ(files.size(), 8u + 16u);
   EXPECT_EQ(Tokenizer::from_json((kDir / "tokenizer.json").string()).hash(), files);
   EXPECT_EQ(from_test_files().hash(), files);
-  EXPECT_NE(from_test_files(TokenizerOptions{true}).hash(), files);
+  EXPECT_NE(from_test_files(TokenizerOptions{true, {}}).hash(), files);
 
   // Two merges swapped: same vocabulary, other ids for some words, another hash.
   TempDir dir;
@@ -318,6 +316,56 @@ TEST(Tokenizer, FilesFolderReadsTokenizerConfig) {
                      {config, "added_tokens_decoder", "\"<ent>\" at id 8", "save_pretrained"});
   const std::string added = dir.file("added_tokens.json", R"({"<ent>": 8})").string();
   expect_input_error([&] { Tokenizer::from_dir(folder); }, {added, "added tokens are not read", "save_pretrained"});
+}
+
+// The special tokens' spacing in a vocab.json + merges.txt folder comes from its
+// tokenizer_config.json, as transformers takes it: ids from transformers 4.57.1 and 5.25.0 (the
+// same for each of these configs), with <mask> taking the space before it where the config says
+// nothing (4.57.1 and roberta-base's tokenizer.json; 5.25.0 alone leaves the space).
+TEST(Tokenizer, FilesFolderTakesTheSpecialTokensSpacingFromItsConfig) {
+  TempDir dir;
+  dir.file("vocab.json", R"({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "a": 5, "\u0120a": 6, "\u0120": 7})");
+  dir.file("merges.txt", "#version: 0.2\n\u0120 a\n");
+  const std::string folder = dir.path().string();
+  const auto ids_with = [&](const std::string& config, const std::string& text) {
+    dir.file("tokenizer_config.json", config);
+    return Tokenizer::from_dir(folder).encode(text);
+  };
+  const auto mask = [](const char* lstrip, const char* rstrip) {
+    return std::string(R"({"content": "<mask>", "lstrip": )") + lstrip + R"(, "rstrip": )" + rstrip + "}";
+  };
+  EXPECT_EQ(ids_with("{}", "a <mask> a"), (Ids{0, 5, 4, 6, 2}));
+  EXPECT_EQ(ids_with(R"({"mask_token": "<mask>"})", "a <mask> a"), (Ids{0, 5, 4, 6, 2}));
+  EXPECT_EQ(ids_with(R"({"added_tokens_decoder": {"4": )" + mask("false", "false") + "}}", "a <mask> a"),
+            (Ids{0, 5, 7, 4, 6, 2}));
+  EXPECT_EQ(ids_with(R"({"added_tokens_decoder": {"4": )" + mask("true", "true") + "}}", "a <mask> a"),
+            (Ids{0, 5, 4, 5, 2}));
+  EXPECT_EQ(ids_with(R"({"mask_token": )" + mask("false", "false") + "}", "a <mask> a"), (Ids{0, 5, 7, 4, 6, 2}));
+  // The added_tokens_decoder entry wins over the attribute.
+  EXPECT_EQ(ids_with(R"({"mask_token": )" + mask("false", "false") + R"(, "added_tokens_decoder": {"4": )" +
+                         mask("true", "false") + "}}",
+                     "a <mask> a"),
+            (Ids{0, 5, 4, 6, 2}));
+  EXPECT_EQ(ids_with(R"({"added_tokens_decoder": {"2": {"content": "</s>", "lstrip": true, "rstrip": true}}})",
+                     "a </s> a"),
+            (Ids{0, 5, 2, 5, 2}));
+  // Spacing decides ids, so the hash tells the tokenizers apart.
+  const std::string eos_stripping = Tokenizer::from_dir(folder).hash();
+  dir.file("tokenizer_config.json", "{}");
+  EXPECT_NE(Tokenizer::from_dir(folder).hash(), eos_stripping);
+
+  const std::string config = (dir.path() / "tokenizer_config.json").string();
+  dir.file("tokenizer_config.json", R"({"mask_token": "[MASK]"})");
+  expect_input_error([&] { Tokenizer::from_dir(folder); },
+                     {config, "mask_token", "\"[MASK]\" is not RoBERTa's <mask>", "save_pretrained"});
+  dir.file("tokenizer_config.json", R"({"cls_token": {"content": "</s>"}})");
+  expect_input_error([&] { Tokenizer::from_dir(folder); }, {config, "cls_token", "is not RoBERTa's <s>"});
+  dir.file("tokenizer_config.json", R"({"pad_token": 1})");
+  expect_input_error([&] { Tokenizer::from_dir(folder); }, {config, "pad_token", "expected a string or an object"});
+  dir.file("tokenizer_config.json", R"({"added_tokens_decoder": {"4": {"content": "<mask>", "lstrip": "yes"}}})");
+  expect_input_error([&] { Tokenizer::from_dir(folder); }, {config, "added_tokens_decoder: 4", "lstrip"});
+  dir.file("tokenizer_config.json", R"({"added_tokens_decoder": ["<mask>"]})");
+  expect_input_error([&] { Tokenizer::from_dir(folder); }, {config, "added_tokens_decoder", "expected an object"});
 }
 
 TEST(Tokenizer, ErrorsNameTheFileAndTheLine) {
