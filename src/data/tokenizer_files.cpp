@@ -252,38 +252,55 @@ void read_added_tokens(const json& list, const std::string& path, TokenizerTable
 constexpr const char* kResave =
     "save the tokenizer with transformers for a tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))";
 
-// What a tokenizer_config.json (`path`) says beside vocab.json and merges.txt: add_prefix_space,
-// and each special token's spacing as transformers takes it, from its added_tokens_decoder entry,
-// else from an attribute given as an AddedToken object ("mask_token": {"content": "<mask>",
-// "lstrip": ...}, as older transformers saved them), with AddedToken's defaults (no stripping)
-// for a flag left out.
-TokenizerOptions config_options(const json& config, const std::string& path) {
+// A JSON object from `path`; an empty one where there is no such file.
+json object_file_or_empty(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return json::object();
+  json value = parse_json(path.string());
+  if (!value.is_object()) fail(path.string(), "expected a JSON object, got a JSON ", value.type_name());
+  return value;
+}
+
+// What tokenizer_config.json (`config`) and special_tokens_map.json (`map`) say beside vocab.json
+// and merges.txt: add_prefix_space, and each special token's spacing as transformers takes it:
+// from its added_tokens_decoder entry, else from special_tokens_map.json's attribute, else from
+// tokenizer_config.json's, where the attribute is an AddedToken object ("mask_token": {"content":
+// "<mask>", "lstrip": ...}), with AddedToken's defaults (no stripping) for a flag left out.
+TokenizerOptions config_options(const json& config, const std::string& config_path, const json& map,
+                                const std::string& map_path) {
   TokenizerOptions options;
-  options.add_prefix_space = bool_member(config, "add_prefix_space", false, path);
+  options.add_prefix_space = bool_member(config, "add_prefix_space", false, config_path);
   const auto read_spacing = [&](const json& entry, const std::string& content, const std::string& where) {
     options.special_spacing[content] = {bool_member(entry, "single_word", false, where),
                                         bool_member(entry, "lstrip", false, where),
                                         bool_member(entry, "rstrip", false, where)};
   };
-  // An attribute naming another token than RoBERTa's would add it to the vocabulary there.
+  // Another token than RoBERTa's in an attribute, or any additional special token, would be added
+  // to the vocabulary or split out there.
   constexpr std::pair<const char*, const char*> kRoles[] = {
       {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"sep_token", "</s>"},
       {"pad_token", "<pad>"}, {"cls_token", "<s>"}, {"mask_token", "<mask>"}};
-  for (const auto& [attribute, roberta] : kRoles) {
-    const json* value = find_member(config, attribute);
-    if (!value) continue;
-    const std::string where = path + ": " + attribute;
-    if (!value->is_string() && !value->is_object())
-      fail(where, "expected a string or an object, got ", json_brief(*value));
-    const std::string content =
-        value->is_object() ? string_member(*value, "content", where) : value->get<std::string>();
-    if (content != roberta) fail(where, quote(content), " is not RoBERTa's ", roberta, ": ", kResave);
-    if (value->is_object()) read_spacing(*value, content, where);
+  for (const auto& [file, path] : {std::pair<const json&, const std::string&>{config, config_path}, {map, map_path}}) {
+    for (const auto& [attribute, roberta] : kRoles) {
+      const json* value = find_member(file, attribute);
+      if (!value) continue;
+      const std::string where = path + ": " + attribute;
+      if (!value->is_string() && !value->is_object())
+        fail(where, "expected a string or an object, got ", json_brief(*value));
+      const std::string content =
+          value->is_object() ? string_member(*value, "content", where) : value->get<std::string>();
+      if (content != roberta) fail(where, quote(content), " is not RoBERTa's ", roberta, ": ", kResave);
+      if (value->is_object()) read_spacing(*value, content, where);
+    }
+    const json* additional = find_member(file, "additional_special_tokens");
+    if (additional && !(additional->is_array() && additional->empty()))
+      fail(path, "additional_special_tokens ", json_brief(*additional), " are not read: ", kResave);
   }
   if (const json* decoder = find_member(config, "added_tokens_decoder")) {
-    if (!decoder->is_object()) fail(path, "added_tokens_decoder: expected an object, got ", json_brief(*decoder));
+    if (!decoder->is_object())
+      fail(config_path, "added_tokens_decoder: expected an object, got ", json_brief(*decoder));
     for (const auto& [id, entry] : decoder->items()) {
-      const std::string where = path + ": added_tokens_decoder: " + id;
+      const std::string where = config_path + ": added_tokens_decoder: " + id;
       if (!entry.is_object()) fail(where, "expected an object, got ", json_brief(entry));
       read_spacing(entry, string_member(entry, "content", where), where);
     }
@@ -361,25 +378,22 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
   const fs::path merges = fs::path(dir) / "merges.txt";
   if (!fs::exists(vocab, ec) && !fs::exists(merges, ec))
     fail(dir, "no tokenizer.json, nor vocab.json and merges.txt");
-  // transformers' RobertaTokenizer also reads these two files beside vocab.json and merges.txt; a
+  // transformers' RobertaTokenizer also reads these three files beside vocab.json and merges.txt; a
   // tokenizer that ignored them would encode other ids than AutoTokenizer from the same folder.
   const fs::path added = fs::path(dir) / "added_tokens.json";
   if (fs::exists(added, ec)) fail(added.string(), "added tokens are not read beside vocab.json and merges.txt: ", kResave);
-  const fs::path config_path = fs::path(dir) / "tokenizer_config.json";
-  const std::string config_name = config_path.string();
-  json config = json::object();
-  if (fs::exists(config_path, ec)) {
-    config = parse_json(config_name);
-    if (!config.is_object()) fail(config_name, "expected a JSON object, got a JSON ", config.type_name());
-  }
-  Tokenizer tokenizer = from_files(vocab.string(), merges.string(), config_options(config, config_name));
+  const std::string config_path = (fs::path(dir) / "tokenizer_config.json").string();
+  const std::string map_path = (fs::path(dir) / "special_tokens_map.json").string();
+  const json config = object_file_or_empty(config_path);
+  Tokenizer tokenizer = from_files(vocab.string(), merges.string(),
+                                   config_options(config, config_path, object_file_or_empty(map_path), map_path));
   // Its added_tokens_decoder may list RoBERTa's special tokens at their vocabulary ids, nothing else.
   if (const json* decoder = find_member(config, "added_tokens_decoder"))
     for (const auto& [id, entry] : decoder->items()) {  // config_options checked their form
       const std::string content = entry.at("content").get<std::string>();
       const int32_t known = tokenizer.token_id(content);
       if (known < 0 || !tokenizer.is_special(known) || std::to_string(known) != id)
-        fail(config_name, "added_tokens_decoder: token ", quote(content), " at id ", id,
+        fail(config_path, "added_tokens_decoder: token ", quote(content), " at id ", id,
              " is not a special token of vocab.json at its id: ", kResave);
     }
   return tokenizer;

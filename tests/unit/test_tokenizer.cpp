@@ -319,9 +319,10 @@ TEST(Tokenizer, FilesFolderReadsTokenizerConfig) {
 }
 
 // The special tokens' spacing in a vocab.json + merges.txt folder comes from its
-// tokenizer_config.json, as transformers takes it: ids from transformers 4.57.1 and 5.25.0 (the
-// same for each of these configs), with <mask> taking the space before it where the config says
-// nothing (4.57.1 and roberta-base's tokenizer.json; 5.25.0 alone leaves the space).
+// tokenizer_config.json and special_tokens_map.json, as transformers takes it: ids from
+// transformers 4.57.1 and 5.25.0 (the same for each of these configs), with <mask> taking the space
+// before it where the files say nothing (4.57.1 and roberta-base's tokenizer.json; 5.25.0 alone
+// leaves the space).
 TEST(Tokenizer, FilesFolderTakesTheSpecialTokensSpacingFromItsConfig) {
   TempDir dir;
   dir.file("vocab.json", R"({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "a": 5, "\u0120a": 6, "\u0120": 7})");
@@ -346,6 +347,23 @@ TEST(Tokenizer, FilesFolderTakesTheSpecialTokensSpacingFromItsConfig) {
                          mask("true", "false") + "}}",
                      "a <mask> a"),
             (Ids{0, 5, 4, 6, 2}));
+  // special_tokens_map.json's attribute wins over tokenizer_config.json's, the decoder entry over both.
+  const fs::path map = dir.file("special_tokens_map.json", R"({"mask_token": )" + mask("false", "false") + "}");
+  EXPECT_EQ(ids_with("{}", "a <mask> a"), (Ids{0, 5, 7, 4, 6, 2}));
+  dir.file("special_tokens_map.json", R"({"mask_token": )" + mask("true", "false") + "}");
+  EXPECT_EQ(ids_with(R"({"mask_token": )" + mask("false", "false") + "}", "a <mask> a"), (Ids{0, 5, 4, 6, 2}));
+  dir.file("special_tokens_map.json", R"({"mask_token": )" + mask("false", "false") + "}");
+  EXPECT_EQ(ids_with(R"({"added_tokens_decoder": {"4": )" + mask("true", "false") + "}}", "a <mask> a"),
+            (Ids{0, 5, 4, 6, 2}));
+  dir.file("special_tokens_map.json", R"({"mask_token": "[MASK]"})");
+  expect_input_error([&] { ids_with("{}", ""); }, {map.string(), "mask_token", "\"[MASK]\" is not RoBERTa's"});
+  dir.file("special_tokens_map.json", R"({"additional_special_tokens": ["a"]})");
+  expect_input_error([&] { ids_with("{}", ""); }, {map.string(), "additional_special_tokens", "save_pretrained"});
+  fs::remove(map);
+  EXPECT_EQ(ids_with(R"({"additional_special_tokens": []})", "a <mask> a"), (Ids{0, 5, 4, 6, 2}));
+  expect_input_error([&] { ids_with(R"({"additional_special_tokens": ["a"]})", ""); },
+                     {"tokenizer_config.json", "additional_special_tokens"});
+
   EXPECT_EQ(ids_with(R"({"added_tokens_decoder": {"2": {"content": "</s>", "lstrip": true, "rstrip": true}}})",
                      "a </s> a"),
             (Ids{0, 5, 2, 5, 2}));
