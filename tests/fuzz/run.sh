@@ -50,6 +50,14 @@ for d in data/sample/tokenizer tests/data/tokenizer; do
   { printf '\x00'; cat "$d/tokenizer.json"; } >"$seeds/fuzz_tokenizer_files/$name.json"
   { printf '\x01'; cat "$d/vocab.json"; printf '\x00'; cat "$d/merges.txt"; } >"$seeds/fuzz_tokenizer_files/$name.pair"
 done
+# Byte 2, tokenizer_config.json, NUL, special_tokens_map.json: as transformers 4.57 saves them.
+special() { printf '"%s": {"content": "%s", "lstrip": %s, "normalized": false, "rstrip": false, "single_word": false, "special": true}' "$@"; }
+{ printf '\x02{"add_prefix_space": false, "added_tokens_decoder": {%s, %s, %s, %s, %s}, ' "$(special 0 '<s>' false)" \
+    "$(special 1 '<pad>' false)" "$(special 2 '</s>' false)" "$(special 3 '<unk>' false)" "$(special 4 '<mask>' true)"
+  printf '"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>", "pad_token": "<pad>", '
+  printf '"sep_token": "</s>", "unk_token": "<unk>", "tokenizer_class": "RobertaTokenizer"}\x00'
+  printf '{"bos_token": "<s>", "mask_token": {"content": "<mask>", "lstrip": true}, "additional_special_tokens": []}'
+} >"$seeds/fuzz_tokenizer_files/saved_config"
 # tokenize lines: mode byte (fuzz_tokenize.cpp), then a line of tests/data/tokenizer/texts.jsonl.
 head -n 20 tests/data/tokenizer/texts.jsonl | awk '{ print > ("'"$seeds/fuzz_tokenize/line"'" NR) }'
 for f in "$seeds"/fuzz_tokenize/line*; do
@@ -75,11 +83,11 @@ done
   cat launch/configs/quickstart-pretrain.ini; } >"$seeds/fuzz_config/quickstart-pretrain.cli"
 finetune='--output run/finetune\n--model.base run/pretrain/export/base\n--data.dir run/data/train\n'
 finetune+='--eval.dir run/data/heldout\n--eval.tokenizer data/sample/tokenizer\n'
-{ printf '\x0a'; printf -- "$finetune"; cat launch/configs/quickstart.ini; } >"$seeds/fuzz_config/quickstart.cli"
-{ printf '\x4a'; printf -- "$finetune"; printf -- '--task.mlm.weight 1\n--task.mlm.batch 48\n--parallel.show_plan 6\n'
+{ printf '\x0a'; printf %b "$finetune"; cat launch/configs/quickstart.ini; } >"$seeds/fuzz_config/quickstart.cli"
+{ printf '\x4a'; printf %b "$finetune"; printf -- '--task.mlm.weight 1\n--task.mlm.batch 48\n--parallel.show_plan 6\n'
   printf -- '--parallel.tasks ed:2,qa:1,rs:1,cs:1,mlm:1\n'
   cat launch/configs/quickstart.ini; } >"$seeds/fuzz_config/rehearsal.cli"
-{ printf '\x0a'; printf -- "$finetune"; printf -- '--task.qa.objective contrastive\n--optimizer.decay constant\n'
+{ printf '\x0a'; printf %b "$finetune"; printf -- '--task.qa.objective contrastive\n--optimizer.decay constant\n'
   cat launch/configs/quickstart.ini; } >"$seeds/fuzz_config/contrastive.cli"
 # The structure-aware targets read any bytes as a recipe: a few fixed ones start them.
 for t in fuzz_task_stream fuzz_checkpoint; do
