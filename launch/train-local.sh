@@ -176,8 +176,9 @@ printf '\n'
 # checkpoint. So the launcher runs in a process group of its own (set -m), which the terminal's
 # Ctrl-C and hang-up miss, and reads no terminal (stdin: a background group reading it would
 # stop). A second signal is the ranks' second too, which ends them at once (2 s or more after the
-# first). A SIGKILL to this script, which it cannot pass on, leaves the launcher running: send
-# that to the launcher.
+# first). The launcher ignores SIGTTOU: a terminal set to `stty tostop` would otherwise stop it, a
+# background group, at its first write, and with it the ranks' output and the USR1. A SIGKILL to
+# this script, which it cannot pass on, leaves the launcher running: send that to the launcher.
 # shellcheck disable=SC2317  # called by the traps
 forward() {
   # $!: the launcher, also when the signal came between its start and pid=$!.
@@ -191,6 +192,7 @@ forward() {
 trap 'forward SIGINT' INT
 trap 'forward SIGTERM' TERM
 trap 'forward SIGHUP' HUP
+trap '' TTOU  # ignored in this script and, inherited, in the launcher
 set -m
 "${cmd[@]}" </dev/null &
 pid=$!
