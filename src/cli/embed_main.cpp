@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
         ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or JSON lines (.jsonl, .ndjson, .json); - : JSON lines on standard output")
-        ("batch", po::value(&batch)->default_value(64), "sentences per forward pass (--rank: as qarac-train's eval.batch)")
+        ("batch", po::value(&batch)->default_value(64), "sentences per forward pass (--rank: as qarac-train's eval.batch; in f32 the vectors' last bits depend on the batch, whose size picks BLAS's kernels)")
         ("rank", po::value(&rank_source), "a question_answering task stream with candidates (qarac-prep's WikiQA output) or a WikiQA .tsv: print the answer-selection metrics")
         ("question-encoder", po::value(&question_dir), "--rank: the question encoder export")
         ("answer-encoder", po::value(&answer_dir), "--rank: the answer encoder export")

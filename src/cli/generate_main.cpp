@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
         ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("max-tokens", po::value(&max_tokens)->default_value(32), "new tokens at most per vector")
-        ("batch", po::value(&batch)->default_value(64), "vectors decoded together")
+        ("batch", po::value(&batch)->default_value(64), "vectors decoded together (in f32 the last bits depend on the batch, whose size picks BLAS's kernels: a near-tie of two tokens can decode otherwise in another batch)")
         ("output", po::value(&output)->default_value("-"), "JSON lines file (.jsonl, .ndjson, .json); - : standard output")
         ("device", po::value(&device_name)->default_value("cpu"), "cpu or cuda");
     po::variables_map vm;
