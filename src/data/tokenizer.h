@@ -59,12 +59,14 @@ class Tokenizer {
   // The file's truncation and padding are not applied (the loader batches). InputError for
   // anything else, naming the file and the JSON key; JSON syntax errors name the line.
   static Tokenizer from_json(const std::string& tokenizer_json);
-  // `dir`/tokenizer.json when present, else `dir`/vocab.json + `dir`/merges.txt with
-  // `dir`/tokenizer_config.json's add_prefix_space and the special tokens' lstrip, rstrip and
-  // single_word (its added_tokens_decoder, else attributes given as objects, as transformers reads
-  // them). InputError naming the file for what transformers would encode and this reading would
-  // not: added tokens (added_tokens.json, added_tokens_decoder beyond the special tokens at their
-  // ids) and special-token attributes naming other tokens than RoBERTa's.
+  // A folder as transformers' AutoTokenizer reads it: `dir`/tokenizer.json when present, with
+  // tokenizer_config.json's added_tokens_decoder spacing over its own; else `dir`/vocab.json +
+  // `dir`/merges.txt with tokenizer_config.json's add_prefix_space and the special tokens' lstrip,
+  // rstrip and single_word (its added_tokens_decoder, else attributes given as objects there or in
+  // special_tokens_map.json). InputError naming the file for what transformers would encode and
+  // this reading would not: tokens those files name that the tokenizer does not have as special or
+  // added tokens, and beside vocab.json + merges.txt, added_tokens.json and special-token
+  // attributes naming other tokens than RoBERTa's.
   static Tokenizer from_dir(const std::string& dir);
   // Whether `dir` holds the files from_dir reads (not whether they parse).
   static bool found_in(const std::string& dir);

@@ -261,6 +261,18 @@ json object_file_or_empty(const std::filesystem::path& path) {
   return value;
 }
 
+// transformers' special-token attributes, with RoBERTa's token for each.
+constexpr std::pair<const char*, const char*> kSpecialAttributes[] = {
+    {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"sep_token", "</s>"},
+    {"pad_token", "<pad>"}, {"cls_token", "<s>"}, {"mask_token", "<mask>"}};
+
+// The token a special-token attribute names: a string, or an AddedToken object's content.
+std::string token_content(const json& value, const std::string& where) {
+  if (value.is_string()) return value.get<std::string>();
+  if (!value.is_object()) fail(where, "expected a string or an object, got ", json_brief(value));
+  return string_member(value, "content", where);
+}
+
 // What tokenizer_config.json (`config`) and special_tokens_map.json (`map`) say beside vocab.json
 // and merges.txt: add_prefix_space, and each special token's spacing as transformers takes it:
 // from its added_tokens_decoder entry, else from special_tokens_map.json's attribute, else from
@@ -277,18 +289,12 @@ TokenizerOptions config_options(const json& config, const std::string& config_pa
   };
   // Another token than RoBERTa's in an attribute, or any additional special token, would be added
   // to the vocabulary or split out there.
-  constexpr std::pair<const char*, const char*> kRoles[] = {
-      {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"sep_token", "</s>"},
-      {"pad_token", "<pad>"}, {"cls_token", "<s>"}, {"mask_token", "<mask>"}};
   for (const auto& [file, path] : {std::pair<const json&, const std::string&>{config, config_path}, {map, map_path}}) {
-    for (const auto& [attribute, roberta] : kRoles) {
+    for (const auto& [attribute, roberta] : kSpecialAttributes) {
       const json* value = find_member(file, attribute);
       if (!value) continue;
       const std::string where = path + ": " + attribute;
-      if (!value->is_string() && !value->is_object())
-        fail(where, "expected a string or an object, got ", json_brief(*value));
-      const std::string content =
-          value->is_object() ? string_member(*value, "content", where) : value->get<std::string>();
+      const std::string content = token_content(*value, where);
       if (content != roberta) fail(where, quote(content), " is not RoBERTa's ", roberta, ": ", kResave);
       if (value->is_object()) read_spacing(*value, content, where);
     }
@@ -306,6 +312,49 @@ TokenizerOptions config_options(const json& config, const std::string& config_pa
     }
   }
   return options;
+}
+
+// What tokenizer_config.json (`config`) and special_tokens_map.json (`map`) say of the added tokens
+// of the tokenizer.json beside them, as transformers takes it: an added_tokens_decoder entry sets
+// its token's lstrip, rstrip and single_word over tokenizer.json's (attributes given as objects do
+// not). A token they name that tokenizer.json does not add, transformers adds or splits out:
+// refused.
+void apply_folder_config(TokenizerTables& t, const json& config, const std::string& config_path, const json& map,
+                         const std::string& map_path) {
+  const auto added = [&](const std::string& content) -> AddedToken* {
+    for (AddedToken& a : t.added)
+      if (a.content == content) return &a;
+    return nullptr;
+  };
+  for (const auto& [file, path] : {std::pair<const json&, const std::string&>{config, config_path}, {map, map_path}}) {
+    std::vector<std::pair<std::string, const json*>> named;  // (where, value)
+    for (const auto& attribute : kSpecialAttributes)
+      if (const json* value = find_member(file, attribute.first)) named.emplace_back(path + ": " + attribute.first, value);
+    if (const json* additional = find_member(file, "additional_special_tokens")) {
+      const std::string where = path + ": additional_special_tokens";
+      if (!additional->is_array()) fail(where, "expected an array, got ", json_brief(*additional));
+      for (size_t i = 0; i < additional->size(); ++i)
+        named.emplace_back(::qarac::detail::concat(where, "[", i, "]"), &(*additional)[i]);
+    }
+    for (const auto& [where, value] : named) {
+      const std::string content = token_content(*value, where);
+      if (!added(content)) fail(where, quote(content), " is not an added token of tokenizer.json: ", kResave);
+    }
+  }
+  const json* decoder = find_member(config, "added_tokens_decoder");
+  if (!decoder) return;
+  if (!decoder->is_object()) fail(config_path, "added_tokens_decoder: expected an object, got ", json_brief(*decoder));
+  for (const auto& [id, entry] : decoder->items()) {
+    const std::string where = config_path + ": added_tokens_decoder: " + id;
+    if (!entry.is_object()) fail(where, "expected an object, got ", json_brief(entry));
+    const std::string content = string_member(entry, "content", where);
+    AddedToken* token = added(content);
+    if (!token || std::to_string(token->id) != id)
+      fail(where, "token ", quote(content), " is not an added token of tokenizer.json at this id: ", kResave);
+    token->single_word = bool_member(entry, "single_word", false, where);
+    token->lstrip = bool_member(entry, "lstrip", false, where);
+    token->rstrip = bool_member(entry, "rstrip", false, where);
+  }
 }
 
 }  // namespace
@@ -343,8 +392,10 @@ Tokenizer Tokenizer::from_files(const std::string& vocab_json, const std::string
   return Tokenizer(std::move(t));
 }
 
-Tokenizer Tokenizer::from_json(const std::string& tokenizer_json) {
-  const std::string& path = tokenizer_json;
+namespace {
+
+// The tables of a tokenizer.json, before TokenizerTables::finish.
+std::shared_ptr<TokenizerTables> json_tables(const std::string& path) {
   const json root = parse_json(path);
   if (!root.is_object()) fail(path, "expected a JSON object, got a JSON ", root.type_name());
   auto t = std::make_shared<TokenizerTables>();
@@ -364,7 +415,14 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json) {
   if (const json* post = find_member(root, "post_processor"))
     read_post_processor(*post, path + ": post_processor", *t);
   if (const json* added = find_member(root, "added_tokens")) read_added_tokens(*added, path, *t);
-  t->finish(path);
+  return t;
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::from_json(const std::string& tokenizer_json) {
+  auto t = json_tables(tokenizer_json);
+  t->finish(tokenizer_json);
   return Tokenizer(std::move(t));
 }
 
@@ -372,18 +430,24 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json) {
 Tokenizer Tokenizer::from_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  // transformers also reads tokenizer_config.json and special_tokens_map.json (and, beside
+  // vocab.json and merges.txt, added_tokens.json); a tokenizer that ignored them would encode other
+  // ids than AutoTokenizer from the same folder.
+  const std::string config_path = (fs::path(dir) / "tokenizer_config.json").string();
+  const std::string map_path = (fs::path(dir) / "special_tokens_map.json").string();
   const fs::path json_path = fs::path(dir) / "tokenizer.json";
-  if (fs::exists(json_path, ec)) return from_json(json_path.string());
+  if (fs::exists(json_path, ec)) {
+    auto t = json_tables(json_path.string());
+    apply_folder_config(*t, object_file_or_empty(config_path), config_path, object_file_or_empty(map_path), map_path);
+    t->finish(json_path.string());
+    return Tokenizer(std::move(t));
+  }
   const fs::path vocab = fs::path(dir) / "vocab.json";
   const fs::path merges = fs::path(dir) / "merges.txt";
   if (!fs::exists(vocab, ec) && !fs::exists(merges, ec))
     fail(dir, "no tokenizer.json, nor vocab.json and merges.txt");
-  // transformers' RobertaTokenizer also reads these three files beside vocab.json and merges.txt; a
-  // tokenizer that ignored them would encode other ids than AutoTokenizer from the same folder.
   const fs::path added = fs::path(dir) / "added_tokens.json";
   if (fs::exists(added, ec)) fail(added.string(), "added tokens are not read beside vocab.json and merges.txt: ", kResave);
-  const std::string config_path = (fs::path(dir) / "tokenizer_config.json").string();
-  const std::string map_path = (fs::path(dir) / "special_tokens_map.json").string();
   const json config = object_file_or_empty(config_path);
   Tokenizer tokenizer = from_files(vocab.string(), merges.string(),
                                    config_options(config, config_path, object_file_or_empty(map_path), map_path));

@@ -386,6 +386,48 @@ TEST(Tokenizer, FilesFolderTakesTheSpecialTokensSpacingFromItsConfig) {
   expect_input_error([&] { Tokenizer::from_dir(folder); }, {config, "added_tokens_decoder", "expected an object"});
 }
 
+// Beside a tokenizer.json, transformers (4.57.1 and 5.25.0 alike) takes the added_tokens_decoder
+// entries' spacing over tokenizer.json's, but not that of attributes given as objects; it adds or
+// splits out a token that the files name and tokenizer.json does not add, which is refused.
+TEST(Tokenizer, TokenizerJsonFolderTakesItsConfigAsTransformersDoes) {
+  TempDir dir;
+  dir.file("tokenizer.json", R"({"version": "1.0", "added_tokens": [
+    {"id": 0, "content": "<s>", "special": true}, {"id": 1, "content": "<pad>", "special": true},
+    {"id": 2, "content": "</s>", "special": true}, {"id": 3, "content": "<unk>", "special": true},
+    {"id": 4, "content": "<mask>", "lstrip": true, "normalized": false, "special": true}],
+    "normalizer": null, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false},
+    "post_processor": {"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]},
+    "decoder": {"type": "ByteLevel"},
+    "model": {"type": "BPE", "vocab": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "a": 5,
+              "\u0120a": 6, "\u0120": 7}, "merges": [["\u0120", "a"]]}})");
+  const std::string folder = dir.path().string();
+  const auto ids_with = [&](const std::string& config, const std::string& map) {
+    dir.file("tokenizer_config.json", config);
+    dir.file("special_tokens_map.json", map);
+    return Tokenizer::from_dir(folder).encode("a <mask> a");
+  };
+  const auto mask = [](const char* lstrip) {
+    return std::string(R"({"content": "<mask>", "lstrip": )") + lstrip + "}";
+  };
+  EXPECT_EQ(ids_with("{}", "{}"), (Ids{0, 5, 4, 6, 2}));
+  EXPECT_EQ(ids_with(R"({"added_tokens_decoder": {"4": )" + mask("false") + "}}", "{}"), (Ids{0, 5, 7, 4, 6, 2}));
+  EXPECT_EQ(ids_with(R"({"mask_token": )" + mask("false") + "}", R"({"mask_token": )" + mask("false") + "}"),
+            (Ids{0, 5, 4, 6, 2}));
+  EXPECT_EQ(ids_with(R"({"mask_token": "<mask>", "additional_special_tokens": ["<mask>"]})", "{}"),
+            (Ids{0, 5, 4, 6, 2}));
+
+  const std::string config = (dir.path() / "tokenizer_config.json").string();
+  const std::string map = (dir.path() / "special_tokens_map.json").string();
+  expect_input_error([&] { ids_with(R"({"mask_token": "[MASK]"})", "{}"); },
+                     {config, "mask_token", "\"[MASK]\" is not an added token of tokenizer.json", "save_pretrained"});
+  expect_input_error([&] { ids_with("{}", R"({"additional_special_tokens": [{"content": "a"}]})"); },
+                     {map, "additional_special_tokens[0]", "\"a\" is not an added token"});
+  expect_input_error([&] { ids_with(R"({"added_tokens_decoder": {"8": {"content": "<ent>"}}})", "{}"); },
+                     {config, "added_tokens_decoder: 8", "\"<ent>\" is not an added token of tokenizer.json at this id"});
+  expect_input_error([&] { ids_with(R"({"added_tokens_decoder": {"3": {"content": "<mask>"}}})", "{}"); },
+                     {config, "added_tokens_decoder: 3", "at this id"});
+}
+
 TEST(Tokenizer, ErrorsNameTheFileAndTheLine) {
   TempDir dir;
   const std::string good_vocab =
