@@ -46,19 +46,35 @@ std::string folder_of(const std::string& path) {
 }  // namespace
 
 // errno is read before a message is built: building it allocates, which may change errno.
-AtomicFile::AtomicFile(std::string path, Mode mode)
-    : path_(followed(path)), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
+AtomicFile::AtomicFile(std::string path, Mode mode, Links links)
+    : path_(links == follow ? followed(path) : path), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
   // The rename would put a file in place of a device or a FIFO (/dev/null, a pipe to a reader).
   // Named as given too: a link's target alone may not say which of the user's paths led there.
   struct stat st;
-  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+  if ((links == follow ? ::stat(path_.c_str(), &st) : ::lstat(path_.c_str(), &st)) == 0 && !S_ISREG(st.st_mode) &&
+      !S_ISLNK(st.st_mode))
     throw InputError((path == path_ ? path_ : path + " (a link to " + path_ + ")") + ": not a regular file (" +
                      (S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket") +
                      "), which writing it would replace: name a file");
-  if (mode != stream) return;
-  file_ = std::fopen(tmp_.c_str(), "wb");
+  // Created here, exclusively and not through a link, in both modes: a name that predictable in a
+  // folder other users may write (a group's run directories) could hold their link to a file of
+  // this user's, which an open that follows it would truncate and fill. An entry found under the
+  // name (a killed writer's file of the same pid, or such a link) is removed, not written through.
+  const auto create = [&] { return ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666); };
+  int fd = create();
+  if (fd < 0 && errno == EEXIST && (::unlink(tmp_.c_str()) == 0 || errno == ENOENT)) fd = create();
+  if (fd < 0) {
+    const int err = errno;
+    fail("cannot create the temporary file " + tmp_, err);
+  }
+  if (mode == by_path) {
+    ::close(fd);  // the library opens it again by its path, truncating this empty file
+    return;
+  }
+  file_ = ::fdopen(fd, "wb");
   if (file_) return;
   const int err = errno;
+  ::close(fd);
   fail("cannot create the temporary file " + tmp_, err);
 }
 

@@ -27,10 +27,17 @@ class AtomicFile {
     by_path,  // the caller's library creates, writes and closes temp_path() before sync()
   };
 
+  enum Links {
+    follow,   // a symbolic link at `path` is followed: its target is the file written
+    replace,  // the link itself is replaced by the file: a run directory's own files, which a
+              // link planted by another user of a shared folder must not lead out of it
+  };
+
   // Errors are one-line InputErrors naming `path`, the temporary file and errno's text; a `path`
-  // that exists and is no regular file (a directory, a device, a FIFO) is one. A symbolic link
-  // is followed: its target is the file written (and path() names it).
-  explicit AtomicFile(std::string path, Mode mode = stream);
+  // that exists and is no regular file (a directory, a device, a FIFO) is one (under `follow`,
+  // path() names a link's target). The temporary file is always a new file of this process's
+  // own, never an entry found under its name (a link there would lead the write elsewhere).
+  explicit AtomicFile(std::string path, Mode mode = stream, Links links = follow);
   // Removes the temporary file unless commit() succeeded (a write or its caller threw midway).
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;

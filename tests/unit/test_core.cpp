@@ -644,7 +644,9 @@ TEST_F(FileTest, AtomicWriteReplacesTheFileWhole) {
   const std::string q = path("b.bin");
   {
     AtomicFile file(q, AtomicFile::by_path);
-    EXPECT_FALSE(fs::exists(file.temp_path())) << "by_path creates nothing";
+    // Created empty, as this process's own file, for the library to open and truncate.
+    EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(file.temp_path())));
+    EXPECT_EQ(fs::file_size(file.temp_path()), 0u);
     write(file.temp_path(), "written by a library");
     file.sync();  // as qarac-prep does for every stream before it commits any
     EXPECT_FALSE(fs::exists(q));
@@ -683,11 +685,12 @@ TEST_F(FileTest, FailedAtomicWritesLeaveTheOldFileAndNoTemporaryFile) {
   EXPECT_EQ(entries(), (std::set<std::string>{"a.bin", "target"}));
   EXPECT_TRUE(fs::is_directory(folder));
 
-  // by_path, but the library never created the file.
+  // by_path, but the library removed the file instead of writing it.
   const std::string never = path("never.bin");
   expect_input_error(
       [&] {
         AtomicFile file(never, AtomicFile::by_path);
+        fs::remove(file.temp_path());
         file.commit();
       },
       {never, "fsync of", "No such file"});
@@ -720,6 +723,67 @@ TEST_F(FileTest, AtomicWritesRefuseTargetsThatAreNoRegularFile) {
   // Named as given and as followed: the target alone may not say which path led there.
   expect_input_error([&] { AtomicFile file(path("to-fifo")); },
                      {path("to-fifo") + " (a link to " + fifo + "): not a regular file"});
+}
+
+// The temporary file's name is predictable ("<path>.tmp.<pid>"): in a folder that other users may
+// write (a group's run directories), one of them can put a link there to a file of the writer's.
+// Before, fopen followed it: the writer truncated and filled the link's target, then renamed the
+// link over `path`. The temporary file is now always a new file of the writer's own.
+TEST_F(FileTest, AtomicWritesNeverWriteThroughAnEntryUnderTheTemporaryName) {
+  const std::string victim = path("victim.txt"), p = path("a.bin");
+  write(victim, "another file of the user's");
+  const std::string temp = p + kTempFileMarker + std::to_string(::getpid());
+  fs::create_symlink(victim, temp);
+  {
+    AtomicFile file(p);
+    file.write("new", 3);
+    file.commit();
+  }
+  EXPECT_EQ(read(victim), "another file of the user's");
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(p)));
+  EXPECT_EQ(read(p), "new");
+  // The same for a library's file (HDF5 opens temp_path() itself), and for a killed writer's file
+  // of the same pid: removed, not reused.
+  const std::string q = path("b.bin");
+  fs::create_symlink(victim, q + kTempFileMarker + std::to_string(::getpid()));
+  {
+    AtomicFile file(q, AtomicFile::by_path);
+    EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(file.temp_path())));
+    write(file.temp_path(), "written by a library");
+    file.commit();
+  }
+  EXPECT_EQ(read(victim), "another file of the user's");
+  EXPECT_EQ(read(q), "written by a library");
+  write(temp, "a killed writer's half");
+  {
+    AtomicFile file(p);
+    file.write("newer", 5);
+    file.commit();
+  }
+  EXPECT_EQ(read(p), "newer");
+  EXPECT_EQ(entries(), (std::set<std::string>{"a.bin", "b.bin", "victim.txt"}));
+}
+
+// AtomicFile::replace: a link at the target is replaced by the file, its target left as it was
+// (a run directory's own files: run_dir.h), dangling or not; a folder is still refused.
+TEST_F(FileTest, AtomicWritesReplaceALinkWhenAskedTo) {
+  const std::string victim = path("victim.txt");
+  write(victim, "kept");
+  fs::create_symlink(victim, dir_ / "config.ini");
+  fs::create_symlink(path("never-created"), dir_ / "dangling");
+  for (const char* name : {"config.ini", "dangling"}) {
+    AtomicFile file(path(name), AtomicFile::stream, AtomicFile::replace);
+    EXPECT_EQ(file.path(), path(name));
+    file.write("run", 3);
+    file.commit();
+    EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(path(name)))) << name;
+    EXPECT_EQ(read(path(name)), "run");
+  }
+  EXPECT_EQ(read(victim), "kept");
+  EXPECT_FALSE(fs::exists(path("never-created")));
+  fs::create_directory(dir_ / "folder");
+  expect_input_error([&] { AtomicFile file(path("folder"), AtomicFile::stream, AtomicFile::replace); },
+                     {path("folder"), "not a regular file (a directory)"});
 }
 
 // ---- Checksummed HDF5 files ------------------------------------------------------------------
