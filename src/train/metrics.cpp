@@ -103,6 +103,7 @@ void for_each_record(const std::string& path,
                      const std::function<void(const std::string&, const nlohmann::json&, int64_t)>& each) {
   std::error_code ec;
   QARAC_INPUT_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not the run's metrics");
+  check_input_file(path);  // a FIFO there would hold --resume in its open for good, signals or not
   std::ifstream in(path, std::ios::binary);
   if (!in.is_open()) return;
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -115,6 +116,21 @@ void for_each_record(const std::string& path,
       continue;
     each(line, record, record["step"].get<int64_t>());
   }
+}
+
+// metrics.jsonl for appending, or -1 and errno. The umask decides who may write it, as for every
+// file of the run (run_dir.cpp). Never through a link: one that another member of a group that
+// shares the directory put there would have the run append to a file of its user's elsewhere.
+int open_for_append(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0666);
+  if (fd < 0 && errno == ELOOP)
+    throw InputError(path + ": a symbolic link, which the run does not write through: remove it");
+  struct stat st {};
+  if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+    ::close(fd);
+    throw InputError(path + ": not a regular file (a FIFO, a device or a socket): remove it");
+  }
+  return fd;
 }
 
 // An evaluation line's record of what it measured on: 16 hex digits, as best.json's.
@@ -187,8 +203,8 @@ void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming
     std::error_code ec;
     // Rewritten, not cut in place: a copy of the run directory made with hard links (cp -al)
     // shares the file, and the copy's run must append to a file of its own.
-    if (std::filesystem::exists(path, ec)) {
-      AtomicFile file(path);
+    if (std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
+      AtomicFile file(path, AtomicFile::stream, AtomicFile::replace);
       file.write(kept.data(), kept.size());
       file.commit();
     }
@@ -196,8 +212,7 @@ void MetricsLog::open(const std::string& path, int64_t first_step, bool resuming
       log::warn("--resume: ", path, "'s evaluation at step 0 is not of this run's held-out evaluation (other examples ",
                 "or settings, or a line of an earlier version, which does not say): the run evaluates at step 0 again");
   }
-  // The umask decides who may write it, as for every file of the run (run_dir.cpp).
-  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+  fd_ = open_for_append(path);
   QARAC_INPUT_CHECK(fd_ >= 0, path, ": cannot open for writing: ", std::strerror(errno));
   terminal_ = rewrites_progress(progress);
 }
@@ -360,7 +375,7 @@ void MetricsLog::append(int64_t step, const std::string& line) {
   if (before.st_nlink == 0) {
     // Removed while the run wrote it (a user freeing the disk): its lines would go to a file no
     // name reaches. A new file goes on from this line.
-    const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    const int fd = open_for_append(path_);
     QARAC_INPUT_CHECK(fd >= 0, path_, ": removed while the run wrote it, and cannot be created again: ",
                       std::strerror(errno));
     ::close(fd_);

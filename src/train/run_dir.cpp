@@ -111,7 +111,7 @@ void make_own(const std::string& output, const std::string& path, const struct s
       now.st_nlink < 2)
     return;
   try {
-    AtomicFile own(path);
+    AtomicFile own(path, AtomicFile::stream, AtomicFile::replace);
     own.commit();
   } catch (const InputError& e) {
     throw InputError(detail::concat(path, " is shared with another directory by a hard link (a copy made with cp -al?) ",
@@ -156,7 +156,7 @@ std::string checkpoint_dir(const std::string& output) { return (fs::path(output)
 void record_stop(const std::string& output, int64_t step, const char* signal, int rank, const std::string& checkpoint) {
   const nlohmann::json record = {{"step", step}, {"signal", signal}, {"rank", rank}, {"checkpoint", checkpoint}};
   const std::string text = record.dump() + "\n";
-  AtomicFile file((fs::path(output) / kStopRecordName).string());
+  AtomicFile file((fs::path(output) / kStopRecordName).string(), AtomicFile::stream, AtomicFile::replace);
   file.write(text.data(), text.size());
   file.commit();
 }
@@ -182,19 +182,27 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
     QARAC_INPUT_CHECK(turn < 8, path_, ": replaced again and again while this run tried to lock it: are other runs ",
                       "starting in ", output, "?");
     // Writable by whom the umask allows, as every file of the run: the members of a group that
-    // shares run directories (umask 002) resume each other's runs.
-    fd_ = open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    QARAC_INPUT_CHECK(fd_ >= 0, path_, ": cannot open the run's lock file: ", std::strerror(errno));
+    // shares run directories (umask 002) resume each other's runs. Never through a link: the
+    // holder's text replaces the file's bytes, and a member's link to a file of this user's (or a
+    // user's own slip) would have the run truncate its target.
+    fd_ = open(path_.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0666);
+    const int open_error = errno;
+    QARAC_INPUT_CHECK(fd_ >= 0 || open_error != ELOOP, path_,
+                      ": a symbolic link, not the run's lock file (which the run would overwrite through it): "
+                      "remove it");
+    QARAC_INPUT_CHECK(fd_ >= 0, path_, ": cannot open the run's lock file: ", std::strerror(open_error));
     const bool locked = flock(fd_, LOCK_EX | LOCK_NB) == 0;
     const int lock_error = errno;
     // Its links as they are once locked (or found held): a copy's replacement may have taken one
     // away while this run waited.
     struct stat held {};
-    if (fstat(fd_, &held) != 0) {
-      const int err = errno;
+    const int look_error = fstat(fd_, &held) == 0 ? 0 : errno;
+    if (look_error != 0 || !S_ISREG(held.st_mode)) {
       close(fd_);
       fd_ = -1;
-      throw InputError(detail::concat(path_, ": cannot look at the run's lock file: ", std::strerror(err)));
+      QARAC_INPUT_CHECK(look_error == 0, path_, ": cannot look at the run's lock file: ", std::strerror(look_error));
+      throw InputError(detail::concat(path_, ": not a regular file (a FIFO, a device or a socket), not the run's ",
+                                      "lock file: remove it"));
     }
     bool shared = true;
     if (locked) {
@@ -260,6 +268,7 @@ int64_t refuse_restart_over_records(const std::string& output, int64_t checkpoin
   const RecordedSteps recorded = recorded_steps((dir / "metrics.jsonl").string());
   // Records of versions without last_checkpoint: the interval of the run that wrote them, which
   // its config.ini (not yet rewritten) gives, tells whether a checkpoint was due before a step.
+  check_input_file((dir / "config.ini").string());  // a FIFO would hold the start in its open
   std::ifstream ini(dir / "config.ini");
   const std::string text((std::istreambuf_iterator<char>(ini)), std::istreambuf_iterator<char>());
   for (const IniEntry& e : ini_entries(text)) {

@@ -244,7 +244,7 @@ void Trainer::Impl::write_run_files() {
   // The settings the run goes on with, rewritten at every start: a resume may change the rates,
   // the length, the plan (the checkpoints keep those they were made with).
   const std::string ini = resumed_with + to_ini(config);
-  AtomicFile file((dir / "config.ini").string());
+  AtomicFile file((dir / "config.ini").string(), AtomicFile::stream, AtomicFile::replace);
   file.write(ini.data(), ini.size());
   file.commit();
   metrics.open((dir / "metrics.jsonl").string(), step, config.resume, config.progress, evaluation);

@@ -246,6 +246,48 @@ TEST_F(RunDirCli, TheUmaskDecidesWhoMayWriteARun) {
   for (const char* name : {".qarac.lock", "metrics.jsonl"}) EXPECT_TRUE(fs::exists(run / name)) << name;
 }
 
+// A run directory's own files are never written through a link: in a folder a group shares
+// (umask 002), another member could link them to a file of the user's, or a user slip. Before,
+// the lock's holder text truncated and replaced the target of a linked .qarac.lock (even at a
+// fresh start), a --resume rewrote the targets of a linked config.ini and metrics.jsonl, and a
+// FIFO at metrics.jsonl held the --resume in its open for good, SIGTERM or not.
+TEST_F(RunDirCli, ARunNeverWritesThroughLinksInItsDirectory) {
+  using qarac::test_support::read_text;
+  const fs::path run = root() / "planted-links", victim = root() / "planted-links-victim.txt";
+  const std::string kept = "another file of the user's\n";
+  std::ofstream(victim) << kept;
+  fs::create_directories(run);
+  fs::create_symlink(victim, run / kRunLockName);
+  CliResult r = train(run, "--train.steps 2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find((run / kRunLockName).string() + ": a symbolic link"), std::string::npos) << r.output;
+  EXPECT_EQ(read_text(victim.string()), kept);
+  fs::remove(run / kRunLockName);
+  ASSERT_EQ(::mkfifo((run / kRunLockName).c_str(), 0600), 0);
+  r = train(run, "--train.steps 2", "timeout -s KILL 120");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find((run / kRunLockName).string() + ": not a regular file"), std::string::npos) << r.output;
+  fs::remove(run / kRunLockName);
+
+  ASSERT_EQ(train(run, "--train.steps 2").code, 0);
+  for (const char* name : {"config.ini", "metrics.jsonl"}) {
+    fs::rename(run / name, root() / (std::string("planted-") + name));
+    fs::create_symlink(victim, run / name);
+  }
+  r = train(run, "--resume --train.steps 3");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(read_text(victim.string()), kept);
+  for (const char* name : {"config.ini", "metrics.jsonl"})
+    EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(run / name))) << name;
+
+  fs::remove(run / "metrics.jsonl");
+  ASSERT_EQ(::mkfifo((run / "metrics.jsonl").c_str(), 0600), 0);
+  r = train(run, "--resume --train.steps 4", "timeout -s KILL 120");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find((run / "metrics.jsonl").string() + ": not a regular file"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::is_fifo(run / "metrics.jsonl"));
+}
+
 // What a kill left of an export or an eval.best export in flight (their temporary folders) is
 // removed when a run starts in the directory, even one that writes neither.
 TEST_F(RunDirCli, AKilledExportsTemporaryFolderIsRemovedAtTheStart) {
