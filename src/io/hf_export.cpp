@@ -104,6 +104,23 @@ void remove_unfinished_folder(const fs::path& folder) {
   fs::remove_all(temp, ec);
 }
 
+void check_replaceable(const fs::path& link, const std::set<std::string>& names) {
+  const fs::path target = write_target(link);
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(target, ec))) return;
+  for (fs::directory_iterator it(target, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code looked;
+    const bool model = it->is_directory(looked) && !it->is_symlink(looked) &&
+                       fs::is_regular_file(it->path() / "config.json", looked);
+    QARAC_INPUT_CHECK(model || names.count(it->path().filename().string()), link.string(), " links to ",
+                      target.string(), ", which holds ", it->path().filename().string(),
+                      ", not of the models the run writes there: the run replaces ", target.string(),
+                      " whole and would delete it; point the link at an empty folder");
+  }
+  QARAC_INPUT_CHECK(!ec, link.string(), " links to ", target.string(), ", which the run replaces with a folder: ",
+                    ec.message());
+}
+
 void write_folder(const fs::path& folder, const std::function<void(const fs::path&)>& write) {
   std::error_code ec;
   const fs::path target = write_target(folder);
@@ -111,6 +128,13 @@ void write_folder(const fs::path& folder, const std::function<void(const fs::pat
   fs::remove_all(temp, ec);
   try {
     write(temp);
+    if (target != folder) {
+      // Checked now, not only at the start: the link may have been pointed elsewhere since.
+      std::set<std::string> names;
+      for (fs::directory_iterator it(temp, ec), end; !ec && it != end; it.increment(ec))
+        names.insert(it->path().filename().string());
+      check_replaceable(folder, names);
+    }
     replace_folder(temp, target);
   } catch (const InputError&) {
     fs::remove_all(temp, ec);

@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <string>
 
 #include "io/export_files.h"
@@ -31,6 +32,12 @@ void replace_folder(const std::filesystem::path& from, const std::filesystem::pa
 // as "<folder>.old") and no "<folder>.tmp": a set of models written this way never mixes models
 // of two steps. InputError naming a link that cannot be followed.
 void write_folder(const std::filesystem::path& folder, const std::function<void(const std::filesystem::path&)>& write);
+// Before write_folder replaces the target of the link `link` whole: InputError naming the link,
+// its target and an entry of it, unless the target is missing or a folder holding only models
+// (folders with a config.json) and entries named in `names`: what an earlier write_folder of the
+// set put there. Anything else is not the writer's (a link that another user of a shared run
+// directory, or a slip, pointed at a folder of the user's), and the replacement would delete it.
+void check_replaceable(const std::filesystem::path& link, const std::set<std::string>& names);
 // Removes the "<folder>.tmp" of a write_folder that a kill interrupted (nothing when none); where
 // the kill cut replace_folder's two renames (no folder, "<folder>.old" beside it), keeps both and
 // says so.

@@ -18,6 +18,7 @@
 
 #include "core/atomic_file.h"
 #include "core/log.h"
+#include "io/hf_export.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/metrics.h"
@@ -58,6 +59,7 @@ void check_linked_export(const fs::path& link) {
                     target.string(), ", which the run replaces with a folder written beside it, but ", parent.string(),
                     same_device ? " is not writable" : " is another file system (the target is a mount point)",
                     ": point it at a folder in a writable folder of its file system, or remove the link");
+  io::check_replaceable(link, {"best.json"});  // eval.best's record beside its models
 }
 
 // What a lock holder wrote into the lock file: "<host> pid <pid>" (text, "" when unreadable) and

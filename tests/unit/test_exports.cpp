@@ -445,6 +445,42 @@ TEST_F(ExportsTest, WriteFolderReplacesTheWholeSetOrNothing) {
   EXPECT_FALSE(written);
 }
 
+// A link's target is replaced whole: one that holds anything but models and the set's own entries
+// (a folder of the user's that another member of a shared run directory linked export/ to, or a
+// slip) is refused, and kept. Before, its contents were swapped out and deleted.
+TEST_F(ExportsTest, WriteFolderKeepsWhatALinkedFolderHoldsBesideModels) {
+  const fs::path mine = tmp_.path / "projects", link = tmp_.path / "export";
+  fs::create_directories(mine / "paper");
+  std::ofstream(mine / "paper" / "results.csv") << "kept";
+  fs::create_directory_symlink(mine, link);
+  bool written = false;
+  const auto write = [&](const fs::path& temp) {
+    fs::create_directories(temp / "decoder");
+    std::ofstream(temp / "decoder" / "config.json") << "{}";
+    written = true;
+  };
+  expect_input_error([&] { io::write_folder(link, write); },
+                     {link.string() + " links to " + mine.string(), "which holds paper", "would delete it"});
+  EXPECT_TRUE(written);
+  EXPECT_EQ(read_file(mine / "paper" / "results.csv"), "kept");
+  EXPECT_FALSE(fs::exists(tmp_.path / "projects.tmp"));
+  // Models of an earlier set (other names too) and the set's own entries are replaced.
+  fs::remove_all(mine / "paper");
+  fs::create_directories(mine / "encoder");
+  std::ofstream(mine / "encoder" / "config.json") << "{}";
+  std::ofstream(mine / "decoder") << "an earlier set's file";
+  io::write_folder(link, write);
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(read_file(mine / "decoder" / "config.json"), "{}");
+  EXPECT_FALSE(fs::exists(mine / "encoder"));
+  // A link to a file is no folder to replace.
+  fs::remove(link);
+  std::ofstream(tmp_.path / "file.txt") << "kept";
+  fs::create_symlink(tmp_.path / "file.txt", link);
+  expect_input_error([&] { io::write_folder(link, write); }, {link.string() + " links to ", "Not a directory"});
+  EXPECT_EQ(read_file(tmp_.path / "file.txt"), "kept");
+}
+
 // .npy and JSON lines read back what was written; .h5 is written.
 TEST_F(ExportsTest, VectorFilesRoundTrip) {
   cli::Vectors v;

@@ -220,6 +220,12 @@ TEST(RunDirTest, ALinkedExportMustBeReplaceableBesideItsTarget) {
   fs::create_directories(dir.path / "models");
   fs::create_directory_symlink(dir.path / "models", run / "export");
   EXPECT_NO_THROW(check_output_dir(run.string(), true));
+  // A target that holds more than models (a folder of the user's) would be deleted: refused now.
+  std::ofstream(dir.path / "models" / "notes.txt") << "kept";
+  qarac::test_support::expect_input_error(
+      [&] { check_output_dir(run.string(), true); },
+      {(run / "export").string() + " links to " + (dir.path / "models").string(), "which holds notes.txt"});
+  fs::remove(dir.path / "models" / "notes.txt");
   struct stat shm {}, dev {};
   if (::stat("/dev/shm", &shm) != 0 || ::stat("/dev", &dev) != 0 || shm.st_dev == dev.st_dev)
     GTEST_SKIP() << "no mount point at /dev/shm to link to";
