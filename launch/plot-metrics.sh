@@ -106,17 +106,25 @@ colour() {
     *) echo "8c564b" ;;
   esac
 }
-# series FILE STYLE: the plot clauses of every column of FILE, titled by its header; the series
-# of one task share its colour and differ in marker and dash.
+# gnuplot_string TEXT: TEXT as a gnuplot string. Names come from metrics.jsonl's keys, which
+# whoever wrote the file chose: a quote in one ended the string, and what followed ran as gnuplot
+# (system("...") runs a shell command). In single quotes gnuplot substitutes nothing ('' is a quote).
+gnuplot_string() {
+  printf "'%s'" "${1//\'/\'\'}"
+}
+# series FILE STYLE [notitle]: the plot clauses of every column of FILE, titled by its header
+# (none with notitle); the series of one task share its colour and differ in marker and dash.
 series() {
-  local file=$1 style=$2 i=2 name names clauses=() task markers=(7 5 9 11 13) dashes=(1 2 4 5 3)
+  local file=$1 style=$2 i=2 name names clauses=() task markers=(7 5 9 11 13) dashes=(1 2 4 5 3) title
   local -A seen=()
   IFS=$'\t' read -r -a names <"$file"
   for name in "${names[@]:1}"; do
     task=${name%%.*}
     local k=${seen[$task]:-0}
     seen[$task]=$((k + 1))
-    clauses+=("'$file' skip 1 using 1:$i $style pt ${markers[k % 5]} dt ${dashes[k % 5]} lc rgb '#$(colour "$name")' title '$name'")
+    title="title $(gnuplot_string "$name")"
+    [ "${3:-}" != notitle ] || title=notitle
+    clauses+=("'$file' skip 1 using 1:$i $style pt ${markers[k % 5]} dt ${dashes[k % 5]} lc rgb '#$(colour "$name")' $title")
     i=$((i + 1))
   done
   local IFS=,
@@ -125,9 +133,9 @@ series() {
 
 panels=()
 if (($(rows "$tmp/train.tsv"))); then
-  raw=$(series "$tmp/train.tsv" "with lines lw 0.6")
+  raw=$(series "$tmp/train.tsv" "with lines lw 0.6" notitle)
   # The same colours, 75% transparent and without a legend entry, under the moving average.
-  raw=$(sed -e "s/lc rgb '#/lc rgb '#C0/g" -e "s/title '[^']*'/notitle/g" <<<"$raw")
+  raw=${raw//"lc rgb '#"/"lc rgb '#C0"}
   panels+=("set title 'training loss per task (thin: each step, bold: moving average of $span)'
 set xlabel 'step'; set ylabel 'loss (lower is better)'; $(log_axis "$tmp/train.tsv")
 set key outside right top vertical
@@ -141,7 +149,7 @@ if (($(rows "$tmp/accuracy.tsv"))); then
     IFS=$'\t' read -r -a levels <"$tmp/chance.tsv"
     for i in "${!levels[@]}"; do
       ((i > 0)) || continue
-      chance+=", '$tmp/chance.tsv' skip 1 using 1:$((i + 1)) with lines dt 3 lw 1.5 lc rgb '#$(colour "${levels[i]}")' title '${levels[i]%_chance} chance'"
+      chance+=", '$tmp/chance.tsv' skip 1 using 1:$((i + 1)) with lines dt 3 lw 1.5 lc rgb '#$(colour "${levels[i]}")' title $(gnuplot_string "${levels[i]%_chance} chance")"
     done
   fi
   panels+=("set title 'held-out accuracies (higher is better)'

@@ -49,4 +49,17 @@ awk -v r="$range" 'BEGIN { sub(/.*\[/, "", r); split(r, a, ":"); exit !(a[2] / a
 tics=$(grep -A2 "forgetting monitor" "$gp" | grep -o 'set ytics ([^)]*)' | head -1 || true)
 [ "$(tr -cd ',' <<<"$tics" | wc -c)" -ge 2 ] || fail "plot: the forgetting axis has fewer than three labelled ticks ($tics)"
 python3 -c 'import sys, xml.dom.minidom as m; m.parse(sys.argv[1])' "$work/out.svg" || fail "plot: not an SVG"
+# Names are metrics.jsonl's keys, which whoever wrote the file chose: a quote in one ended its
+# gnuplot string, and gnuplot ran the rest (system() runs a shell command). Before, this file
+# made the plot touch $work/ran.
+hostile=$work/hostile
+mkdir -p "$hostile"
+key="x' . system('touch $work/ran') . '"
+jq -nc --arg k "$key" '{step: 1, loss: {($k): 1, ed: 2}}, {step: 2, loss: {($k): 0.5, ed: 1}},
+  {step: 2, eval: true, ($k + "accuracy"): 0.5, ($k + "_chance"): 0.1, ("q" + $k + ".loss"): 1}' >"$hostile/metrics.jsonl"
+QARAC_PLOT_SCRIPT=$work/hostile.gp bash "$src/launch/plot-metrics.sh" "$hostile" >/dev/null ||
+  fail "plot: a quote in a metric's name breaks the plot"
+[ ! -e "$work/ran" ] || fail "plot: a metric's name ran as gnuplot (system() made $work/ran)"
+grep -qF "title 'x'' . system(''touch $work/ran'') . ''accuracy'" "$work/hostile.gp" ||
+  fail "plot: the name with quotes is not the series' title"
 echo "$me: the table and the plot read as intended"
