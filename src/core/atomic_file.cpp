@@ -25,22 +25,31 @@ int fsync_path(const std::string& path, int flags) {
   return err;
 }
 
+std::string folder_of(const std::string& path) {
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
+
 // The file a path names once its symbolic links are followed (a link is replaced by a rename, its
 // target never written): as far as they lead, a dangling one to where its target would be.
+// Followed here, by reading them, the links escape the kernel's protected_symlinks, so its rule is
+// applied here: a link in a sticky folder that others may write (/tmp), owned by neither this user
+// nor the folder's owner, is another user's trap (to a file of this user's), and is refused.
 std::string followed(std::string path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   for (int hops = 0; hops < 40 && fs::is_symlink(path, ec); ++hops) {
+    struct stat link {}, folder {};
+    if (::lstat(path.c_str(), &link) == 0 && ::stat(folder_of(path).c_str(), &folder) == 0 &&
+        (folder.st_mode & S_ISVTX) && (folder.st_mode & S_IWOTH) && link.st_uid != ::geteuid() &&
+        link.st_uid != folder.st_uid)
+      throw InputError(path + ": a link of another user's in a folder that every user may write (sticky, as /tmp): "
+                       "not followed, as the kernel would not (protected_symlinks); name a file of your own");
     const fs::path target = fs::read_symlink(path, ec);
     if (ec) break;
     path = (target.is_absolute() ? target : fs::path(path).parent_path() / target).string();
   }
   return path;
-}
-
-std::string folder_of(const std::string& path) {
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  return dir.empty() ? "." : dir;
 }
 
 }  // namespace

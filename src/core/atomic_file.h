@@ -28,7 +28,8 @@ class AtomicFile {
   };
 
   enum Links {
-    follow,   // a symbolic link at `path` is followed: its target is the file written
+    follow,   // a symbolic link at `path` is followed: its target is the file written (but not
+              // another user's link in a sticky folder all may write, /tmp: InputError)
     replace,  // the link itself is replaced by the file: a run directory's own files, which a
               // link planted by another user of a shared folder must not lead out of it
   };

@@ -764,6 +764,33 @@ TEST_F(FileTest, AtomicWritesNeverWriteThroughAnEntryUnderTheTemporaryName) {
   EXPECT_EQ(entries(), (std::set<std::string>{"a.bin", "b.bin", "victim.txt"}));
 }
 
+// AtomicFile follows links by reading them, which the kernel's protected_symlinks does not see: a
+// link that another user put in /tmp (sticky, writable by all) to a file of this user's led the
+// write there (qarac-embed --output /tmp/v.npy replaced ~/.myrc). Such a link is refused now, as
+// the kernel refuses to follow it; this user's own links there are followed.
+TEST_F(FileTest, AtomicWritesFollowNoOtherUsersLinkInASharedStickyFolder) {
+  const fs::path tmp = dir_ / "tmp";
+  fs::create_directory(tmp);
+  ASSERT_EQ(::chmod(tmp.c_str(), 01777), 0);
+  const std::string victim = path("victim.txt");
+  write(victim, "kept");
+  fs::create_symlink(victim, tmp / "mine.npy");
+  {
+    AtomicFile file((tmp / "mine.npy").string());
+    EXPECT_EQ(file.path(), victim);
+  }
+  fs::create_symlink(victim, tmp / "theirs.npy");
+  if (::lchown((tmp / "theirs.npy").c_str(), ::geteuid() + 4242, static_cast<gid_t>(-1)) != 0)
+    GTEST_SKIP() << "cannot give a link to another user (not root)";
+  expect_input_error([&] { AtomicFile file((tmp / "theirs.npy").string()); },
+                     {(tmp / "theirs.npy").string(), "a link of another user's", "not followed"});
+  EXPECT_EQ(read(victim), "kept");
+  // Not sticky (a folder whose users trust each other): followed, as the kernel does.
+  ASSERT_EQ(::chmod(tmp.c_str(), 0777), 0);
+  AtomicFile file((tmp / "theirs.npy").string());
+  EXPECT_EQ(file.path(), victim);
+}
+
 // AtomicFile::replace: a link at the target is replaced by the file, its target left as it was
 // (a run directory's own files: run_dir.h), dangling or not; a folder is still refused.
 TEST_F(FileTest, AtomicWritesReplaceALinkWhenAskedTo) {
