@@ -63,6 +63,7 @@ BestExport::BestExport(const std::string& output, std::string metric, const std:
   int64_t held_step = -1;
   uint64_t held_evaluation = 0;  // 0: a best.json from before the fingerprint
   try {
+    check_input_file(note.string());  // a FIFO would hold the start in its open for good
     std::ifstream in(note);
     const nlohmann::json j = nlohmann::json::parse(in);
     held_metric = j.at("metric").get<std::string>();

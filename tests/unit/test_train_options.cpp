@@ -4,7 +4,11 @@
 // qarac-prep says how many examples it truncated, a base's layers beyond its config are said, and
 // values at the edges are refused in one line.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -424,6 +428,35 @@ TEST(BestExport, BestIsWrittenAgainOnlyWhereItLacksTheStartsModels) {
   EXPECT_FALSE(lacks("cs.accuracy", 6, 4)) << "a later best held";
   EXPECT_FALSE(lacks("qa.loss", 2, 4)) << "another metric's held";
   EXPECT_FALSE(lacks(nullptr, 0, 3)) << "the models at hand are not the best's";
+}
+
+// A FIFO at best/best.json (a slip, or another member of a group that shares the run directory)
+// held a --resume in the open of it for good, SIGTERM or not: it is unreadable, said, and the next
+// better evaluation replaces best/. In a child, which the test ends if it waits.
+TEST(BestExport, AFifoAtBestJsonIsNotWaitedOn) {
+  const qarac::test_support::TempDir dir("best-fifo");
+  fs::create_directories(dir.path / "best");
+  ASSERT_EQ(::mkfifo((dir.path / "best" / "best.json").c_str(), 0600), 0);
+  const std::map<int64_t, double> record = {{0, 0.2}};
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    try {
+      qarac::BestExport best(dir.path.string(), "cs.accuracy", record, 2);
+      ::_exit(0);
+    } catch (...) {
+      ::_exit(1);
+    }
+  }
+  int status = 0;
+  pid_t done = 0;
+  for (int tenths = 0; tenths < 200 && (done = ::waitpid(child, &status, WNOHANG)) == 0; ++tenths) ::usleep(100000);
+  if (done == 0) {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, &status, 0);
+    FAIL() << "BestExport waits on the FIFO at best/best.json";
+  }
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
 }
 
 // A metric the evaluation did not give (held-out QA without candidates gives no selection
