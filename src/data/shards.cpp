@@ -10,6 +10,7 @@
 #include <fstream>
 #include <new>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "data/stream_layout.h"
@@ -223,6 +224,8 @@ Task task_named(const std::string& path, const std::string& name) {
 
 // ---- A publish that did not finish ----------------------------------------------------------
 std::optional<std::vector<std::string>> unfinished_publish(const std::string& dir) {
+  // A FIFO there (in a folder a group shares) would hold qarac-prep and every reader in its open.
+  check_input_file(dir + "/" + kPublishingMarker);
   std::ifstream in(dir + "/" + kPublishingMarker);
   if (!in) return std::nullopt;
   std::vector<std::string> names;

@@ -531,6 +531,19 @@ TEST_F(Hostile, AStoppedPublishIsNotTakenForOnePreparation) {
   EXPECT_NO_THROW(Loader(kEncodeDecode, options_for(out)));
 }
 
+// A FIFO at the publishing mark (another member of a group that shares the data folder, or a
+// slip) held qarac-prep, and every run reading the folder, in its open for good: refused now.
+TEST_F(Hostile, AFifoAtThePublishingMarkIsNotWaitedOn) {
+  const std::string out = path("fifo-mark"), marker = out + "/" + kPublishingMarker;
+  fs::create_directories(out);
+  ASSERT_EQ(::mkfifo(marker.c_str(), 0600), 0);
+  const auto r = run_command("timeout -s KILL 60 " + kPrep + " --tokenizer " + kSample + "tokenizer --out " + out +
+                             " --text " + kSample + "corpus_heldout.txt");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(marker + ": not a regular file"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::is_fifo(marker));
+}
+
 // Before: a log whose reader went away killed qarac-prep with SIGPIPE (exit 141, no word) and left
 // its temporary files. The run now goes on and publishes its streams; only its summary is lost.
 TEST_F(Hostile, PrepOutlivesAClosedLogPipe) {
