@@ -58,6 +58,11 @@ void replace_folder(const fs::path& from, const fs::path& to) {
 #ifdef RENAME_EXCHANGE
   if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
     fs::remove_all(from, ec);  // now the previous export
+    // A folder the user made read-only is swapped out all the same, and then stays: said, not
+    // left for the next write to trip over at the end of a run.
+    if (ec)
+      log::warn(to.string(), ": the previous one, swapped out to ", from.string(), ", cannot be removed (",
+                ec.message(), "): remove it before the next write, which needs its place");
     return;
   }
   if (errno != EINVAL && errno != ENOSYS)
@@ -102,6 +107,8 @@ void remove_unfinished_folder(const fs::path& folder) {
     return;
   }
   fs::remove_all(temp, ec);
+  QARAC_INPUT_CHECK(!ec, temp.string(), ": cannot remove what an earlier write of ", target.string(), " left there (",
+                    ec.message(), "): remove it");
 }
 
 void check_replaceable(const fs::path& link, const std::set<std::string>& names) {
@@ -126,6 +133,8 @@ void write_folder(const fs::path& folder, const std::function<void(const fs::pat
   const fs::path target = write_target(folder);
   const fs::path temp = target.string() + ".tmp";
   fs::remove_all(temp, ec);
+  QARAC_INPUT_CHECK(!ec, temp.string(), ": cannot remove what an earlier write of ", target.string(), " left there (",
+                    ec.message(), "): remove it");
   try {
     write(temp);
     if (target != folder) {

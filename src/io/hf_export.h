@@ -40,7 +40,8 @@ void write_folder(const std::filesystem::path& folder, const std::function<void(
 void check_replaceable(const std::filesystem::path& link, const std::set<std::string>& names);
 // Removes the "<folder>.tmp" of a write_folder that a kill interrupted (nothing when none); where
 // the kill cut replace_folder's two renames (no folder, "<folder>.old" beside it), keeps both and
-// says so.
+// says so. InputError naming it when it cannot be removed (a read-only copy): at a run's start,
+// not when its export writes there.
 void remove_unfinished_folder(const std::filesystem::path& folder);
 
 // The master weights of `params` by name, as f32 CPU copies: what an export stores.

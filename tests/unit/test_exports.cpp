@@ -5,7 +5,11 @@
 // exports with transformers.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <fcntl.h>
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -479,6 +483,58 @@ TEST_F(ExportsTest, WriteFolderKeepsWhatALinkedFolderHoldsBesideModels) {
   fs::create_symlink(tmp_.path / "file.txt", link);
   expect_input_error([&] { io::write_folder(link, write); }, {link.string() + " links to ", "Not a directory"});
   EXPECT_EQ(read_file(tmp_.path / "file.txt"), "kept");
+}
+
+// A set the user made read-only (chmod -R a-w export, to keep it) is swapped out all the same, and
+// its folder then cannot be removed. Before, that was silent: it stayed as "<folder>.tmp", and the
+// next write failed there, at the end of its run, on a path the user never named. Now the swap
+// says so, and the start of the next run (remove_unfinished_folder) refuses. Run by another user
+// (root removes anything), in a child.
+TEST_F(ExportsTest, ASetThatCannotBeRemovedIsSaid) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to run the writes as another user";
+  const fs::path home = tmp_.path / "nobody", set = home / "export", log = tmp_.path / "stderr.txt";
+  fs::create_directories(home);
+  ASSERT_EQ(::chown(home.c_str(), 65534, 65534), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || ::dup2(fd, 2) < 0 || ::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0)
+      ::_exit(10);
+    const auto write = [](const fs::path& temp) {
+      fs::create_directories(temp / "decoder");
+      std::ofstream(temp / "decoder" / "config.json") << "{}";
+    };
+    try {
+      io::write_folder(set, write);
+      if (::chmod((set / "decoder").c_str(), 0555) != 0) ::_exit(11);
+      io::write_folder(set, write);  // swapped in; the old set stays, read-only, as export.tmp
+      if (!fs::exists(home / "export.tmp" / "decoder" / "config.json")) ::_exit(12);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      ::_exit(13);
+    }
+    try {
+      io::remove_unfinished_folder(set);
+    } catch (const InputError& e) {
+      std::fprintf(stderr, "refused: %s\n", e.what());
+      ::_exit(0);
+    }
+    ::_exit(14);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  const std::string said = read_file(log);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status << ": " << said;
+  EXPECT_NE(said.find(set.string() + ": the previous one, swapped out to " + (home / "export.tmp").string() +
+                      ", cannot be removed (Permission denied)"),
+            std::string::npos)
+      << said;
+  EXPECT_NE(said.find("refused: " + (home / "export.tmp").string() + ": cannot remove what an earlier write of " +
+                      set.string() + " left there (Permission denied): remove it"),
+            std::string::npos)
+      << said;
 }
 
 // .npy and JSON lines read back what was written; .h5 is written.
