@@ -265,6 +265,12 @@ nlohmann::ordered_json model_fields(const RobertaConfig& c) {
 
 }  // namespace
 
+bool hf_config_sets(const std::string& path, const char* key) {
+  std::ifstream in(path);
+  const json root = json::parse(in, nullptr, false);
+  return root.is_object() && root.contains(key);
+}
+
 std::string model_fields_json(const RobertaConfig& config) { return model_fields(config).dump(); }
 
 std::vector<std::string> model_field_changes(const std::string& was, const std::string& now) {

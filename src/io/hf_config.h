@@ -18,6 +18,9 @@ namespace qarac::io {
 // transformers): whether an LM head's output matrix is the word embeddings.
 RobertaConfig read_hf_config(const std::string& path, bool* is_decoder = nullptr,
                              bool* tie_word_embeddings = nullptr);
+// Whether the config.json at `path` sets `key` itself (else read_hf_config gives its default);
+// false when the file is no JSON object (read_hf_config says why).
+bool hf_config_sets(const std::string& path, const char* key);
 // What transformers should make of an exported directory.
 struct HfConfigOptions {
   std::string architecture = "RobertaForMaskedLM";  // or a QARAC model's class (modeling_qarac.py)

@@ -191,14 +191,30 @@ void Trainer::Impl::restore(const std::string& checkpoint) {
                     config.steps, " (raise train.steps to go on)");
   // The same weights in other models (another base's layer_norm_eps or dropout) would go on
   // training unsaid, and the export would describe models that were trained otherwise.
+  // Versions before commit 311f593 (7 December 2026) read a config.json without layer_norm_eps
+  // as RoBERTa's 1e-5, this one as transformers does (1e-12): the same base builds other models.
+  const std::string base_config = config.base.empty() ? "" : (fs::path(config.base) / "config.json").string();
+  const bool eps_left_out = !base_config.empty() && !io::hf_config_sets(base_config, "layer_norm_eps");
+  const std::string eps_fix = detail::concat(
+      base_config, " leaves layer_norm_eps out, which versions of QARAC-MT before commit 311f593 (7 December 2026) ",
+      "read as 1e-05 and this one reads as transformers does, 1e-12: add \"layer_norm_eps\": 1e-05 to it (or to a ",
+      "copy given as model.base) to go on as the run began, or resume with the version that wrote the checkpoint");
   if (!state.model_config.empty()) {
     const std::vector<std::string> other =
         io::model_field_changes(state.model_config, io::model_fields_json(training.workload->model_config()));
     const std::string source = config.pretraining() && config.base.empty()
                                    ? "model.* settings"
                                    : "model.base (" + config.base + ") and model.dropout";
+    const bool eps_changed = std::any_of(other.begin(), other.end(),
+                                         [](const std::string& c) { return c.rfind("layer_norm_eps ", 0) == 0; });
     QARAC_INPUT_CHECK(other.empty(), "--resume: ", checkpoint, ": the checkpoint's run built its models otherwise than ",
-                      "this run's ", source, " give: ", joined(other), " (they must match: resume with the run's own)");
+                      "this run's ", source, " give: ", joined(other), " (they must match: ",
+                      eps_changed && eps_left_out ? eps_fix : "resume with the run's own", ")");
+  } else {
+    // A checkpoint of a version before they were recorded (all before 311f593): its run read a
+    // layer_norm_eps the base leaves out as 1e-5.
+    QARAC_INPUT_CHECK(!eps_left_out, "--resume: ", checkpoint, " records no model configuration (an earlier ",
+                      "version's), and ", eps_fix);
   }
   training.loaders->restore(state.cursor, checkpoint);
   last.checkpoint = step;

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <regex>
 #include <string>
@@ -22,8 +23,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/hdf5_checksummed.h"
 #include "io/safetensors.h"
 #include "support/train_cli.h"
+#include "train/checkpoint.h"
 #include "train/run_dir.h"
 
 using namespace qarac;
@@ -624,6 +627,75 @@ TEST_F(RunDirCli, ResumeFromABaseOfAnotherConfigurationIsRefused) {
   EXPECT_FALSE(fs::exists(run / "checkpoints" / "step-0000000003"));
   // The base the run started from goes on.
   EXPECT_EQ(train(run, "--resume --train.steps 3").code, 0);
+}
+
+// Every part of checkpoint folder `folder` rewritten with `edit` applied to its datasets: a
+// checkpoint as an earlier version wrote it, checksummed and sealed as any.
+void rewrite_checkpoint(const fs::path& folder, const std::function<void(H5Contents&)>& edit) {
+  const H5FileKind kind = {kCheckpointFormat, kCheckpointVersion, "checkpoint"};
+  for (const fs::directory_entry& part : fs::directory_iterator(folder)) {
+    const std::string path = part.path().string();
+    H5Contents contents = ChecksummedH5Reader(path, kind).read([](const std::string&, const Shape&) { return true; });
+    edit(contents);
+    {
+      ChecksummedH5Writer w(path + ".new", kind);
+      for (const auto& [name, d] : contents) d.is_text ? w.write_text(name, d.text) : w.write(name, d.values);
+      w.finish();
+    }
+    fs::rename(path + ".new", path);
+  }
+}
+
+// A base whose config.json leaves layer_norm_eps out: versions before commit 311f593 read it as
+// 1e-5, this one as transformers does (1e-12). A checkpoint of such a version's run, one that
+// records no model configuration (before they were recorded) or one that records 1e-5, is
+// refused naming the file and the fix; before, the first kind went on with other models unsaid
+// (2.6e-5 apart in f64 two steps on), and the second was refused as another base.
+TEST_F(RunDirCli, ARunOfAnEarlierVersionFromABaseWithoutLayerNormEpsIsRefused) {
+  const fs::path base = root() / "base-no-eps", base_eps = root() / "base-eps-1e-5";
+  for (const fs::path& copy : {base, base_eps})
+    fs::copy(root() / "base", copy, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  nlohmann::json config = nlohmann::json::parse(test_support::read_text((base / "config.json").string()));
+  config.erase("layer_norm_eps");
+  std::ofstream(base / "config.json") << config.dump(2);
+  config["layer_norm_eps"] = 1e-5;
+  std::ofstream(base_eps / "config.json") << config.dump(2);
+  const std::string args = " --checkpoint.every 2 --model.base " + base.string();
+  const fs::path run = root() / "no-eps";
+  ASSERT_EQ(train(run, "--train.steps 2" + args).code, 0);
+  // This version's own checkpoint goes on.
+  const fs::path own = root() / "no-eps-own";
+  fs::copy(run, own, fs::copy_options::recursive);
+  const CliResult same = train(own, "--resume --train.steps 3" + args);
+  EXPECT_EQ(same.code, 0) << same.output;
+  const std::string fix = (base / "config.json").string() + " leaves layer_norm_eps out, which versions of QARAC-MT "
+                          "before commit 311f593 (7 December 2026) read as 1e-05 and this one reads as transformers "
+                          "does, 1e-12: add \"layer_norm_eps\": 1e-05 to it";
+  const fs::path checkpoint = run / "checkpoints" / "step-0000000002";
+  // Recorded as such a version's run recorded it.
+  const fs::path recorded = root() / "no-eps-recorded";
+  fs::copy(run, recorded, fs::copy_options::recursive);
+  rewrite_checkpoint(recorded / "checkpoints" / "step-0000000002", [](H5Contents& c) {
+    nlohmann::json fields = nlohmann::json::parse(c.at("state/model_config").text);
+    fields["layer_norm_eps"] = 1e-5;
+    c.at("state/model_config").text = fields.dump();
+  });
+  const CliResult r = train(recorded, "--resume --train.steps 3" + args);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("layer_norm_eps 1e-05 -> 1e-12 (they must match: " + fix), std::string::npos) << r.output;
+  // Not recorded.
+  rewrite_checkpoint(checkpoint, [](H5Contents& c) { c.erase("state/model_config"); });
+  const CliResult old = train(run, "--resume --train.steps 3" + args);
+  EXPECT_EQ(old.code, 2) << old.output;
+  EXPECT_NE(old.output.find("qarac-train: error: --resume: " + checkpoint.string() +
+                            " records no model configuration (an earlier version's), and " + fix),
+            std::string::npos)
+      << old.output;
+  EXPECT_FALSE(fs::exists(run / "checkpoints" / "step-0000000003"));
+  // The fix: the base with the value the run began with.
+  const CliResult fixed = train(run, "--resume --train.steps 3 --checkpoint.every 2 --model.base " + base_eps.string());
+  EXPECT_EQ(fixed.code, 0) << fixed.output;
+  EXPECT_NE(fixed.output.find("resuming from " + checkpoint.string()), std::string::npos) << fixed.output;
 }
 
 // The held-out evaluation changed between a run and its resume (other examples: eval.examples 6
