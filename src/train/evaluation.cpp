@@ -90,11 +90,34 @@ std::vector<int64_t> pass_bounds(const data::Ragged& ragged, const PassSize& pas
   return data::part_bounds(lengths, pass.tokens, pass.examples);
 }
 
+// Which of the n answers are right for each question: its own, and every answer of the same text
+// as an answer of the same question (WikiQA: one example per Label 1 row, so a question with two
+// answers is two examples; a sentence may answer two questions). right[i] lists them for i.
+std::vector<std::vector<int64_t>> right_answers(const PackedField& questions, const PackedField& answers, int64_t n) {
+  std::map<std::vector<int32_t>, int64_t> question_ids, answer_ids;
+  std::vector<int64_t> qid, aid;
+  for (const std::vector<int32_t>& s : sequences_of(questions, n))
+    qid.push_back(question_ids.emplace(s, static_cast<int64_t>(question_ids.size())).first->second);
+  for (const std::vector<int32_t>& s : sequences_of(answers, n))
+    aid.push_back(answer_ids.emplace(s, static_cast<int64_t>(answer_ids.size())).first->second);
+  std::vector<std::vector<bool>> texts_of(question_ids.size(), std::vector<bool>(answer_ids.size(), false));
+  for (int64_t i = 0; i < n; ++i) texts_of[qid[i]][aid[i]] = true;
+  std::vector<std::vector<int64_t>> right(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      if (texts_of[qid[i]][aid[j]]) right[i].push_back(j);
+  return right;
+}
+
 // qa.answer_norm and qa.answer_spread, the scale retrieval works at (how long the answer vectors
 // are, how far apart two different answers lie: the MSE objective can shrink both, and retrieval
 // needs the second well above the question-answer distance), and qa.retrieval_accuracy: how
-// often a question's nearest answer of the n is its own. q and a hold n rows each.
-void add_retrieval_metrics(const std::vector<float>& q, const std::vector<float>& a, int64_t n, EvalResult& result) {
+// often a question's nearest answer of the n is a right one (right_answers). As in selection, a
+// wrong answer as near as the nearest right one counts against it: identical sentences, which
+// f32 encodes to vectors that differ in their last bits or not at all, no longer count right or
+// wrong by their order in the file. q and a hold n rows each.
+void add_retrieval_metrics(const std::vector<float>& q, const std::vector<float>& a, int64_t n,
+                           const std::vector<std::vector<int64_t>>& right_of, EvalResult& result) {
   const size_t d = q.size() / static_cast<size_t>(n);
   double norm = 0, spread = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -106,22 +129,24 @@ void add_retrieval_metrics(const std::vector<float>& q, const std::vector<float>
   result.metrics["qa.answer_norm"] = norm / static_cast<double>(n);
   result.metrics["qa.answer_spread"] = spread / static_cast<double>(n);
   int64_t right = 0;
+  double chance = 0;
   bool finite = true;
+  std::vector<bool> is_right(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    int64_t nearest = -1;
-    double best = std::numeric_limits<double>::infinity();
+    std::fill(is_right.begin(), is_right.end(), false);
+    for (int64_t j : right_of[i]) is_right[j] = true;
+    double nearest_right = std::numeric_limits<double>::infinity(), nearest_wrong = nearest_right;
     for (int64_t j = 0; j < n; ++j) {
       const double dist = squared_distance(&q[i * d], &a[j * d], d);
       finite = finite && std::isfinite(dist);
-      if (dist < best) {
-        best = dist;
-        nearest = j;
-      }
+      double& nearest = is_right[j] ? nearest_right : nearest_wrong;
+      nearest = std::min(nearest, dist);
     }
-    right += nearest == i;
+    right += nearest_right < nearest_wrong;
+    chance += static_cast<double>(right_of[i].size()) / static_cast<double>(n);
   }
   result.metrics["qa.retrieval_accuracy"] = finite ? static_cast<double>(right) / static_cast<double>(n) : kUndefined;
-  result.metrics["qa.retrieval_chance"] = 1.0 / static_cast<double>(n);
+  result.metrics["qa.retrieval_chance"] = chance / static_cast<double>(n);
 }
 
 // cs.accuracy and cs.confusion.<gold>.<predicted>: the class of each pair's cosine
@@ -350,7 +375,7 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
                               options_.qa_objective.temperature);
     result.metrics[task + ".loss"] = loss;
     if (qa) {
-      add_retrieval_metrics(first, second, n, result);
+      add_retrieval_metrics(first, second, n, right_answers(batch.fields[0], batch.fields[1], n), result);
       if (candidates_.sentences.count() > 0)
         add_selection_metrics(models.answer_encoder(), candidates_, first, second, n, static_cast<size_t>(d), config,
                               models.device(), options_.pass, result);

@@ -2,8 +2,10 @@
 // steps and at the end:
 //   <task>.loss              each objective's loss on held-out examples (contrastive QA: over them all)
 //   qa.retrieval_accuracy    QE(q)'s nearest answer vector (Euclidean, as the MSE objective
-//                            measures) among all held-out AE(a) is its own answer's
-//   qa.retrieval_chance      the accuracy of a random pick among them, 1/n
+//                            measures) among all held-out AE(a) is a right one: its own answer, or
+//                            an answer of the same text as one of the same question's (WikiQA's
+//                            questions with several answers). A wrong answer as near counts against
+//   qa.retrieval_chance      the accuracy of a random pick among them, mean right answers/n
 //   qa.selection_accuracy, qa.selection_mrr
 //                            WikiQA's answer-sentence selection: the answer ranked among its own
 //                            question's sentences (the answer and its candidates, WikiQA's Label

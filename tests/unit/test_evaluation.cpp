@@ -526,6 +526,23 @@ TEST_F(SelectionTest, ACollapsedModelRanksEveryAnswerLast) {
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 0.0);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), kChance);  // rank 1 + candidates: the last
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
+  // Retrieval too: every answer as near as the right one (before: question 0 won the tie, 0.25).
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_accuracy"), 0.0);
+}
+
+// Retrieval counts every right answer of the question: WikiQA's question with two answers is two
+// examples, and a held-out file may hold an example twice. QE = AE, so each question lies at
+// distance 0 from an answer of its own text (before: 2 and 3 counted wrong, their nearest being
+// 1's and 0's answer, and the chance 1/4).
+TEST_F(EvaluatorTest, RetrievalCountsEveryRightAnswerOfTheQuestion) {
+  std::mt19937 gen(7);
+  const auto t = random_sequences(3, gen, true);
+  const Sequences questions = {t[0], t[1], t[1], t[0]}, answers = {t[0], t[1], t[2], t[0]};
+  write(data::Task::question_answering, 4, [&](int i) { return Sequences{questions[i], answers[i]}; });
+  const std::unique_ptr<QaracModels> models = identical_encoders();
+  const EvalResult r = evaluate(*models);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_accuracy"), 1.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_chance"), 0.5);  // two right answers of four each
 }
 
 // Vectors that are not finite give metrics that are not (NaN), which eval.best never takes and
