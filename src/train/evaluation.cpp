@@ -124,10 +124,12 @@ void add_retrieval_metrics(const std::vector<float>& q, const std::vector<float>
     double n2 = 0;
     for (size_t k = 0; k < d; ++k) n2 += double(a[i * d + k]) * a[i * d + k];
     norm += std::sqrt(n2);
-    spread += std::sqrt(squared_distance(&a[i * d], &a[((i + 1) % n) * d], d));
+    // Over every pair, not a sample: WikiQA lists a question's answers together, so neighbours in
+    // the file are not two answers drawn at random.
+    for (int64_t j = i + 1; j < n; ++j) spread += std::sqrt(squared_distance(&a[i * d], &a[j * d], d));
   }
   result.metrics["qa.answer_norm"] = norm / static_cast<double>(n);
-  result.metrics["qa.answer_spread"] = spread / static_cast<double>(n);
+  result.metrics["qa.answer_spread"] = n > 1 ? spread / (static_cast<double>(n) * static_cast<double>(n - 1) / 2) : 0;
   int64_t right = 0;
   double chance = 0;
   bool finite = true;

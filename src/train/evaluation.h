@@ -17,6 +17,7 @@
 //                            e.g. streams of a qarac-prep that kept no candidates
 //   qa.answer_norm, qa.answer_spread
 //                            mean ‖AE(a)‖ and mean distance between two different answers' vectors
+//                            (over every pair; 0 with one answer)
 //   cs.accuracy, cs.confusion.<gold>.<predicted>
 //                            cos(AE(s0), AE(s1)) read as entailment above 1/3, contradiction
 //                            below -1/3, neutral between

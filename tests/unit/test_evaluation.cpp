@@ -401,15 +401,16 @@ TEST_F(EvaluatorTest, KnownAnswersAndEveryMetric) {
             .forward(TokenBatch::from_sequences(answers, config_.base.pad_token_id, Device::cpu()), ForwardOptions{}, acts)
             .to_vector<float>();
     const size_t d = a.size() / 12;
-    double norm = 0, spread = 0;
+    double norm = 0, spread = 0;  // spread: the mean over the 66 pairs of different answers
     for (size_t i = 0; i < 12; ++i) {
-      double n2 = 0, gap = 0;
-      for (size_t k = 0; k < d; ++k) {
-        n2 += double(a[i * d + k]) * a[i * d + k];
-        gap += std::pow(double(a[i * d + k]) - a[(i + 1) % 12 * d + k], 2);
-      }
+      double n2 = 0;
+      for (size_t k = 0; k < d; ++k) n2 += double(a[i * d + k]) * a[i * d + k];
       norm += std::sqrt(n2) / 12;
-      spread += std::sqrt(gap) / 12;
+      for (size_t j = 0; j < 12; ++j) {
+        double gap = 0;
+        for (size_t k = 0; k < d; ++k) gap += std::pow(double(a[i * d + k]) - a[j * d + k], 2);
+        if (j != i) spread += std::sqrt(gap) / (12 * 11);
+      }
     }
     EXPECT_NEAR(r.metrics.at("qa.answer_norm"), norm, 1e-12 * norm);
     EXPECT_NEAR(r.metrics.at("qa.answer_spread"), spread, 1e-12 * spread);
