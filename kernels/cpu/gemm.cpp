@@ -1,5 +1,7 @@
 // CPU GEMMs: row-major cblas_sgemm/cblas_dgemm (OpenBLAS threads them itself), with the
-// empty products (BLAS rejects a zero leading dimension) handled here.
+// empty products (BLAS rejects a zero leading dimension) handled here, and one-row products
+// (decoding at batch 1) as a gemv: sgemm packs all of b first, and the LM head's b is 154 MB at
+// RoBERTa-base, repacked for every token.
 #include "kernels/cpu/gemm.h"
 
 #include <cblas.h>
@@ -22,6 +24,16 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, blasint m, blasint n, bla
                double alpha, const double* a, blasint lda, const double* b, blasint ldb,
                double beta, double* c, blasint ldc) {
   cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void blas_gemv(CBLAS_TRANSPOSE t, blasint m, blasint n, float alpha, const float* a, blasint lda,
+               const float* x, blasint incx, float beta, float* y) {
+  cblas_sgemv(CblasRowMajor, t, m, n, alpha, a, lda, x, incx, beta, y, 1);
+}
+
+void blas_gemv(CBLAS_TRANSPOSE t, blasint m, blasint n, double alpha, const double* a,
+               blasint lda, const double* x, blasint incx, double beta, double* y) {
+  cblas_dgemv(CblasRowMajor, t, m, n, alpha, a, lda, x, incx, beta, y, 1);
 }
 
 blasint to_blasint(int64_t v) {
@@ -74,6 +86,13 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   if (k == 0) {  // an empty sum: c = beta * c, where beta = 0 overwrites (NaNs included)
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  if (m == 1) {
+    // c's row = alpha op(b)ᵀ a's row: b [n,k] as stored times it (trans_b), or b [k,n] transposed.
+    blas_gemv(trans_b ? CblasNoTrans : CblasTrans, to_blasint(trans_b ? n : k),
+              to_blasint(trans_b ? k : n), alpha, b, to_blasint(ldb), a,
+              to_blasint(trans_a ? lda : 1), beta, c);
     return;
   }
   blas_gemm(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, to_blasint(m),
