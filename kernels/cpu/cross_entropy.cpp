@@ -2,13 +2,14 @@
 // log-sum-exp with the row maximum m taken out (so exp never overflows and the largest term is
 // exactly 1):
 //   s = log Σ_j exp(x_j - m),   loss = (m - x_t) + s,
-//   ∂loss/∂x_j = exp(x_j - m - s) - [j = t]   (softmax minus the one-hot target),
-// scaled by the upstream dloss and the row's weight (the decoder's 1/(B·len_b) per token).
+//   ∂loss/∂x_j = exp(x_j - m) / Σ - [j = t]   (softmax minus the one-hot target),
+// scaled by the upstream dloss and the row's weight (the decoder's 1/(B·len_b) per token). One exp
+// per logit: the sum's terms are kept in the gradient's row and scaled by g / Σ.
 // Working with x - m throughout, never with m + s, keeps f32 accurate when the logits are large:
 // at |x| ≈ 1000 one f32 ulp is 6e-5, larger than the loss's own rounding.
-// In place (dlogits == logits): the loss is taken before the row is overwritten, and each
-// gradient element is written after the one read of its logit, so the LM head's logits become
-// their gradient without a second [N, V] buffer.
+// In place (dlogits == logits): the target's logit is read before the row is overwritten, and
+// each element is written after the one read of its logit, so the LM head's logits become their
+// gradient without a second [N, V] buffer.
 #include "kernels/cpu/cross_entropy.h"
 
 #include <algorithm>
@@ -36,13 +37,18 @@ void softmax_cross_entropy(const T* logits, const int32_t* targets, int64_t rows
       continue;
     }
     const T m = *std::max_element(x, x + valid_cols);
+    const T x_t = x[t];
     T sum = 0;
-    for (int64_t j = 0; j < valid_cols; ++j) sum += std::exp(x[j] - m);
-    const T s = std::log(sum);
-    losses[r] = (m - x[t]) + s;
+    if (dx) {  // exp(x_j - m) kept in dx, so that the gradient takes no second exp
+      for (int64_t j = 0; j < valid_cols; ++j) sum += dx[j] = std::exp(x[j] - m);
+    } else {
+      for (int64_t j = 0; j < valid_cols; ++j) sum += std::exp(x[j] - m);
+    }
+    losses[r] = (m - x_t) + std::log(sum);
     if (dx) {
       const T g = row_weights ? dloss * row_weights[r] : dloss;
-      for (int64_t j = 0; j < valid_cols; ++j) dx[j] = g * std::exp((x[j] - m) - s);
+      const T scale = g / sum;
+      for (int64_t j = 0; j < valid_cols; ++j) dx[j] *= scale;
       std::fill(dx + valid_cols, dx + cols, T(0));
       dx[t] -= g;
     }
