@@ -713,6 +713,56 @@ TEST(Gelu, ForwardValuesAndGradient) {
   }
 }
 
+// f32 GELU takes its own erf and exp2 (polynomials; kernels/cpu/gelu.cpp), f64 libm's. Over
+// [-12, 12] in steps of 1e-4, across both of the erf's branch ends (|x| = √2 and 4√2), f32 is
+// within the bound its erf error (2.5 ulp of 1 at most) allows: |x| 2^-22 (Φ's absolute error
+// times x; measured: 2.3 |x| 2^-24) plus an ulp of the result, and for the derivative
+// (1 + |x|) 2^-23 (measured: 1.3 (1 + |x|) 2^-24) plus an ulp. Infinities and NaN give what f64
+// gives.
+TEST(Gelu, F32StaysWithinItsErfBoundOfF64) {
+  std::vector<double> xs;
+  for (int i = -120000; i <= 120000; ++i) xs.push_back(i * 1e-4);
+  for (double edge : {std::sqrt(2.0), 4 * std::sqrt(2.0)})
+    for (double s : {-1.0, 1.0})
+      for (int k = -8; k <= 8; ++k) xs.push_back(s * edge * (1 + k * 1e-7));
+  const double inf = std::numeric_limits<double>::infinity();
+  for (double special : {1e-30, -1e-30, 1e30, -1e30, 60.0, -60.0, inf, -inf, std::nan("")})
+    xs.push_back(special);
+  std::vector<double> x32s(xs.size());  // the f64 reference at f32's inputs
+  for (size_t i = 0; i < xs.size(); ++i) x32s[i] = static_cast<float>(xs[i]);
+  const int64_t n = static_cast<int64_t>(xs.size());
+  const Tensor x = f64(x32s), ones = Tensor::from_vector(std::vector<double>(xs.size(), 1.0), {n});
+  Tensor y64 = Tensor::empty({n}, DType::f64), g64 = y64.clone();
+  Tensor y32 = Tensor::empty({n}, DType::f32), g32 = y32.clone();
+  ops::gelu_forward(x, y64);
+  ops::gelu_backward(x, ones, g64);
+  ops::gelu_forward(x.to(DType::f32), y32);
+  ops::gelu_backward(x.to(DType::f32), ones.to(DType::f32), g32);
+  const std::vector<double> want_y = values(y64), want_g = values(g64);
+  const std::vector<double> got_y = values(y32.to(DType::f64)), got_g = values(g32.to(DType::f64));
+  auto ulp = [](double v) {
+    const float f = std::fabs(static_cast<float>(v));
+    return double(std::nextafter(f, std::numeric_limits<float>::infinity()) - f);
+  };
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double v = x32s[i];
+    for (bool backward : {false, true}) {
+      const double want = backward ? want_g[i] : want_y[i];
+      const double got = backward ? got_g[i] : got_y[i];
+      const char* what = backward ? "gelu'" : "gelu";
+      if (!std::isfinite(want) || !std::isfinite(v)) {
+        ASSERT_TRUE(std::isnan(got) == std::isnan(want) && (std::isnan(got) || got == want))
+            << what << "(" << v << "): f32 " << got << ", f64 " << want;
+        continue;
+      }
+      const double bound =
+          (backward ? std::ldexp(1 + std::fabs(v), -23) : std::ldexp(std::fabs(v), -22)) + ulp(want);
+      ASSERT_LE(std::fabs(got - want), bound) << what << "(" << v << "): f32 " << got
+                                              << ", f64 " << want;
+    }
+  }
+}
+
 // ---- Dropout ----------------------------------------------------------------------------------
 
 TEST(Dropout, KeepsAboutOneMinusPAndScalesTheKept) {
