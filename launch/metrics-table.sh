@@ -55,8 +55,8 @@ awk -F'\t' '
     before = "step " $2; after = "step " $3
     printf "%-20s %-24s %12s %12s\n", "task", "held-out metric", before, after
   }
-  # Counts (examples behind a figure) are listed apart: they are not results.
-  $1 == "metric" && $3 ~ /examples$/ { counts[++ncounts] = sprintf("%s %s: %s", $2, $3, count($5)); next }
+  # Counts (examples or questions behind a figure) are listed apart: they are not results.
+  $1 == "metric" && $3 ~ /(examples|questions)$/ { counts[++ncounts] = sprintf("%s %s: %s", $2, $3, count($5)); next }
   $1 == "metric" {
     printf "%-20s %-22s %s %12s %12s\n", ($2 == task ? "" : $2), $3, better($3), value($4), value($5)
     task = $2

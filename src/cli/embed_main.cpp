@@ -3,7 +3,7 @@
 //   qarac-embed --model EXPORT --input FILE [--field text] [--output FILE.npy|.h5|.jsonl]
 //   qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT
 // --rank reads a question_answering task stream with candidates (qarac-prep's WikiQA output, as
-// the evaluation reads it) or a WikiQA TSV, and prints qa.selection_accuracy, _mrr, _chance and _examples computed
+// the evaluation reads it) or a WikiQA TSV, and prints qa.selection_accuracy, _mrr, _chance and _questions computed
 // by the evaluation's own code (train/evaluation.h), so the figures are the evaluator's.
 #include <algorithm>
 #include <cstdio>
@@ -128,8 +128,8 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   const cli::Vectors q = cli::encode(question, r.questions, batch, device);
   const cli::Vectors a = cli::encode(answer, r.answers, batch, device);
   EvalResult result;
-  add_selection_metrics(*answer.model, r.candidates, q.values, a.values, n, static_cast<size_t>(q.cols),
-                        answer.config, device, PassSize{batch, 0}, result);
+  add_selection_metrics(*answer.model, r.candidates, r.questions, q.values, a.values, n,
+                        static_cast<size_t>(q.cols), answer.config, device, PassSize{batch, 0}, result);
   std::string text;
   char line[128];
   for (const auto& [name, value] : result.metrics) {

@@ -60,13 +60,17 @@ const char* class_name(int c) { return c > 0 ? "entailment" : c < 0 ? "contradic
 // would give (every answer ranked first).
 constexpr double kUndefined = std::numeric_limits<double>::quiet_NaN();
 
-// Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d]: every sequence
-// starts as "<s>" and grows by its argmax token for as many steps as its target has tokens, the
-// positions compared (before, each ran as many steps as the pass's longest target: most of the
-// evaluation's time). Adds the target positions predicted right to `right`, and the positions to
-// `total`; false, counting nothing, when the decoder's scores are not finite.
+// Greedy decoding of the targets "y </s>" of `field` from the vectors v [B, d], as qarac-generate
+// decodes: every sequence starts as "<s>" and grows by its argmax token until it predicts </s> or
+// has as many tokens as its target (before, each ran as many steps as the pass's longest target:
+// most of the evaluation's time). The prediction is the generated text g and the </s> that ended
+// it, "g </s>", and target position t is right when the prediction holds the target's token at t:
+// a text that ends early leaves the target's later positions wrong, and nothing the decoder would
+// produce after its </s> counts. Adds the positions right to `right`, and the target's positions
+// to `total`; false, counting nothing, when the decoder's scores are not finite.
 bool count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& field, int64_t count, int64_t& right,
                          int64_t& total) {
+  const int32_t eos = decoder.base().config().eos_token_id;
   const std::vector<std::vector<int32_t>> full = sequences_of(field, count);
   std::vector<std::vector<int32_t>> prefixes;
   std::vector<int64_t> lengths;
@@ -75,10 +79,27 @@ bool count_decoded_right(Decoder& decoder, const Tensor& v, const PackedField& f
     lengths.push_back(static_cast<int64_t>(s.size()) - 1);
   }
   bool finite = true;
-  const std::vector<std::vector<int32_t>> decoded = greedy_decode(decoder, v, prefixes, lengths, -1, &finite);
+  std::vector<std::vector<int32_t>> predicted = greedy_decode(decoder, v, prefixes, lengths, eos, &finite);
   if (!finite) return false;
   for (size_t b = 0; b < full.size(); ++b) {
-    for (size_t t = 1; t < full[b].size(); ++t, ++total) right += decoded[b][t - 1] == full[b][t];
+    // Fewer tokens than steps: the decoding stopped at the </s> greedy_decode leaves out.
+    if (static_cast<int64_t>(predicted[b].size()) < lengths[b]) predicted[b].push_back(eos);
+    for (size_t t = 1; t < full[b].size(); ++t, ++total)
+      right += t - 1 < predicted[b].size() && predicted[b][t - 1] == full[b][t];
+  }
+  return true;
+}
+
+// Whether examples i and j are answers of one question: the same question text and the same
+// candidates (qarac-prep writes a WikiQA question's answers one after the other, each with the
+// question's Label 0 sentences; two questions of one text have other sentences).
+bool same_question(const std::vector<std::vector<int32_t>>& questions, const data::Candidates& candidates, int64_t i,
+                   int64_t j) {
+  if (questions[i] != questions[j] || candidates.size(i) != candidates.size(j)) return false;
+  const data::Ragged& s = candidates.sentences;
+  for (int64_t k = 0; k < candidates.size(i); ++k) {
+    const int64_t x = candidates.offsets[i] + k, y = candidates.offsets[j] + k;
+    if (!std::equal(s.begin(x), s.begin(x) + s.length(x), s.begin(y), s.begin(y) + s.length(y))) return false;
   }
   return true;
 }
@@ -187,8 +208,11 @@ void add_consistency_metrics(const std::vector<float>& s0, const std::vector<flo
 int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
 
 void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
-                           const std::vector<float>& q, const std::vector<float>& a, int64_t n, size_t d,
-                           const RobertaConfig& config, Device device, const PassSize& pass, EvalResult& result) {
+                           const std::vector<std::vector<int32_t>>& questions, const std::vector<float>& q,
+                           const std::vector<float>& a, int64_t n, size_t d, const RobertaConfig& config,
+                           Device device, const PassSize& pass, EvalResult& result) {
+  QARAC_CHECK(static_cast<int64_t>(questions.size()) >= n && candidates.count() >= n, "add_selection_metrics: ", n,
+              " examples, ", questions.size(), " questions, candidates of ", candidates.count());
   const data::Ragged& sentences = candidates.sentences;
   std::vector<float> c;  // AE of every candidate sentence [sentences, d]
   SentenceEncoder::Activations acts;
@@ -201,30 +225,38 @@ void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidat
         TokenBatch::from_sequences(seqs, config.pad_token_id, device), ForwardOptions{}, acts));
     c.insert(c.end(), v.begin(), v.end());
   }
-  // The rank is 1 + the candidates at most as far from QE(q) as the answer: a tie counts against
-  // the answer, so a model that maps every sentence to one point ranks each answer last, not first.
+  // Per question, as WikiQA's MRR is published: its rank is 1 + the candidates at most as far from
+  // QE(q) as its nearest answer. A tie counts against the answer, so a model that maps every
+  // sentence to one point ranks each question's answers last, not first.
   int64_t ranked = 0, first = 0;
   double reciprocal = 0, chance = 0;
   bool finite = true;
-  for (int64_t i = 0; i < n; ++i) {
-    if (candidates.size(i) == 0) continue;  // the answer alone is first whatever the model
-    const double to_answer = squared_distance(&q[i * d], &a[i * d], d);
-    finite = finite && std::isfinite(to_answer);
+  for (int64_t begin = 0, end = 0; begin < n; begin = end) {
+    for (end = begin + 1; end < n && same_question(questions, candidates, begin, end);) ++end;
+    if (candidates.size(begin) == 0) continue;  // its answers alone are first whatever the model
+    // QE(q) of the question's first example: the others' are the same text's.
+    const float* question = &q[begin * d];
+    double to_answer = std::numeric_limits<double>::infinity();
+    for (int64_t i = begin; i < end; ++i) {
+      const double to_this = squared_distance(question, &a[i * d], d);
+      finite = finite && std::isfinite(to_this);
+      to_answer = std::min(to_answer, to_this);
+    }
     int64_t rank = 1;
-    for (int64_t j = candidates.offsets[i]; j < candidates.offsets[i + 1]; ++j) {
-      const double to_candidate = squared_distance(&q[i * d], &c[j * d], d);
+    for (int64_t j = candidates.offsets[begin]; j < candidates.offsets[begin + 1]; ++j) {
+      const double to_candidate = squared_distance(question, &c[j * d], d);
       finite = finite && std::isfinite(to_candidate);
       rank += to_candidate <= to_answer;
     }
     ++ranked;
     first += rank == 1;
     reciprocal += 1.0 / static_cast<double>(rank);
-    chance += 1.0 / static_cast<double>(candidates.size(i) + 1);
+    chance += static_cast<double>(end - begin) / static_cast<double>(end - begin + candidates.size(begin));
   }
   result.metrics["qa.selection_accuracy"] = finite ? static_cast<double>(first) / static_cast<double>(ranked) : kUndefined;
   result.metrics["qa.selection_mrr"] = finite ? reciprocal / static_cast<double>(ranked) : kUndefined;
   result.metrics["qa.selection_chance"] = chance / static_cast<double>(ranked);
-  result.metrics["qa.selection_examples"] = static_cast<double>(ranked);
+  result.metrics["qa.selection_questions"] = static_cast<double>(ranked);
 }
 
 MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability) {
@@ -379,8 +411,8 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
     if (qa) {
       add_retrieval_metrics(first, second, n, right_answers(batch.fields[0], batch.fields[1], n), result);
       if (candidates_.sentences.count() > 0)
-        add_selection_metrics(models.answer_encoder(), candidates_, first, second, n, static_cast<size_t>(d), config,
-                              models.device(), options_.pass, result);
+        add_selection_metrics(models.answer_encoder(), candidates_, sequences_of(batch.fields[0], n), first, second, n,
+                              static_cast<size_t>(d), config, models.device(), options_.pass, result);
     } else if (consistency) {
       add_consistency_metrics(first, second, batch.labels, result);
     } else if (to_decode > 0) {  // none decoded (eval.decoded 0): no token accuracy, rather than 0

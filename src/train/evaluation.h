@@ -7,14 +7,19 @@
 //                            questions with several answers). A wrong answer as near counts against
 //   qa.retrieval_chance      the accuracy of a random pick among them, mean right answers/n
 //   qa.selection_accuracy, qa.selection_mrr
-//                            WikiQA's answer-sentence selection: the answer ranked among its own
-//                            question's sentences (the answer and its candidates, WikiQA's Label
-//                            0 rows) by the same distance; the share ranked first, and the mean
-//                            reciprocal rank. A candidate as near as the answer ranks before it.
-//   qa.selection_chance      the accuracy of a random pick, mean 1/(1 + candidates)
-//   qa.selection_examples    the examples ranked: those with at least one candidate (an answer
-//                            alone is trivially first). No qa.selection_* when there are none,
-//                            e.g. streams of a qarac-prep that kept no candidates
+//                            WikiQA's answer-sentence selection, per question as the literature
+//                            reports it: a question's sentences (its answers, WikiQA's Label 1
+//                            rows, and its candidates, the Label 0 rows) ranked by the same
+//                            distance; the share of questions whose first sentence is an answer,
+//                            and the mean over questions of 1/rank of the first answer (MRR). A
+//                            candidate as near as the nearest answer ranks before it
+//   qa.selection_chance      the accuracy of a random pick, mean answers/sentences over questions
+//   qa.selection_questions   the questions ranked: those with at least one candidate (answers
+//                            alone are trivially first; WikiQA's questions without an answer are
+//                            no examples). A question's examples are its answers, one after the
+//                            other in the file (same question text, same candidates). No
+//                            qa.selection_* when none has candidates, e.g. streams of a qarac-prep
+//                            that kept no candidates
 //   qa.answer_norm, qa.answer_spread
 //                            mean ‖AE(a)‖ and mean distance between two different answers' vectors
 //                            (over every pair; 0 with one answer)
@@ -103,12 +108,13 @@ int consistency_class(double cosine);
 MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double probability = 0.15);
 
 // WikiQA's answer-sentence selection (qa.selection_* above) for the QE(q) `q` and AE(a) `a` of
-// the first n examples [n, d] (host, f32), at least one of which has candidates: each answer
-// ranked among its own question's sentences by distance to QE(q), the candidates encoded by
-// `answer_encoder` in passes of `pass`. Shared by the evaluator and qarac-embed --rank.
+// the first n examples [n, d] (host, f32), with their question texts, at least one of which has
+// candidates: each question's answers and candidates ranked by distance to QE(q), the candidates
+// encoded by `answer_encoder` in passes of `pass`. Shared by the evaluator and qarac-embed --rank.
 void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
-                           const std::vector<float>& q, const std::vector<float>& a, int64_t n, size_t d,
-                           const RobertaConfig& config, Device device, const PassSize& pass, EvalResult& result);
+                           const std::vector<std::vector<int32_t>>& questions, const std::vector<float>& q,
+                           const std::vector<float>& a, int64_t n, size_t d, const RobertaConfig& config,
+                           Device device, const PassSize& pass, EvalResult& result);
 
 class QaracEvaluator : public Evaluator {
  public:

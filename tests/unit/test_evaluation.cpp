@@ -512,7 +512,7 @@ class SelectionTest : public EvaluatorTest {
 TEST_F(SelectionTest, RanksEachAnswerAmongItsOwnQuestionsSentences) {
   const std::unique_ptr<QaracModels> models = identical_encoders();
   const EvalResult r = evaluate(*models);
-  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_examples"), 3.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_questions"), 3.0);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 2.0 / 3);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), (1 + 1.0 / 2 + 1) / 3);  // ranks 1, 2, 1
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
@@ -529,6 +529,66 @@ TEST_F(SelectionTest, ACollapsedModelRanksEveryAnswerLast) {
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
   // Retrieval too: every answer as near as the right one (before: question 0 won the tie, 0.25).
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_accuracy"), 0.0);
+}
+
+// MRR and accuracy are per question, as WikiQA's are published: a question's two answers are two
+// examples, ranked together with its candidates, and the question counts once. Every vector
+// zero: each candidate ties with the answers and ranks before them. Question 0 (two answers, one
+// candidate) ranks its first answer 2nd, question 1 (one answer, three candidates) 4th (before:
+// per answer, ranks 2, 2 and 4, MRR 0.4167 and chance 0.4167).
+TEST_F(EvaluatorTest, SelectionRanksEachQuestionOnce) {
+  std::mt19937 gen(8);
+  const Sequences t = random_sequences(8, gen, true);
+  const Sequences questions = {t[0], t[0], t[1]}, answers = {t[2], t[3], t[4]};
+  const std::vector<Sequences> candidates = {{t[5]}, {t[5]}, {t[5], t[6], t[7]}};
+  write(data::Task::question_answering, 3, [&](int i) { return Sequences{questions[i], answers[i]}; }, 0,
+        [&](int i) { return candidates[i]; });
+  const std::unique_ptr<QaracModels> models = identical_encoders();
+  for (SentenceEncoder* encoder : {&models->question_encoder(), &models->answer_encoder()})
+    for (Parameter* p : encoder->head_parameters()) p->assign(Tensor::zeros(p->value.shape(), DType::f32));
+  const EvalResult r = evaluate(*models);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_questions"), 2.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 0.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), (1.0 / 2 + 1.0 / 4) / 2);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), (2.0 / 3 + 1.0 / 4) / 2);  // answers/sentences
+}
+
+// The rank is of the question's nearest answer, with vectors set by hand: QE(q) = e0 for every
+// question, candidates AE(c) = 0 (a collapsed answer encoder), so a candidate lies at squared
+// distance 1 and an answer x·e0 at (1 - x)². Question 0's answers lie at 0 and 4 (its first
+// answer ranks 1st, its second would rank 2nd), question 1's answer at 4 among two candidates
+// (3rd), question 2's at 0.25 (1st), and question 3 (no candidate) is not ranked (before: the
+// answers ranked 1, 2, 3 and 1, MRR 0.7083, accuracy 0.5).
+TEST_F(EvaluatorTest, SelectionRanksTheNearestAnswerOfEachQuestion) {
+  const std::unique_ptr<QaracModels> models = random_models();
+  SentenceEncoder& answer_encoder = models->answer_encoder();
+  for (Parameter* p : answer_encoder.head_parameters()) p->assign(Tensor::zeros(p->value.shape(), DType::f32));
+  const Sequences questions = {{0, 5, 2}, {0, 5, 2}, {0, 6, 2}, {0, 7, 2}, {0, 8, 2}};
+  const std::vector<Sequences> sentences = {{{0, 9, 2}}, {{0, 9, 2}}, {{0, 10, 2}, {0, 11, 2}}, {{0, 12, 2}}, {}};
+  const std::vector<float> along = {1, 3, 3, 0.5f, 1};  // answer i is along·e0
+  data::Candidates candidates;
+  candidates.offsets = {0};
+  candidates.sentences.offsets = {0};
+  for (const Sequences& of : sentences) {
+    for (const std::vector<int32_t>& c : of) {
+      candidates.sentences.tokens.insert(candidates.sentences.tokens.end(), c.begin(), c.end());
+      candidates.sentences.offsets.push_back(static_cast<int64_t>(candidates.sentences.tokens.size()));
+    }
+    candidates.offsets.push_back(candidates.sentences.count());
+  }
+  const size_t d = static_cast<size_t>(config_.base.hidden_size);
+  std::vector<float> q(5 * d, 0.0f), a(5 * d, 0.0f);
+  for (size_t i = 0; i < 5; ++i) {
+    q[i * d] = 1;
+    a[i * d] = along[i];
+  }
+  EvalResult r;
+  add_selection_metrics(answer_encoder, candidates, questions, q, a, 5, d, config_.base, Device::cpu(), PassSize{},
+                        r);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_questions"), 3.0);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 2.0 / 3);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), (1 + 1.0 / 3 + 1) / 3);
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), (2.0 / 3 + 1.0 / 3 + 1.0 / 2) / 3);
 }
 
 // Retrieval counts every right answer of the question: WikiQA's question with two answers is two
@@ -582,6 +642,25 @@ TEST_F(EvaluatorTest, ADecoderThatOverflowsHasNoTokenAccuracy) {
   const EvalResult r = evaluate(*models);
   EXPECT_TRUE(std::isnan(r.metrics.at("ed.token_accuracy"))) << r.metrics.at("ed.token_accuracy");
   EXPECT_FALSE(std::isfinite(r.metrics.at("ed.loss"))) << r.metrics.at("ed.loss");
+}
+
+// Token accuracy compares the text the decoder generates, up to its </s>, with the target "y </s>"
+// position by position, with decoders whose LM head scores one token highest at every position
+// (its output matrix zero, its bias 1 there). One that says </s> first generates the empty text:
+// it is right on the target "</s>" of the empty text and wrong on the 4 positions of "7 9 7 </s>"
+// (before: 0.4, its decoding went on past </s> and its next </s> met the target's). One that says
+// 7 throughout never stops: 7 and 7 of "7 9 7 </s>" are right, "</s>" is not, 2/5 as before.
+TEST_F(EvaluatorTest, TokenAccuracyEndsAtTheGeneratedEndOfText) {
+  write(data::Task::encode_decode, 2, [&](int i) { return i ? Sequences{{0, 2}} : Sequences{{0, 7, 9, 7, 2}}; });
+  const std::unique_ptr<QaracModels> models = random_models();
+  LMHead& head = models->decoder().lm_head();
+  head.output_weight().assign(Tensor::zeros(head.output_weight().value.shape(), DType::f32));
+  for (const auto& [said, accuracy] : std::vector<std::pair<int32_t, double>>{{2, 1.0 / 5}, {7, 2.0 / 5}}) {
+    std::vector<float> bias(static_cast<size_t>(head.padded_vocab()), 0.0f);
+    bias[static_cast<size_t>(said)] = 1;
+    head.output_bias().assign(Tensor::from_vector(bias, {head.padded_vocab()}));
+    EXPECT_DOUBLE_EQ(evaluate(*models).metrics.at("ed.token_accuracy"), accuracy) << "decoder saying " << said;
+  }
 }
 
 // A held-out stream is checked against its checksum, though only its first examples are read

@@ -643,7 +643,7 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
     r = run_command(std::string(QARAC_EMBED_EXE) + " --rank " + source + " --question-encoder " + qe +
                     " --answer-encoder " + ae);
     ASSERT_EQ(r.code, 0) << r.output;
-    for (const char* metric : {"qa.selection_accuracy", "qa.selection_mrr", "qa.selection_examples"}) {
+    for (const char* metric : {"qa.selection_accuracy", "qa.selection_mrr", "qa.selection_questions"}) {
       char expected_line[96];
       std::snprintf(expected_line, sizeof expected_line, "%s %.6f\n", metric, eval.metrics.at(metric));
       EXPECT_NE(r.output.find(expected_line), std::string::npos) << source << ": " << expected_line << " in\n"
@@ -765,6 +765,32 @@ TEST_F(ExportsTest, RankHoldsAnswersToTheAnswerEncoder) {
                                   " --answer-encoder " + ae);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find(tsv + ": the question of line 2, its answer,"), std::string::npos) << r.output;
+}
+
+// --rank ranks per question, as the evaluator: a WikiQA question's two answers (two examples) are
+// ranked together. The encoders' pooling heads zero: every vector is 0, each Label 0 sentence ties
+// with the answers and ranks before them, Q1's first answer 2nd, Q2's 4th (before: per answer,
+// 3 examples ranked 2, 2 and 4, MRR and chance 0.416667).
+TEST_F(ExportsTest, RankRanksEachQuestionOnce) {
+  for (SentenceEncoder* encoder : {&m_.models->question_encoder(), &m_.models->answer_encoder()})
+    for (Parameter* p : encoder->head_parameters()) p->assign(Tensor::zeros(p->value.shape(), DType::f32));
+  const std::string qe = m_.export_model(tmp_.str() + "/q", "question_encoder", m_.extras());
+  const std::string ae = m_.export_model(tmp_.str() + "/a", "answer_encoder", m_.extras());
+  const std::string tsv = (tmp_.path / "qa.tsv").string();
+  std::ofstream(tsv) << "QuestionID\tQuestion\tDocumentID\tDocumentTitle\tSentenceID\tSentence\tLabel\n"
+                     << "Q1\twhere\tD1\tT\tD1-0\tinto the sea\t1\n"
+                     << "Q1\twhere\tD1\tT\tD1-1\tit freezes\t0\n"
+                     << "Q1\twhere\tD1\tT\tD1-2\tto the south\t1\n"
+                     << "Q2\twho\tD2\tT\tD2-0\ta king\t0\n"
+                     << "Q2\twho\tD2\tT\tD2-1\ta poet\t1\n"
+                     << "Q2\twho\tD2\tT\tD2-2\tin May\t0\n"
+                     << "Q2\twho\tD2\tT\tD2-3\tred\t0\n";
+  const CliResult r = run_command(std::string(QARAC_EMBED_EXE) + " --rank " + tsv + " --question-encoder " + qe +
+                                  " --answer-encoder " + ae);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* line : {"qa.selection_accuracy 0.000000\n", "qa.selection_chance 0.458333\n",
+                           "qa.selection_mrr 0.375000\n", "qa.selection_questions 2.000000\n"})
+    EXPECT_NE(r.output.find(line), std::string::npos) << line << " in\n" << r.output;
 }
 
 // A .npy header whose shape is more than the file holds (a product that wraps around 2^64 read out
