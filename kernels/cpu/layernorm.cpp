@@ -1,7 +1,8 @@
 // CPU LayerNorm. Per row of C elements, with x̂ = (x - μ) r and r = 1/sqrt(σ² + eps):
 //   forward:  y = x̂ γ + β; μ and σ² in two passes (the mean first, then Σ (x - μ)²), which avoids
-//             the cancellation of E[x²] - μ² when |μ| is large against σ. A post-LN block's
-//             residual sum x = a + b is formed in the same pass over the row, while it is in cache.
+//             the cancellation of E[x²] - μ² when |μ| is large against σ; NaN where Σ (x - μ)²
+//             overflows. A post-LN block's residual sum x = a + b is formed in the same pass over
+//             the row, while it is in cache.
 //   backward: with g = dy γ (the gradient reaching x̂),
 //             dx = r (g - mean(g) - x̂ mean(g x̂)),   dγ += Σ_rows dy x̂,   dβ += Σ_rows dy.
 //             The two means are the projections that μ and r, functions of the whole row, remove:
@@ -9,6 +10,7 @@
 #include "kernels/cpu/layernorm.h"
 
 #include <cmath>
+#include <limits>
 
 namespace qarac::cpu {
 
@@ -30,7 +32,10 @@ void layernorm_forward(const T* a, const T* b, const T* gamma, const T* beta, T 
     const T mu = total * inv_cols;
     T sq = 0;
     for (int64_t c = 0; c < cols; ++c) sq += (xr[c] - mu) * (xr[c] - mu);
-    const T rs = T(1) / std::sqrt(sq * inv_cols + eps);
+    // A finite row whose squares overflow (f32 entries beyond about 1e19) would get r = 0 and y = β,
+    // finite whatever the row held: NaN instead, as any other overflow gives, which the programs'
+    // finite checks refuse (qarac-generate decoded such vectors to one text, unsaid).
+    const T rs = std::isfinite(sq) ? T(1) / std::sqrt(sq * inv_cols + eps) : std::numeric_limits<T>::quiet_NaN();
     for (int64_t c = 0; c < cols; ++c) yr[c] = (xr[c] - mu) * rs * gamma[c] + beta[c];
     mean[r] = mu;
     rstd[r] = rs;

@@ -1,7 +1,8 @@
 // LayerNorm over the last dimension on CUDA, with the post-LN residual add fused into the forward
 // pass. Per row of C elements, x̂ = (x - μ) r, r = 1/sqrt(σ² + eps) (biased variance):
 //   forward:  y = x̂ γ + β, with μ and σ² in f32 in two passes (the mean, then Σ (x - μ)²), as the
-//             CPU reference, which avoids the cancellation of E[x²] - μ² when |μ| >> σ;
+//             CPU reference, which avoids the cancellation of E[x²] - μ² when |μ| >> σ; NaN where
+//             Σ (x - μ)² overflows;
 //   backward: g = dy γ, dx = r (g - mean(g) - x̂ mean(g x̂)); dγ += Σ_rows dy x̂, dβ += Σ_rows dy.
 //
 // Row kernels: one warp per row, eight rows per 256-thread block; lane l owns the 16-byte packs
@@ -93,7 +94,9 @@ __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma,
       sq += centred * centred;
     }
   }
-  const float rs = 1.f / sqrtf(warp_sum(sq) * inv_cols + eps);
+  // NaN where the squares overflow, as the CPU reference (r = 0 would make the row β, finite).
+  const float squares = warp_sum(sq);
+  const float rs = isfinite(squares) ? 1.f / sqrtf(squares * inv_cols + eps) : nanf("");
 
   // Pass 3: normalise, scale and shift.
   for (int64_t c = static_cast<int64_t>(lane) * N; c < cols; c += kWarpSize * N) {

@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
         ("help,h", "print this help")
         ("version", "print the version, the git commit and the libraries' versions, and exit")
         ("decoder", po::value(&decoder_dir), "the decoder export folder")
-        ("vectors", po::value(&vectors_path), "vectors: .npy [N, d] (f32 or f64) or JSON lines ({\"vector\": [...]})")
+        ("vectors", po::value(&vectors_path), "vectors: .npy [N, d] (f32 or f64) or JSON lines ({\"vector\": [...]}); a vector whose decoding overflows float32 (a norm beyond about 1e19 does) is refused, naming its row (from 0)")
         ("encoder", po::value(&encoder_dir), "with --input: the encoder export that makes the vectors (usually answer_encoder)")
         ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
@@ -83,11 +83,11 @@ int main(int argc, char** argv) {
       const Tensor v = Tensor::from_vector(part, {n, vectors.cols}, device);
       const std::vector<std::vector<int32_t>> prefixes(static_cast<size_t>(n), {decoder.tokenizer.bos_id()});
       std::vector<std::vector<int32_t>> decoded;
-      try {
-        decoded = greedy_decode(*decoder.model, v, prefixes, max_tokens, decoder.tokenizer.eos_id());
-      } catch (const InputError& e) {  // names the vector in this batch: say which input row it is
-        throw InputError(detail::concat(decoder_dir, ": decoding rows ", begin, " to ", begin + n - 1, " of ",
-                                        vectors_path.empty() ? input : vectors_path, ": ", e.what()));
+      try {  // the vectors numbered as the rows of the input
+        decoded = greedy_decode(*decoder.model, v, prefixes, max_tokens, decoder.tokenizer.eos_id(), nullptr, begin);
+      } catch (const InputError& e) {
+        throw InputError(detail::concat(decoder_dir, ": decoding ", vectors_path.empty() ? input : vectors_path,
+                                        ": ", e.what()));
       }
       for (const std::vector<int32_t>& tokens : decoded) {
         const nlohmann::json line = {{"tokens", tokens}, {"text", decoder.tokenizer.decode(tokens, true)}};

@@ -13,7 +13,7 @@ namespace qarac {
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
                                                 std::vector<std::vector<int32_t>> prefixes,
                                                 const std::vector<int64_t>& steps, int32_t stop,
-                                                bool* finite) {
+                                                bool* finite, int64_t first_row) {
   const int64_t count = static_cast<int64_t>(prefixes.size());
   QARAC_CHECK(v.dim() == 2 && v.size(0) == count && steps.size() == prefixes.size(), "greedy_decode: ", count,
               " prefixes, ", steps.size(), " step counts, vectors ", v.str());
@@ -31,7 +31,7 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
     active.push_back(b);
     const int64_t room = static_cast<int64_t>(prefixes[s].size()) + steps[s] - 1;
     const int64_t most = decoder.base().config().max_tokens();
-    QARAC_INPUT_CHECK(room <= most, "greedy decoding: vector ", b, "'s prefix of ", prefixes[s].size(),
+    QARAC_INPUT_CHECK(room <= most, "greedy decoding: vector ", first_row + b, "'s prefix of ", prefixes[s].size(),
                       " tokens and ", steps[s], " steps need ", room, " positions, but the decoder reads ", most,
                       " at most (max_position_embeddings ", decoder.base().config().max_position_embeddings, ")");
     capacity.push_back(static_cast<int32_t>(room));
@@ -54,8 +54,8 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
       const int32_t b = active[static_cast<size_t>(running[r])];
       // The argmax of NaN scores is their first token, which would pass for a decoding.
       if (!std::all_of(row, row + vocab, [](float x) { return std::isfinite(x); })) {
-        QARAC_INPUT_CHECK(finite, "greedy decoding: the decoder's scores for vector ", b,
-                          " of the batch are not finite (NaN or infinity) at its token ", step + 1,
+        QARAC_INPUT_CHECK(finite, "greedy decoding: the decoder's scores for vector ", first_row + b,
+                          " are not finite (NaN or infinity) at its token ", step + 1,
                           ": its weights or the vector overflow in a forward pass");
         *finite = false;
         return out;
@@ -77,9 +77,9 @@ std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& 
 
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
                                                 std::vector<std::vector<int32_t>> prefixes, int64_t steps,
-                                                int32_t stop, bool* finite) {
+                                                int32_t stop, bool* finite, int64_t first_row) {
   const std::vector<int64_t> each(prefixes.size(), steps);
-  return greedy_decode(decoder, v, std::move(prefixes), each, stop, finite);
+  return greedy_decode(decoder, v, std::move(prefixes), each, stop, finite, first_row);
 }
 
 }  // namespace qarac

@@ -18,15 +18,16 @@ namespace qarac {
 // there, even where `stop` would end the sequence sooner).
 // Padding-free: a sequence's tokens do not depend on the others of the batch, nor on when they
 // stop. Returns the new tokens. Scores that are not finite are an InputError naming the
-// vector (its row of v) and the token; with `finite` given, they end the decoding instead,
-// *finite false (true when none were met).
+// vector (first_row + its row of v: the caller's numbering) and the token; with `finite` given,
+// they end the decoding instead, *finite false (true when none were met).
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
                                                 std::vector<std::vector<int32_t>> prefixes,
                                                 const std::vector<int64_t>& steps, int32_t stop = -1,
-                                                bool* finite = nullptr);
+                                                bool* finite = nullptr, int64_t first_row = 0);
 // The same number of steps for every prefix.
 std::vector<std::vector<int32_t>> greedy_decode(Decoder& decoder, const Tensor& v,
                                                 std::vector<std::vector<int32_t>> prefixes,
-                                                int64_t steps, int32_t stop = -1, bool* finite = nullptr);
+                                                int64_t steps, int32_t stop = -1, bool* finite = nullptr,
+                                                int64_t first_row = 0);
 
 }  // namespace qarac

@@ -616,6 +616,23 @@ TEST(LayerNorm, ForwardMatchesDefinitionAndGradients) {
   expect_gradient("layernorm dbeta", beta, difference(dbeta, db0), forward, r, rng);
 }
 
+// A finite f32 row whose squares overflow has no normalisation to give: NaN, not β (before: r =
+// 1/sqrt(inf) = 0, and the row ±1e20 came out 0 0 0 0, the same as any other such row). ±1e18,
+// squares of 1e36, still normalise to ±1.
+TEST(LayerNorm, RowsWhoseSquaresOverflowAreNaN) {
+  const Tensor x = Tensor::from_vector(std::vector<float>{1e18f, -1e18f, 1e18f, -1e18f, 1e20f, -1e20f, 1e20f, -1e20f},
+                                       {2, 4});
+  Tensor y = Tensor::empty({2, 4}, DType::f32), mean = Tensor::empty({2}, DType::f32),
+         rstd = Tensor::empty({2}, DType::f32);
+  ops::layernorm_forward(x, Tensor::from_vector(std::vector<float>(4, 1.0f), {4}), Tensor::zeros({4}, DType::f32), 1e-5,
+                         y, mean, rstd);
+  const std::vector<float> out = y.to_vector<float>();
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_NEAR(out[static_cast<size_t>(c)], c % 2 ? -1.0f : 1.0f, 1e-6f) << c;
+    EXPECT_TRUE(std::isnan(out[static_cast<size_t>(4 + c)])) << out[static_cast<size_t>(4 + c)];
+  }
+}
+
 TEST(LayerNorm, F32MatchesF64) {
   std::mt19937 rng(43);
   const int64_t n = 8, c = 256;
