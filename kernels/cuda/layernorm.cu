@@ -96,7 +96,7 @@ __global__ void layernorm_forward_kernel(const T* a, const T* b, const T* gamma,
   }
   // NaN where the squares overflow, as the CPU reference (r = 0 would make the row β, finite).
   const float squares = warp_sum(sq);
-  const float rs = isfinite(squares) ? 1.f / sqrtf(squares * inv_cols + eps) : nanf("");
+  const float rs = squares < INFINITY ? 1.f / sqrtf(squares * inv_cols + eps) : NAN;
 
   // Pass 3: normalise, scale and shift.
   for (int64_t c = static_cast<int64_t>(lane) * N; c < cols; c += kWarpSize * N) {

@@ -7,7 +7,8 @@
 // gradients, sums of stored values, may not.) Batches of one chunk of the column sums (29 rows),
 // several added by the one-kernel path's second kernel and the column sums' own block (200),
 // several blocks (1000); widths of one to four packs per lane; with the branch dropout and its
-// bias gradient, with the bias gradient of dx, and neither.
+// bias gradient, with the bias gradient of dx, and neither. And the forward kernel's rows whose
+// squares overflow.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -136,6 +137,25 @@ TEST_P(LayerNormEmulated, PathsAgree) {
     check(c);
   } catch (const Error& e) {
     ADD_FAILURE() << c.name << ": " << e.what();
+  }
+}
+
+// The forward kernel, as the CPU reference: a finite row whose squares overflow is NaN, not β
+// (before: r = 1/sqrt(inf) = 0, the row ±1e20 came out β, 0); ±1e18 still normalises to ±1.
+TEST(LayerNormEmulatedForward, RowsWhoseSquaresOverflowAreNaN) {
+  const int64_t cols = 64;
+  std::vector<float> x;
+  for (const float scale : {1e18f, 1e20f})
+    for (int64_t c = 0; c < cols; ++c) x.push_back(c % 2 ? -scale : scale);
+  const Array a(x, DType::f32), gamma(std::vector<float>(cols, 1.f), DType::f32),
+      beta(std::vector<float>(cols, 0.f), DType::f32);
+  Array y(x.size(), DType::f32), mean(2, DType::f32), rstd(2, DType::f32);
+  cuda_emulated::layernorm_forward(DType::f32, a.data(), nullptr, gamma.data(), beta.data(), 1e-5, 2, cols, nullptr,
+                                   y.data(), static_cast<float*>(mean.data()), static_cast<float*>(rstd.data()));
+  const float* out = static_cast<const float*>(y.data());
+  for (int64_t c = 0; c < cols; ++c) {
+    EXPECT_NEAR(out[c], c % 2 ? -1.f : 1.f, 1e-6f) << c;
+    EXPECT_TRUE(std::isnan(out[cols + c])) << c << ": " << out[cols + c];
   }
 }
 
