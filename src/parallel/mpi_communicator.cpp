@@ -24,6 +24,8 @@ int world_rank() {
 
 // MPI counts are ints: large messages travel in pieces of at most 1 GiB.
 constexpr int64_t kMaxMessage = int64_t{1} << 30;
+// The sign bit of an int64_t (MpiGroup::all_reduce of uint64_t).
+constexpr uint64_t kTopBit = uint64_t{1} << 63;
 
 MPI_Datatype mpi_type(DType dtype) {
   switch (dtype) {
@@ -113,10 +115,19 @@ void MpiGroup::all_reduce(double* values, int count, MPI_Op op, const std::strin
 }
 
 void MpiGroup::all_reduce(uint64_t* values, int count, MPI_Op op, const std::string& what) const {
+  // MPICH 4.0.2 (Debian 12's) compares unsigned integers as signed in MPI_MAX and MPI_MIN
+  // (pmodels/mpich#6083): a checksum with its top bit set lost to a rank's 0. With the top bit
+  // flipped, the signed order of the values is their unsigned order, which every MPI gets right.
+  const bool ordered = op == MPI_MAX || op == MPI_MIN;
+  if (ordered)
+    for (int i = 0; i < count; ++i) values[i] ^= kTopBit;
   std::vector<MPI_Request> request(1);
   trace_collective(name_, size_, "all_reduce", int64_t{count} * 8);
-  QARAC_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_UINT64_T, op, comm_, &request[0]));
+  QARAC_CHECK_MPI(
+      MPI_Iallreduce(MPI_IN_PLACE, values, count, ordered ? MPI_INT64_T : MPI_UINT64_T, op, comm_, &request[0]));
   wait(request, what);
+  if (ordered)
+    for (int i = 0; i < count; ++i) values[i] ^= kTopBit;
 }
 
 void MpiGroup::broadcast(void* bytes, int count, int root, const std::string& what) const {
