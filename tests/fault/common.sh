@@ -18,3 +18,18 @@ prepare_inputs() {
     --output "$work/pretrain" \
     > "$work/pretrain.log" 2>&1 || fail "pre-training the base: $(tail -1 "$work/pretrain.log")"
 }
+
+# mpi_flags_of MPIEXEC: into the array mpi_flags, what MPIEXEC needs to run more ranks than this
+# machine has cores: QARAC_MPI_FLAGS when set (empty: none); else, for Open MPI's mpirun,
+# --oversubscribe, and --allow-run-as-root as root; none for Hydra (MPICH, Intel MPI), which does
+# both by itself and refuses Open MPI's flags ("unrecognized argument oversubscribe").
+mpi_flags_of() {
+  local default=""
+  case "$("$1" --version 2>&1 || true)" in
+    *"Open MPI"*|*OpenRTE*)
+      default=--oversubscribe
+      [ "$(id -u)" -ne 0 ] || default+=" --allow-run-as-root" ;;
+  esac
+  # shellcheck disable=SC2034  # read by the scripts that source this one
+  read -r -a mpi_flags <<< "${QARAC_MPI_FLAGS-$default}"
+}

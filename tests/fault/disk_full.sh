@@ -4,16 +4,14 @@
 # previous checkpoint intact (--resume goes on once there is room again).
 #   tests/fault/disk_full.sh BUILD_DIR SAMPLE_DIR [MPIEXEC]
 # Mounting needs root (CI runs as root); without it the script exits 77, which ctest reports as
-# skipped, with the reason. With MPIEXEC, a checkpoint of 2 ranks is run into the full disk too.
+# skipped, with the reason. With MPIEXEC, a checkpoint of 2 ranks is run into the full disk too
+# (MPIEXEC's flags: QARAC_MPI_FLAGS, else by its MPI, mpi_flags_of in common.sh).
 set -euo pipefail
 me=tests/fault/disk_full.sh
 [ $# -eq 2 ] || [ $# -eq 3 ] || { echo "usage: $me BUILD_DIR SAMPLE_DIR [MPIEXEC]" >&2; exit 2; }
 build=$(cd "$1" && pwd)
 sample=$(cd "$2" && pwd)
 mpiexec=${3:-}
-default_flags=--oversubscribe
-[ "$(id -u)" -ne 0 ] || default_flags+=" --allow-run-as-root"
-read -r -a mpi_flags <<< "${QARAC_MPI_FLAGS:-$default_flags}"
 train=$build/src/cli/qarac-train
 prep=$build/src/cli/qarac-prep
 export OPENBLAS_NUM_THREADS=1
@@ -34,6 +32,7 @@ fi
 fail() { echo "$me: FAIL: $*" >&2; exit 1; }
 # shellcheck source=tests/fault/common.sh
 source "$(dirname "$0")/common.sh"
+[ -z "$mpiexec" ] || mpi_flags_of "$mpiexec"
 
 # Leaves BYTES free on the tmpfs (a filler file takes the rest); "all" frees the filler.
 leave_free() {

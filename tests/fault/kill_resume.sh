@@ -7,8 +7,8 @@
 # SIGKILLed, checkpoint.keep 1), the rest one process (checkpoint.keep 2). The moment is drawn
 # uniformly over the straight run's duration, so some kills land before the directory or the
 # first checkpoint exists, some while a checkpoint is being written. Prints one line per kill.
-# Environment: QARAC_MPI_FLAGS (default --oversubscribe, and --allow-run-as-root as root), what
-# mpirun needs to run 4 ranks here; QARAC_KEEP_WORK=1 keeps the scratch folder.
+# Environment: QARAC_MPI_FLAGS, what MPIEXEC needs to run 4 ranks here (default: by its MPI,
+# mpi_flags_of in common.sh); QARAC_KEEP_WORK=1 keeps the scratch folder.
 set -euo pipefail
 me=tests/fault/kill_resume.sh
 [ $# -ge 3 ] || { echo "usage: $me BUILD_DIR SAMPLE_DIR MPIEXEC [KILLS] [SEED]" >&2; exit 2; }
@@ -17,9 +17,6 @@ sample=$(cd "$2" && pwd)
 mpiexec=$3
 kills=${4:-20}
 RANDOM=${5:-$$}
-default_flags=--oversubscribe
-[ "$(id -u)" -ne 0 ] || default_flags+=" --allow-run-as-root"
-read -r -a mpi_flags <<< "${QARAC_MPI_FLAGS:-$default_flags}"
 train=$build/src/cli/qarac-train
 prep=$build/src/cli/qarac-prep
 export OPENBLAS_NUM_THREADS=1
@@ -37,6 +34,7 @@ running() {
 
 # shellcheck source=tests/fault/common.sh
 source "$(dirname "$0")/common.sh"
+mpi_flags_of "$mpiexec"
 prepare_inputs
 
 steps=8
