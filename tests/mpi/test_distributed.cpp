@@ -393,6 +393,38 @@ TEST_F(Distributed, SigtermStopsEveryRankWithACheckpointAndResumeFinishesTheRun)
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6})) << "every step logged once";
 }
 
+// A stop signal to the launcher itself, during step 2 of 40: it passes the signal on to every
+// rank, which stop after the same step with a checkpoint, and reports their 75; --resume then
+// finishes the run, each step logged once. Every launcher forwards SIGUSR1 (launch/README.md);
+// Hydra (MPICH, Intel MPI) SIGTERM too, where Open MPI's mpirun kills the ranks a second later
+// and reports 1. (train-local.sh's own test, tests/launch, cannot see the status under Hydra.)
+class LauncherSignal : public Distributed {
+ protected:
+  static void expect_stop_and_resume(const std::string& signal, const std::string& name) {
+    const std::string launcher = std::string(QARAC_SIGNAL_LAUNCHER) + " " + signal + " '^step 2/' " + mpirun(4);
+    const CliResult stopped = train(launcher, name, "--train.dtype f32", 40);
+    ASSERT_EQ(stopped.code, 75) << stopped.output;
+    std::ifstream record(root() / name / "stopped.json");
+    const nlohmann::json stop = nlohmann::json::parse(record);
+    EXPECT_EQ(stop["signal"], "SIG" + signal) << stopped.output;
+    EXPECT_GE(stop["step"].get<int64_t>(), 2) << stopped.output;
+    EXPECT_LT(stop["step"].get<int64_t>(), 40) << stopped.output;
+    const CliResult resumed = train(mpirun(4), name, "--train.dtype f32 --resume", 40);
+    ASSERT_EQ(resumed.code, 0) << resumed.output;
+    std::vector<int64_t> steps, every;
+    for (const nlohmann::json& line : step_lines(root() / name)) steps.push_back(line["step"].get<int64_t>());
+    for (int64_t step = 1; step <= 40; ++step) every.push_back(step);
+    EXPECT_EQ(steps, every) << "every step logged once";
+  }
+};
+
+TEST_F(LauncherSignal, SigusrOneStopsEveryRankWithACheckpoint) { expect_stop_and_resume("USR1", "launcher-usr1"); }
+
+TEST_F(LauncherSignal, SigtermToHydraStopsEveryRankWithACheckpoint) {
+  if (QARAC_MPIEXEC_OPEN_MPI) GTEST_SKIP() << "Open MPI's mpirun kills the ranks a second after a SIGTERM, by design";
+  expect_stop_and_resume("TERM", "launcher-term");
+}
+
 // The job failed by itself: a non-zero status that is not `timeout`'s (124: it hung).
 void expect_job_failed(const CliResult& r) {
   EXPECT_NE(r.code, 0) << r.output;
