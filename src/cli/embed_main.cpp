@@ -3,7 +3,7 @@
 //   qarac-embed --model EXPORT --input FILE [--field text] [--output FILE.npy|.h5|.jsonl]
 //   qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT
 // --rank reads a question_answering task stream with candidates (qarac-prep's WikiQA output, as
-// the evaluation reads it) or a WikiQA TSV, and prints qa.selection_accuracy, _mrr, _chance and _questions computed
+// the evaluation reads it) or a WikiQA TSV, and prints qa.selection_accuracy, _mrr, _map, _chance and _questions computed
 // by the evaluation's own code (train/evaluation.h), so the figures are the evaluator's.
 #include <algorithm>
 #include <cstdio>

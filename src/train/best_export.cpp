@@ -23,7 +23,7 @@ const std::vector<std::string>& best_metric_names(bool pretraining) {
   static const std::vector<std::string> qarac = {
       "ed.loss",           "qa.loss",           "rs.loss",           "cs.loss",
       "ed.token_accuracy", "rs.token_accuracy", "qa.retrieval_accuracy", "qa.selection_accuracy",
-      "qa.selection_mrr",  "cs.accuracy",       "forgetting.mlm_loss"};
+      "qa.selection_mrr",  "qa.selection_map",  "cs.accuracy",       "forgetting.mlm_loss"};
   return pretraining ? mlm : qarac;
 }
 

@@ -225,36 +225,47 @@ void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidat
         TokenBatch::from_sequences(seqs, config.pad_token_id, device), ForwardOptions{}, acts));
     c.insert(c.end(), v.begin(), v.end());
   }
-  // Per question, as WikiQA's MRR is published: its rank is 1 + the candidates at most as far from
-  // QE(q) as its nearest answer. A tie counts against the answer, so a model that maps every
-  // sentence to one point ranks each question's answers last, not first.
+  // Per question, as WikiQA's MRR and MAP are published: its k-th nearest answer ranks k + the
+  // candidates at most as far from QE(q) as it is. A tie counts against the answer, so a model that
+  // maps every sentence to one point ranks each question's answers last, not first. The question's
+  // reciprocal rank is its nearest answer's; its average precision the mean over its answers of
+  // k / rank.
   int64_t ranked = 0, first = 0;
-  double reciprocal = 0, chance = 0;
+  double reciprocal = 0, precision = 0, chance = 0;
   bool finite = true;
+  std::vector<double> to_answers, to_candidates;
   for (int64_t begin = 0, end = 0; begin < n; begin = end) {
     for (end = begin + 1; end < n && same_question(questions, candidates, begin, end);) ++end;
     if (candidates.size(begin) == 0) continue;  // its answers alone are first whatever the model
+    ++ranked;
+    chance += static_cast<double>(end - begin) / static_cast<double>(end - begin + candidates.size(begin));
     // QE(q) of the question's first example: the others' are the same text's.
     const float* question = &q[begin * d];
-    double to_answer = std::numeric_limits<double>::infinity();
-    for (int64_t i = begin; i < end; ++i) {
-      const double to_this = squared_distance(question, &a[i * d], d);
-      finite = finite && std::isfinite(to_this);
-      to_answer = std::min(to_answer, to_this);
+    to_answers.clear();
+    to_candidates.clear();
+    for (int64_t i = begin; i < end; ++i) to_answers.push_back(squared_distance(question, &a[i * d], d));
+    for (int64_t j = candidates.offsets[begin]; j < candidates.offsets[begin + 1]; ++j)
+      to_candidates.push_back(squared_distance(question, &c[j * d], d));
+    for (const std::vector<double>* v : {&to_answers, &to_candidates})
+      finite = finite && std::all_of(v->begin(), v->end(), [](double x) { return std::isfinite(x); });
+    if (!finite) continue;  // the ranking metrics are undefined (a NaN sorts nowhere); chance is not
+    std::sort(to_answers.begin(), to_answers.end());
+    std::sort(to_candidates.begin(), to_candidates.end());
+    double question_precision = 0;
+    for (size_t k = 0; k < to_answers.size(); ++k) {
+      const auto before = std::upper_bound(to_candidates.begin(), to_candidates.end(), to_answers[k]);
+      const double rank = static_cast<double>(k + 1 + (before - to_candidates.begin()));
+      if (k == 0) {
+        first += rank == 1;
+        reciprocal += 1 / rank;
+      }
+      question_precision += static_cast<double>(k + 1) / rank;
     }
-    int64_t rank = 1;
-    for (int64_t j = candidates.offsets[begin]; j < candidates.offsets[begin + 1]; ++j) {
-      const double to_candidate = squared_distance(question, &c[j * d], d);
-      finite = finite && std::isfinite(to_candidate);
-      rank += to_candidate <= to_answer;
-    }
-    ++ranked;
-    first += rank == 1;
-    reciprocal += 1.0 / static_cast<double>(rank);
-    chance += static_cast<double>(end - begin) / static_cast<double>(end - begin + candidates.size(begin));
+    precision += question_precision / static_cast<double>(to_answers.size());
   }
   result.metrics["qa.selection_accuracy"] = finite ? static_cast<double>(first) / static_cast<double>(ranked) : kUndefined;
   result.metrics["qa.selection_mrr"] = finite ? reciprocal / static_cast<double>(ranked) : kUndefined;
+  result.metrics["qa.selection_map"] = finite ? precision / static_cast<double>(ranked) : kUndefined;
   result.metrics["qa.selection_chance"] = chance / static_cast<double>(ranked);
   result.metrics["qa.selection_questions"] = static_cast<double>(ranked);
 }

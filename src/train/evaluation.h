@@ -6,13 +6,14 @@
 //                            an answer of the same text as one of the same question's (WikiQA's
 //                            questions with several answers). A wrong answer as near counts against
 //   qa.retrieval_chance      the accuracy of a random pick among them, mean right answers/n
-//   qa.selection_accuracy, qa.selection_mrr
+//   qa.selection_accuracy, qa.selection_mrr, qa.selection_map
 //                            WikiQA's answer-sentence selection, per question as the literature
 //                            reports it: a question's sentences (its answers, WikiQA's Label 1
 //                            rows, and its candidates, the Label 0 rows) ranked by the same
 //                            distance; the share of questions whose first sentence is an answer,
-//                            and the mean over questions of 1/rank of the first answer (MRR). A
-//                            candidate as near as the nearest answer ranks before it
+//                            the mean over questions of 1/rank of the first answer (MRR), and of
+//                            the mean over its answers of k/rank of the k-th (MAP). A candidate as
+//                            near as an answer ranks before it
 //   qa.selection_chance      the accuracy of a random pick, mean answers/sentences over questions
 //   qa.selection_questions   the questions ranked: those with at least one candidate (answers
 //                            alone are trivially first; WikiQA's questions without an answer are

@@ -526,6 +526,7 @@ TEST_F(SelectionTest, ACollapsedModelRanksEveryAnswerLast) {
   const EvalResult r = evaluate(*models);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 0.0);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), kChance);  // rank 1 + candidates: the last
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_map"), kChance);  // one answer: its precision 1/rank
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), kChance);
   // Retrieval too: every answer as near as the right one (before: question 0 won the tie, 0.25).
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.retrieval_accuracy"), 0.0);
@@ -588,6 +589,9 @@ TEST_F(EvaluatorTest, SelectionRanksTheNearestAnswerOfEachQuestion) {
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_questions"), 3.0);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_accuracy"), 2.0 / 3);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_mrr"), (1 + 1.0 / 3 + 1) / 3);
+  // The first question's answers rank 1 and 3 (its candidate at distance 1 between them): AP
+  // (1/1 + 2/3) / 2; the others' one answer: their reciprocal rank.
+  EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_map"), ((1 + 2.0 / 3) / 2 + 1.0 / 3 + 1) / 3);
   EXPECT_DOUBLE_EQ(r.metrics.at("qa.selection_chance"), (2.0 / 3 + 1.0 / 3 + 1.0 / 2) / 3);
 }
 
