@@ -50,7 +50,7 @@ jq -Rrn '
 awk -F'\t' '
   function value(x) { return x == "NaN" ? "-" : sprintf("%.4f", x) }
   function count(x) { return x == "NaN" ? "-" : sprintf("%d", x) }
-  function better(m) { return m ~ /loss$/ ? "↓" : m ~ /(accuracy|mrr)$/ ? "↑" : " " }
+  function better(m) { return m ~ /loss$/ ? "↓" : m ~ /(accuracy|mrr|map)$/ ? "↑" : " " }
   $1 == "steps" {
     before = "step " $2; after = "step " $3
     printf "%-20s %-24s %12s %12s\n", "task", "held-out metric", before, after

@@ -18,15 +18,16 @@ fail() { echo "$me: FAIL: $*" >&2; exit 1; }
 run=$work/experiments/finetune
 mkdir -p "$run"
 cat > "$run/metrics.jsonl" <<'JSON'
-{"step":0,"eval":true,"ed.loss":7.1,"ed.token_accuracy":0.1,"qa.selection_accuracy":0.38,"qa.retrieval_accuracy":0.01,"qa.retrieval_chance":0.01,"qa.selection_chance":0.3,"qa.selection_questions":100,"qa.answer_norm":3.0,"forgetting.mlm_loss":1.63,"cs.accuracy":0.3,"cs.confusion.entailment.neutral":3}
+{"step":0,"eval":true,"ed.loss":7.1,"ed.token_accuracy":0.1,"qa.selection_accuracy":0.38,"qa.selection_map":0.5,"qa.retrieval_accuracy":0.01,"qa.retrieval_chance":0.01,"qa.selection_chance":0.3,"qa.selection_questions":100,"qa.answer_norm":3.0,"forgetting.mlm_loss":1.63,"cs.accuracy":0.3,"cs.confusion.entailment.neutral":3}
 {"step":1,"loss":{"encode_decode":7.0,"question_answering":0.5},"lr":0.001}
 {"step":2,"loss":{"encode_decode":6.0,"question_answering":0.4},"lr":0.001}
-{"step":2,"eval":true,"ed.loss":6.1,"ed.token_accuracy":0.3,"qa.selection_accuracy":0.9,"qa.retrieval_accuracy":0.02,"qa.retrieval_chance":0.01,"qa.selection_chance":0.3,"qa.selection_questions":100,"qa.answer_norm":0.3,"forgetting.mlm_loss":1.6305,"cs.accuracy":0.5,"cs.confusion.entailment.neutral":1}
+{"step":2,"eval":true,"ed.loss":6.1,"ed.token_accuracy":0.3,"qa.selection_accuracy":0.9,"qa.selection_map":0.95,"qa.retrieval_accuracy":0.02,"qa.retrieval_chance":0.01,"qa.selection_chance":0.3,"qa.selection_questions":100,"qa.answer_norm":0.3,"forgetting.mlm_loss":1.6305,"cs.accuracy":0.5,"cs.confusion.entailment.neutral":1}
 JSON
 
 table=$(bash "$src/launch/metrics-table.sh" "$run")
 grep -qE '^encode_decode +loss +↓ +7\.1000 +6\.1000$' <<<"$table" || fail "table: no ↓ on ed loss: $table"
 grep -qE '^ +selection_accuracy +↑ ' <<<"$table" || fail "table: no ↑ on selection_accuracy"
+grep -qE '^ +selection_map +↑ ' <<<"$table" || fail "table: no ↑ on selection_map"
 grep -qE '^question_answering +answer_norm +3\.0000' <<<"$table" || fail "table: answer_norm marked with a direction"
 grep -qE '^ +selection_questions' <<<"$table" && fail "table: a count among the metrics"
 grep -q 'examples evaluated at step 2: question_answering selection_questions: 100' <<<"$table" ||
