@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "kernels/cpu/gelu.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/ops.h"
 
@@ -778,6 +779,32 @@ TEST(Gelu, F32StaysWithinItsErfBoundOfF64) {
                                               << ", f64 " << want;
     }
   }
+}
+
+// f32 GELU is a fixed sequence of IEEE operations (no libm call, no FMA: kernels/CMakeLists.txt
+// builds kernels/cpu with -ffp-contract=off), so its bits are the same on every CPU and in each
+// of gelu.cpp's instruction-set clones. The hash is of the x86-64 baseline build's bits (SSE, no
+// clones): a CPU with AVX2 or AVX-512 runs a clone and must give the same. Inputs: [-12, 12] in
+// steps of 2^-10, an odd count so that the vector loops end in a scalar tail, and the specials.
+TEST(Gelu, F32BitsAreTheSameOnEveryInstructionSet) {
+  std::vector<float> x;
+  for (int i = -12288; i <= 12288; ++i) x.push_back(std::ldexp(static_cast<float>(i), -10));
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float special : {1e-30f, -1e-30f, 1e30f, -1e30f, inf, -inf, std::nanf("")}) x.push_back(special);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> dy(x.size()), y(x.size()), dx(x.size());
+  for (size_t i = 0; i < x.size(); ++i) dy[i] = 1 + static_cast<float>(i % 7) / 8;
+  cpu::gelu_forward(x.data(), y.data(), n);
+  cpu::gelu_backward(x.data(), dy.data(), dx.data(), n);
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a over the bits of y, then of dx
+  for (const std::vector<float>* out : {&y, &dx})
+    for (float v : *out) {
+      uint32_t bits;
+      std::memcpy(&bits, &v, sizeof bits);
+      for (int byte = 0; byte < 4; ++byte) hash = (hash ^ ((bits >> (8 * byte)) & 0xff)) * 1099511628211ull;
+    }
+  EXPECT_EQ(hash, 0xccd27ed03a7c9182ull) << "f32 GELU's bits differ from the x86-64 baseline's (y[1] = " << y[1]
+                          << "): an FMA, or a reordering, in this CPU's code path";
 }
 
 // ---- Dropout ----------------------------------------------------------------------------------
