@@ -2,8 +2,8 @@
 // docs/data-format.md), and `qarac-prep tokenize`, a JSON-lines filter over the tokenizer.
 //
 //   qarac-prep --tokenizer DIR --out DIR [--text F]... [--wikiqa F]... [--avicenna F]...
-//              [--snli F]... [--encoding latin-1|utf-8] [--on-error fail|skip] [--max-length N]
-//              [--too-long truncate|skip]
+//              [--snli F]... [--jsonl TASK:F]... [--encoding latin-1|utf-8] [--on-error fail|skip]
+//              [--max-length N] [--too-long truncate|skip]
 //   qarac-prep tokenize --tokenizer DIR [--special] [--decode]
 //
 // Every output is written under a temporary name; the files are renamed into place only after
@@ -191,7 +191,7 @@ std::string skipped_summary(const std::map<std::string, int64_t>& skipped) {
 
 int build(int argc, char** argv) {
   std::string tokenizer_dir, out_dir, encoding, on_error, too_long;
-  std::vector<std::string> text, wikiqa, avicenna, snli;
+  std::vector<std::string> text, wikiqa, avicenna, snli, jsonl;
   Settings settings;
   bool no_special = false;
   po::options_description options(
@@ -199,8 +199,9 @@ int build(int argc, char** argv) {
       "qarac-prep tokenize --tokenizer DIR [--special] [--decode]   (see tokenize --help)\n\n"
       "Tokenises raw datasets into one HDF5 task-stream file per task in --out:\n"
       "encode_decode.h5 (--text), question_answering.h5 (--wikiqa), reasoning.h5\n"
-      "(--avicenna), consistency.h5 (--snli). Each input option may be repeated; a task's\n"
-      "files are concatenated in the order given. Layout: docs/data-format.md.\n\nOptions");
+      "(--avicenna), consistency.h5 (--snli), or any of them from JSON lines (--jsonl).\n"
+      "Each input option may be repeated; a task's files are concatenated in the order\n"
+      "given. Formats and layout: docs/data-format.md.\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
       ("version", "print the version, the git commit and the libraries' versions, and exit")
@@ -215,6 +216,10 @@ int build(int argc, char** argv) {
        "Avicenna CSV; rows with Syllogistic relation = yes are kept")
       ("snli", po::value(&snli)->composing(),
        "SNLI 1.0: .jsonl, the .txt tab export or the .csv export; gold label '-' is skipped")
+      ("jsonl", po::value(&jsonl)->composing(),
+       "TASK:FILE, your own data for a task (ed, qa, rs, cs): one JSON object per line with the "
+       "task's fields, ed {text}, qa {question, answer, candidates (optional array)}, rs {premise0, "
+       "premise1, conclusion}, cs {statement0, statement1, label: entailment|neutral|contradiction}")
       ("encoding", po::value(&encoding),
        "latin-1 or utf-8, of every input (default: latin-1 for --avicenna, as the dataset is "
        "distributed; utf-8 for the others). Read as latin-1, a C1 control byte (0x80-0x9F) is "
@@ -261,7 +266,19 @@ int build(int argc, char** argv) {
   for (const std::string& p : wikiqa) add(Format::wikiqa, p);
   for (const std::string& p : avicenna) add(Format::avicenna, p);
   for (const std::string& p : snli) add(snli_format_of(p), p);
-  QARAC_INPUT_CHECK(!inputs.empty(), "no input: give --text, --wikiqa, --avicenna or --snli");
+  for (const std::string& spec : jsonl) {
+    const size_t colon = spec.find(':');
+    QARAC_INPUT_CHECK(colon != std::string::npos && colon + 1 < spec.size(), "--jsonl ", spec,
+                      ": expected TASK:FILE, e.g. qa:my_questions.jsonl");
+    Format format;
+    try {
+      format = jsonl_format_of(task_from_name(spec.substr(0, colon)));
+    } catch (const InputError& e) {
+      throw InputError("--jsonl " + spec + ": " + e.what());
+    }
+    add(format, spec.substr(colon + 1));
+  }
+  QARAC_INPUT_CHECK(!inputs.empty(), "no input: give --text, --wikiqa, --avicenna, --snli or --jsonl");
 
   handle_interrupts();
   const Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);

@@ -1,6 +1,8 @@
 // What each raw format's records mean (see readers.h for the formats): plain text lines, WikiQA
 // questions with their answers and candidates, Avicenna syllogisms, SNLI sentence pairs with
-// their gold labels (JSON lines here; the TSV and CSV exports through the table drivers).
+// their gold labels (JSON lines here; the TSV and CSV exports through the table drivers), and
+// JSON lines of any task in the task streams' own field names.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -172,6 +174,28 @@ std::string json_reason(const json::exception& e) {
   return close == std::string::npos ? what : what.substr(close + 2);
 }
 
+// The next line of a JSON lines file that holds a JSON object, in `obj`; blank lines are skipped,
+// other lines are malformed records. False at the end of the file.
+bool next_json_object(Reader& r, LineFile& in, json& obj) {
+  std::string line;
+  while (r.next_line(in, line)) {
+    if (trim(line).empty()) {
+      r.skip(kBlank);
+      continue;
+    }
+    try {
+      obj = json::parse(line);
+    } catch (const json::exception& e) {
+      r.malformed(in.line_no(), "invalid JSON", printable(json_reason(e)));
+      continue;
+    }
+    if (obj.is_object()) return true;
+    r.malformed(in.line_no(), "invalid JSON", detail::concat("a JSON ", obj.type_name(), ", expected an object"));
+  }
+  if (in.line_no() == 0) r.fatal(1, "empty file, expected one JSON object per line");
+  return false;
+}
+
 }  // namespace
 
 TableFormat snli_table_format() {
@@ -184,24 +208,9 @@ TableFormat snli_table_format() {
 }
 
 void read_snli_jsonl(Reader& r, LineFile& in) {
-  std::string line;
-  while (r.next_line(in, line)) {
+  json obj;
+  while (next_json_object(r, in, obj)) {
     const int64_t n = in.line_no();
-    if (trim(line).empty()) {
-      r.skip(kBlank);
-      continue;
-    }
-    json obj;
-    try {
-      obj = json::parse(line);
-    } catch (const json::exception& e) {
-      r.malformed(n, "invalid JSON", printable(json_reason(e)));
-      continue;
-    }
-    if (!obj.is_object()) {
-      r.malformed(n, "invalid JSON", detail::concat("a ", obj.type_name(), ", expected an object"));
-      continue;
-    }
     // The first alias present names the value; a present key of the wrong type is an error.
     auto find = [&](const Aliases& aliases, size_t& which) -> const json* {
       for (which = 0; which < aliases.size(); ++which) {
@@ -230,7 +239,69 @@ void read_snli_jsonl(Reader& r, LineFile& in) {
     else label_text = json_brief(*label);
     deliver_snli(r, n, s1->get<std::string>(), s2->get<std::string>(), label_text, numeric);
   }
-  if (in.line_no() == 0) r.fatal(1, "empty file, expected one JSON object per line");
+}
+
+// ---- JSON lines in the task streams' own terms ---------------------------------------------------
+// A user's own data, without a converter to one of the datasets' formats: one object per line whose
+// keys are the task stream's field names (docs/data-format.md §1); other keys are ignored.
+// Consistency's label is a word only: SNLI's exports number the classes 0 entailment, 1 neutral,
+// 2 contradiction and the streams +1, 0, -1, so a number would be read wrongly under one of them
+// without a word of warning.
+void read_task_jsonl(Reader& r, LineFile& in, Task task) {
+  const std::vector<std::string>& keys = task_fields(task);
+  json obj;
+  while (next_json_object(r, in, obj)) {
+    const int64_t n = in.line_no();
+    Example ex;
+    ex.line = n;
+    bool ok = true;
+    for (const std::string& key : keys) {
+      const auto it = obj.find(key);
+      if (it == obj.end() || !it->is_string()) {
+        r.malformed(n, it == obj.end() ? "missing key" : "bad value",
+                    it == obj.end() ? detail::concat("no '", key, "'")
+                                    : detail::concat("'", key, "' is ", json_brief(*it), ", expected a string"));
+        ok = false;
+        break;
+      }
+      ex.fields.push_back(it->get<std::string>());
+    }
+    if (!ok) continue;
+    if (task_has_label(task)) {
+      const auto it = obj.find("label");
+      const std::string word = it != obj.end() && it->is_string() ? it->get<std::string>() : "";
+      if (snli_label(word, false, ex.label) != SnliLabel::ok) {
+        r.malformed(n, it == obj.end() ? "missing key" : "bad label",
+                    it == obj.end() ? "no 'label'"
+                                    : detail::concat("'label' is ", json_brief(*it),
+                                                     ", expected \"entailment\", \"neutral\" or \"contradiction\""));
+        continue;
+      }
+    }
+    const auto candidates = obj.find("candidates");
+    if (candidates != obj.end()) {
+      const bool strings = task == Task::question_answering && candidates->is_array() &&
+                           std::all_of(candidates->begin(), candidates->end(), [](const json& c) { return c.is_string(); });
+      if (!strings) {
+        r.malformed(n, "bad value",
+                    task == Task::question_answering
+                        ? detail::concat("'candidates' is ", json_brief(*candidates), ", expected an array of strings")
+                        : detail::concat("'candidates' belong to question_answering, not ", task_name(task)));
+        continue;
+      }
+    }
+    for (std::string& f : ex.fields)
+      if (!r.clean(n, f)) ok = false;
+    if (!ok) continue;
+    if (candidates != obj.end()) {
+      for (const json& c : *candidates) {
+        std::string sentence = c.get<std::string>();
+        if (r.clean(n, sentence)) ex.candidates.push_back(std::move(sentence));
+      }
+      r.stats().candidates += static_cast<int64_t>(ex.candidates.size());
+    }
+    r.emit(std::move(ex));
+  }
 }
 
 }  // namespace qarac::data::raw

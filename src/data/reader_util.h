@@ -105,6 +105,7 @@ void read_csv(Reader& r, LineFile& in, const TableFormat& fmt);
 // ---- Formats (dataset_formats.cpp) -----------------------------------------------------------
 void read_text(Reader& r, LineFile& in);
 void read_snli_jsonl(Reader& r, LineFile& in);
+void read_task_jsonl(Reader& r, LineFile& in, Task task);
 TableFormat wikiqa_format();
 TableFormat avicenna_format();
 TableFormat snli_table_format();

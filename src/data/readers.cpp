@@ -19,18 +19,26 @@ const char* format_name(Format format) {
     case Format::snli_jsonl: return "snli-jsonl";
     case Format::snli_tsv: return "snli-tsv";
     case Format::snli_csv: return "snli-csv";
+    case Format::ed_jsonl: return "ed-jsonl";
+    case Format::qa_jsonl: return "qa-jsonl";
+    case Format::rs_jsonl: return "rs-jsonl";
+    case Format::cs_jsonl: return "cs-jsonl";
   }
   return "?";
 }
 
 Task task_of(Format format) {
   switch (format) {
-    case Format::text: return Task::encode_decode;
-    case Format::wikiqa: return Task::question_answering;
-    case Format::avicenna: return Task::reasoning;
+    case Format::text:
+    case Format::ed_jsonl: return Task::encode_decode;
+    case Format::wikiqa:
+    case Format::qa_jsonl: return Task::question_answering;
+    case Format::avicenna:
+    case Format::rs_jsonl: return Task::reasoning;
     case Format::snli_jsonl:
     case Format::snli_tsv:
-    case Format::snli_csv: return Task::consistency;
+    case Format::snli_csv:
+    case Format::cs_jsonl: return Task::consistency;
   }
   QARAC_CHECK(false, "unknown format ", static_cast<int>(format));
 }
@@ -45,6 +53,17 @@ Format snli_format_of(const std::string& path) {
   if (ends_with(".csv")) return Format::snli_csv;
   throw InputError(path + ": cannot tell the SNLI export from the extension "
                           "(expected .jsonl, .txt/.tsv or .csv)");
+}
+
+Format jsonl_format_of(Task task) {
+  switch (task) {
+    case Task::encode_decode: return Format::ed_jsonl;
+    case Task::question_answering: return Format::qa_jsonl;
+    case Task::reasoning: return Format::rs_jsonl;
+    case Task::consistency: return Format::cs_jsonl;
+    case Task::masked_lm: break;
+  }
+  throw InputError("masked_lm has no stream of its own: it reads encode_decode's (give its texts as ed)");
 }
 
 OnError on_error_from_name(const std::string& name) {
@@ -80,6 +99,10 @@ ReadStats read_examples(const std::string& path, Format format, Encoding encodin
     case Format::snli_jsonl: raw::read_snli_jsonl(r, in); break;
     case Format::snli_tsv: raw::read_tsv(r, in, raw::snli_table_format()); break;
     case Format::snli_csv: raw::read_csv(r, in, raw::snli_table_format()); break;
+    case Format::ed_jsonl:
+    case Format::qa_jsonl:
+    case Format::rs_jsonl:
+    case Format::cs_jsonl: raw::read_task_jsonl(r, in, task_of(format)); break;
   }
   r.finish();
   r.stats().lines = in.line_no();

@@ -1,6 +1,6 @@
 // Readers of the raw dataset formats (docs/design.md §6) and the four task streams they feed (§3):
 // plain text -> encode_decode, WikiQA -> question_answering, Avicenna -> reasoning,
-// SNLI -> consistency. A reader turns one file into Examples (UTF-8 text fields in the task's
+// SNLI -> consistency; and JSON lines in a stream's own field names -> that stream. A reader turns one file into Examples (UTF-8 text fields in the task's
 // order, plus the consistency label) and counts every record it does not deliver by reason:
 // records the format itself marks as unusable (SNLI's '-', Avicenna rows that are no syllogism,
 // WikiQA's Label 0 rows of a question without an answer, blank lines) are always skipped and
@@ -30,12 +30,19 @@ enum class Format {
   snli_jsonl,  // one JSON object per line: sentence1, sentence2, gold_label
   snli_tsv,    // the .txt tab export with header (gold_label ... sentence1 sentence2 ...)
   snli_csv,    // the CSV export with the same header
+  // One JSON object per line with the task stream's own field names (task_fields), of any task:
+  ed_jsonl,    // text
+  qa_jsonl,    // question, answer, and optionally candidates (an array of sentences)
+  rs_jsonl,    // premise0, premise1, conclusion
+  cs_jsonl,    // statement0, statement1, label (entailment, neutral or contradiction)
 };
 
 const char* format_name(Format format);  // "text", "wikiqa", "avicenna", "snli-jsonl", ...
 Task task_of(Format format);
 // The SNLI export a file is, from its extension: .jsonl, .txt/.tsv, .csv; InputError otherwise.
 Format snli_format_of(const std::string& path);
+// The JSON lines format of a QARAC task (not masked_lm, which reads encode_decode's stream).
+Format jsonl_format_of(Task task);
 
 enum class OnError { fail, skip };
 OnError on_error_from_name(const std::string& name);  // "fail" | "skip"

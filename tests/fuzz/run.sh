@@ -34,7 +34,7 @@ seeds="$build/seeds"
 rm -rf "$seeds"
 mkdir -p "$seeds"/{fuzz_readers,fuzz_tokenizer_files,fuzz_tokenize,fuzz_task_stream,fuzz_hf_model,fuzz_checkpoint,fuzz_config}
 # The readers' first byte is the format (fuzz_readers.cpp): text, wikiqa, avicenna, snli jsonl,
-# tsv, csv. Sample files are cut to their first 4 KiB: a seed is a start, not a data set.
+# tsv, csv, then the task JSON lines of ed, qa, rs, cs. Sample files are cut to their first 4 KiB: a seed is a start, not a data set.
 seed_reader() {  # format-byte file
   { byte "$1"; head -c 4096 "$2"; } >"$seeds/fuzz_readers/$(basename "$2").$1"
 }
@@ -44,6 +44,8 @@ for f in tests/data/readers/avicenna_* data/sample/Avicenna_*.csv; do seed_reade
 for f in tests/data/readers/snli_quirks.jsonl data/sample/snli_1.0_train.jsonl; do seed_reader 3 "$f"; done
 for f in tests/data/readers/snli_quirks.txt data/sample/snli_1.0_dev.txt; do seed_reader 4 "$f"; done
 for f in tests/data/readers/snli_quirks.csv data/sample/snli_1.0_test.csv; do seed_reader 5 "$f"; done
+seed_reader 7 tests/data/readers/qa_quirks.jsonl
+seed_reader 9 tests/data/readers/cs_quirks.jsonl
 # Tokenizers: byte 0 and a tokenizer.json, or byte 1, vocab.json, NUL, merges.txt.
 for d in data/sample/tokenizer tests/data/tokenizer; do
   name=$(echo "$d" | tr / _)

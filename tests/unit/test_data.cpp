@@ -127,6 +127,66 @@ TEST(Readers, SnliJsonlQuirks) {
       << fail_message(file, Format::snli_jsonl);
 }
 
+// JSON lines in the streams' own fields (--jsonl TASK:FILE): tests/data/readers/README.md lists
+// each line's quirk.
+TEST(Readers, QaJsonlQuirks) {
+  const std::string file = kFixtures + "qa_quirks.jsonl";
+  const Read r = read_all(file, Format::qa_jsonl);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{1, 2, 3, 9}));
+  ASSERT_EQ(r.examples.size(), 4u);
+  const std::vector<std::string> hamlet = {"Hamlet is a play.", "It is set in Denmark."};
+  EXPECT_EQ(r.examples[0].fields, (std::vector<std::string>{"Who wrote Hamlet?", "Shakespeare wrote it."}));
+  EXPECT_EQ(r.examples[0].candidates, hamlet);
+  EXPECT_EQ(r.examples[1].candidates, hamlet);
+  EXPECT_TRUE(r.examples[2].candidates.empty());
+  EXPECT_TRUE(r.examples[3].candidates.empty());
+  EXPECT_EQ(r.stats.candidates, 4);
+  EXPECT_EQ(skipped(r, "empty text field"), 1);  // the blank candidate of line 1
+  EXPECT_EQ(skipped(r, "blank line"), 1);
+  EXPECT_EQ(skipped(r, "malformed: bad value"), 3);
+  EXPECT_EQ(skipped(r, "malformed: missing key"), 1);
+  EXPECT_EQ(skipped(r, "malformed: invalid JSON"), 1);
+  EXPECT_EQ(r.stats.lines, 10);
+  EXPECT_EQ(fail_message(file, Format::qa_jsonl),
+            file + ":4: bad value: 'candidates' is \"Paris is big.\", expected an array of strings");
+}
+
+TEST(Readers, CsJsonlQuirks) {
+  const std::string file = kFixtures + "cs_quirks.jsonl";
+  const Read r = read_all(file, Format::cs_jsonl);
+  EXPECT_EQ(lines_of(r), (std::vector<int64_t>{1, 2, 3}));
+  ASSERT_EQ(r.examples.size(), 3u);
+  EXPECT_EQ(r.examples[0].label, 1);
+  EXPECT_EQ(r.examples[1].label, 0);
+  EXPECT_EQ(r.examples[2].label, -1);
+  EXPECT_EQ(r.examples[2].fields, (std::vector<std::string>{"A dog runs.", "No dog runs."}));
+  EXPECT_EQ(skipped(r, "malformed: bad label"), 3);
+  EXPECT_EQ(skipped(r, "malformed: missing key"), 1);
+  EXPECT_EQ(skipped(r, "empty text field"), 1);
+  EXPECT_EQ(skipped(r, "malformed: bad value"), 1);
+  EXPECT_EQ(skipped(r, "malformed: invalid JSON"), 1);
+  EXPECT_EQ(r.stats.skipped_total(), 7);
+  EXPECT_EQ(fail_message(file, Format::cs_jsonl),
+            file + ":4: bad label: 'label' is 0, expected \"entailment\", \"neutral\" or \"contradiction\"");
+}
+
+TEST(Readers, EdAndRsJsonlAndTheFormatOfEachTask) {
+  TempDir dir("readers_task_jsonl");
+  std::ofstream(dir / "ed.jsonl") << "{\"text\": \" A line. \", \"source\": \"web\"}\n{\"text\": \"Another.\"}\n";
+  const Read ed = read_all(dir / "ed.jsonl", Format::ed_jsonl);
+  ASSERT_EQ(ed.examples.size(), 2u);
+  EXPECT_EQ(ed.examples[0].fields, std::vector<std::string>{"A line."});
+  std::ofstream(dir / "rs.jsonl") << "{\"conclusion\": \"C.\", \"premise1\": \"B.\", \"premise0\": \"A.\"}\n";
+  const Read rs = read_all(dir / "rs.jsonl", Format::rs_jsonl);
+  ASSERT_EQ(rs.examples.size(), 1u);
+  EXPECT_EQ(rs.examples[0].fields, (std::vector<std::string>{"A.", "B.", "C."}));  // the stream's order
+  EXPECT_EQ(fail_message(dir / "ed.jsonl", Format::rs_jsonl), dir / "ed.jsonl" + ":1: missing key: no 'premise0'");
+  for (Task t : {Task::encode_decode, Task::question_answering, Task::reasoning, Task::consistency})
+    EXPECT_EQ(task_of(jsonl_format_of(t)), t) << task_name(t);
+  test_support::expect_input_error([] { jsonl_format_of(Task::masked_lm); },
+                                   {"masked_lm has no stream of its own"});
+}
+
 TEST(Readers, SnliTabExportQuirks) {
   const std::string file = kFixtures + "snli_quirks.txt";
   const Read r = read_all(file, Format::snli_tsv);
@@ -258,7 +318,8 @@ TEST(Readers, MutatedInputOnlyEverGivesInputErrors) {
       {"snli_quirks.jsonl", Format::snli_jsonl}, {"snli_quirks.txt", Format::snli_tsv},
       {"snli_quirks.csv", Format::snli_csv},     {"avicenna_quirks.csv", Format::avicenna},
       {"wikiqa_quirks.tsv", Format::wikiqa},     {"wikiqa_candidates.tsv", Format::wikiqa},
-      {"text_quirks.txt", Format::text}};
+      {"text_quirks.txt", Format::text},         {"qa_quirks.jsonl", Format::qa_jsonl},
+      {"cs_quirks.jsonl", Format::cs_jsonl}};
   const std::string specials = "\"\t\n\r,{}[]:\\\xff\xc3\x80 -";
   std::mt19937 rng(11);
   const log::Level level = log::level();
@@ -314,7 +375,8 @@ TEST(Readers, EncodingNamesAndDefaults) {
   test_support::expect_input_error([] { encoding_from_name("cp1252"); },
                                    {"--encoding must be latin-1 or utf-8, got 'cp1252'"});
   EXPECT_EQ(default_encoding(Format::avicenna), Encoding::latin1);
-  for (Format f : {Format::text, Format::wikiqa, Format::snli_jsonl, Format::snli_tsv, Format::snli_csv})
+  for (Format f : {Format::text, Format::wikiqa, Format::snli_jsonl, Format::snli_tsv, Format::snli_csv,
+                   Format::ed_jsonl, Format::qa_jsonl, Format::rs_jsonl, Format::cs_jsonl})
     EXPECT_EQ(default_encoding(f), Encoding::utf8) << format_name(f);
 }
 
@@ -1475,6 +1537,38 @@ TEST(Prep, MaxLengthAppliesToCandidates) {
   const Ragged s = file.read_candidates(0, file.examples()).sentences;
   for (int64_t i = 0; i < s.count(); ++i) ASSERT_LE(s.length(i), 14);
   EXPECT_EQ(file.examples() + file.info().sources[0].skipped.at("longer than --max-length"), written);
+}
+
+// --jsonl TASK:FILE feeds any task's stream, repeated and mixed with the datasets' options (a
+// task's files in the order given); a spec without a task, or with one that has no stream of its
+// own, is refused naming it.
+TEST(Prep, JsonlFeedsAnyTask) {
+  TempDir in("prep_jsonl_in"), out("prep_jsonl_out");
+  std::ofstream(in / "ed.jsonl") << "{\"text\": \"One.\"}\n{\"text\": \"Two.\"}\n";
+  const std::string base = kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str();
+  const Process ok = run_command(base + " --text " + kSample + "corpus_heldout.txt --jsonl ed:" + (in / "ed.jsonl") +
+                                 " --jsonl question_answering:" + kFixtures + "qa_quirks.jsonl --jsonl cs:" +
+                                 kFixtures + "cs_quirks.jsonl --on-error skip");
+  ASSERT_EQ(ok.status, 0) << ok.output;
+  const Read text = read_all(kSample + "corpus_heldout.txt", Format::text);
+  const TaskStreamFile ed(out / "encode_decode.h5");
+  ASSERT_EQ(ed.info().sources.size(), 2u);
+  EXPECT_EQ(ed.info().sources[1].format, "ed-jsonl");
+  EXPECT_EQ(ed.examples(), static_cast<int64_t>(text.examples.size()) + 2);
+  const TaskStreamFile qa(out / "question_answering.h5");
+  EXPECT_EQ(qa.examples(), 4);
+  EXPECT_EQ(qa.info().candidates, 4);
+  EXPECT_EQ(qa.read_candidates(0, 1).sentences.count(), 2);
+  EXPECT_EQ(TaskStreamFile(out / "consistency.h5").examples(), 3);
+
+  for (const auto& [spec, message] : {std::pair{std::string("ed.jsonl"), "--jsonl ed.jsonl: expected TASK:FILE"},
+                                      std::pair{std::string("mlm:x.jsonl"), "--jsonl mlm:x.jsonl: masked_lm has no stream"},
+                                      std::pair{std::string("qna:x.jsonl"), "--jsonl qna:x.jsonl: unknown task 'qna'"}}) {
+    const Process bad = run_command(kPrep + " --tokenizer x --out " + (in / "never") + " --jsonl " + spec);
+    EXPECT_EQ(bad.status, 2) << spec;
+    EXPECT_NE(bad.output.find(message), std::string::npos) << bad.output;
+    EXPECT_FALSE(fs::exists(in / "never"));
+  }
 }
 
 TEST(Prep, TokenizeSubcommandRoundTrips) {
