@@ -1,9 +1,9 @@
 // qarac-embed: sentence vectors from a trained QARAC encoder export (issue 14), and WikiQA's
 // answer selection from the command line.
 //   qarac-embed --model EXPORT --input FILE [--field text] [--output FILE.npy|.h5|.jsonl]
-//   qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT
-// --rank reads a question_answering task stream with candidates (qarac-prep's WikiQA output, as
-// the evaluation reads it) or a WikiQA TSV, and prints qa.selection_accuracy, _mrr, _map, _chance and _questions computed
+//   qarac-embed --rank STREAM|WIKIQA.tsv|QA.jsonl --question-encoder EXPORT --answer-encoder EXPORT
+// --rank reads a question_answering task stream with candidates (qarac-prep's output, as the
+// evaluation reads it), a WikiQA TSV or QA JSON lines (qarac-prep --jsonl qa:), and prints qa.selection_accuracy, _mrr, _map, _chance and _questions computed
 // by the evaluation's own code (train/evaluation.h), so the figures are the evaluator's.
 #include <algorithm>
 #include <cstdio>
@@ -44,13 +44,13 @@ struct Ranked {
 };
 
 // InputError unless `ids` fits the encoders' positions; `where` names the sequence. A stream was
-// made with too large a --max-length; a TSV's sentence is cut only by making a stream of it.
-void check_fits(const std::vector<int32_t>& ids, const Encoder& encoder, const std::string& where, bool tsv = false) {
+// made with too large a --max-length; a raw file's sentence is cut only by making a stream of it.
+void check_fits(const std::vector<int32_t>& ids, const Encoder& encoder, const std::string& where, bool raw = false) {
   const int64_t max_tokens = encoder.config.max_tokens();
   QARAC_INPUT_CHECK(static_cast<int64_t>(ids.size()) <= max_tokens, where, " has ", ids.size(),
                     " tokens, more than the ", max_tokens, " ", encoder.dir, " reads (",
-                    tsv ? "qarac-prep --wikiqa with --max-length " : "prepare it with qarac-prep --max-length ",
-                    max_tokens, tsv ? " cuts it: rank that stream)" : ")");
+                    raw ? "qarac-prep with --max-length " : "prepare it with qarac-prep --max-length ",
+                    max_tokens, raw ? " cuts it: rank that stream)" : ")");
 }
 
 Ranked from_stream(const std::string& stream, const Encoder& question, const Encoder& answer,
@@ -75,22 +75,22 @@ Ranked from_stream(const std::string& stream, const Encoder& question, const Enc
   return r;
 }
 
-// A WikiQA TSV read as qarac-prep reads it, tokenised by the encoders' tokenizer (qarac-prep's
-// --max-length truncation is not applied: a sentence too long for the model that reads it is
-// refused).
-Ranked from_wikiqa(const std::string& tsv, const Encoder& question, const Encoder& answer, int64_t max_examples) {
+// A WikiQA TSV or QA JSON lines read as qarac-prep reads them, tokenised by the encoders'
+// tokenizer (qarac-prep's --max-length truncation is not applied: a sentence too long for the
+// model that reads it is refused).
+Ranked from_raw(const std::string& path, data::Format format, const Encoder& question, const Encoder& answer,
+                int64_t max_examples) {
   Ranked r;
   r.candidates.offsets = {0};
   r.candidates.sentences.offsets = {0};
   const data::Tokenizer& t = question.tokenizer;
-  const data::Format format = data::Format::wikiqa;
   // A sentence too long for the encoders is refused here (qarac-prep --max-length cuts them).
   // Malformed rows end the ranking, as they end qarac-prep (its default --on-error fail); rows past
   // the --max-examples ranked are not read.
   struct Enough {};
   try {
-    data::read_examples(tsv, format, data::default_encoding(format), data::OnError::fail, [&](data::Example&& e) {
-      const std::string where = tsv + ": the question of line " + std::to_string(e.line);
+    data::read_examples(path, format, data::default_encoding(format), data::OnError::fail, [&](data::Example&& e) {
+      const std::string where = path + ": the question of line " + std::to_string(e.line);
       r.questions.push_back(t.encode(e.fields[0]));
       check_fits(r.questions.back(), question, where, true);
       r.answers.push_back(t.encode(e.fields[1]));
@@ -117,9 +117,12 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   Encoder answer = io::load_encoder_export(answer_dir, DType::f32, device);
   QARAC_INPUT_CHECK(question.tokenizer.hash() == answer.tokenizer.hash(), question_dir, " and ", answer_dir,
                     " carry different tokenizers");
-  const bool tsv = source.size() > 4 && source.compare(source.size() - 4, 4, ".tsv") == 0;
-  const Ranked r = tsv ? from_wikiqa(source, question, answer, max_examples)
-                       : from_stream(source, question, answer, max_examples);
+  auto ends_with = [&](const std::string& ext) {
+    return source.size() > ext.size() && source.compare(source.size() - ext.size(), ext.size(), ext) == 0;
+  };
+  const Ranked r = ends_with(".tsv")     ? from_raw(source, data::Format::wikiqa, question, answer, max_examples)
+                   : ends_with(".jsonl") ? from_raw(source, data::Format::qa_jsonl, question, answer, max_examples)
+                                         : from_stream(source, question, answer, max_examples);
   const auto n = static_cast<int64_t>(r.questions.size());
   QARAC_INPUT_CHECK(n > 0, source, ": holds no examples to rank");
   QARAC_INPUT_CHECK(r.candidates.sentences.count() > 0, source, ": none of the first ", n,
@@ -149,7 +152,7 @@ int main(int argc, char** argv) {
     int64_t batch = 64, max_examples = 256;
     po::options_description options(
         "qarac-embed --model EXPORT --input FILE [--output FILE]\n"
-        "qarac-embed --rank STREAM|WIKIQA.tsv --question-encoder EXPORT --answer-encoder EXPORT\n\n"
+        "qarac-embed --rank STREAM|WIKIQA.tsv|QA.jsonl --question-encoder EXPORT --answer-encoder EXPORT\n\n"
         "Sentence vectors of a QARAC encoder export (question_encoder or answer_encoder), or\n"
         "WikiQA answer selection as the training's evaluation computes it.\n\nOptions");
     options.add_options()
@@ -160,7 +163,7 @@ int main(int argc, char** argv) {
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or JSON lines (.jsonl, .ndjson, .json); - : JSON lines on standard output")
         ("batch", po::value(&batch)->default_value(64), "sentences per forward pass (--rank: as qarac-train's eval.batch; in f32 the vectors' last bits depend on the batch, whose size picks BLAS's kernels)")
-        ("rank", po::value(&rank_source), "a question_answering task stream with candidates (qarac-prep's WikiQA output) or a WikiQA .tsv: print the answer-selection metrics")
+        ("rank", po::value(&rank_source), "a question_answering task stream with candidates (qarac-prep's output), a WikiQA .tsv or QA JSON lines (.jsonl, as qarac-prep --jsonl qa: reads them): print the answer-selection metrics")
         ("question-encoder", po::value(&question_dir), "--rank: the question encoder export")
         ("answer-encoder", po::value(&answer_dir), "--rank: the answer encoder export")
         ("max-examples", po::value(&max_examples)->default_value(256), "--rank: the first N examples (qarac-train's eval.examples); 0: all")

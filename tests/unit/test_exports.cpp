@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "cli/vector_files.h"
+#include "data/readers.h"
 #include "io/hf_checkpoint.h"
 #include "io/hf_export.h"
 #include "io/qarac_export.h"
@@ -676,9 +677,18 @@ TEST_F(ExportsTest, ProgramsMatchTheModels) {
   options.data_dir = stream.string();
   QaracEvaluator evaluator(options);
   const EvalResult eval = evaluator.evaluate({*m_.models, {}});
-  // The stream, and the TSV itself (read and tokenised as qarac-prep does: no example of the
-  // sample needs truncating).
-  for (const std::string& source : {(stream / "question_answering.h5").string(), kSample + "WikiQA-dev.tsv"}) {
+  // The stream, the TSV itself (read and tokenised as qarac-prep does: no example of the sample
+  // needs truncating), and the same examples as QA JSON lines (qarac-prep --jsonl qa:).
+  const std::string jsonl = (tmp_.path / "qa.jsonl").string();
+  {
+    std::ofstream out(jsonl);
+    data::read_examples(kSample + "WikiQA-dev.tsv", data::Format::wikiqa, data::Encoding::utf8, data::OnError::fail,
+                        [&](data::Example&& e) {
+                          out << nlohmann::json{{"question", e.fields[0]}, {"answer", e.fields[1]},
+                                                {"candidates", e.candidates}}.dump() << "\n";
+                        });
+  }
+  for (const std::string& source : {(stream / "question_answering.h5").string(), kSample + "WikiQA-dev.tsv", jsonl}) {
     r = run_command(std::string(QARAC_EMBED_EXE) + " --rank " + source + " --question-encoder " + qe +
                     " --answer-encoder " + ae);
     ASSERT_EQ(r.code, 0) << r.output;
