@@ -117,8 +117,11 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   Encoder answer = io::load_encoder_export(answer_dir, DType::f32, device);
   QARAC_INPUT_CHECK(question.tokenizer.hash() == answer.tokenizer.hash(), question_dir, " and ", answer_dir,
                     " carry different tokenizers");
+  // A gzip file is read as its text (data/line_file.h): its format is the name's before ".gz".
   auto ends_with = [&](const std::string& ext) {
-    return source.size() > ext.size() && source.compare(source.size() - ext.size(), ext.size(), ext) == 0;
+    for (const std::string& e : {ext, ext + ".gz"})
+      if (source.size() > e.size() && source.compare(source.size() - e.size(), e.size(), e) == 0) return true;
+    return false;
   };
   const Ranked r = ends_with(".tsv")     ? from_raw(source, data::Format::wikiqa, question, answer, max_examples)
                    : ends_with(".jsonl") ? from_raw(source, data::Format::qa_jsonl, question, answer, max_examples)

@@ -48,7 +48,9 @@ bool ends_with(const std::string& path, const std::string& suffix) {
 }
 
 bool json_lines(const std::string& path) {
-  return path == "-" || ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || ends_with(path, ".json");
+  // A gzip file is read as its text (data/line_file.h): its format is the name's before ".gz".
+  const std::string name = ends_with(path, ".gz") ? path.substr(0, path.size() - 3) : path;
+  return name == "-" || ends_with(name, ".jsonl") || ends_with(name, ".ndjson") || ends_with(name, ".json");
 }
 
 // Every line of `path` ("-": standard input), read whole, each held to LineFile's longest (a

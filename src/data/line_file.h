@@ -1,12 +1,15 @@
 // Text input one line at a time, from a file or a pipe (qarac-prep's readers, `qarac-prep
 // tokenize` on stdin), with the end of the input told apart from every way reading can fail: a
-// read error, a line longer than kMaxLineBytes, a line that does not fit in memory. Each of those
-// is a one-line InputError "<name>:<line>: <why>"; a reader never mistakes one for the end of
-// the file and goes on with what it had.
+// read error, a line longer than kMaxLineBytes, a line that does not fit in memory, a damaged or
+// cut gzip stream. Each of those is a one-line InputError "<name>:<line>: <why>"; a reader never
+// mistakes one for the end of the file and goes on with what it had. Input that starts as gzip
+// does (.gz, `gzip -c`) is decompressed as it is read, its members one after another as gunzip
+// does; other compressed formats (xz, zstd, bzip2) are refused naming a way to read them.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,12 +34,18 @@ class LineFile {
   LineFile(const LineFile&) = delete;
   LineFile& operator=(const LineFile&) = delete;
 
-  // The next line without "\n" or "\r\n"; false at the end of the input.
+  // The next line without "\n" or "\r\n"; false at the end of the input. Lines are counted in
+  // the decompressed text.
   bool next(std::string& line);
   int64_t line_no() const { return line_no_; }
 
  private:
-  bool fill();  // reads more input into buf_; false at its end
+  struct Gzip;  // zlib's inflate state and the compressed bytes not yet inflated
+
+  bool fill();       // reads more input into buf_; false at its end
+  size_t read_some(char* to, size_t size);  // read(2), retried on EINTR; 0 at the end
+  bool inflate_some();  // fill() of gzip input
+  void check_format();  // at the first bytes: gzip starts Gzip, another compression is refused
   [[noreturn]] void fail(const std::string& why) const;
 
   std::string name_;
@@ -45,6 +54,8 @@ class LineFile {
   std::vector<char> buf_;
   size_t pos_ = 0, end_ = 0;  // the unread bytes of buf_
   int64_t line_no_ = 0;
+  bool started_ = false;  // the first bytes were looked at
+  std::unique_ptr<Gzip> gzip_;
 };
 
 // Called when a signal interrupts a read that waits on a pipe (read(2) fails with EINTR); it may

@@ -43,16 +43,18 @@ Task task_of(Format format) {
   QARAC_CHECK(false, "unknown format ", static_cast<int>(format));
 }
 
-Format snli_format_of(const std::string& path) {
-  auto ends_with = [&](const char* ext) {
+Format snli_format_of(const std::string& file) {
+  auto ends_with = [](const std::string& path, const char* ext) {
     const size_t n = std::strlen(ext);
     return path.size() >= n && raw::lower(path.substr(path.size() - n)) == ext;
   };
-  if (ends_with(".jsonl")) return Format::snli_jsonl;
-  if (ends_with(".txt") || ends_with(".tsv")) return Format::snli_tsv;
-  if (ends_with(".csv")) return Format::snli_csv;
-  throw InputError(path + ": cannot tell the SNLI export from the extension "
-                          "(expected .jsonl, .txt/.tsv or .csv)");
+  // A gzip file is read as its text (data/line_file.h): its export is the name's before ".gz".
+  const std::string path = ends_with(file, ".gz") ? file.substr(0, file.size() - 3) : file;
+  if (ends_with(path, ".jsonl")) return Format::snli_jsonl;
+  if (ends_with(path, ".txt") || ends_with(path, ".tsv")) return Format::snli_tsv;
+  if (ends_with(path, ".csv")) return Format::snli_csv;
+  throw InputError(file + ": cannot tell the SNLI export from the extension "
+                          "(expected .jsonl, .txt/.tsv or .csv, each optionally .gz)");
 }
 
 Format jsonl_format_of(Task task) {

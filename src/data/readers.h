@@ -39,7 +39,8 @@ enum class Format {
 
 const char* format_name(Format format);  // "text", "wikiqa", "avicenna", "snli-jsonl", ...
 Task task_of(Format format);
-// The SNLI export a file is, from its extension: .jsonl, .txt/.tsv, .csv; InputError otherwise.
+// The SNLI export a file is, from its extension: .jsonl, .txt/.tsv, .csv (a gzip file's before its
+// .gz); InputError otherwise.
 Format snli_format_of(const std::string& path);
 // The JSON lines format of a QARAC task (not masked_lm, which reads encode_decode's stream).
 Format jsonl_format_of(Task task);

@@ -45,6 +45,8 @@ for f in tests/data/readers/snli_quirks.jsonl data/sample/snli_1.0_train.jsonl; 
 for f in tests/data/readers/snli_quirks.txt data/sample/snli_1.0_dev.txt; do seed_reader 4 "$f"; done
 for f in tests/data/readers/snli_quirks.csv data/sample/snli_1.0_test.csv; do seed_reader 5 "$f"; done
 seed_reader 7 tests/data/readers/qa_quirks.jsonl
+gzip -c tests/data/readers/text_quirks.txt >"$seeds/text_quirks.txt.gz"  # LineFile's inflate
+seed_reader 0 "$seeds/text_quirks.txt.gz" && rm "$seeds/text_quirks.txt.gz"
 seed_reader 9 tests/data/readers/cs_quirks.jsonl
 # Tokenizers: byte 0 and a tokenizer.json, or byte 1, vocab.json, NUL, merges.txt.
 for d in data/sample/tokenizer tests/data/tokenizer; do

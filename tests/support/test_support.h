@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <sys/wait.h>
+#include <zlib.h>
 
 #include <array>
 #include <cstdio>
@@ -67,6 +68,21 @@ inline std::string read_text(const std::string& path) {
 // ---- Tensors for the CUDA-against-CPU tests ---------------------------------------------------
 
 // f32 values uniform in [lo, hi), on the CPU.
+// `text` gzip-compressed, one member, as gzip(1) writes it (callers link ZLIB::ZLIB).
+inline std::string gzipped(const std::string& text) {
+  z_stream z{};
+  EXPECT_EQ(deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::string out(deflateBound(&z, static_cast<uLong>(text.size())), '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data()));
+  z.avail_in = static_cast<uInt>(text.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
 inline Tensor uniform(const Shape& shape, std::mt19937& rng, float lo = -1, float hi = 1) {
   std::uniform_real_distribution<float> dist(lo, hi);
   std::vector<float> v(static_cast<size_t>(shape_numel(shape)));

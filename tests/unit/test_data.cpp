@@ -4,6 +4,8 @@
 // across epochs, micro-batches, resume from a cursor under another plan), and qarac-prep end to
 // end on data/sample.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -308,6 +310,8 @@ TEST(Readers, FileLevelErrorsFailUnderEitherPolicy) {
   }
   EXPECT_THROW(snli_format_of("snli.parquet"), InputError);
   EXPECT_EQ(snli_format_of("a/SNLI_1.0_TRAIN.TXT"), Format::snli_tsv);
+  EXPECT_EQ(snli_format_of("snli_1.0_train.jsonl.gz"), Format::snli_jsonl);
+  EXPECT_THROW(snli_format_of("snli.gz"), InputError);
 }
 
 // Cut, spliced and byte-flipped versions of every fixture: under either policy a reader either
@@ -355,6 +359,59 @@ TEST(Readers, MutatedInputOnlyEverGivesInputErrors) {
     }
   }
   log::set_level(level);
+}
+
+// A gzip file reads as the text it holds: the same examples, lines and skips as the plain file,
+// its members one after another as gunzip gives them (`cat a.gz b.gz`).
+TEST(Readers, GzipInputIsReadAsItsText) {
+  TempDir dir("readers_gzip");
+  for (const auto& [name, format] : {std::pair{"text_quirks.txt", Format::text}, std::pair{"qa_quirks.jsonl", Format::qa_jsonl},
+                                     std::pair{"avicenna_quirks.csv", Format::avicenna}}) {
+    const std::string plain = test_support::read_text(kFixtures + name);
+    std::ofstream(dir / "in.gz", std::ios::binary) << test_support::gzipped(plain);
+    const Read want = read_all(kFixtures + name, format), got = read_all(dir / "in.gz", format);
+    EXPECT_EQ(lines_of(got), lines_of(want)) << name;
+    EXPECT_EQ(got.stats.lines, want.stats.lines) << name;
+    EXPECT_EQ(got.stats.skipped, want.stats.skipped) << name;
+    for (size_t i = 0; i < std::min(got.examples.size(), want.examples.size()); ++i)
+      EXPECT_EQ(got.examples[i].fields, want.examples[i].fields) << name << " example " << i;
+  }
+  // A line across the members' boundary, and a long one across inflate's 64 KiB blocks.
+  const std::string long_line(200000, 'w');
+  std::ofstream(dir / "two.gz", std::ios::binary) << test_support::gzipped("first\nsecond, begun") << test_support::gzipped(" and ended\n" + long_line + "\n");
+  const Read two = read_all(dir / "two.gz", Format::text);
+  ASSERT_EQ(two.examples.size(), 3u);
+  EXPECT_EQ(two.examples[1].fields[0], "second, begun and ended");
+  EXPECT_EQ(two.examples[2].fields[0], long_line);
+  std::ofstream(dir / "empty.gz", std::ios::binary) << test_support::gzipped("");
+  EXPECT_EQ(fail_message(dir / "empty.gz", Format::text), dir / "empty.gz" + ":1: empty file, expected one document per line");
+}
+
+// A gzip stream cut short or damaged is an error under either policy, never the end of the file;
+// the compressions that are not read are named, with a way to read them.
+TEST(Readers, CutOrDamagedGzipAndOtherCompressionsAreErrors) {
+  TempDir dir("readers_gzip_bad");
+  const std::string gz = test_support::gzipped(test_support::read_text(kSample + "corpus_train.txt"));
+  std::ofstream(dir / "cut.gz", std::ios::binary) << gz.substr(0, gz.size() / 2);
+  std::string damaged = gz;
+  for (size_t i = 1000; i < 1016; ++i) damaged[i] = static_cast<char>(~damaged[i]);
+  std::ofstream(dir / "damaged.gz", std::ios::binary) << damaged;
+  std::ofstream(dir / "trailing.gz", std::ios::binary) << test_support::gzipped("a\n") << "not gzip";
+  for (OnError policy : {OnError::fail, OnError::skip}) {
+    test_support::expect_input_error([&] { read_all(dir / "cut.gz", Format::text, policy); },
+                                     {dir / "cut.gz:", ": the gzip stream ends before its end (a file cut short?)"});
+    test_support::expect_input_error([&] { read_all(dir / "damaged.gz", Format::text, policy); },
+                                     {dir / "damaged.gz:", ": damaged gzip stream: "});
+    test_support::expect_input_error([&] { read_all(dir / "trailing.gz", Format::text, policy); },
+                                     {dir / "trailing.gz:2: damaged gzip stream: "});
+  }
+  for (const auto& [magic, tool] : {std::pair{std::string("\xFD" "7zXZ", 5) + '\0', "xzcat"},
+                                    std::pair{std::string("\x28\xB5\x2F\xFD"), "zstdcat"}, std::pair{std::string("BZh9"), "bzcat"}}) {
+    std::ofstream(dir / "packed", std::ios::binary) << magic << "rest of the file\n";
+    test_support::expect_input_error([&] { read_all(dir / "packed", Format::text); },
+                                     {dir / "packed: is ", "-compressed, which is not read (gzip is)",
+                                      std::string("<(") + tool + " " + (dir / "packed") + ")"});
+  }
 }
 
 TEST(Readers, Utf8ValidationAndLatin1) {
@@ -1569,6 +1626,49 @@ TEST(Prep, JsonlFeedsAnyTask) {
     EXPECT_NE(bad.output.find(message), std::string::npos) << bad.output;
     EXPECT_FALSE(fs::exists(in / "never"));
   }
+}
+
+// `qarac-prep tokenize` as a co-process: each line is answered as it comes, a first line shorter
+// than any compression's magic (which the reader looks for in the first bytes) included.
+TEST(Prep, TokenizeAnswersEachLineAsItComes) {
+  int to_child[2], from_child[2];
+  ASSERT_EQ(::pipe(to_child), 0);
+  ASSERT_EQ(::pipe(from_child), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(to_child[0], 0);
+    ::dup2(from_child[1], 1);
+    for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) ::close(fd);
+    const std::string tokenizer = kSample + "tokenizer";
+    ::execl(kPrep.c_str(), kPrep.c_str(), "tokenize", "--tokenizer", tokenizer.c_str(), static_cast<char*>(nullptr));
+    ::_exit(98);
+  }
+  ::close(to_child[0]);
+  ::close(from_child[1]);
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+  std::string pending;
+  for (const std::string text : {"a", "bb", "a longer line"}) {
+    const std::string line = "\"" + text + "\"\n";
+    ASSERT_EQ(::write(to_child[1], line.data(), line.size()), static_cast<ssize_t>(line.size()));
+    while (pending.find('\n') == std::string::npos) {
+      pollfd p{from_child[0], POLLIN, 0};
+      ASSERT_EQ(::poll(&p, 1, 20000), 1) << "no answer to " << line << " in 20 s";
+      char buf[256];
+      const ssize_t n = ::read(from_child[0], buf, sizeof buf);
+      ASSERT_GT(n, 0);
+      pending.append(buf, static_cast<size_t>(n));
+    }
+    const std::string answer = pending.substr(0, pending.find('\n'));
+    pending.erase(0, answer.size() + 1);
+    std::string want = "[";
+    for (int32_t id : tok.encode(text, false)) want += (want.size() > 1 ? "," : "") + std::to_string(id);
+    EXPECT_EQ(answer, want + "]") << text;
+  }
+  ::close(to_child[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ::close(from_child[0]);
 }
 
 TEST(Prep, TokenizeSubcommandRoundTrips) {

@@ -625,6 +625,11 @@ TEST_F(ExportsTest, VectorFilesRoundTrip) {
   std::ofstream(tmp_.path / "t.jsonl") << "{\"text\": \"a\"}\n\"b\"\n{\"other\": 1}\n";
   expect_input_error([&] { cli::read_texts((tmp_.path / "t.jsonl").string(), "text"); },
                      {"t.jsonl:3", "no string field \"text\""});
+  // Gzip files are read as their text, in the format of the name before ".gz".
+  std::ofstream(tmp_.path / "t.jsonl.gz", std::ios::binary) << gzipped("{\"text\": \"a\"}\n\"b\"\n");
+  EXPECT_EQ(cli::read_texts((tmp_.path / "t.jsonl.gz").string(), "text"), (std::vector<std::string>{"a", "b"}));
+  std::ofstream(tmp_.path / "t.txt.gz", std::ios::binary) << gzipped("\"a\"\n");
+  EXPECT_EQ(cli::read_texts((tmp_.path / "t.txt.gz").string(), "text"), std::vector<std::string>{"\"a\""});
 }
 
 // qarac-embed and qarac-generate give what the models give in process; --rank gives the
