@@ -5,6 +5,7 @@
 //              [--snli F]... [--jsonl TASK:F]... [--encoding latin-1|utf-8] [--on-error fail|skip]
 //              [--max-length N] [--too-long truncate|skip]
 //   qarac-prep tokenize --tokenizer DIR [--special] [--decode]
+//   qarac-prep info STREAM|DIR... [--verify]
 //
 // Every output is written under a temporary name; the files are renamed into place only after
 // every task has been written, so a failed or interrupted (SIGINT, SIGTERM, SIGHUP) run leaves no
@@ -28,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli/prep_info.h"
 #include "cli/run_main.h"
 #include "cli/version.h"
 #include "core/log.h"
@@ -196,7 +198,8 @@ int build(int argc, char** argv) {
   bool no_special = false;
   po::options_description options(
       "qarac-prep --tokenizer DIR --out DIR [inputs] [options]\n"
-      "qarac-prep tokenize --tokenizer DIR [--special] [--decode]   (see tokenize --help)\n\n"
+      "qarac-prep tokenize --tokenizer DIR [--special] [--decode]   (see tokenize --help)\n"
+      "qarac-prep info STREAM|DIR... [--verify]   what streams hold (see info --help)\n\n"
       "Tokenises raw datasets into one HDF5 task-stream file per task in --out:\n"
       "encode_decode.h5 (--text), question_answering.h5 (--wikiqa), reasoning.h5\n"
       "(--avicenna), consistency.h5 (--snli), or any of them from JSON lines (--jsonl).\n"
@@ -451,9 +454,13 @@ int tokenize(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (cli::version_requested(argc, argv)) return cli::print_version("qarac-prep");
-  const bool is_tokenize = argc > 1 && std::string(argv[1]) == "tokenize";
-  const int code = cli::run_main(is_tokenize ? "qarac-prep tokenize" : "qarac-prep", [&] {
-    return is_tokenize ? tokenize(argc - 1, argv + 1) : build(argc, argv);
+  const std::string command = argc > 1 && (std::string(argv[1]) == "tokenize" || std::string(argv[1]) == "info")
+                                  ? argv[1] : "";
+  const std::string program = command.empty() ? "qarac-prep" : "qarac-prep " + command;
+  const int code = cli::run_main(program.c_str(), [&] {
+    if (command == "tokenize") return tokenize(argc - 1, argv + 1);
+    if (command == "info") return cli::prep_info(argc - 1, argv + 1);
+    return build(argc, argv);
   });
   // Interrupted: with the temporary files removed and the line printed, the run ends as the
   // signal's default action ends it, so that a shell loop or a job script sees an interruption

@@ -30,19 +30,22 @@ inline void refuse_line_breaks(int argc, const char* const argv[]) {
 
 // Parses the command line into `vm` against `options` and notifies it; false after printing the
 // options for --help (the program then exits 0). A word that is no option's value is refused:
-// Boost would drop it without a word (an output path given without --output).
+// Boost would drop it without a word (an output path given without --output), unless
+// `positional` names the option such words are values of.
 inline bool parse_command_line(int argc, const char* const argv[],
                                const boost::program_options::options_description& options,
-                               boost::program_options::variables_map& vm) {
+                               boost::program_options::variables_map& vm,
+                               const boost::program_options::positional_options_description& positional = {}) {
   namespace po = boost::program_options;
   refuse_line_breaks(argc, argv);
   // Without guessing: an abbreviation is an unknown option, not the option it begins.
-  const po::parsed_options parsed =
-      po::command_line_parser(argc, argv)
-          .options(options)
-          .style(po::command_line_style::default_style & ~po::command_line_style::allow_guessing)
-          .run();
-  const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
+  po::command_line_parser parser(argc, argv);
+  parser.options(options).style(po::command_line_style::default_style & ~po::command_line_style::allow_guessing);
+  if (positional.max_total_count() > 0) parser.positional(positional);  // else: Boost's own error
+  const po::parsed_options parsed = parser.run();
+  // Without `positional`, a word that is no option's value is a positional one: refused too.
+  const std::vector<std::string> stray = po::collect_unrecognized(
+      parsed.options, positional.max_total_count() > 0 ? po::exclude_positional : po::include_positional);
   QARAC_INPUT_CHECK(stray.empty(), "unexpected argument '", stray.empty() ? "" : stray.front(),
                     "': options are --NAME VALUE (see --help)");
   po::store(parsed, vm);

@@ -363,6 +363,19 @@ Ragged TaskStreamFile::read_field(int field, int64_t begin, int64_t end) const {
   return r;
 }
 
+std::vector<int64_t> TaskStreamFile::field_lengths(int field, int64_t begin, int64_t end) const {
+  QARAC_CHECK(field >= 0 && static_cast<size_t>(field) < tokens_.size(), "field ", field,
+              " out of range for ", task_name(info_.task));
+  QARAC_CHECK(0 <= begin && begin <= end && end <= info_.examples, "example range [", begin, ", ",
+              end, ") out of [0, ", info_.examples, ")");
+  const std::vector<int64_t> offsets =
+      read_offsets(path_, offsets_[field], field_path(info_.task, field, "offsets"), begin, end,
+                   info_.field_tokens[field], "the tokens", "example");
+  std::vector<int64_t> lengths(offsets.size() - 1);
+  for (size_t i = 0; i < lengths.size(); ++i) lengths[i] = offsets[i + 1] - offsets[i];
+  return lengths;
+}
+
 Candidates TaskStreamFile::read_candidates(int64_t begin, int64_t end) const {
   QARAC_CHECK(has_candidates(), path_, " holds no candidates");
   QARAC_CHECK(0 <= begin && begin <= end && end <= info_.examples, "example range [", begin, ", ",

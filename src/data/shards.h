@@ -207,6 +207,9 @@ class TaskStreamFile {
   // Examples [begin, end) of field `field`: one hyperslab read of end-begin+1 offsets, one of
   // the tokens they span. Offsets are checked (monotone, within the tokens) before use.
   Ragged read_field(int field, int64_t begin, int64_t end) const;
+  // The lengths in tokens of examples [begin, end) of field `field`: its offsets alone, checked
+  // as read_field checks them (what a summary of a stream's lengths needs, without its tokens).
+  std::vector<int64_t> field_lengths(int field, int64_t begin, int64_t end) const;
   std::vector<int8_t> read_labels(int64_t begin, int64_t end) const;
   // Whether the file holds candidate sentences (only question_answering streams may).
   bool has_candidates() const { return candidate_tokens_.valid(); }

@@ -1628,6 +1628,55 @@ TEST(Prep, JsonlFeedsAnyTask) {
   }
 }
 
+// `qarac-prep info`: each field's length distribution (nearest-rank percentiles) as the
+// tokenizer gives it, the labels, the candidates and every source's accounting; --verify reads
+// every example against the checksum, so a damaged token is an error there and not without it.
+TEST(Prep, InfoSummarisesStreams) {
+  TempDir in("prep_info_in"), out("prep_info_out");
+  const Tokenizer tok = Tokenizer::from_dir(kSample + "tokenizer");
+  std::vector<int64_t> lengths;
+  {
+    std::ofstream ed(in / "ed.jsonl");
+    std::string text;
+    for (int i = 0; i < 40; ++i) {
+      text += (i % 3 ? " word" : " other");
+      ed << "{\"text\": \"" << text << "\"}\n";
+      lengths.push_back(static_cast<int64_t>(tok.encode(text).size()));
+    }
+    ed << "\n";
+  }
+  std::sort(lengths.begin(), lengths.end());
+  const Process prep = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() + " --jsonl ed:" +
+                                   (in / "ed.jsonl") + " --jsonl cs:" + kFixtures + "cs_quirks.jsonl --jsonl qa:" +
+                                   kFixtures + "qa_quirks.jsonl --on-error skip");
+  ASSERT_EQ(prep.status, 0) << prep.output;
+  const Process info = run_command(kPrep + " info " + out.str() + " --verify");
+  ASSERT_EQ(info.status, 0) << info.output;
+  auto rank = [&](int percent) { return lengths[(percent * lengths.size() + 99) / 100 - 1]; };
+  const int64_t total = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
+  char row[160];
+  std::snprintf(row, sizeof row, "  %-12s %12lld %8.1f %6lld %6lld %6lld %6lld", "text", static_cast<long long>(total),
+                static_cast<double>(total) / 40, static_cast<long long>(rank(50)), static_cast<long long>(rank(90)),
+                static_cast<long long>(rank(99)), static_cast<long long>(lengths.back()));
+  for (const std::string& want :
+       {out / "encode_decode.h5" + ": encode_decode, 40 examples", std::string(row),
+        "from " + (in / "ed.jsonl") + " (ed-jsonl): 41 lines, 40 examples; skipped: blank line 1",
+        std::string("verified against the examples"), std::string("labels: entailment 1, neutral 1, contradiction 1"),
+        std::string("candidates: 4 sentences (1.0 an example)"),
+        std::string("(qa-jsonl): 10 lines, 4 examples, 4 candidates; skipped: blank line 1, empty text field 1, "
+                    "malformed: bad value 3, malformed: invalid JSON 1, malformed: missing key 1")})
+    EXPECT_NE(info.output.find(want), std::string::npos) << want << " in\n" << info.output;
+
+  poke(out / "encode_decode.h5", "fields/text/tokens", 3, 5);  // another valid id: only the checksum tells
+  EXPECT_EQ(run_command(kPrep + " info " + (out / "encode_decode.h5")).status, 0);
+  const Process damaged = run_command(kPrep + " info " + (out / "encode_decode.h5") + " --verify");
+  EXPECT_EQ(damaged.status, 2) << damaged.output;
+  EXPECT_NE(damaged.output.find(out / "encode_decode.h5"), std::string::npos) << damaged.output;
+  const Process empty = run_command(kPrep + " info " + in.str());
+  EXPECT_EQ(empty.status, 2);
+  EXPECT_NE(empty.output.find(in.str() + ": holds no task stream"), std::string::npos) << empty.output;
+}
+
 // `qarac-prep tokenize` as a co-process: each line is answered as it comes, a first line shorter
 // than any compression's magic (which the reader looks for in the first bytes) included.
 TEST(Prep, TokenizeAnswersEachLineAsItComes) {
