@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "data/json_brief.h"
 #include "data/reader_util.h"
 
@@ -249,6 +250,14 @@ void read_snli_jsonl(Reader& r, LineFile& in) {
 // without a word of warning.
 void read_task_jsonl(Reader& r, LineFile& in, Task task) {
   const std::vector<std::string>& keys = task_fields(task);
+  // Answer selection ranks a question's answers together only when they are adjacent and carry
+  // the same candidates (train/evaluation.cpp, as qarac-prep writes WikiQA's): a question's text
+  // that comes back after another question's, or with other candidates than the line before, is
+  // ranked as a question of its own, which is said at the end.
+  std::map<std::string, int64_t> ended;  // question text -> its last line
+  std::string question;                  // the question being read
+  std::vector<std::string> question_candidates;
+  int64_t question_line = 0, apart = 0, first_apart = 0, first_apart_earlier = 0, changed = 0, first_changed = 0;
   json obj;
   while (next_json_object(r, in, obj)) {
     const int64_t n = in.line_no();
@@ -300,8 +309,31 @@ void read_task_jsonl(Reader& r, LineFile& in, Task task) {
       }
       r.stats().candidates += static_cast<int64_t>(ex.candidates.size());
     }
+    if (task == Task::question_answering) {
+      if (ex.fields[0] != question) {
+        if (!question.empty()) ended[question] = question_line;
+        question = ex.fields[0];
+        const auto earlier = ended.find(question);
+        if (earlier != ended.end() && apart++ == 0) {
+          first_apart = n;
+          first_apart_earlier = earlier->second;
+        }
+      } else if (ex.candidates != question_candidates && changed++ == 0) {
+        first_changed = n;
+      }
+      question_candidates = ex.candidates;
+      question_line = n;
+    }
     r.emit(std::move(ex));
   }
+  if (apart > 0)
+    log::warn(r.path(), ": ", apart, " question(s) come back after another question's (the first at line ",
+              first_apart, ", last seen at line ", first_apart_earlier,
+              "): answer selection ranks only a question's adjacent lines together, so put them one after another");
+  if (changed > 0)
+    log::warn(r.path(), ": ", changed, " line(s) repeat the question of the line before with other candidates (the "
+              "first: line ", first_changed, "): answer selection ranks them as another question; give each of a "
+              "question's lines all of its candidates");
 }
 
 }  // namespace qarac::data::raw

@@ -1617,6 +1617,21 @@ TEST(Prep, JsonlFeedsAnyTask) {
   EXPECT_EQ(qa.info().candidates, 4);
   EXPECT_EQ(qa.read_candidates(0, 1).sentences.count(), 2);
   EXPECT_EQ(TaskStreamFile(out / "consistency.h5").examples(), 3);
+  EXPECT_EQ(ok.output.find("come back after another question's"), std::string::npos) << ok.output;
+
+  // A question whose lines are not adjacent is ranked as two: said, with its lines.
+  std::ofstream(in / "apart.jsonl") << "{\"question\": \"Q1\", \"answer\": \"A1\"}\n{\"question\": \"Q2\", \"answer\": \"A2\"}\n"
+                                       "{\"question\": \"Q1\", \"answer\": \"A3\"}\n{\"question\": \"Q1\", \"answer\": \"A4\", \"candidates\": [\"C\"]}\n";
+  const Process apart = run_command(kPrep + " --tokenizer " + kSample + "tokenizer --out " + out.str() + " --jsonl qa:" +
+                                    (in / "apart.jsonl"));
+  ASSERT_EQ(apart.status, 0) << apart.output;
+  EXPECT_NE(apart.output.find(in / "apart.jsonl" + ": 1 question(s) come back after another question's (the first at "
+                                                   "line 3, last seen at line 1)"),
+            std::string::npos) << apart.output;
+  EXPECT_NE(apart.output.find(in / "apart.jsonl" + ": 1 line(s) repeat the question of the line before with other "
+                                                   "candidates (the first: line 4)"),
+            std::string::npos) << apart.output;
+  EXPECT_EQ(ok.output.find("repeat the question"), std::string::npos) << ok.output;
 
   for (const auto& [spec, message] : {std::pair{std::string("ed.jsonl"), "--jsonl ed.jsonl: expected TASK:FILE"},
                                       std::pair{std::string("mlm:x.jsonl"), "--jsonl mlm:x.jsonl: masked_lm has no stream"},
