@@ -59,6 +59,9 @@
 # forgetting.mlm_loss (the evaluation lines of each run's metrics.jsonl; an empty field: the run
 # did not measure it). Needs jq and gnuplot (bash launch/install-deps.sh --job).
 set -euo pipefail
+# Numbers are read and written with a decimal point in any locale: under de_DE.UTF-8 mawk
+# (Debian's awk) read 7.3257 as 7 and wrote 7,0000, and gnuplot stopped at the data.
+export LC_ALL=C
 me=launch/forgetting.sh
 die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }

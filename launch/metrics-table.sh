@@ -7,6 +7,9 @@
 #   launch/metrics-table.sh RUN_DIR
 # Needs jq (bash launch/install-deps.sh --job).
 set -euo pipefail
+# Numbers are read and written with a decimal point in any locale: under de_DE.UTF-8 mawk
+# (Debian's awk) read 7.3257 as 7 and wrote 7,0000, and gnuplot stopped at the data.
+export LC_ALL=C
 me=launch/metrics-table.sh
 die() { echo "$me: $*" >&2; exit 1; }
 

@@ -10,6 +10,9 @@
 #   launch/plot-metrics.sh RUN_DIR [OUT.svg]      (default: RUN_DIR/metrics.svg; a folder: OUT/metrics.svg)
 # Needs jq and gnuplot (bash launch/install-deps.sh --job).
 set -euo pipefail
+# Numbers are read and written with a decimal point in any locale: under de_DE.UTF-8 mawk
+# (Debian's awk) read 7.3257 as 7 and wrote 7,0000, and gnuplot stopped at the data.
+export LC_ALL=C
 me=launch/plot-metrics.sh
 die() { echo "$me: $*" >&2; exit 1; }
 

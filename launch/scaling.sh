@@ -59,6 +59,9 @@
 # qarac-train (world_size, global_tokens, global_examples, compute_time_s, comm_wait_s,
 # data_time_s). Needs jq and gnuplot (bash launch/install-deps.sh --job).
 set -euo pipefail
+# Numbers are read and written with a decimal point in any locale: under de_DE.UTF-8 mawk
+# (Debian's awk) read 7.3257 as 7 and wrote 7,0000, and gnuplot stopped at the data.
+export LC_ALL=C
 me=launch/scaling.sh
 die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }
