@@ -64,6 +64,12 @@ H5Id unlocked_file_access() {
   return fapl;
 }
 
+H5Id untimed_dataset_creation() {
+  H5Id plist = QARAC_H5_ID(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  QARAC_CHECK_HDF5(H5Pset_obj_track_times(plist.get(), false));
+  return plist;
+}
+
 H5Id open_sealed_hdf5(const std::string& path, const char* noun, const char* remedy) {
   silence_hdf5_stack_printing();
   if (!check_hdf5_seal(path, noun, remedy)) {
