@@ -9,8 +9,9 @@
 #   launch/install-deps.sh --tests  also what the whole test suite uses: clang and its sanitizer
 #                                   and libFuzzer runtime (tests/fuzz), jq and gnuplot-nox (the
 #                                   report scripts' test), shellcheck (the scripts' lint), and
-#                                   the locale de_DE.UTF-8 (locales; the script tests run again
-#                                   under its decimal comma: tests/launch/in_locale.sh)
+#                                   the locales de_DE.UTF-8 and tr_TR.UTF-8 (locales; script
+#                                   tests run again under a decimal comma and a dotless ı:
+#                                   tests/launch/in_locale.sh)
 #   launch/install-deps.sh --mpich  also MPICH (mpich, libmpich-dev) beside Open MPI, for
 #                                   QARAC_MPI=mpich bash tests/run.sh; Debian's alternatives keep
 #                                   Open MPI the default mpicc/mpirun
@@ -20,14 +21,14 @@
 set -euo pipefail
 me=launch/install-deps.sh
 
-test_locale=""
+test_locales=()
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-dev
           libboost-program-options-dev libopenblas-dev nlohmann-json3-dev libgtest-dev
           libcsv-dev zlib1g-dev python3)
 for arg in "$@"; do
   case "$arg" in
     --job) packages+=(jq gnuplot-nox) ;;
-    --tests) packages+=(clang libclang-rt-14-dev jq gnuplot-nox shellcheck locales); test_locale=de_DE ;;
+    --tests) packages+=(clang libclang-rt-14-dev jq gnuplot-nox shellcheck locales); test_locales=(de_DE tr_TR) ;;
     --mpich) packages+=(mpich libmpich-dev) ;;
     -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "$me: unknown argument '$arg' (usage: $me [--job] [--tests] [--mpich])" >&2; exit 2 ;;
@@ -44,15 +45,17 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# A locale that `locale` cannot set is missing (it says so on stderr); about 2 s to generate.
-locale_missing=0
-[ -z "$test_locale" ] || [ -z "$(LC_ALL=$test_locale.UTF-8 locale 2>&1 >/dev/null)" ] || locale_missing=1
-((${#missing[@]} || locale_missing)) || exit 0
+# A locale that `locale` cannot set is missing (it says so on stderr); about 2 s each to generate.
+missing_locales=()
+for l in "${test_locales[@]}"; do
+  [ -z "$(LC_ALL=$l.UTF-8 locale 2>&1 >/dev/null)" ] || missing_locales+=("$l")
+done
+((${#missing[@]} || ${#missing_locales[@]})) || exit 0
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null ||
-    { echo "$me: not root and no sudo; as root, install: ${missing[*]:-nothing}${test_locale:+ and generate $test_locale.UTF-8}" >&2; exit 1; }
+    { echo "$me: not root and no sudo; as root, install: ${missing[*]:-nothing}; generate: ${missing_locales[*]:-nothing}" >&2; exit 1; }
   sudo_cmd=(sudo)
 fi
 if ((${#missing[@]})); then
@@ -67,8 +70,8 @@ if ((${#missing[@]})); then
     exit 1
   fi
 fi
-if ((locale_missing)); then
-  echo "$me: generating the locale $test_locale.UTF-8"
-  "${sudo_cmd[@]}" localedef -i "$test_locale" -f UTF-8 "$test_locale.UTF-8" ||
-    { echo "$me: localedef failed generating $test_locale.UTF-8" >&2; exit 1; }
-fi
+for l in "${missing_locales[@]}"; do
+  echo "$me: generating the locale $l.UTF-8"
+  "${sudo_cmd[@]}" localedef -i "$l" -f UTF-8 "$l.UTF-8" ||
+    { echo "$me: localedef failed generating $l.UTF-8" >&2; exit 1; }
+done

@@ -34,6 +34,9 @@
 # Environment: QARAC_BUILD holds src/cli/qarac-train (default: the repository's build/, else
 # the qarac-train installed beside these scripts or on PATH); MPIRUN, the launcher.
 set -euo pipefail
+# Text is matched in the C locale: under tr_TR.UTF-8 [A-Za-z] leaves out I and i, and an
+# OpenBLAS core named Sandybridge would have been set as Sandybr.
+export LC_ALL=C
 me=launch/train-local.sh
 die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; }

@@ -7,6 +7,9 @@
 # skipped, with the reason. With MPIEXEC, a checkpoint of 2 ranks is run into the full disk too
 # (MPIEXEC's flags: QARAC_MPI_FLAGS, else by its MPI, mpi_flags_of in common.sh).
 set -euo pipefail
+# Its patterns match in the C locale: under tr_TR.UTF-8 [a-z] leaves out i, and qarac-train's
+# error lines went uncounted.
+export LC_ALL=C
 me=tests/fault/disk_full.sh
 [ $# -eq 2 ] || [ $# -eq 3 ] || { echo "usage: $me BUILD_DIR SAMPLE_DIR [MPIEXEC]" >&2; exit 2; }
 build=$(cd "$1" && pwd)

@@ -56,6 +56,7 @@ test_run() {
   check "exit 0 (got $rc)" test "$rc" = 0
   check "the summary at step 2" has_re "$work/out.txt" "step 0 +step 2"
   check "every task in it" has_re "$work/out.txt" "consistency +accuracy"
+  check "the example counts of every task's streams" test "$(LC_ALL=C grep -cE '^ +(train|heldout) +[a-z_]+: [0-9]+ examples' "$work/out.txt")" = 8
   check "the warmup fits the 2 steps (5% of them)" has "$out/logs/finetune.cmd" "--train.steps 2 --optimizer.warmup 0"
   # What it prints and saves runs from any working directory.
   local again
