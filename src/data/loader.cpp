@@ -5,6 +5,7 @@
 #include "data/loader.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -240,6 +241,11 @@ TaskBatch Loader::draw(Stream& s) {
     batch.global_tokens += s.cost[static_cast<size_t>(index)];
     ++s.position;
   }
+  // Checked before packing: the packed offsets (PackedField::starts, ops::Sequences) are int32,
+  // and a batch past them would wrap silently after filling gigabytes.
+  QARAC_INPUT_CHECK(batch.global_tokens <= std::numeric_limits<int32_t>::max(), s.path, ": a global batch of ", n,
+                    " examples holds ", batch.global_tokens, " tokens, more than the ",
+                    std::numeric_limits<int32_t>::max(), " its int32 offsets address: lower the task's batch");
   const std::vector<int> owner = divide_batch(tokens, s.slot.group_size);
   auto whole = std::make_shared<GlobalBatch>();
   batch.fields.resize(s.fields.size());

@@ -5,6 +5,7 @@
 // end on data/sample.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 
@@ -1331,6 +1333,62 @@ TEST(Loader, RestoringACursorResumesTheExactBatchSequence) {
   other = a.cursor();
   other.tasks[1].task = Task::consistency;
   EXPECT_THROW(a.restore(other), InputError);
+}
+
+// A global batch past the int32 offsets of a packed batch (2^31 - 1 tokens: 524289 examples of
+// 4096 here) is one input error before anything is packed, not offsets that wrap after gigabytes
+// were filled. In a child under an address-space limit of 256 MiB above its start, so that a
+// loader that packs anyway fails fast with std::bad_alloc instead of taking the machine's memory.
+TEST(Loader, AGlobalBatchPastInt32OffsetsIsAnInputError) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "AddressSanitizer's operator new ends the process instead of throwing std::bad_alloc";
+#endif
+  TempDir dir("loader_int32");
+  Synthetic long_texts;
+  for (int i = 0; i < 16; ++i) {
+    long_texts.examples.push_back({std::vector<int32_t>(4096, 7 + i)});
+    long_texts.labels.push_back(0);
+  }
+  write_stream(dir / "encode_decode.h5", Task::encode_decode, long_texts);
+  LoaderOptions opt;
+  opt.data_dir = dir.str();
+  opt.global_batch = (int64_t{1} << 31) / 4096 + 1;
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string result = "no error";
+    long pages = 0;
+    if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+      std::fclose(statm);
+    }
+    const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + (256 << 20);
+    const rlimit rl{limit, limit};
+    try {
+      if (pages == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) throw std::runtime_error("cannot limit memory");
+      Loader loader(plan_for({{Task::encode_decode, 0, 1}}), opt);
+      loader.next();
+    } catch (const InputError& e) {
+      result = e.what();
+    } catch (const std::exception& e) {
+      result = std::string("other: ") + e.what();
+    }
+    (void)!::write(fds[1], result.data(), result.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string result;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << result;
+  for (const char* part : {"encode_decode.h5: a global batch of 524289 examples holds 2147487744 tokens",
+                           "lower the task's batch"})
+    EXPECT_NE(result.find(part), std::string::npos) << part << " in: " << result;
 }
 
 // The order must not depend on the compiler or library: pinned to values computed once.
