@@ -237,8 +237,8 @@ void Objectives::Impl::arm(const Pass& p, parallel::Model model, bool on) {
   if (!p.backward || !p.options.gradients_ready || !p.options.last_use[static_cast<int>(model)]) return;
   GradientsReady ready = on ? p.options.gradients_ready : GradientsReady{};
   if (model == parallel::Model::question_encoder) models.question_encoder().set_gradients_ready(std::move(ready));
-  if (model == parallel::Model::answer_encoder) models.answer_encoder().set_gradients_ready(std::move(ready));
-  if (model == parallel::Model::decoder) models.decoder().set_gradients_ready(std::move(ready));
+  else if (model == parallel::Model::answer_encoder) models.answer_encoder().set_gradients_ready(std::move(ready));
+  else if (model == parallel::Model::decoder) models.decoder().set_gradients_ready(std::move(ready));
 }
 
 void Objectives::Impl::done(const Pass& p, parallel::Model model) {
