@@ -55,7 +55,7 @@ std::string followed(std::string path) {
 }  // namespace
 
 // errno is read before a message is built: building it allocates, which may change errno.
-AtomicFile::AtomicFile(std::string path, Mode mode, Links links)
+AtomicFile::AtomicFile(const std::string& path, Mode mode, Links links)
     : path_(links == follow ? followed(path) : path), tmp_(path_ + kTempFileMarker + std::to_string(::getpid())) {
   // The rename would put a file in place of a device or a FIFO (/dev/null, a pipe to a reader).
   // Named as given too: a link's target alone may not say which of the user's paths led there.

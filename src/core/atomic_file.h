@@ -38,7 +38,7 @@ class AtomicFile {
   // that exists and is no regular file (a directory, a device, a FIFO) is one (under `follow`,
   // path() names a link's target). The temporary file is always a new file of this process's
   // own, never an entry found under its name (a link there would lead the write elsewhere).
-  explicit AtomicFile(std::string path, Mode mode = stream, Links links = follow);
+  explicit AtomicFile(const std::string& path, Mode mode = stream, Links links = follow);
   // Removes the temporary file unless commit() succeeded (a write or its caller threw midway).
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;
