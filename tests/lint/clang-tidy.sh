@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # clang-tidy's bug-finding checks (the repository's .clang-tidy) over the C++ sources of one or
-# more folders, one file at a time, niced: slow (about 10-60 s a file), so not part of ctest or
+# more folders, one file at a time, niced: slow (5 s to 4 min a file), so not part of ctest or
 # .ci/run. Each folder's findings go to LOGDIR/<folder with / as _>.log.
 #
 # Usage: tests/lint/clang-tidy.sh BUILD_DIR LOGDIR FOLDER...
