@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <numeric>
 
 #include "core/log.h"
 #include "data/shards.h"
@@ -308,8 +309,16 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
     TaskBatch batch;
     batch.task = task;
     for (int64_t i = 0; i < n; ++i) batch.examples.push_back(i);
-    for (size_t f = 0; f < data::task_fields(task).size(); ++f)
+    for (size_t f = 0; f < data::task_fields(task).size(); ++f) {
+      // Counted from the offsets before the tokens are read: the packed offsets are int32, as the
+      // loader's (which checks its global batches the same way).
+      const std::vector<int64_t> lengths = file.field_lengths(static_cast<int>(f), 0, n);
+      const int64_t tokens = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
+      QARAC_INPUT_CHECK(tokens <= std::numeric_limits<int32_t>::max(), path.string(), ": the first ", n,
+                        " examples' '", data::task_fields(task)[f], "' hold ", tokens, " tokens, more than the ",
+                        std::numeric_limits<int32_t>::max(), " the evaluation's int32 offsets address: lower eval.examples");
       batch.fields.push_back(packed(file.read_field(static_cast<int>(f), 0, n)));
+    }
     if (data::task_has_label(task))
       for (int8_t label : file.read_labels(0, n)) batch.labels.push_back(label);
     if (task == Task::question_answering) {
