@@ -8,6 +8,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -26,16 +27,15 @@ struct Lengths {
   int64_t count = 0, total = 0, p50 = 0, p90 = 0, p99 = 0, max = 0;
 };
 
-// From a histogram of the lengths (memory bounded by the longest, not by the examples); a
-// percentile is the nearest rank's length: the shortest that at least that share of the
-// examples does not exceed.
+// From a histogram of the lengths (memory bounded by how many lengths differ, not by the
+// examples); a percentile is the nearest rank's length: the shortest that at least that share of
+// the examples does not exceed.
 Lengths lengths_of(const TaskStreamFile& file, int field) {
-  std::vector<int64_t> histogram;
+  std::map<int64_t, int64_t> histogram;  // length -> examples
   Lengths s;
   for (int64_t begin = 0; begin < file.examples(); begin += kBlock)
     for (int64_t n : file.field_lengths(field, begin, std::min(file.examples(), begin + kBlock))) {
-      if (static_cast<size_t>(n) >= histogram.size()) histogram.resize(static_cast<size_t>(n) + 1);
-      ++histogram[static_cast<size_t>(n)];
+      ++histogram[n];
       ++s.count;
       s.total += n;
     }
@@ -43,10 +43,10 @@ Lengths lengths_of(const TaskStreamFile& file, int field) {
   int64_t* const wanted[] = {&s.p50, &s.p90, &s.p99};
   const int64_t percent[] = {50, 90, 99};
   size_t next = 0;
-  for (size_t length = 0; length < histogram.size(); ++length) {
-    seen += histogram[length];
-    while (next < 3 && seen * 100 >= percent[next] * s.count) *wanted[next++] = static_cast<int64_t>(length);
-    if (histogram[length] > 0) s.max = static_cast<int64_t>(length);
+  for (const auto& [length, examples] : histogram) {
+    seen += examples;
+    while (next < 3 && seen * 100 >= percent[next] * s.count) *wanted[next++] = length;
+    s.max = length;
   }
   return s;
 }
@@ -120,6 +120,7 @@ int prep_info(int argc, char** argv) {
       print_stream(path, verify);
       continue;
     }
+    data::check_publishing_finished(path);  // streams of two preparations are no one stream set
     int found = 0;
     for (int t = 0; t < data::kQaracTaskCount; ++t) {
       const std::string stream = path + "/" + data::task_name(static_cast<data::Task>(t)) + ".h5";
@@ -128,7 +129,6 @@ int prep_info(int argc, char** argv) {
       ++found;
     }
     QARAC_INPUT_CHECK(found > 0, path, ": holds no task stream (encode_decode.h5, question_answering.h5, ...)");
-    data::check_publishing_finished(path);
   }
   return 0;
 }

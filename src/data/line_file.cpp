@@ -19,12 +19,18 @@ constexpr size_t kBlockBytes = size_t{1} << 16;
 
 void (*g_interrupt_check)() = nullptr;
 
-// The first bytes of compressed formats that are not read, and how to read them instead.
+// The first bytes of compressed formats that are not read, and how to read them instead. bzip2's
+// "BZh" could begin a text: its block size digit and the first block's magic must follow.
 struct Compressed {
   const char* magic;
   size_t size;
   const char* name;
   const char* tool;
+  bool matches(const char* bytes, size_t n) const {
+    if (n < size || std::memcmp(bytes, magic, size) != 0) return false;
+    if (std::strcmp(name, "bzip2") != 0) return true;
+    return n >= 10 && bytes[3] >= '1' && bytes[3] <= '9' && std::memcmp(bytes + 4, "\x31\x41\x59\x26\x53\x59", 6) == 0;
+  }
 };
 constexpr Compressed kUnread[] = {{"\xFD" "7zXZ\0", 6, "xz", "xzcat"},
                                   {"\x28\xB5\x2F\xFD", 4, "zstd", "zstdcat"},
@@ -77,14 +83,11 @@ bool LineFile::fill() {
 void LineFile::check_format() {
   // Only the bytes of the first read: reading on for a whole magic would keep a co-process that
   // sends a short first line (`qarac-prep tokenize`) waiting for its answer.
-  const auto starts_with = [&](const char* magic, size_t size) {
-    return end_ >= size && std::memcmp(buf_.data(), magic, size) == 0;
-  };
   for (const Compressed& c : kUnread)
-    if (starts_with(c.magic, c.size))
+    if (c.matches(buf_.data(), end_))
       throw InputError(detail::concat(name_, ": is ", c.name, "-compressed, which is not read (gzip is): decompress it "
                                       "first, or give it as a pipe, e.g. <(", c.tool, " ", name_, ")"));
-  if (!starts_with("\x1F\x8B", 2)) return;
+  if (end_ < 2 || std::memcmp(buf_.data(), "\x1F\x8B", 2) != 0) return;
   auto gzip = std::make_unique<Gzip>();
   if (inflateInit2(&gzip->z, 16 + MAX_WBITS) != Z_OK) fail("cannot start zlib's inflate (out of memory?)");
   // What was read is compressed input: it moves to the inflater, buf_ receives its output.

@@ -410,12 +410,14 @@ TEST(Readers, CutOrDamagedGzipAndOtherCompressionsAreErrors) {
                                      {dir / "trailing.gz:2: damaged gzip stream: "});
   }
   for (const auto& [magic, tool] : {std::pair{std::string("\xFD" "7zXZ", 5) + '\0', "xzcat"},
-                                    std::pair{std::string("\x28\xB5\x2F\xFD"), "zstdcat"}, std::pair{std::string("BZh9"), "bzcat"}}) {
+                                    std::pair{std::string("\x28\xB5\x2F\xFD"), "zstdcat"}, std::pair{std::string("BZh91AY&SY"), "bzcat"}}) {
     std::ofstream(dir / "packed", std::ios::binary) << magic << "rest of the file\n";
     test_support::expect_input_error([&] { read_all(dir / "packed", Format::text); },
                                      {dir / "packed: is ", "-compressed, which is not read (gzip is)",
                                       std::string("<(") + tool + " " + (dir / "packed") + ")"});
   }
+  std::ofstream(dir / "text") << "BZh is how a bzip2 file begins\n";  // but this is a text
+  EXPECT_EQ(read_all(dir / "text", Format::text).examples.size(), 1u);
 }
 
 TEST(Readers, Utf8ValidationAndLatin1) {
