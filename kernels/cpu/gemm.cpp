@@ -61,7 +61,9 @@ std::string blas_core_to_set() {
                         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")};
   return blas_core_for(openblas_get_corename(), cpu);
 #else
-  return "";  // OpenBLAS's fallback cores are x86's
+  // aarch64: a CPU that OpenBLAS 0.3.21 does not know (Grace's Neoverse V2) gets its generic
+  // armv8 kernels, NEON still; which of its cores is faster there is unmeasured (README, Platforms).
+  return "";
 #endif
 }
 
