@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 #include <hdf5.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <array>
@@ -15,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -68,6 +71,46 @@ inline std::string read_text(const std::string& path) {
 // ---- Tensors for the CUDA-against-CPU tests ---------------------------------------------------
 
 // f32 values uniform in [lo, hi), on the CPU.
+// What `body` returns when run in a forked child whose address space may grow by `extra_bytes`
+// beyond its start: a test that a program fails in one line when memory runs out, without taking
+// the machine's. An InputError gives its message, another exception "other: <what>", and a
+// child that cannot set the limit "other: cannot limit memory".
+inline std::string run_with_memory_limit(size_t extra_bytes, const std::function<std::string()>& body) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "other: no pipe";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string result;
+    long pages = 0;
+    if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+      std::fclose(statm);
+    }
+    const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + extra_bytes;
+    const rlimit rl{limit, limit};
+    try {
+      if (pages == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) throw std::runtime_error("cannot limit memory");
+      result = body();
+    } catch (const InputError& e) {
+      result = e.what();
+    } catch (const std::exception& e) {
+      result = std::string("other: ") + e.what();
+    }
+    (void)!::write(fds[1], result.data(), result.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string result;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status)) << result;
+  return result;
+}
+
 // `text` gzip-compressed, one member, as gzip(1) writes it (callers link ZLIB::ZLIB).
 inline std::string gzipped(const std::string& text) {
   z_stream z{};

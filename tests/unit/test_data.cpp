@@ -5,7 +5,6 @@
 // end on data/sample.
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,7 +20,6 @@
 #include <random>
 #include <set>
 #include <sstream>
-#include <stdexcept>
 #include <thread>
 #include <utility>
 
@@ -1355,39 +1353,11 @@ TEST(Loader, AGlobalBatchPastInt32OffsetsIsAnInputError) {
   LoaderOptions opt;
   opt.data_dir = dir.str();
   opt.global_batch = (int64_t{1} << 31) / 4096 + 1;
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    std::string result = "no error";
-    long pages = 0;
-    if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
-      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
-      std::fclose(statm);
-    }
-    const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + (256 << 20);
-    const rlimit rl{limit, limit};
-    try {
-      if (pages == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) throw std::runtime_error("cannot limit memory");
-      Loader loader(plan_for({{Task::encode_decode, 0, 1}}), opt);
-      loader.next();
-    } catch (const InputError& e) {
-      result = e.what();
-    } catch (const std::exception& e) {
-      result = std::string("other: ") + e.what();
-    }
-    (void)!::write(fds[1], result.data(), result.size());
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string result;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << result;
+  const std::string result = test_support::run_with_memory_limit(size_t{256} << 20, [&] {
+    Loader loader(plan_for({{Task::encode_decode, 0, 1}}), opt);
+    loader.next();
+    return std::string("no error");
+  });
   for (const char* part : {"encode_decode.h5: a global batch of 524289 examples holds 2147487744 tokens",
                            "lower the task's batch"})
     EXPECT_NE(result.find(part), std::string::npos) << part << " in: " << result;

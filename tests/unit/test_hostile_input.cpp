@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -157,40 +156,11 @@ TEST_F(Hostile, RunningOutOfMemoryMidLineIsAnErrorNotTheEnd) {
     std::ofstream out(file, std::ios::binary);
     out << "first\n" << std::string(size_t{40} << 20, 'y') << "\nlast\n";
   }
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    std::string result = "no error";
-    long pages = 0;
-    if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
-      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
-      std::fclose(statm);
-    }
-    const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + (24 << 20);
-    const rlimit rl{limit, limit};
+  const std::string result = test_support::run_with_memory_limit(size_t{24} << 20, [&] {
     int64_t examples = 0;
-    try {
-      if (pages == 0 || ::setrlimit(RLIMIT_AS, &rl) != 0) throw std::runtime_error("cannot limit memory");
-      read_examples(file, Format::text, Encoding::utf8, OnError::skip, [&](Example&&) { ++examples; });
-      result = "no error after " + std::to_string(examples) + " examples";
-    } catch (const InputError& e) {
-      result = e.what();
-    } catch (const std::exception& e) {
-      result = std::string("other: ") + e.what();
-    }
-    (void)!::write(fds[1], result.data(), result.size());
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string result;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << result;
+    read_examples(file, Format::text, Encoding::utf8, OnError::skip, [&](Example&&) { ++examples; });
+    return "no error after " + std::to_string(examples) + " examples";
+  });
   EXPECT_EQ(result.rfind(file + ":2: out of memory after ", 0), 0u) << result;
 }
 
