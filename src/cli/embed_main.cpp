@@ -13,6 +13,7 @@
 #include "cli/run_main.h"
 #include "cli/sentence_vectors.h"
 #include "cli/version.h"
+#include "data/line_file.h"
 #include "data/readers.h"
 #include "data/shards.h"
 #include "io/qarac_export.h"
@@ -117,11 +118,9 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   Encoder answer = io::load_encoder_export(answer_dir, DType::f32, device);
   QARAC_INPUT_CHECK(question.tokenizer.hash() == answer.tokenizer.hash(), question_dir, " and ", answer_dir,
                     " carry different tokenizers");
-  // A gzip file is read as its text (data/line_file.h): its format is the name's before ".gz".
+  const std::string unzipped = data::without_gz_suffix(source);  // a gzip file is read as its text
   auto ends_with = [&](const std::string& ext) {
-    for (const std::string& e : {ext, ext + ".gz"})
-      if (source.size() > e.size() && source.compare(source.size() - e.size(), e.size(), e) == 0) return true;
-    return false;
+    return unzipped.size() > ext.size() && unzipped.compare(unzipped.size() - ext.size(), ext.size(), ext) == 0;
   };
   const Ranked r = ends_with(".tsv")     ? from_raw(source, data::Format::wikiqa, question, answer, max_examples)
                    : ends_with(".jsonl") ? from_raw(source, data::Format::qa_jsonl, question, answer, max_examples)

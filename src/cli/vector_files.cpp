@@ -48,8 +48,7 @@ bool ends_with(const std::string& path, const std::string& suffix) {
 }
 
 bool json_lines(const std::string& path) {
-  // A gzip file is read as its text (data/line_file.h): its format is the name's before ".gz".
-  const std::string name = ends_with(path, ".gz") ? path.substr(0, path.size() - 3) : path;
+  const std::string name = data::without_gz_suffix(path);  // a gzip file is read as its text
   return name == "-" || ends_with(name, ".jsonl") || ends_with(name, ".ndjson") || ends_with(name, ".json");
 }
 

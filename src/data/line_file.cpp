@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -155,6 +156,13 @@ bool LineFile::next(std::string& line) {
   ++line_no_;
   if (!line.empty() && line.back() == '\r') line.pop_back();
   return true;
+}
+
+std::string without_gz_suffix(const std::string& path) {
+  const size_t n = path.size();
+  const bool gz = n > 3 && path[n - 3] == '.' && std::tolower(static_cast<unsigned char>(path[n - 2])) == 'g' &&
+                  std::tolower(static_cast<unsigned char>(path[n - 1])) == 'z';
+  return gz ? path.substr(0, path.size() - 3) : path;
 }
 
 void set_read_interrupt_check(void (*check)()) { g_interrupt_check = check; }

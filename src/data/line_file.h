@@ -58,6 +58,10 @@ class LineFile {
   std::unique_ptr<Gzip> gzip_;
 };
 
+// `path` without a final ".gz" (in any case): the name of what a gzip file holds, by whose
+// extension a program tells the format of a file it reads through LineFile.
+std::string without_gz_suffix(const std::string& path);
+
 // Called when a signal interrupts a read that waits on a pipe (read(2) fails with EINTR); it may
 // throw to end the reading, and reading goes on when it returns. A program whose signal handlers
 // do not restart reads (qarac-prep) sets it, so that a signal ends a run waiting on a quiet pipe

@@ -44,15 +44,14 @@ Task task_of(Format format) {
 }
 
 Format snli_format_of(const std::string& file) {
-  auto ends_with = [](const std::string& path, const char* ext) {
+  const std::string path = without_gz_suffix(file);  // a gzip file is read as its text
+  auto ends_with = [&](const char* ext) {
     const size_t n = std::strlen(ext);
     return path.size() >= n && raw::lower(path.substr(path.size() - n)) == ext;
   };
-  // A gzip file is read as its text (data/line_file.h): its export is the name's before ".gz".
-  const std::string path = ends_with(file, ".gz") ? file.substr(0, file.size() - 3) : file;
-  if (ends_with(path, ".jsonl")) return Format::snli_jsonl;
-  if (ends_with(path, ".txt") || ends_with(path, ".tsv")) return Format::snli_tsv;
-  if (ends_with(path, ".csv")) return Format::snli_csv;
+  if (ends_with(".jsonl")) return Format::snli_jsonl;
+  if (ends_with(".txt") || ends_with(".tsv")) return Format::snli_tsv;
+  if (ends_with(".csv")) return Format::snli_csv;
   throw InputError(file + ": cannot tell the SNLI export from the extension "
                           "(expected .jsonl, .txt/.tsv or .csv, each optionally .gz)");
 }

@@ -313,6 +313,7 @@ TEST(Readers, FileLevelErrorsFailUnderEitherPolicy) {
   EXPECT_THROW(snli_format_of("snli.parquet"), InputError);
   EXPECT_EQ(snli_format_of("a/SNLI_1.0_TRAIN.TXT"), Format::snli_tsv);
   EXPECT_EQ(snli_format_of("snli_1.0_train.jsonl.gz"), Format::snli_jsonl);
+  EXPECT_EQ(snli_format_of("SNLI.CSV.GZ"), Format::snli_csv);
   EXPECT_THROW(snli_format_of("snli.gz"), InputError);
 }
 
