@@ -248,16 +248,53 @@ void read_snli_jsonl(Reader& r, LineFile& in) {
 // Consistency's label is a word only: SNLI's exports number the classes 0 entailment, 1 neutral,
 // 2 contradiction and the streams +1, 0, -1, so a number would be read wrongly under one of them
 // without a word of warning.
+namespace {
+
+// Answer selection ranks a question's answers together only when they are adjacent and carry the
+// same candidates (train/evaluation.cpp, as qarac-prep writes WikiQA's): a question's text that
+// comes back after another question's, or with other candidates than the line before, is ranked
+// as a question of its own. This watches for both and says so at the end.
+class QuestionOrder {
+ public:
+  void see(const Example& ex) {
+    if (ex.fields[0] != question_) {
+      if (!question_.empty()) ended_[question_] = line_;
+      question_ = ex.fields[0];
+      const auto earlier = ended_.find(question_);
+      if (earlier != ended_.end() && apart_++ == 0) {
+        first_apart_ = ex.line;
+        first_apart_earlier_ = earlier->second;
+      }
+    } else if (ex.candidates != candidates_ && changed_++ == 0) {
+      first_changed_ = ex.line;
+    }
+    candidates_ = ex.candidates;
+    line_ = ex.line;
+  }
+
+  void report(const Reader& r) const {
+    if (apart_ > 0)
+      log::warn(r.path(), ": ", apart_, " question(s) come back after another question's (the first at line ",
+                first_apart_, ", last seen at line ", first_apart_earlier_,
+                "): answer selection ranks only a question's adjacent lines together, so put them one after another");
+    if (changed_ > 0)
+      log::warn(r.path(), ": ", changed_, " line(s) repeat the question of the line before with other candidates (the "
+                "first: line ", first_changed_, "): answer selection ranks them as another question; give each of a "
+                "question's lines all of its candidates");
+  }
+
+ private:
+  std::map<std::string, int64_t> ended_;  // question text -> its last line
+  std::string question_;                  // the question of the line before, and its candidates
+  std::vector<std::string> candidates_;
+  int64_t line_ = 0, apart_ = 0, first_apart_ = 0, first_apart_earlier_ = 0, changed_ = 0, first_changed_ = 0;
+};
+
+}  // namespace
+
 void read_task_jsonl(Reader& r, LineFile& in, Task task) {
   const std::vector<std::string>& keys = task_fields(task);
-  // Answer selection ranks a question's answers together only when they are adjacent and carry
-  // the same candidates (train/evaluation.cpp, as qarac-prep writes WikiQA's): a question's text
-  // that comes back after another question's, or with other candidates than the line before, is
-  // ranked as a question of its own, which is said at the end.
-  std::map<std::string, int64_t> ended;  // question text -> its last line
-  std::string question;                  // the question being read
-  std::vector<std::string> question_candidates;
-  int64_t question_line = 0, apart = 0, first_apart = 0, first_apart_earlier = 0, changed = 0, first_changed = 0;
+  QuestionOrder order;
   json obj;
   while (next_json_object(r, in, obj)) {
     const int64_t n = in.line_no();
@@ -299,9 +336,7 @@ void read_task_jsonl(Reader& r, LineFile& in, Task task) {
         continue;
       }
     }
-    for (std::string& f : ex.fields)
-      if (!r.clean(n, f)) ok = false;
-    if (!ok) continue;
+    if (!std::all_of(ex.fields.begin(), ex.fields.end(), [&](std::string& f) { return r.clean(n, f); })) continue;
     if (candidates != obj.end()) {
       for (const json& c : *candidates) {
         std::string sentence = c.get<std::string>();
@@ -309,31 +344,10 @@ void read_task_jsonl(Reader& r, LineFile& in, Task task) {
       }
       r.stats().candidates += static_cast<int64_t>(ex.candidates.size());
     }
-    if (task == Task::question_answering) {
-      if (ex.fields[0] != question) {
-        if (!question.empty()) ended[question] = question_line;
-        question = ex.fields[0];
-        const auto earlier = ended.find(question);
-        if (earlier != ended.end() && apart++ == 0) {
-          first_apart = n;
-          first_apart_earlier = earlier->second;
-        }
-      } else if (ex.candidates != question_candidates && changed++ == 0) {
-        first_changed = n;
-      }
-      question_candidates = ex.candidates;
-      question_line = n;
-    }
+    if (task == Task::question_answering) order.see(ex);
     r.emit(std::move(ex));
   }
-  if (apart > 0)
-    log::warn(r.path(), ": ", apart, " question(s) come back after another question's (the first at line ",
-              first_apart, ", last seen at line ", first_apart_earlier,
-              "): answer selection ranks only a question's adjacent lines together, so put them one after another");
-  if (changed > 0)
-    log::warn(r.path(), ": ", changed, " line(s) repeat the question of the line before with other candidates (the "
-              "first: line ", first_changed, "): answer selection ranks them as another question; give each of a "
-              "question's lines all of its candidates");
+  order.report(r);
 }
 
 }  // namespace qarac::data::raw

@@ -180,8 +180,10 @@ TEST(Readers, EdAndRsJsonlAndTheFormatOfEachTask) {
   const Read ed = read_all(dir / "ed.jsonl", Format::ed_jsonl);
   ASSERT_EQ(ed.examples.size(), 2u);
   EXPECT_EQ(ed.examples[0].fields, std::vector<std::string>{"A line."});
-  std::ofstream(dir / "rs.jsonl") << "{\"conclusion\": \"C.\", \"premise1\": \"B.\", \"premise0\": \"A.\"}\n";
+  std::ofstream(dir / "rs.jsonl") << "{\"conclusion\": \"C.\", \"premise1\": \"B.\", \"premise0\": \"A.\"}\n"
+                                   << "{\"conclusion\": \"C.\", \"premise1\": \" \", \"premise0\": \"\"}\n";
   const Read rs = read_all(dir / "rs.jsonl", Format::rs_jsonl);
+  EXPECT_EQ(skipped(rs, "empty text field"), 1);  // a record skipped is counted once
   ASSERT_EQ(rs.examples.size(), 1u);
   EXPECT_EQ(rs.examples[0].fields, (std::vector<std::string>{"A.", "B.", "C."}));  // the stream's order
   EXPECT_EQ(fail_message(dir / "ed.jsonl", Format::rs_jsonl), dir / "ed.jsonl" + ":1: missing key: no 'premise0'");
