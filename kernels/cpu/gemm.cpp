@@ -62,7 +62,7 @@ std::string blas_core_to_set() {
   return blas_core_for(openblas_get_corename(), cpu);
 #else
   // aarch64: a CPU that OpenBLAS 0.3.21 does not know (Grace's Neoverse V2) gets its generic
-  // armv8 kernels, NEON still; which of its cores is faster there is unmeasured (README, Platforms).
+  // armv8 kernels, NEON still; which of its cores is faster there is unmeasured (docs/platforms.md).
   return "";
 #endif
 }
