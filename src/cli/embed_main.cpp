@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
         ("help,h", "print this help")
         ("version", "print the version, the git commit and the libraries' versions, and exit")
         ("model", po::value(&model), "an encoder export folder (config.json, model.safetensors, tokenizer)")
-        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json), either gzip-compressed too (.gz); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("output", po::value(&output)->default_value("-"), ".npy, .h5 (dataset \"vectors\") or JSON lines (.jsonl, .ndjson, .json); - : JSON lines on standard output")
         ("batch", po::value(&batch)->default_value(64), "sentences per forward pass (--rank: as qarac-train's eval.batch; in f32 the vectors' last bits depend on the batch, whose size picks BLAS's kernels)")

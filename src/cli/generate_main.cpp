@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
         ("decoder", po::value(&decoder_dir), "the decoder export folder")
         ("vectors", po::value(&vectors_path), "vectors: .npy [N, d] (f32 or f64) or JSON lines ({\"vector\": [...]}); a vector whose decoding overflows float32 (a norm beyond about 1e19 does) is refused, naming its row (from 0)")
         ("encoder", po::value(&encoder_dir), "with --input: the encoder export that makes the vectors (usually answer_encoder)")
-        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json); - reads standard input, one text per line")
+        ("input", po::value(&input), "texts: one per line, or JSON lines (.jsonl, .ndjson, .json), either gzip-compressed too (.gz); - reads standard input, one text per line")
         ("field", po::value(&field)->default_value("text"), "the text field of JSON lines")
         ("max-tokens", po::value(&max_tokens)->default_value(32), "new tokens at most per vector")
         ("batch", po::value(&batch)->default_value(64), "vectors decoded together (in f32 the last bits depend on the batch, whose size picks BLAS's kernels: a near-tie of two tokens can decode otherwise in another batch)")

@@ -204,7 +204,8 @@ int build(int argc, char** argv) {
       "encode_decode.h5 (--text), question_answering.h5 (--wikiqa), reasoning.h5\n"
       "(--avicenna), consistency.h5 (--snli), or any of them from JSON lines (--jsonl).\n"
       "Each input option may be repeated; a task's files are concatenated in the order\n"
-      "given. Formats and layout: docs/data-format.md.\n\nOptions");
+      "given; gzip-compressed files (.gz) are read as their text. Formats and layout:\n"
+      "docs/data-format.md.\n\nOptions");
   options.add_options()
       ("help,h", "print this help")
       ("version", "print the version, the git commit and the libraries' versions, and exit")
