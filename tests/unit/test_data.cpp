@@ -1356,11 +1356,11 @@ TEST(Loader, AGlobalBatchPastInt32OffsetsIsAnInputError) {
   LoaderOptions opt;
   opt.data_dir = dir.str();
   opt.global_batch = (int64_t{1} << 31) / 4096 + 1;
-  const std::string result = test_support::run_with_memory_limit(size_t{256} << 20, [&] {
+  const std::string result = test_support::in_child([&] {
     Loader loader(plan_for({{Task::encode_decode, 0, 1}}), opt);
     loader.next();
     return std::string("no error");
-  });
+  }, size_t{256} << 20);
   for (const char* part : {"encode_decode.h5: a global batch of 524289 examples holds 2147487744 tokens",
                            "lower the task's batch"})
     EXPECT_NE(result.find(part), std::string::npos) << part << " in: " << result;

@@ -21,6 +21,7 @@
 
 namespace fs = std::filesystem;
 using namespace qarac;
+using qarac::test_support::in_child;
 using qarac::test_support::run_command;
 
 namespace {
@@ -132,42 +133,8 @@ TEST_F(DiskFullTest, PrepPastAFileSizeLimitFailsWithOneLineAndLeavesNothing) {
   }
 }
 
-// A child process runs `body` and exits through exit(), so that whatever runs at exit (HDF5's
-// handlers among them) runs too; the parent gets "ok: <message>" or what went wrong.
-template <class Body>
-std::string in_child(Body body) {
-  int pipe_fds[2];
-  if (::pipe(pipe_fds) != 0) return "pipe failed";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(pipe_fds[0]);
-    std::string result;
-    try {
-      body();
-      result = "no exception";
-    } catch (const InputError& e) {
-      result = std::string("ok: ") + e.what();
-    } catch (const std::exception& e) {
-      result = std::string("not an InputError: ") + e.what();
-    }
-    (void)!::write(pipe_fds[1], result.data(), result.size());
-    ::close(pipe_fds[1]);
-    std::exit(0);
-  }
-  ::close(pipe_fds[1]);
-  std::string result;
-  char buf[512];
-  for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<size_t>(n));
-  ::close(pipe_fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    return "the child died (signal " + std::to_string(WIFSIGNALED(status) ? WTERMSIG(status) : 0) + ") after: " + result;
-  return result;
-}
-
 void expect_ok_one_line(const std::string& result, const std::string& names) {
-  EXPECT_EQ(result.rfind("ok: ", 0), 0u) << result;
+  EXPECT_EQ(result.rfind("input error: ", 0), 0u) << result;
   EXPECT_EQ(result.find('\n'), std::string::npos) << result;
   EXPECT_NE(result.find(names), std::string::npos) << result;
   EXPECT_NE(result.find("No space left on device"), std::string::npos) << result;
@@ -191,6 +158,7 @@ TEST_F(DiskFullTest, ChecksummedFileFailsWithOneLineAndLeavesNothing) {
                            w.finish();
                          }
                          file.commit();
+                         return std::string("no exception");
                        }),
                        path + kTempFileMarker);
     EXPECT_EQ(leftovers(), std::vector<std::string>{}) << "temporary files were left";
@@ -208,6 +176,7 @@ TEST_F(DiskFullTest, AtomicFileFailsWithOneLineAndLeavesNothing) {
                          AtomicFile file(path);
                          for (int i = 0; i < 8; ++i) file.write(data.data(), data.size());
                          file.commit();
+                         return std::string("no exception");
                        }),
                        path);
     EXPECT_EQ(leftovers(), std::vector<std::string>{}) << "temporary files were left";

@@ -156,12 +156,12 @@ TEST_F(Hostile, RunningOutOfMemoryMidLineIsAnErrorNotTheEnd) {
     std::ofstream out(file, std::ios::binary);
     out << "first\n" << std::string(size_t{40} << 20, 'y') << "\nlast\n";
   }
-  const std::string result = test_support::run_with_memory_limit(size_t{24} << 20, [&] {
+  const std::string result = test_support::in_child([&] {
     int64_t examples = 0;
     read_examples(file, Format::text, Encoding::utf8, OnError::skip, [&](Example&&) { ++examples; });
     return "no error after " + std::to_string(examples) + " examples";
-  });
-  EXPECT_EQ(result.rfind(file + ":2: out of memory after ", 0), 0u) << result;
+  }, size_t{24} << 20);
+  EXPECT_EQ(result.rfind("input error: " + file + ":2: out of memory after ", 0), 0u) << result;
 }
 
 // ---- Task streams ----------------------------------------------------------------------------
