@@ -131,7 +131,8 @@ void write_h5(const std::string& path, const Vectors& v) {
   H5Id file = hdf5_file_id(H5Fcreate(out.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, what);
   const hsize_t dims[2] = {static_cast<hsize_t>(v.rows), static_cast<hsize_t>(v.cols)};
   H5Id space = QARAC_H5_ID(H5Screate_simple(2, dims, nullptr), H5Sclose);
-  H5Id set = hdf5_file_id(H5Dcreate2(file.get(), "vectors", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+  const H5Id untimed = untimed_creation(H5P_DATASET_CREATE);  // the same vectors, the same bytes
+  H5Id set = hdf5_file_id(H5Dcreate2(file.get(), "vectors", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, untimed.get(),
                                      H5P_DEFAULT), H5Dclose, what);
   check_hdf5_file(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.values.data()), what);
   check_hdf5_file(set.close(), what);

@@ -64,8 +64,8 @@ H5Id unlocked_file_access() {
   return fapl;
 }
 
-H5Id untimed_dataset_creation() {
-  H5Id plist = QARAC_H5_ID(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+H5Id untimed_creation(hid_t plist_class) {
+  H5Id plist = QARAC_H5_ID(H5Pcreate(plist_class), H5Pclose);
   QARAC_CHECK_HDF5(H5Pset_obj_track_times(plist.get(), false));
   return plist;
 }

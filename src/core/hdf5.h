@@ -76,10 +76,12 @@ H5Id hdf5_file_id(hid_t id, herr_t (*close)(hid_t), const std::string& context);
 // the rename (core/atomic_file.h), and is never written again once published.
 H5Id unlocked_file_access();
 
-// A dataset creation property list that records no time: HDF5 stamps each dataset with the
-// second it was written, so two runs of a program on the same input wrote files that differ in
-// bytes. (The groups of HDF5's default file format hold no time.)
-H5Id untimed_dataset_creation();
+// A creation property list of `plist_class` (H5P_DATASET_CREATE, H5P_GROUP_CREATE or
+// H5P_FILE_CREATE, whose root group it makes) that records no time: HDF5 stamps each object
+// with the second it was written, so two runs of a program on the same input wrote files that
+// differ in bytes. (The groups of HDF5's default file format hold no time; those of the 1.8
+// format do.)
+H5Id untimed_creation(hid_t plist_class);
 
 // Opens a finished file read-only: its seal checked before HDF5 parses any of it
 // (core/hdf5_seal.h, with `noun` and `remedy`), then opened without locking. A one-line

@@ -64,13 +64,12 @@ H5Id dataspace(const Shape& dims) {
 ChecksummedH5Writer::ChecksummedH5Writer(std::string path, const H5FileKind& kind) : path_(std::move(path)) {
   silence_hdf5_stack_printing();
   H5Id fapl = file_access();
-  H5Id fcpl = QARAC_H5_ID(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  H5Id fcpl = untimed_creation(H5P_FILE_CREATE);
   QARAC_CHECK_HDF5(H5Pset_userblock(fcpl.get(), kHdf5SealBytes));  // the seal's room
   file_ = hdf5_file_id(H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose,
                        path_ + ": cannot create");
-  // Groups along a dataset's path are created with it.
-  lcpl_ = QARAC_H5_ID(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  QARAC_CHECK_HDF5(H5Pset_create_intermediate_group(lcpl_.get(), 1));
+  gcpl_ = untimed_creation(H5P_GROUP_CREATE);
+  dcpl_ = untimed_creation(H5P_DATASET_CREATE);
   write_attr("format", kind.format);
   write_attr_i64("version", kind.version);
 }
@@ -78,7 +77,8 @@ ChecksummedH5Writer::ChecksummedH5Writer(std::string path, const H5FileKind& kin
 // Objects before the file; the file is closed at most once (finish() closes it, whatever that
 // gives, and gives it up).
 ChecksummedH5Writer::~ChecksummedH5Writer() {
-  lcpl_.reset();
+  gcpl_.reset();
+  dcpl_.reset();
   file_.reset();
 }
 
@@ -115,7 +115,8 @@ void ChecksummedH5Writer::finish() {
     check(attr.close(), "attribute 'checksum'");
   }
   write_attr_i64("complete", 1);
-  lcpl_.reset();
+  gcpl_.reset();
+  dcpl_.reset();
   check(file_.close(), "the rest (closing the file)");
   seal_hdf5_file(path_);
 }
@@ -123,12 +124,25 @@ void ChecksummedH5Writer::finish() {
 void ChecksummedH5Writer::write_raw(const std::string& name, hid_t type, const Shape& dims, const void* data,
                                     size_t bytes) {
   const std::string what = "dataset '" + name + "'";
+  create_groups_along(name);
   H5Id space = dataspace(dims);
-  H5Id dset = id(H5Dcreate2(file_.get(), name.c_str(), type, space.get(), lcpl_.get(), H5P_DEFAULT, H5P_DEFAULT),
+  H5Id dset = id(H5Dcreate2(file_.get(), name.c_str(), type, space.get(), H5P_DEFAULT, dcpl_.get(), H5P_DEFAULT),
                  H5Dclose, what);
   if (bytes > 0) check(H5Dwrite(dset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
   check(dset.close(), what);
   digests_[name] = digest(name, H5Tget_class(type), H5Tget_size(type), dims, hash64(data, bytes));
+}
+
+// By hand, not with H5Pset_create_intermediate_group: the groups HDF5 creates on the way record
+// the time whatever the property lists say.
+void ChecksummedH5Writer::create_groups_along(const std::string& name) {
+  for (size_t slash = name.find('/'); slash != std::string::npos; slash = name.find('/', slash + 1)) {
+    const std::string group = name.substr(0, slash);
+    if (!groups_.insert(group).second) continue;
+    H5Id g = id(H5Gcreate2(file_.get(), group.c_str(), H5P_DEFAULT, gcpl_.get(), H5P_DEFAULT), H5Gclose,
+                "group '" + group + "'");
+    check(g.close(), "group '" + group + "'");
+  }
 }
 
 void ChecksummedH5Writer::write_attr(const char* name, const std::string& value) {

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -48,7 +49,8 @@ class ChecksummedH5Writer {
   ChecksummedH5Writer& operator=(const ChecksummedH5Writer&) = delete;
 
   // `name` is a path ("optimizer/m/w"): the groups along it are created with the dataset. A
-  // failed write (a full disk) is an InputError "<path>: writing <what>: <reason>".
+  // failed write (a full disk) is an InputError "<path>: writing <what>: <reason>". No object
+  // records a time: the same contents give the same bytes.
   void write(const std::string& name, const Tensor& tensor);  // f32, f64, i32, i64, any device
   void write_i64(const std::string& name, int64_t value);      // scalars
   void write_u64(const std::string& name, uint64_t value);
@@ -63,6 +65,7 @@ class ChecksummedH5Writer {
 
  private:
   void write_raw(const std::string& name, hid_t type, const Shape& dims, const void* data, size_t bytes);
+  void create_groups_along(const std::string& name);
   void write_attr(const char* name, const std::string& value);
   void write_attr_i64(const char* name, int64_t value);
   void check(herr_t status, const std::string& what) const;
@@ -70,7 +73,8 @@ class ChecksummedH5Writer {
 
   std::string path_;
   H5Id file_;
-  H5Id lcpl_;
+  H5Id gcpl_, dcpl_;                 // untimed
+  std::set<std::string> groups_;     // created so far
   // Per dataset, by path (the checksum is over name order), the words the checksum covers.
   std::map<std::string, std::vector<uint64_t>> digests_;
 };

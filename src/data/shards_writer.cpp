@@ -37,7 +37,7 @@ Column create_extendible(const std::string& file, hid_t loc, const char* name, c
   const std::string what = detail::concat(file, ": creating '", full_name, "'");
   const hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk_dim = static_cast<hsize_t>(chunk);
   H5Id space = hdf5_file_id(H5Screate_simple(1, &zero, &unlimited), H5Sclose, what);
-  H5Id dcpl = untimed_dataset_creation();
+  H5Id dcpl = untimed_creation(H5P_DATASET_CREATE);
   check_hdf5_file(H5Pset_chunk(dcpl.get(), 1, &chunk_dim), what);
   if (compression > 0) {
     check_hdf5_file(H5Pset_shuffle(dcpl.get()), what);
@@ -82,7 +82,7 @@ void write_table(const std::string& file, hid_t loc, const char* name, hid_t fil
   const std::string what = detail::concat(file, ": writing '", name, "'");
   const hsize_t n = count;
   H5Id space = hdf5_file_id(H5Screate_simple(1, &n, nullptr), H5Sclose, what);
-  H5Id dcpl = untimed_dataset_creation();
+  H5Id dcpl = untimed_creation(H5P_DATASET_CREATE);
   H5Id dset = hdf5_file_id(H5Dcreate2(loc, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
                            H5Dclose, what);
   if (n > 0) check_hdf5_file(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values), what);

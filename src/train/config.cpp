@@ -516,7 +516,9 @@ std::string TrainConfig::too_long_remedy(int64_t max_tokens) const {
   return remedy;
 }
 
-std::string to_ini(const TrainConfig& config) {
+namespace {
+
+std::string ini_text(const TrainConfig& config, bool with_output) {
   TrainConfig copy = config;
   const std::unique_ptr<Declarations> d = declare(copy);
   std::ostringstream os;
@@ -524,7 +526,7 @@ std::string to_ini(const TrainConfig& config) {
         "# no effect in this run's mode are left out)\n";
   std::string section;
   for (const Key& key : d->keys) {
-    if (!no_effect(config, key.name).empty()) continue;
+    if (!no_effect(config, key.name).empty() || (!with_output && key.name == "output")) continue;
     const size_t dot = key.name.find('.');
     const std::string key_section = dot == std::string::npos ? "" : key.name.substr(0, dot);
     if (key_section != section) {
@@ -535,5 +537,11 @@ std::string to_ini(const TrainConfig& config) {
   }
   return os.str();
 }
+
+}  // namespace
+
+std::string to_ini(const TrainConfig& config) { return ini_text(config, true); }
+
+std::string settings_ini(const TrainConfig& config) { return ini_text(config, false); }
 
 }  // namespace qarac

@@ -144,6 +144,10 @@ std::string no_effect(const TrainConfig& config, const std::string& key);
 // Every key that has an effect, with its value, as INI text (sections, one key per line), which
 // --config reads back.
 std::string to_ini(const TrainConfig& config);
+// to_ini without `output`: the settings of what a run computes, as its checkpoints and model
+// cards record them, so that the same run writes the same bytes into any run directory (and a
+// card published from it does not name the folders of the machine it ran on).
+std::string settings_ini(const TrainConfig& config);
 
 // The settings of INI text as Boost reads it: "key = value" lines under "[section]" headers,
 // key "section.key", blanks around key and value trimmed, '#' and ';' lines skipped; `line`

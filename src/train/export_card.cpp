@@ -92,7 +92,7 @@ io::ExportExtras export_extras(const TrainConfig& config, const std::string& pla
   io::ModelCard card;
   card.base_model = hub_id(config.base);
   card.base_path = config.base;
-  card.config_ini = to_ini(config);
+  card.config_ini = settings_ini(config);
   card.plan = plan;
   card.datasets = data.datasets;
   read_evaluations(fs::path(config.output) / "metrics.jsonl", card);

@@ -32,7 +32,7 @@ void Trainer::Impl::save() {
   state.step = step;
   state.seed = static_cast<uint64_t>(config.seed);
   state.cursor = training.loaders->global_cursor(place.world.get());
-  state.config = resumed_with + to_ini(config);  // config.ini's text: the notes of earlier resumes go on
+  state.config = resumed_with + settings_ini(config);  // the notes of earlier resumes go on
   state.frozen_base_hash = training.workload->frozen_base_hash();
   state.model_config = io::model_fields_json(training.workload->model_config());
   state.evaluation = evaluation;
