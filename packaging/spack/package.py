@@ -63,5 +63,6 @@ class QaracMt(CMakePackage, CudaPackage):
     @on_package_attributes(run_tests=True)
     def check_version(self):
         """The installed programs start and name their libraries (no GPU or MPI launch needed)."""
-        for program in ("qarac-train", "qarac-prep", "qarac-parity", "qarac-bench", "qarac-embed", "qarac-generate"):
+        for program in ("qarac-train", "qarac-prep", "qarac-parity", "qarac-bench", "qarac-embed", "qarac-generate",
+                        "qarac-eval"):
             Executable(join_path(self.prefix.bin, program))("--version")

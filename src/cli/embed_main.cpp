@@ -6,7 +6,6 @@
 // evaluation reads it), a WikiQA TSV or QA JSON lines (qarac-prep --jsonl qa:), and prints qa.selection_accuracy, _mrr, _map, _chance and _questions computed
 // by the evaluation's own code (train/evaluation.h), so the figures are the evaluator's.
 #include <algorithm>
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -135,13 +134,7 @@ int rank(const std::string& source, const std::string& question_dir, const std::
   EvalResult result;
   add_selection_metrics(*answer.model, r.candidates, r.questions, q.values, a.values, n,
                         static_cast<size_t>(q.cols), answer.config, device, PassSize{batch, 0}, result);
-  std::string text;
-  char line[128];
-  for (const auto& [name, value] : result.metrics) {
-    std::snprintf(line, sizeof line, "%s %.6f\n", name.c_str(), value);
-    text += line;
-  }
-  cli::write_text("-", text);
+  cli::write_text("-", metric_lines(result));
   return 0;
 }
 

@@ -21,6 +21,7 @@
 
 #include "cli/run_main.h"
 #include "cli/version.h"
+#include "core/log.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
 #include "parallel/gradient_sync.h"
@@ -97,7 +98,7 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
   }
   if (!data_stream.empty()) {
     options.tokenizer_hash = qarac::data::TaskStreamFile(data_stream).info().tokenizer_hash;
-    options.tokenizer_source = data_stream;
+    options.tokenizer_source = "the training data (" + data_stream + ")";
   }
   if (!config.eval_tokenizer.empty()) {
     const qarac::data::Tokenizer tokenizer = qarac::data::Tokenizer::from_dir(config.eval_tokenizer);
@@ -105,6 +106,8 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
                       "eval.tokenizer ", config.eval_tokenizer, ": is tokenizer ", tokenizer.hash(), ", but ",
                       data_stream, " was made with ", options.tokenizer_hash, " (give the data's tokenizer)");
     options.masking = qarac::mlm_masking(tokenizer, static_cast<uint64_t>(config.seed));
+  } else {
+    qarac::log::info("evaluation: no eval.tokenizer given, so no forgetting monitor (it needs <mask>)");
   }
   return std::make_unique<qarac::QaracEvaluator>(options);
 }

@@ -1,5 +1,5 @@
 // Reading a QARAC export (io/hf_export.h) back into the models, for the programs that use trained
-// models: qarac-embed (an encoder) and qarac-generate (the decoder).
+// models: qarac-embed (an encoder), qarac-generate (the decoder) and qarac-eval (all three).
 #pragma once
 
 #include <memory>
@@ -29,5 +29,16 @@ LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType d
 // "lm_head.*" in exports written before), tied to the word embeddings when the export has no
 // qarac_lm_head.decoder.weight.
 LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, Device device);
+
+// The three models of a run's export set (its export/ or best/ folder: question_encoder/,
+// answer_encoder/ and decoder/) as the QaracModels the run ended with, each base its own, and
+// their tokenizer. InputError naming the folder when one is missing or is not such an export,
+// or when the three were not trained together (other sizes or tokenizers).
+struct LoadedQarac {
+  std::string dir;
+  data::Tokenizer tokenizer;
+  std::unique_ptr<QaracModels> models;
+};
+LoadedQarac load_qarac_exports(const std::string& dir, DType dtype, Device device);
 
 }  // namespace qarac::io

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -206,6 +207,17 @@ void add_consistency_metrics(const std::vector<float>& s0, const std::vector<flo
 
 }  // namespace
 
+std::string metric_lines(const EvalResult& result) {
+  std::string text;
+  char value[64];
+  for (const auto& [name, x] : result.metrics) {
+    const bool count = std::isfinite(x) && x == std::floor(x) && std::fabs(x) < 1e15;
+    std::snprintf(value, sizeof value, count ? "%.0f" : "%.6f", x);
+    text += name + " " + value + "\n";
+  }
+  return text;
+}
+
 int consistency_class(double cosine) { return cosine > 1.0 / 3 ? 1 : cosine < -1.0 / 3 ? -1 : 0; }
 
 void add_selection_metrics(SentenceEncoder& answer_encoder, const data::Candidates& candidates,
@@ -299,8 +311,8 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
     const data::TaskStreamFile file(path.string());
     file.check_holds(task, std::string("remove it to leave task ") + data::task_name(task) + " unevaluated");
     QARAC_INPUT_CHECK(options.tokenizer_hash.empty() || file.info().tokenizer_hash == options.tokenizer_hash,
-                      path.string(), ": made with tokenizer ", file.info().tokenizer_hash, ", but the training data (",
-                      options.tokenizer_source, ") with ", options.tokenizer_hash,
+                      path.string(), ": made with tokenizer ", file.info().tokenizer_hash, ", but ",
+                      options.tokenizer_source, " with ", options.tokenizer_hash,
                       " (rerun qarac-prep with one tokenizer)");
     // The whole stream checked against its checksum, a block at a time: the examples below are
     // read in part, which checks none (a damaged held-out file was evaluated as it read).
@@ -334,7 +346,6 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
                     "encode_decode.h5, question_answering.h5, reasoning.h5, consistency.h5)");
   if (!missing.empty())
     log::warn_shared("evaluation: ", options.data_dir, " holds no ", missing, ": those tasks are not evaluated");
-  if (!options.masking) log::info("evaluation: no tokenizer given, so no forgetting monitor (it needs <mask>)");
   Hash64 hash;
   for (const TaskBatch& batch : batches_) {
     const int32_t task = static_cast<int32_t>(batch.task);

@@ -56,6 +56,10 @@ struct EvalResult {
   std::map<std::string, double> metrics;  // e.g. "qa.retrieval_accuracy", "forgetting.mlm_loss"
 };
 
+// "name value" lines in name order, as qarac-embed --rank and qarac-eval print them: a count (a
+// whole number: cs.confusion.*, qa.selection_questions) as one, the rest with six decimals.
+std::string metric_lines(const EvalResult& result);
+
 struct EvalContext {
   QaracModels& models;
   const TensorMap& base_lm_head;  // the base checkpoint's MLM head ("dense.weight", ...)
@@ -98,7 +102,7 @@ struct EvalOptions {
   std::optional<MlmMasking> masking;  // the forgetting monitor; off without the tokenizer's ids
   QaObjective qa_objective;           // what qa.loss measures: the training's objective
   std::string tokenizer_hash;         // non-empty: every held-out stream must come from it,
-  std::string tokenizer_source;       // the training stream it was read from (named in errors)
+  std::string tokenizer_source;       // what has it, named in errors: "the training data (FILE)"
 };
 
 // The consistency label cos(AE(s0), AE(s1)) stands for, as the consistency objective reads it:

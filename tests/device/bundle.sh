@@ -11,7 +11,8 @@ build=${1:-build}
 out=${2:-.device}
 golden=tests/golden/data
 
-programs=(src/cli/qarac-parity src/cli/qarac-bench src/cli/qarac-prep src/cli/qarac-train src/cli/qarac-embed src/cli/qarac-generate)
+programs=(src/cli/qarac-parity src/cli/qarac-bench src/cli/qarac-prep src/cli/qarac-train src/cli/qarac-embed src/cli/qarac-generate
+          src/cli/qarac-eval)
 tests=(tests/unit/test_backend_ops tests/unit/test_cuda_runtime tests/unit/test_cuda_training tests/unit/test_cuda_qarac tests/mpi/test_nccl
        tests/bench/bench_kernels)
 rm -rf "$out"

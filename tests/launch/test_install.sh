@@ -15,7 +15,7 @@ trap 'rm -rf -- "$prefix"' EXIT
   { cat "$prefix.log" >&2; rm -f -- "$prefix.log"; echo "FAILED: cmake --install $build --prefix $prefix" >&2; exit 1; }
 rm -f -- "$prefix.log"
 
-for program in qarac-train qarac-prep qarac-parity qarac-bench qarac-embed qarac-generate; do
+for program in qarac-train qarac-prep qarac-parity qarac-bench qarac-embed qarac-generate qarac-eval; do
   rc=0
   # No launcher: --version must not need MPI start-up, a GPU or other options.
   "$prefix/bin/$program" --version >"$prefix/version.txt" 2>&1 || rc=$?

@@ -737,7 +737,7 @@ TEST_F(EvaluatorTest, HeldOutStreamsOfAnotherKindAreNamed) {
   write(data::Task::encode_decode, 2, [&](int i) { return Sequences{std::vector<int32_t>(longest + i, 5)}; });
   const std::string text = (dir_ / "encode_decode.h5").string();
   options.tokenizer_hash = "fnv1a64:0123456789abcdef";
-  options.tokenizer_source = "train/encode_decode.h5";
+  options.tokenizer_source = "the training data (train/encode_decode.h5)";
   expect_input_error([&] { QaracEvaluator{options}; },
                      {text, "made with tokenizer , but the training data (train/encode_decode.h5) with "
                             "fnv1a64:0123456789abcdef"});

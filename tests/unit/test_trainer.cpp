@@ -1268,6 +1268,57 @@ TEST_F(TrainCli, RunsWriteTheSameBytesInAnyDirectory) {
   EXPECT_GE(compared, 6u + 3u);  // two checkpoints of three parts, three model cards and more
 }
 
+// qarac-eval on a run's exports, with the run's evaluation settings and the same BLAS, gives its
+// last evaluation bit for bit: the figures are the evaluator's, of the models the run exported.
+// What it cannot evaluate is one line naming the folder or file.
+TEST_F(TrainCli, QaracEvalGivesTheRunsLastEvaluation) {
+  const fs::path run = root() / "evaluated", data = root() / "data";
+  const std::string tokenizer = test_support::kSample + "tokenizer";
+  const CliResult trained = train(run, "--train.steps 2 --train.seed 3 --eval.dir " + data.string() + " --eval.tokenizer " +
+                                           tokenizer + " --eval.examples 24 --eval.batch 8 --eval.decoded 4");
+  ASSERT_EQ(trained.code, 0) << trained.output;
+  const std::string eval = std::string(QARAC_EVAL_EXE) + " --models ", exports = (run / "export").string();
+  const std::string same =
+      " --data " + data.string() + " --examples 24 --batch 8 --decoded 4 --seed 3 --base " + (root() / "base").string();
+  const CliResult evaluated = run_command(eval + exports + same + " --json");
+  ASSERT_EQ(evaluated.code, 0) << evaluated.output;
+  const nlohmann::json got = nlohmann::json::parse(evaluated.output);
+  nlohmann::json last = read_jsonl(run / "metrics.jsonl").back();
+  ASSERT_TRUE(last.value("eval", false)) << last;
+  for (const char* key : {"eval", "evaluation", "step"}) last.erase(key);
+  EXPECT_EQ(got, last);
+  EXPECT_TRUE(got.contains("forgetting.mlm_loss") && got.contains("qa.selection_mrr") &&
+              got.contains("rs.token_accuracy"))
+      << got;
+
+  // Text lines, one per metric; without --base no forgetting monitor.
+  const CliResult lines = run_command(eval + exports + " --data " + data.string());
+  ASSERT_EQ(lines.code, 0) << lines.output;
+  EXPECT_EQ(lines.output.rfind("cs.accuracy 0.", 0), 0u) << lines.output;  // the first of the sorted names
+  EXPECT_EQ(lines.output.find("forgetting"), std::string::npos) << lines.output;
+
+  auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
+    const CliResult r = run_command(eval + args);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
+    EXPECT_EQ(r.output.find("qarac-eval: error: "), 0u) << r.output;
+    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // one line
+    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+  };
+  const std::string on_data = " --data " + data.string();
+  expect_refused(run.string() + on_data, {run.string() + ": has no question_encoder/"});
+  expect_refused(exports + "/decoder" + on_data, {"has no question_encoder/"});
+  expect_refused(exports + on_data + " --seed 3", {"--seed", "--base"});
+  expect_refused(exports + on_data + " --base " + tokenizer, {tokenizer + ": config.json is missing"});
+  // Streams of another tokenizer would be read as other words.
+  const fs::path other = root() / "other_tokenizer";
+  const CliResult prep = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + QARAC_SOURCE_DIR +
+                                     "/tests/data/tokenizer --out " + other.string() + " --text " +
+                                     test_support::kSample + "corpus_heldout.txt");
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  expect_refused(exports + " --data " + other.string(),
+                 {(other / "encode_decode.h5").string() + ": made with tokenizer", "but the models (" + exports + ")"});
+}
+
 // Rehearsal from the command line: its input errors come in one line before the output directory
 // exists; a run writes the rehearsal's loss per step and its trained head as a checkpoint part of
 // its own, and resumed halfway it ends bit for bit where the straight run does (dropout on, the

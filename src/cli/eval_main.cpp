@@ -1,0 +1,106 @@
+// qarac-eval: the held-out evaluation of qarac-train (train/evaluation.h), of a run's exported
+// models, on any task streams: a test split after training, best/ against export/, another run's.
+//   qarac-eval --models RUN/export --data TEST_DIR [--base BASE] [--json]
+// The figures are the evaluator's own: with the training's settings (--examples, --batch,
+// --decoded, the QA objective, --base and --seed for the forgetting monitor) they are the last
+// evaluation of its metrics.jsonl.
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "cli/run_main.h"
+#include "cli/vector_files.h"
+#include "cli/version.h"
+#include "data/shards.h"
+#include "io/hf_checkpoint.h"
+#include "io/qarac_export.h"
+#include "train/evaluation.h"
+
+namespace po = boost::program_options;
+using namespace qarac;
+
+namespace {
+
+struct Options {
+  std::string models, data, base, objective, output, device;
+  int64_t examples = 0, batch = 64, decoded = 64, seed = 0;
+  double temperature = 1.0;
+  bool json = false;
+};
+
+int evaluate(const Options& o) {
+  const Device device = cli::parse_device(o.device);
+  const io::LoadedQarac loaded = io::load_qarac_exports(o.models, DType::f32, device);
+  EvalOptions options;
+  options.data_dir = o.data;
+  options.max_examples = o.examples > 0 ? o.examples : std::numeric_limits<int64_t>::max();
+  options.pass = {o.batch, 0};
+  options.max_decoded = o.decoded;
+  options.qa_objective = {o.objective == "contrastive", o.temperature};
+  // The streams must be made with the models' tokenizer: another one's ids are other words.
+  options.tokenizer_hash = loaded.tokenizer.hash();
+  options.tokenizer_source = "the models (" + o.models + ")";
+  TensorMap base_lm_head;
+  if (!o.base.empty()) {
+    io::HfRoberta base = io::read_hf_roberta(o.base);
+    QARAC_INPUT_CHECK(!base.lm_head.empty(), "--base ", o.base, ": has no MLM head (lm_head.*) for the forgetting ",
+                      "monitor: give the run's model.base as a RobertaForMaskedLM");
+    const RobertaConfig& trained = loaded.models->config().base;
+    QARAC_INPUT_CHECK(base.config.vocab_size == trained.vocab_size && base.config.hidden_size == trained.hidden_size,
+                      "--base ", o.base, ": vocabulary ", base.config.vocab_size, " and hidden size ",
+                      base.config.hidden_size, ", but the models of ", o.models, " have ", trained.vocab_size, " and ",
+                      trained.hidden_size, " (give the run's model.base)");
+    base_lm_head = std::move(base.lm_head);
+    options.masking = mlm_masking(loaded.tokenizer, static_cast<uint64_t>(o.seed));
+  }
+  QaracEvaluator evaluator(options);
+  const EvalResult result = evaluator.evaluate({*loaded.models, base_lm_head});
+  // JSON: every metric at full precision, as metrics.jsonl has them.
+  cli::write_text(o.output, o.json ? nlohmann::json(result.metrics).dump() + "\n" : metric_lines(result));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (cli::version_requested(argc, argv)) return cli::print_version("qarac-eval");
+  return cli::run_main("qarac-eval", [&] {
+    Options o;
+    po::options_description options(
+        "qarac-eval --models EXPORTS --data STREAMS [--base BASE] [--json]\n\n"
+        "qarac-train's held-out evaluation of a run's exported models (its export/ or best/\n"
+        "folder) on task streams of qarac-prep (a test split, say), each task whose stream the\n"
+        "folder holds. With the run's settings below the figures are those of its last evaluation\n"
+        "in metrics.jsonl.\n\nOptions");
+    options.add_options()
+        ("help,h", "print this help")
+        ("version", "print the version, the git commit and the libraries' versions, and exit")
+        ("models", po::value(&o.models), "(required) a run's export/ or best/ folder: question_encoder/, answer_encoder/, decoder/")
+        ("data", po::value(&o.data), "(required) task streams from qarac-prep made with the models' tokenizer (<dir>/<task>.h5)")
+        ("examples", po::value(&o.examples)->default_value(0), "the first N examples of each stream (qarac-train's eval.examples, 256); 0: all")
+        ("batch", po::value(&o.batch)->default_value(64), "examples per forward pass (eval.batch; in f32 the last bits depend on it)")
+        ("decoded", po::value(&o.decoded)->default_value(64), "examples decoded greedily per decoder task for the token accuracy (eval.decoded); 0: none")
+        ("qa-objective", po::value(&o.objective)->default_value("mse"), "what qa.loss measures: mse or contrastive (task.qa.objective)")
+        ("qa-temperature", po::value(&o.temperature)->default_value(1.0), "contrastive: the temperature (task.qa.temperature)")
+        ("base", po::value(&o.base), "the run's model.base, a RobertaForMaskedLM: turns on the forgetting monitor (forgetting.mlm_loss with its MLM head)")
+        ("seed", po::value(&o.seed)->default_value(0), "with --base: the run's train.seed, which fixes the monitor's masks")
+        ("json", po::bool_switch(&o.json), "print one JSON object of the metrics at full precision instead of \"name value\" lines")
+        ("output", po::value(&o.output)->default_value("-"), "where to write them; - : standard output")
+        ("device", po::value(&o.device)->default_value("cpu"), "cpu or cuda");
+    po::variables_map vm;
+    if (!cli::parse_command_line(argc, argv, options, vm)) return 0;
+    QARAC_INPUT_CHECK(!o.models.empty() && !o.data.empty(), "--models and --data are required (see --help)");
+    QARAC_INPUT_CHECK(o.examples >= 0, "--examples must not be negative, got ", o.examples);
+    QARAC_INPUT_CHECK(o.batch > 0, "--batch must be positive, got ", o.batch);
+    QARAC_INPUT_CHECK(o.decoded >= 0, "--decoded must not be negative, got ", o.decoded);
+    QARAC_INPUT_CHECK(o.objective == "mse" || o.objective == "contrastive", "--qa-objective must be mse or contrastive, not '",
+                      printable(o.objective), "'");
+    QARAC_INPUT_CHECK(o.objective == "contrastive" || vm["qa-temperature"].defaulted(),
+                      "--qa-temperature goes with --qa-objective contrastive");
+    QARAC_INPUT_CHECK(o.temperature > 0 && o.temperature < std::numeric_limits<double>::infinity(),
+                      "--qa-temperature must be positive and finite, got ", o.temperature);
+    QARAC_INPUT_CHECK(!o.base.empty() || vm["seed"].defaulted(), "--seed fixes the forgetting monitor's masks: it goes with --base");
+    cli::check_output_spares(o.output, {}, {o.models, o.data});
+    return evaluate(o);
+  }, "a smaller --batch or --examples needs less");
+}
