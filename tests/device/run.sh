@@ -344,6 +344,29 @@ stage_dist() {
   echo "== collective order of that run: $result $(grep 'collective launches' "$log/dist_trace_check")"
   [ "$result" = passed ] || tail -20 "$log/dist_trace_check"
   row "collective order np=$ranks" "$result" "$(grep 'collective launches' "$log/dist_trace_check")"
+  # qarac-eval of that run's exports on the GPU and on the CPU, both f32, over the first 64
+  # examples of each task: the same metrics, the losses apart by rounding only (a tenth of a
+  # percent bounds what summation order does to losses of about 1 to 10; a wrong kernel or a
+  # model loaded wrongly moves them by far more).
+  local device
+  for device in cpu cuda; do
+    q timeout -k 10 "$(cap 60)" "$bin/qarac-eval" --models "$dist/finetune/export" --data "$data" --examples 64 \
+      --device "$device" --json >"$log/eval_$device" 2>"$log/eval_$device.err"
+  done
+  python3 - "$log/eval_cpu" "$log/eval_cuda" >"$log/eval_compare" 2>&1 <<'PY'
+import json, sys
+cpu, gpu = (json.load(open(path)) for path in sys.argv[1:3])
+assert cpu.keys() == gpu.keys(), (sorted(cpu), sorted(gpu))
+worst = max(abs(cpu[k] - gpu[k]) / max(abs(cpu[k]), 1e-12) for k in cpu if k.endswith(".loss"))
+print(f"{len(cpu)} metrics, losses at most {worst:.1e} apart (relative); cs.accuracy {cpu.get('cs.accuracy')} "
+      f"on the CPU, {gpu.get('cs.accuracy')} on the GPU")
+sys.exit(0 if worst < 1e-3 else 1)
+PY
+  result=$(result_of $?)
+  fail_if "$result"
+  echo "== qarac-eval cuda against cpu: $result $(tail -1 "$log/eval_compare")"
+  [ "$result" = passed ] || tail -qn3 "$log/eval_cpu.err" "$log/eval_cuda.err" "$log/eval_compare"
+  row "qarac-eval cuda vs cpu" "$result" "$(tail -1 "$log/eval_compare")"
 }
 
 # qarac-train end to end on one GPU beside the qarac-bench figures: data loading, metrics and a
