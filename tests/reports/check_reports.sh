@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# launch/metrics-table.sh and launch/plot-metrics.sh on a made-up run: the table marks which
-# direction is better and lists the example counts apart; the plot gives every series its own
-# look (the two QA accuracies share a colour, not a marker), draws the chance level, names the run
-# without the machine's path, and keeps a change of 0.03% flat.
+# launch/metrics-table.sh, launch/plot-metrics.sh and launch/compare-runs.sh on made-up runs:
+# the table marks which direction is better and lists the example counts apart; the plot gives
+# every series its own look (the two QA accuracies share a colour, not a marker), draws the
+# chance level, names the run without the machine's path, and keeps a change of 0.03% flat; the
+# comparison shows what differs and sorts by a metric.
 #   tests/reports/check_reports.sh SOURCE_DIR
 # Exits 77 (skipped) when jq or gnuplot is missing (bash launch/install-deps.sh --job).
 set -euo pipefail
@@ -63,4 +64,37 @@ QARAC_PLOT_SCRIPT=$work/hostile.gp bash "$src/launch/plot-metrics.sh" "$hostile"
 [ ! -e "$work/ran" ] || fail "plot: a metric's name ran as gnuplot (system() made $work/ran)"
 grep -qF "title 'x'' . system(''touch $work/ran'') . ''accuracy'" "$work/hostile.gp" ||
   fail "plot: the name with quotes is not the series' title"
-echo "$me: the table and the plot read as intended"
+
+# launch/compare-runs.sh on three made-up runs of a sweep: the settings that differ (not the
+# output), the last evaluation of each (a line being written skipped), the best on record, runs
+# sorted by --metric, lower first for a loss and a run without it last.
+sweep=$work/sweep
+for r in a b c; do
+  mkdir -p "$sweep/$r"
+  printf 'output = %s\n\n[train]\nseed = 0\n\n[optimizer]\nlr = %s\n' "$sweep/$r" \
+    "$(case $r in a) echo 1e-05 ;; b) echo 3e-05 ;; c) echo 5e-05 ;; esac)" >"$sweep/$r/config.ini"
+done
+cat >"$sweep/a/metrics.jsonl" <<'JSON'
+{"step":0,"eval":true,"cs.accuracy":0.3,"cs.loss":2.0}
+{"step":4,"eval":true,"cs.accuracy":0.7,"cs.loss":0.9,"qa.selection_mrr":0.61}
+JSON
+cat >"$sweep/b/metrics.jsonl" <<'JSON'
+{"step":0,"eval":true,"cs.accuracy":0.3,"cs.loss":2.0}
+{"step":4,"eval":true,"cs.accuracy":0.8,"cs.loss":0.5,"qa.selection_mrr":0.55}
+{"step":6,"eval":tr
+JSON
+printf '{"step":0,"eval":true,"cs.accuracy":0.3}\n' >"$sweep/c/metrics.jsonl"
+mkdir -p "$sweep/b/best"
+printf '{"metric": "cs.accuracy", "value": 0.85, "step": 3}\n' >"$sweep/b/best/best.json"
+compared=$(bash "$src/launch/compare-runs.sh" --metric cs.loss "$sweep/a" "$sweep/c/" "$sweep/b")
+rows=$(tail -n +2 <<<"$compared" | awk '{ print $1 }' | tr '\n' ' ')
+[ "$rows" = "$sweep/b $sweep/a $sweep/c " ] || fail "compare: not sorted by cs.loss, lower first, c last: $compared"
+head -1 <<<"$compared" | grep -qE '^run +optimizer\.lr +step +qa\.selection_mrr +cs\.accuracy +cs\.loss +best \(eval\.best\)$' ||
+  fail "compare: columns: $compared"
+grep -qE "^$sweep/b +3e-05 +4 +0\.5500 +0\.8000 +0\.5000 +cs\.accuracy 0\.8500 @ 3$" <<<"$compared" || fail "compare: row b: $compared"
+grep -qE "^$sweep/c +5e-05 +0 +- +0\.3000 +- +-$" <<<"$compared" || fail "compare: row c: $compared"
+grep -q 'output\|seed' <<<"$compared" && fail "compare: a setting that does not differ is shown: $compared"
+if out=$(bash "$src/launch/compare-runs.sh" "$sweep/a" "$work" 2>&1); then fail "compare: a folder without metrics.jsonl passed"; fi
+[ "$out" = "launch/compare-runs.sh: $work: no metrics.jsonl (not a qarac-train run directory, or a run not started)" ] ||
+  fail "compare: a folder without metrics: $out"
+echo "$me: the table, the plot and the comparison read as intended"

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Compares qarac-train runs side by side, a sweep over learning rates or seeds say: one row per
+# run with the settings in which the runs differ (their config.ini), the step of its last
+# held-out evaluation and that evaluation's headline metrics, and the best evaluation on record
+# where eval.best kept one (best/best.json). A run still going shows its latest evaluation.
+#   launch/compare-runs.sh [--metric NAME] RUN_DIR RUN_DIR...
+#   --metric NAME   show the metric NAME too (any key of an evaluation line, e.g. qa.selection_map)
+#                   and sort the runs by it, best first: lower first for a loss, higher otherwise
+# Needs jq (bash launch/install-deps.sh --job).
+set -euo pipefail
+# Numbers are read and written with a decimal point in any locale (launch/README.md).
+export LC_ALL=C
+me=launch/compare-runs.sh
+die() { echo "$me: $*" >&2; exit 1; }
+usage="usage: $me [--metric NAME] RUN_DIR RUN_DIR..."
+
+metric=""
+runs=()
+while (($#)); do
+  case $1 in
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    --metric) (($# >= 2)) || die "--metric needs a NAME; $usage"; metric=$2; shift 2 ;;
+    --metric=*) metric=${1#--metric=}; shift ;;
+    --) shift; runs+=("$@"); break ;;
+    -*) die "unknown option '$1'; $usage" ;;
+    *) runs+=("$1"); shift ;;
+  esac
+done
+((${#runs[@]} >= 1)) || die "$usage"
+[[ -z $metric || $metric =~ ^[A-Za-z0-9_.]+$ ]] || die "--metric '$metric': not a metric name (letters, digits, '_' and '.')"
+command -v jq >/dev/null || die "jq not found; install it with: bash launch/install-deps.sh --job"
+
+tmp=$(mktemp -d)
+trap 'rm -rf -- "$tmp"' EXIT
+
+# One record per fact, tab-separated: RUN KIND KEY VALUE, KIND being name, setting, eval or best.
+records=$tmp/records
+: >"$records"
+for i in "${!runs[@]}"; do
+  run=${runs[$i]%/}
+  [ -n "$run" ] || run=/
+  [ -d "$run" ] || die "$run: not a run directory"
+  [ -s "$run/metrics.jsonl" ] || die "$run: no metrics.jsonl (not a qarac-train run directory, or a run not started)"
+  [ -f "$run/config.ini" ] || die "$run: no config.ini (not a qarac-train run directory)"
+  # A name of no tab or line break keeps the records whole.
+  [[ $run != *$'\t'* && $run != *$'\n'* ]] || die "'$run': a run directory named with a tab or line break"
+  printf '%s\tname\t\t%s\n' "$i" "$run" >>"$records"
+  # "key = value" under "[section]" headers; output names the run directory, which the name shows.
+  awk -v run="$i" '
+    /^[ \t]*(#|;|$)/ { next }
+    /^[ \t]*\[/ { section = $0; gsub(/^[ \t]*\[|\][ \t]*$/, "", section); next }
+    {
+      eq = index($0, "="); if (!eq) next
+      key = substr($0, 1, eq - 1); value = substr($0, eq + 1)
+      gsub(/^[ \t]+|[ \t]+$/, "", key); gsub(/^[ \t]+|[ \t]+$/, "", value)
+      if (section != "") key = section "." key
+      if (key != "output") printf "%s\tsetting\t%s\t%s\n", run, key, value
+    }' "$run/config.ini" >>"$records"
+  # The last evaluation; lines that do not parse (one being written) are skipped.
+  jq -Rrn --arg run "$i" '
+    [inputs | fromjson? | objects | select(.eval == true and (.step | type) == "number")]
+    | last // empty
+    | to_entries[] | select((.value | type) == "number") | [$run, "eval", .key, .value] | @tsv' \
+    "$run/metrics.jsonl" >>"$records" 2>"$tmp/error" || die "$run/metrics.jsonl: $(sed 's/^jq: error ([^)]*): //' "$tmp/error")"
+  if [ -f "$run/best/best.json" ]; then
+    jq -r --arg run "$i" 'select((.metric | type) == "string" and (.value | type) == "number" and (.step | type) == "number")
+      | [$run, "best", .metric, "\(.value)@\(.step)"] | @tsv' "$run/best/best.json" >>"$records" 2>"$tmp/error" ||
+      die "$run/best/best.json: $(sed 's/^jq: error ([^)]*): //' "$tmp/error")"
+  fi
+done
+
+awk -F'\t' -v runs="${#runs[@]}" -v sort_by="$metric" '
+  function lower_is_better(m) { return m ~ /loss$/ }
+  function number(x) { return sprintf("%.4f", x) }
+  $2 == "name" { name[$1] = $4 }
+  $2 == "setting" { setting[$1, $3] = $4; if (!($3 in known)) { known[$3] = 1; keys[++nkeys] = $3 } }
+  $2 == "eval" { value[$1, $3] = $4; has[$3] = 1 }
+  $2 == "best" { split($4, vs, "@"); best[$1] = $3 " " number(vs[1]) " @ " vs[2]; any_best = 1 }
+  END {
+    # Columns: the run, the settings that differ, the step, the headline metrics any run has.
+    ncols = 0
+    col[++ncols] = "run"
+    for (k = 1; k <= nkeys; k++) {
+      differs = 0
+      for (r = 1; r < runs; r++)
+        if (((r, keys[k]) in setting) != ((0, keys[k]) in setting) || setting[r, keys[k]] != setting[0, keys[k]]) differs = 1
+      if (differs) { col[++ncols] = keys[k]; kind[ncols] = "setting" }
+    }
+    col[++ncols] = "step"; kind[ncols] = "eval"
+    split("ed.token_accuracy rs.token_accuracy qa.selection_mrr qa.retrieval_accuracy cs.accuracy forgetting.mlm_loss mlm.loss", headline, " ")
+    for (h = 1; h in headline; h++)
+      if (headline[h] in has && headline[h] != sort_by) { col[++ncols] = headline[h]; kind[ncols] = "eval" }
+    if (sort_by != "") { col[++ncols] = sort_by; kind[ncols] = "eval" }
+    if (any_best) { col[++ncols] = "best (eval.best)"; kind[ncols] = "best" }
+
+    for (r = 0; r < runs; r++) {
+      for (c = 1; c <= ncols; c++) {
+        if (c == 1) cell = name[r]
+        else if (kind[c] == "setting") cell = ((r, col[c]) in setting) ? setting[r, col[c]] : "-"
+        else if (kind[c] == "best") cell = (r in best) ? best[r] : "-"
+        else if (!((r, col[c]) in value)) cell = "-"
+        else cell = col[c] == "step" ? value[r, col[c]] : number(value[r, col[c]])
+        text[r, c] = cell
+        if (length(cell) > width[c]) width[c] = length(cell)
+      }
+      order[r + 1] = r
+    }
+    for (c = 1; c <= ncols; c++) if (length(col[c]) > width[c]) width[c] = length(col[c])
+    # Best first by --metric (a run without it last), else in the order given; insertion sort.
+    if (sort_by != "") {
+      if (!(sort_by in has)) printf "%s: no run'"'"'s last evaluation has %s\n", "'"$me"'", sort_by > "/dev/stderr"
+      for (i = 2; i <= runs; i++)
+        for (j = i; j > 1 && before(order[j], order[j - 1]); j--) { t = order[j]; order[j] = order[j - 1]; order[j - 1] = t }
+    }
+    # mawk (the awk of Debian) takes no "*" width: the format of each column is built.
+    for (i = 0; i <= runs; i++)
+      for (c = 1; c <= ncols; c++) {
+        format = (c > 1 ? "  " : "") (c < ncols ? "%-" width[c] "s" : "%s\n")
+        printf format, i == 0 ? col[c] : text[order[i], c]
+      }
+  }
+  function before(a, b,   x, y) {
+    if (!((b, sort_by) in value)) return ((a, sort_by) in value)
+    if (!((a, sort_by) in value)) return 0
+    x = value[a, sort_by] + 0; y = value[b, sort_by] + 0
+    return lower_is_better(sort_by) ? x < y : x > y
+  }' "$records"
