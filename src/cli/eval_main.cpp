@@ -23,7 +23,7 @@ namespace {
 
 struct Options {
   std::string models, data, base, objective, output, device;
-  int64_t examples = 0, batch = 64, decoded = 64, seed = 0;
+  int64_t examples = 0, batch = 64, decoded = -1, seed = 0;  // decoded -1: every example evaluated
   double temperature = 1.0;
   bool json = false;
 };
@@ -35,7 +35,7 @@ int evaluate(const Options& o) {
   options.data_dir = o.data;
   options.max_examples = o.examples > 0 ? o.examples : std::numeric_limits<int64_t>::max();
   options.pass = {o.batch, 0};
-  options.max_decoded = o.decoded;
+  options.max_decoded = o.decoded >= 0 ? o.decoded : options.max_examples;
   options.qa_objective = {o.objective == "contrastive", o.temperature};
   // The streams must be made with the models' tokenizer: another one's ids are other words.
   options.tokenizer_hash = loaded.tokenizer.hash();
@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
         ("data", po::value(&o.data), "(required) task streams from qarac-prep made with the models' tokenizer (<dir>/<task>.h5)")
         ("examples", po::value(&o.examples)->default_value(0), "the first N examples of each stream (qarac-train's eval.examples, 256); 0: all")
         ("batch", po::value(&o.batch)->default_value(64), "examples per forward pass (eval.batch; in f32 the last bits depend on it)")
-        ("decoded", po::value(&o.decoded)->default_value(64), "examples decoded greedily per decoder task for the token accuracy (eval.decoded); 0: none")
+        ("decoded", po::value(&o.decoded)->default_value(-1, "all"), "examples decoded greedily per decoder task for the token accuracy (eval.decoded, 64; the slowest part of an evaluation); default: every example evaluated; 0: none")
         ("qa-objective", po::value(&o.objective)->default_value("mse"), "what qa.loss measures: mse or contrastive (task.qa.objective)")
         ("qa-temperature", po::value(&o.temperature)->default_value(1.0), "contrastive: the temperature (task.qa.temperature)")
         ("base", po::value(&o.base), "the run's model.base, a RobertaForMaskedLM: turns on the forgetting monitor (forgetting.mlm_loss with its MLM head)")
@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(!o.models.empty() && !o.data.empty(), "--models and --data are required (see --help)");
     QARAC_INPUT_CHECK(o.examples >= 0, "--examples must not be negative, got ", o.examples);
     QARAC_INPUT_CHECK(o.batch > 0, "--batch must be positive, got ", o.batch);
-    QARAC_INPUT_CHECK(o.decoded >= 0, "--decoded must not be negative, got ", o.decoded);
+    QARAC_INPUT_CHECK(o.decoded >= 0 || vm["decoded"].defaulted(), "--decoded must not be negative, got ", o.decoded);
     QARAC_INPUT_CHECK(o.objective == "mse" || o.objective == "contrastive", "--qa-objective must be mse or contrastive, not '",
                       printable(o.objective), "'");
     QARAC_INPUT_CHECK(o.objective == "contrastive" || vm["qa-temperature"].defaulted(),

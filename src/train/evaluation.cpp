@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "core/log.h"
+#include "core/progress.h"
 #include "data/shards.h"
 #include "model/decoder.h"
 #include "model/generate.h"
@@ -401,6 +402,11 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   check_lengths(config);
   EvalResult result;
   Objectives objectives(models, options_.qa_objective);
+  // A long evaluation (a test split under qarac-eval, a large eval.examples, which the other
+  // ranks of a run wait for) says how far it has got; each task's examples count once.
+  int64_t examples = 0;
+  for (const TaskBatch& batch : batches_) examples += batch.count();
+  Progress progress("evaluation", "examples evaluated", examples);
   for (const TaskBatch& batch : batches_) {
     const std::string task = data::task_short_name(batch.task);
     const int64_t n = batch.count();
@@ -433,6 +439,7 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
             !count_decoded_right(models.decoder(), v, pass.fields[reasoning ? 2 : 0], k, right, total))
           total = -1;
       }
+      progress.add(count);
     }
     if (qa && options_.qa_objective.contrastive)  // each pass's InfoNCE had its own answers alone
       loss = contrastive_loss(std::vector<double>(first.begin(), first.end()),
