@@ -106,10 +106,10 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
                       "eval.tokenizer ", config.eval_tokenizer, ": is tokenizer ", tokenizer.hash(), ", but ",
                       data_stream, " was made with ", options.tokenizer_hash, " (give the data's tokenizer)");
     options.masking = qarac::mlm_masking(tokenizer, static_cast<uint64_t>(config.seed));
-  } else {
-    qarac::log::info("evaluation: no eval.tokenizer given, so no forgetting monitor (it needs <mask>)");
   }
-  return std::make_unique<qarac::QaracEvaluator>(options);
+  auto evaluator = std::make_unique<qarac::QaracEvaluator>(options);  // its input errors first
+  if (!options.masking) qarac::log::info("evaluation: no eval.tokenizer given, so no forgetting monitor (it needs <mask>)");
+  return evaluator;
 }
 
 }  // namespace
