@@ -295,6 +295,10 @@ MlmMasking mlm_masking(const data::Tokenizer& tokenizer, uint64_t seed, double p
 }
 
 QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
+  std::error_code ec;
+  QARAC_INPUT_CHECK(std::filesystem::is_directory(options.data_dir, ec), options.data_dir,
+                    std::filesystem::exists(options.data_dir, ec) ? ": is not a directory" : ": does not exist",
+                    " (expected a folder of held-out task streams from qarac-prep: <task>.h5)");
   data::check_publishing_finished(options.data_dir);
   // The rehearsal's held-out measure is forgetting.mlm_loss, on encode_decode's text.
   std::string missing;
@@ -304,7 +308,6 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
     // A task without a held-out stream is not evaluated, which is said; a link to one that is
     // gone, or a path that cannot be looked at, is left to the reader, which says why (the
     // task's evaluation must not vanish unsaid).
-    std::error_code ec;
     if (std::filesystem::symlink_status(path, ec).type() == std::filesystem::file_type::not_found) {
       missing += (missing.empty() ? "" : ", ") + path.filename().string();
       continue;

@@ -1308,6 +1308,7 @@ TEST_F(TrainCli, QaracEvalGivesTheRunsLastEvaluation) {
   expect_refused(run.string() + on_data, {run.string() + ": has no question_encoder/"});
   expect_refused(exports + "/decoder" + on_data, {"has no question_encoder/"});
   expect_refused(exports + on_data + " --seed 3", {"--seed", "--base"});
+  expect_refused(exports + " --data " + (data / "consistency.h5").string(), {"consistency.h5: is not a directory"});
   expect_refused(exports + on_data + " --base " + tokenizer, {tokenizer + ": config.json is missing"});
   // Streams of another tokenizer would be read as other words.
   const fs::path other = root() / "other_tokenizer";
