@@ -11,7 +11,6 @@
 #include "cli/run_main.h"
 #include "cli/vector_files.h"
 #include "cli/version.h"
-#include "data/shards.h"
 #include "io/hf_checkpoint.h"
 #include "io/qarac_export.h"
 #include "train/evaluation.h"

@@ -73,8 +73,8 @@ class ChecksummedH5Writer {
 
   std::string path_;
   H5Id file_;
-  H5Id gcpl_, dcpl_;                 // untimed
-  std::set<std::string> groups_;     // created so far
+  H5Id gcpl_, dcpl_;              // untimed
+  std::set<std::string> groups_;  // created so far
   // Per dataset, by path (the checksum is over name order), the words the checksum covers.
   std::map<std::string, std::vector<uint64_t>> digests_;
 };
