@@ -157,7 +157,18 @@ bool Runtime::share_host_memory(double timeout_s) const {
   QARAC_CHECK_MPI(MPI_Comm_split(node_, color, rank_, &split));
   const ScopedCommFree free_split(split);
   const MpiGroup sharing(split, "the ranks on " + hostname() + " under one memory limit", timeout_s);
-  if (sharing.size() == 1) return true;
+  // A line from every node (its lowest rank), each counting only its own ranks, against its own
+  // limit: the nodes of a job need not be alike.
+  const auto report = [&](uint64_t held) {
+    if (sharing.rank() != 0) return;
+    log::info("host tensors on ", hostname(), ": ", size_text(held), " held by its ", sharing.size(),
+              sharing.size() == 1 ? " rank" : " ranks", " at the start (this one ", size_text(host_tensor_bytes()),
+              "), of the ", size_text(host_memory_limit().bytes), " ", host_memory_limit().source);
+  };
+  if (sharing.size() == 1) {
+    report(host_tensor_bytes());
+    return true;
+  }
   // One counter per rank in memory the node's ranks all map, each updated by its rank as it
   // allocates and frees (core/memory.h), kept to the end of the process. Every rank of `split`
   // waits in the collective calls below: the barrier showed they all got here.
@@ -191,11 +202,7 @@ bool Runtime::share_host_memory(double timeout_s) const {
   share_host_tensor_counts(counters, sharing.size(), sharing.rank());
   synced_barrier("counting the host tensors of the node's ranks");
   try {
-    const uint64_t held = check_shared_host_tensors();
-    if (rank_ == 0)  // one node's figures, not a line per node
-      log::info("host tensors on ", hostname(), ": ", size_text(held), " held by its ", sharing.size(),
-                " ranks at the start (this one ", size_text(host_tensor_bytes()), "), of the ",
-                size_text(host_memory_limit().bytes), " ", host_memory_limit().source);
+    report(check_shared_host_tensors());
   } catch (const OutOfMemory&) {
     if (sharing.rank() == 0) throw;
     return false;

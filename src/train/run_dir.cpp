@@ -84,6 +84,12 @@ Holder holder_of(int fd) {
   return holder;
 }
 
+// The host a holder's text names ("<host> pid <pid>"), "" when it names none.
+std::string host_of(const Holder& holder) {
+  const size_t end = holder.text.rfind(" pid ");
+  return end == std::string::npos ? std::string() : holder.text.substr(0, end);
+}
+
 // Whether `path` names the file `held`.
 bool names(const std::string& path, const struct stat& held) {
   struct stat named {};
@@ -227,9 +233,20 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
       if (held.st_nlink == 1 || holder.directory == 0 || holder.directory == directory.st_ino) {
         close(fd_);
         fd_ = -1;
+        // A holder on another host cannot be looked at from here: if it is gone with its node,
+        // the file server keeps its lock until it notices, and a copy can go on meanwhile.
+        const std::string host = host_of(holder);
+        const std::string elsewhere =
+            host.empty() || host == hostname()
+                ? ""
+                : detail::concat(", on ", host, ", not this host (", hostname(), "): if that run is gone (", host,
+                                 " down or hung), its lock lasts until ", host, "'s processes end or the file server ",
+                                 "drops the lock of a node it lost (an NFSv4 lease: about 90 s); to go on at once, ",
+                                 "--resume a copy (cp -al ", output, " NEW, then --output NEW)");
         throw InputError(detail::concat("output: ", output, " is in use by another run (",
-                                        holder.text.empty() ? "its lock file " + path_ : holder.text,
-                                        "); wait for it to end, or choose another directory"));
+                                        holder.text.empty() ? "its lock file " + path_ : holder.text, ")", elsewhere,
+                                        elsewhere.empty() ? "; wait for it to end, or choose another directory"
+                                                          : "; or wait for it to end, or choose another directory"));
       }
     }
     try {
@@ -242,19 +259,30 @@ RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(o
     close(fd_);
     fd_ = -1;
   }
+  // A run that ends clears its record (~RunLock): one left behind ended without (killed, or its
+  // node failed). From another host that cannot be told apart from a run still going on where the
+  // file system's locks stay on each node (Lustre's localflock, BeeGFS without global locks), so
+  // the user hears of it.
+  const Holder before = holder_of(fd_);
+  const std::string before_host = host_of(before);
+  if (!before_host.empty() && before_host != hostname())
+    log::warn(output, ": the run before this one (", before.text, ") did not end cleanly (killed, or ", before_host,
+              " failed); if it still runs there, this file system's locks do not reach across nodes and two runs "
+              "now share the directory: stop one");
   // Who holds it, for the message of a run that finds it locked, and where (a run in a hard-linked
   // copy tells it apart); only informative, so a failed write (a full disk) is not an error here:
   // the checkpoints and metrics will report it.
-  char host[128] = "?";
-  gethostname(host, sizeof host - 1);
-  const std::string text = std::string(host) + " pid " + std::to_string(getpid()) + "\n" + kDirectoryField +
+  const std::string text = hostname() + " pid " + std::to_string(getpid()) + "\n" + kDirectoryField +
                            std::to_string(directory.st_ino) + "\n";
   if (ftruncate(fd_, 0) != 0 || pwrite(fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
     log::debug(path_, ": cannot record the holder: ", std::strerror(errno));
 }
 
 RunLock::~RunLock() {
-  if (fd_ >= 0) close(fd_);  // releases the lock
+  if (fd_ < 0) return;
+  // An empty record says the run ended here (the constructor's warning is for records left).
+  if (ftruncate(fd_, 0) != 0) log::debug(path_, ": cannot clear the holder's record: ", std::strerror(errno));
+  close(fd_);  // releases the lock
 }
 
 void RunLock::check_held(const std::string& what) const {

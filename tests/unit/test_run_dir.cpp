@@ -3,7 +3,9 @@
 // metrics.jsonl with every step once and every line whole after a resume, a failed start that
 // leaves nothing behind, and the non-finite step policy.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/file.h>
 #include <pty.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -104,6 +106,69 @@ TEST(RunLockTest, OneHolderAtATime) {
   }
   RunLock again(run.string());
   EXPECT_FALSE(again.created_directory());
+}
+
+// A holder on another host (a run on a node of the cluster, the directory on a shared file
+// system) cannot be looked at from here: the refusal names that host beside this one and says
+// how to go on if its node is gone (before: "wait for it to end", which a run on a dead node
+// holding its lock through the file server never does). The holder is stood in for by this
+// process's own flock on the file, with another host's record.
+TEST(RunLockTest, AHolderOnAnotherHostIsNamedWithTheWayOn) {
+  TempDir dir("lock-elsewhere");
+  const fs::path run = dir.path / "run";
+  fs::create_directories(run);
+  const std::string path = (run / kRunLockName).string();
+  const int held = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(held, 0);
+  ASSERT_EQ(flock(held, LOCK_EX | LOCK_NB), 0);
+  const std::string record = "gpu-node-17 pid 4242\ndirectory inode 0\n";
+  ASSERT_EQ(write(held, record.data(), record.size()), static_cast<ssize_t>(record.size()));
+  test_support::expect_input_error([&] { RunLock second(run.string()); },
+                                   {run.string() + " is in use by another run (gpu-node-17 pid 4242), on gpu-node-17, "
+                                                   "not this host (" + hostname() + ")",
+                                    "if that run is gone (gpu-node-17 down or hung)",
+                                    "cp -al " + run.string() + " NEW, then --output NEW"});
+  close(held);
+  // Held on this host: the holder can be looked at here, and the message stays short.
+  {
+    const int local = open(path.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(local, 0);
+    ASSERT_EQ(flock(local, LOCK_EX | LOCK_NB), 0);
+    const std::string here = hostname() + " pid 4242\n";
+    ASSERT_EQ(ftruncate(local, 0), 0);
+    ASSERT_EQ(pwrite(local, here.data(), here.size(), 0), static_cast<ssize_t>(here.size()));
+    try {
+      RunLock second(run.string());
+      ADD_FAILURE() << "a second lock was granted";
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()).find("not this host"), std::string::npos) << e.what();
+    }
+    close(local);
+  }
+}
+
+// A run that ends clears its record; one left by a run on another host (killed, its node failed)
+// is said when the next run takes the lock, since from here it cannot be told apart from a run
+// still going on where the file system's locks stay on each node (Lustre's localflock).
+TEST(RunLockTest, ARecordLeftByARunOnAnotherHostIsSaid) {
+  TempDir dir("lock-left");
+  const fs::path run = dir.path / "run";
+  { RunLock first(run.string()); }
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), "") << "an ended run's record stays";
+  std::ofstream(run / kRunLockName) << "gpu-node-17 pid 4242\ndirectory inode 0\n";
+  ::testing::internal::CaptureStderr();
+  { RunLock next(run.string()); }
+  std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("the run before this one (gpu-node-17 pid 4242) did not end cleanly (killed, or gpu-node-17 "
+                      "failed); if it still runs there, this file system's locks do not reach across nodes"),
+            std::string::npos)
+      << said;
+  // Left on this host: flock, which this host's kernel keeps, said it ended.
+  std::ofstream(run / kRunLockName) << hostname() << " pid 4242\ndirectory inode 0\n";
+  ::testing::internal::CaptureStderr();
+  { RunLock next(run.string()); }
+  said = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(said.find("did not end cleanly"), std::string::npos) << said;
 }
 
 // The directory moved, or its lock file removed, while the run goes on: the run's next checkpoint
