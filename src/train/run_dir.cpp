@@ -29,11 +29,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Empty but for the lock file a finished run leaves behind.
+// Empty but for the lock file a finished run leaves behind, and the failure record of one that
+// failed in its first step (its other files discarded; record_failure).
 bool holds_nothing(const std::string& output) {
   std::error_code ec;
   for (fs::directory_iterator it(output, ec), end; !ec && it != end; it.increment(ec))
-    if (it->path().filename() != kRunLockName) return false;
+    if (it->path().filename() != kRunLockName && it->path().filename() != kFailureRecordName) return false;
   return !ec;
 }
 
@@ -170,11 +171,25 @@ void record_stop(const std::string& output, int64_t step, const char* signal, in
 }
 
 void remove_stop_record(const std::string& output) {
-  const std::string path = (fs::path(output) / kStopRecordName).string();
-  std::error_code ec;
-  fs::remove(path, ec);
-  QARAC_INPUT_CHECK(!ec, path, ": cannot remove the record of the run's last stop (", ec.message(),
-                    "): a launcher would take this run's end for a stop on request");
+  for (const char* record : {kStopRecordName, kFailureRecordName}) {
+    const std::string path = (fs::path(output) / record).string();
+    std::error_code ec;
+    fs::remove(path, ec);
+    QARAC_INPUT_CHECK(!ec, path, ": cannot remove the record of the run's last end (", ec.message(),
+                      "): a job script would take it for this run's");
+  }
+}
+
+void record_failure(const std::string& output, int64_t step, int rank, const std::string& error) noexcept {
+  try {
+    const nlohmann::json record = {{"step", step}, {"rank", rank}, {"host", hostname()}, {"error", error}};
+    const std::string text = record.dump() + "\n";
+    AtomicFile file((fs::path(output) / kFailureRecordName).string(), AtomicFile::stream, AtomicFile::replace);
+    file.write(text.data(), text.size());
+    file.commit();
+  } catch (const std::exception& e) {
+    log::debug("cannot record the failure: ", e.what());
+  }
 }
 
 RunLock::RunLock(const std::string& output) : output_(output), path_((fs::path(output) / kRunLockName).string()) {

@@ -23,6 +23,7 @@ namespace qarac {
 
 constexpr const char* kRunLockName = ".qarac.lock";
 constexpr const char* kStopRecordName = "stopped.json";
+constexpr const char* kFailureRecordName = "failed.json";
 
 // A fresh run needs a new or empty directory (the lock file of a finished run aside), so that it
 // never mixes its files with another run's; --resume needs the directory of a run. InputError
@@ -75,10 +76,20 @@ int64_t refuse_restart_over_records(const std::string& output, int64_t checkpoin
 // SIGKILL once one has exited 75, and reports 137. So rank 0 also records the stop, atomically,
 // once its checkpoint is complete: <output>/stopped.json, {"step", "signal", "rank",
 // "checkpoint"}; slurm/train.sbatch requeues on it. The next start in the directory removes it
-// (remove_stop_record), so that it always speaks of the run's last end. InputError naming the
-// file.
+// (remove_stop_record, which removes the failure record too), so that it always speaks of the
+// run's last end. InputError naming the file.
 void record_stop(const std::string& output, int64_t step, const char* signal, int rank, const std::string& checkpoint);
 void remove_stop_record(const std::string& output);
+
+// A rank whose wait on the others failed (a peer died, hangs, or is cut off: CommError) ends the
+// job with MPI_Abort, but a launcher may then wait for ever on the daemon of a node that hangs or
+// is cut off (Open MPI's mpirun does: tests/launch/test_fake_nodes.sh), holding the allocation to
+// its time limit. So that the job script can end it (slurm/train.sbatch), such a rank records the
+// failure in <output>/failed.json, {"step", "rank", "host", "error"}, atomically; with several, one
+// of them. Only a run whose ranks passed the directory's lock does (another run's directory is not
+// touched), and the next start removes the record with the stop record's (remove_stop_record).
+// Never throws: the rank is failing already, and the record only helps to end the job.
+void record_failure(const std::string& output, int64_t step, int rank, const std::string& error) noexcept;
 
 // The checkpoint --resume starts from: the newest valid one, which rank 0 finds and tells the
 // others (`world` set: collective over it); nullopt when the run never completed one, so that it

@@ -130,6 +130,7 @@ void Trainer::Impl::start() {
   }
   // Every rank waits for the lock: nothing is read or written before the directory is this run's.
   if (place.world) place.world->barrier("locking the output directory");
+  directory_ours = true;
   // What rank 0's evaluations measure on, which every rank's checkpoint parts record.
   if (place.root())
     evaluation = training.evaluator ? training.evaluator->fingerprint() : training.workload->evaluation_fingerprint();
@@ -286,7 +287,7 @@ void Trainer::Impl::write_run_files() {
 void Trainer::Impl::discard_unstarted() noexcept {
   if (!place.root() || !lock || config.resume || step > 0 || last.checkpoint >= 0) return;
   std::error_code ec;
-  for (const char* name : {"config.ini", "metrics.jsonl", "checkpoints", kRunLockName})
+  for (const char* name : {"config.ini", "metrics.jsonl", "checkpoints", kFailureRecordName, kRunLockName})
     fs::remove_all(fs::path(output) / name, ec);
   if (lock->created_directory()) fs::remove(output, ec);  // only when empty: nobody else's files
   lock.reset();
@@ -424,6 +425,11 @@ void Trainer::abort() noexcept { if (impl_ && impl_->training.sync) impl_->train
 Trainer::RunEnd Trainer::run() {
   try {
     return impl_->run();
+  } catch (const parallel::CommError& e) {
+    impl_->metrics.end_progress_line();
+    if (impl_->directory_ours) record_failure(impl_->output, impl_->step, impl_->place.rank, e.what());
+    impl_->discard_unstarted();
+    throw;
   } catch (...) {
     impl_->metrics.end_progress_line();  // the error is said on a line of its own
     impl_->discard_unstarted();

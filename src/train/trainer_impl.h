@@ -88,6 +88,7 @@ struct Trainer::Impl {
   int64_t evaluation_since = 0;
   bool evaluation_changed = false;  // by this resume
   std::unique_ptr<RunLock> lock;  // rank 0's, for the whole run
+  bool directory_ours = false;    // every rank: past the lock, the output directory is this run's
   MetricsLog metrics;       // rank 0's
   std::optional<BestExport> best;  // rank 0's, with eval.best (and so with eval.patience)
   Fault fault;

@@ -9,14 +9,17 @@
 #              pid; with nodea hung (every process stopped), the refusal says how to go on, and a
 #              hard-linked copy goes on; with nodea killed, nodeb resumes, told that the run
 #              before did not end cleanly
-#   node_lost  nodeb killed, then cut off the network (a hung node, a partition), during a 2+2
-#              run: the job ends within a bound, naming the wait that timed out; --resume goes on
-#              on nodea alone (2 ranks), then on both again (4)
+#   node_lost  nodeb killed, hung (every process stopped) or cut off the network, during a 2+2
+#              run: killed, the job ends; hung or cut off, nodea's ranks say so within
+#              --parallel.timeout and record it (failed.json; the launcher may wait on); --resume
+#              goes on on nodea alone (2 ranks), then on both again (4)
+#   sbatch_lost  slurm/train.sbatch (LAUNCHER=mpirun, Open MPI) with nodeb hung: the script ends
+#              the launcher that waits on QARAC_FAILED_GRACE seconds after the record, status 3
 #   bash tests/launch/test_fake_nodes.sh CASE MPIEXEC BUILD_DIR
 # Exit 77 (skipped) where nodes cannot be emulated (not root, no ip), with the reason.
 set -euo pipefail
 me=tests/launch/test_fake_nodes.sh
-[ $# -eq 3 ] || { echo "usage: $me layout|lock|node_lost MPIEXEC BUILD_DIR" >&2; exit 2; }
+[ $# -eq 3 ] || { echo "usage: $me layout|lock|node_lost|sbatch_lost MPIEXEC BUILD_DIR" >&2; exit 2; }
 case=$1
 mpiexec=$(command -v "$2") || { echo "$me: no launcher $2" >&2; exit 2; }
 build=$(cd "$3" && pwd)
@@ -137,8 +140,8 @@ case "$case" in
     check "an ended run leaves no record" test ! -s "$run/.qarac.lock" ;;
 
   node_lost)
-    timeout=8
-    for loss in kill cut; do
+    timeout=5
+    for loss in kill stop cut; do
       run=$work/lost-$loss
       bash "$nodes" up "$state" nodeb
       on_nodes nodea:2,nodeb:2 "$train" "${args[@]}" --train.steps 1000000 --parallel.timeout "$timeout" \
@@ -148,22 +151,41 @@ case "$case" in
       [ -d "$run/checkpoints/step-0000000004" ] || fail "$loss: no checkpoint: $(tail -3 "$work/$loss.log")"
       start=$(now_ms)
       bash "$nodes" "$loss" "$state" nodeb
-      # Bounded here: a launcher that waits for ever fails the check below instead of the test.
-      for _ in $(seq 600); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.1; done
-      took=$(($(now_ms) - start))
-      if kill -0 "$launcher" 2>/dev/null; then
-        rc=hung
-        bash "$nodes" kill "$state" nodea
-        wait "$launcher" || true
-        bash "$nodes" up "$state" nodea
-      else
+      if [ "$loss" = kill ]; then
+        # Its connections reset: the launcher sees the node gone.
+        for _ in $(seq 300); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.1; done
+        took=$(($(now_ms) - start))
         rc=0
-        wait "$launcher" || rc=$?
+        if kill -0 "$launcher" 2>/dev/null; then rc=hung; else wait "$launcher" || rc=$?; fi
+        echo "$me: nodeb killed: the job ended after $((took / 1000)).$(printf %03d $((took % 1000))) s, status $rc"
+        check "$loss: the job ended, with a failure (status $rc)" test "$rc" != hung -a "$rc" != 0
+      else
+        # Hung or cut off: nodea's ranks time out, say so and record it for the job script; the
+        # launcher may wait on for its daemon there (Open MPI's mpirun does).
+        # (Cut off, nodeb's ranks time out too, and reach the emulation's shared files: the
+        # record may be theirs.)
+        for _ in $(seq $(((timeout + 15) * 10))); do [ ! -s "$run/failed.json" ] || break; sleep 0.1; done
+        took=$(($(now_ms) - start))
+        what=$([ "$loss" = stop ] && echo hung || echo "cut off")
+        echo "$me: nodeb $what: the ranks said it after $((took / 1000)).$(printf %03d $((took % 1000))) s"
+        check "$loss: the failure recorded" has "$run/failed.json" "no completion within the timeout of $timeout s"
+        check "$loss: the wait that timed out is named" \
+          has_re "$work/$loss.log" "qarac-train: error: .* on nodea\): no completion within the timeout of $timeout s"
+        sleep 5
+        state_of="has ended"
+        ! kill -0 "$launcher" 2>/dev/null || state_of="still waits"
+        echo "$me: nodeb $what: 5 s later the launcher $state_of"
+        # Gone for good, and its link back: the launcher's connections there reset.
+        bash "$nodes" kill "$state" nodeb
+        bash "$nodes" join "$state" nodeb
+        for _ in $(seq 100); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$launcher" 2>/dev/null; then
+          check "$loss: the launcher ends once nodeb's processes are gone" false
+          bash "$nodes" kill "$state" nodea
+          bash "$nodes" up "$state" nodea
+        fi
+        { wait "$launcher"; } 2>/dev/null || true
       fi
-      echo "$me: nodeb ${loss/cut/cut off}: the job ended after $((took / 1000)).$(printf %03d $((took % 1000))) s, status $rc"
-      check "$loss: the job ended, with a failure (status $rc)" test "$rc" != hung -a "$rc" != 0
-      [ "$loss" = kill ] || check "$loss: the wait that timed out is named" \
-        has_re "$work/$loss.log" "qarac-train: error: .* on nodea\): no completion within the timeout of $timeout s"
       bash "$nodes" kill "$state" nodeb
       bash "$nodes" join "$state" nodeb
       last=$(find "$run/checkpoints" -maxdepth 1 -name 'step-[0-9]*[0-9]' | sort | tail -1)
@@ -171,12 +193,49 @@ case "$case" in
       on_nodes nodea:2 "$train" "${args[@]}" --train.steps "$((step + 2))" --output "$run" --resume > "$work/$loss-1.log" 2>&1 ||
         fail "$loss: --resume on nodea alone: $(tail -3 "$work/$loss-1.log")"
       check "$loss: resumed on one node from the last checkpoint" has "$work/$loss-1.log" "resuming from $last at step $step, written by a run of 4 ranks (this one: 2)"
+      check "$loss: the start removed the failure record" test ! -e "$run/failed.json"
       bash "$nodes" up "$state" nodeb
       on_nodes nodea:2,nodeb:2 "$train" "${args[@]}" --train.steps "$((step + 4))" --output "$run" --resume > "$work/$loss-2.log" 2>&1 ||
         fail "$loss: --resume on two nodes again: $(tail -3 "$work/$loss-2.log")"
       check "$loss: back on two nodes" has "$work/$loss-2.log" "written by a run of 2 ranks (this one: 4)"
     done ;;
-  *) echo "$me: unknown case '$case' (layout, lock, node_lost)" >&2; exit 2 ;;
+
+  sbatch_lost)
+    # slurm/train.sbatch with LAUNCHER=mpirun on nodea, Open MPI told to start its daemons from a
+    # hostfile through the ssh stand-in rather than through Slurm; nodeb hangs mid-run.
+    case "$("$mpiexec" --version 2>&1 || true)" in
+      *"Open MPI"*|*OpenRTE*) ;;
+      *) echo "$me: skipped: sbatch_lost drives Open MPI's mpirun, not $mpiexec"; exit 77 ;;
+    esac
+    printf 'nodea slots=2\nnodeb slots=2\n' > "$work/hostfile"
+    : > "$work/empty.ini"
+    run=$work/sbatch-run
+    bash "$nodes" exec "$state" nodea env SLURM_JOB_ID=77 SLURM_NTASKS=4 SLURM_NTASKS_PER_NODE=2 \
+      SLURM_JOB_NUM_NODES=2 SLURM_JOB_NODELIST=nodea,nodeb SLURM_SUBMIT_DIR="$repo" QARAC_RUN_DIR="$run" \
+      LAUNCHER=mpirun MPIRUN="$mpiexec" QARAC_FAILED_GRACE=5 OMPI_MCA_plm=rsh OMPI_MCA_plm_rsh_agent="$state/ssh" \
+      OMPI_MCA_ras=^slurm OMPI_MCA_orte_default_hostfile="$work/hostfile" \
+      OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+      bash "$repo/slurm/train.sbatch" -- --config "$work/empty.ini" --train.device cpu --train.dtype f32 "${args[@]}" \
+      --train.steps 1000000 --parallel.timeout 5 > "$work/sbatch.log" 2>&1 &
+    job=$!
+    for _ in $(seq 100); do [ ! -d "$run/checkpoints/step-0000000004" ] || break; sleep 0.1; done
+    [ -d "$run/checkpoints/step-0000000004" ] || fail "no checkpoint: $(tail -3 "$work/sbatch.log")"
+    start=$(now_ms)
+    bash "$nodes" stop "$state" nodeb
+    for _ in $(seq 400); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+    took=$(($(now_ms) - start))
+    rc=0
+    if kill -0 "$job" 2>/dev/null; then
+      rc=hung
+      bash "$nodes" kill "$state" nodeb
+      { wait "$job"; } 2>/dev/null || true
+    else
+      wait "$job" || rc=$?
+    fi
+    echo "$me: nodeb hung under slurm/train.sbatch: the job ended after $((took / 1000)).$(printf %03d $((took % 1000))) s, status $rc"
+    check "the job ended with the ranks' status 3 (got $rc)" test "$rc" = 3
+    check "the script said it ended the launcher" has "$work/sbatch.log" "and the launcher still waits (on a node that hangs or is cut off?): ending it" ;;
+  *) echo "$me: unknown case '$case' (layout, lock, node_lost, sbatch_lost)" >&2; exit 2 ;;
 esac
 if ((failures)); then
   echo "$me: $case: $failures check(s) failed; the logs: $work (kept)" >&2

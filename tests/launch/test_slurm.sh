@@ -239,6 +239,24 @@ test_train_failure() {
   check "nothing started" lacks "$FAKE_LOG" "srun"
 }
 
+# Ranks that recorded a lost peer (failed.json) while the launcher waits on, as Open MPI's mpirun
+# does for a daemon on a hung node: ended QARAC_FAILED_GRACE seconds later, status 3 (before: the
+# job waited to its time limit). A failure without a hang is left to the launcher.
+test_train_launcher_waits() {
+  SECONDS=0
+  submit QARAC_FAILED_GRACE=2 FAKE_TRAIN=fail_hang -- slurm/train.sbatch
+  check "status 3 (got $rc)" test "$rc" = 3
+  check "ended within seconds of the grace (took $SECONDS s)" test "$SECONDS" -lt 15
+  check "said why" has out.txt "the ranks recorded a failure 2 s ago ({\"step\":2,\"rank\":0,\"host\":\"node1\""
+  check "not requeued" lacks "$FAKE_LOG" "scontrol"
+  rm -rf "$run_dir"
+  submit QARAC_FAILED_GRACE=1 FAKE_TRAIN=fail -- slurm/train.sbatch
+  check "a launcher that ends: its status (got $rc)" test "$rc" = 3
+  check "a launcher that ends: not ended" lacks out.txt "ending it"
+  submit QARAC_FAILED_GRACE=x -- slurm/train.sbatch
+  check "a grace that is no number: refused (got $rc)" test "$rc" = 1
+}
+
 # More ranks than GPUs on a node: one line naming both counts, and nothing started. A CPU run
 # and QARAC_GPU_CHECK=0 are not checked.
 test_train_gpu_check() {

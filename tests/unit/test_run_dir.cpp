@@ -171,6 +171,25 @@ TEST(RunLockTest, ARecordLeftByARunOnAnotherHostIsSaid) {
   EXPECT_EQ(said.find("did not end cleanly"), std::string::npos) << said;
 }
 
+// A rank whose wait on the others failed records it for the job script (failed.json); a run that
+// failed in its first step discards its files but may keep that record (another rank writes it
+// after rank 0's discard), and the directory is still a new run's. Anything else is not.
+TEST(RunDirTest, AFailureRecordAloneLeavesADirectoryNew) {
+  TempDir dir("failure-record");
+  const fs::path run = dir.path / "run";
+  fs::create_directories(run);
+  record_failure(run.string(), 0, 3, "gradient all-reduce at step 1: no completion within the timeout");
+  const nlohmann::json record = nlohmann::json::parse(test_support::read_text((run / kFailureRecordName).string()));
+  EXPECT_EQ(record["rank"], 3);
+  EXPECT_EQ(record["host"], hostname());
+  std::ofstream(run / kRunLockName) << "";
+  EXPECT_NO_THROW(check_output_dir(run.string(), false));
+  std::ofstream(run / "notes.txt") << "mine";
+  test_support::expect_input_error([&] { check_output_dir(run.string(), false); }, {"is not empty"});
+  // A directory that cannot be written: no record, and no exception from a failing rank.
+  EXPECT_NO_THROW(record_failure((dir.path / "missing").string(), 0, 3, "x"));
+}
+
 // The directory moved, or its lock file removed, while the run goes on: the run's next checkpoint
 // is refused (before: written into a directory recreated at the old path, or beside a second run
 // that had locked it since).

@@ -5,7 +5,8 @@
 # Needs root and iproute2 (ip, nsenter, unshare from util-linux).
 #   nodes.sh up STATE NODE...      start the nodes (STATE: a new folder, not under /tmp, which
 #                                  every node sees; its hosts file names them)
-#   nodes.sh exec STATE NODE CMD... run CMD (a program and its arguments) on NODE
+#   nodes.sh exec STATE NODE CMD... run CMD (a program and its arguments) on NODE, in this
+#                                  working folder
 #   nodes.sh ssh STATE HOST CMD... what ssh would do: the words of CMD joined and run by sh on
 #                                  HOST, in a fresh environment, from the home folder;
 #                                  STATE/ssh runs it, for mpirun's launch agent
@@ -123,7 +124,7 @@ case "$command" in
     [ $# -ge 2 ] || die "exec: name the node and the command"
     holder=$(holder_of "$1") || exit 1
     shift
-    exec nsenter --target "$holder" --net --uts --mount -- "$@" ;;
+    exec nsenter --target "$holder" --net --uts --mount --wd="$PWD" -- "$@" ;;
   ssh)
     # ssh's own options before the host (Hydra passes -x); those that take a value skip it.
     while [ $# -gt 0 ] && [[ "$1" == -* ]]; do
@@ -146,7 +147,9 @@ case "$command" in
       kill -s "$signal" "${pids[@]}" 2>/dev/null || true
       [ "$signal" = KILL ] || break
       sleep 0.1
-    done ;;
+    done
+    # Its holder may linger as a zombie a moment, which `up` would take for a live node.
+    [ "$signal" != KILL ] || rm -f "$state/$1.pid" ;;
   cut|join)
     [ $# -eq 1 ] || die "$command: name one node"
     ip link set "$(veth_of "$1")" "$([ "$command" = cut ] && echo down || echo up)" ;;
