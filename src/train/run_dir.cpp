@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // Empty but for the lock file a finished run leaves behind, and the failure record of one that
-// failed in its first step (its other files discarded; record_failure).
+// failed in its first step (its other files discarded; the record kept for the job script).
 bool holds_nothing(const std::string& output) {
   std::error_code ec;
   for (fs::directory_iterator it(output, ec), end; !ec && it != end; it.increment(ec))

@@ -87,7 +87,9 @@ void remove_stop_record(const std::string& output);
 // its time limit. So that the job script can end it (slurm/train.sbatch), such a rank records the
 // failure in <output>/failed.json, {"step", "rank", "host", "error"}, atomically; with several, one
 // of them. Only a run whose ranks passed the directory's lock does (another run's directory is not
-// touched), and the next start removes the record with the stop record's (remove_stop_record).
+// touched), and the next start removes the record with the stop record's (remove_stop_record);
+// a run that failed in its first step discards its files but this record, and its directory
+// counts as a new one (check_output_dir).
 // Never throws: the rank is failing already, and the record only helps to end the job.
 void record_failure(const std::string& output, int64_t step, int rank, const std::string& error) noexcept;
 

@@ -287,7 +287,7 @@ void Trainer::Impl::write_run_files() {
 void Trainer::Impl::discard_unstarted() noexcept {
   if (!place.root() || !lock || config.resume || step > 0 || last.checkpoint >= 0) return;
   std::error_code ec;
-  for (const char* name : {"config.ini", "metrics.jsonl", "checkpoints", kFailureRecordName, kRunLockName})
+  for (const char* name : {"config.ini", "metrics.jsonl", "checkpoints", kRunLockName})
     fs::remove_all(fs::path(output) / name, ec);
   if (lock->created_directory()) fs::remove(output, ec);  // only when empty: nobody else's files
   lock.reset();

@@ -26,6 +26,13 @@ build=$(cd "$3" && pwd)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 nodes=$repo/tests/launch/fake-nodes/nodes.sh
 reason=$(bash "$nodes" check) || { echo "$me: skipped: $reason"; exit 77; }
+flavour=hydra
+case "$("$mpiexec" --version 2>&1 || true)" in *"Open MPI"*|*OpenRTE*) flavour=openmpi ;; esac
+# MPICH 4.0.2 over UCX: a run across the emulated nodes hangs in MPI_Finalize now and then (the
+# ranks of one node in UCX's TCP progress, the other's in the PMI barrier); not understood yet,
+# so Hydra runs only on request (docs/distributed.md section 9).
+[ "$flavour" = openmpi ] || [ "${QARAC_FAKE_NODES_HYDRA:-0}" = 1 ] ||
+  { echo "$me: skipped: $mpiexec is Hydra, whose runs across emulated nodes may hang in MPI_Finalize (QARAC_FAKE_NODES_HYDRA=1 runs them)"; exit 77; }
 # shellcheck source=tests/launch/checks.sh
 source "$(dirname "$0")/checks.sh"
 train=$build/src/cli/qarac-train
@@ -68,12 +75,12 @@ on_nodes() {
     ranks=$((ranks + count))
     echo "$host slots=$count" >> "$work/hostfile"
   done
-  case "$("$mpiexec" --version 2>&1 || true)" in
-    *"Open MPI"*|*OpenRTE*)
-      launch=("$mpiexec" "${mpi_flags[@]}" --hostfile "$work/hostfile" -np "$ranks" --mca plm_rsh_agent "$state/ssh"
-              -x OPENBLAS_NUM_THREADS) ;;
-    *) launch=("$mpiexec" -launcher ssh -launcher-exec "$state/ssh" -hosts "$spec" -n "$ranks") ;;
-  esac
+  if [ "$flavour" = openmpi ]; then
+    launch=("$mpiexec" "${mpi_flags[@]}" --hostfile "$work/hostfile" -np "$ranks" --mca plm_rsh_agent "$state/ssh"
+            -x OPENBLAS_NUM_THREADS)
+  else
+    launch=("$mpiexec" -launcher ssh -launcher-exec "$state/ssh" -hosts "$spec" -n "$ranks")
+  fi
   bash "$nodes" exec "$state" nodea "${launch[@]}" "$@"
 }
 
@@ -203,10 +210,7 @@ case "$case" in
   sbatch_lost)
     # slurm/train.sbatch with LAUNCHER=mpirun on nodea, Open MPI told to start its daemons from a
     # hostfile through the ssh stand-in rather than through Slurm; nodeb hangs mid-run.
-    case "$("$mpiexec" --version 2>&1 || true)" in
-      *"Open MPI"*|*OpenRTE*) ;;
-      *) echo "$me: skipped: sbatch_lost drives Open MPI's mpirun, not $mpiexec"; exit 77 ;;
-    esac
+    [ "$flavour" = openmpi ] || { echo "$me: skipped: sbatch_lost drives Open MPI's mpirun, not $mpiexec"; exit 77; }
     printf 'nodea slots=2\nnodeb slots=2\n' > "$work/hostfile"
     : > "$work/empty.ini"
     run=$work/sbatch-run

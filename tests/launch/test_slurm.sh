@@ -249,6 +249,11 @@ test_train_launcher_waits() {
   check "ended within seconds of the grace (took $SECONDS s)" test "$SECONDS" -lt 15
   check "said why" has out.txt "the ranks recorded a failure 2 s ago ({\"step\":2,\"rank\":0,\"host\":\"node1\""
   check "not requeued" lacks "$FAKE_LOG" "scontrol"
+  # A run that failed in its first step leaves the record alone: a run's directory, moved aside.
+  find "$run_dir" -mindepth 1 ! -name failed.json -delete
+  submit -- slurm/train.sbatch
+  check "a directory holding the record alone: moved aside, the run started (got $rc)" test "$rc" = 0
+  check "a directory holding the record alone: moved aside" compgen -G "$run_dir.failed-*"
   rm -rf "$run_dir"
   submit QARAC_FAILED_GRACE=1 FAKE_TRAIN=fail -- slurm/train.sbatch
   check "a launcher that ends: its status (got $rc)" test "$rc" = 3

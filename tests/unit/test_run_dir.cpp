@@ -172,8 +172,8 @@ TEST(RunLockTest, ARecordLeftByARunOnAnotherHostIsSaid) {
 }
 
 // A rank whose wait on the others failed records it for the job script (failed.json); a run that
-// failed in its first step discards its files but may keep that record (another rank writes it
-// after rank 0's discard), and the directory is still a new run's. Anything else is not.
+// failed in its first step discards its files but that record, and the directory is still a new
+// run's. Anything else is not.
 TEST(RunDirTest, AFailureRecordAloneLeavesADirectoryNew) {
   TempDir dir("failure-record");
   const fs::path run = dir.path / "run";

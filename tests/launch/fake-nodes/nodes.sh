@@ -80,11 +80,15 @@ start() {
   mkdir -p "$state/$node/tmp"
   chmod 1777 "$state/$node/tmp"
   rm -f "$state/$node.pid"
+  # A boot id of its own: UCX (MPICH's transport) takes processes of one boot id for one host and
+  # joins them through shared memory and cross-memory attach, past the network.
+  [ -s "$state/$node/boot_id" ] || cat /proc/sys/kernel/random/uuid > "$state/$node/boot_id"
   # The holder: a node-local /tmp and /dev/shm (a cluster's are), the shared hosts file.
   # shellcheck disable=SC2016  # expanded by the holder's shell
   setsid nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private \
     sh -c 'hostname "$1" && mount --bind "$2/hosts" /etc/hosts && mount --bind "$2/$1/tmp" /tmp &&
-           mount -t tmpfs -o size=1g,mode=1777 tmpfs /dev/shm && echo $$ > "$2/$1.pid.new" &&
+           mount -t tmpfs -o size=1g,mode=1777 tmpfs /dev/shm &&
+           mount --bind "$2/$1/boot_id" /proc/sys/kernel/random/boot_id && echo $$ > "$2/$1.pid.new" &&
            mv "$2/$1.pid.new" "$2/$1.pid" && exec sleep infinity' sh "$node" "$state" \
     </dev/null >"$state/$node.log" 2>&1 &
   local tries=0
