@@ -41,6 +41,7 @@
 #include "support/test_support.h"
 #include "support/training_fixtures.h"
 #include "train/checkpoint.h"
+#include "train/run_dir.h"
 
 namespace fs = std::filesystem;
 using namespace qarac;
@@ -443,7 +444,8 @@ TEST_F(Distributed, KilledRankEndsTheJob) {
 }
 
 // A rank that stalls makes its peers' waits time out: they name the operation, the rank, the
-// host and the step, and abort the job.
+// host and the step, and abort the job; and record it (failed.json) for the job script, which
+// ends a launcher that waits on for a lost node (slurm/train.sbatch).
 TEST_F(Distributed, StalledRankIsDetectedByTheTimeout) {
   const CliResult r = train(with_fault("stall:2:1", 3), "stalled",
                             "--parallel.timeout 5", 20);
@@ -451,6 +453,11 @@ TEST_F(Distributed, StalledRankIsDetectedByTheTimeout) {
   EXPECT_NE(r.output.find("no completion within the timeout of 5 s"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("at step 2"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(hostname()), std::string::npos) << r.output;
+  const nlohmann::json record =
+      nlohmann::json::parse(test_support::read_text((root() / "stalled" / kFailureRecordName).string()), nullptr, false);
+  ASSERT_TRUE(record.is_object()) << "no failure record: " << r.output;
+  EXPECT_NE(record.value("error", "").find("no completion within the timeout of 5 s"), std::string::npos) << record;
+  EXPECT_EQ(record.value("host", ""), hostname()) << record;
 }
 
 // Replicas that stop agreeing (one rank's weight shifted) stop the run at the next check, said by
