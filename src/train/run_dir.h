@@ -1,5 +1,6 @@
 // A run's directory (config.output): who may use it, and where a run starts in it. Layout:
-//   .qarac.lock             held (flock) by rank 0 of the run using the directory: one run at a time
+//   .qarac.lock             held (flock) by rank 0 of the run using the directory: one run at a time;
+//                           its host and pid while it runs, emptied at its end
 //   config.ini              the effective configuration, rewritten at every start (a resume notes
 //                           the settings it changed)
 //   metrics.jsonl           one JSON object per step, and per evaluation ("eval": true)
@@ -9,6 +10,8 @@
 //   export/<model>/         config.json + model.safetensors per model, at the end
 //   best/                   with eval.best: best.json and <model>/ of the best evaluation so far
 //   stopped.json            after a stop on request, until the next start (record_stop)
+//   failed.json             after a rank's wait on the others failed, until the next start
+//                           (record_failure)
 // A run can always go on: `--resume` continues from the newest valid checkpoint, or from step 0
 // when the run never completed one (killed before or during its first checkpoint); a run whose
 // checkpoints were removed after it went past them is refused (refuse_restart_over_records).
