@@ -7,7 +7,8 @@
 #   launch/install-deps.sh --job    the build and the tools of launch/: jq (metrics tables) and
 #                                   gnuplot-nox (launch/plot-metrics.sh)
 #   launch/install-deps.sh --tests  also what the whole test suite uses: clang and its sanitizer
-#                                   and libFuzzer runtime (tests/fuzz), jq and gnuplot-nox (the
+#                                   and libFuzzer runtime (libclang-rt-dev, the release's default
+#                                   clang's: tests/fuzz), jq and gnuplot-nox (the
 #                                   report scripts' test), shellcheck (the scripts' lint), and
 #                                   the locales de_DE.UTF-8 and tr_TR.UTF-8 (locales; script
 #                                   tests run again under a decimal comma and a dotless ı:
@@ -15,7 +16,9 @@
 #   launch/install-deps.sh --mpich  also MPICH (mpich, libmpich-dev) beside Open MPI, for
 #                                   QARAC_MPI=mpich bash tests/run.sh; Debian's alternatives keep
 #                                   Open MPI the default mpicc/mpirun
-# (The options combine.)
+# (The options combine.) Only unversioned package names, which every Debian release since 12
+# (bookworm) has and points at its own default version: libclang-rt-14-dev, clang 14's runtime,
+# exists in bookworm alone.
 # Runs apt-get as root, or through sudo otherwise. The CUDA toolkit is not installed here: the
 # build compiles the CUDA backend only when it finds nvcc (README.md, QARAC_CUDA).
 set -euo pipefail
@@ -28,7 +31,7 @@ packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-de
 for arg in "$@"; do
   case "$arg" in
     --job) packages+=(jq gnuplot-nox) ;;
-    --tests) packages+=(clang libclang-rt-14-dev jq gnuplot-nox shellcheck locales); test_locales=(de_DE tr_TR) ;;
+    --tests) packages+=(clang libclang-rt-dev jq gnuplot-nox shellcheck locales); test_locales=(de_DE tr_TR) ;;
     --mpich) packages+=(mpich libmpich-dev) ;;
     -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "$me: unknown argument '$arg' (usage: $me [--job] [--tests] [--mpich])" >&2; exit 2 ;;
@@ -42,6 +45,8 @@ if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
 fi
 
 missing=()
+# Each once: --job and --tests both name jq and gnuplot-nox.
+mapfile -t packages < <(printf '%s\n' "${packages[@]}" | awk '!seen[$0]++')
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -178,7 +178,15 @@ train=$build/src/cli/qarac-train
 # OpenBLAS takes a CPU model it does not know (a cloud VM's) for an old one and runs SSE3
 # kernels: qarac-train --version names the core to set (train-local.sh sets it for its ranks too).
 # A program that cannot answer is left to the phases below to report.
-blas_core=$("$train" --version 2>/dev/null | sed -n "s/^OpenBLAS .*this CPU's own: OPENBLAS_CORETYPE=\([A-Za-z0-9_]*\).*/\1/p" || true)
+version=$("$train" --version 2>/dev/null || true)
+blas_core=$(sed -n "s/^OpenBLAS .*this CPU's own: OPENBLAS_CORETYPE=\([A-Za-z0-9_]*\).*/\1/p" <<<"$version")
+# A machine without the CUDA toolkit (a fresh Debian: no package has nvcc) builds the CPU backend
+# alone; said here, not only in logs/configure.log.
+cuda=$(sed -n 's/^CUDA backend  *//p' <<<"$version")
+case "$cuda" in
+  off) echo "   CUDA skipped: $build was configured without nvcc (no CUDA toolkit found): the CPU backend only" ;;
+  on*) echo "   CUDA backend $cuda" ;;
+esac
 if [ -z "${OPENBLAS_CORETYPE+x}" ] && [ -n "$blas_core" ]; then
   export OPENBLAS_CORETYPE=$blas_core
   echo "   OPENBLAS_CORETYPE=$blas_core: OpenBLAS takes this CPU for an older one and would run SSE3 kernels"

@@ -50,7 +50,7 @@ OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build_dir" --output-on-failure -j2
 
 # The fuzz targets (tests/fuzz), briefly, under ASan and UBSan: their own clang build beside this
 # one, then QARAC_FUZZ_SECONDS (default 5) seconds each; 0 skips them. They need clang and its
-# runtime libraries (Debian: clang, libclang-rt-14-dev).
+# runtime libraries (Debian: clang, libclang-rt-dev).
 fuzz_seconds=${QARAC_FUZZ_SECONDS:-5}
 if [ "$fuzz_seconds" -gt 0 ]; then
   if command -v clang++ >/dev/null; then

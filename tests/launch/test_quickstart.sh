@@ -58,6 +58,12 @@ test_run() {
   check "every task in it" has_re "$work/out.txt" "consistency +accuracy"
   check "the example counts of every task's streams" test "$(LC_ALL=C grep -cE '^ +(train|heldout) +[a-z_]+: [0-9]+ examples' "$work/out.txt")" = 8
   check "the warmup fits the 2 steps (5% of them)" has "$out/logs/finetune.cmd" "--train.steps 2 --optimizer.warmup 0"
+  # Whether the build has the CUDA backend, said either way (a fresh Debian has no nvcc).
+  if grep -qE '^CUDA backend +off$' <<<"$("$build/src/cli/qarac-train" --version)"; then
+    check "CUDA said to be skipped" has_re "$work/out.txt" "^   CUDA skipped: .* configured without nvcc"
+  else
+    check "the CUDA backend named" has_re "$work/out.txt" "^   CUDA backend on, architectures "
+  fi
   # What it prints and saves runs from any working directory.
   local again
   again=$(sed -n 's/^metrics: .* (again: \(.*\))$/\1/p' "$work/out.txt")
