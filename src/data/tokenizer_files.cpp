@@ -169,10 +169,12 @@ void read_post_processor(const json& p, const std::string& where, TokenizerTable
       const std::string name = string_member(*special, "id", where + ": single");
       const json* entry = find_member(special_tokens, name.c_str());
       if (entry == nullptr) fail(where, "special_tokens: no entry for ", quote(name));
-      const json& ids = member(*entry, "ids", where + ": special_tokens");
+      // A named string, not a temporary: GCC 13 and later warn that a reference returned by a
+      // call given a temporary may dangle (-Wdangling-reference, an error under QARAC_WERROR).
+      const std::string context = where + ": special_tokens";
+      const json& ids = member(*entry, "ids", context);
       if (!ids.is_array()) fail(where, "special_tokens: ids: expected an array, got ", json_brief(ids));
-      for (const json& id : ids)
-        (seen_sequence ? suffix : prefix).push_back(id_value(id, where + ": special_tokens"));
+      for (const json& id : ids) (seen_sequence ? suffix : prefix).push_back(id_value(id, context));
     }
   } else if (type == "Sequence") {
     const json& processors = member(p, "processors", where);
