@@ -85,7 +85,9 @@ const Tensor* find(const TensorMap& m, const std::string& name) {
   return it == m.end() ? nullptr : &it->second;
 }
 
-const Tensor& require(const TensorMap& m, const std::string& name, const std::string& file) {
+// The name as a C string: a std::string made from a literal at each call would be a temporary, and
+// GCC 13 and later warn that the reference returned may dangle (-Wdangling-reference).
+const Tensor& require(const TensorMap& m, const char* name, const std::string& file) {
   const Tensor* t = find(m, name);
   QARAC_INPUT_CHECK(t, file, ": tensor '", name, "' is missing");
   return *t;

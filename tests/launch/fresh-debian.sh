@@ -101,15 +101,17 @@ else
 fi
 # This checkout's HEAD (its commits, not what is uncommitted); a clone already there is reset to it.
 checkout=$dir$home/qarac
+# (safe.directory: after a --user run, the clone belongs to the chroot's user.)
+git_checkout() { git -c safe.directory="$checkout" -C "$checkout" "$@"; }
 if [ -d "$checkout/.git" ]; then
-  git -C "$checkout" fetch -q "$repo" HEAD && git -C "$checkout" reset -q --hard FETCH_HEAD
+  git_checkout fetch -q "$repo" HEAD && git_checkout reset -q --hard FETCH_HEAD
 else
   git clone -q "$repo" "$checkout"
 fi
 if ((as_user)); then chown -R --reference="$dir$home" -- "$checkout"; fi
 # The README's commands as they stand: a quickstart run of an earlier call would stop the next.
 rm -rf -- "$checkout/runs/quickstart"
-echo "$me: $release in $dir, $(git -C "$checkout" log -1 --format='%h %s' | cut -c1-70), as $( ((as_user)) && echo "qarac (sudo)" || echo root)"
+echo "$me: $release in $dir, $(git_checkout log -1 --format='%h %s' | cut -c1-70), as $( ((as_user)) && echo "qarac (sudo)" || echo root)"
 
 summary=()
 status=0
