@@ -1,7 +1,6 @@
 // CPU GEMMs: row-major cblas_sgemm/cblas_dgemm (OpenBLAS threads them itself), with the
-// empty products (BLAS rejects a zero leading dimension) handled here, and one-row products
-// (decoding at batch 1) as a gemv: sgemm packs all of b first, and the LM head's b is 154 MB at
-// RoBERTa-base, repacked for every token.
+// empty products (BLAS rejects a zero leading dimension) handled here, and one-row products of a
+// large b (decoding at batch 1) as a gemv.
 #include "kernels/cpu/gemm.h"
 
 #include <cblas.h>
@@ -35,6 +34,10 @@ void blas_gemv(CBLAS_TRANSPOSE t, blasint m, blasint n, double alpha, const doub
                blasint lda, const double* x, blasint incx, double beta, double* y) {
   cblas_dgemv(CblasRowMajor, t, m, n, alpha, a, lda, x, incx, beta, y, 1);
 }
+
+// From this many elements of b (1 MiB in f32), a one-row product is a gemv: sgemm packs all of b
+// first, and the LM head's b is 154 MB at RoBERTa-base, repacked for every token.
+constexpr int64_t kGemvMinElements = int64_t{1} << 18;
 
 blasint to_blasint(int64_t v) {
   QARAC_CHECK(v >= 0 && v <= std::numeric_limits<blasint>::max(), "gemm: size ", v,
@@ -90,7 +93,12 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
   }
-  if (m == 1) {
+  // A one-row product of a large b as a gemv; of a small one as a GEMM, whose packing makes its
+  // bits independent of where the operands lie: OpenBLAS's AVX-512 sgemv (SkylakeX, Cooperlake
+  // kernels; Debian 13's OpenBLAS picks them on such CPUs, Debian 12's took this machine's CPU for
+  // Prescott) rounds a dot product differently with its operands' alignment, so that a 1-token
+  // sequence's attention score from a row-strided Q|K|V view differed from a copy's.
+  if (m == 1 && n * k >= kGemvMinElements) {
     // c's row = alpha op(b)ᵀ a's row: b [n,k] as stored times it (trans_b), or b [k,n] transposed.
     blas_gemv(trans_b ? CblasNoTrans : CblasTrans, to_blasint(trans_b ? n : k),
               to_blasint(trans_b ? k : n), alpha, b, to_blasint(ldb), a,

@@ -69,6 +69,14 @@ std::string mpirun(int ranks) {
   return command;
 }
 
+// mpirun of one rank per command, rank r running commands[r] (tests/mpi/per_rank.sh): MPMD's
+// `A : -np 1 B`, which Open MPI 5.0.7's mpirun (Debian 13's) ends with a segmentation fault.
+std::string per_rank(const std::vector<std::string>& commands) {
+  std::string command = mpirun(static_cast<int>(commands.size())) + " " + QARAC_PER_RANK;
+  for (const std::string& c : commands) command += " '" + c + "'";
+  return command;
+}
+
 // The launcher flag that passes the environment variable `name` on to every rank.
 std::string forward_env(const std::string& name) { return QARAC_MPIEXEC_OPEN_MPI ? " -x " + name : ""; }
 
@@ -647,8 +655,8 @@ TEST_F(Distributed, RanksOfATaskReadingDifferentStreamsAreRefused) {
            " --train.dtype f64 --train.steps 1 --optimizer.warmup 0 --parallel.tasks ed:2,qa:2,rs:2,cs:2 --checkpoint.every 0 --eval.every 0" +
            batches("");
   };
-  const CliResult r = run_command("timeout " + std::to_string(kRunLimit) + " " + mpirun(1) + " " +
-                                  rank(root() / "data") + " : -np 1 " + rank(other));
+  const CliResult r =
+      run_command("timeout " + std::to_string(kRunLimit) + " " + per_rank({rank(root() / "data"), rank(other)}));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find((root() / "data" / "reasoning.h5").string() +
                           ": the ranks of task reasoning read different streams (checksums 0x"),
@@ -675,8 +683,8 @@ TEST_F(Distributed, AResumeAnotherRankRefusesLeavesTheRecordsAsTheyWere) {
            " --train.steps 4 --optimizer.lr 1e-2 --optimizer.warmup 1 --optimizer.decay constant" +
            " --checkpoint.every 0 --eval.every 0" + plan + batches("");
   };
-  const CliResult r = run_command("timeout " + std::to_string(kRunLimit) + " " + mpirun(1) + " " +
-                                  rank(root() / "data") + " : -np 1 " + rank(other));
+  const CliResult r =
+      run_command("timeout " + std::to_string(kRunLimit) + " " + per_rank({rank(root() / "data"), rank(other)}));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find((other / "consistency.h5").string() + ": the checkpoint was made with another task stream"),
             std::string::npos)
@@ -724,8 +732,8 @@ TEST_F(Distributed, RanksOpenOnlyTheStreamsOfTheirTasks) {
            " --train.steps 1 --optimizer.warmup 0 --parallel.tasks ed:1,qa:1,rs:1,cs:1 --checkpoint.every 0"
            " --eval.every 0" + batches("");
   };
-  const CliResult r = run_command("timeout " + std::to_string(kRunLimit) + " " + mpirun(1) + " " +
-                                  rank(root() / "data") + " : -np 1 " + rank(own));
+  const CliResult r =
+      run_command("timeout " + std::to_string(kRunLimit) + " " + per_rank({rank(root() / "data"), rank(own)}));
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("step 1/1"), std::string::npos) << r.output;
 }

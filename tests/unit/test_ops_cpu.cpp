@@ -369,41 +369,43 @@ TEST(Gemm, BetaZeroOverwritesAndEmptyInnerDimensionScales) {
   expect_near_all(values(c), twice, 0, "k=0");
 }
 
-// One row of output (decoding at batch 1) takes its own path (a gemv): every transpose, operands
-// that are sub-matrices (leading dimensions beyond their widths, as attention passes them), both
-// betas, NaNs in c overwritten at beta = 0.
+// One row of output (decoding at batch 1) takes its own path (a gemv) when b is large, a GEMM's
+// when small (2^18 elements, kernels/cpu/gemm.cpp): both, for every transpose, operands that are
+// sub-matrices (leading dimensions beyond their widths, as attention passes them), both betas,
+// NaNs in c overwritten at beta = 0.
 TEST(Gemm, OneRowProductsMatchTheDefinitionForAllTransposesAndStrides) {
   std::mt19937 rng(13);
-  const int64_t n = 7, k = 5, pad = 3;
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (double beta : {0.0, -0.5}) {
-        SCOPED_TRACE(std::string("trans_a=") + (ta ? "1" : "0") + " trans_b=" + (tb ? "1" : "0") +
-                     " beta=" + std::to_string(beta));
-        // a as stored: [1,k] or [k,1]; b: [k,n] or [n,k]; each row `pad` elements wider.
-        const int64_t lda = (ta ? 1 : k) + pad, ldb = (tb ? k : n) + pad;
-        const std::vector<double> a = values(uniform({(ta ? k : 1) * lda}, rng));
-        const std::vector<double> b = values(uniform({(tb ? n : k) * ldb}, rng));
-        std::vector<double> c0 = values(uniform({n}, rng));
-        if (beta == 0) std::fill(c0.begin(), c0.end(), std::nan(""));
-        std::vector<double> expected(n);
-        for (int64_t j = 0; j < n; ++j) {
-          double sum = 0;
-          for (int64_t i = 0; i < k; ++i)
-            sum += a[ta ? i * lda : i] * b[tb ? j * ldb + i : i * ldb + j];
-          expected[j] = 0.75 * sum + (beta == 0 ? 0 : beta * c0[j]);
-        }
-        std::vector<double> c = c0;
-        cpu::gemm(ta, tb, 1, n, k, 0.75, a.data(), lda, b.data(), ldb, beta, c.data(), n);
-        expect_near_all(c, expected, 1e-13, "one row f64");
+  const int64_t pad = 3;
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{7, 5}, {32769, 8}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (double beta : {0.0, -0.5}) {
+          SCOPED_TRACE("n=" + std::to_string(n) + " k=" + std::to_string(k) + " trans_a=" + (ta ? "1" : "0") +
+                       " trans_b=" + (tb ? "1" : "0") + " beta=" + std::to_string(beta));
+          // a as stored: [1,k] or [k,1]; b: [k,n] or [n,k]; each row `pad` elements wider.
+          const int64_t lda = (ta ? 1 : k) + pad, ldb = (tb ? k : n) + pad;
+          const std::vector<double> a = values(uniform({(ta ? k : 1) * lda}, rng));
+          const std::vector<double> b = values(uniform({(tb ? n : k) * ldb}, rng));
+          std::vector<double> c0 = values(uniform({n}, rng));
+          if (beta == 0) std::fill(c0.begin(), c0.end(), std::nan(""));
+          std::vector<double> expected(n);
+          for (int64_t j = 0; j < n; ++j) {
+            double sum = 0;
+            for (int64_t i = 0; i < k; ++i)
+              sum += a[ta ? i * lda : i] * b[tb ? j * ldb + i : i * ldb + j];
+            expected[j] = 0.75 * sum + (beta == 0 ? 0 : beta * c0[j]);
+          }
+          std::vector<double> c = c0;
+          cpu::gemm(ta, tb, 1, n, k, 0.75, a.data(), lda, b.data(), ldb, beta, c.data(), n);
+          expect_near_all(c, expected, 1e-13, "one row f64");
 
-        const std::vector<float> a32(a.begin(), a.end()), b32(b.begin(), b.end());
-        std::vector<float> c32(c0.begin(), c0.end());
-        cpu::gemm(ta, tb, 1, n, k, 0.75f, a32.data(), lda, b32.data(), ldb, float(beta),
-                  c32.data(), n);
-        expect_near_all(std::vector<double>(c32.begin(), c32.end()), expected, 1e-6,
-                        "one row f32");
-      }
+          const std::vector<float> a32(a.begin(), a.end()), b32(b.begin(), b.end());
+          std::vector<float> c32(c0.begin(), c0.end());
+          cpu::gemm(ta, tb, 1, n, k, 0.75f, a32.data(), lda, b32.data(), ldb, float(beta),
+                    c32.data(), n);
+          expect_near_all(std::vector<double>(c32.begin(), c32.end()), expected, 1e-6,
+                          "one row f32");
+        }
 }
 
 // OpenBLAS's fallback cores on CPUs it does not know get the core of the CPU's features; cores
