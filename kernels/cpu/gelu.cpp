@@ -87,24 +87,33 @@ inline void backward_loop(const T* x, const T* dy, T* dx, int64_t n) {
 // x86-64's baseline gives the f32 loops 4 lanes; clones for AVX-512 and AVX2, picked at load time
 // by what the CPU has, give them 16 and 8. They run the same operations in the same order, and
 // kernels/CMakeLists.txt forbids FMA contraction (AVX-512 brings FMA), so their bits are the
-// baseline's.
+// baseline's. The clones are plain functions, not the template's specialisations: clang 19
+// (Debian 13's) gives target_clones on an explicit specialisation a resolver that is a trap
+// instruction, so that every program linking this file died at load (SIGILL).
 #if defined(__x86_64__) && defined(__GNUC__)
 #define QARAC_F32_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define QARAC_F32_CLONES
 #endif
 
+namespace {
+QARAC_F32_CLONES void forward_f32(const float* x, float* y, int64_t n) { forward_loop(x, y, n); }
+QARAC_F32_CLONES void backward_f32(const float* x, const float* dy, float* dx, int64_t n) {
+  backward_loop(x, dy, dx, n);
+}
+}  // namespace
+
 template <>
-QARAC_F32_CLONES void gelu_forward<float>(const float* x, float* y, int64_t n) {
-  forward_loop(x, y, n);
+void gelu_forward<float>(const float* x, float* y, int64_t n) {
+  forward_f32(x, y, n);
 }
 template <>
 void gelu_forward<double>(const double* x, double* y, int64_t n) {
   forward_loop(x, y, n);
 }
 template <>
-QARAC_F32_CLONES void gelu_backward<float>(const float* x, const float* dy, float* dx, int64_t n) {
-  backward_loop(x, dy, dx, n);
+void gelu_backward<float>(const float* x, const float* dy, float* dx, int64_t n) {
+  backward_f32(x, dy, dx, n);
 }
 template <>
 void gelu_backward<double>(const double* x, const double* dy, double* dx, int64_t n) {
