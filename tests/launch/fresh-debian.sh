@@ -120,7 +120,7 @@ for what in "${commands[@]}"; do
     tests) cmd=(bash tests/run.sh) ;;
     quickstart) cmd=(bash launch/quickstart.sh) ;;
   esac
-  log=$dir.$what$( ((as_user)) && echo -user).log
+  log=$dir.$what$(if ((as_user)); then echo -user; fi).log
   echo "$me: ${cmd[*]} (log: $log)"
   rc=0
   "${run[@]}" QARAC_FUZZ_SECONDS="${QARAC_FUZZ_SECONDS:-5}" CI=true "${cmd[@]}" </dev/null >"$log" 2>&1 || rc=$?
