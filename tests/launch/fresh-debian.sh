@@ -77,7 +77,9 @@ for m in proc sys dev dev/pts dev/shm; do
   if [ "$m" = proc ]; then mount -t proc proc "$dir/proc"; else mount --bind "/$m" "$dir/$m"; fi
   mounted+=("$dir/$m")
 done
-cp /etc/resolv.conf "$dir/etc/resolv.conf"
+# The host's name and resolver, as a real machine has them (sudo otherwise says at every call
+# that it cannot resolve the host's name).
+cp /etc/resolv.conf /etc/hosts "$dir/etc/"
 
 # in_chroot COMMAND...: COMMAND in the chroot as root, with a login's plain environment.
 in_chroot() {

@@ -44,7 +44,8 @@ cat >"$bin/locale" <<'EOF'
 # Present when named in FAKE_LOCALES, as `locale` says nothing on stderr then.
 [[ " $FAKE_LOCALES " == *" $LC_ALL "* ]] || echo "locale: Cannot set LC_ALL to default locale" >&2
 EOF
-chmod +x "$bin"/*
+# The stand-ins alone: chmod through the links would try the real tools, not a user's to change.
+chmod +x "$bin"/{dpkg-query,apt-get,localedef,sudo,id,locale}
 
 # deps UID INSTALLED LOCALES ARGS...: install-deps.sh as user UID, with the packages INSTALLED
 # and the locales LOCALES present; its output in $work/out.txt, its calls in $work/calls.txt,
