@@ -40,8 +40,8 @@ prep=$build/src/cli/qarac-prep
 sample=$repo/data/sample
 export OPENBLAS_NUM_THREADS=1
 
-# Not under /tmp, which each node replaces by its own: the build folder stands for the shared
-# file system.
+# The build folder stands for the shared file system (under /tmp too: nodes.sh keeps the entry of
+# /tmp that holds it shared, though each node has a /tmp of its own).
 work=$(mktemp -d "$build/fake-nodes-XXXXXX")
 state=$work/nodes
 cleanup() {
@@ -95,6 +95,11 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 case "$case" in
   layout)
+    # Each node's /tmp is its own; the shared file system (the build folder) is every node's.
+    bash "$nodes" exec "$state" nodea sh -c 'echo a > /tmp/qarac-fake-node-file'
+    check "a file in nodea's /tmp is not in nodeb's" bash "$nodes" exec "$state" nodeb test ! -e /tmp/qarac-fake-node-file
+    check "nor in the machine's" test ! -e /tmp/qarac-fake-node-file
+    check "the shared folder is nodeb's too" bash "$nodes" exec "$state" nodeb test -x "$train"
     for layout in nodea:2,nodeb:2 nodea:2,nodeb:1; do
       ranks=$(($(sed 's/[^,]*:\([0-9]*\)/\1+/g; s/,//g; s/+$//' <<<"$layout")))
       name=${layout//[:,]/-}

@@ -2,9 +2,11 @@
 # Cluster nodes emulated on one Linux machine, for runs with ranks on several hosts: each node a
 # network namespace joined to the others by a bridge, with a host name, a /tmp and a /dev/shm of
 # its own, and the rest of the file system shared (as a cluster shares its file system over NFS).
+# A STATE under /tmp keeps the entry of /tmp that holds it shared (/tmp/ci when STATE is
+# /tmp/ci/build/x): a checkout and its build there stay the nodes' shared file system.
 # Needs root and iproute2 (ip, nsenter, unshare from util-linux).
-#   nodes.sh up STATE NODE...      start the nodes (STATE: a new folder, not under /tmp, which
-#                                  every node sees; its hosts file names them)
+#   nodes.sh up STATE NODE...      start the nodes (STATE: a new folder, which every node sees;
+#                                  its hosts file names them)
 #   nodes.sh exec STATE NODE CMD... run CMD (a program and its arguments) on NODE, in this
 #                                  working folder
 #   nodes.sh ssh STATE HOST CMD... what ssh would do: the words of CMD joined and run by sh on
@@ -83,13 +85,19 @@ start() {
   # A boot id of its own: UCX (MPICH's transport) takes processes of one boot id for one host and
   # joins them through shared memory and cross-memory attach, past the network.
   [ -s "$state/$node/boot_id" ] || cat /proc/sys/kernel/random/uuid > "$state/$node/boot_id"
-  # The holder: a node-local /tmp and /dev/shm (a cluster's are), the shared hosts file.
+  # The holder: a node-local /tmp and /dev/shm (a cluster's are), the shared hosts file. The
+  # machine's /tmp, held open as descriptor 3 before the node's covers it, gives back the entry
+  # that holds STATE (mount -c: the path through /proc/self/fd is not resolved by mount itself,
+  # which would find the node's /tmp).
+  local shared=""
+  case "$state/" in /tmp/*/*) shared=${state#/tmp/} shared=${shared%%/*} ;; esac
   # shellcheck disable=SC2016  # expanded by the holder's shell
   setsid nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private \
-    sh -c 'hostname "$1" && mount --bind "$2/hosts" /etc/hosts && mount --bind "$2/$1/tmp" /tmp &&
-           mount -t tmpfs -o size=1g,mode=1777 tmpfs /dev/shm &&
+    sh -c 'hostname "$1" && mount --bind "$2/hosts" /etc/hosts && exec 3</tmp && mount --bind "$2/$1/tmp" /tmp &&
+           { [ -z "$3" ] || { mkdir -p "/tmp/$3" && mount -c --bind "/proc/self/fd/3/$3" "/tmp/$3"; }; } &&
+           exec 3<&- && mount -t tmpfs -o size=1g,mode=1777 tmpfs /dev/shm &&
            mount --bind "$2/$1/boot_id" /proc/sys/kernel/random/boot_id && echo $$ > "$2/$1.pid.new" &&
-           mv "$2/$1.pid.new" "$2/$1.pid" && exec sleep infinity' sh "$node" "$state" \
+           mv "$2/$1.pid.new" "$2/$1.pid" && exec sleep infinity' sh "$node" "$state" "$shared" \
     </dev/null >"$state/$node.log" 2>&1 &
   local tries=0
   until [ -s "$state/$node.pid" ]; do
@@ -104,8 +112,7 @@ case "$command" in
     [ $# -ge 1 ] || die "up: name the nodes"
     reason=$(unable)
     [ -z "$reason" ] || die "cannot emulate nodes here: $reason"
-    # Each node mounts its own /tmp over the machine's: a state folder there would be hidden.
-    case "$state/" in /tmp/*) die "up: $state lies under /tmp, which each node replaces by its own: choose another folder" ;; esac
+    [ "$state" != /tmp ] || die "up: STATE is /tmp itself, which each node replaces by its own: choose a folder in it"
     mkdir -p "$state"
     if [ ! -e "$state/hosts" ]; then
       { cat /etc/hosts; echo "# nodes of $me"; } > "$state/hosts"
