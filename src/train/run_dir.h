@@ -1,6 +1,7 @@
 // A run's directory (config.output): who may use it, and where a run starts in it. Layout:
 //   .qarac.lock             held (flock) by rank 0 of the run using the directory: one run at a time;
-//                           its host and pid while it runs, emptied at its end
+//                           its host, pid and heartbeat while it runs, emptied at its end
+//                           (train/run_lock.h)
 //   config.ini              the effective configuration, rewritten at every start (a resume notes
 //                           the settings it changed)
 //   metrics.jsonl           one JSON object per step, and per evaluation ("eval": true)
@@ -21,10 +22,10 @@
 #include <string>
 
 #include "parallel/communicator.h"
+#include "train/run_lock.h"
 
 namespace qarac {
 
-constexpr const char* kRunLockName = ".qarac.lock";
 constexpr const char* kStopRecordName = "stopped.json";
 constexpr const char* kFailureRecordName = "failed.json";
 
@@ -35,35 +36,6 @@ void check_output_dir(const std::string& output, bool resume);
 
 // Where a run keeps its checkpoints: <output>/checkpoints.
 std::string checkpoint_dir(const std::string& output);
-
-// Rank 0's exclusive hold on the run directory for as long as the run lasts: a second run, or a
-// --resume of a live one, in the same directory stops at once with one line naming the holder,
-// before it deletes or writes anything. The lock is an flock(2) on <output>/.qarac.lock, released
-// by the kernel when the process ends however it ends, so a killed run never leaves a stale lock.
-// A copy of the directory made with hard links (cp -al) shares the lock file: the copy gets one
-// of its own (a log line says so), so that its runs neither wait for the original's nor lock it.
-class RunLock {
- public:
-  // Creates `output` (and its parents) when missing, then locks it; InputError naming the
-  // directory, and the host and pid of the holder, when another process holds it.
-  explicit RunLock(const std::string& output);
-  ~RunLock();
-  RunLock(const RunLock&) = delete;
-  RunLock& operator=(const RunLock&) = delete;
-
-  bool created_directory() const { return created_; }
-
-  // Before the run writes a checkpoint (`what`) into <output>: InputError when <output>/.qarac.lock
-  // is no longer the file this lock holds, the directory moved or removed (or the lock file
-  // removed) while the run went on. Writing on would recreate the directory at its old path, or
-  // share it with a run that locked it since.
-  void check_held(const std::string& what) const;
-
- private:
-  std::string output_, path_;
-  int fd_ = -1;
-  bool created_ = false;
-};
 
 // Rank 0, when --resume finds no completed checkpoint: a run killed before its first one starts
 // again from step 0, but one whose records show that it went past a checkpoint (a step line of

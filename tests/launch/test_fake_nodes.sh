@@ -6,7 +6,8 @@
 #              line names its host and count), and the weights equal those of the same world size
 #              on one host, bit for bit
 #   lock       a run on nodea holds the directory: a run on nodeb is refused, naming nodea and its
-#              pid; with nodea hung (every process stopped), the refusal says how to go on, and a
+#              pid, and so it is without locks (flock failing on nodeb), by nodea's heartbeat in
+#              the lock file; with nodea hung (every process stopped), the refusal says how to go on, and a
 #              hard-linked copy goes on; with nodea killed, nodeb resumes, told that the run
 #              before did not end cleanly
 #   node_lost  nodeb killed, hung (every process stopped) or cut off the network, during a 2+2
@@ -129,6 +130,15 @@ case "$case" in
     bash "$nodes" exec "$state" nodeb "$train" "${args[@]}" --train.steps 4 --output "$run" --resume > "$work/b.log" 2>&1 || rc=$?
     check "a second run on nodeb: refused, status 2 (got $rc)" test "$rc" = 2
     check "the refusal names the holder's host and pid" has "$work/b.log" "is in use by another run (nodea pid $pid), on nodea, not this host (nodeb)"
+    # A file system without locks (flock fails on nodeb): nodea's heartbeat keeps nodeb out.
+    no_flock=$build/tests/unit/libqarac_no_flock.so
+    [ -f "$no_flock" ] || fail "no $no_flock (built with the unit tests)"
+    rc=0
+    bash "$nodes" exec "$state" nodeb env LD_PRELOAD="$no_flock" "$train" "${args[@]}" --train.steps 4 --output "$run" \
+      --resume > "$work/b.log" 2>&1 || rc=$?
+    check "without locks: refused, status 2 (got $rc)" test "$rc" = 2
+    check "without locks: nodea's heartbeat keeps nodeb out" has "$work/b.log" \
+      "is in use by another run (nodea pid $pid): its heartbeat in $run/.qarac.lock advances, though this file system has no locks"
     # nodea hangs: its lock stays; the way on is a copy.
     bash "$nodes" stop "$state" nodea
     rc=0

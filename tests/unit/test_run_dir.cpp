@@ -11,7 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +22,7 @@
 #include <map>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +41,13 @@ using qarac::test_support::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
+
+// The holder a run directory's lock file names: its record without the heartbeat's count, which
+// a live holder's thread advances.
+std::string holder_of(const fs::path& run) {
+  const std::string record = test_support::read_text((run / kRunLockName).string());
+  return record.substr(0, record.find("heartbeat every "));
+}
 
 // Each line of a metrics.jsonl, parsed; a line that is not a JSON object fails the test.
 std::vector<nlohmann::json> metrics_lines(const fs::path& run) {
@@ -147,9 +157,10 @@ TEST(RunLockTest, AHolderOnAnotherHostIsNamedWithTheWayOn) {
   }
 }
 
-// A run that ends clears its record; one left by a run on another host (killed, its node failed)
-// is said when the next run takes the lock, since from here it cannot be told apart from a run
-// still going on where the file system's locks stay on each node (Lustre's localflock).
+// A run that ends clears its record; one left by a run on another host of a version without
+// heartbeats (killed, its node failed) is said when the next run takes the lock, since from here
+// it cannot be told apart from a run still going on where the file system's locks stay on each
+// node (Lustre's localflock).
 TEST(RunLockTest, ARecordLeftByARunOnAnotherHostIsSaid) {
   TempDir dir("lock-left");
   const fs::path run = dir.path / "run";
@@ -160,15 +171,110 @@ TEST(RunLockTest, ARecordLeftByARunOnAnotherHostIsSaid) {
   { RunLock next(run.string()); }
   std::string said = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(said.find("the run before this one (gpu-node-17 pid 4242) did not end cleanly (killed, or gpu-node-17 "
-                      "failed); if it still runs there, this file system's locks do not reach across nodes"),
+                      "failed), or still runs: this host's lock cannot tell whether a run on another host holds it"),
             std::string::npos)
       << said;
+  EXPECT_NE(said.find("its record has no heartbeat"), std::string::npos) << said;
   // Left on this host: flock, which this host's kernel keeps, said it ended.
   std::ofstream(run / kRunLockName) << hostname() << " pid 4242\ndirectory inode 0\n";
   ::testing::internal::CaptureStderr();
   { RunLock next(run.string()); }
   said = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(said.find("did not end cleanly"), std::string::npos) << said;
+}
+
+// A live holder proves it lives: its record names its host, pid and directory, and a heartbeat
+// whose count advances every period; the record is emptied when the run ends.
+TEST(RunLockTest, AHolderRecordsAHeartbeatThatAdvances) {
+  TempDir dir("lock-heartbeat");
+  const fs::path run = dir.path / "run";
+  const std::regex record("^(.*) pid ([0-9]+)\ndirectory inode ([0-9]+)\nheartbeat every 50 ms: ([0-9]+)\n$");
+  std::smatch first, later;
+  {
+    RunLock lock(run.string(), std::chrono::milliseconds(50));
+    const std::string before = test_support::read_text((run / kRunLockName).string());
+    ASSERT_TRUE(std::regex_match(before, first, record)) << before;
+    EXPECT_EQ(first[1], hostname());
+    EXPECT_EQ(first[2], std::to_string(getpid()));
+    struct stat directory {};
+    ASSERT_EQ(::stat(run.c_str(), &directory), 0);
+    EXPECT_EQ(first[3], std::to_string(directory.st_ino));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const std::string after = test_support::read_text((run / kRunLockName).string());
+    ASSERT_TRUE(std::regex_match(after, later, record)) << after;
+    EXPECT_GE(std::stoull(later[4]), std::stoull(first[4]) + 2) << before << after;
+  }
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), "");
+}
+
+// Where locks stay on each node (Lustre's localflock), a run on another node takes the flock that
+// a live run holds. Before, it only warned, and two runs shared the directory; now the holder's
+// heartbeat tells: one that advances is a live run, refused in one line; one that stands still is
+// a run that did not end cleanly, said, and the directory is taken over. The holder on another
+// node is stood in for by a thread that writes its record without flock.
+TEST(RunLockTest, ALiveHolderOnAnotherNodeIsRefusedWhereLocksStayOnEachNode) {
+  TempDir dir("lock-localflock");
+  const fs::path run = dir.path / "run";
+  fs::create_directories(run);
+  const std::string path = (run / kRunLockName).string();
+  // Written over in place, as a holder does: a truncation would show an ended run for a moment.
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  std::atomic<bool> alive{true};
+  std::thread holder([&] {
+    for (int beat = 0; alive; ++beat) {
+      const std::string text = "gpu-node-17 pid 4242\ndirectory inode 0\nheartbeat every 50 ms: " +
+                               std::to_string(beat) + "\n";
+      EXPECT_EQ(pwrite(fd, text.data(), text.size(), 0), static_cast<ssize_t>(text.size()));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  while (test_support::read_text(path).empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  test_support::expect_input_error([&] { RunLock second(run.string()); },
+                                   {"output: " + run.string() + " is in use by another run (gpu-node-17 pid 4242): "
+                                        "its heartbeat in " + path + " advances, though this host's lock cannot tell "
+                                        "whether a run on another host holds it",
+                                    "wait for it to end, or choose another directory"});
+  alive = false;
+  holder.join();
+  close(fd);
+  ::testing::internal::CaptureStderr();
+  {
+    RunLock next(run.string());
+    EXPECT_NO_THROW(next.check_held("checkpoint at step 2"));
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("watching its heartbeat for 0.2 s"), std::string::npos) << said;
+  EXPECT_NE(said.find("the run before this one (gpu-node-17 pid 4242) did not end cleanly (killed, or gpu-node-17 "
+                      "failed): its heartbeat stood still for 0.2 s"),
+            std::string::npos)
+      << said;
+}
+
+// A run whose record another run replaced (one that found its heartbeat standing still while the
+// run was held up, or that started with it on a file system without locks) stops at its next
+// check, and leaves the other run's record as it is when it ends.
+TEST(RunLockTest, ARunWhoseRecordAnotherRunReplacedStops) {
+  TempDir dir("lock-taken");
+  const fs::path run = dir.path / "run";
+  const std::string taker = "gpu-node-17 pid 4242\ndirectory inode 0\nheartbeat every 2000 ms: 0\n";
+  {
+    RunLock lock(run.string(), std::chrono::milliseconds(50));
+    EXPECT_NO_THROW(lock.check_held("checkpoint at step 2"));
+    // As the other run's start writes it: over this run's record, then cut to its length.
+    const int fd = open((run / kRunLockName).c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, taker.data(), taker.size(), 0), static_cast<ssize_t>(taker.size()));
+    ASSERT_EQ(ftruncate(fd, static_cast<off_t>(taker.size())), 0);
+    close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    test_support::expect_input_error([&] { lock.check_held("checkpoint at step 4"); },
+                                     {"output: " + run.string() + " was taken over by another run (gpu-node-17 pid "
+                                                                  "4242 in " + (run / kRunLockName).string() + ")",
+                                      "the run stops before its checkpoint at step 4 and leaves the directory to "
+                                      "that run"});
+  }
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), taker);
 }
 
 // A rank whose wait on the others failed records it for the job script (failed.json); a run that
@@ -226,7 +332,7 @@ TEST(RunLockTest, AHardLinkedCopyGetsALockOfItsOwn) {
   };
   {
     RunLock original(run.string());
-    const std::string holder = test_support::read_text((run / kRunLockName).string());
+    const std::string holder = holder_of(run);
     fs::create_directories(copy);
     fs::create_hard_link(run / kRunLockName, copy / kRunLockName);
     test_support::expect_input_error([&] { RunLock second(run.string()); }, {run.string() + " is in use by another run"});
@@ -234,7 +340,7 @@ TEST(RunLockTest, AHardLinkedCopyGetsALockOfItsOwn) {
       RunLock own(copy.string());
       EXPECT_NE(inode(copy / kRunLockName).first, inode(run / kRunLockName).first);
       EXPECT_EQ(inode(copy / kRunLockName).second, 1u);
-      EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+      EXPECT_EQ(holder_of(run), holder);
       test_support::expect_input_error([&] { RunLock second(copy.string()); },
                                        {copy.string() + " is in use by another run"});
       EXPECT_NO_THROW(own.check_held("checkpoint at step 2"));
@@ -419,6 +525,48 @@ TEST_F(RunDirCli, ALockedDirectoryIsLeftAlone) {
   EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()), metrics_before);
 }
 
+// A file system without locks (Lustre mounted without flock, NFS without its lock daemon): before,
+// a second run only warned that nothing guarded the directory, and went on beside the first. Now
+// the holder's heartbeat guards it: a run that finds one advancing is refused and touches
+// nothing; one that finds a record standing still (its run killed) says so and goes on.
+TEST_F(RunDirCli, WithoutLocksTheHeartbeatKeepsASecondRunOut) {
+#ifndef QARAC_NO_FLOCK_LIB
+  GTEST_SKIP() << "no lock-less file system to preload under an emulator (cross build)";
+#else
+  const fs::path run = root() / "no-locks";
+  ASSERT_EQ(train(run, "--train.steps 2").code, 0);
+  const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
+  // ASan must come first among the libraries, unless told not to check.
+  const std::string without_locks =
+      std::string("ASAN_OPTIONS=${ASAN_OPTIONS}:verify_asan_link_order=0 LD_PRELOAD=") + QARAC_NO_FLOCK_LIB;
+  {
+    RunLock live(run.string(), std::chrono::milliseconds(100));
+    const CliResult r = train(run, "--resume --train.steps 4", without_locks);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find((run / kRunLockName).string() + ": cannot lock (No locks available): only the heartbeat"),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("is in use by another run (" + hostname() + " pid " + std::to_string(getpid()) +
+                            "): its heartbeat in " + (run / kRunLockName).string() +
+                            " advances, though this file system has no locks"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(test_support::read_text((run / "metrics.jsonl").string()), metrics);
+    EXPECT_NO_THROW(live.check_held("checkpoint at step 4"));
+  }
+  // Killed: its record stays, its count stands still.
+  std::ofstream(run / kRunLockName) << "gpu-node-17 pid 4242\ndirectory inode 0\nheartbeat every 100 ms: 7\n";
+  const CliResult r = train(run, "--resume --train.steps 4", without_locks);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("the run before this one (gpu-node-17 pid 4242) did not end cleanly (killed, or gpu-node-17 "
+                          "failed): its heartbeat stood still for 0.4 s"),
+            std::string::npos)
+      << r.output;
+  expect_each_step_once(run, 4, {});
+  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), "") << "an ended run's record stays";
+#endif
+}
+
 // A copy made with cp -al of a directory whose run goes on: the copy resumes as a run of its own
 // (before: refused, "in use by another run"), and the files the copy's run writes are its own:
 // the original's metrics.jsonl gains none of its lines (it is rewritten, not appended to, on a
@@ -428,7 +576,7 @@ TEST_F(RunDirCli, AHardLinkedCopyResumesAsARunOfItsOwn) {
   ASSERT_EQ(train(run, "--train.steps 2 --checkpoint.every 2").code, 0);
   const std::string metrics = test_support::read_text((run / "metrics.jsonl").string());
   RunLock live(run.string());
-  const std::string holder = test_support::read_text((run / kRunLockName).string());
+  const std::string holder = holder_of(run);
   fs::copy(run, copy, fs::copy_options::recursive | fs::copy_options::create_hard_links);
   const CliResult r = train(copy, "--resume --train.steps 3 --checkpoint.every 3");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -438,7 +586,7 @@ TEST_F(RunDirCli, AHardLinkedCopyResumesAsARunOfItsOwn) {
       << r.output;
   expect_each_step_once(copy, 3, {});
   EXPECT_EQ(test_support::read_text((run / "metrics.jsonl").string()), metrics);
-  EXPECT_EQ(test_support::read_text((run / kRunLockName).string()), holder);
+  EXPECT_EQ(holder_of(run), holder);
   EXPECT_NO_THROW(live.check_held("checkpoint at step 4"));
 }
 
