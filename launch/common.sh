@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2154  # repo, out, marker, force and logs come from the sourcing script; bin, prep and train go to it
-# Shared by launch/quickstart.sh, scaling.sh and forgetting.sh (and slurm/train.sbatch, for
-# cpu_dtype_options), which source it once `repo` (the repository, or PREFIX/share/qarac-mt when
+# Shared by launch/quickstart.sh, scaling.sh, forgetting.sh, train-local.sh and train-hosts.sh
+# (and slurm/train.sbatch, for cpu_dtype_options), which source it once `repo` (the repository, or PREFIX/share/qarac-mt when
 # installed) is set; they define die(), and set `out`, `marker`, `force` and `logs` before calling
 # what uses them. Nothing here runs by itself.
 
@@ -101,4 +101,184 @@ cpu_dtype_options() {
        /^\[.*\]$/ { section = substr($0, 2, length($0) - 2); next }
        section == "train" && $0 == "dtype=bf16" { found = 1 }
        END { if (found) print "--train.dtype\nf32" }' "$config" 2>/dev/null
+}
+
+# ---- MPI launchers (train-local.sh, train-hosts.sh) ----------------------------------------
+
+# mpi_flavour LAUNCHER: which MPI LAUNCHER starts ranks of: openmpi, mpich (Hydra), intel, or
+# srun (by its name); told apart by its --version.
+mpi_flavour() {
+  if [ "$(basename "$1")" = srun ]; then echo srun; return; fi
+  case "$("$1" --version 2>&1 || true)" in
+    *"Open MPI"*|*OpenRTE*) echo openmpi ;;
+    *"Intel(R) MPI"*) echo intel ;;
+    *HYDRA*) echo mpich ;;
+    *) die "cannot tell which MPI $1 belongs to (its --version names neither Open MPI, MPICH/Hydra nor Intel MPI): set MPIRUN to one of those, or to srun" ;;
+  esac
+}
+
+# check_launcher LAUNCHER FLAVOUR TRAIN VERSION RANKS DRY_RUN: dies (warns on a dry run) when the
+# launcher cannot start ranks of TRAIN, whose --version is VERSION: Open MPI's mpirun starts Open
+# MPI programs, Hydra (MPICH's or Intel MPI's, one ABI) the MPICH family; started by the other,
+# every rank would run alone as rank 0 (srun serves both). So it would with a qarac-train from
+# before the distributed issue (no --parallel.timeout), which does not initialise MPI.
+check_launcher() {
+  local launcher=$1 flavour=$2 train=$3 version=$4 ranks=$5 dry_run=$6 library problem=""
+  library=$(sed -n 's/^MPI  *//p' <<<"$version")
+  case "$flavour:$library" in
+    openmpi:?*) [[ "$library" == *"Open MPI"* ]] ||
+      problem="$launcher is the launcher of another MPI ($flavour) than $train's, $library: set MPIRUN to its own (qarac-train --version names it)" ;;
+    mpich:?*|intel:?*) [[ "$library" != *"Open MPI"* ]] ||
+      problem="$launcher is the launcher of another MPI ($flavour) than $train's, $library: set MPIRUN to its own (qarac-train --version names it)" ;;
+  esac
+  # The help captured first: grep -q leaving a pipe early would fail the writer under pipefail.
+  if [ -z "$problem" ] && ((ranks > 1)) && ! grep -q -- '--parallel.timeout' <<<"$("$train" --help 2>/dev/null || true)"; then
+    problem="$train predates distributed training (no --parallel.timeout in its --help): rebuild it; only -n 1 works with it"
+  fi
+  [ -n "$problem" ] || return 0
+  ((dry_run)) || die "$problem"
+  echo "$me: warning: $problem" >&2
+}
+
+# cores_here: this machine's cores: nproc (the CPUs this process may run on), divided by the
+# hardware threads per core when lscpu reports more than one (BLAS gains nothing from SMT); at
+# least 1.
+cores_here() {
+  local cpus smt=1
+  # nproc honours OMP_NUM_THREADS, which would count the threads of a previous setting.
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+  if command -v lscpu >/dev/null; then
+    smt=$(LC_ALL=C lscpu | awk -F: '/^Thread\(s\) per core/ { gsub(/ /, "", $2); print $2 }')
+    [[ "$smt" =~ ^[1-9][0-9]*$ ]] || smt=1
+  fi
+  echo $((cpus / smt > 0 ? cpus / smt : 1))
+}
+
+# rank_environment THREADS VERSION: exports what every rank gets, and names it in env_vars:
+# OMP_NUM_THREADS and OPENBLAS_NUM_THREADS = THREADS, and OPENBLAS_CORETYPE. OpenBLAS takes a CPU
+# model it does not know (a cloud VM's) for an old one and runs SSE3 kernels, several times
+# slower: qarac-train --version (VERSION) names the core to set, which the ranks' CPUs share with
+# this one (the same machine, or a cluster's alike nodes). A core the user set is kept.
+rank_environment() {
+  local blas_core
+  export OMP_NUM_THREADS=$1 OPENBLAS_NUM_THREADS=$1
+  blas_core=$(sed -n "s/^OpenBLAS .*this CPU's own: OPENBLAS_CORETYPE=\([A-Za-z0-9_]*\).*/\1/p" <<<"$2")
+  env_vars=(OMP_NUM_THREADS OPENBLAS_NUM_THREADS)
+  if [ -z "${OPENBLAS_CORETYPE+x}" ] && [ -n "$blas_core" ]; then
+    export OPENBLAS_CORETYPE=$blas_core
+    echo "$me: OPENBLAS_CORETYPE=$blas_core: OpenBLAS takes this CPU for an older one (qarac-train --version)"
+  fi
+  [ -z "${OPENBLAS_CORETYPE+x}" ] || env_vars+=(OPENBLAS_CORETYPE)
+}
+
+# pass_environment: appends to cmd the flags that pass env_vars to every rank of the launcher of
+# $flavour (Open MPI: -x, and --allow-run-as-root as root; Hydra: -genv; srun passes it on).
+pass_environment() {
+  local var
+  case "$flavour" in
+    openmpi)
+      [ "$(id -u)" -ne 0 ] || cmd+=(--allow-run-as-root)
+      for var in "${env_vars[@]}"; do cmd+=(-x "$var"); done ;;
+    mpich|intel) for var in "${env_vars[@]}"; do cmd+=(-genv "$var" "${!var}"); done ;;
+  esac
+}
+
+# print_launch: the command cmd, with the variables env_vars, as a line a user can run.
+print_launch() {
+  local var
+  printf '%s:' "$me"
+  for var in "${env_vars[@]}"; do printf ' %q' "$var=${!var}"; done
+  printf ' %q' "${cmd[@]}"
+  printf '\n'
+}
+
+# run_dir_of ARGS...: the run directory that the qarac-train options ARGS name: the last
+# --output, else the top-level `output` of their last --config file; "" when neither does.
+run_dir_of() {
+  local output="" config="" next=""
+  for arg in "$@"; do
+    case "$next" in
+      output) output=$arg; next=""; continue ;;
+      config) config=$arg; next=""; continue ;;
+    esac
+    case "$arg" in
+      --output) next=output ;;
+      --output=*) output=${arg#--output=} ;;
+      --config) next=config ;;
+      --config=*) config=${arg#--config=} ;;
+    esac
+  done
+  if [ -z "$output" ] && [ -f "$config" ]; then
+    output=$(awk '/^[[:space:]]*\[/ { exit }
+                  { sub(/[#;].*/, "") }
+                  $0 ~ /^[[:space:]]*output[[:space:]]*=/ { sub(/^[^=]*=[[:space:]]*/, ""); sub(/[[:space:]]+$/, ""); print; exit }' "$config")
+  fi
+  echo "$output"
+}
+
+# run_launcher RUN_DIR GRACE COMMAND...: runs the MPI launcher COMMAND and returns its status.
+# Ctrl-C, a closed terminal (HUP) or a TERM to this script asks the ranks to stop after the step
+# in flight with a checkpoint, as it asks qarac-train itself: USR1 to the launcher, which Open
+# MPI's mpirun, MPICH's Hydra and srun forward to the ranks. Only this script may get those
+# signals: Open MPI's mpirun answers them by killing the ranks a second later, before their
+# checkpoint. So the launcher runs in a process group of its own (set -m), which the terminal's
+# Ctrl-C and hang-up miss, and reads no terminal (stdin: a background group reading it would
+# stop). A second signal is the ranks' second too, which ends them at once (2 s or more after the
+# first). The launcher ignores SIGTTOU: a terminal set to `stty tostop` would otherwise stop it, a
+# background group, at its first write, and with it the ranks' output and the USR1. A SIGKILL to
+# this script, which it cannot pass on, leaves the launcher running: send that to the launcher.
+# A rank whose wait on the others failed (a peer died, hangs or is cut off) records it in
+# RUN_DIR/failed.json and ends the job, but Open MPI's mpirun then waits for ever on the daemon of
+# a node that hangs or is cut off: GRACE seconds after such a record of this start (0: never),
+# the launcher is ended (TERM, then KILL 10 s later) and the status is 3, the ranks' own for it.
+run_launcher() {
+  local run_dir=$1 grace=$2 record at launched_at
+  shift 2
+  record=${run_dir:+$run_dir/failed.json}
+  launcher_pid=""
+  local signal
+  for signal in INT TERM HUP; do
+    # shellcheck disable=SC2064  # the launcher's name, now
+    trap "forward_stop SIG$signal $(printf %q "$1")" "$signal"
+  done
+  trap '' TTOU  # ignored in this script and, inherited, in the launcher
+  launched_at=$(date +%s)
+  set -m
+  "$@" </dev/null &
+  launcher_pid=$!
+  set +m
+  # Polled, since the launcher may not end after the ranks failed; a trap ends a wait early. Once
+  # more after the loop for the status (bash keeps it), which a launcher that ended during a trap
+  # would otherwise lose.
+  while kill -0 "$launcher_pid" 2>/dev/null; do
+    sleep 1 &
+    wait $! || true
+    if [ -z "$record" ] || ((grace == 0)); then continue; fi
+    # A record of an earlier start is older than this one.
+    at=$(stat -c %Y -- "$record" 2>/dev/null) || continue
+    if ((at >= launched_at)) && (($(date +%s) - at >= grace)) && kill -0 "$launcher_pid" 2>/dev/null; then
+      echo "$me: error: the ranks recorded a failure $grace s ago ($(cat -- "$record" 2>/dev/null)), and the launcher still waits (on a node that hangs or is cut off?): ending it" >&2
+      kill -s TERM "$launcher_pid" 2>/dev/null
+      for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$launcher_pid" 2>/dev/null || break; sleep 1; done
+      kill -s KILL "$launcher_pid" 2>/dev/null
+      wait "$launcher_pid" 2>/dev/null || true
+      return 3
+    fi
+  done
+  local rc=0
+  wait "$launcher_pid" || rc=$?
+  return "$rc"
+}
+
+# forward_stop SIGNAL LAUNCHER: the traps of run_launcher.
+# shellcheck disable=SC2317  # called by the traps
+forward_stop() {
+  # The launcher also when the signal came between its start and launcher_pid=$!.
+  local pid=${launcher_pid:-${!:-}}
+  if [ -z "$pid" ]; then
+    echo "$me: $1 received before the launch: nothing started" >&2
+    exit 1
+  fi
+  echo "$me: $1 received: asking the ranks to stop after this step and write a checkpoint (USR1 to $2)" >&2 || true
+  kill -s USR1 "$pid" 2>/dev/null || true
 }

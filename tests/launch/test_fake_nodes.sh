@@ -16,11 +16,12 @@
 #              goes on on nodea alone (2 ranks), then on both again (4)
 #   sbatch_lost  slurm/train.sbatch (LAUNCHER=mpirun, Open MPI) with nodeb hung: the script ends
 #              the launcher that waits on QARAC_FAILED_GRACE seconds after the record, status 3
+#   hosts_lost launch/train-hosts.sh (Open MPI) the same way, then --resume on nodea alone
 #   bash tests/launch/test_fake_nodes.sh CASE MPIEXEC BUILD_DIR
 # Exit 77 (skipped) where nodes cannot be emulated (not root, no ip), with the reason.
 set -euo pipefail
 me=tests/launch/test_fake_nodes.sh
-[ $# -eq 3 ] || { echo "usage: $me layout|lock|node_lost|sbatch_lost MPIEXEC BUILD_DIR" >&2; exit 2; }
+[ $# -eq 3 ] || { echo "usage: $me layout|lock|node_lost|sbatch_lost|hosts_lost MPIEXEC BUILD_DIR" >&2; exit 2; }
 case=$1
 mpiexec=$(command -v "$2") || { echo "$me: no launcher $2" >&2; exit 2; }
 build=$(cd "$3" && pwd)
@@ -254,7 +255,42 @@ case "$case" in
     echo "$me: nodeb hung under slurm/train.sbatch: the job ended after $((took / 1000)).$(printf %03d $((took % 1000))) s, status $rc"
     check "the job ended with the ranks' status 3 (got $rc)" test "$rc" = 3
     check "the script said it ended the launcher" has "$work/sbatch.log" "and the launcher still waits (on a node that hangs or is cut off?): ending it" ;;
-  *) echo "$me: unknown case '$case' (layout, lock, node_lost, sbatch_lost)" >&2; exit 2 ;;
+  hosts_lost)
+    # launch/train-hosts.sh started on nodea (Open MPI told to start its daemons through the ssh
+    # stand-in); nodeb hangs mid-run; then --resume on nodea alone through the script.
+    [ "$flavour" = openmpi ] || { echo "$me: skipped: hosts_lost drives Open MPI's mpirun, not $mpiexec"; exit 77; }
+    run=$work/hosts-run
+    launch=(env QARAC_BUILD="$build" MPIRUN="$mpiexec" QARAC_FAILED_GRACE=5 OMPI_MCA_plm_rsh_agent="$state/ssh"
+            OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 bash "$repo/launch/train-hosts.sh")
+    bash "$nodes" exec "$state" nodea "${launch[@]}" --hosts nodea:2,nodeb:2 -- "${args[@]}" --train.steps 1000000 \
+      --parallel.timeout 5 --output "$run" > "$work/hosts.log" 2>&1 &
+    job=$!
+    for _ in $(seq 100); do [ ! -d "$run/checkpoints/step-0000000004" ] || break; sleep 0.1; done
+    [ -d "$run/checkpoints/step-0000000004" ] || fail "no checkpoint: $(tail -3 "$work/hosts.log")"
+    check "the launch command places the ranks" has "$work/hosts.log" "-np 4 -H nodea:2\\,nodeb:2 --map-by slot:PE="
+    start=$(now_ms)
+    bash "$nodes" stop "$state" nodeb
+    for _ in $(seq 400); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+    took=$(($(now_ms) - start))
+    rc=0
+    if kill -0 "$job" 2>/dev/null; then
+      rc=hung
+      bash "$nodes" kill "$state" nodeb
+      { wait "$job"; } 2>/dev/null || true
+    else
+      wait "$job" || rc=$?
+    fi
+    echo "$me: nodeb hung under launch/train-hosts.sh: the script ended after $((took / 1000)).$(printf %03d $((took % 1000))) s, status $rc"
+    check "the script ended with the ranks' status 3 (got $rc)" test "$rc" = 3
+    check "the script said it ended the launcher" has "$work/hosts.log" \
+      "launch/train-hosts.sh: error: the ranks recorded a failure 5 s ago"
+    bash "$nodes" kill "$state" nodeb
+    last=$(find "$run/checkpoints" -maxdepth 1 -name 'step-[0-9]*[0-9]' | sort | tail -1)
+    step=$((10#${last##*step-}))
+    bash "$nodes" exec "$state" nodea "${launch[@]}" --hosts nodea:2 -- "${args[@]}" --train.steps "$((step + 2))" \
+      --output "$run" --resume > "$work/hosts-1.log" 2>&1 || fail "--resume on nodea alone: $(tail -3 "$work/hosts-1.log")"
+    check "resumed on nodea alone from the last checkpoint" has "$work/hosts-1.log" "resuming from $last at step $step" ;;
+  *) echo "$me: unknown case '$case' (layout, lock, node_lost, sbatch_lost, hosts_lost)" >&2; exit 2 ;;
 esac
 if ((failures)); then
   echo "$me: $case: $failures check(s) failed; the logs: $work (kept)" >&2

@@ -82,6 +82,46 @@ dry other 2
 check "an unknown launcher is refused (got $rc)" test "$rc" = 1
 check "naming it" has "$work/out.txt" "cannot tell which MPI mpirun belongs to"
 
+# launch/train-hosts.sh: the ranks placed by --hosts, for each MPI; what it refuses.
+hosts_dry() {
+  rc=0
+  env FAKE_MPI="$1" FAKE_LOG="$work/log" QARAC_BUILD="$work/build" PATH="$fake:$PATH" MPIRUN=mpirun \
+    bash "$repo/launch/train-hosts.sh" "${@:2}" >"$work/out.txt" 2>&1 || rc=$?
+}
+# (printf %q, which prints the command, quotes the commas.)
+declare -A placed=(
+  [openmpi]="mpirun -np 5 -H node1:4\\,node2:1 --map-by slot:PE=1 --bind-to core"
+  [mpich]="mpirun -n 5 -hosts node1:4\\,node2:1 -bind-to core:1 -genv OMP_NUM_THREADS 1"
+  [intel]="mpirun -n 5 -hosts node1:4\\,node2:1 -genv I_MPI_PIN_DOMAIN 1:compact")
+for flavour in openmpi mpich intel; do
+  hosts_dry "$flavour" --hosts node1:4,node2 --threads 1 --dry-run -- --output "$work/run" --x 1
+  check "train-hosts.sh, $flavour: exit 0 (got $rc)" test "$rc" = 0
+  check "train-hosts.sh, $flavour: the ranks placed" has "$work/out.txt" "${placed[$flavour]}"
+  check "train-hosts.sh, $flavour: the program last" has "$work/out.txt" "$work/build/src/cli/qarac-train --output $work/run --x 1"
+done
+hosts_dry openmpi --hosts node1:2 --dry-run -- --x 1
+check "train-hosts.sh: threads = this host's cores / the most ranks of a host" has "$work/out.txt" \
+  "2 rank(s) on 1 host(s) (node1:2), $(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )) thread(s) per rank"
+for bad in "node1:2,node1:1|node1 is named twice" "node1:0|'node1:0' is not HOST or HOST:N" \
+           "node1,,node2|'' is not HOST or HOST:N" "-node|'-node' is not HOST"; do
+  hosts_dry openmpi --hosts "${bad%%|*}" -- --output "$work/run"
+  check "train-hosts.sh --hosts ${bad%%|*}: refused (got $rc)" test "$rc" = 1
+  check "train-hosts.sh --hosts ${bad%%|*}: says why" has "$work/out.txt" "${bad#*|}"
+done
+hosts_dry openmpi --hosts node1 -- --x 1
+check "train-hosts.sh without a run directory: refused (got $rc)" test "$rc" = 1
+check "train-hosts.sh without a run directory: says so" has "$work/out.txt" "no run directory among the options"
+printf 'output = %s # a comment\n[train]\noutput = elsewhere\n' "$work/from-config" > "$work/run.ini"
+# shellcheck source=launch/common.sh
+source "$repo/launch/common.sh"
+check "run_dir_of: the config file's top-level output" test "$(run_dir_of --config "$work/run.ini")" = "$work/from-config"
+check "run_dir_of: the last --output wins" test "$(run_dir_of --output a --config "$work/run.ini" --output=b)" = b
+rc=0
+env FAKE_LOG="$work/log" QARAC_BUILD="$work/build" PATH="$fake:$PATH" MPIRUN=srun \
+  bash "$repo/launch/train-hosts.sh" --hosts node1 -- --output "$work/run" >"$work/out.txt" 2>&1 || rc=$?
+check "train-hosts.sh under srun: refused (got $rc)" test "$rc" = 1
+check "train-hosts.sh under srun: says why" has "$work/out.txt" "inside a Slurm allocation Slurm places the ranks"
+
 if (($# == 2)); then
   mpiexec=$1 build=$2
   for ranks in 2 "$many"; do
