@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "core/atomic_file.h"
@@ -287,7 +288,12 @@ RunLock::RunLock(const std::string& output, std::chrono::milliseconds heartbeat)
   if (pwrite(fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()) ||
       ftruncate(fd_, static_cast<off_t>(text.size())) != 0)
     log::debug(path_, ": cannot record the holder: ", std::strerror(errno));
-  heartbeat_ = std::make_unique<Heartbeat>(fd_, path_, holder, heartbeat);
+  try {
+    heartbeat_ = std::make_unique<Heartbeat>(fd_, path_, holder, heartbeat);
+  } catch (const std::system_error& e) {  // no thread to be had (ulimit -u): flock still guards
+    log::warn(path_, ": cannot start the heartbeat of the lock (", e.what(), "): where this file system's locks ",
+              "stay on each node or are missing, a run on another node may take ", output_, " while this one runs");
+  }
 }
 
 void RunLock::refuse_live_holder(bool locked) {
