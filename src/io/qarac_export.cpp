@@ -4,6 +4,8 @@
 #include "io/qarac_export.h"
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "core/atomic_file.h"
 #include "io/export_files.h"
@@ -86,6 +88,19 @@ void check_same_sizes(const RobertaConfig& a, const std::string& a_dir, const Ro
                     " against ", describe(a), "): the three exports must come from one run");
 }
 
+// What an export's model card (README.md, io/export_files.h) says of its run rather than of the
+// model: its sections, from the first "## " heading on (the training data and configuration, the
+// task plan, the held-out metrics at the step exported), which the three exports of one export/
+// or best/ share. "" when the folder has no card or the card no section.
+std::string card_sections(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "README.md", std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  const std::string card = text.str();
+  const size_t at = card.find("\n## ");
+  return at == std::string::npos ? "" : card.substr(at);
+}
+
 }  // namespace
 
 LoadedModel<SentenceEncoder> load_encoder_export(const std::string& dir, DType dtype, Device device) {
@@ -112,8 +127,9 @@ LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, De
 
 LoadedQarac load_qarac_exports(const std::string& dir, DType dtype, Device device) {
   std::error_code ec;
-  QARAC_INPUT_CHECK(fs::is_directory(dir, ec), dir, ": is not a directory (expected a run's export/ or best/ folder: ",
-                    "question_encoder/, answer_encoder/ and decoder/)");
+  QARAC_INPUT_CHECK(fs::is_directory(dir, ec), dir, fs::exists(dir, ec) ? ": is not a directory" : ": does not exist",
+                    " (expected a run's export/ or best/ folder: question_encoder/, answer_encoder/ and decoder/; a ",
+                    "run with eval.best writes best/ at its first evaluation)");
   struct Part {
     std::string dir, source;
     TensorMap tensors;
@@ -134,6 +150,15 @@ LoadedQarac load_qarac_exports(const std::string& dir, DType dtype, Device devic
     QARAC_INPUT_CHECK(other->hash() == a.tokenizer.hash(), dir, ": its exports carry different tokenizers (",
                       q.tokenizer.hash(), ", ", a.tokenizer.hash(), ", ", dec.tokenizer.hash(),
                       "): the three exports must come from one run");
+  // Sizes and tokenizers alike, two runs' exports (a folder put together by hand, or best/ read
+  // while the run replaced it) still differ in their cards: other settings or another step.
+  const std::string sections = card_sections(ae.dir);
+  for (const Part* p : {&qe, &d}) {
+    const std::string other = card_sections(p->dir);
+    QARAC_INPUT_CHECK(sections.empty() || other.empty() || other == sections, dir, ": ", p->dir, "/README.md and ",
+                      ae.dir, "/README.md describe other runs or steps (their training configuration or held-out ",
+                      "metrics differ): the three exports must come from one run's export/ or best/");
+  }
 
   QaracConfig config;
   config.base = a.config;

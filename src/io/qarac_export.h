@@ -33,7 +33,8 @@ LoadedModel<Decoder> load_decoder_export(const std::string& dir, DType dtype, De
 // The three models of a run's export set (its export/ or best/ folder: question_encoder/,
 // answer_encoder/ and decoder/) as the QaracModels the run ended with, each base its own, and
 // their tokenizer. InputError naming the folder when one is missing or is not such an export,
-// or when the three were not trained together (other sizes or tokenizers).
+// or when the three were not exported together (other sizes or tokenizers, or model cards that
+// tell of other runs or steps).
 struct LoadedQarac {
   std::string dir;
   data::Tokenizer tokenizer;

@@ -1320,6 +1320,63 @@ TEST_F(TrainCli, QaracEvalGivesTheRunsLastEvaluation) {
                  {(other / "encode_decode.h5").string() + ": made with tokenizer", "but the models (" + exports + ")"});
 }
 
+// qarac-eval with the settings the test above leaves out: a run whose evaluation passes were
+// capped by train.micro_tokens (--micro-tokens) gives its last evaluation bit for bit, --decoded
+// takes "all", its --help default; a negative --seed (no run has one), an --output that cannot be
+// written (said before the evaluation, which may take hours: here the data's error came first,
+// and an hour's evaluation was lost), and exports of two runs put together are refused.
+TEST_F(TrainCli, QaracEvalFollowsEveryEvaluationSettingAndRefusesWhatIsNotOneRuns) {
+  const fs::path run = root() / "capped", other = root() / "other-run", data = root() / "data";
+  const std::string settings = " --eval.dir " + data.string() + " --eval.tokenizer " + test_support::kSample +
+                               "tokenizer --eval.examples 24 --eval.batch 8 --eval.decoded 4";
+  const CliResult trained = train(run, "--train.steps 2 --train.micro_tokens 130" + settings);
+  ASSERT_EQ(trained.code, 0) << trained.output;
+  const CliResult trained_other = train(other, "--train.steps 1 --optimizer.warmup 0" + settings);
+  ASSERT_EQ(trained_other.code, 0) << trained_other.output;
+  const std::string eval = std::string(QARAC_EVAL_EXE) + " --models ", exports = (run / "export").string();
+  const std::string same =
+      " --data " + data.string() + " --examples 24 --batch 8 --decoded 4 --json --base " + (root() / "base").string();
+  nlohmann::json last = read_jsonl(run / "metrics.jsonl").back();
+  for (const char* key : {"eval", "evaluation", "step"}) last.erase(key);
+  const CliResult capped = run_command(eval + exports + same + " --micro-tokens 130");
+  ASSERT_EQ(capped.code, 0) << capped.output;
+  EXPECT_EQ(nlohmann::json::parse(capped.output), last);
+  // Uncapped, the passes are others, and so are the losses' last bits: the cap mattered.
+  const CliResult uncapped = run_command(eval + exports + same);
+  ASSERT_EQ(uncapped.code, 0) << uncapped.output;
+  EXPECT_NE(nlohmann::json::parse(uncapped.output), last);
+  const CliResult all = run_command(eval + exports + " --data " + data.string() + " --examples 4 --decoded all");
+  EXPECT_EQ(all.code, 0) << all.output;
+  EXPECT_NE(all.output.find("ed.token_accuracy "), std::string::npos) << all.output;
+
+  auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
+    const CliResult r = run_command(eval + args);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
+    EXPECT_EQ(r.output.find("qarac-eval: error: "), 0u) << r.output;
+    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // one line
+    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+  };
+  const std::string on_data = " --data " + data.string();
+  expect_refused(exports + on_data + " --decoded -1", {"--decoded", "'-1'", "or all"});
+  expect_refused(exports + on_data + " --base " + (root() / "base").string() + " --seed -1", {"--seed", "-1"});
+  expect_refused(exports + on_data + " --output ''", {"--output is empty"});
+  const fs::path empty = root() / "no-streams", nowhere = root() / "nowhere" / "metrics.txt";
+  fs::create_directories(empty);
+  expect_refused(exports + " --data " + empty.string() + " --output " + nowhere.string(),
+                 {nowhere.string(), "No such file or directory"});
+  expect_refused((run / "best").string() + on_data, {(run / "best").string() + ": does not exist", "eval.best"});
+  // One run's encoders with another's decoder: sizes and tokenizer alike, the cards differ.
+  const fs::path mixed = root() / "mixed";
+  fs::create_directories(mixed);
+  for (const char* model : {"question_encoder", "answer_encoder"})
+    fs::copy(run / "export" / model, mixed / model, fs::copy_options::recursive);
+  fs::copy(other / "export" / "decoder", mixed / "decoder", fs::copy_options::recursive);
+  expect_refused(mixed.string() + on_data, {(mixed / "decoder" / "README.md").string(), "other runs or steps"});
+  fs::remove(mixed / "decoder" / "README.md");  // a card removed: nothing to compare, evaluated
+  const CliResult uncarded = run_command(eval + mixed.string() + on_data + " --examples 4");
+  EXPECT_EQ(uncarded.code, 0) << uncarded.output;
+}
+
 // Rehearsal from the command line: its input errors come in one line before the output directory
 // exists; a run writes the rehearsal's loss per step and its trained head as a checkpoint part of
 // its own, and resumed halfway it ends bit for bit where the straight run does (dropout on, the
