@@ -12,6 +12,8 @@ set -euo pipefail
 export LC_ALL=C
 me=launch/compare-runs.sh
 die() { echo "$me: $*" >&2; exit 1; }
+# jq's error in $tmp/error without its prefix; jq 1.6 says nothing of a folder it cannot read.
+jq_error() { local text; text=$(sed 's/^jq: error ([^)]*): //' "$tmp/error"); echo "${text:-cannot be read}"; }
 usage="usage: $me [--metric NAME] RUN_DIR RUN_DIR..."
 
 metric=""
@@ -40,6 +42,7 @@ for i in "${!runs[@]}"; do
   run=${runs[$i]%/}
   [ -n "$run" ] || run=/
   [ -d "$run" ] || die "$run: not a run directory"
+  [ ! -e "$run/metrics.jsonl" ] || [ -f "$run/metrics.jsonl" ] || die "$run/metrics.jsonl: not a regular file"
   [ -s "$run/metrics.jsonl" ] || die "$run: no metrics.jsonl (not a qarac-train run directory, or a run not started)"
   [ -f "$run/config.ini" ] || die "$run: no config.ini (not a qarac-train run directory)"
   # A name of no tab or line break keeps the records whole.
@@ -56,22 +59,27 @@ for i in "${!runs[@]}"; do
       if (section != "") key = section "." key
       if (key != "output") printf "%s\tsetting\t%s\t%s\n", run, key, value
     }' "$run/config.ini" >>"$records"
-  # The last evaluation; lines that do not parse (one being written) are skipped.
+  # The last evaluation; lines that do not parse (one being written) are skipped. A metric that
+  # was not finite is null there (JSON has no NaN): nan here, not "-", which is one not measured.
   jq -Rrn --arg run "$i" '
     [inputs | fromjson? | objects | select(.eval == true and (.step | type) == "number")]
     | last // empty
-    | to_entries[] | select((.value | type) == "number") | [$run, "eval", .key, .value] | @tsv' \
-    "$run/metrics.jsonl" >>"$records" 2>"$tmp/error" || die "$run/metrics.jsonl: $(sed 's/^jq: error ([^)]*): //' "$tmp/error")"
+    | to_entries[] | select((.value | type) == "number" or .value == null) | [$run, "eval", .key, .value // "nan"] | @tsv' \
+    "$run/metrics.jsonl" >>"$records" 2>"$tmp/error" || die "$run/metrics.jsonl: $(jq_error)"
   if [ -f "$run/best/best.json" ]; then
     jq -r --arg run "$i" 'select((.metric | type) == "string" and (.value | type) == "number" and (.step | type) == "number")
       | [$run, "best", .metric, "\(.value)@\(.step)"] | @tsv' "$run/best/best.json" >>"$records" 2>"$tmp/error" ||
-      die "$run/best/best.json: $(sed 's/^jq: error ([^)]*): //' "$tmp/error")"
+      die "$run/best/best.json: $(jq_error)"
   fi
 done
 
 awk -F'\t' -v runs="${#runs[@]}" -v sort_by="$metric" '
   function lower_is_better(m) { return m ~ /loss$/ }
-  function number(x) { return sprintf("%.4f", x) }
+  function number(x) { return x == "nan" ? x : sprintf("%.4f", x) }
+  # Characters, not bytes (the C locale counts bytes): UTF-8 continuation bytes do not count.
+  function chars(s,   n) { n = length(s); return n - gsub(/[\200-\277]/, "", s) }
+  # A value to sort by: a number, not nan.
+  function measured(r) { return (r, sort_by) in value && value[r, sort_by] != "nan" }
   $2 == "name" { name[$1] = $4 }
   $2 == "setting" { setting[$1, $3] = $4; if (!($3 in known)) { known[$3] = 1; keys[++nkeys] = $3 } }
   $2 == "eval" { value[$1, $3] = $4; has[$3] = 1 }
@@ -81,9 +89,12 @@ awk -F'\t' -v runs="${#runs[@]}" -v sort_by="$metric" '
     ncols = 0
     col[++ncols] = "run"
     for (k = 1; k <= nkeys; k++) {
+      # Looked up with "in" alone: awk adds an element that an expression reads, which was then a
+      # setting of an empty value, shown as an empty cell where "-" belonged.
       differs = 0
+      first = ((0, keys[k]) in setting) ? "=" setting[0, keys[k]] : "-"
       for (r = 1; r < runs; r++)
-        if (((r, keys[k]) in setting) != ((0, keys[k]) in setting) || setting[r, keys[k]] != setting[0, keys[k]]) differs = 1
+        if ((((r, keys[k]) in setting) ? "=" setting[r, keys[k]] : "-") != first) differs = 1
       if (differs) { col[++ncols] = keys[k]; kind[ncols] = "setting" }
     }
     col[++ncols] = "step"; kind[ncols] = "eval"
@@ -96,32 +107,34 @@ awk -F'\t' -v runs="${#runs[@]}" -v sort_by="$metric" '
     for (r = 0; r < runs; r++) {
       for (c = 1; c <= ncols; c++) {
         if (c == 1) cell = name[r]
-        else if (kind[c] == "setting") cell = ((r, col[c]) in setting) ? setting[r, col[c]] : "-"
+        else if (kind[c] == "setting") cell = !((r, col[c]) in setting) ? "-" : setting[r, col[c]] == "" ? "\"\"" : setting[r, col[c]]
         else if (kind[c] == "best") cell = (r in best) ? best[r] : "-"
         else if (!((r, col[c]) in value)) cell = "-"
         else cell = col[c] == "step" ? value[r, col[c]] : number(value[r, col[c]])
         text[r, c] = cell
-        if (length(cell) > width[c]) width[c] = length(cell)
+        if (chars(cell) > width[c]) width[c] = chars(cell)
       }
       order[r + 1] = r
     }
-    for (c = 1; c <= ncols; c++) if (length(col[c]) > width[c]) width[c] = length(col[c])
+    for (c = 1; c <= ncols; c++) if (chars(col[c]) > width[c]) width[c] = chars(col[c])
     # Best first by --metric (a run without it last), else in the order given; insertion sort.
     if (sort_by != "") {
       if (!(sort_by in has)) printf "%s: no run'"'"'s last evaluation has %s\n", "'"$me"'", sort_by > "/dev/stderr"
       for (i = 2; i <= runs; i++)
         for (j = i; j > 1 && before(order[j], order[j - 1]); j--) { t = order[j]; order[j] = order[j - 1]; order[j - 1] = t }
     }
-    # mawk (the awk of Debian) takes no "*" width: the format of each column is built.
+    # Padded by hand: the widths of printf count bytes.
     for (i = 0; i <= runs; i++)
       for (c = 1; c <= ncols; c++) {
-        format = (c > 1 ? "  " : "") (c < ncols ? "%-" width[c] "s" : "%s\n")
-        printf format, i == 0 ? col[c] : text[order[i], c]
+        cell = i == 0 ? col[c] : text[order[i], c]
+        printf "%s%s", (c > 1 ? "  " : ""), cell
+        if (c == ncols) printf "\n"
+        else for (pad = chars(cell); pad < width[c]; pad++) printf " "
       }
   }
   function before(a, b,   x, y) {
-    if (!((b, sort_by) in value)) return ((a, sort_by) in value)
-    if (!((a, sort_by) in value)) return 0
+    if (!measured(b)) return measured(a)
+    if (!measured(a)) return 0
     x = value[a, sort_by] + 0; y = value[b, sort_by] + 0
     return lower_is_better(sort_by) ? x < y : x > y
   }' "$records"

@@ -97,4 +97,29 @@ grep -q 'output\|seed' <<<"$compared" && fail "compare: a setting that does not 
 if out=$(bash "$src/launch/compare-runs.sh" "$sweep/a" "$work" 2>&1); then fail "compare: a folder without metrics.jsonl passed"; fi
 [ "$out" = "launch/compare-runs.sh: $work: no metrics.jsonl (not a qarac-train run directory, or a run not started)" ] ||
   fail "compare: a folder without metrics: $out"
+# Settings one run lacks are "-" in every run without them (awk made an empty setting of each
+# one it read, shown as an empty cell), an empty value is "" (not an empty cell that shifts the
+# row's columns), a metric that was not finite (null in metrics.jsonl) is nan and sorts with the
+# unmeasured, after the rest, and a name of characters beyond ASCII keeps the columns aligned
+# (they were padded by bytes).
+odd=$work/odd
+for r in one two "drei-ä€"; do
+  mkdir -p "$odd/$r"
+  printf '{"step":3,"eval":true,"cs.accuracy":%s}\n' "$(case $r in one) echo null ;; two) echo 0.5 ;; *) echo 0.25 ;; esac)" \
+    >"$odd/$r/metrics.jsonl"
+done
+printf '[eval]\nbest =\n' >"$odd/one/config.ini"
+printf '[eval]\nbest =\n' >"$odd/two/config.ini"
+printf '[eval]\nbest = cs.accuracy\n[task]\nmlm.weight = 1\n' >"$odd/drei-ä€/config.ini"
+compared=$(cd "$odd" && bash "$src/launch/compare-runs.sh" --metric cs.accuracy one two "drei-ä€")
+expected='run      eval.best    task.mlm.weight  step  cs.accuracy
+two      ""           -                3     0.5000
+drei-ä€  cs.accuracy  1                3     0.2500
+one      ""           -                3     nan'
+[ "$compared" = "$expected" ] || fail "compare: odd runs: $compared"
+# A metrics.jsonl that is a folder is named as such (jq 1.6 said nothing of it).
+mkdir -p "$odd/folder/metrics.jsonl"
+cp "$odd/one/config.ini" "$odd/folder/"
+if out=$(bash "$src/launch/compare-runs.sh" "$odd/one" "$odd/folder" 2>&1); then fail "compare: a folder for metrics.jsonl passed"; fi
+[ "$out" = "launch/compare-runs.sh: $odd/folder/metrics.jsonl: not a regular file" ] || fail "compare: a folder for metrics.jsonl: $out"
 echo "$me: the table, the plot and the comparison read as intended"
