@@ -3,6 +3,8 @@
 # run with the settings in which the runs differ (their config.ini), the step of its last
 # held-out evaluation and that evaluation's headline metrics, and the best evaluation on record
 # where eval.best kept one (best/best.json). A run still going shows its latest evaluation.
+# A cell "-": a setting the run lacks or a metric it did not measure; nan: a metric that was not
+# finite (sorted after the measured); "": a setting of an empty value.
 #   launch/compare-runs.sh [--metric NAME] RUN_DIR RUN_DIR...
 #   --metric NAME   show the metric NAME too (any key of an evaluation line, e.g. qa.selection_map)
 #                   and sort the runs by it, best first: lower first for a loss, higher otherwise
