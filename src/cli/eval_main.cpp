@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(!o.base.empty() || vm["seed"].defaulted(), "--seed fixes the forgetting monitor's masks: it goes with --base");
     QARAC_INPUT_CHECK(o.seed >= 0, "--seed must not be negative (as train.seed), got ", o.seed);
     QARAC_INPUT_CHECK(!o.output.empty(), "--output is empty: name a file, or - for standard output");
-    cli::check_output_spares(o.output, {}, {o.models, o.data});
+    cli::check_output_spares(o.output, {}, {o.models, o.data, o.base});
     // A file that cannot be written there (no such folder, a directory in its place, no right to
     // write) is said before the evaluation, which may take hours, not after it: the temporary file
     // is made, then removed.

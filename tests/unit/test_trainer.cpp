@@ -1360,6 +1360,12 @@ TEST_F(TrainCli, QaracEvalFollowsEveryEvaluationSettingAndRefusesWhatIsNotOneRun
   expect_refused(exports + on_data + " --decoded -1", {"--decoded", "'-1'", "or all"});
   expect_refused(exports + on_data + " --base " + (root() / "base").string() + " --seed -1", {"--seed", "-1"});
   expect_refused(exports + on_data + " --output ''", {"--output is empty"});
+  // The base is a model folder too: its config.json was replaced by the metrics.
+  const fs::path base_config = root() / "base" / "config.json";
+  const std::string base_text = test_support::read_text(base_config.string());
+  expect_refused(exports + on_data + " --base " + (root() / "base").string() + " --output " + base_config.string(),
+                 {"--output " + base_config.string(), "inside the model folder"});
+  EXPECT_EQ(test_support::read_text(base_config.string()), base_text);
   const fs::path empty = root() / "no-streams", nowhere = root() / "nowhere" / "metrics.txt";
   fs::create_directories(empty);
   expect_refused(exports + " --data " + empty.string() + " --output " + nowhere.string(),
