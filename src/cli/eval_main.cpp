@@ -12,8 +12,10 @@
 #include "cli/vector_files.h"
 #include "cli/version.h"
 #include "core/atomic_file.h"
+#include "core/log.h"
 #include "io/hf_checkpoint.h"
 #include "io/qarac_export.h"
+#include "kernels/cpu/gemm.h"
 #include "train/evaluation.h"
 
 namespace po = boost::program_options;
@@ -54,6 +56,10 @@ int evaluate(const Options& o) {
     options.masking = mlm_masking(loaded.tokenizer, static_cast<uint64_t>(o.seed));
   }
   QaracEvaluator evaluator(options);
+  // As qarac-train says it: OpenBLAS's generic kernels are twice as slow here, and a run that
+  // launch/train-local.sh started had this CPU's own, whose last bits are others.
+  if (!device.is_cuda())
+    if (const std::string advice = cpu::blas_core_advice(); !advice.empty()) log::warn(advice);
   const EvalResult result = evaluator.evaluate({*loaded.models, base_lm_head});
   // JSON: every metric at full precision, as metrics.jsonl has them.
   cli::write_text(o.output, o.json ? nlohmann::json(result.metrics).dump() + "\n" : metric_lines(result));
