@@ -56,8 +56,9 @@ struct EvalResult {
   std::map<std::string, double> metrics;  // e.g. "qa.retrieval_accuracy", "forgetting.mlm_loss"
 };
 
-// "name value" lines in name order, as qarac-embed --rank and qarac-eval print them: a count (a
-// whole number: cs.confusion.*, qa.selection_questions) as one, the rest with six decimals.
+// "name value" lines in name order, as qarac-embed --rank and qarac-eval print them: a count
+// (cs.confusion.*, qa.selection_questions) as a whole number, the rest with six decimals (an
+// accuracy of 1 as 1.000000); nan where not finite.
 std::string metric_lines(const EvalResult& result);
 
 struct EvalContext {

@@ -773,3 +773,18 @@ TEST(ConsistencyClass, ThresholdsAreAThirdEachSide) {
   EXPECT_EQ(consistency_class(-0.34), -1);
   EXPECT_EQ(consistency_class(-1.0), -1);
 }
+
+// qarac-eval's and qarac-embed --rank's lines: counts as whole numbers, told by their names; every
+// other figure with six decimals, an accuracy of 0 or 1 too (they were printed as counts, "0").
+TEST(MetricLines, CountsAreWholeNumbersAndEveryOtherFigureHasItsDecimals) {
+  EvalResult result;
+  result.metrics = {{"cs.accuracy", 1.0},
+                    {"cs.confusion.entailment.neutral", 3.0},
+                    {"ed.loss", std::nan("")},
+                    {"qa.selection_mrr", 0.25},
+                    {"qa.selection_questions", 24.0},
+                    {"rs.token_accuracy", 0.0}};
+  EXPECT_EQ(metric_lines(result),
+            "cs.accuracy 1.000000\ncs.confusion.entailment.neutral 3\ned.loss nan\nqa.selection_mrr 0.250000\n"
+            "qa.selection_questions 24\nrs.token_accuracy 0.000000\n");
+}
