@@ -129,7 +129,7 @@ LoadedQarac load_qarac_exports(const std::string& dir, DType dtype, Device devic
   std::error_code ec;
   QARAC_INPUT_CHECK(fs::is_directory(dir, ec), dir, fs::exists(dir, ec) ? ": is not a directory" : ": does not exist",
                     " (expected a run's export/ or best/ folder: question_encoder/, answer_encoder/ and decoder/; a ",
-                    "run with eval.best writes best/ at its first evaluation)");
+                    "run writes export/ at its end, and best/, under eval.best, at its first evaluation)");
   struct Part {
     std::string dir, source;
     TensorMap tensors;
