@@ -1326,9 +1326,10 @@ TEST_F(TrainCli, QaracEvalGivesTheRunsLastEvaluation) {
 
 // qarac-eval with the settings the test above leaves out: a run whose evaluation passes were
 // capped by train.micro_tokens (--micro-tokens) gives its last evaluation bit for bit, --decoded
-// takes "all", its --help default; a negative --seed (no run has one), an --output that cannot be
-// written (said before the evaluation, which may take hours: here the data's error came first,
-// and an hour's evaluation was lost), and exports of two runs put together are refused.
+// takes "all", its --help default; refused: a negative --seed (no run has one), an --output in the
+// base's folder or one that cannot be written (said before the evaluation, which may take hours;
+// it was said after it, so that here the data's error came first), and two runs' exports put
+// together.
 TEST_F(TrainCli, QaracEvalFollowsEveryEvaluationSettingAndRefusesWhatIsNotOneRuns) {
   const fs::path run = root() / "capped", other = root() / "other-run", data = root() / "data";
   const std::string settings = " --eval.dir " + data.string() + " --eval.tokenizer " + test_support::kSample +
@@ -1392,7 +1393,8 @@ TEST_F(TrainCli, QaracEvalFollowsEveryEvaluationSettingAndRefusesWhatIsNotOneRun
 // its evaluation twice as fast and is the one launch/train-local.sh gave the run, as qarac-train
 // does (it said nothing); with it set, nothing.
 TEST_F(TrainCli, QaracEvalNamesTheCpusOwnBlasCore) {
-  if (cpu::blas_core_advice().empty()) GTEST_SKIP() << "OpenBLAS runs this CPU's own kernels (or OPENBLAS_CORETYPE is set)";
+  if (cpu::blas_core_advice().empty())
+    GTEST_SKIP() << "OpenBLAS runs this CPU's own kernels (or OPENBLAS_CORETYPE is set)";
   const fs::path run = root() / "blas";
   const CliResult trained = train(run, "--train.steps 2 --eval.tokenizer " + test_support::kSample + "tokenizer");
   ASSERT_EQ(trained.code, 0) << trained.output;
