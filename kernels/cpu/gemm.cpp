@@ -70,6 +70,8 @@ std::string blas_core_to_set() {
 #endif
 }
 
+std::string blas_core() { return openblas_get_corename(); }
+
 std::string blas_kernels() {
   const std::string own = blas_core_to_set();
   return std::string(openblas_get_corename()) + " kernels" +

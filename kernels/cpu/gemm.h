@@ -28,6 +28,9 @@ void gemm_batched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t 
 std::string blas_core_advice();
 // That OPENBLAS_CORETYPE alone ("" as above).
 std::string blas_core_to_set();
+// The OpenBLAS core whose kernels run ("Haswell"): ranks on CPUs it serves with different ones
+// compute other last bits for the same products.
+std::string blas_core();
 // What --version says of OpenBLAS: its kernels, and the OPENBLAS_CORETYPE to set if any
 // ("Prescott kernels; this CPU's own: OPENBLAS_CORETYPE=Cooperlake"), which the launch scripts read.
 std::string blas_kernels();

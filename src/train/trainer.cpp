@@ -40,6 +40,24 @@ const TrainConfig& checked(const TrainConfig& c) {
   return c;
 }
 
+// Ranks whose CPUs OpenBLAS serves with other kernels (a cluster of mixed nodes) compute other
+// last bits for the same examples, so what the run computes then depends on which ranks run which
+// examples, as it does nowhere else. Said once, by the first rank whose kernels are not rank 0's.
+void say_mixed_blas_kernels(const parallel::MpiGroup& world) {
+  const std::string own = cpu::blas_core();
+  std::array<char, 64> first{};
+  own.copy(first.data(), first.size() - 1);
+  world.broadcast(first.data(), static_cast<int>(first.size()), 0, "rank 0's OpenBLAS kernels");
+  const std::string rank0 = first.data();
+  double differing = rank0 == own.substr(0, first.size() - 1) ? world.size() : world.rank();
+  world.all_reduce(&differing, 1, MPI_MIN, "which ranks run other OpenBLAS kernels");
+  if (differing != world.rank()) return;
+  log::warn("rank ", world.rank(), " (", hostname(), ") runs OpenBLAS's ", own, " kernels, rank 0 ", rank0,
+            ": their products of the same numbers differ in the last bits, so the run's results depend on which ",
+            "ranks run which examples; for results independent of the placement, set OPENBLAS_CORETYPE to a core ",
+            "every rank's CPU runs (qarac-train --version names the kernels; the launch scripts pass it on)");
+}
+
 }  // namespace
 
 Trainer::Impl::Impl(const TrainConfig& c, const parallel::Runtime* runtime)
@@ -444,6 +462,7 @@ Trainer::RunEnd Trainer::Impl::run() {
   // Said once the run has started: a run refused at its start needs no advice on its speed.
   if (t.training.device.is_cpu() && t.place.root())
     if (const std::string advice = cpu::blas_core_advice(); !advice.empty()) log::warn(advice);
+  if (t.training.device.is_cpu() && t.place.world) say_mixed_blas_kernels(*t.place.world);
   // The evaluation due at the first step, unless a run that stopped there already recorded it:
   // at step 0 it measures the models before fine-tuning, the baseline of the forgetting monitor.
   if (t.last.eval != t.step && (t.step == 0 || (c.eval_every > 0 && t.step % c.eval_every == 0))) t.evaluate();

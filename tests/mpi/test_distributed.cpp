@@ -665,6 +665,32 @@ TEST_F(Distributed, RanksOfATaskReadingDifferentStreamsAreRefused) {
   EXPECT_FALSE(fs::exists(root() / "different-streams"));
 }
 
+// Ranks whose CPUs OpenBLAS serves with other kernels (a cluster of mixed nodes; stood in for by
+// OPENBLAS_CORETYPE set per rank, to kernels any x86-64 CPU runs) compute other last bits for
+// the same examples. Before, nothing said so, though the run's results then depend on where its
+// examples run; now the first such rank does, naming both kernels; ranks alike say nothing.
+TEST_F(Distributed, RanksOnOtherBlasKernelsAreSaid) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "the kernels named are x86-64's";
+#else
+  const auto rank = [&](const std::string& core, const std::string& run) {
+    return "OPENBLAS_CORETYPE=" + core + " " + std::string(QARAC_TRAIN_EXE) + " --output " + (root() / run).string() +
+           " --model.base " + (root() / "base").string() + " --data.dir " + (root() / "data").string() +
+           " --train.steps 1 --optimizer.warmup 0 --checkpoint.every 0 --eval.every 0" + batches("");
+  };
+  const std::string timeout = "timeout " + std::to_string(kRunLimit) + " ";
+  CliResult r = run_command(timeout + per_rank({rank("Core2", "mixed-blas"), rank("Prescott", "mixed-blas")}));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1 (" + hostname() + ") runs OpenBLAS's Prescott kernels, rank 0 Core2: their " +
+                          "products of the same numbers differ in the last bits"),
+            std::string::npos)
+      << r.output;
+  r = run_command(timeout + per_rank({rank("Prescott", "alike-blas"), rank("Prescott", "alike-blas")}));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("runs OpenBLAS's"), std::string::npos) << r.output;
+#endif
+}
+
 // A resume that one rank refuses (its consistency stream, that task's only one, holds other data
 // than the checkpoint's) ends the job before rank 0 rewrites the run's records: config.ini and
 // metrics.jsonl stay as they were. Before, rank 0 restored its own parts and wrote config.ini,
