@@ -105,6 +105,19 @@ cpu_dtype_options() {
 
 # ---- MPI launchers (train-local.sh, train-hosts.sh) ----------------------------------------
 
+# setup_launcher RANKS DRY_RUN: sets train (find_programs) and version (its --version), mpirun
+# (MPIRUN, default mpirun) and flavour (mpi_flavour); dies when either is missing or the launcher
+# cannot start RANKS ranks of the program (check_launcher; a warning on a dry run).
+setup_launcher() {
+  find_programs
+  [ -x "$train" ] || die "no qarac-train at $train: build it (bash launch/quickstart.sh builds it into build/) or set QARAC_BUILD"
+  mpirun=${MPIRUN:-mpirun}
+  command -v "$mpirun" >/dev/null || die "$mpirun not found; install an MPI (bash launch/install-deps.sh) or set MPIRUN"
+  flavour=$(mpi_flavour "$mpirun") || exit 1
+  version=$("$train" --version 2>/dev/null || true)
+  check_launcher "$mpirun" "$flavour" "$train" "$version" "$1" "$2"
+}
+
 # mpi_flavour LAUNCHER: which MPI LAUNCHER starts ranks of: openmpi, mpich (Hydra), intel, or
 # srun (by its name); told apart by its --version.
 mpi_flavour() {
@@ -268,6 +281,15 @@ run_launcher() {
   local rc=0
   wait "$launcher_pid" || rc=$?
   return "$rc"
+}
+
+# launch_watched RUN_DIR: runs the launch command cmd under run_launcher, the record's grace
+# QARAC_FAILED_GRACE (default 120), and exits with its status.
+launch_watched() {
+  local grace=${QARAC_FAILED_GRACE:-120} rc=0
+  [[ "$grace" =~ ^[0-9]+$ ]] || die "QARAC_FAILED_GRACE=$grace: a number of seconds (0: wait for the launcher for ever)"
+  run_launcher "$1" "$grace" "${cmd[@]}" || rc=$?
+  exit "$rc"
 }
 
 # forward_stop SIGNAL LAUNCHER: the traps of run_launcher.

@@ -80,14 +80,8 @@ hosts=$(IFS=,; echo "${host_list[*]}")
 
 # shellcheck source=launch/common.sh
 source "$repo/launch/common.sh"
-find_programs
-[ -x "$train" ] || die "no qarac-train at $train: build it (bash launch/quickstart.sh builds it into build/) or set QARAC_BUILD"
-mpirun=${MPIRUN:-mpirun}
-command -v "$mpirun" >/dev/null || die "$mpirun not found; install an MPI (bash launch/install-deps.sh) or set MPIRUN"
-flavour=$(mpi_flavour "$mpirun") || exit 1
+setup_launcher "$ranks" "$dry_run"
 [ "$flavour" != srun ] || die "MPIRUN=srun: inside a Slurm allocation Slurm places the ranks (slurm/train.sbatch), not --hosts"
-version=$("$train" --version 2>/dev/null || true)
-check_launcher "$mpirun" "$flavour" "$train" "$version" "$ranks" "$dry_run"
 # The run directory, where the ranks record a lost peer (failed.json) for this script to read.
 run_dir=$(run_dir_of "${train_args[@]}")
 [ -n "$run_dir" ] || ((dry_run)) ||
@@ -111,8 +105,4 @@ echo "$me: $ranks rank(s) on ${#host_list[@]} host(s) ($hosts), $threads thread(
 print_launch
 ((dry_run)) && exit 0
 
-grace=${QARAC_FAILED_GRACE:-120}
-[[ "$grace" =~ ^[0-9]+$ ]] || die "QARAC_FAILED_GRACE=$grace: a number of seconds (0: wait for the launcher for ever)"
-rc=0
-run_launcher "$run_dir" "$grace" "${cmd[@]}" || rc=$?
-exit "$rc"
+launch_watched "$run_dir"

@@ -71,16 +71,9 @@ done
 
 # shellcheck source=launch/common.sh
 source "$repo/launch/common.sh"
-find_programs
-[ -x "$train" ] || die "no qarac-train at $train: build it (bash launch/quickstart.sh builds it into build/) or set QARAC_BUILD"
-
-mpirun=${MPIRUN:-mpirun}
-command -v "$mpirun" >/dev/null || die "$mpirun not found; install an MPI (bash launch/install-deps.sh) or set MPIRUN"
-flavour=$(mpi_flavour "$mpirun") || exit 1
+setup_launcher "$ranks" "$dry_run"
 [ "$flavour" != srun ] || [ -n "${SLURM_JOB_ID:-}" ] ||
   die "MPIRUN=srun runs inside a Slurm allocation (salloc, sbatch); none here (no SLURM_JOB_ID)"
-version=$("$train" --version 2>/dev/null || true)
-check_launcher "$mpirun" "$flavour" "$train" "$version" "$ranks" "$dry_run"
 
 cores=$(cores_here)
 if [ -z "$threads" ]; then
@@ -114,8 +107,4 @@ echo "$me: $ranks rank(s) on $cores core(s), $threads thread(s) per rank, launch
 print_launch
 ((dry_run)) && exit 0
 
-grace=${QARAC_FAILED_GRACE:-120}
-[[ "$grace" =~ ^[0-9]+$ ]] || die "QARAC_FAILED_GRACE=$grace: a number of seconds (0: wait for the launcher for ever)"
-rc=0
-run_launcher "$(run_dir_of "${train_args[@]}")" "$grace" "${cmd[@]}" || rc=$?
-exit "$rc"
+launch_watched "$(run_dir_of "${train_args[@]}")"

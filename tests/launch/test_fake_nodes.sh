@@ -95,6 +95,27 @@ one_host() {
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
+# hang_nodeb_when_checkpointed LOG: once the job $job (logging to LOG) has written the checkpoint
+# of step 4 in $run, stops every process of nodeb and waits up to 40 s for the job to end; sets
+# took (ms from the hang) and rc (its status, or "hung": then nodeb is killed to end it).
+hang_nodeb_when_checkpointed() {
+  for _ in $(seq 100); do [ ! -d "$run/checkpoints/step-0000000004" ] || break; sleep 0.1; done
+  [ -d "$run/checkpoints/step-0000000004" ] || fail "no checkpoint: $(tail -3 "$1")"
+  local start
+  start=$(now_ms)
+  bash "$nodes" stop "$state" nodeb
+  for _ in $(seq 400); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+  took=$(($(now_ms) - start))
+  rc=0
+  if kill -0 "$job" 2>/dev/null; then
+    rc=hung
+    bash "$nodes" kill "$state" nodeb
+    { wait "$job"; } 2>/dev/null || true
+  else
+    wait "$job" || rc=$?
+  fi
+}
+
 case "$case" in
   layout)
     # Each node's /tmp is its own; the shared file system (the build folder) is every node's.
@@ -238,20 +259,7 @@ case "$case" in
       bash "$repo/slurm/train.sbatch" -- --config "$work/empty.ini" --train.device cpu --train.dtype f32 "${args[@]}" \
       --train.steps 1000000 --parallel.timeout 5 > "$work/sbatch.log" 2>&1 &
     job=$!
-    for _ in $(seq 100); do [ ! -d "$run/checkpoints/step-0000000004" ] || break; sleep 0.1; done
-    [ -d "$run/checkpoints/step-0000000004" ] || fail "no checkpoint: $(tail -3 "$work/sbatch.log")"
-    start=$(now_ms)
-    bash "$nodes" stop "$state" nodeb
-    for _ in $(seq 400); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
-    took=$(($(now_ms) - start))
-    rc=0
-    if kill -0 "$job" 2>/dev/null; then
-      rc=hung
-      bash "$nodes" kill "$state" nodeb
-      { wait "$job"; } 2>/dev/null || true
-    else
-      wait "$job" || rc=$?
-    fi
+    hang_nodeb_when_checkpointed "$work/sbatch.log"
     echo "$me: nodeb hung under slurm/train.sbatch: the job ended after $((took / 1000)).$(printf %03d $((took % 1000))) s, status $rc"
     check "the job ended with the ranks' status 3 (got $rc)" test "$rc" = 3
     check "the script said it ended the launcher" has "$work/sbatch.log" "and the launcher still waits (on a node that hangs or is cut off?): ending it" ;;
@@ -265,21 +273,8 @@ case "$case" in
     bash "$nodes" exec "$state" nodea "${launch[@]}" --hosts nodea:2,nodeb:2 -- "${args[@]}" --train.steps 1000000 \
       --parallel.timeout 5 --output "$run" > "$work/hosts.log" 2>&1 &
     job=$!
-    for _ in $(seq 100); do [ ! -d "$run/checkpoints/step-0000000004" ] || break; sleep 0.1; done
-    [ -d "$run/checkpoints/step-0000000004" ] || fail "no checkpoint: $(tail -3 "$work/hosts.log")"
-    check "the launch command places the ranks" has "$work/hosts.log" "-np 4 -H nodea:2\\,nodeb:2 --map-by slot:PE="
-    start=$(now_ms)
-    bash "$nodes" stop "$state" nodeb
-    for _ in $(seq 400); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
-    took=$(($(now_ms) - start))
-    rc=0
-    if kill -0 "$job" 2>/dev/null; then
-      rc=hung
-      bash "$nodes" kill "$state" nodeb
-      { wait "$job"; } 2>/dev/null || true
-    else
-      wait "$job" || rc=$?
-    fi
+    hang_nodeb_when_checkpointed "$work/hosts.log"
+    check "the launch command placed the ranks" has "$work/hosts.log" "-np 4 -H nodea:2\\,nodeb:2 --map-by slot:PE="
     echo "$me: nodeb hung under launch/train-hosts.sh: the script ended after $((took / 1000)).$(printf %03d $((took % 1000))) s, status $rc"
     check "the script ended with the ranks' status 3 (got $rc)" test "$rc" = 3
     check "the script said it ended the launcher" has "$work/hosts.log" \
