@@ -2,7 +2,8 @@
 # cmake --install of a build into a scratch prefix P: the four programs in P/bin answer
 # --version (the version, a git commit line, the CUDA, NCCL and MPI lines); launch/, its
 # configs, slurm/ and the sample data lie in P/share/qarac-mt in the repository's layout, the
-# docs in P/share/doc/qarac-mt; the installed train-local.sh finds P/bin/qarac-train by itself.
+# docs in P/share/doc/qarac-mt; the installed train-local.sh and train-hosts.sh find P/bin/qarac-train by
+# themselves.
 #   bash tests/launch/test_install.sh CMAKE BUILD_DIR VERSION MPIEXEC
 set -euo pipefail
 cmake=$1 build=$2 version=$3 mpiexec=$4
@@ -30,7 +31,7 @@ echo "--- $prefix/bin/qarac-train --version:"
 "$prefix/bin/qarac-train" --version
 
 share=$prefix/share/qarac-mt
-for f in launch/train-local.sh launch/scaling.sh launch/quickstart.sh slurm/train.sbatch slurm/scaling.sbatch; do
+for f in launch/train-local.sh launch/train-hosts.sh launch/scaling.sh launch/quickstart.sh slurm/train.sbatch slurm/scaling.sbatch; do
   check "installed and executable: $f" test -x "$share/$f"
 done
 for f in slurm/common.sh launch/configs/qarac-roberta-base.ini launch/configs/quickstart.ini \
@@ -46,6 +47,10 @@ rc=0
 env -u QARAC_BUILD MPIRUN="$mpiexec" bash "$share/launch/train-local.sh" -n 1 --dry-run -- --x >"$prefix/out.txt" 2>&1 || rc=$?
 check "the installed train-local.sh runs (got $rc)" test "$rc" = 0
 check "it finds $prefix/bin/qarac-train" has_re "$prefix/out.txt" " $prefix/bin/qarac-train --x"
+rc=0
+env -u QARAC_BUILD MPIRUN="$mpiexec" bash "$share/launch/train-hosts.sh" --hosts node1:2 --dry-run -- --x >"$prefix/out.txt" 2>&1 || rc=$?
+check "the installed train-hosts.sh runs (got $rc)" test "$rc" = 0
+check "it finds $prefix/bin/qarac-train too" has_re "$prefix/out.txt" " $prefix/bin/qarac-train --x"
 
 if ((failures)); then exit 1; fi
 echo "test_install.sh: every check holds"
