@@ -4,10 +4,13 @@
 # held-out evaluation and that evaluation's headline metrics, and the best evaluation on record
 # where eval.best kept one (best/best.json). A run still going shows its latest evaluation.
 # A cell "-": a setting the run lacks or a metric it did not measure; nan: a metric that was not
-# finite (sorted after the measured); "": a setting of an empty value.
+# finite (sorted after the measured); "": a setting of an empty value. Runs whose last evaluations
+# measured other held-out data or settings (the "evaluation" of their metrics.jsonl lines differs)
+# are named in a note under the table: their figures compare only within each group.
 #   launch/compare-runs.sh [--metric NAME] RUN_DIR RUN_DIR...
-#   --metric NAME   show the metric NAME too (any key of an evaluation line, e.g. qa.selection_map)
-#                   and sort the runs by it, best first: lower first for a loss, higher otherwise
+#   --metric NAME   show the metric NAME too (any key of an evaluation line, e.g. qa.selection_map;
+#                   step is the step column) and sort the runs by it, best first: lower first for a
+#                   loss, higher otherwise
 # Needs jq (bash launch/install-deps.sh --job).
 set -euo pipefail
 # Numbers are read and written with a decimal point in any locale (launch/README.md).
@@ -18,11 +21,26 @@ die() { echo "$me: $*" >&2; exit 1; }
 jq_error() { local text; text=$(sed 's/^jq: error ([^)]*): //' "$tmp/error"); echo "${text:-cannot be read}"; }
 usage="usage: $me [--metric NAME] RUN_DIR RUN_DIR..."
 
+tmp=$(mktemp -d)
+trap 'rm -rf -- "$tmp"' EXIT
+# Standard output is the result: a write that fails (a full disk, a closed descriptor) is said in
+# one line with its cause, as the programs say it, not by the tool that wrote (awk's "close
+# failed on file /dev/stdout", exit 2). A closed pipe ends the script quietly, as any filter.
+print_file() {
+  local status=0 cause
+  cat -- "$1" 2>"$tmp/write-error" || status=$?
+  ((status == 0 || status == 128 + 13)) || {
+    cause=$(sed -n '$s/.*: //p' "$tmp/write-error")
+    die "standard output: write failed${cause:+: $cause}: what was printed is incomplete"
+  }
+  return "$status"
+}
+
 metric=""
 runs=()
 while (($#)); do
   case $1 in
-    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0" >"$tmp/help"; print_file "$tmp/help"; exit 0 ;;
     --metric) (($# >= 2)) || die "--metric needs a NAME; $usage"; metric=$2; shift 2 ;;
     --metric=*) metric=${1#--metric=}; shift ;;
     --) shift; runs+=("$@"); break ;;
@@ -34,10 +52,8 @@ done
 [[ -z $metric || $metric =~ ^[A-Za-z0-9_.]+$ ]] || die "--metric '$metric': not a metric name (letters, digits, '_' and '.')"
 command -v jq >/dev/null || die "jq not found; install it with: bash launch/install-deps.sh --job"
 
-tmp=$(mktemp -d)
-trap 'rm -rf -- "$tmp"' EXIT
-
-# One record per fact, tab-separated: RUN KIND KEY VALUE, KIND being name, setting, eval or best.
+# One record per fact, tab-separated: RUN KIND KEY VALUE, KIND being name, setting, eval, measured
+# (the fingerprint of what the last evaluation measured on) or best.
 records=$tmp/records
 : >"$records"
 for i in "${!runs[@]}"; do
@@ -63,10 +79,12 @@ for i in "${!runs[@]}"; do
     }' "$run/config.ini" >>"$records"
   # The last evaluation; lines that do not parse (one being written) are skipped. A metric that
   # was not finite is null there (JSON has no NaN): nan here, not "-", which is one not measured.
+  # Its "evaluation" (src/train/metrics.cpp) is absent in lines of a qarac-train before it.
   jq -Rrn --arg run "$i" '
     [inputs | fromjson? | objects | select(.eval == true and (.step | type) == "number")]
     | last // empty
-    | to_entries[] | select((.value | type) == "number" or .value == null) | [$run, "eval", .key, .value // "nan"] | @tsv' \
+    | (select(.evaluation | type == "string") | [$run, "measured", "", .evaluation] | @tsv),
+      (to_entries[] | select((.value | type) == "number" or .value == null) | [$run, "eval", .key, .value // "nan"] | @tsv)' \
     "$run/metrics.jsonl" >>"$records" 2>"$tmp/error" || die "$run/metrics.jsonl: $(jq_error)"
   if [ -f "$run/best/best.json" ]; then
     jq -r --arg run "$i" 'select((.metric | type) == "string" and (.value | type) == "number" and (.step | type) == "number")
@@ -85,6 +103,7 @@ awk -F'\t' -v runs="${#runs[@]}" -v sort_by="$metric" '
   $2 == "name" { name[$1] = $4 }
   $2 == "setting" { setting[$1, $3] = $4; if (!($3 in known)) { known[$3] = 1; keys[++nkeys] = $3 } }
   $2 == "eval" { value[$1, $3] = $4; has[$3] = 1 }
+  $2 == "measured" { measured_on[$1] = $4 }
   $2 == "best" { split($4, vs, "@"); best[$1] = $3 " " number(vs[1]) " @ " vs[2]; any_best = 1 }
   END {
     # Columns: the run, the settings that differ, the step, the headline metrics any run has.
@@ -103,7 +122,7 @@ awk -F'\t' -v runs="${#runs[@]}" -v sort_by="$metric" '
     split("ed.token_accuracy rs.token_accuracy qa.selection_mrr qa.retrieval_accuracy cs.accuracy forgetting.mlm_loss mlm.loss", headline, " ")
     for (h = 1; h in headline; h++)
       if (headline[h] in has && headline[h] != sort_by) { col[++ncols] = headline[h]; kind[ncols] = "eval" }
-    if (sort_by != "") { col[++ncols] = sort_by; kind[ncols] = "eval" }
+    if (sort_by != "" && sort_by != "step") { col[++ncols] = sort_by; kind[ncols] = "eval" }
     if (any_best) { col[++ncols] = "best (eval.best)"; kind[ncols] = "best" }
 
     for (r = 0; r < runs; r++) {
@@ -133,10 +152,24 @@ awk -F'\t' -v runs="${#runs[@]}" -v sort_by="$metric" '
         if (c == ncols) printf "\n"
         else for (pad = chars(cell); pad < width[c]; pad++) printf " "
       }
+    # Runs grouped by what their last evaluation measured on, in the order shown.
+    for (i = 1; i <= runs; i++) {
+      r = order[i]
+      if (!(r in measured_on)) continue
+      f = measured_on[r]
+      if (f in group) group[f] = group[f] ", " name[r]
+      else { fingerprints[++nfingerprints] = f; group[f] = name[r] }
+    }
+    if (nfingerprints > 1) {
+      printf "note: these runs'"'"' last evaluations measured different held-out data or settings (metrics.jsonl'"'"'s \"evaluation\"); compare figures only within a group:"
+      for (g = 1; g <= nfingerprints; g++) printf "%s %s: %s", (g > 1 ? ";" : ""), fingerprints[g], group[fingerprints[g]]
+      printf "\n"
+    }
   }
   function before(a, b,   x, y) {
     if (!measured(b)) return measured(a)
     if (!measured(a)) return 0
     x = value[a, sort_by] + 0; y = value[b, sort_by] + 0
     return lower_is_better(sort_by) ? x < y : x > y
-  }' "$records"
+  }' "$records" >"$tmp/table"
+print_file "$tmp/table"

@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
                       "--question-encoder, --answer-encoder and --max-examples go with --rank");
     QARAC_INPUT_CHECK(vm["field"].defaulted() || cli::json_lines_input(input), "--field names a field of JSON lines; ",
                       input, " is read as one text per line");
-    cli::check_output_spares(output, {input}, {model});
+    cli::check_output_spares(output, {input}, {{model, "--model", "the model"}});
     Encoder encoder = io::load_encoder_export(model, DType::f32, device);
     cli::write_vectors(output, cli::encode_texts(encoder, input, field, batch, device));
     return 0;

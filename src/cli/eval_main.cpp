@@ -13,6 +13,7 @@
 #include "cli/version.h"
 #include "core/atomic_file.h"
 #include "core/log.h"
+#include "data/tokenizer.h"
 #include "io/hf_checkpoint.h"
 #include "io/qarac_export.h"
 #include "kernels/cpu/gemm.h"
@@ -42,6 +43,7 @@ int evaluate(const Options& o) {
   // The streams must be made with the models' tokenizer: another one's ids are other words.
   options.tokenizer_hash = loaded.tokenizer.hash();
   options.tokenizer_source = "the models (" + o.models + ")";
+  options.max_tokens = loaded.models->config().base.max_tokens();
   TensorMap base_lm_head;
   if (!o.base.empty()) {
     io::HfRoberta base = io::read_hf_roberta(o.base);
@@ -52,6 +54,13 @@ int evaluate(const Options& o) {
                       "--base ", o.base, ": vocabulary ", base.config.vocab_size, " and hidden size ",
                       base.config.hidden_size, ", but the models of ", o.models, " have ", trained.vocab_size, " and ",
                       trained.hidden_size, " (give the run's model.base)");
+    // Its MLM head predicts its tokenizer's ids, which the exports' must be; a base without one
+    // (the run's exports then carry eval.tokenizer's) has nothing to compare.
+    if (data::Tokenizer::found_in(o.base)) {
+      const std::string hash = data::Tokenizer::from_dir(o.base).hash();
+      QARAC_INPUT_CHECK(hash == loaded.tokenizer.hash(), "--base ", o.base, ": tokenizer ", hash, ", but the models (",
+                        o.models, ") carry ", loaded.tokenizer.hash(), " (give the run's model.base)");
+    }
     base_lm_head = std::move(base.lm_head);
     options.masking = mlm_masking(loaded.tokenizer, static_cast<uint64_t>(o.seed));
   }
@@ -112,7 +121,9 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(!o.base.empty() || vm["seed"].defaulted(), "--seed fixes the forgetting monitor's masks: it goes with --base");
     QARAC_INPUT_CHECK(o.seed >= 0, "--seed must not be negative (as train.seed), got ", o.seed);
     QARAC_INPUT_CHECK(!o.output.empty(), "--output is empty: name a file, or - for standard output");
-    cli::check_output_spares(o.output, {}, {o.models, o.data, o.base});
+    cli::check_output_spares(o.output, {},
+                             {{o.models, "--models", "the models"}, {o.data, "--data", "the task streams"},
+                              {o.base, "--base", "the base model"}});
     // A file that cannot be written there (no such folder, a directory in its place, no right to
     // write) is said before the evaluation, which may take hours, not after it: the temporary file
     // is made, then removed.

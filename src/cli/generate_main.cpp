@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
     QARAC_INPUT_CHECK(batch > 0, "--batch must be positive, got ", batch);
     const Device device = cli::parse_device(device_name);
 
-    cli::check_output_spares(output, {vectors_path, input}, {decoder_dir, encoder_dir});
+    cli::check_output_spares(output, {vectors_path, input},
+                             {{decoder_dir, "--decoder", "the decoder"}, {encoder_dir, "--encoder", "the encoder"}});
     io::LoadedModel<Decoder> decoder = io::load_decoder_export(decoder_dir, DType::f32, device);
     // The last step reads "<s>" and the tokens before the last: max_tokens in all.
     QARAC_INPUT_CHECK(max_tokens <= decoder.config.max_tokens(), "--max-tokens ", max_tokens, ": ", decoder_dir,

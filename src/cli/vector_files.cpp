@@ -216,7 +216,7 @@ Device parse_device(const std::string& name) {
 bool json_lines_input(const std::string& path) { return json_lines(path) && path != "-"; }
 
 void check_output_spares(const std::string& output, const std::vector<std::string>& inputs,
-                         const std::vector<std::string>& folders) {
+                         const std::vector<ReadFolder>& folders) {
   namespace fs = std::filesystem;
   if (output == "-") return;
   std::error_code ec;
@@ -224,13 +224,13 @@ void check_output_spares(const std::string& output, const std::vector<std::strin
     QARAC_INPUT_CHECK(input == "-" || input.empty() || !fs::equivalent(output, input, ec), "--output ", output,
                       " is the input ", input, ": writing it would destroy what is read");
   const fs::path written = fs::weakly_canonical(fs::absolute(output, ec), ec);
-  for (const std::string& folder : folders) {
-    if (folder.empty()) continue;
-    fs::path kept = fs::weakly_canonical(fs::absolute(folder, ec), ec);
+  for (const ReadFolder& folder : folders) {
+    if (folder.path.empty()) continue;
+    fs::path kept = fs::weakly_canonical(fs::absolute(folder.path, ec), ec);
     if (!kept.empty() && kept.filename().empty()) kept = kept.parent_path();  // "dec/" is "dec"
     const bool inside = std::mismatch(kept.begin(), kept.end(), written.begin(), written.end()).first == kept.end();
-    QARAC_INPUT_CHECK(kept.empty() || !inside, "--output ", output, " is inside the model folder ", folder,
-                      ": writing it would damage the model");
+    QARAC_INPUT_CHECK(kept.empty() || !inside, "--output ", output, " is inside the ", folder.option, " folder ",
+                      folder.path, ": writing it would damage ", folder.holds);
   }
 }
 

@@ -36,11 +36,18 @@ std::vector<std::vector<int32_t>> tokenize_texts(const data::Tokenizer& tokenize
                                                  const std::vector<std::string>& texts,
                                                  int64_t max_tokens, const std::string& source);
 
+// A folder a program reads, which no --output may be inside: its path (empty: none given), the
+// option that named it and what it holds, as the refusal names them.
+struct ReadFolder {
+  std::string path, option, holds;
+};
+
 // InputError when writing `output` would destroy what the program reads: one of `inputs` (files;
-// "-" and missing ones pass) or anything in one of `folders` (model exports). Compared by what
-// the paths name on disk, so a link or another spelling of the same file is caught too.
+// "-" and missing ones pass) or anything in one of `folders` (model exports, task streams).
+// Compared by what the paths name on disk, so a link or another spelling of the same file is
+// caught too.
 void check_output_spares(const std::string& output, const std::vector<std::string>& inputs,
-                         const std::vector<std::string>& folders);
+                         const std::vector<ReadFolder>& folders);
 
 // By the extension, in any case: .npy (a little-endian f32 [rows, cols] array, C order), .h5 (dataset
 // "vectors" [rows, cols] f32) or JSON lines, .jsonl, .ndjson, .json or "-" (one {"vector": [...]} per line, to standard

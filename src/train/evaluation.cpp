@@ -351,6 +351,8 @@ QaracEvaluator::QaracEvaluator(const EvalOptions& options) : options_(options) {
   }
   QARAC_INPUT_CHECK(!batches_.empty(), options.data_dir, ": no held-out task stream (",
                     "encode_decode.h5, question_answering.h5, reasoning.h5, consistency.h5)");
+  // Before the warning below: a stream the models cannot read is the one thing to say.
+  if (options.max_tokens > 0) check_lengths(options.max_tokens);
   if (!missing.empty())
     log::warn_shared("evaluation: ", options.data_dir, " holds no ", missing, ": those tasks are not evaluated");
   Hash64 hash;
@@ -382,18 +384,17 @@ void fingerprint_masking(Hash64& hash, const std::optional<MlmMasking>& masking)
   if (masking) fingerprint_values(hash, masking->special_ids);
 }
 
-void QaracEvaluator::check_lengths(const RobertaConfig& config) const {
+void QaracEvaluator::check_lengths(int64_t max_tokens) const {
   for (size_t i = 0; i < batches_.size(); ++i) {
     for (size_t f = 0; f < batches_[i].fields.size(); ++f)
-      QARAC_INPUT_CHECK(batches_[i].fields[f].max_length() <= config.max_tokens(), paths_[i], ": its ",
+      QARAC_INPUT_CHECK(batches_[i].fields[f].max_length() <= max_tokens, paths_[i], ": its ",
                         data::task_fields(batches_[i].task)[f], " field holds a sequence of ",
-                        batches_[i].fields[f].max_length(), " tokens, more than the ", config.max_tokens(),
-                        " the models read (rerun qarac-prep with --max-length ", config.max_tokens(), ")");
+                        batches_[i].fields[f].max_length(), " tokens, more than the ", max_tokens,
+                        " the models read (rerun qarac-prep with --max-length ", max_tokens, ")");
     if (batches_[i].task == Task::question_answering)
-      QARAC_INPUT_CHECK(longest(candidates_.sentences) <= config.max_tokens(), paths_[i],
+      QARAC_INPUT_CHECK(longest(candidates_.sentences) <= max_tokens, paths_[i],
                         ": a candidate sentence holds ", longest(candidates_.sentences), " tokens, more than the ",
-                        config.max_tokens(), " the models read (rerun qarac-prep with --max-length ",
-                        config.max_tokens(), ")");
+                        max_tokens, " the models read (rerun qarac-prep with --max-length ", max_tokens, ")");
   }
 }
 
@@ -405,7 +406,7 @@ EvalResult QaracEvaluator::evaluate(const EvalContext& context) {
   QaracModels& models = context.models;
   const RobertaConfig& config = models.config().base;
   const int64_t d = config.hidden_size;
-  check_lengths(config);
+  check_lengths(config.max_tokens());
   EvalResult result;
   Objectives objectives(models, options_.qa_objective);
   // A long evaluation (a test split under qarac-eval, a large eval.examples, which the other

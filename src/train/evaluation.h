@@ -104,6 +104,7 @@ struct EvalOptions {
   QaObjective qa_objective;           // what qa.loss measures: the training's objective
   std::string tokenizer_hash;         // non-empty: every held-out stream must come from it,
   std::string tokenizer_source;       // what has it, named in errors: "the training data (FILE)"
+  int64_t max_tokens = 0;  // > 0: the models' (RobertaConfig::max_tokens), streams checked as read
 };
 
 // The consistency label cos(AE(s0), AE(s1)) stands for, as the consistency objective reads it:
@@ -126,13 +127,14 @@ class QaracEvaluator : public Evaluator {
  public:
   // Reads the held-out examples once: InputError when data_dir has none of the task files, or
   // one holds another task or comes from another tokenizer than options.tokenizer_hash. A
-  // sequence longer than the models read is an InputError naming its file at evaluate().
+  // sequence longer than the models read is an InputError naming its file, here when
+  // options.max_tokens is set, else at evaluate().
   explicit QaracEvaluator(const EvalOptions& options);
   EvalResult evaluate(const EvalContext& context) override;
   uint64_t fingerprint() const override { return fingerprint_; }
 
  private:
-  void check_lengths(const RobertaConfig& config) const;
+  void check_lengths(int64_t max_tokens) const;
   // forgetting.mlm_loss: the base's MLM head over the answer encoder's base, on the held-out text.
   void add_forgetting(const EvalContext& context, EvalResult& result);
 

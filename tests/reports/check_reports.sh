@@ -3,7 +3,8 @@
 # the table marks which direction is better and lists the example counts apart; the plot gives
 # every series its own look (the two QA accuracies share a colour, not a marker), draws the
 # chance level, names the run without the machine's path, and keeps a change of 0.03% flat; the
-# comparison shows what differs and sorts by a metric.
+# comparison shows what differs, sorts by a metric, notes runs evaluated on different data and
+# says in one line when its standard output cannot be written.
 #   tests/reports/check_reports.sh SOURCE_DIR
 # Exits 77 (skipped) when jq or gnuplot is missing (bash launch/install-deps.sh --job).
 set -euo pipefail
@@ -75,12 +76,12 @@ for r in a b c; do
     "$(case $r in a) echo 1e-05 ;; b) echo 3e-05 ;; c) echo 5e-05 ;; esac)" >"$sweep/$r/config.ini"
 done
 cat >"$sweep/a/metrics.jsonl" <<'JSON'
-{"step":0,"eval":true,"cs.accuracy":0.3,"cs.loss":2.0}
-{"step":4,"eval":true,"cs.accuracy":0.7,"cs.loss":0.9,"qa.selection_mrr":0.61}
+{"step":0,"eval":true,"evaluation":"0123456789abcdef","cs.accuracy":0.3,"cs.loss":2.0}
+{"step":4,"eval":true,"evaluation":"0123456789abcdef","cs.accuracy":0.7,"cs.loss":0.9,"qa.selection_mrr":0.61}
 JSON
 cat >"$sweep/b/metrics.jsonl" <<'JSON'
-{"step":0,"eval":true,"cs.accuracy":0.3,"cs.loss":2.0}
-{"step":4,"eval":true,"cs.accuracy":0.8,"cs.loss":0.5,"qa.selection_mrr":0.55}
+{"step":0,"eval":true,"evaluation":"fedcba9876543210","cs.accuracy":0.3,"cs.loss":2.0}
+{"step":4,"eval":true,"evaluation":"0123456789abcdef","cs.accuracy":0.8,"cs.loss":0.5,"qa.selection_mrr":0.55}
 {"step":6,"eval":tr
 JSON
 printf '{"step":0,"eval":true,"cs.accuracy":0.3}\n' >"$sweep/c/metrics.jsonl"
@@ -94,6 +95,32 @@ head -1 <<<"$compared" | grep -qE '^run +optimizer\.lr +step +qa\.selection_mrr 
 grep -qE "^$sweep/b +3e-05 +4 +0\.5500 +0\.8000 +0\.5000 +cs\.accuracy 0\.8500 @ 3$" <<<"$compared" || fail "compare: row b: $compared"
 grep -qE "^$sweep/c +5e-05 +0 +- +0\.3000 +- +-$" <<<"$compared" || fail "compare: row c: $compared"
 grep -q 'output\|seed' <<<"$compared" && fail "compare: a setting that does not differ is shown: $compared"
+# The step is a column already: --metric step sorts by it without showing it twice.
+by_step=$(bash "$src/launch/compare-runs.sh" --metric step "$sweep/c" "$sweep/a")
+head -1 <<<"$by_step" | grep -qE '^run +optimizer\.lr +step +qa\.selection_mrr +cs\.accuracy$' ||
+  fail "compare: columns by step: $by_step"
+[ "$(tail -n +2 <<<"$by_step" | awk '{ print $1 }' | tr '\n' ' ')" = "$sweep/a $sweep/c " ] || fail "compare: not sorted by step: $by_step"
+# Last evaluations of other held-out data (their "evaluation" fingerprints differ) are noted under
+# the table with the runs of each; a run whose lines record none (c: an older qarac-train) is not
+# compared. Runs of one evaluation (a and b above) have no note.
+grep -q '^note:' <<<"$compared" && fail "compare: a note on runs of one evaluation: $compared"
+cp -r "$sweep/a" "$sweep/d"
+sed -i 's/0123456789abcdef/00000000000000ff/' "$sweep/d/metrics.jsonl"
+compared=$(bash "$src/launch/compare-runs.sh" "$sweep/a" "$sweep/c" "$sweep/d" "$sweep/b")
+[ "$(grep -c '^note:' <<<"$compared")" = 1 ] || fail "compare: not one note: $compared"
+[ "$(tail -1 <<<"$compared")" = "note: these runs' last evaluations measured different held-out data or \
+settings (metrics.jsonl's \"evaluation\"); compare figures only within a group: 0123456789abcdef: $sweep/a, \
+$sweep/b; 00000000000000ff: $sweep/d" ] || fail "compare: runs of other evaluations: $compared"
+# A standard output that cannot be written is one line, the script's, with the cause (it was awk's
+# "close failed on file /dev/stdout", exit 2); --help's too.
+if [ -w /dev/full ]; then
+  for args in "$sweep/a $sweep/b" --help; do
+    # shellcheck disable=SC2086  # two runs, or the option
+    if out=$(bash "$src/launch/compare-runs.sh" $args 2>&1 >/dev/full); then fail "compare $args: a full standard output passed"; fi
+    [ "$out" = "launch/compare-runs.sh: standard output: write failed: No space left on device: what was printed is incomplete" ] ||
+      fail "compare $args: a full standard output: $out"
+  done
+fi
 if out=$(bash "$src/launch/compare-runs.sh" "$sweep/a" "$work" 2>&1); then fail "compare: a folder without metrics.jsonl passed"; fi
 [ "$out" = "launch/compare-runs.sh: $work: no metrics.jsonl (not a qarac-train run directory, or a run not started)" ] ||
   fail "compare: a folder without metrics: $out"

@@ -965,8 +965,15 @@ TEST_F(ExportsTest, ProgramsRefuseWhatTheyWouldLoseOrIgnore) {
                              " --output " + vectors_jsonl),
                  "is the input " + vectors_jsonl);
   EXPECT_EQ(read_file(vectors_jsonl), vectors_before);
+  // Each folder named as the option that gave it (qarac-eval's --data was "the model folder").
   expect_refused(run_command(generate + " --output " + dec + "/config.json"),
-                 "--output " + dec + "/config.json is inside the model folder " + dec);
+                 "--output " + dec + "/config.json is inside the --decoder folder " + dec +
+                     ": writing it would damage the decoder");
+  expect_refused(run_command(std::string(QARAC_GENERATE_EXE) + " --decoder " + dec + " --encoder " + ae + " --input " +
+                             texts.string() + " --output " + ae + "/texts.jsonl"),
+                 "is inside the --encoder folder " + ae + ": writing it would damage the encoder");
+  expect_refused(run_command(embed + " --output " + ae + "/vectors.npy"),
+                 "is inside the --model folder " + ae + ": writing it would damage the model");
   // An encoder and a decoder of different vocabularies: the texts would decode as other words.
   const fs::path other_dec = tmp_.path / "other_decoder";
   fs::copy(dec, other_dec);

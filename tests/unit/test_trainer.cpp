@@ -1370,8 +1370,13 @@ TEST_F(TrainCli, QaracEvalFollowsEveryEvaluationSettingAndRefusesWhatIsNotOneRun
   const fs::path base_config = root() / "base" / "config.json";
   const std::string base_text = test_support::read_text(base_config.string());
   expect_refused(exports + on_data + " --base " + (root() / "base").string() + " --output " + base_config.string(),
-                 {"--output " + base_config.string(), "inside the model folder"});
+                 {"--output " + base_config.string() + " is inside the --base folder " + (root() / "base").string()});
   EXPECT_EQ(test_support::read_text(base_config.string()), base_text);
+  // Each folder is named as what it is (an --output among the streams was "inside the model folder").
+  expect_refused(exports + on_data + " --output " + (data / "metrics.txt").string(),
+                 {"is inside the --data folder " + data.string() + ": writing it would damage the task streams"});
+  expect_refused(exports + on_data + " --output " + exports + "/decoder/metrics.txt",
+                 {"is inside the --models folder " + exports + ": writing it would damage the models"});
   const fs::path empty = root() / "no-streams", nowhere = root() / "nowhere" / "metrics.txt";
   fs::create_directories(empty);
   expect_refused(exports + " --data " + empty.string() + " --output " + nowhere.string(),
@@ -1387,6 +1392,55 @@ TEST_F(TrainCli, QaracEvalFollowsEveryEvaluationSettingAndRefusesWhatIsNotOneRun
   fs::remove(mixed / "decoder" / "README.md");  // a card removed: nothing to compare, evaluated
   const CliResult uncarded = run_command(eval + mixed.string() + on_data + " --examples 4");
   EXPECT_EQ(uncarded.code, 0) << uncarded.output;
+}
+
+// What the models cannot read with what they were trained on is one line before any figure: a
+// stream of sequences longer than the models take (a warning that the folder holds no other task
+// came before that error), and a --base whose tokenizer is not the exports' though its sizes
+// match (its MLM head's ids would be other words; nothing refused it).
+TEST_F(TrainCli, QaracEvalRefusesWhatTheModelsCannotReadInOneLine) {
+  const fs::path run = root() / "unreadable", data = root() / "data";
+  const CliResult trained =
+      train(run, "--train.steps 1 --optimizer.warmup 0 --eval.tokenizer " + test_support::kSample + "tokenizer");
+  ASSERT_EQ(trained.code, 0) << trained.output;
+  const std::string eval = std::string(QARAC_EVAL_EXE) + " --models ", exports = (run / "export").string();
+  auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
+    const CliResult r = run_command(eval + args);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
+    EXPECT_EQ(r.output.find("qarac-eval: error: "), 0u) << r.output;
+    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // one line
+    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+  };
+  // One text of 600 words, prepared for models of 1000 tokens; these take 512.
+  const fs::path long_text = root() / "long.txt", long_streams = root() / "long_streams";
+  std::string words;
+  for (int i = 0; i < 600; ++i) words += "the ";
+  std::ofstream(long_text) << words << "\n";
+  const CliResult prep = run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + test_support::kSample +
+                                     "tokenizer --max-length 1000 --out " + long_streams.string() + " --text " +
+                                     long_text.string());
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  expect_refused(exports + " --data " + long_streams.string(),
+                 {(long_streams / "encode_decode.h5").string() + ": its", "more than the 512 the models read"});
+  // The base with the sample tokenizer's vocabulary and two merges swapped: same size, other ids.
+  const fs::path other_base = root() / "base_other_tokenizer", sample = test_support::kSample + "tokenizer";
+  fs::create_directories(other_base);
+  for (const char* file : {"config.json", "model.safetensors"}) fs::copy_file(root() / "base" / file, other_base / file);
+  fs::copy_file(sample / "vocab.json", other_base / "vocab.json");
+  std::string merges = test_support::read_text((sample / "merges.txt").string());
+  const size_t first = merges.find('\n') + 1, second = merges.find('\n', first) + 1, third = merges.find('\n', second) + 1;
+  merges = merges.substr(0, first) + merges.substr(second, third - second) + merges.substr(first, second - first) +
+           merges.substr(third);
+  std::ofstream(other_base / "merges.txt", std::ios::binary) << merges;
+  expect_refused(exports + " --data " + data.string() + " --examples 2 --decoded 0 --base " + other_base.string(),
+                 {"--base " + other_base.string() + ": tokenizer ", "but the models (" + exports + ") carry "});
+  // With the run's tokenizer beside it, that base is the run's.
+  for (const char* file : {"vocab.json", "merges.txt"}) fs::remove(other_base / file);
+  fs::copy_file(sample / "tokenizer.json", other_base / "tokenizer.json");
+  const CliResult same = run_command(eval + exports + " --data " + data.string() + " --examples 2 --decoded 0 --base " +
+                                     other_base.string());
+  EXPECT_EQ(same.code, 0) << same.output;
+  EXPECT_NE(same.output.find("forgetting.mlm_loss "), std::string::npos) << same.output;
 }
 
 // On a CPU that OpenBLAS takes for an older one, qarac-eval names the OPENBLAS_CORETYPE that makes
