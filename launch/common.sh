@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2154  # repo, out, marker, force and logs come from the sourcing script; bin, prep and train go to it
-# Shared by launch/quickstart.sh, scaling.sh, forgetting.sh, train-local.sh and train-hosts.sh
-# (and slurm/train.sbatch, for cpu_dtype_options), which source it once `repo` (the repository, or PREFIX/share/qarac-mt when
+# Shared by launch/quickstart.sh, scaling.sh, forgetting.sh, train-local.sh, train-hosts.sh,
+# metrics-table.sh and compare-runs.sh (and slurm/train.sbatch, for cpu_dtype_options), which
+# source it once `repo` (the repository, or PREFIX/share/qarac-mt when
 # installed) is set; they define die(), and set `out`, `marker`, `force` and `logs` before calling
 # what uses them. Nothing here runs by itself.
 
@@ -101,6 +102,17 @@ cpu_dtype_options() {
        /^\[.*\]$/ { section = substr($0, 2, length($0) - 2); next }
        section == "train" && $0 == "dtype=bf16" { found = 1 }
        END { if (found) print "--train.dtype\nf32" }' "$config" 2>/dev/null
+}
+
+# print_file FILE: FILE on standard output, which is a report script's result: a write that
+# fails (a full disk, a closed descriptor) is said in one line with its cause, as the programs say
+# it (src/cli/standard_output.h), not by the tool that wrote (awk's "close failed on file
+# /dev/stdout", exit 2). A closed pipe ends the script quietly (141), as any filter.
+print_file() {
+  local status=0 said
+  { said=$(cat -- "$1" 2>&1 >&3 3>&-) || status=$?; } 3>&1
+  ((status == 0 || status == 128 + 13)) || die "standard output: write failed${said:+: ${said##*: }}: what was printed is incomplete"
+  return "$status"
 }
 
 # ---- MPI launchers (train-local.sh, train-hosts.sh) ----------------------------------------

@@ -23,18 +23,9 @@ usage="usage: $me [--metric NAME] RUN_DIR RUN_DIR..."
 
 tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
-# Standard output is the result: a write that fails (a full disk, a closed descriptor) is said in
-# one line with its cause, as the programs say it, not by the tool that wrote (awk's "close
-# failed on file /dev/stdout", exit 2). A closed pipe ends the script quietly, as any filter.
-print_file() {
-  local status=0 cause
-  cat -- "$1" 2>"$tmp/write-error" || status=$?
-  ((status == 0 || status == 128 + 13)) || {
-    cause=$(sed -n '$s/.*: //p' "$tmp/write-error")
-    die "standard output: write failed${cause:+: $cause}: what was printed is incomplete"
-  }
-  return "$status"
-}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=launch/common.sh
+source "$repo/launch/common.sh"  # print_file
 
 metric=""
 runs=()

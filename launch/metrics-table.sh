@@ -13,17 +13,20 @@ export LC_ALL=C
 me=launch/metrics-table.sh
 die() { echo "$me: $*" >&2; exit 1; }
 
+repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=launch/common.sh
+source "$repo/launch/common.sh"  # print_file
+tmp=$(mktemp -d)
+trap 'rm -rf -- "$tmp"' EXIT
+
 case "${1:-}" in
-  -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0" >"$tmp/help"; print_file "$tmp/help"; exit 0 ;;
   "") die "usage: $me RUN_DIR" ;;
 esac
 (($# == 1)) || die "usage: $me RUN_DIR"
 metrics=$1/metrics.jsonl
 [ -s "$metrics" ] || die "no metrics: '$metrics' is missing or empty"
 command -v jq >/dev/null || die "jq not found; install it with: bash launch/install-deps.sh --job"
-
-tmp=$(mktemp -d)
-trap 'rm -rf -- "$tmp"' EXIT
 
 # jq writes tab-separated records, awk lays them out:
 #   steps FIRST LAST | metric TASK NAME BEFORE AFTER | confusion GOLD PREDICTED BEFORE AFTER
@@ -92,4 +95,5 @@ awk -F'\t' '
         printf "\n"
       }
     }
-  }' "$tmp/records"
+  }' "$tmp/records" >"$tmp/table"
+print_file "$tmp/table"

@@ -120,6 +120,12 @@ if [ -w /dev/full ]; then
     [ "$out" = "launch/compare-runs.sh: standard output: write failed: No space left on device: what was printed is incomplete" ] ||
       fail "compare $args: a full standard output: $out"
   done
+  # So with metrics-table.sh (launch/common.sh's print_file).
+  for args in "$sweep/a" --help; do
+    if out=$(bash "$src/launch/metrics-table.sh" "$args" 2>&1 >/dev/full); then fail "table $args: a full standard output passed"; fi
+    [ "$out" = "launch/metrics-table.sh: standard output: write failed: No space left on device: what was printed is incomplete" ] ||
+      fail "table $args: a full standard output: $out"
+  done
 fi
 if out=$(bash "$src/launch/compare-runs.sh" "$sweep/a" "$work" 2>&1); then fail "compare: a folder without metrics.jsonl passed"; fi
 [ "$out" = "launch/compare-runs.sh: $work: no metrics.jsonl (not a qarac-train run directory, or a run not started)" ] ||
