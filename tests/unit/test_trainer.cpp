@@ -1216,6 +1216,16 @@ void expect_identical_exports(const fs::path& a, const fs::path& b) {
   }
 }
 
+// qarac-eval run as `command`: refused with exit 2 and one line, "qarac-eval: error: ...", that
+// names every one of `parts`.
+void expect_eval_refused(const std::string& command, const std::vector<std::string>& parts) {
+  const CliResult r = run_command(command);
+  EXPECT_EQ(r.code, 2) << command << ": " << r.output;
+  EXPECT_EQ(r.output.find("qarac-eval: error: "), 0u) << r.output;
+  EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // one line
+  for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+}
+
 }  // namespace
 
 // The invariant of checkpoints: N steps straight, or N/2, then --resume for the rest, end with
@@ -1301,12 +1311,8 @@ TEST_F(TrainCli, QaracEvalGivesTheRunsLastEvaluation) {
   EXPECT_EQ(text.rfind("cs.accuracy 0.", 0), 0u) << text;  // the first of the sorted names
   EXPECT_EQ(text.find("forgetting"), std::string::npos) << text;
 
-  auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
-    const CliResult r = run_command(eval + args);
-    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
-    EXPECT_EQ(r.output.find("qarac-eval: error: "), 0u) << r.output;
-    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // one line
-    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+  const auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
+    expect_eval_refused(eval + args, parts);
   };
   const std::string on_data = " --data " + data.string();
   expect_refused(run.string() + on_data, {run.string() + ": has no question_encoder/"});
@@ -1355,12 +1361,8 @@ TEST_F(TrainCli, QaracEvalFollowsEveryEvaluationSettingAndRefusesWhatIsNotOneRun
   EXPECT_EQ(all.code, 0) << all.output;
   EXPECT_NE(all.output.find("ed.token_accuracy "), std::string::npos) << all.output;
 
-  auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
-    const CliResult r = run_command(eval + args);
-    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
-    EXPECT_EQ(r.output.find("qarac-eval: error: "), 0u) << r.output;
-    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // one line
-    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+  const auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
+    expect_eval_refused(eval + args, parts);
   };
   const std::string on_data = " --data " + data.string();
   expect_refused(exports + on_data + " --decoded -1", {"--decoded", "'-1'", "or all"});
@@ -1404,12 +1406,8 @@ TEST_F(TrainCli, QaracEvalRefusesWhatTheModelsCannotReadInOneLine) {
       train(run, "--train.steps 1 --optimizer.warmup 0 --eval.tokenizer " + test_support::kSample + "tokenizer");
   ASSERT_EQ(trained.code, 0) << trained.output;
   const std::string eval = std::string(QARAC_EVAL_EXE) + " --models ", exports = (run / "export").string();
-  auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
-    const CliResult r = run_command(eval + args);
-    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
-    EXPECT_EQ(r.output.find("qarac-eval: error: "), 0u) << r.output;
-    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << r.output;  // one line
-    for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << ": " << r.output;
+  const auto expect_refused = [&](const std::string& args, const std::vector<std::string>& parts) {
+    expect_eval_refused(eval + args, parts);
   };
   // One text of 600 words, prepared for models of 1000 tokens; these take 512.
   const fs::path long_text = root() / "long.txt", long_streams = root() / "long_streams";
