@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
+#include "io/hf_config.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/runtime.h"
 #include "train/config.h"
@@ -86,6 +87,9 @@ std::unique_ptr<qarac::Evaluator> make_evaluator(const qarac::TrainConfig& confi
   options.pass = {config.eval_batch, config.micro_tokens};
   options.max_decoded = config.eval_decoded;
   options.qa_objective = qarac::qa_objective_of(config);
+  // Streams longer than the models read are refused as they are read, before the run starts
+  // rather than at its first evaluation, after its plan and warnings.
+  options.max_tokens = qarac::io::read_hf_config(config.base + "/config.json").max_tokens();
   // The training data's tokenizer: the held-out streams' and the forgetting monitor's must be it
   // (another one's ids would be read as other words, and the metrics would mean nothing).
   std::string data_stream;

@@ -236,6 +236,24 @@ TEST_F(TrainOptionsCli, ValuesTheRunCannotHoldAreRefused) {
   expect_usage_error("--train.steps 2 --eval.dir 'held out '", {"eval.dir: 'held out ' cannot be written"});
 }
 
+// Held-out streams longer than the models read: before, found at the step-0 evaluation, after the
+// plan and the start's warnings (a stream holding no other task said first); now one line before
+// the run starts, and no run directory.
+TEST_F(TrainOptionsCli, HeldOutStreamsLongerThanTheModelsReadAreOneLineAtTheStart) {
+  const fs::path raw = root() / "long-text.txt", held_out = root() / "long-held-out";
+  std::string words;
+  for (int i = 0; i < 600; ++i) words += "word ";
+  std::ofstream(raw) << words << "\n";
+  using qarac::test_support::kSample;
+  const CliResult prep = qarac::test_support::run_command(std::string(QARAC_PREP_EXE) + " --tokenizer " + kSample +
+                                                          "tokenizer --out " + held_out.string() + " --text " +
+                                                          raw.string() + " --max-length 1000");
+  ASSERT_EQ(prep.code, 0) << prep.output;
+  expect_usage_error("--train.steps 2 --eval.dir " + held_out.string(),
+                     {(held_out / "encode_decode.h5").string() + ": its text field holds a sequence of",
+                      "more than the 512 the models read (rerun qarac-prep with --max-length 512)"});
+}
+
 // A masking probability the draws can take but this batch does not meet: the steps whose global
 // batch masks no token train nothing on it, and the run says so once, naming the setting (before:
 // a loss of 0 at every step, and not a word).
