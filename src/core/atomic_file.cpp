@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -20,8 +21,8 @@ namespace {
 int fsync_path(const std::string& path, int flags) {
   const int fd = ::open(path.c_str(), flags);
   if (fd < 0) return errno;
-  const int err = ::fsync(fd) == 0 ? 0 : errno;
-  ::close(fd);
+  const int err = fsync_retrying(fd);
+  ::close(fd);  // read-only: nothing of the file's left to write
   return err;
 }
 
@@ -77,40 +78,48 @@ AtomicFile::AtomicFile(const std::string& path, Mode mode, Links links)
     fail("cannot create the temporary file " + tmp_, err);
   }
   if (mode == by_path) {
-    ::close(fd);  // the library opens it again by its path, truncating this empty file
+    // The library opens it again by its path, truncating this empty file. A constructor that
+    // throws has no destructor run: the file is removed here.
+    if (::close(fd) != 0) {
+      const int err = errno;
+      ::unlink(tmp_.c_str());
+      fail("closing the temporary file " + tmp_ + " failed", err);
+    }
     return;
   }
-  file_ = ::fdopen(fd, "wb");
-  if (file_) return;
-  const int err = errno;
-  ::close(fd);
-  fail("cannot create the temporary file " + tmp_, err);
+  fd_ = fd;
 }
 
 AtomicFile::~AtomicFile() {
-  if (file_) std::fclose(file_);
+  if (fd_ >= 0) ::close(fd_);
   if (!committed_) std::remove(tmp_.c_str());
 }
 
+// Through the descriptor, not stdio: glibc's stdio writes with calls of its own that an
+// interposed write() (tests/fault/io_shim.c) cannot fail, and gives up on an interrupted one.
 void AtomicFile::write(const void* data, size_t bytes) {
-  QARAC_CHECK(file_, "AtomicFile::write to ", path_, ": not a stream, or already synced");
-  if (bytes == 0 || std::fwrite(data, 1, bytes, file_) == bytes) return;
-  const int err = errno;
-  fail("write to " + tmp_ + " failed", err);
+  QARAC_CHECK(fd_ >= 0, "AtomicFile::write to ", path_, ": not a stream, or already synced");
+  for (const char* at = static_cast<const char*>(data); bytes > 0;) {
+    const ssize_t n = ::write(fd_, at, bytes);
+    if (n > 0) {
+      at += n;
+      bytes -= static_cast<size_t>(n);
+      continue;
+    }
+    const int err = n < 0 ? errno : EIO;  // a write of nothing (no regular file gives one) would loop
+    if (err != EINTR) fail("write to " + tmp_ + " failed", err);
+  }
 }
 
 void AtomicFile::sync() {
   if (synced_) return;
-  if (file_) {
-    std::FILE* f = file_;
-    file_ = nullptr;  // closed below, whatever fails
-    const char* failed = nullptr;
-    if (std::fflush(f) != 0)
-      failed = "write to ";
-    else if (::fsync(::fileno(f)) != 0)
-      failed = "fsync of ";
-    int err = failed ? errno : 0;
-    if (std::fclose(f) != 0 && !failed) {
+  if (fd_ >= 0) {
+    const int fd = fd_;
+    fd_ = -1;  // closed below, whatever fails
+    int err = fsync_retrying(fd);
+    const char* failed = err != 0 ? "fsync of " : nullptr;
+    // Linux closes the descriptor even when close() fails (EINTR included): never closed again.
+    if (::close(fd) != 0 && !failed) {
       err = errno;
       failed = "closing ";
     }
@@ -130,10 +139,14 @@ void AtomicFile::commit() {
     fail("cannot rename the temporary file " + tmp_ + " over it", err);
   }
   committed_ = true;
+  // An error, not a warning: a later fsync of the folder would succeed without writing what this
+  // one lost (Linux reports a write-back error once), so the callers that build on the file (a
+  // checkpoint that then deletes its predecessor, an export that replaces the previous one) must
+  // learn of it now.
   const std::string dir = folder_of(path_);
   if (const int err = fsync_path(dir, O_RDONLY | O_DIRECTORY))
-    log::warn(dir, ": fsync of the folder failed (", std::strerror(err), "); ", path_,
-              " may not survive a power loss");
+    fail(detail::concat("written, but the fsync of its folder ", dir, " failed, so it may not survive a power loss"),
+         err);
 }
 
 void AtomicFile::fail(const std::string& what, int err) const {
@@ -147,6 +160,13 @@ void check_input_file(const std::string& path) {
   if (std::filesystem::is_directory(status)) throw InputError(path + ": is a directory, not a file");
   if (!std::filesystem::is_regular_file(status))
     throw InputError(path + ": not a regular file (a pipe, a device or a socket): give the file itself");
+}
+
+int fsync_retrying(int fd) {
+  int err = 0;
+  do err = ::fsync(fd) == 0 ? 0 : errno;
+  while (err == EINTR);
+  return err;
 }
 
 void sync_folder(const std::string& dir) {

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdio>
 #include <string>
 
 namespace qarac {
@@ -47,23 +46,29 @@ class AtomicFile {
   const std::string& path() const { return path_; }
   const std::string& temp_path() const { return tmp_; }
 
-  void write(const void* data, size_t bytes);  // stream mode
-  // Puts the temporary file's bytes on disk: flush, fsync and close (stream), fsync (by_path).
+  // Stream mode. Unbuffered: each call is written through (a short write goes on from where it
+  // stopped, an interrupted one is retried), so that a failure is met and named here.
+  void write(const void* data, size_t bytes);
+  // Puts the temporary file's bytes on disk: fsync and close (stream), fsync (by_path); a failed
+  // close is an error too (a network file system reports a lost write there).
   // commit() does it when it was not done; a writer of several files (qarac-prep) calls it on
   // every file before committing any, so that one failure publishes none.
   void sync();
   // Renames the temporary file over path(), then fsyncs the folder. A folder that cannot be
-  // fsynced is a log::warn, not an error: the file is in place whole, only its survival of a
-  // power loss is in doubt.
+  // fsynced is an error too, though the file is in place whole: its survival of a power loss is
+  // in doubt, and a later fsync would not say so.
   void commit();
 
  private:
   [[noreturn]] void fail(const std::string& what, int err) const;
 
   std::string path_, tmp_;
-  std::FILE* file_ = nullptr;  // stream mode, until sync()
+  int fd_ = -1;  // stream mode, until sync()
   bool synced_ = false, committed_ = false;
 };
+
+// fsync(fd), again while a signal interrupts it: 0 or the errno.
+int fsync_retrying(int fd);
 
 // Fsyncs a folder, so that its entries (files created in it, renames into it) are on disk.
 // InputError naming `dir` and errno's text.

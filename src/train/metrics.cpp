@@ -16,6 +16,7 @@
 #include <functional>
 #include <iterator>
 #include <limits>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -227,11 +228,19 @@ std::map<int64_t, double> MetricsLog::eval_values(const std::string& metric) con
 }
 
 MetricsLog::~MetricsLog() {
-  if (fd_ >= 0) ::close(fd_);  // every line was written whole or refused: nothing to report here
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsLog::sync() {
-  if (fd_ >= 0 && fsync(fd_) != 0) throw InputError(detail::concat(path_, ": cannot write: ", std::strerror(errno)));
+  if (fd_ < 0) return;
+  if (const int err = fsync_retrying(fd_)) throw InputError(detail::concat(path_, ": cannot write: ", std::strerror(err)));
+}
+
+void MetricsLog::close() {
+  sync();
+  // Linux closes the descriptor even when close() fails: never closed again.
+  if (fd_ >= 0 && ::close(std::exchange(fd_, -1)) != 0)
+    throw InputError(detail::concat(path_, ": cannot write: ", std::strerror(errno)));
 }
 
 void MetricsLog::start(int64_t first_step) {

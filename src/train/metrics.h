@@ -89,6 +89,10 @@ class MetricsLog {
   std::map<int64_t, double> eval_values(const std::string& metric) const;
   // Puts the lines written so far on disk (at a checkpoint: what it covers survives a crash).
   void sync();
+  // The last lines on disk and the file closed, both checked (a network file system may report a
+  // lost write only at the close): at the end of a run, before its export. No line follows.
+  void close();
+  // Closes the file unchecked where close() was not reached: a run that failed.
   ~MetricsLog();
   // The clock of elapsed_s and the ETA starts here, at step `first_step` of this process.
   void start(int64_t first_step);

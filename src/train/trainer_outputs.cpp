@@ -140,6 +140,8 @@ void Trainer::Impl::export_models() {
   if (!place.root()) return;
   metrics.end_progress_line();
   lock->check_held("export");
+  // The run's last lines (its final evaluation) are on disk before its models are reported done.
+  metrics.close();
   // As one set (io::write_folder): never models of two steps after a full disk or a kill.
   const std::string folder = output + "/export";
   std::vector<std::string> models;
