@@ -174,8 +174,11 @@ check() {
   local leftovers
   leftovers=$(find "$out" -name '*.tmp*' -o -name '*.del' -o -name '*.old' | sed "s|$out/||" | head -3)
   [ -z "$leftovers" ] || { bad "left $leftovers"; return 0; }
+  # But qarac-prep's marker of a publishing cut short, which qarac-train refuses and a rerun of
+  # qarac-prep removes (docs/data-format.md).
   local sum name
   while read -r sum name; do
+    [ "$name" != ./data/.qarac-prep-publishing ] || continue
     grep -qxF "$sum  $name" "$work/before/$s" "$work/after/$s" ||
       { bad "$name is neither what was there nor what a run without the fault writes"; return 0; }
   done < <(digests "$out")
