@@ -11,7 +11,8 @@
 #  - the program run again without the fault (qarac-train --resume) ends with the outputs of a
 #    run that met no fault, byte for byte.
 # Scenarios: train (--resume of a run at step 2 to step 4: config.ini, metrics.jsonl, the
-# checkpoint, best/ and export/, with failed.json on a failure), fresh (a new run of 2 steps:
+# checkpoint, best/ and export/, with failed.json on a failure), stop (the same, SIGTERMed at
+# in step 3: its checkpoint and stopped.json, exit 75), fresh (a new run of 2 steps:
 # the run directory), prep (qarac-prep's task streams), npy, h5, jsonl (qarac-embed --output),
 # eval (qarac-eval --output).
 #   tests/fault/io_faults.sh BUILD_DIR SAMPLE_DIR SHIM [--quick | --all | --each S:CALL:ERROR[:PATH]...
@@ -65,6 +66,7 @@ args=(--model.base "$work/pretrain/export/base" --data.dir "$work/data" --task.e
 run_scenario() {
   case $1 in
     train) "$train" "${args[@]}" --train.steps 4 --resume --output "$out/run" ;;
+    stop) QARAC_FAULT=term:0:2 "$train" "${args[@]}" --train.steps 4 --resume --output "$out/run" ;;
     fresh) "$train" "${args[@]}" --train.steps 2 --output "$out/run" ;;
     prep) local code=0
           prep_sample "$out/data" || code=$?
@@ -74,26 +76,31 @@ run_scenario() {
     eval) "$evaluate" --models "$work/state/export" --data "$work/data" --examples 4 --decoded 1 --output "$out/eval.txt" ;;
   esac
 }
-# What each scenario finds before it runs: train a run at step 2, the embeddings and the metrics
+# What each scenario finds before it runs: train and stop a run at step 2, the embeddings and the metrics
 # an older file of their own.
 setup_scenario() {
   rm -rf "$out"
   mkdir "$out"
   case $1 in
-    train) cp -a "$work/state" "$out/run" ;;
+    train|stop) cp -a "$work/state" "$out/run" ;;
     npy|h5|jsonl) echo "an older file" > "$out/v.$1" ;;
     eval) echo "an older file" > "$out/eval.txt" ;;
   esac
 }
-# The scenario run again without a fault, after the faulted one: a fresh run that failed before
-# its first step removed its directory, and starts anew.
+# The scenario run again without a fault, after the faulted one: a stopped run goes on to its
+# end, a fresh run that failed before its first step removed its directory and starts anew.
 rerun_scenario() {
-  if [ "$1" = fresh ] && [ -d "$out/run" ]; then
+  if [ "$1" = stop ]; then
+    run_scenario train
+  elif [ "$1" = fresh ] && [ -d "$out/run" ]; then
     "$train" "${args[@]}" --train.steps 2 --resume --output "$out/run"
   else
     run_scenario "$1"
   fi
 }
+# The exit status of the scenario run without a fault: stop's SIGTERM ends it with a checkpoint
+# and status 75.
+clean_status() { if [ "$1" = stop ]; then echo 75; else echo 0; fi; }
 
 # The files a scenario leaves, one digest each, but those whose bytes record times or the program's
 # own state (logs, the lock, timings in metrics.jsonl, the run's records of a stop or a failure).
@@ -103,17 +110,37 @@ digests() {
      ! -name stopped.json -print0 | sort -z | xargs -0 -r sha256sum)
 }
 
-# The outputs of the scenarios run without a fault: $work/before/NAME (what they find) and
-# $work/after/NAME (what they leave). The train scenario starts from a run at step 2 ($work/state).
+# The digests of FILE (digests' lines) without the checkpoints older than the newest, which depend
+# on where a run stopped before (a stop, or a checkpoint that failed, adds one).
+newest_checkpoint() {
+  local lines newest
+  lines=$(cat "$1")
+  newest=$(grep -o 'checkpoints/step-[0-9]*/' <<< "$lines" | sort | tail -1 || true)
+  grep -v 'checkpoints/step-' <<< "$lines" || true
+  [ -z "$newest" ] || grep -F "$newest" <<< "$lines"
+}
+
+# The outputs of the scenarios run without a fault: $work/before/NAME (what they find),
+# $work/after/NAME (what they leave) and $work/final/NAME (what their rerun leaves: the stopped
+# run's end). The train and stop scenarios start from a run at step 2 ($work/state); stop is
+# SIGTERMed in step 3 (QARAC_FAULT, train/fault.h): a checkpoint and stopped.json.
 "$train" "${args[@]}" --train.steps 2 --output "$work/state" > "$work/state.log" 2>&1 ||
   fail "the run to step 2: $(tail -1 "$work/state.log")"
-mkdir "$work/before" "$work/after"
-scenarios=(train fresh prep npy h5 jsonl eval)
+mkdir "$work/before" "$work/after" "$work/final"
+scenarios=(train stop fresh prep npy h5 jsonl eval)
 for s in "${scenarios[@]}"; do
   setup_scenario "$s"
   digests "$out" > "$work/before/$s"
-  run_scenario "$s" > "$work/clean.log" 2>&1 || fail "$s without a fault: $(tail -1 "$work/clean.log")"
+  code=0
+  run_scenario "$s" > "$work/clean.log" 2>&1 || code=$?
+  [ "$code" -eq "$(clean_status "$s")" ] || fail "$s without a fault: exit $code: $(tail -1 "$work/clean.log")"
   digests "$out" > "$work/after/$s"
+  if [ "$s" = stop ]; then
+    rerun_scenario "$s" > "$work/clean.log" 2>&1 || fail "$s's rerun without a fault: $(tail -1 "$work/clean.log")"
+    digests "$out" > "$work/final/$s"
+  else
+    cp "$work/after/$s" "$work/final/$s"
+  fi
 done
 
 # check NAME CALL N ERROR [PATH]: the scenario with the Nth CALL failing with ERROR, counting only
@@ -139,20 +166,23 @@ check() {
   errors=$(grep -E "$pattern" "$work/fault.log" || true)
   # An interrupted write or fsync is retried, a short write continued: the program goes on.
   if [[ $call:$error == write:short || $call:$error == write:EINTR || $call:$error == fsync:EINTR ]]; then
-    [ "$code" -eq 0 ] || { bad "exit $code, not retried or continued: $errors"; return 0; }
+    [ "$code" -eq "$(clean_status "$s")" ] || { bad "exit $code, not retried or continued: $errors"; return 0; }
   fi
-  if [ "$code" -eq 0 ]; then
-    [ -z "$errors" ] || { bad "exit 0 after an error line: $errors"; return 0; }
-    outcome="exit 0"
+  if [ "$code" -eq "$(clean_status "$s")" ]; then
+    [ -z "$errors" ] || { bad "exit $code after an error line: $errors"; return 0; }
+    outcome="exit $code"
     local warning
-    warning=$(grep -m1 -F "warn] $work/$file" "$work/fault.log" || true)
+    # Named as its message names it: a temporary file by the file it stands for.
+    warning=$(grep -m1 -F "warn] $work/${file%.tmp.*}" "$work/fault.log" || true)
     [ -z "$warning" ] || outcome+=", ${warning//$work\//}"
     # A failed close may have lost what was written (a network file system says so only there),
     # and a later fsync succeeds without writing what a failed one lost: a program that goes on
     # must keep what it would otherwise give up for the unsure file (older checkpoints), and say so.
-    # (The run's lock file holds a note for people, its holder: run_dir.h.)
-    if [[ ($call == close && $file != */.qarac.lock) || ($call == fsync && $error != EINTR && $warning != *kept*) ]]; then
-      bad "exit 0 after the failed $call${warning:+ (${warning//$work\//})}"
+    # (The run's lock file holds a note for people, its holder: run_dir.h; a stop's record says
+    # what exit status 75 says.)
+    if [[ $warning != *kept* && $warning != *"says the stop"* && $file != */.qarac.lock &&
+          ($call == close || ($call == fsync && $error != EINTR)) ]]; then
+      bad "exit $code after the failed $call${warning:+ (${warning//$work\//})}"
       return 0
     fi
   else
@@ -187,8 +217,12 @@ check() {
     { bad "metrics.jsonl holds a line that is not whole JSON"; return 0; }
   # Without the fault the program ends where a run that met none ends.
   rerun_scenario "$s" > "$work/rerun.log" 2>&1 || { bad "the run again: $(tail -1 "$work/rerun.log")"; return 0; }
-  cmp -s <(digests "$out") "$work/after/$s" ||
-    { bad "the run again left other outputs: $(diff <(digests "$out") "$work/after/$s" | head -3)"; return 0; }
+  if ! newest_checkpoint <(digests "$out") > "$work/rerun.digests" ||
+     ! newest_checkpoint "$work/final/$s" | cmp -s - "$work/rerun.digests"; then
+    newest_checkpoint "$work/final/$s" | diff "$work/rerun.digests" - > "$work/rerun.diff" || true
+    bad "the run again left other outputs: $(head -3 "$work/rerun.diff")"
+    return 0
+  fi
   if [ -f "$out/run/metrics.jsonl" ]; then
     python3 - "$out/run/metrics.jsonl" "$s" <<'EOF' || { bad "metrics.jsonl after the run again"; return 0; }
 import collections, json, sys
@@ -234,10 +268,11 @@ case $1 in
     # A checkpoint's dataset, the last close of metrics.jsonl, config.ini's fsync interrupted,
     # metrics.jsonl's rewrite, the checkpoint's folder, a short append to metrics.jsonl, the run
     # directory, a task stream's seal, the streams' publishing, each writer of qarac-embed and
-    # qarac-eval: a close, an interrupted and a short write, the file's folder.
+    # qarac-eval: a close, an interrupted and a short write, the file's folder; a stop's record.
     for case in train:write:40:EIO train:close:2:EIO:run/metrics.jsonl train:fsync:1:EINTR train:rename:2:EDQUOT train:mkdir:1:EIO \
                 train:write:5:short fresh:mkdir:1:EDQUOT prep:close:4:EIO prep:rename:1:ENOSPC npy:close:1:EIO \
-                npy:write:1:EINTR h5:close:1:EIO h5:write:1:ENOSPC jsonl:write:1:short eval:fsync:2:EIO; do
+                npy:write:1:EINTR h5:close:1:EIO h5:write:1:ENOSPC jsonl:write:1:short eval:fsync:2:EIO \
+                stop:close:1:EIO:run/stopped.json; do
       IFS=: read -r s call n error path <<< "$case"
       check "$s" "$call" "$n" "$error" "$path" || fail "$case: the program made no such call"
     done ;;
