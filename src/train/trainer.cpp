@@ -305,7 +305,8 @@ void Trainer::Impl::write_run_files() {
 void Trainer::Impl::discard_unstarted() noexcept {
   if (!place.root() || !lock || config.resume || step > 0 || last.checkpoint >= 0) return;
   std::error_code ec;
-  for (const char* name : {"config.ini", "metrics.jsonl", "checkpoints", kRunLockName})
+  // best/: eval.best's export of the evaluation at step 0.
+  for (const char* name : {"config.ini", "metrics.jsonl", "checkpoints", "best", kRunLockName})
     fs::remove_all(fs::path(output) / name, ec);
   if (lock->created_directory()) fs::remove(output, ec);  // only when empty: nobody else's files
   lock.reset();
@@ -485,8 +486,15 @@ Trainer::RunEnd Trainer::Impl::run() {
         log::warn(StopSignals::name(s.stop_signal), " on rank ", s.stop_rank, ": stopping after step ", t.step,
                   " with a checkpoint (exit status ", kExitPreempted, "; --resume continues)");
       if (t.last.checkpoint != t.step) t.save();
-      // The exit status says it too: a record that cannot be written (a full disk) is a warning.
+      // The exit status says it too: a record that cannot be written (a full disk) is a warning,
+      // as is a failed close of metrics.jsonl, whose lines the checkpoint fsynced.
       if (t.place.root()) {
+        try {
+          t.metrics.close();
+        } catch (const InputError& e) {
+          log::warn(e.what(), " (its lines are the checkpoint's, fsynced with it; exit status ", kExitPreempted,
+                    " says the stop)");
+        }
         try {
           record_stop(t.output, t.step, StopSignals::name(s.stop_signal), s.stop_rank,
                       checkpoint_path(t.checkpoint_dir, t.step));

@@ -270,11 +270,13 @@ case $1 in
     # A checkpoint's dataset, the last close of metrics.jsonl, config.ini's fsync interrupted,
     # metrics.jsonl's rewrite, the checkpoint's folder, a short append to metrics.jsonl, the run
     # directory, a task stream's seal, the streams' publishing, each writer of qarac-embed and
-    # qarac-eval: a close, an interrupted and a short write, the file's folder; a stop's record.
+    # qarac-eval: a close, an interrupted and a short write, the file's folder; a stop's record and
+    # its close of metrics.jsonl; the run directory's fsync after best/ at step 0, which failed a
+    # fresh run before its first step.
     for case in train:write:40:EIO train:close:2:EIO:run/metrics.jsonl train:fsync:1:EINTR train:rename:2:EDQUOT train:mkdir:1:EIO \
                 train:write:5:short fresh:mkdir:1:EDQUOT prep:close:4:EIO prep:rename:1:ENOSPC npy:close:1:EIO \
                 npy:write:1:EINTR h5:close:1:EIO h5:write:1:ENOSPC jsonl:write:1:short eval:fsync:2:EIO \
-                stop:close:1:EIO:run/stopped.json; do
+                stop:close:1:EIO:run/stopped.json stop:close:2:EIO:run/metrics.jsonl 'fresh:fsync:2:EIO:run$'; do
       IFS=: read -r s call n error path <<< "$case"
       check "$s" "$call" "$n" "$error" "$path" || fail "$case: the program made no such call"
     done ;;

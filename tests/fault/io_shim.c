@@ -7,8 +7,9 @@
 //                                ERROR: EIO, ENOSPC, EDQUOT, EINTR, or short (write only: the
 //                                call writes half of what it was asked, at least a byte, and says
 //                                so, as a full disk or a signal may make it)
-//   QARAC_IO_FAIL_PATH=TEXT      only calls on paths that contain TEXT count (a descriptor's path
-//                                is read from /proc/self/fd; for rename either path)
+//   QARAC_IO_FAIL_PATH=TEXT      only calls on paths that contain TEXT count, or end with it when
+//                                it ends in '$' (a descriptor's path is read from /proc/self/fd;
+//                                for rename either path)
 //   QARAC_IO_FAIL_LOG=FILE       appends "injected CALL N ERROR PATH" when it fails the call, so
 //                                that a driver knows whether the program reached the Nth call,
 //                                and at a normal exit "counted CALL M": the calls that counted
@@ -73,8 +74,14 @@ bad:
   exit(2);
 }
 
+// A filter ending in '$' matches the paths that end with what precedes it (a folder, not the
+// files under it); any other matches the paths that contain it.
 static int matches(const char* path) {
-  return !path_filter || (path && strstr(path, path_filter));
+  if (!path_filter) return 1;
+  if (!path) return 0;
+  const size_t n = strlen(path_filter), length = strlen(path);
+  if (n == 0 || path_filter[n - 1] != '$') return strstr(path, path_filter) != NULL;
+  return length >= n - 1 && strncmp(path + length - (n - 1), path_filter, n - 1) == 0;
 }
 
 static int fd_matches(int fd, char* path, size_t size) {
