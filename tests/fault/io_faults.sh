@@ -22,8 +22,10 @@
 # --quick (the default; ctest fault.io_calls) runs a representative few (30 s); --all every call of
 # every scenario with every error, one line each (about 15,000 faulted runs, each with its rerun,
 # 3 to 4 s apiece: some 14 hours on 2 cores); --each every call of the classes named
-# (train:close:EIO: 50 calls, 3 minutes); a list runs those named (train:close:3:EIO). PATH counts only the calls on the outputs whose path
-# starts with it (train:close:2:EIO:run/metrics.jsonl: its second close). Exit 77 (skipped) when
+# (train:close:EIO: 50 calls, 3 minutes); a list runs those named (train:close:3:EIO). PATH
+# counts only the calls on the outputs whose path starts with it (train:close:2:EIO:run/
+# metrics.jsonl: its second close), or is it when it ends in '$' (fresh:fsync:2:EIO:run$: the
+# second fsync of the run directory itself). Exit 77 (skipped) when
 # the programs cannot start with the shim preloaded (a sanitizer build preloads its runtime
 # first). QARAC_KEEP_WORK=1 keeps the scratch folder.
 set -euo pipefail
