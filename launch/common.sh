@@ -148,14 +148,14 @@ mpi_flavour() {
 # every rank would run alone as rank 0 (srun serves both). So it would with a qarac-train from
 # before the distributed issue (no --parallel.timeout), which does not initialise MPI.
 check_launcher() {
-  local launcher=$1 flavour=$2 train=$3 version=$4 ranks=$5 dry_run=$6 library problem=""
+  local launcher=$1 flavour=$2 train=$3 version=$4 ranks=$5 dry_run=$6 library mismatch=0 problem=""
   library=$(sed -n 's/^MPI  *//p' <<<"$version")
   case "$flavour:$library" in
-    openmpi:?*) [[ "$library" == *"Open MPI"* ]] ||
-      problem="$launcher is the launcher of another MPI ($flavour) than $train's, $library: set MPIRUN to its own (qarac-train --version names it)" ;;
-    mpich:?*|intel:?*) [[ "$library" != *"Open MPI"* ]] ||
-      problem="$launcher is the launcher of another MPI ($flavour) than $train's, $library: set MPIRUN to its own (qarac-train --version names it)" ;;
+    openmpi:?*) [[ "$library" == *"Open MPI"* ]] || mismatch=1 ;;
+    mpich:?*|intel:?*) [[ "$library" != *"Open MPI"* ]] || mismatch=1 ;;
   esac
+  ((mismatch == 0)) ||
+    problem="$launcher is the launcher of another MPI ($flavour) than $train's, $library: set MPIRUN to its own (qarac-train --version names it)"
   # The help captured first: grep -q leaving a pipe early would fail the writer under pipefail.
   if [ -z "$problem" ] && ((ranks > 1)) && ! grep -q -- '--parallel.timeout' <<<"$("$train" --help 2>/dev/null || true)"; then
     problem="$train predates distributed training (no --parallel.timeout in its --help): rebuild it; only -n 1 works with it"
@@ -220,7 +220,7 @@ print_launch() {
 # run_dir_of ARGS...: the run directory that the qarac-train options ARGS name: the last
 # --output, else the top-level `output` of their last --config file; "" when neither does.
 run_dir_of() {
-  local output="" config="" next=""
+  local output="" config="" next="" arg
   for arg in "$@"; do
     case "$next" in
       output) output=$arg; next=""; continue ;;
