@@ -26,6 +26,14 @@ int fsync_path(const std::string& path, int flags) {
   return err;
 }
 
+// Fsyncs a folder by path; 0 or the errno. File systems that cannot fsync a folder (EINVAL from
+// some FUSE mounts; EBADF or ENOTSUP elsewhere) give 0: there is nothing to wait for, and failing
+// every write there would make them unusable (PostgreSQL skips the same errors).
+int fsync_folder(const std::string& dir) {
+  const int err = fsync_path(dir, O_RDONLY | O_DIRECTORY);
+  return err == EINVAL || err == EBADF || err == ENOTSUP ? 0 : err;
+}
+
 std::string folder_of(const std::string& path) {
   const std::string dir = std::filesystem::path(path).parent_path().string();
   return dir.empty() ? "." : dir;
@@ -144,7 +152,7 @@ void AtomicFile::commit() {
   // checkpoint that then deletes its predecessor, an export that replaces the previous one) must
   // learn of it now.
   const std::string dir = folder_of(path_);
-  if (const int err = fsync_path(dir, O_RDONLY | O_DIRECTORY))
+  if (const int err = fsync_folder(dir))
     fail(detail::concat("written, but the fsync of its folder ", dir, " failed, so it may not survive a power loss"),
          err);
 }
@@ -170,7 +178,7 @@ int fsync_retrying(int fd) {
 }
 
 void sync_folder(const std::string& dir) {
-  if (const int err = fsync_path(dir, O_RDONLY | O_DIRECTORY))
+  if (const int err = fsync_folder(dir))
     throw InputError(detail::concat(dir, ": fsync of the folder failed: ", std::strerror(err)));
 }
 

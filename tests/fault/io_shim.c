@@ -4,7 +4,7 @@
 //   QARAC_IO_FAIL=CALL:N:ERROR   CALL: open (opens for writing: O_WRONLY, O_RDWR, O_CREAT),
 //                                write (write, pwrite), fsync (fsync, fdatasync), rename,
 //                                ftruncate, close (of a descriptor open for writing), mkdir;
-//                                ERROR: EIO, ENOSPC, EDQUOT, EINTR, or short (write only: the
+//                                ERROR: EIO, ENOSPC, EDQUOT, EINTR, EINVAL, or short (write only: the
 //                                call writes half of what it was asked, at least a byte, and says
 //                                so, as a full disk or a signal may make it)
 //   QARAC_IO_FAIL_PATH=TEXT      only calls on paths that contain TEXT count, or end with it when
@@ -66,6 +66,7 @@ __attribute__((constructor)) static void configure(void) {
   else if (strcmp(error, "ENOSPC") == 0) target_error = ENOSPC;
   else if (strcmp(error, "EDQUOT") == 0) target_error = EDQUOT;
   else if (strcmp(error, "EINTR") == 0) target_error = EINTR;
+  else if (strcmp(error, "EINVAL") == 0) target_error = EINVAL;
   else if (strcmp(error, "short") == 0 && target == C_WRITE) target_error = SHORT_WRITE;
   else goto bad;
   return;
